@@ -47,8 +47,48 @@ const (
 
 func (s State) String() string { return "" }
 
+// MarshalText renders the state as its upper-case name.
+func (s State) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
 // Stats is a point-in-time snapshot; reading it never blocks the data path.
-type Stats struct{}
+type Stats struct {
+	Name             string    `json:"name"`
+	Database         string    `json:"database"`
+	User             string    `json:"user"`
+	State            State     `json:"state"` // marshals as text, e.g. "HEALTHY"
+	StateReason      string    `json:"state_reason"`
+	StateSince       time.Time `json:"state_since"`
+	MinSize          int       `json:"min_size"`
+	MaxSize          int       `json:"max_size"`
+	Total            int       `json:"total"`  // open backends (idle + active + being validated)
+	Idle             int       `json:"idle"`   // ready in the idle list
+	Active           int       `json:"active"` // held by clients
+	Waiting          int       `json:"waiting"`
+	PeakActive       int       `json:"peak_active"`
+	PeakWaiting      int       `json:"peak_waiting"`
+	Acquisitions     uint64    `json:"acquisitions"`
+	AcquireTimeouts  uint64    `json:"acquire_timeouts"`
+	AcquireRejected  uint64    `json:"acquire_rejected"` // queue full or circuit open
+	WaitAvgMs        float64   `json:"wait_avg_ms"`
+	WaitP99Ms        float64   `json:"wait_p99_ms"` // over a recent window
+	Connects         uint64    `json:"connects"`
+	ConnectErrors    uint64    `json:"connect_errors"`
+	LastConnectError string    `json:"last_connect_error,omitempty"`
+	Validations      uint64    `json:"validations"`
+	Leaks            uint64    `json:"leaks"`
+	Queries          uint64    `json:"queries"` // as counted by AddQueries
+	Retired          Retired   `json:"retired"`
+}
+
+// Retired counts closed backends by reason.
+type Retired struct {
+	Lifetime   uint64 `json:"lifetime"`
+	Idle       uint64 `json:"idle"`
+	Queries    uint64 `json:"queries"`
+	Error      uint64 `json:"error"`      // Destroy: broken or unknown state
+	Validation uint64 `json:"validation"` // failed the validation query
+	Shutdown   uint64 `json:"shutdown"`
+}
 
 // Owner describes the client holding a Conn, for leak reports.
 type Owner interface {
@@ -74,13 +114,13 @@ type AcquireError struct {
 func (e *AcquireError) Error() string { return e.Message }
 func (e *AcquireError) Unwrap() error { return e.Err }
 
-func New(cfg Config) (*Pool, error)                      { return nil, nil }
+func New(cfg Config) (*Pool, error)                        { return nil, nil }
 func (p *Pool) Acquire(ctx context.Context) (*Conn, error) { return nil, nil }
-func (p *Pool) Stats() Stats                             { return Stats{} }
-func (p *Pool) State() State                             { return 0 }
-func (p *Pool) Name() string                             { return "" }
-func (p *Pool) Reconfigure(cfg Config)                   {}
-func (p *Pool) Close()                                   {}
+func (p *Pool) Stats() Stats                               { return Stats{} }
+func (p *Pool) State() State                               { return 0 }
+func (p *Pool) Name() string                               { return "" }
+func (p *Pool) Reconfigure(cfg Config)                     {}
+func (p *Pool) Close()                                     {}
 
 func (c *Conn) Server() Server        { return nil }
 func (c *Conn) Attachment() any       { return nil }
