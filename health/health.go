@@ -1,0 +1,132 @@
+// Package health serves pgsidecar's HTTP side door: /health for load
+// balancers and orchestrators, /stats for people and scripts, /metrics for
+// Prometheus. Every handler reads only in-memory snapshots handed in through
+// Config, never the database, so the listener stays fast and truthful while
+// the proxy is under load or the upstream is down. It never imports proxy:
+// the caller wires the proxy's counters in as plain functions.
+package health
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/pgsidecar/pgsidecar/pool"
+)
+
+// ErrServerClosed is returned by Serve after Shutdown or Close.
+var ErrServerClosed = http.ErrServerClosed
+
+// Timeouts of the HTTP server. The endpoints answer from memory in
+// microseconds, so anything slow is a stuck or hostile client; these bound
+// what one such client can hold on to.
+const (
+	readHeaderTimeout = 5 * time.Second
+	readTimeout       = 10 * time.Second
+	writeTimeout      = 10 * time.Second
+	idleTimeout       = 60 * time.Second
+	maxHeaderBytes    = 16 << 10
+)
+
+// Config wires the health listener to the rest of the process. Every field
+// is optional: a nil function reads as "nothing to report" (no pools, no
+// client counters, not draining), which keeps the listener usable in tests
+// and during start-up before the proxy exists.
+type Config struct {
+	// Pools returns a snapshot of every pool. It must not block on the
+	// data path (pool.Pool.Stats is built for that).
+	Pools func() []pool.Stats
+	// Clients returns the proxy's client counters (proxy.Stats in
+	// practice). It is served as JSON under "clients" in /stats, and its
+	// numeric fields become pgsidecar_clients_* gauges in /metrics.
+	Clients func() any
+	// Draining reports whether a graceful shutdown has begun; while it
+	// does, /health answers 503 so that traffic moves elsewhere.
+	Draining func() bool
+	// Logger receives server errors; default slog.Default().
+	Logger *slog.Logger
+}
+
+// Server is the health/stats/metrics HTTP server. Its lifecycle follows
+// net/http.Server: Serve, then Shutdown or Close.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	handler http.Handler
+	srv     *http.Server
+}
+
+// New returns a Server that is not yet listening.
+func New(cfg Config) *Server {
+	if cfg.Pools == nil {
+		cfg.Pools = func() []pool.Stats { return nil }
+	}
+	if cfg.Clients == nil {
+		cfg.Clients = func() any { return nil }
+	}
+	if cfg.Draining == nil {
+		cfg.Draining = func() bool { return false }
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger.With("component", "health")}
+	s.handler = s.routes()
+	s.srv = &http.Server{
+		Handler:           s.handler,
+		ReadHeaderTimeout: readHeaderTimeout,
+		ReadTimeout:       readTimeout,
+		WriteTimeout:      writeTimeout,
+		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		// net/http reports accept and TLS errors through a *log.Logger;
+		// route them into slog so they share the process's format.
+		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
+	return s
+}
+
+// routes builds the mux. The method-qualified patterns give HEAD for free
+// on GET routes, 405 with an Allow header for other methods, and 404 for
+// every other path.
+func (s *Server) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /health", s.serveHealth)
+	mux.HandleFunc("GET /stats", s.serveStats)
+	mux.Handle("GET /metrics", newMetricsHandler(s.cfg, s.log))
+	return mux
+}
+
+// Handler returns the routes without a listener, for embedding or tests.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// Serve answers requests on ln until Shutdown or Close, after which it
+// returns ErrServerClosed. It closes ln when it returns.
+func (s *Server) Serve(ln net.Listener) error {
+	s.log.Info("health listener started", "addr", ln.Addr().String())
+	err := s.srv.Serve(ln)
+	if err != nil && err != ErrServerClosed {
+		return fmt.Errorf("health: serve on %s: %w", ln.Addr(), err)
+	}
+	return err
+}
+
+// Shutdown stops accepting, lets in-flight requests finish until ctx ends,
+// and closes idle keep-alive connections.
+func (s *Server) Shutdown(ctx context.Context) error {
+	if err := s.srv.Shutdown(ctx); err != nil {
+		return fmt.Errorf("health: shutdown: %w", err)
+	}
+	return nil
+}
+
+// Close closes the listener and every connection at once.
+func (s *Server) Close() error {
+	if err := s.srv.Close(); err != nil {
+		return fmt.Errorf("health: close: %w", err)
+	}
+	return nil
+}
