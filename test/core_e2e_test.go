@@ -378,6 +378,8 @@ func TestErrorPaths(t *testing.T) {
 	t.Run("wrong password", func(t *testing.T) { expect(t, p.URL("app", "wrong", "app"), "28P01") })
 	t.Run("unknown user", func(t *testing.T) { expect(t, p.URL("nobody", "app", "app"), "28P01") })
 	t.Run("max_client_conn", func(t *testing.T) {
+		// The refused logins above must have been counted out first.
+		waitClientsGone(t, p, 5*time.Second)
 		a := connect(t, p.AppURL())
 		b := connect(t, p.AppURL())
 		expect(t, p.AppURL(), "53300")

@@ -63,8 +63,17 @@ func runTests(m *testing.M) int {
 	}
 	defer os.RemoveAll(tmp)
 
-	proxyBin = filepath.Join(tmp, "pgsidecar")
-	proxyBuildErr = buildProxy(proxyBin)
+	if bin := os.Getenv("PGSIDECAR_E2E_BIN"); bin != "" {
+		// A prebuilt binary (a release build, or one built with other
+		// flags) is tested as it is.
+		proxyBin = bin
+		if !isExecutable(bin) {
+			proxyBuildErr = fmt.Errorf("PGSIDECAR_E2E_BIN=%s is not an executable file", bin)
+		}
+	} else {
+		proxyBin = filepath.Join(tmp, "pgsidecar")
+		proxyBuildErr = buildProxy(proxyBin)
+	}
 	if proxyBuildErr != nil {
 		fmt.Fprintf(os.Stderr, "e2e: WARNING: the proxy did not build; every proxy test will fail:\n%v\n", proxyBuildErr)
 	}
