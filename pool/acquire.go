@@ -1,0 +1,212 @@
+package pool
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// Acquire returns a backend for the caller's exclusive use until it calls
+// Release or Destroy on the returned Conn.
+//
+// It takes the most recently used idle backend (LIFO: warm first, so the
+// reaper retires the cold ones). With none idle it joins a FIFO queue and
+// asks for a new backend if the pool is below MaxSize (a connect in
+// flight counts against MaxSize); every backend that becomes free goes to
+// the oldest waiter directly. The wait ends at AcquireTimeout or when ctx
+// ends, whichever is first.
+//
+// A backend idle longer than ValidateAfterIdle is validated first; if it
+// fails it is closed and the caller gets another one (keeping its place
+// at the head of the queue), so the caller sees an error only if the
+// database itself is unreachable.
+//
+// Errors are *AcquireError: 53300 on timeout or a full queue, 08006 at
+// once while the pool is UNHEALTHY (the circuit is open), 57P01 after
+// Close, 57014 when ctx is canceled.
+func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
+	start := time.Now()
+	if ctx.Err() != nil {
+		p.mu.Lock()
+		err := p.ctxErrorLocked(ctx, 0, p.waiters.len())
+		p.unlock()
+		return nil, err
+	}
+	var timer *time.Timer // AcquireTimeout, started on the first wait
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	front := false
+	for {
+		b, w, timeout, err := p.take(front, start)
+		if err != nil {
+			return nil, err
+		}
+		if b == nil {
+			if timer == nil {
+				timer = time.NewTimer(timeout - time.Since(start))
+			}
+			if b, err = p.await(ctx, w, timer.C, start); err != nil {
+				return nil, err
+			}
+		}
+		c, ok, err := p.hand(ctx, b, start)
+		if ok || err != nil {
+			return c, err
+		}
+		if ctx.Err() != nil {
+			p.mu.Lock()
+			err := p.ctxErrorLocked(ctx, time.Since(start), p.waiters.len())
+			p.unlock()
+			return nil, err
+		}
+		// The backend failed validation and was closed: try again, first
+		// in line.
+		front = true
+	}
+}
+
+// take pops an idle backend, or queues a waiter (and asks for a connect
+// if there is room). It fails fast when the pool is closed, the circuit
+// is open, or the queue is full.
+func (p *Pool) take(front bool, start time.Time) (*backend, *waiter, time.Duration, error) {
+	now := time.Now()
+	p.mu.Lock()
+	defer p.unlock()
+	switch {
+	case p.closed:
+		return nil, nil, 0, p.shutdownError()
+	case p.health.state == StateUnhealthy:
+		p.counts.rejected++
+		return nil, nil, 0, p.circuitErrorLocked(now)
+	}
+	for n := len(p.idle); n > 0; n = len(p.idle) {
+		b := p.idle[n-1]
+		p.idle[n-1] = nil
+		p.idle = p.idle[:n-1]
+		if b.expired(&p.cfg, now) {
+			p.retireLocked(b, retireLifetime, fmt.Sprintf("lifetime %s reached", fmtDuration(b.lifetime(&p.cfg))), now)
+			continue
+		}
+		return b, nil, 0, nil
+	}
+	if !front && p.cfg.MaxWaiters > 0 && p.waiters.len() >= p.cfg.MaxWaiters {
+		p.counts.rejected++
+		return nil, nil, 0, p.queueFullErrorLocked()
+	}
+	w := newWaiter()
+	if front {
+		p.waiters.pushFront(w)
+	} else {
+		p.waiters.pushBack(w)
+	}
+	p.counts.peakWaiting = max(p.counts.peakWaiting, p.waiters.len())
+	p.replenishLocked()
+	return nil, w, p.cfg.AcquireTimeout, nil
+}
+
+// await waits for w's grant, the timeout or the end of ctx. A waiter that
+// gives up leaves the queue; if a backend was handed to it at that very
+// moment, it keeps it when its ctx is still alive (the grant beat the
+// timer) and passes it on otherwise, so no backend is ever lost.
+func (p *Pool) await(ctx context.Context, w *waiter, timeout <-chan time.Time, start time.Time) (*backend, error) {
+	select {
+	case g := <-w.ch:
+		return g.b, g.err
+	case <-ctx.Done():
+	case <-timeout:
+	}
+	now := time.Now()
+	p.mu.Lock()
+	if w.queued {
+		waiting := p.waiters.len()
+		p.waiters.remove(w)
+		var err *AcquireError
+		if ctx.Err() != nil {
+			err = p.ctxErrorLocked(ctx, now.Sub(start), waiting)
+		} else {
+			err = p.timeoutErrorLocked(now.Sub(start), waiting, nil)
+		}
+		if err.Code == CodeTooManyConnections {
+			p.counts.timeouts++
+			h := &p.health
+			if len(h.timeouts) >= maxRecentTimeouts {
+				h.timeouts = h.timeouts[1:]
+			}
+			h.timeouts = append(h.timeouts, now)
+			p.evalStateLocked(now)
+		}
+		p.unlock()
+		return nil, err
+	}
+	p.unlock()
+	// No longer queued: the grant was sent under the lock, it is here.
+	g := <-w.ch
+	if g.err != nil || ctx.Err() == nil {
+		return g.b, g.err
+	}
+	p.mu.Lock()
+	p.putLocked(g.b, now)
+	err := p.ctxErrorLocked(ctx, now.Sub(start), p.waiters.len())
+	p.unlock()
+	return nil, err
+}
+
+// hand validates b if it has been idle too long and then gives it to the
+// caller. ok is false, with a nil error, when b failed validation (it is
+// closed already) and the caller should try again.
+func (p *Pool) hand(ctx context.Context, b *backend, start time.Time) (c *Conn, ok bool, err error) {
+	now := time.Now()
+	p.mu.Lock()
+	if !p.closed {
+		cfg := &p.cfg
+		if cfg.ValidationQuery != "" && !b.fresh && (cfg.ValidateAfterIdle <= 0 || now.Sub(b.idleSince) >= cfg.ValidateAfterIdle) {
+			q, timeout := cfg.ValidationQuery, cfg.ConnectTimeout
+			p.unlock()
+			if !p.validate(ctx, b, q, timeout) {
+				return nil, false, nil
+			}
+			now = time.Now()
+			p.mu.Lock()
+		}
+	}
+	if p.closed {
+		p.retireLocked(b, retireShutdown, "pool closed", now)
+		err := p.shutdownError()
+		p.unlock()
+		return nil, false, err
+	}
+	b.fresh = false
+	p.active++
+	p.counts.peakActive = max(p.counts.peakActive, p.active)
+	p.counts.acquisitions++
+	c = &Conn{p: p, b: b}
+	p.unlock()
+	b.beginHold(c, now)
+	p.waits.record(now.Sub(start))
+	return c, true, nil
+}
+
+// validate runs the validation query on b, bounded by ConnectTimeout. On
+// failure b is closed: as Retired.Validation, or as Retired.Error when
+// the caller's own ctx cut it short (the backend's state is then unknown
+// but says nothing about the backend's health).
+func (p *Pool) validate(ctx context.Context, b *backend, query string, timeout time.Duration) bool {
+	p.validations.Add(1)
+	vctx, cancel := context.WithTimeout(ctx, timeout)
+	err := b.srv.Exec(vctx, query)
+	cancel()
+	if err == nil {
+		return true
+	}
+	reason := retireValidation
+	if ctx.Err() != nil {
+		reason = retireError
+	}
+	p.mu.Lock()
+	p.retireLocked(b, reason, fmt.Sprintf("validation query %q failed: %v", query, err), time.Now())
+	p.unlock()
+	return false
+}

@@ -1,0 +1,292 @@
+package pool
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestFIFOOrderWith50Waiters(t *testing.T) {
+	db := newFakeDB()
+	cfg := testConfig(db, newLogRecorder())
+	cfg.MaxSize = 1
+	p := startPool(t, cfg)
+
+	holder := mustAcquire(t, p)
+	const n = 50
+	order := make(chan int, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := p.Acquire(context.Background())
+			if err != nil {
+				t.Errorf("waiter %d: %v", i, err)
+				return
+			}
+			order <- i
+			c.Release()
+		}()
+		// Queue them one at a time so the arrival order is known.
+		waitFor(t, "waiter queued", waiting(p, i+1))
+	}
+	if s := p.Stats(); s.PeakWaiting != n || s.Active != 1 {
+		t.Fatalf("peak waiting %d active %d, want %d and 1", s.PeakWaiting, s.Active, n)
+	}
+	holder.Release()
+	wg.Wait()
+	close(order)
+	want := 0
+	for got := range order {
+		if got != want {
+			t.Fatalf("waiter %d served in position %d: not FIFO", got, want)
+		}
+		want++
+	}
+	if want != n {
+		t.Fatalf("%d waiters served, want %d", want, n)
+	}
+	s := p.Stats()
+	if s.Total != 1 || s.Idle != 1 || s.Waiting != 0 || s.Acquisitions != n+1 {
+		t.Fatalf("after the queue drained: %+v", s)
+	}
+}
+
+func TestReleaseHandsDirectlyToOldestWaiter(t *testing.T) {
+	db := newFakeDB()
+	cfg := testConfig(db, newLogRecorder())
+	cfg.MaxSize = 1
+	p := startPool(t, cfg)
+
+	c1 := mustAcquire(t, p)
+	pid := c1.Server().PID()
+	w := acquireAsync(context.Background(), p)
+	waitFor(t, "waiter queued", waiting(p, 1))
+
+	c1.Release()
+	// Handed over under the lock: it never touched the idle list, so a
+	// newcomer arriving now finds nothing to take.
+	if s := p.Stats(); s.Idle != 0 || s.Waiting != 0 || s.Total != 1 {
+		t.Fatalf("right after Release: idle %d waiting %d total %d, want 0 0 1", s.Idle, s.Waiting, s.Total)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if c, err := p.Acquire(ctx); err == nil {
+		c.Release()
+		t.Fatal("a newcomer got the connection that was handed to the waiter")
+	}
+	r := <-w
+	if r.err != nil {
+		t.Fatalf("waiter: %v", r.err)
+	}
+	if r.c.Server().PID() != pid {
+		t.Fatalf("waiter got pid %d, want the released %d", r.c.Server().PID(), pid)
+	}
+	r.c.Release()
+}
+
+func TestAcquireTimeout(t *testing.T) {
+	db := newFakeDB()
+	cfg := testConfig(db, newLogRecorder())
+	cfg.MaxSize = 1
+	cfg.AcquireTimeout = 50 * time.Millisecond
+	p := startPool(t, cfg)
+
+	c := mustAcquire(t, p)
+	defer c.Release()
+	start := time.Now()
+	_, err := p.Acquire(context.Background())
+	waited := time.Since(start)
+	ae := asAcquireError(t, err, CodeTooManyConnections)
+	if waited < cfg.AcquireTimeout {
+		t.Fatalf("gave up after %s, before the %s timeout", waited, cfg.AcquireTimeout)
+	}
+	if !strings.HasPrefix(ae.Message, "timed out after ") ||
+		!strings.HasSuffix(ae.Message, "waiting for a server connection (pool db/u: 1 of 1 busy, 1 waiting)") {
+		t.Fatalf("message %q", ae.Message)
+	}
+	if ae.Hint != "raise pool.max_size or shorten transactions" {
+		t.Fatalf("hint %q", ae.Hint)
+	}
+	s := p.Stats()
+	if s.AcquireTimeouts != 1 || s.Waiting != 0 {
+		t.Fatalf("timeouts %d waiting %d, want 1 and 0", s.AcquireTimeouts, s.Waiting)
+	}
+}
+
+func TestAcquireHonoursContext(t *testing.T) {
+	db := newFakeDB()
+	cfg := testConfig(db, newLogRecorder())
+	cfg.MaxSize = 1
+	p := startPool(t, cfg)
+	c := mustAcquire(t, p)
+	defer c.Release()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	w := acquireAsync(ctx, p)
+	waitFor(t, "waiter queued", waiting(p, 1))
+	cancel()
+	r := <-w
+	ae := asAcquireError(t, r.err, CodeQueryCanceled)
+	if !errors.Is(ae, context.Canceled) {
+		t.Fatalf("error %v does not wrap context.Canceled", ae)
+	}
+	if p.Stats().Waiting != 0 {
+		t.Fatal("canceled waiter still queued")
+	}
+
+	// A context deadline shorter than AcquireTimeout is a timeout.
+	dctx, dcancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer dcancel()
+	_, err := p.Acquire(dctx)
+	asAcquireError(t, err, CodeTooManyConnections)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("error %v does not wrap context.DeadlineExceeded", err)
+	}
+
+	// An already-dead context never takes a connection.
+	_, err = p.Acquire(ctx)
+	asAcquireError(t, err, CodeQueryCanceled)
+}
+
+// A waiter whose context ends at the moment a backend is handed to it
+// must not lose the backend: it goes to the next waiter or the idle list.
+func TestCanceledWaiterNeverLosesAHandoff(t *testing.T) {
+	db := newFakeDB()
+	cfg := testConfig(db, newLogRecorder())
+	cfg.MaxSize = 1
+	p := startPool(t, cfg)
+
+	for i := range 300 {
+		c := mustAcquire(t, p)
+		ctx, cancel := context.WithCancel(context.Background())
+		w := acquireAsync(ctx, p)
+		waitFor(t, "waiter queued", waiting(p, 1))
+		var wg sync.WaitGroup
+		wg.Add(2)
+		go func() { defer wg.Done(); cancel() }()
+		go func() { defer wg.Done(); c.Release() }()
+		wg.Wait()
+		if r := <-w; r.err == nil {
+			r.c.Release()
+		} else {
+			asAcquireError(t, r.err, CodeQueryCanceled)
+		}
+		s := p.Stats()
+		if s.Total != 1 || s.Idle != 1 || s.Active != 0 || s.Waiting != 0 {
+			t.Fatalf("round %d: backend lost or leaked: %+v", i, s)
+		}
+	}
+}
+
+func TestMaxWaitersRejectsAtOnce(t *testing.T) {
+	db := newFakeDB()
+	cfg := testConfig(db, newLogRecorder())
+	cfg.MaxSize = 1
+	cfg.MaxWaiters = 2
+	p := startPool(t, cfg)
+	c := mustAcquire(t, p)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	w1, w2 := acquireAsync(ctx, p), acquireAsync(ctx, p)
+	waitFor(t, "two waiters", waiting(p, 2))
+	start := time.Now()
+	_, err := p.Acquire(context.Background())
+	ae := asAcquireError(t, err, CodeTooManyConnections)
+	if time.Since(start) > time.Second || !strings.Contains(ae.Message, "max_waiters 2") {
+		t.Fatalf("rejected after %s with %q", time.Since(start), ae.Message)
+	}
+	if s := p.Stats(); s.AcquireRejected != 1 {
+		t.Fatalf("rejected %d, want 1", s.AcquireRejected)
+	}
+	cancel()
+	<-w1
+	<-w2
+	c.Release()
+}
+
+func TestIdleReuseIsLIFO(t *testing.T) {
+	db := newFakeDB()
+	cfg := testConfig(db, newLogRecorder())
+	cfg.MaxSize = 3
+	p := startPool(t, cfg)
+	a, b, c := mustAcquire(t, p), mustAcquire(t, p), mustAcquire(t, p)
+	a.Release()
+	c.Release()
+	b.Release() // released last: the warmest
+	got := mustAcquire(t, p)
+	defer got.Release()
+	if got.Server().PID() != b.Server().PID() {
+		t.Fatalf("got pid %d, want the most recently released %d", got.Server().PID(), b.Server().PID())
+	}
+}
+
+// Concurrent churn with every recycling path active: MaxSize must hold,
+// and every backend the pool opened must be accounted for at the end.
+func TestMaxSizeNeverExceededUnderChurn(t *testing.T) {
+	db := newFakeDB()
+	db.failExec = func(*fakeServer) error {
+		if rand.IntN(20) == 0 {
+			return errors.New("fake: random validation failure")
+		}
+		return nil
+	}
+	cfg := testConfig(db, newLogRecorder())
+	cfg.MaxSize = 5
+	cfg.MinSize = 2
+	cfg.ValidateAfterIdle = Off // validate every acquire
+	cfg.MaxQueries = 7
+	cfg.MaxLifetime = 20 * time.Millisecond
+	cfg.MaxIdle = 5 * time.Millisecond
+	p := startPool(t, cfg)
+
+	const workers, rounds = 64, 150
+	var wg sync.WaitGroup
+	deadline := time.Now().Add(20 * time.Second)
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < rounds && time.Now().Before(deadline); i++ {
+				c, err := p.Acquire(context.Background())
+				if err != nil {
+					t.Errorf("Acquire: %v", err)
+					return
+				}
+				if s := p.Stats(); s.Active > cfg.MaxSize || s.Total > cfg.MaxSize {
+					t.Errorf("active %d total %d above max %d", s.Active, s.Total, cfg.MaxSize)
+				}
+				c.AddQueries(1)
+				if rand.IntN(10) == 0 {
+					c.Destroy("churn")
+				} else {
+					c.Release()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	_, peakOpen, _, _ := db.stats()
+	if peakOpen > cfg.MaxSize {
+		t.Fatalf("%d backends open at once, max %d", peakOpen, cfg.MaxSize)
+	}
+	s := p.Stats()
+	if s.PeakActive > cfg.MaxSize || s.Active != 0 || s.Waiting != 0 {
+		t.Fatalf("after churn: %+v", s)
+	}
+	if s.Queries != workers*rounds || s.Retired.Queries == 0 || s.Retired.Error == 0 || s.Retired.Validation == 0 {
+		t.Fatalf("recycling paths not exercised: queries %d retired %+v", s.Queries, s.Retired)
+	}
+	if uint64(s.Total) != s.Connects-s.Retired.Total() {
+		t.Fatalf("total %d != connects %d - retired %d", s.Total, s.Connects, s.Retired.Total())
+	}
+	p.Close()
+	if open, _, _, _ := db.stats(); open != 0 {
+		t.Fatalf("%d fake servers still open after Close", open)
+	}
+}

@@ -1,0 +1,286 @@
+package pool
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Owner describes the client holding a Conn, for leak reports.
+type Owner interface {
+	// LeakInfo returns the client's address, application_name and its last
+	// statement (already truncated). Called from the pool's goroutine.
+	LeakInfo() (addr, appName, lastStatement string)
+}
+
+// backend is one open server connection for its whole life in the pool;
+// each Acquire wraps it in a fresh Conn handle.
+type backend struct {
+	srv       Server
+	pid       uint32
+	createdAt time.Time
+	lifeRand  float64 // this backend's lifetime jitter draw, in [0, 1)
+	queries   atomic.Int64
+
+	// attachment belongs to the proxy; only the current holder touches
+	// it, and the hand-over through p.mu orders those touches.
+	attachment any
+
+	// Guarded by p.mu.
+	idleSince time.Time
+	fresh     bool // never handed out yet: no need to validate
+
+	// mu guards the hold: the holder writes it, the leak scan reads it.
+	mu           sync.Mutex
+	hold         *Conn
+	busyMode     bool      // SetBusy was called during this hold
+	busySince    time.Time // zero while not busy
+	leakReported time.Time // busySince of the busy period already reported
+	owner        Owner
+}
+
+func newBackend(srv Server, now time.Time) *backend {
+	return &backend{srv: srv, pid: srv.PID(), createdAt: now, lifeRand: rand.Float64(), fresh: true}
+}
+
+// lifetime is this backend's own lifetime under cfg (0 = unlimited); it
+// is recomputed from the backend's draw, so Reconfigure applies to it.
+func (b *backend) lifetime(cfg *Config) time.Duration {
+	return lifetimeOf(cfg.MaxLifetime, cfg.LifetimeJitter, b.lifeRand)
+}
+
+func (b *backend) expired(cfg *Config, now time.Time) bool {
+	lt := b.lifetime(cfg)
+	return lt > 0 && now.Sub(b.createdAt) >= lt
+}
+
+// beginHold starts a hold by c; until SetBusy is called, the whole hold
+// counts as busy (transaction mode).
+func (b *backend) beginHold(c *Conn, now time.Time) {
+	b.mu.Lock()
+	b.hold, b.busyMode, b.busySince, b.leakReported, b.owner = c, false, now, time.Time{}, nil
+	b.mu.Unlock()
+}
+
+func (b *backend) endHold() {
+	b.mu.Lock()
+	b.hold, b.busyMode, b.busySince, b.owner = nil, false, time.Time{}, nil
+	b.mu.Unlock()
+}
+
+// leakCheck reports whether the current busy period is older than
+// timeout and not yet reported, and marks it reported: once per period.
+func (b *backend) leakCheck(now time.Time, timeout time.Duration) (report bool, owner Owner, age time.Duration) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.hold == nil || b.busySince.IsZero() || b.leakReported.Equal(b.busySince) {
+		return false, nil, 0
+	}
+	age = now.Sub(b.busySince)
+	if age < timeout {
+		return false, nil, 0
+	}
+	b.leakReported = b.busySince
+	return true, b.owner, age
+}
+
+// Conn is a Server checked out of a Pool. Every Acquire returns a new
+// Conn handle for the backend it hands out, so a stale handle (double
+// Release, Release after Destroy) is recognised and ignored instead of
+// releasing the backend under its next holder. What must stay with the
+// backend across holds goes in Attachment.
+type Conn struct {
+	p    *Pool
+	b    *backend
+	done atomic.Bool // Release or Destroy was called on this handle
+}
+
+// Server returns the backend connection.
+func (c *Conn) Server() Server { return c.b.srv }
+
+// Attachment returns the opaque value the proxy keeps with this backend
+// for its whole life (it survives Release and Acquire).
+func (c *Conn) Attachment() any { return c.b.attachment }
+
+// SetAttachment sets the value Attachment returns, for this backend's
+// whole life. Only the current holder may call it.
+func (c *Conn) SetAttachment(v any) { c.b.attachment = v }
+
+// SetOwner records the client holding the Conn, for leak reports. It is
+// cleared on Release.
+func (c *Conn) SetOwner(o Owner) {
+	b := c.b
+	b.mu.Lock()
+	if b.hold == c {
+		b.owner = o
+	}
+	b.mu.Unlock()
+}
+
+// AddQueries counts n queries run on the backend, towards MaxQueries and
+// Stats.Queries.
+func (c *Conn) AddQueries(n int64) {
+	if n <= 0 {
+		return
+	}
+	c.b.queries.Add(n)
+	c.p.queries.Add(uint64(n))
+}
+
+// SetBusy marks whether a transaction is open on the backend, for leak
+// detection in session mode: once it is called, only busy periods count
+// and each one longer than LeakTimeout is reported once. A holder that
+// never calls it (transaction mode) is busy from Acquire to Release.
+func (c *Conn) SetBusy(busy bool) {
+	b := c.b
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.hold != c {
+		return
+	}
+	wasMode := b.busyMode
+	b.busyMode = true
+	switch {
+	case !busy:
+		b.busySince = time.Time{}
+	case !wasMode || b.busySince.IsZero():
+		b.busySince = time.Now()
+	}
+}
+
+// Release gives a clean backend (its last ReadyForQuery said 'I') back.
+// It goes straight to the oldest waiter, else to the idle list, unless it
+// is due for retirement (lifetime, query count, shrink, shutdown), in
+// which case it is closed and, if callers wait, replaced. A second
+// Release or Destroy on the same handle is a bug; it is logged and
+// ignored.
+func (c *Conn) Release() {
+	if !c.done.CompareAndSwap(false, true) {
+		c.p.misuse("Release", c.b)
+		return
+	}
+	p, b := c.p, c.b
+	b.endHold()
+	now := time.Now()
+	p.mu.Lock()
+	p.active--
+	if reason, detail := p.releaseRetireReasonLocked(b, now); reason != retireNone {
+		p.retireLocked(b, reason, detail, now)
+	} else {
+		b.fresh = false
+		p.putLocked(b, now)
+	}
+	p.unlock()
+}
+
+// Destroy closes a backend whose state is unknown or broken (counted as
+// Retired.Error, logged at debug with reason); if callers wait, a fresh
+// backend is opened for them. A second Release or Destroy on the same
+// handle is a bug; it is logged and ignored.
+func (c *Conn) Destroy(reason string) {
+	if !c.done.CompareAndSwap(false, true) {
+		c.p.misuse("Destroy", c.b)
+		return
+	}
+	p, b := c.p, c.b
+	b.endHold()
+	now := time.Now()
+	p.mu.Lock()
+	p.active--
+	p.retireLocked(b, retireError, reason, now)
+	p.unlock()
+}
+
+// misuse logs a Release or Destroy on a handle already given back, with
+// the caller's position, and otherwise does nothing.
+func (p *Pool) misuse(op string, b *backend) {
+	where := "unknown"
+	if _, file, line, ok := runtime.Caller(2); ok {
+		where = fmt.Sprintf("%s:%d", file, line)
+	}
+	p.log().Warn("bug: "+op+" called on a connection already released or destroyed; ignored",
+		"pid", b.pid, "caller", where)
+}
+
+// retireReason says why a backend was closed; it indexes Retired.
+type retireReason int
+
+const (
+	retireNone retireReason = iota
+	retireLifetime
+	retireIdle
+	retireQueries
+	retireError
+	retireValidation
+	retireShutdown
+)
+
+var retireNames = [...]string{"", "lifetime", "idle", "queries", "error", "validation", "shutdown"}
+
+func (r retireReason) String() string { return retireNames[r] }
+
+// releaseRetireReasonLocked says whether a backend coming back must be
+// closed instead of reused: this is the 'Z' boundary where recycling
+// happens, never while a client holds it.
+func (p *Pool) releaseRetireReasonLocked(b *backend, now time.Time) (retireReason, string) {
+	cfg := &p.cfg
+	switch {
+	case p.closed:
+		return retireShutdown, "pool closed"
+	case b.expired(cfg, now):
+		return retireLifetime, fmt.Sprintf("lifetime %s reached", fmtDuration(b.lifetime(cfg)))
+	case cfg.MaxQueries > 0 && b.queries.Load() >= cfg.MaxQueries:
+		return retireQueries, fmt.Sprintf("%d queries reached max_queries %d", b.queries.Load(), cfg.MaxQueries)
+	case p.open > cfg.MaxSize:
+		// Counted as idle: it is surplus after max_size shrank.
+		return retireIdle, fmt.Sprintf("surplus after max_size shrank to %d", cfg.MaxSize)
+	}
+	return retireNone, ""
+}
+
+// retireLocked removes an open backend from the books and closes it
+// after unlock; then waiters are served by new connects if there is room
+// and the state is re-evaluated (the last backend closing while connects
+// fail opens the circuit).
+func (p *Pool) retireLocked(b *backend, reason retireReason, detail string, now time.Time) {
+	delete(p.all, b)
+	p.open--
+	p.closing++ // still holds its slot under MaxSize until the close is done
+	r := &p.counts.retired
+	switch reason {
+	case retireLifetime:
+		r.Lifetime++
+	case retireIdle:
+		r.Idle++
+	case retireQueries:
+		r.Queries++
+	case retireError:
+		r.Error++
+	case retireValidation:
+		r.Validation++
+	case retireShutdown:
+		r.Shutdown++
+	}
+	p.later(func() { p.closeServer(b, reason, detail) })
+	p.replenishLocked()
+	p.evalStateLocked(now)
+}
+
+// closeServer closes the backend's connection, bounded in time, and then
+// frees its slot under MaxSize.
+func (p *Pool) closeServer(b *backend, reason retireReason, detail string) {
+	ctx, cancel := context.WithTimeout(context.Background(), p.opts.closeTimeout)
+	defer cancel()
+	err := b.srv.Close(ctx)
+	p.mu.Lock()
+	p.closing--
+	p.replenishLocked()
+	p.unlock()
+	p.poke() // to warm a replacement if below MinSize
+	p.log().Debug("backend closed", "pid", b.pid, "reason", reason.String(), "detail", detail,
+		"age", time.Since(b.createdAt).Round(time.Millisecond), "queries", b.queries.Load(), "close_err", err)
+}

@@ -1,0 +1,106 @@
+package pool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// SQLSTATE codes carried by AcquireError.
+const (
+	CodeTooManyConnections = "53300" // wait timed out, or the wait queue is full
+	CodeConnectionFailure  = "08006" // the upstream is down: the circuit is open
+	CodeAdminShutdown      = "57P01" // the pool is shutting down
+	CodeQueryCanceled      = "57014" // the caller's context was canceled
+)
+
+// AcquireError says why Acquire failed, with a SQLSTATE for the client.
+type AcquireError struct {
+	Code    string // SQLSTATE: 53300 (timeout, queue full), 08006 (upstream down), 57P01 (closed), 57014 (ctx canceled)
+	Message string
+	Hint    string
+	Err     error // the upstream's own error, or the context's, when there is one
+}
+
+// Error returns the message meant for the client.
+func (e *AcquireError) Error() string { return e.Message }
+
+// Unwrap returns the upstream's (or the context's) own error.
+func (e *AcquireError) Unwrap() error { return e.Err }
+
+// busyLocked describes the pool for an error message, e.g.
+// "pool app/app: 10 of 10 busy, 57 waiting".
+func (p *Pool) busyLocked(waiting int) string {
+	return fmt.Sprintf("pool %s: %d of %d busy, %d waiting", p.name, p.active, p.cfg.MaxSize, waiting)
+}
+
+// timeoutErrorLocked is the 53300 for a waiter that waited `waited`;
+// waiting counts the queue including that waiter.
+func (p *Pool) timeoutErrorLocked(waited time.Duration, waiting int, cause error) *AcquireError {
+	return &AcquireError{
+		Code:    CodeTooManyConnections,
+		Message: fmt.Sprintf("timed out after %s waiting for a server connection (%s)", fmtDuration(waited), p.busyLocked(waiting)),
+		Hint:    "raise pool.max_size or shorten transactions",
+		Err:     cause,
+	}
+}
+
+// queueFullErrorLocked is the 53300 for an Acquire refused because
+// MaxWaiters callers already wait.
+func (p *Pool) queueFullErrorLocked() *AcquireError {
+	return &AcquireError{
+		Code: CodeTooManyConnections,
+		Message: fmt.Sprintf("too many clients waiting for a server connection (%s; max_waiters %d)",
+			p.busyLocked(p.waiters.len()), p.cfg.MaxWaiters),
+		Hint: "raise pool.max_waiters or pool.max_size, or shorten transactions",
+	}
+}
+
+// circuitErrorLocked is the fail-fast 08006 while the pool is UNHEALTHY.
+func (p *Pool) circuitErrorLocked(now time.Time) *AcquireError {
+	h := &p.health
+	hint := "check that the database is up and reachable; pgsidecar is retrying now"
+	if d := h.retryAt.Sub(now); d > 0 && !h.probing {
+		hint = fmt.Sprintf("check that the database is up and reachable; pgsidecar retries in %s", fmtDuration(d))
+	}
+	return &AcquireError{
+		Code:    CodeConnectionFailure,
+		Message: fmt.Sprintf("cannot connect to the database for pool %s: %v", p.name, h.lastErr),
+		Hint:    hint,
+		Err:     h.lastErr,
+	}
+}
+
+// shutdownError is the 57P01 for callers of a closed pool.
+func (p *Pool) shutdownError() *AcquireError {
+	return &AcquireError{
+		Code:    CodeAdminShutdown,
+		Message: fmt.Sprintf("pool %s is shutting down", p.name),
+		Hint:    "reconnect; another pgsidecar instance or a restart will serve you",
+	}
+}
+
+// ctxErrorLocked is the error for a caller whose own context ended:
+// its deadline counts as a wait timeout, a cancellation as 57014.
+func (p *Pool) ctxErrorLocked(ctx context.Context, waited time.Duration, waiting int) *AcquireError {
+	err := ctx.Err()
+	if errors.Is(err, context.DeadlineExceeded) {
+		return p.timeoutErrorLocked(waited, waiting, err)
+	}
+	return &AcquireError{
+		Code:    CodeQueryCanceled,
+		Message: fmt.Sprintf("canceled after %s while waiting for a server connection (%s)", fmtDuration(waited), p.busyLocked(waiting)),
+		Hint:    "the client went away or gave up",
+		Err:     err,
+	}
+}
+
+// fmtDuration prints whole seconds from 1s up ("30s", "1m30s") and
+// milliseconds below.
+func fmtDuration(d time.Duration) string {
+	if d >= time.Second {
+		return d.Round(time.Second).String()
+	}
+	return d.Round(time.Millisecond).String()
+}

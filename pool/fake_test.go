@@ -1,0 +1,285 @@
+package pool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// fakeDB is the upstream for unit tests: it counts connects and open
+// servers (with the peak), can be taken down, and can hold connects.
+type fakeDB struct {
+	mu        sync.Mutex
+	down      error         // connects fail with it when set
+	gate      chan struct{} // connects wait for it to close when set
+	nextPID   uint32
+	open      int
+	peakOpen  int
+	attempts  int
+	inflight  int
+	peakConns int // peak of concurrent connect attempts
+	servers   []*fakeServer
+	failExec  func(*fakeServer) error // validation hook
+}
+
+func newFakeDB() *fakeDB { return &fakeDB{nextPID: 1000} }
+
+func (db *fakeDB) setDown(err error) {
+	db.mu.Lock()
+	db.down = err
+	db.mu.Unlock()
+}
+
+func (db *fakeDB) setGate(g chan struct{}) {
+	db.mu.Lock()
+	db.gate = g
+	db.mu.Unlock()
+}
+
+func (db *fakeDB) connect(ctx context.Context) (Server, error) {
+	db.mu.Lock()
+	db.attempts++
+	db.inflight++
+	db.peakConns = max(db.peakConns, db.inflight)
+	gate := db.gate
+	db.mu.Unlock()
+	defer func() {
+		db.mu.Lock()
+		db.inflight--
+		db.mu.Unlock()
+	}()
+	if gate != nil {
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	if db.down != nil {
+		return nil, db.down
+	}
+	db.nextPID++
+	s := &fakeServer{db: db, pid: db.nextPID}
+	db.servers = append(db.servers, s)
+	db.open++
+	db.peakOpen = max(db.peakOpen, db.open)
+	return s, nil
+}
+
+func (db *fakeDB) stats() (open, peakOpen, attempts, peakConns int) {
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	return db.open, db.peakOpen, db.attempts, db.peakConns
+}
+
+// fakeServer is one backend of a fakeDB.
+type fakeServer struct {
+	db       *fakeDB
+	pid      uint32
+	closed   atomic.Bool
+	execs    atomic.Int64
+	execFail atomic.Bool
+}
+
+func (s *fakeServer) NetConn() net.Conn { return nil }
+
+func (s *fakeServer) Exec(ctx context.Context, sql string) error {
+	s.execs.Add(1)
+	if s.closed.Load() {
+		return errors.New("fake: exec on a closed connection")
+	}
+	if s.execFail.Load() {
+		return fmt.Errorf("fake: %q failed on pid %d", sql, s.pid)
+	}
+	s.db.mu.Lock()
+	hook := s.db.failExec
+	s.db.mu.Unlock()
+	if hook != nil {
+		return hook(s)
+	}
+	return ctx.Err()
+}
+
+func (s *fakeServer) CancelRequest(context.Context) error { return nil }
+func (s *fakeServer) PID() uint32                         { return s.pid }
+func (s *fakeServer) Params() map[string]string           { return map[string]string{"server_version": "15.0"} }
+
+func (s *fakeServer) Close(context.Context) error {
+	if s.closed.Swap(true) {
+		return errors.New("fake: closed twice")
+	}
+	s.db.mu.Lock()
+	s.db.open--
+	s.db.mu.Unlock()
+	return nil
+}
+
+// logRecorder is a slog.Handler that keeps every record for assertions.
+type logRecorder struct {
+	mu      *sync.Mutex
+	records *[]logRecord
+	attrs   []slog.Attr
+}
+
+type logRecord struct {
+	level slog.Level
+	msg   string
+	attrs map[string]string
+}
+
+func newLogRecorder() *logRecorder {
+	return &logRecorder{mu: &sync.Mutex{}, records: &[]logRecord{}}
+}
+
+func (h *logRecorder) Enabled(context.Context, slog.Level) bool { return true }
+
+func (h *logRecorder) Handle(_ context.Context, r slog.Record) error {
+	rec := logRecord{level: r.Level, msg: r.Message, attrs: map[string]string{}}
+	for _, a := range h.attrs {
+		rec.attrs[a.Key] = a.Value.String()
+	}
+	r.Attrs(func(a slog.Attr) bool {
+		rec.attrs[a.Key] = a.Value.String()
+		return true
+	})
+	h.mu.Lock()
+	*h.records = append(*h.records, rec)
+	h.mu.Unlock()
+	return nil
+}
+
+func (h *logRecorder) WithAttrs(as []slog.Attr) slog.Handler {
+	return &logRecorder{mu: h.mu, records: h.records, attrs: append(append([]slog.Attr{}, h.attrs...), as...)}
+}
+
+func (h *logRecorder) WithGroup(string) slog.Handler { return h }
+
+// find returns the records whose message contains msg.
+func (h *logRecorder) find(msg string) []logRecord {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var out []logRecord
+	for _, r := range *h.records {
+		if strings.Contains(r.msg, msg) {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// transitions lists the "to" states of the logged state changes.
+func (h *logRecorder) transitions() []string {
+	var out []string
+	for _, r := range h.find("pool state changed") {
+		out = append(out, r.attrs["to"])
+	}
+	return out
+}
+
+// testConfig is a fast Config: nothing kept warm, no recycling, no leak
+// detection, short backoff; tests turn on what they exercise.
+func testConfig(db *fakeDB, log *logRecorder) Config {
+	return Config{
+		Name:              "db/u",
+		Database:          "db",
+		User:              "u",
+		Connect:           db.connect,
+		MinSize:           Off,
+		MaxSize:           2,
+		AcquireTimeout:    5 * time.Second,
+		ValidateAfterIdle: time.Hour,
+		MaxLifetime:       Off,
+		MaxIdle:           Off,
+		MaxQueries:        Off,
+		LeakTimeout:       Off,
+		ConnectTimeout:    2 * time.Second,
+		BackoffInitial:    10 * time.Millisecond,
+		BackoffMax:        40 * time.Millisecond,
+		Logger:            slog.New(log),
+	}
+}
+
+// startPool builds a pool with a short degrade window, waits until its
+// first connect finished, and closes it at cleanup.
+func startPool(t *testing.T, cfg Config) *Pool {
+	t.Helper()
+	p, err := newPool(cfg, options{degradeWindow: 100 * time.Millisecond, closeTimeout: time.Second})
+	if err != nil {
+		t.Fatalf("newPool: %v", err)
+	}
+	t.Cleanup(p.Close)
+	waitFor(t, "first connect attempt", func() bool { return p.State() != StateInitializing })
+	return p
+}
+
+// waitFor polls cond every millisecond for up to 5s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func mustAcquire(t *testing.T, p *Pool) *Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := p.Acquire(ctx)
+	if err != nil {
+		t.Fatalf("Acquire: %v", err)
+	}
+	return c
+}
+
+func asAcquireError(t *testing.T, err error, code string) *AcquireError {
+	t.Helper()
+	var ae *AcquireError
+	if !errors.As(err, &ae) {
+		t.Fatalf("error %v (%T) is not an *AcquireError", err, err)
+	}
+	if ae.Code != code {
+		t.Fatalf("code %s, want %s (message %q)", ae.Code, code, ae.Message)
+	}
+	return ae
+}
+
+func fake(c *Conn) *fakeServer { return c.Server().(*fakeServer) }
+
+// acquireAsync starts an Acquire in a goroutine; the result arrives on
+// the returned channel.
+type acquireResult struct {
+	c   *Conn
+	err error
+}
+
+func acquireAsync(ctx context.Context, p *Pool) <-chan acquireResult {
+	ch := make(chan acquireResult, 1)
+	go func() {
+		c, err := p.Acquire(ctx)
+		ch <- acquireResult{c, err}
+	}()
+	return ch
+}
+
+func waiting(p *Pool, n int) func() bool {
+	return func() bool { return p.Stats().Waiting == n }
+}

@@ -1,0 +1,141 @@
+package pool
+
+import (
+	"fmt"
+	"time"
+)
+
+// Bounds of the maintainer's tick. It runs more often when the pool's
+// own durations are short (tests, aggressive settings) and at most once a
+// second otherwise; a poke runs it at once.
+const (
+	minTick = 5 * time.Millisecond
+	maxTick = time.Second
+)
+
+// maintainer is the pool's background goroutine: it keeps MinSize warm,
+// runs the reconnect probe, retires idle backends past their lifetime or
+// idle limit, reports leaks and lets time-based states end. It is
+// started by New and stopped by Close (p.ctx, p.wg).
+func (p *Pool) maintainer() {
+	defer p.wg.Done()
+	p.mu.Lock()
+	next := p.nextTickLocked(time.Now())
+	p.unlock()
+	t := time.NewTimer(next)
+	defer t.Stop()
+	for {
+		select {
+		case <-p.ctx.Done():
+			return
+		case <-t.C:
+		case <-p.wake:
+		}
+		now := time.Now()
+		p.mu.Lock()
+		if p.closed {
+			p.unlock()
+			return
+		}
+		held := p.maintainLocked(now)
+		leakTimeout := p.cfg.LeakTimeout
+		next := p.nextTickLocked(now)
+		p.unlock()
+		p.reportLeaks(held, now, leakTimeout)
+		t.Reset(next)
+	}
+}
+
+// nextTickLocked is the delay to the next maintainer run: a quarter of
+// the shortest duration it enforces, bounded by minTick and maxTick, and
+// no later than the next reconnect probe is due.
+func (p *Pool) nextTickLocked(now time.Time) time.Duration {
+	cfg := &p.cfg
+	d := maxTick
+	for _, v := range []time.Duration{
+		cfg.MaxIdle,
+		cfg.LeakTimeout,
+		time.Duration(float64(cfg.MaxLifetime) * (1 - cfg.LifetimeJitter)),
+		p.opts.degradeWindow,
+	} {
+		if v > 0 {
+			d = min(d, v/4)
+		}
+	}
+	if h := &p.health; h.failures > 0 && !h.probing {
+		d = min(d, h.retryAt.Sub(now))
+	}
+	return max(d, minTick)
+}
+
+// maintainLocked does one round of upkeep and returns the backends to
+// check for leaks (outside the lock, since Owner.LeakInfo is the proxy's
+// code).
+func (p *Pool) maintainLocked(now time.Time) (leakCandidates []*backend) {
+	cfg := &p.cfg
+
+	// Idle backends, coldest (bottom of the stack) first.
+	keep := p.idle[:0]
+	for _, b := range p.idle {
+		switch {
+		case b.expired(cfg, now):
+			p.retireLocked(b, retireLifetime, fmt.Sprintf("lifetime %s reached", fmtDuration(b.lifetime(cfg))), now)
+		case p.open > cfg.MaxSize:
+			p.retireLocked(b, retireIdle, fmt.Sprintf("surplus after max_size shrank to %d", cfg.MaxSize), now)
+		case cfg.MaxIdle > 0 && now.Sub(b.idleSince) >= cfg.MaxIdle && p.open > cfg.MinSize:
+			p.retireLocked(b, retireIdle, fmt.Sprintf("idle for %s (max_idle %s)", fmtDuration(now.Sub(b.idleSince)), cfg.MaxIdle), now)
+		default:
+			keep = append(keep, b)
+		}
+	}
+	clear(p.idle[len(keep):])
+	p.idle = keep
+
+	// Connects: the probe while connects fail, else warming to MinSize.
+	h := &p.health
+	switch {
+	case h.failures > 0:
+		if !h.probing && !now.Before(h.retryAt) && p.roomLocked() > 0 {
+			p.spawnOpenLocked(true)
+		}
+	case !h.connected:
+		// First contact: one attempt at a time, and at least one even
+		// with MinSize 0, so a database that is down shows at start.
+		if p.opening == 0 {
+			p.spawnOpenLocked(false)
+		}
+	default:
+		for want := min(cfg.MinSize, cfg.MaxSize) - p.open - p.opening; want > 0 && p.roomLocked() > 0; want-- {
+			p.spawnOpenLocked(false)
+		}
+		p.replenishLocked()
+	}
+	p.evalStateLocked(now)
+
+	if cfg.LeakTimeout > 0 && p.active > 0 {
+		leakCandidates = make([]*backend, 0, p.active)
+		for b := range p.all {
+			leakCandidates = append(leakCandidates, b)
+		}
+	}
+	return leakCandidates
+}
+
+// reportLeaks logs, once per busy period, every backend held (or busy,
+// in session mode) longer than timeout, and counts it in Stats.Leaks.
+func (p *Pool) reportLeaks(candidates []*backend, now time.Time, timeout time.Duration) {
+	for _, b := range candidates {
+		report, owner, age := b.leakCheck(now, timeout)
+		if !report {
+			continue
+		}
+		p.leaks.Add(1)
+		addr, app, stmt := "unknown", "", ""
+		if owner != nil {
+			addr, app, stmt = owner.LeakInfo()
+		}
+		p.log().Warn("backend held longer than leak_timeout: a client may have leaked a transaction",
+			"pid", b.pid, "busy_for", age.Round(time.Millisecond), "leak_timeout", timeout,
+			"client_addr", addr, "application_name", app, "last_statement", stmt)
+	}
+}

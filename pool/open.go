@@ -1,0 +1,106 @@
+package pool
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// roomLocked is how many more backends may be opened under MaxSize.
+func (p *Pool) roomLocked() int { return p.cfg.MaxSize - p.open - p.opening - p.closing }
+
+// replenishLocked starts a connect for every waiter that no connect in
+// flight will serve, as room allows. It does nothing while connects fail:
+// then only the maintainer's single probe connects, on the backoff
+// schedule, and waiters wait for a release (DEGRADED) or have already
+// failed fast (UNHEALTHY).
+func (p *Pool) replenishLocked() {
+	if p.closed || p.health.failures > 0 {
+		return
+	}
+	for need := p.waiters.len() - p.opening; need > 0 && p.roomLocked() > 0; need-- {
+		p.spawnOpenLocked(false)
+	}
+}
+
+// spawnOpenLocked starts one connect goroutine, owned by the pool (p.wg)
+// and stopped by Close through p.ctx. It counts as opening at once so
+// that MaxSize holds while it runs.
+func (p *Pool) spawnOpenLocked(probe bool) {
+	p.opening++
+	if probe {
+		p.health.probing = true
+	}
+	p.wg.Add(1)
+	go p.connect(p.cfg.Connect, p.cfg.ConnectTimeout, probe)
+}
+
+// connect opens one backend and hands it to the oldest waiter (or the
+// idle list), or records the failure for the backoff and the circuit.
+func (p *Pool) connect(connect ConnectFunc, timeout time.Duration, probe bool) {
+	defer p.wg.Done()
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(p.ctx, timeout)
+	srv, err := connect(ctx)
+	cancel()
+	if err == nil && srv == nil {
+		err = errors.New("connect returned neither a server nor an error")
+	}
+	now := time.Now()
+	took := now.Sub(start).Round(time.Millisecond)
+
+	p.mu.Lock()
+	p.opening--
+	if probe {
+		p.health.probing = false
+	}
+	switch {
+	case p.closed:
+		// Close canceled us, or we finished just after it: not a
+		// failure of the database.
+		if err == nil {
+			b := newBackend(srv, now)
+			p.counts.connects++
+			p.counts.retired.Shutdown++
+			p.later(func() { p.closeServer(b, retireShutdown, "pool closed while connecting") })
+		}
+	case err != nil:
+		p.connectFailedLocked(err, start, now, took)
+	default:
+		b := newBackend(srv, now)
+		h := &p.health
+		h.failures, h.connected = 0, true
+		p.counts.connects++
+		p.open++
+		p.all[b] = struct{}{}
+		p.putLocked(b, now)
+		p.replenishLocked()
+		p.evalStateLocked(now)
+		p.later(func() { p.log().Debug("backend opened", "pid", b.pid, "took", took, "probe", probe) })
+	}
+	p.unlock()
+	// The maintainer warms the rest after a success and schedules the
+	// probe after a failure.
+	p.poke()
+}
+
+// connectFailedLocked records a failed connect. Connects that were
+// already in flight when an earlier failure was recorded fail for the
+// same reason; they do not advance the backoff again, so a burst of
+// parallel failures counts as one step of the 1, 2, 4, 8, 16s schedule.
+func (p *Pool) connectFailedLocked(err error, start, now time.Time, took time.Duration) {
+	h := &p.health
+	p.counts.connectErrors++
+	h.lastErr = err
+	if h.failures == 0 || !start.Before(h.lastFailAt) {
+		h.failures++
+		h.lastFailAt = now
+		h.retryAt = now.Add(p.cfg.nextRetry(h.failures))
+	}
+	p.evalStateLocked(now)
+	failures, retryIn := h.failures, h.retryAt.Sub(now)
+	p.later(func() {
+		p.log().Warn("connect to the database failed", "err", err, "failures_in_a_row", failures,
+			"retry_in", retryIn.Round(time.Millisecond), "took", took)
+	})
+}

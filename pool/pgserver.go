@@ -1,0 +1,111 @@
+package pool
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// reportedParams are the ParameterStatus keys PgServer.Params returns: the
+// ones PostgreSQL reports at startup (GUC_REPORT) that a client expects to
+// see in its own startup.
+var reportedParams = []string{
+	"server_version", "server_encoding", "client_encoding", "DateStyle", "IntervalStyle",
+	"TimeZone", "integer_datetimes", "standard_conforming_strings", "application_name",
+	"is_superuser", "session_authorization", "default_transaction_read_only",
+	"in_hot_standby", "scram_iterations",
+}
+
+// PgServer adapts *pgconn.PgConn to Server.
+type PgServer struct {
+	pg     *pgconn.PgConn
+	params map[string]string
+}
+
+// NewPgServer wraps an open, synced connection. The ParameterStatus values
+// are copied now: once the proxy relays raw bytes, pgconn no longer sees
+// them.
+func NewPgServer(pg *pgconn.PgConn) *PgServer {
+	params := make(map[string]string, len(reportedParams))
+	for _, k := range reportedParams {
+		if v := pg.ParameterStatus(k); v != "" {
+			params[k] = v
+		}
+	}
+	return &PgServer{pg: pg, params: params}
+}
+
+// Connector returns a ConnectFunc that opens backends with cfg (from
+// pgconn.ParseConfig; pgconn does TLS, SCRAM, md5 and channel binding)
+// and syncs each one so its raw net.Conn is safe to relay on. The pool
+// bounds ctx by its ConnectTimeout.
+func Connector(cfg *pgconn.Config) ConnectFunc {
+	return func(ctx context.Context) (Server, error) {
+		pg, err := pgconn.ConnectConfig(ctx, cfg)
+		if err != nil {
+			return nil, err
+		}
+		if err := pg.SyncConn(ctx); err != nil {
+			_ = pg.Close(context.Background()) // already failing: the sync error is the one to report
+			return nil, fmt.Errorf("sync new connection: %w", err)
+		}
+		return NewPgServer(pg), nil
+	}
+}
+
+// PgConn returns the underlying connection (for CancelRequest wiring and
+// tests). Its TxStatus and ParameterStatus go stale once bytes are
+// relayed on NetConn.
+func (s *PgServer) PgConn() *pgconn.PgConn { return s.pg }
+
+// NetConn returns the raw socket to relay on.
+func (s *PgServer) NetConn() net.Conn { return s.pg.Conn() }
+
+// Exec runs sql with the simple protocol, reads every result and returns
+// the first error, then syncs the connection again so the raw socket is
+// safe to relay on. It clears any deadline the relay left on the socket
+// first, or pgconn would fail on it.
+func (s *PgServer) Exec(ctx context.Context, sql string) error {
+	if err := s.pg.Conn().SetDeadline(time.Time{}); err != nil {
+		return fmt.Errorf("clear deadline: %w", err)
+	}
+	results, err := s.pg.Exec(ctx, sql).ReadAll()
+	if err == nil {
+		for _, r := range results {
+			if r.Err != nil {
+				err = r.Err
+				break
+			}
+		}
+	}
+	if err != nil {
+		return err
+	}
+	if err := s.pg.SyncConn(ctx); err != nil {
+		return fmt.Errorf("sync after %q: %w", sql, err)
+	}
+	return nil
+}
+
+// CancelRequest asks the server to cancel what this connection runs; it
+// takes no lock, so it is safe while another goroutine relays.
+func (s *PgServer) CancelRequest(ctx context.Context) error { return s.pg.CancelRequest(ctx) }
+
+// PID is the backend process id.
+func (s *PgServer) PID() uint32 { return s.pg.PID() }
+
+// Params returns the ParameterStatus values reported at connect for the
+// keys a client expects in its startup (empty ones skipped). The map is
+// shared: do not modify it.
+func (s *PgServer) Params() map[string]string { return s.params }
+
+// Close sends Terminate and closes the socket, bounded by ctx.
+func (s *PgServer) Close(ctx context.Context) error {
+	// The relay may have left a deadline on the socket; Close must still
+	// be able to write Terminate.
+	_ = s.pg.Conn().SetDeadline(time.Time{})
+	return s.pg.Close(ctx)
+}

@@ -1,0 +1,131 @@
+package pool
+
+import (
+	"slices"
+	"sync"
+	"time"
+)
+
+// Stats is a point-in-time snapshot; reading it never blocks the data path.
+type Stats struct {
+	Name             string    `json:"name"`
+	Database         string    `json:"database"`
+	User             string    `json:"user"`
+	State            State     `json:"state"` // marshals as text, e.g. "HEALTHY"
+	StateReason      string    `json:"state_reason"`
+	StateSince       time.Time `json:"state_since"`
+	MinSize          int       `json:"min_size"`
+	MaxSize          int       `json:"max_size"`
+	Total            int       `json:"total"`  // open backends (idle + active + being validated)
+	Idle             int       `json:"idle"`   // ready in the idle list
+	Active           int       `json:"active"` // held by clients
+	Waiting          int       `json:"waiting"`
+	PeakActive       int       `json:"peak_active"`
+	PeakWaiting      int       `json:"peak_waiting"`
+	Acquisitions     uint64    `json:"acquisitions"`
+	AcquireTimeouts  uint64    `json:"acquire_timeouts"`
+	AcquireRejected  uint64    `json:"acquire_rejected"` // queue full or circuit open
+	WaitAvgMs        float64   `json:"wait_avg_ms"`      // over all acquisitions
+	WaitP99Ms        float64   `json:"wait_p99_ms"`      // over the last 1024 acquisitions
+	Connects         uint64    `json:"connects"`
+	ConnectErrors    uint64    `json:"connect_errors"`
+	LastConnectError string    `json:"last_connect_error,omitempty"`
+	Validations      uint64    `json:"validations"`
+	Leaks            uint64    `json:"leaks"`
+	Queries          uint64    `json:"queries"` // as counted by AddQueries
+	Retired          Retired   `json:"retired"`
+}
+
+// Retired counts closed backends by reason.
+type Retired struct {
+	Lifetime   uint64 `json:"lifetime"`
+	Idle       uint64 `json:"idle"`       // idle past MaxIdle, or surplus after MaxSize shrank
+	Queries    uint64 `json:"queries"`    // reached MaxQueries
+	Error      uint64 `json:"error"`      // Destroy: broken or unknown state
+	Validation uint64 `json:"validation"` // failed the validation query
+	Shutdown   uint64 `json:"shutdown"`
+}
+
+// Total is the number of backends closed for any reason.
+func (r Retired) Total() uint64 {
+	return r.Lifetime + r.Idle + r.Queries + r.Error + r.Validation + r.Shutdown
+}
+
+// Stats returns a snapshot. It holds the pool's mutex only to copy
+// counters (never across I/O) and sorts the wait window outside it.
+func (p *Pool) Stats() Stats {
+	p.mu.Lock()
+	cfg := &p.cfg
+	h := &p.health
+	s := Stats{
+		Name:            p.name,
+		Database:        cfg.Database,
+		User:            cfg.User,
+		State:           h.state,
+		StateReason:     h.reason,
+		StateSince:      h.since,
+		MinSize:         cfg.MinSize,
+		MaxSize:         cfg.MaxSize,
+		Total:           p.open,
+		Idle:            len(p.idle),
+		Active:          p.active,
+		Waiting:         p.waiters.len(),
+		PeakActive:      p.counts.peakActive,
+		PeakWaiting:     p.counts.peakWaiting,
+		Acquisitions:    p.counts.acquisitions,
+		AcquireTimeouts: p.counts.timeouts,
+		AcquireRejected: p.counts.rejected,
+		Connects:        p.counts.connects,
+		ConnectErrors:   p.counts.connectErrors,
+		Retired:         p.counts.retired,
+	}
+	if h.lastErr != nil {
+		s.LastConnectError = h.lastErr.Error()
+	}
+	p.unlock()
+	s.Validations = p.validations.Load()
+	s.Leaks = p.leaks.Load()
+	s.Queries = p.queries.Load()
+	s.WaitAvgMs, s.WaitP99Ms = p.waits.snapshot()
+	return s
+}
+
+// waitWindow is how many recent acquisitions WaitP99Ms covers.
+const waitWindow = 1024
+
+// waitStats records acquire wait times: a running sum for the average and
+// a ring of the most recent ones for the p99. Its own mutex keeps Stats'
+// sorting off the pool's lock.
+type waitStats struct {
+	mu   sync.Mutex
+	ring [waitWindow]time.Duration
+	n    uint64
+	sum  time.Duration
+}
+
+func (w *waitStats) record(d time.Duration) {
+	w.mu.Lock()
+	w.ring[w.n%waitWindow] = d
+	w.n++
+	w.sum += d
+	w.mu.Unlock()
+}
+
+// snapshot returns the average over all waits and the p99 over the
+// window, in milliseconds.
+func (w *waitStats) snapshot() (avgMs, p99Ms float64) {
+	w.mu.Lock()
+	n, sum := w.n, w.sum
+	recent := make([]time.Duration, min(n, waitWindow))
+	copy(recent, w.ring[:len(recent)])
+	w.mu.Unlock()
+	if n == 0 {
+		return 0, 0
+	}
+	slices.Sort(recent)
+	// Nearest rank: the smallest value with at least 99% at or below it.
+	rank := (len(recent)*99 + 99) / 100
+	return ms(sum / time.Duration(n)), ms(recent[rank-1])
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
