@@ -1,0 +1,357 @@
+package proxy
+
+import (
+	"crypto/hmac"
+	"crypto/md5"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/xdg-go/scram"
+)
+
+// authFailedHint tells a user whose login failed where the proxy's idea of
+// their password comes from.
+const authFailedHint = "check the user name and password the application connects with " +
+	"(pgsidecar auth.users or the upstream URL)"
+
+// authProtocolHint is attached to malformed authentication messages.
+const authProtocolHint = "the client library sent an unexpected authentication message; " +
+	"update it or report the client and version"
+
+// authenticate runs the authentication exchange method demands with the
+// client that sent sm, checking against password. known=false means the user
+// is not configured: the exchange still runs to its end, so a prober cannot
+// tell unknown users from wrong passwords, and then fails.
+//
+// On success nothing has been sent that grants access: the caller sends
+// AuthenticationOk, the ParameterStatus set, BackendKeyData and
+// ReadyForQuery. A *pgError result is for the caller to send before closing
+// (28P01 for a wrong password); any other error means the connection itself
+// failed (the client hung up, a deadline passed) and there is nobody to tell.
+// All I/O goes through sm.backend; conn only names the peer in errors. The
+// caller bounds the exchange with conn's deadline.
+func authenticate(sm *startupMessage, conn net.Conn, method, password string, known bool) error {
+	if sm == nil || sm.backend == nil || sm.cancel {
+		return errors.New("authenticate: no StartupMessage to authenticate")
+	}
+	var (
+		ok  bool
+		err error
+	)
+	switch method {
+	case AuthTrust:
+		if !known {
+			return newFatal(codeInvalidAuthorization,
+				fmt.Sprintf("user %q is not configured in pgsidecar", sm.user),
+				"connect as the upstream URL's user or add the user to auth.users")
+		}
+		return nil
+	case AuthPlain:
+		ok, err = authPlain(sm, password)
+	case AuthMD5:
+		ok, err = authMD5(sm, password)
+	case AuthSCRAM, "":
+		ok, err = authSCRAM(sm, password, known)
+	default:
+		return newFatal(codeInvalidAuthorization,
+			fmt.Sprintf("pgsidecar is configured with an unknown authentication method %q", method),
+			"set auth.method to scram-sha-256, md5, plain or trust")
+	}
+	if err != nil {
+		var perr *pgError
+		if errors.As(err, &perr) {
+			return perr
+		}
+		return fmt.Errorf("authenticate %s (user %q, %s): %w", conn.RemoteAddr(), sm.user, method, err)
+	}
+	if !ok || !known {
+		return authFailed(sm.user)
+	}
+	return nil
+}
+
+// authFailed is the one answer to every failed login, whatever the reason.
+func authFailed(user string) *pgError {
+	return newFatal(codeInvalidPassword,
+		fmt.Sprintf("password authentication failed for user %q", user), authFailedHint)
+}
+
+// authPlain asks for the password in clear text and compares it.
+func authPlain(sm *startupMessage, password string) (bool, error) {
+	got, err := authAskPassword(sm, &pgproto3.AuthenticationCleartextPassword{}, pgproto3.AuthTypeCleartextPassword)
+	if err != nil {
+		return false, err
+	}
+	return authEqual(got, password), nil
+}
+
+// authMD5 runs PostgreSQL's md5 challenge: the client answers
+// "md5" + hex(md5(hex(md5(password + user)) + salt)).
+func authMD5(sm *startupMessage, password string) (bool, error) {
+	var salt [4]byte
+	if _, err := rand.Read(salt[:]); err != nil {
+		return false, fmt.Errorf("md5 salt: %w", err)
+	}
+	got, err := authAskPassword(sm, &pgproto3.AuthenticationMD5Password{Salt: salt}, pgproto3.AuthTypeMD5Password)
+	if err != nil {
+		return false, err
+	}
+	return authEqual(got, md5Response(sm.user, password, salt)), nil
+}
+
+// md5Response is what a client that knows password answers to salt.
+func md5Response(user, password string, salt [4]byte) string {
+	inner := md5.Sum([]byte(password + user))
+	outer := md5.New()
+	outer.Write([]byte(hex.EncodeToString(inner[:])))
+	outer.Write(salt[:])
+	return "md5" + hex.EncodeToString(outer.Sum(nil))
+}
+
+// authEqual compares two secrets in constant time. Hashing first makes the
+// time independent of the lengths too, which ConstantTimeCompare is not.
+func authEqual(a, b string) bool {
+	ha, hb := sha256.Sum256([]byte(a)), sha256.Sum256([]byte(b))
+	return subtle.ConstantTimeCompare(ha[:], hb[:]) == 1
+}
+
+// authAskPassword sends request and returns the PasswordMessage's text.
+func authAskPassword(sm *startupMessage, request pgproto3.BackendMessage, authType uint32) (string, error) {
+	if err := authSend(sm.backend, request, authType); err != nil {
+		return "", err
+	}
+	msg, err := authReceive(sm.backend, "password message")
+	if err != nil {
+		return "", err
+	}
+	pw, ok := msg.(*pgproto3.PasswordMessage)
+	if !ok {
+		return "", authUnexpected("password message", msg)
+	}
+	return pw.Password, nil
+}
+
+// authSend sends one authentication request and tells the backend which
+// kind of 'p' message to decode next (they share one message type).
+func authSend(b *pgproto3.Backend, request pgproto3.BackendMessage, authType uint32) error {
+	if err := b.SetAuthType(authType); err != nil {
+		return fmt.Errorf("set auth type %d: %w", authType, err)
+	}
+	b.Send(request)
+	if err := b.Flush(); err != nil {
+		return fmt.Errorf("send authentication request: %w", err)
+	}
+	return nil
+}
+
+// authReceive reads the client's next message. Connection failures come
+// back wrapped as they are; anything pgproto3 could not make sense of is a
+// protocol violation the client is told about.
+func authReceive(b *pgproto3.Backend, want string) (pgproto3.FrontendMessage, error) {
+	msg, err := b.Receive()
+	if err == nil {
+		if _, quit := msg.(*pgproto3.Terminate); quit {
+			return nil, fmt.Errorf("client sent Terminate instead of a %s: %w", want, io.EOF)
+		}
+		return msg, nil
+	}
+	var netErr net.Error
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.ErrClosedPipe) ||
+		errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &netErr) {
+		// psql does this on purpose: it hangs up when asked for a password it
+		// does not have, prompts the user, and connects again.
+		return nil, fmt.Errorf("read %s: %w", want, err)
+	}
+	return nil, newFatal(codeProtocolViolation, fmt.Sprintf("invalid %s: %v", want, err), authProtocolHint)
+}
+
+// authUnexpected reports a message of the wrong type during authentication.
+func authUnexpected(want string, got pgproto3.FrontendMessage) *pgError {
+	return newFatal(codeProtocolViolation,
+		fmt.Sprintf("expected a %s during authentication, got %T", want, got), authProtocolHint)
+}
+
+// authMAC is a keyed hash used where a value must be stable per input but
+// unpredictable to clients (mock SCRAM salts).
+func authMAC(key []byte, parts ...string) []byte {
+	m := hmac.New(sha256.New, key)
+	for _, p := range parts {
+		m.Write([]byte(p))
+		m.Write([]byte{0})
+	}
+	return m.Sum(nil)
+}
+
+// SCRAM-SHA-256 parameters. 4096 iterations is PostgreSQL's default
+// (scram_iterations) and what clients expect at minimum.
+const (
+	authScramMechanism  = "SCRAM-SHA-256"
+	authScramIterations = 4096
+	authScramSaltLen    = 16
+	// authScramCacheMax bounds the credential cache; past it the cache is
+	// emptied, which costs one PBKDF2 per user on their next login.
+	authScramCacheMax = 1024
+)
+
+// authSCRAM runs a SCRAM-SHA-256 exchange (RFC 7677) as PostgreSQL does:
+// AuthenticationSASL offering only SCRAM-SHA-256 (no -PLUS: no TLS yet),
+// SASLInitialResponse, AuthenticationSASLContinue, SASLResponse, and
+// AuthenticationSASLFinal on success. It reports false for a wrong proof.
+func authSCRAM(sm *startupMessage, password string, known bool) (bool, error) {
+	b := sm.backend
+	err := authSend(b, &pgproto3.AuthenticationSASL{AuthMechanisms: []string{authScramMechanism}}, pgproto3.AuthTypeSASL)
+	if err != nil {
+		return false, err
+	}
+	msg, err := authReceive(b, "SASL initial response")
+	if err != nil {
+		return false, err
+	}
+	first, isFirst := msg.(*pgproto3.SASLInitialResponse)
+	if !isFirst {
+		return false, authUnexpected("SASL initial response", msg)
+	}
+	if first.AuthMechanism != authScramMechanism {
+		return false, newFatal(codeProtocolViolation,
+			fmt.Sprintf("client selected an invalid SASL authentication mechanism %q", first.AuthMechanism),
+			"pgsidecar offers SCRAM-SHA-256 only (channel binding needs TLS, which this listener does not offer)")
+	}
+
+	// PostgreSQL clients send an empty SCRAM user name ("n=,"): the user is
+	// the startup packet's, so the lookup ignores what SCRAM says.
+	var creds scram.StoredCredentials
+	if known {
+		creds, err = scramCredentials(sm.user, password)
+		if err != nil {
+			return false, err
+		}
+	} else {
+		creds = scramMockCredentials(sm.user)
+	}
+	server, err := scram.SHA256.NewServer(func(string) (scram.StoredCredentials, error) { return creds, nil })
+	if err != nil {
+		return false, fmt.Errorf("scram server: %w", err)
+	}
+	conv := server.NewConversation()
+
+	serverFirst, err := conv.Step(string(first.Data))
+	if err != nil {
+		// The client's first message is malformed or asks for channel binding
+		// ("p=...") that was not offered.
+		return false, newFatal(codeProtocolViolation, "invalid SCRAM client-first-message: "+err.Error(), authProtocolHint)
+	}
+	if conv.AuthzID() != "" {
+		return false, newFatal(codeFeatureNotSupported,
+			"client uses an authorization identity (SCRAM a=), which is not supported", authProtocolHint)
+	}
+	err = authSend(b, &pgproto3.AuthenticationSASLContinue{Data: []byte(serverFirst)}, pgproto3.AuthTypeSASLContinue)
+	if err != nil {
+		return false, err
+	}
+	msg, err = authReceive(b, "SASL response")
+	if err != nil {
+		return false, err
+	}
+	final, isFinal := msg.(*pgproto3.SASLResponse)
+	if !isFinal {
+		return false, authUnexpected("SASL response", msg)
+	}
+	serverFinal, err := conv.Step(string(final.Data))
+	if err != nil {
+		if serverFinal == scram.ErrInvalidProof {
+			return false, nil // wrong password, or a user that is not configured
+		}
+		return false, newFatal(codeProtocolViolation, "invalid SCRAM client-final-message: "+err.Error(), authProtocolHint)
+	}
+	if !conv.Valid() || !known {
+		return false, nil
+	}
+	// The server signature proves to the client that the proxy knows its
+	// password too; AuthenticationOk follows from the caller.
+	err = authSend(b, &pgproto3.AuthenticationSASLFinal{Data: []byte(serverFinal)}, pgproto3.AuthTypeSASLFinal)
+	if err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// scramCache holds the stored credentials derived from each configured
+// (user, password), keyed by a hash of both: a changed password on reload
+// is a new key, so a stale entry is never used. scramCacheLen approximates
+// its size for the bound.
+var (
+	scramCache    sync.Map // [32]byte -> scram.StoredCredentials
+	scramCacheLen atomic.Int64
+)
+
+// scramMockKey keys the mock salts of unknown users; it lives as long as
+// the process, like the random salts of the known users' cached credentials.
+var scramMockKey = func() []byte {
+	k := make([]byte, 32)
+	_, _ = rand.Read(k) // crypto/rand.Read never fails (Go >= 1.24)
+	return k
+}()
+
+// scramCredentials returns the stored credentials for user's password,
+// deriving them (PBKDF2, 4096 rounds, random salt) on first use only.
+func scramCredentials(user, password string) (scram.StoredCredentials, error) {
+	key := sha256.Sum256([]byte(user + "\x00" + password))
+	if v, ok := scramCache.Load(key); ok {
+		return v.(scram.StoredCredentials), nil
+	}
+	salt := make([]byte, authScramSaltLen)
+	if _, err := rand.Read(salt); err != nil {
+		return scram.StoredCredentials{}, fmt.Errorf("scram salt: %w", err)
+	}
+	// PostgreSQL SASLpreps the password and falls back to the raw bytes when
+	// that fails (the client libraries do the same), so must the proxy.
+	client, err := scram.SHA256.NewClient("", password, "")
+	if err != nil {
+		client, err = scram.SHA256.NewClientUnprepped("", password, "")
+		if err != nil {
+			return scram.StoredCredentials{}, fmt.Errorf("scram credentials: %w", err)
+		}
+	}
+	creds, err := client.GetStoredCredentialsWithError(scram.KeyFactors{Salt: string(salt), Iters: authScramIterations})
+	if err != nil {
+		return scram.StoredCredentials{}, fmt.Errorf("scram credentials: %w", err)
+	}
+	if scramCacheLen.Load() >= authScramCacheMax {
+		scramCache.Clear()
+		scramCacheLen.Store(0)
+	}
+	// Two first logins racing both derive; the first stored wins so every
+	// later login sees one salt.
+	v, loaded := scramCache.LoadOrStore(key, creds)
+	if !loaded {
+		scramCacheLen.Add(1)
+	}
+	return v.(scram.StoredCredentials), nil
+}
+
+// scramMockCredentials stands in for a user that is not configured: the salt
+// is stable per user name (as a real user's is), the keys are random, so the
+// exchange proceeds exactly as for a wrong password and no proof matches.
+func scramMockCredentials(user string) scram.StoredCredentials {
+	stored, server := make([]byte, sha256.Size), make([]byte, sha256.Size)
+	_, _ = rand.Read(stored)
+	_, _ = rand.Read(server)
+	return scram.StoredCredentials{
+		KeyFactors: scram.KeyFactors{
+			Salt:  string(authMAC(scramMockKey, "scram-mock-salt", user)[:authScramSaltLen]),
+			Iters: authScramIterations,
+		},
+		StoredKey: stored,
+		ServerKey: server,
+	}
+}

@@ -1,0 +1,84 @@
+package proxy
+
+import (
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// SQLSTATE codes of the errors the proxy itself reports to clients.
+const (
+	codeProtocolViolation    = "08P01" // protocol_violation
+	codeInvalidPassword      = "28P01" // invalid_password
+	codeInvalidAuthorization = "28000" // invalid_authorization_specification
+	codeTooManyConnections   = "53300" // too_many_connections
+	codeInvalidCatalogName   = "3D000" // invalid_catalog_name (unknown database)
+	codeAdminShutdown        = "57P01" // admin_shutdown
+	codeConnectionFailure    = "08006" // connection_failure
+	codeCannotConnectNow     = "57P03" // cannot_connect_now
+	codeFeatureNotSupported  = "0A000" // feature_not_supported
+	codeQueryCanceled        = "57014" // query_canceled
+	codeConnectionException  = "08000" // connection_exception
+	codeProgramLimitExceeded = "54000" // program_limit_exceeded
+)
+
+// pgError is an error the proxy reports to a client as an ErrorResponse.
+// It is also a Go error, so the code that detects a problem can return it
+// and the code that owns the client connection decides to write it.
+type pgError struct {
+	Severity, Code, Message, Detail, Hint string
+}
+
+// Error formats the error the way psql prints a server error, with the
+// SQLSTATE appended so logs can be grepped by code.
+func (e *pgError) Error() string {
+	return e.Severity + ": " + e.Message + " (SQLSTATE " + e.Code + ")"
+}
+
+// newError returns an ERROR-severity pgError: the statement failed but the
+// session goes on.
+func newError(code, message, hint string) *pgError {
+	return &pgError{Severity: "ERROR", Code: code, Message: message, Hint: hint}
+}
+
+// newFatal returns a FATAL-severity pgError: the proxy closes the
+// connection after sending it.
+func newFatal(code, message, hint string) *pgError {
+	return &pgError{Severity: "FATAL", Code: code, Message: message, Hint: hint}
+}
+
+// appendTo appends e as an ErrorResponse ('E') wire message to dst.
+func (e *pgError) appendTo(dst []byte) []byte {
+	msg := pgproto3.ErrorResponse{
+		Severity: e.Severity,
+		// libpq >= 9.6 prefers the non-localized 'V' field; the proxy does not
+		// localize, so both carry the same word.
+		SeverityUnlocalized: e.Severity,
+		Code:                e.Code,
+		Message:             e.Message,
+		Detail:              e.Detail,
+		Hint:                e.Hint,
+	}
+	return pgerrAppend(dst, &msg)
+}
+
+// appendNotice appends a NOTICE-severity NoticeResponse ('N') to dst.
+func appendNotice(dst []byte, code, message, hint string) []byte {
+	msg := pgproto3.NoticeResponse{
+		Severity:            "NOTICE",
+		SeverityUnlocalized: "NOTICE",
+		Code:                code,
+		Message:             message,
+		Hint:                hint,
+	}
+	return pgerrAppend(dst, &msg)
+}
+
+// pgerrAppend encodes msg after dst. Encode only fails for a body over 1 GiB,
+// which the proxy's own short texts never reach; should it happen anyway,
+// dst is returned unchanged rather than with a half-written message.
+func pgerrAppend(dst []byte, msg pgproto3.BackendMessage) []byte {
+	out, err := msg.Encode(dst)
+	if err != nil {
+		return dst
+	}
+	return out
+}
