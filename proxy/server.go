@@ -2,33 +2,262 @@ package proxy
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"log/slog"
 	"net"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
 )
+
+// ErrServerClosed is returned by Serve after Shutdown or Close.
+var ErrServerClosed = errors.New("proxy: server closed")
+
+// startupPacketMax caps the StartupMessage, as PostgreSQL does (10000 bytes).
+const startupPacketMax = 10000
 
 // Server accepts PostgreSQL clients and relays them onto pooled backends.
 // Its lifecycle follows net/http.Server: Serve, Shutdown(ctx), Close.
-type Server struct{}
+type Server struct {
+	cfg     Config                // fixed settings (mode, limits)
+	live    atomic.Pointer[Config] // settings Reload may change
+	log     *slog.Logger
+	cancels *cancelKeys
+	stmts   *statementRegistry
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	clients   map[*clientConn]struct{}
+	closed    bool
+	params    map[string]map[string]string // per database: server ParameterStatus to greet clients with
+	wg        sync.WaitGroup              // one per client goroutine
+
+	draining atomic.Bool
+	stats    struct {
+		total, active, waiting                  atomic.Int64
+		accepted, rejected, authFailures, cancels atomic.Uint64
+	}
+}
 
 // New checks cfg and returns a Server that is not yet listening.
-func New(cfg Config) (*Server, error) { return &Server{}, nil }
+func New(cfg Config) (*Server, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	s := &Server{
+		cfg:       cfg,
+		log:       cfg.Logger,
+		cancels:   newCancelKeys(),
+		stmts:     newStatementRegistry(),
+		listeners: make(map[net.Listener]struct{}),
+		clients:   make(map[*clientConn]struct{}),
+		params:    make(map[string]map[string]string),
+	}
+	live := cfg
+	s.live.Store(&live)
+	return s, nil
+}
 
-// Serve accepts clients on ln until Shutdown or Close. It returns
-// ErrServerClosed after Shutdown/Close.
-func (s *Server) Serve(ln net.Listener) error { return nil }
+func (cfg *Config) setDefaults() error {
+	switch cfg.Mode {
+	case "":
+		cfg.Mode = ModeTransaction
+	case ModeTransaction, ModeSession:
+	default:
+		return fmt.Errorf("proxy: mode %q: must be transaction or session", cfg.Mode)
+	}
+	if cfg.MaxClientConn <= 0 {
+		cfg.MaxClientConn = 10000
+	}
+	switch cfg.AuthMethod {
+	case "":
+		cfg.AuthMethod = AuthSCRAM
+	case AuthSCRAM, AuthMD5, AuthPlain, AuthTrust:
+	default:
+		return fmt.Errorf("proxy: auth method %q: must be scram-sha-256, md5, plain or trust", cfg.AuthMethod)
+	}
+	if len(cfg.Databases) == 0 {
+		return errors.New("proxy: no databases configured")
+	}
+	for name, db := range cfg.Databases {
+		if db == nil || db.Pool == nil {
+			return fmt.Errorf("proxy: database %q has no pool", name)
+		}
+	}
+	if cfg.MaxPreparedStatements <= 0 {
+		cfg.MaxPreparedStatements = 200
+	}
+	if cfg.MaxMessageSize <= 0 {
+		cfg.MaxMessageSize = 1<<30 - 1
+	}
+	if cfg.StartupTimeout <= 0 {
+		cfg.StartupTimeout = 15 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return nil
+}
+
+// Serve accepts clients on ln until Shutdown or Close, and then returns
+// ErrServerClosed.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		ln.Close()
+		return ErrServerClosed
+	}
+	s.listeners[ln] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, ln)
+		s.mu.Unlock()
+	}()
+
+	var backoff time.Duration
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if s.isClosed() {
+				return ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscallEMFILE) {
+				// Out of file descriptors or a transient error: back off
+				// like net/http instead of spinning.
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				s.log.Warn("accept failed; retrying", "err", err, "retry_in", backoff)
+				time.Sleep(backoff)
+				continue
+			}
+			return fmt.Errorf("proxy: accept: %w", err)
+		}
+		backoff = 0
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.serveConn(conn)
+		}()
+	}
+}
+
+func (s *Server) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
+}
 
 // Shutdown stops accepting, closes idle clients with 57P01 admin_shutdown,
-// lets clients inside a transaction finish until ctx ends, then closes the rest.
-func (s *Server) Shutdown(ctx context.Context) error { return nil }
+// lets clients inside a transaction finish until ctx ends, then closes the
+// rest. It returns ctx.Err() if clients had to be closed by force.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.draining.Store(true)
+	s.closeListeners()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		// Wake every client reader; those between transactions leave with
+		// 57P01, those inside one carry on.
+		s.mu.Lock()
+		n := len(s.clients)
+		for c := range s.clients {
+			c.poke()
+		}
+		s.mu.Unlock()
+		if n == 0 {
+			s.wg.Wait()
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			s.Close()
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
+}
 
-// Close closes the listener and every client at once.
-func (s *Server) Close() error { return nil }
+// Close closes the listeners and every client at once; backends in use are
+// closed, not returned to their pools.
+func (s *Server) Close() error {
+	s.draining.Store(true)
+	s.closeListeners()
+	s.mu.Lock()
+	for c := range s.clients {
+		c.kill()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+	return nil
+}
+
+func (s *Server) closeListeners() {
+	s.mu.Lock()
+	s.closed = true
+	for ln := range s.listeners {
+		ln.Close()
+	}
+	s.mu.Unlock()
+}
 
 // Reload applies settings that may change live (MaxClientConn, AuthMethod,
 // the users of each database). Pools are reconfigured by their owner.
-func (s *Server) Reload(cfg Config) error { return nil }
+func (s *Server) Reload(cfg Config) error {
+	cfg.Mode = s.cfg.Mode
+	if err := cfg.setDefaults(); err != nil {
+		return err
+	}
+	s.live.Store(&cfg)
+	return nil
+}
 
 // Stats returns a snapshot of the client counters.
-func (s *Server) Stats() Stats { return Stats{} }
+func (s *Server) Stats() Stats {
+	return Stats{
+		ClientsTotal:    s.stats.total.Load(),
+		ClientsActive:   s.stats.active.Load(),
+		ClientsWaiting:  s.stats.waiting.Load(),
+		ClientsAccepted: s.stats.accepted.Load(),
+		ClientsRejected: s.stats.rejected.Load(),
+		AuthFailures:    s.stats.authFailures.Load(),
+		Cancels:         s.stats.cancels.Load(),
+	}
+}
 
-// Draining reports whether Shutdown has begun.
-func (s *Server) Draining() bool { return false }
+// Draining reports whether Shutdown (or Close) has begun.
+func (s *Server) Draining() bool { return s.draining.Load() }
+
+func (s *Server) addClient(c *clientConn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.clients[c] = struct{}{}
+	s.stats.total.Add(1)
+	return true
+}
+
+func (s *Server) removeClient(c *clientConn) {
+	s.mu.Lock()
+	if _, ok := s.clients[c]; ok {
+		delete(s.clients, c)
+		s.stats.total.Add(-1)
+	}
+	s.mu.Unlock()
+}
+
+// databaseNames lists the configured databases for error hints.
+func databaseNames(dbs map[string]*Database) string {
+	names := make([]string, 0, len(dbs))
+	for n := range dbs {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return strings.Join(names, ", ")
+}

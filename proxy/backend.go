@@ -1,0 +1,75 @@
+package proxy
+
+import (
+	"strings"
+
+	"github.com/pgsidecar/pgsidecar/pool"
+)
+
+// Relay buffer sizes. Buffers belong to backends, not clients: there are
+// few backends and many clients, and an idle client needs no relay buffer.
+const (
+	serverReadBufSize = 32 << 10
+	clientReadBufSize = 8 << 10
+	maxKeptBufSize    = 256 << 10 // larger buffers (one huge message) are dropped after use
+)
+
+// backend is the proxy's state for one backend connection, kept with the
+// pooled connection (pool.Conn attachment) across clients.
+type backend struct {
+	conn *pool.Conn
+	// defaults are the reported parameters at connect; params are the
+	// values the backend has now, as far as the proxy knows.
+	defaults map[string]paramValue
+	params   map[string]paramValue
+	prepared *preparedSet
+	rbuf     []byte // server reader's read buffer
+	out      []byte // server reader's output when it must edit the stream
+	cout     []byte // client reader's output to this backend
+	queries  int64  // 'Z's since acquire, for pool.max_queries
+
+	// Server reader state: unread bytes are rbuf[rstart:rend].
+	rstart, rend  int
+	want          int  // bytes a message that must be read whole needs
+	passRemaining int  // bytes of a message being streamed to the client
+	passSwallow   bool // ... or dropped
+	fatal         bool // the server sent a FATAL error: it is closing
+	busy          bool // session mode: a transaction is open (leak detection)
+}
+
+// backendFor returns the proxy state of conn, creating it on first use.
+func (s *Server) backendFor(conn *pool.Conn) *backend {
+	if b, ok := conn.Attachment().(*backend); ok {
+		b.conn = conn
+		return b
+	}
+	b := &backend{
+		conn:     conn,
+		defaults: make(map[string]paramValue),
+		params:   make(map[string]paramValue),
+		prepared: newPreparedSet(s.cfg.MaxPreparedStatements),
+		rbuf:     make([]byte, serverReadBufSize),
+	}
+	for k, v := range conn.Server().Params() {
+		k = strings.ToLower(k)
+		if unsettable[k] {
+			continue
+		}
+		b.defaults[k] = paramValue{val: v}
+		b.params[k] = paramValue{val: v}
+	}
+	conn.SetAttachment(b)
+	return b
+}
+
+// resetToDefaults records that the backend's session was reset
+// (DISCARD ALL / RESET ALL ran on it).
+func (b *backend) resetToDefaults(discard bool) {
+	clear(b.params)
+	for k, v := range b.defaults {
+		b.params[k] = v
+	}
+	if discard {
+		b.prepared.clear()
+	}
+}

@@ -1,0 +1,92 @@
+package proxy
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/binary"
+	"sync"
+	"time"
+)
+
+// cancelKeys maps the proxy-minted process ids handed to clients in
+// BackendKeyData to those clients. The server's own keys never leave the
+// proxy, so a client can only cancel its own work.
+type cancelKeys struct {
+	mu      sync.Mutex
+	clients map[uint32]*clientConn
+}
+
+func newCancelKeys() *cancelKeys {
+	return &cancelKeys{clients: make(map[uint32]*clientConn)}
+}
+
+// register mints a unique (pid, secret) for c.
+func (k *cancelKeys) register(c *clientConn) {
+	var b [8]byte
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for {
+		_, _ = rand.Read(b[:])
+		pid := binary.BigEndian.Uint32(b[:4]) & 0x7fffffff // libpq reads it as a signed int
+		if pid == 0 {
+			continue
+		}
+		if _, taken := k.clients[pid]; taken {
+			continue
+		}
+		c.pid, c.secret = pid, binary.BigEndian.Uint32(b[4:])
+		k.clients[pid] = c
+		return
+	}
+}
+
+func (k *cancelKeys) unregister(c *clientConn) {
+	k.mu.Lock()
+	if k.clients[c.pid] == c {
+		delete(k.clients, c.pid)
+	}
+	k.mu.Unlock()
+}
+
+func (k *cancelKeys) lookup(pid, secret uint32) *clientConn {
+	k.mu.Lock()
+	c := k.clients[pid]
+	k.mu.Unlock()
+	if c == nil {
+		return nil
+	}
+	var want, got [4]byte
+	binary.BigEndian.PutUint32(want[:], c.secret)
+	binary.BigEndian.PutUint32(got[:], secret)
+	if subtle.ConstantTimeCompare(want[:], got[:]) != 1 {
+		return nil
+	}
+	return c
+}
+
+// handleCancel forwards a client's cancel to the backend running that
+// client's query, if it runs one now. It holds the client's lock while the
+// cancel is sent, so the backend cannot be released to another client (and
+// the signal land on someone else's query) in between.
+func (s *Server) handleCancel(pid, secret uint32) {
+	c := s.cancels.lookup(pid, secret)
+	if c == nil {
+		s.log.Info("cancel request with an unknown key dropped", "pid", pid)
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.be == nil || (c.q.len() == 0 && !c.inBatch) {
+		s.log.Debug("cancel request for an idle client dropped", "client", c.addr)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := c.be.conn.Server().CancelRequest(ctx); err != nil {
+		s.log.Warn("forwarding a cancel request failed", "client", c.addr, "err", err)
+		return
+	}
+	s.stats.cancels.Add(1)
+	s.log.Debug("cancel request forwarded", "client", c.addr, "backend_pid", c.be.conn.Server().PID())
+}

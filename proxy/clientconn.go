@@ -1,0 +1,291 @@
+package proxy
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/pgsidecar/pgsidecar/pool"
+)
+
+// clientConn is one client connection. Its goroutine (run) reads the client
+// and writes to the backend; while it holds a backend a second goroutine
+// (serverLoop) reads the backend and writes to the client.
+type clientConn struct {
+	srv     *Server
+	conn    net.Conn
+	addr    string
+	user    string
+	db      *Database
+	appName string
+	log     *slog.Logger
+	mode    Mode
+
+	pid, secret uint32 // proxy-minted BackendKeyData
+
+	ctx    context.Context // cancelled by kill
+	cancel context.CancelFunc
+
+	// Owned by the client goroutine.
+	startupParams map[string]paramValue
+	rbuf          []byte
+	rstart, rend  int
+	passRemaining int // bytes of a message being streamed to the backend
+	wantBytes     int // a message that must be read whole needs this many bytes
+	stmtGen       uint64
+	hazardsSeen   [hazardCount]bool
+	discarding    bool  // acquire failed: drop messages until Sync / Query
+	discardQuery  bool  // the message being dropped is a Query: answer when it ends
+	acquireErr    error // why, for the reply
+	poisoned      bool  // the client broke the protocol: its backend is closed, not reused
+
+	// Shared with serverLoop and cancel requests, under mu.
+	mu         sync.Mutex
+	be         *backend
+	q          requestQueue
+	inBatch    bool // extended-protocol messages sent since the last Sync
+	txStatus   byte // from the last ReadyForQuery
+	want       map[string]paramValue
+	stmts      map[string]*statement // client statement name -> statement
+	wake       bool                  // serverLoop: emit synthetic replies now
+	stopReader bool                  // serverLoop: stop, leave the backend to run()
+	readerDone chan struct{}
+	busySince  time.Time // session mode: when the open transaction began
+
+	lastMu   sync.Mutex
+	last     [240]byte
+	lastLen  int
+	killed   atomic.Bool
+	draining atomic.Bool
+}
+
+// serveConn runs one accepted connection from startup to close.
+func (s *Server) serveConn(conn net.Conn) {
+	defer conn.Close()
+	s.stats.accepted.Add(1)
+	live := s.live.Load()
+	conn.SetDeadline(time.Now().Add(s.cfg.StartupTimeout))
+	sm, err := readStartup(conn, startupPacketMax)
+	if err != nil {
+		s.rejectStartup(conn, nil, err)
+		return
+	}
+	if sm.cancel {
+		s.handleCancel(sm.pid, sm.secret)
+		return
+	}
+	addr := conn.RemoteAddr().String()
+	lg := s.log.With("client", addr, "user", sm.user, "database", sm.database)
+	if s.draining.Load() {
+		s.rejectStartup(conn, lg, newFatal(codeCannotConnectNow, "pgsidecar is shutting down and accepts no new connections",
+			"connect again in a moment; a new instance will take over"))
+		return
+	}
+	if s.stats.total.Load() >= int64(live.MaxClientConn) {
+		s.rejectStartup(conn, lg, newFatal(codeTooManyConnections,
+			fmt.Sprintf("too many client connections: pgsidecar allows %d (pool.max_client_conn)", live.MaxClientConn),
+			"raise pool.max_client_conn, or have the application use fewer connections"))
+		return
+	}
+	db := live.Databases[sm.database]
+	if db == nil {
+		s.rejectStartup(conn, lg, newFatal(codeInvalidCatalogName,
+			fmt.Sprintf("database %q does not exist in pgsidecar", sm.database),
+			"pgsidecar serves: "+databaseNames(live.Databases)+"; fix the database name in the connection string, or add it under databases in the config"))
+		return
+	}
+	password, known := db.Users[sm.user]
+	if err := authenticate(sm, conn, live.AuthMethod, password, known); err != nil {
+		s.stats.authFailures.Add(1)
+		s.rejectStartup(conn, lg, err)
+		return
+	}
+
+	c := &clientConn{
+		srv:           s,
+		conn:          conn,
+		addr:          addr,
+		user:          sm.user,
+		db:            db,
+		appName:       sm.params["application_name"],
+		log:           lg,
+		mode:          s.cfg.Mode,
+		startupParams: make(map[string]paramValue),
+		want:          make(map[string]paramValue),
+		stmts:         make(map[string]*statement),
+		txStatus:      'I',
+		rbuf:          make([]byte, clientReadBufSize),
+	}
+	for k, v := range sm.params {
+		k = strings.ToLower(k)
+		if notSessionParams[k] || unsettable[k] {
+			continue
+		}
+		c.startupParams[k] = paramValue{val: v}
+		c.want[k] = paramValue{val: v}
+	}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	defer c.cancel()
+	if !s.addClient(c) {
+		s.rejectStartup(conn, lg, newFatal(codeAdminShutdown, "pgsidecar is shutting down", "connect again in a moment"))
+		return
+	}
+	defer s.removeClient(c)
+	s.cancels.register(c)
+	defer s.cancels.unregister(c)
+
+	if err := c.greet(); err != nil {
+		lg.Info("client startup failed", "err", err)
+		return
+	}
+	conn.SetDeadline(time.Time{})
+	lg.Debug("client connected", "application_name", c.appName)
+	start := time.Now()
+	err = c.run()
+	c.finish()
+	switch {
+	case err == nil, errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
+		lg.Debug("client disconnected", "duration", time.Since(start).Round(time.Millisecond))
+	default:
+		lg.Info("client connection closed", "err", err, "duration", time.Since(start).Round(time.Millisecond))
+	}
+}
+
+// rejectStartup tells a client why it cannot go on, and logs it once.
+func (s *Server) rejectStartup(conn net.Conn, lg *slog.Logger, err error) {
+	if errors.Is(err, io.EOF) {
+		return // a TCP health check: connect and close
+	}
+	s.stats.rejected.Add(1)
+	if lg == nil {
+		lg = s.log.With("client", conn.RemoteAddr().String())
+	}
+	var pe *pgError
+	if !errors.As(err, &pe) {
+		lg.Debug("client startup failed", "err", err)
+		return
+	}
+	lg.Info("client rejected", "code", pe.Code, "reason", pe.Message)
+	conn.SetWriteDeadline(time.Now().Add(time.Second))
+	conn.Write(pe.appendTo(nil))
+}
+
+// greet finishes the startup: AuthenticationOk, the server's parameters
+// (with the client's own values where it chose them), the proxy-minted
+// BackendKeyData, and ReadyForQuery.
+func (c *clientConn) greet() error {
+	params, err := c.srv.serverParams(c.ctx, c.db)
+	if err != nil {
+		c.conn.Write(acquireErrorResponse(err, true).appendTo(nil))
+		return err
+	}
+	buf, _ := (&pgproto3.AuthenticationOk{}).Encode(nil)
+	for k, v := range params {
+		if w, ok := c.want[strings.ToLower(k)]; ok {
+			v = w.val
+		}
+		buf, _ = (&pgproto3.ParameterStatus{Name: k, Value: v}).Encode(buf)
+	}
+	for k, w := range c.want {
+		if _, reported := params[canonicalParamName(k)]; !reported && isReportedParam(k) {
+			buf, _ = (&pgproto3.ParameterStatus{Name: canonicalParamName(k), Value: w.val}).Encode(buf)
+		}
+	}
+	buf, _ = (&pgproto3.BackendKeyData{ProcessID: c.pid, SecretKey: binary.BigEndian.AppendUint32(nil, c.secret)}).Encode(buf)
+	buf = appendReadyForQuery(buf, 'I')
+	_, err = c.conn.Write(buf)
+	return err
+}
+
+// isReportedParam lists parameters PostgreSQL reports even when the server
+// we asked did not (application_name is empty on our own backends).
+func isReportedParam(k string) bool {
+	switch k {
+	case "application_name", "client_encoding", "datestyle", "intervalstyle", "timezone",
+		"standard_conforming_strings", "default_transaction_read_only":
+		return true
+	}
+	return false
+}
+
+// serverParams returns the ParameterStatus set of db's server, learning it
+// from one pooled connection the first time.
+func (s *Server) serverParams(ctx context.Context, db *Database) (map[string]string, error) {
+	s.mu.Lock()
+	p := s.params[db.Name]
+	s.mu.Unlock()
+	if p != nil {
+		return p, nil
+	}
+	conn, err := db.Pool.Acquire(ctx)
+	if err != nil {
+		return nil, err
+	}
+	p = conn.Server().Params()
+	conn.Release()
+	s.mu.Lock()
+	s.params[db.Name] = p
+	s.mu.Unlock()
+	return p, nil
+}
+
+// acquireErrorResponse turns a pool error into the client's ErrorResponse.
+func acquireErrorResponse(err error, fatal bool) *pgError {
+	var ae *pool.AcquireError
+	var pe *pgError
+	switch {
+	case errors.As(err, &ae):
+		pe = newError(ae.Code, ae.Message, ae.Hint)
+	case errors.Is(err, context.Canceled):
+		pe = newError(codeAdminShutdown, "pgsidecar is shutting down", "connect again in a moment")
+	default:
+		pe = newError(codeConnectionFailure, "cannot get a server connection: "+err.Error(),
+			"check that the database is up; pgsidecar keeps retrying")
+	}
+	if fatal {
+		pe.Severity = "FATAL"
+	}
+	return pe
+}
+
+// poke wakes the client reader so it notices a shutdown.
+func (c *clientConn) poke() {
+	c.draining.Store(true)
+	c.conn.SetReadDeadline(time.Now())
+}
+
+// kill ends the client at once (Server.Close or a drain that ran out of time).
+func (c *clientConn) kill() {
+	c.killed.Store(true)
+	c.cancel()
+	c.conn.Close()
+	c.mu.Lock()
+	if b := c.be; b != nil {
+		b.conn.Server().NetConn().SetDeadline(time.Now())
+	}
+	c.mu.Unlock()
+}
+
+// LeakInfo implements pool.Owner.
+func (c *clientConn) LeakInfo() (addr, appName, lastStatement string) {
+	c.lastMu.Lock()
+	defer c.lastMu.Unlock()
+	return c.addr, c.appName, string(c.last[:c.lastLen])
+}
+
+// noteStatement remembers the start of the statement being run, for leak
+// reports; it copies into a fixed array so it does not allocate.
+func (c *clientConn) noteStatement(q []byte) {
+	c.lastMu.Lock()
+	c.lastLen = copy(c.last[:], q)
+	c.lastMu.Unlock()
+}

@@ -1,0 +1,209 @@
+package proxy
+
+import (
+	"container/list"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"strconv"
+	"sync"
+	"sync/atomic"
+)
+
+// statement is a named prepared statement as a client defined it: the body
+// of its Parse message without the name (query text and parameter types).
+// Its proxy-wide name is derived from that content, so every client that
+// prepares the same text shares one server-side statement per backend.
+type statement struct {
+	name  string // proxy-wide name used on backends
+	hash  string // hex content hash, without the epoch
+	epoch uint32 // invalidation epoch the name was made for
+	query string // for logs and leak reports
+	// parseBody is the Parse body after the statement name:
+	// query\0 int16 nparams [int32 oid]...
+	parseBody []byte
+}
+
+// appendParse appends a Parse message that prepares s under its proxy name.
+func (s *statement) appendParse(dst []byte) []byte {
+	dst = appendHeader(dst, msgParse, len(s.name)+1+len(s.parseBody))
+	dst = append(dst, s.name...)
+	dst = append(dst, 0)
+	return append(dst, s.parseBody...)
+}
+
+// statementRegistry hands out statements and remembers which content hashes
+// were invalidated by a server ("cached plan must not change result type"),
+// so the next prepare of that content uses a fresh name.
+type statementRegistry struct {
+	mu     sync.Mutex
+	epochs map[string]uint32 // only hashes that were ever invalidated
+	gen    atomic.Uint64     // bumped on every invalidation
+}
+
+func newStatementRegistry() *statementRegistry {
+	return &statementRegistry{epochs: make(map[string]uint32)}
+}
+
+// newStatement builds the statement for a Parse body (after the name).
+func (r *statementRegistry) newStatement(parseBody []byte) *statement {
+	sum := sha256.Sum256(parseBody)
+	h := hex.EncodeToString(sum[:12])
+	st := &statement{hash: h, parseBody: append([]byte(nil), parseBody...)}
+	if q, _, ok := cstring(parseBody); ok {
+		st.query = string(q)
+	}
+	r.name(st)
+	return st
+}
+
+func (r *statementRegistry) name(st *statement) {
+	var e uint32
+	if r.gen.Load() != 0 {
+		r.mu.Lock()
+		e = r.epochs[st.hash]
+		r.mu.Unlock()
+	}
+	st.epoch = e
+	if e == 0 {
+		st.name = "pgsc_" + st.hash
+	} else {
+		st.name = "pgsc_" + st.hash + "_" + strconv.FormatUint(uint64(e), 10)
+	}
+}
+
+// current returns st, or a renamed copy when its content was invalidated
+// since st was named. The fast path is one atomic load.
+func (r *statementRegistry) current(st *statement, seenGen *uint64) *statement {
+	g := r.gen.Load()
+	if g == *seenGen {
+		return st
+	}
+	*seenGen = g
+	r.mu.Lock()
+	e := r.epochs[st.hash]
+	r.mu.Unlock()
+	if e == st.epoch {
+		return st
+	}
+	ns := *st
+	r.name(&ns)
+	return &ns
+}
+
+// invalidate retires the server-side name of st's content everywhere.
+func (r *statementRegistry) invalidate(st *statement) {
+	r.mu.Lock()
+	if r.epochs[st.hash] == st.epoch {
+		r.epochs[st.hash] = st.epoch + 1
+		r.gen.Add(1)
+	}
+	r.mu.Unlock()
+}
+
+// preparedSet is the LRU set of proxy statements one backend has prepared.
+// It is only touched by the goroutines of the client holding the backend,
+// under that client's lock.
+type preparedSet struct {
+	max   int
+	order *list.List // front = most recently used; values are names
+	items map[string]*list.Element
+	// toClose are names to Close on the backend before the next request
+	// (LRU evictions and statements a server invalidated).
+	toClose []string
+}
+
+func newPreparedSet(max int) *preparedSet {
+	return &preparedSet{max: max, order: list.New(), items: make(map[string]*list.Element)}
+}
+
+// has reports whether the backend has name, marking it recently used.
+func (p *preparedSet) has(name string) bool {
+	if e, ok := p.items[name]; ok {
+		p.order.MoveToFront(e)
+		return true
+	}
+	return false
+}
+
+// add records name as prepared and queues the least recently used
+// statements beyond the bound for closing.
+func (p *preparedSet) add(name string) {
+	if _, ok := p.items[name]; ok {
+		return
+	}
+	p.items[name] = p.order.PushFront(name)
+	for p.max > 0 && p.order.Len() > p.max {
+		e := p.order.Back()
+		n := e.Value.(string)
+		p.order.Remove(e)
+		delete(p.items, n)
+		p.toClose = append(p.toClose, n)
+	}
+}
+
+// remove forgets name (the Parse failed or was skipped by the server).
+func (p *preparedSet) remove(name string) {
+	if e, ok := p.items[name]; ok {
+		p.order.Remove(e)
+		delete(p.items, name)
+	}
+}
+
+// retire forgets name and closes it on the backend at the next chance.
+func (p *preparedSet) retire(name string) {
+	if _, ok := p.items[name]; ok {
+		p.remove(name)
+		p.toClose = append(p.toClose, name)
+	}
+}
+
+// clear forgets everything (DEALLOCATE ALL / DISCARD ALL ran on the backend).
+func (p *preparedSet) clear() {
+	p.order.Init()
+	clear(p.items)
+	p.toClose = p.toClose[:0]
+}
+
+func (p *preparedSet) len() int { return p.order.Len() }
+
+// parseParseMessage splits a Parse body into the statement name and the rest.
+func parseParseMessage(body []byte) (name, rest []byte, ok bool) {
+	return cstring(body)
+}
+
+// parseBindNames returns the portal and statement names of a Bind body and
+// the offset where the rest (parameter formats onwards) begins.
+func parseBindNames(body []byte) (portal, stmt []byte, restOff int, ok bool) {
+	portal, r, ok1 := cstring(body)
+	if !ok1 {
+		return nil, nil, 0, false
+	}
+	stmt, r2, ok2 := cstring(r)
+	if !ok2 {
+		return nil, nil, 0, false
+	}
+	return portal, stmt, len(body) - len(r2), true
+}
+
+// appendBindRenamed appends a Bind that is body with its statement renamed.
+func appendBindRenamed(dst []byte, body []byte, portal []byte, restOff int, name string) []byte {
+	rest := body[restOff:]
+	dst = appendHeader(dst, msgBind, len(portal)+1+len(name)+1+len(rest))
+	dst = append(dst, portal...)
+	dst = append(dst, 0)
+	dst = append(dst, name...)
+	dst = append(dst, 0)
+	return append(dst, rest...)
+}
+
+// appendDescribeStatement appends Describe('S', name).
+func appendDescribeStatement(dst []byte, name string) []byte {
+	dst = appendHeader(dst, msgDescribe, 1+len(name)+1)
+	dst = append(dst, 'S')
+	dst = append(dst, name...)
+	return append(dst, 0)
+}
+
+// uint16At reads a big-endian int16 count (used by tests and checks).
+func uint16At(b []byte) int { return int(binary.BigEndian.Uint16(b)) }

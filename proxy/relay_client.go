@@ -1,0 +1,560 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"time"
+
+	"github.com/pgsidecar/pgsidecar/pool"
+)
+
+// errClientTerminated means the client sent Terminate.
+var errClientTerminated = errors.New("client sent Terminate")
+
+// maxWholeQuery is the largest Query the relay reads whole to inspect it;
+// longer ones are streamed and not inspected.
+const maxWholeQuery = 64 << 10
+
+// run is the client reader: it reads client messages, gets a backend when a
+// transaction starts, and writes the messages (rewritten where needed) to it.
+func (c *clientConn) run() error {
+	for {
+		if c.rstart == c.rend {
+			c.rstart, c.rend = 0, 0
+		}
+		if need := c.wantBytes; need > len(c.rbuf)-c.rstart {
+			c.growRead(need)
+		} else if c.rend == len(c.rbuf) && c.rstart > 0 {
+			c.rend = copy(c.rbuf, c.rbuf[c.rstart:c.rend])
+			c.rstart = 0
+		}
+		n, err := c.conn.Read(c.rbuf[c.rend:])
+		c.rend += n
+		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) && !c.killed.Load() {
+				if c.shutdownIfIdle() {
+					return nil
+				}
+				c.conn.SetReadDeadline(time.Time{})
+				if n == 0 {
+					continue
+				}
+			} else {
+				return err
+			}
+		}
+		if err := c.process(); err != nil {
+			return err
+		}
+		if len(c.rbuf) > maxKeptBufSize && c.rstart == c.rend {
+			c.rbuf = make([]byte, clientReadBufSize)
+			c.rstart, c.rend = 0, 0
+		}
+	}
+}
+
+// growRead makes room for a message of need bytes at the buffer's start.
+func (c *clientConn) growRead(need int) {
+	nb := c.rbuf
+	if need > len(nb) {
+		nb = make([]byte, max(need, 2*len(c.rbuf)))
+	}
+	c.rend = copy(nb, c.rbuf[c.rstart:c.rend])
+	c.rstart = 0
+	c.rbuf = nb
+}
+
+// shutdownIfIdle closes the client with 57P01 if the server drains and the
+// client holds no backend. It reports whether it did.
+func (c *clientConn) shutdownIfIdle() bool {
+	if !c.draining.Load() {
+		return false
+	}
+	c.mu.Lock()
+	idle := c.be == nil && c.rstart == c.rend
+	c.mu.Unlock()
+	if !idle {
+		return false
+	}
+	c.conn.SetWriteDeadline(time.Now().Add(time.Second))
+	c.conn.Write(newFatal(codeAdminShutdown, "pgsidecar is shutting down: terminating an idle connection",
+		"reconnect; the application's pool will open a new connection to another instance").appendTo(nil))
+	return true
+}
+
+// process handles every complete (or streamable) message in the buffer.
+func (c *clientConn) process() error {
+	for c.rstart < c.rend || c.passRemaining > 0 {
+		if c.rend-c.rstart == 0 {
+			return nil
+		}
+		if c.discarding {
+			if err := c.discard(); err != nil || c.discarding {
+				return err
+			}
+			continue
+		}
+		if c.passRemaining == 0 {
+			if c.rend-c.rstart < headerLen {
+				c.wantBytes = headerLen
+				return nil
+			}
+			if c.rbuf[c.rstart] == msgTerminate {
+				return errClientTerminated
+			}
+		}
+		b, err := c.backendForRequest()
+		if err != nil {
+			return err
+		}
+		if b == nil { // acquire failed: now discarding
+			continue
+		}
+		out, wake, perr := c.build(b)
+		if len(out) > 0 {
+			if _, err := b.conn.Server().NetConn().Write(out); err != nil {
+				return c.backendWriteFailed(b, err)
+			}
+		}
+		b.cout = out[:0]
+		if wake {
+			c.mu.Lock()
+			c.wake = true
+			c.mu.Unlock()
+			b.conn.Server().NetConn().SetReadDeadline(time.Now())
+		}
+		if perr != nil {
+			return perr
+		}
+		if c.wantBytes > 0 {
+			return nil
+		}
+	}
+	return nil
+}
+
+// backendForRequest returns the backend this client holds, acquiring one
+// when its transaction starts. It returns nil (and switches to discarding)
+// when no backend can be had.
+func (c *clientConn) backendForRequest() (*backend, error) {
+	c.mu.Lock()
+	b := c.be
+	c.mu.Unlock()
+	if b != nil {
+		return b, nil
+	}
+	b, err := c.acquire()
+	if err != nil {
+		var pe *pgError
+		if errors.As(err, &pe) && pe.Code == codeAdminShutdown {
+			c.conn.Write(pe.appendTo(nil))
+			return nil, err
+		}
+		c.discarding, c.acquireErr = true, err
+		return nil, nil
+	}
+	return b, nil
+}
+
+// acquire gets a backend for this client, brings it to the client's session
+// parameters, and starts the server reader on it.
+func (c *clientConn) acquire() (*backend, error) {
+	s := c.srv
+	s.stats.waiting.Add(1)
+	var conn *pool.Conn
+	var err error
+	for attempt := 0; ; attempt++ {
+		conn, err = c.db.Pool.Acquire(c.ctx)
+		if err != nil || probeIdle(conn.Server().NetConn()) == nil || attempt == 3 {
+			break
+		}
+		// The server closed it while it sat idle (pg_terminate_backend,
+		// restart): its state is unknown, so it goes.
+		conn.Destroy("closed by the server while idle")
+	}
+	s.stats.waiting.Add(-1)
+	if err != nil {
+		if c.killed.Load() || errors.Is(err, context.Canceled) {
+			return nil, newFatal(codeAdminShutdown, "pgsidecar is shutting down", "reconnect in a moment")
+		}
+		c.log.Warn("no server connection for client", "err", err)
+		return nil, err
+	}
+	s.stats.active.Add(1)
+	conn.SetOwner(c)
+	b := s.backendFor(conn)
+	b.queries = 0
+
+	c.mu.Lock()
+	c.be = b
+	c.stopReader, c.wake = false, false
+	c.txStatus = 'I'
+	if sql := paramSyncSQL(c.want, b.params, b.defaults); sql != "" {
+		b.cout = appendQuery(b.cout[:0], sql)
+		c.q.push(request{kind: reqQuery, swallow: true})
+	}
+	done := make(chan struct{})
+	c.readerDone = done
+	c.mu.Unlock()
+	go c.serverLoop(b, done)
+	return b, nil
+}
+
+// build turns the buffered client messages into the bytes for backend b,
+// recording what each expects back. It runs under c.mu.
+func (c *clientConn) build(b *backend) (out []byte, wake bool, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.be != b {
+		// The server reader lost the backend meanwhile; run() will see
+		// the client connection closed.
+		return nil, false, io.ErrUnexpectedEOF
+	}
+	out = b.cout
+	tx := c.mode == ModeTransaction
+	if tx && len(b.prepared.toClose) > 0 && c.q.len() == 0 && !c.inBatch {
+		for _, name := range b.prepared.toClose {
+			out = appendCloseStatement(out, name)
+			c.q.push(request{kind: reqClose, swallow: true})
+		}
+		b.prepared.toClose = b.prepared.toClose[:0]
+		out = append(out, msgSync, 0, 0, 0, 4)
+		c.q.push(request{kind: reqSync, swallow: true})
+	}
+	maxMsg := c.srv.cfg.MaxMessageSize
+	for c.rstart < c.rend {
+		avail := c.rend - c.rstart
+		if c.passRemaining > 0 {
+			n := min(c.passRemaining, avail)
+			out = append(out, c.rbuf[c.rstart:c.rstart+n]...)
+			c.rstart += n
+			c.passRemaining -= n
+			continue
+		}
+		if avail < headerLen {
+			c.wantBytes = headerLen
+			break
+		}
+		typ, bodyLen := parseHeader(c.rbuf[c.rstart:])
+		if bodyLen < 0 || bodyLen > maxMsg {
+			return out, false, c.protocolViolation(fmt.Sprintf("invalid message length %d for message type %q", bodyLen+4, typ))
+		}
+		total := headerLen + bodyLen
+		if avail < total && c.needsWhole(typ, bodyLen) {
+			c.wantBytes = total
+			break
+		}
+		c.wantBytes = 0
+		if avail < total {
+			// Stream the rest of a message nobody needs to read.
+			c.notePartial(typ)
+			out = append(out, c.rbuf[c.rstart:c.rend]...)
+			c.passRemaining = total - avail
+			c.rstart = c.rend
+			continue
+		}
+		msg := c.rbuf[c.rstart : c.rstart+total]
+		c.rstart += total
+		body := msg[headerLen:]
+		switch typ {
+		case msgTerminate:
+			c.rstart -= total
+			return out, c.q.lastIsSynthetic(), nil
+		case msgQuery:
+			out = c.onQuery(b, out, msg, body, tx)
+		case msgSync:
+			c.inBatch = false
+			c.q.push(request{kind: reqSync})
+			out = append(out, msg...)
+		case msgExecute:
+			c.inBatch = true
+			c.q.push(request{kind: reqExecute})
+			out = append(out, msg...)
+		case msgParse:
+			c.inBatch = true
+			out = c.onParse(b, out, msg, body, tx)
+		case msgBind:
+			c.inBatch = true
+			out = c.onBind(b, out, msg, body, tx)
+		case msgDescribe:
+			c.inBatch = true
+			out = c.onDescribe(b, out, msg, body, tx)
+		case msgClose:
+			c.inBatch = true
+			out = c.onClose(out, msg, body, tx)
+		case msgFunctionCall:
+			c.q.push(request{kind: reqQuery})
+			out = append(out, msg...)
+		case msgFlush:
+			c.inBatch = true
+			out = append(out, msg...)
+		default: // CopyData, CopyDone, CopyFail, and anything the server judges
+			out = append(out, msg...)
+		}
+	}
+	return out, c.q.lastIsSynthetic(), nil
+}
+
+// needsWhole reports whether a message must be in the buffer whole before
+// it is handled (it is inspected or rewritten).
+func (c *clientConn) needsWhole(typ byte, bodyLen int) bool {
+	switch typ {
+	case msgTerminate, msgSync:
+		return true
+	case msgQuery:
+		return bodyLen <= maxWholeQuery
+	case msgParse, msgBind, msgDescribe, msgClose:
+		return c.mode == ModeTransaction
+	}
+	return false
+}
+
+// notePartial records the bookkeeping of a message that is streamed.
+func (c *clientConn) notePartial(typ byte) {
+	switch typ {
+	case msgQuery, msgFunctionCall:
+		c.q.push(request{kind: reqQuery})
+	case msgExecute:
+		c.inBatch = true
+		c.q.push(request{kind: reqExecute})
+	case msgParse:
+		c.inBatch = true
+		c.q.push(request{kind: reqParse})
+	case msgBind:
+		c.inBatch = true
+		c.q.push(request{kind: reqBind})
+	}
+}
+
+func (c *clientConn) onQuery(b *backend, out, msg, body []byte, tx bool) []byte {
+	q := body
+	if n := len(q); n > 0 && q[n-1] == 0 {
+		q = q[:n-1]
+	}
+	c.noteStatement(q)
+	r := request{kind: reqQuery}
+	if tx {
+		if h := findHazard(q); h != hazardNone {
+			c.warnHazard(h)
+		}
+	}
+	if needsClassify(q) {
+		if ch, ok := parseSetStatement(q); ok {
+			r.sets = []paramChange{ch}
+		}
+		kind, name := classifyQuery(q)
+		switch kind {
+		case queryDeallocate:
+			if st := c.stmts[name]; st != nil && tx {
+				// The client's name means a proxy statement: deallocate that
+				// one (preparing it first if this backend lacks it) so the
+				// client sees exactly the reply PostgreSQL would give.
+				delete(c.stmts, name)
+				st = c.srv.stmts.current(st, &c.stmtGen)
+				out = c.ensurePrepared(b, out, st)
+				b.prepared.remove(st.name)
+				c.q.push(r)
+				return appendQuery(out, "DEALLOCATE "+st.name)
+			}
+		case queryDeallocateAll:
+			r.deallocAll = true
+		case queryDiscardAll:
+			r.deallocAll, r.resetAll = true, true
+		case queryResetAll:
+			r.resetAll = true
+		}
+	}
+	c.q.push(r)
+	return append(out, msg...)
+}
+
+func (c *clientConn) onParse(b *backend, out, msg, body []byte, tx bool) []byte {
+	name, rest, ok := parseParseMessage(body)
+	if !tx || !ok || len(name) == 0 {
+		if ok {
+			if q, _, ok := cstring(rest); ok {
+				c.noteStatement(q)
+				if tx {
+					if h := findHazard(q); h != hazardNone {
+						c.warnHazard(h)
+					}
+				}
+			}
+		}
+		c.q.push(request{kind: reqParse})
+		return append(out, msg...)
+	}
+	st := c.srv.stmts.newStatement(rest)
+	c.noteStatement([]byte(st.query))
+	if h := findHazard([]byte(st.query)); h != hazardNone {
+		c.warnHazard(h)
+	}
+	cname := string(name)
+	c.stmts[cname] = st
+	if b.prepared.has(st.name) {
+		c.q.push(request{kind: reqSynthetic, payload: wireParseComplete, stmt: st, clientName: cname})
+		return out
+	}
+	b.prepared.add(st.name)
+	c.q.push(request{kind: reqParse, stmt: st, clientName: cname, prepared: true})
+	return st.appendParse(out)
+}
+
+// ensurePrepared injects a Parse of st when backend b lacks it; its
+// ParseComplete is swallowed.
+func (c *clientConn) ensurePrepared(b *backend, out []byte, st *statement) []byte {
+	if b.prepared.has(st.name) {
+		return out
+	}
+	b.prepared.add(st.name)
+	c.q.push(request{kind: reqParse, swallow: true, stmt: st, prepared: true})
+	return st.appendParse(out)
+}
+
+// clientStatement returns the statement a client's name refers to, renamed
+// if a server invalidated its plan since.
+func (c *clientConn) clientStatement(name []byte) *statement {
+	st := c.stmts[string(name)]
+	if st == nil {
+		return nil
+	}
+	if cur := c.srv.stmts.current(st, &c.stmtGen); cur != st {
+		c.stmts[string(name)] = cur
+		st = cur
+	}
+	return st
+}
+
+func (c *clientConn) onBind(b *backend, out, msg, body []byte, tx bool) []byte {
+	if tx {
+		portal, name, restOff, ok := parseBindNames(body)
+		if ok && len(name) > 0 {
+			if st := c.clientStatement(name); st != nil {
+				out = c.ensurePrepared(b, out, st)
+				c.q.push(request{kind: reqBind, stmt: st})
+				return appendBindRenamed(out, body, portal, restOff, st.name)
+			}
+		}
+	}
+	c.q.push(request{kind: reqBind})
+	return append(out, msg...)
+}
+
+func (c *clientConn) onDescribe(b *backend, out, msg, body []byte, tx bool) []byte {
+	if len(body) > 0 && body[0] == 'P' {
+		c.q.push(request{kind: reqDescribePortal})
+		return append(out, msg...)
+	}
+	if tx && len(body) > 1 {
+		if name, _, ok := cstring(body[1:]); ok && len(name) > 0 {
+			if st := c.clientStatement(name); st != nil {
+				out = c.ensurePrepared(b, out, st)
+				c.q.push(request{kind: reqDescribeStmt, stmt: st})
+				return appendDescribeStatement(out, st.name)
+			}
+		}
+	}
+	c.q.push(request{kind: reqDescribeStmt})
+	return append(out, msg...)
+}
+
+func (c *clientConn) onClose(out, msg, body []byte, tx bool) []byte {
+	if tx && len(body) > 1 && body[0] == 'S' {
+		if name, _, ok := cstring(body[1:]); ok && len(name) > 0 {
+			// The statement belongs to the client: forget the client's name
+			// and answer for the server, which keeps the statement (LRU).
+			delete(c.stmts, string(name))
+			c.q.push(request{kind: reqSynthetic, payload: wireCloseComplete})
+			return out
+		}
+	}
+	c.q.push(request{kind: reqClose})
+	return append(out, msg...)
+}
+
+// warnHazard tells the client, once per kind, that it uses something that
+// cannot work in transaction pooling mode, and logs it.
+func (c *clientConn) warnHazard(h hazard) {
+	if c.hazardsSeen[h] {
+		return
+	}
+	c.hazardsSeen[h] = true
+	t := hazardText[h]
+	c.log.Warn("client uses a feature that transaction pooling cannot carry",
+		"application_name", c.appName, "problem", t.msg)
+	c.q.push(request{kind: reqSynthetic, notice: true, payload: appendNotice(nil, codeFeatureNotSupported, "pgsidecar: "+t.msg, t.hint)})
+}
+
+// protocolViolation tells the client its input is malformed; the caller
+// then closes it (and the backend, whose state is unknown).
+func (c *clientConn) protocolViolation(msg string) error {
+	pe := newFatal(codeProtocolViolation, msg, "the client sent a malformed message; this is a driver bug or not a PostgreSQL client")
+	c.log.Warn("protocol violation from client", "err", msg)
+	c.poisoned = true
+	return pe
+}
+
+// discard drops client messages after a failed acquire up to the end of
+// the request (Sync or Query), then answers it with the error and 'Z'.
+func (c *clientConn) discard() error {
+	for {
+		if c.passRemaining > 0 {
+			n := min(c.passRemaining, c.rend-c.rstart)
+			c.rstart += n
+			c.passRemaining -= n
+			if c.passRemaining > 0 {
+				return nil
+			}
+			if c.discardQuery {
+				return c.answerDiscarded()
+			}
+			continue
+		}
+		avail := c.rend - c.rstart
+		if avail < headerLen {
+			c.wantBytes = headerLen
+			return nil
+		}
+		typ, bodyLen := parseHeader(c.rbuf[c.rstart:])
+		if bodyLen < 0 || bodyLen > c.srv.cfg.MaxMessageSize {
+			return c.protocolViolation(fmt.Sprintf("invalid message length %d for message type %q", bodyLen+4, typ))
+		}
+		if typ == msgTerminate {
+			return errClientTerminated
+		}
+		total := headerLen + bodyLen
+		if avail < total {
+			c.passRemaining = total - avail
+			c.rstart = c.rend
+			c.discardQuery = typ == msgQuery
+			return nil
+		}
+		c.rstart += total
+		if typ == msgQuery || typ == msgSync {
+			return c.answerDiscarded()
+		}
+	}
+}
+
+func (c *clientConn) answerDiscarded() error {
+	reply := acquireErrorResponse(c.acquireErr, false).appendTo(nil)
+	reply = appendReadyForQuery(reply, 'I')
+	c.discarding, c.discardQuery, c.acquireErr = false, false, nil
+	_, err := c.conn.Write(reply)
+	return err
+}
+
+// backendWriteFailed handles a backend that cannot be written to.
+func (c *clientConn) backendWriteFailed(b *backend, err error) error {
+	c.log.Warn("server connection failed while sending", "err", err)
+	return fmt.Errorf("writing to the server: %w", err)
+}
+
+// probeIdle checks, without blocking, that an idle backend has nothing to
+// say: an idle server that sent something (or closed) is no longer usable.
+// It returns nil when the connection is fine or cannot be probed.
+var probeIdle = func(nc net.Conn) error { return probeSocket(nc) }

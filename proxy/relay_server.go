@@ -1,0 +1,467 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+)
+
+// errLostTrack means the server sent a reply the proxy did not expect: its
+// bookkeeping no longer matches the server, so the backend is closed.
+var errLostTrack = errors.New("server reply does not match the requests sent")
+
+// serverLoop is the server reader: it reads backend b, routes each reply
+// (forward, swallow, or add the proxy's own), writes to the client, and
+// gives b back to the pool when the client's transaction is over.
+func (c *clientConn) serverLoop(b *backend, done chan struct{}) {
+	defer close(done)
+	nc := b.conn.Server().NetConn()
+	for {
+		if b.rstart == b.rend {
+			b.rstart, b.rend = 0, 0
+		}
+		if b.want > len(b.rbuf)-b.rstart {
+			b.growRead(b.want)
+		} else if b.rend == len(b.rbuf) && b.rstart > 0 {
+			b.rend = copy(b.rbuf, b.rbuf[b.rstart:b.rend])
+			b.rstart = 0
+		}
+		n, err := nc.Read(b.rbuf[b.rend:])
+		b.rend += n
+		if err != nil {
+			if !errors.Is(err, os.ErrDeadlineExceeded) {
+				c.serverLost(b, err)
+				return
+			}
+			// A wake-up: the client reader queued replies of the proxy's own,
+			// wants the backend back, or the client is gone.
+			nc.SetReadDeadline(time.Time{})
+		}
+		c.mu.Lock()
+		if c.stopReader {
+			c.mu.Unlock()
+			return
+		}
+		c.wake = false
+		out, release, rerr := c.route(b)
+		c.mu.Unlock()
+		if rerr != nil {
+			c.serverLost(b, rerr)
+			return
+		}
+		if len(out) > 0 {
+			if _, err := c.conn.Write(out); err != nil {
+				// The client is gone; its reader will notice and clean up.
+				c.conn.Close()
+				return
+			}
+		}
+		if !release {
+			continue
+		}
+		c.mu.Lock()
+		if c.stopReader || !c.releasableLocked(b) {
+			c.mu.Unlock()
+			continue
+		}
+		c.be = nil
+		c.mu.Unlock()
+		c.releaseBackend(b)
+		return
+	}
+}
+
+// growRead makes room for a message of need bytes.
+func (b *backend) growRead(need int) {
+	nb := b.rbuf
+	if need > len(nb) {
+		nb = make([]byte, max(need, 2*len(b.rbuf)))
+	}
+	b.rend = copy(nb, b.rbuf[b.rstart:b.rend])
+	b.rstart = 0
+	b.rbuf = nb
+}
+
+// releasableLocked reports whether the client's transaction is over and
+// nothing is in flight, so b can serve another client.
+func (c *clientConn) releasableLocked(b *backend) bool {
+	return c.mode == ModeTransaction && c.q.len() == 0 && !c.inBatch && c.txStatus == 'I' &&
+		b.rstart == b.rend && b.passRemaining == 0 && !b.fatal
+}
+
+// releaseBackend gives a clean backend back to its pool.
+func (c *clientConn) releaseBackend(b *backend) {
+	b.conn.Server().NetConn().SetReadDeadline(time.Time{})
+	if len(b.rbuf) > maxKeptBufSize {
+		b.rbuf = make([]byte, serverReadBufSize)
+	}
+	if cap(b.out) > maxKeptBufSize {
+		b.out = nil
+	}
+	if cap(b.cout) > maxKeptBufSize {
+		b.cout = nil
+	}
+	b.conn.AddQueries(b.queries)
+	b.queries = 0
+	if b.busy {
+		b.busy = false
+		b.conn.SetBusy(false)
+	}
+	b.conn.Release()
+	c.srv.stats.active.Add(-1)
+}
+
+// destroyBackend closes a backend whose state is unknown.
+func (c *clientConn) destroyBackend(b *backend, reason string) {
+	c.log.Debug("closing server connection", "reason", reason)
+	b.rstart, b.rend, b.want, b.passRemaining = 0, 0, 0, 0
+	b.conn.AddQueries(b.queries)
+	b.conn.Destroy(reason)
+	c.srv.stats.active.Add(-1)
+}
+
+// serverLost handles a backend that failed under the client: the client's
+// transaction is gone, so the client is told and closed.
+func (c *clientConn) serverLost(b *backend, err error) {
+	c.mu.Lock()
+	mine := c.be == b
+	if mine {
+		c.be = nil
+		c.q.reset()
+		c.inBatch = false
+	}
+	stopping := c.stopReader
+	c.mu.Unlock()
+	if !mine || stopping {
+		return
+	}
+	c.destroyBackend(b, "server connection failed: "+err.Error())
+	if c.killed.Load() {
+		return
+	}
+	c.log.Warn("server connection lost under a client", "err", err)
+	pe := newFatal(codeConnectionFailure, "pgsidecar lost the server connection: "+err.Error(),
+		"the database closed the connection (restart, pg_terminate_backend or a crash); reconnect and retry the transaction")
+	if errors.Is(err, errLostTrack) {
+		pe.Code = codeProtocolViolation
+	}
+	c.conn.SetWriteDeadline(time.Now().Add(time.Second))
+	c.conn.Write(pe.appendTo(nil))
+	c.conn.Close()
+}
+
+// route walks the replies in b's buffer. It returns the bytes for the
+// client: a slice of the read buffer when nothing was changed (the common
+// case, no copy), else b.out. It runs under c.mu.
+func (c *clientConn) route(b *backend) (out []byte, release bool, err error) {
+	rb := b.rbuf
+	pos, end := b.rstart, b.rend
+	chunkStart := pos
+	edited := false
+	o := b.out[:0]
+	maxMsg := c.srv.cfg.MaxMessageSize
+	for {
+		if b.passRemaining == 0 {
+			for h := c.q.peek(); h != nil && h.kind == reqSynthetic; h = c.q.peek() {
+				if !edited {
+					o = append(o, rb[chunkStart:pos]...)
+					edited = true
+				}
+				o = append(o, h.payload...)
+				c.q.pop()
+			}
+		}
+		if pos == end {
+			break
+		}
+		if b.passRemaining > 0 {
+			n := min(b.passRemaining, end-pos)
+			if b.passSwallow {
+				if !edited {
+					o = append(o, rb[chunkStart:pos]...)
+					edited = true
+				}
+			} else if edited {
+				o = append(o, rb[pos:pos+n]...)
+			}
+			pos += n
+			b.passRemaining -= n
+			continue
+		}
+		if end-pos < headerLen {
+			b.want = headerLen
+			break
+		}
+		typ, bodyLen := parseHeader(rb[pos:])
+		if bodyLen < 0 || bodyLen > maxMsg {
+			b.rstart = pos
+			return nil, false, fmt.Errorf("%w: invalid message length %d from the server", errLostTrack, bodyLen+4)
+		}
+		total := headerLen + bodyLen
+		if end-pos < total && (typ == msgReadyForQuery || typ == msgErrorResponse || typ == msgParameterStatus) {
+			b.want = total
+			break
+		}
+		b.want = 0
+		swallow, rerr := c.routeOne(b, typ, rb[pos:min(pos+total, end)], total)
+		if rerr != nil {
+			b.rstart = pos
+			return nil, false, rerr
+		}
+		n := min(total, end-pos)
+		if swallow {
+			if !edited {
+				o = append(o, rb[chunkStart:pos]...)
+				edited = true
+			}
+		} else if edited {
+			o = append(o, rb[pos:pos+n]...)
+		}
+		if n < total {
+			b.passRemaining, b.passSwallow = total-n, swallow
+		}
+		pos += n
+	}
+	b.rstart = pos
+	if edited {
+		b.out = o
+		out = o
+	} else {
+		out = rb[chunkStart:pos]
+	}
+	return out, c.releasableLocked(b), nil
+}
+
+// routeOne does the bookkeeping for one reply (msg holds at least its
+// header; replies routeOne reads are whole) and says whether to drop it.
+func (c *clientConn) routeOne(b *backend, typ byte, msg []byte, total int) (swallow bool, err error) {
+	head := c.q.peek()
+	switch typ {
+	case msgReadyForQuery:
+		if head == nil || (head.kind != reqQuery && head.kind != reqSync) {
+			return false, fmt.Errorf("%w: unexpected ReadyForQuery", errLostTrack)
+		}
+		r := c.q.pop()
+		c.txStatus = msg[headerLen]
+		b.queries++
+		if !r.failed {
+			c.applyCompleted(b, &r)
+		}
+		if c.mode == ModeSession {
+			if busy := c.txStatus != 'I'; busy != b.busy {
+				b.busy = busy
+				b.conn.SetBusy(busy)
+			}
+		}
+		return r.swallow, nil
+
+	case msgErrorResponse:
+		body := msg[headerLen:]
+		if sev := errorField(body, 'V'); bytes.Equal(sev, []byte("FATAL")) || bytes.Equal(sev, []byte("PANIC")) {
+			b.fatal = true
+		}
+		if head == nil {
+			return false, nil
+		}
+		if head.kind == reqQuery || head.kind == reqSync {
+			head.failed = true
+			return false, nil
+		}
+		r := c.q.pop()
+		c.undoParse(b, &r)
+		if r.stmt != nil && string(errorField(body, 'C')) == codeFeatureNotSupported &&
+			bytes.Contains(errorField(body, 'M'), []byte("cached plan must not change result type")) {
+			// The server's plan for this statement is stale for good: give
+			// its content a new name everywhere, close the old one here.
+			c.srv.stmts.invalidate(r.stmt)
+			b.prepared.retire(r.stmt.name)
+			c.log.Info("prepared statement invalidated by a schema change; it will be prepared again", "statement", r.stmt.name)
+		}
+		// The server skips everything up to Sync.
+		for h := c.q.peek(); h != nil && h.kind != reqSync; h = c.q.peek() {
+			s := c.q.pop()
+			c.undoParse(b, &s)
+		}
+		return false, nil
+
+	case msgParameterStatus:
+		name, rest, ok := cstring(msg[headerLen:])
+		val, _, ok2 := cstring(rest)
+		if ok && ok2 {
+			k := strings.ToLower(string(name))
+			if !unsettable[k] {
+				v := paramValue{val: string(val)}
+				b.params[k] = v
+				if _, wanted := c.want[k]; wanted || head == nil || !head.swallow {
+					c.want[k] = v
+				}
+			}
+		}
+		return head != nil && head.swallow, nil
+
+	case msgNotification:
+		return false, nil
+
+	case msgParseComplete, msgBindComplete, msgCloseComplete:
+		var k reqKind
+		switch typ {
+		case msgParseComplete:
+			k = reqParse
+		case msgBindComplete:
+			k = reqBind
+		default:
+			k = reqClose
+		}
+		if head == nil || head.kind != k {
+			return false, fmt.Errorf("%w: unexpected %q", errLostTrack, typ)
+		}
+		r := c.q.pop()
+		return r.swallow, nil
+
+	case msgRowDescription, msgNoData:
+		if head != nil && (head.kind == reqDescribeStmt || head.kind == reqDescribePortal) {
+			r := c.q.pop()
+			return r.swallow, nil
+		}
+
+	case msgCommandComplete, msgEmptyQuery, msgPortalSuspended:
+		if head != nil && head.kind == reqExecute {
+			r := c.q.pop()
+			return r.swallow, nil
+		}
+	}
+	// Part of the reply to the head request (rows, notices, COPY, ...).
+	return head != nil && head.swallow, nil
+}
+
+// undoParse forgets a statement whose Parse failed or was skipped.
+func (c *clientConn) undoParse(b *backend, r *request) {
+	if r.stmt == nil {
+		return
+	}
+	if r.prepared {
+		b.prepared.remove(r.stmt.name)
+	}
+	if r.clientName != "" && c.stmts[r.clientName] == r.stmt {
+		delete(c.stmts, r.clientName)
+	}
+}
+
+// applyCompleted updates the tracked state once a Query succeeded.
+func (c *clientConn) applyCompleted(b *backend, r *request) {
+	for _, ch := range r.sets {
+		c.applyParamChange(b, ch)
+	}
+	if r.resetAll {
+		c.applyParamChange(b, paramChange{all: true, reset: true})
+	}
+	if r.deallocAll {
+		b.prepared.clear()
+		clear(c.stmts)
+	}
+}
+
+// applyParamChange tracks a SET / RESET of a parameter the server does not
+// report; reported ones are tracked from ParameterStatus instead.
+func (c *clientConn) applyParamChange(b *backend, ch paramChange) {
+	if ch.all {
+		for k := range c.want {
+			if _, reported := b.defaults[k]; !reported {
+				if v, ok := c.startupParams[k]; ok {
+					c.want[k] = v
+				} else {
+					delete(c.want, k)
+				}
+			}
+		}
+		for k := range b.params {
+			if _, reported := b.defaults[k]; !reported {
+				delete(b.params, k)
+			}
+		}
+		return
+	}
+	if _, reported := b.defaults[ch.name]; reported || unsettable[ch.name] {
+		return
+	}
+	if ch.reset {
+		if v, ok := c.startupParams[ch.name]; ok {
+			c.want[ch.name] = v
+		} else {
+			delete(c.want, ch.name)
+		}
+		delete(b.params, ch.name)
+		return
+	}
+	c.want[ch.name] = ch.value
+	b.params[ch.name] = ch.value
+}
+
+// finish runs when the client leaves: it stops the server reader and gives
+// the backend back only if its state can be verified clean (rolling back an
+// open transaction, and in session mode running the reset query).
+func (c *clientConn) finish() {
+	c.mu.Lock()
+	b := c.be
+	if b == nil {
+		c.mu.Unlock()
+		return
+	}
+	c.stopReader = true
+	done := c.readerDone
+	c.mu.Unlock()
+	nc := b.conn.Server().NetConn()
+	nc.SetReadDeadline(time.Now())
+	<-done
+
+	c.mu.Lock()
+	b = c.be
+	c.be = nil
+	clean := b != nil && c.q.len() == 0 && !c.inBatch && b.rstart == b.rend && b.passRemaining == 0 &&
+		c.passRemaining == 0 && !c.poisoned && !b.fatal
+	status := c.txStatus
+	c.q.reset()
+	c.mu.Unlock()
+	if b == nil {
+		return // the reader gave it back (or closed it) itself
+	}
+	nc.SetDeadline(time.Time{})
+	if !clean || c.killed.Load() {
+		c.destroyBackend(b, "client left in the middle of a request")
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	srv := b.conn.Server()
+	if status != 'I' {
+		// Idle in a transaction: roll it back, and reset the session so
+		// the proxy's view of its parameters is exact again.
+		if err := srv.Exec(ctx, "ROLLBACK"); err != nil {
+			c.destroyBackend(b, "rollback after the client left failed: "+err.Error())
+			return
+		}
+		if err := srv.Exec(ctx, "RESET ALL"); err != nil {
+			c.destroyBackend(b, "reset after the client left failed: "+err.Error())
+			return
+		}
+		b.resetToDefaults(false)
+		c.log.Debug("rolled back the transaction of a client that left inside it")
+	}
+	if c.mode == ModeSession {
+		if q := c.srv.cfg.ResetQuery; q != "" {
+			if err := srv.Exec(ctx, q); err != nil {
+				c.destroyBackend(b, "reset query failed: "+err.Error())
+				return
+			}
+			up := strings.ToUpper(q)
+			if strings.Contains(up, "DISCARD ALL") || strings.Contains(up, "RESET ALL") {
+				b.resetToDefaults(strings.Contains(up, "DISCARD ALL"))
+			}
+		}
+	}
+	c.releaseBackend(b)
+}

@@ -1,0 +1,105 @@
+package proxy
+
+// reqKind is what one request sent to a backend (or answered by the proxy)
+// expects back; it decides which backend message completes it.
+type reqKind uint8
+
+const (
+	reqQuery          reqKind = iota // 'Q' or 'F': everything up to 'Z'
+	reqSync                          // 'S': 'Z'
+	reqParse                         // '1'
+	reqBind                          // '2'
+	reqClose                         // '3'
+	reqDescribeStmt                  // 't' then 'T' or 'n'
+	reqDescribePortal                // 'T' or 'n'
+	reqExecute                       // 'C', 'I', 's'
+	reqSynthetic                     // answered by the proxy: emit payload when it reaches the head
+)
+
+// request is one entry of the response-routing queue. Requests the client
+// sent are forwarded; requests the proxy injected (a Parse a backend lacks,
+// the SETs that bring a backend to the client's parameters, an LRU Close)
+// are swallowed; synthetic ones carry the reply the proxy makes itself.
+type request struct {
+	kind    reqKind
+	swallow bool   // drop the replies (errors still reach the client)
+	notice  bool   // synthetic NoticeResponse: emitted even when an error skips to Sync
+	payload []byte // synthetic reply bytes (shared, never modified)
+	// stmt and clientName tie a Parse to the statement it prepares, so an
+	// error (or a skip after one) can undo the bookkeeping.
+	stmt       *statement
+	clientName string
+	// prepared is set when this Parse made the backend's prepared set claim stmt.
+	prepared bool
+	// sets are the client SET/RESET statements of this Query, applied to the
+	// client's tracked parameters when it completes without error.
+	sets       []paramChange
+	deallocAll bool // DEALLOCATE ALL or DISCARD ALL: the backend drops its statements
+	resetAll   bool // RESET ALL or DISCARD ALL: parameters go back to the session defaults
+	failed     bool // an ErrorResponse arrived within this Query
+}
+
+// requestQueue is a FIFO ring of requests; it reuses its storage so the
+// relay does not allocate per message.
+type requestQueue struct {
+	buf        []request
+	head, size int
+	// syncs counts reqQuery and reqSync entries: the 'Z's still expected.
+	syncs int
+}
+
+func (q *requestQueue) len() int { return q.size }
+
+func (q *requestQueue) push(r request) {
+	if q.size == len(q.buf) {
+		n := len(q.buf) * 2
+		if n == 0 {
+			n = 16
+		}
+		nb := make([]request, n)
+		for i := 0; i < q.size; i++ {
+			nb[i] = q.buf[(q.head+i)%len(q.buf)]
+		}
+		q.buf, q.head = nb, 0
+	}
+	q.buf[(q.head+q.size)%len(q.buf)] = r
+	q.size++
+	if r.kind == reqQuery || r.kind == reqSync {
+		q.syncs++
+	}
+}
+
+// peek returns the head, or nil when empty. The pointer is valid until the
+// next push or pop.
+func (q *requestQueue) peek() *request {
+	if q.size == 0 {
+		return nil
+	}
+	return &q.buf[q.head]
+}
+
+func (q *requestQueue) pop() request {
+	r := q.buf[q.head]
+	q.buf[q.head] = request{}
+	q.head = (q.head + 1) % len(q.buf)
+	q.size--
+	if r.kind == reqQuery || r.kind == reqSync {
+		q.syncs--
+	}
+	return r
+}
+
+// lastIsSynthetic reports whether the newest entry is answered by the proxy,
+// i.e. nothing the backend will send comes after it to carry it out.
+func (q *requestQueue) lastIsSynthetic() bool {
+	if q.size == 0 {
+		return false
+	}
+	return q.buf[(q.head+q.size-1)%len(q.buf)].kind == reqSynthetic
+}
+
+func (q *requestQueue) reset() {
+	for q.size > 0 {
+		q.pop()
+	}
+}
