@@ -22,7 +22,7 @@ const startupPacketMax = 10000
 // Server accepts PostgreSQL clients and relays them onto pooled backends.
 // Its lifecycle follows net/http.Server: Serve, Shutdown(ctx), Close.
 type Server struct {
-	cfg     Config                // fixed settings (mode, limits)
+	cfg     Config                 // fixed settings (mode, limits)
 	live    atomic.Pointer[Config] // settings Reload may change
 	log     *slog.Logger
 	cancels *cancelKeys
@@ -33,11 +33,11 @@ type Server struct {
 	clients   map[*clientConn]struct{}
 	closed    bool
 	params    map[string]map[string]string // per database: server ParameterStatus to greet clients with
-	wg        sync.WaitGroup              // one per client goroutine
+	wg        sync.WaitGroup               // one per client goroutine
 
 	draining atomic.Bool
 	stats    struct {
-		total, active, waiting                  atomic.Int64
+		total, active, waiting                    atomic.Int64
 		accepted, rejected, authFailures, cancels atomic.Uint64
 	}
 }
