@@ -1,0 +1,287 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/pgsidecar/pgsidecar/health"
+	"github.com/pgsidecar/pgsidecar/pool"
+	"github.com/pgsidecar/pgsidecar/proxy"
+)
+
+// stopGrace bounds how long the program waits for a component that was
+// told to stop (after the drain itself, which shutdown_timeout bounds).
+const stopGrace = 10 * time.Second
+
+// app is one running pgsidecar: its pools, the proxy and the health
+// listener, and the configuration they run with. Only the goroutine that
+// called start touches its fields after start returns (wait, reload,
+// drain), so they need no lock.
+type app struct {
+	log     *slog.Logger
+	level   *slog.LevelVar
+	path    string   // config file re-read on SIGHUP; "" for none
+	environ []string // environment re-read on SIGHUP
+
+	cfg     *Config               // the configuration running now
+	targets []target              // the databases served, in cfg's order
+	pools   map[string]*pool.Pool // by target name
+
+	proxy    *proxy.Server
+	health   *health.Server
+	ln       net.Listener // client listener
+	healthLn net.Listener // health listener
+
+	stopping atomic.Bool    // set when drain begins: a Serve return is then expected
+	errc     chan error     // a listener that stopped on its own
+	serving  sync.WaitGroup // the two Serve goroutines
+}
+
+// start builds and starts everything cfg describes. A database that is
+// down is not an error (its pool reports UNHEALTHY); a port that cannot be
+// opened is, and names the address.
+func start(cfg *Config, path string, environ []string, logOut io.Writer) (*app, error) {
+	level := new(slog.LevelVar)
+	level.Set(parseLevel(cfg.Log.Level))
+	a := &app{
+		log:     newLogger(logOut, cfg.Log.Format, level),
+		level:   level,
+		path:    path,
+		environ: environ,
+		cfg:     cfg,
+		pools:   map[string]*pool.Pool{},
+		errc:    make(chan error, 2),
+	}
+	targets, err := cfg.targets()
+	if err != nil {
+		return nil, err
+	}
+	a.targets = targets
+
+	for _, t := range targets {
+		p, err := pool.New(a.poolConfig(t))
+		if err != nil {
+			a.closePools()
+			return nil, fmt.Errorf("database %s: %w", t.Name, err)
+		}
+		a.pools[t.Name] = p
+	}
+
+	a.proxy, err = proxy.New(a.proxyConfig(cfg, targets))
+	if err != nil {
+		a.closePools()
+		return nil, fmt.Errorf("proxy: %w", err)
+	}
+	a.health = health.New(health.Config{
+		Pools:    a.poolStats,
+		Clients:  func() any { return a.proxy.Stats() },
+		Draining: a.proxy.Draining,
+		Logger:   a.log,
+	})
+
+	if a.ln, err = listen("listen", cfg.Listen); err != nil {
+		a.closePools()
+		return nil, err
+	}
+	if a.healthLn, err = listen("health.listen", cfg.Health.Listen); err != nil {
+		a.ln.Close()
+		a.closePools()
+		return nil, err
+	}
+
+	a.serve("proxy", a.ln, a.proxy.Serve)
+	a.serve("health", a.healthLn, a.health.Serve)
+
+	dbs := make([]string, 0, len(targets))
+	for _, t := range targets {
+		dbs = append(dbs, t.Name+"="+t.Redacted())
+	}
+	a.log.Info("pgsidecar ready",
+		"version", buildVersion(),
+		"listen", a.ln.Addr().String(),
+		"health_listen", a.healthLn.Addr().String(),
+		"mode", cfg.Pool.Mode,
+		"auth_method", cfg.Auth.Method,
+		"databases", dbs,
+		"config", displayPath(path))
+	return a, nil
+}
+
+// listen opens addr for the option key, saying which option failed.
+func listen(key, addr string) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		var oe *net.OpError
+		if errors.As(err, &oe) && oe.Err != nil {
+			err = oe.Err
+		}
+		return nil, fmt.Errorf("%s: cannot listen on %s: %w", key, addr, err)
+	}
+	return ln, nil
+}
+
+// serve runs one Serve in a goroutine the app owns: it ends when the
+// server is shut down or closed in drain. A Serve that returns before the
+// drain began is a failure, reported on errc.
+func (a *app) serve(name string, ln net.Listener, serve func(net.Listener) error) {
+	addr := ln.Addr().String()
+	a.serving.Add(1)
+	go func() {
+		defer a.serving.Done()
+		err := serve(ln)
+		if a.stopping.Load() {
+			return
+		}
+		if err == nil {
+			err = errors.New("stopped without an error")
+		}
+		a.errc <- fmt.Errorf("%s listener on %s: %w", name, addr, err)
+	}()
+}
+
+// poolStats snapshots every pool for the health listener. The set of
+// pools never changes while the process runs, so no lock is needed.
+func (a *app) poolStats() []pool.Stats {
+	out := make([]pool.Stats, 0, len(a.targets))
+	for _, t := range a.targets {
+		out = append(out, a.pools[t.Name].Stats())
+	}
+	return out
+}
+
+// wait serves until ctx ends, a listener fails, or a signal arrives:
+// SIGHUP reloads, SIGTERM and SIGINT drain.
+func (a *app) wait(ctx context.Context, sigc <-chan os.Signal) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return a.drain(sigc, "context cancelled")
+		case err := <-a.errc:
+			a.log.Error("a listener stopped on its own; shutting down", "err", err)
+			if derr := a.drain(sigc, "listener failure"); derr != nil {
+				return errors.Join(err, derr)
+			}
+			return err
+		case sig := <-sigc:
+			if sig == syscall.SIGHUP {
+				a.reload()
+				continue
+			}
+			return a.drain(sigc, sig.String())
+		}
+	}
+}
+
+// drain is the graceful stop: the proxy stops accepting and lets clients
+// inside a transaction finish for up to shutdown_timeout while /health
+// answers 503; then the pools and the health listener close. A second
+// SIGTERM or SIGINT closes every client at once. It returns an error only
+// when a component did not stop at all.
+func (a *app) drain(sigc <-chan os.Signal, reason string) error {
+	a.stopping.Store(true)
+	timeout := a.cfg.ShutdownTimeout
+	a.log.Info("draining: no new clients; waiting for open transactions",
+		"reason", reason, "shutdown_timeout", timeout.String())
+	started := time.Now()
+
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- a.proxy.Shutdown(ctx) }() // ends when ctx does, at the latest
+
+	var shutdownErr error
+	forced := false
+wait:
+	for {
+		select {
+		case shutdownErr = <-done:
+			break wait
+		case sig := <-sigc:
+			if sig == syscall.SIGHUP {
+				a.log.Warn("reload ignored: draining")
+				continue
+			}
+			a.log.Warn("second signal: closing every client now", "signal", sig.String())
+			forced = true
+			cancel()
+			if err := a.proxy.Close(); err != nil {
+				a.log.Warn("proxy close", "err", err)
+			}
+			select {
+			case shutdownErr = <-done:
+			case <-time.After(stopGrace):
+				shutdownErr = fmt.Errorf("proxy shutdown did not return %v after Close", stopGrace)
+			}
+			break wait
+		}
+	}
+
+	var failures []error
+	switch {
+	case forced:
+	case errors.Is(shutdownErr, context.DeadlineExceeded):
+		a.log.Warn("shutdown_timeout reached: clients still inside a transaction were disconnected",
+			"shutdown_timeout", timeout.String())
+	case shutdownErr != nil && !errors.Is(shutdownErr, context.Canceled):
+		a.log.Error("proxy shutdown", "err", shutdownErr)
+	}
+	if shutdownErr != nil && !errors.Is(shutdownErr, context.DeadlineExceeded) && !errors.Is(shutdownErr, context.Canceled) {
+		// The proxy says it could not stop cleanly: make sure it is closed.
+		if err := a.proxy.Close(); err != nil {
+			failures = append(failures, fmt.Errorf("proxy close: %w", err))
+		}
+	}
+
+	a.closePools()
+
+	hctx, hcancel := context.WithTimeout(context.Background(), stopGrace)
+	defer hcancel()
+	if err := a.health.Shutdown(hctx); err != nil {
+		a.log.Warn("health listener did not stop gracefully; closing it", "err", err)
+		_ = a.health.Close()
+	}
+
+	stopped := make(chan struct{})
+	go func() { a.serving.Wait(); close(stopped) }() // ends once both Serve calls return
+	select {
+	case <-stopped:
+	case <-time.After(stopGrace):
+		failures = append(failures, fmt.Errorf("listeners still serving %v after shutdown", stopGrace))
+	}
+
+	err := errors.Join(failures...)
+	if err != nil {
+		a.log.Error("pgsidecar stopped uncleanly", "err", err)
+		return err
+	}
+	a.log.Info("pgsidecar stopped", "drain", time.Since(started).Round(time.Millisecond).String())
+	return nil
+}
+
+// closePools closes every pool at once; each Close returns when its pool
+// has stopped.
+func (a *app) closePools() {
+	var wg sync.WaitGroup
+	for _, p := range a.pools {
+		wg.Add(1)
+		go func() { defer wg.Done(); p.Close() }() // ends when the pool has stopped
+	}
+	wg.Wait()
+}
+
+// displayPath renders the config file for the ready line.
+func displayPath(path string) string {
+	if path == "" {
+		return "(none: defaults and environment)"
+	}
+	return path
+}

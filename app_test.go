@@ -1,0 +1,291 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m,
+		// signal.Notify's delivery loop lives for the whole process.
+		goleak.IgnoreTopFunction("os/signal.signal_recv"),
+		goleak.IgnoreAnyFunction("os/signal.loop"))
+}
+
+// logBuffer is an io.Writer for the app's log, safe to read while the app
+// writes.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *logBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// count is how many log lines contain s.
+func (b *logBuffer) count(s string) int { return strings.Count(b.String(), s) }
+
+// freeAddr returns a 127.0.0.1 address nobody listens on right now.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
+// eventually polls cond every 20 ms until it holds or timeout passes.
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// getJSON fetches an endpoint of the health listener.
+func getJSON(addr, path string) (int, map[string]any, error) {
+	client := &http.Client{Timeout: 2 * time.Second}
+	resp, err := client.Get("http://" + addr + path)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return resp.StatusCode, nil, err
+	}
+	var m map[string]any
+	if err := json.Unmarshal(body, &m); err != nil {
+		return resp.StatusCode, nil, fmt.Errorf("%s: %w: %s", path, err, body)
+	}
+	return resp.StatusCode, m, nil
+}
+
+// poolMaxSize reads pools[0].max_size from /stats.
+func poolMaxSize(addr string) float64 {
+	_, m, err := getJSON(addr, "/stats")
+	if err != nil {
+		return -1
+	}
+	pools, _ := m["pools"].([]any)
+	if len(pools) == 0 {
+		return -1
+	}
+	p, _ := pools[0].(map[string]any)
+	v, _ := p["max_size"].(float64)
+	return v
+}
+
+// deadUpstream is a URL on a port where nothing listens: the database is
+// down, which must not stop the proxy from starting.
+func deadUpstream(t *testing.T, password string) string {
+	return "postgres://app:" + password + "@" + freeAddr(t) + "/appdb?sslmode=disable"
+}
+
+// startApp runs serve in a goroutine the test owns; the returned channel
+// delivers serve's result.
+func startApp(t *testing.T, path string, environ []string, logs io.Writer, sigc chan os.Signal) <-chan error {
+	t.Helper()
+	cfg, err := loadConfig(path, environ)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- serve(context.Background(), cfg, path, environ, logs, sigc) }()
+	return done
+}
+
+func waitDone(t *testing.T, done <-chan error, within time.Duration) error {
+	t.Helper()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(within):
+		t.Fatalf("the app did not stop within %v", within)
+		return nil
+	}
+}
+
+func TestLifecycleWithDatabaseDown(t *testing.T) {
+	isolatePG(t)
+	const secret = "pw-never-logged-7731"
+	listen, healthAddr := freeAddr(t), freeAddr(t)
+	writeConf := func(maxSize int, extra string) string {
+		return fmt.Sprintf("listen: %s\nhealth:\n  listen: %s\npool:\n  min_size: 1\n  max_size: %d\n"+
+			"  reconnect_backoff: 100ms\n  reconnect_backoff_max: 200ms\n  connect_timeout: 1s\n"+
+			"shutdown_timeout: 2s\nlog:\n  format: json\n%s", listen, healthAddr, maxSize, extra)
+	}
+	path := writeYAML(t, writeConf(3, "  level: info\n"))
+	environ := []string{"DATABASE_URL=" + deadUpstream(t, secret)}
+	logs := &logBuffer{}
+	sigc := make(chan os.Signal, 1)
+	done := startApp(t, path, environ, logs, sigc)
+
+	eventually(t, 5*time.Second, "pgsidecar ready", func() bool { return logs.count(`"msg":"pgsidecar ready"`) == 1 })
+	ready := logs.String()
+	for _, want := range []string{listen, healthAddr, `"mode":"transaction"`, "appdb=postgres://app:xxxxx@"} {
+		if !strings.Contains(ready, want) {
+			t.Errorf("ready line lacks %q:\n%s", want, ready)
+		}
+	}
+
+	// The database is down: the proxy runs, and /health says so with 503.
+	eventually(t, 5*time.Second, "/health 503 unhealthy", func() bool {
+		code, m, err := getJSON(healthAddr, "/health")
+		return err == nil && code == http.StatusServiceUnavailable && m["status"] == "unhealthy"
+	})
+	if c, err := net.DialTimeout("tcp", listen, time.Second); err != nil {
+		t.Fatalf("client listener not accepting: %v", err)
+	} else {
+		c.Close()
+	}
+	if got := poolMaxSize(healthAddr); got != 3 {
+		t.Fatalf("max_size = %v, want 3", got)
+	}
+
+	// SIGHUP with a valid change: applied live, restart-only changes reported.
+	if err := os.WriteFile(path, []byte(writeConf(5, "  level: debug\n")+"max_message_size: 4096\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sigc <- syscall.SIGHUP
+	eventually(t, 5*time.Second, "configuration reloaded", func() bool { return logs.count(`"msg":"configuration reloaded"`) == 1 })
+	eventually(t, 5*time.Second, "max_size 5 in /stats", func() bool { return poolMaxSize(healthAddr) == 5 })
+	if !strings.Contains(logs.String(), `"option":"max_message_size"`) {
+		t.Errorf("max_message_size change not reported as needing a restart:\n%s", logs)
+	}
+
+	// SIGHUP with an invalid file: logged, old configuration kept.
+	if err := os.WriteFile(path, []byte(writeConf(0, "")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sigc <- syscall.SIGHUP
+	eventually(t, 5*time.Second, "reload failed", func() bool { return logs.count("reload failed") == 1 })
+	if !strings.Contains(logs.String(), "pool.max_size: must be") {
+		t.Errorf("reload error does not name the option:\n%s", logs)
+	}
+	if got := poolMaxSize(healthAddr); got != 5 {
+		t.Fatalf("max_size = %v after a rejected reload, want 5", got)
+	}
+
+	sigc <- syscall.SIGTERM
+	if err := waitDone(t, done, 10*time.Second); err != nil {
+		t.Fatalf("serve after SIGTERM: %v", err)
+	}
+	if !strings.Contains(logs.String(), `"msg":"pgsidecar stopped"`) {
+		t.Errorf("no stop line:\n%s", logs)
+	}
+	for _, addr := range []string{listen, healthAddr} {
+		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+			c.Close()
+			t.Errorf("%s still accepts after the drain", addr)
+		}
+	}
+	if strings.Contains(logs.String(), secret) {
+		t.Fatalf("the upstream password is in the log:\n%s", logs)
+	}
+}
+
+func TestContextCancelDrains(t *testing.T) {
+	isolatePG(t)
+	environ := []string{
+		"DATABASE_URL=" + deadUpstream(t, "pw"),
+		"PGSIDECAR_LISTEN=127.0.0.1:0",
+		"PGSIDECAR_HEALTH__LISTEN=127.0.0.1:0",
+		"PGSIDECAR_LOG__FORMAT=json",
+	}
+	cfg, err := loadConfig("", environ)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &logBuffer{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- serve(ctx, cfg, "", environ, logs, make(chan os.Signal)) }()
+	eventually(t, 5*time.Second, "ready", func() bool { return logs.count("pgsidecar ready") == 1 })
+	cancel()
+	if err := waitDone(t, done, 10*time.Second); err != nil {
+		t.Fatalf("serve after cancel: %v", err)
+	}
+}
+
+func TestPortTakenFailsFast(t *testing.T) {
+	isolatePG(t)
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	addr := taken.Addr().String()
+
+	for _, c := range []struct{ key, env string }{
+		{"listen", "PGSIDECAR_LISTEN=" + addr},
+		{"health.listen", "PGSIDECAR_HEALTH__LISTEN=" + addr},
+	} {
+		environ := []string{"DATABASE_URL=" + deadUpstream(t, "pw"), "PGSIDECAR_LISTEN=" + freeAddr(t),
+			"PGSIDECAR_HEALTH__LISTEN=" + freeAddr(t), "PGSIDECAR_LOG__FORMAT=json", c.env}
+		start := time.Now()
+		err := run(context.Background(), []string{"-config", ""}, environ, io.Discard)
+		if err == nil {
+			t.Fatalf("%s on a taken port: run succeeded", c.key)
+		}
+		want := c.key + ": cannot listen on " + addr
+		if !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "address already in use") {
+			t.Errorf("error %q; want %q and the reason", err, want)
+		}
+		if d := time.Since(start); d > 5*time.Second {
+			t.Errorf("took %v to fail", d)
+		}
+	}
+}
+
+func TestRunArguments(t *testing.T) {
+	isolatePG(t)
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"-version"}, nil, &out); err != nil || !strings.HasPrefix(out.String(), "pgsidecar ") {
+		t.Errorf("-version: %q, %v", out.String(), err)
+	}
+	if err := run(context.Background(), []string{"-nope"}, nil, io.Discard); err == nil {
+		t.Error("an unknown flag was accepted")
+	}
+	if err := run(context.Background(), []string{"extra"}, nil, io.Discard); err == nil {
+		t.Error("a stray argument was accepted")
+	}
+	err := run(context.Background(), []string{"-config", "/nonexistent/pgsidecar.yaml"}, nil, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "/nonexistent/pgsidecar.yaml") {
+		t.Errorf("missing -config file: %v", err)
+	}
+	// An invalid configuration stops the program before anything listens.
+	err = run(context.Background(), []string{"-config", ""}, []string{"DATABASE_URL=" + testURL, "PGSIDECAR_POOL__MAX_SIZE=1"}, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "config: pool.max_size: must be >= pool.min_size (2), got 1") {
+		t.Errorf("invalid config: %v", err)
+	}
+}

@@ -1,0 +1,119 @@
+package main
+
+import (
+	"maps"
+	"reflect"
+	"slices"
+	"strings"
+
+	"github.com/knadh/koanf/providers/structs"
+	"github.com/knadh/koanf/v2"
+)
+
+// restartOnlyKeys are options a running process cannot change: sockets are
+// open, the proxy and pools were built for them. A reload logs them as
+// "needs a restart" and keeps the running value.
+var restartOnlyKeys = map[string]bool{
+	"listen":                       true,
+	"health.listen":                true,
+	"upstream":                     true,
+	"pool.mode":                    true,
+	"pool.reset_query":             true,
+	"pool.max_prepared_statements": true,
+	"max_message_size":             true,
+	"log.format":                   true,
+}
+
+// liveSubset is next with every restart-only option taken from running:
+// the configuration the process actually runs after a reload.
+func liveSubset(running, next *Config) *Config {
+	out := *next
+	out.Listen = running.Listen
+	out.Health = running.Health
+	out.Upstream = running.Upstream
+	out.Pool.Mode = running.Pool.Mode
+	out.Pool.ResetQuery = running.Pool.ResetQuery
+	out.Pool.MaxPreparedStatements = running.Pool.MaxPreparedStatements
+	out.MaxMessageSize = running.MaxMessageSize
+	out.Log.Format = running.Log.Format
+
+	// The set of databases and their URLs stay; their pool settings follow
+	// next. A database next removes keeps running with its old settings.
+	out.Databases = make(map[string]DatabaseConfig, len(running.Databases))
+	for name, old := range running.Databases {
+		db, ok := next.Databases[name]
+		if !ok {
+			out.Databases[name] = old
+			continue
+		}
+		db.URL = old.URL
+		db.Pool.Mode = running.Pool.Mode
+		db.Pool.ResetQuery = running.Pool.ResetQuery
+		db.Pool.MaxPreparedStatements = running.Pool.MaxPreparedStatements
+		out.Databases[name] = db
+	}
+	return &out
+}
+
+// configDiff lists the options that differ between running and next, split
+// into those applied live and those that need a restart. Only key names are
+// returned, never values: some are passwords.
+func configDiff(running, next *Config) (live, restart []string) {
+	before, after := flatten(running), flatten(next)
+	changed := map[string]bool{}
+	for k, v := range before {
+		if w, ok := after[k]; !ok || !reflect.DeepEqual(v, w) {
+			changed[k] = true
+		}
+	}
+	for k := range after {
+		if _, ok := before[k]; !ok {
+			changed[k] = true
+		}
+	}
+
+	restartSet := map[string]bool{}
+	liveSet := map[string]bool{}
+	for k := range changed {
+		if name, rest, ok := databaseKey(k); ok {
+			_, inRunning := running.Databases[name]
+			_, inNext := next.Databases[name]
+			switch {
+			case inRunning && !inNext:
+				restartSet["databases."+name+" (removed)"] = true
+			case !inRunning && inNext:
+				restartSet["databases."+name+" (added)"] = true
+			case rest == "url":
+				restartSet[k] = true
+			default:
+				liveSet[k] = true
+			}
+			continue
+		}
+		if restartOnlyKeys[k] {
+			restartSet[k] = true
+		} else {
+			liveSet[k] = true
+		}
+	}
+	return slices.Sorted(maps.Keys(liveSet)), slices.Sorted(maps.Keys(restartSet))
+}
+
+// databaseKey splits "databases.NAME.rest" into NAME and rest.
+func databaseKey(k string) (name, rest string, ok bool) {
+	after, found := strings.CutPrefix(k, "databases.")
+	if !found {
+		return "", "", false
+	}
+	name, rest, _ = strings.Cut(after, ".")
+	return name, rest, true
+}
+
+// flatten renders c as dotted key -> value, the way the config is written.
+func flatten(c *Config) map[string]any {
+	k := koanf.New(".")
+	// The structs provider cannot fail on a Config; a failure leaves the
+	// map empty, which reports every option as changed rather than none.
+	_ = k.Load(structs.Provider(c, "koanf"), nil)
+	return k.All()
+}

@@ -1,0 +1,112 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// target is one database clients may name, resolved from upstream or from
+// a databases entry.
+type target struct {
+	// Name is what clients put in their StartupMessage's database.
+	Name string
+	// Key is the option the URL came from, for messages.
+	Key string
+	// URL is the connection string as configured. It holds the password:
+	// print Redacted() instead.
+	URL string
+	// Conn is URL parsed, with ConnectTimeout taken from Pool.
+	Conn *pgconn.Config
+	// Pool is the database's effective pool settings.
+	Pool PoolConfig
+	// Users maps client login names to passwords.
+	Users map[string]string
+}
+
+// Redacted is URL without its password.
+func (t target) Redacted() string { return redactURL(t.URL) }
+
+// PoolName is the pool's name in logs and statistics: "database/user".
+func (t target) PoolName() string { return t.Name + "/" + t.Conn.User }
+
+// targets resolves upstream and databases into the databases the proxy
+// serves, in a stable order (upstream first, then by name).
+func (c *Config) targets() ([]target, error) {
+	if strings.TrimSpace(c.Upstream) == "" && len(c.Databases) == 0 {
+		return nil, errors.New("config: upstream: no database to proxy: set DATABASE_URL " +
+			"(or upstream in the config file, or " + envName("upstream") + ") to postgres://user:password@host:port/dbname, " +
+			"or add entries under databases")
+	}
+	var out []target
+	var errs []string
+	byName := map[string]string{}
+
+	addTarget := func(key, name, raw string, pc PoolConfig) {
+		conn, err := pgconn.ParseConfig(raw)
+		if err != nil {
+			errs = append(errs, fmt.Sprintf("config: %s: %s", key, scrubSecrets(err.Error(), raw)))
+			return
+		}
+		conn.ConnectTimeout = pc.ConnectTimeout
+		if name == "" {
+			// PostgreSQL itself defaults the database to the user name.
+			name = conn.Database
+			if name == "" {
+				name = conn.User
+			}
+		}
+		if prev, dup := byName[name]; dup {
+			errs = append(errs, fmt.Sprintf("config: %s: database name %q is already served by %s", key, name, prev))
+			return
+		}
+		byName[name] = key
+		out = append(out, target{Name: name, Key: key, URL: raw, Conn: conn, Pool: pc, Users: c.users(conn)})
+	}
+
+	if strings.TrimSpace(c.Upstream) != "" {
+		addTarget("upstream", "", c.Upstream, c.Pool)
+	}
+	for _, name := range slices.Sorted(maps.Keys(c.Databases)) {
+		db := c.Databases[name]
+		key := "databases." + name + ".url"
+		switch {
+		case name == "":
+			errs = append(errs, "config: databases: an entry has an empty name")
+			continue
+		case strings.TrimSpace(db.URL) == "":
+			errs = append(errs, fmt.Sprintf("config: %s: must be set (postgres://user:password@host:port/dbname)", key))
+			continue
+		}
+		addTarget(key, name, db.URL, db.Pool)
+	}
+
+	for _, t := range out {
+		if len(t.Users) == 0 {
+			errs = append(errs, fmt.Sprintf("config: auth.users: nobody can log in to database %q: %s has no password "+
+				"and auth.users is empty (auth.method %s needs a password per user)", t.Name, t.Key, c.Auth.Method))
+		}
+	}
+	if len(errs) > 0 {
+		return nil, errors.New(strings.Join(errs, "\n"))
+	}
+	return out, nil
+}
+
+// users returns the logins a database accepts: the upstream URL's own user
+// (when it has a password, or with trust) plus every auth.users entry, which
+// wins over the URL's password for the same name.
+func (c *Config) users(conn *pgconn.Config) map[string]string {
+	users := map[string]string{}
+	if conn.User != "" && (conn.Password != "" || c.Auth.Method == "trust") {
+		users[conn.User] = conn.Password
+	}
+	for _, u := range c.Auth.Users {
+		users[u.Name] = u.Password
+	}
+	return users
+}

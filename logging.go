@@ -1,0 +1,61 @@
+package main
+
+import (
+	"io"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/lmittmann/tint"
+	"github.com/mattn/go-isatty"
+)
+
+// newLogger builds the process logger for log.format. The level lives in
+// level so a SIGHUP can change it without rebuilding the handler.
+func newLogger(w io.Writer, format string, level *slog.LevelVar) *slog.Logger {
+	terminal := isTerminal(w)
+	if format == "json" || (format == "auto" && !terminal) {
+		return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{
+			Level:       level,
+			ReplaceAttr: redactAttr,
+		}))
+	}
+	return slog.New(tint.NewHandler(w, &tint.Options{
+		Level:       level,
+		ReplaceAttr: redactAttr,
+		TimeFormat:  time.DateTime + ".000",
+		NoColor:     !terminal,
+	}))
+}
+
+// parseLevel maps a validated log.level to its slog level.
+func parseLevel(s string) slog.Level {
+	switch s {
+	case "debug":
+		return slog.LevelDebug
+	case "warn":
+		return slog.LevelWarn
+	case "error":
+		return slog.LevelError
+	}
+	return slog.LevelInfo
+}
+
+// isTerminal reports whether w is a terminal (colours and human-readable
+// text make sense there, JSON elsewhere).
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(interface{ Fd() uintptr })
+	if !ok {
+		return false
+	}
+	return isatty.IsTerminal(f.Fd()) || isatty.IsCygwinTerminal(f.Fd())
+}
+
+// redactAttr is the last line of defence against a password in the log: any
+// attribute whose key mentions a password is replaced, whoever logged it.
+func redactAttr(_ []string, a slog.Attr) slog.Attr {
+	if strings.Contains(strings.ToLower(a.Key), "password") && a.Value.Kind() != slog.KindGroup {
+		return slog.String(a.Key, redacted)
+	}
+	return a
+}

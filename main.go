@@ -1,0 +1,102 @@
+// Command pgsidecar is a PostgreSQL connection-pooling proxy: clients
+// connect to it as to PostgreSQL, and it multiplexes them onto a few
+// pooled backend connections per (database, user).
+//
+// Usage:
+//
+//	pgsidecar [-config PATH] [-version]
+//
+// Configuration comes from defaults, the YAML file (./config.yaml when it
+// exists and -config is not given), PGSIDECAR_* environment variables
+// (PGSIDECAR_POOL__MAX_SIZE=5 sets pool.max_size) and DATABASE_URL, in that
+// order of precedence. SIGTERM or SIGINT drains and exits; a second one
+// closes every client at once. SIGHUP reloads the configuration.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"runtime"
+	"runtime/debug"
+	"syscall"
+)
+
+// version is set at build time with -ldflags "-X main.version=v1.2.3";
+// otherwise the module version from the build info is reported.
+var version = ""
+
+func main() {
+	if err := run(context.Background(), os.Args[1:], os.Environ(), os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "pgsidecar:", err)
+		os.Exit(1)
+	}
+}
+
+// run is the whole program: it parses args, loads the configuration from
+// the file and environ, logs to stdout, and serves until a signal (or ctx)
+// ends it. It returns nil after a clean drain, even one whose
+// shutdown_timeout forced clients closed (that is logged).
+func run(ctx context.Context, args []string, environ []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("pgsidecar", flag.ContinueOnError)
+	fs.SetOutput(stdout)
+	configFlag := fs.String("config", "", "path of the YAML configuration file (default ./config.yaml if it exists; also "+envConfigPath+")")
+	showVersion := fs.Bool("version", false, "print the version and exit")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q (see -h)", fs.Arg(0))
+	}
+	if *showVersion {
+		fmt.Fprintln(stdout, "pgsidecar", buildVersion(), runtime.Version())
+		return nil
+	}
+	explicit := false
+	fs.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "config" })
+
+	path, err := configPath(*configFlag, explicit, environ)
+	if err != nil {
+		return err
+	}
+	cfg, err := loadConfig(path, environ)
+	if err != nil {
+		return err
+	}
+
+	// Subscribe before anything starts, so a signal during start-up is
+	// queued rather than killing the process half-built.
+	sigc := make(chan os.Signal, 4)
+	signal.Notify(sigc, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer signal.Stop(sigc)
+	return serve(ctx, cfg, path, environ, stdout, sigc)
+}
+
+// serve starts everything cfg describes and runs until ctx ends or sigc
+// delivers SIGTERM or SIGINT; SIGHUP reloads from path and environ. Tests
+// call it with their own signal channel.
+func serve(ctx context.Context, cfg *Config, path string, environ []string, logOut io.Writer, sigc <-chan os.Signal) error {
+	a, err := start(cfg, path, environ, logOut)
+	if err != nil {
+		return err
+	}
+	return a.wait(ctx, sigc)
+}
+
+// buildVersion reports the version stamped at build time, else the module's.
+func buildVersion() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
+		return bi.Main.Version
+	}
+	return "(devel)"
+}

@@ -1,0 +1,209 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// maxMessageSizeLimit is PostgreSQL's own bound on a protocol message
+// (MaxAllocSize - 1): nothing larger can come from a correct peer.
+const maxMessageSizeLimit = 1<<30 - 1
+
+// minMessageSize keeps max_message_size above what a normal StartupMessage
+// or a short query needs.
+const minMessageSize = 1024
+
+// Allowed values of the enumerated options.
+var (
+	poolModes   = []string{"transaction", "session"}
+	authMethods = []string{"scram-sha-256", "md5", "plain", "trust"}
+	logLevels   = []string{"debug", "info", "warn", "error"}
+	logFormats  = []string{"auto", "text", "json"}
+)
+
+// problems collects every invalid option so one start reports them all.
+type problems []string
+
+func (p *problems) add(key, format string, args ...any) {
+	*p = append(*p, fmt.Sprintf("config: %s: %s", key, fmt.Sprintf(format, args...)))
+}
+
+func (p problems) err() error {
+	if len(p) == 0 {
+		return nil
+	}
+	return errors.New(strings.Join(p, "\n"))
+}
+
+// normalize lower-cases the enumerated options, so LOG__LEVEL=DEBUG works.
+// It runs before the databases copy pool.*.
+func (c *Config) normalize() {
+	c.Pool.Mode = strings.ToLower(strings.TrimSpace(c.Pool.Mode))
+	c.Auth.Method = strings.ToLower(strings.TrimSpace(c.Auth.Method))
+	c.Log.Level = strings.ToLower(strings.TrimSpace(c.Log.Level))
+	c.Log.Format = strings.ToLower(strings.TrimSpace(c.Log.Format))
+}
+
+// validate checks every option and reports all problems at once, each line
+// naming the option. Secrets never appear in the messages.
+func (c *Config) validate() error {
+	var p problems
+
+	checkListen(&p, "listen", c.Listen)
+	checkListen(&p, "health.listen", c.Health.Listen)
+	if c.Listen == c.Health.Listen && !strings.HasSuffix(c.Listen, ":0") {
+		p.add("health.listen", "must differ from listen (%s)", c.Listen)
+	}
+
+	checkPool(&p, "pool", c.Pool)
+	for _, name := range slices.Sorted(maps.Keys(c.Databases)) {
+		checkPool(&p, "databases."+name+".pool", c.Databases[name].Pool)
+	}
+	checkEnum(&p, "pool.mode", c.Pool.Mode, poolModes)
+	if c.Pool.MaxClientConn < 1 {
+		p.add("pool.max_client_conn", "must be >= 1, got %d", c.Pool.MaxClientConn)
+	}
+	if c.Pool.MaxPreparedStatements < 1 {
+		p.add("pool.max_prepared_statements", "must be >= 1, got %d", c.Pool.MaxPreparedStatements)
+	}
+
+	if c.MaxMessageSize < minMessageSize || c.MaxMessageSize > maxMessageSizeLimit {
+		p.add("max_message_size", "must be between %d and %d bytes, got %d", minMessageSize, maxMessageSizeLimit, c.MaxMessageSize)
+	}
+	checkDuration(&p, "shutdown_timeout", c.ShutdownTimeout)
+
+	checkEnum(&p, "auth.method", c.Auth.Method, authMethods)
+	seen := map[string]bool{}
+	for i, u := range c.Auth.Users {
+		key := fmt.Sprintf("auth.users[%d]", i)
+		switch {
+		case u.Name == "":
+			p.add(key+".name", "must not be empty")
+		case seen[u.Name]:
+			p.add(key+".name", "user %q is listed twice", u.Name)
+		}
+		seen[u.Name] = true
+		if u.Password == "" && c.Auth.Method != "trust" {
+			p.add(key+".password", "must not be empty with auth.method %s (only trust accepts users without a password)", c.Auth.Method)
+		}
+	}
+
+	checkEnum(&p, "log.level", c.Log.Level, logLevels)
+	checkEnum(&p, "log.format", c.Log.Format, logFormats)
+
+	if len(p) > 0 {
+		// Databases are checked only once the simple options are right:
+		// their users depend on auth.* being valid.
+		return p.err()
+	}
+	if _, err := c.targets(); err != nil {
+		return err
+	}
+	return nil
+}
+
+// checkPool validates the pool.* options a database may override.
+func checkPool(p *problems, prefix string, pc PoolConfig) {
+	if pc.MinSize < 0 {
+		p.add(prefix+".min_size", "must be >= 0, got %d", pc.MinSize)
+	}
+	if pc.MaxSize < 1 {
+		p.add(prefix+".max_size", "must be >= 1, got %d", pc.MaxSize)
+	} else if pc.MaxSize < pc.MinSize {
+		p.add(prefix+".max_size", "must be >= %s.min_size (%d), got %d", prefix, pc.MinSize, pc.MaxSize)
+	}
+	if pc.MaxWaiters < 0 {
+		p.add(prefix+".max_waiters", "must be >= 0 (0 = unbounded), got %d", pc.MaxWaiters)
+	}
+	if pc.MaxQueries < 0 {
+		p.add(prefix+".max_queries", "must be >= 0 (0 = unlimited), got %d", pc.MaxQueries)
+	}
+	// 100% would let a backend's lifetime be cut to nothing.
+	if pc.LifetimeJitter < 0 || pc.LifetimeJitter >= 1 {
+		p.add(prefix+".lifetime_jitter", "must be from 0%% to below 100%% (write \"10%%\" or 0.1), got %s", pc.LifetimeJitter)
+	}
+	for _, d := range []struct {
+		key      string
+		v        time.Duration
+		positive bool
+	}{
+		{"acquire_timeout", pc.AcquireTimeout, true},
+		{"validate_after_idle", pc.ValidateAfterIdle, false},
+		{"max_lifetime", pc.MaxLifetime, false},
+		{"max_idle", pc.MaxIdle, false},
+		{"leak_timeout", pc.LeakTimeout, false},
+		{"connect_timeout", pc.ConnectTimeout, true},
+		{"reconnect_backoff", pc.ReconnectBackoff, true},
+		{"reconnect_backoff_max", pc.ReconnectBackoffMax, true},
+	} {
+		if d.positive && d.v <= 0 {
+			p.add(prefix+"."+d.key, "must be > 0, got %s", d.v)
+			continue
+		}
+		checkDuration(p, prefix+"."+d.key, d.v)
+	}
+	if pc.ReconnectBackoff > 0 && pc.ReconnectBackoffMax > 0 && pc.ReconnectBackoffMax < pc.ReconnectBackoff {
+		p.add(prefix+".reconnect_backoff_max", "must be >= %s.reconnect_backoff (%s), got %s", prefix, pc.ReconnectBackoff, pc.ReconnectBackoffMax)
+	}
+}
+
+func checkDuration(p *problems, key string, d time.Duration) {
+	if d < 0 {
+		p.add(key, "must be >= 0, got %s", d)
+	}
+}
+
+func checkEnum(p *problems, key, v string, allowed []string) {
+	if !slices.Contains(allowed, v) {
+		p.add(key, "must be one of %s, got %q", strings.Join(allowed, ", "), v)
+	}
+}
+
+// checkListen accepts host:port with a numeric port; an empty host means
+// every interface, port 0 an ephemeral port.
+func checkListen(p *problems, key, addr string) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		p.add(key, "must be host:port (e.g. 127.0.0.1:6432), got %q: %v", addr, stripAddrErr(err))
+		return
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 0 || n > 65535 {
+		p.add(key, "port must be a number from 0 to 65535, got %q", port)
+	}
+	if host != "" && net.ParseIP(host) == nil && !validHostname(host) {
+		p.add(key, "host must be an IP address or a host name, got %q", host)
+	}
+}
+
+// stripAddrErr keeps net's reason without repeating the address.
+func stripAddrErr(err error) string {
+	var ae *net.AddrError
+	if errors.As(err, &ae) {
+		return ae.Err
+	}
+	return err.Error()
+}
+
+func validHostname(h string) bool {
+	if len(h) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(h, ".") {
+		if label == "" || len(label) > 63 {
+			return false
+		}
+		for _, r := range label {
+			if !(r == '-' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9') {
+				return false
+			}
+		}
+	}
+	return true
+}
