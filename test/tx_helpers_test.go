@@ -48,17 +48,27 @@ func txDirectURL() string { return pg.URL(txAppUser, txAppPassword, txAppDB) }
 // and closes it when the test ends.
 func txConnect(ctx context.Context, t *testing.T, url string, params map[string]string) *pgconn.PgConn {
 	t.Helper()
+	return txConnectConfig(ctx, t, url, func(cfg *pgconn.Config) {
+		for k, v := range params {
+			cfg.RuntimeParams[k] = v
+		}
+	})
+}
+
+// txConnectConfig opens a pgconn connection to url after configure has
+// adjusted its config (notice handlers, parameters), and closes it when the
+// test ends.
+func txConnectConfig(ctx context.Context, t *testing.T, url string, configure func(*pgconn.Config)) *pgconn.PgConn {
+	t.Helper()
 	cfg, err := pgconn.ParseConfig(url)
 	if err != nil {
-		t.Fatalf("parse %s: %v", url, err)
+		t.Fatalf("parse %s: %v", redact(url), err)
 	}
 	cfg.ConnectTimeout = 10 * time.Second
-	for k, v := range params {
-		cfg.RuntimeParams[k] = v
-	}
+	configure(cfg)
 	conn, err := pgconn.ConnectConfig(ctx, cfg)
 	if err != nil {
-		t.Fatalf("connect %s: %v", url, err)
+		t.Fatalf("connect %s: %v", redact(url), err)
 	}
 	t.Cleanup(func() { txClosePgconn(conn) })
 	return conn
@@ -81,13 +91,13 @@ func txConnectPgx(ctx context.Context, t testing.TB, url string, mode pgx.QueryE
 func txDialPgx(ctx context.Context, url string, mode pgx.QueryExecMode) (*pgx.Conn, error) {
 	cfg, err := pgx.ParseConfig(url)
 	if err != nil {
-		return nil, fmt.Errorf("parse %s: %w", url, err)
+		return nil, fmt.Errorf("parse %s: %w", redact(url), err)
 	}
 	cfg.ConnectTimeout = 10 * time.Second
 	cfg.DefaultQueryExecMode = mode
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("connect %s (%v): %w", url, mode, err)
+		return nil, fmt.Errorf("connect %s (%v): %w", redact(url), mode, err)
 	}
 	return conn, nil
 }

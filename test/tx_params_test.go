@@ -1,0 +1,247 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// Session parameters in transaction mode: each client's startup parameters
+// and SETs belong to the client, whichever backend serves it. Every proxy
+// client has a direct "twin" connection with the same startup parameters
+// that receives the same statements; the proxy client must see exactly
+// what its twin sees (SHOW, timestamptz and interval output text, the
+// ParameterStatus values the driver holds, errors).
+
+// txParamsChecks are the queries compared after every step. They run with
+// the simple protocol, so the values are the server's text output, which
+// DateStyle, TimeZone and IntervalStyle shape.
+var txParamsChecks = []string{
+	"SHOW TimeZone",
+	"SHOW DateStyle",
+	"SHOW IntervalStyle",
+	"SHOW application_name",
+	"SHOW search_path",
+	"SELECT '2024-01-01 12:00:00+00'::timestamptz::text",
+	"SELECT '2024-07-04 15:30:00.25+00'::timestamptz::text",
+	"SELECT '2024-03-05'::date::text",
+	"SELECT interval '1 day 2 hours 3.5 seconds'::text",
+}
+
+// txParamsReported are the ParameterStatus values compared with the twin's.
+var txParamsReported = []string{"TimeZone", "DateStyle", "IntervalStyle", "application_name", "client_encoding", "standard_conforming_strings"}
+
+// txTwin is one proxy client and its direct twin.
+type txTwin struct {
+	name          string
+	proxy, direct *pgconn.PgConn
+}
+
+// txResult runs sql and returns its rows joined, or the error's SQLSTATE.
+func txResult(ctx context.Context, conn *pgconn.PgConn, sql string) string {
+	rows, err := txSimple(ctx, conn, sql)
+	if err != nil {
+		if code := txCode(err); code != "" {
+			return "ERROR " + code
+		}
+		return "ERROR " + err.Error()
+	}
+	return strings.Join(rows, "|")
+}
+
+// do runs sql on both connections and fails t if they disagree.
+func (tw *txTwin) do(ctx context.Context, t *testing.T, sql string) string {
+	t.Helper()
+	got, want := txResult(ctx, tw.proxy, sql), txResult(ctx, tw.direct, sql)
+	if got != want {
+		t.Errorf("client %s: %s: through the proxy %q, directly %q", tw.name, sql, got, want)
+	}
+	return got
+}
+
+// check runs every txParamsChecks query and compares the reported
+// parameters, on both connections.
+func (tw *txTwin) check(ctx context.Context, t *testing.T) {
+	t.Helper()
+	for _, sql := range txParamsChecks {
+		tw.do(ctx, t, sql)
+	}
+	for _, k := range txParamsReported {
+		if got, want := tw.proxy.ParameterStatus(k), tw.direct.ParameterStatus(k); got != want {
+			t.Errorf("client %s: ParameterStatus %s: through the proxy %q, directly %q", tw.name, k, got, want)
+		}
+	}
+}
+
+func txNewTwin(ctx context.Context, t *testing.T, p *Proxy, name string, params map[string]string) *txTwin {
+	return &txTwin{
+		name:   name,
+		proxy:  txConnect(ctx, t, txProxyURL(p), params),
+		direct: txConnect(ctx, t, txDirectURL(), params),
+	}
+}
+
+// TestTxSessionParamsSharedBackend puts three clients with different
+// TimeZone, DateStyle, IntervalStyle and application_name on ONE backend
+// (pool max_size 1) and interleaves them many times, through SET, SET
+// search_path, SET LOCAL, a rolled-back SET, RESET and RESET ALL.
+func TestTxSessionParamsSharedBackend(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	admin := txConnect(ctx, t, txDirectURL(), nil)
+	txMustExec(ctx, t, admin, `
+		DROP SCHEMA IF EXISTS tx_sp_a CASCADE; DROP SCHEMA IF EXISTS tx_sp_b CASCADE;
+		CREATE SCHEMA tx_sp_a; CREATE SCHEMA tx_sp_b;
+		CREATE TABLE tx_sp_a.whoami AS SELECT 'schema a'::text AS v;
+		CREATE TABLE tx_sp_b.whoami AS SELECT 'schema b'::text AS v`)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_, _ = admin.Exec(ctx, "DROP SCHEMA IF EXISTS tx_sp_a CASCADE; DROP SCHEMA IF EXISTS tx_sp_b CASCADE").ReadAll()
+	})
+
+	p := txStartProxy(t, "transaction", 1)
+	a := txNewTwin(ctx, t, p, "a", map[string]string{
+		"TimeZone": "America/New_York", "DateStyle": "ISO, MDY", "application_name": "tx-params-a",
+	})
+	b := txNewTwin(ctx, t, p, "b", map[string]string{
+		"TimeZone": "Asia/Tokyo", "DateStyle": "SQL, DMY", "IntervalStyle": "postgres_verbose", "application_name": "tx-params-b",
+	})
+	c := txNewTwin(ctx, t, p, "c", nil) // the server's defaults
+	clients := []*txTwin{a, b, c}
+
+	// round interleaves the clients n times, rotating who goes first, so
+	// the one backend switches client before almost every statement.
+	round := func(n int) {
+		t.Helper()
+		for k := range n {
+			for j := range clients {
+				clients[(j+k)%len(clients)].check(ctx, t)
+			}
+			if t.Failed() {
+				t.FailNow()
+			}
+		}
+	}
+
+	round(5)
+	// The clients really differ, or the comparison above proved nothing.
+	if txResult(ctx, a.proxy, txParamsChecks[5]) == txResult(ctx, b.proxy, txParamsChecks[5]) {
+		t.Fatalf("clients a and b see the same timestamptz text: the setup is wrong")
+	}
+	// Only one backend served all three.
+	pids := map[string]bool{}
+	for _, cl := range clients {
+		pids[txResult(ctx, cl.proxy, "SELECT pg_backend_pid()")] = true
+	}
+	if len(pids) != 1 {
+		t.Errorf("pool max_size 1, but the clients saw backends %v", pids)
+	}
+
+	// SET of reported parameters.
+	a.do(ctx, t, "SET TimeZone = 'Europe/Berlin'")
+	b.do(ctx, t, "SET DateStyle = 'German'")
+	b.do(ctx, t, "SET application_name = 'tx-params-b2'")
+	c.do(ctx, t, "SET IntervalStyle = 'iso_8601'")
+	round(5)
+
+	// search_path is not reported by PostgreSQL < 18, so only the client's
+	// SET says what it is.
+	a.do(ctx, t, "SET search_path = tx_sp_a, public")
+	b.do(ctx, t, "SET search_path TO tx_sp_b")
+	for range 5 {
+		for _, cl := range clients {
+			cl.do(ctx, t, "SHOW search_path")
+			cl.do(ctx, t, "SELECT v FROM whoami") // c: 42P01, like its twin
+		}
+	}
+	round(2)
+
+	// SET LOCAL lasts for its transaction only, and a rolled-back SET never
+	// happened.
+	a.do(ctx, t, "BEGIN")
+	a.do(ctx, t, "SET LOCAL TimeZone = 'Asia/Kolkata'")
+	a.check(ctx, t)
+	a.do(ctx, t, "COMMIT")
+	b.do(ctx, t, "BEGIN")
+	b.do(ctx, t, "SET TimeZone = 'Australia/Sydney'")
+	b.check(ctx, t)
+	b.do(ctx, t, "ROLLBACK")
+	round(3)
+
+	// RESET goes back to the client's own startup value, not the backend's.
+	a.do(ctx, t, "RESET TimeZone")
+	b.do(ctx, t, "RESET ALL")
+	c.do(ctx, t, "RESET IntervalStyle")
+	round(5)
+	for _, cl := range clients {
+		cl.do(ctx, t, "SELECT v FROM whoami")
+	}
+}
+
+// TestTxSetFollowsClient: eight clients SET their own TimeZone and
+// application_name, then run transactions concurrently over a pool of 3:
+// every transaction, on whichever backend, sees the client's own values.
+func TestTxSetFollowsClient(t *testing.T) {
+	const clients, transactions = 8, 30
+	zones := []string{"America/New_York", "Asia/Tokyo", "Europe/Berlin", "Australia/Sydney",
+		"America/Sao_Paulo", "Africa/Nairobi", "Asia/Kolkata", "Pacific/Auckland"}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	p := txStartProxy(t, "transaction", 3)
+
+	conns := make([]*pgconn.PgConn, clients)
+	for i := range conns {
+		conns[i] = txConnect(ctx, t, txProxyURL(p), nil)
+		txMustExec(ctx, t, conns[i], fmt.Sprintf("SET TimeZone = '%s'", zones[i]))
+		txMustExec(ctx, t, conns[i], fmt.Sprintf("SET application_name = 'tx-follow-%d'", i))
+	}
+	errs := newTxErrors()
+	backends := make([]map[string]bool, clients)
+	var wg sync.WaitGroup
+	for i := range clients {
+		backends[i] = map[string]bool{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			conn := conns[i]
+			for k := range transactions {
+				// One transaction: a Query message with several statements.
+				res, err := conn.Exec(ctx, "BEGIN; SHOW TimeZone; SHOW application_name; SELECT pg_backend_pid(); COMMIT").ReadAll()
+				if err != nil {
+					errs.add("client %d transaction %d: %v", i, k, err)
+					return
+				}
+				if len(res) != 5 {
+					errs.add("client %d transaction %d: %d results, want 5", i, k, len(res))
+					return
+				}
+				zone, app := string(res[1].Rows[0][0]), string(res[2].Rows[0][0])
+				backends[i][string(res[3].Rows[0][0])] = true
+				if zone != zones[i] || app != fmt.Sprintf("tx-follow-%d", i) {
+					errs.add("client %d transaction %d: TimeZone %q application_name %q, want %q and tx-follow-%d", i, k, zone, app, zones[i], i)
+				}
+				if ps := conn.ParameterStatus("TimeZone"); ps != zones[i] {
+					errs.add("client %d transaction %d: ParameterStatus TimeZone %q, want %q", i, k, ps, zones[i])
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	errs.report(t, "SET follows the client")
+	moved := 0
+	for i := range clients {
+		if len(backends[i]) > 1 {
+			moved++
+		}
+	}
+	t.Logf("%d of %d clients ran on more than one backend", moved, clients)
+	if moved == 0 {
+		t.Errorf("no client ever changed backend: the test proved nothing about carrying SETs")
+	}
+}
