@@ -80,7 +80,8 @@ func authenticate(sm *startupMessage, conn net.Conn, method, password string, kn
 	return nil
 }
 
-// authFailed is the one answer to every failed login, whatever the reason.
+// authFailed is the one answer to a wrong password and to an unknown user
+// alike, so neither the message nor the code tells them apart.
 func authFailed(user string) *pgError {
 	return newFatal(codeInvalidPassword,
 		fmt.Sprintf("password authentication failed for user %q", user), authFailedHint)

@@ -499,6 +499,17 @@ func TestAuthenticateClientBehaviour(t *testing.T) {
 		startupWantPgError(t, <-done, codeProtocolViolation, "expected a password message")
 		<-w
 	})
+	t.Run("oversized password message", func(t *testing.T) {
+		// Bounded by the startup cap: a client that has not logged in cannot
+		// make the proxy buffer a huge message.
+		fe, client, done := authPipe(t, AuthPlain, users, "alice")
+		authReceiveAs[*pgproto3.AuthenticationCleartextPassword](t, fe)
+		fe.Send(&pgproto3.PasswordMessage{Password: strings.Repeat("x", 20000)})
+		w := authFlush(fe)
+		startupWantPgError(t, <-done, codeProtocolViolation, "invalid password message")
+		client.Close()
+		<-w
+	})
 	t.Run("md5 answer computed by the client", func(t *testing.T) {
 		fe, _, done := authPipe(t, AuthMD5, users, "alice")
 		req := authReceiveAs[*pgproto3.AuthenticationMD5Password](t, fe)

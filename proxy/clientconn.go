@@ -153,7 +153,7 @@ func (s *Server) serveConn(conn net.Conn) {
 	err = c.run()
 	c.finish()
 	switch {
-	case err == nil, errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
+	case err == nil, errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed), errors.Is(err, errClientTerminated):
 		lg.Debug("client disconnected", "duration", time.Since(start).Round(time.Millisecond))
 	default:
 		lg.Info("client connection closed", "err", err, "duration", time.Since(start).Round(time.Millisecond))

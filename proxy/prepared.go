@@ -39,22 +39,49 @@ type statementRegistry struct {
 	mu     sync.Mutex
 	epochs map[string]uint32 // only hashes that were ever invalidated
 	gen    atomic.Uint64     // bumped on every invalidation
+	// known holds the content hashes some server prepared without error,
+	// so a later Parse of the same text can be answered by the proxy.
+	known map[string]struct{}
 }
 
+// maxKnownStatements bounds the known set; it starts over when full.
+const maxKnownStatements = 10000
+
 func newStatementRegistry() *statementRegistry {
-	return &statementRegistry{epochs: make(map[string]uint32)}
+	return &statementRegistry{epochs: make(map[string]uint32), known: make(map[string]struct{})}
+}
+
+// markKnown records that a server accepted st's text.
+func (r *statementRegistry) markKnown(st *statement) {
+	r.mu.Lock()
+	if len(r.known) >= maxKnownStatements {
+		clear(r.known)
+	}
+	r.known[st.hash] = struct{}{}
+	r.mu.Unlock()
+}
+
+func (r *statementRegistry) isKnown(st *statement) bool {
+	r.mu.Lock()
+	_, ok := r.known[st.hash]
+	r.mu.Unlock()
+	return ok
 }
 
 // newStatement builds the statement for a Parse body (after the name).
 func (r *statementRegistry) newStatement(parseBody []byte) *statement {
-	sum := sha256.Sum256(parseBody)
-	h := hex.EncodeToString(sum[:12])
-	st := &statement{hash: h, parseBody: append([]byte(nil), parseBody...)}
+	st := &statement{hash: contentHash(parseBody), parseBody: append([]byte(nil), parseBody...)}
 	if q, _, ok := cstring(parseBody); ok {
 		st.query = string(q)
 	}
 	r.name(st)
 	return st
+}
+
+// contentHash names a statement's content: its text and parameter types.
+func contentHash(parseBody []byte) string {
+	sum := sha256.Sum256(parseBody)
+	return hex.EncodeToString(sum[:12])
 }
 
 func (r *statementRegistry) name(st *statement) {

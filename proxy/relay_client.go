@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"time"
@@ -14,6 +13,10 @@ import (
 
 // errClientTerminated means the client sent Terminate.
 var errClientTerminated = errors.New("client sent Terminate")
+
+// errBackendMoved means the server reader gave the backend back between the
+// client reader's look at it and its use: the request needs a new one.
+var errBackendMoved = errors.New("backend released meanwhile")
 
 // maxWholeQuery is the largest Query the relay reads whole to inspect it;
 // longer ones are streamed and not inspected.
@@ -107,6 +110,11 @@ func (c *clientConn) process() error {
 				return errClientTerminated
 			}
 		}
+		if answered, err := c.answerWithoutBackend(); err != nil {
+			return err
+		} else if answered {
+			continue
+		}
 		b, err := c.backendForRequest()
 		if err != nil {
 			return err
@@ -115,6 +123,9 @@ func (c *clientConn) process() error {
 			continue
 		}
 		out, wake, perr := c.build(b)
+		if perr == errBackendMoved {
+			continue
+		}
 		if len(out) > 0 {
 			if _, err := b.conn.Server().NetConn().Write(out); err != nil {
 				return c.backendWriteFailed(b, err)
@@ -135,6 +146,80 @@ func (c *clientConn) process() error {
 		}
 	}
 	return nil
+}
+
+// answerWithoutBackend answers, without taking a backend, a request made
+// only of named Parse / Close messages and a Sync, when the client holds no
+// backend and every statement's text is known to prepare cleanly. Such a
+// request changes nothing on a server: the statements are prepared on
+// whichever backend runs them. Synchronous drivers (libpq's PQprepare in
+// pgbench -M prepared) block a whole thread of clients in it, and waiting
+// for a backend there can deadlock against that thread's own open
+// transactions when the pool is smaller than the client count.
+func (c *clientConn) answerWithoutBackend() (bool, error) {
+	if c.mode != ModeTransaction || c.passRemaining > 0 {
+		return false, nil
+	}
+	c.mu.Lock()
+	held := c.be != nil
+	c.mu.Unlock()
+	if held {
+		return false, nil
+	}
+	// First pass: is the request whole and of that shape?
+	pos, end := c.rstart, c.rend
+	for {
+		if end-pos < headerLen {
+			return false, nil
+		}
+		typ, bodyLen := parseHeader(c.rbuf[pos:])
+		if bodyLen < 0 || end-pos < headerLen+bodyLen {
+			return false, nil
+		}
+		body := c.rbuf[pos+headerLen : pos+headerLen+bodyLen]
+		pos += headerLen + bodyLen
+		switch typ {
+		case msgSync:
+			goto answer
+		case msgParse:
+			name, rest, ok := parseParseMessage(body)
+			if !ok || len(name) == 0 || !c.srv.stmts.isKnown(&statement{hash: contentHash(rest)}) {
+				return false, nil
+			}
+		case msgClose:
+			if len(body) < 2 || body[0] != 'S' || body[1] == 0 {
+				return false, nil
+			}
+		default:
+			return false, nil
+		}
+	}
+answer:
+	var reply []byte
+	for c.rstart < pos {
+		typ, bodyLen := parseHeader(c.rbuf[c.rstart:])
+		body := c.rbuf[c.rstart+headerLen : c.rstart+headerLen+bodyLen]
+		c.rstart += headerLen + bodyLen
+		switch typ {
+		case msgParse:
+			name, rest, _ := parseParseMessage(body)
+			st := c.srv.stmts.newStatement(rest)
+			c.mu.Lock()
+			c.stmts[string(name)] = st
+			c.mu.Unlock()
+			reply = append(reply, wireParseComplete...)
+		case msgClose:
+			name, _, _ := cstring(body[1:])
+			c.mu.Lock()
+			delete(c.stmts, string(name))
+			c.mu.Unlock()
+			reply = append(reply, wireCloseComplete...)
+		case msgSync:
+			reply = appendReadyForQuery(reply, 'I')
+		}
+	}
+	_, err := c.conn.Write(reply)
+	return true, err
 }
 
 // backendForRequest returns the backend this client holds, acquiring one
@@ -210,9 +295,7 @@ func (c *clientConn) build(b *backend) (out []byte, wake bool, err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.be != b {
-		// The server reader lost the backend meanwhile; run() will see
-		// the client connection closed.
-		return nil, false, io.ErrUnexpectedEOF
+		return nil, false, errBackendMoved
 	}
 	out = b.cout
 	tx := c.mode == ModeTransaction

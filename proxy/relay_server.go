@@ -320,6 +320,9 @@ func (c *clientConn) routeOne(b *backend, typ byte, msg []byte, total int) (swal
 			return false, fmt.Errorf("%w: unexpected %q", errLostTrack, typ)
 		}
 		r := c.q.pop()
+		if k == reqParse && r.stmt != nil {
+			c.srv.stmts.markKnown(r.stmt)
+		}
 		return r.swallow, nil
 
 	case msgRowDescription, msgNoData:

@@ -42,9 +42,11 @@ type startupMessage struct {
 // StartupMessage or a CancelRequest. SSLRequest and GSSENCRequest are answered
 // 'N' (once each). A protocol 3.x minor version above 0 or "_pq_." options
 // are answered with NegotiateProtocolVersion and the session continues with
-// 3.0, as PostgreSQL does. maxBodyLen caps the startup packet (at most
-// PostgreSQL's 10000 bytes) and every later message read through
-// startupMessage.backend.
+// 3.0, as PostgreSQL does. maxBodyLen caps the startup packet and every
+// message later read through startupMessage.backend (the authentication
+// answers); values above PostgreSQL's 10000 bytes, or <= 0, mean 10000, so
+// passing the relay's 1 GiB message limit cannot let a client that has not
+// logged in make the proxy allocate more than that.
 //
 // Malformed input returns a FATAL *pgError for the caller to send before it
 // closes conn; an EOF before the first byte (a TCP health check) returns an
@@ -94,7 +96,7 @@ func readStartup(conn net.Conn, maxBodyLen int) (*startupMessage, error) {
 		case startupCodeCancel:
 			return startupParseCancel(body)
 		default:
-			return startupParseMessage(conn, body, maxBodyLen)
+			return startupParseMessage(conn, body, limit)
 		}
 	}
 }
@@ -182,7 +184,7 @@ func startupParseCancel(body []byte) (*startupMessage, error) {
 //
 // pgproto3's StartupMessage.Decode is not used: it refuses protocol 3.1 and
 // 3.3+, and a packet without parameters.
-func startupParseMessage(conn net.Conn, body []byte, maxBodyLen int) (*startupMessage, error) {
+func startupParseMessage(conn net.Conn, body []byte, limit int) (*startupMessage, error) {
 	version := binary.BigEndian.Uint32(body)
 	major, minor := version>>16, version&0xFFFF
 	if major != 3 {
@@ -255,9 +257,7 @@ func startupParseMessage(conn net.Conn, body []byte, maxBodyLen int) (*startupMe
 	}
 
 	sm.backend = pgproto3.NewBackend(conn, conn)
-	if maxBodyLen > 0 {
-		sm.backend.SetMaxBodyLen(maxBodyLen)
-	}
+	sm.backend.SetMaxBodyLen(limit) // pgproto3's default is unlimited
 	return sm, nil
 }
 

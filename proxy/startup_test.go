@@ -519,22 +519,35 @@ func TestReadStartupDoesNotReadAhead(t *testing.T) {
 }
 
 func TestReadStartupBackendHonoursMaxBodyLen(t *testing.T) {
-	c, res := startupPipe(t, 64)
-	w := startupWrite(c, startupEncode(t, &pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30,
-		Parameters: map[string]string{"user": "u"}}))
-	r := startupWait(t, res)
-	if r.err != nil || <-w != nil {
-		t.Fatalf("readStartup: %v", r.err)
+	for _, tc := range []struct {
+		name          string
+		maxBodyLen    int
+		password, cap int
+	}{
+		{"caller's cap", 64, 100, 64},
+		// The relay's 1 GiB limit must not reach a client that has not logged in.
+		{"clamped to 10000", 1 << 30, 20000, 10000},
+		{"zero means 10000", 0, 20000, 10000},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, res := startupPipe(t, tc.maxBodyLen)
+			w := startupWrite(c, startupEncode(t, &pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30,
+				Parameters: map[string]string{"user": "u"}}))
+			r := startupWait(t, res)
+			if r.err != nil || <-w != nil {
+				t.Fatalf("readStartup: %v", r.err)
+			}
+			_ = r.sm.backend.SetAuthType(pgproto3.AuthTypeCleartextPassword)
+			w = startupWrite(c, startupEncode(t, &pgproto3.PasswordMessage{Password: strings.Repeat("p", tc.password)}))
+			_, err := r.sm.backend.Receive()
+			var tooLong *pgproto3.ExceededMaxBodyLenErr
+			if !errors.As(err, &tooLong) || tooLong.MaxExpectedBodyLen != tc.cap {
+				t.Fatalf("want ExceededMaxBodyLenErr with cap %d, got %v", tc.cap, err)
+			}
+			c.Close()
+			<-w
+		})
 	}
-	_ = r.sm.backend.SetAuthType(pgproto3.AuthTypeCleartextPassword)
-	w = startupWrite(c, startupEncode(t, &pgproto3.PasswordMessage{Password: strings.Repeat("p", 100)}))
-	_, err := r.sm.backend.Receive()
-	var tooLong *pgproto3.ExceededMaxBodyLenErr
-	if !errors.As(err, &tooLong) {
-		t.Fatalf("want ExceededMaxBodyLenErr, got %v", err)
-	}
-	c.Close()
-	<-w
 }
 
 func TestStartupIsFalse(t *testing.T) {
