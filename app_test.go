@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"go.uber.org/goleak"
 )
 
@@ -287,5 +288,113 @@ func TestRunArguments(t *testing.T) {
 	err = run(context.Background(), []string{"-config", ""}, []string{"DATABASE_URL=" + testURL, "PGSIDECAR_POOL__MAX_SIZE=1"}, io.Discard)
 	if err == nil || !strings.Contains(err.Error(), "config: pool.max_size: must be >= pool.min_size (2), got 1") {
 		t.Errorf("invalid config: %v", err)
+	}
+}
+
+// clientConnect logs in to the proxy at addr.
+func clientConnect(addr, user, password string) (*pgconn.PgConn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return pgconn.Connect(ctx, fmt.Sprintf("postgres://%s:%s@%s/app?sslmode=disable", user, password, addr))
+}
+
+// runSQL runs sql and returns the first error.
+func runSQL(c *pgconn.PgConn, sql string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err := c.Exec(ctx, sql).ReadAll()
+	return err
+}
+
+// TestReloadAndDrainAgainstPostgres runs the whole program against a real
+// PostgreSQL: clients query through it, a SIGHUP adds a login and resizes
+// the pool live, SIGTERM drains while a transaction is open (health says
+// draining, nobody new gets in), and a second SIGTERM ends it at once.
+func TestReloadAndDrainAgainstPostgres(t *testing.T) {
+	isolatePG(t)
+	const appPW = "app-pw-4471"
+	upstream := testPostgres(t, appPW)
+	listen, healthAddr := freeAddr(t), freeAddr(t)
+	conf := func(maxSize int, extra string) string {
+		return fmt.Sprintf("listen: %s\nhealth:\n  listen: %s\npool:\n  min_size: 1\n  max_size: %d\n"+
+			"shutdown_timeout: 30s\nlog:\n  format: json\n%s", listen, healthAddr, maxSize, extra)
+	}
+	path := writeYAML(t, conf(2, ""))
+	environ := []string{"DATABASE_URL=" + upstream}
+	logs := &logBuffer{}
+	sigc := make(chan os.Signal, 1)
+	done := startApp(t, path, environ, logs, sigc)
+	eventually(t, 5*time.Second, "ready", func() bool { return logs.count("pgsidecar ready") == 1 })
+	eventually(t, 10*time.Second, "/health 200", func() bool {
+		code, _, err := getJSON(healthAddr, "/health")
+		return err == nil && code == http.StatusOK
+	})
+
+	app, err := clientConnect(listen, "app", appPW)
+	if err != nil {
+		t.Fatalf("app login through the proxy: %v\n%s", err, logs)
+	}
+	defer app.Close(context.Background())
+	if err := runSQL(app, "SELECT 1"); err != nil {
+		t.Fatalf("query through the proxy: %v", err)
+	}
+	if c, err := clientConnect(listen, "alice", "a-pw"); err == nil {
+		c.Close(context.Background())
+		t.Fatal("alice logged in before she was configured")
+	}
+
+	// SIGHUP: alice is added and the pool grows, without a restart.
+	if err := os.WriteFile(path, []byte(conf(4, "auth:\n  users: [{name: alice, password: a-pw}]\n")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sigc <- syscall.SIGHUP
+	eventually(t, 5*time.Second, "configuration reloaded", func() bool { return logs.count(`"msg":"configuration reloaded"`) == 1 })
+	if got := poolMaxSize(healthAddr); got != 4 {
+		t.Errorf("max_size after reload = %v, want 4", got)
+	}
+	alice, err := clientConnect(listen, "alice", "a-pw")
+	if err != nil {
+		t.Fatalf("alice after reload: %v", err)
+	}
+	if err := runSQL(alice, "SELECT 1"); err != nil {
+		t.Fatalf("alice's query: %v", err)
+	}
+	alice.Close(context.Background())
+	if err := runSQL(app, "SELECT 1"); err != nil {
+		t.Fatalf("the existing client after reload: %v", err)
+	}
+
+	// SIGTERM with a transaction open: the drain waits for it.
+	if err := runSQL(app, "BEGIN; SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+	sigc <- syscall.SIGTERM
+	eventually(t, 5*time.Second, "/health 503 draining", func() bool {
+		code, m, err := getJSON(healthAddr, "/health")
+		return err == nil && code == http.StatusServiceUnavailable && m["status"] == "draining"
+	})
+	if c, err := clientConnect(listen, "app", appPW); err == nil {
+		c.Close(context.Background())
+		t.Error("a new client got in during the drain")
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("serve returned %v while a transaction was open and shutdown_timeout is 30s", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+
+	// A second SIGTERM closes everything at once, and still exits cleanly.
+	sigc <- syscall.SIGTERM
+	if err := waitDone(t, done, 5*time.Second); err != nil {
+		t.Fatalf("serve after the second SIGTERM: %v", err)
+	}
+	if !strings.Contains(logs.String(), "second signal") {
+		t.Errorf("no log of the forced close:\n%s", logs)
+	}
+	if err := runSQL(app, "COMMIT"); err == nil {
+		t.Error("the client in a transaction survived the forced close")
+	}
+	if strings.Contains(logs.String(), appPW) || strings.Contains(logs.String(), "a-pw") {
+		t.Fatalf("a password is in the log:\n%s", logs)
 	}
 }
