@@ -29,6 +29,9 @@ func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
 	if ctx.Err() != nil {
 		p.mu.Lock()
 		err := p.ctxErrorLocked(ctx, 0, p.waiters.len())
+		if p.closed {
+			err = p.shutdownError()
+		}
 		p.unlock()
 		return nil, err
 	}

@@ -52,6 +52,11 @@ type Pool struct {
 	health  health
 	counts  counters
 	after   []func()
+
+	// stateLogs are the state changes to log after unlock, in order;
+	// logMu orders them across goroutines (see unlock).
+	stateLogs []func()
+	logMu     sync.Mutex
 }
 
 // options are the knobs tests turn; New uses the defaults.
@@ -140,11 +145,23 @@ func (p *Pool) loggerBase() *slog.Logger {
 // lock. Only call it with p.mu held.
 func (p *Pool) later(f func()) { p.after = append(p.after, f) }
 
-// unlock releases p.mu and then runs the work queued with later.
+// unlock releases p.mu and then runs the work queued with later. State
+// changes are logged in the order they happened: the goroutine that has
+// some to log takes logMu before it lets go of p.mu, so a later change
+// (made under p.mu after that) cannot be logged before it.
 func (p *Pool) unlock() {
-	after := p.after
-	p.after = nil
-	p.mu.Unlock()
+	after, stateLogs := p.after, p.stateLogs
+	p.after, p.stateLogs = nil, nil
+	if len(stateLogs) == 0 {
+		p.mu.Unlock()
+	} else {
+		p.logMu.Lock()
+		p.mu.Unlock()
+		for _, f := range stateLogs {
+			f()
+		}
+		p.logMu.Unlock()
+	}
 	for _, f := range after {
 		f()
 	}

@@ -142,7 +142,8 @@ func (p *Pool) evalStateLocked(now time.Time) {
 	h.reason = reason
 }
 
-// setStateLocked moves to s and logs the transition once, after unlock.
+// setStateLocked moves to s and logs the transition once, after unlock
+// and in order.
 // Entering UNHEALTHY opens the circuit: every waiter fails fast.
 func (p *Pool) setStateLocked(s State, reason string) {
 	h := &p.health
@@ -157,7 +158,7 @@ func (p *Pool) setStateLocked(s State, reason string) {
 	if s == StateDegraded || s == StateUnhealthy {
 		level = slog.LevelWarn
 	}
-	p.later(func() {
+	p.stateLogs = append(p.stateLogs, func() {
 		p.log().Log(context.Background(), level, "pool state changed", "from", from, "to", s, "reason", reason)
 	})
 	if s == StateUnhealthy {
