@@ -398,3 +398,46 @@ func TestReloadAndDrainAgainstPostgres(t *testing.T) {
 		t.Fatalf("a password is in the log:\n%s", logs)
 	}
 }
+
+// TestShutdownTimeoutForcesClose: a transaction that outlives
+// shutdown_timeout is cut off, the drain is logged as forced, and the
+// program still stops cleanly (exit 0).
+func TestShutdownTimeoutForcesClose(t *testing.T) {
+	isolatePG(t)
+	const appPW = "app-pw-9013"
+	environ := []string{
+		"DATABASE_URL=" + testPostgres(t, appPW),
+		"PGSIDECAR_LISTEN=" + freeAddr(t),
+		"PGSIDECAR_HEALTH__LISTEN=" + freeAddr(t),
+		"PGSIDECAR_SHUTDOWN_TIMEOUT=1s",
+		"PGSIDECAR_POOL__MIN_SIZE=1",
+		"PGSIDECAR_LOG__FORMAT=json",
+	}
+	logs := &logBuffer{}
+	sigc := make(chan os.Signal, 1)
+	done := startApp(t, "", environ, logs, sigc)
+	eventually(t, 5*time.Second, "ready", func() bool { return logs.count("pgsidecar ready") == 1 })
+
+	c, err := clientConnect(lookupEnv(environ, "PGSIDECAR_LISTEN"), "app", appPW)
+	if err != nil {
+		t.Fatalf("login: %v\n%s", err, logs)
+	}
+	defer c.Close(context.Background())
+	if err := runSQL(c, "BEGIN; SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+	signalled := time.Now()
+	sigc <- syscall.SIGTERM
+	if err := waitDone(t, done, 10*time.Second); err != nil {
+		t.Fatalf("serve after a forced drain: %v, want nil (exit 0)", err)
+	}
+	if took := time.Since(signalled); took < time.Second || took > 5*time.Second {
+		t.Errorf("drain took %v with shutdown_timeout 1s", took)
+	}
+	if !strings.Contains(logs.String(), "shutdown_timeout reached") {
+		t.Errorf("the forced drain was not logged:\n%s", logs)
+	}
+	if err := runSQL(c, "COMMIT"); err == nil {
+		t.Error("the transaction survived shutdown_timeout")
+	}
+}
