@@ -27,17 +27,20 @@ run: build
 		echo "pgsidecar in front of $$(echo "$$DATABASE_URL" | sed -E 's#//([^:/@]*):[^@]*@#//\1:***@#')"; \
 		exec ./$(BIN) $(ARGS); \
 	else \
-		exec test/tools/devpg.sh ./$(BIN) $(ARGS); \
+		exec bash test/tools/devpg.sh ./$(BIN) $(ARGS); \
 	fi
 
-# -timeout 9m keeps a hung test from eating CI's budget; the whole suite is
-# meant to finish well under 10 minutes on 2 cores.
+# deps.sh installs what a fresh Debian machine lacks (PostgreSQL, node, a
+# JDK, ...) and is a no-op otherwise. -timeout 9m keeps a hung test from
+# eating CI's budget; the suite is meant to finish well under 10 minutes on
+# 2 cores.
 test:
+	@bash test/tools/deps.sh
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 9m ./...
 
 bench: build
-	PGSIDECAR_BIN=$(CURDIR)/$(BIN) test/tools/bench.sh
+	BENCH_PROXY_BIN=$(CURDIR)/$(BIN) bash test/tools/bench.sh
 
 # Short, bounded fuzz runs of the protocol parsers (go test -fuzz takes one
 # target per run).

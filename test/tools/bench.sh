@@ -21,7 +21,7 @@
 # extended prepared"), BENCH_TARGETS ("direct proxy pgbouncer"),
 # BENCH_ROUNDS (2), BENCH_JOBS (2, capped at the client count), BENCH_SCALE
 # (10), BENCH_POOL_SIZE (20), BENCH_MAX_MINUTES (60: cells past it are
-# skipped and marked), BENCH_OUT (bin/bench-results.md; server logs go to bin/bench-results-logs/), PGSIDECAR_BIN (skip
+# skipped and marked), BENCH_OUT (bin/bench-results.md; server logs go to bin/bench-results-logs/), BENCH_PROXY_BIN (skip
 # the build and use this binary), PG_BIN.
 set -euo pipefail
 
@@ -41,6 +41,7 @@ scale=${BENCH_SCALE:-10}
 pool_size=${BENCH_POOL_SIZE:-20}
 max_minutes=${BENCH_MAX_MINUTES:-60}
 out_file=${BENCH_OUT:-$root/bin/bench-results.md}
+[[ $out_file == /* ]] || out_file=$PWD/$out_file
 logs_dir=${out_file%.md}-logs
 user=bench
 pass=bench
@@ -56,12 +57,12 @@ pgbench_bin="$PG_BIN/pgbench"
 
 # --- the proxy binary -------------------------------------------------------
 if has_target proxy; then
-	if [ -z "${PGSIDECAR_BIN:-}" ]; then
+	if [ -z "${BENCH_PROXY_BIN:-}" ]; then
 		log "building bin/pgsidecar"
 		(cd "$root" && PATH="$PATH:/usr/local/go/bin" go build -o bin/pgsidecar .) || die "go build failed"
-		PGSIDECAR_BIN=$root/bin/pgsidecar
+		BENCH_PROXY_BIN=$root/bin/pgsidecar
 	fi
-	[ -x "$PGSIDECAR_BIN" ] || die "$PGSIDECAR_BIN is not an executable"
+	[ -x "$BENCH_PROXY_BIN" ] || die "$BENCH_PROXY_BIN is not an executable"
 fi
 
 # --- pgbouncer (optional) ---------------------------------------------------
@@ -120,17 +121,29 @@ if has_target proxy; then
 	proxy_port=$(free_port)
 	health_port=$(free_port)
 	log "starting pgsidecar on 127.0.0.1:$proxy_port (transaction mode, pool.max_size $pool_size)"
-	DATABASE_URL="postgres://$user:$pass@127.0.0.1:$PG_PORT/$db" \
-		PGSIDECAR_LISTEN=127.0.0.1:$proxy_port \
-		PGSIDECAR_HEALTH__LISTEN=127.0.0.1:$health_port \
-		PGSIDECAR_POOL__MODE=transaction \
-		PGSIDECAR_POOL__MAX_SIZE=$pool_size \
-		PGSIDECAR_AUTH__METHOD=scram-sha-256 \
-		PGSIDECAR_SHUTDOWN_TIMEOUT=5s \
-		PGSIDECAR_LOG__LEVEL=warn \
-		"$PGSIDECAR_BIN" >"$dir/proxy.log" 2>&1 &
+	# From the temp dir, so no ./config.yaml is picked up, and with every
+	# other PGSIDECAR_* variable removed: the settings are exactly these.
+	(
+		cd "$dir"
+		# shellcheck disable=SC2046
+		unset $(compgen -e | grep '^PGSIDECAR_' || true)
+		export DATABASE_URL="postgres://$user:$pass@127.0.0.1:$PG_PORT/$db" \
+			PGSIDECAR_LISTEN=127.0.0.1:$proxy_port \
+			PGSIDECAR_HEALTH__LISTEN=127.0.0.1:$health_port \
+			PGSIDECAR_POOL__MODE=transaction \
+			PGSIDECAR_POOL__MAX_SIZE=$pool_size \
+			PGSIDECAR_AUTH__METHOD=scram-sha-256 \
+			PGSIDECAR_SHUTDOWN_TIMEOUT=5s \
+			PGSIDECAR_LOG__LEVEL=warn
+		exec "$BENCH_PROXY_BIN" >"$dir/proxy.log" 2>&1
+	) &
 	proxy_pid=$!
-	if ! wait_http "127.0.0.1:$health_port" /health 30; then
+	for _ in $(seq 1 150); do
+		[ "$(http_status "127.0.0.1:$health_port" /health)" = 200 ] && break
+		kill -0 "$proxy_pid" 2>/dev/null || { proxy_pid=""; break; }
+		sleep 0.2
+	done
+	if [ "$(http_status "127.0.0.1:$health_port" /health)" != 200 ]; then
 		tail -n 30 "$dir/proxy.log" >&2
 		die "pgsidecar did not report healthy on 127.0.0.1:$health_port/health within 30s"
 	fi

@@ -70,7 +70,7 @@ as_pg() {
 }
 
 # port_in_use reports whether something accepts on 127.0.0.1:$1.
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+port_in_use() { (exec 2>/dev/null 3<>"/dev/tcp/127.0.0.1/$1"); }
 
 # free_port prints a loopback port nobody listens on. There is a small
 # window before the caller binds it; callers that start a server retry.
@@ -94,10 +94,11 @@ http_status() {
 	host=${hostport%:*}
 	port=${hostport##*:}
 	line=$(
+		exec 2>/dev/null # bash reports a refused /dev/tcp connect on stderr
 		exec 3<>"/dev/tcp/$host/$port" || exit 0
 		printf 'GET %s HTTP/1.0\r\nHost: %s\r\n\r\n' "$path" "$hostport" >&3
 		timeout 5 head -n 1 <&3
-	) 2>/dev/null || true
+	) || true
 	line=${line#HTTP/* }
 	echo "${line:0:3}" | grep -E '^[0-9]{3}$' || echo 000
 }
