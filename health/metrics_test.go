@@ -126,7 +126,7 @@ func TestMetricsUnknownStateStillOneHot(t *testing.T) {
 	var st state
 	st.setPools(samplePool("app", pool.State(42)))
 	text, _ := scrape(t, st.config())
-	if !strings.Contains(text, `state="STATE_42",user="app"} 1`) {
+	if !strings.Contains(text, `state="`+stateName(pool.State(42))+`",user="app"} 1`) {
 		t.Errorf("unknown state not exported:\n%s", grepLines(text, "pgsidecar_pool_state{"))
 	}
 }
