@@ -271,6 +271,10 @@ func StartProxy(t *testing.T, opts ...ProxyOption) *Proxy {
 				<-p.done
 			}
 		}
+		// A proxy built with PGSIDECAR_E2E_RACE=1 reports races on stderr.
+		if p.Logs.Contains("WARNING: DATA RACE") {
+			t.Errorf("the proxy reported a data race")
+		}
 		if t.Failed() {
 			p.dumpLogs(t)
 		}
