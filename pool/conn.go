@@ -32,7 +32,7 @@ type backend struct {
 
 	// Guarded by p.mu.
 	idleSince time.Time
-	fresh     bool // never handed out yet: no need to validate
+	fresh     bool // came straight from connect to a waiter: no need to validate
 
 	// mu guards the hold: the holder writes it, the leak scan reads it.
 	mu           sync.Mutex
@@ -171,7 +171,6 @@ func (c *Conn) Release() {
 	if reason, detail := p.releaseRetireReasonLocked(b, now); reason != retireNone {
 		p.retireLocked(b, reason, detail, now)
 	} else {
-		b.fresh = false
 		p.putLocked(b, now)
 	}
 	p.unlock()

@@ -130,8 +130,14 @@ func rawQuery(t *testing.T, nc net.Conn, sql string) (value, errCode string) {
 	}
 }
 
-func TestPgServerAgainstPostgres(t *testing.T) {
+// TestAgainstPostgres shares one cluster (initdb is the slow part).
+func TestAgainstPostgres(t *testing.T) {
 	cl := startCluster(t)
+	t.Run("PgServer", func(t *testing.T) { testPgServer(t, cl) })
+	t.Run("Pool", func(t *testing.T) { testPoolOnPostgres(t, cl) })
+}
+
+func testPgServer(t *testing.T, cl *testCluster) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
@@ -199,8 +205,7 @@ func TestPgServerAgainstPostgres(t *testing.T) {
 	}
 }
 
-func TestPoolAgainstPostgres(t *testing.T) {
-	cl := startCluster(t)
+func testPoolOnPostgres(t *testing.T, cl *testCluster) {
 	log := newLogRecorder()
 	cfg := testConfig(newFakeDB(), log)
 	cfg.Connect = Connector(cl.config(t))

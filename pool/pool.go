@@ -53,8 +53,8 @@ type Pool struct {
 	counts  counters
 	after   []func()
 
-	// stateLogs are the state changes to log after unlock, in order;
-	// logMu orders them across goroutines (see unlock).
+	// stateLogs are the state changes still to log, in order; logMu
+	// lets one goroutine at a time log them (see drainStateLogs).
 	stateLogs []func()
 	logMu     sync.Mutex
 }
@@ -145,25 +145,48 @@ func (p *Pool) loggerBase() *slog.Logger {
 // lock. Only call it with p.mu held.
 func (p *Pool) later(f func()) { p.after = append(p.after, f) }
 
-// unlock releases p.mu and then runs the work queued with later. State
-// changes are logged in the order they happened: the goroutine that has
-// some to log takes logMu before it lets go of p.mu, so a later change
-// (made under p.mu after that) cannot be logged before it.
+// unlock releases p.mu and then runs the work queued with later, and
+// logs any state changes queued meanwhile.
 func (p *Pool) unlock() {
-	after, stateLogs := p.after, p.stateLogs
-	p.after, p.stateLogs = nil, nil
-	if len(stateLogs) == 0 {
-		p.mu.Unlock()
-	} else {
-		p.logMu.Lock()
-		p.mu.Unlock()
-		for _, f := range stateLogs {
-			f()
-		}
-		p.logMu.Unlock()
+	after := p.after
+	p.after = nil
+	pending := len(p.stateLogs) > 0
+	p.mu.Unlock()
+	if pending {
+		p.drainStateLogs()
 	}
 	for _, f := range after {
 		f()
+	}
+}
+
+// drainStateLogs logs queued state changes in the order they happened.
+// One goroutine at a time drains (logMu); one that finds a drainer at
+// work leaves its changes to it, so p.mu is never held while waiting for
+// a log write and Stats never waits on I/O. The re-check after letting go
+// of logMu catches changes queued by a goroutine that found logMu taken
+// just before the drainer's last look.
+func (p *Pool) drainStateLogs() {
+	for p.logMu.TryLock() {
+		for {
+			p.mu.Lock()
+			logs := p.stateLogs
+			p.stateLogs = nil
+			p.mu.Unlock()
+			if len(logs) == 0 {
+				break
+			}
+			for _, f := range logs {
+				f()
+			}
+		}
+		p.logMu.Unlock()
+		p.mu.Lock()
+		more := len(p.stateLogs) > 0
+		p.mu.Unlock()
+		if !more {
+			return
+		}
 	}
 }
 

@@ -94,6 +94,7 @@ func (p *Pool) putLocked(b *backend, now time.Time) {
 		return
 	}
 	b.idleSince = now
+	b.fresh = false // it has sat idle: validation rules apply from now
 	p.idle = append(p.idle, b)
 }
 
