@@ -287,3 +287,31 @@ func TestMaxSizeNeverExceededUnderChurn(t *testing.T) {
 		t.Fatalf("%d fake servers still open after Close", open)
 	}
 }
+
+// BenchmarkAcquireRelease measures the data path: many goroutines
+// sharing a small pool, as the proxy's clients do in transaction mode.
+func BenchmarkAcquireRelease(b *testing.B) {
+	db := newFakeDB()
+	cfg := testConfig(db, newLogRecorder())
+	cfg.MaxSize = 8
+	cfg.MinSize = 8
+	p, err := newPool(cfg, defaultOptions)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer p.Close()
+	ctx := context.Background()
+	b.SetParallelism(8) // 8 x GOMAXPROCS callers for 8 backends
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			c, err := p.Acquire(ctx)
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			c.AddQueries(1)
+			c.Release()
+		}
+	})
+}

@@ -73,12 +73,9 @@ func (s *PgServer) Exec(ctx context.Context, sql string) error {
 		return fmt.Errorf("clear deadline: %w", err)
 	}
 	results, err := s.pg.Exec(ctx, sql).ReadAll()
-	if err == nil {
-		for _, r := range results {
-			if r.Err != nil {
-				err = r.Err
-				break
-			}
+	for _, r := range results {
+		if r.Err != nil {
+			return r.Err // the first statement that failed
 		}
 	}
 	if err != nil {

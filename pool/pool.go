@@ -11,6 +11,20 @@ import (
 
 // Pool is a pool of backend connections for one (database, user).
 //
+// Policies, in short:
+//   - Acquire: LIFO idle reuse, FIFO waiters, direct handoff on Release;
+//     open+opening+closing backends never exceed MaxSize.
+//   - Connect failures back off 1, 2, 4, 8, 16s (BackoffDelay, with up
+//     to 20% jitter). While connects fail, only the maintainer's single
+//     probe connects. The circuit opens (UNHEALTHY, Acquire fails fast
+//     with 08006) as soon as a connect fails while no backend is open:
+//     one failure is enough, because with nothing open there is nothing
+//     to wait for. With backends still open a failure only makes the pool
+//     DEGRADED, and waiters wait for those backends.
+//   - DEGRADED also means: an Acquire timed out in the last 10s.
+//   - Recycling happens only for idle backends or at Release, never
+//     under a holder.
+//
 // All bookkeeping lives under one mutex that is only ever held for O(1)
 // (or O(pool size)) work: connects, validation queries, closes and log
 // writes happen outside it. Work that a critical section decides on but
