@@ -7,6 +7,7 @@ import (
 	"maps"
 	"os"
 	"reflect"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -374,7 +375,7 @@ func decodeError(err error) error {
 				walk(inner)
 				return
 			}
-			lines = append(lines, fmt.Sprintf("config: %s: %v", de.Name(), innerMessage(inner)))
+			lines = append(lines, fmt.Sprintf("config: %s: %v", keyName(de.Name()), innerMessage(inner)))
 			return
 		}
 		if joined, ok := e.(interface{ Unwrap() []error }); ok {
@@ -395,6 +396,15 @@ func decodeError(err error) error {
 		return fmt.Errorf("config: %w", err)
 	}
 	return errors.New(strings.Join(lines, "\n"))
+}
+
+// mapIndex matches mapstructure's spelling of a map entry, databases[r].
+var mapIndex = regexp.MustCompile(`\[([^\]]*[^0-9\]][^\]]*)\]`)
+
+// keyName spells a decoder path the way config keys are written:
+// databases[r].url becomes databases.r.url; list indexes stay as [0].
+func keyName(path string) string {
+	return mapIndex.ReplaceAllString(path, ".$1")
 }
 
 // innerMessage drops mapstructure's type names where a hook already said
@@ -439,6 +449,7 @@ func unknownKeys(unused []string, path string, fileKeys, envKeys *koanf.Koanf) e
 	}
 	lines := make([]string, 0, len(unused))
 	for _, key := range unused {
+		key = keyName(key)
 		where := ""
 		switch {
 		case envKeys.Exists(key):

@@ -495,6 +495,14 @@ databases:
 		p := writeYAML(t, "databases:\n  r:\n    url: "+testURL+"\n    pool:\n      max_size: 1\n")
 		wantErr(t, p, nil, "config: databases.r.pool.max_size: must be >= databases.r.pool.min_size (2), got 1")
 	})
+	t.Run("unknown key in an entry", func(t *testing.T) {
+		p := writeYAML(t, "databases:\n  r:\n    url: "+testURL+"\n    uri: x\n")
+		wantErr(t, p, nil, "config: databases.r.uri: unknown option (in "+p+")")
+	})
+	t.Run("url of the wrong type", func(t *testing.T) {
+		p := writeYAML(t, "databases:\n  r:\n    url: [1]\n")
+		wantErr(t, p, nil, "config: databases.r.url: cannot use [1]: want a string")
+	})
 	t.Run("missing url", func(t *testing.T) {
 		p := writeYAML(t, "databases:\n  r:\n    pool:\n      max_size: 3\n")
 		wantErr(t, p, nil, "config: databases.r.url: must be set")
