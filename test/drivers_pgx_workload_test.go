@@ -68,7 +68,7 @@ func txPgxIteration(ctx context.Context, conn *pgx.Conn, g, i int) (int, error) 
 		if err := txPgxPipelineWithError(ctx, conn, g, i); err != nil {
 			return n, err
 		}
-		n += 3
+		n += 5
 	}
 	return n, nil
 }
@@ -300,22 +300,34 @@ func txPgxBatchWithError(ctx context.Context, conn *pgx.Conn, g, i int) error {
 	return nil
 }
 
-// txPgxPipelineWithError sends, in one flush, two Sync-delimited segments:
-// [named Bind (good), failing query, named Bind (skipped by the server)]
-// Sync [named Bind (good)] Sync. The named statement was prepared by this
-// client, possibly on another backend, so the proxy may need to prepare it
-// here: inside the failed segment the server skips that too, and the
-// proxy's accounting must still line up for the second segment.
+// txPgxPipelineWithError sends, in one flush, four Sync-delimited
+// segments using a statement this client prepared by name, possibly on
+// another backend, so the proxy may have to prepare it on this one first:
+//
+//	[failing query, named Bind (skipped)] Sync   the first use follows an error
+//	[named Bind] Sync
+//	[named Bind, failing query, named Bind (skipped)] Sync
+//	[named Bind] Sync
+//
+// Inside a failed segment the server skips everything up to the Sync,
+// including anything the proxy added there, and the proxy's accounting must
+// still line up for the segments after it.
 func txPgxPipelineWithError(ctx context.Context, conn *pgx.Conn, g, i int) error {
-	x1, x2, x3 := g*100+i, g*100+i+1, g*100+i+2
+	x := func(k int) int { return g*100 + i + k }
 	param := func(v int) [][]byte { return [][]byte{[]byte(strconv.Itoa(v))} }
+	const failing = "SELECT 10 / $1::int4"
 
 	pipe := conn.PgConn().StartPipeline(ctx)
-	pipe.SendQueryPrepared(txPgxTripleStmt, param(x1), nil, nil)
-	pipe.SendQueryParams("SELECT 10 / $1::int4", param(0), nil, nil, nil)
-	pipe.SendQueryPrepared(txPgxTripleStmt, param(x2), nil, nil)
+	pipe.SendQueryParams(failing, param(0), nil, nil, nil)
+	pipe.SendQueryPrepared(txPgxTripleStmt, param(x(1)), nil, nil)
 	pipe.SendPipelineSync()
-	pipe.SendQueryPrepared(txPgxTripleStmt, param(x3), nil, nil)
+	pipe.SendQueryPrepared(txPgxTripleStmt, param(x(2)), nil, nil)
+	pipe.SendPipelineSync()
+	pipe.SendQueryPrepared(txPgxTripleStmt, param(x(3)), nil, nil)
+	pipe.SendQueryParams(failing, param(0), nil, nil, nil)
+	pipe.SendQueryPrepared(txPgxTripleStmt, param(x(4)), nil, nil)
+	pipe.SendPipelineSync()
+	pipe.SendQueryPrepared(txPgxTripleStmt, param(x(5)), nil, nil)
 	pipe.SendPipelineSync()
 	if err := pipe.Flush(); err != nil {
 		_ = pipe.Close()
@@ -351,21 +363,28 @@ func txPgxPipelineWithError(ctx context.Context, conn *pgx.Conn, g, i int) error
 		return nil
 	}
 
-	err := func() error {
-		if err := expect("first segment, first query", 3*x1); err != nil {
-			return err
-		}
+	expectError := func(what string) error {
 		if _, err := pipe.GetResults(); txCode(err) != "22012" {
-			return fmt.Errorf("pipeline: failing query: want division_by_zero (22012), got %v", err)
+			return fmt.Errorf("pipeline: %s: want division_by_zero (22012), got %v", what, err)
 		}
-		if err := expectSync("end of the failed segment"); err != nil {
-			return err
+		return nil
+	}
+	err := func() error {
+		steps := []func() error{
+			func() error { return expectError("segment 1, failing query") },
+			func() error { return expectSync("end of segment 1") },
+			func() error { return expect("segment 2", 3*x(2)) },
+			func() error { return expectSync("end of segment 2") },
+			func() error { return expect("segment 3, first query", 3*x(3)) },
+			func() error { return expectError("segment 3, failing query") },
+			func() error { return expectSync("end of segment 3") },
+			func() error { return expect("segment 4", 3*x(5)) },
+			func() error { return expectSync("end of segment 4") },
 		}
-		if err := expect("second segment", 3*x3); err != nil {
-			return err
-		}
-		if err := expectSync("end of the second segment"); err != nil {
-			return err
+		for _, step := range steps {
+			if err := step(); err != nil {
+				return err
+			}
 		}
 		res, err := pipe.GetResults()
 		if res != nil || err != nil {
