@@ -24,6 +24,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"go.uber.org/goleak"
 )
 
 // pg is the cluster shared by every test, started by TestMain. Tests that
@@ -90,6 +91,12 @@ func runTests(m *testing.M) int {
 		if code == 0 {
 			code = 1
 		}
+	}
+	// The harness owns goroutines too (process waiters, stats pollers,
+	// pgx connections): none may outlive the tests and the cluster.
+	if err := goleak.Find(); err != nil && code == 0 {
+		fmt.Fprintf(os.Stderr, "e2e: FAIL: goroutines leaked by the tests: %v\n", err)
+		code = 1
 	}
 	return code
 }
