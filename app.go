@@ -101,6 +101,12 @@ func start(cfg *Config, path string, environ []string, logOut io.Writer) (*app, 
 	a.serve("proxy", a.ln, a.proxy.Serve)
 	a.serve("health", a.healthLn, a.health.Serve)
 
+	if (cfg.Auth.Method == "trust" || cfg.Auth.Method == "plain") && !loopback(a.ln.Addr()) {
+		a.log.Warn("auth.method "+cfg.Auth.Method+" on a listener other hosts can reach: "+
+			"passwords are not checked (trust) or travel in clear text (plain)",
+			"listen", a.ln.Addr().String())
+	}
+
 	dbs := make([]string, 0, len(targets))
 	for _, t := range targets {
 		dbs = append(dbs, t.Name+"="+t.Redacted())
@@ -276,6 +282,12 @@ func (a *app) closePools() {
 		go func() { defer wg.Done(); p.Close() }() // ends when the pool has stopped
 	}
 	wg.Wait()
+}
+
+// loopback reports whether addr accepts connections from this host only.
+func loopback(addr net.Addr) bool {
+	tcp, ok := addr.(*net.TCPAddr)
+	return ok && tcp.IP.IsLoopback()
 }
 
 // displayPath renders the config file for the ready line.

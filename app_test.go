@@ -441,3 +441,11 @@ func TestShutdownTimeoutForcesClose(t *testing.T) {
 		t.Error("the transaction survived shutdown_timeout")
 	}
 }
+
+func TestLoopback(t *testing.T) {
+	for ip, want := range map[string]bool{"127.0.0.1": true, "::1": true, "0.0.0.0": false, "::": false, "10.1.2.3": false} {
+		if got := loopback(&net.TCPAddr{IP: net.ParseIP(ip), Port: 6432}); got != want {
+			t.Errorf("loopback(%s) = %v, want %v", ip, got, want)
+		}
+	}
+}

@@ -19,6 +19,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"runtime"
@@ -76,7 +77,15 @@ func run(ctx context.Context, args []string, environ []string, stdout io.Writer)
 	sigc := make(chan os.Signal, 4)
 	signal.Notify(sigc, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	defer signal.Stop(sigc)
-	return serve(ctx, cfg, path, environ, stdout, sigc)
+
+	a, err := start(cfg, path, environ, stdout)
+	if err != nil {
+		return err
+	}
+	// Whatever logs through the default logger (a library, or a component
+	// built without one) gets the configured format and level too.
+	slog.SetDefault(a.log)
+	return a.wait(ctx, sigc)
 }
 
 // serve starts everything cfg describes and runs until ctx ends or sigc
