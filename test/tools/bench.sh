@@ -196,6 +196,7 @@ for _ in $workloads; do for _ in $modes; do for _ in $clients_list; do cells=$((
 ntargets=$(wc -w <<<"$targets")
 log "$cells cells x $rounds rounds x $ntargets targets x ${secs}s: about $((cells * rounds * ntargets * (secs + 2) / 60 + 1)) minutes (capped at $max_minutes)"
 deadline=$((SECONDS + max_minutes * 60))
+load_at_start=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)
 
 # run_one TARGET WORKLOAD MODE CLIENTS: one pgbench run, added to the sums.
 run_one() {
@@ -205,8 +206,8 @@ run_one() {
 	out=$(timeout $((secs + 60)) "$pgbench_bin" "${args[@]}" -h 127.0.0.1 -p "${port[$target]}" -U "$user" "$db" 2>&1) && rc=0 || rc=$?
 	tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out" | head -n 1)
 	failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' <<<"$out" | head -n 1)
-	if [ "$rc" -ne 0 ]; then
-		aborted[$key]=$((${aborted[$key]:-0} + 1))
+	[ "$rc" -eq 0 ] || aborted[$key]=$((${aborted[$key]:-0} + 1))
+	if [ "$rc" -ne 0 ] || [ -z "$tps" ]; then
 		printf '%s\n' "--- $key (exit $rc)" "$out" >>"$dir/failures.log"
 	fi
 	# A run that printed no TPS (it aborted, or every connection took the
@@ -263,7 +264,9 @@ failures() { # failures KEY: failed transactions over the runs, plus runs that a
 	echo "pgbench, ${secs}s per run, $rounds interleaved rounds (mean TPS), scale $scale, -j up to $jobs;"
 	echo "PostgreSQL with fsync=off, synchronous_commit=off, full_page_writes=off; pools of $pool_size in transaction mode."
 	echo "ratio = TPS / direct TPS. failed = pgbench's failed transactions over all runs; a run whose pgbench exited"
-	echo "with an error (a client aborted, e.g. \"prepared statement does not exist\") is counted as aborted."
+	echo "with an error (a client aborted, e.g. \"prepared statement does not exist\") is counted as aborted; one"
+	echo "\"without TPS\" processed no transaction (e.g. its connections took all of -T) and is left out of the mean."
+	echo "Machine: $(nproc) cores, load average $load_at_start at the start: other work on it skews every column."
 	echo
 	header="| workload | mode | clients | direct TPS"
 	rule="|---|---|---:|---:"
