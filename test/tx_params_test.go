@@ -116,8 +116,9 @@ func TestTxSessionParamsSharedBackend(t *testing.T) {
 	clients := []*txTwin{a, b, c}
 
 	// round interleaves the clients n times, rotating who goes first, so
-	// the one backend switches client before almost every statement.
-	round := func(n int) {
+	// the one backend switches client before almost every statement. It
+	// stops the phase at the first round with a difference.
+	round := func(t *testing.T, n int) {
 		t.Helper()
 		for k := range n {
 			for j := range clients {
@@ -129,59 +130,73 @@ func TestTxSessionParamsSharedBackend(t *testing.T) {
 		}
 	}
 
-	round(5)
-	// The clients really differ, or the comparison above proved nothing.
-	if txResult(ctx, a.proxy, txParamsChecks[5]) == txResult(ctx, b.proxy, txParamsChecks[5]) {
-		t.Fatalf("clients a and b see the same timestamptz text: the setup is wrong")
-	}
-	// Only one backend served all three.
-	pids := map[string]bool{}
-	for _, cl := range clients {
-		pids[txResult(ctx, cl.proxy, "SELECT pg_backend_pid()")] = true
-	}
-	if len(pids) != 1 {
-		t.Errorf("pool max_size 1, but the clients saw backends %v", pids)
-	}
+	// Each phase is a subtest, so a phase that fails still lets the later
+	// ones show what works.
+	t.Run("startup parameters", func(t *testing.T) {
+		round(t, 5)
+		// The clients really differ, or the comparison proved nothing.
+		if txResult(ctx, a.direct, txParamsChecks[5]) == txResult(ctx, b.direct, txParamsChecks[5]) {
+			t.Fatalf("clients a and b see the same timestamptz text directly: the setup is wrong")
+		}
+		// Only one backend served all three.
+		pids := map[string]bool{}
+		for _, cl := range clients {
+			pids[txResult(ctx, cl.proxy, "SELECT pg_backend_pid()")] = true
+		}
+		if len(pids) != 1 {
+			t.Errorf("pool max_size 1, but the clients saw backends %v", pids)
+		}
+	})
 
-	// SET of reported parameters.
-	a.do(ctx, t, "SET TimeZone = 'Europe/Berlin'")
-	b.do(ctx, t, "SET DateStyle = 'German'")
-	b.do(ctx, t, "SET application_name = 'tx-params-b2'")
-	c.do(ctx, t, "SET IntervalStyle = 'iso_8601'")
-	round(5)
+	t.Run("SET", func(t *testing.T) {
+		a.do(ctx, t, "SET TimeZone = 'Europe/Berlin'")
+		b.do(ctx, t, "SET DateStyle = 'German'")
+		b.do(ctx, t, "SET application_name = 'tx-params-b2'")
+		c.do(ctx, t, "SET IntervalStyle = 'iso_8601'")
+		round(t, 5)
+	})
 
 	// search_path is not reported by PostgreSQL < 18, so only the client's
 	// SET says what it is.
-	a.do(ctx, t, "SET search_path = tx_sp_a, public")
-	b.do(ctx, t, "SET search_path TO tx_sp_b")
-	for range 5 {
-		for _, cl := range clients {
-			cl.do(ctx, t, "SHOW search_path")
-			cl.do(ctx, t, "SELECT v FROM whoami") // c: 42P01, like its twin
+	t.Run("SET search_path", func(t *testing.T) {
+		a.do(ctx, t, "SET search_path = tx_sp_a, public")
+		b.do(ctx, t, "SET search_path TO tx_sp_b")
+		for range 5 {
+			for _, cl := range clients {
+				cl.do(ctx, t, "SHOW search_path")
+				cl.do(ctx, t, "SELECT v FROM whoami") // c: 42P01, like its twin
+			}
+			if t.Failed() {
+				t.FailNow()
+			}
 		}
-	}
-	round(2)
+		round(t, 2)
+	})
 
 	// SET LOCAL lasts for its transaction only, and a rolled-back SET never
 	// happened.
-	a.do(ctx, t, "BEGIN")
-	a.do(ctx, t, "SET LOCAL TimeZone = 'Asia/Kolkata'")
-	a.check(ctx, t)
-	a.do(ctx, t, "COMMIT")
-	b.do(ctx, t, "BEGIN")
-	b.do(ctx, t, "SET TimeZone = 'Australia/Sydney'")
-	b.check(ctx, t)
-	b.do(ctx, t, "ROLLBACK")
-	round(3)
+	t.Run("SET LOCAL and rolled-back SET", func(t *testing.T) {
+		a.do(ctx, t, "BEGIN")
+		a.do(ctx, t, "SET LOCAL TimeZone = 'Asia/Kolkata'")
+		a.check(ctx, t)
+		a.do(ctx, t, "COMMIT")
+		b.do(ctx, t, "BEGIN")
+		b.do(ctx, t, "SET TimeZone = 'Australia/Sydney'")
+		b.check(ctx, t)
+		b.do(ctx, t, "ROLLBACK")
+		round(t, 3)
+	})
 
 	// RESET goes back to the client's own startup value, not the backend's.
-	a.do(ctx, t, "RESET TimeZone")
-	b.do(ctx, t, "RESET ALL")
-	c.do(ctx, t, "RESET IntervalStyle")
-	round(5)
-	for _, cl := range clients {
-		cl.do(ctx, t, "SELECT v FROM whoami")
-	}
+	t.Run("RESET", func(t *testing.T) {
+		a.do(ctx, t, "RESET TimeZone")
+		b.do(ctx, t, "RESET ALL")
+		c.do(ctx, t, "RESET IntervalStyle")
+		round(t, 5)
+		for _, cl := range clients {
+			cl.do(ctx, t, "SELECT v FROM whoami")
+		}
+	})
 }
 
 // TestTxSetFollowsClient: eight clients SET their own TimeZone and
