@@ -35,6 +35,7 @@ type backend struct {
 	passSwallow   bool // ... or dropped
 	fatal         bool // the server sent a FATAL error: it is closing
 	busy          bool // session mode: a transaction is open (leak detection)
+	busyReported  bool // what the pool was last told
 }
 
 // backendFor returns the proxy state of conn, creating it on first use.

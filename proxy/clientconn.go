@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
@@ -96,17 +97,22 @@ func (s *Server) serveConn(conn net.Conn) {
 			"raise pool.max_client_conn, or have the application use fewer connections"))
 		return
 	}
+	// Authenticate before saying whether the database exists, as
+	// PostgreSQL does, so that a stranger learns nothing.
 	db := live.Databases[sm.database]
+	password, known := lookupUser(live.Databases, db, sm.user)
+	if err := authenticate(sm, conn, live.AuthMethod, password, known); err != nil {
+		var pe *pgError
+		if errors.As(err, &pe) && pe.Code == codeInvalidPassword {
+			s.stats.authFailures.Add(1)
+		}
+		s.rejectStartup(conn, lg, err)
+		return
+	}
 	if db == nil {
 		s.rejectStartup(conn, lg, newFatal(codeInvalidCatalogName,
 			fmt.Sprintf("database %q does not exist in pgsidecar", sm.database),
 			"pgsidecar serves: "+databaseNames(live.Databases)+"; fix the database name in the connection string, or add it under databases in the config"))
-		return
-	}
-	password, known := db.Users[sm.user]
-	if err := authenticate(sm, conn, live.AuthMethod, password, known); err != nil {
-		s.stats.authFailures.Add(1)
-		s.rejectStartup(conn, lg, err)
 		return
 	}
 
@@ -160,6 +166,21 @@ func (s *Server) serveConn(conn net.Conn) {
 	}
 }
 
+// lookupUser finds the password of user: in db when it exists, else in any
+// database (so that an unknown database is reported only after a good login).
+func lookupUser(dbs map[string]*Database, db *Database, user string) (string, bool) {
+	if db != nil {
+		p, ok := db.Users[user]
+		return p, ok
+	}
+	for _, d := range dbs {
+		if p, ok := d.Users[user]; ok {
+			return p, true
+		}
+	}
+	return "", false
+}
+
 // rejectStartup tells a client why it cannot go on, and logs it once.
 func (s *Server) rejectStartup(conn net.Conn, lg *slog.Logger, err error) {
 	if errors.Is(err, io.EOF) {
@@ -188,6 +209,14 @@ func (c *clientConn) greet() error {
 		c.conn.Write(acquireErrorResponse(err, true).appendTo(nil))
 		return err
 	}
+	if err := c.checkStartupParams(params); err != nil {
+		var pe *pgError
+		if !errors.As(err, &pe) {
+			pe = acquireErrorResponse(err, true)
+		}
+		c.conn.Write(pe.appendTo(nil))
+		return err
+	}
 	buf, _ := (&pgproto3.AuthenticationOk{}).Encode(nil)
 	for k, v := range params {
 		if w, ok := c.want[strings.ToLower(k)]; ok {
@@ -204,6 +233,54 @@ func (c *clientConn) greet() error {
 	buf = appendReadyForQuery(buf, 'I')
 	_, err = c.conn.Write(buf)
 	return err
+}
+
+// checkStartupParams refuses a client whose startup parameters the server
+// rejects, as PostgreSQL refuses the connection, instead of failing every
+// transaction later when they are replayed. Each (name, value) the server
+// accepted once is remembered, so this costs a round trip only the first time.
+func (c *clientConn) checkStartupParams(server map[string]string) error {
+	var calls []string
+	var keys []string
+	for k, v := range c.startupParams {
+		if def, ok := server[canonicalParamName(k)]; ok && def == v.val {
+			continue
+		}
+		key := k + "=" + v.val
+		if c.srv.paramAccepted(key) {
+			continue
+		}
+		calls = append(calls, "set_config("+quoteLiteral(k)+", "+quoteLiteral(v.val)+", true)")
+		keys = append(keys, key)
+	}
+	if len(calls) == 0 {
+		return nil
+	}
+	conn, err := c.db.Pool.Acquire(c.ctx)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(c.ctx, 10*time.Second)
+	defer cancel()
+	// is_local settings vanish when the statement's implicit transaction ends.
+	err = conn.Server().Exec(ctx, "SELECT "+strings.Join(calls, ", "))
+	var pgErr *pgconn.PgError
+	switch {
+	case err == nil:
+		conn.Release()
+		for _, k := range keys {
+			c.srv.acceptParam(k)
+		}
+		return nil
+	case errors.As(err, &pgErr):
+		conn.Release()
+		c.log.Info("client startup parameter rejected by the server", "err", pgErr.Message)
+		return newFatal(pgErr.Code, pgErr.Message,
+			"fix the startup parameter the client sends (its options / PGOPTIONS or driver setting)")
+	default:
+		conn.Destroy("checking startup parameters failed: " + err.Error())
+		return err
+	}
 }
 
 // isReportedParam lists parameters PostgreSQL reports even when the server

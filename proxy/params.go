@@ -57,6 +57,29 @@ func quoteLiteral(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", "''") + "'"
 }
 
+// paramsInSync reports whether a backend already has the values the client
+// expects; it is the allocation-free check done on every acquire.
+func paramsInSync(want, have, defaults map[string]paramValue) bool {
+	for k, w := range want {
+		h, ok := have[k]
+		if !ok {
+			h, ok = defaults[k]
+		}
+		if !ok || h != w {
+			return false
+		}
+	}
+	for k, h := range have {
+		if _, ok := want[k]; ok {
+			continue
+		}
+		if d, ok := defaults[k]; !ok || d != h {
+			return false
+		}
+	}
+	return true
+}
+
 // paramSyncSQL returns the statements that bring a backend whose current
 // values are have (with connect-time defaults defaults) to the values the
 // client expects (want), or "" when they already match. It updates have.

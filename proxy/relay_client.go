@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"time"
@@ -278,9 +279,12 @@ func (c *clientConn) acquire() (*backend, error) {
 	c.be = b
 	c.stopReader, c.wake = false, false
 	c.txStatus = 'I'
-	if sql := paramSyncSQL(c.want, b.params, b.defaults); sql != "" {
-		b.cout = appendQuery(b.cout[:0], sql)
-		c.q.push(request{kind: reqQuery, swallow: true})
+	if !paramsInSync(c.want, b.params, b.defaults) {
+		// The backend's values change only if the SETs succeed: they run
+		// as one implicit transaction, all or nothing.
+		next := maps.Clone(b.params)
+		b.cout = appendQuery(b.cout[:0], paramSyncSQL(c.want, next, b.defaults))
+		c.q.push(request{kind: reqQuery, swallow: true, syncTo: next})
 	}
 	done := make(chan struct{})
 	c.readerDone = done
@@ -386,11 +390,11 @@ func (c *clientConn) build(b *backend) (out []byte, wake bool, err error) {
 // it is handled (it is inspected or rewritten).
 func (c *clientConn) needsWhole(typ byte, bodyLen int) bool {
 	switch typ {
-	case msgTerminate, msgSync:
-		return true
+	case msgTerminate, msgSync, msgDescribe, msgClose, msgExecute:
+		return true // small, and their replies depend on their content
 	case msgQuery:
 		return bodyLen <= maxWholeQuery
-	case msgParse, msgBind, msgDescribe, msgClose:
+	case msgParse, msgBind:
 		return c.mode == ModeTransaction
 	}
 	return false
@@ -401,9 +405,6 @@ func (c *clientConn) notePartial(typ byte) {
 	switch typ {
 	case msgQuery, msgFunctionCall:
 		c.q.push(request{kind: reqQuery})
-	case msgExecute:
-		c.inBatch = true
-		c.q.push(request{kind: reqExecute})
 	case msgParse:
 		c.inBatch = true
 		c.q.push(request{kind: reqParse})

@@ -53,6 +53,12 @@ func (c *clientConn) serverLoop(b *backend, done chan struct{}) {
 			c.serverLost(b, rerr)
 			return
 		}
+		if b.busy != b.busyReported {
+			// Session mode: the pool's leak detector times transactions,
+			// not the whole session.
+			b.busyReported = b.busy
+			b.conn.SetBusy(b.busy)
+		}
 		if len(out) > 0 {
 			if _, err := c.conn.Write(out); err != nil {
 				// The client is gone; its reader will notice and clean up.
@@ -107,8 +113,8 @@ func (c *clientConn) releaseBackend(b *backend) {
 	}
 	b.conn.AddQueries(b.queries)
 	b.queries = 0
-	if b.busy {
-		b.busy = false
+	if b.busyReported {
+		b.busy, b.busyReported = false, false
 		b.conn.SetBusy(false)
 	}
 	b.conn.Release()
@@ -250,12 +256,11 @@ func (c *clientConn) routeOne(b *backend, typ byte, msg []byte, total int) (swal
 		b.queries++
 		if !r.failed {
 			c.applyCompleted(b, &r)
+		} else if r.syncTo != nil {
+			c.log.Warn("bringing a server connection to the client's session parameters failed; the client sees the error")
 		}
 		if c.mode == ModeSession {
-			if busy := c.txStatus != 'I'; busy != b.busy {
-				b.busy = busy
-				b.conn.SetBusy(busy)
-			}
+			b.busy = c.txStatus != 'I'
 		}
 		return r.swallow, nil
 
@@ -356,6 +361,9 @@ func (c *clientConn) undoParse(b *backend, r *request) {
 
 // applyCompleted updates the tracked state once a Query succeeded.
 func (c *clientConn) applyCompleted(b *backend, r *request) {
+	if r.syncTo != nil {
+		b.params = r.syncTo
+	}
 	for _, ch := range r.sets {
 		c.applyParamChange(b, ch)
 	}

@@ -37,6 +37,8 @@ type request struct {
 	deallocAll bool // DEALLOCATE ALL or DISCARD ALL: the backend drops its statements
 	resetAll   bool // RESET ALL or DISCARD ALL: parameters go back to the session defaults
 	failed     bool // an ErrorResponse arrived within this Query
+	// syncTo is the backend's parameter set once the proxy's own SETs succeed.
+	syncTo map[string]paramValue
 }
 
 // requestQueue is a FIFO ring of requests; it reuses its storage so the

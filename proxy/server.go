@@ -33,6 +33,7 @@ type Server struct {
 	clients   map[*clientConn]struct{}
 	closed    bool
 	params    map[string]map[string]string // per database: server ParameterStatus to greet clients with
+	accepted  map[string]struct{}          // "name=value" startup parameters a server accepted
 	wg        sync.WaitGroup               // one per client goroutine
 
 	draining atomic.Bool
@@ -55,6 +56,7 @@ func New(cfg Config) (*Server, error) {
 		listeners: make(map[net.Listener]struct{}),
 		clients:   make(map[*clientConn]struct{}),
 		params:    make(map[string]map[string]string),
+		accepted:  make(map[string]struct{}),
 	}
 	live := cfg
 	s.live.Store(&live)
@@ -249,6 +251,25 @@ func (s *Server) removeClient(c *clientConn) {
 		delete(s.clients, c)
 		s.stats.total.Add(-1)
 	}
+	s.mu.Unlock()
+}
+
+// maxAcceptedParams bounds the remembered startup parameters.
+const maxAcceptedParams = 4096
+
+func (s *Server) paramAccepted(key string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.accepted[key]
+	return ok
+}
+
+func (s *Server) acceptParam(key string) {
+	s.mu.Lock()
+	if len(s.accepted) >= maxAcceptedParams {
+		clear(s.accepted)
+	}
+	s.accepted[key] = struct{}{}
 	s.mu.Unlock()
 }
 

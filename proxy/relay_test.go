@@ -1,0 +1,628 @@
+package proxy
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"log/slog"
+	"strings"
+	"testing"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// testRelay builds a client and a backend wired as after an acquire,
+// without sockets: the tests drive build (client -> server) and route
+// (server -> client) directly, as run() and serverLoop() do.
+func testRelay(mode Mode, maxPrepared int) (*clientConn, *backend) {
+	s := &Server{
+		cfg:   Config{Mode: mode, MaxMessageSize: 1 << 20, MaxPreparedStatements: maxPrepared},
+		stmts: newStatementRegistry(),
+		log:   slog.New(slog.NewTextHandler(io.Discard, nil)),
+	}
+	c := &clientConn{
+		srv: s, mode: mode, log: s.log, txStatus: 'I',
+		want: map[string]paramValue{}, stmts: map[string]*statement{}, startupParams: map[string]paramValue{},
+		rbuf: make([]byte, 16),
+	}
+	return c, attachBackend(c, maxPrepared)
+}
+
+func attachBackend(c *clientConn, maxPrepared int) *backend {
+	b := &backend{
+		defaults: map[string]paramValue{"timezone": {val: "UTC"}},
+		params:   map[string]paramValue{"timezone": {val: "UTC"}},
+		prepared: newPreparedSet(maxPrepared),
+		rbuf:     make([]byte, 16),
+	}
+	c.be = b
+	return b
+}
+
+// pumpClient feeds client bytes in the given chunk sizes (0 = all at once)
+// through build, managing the buffer as run() does.
+func pumpClient(t testing.TB, c *clientConn, b *backend, data []byte, chunk int) []byte {
+	t.Helper()
+	var out []byte
+	for len(data) > 0 || c.rstart < c.rend {
+		if c.rstart == c.rend {
+			c.rstart, c.rend = 0, 0
+		}
+		if need := c.wantBytes; need > len(c.rbuf)-c.rstart {
+			c.growRead(need)
+		} else if c.rend == len(c.rbuf) && c.rstart > 0 {
+			c.rend = copy(c.rbuf, c.rbuf[c.rstart:c.rend])
+			c.rstart = 0
+		}
+		n := len(data)
+		if chunk > 0 {
+			n = min(n, chunk)
+		}
+		n = copy(c.rbuf[c.rend:], data[:n])
+		c.rend += n
+		data = data[n:]
+		o, _, err := c.build(b)
+		if err != nil {
+			t.Fatalf("build: %v", err)
+		}
+		out = append(out, o...)
+		b.cout = o[:0]
+		if n == 0 && len(data) == 0 {
+			break
+		}
+	}
+	return out
+}
+
+// pumpServer feeds backend bytes through route in chunks.
+func pumpServer(t testing.TB, c *clientConn, b *backend, data []byte, chunk int) (out []byte, release bool) {
+	t.Helper()
+	for len(data) > 0 || b.rstart < b.rend {
+		if b.rstart == b.rend {
+			b.rstart, b.rend = 0, 0
+		}
+		if b.want > len(b.rbuf)-b.rstart {
+			b.growRead(b.want)
+		} else if b.rend == len(b.rbuf) && b.rstart > 0 {
+			b.rend = copy(b.rbuf, b.rbuf[b.rstart:b.rend])
+			b.rstart = 0
+		}
+		n := len(data)
+		if chunk > 0 {
+			n = min(n, chunk)
+		}
+		n = copy(b.rbuf[b.rend:], data[:n])
+		b.rend += n
+		data = data[n:]
+		o, rel, err := c.route(b)
+		if err != nil {
+			t.Fatalf("route: %v", err)
+		}
+		out = append(out, o...)
+		release = rel
+		if n == 0 && len(data) == 0 {
+			break
+		}
+	}
+	return out, release
+}
+
+func enc(msgs ...pgproto3.Message) []byte {
+	var b []byte
+	for _, m := range msgs {
+		var err error
+		b, err = m.Encode(b)
+		if err != nil {
+			panic(err)
+		}
+	}
+	return b
+}
+
+// decodeBackend decodes a stream the proxy sends to a server.
+func decodeFrontendMsgs(t testing.TB, data []byte) []pgproto3.FrontendMessage {
+	t.Helper()
+	be := pgproto3.NewBackend(bytes.NewReader(data), io.Discard)
+	var msgs []pgproto3.FrontendMessage
+	for {
+		m, err := be.Receive()
+		if err != nil {
+			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+				return msgs
+			}
+			t.Fatalf("decoding what the proxy sent: %v", err)
+		}
+		// Receive reuses message structs: keep a description.
+		msgs = append(msgs, copyFrontend(m))
+	}
+}
+
+func copyFrontend(m pgproto3.FrontendMessage) pgproto3.FrontendMessage {
+	switch v := m.(type) {
+	case *pgproto3.Parse:
+		c := *v
+		return &c
+	case *pgproto3.Bind:
+		c := *v
+		return &c
+	case *pgproto3.Describe:
+		c := *v
+		return &c
+	case *pgproto3.Close:
+		c := *v
+		return &c
+	case *pgproto3.Query:
+		c := *v
+		return &c
+	}
+	return m
+}
+
+func decodeBackendMsgs(t testing.TB, data []byte) []byte {
+	t.Helper()
+	var types []byte
+	for len(data) > 0 {
+		if len(data) < 5 {
+			t.Fatalf("truncated message in %q", data)
+		}
+		typ, n := parseHeader(data)
+		types = append(types, typ)
+		data = data[5+n:]
+	}
+	return types
+}
+
+// A response split at every possible byte boundary routes to the same
+// bytes and the same release decision as the whole response.
+func TestRouteSplitsAtEveryBoundary(t *testing.T) {
+	resp := enc(
+		&pgproto3.RowDescription{Fields: []pgproto3.FieldDescription{{Name: []byte("x"), DataTypeOID: 23, DataTypeSize: 4, TypeModifier: -1}}},
+		&pgproto3.DataRow{Values: [][]byte{[]byte(strings.Repeat("7", 40))}},
+		&pgproto3.DataRow{Values: [][]byte{[]byte("8")}},
+		&pgproto3.NoticeResponse{Severity: "NOTICE", Code: "00000", Message: "hi"},
+		&pgproto3.ParameterStatus{Name: "TimeZone", Value: "Europe/Paris"},
+		&pgproto3.CommandComplete{CommandTag: []byte("SELECT 2")},
+		&pgproto3.ReadyForQuery{TxStatus: 'I'},
+	)
+	for chunk := 1; chunk <= len(resp); chunk++ {
+		c, b := testRelay(ModeTransaction, 10)
+		c.q.push(request{kind: reqQuery})
+		out, release := pumpServer(t, c, b, resp, chunk)
+		if !bytes.Equal(out, resp) {
+			t.Fatalf("chunk %d: output differs:\n got %q\nwant %q", chunk, out, resp)
+		}
+		if !release || c.q.len() != 0 || c.txStatus != 'I' {
+			t.Fatalf("chunk %d: release=%v queue=%d status=%c", chunk, release, c.q.len(), c.txStatus)
+		}
+		if c.want["timezone"].val != "Europe/Paris" || b.params["timezone"].val != "Europe/Paris" {
+			t.Fatalf("chunk %d: ParameterStatus not tracked: client %v backend %v", chunk, c.want, b.params)
+		}
+	}
+}
+
+// A transaction ('T') or a failed one ('E') keeps the backend.
+func TestRouteKeepsBackendInTransaction(t *testing.T) {
+	for _, st := range []byte{'T', 'E'} {
+		c, b := testRelay(ModeTransaction, 10)
+		c.q.push(request{kind: reqQuery})
+		_, release := pumpServer(t, c, b, enc(&pgproto3.CommandComplete{CommandTag: []byte("BEGIN")}, &pgproto3.ReadyForQuery{TxStatus: st}), 0)
+		if release {
+			t.Fatalf("status %c: backend released inside a transaction", st)
+		}
+	}
+}
+
+// Pipelined requests release only after the last 'Z'.
+func TestRoutePipelineReleasesAfterLastReady(t *testing.T) {
+	c, b := testRelay(ModeTransaction, 10)
+	c.q.push(request{kind: reqQuery})
+	c.q.push(request{kind: reqQuery})
+	one := enc(&pgproto3.EmptyQueryResponse{}, &pgproto3.ReadyForQuery{TxStatus: 'I'})
+	if _, release := pumpServer(t, c, b, one, 0); release {
+		t.Fatal("released with a second query outstanding")
+	}
+	if _, release := pumpServer(t, c, b, one, 0); !release {
+		t.Fatal("not released after the last ReadyForQuery")
+	}
+}
+
+func TestRouteRejectsBadLength(t *testing.T) {
+	for _, l := range []uint32{0, 3, 1 << 30} {
+		c, b := testRelay(ModeTransaction, 10)
+		c.q.push(request{kind: reqQuery})
+		msg := []byte{'D', byte(l >> 24), byte(l >> 16), byte(l >> 8), byte(l), 0, 0}
+		copy(b.rbuf, msg)
+		b.rend = len(msg)
+		if _, _, err := c.route(b); !errors.Is(err, errLostTrack) {
+			t.Fatalf("length %d: got %v, want errLostTrack", l, err)
+		}
+	}
+}
+
+func TestBuildRejectsBadLength(t *testing.T) {
+	for _, l := range []uint32{0, 3, 1<<20 + 100} {
+		c, b := testRelay(ModeTransaction, 10)
+		msg := []byte{'Q', byte(l >> 24), byte(l >> 16), byte(l >> 8), byte(l), 0}
+		copy(c.rbuf, msg)
+		c.rend = len(msg)
+		_, _, err := c.build(b)
+		var pe *pgError
+		if !errors.As(err, &pe) || pe.Code != codeProtocolViolation || !c.poisoned {
+			t.Fatalf("length %d: got %v (poisoned %v), want a 08P01 protocol violation", l, err, c.poisoned)
+		}
+	}
+}
+
+// Client messages split at every boundary reach the server unchanged
+// (session mode) and with the same bookkeeping.
+func TestBuildSplitsAtEveryBoundary(t *testing.T) {
+	req := enc(
+		&pgproto3.Parse{Name: "", Query: "select $1::int"},
+		&pgproto3.Bind{Parameters: [][]byte{[]byte(strings.Repeat("1", 30))}},
+		&pgproto3.Describe{ObjectType: 'P'},
+		&pgproto3.Execute{},
+		&pgproto3.Sync{},
+		&pgproto3.Query{String: "select 1"},
+	)
+	for _, mode := range []Mode{ModeSession, ModeTransaction} {
+		for chunk := 1; chunk <= len(req); chunk++ {
+			c, b := testRelay(mode, 10)
+			out := pumpClient(t, c, b, req, chunk)
+			if !bytes.Equal(out, req) {
+				t.Fatalf("%s chunk %d: forwarded bytes differ", mode, chunk)
+			}
+			if c.q.len() != 6 || c.q.syncs != 2 || c.inBatch {
+				t.Fatalf("%s chunk %d: queue=%d syncs=%d inBatch=%v", mode, chunk, c.q.len(), c.q.syncs, c.inBatch)
+			}
+		}
+	}
+}
+
+// A named statement gets a content-derived name; a second client with the
+// same text on the same backend gets the proxy's own ParseComplete; a
+// backend that lacks it gets a Parse injected before the Bind, whose
+// ParseComplete the client never sees.
+func TestPreparedStatementsAcrossClientsAndBackends(t *testing.T) {
+	c1, b1 := testRelay(ModeTransaction, 10)
+	out := pumpClient(t, c1, b1, enc(&pgproto3.Parse{Name: "s1", Query: "select $1::int", ParameterOIDs: []uint32{23}}, &pgproto3.Sync{}), 0)
+	msgs := decodeFrontendMsgs(t, out)
+	p, ok := msgs[0].(*pgproto3.Parse)
+	if !ok || !strings.HasPrefix(p.Name, "pgsc_") || p.Query != "select $1::int" || len(p.ParameterOIDs) != 1 {
+		t.Fatalf("Parse not renamed as expected: %#v", msgs[0])
+	}
+	proxyName := p.Name
+	reply, release := pumpServer(t, c1, b1, enc(&pgproto3.ParseComplete{}, &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
+	if string(decodeBackendMsgs(t, reply)) != "1Z" || !release {
+		t.Fatalf("reply %q release %v", decodeBackendMsgs(t, reply), release)
+	}
+
+	// Another client, same text, same backend: answered by the proxy.
+	c2 := &clientConn{srv: c1.srv, mode: ModeTransaction, log: c1.log, txStatus: 'I', want: map[string]paramValue{},
+		stmts: map[string]*statement{}, startupParams: map[string]paramValue{}, rbuf: make([]byte, 16), be: b1}
+	out = pumpClient(t, c2, b1, enc(&pgproto3.Parse{Name: "other", Query: "select $1::int", ParameterOIDs: []uint32{23}}, &pgproto3.Sync{}), 0)
+	if got := decodeFrontendMsgs(t, out); len(got) != 1 {
+		t.Fatalf("a Parse the backend already has was forwarded: %#v", got)
+	}
+	reply, _ = pumpServer(t, c2, b1, enc(&pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
+	if string(decodeBackendMsgs(t, reply)) != "1Z" {
+		t.Fatalf("client 2 reply %q, want ParseComplete then ReadyForQuery", decodeBackendMsgs(t, reply))
+	}
+
+	// Client 1 moves to a fresh backend: Parse injected, Bind renamed.
+	b2 := attachBackend(c1, 10)
+	out = pumpClient(t, c1, b2, enc(&pgproto3.Bind{PreparedStatement: "s1", Parameters: [][]byte{[]byte("5")}}, &pgproto3.Describe{ObjectType: 'P'},
+		&pgproto3.Execute{}, &pgproto3.Sync{}), 0)
+	msgs = decodeFrontendMsgs(t, out)
+	if p, ok := msgs[0].(*pgproto3.Parse); !ok || p.Name != proxyName {
+		t.Fatalf("no Parse injected before Bind: %#v", msgs)
+	}
+	if bd, ok := msgs[1].(*pgproto3.Bind); !ok || bd.PreparedStatement != proxyName || string(bd.Parameters[0]) != "5" {
+		t.Fatalf("Bind not renamed: %#v", msgs[1])
+	}
+	reply, release = pumpServer(t, c1, b2, enc(&pgproto3.ParseComplete{}, &pgproto3.BindComplete{}, &pgproto3.NoData{},
+		&pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")}, &pgproto3.ReadyForQuery{TxStatus: 'I'}), 3)
+	if string(decodeBackendMsgs(t, reply)) != "2nCZ" || !release {
+		t.Fatalf("injected ParseComplete not swallowed: %q release %v", decodeBackendMsgs(t, reply), release)
+	}
+
+	// Close is the client's: answered by the proxy, the backend keeps it.
+	out = pumpClient(t, c1, b2, enc(&pgproto3.Close{ObjectType: 'S', Name: "s1"}, &pgproto3.Sync{}), 0)
+	if got := decodeFrontendMsgs(t, out); len(got) != 1 {
+		t.Fatalf("Close of a named statement forwarded: %#v", got)
+	}
+	reply, _ = pumpServer(t, c1, b2, enc(&pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
+	if string(decodeBackendMsgs(t, reply)) != "3Z" || c1.stmts["s1"] != nil || !b2.prepared.has(proxyName) {
+		t.Fatalf("Close: reply %q, client map %v", decodeBackendMsgs(t, reply), c1.stmts)
+	}
+}
+
+// An error inside a pipeline makes the server skip to Sync; the proxy's
+// bookkeeping skips with it and forgets the statement that failed to parse.
+func TestPipelineErrorSkipsToSync(t *testing.T) {
+	c, b := testRelay(ModeTransaction, 10)
+	pumpClient(t, c, b, enc(
+		&pgproto3.Parse{Name: "bad", Query: "selec 1"},
+		&pgproto3.Bind{PreparedStatement: "bad"},
+		&pgproto3.Execute{},
+		&pgproto3.Sync{},
+		&pgproto3.Query{String: "select 1"},
+	), 0)
+	reply, release := pumpServer(t, c, b, enc(
+		&pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "42601", Message: "syntax error"},
+		&pgproto3.ReadyForQuery{TxStatus: 'I'},
+		&pgproto3.RowDescription{}, &pgproto3.DataRow{}, &pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")},
+		&pgproto3.ReadyForQuery{TxStatus: 'I'},
+	), 0)
+	if string(decodeBackendMsgs(t, reply)) != "EZTDCZ" || !release || c.q.len() != 0 {
+		t.Fatalf("reply %q release %v queue %d", decodeBackendMsgs(t, reply), release, c.q.len())
+	}
+	if c.stmts["bad"] != nil || b.prepared.len() != 0 {
+		t.Fatalf("failed Parse still tracked: client %v backend %d", c.stmts, b.prepared.len())
+	}
+}
+
+// "cached plan must not change result type" retires the server-side name;
+// the client's next Bind prepares the statement afresh under a new name.
+func TestCachedPlanErrorReprepares(t *testing.T) {
+	c, b := testRelay(ModeTransaction, 10)
+	pumpClient(t, c, b, enc(&pgproto3.Parse{Name: "s", Query: "select * from t"}, &pgproto3.Sync{}), 0)
+	pumpServer(t, c, b, enc(&pgproto3.ParseComplete{}, &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
+	old := c.stmts["s"].name
+	pumpClient(t, c, b, enc(&pgproto3.Bind{PreparedStatement: "s"}, &pgproto3.Execute{}, &pgproto3.Sync{}), 0)
+	pumpServer(t, c, b, enc(&pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "0A000",
+		Message: "cached plan must not change result type"}, &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
+	out := pumpClient(t, c, b, enc(&pgproto3.Bind{PreparedStatement: "s"}, &pgproto3.Execute{}, &pgproto3.Sync{}), 0)
+	msgs := decodeFrontendMsgs(t, out)
+	var parsed, bound string
+	var closed []string
+	for _, m := range msgs {
+		switch v := m.(type) {
+		case *pgproto3.Parse:
+			parsed = v.Name
+		case *pgproto3.Bind:
+			bound = v.PreparedStatement
+		case *pgproto3.Close:
+			closed = append(closed, v.Name)
+		}
+	}
+	if parsed == "" || parsed == old || bound != parsed {
+		t.Fatalf("not re-prepared under a new name: old %s parsed %s bound %s", old, parsed, bound)
+	}
+	if len(closed) != 1 || closed[0] != old {
+		t.Fatalf("stale statement not closed on the backend: %v", closed)
+	}
+}
+
+// The per-backend set is an LRU: the oldest statement beyond the bound is
+// closed on the backend (its CloseComplete swallowed) at the next boundary.
+func TestPreparedLRUEviction(t *testing.T) {
+	c, b := testRelay(ModeTransaction, 2)
+	for i, q := range []string{"select 1", "select 2", "select 3"} {
+		pumpClient(t, c, b, enc(&pgproto3.Parse{Name: string(rune('a' + i)), Query: q}, &pgproto3.Sync{}), 0)
+		pumpServer(t, c, b, enc(&pgproto3.ParseComplete{}, &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
+	}
+	if b.prepared.len() != 2 || len(b.prepared.toClose) != 1 {
+		t.Fatalf("prepared %d, to close %v", b.prepared.len(), b.prepared.toClose)
+	}
+	out := pumpClient(t, c, b, enc(&pgproto3.Query{String: "select 4"}), 0)
+	msgs := decodeFrontendMsgs(t, out)
+	if cl, ok := msgs[0].(*pgproto3.Close); !ok || cl.ObjectType != 'S' {
+		t.Fatalf("no Close for the evicted statement: %#v", msgs)
+	}
+	reply, release := pumpServer(t, c, b, enc(&pgproto3.CloseComplete{}, &pgproto3.ReadyForQuery{TxStatus: 'I'},
+		&pgproto3.EmptyQueryResponse{}, &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
+	if string(decodeBackendMsgs(t, reply)) != "IZ" || !release {
+		t.Fatalf("eviction replies leaked to the client: %q", decodeBackendMsgs(t, reply))
+	}
+}
+
+// DEALLOCATE of a client's name deallocates the proxy statement and keeps
+// the reply PostgreSQL would give; DISCARD ALL clears everything on success.
+func TestDeallocateAndDiscard(t *testing.T) {
+	c, b := testRelay(ModeTransaction, 10)
+	pumpClient(t, c, b, enc(&pgproto3.Parse{Name: "MyStmt", Query: "select 1"}, &pgproto3.Sync{}), 0)
+	pumpServer(t, c, b, enc(&pgproto3.ParseComplete{}, &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
+	name := c.stmts["MyStmt"].name
+	out := pumpClient(t, c, b, enc(&pgproto3.Query{String: `DEALLOCATE "MyStmt"`}), 0)
+	if q, ok := decodeFrontendMsgs(t, out)[0].(*pgproto3.Query); !ok || q.String != "DEALLOCATE "+name {
+		t.Fatalf("DEALLOCATE not rewritten: %q", out)
+	}
+	if c.stmts["MyStmt"] != nil || b.prepared.has(name) {
+		t.Fatal("DEALLOCATE left the statement tracked")
+	}
+	pumpServer(t, c, b, enc(&pgproto3.CommandComplete{CommandTag: []byte("DEALLOCATE")}, &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
+
+	pumpClient(t, c, b, enc(&pgproto3.Parse{Name: "x", Query: "select 2"}, &pgproto3.Sync{}), 0)
+	pumpServer(t, c, b, enc(&pgproto3.ParseComplete{}, &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
+	c.want["search_path"] = paramValue{val: "foo", raw: true}
+	b.params["search_path"] = paramValue{val: "foo", raw: true}
+	pumpClient(t, c, b, enc(&pgproto3.Query{String: "discard all;"}), 0)
+	pumpServer(t, c, b, enc(&pgproto3.CommandComplete{CommandTag: []byte("DISCARD ALL")}, &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
+	if len(c.stmts) != 0 || b.prepared.len() != 0 || c.want["search_path"].val != "" || b.params["search_path"].val != "" {
+		t.Fatalf("DISCARD ALL not applied: stmts %v prepared %d want %v params %v", c.stmts, b.prepared.len(), c.want, b.params)
+	}
+}
+
+// SET of a parameter the server does not report is tracked when it
+// succeeds, and replayed on another backend.
+func TestSetTrackingAndReplay(t *testing.T) {
+	c, b := testRelay(ModeTransaction, 10)
+	pumpClient(t, c, b, enc(&pgproto3.Query{String: "SET search_path TO app, public"}), 0)
+	pumpServer(t, c, b, enc(&pgproto3.CommandComplete{CommandTag: []byte("SET")}, &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
+	if got := c.want["search_path"]; got.val != "app, public" || !got.raw {
+		t.Fatalf("SET not tracked: %v", c.want)
+	}
+	pumpClient(t, c, b, enc(&pgproto3.Query{String: "SET statement_timeout = 'x'"}), 0)
+	pumpServer(t, c, b, enc(&pgproto3.ErrorResponse{Severity: "ERROR", Code: "22023", Message: "bad"}, &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
+	if _, ok := c.want["statement_timeout"]; ok {
+		t.Fatal("a failed SET was tracked")
+	}
+	fresh := &backend{defaults: map[string]paramValue{"timezone": {val: "UTC"}}, params: map[string]paramValue{"timezone": {val: "UTC"}}}
+	sql := paramSyncSQL(c.want, fresh.params, fresh.defaults)
+	if sql != "SET search_path TO app, public;" {
+		t.Fatalf("replay SQL %q", sql)
+	}
+	if paramSyncSQL(c.want, fresh.params, fresh.defaults) != "" {
+		t.Fatal("second sync not empty")
+	}
+}
+
+func TestParamSyncSQL(t *testing.T) {
+	defaults := map[string]paramValue{"timezone": {val: "UTC"}, "datestyle": {val: "ISO, MDY"}, "application_name": {val: ""}}
+	have := map[string]paramValue{"timezone": {val: "UTC"}, "datestyle": {val: "ISO, MDY"}, "application_name": {val: "other"},
+		"search_path": {val: "x", raw: true}}
+	want := map[string]paramValue{"timezone": {val: "Europe/Paris"}, "datestyle": {val: "ISO, MDY"}}
+	got := paramSyncSQL(want, have, defaults)
+	wantSQL := "SELECT set_config('timezone', 'Europe/Paris', false);RESET application_name;RESET search_path;"
+	if got != wantSQL {
+		t.Fatalf("got  %q\nwant %q", got, wantSQL)
+	}
+	if have["timezone"].val != "Europe/Paris" || have["application_name"].val != "" {
+		t.Fatalf("have not updated: %v", have)
+	}
+	if _, ok := have["search_path"]; ok {
+		t.Fatal("reset unreported parameter still recorded")
+	}
+	if quoteLiteral(`it's \ ok`) != `E'it''s \\ ok'` {
+		t.Fatalf("quoteLiteral: %s", quoteLiteral(`it's \ ok`))
+	}
+}
+
+func TestParseSetStatement(t *testing.T) {
+	cases := []struct {
+		in   string
+		ok   bool
+		want paramChange
+	}{
+		{"SET search_path TO a, b", true, paramChange{name: "search_path", value: paramValue{val: "a, b", raw: true}}},
+		{"set session Statement_Timeout = '5s';", true, paramChange{name: "statement_timeout", value: paramValue{val: "'5s'", raw: true}}},
+		{"SET work_mem TO DEFAULT", true, paramChange{name: "work_mem", reset: true}},
+		{"RESET search_path", true, paramChange{name: "search_path", reset: true}},
+		{"reset all", true, paramChange{all: true, reset: true}},
+		{"SET LOCAL search_path TO a", false, paramChange{}},
+		{"SET search_path TO a; SELECT 1", false, paramChange{}},
+		{"SET SESSION AUTHORIZATION bob", false, paramChange{}},
+		{"SET TIME ZONE 'UTC'", false, paramChange{}},
+		{"SELECT 1", false, paramChange{}},
+	}
+	for _, tc := range cases {
+		got, ok := parseSetStatement([]byte(tc.in))
+		if ok != tc.ok || (ok && got != tc.want) {
+			t.Errorf("%q: got %+v %v, want %+v %v", tc.in, got, ok, tc.want, tc.ok)
+		}
+	}
+}
+
+func TestFindHazard(t *testing.T) {
+	cases := map[string]hazard{
+		"LISTEN chan":                                       hazardListen,
+		"  listen x":                                        hazardListen,
+		"select pg_advisory_lock(1)":                        hazardAdvisoryLock,
+		"SELECT pg_try_advisory_lock(1)":                    hazardAdvisoryLock,
+		"select pg_advisory_xact_lock(1)":                   hazardNone,
+		"DECLARE c CURSOR WITH HOLD FOR select 1":           hazardHoldCursor,
+		"create temp table t (x int)":                       hazardTempTable,
+		"CREATE TEMPORARY TABLE t (x int)":                  hazardTempTable,
+		"create temp table t (x int) on commit drop":        hazardNone,
+		"PREPARE p AS select 1":                             hazardSQLPrepare,
+		"select * from template":                            hazardNone,
+		"select 'with hold' as s":                           hazardNone,
+		"update pgbench_accounts set abalance = abalance+1": hazardNone,
+	}
+	for q, want := range cases {
+		if got := findHazard([]byte(q)); got != want {
+			t.Errorf("%q: got %d want %d", q, got, want)
+		}
+	}
+}
+
+// The relay's steady state allocates nothing per message: a client's
+// extended-protocol request and a many-row reply.
+func TestRelayAllocatesNothing(t *testing.T) {
+	c, b := testRelay(ModeTransaction, 10)
+	c.rbuf = make([]byte, 8<<10)
+	b.rbuf = make([]byte, 32<<10)
+	req := enc(&pgproto3.Parse{Query: "select $1::int"}, &pgproto3.Bind{Parameters: [][]byte{[]byte("1")}},
+		&pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{}, &pgproto3.Sync{})
+	var rows []pgproto3.Message
+	rows = append(rows, &pgproto3.ParseComplete{}, &pgproto3.BindComplete{}, &pgproto3.RowDescription{})
+	for i := 0; i < 200; i++ {
+		rows = append(rows, &pgproto3.DataRow{Values: [][]byte{[]byte("12345678")}})
+	}
+	rows = append(rows, &pgproto3.CommandComplete{CommandTag: []byte("SELECT 200")}, &pgproto3.ReadyForQuery{TxStatus: 'I'})
+	resp := enc(rows...)
+	round := func() {
+		c.rstart, c.rend = 0, copy(c.rbuf, req)
+		out, _, err := c.build(b)
+		if err != nil || len(out) != len(req) {
+			t.Fatalf("build: %v %d", err, len(out))
+		}
+		b.cout = out[:0]
+		b.rstart, b.rend = 0, copy(b.rbuf, resp)
+		out, release, err := c.route(b)
+		if err != nil || !release || len(out) != len(resp) {
+			t.Fatalf("route: %v release %v %d", err, release, len(out))
+		}
+	}
+	round() // warm the queue and buffers
+	if n := testing.AllocsPerRun(200, round); n != 0 {
+		t.Fatalf("relay allocates %.1f times per request/response, want 0", n)
+	}
+}
+
+// FuzzScanner feeds arbitrary bytes, in arbitrary chunks, to both halves
+// of the relay: it may reject them but must never panic or lose its place.
+func FuzzScanner(f *testing.F) {
+	f.Add(enc(&pgproto3.Query{String: "select 1"}), uint8(3), enc(&pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")}, &pgproto3.ReadyForQuery{TxStatus: 'I'}))
+	f.Add(enc(&pgproto3.Parse{Name: "a", Query: "x"}, &pgproto3.Bind{PreparedStatement: "a"}, &pgproto3.Sync{}), uint8(1),
+		enc(&pgproto3.ParseComplete{}, &pgproto3.ErrorResponse{Code: "0A000"}, &pgproto3.ReadyForQuery{TxStatus: 'E'}))
+	f.Fuzz(func(t *testing.T, client []byte, chunk uint8, server []byte) {
+		for _, mode := range []Mode{ModeTransaction, ModeSession} {
+			c, b := testRelay(mode, 2)
+			feed(c, b, client, int(chunk)+1, server)
+		}
+	})
+}
+
+// feed drives both halves like pumpClient/pumpServer but tolerates errors.
+func feed(c *clientConn, b *backend, client []byte, chunk int, server []byte) {
+	for len(client) > 0 {
+		if c.rstart == c.rend {
+			c.rstart, c.rend = 0, 0
+		}
+		if need := c.wantBytes; need > len(c.rbuf)-c.rstart {
+			c.growRead(need)
+		} else if c.rend == len(c.rbuf) && c.rstart > 0 {
+			c.rend = copy(c.rbuf, c.rbuf[c.rstart:c.rend])
+			c.rstart = 0
+		}
+		n := copy(c.rbuf[c.rend:], client[:min(chunk, len(client))])
+		c.rend += n
+		client = client[n:]
+		out, _, err := c.build(b)
+		b.cout = out[:0]
+		if err != nil {
+			return
+		}
+		if c.passRemaining == 0 && c.rstart < c.rend && c.rbuf[c.rstart] == msgTerminate {
+			return // process() ends the client here
+		}
+	}
+	for len(server) > 0 {
+		if b.rstart == b.rend {
+			b.rstart, b.rend = 0, 0
+		}
+		if b.want > len(b.rbuf)-b.rstart {
+			b.growRead(b.want)
+		} else if b.rend == len(b.rbuf) && b.rstart > 0 {
+			b.rend = copy(b.rbuf, b.rbuf[b.rstart:b.rend])
+			b.rstart = 0
+		}
+		n := copy(b.rbuf[b.rend:], server[:min(chunk, len(server))])
+		b.rend += n
+		server = server[n:]
+		if _, _, err := c.route(b); err != nil {
+			return
+		}
+	}
+}
