@@ -25,7 +25,9 @@ const stopGrace = 10 * time.Second
 // app is one running pgsidecar: its pools, the proxy and the health
 // listener, and the configuration they run with. Only the goroutine that
 // called start touches its fields after start returns (wait, reload,
-// drain), so they need no lock.
+// drain), so they need no lock; the exceptions, read by the health and
+// serve goroutines, are statsOrder and proxy (both fixed at start) and the
+// atomic stopping.
 type app struct {
 	log     *slog.Logger
 	level   *slog.LevelVar
@@ -35,6 +37,9 @@ type app struct {
 	cfg     *Config               // the configuration running now
 	targets []target              // the databases served, in cfg's order
 	pools   map[string]*pool.Pool // by target name
+	// statsOrder is every pool in target order, fixed at start: the health
+	// goroutine reads it while reload replaces targets.
+	statsOrder []*pool.Pool
 
 	proxy    *proxy.Server
 	health   *health.Server
@@ -74,6 +79,7 @@ func start(cfg *Config, path string, environ []string, logOut io.Writer) (*app, 
 			return nil, fmt.Errorf("database %s: %w", t.Name, err)
 		}
 		a.pools[t.Name] = p
+		a.statsOrder = append(a.statsOrder, p)
 	}
 
 	a.proxy, err = proxy.New(a.proxyConfig(cfg, targets))
@@ -154,12 +160,13 @@ func (a *app) serve(name string, ln net.Listener, serve func(net.Listener) error
 	}()
 }
 
-// poolStats snapshots every pool for the health listener. The set of
-// pools never changes while the process runs, so no lock is needed.
+// poolStats snapshots every pool for the health listener. It runs on the
+// health listener's goroutines, so it reads only statsOrder, which never
+// changes after start.
 func (a *app) poolStats() []pool.Stats {
-	out := make([]pool.Stats, 0, len(a.targets))
-	for _, t := range a.targets {
-		out = append(out, a.pools[t.Name].Stats())
+	out := make([]pool.Stats, 0, len(a.statsOrder))
+	for _, p := range a.statsOrder {
+		out = append(out, p.Stats())
 	}
 	return out
 }

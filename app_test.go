@@ -177,9 +177,26 @@ func TestLifecycleWithDatabaseDown(t *testing.T) {
 	if err := os.WriteFile(path, []byte(writeConf(5, "  level: debug\n")+"max_message_size: 4096\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// /stats is read while the reload runs: the race detector checks that
+	// the health goroutines and the reload share nothing unguarded.
+	stopPolling := make(chan struct{})
+	polled := make(chan struct{})
+	go func() { // ends when stopPolling closes
+		defer close(polled)
+		for {
+			select {
+			case <-stopPolling:
+				return
+			default:
+				poolMaxSize(healthAddr)
+			}
+		}
+	}()
 	sigc <- syscall.SIGHUP
 	eventually(t, 5*time.Second, "configuration reloaded", func() bool { return logs.count(`"msg":"configuration reloaded"`) == 1 })
 	eventually(t, 5*time.Second, "max_size 5 in /stats", func() bool { return poolMaxSize(healthAddr) == 5 })
+	close(stopPolling)
+	<-polled
 	if !strings.Contains(logs.String(), `"option":"max_message_size"`) {
 		t.Errorf("max_message_size change not reported as needing a restart:\n%s", logs)
 	}
