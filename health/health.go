@@ -106,7 +106,7 @@ func (s *Server) Handler() http.Handler { return s.handler }
 // Serve answers requests on ln until Shutdown or Close, after which it
 // returns ErrServerClosed. It closes ln when it returns.
 func (s *Server) Serve(ln net.Listener) error {
-	s.log.Info("health listener started", "addr", ln.Addr().String())
+	s.log.Debug("health listener started", "addr", ln.Addr().String())
 	err := s.srv.Serve(ln)
 	if err != nil && err != ErrServerClosed {
 		return fmt.Errorf("health: serve on %s: %w", ln.Addr(), err)
