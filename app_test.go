@@ -466,3 +466,59 @@ func TestLoopback(t *testing.T) {
 		}
 	}
 }
+
+// TestReloadAppliesLiveOptions drives reload directly and checks what the
+// running app then holds: live options changed, restart-only ones kept.
+func TestReloadAppliesLiveOptions(t *testing.T) {
+	isolatePG(t)
+	listen, healthAddr := freeAddr(t), freeAddr(t)
+	base := fmt.Sprintf("listen: %s\nhealth:\n  listen: %s\nlog:\n  format: json\n", listen, healthAddr)
+	path := writeYAML(t, base)
+	environ := []string{"DATABASE_URL=" + deadUpstream(t, "pw")}
+	cfg, err := loadConfig(path, environ)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &logBuffer{}
+	a, err := start(cfg, path, environ, logs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := a.drain(nil, "test over"); err != nil {
+			t.Errorf("drain: %v", err)
+		}
+	}()
+
+	a.log.Debug("before-reload-debug")
+	next := base + "shutdown_timeout: 7s\npool:\n  mode: session\n  max_size: 12\n  max_client_conn: 99\n" +
+		"max_message_size: 2048\nauth:\n  method: md5\n  users: [{name: bob, password: b}]\n"
+	next = strings.Replace(next, "log:\n  format: json\n", "log:\n  format: text\n  level: debug\n", 1)
+	if err := os.WriteFile(path, []byte(next), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a.reload()
+	a.log.Debug("after-reload-debug")
+
+	if logs.count("before-reload-debug") != 0 || logs.count("after-reload-debug") != 1 {
+		t.Errorf("log.level did not change live:\n%s", logs)
+	}
+	if a.cfg.ShutdownTimeout != 7*time.Second || a.cfg.Pool.MaxSize != 12 || a.cfg.Pool.MaxClientConn != 99 || a.cfg.Auth.Method != "md5" {
+		t.Errorf("live options not applied: %+v", a.cfg)
+	}
+	if got := a.pools[a.targets[0].Name].Stats().MaxSize; got != 12 {
+		t.Errorf("pool max_size = %d after reload, want 12", got)
+	}
+	if a.targets[0].Users["bob"] != "b" {
+		t.Errorf("users after reload = %v", a.targets[0].Users)
+	}
+	if a.cfg.Pool.Mode != "transaction" || a.cfg.MaxMessageSize != Defaults().MaxMessageSize || a.cfg.Log.Format != "json" {
+		t.Errorf("restart-only options changed live: mode %s, max_message_size %d, format %s",
+			a.cfg.Pool.Mode, a.cfg.MaxMessageSize, a.cfg.Log.Format)
+	}
+	for _, key := range []string{"pool.mode", "max_message_size", "log.format"} {
+		if !strings.Contains(logs.String(), `"option":"`+key+`"`) {
+			t.Errorf("%s not reported as needing a restart", key)
+		}
+	}
+}
