@@ -10,8 +10,10 @@ import (
 const redacted = "xxxxx"
 
 var (
-	// urlUserinfo finds user:password@ even in a URL url.Parse rejects.
-	urlUserinfo = regexp.MustCompile(`^([a-zA-Z][a-zA-Z0-9+.-]*://[^:/@?#]*:)([^@]*)@`)
+	// urlUserinfo finds user:password@ even in a URL url.Parse rejects. It
+	// runs to the last '@': an unescaped '@' in a password must not cut the
+	// match short and leave the rest of the password visible.
+	urlUserinfo = regexp.MustCompile(`^([a-zA-Z][a-zA-Z0-9+.-]*://[^:/@?#]*:)(.*)@`)
 	// kvQuoted and kvPlain find password=... in key=value connection strings.
 	kvQuoted = regexp.MustCompile(`(password\s*=\s*)'((?:[^'\\]|\\.)*)'`)
 	kvPlain  = regexp.MustCompile(`(password\s*=\s*)([^\s']\S*)`)
