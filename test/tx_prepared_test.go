@@ -188,3 +188,88 @@ func TestTxDeallocateKeepsClientState(t *testing.T) {
 		}
 	}
 }
+
+// TestTxEvictionAfterPipelineError: with room for two statements per
+// backend, a client's third statement evicts one; when that happens inside
+// a pipeline segment that has already failed, the server skips whatever
+// the proxy sent there (the new statement's Parse and the evicted one's
+// Close alike), and every statement must still work afterwards.
+func TestTxEvictionAfterPipelineError(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	p := txStartProxy(t, "transaction", 2, WithEnv("PGSIDECAR_POOL__MAX_PREPARED_STATEMENTS", "2"))
+	url := txProxyURL(p)
+	a := txConnect(ctx, t, url, nil)
+
+	// Everything below runs on one backend: the other is held.
+	_, release := txHold(ctx, t, url)
+	defer release()
+	names := []string{"tx_ev_1", "tx_ev_2", "tx_ev_3"}
+	for k, name := range names {
+		if _, err := a.Prepare(ctx, name, fmt.Sprintf("SELECT $1::int4 + %d", 100*(k+1)), nil); err != nil {
+			t.Fatalf("prepare %s: %v", name, err)
+		}
+	}
+	exec := func(name string) (string, error) {
+		r := a.ExecPrepared(ctx, name, [][]byte{[]byte("1")}, nil, nil).Read()
+		if r.Err != nil {
+			return "", r.Err
+		}
+		if len(r.Rows) != 1 {
+			return "", fmt.Errorf("%d rows", len(r.Rows))
+		}
+		return string(r.Rows[0][0]), nil
+	}
+	want := map[string]string{"tx_ev_1": "101", "tx_ev_2": "201", "tx_ev_3": "301"}
+	for _, name := range names {
+		if got, err := exec(name); err != nil || got != want[name] {
+			t.Fatalf("%s before the pipeline: got %q, %v", name, got, err)
+		}
+	}
+
+	// For each statement: a segment that fails before it is used, then, in
+	// the same flush, a segment that uses all three.
+	for _, name := range names {
+		pipe := a.StartPipeline(ctx)
+		pipe.SendQueryParams("SELECT 10 / $1::int4", [][]byte{[]byte("0")}, nil, nil, nil)
+		pipe.SendQueryPrepared(name, [][]byte{[]byte("1")}, nil, nil)
+		pipe.SendPipelineSync()
+		for _, n := range names {
+			pipe.SendQueryPrepared(n, [][]byte{[]byte("1")}, nil, nil)
+		}
+		pipe.SendPipelineSync()
+		if err := pipe.Flush(); err != nil {
+			t.Fatalf("flush: %v", err)
+		}
+		if _, err := pipe.GetResults(); txCode(err) != "22012" {
+			t.Fatalf("failing query before %s: want 22012, got %v", name, err)
+		}
+		if res, err := pipe.GetResults(); err != nil {
+			t.Fatalf("Sync after the failure before %s: %v", name, err)
+		} else if _, ok := res.(*pgconn.PipelineSync); !ok {
+			t.Fatalf("Sync after the failure before %s: got %T", name, res)
+		}
+		for _, n := range names {
+			res, err := pipe.GetResults()
+			if err != nil {
+				t.Errorf("in the segment after the failure before %s, %s: %v", name, n, err)
+				break
+			}
+			rr, ok := res.(*pgconn.ResultReader)
+			if !ok {
+				t.Fatalf("in the segment after the failure before %s, %s: got %T", name, n, res)
+			}
+			if r := rr.Read(); r.Err != nil || len(r.Rows) != 1 || string(r.Rows[0][0]) != want[n] {
+				t.Errorf("in the segment after the failure before %s, %s: got %q, %v", name, n, r.Rows, r.Err)
+			}
+		}
+		if err := pipe.Close(); err != nil {
+			t.Fatalf("pipeline close: %v", err)
+		}
+		for _, n := range names {
+			if got, err := exec(n); err != nil || got != want[n] {
+				t.Errorf("after a failed segment that named %s, %s gave %q, %v", name, n, got, err)
+			}
+		}
+	}
+}
