@@ -60,7 +60,9 @@ type clientConn struct {
 	wake       bool                  // serverLoop: emit synthetic replies now
 	stopReader bool                  // serverLoop: stop, leave the backend to run()
 	readerDone chan struct{}
-	busySince  time.Time // session mode: when the open transaction began
+	// replacement is a message routeOne wants sent instead of the one it
+	// swallowed (nil when none).
+	replacement []byte
 
 	lastMu   sync.Mutex
 	last     [240]byte

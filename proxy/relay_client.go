@@ -283,7 +283,9 @@ func (c *clientConn) acquire() (*backend, error) {
 		// The backend's values change only if the SETs succeed: they run
 		// as one implicit transaction, all or nothing.
 		next := maps.Clone(b.params)
-		b.cout = appendQuery(b.cout[:0], paramSyncSQL(c.want, next, b.defaults))
+		sql := paramSyncSQL(c.want, next, b.defaults)
+		c.log.Debug("bringing the server connection to the client's parameters", "sql", sql)
+		b.cout = appendQuery(b.cout[:0], sql)
 		c.q.push(request{kind: reqQuery, swallow: true, syncTo: next})
 	}
 	done := make(chan struct{})

@@ -8,6 +8,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
 )
 
 // errLostTrack means the server sent a reply the proxy did not expect: its
@@ -224,6 +226,10 @@ func (c *clientConn) route(b *backend) (out []byte, release bool, err error) {
 				o = append(o, rb[chunkStart:pos]...)
 				edited = true
 			}
+			if c.replacement != nil {
+				o = append(o, c.replacement...)
+				c.replacement = nil
+			}
 		} else if edited {
 			o = append(o, rb[pos:pos+n]...)
 		}
@@ -301,6 +307,14 @@ func (c *clientConn) routeOne(b *backend, typ byte, msg []byte, total int) (swal
 			if !unsettable[k] {
 				v := paramValue{val: string(val)}
 				b.params[k] = v
+				if sv, ok := c.startupParams[k]; ok && head != nil && !head.swallow && head.resets(k) && sv != v {
+					// A reset goes back to the session's default, which for the
+					// client is its startup value, not the pooled backend's:
+					// tell the client its own value; the next acquire applies it.
+					c.want[k] = sv
+					c.replacement, _ = (&pgproto3.ParameterStatus{Name: string(name), Value: sv.val}).Encode(c.replacement[:0])
+					return true, nil
+				}
 				if _, wanted := c.want[k]; wanted || head == nil || !head.swallow {
 					c.want[k] = v
 				}

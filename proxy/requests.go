@@ -105,3 +105,17 @@ func (q *requestQueue) reset() {
 		q.pop()
 	}
 }
+
+// resets reports whether this Query resets parameter k (RESET k, SET k TO
+// DEFAULT, RESET ALL, DISCARD ALL).
+func (r *request) resets(k string) bool {
+	if r.resetAll {
+		return true
+	}
+	for _, ch := range r.sets {
+		if ch.all || (ch.reset && ch.name == k) {
+			return true
+		}
+	}
+	return false
+}
