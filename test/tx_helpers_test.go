@@ -170,20 +170,6 @@ func txMustExec(ctx context.Context, t testing.TB, conn *pgconn.PgConn, sql stri
 	}
 }
 
-// txAdminExec runs sql as the superuser straight on the cluster, in the
-// app database.
-func txAdminExec(ctx context.Context, t testing.TB, sql string) {
-	t.Helper()
-	conn, err := pgconn.Connect(ctx, pg.AdminURLDB(txAppDB))
-	if err != nil {
-		t.Fatalf("admin connect: %v", err)
-	}
-	defer txClosePgconn(conn)
-	if _, err := conn.Exec(ctx, sql).ReadAll(); err != nil {
-		t.Fatalf("admin: %s: %v", sql, err)
-	}
-}
-
 // txCode returns the SQLSTATE of err, or "" if err is not a server error.
 func txCode(err error) string {
 	var pgErr *pgconn.PgError
