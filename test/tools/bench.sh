@@ -27,7 +27,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
-# shellcheck source=pglib.sh
+# shellcheck source=test/tools/pglib.sh
 . "$here/pglib.sh"
 
 secs=${BENCH_SECONDS:-10}
@@ -98,7 +98,8 @@ cleanup() {
 	fi
 	pg_stop "$dir"
 	# Keep the servers' logs next to the table: a surprising number needs them.
-	mkdir -p "$logs_dir" && cp "$dir"/*.log "$dir"/pgbouncer/*.log "$logs_dir"/ 2>/dev/null || true
+	mkdir -p "$logs_dir"
+	cp "$dir"/*.log "$dir"/pgbouncer/*.log "$logs_dir"/ 2>/dev/null || true
 	rm -rf "$dir"
 }
 trap cleanup EXIT

@@ -17,7 +17,7 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-# shellcheck source=pglib.sh
+# shellcheck source=test/tools/pglib.sh
 . "$here/pglib.sh"
 
 user=${DEVPG_USER:-app}

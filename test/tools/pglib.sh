@@ -75,8 +75,8 @@ port_in_use() { (exec 2>/dev/null 3<>"/dev/tcp/127.0.0.1/$1"); }
 # free_port prints a loopback port nobody listens on. There is a small
 # window before the caller binds it; callers that start a server retry.
 free_port() {
-	local p i
-	for i in $(seq 1 200); do
+	local p
+	for _ in $(seq 1 200); do
 		p=$((20000 + RANDOM % 40000))
 		if ! port_in_use "$p"; then
 			echo "$p"
