@@ -28,7 +28,8 @@ const (
 // TestDriverJDBCNamedStatements runs pgjdbc with reused PreparedStatements
 // (prepareThreshold=1 on half the threads, the default 5 on the other half)
 // from 12 threads, each with its own Connection, over a transaction-mode
-// pool of 3. The Java source is compiled with javac into a temporary
+// pool of 3, including executeBatch (one pipeline of Bind/Execute and a
+// single Sync), one of them failing on a duplicate key. The Java source is compiled with javac into a temporary
 // directory at test time.
 func TestDriverJDBCNamedStatements(t *testing.T) {
 	javac := txRequireTool(t, "javac", txJDBCInstall)
@@ -47,6 +48,15 @@ func TestDriverJDBCNamedStatements(t *testing.T) {
 		t.Fatalf("javac %s: %v\n%s", src, err, out)
 	}
 
+	// The batch steps insert into this table; each (thread, round) is its own key range.
+	admin := txConnect(ctx, t, txDirectURL(), nil)
+	txMustExec(ctx, t, admin, "DROP TABLE IF EXISTS tx_jdbc_batch; CREATE TABLE tx_jdbc_batch (thread int, round int, k int, PRIMARY KEY (thread, round, k))")
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_, _ = admin.Exec(ctx, "DROP TABLE IF EXISTS tx_jdbc_batch").ReadAll()
+	})
+
 	p := txStartProxy(t, "transaction", txJDBCPool)
 	jdbcURL, user, password := txJDBCURL(t, txProxyURL(p))
 	rep := txRunDriver(t, txJDBCTimeout, classes, nil, java,
@@ -56,23 +66,30 @@ func TestDriverJDBCNamedStatements(t *testing.T) {
 		strconv.Itoa(int((txJDBCTimeout - 10*time.Second).Seconds())))
 
 	// Five statements every round, two more on every fifth round (one is
-	// the deliberate division by zero), three in every seventh round's
-	// transaction.
-	var perThread, divRounds int64
+	// the deliberate division by zero), a batch of five inserts and a count
+	// on rounds 6 and 8 of every ten (round 8's batch fails on purpose),
+	// three in every seventh round's transaction.
+	var perThread, deliberate int64
 	for i := range txJDBCIterations {
 		perThread += 5
 		if i%5 == 2 {
 			perThread += 2
-			divRounds++
+			deliberate++
+		}
+		if i%10 == 6 || i%10 == 8 {
+			perThread += 6
+		}
+		if i%10 == 8 {
+			deliberate++
 		}
 		if i%7 == 4 {
 			perThread += 3
 		}
 	}
-	txCheckReport(t, "JDBC", rep, txJDBCThreads*perThread, txJDBCThreads*divRounds)
-	// Seven statements per thread; all must have gone server-side (named),
+	txCheckReport(t, "JDBC", rep, txJDBCThreads*perThread, txJDBCThreads*deliberate)
+	// Nine statements per thread; all must have gone server-side (named),
 	// or this test proved nothing about named statements.
-	if want := txJDBCThreads * 7; rep.ServerPrepared != want {
+	if want := txJDBCThreads * 9; rep.ServerPrepared != want {
 		t.Errorf("JDBC: %d of %d statements were server-prepared", rep.ServerPrepared, want)
 	}
 }

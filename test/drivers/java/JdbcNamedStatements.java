@@ -24,7 +24,10 @@ import org.postgresql.PGStatement;
  * prepareThreshold executions and from then on only Binds it; half the
  * threads use prepareThreshold=1, the other half the driver's default (5).
  * Behind a transaction-mode pooler every Bind may land on a backend that never
- * saw the Parse. Every result is checked against a value computed here.
+ * saw the Parse. Rounds 6 and 8 of every ten also run executeBatch on an
+ * INSERT into tx_jdbc_batch (which the Go test creates): all Binds and
+ * Executes of a batch go out with one Sync, and round 8's batch fails on a
+ * duplicate key. Every result is checked against a value computed here.
  *
  * <p>Usage: java JdbcNamedStatements JDBC_URL USER PASSWORD THREADS ITERATIONS
  * TIMEOUT_SECONDS. Output: one JSON line on stdout with threads, queries,
@@ -86,6 +89,8 @@ public final class JdbcNamedStatements {
         final PreparedStatement numeric;
         final PreparedStatement div;
         final PreparedStatement pid;
+        final PreparedStatement insert;
+        final PreparedStatement count;
 
         Statements(Connection c) throws SQLException {
             add = c.prepareStatement("SELECT ?::int + ?::int");
@@ -95,10 +100,12 @@ public final class JdbcNamedStatements {
             numeric = c.prepareStatement("SELECT ?::numeric * ?::int");
             div = c.prepareStatement("SELECT 10 / ?::int");
             pid = c.prepareStatement("SELECT pg_backend_pid(), txid_current()");
+            insert = c.prepareStatement("INSERT INTO tx_jdbc_batch (thread, round, k) VALUES (?, ?, ?)");
+            count = c.prepareStatement("SELECT count(*) FROM tx_jdbc_batch WHERE thread = ? AND round = ?");
         }
 
         PreparedStatement[] all() {
-            return new PreparedStatement[] {add, text, series, ts, numeric, div, pid};
+            return new PreparedStatement[] {add, text, series, ts, numeric, div, pid, insert, count};
         }
 
         @Override
@@ -186,6 +193,13 @@ public final class JdbcNamedStatements {
             queries.incrementAndGet();
         }
 
+        if (i % 10 == 6) {
+            batch(st, t, i, false);
+        }
+        if (i % 10 == 8) {
+            batch(st, t, i, true);
+        }
+
         if (i % 7 == 4) {
             // A transaction stays on one backend between statements.
             conn.setAutoCommit(false);
@@ -210,6 +224,52 @@ public final class JdbcNamedStatements {
             conn.setAutoCommit(true);
             queries.addAndGet(3);
         }
+    }
+
+    /** Rows of (thread t, round i) in tx_jdbc_batch. */
+    private static int countRows(Statements st, int t, int i) throws SQLException {
+        st.count.setInt(1, t);
+        st.count.setInt(2, i);
+        try (ResultSet rs = st.count.executeQuery()) {
+            check(rs.next(), "count: no row");
+            return rs.getInt(1);
+        }
+    }
+
+    /**
+     * executeBatch sends every Bind/Execute of the batch and one Sync: a
+     * pipeline of a server-prepared statement. A batch whose third row
+     * violates the primary key fails as a whole (one implicit transaction),
+     * and the connection carries on.
+     */
+    private static void batch(Statements st, int t, int i, boolean failing) throws Exception {
+        for (int k = 0; k < 5; k++) {
+            st.insert.setInt(1, t);
+            st.insert.setInt(2, i);
+            st.insert.setInt(3, (failing && k == 3) ? 1 : k);
+            st.insert.addBatch();
+        }
+        if (!failing) {
+            int[] counts = st.insert.executeBatch();
+            check(counts.length == 5, "batch: " + counts.length + " update counts");
+            for (int c : counts) {
+                check(c == 1, "batch: update count " + c);
+            }
+            check(countRows(st, t, i) == 5, "batch: rows after the batch: " + countRows(st, t, i));
+            queries.addAndGet(6);
+            return;
+        }
+        String state = "no error";
+        try {
+            st.insert.executeBatch();
+        } catch (java.sql.BatchUpdateException e) {
+            SQLException next = e.getNextException();
+            state = (next != null) ? next.getSQLState() : e.getSQLState();
+        }
+        check("23505".equals(state), "failing batch: want 23505, got " + state);
+        check(countRows(st, t, i) == 0, "failing batch: rows left behind: " + countRows(st, t, i));
+        expectedErrors.incrementAndGet();
+        queries.addAndGet(6);
     }
 
     private static void runThread(String url, String user, String password, int t, int iterations) {
