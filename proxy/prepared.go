@@ -144,11 +144,20 @@ func newPreparedSet(max int) *preparedSet {
 	return &preparedSet{max: max, order: list.New(), items: make(map[string]*list.Element)}
 }
 
-// has reports whether the backend has name, marking it recently used.
+// has reports whether the backend has name, marking it recently used. A
+// name evicted but not yet closed on the backend is still there: it is
+// taken back instead of being prepared twice.
 func (p *preparedSet) has(name string) bool {
 	if e, ok := p.items[name]; ok {
 		p.order.MoveToFront(e)
 		return true
+	}
+	for i, n := range p.toClose {
+		if n == name {
+			p.toClose = append(p.toClose[:i], p.toClose[i+1:]...)
+			p.add(name)
+			return true
+		}
 	}
 	return false
 }

@@ -127,17 +127,14 @@ func (c *clientConn) process() error {
 		if perr == errBackendMoved {
 			continue
 		}
+		var werr error
 		if len(out) > 0 {
-			if _, err := b.conn.Server().NetConn().Write(out); err != nil {
-				return c.backendWriteFailed(b, err)
-			}
+			_, werr = b.conn.Server().NetConn().Write(out)
 		}
 		b.cout = out[:0]
-		if wake {
-			c.mu.Lock()
-			c.wake = true
-			c.mu.Unlock()
-			b.conn.Server().NetConn().SetReadDeadline(time.Now())
+		c.unpin(b, wake)
+		if werr != nil {
+			return c.backendWriteFailed(b, werr)
 		}
 		if perr != nil {
 			return perr
@@ -295,6 +292,19 @@ func (c *clientConn) acquire() (*backend, error) {
 	return b, nil
 }
 
+// unpin ends the client reader's use of b (see build). It wakes the server
+// reader when the proxy owes the client replies of its own, or when the
+// request left the backend with nothing in flight, so it is released.
+func (c *clientConn) unpin(b *backend, wake bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.writing = false
+	if c.be == b && (wake || c.transactionOverLocked()) {
+		c.wake = true
+		b.conn.Server().NetConn().SetReadDeadline(time.Now())
+	}
+}
+
 // build turns the buffered client messages into the bytes for backend b,
 // recording what each expects back. It runs under c.mu.
 func (c *clientConn) build(b *backend) (out []byte, wake bool, err error) {
@@ -303,6 +313,9 @@ func (c *clientConn) build(b *backend) (out []byte, wake bool, err error) {
 	if c.be != b {
 		return nil, false, errBackendMoved
 	}
+	// Pinned until unpin: the server reader must not give b away while
+	// this goroutine still writes to it or uses its buffer.
+	c.writing = true
 	out = b.cout
 	tx := c.mode == ModeTransaction
 	if tx && len(b.prepared.toClose) > 0 && c.q.len() == 0 && !c.inBatch {

@@ -96,9 +96,15 @@ func (b *backend) growRead(need int) {
 
 // releasableLocked reports whether the client's transaction is over and
 // nothing is in flight, so b can serve another client.
+// Only the server reader calls it: b's buffer indexes are its own.
 func (c *clientConn) releasableLocked(b *backend) bool {
-	return c.mode == ModeTransaction && c.q.len() == 0 && !c.inBatch && c.txStatus == 'I' &&
-		b.rstart == b.rend && b.passRemaining == 0 && !b.fatal
+	return c.transactionOverLocked() && b.rstart == b.rend && b.passRemaining == 0 && !b.fatal
+}
+
+// transactionOverLocked reports whether nothing the client sent is still in
+// flight and its transaction is over (transaction mode).
+func (c *clientConn) transactionOverLocked() bool {
+	return c.mode == ModeTransaction && c.q.len() == 0 && !c.inBatch && c.txStatus == 'I' && !c.writing
 }
 
 // releaseBackend gives a clean backend back to its pool.

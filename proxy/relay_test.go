@@ -67,6 +67,7 @@ func pumpClient(t testing.TB, c *clientConn, b *backend, data []byte, chunk int)
 		}
 		out = append(out, o...)
 		b.cout = o[:0]
+		c.writing = false
 		if n == 0 && len(data) == 0 {
 			break
 		}
@@ -404,6 +405,12 @@ func TestPreparedLRUEviction(t *testing.T) {
 	if b.prepared.len() != 2 || len(b.prepared.toClose) != 1 {
 		t.Fatalf("prepared %d, to close %v", b.prepared.len(), b.prepared.toClose)
 	}
+	// An evicted statement needed again before its Close went out is
+	// taken back, not prepared a second time.
+	evicted := b.prepared.toClose[0]
+	if !b.prepared.has(evicted) || len(b.prepared.toClose) != 1 || b.prepared.toClose[0] == evicted {
+		t.Fatalf("evicted %s not taken back: to close %v", evicted, b.prepared.toClose)
+	}
 	out := pumpClient(t, c, b, enc(&pgproto3.Query{String: "select 4"}), 0)
 	msgs := decodeFrontendMsgs(t, out)
 	if cl, ok := msgs[0].(*pgproto3.Close); !ok || cl.ObjectType != 'S' {
@@ -558,6 +565,7 @@ func TestRelayAllocatesNothing(t *testing.T) {
 			t.Fatalf("build: %v %d", err, len(out))
 		}
 		b.cout = out[:0]
+		c.writing = false
 		b.rstart, b.rend = 0, copy(b.rbuf, resp)
 		out, release, err := c.route(b)
 		if err != nil || !release || len(out) != len(resp) {
@@ -601,6 +609,7 @@ func feed(c *clientConn, b *backend, client []byte, chunk int, server []byte) {
 		client = client[n:]
 		out, _, err := c.build(b)
 		b.cout = out[:0]
+		c.writing = false
 		if err != nil {
 			return
 		}
