@@ -64,6 +64,12 @@ type clientConn struct {
 	// replacement is a message routeOne wants sent instead of the one it
 	// swallowed (nil when none).
 	replacement []byte
+	// probe is closed when the proxy's Describe of a statement it prepared
+	// on this backend has been answered (nil when none is in flight).
+	probe chan struct{}
+	// serverSkipping: an extended-protocol error came back before the
+	// client's Sync was sent; the server discards everything up to it.
+	serverSkipping bool
 
 	lastMu   sync.Mutex
 	last     [240]byte

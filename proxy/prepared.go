@@ -3,7 +3,6 @@ package proxy
 import (
 	"container/list"
 	"crypto/sha256"
-	"encoding/binary"
 	"encoding/hex"
 	"strconv"
 	"sync"
@@ -22,6 +21,18 @@ type statement struct {
 	// parseBody is the Parse body after the statement name:
 	// query\0 int16 nparams [int32 oid]...
 	parseBody []byte
+	// fingerprint identifies the result description the client was given
+	// when it described the statement ("" if it never did); stale is set
+	// when a backend that prepared it afresh describes another result (a
+	// schema change): the client would decode rows with the wrong types.
+	fingerprint string
+	stale       bool
+}
+
+// descriptionFingerprint identifies a RowDescription or NoData message.
+func descriptionFingerprint(msg []byte) string {
+	sum := sha256.Sum256(msg)
+	return string(sum[:16])
 }
 
 // appendParse appends a Parse message that prepares s under its proxy name.
@@ -133,64 +144,100 @@ func (r *statementRegistry) invalidate(st *statement) {
 // under that client's lock.
 type preparedSet struct {
 	max   int
-	order *list.List // front = most recently used; values are names
-	items map[string]*list.Element
-	// toClose are names to Close on the backend before the next request
-	// (LRU evictions and statements a server invalidated).
-	toClose []string
+	order *list.List // front = most recently used; values are *preparedEntry
+	items map[string]*preparedEntry
+	// toClose are statements to Close on the backend before the next
+	// request (LRU evictions and statements a server invalidated).
+	toClose []*preparedEntry
+}
+
+// preparedEntry is one statement on a backend. A Parse is sent before its
+// outcome is known; pending is the Sync segment of the Parse that claims
+// the statement until its ParseComplete confirms it (then -1). A later
+// segment cannot count on it: an error in the earlier segment makes the
+// server skip that Parse.
+type preparedEntry struct {
+	name    string
+	pending int64
+	elem    *list.Element
 }
 
 func newPreparedSet(max int) *preparedSet {
-	return &preparedSet{max: max, order: list.New(), items: make(map[string]*list.Element)}
+	return &preparedSet{max: max, order: list.New(), items: make(map[string]*preparedEntry)}
 }
 
-// has reports whether the backend has name, marking it recently used. A
-// name evicted but not yet closed on the backend is still there: it is
-// taken back instead of being prepared twice.
-func (p *preparedSet) has(name string) bool {
+// lookup returns the backend's entry for name (marking it recently used),
+// or nil. A statement evicted but not yet closed on the backend is still
+// there: it is taken back instead of being prepared twice.
+func (p *preparedSet) lookup(name string) *preparedEntry {
 	if e, ok := p.items[name]; ok {
-		p.order.MoveToFront(e)
-		return true
+		p.order.MoveToFront(e.elem)
+		return e
 	}
-	for i, n := range p.toClose {
-		if n == name {
+	for i, e := range p.toClose {
+		if e.name == name {
 			p.toClose = append(p.toClose[:i], p.toClose[i+1:]...)
-			p.add(name)
-			return true
+			p.insert(e)
+			return e
 		}
 	}
-	return false
+	return nil
 }
 
-// add records name as prepared and queues the least recently used
-// statements beyond the bound for closing.
-func (p *preparedSet) add(name string) {
-	if _, ok := p.items[name]; ok {
+// has reports whether the backend has (or is being sent) name.
+func (p *preparedSet) has(name string) bool { return p.lookup(name) != nil }
+
+// certain reports whether e can be relied on in segment seg.
+func (e *preparedEntry) certain(seg int64) bool { return e.pending < 0 || e.pending == seg }
+
+// add records that a Parse of name is sent in segment seg.
+func (p *preparedSet) add(name string, seg int64) {
+	if e := p.lookup(name); e != nil {
+		e.pending = seg
 		return
 	}
-	p.items[name] = p.order.PushFront(name)
+	p.insert(&preparedEntry{name: name, pending: seg})
+}
+
+func (p *preparedSet) insert(e *preparedEntry) {
+	e.elem = p.order.PushFront(e)
+	p.items[e.name] = e
 	for p.max > 0 && p.order.Len() > p.max {
-		e := p.order.Back()
-		n := e.Value.(string)
-		p.order.Remove(e)
-		delete(p.items, n)
-		p.toClose = append(p.toClose, n)
+		old := p.order.Back().Value.(*preparedEntry)
+		p.order.Remove(old.elem)
+		delete(p.items, old.name)
+		p.toClose = append(p.toClose, old)
 	}
 }
 
-// remove forgets name (the Parse failed or was skipped by the server).
+// confirm records the ParseComplete of the Parse sent in segment seg.
+func (p *preparedSet) confirm(name string, seg int64) {
+	if e := p.items[name]; e != nil && e.pending == seg {
+		e.pending = -1
+	}
+}
+
+// undo forgets name if the Parse of segment seg, which failed or was
+// skipped, is what claimed it.
+func (p *preparedSet) undo(name string, seg int64) {
+	if e := p.items[name]; e != nil && e.pending == seg {
+		p.remove(name)
+	}
+}
+
+// remove forgets name (DEALLOCATE ran on the backend).
 func (p *preparedSet) remove(name string) {
 	if e, ok := p.items[name]; ok {
-		p.order.Remove(e)
+		p.order.Remove(e.elem)
 		delete(p.items, name)
 	}
 }
 
 // retire forgets name and closes it on the backend at the next chance.
 func (p *preparedSet) retire(name string) {
-	if _, ok := p.items[name]; ok {
+	if e, ok := p.items[name]; ok {
 		p.remove(name)
-		p.toClose = append(p.toClose, name)
+		p.toClose = append(p.toClose, e)
 	}
 }
 
@@ -240,6 +287,3 @@ func appendDescribeStatement(dst []byte, name string) []byte {
 	dst = append(dst, name...)
 	return append(dst, 0)
 }
-
-// uint16At reads a big-endian int16 count (used by tests and checks).
-func uint16At(b []byte) int { return int(binary.BigEndian.Uint16(b)) }

@@ -132,12 +132,23 @@ func (c *clientConn) process() error {
 			_, werr = b.conn.Server().NetConn().Write(out)
 		}
 		b.cout = out[:0]
-		c.unpin(b, wake)
+		probe, readerDone := c.unpin(b, wake)
 		if werr != nil {
 			return c.backendWriteFailed(b, werr)
 		}
 		if perr != nil {
 			return perr
+		}
+		if probe != nil {
+			// Hold the client's request until the server said whether the
+			// statement still describes the result the client expects.
+			select {
+			case <-probe:
+			case <-readerDone:
+			case <-c.ctx.Done():
+				return c.ctx.Err()
+			}
+			continue
 		}
 		if c.wantBytes > 0 {
 			return nil
@@ -182,6 +193,12 @@ func (c *clientConn) answerWithoutBackend() (bool, error) {
 		case msgParse:
 			name, rest, ok := parseParseMessage(body)
 			if !ok || len(name) == 0 || !c.srv.stmts.isKnown(&statement{hash: contentHash(rest)}) {
+				return false, nil
+			}
+			c.mu.Lock()
+			taken := c.stmts[string(name)] != nil
+			c.mu.Unlock()
+			if taken {
 				return false, nil
 			}
 		case msgClose:
@@ -295,7 +312,8 @@ func (c *clientConn) acquire() (*backend, error) {
 // unpin ends the client reader's use of b (see build). It wakes the server
 // reader when the proxy owes the client replies of its own, or when the
 // request left the backend with nothing in flight, so it is released.
-func (c *clientConn) unpin(b *backend, wake bool) {
+// It returns the probe to wait for, if build started one.
+func (c *clientConn) unpin(b *backend, wake bool) (probe, readerDone chan struct{}) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.writing = false
@@ -303,6 +321,7 @@ func (c *clientConn) unpin(b *backend, wake bool) {
 		c.wake = true
 		b.conn.Server().NetConn().SetReadDeadline(time.Now())
 	}
+	return c.probe, c.readerDone
 }
 
 // build turns the buffered client messages into the bytes for backend b,
@@ -317,10 +336,13 @@ func (c *clientConn) build(b *backend) (out []byte, wake bool, err error) {
 	// this goroutine still writes to it or uses its buffer.
 	c.writing = true
 	out = b.cout
+	if c.probe != nil {
+		return out, false, nil // the held request waits for the probe's answer
+	}
 	tx := c.mode == ModeTransaction
 	if tx && len(b.prepared.toClose) > 0 && c.q.len() == 0 && !c.inBatch {
-		for _, name := range b.prepared.toClose {
-			out = appendCloseStatement(out, name)
+		for _, e := range b.prepared.toClose {
+			out = appendCloseStatement(out, e.name)
 			c.q.push(request{kind: reqClose, swallow: true})
 		}
 		b.prepared.toClose = b.prepared.toClose[:0]
@@ -362,6 +384,11 @@ func (c *clientConn) build(b *backend) (out []byte, wake bool, err error) {
 		msg := c.rbuf[c.rstart : c.rstart+total]
 		c.rstart += total
 		body := msg[headerLen:]
+		if c.serverSkipping && typ != msgSync && typ != msgTerminate {
+			// The server discards it unread: no reply, no bookkeeping.
+			out = append(out, msg...)
+			continue
+		}
 		switch typ {
 		case msgTerminate:
 			c.rstart -= total
@@ -370,6 +397,7 @@ func (c *clientConn) build(b *backend) (out []byte, wake bool, err error) {
 			out = c.onQuery(b, out, msg, body, tx)
 		case msgSync:
 			c.inBatch = false
+			c.serverSkipping = false
 			c.q.push(request{kind: reqSync})
 			out = append(out, msg...)
 		case msgExecute:
@@ -396,6 +424,12 @@ func (c *clientConn) build(b *backend) (out []byte, wake bool, err error) {
 			out = append(out, msg...)
 		default: // CopyData, CopyDone, CopyFail, and anything the server judges
 			out = append(out, msg...)
+		}
+		if c.probe != nil {
+			// A probe went out in place of this message, which waits for
+			// the answer and is handled again afterwards.
+			c.rstart -= total
+			return out, false, nil
 		}
 	}
 	return out, c.q.lastIsSynthetic(), nil
@@ -487,6 +521,11 @@ func (c *clientConn) onParse(b *backend, out, msg, body []byte, tx bool) []byte 
 		c.q.push(request{kind: reqParse})
 		return append(out, msg...)
 	}
+	if c.stmts[string(name)] != nil {
+		// As PostgreSQL: the name is taken until the client closes it.
+		return c.poison(out, newError("42P05", fmt.Sprintf("prepared statement %q already exists", name),
+			"close (DEALLOCATE) the statement before preparing another one under its name"))
+	}
 	st := c.srv.stmts.newStatement(rest)
 	c.noteStatement([]byte(st.query))
 	if h := findHazard([]byte(st.query)); h != hazardNone {
@@ -494,24 +533,76 @@ func (c *clientConn) onParse(b *backend, out, msg, body []byte, tx bool) []byte 
 	}
 	cname := string(name)
 	c.stmts[cname] = st
-	if b.prepared.has(st.name) {
+	e := b.prepared.lookup(st.name)
+	if e != nil && e.certain(c.q.seg) {
 		c.q.push(request{kind: reqSynthetic, payload: wireParseComplete, stmt: st, clientName: cname})
 		return out
 	}
-	b.prepared.add(st.name)
-	c.q.push(request{kind: reqParse, stmt: st, clientName: cname, prepared: true})
+	out = c.closeUncertain(out, e)
+	b.prepared.add(st.name, c.q.seg)
+	c.q.push(request{kind: reqParse, stmt: st, clientName: cname, prepared: true, seg: c.q.seg})
 	return st.appendParse(out)
 }
 
 // ensurePrepared injects a Parse of st when backend b lacks it; its
 // ParseComplete is swallowed.
 func (c *clientConn) ensurePrepared(b *backend, out []byte, st *statement) []byte {
-	if b.prepared.has(st.name) {
+	e := b.prepared.lookup(st.name)
+	if e != nil && e.certain(c.q.seg) {
 		return out
 	}
-	b.prepared.add(st.name)
-	c.q.push(request{kind: reqParse, swallow: true, stmt: st, prepared: true})
+	out = c.closeUncertain(out, e)
+	b.prepared.add(st.name, c.q.seg)
+	c.q.push(request{kind: reqParse, swallow: true, stmt: st, prepared: true, seg: c.q.seg})
 	return st.appendParse(out)
+}
+
+// useStatement prepares st on b for a Bind or Describe of the client's.
+// When the client was told st's result description and b must prepare st
+// afresh, the schema may have changed since: the proxy describes it too
+// (build then waits for the answer, see probe) so the client is never
+// handed rows of another type than it expects. ok is false when the
+// message must not go out (a probe is in flight, or st is stale and the
+// poison was sent instead).
+func (c *clientConn) useStatement(b *backend, out []byte, st *statement) ([]byte, bool) {
+	if st.stale {
+		return c.poison(out, newError(codeFeatureNotSupported, "cached plan must not change result type",
+			"the table changed since the statement was prepared; prepare it again")), false
+	}
+	e := b.prepared.lookup(st.name)
+	if e != nil && e.certain(c.q.seg) {
+		return out, true
+	}
+	if st.fingerprint == "" {
+		return c.ensurePrepared(b, out, st), true
+	}
+	out = c.closeUncertain(out, e)
+	b.prepared.add(st.name, c.q.seg)
+	c.q.push(request{kind: reqParse, swallow: true, stmt: st, prepared: true, seg: c.q.seg})
+	out = st.appendParse(out)
+	c.q.push(request{kind: reqDescribeStmt, swallow: true, probe: true, stmt: st})
+	out = appendDescribeStatement(out, st.name)
+	c.probe = make(chan struct{})
+	return append(out, msgFlush, 0, 0, 0, 4), false
+}
+
+// poison sends a request the server rejects, so that it fails the segment
+// (and the transaction) as it would for pe, which the client gets instead.
+func (c *clientConn) poison(out []byte, pe *pgError) []byte {
+	c.q.push(request{kind: reqBind, errorReplacement: pe.appendTo(nil)})
+	return appendPoisonBind(out)
+}
+
+// closeUncertain handles a statement whose Parse went out in an earlier,
+// still unanswered segment: whether it exists depends on how that segment
+// ends, so it is closed first (closing a missing statement is no error) and
+// prepared again.
+func (c *clientConn) closeUncertain(out []byte, e *preparedEntry) []byte {
+	if e == nil {
+		return out
+	}
+	c.q.push(request{kind: reqClose, swallow: true})
+	return appendCloseStatement(out, e.name)
 }
 
 // clientStatement returns the statement a client's name refers to, renamed
@@ -533,7 +624,10 @@ func (c *clientConn) onBind(b *backend, out, msg, body []byte, tx bool) []byte {
 		portal, name, restOff, ok := parseBindNames(body)
 		if ok && len(name) > 0 {
 			if st := c.clientStatement(name); st != nil {
-				out = c.ensurePrepared(b, out, st)
+				out, ok := c.useStatement(b, out, st)
+				if !ok {
+					return out
+				}
 				c.q.push(request{kind: reqBind, stmt: st})
 				return appendBindRenamed(out, body, portal, restOff, st.name)
 			}
@@ -551,7 +645,10 @@ func (c *clientConn) onDescribe(b *backend, out, msg, body []byte, tx bool) []by
 	if tx && len(body) > 1 {
 		if name, _, ok := cstring(body[1:]); ok && len(name) > 0 {
 			if st := c.clientStatement(name); st != nil {
-				out = c.ensurePrepared(b, out, st)
+				out, ok := c.useStatement(b, out, st)
+				if !ok {
+					return out
+				}
 				c.q.push(request{kind: reqDescribeStmt, stmt: st})
 				return appendDescribeStatement(out, st.name)
 			}

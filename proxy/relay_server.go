@@ -146,7 +146,8 @@ func (c *clientConn) serverLost(b *backend, err error) {
 	if mine {
 		c.be = nil
 		c.q.reset()
-		c.inBatch = false
+		c.inBatch, c.serverSkipping = false, false
+		c.endProbe()
 	}
 	stopping := c.stopReader
 	c.mu.Unlock()
@@ -216,7 +217,7 @@ func (c *clientConn) route(b *backend) (out []byte, release bool, err error) {
 			return nil, false, fmt.Errorf("%w: invalid message length %d from the server", errLostTrack, bodyLen+4)
 		}
 		total := headerLen + bodyLen
-		if end-pos < total && (typ == msgReadyForQuery || typ == msgErrorResponse || typ == msgParameterStatus) {
+		if end-pos < total && (typ == msgReadyForQuery || typ == msgErrorResponse || typ == msgParameterStatus || typ == msgRowDescription) {
 			b.want = total
 			break
 		}
@@ -278,6 +279,7 @@ func (c *clientConn) routeOne(b *backend, typ byte, msg []byte, total int) (swal
 
 	case msgErrorResponse:
 		body := msg[headerLen:]
+		swallow := false
 		if sev := errorField(body, 'V'); bytes.Equal(sev, []byte("FATAL")) || bytes.Equal(sev, []byte("PANIC")) {
 			b.fatal = true
 		}
@@ -290,6 +292,13 @@ func (c *clientConn) routeOne(b *backend, typ byte, msg []byte, total int) (swal
 		}
 		r := c.q.pop()
 		c.undoParse(b, &r)
+		if r.errorReplacement != nil {
+			c.replacement = append(c.replacement[:0], r.errorReplacement...)
+			swallow = true
+		}
+		if r.probe {
+			c.endProbe()
+		}
 		if r.stmt != nil && string(errorField(body, 'C')) == codeFeatureNotSupported &&
 			bytes.Contains(errorField(body, 'M'), []byte("cached plan must not change result type")) {
 			// The server's plan for this statement is stale for good: give
@@ -302,8 +311,16 @@ func (c *clientConn) routeOne(b *backend, typ byte, msg []byte, total int) (swal
 		for h := c.q.peek(); h != nil && h.kind != reqSync; h = c.q.peek() {
 			s := c.q.pop()
 			c.undoParse(b, &s)
+			if s.probe {
+				c.endProbe()
+			}
 		}
-		return false, nil
+		if c.q.len() == 0 {
+			// The client's Sync is still to come; what it sends until then
+			// is discarded by the server.
+			c.serverSkipping = true
+		}
+		return swallow, nil
 
 	case msgParameterStatus:
 		name, rest, ok := cstring(msg[headerLen:])
@@ -347,12 +364,29 @@ func (c *clientConn) routeOne(b *backend, typ byte, msg []byte, total int) (swal
 		r := c.q.pop()
 		if k == reqParse && r.stmt != nil {
 			c.srv.stmts.markKnown(r.stmt)
+			if r.prepared {
+				b.prepared.confirm(r.stmt.name, r.seg)
+			}
 		}
 		return r.swallow, nil
 
 	case msgRowDescription, msgNoData:
 		if head != nil && (head.kind == reqDescribeStmt || head.kind == reqDescribePortal) {
 			r := c.q.pop()
+			if r.kind == reqDescribeStmt && r.stmt != nil {
+				fp := descriptionFingerprint(msg)
+				switch {
+				case r.probe:
+					if fp != r.stmt.fingerprint {
+						r.stmt.stale = true
+						c.log.Info("a prepared statement now describes another result than the client was told (schema change); the client gets 0A000 until it prepares it again",
+							"statement", r.stmt.name)
+					}
+					c.endProbe()
+				case !r.swallow:
+					r.stmt.fingerprint = fp
+				}
+			}
 			return r.swallow, nil
 		}
 
@@ -366,13 +400,21 @@ func (c *clientConn) routeOne(b *backend, typ byte, msg []byte, total int) (swal
 	return head != nil && head.swallow, nil
 }
 
+// endProbe lets the client reader go on after a probe was answered.
+func (c *clientConn) endProbe() {
+	if c.probe != nil {
+		close(c.probe)
+		c.probe = nil
+	}
+}
+
 // undoParse forgets a statement whose Parse failed or was skipped.
 func (c *clientConn) undoParse(b *backend, r *request) {
 	if r.stmt == nil {
 		return
 	}
 	if r.prepared {
-		b.prepared.remove(r.stmt.name)
+		b.prepared.undo(r.stmt.name, r.seg)
 	}
 	if r.clientName != "" && c.stmts[r.clientName] == r.stmt {
 		delete(c.stmts, r.clientName)

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"strings"
@@ -68,8 +69,8 @@ func pumpClient(t testing.TB, c *clientConn, b *backend, data []byte, chunk int)
 		out = append(out, o...)
 		b.cout = o[:0]
 		c.writing = false
-		if n == 0 && len(data) == 0 {
-			break
+		if c.probe != nil || (n == 0 && len(data) == 0) {
+			break // process() waits for a probe's answer
 		}
 	}
 	return out
@@ -362,6 +363,40 @@ func TestPipelineErrorSkipsToSync(t *testing.T) {
 	}
 }
 
+// A statement prepared in a pipeline segment that then fails is skipped by
+// the server; a later segment built before that was known must not count on
+// it: it is closed and prepared again there.
+func TestPipelineLaterSegmentReprepares(t *testing.T) {
+	c, b := testRelay(ModeTransaction, 10)
+	c.stmts["s"] = c.srv.stmts.newStatement(enc(&pgproto3.Parse{Query: "select $1::int"})[6:])
+	out := pumpClient(t, c, b, enc(
+		&pgproto3.Parse{Query: "select 1/0"}, &pgproto3.Bind{}, &pgproto3.Execute{},
+		&pgproto3.Bind{PreparedStatement: "s"}, &pgproto3.Execute{}, &pgproto3.Sync{},
+		&pgproto3.Bind{PreparedStatement: "s"}, &pgproto3.Execute{}, &pgproto3.Sync{},
+	), 0)
+	var kinds []string
+	for _, m := range decodeFrontendMsgs(t, out) {
+		kinds = append(kinds, fmt.Sprintf("%T", m)[len("*pgproto3."):])
+	}
+	want := "Parse Bind Execute Parse Bind Execute Sync Close Parse Bind Execute Sync"
+	if strings.Join(kinds, " ") != want {
+		t.Fatalf("sent %v\nwant %s", kinds, want)
+	}
+	reply, release := pumpServer(t, c, b, enc(
+		&pgproto3.ParseComplete{}, &pgproto3.BindComplete{},
+		&pgproto3.ErrorResponse{Severity: "ERROR", Code: "22012", Message: "division by zero"},
+		&pgproto3.ReadyForQuery{TxStatus: 'I'},
+		&pgproto3.CloseComplete{}, &pgproto3.ParseComplete{}, &pgproto3.BindComplete{},
+		&pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")}, &pgproto3.ReadyForQuery{TxStatus: 'I'},
+	), 0)
+	if got := string(decodeBackendMsgs(t, reply)); got != "12EZ2CZ" || !release {
+		t.Fatalf("reply %q release %v", got, release)
+	}
+	if e := b.prepared.lookup(c.stmts["s"].name); e == nil || e.pending != -1 {
+		t.Fatalf("statement not confirmed on the backend: %+v", e)
+	}
+}
+
 // "cached plan must not change result type" retires the server-side name;
 // the client's next Bind prepares the statement afresh under a new name.
 func TestCachedPlanErrorReprepares(t *testing.T) {
@@ -403,13 +438,13 @@ func TestPreparedLRUEviction(t *testing.T) {
 		pumpServer(t, c, b, enc(&pgproto3.ParseComplete{}, &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
 	}
 	if b.prepared.len() != 2 || len(b.prepared.toClose) != 1 {
-		t.Fatalf("prepared %d, to close %v", b.prepared.len(), b.prepared.toClose)
+		t.Fatalf("prepared %d, to close %d", b.prepared.len(), len(b.prepared.toClose))
 	}
 	// An evicted statement needed again before its Close went out is
 	// taken back, not prepared a second time.
-	evicted := b.prepared.toClose[0]
-	if !b.prepared.has(evicted) || len(b.prepared.toClose) != 1 || b.prepared.toClose[0] == evicted {
-		t.Fatalf("evicted %s not taken back: to close %v", evicted, b.prepared.toClose)
+	evicted := b.prepared.toClose[0].name
+	if !b.prepared.has(evicted) || len(b.prepared.toClose) != 1 || b.prepared.toClose[0].name == evicted {
+		t.Fatalf("evicted %s not taken back", evicted)
 	}
 	out := pumpClient(t, c, b, enc(&pgproto3.Query{String: "select 4"}), 0)
 	msgs := decodeFrontendMsgs(t, out)
@@ -633,5 +668,91 @@ func feed(c *clientConn, b *backend, client []byte, chunk int, server []byte) {
 		if _, _, err := c.route(b); err != nil {
 			return
 		}
+	}
+}
+
+// An error that comes back before the client's Sync was even sent: what the
+// client sends until its Sync is discarded by the server, so it gets no
+// bookkeeping, and the Sync's 'Z' lines up.
+func TestErrorBeforeClientSync(t *testing.T) {
+	c, b := testRelay(ModeTransaction, 10)
+	pumpClient(t, c, b, enc(&pgproto3.Parse{Query: "selec"}, &pgproto3.Bind{}), 0)
+	reply, _ := pumpServer(t, c, b, enc(&pgproto3.ErrorResponse{Severity: "ERROR", Code: "42601", Message: "syntax"}), 0)
+	if string(decodeBackendMsgs(t, reply)) != "E" || !c.serverSkipping {
+		t.Fatalf("reply %q skipping %v", decodeBackendMsgs(t, reply), c.serverSkipping)
+	}
+	out := pumpClient(t, c, b, enc(&pgproto3.Parse{Name: "n", Query: "select 1"}, &pgproto3.Execute{}, &pgproto3.Sync{}), 0)
+	if len(decodeFrontendMsgs(t, out)) != 3 || c.stmts["n"] != nil || c.q.len() != 1 {
+		t.Fatalf("messages the server skips were tracked: stmts %v queue %d", c.stmts, c.q.len())
+	}
+	reply, release := pumpServer(t, c, b, enc(&pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
+	if string(decodeBackendMsgs(t, reply)) != "Z" || !release || c.serverSkipping {
+		t.Fatalf("reply %q release %v", decodeBackendMsgs(t, reply), release)
+	}
+}
+
+// Preparing a name the client already uses fails with 42P05 as directly:
+// the server is made to fail the segment, and the client gets PostgreSQL's error.
+func TestParseOfTakenNameFails(t *testing.T) {
+	c, b := testRelay(ModeTransaction, 10)
+	pumpClient(t, c, b, enc(&pgproto3.Parse{Name: "s", Query: "select 1"}, &pgproto3.Sync{}), 0)
+	pumpServer(t, c, b, enc(&pgproto3.ParseComplete{}, &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
+	first := c.stmts["s"]
+	out := pumpClient(t, c, b, enc(&pgproto3.Parse{Name: "s", Query: "select 2"}, &pgproto3.Sync{}), 0)
+	if bd, ok := decodeFrontendMsgs(t, out)[0].(*pgproto3.Bind); !ok || bd.PreparedStatement != poisonStatement {
+		t.Fatalf("no poison Bind sent: %q", out)
+	}
+	reply, _ := pumpServer(t, c, b, enc(&pgproto3.ErrorResponse{Severity: "ERROR", Code: "26000", Message: "no such statement"},
+		&pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
+	fe := pgproto3.NewFrontend(bytes.NewReader(reply), io.Discard)
+	m, err := fe.Receive()
+	er, ok := m.(*pgproto3.ErrorResponse)
+	if err != nil || !ok || er.Code != "42P05" || !strings.Contains(er.Message, `"s" already exists`) {
+		t.Fatalf("client got %#v (%v), want 42P05", m, err)
+	}
+	if c.stmts["s"] != first {
+		t.Fatal("the failed Parse replaced the client's statement")
+	}
+}
+
+// A statement the client described, prepared afresh on another backend
+// after a schema change, describes another result: the proxy holds the
+// client's Bind, sees the difference, and fails it with 0A000 instead of
+// handing the client rows of another type.
+func TestProbeCatchesChangedResultType(t *testing.T) {
+	c, b := testRelay(ModeTransaction, 10)
+	rowDesc := func(oid uint32) *pgproto3.RowDescription {
+		return &pgproto3.RowDescription{Fields: []pgproto3.FieldDescription{{Name: []byte("c"), DataTypeOID: oid, DataTypeSize: -1, TypeModifier: -1}}}
+	}
+	pumpClient(t, c, b, enc(&pgproto3.Parse{Name: "s", Query: "select c from t"}, &pgproto3.Describe{ObjectType: 'S', Name: "s"}, &pgproto3.Sync{}), 0)
+	pumpServer(t, c, b, enc(&pgproto3.ParseComplete{}, &pgproto3.ParameterDescription{}, rowDesc(20), &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
+	if c.stmts["s"].fingerprint == "" {
+		t.Fatal("the description the client got was not recorded")
+	}
+
+	b2 := attachBackend(c, 10)
+	out := pumpClient(t, c, b2, enc(&pgproto3.Bind{PreparedStatement: "s"}, &pgproto3.Execute{}, &pgproto3.Sync{}), 0)
+	var kinds []string
+	for _, m := range decodeFrontendMsgs(t, out) {
+		kinds = append(kinds, fmt.Sprintf("%T", m)[len("*pgproto3."):])
+	}
+	if strings.Join(kinds, " ") != "Parse Describe Flush" || c.probe == nil {
+		t.Fatalf("sent %v, want the probe only (the Bind held)", kinds)
+	}
+	reply, _ := pumpServer(t, c, b2, enc(&pgproto3.ParseComplete{}, &pgproto3.ParameterDescription{}, rowDesc(701)), 0)
+	if len(reply) != 0 || c.probe != nil || !c.stmts["s"].stale {
+		t.Fatalf("probe: reply %q, stale %v", reply, c.stmts["s"].stale)
+	}
+	c.writing = false
+	out = pumpClient(t, c, b2, nil, 0) // the held messages go out now
+	msgs := decodeFrontendMsgs(t, out)
+	if bd, ok := msgs[0].(*pgproto3.Bind); !ok || bd.PreparedStatement != poisonStatement {
+		t.Fatalf("stale statement executed: %#v", msgs)
+	}
+	reply, release := pumpServer(t, c, b2, enc(&pgproto3.ErrorResponse{Severity: "ERROR", Code: "26000", Message: "x"},
+		&pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
+	fe := pgproto3.NewFrontend(bytes.NewReader(reply), io.Discard)
+	if m, _ := fe.Receive(); m.(*pgproto3.ErrorResponse).Code != "0A000" || !release {
+		t.Fatalf("client got %#v, want 0A000", m)
 	}
 }

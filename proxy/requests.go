@@ -29,8 +29,10 @@ type request struct {
 	// error (or a skip after one) can undo the bookkeeping.
 	stmt       *statement
 	clientName string
-	// prepared is set when this Parse made the backend's prepared set claim stmt.
+	// prepared is set when this Parse made the backend's prepared set claim
+	// stmt, in Sync segment seg.
 	prepared bool
+	seg      int64
 	// sets are the client SET/RESET statements of this Query, applied to the
 	// client's tracked parameters when it completes without error.
 	sets       []paramChange
@@ -39,6 +41,12 @@ type request struct {
 	failed     bool // an ErrorResponse arrived within this Query
 	// syncTo is the backend's parameter set once the proxy's own SETs succeed.
 	syncTo map[string]paramValue
+	// probe marks the proxy's Describe of a statement it prepared on a new
+	// backend, to compare the result with what the client was told.
+	probe bool
+	// errorReplacement, on a request sent only to make the server fail the
+	// segment, is the ErrorResponse the client gets instead of the server's.
+	errorReplacement []byte
 }
 
 // requestQueue is a FIFO ring of requests; it reuses its storage so the
@@ -48,6 +56,9 @@ type requestQueue struct {
 	head, size int
 	// syncs counts reqQuery and reqSync entries: the 'Z's still expected.
 	syncs int
+	// seg counts every reqQuery and reqSync ever pushed: the number of the
+	// current Sync segment, within which an error skips everything.
+	seg int64
 }
 
 func (q *requestQueue) len() int { return q.size }
@@ -68,6 +79,7 @@ func (q *requestQueue) push(r request) {
 	q.size++
 	if r.kind == reqQuery || r.kind == reqSync {
 		q.syncs++
+		q.seg++
 	}
 }
 
