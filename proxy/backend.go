@@ -23,14 +23,12 @@ type backend struct {
 	defaults map[string]paramValue
 	params   map[string]paramValue
 	prepared *preparedSet
-	rbuf     []byte // server reader's read buffer
 	out      []byte // server reader's output when it must edit the stream
 	cout     []byte // client reader's output to this backend
 	queries  int64  // 'Z's since acquire, for pool.max_queries
 
-	// Server reader state: unread bytes are rbuf[rstart:rend].
-	rstart, rend  int
-	want          int  // bytes a message that must be read whole needs
+	// Server reader state.
+	in            readBuffer
 	passRemaining int  // bytes of a message being streamed to the client
 	passSwallow   bool // ... or dropped
 	fatal         bool // the server sent a FATAL error: it is closing
@@ -49,7 +47,7 @@ func (s *Server) backendFor(conn *pool.Conn) *backend {
 		defaults: make(map[string]paramValue),
 		params:   make(map[string]paramValue),
 		prepared: newPreparedSet(s.cfg.MaxPreparedStatements),
-		rbuf:     make([]byte, serverReadBufSize),
+		in:       readBuffer{buf: make([]byte, serverReadBufSize)},
 	}
 	for k, v := range conn.Server().Params() {
 		k = strings.ToLower(k)

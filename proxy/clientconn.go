@@ -38,10 +38,8 @@ type clientConn struct {
 
 	// Owned by the client goroutine.
 	startupParams map[string]paramValue
-	rbuf          []byte
-	rstart, rend  int
+	in            readBuffer
 	passRemaining int // bytes of a message being streamed to the backend
-	wantBytes     int // a message that must be read whole needs this many bytes
 	stmtGen       uint64
 	hazardsSeen   [hazardCount]bool
 	discarding    bool  // acquire failed: drop messages until Sync / Query
@@ -138,7 +136,7 @@ func (s *Server) serveConn(conn net.Conn) {
 		want:          make(map[string]paramValue),
 		stmts:         make(map[string]*statement),
 		txStatus:      'I',
-		rbuf:          make([]byte, clientReadBufSize),
+		in:            readBuffer{buf: make([]byte, clientReadBufSize)},
 	}
 	for k, v := range sm.params {
 		k = strings.ToLower(k)

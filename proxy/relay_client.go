@@ -27,17 +27,9 @@ const maxWholeQuery = 64 << 10
 // transaction starts, and writes the messages (rewritten where needed) to it.
 func (c *clientConn) run() error {
 	for {
-		if c.rstart == c.rend {
-			c.rstart, c.rend = 0, 0
-		}
-		if need := c.wantBytes; need > len(c.rbuf)-c.rstart {
-			c.growRead(need)
-		} else if c.rend == len(c.rbuf) && c.rstart > 0 {
-			c.rend = copy(c.rbuf, c.rbuf[c.rstart:c.rend])
-			c.rstart = 0
-		}
-		n, err := c.conn.Read(c.rbuf[c.rend:])
-		c.rend += n
+		c.in.prepare()
+		n, err := c.conn.Read(c.in.free())
+		c.in.end += n
 		if err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) && !c.killed.Load() {
 				if c.shutdownIfIdle() {
@@ -54,22 +46,8 @@ func (c *clientConn) run() error {
 		if err := c.process(); err != nil {
 			return err
 		}
-		if len(c.rbuf) > maxKeptBufSize && c.rstart == c.rend {
-			c.rbuf = make([]byte, clientReadBufSize)
-			c.rstart, c.rend = 0, 0
-		}
+		c.in.shrink(clientReadBufSize)
 	}
-}
-
-// growRead makes room for a message of need bytes at the buffer's start.
-func (c *clientConn) growRead(need int) {
-	nb := c.rbuf
-	if need > len(nb) {
-		nb = make([]byte, max(need, 2*len(c.rbuf)))
-	}
-	c.rend = copy(nb, c.rbuf[c.rstart:c.rend])
-	c.rstart = 0
-	c.rbuf = nb
 }
 
 // shutdownIfIdle closes the client with 57P01 if the server drains and the
@@ -79,7 +57,7 @@ func (c *clientConn) shutdownIfIdle() bool {
 		return false
 	}
 	c.mu.Lock()
-	idle := c.be == nil && c.rstart == c.rend
+	idle := c.be == nil && c.in.start == c.in.end
 	c.mu.Unlock()
 	if !idle {
 		return false
@@ -92,8 +70,8 @@ func (c *clientConn) shutdownIfIdle() bool {
 
 // process handles every complete (or streamable) message in the buffer.
 func (c *clientConn) process() error {
-	for c.rstart < c.rend || c.passRemaining > 0 {
-		if c.rend-c.rstart == 0 {
+	for c.in.start < c.in.end || c.passRemaining > 0 {
+		if c.in.end-c.in.start == 0 {
 			return nil
 		}
 		if c.discarding {
@@ -103,11 +81,11 @@ func (c *clientConn) process() error {
 			continue
 		}
 		if c.passRemaining == 0 {
-			if c.rend-c.rstart < headerLen {
-				c.wantBytes = headerLen
+			if c.in.end-c.in.start < headerLen {
+				c.in.want = headerLen
 				return nil
 			}
-			if c.rbuf[c.rstart] == msgTerminate {
+			if c.in.buf[c.in.start] == msgTerminate {
 				return errClientTerminated
 			}
 		}
@@ -150,7 +128,7 @@ func (c *clientConn) process() error {
 			}
 			continue
 		}
-		if c.wantBytes > 0 {
+		if c.in.want > 0 {
 			return nil
 		}
 	}
@@ -176,16 +154,16 @@ func (c *clientConn) answerWithoutBackend() (bool, error) {
 		return false, nil
 	}
 	// First pass: is the request whole and of that shape?
-	pos, end := c.rstart, c.rend
+	pos, end := c.in.start, c.in.end
 	for {
 		if end-pos < headerLen {
 			return false, nil
 		}
-		typ, bodyLen := parseHeader(c.rbuf[pos:])
+		typ, bodyLen := parseHeader(c.in.buf[pos:])
 		if bodyLen < 0 || end-pos < headerLen+bodyLen {
 			return false, nil
 		}
-		body := c.rbuf[pos+headerLen : pos+headerLen+bodyLen]
+		body := c.in.buf[pos+headerLen : pos+headerLen+bodyLen]
 		pos += headerLen + bodyLen
 		switch typ {
 		case msgSync:
@@ -211,10 +189,10 @@ func (c *clientConn) answerWithoutBackend() (bool, error) {
 	}
 answer:
 	var reply []byte
-	for c.rstart < pos {
-		typ, bodyLen := parseHeader(c.rbuf[c.rstart:])
-		body := c.rbuf[c.rstart+headerLen : c.rstart+headerLen+bodyLen]
-		c.rstart += headerLen + bodyLen
+	for c.in.start < pos {
+		typ, bodyLen := parseHeader(c.in.buf[c.in.start:])
+		body := c.in.buf[c.in.start+headerLen : c.in.start+headerLen+bodyLen]
+		c.in.start += headerLen + bodyLen
 		switch typ {
 		case msgParse:
 			name, rest, _ := parseParseMessage(body)
@@ -350,39 +328,39 @@ func (c *clientConn) build(b *backend) (out []byte, wake bool, err error) {
 		c.q.push(request{kind: reqSync, swallow: true})
 	}
 	maxMsg := c.srv.cfg.MaxMessageSize
-	for c.rstart < c.rend {
-		avail := c.rend - c.rstart
+	for c.in.start < c.in.end {
+		avail := c.in.end - c.in.start
 		if c.passRemaining > 0 {
 			n := min(c.passRemaining, avail)
-			out = append(out, c.rbuf[c.rstart:c.rstart+n]...)
-			c.rstart += n
+			out = append(out, c.in.buf[c.in.start:c.in.start+n]...)
+			c.in.start += n
 			c.passRemaining -= n
 			continue
 		}
 		if avail < headerLen {
-			c.wantBytes = headerLen
+			c.in.want = headerLen
 			break
 		}
-		typ, bodyLen := parseHeader(c.rbuf[c.rstart:])
+		typ, bodyLen := parseHeader(c.in.buf[c.in.start:])
 		if bodyLen < 0 || bodyLen > maxMsg {
 			return out, false, c.protocolViolation(fmt.Sprintf("invalid message length %d for message type %q", bodyLen+4, typ))
 		}
 		total := headerLen + bodyLen
 		if avail < total && c.needsWhole(typ, bodyLen) {
-			c.wantBytes = total
+			c.in.want = total
 			break
 		}
-		c.wantBytes = 0
+		c.in.want = 0
 		if avail < total {
 			// Stream the rest of a message nobody needs to read.
 			c.notePartial(typ)
-			out = append(out, c.rbuf[c.rstart:c.rend]...)
+			out = append(out, c.in.buf[c.in.start:c.in.end]...)
 			c.passRemaining = total - avail
-			c.rstart = c.rend
+			c.in.start = c.in.end
 			continue
 		}
-		msg := c.rbuf[c.rstart : c.rstart+total]
-		c.rstart += total
+		msg := c.in.buf[c.in.start : c.in.start+total]
+		c.in.start += total
 		body := msg[headerLen:]
 		if c.serverSkipping && typ != msgSync && typ != msgTerminate {
 			// The server discards it unread: no reply, no bookkeeping.
@@ -391,7 +369,7 @@ func (c *clientConn) build(b *backend) (out []byte, wake bool, err error) {
 		}
 		switch typ {
 		case msgTerminate:
-			c.rstart -= total
+			c.in.start -= total
 			return out, c.q.lastIsSynthetic(), nil
 		case msgQuery:
 			out = c.onQuery(b, out, msg, body, tx)
@@ -428,7 +406,7 @@ func (c *clientConn) build(b *backend) (out []byte, wake bool, err error) {
 		if c.probe != nil {
 			// A probe went out in place of this message, which waits for
 			// the answer and is handled again afterwards.
-			c.rstart -= total
+			c.in.start -= total
 			return out, false, nil
 		}
 	}
@@ -699,8 +677,8 @@ func (c *clientConn) protocolViolation(msg string) error {
 func (c *clientConn) discard() error {
 	for {
 		if c.passRemaining > 0 {
-			n := min(c.passRemaining, c.rend-c.rstart)
-			c.rstart += n
+			n := min(c.passRemaining, c.in.end-c.in.start)
+			c.in.start += n
 			c.passRemaining -= n
 			if c.passRemaining > 0 {
 				return nil
@@ -710,12 +688,12 @@ func (c *clientConn) discard() error {
 			}
 			continue
 		}
-		avail := c.rend - c.rstart
+		avail := c.in.end - c.in.start
 		if avail < headerLen {
-			c.wantBytes = headerLen
+			c.in.want = headerLen
 			return nil
 		}
-		typ, bodyLen := parseHeader(c.rbuf[c.rstart:])
+		typ, bodyLen := parseHeader(c.in.buf[c.in.start:])
 		if bodyLen < 0 || bodyLen > c.srv.cfg.MaxMessageSize {
 			return c.protocolViolation(fmt.Sprintf("invalid message length %d for message type %q", bodyLen+4, typ))
 		}
@@ -725,11 +703,11 @@ func (c *clientConn) discard() error {
 		total := headerLen + bodyLen
 		if avail < total {
 			c.passRemaining = total - avail
-			c.rstart = c.rend
+			c.in.start = c.in.end
 			c.discardQuery = typ == msgQuery
 			return nil
 		}
-		c.rstart += total
+		c.in.start += total
 		if typ == msgQuery || typ == msgSync {
 			return c.answerDiscarded()
 		}

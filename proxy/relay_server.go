@@ -23,17 +23,9 @@ func (c *clientConn) serverLoop(b *backend, done chan struct{}) {
 	defer close(done)
 	nc := b.conn.Server().NetConn()
 	for {
-		if b.rstart == b.rend {
-			b.rstart, b.rend = 0, 0
-		}
-		if b.want > len(b.rbuf)-b.rstart {
-			b.growRead(b.want)
-		} else if b.rend == len(b.rbuf) && b.rstart > 0 {
-			b.rend = copy(b.rbuf, b.rbuf[b.rstart:b.rend])
-			b.rstart = 0
-		}
-		n, err := nc.Read(b.rbuf[b.rend:])
-		b.rend += n
+		b.in.prepare()
+		n, err := nc.Read(b.in.free())
+		b.in.end += n
 		if err != nil {
 			if !errors.Is(err, os.ErrDeadlineExceeded) {
 				c.serverLost(b, err)
@@ -83,22 +75,11 @@ func (c *clientConn) serverLoop(b *backend, done chan struct{}) {
 	}
 }
 
-// growRead makes room for a message of need bytes.
-func (b *backend) growRead(need int) {
-	nb := b.rbuf
-	if need > len(nb) {
-		nb = make([]byte, max(need, 2*len(b.rbuf)))
-	}
-	b.rend = copy(nb, b.rbuf[b.rstart:b.rend])
-	b.rstart = 0
-	b.rbuf = nb
-}
-
 // releasableLocked reports whether the client's transaction is over and
 // nothing is in flight, so b can serve another client.
 // Only the server reader calls it: b's buffer indexes are its own.
 func (c *clientConn) releasableLocked(b *backend) bool {
-	return c.transactionOverLocked() && b.rstart == b.rend && b.passRemaining == 0 && !b.fatal
+	return c.transactionOverLocked() && b.in.start == b.in.end && b.passRemaining == 0 && !b.fatal
 }
 
 // transactionOverLocked reports whether nothing the client sent is still in
@@ -110,9 +91,7 @@ func (c *clientConn) transactionOverLocked() bool {
 // releaseBackend gives a clean backend back to its pool.
 func (c *clientConn) releaseBackend(b *backend) {
 	b.conn.Server().NetConn().SetReadDeadline(time.Time{})
-	if len(b.rbuf) > maxKeptBufSize {
-		b.rbuf = make([]byte, serverReadBufSize)
-	}
+	b.in.shrink(serverReadBufSize)
 	if cap(b.out) > maxKeptBufSize {
 		b.out = nil
 	}
@@ -132,7 +111,7 @@ func (c *clientConn) releaseBackend(b *backend) {
 // destroyBackend closes a backend whose state is unknown.
 func (c *clientConn) destroyBackend(b *backend, reason string) {
 	c.log.Debug("closing server connection", "reason", reason)
-	b.rstart, b.rend, b.want, b.passRemaining = 0, 0, 0, 0
+	b.in.start, b.in.end, b.in.want, b.passRemaining = 0, 0, 0, 0
 	b.conn.AddQueries(b.queries)
 	b.conn.Destroy(reason)
 	c.srv.stats.active.Add(-1)
@@ -173,8 +152,8 @@ func (c *clientConn) serverLost(b *backend, err error) {
 // client: a slice of the read buffer when nothing was changed (the common
 // case, no copy), else b.out. It runs under c.mu.
 func (c *clientConn) route(b *backend) (out []byte, release bool, err error) {
-	rb := b.rbuf
-	pos, end := b.rstart, b.rend
+	rb := b.in.buf
+	pos, end := b.in.start, b.in.end
 	chunkStart := pos
 	edited := false
 	o := b.out[:0]
@@ -208,23 +187,23 @@ func (c *clientConn) route(b *backend) (out []byte, release bool, err error) {
 			continue
 		}
 		if end-pos < headerLen {
-			b.want = headerLen
+			b.in.want = headerLen
 			break
 		}
 		typ, bodyLen := parseHeader(rb[pos:])
 		if bodyLen < 0 || bodyLen > maxMsg {
-			b.rstart = pos
+			b.in.start = pos
 			return nil, false, fmt.Errorf("%w: invalid message length %d from the server", errLostTrack, bodyLen+4)
 		}
 		total := headerLen + bodyLen
 		if end-pos < total && (typ == msgReadyForQuery || typ == msgErrorResponse || typ == msgParameterStatus || typ == msgRowDescription) {
-			b.want = total
+			b.in.want = total
 			break
 		}
-		b.want = 0
+		b.in.want = 0
 		swallow, rerr := c.routeOne(b, typ, rb[pos:min(pos+total, end)], total)
 		if rerr != nil {
-			b.rstart = pos
+			b.in.start = pos
 			return nil, false, rerr
 		}
 		n := min(total, end-pos)
@@ -245,7 +224,7 @@ func (c *clientConn) route(b *backend) (out []byte, release bool, err error) {
 		}
 		pos += n
 	}
-	b.rstart = pos
+	b.in.start = pos
 	if edited {
 		b.out = o
 		out = o
@@ -494,7 +473,7 @@ func (c *clientConn) finish() {
 	c.mu.Lock()
 	b = c.be
 	c.be = nil
-	clean := b != nil && c.q.len() == 0 && !c.inBatch && b.rstart == b.rend && b.passRemaining == 0 &&
+	clean := b != nil && c.q.len() == 0 && !c.inBatch && b.in.start == b.in.end && b.passRemaining == 0 &&
 		c.passRemaining == 0 && !c.poisoned && !b.fatal
 	status := c.txStatus
 	c.q.reset()

@@ -24,7 +24,7 @@ func testRelay(mode Mode, maxPrepared int) (*clientConn, *backend) {
 	c := &clientConn{
 		srv: s, mode: mode, log: s.log, txStatus: 'I',
 		want: map[string]paramValue{}, stmts: map[string]*statement{}, startupParams: map[string]paramValue{},
-		rbuf: make([]byte, 16),
+		in: readBuffer{buf: make([]byte, 16)},
 	}
 	return c, attachBackend(c, maxPrepared)
 }
@@ -34,7 +34,7 @@ func attachBackend(c *clientConn, maxPrepared int) *backend {
 		defaults: map[string]paramValue{"timezone": {val: "UTC"}},
 		params:   map[string]paramValue{"timezone": {val: "UTC"}},
 		prepared: newPreparedSet(maxPrepared),
-		rbuf:     make([]byte, 16),
+		in:       readBuffer{buf: make([]byte, 16)},
 	}
 	c.be = b
 	return b
@@ -45,22 +45,14 @@ func attachBackend(c *clientConn, maxPrepared int) *backend {
 func pumpClient(t testing.TB, c *clientConn, b *backend, data []byte, chunk int) []byte {
 	t.Helper()
 	var out []byte
-	for len(data) > 0 || c.rstart < c.rend {
-		if c.rstart == c.rend {
-			c.rstart, c.rend = 0, 0
-		}
-		if need := c.wantBytes; need > len(c.rbuf)-c.rstart {
-			c.growRead(need)
-		} else if c.rend == len(c.rbuf) && c.rstart > 0 {
-			c.rend = copy(c.rbuf, c.rbuf[c.rstart:c.rend])
-			c.rstart = 0
-		}
+	for len(data) > 0 || c.in.start < c.in.end {
+		c.in.prepare()
 		n := len(data)
 		if chunk > 0 {
 			n = min(n, chunk)
 		}
-		n = copy(c.rbuf[c.rend:], data[:n])
-		c.rend += n
+		n = copy(c.in.buf[c.in.end:], data[:n])
+		c.in.end += n
 		data = data[n:]
 		o, _, err := c.build(b)
 		if err != nil {
@@ -79,22 +71,14 @@ func pumpClient(t testing.TB, c *clientConn, b *backend, data []byte, chunk int)
 // pumpServer feeds backend bytes through route in chunks.
 func pumpServer(t testing.TB, c *clientConn, b *backend, data []byte, chunk int) (out []byte, release bool) {
 	t.Helper()
-	for len(data) > 0 || b.rstart < b.rend {
-		if b.rstart == b.rend {
-			b.rstart, b.rend = 0, 0
-		}
-		if b.want > len(b.rbuf)-b.rstart {
-			b.growRead(b.want)
-		} else if b.rend == len(b.rbuf) && b.rstart > 0 {
-			b.rend = copy(b.rbuf, b.rbuf[b.rstart:b.rend])
-			b.rstart = 0
-		}
+	for len(data) > 0 || b.in.start < b.in.end {
+		b.in.prepare()
 		n := len(data)
 		if chunk > 0 {
 			n = min(n, chunk)
 		}
-		n = copy(b.rbuf[b.rend:], data[:n])
-		b.rend += n
+		n = copy(b.in.buf[b.in.end:], data[:n])
+		b.in.end += n
 		data = data[n:]
 		o, rel, err := c.route(b)
 		if err != nil {
@@ -233,8 +217,8 @@ func TestRouteRejectsBadLength(t *testing.T) {
 		c, b := testRelay(ModeTransaction, 10)
 		c.q.push(request{kind: reqQuery})
 		msg := []byte{'D', byte(l >> 24), byte(l >> 16), byte(l >> 8), byte(l), 0, 0}
-		copy(b.rbuf, msg)
-		b.rend = len(msg)
+		copy(b.in.buf, msg)
+		b.in.end = len(msg)
 		if _, _, err := c.route(b); !errors.Is(err, errLostTrack) {
 			t.Fatalf("length %d: got %v, want errLostTrack", l, err)
 		}
@@ -245,8 +229,8 @@ func TestBuildRejectsBadLength(t *testing.T) {
 	for _, l := range []uint32{0, 3, 1<<20 + 100} {
 		c, b := testRelay(ModeTransaction, 10)
 		msg := []byte{'Q', byte(l >> 24), byte(l >> 16), byte(l >> 8), byte(l), 0}
-		copy(c.rbuf, msg)
-		c.rend = len(msg)
+		copy(c.in.buf, msg)
+		c.in.end = len(msg)
 		_, _, err := c.build(b)
 		var pe *pgError
 		if !errors.As(err, &pe) || pe.Code != codeProtocolViolation || !c.poisoned {
@@ -300,7 +284,7 @@ func TestPreparedStatementsAcrossClientsAndBackends(t *testing.T) {
 
 	// Another client, same text, same backend: answered by the proxy.
 	c2 := &clientConn{srv: c1.srv, mode: ModeTransaction, log: c1.log, txStatus: 'I', want: map[string]paramValue{},
-		stmts: map[string]*statement{}, startupParams: map[string]paramValue{}, rbuf: make([]byte, 16), be: b1}
+		stmts: map[string]*statement{}, startupParams: map[string]paramValue{}, in: readBuffer{buf: make([]byte, 16)}, be: b1}
 	out = pumpClient(t, c2, b1, enc(&pgproto3.Parse{Name: "other", Query: "select $1::int", ParameterOIDs: []uint32{23}}, &pgproto3.Sync{}), 0)
 	if got := decodeFrontendMsgs(t, out); len(got) != 1 {
 		t.Fatalf("a Parse the backend already has was forwarded: %#v", got)
@@ -582,8 +566,8 @@ func TestFindHazard(t *testing.T) {
 // extended-protocol request and a many-row reply.
 func TestRelayAllocatesNothing(t *testing.T) {
 	c, b := testRelay(ModeTransaction, 10)
-	c.rbuf = make([]byte, 8<<10)
-	b.rbuf = make([]byte, 32<<10)
+	c.in.buf = make([]byte, 8<<10)
+	b.in.buf = make([]byte, 32<<10)
 	req := enc(&pgproto3.Parse{Query: "select $1::int"}, &pgproto3.Bind{Parameters: [][]byte{[]byte("1")}},
 		&pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{}, &pgproto3.Sync{})
 	var rows []pgproto3.Message
@@ -594,14 +578,14 @@ func TestRelayAllocatesNothing(t *testing.T) {
 	rows = append(rows, &pgproto3.CommandComplete{CommandTag: []byte("SELECT 200")}, &pgproto3.ReadyForQuery{TxStatus: 'I'})
 	resp := enc(rows...)
 	round := func() {
-		c.rstart, c.rend = 0, copy(c.rbuf, req)
+		c.in.start, c.in.end = 0, copy(c.in.buf, req)
 		out, _, err := c.build(b)
 		if err != nil || len(out) != len(req) {
 			t.Fatalf("build: %v %d", err, len(out))
 		}
 		b.cout = out[:0]
 		c.writing = false
-		b.rstart, b.rend = 0, copy(b.rbuf, resp)
+		b.in.start, b.in.end = 0, copy(b.in.buf, resp)
 		out, release, err := c.route(b)
 		if err != nil || !release || len(out) != len(resp) {
 			t.Fatalf("route: %v release %v %d", err, release, len(out))
@@ -630,17 +614,9 @@ func FuzzScanner(f *testing.F) {
 // feed drives both halves like pumpClient/pumpServer but tolerates errors.
 func feed(c *clientConn, b *backend, client []byte, chunk int, server []byte) {
 	for len(client) > 0 {
-		if c.rstart == c.rend {
-			c.rstart, c.rend = 0, 0
-		}
-		if need := c.wantBytes; need > len(c.rbuf)-c.rstart {
-			c.growRead(need)
-		} else if c.rend == len(c.rbuf) && c.rstart > 0 {
-			c.rend = copy(c.rbuf, c.rbuf[c.rstart:c.rend])
-			c.rstart = 0
-		}
-		n := copy(c.rbuf[c.rend:], client[:min(chunk, len(client))])
-		c.rend += n
+		c.in.prepare()
+		n := copy(c.in.buf[c.in.end:], client[:min(chunk, len(client))])
+		c.in.end += n
 		client = client[n:]
 		out, _, err := c.build(b)
 		b.cout = out[:0]
@@ -648,22 +624,14 @@ func feed(c *clientConn, b *backend, client []byte, chunk int, server []byte) {
 		if err != nil {
 			return
 		}
-		if c.passRemaining == 0 && c.rstart < c.rend && c.rbuf[c.rstart] == msgTerminate {
+		if c.passRemaining == 0 && c.in.start < c.in.end && c.in.buf[c.in.start] == msgTerminate {
 			return // process() ends the client here
 		}
 	}
 	for len(server) > 0 {
-		if b.rstart == b.rend {
-			b.rstart, b.rend = 0, 0
-		}
-		if b.want > len(b.rbuf)-b.rstart {
-			b.growRead(b.want)
-		} else if b.rend == len(b.rbuf) && b.rstart > 0 {
-			b.rend = copy(b.rbuf, b.rbuf[b.rstart:b.rend])
-			b.rstart = 0
-		}
-		n := copy(b.rbuf[b.rend:], server[:min(chunk, len(server))])
-		b.rend += n
+		b.in.prepare()
+		n := copy(b.in.buf[b.in.end:], server[:min(chunk, len(server))])
+		b.in.end += n
 		server = server[n:]
 		if _, _, err := c.route(b); err != nil {
 			return
