@@ -1,10 +1,3 @@
-//go:build pgxpool
-
-// This file needs github.com/jackc/puddle/v2 (pgxpool's pool) in go.mod, which
-// the module does not require yet; `go mod tidy` adds it (tidy reads every
-// build tag). Remove this constraint once go.mod lists puddle/v2: until then
-// `go test -tags pgxpool` fails with "updates to go.mod needed".
-
 package e2e
 
 import (
