@@ -114,18 +114,13 @@ func classifyQuery(q []byte) (queryKind, string) {
 	return queryOther, ""
 }
 
-// looksLike is a cheap first filter: only texts starting with these words
-// can be a statement classifyQuery or parseSetStatement acts on.
+// needsClassify is a cheap first filter, run on every Query: only texts
+// starting with these words can be a statement classifyQuery or
+// parseSetStatement acts on.
 func needsClassify(q []byte) bool {
-	i := skipSpace(q)
-	if i >= len(q) {
-		return false
-	}
-	switch q[i] | 0x20 {
-	case 'd', 'r', 's':
-		return true
-	}
-	return false
+	q = q[skipSpace(q):]
+	return hasPrefixFold(q, "set ") || hasPrefixFold(q, "reset ") || hasPrefixFold(q, "deallocate ") ||
+		hasPrefixFold(q, "discard ")
 }
 
 func skipSpace(q []byte) int {

@@ -724,3 +724,14 @@ func TestProbeCatchesChangedResultType(t *testing.T) {
 		t.Fatalf("client got %#v, want 0A000", m)
 	}
 }
+
+func TestNeedsClassify(t *testing.T) {
+	for q, want := range map[string]bool{
+		"SELECT 1": false, "select set_config('a','b',false)": false, "  SET x TO 1": true, "reset all": true,
+		"DEALLOCATE s1": true, "discard all": true, "settings": false, "deallocated": false,
+	} {
+		if got := needsClassify([]byte(q)); got != want {
+			t.Errorf("%q: got %v want %v", q, got, want)
+		}
+	}
+}
