@@ -220,3 +220,29 @@ func TestDoubleReleaseIsIgnoredAndLogged(t *testing.T) {
 		t.Fatalf("after misuse: %+v", s)
 	}
 }
+
+// A backend handed straight from Release to a waiter was in use, not
+// idle: it must not be validated however long ago it last sat idle (under
+// contention that would add a round trip to every transaction).
+func TestHandoffIsNotValidated(t *testing.T) {
+	db := newFakeDB()
+	cfg := testConfig(db, newLogRecorder())
+	cfg.MaxSize = 1
+	cfg.ValidateAfterIdle = 30 * time.Millisecond
+	p := startPool(t, cfg)
+
+	c := mustAcquire(t, p)
+	before := p.Stats().Validations
+	for i := 0; i < 3; i++ {
+		got := make(chan *Conn, 1)
+		go func() { got <- mustAcquire(t, p) }()
+		waitFor(t, "a waiter", func() bool { return p.Stats().Waiting == 1 })
+		time.Sleep(2 * cfg.ValidateAfterIdle) // held (busy) longer than the idle threshold
+		c.Release()
+		c = <-got
+	}
+	c.Release()
+	if n := p.Stats().Validations - before; n != 0 {
+		t.Fatalf("%d validations on direct handoffs, want 0", n)
+	}
+}

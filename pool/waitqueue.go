@@ -89,11 +89,13 @@ func (p *Pool) putLocked(b *backend, now time.Time) {
 		p.retireLocked(b, retireShutdown, "pool closed", now)
 		return
 	}
+	// It was in use until now: the validate-after-idle clock starts here,
+	// also for a backend handed on directly, which was never idle at all.
+	b.idleSince = now
 	if w := p.waiters.popFront(); w != nil {
 		w.ch <- grant{b: b}
 		return
 	}
-	b.idleSince = now
 	b.fresh = false // it has sat idle: validation rules apply from now
 	p.idle = append(p.idle, b)
 }
