@@ -165,9 +165,17 @@ func (s *Server) serveConn(conn net.Conn) {
 	start := time.Now()
 	err = c.run()
 	c.finish()
+	var pe *pgError
+	if errors.As(err, &pe) && !c.killed.Load() {
+		// The server reader is stopped: nothing else writes to the client.
+		conn.SetWriteDeadline(time.Now().Add(time.Second))
+		conn.Write(pe.appendTo(nil))
+	}
 	switch {
 	case err == nil, errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed), errors.Is(err, errClientTerminated):
 		lg.Debug("client disconnected", "duration", time.Since(start).Round(time.Millisecond))
+	case pe != nil: // already logged where it was found
+		lg.Debug("client connection closed", "err", err, "duration", time.Since(start).Round(time.Millisecond))
 	default:
 		lg.Info("client connection closed", "err", err, "duration", time.Since(start).Round(time.Millisecond))
 	}

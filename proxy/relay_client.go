@@ -229,8 +229,7 @@ func (c *clientConn) backendForRequest() (*backend, error) {
 	if err != nil {
 		var pe *pgError
 		if errors.As(err, &pe) && pe.Code == codeAdminShutdown {
-			c.conn.Write(pe.appendTo(nil))
-			return nil, err
+			return nil, err // serveConn tells the client
 		}
 		c.discarding, c.acquireErr = true, err
 		return nil, nil
