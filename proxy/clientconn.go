@@ -25,7 +25,6 @@ type clientConn struct {
 	srv     *Server
 	conn    net.Conn
 	addr    string
-	user    string
 	db      *Database
 	appName string
 	log     *slog.Logger
@@ -56,7 +55,6 @@ type clientConn struct {
 	txStatus   byte // from the last ReadyForQuery
 	want       map[string]paramValue
 	stmts      map[string]*statement // client statement name -> statement
-	wake       bool                  // serverLoop: emit synthetic replies now
 	stopReader bool                  // serverLoop: stop, leave the backend to run()
 	readerDone chan struct{}
 	// replacement is a message routeOne wants sent instead of the one it
@@ -69,11 +67,10 @@ type clientConn struct {
 	// client's Sync was sent; the server discards everything up to it.
 	serverSkipping bool
 
-	lastMu   sync.Mutex
-	last     [240]byte
-	lastLen  int
-	killed   atomic.Bool
-	draining atomic.Bool
+	lastMu  sync.Mutex
+	last    [240]byte
+	lastLen int
+	killed  atomic.Bool
 }
 
 // serveConn runs one accepted connection from startup to close.
@@ -127,7 +124,6 @@ func (s *Server) serveConn(conn net.Conn) {
 		srv:           s,
 		conn:          conn,
 		addr:          addr,
-		user:          sm.user,
 		db:            db,
 		appName:       sm.params["application_name"],
 		log:           lg,
@@ -351,7 +347,6 @@ func acquireErrorResponse(err error, fatal bool) *pgError {
 
 // poke wakes the client reader so it notices a shutdown.
 func (c *clientConn) poke() {
-	c.draining.Store(true)
 	c.conn.SetReadDeadline(time.Now())
 }
 

@@ -57,23 +57,33 @@ func quoteLiteral(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", "''") + "'"
 }
 
+// current is the value a backend has for k: what the proxy saw set, else
+// its connect-time default.
+func current(have, defaults map[string]paramValue, k string) (paramValue, bool) {
+	if h, ok := have[k]; ok {
+		return h, true
+	}
+	h, ok := defaults[k]
+	return h, ok
+}
+
+// needsReset reports whether a value the client does not ask for differs
+// from the backend's default (or has no known default) and must be RESET.
+func needsReset(defaults map[string]paramValue, k string, h paramValue) bool {
+	d, ok := defaults[k]
+	return !ok || d != h
+}
+
 // paramsInSync reports whether a backend already has the values the client
 // expects; it is the allocation-free check done on every acquire.
 func paramsInSync(want, have, defaults map[string]paramValue) bool {
 	for k, w := range want {
-		h, ok := have[k]
-		if !ok {
-			h, ok = defaults[k]
-		}
-		if !ok || h != w {
+		if h, ok := current(have, defaults, k); !ok || h != w {
 			return false
 		}
 	}
 	for k, h := range have {
-		if _, ok := want[k]; ok {
-			continue
-		}
-		if d, ok := defaults[k]; !ok || d != h {
+		if _, ok := want[k]; !ok && needsReset(defaults, k, h) {
 			return false
 		}
 	}
@@ -93,13 +103,8 @@ func paramSyncSQL(want, have, defaults map[string]paramValue) string {
 	sort.Strings(keys)
 	for _, k := range keys {
 		w := want[k]
-		if h, ok := have[k]; ok && h == w {
+		if h, ok := current(have, defaults, k); ok && h == w {
 			continue
-		}
-		if d, ok := defaults[k]; ok && d == w {
-			if _, ok := have[k]; !ok || have[k] == w {
-				continue
-			}
 		}
 		if w.raw {
 			b.WriteString("SET " + quoteIdent(k) + " TO " + w.val + ";")
@@ -110,14 +115,9 @@ func paramSyncSQL(want, have, defaults map[string]paramValue) string {
 	}
 	var resets []string
 	for k, h := range have {
-		if _, ok := want[k]; ok {
-			continue
+		if _, ok := want[k]; !ok && needsReset(defaults, k, h) {
+			resets = append(resets, k)
 		}
-		d, hasDefault := defaults[k]
-		if hasDefault && h == d {
-			continue
-		}
-		resets = append(resets, k)
 	}
 	sort.Strings(resets)
 	for _, k := range resets {

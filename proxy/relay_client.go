@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"net"
 	"os"
 	"time"
 
@@ -53,7 +52,7 @@ func (c *clientConn) run() error {
 // shutdownIfIdle closes the client with 57P01 if the server drains and the
 // client holds no backend. It reports whether it did.
 func (c *clientConn) shutdownIfIdle() bool {
-	if !c.draining.Load() {
+	if !c.srv.draining.Load() {
 		return false
 	}
 	c.mu.Lock()
@@ -70,10 +69,7 @@ func (c *clientConn) shutdownIfIdle() bool {
 
 // process handles every complete (or streamable) message in the buffer.
 func (c *clientConn) process() error {
-	for c.in.start < c.in.end || c.passRemaining > 0 {
-		if c.in.end-c.in.start == 0 {
-			return nil
-		}
+	for c.in.pending() > 0 {
 		if c.discarding {
 			if err := c.discard(); err != nil || c.discarding {
 				return err
@@ -81,7 +77,7 @@ func (c *clientConn) process() error {
 			continue
 		}
 		if c.passRemaining == 0 {
-			if c.in.end-c.in.start < headerLen {
+			if c.in.pending() < headerLen {
 				c.in.want = headerLen
 				return nil
 			}
@@ -89,17 +85,21 @@ func (c *clientConn) process() error {
 				return errClientTerminated
 			}
 		}
-		if answered, err := c.answerWithoutBackend(); err != nil {
-			return err
-		} else if answered {
-			continue
-		}
-		b, err := c.backendForRequest()
-		if err != nil {
-			return err
-		}
-		if b == nil { // acquire failed: now discarding
-			continue
+		b := c.heldBackend()
+		if b == nil {
+			answered, err := c.answerWithoutBackend()
+			if err != nil {
+				return err
+			}
+			if answered {
+				continue
+			}
+			if b, err = c.acquireForRequest(); err != nil {
+				return err
+			}
+			if b == nil { // acquire failed: now discarding
+				continue
+			}
 		}
 		out, wake, perr := c.build(b)
 		if perr == errBackendMoved {
@@ -112,7 +112,8 @@ func (c *clientConn) process() error {
 		b.cout = out[:0]
 		probe, readerDone := c.unpin(b, wake)
 		if werr != nil {
-			return c.backendWriteFailed(b, werr)
+			c.log.Warn("server connection failed while sending", "err", werr)
+			return fmt.Errorf("writing to the server: %w", werr)
 		}
 		if perr != nil {
 			return perr
@@ -135,6 +136,13 @@ func (c *clientConn) process() error {
 	return nil
 }
 
+// heldBackend is the backend this client holds, or nil.
+func (c *clientConn) heldBackend() *backend {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.be
+}
+
 // answerWithoutBackend answers, without taking a backend, a request made
 // only of named Parse / Close messages and a Sync, when the client holds no
 // backend and every statement's text is known to prepare cleanly. Such a
@@ -147,59 +155,22 @@ func (c *clientConn) answerWithoutBackend() (bool, error) {
 	if c.mode != ModeTransaction || c.passRemaining > 0 {
 		return false, nil
 	}
-	c.mu.Lock()
-	held := c.be != nil
-	c.mu.Unlock()
-	if held {
+	end, stmts, ok := c.localRequest()
+	if !ok {
 		return false, nil
 	}
-	// First pass: is the request whole and of that shape?
-	pos, end := c.in.start, c.in.end
-	for {
-		if end-pos < headerLen {
-			return false, nil
-		}
-		typ, bodyLen := parseHeader(c.in.buf[pos:])
-		if bodyLen < 0 || end-pos < headerLen+bodyLen {
-			return false, nil
-		}
-		body := c.in.buf[pos+headerLen : pos+headerLen+bodyLen]
-		pos += headerLen + bodyLen
-		switch typ {
-		case msgSync:
-			goto answer
-		case msgParse:
-			name, rest, ok := parseParseMessage(body)
-			if !ok || len(name) == 0 || !c.srv.stmts.isKnown(&statement{hash: contentHash(rest)}) {
-				return false, nil
-			}
-			c.mu.Lock()
-			taken := c.stmts[string(name)] != nil
-			c.mu.Unlock()
-			if taken {
-				return false, nil
-			}
-		case msgClose:
-			if len(body) < 2 || body[0] != 'S' || body[1] == 0 {
-				return false, nil
-			}
-		default:
-			return false, nil
-		}
-	}
-answer:
 	var reply []byte
-	for c.in.start < pos {
+	for c.in.start < end {
 		typ, bodyLen := parseHeader(c.in.buf[c.in.start:])
 		body := c.in.buf[c.in.start+headerLen : c.in.start+headerLen+bodyLen]
 		c.in.start += headerLen + bodyLen
 		switch typ {
 		case msgParse:
-			name, rest, _ := parseParseMessage(body)
-			st := c.srv.stmts.newStatement(rest)
+			name, _, _ := parseParseMessage(body)
 			c.mu.Lock()
-			c.stmts[string(name)] = st
+			c.stmts[string(name)] = stmts[0]
 			c.mu.Unlock()
+			stmts = stmts[1:]
 			reply = append(reply, wireParseComplete...)
 		case msgClose:
 			name, _, _ := cstring(body[1:])
@@ -215,16 +186,51 @@ answer:
 	return true, err
 }
 
-// backendForRequest returns the backend this client holds, acquiring one
-// when its transaction starts. It returns nil (and switches to discarding)
-// when no backend can be had.
-func (c *clientConn) backendForRequest() (*backend, error) {
-	c.mu.Lock()
-	b := c.be
-	c.mu.Unlock()
-	if b != nil {
-		return b, nil
+// localRequest checks whether the buffer starts with a whole request the
+// proxy can answer alone (see answerWithoutBackend): named Parses of known
+// text under free names, Closes of statements, then a Sync. It returns where
+// the request ends and the statements of its Parses, in order.
+func (c *clientConn) localRequest() (end int, stmts []*statement, ok bool) {
+	pos := c.in.start
+	for {
+		if c.in.end-pos < headerLen {
+			return 0, nil, false
+		}
+		typ, bodyLen := parseHeader(c.in.buf[pos:])
+		if bodyLen < 0 || c.in.end-pos < headerLen+bodyLen {
+			return 0, nil, false
+		}
+		body := c.in.buf[pos+headerLen : pos+headerLen+bodyLen]
+		pos += headerLen + bodyLen
+		switch typ {
+		case msgSync:
+			return pos, stmts, true
+		case msgParse:
+			name, rest, ok := parseParseMessage(body)
+			if !ok || len(name) == 0 {
+				return 0, nil, false
+			}
+			st := c.srv.stmts.newStatement(rest)
+			c.mu.Lock()
+			taken := c.stmts[string(name)] != nil
+			c.mu.Unlock()
+			if taken || !c.srv.stmts.isKnown(st) {
+				return 0, nil, false
+			}
+			stmts = append(stmts, st)
+		case msgClose:
+			if len(body) < 2 || body[0] != 'S' || body[1] == 0 {
+				return 0, nil, false
+			}
+		default:
+			return 0, nil, false
+		}
 	}
+}
+
+// acquireForRequest acquires a backend when the client's transaction
+// starts. It returns nil (and switches to discarding) when none can be had.
+func (c *clientConn) acquireForRequest() (*backend, error) {
 	b, err := c.acquire()
 	if err != nil {
 		var pe *pgError
@@ -246,7 +252,7 @@ func (c *clientConn) acquire() (*backend, error) {
 	var err error
 	for attempt := 0; ; attempt++ {
 		conn, err = c.db.Pool.Acquire(c.ctx)
-		if err != nil || probeIdle(conn.Server().NetConn()) == nil || attempt == 3 {
+		if err != nil || probeSocket(conn.Server().NetConn()) == nil || attempt == 3 {
 			break
 		}
 		// The server closed it while it sat idle (pg_terminate_backend,
@@ -268,7 +274,7 @@ func (c *clientConn) acquire() (*backend, error) {
 
 	c.mu.Lock()
 	c.be = b
-	c.stopReader, c.wake = false, false
+	c.stopReader = false
 	c.txStatus = 'I'
 	if !paramsInSync(c.want, b.params, b.defaults) {
 		// The backend's values change only if the SETs succeed: they run
@@ -295,7 +301,6 @@ func (c *clientConn) unpin(b *backend, wake bool) (probe, readerDone chan struct
 	defer c.mu.Unlock()
 	c.writing = false
 	if c.be == b && (wake || c.transactionOverLocked()) {
-		c.wake = true
 		b.conn.Server().NetConn().SetReadDeadline(time.Now())
 	}
 	return c.probe, c.readerDone
@@ -326,7 +331,6 @@ func (c *clientConn) build(b *backend) (out []byte, wake bool, err error) {
 		out = append(out, msgSync, 0, 0, 0, 4)
 		c.q.push(request{kind: reqSync, swallow: true})
 	}
-	maxMsg := c.srv.cfg.MaxMessageSize
 	for c.in.start < c.in.end {
 		avail := c.in.end - c.in.start
 		if c.passRemaining > 0 {
@@ -341,8 +345,8 @@ func (c *clientConn) build(b *backend) (out []byte, wake bool, err error) {
 			break
 		}
 		typ, bodyLen := parseHeader(c.in.buf[c.in.start:])
-		if bodyLen < 0 || bodyLen > maxMsg {
-			return out, false, c.protocolViolation(fmt.Sprintf("invalid message length %d for message type %q", bodyLen+4, typ))
+		if err := c.checkLength(typ, bodyLen); err != nil {
+			return out, false, err
 		}
 		total := headerLen + bodyLen
 		if avail < total && c.needsWhole(typ, bodyLen) {
@@ -445,13 +449,8 @@ func (c *clientConn) onQuery(b *backend, out, msg, body []byte, tx bool) []byte 
 	if n := len(q); n > 0 && q[n-1] == 0 {
 		q = q[:n-1]
 	}
-	c.noteStatement(q)
+	c.inspect(q, tx)
 	r := request{kind: reqQuery}
-	if tx {
-		if h := findHazard(q); h != hazardNone {
-			c.warnHazard(h)
-		}
-	}
 	if needsClassify(q) {
 		if ch, ok := parseSetStatement(q); ok {
 			r.sets = []paramChange{ch}
@@ -484,16 +483,10 @@ func (c *clientConn) onQuery(b *backend, out, msg, body []byte, tx bool) []byte 
 
 func (c *clientConn) onParse(b *backend, out, msg, body []byte, tx bool) []byte {
 	name, rest, ok := parseParseMessage(body)
+	query, _, _ := cstring(rest)
 	if !tx || !ok || len(name) == 0 {
 		if ok {
-			if q, _, ok := cstring(rest); ok {
-				c.noteStatement(q)
-				if tx {
-					if h := findHazard(q); h != hazardNone {
-						c.warnHazard(h)
-					}
-				}
-			}
+			c.inspect(query, tx)
 		}
 		c.q.push(request{kind: reqParse})
 		return append(out, msg...)
@@ -503,35 +496,37 @@ func (c *clientConn) onParse(b *backend, out, msg, body []byte, tx bool) []byte 
 		return c.poison(out, newError("42P05", fmt.Sprintf("prepared statement %q already exists", name),
 			"close (DEALLOCATE) the statement before preparing another one under its name"))
 	}
+	c.inspect(query, tx)
 	st := c.srv.stmts.newStatement(rest)
-	c.noteStatement([]byte(st.query))
-	if h := findHazard([]byte(st.query)); h != hazardNone {
-		c.warnHazard(h)
-	}
 	cname := string(name)
 	c.stmts[cname] = st
+	out, sent := c.sendParse(b, out, st, request{clientName: cname})
+	if !sent {
+		c.q.push(request{kind: reqSynthetic, payload: wireParseComplete, stmt: st, clientName: cname})
+	}
+	return out
+}
+
+// sendParse sends a Parse of st unless b certainly has it already, and
+// claims st on b. r describes the Parse request: the client's own, or the
+// proxy's (swallowed). It reports whether it sent one.
+func (c *clientConn) sendParse(b *backend, out []byte, st *statement, r request) ([]byte, bool) {
 	e := b.prepared.lookup(st.name)
 	if e != nil && e.certain(c.q.seg) {
-		c.q.push(request{kind: reqSynthetic, payload: wireParseComplete, stmt: st, clientName: cname})
-		return out
+		return out, false
 	}
 	out = c.closeUncertain(out, e)
 	b.prepared.add(st.name, c.q.seg)
-	c.q.push(request{kind: reqParse, stmt: st, clientName: cname, prepared: true, seg: c.q.seg})
-	return st.appendParse(out)
+	r.kind, r.stmt, r.prepared, r.seg = reqParse, st, true, c.q.seg
+	c.q.push(r)
+	return st.appendParse(out), true
 }
 
 // ensurePrepared injects a Parse of st when backend b lacks it; its
 // ParseComplete is swallowed.
 func (c *clientConn) ensurePrepared(b *backend, out []byte, st *statement) []byte {
-	e := b.prepared.lookup(st.name)
-	if e != nil && e.certain(c.q.seg) {
-		return out
-	}
-	out = c.closeUncertain(out, e)
-	b.prepared.add(st.name, c.q.seg)
-	c.q.push(request{kind: reqParse, swallow: true, stmt: st, prepared: true, seg: c.q.seg})
-	return st.appendParse(out)
+	out, _ = c.sendParse(b, out, st, request{swallow: true})
+	return out
 }
 
 // useStatement prepares st on b for a Bind or Describe of the client's.
@@ -546,17 +541,13 @@ func (c *clientConn) useStatement(b *backend, out []byte, st *statement) ([]byte
 		return c.poison(out, newError(codeFeatureNotSupported, "cached plan must not change result type",
 			"the table changed since the statement was prepared; prepare it again")), false
 	}
-	e := b.prepared.lookup(st.name)
-	if e != nil && e.certain(c.q.seg) {
-		return out, true
-	}
 	if st.fingerprint == "" {
 		return c.ensurePrepared(b, out, st), true
 	}
-	out = c.closeUncertain(out, e)
-	b.prepared.add(st.name, c.q.seg)
-	c.q.push(request{kind: reqParse, swallow: true, stmt: st, prepared: true, seg: c.q.seg})
-	out = st.appendParse(out)
+	out, sent := c.sendParse(b, out, st, request{swallow: true})
+	if !sent {
+		return out, true
+	}
 	c.q.push(request{kind: reqDescribeStmt, swallow: true, probe: true, stmt: st})
 	out = appendDescribeStatement(out, st.name)
 	c.probe = make(chan struct{})
@@ -649,6 +640,17 @@ func (c *clientConn) onClose(out, msg, body []byte, tx bool) []byte {
 	return append(out, msg...)
 }
 
+// inspect remembers a statement for leak reports and, in transaction mode,
+// warns of session-bound features in it.
+func (c *clientConn) inspect(q []byte, tx bool) {
+	c.noteStatement(q)
+	if tx {
+		if h := findHazard(q); h != hazardNone {
+			c.warnHazard(h)
+		}
+	}
+}
+
 // warnHazard tells the client, once per kind, that it uses something that
 // cannot work in transaction pooling mode, and logs it.
 func (c *clientConn) warnHazard(h hazard) {
@@ -660,6 +662,14 @@ func (c *clientConn) warnHazard(h hazard) {
 	c.log.Warn("client uses a feature that transaction pooling cannot carry",
 		"application_name", c.appName, "problem", t.msg)
 	c.q.push(request{kind: reqSynthetic, notice: true, payload: appendNotice(nil, codeFeatureNotSupported, "pgsidecar: "+t.msg, t.hint)})
+}
+
+// checkLength rejects a message length below 4 or above max_message_size.
+func (c *clientConn) checkLength(typ byte, bodyLen int) error {
+	if bodyLen < 0 || bodyLen > c.srv.cfg.MaxMessageSize {
+		return c.protocolViolation(fmt.Sprintf("invalid message length %d for message type %q", bodyLen+4, typ))
+	}
+	return nil
 }
 
 // protocolViolation tells the client its input is malformed; the caller
@@ -693,8 +703,8 @@ func (c *clientConn) discard() error {
 			return nil
 		}
 		typ, bodyLen := parseHeader(c.in.buf[c.in.start:])
-		if bodyLen < 0 || bodyLen > c.srv.cfg.MaxMessageSize {
-			return c.protocolViolation(fmt.Sprintf("invalid message length %d for message type %q", bodyLen+4, typ))
+		if err := c.checkLength(typ, bodyLen); err != nil {
+			return err
 		}
 		if typ == msgTerminate {
 			return errClientTerminated
@@ -720,14 +730,3 @@ func (c *clientConn) answerDiscarded() error {
 	_, err := c.conn.Write(reply)
 	return err
 }
-
-// backendWriteFailed handles a backend that cannot be written to.
-func (c *clientConn) backendWriteFailed(b *backend, err error) error {
-	c.log.Warn("server connection failed while sending", "err", err)
-	return fmt.Errorf("writing to the server: %w", err)
-}
-
-// probeIdle checks, without blocking, that an idle backend has nothing to
-// say: an idle server that sent something (or closed) is no longer usable.
-// It returns nil when the connection is fine or cannot be probed.
-var probeIdle = func(nc net.Conn) error { return probeSocket(nc) }

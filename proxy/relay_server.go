@@ -40,7 +40,6 @@ func (c *clientConn) serverLoop(b *backend, done chan struct{}) {
 			c.mu.Unlock()
 			return
 		}
-		c.wake = false
 		out, release, rerr := c.route(b)
 		c.mu.Unlock()
 		if rerr != nil {
@@ -157,14 +156,19 @@ func (c *clientConn) route(b *backend) (out []byte, release bool, err error) {
 	chunkStart := pos
 	edited := false
 	o := b.out[:0]
+	// edit leaves the zero-copy path: from here on the output is built in
+	// b.out, starting with what was passed through so far.
+	edit := func() {
+		if !edited {
+			o = append(o, rb[chunkStart:pos]...)
+			edited = true
+		}
+	}
 	maxMsg := c.srv.cfg.MaxMessageSize
 	for {
 		if b.passRemaining == 0 {
 			for h := c.q.peek(); h != nil && h.kind == reqSynthetic; h = c.q.peek() {
-				if !edited {
-					o = append(o, rb[chunkStart:pos]...)
-					edited = true
-				}
+				edit()
 				o = append(o, h.payload...)
 				c.q.pop()
 			}
@@ -175,10 +179,7 @@ func (c *clientConn) route(b *backend) (out []byte, release bool, err error) {
 		if b.passRemaining > 0 {
 			n := min(b.passRemaining, end-pos)
 			if b.passSwallow {
-				if !edited {
-					o = append(o, rb[chunkStart:pos]...)
-					edited = true
-				}
+				edit()
 			} else if edited {
 				o = append(o, rb[pos:pos+n]...)
 			}
@@ -201,17 +202,14 @@ func (c *clientConn) route(b *backend) (out []byte, release bool, err error) {
 			break
 		}
 		b.in.want = 0
-		swallow, rerr := c.routeOne(b, typ, rb[pos:min(pos+total, end)], total)
+		swallow, rerr := c.routeOne(b, typ, rb[pos:min(pos+total, end)])
 		if rerr != nil {
 			b.in.start = pos
 			return nil, false, rerr
 		}
 		n := min(total, end-pos)
 		if swallow {
-			if !edited {
-				o = append(o, rb[chunkStart:pos]...)
-				edited = true
-			}
+			edit()
 			if c.replacement != nil {
 				o = append(o, c.replacement...)
 				c.replacement = nil
@@ -236,7 +234,7 @@ func (c *clientConn) route(b *backend) (out []byte, release bool, err error) {
 
 // routeOne does the bookkeeping for one reply (msg holds at least its
 // header; replies routeOne reads are whole) and says whether to drop it.
-func (c *clientConn) routeOne(b *backend, typ byte, msg []byte, total int) (swallow bool, err error) {
+func (c *clientConn) routeOne(b *backend, typ byte, msg []byte) (swallow bool, err error) {
 	head := c.q.peek()
 	switch typ {
 	case msgReadyForQuery:
