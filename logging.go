@@ -20,7 +20,7 @@ func newLogger(w io.Writer, format string, level *slog.LevelVar) *slog.Logger {
 			ReplaceAttr: redactAttr,
 		}))
 	}
-	return slog.New(tint.NewHandler(w, &tint.Options{
+	return slog.New(tint.NewTextHandler(w, &tint.Options{
 		Level:       level,
 		ReplaceAttr: redactAttr,
 		TimeFormat:  time.DateTime + ".000",

@@ -112,7 +112,7 @@ func pick[T int | int64 | float64 | time.Duration](v, def T) T {
 func (c Config) validate() error {
 	var errs []error
 	if c.Connect == nil {
-		errs = append(errs, errors.New("Connect is required"))
+		errs = append(errs, errors.New("a Connect function is required"))
 	}
 	if c.MinSize > c.MaxSize {
 		errs = append(errs, fmt.Errorf("MinSize %d is larger than MaxSize %d", c.MinSize, c.MaxSize))
