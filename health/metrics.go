@@ -246,9 +246,24 @@ func (c *clientCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	sort.Strings(names)
 	for _, name := range names {
-		desc := prometheus.NewDesc(name, "Proxy client counter, as reported by the proxy's Stats.", nil, nil)
-		ch <- prometheus.MustNewConstMetric(desc, prometheus.GaugeValue, fields[name])
+		metric, kind, help := name, prometheus.GaugeValue, "Proxy client counter, as reported by the proxy's Stats."
+		if cm, ok := clientCounters[name]; ok {
+			metric, kind, help = cm.name, prometheus.CounterValue, cm.help
+		}
+		desc := prometheus.NewDesc(metric, help, nil, nil)
+		ch <- prometheus.MustNewConstMetric(desc, kind, fields[name])
 	}
+}
+
+// clientCounters names the proxy's client fields (by the gauge name they
+// would get) that are exported as Prometheus counters instead, under a
+// name of their own with the _total suffix. Older fields stay gauges so
+// that existing dashboards keep working.
+var clientCounters = map[string]struct{ name, help string }{
+	namespace + "_clients_cancels_unknown": {
+		name: namespace + "_cancel_requests_unknown_total",
+		help: "Cancel requests whose key matched no connected client; dropped, and logged at most once per interval.",
+	},
 }
 
 // numericFields flattens v's JSON object form into metric name -> value.

@@ -216,3 +216,20 @@ func grepLines(text, substr string) string {
 	}
 	return strings.Join(out, "")
 }
+
+func TestMetricsClientCounterTyped(t *testing.T) {
+	var st state
+	st.clients = map[string]any{"cancels_unknown": 12, "cancels": 3}
+	text, fams := scrape(t, st.config())
+	fam := fams["pgsidecar_cancel_requests_unknown_total"]
+	if fam == nil || fam.GetType().String() != "COUNTER" || fam.GetMetric()[0].GetCounter().GetValue() != 12 {
+		t.Fatalf("pgsidecar_cancel_requests_unknown_total missing or not a counter of 12:\n%s",
+			grepLines(text, "cancel"))
+	}
+	if fams["pgsidecar_clients_cancels_unknown"] != nil {
+		t.Error("the unmatched cancel counter is exported twice")
+	}
+	if fams["pgsidecar_clients_cancels"] == nil {
+		t.Error("the other client fields must stay exported")
+	}
+}

@@ -65,6 +65,10 @@ func (k *cancelKeys) lookup(pid, secret uint32) *clientConn {
 	return c
 }
 
+// cancelLogInterval is the least time between two log lines about
+// unmatched cancel requests.
+const cancelLogInterval = 10 * time.Second
+
 // handleCancel forwards a client's cancel to the backend running that
 // client's query, if it runs one now. It holds the client's lock while the
 // cancel is sent, so the backend cannot be released to another client (and
@@ -72,7 +76,14 @@ func (k *cancelKeys) lookup(pid, secret uint32) *clientConn {
 func (s *Server) handleCancel(pid, secret uint32) {
 	c := s.cancels.lookup(pid, secret)
 	if c == nil {
-		s.log.Info("cancel request with an unknown key dropped", "pid", pid)
+		// Stale keys are normal (the client left before its cancel came),
+		// but a flood must not flood the log: counted always, logged at
+		// most once per cancelLogInterval.
+		s.stats.cancelsUnknown.Add(1)
+		if ok, held := s.cancelLog.allow(time.Now()); ok {
+			s.log.Info("cancel request with an unknown key dropped", "pid", pid,
+				"dropped_unlogged", held, "log_interval", s.cancelLog.interval)
+		}
 		return
 	}
 	c.mu.Lock()

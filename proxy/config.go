@@ -65,4 +65,7 @@ type Stats struct {
 	ClientsRejected uint64 `json:"clients_rejected"` // refused (limit, auth, bad startup)
 	AuthFailures    uint64 `json:"auth_failures"`
 	Cancels         uint64 `json:"cancels"` // cancel requests forwarded
+	// CancelsUnknown counts cancel requests whose key matched no client
+	// (dropped; logged at most once per 10 s).
+	CancelsUnknown uint64 `json:"cancels_unknown"`
 }

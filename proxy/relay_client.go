@@ -271,6 +271,13 @@ func (c *clientConn) acquire() (*backend, error) {
 	conn.SetOwner(c)
 	b := s.backendFor(conn)
 	b.queries = 0
+	if c.mode == ModeSession {
+		// The pool counts a new hold as busy until told otherwise (right
+		// for transaction mode). Say so here, so the first ReadyForQuery 'I'
+		// of the session is a change the server reader reports: otherwise
+		// a session that never opens a transaction block is timed whole.
+		b.busy, b.busyReported = true, true
+	}
 
 	c.mu.Lock()
 	c.be = b

@@ -40,7 +40,10 @@ type Server struct {
 	stats    struct {
 		total, active, waiting                    atomic.Int64
 		accepted, rejected, authFailures, cancels atomic.Uint64
+		cancelsUnknown                            atomic.Uint64
 	}
+
+	cancelLog logLimiter // unmatched cancel requests
 }
 
 // New checks cfg and returns a Server that is not yet listening.
@@ -57,6 +60,7 @@ func New(cfg Config) (*Server, error) {
 		clients:   make(map[*clientConn]struct{}),
 		params:    make(map[string]map[string]string),
 		accepted:  make(map[string]struct{}),
+		cancelLog: logLimiter{interval: cancelLogInterval},
 	}
 	live := cfg
 	s.live.Store(&live)
@@ -228,6 +232,7 @@ func (s *Server) Stats() Stats {
 		ClientsRejected: s.stats.rejected.Load(),
 		AuthFailures:    s.stats.authFailures.Load(),
 		Cancels:         s.stats.cancels.Load(),
+		CancelsUnknown:  s.stats.cancelsUnknown.Load(),
 	}
 }
 
