@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/pgsidecar/pgsidecar/health"
+	"github.com/pgsidecar/pgsidecar/internal/config"
 	"github.com/pgsidecar/pgsidecar/pool"
 	"github.com/pgsidecar/pgsidecar/proxy"
 )
@@ -34,8 +35,8 @@ type app struct {
 	path    string   // config file re-read on SIGHUP; "" for none
 	environ []string // environment re-read on SIGHUP
 
-	cfg     *Config               // the configuration running now
-	targets []target              // the databases served, in cfg's order
+	cfg     *config.Config               // the configuration running now
+	targets []config.Target              // the databases served, in cfg's order
 	pools   map[string]*pool.Pool // by target name
 	// statsOrder is every pool in target order, fixed at start: the health
 	// goroutine reads it while reload replaces targets.
@@ -54,7 +55,7 @@ type app struct {
 // start builds and starts everything cfg describes. A database that is
 // down is not an error (its pool reports UNHEALTHY); a port that cannot be
 // opened is, and names the address.
-func start(cfg *Config, path string, environ []string, logOut io.Writer) (*app, error) {
+func start(cfg *config.Config, path string, environ []string, logOut io.Writer) (*app, error) {
 	level := new(slog.LevelVar)
 	level.Set(parseLevel(cfg.Log.Level))
 	a := &app{
@@ -66,7 +67,7 @@ func start(cfg *Config, path string, environ []string, logOut io.Writer) (*app, 
 		pools:   map[string]*pool.Pool{},
 		errc:    make(chan error, 2),
 	}
-	targets, err := cfg.targets()
+	targets, err := cfg.Targets()
 	if err != nil {
 		return nil, err
 	}

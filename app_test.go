@@ -17,7 +17,13 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"go.uber.org/goleak"
+
+	"github.com/pgsidecar/pgsidecar/internal/config"
+	"github.com/pgsidecar/pgsidecar/internal/testpg"
 )
+
+// testURL is a well-formed upstream nobody has to reach.
+const testURL = "postgres://app:s3cr3t-pw@127.0.0.1:5432/appdb?sslmode=disable"
 
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m,
@@ -116,7 +122,7 @@ func deadUpstream(t *testing.T, password string) string {
 // delivers serve's result.
 func startApp(t *testing.T, path string, environ []string, logs io.Writer, sigc chan os.Signal) <-chan error {
 	t.Helper()
-	cfg, err := loadConfig(path, environ)
+	cfg, err := config.Load(path, environ)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -137,7 +143,7 @@ func waitDone(t *testing.T, done <-chan error, within time.Duration) error {
 }
 
 func TestLifecycleWithDatabaseDown(t *testing.T) {
-	isolatePG(t)
+	testpg.IsolatePG(t)
 	const secret = "pw-never-logged-7731"
 	listen, healthAddr := freeAddr(t), freeAddr(t)
 	writeConf := func(maxSize int, extra string) string {
@@ -145,7 +151,7 @@ func TestLifecycleWithDatabaseDown(t *testing.T) {
 			"  reconnect_backoff: 100ms\n  reconnect_backoff_max: 200ms\n  connect_timeout: 1s\n"+
 			"shutdown_timeout: 2s\nlog:\n  format: json\n%s", listen, healthAddr, maxSize, extra)
 	}
-	path := writeYAML(t, writeConf(3, "  level: info\n"))
+	path := testpg.WriteYAML(t, writeConf(3, "  level: info\n"))
 	environ := []string{"DATABASE_URL=" + deadUpstream(t, secret)}
 	logs := &logBuffer{}
 	sigc := make(chan os.Signal, 1)
@@ -233,14 +239,14 @@ func TestLifecycleWithDatabaseDown(t *testing.T) {
 }
 
 func TestContextCancelDrains(t *testing.T) {
-	isolatePG(t)
+	testpg.IsolatePG(t)
 	environ := []string{
 		"DATABASE_URL=" + deadUpstream(t, "pw"),
 		"PGSIDECAR_LISTEN=127.0.0.1:0",
 		"PGSIDECAR_HEALTH__LISTEN=127.0.0.1:0",
 		"PGSIDECAR_LOG__FORMAT=json",
 	}
-	cfg, err := loadConfig("", environ)
+	cfg, err := config.Load("", environ)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -256,7 +262,7 @@ func TestContextCancelDrains(t *testing.T) {
 }
 
 func TestPortTakenFailsFast(t *testing.T) {
-	isolatePG(t)
+	testpg.IsolatePG(t)
 	taken, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -286,7 +292,7 @@ func TestPortTakenFailsFast(t *testing.T) {
 }
 
 func TestRunArguments(t *testing.T) {
-	isolatePG(t)
+	testpg.IsolatePG(t)
 	var out bytes.Buffer
 	if err := run(context.Background(), []string{"-version"}, nil, &out); err != nil || !strings.HasPrefix(out.String(), "pgsidecar ") {
 		t.Errorf("-version: %q, %v", out.String(), err)
@@ -328,7 +334,7 @@ func runSQL(c *pgconn.PgConn, sql string) error {
 // the pool live, SIGTERM drains while a transaction is open (health says
 // draining, nobody new gets in), and a second SIGTERM ends it at once.
 func TestReloadAndDrainAgainstPostgres(t *testing.T) {
-	isolatePG(t)
+	testpg.IsolatePG(t)
 	const appPW = "app-pw-4471"
 	upstream := testPostgres(t, appPW)
 	listen, healthAddr := freeAddr(t), freeAddr(t)
@@ -336,7 +342,7 @@ func TestReloadAndDrainAgainstPostgres(t *testing.T) {
 		return fmt.Sprintf("listen: %s\nhealth:\n  listen: %s\npool:\n  min_size: 1\n  max_size: %d\n"+
 			"shutdown_timeout: 30s\nlog:\n  format: json\n%s", listen, healthAddr, maxSize, extra)
 	}
-	path := writeYAML(t, conf(2, ""))
+	path := testpg.WriteYAML(t, conf(2, ""))
 	environ := []string{"DATABASE_URL=" + upstream}
 	logs := &logBuffer{}
 	sigc := make(chan os.Signal, 1)
@@ -420,11 +426,12 @@ func TestReloadAndDrainAgainstPostgres(t *testing.T) {
 // shutdown_timeout is cut off, the drain is logged as forced, and the
 // program still stops cleanly (exit 0).
 func TestShutdownTimeoutForcesClose(t *testing.T) {
-	isolatePG(t)
+	testpg.IsolatePG(t)
 	const appPW = "app-pw-9013"
+	listen := freeAddr(t)
 	environ := []string{
 		"DATABASE_URL=" + testPostgres(t, appPW),
-		"PGSIDECAR_LISTEN=" + freeAddr(t),
+		"PGSIDECAR_LISTEN=" + listen,
 		"PGSIDECAR_HEALTH__LISTEN=" + freeAddr(t),
 		"PGSIDECAR_SHUTDOWN_TIMEOUT=1s",
 		"PGSIDECAR_POOL__MIN_SIZE=1",
@@ -435,7 +442,7 @@ func TestShutdownTimeoutForcesClose(t *testing.T) {
 	done := startApp(t, "", environ, logs, sigc)
 	eventually(t, 5*time.Second, "ready", func() bool { return logs.count("pgsidecar ready") == 1 })
 
-	c, err := clientConnect(lookupEnv(environ, "PGSIDECAR_LISTEN"), "app", appPW)
+	c, err := clientConnect(listen, "app", appPW)
 	if err != nil {
 		t.Fatalf("login: %v\n%s", err, logs)
 	}
@@ -470,12 +477,12 @@ func TestLoopback(t *testing.T) {
 // TestReloadAppliesLiveOptions drives reload directly and checks what the
 // running app then holds: live options changed, restart-only ones kept.
 func TestReloadAppliesLiveOptions(t *testing.T) {
-	isolatePG(t)
+	testpg.IsolatePG(t)
 	listen, healthAddr := freeAddr(t), freeAddr(t)
 	base := fmt.Sprintf("listen: %s\nhealth:\n  listen: %s\nlog:\n  format: json\n", listen, healthAddr)
-	path := writeYAML(t, base)
+	path := testpg.WriteYAML(t, base)
 	environ := []string{"DATABASE_URL=" + deadUpstream(t, "pw")}
-	cfg, err := loadConfig(path, environ)
+	cfg, err := config.Load(path, environ)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -512,7 +519,7 @@ func TestReloadAppliesLiveOptions(t *testing.T) {
 	if a.targets[0].Users["bob"] != "b" {
 		t.Errorf("users after reload = %v", a.targets[0].Users)
 	}
-	if a.cfg.Pool.Mode != "transaction" || a.cfg.MaxMessageSize != Defaults().MaxMessageSize || a.cfg.Log.Format != "json" {
+	if a.cfg.Pool.Mode != "transaction" || a.cfg.MaxMessageSize != config.Defaults().MaxMessageSize || a.cfg.Log.Format != "json" {
 		t.Errorf("restart-only options changed live: mode %s, max_message_size %d, format %s",
 			a.cfg.Pool.Mode, a.cfg.MaxMessageSize, a.cfg.Log.Format)
 	}

@@ -8,6 +8,8 @@ import (
 
 	"github.com/lmittmann/tint"
 	"github.com/mattn/go-isatty"
+
+	"github.com/pgsidecar/pgsidecar/internal/config"
 )
 
 // newLogger builds the process logger for log.format. The level lives in
@@ -55,7 +57,7 @@ func isTerminal(w io.Writer) bool {
 // attribute whose key mentions a password is replaced, whoever logged it.
 func redactAttr(_ []string, a slog.Attr) slog.Attr {
 	if strings.Contains(strings.ToLower(a.Key), "password") && a.Value.Kind() != slog.KindGroup {
-		return slog.String(a.Key, redacted)
+		return slog.String(a.Key, config.Redacted)
 	}
 	return a
 }

@@ -25,6 +25,8 @@ import (
 	"runtime"
 	"runtime/debug"
 	"syscall"
+
+	"github.com/pgsidecar/pgsidecar/internal/config"
 )
 
 // version is set at build time with -ldflags "-X main.version=v1.2.3";
@@ -45,7 +47,7 @@ func main() {
 func run(ctx context.Context, args []string, environ []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("pgsidecar", flag.ContinueOnError)
 	fs.SetOutput(stdout)
-	configFlag := fs.String("config", "", "path of the YAML configuration file (default ./config.yaml if it exists; also "+envConfigPath+")")
+	configFlag := fs.String("config", "", "path of the YAML configuration file (default ./config.yaml if it exists; also "+config.EnvConfigPath+")")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -63,11 +65,11 @@ func run(ctx context.Context, args []string, environ []string, stdout io.Writer)
 	explicit := false
 	fs.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "config" })
 
-	path, err := configPath(*configFlag, explicit, environ)
+	path, err := config.Path(*configFlag, explicit, environ)
 	if err != nil {
 		return err
 	}
-	cfg, err := loadConfig(path, environ)
+	cfg, err := config.Load(path, environ)
 	if err != nil {
 		return err
 	}
@@ -91,7 +93,7 @@ func run(ctx context.Context, args []string, environ []string, stdout io.Writer)
 // serve starts everything cfg describes and runs until ctx ends or sigc
 // delivers SIGTERM or SIGINT; SIGHUP reloads from path and environ. Tests
 // call it with their own signal channel.
-func serve(ctx context.Context, cfg *Config, path string, environ []string, logOut io.Writer, sigc <-chan os.Signal) error {
+func serve(ctx context.Context, cfg *config.Config, path string, environ []string, logOut io.Writer, sigc <-chan os.Signal) error {
 	a, err := start(cfg, path, environ, logOut)
 	if err != nil {
 		return err

@@ -1,36 +1,38 @@
 package main
 
+import "github.com/pgsidecar/pgsidecar/internal/config"
+
 // reload re-reads the configuration from the same sources (SIGHUP). An
 // invalid configuration is logged and the running one kept. Otherwise
 // the log level, every pool's sizes and timeouts, and the proxy's client
 // limit and logins change live; the rest is reported as needing a restart.
 func (a *app) reload() {
 	a.log.Info("reloading configuration", "config", displayPath(a.path))
-	next, err := loadConfig(a.path, a.environ)
+	next, err := config.Load(a.path, a.environ)
 	if err != nil {
 		a.log.Error("reload failed; keeping the running configuration", "err", err.Error())
 		return
 	}
-	applied := liveSubset(a.cfg, next)
-	if err := applied.validate(); err != nil {
+	plan := config.Plan(a.cfg, next)
+	applied := plan.Applied
+	if err := applied.Validate(); err != nil {
 		a.log.Error("reload failed; keeping the running configuration", "err", err.Error())
 		return
 	}
-	targets, err := applied.targets()
+	targets, err := applied.Targets()
 	if err != nil {
 		a.log.Error("reload failed; keeping the running configuration", "err", err.Error())
 		return
 	}
-	live, restart := configDiff(a.cfg, next)
 
 	a.level.Set(parseLevel(applied.Log.Level))
-	running := make(map[string]target, len(a.targets))
+	running := make(map[string]config.Target, len(a.targets))
 	for _, t := range a.targets {
 		running[t.Name] = t
 	}
 	for _, t := range targets {
-		// liveSubset kept the running set of databases, so every target
-		// has its pool. An unchanged pool is left alone (and quiet).
+		// Plan kept the running set of databases, so every target has its
+		// pool. An unchanged pool is left alone (and quiet).
 		if t.Pool != running[t.Name].Pool {
 			a.pools[t.Name].Reconfigure(a.poolConfig(t))
 		}
@@ -42,8 +44,8 @@ func (a *app) reload() {
 	}
 	a.cfg, a.targets = applied, targets
 
-	for _, key := range restart {
+	for _, key := range plan.Restart {
 		a.log.Warn("configuration change needs a restart; keeping the running value", "option", key)
 	}
-	a.log.Info("configuration reloaded", "changed", live, "needs_restart", restart)
+	a.log.Info("configuration reloaded", "changed", plan.Live, "needs_restart", plan.Restart)
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"time"
 
+	"github.com/pgsidecar/pgsidecar/internal/config"
 	"github.com/pgsidecar/pgsidecar/pool"
 	"github.com/pgsidecar/pgsidecar/proxy"
 )
@@ -10,7 +11,7 @@ import (
 // poolConfig translates a database's settings into a pool.Config. The pool
 // reads a zero field as "use the default", so an explicit 0 from the
 // configuration (which means off / unlimited / every time) becomes pool.Off.
-func (a *app) poolConfig(t target) pool.Config {
+func (a *app) poolConfig(t config.Target) pool.Config {
 	pc := t.Pool
 	query := pc.ValidationQuery
 	if query == "" {
@@ -53,7 +54,7 @@ func offIfZero[T int | int64 | time.Duration](v T) T {
 
 // proxyConfig builds the proxy's configuration from cfg, serving targets
 // with the app's pools.
-func (a *app) proxyConfig(cfg *Config, targets []target) proxy.Config {
+func (a *app) proxyConfig(cfg *config.Config, targets []config.Target) proxy.Config {
 	dbs := make(map[string]*proxy.Database, len(targets))
 	for _, t := range targets {
 		dbs[t.Name] = &proxy.Database{Name: t.Name, Pool: a.pools[t.Name], Users: t.Users}

@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"errors"
@@ -50,9 +50,9 @@ func (c *Config) normalize() {
 	c.Log.Format = strings.ToLower(strings.TrimSpace(c.Log.Format))
 }
 
-// validate checks every option and reports all problems at once, each line
+// Validate checks every option and reports all problems at once, each line
 // naming the option. Secrets never appear in the messages.
-func (c *Config) validate() error {
+func (c *Config) Validate() error {
 	var p problems
 
 	checkListen(&p, "listen", c.Listen)
@@ -102,7 +102,7 @@ func (c *Config) validate() error {
 		// their users depend on auth.* being valid.
 		return p.err()
 	}
-	if _, err := c.targets(); err != nil {
+	if _, err := c.Targets(); err != nil {
 		return err
 	}
 	return nil

@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"net/url"
@@ -6,8 +6,8 @@ import (
 	"strings"
 )
 
-// redacted replaces every password the program might otherwise print.
-const redacted = "xxxxx"
+// Redacted replaces every password the program might otherwise print.
+const Redacted = "xxxxx"
 
 var (
 	// urlUserinfo finds user:password@ even in a URL url.Parse rejects. It
@@ -21,24 +21,24 @@ var (
 
 // redactURL returns a connection string fit for logs and errors: the
 // password, in the userinfo or as a password= parameter, is replaced.
-func redactURL(raw string) string {
+func RedactURL(raw string) string {
 	if strings.Contains(raw, "://") {
 		u, err := url.Parse(raw)
 		if err != nil {
-			return urlUserinfo.ReplaceAllString(raw, "${1}"+redacted+"@")
+			return urlUserinfo.ReplaceAllString(raw, "${1}"+Redacted+"@")
 		}
 		if _, has := u.User.Password(); has {
-			u.User = url.UserPassword(u.User.Username(), redacted)
+			u.User = url.UserPassword(u.User.Username(), Redacted)
 		}
 		if q := u.Query(); q.Has("password") {
-			q.Set("password", redacted)
+			q.Set("password", Redacted)
 			u.RawQuery = q.Encode()
 		}
 		// url.String escapes nothing in "xxxxx", so the result reads as written.
 		return u.String()
 	}
-	out := kvQuoted.ReplaceAllString(raw, "${1}'"+redacted+"'")
-	return kvPlain.ReplaceAllString(out, "${1}"+redacted)
+	out := kvQuoted.ReplaceAllString(raw, "${1}'"+Redacted+"'")
+	return kvPlain.ReplaceAllString(out, "${1}"+Redacted)
 }
 
 // scrubSecrets removes from text every password found in the connection
@@ -48,7 +48,7 @@ func scrubSecrets(text, raw string) string {
 	for _, pw := range passwordsIn(raw) {
 		for _, form := range []string{pw, url.PathEscape(pw), url.QueryEscape(pw), url.UserPassword("", pw).String()[1:]} {
 			if form != "" {
-				text = strings.ReplaceAll(text, form, redacted)
+				text = strings.ReplaceAll(text, form, Redacted)
 			}
 		}
 	}

@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"fmt"
@@ -12,9 +12,9 @@ import (
 // PGSIDECAR_POOL__MAX_SIZE=5 sets pool.max_size.
 const envPrefix = "PGSIDECAR_"
 
-// envConfigPath names the config file when -config is not given. It is
+// EnvConfigPath names the config file when -config is not given. It is
 // read by run, never treated as a config key.
-const envConfigPath = envPrefix + "CONFIG"
+const EnvConfigPath = envPrefix + "CONFIG"
 
 // Config is pgsidecar's whole configuration. Every field has a default in
 // Defaults and a documented line in config.yaml.
@@ -53,7 +53,7 @@ type DatabaseConfig struct {
 	// Overrides holds the pool.* keys this database sets, as written.
 	Overrides map[string]any `koanf:"pool"`
 	// Pool is the effective pool configuration: pool.* with Overrides
-	// applied. loadConfig fills it in.
+	// applied. Load fills it in.
 	Pool PoolConfig `koanf:"-"`
 }
 

@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"maps"
@@ -116,4 +116,23 @@ func flatten(c *Config) map[string]any {
 	// map empty, which reports every option as changed rather than none.
 	_ = k.Load(structs.Provider(c, "koanf"), nil)
 	return k.All()
+}
+
+// Reload is what a SIGHUP does with a newly loaded configuration.
+type Reload struct {
+	// Applied is next with every restart-only option kept at its running
+	// value: the configuration the process runs after the reload. The
+	// caller validates it and resolves its Targets before applying it.
+	Applied *Config
+	// Live and Restart name the options that differ between running and
+	// next: those applied now and those that need a restart. Only key
+	// names, never values (some are passwords).
+	Live, Restart []string
+}
+
+// Plan compares the running configuration with next, as loaded on a
+// reload, and says what can change live.
+func Plan(running, next *Config) Reload {
+	live, restart := configDiff(running, next)
+	return Reload{Applied: liveSubset(running, next), Live: live, Restart: restart}
 }

@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"errors"
@@ -19,14 +19,14 @@ import (
 // defaultConfigPath is read when it exists and no path is given.
 const defaultConfigPath = "config.yaml"
 
-// configPath decides which file to read: the -config flag when given
+// Path decides which file to read: the -config flag when given
 // (must exist; "" means none), else PGSIDECAR_CONFIG (must exist), else
 // ./config.yaml when it exists, else none.
-func configPath(flagValue string, explicit bool, environ []string) (string, error) {
+func Path(flagValue string, explicit bool, environ []string) (string, error) {
 	source := "-config"
 	if !explicit {
-		if v := lookupEnv(environ, envConfigPath); v != "" {
-			flagValue, explicit, source = v, true, envConfigPath
+		if v := lookupEnv(environ, EnvConfigPath); v != "" {
+			flagValue, explicit, source = v, true, EnvConfigPath
 		}
 	}
 	if explicit {
@@ -44,24 +44,24 @@ func configPath(flagValue string, explicit bool, environ []string) (string, erro
 	return "", nil
 }
 
-// loadConfig reads the configuration from its sources in order of
+// Load reads the configuration from its sources in order of
 // precedence (defaults, the YAML file at path unless path is "", PGSIDECAR_*
 // variables in environ, DATABASE_URL), checks every option and returns it
 // with each database's effective pool settings resolved. The error names
 // the offending option.
-func loadConfig(path string, environ []string) (*Config, error) {
-	cfg, err := readConfig(path, environ)
+func Load(path string, environ []string) (*Config, error) {
+	cfg, err := read(path, environ)
 	if err != nil {
 		return nil, err
 	}
-	if err := cfg.validate(); err != nil {
+	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	return cfg, nil
 }
 
-// readConfig merges and decodes the sources without validating the values.
-func readConfig(path string, environ []string) (*Config, error) {
+// read merges and decodes the sources without validating the values.
+func read(path string, environ []string) (*Config, error) {
 	k := koanf.New(".")
 	if err := k.Load(structs.Provider(Defaults(), "koanf"), nil); err != nil {
 		return nil, fmt.Errorf("config: loading defaults: %w", err)
@@ -118,7 +118,7 @@ func readConfig(path string, environ []string) (*Config, error) {
 // envKey turns PGSIDECAR_POOL__MAX_SIZE into pool.max_size. Empty values
 // count as unset, as docker-compose's `VAR=` usually means.
 func envKey(key, value string) (string, any) {
-	if key == envConfigPath || value == "" {
+	if key == EnvConfigPath || value == "" {
 		return "", nil
 	}
 	name := strings.ToLower(strings.TrimPrefix(key, envPrefix))

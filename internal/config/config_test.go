@@ -1,9 +1,7 @@
-package main
+package config
 
 import (
-	"bytes"
-	"encoding/json"
-	"log/slog"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -14,35 +12,18 @@ import (
 	"github.com/knadh/koanf/parsers/yaml"
 	"github.com/knadh/koanf/providers/file"
 	"github.com/knadh/koanf/v2"
+
+	"github.com/pgsidecar/pgsidecar/internal/testpg"
 )
+
+// repoConfigYAML is the documented config.yaml at the repository root.
+const repoConfigYAML = "../../config.yaml"
 
 const testURL = "postgres://app:s3cr3t-pw@127.0.0.1:5432/appdb?sslmode=disable"
 
-// isolatePG keeps the machine's libpq environment (PGPASSWORD, ~/.pgpass,
-// ...) out of pgconn.ParseConfig, so results depend on the test alone.
-func isolatePG(t *testing.T) {
-	t.Helper()
-	for _, k := range []string{"PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE", "PGSSLMODE",
-		"PGAPPNAME", "PGCONNECT_TIMEOUT", "PGSERVICE", "PGOPTIONS", "PGTARGETSESSIONATTRS"} {
-		t.Setenv(k, "")
-	}
-	t.Setenv("PGPASSFILE", filepath.Join(t.TempDir(), "no-pgpass"))
-	t.Setenv("PGSERVICEFILE", filepath.Join(t.TempDir(), "no-service"))
-}
-
-// writeYAML writes body to a temp config file and returns its path.
-func writeYAML(t *testing.T, body string) string {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), "config.yaml")
-	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
-
 func mustLoad(t *testing.T, path string, environ ...string) *Config {
 	t.Helper()
-	cfg, err := loadConfig(path, environ)
+	cfg, err := Load(path, environ)
 	if err != nil {
 		t.Fatalf("loadConfig: %v", err)
 	}
@@ -52,7 +33,7 @@ func mustLoad(t *testing.T, path string, environ ...string) *Config {
 // wantErr loads and checks that the error has every wanted fragment.
 func wantErr(t *testing.T, path string, environ []string, fragments ...string) error {
 	t.Helper()
-	_, err := loadConfig(path, environ)
+	_, err := Load(path, environ)
 	if err == nil {
 		t.Fatalf("loadConfig succeeded; want an error containing %q", fragments)
 	}
@@ -65,8 +46,8 @@ func wantErr(t *testing.T, path string, environ []string, fragments ...string) e
 }
 
 func TestDefaults(t *testing.T) {
-	isolatePG(t)
-	cfg, err := readConfig("", nil)
+	testpg.IsolatePG(t)
+	cfg, err := read("", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,8 +101,8 @@ func TestDefaults(t *testing.T) {
 }
 
 func TestYAMLOverrides(t *testing.T) {
-	isolatePG(t)
-	path := writeYAML(t, `
+	testpg.IsolatePG(t)
+	path := testpg.WriteYAML(t, `
 listen: 127.0.0.1:7000
 health:
   listen: "[::1]:7001"
@@ -180,15 +161,15 @@ log:
 	}
 
 	// A section whose every line is commented out keeps the defaults.
-	cfg = mustLoad(t, writeYAML(t, "upstream: "+testURL+"\npool:\n#  max_size: 3\nlog:\n"))
+	cfg = mustLoad(t, testpg.WriteYAML(t, "upstream: "+testURL+"\npool:\n#  max_size: 3\nlog:\n"))
 	if cfg.Pool != Defaults().Pool || cfg.Log != Defaults().Log {
 		t.Fatalf("empty sections lost the defaults: pool %+v log %+v", cfg.Pool, cfg.Log)
 	}
 }
 
 func TestEnvOverrides(t *testing.T) {
-	isolatePG(t)
-	path := writeYAML(t, "upstream: "+testURL+"\npool:\n  max_size: 3\n  min_size: 1\nlog:\n  level: warn\n")
+	testpg.IsolatePG(t)
+	path := testpg.WriteYAML(t, "upstream: "+testURL+"\npool:\n  max_size: 3\n  min_size: 1\nlog:\n  level: warn\n")
 	cfg := mustLoad(t, path,
 		"PGSIDECAR_POOL__MAX_SIZE=5", // beats the file
 		"PGSIDECAR_POOL__ACQUIRE_TIMEOUT=750ms",
@@ -230,19 +211,19 @@ func TestEnvOverrides(t *testing.T) {
 }
 
 func TestDatabaseURLSetsUpstream(t *testing.T) {
-	isolatePG(t)
-	path := writeYAML(t, "upstream: postgres://file:f@127.0.0.1/filedb\n")
+	testpg.IsolatePG(t)
+	path := testpg.WriteYAML(t, "upstream: postgres://file:f@127.0.0.1/filedb\n")
 	cfg := mustLoad(t, path,
 		"PGSIDECAR_UPSTREAM=postgres://env:e@127.0.0.1/envdb",
 		"DATABASE_URL="+testURL)
 	if cfg.Upstream != testURL {
-		t.Fatalf("upstream = %q, want DATABASE_URL to win", redactURL(cfg.Upstream))
+		t.Fatalf("upstream = %q, want DATABASE_URL to win", RedactURL(cfg.Upstream))
 	}
 	cfg = mustLoad(t, path, "PGSIDECAR_UPSTREAM=postgres://env:e@127.0.0.1/envdb")
 	if cfg.Upstream != "postgres://env:e@127.0.0.1/envdb" {
-		t.Fatalf("upstream = %q, want PGSIDECAR_UPSTREAM to beat the file", redactURL(cfg.Upstream))
+		t.Fatalf("upstream = %q, want PGSIDECAR_UPSTREAM to beat the file", RedactURL(cfg.Upstream))
 	}
-	ts, err := mustLoad(t, "", "DATABASE_URL="+testURL).targets()
+	ts, err := mustLoad(t, "", "DATABASE_URL="+testURL).Targets()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -254,14 +235,14 @@ func TestDatabaseURLSetsUpstream(t *testing.T) {
 		t.Errorf("pgconn ConnectTimeout = %v, want pool.connect_timeout", ts[0].Conn.ConnectTimeout)
 	}
 	// No dbname: like PostgreSQL, the database defaults to the user name.
-	ts, err = mustLoad(t, "", "DATABASE_URL=postgres://bob:pw@127.0.0.1:5432").targets()
+	ts, err = mustLoad(t, "", "DATABASE_URL=postgres://bob:pw@127.0.0.1:5432").Targets()
 	if err != nil || ts[0].Name != "bob" {
 		t.Fatalf("targets = %+v, %v; want database bob", ts, err)
 	}
 }
 
 func TestValidationRejects(t *testing.T) {
-	isolatePG(t)
+	testpg.IsolatePG(t)
 	base := "DATABASE_URL=" + testURL
 	cases := []struct {
 		name string
@@ -327,14 +308,14 @@ func TestValidationRejects(t *testing.T) {
 	})
 
 	t.Run("unknown key in the file names the file", func(t *testing.T) {
-		path := writeYAML(t, "pool:\n  max_sise: 3\n")
+		path := testpg.WriteYAML(t, "pool:\n  max_sise: 3\n")
 		wantErr(t, path, []string{base}, "config: pool.max_sise: unknown option (in "+path+")")
 	})
 	t.Run("yaml type error", func(t *testing.T) {
-		wantErr(t, writeYAML(t, "pool:\n  max_size: [1, 2]\n"), []string{base}, "config: pool.max_size:")
+		wantErr(t, testpg.WriteYAML(t, "pool:\n  max_size: [1, 2]\n"), []string{base}, "config: pool.max_size:")
 	})
 	t.Run("broken yaml", func(t *testing.T) {
-		path := writeYAML(t, "pool: [\n")
+		path := testpg.WriteYAML(t, "pool: [\n")
 		wantErr(t, path, []string{base}, "config: reading "+path)
 	})
 	t.Run("missing file", func(t *testing.T) {
@@ -351,13 +332,13 @@ func TestValidationRejects(t *testing.T) {
 		}
 	})
 	t.Run("empty password with scram", func(t *testing.T) {
-		path := writeYAML(t, "auth:\n  users:\n    - name: bob\n")
+		path := testpg.WriteYAML(t, "auth:\n  users:\n    - name: bob\n")
 		wantErr(t, path, []string{base}, "config: auth.users[0].password: must not be empty with auth.method scram-sha-256")
 	})
 	t.Run("empty password with trust is fine", func(t *testing.T) {
-		path := writeYAML(t, "auth:\n  method: trust\n  users:\n    - name: bob\n")
+		path := testpg.WriteYAML(t, "auth:\n  method: trust\n  users:\n    - name: bob\n")
 		cfg := mustLoad(t, path, base)
-		ts, err := cfg.targets()
+		ts, err := cfg.Targets()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -366,10 +347,10 @@ func TestValidationRejects(t *testing.T) {
 		}
 	})
 	t.Run("user without name", func(t *testing.T) {
-		wantErr(t, writeYAML(t, "auth:\n  users:\n    - password: x\n"), []string{base}, "config: auth.users[0].name: must not be empty")
+		wantErr(t, testpg.WriteYAML(t, "auth:\n  users:\n    - password: x\n"), []string{base}, "config: auth.users[0].name: must not be empty")
 	})
 	t.Run("user listed twice", func(t *testing.T) {
-		wantErr(t, writeYAML(t, "auth:\n  users:\n    - {name: a, password: x}\n    - {name: a, password: y}\n"),
+		wantErr(t, testpg.WriteYAML(t, "auth:\n  users:\n    - {name: a, password: x}\n    - {name: a, password: y}\n"),
 			[]string{base}, `config: auth.users[1].name: user "a" is listed twice`)
 	})
 	t.Run("upstream without password and no users", func(t *testing.T) {
@@ -400,9 +381,9 @@ func TestPercent(t *testing.T) {
 	}
 
 	// Through YAML: a string with %, a float, and an integer 0.
-	isolatePG(t)
+	testpg.IsolatePG(t)
 	for body, want := range map[string]Percent{"10%": 0.10, "0.25": 0.25, "0": 0, `"5%"`: 0.05} {
-		cfg := mustLoad(t, writeYAML(t, "pool:\n  lifetime_jitter: "+body+"\n"), "DATABASE_URL="+testURL)
+		cfg := mustLoad(t, testpg.WriteYAML(t, "pool:\n  lifetime_jitter: "+body+"\n"), "DATABASE_URL="+testURL)
 		if cfg.Pool.LifetimeJitter != want {
 			t.Errorf("yaml %s = %v, want %v", body, float64(cfg.Pool.LifetimeJitter), float64(want))
 		}
@@ -410,8 +391,8 @@ func TestPercent(t *testing.T) {
 }
 
 func TestDatabasesWithPoolOverrides(t *testing.T) {
-	isolatePG(t)
-	path := writeYAML(t, `
+	testpg.IsolatePG(t)
+	path := testpg.WriteYAML(t, `
 upstream: `+testURL+`
 pool:
   max_size: 8
@@ -447,7 +428,7 @@ databases:
 		t.Errorf("archive pool = %+v, want pool.* values", arch)
 	}
 
-	ts, err := cfg.targets()
+	ts, err := cfg.Targets()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -480,46 +461,46 @@ databases:
 	}
 
 	t.Run("proxy-wide key rejected", func(t *testing.T) {
-		p := writeYAML(t, "databases:\n  r:\n    url: "+testURL+"\n    pool:\n      mode: session\n")
+		p := testpg.WriteYAML(t, "databases:\n  r:\n    url: "+testURL+"\n    pool:\n      mode: session\n")
 		wantErr(t, p, nil, "config: databases.r.pool.mode: applies to the whole proxy; set pool.mode instead")
 	})
 	t.Run("unknown override", func(t *testing.T) {
-		p := writeYAML(t, "databases:\n  r:\n    url: "+testURL+"\n    pool:\n      max_sise: 2\n")
+		p := testpg.WriteYAML(t, "databases:\n  r:\n    url: "+testURL+"\n    pool:\n      max_sise: 2\n")
 		wantErr(t, p, nil, "config: databases.r.pool.max_sise: unknown option")
 	})
 	t.Run("bad override value", func(t *testing.T) {
-		p := writeYAML(t, "databases:\n  r:\n    url: "+testURL+"\n    pool:\n      max_idle: forever\n")
+		p := testpg.WriteYAML(t, "databases:\n  r:\n    url: "+testURL+"\n    pool:\n      max_idle: forever\n")
 		wantErr(t, p, nil, "config: databases.r.pool.max_idle:", "forever")
 	})
 	t.Run("invalid override", func(t *testing.T) {
-		p := writeYAML(t, "databases:\n  r:\n    url: "+testURL+"\n    pool:\n      max_size: 1\n")
+		p := testpg.WriteYAML(t, "databases:\n  r:\n    url: "+testURL+"\n    pool:\n      max_size: 1\n")
 		wantErr(t, p, nil, "config: databases.r.pool.max_size: must be >= databases.r.pool.min_size (2), got 1")
 	})
 	t.Run("unknown key in an entry", func(t *testing.T) {
-		p := writeYAML(t, "databases:\n  r:\n    url: "+testURL+"\n    uri: x\n")
+		p := testpg.WriteYAML(t, "databases:\n  r:\n    url: "+testURL+"\n    uri: x\n")
 		wantErr(t, p, nil, "config: databases.r.uri: unknown option (in "+p+")")
 	})
 	t.Run("url of the wrong type", func(t *testing.T) {
-		p := writeYAML(t, "databases:\n  r:\n    url: [1]\n")
+		p := testpg.WriteYAML(t, "databases:\n  r:\n    url: [1]\n")
 		wantErr(t, p, nil, "config: databases.r.url: cannot use [1]: want a string")
 	})
 	t.Run("missing url", func(t *testing.T) {
-		p := writeYAML(t, "databases:\n  r:\n    pool:\n      max_size: 3\n")
+		p := testpg.WriteYAML(t, "databases:\n  r:\n    pool:\n      max_size: 3\n")
 		wantErr(t, p, nil, "config: databases.r.url: must be set")
 	})
 	t.Run("name clash with upstream", func(t *testing.T) {
-		p := writeYAML(t, "databases:\n  appdb:\n    url: postgres://x:y@127.0.0.1/other\n")
+		p := testpg.WriteYAML(t, "databases:\n  appdb:\n    url: postgres://x:y@127.0.0.1/other\n")
 		wantErr(t, p, []string{"DATABASE_URL=" + testURL}, `config: databases.appdb.url: database name "appdb" is already served by upstream`)
 	})
 	t.Run("databases alone are enough", func(t *testing.T) {
-		p := writeYAML(t, "databases:\n  only:\n    url: "+testURL+"\n")
-		ts, err := mustLoad(t, p).targets()
+		p := testpg.WriteYAML(t, "databases:\n  only:\n    url: "+testURL+"\n")
+		ts, err := mustLoad(t, p).Targets()
 		if err != nil || len(ts) != 1 || ts[0].Name != "only" || ts[0].Conn.Database != "appdb" {
 			t.Fatalf("targets = %+v, %v", ts, err)
 		}
 	})
 	t.Run("bad url names the database and hides the password", func(t *testing.T) {
-		p := writeYAML(t, "databases:\n  r:\n    url: postgres://u:topsecret@127.0.0.1:70000/x\n")
+		p := testpg.WriteYAML(t, "databases:\n  r:\n    url: postgres://u:topsecret@127.0.0.1:70000/x\n")
 		err := wantErr(t, p, nil, "config: databases.r.url:")
 		if strings.Contains(err.Error(), "topsecret") {
 			t.Fatalf("error leaks the password: %v", err)
@@ -538,12 +519,12 @@ func TestRedaction(t *testing.T) {
 		"postgres://app:p%40ss@db/app":                          "postgres://app:xxxxx@db/app",
 	}
 	for in, want := range cases {
-		if got := redactURL(in); got != want {
-			t.Errorf("redactURL(%q) = %q, want %q", in, got, want)
+		if got := RedactURL(in); got != want {
+			t.Errorf("RedactURL(%q) = %q, want %q", in, got, want)
 		}
 	}
 
-	if got := redactURL("postgres://app:p@ss w0rd@db:bad/app"); got != "postgres://app:xxxxx@db:bad/app" {
+	if got := RedactURL("postgres://app:p@ss w0rd@db:bad/app"); got != "postgres://app:xxxxx@db:bad/app" {
 		t.Errorf("password with an unescaped @: %q", got)
 	}
 	raw := "postgres://app:p@ss w0rd@db:bad/app"
@@ -552,25 +533,21 @@ func TestRedaction(t *testing.T) {
 		t.Errorf("scrubSecrets left the password: %s", msg)
 	}
 
-	// Targets print redacted, users never print their password.
-	tg := target{URL: testURL}
+	// Targets print Redacted, users never print their password.
+	tg := Target{URL: testURL}
 	if strings.Contains(tg.Redacted(), "s3cr3t-pw") {
 		t.Errorf("Redacted = %q", tg.Redacted())
 	}
-	var buf bytes.Buffer
-	log := newLogger(&buf, "json", new(slog.LevelVar))
-	log.Info("x", "user", UserConfig{Name: "alice", Password: "wonderland"}, "password", "hunter2", "db_password", "hunter3")
-	if out := buf.String(); strings.Contains(out, "wonderland") || strings.Contains(out, "hunter2") ||
-		strings.Contains(out, "hunter3") || !strings.Contains(out, "alice") {
-		t.Errorf("log line leaks or loses data: %s", out)
+	if s := fmt.Sprint(UserConfig{Name: "alice", Password: "wonderland"}); s != "alice" {
+		t.Errorf("UserConfig prints as %q", s)
 	}
 }
 
 // TestRepoConfigYAMLMatchesDefaults keeps config.yaml, the documentation of
 // every option, and Defaults in step.
 func TestRepoConfigYAMLMatchesDefaults(t *testing.T) {
-	isolatePG(t)
-	cfg, err := readConfig("config.yaml", nil)
+	testpg.IsolatePG(t)
+	cfg, err := read(repoConfigYAML, nil)
 	if err != nil {
 		t.Fatalf("config.yaml: %v", err)
 	}
@@ -578,13 +555,13 @@ func TestRepoConfigYAMLMatchesDefaults(t *testing.T) {
 		t.Fatalf("config.yaml differs from Defaults():\n file %+v\n code %+v", *cfg, Defaults())
 	}
 	// It is a valid start configuration once there is a database.
-	if _, err := loadConfig("config.yaml", []string{"DATABASE_URL=" + testURL}); err != nil {
+	if _, err := Load(repoConfigYAML, []string{"DATABASE_URL=" + testURL}); err != nil {
 		t.Fatalf("config.yaml + DATABASE_URL: %v", err)
 	}
 
 	// Every option appears in the file, written out, not just defaulted.
 	written := koanf.New(".")
-	if err := written.Load(file.Provider("config.yaml"), yaml.Parser()); err != nil {
+	if err := written.Load(file.Provider(repoConfigYAML), yaml.Parser()); err != nil {
 		t.Fatal(err)
 	}
 	d := Defaults()
@@ -608,61 +585,31 @@ func TestConfigPath(t *testing.T) {
 	}
 	missing := filepath.Join(dir, "none.yaml")
 
-	if p, err := configPath(existing, true, nil); err != nil || p != existing {
+	if p, err := Path(existing, true, nil); err != nil || p != existing {
 		t.Errorf("explicit existing: %q, %v", p, err)
 	}
-	if _, err := configPath(missing, true, nil); err == nil || !strings.Contains(err.Error(), "-config "+missing) {
+	if _, err := Path(missing, true, nil); err == nil || !strings.Contains(err.Error(), "-config "+missing) {
 		t.Errorf("explicit missing: %v", err)
 	}
-	if p, err := configPath("", true, nil); err != nil || p != "" {
+	if p, err := Path("", true, nil); err != nil || p != "" {
 		t.Errorf(`-config "": %q, %v`, p, err)
 	}
-	if p, err := configPath("", false, []string{envConfigPath + "=" + existing}); err != nil || p != existing {
+	if p, err := Path("", false, []string{EnvConfigPath + "=" + existing}); err != nil || p != existing {
 		t.Errorf("PGSIDECAR_CONFIG: %q, %v", p, err)
 	}
-	if _, err := configPath("", false, []string{envConfigPath + "=" + missing}); err == nil || !strings.Contains(err.Error(), envConfigPath) {
+	if _, err := Path("", false, []string{EnvConfigPath + "=" + missing}); err == nil || !strings.Contains(err.Error(), EnvConfigPath) {
 		t.Errorf("PGSIDECAR_CONFIG missing: %v", err)
 	}
 
 	// Without a flag: ./config.yaml when it exists, else nothing.
 	t.Chdir(dir)
-	if p, err := configPath("", false, nil); err != nil || p != "" {
+	if p, err := Path("", false, nil); err != nil || p != "" {
 		t.Errorf("no config.yaml: %q, %v", p, err)
 	}
 	if err := os.WriteFile(filepath.Join(dir, "config.yaml"), []byte("{}"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if p, err := configPath("", false, nil); err != nil || p != "config.yaml" {
+	if p, err := Path("", false, nil); err != nil || p != "config.yaml" {
 		t.Errorf("with config.yaml: %q, %v", p, err)
-	}
-}
-
-func TestLogging(t *testing.T) {
-	var buf bytes.Buffer
-	level := new(slog.LevelVar)
-	level.Set(parseLevel("info"))
-	log := newLogger(&buf, "auto", level) // a buffer is no terminal: JSON
-	log.Debug("hidden")
-	log.Info("shown", "k", 1)
-	level.Set(parseLevel("debug")) // what SIGHUP does
-	log.Debug("now shown")
-	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
-	if len(lines) != 2 {
-		t.Fatalf("got %d lines, want 2:\n%s", len(lines), buf.String())
-	}
-	var m map[string]any
-	if err := json.Unmarshal([]byte(lines[1]), &m); err != nil || m["msg"] != "now shown" || m["level"] != "DEBUG" {
-		t.Fatalf("second line %q: %v", lines[1], err)
-	}
-
-	buf.Reset()
-	newLogger(&buf, "text", level).Warn("plain", "k", "v")
-	if out := buf.String(); strings.HasPrefix(out, "{") || !strings.Contains(out, "plain") || strings.Contains(out, "\x1b[") {
-		t.Fatalf("text format on a non-terminal = %q, want uncoloured text", out)
-	}
-	for in, want := range map[string]slog.Level{"debug": slog.LevelDebug, "info": slog.LevelInfo, "warn": slog.LevelWarn, "error": slog.LevelError} {
-		if got := parseLevel(in); got != want {
-			t.Errorf("parseLevel(%q) = %v", in, got)
-		}
 	}
 }

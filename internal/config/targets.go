@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"errors"
@@ -10,9 +10,9 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
-// target is one database clients may name, resolved from upstream or from
+// Target is one database clients may name, resolved from upstream or from
 // a databases entry.
-type target struct {
+type Target struct {
 	// Name is what clients put in their StartupMessage's database.
 	Name string
 	// Key is the option the URL came from, for messages.
@@ -29,20 +29,20 @@ type target struct {
 }
 
 // Redacted is URL without its password.
-func (t target) Redacted() string { return redactURL(t.URL) }
+func (t Target) Redacted() string { return RedactURL(t.URL) }
 
 // PoolName is the pool's name in logs and statistics: "database/user".
-func (t target) PoolName() string { return t.Name + "/" + t.Conn.User }
+func (t Target) PoolName() string { return t.Name + "/" + t.Conn.User }
 
-// targets resolves upstream and databases into the databases the proxy
+// Targets resolves upstream and databases into the databases the proxy
 // serves, in a stable order (upstream first, then by name).
-func (c *Config) targets() ([]target, error) {
+func (c *Config) Targets() ([]Target, error) {
 	if strings.TrimSpace(c.Upstream) == "" && len(c.Databases) == 0 {
 		return nil, errors.New("config: upstream: no database to proxy: set DATABASE_URL " +
 			"(or upstream in the config file, or " + envName("upstream") + ") to postgres://user:password@host:port/dbname, " +
 			"or add entries under databases")
 	}
-	var out []target
+	var out []Target
 	var errs []string
 	byName := map[string]string{}
 
@@ -65,7 +65,7 @@ func (c *Config) targets() ([]target, error) {
 			return
 		}
 		byName[name] = key
-		out = append(out, target{Name: name, Key: key, URL: raw, Conn: conn, Pool: pc, Users: c.users(conn)})
+		out = append(out, Target{Name: name, Key: key, URL: raw, Conn: conn, Pool: pc, Users: c.users(conn)})
 	}
 
 	if strings.TrimSpace(c.Upstream) != "" {

@@ -1,15 +1,17 @@
-package main
+package config
 
 import (
 	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pgsidecar/pgsidecar/internal/testpg"
 )
 
 func TestConfigDiffAndLiveSubset(t *testing.T) {
-	isolatePG(t)
-	runningPath := writeYAML(t, `
+	testpg.IsolatePG(t)
+	runningPath := testpg.WriteYAML(t, `
 upstream: `+testURL+`
 databases:
   reports:
@@ -20,7 +22,7 @@ databases:
 `)
 	running := mustLoad(t, runningPath)
 
-	nextPath := writeYAML(t, `
+	nextPath := testpg.WriteYAML(t, `
 listen: 127.0.0.1:7777
 upstream: postgres://app:new-pw@127.0.0.1:5432/appdb
 pool:
@@ -61,7 +63,7 @@ databases:
 	}
 
 	applied := liveSubset(running, next)
-	if err := applied.validate(); err != nil {
+	if err := applied.Validate(); err != nil {
 		t.Fatal(err)
 	}
 	// Restart-only options keep their running values...
@@ -83,7 +85,7 @@ databases:
 		applied.Log.Level != "debug" || applied.Auth.Method != "md5" || applied.Databases["reports"].Pool.MaxSize != 6 {
 		t.Errorf("live options not applied: %+v", applied)
 	}
-	ts, err := applied.targets()
+	ts, err := applied.Targets()
 	if err != nil {
 		t.Fatal(err)
 	}

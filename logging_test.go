@@ -1,0 +1,52 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"log/slog"
+	"strings"
+	"testing"
+
+	"github.com/pgsidecar/pgsidecar/internal/config"
+)
+
+// TestLogRedaction: no password reaches the log, whoever logs it.
+func TestLogRedaction(t *testing.T) {
+	var buf bytes.Buffer
+	log := newLogger(&buf, "json", new(slog.LevelVar))
+	log.Info("x", "user", config.UserConfig{Name: "alice", Password: "wonderland"}, "password", "hunter2", "db_password", "hunter3")
+	if out := buf.String(); strings.Contains(out, "wonderland") || strings.Contains(out, "hunter2") ||
+		strings.Contains(out, "hunter3") || !strings.Contains(out, "alice") {
+		t.Errorf("log line leaks or loses data: %s", out)
+	}
+}
+
+func TestLogging(t *testing.T) {
+	var buf bytes.Buffer
+	level := new(slog.LevelVar)
+	level.Set(parseLevel("info"))
+	log := newLogger(&buf, "auto", level) // a buffer is no terminal: JSON
+	log.Debug("hidden")
+	log.Info("shown", "k", 1)
+	level.Set(parseLevel("debug")) // what SIGHUP does
+	log.Debug("now shown")
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("got %d lines, want 2:\n%s", len(lines), buf.String())
+	}
+	var m map[string]any
+	if err := json.Unmarshal([]byte(lines[1]), &m); err != nil || m["msg"] != "now shown" || m["level"] != "DEBUG" {
+		t.Fatalf("second line %q: %v", lines[1], err)
+	}
+
+	buf.Reset()
+	newLogger(&buf, "text", level).Warn("plain", "k", "v")
+	if out := buf.String(); strings.HasPrefix(out, "{") || !strings.Contains(out, "plain") || strings.Contains(out, "\x1b[") {
+		t.Fatalf("text format on a non-terminal = %q, want uncoloured text", out)
+	}
+	for in, want := range map[string]slog.Level{"debug": slog.LevelDebug, "info": slog.LevelInfo, "warn": slog.LevelWarn, "error": slog.LevelError} {
+		if got := parseLevel(in); got != want {
+			t.Errorf("parseLevel(%q) = %v", in, got)
+		}
+	}
+}
