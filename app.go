@@ -35,8 +35,8 @@ type app struct {
 	path    string   // config file re-read on SIGHUP; "" for none
 	environ []string // environment re-read on SIGHUP
 
-	cfg     *config.Config               // the configuration running now
-	targets []config.Target              // the databases served, in cfg's order
+	cfg     *config.Config        // the configuration running now
+	targets []config.Target       // the databases served, in cfg's order
 	pools   map[string]*pool.Pool // by target name
 	// statsOrder is every pool in target order, fixed at start: the health
 	// goroutine reads it while reload replaces targets.
