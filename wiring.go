@@ -68,5 +68,9 @@ func (a *app) proxyConfig(cfg *config.Config, targets []config.Target) proxy.Con
 		MaxPreparedStatements: cfg.Pool.MaxPreparedStatements,
 		MaxMessageSize:        cfg.MaxMessageSize,
 		Logger:                a.log,
+
+		FailedLoginDelay:         cfg.Auth.FailedLoginDelay,
+		FailedLoginDelayMax:      cfg.Auth.FailedLoginDelayMax,
+		FailedLoginDelayLoopback: cfg.Auth.FailedLoginDelayLoopback,
 	}
 }

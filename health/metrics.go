@@ -264,6 +264,14 @@ var clientCounters = map[string]struct{ name, help string }{
 		name: namespace + "_cancel_requests_unknown_total",
 		help: "Cancel requests whose key matched no connected client; dropped, and logged at most once per interval.",
 	},
+	namespace + "_clients_logins_delayed": {
+		name: namespace + "_logins_delayed_total",
+		help: "Login attempts that waited under auth.failed_login_delay after failed logins from their address.",
+	},
+	namespace + "_clients_logins_throttled": {
+		name: namespace + "_logins_throttled_total",
+		help: "Login attempts refused because their failed-login delay would outlast the login timeout.",
+	},
 }
 
 // numericFields flattens v's JSON object form into metric name -> value.

@@ -78,7 +78,8 @@ func (s *Server) serveConn(conn net.Conn) {
 	defer conn.Close()
 	s.stats.accepted.Add(1)
 	live := s.live.Load()
-	conn.SetDeadline(time.Now().Add(s.cfg.StartupTimeout))
+	loginDeadline := time.Now().Add(s.cfg.StartupTimeout)
+	conn.SetDeadline(loginDeadline)
 	sm, err := readStartup(conn, startupPacketMax)
 	if err != nil {
 		s.rejectStartup(conn, nil, err)
@@ -105,13 +106,24 @@ func (s *Server) serveConn(conn net.Conn) {
 	// PostgreSQL does, so that a stranger learns nothing.
 	db := live.Databases[sm.database]
 	password, known := lookupUser(live.Databases, db, sm.user)
+	brakeKey, braked, err := s.brakeLogin(conn, lg, live, loginDeadline)
+	if err != nil {
+		s.rejectStartup(conn, lg, err)
+		return
+	}
 	if err := authenticate(sm, conn, live.AuthMethod, password, known); err != nil {
 		var pe *pgError
 		if errors.As(err, &pe) && pe.Code == codeInvalidPassword {
 			s.stats.authFailures.Add(1)
+			if braked {
+				s.brakeFailed(brakeKey, lg, live)
+			}
 		}
 		s.rejectStartup(conn, lg, err)
 		return
+	}
+	if braked {
+		s.brake.succeeded(brakeKey)
 	}
 	if db == nil {
 		s.rejectStartup(conn, lg, newFatal(codeInvalidCatalogName,

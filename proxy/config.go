@@ -54,6 +54,14 @@ type Config struct {
 	Logger *slog.Logger // default slog.Default()
 	// StartupTimeout bounds the startup and authentication phase.
 	StartupTimeout time.Duration // default 15s
+	// FailedLoginDelay: after a failed login, the next attempt from the
+	// same source address waits this long before its password is checked,
+	// doubling per further failure up to FailedLoginDelayMax (raised to
+	// FailedLoginDelay when below it); a success clears it. 0 = off.
+	FailedLoginDelay    time.Duration
+	FailedLoginDelayMax time.Duration
+	// FailedLoginDelayLoopback applies the delay to loopback clients too.
+	FailedLoginDelayLoopback bool
 }
 
 // Stats counts the server's clients.
@@ -65,6 +73,11 @@ type Stats struct {
 	ClientsRejected uint64 `json:"clients_rejected"` // refused (limit, auth, bad startup)
 	AuthFailures    uint64 `json:"auth_failures"`
 	Cancels         uint64 `json:"cancels"` // cancel requests forwarded
+	// LoginsDelayed counts login attempts held back by the failed-login
+	// delay; LoginsThrottled those refused because the wait would outlast
+	// the login timeout.
+	LoginsDelayed   uint64 `json:"logins_delayed"`
+	LoginsThrottled uint64 `json:"logins_throttled"`
 	// CancelsUnknown counts cancel requests whose key matched no client
 	// (dropped; logged at most once per 10 s).
 	CancelsUnknown uint64 `json:"cancels_unknown"`

@@ -41,9 +41,14 @@ type Server struct {
 		total, active, waiting                    atomic.Int64
 		accepted, rejected, authFailures, cancels atomic.Uint64
 		cancelsUnknown                            atomic.Uint64
+		loginsDelayed, loginsThrottled            atomic.Uint64
 	}
 
 	cancelLog logLimiter // unmatched cancel requests
+
+	brake    *loginBrake   // failed logins per source address
+	brakeLog logLimiter    // addresses reaching the maximum delay
+	quit     chan struct{} // closed when Shutdown or Close begins: ends brake waits
 }
 
 // New checks cfg and returns a Server that is not yet listening.
@@ -61,6 +66,9 @@ func New(cfg Config) (*Server, error) {
 		params:    make(map[string]map[string]string),
 		accepted:  make(map[string]struct{}),
 		cancelLog: logLimiter{interval: cancelLogInterval},
+		brake:     newLoginBrake(),
+		brakeLog:  logLimiter{interval: cancelLogInterval},
+		quit:      make(chan struct{}),
 	}
 	live := cfg
 	s.live.Store(&live)
@@ -102,6 +110,7 @@ func (cfg *Config) setDefaults() error {
 	if cfg.StartupTimeout <= 0 {
 		cfg.StartupTimeout = 15 * time.Second
 	}
+	cfg.FailedLoginDelayMax = max(cfg.FailedLoginDelayMax, cfg.FailedLoginDelay)
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -204,6 +213,9 @@ func (s *Server) Close() error {
 
 func (s *Server) closeListeners() {
 	s.mu.Lock()
+	if !s.closed {
+		close(s.quit)
+	}
 	s.closed = true
 	for ln := range s.listeners {
 		ln.Close()
@@ -233,6 +245,8 @@ func (s *Server) Stats() Stats {
 		AuthFailures:    s.stats.authFailures.Load(),
 		Cancels:         s.stats.cancels.Load(),
 		CancelsUnknown:  s.stats.cancelsUnknown.Load(),
+		LoginsDelayed:   s.stats.loginsDelayed.Load(),
+		LoginsThrottled: s.stats.loginsThrottled.Load(),
 	}
 }
 

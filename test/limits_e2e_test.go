@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -143,5 +144,107 @@ func TestUnmatchedCancelFloodIsRateLimited(t *testing.T) {
 	}
 	if !strings.Contains(text, "# TYPE pgsidecar_cancel_requests_unknown_total counter") {
 		t.Error("pgsidecar_cancel_requests_unknown_total is not typed as a counter")
+	}
+}
+
+// loginFrom logs in to url from the local address from (any 127.0.0.0/8
+// address is loopback on Linux, so one test can be several clients).
+func loginFrom(ctx context.Context, t *testing.T, url, from string) (*pgconn.PgConn, error) {
+	t.Helper()
+	cfg, err := pgconn.ParseConfig(url)
+	if err != nil {
+		t.Fatalf("parse %s: %v", redact(url), err)
+	}
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}, Timeout: 5 * time.Second}
+	cfg.DialFunc = d.DialContext
+	return pgconn.ConnectConfig(ctx, cfg)
+}
+
+// TestFailedLoginDelay: with auth.failed_login_delay enabled for loopback,
+// wrong passwords from one address are answered ever more slowly (doubling
+// to the cap), so the guess rate of a bounded loop drops far below what the
+// same loop reaches without the brake; every guess still gets the same
+// 28P01. A good login from another address is not delayed, a good login
+// from the braked address waits its turn and then clears the brake. With the
+// defaults, loopback clients are not braked at all.
+func TestFailedLoginDelay(t *testing.T) {
+	const (
+		delay    = 50 * time.Millisecond
+		delayMax = time.Second
+	)
+	// plain: an unbraked guess costs no PBKDF2, so the drop is the brake's.
+	braked := StartProxy(t, WithEnv("PGSIDECAR_AUTH__METHOD", "plain"),
+		WithEnv("PGSIDECAR_AUTH__FAILED_LOGIN_DELAY", delay.String()),
+		WithEnv("PGSIDECAR_AUTH__FAILED_LOGIN_DELAY_MAX", delayMax.String()),
+		WithEnv("PGSIDECAR_AUTH__FAILED_LOGIN_DELAY_LOOPBACK", "true"))
+	defaults := StartProxy(t, WithEnv("PGSIDECAR_AUTH__METHOD", "plain"))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	// guesses runs wrong-password logins from one address for at most d
+	// (and at most 2000) and returns how many were answered.
+	guesses := func(p *Proxy, from string, d time.Duration) (int, float64) {
+		start := time.Now()
+		n := 0
+		for ; n < 2000 && time.Since(start) < d; n++ {
+			_, err := loginFrom(ctx, t, p.URL("app", "wrong", "app"), from)
+			if sqlState(err) != "28P01" {
+				t.Fatalf("guess %d from %s: want 28P01, got %v", n+1, from, err)
+			}
+		}
+		return n, float64(n) / time.Since(start).Seconds()
+	}
+	n0, rate0 := guesses(defaults, "127.0.0.1", 500*time.Millisecond)
+	n1, rate1 := guesses(braked, "127.0.0.1", 2*time.Second)
+	t.Logf("wrong-password guesses/s from one address: %.0f without the brake (%d), %.1f with it (%d)", rate0, n0, rate1, n1)
+	// The waits are 0, 50, 100, 200, 400, 800, 1000 ms...: at most 7 answers
+	// fit in 2 s, one more for timing slack.
+	if n1 > 8 {
+		t.Errorf("%d guesses answered in 2s with the brake, want at most 8", n1)
+	}
+	if rate1 > rate0/10 {
+		t.Errorf("brake cut the guess rate only from %.0f/s to %.1f/s", rate0, rate1)
+	}
+
+	// Another address logs in at once while 127.0.0.1 is at the cap.
+	start := time.Now()
+	c, err := loginFrom(ctx, t, braked.AppURL(), "127.0.0.2")
+	if err != nil {
+		t.Fatalf("good login from another address: %v", err)
+	}
+	other := time.Since(start)
+	c.Close(ctx)
+	if other > 300*time.Millisecond {
+		t.Errorf("good login from another address took %v: it was braked", other)
+	}
+
+	// The braked address waits its turn even with the right password, and
+	// then the brake is cleared: its next wrong guess is answered at once.
+	start = time.Now()
+	c, err = loginFrom(ctx, t, braked.AppURL(), "127.0.0.1")
+	if err != nil {
+		t.Fatalf("good login from the braked address: %v", err)
+	}
+	own := time.Since(start)
+	c.Close(ctx)
+	if own < delayMax/2 {
+		t.Errorf("good login from the braked address took %v, want about the cap %v", own, delayMax)
+	}
+	start = time.Now()
+	if _, err := loginFrom(ctx, t, braked.URL("app", "wrong", "app"), "127.0.0.1"); sqlState(err) != "28P01" {
+		t.Fatalf("guess after a success: %v", err)
+	}
+	if after := time.Since(start); after > 300*time.Millisecond {
+		t.Errorf("first wrong guess after a successful login took %v: the brake was not cleared", after)
+	}
+	t.Logf("good login: %v from another address, %v from the braked one", other, own)
+
+	clients, _ := braked.Stats(t)["clients"].(map[string]any)
+	if n, _ := num(clients, "logins_delayed"); n < float64(n1-1) {
+		t.Errorf("/stats logins_delayed = %v after %d braked guesses", n, n1)
+	}
+	clients, _ = defaults.Stats(t)["clients"].(map[string]any)
+	if n, _ := num(clients, "logins_delayed"); n != 0 {
+		t.Errorf("the default config braked %v loopback logins", n)
 	}
 }

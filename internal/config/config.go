@@ -92,6 +92,13 @@ var proxyWidePoolKeys = map[string]bool{
 type AuthConfig struct {
 	Method string       `koanf:"method"`
 	Users  []UserConfig `koanf:"users"`
+	// FailedLoginDelay is the wait imposed on a source address's next login
+	// after a failed one, doubling per further failure up to
+	// FailedLoginDelayMax; 0 = off. Loopback clients are exempt unless
+	// FailedLoginDelayLoopback.
+	FailedLoginDelay         time.Duration `koanf:"failed_login_delay"`
+	FailedLoginDelayMax      time.Duration `koanf:"failed_login_delay_max"`
+	FailedLoginDelayLoopback bool          `koanf:"failed_login_delay_loopback"`
 }
 
 // UserConfig is one client login accepted by the proxy.
@@ -170,7 +177,12 @@ func Defaults() Config {
 		},
 		MaxMessageSize:  1<<30 - 1,
 		ShutdownTimeout: 30 * time.Second,
-		Auth:            AuthConfig{Method: "scram-sha-256", Users: []UserConfig{}},
-		Log:             LogConfig{Level: "info", Format: "auto"},
+		Auth: AuthConfig{
+			Method:              "scram-sha-256",
+			Users:               []UserConfig{},
+			FailedLoginDelay:    200 * time.Millisecond,
+			FailedLoginDelayMax: 5 * time.Second,
+		},
+		Log: LogConfig{Level: "info", Format: "auto"},
 	}
 }

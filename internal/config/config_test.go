@@ -129,6 +129,9 @@ auth:
   users:
     - name: alice
       password: wonderland
+  failed_login_delay: 50ms
+  failed_login_delay_max: 1s
+  failed_login_delay_loopback: true
 log:
   level: warn
   format: json
@@ -154,7 +157,8 @@ log:
 	want.Pool.MaxPreparedStatements = 50
 	want.MaxMessageSize = 65536
 	want.ShutdownTimeout = 0
-	want.Auth = AuthConfig{Method: "md5", Users: []UserConfig{{Name: "alice", Password: "wonderland"}}}
+	want.Auth = AuthConfig{Method: "md5", Users: []UserConfig{{Name: "alice", Password: "wonderland"}},
+		FailedLoginDelay: 50 * time.Millisecond, FailedLoginDelayMax: time.Second, FailedLoginDelayLoopback: true}
 	want.Log = LogConfig{Level: "warn", Format: "json"}
 	if !reflect.DeepEqual(*cfg, want) {
 		t.Fatalf("yaml overrides:\n got %+v\nwant %+v", *cfg, want)
@@ -264,6 +268,9 @@ func TestValidationRejects(t *testing.T) {
 		{"negative validate_after_idle", []string{"PGSIDECAR_POOL__VALIDATE_AFTER_IDLE=-1ms"}, []string{"config: pool.validate_after_idle:"}},
 		{"negative leak_timeout", []string{"PGSIDECAR_POOL__LEAK_TIMEOUT=-1s"}, []string{"config: pool.leak_timeout:"}},
 		{"negative shutdown_timeout", []string{"PGSIDECAR_SHUTDOWN_TIMEOUT=-1s"}, []string{"config: shutdown_timeout: must be >= 0"}},
+		{"negative failed_login_delay", []string{"PGSIDECAR_AUTH__FAILED_LOGIN_DELAY=-1s"}, []string{"config: auth.failed_login_delay: must be >= 0"}},
+		{"failed_login_delay_max below delay", []string{"PGSIDECAR_AUTH__FAILED_LOGIN_DELAY=2s", "PGSIDECAR_AUTH__FAILED_LOGIN_DELAY_MAX=1s"},
+			[]string{"config: auth.failed_login_delay_max: must be >= auth.failed_login_delay (2s), got 1s"}},
 		{"zero acquire_timeout", []string{"PGSIDECAR_POOL__ACQUIRE_TIMEOUT=0"}, []string{"config: pool.acquire_timeout: must be > 0"}},
 		{"zero connect_timeout", []string{"PGSIDECAR_POOL__CONNECT_TIMEOUT=0s"}, []string{"config: pool.connect_timeout: must be > 0"}},
 		{"zero backoff", []string{"PGSIDECAR_POOL__RECONNECT_BACKOFF=0"}, []string{"config: pool.reconnect_backoff: must be > 0"}},

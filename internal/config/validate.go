@@ -94,6 +94,13 @@ func (c *Config) Validate() error {
 		}
 	}
 
+	checkDuration(&p, "auth.failed_login_delay", c.Auth.FailedLoginDelay)
+	checkDuration(&p, "auth.failed_login_delay_max", c.Auth.FailedLoginDelayMax)
+	if c.Auth.FailedLoginDelay > 0 && c.Auth.FailedLoginDelayMax < c.Auth.FailedLoginDelay {
+		p.add("auth.failed_login_delay_max", "must be >= auth.failed_login_delay (%s), got %s",
+			c.Auth.FailedLoginDelay, c.Auth.FailedLoginDelayMax)
+	}
+
 	checkEnum(&p, "log.level", c.Log.Level, logLevels)
 	checkEnum(&p, "log.format", c.Log.Format, logFormats)
 
