@@ -195,15 +195,20 @@ func (a *app) wait(ctx context.Context, sigc <-chan os.Signal) error {
 	}
 }
 
-// drain is the graceful stop: the proxy stops accepting and lets clients
-// inside a transaction finish for up to shutdown_timeout while /health
-// answers 503; then the pools and the health listener close. A second
+// drain is the graceful stop: no transaction starts any more, each client
+// leaves with 57P01 at its next transaction boundary, clients inside a
+// transaction finish it for up to shutdown_timeout, and new connections get
+// 57P03, while /health answers 503; then the pools and the health listener
+// close. A second
 // SIGTERM or SIGINT closes every client at once. It returns an error only
 // when a component did not stop at all.
 func (a *app) drain(sigc <-chan os.Signal, reason string) error {
 	a.stopping.Store(true)
+	// Draining from here on (before the log line, whose time marks it):
+	// no transaction starts, /health answers 503.
+	a.proxy.BeginDrain()
 	timeout := a.cfg.ShutdownTimeout
-	a.log.Info("draining: no new clients; waiting for open transactions",
+	a.log.Info("draining: new clients get 57P03, each client leaves with 57P01 at its next transaction boundary",
 		"reason", reason, "shutdown_timeout", timeout.String())
 	started := time.Now()
 
@@ -243,7 +248,7 @@ wait:
 	switch {
 	case forced:
 	case errors.Is(shutdownErr, context.DeadlineExceeded):
-		a.log.Warn("shutdown_timeout reached: clients still inside a transaction were disconnected",
+		a.log.Warn("shutdown_timeout reached: clients still inside a transaction were told 57P01 and disconnected; their transactions were rolled back",
 			"shutdown_timeout", timeout.String())
 	case shutdownErr != nil && !errors.Is(shutdownErr, context.Canceled):
 		a.log.Error("proxy shutdown", "err", shutdownErr)

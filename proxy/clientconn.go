@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -71,17 +72,50 @@ type clientConn struct {
 	last    [240]byte
 	lastLen int
 	killed  atomic.Bool
+	// closeErr, once set (closeWith), is why the client must go: the drain
+	// deadline or a timeout. The client reader returns it at its next wake.
+	closeErr atomic.Pointer[pgError]
+}
+
+// serverOpTimeout bounds each statement the proxy runs on a backend itself
+// when a client leaves (ROLLBACK, RESET ALL, the reset query) and a cancel
+// request it sends.
+const serverOpTimeout = 5 * time.Second
+
+// errDraining is what a client is told when the proxy drains and the client
+// is at a transaction boundary: its next transaction would start after
+// the SIGTERM.
+func errDraining() *pgError {
+	return newFatal(codeAdminShutdown, "terminating connection due to administrator command: the proxy is shutting down",
+		"reconnect; the application's pool will open a new connection to another instance")
+}
+
+// errShutdownNow is what a client still connected at the end of
+// shutdown_timeout is told; its open transaction is rolled back.
+func errShutdownNow() *pgError {
+	return newFatal(codeAdminShutdown, "terminating connection due to administrator command: the proxy's shutdown_timeout ran out; an open transaction was rolled back",
+		"reconnect and retry the transaction; raise shutdown_timeout if transactions legitimately run longer")
+}
+
+// errCannotConnectNow is what a client connecting during a drain is told.
+func errCannotConnectNow() *pgError {
+	return newFatal(codeCannotConnectNow, "the proxy is shutting down",
+		"connect again in a moment; another pgsidecar instance or the restarted one will serve you")
 }
 
 // serveConn runs one accepted connection from startup to close.
 func (s *Server) serveConn(conn net.Conn) {
 	defer conn.Close()
+	defer s.forgetStarting(conn)
 	s.stats.accepted.Add(1)
 	live := s.live.Load()
 	loginDeadline := time.Now().Add(s.cfg.StartupTimeout)
 	conn.SetDeadline(loginDeadline)
 	sm, err := readStartup(conn, startupPacketMax)
 	if err != nil {
+		if s.draining.Load() && errors.Is(err, os.ErrDeadlineExceeded) {
+			err = errCannotConnectNow() // cut short by the end of a drain
+		}
 		s.rejectStartup(conn, nil, err)
 		return
 	}
@@ -92,8 +126,7 @@ func (s *Server) serveConn(conn net.Conn) {
 	addr := conn.RemoteAddr().String()
 	lg := s.log.With("client", addr, "user", sm.user, "database", sm.database)
 	if s.draining.Load() {
-		s.rejectStartup(conn, lg, newFatal(codeCannotConnectNow, "pgsidecar is shutting down and accepts no new connections",
-			"connect again in a moment; a new instance will take over"))
+		s.rejectStartup(conn, lg, errCannotConnectNow())
 		return
 	}
 	if s.stats.total.Load() >= int64(live.MaxClientConn) {
@@ -112,6 +145,9 @@ func (s *Server) serveConn(conn net.Conn) {
 		return
 	}
 	if err := authenticate(sm, conn, live.AuthMethod, password, known); err != nil {
+		if s.draining.Load() && errors.Is(err, os.ErrDeadlineExceeded) {
+			err = errCannotConnectNow()
+		}
 		var pe *pgError
 		if errors.As(err, &pe) && pe.Code == codeInvalidPassword {
 			s.stats.authFailures.Add(1)
@@ -157,7 +193,7 @@ func (s *Server) serveConn(conn net.Conn) {
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	defer c.cancel()
 	if !s.addClient(c) {
-		s.rejectStartup(conn, lg, newFatal(codeAdminShutdown, "pgsidecar is shutting down", "connect again in a moment"))
+		s.rejectStartup(conn, lg, errCannotConnectNow())
 		return
 	}
 	defer s.removeClient(c)
@@ -173,6 +209,11 @@ func (s *Server) serveConn(conn net.Conn) {
 	start := time.Now()
 	err = c.run()
 	c.finish()
+	if pe := c.closeErr.Load(); pe != nil {
+		// Told to go (drain deadline, a timeout): whatever the reader was
+		// doing when it was woken, the client learns why.
+		err = pe
+	}
 	var pe *pgError
 	if errors.As(err, &pe) && !c.killed.Load() {
 		// The server reader is stopped: nothing else writes to the client.
@@ -360,6 +401,19 @@ func acquireErrorResponse(err error, fatal bool) *pgError {
 // poke wakes the client reader so it notices a shutdown.
 func (c *clientConn) poke() {
 	c.conn.SetReadDeadline(time.Now())
+}
+
+// closeWith makes the client leave with pe (FATAL) as soon as its reader
+// wakes, which this forces: the reader returns pe, finish rolls back and
+// returns its backend (or closes it when a request is still in flight), and
+// serveConn sends pe. The first reason given wins.
+func (c *clientConn) closeWith(pe *pgError) {
+	c.closeErr.CompareAndSwap(nil, pe)
+	c.cancel() // a reader waiting for a backend or a probe stops waiting
+	c.conn.SetReadDeadline(time.Now())
+	// A server reader blocked writing to a client that does not read would
+	// keep finish waiting.
+	c.conn.SetWriteDeadline(time.Now().Add(time.Second))
 }
 
 // kill ends the client at once (Server.Close or a drain that ran out of time).

@@ -30,16 +30,22 @@ func (c *clientConn) run() error {
 		n, err := c.conn.Read(c.in.free())
 		c.in.end += n
 		if err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) && !c.killed.Load() {
-				if c.shutdownIfIdle() {
-					return nil
-				}
-				c.conn.SetReadDeadline(time.Time{})
-				if n == 0 {
-					continue
-				}
-			} else {
+			if !errors.Is(err, os.ErrDeadlineExceeded) || c.killed.Load() {
 				return err
+			}
+			// A wake-up: the drain or a timeout wants this client looked at.
+			if pe := c.closeErr.Load(); pe != nil {
+				return pe
+			}
+			if c.srv.draining.Load() && c.passRemaining == 0 && c.betweenTransactions() {
+				return errDraining()
+			}
+			c.conn.SetReadDeadline(time.Time{})
+			if pe := c.closeErr.Load(); pe != nil {
+				return pe // set between the look above and the reset
+			}
+			if n == 0 {
+				continue
 			}
 		}
 		if err := c.process(); err != nil {
@@ -49,22 +55,14 @@ func (c *clientConn) run() error {
 	}
 }
 
-// shutdownIfIdle closes the client with 57P01 if the server drains and the
-// client holds no backend. It reports whether it did.
-func (c *clientConn) shutdownIfIdle() bool {
-	if !c.srv.draining.Load() {
-		return false
-	}
+// betweenTransactions reports whether the client is at a transaction
+// boundary: it holds no backend, or nothing it sent is in flight and its
+// last ReadyForQuery said 'I'. What it sends next would start a new
+// transaction.
+func (c *clientConn) betweenTransactions() bool {
 	c.mu.Lock()
-	idle := c.be == nil && c.in.start == c.in.end
-	c.mu.Unlock()
-	if !idle {
-		return false
-	}
-	c.conn.SetWriteDeadline(time.Now().Add(time.Second))
-	c.conn.Write(newFatal(codeAdminShutdown, "pgsidecar is shutting down: terminating an idle connection",
-		"reconnect; the application's pool will open a new connection to another instance").appendTo(nil))
-	return true
+	defer c.mu.Unlock()
+	return c.be == nil || (c.q.len() == 0 && !c.inBatch && c.txStatus == 'I' && !c.writing && c.probe == nil)
 }
 
 // process handles every complete (or streamable) message in the buffer.
@@ -83,6 +81,10 @@ func (c *clientConn) process() error {
 			}
 			if c.in.buf[c.in.start] == msgTerminate {
 				return errClientTerminated
+			}
+			if c.srv.draining.Load() && c.betweenTransactions() {
+				// This request would start a transaction after the SIGTERM.
+				return errDraining()
 			}
 		}
 		b := c.heldBackend()
@@ -262,10 +264,16 @@ func (c *clientConn) acquire() (*backend, error) {
 	s.stats.waiting.Add(-1)
 	if err != nil {
 		if c.killed.Load() || errors.Is(err, context.Canceled) {
-			return nil, newFatal(codeAdminShutdown, "pgsidecar is shutting down", "reconnect in a moment")
+			return nil, errDraining()
 		}
 		c.log.Warn("no server connection for client", "err", err)
 		return nil, err
+	}
+	if s.draining.Load() {
+		// The drain began while this client waited: its transaction must
+		// not start. The backend is untouched, so it goes straight back.
+		conn.Release()
+		return nil, errDraining()
 	}
 	s.stats.active.Add(1)
 	conn.SetOwner(c)

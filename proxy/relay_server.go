@@ -474,6 +474,7 @@ func (c *clientConn) finish() {
 	clean := b != nil && c.q.len() == 0 && !c.inBatch && b.in.start == b.in.end && b.passRemaining == 0 &&
 		c.passRemaining == 0 && !c.poisoned && !b.fatal
 	status := c.txStatus
+	inFlight := c.q.len() > 0
 	c.q.reset()
 	c.mu.Unlock()
 	if b == nil {
@@ -481,10 +482,19 @@ func (c *clientConn) finish() {
 	}
 	nc.SetDeadline(time.Time{})
 	if !clean || c.killed.Load() {
+		if inFlight {
+			// Closing the socket alone leaves the query running on the
+			// server until it next writes; cancel it so the backend ends now.
+			ctx, cancel := context.WithTimeout(context.Background(), serverOpTimeout)
+			if err := b.conn.Server().CancelRequest(ctx); err != nil {
+				c.log.Debug("cancelling the abandoned query failed", "err", err)
+			}
+			cancel()
+		}
 		c.destroyBackend(b, "client left in the middle of a request")
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), serverOpTimeout)
 	defer cancel()
 	srv := b.conn.Server()
 	if status != 'I' {

@@ -31,6 +31,7 @@ type Server struct {
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
 	clients   map[*clientConn]struct{}
+	starting  map[net.Conn]struct{} // accepted, not yet a client (startup, authentication)
 	closed    bool
 	params    map[string]map[string]string // per database: server ParameterStatus to greet clients with
 	accepted  map[string]struct{}          // "name=value" startup parameters a server accepted
@@ -63,6 +64,7 @@ func New(cfg Config) (*Server, error) {
 		stmts:     newStatementRegistry(),
 		listeners: make(map[net.Listener]struct{}),
 		clients:   make(map[*clientConn]struct{}),
+		starting:  make(map[net.Conn]struct{}),
 		params:    make(map[string]map[string]string),
 		accepted:  make(map[string]struct{}),
 		cancelLog: logLimiter{interval: cancelLogInterval},
@@ -153,8 +155,18 @@ func (s *Server) Serve(ln net.Listener) error {
 			return fmt.Errorf("proxy: accept: %w", err)
 		}
 		backoff = 0
+		// Under mu, so that no client goroutine is added once closeListeners
+		// has run and Shutdown or Close may be waiting for them all.
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			conn.Close()
+			return ErrServerClosed
+		}
+		s.starting[conn] = struct{}{}
 		s.wg.Add(1)
-		go func() {
+		s.mu.Unlock()
+		go func() { // ends when the client leaves or is closed (Shutdown, Close)
 			defer s.wg.Done()
 			s.serveConn(conn)
 		}()
@@ -167,14 +179,37 @@ func (s *Server) isClosed() bool {
 	return s.closed
 }
 
-// Shutdown stops accepting, closes idle clients with 57P01 admin_shutdown,
-// lets clients inside a transaction finish until ctx ends, then closes the
-// rest. It returns ctx.Err() if clients had to be closed by force.
-func (s *Server) Shutdown(ctx context.Context) error {
+// drainPoll is how often Shutdown looks at the clients while it drains:
+// a drain ends at most this long after the last client left.
+const drainPoll = 50 * time.Millisecond
+
+// expireGrace bounds how long clients told to leave at the drain deadline
+// get to roll back and go (finish's ROLLBACK is bounded by serverOpTimeout)
+// before they are closed outright.
+const expireGrace = serverOpTimeout + time.Second
+
+// BeginDrain starts a graceful stop without waiting for it: from now on no
+// transaction starts, a client is closed with 57P01 at its next transaction
+// boundary, and new connections are refused with 57P03 (the listeners stay
+// open until Shutdown closes them). Draining reports true from here on.
+func (s *Server) BeginDrain() {
 	s.draining.Store(true)
-	s.closeListeners()
-	tick := time.NewTicker(50 * time.Millisecond)
+}
+
+// Shutdown drains the server (see BeginDrain): clients between
+// transactions leave with 57P01 at once, clients inside one finish it and
+// leave at its end. It returns as soon as no client is left. When ctx ends
+// first, every remaining client gets FATAL 57P01 (never a bare close) and
+// its backend is rolled back and returned, or closed when a query still
+// runs; Shutdown then returns ctx.Err(). The listeners close when the last
+// client has left (or at the deadline), so a client connecting during the
+// drain is told 57P03 rather than refused.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.BeginDrain()
+	tick := time.NewTicker(drainPoll)
 	defer tick.Stop()
+	var err error
+wait:
 	for {
 		// Wake every client reader; those between transactions leave with
 		// 57P01, those inside one carry on.
@@ -185,16 +220,35 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 		s.mu.Unlock()
 		if n == 0 {
-			s.wg.Wait()
-			return nil
+			break
 		}
 		select {
 		case <-ctx.Done():
-			s.Close()
-			return ctx.Err()
+			err = ctx.Err()
+			break wait
 		case <-tick.C:
 		}
 	}
+	s.closeListeners()
+	s.mu.Lock()
+	for c := range s.clients {
+		c.closeWith(errShutdownNow())
+	}
+	for conn := range s.starting {
+		// Still in startup: its next read fails and it is told 57P03.
+		conn.SetDeadline(time.Now())
+	}
+	s.mu.Unlock()
+
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }() // ends when every client goroutine has (Close below guarantees it)
+	select {
+	case <-done:
+	case <-time.After(expireGrace):
+		s.log.Warn("clients did not leave after their 57P01; closing them", "grace", expireGrace.String())
+		s.Close()
+	}
+	return err
 }
 
 // Close closes the listeners and every client at once; backends in use are
@@ -205,6 +259,9 @@ func (s *Server) Close() error {
 	s.mu.Lock()
 	for c := range s.clients {
 		c.kill()
+	}
+	for conn := range s.starting {
+		conn.Close()
 	}
 	s.mu.Unlock()
 	s.wg.Wait()
@@ -250,7 +307,8 @@ func (s *Server) Stats() Stats {
 	}
 }
 
-// Draining reports whether Shutdown (or Close) has begun.
+// Draining reports whether a drain (BeginDrain, Shutdown or Close) has
+// begun: the readiness probe answers 503 from then on.
 func (s *Server) Draining() bool { return s.draining.Load() }
 
 func (s *Server) addClient(c *clientConn) bool {
@@ -260,8 +318,17 @@ func (s *Server) addClient(c *clientConn) bool {
 		return false
 	}
 	s.clients[c] = struct{}{}
+	delete(s.starting, c.conn)
 	s.stats.total.Add(1)
 	return true
+}
+
+// forgetStarting drops conn from the connections in startup (it became a
+// client, or it is gone).
+func (s *Server) forgetStarting(conn net.Conn) {
+	s.mu.Lock()
+	delete(s.starting, conn)
+	s.mu.Unlock()
 }
 
 func (s *Server) removeClient(c *clientConn) {
