@@ -57,7 +57,7 @@ type app struct {
 // opened is, and names the address.
 func start(cfg *config.Config, path string, environ []string, logOut io.Writer) (*app, error) {
 	level := new(slog.LevelVar)
-	level.Set(parseLevel(cfg.Log.Level))
+	level.Set(cfg.Log.Level.Slog())
 	a := &app{
 		log:     newLogger(logOut, cfg.Log.Format, level),
 		level:   level,
@@ -108,8 +108,8 @@ func start(cfg *config.Config, path string, environ []string, logOut io.Writer) 
 	a.serve("proxy", a.ln, a.proxy.Serve)
 	a.serve("health", a.healthLn, a.health.Serve)
 
-	if (cfg.Auth.Method == "trust" || cfg.Auth.Method == "plain") && !loopback(a.ln.Addr()) {
-		a.log.Warn("auth.method "+cfg.Auth.Method+" on a listener other hosts can reach: "+
+	if (cfg.Auth.Method == proxy.AuthTrust || cfg.Auth.Method == proxy.AuthPlain) && !loopback(a.ln.Addr()) {
+		a.log.Warn("auth.method "+string(cfg.Auth.Method)+" on a listener other hosts can reach: "+
 			"passwords are not checked (trust) or travel in clear text (plain)",
 			"listen", a.ln.Addr().String())
 	}

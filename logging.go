@@ -14,9 +14,9 @@ import (
 
 // newLogger builds the process logger for log.format. The level lives in
 // level so a SIGHUP can change it without rebuilding the handler.
-func newLogger(w io.Writer, format string, level *slog.LevelVar) *slog.Logger {
+func newLogger(w io.Writer, format config.LogFormat, level *slog.LevelVar) *slog.Logger {
 	terminal := isTerminal(w)
-	if format == "json" || (format == "auto" && !terminal) {
+	if format == config.LogJSON || (format == config.LogAuto && !terminal) {
 		return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{
 			Level:       level,
 			ReplaceAttr: redactAttr,
@@ -28,19 +28,6 @@ func newLogger(w io.Writer, format string, level *slog.LevelVar) *slog.Logger {
 		TimeFormat:  time.DateTime + ".000",
 		NoColor:     !terminal,
 	}))
-}
-
-// parseLevel maps a validated log.level to its slog level.
-func parseLevel(s string) slog.Level {
-	switch s {
-	case "debug":
-		return slog.LevelDebug
-	case "warn":
-		return slog.LevelWarn
-	case "error":
-		return slog.LevelError
-	}
-	return slog.LevelInfo
 }
 
 // isTerminal reports whether w is a terminal (colours and human-readable

@@ -25,7 +25,7 @@ func (a *app) reload() {
 		return
 	}
 
-	a.level.Set(parseLevel(applied.Log.Level))
+	a.level.Set(applied.Log.Level.Slog())
 	running := make(map[string]config.Target, len(a.targets))
 	for _, t := range a.targets {
 		running[t.Name] = t

@@ -239,7 +239,7 @@ func TestMaxSizeNeverExceededUnderChurn(t *testing.T) {
 	cfg := testConfig(db, newLogRecorder())
 	cfg.MaxSize = 5
 	cfg.MinSize = 2
-	cfg.ValidateAfterIdle = Off // validate every acquire
+	cfg.ValidateAfterIdle = 0 // validate every acquire
 	cfg.MaxQueries = 7
 	cfg.MaxLifetime = 20 * time.Millisecond
 	cfg.MaxIdle = 5 * time.Millisecond

@@ -7,86 +7,34 @@ import (
 	"time"
 )
 
-// Off asks for the zero meaning of a numeric Config field (no warm
-// connections, validate on every acquire, unlimited lifetime, no jitter,
-// no idle limit, no query limit, no leak detection). It exists because a
-// zero value means "use the default", so a configuration layer that reads
-// an explicit 0 from a file passes Off instead.
-const Off = -1
-
-// NoValidation, as Config.ValidationQuery, disables validation ("" means
-// the default "SELECT 1", for the same reason as Off).
-const NoValidation = "-"
-
-// Default values applied by New and Reconfigure to zero fields.
-const (
-	DefaultMinSize           = 2
-	DefaultMaxSize           = 10
-	DefaultAcquireTimeout    = 30 * time.Second
-	DefaultValidationQuery   = "SELECT 1"
-	DefaultValidateAfterIdle = time.Second
-	DefaultMaxLifetime       = time.Hour
-	DefaultLifetimeJitter    = 0.10
-	DefaultMaxIdle           = 60 * time.Second
-	DefaultMaxQueries        = 50000
-	DefaultLeakTimeout       = 30 * time.Second
-	DefaultConnectTimeout    = 5 * time.Second
-	DefaultBackoffInitial    = time.Second
-	DefaultBackoffMax        = 16 * time.Second
-)
-
-// Config configures one Pool. A zero field gets the default noted; pass
-// Off (or NoValidation) where the zero meaning itself is wanted. After
-// defaults are applied, a negative value is the same as 0.
+// Config configures one Pool. Every field is taken as given: zero means
+// zero (none kept warm, validate on every acquire, unlimited, off), never
+// "the default"; the configuration layer owns the defaults, as pgx's
+// ParseConfig does for pgxpool.Config.
 type Config struct {
-	Name              string        // "database/user", used in logs, errors and stats
+	Name              string        // "database/user", used in logs, errors and stats; default Database/User
 	Database, User    string        // the pool key, reported in Stats
 	Connect           ConnectFunc   // required
-	MinSize           int           // default 2; kept warm; Off = none kept warm
-	MaxSize           int           // default 10; hard cap on open + opening backends
+	MinSize           int           // kept warm; 0 = none kept warm
+	MaxSize           int           // at least 1 and MinSize; hard cap on open + opening backends
 	MaxWaiters        int           // 0 = unbounded
-	AcquireTimeout    time.Duration // default 30s
-	ValidationQuery   string        // default "SELECT 1"; NoValidation disables validation
-	ValidateAfterIdle time.Duration // default 1s; Off = validate on every acquire
-	MaxLifetime       time.Duration // default 1h; Off = unlimited
-	LifetimeJitter    float64       // default 0.10 (fraction of MaxLifetime taken off at random); Off = none
-	MaxIdle           time.Duration // default 60s; Off = unlimited (never below MinSize anyway)
-	MaxQueries        int64         // default 50000; Off = unlimited
-	LeakTimeout       time.Duration // default 30s; Off = no leak detection
-	ConnectTimeout    time.Duration // default 5s
-	BackoffInitial    time.Duration // default 1s; first delay after a failed connect
-	BackoffMax        time.Duration // default 16s; the doubling stops here
-	Logger            *slog.Logger  // default slog.Default()
+	AcquireTimeout    time.Duration // above 0
+	ValidationQuery   string        // run on a backend idle past ValidateAfterIdle; "" = no validation
+	ValidateAfterIdle time.Duration // 0 = validate on every acquire
+	MaxLifetime       time.Duration // 0 = unlimited
+	LifetimeJitter    float64       // fraction of MaxLifetime taken off at random, [0, 1)
+	MaxIdle           time.Duration // 0 = unlimited (never below MinSize anyway)
+	MaxQueries        int64         // 0 = unlimited
+	LeakTimeout       time.Duration // 0 = no leak detection
+	ConnectTimeout    time.Duration // above 0
+	BackoffInitial    time.Duration // above 0; first delay after a failed connect
+	BackoffMax        time.Duration // at least BackoffInitial; the doubling stops here
+	Logger            *slog.Logger  // nil = slog.Default()
 }
 
-// DefaultConfig returns a Config with every default filled in except
-// Name, Database, User and Connect.
-func DefaultConfig() Config {
-	return Config{}.withDefaults()
-}
-
-// withDefaults replaces zero fields by their defaults and Off (negative)
-// values by zero, so the rest of the package reads plain values.
-func (c Config) withDefaults() Config {
-	c.MinSize = pick(c.MinSize, DefaultMinSize)
-	c.MaxSize = pick(c.MaxSize, DefaultMaxSize)
-	c.MaxWaiters = max(c.MaxWaiters, 0)
-	c.AcquireTimeout = pick(c.AcquireTimeout, DefaultAcquireTimeout)
-	switch c.ValidationQuery {
-	case "":
-		c.ValidationQuery = DefaultValidationQuery
-	case NoValidation:
-		c.ValidationQuery = ""
-	}
-	c.ValidateAfterIdle = pick(c.ValidateAfterIdle, DefaultValidateAfterIdle)
-	c.MaxLifetime = pick(c.MaxLifetime, DefaultMaxLifetime)
-	c.LifetimeJitter = pick(c.LifetimeJitter, DefaultLifetimeJitter)
-	c.MaxIdle = pick(c.MaxIdle, DefaultMaxIdle)
-	c.MaxQueries = pick(c.MaxQueries, DefaultMaxQueries)
-	c.LeakTimeout = pick(c.LeakTimeout, DefaultLeakTimeout)
-	c.ConnectTimeout = pick(c.ConnectTimeout, DefaultConnectTimeout)
-	c.BackoffInitial = pick(c.BackoffInitial, DefaultBackoffInitial)
-	c.BackoffMax = pick(c.BackoffMax, DefaultBackoffMax)
+// withName fills in the two fields that have a natural value: Logger and
+// Name.
+func (c Config) withName() Config {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -96,29 +44,48 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
-// pick returns def for a zero v, 0 for a negative v (Off), else v.
-func pick[T int | int64 | float64 | time.Duration](v, def T) T {
-	switch {
-	case v == 0:
-		return def
-	case v < 0:
-		return 0
-	}
-	return v
-}
-
-// validate reports the first invalid field of a defaulted Config, naming
-// it the way it is spelled here so the caller can map it to its option.
+// validate reports every invalid field, naming each the way it is spelled
+// here so the caller can map it to its option.
 func (c Config) validate() error {
 	var errs []error
 	if c.Connect == nil {
 		errs = append(errs, errors.New("a Connect function is required"))
 	}
+	if c.MinSize < 0 {
+		errs = append(errs, fmt.Errorf("MinSize %d is negative", c.MinSize))
+	}
+	if c.MaxSize < 1 {
+		errs = append(errs, fmt.Errorf("MaxSize %d must be at least 1", c.MaxSize))
+	}
 	if c.MinSize > c.MaxSize {
 		errs = append(errs, fmt.Errorf("MinSize %d is larger than MaxSize %d", c.MinSize, c.MaxSize))
 	}
-	if c.LifetimeJitter >= 1 {
-		errs = append(errs, fmt.Errorf("LifetimeJitter %v must be below 1 (a fraction of MaxLifetime)", c.LifetimeJitter))
+	if c.MaxWaiters < 0 || c.MaxQueries < 0 {
+		errs = append(errs, fmt.Errorf("MaxWaiters %d and MaxQueries %d may not be negative", c.MaxWaiters, c.MaxQueries))
+	}
+	if c.LifetimeJitter < 0 || c.LifetimeJitter >= 1 {
+		errs = append(errs, fmt.Errorf("LifetimeJitter %v must be from 0 to below 1 (a fraction of MaxLifetime)", c.LifetimeJitter))
+	}
+	for _, d := range []struct {
+		name     string
+		v        time.Duration
+		positive bool
+	}{
+		{"AcquireTimeout", c.AcquireTimeout, true},
+		{"ConnectTimeout", c.ConnectTimeout, true},
+		{"BackoffInitial", c.BackoffInitial, true},
+		{"BackoffMax", c.BackoffMax, true},
+		{"ValidateAfterIdle", c.ValidateAfterIdle, false},
+		{"MaxLifetime", c.MaxLifetime, false},
+		{"MaxIdle", c.MaxIdle, false},
+		{"LeakTimeout", c.LeakTimeout, false},
+	} {
+		switch {
+		case d.positive && d.v <= 0:
+			errs = append(errs, fmt.Errorf("%s %s must be above 0", d.name, d.v))
+		case d.v < 0:
+			errs = append(errs, fmt.Errorf("%s %s may not be negative", d.name, d.v))
+		}
 	}
 	if c.BackoffMax < c.BackoffInitial {
 		errs = append(errs, fmt.Errorf("BackoffMax %s is shorter than BackoffInitial %s", c.BackoffMax, c.BackoffInitial))

@@ -249,30 +249,32 @@ func TestStatsWaitPercentile(t *testing.T) {
 	}
 }
 
-func TestConfigDefaultsAndValidation(t *testing.T) {
-	c := DefaultConfig()
-	if c.MinSize != 2 || c.MaxSize != 10 || c.AcquireTimeout != 30*time.Second || c.ValidationQuery != "SELECT 1" ||
-		c.ValidateAfterIdle != time.Second || c.MaxLifetime != time.Hour || c.LifetimeJitter != 0.1 ||
-		c.MaxIdle != time.Minute || c.MaxQueries != 50000 || c.LeakTimeout != 30*time.Second ||
-		c.ConnectTimeout != 5*time.Second || c.BackoffInitial != time.Second || c.BackoffMax != 16*time.Second {
-		t.Fatalf("defaults %+v", c)
-	}
-	off := Config{MinSize: Off, ValidationQuery: NoValidation, ValidateAfterIdle: Off, MaxLifetime: Off,
-		LifetimeJitter: Off, MaxIdle: Off, MaxQueries: Off, LeakTimeout: Off}.withDefaults()
-	if off.MinSize != 0 || off.ValidationQuery != "" || off.ValidateAfterIdle != 0 || off.MaxLifetime != 0 ||
-		off.LifetimeJitter != 0 || off.MaxIdle != 0 || off.MaxQueries != 0 || off.LeakTimeout != 0 {
-		t.Fatalf("Off not applied: %+v", off)
-	}
+// TestConfigValidation: zero means zero, and what cannot run is refused
+// with every bad field named.
+func TestConfigValidation(t *testing.T) {
 	db := newFakeDB()
-	for _, bad := range []Config{
-		{},
-		{Connect: db.connect, MinSize: 5, MaxSize: 2},
-		{Connect: db.connect, LifetimeJitter: 1.5},
-		{Connect: db.connect, BackoffInitial: time.Minute, BackoffMax: time.Second},
+	zero := testConfig(db, newLogRecorder())
+	zero.ValidationQuery, zero.LifetimeJitter = "", 0
+	if err := zero.validate(); err != nil {
+		t.Fatalf("zero for every optional field: %v", err)
+	}
+	if err := (Config{}).validate(); err == nil ||
+		!strings.Contains(err.Error(), "Connect") || !strings.Contains(err.Error(), "MaxSize") ||
+		!strings.Contains(err.Error(), "AcquireTimeout") || !strings.Contains(err.Error(), "BackoffInitial") {
+		t.Fatalf("empty Config: %v; want every required field named", err)
+	}
+	for name, bad := range map[string]func(*Config){
+		"MinSize above MaxSize": func(c *Config) { c.MinSize, c.MaxSize = 5, 2 },
+		"LifetimeJitter 1.5":    func(c *Config) { c.LifetimeJitter = 1.5 },
+		"BackoffMax < Initial":  func(c *Config) { c.BackoffInitial, c.BackoffMax = time.Minute, time.Second },
+		"negative MaxIdle":      func(c *Config) { c.MaxIdle = -time.Second },
+		"AcquireTimeout 0":      func(c *Config) { c.AcquireTimeout = 0 },
 	} {
-		if p, err := New(bad); err == nil {
+		c := testConfig(db, newLogRecorder())
+		bad(&c)
+		if p, err := New(c); err == nil {
 			p.Close()
-			t.Fatalf("New(%+v) accepted an invalid config", bad)
+			t.Fatalf("%s: New accepted an invalid config", name)
 		}
 	}
 }

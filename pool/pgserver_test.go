@@ -211,7 +211,7 @@ func testPoolOnPostgres(t *testing.T, cl *testCluster) {
 	cfg.Connect = Connector(cl.config(t))
 	cfg.MinSize = 2
 	cfg.MaxSize = 3
-	cfg.ValidateAfterIdle = Off
+	cfg.ValidateAfterIdle = 0
 	cfg.BackoffInitial = 50 * time.Millisecond
 	cfg.BackoffMax = 200 * time.Millisecond
 	p := startPool(t, cfg)

@@ -106,7 +106,7 @@ func New(cfg Config) (*Pool, error) {
 }
 
 func newPool(cfg Config, opts options) (*Pool, error) {
-	cfg = cfg.withDefaults()
+	cfg = cfg.withName()
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("pool %s: invalid config: %w", cfg.Name, err)
 	}
@@ -229,7 +229,7 @@ func (p *Pool) Reconfigure(cfg Config) {
 	if cfg.Logger == nil {
 		cfg.Logger = old.Logger
 	}
-	cfg = cfg.withDefaults()
+	cfg = cfg.withName()
 	if err := cfg.validate(); err != nil {
 		p.unlock()
 		p.log().Error("pool reconfigure rejected; keeping the old settings", "err", err)

@@ -115,7 +115,7 @@ func TestValidationFailureGivesAnotherBackend(t *testing.T) {
 	db := newFakeDB()
 	cfg := testConfig(db, newLogRecorder())
 	cfg.MaxSize = 3
-	cfg.ValidateAfterIdle = Off // every acquire
+	cfg.ValidateAfterIdle = 0 // every acquire
 	p := startPool(t, cfg)
 
 	a, b := mustAcquire(t, p), mustAcquire(t, p)

@@ -36,7 +36,7 @@ func TestBackoffSchedule(t *testing.T) {
 			t.Fatalf("jittered(10s, r=%v) = %s, outside [8s, 10s]", r, d)
 		}
 	}
-	cfg := DefaultConfig()
+	cfg := Config{BackoffInitial: time.Second, BackoffMax: 16 * time.Second}
 	if d := cfg.nextRetry(3); d > 4*time.Second || d < 3200*time.Millisecond {
 		t.Fatalf("third retry %s outside [3.2s, 4s]", d)
 	}
@@ -126,7 +126,7 @@ func TestMinSizeZeroStillProbesAtStart(t *testing.T) {
 	db := newFakeDB()
 	db.setDown(errRefused)
 	cfg := testConfig(db, newLogRecorder())
-	p := startPool(t, cfg) // MinSize Off
+	p := startPool(t, cfg) // MinSize 0
 	waitFor(t, "UNHEALTHY", func() bool { return p.State() == StateUnhealthy })
 
 	db2 := newFakeDB()

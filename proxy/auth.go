@@ -40,7 +40,7 @@ const authProtocolHint = "the client library sent an unexpected authentication m
 // failed (the client hung up, a deadline passed) and there is nobody to tell.
 // All I/O goes through sm.backend; conn only names the peer in errors. The
 // caller bounds the exchange with conn's deadline.
-func authenticate(sm *startupMessage, conn net.Conn, method, password string, known bool) error {
+func authenticate(sm *startupMessage, conn net.Conn, method AuthMethod, password string, known bool) error {
 	if sm == nil || sm.backend == nil || sm.cancel {
 		return errors.New("authenticate: no StartupMessage to authenticate")
 	}
@@ -60,7 +60,7 @@ func authenticate(sm *startupMessage, conn net.Conn, method, password string, kn
 		ok, err = authPlain(sm, password)
 	case AuthMD5:
 		ok, err = authMD5(sm, password)
-	case AuthSCRAM, "":
+	case AuthSCRAM:
 		ok, err = authSCRAM(sm, password, known)
 	default:
 		return newFatal(codeInvalidAuthorization,

@@ -39,7 +39,7 @@ type authOutcome struct {
 type authHarness struct {
 	t        *testing.T
 	ln       net.Listener
-	method   string
+	method   AuthMethod
 	mu       sync.Mutex
 	users    map[string]string
 	outcomes chan authOutcome
@@ -48,7 +48,7 @@ type authHarness struct {
 
 // authStart starts a harness; its cleanup stops the listener, waits for
 // every connection goroutine and checks for leaks.
-func authStart(t *testing.T, method string, users map[string]string) *authHarness {
+func authStart(t *testing.T, method AuthMethod, users map[string]string) *authHarness {
 	t.Helper()
 	opt := goleak.IgnoreCurrent()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -171,8 +171,8 @@ func authWantLoginFailed(t *testing.T, err error, user string) {
 }
 
 func TestAuthenticateWithPgconn(t *testing.T) {
-	for _, method := range []string{AuthSCRAM, AuthMD5, AuthPlain} {
-		t.Run(method, func(t *testing.T) {
+	for _, method := range []AuthMethod{AuthSCRAM, AuthMD5, AuthPlain} {
+		t.Run(string(method), func(t *testing.T) {
 			h := authStart(t, method, map[string]string{"alice": "s3cret pw", "bob": "other"})
 
 			conn, err := authConnect(t, h, "alice", "s3cret pw", "")
@@ -313,7 +313,7 @@ func TestAuthenticateProtocol32Client(t *testing.T) {
 // authPipe runs readStartup+authenticate on one end of a net.Pipe for a
 // hand-driven client, returning a Frontend for the client end and the
 // server's result channel.
-func authPipe(t *testing.T, method string, users map[string]string, startupUser string) (*pgproto3.Frontend, net.Conn, <-chan error) {
+func authPipe(t *testing.T, method AuthMethod, users map[string]string, startupUser string) (*pgproto3.Frontend, net.Conn, <-chan error) {
 	t.Helper()
 	opt := goleak.IgnoreCurrent()
 	client, server := net.Pipe()
@@ -549,8 +549,8 @@ func TestAuthenticateWithPsql(t *testing.T) {
 	if err != nil {
 		t.Skip("psql not installed")
 	}
-	for _, method := range []string{AuthSCRAM, AuthMD5} {
-		t.Run(method, func(t *testing.T) {
+	for _, method := range []AuthMethod{AuthSCRAM, AuthMD5} {
+		t.Run(string(method), func(t *testing.T) {
 			h := authStart(t, method, map[string]string{"alice": "pw with spaces"})
 			run := func(password string) (string, error) {
 				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)

@@ -1,7 +1,10 @@
 package proxy
 
 import (
+	"fmt"
 	"log/slog"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/pgsidecar/pgsidecar/pool"
@@ -17,13 +20,53 @@ const (
 	ModeSession Mode = "session"
 )
 
+// Modes lists the pooling modes, as configuration spells them.
+var Modes = []Mode{ModeTransaction, ModeSession}
+
+// ParseMode reads a pooling mode, ignoring case and surrounding space.
+func ParseMode(s string) (Mode, error) { return parseName(s, Modes) }
+
+// UnmarshalText makes a Mode readable from configuration.
+func (m *Mode) UnmarshalText(text []byte) (err error) {
+	*m, err = ParseMode(string(text))
+	return err
+}
+
+// AuthMethod is how clients prove their password to the proxy.
+type AuthMethod string
+
 // Auth methods the proxy can demand of clients.
 const (
-	AuthSCRAM = "scram-sha-256"
-	AuthMD5   = "md5"
-	AuthPlain = "plain"
-	AuthTrust = "trust"
+	AuthSCRAM AuthMethod = "scram-sha-256"
+	AuthMD5   AuthMethod = "md5"
+	AuthPlain AuthMethod = "plain"
+	AuthTrust AuthMethod = "trust"
 )
+
+// AuthMethods lists the auth methods, as configuration spells them.
+var AuthMethods = []AuthMethod{AuthSCRAM, AuthMD5, AuthPlain, AuthTrust}
+
+// ParseAuthMethod reads an auth method, ignoring case and surrounding space.
+func ParseAuthMethod(s string) (AuthMethod, error) { return parseName(s, AuthMethods) }
+
+// UnmarshalText makes an AuthMethod readable from configuration.
+func (a *AuthMethod) UnmarshalText(text []byte) (err error) {
+	*a, err = ParseAuthMethod(string(text))
+	return err
+}
+
+// parseName finds s among names; the error lists them.
+func parseName[T ~string](s string, names []T) (T, error) {
+	v := T(strings.ToLower(strings.TrimSpace(s)))
+	if slices.Contains(names, v) {
+		return v, nil
+	}
+	list := make([]string, len(names))
+	for i, n := range names {
+		list[i] = string(n)
+	}
+	return "", fmt.Errorf("must be one of %s, got %q", strings.Join(list, ", "), v)
+}
 
 // Database is one database clients may name in their StartupMessage.
 type Database struct {
@@ -36,24 +79,27 @@ type Database struct {
 	Users map[string]string
 }
 
-// Config configures a Server. Zero values take the defaults noted.
+// Config configures a Server. Every field but Logger must be set: zero
+// means zero (no reset query), never "the default"; the configuration
+// layer owns the defaults.
 type Config struct {
-	Mode          Mode                 // default transaction
-	MaxClientConn int                  // default 10000
-	AuthMethod    string               // default scram-sha-256
+	Mode          Mode                 // required
+	MaxClientConn int                  // at least 1
+	AuthMethod    AuthMethod           // required
 	Databases     map[string]*Database // required, keyed by Database.Name
-	// ResetQuery runs on a backend when its session-mode client leaves.
-	ResetQuery string // default "DISCARD ALL"; "" skips the reset
-	// MaxPreparedStatements bounds the statements kept per backend (LRU).
-	MaxPreparedStatements int // default 200
+	// ResetQuery runs on a backend when its session-mode client leaves;
+	// "" skips the reset.
+	ResetQuery string
+	// MaxPreparedStatements bounds the statements kept per backend (LRU);
+	// at least 1.
+	MaxPreparedStatements int
 	// MaxMessageSize is the largest protocol message accepted from a client
-	// or a server; larger is a protocol violation.
-	MaxMessageSize int // default 1 GiB - 1 (PostgreSQL's own limit)
-	// IdleClientDrain: on Shutdown, clients between transactions are closed
-	// with 57P01 at once; clients inside one get until ctx ends.
-	Logger *slog.Logger // default slog.Default()
-	// StartupTimeout bounds the startup and authentication phase.
-	StartupTimeout time.Duration // default 15s
+	// or a server; larger is a protocol violation. From 1 to
+	// MaxMessageSizeLimit.
+	MaxMessageSize int
+	// StartupTimeout bounds the startup and authentication phase; above 0.
+	StartupTimeout time.Duration
+	Logger         *slog.Logger // nil means slog.Default()
 	// FailedLoginDelay: after a failed login, the next attempt from the
 	// same source address waits this long before its password is checked,
 	// doubling per further failure up to FailedLoginDelayMax (raised to
@@ -63,6 +109,10 @@ type Config struct {
 	// FailedLoginDelayLoopback applies the delay to loopback clients too.
 	FailedLoginDelayLoopback bool
 }
+
+// MaxMessageSizeLimit is PostgreSQL's own bound on a protocol message
+// (MaxAllocSize - 1): nothing larger can come from a correct peer.
+const MaxMessageSizeLimit = 1<<30 - 1
 
 // Stats counts the server's clients.
 type Stats struct {

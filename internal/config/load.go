@@ -108,7 +108,6 @@ func read(path string, environ []string) (*Config, error) {
 	if err := unknownKeys(meta.Unused, path, fileKeys, envKeys); err != nil {
 		return nil, err
 	}
-	cfg.normalize()
 	if err := cfg.resolveDatabases(); err != nil {
 		return nil, err
 	}
@@ -148,7 +147,7 @@ func (c *Config) resolveDatabases() error {
 		db := c.Databases[name]
 		db.Pool = c.Pool
 		for key := range db.Overrides {
-			if proxyWidePoolKeys[key] {
+			if o, ok := option("pool." + key); ok && !o.PerDatabase {
 				errs = append(errs, fmt.Sprintf("config: databases.%s.pool.%s: applies to the whole proxy; set pool.%s instead", name, key, key))
 			}
 		}

@@ -10,35 +10,20 @@ import (
 	"github.com/knadh/koanf/v2"
 )
 
-// restartOnlyKeys are options a running process cannot change: sockets are
-// open, the proxy and pools were built for them. A reload logs them as
-// "needs a restart" and keeps the running value.
-var restartOnlyKeys = map[string]bool{
-	"listen":                       true,
-	"health.listen":                true,
-	"upstream":                     true,
-	"pool.mode":                    true,
-	"pool.reset_query":             true,
-	"pool.max_prepared_statements": true,
-	"max_message_size":             true,
-	"log.format":                   true,
-}
-
-// liveSubset is next with every restart-only option taken from running:
-// the configuration the process actually runs after a reload.
+// liveSubset is next with every Restart option taken from running: the
+// configuration the process actually runs after a reload.
 func liveSubset(running, next *Config) *Config {
 	out := *next
-	out.Listen = running.Listen
-	out.Health = running.Health
-	out.Upstream = running.Upstream
-	out.Pool.Mode = running.Pool.Mode
-	out.Pool.ResetQuery = running.Pool.ResetQuery
-	out.Pool.MaxPreparedStatements = running.Pool.MaxPreparedStatements
-	out.MaxMessageSize = running.MaxMessageSize
-	out.Log.Format = running.Log.Format
+	from, to := reflect.ValueOf(running).Elem(), reflect.ValueOf(&out).Elem()
+	for _, o := range Options {
+		if o.Reload == Restart {
+			field(to, o.Key).Set(field(from, o.Key))
+		}
+	}
 
 	// The set of databases and their URLs stay; their pool settings follow
-	// next. A database next removes keeps running with its old settings.
+	// next, except the proxy-wide ones. A database next removes keeps
+	// running with its old settings.
 	out.Databases = make(map[string]DatabaseConfig, len(running.Databases))
 	for name, old := range running.Databases {
 		db, ok := next.Databases[name]
@@ -47,9 +32,12 @@ func liveSubset(running, next *Config) *Config {
 			continue
 		}
 		db.URL = old.URL
-		db.Pool.Mode = running.Pool.Mode
-		db.Pool.ResetQuery = running.Pool.ResetQuery
-		db.Pool.MaxPreparedStatements = running.Pool.MaxPreparedStatements
+		pool := reflect.ValueOf(&db.Pool).Elem()
+		for _, o := range Options {
+			if key, isPool := strings.CutPrefix(o.Key, "pool."); isPool && o.Reload == Restart {
+				field(pool, key).Set(field(from, o.Key))
+			}
+		}
 		out.Databases[name] = db
 	}
 	return &out
@@ -90,7 +78,7 @@ func configDiff(running, next *Config) (live, restart []string) {
 			}
 			continue
 		}
-		if restartOnlyKeys[k] {
+		if o, ok := option(k); ok && o.Reload == Restart {
 			restartSet[k] = true
 		} else {
 			liveSet[k] = true

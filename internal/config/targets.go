@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgsidecar/pgsidecar/proxy"
 )
 
 // Target is one database clients may name, resolved from upstream or from
@@ -102,7 +104,7 @@ func (c *Config) Targets() ([]Target, error) {
 // wins over the URL's password for the same name.
 func (c *Config) users(conn *pgconn.Config) map[string]string {
 	users := map[string]string{}
-	if conn.User != "" && (conn.Password != "" || c.Auth.Method == "trust") {
+	if conn.User != "" && (conn.Password != "" || c.Auth.Method == proxy.AuthTrust) {
 		users[conn.User] = conn.Password
 	}
 	for _, u := range c.Auth.Users {

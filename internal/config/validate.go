@@ -9,23 +9,13 @@ import (
 	"strconv"
 	"strings"
 	"time"
-)
 
-// maxMessageSizeLimit is PostgreSQL's own bound on a protocol message
-// (MaxAllocSize - 1): nothing larger can come from a correct peer.
-const maxMessageSizeLimit = 1<<30 - 1
+	"github.com/pgsidecar/pgsidecar/proxy"
+)
 
 // minMessageSize keeps max_message_size above what a normal StartupMessage
 // or a short query needs.
 const minMessageSize = 1024
-
-// Allowed values of the enumerated options.
-var (
-	poolModes   = []string{"transaction", "session"}
-	authMethods = []string{"scram-sha-256", "md5", "plain", "trust"}
-	logLevels   = []string{"debug", "info", "warn", "error"}
-	logFormats  = []string{"auto", "text", "json"}
-)
 
 // problems collects every invalid option so one start reports them all.
 type problems []string
@@ -39,15 +29,6 @@ func (p problems) err() error {
 		return nil
 	}
 	return errors.New(strings.Join(p, "\n"))
-}
-
-// normalize lower-cases the enumerated options, so LOG__LEVEL=DEBUG works.
-// It runs before the databases copy pool.*.
-func (c *Config) normalize() {
-	c.Pool.Mode = strings.ToLower(strings.TrimSpace(c.Pool.Mode))
-	c.Auth.Method = strings.ToLower(strings.TrimSpace(c.Auth.Method))
-	c.Log.Level = strings.ToLower(strings.TrimSpace(c.Log.Level))
-	c.Log.Format = strings.ToLower(strings.TrimSpace(c.Log.Format))
 }
 
 // Validate checks every option and reports all problems at once, each line
@@ -65,7 +46,6 @@ func (c *Config) Validate() error {
 	for _, name := range slices.Sorted(maps.Keys(c.Databases)) {
 		checkPool(&p, "databases."+name+".pool", c.Databases[name].Pool)
 	}
-	checkEnum(&p, "pool.mode", c.Pool.Mode, poolModes)
 	if c.Pool.MaxClientConn < 1 {
 		p.add("pool.max_client_conn", "must be >= 1, got %d", c.Pool.MaxClientConn)
 	}
@@ -73,12 +53,11 @@ func (c *Config) Validate() error {
 		p.add("pool.max_prepared_statements", "must be >= 1, got %d", c.Pool.MaxPreparedStatements)
 	}
 
-	if c.MaxMessageSize < minMessageSize || c.MaxMessageSize > maxMessageSizeLimit {
-		p.add("max_message_size", "must be between %d and %d bytes, got %d", minMessageSize, maxMessageSizeLimit, c.MaxMessageSize)
+	if c.MaxMessageSize < minMessageSize || c.MaxMessageSize > proxy.MaxMessageSizeLimit {
+		p.add("max_message_size", "must be between %d and %d bytes, got %d", minMessageSize, proxy.MaxMessageSizeLimit, c.MaxMessageSize)
 	}
 	checkDuration(&p, "shutdown_timeout", c.ShutdownTimeout)
 
-	checkEnum(&p, "auth.method", c.Auth.Method, authMethods)
 	seen := map[string]bool{}
 	for i, u := range c.Auth.Users {
 		key := fmt.Sprintf("auth.users[%d]", i)
@@ -89,7 +68,7 @@ func (c *Config) Validate() error {
 			p.add(key+".name", "user %q is listed twice", u.Name)
 		}
 		seen[u.Name] = true
-		if u.Password == "" && c.Auth.Method != "trust" {
+		if u.Password == "" && c.Auth.Method != proxy.AuthTrust {
 			p.add(key+".password", "must not be empty with auth.method %s (only trust accepts users without a password)", c.Auth.Method)
 		}
 	}
@@ -100,9 +79,6 @@ func (c *Config) Validate() error {
 		p.add("auth.failed_login_delay_max", "must be >= auth.failed_login_delay (%s), got %s",
 			c.Auth.FailedLoginDelay, c.Auth.FailedLoginDelayMax)
 	}
-
-	checkEnum(&p, "log.level", c.Log.Level, logLevels)
-	checkEnum(&p, "log.format", c.Log.Format, logFormats)
 
 	if len(p) > 0 {
 		// Databases are checked only once the simple options are right:
@@ -163,12 +139,6 @@ func checkPool(p *problems, prefix string, pc PoolConfig) {
 func checkDuration(p *problems, key string, d time.Duration) {
 	if d < 0 {
 		p.add(key, "must be >= 0, got %s", d)
-	}
-}
-
-func checkEnum(p *problems, key, v string, allowed []string) {
-	if !slices.Contains(allowed, v) {
-		p.add(key, "must be one of %s, got %q", strings.Join(allowed, ", "), v)
 	}
 }
 

@@ -1,0 +1,165 @@
+package config
+
+import (
+	"fmt"
+	"reflect"
+	"strings"
+
+	"github.com/knadh/koanf/parsers/yaml"
+	"github.com/knadh/koanf/v2"
+)
+
+// OnReload says what a SIGHUP does with a changed option.
+type OnReload int
+
+const (
+	// Live options are applied to the running process.
+	Live OnReload = iota
+	// Restart options are only logged as needing a restart: sockets are
+	// open, the proxy and pools were built for them.
+	Restart
+	// PerEntry is the databases map: adding, removing or re-pointing an
+	// entry needs a restart, its pool overrides change live.
+	PerEntry
+)
+
+// Option is one configuration key. Options is the one place each option's
+// default, reload behaviour and documentation line are written: Defaults
+// and Plan derive from it, and tests hold config.yaml and the README's
+// option table to it.
+type Option struct {
+	// Key is the dotted name, as in config.yaml: "pool.max_size".
+	Key string
+	// Default is the value nobody sets, spelled as in config.yaml (and
+	// decoded as a value from the file is).
+	Default string
+	// Reload is what a reload does with a change.
+	Reload OnReload
+	// PerDatabase marks the pool.* options a databases entry may override;
+	// the other pool.* options apply to the whole proxy.
+	PerDatabase bool
+	// Doc is the option's line in the README's option table.
+	Doc string
+}
+
+// Options lists every option, in config.yaml's order.
+var Options = []Option{
+	{Key: "listen", Default: "127.0.0.1:6432", Reload: Restart,
+		Doc: "Address clients connect to."},
+	{Key: "health.listen", Default: "127.0.0.1:9930", Reload: Restart,
+		Doc: "Address of the HTTP listener (`/health`, `/stats`, `/metrics`)."},
+	{Key: "upstream", Default: `""`, Reload: Restart,
+		Doc: "The real database, `postgres://user:password@host:port/db?sslmode=...`; `DATABASE_URL` overrides it. Clients connect to its database name and log in with its user and password unless `auth.users` lists others."},
+	{Key: "databases", Default: "{}", Reload: PerEntry,
+		Doc: "More databases, like PgBouncer's `[databases]`: name clients use -> `url` and optional `pool` overrides."},
+	{Key: "pool.mode", Default: "transaction", Reload: Restart,
+		Doc: "`transaction`: a backend per transaction; `session`: a backend per client connection."},
+	{Key: "pool.min_size", Default: "2", PerDatabase: true,
+		Doc: "Backends kept open and warm per database."},
+	{Key: "pool.max_size", Default: "10", PerDatabase: true,
+		Doc: "Most backends per database."},
+	{Key: "pool.max_client_conn", Default: "10000",
+		Doc: "Most client connections at once; the next gets 53300."},
+	{Key: "pool.acquire_timeout", Default: "30s", PerDatabase: true,
+		Doc: "How long a client waits for a backend before 53300."},
+	{Key: "pool.max_waiters", Default: "0", PerDatabase: true,
+		Doc: "Most clients waiting per database; more are refused at once. 0 = unbounded."},
+	{Key: "pool.validation_query", Default: "SELECT 1", PerDatabase: true,
+		Doc: "Run on a backend idle longer than `validate_after_idle` before reuse; `\"\"` disables."},
+	{Key: "pool.validate_after_idle", Default: "1s", PerDatabase: true,
+		Doc: "Idle time after which a backend is validated; 0 = on every acquire."},
+	{Key: "pool.max_lifetime", Default: "1h", PerDatabase: true,
+		Doc: "Backends are recycled (between transactions) after this long; 0 = unlimited."},
+	{Key: "pool.lifetime_jitter", Default: "10%", PerDatabase: true,
+		Doc: "Random fraction taken off each lifetime so backends do not all recycle together."},
+	{Key: "pool.max_idle", Default: "60s", PerDatabase: true,
+		Doc: "A backend idle this long is closed, down to `min_size`; 0 = never."},
+	{Key: "pool.max_queries", Default: "50000", PerDatabase: true,
+		Doc: "A backend is recycled after this many queries; 0 = unlimited."},
+	{Key: "pool.leak_timeout", Default: "30s", PerDatabase: true,
+		Doc: "A transaction holding a backend longer is logged once with the client and its last statement; in session mode only time inside a transaction counts, not a session idle between transactions; 0 = off."},
+	{Key: "pool.connect_timeout", Default: "5s", PerDatabase: true,
+		Doc: "Time to open and authenticate one backend connection."},
+	{Key: "pool.reconnect_backoff", Default: "1s", PerDatabase: true,
+		Doc: "First wait after a failed connect, doubling with jitter."},
+	{Key: "pool.reconnect_backoff_max", Default: "16s", PerDatabase: true,
+		Doc: "Cap of that wait."},
+	{Key: "pool.reset_query", Default: "DISCARD ALL", Reload: Restart,
+		Doc: "Session mode: run when a client leaves; `\"\"` skips it."},
+	{Key: "pool.max_prepared_statements", Default: "200", Reload: Restart,
+		Doc: "Transaction mode: prepared statements kept per backend (LRU)."},
+	{Key: "max_message_size", Default: "1073741823", Reload: Restart,
+		Doc: "Largest protocol message accepted, in bytes; larger closes the connection."},
+	{Key: "shutdown_timeout", Default: "30s",
+		Doc: "On SIGTERM, how long open transactions get to finish; then their clients get 57P01 and the transactions are rolled back (see Signals)."},
+	{Key: "auth.method", Default: "scram-sha-256",
+		Doc: "How clients authenticate to the proxy: `scram-sha-256`, `md5`, `plain` or `trust`."},
+	{Key: "auth.users", Default: "[]",
+		Doc: "Extra logins `{name, password}` besides the upstream URL's user."},
+	{Key: "auth.failed_login_delay", Default: "200ms",
+		Doc: "Brute-force brake: after a failed login, the next login from the same source address waits this long before its password is checked, doubling per further failure up to `auth.failed_login_delay_max`; a success clears it. Parallel attempts from one address queue; an attempt whose wait would outlast the login timeout is refused with 28000. Other addresses are not slowed (IPv6 per /64); at most 10000 addresses are remembered. A client sharing an attacker's address (NAT) waits too. 0 = off."},
+	{Key: "auth.failed_login_delay_max", Default: "5s",
+		Doc: "Cap of that delay: at the cap an address gets about one guess per this interval."},
+	{Key: "auth.failed_login_delay_loopback", Default: "false",
+		Doc: "Apply the brake to loopback clients too; off by default because on a sidecar the application itself connects over loopback."},
+	{Key: "log.level", Default: "info",
+		Doc: "`debug`, `info`, `warn` or `error`."},
+	{Key: "log.format", Default: "auto", Reload: Restart,
+		Doc: "`auto` (colour text on a terminal, JSON otherwise), `text` or `json`."},
+}
+
+// option finds key in Options.
+func option(key string) (Option, bool) {
+	for _, o := range Options {
+		if o.Key == key {
+			return o, true
+		}
+	}
+	return Option{}, false
+}
+
+// Defaults returns the configuration used for every option nobody sets:
+// each Option's Default, decoded as the file would be. It panics on a
+// Default that does not decode, which the package's tests rule out.
+func Defaults() Config {
+	k := koanf.New(".")
+	for _, o := range Options {
+		// A one-line YAML document, so "10" is a number, "{}" a map and
+		// `""` the empty string, exactly as written in config.yaml.
+		doc, err := yaml.Parser().Unmarshal([]byte("v: " + o.Default))
+		if err != nil {
+			panic(fmt.Sprintf("config: option %s: default %q: %v", o.Key, o.Default, err))
+		}
+		if err := k.Set(o.Key, doc["v"]); err != nil {
+			panic(fmt.Sprintf("config: option %s: %v", o.Key, err))
+		}
+	}
+	// Zero values, not nil, for the collections: a Config compares equal
+	// to one decoded from a file that writes "{}" and "[]".
+	cfg := Config{Databases: map[string]DatabaseConfig{}, Auth: AuthConfig{Users: []UserConfig{}}}
+	dc := decoderConfig(nil)
+	dc.ErrorUnused = true
+	if err := k.UnmarshalWithConf("", &cfg, koanf.UnmarshalConf{DecoderConfig: dc}); err != nil {
+		panic(fmt.Sprintf("config: option table: %v", decodeError(err)))
+	}
+	return cfg
+}
+
+// field returns the field of v (a Config or a PoolConfig) that key names,
+// following the koanf tags. It panics on a key that names no field.
+func field(v reflect.Value, key string) reflect.Value {
+	for name := range strings.SplitSeq(key, ".") {
+		t := v.Type()
+		found := false
+		for i := range t.NumField() {
+			if t.Field(i).Tag.Get("koanf") == name {
+				v, found = v.Field(i), true
+				break
+			}
+		}
+		if !found {
+			panic(fmt.Sprintf("config: %s names no field of %s", key, t))
+		}
+	}
+	return v
+}

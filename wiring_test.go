@@ -1,0 +1,53 @@
+package main
+
+import (
+	"log/slog"
+	"testing"
+
+	"github.com/pgsidecar/pgsidecar/internal/config"
+	"github.com/pgsidecar/pgsidecar/internal/testpg"
+)
+
+// TestWiringZeroMeansZero: the pool gets the configured values verbatim. A
+// 0 stays 0 (off / unlimited / every time) and validation_query "-" is a
+// query like any other, not a hidden switch that turns validation off.
+func TestWiringZeroMeansZero(t *testing.T) {
+	testpg.IsolatePG(t)
+	path := testpg.WriteYAML(t, `
+upstream: `+testURL+`
+pool:
+  min_size: 0
+  validation_query: "-"
+  validate_after_idle: 0
+  max_lifetime: 0
+  lifetime_jitter: 0
+  max_idle: 0
+  max_queries: 0
+  leak_timeout: 0
+`)
+	cfg, err := config.Load(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	targets, err := cfg.Targets()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &app{log: slog.New(slog.DiscardHandler)}
+	pc := a.poolConfig(targets[0])
+	if pc.ValidationQuery != "-" {
+		t.Errorf("validation_query %q reached the pool as %q", "-", pc.ValidationQuery)
+	}
+	if pc.MinSize != 0 || pc.ValidateAfterIdle != 0 || pc.MaxLifetime != 0 || pc.LifetimeJitter != 0 ||
+		pc.MaxIdle != 0 || pc.MaxQueries != 0 || pc.LeakTimeout != 0 {
+		t.Errorf("a configured 0 did not reach the pool as 0: %+v", pc)
+	}
+	if pc.AcquireTimeout != cfg.Pool.AcquireTimeout || pc.BackoffMax != cfg.Pool.ReconnectBackoffMax || pc.MaxSize != cfg.Pool.MaxSize {
+		t.Errorf("pool.Config %+v does not carry the configured values %+v", pc, cfg.Pool)
+	}
+	px := a.proxyConfig(cfg, targets)
+	if px.Mode != cfg.Pool.Mode || px.AuthMethod != cfg.Auth.Method || px.ResetQuery != cfg.Pool.ResetQuery ||
+		px.MaxMessageSize != cfg.MaxMessageSize || px.StartupTimeout != startupTimeout || startupTimeout <= 0 {
+		t.Errorf("proxy.Config %+v does not carry the configuration", px)
+	}
+}
