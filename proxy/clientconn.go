@@ -259,6 +259,13 @@ func (s *Server) rejectStartup(conn net.Conn, lg *slog.Logger, err error) {
 		lg.Debug("client startup failed", "err", err)
 		return
 	}
+	if pe.silent {
+		// Anyone can send junk to the port, as often as they like.
+		if s.junkLog.allow() {
+			lg.Info("client closed without a reply: malformed startup packet", "code", pe.Code, "reason", pe.Message)
+		}
+		return
+	}
 	lg.Info("client rejected", "code", pe.Code, "reason", pe.Message)
 	conn.SetWriteDeadline(time.Now().Add(time.Second))
 	conn.Write(pe.appendTo(nil))

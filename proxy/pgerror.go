@@ -1,6 +1,9 @@
 package proxy
 
 import (
+	"sync/atomic"
+	"time"
+
 	"github.com/jackc/pgx/v5/pgproto3"
 )
 
@@ -25,6 +28,10 @@ const (
 // and the code that owns the client connection decides to write it.
 type pgError struct {
 	Severity, Code, Message, Detail, Hint string
+	// silent: logged, never sent. PostgreSQL answers a startup packet it
+	// cannot even frame (bad length, cut short, another protocol) by
+	// closing without a word (COMMERROR), and so does the proxy.
+	silent bool
 }
 
 // Error formats the error the way psql prints a server error, with the
@@ -43,6 +50,13 @@ func newError(code, message, hint string) *pgError {
 // connection after sending it.
 func newFatal(code, message, hint string) *pgError {
 	return &pgError{Severity: "FATAL", Code: code, Message: message, Hint: hint}
+}
+
+// newSilentFatal is newFatal for input answered by closing in silence.
+func newSilentFatal(code, message, hint string) *pgError {
+	e := newFatal(code, message, hint)
+	e.silent = true
+	return e
 }
 
 // appendTo appends e as an ErrorResponse ('E') wire message to dst.
@@ -81,4 +95,19 @@ func pgerrAppend(dst []byte, msg pgproto3.BackendMessage) []byte {
 		return dst
 	}
 	return out
+}
+
+// logLimitInterval is how often a logLimiter lets a message through.
+const logLimitInterval = 10 * time.Second
+
+// logLimiter rate-limits a log line that outsiders can trigger at will.
+type logLimiter struct {
+	last atomic.Int64 // unix nanoseconds of the last line let through
+}
+
+// allow reports whether a line may be logged now.
+func (l *logLimiter) allow() bool {
+	now := time.Now().UnixNano()
+	last := l.last.Load()
+	return now-last >= int64(logLimitInterval) && l.last.CompareAndSwap(last, now)
 }

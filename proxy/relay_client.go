@@ -82,6 +82,9 @@ func (c *clientConn) process() error {
 			if c.in.buf[c.in.start] == msgTerminate {
 				return errClientTerminated
 			}
+			if typ := c.in.buf[c.in.start]; !knownFrontendType(typ) {
+				return c.unknownMessage(typ)
+			}
 			if c.srv.draining.Load() && c.betweenTransactions() {
 				// This request would start a transaction after the SIGTERM.
 				return errDraining()
@@ -363,6 +366,12 @@ func (c *clientConn) build(b *backend) (out []byte, wake bool, err error) {
 		if err := c.checkLength(typ, bodyLen); err != nil {
 			return out, false, err
 		}
+		if !knownFrontendType(typ) {
+			// Not forwarded: the server would end the session over it.
+			// What went out before it is written; the backend is kept
+			// only if its state is known (see finish).
+			return out, false, c.unknownMessage(typ)
+		}
 		total := headerLen + bodyLen
 		if avail < total && c.needsWhole(typ, bodyLen) {
 			c.in.want = total
@@ -418,7 +427,7 @@ func (c *clientConn) build(b *backend) (out []byte, wake bool, err error) {
 		case msgFlush:
 			c.inBatch = true
 			out = append(out, msg...)
-		default: // CopyData, CopyDone, CopyFail, and anything the server judges
+		default: // CopyData, CopyDone, CopyFail (others were refused above)
 			out = append(out, msg...)
 		}
 		if c.probe != nil {
@@ -696,6 +705,27 @@ func (c *clientConn) protocolViolation(msg string) error {
 	return pe
 }
 
+// knownFrontendType reports whether typ is a message a client may send
+// after startup (PostgreSQL's PostgresMain accepts exactly these).
+func knownFrontendType(typ byte) bool {
+	switch typ {
+	case msgQuery, msgParse, msgBind, msgDescribe, msgExecute, msgClose, msgSync, msgFlush,
+		msgTerminate, msgFunctionCall, msgCopyData, msgCopyDone, msgCopyFail:
+		return true
+	}
+	return false
+}
+
+// unknownMessage answers a message type no PostgreSQL server accepts the
+// way the server does (FATAL 08P01, then close), without forwarding it: the
+// client's backend is not lost over it. Logged once per client, which it
+// ends.
+func (c *clientConn) unknownMessage(typ byte) error {
+	msg := fmt.Sprintf("invalid frontend message type %d", typ)
+	c.log.Warn("protocol violation from client", "err", msg)
+	return newFatal(codeProtocolViolation, msg, "the client sent a message type PostgreSQL does not know; this is a driver bug or not a PostgreSQL client")
+}
+
 // discard drops client messages after a failed acquire up to the end of
 // the request (Sync or Query), then answers it with the error and 'Z'.
 func (c *clientConn) discard() error {
@@ -723,6 +753,9 @@ func (c *clientConn) discard() error {
 		}
 		if typ == msgTerminate {
 			return errClientTerminated
+		}
+		if !knownFrontendType(typ) {
+			return c.unknownMessage(typ)
 		}
 		total := headerLen + bodyLen
 		if avail < total {

@@ -136,6 +136,14 @@ func (c *clientConn) serverLost(b *backend, err error) {
 	if c.killed.Load() {
 		return
 	}
+	if b.fatal {
+		// The server's own FATAL (57P01 from pg_terminate_backend, a
+		// shutdown) was relayed: that is the client's one error, as
+		// directly. Nothing more is said; the client is closed.
+		c.log.Info("server connection ended by the server with a FATAL relayed to the client", "err", err)
+		c.conn.Close()
+		return
+	}
 	c.log.Warn("server connection lost under a client", "err", err)
 	pe := newFatal(codeConnectionFailure, "pgsidecar lost the server connection: "+err.Error(),
 		"the database closed the connection (restart, pg_terminate_backend or a crash); reconnect and retry the transaction")

@@ -38,6 +38,7 @@ type Server struct {
 	wg        sync.WaitGroup               // one per client goroutine
 
 	draining atomic.Bool
+	junkLog  logLimiter // malformed startup packets: anyone can send them
 	stats    struct {
 		total, active, waiting                    atomic.Int64
 		accepted, rejected, authFailures, cancels atomic.Uint64

@@ -118,7 +118,7 @@ func startupReadPacket(conn net.Conn, limit int, after string) ([]byte, error) {
 		// Normal for a client that requires encryption and got 'N'.
 		return nil, fmt.Errorf("client closed the connection after its %s was refused: %w", after, io.EOF)
 	case errors.Is(err, io.ErrUnexpectedEOF):
-		return nil, newFatal(codeProtocolViolation, "incomplete startup packet", startupHint)
+		return nil, newSilentFatal(codeProtocolViolation, "incomplete startup packet", startupHint)
 	default:
 		return nil, fmt.Errorf("read startup packet: %w", err)
 	}
@@ -127,14 +127,14 @@ func startupReadPacket(conn net.Conn, limit int, after string) ([]byte, error) {
 	}
 	bodyLen := int64(int32(binary.BigEndian.Uint32(hdr[:]))) - 4
 	if bodyLen < 4 || bodyLen > int64(limit) {
-		return nil, newFatal(codeProtocolViolation,
+		return nil, newSilentFatal(codeProtocolViolation,
 			fmt.Sprintf("invalid length of startup packet: %d bytes (allowed 8 to %d)", bodyLen+4, limit+4),
 			startupHint)
 	}
 	body := make([]byte, bodyLen)
 	if _, err := io.ReadFull(conn, body); err != nil {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			return nil, newFatal(codeProtocolViolation, "incomplete startup packet", startupHint)
+			return nil, newSilentFatal(codeProtocolViolation, "incomplete startup packet", startupHint)
 		}
 		return nil, fmt.Errorf("read startup packet: %w", err)
 	}
@@ -146,13 +146,13 @@ func startupReadPacket(conn net.Conn, limit int, after string) ([]byte, error) {
 // instead of quoting a nonsense packet length.
 func startupSniffForeign(hdr [4]byte) *pgError {
 	if hdr[0] == 0x16 && hdr[1] == 0x03 {
-		return newFatal(codeProtocolViolation,
+		return newSilentFatal(codeProtocolViolation,
 			"received a TLS handshake without an SSLRequest (direct TLS negotiation is not supported)",
 			"connect with sslnegotiation=postgres (the default) and sslmode=disable or prefer")
 	}
 	switch string(hdr[:]) {
 	case "GET ", "POST", "HEAD", "PUT ", "OPTI", "DELE", "PATC":
-		return newFatal(codeProtocolViolation,
+		return newSilentFatal(codeProtocolViolation,
 			"received an HTTP request on the PostgreSQL port",
 			"/health, /stats and /metrics are served on the health.listen address")
 	}
