@@ -66,7 +66,8 @@ func (k *cancelKeys) lookup(pid, secret uint32) *clientConn {
 }
 
 // cancelLogInterval is the least time between two log lines about
-// unmatched cancel requests.
+// unmatched cancel requests (and malformed startup packets: both are
+// events outsiders can repeat at will).
 const cancelLogInterval = 10 * time.Second
 
 // handleCancel forwards a client's cancel to the backend running that

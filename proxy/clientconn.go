@@ -261,8 +261,9 @@ func (s *Server) rejectStartup(conn net.Conn, lg *slog.Logger, err error) {
 	}
 	if pe.silent {
 		// Anyone can send junk to the port, as often as they like.
-		if s.junkLog.allow() {
-			lg.Info("client closed without a reply: malformed startup packet", "code", pe.Code, "reason", pe.Message)
+		if ok, held := s.junkLog.allow(time.Now()); ok {
+			lg.Info("client closed without a reply: malformed startup packet", "code", pe.Code, "reason", pe.Message,
+				"dropped_unlogged", held, "log_interval", s.junkLog.interval)
 		}
 		return
 	}

@@ -1,9 +1,6 @@
 package proxy
 
 import (
-	"sync/atomic"
-	"time"
-
 	"github.com/jackc/pgx/v5/pgproto3"
 )
 
@@ -95,19 +92,4 @@ func pgerrAppend(dst []byte, msg pgproto3.BackendMessage) []byte {
 		return dst
 	}
 	return out
-}
-
-// logLimitInterval is how often a logLimiter lets a message through.
-const logLimitInterval = 10 * time.Second
-
-// logLimiter rate-limits a log line that outsiders can trigger at will.
-type logLimiter struct {
-	last atomic.Int64 // unix nanoseconds of the last line let through
-}
-
-// allow reports whether a line may be logged now.
-func (l *logLimiter) allow() bool {
-	now := time.Now().UnixNano()
-	last := l.last.Load()
-	return now-last >= int64(logLimitInterval) && l.last.CompareAndSwap(last, now)
 }

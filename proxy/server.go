@@ -72,6 +72,7 @@ func New(cfg Config) (*Server, error) {
 		brake:     newLoginBrake(),
 		brakeLog:  logLimiter{interval: cancelLogInterval},
 		quit:      make(chan struct{}),
+		junkLog:   logLimiter{interval: cancelLogInterval},
 	}
 	live := cfg
 	s.live.Store(&live)
