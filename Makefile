@@ -7,17 +7,34 @@
 export PATH := $(PATH):/usr/local/go/bin
 
 GO       ?= go
-BIN      := bin/pgsidecar
+BIN      ?= bin/pgsidecar
+# Extra go build flags, e.g. GOBUILDFLAGS=-race.
+GOBUILDFLAGS ?=
+
+# The build's identity, stamped into internal/buildinfo: `pgsidecar
+# version`, the ready log line, /health and pgsidecar_build_info report it.
+# Empty outside a git checkout; the binary then falls back to what the Go
+# toolchain recorded (see internal/buildinfo).
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null)
+REVISION ?= $(shell git rev-parse HEAD 2>/dev/null)
+BUILDINFO := github.com/pgsidecar/pgsidecar/internal/buildinfo
+LDFLAGS   := -X $(BUILDINFO).version=$(VERSION) -X $(BUILDINFO).revision=$(REVISION)
 FUZZTIME ?= 20s
 # Extra arguments for the proxy, e.g. make run ARGS="-config config.yaml".
 ARGS     ?=
 
-.PHONY: all build run test bench fuzz lint clean
+.PHONY: all build image run test bench fuzz lint clean
 
 all: build
 
 build:
-	$(GO) build -o $(BIN) .
+	$(GO) build $(GOBUILDFLAGS) -ldflags "$(LDFLAGS)" -o $(BIN) .
+
+# The container image, stamped like `make build` (the build context leaves
+# out what `go build .` does not need, so git cannot tell there whether the
+# tree is modified).
+image:
+	docker build --build-arg VERSION=$(VERSION) --build-arg REVISION=$(REVISION) -t pgsidecar:$(VERSION) -t pgsidecar .
 
 # With DATABASE_URL set the proxy fronts it; otherwise devpg.sh starts a
 # throwaway cluster (installing the server package if needed), prints the

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/pgsidecar/pgsidecar/health"
+	"github.com/pgsidecar/pgsidecar/internal/buildinfo"
 	"github.com/pgsidecar/pgsidecar/internal/config"
 	"github.com/pgsidecar/pgsidecar/pool"
 	"github.com/pgsidecar/pgsidecar/proxy"
@@ -119,7 +120,7 @@ func start(cfg *config.Config, path string, environ []string, logOut io.Writer) 
 		dbs = append(dbs, t.Name+"="+t.Redacted())
 	}
 	a.log.Info("pgsidecar ready",
-		"version", buildVersion(),
+		"version", buildinfo.Version(),
 		"listen", a.ln.Addr().String(),
 		"health_listen", a.healthLn.Addr().String(),
 		"mode", cfg.Pool.Mode,

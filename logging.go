@@ -19,7 +19,7 @@ func newLogger(w io.Writer, format config.LogFormat, level *slog.LevelVar) *slog
 	if format == config.LogJSON || (format == config.LogAuto && !terminal) {
 		return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{
 			Level:       level,
-			ReplaceAttr: redactAttr,
+			ReplaceAttr: jsonAttr,
 		}))
 	}
 	return slog.New(tint.NewTextHandler(w, &tint.Options{
@@ -47,4 +47,15 @@ func redactAttr(_ []string, a slog.Attr) slog.Attr {
 		return slog.String(a.Key, config.Redacted)
 	}
 	return a
+}
+
+// jsonAttr is redactAttr plus durations as text: slog's JSON handler writes
+// a time.Duration as integer nanoseconds ("took":7000000), which a person
+// misreads and a log pipeline cannot tell from a count; "7ms" is both
+// readable and parseable (time.ParseDuration, or any Go-style parser).
+func jsonAttr(groups []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() == slog.KindDuration {
+		return slog.String(a.Key, a.Value.Duration().String())
+	}
+	return redactAttr(groups, a)
 }

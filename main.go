@@ -4,7 +4,10 @@
 //
 // Usage:
 //
-//	pgsidecar [-config PATH] [-version]
+//	pgsidecar [-config PATH]                 run the proxy
+//	pgsidecar version                        print the build's version and exit
+//	pgsidecar healthcheck [-url URL] [-config PATH] [-timeout D]
+//	                                         exit 0 if the health listener answers 200, else 1
 //
 // Configuration comes from defaults, the YAML file (./config.yaml when it
 // exists and -config is not given), PGSIDECAR_* environment variables
@@ -22,16 +25,11 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"runtime"
-	"runtime/debug"
 	"syscall"
 
+	"github.com/pgsidecar/pgsidecar/internal/buildinfo"
 	"github.com/pgsidecar/pgsidecar/internal/config"
 )
-
-// version is set at build time with -ldflags "-X main.version=v1.2.3";
-// otherwise the module version from the build info is reported.
-var version = ""
 
 func main() {
 	if err := run(context.Background(), os.Args[1:], os.Environ(), os.Stdout); err != nil {
@@ -45,6 +43,18 @@ func main() {
 // ends it. It returns nil after a clean drain, even one whose
 // shutdown_timeout forced clients closed (that is logged).
 func run(ctx context.Context, args []string, environ []string, stdout io.Writer) error {
+	if len(args) > 0 {
+		switch args[0] {
+		case "version":
+			if len(args) > 1 {
+				return fmt.Errorf("version: unexpected argument %q", args[1])
+			}
+			printVersion(stdout)
+			return nil
+		case "healthcheck":
+			return healthcheck(ctx, args[1:], environ, stdout)
+		}
+	}
 	fs := flag.NewFlagSet("pgsidecar", flag.ContinueOnError)
 	fs.SetOutput(stdout)
 	configFlag := fs.String("config", "", "path of the YAML configuration file (default ./config.yaml if it exists; also "+config.EnvConfigPath+")")
@@ -56,10 +66,10 @@ func run(ctx context.Context, args []string, environ []string, stdout io.Writer)
 		return err
 	}
 	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected argument %q (see -h)", fs.Arg(0))
+		return fmt.Errorf("unexpected argument %q (commands: version, healthcheck; see -h)", fs.Arg(0))
 	}
 	if *showVersion {
-		fmt.Fprintln(stdout, "pgsidecar", buildVersion(), runtime.Version())
+		printVersion(stdout)
 		return nil
 	}
 	explicit := false
@@ -101,13 +111,8 @@ func serve(ctx context.Context, cfg *config.Config, path string, environ []strin
 	return a.wait(ctx, sigc)
 }
 
-// buildVersion reports the version stamped at build time, else the module's.
-func buildVersion() string {
-	if version != "" {
-		return version
-	}
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
-		return bi.Main.Version
-	}
-	return "(devel)"
+// printVersion prints "pgsidecar VERSION (revision REV, GOVERSION)".
+func printVersion(w io.Writer) {
+	bi := buildinfo.Get()
+	fmt.Fprintf(w, "pgsidecar %s (revision %s, %s)\n", bi.Version, bi.Revision, bi.GoVersion)
 }

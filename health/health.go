@@ -41,7 +41,7 @@ type Config struct {
 	Pools func() []pool.Stats
 	// Clients returns the proxy's client counters (proxy.Stats in
 	// practice). It is served as JSON under "clients" in /stats, and its
-	// numeric fields become pgsidecar_clients_* gauges in /metrics.
+	// numeric fields are exported in /metrics as clientSeries types them.
 	Clients func() any
 	// Draining reports whether a graceful shutdown has begun; while it
 	// does, /health answers 503 so that traffic moves elsewhere.

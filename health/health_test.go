@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pgsidecar/pgsidecar/internal/buildinfo"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
 
@@ -96,7 +97,10 @@ func TestHealthJSONShape(t *testing.T) {
 	if err := json.Unmarshal(rec.Body.Bytes(), &doc); err != nil {
 		t.Fatalf("decode: %v", err)
 	}
-	assertKeys(t, "health", doc, "status", "pools")
+	assertKeys(t, "health", doc, "status", "version", "pools")
+	if v := doc["version"]; v != buildinfo.Version() || v == "(devel)" || v == "" {
+		t.Errorf("version = %v, want the build's %q", v, buildinfo.Version())
+	}
 	pools := doc["pools"].([]any)
 	if len(pools) != 1 {
 		t.Fatalf("pools = %v", pools)

@@ -19,13 +19,13 @@ import (
 type fakeClients struct {
 	ClientsTotal    int64  `json:"clients_total"`
 	ClientsActive   int64  `json:"clients_active"`
+	ClientsWaiting  int64  `json:"clients_waiting"`
 	ClientsAccepted uint64 `json:"clients_accepted"`
+	ClientsRejected uint64 `json:"clients_rejected"`
 	AuthFailures    uint64 `json:"auth_failures"`
+	Cancels         uint64 `json:"cancels"`
 	Note            string `json:"note"`
-	TLS             struct {
-		Handshakes uint64 `json:"handshakes"`
-		Enabled    bool   `json:"enabled"`
-	} `json:"tls"`
+	Unknown         uint64 `json:"unknown_field"`
 }
 
 // state is a mutable snapshot source, standing in for the pools and the
@@ -92,7 +92,19 @@ func samplePool(name string, st pool.State) pool.Stats {
 		Retired: pool.Retired{
 			Lifetime: 21, Idle: 22, Queries: 23, Error: 24, Validation: 25, Shutdown: 26,
 		},
+		Clients: 27,
+		// 3 waits <= 100µs, 2 in (1ms, 2.5ms], 1 above every bound.
+		AcquireWait: pool.Histogram{Counts: histCounts(map[int]uint64{0: 3, 4: 2, len(pool.DurationBuckets): 1}),
+			Sum: 100 * time.Second},
+		TransactionDuration: pool.Histogram{Counts: histCounts(map[int]uint64{9: 4}), Sum: 400 * time.Millisecond},
 	}
+}
+
+func histCounts(at map[int]uint64) (c [len(pool.DurationBuckets) + 1]uint64) {
+	for i, n := range at {
+		c[i] = n
+	}
+	return c
 }
 
 // running is a Server serving on a real loopback listener.

@@ -7,12 +7,12 @@ import (
 	"net/http"
 	"sort"
 	"strconv"
-	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/pgsidecar/pgsidecar/internal/buildinfo"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
 
@@ -29,6 +29,7 @@ func newMetricsHandler(cfg Config, log *slog.Logger) http.Handler {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		newPoolCollector(cfg.Pools, cfg.Draining),
 		&clientCollector{clients: cfg.Clients, log: log},
+		buildInfoGauge(buildinfo.Get()),
 	)
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn),
@@ -58,6 +59,7 @@ type poolCollector struct {
 	state      *prometheus.Desc
 	stateSince *prometheus.Desc
 	retired    *prometheus.Desc
+	hists      []poolHistogram
 	drainingD  *prometheus.Desc
 	ready      *prometheus.Desc
 }
@@ -93,10 +95,8 @@ func newPoolCollector(pools func() []pool.Stats, draining func() bool) *poolColl
 				func(st *pool.Stats) float64 { return float64(st.PeakActive) }),
 			gauge("peak_waiting", "Most clients waiting at once since start.",
 				func(st *pool.Stats) float64 { return float64(st.PeakWaiting) }),
-			gauge("wait_avg_seconds", "Average time an acquire waited for a backend.",
-				func(st *pool.Stats) float64 { return st.WaitAvgMs / 1000 }),
-			gauge("wait_p99_seconds", "99th percentile of acquire wait over the pool's recent window.",
-				func(st *pool.Stats) float64 { return st.WaitP99Ms / 1000 }),
+			gauge("clients", "Clients connected to this pool's database and user (idle, waiting or holding a backend).",
+				func(st *pool.Stats) float64 { return float64(st.Clients) }),
 			counter("acquisitions_total", "Backends handed to clients.",
 				func(st *pool.Stats) float64 { return float64(st.Acquisitions) }),
 			counter("acquire_timeouts_total", "Acquires that gave up after pool.acquire_timeout.",
@@ -123,6 +123,14 @@ func newPoolCollector(pools func() []pool.Stats, draining func() bool) *poolColl
 		retired: desc("retired_total",
 			"Backend connections closed, by reason (lifetime, idle, queries, error, validation, shutdown).",
 			"reason"),
+		hists: []poolHistogram{
+			{desc("acquire_wait_seconds", "Time each acquisition waited for a backend (0 when one was idle)."),
+				func(st *pool.Stats) *pool.Histogram { return &st.AcquireWait }},
+			{desc("transaction_duration_seconds",
+				"Time a backend was held for one transaction: from assignment to release in transaction mode, "+
+					"BEGIN to COMMIT or ROLLBACK in session mode."),
+				func(st *pool.Stats) *pool.Histogram { return &st.TransactionDuration }},
+		},
 		drainingD: prometheus.NewDesc(prometheus.BuildFQName(namespace, "", "draining"),
 			"1 while a graceful shutdown is draining clients, else 0.", nil, nil),
 		ready: prometheus.NewDesc(prometheus.BuildFQName(namespace, "", "ready"),
@@ -138,6 +146,9 @@ func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.state
 	ch <- c.stateSince
 	ch <- c.retired
+	for _, h := range c.hists {
+		ch <- h.desc
+	}
 	ch <- c.drainingD
 	ch <- c.ready
 }
@@ -158,6 +169,9 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(m.desc, m.kind, m.value(st), labels...)
 		}
 		c.collectState(ch, st, labels)
+		for _, h := range c.hists {
+			ch <- constHistogram(h.desc, h.value(st), labels)
+		}
 		if !st.StateSince.IsZero() {
 			ch <- prometheus.MustNewConstMetric(c.stateSince, prometheus.GaugeValue,
 				float64(st.StateSince.UnixNano())/1e9, labels...)
@@ -177,6 +191,50 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 				append(labels, r.reason)...)
 		}
 	}
+}
+
+// poolHistogram is one per-pool histogram read from a pool.Stats field.
+type poolHistogram struct {
+	desc  *prometheus.Desc
+	value func(st *pool.Stats) *pool.Histogram
+}
+
+// bucketBounds are pool.DurationBuckets in seconds, Prometheus's unit.
+var bucketBounds = func() []float64 {
+	b := make([]float64, len(pool.DurationBuckets))
+	for i, d := range pool.DurationBuckets {
+		b[i] = d.Seconds()
+	}
+	return b
+}()
+
+// constHistogram turns a pool histogram (per-bucket counts) into a
+// Prometheus one (cumulative counts; +Inf is the count).
+func constHistogram(desc *prometheus.Desc, h *pool.Histogram, labels []string) prometheus.Metric {
+	buckets := make(map[float64]uint64, len(bucketBounds))
+	var cum uint64
+	for i, le := range bucketBounds {
+		cum += h.Counts[i]
+		buckets[le] = cum
+	}
+	return prometheus.MustNewConstHistogram(desc, h.Count(), h.Sum.Seconds(), buckets, labels...)
+}
+
+// buildInfoGauge is pgsidecar_build_info: always 1, the build in its labels,
+// so that a query can join on it or count versions across a fleet.
+func buildInfoGauge(bi buildinfo.Info) prometheus.Collector {
+	g := prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: namespace,
+		Name:      "build_info",
+		Help:      "Always 1; the labels say which build of pgsidecar runs.",
+		ConstLabels: prometheus.Labels{
+			"version":   bi.Version,
+			"revision":  bi.Revision,
+			"goversion": bi.GoVersion,
+		},
+	})
+	g.Set(1)
+	return g
 }
 
 // collectState emits the one-hot state series. Every known state is always
@@ -213,14 +271,40 @@ func boolFloat(b bool) float64 {
 	return 0
 }
 
-// clientCollector exports the proxy's client counters without knowing their
-// type: Clients() is marshalled to JSON and every number (or boolean) in the
-// resulting object becomes a gauge pgsidecar_clients_<field>, nested objects
-// joined with '_'. health therefore never imports proxy, and a counter the
-// proxy adds later shows up without a change here.
-//
-// It is an unchecked collector (Describe sends nothing) because its series
-// are only known at scrape time.
+// clientSeries says how each of the proxy's client fields (by its JSON
+// name in Clients()) is exported: the one place that types them. health
+// never imports proxy, so the proxy's Stats arrive as JSON; a field missing
+// here is not exported (a main-package test fails for any proxy field
+// without an entry, so one cannot be forgotten).
+var clientSeries = map[string]struct {
+	name    string
+	counter bool
+	help    string
+}{
+	"clients_total":    {name: "clients", help: "Clients connected now (idle, waiting or holding a backend)."},
+	"clients_active":   {name: "clients_active", help: "Clients holding a backend now."},
+	"clients_waiting":  {name: "clients_waiting", help: "Clients waiting for a backend now."},
+	"clients_accepted": {name: "clients_accepted_total", counter: true, help: "Client connections accepted since start (including those rejected later)."},
+	"clients_rejected": {name: "clients_rejected_total", counter: true, help: "Clients refused at startup: max_client_conn, authentication, an unknown database or a bad startup packet."},
+	"auth_failures":    {name: "auth_failures_total", counter: true, help: "Client logins refused for a wrong password or unknown user."},
+	"cancels":          {name: "cancel_requests_total", counter: true, help: "Cancel requests forwarded to a server."},
+	"cancels_unknown":  {name: "cancel_requests_unknown_total", counter: true, help: "Cancel requests whose key matched no connected client; dropped, and logged at most once per interval."},
+	"logins_delayed":   {name: "logins_delayed_total", counter: true, help: "Login attempts that waited under auth.failed_login_delay after failed logins from their address."},
+	"logins_throttled": {name: "logins_throttled_total", counter: true, help: "Login attempts refused because their failed-login delay would outlast the login timeout."},
+}
+
+// ClientSeriesName returns the metric that exports the proxy's client field
+// (by JSON name), or "" when the field is not exported.
+func ClientSeriesName(field string) string {
+	if s, ok := clientSeries[field]; ok {
+		return prometheus.BuildFQName(namespace, "", s.name)
+	}
+	return ""
+}
+
+// clientCollector exports the proxy's client counters, typed by
+// clientSeries. It is an unchecked collector (Describe sends nothing)
+// because which fields Clients() holds is only known at scrape time.
 type clientCollector struct {
 	clients func() any
 	log     *slog.Logger
@@ -245,37 +329,22 @@ func (c *clientCollector) Collect(ch chan<- prometheus.Metric) {
 		names = append(names, name)
 	}
 	sort.Strings(names)
-	for _, name := range names {
-		metric, kind, help := name, prometheus.GaugeValue, "Proxy client counter, as reported by the proxy's Stats."
-		if cm, ok := clientCounters[name]; ok {
-			metric, kind, help = cm.name, prometheus.CounterValue, cm.help
+	for _, field := range names {
+		s, ok := clientSeries[field]
+		if !ok {
+			continue
 		}
-		desc := prometheus.NewDesc(metric, help, nil, nil)
-		ch <- prometheus.MustNewConstMetric(desc, kind, fields[name])
+		kind := prometheus.GaugeValue
+		if s.counter {
+			kind = prometheus.CounterValue
+		}
+		desc := prometheus.NewDesc(prometheus.BuildFQName(namespace, "", s.name), s.help, nil, nil)
+		ch <- prometheus.MustNewConstMetric(desc, kind, fields[field])
 	}
 }
 
-// clientCounters names the proxy's client fields (by the gauge name they
-// would get) that are exported as Prometheus counters instead, under a
-// name of their own with the _total suffix. Older fields stay gauges so
-// that existing dashboards keep working.
-var clientCounters = map[string]struct{ name, help string }{
-	namespace + "_clients_cancels_unknown": {
-		name: namespace + "_cancel_requests_unknown_total",
-		help: "Cancel requests whose key matched no connected client; dropped, and logged at most once per interval.",
-	},
-	namespace + "_clients_logins_delayed": {
-		name: namespace + "_logins_delayed_total",
-		help: "Login attempts that waited under auth.failed_login_delay after failed logins from their address.",
-	},
-	namespace + "_clients_logins_throttled": {
-		name: namespace + "_logins_throttled_total",
-		help: "Login attempts refused because their failed-login delay would outlast the login timeout.",
-	},
-}
-
-// numericFields flattens v's JSON object form into metric name -> value.
-// A value that is not a JSON object yields no fields.
+// numericFields returns the top-level numeric fields of v's JSON object
+// form, by JSON name. A value that is not a JSON object yields none.
 func numericFields(v any) (map[string]float64, error) {
 	raw, err := json.Marshal(v)
 	if err != nil {
@@ -288,59 +357,13 @@ func numericFields(v any) (map[string]float64, error) {
 		return nil, err
 	}
 	out := make(map[string]float64)
-	if m, ok := obj.(map[string]any); ok {
-		flatten(out, "", m)
+	m, _ := obj.(map[string]any)
+	for k, x := range m {
+		if n, ok := x.(json.Number); ok {
+			if f, err := n.Float64(); err == nil {
+				out[k] = f
+			}
+		}
 	}
 	return out, nil
-}
-
-// flatten walks m in sorted key order so that, when two fields sanitize to
-// the same metric name, the same one wins on every scrape.
-func flatten(out map[string]float64, prefix string, m map[string]any) {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		path := k
-		if prefix != "" {
-			path = prefix + "_" + k
-		}
-		var f float64
-		switch x := m[k].(type) {
-		case json.Number:
-			v, err := x.Float64()
-			if err != nil {
-				continue
-			}
-			f = v
-		case bool:
-			f = boolFloat(x)
-		case map[string]any:
-			flatten(out, path, x)
-			continue
-		default: // strings, arrays, null: not a number to plot
-			continue
-		}
-		name := clientMetricName(path)
-		if _, dup := out[name]; !dup {
-			out[name] = f
-		}
-	}
-}
-
-// clientMetricName maps a JSON field path to a valid metric name. The
-// proxy's fields are already named clients_total, clients_active, ...; the
-// prefix is not doubled.
-func clientMetricName(path string) string {
-	var b strings.Builder
-	for _, r := range strings.ToLower(path) {
-		if r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '_' {
-			b.WriteRune(r)
-		} else {
-			b.WriteByte('_')
-		}
-	}
-	return namespace + "_clients_" + strings.TrimPrefix(b.String(), "clients_")
 }

@@ -1,14 +1,19 @@
 package health
 
 import (
+	"maps"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"testing"
+
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/pgsidecar/pgsidecar/internal/buildinfo"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
 
@@ -53,8 +58,20 @@ func TestMetricsSeries(t *testing.T) {
 		"pgsidecar_pool_validations_total" + lbl + " 16",
 		"pgsidecar_pool_leaks_total" + lbl + " 17",
 		"pgsidecar_pool_queries_total" + lbl + " 18",
-		"pgsidecar_pool_wait_avg_seconds" + lbl + " 0.0015",
-		"pgsidecar_pool_wait_p99_seconds" + lbl + " 0.00825",
+		"pgsidecar_pool_clients" + lbl + " 27",
+		`pgsidecar_pool_acquire_wait_seconds_bucket{database="app",pool="app/app",user="app",le="0.0001"} 3`,
+		`pgsidecar_pool_acquire_wait_seconds_bucket{database="app",pool="app/app",user="app",le="0.001"} 3`,
+		`pgsidecar_pool_acquire_wait_seconds_bucket{database="app",pool="app/app",user="app",le="0.0025"} 5`,
+		`pgsidecar_pool_acquire_wait_seconds_bucket{database="app",pool="app/app",user="app",le="60"} 5`,
+		`pgsidecar_pool_acquire_wait_seconds_bucket{database="app",pool="app/app",user="app",le="+Inf"} 6`,
+		"pgsidecar_pool_acquire_wait_seconds_sum" + lbl + " 100",
+		"pgsidecar_pool_acquire_wait_seconds_count" + lbl + " 6",
+		`pgsidecar_pool_transaction_duration_seconds_bucket{database="app",pool="app/app",user="app",le="0.05"} 0`,
+		`pgsidecar_pool_transaction_duration_seconds_bucket{database="app",pool="app/app",user="app",le="0.1"} 4`,
+		"pgsidecar_pool_transaction_duration_seconds_sum" + lbl + " 0.4",
+		"pgsidecar_pool_transaction_duration_seconds_count" + lbl + " 4",
+		"# TYPE pgsidecar_pool_acquire_wait_seconds histogram",
+		"# TYPE pgsidecar_pool_transaction_duration_seconds histogram",
 		"pgsidecar_pool_state_since_timestamp_seconds" + lbl + " 1.7e+09",
 		`pgsidecar_pool_retired_total{database="app",pool="app/app",reason="lifetime",user="app"} 21`,
 		`pgsidecar_pool_retired_total{database="app",pool="app/app",reason="idle",user="app"} 22`,
@@ -131,63 +148,97 @@ func TestMetricsUnknownStateStillOneHot(t *testing.T) {
 	}
 }
 
-func TestMetricsClientsFromStruct(t *testing.T) {
+func TestMetricsClientsTyped(t *testing.T) {
 	var st state
-	c := fakeClients{ClientsTotal: 40, ClientsActive: 6, ClientsAccepted: 900, AuthFailures: 3, Note: "x"}
-	c.TLS.Handshakes = 5
-	c.TLS.Enabled = true
-	st.clients = c
+	st.clients = fakeClients{ClientsTotal: 40, ClientsActive: 6, ClientsWaiting: 2, ClientsAccepted: 900,
+		ClientsRejected: 8, AuthFailures: 3, Cancels: 4, Note: "x", Unknown: 99}
 	text, fams := scrape(t, st.config())
 
-	want := map[string]float64{
-		"pgsidecar_clients_total":          40,
-		"pgsidecar_clients_active":         6,
-		"pgsidecar_clients_accepted":       900,
-		"pgsidecar_clients_auth_failures":  3,
-		"pgsidecar_clients_tls_handshakes": 5,
-		"pgsidecar_clients_tls_enabled":    1,
-	}
-	for name, v := range want {
-		fam := fams[name]
+	for _, w := range []struct {
+		name    string
+		counter bool
+		v       float64
+	}{
+		{"pgsidecar_clients", false, 40},
+		{"pgsidecar_clients_active", false, 6},
+		{"pgsidecar_clients_waiting", false, 2},
+		{"pgsidecar_clients_accepted_total", true, 900},
+		{"pgsidecar_clients_rejected_total", true, 8},
+		{"pgsidecar_auth_failures_total", true, 3},
+		{"pgsidecar_cancel_requests_total", true, 4},
+	} {
+		fam := fams[w.name]
 		if fam == nil {
-			t.Errorf("metrics lack %s:\n%s", name, grepLines(text, "pgsidecar_clients"))
+			t.Errorf("metrics lack %s:\n%s", w.name, grepLines(text, "pgsidecar_"))
 			continue
 		}
-		if got := fam.GetMetric()[0].GetGauge().GetValue(); got != v {
-			t.Errorf("%s = %v, want %v", name, got, v)
+		m := fam.GetMetric()[0]
+		got := m.GetGauge().GetValue()
+		if w.counter {
+			got = m.GetCounter().GetValue()
+		}
+		if typ := fam.GetType() == dto.MetricType_COUNTER; typ != w.counter || got != w.v {
+			t.Errorf("%s: counter=%v value=%v, want counter=%v value=%v", w.name, typ, got, w.counter, w.v)
 		}
 	}
-	if strings.Contains(text, "pgsidecar_clients_note") {
-		t.Error("a string field became a metric")
+	for _, bad := range []string{"pgsidecar_clients_total", "note", "unknown_field"} {
+		if strings.Contains(text, bad) {
+			t.Errorf("%s exported:\n%s", bad, grepLines(text, bad))
+		}
 	}
 }
 
-func TestMetricsClientsFromMapAndOddValues(t *testing.T) {
+func TestMetricsClientsOddValues(t *testing.T) {
 	var st state
-	st.clients = map[string]any{"Waiting Now": 2, "clients-rejected": uint64(7)}
-	_, fams := scrape(t, st.config())
-	for name, v := range map[string]float64{
-		"pgsidecar_clients_waiting_now": 2,
-		"pgsidecar_clients_rejected":    7,
-	} {
-		if fams[name] == nil || fams[name].GetMetric()[0].GetGauge().GetValue() != v {
-			t.Errorf("%s missing or not %v", name, v)
-		}
-	}
-
 	// Values with no object form, and values JSON cannot encode, export
 	// nothing and do not break the scrape.
-	for _, odd := range []any{42, "text", []int{1}, make(chan int)} {
+	for _, odd := range []any{42, "text", []int{1}, make(chan int), map[string]any{"clients_total": "many"}} {
 		st.clients = odd
 		_, fams := scrape(t, st.config())
 		for name := range fams {
-			if strings.HasPrefix(name, "pgsidecar_clients_") {
+			if strings.HasPrefix(name, "pgsidecar_clients") {
 				t.Errorf("clients %T produced %s", odd, name)
 			}
 		}
 		if fams["pgsidecar_ready"] == nil {
 			t.Errorf("clients %T broke the scrape", odd)
 		}
+	}
+}
+
+func TestMetricsBuildInfo(t *testing.T) {
+	var st state
+	_, fams := scrape(t, st.config())
+	fam := fams["pgsidecar_build_info"]
+	if fam == nil || len(fam.GetMetric()) != 1 {
+		t.Fatal("no pgsidecar_build_info")
+	}
+	m := fam.GetMetric()[0]
+	labels := map[string]string{}
+	for _, l := range m.GetLabel() {
+		labels[l.GetName()] = l.GetValue()
+	}
+	bi := buildinfo.Get()
+	want := map[string]string{"version": bi.Version, "revision": bi.Revision, "goversion": runtime.Version()}
+	if !maps.Equal(labels, want) || m.GetGauge().GetValue() != 1 {
+		t.Errorf("build_info labels %v value %v, want %v and 1", labels, m.GetGauge().GetValue(), want)
+	}
+}
+
+// TestMetricsPromlint runs client_golang's linter over a scrape with every
+// series populated (pools in each state, histograms, client counters).
+// The main package runs it again over the real process's /metrics.
+func TestMetricsPromlint(t *testing.T) {
+	var st state
+	st.setPools(samplePool("a", pool.StateHealthy), samplePool("b", pool.StateUnhealthy))
+	st.clients = fakeClients{ClientsTotal: 1, ClientsAccepted: 2}
+	text, _ := scrape(t, st.config())
+	problems, err := promlint.New(strings.NewReader(text)).Lint()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("promlint: %s: %s", p.Metric, p.Text)
 	}
 }
 
@@ -229,7 +280,7 @@ func TestMetricsClientCounterTyped(t *testing.T) {
 	if fams["pgsidecar_clients_cancels_unknown"] != nil {
 		t.Error("the unmatched cancel counter is exported twice")
 	}
-	if fams["pgsidecar_clients_cancels"] == nil {
+	if fams["pgsidecar_cancel_requests_total"] == nil {
 		t.Error("the other client fields must stay exported")
 	}
 }

@@ -3,6 +3,7 @@ package health
 import (
 	"net/http"
 
+	"github.com/pgsidecar/pgsidecar/internal/buildinfo"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
 
@@ -16,8 +17,9 @@ const (
 
 // healthResponse is the /health body.
 type healthResponse struct {
-	Status string        `json:"status"`
-	Pools  []poolSummary `json:"pools"`
+	Status  string        `json:"status"`
+	Version string        `json:"version"` // the build's, as `pgsidecar version` prints it
+	Pools   []poolSummary `json:"pools"`
 }
 
 // poolSummary is the part of pool.Stats a load balancer or a human glancing
@@ -40,7 +42,7 @@ type poolSummary struct {
 func (s *Server) serveHealth(w http.ResponseWriter, r *http.Request) {
 	stats := s.cfg.Pools()
 	status, code := evaluate(stats, s.cfg.Draining())
-	resp := healthResponse{Status: status, Pools: make([]poolSummary, 0, len(stats))}
+	resp := healthResponse{Status: status, Version: buildinfo.Version(), Pools: make([]poolSummary, 0, len(stats))}
 	for _, st := range stats {
 		resp.Pools = append(resp.Pools, poolSummary{
 			Name:        st.Name,

@@ -189,6 +189,7 @@ func (p *Pool) hand(ctx context.Context, b *backend, start time.Time) (c *Conn, 
 	p.unlock()
 	b.beginHold(c, now)
 	p.waits.record(now.Sub(start))
+	p.waitHist.observe(now.Sub(start))
 	return c, true, nil
 }
 

@@ -66,10 +66,17 @@ func (b *backend) beginHold(c *Conn, now time.Time) {
 	b.mu.Unlock()
 }
 
-func (b *backend) endHold() {
+// endHold ends the current hold at now. It returns how long the busy
+// period still open at that moment lasted (ok false when none was open:
+// session mode between transactions).
+func (b *backend) endHold(now time.Time) (busy time.Duration, ok bool) {
 	b.mu.Lock()
+	if !b.busySince.IsZero() {
+		busy, ok = now.Sub(b.busySince), true
+	}
 	b.hold, b.busyMode, b.busySince, b.owner = nil, false, time.Time{}, nil
 	b.mu.Unlock()
+	return busy, ok
 }
 
 // leakCheck reports whether the current busy period is older than
@@ -132,23 +139,35 @@ func (c *Conn) AddQueries(n int64) {
 }
 
 // SetBusy marks whether a transaction is open on the backend, for leak
-// detection in session mode: once it is called, only busy periods count
-// and each one longer than LeakTimeout is reported once. A holder that
-// never calls it (transaction mode) is busy from Acquire to Release.
+// detection and the transaction duration histogram in session mode: once
+// it is called, only busy periods count and each one longer than
+// LeakTimeout is reported once. A holder that never calls it (transaction
+// mode) is busy from Acquire to Release.
 func (c *Conn) SetBusy(busy bool) {
 	b := c.b
+	now := time.Now()
 	b.mu.Lock()
-	defer b.mu.Unlock()
 	if b.hold != c {
+		b.mu.Unlock()
 		return
 	}
 	wasMode := b.busyMode
 	b.busyMode = true
+	var ended time.Duration
+	wasBusy := !b.busySince.IsZero()
 	switch {
 	case !busy:
+		if wasBusy {
+			ended = now.Sub(b.busySince)
+		}
 		b.busySince = time.Time{}
-	case !wasMode || b.busySince.IsZero():
-		b.busySince = time.Now()
+	case !wasMode || !wasBusy:
+		wasBusy = false
+		b.busySince = now
+	}
+	b.mu.Unlock()
+	if !busy && wasBusy {
+		c.p.txDurations.observe(ended)
 	}
 }
 
@@ -164,8 +183,10 @@ func (c *Conn) Release() {
 		return
 	}
 	p, b := c.p, c.b
-	b.endHold()
 	now := time.Now()
+	if busy, ok := b.endHold(now); ok {
+		p.txDurations.observe(busy)
+	}
 	p.mu.Lock()
 	p.active--
 	if reason, detail := p.releaseRetireReasonLocked(b, now); reason != retireNone {
@@ -186,8 +207,10 @@ func (c *Conn) Destroy(reason string) {
 		return
 	}
 	p, b := c.p, c.b
-	b.endHold()
 	now := time.Now()
+	if busy, ok := b.endHold(now); ok {
+		p.txDurations.observe(busy)
+	}
 	p.mu.Lock()
 	p.active--
 	p.retireLocked(b, retireError, reason, now)

@@ -52,6 +52,9 @@ type Pool struct {
 	validations atomic.Uint64
 	leaks       atomic.Uint64
 	waits       waitStats
+	waitHist    durationHistogram // acquire wait, for Stats.AcquireWait
+	txDurations durationHistogram // busy periods, for Stats.TransactionDuration
+	clients     atomic.Int64      // see AddClients
 
 	mu      sync.Mutex
 	cfg     Config

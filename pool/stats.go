@@ -34,6 +34,15 @@ type Stats struct {
 	Leaks            uint64    `json:"leaks"`
 	Queries          uint64    `json:"queries"` // as counted by AddQueries
 	Retired          Retired   `json:"retired"`
+	Clients          int       `json:"clients"` // connected to this pool's database and user, as counted by AddClients
+
+	// AcquireWait is the time each acquisition waited for a backend.
+	AcquireWait Histogram `json:"-"`
+	// TransactionDuration is the length of each busy period of a hold:
+	// Acquire to Release when the holder never calls SetBusy (transaction
+	// mode), else each SetBusy(true) to SetBusy(false) (session mode:
+	// explicit transactions).
+	TransactionDuration Histogram `json:"-"`
 }
 
 // Retired counts closed backends by reason.
@@ -87,8 +96,16 @@ func (p *Pool) Stats() Stats {
 	s.Leaks = p.leaks.Load()
 	s.Queries = p.queries.Load()
 	s.WaitAvgMs, s.WaitP99Ms = p.waits.snapshot()
+	s.Clients = int(p.clients.Load())
+	s.AcquireWait = p.waitHist.snapshot()
+	s.TransactionDuration = p.txDurations.snapshot()
 	return s
 }
+
+// AddClients counts delta clients connecting to (positive) or leaving
+// (negative) this pool's database and user, for Stats.Clients. The proxy
+// calls it once when a client has logged in and once when it goes.
+func (p *Pool) AddClients(delta int) { p.clients.Add(int64(delta)) }
 
 // waitWindow is how many recent acquisitions WaitP99Ms covers.
 const waitWindow = 1024

@@ -197,6 +197,8 @@ func (s *Server) serveConn(conn net.Conn) {
 		return
 	}
 	defer s.removeClient(c)
+	db.Pool.AddClients(1) // per-pool client gauge
+	defer db.Pool.AddClients(-1)
 	s.cancels.register(c)
 	defer s.cancels.unregister(c)
 

@@ -102,23 +102,23 @@ func runTests(m *testing.M) int {
 }
 
 // buildProxy builds the module's main package (the repository root, "..")
-// into out.
+// into out with `make build`, so that the binary under test carries the
+// Makefile's version stamp as a release build does.
 func buildProxy(out string) error {
-	goBin, err := exec.LookPath("go")
+	makeBin, err := exec.LookPath("make")
 	if err != nil {
-		return fmt.Errorf("go toolchain not on PATH: %w", err)
+		return fmt.Errorf("make not on PATH: %w", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, goBin, "build", "-o", out, "github.com/pgsidecar/pgsidecar")
-	cmd.Dir = ".."
+	cmd := exec.CommandContext(ctx, makeBin, "--no-print-directory", "-C", "..", "build", "BIN="+out)
 	if os.Getenv("PGSIDECAR_E2E_RACE") != "" {
 		// Opt-in: a race-enabled proxy finds data races under real load,
 		// at the price of a slower run.
-		cmd.Args = append(cmd.Args[:2], append([]string{"-race"}, cmd.Args[2:]...)...)
+		cmd.Args = append(cmd.Args, "GOBUILDFLAGS=-race")
 	}
 	if b, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build: %w\n%s", err, b)
+		return fmt.Errorf("make build: %w\n%s", err, b)
 	}
 	return nil
 }
