@@ -30,8 +30,10 @@ const authProtocolHint = "the client library sent an unexpected authentication m
 
 // authenticate runs the authentication exchange method demands with the
 // client that sent sm, checking against password. known=false means the user
-// is not configured: the exchange still runs to its end, so a prober cannot
-// tell unknown users from wrong passwords, and then fails.
+// may not log in here (not configured, or not for this database; password is
+// then "" or the user's password elsewhere): the exchange still runs to its
+// end, so a prober cannot tell unknown users, or users of another database,
+// from wrong passwords, and then fails.
 //
 // On success nothing has been sent that grants access: the caller sends
 // AuthenticationOk, the ParameterStatus set, BackendKeyData and
@@ -231,7 +233,10 @@ func authSCRAM(sm *startupMessage, password string, known bool) (bool, error) {
 	// PostgreSQL clients send an empty SCRAM user name ("n=,"): the user is
 	// the startup packet's, so the lookup ignores what SCRAM says.
 	var creds scram.StoredCredentials
-	if known {
+	if known || password != "" {
+		// password without known: the user may not use this database; the
+		// exchange runs with its real credentials all the same and fails
+		// at the end, exactly like a wrong password.
 		creds, err = scramCredentials(sm.user, password)
 		if err != nil {
 			return false, err
@@ -295,8 +300,8 @@ var (
 	scramCacheLen atomic.Int64
 )
 
-// scramMockKey keys the mock salts of unknown users; it lives as long as
-// the process, like the random salts of the known users' cached credentials.
+// scramMockKey keys the users' salts (scramSalt); it lives as long as the
+// process.
 var scramMockKey = func() []byte {
 	k := make([]byte, 32)
 	_, _ = rand.Read(k) // crypto/rand.Read never fails (Go >= 1.24)
@@ -304,16 +309,13 @@ var scramMockKey = func() []byte {
 }()
 
 // scramCredentials returns the stored credentials for user's password,
-// deriving them (PBKDF2, 4096 rounds, random salt) on first use only.
+// deriving them (PBKDF2, 4096 rounds, the user's salt) on first use only.
 func scramCredentials(user, password string) (scram.StoredCredentials, error) {
 	key := sha256.Sum256([]byte(user + "\x00" + password))
 	if v, ok := scramCache.Load(key); ok {
 		return v.(scram.StoredCredentials), nil
 	}
-	salt := make([]byte, authScramSaltLen)
-	if _, err := rand.Read(salt); err != nil {
-		return scram.StoredCredentials{}, fmt.Errorf("scram salt: %w", err)
-	}
+	salt := scramSalt(user)
 	// PostgreSQL SASLpreps the password and falls back to the raw bytes when
 	// that fails (the client libraries do the same), so must the proxy.
 	client, err := scram.SHA256.NewClient("", password, "")
@@ -340,6 +342,16 @@ func scramCredentials(user, password string) (scram.StoredCredentials, error) {
 	return v.(scram.StoredCredentials), nil
 }
 
+// scramSalt is user's SCRAM salt: random per process (scramMockKey) and
+// user, but the same for every password, database and for a user that is
+// not configured at all. So the salt a client is shown says nothing about
+// whether the user exists, may use the database asked for, or whether that
+// database exists (a login for another database, or for a database name
+// that is not served, would otherwise show another salt than a refusal).
+func scramSalt(user string) []byte {
+	return authMAC(scramMockKey, "scram-salt", user)[:authScramSaltLen]
+}
+
 // scramMockCredentials stands in for a user that is not configured: the salt
 // is stable per user name (as a real user's is), the keys are random, so the
 // exchange proceeds exactly as for a wrong password and no proof matches.
@@ -349,7 +361,7 @@ func scramMockCredentials(user string) scram.StoredCredentials {
 	_, _ = rand.Read(server)
 	return scram.StoredCredentials{
 		KeyFactors: scram.KeyFactors{
-			Salt:  string(authMAC(scramMockKey, "scram-mock-salt", user)[:authScramSaltLen]),
+			Salt:  string(scramSalt(user)),
 			Iters: authScramIterations,
 		},
 		StoredKey: stored,

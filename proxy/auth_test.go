@@ -270,12 +270,15 @@ func TestScramCredentialsCache(t *testing.T) {
 	if len(a1.Salt) != authScramSaltLen || a1.Iters != authScramIterations {
 		t.Fatalf("salt %d bytes, %d iterations", len(a1.Salt), a1.Iters)
 	}
-	if b.Salt == a1.Salt || c.Salt == a1.Salt {
-		t.Fatal("different (user, password) pairs share a salt")
+	if string(b.StoredKey) == string(a1.StoredKey) || c.Salt == a1.Salt {
+		t.Fatal("another password derived the same keys, or two users share a salt")
 	}
-	m1, m2 := scramMockCredentials("ghost"), scramMockCredentials("ghost")
-	if m1.Salt != m2.Salt || scramMockCredentials("ghost2").Salt == m1.Salt {
-		t.Fatal("mock salts must be stable per user and differ between users, like real ones")
+	// One salt per user, whatever the password and whether the user is
+	// configured: the salt shown must not tell a prober which logins exist
+	// or which database a login belongs to.
+	m1, m2 := scramMockCredentials("cache-user"), scramMockCredentials("cache-user")
+	if b.Salt != a1.Salt || m1.Salt != a1.Salt || m2.Salt != a1.Salt || scramMockCredentials("ghost2").Salt == m1.Salt {
+		t.Fatal("salts must be stable per user, equal for real and mock credentials, and differ between users")
 	}
 }
 

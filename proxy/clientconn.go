@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -164,7 +166,7 @@ func (s *Server) serveConn(conn net.Conn) {
 	if db == nil {
 		s.rejectStartup(conn, lg, newFatal(codeInvalidCatalogName,
 			fmt.Sprintf("database %q does not exist in pgsidecar", sm.database),
-			"pgsidecar serves: "+databaseNames(live.Databases)+"; fix the database name in the connection string, or add it under databases in the config"))
+			"pgsidecar serves: "+databaseNames(live.Databases, sm.user)+"; fix the database name in the connection string, or add it under databases in the config"))
 		return
 	}
 
@@ -232,16 +234,20 @@ func (s *Server) serveConn(conn net.Conn) {
 	}
 }
 
-// lookupUser finds the password of user: in db when it exists, else in any
-// database (so that an unknown database is reported only after a good login).
+// lookupUser finds the password of user for db. A user db does not accept
+// gets known=false but still its password from another database (the first
+// by name), so the exchange looks the same as for a wrong password. When db
+// does not exist, a user of any database is known, so that an unknown
+// database is reported only after a good login, as PostgreSQL does.
 func lookupUser(dbs map[string]*Database, db *Database, user string) (string, bool) {
 	if db != nil {
-		p, ok := db.Users[user]
-		return p, ok
-	}
-	for _, d := range dbs {
-		if p, ok := d.Users[user]; ok {
+		if p, ok := db.Users[user]; ok {
 			return p, true
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(dbs)) {
+		if p, ok := dbs[name].Users[user]; ok {
+			return p, db == nil
 		}
 	}
 	return "", false

@@ -357,11 +357,15 @@ func (s *Server) acceptParam(key string) {
 	s.mu.Unlock()
 }
 
-// databaseNames lists the configured databases for error hints.
-func databaseNames(dbs map[string]*Database) string {
+// databaseNames lists the databases user may log in to, for error hints.
+func databaseNames(dbs map[string]*Database, user string) string {
 	names := make([]string, 0, len(dbs))
-	for n := range dbs {
-		names = append(names, n)
+	for n, db := range dbs {
+		// Only the databases this login may use: the others are none of
+		// its business.
+		if _, ok := db.Users[user]; ok {
+			names = append(names, n)
+		}
 	}
 	sort.Strings(names)
 	return strings.Join(names, ", ")

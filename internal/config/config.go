@@ -54,6 +54,9 @@ type HealthConfig struct {
 type DatabaseConfig struct {
 	// URL is the upstream connection string (URL or key=value form).
 	URL string `koanf:"url"`
+	// Users names the auth.users logins that may connect to this database
+	// (besides the URL's own user). Unlisted logins reach only upstream.
+	Users []string `koanf:"users"`
 	// Overrides holds the pool.* keys this database sets, as written.
 	Overrides map[string]any `koanf:"pool"`
 	// Pool is the effective pool configuration: pool.* with Overrides
@@ -86,7 +89,13 @@ type PoolConfig struct {
 // AuthConfig holds the auth.* options.
 type AuthConfig struct {
 	Method proxy.AuthMethod `koanf:"method"`
-	Users  []UserConfig     `koanf:"users"`
+	// Users are the logins of upstream (and of the databases that list
+	// them). From the environment: "name:password,name2:password2".
+	Users []UserConfig `koanf:"users"`
+	// UsersFile names a file of more logins, one "name:password" a line;
+	// Load reads it into FileUsers (again on every reload).
+	UsersFile string       `koanf:"users_file"`
+	FileUsers []UserConfig `koanf:"-"`
 	// FailedLoginDelay is the wait imposed on a source address's next login
 	// after a failed one, doubling per further failure up to
 	// FailedLoginDelayMax; 0 = off. Loopback clients are exempt unless
@@ -109,6 +118,11 @@ func (u UserConfig) LogValue() slog.Value {
 
 // String keeps the password out of fmt output.
 func (u UserConfig) String() string { return u.Name }
+
+// AllUsers is auth.users followed by the logins of auth.users_file.
+func (a AuthConfig) AllUsers() []UserConfig {
+	return append(slices.Clip(a.Users), a.FileUsers...)
+}
 
 // LogConfig holds the log.* options.
 type LogConfig struct {

@@ -387,6 +387,7 @@ auth:
 databases:
   reports:
     url: postgres://reporter:rep-pw@127.0.0.1:5433/reporting?sslmode=disable
+    users: [alice]
     pool:
       max_size: 4
       min_size: 0
@@ -430,15 +431,19 @@ databases:
 	if archT.Conn.User != "arch" || archT.Conn.Password != "arch pw" || archT.Conn.Port != 5434 {
 		t.Errorf("archive (key=value form) parsed as %s@%d", archT.Conn.User, archT.Conn.Port)
 	}
-	// auth.users entries log in everywhere, and replace the URL's password
-	// for the same user name.
+	// auth.users entries log in to upstream, replacing the URL's password
+	// for the same user name, and to the databases that list them only.
 	wantUsers := map[string]string{"app": "client-side-pw", "alice": "a-pw"}
 	if !reflect.DeepEqual(up.Users, wantUsers) {
 		t.Errorf("upstream users = %v, want %v", up.Users, wantUsers)
 	}
-	wantUsers = map[string]string{"reporter": "rep-pw", "alice": "a-pw", "app": "client-side-pw"}
+	wantUsers = map[string]string{"reporter": "rep-pw", "alice": "a-pw"}
 	if !reflect.DeepEqual(repT.Users, wantUsers) {
 		t.Errorf("reports users = %v, want %v", repT.Users, wantUsers)
+	}
+	wantUsers = map[string]string{"arch": "arch pw"}
+	if !reflect.DeepEqual(archT.Users, wantUsers) {
+		t.Errorf("archive users = %v, want %v (it lists no login)", archT.Users, wantUsers)
 	}
 
 	t.Run("proxy-wide key rejected", func(t *testing.T) {

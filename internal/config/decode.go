@@ -19,6 +19,7 @@ func decoderConfig(meta *mapstructure.Metadata) *mapstructure.DecoderConfig {
 	return &mapstructure.DecoderConfig{
 		DecodeHook: mapstructure.ComposeDecodeHookFunc(
 			durationHook,
+			listHook,
 			mapstructure.TextUnmarshallerHookFunc(),
 		),
 		WeaklyTypedInput: true,

@@ -108,6 +108,13 @@ func read(path string, environ []string) (*Config, error) {
 	if err := unknownKeys(meta.Unused, path, fileKeys, envKeys); err != nil {
 		return nil, err
 	}
+	if cfg.Auth.UsersFile != "" {
+		users, err := readUsersFile(cfg.Auth.UsersFile)
+		if err != nil {
+			return nil, err
+		}
+		cfg.Auth.FileUsers = users
+	}
 	if err := cfg.resolveDatabases(); err != nil {
 		return nil, err
 	}

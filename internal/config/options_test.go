@@ -42,7 +42,7 @@ func TestOptionTableCoversConfig(t *testing.T) {
 
 // readmeRow is the README option table's row for o.
 func readmeRow(o Option) string {
-	when := map[OnReload]string{Live: "live", Restart: "restart", PerEntry: "entries: restart; their pool overrides: live"}[o.Reload]
+	when := map[OnReload]string{Live: "live", Restart: "restart", PerEntry: "entries: restart; their users and pool overrides: live"}[o.Reload]
 	doc := strings.TrimSuffix(o.Doc, ".") + " (" + when + ")."
 	return "| `" + o.Key + "` | `" + o.Default + "` | " + doc + " |"
 }

@@ -84,6 +84,10 @@ func configDiff(running, next *Config) (live, restart []string) {
 			liveSet[k] = true
 		}
 	}
+	// The file's logins are no key of their own; a change of them is one.
+	if !reflect.DeepEqual(running.Auth.FileUsers, next.Auth.FileUsers) {
+		liveSet["auth.users_file (contents)"] = true
+	}
 	return slices.Sorted(maps.Keys(liveSet)), slices.Sorted(maps.Keys(restartSet))
 }
 

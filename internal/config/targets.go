@@ -48,7 +48,7 @@ func (c *Config) Targets() ([]Target, error) {
 	var errs []string
 	byName := map[string]string{}
 
-	addTarget := func(key, name, raw string, pc PoolConfig) {
+	addTarget := func(key, name, raw string, pc PoolConfig, allLogins bool, logins []string) {
 		conn, err := pgconn.ParseConfig(raw)
 		if err != nil {
 			errs = append(errs, fmt.Sprintf("config: %s: %s", key, scrubSecrets(err.Error(), raw)))
@@ -67,11 +67,11 @@ func (c *Config) Targets() ([]Target, error) {
 			return
 		}
 		byName[name] = key
-		out = append(out, Target{Name: name, Key: key, URL: raw, Conn: conn, Pool: pc, Users: c.users(conn)})
+		out = append(out, Target{Name: name, Key: key, URL: raw, Conn: conn, Pool: pc, Users: c.users(conn, allLogins, logins)})
 	}
 
 	if strings.TrimSpace(c.Upstream) != "" {
-		addTarget("upstream", "", c.Upstream, c.Pool)
+		addTarget("upstream", "", c.Upstream, c.Pool, true, nil)
 	}
 	for _, name := range slices.Sorted(maps.Keys(c.Databases)) {
 		db := c.Databases[name]
@@ -84,13 +84,18 @@ func (c *Config) Targets() ([]Target, error) {
 			errs = append(errs, fmt.Sprintf("config: %s: must be set (postgres://user:password@host:port/dbname)", key))
 			continue
 		}
-		addTarget(key, name, db.URL, db.Pool)
+		addTarget(key, name, db.URL, db.Pool, false, db.Users)
 	}
 
 	for _, t := range out {
-		if len(t.Users) == 0 {
+		if len(t.Users) == 0 && t.Key == "upstream" {
 			errs = append(errs, fmt.Sprintf("config: auth.users: nobody can log in to database %q: %s has no password "+
 				"and auth.users is empty (auth.method %s needs a password per user)", t.Name, t.Key, c.Auth.Method))
+		} else if len(t.Users) == 0 {
+			name := strings.TrimPrefix(strings.TrimSuffix(t.Key, ".url"), "databases.")
+			errs = append(errs, fmt.Sprintf("config: databases.%s.users: nobody can log in to database %q: %s has no password "+
+				"and databases.%s.users lists no login of auth.users (auth.method %s needs a password per user)",
+				name, t.Name, t.Key, name, c.Auth.Method))
 		}
 	}
 	if len(errs) > 0 {
@@ -99,16 +104,21 @@ func (c *Config) Targets() ([]Target, error) {
 	return out, nil
 }
 
-// users returns the logins a database accepts: the upstream URL's own user
-// (when it has a password, or with trust) plus every auth.users entry, which
-// wins over the URL's password for the same name.
-func (c *Config) users(conn *pgconn.Config) map[string]string {
+// users returns the logins a database accepts: its URL's own user (when it
+// has a password, or with trust) plus the logins of auth.users and
+// auth.users_file that apply to it, which win over the URL's password for
+// the same name. For upstream (allLogins) every login applies; for a
+// databases entry only those its users option lists, so that a login meant
+// for one database cannot reach another with that database's role.
+func (c *Config) users(conn *pgconn.Config, allLogins bool, logins []string) map[string]string {
 	users := map[string]string{}
 	if conn.User != "" && (conn.Password != "" || c.Auth.Method == proxy.AuthTrust) {
 		users[conn.User] = conn.Password
 	}
-	for _, u := range c.Auth.Users {
-		users[u.Name] = u.Password
+	for _, u := range c.Auth.AllUsers() {
+		if allLogins || slices.Contains(logins, u.Name) {
+			users[u.Name] = u.Password
+		}
 	}
 	return users
 }

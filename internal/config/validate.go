@@ -59,17 +59,38 @@ func (c *Config) Validate() error {
 	checkDuration(&p, "shutdown_timeout", c.ShutdownTimeout)
 
 	seen := map[string]bool{}
-	for i, u := range c.Auth.Users {
+	for i, u := range c.Auth.AllUsers() {
 		key := fmt.Sprintf("auth.users[%d]", i)
+		if i >= len(c.Auth.Users) {
+			key = fmt.Sprintf("auth.users_file (login %d of %s)", i-len(c.Auth.Users)+1, c.Auth.UsersFile)
+		}
 		switch {
 		case u.Name == "":
 			p.add(key+".name", "must not be empty")
 		case seen[u.Name]:
-			p.add(key+".name", "user %q is listed twice", u.Name)
+			p.add(key+".name", "user %q is listed twice (auth.users and auth.users_file together)", u.Name)
 		}
 		seen[u.Name] = true
 		if u.Password == "" && c.Auth.Method != proxy.AuthTrust {
 			p.add(key+".password", "must not be empty with auth.method %s (only trust accepts users without a password)", c.Auth.Method)
+		}
+	}
+	listed := map[string]bool{}
+	for _, name := range slices.Sorted(maps.Keys(c.Databases)) {
+		for i, u := range c.Databases[name].Users {
+			listed[u] = true
+			if !seen[u] {
+				p.add(fmt.Sprintf("databases.%s.users[%d]", name, i),
+					"%q is not a login of auth.users or auth.users_file: define it there, then list it here", u)
+			}
+		}
+	}
+	if strings.TrimSpace(c.Upstream) == "" {
+		for _, u := range c.Auth.AllUsers() {
+			if u.Name != "" && !listed[u.Name] {
+				p.add("auth.users", "login %q can reach no database: without upstream, a login reaches only "+
+					"the databases whose databases.<name>.users lists it", u.Name)
+			}
 		}
 	}
 
