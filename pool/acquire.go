@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"time"
+
+	"github.com/pgsidecar/pgsidecar/internal/pgwire"
 )
 
 // Acquire returns a backend for the caller's exclusive use until it calls
@@ -132,7 +134,7 @@ func (p *Pool) await(ctx context.Context, w *waiter, timeout <-chan time.Time, s
 		} else {
 			err = p.timeoutErrorLocked(now.Sub(start), waiting, nil)
 		}
-		if err.Code == CodeTooManyConnections {
+		if err.Code == pgwire.CodeTooManyConnections {
 			p.counts.timeouts++
 			h := &p.health
 			if len(h.timeouts) >= maxRecentTimeouts {

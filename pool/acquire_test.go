@@ -8,6 +8,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/pgsidecar/pgsidecar/internal/pgwire"
 )
 
 func TestFIFOOrderWith50Waiters(t *testing.T) {
@@ -102,7 +104,7 @@ func TestAcquireTimeout(t *testing.T) {
 	start := time.Now()
 	_, err := p.Acquire(context.Background())
 	waited := time.Since(start)
-	ae := asAcquireError(t, err, CodeTooManyConnections)
+	ae := asAcquireError(t, err, pgwire.CodeTooManyConnections)
 	if waited < cfg.AcquireTimeout {
 		t.Fatalf("gave up after %s, before the %s timeout", waited, cfg.AcquireTimeout)
 	}
@@ -132,7 +134,7 @@ func TestAcquireHonoursContext(t *testing.T) {
 	waitFor(t, "waiter queued", waiting(p, 1))
 	cancel()
 	r := <-w
-	ae := asAcquireError(t, r.err, CodeQueryCanceled)
+	ae := asAcquireError(t, r.err, pgwire.CodeQueryCanceled)
 	if !errors.Is(ae, context.Canceled) {
 		t.Fatalf("error %v does not wrap context.Canceled", ae)
 	}
@@ -144,14 +146,14 @@ func TestAcquireHonoursContext(t *testing.T) {
 	dctx, dcancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 	defer dcancel()
 	_, err := p.Acquire(dctx)
-	asAcquireError(t, err, CodeTooManyConnections)
+	asAcquireError(t, err, pgwire.CodeTooManyConnections)
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("error %v does not wrap context.DeadlineExceeded", err)
 	}
 
 	// An already-dead context never takes a connection.
 	_, err = p.Acquire(ctx)
-	asAcquireError(t, err, CodeQueryCanceled)
+	asAcquireError(t, err, pgwire.CodeQueryCanceled)
 }
 
 // A waiter whose context ends at the moment a backend is handed to it
@@ -175,7 +177,7 @@ func TestCanceledWaiterNeverLosesAHandoff(t *testing.T) {
 		if r := <-w; r.err == nil {
 			r.c.Release()
 		} else {
-			asAcquireError(t, r.err, CodeQueryCanceled)
+			asAcquireError(t, r.err, pgwire.CodeQueryCanceled)
 		}
 		s := p.Stats()
 		if s.Total != 1 || s.Idle != 1 || s.Active != 0 || s.Waiting != 0 {
@@ -197,7 +199,7 @@ func TestMaxWaitersRejectsAtOnce(t *testing.T) {
 	waitFor(t, "two waiters", waiting(p, 2))
 	start := time.Now()
 	_, err := p.Acquire(context.Background())
-	ae := asAcquireError(t, err, CodeTooManyConnections)
+	ae := asAcquireError(t, err, pgwire.CodeTooManyConnections)
 	if time.Since(start) > time.Second || !strings.Contains(ae.Message, "max_waiters 2") {
 		t.Fatalf("rejected after %s with %q", time.Since(start), ae.Message)
 	}

@@ -5,14 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
-)
 
-// SQLSTATE codes carried by AcquireError.
-const (
-	CodeTooManyConnections = "53300" // wait timed out, or the wait queue is full
-	CodeConnectionFailure  = "08006" // the upstream is down: the circuit is open
-	CodeAdminShutdown      = "57P01" // the pool is shutting down
-	CodeQueryCanceled      = "57014" // the caller's context was canceled
+	"github.com/pgsidecar/pgsidecar/internal/pgwire"
 )
 
 // AcquireError says why Acquire failed, with a SQLSTATE for the client.
@@ -39,7 +33,7 @@ func (p *Pool) busyLocked(waiting int) string {
 // waiting counts the queue including that waiter.
 func (p *Pool) timeoutErrorLocked(waited time.Duration, waiting int, cause error) *AcquireError {
 	return &AcquireError{
-		Code:    CodeTooManyConnections,
+		Code:    pgwire.CodeTooManyConnections,
 		Message: fmt.Sprintf("timed out after %s waiting for a server connection (%s)", fmtDuration(waited), p.busyLocked(waiting)),
 		Hint:    "raise pool.max_size or shorten transactions",
 		Err:     cause,
@@ -50,7 +44,7 @@ func (p *Pool) timeoutErrorLocked(waited time.Duration, waiting int, cause error
 // MaxWaiters callers already wait.
 func (p *Pool) queueFullErrorLocked() *AcquireError {
 	return &AcquireError{
-		Code: CodeTooManyConnections,
+		Code: pgwire.CodeTooManyConnections,
 		Message: fmt.Sprintf("too many clients waiting for a server connection (%s; max_waiters %d)",
 			p.busyLocked(p.waiters.len()), p.cfg.MaxWaiters),
 		Hint: "raise pool.max_waiters or pool.max_size, or shorten transactions",
@@ -65,7 +59,7 @@ func (p *Pool) circuitErrorLocked(now time.Time) *AcquireError {
 		hint = fmt.Sprintf("check that the database is up and reachable; pgsidecar retries in %s", fmtDuration(d))
 	}
 	return &AcquireError{
-		Code:    CodeConnectionFailure,
+		Code:    pgwire.CodeConnectionFailure,
 		Message: fmt.Sprintf("cannot connect to the database for pool %s: %v", p.name, h.lastErr),
 		Hint:    hint,
 		Err:     h.lastErr,
@@ -75,7 +69,7 @@ func (p *Pool) circuitErrorLocked(now time.Time) *AcquireError {
 // shutdownError is the 57P01 for callers of a closed pool.
 func (p *Pool) shutdownError() *AcquireError {
 	return &AcquireError{
-		Code:    CodeAdminShutdown,
+		Code:    pgwire.CodeAdminShutdown,
 		Message: fmt.Sprintf("pool %s is shutting down", p.name),
 		Hint:    "reconnect; another pgsidecar instance or a restart will serve you",
 	}
@@ -89,7 +83,7 @@ func (p *Pool) ctxErrorLocked(ctx context.Context, waited time.Duration, waiting
 		return p.timeoutErrorLocked(waited, waiting, err)
 	}
 	return &AcquireError{
-		Code:    CodeQueryCanceled,
+		Code:    pgwire.CodeQueryCanceled,
 		Message: fmt.Sprintf("canceled after %s while waiting for a server connection (%s)", fmtDuration(waited), p.busyLocked(waiting)),
 		Hint:    "the client went away or gave up",
 		Err:     err,

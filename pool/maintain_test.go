@@ -6,6 +6,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/pgsidecar/pgsidecar/internal/pgwire"
 )
 
 type fakeOwner struct{}
@@ -94,7 +96,7 @@ func TestReconfigureLive(t *testing.T) {
 	c := mustAcquire(t, p)
 	start := time.Now()
 	_, err := p.Acquire(context.Background())
-	asAcquireError(t, err, CodeTooManyConnections)
+	asAcquireError(t, err, pgwire.CodeTooManyConnections)
 	if time.Since(start) > time.Second {
 		t.Fatalf("waited %s: the new AcquireTimeout was not applied", time.Since(start))
 	}
@@ -143,7 +145,7 @@ func TestCloseFailsWaitersAndClosesEverything(t *testing.T) {
 
 	p.Close()
 	for _, w := range ws {
-		ae := asAcquireError(t, (<-w).err, CodeAdminShutdown)
+		ae := asAcquireError(t, (<-w).err, pgwire.CodeAdminShutdown)
 		if !strings.Contains(ae.Message, "shutting down") {
 			t.Fatalf("message %q", ae.Message)
 		}
@@ -168,9 +170,9 @@ func TestCloseFailsWaitersAndClosesEverything(t *testing.T) {
 		t.Fatalf("after Close: %+v", s)
 	}
 	_, err := p.Acquire(ctx)
-	asAcquireError(t, err, CodeAdminShutdown)
+	asAcquireError(t, err, pgwire.CodeAdminShutdown)
 	_, err = p.Acquire(context.Background())
-	asAcquireError(t, err, CodeAdminShutdown)
+	asAcquireError(t, err, pgwire.CodeAdminShutdown)
 	p.Close() // idempotent
 }
 
@@ -206,7 +208,7 @@ func TestCloseAbortsConnectInFlight(t *testing.T) {
 	case <-time.After(time.Second):
 		t.Fatal("Close did not abort the hanging connect")
 	}
-	asAcquireError(t, (<-w).err, CodeAdminShutdown)
+	asAcquireError(t, (<-w).err, pgwire.CodeAdminShutdown)
 	if s := p.Stats(); s.ConnectErrors != 0 || s.State != StateTerminated {
 		t.Fatalf("shutdown counted as a connect error or wrong state: %+v", s)
 	}

@@ -16,6 +16,8 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgsidecar/pgsidecar/internal/pgwire"
 )
 
 const pgBinDir = "/usr/lib/postgresql/15/bin"
@@ -257,7 +259,7 @@ func testPoolOnPostgres(t *testing.T, cl *testCluster) {
 	if _, err := p.Acquire(context.Background()); err == nil {
 		t.Fatal("Acquire succeeded while the database is down")
 	} else {
-		ae := asAcquireError(t, err, CodeConnectionFailure)
+		ae := asAcquireError(t, err, pgwire.CodeConnectionFailure)
 		var connErr *pgconn.ConnectError
 		if !errors.As(ae, &connErr) {
 			t.Fatalf("error does not carry pgconn's own error: %v (%T)", ae.Err, ae.Err)

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pgsidecar/pgsidecar/internal/pgwire"
 )
 
 var errRefused = errors.New("dial tcp 127.0.0.1:5432: connect: connection refused")
@@ -82,7 +84,7 @@ func TestDatabaseDownAtStartThenUp(t *testing.T) {
 	// The circuit is open: Acquire fails fast with the upstream's error.
 	start := time.Now()
 	_, err = p.Acquire(context.Background())
-	ae := asAcquireError(t, err, CodeConnectionFailure)
+	ae := asAcquireError(t, err, pgwire.CodeConnectionFailure)
 	if time.Since(start) > 100*time.Millisecond {
 		t.Fatalf("failing Acquire took %s: not fast", time.Since(start))
 	}
@@ -155,7 +157,7 @@ func TestWaitersFailFastWhenCircuitOpens(t *testing.T) {
 	db.setGate(nil)
 	close(gate) // the first connect now fails
 	r := <-w
-	asAcquireError(t, r.err, CodeConnectionFailure)
+	asAcquireError(t, r.err, pgwire.CodeConnectionFailure)
 }
 
 func TestDegradedWhileConnectsFailButBackendsWork(t *testing.T) {
@@ -172,7 +174,7 @@ func TestDegradedWhileConnectsFailButBackendsWork(t *testing.T) {
 	c1 := mustAcquire(t, p)
 	db.setDown(errRefused)
 	_, err := p.Acquire(context.Background()) // its connect fails; it waits, then times out
-	asAcquireError(t, err, CodeTooManyConnections)
+	asAcquireError(t, err, pgwire.CodeTooManyConnections)
 	if p.State() != StateDegraded {
 		t.Fatalf("state %s, want DEGRADED while a backend still works", p.State())
 	}
@@ -194,7 +196,7 @@ func TestDegradedByAcquireTimeoutsThenHealthy(t *testing.T) {
 	p := startPool(t, cfg)
 	c := mustAcquire(t, p)
 	_, err := p.Acquire(context.Background())
-	asAcquireError(t, err, CodeTooManyConnections)
+	asAcquireError(t, err, pgwire.CodeTooManyConnections)
 	if p.State() != StateDegraded || !strings.Contains(p.Stats().StateReason, "acquire timeouts") {
 		t.Fatalf("state %s (%s), want DEGRADED by acquire timeouts", p.State(), p.Stats().StateReason)
 	}

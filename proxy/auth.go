@@ -17,6 +17,8 @@ import (
 
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/xdg-go/scram"
+
+	"github.com/pgsidecar/pgsidecar/internal/pgwire"
 )
 
 // authFailedHint tells a user whose login failed where the proxy's idea of
@@ -53,7 +55,7 @@ func authenticate(sm *startupMessage, conn net.Conn, method AuthMethod, password
 	switch method {
 	case AuthTrust:
 		if !known {
-			return newFatal(codeInvalidAuthorization,
+			return newFatal(pgwire.CodeInvalidAuthorization,
 				fmt.Sprintf("user %q is not configured in pgsidecar", sm.user),
 				"connect as the upstream URL's user or add the user to auth.users")
 		}
@@ -65,7 +67,7 @@ func authenticate(sm *startupMessage, conn net.Conn, method AuthMethod, password
 	case AuthSCRAM:
 		ok, err = authSCRAM(sm, password, known)
 	default:
-		return newFatal(codeInvalidAuthorization,
+		return newFatal(pgwire.CodeInvalidAuthorization,
 			fmt.Sprintf("pgsidecar is configured with an unknown authentication method %q", method),
 			"set auth.method to scram-sha-256, md5, plain or trust")
 	}
@@ -85,7 +87,7 @@ func authenticate(sm *startupMessage, conn net.Conn, method AuthMethod, password
 // authFailed is the one answer to a wrong password and to an unknown user
 // alike, so neither the message nor the code tells them apart.
 func authFailed(user string) *pgError {
-	return newFatal(codeInvalidPassword,
+	return newFatal(pgwire.CodeInvalidPassword,
 		fmt.Sprintf("password authentication failed for user %q", user), authFailedHint)
 }
 
@@ -175,12 +177,12 @@ func authReceive(b *pgproto3.Backend, want string) (pgproto3.FrontendMessage, er
 		// does not have, prompts the user, and connects again.
 		return nil, fmt.Errorf("read %s: %w", want, err)
 	}
-	return nil, newFatal(codeProtocolViolation, fmt.Sprintf("invalid %s: %v", want, err), authProtocolHint)
+	return nil, newFatal(pgwire.CodeProtocolViolation, fmt.Sprintf("invalid %s: %v", want, err), authProtocolHint)
 }
 
 // authUnexpected reports a message of the wrong type during authentication.
 func authUnexpected(want string, got pgproto3.FrontendMessage) *pgError {
-	return newFatal(codeProtocolViolation,
+	return newFatal(pgwire.CodeProtocolViolation,
 		fmt.Sprintf("expected a %s during authentication, got %T", want, got), authProtocolHint)
 }
 
@@ -225,7 +227,7 @@ func authSCRAM(sm *startupMessage, password string, known bool) (bool, error) {
 		return false, authUnexpected("SASL initial response", msg)
 	}
 	if first.AuthMechanism != authScramMechanism {
-		return false, newFatal(codeProtocolViolation,
+		return false, newFatal(pgwire.CodeProtocolViolation,
 			fmt.Sprintf("client selected an invalid SASL authentication mechanism %q", first.AuthMechanism),
 			"pgsidecar offers SCRAM-SHA-256 only (channel binding needs TLS, which this listener does not offer)")
 	}
@@ -254,10 +256,10 @@ func authSCRAM(sm *startupMessage, password string, known bool) (bool, error) {
 	if err != nil {
 		// The client's first message is malformed or asks for channel binding
 		// ("p=...") that was not offered.
-		return false, newFatal(codeProtocolViolation, "invalid SCRAM client-first-message: "+err.Error(), authProtocolHint)
+		return false, newFatal(pgwire.CodeProtocolViolation, "invalid SCRAM client-first-message: "+err.Error(), authProtocolHint)
 	}
 	if conv.AuthzID() != "" {
-		return false, newFatal(codeFeatureNotSupported,
+		return false, newFatal(pgwire.CodeFeatureNotSupported,
 			"client uses an authorization identity (SCRAM a=), which is not supported", authProtocolHint)
 	}
 	err = authSend(b, &pgproto3.AuthenticationSASLContinue{Data: []byte(serverFirst)}, pgproto3.AuthTypeSASLContinue)
@@ -277,7 +279,7 @@ func authSCRAM(sm *startupMessage, password string, known bool) (bool, error) {
 		if serverFinal == scram.ErrInvalidProof {
 			return false, nil // wrong password, or a user that is not configured
 		}
-		return false, newFatal(codeProtocolViolation, "invalid SCRAM client-final-message: "+err.Error(), authProtocolHint)
+		return false, newFatal(pgwire.CodeProtocolViolation, "invalid SCRAM client-final-message: "+err.Error(), authProtocolHint)
 	}
 	if !conv.Valid() || !known {
 		return false, nil

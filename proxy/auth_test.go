@@ -17,6 +17,8 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/xdg-go/scram"
 	"go.uber.org/goleak"
+
+	"github.com/pgsidecar/pgsidecar/internal/pgwire"
 )
 
 // Values the harness sends after a successful login, checked by clients.
@@ -95,7 +97,7 @@ func (h *authHarness) serve(c net.Conn) {
 	defer h.wg.Done()
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(10 * time.Second)) // bounds even a stuck client
-	sm, err := readStartup(c, 10000)
+	sm, err := readStartup(c, startupMaxPacketLen)
 	if err == nil {
 		pw, known := h.lookup(sm.user)
 		err = authenticate(sm, c, h.method, pw, known)
@@ -120,7 +122,7 @@ func (h *authHarness) serve(c net.Conn) {
 		msg, err = b.Receive()
 		switch msg.(type) {
 		case *pgproto3.Query:
-			out := newError(codeFeatureNotSupported, authTestQueryError, "connect to a real server").appendTo(nil)
+			out := newError(pgwire.CodeFeatureNotSupported, authTestQueryError, "connect to a real server").appendTo(nil)
 			out, _ = (&pgproto3.ReadyForQuery{TxStatus: 'I'}).Encode(out)
 			_, err = c.Write(out)
 		case *pgproto3.Terminate:
@@ -164,7 +166,7 @@ func authWantLoginFailed(t *testing.T, err error, user string) {
 	if !errors.As(err, &pgErr) {
 		t.Fatalf("want a server error, got %v", err)
 	}
-	if pgErr.Code != codeInvalidPassword || pgErr.Severity != "FATAL" || pgErr.SeverityUnlocalized != "FATAL" ||
+	if pgErr.Code != pgwire.CodeInvalidPassword || pgErr.Severity != "FATAL" || pgErr.SeverityUnlocalized != "FATAL" ||
 		pgErr.Message != fmt.Sprintf("password authentication failed for user %q", user) || pgErr.Hint != authFailedHint {
 		t.Fatalf("got %+v", pgErr)
 	}
@@ -198,7 +200,7 @@ func TestAuthenticateWithPgconn(t *testing.T) {
 			authWantLoginFailed(t, err, "alice")
 			o := h.outcome()
 			var perr *pgError
-			if !errors.As(o.err, &perr) || perr.Code != codeInvalidPassword {
+			if !errors.As(o.err, &perr) || perr.Code != pgwire.CodeInvalidPassword {
 				t.Fatalf("harness: %v", o.err)
 			}
 
@@ -227,7 +229,7 @@ func TestAuthenticateTrust(t *testing.T) {
 	}
 	_, err = authConnect(t, h, "mallory", "", "")
 	var pgErr *pgconn.PgError
-	if !errors.As(err, &pgErr) || pgErr.Code != codeInvalidAuthorization || pgErr.Hint == "" {
+	if !errors.As(err, &pgErr) || pgErr.Code != pgwire.CodeInvalidAuthorization || pgErr.Hint == "" {
 		t.Fatalf("unknown user under trust: %v", err)
 	}
 	h.outcome()
@@ -327,7 +329,7 @@ func authPipe(t *testing.T, method AuthMethod, users map[string]string, startupU
 	finished := make(chan struct{})
 	go func() {
 		defer close(finished)
-		sm, err := readStartup(server, 10000)
+		sm, err := readStartup(server, startupMaxPacketLen)
 		if err == nil {
 			pw, known := users[sm.user]
 			err = authenticate(sm, server, method, pw, known)
@@ -422,21 +424,21 @@ func TestAuthenticateSCRAMRejects(t *testing.T) {
 		c1, _ := conv.Step("")
 		fe.Send(&pgproto3.SASLInitialResponse{AuthMechanism: "SCRAM-SHA-256", Data: []byte(c1)})
 		<-authFlush(fe)
-		startupWantPgError(t, <-done, codeProtocolViolation, "client-first-message")
+		startupWantPgError(t, <-done, pgwire.CodeProtocolViolation, "client-first-message")
 	})
 	t.Run("PLUS mechanism", func(t *testing.T) {
 		fe, _, done := authPipe(t, AuthSCRAM, users, "alice")
 		authReceiveAs[*pgproto3.AuthenticationSASL](t, fe)
 		fe.Send(&pgproto3.SASLInitialResponse{AuthMechanism: "SCRAM-SHA-256-PLUS", Data: []byte("p=tls-server-end-point,,n=,r=abc")})
 		<-authFlush(fe)
-		startupWantPgError(t, <-done, codeProtocolViolation, "invalid SASL authentication mechanism")
+		startupWantPgError(t, <-done, pgwire.CodeProtocolViolation, "invalid SASL authentication mechanism")
 	})
 	t.Run("garbage first message", func(t *testing.T) {
 		fe, _, done := authPipe(t, AuthSCRAM, users, "alice")
 		authReceiveAs[*pgproto3.AuthenticationSASL](t, fe)
 		fe.Send(&pgproto3.SASLInitialResponse{AuthMechanism: "SCRAM-SHA-256", Data: []byte("\x00\xffjunk")})
 		<-authFlush(fe)
-		startupWantPgError(t, <-done, codeProtocolViolation, "client-first-message")
+		startupWantPgError(t, <-done, pgwire.CodeProtocolViolation, "client-first-message")
 	})
 	t.Run("wrong nonce", func(t *testing.T) {
 		fe, _, done := authPipe(t, AuthSCRAM, users, "alice")
@@ -446,7 +448,7 @@ func TestAuthenticateSCRAMRejects(t *testing.T) {
 		authReceiveAs[*pgproto3.AuthenticationSASLContinue](t, fe)
 		fe.Send(&pgproto3.SASLResponse{Data: []byte("c=biws,r=clientnonceBUTNOTTHESERVERS,p=AAAA")})
 		<-authFlush(fe)
-		startupWantPgError(t, <-done, codeProtocolViolation, "client-final-message")
+		startupWantPgError(t, <-done, pgwire.CodeProtocolViolation, "client-final-message")
 	})
 	t.Run("wrong proof", func(t *testing.T) {
 		fe, _, done := authPipe(t, AuthSCRAM, users, "alice")
@@ -462,7 +464,7 @@ func TestAuthenticateSCRAMRejects(t *testing.T) {
 		w := authFlush(fe)
 		err := <-done
 		var perr *pgError
-		if !errors.As(err, &perr) || perr.Code != codeInvalidPassword {
+		if !errors.As(err, &perr) || perr.Code != pgwire.CodeInvalidPassword {
 			t.Fatalf("want 28P01, got %v", err)
 		}
 		<-w
@@ -499,7 +501,7 @@ func TestAuthenticateClientBehaviour(t *testing.T) {
 		authReceiveAs[*pgproto3.AuthenticationCleartextPassword](t, fe)
 		fe.Send(&pgproto3.Query{String: "SELECT 1"})
 		w := authFlush(fe)
-		startupWantPgError(t, <-done, codeProtocolViolation, "expected a password message")
+		startupWantPgError(t, <-done, pgwire.CodeProtocolViolation, "expected a password message")
 		<-w
 	})
 	t.Run("oversized password message", func(t *testing.T) {
@@ -509,7 +511,7 @@ func TestAuthenticateClientBehaviour(t *testing.T) {
 		authReceiveAs[*pgproto3.AuthenticationCleartextPassword](t, fe)
 		fe.Send(&pgproto3.PasswordMessage{Password: strings.Repeat("x", 20000)})
 		w := authFlush(fe)
-		startupWantPgError(t, <-done, codeProtocolViolation, "invalid password message")
+		startupWantPgError(t, <-done, pgwire.CodeProtocolViolation, "invalid password message")
 		client.Close()
 		<-w
 	})

@@ -18,6 +18,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/pgsidecar/pgsidecar/internal/pgwire"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
 
@@ -88,20 +89,20 @@ const serverOpTimeout = 5 * time.Second
 // is at a transaction boundary: its next transaction would start after
 // the SIGTERM.
 func errDraining() *pgError {
-	return newFatal(codeAdminShutdown, "terminating connection due to administrator command: the proxy is shutting down",
+	return newFatal(pgwire.CodeAdminShutdown, "terminating connection due to administrator command: the proxy is shutting down",
 		"reconnect; the application's pool will open a new connection to another instance")
 }
 
 // errShutdownNow is what a client still connected at the end of
 // shutdown_timeout is told; its open transaction is rolled back.
 func errShutdownNow() *pgError {
-	return newFatal(codeAdminShutdown, "terminating connection due to administrator command: the proxy's shutdown_timeout ran out; an open transaction was rolled back",
+	return newFatal(pgwire.CodeAdminShutdown, "terminating connection due to administrator command: the proxy's shutdown_timeout ran out; an open transaction was rolled back",
 		"reconnect and retry the transaction; raise shutdown_timeout if transactions legitimately run longer")
 }
 
 // errCannotConnectNow is what a client connecting during a drain is told.
 func errCannotConnectNow() *pgError {
-	return newFatal(codeCannotConnectNow, "the proxy is shutting down",
+	return newFatal(pgwire.CodeCannotConnectNow, "the proxy is shutting down",
 		"connect again in a moment; another pgsidecar instance or the restarted one will serve you")
 }
 
@@ -113,7 +114,7 @@ func (s *Server) serveConn(conn net.Conn) {
 	live := s.live.Load()
 	loginDeadline := time.Now().Add(s.cfg.StartupTimeout)
 	conn.SetDeadline(loginDeadline)
-	sm, err := readStartup(conn, startupPacketMax)
+	sm, err := readStartup(conn, startupMaxPacketLen)
 	if err != nil {
 		if s.draining.Load() && errors.Is(err, os.ErrDeadlineExceeded) {
 			err = errCannotConnectNow() // cut short by the end of a drain
@@ -132,7 +133,7 @@ func (s *Server) serveConn(conn net.Conn) {
 		return
 	}
 	if s.stats.total.Load() >= int64(live.MaxClientConn) {
-		s.rejectStartup(conn, lg, newFatal(codeTooManyConnections,
+		s.rejectStartup(conn, lg, newFatal(pgwire.CodeTooManyConnections,
 			fmt.Sprintf("too many client connections: pgsidecar allows %d (pool.max_client_conn)", live.MaxClientConn),
 			"raise pool.max_client_conn, or have the application use fewer connections"))
 		return
@@ -151,7 +152,7 @@ func (s *Server) serveConn(conn net.Conn) {
 			err = errCannotConnectNow()
 		}
 		var pe *pgError
-		if errors.As(err, &pe) && pe.Code == codeInvalidPassword {
+		if errors.As(err, &pe) && pe.Code == pgwire.CodeInvalidPassword {
 			s.stats.authFailures.Add(1)
 			if braked {
 				s.brakeFailed(brakeKey, lg, live)
@@ -164,7 +165,7 @@ func (s *Server) serveConn(conn net.Conn) {
 		s.brake.succeeded(brakeKey)
 	}
 	if db == nil {
-		s.rejectStartup(conn, lg, newFatal(codeInvalidCatalogName,
+		s.rejectStartup(conn, lg, newFatal(pgwire.CodeInvalidCatalogName,
 			fmt.Sprintf("database %q does not exist in pgsidecar", sm.database),
 			"pgsidecar serves: "+databaseNames(live.Databases, sm.user)+"; fix the database name in the connection string, or add it under databases in the config"))
 		return
@@ -403,9 +404,9 @@ func acquireErrorResponse(err error, fatal bool) *pgError {
 	case errors.As(err, &ae):
 		pe = newError(ae.Code, ae.Message, ae.Hint)
 	case errors.Is(err, context.Canceled):
-		pe = newError(codeAdminShutdown, "pgsidecar is shutting down", "connect again in a moment")
+		pe = newError(pgwire.CodeAdminShutdown, "pgsidecar is shutting down", "connect again in a moment")
 	default:
-		pe = newError(codeConnectionFailure, "cannot get a server connection: "+err.Error(),
+		pe = newError(pgwire.CodeConnectionFailure, "cannot get a server connection: "+err.Error(),
 			"check that the database is up; pgsidecar keeps retrying")
 	}
 	if fatal {

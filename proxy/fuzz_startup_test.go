@@ -13,9 +13,6 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 )
 
-// startupFuzzCap is the startup packet cap the fuzz target runs with.
-const startupFuzzCap = 10000
-
 // startupBytesConn is a net.Conn that reads a fixed input and swallows
 // writes, so the fuzz target needs no goroutine and no network.
 type startupBytesConn struct {
@@ -78,13 +75,13 @@ func FuzzReadStartup(f *testing.F) {
 		conn := &startupBytesConn{r: bytes.NewReader(data)}
 		var before, after runtime.MemStats
 		runtime.ReadMemStats(&before)
-		sm, err := readStartup(conn, startupFuzzCap)
+		sm, err := readStartup(conn, startupMaxPacketLen)
 		runtime.ReadMemStats(&after)
 
 		// Everything readStartup keeps comes from bytes it actually read, and
 		// any single buffer is at most the cap: the bound is the cap plus a
 		// generous constant factor of the input (map and string overhead).
-		if alloc := after.TotalAlloc - before.TotalAlloc; alloc > startupFuzzCap+uint64(64*len(data))+64<<10 {
+		if alloc := after.TotalAlloc - before.TotalAlloc; alloc > startupMaxPacketLen+uint64(64*len(data))+64<<10 {
 			t.Fatalf("allocated %d bytes for a %d-byte input", alloc, len(data))
 		}
 		if err != nil {

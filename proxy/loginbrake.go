@@ -7,6 +7,8 @@ import (
 	"net/netip"
 	"sync"
 	"time"
+
+	"github.com/pgsidecar/pgsidecar/internal/pgwire"
 )
 
 // Bounds of the failed-login table.
@@ -184,7 +186,7 @@ func (s *Server) brakeLogin(conn net.Conn, lg *slog.Logger, live *Config, deadli
 	wait, ok := s.brake.admit(key, now, live.FailedLoginDelay, live.FailedLoginDelayMax, deadline.Sub(now)-brakeExchangeTime)
 	if !ok {
 		s.stats.loginsThrottled.Add(1)
-		return key, true, newFatal(codeInvalidAuthorization,
+		return key, true, newFatal(pgwire.CodeInvalidAuthorization,
 			fmt.Sprintf("too many failed logins from %s: the next attempt is accepted in %s", key, wait.Round(time.Millisecond)),
 			"pgsidecar delays logins from an address after failed ones (auth.failed_login_delay); "+
 				"check the password the application connects with, then retry")
@@ -200,7 +202,7 @@ func (s *Server) brakeLogin(conn net.Conn, lg *slog.Logger, live *Config, deadli
 	case <-t.C:
 		return key, true, nil
 	case <-s.quit:
-		return key, true, newFatal(codeAdminShutdown, "pgsidecar is shutting down", "connect again in a moment")
+		return key, true, newFatal(pgwire.CodeAdminShutdown, "pgsidecar is shutting down", "connect again in a moment")
 	}
 }
 

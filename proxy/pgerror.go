@@ -4,22 +4,6 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 )
 
-// SQLSTATE codes of the errors the proxy itself reports to clients.
-const (
-	codeProtocolViolation    = "08P01" // protocol_violation
-	codeInvalidPassword      = "28P01" // invalid_password
-	codeInvalidAuthorization = "28000" // invalid_authorization_specification
-	codeTooManyConnections   = "53300" // too_many_connections
-	codeInvalidCatalogName   = "3D000" // invalid_catalog_name (unknown database)
-	codeAdminShutdown        = "57P01" // admin_shutdown
-	codeConnectionFailure    = "08006" // connection_failure
-	codeCannotConnectNow     = "57P03" // cannot_connect_now
-	codeFeatureNotSupported  = "0A000" // feature_not_supported
-	codeQueryCanceled        = "57014" // query_canceled
-	codeConnectionException  = "08000" // connection_exception
-	codeProgramLimitExceeded = "54000" // program_limit_exceeded
-)
-
 // pgError is an error the proxy reports to a client as an ErrorResponse.
 // It is also a Go error, so the code that detects a problem can return it
 // and the code that owns the client connection decides to write it.

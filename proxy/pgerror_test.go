@@ -5,20 +5,22 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgsidecar/pgsidecar/internal/pgwire"
 )
 
 func TestPgErrorError(t *testing.T) {
-	e := newFatal(codeInvalidPassword, `password authentication failed for user "a"`, "h")
+	e := newFatal(pgwire.CodeInvalidPassword, `password authentication failed for user "a"`, "h")
 	if got, want := e.Error(), `FATAL: password authentication failed for user "a" (SQLSTATE 28P01)`; got != want {
 		t.Fatalf("Error() = %q, want %q", got, want)
 	}
-	if e := newError(codeQueryCanceled, "canceled", ""); e.Severity != "ERROR" || e.Code != "57014" {
+	if e := newError(pgwire.CodeQueryCanceled, "canceled", ""); e.Severity != "ERROR" || e.Code != "57014" {
 		t.Fatalf("newError: %+v", e)
 	}
 }
 
 func TestPgErrorAppendTo(t *testing.T) {
-	e := newFatal(codeTooManyConnections, "timed out after 30s waiting for a server connection", "raise pool.max_size")
+	e := newFatal(pgwire.CodeTooManyConnections, "timed out after 30s waiting for a server connection", "raise pool.max_size")
 	e.Detail = "pool app/app: 10 of 10 busy"
 	prefix := []byte("prefix")
 	b := e.appendTo(prefix)
@@ -43,7 +45,7 @@ func TestPgErrorAppendTo(t *testing.T) {
 }
 
 func TestAppendNotice(t *testing.T) {
-	b := appendNotice(nil, codeFeatureNotSupported, "LISTEN does not work in transaction pooling mode", "use session mode")
+	b := appendNotice(nil, pgwire.CodeFeatureNotSupported, "LISTEN does not work in transaction pooling mode", "use session mode")
 	if b[0] != 'N' {
 		t.Fatalf("message type %q, want 'N'", b[0])
 	}

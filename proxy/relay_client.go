@@ -8,6 +8,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/pgsidecar/pgsidecar/internal/pgwire"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
 
@@ -239,7 +240,7 @@ func (c *clientConn) acquireForRequest() (*backend, error) {
 	b, err := c.acquire()
 	if err != nil {
 		var pe *pgError
-		if errors.As(err, &pe) && pe.Code == codeAdminShutdown {
+		if errors.As(err, &pe) && pe.Code == pgwire.CodeAdminShutdown {
 			return nil, err // serveConn tells the client
 		}
 		c.discarding, c.acquireErr = true, err
@@ -517,7 +518,7 @@ func (c *clientConn) onParse(b *backend, out, msg, body []byte, tx bool) []byte 
 	}
 	if c.stmts[string(name)] != nil {
 		// As PostgreSQL: the name is taken until the client closes it.
-		return c.poison(out, newError("42P05", fmt.Sprintf("prepared statement %q already exists", name),
+		return c.poison(out, newError(pgwire.CodeDuplicatePreparedStatement, fmt.Sprintf("prepared statement %q already exists", name),
 			"close (DEALLOCATE) the statement before preparing another one under its name"))
 	}
 	c.inspect(query, tx)
@@ -562,7 +563,7 @@ func (c *clientConn) ensurePrepared(b *backend, out []byte, st *statement) []byt
 // poison was sent instead).
 func (c *clientConn) useStatement(b *backend, out []byte, st *statement) ([]byte, bool) {
 	if st.stale {
-		return c.poison(out, newError(codeFeatureNotSupported, "cached plan must not change result type",
+		return c.poison(out, newError(pgwire.CodeFeatureNotSupported, "cached plan must not change result type",
 			"the table changed since the statement was prepared; prepare it again")), false
 	}
 	if st.fingerprint == "" {
@@ -685,7 +686,7 @@ func (c *clientConn) warnHazard(h hazard) {
 	t := hazardText[h]
 	c.log.Warn("client uses a feature that transaction pooling cannot carry",
 		"application_name", c.appName, "problem", t.msg)
-	c.q.push(request{kind: reqSynthetic, notice: true, payload: appendNotice(nil, codeFeatureNotSupported, "pgsidecar: "+t.msg, t.hint)})
+	c.q.push(request{kind: reqSynthetic, notice: true, payload: appendNotice(nil, pgwire.CodeFeatureNotSupported, "pgsidecar: "+t.msg, t.hint)})
 }
 
 // checkLength rejects a message length below 4 or above max_message_size.
@@ -699,7 +700,7 @@ func (c *clientConn) checkLength(typ byte, bodyLen int) error {
 // protocolViolation tells the client its input is malformed; the caller
 // then closes it (and the backend, whose state is unknown).
 func (c *clientConn) protocolViolation(msg string) error {
-	pe := newFatal(codeProtocolViolation, msg, "the client sent a malformed message; this is a driver bug or not a PostgreSQL client")
+	pe := newFatal(pgwire.CodeProtocolViolation, msg, "the client sent a malformed message; this is a driver bug or not a PostgreSQL client")
 	c.log.Warn("protocol violation from client", "err", msg)
 	c.poisoned = true
 	return pe
@@ -723,7 +724,7 @@ func knownFrontendType(typ byte) bool {
 func (c *clientConn) unknownMessage(typ byte) error {
 	msg := fmt.Sprintf("invalid frontend message type %d", typ)
 	c.log.Warn("protocol violation from client", "err", msg)
-	return newFatal(codeProtocolViolation, msg, "the client sent a message type PostgreSQL does not know; this is a driver bug or not a PostgreSQL client")
+	return newFatal(pgwire.CodeProtocolViolation, msg, "the client sent a message type PostgreSQL does not know; this is a driver bug or not a PostgreSQL client")
 }
 
 // discard drops client messages after a failed acquire up to the end of

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgsidecar/pgsidecar/internal/pgwire"
 )
 
 // errLostTrack means the server sent a reply the proxy did not expect: its
@@ -145,10 +147,10 @@ func (c *clientConn) serverLost(b *backend, err error) {
 		return
 	}
 	c.log.Warn("server connection lost under a client", "err", err)
-	pe := newFatal(codeConnectionFailure, "pgsidecar lost the server connection: "+err.Error(),
+	pe := newFatal(pgwire.CodeConnectionFailure, "pgsidecar lost the server connection: "+err.Error(),
 		"the database closed the connection (restart, pg_terminate_backend or a crash); reconnect and retry the transaction")
 	if errors.Is(err, errLostTrack) {
-		pe.Code = codeProtocolViolation
+		pe.Code = pgwire.CodeProtocolViolation
 	}
 	c.conn.SetWriteDeadline(time.Now().Add(time.Second))
 	c.conn.Write(pe.appendTo(nil))
@@ -284,7 +286,7 @@ func (c *clientConn) routeOne(b *backend, typ byte, msg []byte) (swallow bool, e
 		if r.probe {
 			c.endProbe()
 		}
-		if r.stmt != nil && string(errorField(body, 'C')) == codeFeatureNotSupported &&
+		if r.stmt != nil && string(errorField(body, 'C')) == pgwire.CodeFeatureNotSupported &&
 			bytes.Contains(errorField(body, 'M'), []byte("cached plan must not change result type")) {
 			// The server's plan for this statement is stale for good: give
 			// its content a new name everywhere, close the old one here.

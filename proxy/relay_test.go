@@ -10,6 +10,8 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgsidecar/pgsidecar/internal/pgwire"
 )
 
 // testRelay builds a client and a backend wired as after an acquire,
@@ -233,7 +235,7 @@ func TestBuildRejectsBadLength(t *testing.T) {
 		c.in.end = len(msg)
 		_, _, err := c.build(b)
 		var pe *pgError
-		if !errors.As(err, &pe) || pe.Code != codeProtocolViolation || !c.poisoned {
+		if !errors.As(err, &pe) || pe.Code != pgwire.CodeProtocolViolation || !c.poisoned {
 			t.Fatalf("length %d: got %v (poisoned %v), want a 08P01 protocol violation", l, err, c.poisoned)
 		}
 	}
@@ -675,7 +677,7 @@ func TestParseOfTakenNameFails(t *testing.T) {
 	fe := pgproto3.NewFrontend(bytes.NewReader(reply), io.Discard)
 	m, err := fe.Receive()
 	er, ok := m.(*pgproto3.ErrorResponse)
-	if err != nil || !ok || er.Code != "42P05" || !strings.Contains(er.Message, `"s" already exists`) {
+	if err != nil || !ok || er.Code != pgwire.CodeDuplicatePreparedStatement || !strings.Contains(er.Message, `"s" already exists`) {
 		t.Fatalf("client got %#v (%v), want 42P05", m, err)
 	}
 	if c.stmts["s"] != first {

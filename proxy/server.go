@@ -16,9 +16,6 @@ import (
 // ErrServerClosed is returned by Serve after Shutdown or Close.
 var ErrServerClosed = errors.New("proxy: server closed")
 
-// startupPacketMax caps the StartupMessage, as PostgreSQL does (10000 bytes).
-const startupPacketMax = 10000
-
 // Server accepts PostgreSQL clients and relays them onto pooled backends.
 // Its lifecycle follows net/http.Server: Serve, Shutdown(ctx), Close.
 type Server struct {

@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgsidecar/pgsidecar/internal/pgwire"
 )
 
 // startupMaxPacketLen is PostgreSQL's MAX_STARTUP_PACKET_LENGTH: no
@@ -78,11 +80,11 @@ func readStartup(conn net.Conn, maxBodyLen int) (*startupMessage, error) {
 				name, seen = "GSSENCRequest", &sawGSS
 			}
 			if len(body) != 4 {
-				return nil, newFatal(codeProtocolViolation,
+				return nil, newFatal(pgwire.CodeProtocolViolation,
 					fmt.Sprintf("invalid %s: %d bytes long, expected 8", name, len(body)+4), startupHint)
 			}
 			if *seen {
-				return nil, newFatal(codeProtocolViolation,
+				return nil, newFatal(pgwire.CodeProtocolViolation,
 					fmt.Sprintf("duplicate %s: encryption was already refused on this connection", name),
 					"the client must continue with a StartupMessage after the 'N' reply; "+
 						"pgsidecar does not offer encryption on this listener (use sslmode=disable or prefer)")
@@ -118,7 +120,7 @@ func startupReadPacket(conn net.Conn, limit int, after string) ([]byte, error) {
 		// Normal for a client that requires encryption and got 'N'.
 		return nil, fmt.Errorf("client closed the connection after its %s was refused: %w", after, io.EOF)
 	case errors.Is(err, io.ErrUnexpectedEOF):
-		return nil, newSilentFatal(codeProtocolViolation, "incomplete startup packet", startupHint)
+		return nil, newSilentFatal(pgwire.CodeProtocolViolation, "incomplete startup packet", startupHint)
 	default:
 		return nil, fmt.Errorf("read startup packet: %w", err)
 	}
@@ -127,14 +129,14 @@ func startupReadPacket(conn net.Conn, limit int, after string) ([]byte, error) {
 	}
 	bodyLen := int64(int32(binary.BigEndian.Uint32(hdr[:]))) - 4
 	if bodyLen < 4 || bodyLen > int64(limit) {
-		return nil, newSilentFatal(codeProtocolViolation,
+		return nil, newSilentFatal(pgwire.CodeProtocolViolation,
 			fmt.Sprintf("invalid length of startup packet: %d bytes (allowed 8 to %d)", bodyLen+4, limit+4),
 			startupHint)
 	}
 	body := make([]byte, bodyLen)
 	if _, err := io.ReadFull(conn, body); err != nil {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			return nil, newSilentFatal(codeProtocolViolation, "incomplete startup packet", startupHint)
+			return nil, newSilentFatal(pgwire.CodeProtocolViolation, "incomplete startup packet", startupHint)
 		}
 		return nil, fmt.Errorf("read startup packet: %w", err)
 	}
@@ -146,13 +148,13 @@ func startupReadPacket(conn net.Conn, limit int, after string) ([]byte, error) {
 // instead of quoting a nonsense packet length.
 func startupSniffForeign(hdr [4]byte) *pgError {
 	if hdr[0] == 0x16 && hdr[1] == 0x03 {
-		return newSilentFatal(codeProtocolViolation,
+		return newSilentFatal(pgwire.CodeProtocolViolation,
 			"received a TLS handshake without an SSLRequest (direct TLS negotiation is not supported)",
 			"connect with sslnegotiation=postgres (the default) and sslmode=disable or prefer")
 	}
 	switch string(hdr[:]) {
 	case "GET ", "POST", "HEAD", "PUT ", "OPTI", "DELE", "PATC":
-		return newSilentFatal(codeProtocolViolation,
+		return newSilentFatal(pgwire.CodeProtocolViolation,
 			"received an HTTP request on the PostgreSQL port",
 			"/health, /stats and /metrics are served on the health.listen address")
 	}
@@ -164,13 +166,13 @@ func startupSniffForeign(hdr [4]byte) *pgError {
 // bytes) can never match and is refused as malformed.
 func startupParseCancel(body []byte) (*startupMessage, error) {
 	if len(body) != 12 {
-		return nil, newFatal(codeProtocolViolation,
+		return nil, newFatal(pgwire.CodeProtocolViolation,
 			fmt.Sprintf("invalid CancelRequest: %d bytes long, expected 16 (a 4-byte secret key)", len(body)+4),
 			"pgsidecar issues protocol 3.0 cancel keys; the client must send back the key it was given")
 	}
 	var cr pgproto3.CancelRequest
 	if err := cr.Decode(body); err != nil {
-		return nil, newFatal(codeProtocolViolation, "invalid CancelRequest: "+err.Error(), startupHint)
+		return nil, newFatal(pgwire.CodeProtocolViolation, "invalid CancelRequest: "+err.Error(), startupHint)
 	}
 	return &startupMessage{
 		cancel: true,
@@ -188,7 +190,7 @@ func startupParseMessage(conn net.Conn, body []byte, limit int) (*startupMessage
 	version := binary.BigEndian.Uint32(body)
 	major, minor := version>>16, version&0xFFFF
 	if major != 3 {
-		return nil, newFatal(codeProtocolViolation,
+		return nil, newFatal(pgwire.CodeProtocolViolation,
 			fmt.Sprintf("unsupported frontend protocol %d.%d: pgsidecar supports 3.0 (and negotiates later 3.x down to 3.0)",
 				major, minor),
 			"use a client library that speaks protocol 3 (PostgreSQL 7.4 and later); "+
@@ -213,7 +215,7 @@ func startupParseMessage(conn net.Conn, body []byte, limit int) (*startupMessage
 			options = kv[1]
 		case kv[0] == "replication":
 			if !startupIsFalse(kv[1]) {
-				return nil, newFatal(codeFeatureNotSupported,
+				return nil, newFatal(pgwire.CodeFeatureNotSupported,
 					"replication connections are not supported through pgsidecar",
 					"connect replication clients (pg_basebackup, logical replication) to the database directly")
 			}
@@ -224,7 +226,7 @@ func startupParseMessage(conn net.Conn, body []byte, limit int) (*startupMessage
 		}
 	}
 	if sm.user == "" {
-		return nil, newFatal(codeInvalidAuthorization,
+		return nil, newFatal(pgwire.CodeInvalidAuthorization,
 			"no PostgreSQL user name specified in startup packet",
 			"set the user in the connection string (user=... or PGUSER)")
 	}
@@ -268,24 +270,24 @@ func startupParseParams(b []byte) ([][2]string, error) {
 	var out [][2]string
 	for {
 		if len(b) == 0 {
-			return nil, newFatal(codeProtocolViolation,
+			return nil, newFatal(pgwire.CodeProtocolViolation,
 				"invalid startup packet layout: expected terminator as last byte", startupHint)
 		}
 		if b[0] == 0 {
 			if len(b) != 1 {
-				return nil, newFatal(codeProtocolViolation,
+				return nil, newFatal(pgwire.CodeProtocolViolation,
 					fmt.Sprintf("invalid startup packet layout: %d bytes after the terminator", len(b)-1), startupHint)
 			}
 			return out, nil
 		}
 		name, rest, ok := startupCutNUL(b)
 		if !ok {
-			return nil, newFatal(codeProtocolViolation,
+			return nil, newFatal(pgwire.CodeProtocolViolation,
 				"invalid startup packet layout: parameter name not terminated", startupHint)
 		}
 		value, rest, ok := startupCutNUL(rest)
 		if !ok {
-			return nil, newFatal(codeProtocolViolation,
+			return nil, newFatal(pgwire.CodeProtocolViolation,
 				fmt.Sprintf("invalid startup packet layout: parameter %q has no value", name), startupHint)
 		}
 		out = append(out, [2]string{name, value})
@@ -335,7 +337,7 @@ func startupParseOptions(options string) (map[string]string, error) {
 		switch {
 		case arg == "-c":
 			if i+1 >= len(args) {
-				return nil, newFatal(codeProtocolViolation,
+				return nil, newFatal(pgwire.CodeProtocolViolation,
 					"invalid options startup parameter: -c without a setting",
 					`write options as "-c name=value"`)
 			}
@@ -346,17 +348,17 @@ func startupParseOptions(options string) (map[string]string, error) {
 		case strings.HasPrefix(arg, "-c"):
 			setting = arg[2:]
 		case strings.HasPrefix(arg, "-"):
-			return nil, newFatal(codeFeatureNotSupported,
+			return nil, newFatal(pgwire.CodeFeatureNotSupported,
 				fmt.Sprintf("server option %q in the options startup parameter is not supported by pgsidecar", arg),
 				`only "-c name=value" and "--name=value" settings can be passed in options`)
 		default:
-			return nil, newFatal(codeProtocolViolation,
+			return nil, newFatal(pgwire.CodeProtocolViolation,
 				fmt.Sprintf("invalid options startup parameter: unexpected argument %q", arg),
 				`write options as "-c name=value"; escape spaces inside a value with a backslash`)
 		}
 		name, value, ok := strings.Cut(setting, "=")
 		if !ok || name == "" {
-			return nil, newFatal(codeProtocolViolation,
+			return nil, newFatal(pgwire.CodeProtocolViolation,
 				fmt.Sprintf("invalid options startup parameter: %q needs the form name=value", setting),
 				`write options as "-c name=value"`)
 		}

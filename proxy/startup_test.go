@@ -12,6 +12,8 @@ import (
 
 	"github.com/jackc/pgx/v5/pgproto3"
 	"go.uber.org/goleak"
+
+	"github.com/pgsidecar/pgsidecar/internal/pgwire"
 )
 
 // startupResult is what the server side of a startup test produced.
@@ -118,7 +120,7 @@ func startupWantPgError(t *testing.T, err error, code, substr string) *pgError {
 }
 
 func TestReadStartupPlain(t *testing.T) {
-	c, res := startupPipe(t, 10000)
+	c, res := startupPipe(t, startupMaxPacketLen)
 	fe := pgproto3.NewFrontend(c, c)
 	fe.Send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30, Parameters: map[string]string{
 		"user": "alice", "database": "shop", "application_name": "web", "client_encoding": "UTF8",
@@ -149,7 +151,7 @@ func TestReadStartupPlain(t *testing.T) {
 
 func TestReadStartupDatabaseDefaultsToUser(t *testing.T) {
 	for _, params := range []map[string]string{{"user": "bob"}, {"user": "bob", "database": ""}} {
-		c, res := startupPipe(t, 10000)
+		c, res := startupPipe(t, startupMaxPacketLen)
 		w := startupWrite(c, startupEncode(t, &pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30, Parameters: params}))
 		r := startupWait(t, res)
 		if r.err != nil || <-w != nil {
@@ -162,7 +164,7 @@ func TestReadStartupDatabaseDefaultsToUser(t *testing.T) {
 }
 
 func TestReadStartupSSLThenStartup(t *testing.T) {
-	c, res := startupPipe(t, 10000)
+	c, res := startupPipe(t, startupMaxPacketLen)
 	w := startupWrite(c, startupEncode(t, &pgproto3.SSLRequest{}))
 	if got := startupReadByte(t, c); got != 'N' {
 		t.Fatalf("SSLRequest answered %q, want 'N'", got)
@@ -182,7 +184,7 @@ func TestReadStartupSSLThenStartup(t *testing.T) {
 }
 
 func TestReadStartupGSSEncThenSSLThenStartup(t *testing.T) {
-	c, res := startupPipe(t, 10000)
+	c, res := startupPipe(t, startupMaxPacketLen)
 	for _, req := range []pgproto3.FrontendMessage{&pgproto3.GSSEncRequest{}, &pgproto3.SSLRequest{}} {
 		w := startupWrite(c, startupEncode(t, req))
 		if got := startupReadByte(t, c); got != 'N' {
@@ -209,7 +211,7 @@ func TestReadStartupRepeatedNegotiation(t *testing.T) {
 		{"GSSENCRequest", &pgproto3.GSSEncRequest{}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c, res := startupPipe(t, 10000)
+			c, res := startupPipe(t, startupMaxPacketLen)
 			w := startupWrite(c, startupEncode(t, tc.msg))
 			if got := startupReadByte(t, c); got != 'N' {
 				t.Fatalf("first answer %q", got)
@@ -217,7 +219,7 @@ func TestReadStartupRepeatedNegotiation(t *testing.T) {
 			<-w
 			w = startupWrite(c, startupEncode(t, tc.msg))
 			r := startupWait(t, res)
-			startupWantPgError(t, r.err, codeProtocolViolation, "duplicate "+tc.name)
+			startupWantPgError(t, r.err, pgwire.CodeProtocolViolation, "duplicate "+tc.name)
 			if err := <-w; err != nil {
 				t.Fatal(err)
 			}
@@ -226,7 +228,7 @@ func TestReadStartupRepeatedNegotiation(t *testing.T) {
 }
 
 func TestReadStartupCancelRequest(t *testing.T) {
-	c, res := startupPipe(t, 10000)
+	c, res := startupPipe(t, startupMaxPacketLen)
 	w := startupWrite(c, startupEncode(t, &pgproto3.CancelRequest{ProcessID: 4242, SecretKey: []byte{0xde, 0xad, 0xbe, 0xef}}))
 	r := startupWait(t, res)
 	if r.err != nil || <-w != nil {
@@ -239,7 +241,7 @@ func TestReadStartupCancelRequest(t *testing.T) {
 
 func TestReadStartupCancelAfterSSLRequest(t *testing.T) {
 	// libpq 17 negotiates encryption for cancel connections too.
-	c, res := startupPipe(t, 10000)
+	c, res := startupPipe(t, startupMaxPacketLen)
 	w := startupWrite(c, startupEncode(t, &pgproto3.SSLRequest{}))
 	if got := startupReadByte(t, c); got != 'N' {
 		t.Fatalf("answer %q", got)
@@ -257,10 +259,10 @@ func TestReadStartupCancelAfterSSLRequest(t *testing.T) {
 
 func TestReadStartupCancelLongKey(t *testing.T) {
 	// Protocol 3.2 allows keys up to 256 bytes; the proxy mints 4-byte keys.
-	c, res := startupPipe(t, 10000)
+	c, res := startupPipe(t, startupMaxPacketLen)
 	w := startupWrite(c, startupEncode(t, &pgproto3.CancelRequest{ProcessID: 1, SecretKey: bytes.Repeat([]byte{1}, 32)}))
 	r := startupWait(t, res)
-	startupWantPgError(t, r.err, codeProtocolViolation, "4-byte secret key")
+	startupWantPgError(t, r.err, pgwire.CodeProtocolViolation, "4-byte secret key")
 	<-w
 }
 
@@ -276,31 +278,31 @@ func TestReadStartupMalformed(t *testing.T) {
 		name, code, substr string
 		input              []byte
 	}{
-		{"junk", codeProtocolViolation, "invalid length of startup packet", []byte("hello, is this redis?\r\n")},
-		{"too long", codeProtocolViolation, "invalid length of startup packet",
-			binary.BigEndian.AppendUint32(nil, 10000+4+1)},
-		{"too short", codeProtocolViolation, "invalid length of startup packet", []byte{0, 0, 0, 7, 1, 2, 3}},
-		{"negative length", codeProtocolViolation, "invalid length of startup packet", []byte{0x80, 0, 0, 0}},
-		{"http", codeProtocolViolation, "HTTP request", []byte("GET /health HTTP/1.1\r\nHost: x\r\n\r\n")},
-		{"direct tls", codeProtocolViolation, "TLS handshake", []byte{0x16, 0x03, 0x01, 0x02, 0x00, 0x01}},
-		{"truncated header", codeProtocolViolation, "incomplete startup packet", []byte{0, 0}},
-		{"truncated body", codeProtocolViolation, "incomplete startup packet", []byte{0, 0, 0, 40, 0, 3, 0, 0}},
-		{"protocol 2", codeProtocolViolation, "unsupported frontend protocol 2.0", startup(2<<16, "user", "u", "")},
-		{"protocol 4", codeProtocolViolation, "unsupported frontend protocol 4.0", startup(4<<16, "user", "u", "")},
-		{"no user", codeInvalidAuthorization, "no PostgreSQL user name", startup(3<<16, "database", "d", "")},
-		{"empty user", codeInvalidAuthorization, "no PostgreSQL user name", startup(3<<16, "user", "", "")},
-		{"no parameters", codeInvalidAuthorization, "no PostgreSQL user name", startup(3<<16, "")},
-		{"no terminator", codeProtocolViolation, "expected terminator", startup(3<<16, "user", "u")},
-		{"no value", codeProtocolViolation, `parameter "user" has no value`, startup(3<<16, "user")},
-		{"bytes after terminator", codeProtocolViolation, "after the terminator", startup(3<<16, "user", "u", "", "x")},
-		{"short ssl request", codeProtocolViolation, "invalid SSLRequest", startupRawPacket([]byte{4, 0xd2, 0x16, 0x2f, 9, 9, 9, 9})},
-		{"replication", codeFeatureNotSupported, "replication connections", startup(3<<16, "user", "u", "replication", "database", "")},
-		{"bad options", codeProtocolViolation, "needs the form name=value", startup(3<<16, "user", "u", "options", "-c search_path", "")},
-		{"server switch", codeFeatureNotSupported, `"-B"`, startup(3<<16, "user", "u", "options", "-B 100", "")},
+		{"junk", pgwire.CodeProtocolViolation, "invalid length of startup packet", []byte("hello, is this redis?\r\n")},
+		{"too long", pgwire.CodeProtocolViolation, "invalid length of startup packet",
+			binary.BigEndian.AppendUint32(nil, startupMaxPacketLen+4+1)},
+		{"too short", pgwire.CodeProtocolViolation, "invalid length of startup packet", []byte{0, 0, 0, 7, 1, 2, 3}},
+		{"negative length", pgwire.CodeProtocolViolation, "invalid length of startup packet", []byte{0x80, 0, 0, 0}},
+		{"http", pgwire.CodeProtocolViolation, "HTTP request", []byte("GET /health HTTP/1.1\r\nHost: x\r\n\r\n")},
+		{"direct tls", pgwire.CodeProtocolViolation, "TLS handshake", []byte{0x16, 0x03, 0x01, 0x02, 0x00, 0x01}},
+		{"truncated header", pgwire.CodeProtocolViolation, "incomplete startup packet", []byte{0, 0}},
+		{"truncated body", pgwire.CodeProtocolViolation, "incomplete startup packet", []byte{0, 0, 0, 40, 0, 3, 0, 0}},
+		{"protocol 2", pgwire.CodeProtocolViolation, "unsupported frontend protocol 2.0", startup(2<<16, "user", "u", "")},
+		{"protocol 4", pgwire.CodeProtocolViolation, "unsupported frontend protocol 4.0", startup(4<<16, "user", "u", "")},
+		{"no user", pgwire.CodeInvalidAuthorization, "no PostgreSQL user name", startup(3<<16, "database", "d", "")},
+		{"empty user", pgwire.CodeInvalidAuthorization, "no PostgreSQL user name", startup(3<<16, "user", "", "")},
+		{"no parameters", pgwire.CodeInvalidAuthorization, "no PostgreSQL user name", startup(3<<16, "")},
+		{"no terminator", pgwire.CodeProtocolViolation, "expected terminator", startup(3<<16, "user", "u")},
+		{"no value", pgwire.CodeProtocolViolation, `parameter "user" has no value`, startup(3<<16, "user")},
+		{"bytes after terminator", pgwire.CodeProtocolViolation, "after the terminator", startup(3<<16, "user", "u", "", "x")},
+		{"short ssl request", pgwire.CodeProtocolViolation, "invalid SSLRequest", startupRawPacket([]byte{4, 0xd2, 0x16, 0x2f, 9, 9, 9, 9})},
+		{"replication", pgwire.CodeFeatureNotSupported, "replication connections", startup(3<<16, "user", "u", "replication", "database", "")},
+		{"bad options", pgwire.CodeProtocolViolation, "needs the form name=value", startup(3<<16, "user", "u", "options", "-c search_path", "")},
+		{"server switch", pgwire.CodeFeatureNotSupported, `"-B"`, startup(3<<16, "user", "u", "options", "-B 100", "")},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			c, res := startupPipe(t, 10000)
+			c, res := startupPipe(t, startupMaxPacketLen)
 			w := startupWrite(c, tc.input)
 			if tc.substr == "incomplete startup packet" {
 				<-w
@@ -326,14 +328,14 @@ func TestReadStartupRespectsSmallerCap(t *testing.T) {
 	w := startupWrite(c, startupEncode(t, &pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30,
 		Parameters: map[string]string{"user": strings.Repeat("u", 200)}}))
 	r := startupWait(t, res)
-	startupWantPgError(t, r.err, codeProtocolViolation, "invalid length of startup packet")
+	startupWantPgError(t, r.err, pgwire.CodeProtocolViolation, "invalid length of startup packet")
 	c.Close()
 	<-w
 }
 
 func TestReadStartupEOF(t *testing.T) {
 	t.Run("before any byte", func(t *testing.T) {
-		c, res := startupPipe(t, 10000)
+		c, res := startupPipe(t, startupMaxPacketLen)
 		c.Close()
 		r := startupWait(t, res)
 		if !errors.Is(r.err, io.EOF) {
@@ -345,7 +347,7 @@ func TestReadStartupEOF(t *testing.T) {
 		}
 	})
 	t.Run("after SSLRequest", func(t *testing.T) {
-		c, res := startupPipe(t, 10000)
+		c, res := startupPipe(t, startupMaxPacketLen)
 		w := startupWrite(c, startupEncode(t, &pgproto3.SSLRequest{}))
 		if got := startupReadByte(t, c); got != 'N' {
 			t.Fatalf("answer %q", got)
@@ -360,7 +362,7 @@ func TestReadStartupEOF(t *testing.T) {
 }
 
 func TestReadStartupOptions(t *testing.T) {
-	c, res := startupPipe(t, 10000)
+	c, res := startupPipe(t, startupMaxPacketLen)
 	w := startupWrite(c, startupEncode(t, &pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30,
 		Parameters: map[string]string{
 			"user":             "u",
@@ -407,11 +409,11 @@ func TestStartupParseOptions(t *testing.T) {
 		{in: "--work-mem=64MB", want: map[string]string{"work_mem": "64MB"}},
 		{in: "-c x=", want: map[string]string{"x": ""}},
 		{in: "-c x=a=b", want: map[string]string{"x": "a=b"}},
-		{in: "-c", code: codeProtocolViolation},
-		{in: "-c noval", code: codeProtocolViolation},
-		{in: "-c =v", code: codeProtocolViolation},
-		{in: "stray", code: codeProtocolViolation},
-		{in: "-d 5", code: codeFeatureNotSupported},
+		{in: "-c", code: pgwire.CodeProtocolViolation},
+		{in: "-c noval", code: pgwire.CodeProtocolViolation},
+		{in: "-c =v", code: pgwire.CodeProtocolViolation},
+		{in: "stray", code: pgwire.CodeProtocolViolation},
+		{in: "-d 5", code: pgwire.CodeFeatureNotSupported},
 	}
 	for _, tc := range cases {
 		got, err := startupParseOptions(tc.in)
@@ -450,7 +452,7 @@ func TestReadStartupNegotiatesProtocolVersion(t *testing.T) {
 		{"3.0 with _pq_", pgproto3.ProtocolVersion30, map[string]string{"user": "u", "_pq_.x": "1"}, []string{"_pq_.x"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c, res := startupPipe(t, 10000)
+			c, res := startupPipe(t, startupMaxPacketLen)
 			fe := pgproto3.NewFrontend(c, c)
 			// Encode does not validate the version, so it frames any 3.x.
 			w := startupWrite(c, startupEncode(t, &pgproto3.StartupMessage{ProtocolVersion: tc.version, Parameters: tc.params}))
@@ -481,7 +483,7 @@ func TestReadStartupNegotiatesProtocolVersion(t *testing.T) {
 func TestReadStartupNoNegotiationFor30(t *testing.T) {
 	// A plain 3.0 client must get nothing before authentication starts:
 	// the first bytes it reads must come from the authentication exchange.
-	c, res := startupPipe(t, 10000)
+	c, res := startupPipe(t, startupMaxPacketLen)
 	w := startupWrite(c, startupEncode(t, &pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30,
 		Parameters: map[string]string{"user": "u"}}))
 	r := startupWait(t, res)
@@ -503,7 +505,7 @@ func TestReadStartupDoesNotReadAhead(t *testing.T) {
 	// A client that pipelines its password right behind the StartupMessage
 	// must find it still readable through sm.backend: readStartup reads
 	// exactly one packet at a time.
-	c, res := startupPipe(t, 10000)
+	c, res := startupPipe(t, startupMaxPacketLen)
 	in := startupEncode(t, &pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30,
 		Parameters: map[string]string{"user": "u"}})
 	in = append(in, startupEncode(t, &pgproto3.PasswordMessage{Password: "early"})...)

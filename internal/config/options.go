@@ -3,10 +3,13 @@ package config
 import (
 	"fmt"
 	"reflect"
+	"strconv"
 	"strings"
 
 	"github.com/knadh/koanf/parsers/yaml"
 	"github.com/knadh/koanf/v2"
+
+	"github.com/pgsidecar/pgsidecar/proxy"
 )
 
 // OnReload says what a SIGHUP does with a changed option.
@@ -88,7 +91,7 @@ var Options = []Option{
 		Doc: "Session mode: run when a client leaves; `\"\"` skips it."},
 	{Key: "pool.max_prepared_statements", Default: "200", Reload: Restart,
 		Doc: "Transaction mode: prepared statements kept per backend (LRU)."},
-	{Key: "max_message_size", Default: "1073741823", Reload: Restart,
+	{Key: "max_message_size", Default: strconv.Itoa(proxy.MaxMessageSizeLimit), Reload: Restart,
 		Doc: "Largest protocol message accepted, in bytes; larger closes the connection."},
 	{Key: "shutdown_timeout", Default: "30s",
 		Doc: "On SIGTERM, how long open transactions get to finish; then their clients get 57P01 and the transactions are rolled back (see Signals)."},

@@ -1,0 +1,20 @@
+// Package pgwire holds the facts of the PostgreSQL wire protocol that more
+// than one package needs. Today that is the SQLSTATE codes the proxy and
+// the pool report to clients, each defined once.
+package pgwire
+
+// SQLSTATE codes (PostgreSQL's errcodes.txt names in the comments) of the
+// errors pgsidecar itself reports.
+const (
+	CodeFeatureNotSupported        = "0A000" // feature_not_supported
+	CodeConnectionFailure          = "08006" // connection_failure
+	CodeProtocolViolation          = "08P01" // protocol_violation
+	CodeInvalidAuthorization       = "28000" // invalid_authorization_specification
+	CodeInvalidPassword            = "28P01" // invalid_password
+	CodeInvalidCatalogName         = "3D000" // invalid_catalog_name (unknown database)
+	CodeDuplicatePreparedStatement = "42P05" // duplicate_prepared_statement
+	CodeTooManyConnections         = "53300" // too_many_connections
+	CodeQueryCanceled              = "57014" // query_canceled
+	CodeAdminShutdown              = "57P01" // admin_shutdown
+	CodeCannotConnectNow           = "57P03" // cannot_connect_now
+)
