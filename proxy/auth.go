@@ -6,12 +6,15 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -62,8 +65,12 @@ func authenticate(sm *startupMessage, conn net.Conn, method AuthMethod, password
 		return nil
 	case AuthPlain:
 		ok, err = authPlain(sm, password)
+		// A stored SCRAM verifier is no password: a client sending the
+		// verifier text itself must not match it.
+		ok = ok && !IsSCRAMVerifier(password)
 	case AuthMD5:
 		ok, err = authMD5(sm, password)
+		ok = ok && !IsSCRAMVerifier(password)
 	case AuthSCRAM:
 		ok, err = authSCRAM(sm, password, known)
 	default:
@@ -310,9 +317,64 @@ var scramMockKey = func() []byte {
 	return k
 }()
 
+// scramVerifierPrefix starts a SCRAM verifier as PostgreSQL stores it in
+// pg_authid.rolpassword.
+const scramVerifierPrefix = "SCRAM-SHA-256$"
+
+// IsSCRAMVerifier reports whether a configured password is a SCRAM verifier
+// rather than a cleartext password.
+func IsSCRAMVerifier(password string) bool { return strings.HasPrefix(password, scramVerifierPrefix) }
+
+// ParseSCRAMVerifier decodes a verifier as PostgreSQL writes it,
+// SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey> (base64), into
+// the credentials a SCRAM exchange checks against: a login configured so
+// never has its cleartext password in the proxy's configuration. Errors
+// never quote the verifier.
+func ParseSCRAMVerifier(v string) (scram.StoredCredentials, error) {
+	bad := func(what string) (scram.StoredCredentials, error) {
+		return scram.StoredCredentials{}, fmt.Errorf("invalid SCRAM verifier: %s; "+
+			"want SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey> as in pg_authid.rolpassword", what)
+	}
+	rest, ok := strings.CutPrefix(v, scramVerifierPrefix)
+	if !ok {
+		return bad("it does not start with " + scramVerifierPrefix)
+	}
+	factors, keys, ok := strings.Cut(rest, "$")
+	if !ok {
+		return bad("no '$' between the salt and the keys")
+	}
+	iterText, saltText, ok1 := strings.Cut(factors, ":")
+	storedText, serverText, ok2 := strings.Cut(keys, ":")
+	if !ok1 || !ok2 {
+		return bad("a ':' is missing")
+	}
+	iters, err := strconv.Atoi(iterText)
+	if err != nil || iters < 1 {
+		return bad("the iteration count is not a positive number")
+	}
+	salt, err1 := base64.StdEncoding.DecodeString(saltText)
+	stored, err2 := base64.StdEncoding.DecodeString(storedText)
+	server, err3 := base64.StdEncoding.DecodeString(serverText)
+	if err1 != nil || err2 != nil || err3 != nil || len(salt) == 0 {
+		return bad("the salt or a key is not base64")
+	}
+	if len(stored) != sha256.Size || len(server) != sha256.Size {
+		return bad("a key is not 32 bytes (SHA-256)")
+	}
+	return scram.StoredCredentials{
+		KeyFactors: scram.KeyFactors{Salt: string(salt), Iters: iters},
+		StoredKey:  stored,
+		ServerKey:  server,
+	}, nil
+}
+
 // scramCredentials returns the stored credentials for user's password,
 // deriving them (PBKDF2, 4096 rounds, the user's salt) on first use only.
+// A password that is a SCRAM verifier is used as it is.
 func scramCredentials(user, password string) (scram.StoredCredentials, error) {
+	if IsSCRAMVerifier(password) {
+		return ParseSCRAMVerifier(password)
+	}
 	key := sha256.Sum256([]byte(user + "\x00" + password))
 	if v, ok := scramCache.Load(key); ok {
 		return v.(scram.StoredCredentials), nil

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -595,5 +596,55 @@ func TestAuthenticateWithPsql(t *testing.T) {
 			}
 			h.outcome()
 		})
+	}
+}
+
+// scramVerifierFor writes password's verifier as PostgreSQL stores it.
+func scramVerifierFor(t *testing.T, password string) string {
+	t.Helper()
+	client, err := scram.SHA256.NewClient("", password, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	creds := client.GetStoredCredentials(scram.KeyFactors{Salt: "0123456789abcdef", Iters: 4096})
+	b64 := base64.StdEncoding.EncodeToString
+	return fmt.Sprintf("SCRAM-SHA-256$%d:%s$%s:%s", creds.Iters, b64([]byte(creds.Salt)), b64(creds.StoredKey), b64(creds.ServerKey))
+}
+
+func TestAuthenticateSCRAMVerifier(t *testing.T) {
+	verifier := scramVerifierFor(t, "cleartext pw")
+	h := authStart(t, AuthSCRAM, map[string]string{"alice": verifier})
+	conn, err := authConnect(t, h, "alice", "cleartext pw", "")
+	if err != nil {
+		t.Fatalf("the verifier's password: %v", err)
+	}
+	conn.Close(context.Background())
+	h.outcome()
+	_, err = authConnect(t, h, "alice", "other", "")
+	authWantLoginFailed(t, err, "alice")
+	h.outcome()
+	// The verifier text is no password.
+	_, err = authConnect(t, h, "alice", verifier, "")
+	authWantLoginFailed(t, err, "alice")
+	h.outcome()
+
+	// With plain, sending the verifier text must not match it either.
+	hp := authStart(t, AuthPlain, map[string]string{"alice": verifier})
+	_, err = authConnect(t, hp, "alice", verifier, "")
+	authWantLoginFailed(t, err, "alice")
+	hp.outcome()
+
+	for _, bad := range []string{
+		"SCRAM-SHA-256$4096:c2FsdA==",           // no keys
+		"SCRAM-SHA-256$x:c2FsdA==$AAAA:AAAA",    // iterations
+		"SCRAM-SHA-256$4096:c2FsdA==$AAAA:AAAA", // key length
+		"SCRAM-SHA-256$4096:!!$AAAA:AAAA",       // base64
+	} {
+		if _, err := ParseSCRAMVerifier(bad); err == nil || strings.Contains(err.Error(), "c2FsdA") {
+			t.Errorf("ParseSCRAMVerifier(%q) = %v", bad, err)
+		}
+	}
+	if _, err := ParseSCRAMVerifier(verifier); err != nil {
+		t.Fatal(err)
 	}
 }

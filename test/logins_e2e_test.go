@@ -158,9 +158,10 @@ func TestLoginsPerDatabase(t *testing.T) {
 }
 
 // TestLoginsFromFile: auth.users_file adds logins (one name:password a
-// line; the password may hold spaces, commas and colons), they reach
-// upstream, and a SIGHUP re-reads the file: the new password works at once
-// and the old one no longer does.
+// line; the password may hold spaces, commas and colons, or be a SCRAM
+// verifier copied from pg_authid), they reach upstream, and a SIGHUP
+// re-reads the file: the new password works at once and the old one no
+// longer does.
 func TestLoginsFromFile(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "users")
 	write := func(body string) {
@@ -169,12 +170,33 @@ func TestLoginsFromFile(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	write("# logins of the application\n\nfile_user:pw with spaces, a comma: and colons\n")
-	p := StartProxy(t, WithEnv("PGSIDECAR_AUTH__USERS_FILE", file))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	// A login may be given as PostgreSQL's own SCRAM verifier, copied from
+	// pg_authid: the proxy then never holds the cleartext password.
+	var verifier string
+	if err := adminConn(t).QueryRow(ctx, "SELECT rolpassword FROM pg_authid WHERE rolname = 'app'").Scan(&verifier); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(verifier, "SCRAM-SHA-256$") {
+		t.Fatalf("app's stored password is no SCRAM verifier: %.14s...", verifier)
+	}
+	write("# logins of the application\n\nfile_user:pw with spaces, a comma: and colons\nverifier_user:" + verifier + "\n")
+	p := StartProxy(t, WithEnv("PGSIDECAR_AUTH__USERS_FILE", file))
 	if role, err := loginUser(ctx, p.URL("file_user", "pw with spaces, a comma: and colons", "app")); err != nil || role != "app" {
 		t.Fatalf("file login: role %q, err %v", role, err)
+	}
+	// The verifier's password is app's, as on a direct connection.
+	if _, err := loginUser(ctx, pg.URL("app", "app", "app")); err != nil {
+		t.Fatalf("direct login with the verifier's password: %v", err)
+	}
+	if role, err := loginUser(ctx, p.URL("verifier_user", "app", "app")); err != nil || role != "app" {
+		t.Fatalf("login by SCRAM verifier: role %q, err %v", role, err)
+	}
+	for _, pw := range []string{"wrong", verifier} {
+		if _, err := loginUser(ctx, p.URL("verifier_user", pw, "app")); sqlState(err) != "28P01" {
+			t.Fatalf("verifier login with a wrong password: %v", err)
+		}
 	}
 	if _, err := loginUser(ctx, p.URL("file_user", "pw with spaces", "app")); sqlState(err) != "28P01" {
 		t.Fatalf("wrong password for a file login: %v", err)

@@ -132,3 +132,21 @@ func TestUsersReloadIsLive(t *testing.T) {
 		t.Errorf("after reload alice on reports has password %q, want the file's new one", got)
 	}
 }
+
+func TestUsersSCRAMVerifier(t *testing.T) {
+	testpg.IsolatePG(t)
+	// A verifier as PostgreSQL stores it (password "pw", salt "0123456789abcdef").
+	const v = "SCRAM-SHA-256$4096:MDEyMzQ1Njc4OWFiY2RlZg==$" +
+		"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+	cfg := mustLoad(t, "", "DATABASE_URL="+testURL, "PGSIDECAR_AUTH__USERS=alice:"+v)
+	if cfg.Auth.Users[0].Password != v {
+		t.Fatalf("verifier not kept as written: %q", cfg.Auth.Users[0].Password)
+	}
+	wantErr(t, "", []string{"DATABASE_URL=" + testURL, "PGSIDECAR_AUTH__USERS=alice:" + v, "PGSIDECAR_AUTH__METHOD=md5"},
+		"config: auth.users[0].password: is a SCRAM verifier, which only auth.method scram-sha-256 can check (got md5)")
+	err := wantErr(t, "", []string{"DATABASE_URL=" + testURL, "PGSIDECAR_AUTH__USERS=alice:SCRAM-SHA-256$4096:c2VjcmV0$AAAA:AAAA"},
+		"config: auth.users[0].password: invalid SCRAM verifier")
+	if strings.Contains(err.Error(), "c2VjcmV0") {
+		t.Errorf("error quotes the verifier: %v", err)
+	}
+}

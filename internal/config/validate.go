@@ -74,6 +74,13 @@ func (c *Config) Validate() error {
 		if u.Password == "" && c.Auth.Method != proxy.AuthTrust {
 			p.add(key+".password", "must not be empty with auth.method %s (only trust accepts users without a password)", c.Auth.Method)
 		}
+		if proxy.IsSCRAMVerifier(u.Password) {
+			if c.Auth.Method != proxy.AuthSCRAM {
+				p.add(key+".password", "is a SCRAM verifier, which only auth.method scram-sha-256 can check (got %s)", c.Auth.Method)
+			} else if _, err := proxy.ParseSCRAMVerifier(u.Password); err != nil {
+				p.add(key+".password", "%v", err)
+			}
+		}
 	}
 	listed := map[string]bool{}
 	for _, name := range slices.Sorted(maps.Keys(c.Databases)) {
