@@ -52,11 +52,13 @@ func (a *app) proxyConfig(cfg *config.Config, targets []config.Target) proxy.Con
 	return proxy.Config{
 		Mode:                  cfg.Pool.Mode,
 		MaxClientConn:         cfg.Pool.MaxClientConn,
+		MaxStartupConn:        cfg.Pool.MaxStartupConn,
 		AuthMethod:            cfg.Auth.Method,
 		Databases:             dbs,
 		ResetQuery:            cfg.Pool.ResetQuery,
 		MaxPreparedStatements: cfg.Pool.MaxPreparedStatements,
 		MaxMessageSize:        cfg.MaxMessageSize,
+		MaxClientBuffer:       cfg.MaxClientBuffer,
 		StartupTimeout:        startupTimeout,
 		Logger:                a.log,
 

@@ -281,16 +281,17 @@ var clientSeries = map[string]struct {
 	counter bool
 	help    string
 }{
-	"clients_total":    {name: "clients", help: "Clients connected now (idle, waiting or holding a backend)."},
-	"clients_active":   {name: "clients_active", help: "Clients holding a backend now."},
-	"clients_waiting":  {name: "clients_waiting", help: "Clients waiting for a backend now."},
-	"clients_accepted": {name: "clients_accepted_total", counter: true, help: "Client connections accepted since start (including those rejected later)."},
-	"clients_rejected": {name: "clients_rejected_total", counter: true, help: "Clients refused at startup: max_client_conn, authentication, an unknown database or a bad startup packet."},
-	"auth_failures":    {name: "auth_failures_total", counter: true, help: "Client logins refused for a wrong password or unknown user."},
-	"cancels":          {name: "cancel_requests_total", counter: true, help: "Cancel requests forwarded to a server."},
-	"cancels_unknown":  {name: "cancel_requests_unknown_total", counter: true, help: "Cancel requests whose key matched no connected client; dropped, and logged at most once per interval."},
-	"logins_delayed":   {name: "logins_delayed_total", counter: true, help: "Login attempts that waited under auth.failed_login_delay after failed logins from their address."},
-	"logins_throttled": {name: "logins_throttled_total", counter: true, help: "Login attempts refused because their failed-login delay would outlast the login timeout."},
+	"clients_total":      {name: "clients", help: "Clients connected now (idle, waiting or holding a backend)."},
+	"clients_active":     {name: "clients_active", help: "Clients holding a backend now."},
+	"clients_logging_in": {name: "clients_logging_in", help: "Connections accepted and not yet logged in (startup, authentication); pool.max_startup_conn bounds them."},
+	"clients_waiting":    {name: "clients_waiting", help: "Clients waiting for a backend now."},
+	"clients_accepted":   {name: "clients_accepted_total", counter: true, help: "Client connections accepted since start (including those rejected later)."},
+	"clients_rejected":   {name: "clients_rejected_total", counter: true, help: "Clients refused at startup: max_client_conn, authentication, an unknown database or a bad startup packet."},
+	"auth_failures":      {name: "auth_failures_total", counter: true, help: "Client logins refused for a wrong password or unknown user."},
+	"cancels":            {name: "cancel_requests_total", counter: true, help: "Cancel requests forwarded to a server."},
+	"cancels_unknown":    {name: "cancel_requests_unknown_total", counter: true, help: "Cancel requests whose key matched no connected client; dropped, and logged at most once per interval."},
+	"logins_delayed":     {name: "logins_delayed_total", counter: true, help: "Login attempts that waited under auth.failed_login_delay after failed logins from their address."},
+	"logins_throttled":   {name: "logins_throttled_total", counter: true, help: "Login attempts refused because their failed-login delay would outlast the login timeout."},
 }
 
 // ClientSeriesName returns the metric that exports the proxy's client field

@@ -40,15 +40,17 @@ type clientConn struct {
 	cancel context.CancelFunc
 
 	// Owned by the client goroutine.
-	startupParams map[string]paramValue
-	in            readBuffer
-	passRemaining int // bytes of a message being streamed to the backend
-	stmtGen       uint64
-	hazardsSeen   [hazardCount]bool
-	discarding    bool  // acquire failed: drop messages until Sync / Query
-	discardQuery  bool  // the message being dropped is a Query: answer when it ends
-	acquireErr    error // why, for the reply
-	poisoned      bool  // the client broke the protocol: its backend is closed, not reused
+	startupParams  map[string]paramValue
+	in             readBuffer
+	passRemaining  int  // bytes of a message being streamed to the backend
+	passDrop       bool // ... or dropped: the message was refused (too large)
+	stmtGen        uint64
+	hazardsSeen    [hazardCount]bool
+	discarding     bool  // acquire failed: drop messages until Sync / Query
+	discardQuery   bool  // the message being dropped is a Query: answer when it ends
+	acquireErr     error // why, for the reply
+	discardErrSent bool  // the error went out already; only 'Z' is owed
+	poisoned       bool  // the client broke the protocol: its backend is closed, not reused
 
 	// Shared with serverLoop and cancel requests, under mu.
 	mu         sync.Mutex
@@ -64,6 +66,10 @@ type clientConn struct {
 	// replacement is a message routeOne wants sent instead of the one it
 	// swallowed (nil when none).
 	replacement []byte
+	// drained is closed by the server reader once the requests awaiting a
+	// reply fall to half of maxPendingRequests (nil unless the client
+	// reader waits for that: backpressure).
+	drained chan struct{}
 	// probe is closed when the proxy's Describe of a statement it prepared
 	// on this backend has been answered (nil when none is in flight).
 	probe chan struct{}
@@ -106,7 +112,9 @@ func errCannotConnectNow() *pgError {
 		"connect again in a moment; another pgsidecar instance or the restarted one will serve you")
 }
 
-// serveConn runs one accepted connection from startup to close.
+// serveConn runs one accepted connection from startup to close. It counts
+// under max_startup_conn (Serve added it to s.starting) until it becomes a
+// client.
 func (s *Server) serveConn(conn net.Conn) {
 	defer conn.Close()
 	defer s.forgetStarting(conn)
@@ -132,12 +140,16 @@ func (s *Server) serveConn(conn net.Conn) {
 		s.rejectStartup(conn, lg, errCannotConnectNow())
 		return
 	}
-	if s.stats.total.Load() >= int64(live.MaxClientConn) {
+	// Take the slot before authenticating, in one atomic step: a check
+	// here and a count after the login admits every client of a burst.
+	if n := s.slots.Add(1); n > int64(live.MaxClientConn) {
+		s.slots.Add(-1)
 		s.rejectStartup(conn, lg, newFatal(pgwire.CodeTooManyConnections,
 			fmt.Sprintf("too many client connections: pgsidecar allows %d (pool.max_client_conn)", live.MaxClientConn),
 			"raise pool.max_client_conn, or have the application use fewer connections"))
 		return
 	}
+	defer s.slots.Add(-1)
 	// Authenticate before saying whether the database exists, as
 	// PostgreSQL does, so that a stranger learns nothing.
 	db := live.Databases[sm.database]

@@ -83,10 +83,14 @@ type Database struct {
 // means zero (no reset query), never "the default"; the configuration
 // layer owns the defaults.
 type Config struct {
-	Mode          Mode                 // required
-	MaxClientConn int                  // at least 1
-	AuthMethod    AuthMethod           // required
-	Databases     map[string]*Database // required, keyed by Database.Name
+	Mode          Mode // required
+	MaxClientConn int  // at least 1
+	// MaxStartupConn bounds the connections not yet logged in (startup
+	// packet, authentication, greeting); more are refused at accept. At
+	// least 1.
+	MaxStartupConn int
+	AuthMethod     AuthMethod           // required
+	Databases      map[string]*Database // required, keyed by Database.Name
 	// ResetQuery runs on a backend when its session-mode client leaves;
 	// "" skips the reset.
 	ResetQuery string
@@ -97,6 +101,10 @@ type Config struct {
 	// or a server; larger is a protocol violation. From 1 to
 	// MaxMessageSizeLimit.
 	MaxMessageSize int
+	// MaxClientBuffer bounds what the proxy holds of one client message:
+	// larger Binds and Queries are streamed, a larger Parse (transaction
+	// mode, where it is read whole) is refused with 54000. At least 1.
+	MaxClientBuffer int
 	// StartupTimeout bounds the startup and authentication phase; above 0.
 	StartupTimeout time.Duration
 	Logger         *slog.Logger // nil means slog.Default()
@@ -116,13 +124,16 @@ const MaxMessageSizeLimit = 1<<30 - 1
 
 // Stats counts the server's clients.
 type Stats struct {
-	ClientsTotal    int64  `json:"clients_total"`    // connected now
-	ClientsActive   int64  `json:"clients_active"`   // holding a backend now
-	ClientsWaiting  int64  `json:"clients_waiting"`  // waiting for a backend now
-	ClientsAccepted uint64 `json:"clients_accepted"` // since start
-	ClientsRejected uint64 `json:"clients_rejected"` // refused (limit, auth, bad startup)
-	AuthFailures    uint64 `json:"auth_failures"`
-	Cancels         uint64 `json:"cancels"` // cancel requests forwarded
+	ClientsTotal int64 `json:"clients_total"` // connected now
+	// ClientsLoggingIn counts connections accepted and not yet logged in
+	// (MaxStartupConn bounds it).
+	ClientsLoggingIn int64  `json:"clients_logging_in"`
+	ClientsActive    int64  `json:"clients_active"`   // holding a backend now
+	ClientsWaiting   int64  `json:"clients_waiting"`  // waiting for a backend now
+	ClientsAccepted  uint64 `json:"clients_accepted"` // since start
+	ClientsRejected  uint64 `json:"clients_rejected"` // refused (limit, auth, bad startup)
+	AuthFailures     uint64 `json:"auth_failures"`
+	Cancels          uint64 `json:"cancels"` // cancel requests forwarded
 	// LoginsDelayed counts login attempts held back by the failed-login
 	// delay; LoginsThrottled those refused because the wait would outlast
 	// the login timeout.

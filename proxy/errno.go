@@ -2,6 +2,10 @@ package proxy
 
 import "syscall"
 
-// syscallEMFILE is "too many open files", which Accept reports when the
-// process runs out of descriptors: a reason to back off, not to stop.
-var syscallEMFILE = syscall.EMFILE
+// syscallEMFILE and syscallENFILE are "too many open files" (the process's
+// and the system's limit), which Accept reports when descriptors run out:
+// a reason to refuse the waiting client and go on, not to stop.
+var (
+	syscallEMFILE = syscall.EMFILE
+	syscallENFILE = syscall.ENFILE
+)

@@ -10,24 +10,22 @@ type readBuffer struct {
 }
 
 // prepare makes room for the next read: it starts an emptied buffer over,
-// grows it for a message larger than what is left, and moves a partial
-// message to the front of a full buffer.
+// moves a partial message to the front, and grows a full buffer for a
+// message larger than it. Growth doubles at most, and only once the buffer
+// is full, so memory follows the bytes that actually arrived, never a
+// length a peer merely claims (a 5-byte header saying 1 GiB costs nothing).
 func (r *readBuffer) prepare() {
 	if r.start == r.end {
 		r.start, r.end = 0, 0
 	}
-	switch {
-	case r.want > len(r.buf)-r.start:
-		nb := r.buf
-		if r.want > len(nb) {
-			nb = make([]byte, max(r.want, 2*len(r.buf)))
-		}
-		r.end = copy(nb, r.buf[r.start:r.end])
-		r.start = 0
-		r.buf = nb
-	case r.end == len(r.buf) && r.start > 0:
+	if r.start > 0 && (r.want > len(r.buf)-r.start || r.end == len(r.buf)) {
 		r.end = copy(r.buf, r.buf[r.start:r.end])
 		r.start = 0
+	}
+	if r.end == len(r.buf) && r.want > len(r.buf) {
+		nb := make([]byte, max(2*len(r.buf), 512))
+		r.end = copy(nb, r.buf[:r.end])
+		r.buf = nb
 	}
 }
 

@@ -23,6 +23,10 @@ var errBackendMoved = errors.New("backend released meanwhile")
 // longer ones are streamed and not inspected.
 const maxWholeQuery = 64 << 10
 
+// limitLogInterval is the least time between two log lines about messages
+// refused for a limit (a client can repeat them).
+const limitLogInterval = 10 * time.Second
+
 // run is the client reader: it reads client messages, gets a backend when a
 // transaction starts, and writes the messages (rewritten where needed) to it.
 func (c *clientConn) run() error {
@@ -92,6 +96,14 @@ func (c *clientConn) process() error {
 			}
 		}
 		b := c.heldBackend()
+		if b == nil && c.passRemaining == 0 {
+			if refused, err := c.refuseOversized(); err != nil || refused {
+				if err != nil {
+					return err
+				}
+				continue
+			}
+		}
 		if b == nil {
 			answered, err := c.answerWithoutBackend()
 			if err != nil {
@@ -116,6 +128,9 @@ func (c *clientConn) process() error {
 			_, werr = b.conn.Server().NetConn().Write(out)
 		}
 		b.cout = out[:0]
+		if cap(out) > maxKeptBufSize {
+			b.cout = nil // a huge message passed: let the memory go
+		}
 		probe, readerDone := c.unpin(b, wake)
 		if werr != nil {
 			c.log.Warn("server connection failed while sending", "err", werr)
@@ -135,11 +150,61 @@ func (c *clientConn) process() error {
 			}
 			continue
 		}
+		if err := c.backpressure(b); err != nil {
+			return err
+		}
 		if c.in.want > 0 {
 			return nil
 		}
 	}
 	return nil
+}
+
+// maxPendingRequests bounds the requests of one client awaiting a reply
+// (144 bytes of bookkeeping each). A client that pipelines more is not read
+// until the server answered half of them, so a 100,000-statement pipeline
+// costs a bounded queue instead of one entry per statement.
+const maxPendingRequests = 2048
+
+// wireFlush is a Flush message.
+var wireFlush = []byte{msgFlush, 0, 0, 0, 4}
+
+// backpressure stops reading the client while it has maxPendingRequests
+// awaiting a reply from backend b, until the server answered half of them.
+// It first sends the server a Flush (which changes nothing but makes it
+// send the replies it still buffers, as a pipeline need not end in Sync),
+// so the replies keep coming and the client, which reads them while its
+// writes are blocked, is never left waiting on the proxy while the proxy
+// waits on it.
+func (c *clientConn) backpressure(b *backend) error {
+	c.mu.Lock()
+	if c.be != b || c.q.len() < maxPendingRequests || c.passRemaining > 0 || c.probe != nil {
+		c.mu.Unlock()
+		return nil
+	}
+	drained := make(chan struct{})
+	c.drained = drained
+	readerDone := c.readerDone
+	c.mu.Unlock()
+	if _, err := b.conn.Server().NetConn().Write(wireFlush); err != nil {
+		return fmt.Errorf("writing to the server: %w", err)
+	}
+	select {
+	case <-drained:
+	case <-readerDone:
+	case <-c.ctx.Done():
+		return c.ctx.Err()
+	}
+	return nil
+}
+
+// wakeDrainedLocked ends the client reader's backpressure wait once half
+// the pending requests are answered. Runs under c.mu.
+func (c *clientConn) wakeDrainedLocked() {
+	if c.drained != nil && c.q.len() <= maxPendingRequests/2 {
+		close(c.drained)
+		c.drained = nil
+	}
 }
 
 // heldBackend is the backend this client holds, or nil.
@@ -352,11 +417,19 @@ func (c *clientConn) build(b *backend) (out []byte, wake bool, err error) {
 	}
 	for c.in.start < c.in.end {
 		avail := c.in.end - c.in.start
+		if c.passRemaining == 0 && c.q.len() >= maxPendingRequests {
+			break // backpressure: process waits for replies first
+		}
 		if c.passRemaining > 0 {
 			n := min(c.passRemaining, avail)
-			out = append(out, c.in.buf[c.in.start:c.in.start+n]...)
+			if !c.passDrop {
+				out = append(out, c.in.buf[c.in.start:c.in.start+n]...)
+			}
 			c.in.start += n
 			c.passRemaining -= n
+			if c.passRemaining == 0 {
+				c.passDrop = false
+			}
 			continue
 		}
 		if avail < headerLen {
@@ -374,6 +447,23 @@ func (c *clientConn) build(b *backend) (out []byte, wake bool, err error) {
 			return out, false, c.unknownMessage(typ)
 		}
 		total := headerLen + bodyLen
+		if (typ == msgParse || typ == msgBind) && tx && total > c.srv.cfg.MaxClientBuffer && !c.serverSkipping {
+			// Too large to hold whole (max_client_buffer): a Bind is
+			// streamed with its statement renamed, a Parse refused.
+			done := true
+			if typ == msgBind {
+				out, done = c.streamBind(b, out, bodyLen)
+			} else {
+				out = c.refuseInFlight(out, total)
+			}
+			if c.probe != nil {
+				return out, false, nil // the Bind waits for the probe, unread
+			}
+			if !done {
+				break // the Bind's names are not all here yet
+			}
+			continue
+		}
 		if avail < total && c.needsWhole(typ, bodyLen) {
 			c.in.want = total
 			break
@@ -381,7 +471,9 @@ func (c *clientConn) build(b *backend) (out []byte, wake bool, err error) {
 		c.in.want = 0
 		if avail < total {
 			// Stream the rest of a message nobody needs to read.
-			c.notePartial(typ)
+			if !c.serverSkipping {
+				c.notePartial(typ)
+			}
 			out = append(out, c.in.buf[c.in.start:c.in.end]...)
 			c.passRemaining = total - avail
 			c.in.start = c.in.end
@@ -453,6 +545,116 @@ func (c *clientConn) needsWhole(typ byte, bodyLen int) bool {
 		return c.mode == ModeTransaction
 	}
 	return false
+}
+
+// refuseOversized refuses, before any backend is taken for it, a message
+// at the head of the buffer that transaction mode would have to hold whole
+// (a Parse, whose text names the statement) but that is larger than
+// max_client_buffer. The client gets 54000 at once, as PostgreSQL reports
+// an error in the extended protocol, and everything up to its Sync is
+// dropped unread (see discard), so the claimed length is never allocated.
+func (c *clientConn) refuseOversized() (bool, error) {
+	if c.mode != ModeTransaction || c.in.pending() < headerLen {
+		return false, nil
+	}
+	typ, bodyLen := parseHeader(c.in.buf[c.in.start:])
+	if typ != msgParse || headerLen+bodyLen <= c.srv.cfg.MaxClientBuffer {
+		return false, nil
+	}
+	if err := c.checkLength(typ, bodyLen); err != nil {
+		return false, err
+	}
+	c.discarding, c.discardErrSent = true, true
+	_, err := c.conn.Write(c.tooLarge(headerLen + bodyLen).appendTo(nil))
+	return true, err
+}
+
+// tooLarge is the error for a message larger than max_client_buffer, and
+// logs it (rate limited: a client can repeat it).
+func (c *clientConn) tooLarge(total int) *pgError {
+	limit := c.srv.cfg.MaxClientBuffer
+	if ok, held := c.srv.tooLargeLog.allow(time.Now()); ok {
+		c.log.Warn("client message larger than max_client_buffer refused", "bytes", total,
+			"max_client_buffer", limit, "refused_unlogged", held)
+	}
+	return newError(pgwire.CodeProgramLimitExceeded,
+		fmt.Sprintf("message of %d bytes is larger than the %d bytes pgsidecar buffers per client", total, limit),
+		"in transaction mode a Parse is read whole; raise max_client_buffer, or send so large a statement as a simple Query (which is streamed)")
+}
+
+// refuseInFlight refuses a Parse larger than max_client_buffer while the
+// client holds a backend: a request the server rejects goes out in its
+// place, so the client gets 54000 in the order of its replies and the
+// server skips to the client's Sync; the message itself is dropped unread.
+func (c *clientConn) refuseInFlight(out []byte, total int) []byte {
+	c.inBatch = true
+	out = c.poison(out, c.tooLarge(total))
+	n := min(total, c.in.end-c.in.start)
+	c.in.start += n
+	c.in.want = 0
+	if c.passRemaining = total - n; c.passRemaining > 0 {
+		c.passDrop = true
+	}
+	return out
+}
+
+// streamBind sends a Bind larger than max_client_buffer (transaction mode)
+// without holding it whole: only its portal and statement names, at its
+// start, must be here; the statement is renamed as in onBind and the
+// parameters streamed. done is false when the names are not all here yet
+// (or a probe must be answered first; the Bind is then left unread).
+func (c *clientConn) streamBind(b *backend, out []byte, bodyLen int) (_ []byte, done bool) {
+	prefix := c.in.buf[c.in.start+headerLen : min(c.in.end, c.in.start+headerLen+bodyLen)]
+	portal, name, restOff, ok := parseBindNames(prefix)
+	if !ok {
+		if len(prefix) >= c.srv.cfg.MaxClientBuffer-headerLen {
+			// Names longer than the buffer: no client sends that.
+			return c.refuseInFlight(out, headerLen+bodyLen), true
+		}
+		c.in.want = min(headerLen+bodyLen, c.in.end-c.in.start+clientReadBufSize)
+		return out, false
+	}
+	c.in.want = 0
+	st := (*statement)(nil)
+	if len(name) > 0 {
+		st = c.clientStatement(name)
+	}
+	if st == nil {
+		// Unnamed or unknown to the proxy: the server judges it unchanged.
+		c.inBatch = true
+		c.q.push(request{kind: reqBind})
+		out = append(out, c.in.buf[c.in.start:c.in.start+headerLen+len(prefix)]...)
+	} else {
+		var sent bool
+		if out, sent = c.useStatement(b, out, st); !sent {
+			if c.probe != nil {
+				return out, false
+			}
+			// Stale statement: the poison went out instead; drop the Bind.
+			return c.dropRest(out, headerLen+bodyLen), true
+		}
+		c.inBatch = true
+		c.q.push(request{kind: reqBind, stmt: st})
+		out = appendHeader(out, msgBind, len(portal)+1+len(st.name)+1+bodyLen-restOff)
+		out = append(out, portal...)
+		out = append(out, 0)
+		out = append(out, st.name...)
+		out = append(out, 0)
+		out = append(out, prefix[restOff:]...)
+	}
+	c.in.start += headerLen + len(prefix)
+	c.passRemaining = bodyLen - len(prefix)
+	return out, true
+}
+
+// dropRest drops a message of total bytes starting at the buffer's head.
+func (c *clientConn) dropRest(out []byte, total int) []byte {
+	n := min(total, c.in.end-c.in.start)
+	c.in.start += n
+	if c.passRemaining = total - n; c.passRemaining > 0 {
+		c.passDrop = true
+	}
+	return out
 }
 
 // notePartial records the bookkeeping of a message that is streamed.
@@ -689,9 +891,25 @@ func (c *clientConn) warnHazard(h hazard) {
 	c.q.push(request{kind: reqSynthetic, notice: true, payload: appendNotice(nil, pgwire.CodeFeatureNotSupported, "pgsidecar: "+t.msg, t.hint)})
 }
 
-// checkLength rejects a message length below 4 or above max_message_size.
+// smallMessageMax is PostgreSQL's PQ_SMALL_MESSAGE_LIMIT: the longest
+// Sync, Flush, Describe, Close, Execute or Terminate it accepts. These are
+// read whole, so without this bound a client could make the proxy buffer
+// up to max_message_size for one of them.
+const smallMessageMax = 10000
+
+// isSmallMessage reports whether typ is bounded by smallMessageMax.
+func isSmallMessage(typ byte) bool {
+	switch typ {
+	case msgSync, msgFlush, msgDescribe, msgClose, msgExecute, msgTerminate:
+		return true
+	}
+	return false
+}
+
+// checkLength rejects a message length below 4 or above max_message_size
+// (smallMessageMax for the small message types, as PostgreSQL does).
 func (c *clientConn) checkLength(typ byte, bodyLen int) error {
-	if bodyLen < 0 || bodyLen > c.srv.cfg.MaxMessageSize {
+	if bodyLen < 0 || bodyLen > c.srv.cfg.MaxMessageSize || isSmallMessage(typ) && bodyLen+4 > smallMessageMax {
 		return c.protocolViolation(fmt.Sprintf("invalid message length %d for message type %q", bodyLen+4, typ))
 	}
 	return nil
@@ -773,9 +991,12 @@ func (c *clientConn) discard() error {
 }
 
 func (c *clientConn) answerDiscarded() error {
-	reply := acquireErrorResponse(c.acquireErr, false).appendTo(nil)
+	var reply []byte
+	if !c.discardErrSent {
+		reply = acquireErrorResponse(c.acquireErr, false).appendTo(nil)
+	}
 	reply = appendReadyForQuery(reply, 'I')
-	c.discarding, c.discardQuery, c.acquireErr = false, false, nil
+	c.discarding, c.discardQuery, c.acquireErr, c.discardErrSent = false, false, nil, false
 	_, err := c.conn.Write(reply)
 	return err
 }

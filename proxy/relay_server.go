@@ -43,6 +43,7 @@ func (c *clientConn) serverLoop(b *backend, done chan struct{}) {
 			return
 		}
 		out, release, rerr := c.route(b)
+		c.wakeDrainedLocked()
 		c.mu.Unlock()
 		if rerr != nil {
 			c.serverLost(b, rerr)
@@ -60,6 +61,12 @@ func (c *clientConn) serverLoop(b *backend, done chan struct{}) {
 				c.conn.Close()
 				return
 			}
+		}
+		// A huge reply grew the buffers: in session mode the backend may
+		// stay with this client for hours, so give the memory back now.
+		b.in.shrink(serverReadBufSize)
+		if cap(b.out) > maxKeptBufSize {
+			b.out = nil
 		}
 		if !release {
 			continue

@@ -19,7 +19,7 @@ import (
 // (server -> client) directly, as run() and serverLoop() do.
 func testRelay(mode Mode, maxPrepared int) (*clientConn, *backend) {
 	s := &Server{
-		cfg:   Config{Mode: mode, MaxMessageSize: 1 << 20, MaxPreparedStatements: maxPrepared},
+		cfg:   Config{Mode: mode, MaxMessageSize: 1 << 20, MaxClientBuffer: 4 << 20, MaxPreparedStatements: maxPrepared},
 		stmts: newStatementRegistry(),
 		log:   slog.New(slog.NewTextHandler(io.Discard, nil)),
 	}

@@ -6,11 +6,14 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/pgsidecar/pgsidecar/internal/pgwire"
 )
 
 // ErrServerClosed is returned by Serve after Shutdown or Close.
@@ -36,7 +39,15 @@ type Server struct {
 
 	draining atomic.Bool
 	junkLog  logLimiter // malformed startup packets: anyone can send them
-	stats    struct {
+	// slots counts the clients holding a max_client_conn slot: every one
+	// from its startup packet on, reserved before authentication.
+	slots       atomic.Int64
+	fdLog       logLimiter // accepts refused for lack of descriptors
+	refusedLog  logLimiter // connections refused at accept (max_startup_conn)
+	tooLargeLog logLimiter // messages refused for max_client_buffer
+	spareMu     sync.Mutex
+	spare       *os.File // a descriptor kept to be freed when Accept runs out
+	stats       struct {
 		total, active, waiting                    atomic.Int64
 		accepted, rejected, authFailures, cancels atomic.Uint64
 		cancelsUnknown                            atomic.Uint64
@@ -56,20 +67,23 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{
-		cfg:       cfg,
-		log:       cfg.Logger,
-		cancels:   newCancelKeys(),
-		stmts:     newStatementRegistry(),
-		listeners: make(map[net.Listener]struct{}),
-		clients:   make(map[*clientConn]struct{}),
-		starting:  make(map[net.Conn]struct{}),
-		params:    make(map[string]map[string]string),
-		accepted:  make(map[string]struct{}),
-		cancelLog: logLimiter{interval: cancelLogInterval},
-		brake:     newLoginBrake(),
-		brakeLog:  logLimiter{interval: cancelLogInterval},
-		quit:      make(chan struct{}),
-		junkLog:   logLimiter{interval: cancelLogInterval},
+		cfg:         cfg,
+		log:         cfg.Logger,
+		cancels:     newCancelKeys(),
+		stmts:       newStatementRegistry(),
+		listeners:   make(map[net.Listener]struct{}),
+		clients:     make(map[*clientConn]struct{}),
+		starting:    make(map[net.Conn]struct{}),
+		params:      make(map[string]map[string]string),
+		accepted:    make(map[string]struct{}),
+		cancelLog:   logLimiter{interval: cancelLogInterval},
+		brake:       newLoginBrake(),
+		brakeLog:    logLimiter{interval: cancelLogInterval},
+		quit:        make(chan struct{}),
+		junkLog:     logLimiter{interval: cancelLogInterval},
+		fdLog:       logLimiter{interval: limitLogInterval},
+		refusedLog:  logLimiter{interval: limitLogInterval},
+		tooLargeLog: logLimiter{interval: limitLogInterval},
 	}
 	live := cfg
 	s.live.Store(&live)
@@ -88,6 +102,12 @@ func (cfg *Config) check() error {
 	}
 	if cfg.MaxClientConn < 1 {
 		errs = append(errs, fmt.Errorf("proxy: MaxClientConn %d: must be at least 1", cfg.MaxClientConn))
+	}
+	if cfg.MaxStartupConn < 1 {
+		errs = append(errs, fmt.Errorf("proxy: MaxStartupConn %d: must be at least 1", cfg.MaxStartupConn))
+	}
+	if cfg.MaxClientBuffer < 1 {
+		errs = append(errs, fmt.Errorf("proxy: MaxClientBuffer %d: must be at least 1", cfg.MaxClientBuffer))
 	}
 	if cfg.MaxPreparedStatements < 1 {
 		errs = append(errs, fmt.Errorf("proxy: MaxPreparedStatements %d: must be at least 1", cfg.MaxPreparedStatements))
@@ -131,6 +151,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		s.mu.Unlock()
 	}()
 
+	s.reserveSpare()
 	var backoff time.Duration
 	for {
 		conn, err := ln.Accept()
@@ -138,12 +159,19 @@ func (s *Server) Serve(ln net.Listener) error {
 			if s.isClosed() {
 				return ErrServerClosed
 			}
+			outOfFDs := errors.Is(err, syscallEMFILE) || errors.Is(err, syscallENFILE)
+			if outOfFDs && s.refuseOutOfFDs(ln, err) {
+				backoff = 0
+				continue
+			}
 			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscallEMFILE) {
-				// Out of file descriptors or a transient error: back off
-				// like net/http instead of spinning.
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				s.log.Warn("accept failed; retrying", "err", err, "retry_in", backoff)
+			if errors.As(err, &ne) && ne.Timeout() || outOfFDs {
+				// Out of file descriptors even for the spare, or a
+				// transient error: back off briefly instead of spinning.
+				backoff = min(max(2*backoff, 5*time.Millisecond), acceptBackoffMax)
+				if ok, held := s.fdLog.allow(time.Now()); ok {
+					s.log.Warn("accept failed; retrying", "err", err, "retry_in", backoff, "failures_unlogged", held)
+				}
 				time.Sleep(backoff)
 				continue
 			}
@@ -158,6 +186,13 @@ func (s *Server) Serve(ln net.Listener) error {
 			conn.Close()
 			return ErrServerClosed
 		}
+		// Admission is decided here, before anything is read and in the
+		// same step as the count, so a connect flood costs no goroutines.
+		if len(s.starting) >= s.live.Load().MaxStartupConn {
+			s.mu.Unlock()
+			s.refuseAtAccept(conn)
+			continue
+		}
 		s.starting[conn] = struct{}{}
 		s.wg.Add(1)
 		s.mu.Unlock()
@@ -166,6 +201,80 @@ func (s *Server) Serve(ln net.Listener) error {
 			s.serveConn(conn)
 		}()
 	}
+}
+
+// acceptBackoffMax caps the pause after an Accept error the spare
+// descriptor could not resolve: short, because clients wait in the backlog
+// meanwhile.
+const acceptBackoffMax = 100 * time.Millisecond
+
+// refuseAtAccept answers a connection over max_startup_conn with 53300
+// without reading it, and closes it.
+func (s *Server) refuseAtAccept(conn net.Conn) {
+	s.stats.rejected.Add(1)
+	limit := s.live.Load().MaxStartupConn
+	if ok, held := s.refusedLog.allow(time.Now()); ok {
+		s.log.Warn("connection refused: too many clients logging in at once", "client", conn.RemoteAddr().String(),
+			"max_startup_conn", limit, "refused_unlogged", held)
+	}
+	// A fresh socket's send buffer is empty: the write does not block.
+	conn.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+	conn.Write(newFatal(pgwire.CodeTooManyConnections,
+		fmt.Sprintf("too many connections logging in at once: pgsidecar allows %d (pool.max_startup_conn)", limit),
+		"retry in a moment; raise pool.max_startup_conn if real clients hit this during a reconnect storm").appendTo(nil))
+	conn.Close()
+}
+
+// reserveSpare keeps one descriptor open (/dev/null) for refuseOutOfFDs.
+func (s *Server) reserveSpare() {
+	s.spareMu.Lock()
+	defer s.spareMu.Unlock()
+	if s.spare == nil && !s.isClosed() {
+		s.spare, _ = os.Open(os.DevNull) // nil when even this fails; retried later
+	}
+}
+
+// refuseOutOfFDs handles an Accept that failed for lack of descriptors.
+// The waiting client cannot even be accepted, so Accept would fail again at
+// once, and backing off leaves every client hanging in the backlog. Instead
+// the spare descriptor is freed, the client accepted, told 53300 and
+// closed, and the spare taken again: clients are refused at once while the
+// proxy is out of descriptors and served as soon as some are free. It
+// reports whether it could.
+func (s *Server) refuseOutOfFDs(ln net.Listener, acceptErr error) bool {
+	if ok, held := s.fdLog.allow(time.Now()); ok {
+		s.log.Error("out of file descriptors: refusing new clients", "err", acceptErr, "refused_unlogged", held,
+			"hint", "raise the open-file limit (ulimit -n, LimitNOFILE=) above pool.max_client_conn + pool.max_startup_conn + the pools' max_size")
+	}
+	s.spareMu.Lock()
+	defer s.spareMu.Unlock()
+	if s.spare == nil {
+		return false
+	}
+	s.spare.Close()
+	s.spare = nil
+	defer func() {
+		if !s.isClosed() {
+			s.spare, _ = os.Open(os.DevNull)
+		}
+	}()
+	// The client that made Accept fail may have given up meanwhile: do not
+	// block here with the spare given away.
+	if d, ok := ln.(interface{ SetDeadline(time.Time) error }); ok {
+		d.SetDeadline(time.Now().Add(10 * time.Millisecond))
+		defer d.SetDeadline(time.Time{})
+	}
+	conn, err := ln.Accept()
+	if err != nil {
+		var ne net.Error
+		return errors.As(err, &ne) && ne.Timeout() // nobody waits: nothing to refuse
+	}
+	s.stats.rejected.Add(1)
+	conn.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+	conn.Write(newFatal(pgwire.CodeTooManyConnections, "pgsidecar is out of file descriptors",
+		"retry in a moment; the operator should raise the proxy's open-file limit (ulimit -n)").appendTo(nil))
+	conn.Close()
+	return true
 }
 
 func (s *Server) isClosed() bool {
@@ -273,6 +382,12 @@ func (s *Server) closeListeners() {
 		ln.Close()
 	}
 	s.mu.Unlock()
+	s.spareMu.Lock()
+	if s.spare != nil {
+		s.spare.Close()
+		s.spare = nil
+	}
+	s.spareMu.Unlock()
 }
 
 // Reload applies settings that may change live (MaxClientConn, AuthMethod,
@@ -289,16 +404,17 @@ func (s *Server) Reload(cfg Config) error {
 // Stats returns a snapshot of the client counters.
 func (s *Server) Stats() Stats {
 	return Stats{
-		ClientsTotal:    s.stats.total.Load(),
-		ClientsActive:   s.stats.active.Load(),
-		ClientsWaiting:  s.stats.waiting.Load(),
-		ClientsAccepted: s.stats.accepted.Load(),
-		ClientsRejected: s.stats.rejected.Load(),
-		AuthFailures:    s.stats.authFailures.Load(),
-		Cancels:         s.stats.cancels.Load(),
-		CancelsUnknown:  s.stats.cancelsUnknown.Load(),
-		LoginsDelayed:   s.stats.loginsDelayed.Load(),
-		LoginsThrottled: s.stats.loginsThrottled.Load(),
+		ClientsTotal:     s.stats.total.Load(),
+		ClientsLoggingIn: s.loggingIn(),
+		ClientsActive:    s.stats.active.Load(),
+		ClientsWaiting:   s.stats.waiting.Load(),
+		ClientsAccepted:  s.stats.accepted.Load(),
+		ClientsRejected:  s.stats.rejected.Load(),
+		AuthFailures:     s.stats.authFailures.Load(),
+		Cancels:          s.stats.cancels.Load(),
+		CancelsUnknown:   s.stats.cancelsUnknown.Load(),
+		LoginsDelayed:    s.stats.loginsDelayed.Load(),
+		LoginsThrottled:  s.stats.loginsThrottled.Load(),
 	}
 }
 
@@ -316,6 +432,13 @@ func (s *Server) addClient(c *clientConn) bool {
 	delete(s.starting, c.conn)
 	s.stats.total.Add(1)
 	return true
+}
+
+// loggingIn counts the connections in startup (max_startup_conn).
+func (s *Server) loggingIn() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return int64(len(s.starting))
 }
 
 // forgetStarting drops conn from the connections in startup (it became a

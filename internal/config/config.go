@@ -37,6 +37,8 @@ type Config struct {
 	Pool PoolConfig `koanf:"pool"`
 	// MaxMessageSize is the largest protocol message accepted, in bytes.
 	MaxMessageSize int `koanf:"max_message_size"`
+	// MaxClientBuffer bounds what the proxy holds of one client message.
+	MaxClientBuffer int `koanf:"max_client_buffer"`
 	// ShutdownTimeout is how long SIGTERM waits for open transactions.
 	ShutdownTimeout time.Duration `koanf:"shutdown_timeout"`
 	// Auth says how clients authenticate to the proxy.
@@ -70,6 +72,7 @@ type PoolConfig struct {
 	MinSize               int           `koanf:"min_size"`
 	MaxSize               int           `koanf:"max_size"`
 	MaxClientConn         int           `koanf:"max_client_conn"`
+	MaxStartupConn        int           `koanf:"max_startup_conn"`
 	AcquireTimeout        time.Duration `koanf:"acquire_timeout"`
 	MaxWaiters            int           `koanf:"max_waiters"`
 	ValidationQuery       string        `koanf:"validation_query"`

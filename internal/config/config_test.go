@@ -265,6 +265,8 @@ func TestValidationRejects(t *testing.T) {
 		{"log level", []string{"PGSIDECAR_LOG__LEVEL=verbose"}, []string{"config: log.level: must be one of debug, info, warn, error"}},
 		{"log format", []string{"PGSIDECAR_LOG__FORMAT=xml"}, []string{"config: log.format: must be one of auto, text, json"}},
 		{"message size low", []string{"PGSIDECAR_MAX_MESSAGE_SIZE=100"}, []string{"config: max_message_size: must be between 1024 and 1073741823 bytes, got 100"}},
+		{"client buffer low", []string{"PGSIDECAR_MAX_CLIENT_BUFFER=1000"}, []string{"config: max_client_buffer: must be between 65536 and 1073741823 bytes, got 1000"}},
+		{"max_startup_conn", []string{"PGSIDECAR_POOL__MAX_STARTUP_CONN=0"}, []string{"config: pool.max_startup_conn: must be >= 1"}},
 		{"message size high", []string{"PGSIDECAR_MAX_MESSAGE_SIZE=2000000000"}, []string{"config: max_message_size:"}},
 		{"listen no port", []string{"PGSIDECAR_LISTEN=127.0.0.1"}, []string{"config: listen: must be host:port"}},
 		{"listen bad port", []string{"PGSIDECAR_LISTEN=127.0.0.1:99999"}, []string{"config: listen: port must be a number from 0 to 65535"}},

@@ -13,6 +13,10 @@ import (
 	"github.com/pgsidecar/pgsidecar/proxy"
 )
 
+// minClientBuffer keeps max_client_buffer high enough that ordinary
+// prepared statements (a Parse is read whole in transaction mode) pass.
+const minClientBuffer = 64 << 10
+
 // minMessageSize keeps max_message_size above what a normal StartupMessage
 // or a short query needs.
 const minMessageSize = 1024
@@ -49,12 +53,18 @@ func (c *Config) Validate() error {
 	if c.Pool.MaxClientConn < 1 {
 		p.add("pool.max_client_conn", "must be >= 1, got %d", c.Pool.MaxClientConn)
 	}
+	if c.Pool.MaxStartupConn < 1 {
+		p.add("pool.max_startup_conn", "must be >= 1, got %d", c.Pool.MaxStartupConn)
+	}
 	if c.Pool.MaxPreparedStatements < 1 {
 		p.add("pool.max_prepared_statements", "must be >= 1, got %d", c.Pool.MaxPreparedStatements)
 	}
 
 	if c.MaxMessageSize < minMessageSize || c.MaxMessageSize > proxy.MaxMessageSizeLimit {
 		p.add("max_message_size", "must be between %d and %d bytes, got %d", minMessageSize, proxy.MaxMessageSizeLimit, c.MaxMessageSize)
+	}
+	if c.MaxClientBuffer < minClientBuffer || c.MaxClientBuffer > proxy.MaxMessageSizeLimit {
+		p.add("max_client_buffer", "must be between %d and %d bytes, got %d", minClientBuffer, proxy.MaxMessageSizeLimit, c.MaxClientBuffer)
 	}
 	checkDuration(&p, "shutdown_timeout", c.ShutdownTimeout)
 

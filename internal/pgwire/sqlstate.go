@@ -14,6 +14,7 @@ const (
 	CodeInvalidCatalogName         = "3D000" // invalid_catalog_name (unknown database)
 	CodeDuplicatePreparedStatement = "42P05" // duplicate_prepared_statement
 	CodeTooManyConnections         = "53300" // too_many_connections
+	CodeProgramLimitExceeded       = "54000" // program_limit_exceeded
 	CodeQueryCanceled              = "57014" // query_canceled
 	CodeAdminShutdown              = "57P01" // admin_shutdown
 	CodeCannotConnectNow           = "57P03" // cannot_connect_now

@@ -1,0 +1,135 @@
+package proxy
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"io"
+	"strings"
+	"testing"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/pgsidecar/pgsidecar/internal/pgwire"
+)
+
+// A header that claims 1 GiB makes the buffer grow with the bytes that
+// arrive, never to the claimed length.
+func TestReadBufferGrowsWithData(t *testing.T) {
+	r := readBuffer{buf: make([]byte, 16)}
+	r.want = 1 << 30
+	fed := 0
+	for i := 0; i < 10; i++ {
+		r.prepare()
+		fed += copy(r.free(), bytes.Repeat([]byte{1}, len(r.free())))
+		r.end = len(r.buf)
+	}
+	if len(r.buf) > 2*fed {
+		t.Fatalf("buffer %d bytes after %d bytes arrived", len(r.buf), fed)
+	}
+	r = readBuffer{buf: make([]byte, 16), want: 1 << 30}
+	r.prepare()
+	if len(r.buf) != 16 {
+		t.Fatalf("an empty buffer grew to %d bytes for a claimed length", len(r.buf))
+	}
+}
+
+// A Bind larger than max_client_buffer is streamed in transaction mode,
+// with the client's statement renamed, and arrives intact.
+func TestLargeBindStreamedRenamed(t *testing.T) {
+	c, b := testRelay(ModeTransaction, 10)
+	c.srv.cfg.MaxClientBuffer = 1 << 10
+	pumpClient(t, c, b, enc(&pgproto3.Parse{Name: "s", Query: "select $1::bytea"}, &pgproto3.Sync{}), 0)
+	pumpServer(t, c, b, enc(&pgproto3.ParseComplete{}, &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
+	blob := bytes.Repeat([]byte("0123456789abcdef"), 1<<10) // 16 KiB
+	out := pumpClient(t, c, b, enc(&pgproto3.Bind{PreparedStatement: "s", Parameters: [][]byte{blob}}, &pgproto3.Execute{}, &pgproto3.Sync{}), 100)
+	if len(c.in.buf) > 4<<10 {
+		t.Fatalf("client buffer grew to %d bytes for a streamed Bind", len(c.in.buf))
+	}
+	msgs := decodeFrontendMsgs(t, out)
+	bd, ok := msgs[0].(*pgproto3.Bind)
+	if !ok || bd.PreparedStatement != c.stmts["s"].name || !bytes.Equal(bd.Parameters[0], blob) {
+		t.Fatalf("streamed Bind arrived as %#v", msgs[0])
+	}
+	if len(msgs) != 3 || c.q.len() != 3 {
+		t.Fatalf("sent %d messages, %d requests queued", len(msgs), c.q.len())
+	}
+}
+
+// A Parse larger than max_client_buffer while the client holds a backend:
+// the server gets a request it rejects in its place, the client 54000 in
+// order, and the Parse's bytes are dropped unread.
+func TestLargeParseRefusedInFlight(t *testing.T) {
+	c, b := testRelay(ModeTransaction, 10)
+	c.srv.cfg.MaxClientBuffer = 1 << 10
+	big := strings.Repeat("x", 8<<10)
+	out := pumpClient(t, c, b, enc(&pgproto3.Parse{Name: "s", Query: "select '" + big + "'"}, &pgproto3.Bind{PreparedStatement: "s"},
+		&pgproto3.Execute{}, &pgproto3.Sync{}), 300)
+	if bytes.Contains(out, []byte(big[:100])) {
+		t.Fatal("the refused Parse was forwarded")
+	}
+	msgs := decodeFrontendMsgs(t, out)
+	if bd, ok := msgs[0].(*pgproto3.Bind); !ok || bd.PreparedStatement != poisonStatement {
+		t.Fatalf("sent %#v, want the poison Bind first", msgs)
+	}
+	reply, release := pumpServer(t, c, b, enc(&pgproto3.ErrorResponse{Severity: "ERROR", Code: "26000", Message: "x"},
+		&pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
+	fe := pgproto3.NewFrontend(bytes.NewReader(reply), io.Discard)
+	m, _ := fe.Receive()
+	if er, ok := m.(*pgproto3.ErrorResponse); !ok || er.Code != pgwire.CodeProgramLimitExceeded || !strings.Contains(er.Hint, "max_client_buffer") {
+		t.Fatalf("client got %#v, want 54000 naming max_client_buffer", m)
+	}
+	if !release || c.stmts["s"] != nil {
+		t.Fatalf("release %v, statement %v", release, c.stmts["s"])
+	}
+}
+
+// Sync, Describe, Execute ... longer than PostgreSQL's 10000 bytes are a
+// protocol violation, as in PostgreSQL: they are never buffered.
+func TestSmallMessageLengthBound(t *testing.T) {
+	c, b := testRelay(ModeTransaction, 10)
+	msg := []byte{msgDescribe, 0, 0, 0, 0}
+	binary.BigEndian.PutUint32(msg[1:], 1<<30-1)
+	c.in.prepare()
+	c.in.end += copy(c.in.free(), msg)
+	_, _, err := c.build(b)
+	var pe *pgError
+	if !errors.As(err, &pe) || pe.Code != pgwire.CodeProtocolViolation {
+		t.Fatalf("got %v, want a protocol violation", err)
+	}
+}
+
+// A pipelining client is read only up to maxPendingRequests unanswered
+// requests; build stops there and leaves the rest in the buffer.
+func TestPipelineBounded(t *testing.T) {
+	c, b := testRelay(ModeTransaction, 10)
+	var in []byte
+	for i := 0; i < maxPendingRequests+500; i++ {
+		in = append(in, msgSync, 0, 0, 0, 4)
+	}
+	c.in = readBuffer{buf: make([]byte, len(in))}
+	c.in.end = copy(c.in.buf, in)
+	out, _, err := c.build(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.q.len() != maxPendingRequests || len(out) != 5*maxPendingRequests || c.in.pending() != 5*500 {
+		t.Fatalf("queued %d, sent %d bytes, left %d", c.q.len(), len(out), c.in.pending())
+	}
+	c.drained = make(chan struct{})
+	drained := c.drained
+	var z []byte
+	for i := 0; i < maxPendingRequests/2; i++ {
+		z = appendReadyForQuery(z, 'I')
+	}
+	b.in = readBuffer{buf: make([]byte, len(z))}
+	b.in.end = copy(b.in.buf, z)
+	if _, _, err := c.route(b); err != nil {
+		t.Fatal(err)
+	}
+	c.wakeDrainedLocked()
+	select {
+	case <-drained:
+	default:
+		t.Fatal("half the replies came and the client reader was not woken")
+	}
+}
