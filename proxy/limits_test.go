@@ -132,4 +132,10 @@ func TestPipelineBounded(t *testing.T) {
 	default:
 		t.Fatal("half the replies came and the client reader was not woken")
 	}
+	for c.q.len() > 0 {
+		c.q.pop()
+	}
+	if len(c.q.buf) > maxKeptRequests {
+		t.Fatalf("an emptied queue keeps %d entries after a pipeline", len(c.q.buf))
+	}
 }

@@ -100,8 +100,17 @@ func (q *requestQueue) pop() request {
 	if r.kind == reqQuery || r.kind == reqSync {
 		q.syncs--
 	}
+	if q.size == 0 && len(q.buf) > maxKeptRequests {
+		// A long pipeline grew the ring (up to maxPendingRequests): let
+		// the memory go rather than keep it for the client's life.
+		q.buf, q.head = nil, 0
+	}
 	return r
 }
+
+// maxKeptRequests is the largest ring an empty queue keeps (144 bytes an
+// entry); pipelines deeper than this reallocate it.
+const maxKeptRequests = 256
 
 // lastIsSynthetic reports whether the newest entry is answered by the proxy,
 // i.e. nothing the backend will send comes after it to carry it out.

@@ -195,7 +195,13 @@ func TestLargeParseRefused(t *testing.T) {
 // result right, and the proxy's memory stays bounded because the client is
 // not read while 2048 requests await a reply.
 func TestPipelineBackpressure(t *testing.T) {
-	p := StartProxy(t, WithEnv("PGSIDECAR_POOL__MAX_SIZE", "2"))
+	for _, mode := range []string{"transaction", "session"} {
+		t.Run(mode, func(t *testing.T) { testPipelineBackpressure(t, mode) })
+	}
+}
+
+func testPipelineBackpressure(t *testing.T, mode string) {
+	p := StartProxy(t, WithEnv("PGSIDECAR_POOL__MAX_SIZE", "2"), WithEnv("PGSIDECAR_POOL__MODE", mode))
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
 	conn := connect(t, p.AppURL())

@@ -35,6 +35,12 @@ func dialRaw(t *testing.T, url string) *rawClient {
 	if err != nil {
 		t.Fatalf("connect %s: %v", redact(url), err)
 	}
+	// pgconn may still have a background read in flight from the login
+	// (its write-read deadlock guard), which would swallow the first reply
+	// the test reads raw: SyncConn stops it.
+	if err := pc.SyncConn(ctx); err != nil {
+		t.Fatalf("sync %s: %v", redact(url), err)
+	}
 	conn := pc.Conn()
 	r := &rawClient{pc: pc, conn: conn, fe: pgproto3.NewFrontend(conn, conn)}
 	t.Cleanup(func() { _ = conn.Close() })
