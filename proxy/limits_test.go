@@ -139,3 +139,20 @@ func TestPipelineBounded(t *testing.T) {
 		t.Fatalf("an emptied queue keeps %d entries after a pipeline", len(c.q.buf))
 	}
 }
+
+// While the server skips to the client's Sync after an error, a Bind larger
+// than max_client_buffer is passed on in pieces (the server drops it): not
+// buffered whole, and no reply expected for it.
+func TestLargeBindWhileServerSkips(t *testing.T) {
+	c, b := testRelay(ModeTransaction, 10)
+	c.srv.cfg.MaxClientBuffer = 1 << 10
+	c.inBatch, c.serverSkipping = true, true
+	blob := bytes.Repeat([]byte("x"), 16<<10)
+	out := pumpClient(t, c, b, enc(&pgproto3.Bind{Parameters: [][]byte{blob}}, &pgproto3.Sync{}), 100)
+	if len(c.in.buf) > 4<<10 {
+		t.Fatalf("client buffer grew to %d bytes", len(c.in.buf))
+	}
+	if msgs := decodeFrontendMsgs(t, out); len(msgs) != 2 || c.q.len() != 1 {
+		t.Fatalf("sent %d messages, %d requests queued; want the Bind and the Sync, only the Sync awaited", len(msgs), c.q.len())
+	}
+}

@@ -542,7 +542,9 @@ func (c *clientConn) needsWhole(typ byte, bodyLen int) bool {
 	case msgQuery:
 		return bodyLen <= maxWholeQuery
 	case msgParse, msgBind:
-		return c.mode == ModeTransaction
+		// Transaction mode rewrites them; past max_client_buffer they are
+		// streamed or refused instead (build), never buffered.
+		return c.mode == ModeTransaction && headerLen+bodyLen <= c.srv.cfg.MaxClientBuffer
 	}
 	return false
 }
