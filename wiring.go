@@ -14,6 +14,24 @@ import (
 // builds a proxy.Config.
 const startupTimeout = 15 * time.Second
 
+// optionNames maps the fields of pool.Config and proxy.Config that their
+// hints mention to the options that set them, so a hint names what the
+// operator can change (TestOptionNames checks each is an option).
+var optionNames = map[string]string{
+	"MaxSize":             "pool.max_size",
+	"MaxWaiters":          "pool.max_waiters",
+	"Mode":                "pool.mode",
+	"MaxClientConn":       "pool.max_client_conn",
+	"AuthMethod":          "auth.method",
+	"Users":               "auth.users",
+	"FailedLoginDelay":    "auth.failed_login_delay",
+	"FailedLoginDelayMax": "auth.failed_login_delay_max",
+	"ShutdownTimeout":     "shutdown_timeout",
+}
+
+// optionName is pool.Config.OptionName and proxy.Config.OptionName.
+func optionName(field string) string { return optionNames[field] }
+
 // poolConfig translates a database's settings into a pool.Config, value for
 // value: the pool takes every field as given, so 0 from the configuration
 // keeps its meaning (off / unlimited / every time).
@@ -39,6 +57,7 @@ func (a *app) poolConfig(t config.Target) pool.Config {
 		BackoffInitial:    pc.ReconnectBackoff,
 		BackoffMax:        pc.ReconnectBackoffMax,
 		Logger:            a.log,
+		OptionName:        optionName,
 	}
 }
 
@@ -61,6 +80,7 @@ func (a *app) proxyConfig(cfg *config.Config, targets []config.Target) proxy.Con
 		MaxClientBuffer:       cfg.MaxClientBuffer,
 		StartupTimeout:        startupTimeout,
 		Logger:                a.log,
+		OptionName:            optionName,
 
 		FailedLoginDelay:         cfg.Auth.FailedLoginDelay,
 		FailedLoginDelayMax:      cfg.Auth.FailedLoginDelayMax,

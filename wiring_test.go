@@ -51,3 +51,17 @@ pool:
 		t.Errorf("proxy.Config %+v does not carry the configuration", px)
 	}
 }
+
+// TestOptionNames: every option name the pool's and the proxy's hints can
+// show is a real option.
+func TestOptionNames(t *testing.T) {
+	keys := map[string]bool{}
+	for _, o := range config.Options {
+		keys[o.Key] = true
+	}
+	for field, key := range optionNames {
+		if !keys[key] {
+			t.Errorf("optionNames[%s] = %s, which is no option", field, key)
+		}
+	}
+}

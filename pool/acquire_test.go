@@ -97,6 +97,8 @@ func TestAcquireTimeout(t *testing.T) {
 	cfg := testConfig(db, newLogRecorder())
 	cfg.MaxSize = 1
 	cfg.AcquireTimeout = 50 * time.Millisecond
+	// The hint names the option the caller says sets MaxSize.
+	cfg.OptionName = func(field string) string { return map[string]string{"MaxSize": "pool.max_size"}[field] }
 	p := startPool(t, cfg)
 
 	c := mustAcquire(t, p)

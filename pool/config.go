@@ -30,6 +30,21 @@ type Config struct {
 	BackoffInitial    time.Duration // above 0; first delay after a failed connect
 	BackoffMax        time.Duration // at least BackoffInitial; the doubling stops here
 	Logger            *slog.Logger  // nil = slog.Default()
+	// OptionName spells a field the way the operator sets it, for hints:
+	// "MaxSize" may become "pool.max_size". nil, or "" for a field, leaves
+	// the field's own name.
+	OptionName func(field string) string
+}
+
+// option names field in hints: the option that sets it, as OptionName
+// spells it, else the field's own name.
+func (c *Config) option(field string) string {
+	if c.OptionName != nil {
+		if name := c.OptionName(field); name != "" {
+			return name
+		}
+	}
+	return field
 }
 
 // withName fills in the two fields that have a natural value: Logger and

@@ -35,7 +35,7 @@ func (p *Pool) timeoutErrorLocked(waited time.Duration, waiting int, cause error
 	return &AcquireError{
 		Code:    pgwire.CodeTooManyConnections,
 		Message: fmt.Sprintf("timed out after %s waiting for a server connection (%s)", fmtDuration(waited), p.busyLocked(waiting)),
-		Hint:    "raise pool.max_size or shorten transactions",
+		Hint:    "raise " + p.cfg.option("MaxSize") + " or shorten transactions",
 		Err:     cause,
 	}
 }
@@ -47,7 +47,7 @@ func (p *Pool) queueFullErrorLocked() *AcquireError {
 		Code: pgwire.CodeTooManyConnections,
 		Message: fmt.Sprintf("too many clients waiting for a server connection (%s; max_waiters %d)",
 			p.busyLocked(p.waiters.len()), p.cfg.MaxWaiters),
-		Hint: "raise pool.max_waiters or pool.max_size, or shorten transactions",
+		Hint: "raise " + p.cfg.option("MaxWaiters") + " or " + p.cfg.option("MaxSize") + ", or shorten transactions",
 	}
 }
 

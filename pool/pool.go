@@ -232,6 +232,9 @@ func (p *Pool) Reconfigure(cfg Config) {
 	if cfg.Logger == nil {
 		cfg.Logger = old.Logger
 	}
+	if cfg.OptionName == nil {
+		cfg.OptionName = old.OptionName
+	}
 	cfg = cfg.withName()
 	if err := cfg.validate(); err != nil {
 		p.unlock()

@@ -25,9 +25,10 @@ import (
 )
 
 // authFailedHint tells a user whose login failed where the proxy's idea of
-// their password comes from.
-const authFailedHint = "check the user name and password the application connects with " +
-	"(pgsidecar auth.users or the upstream URL)"
+// their password comes from; users is the logins option's name.
+func authFailedHint(users string) string {
+	return "check the user name and password the application connects with (pgsidecar " + users + " or the upstream URL)"
+}
 
 // authProtocolHint is attached to malformed authentication messages.
 const authProtocolHint = "the client library sent an unexpected authentication message; " +
@@ -47,7 +48,7 @@ const authProtocolHint = "the client library sent an unexpected authentication m
 // failed (the client hung up, a deadline passed) and there is nobody to tell.
 // All I/O goes through sm.backend; conn only names the peer in errors. The
 // caller bounds the exchange with conn's deadline.
-func authenticate(sm *startupMessage, conn net.Conn, method AuthMethod, password string, known bool) error {
+func authenticate(sm *startupMessage, conn net.Conn, method AuthMethod, password string, known bool, usersOption string) error {
 	if sm == nil || sm.backend == nil || sm.cancel {
 		return errors.New("authenticate: no StartupMessage to authenticate")
 	}
@@ -60,7 +61,7 @@ func authenticate(sm *startupMessage, conn net.Conn, method AuthMethod, password
 		if !known {
 			return newFatal(pgwire.CodeInvalidAuthorization,
 				fmt.Sprintf("user %q is not configured in pgsidecar", sm.user),
-				"connect as the upstream URL's user or add the user to auth.users")
+				"connect as the upstream URL's user or add the user to "+usersOption)
 		}
 		return nil
 	case AuthPlain:
@@ -74,9 +75,10 @@ func authenticate(sm *startupMessage, conn net.Conn, method AuthMethod, password
 	case AuthSCRAM:
 		ok, err = authSCRAM(sm, password, known)
 	default:
+		// New and Reload accept only the methods above; refuse rather
+		// than crash should that ever change.
 		return newFatal(pgwire.CodeInvalidAuthorization,
-			fmt.Sprintf("pgsidecar is configured with an unknown authentication method %q", method),
-			"set auth.method to scram-sha-256, md5, plain or trust")
+			fmt.Sprintf("pgsidecar is configured with an unknown authentication method %q", method), "")
 	}
 	if err != nil {
 		var perr *pgError
@@ -86,16 +88,16 @@ func authenticate(sm *startupMessage, conn net.Conn, method AuthMethod, password
 		return fmt.Errorf("authenticate %s (user %q, %s): %w", conn.RemoteAddr(), sm.user, method, err)
 	}
 	if !ok || !known {
-		return authFailed(sm.user)
+		return authFailed(sm.user, usersOption)
 	}
 	return nil
 }
 
 // authFailed is the one answer to a wrong password and to an unknown user
 // alike, so neither the message nor the code tells them apart.
-func authFailed(user string) *pgError {
+func authFailed(user, usersOption string) *pgError {
 	return newFatal(pgwire.CodeInvalidPassword,
-		fmt.Sprintf("password authentication failed for user %q", user), authFailedHint)
+		fmt.Sprintf("password authentication failed for user %q", user), authFailedHint(usersOption))
 }
 
 // authPlain asks for the password in clear text and compares it.

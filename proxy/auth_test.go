@@ -101,7 +101,7 @@ func (h *authHarness) serve(c net.Conn) {
 	sm, err := readStartup(c, startupMaxPacketLen)
 	if err == nil {
 		pw, known := h.lookup(sm.user)
-		err = authenticate(sm, c, h.method, pw, known)
+		err = authenticate(sm, c, h.method, pw, known, "auth.users")
 	}
 	if err != nil {
 		var perr *pgError
@@ -168,7 +168,7 @@ func authWantLoginFailed(t *testing.T, err error, user string) {
 		t.Fatalf("want a server error, got %v", err)
 	}
 	if pgErr.Code != pgwire.CodeInvalidPassword || pgErr.Severity != "FATAL" || pgErr.SeverityUnlocalized != "FATAL" ||
-		pgErr.Message != fmt.Sprintf("password authentication failed for user %q", user) || pgErr.Hint != authFailedHint {
+		pgErr.Message != fmt.Sprintf("password authentication failed for user %q", user) || pgErr.Hint != authFailedHint("auth.users") {
 		t.Fatalf("got %+v", pgErr)
 	}
 }
@@ -333,7 +333,7 @@ func authPipe(t *testing.T, method AuthMethod, users map[string]string, startupU
 		sm, err := readStartup(server, startupMaxPacketLen)
 		if err == nil {
 			pw, known := users[sm.user]
-			err = authenticate(sm, server, method, pw, known)
+			err = authenticate(sm, server, method, pw, known, "auth.users")
 		}
 		done <- err
 	}()

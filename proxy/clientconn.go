@@ -99,11 +99,12 @@ func errDraining() *pgError {
 		"reconnect; the application's pool will open a new connection to another instance")
 }
 
-// errShutdownNow is what a client still connected at the end of
-// shutdown_timeout is told; its open transaction is rolled back.
-func errShutdownNow() *pgError {
-	return newFatal(pgwire.CodeAdminShutdown, "terminating connection due to administrator command: the proxy's shutdown_timeout ran out; an open transaction was rolled back",
-		"reconnect and retry the transaction; raise shutdown_timeout if transactions legitimately run longer")
+// errShutdownNow is what a client still connected when Shutdown's context
+// ends is told; its open transaction is rolled back.
+func (s *Server) errShutdownNow() *pgError {
+	opt := s.cfg.option("ShutdownTimeout")
+	return newFatal(pgwire.CodeAdminShutdown, "terminating connection due to administrator command: the proxy's "+opt+" ran out; an open transaction was rolled back",
+		"reconnect and retry the transaction; raise "+opt+" if transactions legitimately run longer")
 }
 
 // errCannotConnectNow is what a client connecting during a drain is told.
@@ -145,8 +146,8 @@ func (s *Server) serveConn(conn net.Conn) {
 	if n := s.slots.Add(1); n > int64(live.MaxClientConn) {
 		s.slots.Add(-1)
 		s.rejectStartup(conn, lg, newFatal(pgwire.CodeTooManyConnections,
-			fmt.Sprintf("too many client connections: pgsidecar allows %d (pool.max_client_conn)", live.MaxClientConn),
-			"raise pool.max_client_conn, or have the application use fewer connections"))
+			fmt.Sprintf("too many client connections: pgsidecar allows %d (%s)", live.MaxClientConn, live.option("MaxClientConn")),
+			"raise "+live.option("MaxClientConn")+", or have the application use fewer connections"))
 		return
 	}
 	defer s.slots.Add(-1)
@@ -159,7 +160,7 @@ func (s *Server) serveConn(conn net.Conn) {
 		s.rejectStartup(conn, lg, err)
 		return
 	}
-	if err := authenticate(sm, conn, live.AuthMethod, password, known); err != nil {
+	if err := authenticate(sm, conn, live.AuthMethod, password, known, live.option("Users")); err != nil {
 		if s.draining.Load() && errors.Is(err, os.ErrDeadlineExceeded) {
 			err = errCannotConnectNow()
 		}

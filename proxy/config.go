@@ -108,6 +108,11 @@ type Config struct {
 	// StartupTimeout bounds the startup and authentication phase; above 0.
 	StartupTimeout time.Duration
 	Logger         *slog.Logger // nil means slog.Default()
+	// OptionName spells a field of Config (or "Users", "ShutdownTimeout")
+	// the way the operator sets it, for hints and log lines: "Mode" may
+	// become "pool.mode". The proxy knows no configuration file; nil, or
+	// "" for a field, leaves the field's own name.
+	OptionName func(field string) string
 	// FailedLoginDelay: after a failed login, the next attempt from the
 	// same source address waits this long before its password is checked,
 	// doubling per further failure up to FailedLoginDelayMax (raised to
@@ -142,4 +147,15 @@ type Stats struct {
 	// CancelsUnknown counts cancel requests whose key matched no client
 	// (dropped; logged at most once per 10 s).
 	CancelsUnknown uint64 `json:"cancels_unknown"`
+}
+
+// option names field in hints: the configuration option that sets it, as
+// OptionName spells it, else the field's own name.
+func (cfg *Config) option(field string) string {
+	if cfg.OptionName != nil {
+		if name := cfg.OptionName(field); name != "" {
+			return name
+		}
+	}
+	return field
 }

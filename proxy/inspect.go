@@ -16,17 +16,19 @@ const (
 	hazardCount
 )
 
+// hazardText holds each hazard's notice; %s in the hint is the pooling
+// mode's option name.
 var hazardText = [hazardCount]struct{ msg, hint string }{
 	hazardListen: {"LISTEN does not work in transaction pooling mode: notifications reach this client only while it happens to hold the server connection",
-		"use pool.mode session for listeners, or connect the listener directly to the database"},
+		"use %s session for listeners, or connect the listener directly to the database"},
 	hazardAdvisoryLock: {"session advisory locks are held by the server connection, not by this client, in transaction pooling mode",
-		"use pg_advisory_xact_lock inside a transaction, or pool.mode session"},
+		"use pg_advisory_xact_lock inside a transaction, or %s session"},
 	hazardHoldCursor: {"WITH HOLD cursors outlive the transaction but not the server connection, which transaction pooling gives to other clients",
-		"fetch the cursor inside one transaction, or use pool.mode session"},
+		"fetch the cursor inside one transaction, or use %s session"},
 	hazardTempTable: {"temporary tables outlive the transaction but belong to the server connection, which transaction pooling gives to other clients",
-		"use ON COMMIT DROP inside one transaction, or pool.mode session"},
+		"use ON COMMIT DROP inside one transaction, or %s session"},
 	hazardSQLPrepare: {"SQL PREPARE statements belong to the server connection, which transaction pooling gives to other clients",
-		"use the protocol-level prepared statements of your driver (pgsidecar carries those), or pool.mode session"},
+		"use the protocol-level prepared statements of your driver (pgsidecar carries those), or %s session"},
 }
 
 // queryKind classifies the statements the relay must act on.

@@ -188,7 +188,7 @@ func (s *Server) brakeLogin(conn net.Conn, lg *slog.Logger, live *Config, deadli
 		s.stats.loginsThrottled.Add(1)
 		return key, true, newFatal(pgwire.CodeInvalidAuthorization,
 			fmt.Sprintf("too many failed logins from %s: the next attempt is accepted in %s", key, wait.Round(time.Millisecond)),
-			"pgsidecar delays logins from an address after failed ones (auth.failed_login_delay); "+
+			"pgsidecar delays logins from an address after failed ones ("+live.option("FailedLoginDelay")+"); "+
 				"check the password the application connects with, then retry")
 	}
 	if wait <= 0 {
@@ -214,7 +214,7 @@ func (s *Server) brakeFailed(key netip.Addr, lg *slog.Logger, live *Config) {
 		return
 	}
 	if ok, held := s.brakeLog.allow(time.Now()); ok {
-		lg.Warn("repeated failed logins from one address: its logins are delayed by auth.failed_login_delay_max",
+		lg.Warn("repeated failed logins from one address: its logins are delayed by "+live.option("FailedLoginDelayMax"),
 			"address", key.String(), "delay", d, "similar_unlogged", held)
 	}
 }

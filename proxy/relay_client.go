@@ -890,7 +890,7 @@ func (c *clientConn) warnHazard(h hazard) {
 	t := hazardText[h]
 	c.log.Warn("client uses a feature that transaction pooling cannot carry",
 		"application_name", c.appName, "problem", t.msg)
-	c.q.push(request{kind: reqSynthetic, notice: true, payload: appendNotice(nil, pgwire.CodeFeatureNotSupported, "pgsidecar: "+t.msg, t.hint)})
+	c.q.push(request{kind: reqSynthetic, notice: true, payload: appendNotice(nil, pgwire.CodeFeatureNotSupported, "pgsidecar: "+t.msg, fmt.Sprintf(t.hint, c.srv.cfg.option("Mode")))})
 }
 
 // smallMessageMax is PostgreSQL's PQ_SMALL_MESSAGE_LIMIT: the longest

@@ -336,7 +336,7 @@ wait:
 	s.closeListeners()
 	s.mu.Lock()
 	for c := range s.clients {
-		c.closeWith(errShutdownNow())
+		c.closeWith(s.errShutdownNow())
 	}
 	for conn := range s.starting {
 		// Still in startup: its next read fails and it is told 57P03.

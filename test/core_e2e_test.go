@@ -358,7 +358,7 @@ func TestErrorPaths(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 
-	expect := func(t *testing.T, url, code string) {
+	expect := func(t *testing.T, url, code string) *pgconn.PgError {
 		t.Helper()
 		c, err := pgconn.Connect(ctx, url)
 		if err == nil {
@@ -373,6 +373,7 @@ func TestErrorPaths(t *testing.T) {
 			t.Fatalf("error %s has message %q and hint %q; both must say something", code, pgErr.Message, pgErr.Hint)
 		}
 		t.Logf("%s: %s (hint: %s)", code, pgErr.Message, pgErr.Hint)
+		return pgErr
 	}
 	t.Run("unknown database", func(t *testing.T) { expect(t, p.URL("app", "app", "no_such_db"), "3D000") })
 	t.Run("wrong password", func(t *testing.T) { expect(t, p.URL("app", "wrong", "app"), "28P01") })
@@ -382,7 +383,10 @@ func TestErrorPaths(t *testing.T) {
 		waitClientsGone(t, p, 5*time.Second)
 		a := connect(t, p.AppURL())
 		b := connect(t, p.AppURL())
-		expect(t, p.AppURL(), "53300")
+		// The hint names the option to raise, as the configuration spells it.
+		if e := expect(t, p.AppURL(), "53300"); !strings.Contains(e.Hint, "raise pool.max_client_conn") {
+			t.Errorf("hint %q does not name pool.max_client_conn", e.Hint)
+		}
 		// The two admitted clients still work.
 		for _, c := range []*pgx.Conn{a, b} {
 			var one int
