@@ -1,6 +1,6 @@
 # pgsidecar: build, run, test, measure.
 #   make run    proxy $DATABASE_URL, or a throwaway local PostgreSQL if unset
-#   make test   go vet + every test (with -race) against a real PostgreSQL
+#   make test   make lint (gofmt, go vet, staticcheck) + every test (with -race) against a real PostgreSQL
 
 # The Go tarball installs to /usr/local/go/bin, which a fresh shell may not
 # have on PATH.
@@ -53,7 +53,7 @@ run: build
 # 2 cores.
 test:
 	@bash test/tools/deps.sh
-	$(GO) vet ./...
+	@$(MAKE) --no-print-directory lint
 	$(GO) test -race -count=1 -timeout 9m ./...
 
 bench: build
@@ -65,10 +65,15 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzReadStartup$$' -fuzztime $(FUZZTIME) ./proxy
 	$(GO) test -run '^$$' -fuzz '^FuzzScanner$$' -fuzztime $(FUZZTIME) ./proxy
 
+# staticcheck runs through a pinned `go run`, so nothing needs installing by
+# hand (the module cache keeps it after the first run).
+STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
+
 lint:
 	@unformatted=$$(gofmt -l .); \
 	if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
 
 clean:
 	rm -rf bin

@@ -233,32 +233,31 @@ wait:
 			a.log.Warn("second signal: closing every client now", "signal", sig.String())
 			forced = true
 			cancel()
-			if err := a.proxy.Close(); err != nil {
-				a.log.Warn("proxy close", "err", err)
-			}
+			// The guard starts before Close, which waits for every client
+			// goroutine: it bounds the Close as well as the Shutdown.
+			guard := time.NewTimer(stopGrace)
+			defer guard.Stop()
+			go a.proxy.Close() // ends when every client goroutine has; the guard bounds the wait for it
 			select {
 			case shutdownErr = <-done:
-			case <-time.After(stopGrace):
-				shutdownErr = fmt.Errorf("proxy shutdown did not return %v after Close", stopGrace)
+			case <-guard.C:
+				shutdownErr = fmt.Errorf("proxy did not stop %v after Close", stopGrace)
 			}
 			break wait
 		}
 	}
 
+	// Shutdown returns nil, or its context's error: DeadlineExceeded when
+	// shutdown_timeout ran out, Canceled after a second signal.
 	var failures []error
 	switch {
 	case forced:
+		if shutdownErr != nil && !errors.Is(shutdownErr, context.Canceled) {
+			failures = append(failures, shutdownErr)
+		}
 	case errors.Is(shutdownErr, context.DeadlineExceeded):
 		a.log.Warn("shutdown_timeout reached: clients still inside a transaction were told 57P01 and disconnected; their transactions were rolled back",
 			"shutdown_timeout", timeout.String())
-	case shutdownErr != nil && !errors.Is(shutdownErr, context.Canceled):
-		a.log.Error("proxy shutdown", "err", shutdownErr)
-	}
-	if shutdownErr != nil && !errors.Is(shutdownErr, context.DeadlineExceeded) && !errors.Is(shutdownErr, context.Canceled) {
-		// The proxy says it could not stop cleanly: make sure it is closed.
-		if err := a.proxy.Close(); err != nil {
-			failures = append(failures, fmt.Errorf("proxy close: %w", err))
-		}
 	}
 
 	a.closePools()

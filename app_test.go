@@ -118,6 +118,16 @@ func deadUpstream(t *testing.T, password string) string {
 	return "postgres://app:" + password + "@" + freeAddr(t) + "/appdb?sslmode=disable"
 }
 
+// serve is what run does after loading the configuration, with the test's
+// own signal channel: start everything cfg describes, then wait.
+func serve(ctx context.Context, cfg *config.Config, path string, environ []string, logOut io.Writer, sigc <-chan os.Signal) error {
+	a, err := start(cfg, path, environ, logOut)
+	if err != nil {
+		return err
+	}
+	return a.wait(ctx, sigc)
+}
+
 // startApp runs serve in a goroutine the test owns; the returned channel
 // delivers serve's result.
 func startApp(t *testing.T, path string, environ []string, logs io.Writer, sigc chan os.Signal) <-chan error {

@@ -100,17 +100,6 @@ func run(ctx context.Context, args []string, environ []string, stdout io.Writer)
 	return a.wait(ctx, sigc)
 }
 
-// serve starts everything cfg describes and runs until ctx ends or sigc
-// delivers SIGTERM or SIGINT; SIGHUP reloads from path and environ. Tests
-// call it with their own signal channel.
-func serve(ctx context.Context, cfg *config.Config, path string, environ []string, logOut io.Writer, sigc <-chan os.Signal) error {
-	a, err := start(cfg, path, environ, logOut)
-	if err != nil {
-		return err
-	}
-	return a.wait(ctx, sigc)
-}
-
 // printVersion prints "pgsidecar VERSION (revision REV, GOVERSION)".
 func printVersion(w io.Writer) {
 	bi := buildinfo.Get()

@@ -97,7 +97,7 @@ func BenchmarkHealth(b *testing.B) {
 func BenchmarkHealthHandler(b *testing.B) {
 	var st state
 	st.setPools(samplePool("app", pool.StateHealthy), samplePool("other", pool.StateDegraded))
-	h := New(st.config()).Handler()
+	h := New(st.config()).handler
 	req := httptest.NewRequest("GET", "/health", nil)
 	b.ReportAllocs()
 	for b.Loop() {
@@ -115,7 +115,7 @@ func BenchmarkMetrics(b *testing.B) {
 	var st state
 	st.setPools(samplePool("app", pool.StateHealthy), samplePool("other", pool.StateDegraded))
 	st.clients = fakeClients{ClientsTotal: 40}
-	h := New(st.config()).Handler()
+	h := New(st.config()).handler
 	req := httptest.NewRequest("GET", "/metrics", nil)
 	b.ReportAllocs()
 	for b.Loop() {

@@ -100,9 +100,6 @@ func (s *Server) routes() http.Handler {
 	return mux
 }
 
-// Handler returns the routes without a listener, for embedding or tests.
-func (s *Server) Handler() http.Handler { return s.handler }
-
 // Serve answers requests on ln until Shutdown or Close, after which it
 // returns ErrServerClosed. It closes ln when it returns.
 func (s *Server) Serve(ln net.Listener) error {

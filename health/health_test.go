@@ -49,7 +49,7 @@ func TestHealthStatusPerState(t *testing.T) {
 			}
 			st.setPools(pools...)
 			st.draining.Store(tc.draining)
-			h := New(st.config()).Handler()
+			h := New(st.config()).handler
 
 			for _, method := range []string{http.MethodGet, http.MethodHead} {
 				rec := httptest.NewRecorder()
@@ -85,7 +85,7 @@ func TestHealthJSONShape(t *testing.T) {
 	var st state
 	st.setPools(samplePool("app", pool.StateDegraded))
 	rec := httptest.NewRecorder()
-	New(st.config()).Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/health", nil))
+	New(st.config()).handler.ServeHTTP(rec, httptest.NewRequest("GET", "/health", nil))
 
 	if ct := rec.Header().Get("Content-Type"); ct != "application/json" {
 		t.Errorf("Content-Type = %q", ct)
@@ -122,7 +122,7 @@ func TestHealthJSONShape(t *testing.T) {
 func TestHealthEmptyPoolsIsArray(t *testing.T) {
 	for _, path := range []string{"/health", "/stats"} {
 		rec := httptest.NewRecorder()
-		New(Config{}).Handler().ServeHTTP(rec, httptest.NewRequest("GET", path, nil))
+		New(Config{}).handler.ServeHTTP(rec, httptest.NewRequest("GET", path, nil))
 		if rec.Code != 200 {
 			t.Fatalf("%s with zero Config = %d", path, rec.Code)
 		}
@@ -144,7 +144,7 @@ func TestStatsJSONShapeAndTotals(t *testing.T) {
 	st.clients = fakeClients{ClientsTotal: 40, ClientsActive: 6, ClientsAccepted: 900}
 
 	rec := httptest.NewRecorder()
-	New(st.config()).Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/stats", nil))
+	New(st.config()).handler.ServeHTTP(rec, httptest.NewRequest("GET", "/stats", nil))
 	// /stats is informational: it answers 200 even when /health would not.
 	if rec.Code != 200 {
 		t.Fatalf("/stats = %d", rec.Code)
@@ -201,7 +201,7 @@ func TestStatsNoAcquisitionsNoNaN(t *testing.T) {
 }
 
 func TestRouting(t *testing.T) {
-	h := New(Config{}).Handler()
+	h := New(Config{}).handler
 	cases := []struct {
 		method, path string
 		code         int

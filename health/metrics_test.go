@@ -22,7 +22,7 @@ import (
 func scrape(t *testing.T, cfg Config) (string, map[string]*dto.MetricFamily) {
 	t.Helper()
 	rec := httptest.NewRecorder()
-	New(cfg).Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	New(cfg).handler.ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
 	if rec.Code != 200 {
 		t.Fatalf("/metrics = %d: %s", rec.Code, rec.Body)
 	}

@@ -10,11 +10,11 @@ import (
 // in the same instant.
 const backoffJitter = 0.2
 
-// BackoffDelay is the delay before the next connect attempt after
+// backoffDelay is the delay before the next connect attempt after
 // `failures` consecutive failed ones (failures >= 1): initial doubled per
 // failure and capped at maxDelay, without jitter. With the defaults the
 // schedule is 1s, 2s, 4s, 8s, 16s, 16s, ...
-func BackoffDelay(initial, maxDelay time.Duration, failures int) time.Duration {
+func backoffDelay(initial, maxDelay time.Duration, failures int) time.Duration {
 	if failures < 1 || initial <= 0 {
 		return 0
 	}
@@ -30,16 +30,6 @@ func BackoffDelay(initial, maxDelay time.Duration, failures int) time.Duration {
 	return min(d, maxDelay)
 }
 
-// BackoffSchedule lists the first n delays of BackoffDelay, for logs and
-// documentation.
-func BackoffSchedule(initial, maxDelay time.Duration, n int) []time.Duration {
-	out := make([]time.Duration, 0, max(n, 0))
-	for i := 1; i <= n; i++ {
-		out = append(out, BackoffDelay(initial, maxDelay, i))
-	}
-	return out
-}
-
 // jittered takes up to frac of d off, scaled by r in [0, 1).
 func jittered(d time.Duration, frac, r float64) time.Duration {
 	return d - time.Duration(float64(d)*frac*r)
@@ -48,7 +38,7 @@ func jittered(d time.Duration, frac, r float64) time.Duration {
 // nextRetry is the jittered delay the pool waits after `failures`
 // consecutive failed connects.
 func (c Config) nextRetry(failures int) time.Duration {
-	return jittered(BackoffDelay(c.BackoffInitial, c.BackoffMax, failures), backoffJitter, rand.Float64())
+	return jittered(backoffDelay(c.BackoffInitial, c.BackoffMax, failures), backoffJitter, rand.Float64())
 }
 
 // lifetimeOf is one backend's lifetime: MaxLifetime minus up to

@@ -14,7 +14,7 @@ import (
 // Policies, in short:
 //   - Acquire: LIFO idle reuse, FIFO waiters, direct handoff on Release;
 //     open+opening+closing backends never exceed MaxSize.
-//   - Connect failures back off 1, 2, 4, 8, 16s (BackoffDelay, with up
+//   - Connect failures back off 1, 2, 4, 8, 16s (backoffDelay, with up
 //     to 20% jitter). While connects fail, only the maintainer's single
 //     probe connects. The circuit opens (UNHEALTHY, Acquire fails fast
 //     with 08006) as soon as a connect fails while no backend is open:

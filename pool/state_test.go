@@ -15,7 +15,10 @@ import (
 var errRefused = errors.New("dial tcp 127.0.0.1:5432: connect: connection refused")
 
 func TestBackoffSchedule(t *testing.T) {
-	got := BackoffSchedule(time.Second, 16*time.Second, 7)
+	var got []time.Duration
+	for failures := 1; failures <= 7; failures++ {
+		got = append(got, backoffDelay(time.Second, 16*time.Second, failures))
+	}
 	want := []time.Duration{1, 2, 4, 8, 16, 16, 16}
 	for i := range want {
 		want[i] *= time.Second
@@ -23,13 +26,13 @@ func TestBackoffSchedule(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Fatalf("schedule %v, want %v", got, want)
 	}
-	if d := BackoffDelay(time.Second, 16*time.Second, 0); d != 0 {
+	if d := backoffDelay(time.Second, 16*time.Second, 0); d != 0 {
 		t.Fatalf("delay before any failure %s, want 0", d)
 	}
-	if d := BackoffDelay(time.Second, 16*time.Second, 1000); d != 16*time.Second {
+	if d := backoffDelay(time.Second, 16*time.Second, 1000); d != 16*time.Second {
 		t.Fatalf("delay after 1000 failures %s, want the 16s cap", d)
 	}
-	if d := BackoffDelay(300*time.Millisecond, time.Second, 3); d != time.Second {
+	if d := backoffDelay(300*time.Millisecond, time.Second, 3); d != time.Second {
 		t.Fatalf("1.2s capped at 1s, got %s", d)
 	}
 	for _, r := range []float64{0, 0.5, 0.999} {

@@ -71,9 +71,11 @@ func (k *cancelKeys) lookup(pid, secret uint32) *clientConn {
 const cancelLogInterval = 10 * time.Second
 
 // handleCancel forwards a client's cancel to the backend running that
-// client's query, if it runs one now. It holds the client's lock while the
-// cancel is sent, so the backend cannot be released to another client (and
-// the signal land on someone else's query) in between.
+// client's query, if it runs one now. It pins the backend to the client
+// while the cancel is sent (c.cancelling, as c.writing does for a write),
+// so the backend cannot be released to another client (and the signal
+// land on someone else's query) in between; the client's lock is not held
+// across the dial, so the relay goes on meanwhile.
 func (s *Server) handleCancel(pid, secret uint32) {
 	c := s.cancels.lookup(pid, secret)
 	if c == nil {
@@ -88,17 +90,30 @@ func (s *Server) handleCancel(pid, secret uint32) {
 		return
 	}
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.be == nil || (c.q.len() == 0 && !c.inBatch) {
+	b := c.be
+	if b == nil || (c.q.len() == 0 && !c.inBatch) {
+		c.mu.Unlock()
 		s.log.Debug("cancel request for an idle client dropped", "client", c.addr)
 		return
 	}
+	c.cancelling++
+	c.mu.Unlock()
+	defer func() {
+		// Unpin; if the transaction ended meanwhile, wake the server
+		// reader so it releases the backend now.
+		c.mu.Lock()
+		c.cancelling--
+		if c.be == b && c.transactionOverLocked() {
+			b.conn.Server().NetConn().SetReadDeadline(time.Now())
+		}
+		c.mu.Unlock()
+	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := c.be.conn.Server().CancelRequest(ctx); err != nil {
+	if err := b.conn.Server().CancelRequest(ctx); err != nil {
 		s.log.Warn("forwarding a cancel request failed", "client", c.addr, "err", err)
 		return
 	}
 	s.stats.cancels.Add(1)
-	s.log.Debug("cancel request forwarded", "client", c.addr, "backend_pid", c.be.conn.Server().PID())
+	s.log.Debug("cancel request forwarded", "client", c.addr, "backend_pid", b.conn.Server().PID())
 }

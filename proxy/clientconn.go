@@ -58,6 +58,7 @@ type clientConn struct {
 	q          requestQueue
 	inBatch    bool // extended-protocol messages sent since the last Sync
 	writing    bool // the client reader is writing to the backend: it stays held
+	cancelling int  // cancel requests being sent to the backend: it stays held
 	txStatus   byte // from the last ReadyForQuery
 	want       map[string]paramValue
 	stmts      map[string]*statement // client statement name -> statement

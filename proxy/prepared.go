@@ -184,8 +184,19 @@ func (p *preparedSet) lookup(name string) *preparedEntry {
 	return nil
 }
 
-// has reports whether the backend has (or is being sent) name.
-func (p *preparedSet) has(name string) bool { return p.lookup(name) != nil }
+// has reports whether the backend has (or is being sent) name, without
+// touching the LRU order or taking back an evicted statement as lookup does.
+func (p *preparedSet) has(name string) bool {
+	if _, ok := p.items[name]; ok {
+		return true
+	}
+	for _, e := range p.toClose {
+		if e.name == name {
+			return true
+		}
+	}
+	return false
+}
 
 // certain reports whether e can be relied on in segment seg.
 func (e *preparedEntry) certain(seg int64) bool { return e.pending < 0 || e.pending == seg }

@@ -67,7 +67,7 @@ func (c *clientConn) run() error {
 func (c *clientConn) betweenTransactions() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.be == nil || (c.q.len() == 0 && !c.inBatch && c.txStatus == 'I' && !c.writing && c.probe == nil)
+	return c.be == nil || (c.q.len() == 0 && !c.inBatch && c.txStatus == 'I' && !c.writing && c.cancelling == 0 && c.probe == nil)
 }
 
 // process handles every complete (or streamable) message in the buffer.
@@ -391,7 +391,7 @@ func (c *clientConn) unpin(b *backend, wake bool) (probe, readerDone chan struct
 }
 
 // build turns the buffered client messages into the bytes for backend b,
-// recording what each expects back. It runs under c.mu.
+// recording what each expects back. It takes c.mu itself.
 func (c *clientConn) build(b *backend) (out []byte, wake bool, err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()

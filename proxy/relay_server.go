@@ -93,7 +93,7 @@ func (c *clientConn) releasableLocked(b *backend) bool {
 // transactionOverLocked reports whether nothing the client sent is still in
 // flight and its transaction is over (transaction mode).
 func (c *clientConn) transactionOverLocked() bool {
-	return c.mode == ModeTransaction && c.q.len() == 0 && !c.inBatch && c.txStatus == 'I' && !c.writing
+	return c.mode == ModeTransaction && c.q.len() == 0 && !c.inBatch && c.txStatus == 'I' && !c.writing && c.cancelling == 0
 }
 
 // releaseBackend gives a clean backend back to its pool.
@@ -488,8 +488,9 @@ func (c *clientConn) finish() {
 	c.mu.Lock()
 	b = c.be
 	c.be = nil
+	// A cancel still being sent could land on the next holder's query.
 	clean := b != nil && c.q.len() == 0 && !c.inBatch && b.in.start == b.in.end && b.passRemaining == 0 &&
-		c.passRemaining == 0 && !c.poisoned && !b.fatal
+		c.passRemaining == 0 && !c.poisoned && !b.fatal && c.cancelling == 0
 	status := c.txStatus
 	inFlight := c.q.len() > 0
 	c.q.reset()

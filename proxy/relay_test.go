@@ -429,7 +429,7 @@ func TestPreparedLRUEviction(t *testing.T) {
 	// An evicted statement needed again before its Close went out is
 	// taken back, not prepared a second time.
 	evicted := b.prepared.toClose[0].name
-	if !b.prepared.has(evicted) || len(b.prepared.toClose) != 1 || b.prepared.toClose[0].name == evicted {
+	if b.prepared.lookup(evicted) == nil || len(b.prepared.toClose) != 1 || b.prepared.toClose[0].name == evicted {
 		t.Fatalf("evicted %s not taken back", evicted)
 	}
 	out := pumpClient(t, c, b, enc(&pgproto3.Query{String: "select 4"}), 0)
