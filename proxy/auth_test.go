@@ -606,7 +606,10 @@ func scramVerifierFor(t *testing.T, password string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	creds := client.GetStoredCredentials(scram.KeyFactors{Salt: "0123456789abcdef", Iters: 4096})
+	creds, err := client.GetStoredCredentialsWithError(scram.KeyFactors{Salt: "0123456789abcdef", Iters: 4096})
+	if err != nil {
+		t.Fatal(err)
+	}
 	b64 := base64.StdEncoding.EncodeToString
 	return fmt.Sprintf("SCRAM-SHA-256$%d:%s$%s:%s", creds.Iters, b64([]byte(creds.Salt)), b64(creds.StoredKey), b64(creds.ServerKey))
 }
