@@ -115,6 +115,10 @@ func start(cfg *config.Config, path string, environ []string, logOut io.Writer) 
 			"listen", a.ln.Addr().String())
 	}
 
+	if limit, ok := openFileLimit(); ok {
+		checkFDLimit(a.log, limit, fdsNeeded(cfg, targets))
+	}
+
 	dbs := make([]string, 0, len(targets))
 	for _, t := range targets {
 		dbs = append(dbs, t.Name+"="+t.Redacted())
