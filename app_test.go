@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"os"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -30,52 +29,6 @@ func TestMain(m *testing.M) {
 		// signal.Notify's delivery loop lives for the whole process.
 		goleak.IgnoreTopFunction("os/signal.signal_recv"),
 		goleak.IgnoreAnyFunction("os/signal.loop"))
-}
-
-// logBuffer is an io.Writer for the app's log, safe to read while the app
-// writes.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-// count is how many log lines contain s.
-func (b *logBuffer) count(s string) int { return strings.Count(b.String(), s) }
-
-// freeAddr returns a 127.0.0.1 address nobody listens on right now.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
-}
-
-// eventually polls cond every 20 ms until it holds or timeout passes.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // getJSON fetches an endpoint of the health listener.
@@ -115,7 +68,7 @@ func poolMaxSize(addr string) float64 {
 // deadUpstream is a URL on a port where nothing listens: the database is
 // down, which must not stop the proxy from starting.
 func deadUpstream(t *testing.T, password string) string {
-	return "postgres://app:" + password + "@" + freeAddr(t) + "/appdb?sslmode=disable"
+	return "postgres://app:" + password + "@" + testpg.FreeAddr(t) + "/appdb?sslmode=disable"
 }
 
 // serve is what run does after loading the configuration, with the test's
@@ -155,7 +108,7 @@ func waitDone(t *testing.T, done <-chan error, within time.Duration) error {
 func TestLifecycleWithDatabaseDown(t *testing.T) {
 	testpg.IsolatePG(t)
 	const secret = "pw-never-logged-7731"
-	listen, healthAddr := freeAddr(t), freeAddr(t)
+	listen, healthAddr := testpg.FreeAddr(t), testpg.FreeAddr(t)
 	writeConf := func(maxSize int, extra string) string {
 		return fmt.Sprintf("listen: %s\nhealth:\n  listen: %s\npool:\n  min_size: 1\n  max_size: %d\n"+
 			"  reconnect_backoff: 100ms\n  reconnect_backoff_max: 200ms\n  connect_timeout: 1s\n"+
@@ -163,11 +116,11 @@ func TestLifecycleWithDatabaseDown(t *testing.T) {
 	}
 	path := testpg.WriteYAML(t, writeConf(3, "  level: info\n"))
 	environ := []string{"DATABASE_URL=" + deadUpstream(t, secret)}
-	logs := &logBuffer{}
+	logs := &testpg.LogBuffer{}
 	sigc := make(chan os.Signal, 1)
 	done := startApp(t, path, environ, logs, sigc)
 
-	eventually(t, 5*time.Second, "pgsidecar ready", func() bool { return logs.count(`"msg":"pgsidecar ready"`) == 1 })
+	testpg.Eventually(t, 5*time.Second, "pgsidecar ready", func() bool { return logs.Count(`"msg":"pgsidecar ready"`) == 1 })
 	ready := logs.String()
 	for _, want := range []string{listen, healthAddr, `"mode":"transaction"`, "appdb=postgres://app:xxxxx@"} {
 		if !strings.Contains(ready, want) {
@@ -176,7 +129,7 @@ func TestLifecycleWithDatabaseDown(t *testing.T) {
 	}
 
 	// The database is down: the proxy runs, and /health says so with 503.
-	eventually(t, 5*time.Second, "/health 503 unhealthy", func() bool {
+	testpg.Eventually(t, 5*time.Second, "/health 503 unhealthy", func() bool {
 		code, m, err := getJSON(healthAddr, "/health")
 		return err == nil && code == http.StatusServiceUnavailable && m["status"] == "unhealthy"
 	})
@@ -209,8 +162,8 @@ func TestLifecycleWithDatabaseDown(t *testing.T) {
 		}
 	}()
 	sigc <- syscall.SIGHUP
-	eventually(t, 5*time.Second, "configuration reloaded", func() bool { return logs.count(`"msg":"configuration reloaded"`) == 1 })
-	eventually(t, 5*time.Second, "max_size 5 in /stats", func() bool { return poolMaxSize(healthAddr) == 5 })
+	testpg.Eventually(t, 5*time.Second, "configuration reloaded", func() bool { return logs.Count(`"msg":"configuration reloaded"`) == 1 })
+	testpg.Eventually(t, 5*time.Second, "max_size 5 in /stats", func() bool { return poolMaxSize(healthAddr) == 5 })
 	close(stopPolling)
 	<-polled
 	if !strings.Contains(logs.String(), `"option":"max_message_size"`) {
@@ -222,7 +175,7 @@ func TestLifecycleWithDatabaseDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	sigc <- syscall.SIGHUP
-	eventually(t, 5*time.Second, "reload failed", func() bool { return logs.count("reload failed") == 1 })
+	testpg.Eventually(t, 5*time.Second, "reload failed", func() bool { return logs.Count("reload failed") == 1 })
 	if !strings.Contains(logs.String(), "pool.max_size: must be") {
 		t.Errorf("reload error does not name the option:\n%s", logs)
 	}
@@ -260,11 +213,11 @@ func TestContextCancelDrains(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &logBuffer{}
+	logs := &testpg.LogBuffer{}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- serve(ctx, cfg, "", environ, logs, make(chan os.Signal)) }()
-	eventually(t, 5*time.Second, "ready", func() bool { return logs.count("pgsidecar ready") == 1 })
+	testpg.Eventually(t, 5*time.Second, "ready", func() bool { return logs.Count("pgsidecar ready") == 1 })
 	cancel()
 	if err := waitDone(t, done, 10*time.Second); err != nil {
 		t.Fatalf("serve after cancel: %v", err)
@@ -284,8 +237,8 @@ func TestPortTakenFailsFast(t *testing.T) {
 		{"listen", "PGSIDECAR_LISTEN=" + addr},
 		{"health.listen", "PGSIDECAR_HEALTH__LISTEN=" + addr},
 	} {
-		environ := []string{"DATABASE_URL=" + deadUpstream(t, "pw"), "PGSIDECAR_LISTEN=" + freeAddr(t),
-			"PGSIDECAR_HEALTH__LISTEN=" + freeAddr(t), "PGSIDECAR_LOG__FORMAT=json", c.env}
+		environ := []string{"DATABASE_URL=" + deadUpstream(t, "pw"), "PGSIDECAR_LISTEN=" + testpg.FreeAddr(t),
+			"PGSIDECAR_HEALTH__LISTEN=" + testpg.FreeAddr(t), "PGSIDECAR_LOG__FORMAT=json", c.env}
 		start := time.Now()
 		err := run(context.Background(), []string{"-config", ""}, environ, io.Discard)
 		if err == nil {
@@ -347,18 +300,18 @@ func TestReloadAndDrainAgainstPostgres(t *testing.T) {
 	testpg.IsolatePG(t)
 	const appPW = "app-pw-4471"
 	upstream := testPostgres(t, appPW)
-	listen, healthAddr := freeAddr(t), freeAddr(t)
+	listen, healthAddr := testpg.FreeAddr(t), testpg.FreeAddr(t)
 	conf := func(maxSize int, extra string) string {
 		return fmt.Sprintf("listen: %s\nhealth:\n  listen: %s\npool:\n  min_size: 1\n  max_size: %d\n"+
 			"shutdown_timeout: 30s\nlog:\n  format: json\n%s", listen, healthAddr, maxSize, extra)
 	}
 	path := testpg.WriteYAML(t, conf(2, ""))
 	environ := []string{"DATABASE_URL=" + upstream}
-	logs := &logBuffer{}
+	logs := &testpg.LogBuffer{}
 	sigc := make(chan os.Signal, 1)
 	done := startApp(t, path, environ, logs, sigc)
-	eventually(t, 5*time.Second, "ready", func() bool { return logs.count("pgsidecar ready") == 1 })
-	eventually(t, 10*time.Second, "/health 200", func() bool {
+	testpg.Eventually(t, 5*time.Second, "ready", func() bool { return logs.Count("pgsidecar ready") == 1 })
+	testpg.Eventually(t, 10*time.Second, "/health 200", func() bool {
 		code, _, err := getJSON(healthAddr, "/health")
 		return err == nil && code == http.StatusOK
 	})
@@ -381,7 +334,7 @@ func TestReloadAndDrainAgainstPostgres(t *testing.T) {
 		t.Fatal(err)
 	}
 	sigc <- syscall.SIGHUP
-	eventually(t, 5*time.Second, "configuration reloaded", func() bool { return logs.count(`"msg":"configuration reloaded"`) == 1 })
+	testpg.Eventually(t, 5*time.Second, "configuration reloaded", func() bool { return logs.Count(`"msg":"configuration reloaded"`) == 1 })
 	if got := poolMaxSize(healthAddr); got != 4 {
 		t.Errorf("max_size after reload = %v, want 4", got)
 	}
@@ -402,7 +355,7 @@ func TestReloadAndDrainAgainstPostgres(t *testing.T) {
 		t.Fatal(err)
 	}
 	sigc <- syscall.SIGTERM
-	eventually(t, 5*time.Second, "/health 503 draining", func() bool {
+	testpg.Eventually(t, 5*time.Second, "/health 503 draining", func() bool {
 		code, m, err := getJSON(healthAddr, "/health")
 		return err == nil && code == http.StatusServiceUnavailable && m["status"] == "draining"
 	})
@@ -438,19 +391,19 @@ func TestReloadAndDrainAgainstPostgres(t *testing.T) {
 func TestShutdownTimeoutForcesClose(t *testing.T) {
 	testpg.IsolatePG(t)
 	const appPW = "app-pw-9013"
-	listen := freeAddr(t)
+	listen := testpg.FreeAddr(t)
 	environ := []string{
 		"DATABASE_URL=" + testPostgres(t, appPW),
 		"PGSIDECAR_LISTEN=" + listen,
-		"PGSIDECAR_HEALTH__LISTEN=" + freeAddr(t),
+		"PGSIDECAR_HEALTH__LISTEN=" + testpg.FreeAddr(t),
 		"PGSIDECAR_SHUTDOWN_TIMEOUT=1s",
 		"PGSIDECAR_POOL__MIN_SIZE=1",
 		"PGSIDECAR_LOG__FORMAT=json",
 	}
-	logs := &logBuffer{}
+	logs := &testpg.LogBuffer{}
 	sigc := make(chan os.Signal, 1)
 	done := startApp(t, "", environ, logs, sigc)
-	eventually(t, 5*time.Second, "ready", func() bool { return logs.count("pgsidecar ready") == 1 })
+	testpg.Eventually(t, 5*time.Second, "ready", func() bool { return logs.Count("pgsidecar ready") == 1 })
 
 	c, err := clientConnect(listen, "app", appPW)
 	if err != nil {
@@ -488,7 +441,7 @@ func TestLoopback(t *testing.T) {
 // running app then holds: live options changed, restart-only ones kept.
 func TestReloadAppliesLiveOptions(t *testing.T) {
 	testpg.IsolatePG(t)
-	listen, healthAddr := freeAddr(t), freeAddr(t)
+	listen, healthAddr := testpg.FreeAddr(t), testpg.FreeAddr(t)
 	base := fmt.Sprintf("listen: %s\nhealth:\n  listen: %s\nlog:\n  format: json\n", listen, healthAddr)
 	path := testpg.WriteYAML(t, base)
 	environ := []string{"DATABASE_URL=" + deadUpstream(t, "pw")}
@@ -496,7 +449,7 @@ func TestReloadAppliesLiveOptions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &logBuffer{}
+	logs := &testpg.LogBuffer{}
 	a, err := start(cfg, path, environ, logs)
 	if err != nil {
 		t.Fatal(err)
@@ -517,7 +470,7 @@ func TestReloadAppliesLiveOptions(t *testing.T) {
 	a.reload()
 	a.log.Debug("after-reload-debug")
 
-	if logs.count("before-reload-debug") != 0 || logs.count("after-reload-debug") != 1 {
+	if logs.Count("before-reload-debug") != 0 || logs.Count("after-reload-debug") != 1 {
 		t.Errorf("log.level did not change live:\n%s", logs)
 	}
 	if a.cfg.ShutdownTimeout != 7*time.Second || a.cfg.Pool.MaxSize != 12 || a.cfg.Pool.MaxClientConn != 99 || a.cfg.Auth.Method != "md5" {

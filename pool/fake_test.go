@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/pgsidecar/pgsidecar/internal/testpg"
 )
 
 func TestMain(m *testing.M) {
@@ -229,16 +231,11 @@ func startPool(t *testing.T, cfg Config) *Pool {
 	return p
 }
 
-// waitFor polls cond every millisecond for up to 5s.
+// waitFor is testpg.Eventually with the pool tests' 5 s bound (fake time
+// inside a synctest bubble).
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	testpg.Eventually(t, 5*time.Second, what, cond)
 }
 
 func mustAcquire(t *testing.T, p *Pool) *Conn {

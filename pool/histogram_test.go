@@ -3,6 +3,7 @@ package pool
 import (
 	"context"
 	"testing"
+	"testing/synctest"
 	"time"
 )
 
@@ -51,52 +52,56 @@ func TestDurationHistogramBuckets(t *testing.T) {
 // period (session mode) records one transaction; per-pool clients follow
 // AddClients.
 func TestStatsHistogramsAndClients(t *testing.T) {
-	db := newFakeDB()
-	cfg := testConfig(db, newLogRecorder())
-	cfg.MaxSize = 1
-	p := startPool(t, cfg)
+	// Fake time (testing/synctest): the waits below cost nothing and
+	// cannot flake on a busy machine.
+	synctest.Test(t, func(t *testing.T) {
+		db := newFakeDB()
+		cfg := testConfig(db, newLogRecorder())
+		cfg.MaxSize = 1
+		p := startPool(t, cfg)
 
-	// Transaction mode: a hold of ~20ms is one transaction.
-	c := mustAcquire(t, p)
-	w := acquireAsync(context.Background(), p)
-	waitFor(t, "waiter queued", waiting(p, 1))
-	time.Sleep(20 * time.Millisecond)
-	c.Release()
-	r := <-w
-	if r.err != nil {
-		t.Fatal(r.err)
-	}
-	s := p.Stats()
-	if n := s.AcquireWait.Count(); n != 2 {
-		t.Fatalf("acquire wait count %d, want 2", n)
-	}
-	if s.AcquireWait.Sum < 20*time.Millisecond {
-		t.Errorf("acquire wait sum %v: the waiter waited at least 20ms", s.AcquireWait.Sum)
-	}
-	if n := s.TransactionDuration.Count(); n != 1 || s.TransactionDuration.Sum < 20*time.Millisecond {
-		t.Errorf("transaction count %d sum %v, want 1 and >= 20ms", n, s.TransactionDuration.Sum)
-	}
+		// Transaction mode: a hold of ~20ms is one transaction.
+		c := mustAcquire(t, p)
+		w := acquireAsync(context.Background(), p)
+		waitFor(t, "waiter queued", waiting(p, 1))
+		time.Sleep(20 * time.Millisecond)
+		c.Release()
+		r := <-w
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		s := p.Stats()
+		if n := s.AcquireWait.Count(); n != 2 {
+			t.Fatalf("acquire wait count %d, want 2", n)
+		}
+		if s.AcquireWait.Sum < 20*time.Millisecond {
+			t.Errorf("acquire wait sum %v: the waiter waited at least 20ms", s.AcquireWait.Sum)
+		}
+		if n := s.TransactionDuration.Count(); n != 1 || s.TransactionDuration.Sum < 20*time.Millisecond {
+			t.Errorf("transaction count %d sum %v, want 1 and >= 20ms", n, s.TransactionDuration.Sum)
+		}
 
-	// Session mode: only the busy periods count, not the idle time between.
-	c = r.c
-	c.SetBusy(true)
-	c.SetBusy(false)
-	time.Sleep(30 * time.Millisecond)
-	c.SetBusy(true)
-	c.SetBusy(true) // still the same transaction
-	c.SetBusy(false)
-	c.Release()
-	s = p.Stats()
-	if n := s.TransactionDuration.Count(); n != 3 {
-		t.Errorf("transaction count %d, want 3", n)
-	}
-	if s.TransactionDuration.Sum >= 20*time.Millisecond+30*time.Millisecond {
-		t.Errorf("transaction sum %v includes the idle time between session transactions", s.TransactionDuration.Sum)
-	}
+		// Session mode: only the busy periods count, not the idle time between.
+		c = r.c
+		c.SetBusy(true)
+		c.SetBusy(false)
+		time.Sleep(30 * time.Millisecond)
+		c.SetBusy(true)
+		c.SetBusy(true) // still the same transaction
+		c.SetBusy(false)
+		c.Release()
+		s = p.Stats()
+		if n := s.TransactionDuration.Count(); n != 3 {
+			t.Errorf("transaction count %d, want 3", n)
+		}
+		if s.TransactionDuration.Sum >= 20*time.Millisecond+30*time.Millisecond {
+			t.Errorf("transaction sum %v includes the idle time between session transactions", s.TransactionDuration.Sum)
+		}
 
-	p.AddClients(3)
-	p.AddClients(-1)
-	if got := p.Stats().Clients; got != 2 {
-		t.Errorf("clients %d, want 2", got)
-	}
+		p.AddClients(3)
+		p.AddClients(-1)
+		if got := p.Stats().Clients; got != 2 {
+			t.Errorf("clients %d, want 2", got)
+		}
+	})
 }

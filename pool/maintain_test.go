@@ -5,6 +5,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/pgsidecar/pgsidecar/internal/pgwire"
@@ -17,46 +18,50 @@ func (fakeOwner) LeakInfo() (string, string, string) {
 }
 
 func TestLeakWarningLoggedOncePerBusyPeriod(t *testing.T) {
-	db := newFakeDB()
-	log := newLogRecorder()
-	cfg := testConfig(db, log)
-	cfg.LeakTimeout = 30 * time.Millisecond
-	p := startPool(t, cfg)
+	// Fake time (testing/synctest): the waits below cost nothing and
+	// cannot flake on a busy machine.
+	synctest.Test(t, func(t *testing.T) {
+		db := newFakeDB()
+		log := newLogRecorder()
+		cfg := testConfig(db, log)
+		cfg.LeakTimeout = 30 * time.Millisecond
+		p := startPool(t, cfg)
 
-	c := mustAcquire(t, p)
-	c.SetOwner(fakeOwner{})
-	waitFor(t, "leak warning", func() bool { return len(log.find("leak_timeout")) == 1 })
-	time.Sleep(4 * cfg.LeakTimeout) // many maintainer ticks later
-	recs := log.find("leak_timeout")
-	if len(recs) != 1 {
-		t.Fatalf("%d leak warnings for one busy period, want 1", len(recs))
-	}
-	r := recs[0]
-	if r.level.String() != "WARN" || r.attrs["client_addr"] != "127.0.0.1:50000" || r.attrs["application_name"] != "billing" ||
-		r.attrs["last_statement"] != "UPDATE accounts SET ..." || r.attrs["pid"] != "1001" || r.attrs["busy_for"] == "" {
-		t.Fatalf("leak warning %+v", r)
-	}
-	if p.Stats().Leaks != 1 {
-		t.Fatalf("Stats.Leaks %d, want 1", p.Stats().Leaks)
-	}
+		c := mustAcquire(t, p)
+		c.SetOwner(fakeOwner{})
+		waitFor(t, "leak warning", func() bool { return len(log.find("leak_timeout")) == 1 })
+		time.Sleep(4 * cfg.LeakTimeout) // many maintainer ticks later
+		recs := log.find("leak_timeout")
+		if len(recs) != 1 {
+			t.Fatalf("%d leak warnings for one busy period, want 1", len(recs))
+		}
+		r := recs[0]
+		if r.level.String() != "WARN" || r.attrs["client_addr"] != "127.0.0.1:50000" || r.attrs["application_name"] != "billing" ||
+			r.attrs["last_statement"] != "UPDATE accounts SET ..." || r.attrs["pid"] != "1001" || r.attrs["busy_for"] == "" {
+			t.Fatalf("leak warning %+v", r)
+		}
+		if p.Stats().Leaks != 1 {
+			t.Fatalf("Stats.Leaks %d, want 1", p.Stats().Leaks)
+		}
 
-	// Session mode: only busy periods count, and a new one is reported anew.
-	c.SetBusy(false)
-	time.Sleep(2 * cfg.LeakTimeout)
-	if n := len(log.find("leak_timeout")); n != 1 {
-		t.Fatalf("warned while not busy: %d warnings", n)
-	}
-	c.SetBusy(true)
-	waitFor(t, "second busy period reported", func() bool { return len(log.find("leak_timeout")) == 2 })
-	c.Release()
+		// Session mode: only busy periods count, and a new one is reported anew.
+		c.SetBusy(false)
+		time.Sleep(2 * cfg.LeakTimeout)
+		if n := len(log.find("leak_timeout")); n != 1 {
+			t.Fatalf("warned while not busy: %d warnings", n)
+		}
+		c.SetBusy(true)
+		waitFor(t, "second busy period reported", func() bool { return len(log.find("leak_timeout")) == 2 })
+		c.Release()
 
-	// The next holder starts clean (no owner carried over).
-	c = mustAcquire(t, p)
-	waitFor(t, "third warning", func() bool { return len(log.find("leak_timeout")) == 3 })
-	if r := log.find("leak_timeout")[2]; r.attrs["client_addr"] != "unknown" {
-		t.Fatalf("owner leaked into the next hold: %+v", r)
-	}
-	c.Release()
+		// The next holder starts clean (no owner carried over).
+		c = mustAcquire(t, p)
+		waitFor(t, "third warning", func() bool { return len(log.find("leak_timeout")) == 3 })
+		if r := log.find("leak_timeout")[2]; r.attrs["client_addr"] != "unknown" {
+			t.Fatalf("owner leaked into the next hold: %+v", r)
+		}
+		c.Release()
+	})
 }
 
 func TestReconfigureLive(t *testing.T) {

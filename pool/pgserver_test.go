@@ -5,12 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
-	"os/exec"
-	"os/user"
-	"path/filepath"
-	"strconv"
-	"syscall"
 	"testing"
 	"time"
 
@@ -18,84 +12,14 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgsidecar/pgsidecar/internal/pgwire"
+	"github.com/pgsidecar/pgsidecar/internal/testpg"
 )
 
-const pgBinDir = "/usr/lib/postgresql/15/bin"
-
-// testCluster is a throwaway PostgreSQL 15 cluster on 127.0.0.1, trust
-// authentication, run as the postgres user when the tests run as root.
-type testCluster struct {
-	dir, data string
-	port      int
-	cred      *syscall.Credential
-}
-
-func startCluster(t *testing.T) *testCluster {
+// clusterConfig is the connect config for the role app of cl, over TCP
+// with SCRAM as the proxy connects.
+func clusterConfig(t *testing.T, cl *testpg.Cluster) *pgconn.Config {
 	t.Helper()
-	if _, err := os.Stat(filepath.Join(pgBinDir, "initdb")); err != nil {
-		t.Skipf("PostgreSQL 15 binaries not found in %s (%v): install postgresql-15 to run this test", pgBinDir, err)
-	}
-	c := &testCluster{}
-	dir, err := os.MkdirTemp("", "pool-pg-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.dir, c.data = dir, filepath.Join(dir, "data")
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if os.Geteuid() == 0 {
-		u, err := user.Lookup("postgres")
-		if err != nil {
-			t.Fatalf("running as root needs a postgres user to own the cluster: %v", err)
-		}
-		uid, _ := strconv.Atoi(u.Uid)
-		gid, _ := strconv.Atoi(u.Gid)
-		c.cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
-		if err := os.Chown(dir, uid, gid); err != nil {
-			t.Fatal(err)
-		}
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.port = l.Addr().(*net.TCPAddr).Port
-	l.Close()
-
-	c.run(t, "initdb", "-D", c.data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
-	c.start(t)
-	t.Cleanup(func() { c.stop(t) })
-	return c
-}
-
-func (c *testCluster) run(t *testing.T, bin string, args ...string) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, filepath.Join(pgBinDir, bin), args...)
-	cmd.Dir = c.dir
-	cmd.Env = append(os.Environ(), "LC_ALL=C")
-	if c.cred != nil {
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: c.cred}
-	}
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("%s %v: %v\n%s", bin, args, err, out)
-	}
-}
-
-func (c *testCluster) start(t *testing.T) {
-	t.Helper()
-	opts := fmt.Sprintf("-p %d -c listen_addresses=127.0.0.1 -c unix_socket_directories=%s -c fsync=off", c.port, c.dir)
-	c.run(t, "pg_ctl", "-D", c.data, "-o", opts, "-l", filepath.Join(c.dir, "log"), "-w", "-t", "30", "start")
-}
-
-func (c *testCluster) stop(t *testing.T) {
-	t.Helper()
-	c.run(t, "pg_ctl", "-D", c.data, "-m", "fast", "-w", "-t", "30", "stop")
-}
-
-func (c *testCluster) config(t *testing.T) *pgconn.Config {
-	t.Helper()
-	cfg, err := pgconn.ParseConfig(fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable&connect_timeout=5", c.port))
+	cfg, err := pgconn.ParseConfig(cl.URL("app", "app", "app") + "&connect_timeout=5")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,16 +58,16 @@ func rawQuery(t *testing.T, nc net.Conn, sql string) (value, errCode string) {
 
 // TestAgainstPostgres shares one cluster (initdb is the slow part).
 func TestAgainstPostgres(t *testing.T) {
-	cl := startCluster(t)
+	cl := testpg.Start(t)
 	t.Run("PgServer", func(t *testing.T) { testPgServer(t, cl) })
 	t.Run("Pool", func(t *testing.T) { testPoolOnPostgres(t, cl) })
 }
 
-func testPgServer(t *testing.T, cl *testCluster) {
+func testPgServer(t *testing.T, cl *testpg.Cluster) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
-	srv, err := Connector(cl.config(t))(ctx)
+	srv, err := Connector(clusterConfig(t, cl))(ctx)
 	if err != nil {
 		t.Fatalf("connect: %v", err)
 	}
@@ -154,7 +78,7 @@ func testPgServer(t *testing.T, cl *testCluster) {
 		t.Fatalf("pid %d", srv.PID())
 	}
 	params := srv.Params()
-	for k, want := range map[string]string{"client_encoding": "UTF8", "integer_datetimes": "on", "standard_conforming_strings": "on", "is_superuser": "on"} {
+	for k, want := range map[string]string{"client_encoding": "UTF8", "integer_datetimes": "on", "standard_conforming_strings": "on", "is_superuser": "off", "session_authorization": "app"} {
 		if params[k] != want {
 			t.Fatalf("param %s = %q, want %q (all: %v)", k, params[k], want, params)
 		}
@@ -207,10 +131,10 @@ func testPgServer(t *testing.T, cl *testCluster) {
 	}
 }
 
-func testPoolOnPostgres(t *testing.T, cl *testCluster) {
+func testPoolOnPostgres(t *testing.T, cl *testpg.Cluster) {
 	log := newLogRecorder()
 	cfg := testConfig(newFakeDB(), log)
-	cfg.Connect = Connector(cl.config(t))
+	cfg.Connect = Connector(clusterConfig(t, cl))
 	cfg.MinSize = 2
 	cfg.MaxSize = 3
 	cfg.ValidateAfterIdle = 0
@@ -249,7 +173,9 @@ func testPoolOnPostgres(t *testing.T, cl *testCluster) {
 
 	// The database stops: UNHEALTHY with pgconn's error; it starts again:
 	// HEALTHY, without restarting the pool.
-	cl.stop(t)
+	if err := cl.Stop(); err != nil {
+		t.Fatal(err)
+	}
 	waitFor(t, "UNHEALTHY", func() bool {
 		if c, err := p.Acquire(context.Background()); err == nil {
 			c.Destroy("database stopped")
@@ -265,7 +191,9 @@ func testPoolOnPostgres(t *testing.T, cl *testCluster) {
 			t.Fatalf("error does not carry pgconn's own error: %v (%T)", ae.Err, ae.Err)
 		}
 	}
-	cl.start(t)
+	if err := cl.Start(); err != nil {
+		t.Fatal(err)
+	}
 	waitFor(t, "HEALTHY again", func() bool { return p.State() == StateHealthy })
 	c := mustAcquire(t, p)
 	if err := c.Server().Exec(ctx, "SELECT 1"); err != nil {

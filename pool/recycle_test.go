@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 )
 
@@ -37,53 +38,61 @@ func TestLifetimeJitterBounds(t *testing.T) {
 }
 
 func TestRecycleByLifetime(t *testing.T) {
-	db := newFakeDB()
-	cfg := testConfig(db, newLogRecorder())
-	cfg.MinSize = 2
-	cfg.MaxSize = 3
-	cfg.MaxLifetime = 60 * time.Millisecond
-	cfg.LifetimeJitter = 0.5
-	p := startPool(t, cfg)
-	waitFor(t, "warm to 2", func() bool { return p.Stats().Total == 2 })
+	// Fake time (testing/synctest): the waits below cost nothing and
+	// cannot flake on a busy machine.
+	synctest.Test(t, func(t *testing.T) {
+		db := newFakeDB()
+		cfg := testConfig(db, newLogRecorder())
+		cfg.MinSize = 2
+		cfg.MaxSize = 3
+		cfg.MaxLifetime = 60 * time.Millisecond
+		cfg.LifetimeJitter = 0.5
+		p := startPool(t, cfg)
+		waitFor(t, "warm to 2", func() bool { return p.Stats().Total == 2 })
 
-	// Idle backends past their lifetime are retired and replaced.
-	waitFor(t, "idle lifetime retirements", func() bool { return p.Stats().Retired.Lifetime >= 2 })
-	waitFor(t, "rewarmed", func() bool { return p.Stats().Total == 2 })
+		// Idle backends past their lifetime are retired and replaced.
+		waitFor(t, "idle lifetime retirements", func() bool { return p.Stats().Retired.Lifetime >= 2 })
+		waitFor(t, "rewarmed", func() bool { return p.Stats().Total == 2 })
 
-	// A held backend is never closed under its holder, only at Release.
-	c := mustAcquire(t, p)
-	s := fake(c)
-	time.Sleep(cfg.MaxLifetime + 20*time.Millisecond)
-	if s.closed.Load() {
-		t.Fatal("backend closed while held")
-	}
-	before := p.Stats().Retired.Lifetime
-	c.Release()
-	if !s.closed.Load() {
-		t.Fatal("backend past its lifetime not closed at Release")
-	}
-	// (The maintainer may retire the other idle backend meanwhile.)
-	if got := p.Stats().Retired.Lifetime; got < before+1 {
-		t.Fatalf("retired by lifetime %d, want at least %d", got, before+1)
-	}
+		// A held backend is never closed under its holder, only at Release.
+		c := mustAcquire(t, p)
+		s := fake(c)
+		time.Sleep(cfg.MaxLifetime + 20*time.Millisecond)
+		if s.closed.Load() {
+			t.Fatal("backend closed while held")
+		}
+		before := p.Stats().Retired.Lifetime
+		c.Release()
+		if !s.closed.Load() {
+			t.Fatal("backend past its lifetime not closed at Release")
+		}
+		// (The maintainer may retire the other idle backend meanwhile.)
+		if got := p.Stats().Retired.Lifetime; got < before+1 {
+			t.Fatalf("retired by lifetime %d, want at least %d", got, before+1)
+		}
+	})
 }
 
 func TestRecycleByIdleKeepsMinSize(t *testing.T) {
-	db := newFakeDB()
-	cfg := testConfig(db, newLogRecorder())
-	cfg.MinSize = 1
-	cfg.MaxSize = 4
-	cfg.MaxIdle = 30 * time.Millisecond
-	p := startPool(t, cfg)
-	cs := []*Conn{mustAcquire(t, p), mustAcquire(t, p), mustAcquire(t, p)}
-	for _, c := range cs {
-		c.Release()
-	}
-	waitFor(t, "idle reaping", func() bool { return p.Stats().Retired.Idle == 2 })
-	time.Sleep(3 * cfg.MaxIdle)
-	if s := p.Stats(); s.Total != 1 || s.Idle != 1 || s.Retired.Idle != 2 {
-		t.Fatalf("reaper went below MinSize or did not stop: total %d idle %d retired %d", s.Total, s.Idle, s.Retired.Idle)
-	}
+	// Fake time (testing/synctest): the waits below cost nothing and
+	// cannot flake on a busy machine.
+	synctest.Test(t, func(t *testing.T) {
+		db := newFakeDB()
+		cfg := testConfig(db, newLogRecorder())
+		cfg.MinSize = 1
+		cfg.MaxSize = 4
+		cfg.MaxIdle = 30 * time.Millisecond
+		p := startPool(t, cfg)
+		cs := []*Conn{mustAcquire(t, p), mustAcquire(t, p), mustAcquire(t, p)}
+		for _, c := range cs {
+			c.Release()
+		}
+		waitFor(t, "idle reaping", func() bool { return p.Stats().Retired.Idle == 2 })
+		time.Sleep(3 * cfg.MaxIdle)
+		if s := p.Stats(); s.Total != 1 || s.Idle != 1 || s.Retired.Idle != 2 {
+			t.Fatalf("reaper went below MinSize or did not stop: total %d idle %d retired %d", s.Total, s.Idle, s.Retired.Idle)
+		}
+	})
 }
 
 func TestRecycleByQueryCount(t *testing.T) {
@@ -146,23 +155,27 @@ func TestValidationFailureGivesAnotherBackend(t *testing.T) {
 }
 
 func TestValidationOnlyAfterIdleThreshold(t *testing.T) {
-	db := newFakeDB()
-	cfg := testConfig(db, newLogRecorder())
-	cfg.ValidateAfterIdle = 40 * time.Millisecond
-	p := startPool(t, cfg)
+	// Fake time (testing/synctest): the waits below cost nothing and
+	// cannot flake on a busy machine.
+	synctest.Test(t, func(t *testing.T) {
+		db := newFakeDB()
+		cfg := testConfig(db, newLogRecorder())
+		cfg.ValidateAfterIdle = 40 * time.Millisecond
+		p := startPool(t, cfg)
 
-	c := mustAcquire(t, p)
-	s := fake(c)
-	c.Release()
-	mustAcquire(t, p).Release() // idle for less than the threshold
-	if n := s.execs.Load(); n != 0 {
-		t.Fatalf("validated %d times after a short idle, want 0", n)
-	}
-	time.Sleep(cfg.ValidateAfterIdle + 10*time.Millisecond)
-	mustAcquire(t, p).Release()
-	if n := s.execs.Load(); n != 1 {
-		t.Fatalf("validated %d times after a long idle, want 1", n)
-	}
+		c := mustAcquire(t, p)
+		s := fake(c)
+		c.Release()
+		mustAcquire(t, p).Release() // idle for less than the threshold
+		if n := s.execs.Load(); n != 0 {
+			t.Fatalf("validated %d times after a short idle, want 0", n)
+		}
+		time.Sleep(cfg.ValidateAfterIdle + 10*time.Millisecond)
+		mustAcquire(t, p).Release()
+		if n := s.execs.Load(); n != 1 {
+			t.Fatalf("validated %d times after a long idle, want 1", n)
+		}
+	})
 }
 
 func TestDestroyClosesAndServesWaiterWithFreshBackend(t *testing.T) {
@@ -225,24 +238,28 @@ func TestDoubleReleaseIsIgnoredAndLogged(t *testing.T) {
 // idle: it must not be validated however long ago it last sat idle (under
 // contention that would add a round trip to every transaction).
 func TestHandoffIsNotValidated(t *testing.T) {
-	db := newFakeDB()
-	cfg := testConfig(db, newLogRecorder())
-	cfg.MaxSize = 1
-	cfg.ValidateAfterIdle = 30 * time.Millisecond
-	p := startPool(t, cfg)
+	// Fake time (testing/synctest): the waits below cost nothing and
+	// cannot flake on a busy machine.
+	synctest.Test(t, func(t *testing.T) {
+		db := newFakeDB()
+		cfg := testConfig(db, newLogRecorder())
+		cfg.MaxSize = 1
+		cfg.ValidateAfterIdle = 30 * time.Millisecond
+		p := startPool(t, cfg)
 
-	c := mustAcquire(t, p)
-	before := p.Stats().Validations
-	for i := 0; i < 3; i++ {
-		got := make(chan *Conn, 1)
-		go func() { got <- mustAcquire(t, p) }()
-		waitFor(t, "a waiter", func() bool { return p.Stats().Waiting == 1 })
-		time.Sleep(2 * cfg.ValidateAfterIdle) // held (busy) longer than the idle threshold
+		c := mustAcquire(t, p)
+		before := p.Stats().Validations
+		for i := 0; i < 3; i++ {
+			got := make(chan *Conn, 1)
+			go func() { got <- mustAcquire(t, p) }()
+			waitFor(t, "a waiter", func() bool { return p.Stats().Waiting == 1 })
+			time.Sleep(2 * cfg.ValidateAfterIdle) // held (busy) longer than the idle threshold
+			c.Release()
+			c = <-got
+		}
 		c.Release()
-		c = <-got
-	}
-	c.Release()
-	if n := p.Stats().Validations - before; n != 0 {
-		t.Fatalf("%d validations on direct handoffs, want 0", n)
-	}
+		if n := p.Stats().Validations - before; n != 0 {
+			t.Fatalf("%d validations on direct handoffs, want 0", n)
+		}
+	})
 }

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/pgsidecar/pgsidecar/internal/pgwire"
@@ -65,66 +66,70 @@ func TestStateNames(t *testing.T) {
 }
 
 func TestDatabaseDownAtStartThenUp(t *testing.T) {
-	db := newFakeDB()
-	db.setDown(errRefused)
-	log := newLogRecorder()
-	cfg := testConfig(db, log)
-	cfg.MinSize = 2
-	cfg.MaxSize = 4
-	cfg.BackoffInitial = 20 * time.Millisecond
-	cfg.BackoffMax = 40 * time.Millisecond
-	p, err := newPool(cfg, options{degradeWindow: 100 * time.Millisecond, closeTimeout: time.Second})
-	if err != nil {
-		t.Fatalf("New must not fail because the database is down: %v", err)
-	}
-	defer p.Close()
-	waitFor(t, "UNHEALTHY", func() bool { return p.State() == StateUnhealthy })
-	s := p.Stats()
-	if !strings.Contains(s.StateReason, errRefused.Error()) || s.LastConnectError != errRefused.Error() || s.ConnectErrors == 0 {
-		t.Fatalf("stats do not say why: %+v", s)
-	}
-
-	// The circuit is open: Acquire fails fast with the upstream's error.
-	start := time.Now()
-	_, err = p.Acquire(context.Background())
-	ae := asAcquireError(t, err, pgwire.CodeConnectionFailure)
-	if time.Since(start) > 100*time.Millisecond {
-		t.Fatalf("failing Acquire took %s: not fast", time.Since(start))
-	}
-	if !errors.Is(err, errRefused) || !strings.Contains(ae.Message, "pool db/u") ||
-		!strings.Contains(ae.Message, errRefused.Error()) ||
-		!strings.HasPrefix(ae.Hint, "check that the database is up and reachable; pgsidecar") {
-		t.Fatalf("circuit error %+v", ae)
-	}
-	if p.Stats().AcquireRejected == 0 {
-		t.Fatal("fail-fast Acquire not counted as rejected")
-	}
-
-	// The probe keeps trying, one at a time, on the backoff schedule.
-	time.Sleep(200 * time.Millisecond)
-	_, _, attempts, peakConns := db.stats()
-	if peakConns != 1 {
-		t.Fatalf("%d connects in flight at once while down, want 1 probe", peakConns)
-	}
-	// 200ms at >= 16ms (20ms minus jitter) per retry, then >= 32ms.
-	if attempts < 3 || attempts > 15 {
-		t.Fatalf("%d connect attempts in ~200ms: not following the backoff", attempts)
-	}
-
-	db.setDown(nil)
-	waitFor(t, "HEALTHY again", func() bool { return p.State() == StateHealthy })
-	waitFor(t, "warm to MinSize", func() bool { return p.Stats().Total == 2 })
-	c := mustAcquire(t, p)
-	c.Release()
-	expectTransitions(t, log, "UNHEALTHY", "RECOVERING", "HEALTHY")
-	for _, r := range log.find("pool state changed") {
-		if r.attrs["reason"] == "" {
-			t.Fatalf("transition without a reason: %+v", r)
+	// Fake time (testing/synctest): the waits below cost nothing and
+	// cannot flake on a busy machine.
+	synctest.Test(t, func(t *testing.T) {
+		db := newFakeDB()
+		db.setDown(errRefused)
+		log := newLogRecorder()
+		cfg := testConfig(db, log)
+		cfg.MinSize = 2
+		cfg.MaxSize = 4
+		cfg.BackoffInitial = 20 * time.Millisecond
+		cfg.BackoffMax = 40 * time.Millisecond
+		p, err := newPool(cfg, options{degradeWindow: 100 * time.Millisecond, closeTimeout: time.Second})
+		if err != nil {
+			t.Fatalf("New must not fail because the database is down: %v", err)
 		}
-		if r.attrs["to"] == "UNHEALTHY" && r.level.String() != "WARN" {
-			t.Fatalf("UNHEALTHY logged at %s", r.level)
+		defer p.Close()
+		waitFor(t, "UNHEALTHY", func() bool { return p.State() == StateUnhealthy })
+		s := p.Stats()
+		if !strings.Contains(s.StateReason, errRefused.Error()) || s.LastConnectError != errRefused.Error() || s.ConnectErrors == 0 {
+			t.Fatalf("stats do not say why: %+v", s)
 		}
-	}
+
+		// The circuit is open: Acquire fails fast with the upstream's error.
+		start := time.Now()
+		_, err = p.Acquire(context.Background())
+		ae := asAcquireError(t, err, pgwire.CodeConnectionFailure)
+		if time.Since(start) > 100*time.Millisecond {
+			t.Fatalf("failing Acquire took %s: not fast", time.Since(start))
+		}
+		if !errors.Is(err, errRefused) || !strings.Contains(ae.Message, "pool db/u") ||
+			!strings.Contains(ae.Message, errRefused.Error()) ||
+			!strings.HasPrefix(ae.Hint, "check that the database is up and reachable; pgsidecar") {
+			t.Fatalf("circuit error %+v", ae)
+		}
+		if p.Stats().AcquireRejected == 0 {
+			t.Fatal("fail-fast Acquire not counted as rejected")
+		}
+
+		// The probe keeps trying, one at a time, on the backoff schedule.
+		time.Sleep(200 * time.Millisecond)
+		_, _, attempts, peakConns := db.stats()
+		if peakConns != 1 {
+			t.Fatalf("%d connects in flight at once while down, want 1 probe", peakConns)
+		}
+		// 200ms at >= 16ms (20ms minus jitter) per retry, then >= 32ms.
+		if attempts < 3 || attempts > 15 {
+			t.Fatalf("%d connect attempts in ~200ms: not following the backoff", attempts)
+		}
+
+		db.setDown(nil)
+		waitFor(t, "HEALTHY again", func() bool { return p.State() == StateHealthy })
+		waitFor(t, "warm to MinSize", func() bool { return p.Stats().Total == 2 })
+		c := mustAcquire(t, p)
+		c.Release()
+		expectTransitions(t, log, "UNHEALTHY", "RECOVERING", "HEALTHY")
+		for _, r := range log.find("pool state changed") {
+			if r.attrs["reason"] == "" {
+				t.Fatalf("transition without a reason: %+v", r)
+			}
+			if r.attrs["to"] == "UNHEALTHY" && r.level.String() != "WARN" {
+				t.Fatalf("UNHEALTHY logged at %s", r.level)
+			}
+		}
+	})
 }
 
 func TestMinSizeZeroStillProbesAtStart(t *testing.T) {
@@ -192,20 +197,24 @@ func TestDegradedWhileConnectsFailButBackendsWork(t *testing.T) {
 }
 
 func TestDegradedByAcquireTimeoutsThenHealthy(t *testing.T) {
-	db := newFakeDB()
-	cfg := testConfig(db, newLogRecorder())
-	cfg.MaxSize = 1
-	cfg.AcquireTimeout = 10 * time.Millisecond
-	p := startPool(t, cfg)
-	c := mustAcquire(t, p)
-	_, err := p.Acquire(context.Background())
-	asAcquireError(t, err, pgwire.CodeTooManyConnections)
-	if p.State() != StateDegraded || !strings.Contains(p.Stats().StateReason, "acquire timeouts") {
-		t.Fatalf("state %s (%s), want DEGRADED by acquire timeouts", p.State(), p.Stats().StateReason)
-	}
-	c.Release()
-	// The window is 100ms in tests: no more timeouts, back to HEALTHY.
-	waitFor(t, "HEALTHY after the window", func() bool { return p.State() == StateHealthy })
+	// Fake time (testing/synctest): the waits below cost nothing and
+	// cannot flake on a busy machine.
+	synctest.Test(t, func(t *testing.T) {
+		db := newFakeDB()
+		cfg := testConfig(db, newLogRecorder())
+		cfg.MaxSize = 1
+		cfg.AcquireTimeout = 10 * time.Millisecond
+		p := startPool(t, cfg)
+		c := mustAcquire(t, p)
+		_, err := p.Acquire(context.Background())
+		asAcquireError(t, err, pgwire.CodeTooManyConnections)
+		if p.State() != StateDegraded || !strings.Contains(p.Stats().StateReason, "acquire timeouts") {
+			t.Fatalf("state %s (%s), want DEGRADED by acquire timeouts", p.State(), p.Stats().StateReason)
+		}
+		c.Release()
+		// The window is 100ms in tests: no more timeouts, back to HEALTHY.
+		waitFor(t, "HEALTHY after the window", func() bool { return p.State() == StateHealthy })
+	})
 }
 
 // expectTransitions waits until the logged state changes are exactly want

@@ -5,6 +5,6 @@
 // an application would.
 //
 // The harness lives in harness_test.go (TestMain, Proxy, psql and pgbench
-// runners) and cluster_test.go (Cluster). This file exists so the directory
+// runners); the cluster is internal/testpg's, shared with the other packages' tests. This file exists so the directory
 // is a package even when the tests are not being built.
 package e2e

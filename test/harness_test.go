@@ -25,6 +25,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"go.uber.org/goleak"
+
+	"github.com/pgsidecar/pgsidecar/internal/testpg"
 )
 
 // pg is the cluster shared by every test, started by TestMain. Tests that
@@ -123,48 +125,8 @@ func buildProxy(out string) error {
 	return nil
 }
 
-// syncBuffer is a bytes.Buffer safe for one writer (the process's output
-// copier) and many readers (the test).
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-// Write appends p.
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-// String returns everything written so far.
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-// Contains reports whether the output so far contains s.
-func (b *syncBuffer) Contains(s string) bool {
-	return strings.Contains(b.String(), s)
-}
-
-// JSONLines decodes every output line that is a JSON object (the proxy
-// logs with PGSIDECAR_LOG__FORMAT=json); other lines are skipped.
-func (b *syncBuffer) JSONLines() []map[string]any {
-	var out []map[string]any
-	for _, line := range strings.Split(b.String(), "\n") {
-		line = strings.TrimSpace(line)
-		if !strings.HasPrefix(line, "{") {
-			continue
-		}
-		var m map[string]any
-		if json.Unmarshal([]byte(line), &m) == nil {
-			out = append(out, m)
-		}
-	}
-	return out
-}
+// syncBuffer collects a process's output for the test to read meanwhile.
+type syncBuffer = testpg.LogBuffer
 
 // Proxy is one running pgsidecar process.
 type Proxy struct {
@@ -533,18 +495,9 @@ func sqlState(err error) string {
 	return ""
 }
 
-// waitFor polls cond every 50ms until it is true or timeout passes, then
-// fails the test with msg.
-func waitFor(t testing.TB, timeout time.Duration, msg string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for: %s", timeout, msg)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
+// waitFor polls cond until it holds or timeout passes, then fails the
+// test with msg.
+var waitFor = testpg.Eventually
 
 // statsPools returns the "pools" array of a /stats or /health body.
 func statsPools(body map[string]any) []map[string]any {
