@@ -23,9 +23,15 @@ type backend struct {
 	defaults map[string]paramValue
 	params   map[string]paramValue
 	prepared *preparedSet
-	out      []byte // server reader's output when it must edit the stream
-	cout     []byte // client reader's output to this backend
-	queries  int64  // 'Z's since acquire, for pool.max_queries
+	// unnamedOwner and unnamedGen name the client unnamed Parse the proxy
+	// last sent as this backend's unnamed statement (owner nil: none, or
+	// not known). Cleared at every acquire: what a previous client left
+	// there is never taken for the next one's.
+	unnamedOwner *clientConn
+	unnamedGen   uint64
+	out          []byte // server reader's output when it must edit the stream
+	cout         []byte // client reader's output to this backend
+	queries      int64  // 'Z's since acquire, for pool.max_queries
 
 	// Server reader state.
 	in            readBuffer

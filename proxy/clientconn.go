@@ -44,7 +44,6 @@ type clientConn struct {
 	in             readBuffer
 	passRemaining  int  // bytes of a message being streamed to the backend
 	passDrop       bool // ... or dropped: the message was refused (too large)
-	stmtGen        uint64
 	hazardsSeen    [hazardCount]bool
 	discarding     bool  // acquire failed: drop messages until Sync / Query
 	discardQuery   bool  // the message being dropped is a Query: answer when it ends
@@ -62,7 +61,13 @@ type clientConn struct {
 	txStatus   byte // from the last ReadyForQuery
 	want       map[string]paramValue
 	stmts      map[string]*statement // client statement name -> statement
-	stopReader bool                  // serverLoop: stop, leave the backend to run()
+	// unnamed is the client's unnamed statement (transaction mode) when
+	// hasUnnamed (a Query or a failed Parse drops it). Its storage is
+	// reused for each unnamed Parse, which unnamedGen numbers.
+	unnamed    *statement
+	unnamedGen uint64
+	hasUnnamed bool
+	stopReader bool // serverLoop: stop, leave the backend to run()
 	readerDone chan struct{}
 	// replacement is a message routeOne wants sent instead of the one it
 	// swallowed (nil when none).

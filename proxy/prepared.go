@@ -9,23 +9,37 @@ import (
 	"sync/atomic"
 )
 
-// statement is a named prepared statement as a client defined it: the body
-// of its Parse message without the name (query text and parameter types).
-// Its proxy-wide name is derived from that content, so every client that
-// prepares the same text shares one server-side statement per backend.
+// statement is one Parse a client sent (named, or the unnamed statement):
+// the body of its Parse message without the name (query text and parameter
+// types). Every named Parse gets a server-side name of its own, so a
+// client's statement is never another client's server copy: the server
+// really parses it (as directly, with the schema of that moment), and the
+// proxy prepares it again only under that name, for this client, on
+// backends that lack it.
 type statement struct {
-	name  string // proxy-wide name used on backends
-	hash  string // hex content hash, without the epoch
-	epoch uint32 // invalidation epoch the name was made for
+	name  string // server-side name ("" for the client's unnamed statement)
 	query string // for logs and leak reports
+	hash  string // content hash, computed when first needed (markKnown)
 	// parseBody is the Parse body after the statement name:
 	// query\0 int16 nparams [int32 oid]...
 	parseBody []byte
-	// fingerprint identifies the result description the client was given
-	// when it described the statement ("" if it never did); stale is set
-	// when a backend that prepared it afresh describes another result (a
-	// schema change): the client would decode rows with the wrong types.
+	// fixedBody is parseBody with every parameter type the server chose
+	// when it parsed the client's statement (nil until described). Copies
+	// prepared later on other backends use it: a prepared statement keeps
+	// its parameter types when PostgreSQL revalidates it after DDL, and
+	// the client encodes its parameters for those types.
+	fixedBody []byte
+	hasFixed  bool
+	// fingerprint identifies the result description of the statement as
+	// the server first described it ("" while unknown). A copy prepared
+	// afresh on another backend is described again (a probe) and must
+	// match, or the client gets the 0A000 PostgreSQL gives a statement
+	// whose result type changed: stale is then set for good, as directly.
+	// noData statements are not probed: PostgreSQL checks the result type
+	// only of statements that return rows, and a FETCH's depends on the
+	// cursor of the moment.
 	fingerprint string
+	noData      bool
 	stale       bool
 }
 
@@ -35,23 +49,77 @@ func descriptionFingerprint(msg []byte) string {
 	return string(sum[:16])
 }
 
-// appendParse appends a Parse message that prepares s under its proxy name.
+// appendParse appends a Parse message that prepares s under its name, with
+// the parameter types the server gave the client's own Parse when known.
 func (s *statement) appendParse(dst []byte) []byte {
-	dst = appendHeader(dst, msgParse, len(s.name)+1+len(s.parseBody))
+	body := s.parseBody
+	if s.hasFixed {
+		body = s.fixedBody
+	}
+	dst = appendHeader(dst, msgParse, len(s.name)+1+len(body))
 	dst = append(dst, s.name...)
 	dst = append(dst, 0)
-	return append(dst, s.parseBody...)
+	return append(dst, body...)
 }
 
-// statementRegistry hands out statements and remembers which content hashes
-// were invalidated by a server ("cached plan must not change result type"),
-// so the next prepare of that content uses a fresh name.
+// learnResult records the result description the server gave for s
+// (RowDescription or NoData, msg whole with its header).
+func (s *statement) learnResult(msg []byte) {
+	s.fingerprint = descriptionFingerprint(msg)
+	q, _, _ := cstring(s.parseBody)
+	s.noData = msg[0] == msgNoData || startsWithKeyword(q, "fetch") || startsWithKeyword(q, "move")
+}
+
+// learnParams records a ParameterDescription body (int16 n, n int32 oids):
+// copies of s made later are parsed with exactly these types.
+func (s *statement) learnParams(body []byte) {
+	if len(body) < 2 || s.hasFixed {
+		return
+	}
+	q, _, ok := cstring(s.parseBody)
+	if !ok {
+		return
+	}
+	s.fixedBody = append(append(append(s.fixedBody[:0], q...), 0), body...)
+	s.hasFixed = true
+}
+
+// reset makes s (a client's unnamed statement, whose storage is reused)
+// the statement of a new Parse body.
+func (s *statement) reset(parseBody []byte) {
+	s.parseBody = append(s.parseBody[:0], parseBody...)
+	s.hasFixed, s.fingerprint, s.noData, s.stale = false, "", false, false
+}
+
+// startsWithKeyword reports whether query's first word is kw (lower case).
+func startsWithKeyword(query []byte, kw string) bool {
+	i := 0
+	for i < len(query) && (query[i] == ' ' || query[i] == '\t' || query[i] == '\n' || query[i] == '\r' || query[i] == '(') {
+		i++
+	}
+	if len(query)-i < len(kw) {
+		return false
+	}
+	for j := 0; j < len(kw); j++ {
+		if query[i+j]|0x20 != kw[j] {
+			return false
+		}
+	}
+	return len(query)-i == len(kw) || !isIdentByte(query[i+len(kw)])
+}
+
+func isIdentByte(b byte) bool {
+	return b == '_' || b >= '0' && b <= '9' || b|0x20 >= 'a' && b|0x20 <= 'z' || b >= 0x80
+}
+
+// statementRegistry names statements and remembers which texts some server
+// prepared without error.
 type statementRegistry struct {
-	mu     sync.Mutex
-	epochs map[string]uint32 // only hashes that were ever invalidated
-	gen    atomic.Uint64     // bumped on every invalidation
+	seq atomic.Uint64 // server-side names are unique for the process's life
+	mu  sync.Mutex
 	// known holds the content hashes some server prepared without error,
-	// so a later Parse of the same text can be answered by the proxy.
+	// so a later Parse+Sync of the same text can be answered by the proxy
+	// (and parsed for real where the statement is first used).
 	known map[string]struct{}
 }
 
@@ -59,11 +127,14 @@ type statementRegistry struct {
 const maxKnownStatements = 10000
 
 func newStatementRegistry() *statementRegistry {
-	return &statementRegistry{epochs: make(map[string]uint32), known: make(map[string]struct{})}
+	return &statementRegistry{known: make(map[string]struct{})}
 }
 
 // markKnown records that a server accepted st's text.
 func (r *statementRegistry) markKnown(st *statement) {
+	if st.hash == "" {
+		st.hash = contentHash(st.parseBody)
+	}
 	r.mu.Lock()
 	if len(r.known) >= maxKnownStatements {
 		clear(r.known)
@@ -72,20 +143,28 @@ func (r *statementRegistry) markKnown(st *statement) {
 	r.mu.Unlock()
 }
 
-func (r *statementRegistry) isKnown(st *statement) bool {
+func (r *statementRegistry) isKnown(parseBody []byte) bool {
+	h := contentHash(parseBody)
 	r.mu.Lock()
-	_, ok := r.known[st.hash]
+	_, ok := r.known[h]
 	r.mu.Unlock()
 	return ok
 }
 
-// newStatement builds the statement for a Parse body (after the name).
+// newStatement builds the statement for a client's named Parse body
+// (after the name), under a server-side name no other Parse has.
 func (r *statementRegistry) newStatement(parseBody []byte) *statement {
-	st := &statement{hash: contentHash(parseBody), parseBody: append([]byte(nil), parseBody...)}
+	st := newUnnamedStatement(parseBody)
+	st.name = "pgsc_" + strconv.FormatUint(r.seq.Add(1), 10)
+	return st
+}
+
+// newUnnamedStatement builds the statement for a client's unnamed Parse.
+func newUnnamedStatement(parseBody []byte) *statement {
+	st := &statement{parseBody: append([]byte(nil), parseBody...)}
 	if q, _, ok := cstring(parseBody); ok {
 		st.query = string(q)
 	}
-	r.name(st)
 	return st
 }
 
@@ -93,50 +172,6 @@ func (r *statementRegistry) newStatement(parseBody []byte) *statement {
 func contentHash(parseBody []byte) string {
 	sum := sha256.Sum256(parseBody)
 	return hex.EncodeToString(sum[:12])
-}
-
-func (r *statementRegistry) name(st *statement) {
-	var e uint32
-	if r.gen.Load() != 0 {
-		r.mu.Lock()
-		e = r.epochs[st.hash]
-		r.mu.Unlock()
-	}
-	st.epoch = e
-	if e == 0 {
-		st.name = "pgsc_" + st.hash
-	} else {
-		st.name = "pgsc_" + st.hash + "_" + strconv.FormatUint(uint64(e), 10)
-	}
-}
-
-// current returns st, or a renamed copy when its content was invalidated
-// since st was named. The fast path is one atomic load.
-func (r *statementRegistry) current(st *statement, seenGen *uint64) *statement {
-	g := r.gen.Load()
-	if g == *seenGen {
-		return st
-	}
-	*seenGen = g
-	r.mu.Lock()
-	e := r.epochs[st.hash]
-	r.mu.Unlock()
-	if e == st.epoch {
-		return st
-	}
-	ns := *st
-	r.name(&ns)
-	return &ns
-}
-
-// invalidate retires the server-side name of st's content everywhere.
-func (r *statementRegistry) invalidate(st *statement) {
-	r.mu.Lock()
-	if r.epochs[st.hash] == st.epoch {
-		r.epochs[st.hash] = st.epoch + 1
-		r.gen.Add(1)
-	}
-	r.mu.Unlock()
 }
 
 // preparedSet is the LRU set of proxy statements one backend has prepared.

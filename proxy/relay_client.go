@@ -281,14 +281,15 @@ func (c *clientConn) localRequest() (end int, stmts []*statement, ok bool) {
 			if !ok || len(name) == 0 {
 				return 0, nil, false
 			}
-			st := c.srv.stmts.newStatement(rest)
 			c.mu.Lock()
 			taken := c.stmts[string(name)] != nil
 			c.mu.Unlock()
-			if taken || !c.srv.stmts.isKnown(st) {
+			if taken || !c.srv.stmts.isKnown(rest) {
 				return 0, nil, false
 			}
-			stmts = append(stmts, st)
+			// Not parsed now, but for real (a server Parse, under its own
+			// name) where the client first uses it.
+			stmts = append(stmts, c.srv.stmts.newStatement(rest))
 		case msgClose:
 			if len(body) < 2 || body[0] != 'S' || body[1] == 0 {
 				return 0, nil, false
@@ -358,6 +359,7 @@ func (c *clientConn) acquire() (*backend, error) {
 
 	c.mu.Lock()
 	c.be = b
+	b.unnamedOwner = nil
 	c.stopReader = false
 	c.txStatus = 'I'
 	if !paramsInSync(c.want, b.params, b.defaults) {
@@ -513,7 +515,7 @@ func (c *clientConn) build(b *backend) (out []byte, wake bool, err error) {
 			out = c.onDescribe(b, out, msg, body, tx)
 		case msgClose:
 			c.inBatch = true
-			out = c.onClose(out, msg, body, tx)
+			out = c.onClose(b, out, msg, body, tx)
 		case msgFunctionCall:
 			c.q.push(request{kind: reqQuery})
 			out = append(out, msg...)
@@ -679,6 +681,8 @@ func (c *clientConn) onQuery(b *backend, out, msg, body []byte, tx bool) []byte 
 		q = q[:n-1]
 	}
 	c.inspect(q, tx)
+	// A simple Query drops the session's unnamed statement.
+	c.hasUnnamed, b.unnamedOwner = false, nil
 	r := request{kind: reqQuery}
 	if needsClassify(q) {
 		if ch, ok := parseSetStatement(q); ok {
@@ -692,7 +696,6 @@ func (c *clientConn) onQuery(b *backend, out, msg, body []byte, tx bool) []byte 
 				// one (preparing it first if this backend lacks it) so the
 				// client sees exactly the reply PostgreSQL would give.
 				delete(c.stmts, name)
-				st = c.srv.stmts.current(st, &c.stmtGen)
 				out = c.ensurePrepared(b, out, st)
 				b.prepared.remove(st.name)
 				c.q.push(r)
@@ -713,11 +716,26 @@ func (c *clientConn) onQuery(b *backend, out, msg, body []byte, tx bool) []byte 
 func (c *clientConn) onParse(b *backend, out, msg, body []byte, tx bool) []byte {
 	name, rest, ok := parseParseMessage(body)
 	query, _, _ := cstring(rest)
-	if !tx || !ok || len(name) == 0 {
+	if !tx || !ok {
 		if ok {
 			c.inspect(query, tx)
 		}
 		c.q.push(request{kind: reqParse})
+		return append(out, msg...)
+	}
+	if len(name) == 0 {
+		// The unnamed statement is the client's own: remembered, so that
+		// the Bind that uses it runs it on any backend, and never runs
+		// another client's.
+		c.inspect(query, tx)
+		if c.unnamed == nil {
+			c.unnamed = &statement{}
+		}
+		c.unnamed.reset(rest)
+		c.unnamedGen++
+		c.hasUnnamed = true
+		b.unnamedOwner, b.unnamedGen = c, c.unnamedGen
+		c.q.push(request{kind: reqParse, stmt: c.unnamed, gen: c.unnamedGen})
 		return append(out, msg...)
 	}
 	if c.stmts[string(name)] != nil {
@@ -726,19 +744,21 @@ func (c *clientConn) onParse(b *backend, out, msg, body []byte, tx bool) []byte 
 			"close (DEALLOCATE) the statement before preparing another one under its name"))
 	}
 	c.inspect(query, tx)
+	// A server Parse under a name of its own, always: the client gets the
+	// server's answer for the schema of now, never a copy someone else
+	// prepared earlier.
 	st := c.srv.stmts.newStatement(rest)
 	cname := string(name)
 	c.stmts[cname] = st
-	out, sent := c.sendParse(b, out, st, request{clientName: cname})
-	if !sent {
-		c.q.push(request{kind: reqSynthetic, payload: wireParseComplete, stmt: st, clientName: cname})
-	}
+	out, _ = c.sendParse(b, out, st, request{clientName: cname})
 	return out
 }
 
 // sendParse sends a Parse of st unless b certainly has it already, and
 // claims st on b. r describes the Parse request: the client's own, or the
-// proxy's (swallowed). It reports whether it sent one.
+// proxy's (swallowed). It reports whether it sent one. The first Parse of
+// a statement is followed by the proxy's Describe, whose answer becomes the
+// statement's description (see statement).
 func (c *clientConn) sendParse(b *backend, out []byte, st *statement, r request) ([]byte, bool) {
 	e := b.prepared.lookup(st.name)
 	if e != nil && e.certain(c.q.seg) {
@@ -748,7 +768,12 @@ func (c *clientConn) sendParse(b *backend, out []byte, st *statement, r request)
 	b.prepared.add(st.name, c.q.seg)
 	r.kind, r.stmt, r.prepared, r.seg = reqParse, st, true, c.q.seg
 	c.q.push(r)
-	return st.appendParse(out), true
+	out = st.appendParse(out)
+	if st.fingerprint == "" {
+		c.q.push(request{kind: reqDescribeStmt, swallow: true, learn: true, stmt: st})
+		out = appendDescribeStatement(out, st.name)
+	}
+	return out, true
 }
 
 // ensurePrepared injects a Parse of st when backend b lacks it; its
@@ -770,7 +795,7 @@ func (c *clientConn) useStatement(b *backend, out []byte, st *statement) ([]byte
 		return c.poison(out, newError(pgwire.CodeFeatureNotSupported, "cached plan must not change result type",
 			"the table changed since the statement was prepared; prepare it again")), false
 	}
-	if st.fingerprint == "" {
+	if st.fingerprint == "" || st.noData {
 		return c.ensurePrepared(b, out, st), true
 	}
 	out, sent := c.sendParse(b, out, st, request{swallow: true})
@@ -802,23 +827,38 @@ func (c *clientConn) closeUncertain(out []byte, e *preparedEntry) []byte {
 	return appendCloseStatement(out, e.name)
 }
 
-// clientStatement returns the statement a client's name refers to, renamed
-// if a server invalidated its plan since.
+// clientStatement returns the statement a client's name refers to.
 func (c *clientConn) clientStatement(name []byte) *statement {
-	st := c.stmts[string(name)]
-	if st == nil {
-		return nil
+	return c.stmts[string(name)]
+}
+
+// useUnnamed makes b's unnamed statement the client's own before a Bind or
+// Describe of it: parsed again (reply swallowed) unless the proxy parsed it
+// there for this client during this hold. A client without one gets
+// PostgreSQL's 26000, never whatever b's unnamed statement is.
+func (c *clientConn) useUnnamed(b *backend, out []byte) ([]byte, bool) {
+	st := c.unnamed
+	if !c.hasUnnamed {
+		return c.poison(out, newError(pgwire.CodeInvalidSQLStatementName, "unnamed prepared statement does not exist",
+			"send a Parse for the unnamed statement before using it (a simple Query drops it)")), false
 	}
-	if cur := c.srv.stmts.current(st, &c.stmtGen); cur != st {
-		c.stmts[string(name)] = cur
-		st = cur
+	if b.unnamedOwner != c || b.unnamedGen != c.unnamedGen {
+		c.q.push(request{kind: reqParse, swallow: true, stmt: st, gen: c.unnamedGen})
+		out = st.appendParse(out)
+		b.unnamedOwner, b.unnamedGen = c, c.unnamedGen
 	}
-	return st
+	return out, true
 }
 
 func (c *clientConn) onBind(b *backend, out, msg, body []byte, tx bool) []byte {
 	if tx {
 		portal, name, restOff, ok := parseBindNames(body)
+		if ok && len(name) == 0 {
+			var mine bool
+			if out, mine = c.useUnnamed(b, out); !mine {
+				return out
+			}
+		}
 		if ok && len(name) > 0 {
 			if st := c.clientStatement(name); st != nil {
 				out, ok := c.useStatement(b, out, st)
@@ -840,6 +880,14 @@ func (c *clientConn) onDescribe(b *backend, out, msg, body []byte, tx bool) []by
 		return append(out, msg...)
 	}
 	if tx && len(body) > 1 {
+		if name, _, ok := cstring(body[1:]); ok && len(name) == 0 {
+			var mine bool
+			if out, mine = c.useUnnamed(b, out); !mine {
+				return out
+			}
+			c.q.push(request{kind: reqDescribeStmt, stmt: c.unnamed, gen: c.unnamedGen})
+			return append(out, msg...)
+		}
 		if name, _, ok := cstring(body[1:]); ok && len(name) > 0 {
 			if st := c.clientStatement(name); st != nil {
 				out, ok := c.useStatement(b, out, st)
@@ -855,12 +903,21 @@ func (c *clientConn) onDescribe(b *backend, out, msg, body []byte, tx bool) []by
 	return append(out, msg...)
 }
 
-func (c *clientConn) onClose(out, msg, body []byte, tx bool) []byte {
+func (c *clientConn) onClose(b *backend, out, msg, body []byte, tx bool) []byte {
 	if tx && len(body) > 1 && body[0] == 'S' {
-		if name, _, ok := cstring(body[1:]); ok && len(name) > 0 {
-			// The statement belongs to the client: forget the client's name
-			// and answer for the server, which keeps the statement (LRU).
+		if name, _, ok := cstring(body[1:]); ok && len(name) == 0 {
+			c.hasUnnamed, b.unnamedOwner = false, nil
+		} else if ok {
+			// The statement is the client's alone: closed on this backend
+			// if it is there; copies on others are never used again and
+			// leave with their LRU.
+			st := c.stmts[string(name)]
 			delete(c.stmts, string(name))
+			if st != nil && b.prepared.has(st.name) {
+				b.prepared.remove(st.name)
+				c.q.push(request{kind: reqClose})
+				return appendCloseStatement(out, st.name)
+			}
 			c.q.push(request{kind: reqSynthetic, payload: wireCloseComplete})
 			return out
 		}

@@ -214,7 +214,8 @@ func (c *clientConn) route(b *backend) (out []byte, release bool, err error) {
 			return nil, false, fmt.Errorf("%w: invalid message length %d from the server", errLostTrack, bodyLen+4)
 		}
 		total := headerLen + bodyLen
-		if end-pos < total && (typ == msgReadyForQuery || typ == msgErrorResponse || typ == msgParameterStatus || typ == msgRowDescription) {
+		if end-pos < total && (typ == msgReadyForQuery || typ == msgErrorResponse || typ == msgParameterStatus ||
+			typ == msgRowDescription || typ == msgParamDescription) {
 			b.in.want = total
 			break
 		}
@@ -293,14 +294,6 @@ func (c *clientConn) routeOne(b *backend, typ byte, msg []byte) (swallow bool, e
 		if r.probe {
 			c.endProbe()
 		}
-		if r.stmt != nil && string(errorField(body, 'C')) == pgwire.CodeFeatureNotSupported &&
-			bytes.Contains(errorField(body, 'M'), []byte("cached plan must not change result type")) {
-			// The server's plan for this statement is stale for good: give
-			// its content a new name everywhere, close the old one here.
-			c.srv.stmts.invalidate(r.stmt)
-			b.prepared.retire(r.stmt.name)
-			c.log.Info("prepared statement invalidated by a schema change; it will be prepared again", "statement", r.stmt.name)
-		}
 		// The server skips everything up to Sync.
 		for h := c.q.peek(); h != nil && h.kind != reqSync; h = c.q.peek() {
 			s := c.q.pop()
@@ -356,13 +349,19 @@ func (c *clientConn) routeOne(b *backend, typ byte, msg []byte) (swallow bool, e
 			return false, fmt.Errorf("%w: unexpected %q", errLostTrack, typ)
 		}
 		r := c.q.pop()
-		if k == reqParse && r.stmt != nil {
+		if k == reqParse && r.stmt != nil && r.stmt.name != "" {
 			c.srv.stmts.markKnown(r.stmt)
 			if r.prepared {
 				b.prepared.confirm(r.stmt.name, r.seg)
 			}
 		}
 		return r.swallow, nil
+
+	case msgParamDescription:
+		if head != nil && head.kind == reqDescribeStmt && head.stmt != nil && !head.probe && (head.learn || !head.swallow) &&
+			(head.stmt.name != "" || head.gen == c.unnamedGen) {
+			head.stmt.learnParams(msg[headerLen:])
+		}
 
 	case msgRowDescription, msgNoData:
 		if head != nil && (head.kind == reqDescribeStmt || head.kind == reqDescribePortal) {
@@ -377,8 +376,8 @@ func (c *clientConn) routeOne(b *backend, typ byte, msg []byte) (swallow bool, e
 							"statement", r.stmt.name)
 					}
 					c.endProbe()
-				case !r.swallow:
-					r.stmt.fingerprint = fp
+				case (r.learn || !r.swallow) && r.stmt.fingerprint == "" && (r.stmt.name != "" || r.gen == c.unnamedGen):
+					r.stmt.learnResult(msg)
 				}
 			}
 			return r.swallow, nil
@@ -405,6 +404,18 @@ func (c *clientConn) endProbe() {
 // undoParse forgets a statement whose Parse failed or was skipped.
 func (c *clientConn) undoParse(b *backend, r *request) {
 	if r.stmt == nil {
+		return
+	}
+	if r.stmt.name == "" {
+		if r.kind == reqParse {
+			// A failed Parse of the unnamed statement leaves none.
+			if b.unnamedOwner == c && b.unnamedGen == r.gen {
+				b.unnamedOwner = nil
+			}
+			if !r.swallow && c.unnamedGen == r.gen {
+				c.hasUnnamed = false
+			}
+		}
 		return
 	}
 	if r.prepared {

@@ -266,46 +266,72 @@ func TestBuildSplitsAtEveryBoundary(t *testing.T) {
 	}
 }
 
-// A named statement gets a content-derived name; a second client with the
-// same text on the same backend gets the proxy's own ParseComplete; a
-// backend that lacks it gets a Parse injected before the Bind, whose
-// ParseComplete the client never sees.
-func TestPreparedStatementsAcrossClientsAndBackends(t *testing.T) {
+// learned is the server's answer to a client's named Parse and the proxy's
+// Describe after it: ParseComplete, then the description.
+func learned(params []uint32, desc pgproto3.Message) []pgproto3.Message {
+	return []pgproto3.Message{&pgproto3.ParseComplete{}, &pgproto3.ParameterDescription{ParameterOIDs: params}, desc}
+}
+
+func msgs(parts ...any) []byte {
+	var all []pgproto3.Message
+	for _, p := range parts {
+		switch v := p.(type) {
+		case pgproto3.Message:
+			all = append(all, v)
+		case []pgproto3.Message:
+			all = append(all, v...)
+		}
+	}
+	return enc(all...)
+}
+
+// Every named Parse reaches the server as a Parse under a name of its own,
+// followed by the proxy's Describe (swallowed); two clients with the same
+// text on one backend get two server statements. A backend that lacks a
+// client's statement gets a Parse injected before the Bind, with the
+// parameter types the server chose for the client's Parse, whose
+// ParseComplete the client never sees. A client's Close closes its copy.
+func TestPreparedStatementsArePerParse(t *testing.T) {
 	c1, b1 := testRelay(ModeTransaction, 10)
-	out := pumpClient(t, c1, b1, enc(&pgproto3.Parse{Name: "s1", Query: "select $1::int", ParameterOIDs: []uint32{23}}, &pgproto3.Sync{}), 0)
-	msgs := decodeFrontendMsgs(t, out)
-	p, ok := msgs[0].(*pgproto3.Parse)
-	if !ok || !strings.HasPrefix(p.Name, "pgsc_") || p.Query != "select $1::int" || len(p.ParameterOIDs) != 1 {
-		t.Fatalf("Parse not renamed as expected: %#v", msgs[0])
+	out := pumpClient(t, c1, b1, enc(&pgproto3.Parse{Name: "s1", Query: "select $1"}, &pgproto3.Sync{}), 0)
+	sent := decodeFrontendMsgs(t, out)
+	p, ok := sent[0].(*pgproto3.Parse)
+	if !ok || !strings.HasPrefix(p.Name, "pgsc_") || p.Query != "select $1" || len(sent) != 3 {
+		t.Fatalf("Parse not renamed as expected: %#v", sent)
+	}
+	if d, ok := sent[1].(*pgproto3.Describe); !ok || d.ObjectType != 'S' || d.Name != p.Name {
+		t.Fatalf("no Describe after the first Parse: %#v", sent[1])
 	}
 	proxyName := p.Name
-	reply, release := pumpServer(t, c1, b1, enc(&pgproto3.ParseComplete{}, &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
+	reply, release := pumpServer(t, c1, b1, msgs(learned([]uint32{25}, &pgproto3.NoData{}), &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
 	if string(decodeBackendMsgs(t, reply)) != "1Z" || !release {
 		t.Fatalf("reply %q release %v", decodeBackendMsgs(t, reply), release)
 	}
 
-	// Another client, same text, same backend: answered by the proxy.
+	// Another client, same text, same backend: a Parse of its own.
 	c2 := &clientConn{srv: c1.srv, mode: ModeTransaction, log: c1.log, txStatus: 'I', want: map[string]paramValue{},
 		stmts: map[string]*statement{}, startupParams: map[string]paramValue{}, in: readBuffer{buf: make([]byte, 16)}, be: b1}
-	out = pumpClient(t, c2, b1, enc(&pgproto3.Parse{Name: "other", Query: "select $1::int", ParameterOIDs: []uint32{23}}, &pgproto3.Sync{}), 0)
-	if got := decodeFrontendMsgs(t, out); len(got) != 1 {
-		t.Fatalf("a Parse the backend already has was forwarded: %#v", got)
+	out = pumpClient(t, c2, b1, enc(&pgproto3.Parse{Name: "s1", Query: "select $1"}, &pgproto3.Sync{}), 0)
+	sent = decodeFrontendMsgs(t, out)
+	if p, ok := sent[0].(*pgproto3.Parse); !ok || p.Name == proxyName || p.Query != "select $1" {
+		t.Fatalf("client 2's Parse was not sent as its own: %#v", sent)
 	}
-	reply, _ = pumpServer(t, c2, b1, enc(&pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
+	reply, _ = pumpServer(t, c2, b1, msgs(learned([]uint32{25}, &pgproto3.NoData{}), &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
 	if string(decodeBackendMsgs(t, reply)) != "1Z" {
 		t.Fatalf("client 2 reply %q, want ParseComplete then ReadyForQuery", decodeBackendMsgs(t, reply))
 	}
 
-	// Client 1 moves to a fresh backend: Parse injected, Bind renamed.
+	// Client 1 moves to a fresh backend: Parse injected with the learned
+	// parameter type, Bind renamed.
 	b2 := attachBackend(c1, 10)
 	out = pumpClient(t, c1, b2, enc(&pgproto3.Bind{PreparedStatement: "s1", Parameters: [][]byte{[]byte("5")}}, &pgproto3.Describe{ObjectType: 'P'},
 		&pgproto3.Execute{}, &pgproto3.Sync{}), 0)
-	msgs = decodeFrontendMsgs(t, out)
-	if p, ok := msgs[0].(*pgproto3.Parse); !ok || p.Name != proxyName {
-		t.Fatalf("no Parse injected before Bind: %#v", msgs)
+	sent = decodeFrontendMsgs(t, out)
+	if p, ok := sent[0].(*pgproto3.Parse); !ok || p.Name != proxyName || len(p.ParameterOIDs) != 1 || p.ParameterOIDs[0] != 25 {
+		t.Fatalf("no Parse with the learned types injected before Bind: %#v", sent[0])
 	}
-	if bd, ok := msgs[1].(*pgproto3.Bind); !ok || bd.PreparedStatement != proxyName || string(bd.Parameters[0]) != "5" {
-		t.Fatalf("Bind not renamed: %#v", msgs[1])
+	if bd, ok := sent[1].(*pgproto3.Bind); !ok || bd.PreparedStatement != proxyName || string(bd.Parameters[0]) != "5" {
+		t.Fatalf("Bind not renamed: %#v", sent[1])
 	}
 	reply, release = pumpServer(t, c1, b2, enc(&pgproto3.ParseComplete{}, &pgproto3.BindComplete{}, &pgproto3.NoData{},
 		&pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")}, &pgproto3.ReadyForQuery{TxStatus: 'I'}), 3)
@@ -313,14 +339,60 @@ func TestPreparedStatementsAcrossClientsAndBackends(t *testing.T) {
 		t.Fatalf("injected ParseComplete not swallowed: %q release %v", decodeBackendMsgs(t, reply), release)
 	}
 
-	// Close is the client's: answered by the proxy, the backend keeps it.
+	// Close closes the client's copy on the backend.
 	out = pumpClient(t, c1, b2, enc(&pgproto3.Close{ObjectType: 'S', Name: "s1"}, &pgproto3.Sync{}), 0)
-	if got := decodeFrontendMsgs(t, out); len(got) != 1 {
-		t.Fatalf("Close of a named statement forwarded: %#v", got)
+	if cl, ok := decodeFrontendMsgs(t, out)[0].(*pgproto3.Close); !ok || cl.Name != proxyName {
+		t.Fatalf("Close of the client's statement not sent: %q", out)
 	}
-	reply, _ = pumpServer(t, c1, b2, enc(&pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
-	if string(decodeBackendMsgs(t, reply)) != "3Z" || c1.stmts["s1"] != nil || !b2.prepared.has(proxyName) {
+	reply, _ = pumpServer(t, c1, b2, enc(&pgproto3.CloseComplete{}, &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
+	if string(decodeBackendMsgs(t, reply)) != "3Z" || c1.stmts["s1"] != nil || b2.prepared.has(proxyName) {
 		t.Fatalf("Close: reply %q, client map %v", decodeBackendMsgs(t, reply), c1.stmts)
+	}
+}
+
+// The unnamed statement is the client's: a Bind of it on a backend whose
+// unnamed statement may be another's (another client parsed one, or the
+// backend was acquired anew) parses the client's again first; a client
+// without one gets 26000.
+func TestUnnamedStatementIsPrivate(t *testing.T) {
+	c1, b := testRelay(ModeTransaction, 10)
+	pumpClient(t, c1, b, enc(&pgproto3.Parse{Query: "select 'c1'"}, &pgproto3.Describe{ObjectType: 'S'}, &pgproto3.Sync{}), 0)
+	pumpServer(t, c1, b, enc(&pgproto3.ParseComplete{}, &pgproto3.ParameterDescription{}, &pgproto3.NoData{}, &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
+	c2 := &clientConn{srv: c1.srv, mode: ModeTransaction, log: c1.log, txStatus: 'I', want: map[string]paramValue{},
+		stmts: map[string]*statement{}, startupParams: map[string]paramValue{}, in: readBuffer{buf: make([]byte, 16)}, be: b}
+	pumpClient(t, c2, b, enc(&pgproto3.Parse{Query: "select 'c2'"}, &pgproto3.Sync{}), 0)
+	pumpServer(t, c2, b, enc(&pgproto3.ParseComplete{}, &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
+
+	c1.be = b
+	out := pumpClient(t, c1, b, enc(&pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{}), 0)
+	sent := decodeFrontendMsgs(t, out)
+	if p, ok := sent[0].(*pgproto3.Parse); !ok || p.Name != "" || p.Query != "select 'c1'" {
+		t.Fatalf("client 1's unnamed statement not parsed again before its Bind: %#v", sent)
+	}
+	reply, _ := pumpServer(t, c1, b, enc(&pgproto3.ParseComplete{}, &pgproto3.BindComplete{},
+		&pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")}, &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
+	if string(decodeBackendMsgs(t, reply)) != "2CZ" {
+		t.Fatalf("reply %q", decodeBackendMsgs(t, reply))
+	}
+	// Still on the same hold: no second Parse.
+	out = pumpClient(t, c1, b, enc(&pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{}), 0)
+	if _, ok := decodeFrontendMsgs(t, out)[0].(*pgproto3.Bind); !ok {
+		t.Fatalf("parsed again though the backend has it: %q", out)
+	}
+	pumpServer(t, c1, b, enc(&pgproto3.BindComplete{}, &pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")}, &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
+
+	// A Query drops it: the Bind gets 26000, not the backend's statement.
+	pumpClient(t, c1, b, enc(&pgproto3.Query{String: "select 1"}), 0)
+	pumpServer(t, c1, b, enc(&pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")}, &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
+	out = pumpClient(t, c1, b, enc(&pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{}), 0)
+	if bd, ok := decodeFrontendMsgs(t, out)[0].(*pgproto3.Bind); !ok || bd.PreparedStatement != poisonStatement {
+		t.Fatalf("no poison Bind sent: %q", out)
+	}
+	reply, _ = pumpServer(t, c1, b, enc(&pgproto3.ErrorResponse{Severity: "ERROR", Code: "26000", Message: "x"},
+		&pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
+	fe := pgproto3.NewFrontend(bytes.NewReader(reply), io.Discard)
+	if m, _ := fe.Receive(); m.(*pgproto3.ErrorResponse).Code != "26000" || !strings.Contains(m.(*pgproto3.ErrorResponse).Message, "unnamed") {
+		t.Fatalf("client got %#v, want 26000", m)
 	}
 }
 
@@ -364,7 +436,7 @@ func TestPipelineLaterSegmentReprepares(t *testing.T) {
 	for _, m := range decodeFrontendMsgs(t, out) {
 		kinds = append(kinds, fmt.Sprintf("%T", m)[len("*pgproto3."):])
 	}
-	want := "Parse Bind Execute Parse Bind Execute Sync Close Parse Bind Execute Sync"
+	want := "Parse Bind Execute Parse Describe Bind Execute Sync Close Parse Describe Bind Execute Sync"
 	if strings.Join(kinds, " ") != want {
 		t.Fatalf("sent %v\nwant %s", kinds, want)
 	}
@@ -372,7 +444,7 @@ func TestPipelineLaterSegmentReprepares(t *testing.T) {
 		&pgproto3.ParseComplete{}, &pgproto3.BindComplete{},
 		&pgproto3.ErrorResponse{Severity: "ERROR", Code: "22012", Message: "division by zero"},
 		&pgproto3.ReadyForQuery{TxStatus: 'I'},
-		&pgproto3.CloseComplete{}, &pgproto3.ParseComplete{}, &pgproto3.BindComplete{},
+		&pgproto3.CloseComplete{}, &pgproto3.ParseComplete{}, &pgproto3.ParameterDescription{}, &pgproto3.NoData{}, &pgproto3.BindComplete{},
 		&pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")}, &pgproto3.ReadyForQuery{TxStatus: 'I'},
 	), 0)
 	if got := string(decodeBackendMsgs(t, reply)); got != "12EZ2CZ" || !release {
@@ -383,45 +455,13 @@ func TestPipelineLaterSegmentReprepares(t *testing.T) {
 	}
 }
 
-// "cached plan must not change result type" retires the server-side name;
-// the client's next Bind prepares the statement afresh under a new name.
-func TestCachedPlanErrorReprepares(t *testing.T) {
-	c, b := testRelay(ModeTransaction, 10)
-	pumpClient(t, c, b, enc(&pgproto3.Parse{Name: "s", Query: "select * from t"}, &pgproto3.Sync{}), 0)
-	pumpServer(t, c, b, enc(&pgproto3.ParseComplete{}, &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
-	old := c.stmts["s"].name
-	pumpClient(t, c, b, enc(&pgproto3.Bind{PreparedStatement: "s"}, &pgproto3.Execute{}, &pgproto3.Sync{}), 0)
-	pumpServer(t, c, b, enc(&pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "0A000",
-		Message: "cached plan must not change result type"}, &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
-	out := pumpClient(t, c, b, enc(&pgproto3.Bind{PreparedStatement: "s"}, &pgproto3.Execute{}, &pgproto3.Sync{}), 0)
-	msgs := decodeFrontendMsgs(t, out)
-	var parsed, bound string
-	var closed []string
-	for _, m := range msgs {
-		switch v := m.(type) {
-		case *pgproto3.Parse:
-			parsed = v.Name
-		case *pgproto3.Bind:
-			bound = v.PreparedStatement
-		case *pgproto3.Close:
-			closed = append(closed, v.Name)
-		}
-	}
-	if parsed == "" || parsed == old || bound != parsed {
-		t.Fatalf("not re-prepared under a new name: old %s parsed %s bound %s", old, parsed, bound)
-	}
-	if len(closed) != 1 || closed[0] != old {
-		t.Fatalf("stale statement not closed on the backend: %v", closed)
-	}
-}
-
 // The per-backend set is an LRU: the oldest statement beyond the bound is
 // closed on the backend (its CloseComplete swallowed) at the next boundary.
 func TestPreparedLRUEviction(t *testing.T) {
 	c, b := testRelay(ModeTransaction, 2)
 	for i, q := range []string{"select 1", "select 2", "select 3"} {
 		pumpClient(t, c, b, enc(&pgproto3.Parse{Name: string(rune('a' + i)), Query: q}, &pgproto3.Sync{}), 0)
-		pumpServer(t, c, b, enc(&pgproto3.ParseComplete{}, &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
+		pumpServer(t, c, b, msgs(learned(nil, &pgproto3.NoData{}), &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
 	}
 	if b.prepared.len() != 2 || len(b.prepared.toClose) != 1 {
 		t.Fatalf("prepared %d, to close %d", b.prepared.len(), len(b.prepared.toClose))
@@ -449,7 +489,7 @@ func TestPreparedLRUEviction(t *testing.T) {
 func TestDeallocateAndDiscard(t *testing.T) {
 	c, b := testRelay(ModeTransaction, 10)
 	pumpClient(t, c, b, enc(&pgproto3.Parse{Name: "MyStmt", Query: "select 1"}, &pgproto3.Sync{}), 0)
-	pumpServer(t, c, b, enc(&pgproto3.ParseComplete{}, &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
+	pumpServer(t, c, b, msgs(learned(nil, &pgproto3.NoData{}), &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
 	name := c.stmts["MyStmt"].name
 	out := pumpClient(t, c, b, enc(&pgproto3.Query{String: `DEALLOCATE "MyStmt"`}), 0)
 	if q, ok := decodeFrontendMsgs(t, out)[0].(*pgproto3.Query); !ok || q.String != "DEALLOCATE "+name {
@@ -461,7 +501,7 @@ func TestDeallocateAndDiscard(t *testing.T) {
 	pumpServer(t, c, b, enc(&pgproto3.CommandComplete{CommandTag: []byte("DEALLOCATE")}, &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
 
 	pumpClient(t, c, b, enc(&pgproto3.Parse{Name: "x", Query: "select 2"}, &pgproto3.Sync{}), 0)
-	pumpServer(t, c, b, enc(&pgproto3.ParseComplete{}, &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
+	pumpServer(t, c, b, msgs(learned(nil, &pgproto3.NoData{}), &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
 	c.want["search_path"] = paramValue{val: "foo", raw: true}
 	b.params["search_path"] = paramValue{val: "foo", raw: true}
 	pumpClient(t, c, b, enc(&pgproto3.Query{String: "discard all;"}), 0)
@@ -666,7 +706,7 @@ func TestErrorBeforeClientSync(t *testing.T) {
 func TestParseOfTakenNameFails(t *testing.T) {
 	c, b := testRelay(ModeTransaction, 10)
 	pumpClient(t, c, b, enc(&pgproto3.Parse{Name: "s", Query: "select 1"}, &pgproto3.Sync{}), 0)
-	pumpServer(t, c, b, enc(&pgproto3.ParseComplete{}, &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
+	pumpServer(t, c, b, msgs(learned(nil, &pgproto3.NoData{}), &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
 	first := c.stmts["s"]
 	out := pumpClient(t, c, b, enc(&pgproto3.Parse{Name: "s", Query: "select 2"}, &pgproto3.Sync{}), 0)
 	if bd, ok := decodeFrontendMsgs(t, out)[0].(*pgproto3.Bind); !ok || bd.PreparedStatement != poisonStatement {
@@ -695,7 +735,7 @@ func TestProbeCatchesChangedResultType(t *testing.T) {
 		return &pgproto3.RowDescription{Fields: []pgproto3.FieldDescription{{Name: []byte("c"), DataTypeOID: oid, DataTypeSize: -1, TypeModifier: -1}}}
 	}
 	pumpClient(t, c, b, enc(&pgproto3.Parse{Name: "s", Query: "select c from t"}, &pgproto3.Describe{ObjectType: 'S', Name: "s"}, &pgproto3.Sync{}), 0)
-	pumpServer(t, c, b, enc(&pgproto3.ParseComplete{}, &pgproto3.ParameterDescription{}, rowDesc(20), &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
+	pumpServer(t, c, b, msgs(learned(nil, rowDesc(20)), &pgproto3.ParameterDescription{}, rowDesc(20), &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
 	if c.stmts["s"].fingerprint == "" {
 		t.Fatal("the description the client got was not recorded")
 	}

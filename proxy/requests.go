@@ -41,6 +41,12 @@ type request struct {
 	failed     bool // an ErrorResponse arrived within this Query
 	// syncTo is the backend's parameter set once the proxy's own SETs succeed.
 	syncTo map[string]paramValue
+	// gen is the client's unnamed Parse a request about the unnamed
+	// statement belongs to (see clientConn.unnamedGen).
+	gen uint64
+	// learn marks the proxy's Describe right after a statement's first
+	// Parse: its answer is recorded as the statement's description.
+	learn bool
 	// probe marks the proxy's Describe of a statement it prepared on a new
 	// backend, to compare the result with what the client was told.
 	probe bool

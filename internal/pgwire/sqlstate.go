@@ -12,6 +12,7 @@ const (
 	CodeInvalidAuthorization       = "28000" // invalid_authorization_specification
 	CodeInvalidPassword            = "28P01" // invalid_password
 	CodeInvalidCatalogName         = "3D000" // invalid_catalog_name (unknown database)
+	CodeInvalidSQLStatementName    = "26000" // invalid_sql_statement_name
 	CodeDuplicatePreparedStatement = "42P05" // duplicate_prepared_statement
 	CodeTooManyConnections         = "53300" // too_many_connections
 	CodeProgramLimitExceeded       = "54000" // program_limit_exceeded
