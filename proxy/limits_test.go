@@ -39,7 +39,7 @@ func TestLargeBindStreamedRenamed(t *testing.T) {
 	c, b := testRelay(ModeTransaction, 10)
 	c.srv.cfg.MaxClientBuffer = 1 << 10
 	pumpClient(t, c, b, enc(&pgproto3.Parse{Name: "s", Query: "select $1::bytea"}, &pgproto3.Sync{}), 0)
-	pumpServer(t, c, b, enc(&pgproto3.ParseComplete{}, &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
+	pumpServer(t, c, b, msgs(learned(nil, &pgproto3.NoData{}), &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
 	blob := bytes.Repeat([]byte("0123456789abcdef"), 1<<10) // 16 KiB
 	out := pumpClient(t, c, b, enc(&pgproto3.Bind{PreparedStatement: "s", Parameters: [][]byte{blob}}, &pgproto3.Execute{}, &pgproto3.Sync{}), 100)
 	if len(c.in.buf) > 4<<10 {

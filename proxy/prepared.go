@@ -279,14 +279,6 @@ func (p *preparedSet) remove(name string) {
 	}
 }
 
-// retire forgets name and closes it on the backend at the next chance.
-func (p *preparedSet) retire(name string) {
-	if e, ok := p.items[name]; ok {
-		p.remove(name)
-		p.toClose = append(p.toClose, e)
-	}
-}
-
 // clear forgets everything (DEALLOCATE ALL / DISCARD ALL ran on the backend).
 func (p *preparedSet) clear() {
 	p.order.Init()

@@ -622,9 +622,16 @@ func (c *clientConn) streamBind(b *backend, out []byte, bodyLen int) (_ []byte, 
 	st := (*statement)(nil)
 	if len(name) > 0 {
 		st = c.clientStatement(name)
+	} else {
+		var mine bool
+		if out, mine = c.useUnnamed(b, out); !mine {
+			// No unnamed statement: the poison went out; drop the Bind.
+			return c.dropRest(out, headerLen+bodyLen), true
+		}
 	}
 	if st == nil {
-		// Unnamed or unknown to the proxy: the server judges it unchanged.
+		// Unnamed (made the client's above) or unknown to the proxy: the
+		// server judges it unchanged.
 		c.inBatch = true
 		c.q.push(request{kind: reqBind})
 		out = append(out, c.in.buf[c.in.start:c.in.start+headerLen+len(prefix)]...)
