@@ -1,32 +1,28 @@
 package main
 
 import (
-	"time"
-
 	"github.com/pgsidecar/pgsidecar/internal/config"
 	"github.com/pgsidecar/pgsidecar/pool"
 	"github.com/pgsidecar/pgsidecar/proxy"
 )
 
-// startupTimeout bounds a client's startup and authentication. It is no
-// option (PostgreSQL's authentication_timeout is a minute; a pooler's
-// clients are local and quick), so it is fixed here, the one place that
-// builds a proxy.Config.
-const startupTimeout = 15 * time.Second
-
 // optionNames maps the fields of pool.Config and proxy.Config that their
 // hints mention to the options that set them, so a hint names what the
 // operator can change (TestOptionNames checks each is an option).
 var optionNames = map[string]string{
-	"MaxSize":             "pool.max_size",
-	"MaxWaiters":          "pool.max_waiters",
-	"Mode":                "pool.mode",
-	"MaxClientConn":       "pool.max_client_conn",
-	"AuthMethod":          "auth.method",
-	"Users":               "auth.users",
-	"FailedLoginDelay":    "auth.failed_login_delay",
-	"FailedLoginDelayMax": "auth.failed_login_delay_max",
-	"ShutdownTimeout":     "shutdown_timeout",
+	"MaxSize":                "pool.max_size",
+	"MaxWaiters":             "pool.max_waiters",
+	"Mode":                   "pool.mode",
+	"MaxClientConn":          "pool.max_client_conn",
+	"AuthMethod":             "auth.method",
+	"Users":                  "auth.users",
+	"FailedLoginDelay":       "auth.failed_login_delay",
+	"FailedLoginDelayMax":    "auth.failed_login_delay_max",
+	"ShutdownTimeout":        "shutdown_timeout",
+	"ClientLoginTimeout":     "pool.client_login_timeout",
+	"QueryTimeout":           "pool.query_timeout",
+	"IdleTransactionTimeout": "pool.idle_transaction_timeout",
+	"ClientIdleTimeout":      "pool.client_idle_timeout",
 }
 
 // optionName is pool.Config.OptionName and proxy.Config.OptionName.
@@ -69,18 +65,21 @@ func (a *app) proxyConfig(cfg *config.Config, targets []config.Target) proxy.Con
 		dbs[t.Name] = &proxy.Database{Name: t.Name, Pool: a.pools[t.Name], Users: t.Users}
 	}
 	return proxy.Config{
-		Mode:                  cfg.Pool.Mode,
-		MaxClientConn:         cfg.Pool.MaxClientConn,
-		MaxStartupConn:        cfg.Pool.MaxStartupConn,
-		AuthMethod:            cfg.Auth.Method,
-		Databases:             dbs,
-		ResetQuery:            cfg.Pool.ResetQuery,
-		MaxPreparedStatements: cfg.Pool.MaxPreparedStatements,
-		MaxMessageSize:        cfg.MaxMessageSize,
-		MaxClientBuffer:       cfg.MaxClientBuffer,
-		StartupTimeout:        startupTimeout,
-		Logger:                a.log,
-		OptionName:            optionName,
+		Mode:                   cfg.Pool.Mode,
+		MaxClientConn:          cfg.Pool.MaxClientConn,
+		MaxStartupConn:         cfg.Pool.MaxStartupConn,
+		AuthMethod:             cfg.Auth.Method,
+		Databases:              dbs,
+		ResetQuery:             cfg.Pool.ResetQuery,
+		MaxPreparedStatements:  cfg.Pool.MaxPreparedStatements,
+		MaxMessageSize:         cfg.MaxMessageSize,
+		MaxClientBuffer:        cfg.MaxClientBuffer,
+		ClientLoginTimeout:     cfg.Pool.ClientLoginTimeout,
+		QueryTimeout:           cfg.Pool.QueryTimeout,
+		IdleTransactionTimeout: cfg.Pool.IdleTransactionTimeout,
+		ClientIdleTimeout:      cfg.Pool.ClientIdleTimeout,
+		Logger:                 a.log,
+		OptionName:             optionName,
 
 		FailedLoginDelay:         cfg.Auth.FailedLoginDelay,
 		FailedLoginDelayMax:      cfg.Auth.FailedLoginDelayMax,

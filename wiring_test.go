@@ -47,7 +47,9 @@ pool:
 	}
 	px := a.proxyConfig(cfg, targets)
 	if px.Mode != cfg.Pool.Mode || px.AuthMethod != cfg.Auth.Method || px.ResetQuery != cfg.Pool.ResetQuery ||
-		px.MaxMessageSize != cfg.MaxMessageSize || px.StartupTimeout != startupTimeout || startupTimeout <= 0 {
+		px.MaxMessageSize != cfg.MaxMessageSize || px.ClientLoginTimeout != cfg.Pool.ClientLoginTimeout ||
+		px.QueryTimeout != cfg.Pool.QueryTimeout || px.IdleTransactionTimeout != cfg.Pool.IdleTransactionTimeout ||
+		px.ClientIdleTimeout != cfg.Pool.ClientIdleTimeout {
 		t.Errorf("proxy.Config %+v does not carry the configuration", px)
 	}
 }

@@ -90,6 +90,18 @@ type clientConn struct {
 	// closeErr, once set (closeWith), is why the client must go: the drain
 	// deadline or a timeout. The client reader returns it at its next wake.
 	closeErr atomic.Pointer[pgError]
+
+	// For the client timeouts (timeouts.go): running is set once the
+	// client has logged in; waiting while it waits for a backend; reads counts the client reader's reads;
+	// responses (under mu) counts ReadyForQuery replies; queryTimedOut
+	// (under mu) says the request in flight was cancelled by
+	// query_timeout. sweep belongs to the sweeper goroutine.
+	running       atomic.Bool
+	waiting       atomic.Bool // in acquire: no timeout of the sweeper's applies (acquire_timeout does)
+	reads         atomic.Uint64
+	responses     uint64
+	queryTimedOut bool
+	sweep         sweepMark
 }
 
 // serverOpTimeout bounds each statement the proxy runs on a backend itself
@@ -127,7 +139,10 @@ func (s *Server) serveConn(conn net.Conn) {
 	defer s.forgetStarting(conn)
 	s.stats.accepted.Add(1)
 	live := s.live.Load()
-	loginDeadline := time.Now().Add(s.cfg.StartupTimeout)
+	var loginDeadline time.Time // zero: no limit
+	if live.ClientLoginTimeout > 0 {
+		loginDeadline = time.Now().Add(live.ClientLoginTimeout)
+	}
 	conn.SetDeadline(loginDeadline)
 	sm, err := readStartup(conn, startupMaxPacketLen)
 	if err != nil {
@@ -167,8 +182,15 @@ func (s *Server) serveConn(conn net.Conn) {
 		return
 	}
 	if err := authenticate(sm, conn, live.AuthMethod, password, known, live.option("Users")); err != nil {
-		if s.draining.Load() && errors.Is(err, os.ErrDeadlineExceeded) {
+		switch {
+		case !errors.Is(err, os.ErrDeadlineExceeded):
+		case s.draining.Load():
 			err = errCannotConnectNow()
+		default:
+			conn.SetWriteDeadline(time.Now().Add(time.Second))
+			err = newFatal(pgwire.CodeConnectionFailure,
+				fmt.Sprintf("canceling authentication due to timeout (pgsidecar %s %s)", live.option("ClientLoginTimeout"), live.ClientLoginTimeout),
+				"the client did not finish authenticating in time; check its password source, or raise "+live.option("ClientLoginTimeout"))
 		}
 		var pe *pgError
 		if errors.As(err, &pe) && pe.Code == pgwire.CodeInvalidPassword {
@@ -224,11 +246,12 @@ func (s *Server) serveConn(conn net.Conn) {
 	s.cancels.register(c)
 	defer s.cancels.unregister(c)
 
-	if err := c.greet(); err != nil {
+	if err := c.greet(loginDeadline); err != nil {
 		lg.Info("client startup failed", "err", err)
 		return
 	}
 	conn.SetDeadline(time.Time{})
+	c.running.Store(true)
 	lg.Debug("client connected", "application_name", c.appName)
 	start := time.Now()
 	err = c.run()
@@ -303,17 +326,25 @@ func (s *Server) rejectStartup(conn net.Conn, lg *slog.Logger, err error) {
 // greet finishes the startup: AuthenticationOk, the server's parameters
 // (with the client's own values where it chose them), the proxy-minted
 // BackendKeyData, and ReadyForQuery.
-func (c *clientConn) greet() error {
-	params, err := c.srv.serverParams(c.ctx, c.db)
-	if err != nil {
-		c.conn.Write(acquireErrorResponse(err, true).appendTo(nil))
-		return err
+func (c *clientConn) greet(deadline time.Time) error {
+	ctx := c.ctx
+	if !deadline.IsZero() {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(c.ctx, deadline)
+		defer cancel()
 	}
-	if err := c.checkStartupParams(params); err != nil {
+	params, err := c.srv.serverParams(ctx, c.db)
+	if err == nil {
+		err = c.checkStartupParams(ctx, params)
+	}
+	if err != nil {
 		var pe *pgError
 		if !errors.As(err, &pe) {
-			pe = acquireErrorResponse(err, true)
+			pe = c.loginAcquireError(err)
 		}
+		// The login deadline may be what ended the wait: the answer still
+		// goes out, the client is never just closed.
+		c.conn.SetWriteDeadline(time.Now().Add(time.Second))
 		c.conn.Write(pe.appendTo(nil))
 		return err
 	}
@@ -339,7 +370,7 @@ func (c *clientConn) greet() error {
 // rejects, as PostgreSQL refuses the connection, instead of failing every
 // transaction later when they are replayed. Each (name, value) the server
 // accepted once is remembered, so this costs a round trip only the first time.
-func (c *clientConn) checkStartupParams(server map[string]string) error {
+func (c *clientConn) checkStartupParams(ctx context.Context, server map[string]string) error {
 	var calls []string
 	var keys []string
 	for k, v := range c.startupParams {
@@ -356,11 +387,11 @@ func (c *clientConn) checkStartupParams(server map[string]string) error {
 	if len(calls) == 0 {
 		return nil
 	}
-	conn, err := c.db.Pool.Acquire(c.ctx)
+	conn, err := c.db.Pool.Acquire(ctx)
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(c.ctx, 10*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	// is_local settings vanish when the statement's implicit transaction ends.
 	err = conn.Server().Exec(ctx, "SELECT "+strings.Join(calls, ", "))
@@ -381,6 +412,21 @@ func (c *clientConn) checkStartupParams(server map[string]string) error {
 		conn.Destroy("checking startup parameters failed: " + err.Error())
 		return err
 	}
+}
+
+// loginAcquireError is the FATAL for a login that could not get a backend
+// (to learn the server's parameters or check the client's): the pool's
+// own 53300 / 08006, with the login timeout named when it ended the wait.
+func (c *clientConn) loginAcquireError(err error) *pgError {
+	pe := acquireErrorResponse(err, true)
+	if errors.Is(err, context.DeadlineExceeded) {
+		live := c.srv.live.Load()
+		opt := live.option("ClientLoginTimeout")
+		pe.Message = "login timed out waiting for a server connection: " + pe.Message
+		pe.Hint = fmt.Sprintf("%s (%s) ran out before a server connection was free; raise %s or %s, or shorten transactions",
+			opt, live.ClientLoginTimeout, live.option("MaxSize"), opt)
+	}
+	return pe
 }
 
 // isReportedParam lists parameters PostgreSQL reports even when the server

@@ -105,9 +105,18 @@ type Config struct {
 	// larger Binds and Queries are streamed, a larger Parse (transaction
 	// mode, where it is read whole) is refused with 54000. At least 1.
 	MaxClientBuffer int
-	// StartupTimeout bounds the startup and authentication phase; above 0.
-	StartupTimeout time.Duration
-	Logger         *slog.Logger // nil means slog.Default()
+	Logger          *slog.Logger // nil means slog.Default()
+	// ClientLoginTimeout bounds a client's login: startup, authentication
+	// and greet (which may wait for a backend). 0 = no limit. Live.
+	ClientLoginTimeout time.Duration
+	// QueryTimeout cancels a request running longer (57014); 0 = off. Live.
+	QueryTimeout time.Duration
+	// IdleTransactionTimeout closes a client idle inside a transaction
+	// (25P03), rolling back and returning its backend; 0 = off. Live.
+	IdleTransactionTimeout time.Duration
+	// ClientIdleTimeout closes a client idle outside a transaction (57P05);
+	// 0 = off. Live.
+	ClientIdleTimeout time.Duration
 	// OptionName spells a field of Config (or "Users", "ShutdownTimeout")
 	// the way the operator sets it, for hints and log lines: "Mode" may
 	// become "pool.mode". The proxy knows no configuration file; nil, or

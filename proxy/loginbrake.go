@@ -3,6 +3,7 @@ package proxy
 import (
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/netip"
 	"sync"
@@ -183,7 +184,11 @@ func (s *Server) brakeLogin(conn net.Conn, lg *slog.Logger, live *Config, deadli
 		return key, false, nil
 	}
 	now := time.Now()
-	wait, ok := s.brake.admit(key, now, live.FailedLoginDelay, live.FailedLoginDelayMax, deadline.Sub(now)-brakeExchangeTime)
+	limit := time.Duration(math.MaxInt64) // no login deadline (client_login_timeout 0)
+	if !deadline.IsZero() {
+		limit = deadline.Sub(now) - brakeExchangeTime
+	}
+	wait, ok := s.brake.admit(key, now, live.FailedLoginDelay, live.FailedLoginDelayMax, limit)
 	if !ok {
 		s.stats.loginsThrottled.Add(1)
 		return key, true, newFatal(pgwire.CodeInvalidAuthorization,

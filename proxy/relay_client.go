@@ -34,6 +34,9 @@ func (c *clientConn) run() error {
 		c.in.prepare()
 		n, err := c.conn.Read(c.in.free())
 		c.in.end += n
+		if n > 0 {
+			c.reads.Add(1) // activity, for the idle timeouts
+		}
 		if err != nil {
 			if !errors.Is(err, os.ErrDeadlineExceeded) || c.killed.Load() {
 				return err
@@ -320,6 +323,8 @@ func (c *clientConn) acquireForRequest() (*backend, error) {
 func (c *clientConn) acquire() (*backend, error) {
 	s := c.srv
 	s.stats.waiting.Add(1)
+	c.waiting.Store(true)
+	defer c.waiting.Store(false)
 	var conn *pool.Conn
 	var err error
 	for attempt := 0; ; attempt++ {

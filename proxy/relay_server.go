@@ -262,6 +262,8 @@ func (c *clientConn) routeOne(b *backend, typ byte, msg []byte) (swallow bool, e
 		r := c.q.pop()
 		c.txStatus = msg[headerLen]
 		b.queries++
+		c.responses++
+		c.queryTimedOut = false
 		if !r.failed {
 			c.applyCompleted(b, &r)
 		} else if r.syncTo != nil {
@@ -278,12 +280,19 @@ func (c *clientConn) routeOne(b *backend, typ byte, msg []byte) (swallow bool, e
 		if sev := errorField(body, 'V'); bytes.Equal(sev, []byte("FATAL")) || bytes.Equal(sev, []byte("PANIC")) {
 			b.fatal = true
 		}
+		if c.queryTimedOut && string(errorField(body, 'C')) == pgwire.CodeQueryCanceled {
+			// The proxy's query_timeout cancel: say so rather than the
+			// server's "canceling statement due to user request".
+			c.queryTimedOut = false
+			c.replacement = c.srv.queryTimeoutError().appendTo(c.replacement[:0])
+			swallow = true
+		}
 		if head == nil {
-			return false, nil
+			return swallow, nil
 		}
 		if head.kind == reqQuery || head.kind == reqSync {
 			head.failed = true
-			return false, nil
+			return swallow, nil
 		}
 		r := c.q.pop()
 		c.undoParse(b, &r)

@@ -59,6 +59,7 @@ type Server struct {
 	brake    *loginBrake   // failed logins per source address
 	brakeLog logLimiter    // addresses reaching the maximum delay
 	quit     chan struct{} // closed when Shutdown or Close begins: ends brake waits
+	sweep    sweeper       // the client timeouts' goroutine (timeouts.go)
 }
 
 // New checks cfg and returns a Server that is not yet listening.
@@ -80,6 +81,7 @@ func New(cfg Config) (*Server, error) {
 		brake:       newLoginBrake(),
 		brakeLog:    logLimiter{interval: cancelLogInterval},
 		quit:        make(chan struct{}),
+		sweep:       newSweeper(),
 		junkLog:     logLimiter{interval: cancelLogInterval},
 		fdLog:       logLimiter{interval: limitLogInterval},
 		refusedLog:  logLimiter{interval: limitLogInterval},
@@ -115,8 +117,13 @@ func (cfg *Config) check() error {
 	if cfg.MaxMessageSize < 1 || cfg.MaxMessageSize > MaxMessageSizeLimit {
 		errs = append(errs, fmt.Errorf("proxy: MaxMessageSize %d: must be from 1 to %d", cfg.MaxMessageSize, MaxMessageSizeLimit))
 	}
-	if cfg.StartupTimeout <= 0 {
-		errs = append(errs, fmt.Errorf("proxy: StartupTimeout %s: must be above 0", cfg.StartupTimeout))
+	for name, d := range map[string]time.Duration{
+		"ClientLoginTimeout": cfg.ClientLoginTimeout, "QueryTimeout": cfg.QueryTimeout,
+		"IdleTransactionTimeout": cfg.IdleTransactionTimeout, "ClientIdleTimeout": cfg.ClientIdleTimeout,
+	} {
+		if d < 0 {
+			errs = append(errs, fmt.Errorf("proxy: %s %s: must be at least 0 (0 = off)", name, d))
+		}
 	}
 	if len(cfg.Databases) == 0 {
 		errs = append(errs, errors.New("proxy: no databases configured"))
@@ -145,6 +152,7 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 	s.listeners[ln] = struct{}{}
 	s.mu.Unlock()
+	s.startSweeper()
 	defer func() {
 		s.mu.Lock()
 		delete(s.listeners, ln)
@@ -352,6 +360,7 @@ wait:
 		s.log.Warn("clients did not leave after their 57P01; closing them", "grace", expireGrace.String())
 		s.Close()
 	}
+	s.stopSweeper()
 	return err
 }
 
@@ -369,6 +378,7 @@ func (s *Server) Close() error {
 	}
 	s.mu.Unlock()
 	s.wg.Wait()
+	s.stopSweeper()
 	return nil
 }
 

@@ -87,6 +87,11 @@ type PoolConfig struct {
 	ReconnectBackoffMax   time.Duration `koanf:"reconnect_backoff_max"`
 	ResetQuery            string        `koanf:"reset_query"`
 	MaxPreparedStatements int           `koanf:"max_prepared_statements"`
+	// Client timeouts, as PgBouncer names them; 0 = off (login: no limit).
+	QueryTimeout           time.Duration `koanf:"query_timeout"`
+	IdleTransactionTimeout time.Duration `koanf:"idle_transaction_timeout"`
+	ClientIdleTimeout      time.Duration `koanf:"client_idle_timeout"`
+	ClientLoginTimeout     time.Duration `koanf:"client_login_timeout"`
 }
 
 // AuthConfig holds the auth.* options.

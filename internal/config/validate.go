@@ -162,6 +162,10 @@ func checkPool(p *problems, prefix string, pc PoolConfig) {
 		{"connect_timeout", pc.ConnectTimeout, true},
 		{"reconnect_backoff", pc.ReconnectBackoff, true},
 		{"reconnect_backoff_max", pc.ReconnectBackoffMax, true},
+		{"query_timeout", pc.QueryTimeout, false},
+		{"idle_transaction_timeout", pc.IdleTransactionTimeout, false},
+		{"client_idle_timeout", pc.ClientIdleTimeout, false},
+		{"client_login_timeout", pc.ClientLoginTimeout, false},
 	} {
 		if d.positive && d.v <= 0 {
 			p.add(prefix+"."+d.key, "must be > 0, got %s", d.v)

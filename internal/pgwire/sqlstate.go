@@ -19,4 +19,6 @@ const (
 	CodeQueryCanceled              = "57014" // query_canceled
 	CodeAdminShutdown              = "57P01" // admin_shutdown
 	CodeCannotConnectNow           = "57P03" // cannot_connect_now
+	CodeIdleInTransactionTimeout   = "25P03" // idle_in_transaction_session_timeout
+	CodeIdleSessionTimeout         = "57P05" // idle_session_timeout
 )

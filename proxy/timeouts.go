@@ -1,0 +1,226 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/pgsidecar/pgsidecar/internal/pgwire"
+)
+
+// The client timeouts (query_timeout, idle_transaction_timeout,
+// client_idle_timeout) are enforced by one sweeper goroutine per Server
+// rather than by timers or deadlines per message: the relay only bumps two
+// counters (reads per client read, responses per ReadyForQuery), and the
+// sweeper, a tenth of the shortest timeout apart, notes since when each
+// client has been in the same state without progress. A timeout thus fires
+// up to one sweep interval late.
+
+// Sweep interval bounds: often enough for sub-second timeouts to be
+// roughly right, rarely enough that long ones cost nothing.
+const (
+	minSweepInterval = 10 * time.Millisecond
+	maxSweepInterval = time.Second
+)
+
+// clientState is what the sweeper sees a client doing.
+type clientState uint8
+
+const (
+	stateIdle     clientState = iota // between transactions, nothing in flight
+	stateBusy                        // a request is in flight
+	stateIdleInTx                    // inside a transaction, nothing in flight
+	stateWaiting                     // waiting for a backend (pool.acquire_timeout applies)
+)
+
+// sweepMark is the sweeper's memory of one client; only the sweeper
+// goroutine touches it.
+type sweepMark struct {
+	state clientState
+	mark  uint64    // progress counter seen in that state
+	since time.Time // when the sweeper first saw state with mark
+	acted bool      // the timeout of this state was applied
+}
+
+// sweeper is the Server's timeout goroutine and what it owns.
+type sweeper struct {
+	once    sync.Once
+	stopped sync.Once
+	stop    chan struct{} // closed by stopSweeper
+	done    chan struct{} // closed when the goroutine has ended
+	started bool          // under Server.mu
+	cancels sync.WaitGroup
+	list    []*clientConn // reused snapshot of the clients
+}
+
+func newSweeper() sweeper {
+	return sweeper{stop: make(chan struct{}), done: make(chan struct{})}
+}
+
+// startSweeper starts the timeout goroutine once (on the first Serve). It
+// ends when stopSweeper is called (Shutdown, Close).
+func (s *Server) startSweeper() {
+	s.sweep.once.Do(func() {
+		s.mu.Lock()
+		s.sweep.started = true
+		s.mu.Unlock()
+		go s.sweepLoop() // ends when stopSweeper closes sweep.stop
+	})
+}
+
+// stopSweeper ends the timeout goroutine and the cancel requests it sent,
+// and waits for them.
+func (s *Server) stopSweeper() {
+	s.sweep.stopped.Do(func() { close(s.sweep.stop) })
+	s.mu.Lock()
+	started := s.sweep.started
+	s.mu.Unlock()
+	if started {
+		<-s.sweep.done
+	}
+	s.sweep.cancels.Wait()
+}
+
+// sweepInterval is a tenth of the shortest timeout in force, within
+// [minSweepInterval, maxSweepInterval].
+func sweepInterval(cfg *Config) time.Duration {
+	d := maxSweepInterval
+	for _, t := range []time.Duration{cfg.QueryTimeout, cfg.IdleTransactionTimeout, cfg.ClientIdleTimeout} {
+		if t > 0 {
+			d = min(d, t/10)
+		}
+	}
+	return max(d, minSweepInterval)
+}
+
+func (s *Server) sweepLoop() {
+	defer close(s.sweep.done)
+	t := time.NewTimer(sweepInterval(s.live.Load()))
+	defer t.Stop()
+	for {
+		select {
+		case <-s.sweep.stop:
+			return
+		case <-t.C:
+		}
+		// Re-read every round: the timeouts change live (SIGHUP).
+		live := s.live.Load()
+		if live.QueryTimeout > 0 || live.IdleTransactionTimeout > 0 || live.ClientIdleTimeout > 0 {
+			s.sweepOnce(live, time.Now())
+		}
+		t.Reset(sweepInterval(live))
+	}
+}
+
+// sweepOnce looks at every client once.
+func (s *Server) sweepOnce(live *Config, now time.Time) {
+	s.mu.Lock()
+	list := s.sweep.list[:0]
+	for c := range s.clients {
+		list = append(list, c)
+	}
+	s.mu.Unlock()
+	for _, c := range list {
+		s.sweepClient(c, live, now)
+	}
+	clear(list) // keep no client alive past its end
+	s.sweep.list = list[:0]
+}
+
+// sweepClient applies the timeout of the state c has been in, without
+// progress, for too long.
+func (s *Server) sweepClient(c *clientConn, live *Config, now time.Time) {
+	if !c.running.Load() || c.closeErr.Load() != nil {
+		return // still logging in, or already told to go
+	}
+	c.mu.Lock()
+	st, mark := stateIdle, c.responses
+	switch {
+	case c.waiting.Load():
+		st = stateWaiting
+	case c.q.len() > 0:
+		st = stateBusy
+	case c.be != nil && c.txStatus != 'I':
+		st = stateIdleInTx
+	}
+	c.mu.Unlock()
+	if st != stateBusy {
+		// Idle ends with anything the client sends; a request in flight
+		// only with its answer (a client pipelining more does not reset it).
+		mark += c.reads.Load()
+	}
+	sw := &c.sweep
+	if st != sw.state || mark != sw.mark || sw.since.IsZero() {
+		*sw = sweepMark{state: st, mark: mark, since: now}
+		return
+	}
+	if sw.acted {
+		return
+	}
+	elapsed := now.Sub(sw.since)
+	switch st {
+	case stateBusy:
+		if limit := live.QueryTimeout; limit > 0 && elapsed >= limit {
+			sw.acted = true
+			s.sweep.cancels.Add(1)
+			go func() { // ends when the cancel request is answered (bounded by serverOpTimeout)
+				defer s.sweep.cancels.Done()
+				s.cancelForTimeout(c, mark, limit)
+			}()
+		}
+	case stateIdleInTx:
+		if limit := live.IdleTransactionTimeout; limit > 0 && elapsed >= limit {
+			sw.acted = true
+			opt := live.option("IdleTransactionTimeout")
+			c.log.Info("client idle in transaction longer than "+opt+": closed, its transaction rolled back",
+				"timeout", limit.String())
+			c.closeWith(newFatal(pgwire.CodeIdleInTransactionTimeout,
+				fmt.Sprintf("terminating connection due to idle-in-transaction timeout (pgsidecar %s %s)", opt, limit),
+				"the transaction was rolled back; commit or roll back promptly, or raise "+opt))
+		}
+	case stateIdle:
+		if limit := live.ClientIdleTimeout; limit > 0 && elapsed >= limit {
+			sw.acted = true
+			opt := live.option("ClientIdleTimeout")
+			c.log.Debug("client idle longer than "+opt+": closed", "timeout", limit.String())
+			c.closeWith(newFatal(pgwire.CodeIdleSessionTimeout,
+				fmt.Sprintf("terminating connection due to idle-session timeout (pgsidecar %s %s)", opt, limit),
+				"reconnect; raise "+opt+" if clients legitimately stay idle longer"))
+		}
+	}
+}
+
+// cancelForTimeout cancels the request c has had in flight since the
+// sweeper saw mark, if it still runs. It holds c's lock while the cancel is
+// sent, as handleCancel does, so the backend cannot pass to another client
+// in between.
+func (s *Server) cancelForTimeout(c *clientConn, mark uint64, limit time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.be == nil || c.q.len() == 0 || c.responses != mark {
+		return // it finished meanwhile
+	}
+	c.queryTimedOut = true
+	ctx, cancel := context.WithTimeout(context.Background(), serverOpTimeout)
+	defer cancel()
+	if err := c.be.conn.Server().CancelRequest(ctx); err != nil {
+		c.log.Warn(s.live.Load().option("QueryTimeout")+": cancelling the query on the server failed", "err", err)
+		return
+	}
+	c.lastMu.Lock()
+	stmt := string(c.last[:c.lastLen])
+	c.lastMu.Unlock()
+	c.log.Info("query ran longer than "+s.live.Load().option("QueryTimeout")+": cancelled on the server",
+		"query_timeout", limit.String(), "backend_pid", c.be.conn.Server().PID(), "statement", stmt)
+}
+
+// queryTimeoutError is what the client gets instead of the server's
+// "canceling statement due to user request" after a query_timeout cancel.
+func (s *Server) queryTimeoutError() *pgError {
+	live := s.live.Load()
+	opt := live.option("QueryTimeout")
+	return newError(pgwire.CodeQueryCanceled,
+		fmt.Sprintf("canceling statement due to pgsidecar %s (%s)", opt, live.QueryTimeout),
+		"the statement ran longer than "+opt+"; make it faster or raise the option")
+}
