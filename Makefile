@@ -1,5 +1,6 @@
 # pgsidecar: build, run, test, measure.
 #   make run    proxy $DATABASE_URL, or a throwaway local PostgreSQL if unset
+#   make cover  every test with coverage, the e2e suite's proxy included; prints per-package figures
 #   make test   make lint (gofmt, go vet, staticcheck) + every test (with -race) against a real PostgreSQL
 
 # The Go tarball installs to /usr/local/go/bin, which a fresh shell may not
@@ -23,7 +24,7 @@ FUZZTIME ?= 20s
 # Extra arguments for the proxy, e.g. make run ARGS="-config config.yaml".
 ARGS     ?=
 
-.PHONY: all build image run test bench fuzz lint clean
+.PHONY: all build image run test cover bench fuzz lint clean
 
 all: build
 
@@ -55,6 +56,27 @@ test:
 	@bash test/tools/deps.sh
 	@$(MAKE) --no-print-directory lint
 	$(GO) test -race -count=1 -timeout 9m ./...
+
+# Coverage that sees the e2e suite: the proxy binary the e2e tests run is
+# built with -cover and writes its counters at exit to GOCOVERDIR (set from
+# PGSIDECAR_E2E_COVERDIR by the suite's TestMain); the unit
+# tests write theirs with -test.gocoverdir; covdata merges both, per
+# package. No -race here: coverage, not races, is measured.
+COVERDIR ?= $(CURDIR)/bin/cover
+# The packages measured: everything but the tests and their helpers.
+COVERPKG = $(shell $(GO) list ./... | grep -v -e /test$$ -e /internal/testpg$$ | paste -sd, -)
+cover:
+	rm -rf $(COVERDIR)
+	mkdir -p $(COVERDIR)/unit $(COVERDIR)/e2e
+	$(MAKE) --no-print-directory build BIN=$(COVERDIR)/pgsidecar GOBUILDFLAGS="-cover -covermode=atomic -coverpkg=$(COVERPKG)"
+	PGSIDECAR_E2E_COVERDIR=$(COVERDIR)/e2e PGSIDECAR_E2E_BIN=$(COVERDIR)/pgsidecar \
+		$(GO) test -count=1 -timeout 9m -cover -covermode=atomic -coverpkg=$(COVERPKG) ./... \
+		-args -test.gocoverdir=$(COVERDIR)/unit
+	@echo "combined coverage (unit + e2e), per package:"
+	@$(GO) tool covdata percent -i=$(COVERDIR)/unit,$(COVERDIR)/e2e | tr '\t' ' ' | \
+		sed -E 's/ +/ /g; s/ (github\.com)/\n\1/g' | grep -F 'coverage:'
+	@$(GO) tool covdata textfmt -i=$(COVERDIR)/unit,$(COVERDIR)/e2e -o $(COVERDIR)/cover.out
+	@echo "profile: $(COVERDIR)/cover.out (go tool cover -html=$(COVERDIR)/cover.out)"
 
 bench: build
 	BENCH_PROXY_BIN=$(CURDIR)/$(BIN) bash test/tools/bench.sh

@@ -55,6 +55,12 @@ const (
 // and removes everything it made.
 func TestMain(m *testing.M) {
 	flag.Parse()
+	if dir := os.Getenv("PGSIDECAR_E2E_COVERDIR"); dir != "" {
+		// make cover: a proxy built with -cover writes its counters to
+		// GOCOVERDIR at exit. go test points GOCOVERDIR at a directory of
+		// its own, so make passes the real one under another name.
+		os.Setenv("GOCOVERDIR", dir)
+	}
 	os.Exit(runTests(m))
 }
 
