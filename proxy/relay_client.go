@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net"
 	"os"
 	"time"
 
@@ -63,6 +64,41 @@ func (c *clientConn) run() error {
 	}
 }
 
+// drainGate decides, while the server drains, whether the client message
+// of type typ may go on: not when the client is between transactions (its
+// next transaction would start after the SIGTERM: 57P01). A request
+// pipelined behind one still in flight outside a transaction waits for
+// that one's answer, which says whether a transaction is open.
+func (c *clientConn) drainGate(typ byte) error {
+	for {
+		c.mu.Lock()
+		between := c.be == nil || (c.q.len() == 0 && !c.inBatch && c.txStatus == 'I' && !c.writing && c.probe == nil)
+		pipelined := !between && startsRequest(typ) && c.q.len() > 0 && !c.inBatch && c.txStatus == 'I'
+		c.mu.Unlock()
+		switch {
+		case between:
+			return errDraining()
+		case !pipelined:
+			return nil // inside a transaction, or part of a request under way
+		case c.closeErr.Load() != nil:
+			return c.closeErr.Load()
+		case c.killed.Load():
+			return net.ErrClosed
+		}
+		time.Sleep(drainPoll / 10) // only while draining, a few times per request
+	}
+}
+
+// startsRequest reports whether a client message of type typ can begin a
+// request (not COPY data, which belongs to the request in flight).
+func startsRequest(typ byte) bool {
+	switch typ {
+	case msgQuery, msgParse, msgBind, msgDescribe, msgExecute, msgClose, msgSync, msgFunctionCall, msgFlush:
+		return true
+	}
+	return false
+}
+
 // betweenTransactions reports whether the client is at a transaction
 // boundary: it holds no backend, or nothing it sent is in flight and its
 // last ReadyForQuery said 'I'. What it sends next would start a new
@@ -93,9 +129,10 @@ func (c *clientConn) process() error {
 			if typ := c.in.buf[c.in.start]; !knownFrontendType(typ) {
 				return c.unknownMessage(typ)
 			}
-			if c.srv.draining.Load() && c.betweenTransactions() {
-				// This request would start a transaction after the SIGTERM.
-				return errDraining()
+			if c.srv.draining.Load() {
+				if err := c.drainGate(c.in.buf[c.in.start]); err != nil {
+					return err
+				}
 			}
 		}
 		b := c.heldBackend()

@@ -339,3 +339,49 @@ func testDrainDeadline(t *testing.T, mode string) {
 		t.Error("the proxy did not log that shutdown_timeout was reached")
 	}
 }
+
+// TestSIGTERMDrainPipelined: a request a client pipelines after SIGTERM
+// behind one still running outside a transaction would start a new
+// transaction once that one ends: the running one finishes and answers,
+// the pipelined one is refused with 57P01 and never reaches the server.
+func TestSIGTERMDrainPipelined(t *testing.T) {
+	for _, mode := range []string{"transaction", "session"} {
+		t.Run(mode, func(t *testing.T) {
+			table := "e2e_drain_pipelined_" + mode
+			if _, err := runPsql(t, txDirectURL(), "-c", "DROP TABLE IF EXISTS "+table+"; CREATE TABLE "+table+"(x int)"); err != nil {
+				t.Fatalf("setup: %v", err)
+			}
+			p := txStartProxy(t, mode, 2)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			admin := connect(t, pg.AdminURLDB(txAppDB))
+
+			c := dialRaw(t, p.AppURL())
+			c.send(t, &pgproto3.Query{String: "SELECT 'slept' FROM pg_sleep(1)"})
+			waitFor(t, 5*time.Second, "the pg_sleep to run", func() bool {
+				var n int
+				err := admin.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE 'SELECT ''slept''%'").Scan(&n)
+				return err == nil && n == 1
+			})
+			p.Signal(syscall.SIGTERM)
+			waitFor(t, 2*time.Second, "/health to answer 503 while draining", func() bool {
+				code, _, err := p.FetchHealth()
+				return err == nil && code == 503
+			})
+			c.send(t, &pgproto3.Query{String: "INSERT INTO " + table + " VALUES (1)"})
+
+			vals, status := readyRows(t, c)
+			if len(vals) != 1 || vals[0] != "slept" || status != 'I' {
+				t.Fatalf("the query running at SIGTERM: %v %q; want it answered", vals, status)
+			}
+			receiveFatal(t, c, "57P01", 5*time.Second)
+			if code, err := p.Wait(10 * time.Second); err != nil || code != 0 {
+				t.Fatalf("proxy exit: %d %v", code, err)
+			}
+			var n int
+			if err := admin.QueryRow(ctx, "SELECT count(*) FROM "+table).Scan(&n); err != nil || n != 0 {
+				t.Fatalf("rows inserted by the request pipelined after SIGTERM: %d %v; want 0", n, err)
+			}
+		})
+	}
+}
