@@ -50,6 +50,7 @@ func (a *app) poolConfig(t config.Target) pool.Config {
 		MaxQueries:        pc.MaxQueries,
 		LeakTimeout:       pc.LeakTimeout,
 		ConnectTimeout:    pc.ConnectTimeout,
+		IdleCheckInterval: pc.IdleCheckInterval,
 		BackoffInitial:    pc.ReconnectBackoff,
 		BackoffMax:        pc.ReconnectBackoffMax,
 		Logger:            a.log,

@@ -1,5 +1,6 @@
-// Package health serves pgsidecar's HTTP side door: /health for load
-// balancers and orchestrators, /stats for people and scripts, /metrics for
+// Package health serves pgsidecar's HTTP side door: /livez and /readyz
+// for orchestrators' probes, /health (the detailed status) for load
+// balancers and people, /stats for people and scripts, /metrics for
 // Prometheus. Every handler reads only in-memory snapshots handed in through
 // Config, never the database, so the listener stays fast and truthful while
 // the proxy is under load or the upstream is down. It never imports proxy:
@@ -43,8 +44,10 @@ type Config struct {
 	// practice). It is served as JSON under "clients" in /stats, and its
 	// numeric fields are exported in /metrics as clientSeries types them.
 	Clients func() any
-	// Draining reports whether a graceful shutdown has begun; while it
-	// does, /health answers 503 so that traffic moves elsewhere.
+	// Draining reports whether a graceful shutdown has begun (the app
+	// wires proxy.Server.Draining, which proxy.Server.BeginDrain sets);
+	// while it does, /health and /readyz answer 503 so that traffic moves
+	// elsewhere, and /livez stays 200 so the drain is not cut short.
 	Draining func() bool
 	// Logger receives server errors; default slog.Default().
 	Logger *slog.Logger
@@ -94,6 +97,8 @@ func New(cfg Config) *Server {
 // every other path.
 func (s *Server) routes() http.Handler {
 	mux := http.NewServeMux()
+	mux.HandleFunc("GET /livez", s.serveLivez)
+	mux.HandleFunc("GET /readyz", s.serveReadyz)
 	mux.HandleFunc("GET /health", s.serveHealth)
 	mux.HandleFunc("GET /stats", s.serveStats)
 	mux.Handle("GET /metrics", newMetricsHandler(s.cfg, s.log))

@@ -211,6 +211,11 @@ func TestRouting(t *testing.T) {
 		{"GET", "/stats", 200},
 		{"HEAD", "/stats", 200},
 		{"GET", "/metrics", 200},
+		{"GET", "/livez", 200},
+		{"HEAD", "/livez", 200},
+		{"GET", "/readyz", 200},
+		{"HEAD", "/readyz", 200},
+		{"POST", "/readyz", 405},
 		{"GET", "/", 404},
 		{"GET", "/nope", 404},
 		{"GET", "/health/extra", 404},
@@ -436,4 +441,62 @@ func jsonFieldNames(typ reflect.Type) []string {
 		}
 	}
 	return names
+}
+
+// Issue 7, point 4: /livez says the process is up, whatever the pools do
+// and during a drain too; /readyz is 503 while any pool cannot give a
+// backend or while draining, with the reason in the body.
+func TestLivezAndReadyz(t *testing.T) {
+	cases := []struct {
+		name           string
+		states         []pool.State
+		drain          bool
+		ready          int
+		status, reason string
+	}{
+		{"no pools", nil, false, 200, "ready", ""},
+		{"healthy", []pool.State{pool.StateHealthy}, false, 200, "ready", ""},
+		{"degraded still serves", []pool.State{pool.StateDegraded}, false, 200, "ready", ""},
+		{"recovering serves", []pool.State{pool.StateRecovering}, false, 200, "ready", ""},
+		{"database down", []pool.State{pool.StateHealthy, pool.StateUnhealthy}, false, 503, StatusUnhealthy, "pool b/app is UNHEALTHY: reason for b"},
+		{"not connected yet", []pool.State{pool.StateInitializing}, false, 503, StatusUnhealthy, "pool a/app is INITIALIZING: reason for a"},
+		{"pool closing", []pool.State{pool.StateShuttingDown}, false, 503, StatusUnhealthy, "SHUTTING_DOWN"},
+		{"draining", []pool.State{pool.StateHealthy}, true, 503, StatusDraining, "graceful shutdown"},
+		{"draining and down", []pool.State{pool.StateUnhealthy}, true, 503, StatusDraining, "graceful shutdown"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var st state
+			var pools []pool.Stats
+			for i, s := range tc.states {
+				pools = append(pools, samplePool(string(rune('a'+i)), s))
+			}
+			st.setPools(pools...)
+			st.draining.Store(tc.drain)
+			h := New(st.config()).handler
+
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, httptest.NewRequest("GET", "/livez", nil))
+			if rec.Code != 200 || !strings.Contains(rec.Body.String(), `"status":"alive"`) {
+				t.Fatalf("/livez = %d %s, want 200 alive", rec.Code, rec.Body)
+			}
+
+			rec = httptest.NewRecorder()
+			h.ServeHTTP(rec, httptest.NewRequest("GET", "/readyz", nil))
+			var got readyzResponse
+			if err := json.Unmarshal(rec.Body.Bytes(), &got); err != nil {
+				t.Fatalf("decode /readyz: %v; body %s", err, rec.Body)
+			}
+			if rec.Code != tc.ready || got.Status != tc.status || got.Ready != (tc.ready == 200) || !strings.Contains(got.Reason, tc.reason) {
+				t.Fatalf("/readyz = %d %+v, want %d status %q reason containing %q", rec.Code, got, tc.ready, tc.status, tc.reason)
+			}
+
+			// /health agrees on draining.
+			rec = httptest.NewRecorder()
+			h.ServeHTTP(rec, httptest.NewRequest("GET", "/health", nil))
+			if tc.drain != strings.Contains(rec.Body.String(), StatusDraining) {
+				t.Fatalf("/health while draining=%v: %s", tc.drain, rec.Body)
+			}
+		})
+	}
 }

@@ -1,6 +1,7 @@
 package health
 
 import (
+	"fmt"
 	"net/http"
 
 	"github.com/pgsidecar/pgsidecar/internal/buildinfo"
@@ -35,6 +36,53 @@ type poolSummary struct {
 	Active      int        `json:"active"`
 	Waiting     int        `json:"waiting"`
 	MaxSize     int        `json:"max_size"`
+}
+
+// livezResponse is the /livez body.
+type livezResponse struct {
+	Status string `json:"status"` // always "alive"
+}
+
+// serveLivez answers GET and HEAD /livez: 200 whenever the process is up
+// and its listeners serve, whatever the database does. A liveness probe
+// restarts what fails it, and restarting the sidecar cannot bring a
+// database back: it would only drop the clients that are still served
+// (from a pool that is DEGRADED, or once the database returns). It stays
+// 200 during a drain too, so the drain is not cut short.
+func (s *Server) serveLivez(w http.ResponseWriter, r *http.Request) {
+	s.writeJSON(w, r, http.StatusOK, livezResponse{Status: "alive"})
+}
+
+// readyzResponse is the /readyz body: the verdict and, when not ready,
+// why, so that `kubectl describe` shows it.
+type readyzResponse struct {
+	Ready  bool   `json:"ready"`
+	Status string `json:"status"` // "ready", StatusDraining or StatusUnhealthy
+	Reason string `json:"reason,omitempty"`
+}
+
+// serveReadyz answers GET and HEAD /readyz: 200 while a client routed here
+// can get a backend from every pool, 503 while some pool cannot give one
+// (UNHEALTHY: the database is unreachable; INITIALIZING: not connected
+// yet; shutting down) or while the process drains. The pools learn of a
+// dead database without traffic through the socket peek and the idle
+// check (pool.idle_check_interval), so this turns 503 within about
+// idle_check_interval + connect_timeout.
+func (s *Server) serveReadyz(w http.ResponseWriter, r *http.Request) {
+	if s.cfg.Draining() {
+		s.writeJSON(w, r, http.StatusServiceUnavailable, readyzResponse{Status: StatusDraining, Reason: "graceful shutdown in progress"})
+		return
+	}
+	for _, st := range s.cfg.Pools() {
+		if !ready(st.State) {
+			s.writeJSON(w, r, http.StatusServiceUnavailable, readyzResponse{
+				Status: StatusUnhealthy,
+				Reason: fmt.Sprintf("pool %s is %s: %s", st.Name, st.State, st.StateReason),
+			})
+			return
+		}
+	}
+	s.writeJSON(w, r, http.StatusOK, readyzResponse{Ready: true, Status: "ready"})
 }
 
 // serveHealth answers GET and HEAD /health: 200 while the process can serve

@@ -18,10 +18,12 @@ import (
 // the oldest waiter directly. The wait ends at AcquireTimeout or when ctx
 // ends, whichever is first.
 //
-// A backend idle longer than ValidateAfterIdle is validated first; if it
-// fails it is closed and the caller gets another one (keeping its place
-// at the head of the queue), so the caller sees an error only if the
-// database itself is unreachable.
+// Every backend's socket is peeked first (probeSocket), and a backend
+// idle longer than ValidateAfterIdle is validated too; one that fails is
+// closed and the caller gets another one, as many times as it takes:
+// the next idle one, else a new connect (keeping its place at the head
+// of the queue). So the caller sees an error only if the database itself
+// is unreachable, never a backend the server has closed.
 //
 // Errors are *AcquireError: 53300 on timeout or a full queue, 08006 at
 // once while the pool is UNHEALTHY (the circuit is open), 57P01 after
@@ -67,8 +69,9 @@ func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
 			p.unlock()
 			return nil, err
 		}
-		// The backend failed validation and was closed: try again, first
-		// in line.
+		// The backend failed its checks and was closed: try again, first
+		// in line, with no limit on the tries: each one closed a backend,
+		// so they end when the idle list is empty and a connect is made.
 		front = true
 	}
 }
@@ -97,7 +100,7 @@ func (p *Pool) take(front bool, start time.Time) (*backend, *waiter, time.Durati
 		}
 		return b, nil, 0, nil
 	}
-	if !front && p.cfg.MaxWaiters > 0 && p.waiters.len() >= p.cfg.MaxWaiters {
+	if !front && p.cfg.MaxWaiters > 0 && p.queuedLocked() >= p.cfg.MaxWaiters {
 		p.counts.rejected++
 		return nil, nil, 0, p.queueFullErrorLocked()
 	}
@@ -110,6 +113,19 @@ func (p *Pool) take(front bool, start time.Time) (*backend, *waiter, time.Durati
 	p.counts.peakWaiting = max(p.counts.peakWaiting, p.waiters.len())
 	p.replenishLocked()
 	return nil, w, p.cfg.AcquireTimeout, nil
+}
+
+// queuedLocked is how many waiters wait for a backend to be released:
+// those that a connect in flight, or one there is room to start, will
+// not serve. MaxWaiters bounds this number, not the waiters as a whole,
+// so a pool that can still open backends never refuses a client; while
+// connects fail nothing new is opened, so then every waiter counts.
+func (p *Pool) queuedLocked() int {
+	servable := p.opening
+	if p.health.failures == 0 {
+		servable += max(p.roomLocked(), 0)
+	}
+	return max(p.waiters.len()-servable, 0)
 }
 
 // await waits for w's grant, the timeout or the end of ctx. A waiter that
@@ -159,10 +175,20 @@ func (p *Pool) await(ctx context.Context, w *waiter, timeout <-chan time.Time, s
 	return nil, err
 }
 
-// hand validates b if it has been idle too long and then gives it to the
-// caller. ok is false, with a nil error, when b failed validation (it is
-// closed already) and the caller should try again.
+// hand checks that b's socket is quiet, validates b if it has been idle
+// too long, and then gives it to the caller. ok is false, with a nil
+// error, when b failed either check (it is closed already) and the caller
+// should try again.
 func (p *Pool) hand(ctx context.Context, b *backend, start time.Time) (c *Conn, ok bool, err error) {
+	// The caller owns b now, so its socket can be peeked: a backend the
+	// server closed or is closing (a pending FATAL) goes, whatever its
+	// idle time, and the caller tries the next one.
+	if err := probeSocket(b.srv.NetConn()); err != nil {
+		p.mu.Lock()
+		p.retireLocked(b, retireValidation, err.Error(), time.Now())
+		p.unlock()
+		return nil, false, nil
+	}
 	now := time.Now()
 	p.mu.Lock()
 	if !p.closed {
@@ -175,6 +201,7 @@ func (p *Pool) hand(ctx context.Context, b *backend, start time.Time) (c *Conn, 
 			}
 			now = time.Now()
 			p.mu.Lock()
+			p.lastAlive = now
 		}
 	}
 	if p.closed {

@@ -27,6 +27,7 @@ type Config struct {
 	MaxQueries        int64         // 0 = unlimited
 	LeakTimeout       time.Duration // 0 = no leak detection
 	ConnectTimeout    time.Duration // above 0
+	IdleCheckInterval time.Duration // 0 = no idle check (see idlecheck.go)
 	BackoffInitial    time.Duration // above 0; first delay after a failed connect
 	BackoffMax        time.Duration // at least BackoffInitial; the doubling stops here
 	Logger            *slog.Logger  // nil = slog.Default()
@@ -94,6 +95,7 @@ func (c Config) validate() error {
 		{"MaxLifetime", c.MaxLifetime, false},
 		{"MaxIdle", c.MaxIdle, false},
 		{"LeakTimeout", c.LeakTimeout, false},
+		{"IdleCheckInterval", c.IdleCheckInterval, false},
 	} {
 		switch {
 		case d.positive && d.v <= 0:

@@ -189,6 +189,7 @@ func (c *Conn) Release() {
 	}
 	p.mu.Lock()
 	p.active--
+	p.lastAlive = now // the client's last ReadyForQuery came from the server
 	if reason, detail := p.releaseRetireReasonLocked(b, now); reason != retireNone {
 		p.retireLocked(b, reason, detail, now)
 	} else {
@@ -269,6 +270,15 @@ func (p *Pool) releaseRetireReasonLocked(b *backend, now time.Time) (retireReaso
 // and the state is re-evaluated (the last backend closing while connects
 // fail opens the circuit).
 func (p *Pool) retireLocked(b *backend, reason retireReason, detail string, now time.Time) {
+	p.dropLocked(b, reason, detail)
+	p.replenishLocked()
+	p.evalStateLocked(now)
+}
+
+// dropLocked is retireLocked without the follow-up, for a caller that
+// retires several backends and then re-evaluates once (so the log shows
+// one state change, not one per backend).
+func (p *Pool) dropLocked(b *backend, reason retireReason, detail string) {
 	delete(p.all, b)
 	p.open--
 	p.closing++ // still holds its slot under MaxSize until the close is done
@@ -288,8 +298,6 @@ func (p *Pool) retireLocked(b *backend, reason retireReason, detail string, now 
 		r.Shutdown++
 	}
 	p.later(func() { p.closeServer(b, reason, detail) })
-	p.replenishLocked()
-	p.evalStateLocked(now)
 }
 
 // closeServer closes the backend's connection, bounded in time, and then

@@ -6,12 +6,15 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgproto3"
 	"go.uber.org/goleak"
 
 	"github.com/pgsidecar/pgsidecar/internal/testpg"
@@ -35,6 +38,13 @@ type fakeDB struct {
 	peakConns int // peak of concurrent connect attempts
 	servers   []*fakeServer
 	failExec  func(*fakeServer) error // validation hook
+	// sockets gives every new server a real socket (one end of a Unix
+	// socketpair), so probeSocket has something to peek; the test plays
+	// the database on the other end (fakeServer.peer).
+	sockets bool
+	// hang makes Exec wait for its ctx to end, as on a database that
+	// stopped answering (a partition, a frozen host).
+	hang atomic.Bool
 }
 
 func newFakeDB() *fakeDB { return &fakeDB{nextPID: 1000} }
@@ -77,6 +87,12 @@ func (db *fakeDB) connect(ctx context.Context) (Server, error) {
 	}
 	db.nextPID++
 	s := &fakeServer{db: db, pid: db.nextPID}
+	if db.sockets {
+		var err error
+		if s.conn, s.peer, err = socketPair(); err != nil {
+			return nil, err
+		}
+	}
 	db.servers = append(db.servers, s)
 	db.open++
 	db.peakOpen = max(db.peakOpen, db.open)
@@ -96,14 +112,75 @@ type fakeServer struct {
 	closed   atomic.Bool
 	execs    atomic.Int64
 	execFail atomic.Bool
+	// conn and peer are the two ends of the socket when db.sockets is set.
+	conn, peer net.Conn
 }
 
-func (s *fakeServer) NetConn() net.Conn { return nil }
+// socketPair returns two connected Unix stream sockets. Made without a
+// listener, so nothing blocks in accept (it also works in a synctest
+// bubble).
+func socketPair() (net.Conn, net.Conn, error) {
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	var conns [2]net.Conn
+	for i, fd := range fds {
+		f := os.NewFile(uintptr(fd), "fake-backend")
+		c, err := net.FileConn(f) // dups the fd
+		f.Close()
+		if err != nil {
+			if i == 1 {
+				conns[0].Close()
+			} else {
+				syscall.Close(fds[1])
+			}
+			return nil, nil, err
+		}
+		conns[i] = c
+	}
+	return conns[0], conns[1], nil
+}
+
+// fatalTerminated is the ErrorResponse PostgreSQL sends to a backend
+// ended by pg_terminate_backend, as the bytes on the wire.
+func fatalTerminated() []byte {
+	msg := &pgproto3.ErrorResponse{Severity: "FATAL", Code: "57P01", Message: "terminating connection due to administrator command"}
+	b, err := msg.Encode(nil)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+// terminate plays pg_terminate_backend on s: the FATAL arrives, and the
+// socket is closed by the server unless keepOpen (the FIN still on its
+// way).
+func (s *fakeServer) terminate(t *testing.T, keepOpen bool) {
+	t.Helper()
+	if _, err := s.peer.Write(fatalTerminated()); err != nil {
+		t.Fatalf("fake: write FATAL to pid %d: %v", s.pid, err)
+	}
+	if !keepOpen {
+		s.peer.Close()
+	}
+}
+
+func (s *fakeServer) NetConn() net.Conn {
+	if s.conn == nil {
+		return nil // a nil interface, not a typed nil
+	}
+	return s.conn
+}
 
 func (s *fakeServer) Exec(ctx context.Context, sql string) error {
 	s.execs.Add(1)
 	if s.closed.Load() {
 		return errors.New("fake: exec on a closed connection")
+	}
+	if s.db.hang.Load() {
+		<-ctx.Done()
+		return fmt.Errorf("fake: no answer to %q: %w", sql, ctx.Err())
 	}
 	if s.execFail.Load() {
 		return fmt.Errorf("fake: %q failed on pid %d", sql, s.pid)
@@ -124,6 +201,10 @@ func (s *fakeServer) Params() map[string]string           { return map[string]st
 func (s *fakeServer) Close(context.Context) error {
 	if s.closed.Swap(true) {
 		return errors.New("fake: closed twice")
+	}
+	if s.conn != nil {
+		s.conn.Close()
+		s.peer.Close()
 	}
 	s.db.mu.Lock()
 	s.db.open--

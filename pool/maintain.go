@@ -65,6 +65,9 @@ func (p *Pool) nextTickLocked(now time.Time) time.Duration {
 	if h := &p.health; h.failures > 0 && !h.probing {
 		d = min(d, h.retryAt.Sub(now))
 	}
+	if p.idleCheckPendingLocked() {
+		d = min(d, p.lastAlive.Add(cfg.IdleCheckInterval).Sub(now))
+	}
 	return max(d, minTick)
 }
 
@@ -74,8 +77,14 @@ func (p *Pool) nextTickLocked(now time.Time) time.Duration {
 func (p *Pool) maintainLocked(now time.Time) (leakCandidates []*backend) {
 	cfg := &p.cfg
 
-	// Idle backends, coldest (bottom of the stack) first.
+	// Idle backends, coldest (bottom of the stack) first. Their sockets
+	// are peeked here, under the lock, because only while a backend is in
+	// the idle list does nobody else read it (see probeSocket); a peek is
+	// one non-blocking syscall. So a backend the server closed (shutdown,
+	// pg_terminate_backend, idle_session_timeout) or a firewall reset
+	// leaves the list within a tick, without waiting for a client.
 	keep := p.idle[:0]
+	dead := 0
 	for _, b := range p.idle {
 		switch {
 		case b.expired(cfg, now):
@@ -85,11 +94,19 @@ func (p *Pool) maintainLocked(now time.Time) (leakCandidates []*backend) {
 		case cfg.MaxIdle > 0 && now.Sub(b.idleSince) >= cfg.MaxIdle && p.open > cfg.MinSize:
 			p.retireLocked(b, retireIdle, fmt.Sprintf("idle for %s (max_idle %s)", fmtDuration(now.Sub(b.idleSince)), cfg.MaxIdle), now)
 		default:
+			if err := probeSocket(b.srv.NetConn()); err != nil {
+				dead++
+				p.retireLocked(b, retireValidation, err.Error(), now)
+				continue
+			}
 			keep = append(keep, b)
 		}
 	}
 	clear(p.idle[len(keep):])
 	p.idle = keep
+	if p.idleCheckDueLocked(now) {
+		p.spawnIdleCheckLocked()
+	}
 
 	// Connects: the probe while connects fail, else warming to MinSize.
 	h := &p.health
@@ -107,6 +124,19 @@ func (p *Pool) maintainLocked(now time.Time) (leakCandidates []*backend) {
 	default:
 		for want := min(cfg.MinSize, cfg.MaxSize) - p.open - p.opening; want > 0 && p.roomLocked() > 0; want-- {
 			p.spawnOpenLocked(false)
+		}
+		if dead > 0 && p.open == 0 {
+			// The server closed every backend (with MinSize 0 nothing
+			// else would connect): one connect tells whether the
+			// database is still there, so the state stays true. It
+			// waits for room: the closes may still hold their slots.
+			p.recheck = true
+		}
+		if p.recheck && p.opening == 0 && p.roomLocked() > 0 {
+			p.recheck = false
+			if p.open == 0 {
+				p.spawnOpenLocked(false)
+			}
 		}
 		p.replenishLocked()
 	}

@@ -70,6 +70,7 @@ func (p *Pool) connect(connect ConnectFunc, timeout time.Duration, probe bool) {
 		b := newBackend(srv, now)
 		h := &p.health
 		h.failures, h.connected = 0, true
+		p.lastAlive = now
 		p.counts.connects++
 		p.open++
 		p.all[b] = struct{}{}
@@ -84,21 +85,31 @@ func (p *Pool) connect(connect ConnectFunc, timeout time.Duration, probe bool) {
 	p.poke()
 }
 
-// connectFailedLocked records a failed connect. Connects that were
-// already in flight when an earlier failure was recorded fail for the
-// same reason; they do not advance the backoff again, so a burst of
-// parallel failures counts as one step of the 1, 2, 4, 8, 16s schedule.
-func (p *Pool) connectFailedLocked(err error, start, now time.Time, took time.Duration) {
+// noteFailureLocked records that the database could not be reached (a
+// failed connect or idle check) for the backoff and the circuit, and
+// returns the failures in a row and the delay to the next attempt. The
+// caller re-evaluates the state. An attempt that started before the last
+// recorded failure fails for the same reason and does not advance the
+// backoff again.
+func (p *Pool) noteFailureLocked(err error, start, now time.Time) (failures int, retryIn time.Duration) {
 	h := &p.health
-	p.counts.connectErrors++
 	h.lastErr = err
 	if h.failures == 0 || !start.Before(h.lastFailAt) {
 		h.failures++
 		h.lastFailAt = now
 		h.retryAt = now.Add(p.cfg.nextRetry(h.failures))
 	}
+	return h.failures, h.retryAt.Sub(now)
+}
+
+// connectFailedLocked records a failed connect. Connects that were
+// already in flight when an earlier failure was recorded fail for the
+// same reason; they do not advance the backoff again, so a burst of
+// parallel failures counts as one step of the 1, 2, 4, 8, 16s schedule.
+func (p *Pool) connectFailedLocked(err error, start, now time.Time, took time.Duration) {
+	p.counts.connectErrors++
+	failures, retryIn := p.noteFailureLocked(err, start, now)
 	p.evalStateLocked(now)
-	failures, retryIn := h.failures, h.retryAt.Sub(now)
 	p.later(func() {
 		p.log().Warn("connect to the database failed", "err", err, "failures_in_a_row", failures,
 			"retry_in", retryIn.Round(time.Millisecond), "took", took)

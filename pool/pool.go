@@ -67,6 +67,14 @@ type Pool struct {
 	active  int // held by callers
 	waiters waitQueue
 	health  health
+	// lastAlive is the last sign of life from the database (a backend
+	// released by a client, a connect, a validation); the idle check runs
+	// IdleCheckInterval after it. checking: an idle check is in flight.
+	lastAlive time.Time
+	checking  bool
+	// recheck: the server closed every backend; connect once to see
+	// whether the database is still there (see maintainLocked).
+	recheck bool
 	counts  counters
 	after   []func()
 

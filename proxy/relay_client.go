@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/pgsidecar/pgsidecar/internal/pgwire"
-	"github.com/pgsidecar/pgsidecar/pool"
 )
 
 // errClientTerminated means the client sent Terminate.
@@ -362,17 +361,9 @@ func (c *clientConn) acquire() (*backend, error) {
 	s.stats.waiting.Add(1)
 	c.waiting.Store(true)
 	defer c.waiting.Store(false)
-	var conn *pool.Conn
-	var err error
-	for attempt := 0; ; attempt++ {
-		conn, err = c.db.Pool.Acquire(c.ctx)
-		if err != nil || probeSocket(conn.Server().NetConn()) == nil || attempt == 3 {
-			break
-		}
-		// The server closed it while it sat idle (pg_terminate_backend,
-		// restart): its state is unknown, so it goes.
-		conn.Destroy("closed by the server while idle")
-	}
+	// The pool hands out only backends whose socket is quiet: one the
+	// server closed while it sat idle never gets here.
+	conn, err := c.db.Pool.Acquire(c.ctx)
 	s.stats.waiting.Add(-1)
 	if err != nil {
 		if c.killed.Load() || errors.Is(err, context.Canceled) {

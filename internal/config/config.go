@@ -83,6 +83,7 @@ type PoolConfig struct {
 	MaxQueries            int64         `koanf:"max_queries"`
 	LeakTimeout           time.Duration `koanf:"leak_timeout"`
 	ConnectTimeout        time.Duration `koanf:"connect_timeout"`
+	IdleCheckInterval     time.Duration `koanf:"idle_check_interval"`
 	ReconnectBackoff      time.Duration `koanf:"reconnect_backoff"`
 	ReconnectBackoffMax   time.Duration `koanf:"reconnect_backoff_max"`
 	ResetQuery            string        `koanf:"reset_query"`

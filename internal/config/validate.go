@@ -160,6 +160,7 @@ func checkPool(p *problems, prefix string, pc PoolConfig) {
 		{"max_idle", pc.MaxIdle, false},
 		{"leak_timeout", pc.LeakTimeout, false},
 		{"connect_timeout", pc.ConnectTimeout, true},
+		{"idle_check_interval", pc.IdleCheckInterval, false},
 		{"reconnect_backoff", pc.ReconnectBackoff, true},
 		{"reconnect_backoff_max", pc.ReconnectBackoffMax, true},
 		{"query_timeout", pc.QueryTimeout, false},

@@ -1,0 +1,275 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// Issue 7, point 3. The repro: pg_terminate_backend of idle pooled
+// backends used less than a second before (so validate_after_idle skips
+// the validation query); 6 of the next 9 clients got FATAL 57P01 while
+// the database was healthy, because the proxy gave up after 3 dead ones
+// and handed over the 4th. Now every client must be served, whether they
+// come one after another or all at once, in both modes, and the proxy
+// must drop backends the server closed even when no client comes.
+func TestTerminatedIdleBackendsNeverHandedOut(t *testing.T) {
+	const n = 9
+	for _, mode := range []string{"transaction", "session"} {
+		t.Run(mode, func(t *testing.T) {
+			p := StartProxy(t,
+				WithEnv("PGSIDECAR_POOL__MODE", mode),
+				WithEnv("PGSIDECAR_POOL__MAX_SIZE", strconv.Itoa(n)),
+				WithEnv("PGSIDECAR_POOL__MIN_SIZE", "2"),
+				WithEnv("PGSIDECAR_POOL__ACQUIRE_TIMEOUT", "10s"))
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			admin := adminConn(t)
+			url := p.AppURL()
+
+			// One after another.
+			pids := fillPool(ctx, t, p, n)
+			terminate(ctx, t, admin.PgConn(), pids)
+			for i := range n {
+				if err := liveQuery(ctx, url, pids); err != nil {
+					t.Errorf("sequential client %d of %d after pg_terminate_backend: %v (SQLSTATE %s)", i+1, n, err, sqlState(err))
+				}
+			}
+
+			// All at once.
+			pids = fillPool(ctx, t, p, n)
+			terminate(ctx, t, admin.PgConn(), pids)
+			var wg sync.WaitGroup
+			errs := make(chan error, n)
+			for range n {
+				wg.Add(1)
+				go func() { // ends when its one query is done (ctx bounds it)
+					defer wg.Done()
+					errs <- liveQuery(ctx, url, pids)
+				}()
+			}
+			wg.Wait()
+			close(errs)
+			failed := 0
+			for err := range errs {
+				if err != nil {
+					failed++
+					t.Errorf("concurrent client after pg_terminate_backend: %v (SQLSTATE %s)", err, sqlState(err))
+				}
+			}
+			t.Logf("%s mode: %d of %d concurrent clients served", mode, n-failed, n)
+
+			// No client at all: the maintainer's peek finds them.
+			pids = fillPool(ctx, t, p, n)
+			before := poolRetired(t, p, "validation")
+			terminate(ctx, t, admin.PgConn(), pids)
+			start := time.Now()
+			waitFor(t, 5*time.Second, "the proxy to drop the terminated backends without a client", func() bool {
+				return poolRetired(t, p, "validation")-before >= n
+			})
+			t.Logf("%s mode: %d terminated idle backends dropped %v after pg_terminate_backend, with no client",
+				mode, n, time.Since(start).Round(time.Millisecond))
+			if err := liveQuery(ctx, url, pids); err != nil {
+				t.Fatalf("client after the drop: %v", err)
+			}
+		})
+	}
+}
+
+// fillPool makes the proxy open n backends at once (n clients each hold a
+// transaction open until all of them hold one) and leaves them idle in
+// the pool, used a moment ago. It returns their pids.
+func fillPool(ctx context.Context, t *testing.T, p *Proxy, n int) []string {
+	t.Helper()
+	url := p.AppURL()
+	conns := make([]*pgconn.PgConn, n)
+	for i := range conns {
+		c, err := pgconn.Connect(ctx, url)
+		if err != nil {
+			t.Fatalf("filling the pool: connect: %v", err)
+		}
+		t.Cleanup(func() { c.Close(context.Background()) }) // for the paths that fail early
+		conns[i] = c
+	}
+	var (
+		mu      sync.Mutex
+		pids    []string
+		wg      sync.WaitGroup
+		holding sync.WaitGroup // every client is inside its transaction
+	)
+	holding.Add(n)
+	errs := make(chan error, 2*n)
+	for _, c := range conns {
+		wg.Add(1)
+		go func() { // ends when its transaction is done (ctx bounds it)
+			defer wg.Done()
+			res, err := c.Exec(ctx, "BEGIN; SELECT pg_backend_pid()").ReadAll()
+			holding.Done()
+			if err != nil {
+				errs <- err
+				return
+			}
+			mu.Lock()
+			pids = append(pids, string(res[1].Rows[0][0]))
+			mu.Unlock()
+			holding.Wait()
+			if _, err := c.Exec(ctx, "COMMIT").ReadAll(); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	// The clients leave (in session mode that gives their backends back).
+	for _, c := range conns {
+		c.Close(ctx)
+	}
+	close(errs)
+	for err := range errs {
+		t.Fatalf("filling the pool: %v", err)
+	}
+	slices.Sort(pids)
+	if pids = slices.Compact(pids); len(pids) != n {
+		t.Fatalf("%d distinct backends for %d concurrent transactions, want %d", len(pids), n, n)
+	}
+	// In session mode the proxy resets a backend after its client left
+	// before it is idle again.
+	waitFor(t, 5*time.Second, fmt.Sprintf("%d idle backends", n), func() bool {
+		return poolNum(t, p, "idle") == n
+	})
+	return pids
+}
+
+// terminate runs pg_terminate_backend on every pid and waits (up to 5s
+// each) until they have exited: their FATAL ErrorResponse has then been
+// sent, and usually their FIN. Without the wait a client can come before
+// a backend has even begun to die (under load that takes milliseconds),
+// and no proxy can see that on the socket: see the issue 7 report.
+func terminate(ctx context.Context, t *testing.T, admin *pgconn.PgConn, pids []string) {
+	t.Helper()
+	sql := fmt.Sprintf("SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 5000)) FROM unnest('{%s}'::int[]) AS pid",
+		strings.Join(pids, ","))
+	res, err := admin.Exec(ctx, sql).ReadAll()
+	if err != nil {
+		t.Fatalf("pg_terminate_backend: %v", err)
+	}
+	if got := string(res[0].Rows[0][0]); got != strconv.Itoa(len(pids)) {
+		t.Fatalf("pg_terminate_backend ended %s of %d backends", got, len(pids))
+	}
+}
+
+// liveQuery is one new client running one query through url; it fails if
+// the query ran on one of the dead backends.
+func liveQuery(ctx context.Context, url string, dead []string) error {
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	c, err := pgconn.Connect(ctx, url)
+	if err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	defer c.Close(context.Background())
+	res, err := c.Exec(ctx, "SELECT pg_backend_pid()").ReadAll()
+	if err != nil {
+		return fmt.Errorf("query: %w", err)
+	}
+	if pid := string(res[0].Rows[0][0]); slices.Contains(dead, pid) {
+		return fmt.Errorf("served by backend %s, which was terminated", pid)
+	}
+	return nil
+}
+
+// poolNum reads a numeric field of the first pool in /stats.
+func poolNum(t *testing.T, p *Proxy, key string) int {
+	t.Helper()
+	pools := statsPools(p.Stats(t))
+	if len(pools) == 0 {
+		t.Fatal("/stats has no pools")
+	}
+	v, _ := num(pools[0], key)
+	return int(v)
+}
+
+// poolRetired reads the first pool's retired count for reason from /stats.
+func poolRetired(t *testing.T, p *Proxy, reason string) float64 {
+	t.Helper()
+	pools := statsPools(p.Stats(t))
+	if len(pools) == 0 {
+		t.Fatal("/stats has no pools")
+	}
+	r, _ := pools[0]["retired"].(map[string]any)
+	v, _ := num(r, reason)
+	return v
+}
+
+// Issue 7, point 8: max_waiters must not refuse clients while the pool
+// can still open backends. With max_waiters 1 and room for 5 backends, 5
+// clients arriving at once are all served (the old check refused every
+// client beyond the first one waiting for its connect); and the limit
+// still holds for clients that must wait for a release.
+func TestMaxWaitersWithRoomToConnect(t *testing.T) {
+	const size = 5
+	p := StartProxy(t,
+		WithEnv("PGSIDECAR_POOL__MAX_SIZE", strconv.Itoa(size)),
+		WithEnv("PGSIDECAR_POOL__MIN_SIZE", "0"),
+		WithEnv("PGSIDECAR_POOL__MAX_WAITERS", "1"),
+		WithEnv("PGSIDECAR_POOL__ACQUIRE_TIMEOUT", "10s"))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	url := p.AppURL()
+
+	// size clients connect first, then start their transactions together.
+	conns := make([]*pgconn.PgConn, size)
+	for i := range conns {
+		c, err := pgconn.Connect(ctx, url)
+		if err != nil {
+			t.Fatalf("connect: %v", err)
+		}
+		defer c.Close(context.Background())
+		conns[i] = c
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, size)
+	start := make(chan struct{})
+	for _, c := range conns {
+		wg.Add(1)
+		go func() { // ends when its transaction does (ctx bounds it)
+			defer wg.Done()
+			<-start
+			_, err := c.Exec(ctx, "SELECT pg_sleep(1.5)").ReadAll()
+			errs <- err
+		}()
+	}
+	close(start)
+	waitFor(t, 5*time.Second, fmt.Sprintf("%d active backends", size), func() bool {
+		return poolNum(t, p, "active") == size
+	})
+	// The pool is full: one client may wait for a release, the next may not.
+	waiter := make(chan error, 1)
+	go func() { // ends when its query does (ctx bounds it)
+		waiter <- probe(ctx, url)
+	}()
+	waitFor(t, 5*time.Second, "one client waiting", func() bool {
+		return poolNum(t, p, "waiting") == 1
+	})
+	err := probe(ctx, url)
+	if code := sqlState(err); code != "53300" || !strings.Contains(err.Error(), "max_waiters 1") {
+		t.Errorf("second client waiting for a release: %v (SQLSTATE %s), want 53300 naming max_waiters", err, code)
+	}
+
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Errorf("client arriving while the pool had room: %v (SQLSTATE %s)", err, sqlState(err))
+		}
+	}
+	if err := <-waiter; err != nil {
+		t.Errorf("the one client allowed to wait: %v", err)
+	}
+}
