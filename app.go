@@ -91,7 +91,7 @@ func start(cfg *config.Config, path string, environ []string, logOut io.Writer) 
 	}
 	a.health = health.New(health.Config{
 		Pools:    a.poolStats,
-		Clients:  func() any { return a.proxy.Stats() },
+		Clients:  func() any { return clientsView{Stats: a.proxy.Stats(), Pinned: a.proxy.PinnedClients()} },
 		Draining: a.proxy.Draining,
 		Logger:   a.log,
 	})
@@ -313,4 +313,11 @@ func displayPath(path string) string {
 		return "(none: defaults and environment)"
 	}
 	return path
+}
+
+// clientsView is /stats' "clients": the proxy's counters and, when there
+// are any, the clients pinned to a backend by session state.
+type clientsView struct {
+	proxy.Stats
+	Pinned []proxy.PinnedClient `json:"pinned,omitempty"`
 }

@@ -40,6 +40,7 @@ type backend struct {
 	fatal         bool // the server sent a FATAL error: it is closing
 	busy          bool // session mode: a transaction is open (leak detection)
 	busyReported  bool // what the pool was last told
+	tainted       bool // holds session state policy reject refused: closed, not released
 }
 
 // backendFor returns the proxy state of conn, creating it on first use.

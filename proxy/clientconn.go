@@ -42,9 +42,8 @@ type clientConn struct {
 	// Owned by the client goroutine.
 	startupParams  map[string]paramValue
 	in             readBuffer
-	passRemaining  int  // bytes of a message being streamed to the backend
-	passDrop       bool // ... or dropped: the message was refused (too large)
-	hazardsSeen    [hazardCount]bool
+	passRemaining  int   // bytes of a message being streamed to the backend
+	passDrop       bool  // ... or dropped: the message was refused (too large)
 	discarding     bool  // acquire failed: drop messages until Sync / Query
 	discardQuery   bool  // the message being dropped is a Query: answer when it ends
 	acquireErr     error // why, for the reply
@@ -82,6 +81,16 @@ type clientConn struct {
 	// serverSkipping: an extended-protocol error came back before the
 	// client's Sync was sent; the server discards everything up to it.
 	serverSkipping bool
+	// Session state (transaction mode, see sessionstate.go): the client's
+	// traffic may have touched session state or settings since the last
+	// check; the check's answer so far; the pin while state exists.
+	stateDirty, paramsDirty, resyncPinned bool
+	check                                 stateCheck
+	customNames                           map[string]struct{} // dotted names seen in SETs since the last check
+	// checkWait is closed when the state check in flight is answered: the
+	// client's next request waits for it, as it may need another backend.
+	checkWait chan struct{}
+	pin       *PinnedClient
 
 	lastMu  sync.Mutex
 	last    [240]byte

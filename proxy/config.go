@@ -97,6 +97,11 @@ type Config struct {
 	// MaxPreparedStatements bounds the statements kept per backend (LRU);
 	// at least 1.
 	MaxPreparedStatements int
+	// SessionState is what transaction mode does with session state
+	// (LISTEN, session advisory locks, temp tables, WITH HOLD cursors, SQL
+	// PREPARE, SET ROLE): pin the backend to the client, or reject.
+	// Required.
+	SessionState SessionStatePolicy
 	// MaxMessageSize is the largest protocol message accepted from a client
 	// or a server; larger is a protocol violation. From 1 to
 	// MaxMessageSizeLimit.
@@ -156,6 +161,9 @@ type Stats struct {
 	// CancelsUnknown counts cancel requests whose key matched no client
 	// (dropped; logged at most once per 10 s).
 	CancelsUnknown uint64 `json:"cancels_unknown"`
+	// ClientsPinned hold a backend between transactions because they have
+	// session state on it (transaction mode, pool.session_state pin).
+	ClientsPinned int64 `json:"clients_pinned"`
 }
 
 // option names field in hints: the configuration option that sets it, as

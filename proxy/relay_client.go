@@ -105,7 +105,7 @@ func startsRequest(typ byte) bool {
 func (c *clientConn) betweenTransactions() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.be == nil || (c.q.len() == 0 && !c.inBatch && c.txStatus == 'I' && !c.writing && c.cancelling == 0 && c.probe == nil)
+	return c.be == nil || (c.q.len() == 0 && !c.inBatch && c.txStatus == 'I' && !c.writing && c.cancelling == 0 && c.probe == nil && c.checkWait == nil)
 }
 
 // process handles every complete (or streamable) message in the buffer.
@@ -422,6 +422,9 @@ func (c *clientConn) unpin(b *backend, wake bool) (probe, readerDone chan struct
 	if c.be == b && (wake || c.transactionOverLocked()) {
 		b.conn.Server().NetConn().SetReadDeadline(time.Now())
 	}
+	if c.checkWait != nil {
+		return c.checkWait, c.readerDone
+	}
 	return c.probe, c.readerDone
 }
 
@@ -437,8 +440,8 @@ func (c *clientConn) build(b *backend) (out []byte, wake bool, err error) {
 	// this goroutine still writes to it or uses its buffer.
 	c.writing = true
 	out = b.cout
-	if c.probe != nil {
-		return out, false, nil // the held request waits for the probe's answer
+	if c.probe != nil || c.checkWait != nil {
+		return out, false, nil // the held request waits for the probe's (or check's) answer
 	}
 	tx := c.mode == ModeTransaction
 	if tx && len(b.prepared.toClose) > 0 && c.q.len() == 0 && !c.inBatch {
@@ -550,6 +553,9 @@ func (c *clientConn) build(b *backend) (out []byte, wake bool, err error) {
 			c.inBatch = true
 			out = c.onClose(b, out, msg, body, tx)
 		case msgFunctionCall:
+			// A fast-path call can run any function (an advisory lock, by
+			// OID): ask the server afterwards.
+			c.stateDirty = tx
 			c.q.push(request{kind: reqQuery})
 			out = append(out, msg...)
 		case msgFlush:
@@ -705,6 +711,10 @@ func (c *clientConn) dropRest(out []byte, total int) []byte {
 func (c *clientConn) notePartial(typ byte) {
 	switch typ {
 	case msgQuery, msgFunctionCall:
+		// Too long to inspect: ask the server afterwards.
+		if c.mode == ModeTransaction {
+			c.stateDirty, c.paramsDirty = true, true
+		}
 		c.q.push(request{kind: reqQuery})
 	case msgParse:
 		c.inBatch = true
@@ -720,13 +730,23 @@ func (c *clientConn) onQuery(b *backend, out, msg, body []byte, tx bool) []byte 
 	if n := len(q); n > 0 && q[n-1] == 0 {
 		q = q[:n-1]
 	}
-	c.inspect(q, tx)
+	paramsDirty := c.paramsDirty
+	h := c.inspect(q, tx)
 	// A simple Query drops the session's unnamed statement.
 	c.hasUnnamed, b.unnamedOwner = false, nil
+	if h != hazardNone {
+		c.q.push(request{kind: reqQuery})
+		return appendQuery(out, rejectQuerySQL(c.srv.cfg.rejectError(h)))
+	}
 	r := request{kind: reqQuery}
 	if needsClassify(q) {
 		if ch, ok := parseSetStatement(q); ok {
 			r.sets = []paramChange{ch}
+			if c.q.len() == 0 && c.txStatus == 'I' {
+				// One SET in its own transaction: followed exactly from the
+				// statement, no need to ask the server.
+				c.paramsDirty = paramsDirty
+			}
 		}
 		kind, name := classifyQuery(q)
 		switch kind {
@@ -758,7 +778,9 @@ func (c *clientConn) onParse(b *backend, out, msg, body []byte, tx bool) []byte 
 	query, _, _ := cstring(rest)
 	if !tx || !ok {
 		if ok {
-			c.inspect(query, tx)
+			if h := c.inspect(query, tx); h != hazardNone {
+				return c.poison(out, c.srv.cfg.rejectError(h))
+			}
 		}
 		c.q.push(request{kind: reqParse})
 		return append(out, msg...)
@@ -767,7 +789,9 @@ func (c *clientConn) onParse(b *backend, out, msg, body []byte, tx bool) []byte 
 		// The unnamed statement is the client's own: remembered, so that
 		// the Bind that uses it runs it on any backend, and never runs
 		// another client's.
-		c.inspect(query, tx)
+		if h := c.inspect(query, tx); h != hazardNone {
+			return c.poison(out, c.srv.cfg.rejectError(h))
+		}
 		if c.unnamed == nil {
 			c.unnamed = &statement{}
 		}
@@ -783,7 +807,9 @@ func (c *clientConn) onParse(b *backend, out, msg, body []byte, tx bool) []byte 
 		return c.poison(out, newError(pgwire.CodeDuplicatePreparedStatement, fmt.Sprintf("prepared statement %q already exists", name),
 			"close (DEALLOCATE) the statement before preparing another one under its name"))
 	}
-	c.inspect(query, tx)
+	if h := c.inspect(query, tx); h != hazardNone {
+		return c.poison(out, c.srv.cfg.rejectError(h))
+	}
 	// A server Parse under a name of its own, always: the client gets the
 	// server's answer for the schema of now, never a copy someone else
 	// prepared earlier.
@@ -967,27 +993,24 @@ func (c *clientConn) onClose(b *backend, out, msg, body []byte, tx bool) []byte 
 }
 
 // inspect remembers a statement for leak reports and, in transaction mode,
-// warns of session-bound features in it.
-func (c *clientConn) inspect(q []byte, tx bool) {
+// notes traffic that may touch session state (sessionstate.go). Under
+// policy reject it returns the kind of session state q would create, and
+// the caller refuses q.
+func (c *clientConn) inspect(q []byte, tx bool) hazard {
 	c.noteStatement(q)
-	if tx {
-		if h := findHazard(q); h != hazardNone {
-			c.warnHazard(h)
+	if !tx {
+		return hazardNone
+	}
+	if c.srv.cfg.SessionState == SessionStateReject {
+		if h := rejectedHazard(q); h != hazardNone {
+			t := hazardText[h]
+			c.log.Info("refused a statement that creates session state ("+c.srv.cfg.option("SessionState")+" = reject)",
+				"application_name", c.appName, "state", t.name)
+			return h
 		}
 	}
-}
-
-// warnHazard tells the client, once per kind, that it uses something that
-// cannot work in transaction pooling mode, and logs it.
-func (c *clientConn) warnHazard(h hazard) {
-	if c.hazardsSeen[h] {
-		return
-	}
-	c.hazardsSeen[h] = true
-	t := hazardText[h]
-	c.log.Warn("client uses a feature that transaction pooling cannot carry",
-		"application_name", c.appName, "problem", t.msg)
-	c.q.push(request{kind: reqSynthetic, notice: true, payload: appendNotice(nil, pgwire.CodeFeatureNotSupported, "pgsidecar: "+t.msg, fmt.Sprintf(t.hint, c.srv.cfg.option("Mode")))})
+	c.noteSessionTraffic(q)
+	return hazardNone
 }
 
 // smallMessageMax is PostgreSQL's PQ_SMALL_MESSAGE_LIMIT: the longest

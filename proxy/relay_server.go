@@ -44,6 +44,17 @@ func (c *clientConn) serverLoop(b *backend, done chan struct{}) {
 		}
 		out, release, rerr := c.route(b)
 		c.wakeDrainedLocked()
+		if rerr == nil && c.idleLocked(b) {
+			// The transaction is over: ask the server about session state
+			// if the client's traffic may have touched it.
+			sent, werr := c.afterTransactionLocked(b)
+			if sent {
+				release = false
+			}
+			if werr != nil {
+				rerr = fmt.Errorf("writing to the server: %w", werr)
+			}
+		}
 		c.mu.Unlock()
 		if rerr != nil {
 			c.serverLost(b, rerr)
@@ -77,7 +88,12 @@ func (c *clientConn) serverLoop(b *backend, done chan struct{}) {
 			continue
 		}
 		c.be = nil
+		c.endCheck()
 		c.mu.Unlock()
+		if b.tainted {
+			c.destroyBackend(b, "session state created despite "+c.srv.cfg.option("SessionState")+" = reject")
+			return
+		}
 		c.releaseBackend(b)
 		return
 	}
@@ -87,6 +103,12 @@ func (c *clientConn) serverLoop(b *backend, done chan struct{}) {
 // nothing is in flight, so b can serve another client.
 // Only the server reader calls it: b's buffer indexes are its own.
 func (c *clientConn) releasableLocked(b *backend) bool {
+	return c.idleLocked(b) && c.pin == nil
+}
+
+// idleLocked reports whether the client's transaction is over and nothing
+// is in flight on b. Only the server reader calls it.
+func (c *clientConn) idleLocked(b *backend) bool {
 	return c.transactionOverLocked() && b.in.start == b.in.end && b.passRemaining == 0 && !b.fatal
 }
 
@@ -132,9 +154,11 @@ func (c *clientConn) serverLost(b *backend, err error) {
 	mine := c.be == b
 	if mine {
 		c.be = nil
+		c.unpinOnLeaveLocked()
 		c.q.reset()
 		c.inBatch, c.serverSkipping = false, false
 		c.endProbe()
+		c.endCheck()
 	}
 	stopping := c.stopReader
 	c.mu.Unlock()
@@ -215,7 +239,8 @@ func (c *clientConn) route(b *backend) (out []byte, release bool, err error) {
 		}
 		total := headerLen + bodyLen
 		if end-pos < total && (typ == msgReadyForQuery || typ == msgErrorResponse || typ == msgParameterStatus ||
-			typ == msgRowDescription || typ == msgParamDescription) {
+			typ == msgRowDescription || typ == msgParamDescription ||
+			typ == msgDataRow && c.q.peek() != nil && c.q.peek().stateCheck) {
 			b.in.want = total
 			break
 		}
@@ -264,6 +289,11 @@ func (c *clientConn) routeOne(b *backend, typ byte, msg []byte) (swallow bool, e
 		b.queries++
 		c.responses++
 		c.queryTimedOut = false
+		if r.stateCheck {
+			c.applyStateCheck(b, &c.check, r.failed)
+			c.check = stateCheck{}
+			return true, nil
+		}
 		if !r.failed {
 			c.applyCompleted(b, &r)
 		} else if r.syncTo != nil {
@@ -343,6 +373,12 @@ func (c *clientConn) routeOne(b *backend, typ byte, msg []byte) (swallow bool, e
 
 	case msgNotification:
 		return false, nil
+
+	case msgDataRow:
+		if head != nil && head.stateCheck {
+			c.check.noteRow(msg[headerLen:])
+			return true, nil
+		}
 
 	case msgParseComplete, msgBindComplete, msgCloseComplete:
 		var k reqKind
@@ -495,6 +531,7 @@ func (c *clientConn) finish() {
 	c.mu.Lock()
 	b := c.be
 	if b == nil {
+		c.unpinOnLeaveLocked()
 		c.mu.Unlock()
 		return
 	}
@@ -513,6 +550,8 @@ func (c *clientConn) finish() {
 		c.passRemaining == 0 && !c.poisoned && !b.fatal && c.cancelling == 0
 	status := c.txStatus
 	inFlight := c.q.len() > 0
+	pinned := c.pin != nil || c.stateDirty || c.paramsDirty
+	c.unpinOnLeaveLocked()
 	c.q.reset()
 	c.mu.Unlock()
 	if b == nil {
@@ -536,18 +575,32 @@ func (c *clientConn) finish() {
 	defer cancel()
 	srv := b.conn.Server()
 	if status != 'I' {
-		// Idle in a transaction: roll it back, and reset the session so
-		// the proxy's view of its parameters is exact again.
+		// Idle in a transaction: roll it back.
 		if err := srv.Exec(ctx, "ROLLBACK"); err != nil {
 			c.destroyBackend(b, "rollback after the client left failed: "+err.Error())
 			return
 		}
-		if err := srv.Exec(ctx, "RESET ALL"); err != nil {
+		c.log.Debug("rolled back the transaction of a client that left inside it")
+	}
+	if b.tainted {
+		c.destroyBackend(b, "session state created despite "+c.srv.cfg.option("SessionState")+" = reject")
+		return
+	}
+	if status != 'I' || pinned {
+		// Reset the session so the proxy's view of it is exact again. In
+		// transaction mode DISCARD ALL also drops what the client may have
+		// left in the session (temp tables, LISTEN, advisory locks,
+		// cursors, SQL prepared statements), even state the proxy did not
+		// see being created.
+		q, discard := "DISCARD ALL", true
+		if c.mode == ModeSession {
+			q, discard = "RESET ALL", false
+		}
+		if err := srv.Exec(ctx, q); err != nil {
 			c.destroyBackend(b, "reset after the client left failed: "+err.Error())
 			return
 		}
-		b.resetToDefaults(false)
-		c.log.Debug("rolled back the transaction of a client that left inside it")
+		b.resetToDefaults(discard)
 	}
 	if c.mode == ModeSession {
 		if q := c.srv.cfg.ResetQuery; q != "" {

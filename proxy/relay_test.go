@@ -19,7 +19,7 @@ import (
 // (server -> client) directly, as run() and serverLoop() do.
 func testRelay(mode Mode, maxPrepared int) (*clientConn, *backend) {
 	s := &Server{
-		cfg:   Config{Mode: mode, MaxMessageSize: 1 << 20, MaxClientBuffer: 4 << 20, MaxPreparedStatements: maxPrepared},
+		cfg:   Config{Mode: mode, MaxMessageSize: 1 << 20, MaxClientBuffer: 4 << 20, MaxPreparedStatements: maxPrepared, SessionState: SessionStatePin},
 		stmts: newStatementRegistry(),
 		log:   slog.New(slog.NewTextHandler(io.Discard, nil)),
 	}
@@ -581,25 +581,74 @@ func TestParseSetStatement(t *testing.T) {
 	}
 }
 
-func TestFindHazard(t *testing.T) {
+func TestRejectedHazard(t *testing.T) {
 	cases := map[string]hazard{
-		"LISTEN chan":                                       hazardListen,
-		"  listen x":                                        hazardListen,
-		"select pg_advisory_lock(1)":                        hazardAdvisoryLock,
-		"SELECT pg_try_advisory_lock(1)":                    hazardAdvisoryLock,
-		"select pg_advisory_xact_lock(1)":                   hazardNone,
-		"DECLARE c CURSOR WITH HOLD FOR select 1":           hazardHoldCursor,
-		"create temp table t (x int)":                       hazardTempTable,
-		"CREATE TEMPORARY TABLE t (x int)":                  hazardTempTable,
-		"create temp table t (x int) on commit drop":        hazardNone,
-		"PREPARE p AS select 1":                             hazardSQLPrepare,
-		"select * from template":                            hazardNone,
-		"select 'with hold' as s":                           hazardNone,
-		"update pgbench_accounts set abalance = abalance+1": hazardNone,
+		"LISTEN chan":                                          hazardListen,
+		"  listen x":                                           hazardListen,
+		"/* hi */ Listen x":                                    hazardListen,
+		"select 1; listen x":                                   hazardListen,
+		"-- c\nLISTEN x":                                       hazardListen,
+		"select 'listen x'":                                    hazardNone,
+		"select pg_advisory_lock(1)":                           hazardAdvisoryLock,
+		"SELECT PG_TRY_ADVISORY_LOCK(1)":                       hazardAdvisoryLock,
+		"select pg_advisory_lock_shared(1)":                    hazardAdvisoryLock,
+		"select pg_advisory_xact_lock(1)":                      hazardNone,
+		"DECLARE c CURSOR WITH HOLD FOR select 1":              hazardHoldCursor,
+		"declare c no scroll cursor with hold for select 1":    hazardHoldCursor,
+		"DECLARE c CURSOR WITHOUT HOLD FOR select 1":           hazardNone,
+		"create temp table t (x int)":                          hazardTempTable,
+		"CREATE TEMPORARY TABLE t (x int)":                     hazardTempTable,
+		"create local temp view v as select 1":                 hazardTempTable,
+		"create table pg_temp.t (x int)":                       hazardTempTable,
+		"select 1 into temp t":                                 hazardTempTable,
+		"create temp table t (x int) on commit drop":           hazardNone,
+		"create temp table t (x int) on commit drop; select 1": hazardNone,
+		"create temp table t (x int) on commit delete rows":    hazardTempTable,
+		"PREPARE p AS select 1":                                hazardSQLPrepare,
+		"select 1;\n\tprepare p as select 2":                   hazardSQLPrepare,
+		"select * from template":                               hazardNone,
+		"select 'with hold' as s":                              hazardNone,
+		"select $$listen$$, $a$ prepare $a$":                   hazardNone,
+		"select E'\\' listen'":                                 hazardNone,
+		"update pgbench_accounts set abalance = abalance+1":    hazardNone,
+		"select temp from weather":                             hazardNone,
 	}
 	for q, want := range cases {
-		if got := findHazard([]byte(q)); got != want {
+		if got := rejectedHazard([]byte(q)); got != want {
 			t.Errorf("%q: got %d want %d", q, got, want)
+		}
+	}
+}
+
+func TestChangesSettings(t *testing.T) {
+	cases := map[string]bool{
+		"SET work_mem = '8MB'":                      true,
+		"select 1; set work_mem = '8MB'":            true,
+		"/* x */ reset all":                         true,
+		"select set_config('a.b', 'c', false)":      true,
+		"SELECT SET_CONFIG('a.b', 'c', false)":      true,
+		"update t set x = 1":                        false,
+		"select 'x; set work_mem = 1'":              false,
+		"discard all":                               true,
+		"select 1 offset 2":                         false,
+		"with a as (select 1) update t set x = 1":   false,
+		"begin; set local statement_timeout = 1; x": true,
+	}
+	for q, want := range cases {
+		if got := changesSettings([]byte(q)); got != want {
+			t.Errorf("%q: got %v want %v", q, got, want)
+		}
+	}
+	for q, want := range map[string]bool{
+		"select 1":                   false,
+		"update t set x = 1":         false,
+		"LISTEN x":                   true,
+		"select pg_advisory_lock(1)": true,
+		"DO $$BEGIN EXECUTE 'CREATE TEMP TABLE x ()'; END$$": true,
+		"set role bob": true,
+	} {
+		if got := touchesSessionState([]byte(q)); got != want {
+			t.Errorf("touchesSessionState(%q): got %v want %v", q, got, want)
 		}
 	}
 }

@@ -23,7 +23,6 @@ const (
 type request struct {
 	kind    reqKind
 	swallow bool   // drop the replies (errors still reach the client)
-	notice  bool   // synthetic NoticeResponse: emitted even when an error skips to Sync
 	payload []byte // synthetic reply bytes (shared, never modified)
 	// stmt and clientName tie a Parse to the statement it prepares, so an
 	// error (or a skip after one) can undo the bookkeeping.
@@ -50,6 +49,8 @@ type request struct {
 	// probe marks the proxy's Describe of a statement it prepared on a new
 	// backend, to compare the result with what the client was told.
 	probe bool
+	// stateCheck marks the proxy's session-state check (sessionstate.go).
+	stateCheck bool
 	// errorReplacement, on a request sent only to make the server fail the
 	// segment, is the ErrorResponse the client gets instead of the server's.
 	errorReplacement []byte

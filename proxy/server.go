@@ -38,7 +38,8 @@ type Server struct {
 	wg        sync.WaitGroup               // one per client goroutine
 
 	draining atomic.Bool
-	junkLog  logLimiter // malformed startup packets: anyone can send them
+	junkLog  logLimiter   // malformed startup packets: anyone can send them
+	pinned   atomic.Int64 // clients pinned to a backend by session state
 	// slots counts the clients holding a max_client_conn slot: every one
 	// from its startup packet on, reserved before authentication.
 	slots       atomic.Int64
@@ -98,6 +99,9 @@ func (cfg *Config) check() error {
 	var errs []error
 	if _, err := ParseMode(string(cfg.Mode)); err != nil {
 		errs = append(errs, fmt.Errorf("proxy: Mode: %w", err))
+	}
+	if _, err := ParseSessionStatePolicy(string(cfg.SessionState)); err != nil {
+		errs = append(errs, fmt.Errorf("proxy: SessionState: %w", err))
 	}
 	if _, err := ParseAuthMethod(string(cfg.AuthMethod)); err != nil {
 		errs = append(errs, fmt.Errorf("proxy: AuthMethod: %w", err))
@@ -425,6 +429,7 @@ func (s *Server) Stats() Stats {
 		CancelsUnknown:   s.stats.cancelsUnknown.Load(),
 		LoginsDelayed:    s.stats.loginsDelayed.Load(),
 		LoginsThrottled:  s.stats.loginsThrottled.Load(),
+		ClientsPinned:    s.pinned.Load(),
 	}
 }
 

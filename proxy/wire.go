@@ -36,6 +36,7 @@ const (
 	msgRowDescription    = 'T'
 	msgNoData            = 'n'
 	msgCommandComplete   = 'C'
+	msgDataRow           = 'D'
 	msgEmptyQuery        = 'I'
 	msgPortalSuspended   = 's'
 	msgCopyInResponse    = 'G'

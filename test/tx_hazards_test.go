@@ -10,9 +10,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
-// What cannot work in transaction mode (the session state would stay on a
-// backend other clients get next) must be reported: a NOTICE to the client
-// and a log line naming it. Session mode keeps all of it working.
+// Session state in session mode works as directly. Transaction mode's
+// handling of it is tested in tx_sessionstate_test.go.
 
 // txNoticeClient is a proxy client that records the notices it receives.
 type txNoticeClient struct {
@@ -49,94 +48,6 @@ func (c *txNoticeClient) take() []string {
 	n := c.notices
 	c.notices = nil
 	return n
-}
-
-// txHazard is one session-level feature and how to undo it.
-type txHazard struct {
-	name    string
-	keyword string   // the notice and the log line must mention it (any case)
-	do      []string // each a separate Query message
-	undo    []string
-}
-
-var txHazards = []txHazard{
-	{name: "listen", keyword: "LISTEN",
-		do:   []string{"LISTEN tx_hazard_channel"},
-		undo: []string{"UNLISTEN tx_hazard_channel"}},
-	{name: "advisory-lock", keyword: "advisory",
-		do:   []string{"SELECT pg_advisory_lock(424242)"},
-		undo: []string{"SELECT pg_advisory_unlock(424242)"}},
-	{name: "with-hold-cursor", keyword: "HOLD",
-		do:   []string{"BEGIN", "DECLARE tx_hazard_cursor CURSOR WITH HOLD FOR SELECT generate_series(1, 3)", "COMMIT"},
-		undo: []string{"CLOSE tx_hazard_cursor"}},
-	{name: "temp-table", keyword: "temp",
-		do:   []string{"CREATE TEMP TABLE tx_hazard_temp (x int)"},
-		undo: []string{"DROP TABLE tx_hazard_temp"}},
-}
-
-// TestTxHazardNotices: in transaction mode, LISTEN, a session advisory
-// lock, a WITH HOLD cursor and CREATE TEMP TABLE outside a transaction each
-// give the client a NOTICE and the proxy a log line naming the client,
-// while transaction-scoped equivalents give neither. The pool has one
-// backend so the undo statements reach the backend that holds the state.
-func TestTxHazardNotices(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	// info: the line must be a real report, not a debug trace of every query.
-	p := txStartProxy(t, "transaction", 1, WithEnv("PGSIDECAR_LOG__LEVEL", "info"))
-
-	safe := txNewNoticeClient(ctx, t, txProxyURL(p), "tx-hazard-safe")
-	for _, sql := range []string{
-		"SELECT 1",
-		"BEGIN", "SELECT pg_advisory_xact_lock(424243)", "COMMIT",
-		"BEGIN", "DECLARE tx_safe_cursor CURSOR FOR SELECT 1", "FETCH ALL FROM tx_safe_cursor", "COMMIT",
-	} {
-		txMustExec(ctx, t, safe.conn, sql)
-	}
-	if n := safe.take(); len(n) > 0 {
-		t.Errorf("transaction-scoped statements got notices: %q", n)
-	}
-
-	for _, h := range txHazards {
-		t.Run(h.name, func(t *testing.T) {
-			app := "tx-hazard-" + h.name
-			c := txNewNoticeClient(ctx, t, txProxyURL(p), app)
-			local := c.conn.Conn().LocalAddr().String()
-			for _, sql := range h.do {
-				txMustExec(ctx, t, c.conn, sql)
-			}
-			notices := c.take()
-			found := false
-			for _, n := range notices {
-				if strings.Contains(strings.ToLower(n), strings.ToLower(h.keyword)) {
-					found = true
-				}
-			}
-			if !found {
-				t.Errorf("%s in transaction mode: want a NOTICE mentioning %q, got %q", h.do, h.keyword, notices)
-			}
-			for _, sql := range h.undo {
-				txMustExec(ctx, t, c.conn, sql)
-			}
-			// The log line comes from the proxy's relay; give it a moment.
-			var line string
-			deadline := time.Now().Add(2 * time.Second)
-			for line == "" && time.Now().Before(deadline) {
-				line = txFindLogLine(p, h.keyword, app, local)
-				if line == "" {
-					time.Sleep(50 * time.Millisecond)
-				}
-			}
-			if line == "" {
-				t.Errorf("no proxy log line mentions %q and the client (application_name %s or address %s)", h.keyword, app, local)
-			} else {
-				t.Logf("notice %q; log %s", notices, line)
-			}
-		})
-	}
-	if v := txMustOne(ctx, t, safe.conn, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"); v != "0" {
-		t.Errorf("%s advisory locks left after the undo statements", v)
-	}
 }
 
 // txFindLogLine returns the first proxy log line that mentions keyword (any

@@ -68,26 +68,30 @@ type DatabaseConfig struct {
 
 // PoolConfig holds the pool.* options.
 type PoolConfig struct {
-	Mode                  proxy.Mode    `koanf:"mode"`
-	MinSize               int           `koanf:"min_size"`
-	MaxSize               int           `koanf:"max_size"`
-	MaxClientConn         int           `koanf:"max_client_conn"`
-	MaxStartupConn        int           `koanf:"max_startup_conn"`
-	AcquireTimeout        time.Duration `koanf:"acquire_timeout"`
-	MaxWaiters            int           `koanf:"max_waiters"`
-	ValidationQuery       string        `koanf:"validation_query"`
-	ValidateAfterIdle     time.Duration `koanf:"validate_after_idle"`
-	MaxLifetime           time.Duration `koanf:"max_lifetime"`
-	LifetimeJitter        Percent       `koanf:"lifetime_jitter"`
-	MaxIdle               time.Duration `koanf:"max_idle"`
-	MaxQueries            int64         `koanf:"max_queries"`
-	LeakTimeout           time.Duration `koanf:"leak_timeout"`
-	ConnectTimeout        time.Duration `koanf:"connect_timeout"`
-	IdleCheckInterval     time.Duration `koanf:"idle_check_interval"`
-	ReconnectBackoff      time.Duration `koanf:"reconnect_backoff"`
-	ReconnectBackoffMax   time.Duration `koanf:"reconnect_backoff_max"`
-	ResetQuery            string        `koanf:"reset_query"`
-	MaxPreparedStatements int           `koanf:"max_prepared_statements"`
+	Mode                proxy.Mode    `koanf:"mode"`
+	MinSize             int           `koanf:"min_size"`
+	MaxSize             int           `koanf:"max_size"`
+	MaxClientConn       int           `koanf:"max_client_conn"`
+	MaxStartupConn      int           `koanf:"max_startup_conn"`
+	AcquireTimeout      time.Duration `koanf:"acquire_timeout"`
+	MaxWaiters          int           `koanf:"max_waiters"`
+	ValidationQuery     string        `koanf:"validation_query"`
+	ValidateAfterIdle   time.Duration `koanf:"validate_after_idle"`
+	MaxLifetime         time.Duration `koanf:"max_lifetime"`
+	LifetimeJitter      Percent       `koanf:"lifetime_jitter"`
+	MaxIdle             time.Duration `koanf:"max_idle"`
+	MaxQueries          int64         `koanf:"max_queries"`
+	LeakTimeout         time.Duration `koanf:"leak_timeout"`
+	ConnectTimeout      time.Duration `koanf:"connect_timeout"`
+	IdleCheckInterval   time.Duration `koanf:"idle_check_interval"`
+	ReconnectBackoff    time.Duration `koanf:"reconnect_backoff"`
+	ReconnectBackoffMax time.Duration `koanf:"reconnect_backoff_max"`
+	ResetQuery          string        `koanf:"reset_query"`
+
+	// SessionState is what transaction mode does with session state.
+	SessionState proxy.SessionStatePolicy `koanf:"session_state"`
+
+	MaxPreparedStatements int `koanf:"max_prepared_statements"`
 	// Client timeouts, as PgBouncer names them; 0 = off (login: no limit).
 	QueryTimeout           time.Duration `koanf:"query_timeout"`
 	IdleTransactionTimeout time.Duration `koanf:"idle_transaction_timeout"`

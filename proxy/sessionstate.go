@@ -1,0 +1,549 @@
+package proxy
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/pgsidecar/pgsidecar/internal/pgwire"
+)
+
+// Session state in transaction mode.
+//
+// LISTEN, session advisory locks, temporary tables, WITH HOLD cursors, SQL
+// PREPARE and SET ROLE live in a server session, not in a transaction. In
+// transaction mode a backend serves many clients, so such state would
+// outlive its client or reach another one. Policy SessionStatePin keeps
+// the backend bound to the client while the state exists; SessionStateReject
+// refuses the statements that create it.
+//
+// Whether state exists is asked of the server, not guessed from SQL text:
+// when a client's traffic may have created or dropped some (a cheap,
+// deliberately over-eager scan of the text, see touchesSessionState), the
+// proxy runs stateCheckSQL on the backend once the transaction is over and
+// before the backend can go to anyone else. The same query reads the
+// session's settings (pg_settings, source 'session'), so SETs the relay
+// could not follow statement by statement (inside a multi-statement query,
+// undone by ROLLBACK, made by set_config) are taken from the server.
+
+// SessionStatePolicy says what transaction mode does with session state.
+type SessionStatePolicy string
+
+const (
+	// SessionStatePin keeps the backend bound to its client while the
+	// client has session state on it.
+	SessionStatePin SessionStatePolicy = "pin"
+	// SessionStateReject refuses statements that create session state with
+	// 0A000 feature_not_supported.
+	SessionStateReject SessionStatePolicy = "reject"
+)
+
+// SessionStatePolicies lists the policies, as configuration spells them.
+var SessionStatePolicies = []SessionStatePolicy{SessionStatePin, SessionStateReject}
+
+// ParseSessionStatePolicy reads a policy, ignoring case and surrounding space.
+func ParseSessionStatePolicy(s string) (SessionStatePolicy, error) {
+	return parseName(s, SessionStatePolicies)
+}
+
+// UnmarshalText makes a SessionStatePolicy readable from configuration.
+func (p *SessionStatePolicy) UnmarshalText(text []byte) (err error) {
+	*p, err = ParseSessionStatePolicy(string(text))
+	return err
+}
+
+// hazard is a kind of session state.
+type hazard uint8
+
+const (
+	hazardNone hazard = iota
+	hazardListen
+	hazardAdvisoryLock
+	hazardHoldCursor
+	hazardTempTable
+	hazardSQLPrepare
+	hazardRole
+	hazardCount
+)
+
+// hazardText is what a client is told when policy reject refuses a
+// statement, and what the log and /stats call a pin reason. In msg and
+// hint, %[1]s is the option that sets the policy (Config.SessionState) and
+// %[2]s the one that sets the pooling mode.
+var hazardText = [hazardCount]struct{ name, msg, hint string }{
+	hazardListen: {"LISTEN", "LISTEN is not supported in transaction pooling mode with %[1]s = reject",
+		"use %[1]s pin, %[2]s session, or connect the listener directly to the database"},
+	hazardAdvisoryLock: {"session advisory lock", "session advisory locks are not supported in transaction pooling mode with %[1]s = reject",
+		"use pg_advisory_xact_lock inside a transaction, or %[1]s pin"},
+	hazardHoldCursor: {"WITH HOLD cursor", "WITH HOLD cursors are not supported in transaction pooling mode with %[1]s = reject",
+		"fetch the cursor inside one transaction, or use %[1]s pin"},
+	hazardTempTable: {"temporary table", "temporary tables that outlive the transaction are not supported in transaction pooling mode with %[1]s = reject",
+		"use ON COMMIT DROP inside one transaction, or %[1]s pin"},
+	hazardSQLPrepare: {"SQL PREPARE", "SQL-level PREPARE is not supported in transaction pooling mode with %[1]s = reject",
+		"use the protocol-level prepared statements of your driver (pgsidecar carries those), or %[1]s pin"},
+	hazardRole: {"SET ROLE / SESSION AUTHORIZATION", "", ""},
+}
+
+// stateKeywords are the words whose presence at the start of a word
+// anywhere in a query (strings and comments included, so DO blocks and
+// dynamic SQL count) makes the proxy ask the server about session state at
+// the end of the transaction. A false positive costs one round trip; a miss
+// would leak state, so the list errs on the eager side.
+var stateKeywords = [...]string{
+	"listen", "unlisten", "pg_advisory", "pg_try_advisory", "temp", "pg_temp", "hold", "prepare",
+	"deallocate", "discard", "drop", "close", "role", "authorization",
+}
+
+// touchesSessionState reports whether q may create or drop session state.
+// It scans once and does not allocate.
+func touchesSessionState(q []byte) bool {
+	for i := 0; i < len(q); i++ {
+		c := q[i] | 0x20
+		switch c {
+		case 'l', 'u', 'p', 't', 'h', 'd', 'c', 'r', 'a':
+		default:
+			continue
+		}
+		if i > 0 && isIdentChar(q[i-1]) {
+			continue
+		}
+		for _, k := range stateKeywords {
+			if k[0] == c && hasPrefixFold(q[i:], k) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// changesSettings reports whether q may change a setting the relay does not
+// follow exactly: a statement starting with SET or RESET anywhere in a
+// multi-statement query, set_config anywhere (even in dynamic SQL), or
+// DISCARD. Like touchesSessionState it is eager and allocation-free.
+func changesSettings(q []byte) bool {
+	if containsFold(q, "set_config") {
+		return true
+	}
+	l := sqlLexer{q: q}
+	first := true
+	for {
+		w, k := l.next()
+		switch k {
+		case tokEOF:
+			return false
+		case tokSemicolon:
+			first = true
+			continue
+		case tokWord:
+			if first && (eqFold(w, "set") || eqFold(w, "reset") || eqFold(w, "discard")) {
+				return true
+			}
+		}
+		first = false
+	}
+}
+
+// rejectedHazard finds, for policy reject, a statement in q that creates
+// session state. It reads the statements token by token (strings and
+// comments do not count) and allocates nothing. State created where it
+// cannot see (inside a function) is caught by the check at transaction end.
+func rejectedHazard(q []byte) hazard {
+	l := sqlLexer{q: q}
+	var first, prev, prev2 []byte
+	n := 0
+	temp, onCommitDrop := false, false
+	end := func() hazard {
+		if temp && !onCommitDrop {
+			return hazardTempTable
+		}
+		return hazardNone
+	}
+	for {
+		w, k := l.next()
+		switch k {
+		case tokEOF:
+			return end()
+		case tokSemicolon:
+			if h := end(); h != hazardNone {
+				return h
+			}
+			first, prev, prev2, n, temp, onCommitDrop = nil, nil, nil, 0, false, false
+			continue
+		case tokOther:
+			prev2, prev = prev, nil
+			continue
+		}
+		n++
+		if n == 1 {
+			first = w
+			switch {
+			case eqFold(w, "listen"):
+				return hazardListen
+			case eqFold(w, "prepare"):
+				return hazardSQLPrepare
+			}
+		}
+		switch {
+		case eqFold(w, "pg_advisory_lock"), eqFold(w, "pg_try_advisory_lock"),
+			eqFold(w, "pg_advisory_lock_shared"), eqFold(w, "pg_try_advisory_lock_shared"):
+			return hazardAdvisoryLock
+		case eqFold(first, "declare") && eqFold(w, "hold") && eqFold(prev, "with"):
+			return hazardHoldCursor
+		case eqFold(w, "temp") || eqFold(w, "temporary"):
+			// CREATE [OR REPLACE] [GLOBAL|LOCAL] TEMP ..., SELECT ... INTO TEMP.
+			if eqFold(first, "create") && n <= 5 || eqFold(prev, "into") {
+				temp = true
+			}
+		case eqFold(w, "pg_temp"):
+			if eqFold(first, "create") && n <= 8 || eqFold(prev, "into") {
+				temp = true
+			}
+		case eqFold(w, "drop") && eqFold(prev, "commit") && eqFold(prev2, "on"):
+			onCommitDrop = true
+		}
+		prev2, prev = prev, w
+	}
+}
+
+// rejectQuerySQL is the Query sent instead of a refused one: the server
+// raises the error itself, so the transaction fails (or not) exactly as it
+// would for a server error.
+func rejectQuerySQL(pe *pgError) string {
+	return "DO $pgsidecar$BEGIN RAISE EXCEPTION USING ERRCODE = " + quoteLiteral(pe.Code) +
+		", MESSAGE = " + quoteLiteral(pe.Message) + ", HINT = " + quoteLiteral(pe.Hint) + "; END$pgsidecar$"
+}
+
+func (cfg *Config) rejectError(h hazard) *pgError {
+	t := hazardText[h]
+	opt, mode := cfg.option("SessionState"), cfg.option("Mode")
+	return newError(pgwire.CodeFeatureNotSupported, "pgsidecar: "+fmt.Sprintf(t.msg, opt, mode), fmt.Sprintf(t.hint, opt, mode))
+}
+
+// stateCheckRow is the name of the check's first row; the others are
+// session settings.
+const stateCheckRow = "pgsidecar.state"
+
+// stateCheckSQL reads, on the backend, every kind of session state in one
+// row (counts in hazard order) followed by the settings the session set.
+const stateCheckSQL = `SELECT '` + stateCheckRow + `', concat_ws(',',` +
+	` (SELECT count(*) FROM pg_catalog.pg_listening_channels()),` +
+	` (SELECT count(*) FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid()),` +
+	` (SELECT count(*) FROM pg_catalog.pg_cursors WHERE is_holdable),` +
+	` (SELECT count(*) FROM pg_catalog.pg_class WHERE relnamespace = pg_catalog.pg_my_temp_schema()),` +
+	` (SELECT count(*) FROM pg_catalog.pg_prepared_statements WHERE from_sql),` +
+	` (SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE pid = pg_catalog.pg_backend_pid()` +
+	` AND (usename <> current_user OR usename <> session_user)))` +
+	` UNION ALL SELECT name, pg_catalog.current_setting(name) FROM pg_catalog.pg_settings WHERE source = 'session'`
+
+var wireStateCheck = appendQuery(nil, stateCheckSQL)
+
+// maxCustomNames bounds the custom option names one check asks about.
+const maxCustomNames = 64
+
+// noteCustomNames remembers the dotted names (myapp.tenant) in q: custom
+// options are not listed by pg_settings, so the check asks for each by
+// name. Table references (public.t) come along; asking about them costs
+// nothing. Only called for traffic that may change settings.
+func (c *clientConn) noteCustomNames(q []byte) {
+	for i := 0; i < len(q) && len(c.customNames) < maxCustomNames; i++ {
+		if !isIdentStart(q[i]) || i > 0 && (isIdentChar(q[i-1]) || q[i-1] == '.') {
+			continue
+		}
+		j := i
+		for j < len(q) && isIdentChar(q[j]) {
+			j++
+		}
+		if j+1 >= len(q) || q[j] != '.' || !isIdentStart(q[j+1]) {
+			i = j
+			continue
+		}
+		k := j + 1
+		for k < len(q) && isIdentChar(q[k]) {
+			k++
+		}
+		if c.customNames == nil {
+			c.customNames = make(map[string]struct{})
+		}
+		c.customNames[strings.ToLower(string(q[i:k]))] = struct{}{}
+		i = k
+	}
+}
+
+// stateCheckQuery is the check to send: stateCheckSQL, plus the custom
+// options the client or the backend may have.
+func (c *clientConn) stateCheckQuery(b *backend) []byte {
+	names := c.customNames
+	c.customNames = nil
+	for _, m := range []map[string]paramValue{c.want, b.params} {
+		for k := range m {
+			if strings.Contains(k, ".") {
+				if names == nil {
+					names = make(map[string]struct{})
+				}
+				names[k] = struct{}{}
+			}
+		}
+	}
+	if len(names) == 0 {
+		return wireStateCheck
+	}
+	var sb strings.Builder
+	sb.WriteString(stateCheckSQL)
+	sb.WriteString(" UNION ALL SELECT n, pg_catalog.current_setting(n, true) FROM pg_catalog.unnest(ARRAY[")
+	first := true
+	for k := range names {
+		if !first {
+			sb.WriteString(", ")
+		}
+		first = false
+		sb.WriteString(quoteLiteral(k))
+	}
+	sb.WriteString("]::text[]) n")
+	return appendQuery(nil, sb.String())
+}
+
+// stateCheck collects the answer to stateCheckSQL.
+type stateCheck struct {
+	hazards  [hazardCount]bool
+	seen     bool // the state row arrived
+	settings map[string]string
+}
+
+// noteStateRow records one DataRow of the check.
+func (sc *stateCheck) noteRow(body []byte) {
+	if len(body) < 2 || binary.BigEndian.Uint16(body) != 2 {
+		return
+	}
+	body = body[2:]
+	var cols [2][]byte
+	for i := range cols {
+		if len(body) < 4 {
+			return
+		}
+		n := int(int32(binary.BigEndian.Uint32(body)))
+		body = body[4:]
+		if n == -1 {
+			return // NULL: a custom option that is not set
+		}
+		if n < 0 || n > len(body) {
+			return
+		}
+		cols[i], body = body[:n], body[n:]
+	}
+	if string(cols[0]) != stateCheckRow {
+		if sc.settings == nil {
+			sc.settings = make(map[string]string)
+		}
+		sc.settings[string(cols[0])] = string(cols[1])
+		return
+	}
+	sc.seen = true
+	h := hazardListen
+	for _, f := range bytes.Split(cols[1], []byte(",")) {
+		if h >= hazardCount {
+			break
+		}
+		if v, err := strconv.Atoi(string(f)); err != nil || v != 0 {
+			sc.hazards[h] = true
+		}
+		h++
+	}
+}
+
+func (sc *stateCheck) reasons() string {
+	var r []string
+	for h := hazardListen; h < hazardCount; h++ {
+		if sc.hazards[h] {
+			r = append(r, hazardText[h].name)
+		}
+	}
+	return strings.Join(r, ", ")
+}
+
+// PinnedClient is a client that holds a backend between transactions.
+type PinnedClient struct {
+	Client          string    `json:"client"`
+	ApplicationName string    `json:"application_name"`
+	Database        string    `json:"database"`
+	Reasons         string    `json:"reasons"`
+	Since           time.Time `json:"since"`
+}
+
+// noteSessionTraffic records, in transaction mode, that the client's
+// traffic may have touched session state or settings; the server is asked
+// once the transaction is over. It runs under c.mu.
+func (c *clientConn) noteSessionTraffic(q []byte) {
+	if !c.stateDirty && touchesSessionState(q) {
+		c.stateDirty = true
+	}
+	if changesSettings(q) {
+		c.paramsDirty = true
+		c.noteCustomNames(q)
+	}
+}
+
+// afterTransactionLocked runs when the client's transaction is over and
+// nothing is in flight on b: if the client's traffic may have touched
+// session state or settings, it sends the state check (the server reader
+// writes it: the client reader is not writing, see transactionOverLocked).
+// It reports whether it sent something, so b must stay held.
+func (c *clientConn) afterTransactionLocked(b *backend) (bool, error) {
+	if !c.stateDirty && !c.paramsDirty && !c.resyncPinned {
+		return false, nil
+	}
+	if c.resyncPinned && !c.stateDirty && !c.paramsDirty {
+		// A pinned client's backend no longer has the values the client
+		// expects (a RESET of a startup parameter): bring it back now, as
+		// the next acquire would.
+		c.resyncPinned = false
+		if paramsInSync(c.want, b.params, b.defaults) {
+			return false, nil
+		}
+		next := make(map[string]paramValue, len(b.params))
+		for k, v := range b.params {
+			next[k] = v
+		}
+		sql := paramSyncSQL(c.want, next, b.defaults)
+		c.q.push(request{kind: reqQuery, swallow: true, syncTo: next})
+		_, err := b.conn.Server().NetConn().Write(appendQuery(nil, sql))
+		return true, err
+	}
+	c.stateDirty, c.paramsDirty = false, false
+	c.checkWait = make(chan struct{})
+	c.q.push(request{kind: reqQuery, swallow: true, stateCheck: true})
+	_, err := b.conn.Server().NetConn().Write(c.stateCheckQuery(b))
+	return true, err
+}
+
+// endCheck lets the client reader go on after a state check.
+func (c *clientConn) endCheck() {
+	if c.checkWait != nil {
+		close(c.checkWait)
+		c.checkWait = nil
+	}
+}
+
+// applyStateCheck takes the server's answer: it pins or unpins the client
+// and brings the tracked settings to what the server has. Under c.mu.
+func (c *clientConn) applyStateCheck(b *backend, sc *stateCheck, failed bool) {
+	c.applyStateCheckResult(b, sc, failed)
+	if !b.tainted {
+		// A tainted backend is never used again: the client waits until
+		// the server reader has let go of it (serverLoop ends the wait).
+		c.endCheck()
+	}
+}
+
+func (c *clientConn) applyStateCheckResult(b *backend, sc *stateCheck, failed bool) {
+	if failed || !sc.seen {
+		// The state is unknown: keep the backend bound to this client
+		// (reject: close it once the client is done with it).
+		c.log.Warn("checking a server connection's session state failed; it stays with its client")
+		sc.hazards[hazardNone] = true
+	}
+	c.applySettings(b, sc.settings, failed || !sc.seen)
+	reasons := sc.reasons()
+	if sc.hazards[hazardNone] {
+		reasons = "unknown (the check failed)"
+	}
+	has := reasons != ""
+	if has && c.srv.cfg.SessionState == SessionStateReject {
+		// Something got past the statement filter (a function, dynamic
+		// SQL): the backend is not handed on.
+		b.tainted = true
+		c.log.Warn("session state created despite "+c.srv.cfg.option("SessionState")+" = reject; the server connection will be closed",
+			"application_name", c.appName, "state", reasons)
+		return
+	}
+	switch {
+	case has && c.pin == nil:
+		c.pin = &PinnedClient{Client: c.addr, ApplicationName: c.appName, Database: c.db.Name, Reasons: reasons, Since: time.Now()}
+		c.srv.pinned.Add(1)
+		c.log.Info("client pinned to its server connection: it holds session state", "application_name", c.appName, "state", reasons)
+	case has && c.pin.Reasons != reasons:
+		c.pin = &PinnedClient{Client: c.addr, ApplicationName: c.appName, Database: c.db.Name, Reasons: reasons, Since: c.pin.Since}
+		c.log.Info("pinned client's session state changed", "application_name", c.appName, "state", reasons)
+	case !has && c.pin != nil:
+		c.log.Info("client unpinned: its session state is gone", "application_name", c.appName,
+			"pinned_for", time.Since(c.pin.Since).Round(time.Millisecond))
+		c.pin = nil
+		c.srv.pinned.Add(-1)
+	}
+	if c.pin != nil && !paramsInSync(c.want, b.params, b.defaults) {
+		c.resyncPinned = true
+	}
+}
+
+// applySettings makes the tracked values of settings the server does not
+// report (reported ones follow ParameterStatus) what the server has.
+func (c *clientConn) applySettings(b *backend, settings map[string]string, unknown bool) {
+	if unknown {
+		return
+	}
+	for k, v := range settings {
+		k = strings.ToLower(k)
+		if _, reported := b.defaults[k]; reported || unsettable[k] {
+			continue
+		}
+		pv := paramValue{val: v}
+		b.params[k] = pv
+		c.want[k] = pv
+	}
+	for k := range b.params {
+		if _, reported := b.defaults[k]; reported {
+			continue
+		}
+		if _, ok := settings[k]; !ok {
+			delete(b.params, k)
+		}
+	}
+	for k := range c.want {
+		if _, reported := b.defaults[k]; reported {
+			continue
+		}
+		if _, ok := settings[k]; ok {
+			continue
+		}
+		if v, ok := c.startupParams[k]; ok {
+			// RESET goes back to the client's startup value, as directly.
+			c.want[k] = v
+		} else {
+			delete(c.want, k)
+		}
+	}
+}
+
+// unpinLocked forgets the pin when the client leaves.
+func (c *clientConn) unpinOnLeaveLocked() {
+	if c.pin != nil {
+		c.log.Info("pinned client left; its server connection is cleaned", "application_name", c.appName,
+			"state", c.pin.Reasons, "pinned_for", time.Since(c.pin.Since).Round(time.Millisecond))
+		c.pin = nil
+		c.srv.pinned.Add(-1)
+	}
+}
+
+// PinnedClients lists the clients pinned to a backend now (for /stats).
+func (s *Server) PinnedClients() []PinnedClient {
+	if s.pinned.Load() == 0 {
+		return nil
+	}
+	s.mu.Lock()
+	cs := make([]*clientConn, 0, len(s.clients))
+	for c := range s.clients {
+		cs = append(cs, c)
+	}
+	s.mu.Unlock()
+	var out []PinnedClient
+	for _, c := range cs {
+		c.mu.Lock()
+		if c.pin != nil {
+			out = append(out, *c.pin)
+		}
+		c.mu.Unlock()
+	}
+	return out
+}
