@@ -72,6 +72,11 @@ func start(cfg *config.Config, path string, environ []string, logOut io.Writer) 
 	if err != nil {
 		return nil, err
 	}
+	// Listen and the databases need a restart to change, so start is the
+	// one place to catch an upstream that is this very proxy.
+	if err := checkSelfLoop(cfg.Listen, targets); err != nil {
+		return nil, err
+	}
 	a.targets = targets
 
 	for _, t := range targets {

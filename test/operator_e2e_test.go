@@ -282,3 +282,39 @@ func TestHealthcheckCommand(t *testing.T) {
 		t.Errorf("healthcheck on an unhealthy proxy: exit %d: %s", code, out)
 	}
 }
+
+// TestSelfLoopRefused: the sidecar trap. pgsidecar given its own listen
+// address as DATABASE_URL (both containers sharing one rewritten variable)
+// refuses to start, at once, and says why, instead of relaying every
+// client to itself.
+func TestSelfLoopRefused(t *testing.T) {
+	port, err := freePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	healthPort, err := freePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ listen, upstreamHost string }{
+		{"127.0.0.1", "127.0.0.1"},
+		{"0.0.0.0", "localhost"},
+	} {
+		env := []string{
+			"DATABASE_URL=postgres://app:app@" + net.JoinHostPort(c.upstreamHost, strconv.Itoa(port)) + "/app?sslmode=disable",
+			"PGSIDECAR_LISTEN=" + net.JoinHostPort(c.listen, strconv.Itoa(port)),
+			"PGSIDECAR_HEALTH__LISTEN=127.0.0.1:" + strconv.Itoa(healthPort),
+		}
+		start := time.Now()
+		out, code := runBinary(t, env)
+		if code != 1 || !strings.Contains(out, "points at pgsidecar's own listen address") || !strings.Contains(out, "DATABASE_URL") {
+			t.Errorf("listen %s, upstream %s: exit %d: %s", c.listen, c.upstreamHost, code, out)
+		}
+		if strings.Contains(out, "app:app@") {
+			t.Errorf("the error shows the password: %s", out)
+		}
+		if d := time.Since(start); d > 10*time.Second {
+			t.Errorf("took %v to refuse", d)
+		}
+	}
+}
