@@ -24,6 +24,7 @@ pool:
   max_idle: 0
   max_queries: 0
   leak_timeout: 0
+  idle_check_interval: 0
 `)
 	cfg, err := config.Load(path, nil)
 	if err != nil {
@@ -39,7 +40,7 @@ pool:
 		t.Errorf("validation_query %q reached the pool as %q", "-", pc.ValidationQuery)
 	}
 	if pc.MinSize != 0 || pc.ValidateAfterIdle != 0 || pc.MaxLifetime != 0 || pc.LifetimeJitter != 0 ||
-		pc.MaxIdle != 0 || pc.MaxQueries != 0 || pc.LeakTimeout != 0 {
+		pc.MaxIdle != 0 || pc.MaxQueries != 0 || pc.LeakTimeout != 0 || pc.IdleCheckInterval != 0 {
 		t.Errorf("a configured 0 did not reach the pool as 0: %+v", pc)
 	}
 	if pc.AcquireTimeout != cfg.Pool.AcquireTimeout || pc.BackoffMax != cfg.Pool.ReconnectBackoffMax || pc.MaxSize != cfg.Pool.MaxSize {
@@ -65,5 +66,24 @@ func TestOptionNames(t *testing.T) {
 		if !keys[key] {
 			t.Errorf("optionNames[%s] = %s, which is no option", field, key)
 		}
+	}
+}
+
+// TestWiringIdleCheckInterval: pool.idle_check_interval reaches the pool
+// (a reload goes through the same poolConfig, so it is live).
+func TestWiringIdleCheckInterval(t *testing.T) {
+	testpg.IsolatePG(t)
+	path := testpg.WriteYAML(t, "upstream: "+testURL+"\npool:\n  idle_check_interval: 3s\n")
+	cfg, err := config.Load(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	targets, err := cfg.Targets()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &app{log: slog.New(slog.DiscardHandler)}
+	if got := a.poolConfig(targets[0]).IdleCheckInterval; got.String() != "3s" {
+		t.Errorf("pool.idle_check_interval 3s reached the pool as %s", got)
 	}
 }

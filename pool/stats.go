@@ -51,7 +51,7 @@ type Retired struct {
 	Idle       uint64 `json:"idle"`       // idle past MaxIdle, or surplus after MaxSize shrank
 	Queries    uint64 `json:"queries"`    // reached MaxQueries
 	Error      uint64 `json:"error"`      // Destroy: broken or unknown state
-	Validation uint64 `json:"validation"` // failed the validation query
+	Validation uint64 `json:"validation"` // failed the validation query, the idle check or the socket peek (closed by the server)
 	Shutdown   uint64 `json:"shutdown"`
 }
 
