@@ -189,6 +189,12 @@ func testDrainUnderLoad(t *testing.T, mode string) {
 		code, _, err := p.FetchHealth()
 		return err == nil && code == 503
 	})
+	if code, body := getProbe(t, p, "/readyz"); code != 503 || !strings.Contains(body, "draining") {
+		t.Errorf("/readyz during the drain: %d %s; want 503 draining", code, body)
+	}
+	if code, body := getProbe(t, p, "/livez"); code != 200 {
+		t.Errorf("/livez during the drain: %d %s; want 200 (the process serves until it exits)", code, body)
+	}
 	expectShutdownRefusal(ctx, t, p.AppURL())
 
 	// The open transaction carries on after the signal and commits.
