@@ -65,36 +65,19 @@ func (k *cancelKeys) lookup(pid, secret uint32) *clientConn {
 	return c
 }
 
-// cancelLogInterval is the least time between two log lines about
-// unmatched cancel requests (and malformed startup packets: both are
-// events outsiders can repeat at will).
-const cancelLogInterval = 10 * time.Second
-
-// handleCancel forwards a client's cancel to the backend running that
-// client's query, if it runs one now. It pins the backend to the client
-// while the cancel is sent (c.cancelling, as c.writing does for a write),
-// so the backend cannot be released to another client (and the signal
-// land on someone else's query) in between; the client's lock is not held
-// across the dial, so the relay goes on meanwhile.
-func (s *Server) handleCancel(pid, secret uint32) {
-	c := s.cancels.lookup(pid, secret)
-	if c == nil {
-		// Stale keys are normal (the client left before its cancel came),
-		// but a flood must not flood the log: counted always, logged at
-		// most once per cancelLogInterval.
-		s.stats.cancelsUnknown.Add(1)
-		if ok, held := s.cancelLog.allow(time.Now()); ok {
-			s.log.Info("cancel request with an unknown key dropped", "pid", pid,
-				"dropped_unlogged", held, "log_interval", s.cancelLog.interval)
-		}
-		return
-	}
+// cancelPinned sends a cancel request to the backend serving c when c
+// holds one and wantedLocked (called under c.mu) says a request is still
+// to be cancelled; it returns that backend, or nil when there was nothing
+// to cancel. The backend stays pinned to c while the request is sent
+// (c.cancelling, as c.writing pins it for a write), so it cannot pass to
+// another client and the signal land on someone else's query; c.mu itself
+// is not held across the dial, so the relay goes on meanwhile.
+func (c *clientConn) cancelPinned(wantedLocked func() bool) (*backend, error) {
 	c.mu.Lock()
 	b := c.be
-	if b == nil || (c.q.len() == 0 && !c.inBatch) {
+	if b == nil || !wantedLocked() {
 		c.mu.Unlock()
-		s.log.Debug("cancel request for an idle client dropped", "client", c.addr)
-		return
+		return nil, nil
 	}
 	c.cancelling++
 	c.mu.Unlock()
@@ -108,9 +91,37 @@ func (s *Server) handleCancel(pid, secret uint32) {
 		}
 		c.mu.Unlock()
 	}()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), serverOpTimeout)
 	defer cancel()
-	if err := b.conn.Server().CancelRequest(ctx); err != nil {
+	return b, b.conn.Server().CancelRequest(ctx)
+}
+
+// cancelLogInterval is the least time between two log lines about
+// unmatched cancel requests (and malformed startup packets: both are
+// events outsiders can repeat at will).
+const cancelLogInterval = 10 * time.Second
+
+// handleCancel forwards a client's cancel to the backend running that
+// client's query, if it runs one now (see cancelPinned).
+func (s *Server) handleCancel(pid, secret uint32) {
+	c := s.cancels.lookup(pid, secret)
+	if c == nil {
+		// Stale keys are normal (the client left before its cancel came),
+		// but a flood must not flood the log: counted always, logged at
+		// most once per cancelLogInterval.
+		s.stats.cancelsUnknown.Add(1)
+		if ok, held := s.cancelLog.allow(time.Now()); ok {
+			s.log.Info("cancel request with an unknown key dropped", "pid", pid,
+				"dropped_unlogged", held, "log_interval", s.cancelLog.interval)
+		}
+		return
+	}
+	b, err := c.cancelPinned(func() bool { return c.q.len() > 0 || c.inBatch })
+	if b == nil {
+		s.log.Debug("cancel request for an idle client dropped", "client", c.addr)
+		return
+	}
+	if err != nil {
 		s.log.Warn("forwarding a cancel request failed", "client", c.addr, "err", err)
 		return
 	}

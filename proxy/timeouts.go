@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"context"
 	"fmt"
 	"sync"
 	"time"
@@ -192,19 +191,20 @@ func (s *Server) sweepClient(c *clientConn, live *Config, now time.Time) {
 }
 
 // cancelForTimeout cancels the request c has had in flight since the
-// sweeper saw mark, if it still runs. It holds c's lock while the cancel is
-// sent, as handleCancel does, so the backend cannot pass to another client
-// in between.
+// sweeper saw mark, if it still runs; the backend is pinned to c meanwhile,
+// as for a client's own cancel (see cancelPinned).
 func (s *Server) cancelForTimeout(c *clientConn, mark uint64, limit time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.be == nil || c.q.len() == 0 || c.responses != mark {
-		return // it finished meanwhile
+	b, err := c.cancelPinned(func() bool {
+		if c.q.len() == 0 || c.responses != mark {
+			return false // it finished meanwhile
+		}
+		c.queryTimedOut = true
+		return true
+	})
+	if b == nil {
+		return
 	}
-	c.queryTimedOut = true
-	ctx, cancel := context.WithTimeout(context.Background(), serverOpTimeout)
-	defer cancel()
-	if err := c.be.conn.Server().CancelRequest(ctx); err != nil {
+	if err != nil {
 		c.log.Warn(s.live.Load().option("QueryTimeout")+": cancelling the query on the server failed", "err", err)
 		return
 	}
@@ -212,7 +212,7 @@ func (s *Server) cancelForTimeout(c *clientConn, mark uint64, limit time.Duratio
 	stmt := string(c.last[:c.lastLen])
 	c.lastMu.Unlock()
 	c.log.Info("query ran longer than "+s.live.Load().option("QueryTimeout")+": cancelled on the server",
-		"query_timeout", limit.String(), "backend_pid", c.be.conn.Server().PID(), "statement", stmt)
+		"query_timeout", limit.String(), "backend_pid", b.conn.Server().PID(), "statement", stmt)
 }
 
 // queryTimeoutError is what the client gets instead of the server's
