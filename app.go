@@ -74,7 +74,7 @@ func start(cfg *config.Config, path string, environ []string, logOut io.Writer) 
 	}
 	// Listen and the databases need a restart to change, so start is the
 	// one place to catch an upstream that is this very proxy.
-	if err := checkSelfLoop(cfg.Listen, targets); err != nil {
+	if err := config.CheckSelfLoop(cfg.Listen, targets); err != nil {
 		return nil, err
 	}
 	a.targets = targets

@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"context"
@@ -8,8 +8,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-
-	"github.com/pgsidecar/pgsidecar/internal/config"
 )
 
 // hostnameLookupTimeout bounds resolving this machine's own hostname when
@@ -17,7 +15,7 @@ import (
 // hold the start-up.
 const hostnameLookupTimeout = time.Second
 
-// checkSelfLoop refuses an upstream that is pgsidecar's own client
+// CheckSelfLoop refuses an upstream that is pgsidecar's own client
 // listener: the sidecar trap, when the application's container and
 // pgsidecar's share one DATABASE_URL rewritten to point at pgsidecar.
 // Started anyway, every client would be relayed to pgsidecar itself, each
@@ -27,7 +25,7 @@ const hostnameLookupTimeout = time.Second
 // ::, empty) any address of this machine. Hosts are compared as literal IPs,
 // "localhost" and this machine's hostname; other names are not resolved
 // here (a DNS alias of this host is not caught).
-func checkSelfLoop(listen string, targets []config.Target) error {
+func CheckSelfLoop(listen string, targets []Target) error {
 	lhost, lport, err := net.SplitHostPort(listen)
 	if err != nil {
 		return nil // listen itself will fail with a clearer error

@@ -1,11 +1,9 @@
-package main
+package config
 
 import (
 	"os"
 	"strings"
 	"testing"
-
-	"github.com/pgsidecar/pgsidecar/internal/config"
 )
 
 func TestSelfLoopGuard(t *testing.T) {
@@ -53,14 +51,14 @@ func TestSelfLoopGuard(t *testing.T) {
 		}
 	}
 	for _, c := range cases {
-		cfg := config.Defaults()
+		cfg := Defaults()
 		cfg.Listen = c.listen
 		cfg.Upstream = c.url
 		targets, err := cfg.Targets()
 		if err != nil {
 			t.Fatalf("%s: %v", c.url, err)
 		}
-		err = checkSelfLoop(c.listen, targets)
+		err = CheckSelfLoop(c.listen, targets)
 		if (err != nil) != c.loop {
 			t.Errorf("listen %s upstream %s: err %v, want loop=%v", c.listen, c.url, err, c.loop)
 			continue
