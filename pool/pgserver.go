@@ -61,6 +61,9 @@ func Connector(cfg *pgconn.Config) ConnectFunc {
 // relayed on NetConn.
 func (s *PgServer) PgConn() *pgconn.PgConn { return s.pg }
 
+// SecretKey is the backend's cancel key (4 bytes with protocol 3.0).
+func (s *PgServer) SecretKey() []byte { return s.pg.SecretKey() }
+
 // NetConn returns the raw socket to relay on.
 func (s *PgServer) NetConn() net.Conn { return s.pg.Conn() }
 

@@ -9,9 +9,10 @@ import (
 	"time"
 )
 
-// cancelKeys maps the proxy-minted process ids handed to clients in
-// BackendKeyData to those clients. The server's own keys never leave the
-// proxy, so a client can only cancel its own work.
+// cancelKeys maps the process ids handed to clients in BackendKeyData to
+// those clients: in transaction mode proxy-minted keys (a backend's own key
+// never leaves the proxy, so a client can only cancel its own work), in
+// session mode the key of the client's one backend.
 type cancelKeys struct {
 	mu      sync.Mutex
 	clients map[uint32]*clientConn
@@ -21,17 +22,21 @@ func newCancelKeys() *cancelKeys {
 	return &cancelKeys{clients: make(map[uint32]*clientConn)}
 }
 
-// register mints a unique (pid, secret) for c.
+// maxServerPID is Linux's largest pid_max (2^22, PID_MAX_LIMIT): no
+// PostgreSQL backend has a larger process id. Minted ids are above it, so a
+// client's pg_terminate_backend / pg_cancel_backend of the id it was given
+// can never reach some unrelated session.
+const maxServerPID = 1 << 22
+
+// register mints a unique (pid, secret) for c, pid in (maxServerPID, 2^31).
 func (k *cancelKeys) register(c *clientConn) {
 	var b [8]byte
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	for {
 		_, _ = rand.Read(b[:])
-		pid := binary.BigEndian.Uint32(b[:4]) & 0x7fffffff // libpq reads it as a signed int
-		if pid == 0 {
-			continue
-		}
+		// libpq reads the pid as a signed int: at most 2^31-1.
+		pid := maxServerPID + 1 + binary.BigEndian.Uint32(b[:4])%(0x7fffffff-maxServerPID)
 		if _, taken := k.clients[pid]; taken {
 			continue
 		}
@@ -39,6 +44,24 @@ func (k *cancelKeys) register(c *clientConn) {
 		k.clients[pid] = c
 		return
 	}
+}
+
+// rekey gives c the key of its backend (session mode), so that a cancel
+// with that key reaches it through the proxy. It keeps the minted key and
+// reports false when another client already has that pid (two databases'
+// servers can hand out the same one).
+func (k *cancelKeys) rekey(c *clientConn, pid, secret uint32) bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if other, taken := k.clients[pid]; taken && other != c {
+		return false
+	}
+	if k.clients[c.pid] == c {
+		delete(k.clients, c.pid)
+	}
+	c.pid, c.secret = pid, secret
+	k.clients[pid] = c
+	return true
 }
 
 func (k *cancelKeys) unregister(c *clientConn) {

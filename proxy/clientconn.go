@@ -257,6 +257,7 @@ func (s *Server) serveConn(conn net.Conn) {
 
 	if err := c.greet(loginDeadline); err != nil {
 		lg.Info("client startup failed", "err", err)
+		c.finish() // a session-mode backend taken for the greeting goes back
 		return
 	}
 	conn.SetDeadline(time.Time{})
@@ -333,8 +334,8 @@ func (s *Server) rejectStartup(conn net.Conn, lg *slog.Logger, err error) {
 }
 
 // greet finishes the startup: AuthenticationOk, the server's parameters
-// (with the client's own values where it chose them), the proxy-minted
-// BackendKeyData, and ReadyForQuery.
+// (with the client's own values where it chose them), BackendKeyData (the
+// backend's own in session mode, else proxy-minted), and ReadyForQuery.
 func (c *clientConn) greet(deadline time.Time) error {
 	ctx := c.ctx
 	if !deadline.IsZero() {
@@ -369,10 +370,46 @@ func (c *clientConn) greet(deadline time.Time) error {
 			buf, _ = (&pgproto3.ParameterStatus{Name: canonicalParamName(k), Value: w.val}).Encode(buf)
 		}
 	}
+	if c.mode == ModeSession {
+		if err := c.bindSession(); err != nil {
+			var pe *pgError
+			if !errors.As(err, &pe) {
+				pe = c.loginAcquireError(err)
+			}
+			c.conn.SetWriteDeadline(time.Now().Add(time.Second))
+			c.conn.Write(pe.appendTo(nil))
+			return err
+		}
+	}
 	buf, _ = (&pgproto3.BackendKeyData{ProcessID: c.pid, SecretKey: binary.BigEndian.AppendUint32(nil, c.secret)}).Encode(buf)
 	buf = appendReadyForQuery(buf, 'I')
 	_, err = c.conn.Write(buf)
 	return err
+}
+
+// bindSession takes the session-mode client's one backend now and makes
+// its key the client's: pg_backend_pid(), a notification's sender pid and
+// pg_terminate_backend then mean what the client thinks, and a cancel with
+// that key (sent to the proxy, as drivers do) reaches the backend.
+func (c *clientConn) bindSession() error {
+	// Waiting for a backend is bounded by the pool's acquire timeout, not
+	// by the startup timeout.
+	c.conn.SetDeadline(time.Time{})
+	b, err := c.acquire()
+	if err != nil {
+		return err
+	}
+	srv := b.conn.Server()
+	ks, ok := srv.(interface{ SecretKey() []byte })
+	if !ok || len(ks.SecretKey()) != 4 {
+		// Only protocol 3.0's 4-byte keys fit the client's BackendKeyData.
+		c.log.Debug("server key not handed on: the client keeps a minted key", "backend_pid", srv.PID())
+		return nil
+	}
+	if !c.srv.cancels.rekey(c, srv.PID(), binary.BigEndian.Uint32(ks.SecretKey())) {
+		c.log.Info("another client holds the same backend pid (another server): this one keeps a minted key", "backend_pid", srv.PID())
+	}
+	return nil
 }
 
 // checkStartupParams refuses a client whose startup parameters the server

@@ -182,3 +182,94 @@ func TestMalformedFirstPacketSilent(t *testing.T) {
 		t.Errorf("the proxy did not log the malformed packets")
 	}
 }
+
+// TestSessionModeBackendKey: in session mode the client gets its backend's
+// own PID and key: pg_backend_pid() equals the key's pid, the pid is a real
+// backend, a cancel (sent to the proxy, as drivers do) cancels the query,
+// and pg_terminate_backend of its own pid ends it with PostgreSQL's one
+// FATAL, as directly. Pool of 2: a third client gets the backend the
+// terminated one freed.
+func TestSessionModeBackendKey(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	p := txStartProxy(t, "session", 2)
+	admin := txConnect(ctx, t, txDirectURL(), nil)
+	c1 := txConnect(ctx, t, txProxyURL(p), nil)
+	c2 := txConnect(ctx, t, txProxyURL(p), nil)
+	for i, c := range []*pgconn.PgConn{c1, c2} {
+		pid := txMustOne(ctx, t, c, "SELECT pg_backend_pid()")
+		if pid != strconv.FormatUint(uint64(c.PID()), 10) {
+			t.Errorf("client %d: pg_backend_pid() %s, BackendKeyData pid %d", i, pid, c.PID())
+		}
+		if n := txMustOne(ctx, t, admin, "SELECT count(*) FROM pg_stat_activity WHERE pid = "+pid); n != "1" {
+			t.Errorf("client %d: pid %s is not a backend", i, pid)
+		}
+	}
+
+	// Cancel through the proxy with the backend's key.
+	res := make(chan error, 1)
+	go func() { // ends when the query does (cancelled, or after 20 s)
+		_, err := c1.Exec(ctx, "SELECT pg_sleep(20)").ReadAll()
+		res <- err
+	}()
+	waitFor(t, 10*time.Second, "pg_sleep to start", func() bool {
+		v, _ := txOne(ctx, admin, fmt.Sprintf("SELECT count(*) FROM pg_stat_activity WHERE pid = %d AND query LIKE 'SELECT pg_sleep%%'", c1.PID()))
+		return v == "1"
+	})
+	start := time.Now()
+	if err := c1.CancelRequest(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-res; txCode(err) != "57014" {
+		t.Fatalf("cancelled query: %v, want 57014", err)
+	}
+	t.Logf("cancel took %v", time.Since(start).Round(time.Millisecond))
+
+	// pg_terminate_backend of its own pid: one FATAL, as directly. c2
+	// leaves to make room.
+	txClosePgconn(c2)
+	results := map[string][]string{}
+	for name, url := range map[string]string{"direct": txDirectURL(), "proxy": txProxyURL(p)} {
+		conn, pid := txHijack(ctx, t, url, "SELECT 1")
+		q, _ := (&pgproto3.Query{String: "SELECT pg_terminate_backend(" + pid + ")"}).Encode(nil)
+		conn.Write(q)
+		results[name] = txReadUntilClose(conn)
+	}
+	if strings.Join(results["direct"], "|") != strings.Join(results["proxy"], "|") {
+		t.Errorf("terminating its own backend: directly %q, through the proxy %q", results["direct"], results["proxy"])
+	} else {
+		t.Logf("terminating its own backend: %q", results["proxy"])
+	}
+	// The pool serves the next client.
+	c3 := txConnect(ctx, t, txProxyURL(p), nil)
+	txMustOne(ctx, t, c3, "SELECT 1")
+}
+
+// TestTxMintedPIDsAbovePidMax: in transaction mode the PIDs handed to
+// clients are minted by the proxy above Linux's largest pid_max, so none
+// can be a PostgreSQL backend's: a client's pg_terminate_backend of "its
+// own" pid reaches nobody (PostgreSQL warns that it is not a backend).
+func TestTxMintedPIDsAbovePidMax(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	p := txStartProxy(t, "transaction", 1)
+	const maxPID = 4194304 // Linux PID_MAX_LIMIT
+	seen := map[uint32]bool{}
+	var conns []*pgconn.PgConn
+	for range 30 {
+		c := txConnect(ctx, t, txProxyURL(p), nil)
+		if c.PID() <= maxPID || c.PID() > 1<<31-1 || seen[c.PID()] {
+			t.Errorf("minted pid %d: want unique, above %d and at most 2^31-1", c.PID(), maxPID)
+		}
+		seen[c.PID()] = true
+		conns = append(conns, c)
+	}
+	other := conns[1]
+	before := txMustOne(ctx, t, other, "SELECT pg_backend_pid()")
+	if v := txMustOne(ctx, t, conns[0], fmt.Sprintf("SELECT pg_terminate_backend(%d)", conns[0].PID())); v != "f" {
+		t.Errorf("pg_terminate_backend of the minted pid returned %s", v)
+	}
+	if after := txMustOne(ctx, t, other, "SELECT pg_backend_pid()"); after != before {
+		t.Errorf("the shared backend changed from %s to %s", before, after)
+	}
+}
