@@ -243,3 +243,13 @@ func (p *Pool) validate(ctx context.Context, b *backend, query string, timeout t
 	p.unlock()
 	return false
 }
+
+// Free reports whether an Acquire now would likely not wait: a backend is
+// idle, or there is room to open one, and nobody is queued. It is a hint
+// (another caller may take the backend first), for callers that would
+// rather do without a backend than wait for one.
+func (p *Pool) Free() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.waiters.len() == 0 && (len(p.idle) > 0 || p.roomLocked() > 0)
+}

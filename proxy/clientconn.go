@@ -370,7 +370,10 @@ func (c *clientConn) greet(deadline time.Time) error {
 			buf, _ = (&pgproto3.ParameterStatus{Name: canonicalParamName(k), Value: w.val}).Encode(buf)
 		}
 	}
-	if c.mode == ModeSession {
+	if c.mode == ModeSession && c.db.Pool.Free() {
+		// With the pool exhausted, the client is not kept waiting at login
+		// (applications open their pools eagerly): it keeps a minted key
+		// and gets its backend at its first query, as before.
 		if err := c.bindSession(); err != nil {
 			var pe *pgError
 			if !errors.As(err, &pe) {
