@@ -64,7 +64,7 @@ func (a *app) poolConfig(t config.Target) pool.Config {
 func (a *app) proxyConfig(cfg *config.Config, targets []config.Target) proxy.Config {
 	dbs := make(map[string]*proxy.Database, len(targets))
 	for _, t := range targets {
-		dbs[t.Name] = &proxy.Database{Name: t.Name, Pool: a.pools[t.Name], Users: t.Users}
+		dbs[t.Name] = &proxy.Database{Name: t.Name, Pool: a.pools[t.Name], Users: t.Users, Listen: t.Conn}
 	}
 	return proxy.Config{
 		Mode:                   cfg.Pool.Mode,

@@ -91,6 +91,15 @@ type clientConn struct {
 	// client's next request waits for it, as it may need another backend.
 	checkWait chan struct{}
 	pin       *PinnedClient
+	// LISTEN through the shared listener (notify.go): the hub (nil in
+	// session mode or without one), notifications not yet delivered, the
+	// backend still LISTENs (UNLISTEN * owed before release), channels the
+	// backend listened on that the hub may lack.
+	hub             *notifyHub
+	notes           [][]byte
+	notesDropped    int
+	unlistenBackend bool
+	lateListens     []string
 
 	lastMu  sync.Mutex
 	last    [240]byte
@@ -235,6 +244,7 @@ func (s *Server) serveConn(conn net.Conn) {
 		txStatus:      'I',
 		in:            readBuffer{buf: make([]byte, clientReadBufSize)},
 	}
+	c.hub = s.hubFor(db)
 	for k, v := range sm.params {
 		k = strings.ToLower(k)
 		if notSessionParams[k] || unsettable[k] {

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
 
@@ -77,6 +78,10 @@ type Database struct {
 	// Users maps the user names clients may log in as to their passwords
 	// (the upstream URL's user plus auth.users).
 	Users map[string]string
+	// Listen connects the shared LISTEN connection that serves this
+	// database's listeners in transaction mode (notify.go); nil makes
+	// LISTEN pin the client to its backend instead.
+	Listen *pgconn.Config
 }
 
 // Config configures a Server. Every field but Logger must be set: zero

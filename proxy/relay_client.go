@@ -52,6 +52,11 @@ func (c *clientConn) run() error {
 			if pe := c.closeErr.Load(); pe != nil {
 				return pe // set between the look above and the reset
 			}
+			// Or notifications to deliver (after the reset, so a later one
+			// wakes this reader again).
+			if err := c.flushNotes(); err != nil {
+				return err
+			}
 			if n == 0 {
 				continue
 			}
@@ -110,6 +115,7 @@ func (c *clientConn) betweenTransactions() bool {
 
 // process handles every complete (or streamable) message in the buffer.
 func (c *clientConn) process() error {
+	c.preListen()
 	for c.in.pending() > 0 {
 		if c.discarding {
 			if err := c.discard(); err != nil || c.discarding {
@@ -1002,7 +1008,7 @@ func (c *clientConn) inspect(q []byte, tx bool) hazard {
 		return hazardNone
 	}
 	if c.srv.cfg.SessionState == SessionStateReject {
-		if h := rejectedHazard(q); h != hazardNone {
+		if h := rejectedHazard(q, c.hub != nil); h != hazardNone {
 			t := hazardText[h]
 			c.log.Info("refused a statement that creates session state ("+c.srv.cfg.option("SessionState")+" = reject)",
 				"application_name", c.appName, "state", t.name)

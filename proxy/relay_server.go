@@ -55,7 +55,23 @@ func (c *clientConn) serverLoop(b *backend, done chan struct{}) {
 				rerr = fmt.Errorf("writing to the server: %w", werr)
 			}
 		}
+		if rerr == nil && len(c.notes) > 0 && c.idleLocked(b) {
+			// Between transactions: deliver the shared listener's
+			// notifications after the ReadyForQuery.
+			o := append(b.out[:0], out...)
+			for _, m := range c.takeNotesLocked() {
+				o = append(o, m...)
+			}
+			b.out, out = o, o
+		}
+		late := c.lateListens
+		c.lateListens = nil
 		c.mu.Unlock()
+		for _, ch := range late {
+			if !c.hub.listening(c, ch) {
+				c.hub.listen(c, ch)
+			}
+		}
 		if rerr != nil {
 			c.serverLost(b, rerr)
 			return
@@ -89,6 +105,9 @@ func (c *clientConn) serverLoop(b *backend, done chan struct{}) {
 		}
 		c.be = nil
 		c.endCheck()
+		if len(c.notes) > 0 {
+			c.conn.SetReadDeadline(time.Now()) // the client reader delivers them now
+		}
 		c.mu.Unlock()
 		if b.tainted {
 			c.destroyBackend(b, "session state created despite "+c.srv.cfg.option("SessionState")+" = reject")
@@ -103,7 +122,7 @@ func (c *clientConn) serverLoop(b *backend, done chan struct{}) {
 // nothing is in flight, so b can serve another client.
 // Only the server reader calls it: b's buffer indexes are its own.
 func (c *clientConn) releasableLocked(b *backend) bool {
-	return c.idleLocked(b) && c.pin == nil
+	return c.idleLocked(b) && c.pin == nil && !c.unlistenBackend
 }
 
 // idleLocked reports whether the client's transaction is over and nothing
@@ -372,7 +391,9 @@ func (c *clientConn) routeOne(b *backend, typ byte, msg []byte) (swallow bool, e
 		return head != nil && head.swallow, nil
 
 	case msgNotification:
-		return false, nil
+		// With a shared listener, the client's notifications come from it;
+		// a backend's are for nobody (see notify.go).
+		return c.hub != nil, nil
 
 	case msgDataRow:
 		if head != nil && head.stateCheck {
@@ -528,6 +549,9 @@ func (c *clientConn) applyParamChange(b *backend, ch paramChange) {
 // the backend back only if its state can be verified clean (rolling back an
 // open transaction, and in session mode running the reset query).
 func (c *clientConn) finish() {
+	if c.hub != nil {
+		c.hub.unlisten(c, "", true)
+	}
 	c.mu.Lock()
 	b := c.be
 	if b == nil {

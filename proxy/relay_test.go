@@ -614,7 +614,7 @@ func TestRejectedHazard(t *testing.T) {
 		"select temp from weather":                             hazardNone,
 	}
 	for q, want := range cases {
-		if got := rejectedHazard([]byte(q)); got != want {
+		if got := rejectedHazard([]byte(q), false); got != want {
 			t.Errorf("%q: got %d want %d", q, got, want)
 		}
 	}

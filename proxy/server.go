@@ -40,6 +40,12 @@ type Server struct {
 	draining atomic.Bool
 	junkLog  logLimiter   // malformed startup packets: anyone can send them
 	pinned   atomic.Int64 // clients pinned to a backend by session state
+	// Shared LISTEN connections (notify.go), per database name; their
+	// goroutines end with hubCtx (stopHubs) or when nobody listens.
+	hubs      map[string]*notifyHub
+	hubCtx    context.Context
+	hubCancel context.CancelFunc
+	hubWG     sync.WaitGroup
 	// slots counts the clients holding a max_client_conn slot: every one
 	// from its startup packet on, reserved before authentication.
 	slots       atomic.Int64
@@ -88,6 +94,8 @@ func New(cfg Config) (*Server, error) {
 		refusedLog:  logLimiter{interval: limitLogInterval},
 		tooLargeLog: logLimiter{interval: limitLogInterval},
 	}
+	s.hubs = make(map[string]*notifyHub)
+	s.hubCtx, s.hubCancel = context.WithCancel(context.Background())
 	live := cfg
 	s.live.Store(&live)
 	return s, nil
@@ -365,6 +373,7 @@ wait:
 		s.Close()
 	}
 	s.stopSweeper()
+	s.stopHubs()
 	return err
 }
 
@@ -383,7 +392,14 @@ func (s *Server) Close() error {
 	s.mu.Unlock()
 	s.wg.Wait()
 	s.stopSweeper()
+	s.stopHubs()
 	return nil
+}
+
+// stopHubs ends the shared LISTEN connections (their clients are gone).
+func (s *Server) stopHubs() {
+	s.hubCancel()
+	s.hubWG.Wait()
 }
 
 func (s *Server) closeListeners() {

@@ -150,7 +150,7 @@ func changesSettings(q []byte) bool {
 // session state. It reads the statements token by token (strings and
 // comments do not count) and allocates nothing. State created where it
 // cannot see (inside a function) is caught by the check at transaction end.
-func rejectedHazard(q []byte) hazard {
+func rejectedHazard(q []byte, allowListen bool) hazard {
 	l := sqlLexer{q: q}
 	var first, prev, prev2 []byte
 	n := 0
@@ -180,7 +180,7 @@ func rejectedHazard(q []byte) hazard {
 		if n == 1 {
 			first = w
 			switch {
-			case eqFold(w, "listen"):
+			case eqFold(w, "listen") && !allowListen:
 				return hazardListen
 			case eqFold(w, "prepare"):
 				return hazardSQLPrepare
@@ -226,6 +226,9 @@ func (cfg *Config) rejectError(h hazard) *pgError {
 // session settings.
 const stateCheckRow = "pgsidecar.state"
 
+// stateListenRow names the check's rows of channels the backend listens on.
+const stateListenRow = "pgsidecar.listen"
+
 // stateCheckSQL reads, on the backend, every kind of session state in one
 // row (counts in hazard order) followed by the settings the session set.
 const stateCheckSQL = `SELECT '` + stateCheckRow + `', concat_ws(',',` +
@@ -236,9 +239,12 @@ const stateCheckSQL = `SELECT '` + stateCheckRow + `', concat_ws(',',` +
 	` (SELECT count(*) FROM pg_catalog.pg_prepared_statements WHERE from_sql),` +
 	` (SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE pid = pg_catalog.pg_backend_pid()` +
 	` AND (usename <> current_user OR usename <> session_user)))` +
+	` UNION ALL SELECT '` + stateListenRow + `', c FROM pg_catalog.pg_listening_channels() c` +
 	` UNION ALL SELECT name, pg_catalog.current_setting(name) FROM pg_catalog.pg_settings WHERE source = 'session'`
 
 var wireStateCheck = appendQuery(nil, stateCheckSQL)
+
+var wireUnlistenAll = appendQuery(nil, "UNLISTEN *")
 
 // maxCustomNames bounds the custom option names one check asks about.
 const maxCustomNames = 64
@@ -309,6 +315,7 @@ func (c *clientConn) stateCheckQuery(b *backend) []byte {
 type stateCheck struct {
 	hazards  [hazardCount]bool
 	seen     bool // the state row arrived
+	listens  []string
 	settings map[string]string
 }
 
@@ -332,6 +339,10 @@ func (sc *stateCheck) noteRow(body []byte) {
 			return
 		}
 		cols[i], body = body[:n], body[n:]
+	}
+	if string(cols[0]) == stateListenRow {
+		sc.listens = append(sc.listens, string(cols[1]))
+		return
 	}
 	if string(cols[0]) != stateCheckRow {
 		if sc.settings == nil {
@@ -391,6 +402,12 @@ func (c *clientConn) noteSessionTraffic(q []byte) {
 // writes it: the client reader is not writing, see transactionOverLocked).
 // It reports whether it sent something, so b must stay held.
 func (c *clientConn) afterTransactionLocked(b *backend) (bool, error) {
+	if c.unlistenBackend {
+		c.unlistenBackend = false
+		c.q.push(request{kind: reqQuery, swallow: true})
+		_, err := b.conn.Server().NetConn().Write(wireUnlistenAll)
+		return true, err
+	}
 	if !c.stateDirty && !c.paramsDirty && !c.resyncPinned {
 		return false, nil
 	}
@@ -445,6 +462,13 @@ func (c *clientConn) applyStateCheckResult(b *backend, sc *stateCheck, failed bo
 		sc.hazards[hazardNone] = true
 	}
 	c.applySettings(b, sc.settings, failed || !sc.seen)
+	if c.hub != nil && len(sc.listens) > 0 {
+		// The shared listener serves the client's channels; the backend
+		// stops listening before anyone else gets it.
+		sc.hazards[hazardListen] = false
+		c.unlistenBackend = true
+		c.lateListens = append(c.lateListens, sc.listens...)
+	}
 	reasons := sc.reasons()
 	if sc.hazards[hazardNone] {
 		reasons = "unknown (the check failed)"

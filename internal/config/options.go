@@ -94,7 +94,7 @@ var Options = []Option{
 	{Key: "pool.reset_query", Default: "DISCARD ALL", Reload: Restart,
 		Doc: "Session mode: run when a client leaves; `\"\"` skips it."},
 	{Key: "pool.session_state", Default: "pin", Reload: Restart,
-		Doc: "Transaction mode: a client that creates session state (LISTEN, session advisory lock, temp table, WITH HOLD cursor, SQL PREPARE, SET ROLE) keeps its backend until the state is gone (`pin`), or such statements fail with 0A000 (`reject`); see \"Session state\" below."},
+		Doc: "Transaction mode: a client that creates session state (session advisory lock, temp table, WITH HOLD cursor, SQL PREPARE, SET ROLE) keeps its backend until the state is gone (`pin`), or such statements fail with 0A000 (`reject`); see \"Session state\" below."},
 	{Key: "pool.max_prepared_statements", Default: "200", Reload: Restart,
 		Doc: "Transaction mode: prepared statements kept per backend (LRU)."},
 	{Key: "pool.query_timeout", Default: "0s",
