@@ -52,10 +52,15 @@ func TestAcquireDiscardsEveryDeadIdleBackend(t *testing.T) {
 		for i, s := range servers {
 			s.terminate(t, i%2 == 0)
 		}
-		// No time passes in the bubble until Acquire blocks: the
-		// maintainer cannot have peeked first, Acquire does it all.
+		// No time passes in the bubble until Acquire blocks, so no tick
+		// comes first; only a maintainer run already under way (poked by
+		// a connect) may take some of them: Acquire must deal with the
+		// rest.
 		c := mustAcquire(t, p)
 		defer c.Release()
+		// A maintainer run that a connect's poke started may have found
+		// some of them first and be closing them: let it finish.
+		synctest.Wait()
 		got := fake(c)
 		for _, s := range servers {
 			if got == s {
@@ -422,5 +427,55 @@ func TestMaxWaitersDoesNotRefuseWhileRoomToConnect(t *testing.T) {
 	r.c.Release()
 	for _, c := range got {
 		c.Release()
+	}
+}
+
+// probeSocket judges the socket, not the net.Conn's own state: a read
+// deadline left in the past is no sign of a dead backend, while a closed
+// net.Conn, EOF or pending bytes are.
+func TestProbeSocket(t *testing.T) {
+	a, b, err := socketPair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if err := probeSocket(a); err != nil {
+		t.Fatalf("quiet socket: %v", err)
+	}
+	if err := a.SetReadDeadline(time.Now().Add(-time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if err := probeSocket(a); err != nil {
+		t.Fatalf("quiet socket with a read deadline in the past: %v", err)
+	}
+	if _, err := b.Write(fatalTerminated()); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.SetReadDeadline(time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := probeSocket(a); err == nil || !strings.Contains(err.Error(), "ErrorResponse") {
+		t.Fatalf("pending FATAL: %v", err)
+	}
+	// The FATAL is still there for whoever reads next: peeking consumed nothing.
+	buf := make([]byte, 1)
+	if n, err := a.Read(buf); n != 1 || buf[0] != 'E' || err != nil {
+		t.Fatalf("after the peek, read %d %q %v", n, buf[:n], err)
+	}
+	c, d, err := socketPair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+	if err := probeSocket(c); err == nil || !strings.Contains(err.Error(), "EOF") {
+		t.Fatalf("peer closed: %v", err)
+	}
+	c.Close()
+	if err := probeSocket(c); err == nil || !strings.Contains(err.Error(), "socket closed") {
+		t.Fatalf("own conn closed: %v", err)
+	}
+	a.Close()
+	if err := probeSocket(nil); err != nil {
+		t.Fatalf("no socket: %v", err)
 	}
 }

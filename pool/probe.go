@@ -47,9 +47,13 @@ func probeSocket(nc net.Conn) error {
 		return true // never wait
 	})
 	switch {
-	case err != nil:
+	case errors.Is(err, net.ErrClosed):
 		// The net.Conn itself is closed: certainly not usable.
 		return fmt.Errorf("%w: socket closed: %v", errNotIdle, err)
+	case err != nil:
+		// Not peeked (a read deadline left on the socket, say): that says
+		// nothing about the backend; the validation query covers it.
+		return nil
 	case perr == syscall.EAGAIN || perr == syscall.EWOULDBLOCK || perr == syscall.EINTR:
 		return nil
 	case perr != nil:

@@ -234,14 +234,22 @@ func TestMaxWaitersWithRoomToConnect(t *testing.T) {
 		conns[i] = c
 	}
 	var wg sync.WaitGroup
-	errs := make(chan error, size)
-	start := make(chan struct{})
+	errs := make(chan error, 2*size)
+	start, finish := make(chan struct{}), make(chan struct{})
 	for _, c := range conns {
 		wg.Add(1)
 		go func() { // ends when its transaction does (ctx bounds it)
 			defer wg.Done()
 			<-start
-			_, err := c.Exec(ctx, "SELECT pg_sleep(1.5)").ReadAll()
+			if _, err := c.Exec(ctx, "BEGIN; SELECT 1").ReadAll(); err != nil {
+				errs <- err
+				return
+			}
+			select { // hold the backend until the checks below are done
+			case <-finish:
+			case <-ctx.Done():
+			}
+			_, err := c.Exec(ctx, "COMMIT").ReadAll()
 			errs <- err
 		}()
 	}
@@ -262,6 +270,7 @@ func TestMaxWaitersWithRoomToConnect(t *testing.T) {
 		t.Errorf("second client waiting for a release: %v (SQLSTATE %s), want 53300 naming max_waiters", err, code)
 	}
 
+	close(finish)
 	wg.Wait()
 	close(errs)
 	for err := range errs {
