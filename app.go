@@ -134,6 +134,8 @@ func start(cfg *config.Config, path string, environ []string, logOut io.Writer) 
 		"health_listen", a.healthLn.Addr().String(),
 		"mode", cfg.Pool.Mode,
 		"auth_method", cfg.Auth.Method,
+		"tls_mode", cfg.TLS.Client.Mode(),
+		"tls_cert_sha256", cfg.TLS.Client.Fingerprint(),
 		"databases", dbs,
 		"config", displayPath(path))
 	return a, nil

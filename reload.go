@@ -47,5 +47,6 @@ func (a *app) reload() {
 	for _, key := range plan.Restart {
 		a.log.Warn("configuration change needs a restart; keeping the running value", "option", key)
 	}
-	a.log.Info("configuration reloaded", "changed", plan.Live, "needs_restart", plan.Restart)
+	a.log.Info("configuration reloaded", "changed", plan.Live, "needs_restart", plan.Restart,
+		"tls_mode", applied.TLS.Client.Mode(), "tls_cert_sha256", applied.TLS.Client.Fingerprint())
 }

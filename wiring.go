@@ -87,5 +87,7 @@ func (a *app) proxyConfig(cfg *config.Config, targets []config.Target) proxy.Con
 		FailedLoginDelay:         cfg.Auth.FailedLoginDelay,
 		FailedLoginDelayMax:      cfg.Auth.FailedLoginDelayMax,
 		FailedLoginDelayLoopback: cfg.Auth.FailedLoginDelayLoopback,
+
+		TLS: cfg.TLS.Client,
 	}
 }

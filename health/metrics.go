@@ -283,6 +283,7 @@ var clientSeries = map[string]struct {
 }{
 	"clients_total":      {name: "clients", help: "Clients connected now (idle, waiting or holding a backend)."},
 	"clients_active":     {name: "clients_active", help: "Clients holding a backend now."},
+	"clients_tls":        {name: "clients_tls", help: "Clients past their startup packet on TLS now (tls.mode)."},
 	"clients_logging_in": {name: "clients_logging_in", help: "Connections accepted and not yet logged in (startup, authentication); pool.max_startup_conn bounds them."},
 	"clients_waiting":    {name: "clients_waiting", help: "Clients waiting for a backend now."},
 	"clients_pinned":     {name: "clients_pinned", help: "Clients holding a backend between transactions because they have session state on it (transaction mode, pool.session_state pin)."},

@@ -13,6 +13,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -209,21 +210,31 @@ func authMAC(key []byte, parts ...string) []byte {
 // SCRAM-SHA-256 parameters. 4096 iterations is PostgreSQL's default
 // (scram_iterations) and what clients expect at minimum.
 const (
-	authScramMechanism  = "SCRAM-SHA-256"
-	authScramIterations = 4096
-	authScramSaltLen    = 16
+	authScramMechanism = "SCRAM-SHA-256"
+	// authScramPlusMechanism is SCRAM with channel binding
+	// (tls-server-end-point), offered to clients on TLS.
+	authScramPlusMechanism = "SCRAM-SHA-256-PLUS"
+	authScramIterations    = 4096
+	authScramSaltLen       = 16
 	// authScramCacheMax bounds the credential cache; past it the cache is
 	// emptied, which costs one PBKDF2 per user on their next login.
 	authScramCacheMax = 1024
 )
 
 // authSCRAM runs a SCRAM-SHA-256 exchange (RFC 7677) as PostgreSQL does:
-// AuthenticationSASL offering only SCRAM-SHA-256 (no -PLUS: no TLS yet),
-// SASLInitialResponse, AuthenticationSASLContinue, SASLResponse, and
-// AuthenticationSASLFinal on success. It reports false for a wrong proof.
+// AuthenticationSASL, SASLInitialResponse, AuthenticationSASLContinue,
+// SASLResponse, and AuthenticationSASLFinal on success. It reports false
+// for a wrong proof. A client on TLS (sm.cbind set) is offered
+// SCRAM-SHA-256-PLUS first, with tls-server-end-point channel binding
+// (RFC 5929) to the certificate it was served, so libpq's
+// channel_binding=require works; in plain text only SCRAM-SHA-256 is.
 func authSCRAM(sm *startupMessage, password string, known bool) (bool, error) {
 	b := sm.backend
-	err := authSend(b, &pgproto3.AuthenticationSASL{AuthMechanisms: []string{authScramMechanism}}, pgproto3.AuthTypeSASL)
+	mechanisms := []string{authScramMechanism}
+	if sm.cbind != nil {
+		mechanisms = []string{authScramPlusMechanism, authScramMechanism}
+	}
+	err := authSend(b, &pgproto3.AuthenticationSASL{AuthMechanisms: mechanisms}, pgproto3.AuthTypeSASL)
 	if err != nil {
 		return false, err
 	}
@@ -235,10 +246,23 @@ func authSCRAM(sm *startupMessage, password string, known bool) (bool, error) {
 	if !isFirst {
 		return false, authUnexpected("SASL initial response", msg)
 	}
-	if first.AuthMechanism != authScramMechanism {
+	if !slices.Contains(mechanisms, first.AuthMechanism) {
+		hint := "pgsidecar offers SCRAM-SHA-256 only in plain text (channel binding needs TLS: connect with sslmode=require)"
+		if sm.cbind != nil {
+			hint = "pgsidecar offers SCRAM-SHA-256-PLUS and SCRAM-SHA-256"
+		}
 		return false, newFatal(pgwire.CodeProtocolViolation,
-			fmt.Sprintf("client selected an invalid SASL authentication mechanism %q", first.AuthMechanism),
-			"pgsidecar offers SCRAM-SHA-256 only (channel binding needs TLS, which this listener does not offer)")
+			fmt.Sprintf("client selected an invalid SASL authentication mechanism %q", first.AuthMechanism), hint)
+	}
+	// The gs2 header's flag must agree with the mechanism, as PostgreSQL
+	// checks: "p=" (binding used) with -PLUS only, and -PLUS only with "p=".
+	usesBinding := len(first.Data) > 0 && first.Data[0] == 'p'
+	if plus := first.AuthMechanism == authScramPlusMechanism; plus != usesBinding {
+		what := "client selected SCRAM-SHA-256-PLUS without channel binding data"
+		if usesBinding {
+			what = "client requested channel binding with SCRAM-SHA-256; it must select SCRAM-SHA-256-PLUS for that"
+		}
+		return false, newFatal(pgwire.CodeProtocolViolation, "invalid SCRAM client-first-message: "+what, authProtocolHint)
 	}
 
 	// PostgreSQL clients send an empty SCRAM user name ("n=,"): the user is
@@ -260,11 +284,18 @@ func authSCRAM(sm *startupMessage, password string, known bool) (bool, error) {
 		return false, fmt.Errorf("scram server: %w", err)
 	}
 	conv := server.NewConversation()
+	if sm.cbind != nil {
+		// Also refuses a client that says "y" (it supports binding but
+		// thinks the server does not): a downgrade, since -PLUS was offered.
+		conv = server.NewConversationWithChannelBinding(scram.ChannelBinding{
+			Type: scram.ChannelBindingTLSServerEndpoint, Data: sm.cbind})
+	}
 
 	serverFirst, err := conv.Step(string(first.Data))
 	if err != nil {
-		// The client's first message is malformed or asks for channel binding
-		// ("p=...") that was not offered.
+		// The client's first message is malformed, asks for channel binding
+		// ("p=...") that was not offered or of another type than
+		// tls-server-end-point, or says "y" although -PLUS was offered.
 		return false, newFatal(pgwire.CodeProtocolViolation, "invalid SCRAM client-first-message: "+err.Error(), authProtocolHint)
 	}
 	if conv.AuthzID() != "" {
@@ -287,6 +318,13 @@ func authSCRAM(sm *startupMessage, password string, known bool) (bool, error) {
 	if err != nil {
 		if serverFinal == scram.ErrInvalidProof {
 			return false, nil // wrong password, or a user that is not configured
+		}
+		if serverFinal == scram.ErrChannelBindingsDontMatch {
+			// PostgreSQL's words. The client bound to another certificate
+			// than the one the proxy served: a man in the middle, or a
+			// client hashing it wrong.
+			return false, newFatal(pgwire.CodeProtocolViolation, "SCRAM channel binding check failed",
+				"the client's tls-server-end-point data does not match pgsidecar's certificate; a TLS-intercepting middlebox between client and proxy causes this")
 		}
 		return false, newFatal(pgwire.CodeProtocolViolation, "invalid SCRAM client-final-message: "+err.Error(), authProtocolHint)
 	}

@@ -27,7 +27,8 @@ import (
 // (serverLoop) reads the backend and writes to the client.
 type clientConn struct {
 	srv     *Server
-	conn    net.Conn
+	conn    net.Conn // the client: TLS over sock, or sock itself
+	sock    net.Conn // the accepted socket
 	addr    string
 	db      *Database
 	appName string
@@ -153,7 +154,7 @@ func errCannotConnectNow() *pgError {
 // under max_startup_conn (Serve added it to s.starting) until it becomes a
 // client.
 func (s *Server) serveConn(conn net.Conn) {
-	defer conn.Close()
+	defer conn.Close() // the socket, closed last
 	defer s.forgetStarting(conn)
 	s.stats.accepted.Add(1)
 	live := s.live.Load()
@@ -162,10 +163,21 @@ func (s *Server) serveConn(conn net.Conn) {
 		loginDeadline = time.Now().Add(live.ClientLoginTimeout)
 	}
 	conn.SetDeadline(loginDeadline)
-	sm, err := readStartup(conn, startupMaxPacketLen)
+	// sock is the accepted socket (max_startup_conn counts it); conn
+	// becomes TLS over it when the client negotiates TLS.
+	sock := conn
+	conn, sm, err := admit(sock, startupMaxPacketLen, live.TLS)
+	if conn != sock {
+		// Closing the TLS session sends close_notify before the socket
+		// closes (the deferred sock.Close is then a no-op).
+		defer conn.Close()
+	}
 	if err != nil {
-		if s.draining.Load() && errors.Is(err, os.ErrDeadlineExceeded) {
-			err = errCannotConnectNow() // cut short by the end of a drain
+		var he *tlsHandshakeError
+		if s.draining.Load() && errors.Is(err, os.ErrDeadlineExceeded) && !errors.As(err, &he) {
+			// Cut short by the end of a drain. (Not in the middle of a TLS
+			// handshake: no plain-text answer can be sent there.)
+			err = errCannotConnectNow()
 		}
 		s.rejectStartup(conn, nil, err)
 		return
@@ -176,6 +188,11 @@ func (s *Server) serveConn(conn net.Conn) {
 	}
 	addr := conn.RemoteAddr().String()
 	lg := s.log.With("client", addr, "user", sm.user, "database", sm.database)
+	if sm.tls != "" {
+		lg = lg.With("tls", sm.tls)
+		s.stats.tls.Add(1)
+		defer s.stats.tls.Add(-1)
+	}
 	if s.draining.Load() {
 		s.rejectStartup(conn, lg, errCannotConnectNow())
 		return
@@ -233,6 +250,7 @@ func (s *Server) serveConn(conn net.Conn) {
 	c := &clientConn{
 		srv:           s,
 		conn:          conn,
+		sock:          sock,
 		addr:          addr,
 		db:            db,
 		appName:       sm.params["application_name"],
@@ -326,6 +344,16 @@ func (s *Server) rejectStartup(conn net.Conn, lg *slog.Logger, err error) {
 		lg = s.log.With("client", conn.RemoteAddr().String())
 	}
 	var pe *pgError
+	var he *tlsHandshakeError
+	if errors.As(err, &he) {
+		// A wrong client certificate, an old TLS version, a port scanner:
+		// worth seeing, but anyone can cause it as often as they like.
+		if ok, held := s.junkLog.allow(time.Now()); ok {
+			lg.Info("client closed: TLS handshake failed", "err", he.err.Error(), "dropped_unlogged", held,
+				"log_interval", s.junkLog.interval)
+		}
+		return
+	}
 	if !errors.As(err, &pe) {
 		lg.Debug("client startup failed", "err", err)
 		return

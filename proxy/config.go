@@ -140,6 +140,9 @@ type Config struct {
 	FailedLoginDelayMax time.Duration
 	// FailedLoginDelayLoopback applies the delay to loopback clients too.
 	FailedLoginDelayLoopback bool
+	// TLS is the client TLS setup (NewClientTLS); nil means disable. Reload
+	// swaps it: connections keep the one they were accepted with.
+	TLS *ClientTLS
 }
 
 // MaxMessageSizeLimit is PostgreSQL's own bound on a protocol message
@@ -149,6 +152,8 @@ const MaxMessageSizeLimit = 1<<30 - 1
 // Stats counts the server's clients.
 type Stats struct {
 	ClientsTotal int64 `json:"clients_total"` // connected now
+	// ClientsTLS counts the clients past their StartupMessage on TLS now.
+	ClientsTLS int64 `json:"clients_tls"`
 	// ClientsLoggingIn counts connections accepted and not yet logged in
 	// (MaxStartupConn bounds it).
 	ClientsLoggingIn int64  `json:"clients_logging_in"`

@@ -59,6 +59,7 @@ type Server struct {
 		accepted, rejected, authFailures, cancels atomic.Uint64
 		cancelsUnknown                            atomic.Uint64
 		loginsDelayed, loginsThrottled            atomic.Uint64
+		tls                                       atomic.Int64 // logged-in clients on TLS
 	}
 
 	cancelLog logLimiter // unmatched cancel requests
@@ -435,6 +436,7 @@ func (s *Server) Reload(cfg Config) error {
 func (s *Server) Stats() Stats {
 	return Stats{
 		ClientsTotal:     s.stats.total.Load(),
+		ClientsTLS:       s.stats.tls.Load(),
 		ClientsLoggingIn: s.loggingIn(),
 		ClientsActive:    s.stats.active.Load(),
 		ClientsWaiting:   s.stats.waiting.Load(),
@@ -460,7 +462,7 @@ func (s *Server) addClient(c *clientConn) bool {
 		return false
 	}
 	s.clients[c] = struct{}{}
-	delete(s.starting, c.conn)
+	delete(s.starting, c.sock)
 	s.stats.total.Add(1)
 	return true
 }

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -38,39 +39,87 @@ type startupMessage struct {
 	user, database string            // database defaults to user
 	params         map[string]string // every other startup parameter, "options" expanded
 	backend        *pgproto3.Backend // reads the client from here on (authentication)
+	// tls describes the client's TLS session ("TLS 1.3 TLS_AES_128_GCM_SHA256"),
+	// "" in plain text.
+	tls string
+	// cbind is the tls-server-end-point channel binding data of the
+	// certificate the client was served (SCRAM-SHA-256-PLUS); nil in plain
+	// text or when the certificate defines none.
+	cbind []byte
 }
 
-// readStartup reads the client's startup packets from conn until it has a
-// StartupMessage or a CancelRequest. SSLRequest and GSSENCRequest are answered
-// 'N' (once each). A protocol 3.x minor version above 0 or "_pq_." options
-// are answered with NegotiateProtocolVersion and the session continues with
-// 3.0, as PostgreSQL does. maxBodyLen caps the startup packet and every
-// message later read through startupMessage.backend (the authentication
-// answers); values above PostgreSQL's 10000 bytes, or <= 0, mean 10000, so
-// passing the relay's 1 GiB message limit cannot let a client that has not
-// logged in make the proxy allocate more than that.
+// readStartup is admit without TLS (every SSLRequest answered 'N').
+func readStartup(conn net.Conn, maxBodyLen int) (*startupMessage, error) {
+	_, sm, err := admit(conn, maxBodyLen, nil)
+	return sm, err
+}
+
+// admit reads the client's startup packets from conn until it has a
+// StartupMessage or a CancelRequest, negotiating TLS as t says (nil means
+// disable), and returns the connection to use from then on: conn, or TLS
+// over conn, so the rest of the session is the same either way. On an error
+// the returned connection is where the FATAL goes (encrypted once TLS is up).
+//
+// TLS comes two ways: an SSLRequest answered 'S' and then the handshake, or
+// direct TLS (PostgreSQL 17's sslnegotiation=direct), told apart by the
+// first byte being a TLS handshake record and then requiring ALPN
+// "postgresql". Without TLS on offer SSLRequest and GSSENCRequest are
+// answered 'N' (once each). Under tls.mode require and stricter a
+// StartupMessage in plain text is refused with 28000; a CancelRequest in
+// plain text is served (libpq before 17 sends cancels unencrypted, as
+// PostgreSQL allows). A protocol 3.x minor version above 0 or "_pq_."
+// options are answered with NegotiateProtocolVersion and the session
+// continues with 3.0, as PostgreSQL does. maxBodyLen caps the startup packet
+// and every message later read through startupMessage.backend (the
+// authentication answers); values above PostgreSQL's 10000 bytes, or <= 0,
+// mean 10000, so passing the relay's 1 GiB message limit cannot let a client
+// that has not logged in make the proxy allocate more than that.
 //
 // Malformed input returns a FATAL *pgError for the caller to send before it
-// closes conn; an EOF before the first byte (a TCP health check) returns an
-// error for which errors.Is(err, io.EOF) holds. The caller bounds the
-// exchange with conn's deadline.
+// closes the connection; an EOF before the first byte (a TCP health check)
+// returns an error for which errors.Is(err, io.EOF) holds; a failed TLS
+// handshake a *tlsHandshakeError (nothing can be sent). The caller bounds
+// the exchange with conn's deadline.
 //
 // The packets are read with exact-size reads instead of
 // pgproto3.Backend.ReceiveStartupMessage for three reasons: that method
 // reads ahead (bytes sent after an SSLRequest must not sit in a plain-text
-// buffer once TLS is added: CVE-2021-23214), it ignores SetMaxBodyLen, and
-// it rejects protocol 3.1 and 3.3+ outright where PostgreSQL negotiates.
-func readStartup(conn net.Conn, maxBodyLen int) (*startupMessage, error) {
+// buffer: CVE-2021-23214), it ignores SetMaxBodyLen, and it rejects protocol
+// 3.1 and 3.3+ outright where PostgreSQL negotiates.
+func admit(conn net.Conn, maxBodyLen int, t *ClientTLS) (net.Conn, *startupMessage, error) {
 	limit := maxBodyLen
 	if limit <= 0 || limit > startupMaxPacketLen {
 		limit = startupMaxPacketLen
 	}
-	var sawSSL, sawGSS bool
-	after := "" // the negotiation reply already sent, for error messages
+	var (
+		tc             *tls.Conn // the TLS session once established
+		cur            = conn    // what packets are read from: conn or tc
+		sawSSL, sawGSS bool
+		after          string // what happened before this packet, for error messages
+	)
 	for {
-		body, err := startupReadPacket(conn, limit, after)
+		var first []byte // a byte of the packet already read
+		if after == "" && t.Mode().Offers() {
+			var b [1]byte
+			if _, err := io.ReadFull(conn, b[:]); err != nil {
+				if errors.Is(err, io.EOF) {
+					return conn, nil, io.EOF // a TCP health check
+				}
+				return conn, nil, fmt.Errorf("read startup packet: %w", err)
+			}
+			if b[0] == tlsRecordHandshake {
+				var err error
+				if tc, err = startTLS(&prefixConn{Conn: conn, prefix: b[:]}, t, true); err != nil {
+					return connOf(tc, conn), nil, err
+				}
+				cur, sawSSL, after = tc, true, "its direct TLS handshake"
+				continue
+			}
+			first = b[:]
+		}
+		body, err := startupReadPacket(cur, limit, after, first)
 		if err != nil {
-			return nil, err
+			return cur, nil, err
 		}
 		switch code := binary.BigEndian.Uint32(body); code {
 		case startupCodeSSL, startupCodeGSSEnc:
@@ -80,35 +129,75 @@ func readStartup(conn net.Conn, maxBodyLen int) (*startupMessage, error) {
 				name, seen = "GSSENCRequest", &sawGSS
 			}
 			if len(body) != 4 {
-				return nil, newFatal(pgwire.CodeProtocolViolation,
+				return cur, nil, newFatal(pgwire.CodeProtocolViolation,
 					fmt.Sprintf("invalid %s: %d bytes long, expected 8", name, len(body)+4), startupHint)
 			}
 			if *seen {
-				return nil, newFatal(pgwire.CodeProtocolViolation,
-					fmt.Sprintf("duplicate %s: encryption was already refused on this connection", name),
-					"the client must continue with a StartupMessage after the 'N' reply; "+
-						"pgsidecar does not offer encryption on this listener (use sslmode=disable or prefer)")
+				why, hint := "encryption was already refused on this connection",
+					"the client must continue with a StartupMessage after the 'N' reply"
+				if tc != nil {
+					why, hint = "the connection is already encrypted", "the client must send its StartupMessage over TLS"
+				}
+				return cur, nil, newFatal(pgwire.CodeProtocolViolation, fmt.Sprintf("duplicate %s: %s", name, why), hint)
 			}
 			*seen = true
-			// 'N': no encryption; the client may go on in plain text or hang up.
-			if _, err := conn.Write([]byte{'N'}); err != nil {
-				return nil, fmt.Errorf("answer %s: %w", name, err)
+			if code == startupCodeSSL && t.Mode().Offers() && tc == nil {
+				// Nothing may come before the handshake: a client waits
+				// for 'S'. Bytes already here were sent in plain text.
+				if socketHasData(conn) {
+					return conn, nil, errUnencryptedAfterSSL()
+				}
+				if _, err := conn.Write([]byte{'S'}); err != nil {
+					return conn, nil, fmt.Errorf("answer %s: %w", name, err)
+				}
+				if tc, err = startTLS(conn, t, false); err != nil {
+					return connOf(tc, conn), nil, err
+				}
+				cur, after = tc, "its TLS handshake"
+				continue
 			}
-			after = name
+			// 'N': no encryption; the client may go on as it is or hang up.
+			if _, err := cur.Write([]byte{'N'}); err != nil {
+				return cur, nil, fmt.Errorf("answer %s: %w", name, err)
+			}
+			after = "its " + name + " was refused"
 		case startupCodeCancel:
-			return startupParseCancel(body)
+			sm, err := startupParseCancel(body)
+			return cur, sm, err
 		default:
-			return startupParseMessage(conn, body, limit)
+			sm, err := startupParseMessage(cur, body, limit)
+			if err != nil {
+				return cur, nil, err
+			}
+			if err := tlsCheckLogin(t, tc, sm.user); err != nil {
+				return cur, nil, err
+			}
+			if tc != nil {
+				sm.tls = tlsStatus(tc)
+				sm.cbind = t.endPoint
+			}
+			return cur, sm, nil
 		}
 	}
 }
 
+// connOf is tc when the TLS session is up, else conn.
+func connOf(tc *tls.Conn, conn net.Conn) net.Conn {
+	if tc != nil {
+		return tc
+	}
+	return conn
+}
+
 // startupReadPacket reads one length-prefixed startup packet and returns its
-// body (the 4-byte code onwards). after names the negotiation request
-// answered before this packet, or is empty for the first packet.
-func startupReadPacket(conn net.Conn, limit int, after string) ([]byte, error) {
+// body (the 4-byte code onwards). after says what happened before this
+// packet ("its SSLRequest was refused"), or is empty for the first packet;
+// first holds the packet's bytes already read (at most the header's).
+func startupReadPacket(conn net.Conn, limit int, after string, first []byte) ([]byte, error) {
 	var hdr [4]byte
-	n, err := io.ReadFull(conn, hdr[:])
+	pre := copy(hdr[:], first)
+	n, err := io.ReadFull(conn, hdr[pre:])
+	n += pre
 	switch {
 	case err == nil:
 	case n == 0 && errors.Is(err, io.EOF):
@@ -118,8 +207,8 @@ func startupReadPacket(conn net.Conn, limit int, after string) ([]byte, error) {
 			return nil, io.EOF
 		}
 		// Normal for a client that requires encryption and got 'N'.
-		return nil, fmt.Errorf("client closed the connection after its %s was refused: %w", after, io.EOF)
-	case errors.Is(err, io.ErrUnexpectedEOF):
+		return nil, fmt.Errorf("client closed the connection after %s: %w", after, io.EOF)
+	case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF):
 		return nil, newSilentFatal(pgwire.CodeProtocolViolation, "incomplete startup packet", startupHint)
 	default:
 		return nil, fmt.Errorf("read startup packet: %w", err)
@@ -147,10 +236,10 @@ func startupReadPacket(conn net.Conn, limit int, after string) ([]byte, error) {
 // reach a PostgreSQL port by mistake, so the error says what happened
 // instead of quoting a nonsense packet length.
 func startupSniffForeign(hdr [4]byte) *pgError {
-	if hdr[0] == 0x16 && hdr[1] == 0x03 {
+	if hdr[0] == tlsRecordHandshake && hdr[1] == 0x03 {
 		return newSilentFatal(pgwire.CodeProtocolViolation,
-			"received a TLS handshake without an SSLRequest (direct TLS negotiation is not supported)",
-			"connect with sslnegotiation=postgres (the default) and sslmode=disable or prefer")
+			"received a TLS handshake without an SSLRequest, but TLS is disabled (tls.mode disable)",
+			"connect with sslnegotiation=postgres (the default) and sslmode=disable or prefer, or configure tls.mode")
 	}
 	switch string(hdr[:]) {
 	case "GET ", "POST", "HEAD", "PUT ", "OPTI", "DELE", "PATC":

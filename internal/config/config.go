@@ -43,6 +43,8 @@ type Config struct {
 	ShutdownTimeout time.Duration `koanf:"shutdown_timeout"`
 	// Auth says how clients authenticate to the proxy.
 	Auth AuthConfig `koanf:"auth"`
+	// TLS configures TLS between clients and the proxy.
+	TLS TLSConfig `koanf:"tls"`
 	// Log configures the process log.
 	Log LogConfig `koanf:"log"`
 }

@@ -88,6 +88,10 @@ func configDiff(running, next *Config) (live, restart []string) {
 	if !reflect.DeepEqual(running.Auth.FileUsers, next.Auth.FileUsers) {
 		liveSet["auth.users_file (contents)"] = true
 	}
+	// So are the certificate files' (a rotated certificate, same paths).
+	if running.TLS.Client.Fingerprint() != next.TLS.Client.Fingerprint() {
+		liveSet["tls.cert_file (contents)"] = true
+	}
 	return slices.Sorted(maps.Keys(liveSet)), slices.Sorted(maps.Keys(restartSet))
 }
 

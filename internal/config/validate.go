@@ -118,6 +118,8 @@ func (c *Config) Validate() error {
 			c.Auth.FailedLoginDelay, c.Auth.FailedLoginDelayMax)
 	}
 
+	c.checkTLS(&p)
+
 	if len(p) > 0 {
 		// Databases are checked only once the simple options are right:
 		// their users depend on auth.* being valid.

@@ -9,7 +9,8 @@
 // checked here against a value computed in JavaScript.
 //
 // Environment: PG_URL (required), CLIENTS (default 20), ITERATIONS (default
-// 50), TIMEOUT_MS (default 120000).
+// 50), TIMEOUT_MS (default 120000), REQUIRE_TLS (1: fail a client whose
+// connection is not encrypted).
 // Output: one JSON line on stdout:
 //   {"clients":N,"queries":N,"expectedErrors":N,"failures":["..."]}
 // Exit status 0 when there are no failures, 1 otherwise.
@@ -127,6 +128,10 @@ async function runClient(c) {
   } catch (e) {
     fail(`client ${c}: connect: ${e.message}`);
     return;
+  }
+  // REQUIRE_TLS=1 (the TLS test): the connection must really be encrypted.
+  if (process.env.REQUIRE_TLS === '1' && !(client.connection.stream && client.connection.stream.encrypted)) {
+    fail(`client ${c}: connected without TLS`);
   }
   let errors = 0;
   try {
