@@ -44,15 +44,12 @@ func (c *clientConn) serverLoop(b *backend, done chan struct{}) {
 		}
 		out, release, rerr := c.route(b)
 		c.wakeDrainedLocked()
+		var send []byte
 		if rerr == nil && c.idleLocked(b) {
 			// The transaction is over: ask the server about session state
 			// if the client's traffic may have touched it.
-			sent, werr := c.afterTransactionLocked(b)
-			if sent {
+			if send = c.afterTransactionLocked(b); send != nil {
 				release = false
-			}
-			if werr != nil {
-				rerr = fmt.Errorf("writing to the server: %w", werr)
 			}
 		}
 		if rerr == nil && len(c.notes) > 0 && c.idleLocked(b) {
@@ -75,6 +72,17 @@ func (c *clientConn) serverLoop(b *backend, done chan struct{}) {
 		if rerr != nil {
 			c.serverLost(b, rerr)
 			return
+		}
+		if send != nil {
+			if _, err := nc.Write(send); err != nil {
+				c.mu.Lock()
+				stopping := c.stopReader
+				c.mu.Unlock()
+				if !stopping { // else finish closes it: its request is in flight
+					c.serverLost(b, fmt.Errorf("writing to the server: %w", err))
+				}
+				return
+			}
 		}
 		if b.busy != b.busyReported {
 			// Session mode: the pool's leak detector times transactions,
@@ -312,6 +320,9 @@ func (c *clientConn) routeOne(b *backend, typ byte, msg []byte) (swallow bool, e
 			c.applyStateCheck(b, &c.check, r.failed)
 			c.check = stateCheck{}
 			return true, nil
+		}
+		if r.serverWrote {
+			c.endCheck()
 		}
 		if !r.failed {
 			c.applyCompleted(b, &r)

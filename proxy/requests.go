@@ -49,8 +49,10 @@ type request struct {
 	// probe marks the proxy's Describe of a statement it prepared on a new
 	// backend, to compare the result with what the client was told.
 	probe bool
-	// stateCheck marks the proxy's session-state check (sessionstate.go).
-	stateCheck bool
+	// stateCheck marks the proxy's session-state check (sessionstate.go);
+	// serverWrote any Query the server reader sent (the client reader waits
+	// for its ReadyForQuery, see afterTransactionLocked).
+	stateCheck, serverWrote bool
 	// errorReplacement, on a request sent only to make the server fail the
 	// segment, is the ErrorResponse the client gets instead of the server's.
 	errorReplacement []byte

@@ -397,42 +397,44 @@ func (c *clientConn) noteSessionTraffic(q []byte) {
 }
 
 // afterTransactionLocked runs when the client's transaction is over and
-// nothing is in flight on b: if the client's traffic may have touched
-// session state or settings, it sends the state check (the server reader
-// writes it: the client reader is not writing, see transactionOverLocked).
-// It reports whether it sent something, so b must stay held.
-func (c *clientConn) afterTransactionLocked(b *backend) (bool, error) {
-	if c.unlistenBackend {
+// nothing is in flight on b: it returns the proxy's own Query to send now,
+// or nil - UNLISTEN * for a backend that still listens, the session-state
+// check when the client's traffic may have touched session state or
+// settings, or the SETs a pinned client's backend needs. The server reader
+// writes it after unlocking; meanwhile checkWait holds the client reader's
+// next request back, so the wire order matches the request queue. Under
+// c.mu.
+func (c *clientConn) afterTransactionLocked(b *backend) []byte {
+	var msg []byte
+	r := request{kind: reqQuery, swallow: true, serverWrote: true}
+	switch {
+	case c.unlistenBackend:
 		c.unlistenBackend = false
-		c.q.push(request{kind: reqQuery, swallow: true})
-		_, err := b.conn.Server().NetConn().Write(wireUnlistenAll)
-		return true, err
-	}
-	if !c.stateDirty && !c.paramsDirty && !c.resyncPinned {
-		return false, nil
-	}
-	if c.resyncPinned && !c.stateDirty && !c.paramsDirty {
+		msg = wireUnlistenAll
+	case c.stateDirty || c.paramsDirty:
+		c.stateDirty, c.paramsDirty = false, false
+		r.stateCheck = true
+		msg = c.stateCheckQuery(b)
+	case c.resyncPinned:
 		// A pinned client's backend no longer has the values the client
 		// expects (a RESET of a startup parameter): bring it back now, as
 		// the next acquire would.
 		c.resyncPinned = false
 		if paramsInSync(c.want, b.params, b.defaults) {
-			return false, nil
+			return nil
 		}
 		next := make(map[string]paramValue, len(b.params))
 		for k, v := range b.params {
 			next[k] = v
 		}
-		sql := paramSyncSQL(c.want, next, b.defaults)
-		c.q.push(request{kind: reqQuery, swallow: true, syncTo: next})
-		_, err := b.conn.Server().NetConn().Write(appendQuery(nil, sql))
-		return true, err
+		r.syncTo = next
+		msg = appendQuery(nil, paramSyncSQL(c.want, next, b.defaults))
+	default:
+		return nil
 	}
-	c.stateDirty, c.paramsDirty = false, false
 	c.checkWait = make(chan struct{})
-	c.q.push(request{kind: reqQuery, swallow: true, stateCheck: true})
-	_, err := b.conn.Server().NetConn().Write(c.stateCheckQuery(b))
-	return true, err
+	c.q.push(r)
+	return msg
 }
 
 // endCheck lets the client reader go on after a state check.
