@@ -320,10 +320,10 @@ func authSCRAM(sm *startupMessage, password string, known bool) (bool, error) {
 			return false, nil // wrong password, or a user that is not configured
 		}
 		if serverFinal == scram.ErrChannelBindingsDontMatch {
-			// PostgreSQL's words. The client bound to another certificate
+			// PostgreSQL's words and code. The client bound to another certificate
 			// than the one the proxy served: a man in the middle, or a
 			// client hashing it wrong.
-			return false, newFatal(pgwire.CodeProtocolViolation, "SCRAM channel binding check failed",
+			return false, newFatal(pgwire.CodeInvalidAuthorization, "SCRAM channel binding check failed",
 				"the client's tls-server-end-point data does not match pgsidecar's certificate; a TLS-intercepting middlebox between client and proxy causes this")
 		}
 		return false, newFatal(pgwire.CodeProtocolViolation, "invalid SCRAM client-final-message: "+err.Error(), authProtocolHint)

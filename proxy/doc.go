@@ -21,9 +21,10 @@
 // # The goroutines of one client
 //
 //   - The client goroutine (started by Serve; serveConn) reads the startup
-//     packet (startup.go), authenticates (auth.go, loginbrake.go), greets,
-//     then runs the client reader (relay_client.go: run, process). It ends
-//     when the client leaves or is closed (Shutdown, Close), after finish.
+//     packet and negotiates client TLS (startup.go, tls.go), authenticates
+//     (auth.go, loginbrake.go), greets, then runs the client reader
+//     (relay_client.go: run, process). It ends when the client leaves or is
+//     closed (Shutdown, Close), after finish.
 //   - The server reader (relay_server.go: serverLoop), started by acquire
 //     when the client gets a backend, routes the backend's replies to the
 //     client and gives the backend back to the pool when the transaction

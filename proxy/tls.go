@@ -254,6 +254,9 @@ func tlsCheckLogin(t *ClientTLS, tc *tls.Conn, user string) error {
 // errUnencryptedAfterSSL is CVE-2021-23214's guard: bytes that came with
 // the SSLRequest, before the proxy answered 'S', would otherwise be read as
 // if they had come through TLS (a man in the middle injecting commands).
+// PostgreSQL (which reads ahead into its buffer) sends it after the
+// handshake; the proxy sees the bytes still waiting on the socket and
+// refuses before answering, in plain text.
 func errUnencryptedAfterSSL() *pgError {
 	return &pgError{Severity: "FATAL", Code: pgwire.CodeProtocolViolation,
 		Message: "received unencrypted data after SSL request",

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -18,6 +19,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -28,6 +30,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/xdg-go/scram"
+
+	"github.com/pgsidecar/pgsidecar/internal/testpg"
 )
 
 // tlsCA is a certificate authority a test generates, with its certificate
@@ -217,82 +221,81 @@ func TestTLSSASLMechanisms(t *testing.T) {
 	s := newTLSSetup(t)
 	p := startTLSProxy(t, s, "prefer")
 
-	plain := tlsRawConn(t, p, false)
+	plain := tlsRawConn(t, p.Addr, false)
 	if got := tlsRawMechanisms(t, plain); strings.Join(got, ",") != "SCRAM-SHA-256" {
 		t.Fatalf("plain text mechanisms %v, want SCRAM-SHA-256 only", got)
 	}
-	enc := tlsRawConn(t, p, true)
+	enc := tlsRawConn(t, p.Addr, true)
 	if got := tlsRawMechanisms(t, enc); strings.Join(got, ",") != "SCRAM-SHA-256-PLUS,SCRAM-SHA-256" {
 		t.Fatalf("TLS mechanisms %v, want SCRAM-SHA-256-PLUS,SCRAM-SHA-256", got)
 	}
 
 	// tls-server-end-point of an ECDSA-SHA256 certificate: its SHA-256.
 	sum := sha256.Sum256(s.certDER)
-	for _, tc := range []struct {
-		name    string
-		data    []byte
-		wantErr string
-	}{
-		{"right hash", sum[:], ""},
-		{"wrong hash", make([]byte, 32), "SCRAM channel binding check failed"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			fe := tlsRawConn(t, p, true)
-			tlsRawMechanisms(t, fe)
-			client, err := scram.SHA256.NewClient("", "app", "")
-			if err != nil {
-				t.Fatal(err)
-			}
-			conv := client.NewConversationWithChannelBinding(scram.ChannelBinding{Type: scram.ChannelBindingTLSServerEndpoint, Data: tc.data})
-			first, _ := conv.Step("")
-			fe.Send(&pgproto3.SASLInitialResponse{AuthMechanism: "SCRAM-SHA-256-PLUS", Data: []byte(first)})
-			if err := fe.Flush(); err != nil {
-				t.Fatal(err)
-			}
-			msg, err := fe.Receive()
-			if err != nil {
-				t.Fatal(err)
-			}
-			cont, ok := msg.(*pgproto3.AuthenticationSASLContinue)
-			if !ok {
-				t.Fatalf("got %#v, want AuthenticationSASLContinue", msg)
-			}
-			final, err := conv.Step(string(cont.Data))
-			if err != nil {
-				t.Fatal(err)
-			}
-			fe.Send(&pgproto3.SASLResponse{Data: []byte(final)})
-			if err := fe.Flush(); err != nil {
-				t.Fatal(err)
-			}
-			msg, err = fe.Receive()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if tc.wantErr == "" {
-				fin, ok := msg.(*pgproto3.AuthenticationSASLFinal)
-				if !ok {
-					t.Fatalf("got %#v, want AuthenticationSASLFinal", msg)
-				}
-				if _, err := conv.Step(string(fin.Data)); err != nil {
-					t.Fatalf("server signature: %v", err)
-				}
-				return
-			}
-			e, ok := msg.(*pgproto3.ErrorResponse)
-			if !ok || e.Code != "08P01" || e.Message != tc.wantErr {
-				t.Fatalf("got %#v, want 08P01 %q", msg, tc.wantErr)
-			}
-		})
+	if msg := tlsRawSCRAMPlus(t, p.Addr, sum[:]); msg != "" {
+		t.Fatalf("SCRAM-PLUS with the certificate's hash: %s", msg)
+	}
+	if msg := tlsRawSCRAMPlus(t, p.Addr, make([]byte, 32)); msg != "28000 SCRAM channel binding check failed" {
+		t.Fatalf("SCRAM-PLUS with a wrong hash: %q, want 28000 SCRAM channel binding check failed", msg)
 	}
 }
 
-// tlsRawConn opens a connection to p, over TLS (SSLRequest, verifying the
-// certificate is not the point here) or not, and sends the app's
-// StartupMessage.
-func tlsRawConn(t *testing.T, p *Proxy, useTLS bool) *pgproto3.Frontend {
+// tlsRawSCRAMPlus logs in to addr over TLS as app with SCRAM-SHA-256-PLUS
+// binding to cbData, and returns "" on success or the error's
+// "SQLSTATE message".
+func tlsRawSCRAMPlus(t *testing.T, addr string, cbData []byte) string {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", p.Addr, 5*time.Second)
+	fe := tlsRawConn(t, addr, true)
+	tlsRawMechanisms(t, fe)
+	client, err := scram.SHA256.NewClient("", "app", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	conv := client.NewConversationWithChannelBinding(scram.ChannelBinding{Type: scram.ChannelBindingTLSServerEndpoint, Data: cbData})
+	first, _ := conv.Step("")
+	fe.Send(&pgproto3.SASLInitialResponse{AuthMechanism: "SCRAM-SHA-256-PLUS", Data: []byte(first)})
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	msg, err := fe.Receive()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cont, ok := msg.(*pgproto3.AuthenticationSASLContinue)
+	if !ok {
+		t.Fatalf("got %#v, want AuthenticationSASLContinue", msg)
+	}
+	final, err := conv.Step(string(cont.Data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fe.Send(&pgproto3.SASLResponse{Data: []byte(final)})
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	msg, err = fe.Receive()
+	if err != nil {
+		t.Fatal(err)
+	}
+	switch m := msg.(type) {
+	case *pgproto3.AuthenticationSASLFinal:
+		if _, err := conv.Step(string(m.Data)); err != nil {
+			t.Fatalf("server signature: %v", err)
+		}
+		return ""
+	case *pgproto3.ErrorResponse:
+		return m.Code + " " + m.Message
+	}
+	t.Fatalf("got %#v, want AuthenticationSASLFinal or ErrorResponse", msg)
+	return ""
+}
+
+// tlsRawConn opens a connection to addr (the proxy or PostgreSQL), over
+// TLS (SSLRequest, verifying the certificate is not the point here) or
+// not, and sends the app's StartupMessage.
+func tlsRawConn(t *testing.T, addr string, useTLS bool) *pgproto3.Frontend {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -536,43 +539,70 @@ func TestTLSBytesAfterSSLRequest(t *testing.T) {
 	s := newTLSSetup(t)
 	p := startTLSProxy(t, s, "prefer")
 
-	startup, err := (&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersionNumber,
-		Parameters: map[string]string{"user": "app", "database": "app"}}).Encode(nil)
+	if got := tlsSSLRequestAnswer(t, p.Addr, false); got != "S" {
+		t.Fatalf("SSLRequest alone: %q, want S", got)
+	}
+	if got := tlsSSLRequestAnswer(t, p.Addr, true); got != "08P01 received unencrypted data after SSL request" {
+		t.Fatalf("SSLRequest with a StartupMessage: %q, want 08P01 received unencrypted data after SSL request", got)
+	}
+}
+
+// tlsSSLRequestAnswer sends an SSLRequest to addr, followed in the same
+// write by a StartupMessage when withStartup, and returns the answer: "S",
+// "N", or the ErrorResponse's "SQLSTATE message" (after which the
+// connection must be closed), read after the TLS handshake when the server
+// said 'S' to an SSLRequest with bytes behind it.
+func tlsSSLRequestAnswer(t *testing.T, addr string, withStartup bool) string {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, tc := range []struct {
-		name  string
-		extra []byte
-	}{{"alone", nil}, {"with a StartupMessage", startup}} {
-		c, err := net.DialTimeout("tcp", p.Addr, 5*time.Second)
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	out := tlsSSLRequest()
+	if withStartup {
+		startup, err := (&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersionNumber,
+			Parameters: map[string]string{"user": "app", "database": "app"}}).Encode(nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		c.SetDeadline(time.Now().Add(10 * time.Second))
-		if _, err := c.Write(append(tlsSSLRequest(), tc.extra...)); err != nil {
-			t.Fatal(err)
-		}
-		fe := pgproto3.NewFrontend(c, c)
-		if tc.extra == nil {
-			var b [1]byte
-			if _, err := c.Read(b[:]); err != nil || b[0] != 'S' {
-				t.Fatalf("%s: answer %q, %v; want S", tc.name, b[0], err)
-			}
-			c.Close()
-			continue
-		}
-		msg, err := fe.Receive()
-		e, ok := msg.(*pgproto3.ErrorResponse)
-		if err != nil || !ok || e.Code != "08P01" || e.Message != "received unencrypted data after SSL request" {
-			t.Fatalf("%s: %#v, %v; want 08P01 received unencrypted data after SSL request", tc.name, msg, err)
-		}
-		// Closed: EOF, or a reset because the injected bytes were never read.
-		if _, err := c.Read(make([]byte, 1)); !errors.Is(err, io.EOF) && !errors.Is(err, syscall.ECONNRESET) {
-			t.Fatalf("%s: connection not closed after the error: %v", tc.name, err)
-		}
-		c.Close()
+		out = append(out, startup...)
 	}
+	if _, err := c.Write(out); err != nil {
+		t.Fatal(err)
+	}
+	var b [1]byte
+	if _, err := io.ReadFull(c, b[:]); err != nil {
+		t.Fatalf("no answer to the SSLRequest: %v", err)
+	}
+	var fe *pgproto3.Frontend
+	var rest io.Reader = c // where the close shows after the error
+	switch {
+	case b[0] == 'S' && withStartup:
+		// PostgreSQL answers 'S' and reports the injected bytes (which it
+		// read into its buffer) after the handshake, over TLS; the proxy,
+		// which never reads ahead, refuses at once in plain text.
+		tc := tls.Client(c, &tls.Config{InsecureSkipVerify: true})
+		if err := tc.Handshake(); err != nil {
+			t.Fatalf("handshake after 'S': %v", err)
+		}
+		fe, rest = pgproto3.NewFrontend(tc, tc), tc
+	case b[0] == 'E':
+		fe = pgproto3.NewFrontend(io.MultiReader(bytes.NewReader(b[:]), c), c)
+	default:
+		return string(b[:])
+	}
+	msg, err := fe.Receive()
+	e, ok := msg.(*pgproto3.ErrorResponse)
+	if err != nil || !ok {
+		t.Fatalf("after 'E': %#v, %v", msg, err)
+	}
+	// Closed: EOF, or a reset because the injected bytes were never read.
+	if _, err := rest.Read(make([]byte, 1)); !errors.Is(err, io.EOF) && !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("connection not closed after the error: %v", err)
+	}
+	return e.Code + " " + e.Message
 }
 
 // TestTLSNodePostgres runs node-postgres over TLS (sslmode=verify-full with
@@ -599,5 +629,142 @@ func TestTLSNodePostgres(t *testing.T) {
 	}
 	if !p.Logs.Contains(`"tls":"TLS 1.3`) {
 		t.Errorf("no TLS client in the proxy's logs")
+	}
+}
+
+// startSSLCluster starts a cluster of its own (the shared one stays plain)
+// with ssl = on and s's server certificate, so the proxy's TLS can be
+// compared with PostgreSQL's. It returns the cluster and its hba file.
+func startSSLCluster(t *testing.T, s *tlsSetup) (*Cluster, string) {
+	t.Helper()
+	c := testpg.Start(t)
+	var uid, gid = -1, -1
+	if os.Geteuid() == 0 {
+		u, err := user.Lookup("postgres")
+		if err != nil {
+			t.Fatal(err)
+		}
+		uid, _ = strconv.Atoi(u.Uid)
+		gid, _ = strconv.Atoi(u.Gid)
+	}
+	files := map[string]string{}
+	for name, src := range map[string]string{"server.crt": s.cert, "server.key": s.key} {
+		b, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dst := filepath.Join(c.Dir, name)
+		if err := os.WriteFile(dst, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if uid >= 0 {
+			if err := os.Chown(dst, uid, gid); err != nil {
+				t.Fatal(err)
+			}
+		}
+		files[name] = dst
+	}
+	admin := connect(t, c.AdminURL())
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	for _, q := range []string{
+		"ALTER SYSTEM SET ssl_cert_file = '" + files["server.crt"] + "'",
+		"ALTER SYSTEM SET ssl_key_file = '" + files["server.key"] + "'",
+		"ALTER SYSTEM SET ssl = on",
+		"SELECT pg_reload_conf()",
+	} {
+		if _, err := admin.Exec(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	var hba string
+	if err := admin.QueryRow(ctx, "SHOW hba_file").Scan(&hba); err != nil {
+		t.Fatal(err)
+	}
+	// The reload is asynchronous: wait until a new session sees it.
+	if !testEventually(10*time.Second, func() bool {
+		conn, err := pgx.Connect(ctx, c.AdminURL())
+		if err != nil {
+			return false
+		}
+		defer conn.Close(ctx)
+		var on string
+		return conn.QueryRow(ctx, "SHOW ssl").Scan(&on) == nil && on == "on"
+	}) {
+		t.Fatalf("PostgreSQL did not turn ssl on; its log:\n%s", c.LogTail(4000))
+	}
+	return c, hba
+}
+
+// TestTLSComparedWithPostgreSQL puts the proxy's TLS beside PostgreSQL's
+// own (ssl = on, the same certificate): the same SASL mechanisms on TLS and
+// in plain text, the same answer to a SCRAM-PLUS binding to the right and
+// to a wrong hash, the same refusal of bytes after an SSLRequest, the same
+// SQLSTATE for a plain-text client where TLS is required (hostnossl reject
+// for PostgreSQL), and psql with verify-full and channel_binding=require
+// through both.
+func TestTLSComparedWithPostgreSQL(t *testing.T) {
+	s := newTLSSetup(t)
+	c, hba := startSSLCluster(t, s)
+	p := startTLSProxy(t, s, "prefer")
+	sum := sha256.Sum256(s.certDER)
+	direct := net.JoinHostPort(c.Host, strconv.Itoa(c.Port))
+
+	for _, useTLS := range []bool{false, true} {
+		want := strings.Join(tlsRawMechanisms(t, tlsRawConn(t, direct, useTLS)), ",")
+		if got := strings.Join(tlsRawMechanisms(t, tlsRawConn(t, p.Addr, useTLS)), ","); got != want {
+			t.Errorf("TLS %v: mechanisms %s, PostgreSQL offers %s", useTLS, got, want)
+		}
+	}
+	for _, cb := range [][]byte{sum[:], make([]byte, 32)} {
+		want := tlsRawSCRAMPlus(t, direct, cb)
+		if got := tlsRawSCRAMPlus(t, p.Addr, cb); got != want {
+			t.Errorf("SCRAM-PLUS binding to %x: proxy %q, PostgreSQL %q", cb[:4], got, want)
+		}
+	}
+	for _, withStartup := range []bool{false, true} {
+		want := tlsSSLRequestAnswer(t, direct, withStartup)
+		if got := tlsSSLRequestAnswer(t, p.Addr, withStartup); got != want {
+			t.Errorf("SSLRequest (StartupMessage in the same write: %v): proxy %q, PostgreSQL %q", withStartup, got, want)
+		}
+	}
+	directURL := func(params map[string]string) string {
+		u, _ := url.Parse(c.URL("app", "app", "app"))
+		q := url.Values{}
+		for k, v := range params {
+			q.Set(k, v)
+		}
+		u.RawQuery = q.Encode()
+		return u.String()
+	}
+	strict := map[string]string{"sslmode": "verify-full", "sslrootcert": s.ca.Path, "channel_binding": "require"}
+	for name, u := range map[string]string{"PostgreSQL": directURL(strict), "proxy": tlsURL(p, strict)} {
+		if out, err := runPsql(t, u, "-At", "-c", "SELECT current_user"); err != nil || strings.TrimSpace(out) != "app" {
+			t.Errorf("psql verify-full + channel_binding=require to %s: %q, %v", name, out, err)
+		}
+	}
+
+	// TLS required: PostgreSQL by hostnossl reject, the proxy by tls.mode.
+	if err := os.WriteFile(hba, []byte("local all all trust\nhostnossl all all 127.0.0.1/32 reject\nhost all all 127.0.0.1/32 scram-sha-256\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	admin := connect(t, c.AdminURL())
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if _, err := admin.Exec(ctx, "SELECT pg_reload_conf()"); err != nil {
+		t.Fatal(err)
+	}
+	var want string
+	if !testEventually(10*time.Second, func() bool {
+		_, err := pgx.Connect(ctx, c.URL("app", "app", "app"))
+		want = sqlState(err)
+		return err != nil
+	}) {
+		t.Fatal("PostgreSQL still accepts plain text after hostnossl reject")
+	}
+	req := startTLSProxy(t, s, "require")
+	_, err := pgx.Connect(ctx, req.AppURL())
+	if got := sqlState(err); got != want || want != "28000" {
+		t.Errorf("plain text where TLS is required: proxy SQLSTATE %q (%v), PostgreSQL %q", got, err, want)
 	}
 }
