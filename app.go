@@ -42,6 +42,9 @@ type app struct {
 	// statsOrder is every pool in target order, fixed at start: the health
 	// goroutine reads it while reload replaces targets.
 	statsOrder []*pool.Pool
+	// wild serves the databases entry "*" (nil without one); its pools
+	// come and go while the process runs, under its own lock.
+	wild *wildcard
 
 	proxy    *proxy.Server
 	health   *health.Server
@@ -80,6 +83,10 @@ func start(cfg *config.Config, path string, environ []string, logOut io.Writer) 
 	a.targets = targets
 
 	for _, t := range targets {
+		if t.Name == config.Wildcard {
+			a.wild = newWildcard(a, t) // pools per name, on demand
+			continue
+		}
 		p, err := pool.New(a.poolConfig(t))
 		if err != nil {
 			a.closePools()
@@ -175,11 +182,14 @@ func (a *app) serve(name string, ln net.Listener, serve func(net.Listener) error
 
 // poolStats snapshots every pool for the health listener. It runs on the
 // health listener's goroutines, so it reads only statsOrder, which never
-// changes after start.
+// changes after start, and the "*" pools under their lock.
 func (a *app) poolStats() []pool.Stats {
 	out := make([]pool.Stats, 0, len(a.statsOrder))
 	for _, p := range a.statsOrder {
 		out = append(out, p.Stats())
+	}
+	if a.wild != nil {
+		out = append(out, a.wild.stats()...)
 	}
 	return out
 }
@@ -301,6 +311,10 @@ wait:
 // has stopped.
 func (a *app) closePools() {
 	var wg sync.WaitGroup
+	if a.wild != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); a.wild.close() }() // ends when its pools have stopped
+	}
 	for _, p := range a.pools {
 		wg.Add(1)
 		go func() { defer wg.Done(); p.Close() }() // ends when the pool has stopped

@@ -31,6 +31,10 @@ func (a *app) reload() {
 		running[t.Name] = t
 	}
 	for _, t := range targets {
+		if t.Name == config.Wildcard {
+			a.wild.reconfigure(t)
+			continue
+		}
 		// Plan kept the running set of databases, so every target has its
 		// pool. An unchanged pool is left alone (and quiet).
 		if t.Pool != running[t.Name].Pool {

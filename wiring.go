@@ -1,7 +1,17 @@
 package main
 
 import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
 	"github.com/pgsidecar/pgsidecar/internal/config"
+	"github.com/pgsidecar/pgsidecar/internal/pgwire"
 	"github.com/pgsidecar/pgsidecar/pool"
 	"github.com/pgsidecar/pgsidecar/proxy"
 )
@@ -63,7 +73,12 @@ func (a *app) poolConfig(t config.Target) pool.Config {
 // with the app's pools.
 func (a *app) proxyConfig(cfg *config.Config, targets []config.Target) proxy.Config {
 	dbs := make(map[string]*proxy.Database, len(targets))
+	var wild *proxy.Wildcard
 	for _, t := range targets {
+		if t.Name == config.Wildcard {
+			wild = &proxy.Wildcard{Users: t.Users, Open: a.wild.open}
+			continue
+		}
 		dbs[t.Name] = &proxy.Database{Name: t.Name, Pool: a.pools[t.Name], Users: t.Users, Listen: t.Conn}
 	}
 	return proxy.Config{
@@ -72,6 +87,7 @@ func (a *app) proxyConfig(cfg *config.Config, targets []config.Target) proxy.Con
 		MaxStartupConn:         cfg.Pool.MaxStartupConn,
 		AuthMethod:             cfg.Auth.Method,
 		Databases:              dbs,
+		Wildcard:               wild,
 		ResetQuery:             cfg.Pool.ResetQuery,
 		SessionState:           cfg.Pool.SessionState,
 		MaxPreparedStatements:  cfg.Pool.MaxPreparedStatements,
@@ -90,4 +106,151 @@ func (a *app) proxyConfig(cfg *config.Config, targets []config.Target) proxy.Con
 
 		TLS: cfg.TLS.Client,
 	}
+}
+
+// wildcard serves the databases entry "*": a pool per database name,
+// opened when an authenticated client first asks for the name, closed when
+// the server says the database does not exist, or at shutdown. Every open
+// pool belongs to a database the server has, so their number is bounded by
+// the server's databases.
+type wildcard struct {
+	a *app
+
+	mu     sync.Mutex
+	target config.Target              // the "*" entry, as last configured
+	dbs    map[string]*proxy.Database // by database name
+	closed bool
+	wg     sync.WaitGroup // missing goroutines
+}
+
+func newWildcard(a *app, t config.Target) *wildcard {
+	return &wildcard{a: a, target: t, dbs: map[string]*proxy.Database{}}
+}
+
+// targetFor is the "*" entry made concrete for one database name.
+func (w *wildcard) targetFor(name string) config.Target {
+	t := w.target
+	t.Name = name
+	t.Conn = t.Conn.Copy()
+	t.Conn.Database = name
+	return t
+}
+
+// open is proxy.Wildcard.Open.
+func (w *wildcard) open(name string) (*proxy.Database, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		return nil, errors.New("pgsidecar is shutting down")
+	}
+	if db := w.dbs[name]; db != nil {
+		return db, nil
+	}
+	t := w.targetFor(name)
+	pc := w.a.poolConfig(t)
+	// The pool is known only once New returns, and New starts the first
+	// connect; missing takes w.mu, which open holds until then.
+	ref := new(atomic.Pointer[pool.Pool])
+	var fired atomic.Bool
+	connect := pc.Connect
+	pc.Connect = func(ctx context.Context) (pool.Server, error) {
+		srv, err := connect(ctx)
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == pgwire.CodeInvalidCatalogName && !fired.Swap(true) {
+			w.mu.Lock()
+			if !w.closed {
+				w.wg.Add(1)
+				// Owned by w: ends once the pool is closed; close waits.
+				go func() { defer w.wg.Done(); w.missing(name, ref) }()
+			}
+			w.mu.Unlock()
+		}
+		return srv, err
+	}
+	p, err := pool.New(pc)
+	if err != nil {
+		return nil, fmt.Errorf("database %s (%s): %w", name, w.target.Key, err)
+	}
+	ref.Store(p)
+	db := &proxy.Database{Name: name, Pool: p, Users: t.Users, Listen: t.Conn}
+	w.dbs[name] = db
+	w.a.log.Info("pool opened for a database of the \"*\" entry", "database", name, "pool", t.PoolName())
+	return db, nil
+}
+
+// missing closes name's pool after its connect found no such database
+// (3D000): a typo, or a database dropped since. A pool left behind would
+// stay UNHEALTHY, turning /health 503 for a database nobody serves. The
+// next client asking for the name opens a fresh pool (the database may
+// have been created meanwhile). ref is the pool whose connect failed: a
+// newer pool under the same name is left alone.
+func (w *wildcard) missing(name string, ref *atomic.Pointer[pool.Pool]) {
+	w.mu.Lock()
+	db := w.dbs[name]
+	mine := db != nil && db.Pool == ref.Load()
+	if mine {
+		delete(w.dbs, name)
+	}
+	w.mu.Unlock()
+	if mine {
+		w.a.log.Info("pool closed: the server has no such database", "database", name, "pool", db.Pool.Name())
+		db.Pool.Close()
+	}
+}
+
+// stats snapshots the open pools, by database name.
+func (w *wildcard) stats() []pool.Stats {
+	w.mu.Lock()
+	names := slices.Sorted(func(yield func(string) bool) {
+		for n := range w.dbs {
+			if !yield(n) {
+				return
+			}
+		}
+	})
+	pools := make([]*pool.Pool, 0, len(names))
+	for _, n := range names {
+		pools = append(pools, w.dbs[n].Pool)
+	}
+	w.mu.Unlock()
+	out := make([]pool.Stats, 0, len(pools))
+	for _, p := range pools {
+		out = append(out, p.Stats())
+	}
+	return out
+}
+
+// reconfigure applies a reloaded "*" entry: its pool settings to every
+// open pool, its logins to later clients.
+func (w *wildcard) reconfigure(t config.Target) {
+	w.mu.Lock()
+	changed := t.Pool != w.target.Pool
+	w.target = t
+	var dbs []*proxy.Database
+	for _, db := range w.dbs {
+		dbs = append(dbs, db)
+	}
+	w.mu.Unlock()
+	if changed {
+		for _, db := range dbs {
+			db.Pool.Reconfigure(w.a.poolConfig(w.targetFor(db.Name)))
+		}
+	}
+}
+
+// close closes every pool and refuses new ones; it returns when they have
+// stopped.
+func (w *wildcard) close() {
+	w.mu.Lock()
+	w.closed = true
+	dbs := w.dbs
+	w.dbs = map[string]*proxy.Database{}
+	w.mu.Unlock()
+	w.wg.Wait() // no missing() runs after this: closed is set
+	var wg sync.WaitGroup
+	for _, db := range dbs {
+		wg.Add(1)
+		go func() { defer wg.Done(); db.Pool.Close() }() // ends when the pool has stopped
+	}
+	wg.Wait()
 }

@@ -210,7 +210,11 @@ func (s *Server) serveConn(conn net.Conn) {
 	// Authenticate before saying whether the database exists, as
 	// PostgreSQL does, so that a stranger learns nothing.
 	db := live.Databases[sm.database]
+	wild := db == nil && live.Wildcard != nil
 	password, known := lookupUser(live.Databases, db, sm.user)
+	if wild {
+		password, known = live.Wildcard.Users[sm.user]
+	}
 	brakeKey, braked, err := s.brakeLogin(conn, lg, live, loginDeadline)
 	if err != nil {
 		s.rejectStartup(conn, lg, err)
@@ -239,6 +243,20 @@ func (s *Server) serveConn(conn net.Conn) {
 	}
 	if braked {
 		s.brake.succeeded(brakeKey)
+	}
+	if wild {
+		// Only now, for a client that logged in: a pool per name.
+		if len(sm.database) > maxIdentifierLen {
+			s.rejectStartup(conn, lg, newFatal(pgwire.CodeInvalidCatalogName,
+				fmt.Sprintf("database name %q is longer than %d bytes", sm.database, maxIdentifierLen),
+				"PostgreSQL would truncate it; pgsidecar serves \"*\" databases by their exact names"))
+			return
+		}
+		var err error
+		if db, err = live.Wildcard.Open(sm.database); err != nil {
+			s.rejectStartup(conn, lg, newFatal(pgwire.CodeCannotConnectNow, err.Error(), "connect again in a moment"))
+			return
+		}
 	}
 	if db == nil {
 		s.rejectStartup(conn, lg, newFatal(pgwire.CodeInvalidCatalogName,
@@ -314,6 +332,11 @@ func (s *Server) serveConn(conn net.Conn) {
 		lg.Info("client connection closed", "err", err, "duration", time.Since(start).Round(time.Millisecond))
 	}
 }
+
+// maxIdentifierLen is PostgreSQL's NAMEDATALEN - 1: a longer database
+// name is truncated by the server, so distinct names would share one
+// database and each get a pool of its own.
+const maxIdentifierLen = 63
 
 // lookupUser finds the password of user for db. A user db does not accept
 // gets known=false but still its password from another database (the first
@@ -552,7 +575,12 @@ func (s *Server) serverParams(ctx context.Context, db *Database) (map[string]str
 func acquireErrorResponse(err error, fatal bool) *pgError {
 	var ae *pool.AcquireError
 	var pe *pgError
+	var srvErr *pgconn.PgError
 	switch {
+	case errors.As(err, &srvErr) && srvErr.Code == pgwire.CodeInvalidCatalogName:
+		// The server has no such database: say so as PostgreSQL does,
+		// not as a connection failure to retry.
+		pe = newError(srvErr.Code, srvErr.Message, "check the database name in the connection string")
 	case errors.As(err, &ae):
 		pe = newError(ae.Code, ae.Message, ae.Hint)
 	case errors.Is(err, context.Canceled):

@@ -70,6 +70,19 @@ func parseName[T ~string](s string, names []T) (T, error) {
 }
 
 // Database is one database clients may name in their StartupMessage.
+// Wildcard serves any database name on one server, like PgBouncer's "*"
+// entry: the client's own database name is used upstream, with a pool per
+// name opened when a client first asks for it.
+type Wildcard struct {
+	// Users maps the logins accepted for these databases to passwords.
+	Users map[string]string
+	// Open returns the Database serving name, opening its pool on first
+	// use. The proxy calls it only for an authenticated client. (The
+	// owner closes a pool whose database turns out not to exist; a client
+	// still holding it gets 3D000, then 57P01.)
+	Open func(name string) (*Database, error)
+}
+
 type Database struct {
 	// Name is what clients put in "database".
 	Name string
@@ -95,7 +108,10 @@ type Config struct {
 	// least 1.
 	MaxStartupConn int
 	AuthMethod     AuthMethod           // required
-	Databases      map[string]*Database // required, keyed by Database.Name
+	Databases      map[string]*Database // keyed by Database.Name; required unless Wildcard is set
+	// Wildcard serves every database name Databases lacks (nil: such a
+	// name gets 3D000).
+	Wildcard *Wildcard
 	// ResetQuery runs on a backend when its session-mode client leaves;
 	// "" skips the reset.
 	ResetQuery string

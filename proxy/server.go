@@ -138,8 +138,11 @@ func (cfg *Config) check() error {
 			errs = append(errs, fmt.Errorf("proxy: %s %s: must be at least 0 (0 = off)", name, d))
 		}
 	}
-	if len(cfg.Databases) == 0 {
+	if len(cfg.Databases) == 0 && cfg.Wildcard == nil {
 		errs = append(errs, errors.New("proxy: no databases configured"))
+	}
+	if w := cfg.Wildcard; w != nil && w.Open == nil {
+		errs = append(errs, errors.New("proxy: Wildcard needs Open"))
 	}
 	for name, db := range cfg.Databases {
 		if db == nil || db.Pool == nil {

@@ -36,6 +36,11 @@ func (t Target) Redacted() string { return RedactURL(t.URL) }
 // PoolName is the pool's name in logs and statistics: "database/user".
 func (t Target) PoolName() string { return t.Name + "/" + t.Conn.User }
 
+// Wildcard is the databases entry that serves any database name on its
+// server, as PgBouncer's "* =": a client's own database name is used
+// upstream, and the URL's database name is ignored.
+const Wildcard = "*"
+
 // Targets resolves upstream and databases into the databases the proxy
 // serves, in a stable order (upstream first, then by name).
 func (c *Config) Targets() ([]Target, error) {
