@@ -211,6 +211,28 @@ func TestTLSPsqlVerifyFullChannelBinding(t *testing.T) {
 	if got := sqlState(err); got != "28000" {
 		t.Fatalf("plain pgx under tls.mode require: %v (SQLSTATE %q), want 28000", err, got)
 	}
+
+	// A CancelRequest in plain text is still served under require (libpq
+	// before 17 sends cancels unencrypted): this one's key matches nobody,
+	// so it is counted as unknown rather than refused.
+	raw, err := net.DialTimeout("tcp", p.Addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	cr, err := (&pgproto3.CancelRequest{ProcessID: 1, SecretKey: []byte{1, 2, 3, 4}}).Encode(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := raw.Write(cr); err != nil {
+		t.Fatal(err)
+	}
+	if !testEventually(5*time.Second, func() bool {
+		n, _ := num(p.Stats(t)["clients"].(map[string]any), "cancels_unknown")
+		return n == 1
+	}) {
+		t.Fatalf("a plain-text CancelRequest under tls.mode require was not processed: %v", p.Stats(t)["clients"])
+	}
 }
 
 // TestTLSSASLMechanisms: on TLS the proxy offers SCRAM-SHA-256-PLUS before
@@ -472,6 +494,26 @@ func TestTLSCertificateRotation(t *testing.T) {
 	}
 	if err := a.QueryRow(ctx, "SELECT 4").Scan(&n); err != nil || n != 4 {
 		t.Fatalf("old TLS client at the end: %d, %v", n, err)
+	}
+
+	// A key file that does not load: the reload fails, the running
+	// certificate stays, clients carry on.
+	if err := os.WriteFile(s.key, []byte("not a key\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p.Signal(syscall.SIGHUP)
+	if !testEventually(10*time.Second, func() bool {
+		return p.Logs.Contains("reload failed; keeping the running configuration") && p.Logs.Contains("tls.cert_file: cannot load the certificate")
+	}) {
+		t.Fatalf("a broken key file did not fail the reload")
+	}
+	c := connect(t, tlsURL(p, map[string]string{"sslmode": "verify-full", "sslrootcert": newCA.Path}))
+	if err := c.QueryRow(ctx, "SELECT 5").Scan(&n); err != nil || n != 5 {
+		t.Fatalf("new client after a failed reload: %d, %v", n, err)
+	}
+	tlsPeerIs(t, c, der2)
+	if err := a.QueryRow(ctx, "SELECT 6").Scan(&n); err != nil || n != 6 {
+		t.Fatalf("old TLS client after a failed reload: %d, %v", n, err)
 	}
 }
 
