@@ -25,6 +25,7 @@ var optionNames = map[string]string{
 	"Mode":                   "pool.mode",
 	"SessionState":           "pool.session_state",
 	"MaxClientConn":          "pool.max_client_conn",
+	"MaxStartupConn":         "pool.max_startup_conn",
 	"AuthMethod":             "auth.method",
 	"Users":                  "auth.users",
 	"FailedLoginDelay":       "auth.failed_login_delay",

@@ -236,7 +236,8 @@ const acceptBackoffMax = 100 * time.Millisecond
 // without reading it, and closes it.
 func (s *Server) refuseAtAccept(conn net.Conn) {
 	s.stats.rejected.Add(1)
-	limit := s.live.Load().MaxStartupConn
+	live := s.live.Load()
+	limit, opt := live.MaxStartupConn, live.option("MaxStartupConn")
 	if ok, held := s.refusedLog.allow(time.Now()); ok {
 		s.log.Warn("connection refused: too many clients logging in at once", "client", conn.RemoteAddr().String(),
 			"max_startup_conn", limit, "refused_unlogged", held)
@@ -244,8 +245,8 @@ func (s *Server) refuseAtAccept(conn net.Conn) {
 	// A fresh socket's send buffer is empty: the write does not block.
 	conn.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
 	conn.Write(newFatal(pgwire.CodeTooManyConnections,
-		fmt.Sprintf("too many connections logging in at once: pgsidecar allows %d (pool.max_startup_conn)", limit),
-		"retry in a moment; raise pool.max_startup_conn if real clients hit this during a reconnect storm").appendTo(nil))
+		fmt.Sprintf("too many connections logging in at once: pgsidecar allows %d (%s)", limit, opt),
+		"retry in a moment; raise "+opt+" if real clients hit this during a reconnect storm").appendTo(nil))
 	conn.Close()
 }
 
@@ -268,7 +269,8 @@ func (s *Server) reserveSpare() {
 func (s *Server) refuseOutOfFDs(ln net.Listener, acceptErr error) bool {
 	if ok, held := s.fdLog.allow(time.Now()); ok {
 		s.log.Error("out of file descriptors: refusing new clients", "err", acceptErr, "refused_unlogged", held,
-			"hint", "raise the open-file limit (ulimit -n, LimitNOFILE=) above pool.max_client_conn + pool.max_startup_conn + the pools' max_size")
+			"hint", "raise the open-file limit (ulimit -n, LimitNOFILE=) above "+s.cfg.option("MaxClientConn")+" + "+
+				s.cfg.option("MaxStartupConn")+" + the pools' "+s.cfg.option("MaxSize"))
 	}
 	s.spareMu.Lock()
 	defer s.spareMu.Unlock()

@@ -245,7 +245,7 @@ func startupSniffForeign(hdr [4]byte) *pgError {
 	case "GET ", "POST", "HEAD", "PUT ", "OPTI", "DELE", "PATC":
 		return newSilentFatal(pgwire.CodeProtocolViolation,
 			"received an HTTP request on the PostgreSQL port",
-			"/health, /stats and /metrics are served on the health.listen address")
+			"/health, /stats and /metrics are served on the health listener's address")
 	}
 	return nil
 }
