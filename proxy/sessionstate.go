@@ -432,6 +432,7 @@ func (c *clientConn) afterTransactionLocked(b *backend) []byte {
 	default:
 		return nil
 	}
+	b.unnamedOwner = nil // a Query drops the unnamed statement
 	c.checkWait = make(chan struct{})
 	c.q.push(r)
 	return msg

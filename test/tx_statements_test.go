@@ -189,6 +189,20 @@ func TestTxUnnamedStatementIsPrivate(t *testing.T) {
 		} else {
 			out = append(out, "after a Query: "+string(r.Rows[0][0]))
 		}
+		// A client pinned to its backend (a session advisory lock), whose
+		// unnamed statement's text makes the proxy check the session's
+		// state (a Query) between the two round trips.
+		txMustExec(ctx, t, c2, "SELECT pg_advisory_lock(4242)")
+		if _, err := c2.Prepare(ctx, "", "SELECT 'pg_advisory_unlock kept: ' || $1::text", nil); err != nil {
+			t.Fatal(err)
+		}
+		r = c2.ExecPrepared(ctx, "", [][]byte{[]byte("1")}, nil, nil).Read()
+		if r.Err != nil {
+			out = append(out, "pinned: ERROR "+txCode(r.Err))
+		} else {
+			out = append(out, "pinned: "+string(r.Rows[0][0]))
+		}
+		txMustExec(ctx, t, c2, "SELECT pg_advisory_unlock(4242)")
 		// A client that never parsed one.
 		c3 := txConnect(ctx, t, url, nil)
 		r = c3.ExecPrepared(ctx, "", nil, nil, nil).Read()
