@@ -24,6 +24,9 @@ type txDriverReport struct {
 	ExpectedErrors int64    `json:"expectedErrors"`
 	ServerPrepared int      `json:"serverPrepared"`
 	Failures       []string `json:"failures"`
+	// Steps are the outcomes of a scenario (MODE=ddl) that the test
+	// compares with the same run against PostgreSQL directly.
+	Steps []string `json:"steps"`
 }
 
 // txRequireTool fails the test with an install hint when a program the

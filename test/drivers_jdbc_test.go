@@ -94,6 +94,38 @@ func TestDriverJDBCNamedStatements(t *testing.T) {
 	}
 }
 
+// TestDriverJDBCDDLAndDescribeExec: pgjdbc's server-prepared statements
+// across DDL (ALTER COLUMN TYPE, a re-created table), and unnamed
+// statements described in one round trip (getParameterMetaData) and run in
+// the next, interleaved between two connections, give the same outcomes
+// step by step through a transaction-mode pool of 1 as directly.
+func TestDriverJDBCDDLAndDescribeExec(t *testing.T) {
+	javac := txRequireTool(t, "javac", txJDBCInstall)
+	java := txRequireTool(t, "java", txJDBCInstall)
+	if _, err := os.Stat(txJDBCJar); err != nil {
+		t.Fatalf("pgjdbc jar %s missing (%v): install it with %q", txJDBCJar, err, txJDBCInstall)
+	}
+	classes := t.TempDir()
+	src, err := filepath.Abs(txJDBCSource)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if out, err := exec.CommandContext(ctx, javac, "-d", classes, "-cp", txJDBCJar, src).CombinedOutput(); err != nil {
+		t.Fatalf("javac: %v\n%s", err, out)
+	}
+	p := txStartProxy(t, "transaction", 1)
+	run := func(pgURL, table string) txDriverReport {
+		jdbcURL, user, password := txJDBCURL(t, pgURL)
+		return txRunDriver(t, txJDBCTimeout, classes, nil, java,
+			"-cp", classes+string(os.PathListSeparator)+txJDBCJar, "JdbcNamedStatements",
+			jdbcURL, user, password, "ddl", table)
+	}
+	direct, proxied := run(txDirectURL(), "tx_jdbc_ddl_direct"), run(txProxyURL(p), "tx_jdbc_ddl_proxy")
+	txCompareSteps(t, "JDBC", direct, proxied)
+}
+
 // txJDBCURL turns a postgres:// URL into a JDBC URL plus user and password.
 func txJDBCURL(t *testing.T, pgURL string) (jdbcURL, user, password string) {
 	t.Helper()

@@ -65,3 +65,44 @@ func txNodeInstall(t *testing.T) {
 		t.Fatalf("npm ci in %s: %v\n%s", txNodeDir, err, txTail(string(out)))
 	}
 }
+
+// TestDriverNodePostgresDDLAndUnnamed: node-postgres named queries across
+// DDL (ALTER COLUMN TYPE, a re-created table), run directly and through a
+// transaction-mode pool of 1 shared by every client, must give the same
+// outcomes step by step; then 10 clients' unnamed queries (each with its
+// own text and types) over that one backend each get their own rows.
+func TestDriverNodePostgresDDLAndUnnamed(t *testing.T) {
+	txRequireTool(t, "node", "apt-get install -y nodejs npm")
+	txNodeInstall(t)
+	p := txStartProxy(t, "transaction", 1)
+	run := func(url, table string) txDriverReport {
+		return txRunDriver(t, txNodeTimeout, txNodeDir, []string{
+			"PG_URL=" + url, "MODE=ddl", "TABLE=" + table, "CLIENTS=10", "ITERATIONS=40",
+			"TIMEOUT_MS=" + strconv.Itoa(int((txNodeTimeout - 10*time.Second).Milliseconds())),
+		}, "node", "named_queries.js")
+	}
+	direct, proxied := run(txDirectURL(), "tx_node_ddl_direct"), run(txProxyURL(p), "tx_node_ddl_proxy")
+	txCompareSteps(t, "node-postgres", direct, proxied)
+}
+
+// txCompareSteps fails t unless a driver scenario's steps went the same way
+// through the proxy as directly, with no failures in either run.
+func txCompareSteps(t *testing.T, what string, direct, proxied txDriverReport) {
+	t.Helper()
+	txCheckReport(t, what+" directly", direct, int64(len(direct.Steps)), 0)
+	txCheckReport(t, what+" through the proxy", proxied, int64(len(direct.Steps)), 0)
+	if len(direct.Steps) == 0 {
+		t.Fatalf("%s: the scenario reported no steps", what)
+	}
+	for i, want := range direct.Steps {
+		got := "(missing)"
+		if i < len(proxied.Steps) {
+			got = proxied.Steps[i]
+		}
+		if got != want {
+			t.Errorf("%s: directly %q, through the proxy %q", what, want, got)
+		} else {
+			t.Logf("%s: %s", what, got)
+		}
+	}
+}

@@ -30,7 +30,8 @@ import org.postgresql.PGStatement;
  * duplicate key. Every result is checked against a value computed here.
  *
  * <p>Usage: java JdbcNamedStatements JDBC_URL USER PASSWORD THREADS ITERATIONS
- * TIMEOUT_SECONDS. Output: one JSON line on stdout with threads, queries,
+ * TIMEOUT_SECONDS, or JDBC_URL USER PASSWORD ddl TABLE for the DDL and
+ * describe-then-execute scenario (see runDdl). Output: one JSON line on stdout with threads, queries,
  * expectedErrors, serverPrepared (statements that were server-prepared when
  * their thread finished) and failures. Exit status 0 when there are no
  * failures.
@@ -323,9 +324,121 @@ public final class JdbcNamedStatements {
         return sb.append("]}").toString();
     }
 
+    private static final List<String> steps = new ArrayList<>();
+
+    /** Runs one step of the DDL scenario and records its outcome. */
+    private interface Step {
+        String run() throws Exception;
+    }
+
+    private static void step(String what, Step f) {
+        String res;
+        try {
+            res = f.run();
+        } catch (SQLException e) {
+            res = "ERROR " + e.getSQLState();
+        } catch (Exception e) {
+            res = "ERROR " + e;
+        }
+        steps.add(what + ": " + res);
+        queries.incrementAndGet();
+    }
+
+    private static String value(PreparedStatement ps) throws SQLException {
+        try (ResultSet rs = ps.executeQuery()) {
+            check2(rs.next());
+            Object v = rs.getObject(1);
+            return v + " (" + (v == null ? "null" : v.getClass().getSimpleName()) + ")";
+        }
+    }
+
+    private static void check2(boolean ok) throws SQLException {
+        if (!ok) {
+            throw new SQLException("no row", "NOROW");
+        }
+    }
+
+    /**
+     * MODE ddl: server-prepared statements (prepareThreshold=1) across DDL,
+     * and describe-then-execute of unnamed statements (getParameterMetaData,
+     * which parses and describes in a round trip of its own, then the
+     * execution) interleaved between two connections. The Go test compares
+     * the steps' outcomes with the same run against PostgreSQL directly.
+     */
+    private static void runDdl(String url, String user, String password, String table) throws Exception {
+        java.util.Properties named = new java.util.Properties();
+        named.setProperty("user", user);
+        named.setProperty("password", password);
+        named.setProperty("prepareThreshold", "1");
+        try (Connection admin = DriverManager.getConnection(url, named);
+             Connection a = DriverManager.getConnection(url, named);
+             Connection b = DriverManager.getConnection(url, named)) {
+            admin.createStatement().execute("DROP TABLE IF EXISTS " + table + "; CREATE TABLE " + table
+                + " (id int, c int); INSERT INTO " + table + " VALUES (1, 10), (2, 20)");
+            String sql = "SELECT c FROM " + table + " WHERE id = ?";
+            PreparedStatement pa = a.prepareStatement(sql);
+            PreparedStatement pb = b.prepareStatement(sql);
+            pa.setInt(1, 2);
+            pb.setInt(1, 2);
+            step("A runs", () -> value(pa));
+            step("B runs", () -> value(pb));
+            step("A runs again", () -> value(pa));
+            admin.createStatement().execute("ALTER TABLE " + table + " ALTER COLUMN c TYPE bigint");
+            try (Connection n = DriverManager.getConnection(url, named)) {
+                PreparedStatement pn = n.prepareStatement(sql);
+                pn.setInt(1, 2);
+                step("new connection runs", () -> value(pn));
+                step("A runs after the ALTER", () -> value(pa));
+                step("A runs again", () -> value(pa));
+                step("B runs after the ALTER", () -> value(pb));
+                admin.createStatement().execute("DROP TABLE " + table + "; CREATE TABLE " + table
+                    + " (id int, c text); INSERT INTO " + table + " VALUES (2, 'twenty')");
+                step("new connection runs after the table was re-created", () -> value(pn));
+                step("new connection runs it again", () -> value(pn));
+                step("A runs a new statement", () -> {
+                    PreparedStatement p2 = a.prepareStatement(sql);
+                    p2.setInt(1, 2);
+                    return value(p2);
+                });
+            }
+            // Unnamed statements, described in one round trip and run in the
+            // next, interleaved between two connections.
+            java.util.Properties unnamed = new java.util.Properties();
+            unnamed.setProperty("user", user);
+            unnamed.setProperty("password", password);
+            unnamed.setProperty("prepareThreshold", "0");
+            try (Connection x = DriverManager.getConnection(url, unnamed);
+                 Connection y = DriverManager.getConnection(url, unnamed)) {
+                PreparedStatement px = x.prepareStatement("SELECT 'x private: ' || ?::text");
+                PreparedStatement py = y.prepareStatement("SELECT 'y private: ' || (?::int + 1)");
+                step("x describes", () -> px.getParameterMetaData().getParameterTypeName(1));
+                step("y describes", () -> py.getParameterMetaData().getParameterTypeName(1));
+                px.setString(1, "40");
+                py.setInt(1, 40);
+                step("x runs", () -> value(px));
+                step("y runs", () -> value(py));
+            }
+        }
+    }
+
     public static void main(String[] args) throws Exception {
+        if (args.length == 5 && args[3].equals("ddl")) {
+            runDdl(args[0], args[1], args[2], args[4]);
+            StringBuilder sb = new StringBuilder(json(0));
+            sb.setLength(sb.length() - 1);
+            sb.append(",\"steps\":[");
+            for (int k = 0; k < steps.size(); k++) {
+                if (k > 0) {
+                    sb.append(',');
+                }
+                sb.append(quote(steps.get(k)));
+            }
+            System.out.println(sb.append("]}"));
+            System.exit(0);
+        }
         if (args.length != 6) {
-            System.err.println("usage: JdbcNamedStatements JDBC_URL USER PASSWORD THREADS ITERATIONS TIMEOUT_SECONDS");
+            System.err.println("usage: JdbcNamedStatements JDBC_URL USER PASSWORD THREADS ITERATIONS TIMEOUT_SECONDS"
+                + "\n   or: JdbcNamedStatements JDBC_URL USER PASSWORD ddl TABLE");
             System.exit(2);
         }
         String url = args[0];

@@ -148,7 +148,87 @@ async function runClient(c) {
   }
 }
 
+// MODE=ddl: DDL between executions of named queries, compared by the Go
+// test with the same run against PostgreSQL directly (the steps' outcomes
+// must be equal), then unnamed queries of CLIENTS concurrent clients, each
+// with its own text and types, each checking every row is its own.
+const mode = process.env.MODE || 'load';
+const table = process.env.TABLE || 'tx_node_ddl';
+
+function outcome(r) {
+  const v = r.rows[0][Object.keys(r.rows[0])[0]];
+  return `${JSON.stringify(v)} (${typeof v})`;
+}
+
+async function ddlScenario(steps) {
+  const mk = async (name) => {
+    const c = new Client({ connectionString: url, application_name: `node-ddl-${name}` });
+    c.on('error', (e) => fail(`${name}: connection error: ${e.message}`));
+    await c.connect();
+    return c;
+  };
+  const step = async (what, f) => {
+    try {
+      steps.push(`${what}: ${await f()}`);
+    } catch (e) {
+      steps.push(`${what}: ERROR ${e.code || e.message}`);
+    }
+    queries++;
+  };
+  const admin = await mk('admin');
+  await admin.query(`DROP TABLE IF EXISTS ${table}; CREATE TABLE ${table} (id int, c int); INSERT INTO ${table} VALUES (1, 10), (2, 20)`);
+  const q = { name: 'q', text: `SELECT c FROM ${table} WHERE id = $1`, values: [2] };
+  const a = await mk('a');
+  const b = await mk('b');
+  await step('A runs q', async () => outcome(await a.query(q)));
+  await step('B runs q', async () => outcome(await b.query(q)));
+  await admin.query(`ALTER TABLE ${table} ALTER COLUMN c TYPE bigint`);
+  const n = await mk('new');
+  await step('new client runs q', async () => outcome(await n.query(q)));
+  await step('A runs q after the ALTER', async () => outcome(await a.query(q)));
+  await step('A runs q again', async () => outcome(await a.query(q)));
+  await step('A runs q under a new name', async () => outcome(await a.query({ ...q, name: 'q2' })));
+  await step('B runs q after the ALTER', async () => outcome(await b.query(q)));
+  await admin.query(`DROP TABLE ${table}; CREATE TABLE ${table} (id int, c text); INSERT INTO ${table} VALUES (2, 'twenty')`);
+  const n2 = await mk('new2');
+  await step('another new client runs q after the table was re-created', async () => outcome(await n2.query(q)));
+  await step('new client runs q after the table was re-created', async () => outcome(await n.query(q)));
+  await step('new client runs an unnamed query', async () => outcome(await n.query({ text: q.text, values: [2] })));
+  for (const c of [a, b, n, n2, admin]) await c.end().catch(() => {});
+}
+
+async function unnamedClient(c) {
+  const client = new Client({ connectionString: url, application_name: `node-unnamed-${c}` });
+  client.on('error', (e) => fail(`client ${c}: connection error: ${e.message}`));
+  await client.connect();
+  try {
+    for (let i = 0; i < iterations; i++) {
+      // Text and parameter types differ per client: an execution of
+      // another client's unnamed statement shows in the row.
+      const text = c % 2 === 0
+        ? `SELECT 'client ${c}: ' || $1::text AS s, $2::int + ${c} AS n`
+        : `SELECT 'client ${c}: ' || $2::text AS s, $1::bigint + ${c} AS n`;
+      const values = c % 2 === 0 ? [String(i), i] : [i, String(i)];
+      const r = await client.query({ text, values });
+      const n = Number(r.rows[0].n);
+      check(r.rows[0].s === `client ${c}: ${i}` && n === i + c, `client ${c} round ${i}: ${JSON.stringify(r.rows)}`);
+      queries++;
+    }
+  } catch (e) {
+    fail(`client ${c}: ${e.code ? e.code + ' ' : ''}${e.message}`);
+  } finally {
+    await client.end().catch(() => {});
+  }
+}
+
 async function main() {
+  if (mode === 'ddl') {
+    const steps = [];
+    await ddlScenario(steps);
+    await Promise.all(Array.from({ length: clients }, (_, c) => unnamedClient(c)));
+    console.log(JSON.stringify({ clients, queries, expectedErrors, failures, steps }));
+    process.exit(failures.length === 0 ? 0 : 1);
+  }
   if (!url) {
     console.log(JSON.stringify({ clients, queries, expectedErrors, failures: ['PG_URL is not set'] }));
     process.exit(1);
