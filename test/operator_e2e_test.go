@@ -8,7 +8,9 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"reflect"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -316,5 +318,37 @@ func TestSelfLoopRefused(t *testing.T) {
 		if d := time.Since(start); d > 10*time.Second {
 			t.Errorf("took %v to refuse", d)
 		}
+	}
+}
+
+// TestImageStampsVersionAndChecksHealth: the Dockerfile (which this
+// machine cannot build: no Docker daemon in CI) stamps the same buildinfo
+// variables as the Makefile, from build arguments `make image` passes, and
+// its HEALTHCHECK is the binary's own healthcheck in exec form (the
+// distroless image has no shell).
+func TestImageStampsVersionAndChecksHealth(t *testing.T) {
+	read := func(name string) string {
+		b, err := os.ReadFile(filepath.Join("..", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	makefile, dockerfile := read("Makefile"), read("Dockerfile")
+	const pkg = "github.com/pgsidecar/pgsidecar/internal/buildinfo"
+	for _, v := range []string{"version", "revision"} {
+		if !strings.Contains(makefile, "-X $(BUILDINFO)."+v+"=") || !strings.Contains(makefile, "BUILDINFO := "+pkg) {
+			t.Errorf("Makefile does not stamp %s.%s", pkg, v)
+		}
+		arg := strings.ToUpper(v)
+		if !strings.Contains(dockerfile, "-X "+pkg+"."+v+"=${"+arg+"}") || !strings.Contains(dockerfile, "ARG "+arg+"=") {
+			t.Errorf("Dockerfile does not stamp %s.%s from ARG %s", pkg, v, arg)
+		}
+		if !strings.Contains(makefile, "--build-arg "+arg+"=$("+arg+")") {
+			t.Errorf("make image does not pass %s", arg)
+		}
+	}
+	if !regexp.MustCompile(`(?m)^HEALTHCHECK .*\\\n\s+CMD \["/usr/local/bin/pgsidecar", "healthcheck"\]`).MatchString(dockerfile) {
+		t.Error("Dockerfile lacks HEALTHCHECK CMD [\"/usr/local/bin/pgsidecar\", \"healthcheck\"]")
 	}
 }
