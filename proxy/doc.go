@@ -32,9 +32,10 @@
 //     (serverLost), or when finish stops it (stopReader + a read deadline).
 //
 // Besides those, the Server runs one sweeper goroutine (timeouts.go) from
-// the first Serve until Shutdown or Close, and short-lived goroutines that
-// send cancel requests for a query_timeout; Shutdown and Close wait for all
-// of them. goleak checks every one in the package's tests.
+// the first Serve until Shutdown or Close, short-lived goroutines that send
+// cancel requests for a query_timeout, and one shared LISTEN connection per
+// database while transaction-mode clients listen (notify.go); Shutdown and
+// Close wait for all of them. goleak checks every one in the package's tests.
 //
 // # Pins: a backend cannot move while it is in use
 //
@@ -50,6 +51,8 @@
 // Server.mu before clientConn.mu: Close takes each client's lock (kill)
 // while it holds the server's; nothing takes Server.mu under a client's
 // lock (the sweeper copies the client list and lets Server.mu go first).
+// A notifyHub's lock comes before Server.mu, and is never held while a
+// notification is queued for a client.
 // No lock is held across a call into the pool or a network read or write. The
 // remaining mutexes (cancelKeys, statementRegistry, loginBrake, logLimiter,
 // clientConn.lastMu, the spare descriptor) are leaves: nothing is locked
