@@ -54,6 +54,14 @@ type app struct {
 	stopping atomic.Bool    // set when drain begins: a Serve return is then expected
 	errc     chan error     // a listener that stopped on its own
 	serving  sync.WaitGroup // the two Serve goroutines
+
+	// reloadReq and shutdownReq carry the console's and the HTTP admin's
+	// RELOAD and SHUTDOWN to wait (wiring.go); shown and httpToken are
+	// what they read of the running configuration.
+	reloadReq   chan chan error
+	shutdownReq chan struct{}
+	shown       atomic.Pointer[[][2]string]
+	httpToken   atomic.Pointer[string]
 }
 
 // start builds and starts everything cfg describes. A database that is
@@ -70,7 +78,11 @@ func start(cfg *config.Config, path string, environ []string, logOut io.Writer) 
 		cfg:     cfg,
 		pools:   map[string]*pool.Pool{},
 		errc:    make(chan error, 2),
+
+		reloadReq:   make(chan chan error),
+		shutdownReq: make(chan struct{}, 1),
 	}
+	a.publish(cfg)
 	targets, err := cfg.Targets()
 	if err != nil {
 		return nil, err
@@ -106,6 +118,7 @@ func start(cfg *config.Config, path string, environ []string, logOut io.Writer) 
 		Clients:  func() any { return clientsView{Stats: a.proxy.Stats(), Pinned: a.proxy.PinnedClients()} },
 		Draining: a.proxy.Draining,
 		Logger:   a.log,
+		Admin:    a.healthAdmin(),
 	})
 
 	if a.ln, err = listen("listen", cfg.Listen); err != nil {
@@ -213,6 +226,10 @@ func (a *app) wait(ctx context.Context, sigc <-chan os.Signal) error {
 				continue
 			}
 			return a.drain(sigc, sig.String())
+		case done := <-a.reloadReq:
+			done <- a.reload()
+		case <-a.shutdownReq:
+			return a.drain(sigc, "SHUTDOWN from the admin console")
 		}
 	}
 }

@@ -6,23 +6,23 @@ import "github.com/pgsidecar/pgsidecar/internal/config"
 // invalid configuration is logged and the running one kept. Otherwise
 // the log level, every pool's sizes and timeouts, and the proxy's client
 // limit and logins change live; the rest is reported as needing a restart.
-func (a *app) reload() {
+func (a *app) reload() error {
 	a.log.Info("reloading configuration", "config", displayPath(a.path))
 	next, err := config.Load(a.path, a.environ)
 	if err != nil {
 		a.log.Error("reload failed; keeping the running configuration", "err", err.Error())
-		return
+		return err
 	}
 	plan := config.Plan(a.cfg, next)
 	applied := plan.Applied
 	if err := applied.Validate(); err != nil {
 		a.log.Error("reload failed; keeping the running configuration", "err", err.Error())
-		return
+		return err
 	}
 	targets, err := applied.Targets()
 	if err != nil {
 		a.log.Error("reload failed; keeping the running configuration", "err", err.Error())
-		return
+		return err
 	}
 
 	a.level.Set(applied.Log.Level.Slog())
@@ -51,6 +51,8 @@ func (a *app) reload() {
 	for _, key := range plan.Restart {
 		a.log.Warn("configuration change needs a restart; keeping the running value", "option", key)
 	}
+	a.publish(applied)
 	a.log.Info("configuration reloaded", "changed", plan.Live, "needs_restart", plan.Restart,
 		"tls_mode", applied.TLS.Client.Mode(), "tls_cert_sha256", applied.TLS.Client.Fingerprint())
+	return nil
 }

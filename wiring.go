@@ -7,9 +7,11 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/pgsidecar/pgsidecar/health"
 	"github.com/pgsidecar/pgsidecar/internal/config"
 	"github.com/pgsidecar/pgsidecar/internal/pgwire"
 	"github.com/pgsidecar/pgsidecar/pool"
@@ -35,6 +37,7 @@ var optionNames = map[string]string{
 	"QueryTimeout":           "pool.query_timeout",
 	"IdleTransactionTimeout": "pool.idle_transaction_timeout",
 	"ClientIdleTimeout":      "pool.client_idle_timeout",
+	"MaxBackendErrors":       "pool.max_backend_errors",
 }
 
 // optionName is pool.Config.OptionName and proxy.Config.OptionName.
@@ -60,6 +63,7 @@ func (a *app) poolConfig(t config.Target) pool.Config {
 		LifetimeJitter:    float64(pc.LifetimeJitter),
 		MaxIdle:           pc.MaxIdle,
 		MaxQueries:        pc.MaxQueries,
+		MaxBackendErrors:  pc.MaxBackendErrors,
 		LeakTimeout:       pc.LeakTimeout,
 		ConnectTimeout:    pc.ConnectTimeout,
 		IdleCheckInterval: pc.IdleCheckInterval,
@@ -80,7 +84,7 @@ func (a *app) proxyConfig(cfg *config.Config, targets []config.Target) proxy.Con
 			wild = &proxy.Wildcard{Users: t.Users, Open: a.wild.open}
 			continue
 		}
-		dbs[t.Name] = &proxy.Database{Name: t.Name, Pool: a.pools[t.Name], Users: t.Users, Listen: t.Conn}
+		dbs[t.Name] = &proxy.Database{Name: t.Name, Pool: a.pools[t.Name], Users: t.Users, Listen: t.Conn, Upstream: t.Redacted()}
 	}
 	return proxy.Config{
 		Mode:                   cfg.Pool.Mode,
@@ -105,7 +109,101 @@ func (a *app) proxyConfig(cfg *config.Config, targets []config.Target) proxy.Con
 		FailedLoginDelayMax:      cfg.Auth.FailedLoginDelayMax,
 		FailedLoginDelayLoopback: cfg.Auth.FailedLoginDelayLoopback,
 
-		TLS: cfg.TLS.Client,
+		TLS:   cfg.TLS.Client,
+		Admin: a.adminConfig(cfg, targets),
+	}
+}
+
+// controlTimeout bounds how long a console or HTTP RELOAD waits for the
+// app's goroutine to take it (it is busy only while draining or reloading).
+const controlTimeout = 5 * time.Second
+
+// httpPauseWait bounds an HTTP PAUSE's wait for the transactions in
+// flight: below the health listener's write timeout, so the answer still
+// gets out.
+const httpPauseWait = 8 * time.Second
+
+// control is proxy.Control: the console's (and the HTTP admin's) way to
+// the app. Reload and Shutdown are handed to the app's goroutine (wait),
+// which alone touches the running configuration.
+type control struct{ a *app }
+
+var _ proxy.Control = control{}
+
+// Reload re-reads the configuration as SIGHUP does.
+func (c control) Reload() error {
+	done := make(chan error, 1)
+	select {
+	case c.a.reloadReq <- done:
+	case <-time.After(controlTimeout):
+		return errors.New("pgsidecar is busy (draining or reloading); try again")
+	}
+	return <-done
+}
+
+// Shutdown begins the drain SIGTERM begins.
+func (c control) Shutdown() {
+	select {
+	case c.a.shutdownReq <- struct{}{}:
+	default: // already asked
+	}
+}
+
+// ShowConfig is the running configuration, secrets redacted.
+func (c control) ShowConfig() [][2]string { return *c.a.shown.Load() }
+
+// adminConfig builds the console's configuration from cfg.
+func (a *app) adminConfig(cfg *config.Config, targets []config.Target) *proxy.AdminConfig {
+	full, stats, err := cfg.AdminLogins(targets)
+	if err != nil {
+		// Validate has refused such a configuration already.
+		a.log.Error("admin console disabled", "err", err.Error())
+		return nil
+	}
+	return &proxy.AdminConfig{Database: cfg.Admin.Database, Users: full, StatsUsers: stats, Control: control{a}}
+}
+
+// publish makes cfg what SHOW CONFIG and the HTTP token check read.
+func (a *app) publish(cfg *config.Config) {
+	shown := cfg.Show()
+	a.shown.Store(&shown)
+	token := cfg.Admin.HTTPToken
+	a.httpToken.Store(&token)
+}
+
+// healthAdmin wires the HTTP admin endpoints to the proxy and the app.
+func (a *app) healthAdmin() *health.Admin {
+	return &health.Admin{
+		Pools:   func() any { return a.proxy.Pools() },
+		Clients: func() any { return a.proxy.Clients() },
+		Servers: func() any { return a.proxy.Servers() },
+		Token:   func() string { return *a.httpToken.Load() },
+		Do: func(ctx context.Context, action, db string) (any, error) {
+			if _, ok := a.pools[db]; db != "" && !ok { // pools is fixed after start
+				return nil, fmt.Errorf("%w: database %q is not served by pgsidecar", health.ErrBadRequest, db)
+			}
+			var err error
+			res := map[string]any{"action": action, "database": db}
+			switch action {
+			case "reload":
+				err = control{a}.Reload()
+			case "pause":
+				ctx, cancel := context.WithTimeout(ctx, httpPauseWait)
+				defer cancel()
+				var held int
+				held, err = a.proxy.Pause(ctx, db)
+				res["held"] = held
+			case "resume":
+				err = a.proxy.Resume(db)
+			case "reconnect":
+				err = a.proxy.Reconnect(db)
+			}
+			if err != nil {
+				return nil, err
+			}
+			res["ok"] = true
+			return res, nil
+		},
 	}
 }
 

@@ -51,6 +51,8 @@ type Config struct {
 	Draining func() bool
 	// Logger receives server errors; default slog.Default().
 	Logger *slog.Logger
+	// Admin adds the operator's endpoints (admin.go); nil leaves them out.
+	Admin *Admin
 }
 
 // Server is the health/stats/metrics HTTP server. Its lifecycle follows
@@ -102,6 +104,7 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET /health", s.serveHealth)
 	mux.HandleFunc("GET /stats", s.serveStats)
 	mux.Handle("GET /metrics", newMetricsHandler(s.cfg, s.log))
+	s.adminRoutes(mux)
 	return mux
 }
 

@@ -68,6 +68,7 @@ func sumStats(stats []pool.Stats) Totals {
 		t.Retired.Error += st.Retired.Error
 		t.Retired.Validation += st.Retired.Validation
 		t.Retired.Shutdown += st.Retired.Shutdown
+		t.Retired.Reconnect += st.Retired.Reconnect
 		weightedWait += st.WaitAvgMs * float64(st.Acquisitions)
 		t.WaitP99Ms = max(t.WaitP99Ms, st.WaitP99Ms)
 	}

@@ -90,7 +90,7 @@ func (p *Pool) take(front bool, start time.Time) (*backend, *waiter, time.Durati
 		p.counts.rejected++
 		return nil, nil, 0, p.circuitErrorLocked(now)
 	}
-	for n := len(p.idle); n > 0; n = len(p.idle) {
+	for n := len(p.idle); n > 0 && !p.admin.paused; n = len(p.idle) {
 		b := p.idle[n-1]
 		p.idle[n-1] = nil
 		p.idle = p.idle[:n-1]
@@ -138,6 +138,9 @@ func (p *Pool) await(ctx context.Context, w *waiter, timeout <-chan time.Time, s
 		return g.b, g.err
 	case <-ctx.Done():
 	case <-timeout:
+		if g, got, _ := p.waitPaused(ctx, w); got {
+			return g.b, g.err
+		}
 	}
 	now := time.Now()
 	p.mu.Lock()
@@ -229,9 +232,13 @@ func (p *Pool) hand(ctx context.Context, b *backend, start time.Time) (c *Conn, 
 func (p *Pool) validate(ctx context.Context, b *backend, query string, timeout time.Duration) bool {
 	p.validations.Add(1)
 	vctx, cancel := context.WithTimeout(ctx, timeout)
+	start := time.Now()
 	err := b.srv.Exec(vctx, query)
 	cancel()
 	if err == nil {
+		p.mu.Lock()
+		b.stats.validatedAt, b.stats.validateTook = time.Now(), time.Since(start)
+		p.mu.Unlock()
 		return true
 	}
 	reason := retireValidation

@@ -25,6 +25,7 @@ type Config struct {
 	LifetimeJitter    float64       // fraction of MaxLifetime taken off at random, [0, 1)
 	MaxIdle           time.Duration // 0 = unlimited (never below MinSize anyway)
 	MaxQueries        int64         // 0 = unlimited
+	MaxBackendErrors  int64         // connection-level/protocol errors (Conn.AddErrors, Destroy) before a backend is retired at release; 0 = off
 	LeakTimeout       time.Duration // 0 = no leak detection
 	ConnectTimeout    time.Duration // above 0
 	IdleCheckInterval time.Duration // 0 = no idle check (see idlecheck.go)
@@ -75,6 +76,9 @@ func (c Config) validate() error {
 	}
 	if c.MinSize > c.MaxSize {
 		errs = append(errs, fmt.Errorf("MinSize %d is larger than MaxSize %d", c.MinSize, c.MaxSize))
+	}
+	if c.MaxBackendErrors < 0 {
+		errs = append(errs, fmt.Errorf("MaxBackendErrors %d may not be negative", c.MaxBackendErrors))
 	}
 	if c.MaxWaiters < 0 || c.MaxQueries < 0 {
 		errs = append(errs, fmt.Errorf("MaxWaiters %d and MaxQueries %d may not be negative", c.MaxWaiters, c.MaxQueries))

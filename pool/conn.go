@@ -25,6 +25,10 @@ type backend struct {
 	createdAt time.Time
 	lifeRand  float64 // this backend's lifetime jitter draw, in [0, 1)
 	queries   atomic.Int64
+	txs       atomic.Int64 // busy periods served
+	errors    atomic.Int64 // connection-level and protocol errors (AddErrors)
+	sqlErrors atomic.Int64 // every ErrorResponse (AddErrors)
+	stats     backendStats // the operator's record; guarded by p.mu
 
 	// attachment belongs to the proxy; only the current holder touches
 	// it, and the hand-over through p.mu orders those touches.
@@ -168,6 +172,7 @@ func (c *Conn) SetBusy(busy bool) {
 	b.mu.Unlock()
 	if !busy && wasBusy {
 		c.p.txDurations.observe(ended)
+		b.txs.Add(1)
 	}
 }
 
@@ -186,10 +191,12 @@ func (c *Conn) Release() {
 	now := time.Now()
 	if busy, ok := b.endHold(now); ok {
 		p.txDurations.observe(busy)
+		b.txs.Add(1)
 	}
 	p.mu.Lock()
 	p.active--
 	p.lastAlive = now // the client's last ReadyForQuery came from the server
+	b.stats.lastUsed = now
 	if reason, detail := p.releaseRetireReasonLocked(b, now); reason != retireNone {
 		p.retireLocked(b, reason, detail, now)
 	} else {
@@ -211,7 +218,9 @@ func (c *Conn) Destroy(reason string) {
 	now := time.Now()
 	if busy, ok := b.endHold(now); ok {
 		p.txDurations.observe(busy)
+		b.txs.Add(1)
 	}
+	b.errors.Add(1)
 	p.mu.Lock()
 	p.active--
 	p.retireLocked(b, retireError, reason, now)
@@ -240,9 +249,10 @@ const (
 	retireError
 	retireValidation
 	retireShutdown
+	retireReconnect
 )
 
-var retireNames = [...]string{"", "lifetime", "idle", "queries", "error", "validation", "shutdown"}
+var retireNames = [...]string{"", "lifetime", "idle", "queries", "error", "validation", "shutdown", "reconnect"}
 
 func (r retireReason) String() string { return retireNames[r] }
 
@@ -262,7 +272,7 @@ func (p *Pool) releaseRetireReasonLocked(b *backend, now time.Time) (retireReaso
 		// Counted as idle: it is surplus after max_size shrank.
 		return retireIdle, fmt.Sprintf("surplus after max_size shrank to %d", cfg.MaxSize)
 	}
-	return retireNone, ""
+	return p.adminRetireReasonLocked(b)
 }
 
 // retireLocked removes an open backend from the books and closes it
@@ -296,6 +306,8 @@ func (p *Pool) dropLocked(b *backend, reason retireReason, detail string) {
 		r.Validation++
 	case retireShutdown:
 		r.Shutdown++
+	case retireReconnect:
+		r.Reconnect++
 	}
 	p.later(func() { p.closeServer(b, reason, detail) })
 }

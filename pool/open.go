@@ -15,7 +15,7 @@ func (p *Pool) roomLocked() int { return p.cfg.MaxSize - p.open - p.opening - p.
 // schedule, and waiters wait for a release (DEGRADED) or have already
 // failed fast (UNHEALTHY).
 func (p *Pool) replenishLocked() {
-	if p.closed || p.health.failures > 0 {
+	if p.closed || p.health.failures > 0 || p.admin.paused {
 		return
 	}
 	for need := p.waiters.len() - p.opening; need > 0 && p.roomLocked() > 0; need-- {
@@ -59,7 +59,7 @@ func (p *Pool) connect(connect ConnectFunc, timeout time.Duration, probe bool) {
 		// Close canceled us, or we finished just after it: not a
 		// failure of the database.
 		if err == nil {
-			b := newBackend(srv, now)
+			b := p.newBackendLocked(srv, now)
 			p.counts.connects++
 			p.counts.retired.Shutdown++
 			p.later(func() { p.closeServer(b, retireShutdown, "pool closed while connecting") })
@@ -67,7 +67,7 @@ func (p *Pool) connect(connect ConnectFunc, timeout time.Duration, probe bool) {
 	case err != nil:
 		p.connectFailedLocked(err, start, now, took)
 	default:
-		b := newBackend(srv, now)
+		b := p.newBackendLocked(srv, now)
 		h := &p.health
 		h.failures, h.connected = 0, true
 		p.lastAlive = now

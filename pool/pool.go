@@ -76,6 +76,7 @@ type Pool struct {
 	// whether the database is still there (see maintainLocked).
 	recheck bool
 	counts  counters
+	admin   adminState // PAUSE, RECONNECT (admin.go)
 	after   []func()
 
 	// stateLogs are the state changes still to log, in order; logMu

@@ -35,6 +35,7 @@ type Stats struct {
 	Queries          uint64    `json:"queries"` // as counted by AddQueries
 	Retired          Retired   `json:"retired"`
 	Clients          int       `json:"clients"` // connected to this pool's database and user, as counted by AddClients
+	Paused           bool      `json:"paused"`  // PAUSE: new transactions wait until RESUME
 
 	// AcquireWait is the time each acquisition waited for a backend.
 	AcquireWait Histogram `json:"-"`
@@ -53,11 +54,12 @@ type Retired struct {
 	Error      uint64 `json:"error"`      // Destroy: broken or unknown state
 	Validation uint64 `json:"validation"` // failed the validation query, the idle check or the socket peek (closed by the server)
 	Shutdown   uint64 `json:"shutdown"`
+	Reconnect  uint64 `json:"reconnect"` // recycled by RECONNECT
 }
 
 // Total is the number of backends closed for any reason.
 func (r Retired) Total() uint64 {
-	return r.Lifetime + r.Idle + r.Queries + r.Error + r.Validation + r.Shutdown
+	return r.Lifetime + r.Idle + r.Queries + r.Error + r.Validation + r.Shutdown + r.Reconnect
 }
 
 // Stats returns a snapshot. It holds the pool's mutex only to copy
@@ -87,6 +89,7 @@ func (p *Pool) Stats() Stats {
 		Connects:        p.counts.connects,
 		ConnectErrors:   p.counts.connectErrors,
 		Retired:         p.counts.retired,
+		Paused:          p.admin.paused,
 	}
 	if h.lastErr != nil {
 		s.LastConnectError = h.lastErr.Error()

@@ -92,6 +92,10 @@ func (p *Pool) putLocked(b *backend, now time.Time) {
 	// It was in use until now: the validate-after-idle clock starts here,
 	// also for a backend handed on directly, which was never idle at all.
 	b.idleSince = now
+	if p.admin.paused {
+		p.idle = append(p.idle, b) // held back until Resume
+		return
+	}
 	if w := p.waiters.popFront(); w != nil {
 		w.ch <- grant{b: b}
 		return

@@ -32,6 +32,10 @@ type backend struct {
 	out          []byte // server reader's output when it must edit the stream
 	cout         []byte // client reader's output to this backend
 	queries      int64  // 'Z's since acquire, for pool.max_queries
+	// ErrorResponses since acquire (every one, and those of a class that
+	// says the connection or server is suspect), for the pool's
+	// per-backend counts and max_backend_errors.
+	sqlErrors, connErrors int64
 
 	// Server reader state.
 	in            readBuffer
@@ -66,6 +70,27 @@ func (s *Server) backendFor(conn *pool.Conn) *backend {
 	}
 	conn.SetAttachment(b)
 	return b
+}
+
+// noteError counts one ErrorResponse from the server (body without the
+// header). Classes 08 (connection exception), 58 (system error: I/O) and
+// XX (internal error) say something about the backend itself; anything
+// else is the client's SQL failing. It allocates nothing.
+func (b *backend) noteError(body []byte) {
+	b.sqlErrors++
+	if code := errorField(body, 'C'); len(code) >= 2 {
+		switch string(code[:2]) {
+		case "08", "58", "XX":
+			b.connErrors++
+		}
+	}
+}
+
+// flushCounts hands the per-hold counts to the pool.
+func (b *backend) flushCounts() {
+	b.conn.AddQueries(b.queries)
+	b.conn.AddErrors(b.sqlErrors, b.connErrors)
+	b.queries, b.sqlErrors, b.connErrors = 0, 0, 0
 }
 
 // resetToDefaults records that the backend's session was reset

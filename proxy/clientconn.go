@@ -30,6 +30,8 @@ type clientConn struct {
 	conn    net.Conn // the client: TLS over sock, or sock itself
 	sock    net.Conn // the accepted socket
 	addr    string
+	user    string
+	since   time.Time // logged in
 	db      *Database
 	appName string
 	log     *slog.Logger
@@ -210,9 +212,13 @@ func (s *Server) serveConn(conn net.Conn) {
 	// Authenticate before saying whether the database exists, as
 	// PostgreSQL does, so that a stranger learns nothing.
 	db := live.Databases[sm.database]
-	wild := db == nil && live.Wildcard != nil
+	adminLogin, adminFull := live.Admin != nil && sm.database == live.Admin.Database, false
+	wild := db == nil && live.Wildcard != nil && !adminLogin
 	password, known := lookupUser(live.Databases, db, sm.user)
-	if wild {
+	switch {
+	case adminLogin:
+		password, known, adminFull = live.Admin.lookup(sm.user)
+	case wild:
 		password, known = live.Wildcard.Users[sm.user]
 	}
 	brakeKey, braked, err := s.brakeLogin(conn, lg, live, loginDeadline)
@@ -244,6 +250,10 @@ func (s *Server) serveConn(conn net.Conn) {
 	if braked {
 		s.brake.succeeded(brakeKey)
 	}
+	if adminLogin {
+		s.serveAdmin(conn, sm, lg, live.Admin, adminFull)
+		return
+	}
 	if wild {
 		// Only now, for a client that logged in: a pool per name.
 		if len(sm.database) > maxIdentifierLen {
@@ -270,6 +280,8 @@ func (s *Server) serveConn(conn net.Conn) {
 		conn:          conn,
 		sock:          sock,
 		addr:          addr,
+		user:          sm.user,
+		since:         time.Now(),
 		db:            db,
 		appName:       sm.params["application_name"],
 		log:           lg,

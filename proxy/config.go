@@ -95,6 +95,9 @@ type Database struct {
 	// database's listeners in transaction mode (notify.go); nil makes
 	// LISTEN pin the client to its backend instead.
 	Listen *pgconn.Config
+	// Upstream is the server's connection string with the password
+	// redacted, for SHOW DATABASES.
+	Upstream string
 }
 
 // Config configures a Server. Every field but Logger must be set: zero
@@ -159,6 +162,8 @@ type Config struct {
 	// TLS is the client TLS setup (NewClientTLS); nil means disable. Reload
 	// swaps it: connections keep the one they were accepted with.
 	TLS *ClientTLS
+	// Admin configures the admin console (admin.go); nil = no console.
+	Admin *AdminConfig
 }
 
 // MaxMessageSizeLimit is PostgreSQL's own bound on a protocol message

@@ -155,8 +155,7 @@ func (c *clientConn) releaseBackend(b *backend) {
 	if cap(b.cout) > maxKeptBufSize {
 		b.cout = nil
 	}
-	b.conn.AddQueries(b.queries)
-	b.queries = 0
+	b.flushCounts()
 	if b.busyReported {
 		b.busy, b.busyReported = false, false
 		b.conn.SetBusy(false)
@@ -169,7 +168,7 @@ func (c *clientConn) releaseBackend(b *backend) {
 func (c *clientConn) destroyBackend(b *backend, reason string) {
 	c.log.Debug("closing server connection", "reason", reason)
 	b.in.start, b.in.end, b.in.want, b.passRemaining = 0, 0, 0, 0
-	b.conn.AddQueries(b.queries)
+	b.flushCounts()
 	b.conn.Destroy(reason)
 	c.srv.stats.active.Add(-1)
 }
@@ -337,6 +336,7 @@ func (c *clientConn) routeOne(b *backend, typ byte, msg []byte) (swallow bool, e
 	case msgErrorResponse:
 		body := msg[headerLen:]
 		swallow := false
+		b.noteError(body)
 		if sev := errorField(body, 'V'); bytes.Equal(sev, []byte("FATAL")) || bytes.Equal(sev, []byte("PANIC")) {
 			b.fatal = true
 		}

@@ -32,6 +32,7 @@ type Server struct {
 	listeners map[net.Listener]struct{}
 	clients   map[*clientConn]struct{}
 	starting  map[net.Conn]struct{} // accepted, not yet a client (startup, authentication)
+	admins    map[net.Conn]struct{} // admin console sessions (admin.go)
 	closed    bool
 	params    map[string]map[string]string // per database: server ParameterStatus to greet clients with
 	accepted  map[string]struct{}          // "name=value" startup parameters a server accepted
@@ -83,6 +84,7 @@ func New(cfg Config) (*Server, error) {
 		listeners:   make(map[net.Listener]struct{}),
 		clients:     make(map[*clientConn]struct{}),
 		starting:    make(map[net.Conn]struct{}),
+		admins:      make(map[net.Conn]struct{}),
 		params:      make(map[string]map[string]string),
 		accepted:    make(map[string]struct{}),
 		cancelLog:   logLimiter{interval: cancelLogInterval},
@@ -417,6 +419,7 @@ func (s *Server) closeListeners() {
 	for ln := range s.listeners {
 		ln.Close()
 	}
+	s.closeAdminsLocked()
 	s.mu.Unlock()
 	s.spareMu.Lock()
 	if s.spare != nil {

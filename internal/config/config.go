@@ -47,6 +47,22 @@ type Config struct {
 	TLS TLSConfig `koanf:"tls"`
 	// Log configures the process log.
 	Log LogConfig `koanf:"log"`
+	// Admin configures the admin console and the HTTP admin endpoints.
+	Admin AdminConfig `koanf:"admin"`
+}
+
+// AdminConfig holds the admin.* options.
+type AdminConfig struct {
+	// Database is the virtual database of the admin console.
+	Database string `koanf:"database"`
+	// Users may use every console command; empty means the upstream URL's
+	// user. StatsUsers may use only SHOW. Both are logins of upstream's
+	// URL or auth.users, with those passwords.
+	Users      []string `koanf:"users"`
+	StatsUsers []string `koanf:"stats_users"`
+	// HTTPToken enables the HTTP admin writes (POST /admin/...), sent as
+	// "Authorization: Bearer <token>"; "" refuses them all.
+	HTTPToken string `koanf:"http_token"`
 }
 
 // HealthConfig configures the health and statistics HTTP listener.
@@ -83,6 +99,7 @@ type PoolConfig struct {
 	LifetimeJitter      Percent       `koanf:"lifetime_jitter"`
 	MaxIdle             time.Duration `koanf:"max_idle"`
 	MaxQueries          int64         `koanf:"max_queries"`
+	MaxBackendErrors    int64         `koanf:"max_backend_errors"`
 	LeakTimeout         time.Duration `koanf:"leak_timeout"`
 	ConnectTimeout      time.Duration `koanf:"connect_timeout"`
 	IdleCheckInterval   time.Duration `koanf:"idle_check_interval"`

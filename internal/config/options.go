@@ -81,6 +81,8 @@ var Options = []Option{
 		Doc: "A backend idle this long is closed, down to `min_size`; 0 = never."},
 	{Key: "pool.max_queries", Default: "50000", PerDatabase: true,
 		Doc: "A backend is recycled after this many queries; 0 = unlimited."},
+	{Key: "pool.max_backend_errors", Default: "0", PerDatabase: true,
+		Doc: "A backend is retired (at its next release) after this many connection-level or protocol errors: a server ErrorResponse of class 08 (connection exception), 58 (system error) or XX (internal error), or a broken relay; ordinary SQL errors are counted (SHOW SERVERS) but never retire. 0 = off."},
 	{Key: "pool.leak_timeout", Default: "30s", PerDatabase: true,
 		Doc: "A transaction holding a backend longer is logged once with the client and its last statement; in session mode only time inside a transaction counts, not a session idle between transactions; 0 = off."},
 	{Key: "pool.connect_timeout", Default: "5s", PerDatabase: true,
@@ -139,6 +141,14 @@ var Options = []Option{
 		Doc: "`debug`, `info`, `warn` or `error`."},
 	{Key: "log.format", Default: "auto", Reload: Restart,
 		Doc: "`auto` (colour text on a terminal, JSON otherwise), `text` or `json`."},
+	{Key: "admin.database", Default: "pgsidecar", Reload: Restart,
+		Doc: "Virtual database of the admin console (`psql ... pgsidecar`, then `SHOW POOLS`); must not be the name of a served database."},
+	{Key: "admin.users", Default: "[]",
+		Doc: "Logins (of the upstream URL or `auth.users`, with those passwords) that may use every console command; empty = the upstream URL's user. From the environment: `PGSIDECAR_ADMIN__USERS=alice,bob`."},
+	{Key: "admin.stats_users", Default: "[]",
+		Doc: "Logins that may use only the console's `SHOW` commands (others get 42501)."},
+	{Key: "admin.http_token", Default: `""`,
+		Doc: "Bearer token for the HTTP admin writes (`POST /admin/reload`, `/admin/pause`, `/admin/resume`, `/admin/reconnect`); `\"\"` refuses them all with 401. The reads (`/pools`, `/clients`, `/servers`) need no token, like `/stats`."},
 }
 
 // option finds key in Options.

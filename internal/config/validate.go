@@ -125,7 +125,11 @@ func (c *Config) Validate() error {
 		// their users depend on auth.* being valid.
 		return p.err()
 	}
-	if _, err := c.Targets(); err != nil {
+	targets, err := c.Targets()
+	if err != nil {
+		return err
+	}
+	if _, _, err := c.AdminLogins(targets); err != nil {
 		return err
 	}
 	return nil

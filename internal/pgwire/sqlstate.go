@@ -21,4 +21,7 @@ const (
 	CodeCannotConnectNow           = "57P03" // cannot_connect_now
 	CodeIdleInTransactionTimeout   = "25P03" // idle_in_transaction_session_timeout
 	CodeIdleSessionTimeout         = "57P05" // idle_session_timeout
+	CodeSyntaxError                = "42601" // syntax_error (unknown admin console command)
+	CodeInsufficientPrivilege      = "42501" // insufficient_privilege (admin.stats_users)
+	CodeConfigFileError            = "F0000" // config_file_error (console RELOAD failed)
 )
