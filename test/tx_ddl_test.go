@@ -18,9 +18,9 @@ import (
 // 0A000 "cached plan must not change result type". Directly, pgx recovers
 // by itself (it drops the statement from its cache and prepares it again)
 // and a pgconn application recovers by preparing again. Through the proxy
-// the statement may be prepared on several backends under one content
-// derived name, so the proxy must make sure the re-prepared statement is
-// the new one everywhere. Each scenario runs directly first, and the proxy
+// a client's statement may be prepared on several backends (the proxy
+// parses it again where it is missing), so the proxy must make sure the
+// client never runs a copy of another result type than it was told. Each scenario runs directly first, and the proxy
 // may fail only where direct failed, with the same SQLSTATE.
 
 const (
