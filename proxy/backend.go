@@ -45,6 +45,7 @@ type backend struct {
 	busy          bool // session mode: a transaction is open (leak detection)
 	busyReported  bool // what the pool was last told
 	tainted       bool // holds session state policy reject refused: closed, not released
+	replayed      bool // died before answering its first request, which goes to another backend (replay.go); under c.mu
 }
 
 // backendFor returns the proxy state of conn, creating it on first use.

@@ -103,6 +103,9 @@ type clientConn struct {
 	notesDropped    int
 	unlistenBackend bool
 	lateListens     []string
+	// replay: the first request on a freshly acquired backend, kept to be
+	// sent again on another backend if that one was already dying (replay.go).
+	replay replayState
 
 	lastMu  sync.Mutex
 	last    [240]byte

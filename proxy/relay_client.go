@@ -57,7 +57,7 @@ func (c *clientConn) run() error {
 			if err := c.flushNotes(); err != nil {
 				return err
 			}
-			if n == 0 {
+			if n == 0 && !c.spliceReplay() {
 				continue
 			}
 		}
@@ -116,7 +116,7 @@ func (c *clientConn) betweenTransactions() bool {
 // process handles every complete (or streamable) message in the buffer.
 func (c *clientConn) process() error {
 	c.preListen()
-	for c.in.pending() > 0 {
+	for c.spliceReplay() || c.in.pending() > 0 {
 		if c.discarding {
 			if err := c.discard(); err != nil || c.discarding {
 				return err
@@ -164,10 +164,12 @@ func (c *clientConn) process() error {
 				continue
 			}
 		}
+		from, streaming := c.in.start, c.passRemaining > 0
 		out, wake, perr := c.build(b)
 		if perr == errBackendMoved {
 			continue
 		}
+		c.recordReplay(b, from, streaming)
 		var werr error
 		if len(out) > 0 {
 			_, werr = b.conn.Server().NetConn().Write(out)
@@ -177,6 +179,12 @@ func (c *clientConn) process() error {
 			b.cout = nil // a huge message passed: let the memory go
 		}
 		probe, readerDone := c.unpin(b, wake)
+		if replayed, err := c.replayAbandon(b, werr); replayed || err != nil {
+			if err != nil {
+				return err
+			}
+			continue // the request goes to another backend
+		}
 		if werr != nil {
 			c.log.Warn("server connection failed while sending", "err", werr)
 			return fmt.Errorf("writing to the server: %w", werr)
@@ -398,6 +406,7 @@ func (c *clientConn) acquire() (*backend, error) {
 
 	c.mu.Lock()
 	c.be = b
+	c.armReplayLocked()
 	b.unnamedOwner = nil
 	c.stopReader = false
 	c.txStatus = 'I'

@@ -30,19 +30,44 @@ func (c *clientConn) serverLoop(b *backend, done chan struct{}) {
 		b.in.end += n
 		if err != nil {
 			if !errors.Is(err, os.ErrDeadlineExceeded) {
-				c.serverLost(b, err)
-				return
+				// Unless the request may go to another backend (replay.go).
+				if !c.armedFor(b) {
+					c.serverLost(b, err)
+					return
+				}
+			} else {
+				// A wake-up: the client reader queued replies of the proxy's
+				// own, wants the backend back, or the client is gone.
+				nc.SetReadDeadline(time.Time{})
 			}
-			// A wake-up: the client reader queued replies of the proxy's own,
-			// wants the backend back, or the client is gone.
-			nc.SetReadDeadline(time.Time{})
 		}
 		c.mu.Lock()
-		if c.stopReader {
+		if c.stopReader || b.replayed {
 			c.mu.Unlock()
 			return
 		}
+		if c.replay.armed {
+			replay, destroy, wait := c.checkFirstReplyLocked(b, err)
+			if replay || wait {
+				c.mu.Unlock()
+				if destroy {
+					c.destroyDead(b)
+				}
+				if replay {
+					return
+				}
+				continue
+			}
+		}
+		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			c.mu.Unlock()
+			c.serverLost(b, err)
+			return
+		}
 		out, release, rerr := c.route(b)
+		if len(out) > 0 {
+			c.replay.armed = false // the client has part of the reply: no replay now
+		}
 		c.wakeDrainedLocked()
 		var send []byte
 		if rerr == nil && c.idleLocked(b) {

@@ -282,3 +282,111 @@ func TestMaxWaitersWithRoomToConnect(t *testing.T) {
 		t.Errorf("the one client allowed to wait: %v", err)
 	}
 }
+
+// Issue 7, point 3, without the wait: pg_terminate_backend only signals
+// the backends, and clients that come a moment later can be handed one
+// that has not yet acted on its SIGTERM (its socket is still quiet, so no
+// peek can tell). Its first reply is FATAL 57P01; the proxy then sends
+// the request to another backend (proxy/replay.go), so every client is
+// served, one after another and all at once, in both modes.
+func TestTerminatedIdleBackendsNoWaitReplayed(t *testing.T) {
+	const n = 9
+	for _, mode := range []string{"transaction", "session"} {
+		t.Run(mode, func(t *testing.T) {
+			p := StartProxy(t,
+				WithEnv("PGSIDECAR_POOL__MODE", mode),
+				WithEnv("PGSIDECAR_POOL__MAX_SIZE", strconv.Itoa(n)),
+				WithEnv("PGSIDECAR_POOL__MIN_SIZE", "2"),
+				WithEnv("PGSIDECAR_POOL__ACQUIRE_TIMEOUT", "10s"))
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			admin := adminConn(t)
+			url := p.AppURL()
+			// The clients connect first, so that each query follows the
+			// signal by a fraction of a millisecond.
+			open := func() []*pgconn.PgConn {
+				cs := make([]*pgconn.PgConn, n)
+				for i := range cs {
+					c, err := pgconn.Connect(ctx, url)
+					if err != nil {
+						t.Fatalf("connect: %v", err)
+					}
+					t.Cleanup(func() { c.Close(context.Background()) })
+					cs[i] = c
+				}
+				return cs
+			}
+			query := func(c *pgconn.PgConn, dead []string) error {
+				res, err := c.Exec(ctx, "SELECT pg_backend_pid()").ReadAll()
+				if err != nil {
+					return err
+				}
+				if pid := string(res[0].Rows[0][0]); slices.Contains(dead, pid) {
+					return fmt.Errorf("served by backend %s, which was terminated", pid)
+				}
+				return nil
+			}
+			replayedBefore := poolRetired(t, p, "error")
+
+			// Transaction mode: the clients are connected already.
+			// Session mode binds a free backend at login, so there the
+			// clients connect after the signal (the login gets the dying
+			// backend, and the query must not).
+			prepare := func() ([]string, []*pgconn.PgConn) {
+				pids := fillPool(ctx, t, p, n)
+				var cs []*pgconn.PgConn
+				if mode == "transaction" {
+					cs = open()
+				}
+				terminateNoWait(ctx, t, admin.PgConn(), pids)
+				if mode == "session" {
+					cs = open()
+				}
+				return pids, cs
+			}
+			pids, cs := prepare()
+			for i, c := range cs {
+				if err := query(c, pids); err != nil {
+					t.Errorf("sequential client %d of %d right after pg_terminate_backend: %v (SQLSTATE %s)", i+1, n, err, sqlState(err))
+				}
+			}
+			for _, c := range cs {
+				c.Close(ctx)
+			}
+
+			pids, cs = prepare()
+			var wg sync.WaitGroup
+			errs := make(chan error, n)
+			for _, c := range cs {
+				wg.Add(1)
+				go func() { // ends when its one query is done (ctx bounds it)
+					defer wg.Done()
+					errs <- query(c, pids)
+				}()
+			}
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				if err != nil {
+					t.Errorf("concurrent client right after pg_terminate_backend: %v (SQLSTATE %s)", err, sqlState(err))
+				}
+			}
+			t.Logf("%s mode: %v backends closed as dead under a client (replays)", mode, poolRetired(t, p, "error")-replayedBefore)
+		})
+	}
+}
+
+// terminateNoWait signals every pid with pg_terminate_backend and returns
+// at once, as an operator's script does: the backends die a moment later.
+func terminateNoWait(ctx context.Context, t *testing.T, admin *pgconn.PgConn, pids []string) {
+	t.Helper()
+	sql := fmt.Sprintf("SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM unnest('{%s}'::int[]) AS pid",
+		strings.Join(pids, ","))
+	res, err := admin.Exec(ctx, sql).ReadAll()
+	if err != nil {
+		t.Fatalf("pg_terminate_backend: %v", err)
+	}
+	if got := string(res[0].Rows[0][0]); got != strconv.Itoa(len(pids)) {
+		t.Fatalf("pg_terminate_backend signalled %s of %d backends", got, len(pids))
+	}
+}

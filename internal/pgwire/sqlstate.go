@@ -18,6 +18,7 @@ const (
 	CodeProgramLimitExceeded       = "54000" // program_limit_exceeded
 	CodeQueryCanceled              = "57014" // query_canceled
 	CodeAdminShutdown              = "57P01" // admin_shutdown
+	CodeCrashShutdown              = "57P02" // crash_shutdown
 	CodeCannotConnectNow           = "57P03" // cannot_connect_now
 	CodeIdleInTransactionTimeout   = "25P03" // idle_in_transaction_session_timeout
 	CodeIdleSessionTimeout         = "57P05" // idle_session_timeout

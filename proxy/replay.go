@@ -1,0 +1,241 @@
+package proxy
+
+import (
+	"bytes"
+	"time"
+
+	"github.com/pgsidecar/pgsidecar/internal/pgwire"
+)
+
+// Replaying the first request of a transaction on another backend.
+//
+// pg_terminate_backend (or a fast shutdown) only sends the backend a
+// SIGTERM. A client that arrives within a millisecond or two can be handed
+// an idle pooled backend that has the signal but has not yet acted on it:
+// its socket is still quiet, so the pool's peek sees nothing, and its
+// first reply to the client's request is FATAL 57P01 (or nothing: EOF, a
+// reset). The database is healthy; only that backend was dying.
+//
+// The proxy then sends the same request to another backend instead of
+// failing the client, because doing so cannot run anything twice:
+//   - the backend was idle (between transactions) when it was handed out,
+//     so the only work it could have done is this request;
+//   - a backend that dies of SIGTERM while idle never reads the request:
+//     it reports the FATAL from its idle loop and exits;
+//   - a backend killed while it already runs the first statement of the
+//     request runs it in a transaction that is not committed (an implicit
+//     one for a simple Query or an extended-protocol batch before its Sync,
+//     the client's own after BEGIN), and a dying backend rolls it back: the
+//     FATAL comes before any CommandComplete or ReadyForQuery.
+// So the replay is allowed only while not one byte of the backend's reply
+// reached the client (the FATAL must be the very first message, or the
+// connection must end before any), only for a backend acquired for this
+// request, and at most maxReplays times in a row; a request streamed past
+// the buffer (a huge message) is not replayed. The dead backend is
+// destroyed (never released to the pool).
+
+// maxReplays bounds the backends one request may find dying in a row;
+// beyond that the client gets the server's error, as directly.
+const maxReplays = 3
+
+// replayState is one client's replay bookkeeping. armed, pending and tries
+// are under c.mu; buf belongs to the client reader.
+type replayState struct {
+	armed   bool   // c.be is fresh for this request and none of its reply went to the client
+	pending bool   // the backend died unanswered: buf must be handled again
+	lost    bool   // ... but buf does not hold the whole request: the client is told
+	again   bool   // the next acquire is for a replay (tries go on)
+	tries   int    // replays in a row for the current request
+	buf     []byte // the client bytes sent to c.be since it was acquired
+}
+
+// armReplayLocked starts the bookkeeping for a backend just acquired for a
+// client between transactions. Under c.mu, by the client reader.
+func (c *clientConn) armReplayLocked() {
+	if !c.replay.again {
+		c.replay.tries = 0
+	}
+	c.replay.again = false
+	c.replay.buf = c.replay.buf[:0]
+	c.replay.armed = c.replay.tries < maxReplays
+}
+
+// recordReplay keeps the client bytes buf[from:c.in.start] that the client
+// reader is about to send to b, while b may still be replayed. A request
+// that cannot be kept whole (a streamed message, a probe sent in place of
+// a message) is not replayed.
+func (c *clientConn) recordReplay(b *backend, from int, streamed bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	dying := b.replayed && c.be == b // the server reader already saw it die
+	if !c.replay.armed && !dying || c.be != b {
+		return
+	}
+	if streamed || c.passRemaining > 0 || c.probe != nil || c.checkWait != nil || from > c.in.start {
+		c.replay.armed = false
+		c.replay.lost = dying
+		return
+	}
+	c.replay.buf = append(c.replay.buf, c.in.buf[from:c.in.start]...)
+}
+
+// retryableFirstReply reports whether the first reply of an armed backend,
+// in b's read buffer, says the backend was ending before it did anything:
+// a FATAL 57P01 (terminated), 57P02 (crash shutdown) or 57P03 (the server
+// is shutting down or starting). complete is false while that message is
+// not all there yet.
+func retryableFirstReply(b *backend) (retry, complete bool) {
+	pending := b.in.buf[b.in.start:b.in.end]
+	if len(pending) < headerLen {
+		return false, false
+	}
+	typ, bodyLen := parseHeader(pending)
+	if typ != msgErrorResponse {
+		return false, true
+	}
+	if bodyLen < 0 || len(pending) < headerLen+bodyLen {
+		return false, false
+	}
+	body := pending[headerLen : headerLen+bodyLen]
+	if !bytes.Equal(errorField(body, 'V'), []byte("FATAL")) {
+		return false, true
+	}
+	switch string(errorField(body, 'C')) {
+	case pgwire.CodeAdminShutdown, pgwire.CodeCrashShutdown, pgwire.CodeCannotConnectNow:
+		return true, true
+	}
+	return false, true
+}
+
+// armedFor reports whether b's first reply is still awaited with the
+// request kept for a replay.
+func (c *clientConn) armedFor(b *backend) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.replay.armed && c.be == b
+}
+
+// checkFirstReplyLocked is the server reader's look at what b sent (and
+// readErr) while the client's request may still be replayed. It returns
+// replay true when b died before answering: the caller stops reading b,
+// and destroys it when destroy is true (else the client reader, still
+// writing to b, does). wait true means the first message is not whole
+// yet: read on before routing anything.
+func (c *clientConn) checkFirstReplyLocked(b *backend, readErr error) (replay, destroy, wait bool) {
+	if !c.replay.armed || c.be != b {
+		return false, false, false
+	}
+	if b.in.start == b.in.end {
+		if readErr == nil {
+			return false, false, false // a wake-up, not a reply
+		}
+	} else {
+		retry, complete := retryableFirstReply(b)
+		if !complete && readErr == nil {
+			return false, false, true
+		}
+		if !retry {
+			c.replay.armed, c.replay.tries = false, 0 // the backend answered: it is alive
+			return false, false, false
+		}
+	}
+	return true, c.failFreshLocked(b), false
+}
+
+// failFreshLocked marks b dead before its first reply and the client's
+// request as pending a replay. It abandons b at once unless the client
+// reader is still writing to it (then the client reader does, see
+// replayAbandon), and reports whether it did.
+func (c *clientConn) failFreshLocked(b *backend) bool {
+	b.replayed = true
+	c.replay.armed, c.replay.pending = false, true
+	c.replay.tries++
+	if c.writing {
+		return false
+	}
+	c.abandonLocked(b)
+	return true
+}
+
+// abandonLocked lets go of b, which died unanswered: nothing the client
+// sent since the acquire counts (its statements are forgotten, as for a
+// failed Parse) and the client reader is woken to send the request again.
+func (c *clientConn) abandonLocked(b *backend) {
+	for c.q.len() > 0 {
+		r := c.q.pop()
+		c.undoParse(b, &r)
+	}
+	c.be = nil
+	c.inBatch, c.serverSkipping = false, false
+	c.txStatus = 'I'
+	c.endProbe()
+	c.endCheck()
+	c.conn.SetReadDeadline(time.Now())
+}
+
+// replayAbandon is the client reader's part after it wrote to b: when b
+// died unanswered (seen by the server reader while this reader was still
+// writing, or now as a write error on an armed backend), b is destroyed
+// here and true is returned: the request is handled again from the top of
+// process.
+func (c *clientConn) replayAbandon(b *backend, werr error) (bool, error) {
+	c.mu.Lock()
+	if werr != nil && c.replay.armed && c.be == b && !b.replayed {
+		c.failFreshLocked(b) // not writing any more: abandons b now
+		c.mu.Unlock()
+		c.destroyDead(b)
+		return true, nil
+	}
+	if !b.replayed {
+		c.mu.Unlock()
+		return false, nil
+	}
+	mine := c.be == b
+	if mine {
+		c.abandonLocked(b)
+	}
+	lost := c.replay.lost
+	if lost {
+		c.replay.pending, c.replay.lost = false, false
+	}
+	c.mu.Unlock()
+	if mine {
+		c.destroyDead(b)
+	}
+	if lost {
+		return true, newFatal(pgwire.CodeConnectionFailure, "pgsidecar lost the server connection: it ended before answering",
+			"the database closed the connection (restart or pg_terminate_backend); reconnect and retry the transaction")
+	}
+	return true, nil
+}
+
+// destroyDead closes a backend that died before answering.
+func (c *clientConn) destroyDead(b *backend) {
+	c.log.Info("server connection ended before answering the first request of a transaction; sending the request to another one",
+		"backend_pid", b.conn.Server().PID(), "replay", c.replay.tries)
+	c.destroyBackend(b, "ended before answering its first request (replayed on another backend)")
+}
+
+// spliceReplay puts a pending replay back in front of the client's unread
+// bytes, once the dead backend is let go of. Client reader only.
+func (c *clientConn) spliceReplay() bool {
+	c.mu.Lock()
+	if !c.replay.pending || c.be != nil {
+		c.mu.Unlock()
+		return false
+	}
+	c.replay.pending, c.replay.again = false, true
+	c.mu.Unlock()
+	r, rest := c.replay.buf, c.in.buf[c.in.start:c.in.end]
+	if c.in.start >= len(r) {
+		c.in.start -= len(r)
+		copy(c.in.buf[c.in.start:], r)
+	} else {
+		nb := make([]byte, max(len(c.in.buf), len(r)+len(rest)))
+		copy(nb, r)
+		copy(nb[len(r):], rest)
+		c.in.buf, c.in.start, c.in.end = nb, 0, len(r)+len(rest)
+	}
+	c.replay.buf = c.replay.buf[:0]
+	return len(r) > 0
+}
