@@ -35,8 +35,12 @@ import (
 // destroyed (never released to the pool).
 
 // maxReplays bounds the backends one request may find dying in a row;
-// beyond that the client gets the server's error, as directly.
-const maxReplays = 3
+// beyond that the client gets the server's error, as directly. When an
+// operator terminates every idle backend at once, the first client can
+// meet several in a row that still look alive (LIFO: they were all used a
+// moment ago); 3 proved too few for 9 under load, while a database that is
+// really going away refuses the connects instead, which ends the loop.
+const maxReplays = 16
 
 // replayState is one client's replay bookkeeping. armed, pending and tries
 // are under c.mu; buf belongs to the client reader.
