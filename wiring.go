@@ -81,7 +81,7 @@ func (a *app) proxyConfig(cfg *config.Config, targets []config.Target) proxy.Con
 	var wild *proxy.Wildcard
 	for _, t := range targets {
 		if t.Name == config.Wildcard {
-			wild = &proxy.Wildcard{Users: t.Users, Open: a.wild.open}
+			wild = &proxy.Wildcard{Users: t.Users, Open: a.wild.open, Opened: a.wild.opened}
 			continue
 		}
 		dbs[t.Name] = &proxy.Database{Name: t.Name, Pool: a.pools[t.Name], Users: t.Users, Listen: t.Conn, Upstream: t.Redacted()}
@@ -179,7 +179,7 @@ func (a *app) healthAdmin() *health.Admin {
 		Servers: func() any { return a.proxy.Servers() },
 		Token:   func() string { return *a.httpToken.Load() },
 		Do: func(ctx context.Context, action, db string) (any, error) {
-			if _, ok := a.pools[db]; db != "" && !ok { // pools is fixed after start
+			if db != "" && !a.proxy.HasDatabase(db) {
 				return nil, fmt.Errorf("%w: database %q is not served by pgsidecar", health.ErrBadRequest, db)
 			}
 			var err error
@@ -271,7 +271,7 @@ func (w *wildcard) open(name string) (*proxy.Database, error) {
 		return nil, fmt.Errorf("database %s (%s): %w", name, w.target.Key, err)
 	}
 	ref.Store(p)
-	db := &proxy.Database{Name: name, Pool: p, Users: t.Users, Listen: t.Conn}
+	db := &proxy.Database{Name: name, Pool: p, Users: t.Users, Listen: t.Conn, Upstream: t.Redacted()}
 	w.dbs[name] = db
 	w.a.log.Info("pool opened for a database of the \"*\" entry", "database", name, "pool", t.PoolName())
 	return db, nil
@@ -295,6 +295,17 @@ func (w *wildcard) missing(name string, ref *atomic.Pointer[pool.Pool]) {
 		w.a.log.Info("pool closed: the server has no such database", "database", name, "pool", db.Pool.Name())
 		db.Pool.Close()
 	}
+}
+
+// opened is proxy.Wildcard.Opened: the databases served now.
+func (w *wildcard) opened() []*proxy.Database {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	out := make([]*proxy.Database, 0, len(w.dbs))
+	for _, db := range w.dbs {
+		out = append(out, db)
+	}
+	return out
 }
 
 // stats snapshots the open pools, by database name.

@@ -292,9 +292,9 @@ func (s *Server) consoleShow(what string, words []string, admin *AdminConfig) (*
 	case "DATABASES":
 		r.cols = []consoleCol{{"name", oidText}, {"upstream", oidText}, {"pool_user", oidText}, {"mode", oidText},
 			{"min_size", oidInt8}, {"max_size", oidInt8}, {"state", oidText}, {"paused", oidBool}}
-		live := s.live.Load()
-		for _, name := range slices.Sorted(maps.Keys(live.Databases)) {
-			db := live.Databases[name]
+		dbs := s.databases()
+		for _, name := range slices.Sorted(maps.Keys(dbs)) {
+			db := dbs[name]
 			st := db.Pool.Stats()
 			r.row(name, db.Upstream, st.User, string(s.cfg.Mode), st.MinSize, st.MaxSize, st.State.String(), st.Paused)
 		}
@@ -373,22 +373,43 @@ func (s *Server) Clients() []ClientInfo {
 	return out
 }
 
+// databases is every database served now: the configured ones and those
+// a "*" entry has opened.
+func (s *Server) databases() map[string]*Database {
+	live := s.live.Load()
+	out := maps.Clone(live.Databases)
+	if w := live.Wildcard; w != nil && w.Opened != nil {
+		for _, d := range w.Opened() {
+			if _, ok := out[d.Name]; !ok {
+				out[d.Name] = d
+			}
+		}
+	}
+	return out
+}
+
+// HasDatabase reports whether name is a database served now.
+func (s *Server) HasDatabase(name string) bool {
+	_, ok := s.databases()[name]
+	return ok
+}
+
 // Pools snapshots every database's pool, in database-name order.
 func (s *Server) Pools() []pool.Stats {
-	live := s.live.Load()
-	out := make([]pool.Stats, 0, len(live.Databases))
-	for _, name := range slices.Sorted(maps.Keys(live.Databases)) {
-		out = append(out, live.Databases[name].Pool.Stats())
+	dbs := s.databases()
+	out := make([]pool.Stats, 0, len(dbs))
+	for _, name := range slices.Sorted(maps.Keys(dbs)) {
+		out = append(out, dbs[name].Pool.Stats())
 	}
 	return out
 }
 
 // Servers lists every backend of every pool.
 func (s *Server) Servers() []pool.BackendInfo {
-	live := s.live.Load()
+	dbs := s.databases()
 	var out []pool.BackendInfo
-	for _, name := range slices.Sorted(maps.Keys(live.Databases)) {
-		out = append(out, live.Databases[name].Pool.Backends()...)
+	for _, name := range slices.Sorted(maps.Keys(dbs)) {
+		out = append(out, dbs[name].Pool.Backends()...)
 	}
 	if out == nil {
 		out = []pool.BackendInfo{}
@@ -398,18 +419,18 @@ func (s *Server) Servers() []pool.BackendInfo {
 
 // databasesNamed returns the database named db, or every one for "".
 func (s *Server) databasesNamed(db string) ([]*Database, error) {
-	live := s.live.Load()
+	dbs := s.databases()
 	if db == "" {
-		out := make([]*Database, 0, len(live.Databases))
-		for _, name := range slices.Sorted(maps.Keys(live.Databases)) {
-			out = append(out, live.Databases[name])
+		out := make([]*Database, 0, len(dbs))
+		for _, name := range slices.Sorted(maps.Keys(dbs)) {
+			out = append(out, dbs[name])
 		}
 		return out, nil
 	}
-	if d, ok := live.Databases[db]; ok {
+	if d, ok := dbs[db]; ok {
 		return []*Database{d}, nil
 	}
-	names := slices.Sorted(maps.Keys(live.Databases))
+	names := slices.Sorted(maps.Keys(dbs))
 	return nil, newError(pgwire.CodeInvalidCatalogName, fmt.Sprintf("database %q is not served by pgsidecar", db),
 		"pgsidecar serves: "+strings.Join(names, ", ")+"; leave the name out for all of them")
 }

@@ -81,6 +81,9 @@ type Wildcard struct {
 	// owner closes a pool whose database turns out not to exist; a client
 	// still holding it gets 3D000, then 57P01.)
 	Open func(name string) (*Database, error)
+	// Opened lists the databases opened so far, for the admin console
+	// (SHOW POOLS, PAUSE, ...); nil lists none.
+	Opened func() []*Database
 }
 
 type Database struct {

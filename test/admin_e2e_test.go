@@ -128,8 +128,18 @@ func TestAdminConsoleShow(t *testing.T) {
 
 	con := connect(t, consoleURL(p, "app", "app"))
 
-	// SHOW SERVERS: one row per backend, pids real.
-	names, rows := consoleRows(ctx, t, con, "SHOW SERVERS")
+	// SHOW SERVERS: one row per backend, pids real. A hold's counts reach
+	// the pool at its release, a moment after the client had its reply.
+	var names []string
+	var rows [][]any
+	waitFor(t, 5*time.Second, "the SQL error counted", func() bool {
+		names, rows = consoleRows(ctx, t, con, "SHOW SERVERS")
+		n := int64(0)
+		for _, r := range rows {
+			n += column(t, names, r, "sql_errors").(int64)
+		}
+		return n == 1
+	})
 	for _, col := range []string{"pid", "database", "user", "state", "created", "last_used", "transactions", "queries", "errors", "sql_errors", "validated", "validate_ms", "tls"} {
 		if !slices.Contains(names, col) {
 			t.Errorf("SHOW SERVERS has no column %s: %v", col, names)
@@ -439,16 +449,23 @@ func TestMaxBackendErrors(t *testing.T) {
 	if _, err := app.Exec(ctx, raise); sqlState(err) != "XX000" {
 		t.Fatalf("want XX000, got %v", err)
 	}
-	names, rows := consoleRows(ctx, t, con, "SHOW SERVERS")
-	if len(rows) != 1 || column(t, names, rows[0], "errors").(int64) != 1 || column(t, names, rows[0], "sql_errors").(int64) != 4 {
-		t.Errorf("SHOW SERVERS after 3 SQL errors and 1 XX000: %v %v", names, rows)
-	}
+	// The counts reach the pool when the backend is released, which may
+	// be a moment after the client has its reply.
+	var names []string
+	var rows [][]any
+	waitFor(t, 5*time.Second, "SHOW SERVERS: errors 1, sql_errors 4 after 3 SQL errors and 1 XX000", func() bool {
+		names, rows = consoleRows(ctx, t, con, "SHOW SERVERS")
+		return len(rows) == 1 && column(t, names, rows[0], "errors").(int64) == 1 && column(t, names, rows[0], "sql_errors").(int64) == 4
+	})
 	if got := proxyPID(ctx, t, app); got != pid {
 		t.Fatalf("one error retired the backend with max_backend_errors 2 (%d -> %d)", pid, got)
 	}
 	if _, err := app.Exec(ctx, raise); sqlState(err) != "XX000" {
 		t.Fatalf("want XX000, got %v", err)
 	}
+	waitFor(t, 5*time.Second, "the backend retired after its second error", func() bool {
+		return !slices.Contains(serverPIDs(ctx, t, con), pid)
+	})
 	if got := proxyPID(ctx, t, app); got == pid {
 		t.Errorf("the backend (pid %d) survived max_backend_errors 2", pid)
 	}
@@ -619,5 +636,42 @@ func TestAdminReloadShutdown(t *testing.T) {
 	code, err := p.Wait(15 * time.Second)
 	if err != nil || code != 0 {
 		t.Fatalf("after SHUTDOWN: exit %d, %v", code, err)
+	}
+}
+
+// TestAdminConsoleWildcard: databases opened by a "*" entry are in SHOW
+// POOLS and SHOW SERVERS and take PAUSE, RESUME and RECONNECT by name.
+func TestAdminConsoleWildcard(t *testing.T) {
+	p := wildcardProxy(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c := connect(t, p.URL("app", "app", "postgres")) // opens the pool of "postgres"
+	pid := proxyPID(ctx, t, c)
+	con := connect(t, consoleURL(p, "app", "app"))
+	names, rows := consoleRows(ctx, t, con, "SHOW POOLS")
+	var dbs []string
+	for _, r := range rows {
+		dbs = append(dbs, column(t, names, r, "database").(string))
+	}
+	if !slices.Contains(dbs, "postgres") {
+		t.Errorf("SHOW POOLS lists %v, not the \"*\" database postgres", dbs)
+	}
+	names, rows = consoleRows(ctx, t, con, "SHOW SERVERS")
+	found := false
+	for _, r := range rows {
+		if column(t, names, r, "pid").(int64) == pid && column(t, names, r, "database") == "postgres" {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("SHOW SERVERS has no postgres backend %d: %v", pid, rows)
+	}
+	for _, cmd := range []string{"PAUSE postgres", "RESUME postgres", "RECONNECT postgres"} {
+		if err := consoleExec(ctx, con, cmd); err != nil {
+			t.Errorf("%s: %v", cmd, err)
+		}
+	}
+	if got := proxyPID(ctx, t, c); got == pid {
+		t.Errorf("after RECONNECT postgres a statement ran on the old backend %d", pid)
 	}
 }
