@@ -91,16 +91,20 @@ func (k *cancelKeys) lookup(pid, secret uint32) *clientConn {
 // cancelPinned sends a cancel request to the backend serving c when c
 // holds one and wantedLocked (called under c.mu) says a request is still
 // to be cancelled; it returns that backend, or nil when there was nothing
-// to cancel. The backend stays pinned to c while the request is sent
+// to cancel. While the request is sent the backend stays pinned to c
 // (c.cancelling, as c.writing pins it for a write), so it cannot pass to
-// another client and the signal land on someone else's query; c.mu itself
-// is not held across the dial, so the relay goes on meanwhile.
+// another client, and the client reader writes it no new request (build
+// waits on c.cancelDone), so the signal cannot land on a later query. c.mu
+// itself is not held across the dial: replies keep flowing meanwhile.
 func (c *clientConn) cancelPinned(wantedLocked func() bool) (*backend, error) {
 	c.mu.Lock()
 	b := c.be
 	if b == nil || !wantedLocked() {
 		c.mu.Unlock()
 		return nil, nil
+	}
+	if c.cancelling == 0 {
+		c.cancelDone = make(chan struct{})
 	}
 	c.cancelling++
 	c.mu.Unlock()
@@ -109,6 +113,10 @@ func (c *clientConn) cancelPinned(wantedLocked func() bool) (*backend, error) {
 		// reader so it releases the backend now.
 		c.mu.Lock()
 		c.cancelling--
+		if c.cancelling == 0 {
+			close(c.cancelDone) // the client reader may write again (build)
+			c.cancelDone = nil
+		}
 		if c.be == b && c.transactionOverLocked() {
 			b.conn.Server().NetConn().SetReadDeadline(time.Now())
 		}

@@ -57,10 +57,11 @@ type clientConn struct {
 	mu         sync.Mutex
 	be         *backend
 	q          requestQueue
-	inBatch    bool // extended-protocol messages sent since the last Sync
-	writing    bool // the client reader is writing to the backend: it stays held
-	cancelling int  // cancel requests being sent to the backend: it stays held
-	txStatus   byte // from the last ReadyForQuery
+	inBatch    bool          // extended-protocol messages sent since the last Sync
+	writing    bool          // the client reader is writing to the backend: it stays held
+	cancelling int           // cancel requests being sent to the backend: it stays held
+	cancelDone chan struct{} // closed when cancelling drops back to 0
+	txStatus   byte          // from the last ReadyForQuery
 	want       map[string]paramValue
 	stmts      map[string]*statement // client statement name -> statement
 	// unnamed is the client's unnamed statement (transaction mode) when

@@ -448,6 +448,21 @@ func (c *clientConn) unpin(b *backend, wake bool) (probe, readerDone chan struct
 func (c *clientConn) build(b *backend) (out []byte, wake bool, err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	for c.cancelling > 0 {
+		// A cancel request for the previous request is still being sent:
+		// writing now could let it cancel this one. Wait (without the
+		// lock) until it is delivered; serverOpTimeout bounds that.
+		done := c.cancelDone
+		c.mu.Unlock()
+		select {
+		case <-done:
+		case <-c.ctx.Done():
+		}
+		c.mu.Lock()
+		if c.ctx.Err() != nil {
+			break
+		}
+	}
 	if c.be != b {
 		return nil, false, errBackendMoved
 	}
