@@ -186,6 +186,7 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 			{"error", st.Retired.Error},
 			{"validation", st.Retired.Validation},
 			{"shutdown", st.Retired.Shutdown},
+			{"reconnect", st.Retired.Reconnect},
 		} {
 			ch <- prometheus.MustNewConstMetric(c.retired, prometheus.CounterValue, float64(r.n),
 				append(labels, r.reason)...)

@@ -82,6 +82,7 @@ func (p *Pool) idleCheck(b *backend, query string, timeout time.Duration) {
 		p.retireLocked(b, retireShutdown, "pool closed", now)
 	case err == nil:
 		p.lastAlive = now
+		b.stats.validatedAt, b.stats.validateTook = now, now.Sub(start)
 		if p.waiters.len() > 0 {
 			p.putLocked(b, now)
 		} else {
