@@ -69,6 +69,7 @@ func (a *app) poolConfig(t config.Target) pool.Config {
 		IdleCheckInterval: pc.IdleCheckInterval,
 		BackoffInitial:    pc.ReconnectBackoff,
 		BackoffMax:        pc.ReconnectBackoffMax,
+		HoldOnRestart:     pc.HoldOnRestart,
 		Logger:            a.log,
 		OptionName:        optionName,
 	}

@@ -86,7 +86,7 @@ func (p *Pool) take(front bool, start time.Time) (*backend, *waiter, time.Durati
 	switch {
 	case p.closed:
 		return nil, nil, 0, p.shutdownError()
-	case p.health.state == StateUnhealthy:
+	case p.health.state == StateUnhealthy && !p.holdingLocked(now):
 		p.counts.rejected++
 		return nil, nil, 0, p.circuitErrorLocked(now)
 	}

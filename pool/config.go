@@ -31,6 +31,7 @@ type Config struct {
 	IdleCheckInterval time.Duration // 0 = no idle check (see idlecheck.go)
 	BackoffInitial    time.Duration // above 0; first delay after a failed connect
 	BackoffMax        time.Duration // at least BackoffInitial; the doubling stops here
+	HoldOnRestart     time.Duration // 0 = off; how long Acquire waits for a database that went away (see hold.go)
 	Logger            *slog.Logger  // nil = slog.Default()
 	// OptionName spells a field the way the operator sets it, for hints:
 	// "MaxSize" may become "pool.max_size". nil, or "" for a field, leaves
@@ -100,6 +101,7 @@ func (c Config) validate() error {
 		{"MaxIdle", c.MaxIdle, false},
 		{"LeakTimeout", c.LeakTimeout, false},
 		{"IdleCheckInterval", c.IdleCheckInterval, false},
+		{"HoldOnRestart", c.HoldOnRestart, false},
 	} {
 		switch {
 		case d.positive && d.v <= 0:

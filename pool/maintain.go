@@ -65,6 +65,9 @@ func (p *Pool) nextTickLocked(now time.Time) time.Duration {
 	if h := &p.health; h.failures > 0 && !h.probing {
 		d = min(d, h.retryAt.Sub(now))
 	}
+	if h := &p.health; !h.holdUntil.IsZero() {
+		d = min(d, h.holdUntil.Sub(now))
+	}
 	if p.idleCheckPendingLocked() {
 		d = min(d, p.lastAlive.Add(cfg.IdleCheckInterval).Sub(now))
 	}
@@ -107,6 +110,8 @@ func (p *Pool) maintainLocked(now time.Time) (leakCandidates []*backend) {
 	if p.idleCheckDueLocked(now) {
 		p.spawnIdleCheckLocked()
 	}
+
+	p.endHoldLocked(now)
 
 	// Connects: the probe while connects fail, else warming to MinSize.
 	h := &p.health

@@ -98,6 +98,9 @@ func (p *Pool) noteFailureLocked(err error, start, now time.Time) (failures int,
 		h.failures++
 		h.lastFailAt = now
 		h.retryAt = now.Add(p.cfg.nextRetry(h.failures))
+		if p.holdingLocked(now) {
+			h.retryAt = now.Add(holdProbeInterval)
+		}
 	}
 	return h.failures, h.retryAt.Sub(now)
 }

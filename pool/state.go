@@ -77,6 +77,8 @@ type health struct {
 	probing    bool      // the single reconnect probe is in flight
 
 	timeouts []time.Time // acquire timeouts within the degrade window
+
+	holdUntil time.Time // a hold (hold.go) is on until then; zero when none
 }
 
 // evalStateLocked derives the state from the facts and moves to it if it
@@ -161,7 +163,10 @@ func (p *Pool) setStateLocked(s State, reason string) {
 	p.stateLogs = append(p.stateLogs, func() {
 		p.log().Log(context.Background(), level, "pool state changed", "from", from, "to", s, "reason", reason)
 	})
-	if s == StateUnhealthy {
+	if s == StateUnhealthy && !p.startHoldLocked(from, time.Now()) {
 		p.failWaitersLocked(p.circuitErrorLocked(time.Now()))
+	}
+	if s != StateUnhealthy {
+		h.holdUntil = time.Time{}
 	}
 }

@@ -294,6 +294,9 @@ func TestClientsReturnToZero(t *testing.T) {
 // the proxy. It must not run in parallel with other tests.
 func TestDatabaseRestart(t *testing.T) {
 	p := StartProxy(t,
+		// Fail fast while the database is down: no hold (hold_e2e_test.go
+		// covers the hold).
+		WithEnv("PGSIDECAR_POOL__HOLD_ON_RESTART", "0"),
 		WithEnv("PGSIDECAR_POOL__MIN_SIZE", "2"),
 		WithEnv("PGSIDECAR_POOL__RECONNECT_BACKOFF", "200ms"),
 		WithEnv("PGSIDECAR_POOL__RECONNECT_BACKOFF_MAX", "1s"),

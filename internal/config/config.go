@@ -105,6 +105,7 @@ type PoolConfig struct {
 	IdleCheckInterval   time.Duration `koanf:"idle_check_interval"`
 	ReconnectBackoff    time.Duration `koanf:"reconnect_backoff"`
 	ReconnectBackoffMax time.Duration `koanf:"reconnect_backoff_max"`
+	HoldOnRestart       time.Duration `koanf:"hold_on_restart"`
 	ResetQuery          string        `koanf:"reset_query"`
 
 	// SessionState is what transaction mode does with session state.

@@ -93,6 +93,8 @@ var Options = []Option{
 		Doc: "First wait after a failed connect, doubling with jitter."},
 	{Key: "pool.reconnect_backoff_max", Default: "16s", PerDatabase: true,
 		Doc: "Cap of that wait."},
+	{Key: "pool.hold_on_restart", Default: "10s", PerDatabase: true,
+		Doc: "When a pool that was serving loses the database (a restart or failover: every backend ends, connects are refused), new transactions wait up to this long for it to come back (FIFO, within `acquire_timeout`) instead of failing at once with 08006, and reconnects are tried every 250ms meanwhile; 0 = off (fail fast)."},
 	{Key: "pool.reset_query", Default: "DISCARD ALL", Reload: Restart,
 		Doc: "Session mode: run when a client leaves; `\"\"` skips it."},
 	{Key: "pool.session_state", Default: "pin", Reload: Restart,

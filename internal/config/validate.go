@@ -169,6 +169,7 @@ func checkPool(p *problems, prefix string, pc PoolConfig) {
 		{"idle_check_interval", pc.IdleCheckInterval, false},
 		{"reconnect_backoff", pc.ReconnectBackoff, true},
 		{"reconnect_backoff_max", pc.ReconnectBackoffMax, true},
+		{"hold_on_restart", pc.HoldOnRestart, false},
 		{"query_timeout", pc.QueryTimeout, false},
 		{"idle_transaction_timeout", pc.IdleTransactionTimeout, false},
 		{"client_idle_timeout", pc.ClientIdleTimeout, false},
