@@ -178,6 +178,9 @@ func TestIdleCheckFindsSilentDatabase(t *testing.T) {
 			time.Sleep(100 * time.Millisecond)
 		}
 		took := time.Since(quietSince)
+		// The state changes under the pool's lock; the log line is written
+		// after it (p.later). Let the checking goroutine finish first.
+		synctest.Wait()
 		if limit := cfg.IdleCheckInterval + cfg.ConnectTimeout + 100*time.Millisecond; took > limit {
 			t.Fatalf("UNHEALTHY %v after the last sign of life, want within %v", took, limit)
 		}
