@@ -65,6 +65,9 @@ func (p *Pool) nextTickLocked(now time.Time) time.Duration {
 	if h := &p.health; h.failures > 0 && !h.probing {
 		d = min(d, h.retryAt.Sub(now))
 	}
+	if !p.capUntil.IsZero() {
+		d = min(d, p.capUntil.Sub(now))
+	}
 	if h := &p.health; !h.holdUntil.IsZero() {
 		d = min(d, h.holdUntil.Sub(now))
 	}
@@ -112,6 +115,7 @@ func (p *Pool) maintainLocked(now time.Time) (leakCandidates []*backend) {
 	}
 
 	p.endHoldLocked(now)
+	p.uncapLocked(now)
 
 	// Connects: the probe while connects fail, else warming to MinSize.
 	h := &p.health

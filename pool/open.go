@@ -7,7 +7,7 @@ import (
 )
 
 // roomLocked is how many more backends may be opened under MaxSize.
-func (p *Pool) roomLocked() int { return p.cfg.MaxSize - p.open - p.opening - p.closing }
+func (p *Pool) roomLocked() int { return p.sizeLimitLocked() - p.open - p.opening - p.closing }
 
 // replenishLocked starts a connect for every waiter that no connect in
 // flight will serve, as room allows. It does nothing while connects fail:
@@ -64,6 +64,9 @@ func (p *Pool) connect(connect ConnectFunc, timeout time.Duration, probe bool) {
 			p.counts.retired.Shutdown++
 			p.later(func() { p.closeServer(b, retireShutdown, "pool closed while connecting") })
 		}
+	case err != nil && tooManyConnections(err):
+		p.counts.connectErrors++
+		p.capLocked(err, now)
 	case err != nil:
 		p.connectFailedLocked(err, start, now, took)
 	default:

@@ -75,6 +75,10 @@ type Pool struct {
 	// recheck: the server closed every backend; connect once to see
 	// whether the database is still there (see maintainLocked).
 	recheck bool
+	// capUntil: the server refused a connect with 53300; until then the
+	// pool's size is capSize (backpressure.go).
+	capUntil time.Time
+	capSize  int
 	counts  counters
 	admin   adminState // PAUSE, RECONNECT (admin.go)
 	after   []func()
