@@ -79,9 +79,9 @@ type Pool struct {
 	// pool's size is capSize (backpressure.go).
 	capUntil time.Time
 	capSize  int
-	counts  counters
-	admin   adminState // PAUSE, RECONNECT (admin.go)
-	after   []func()
+	counts   counters
+	admin    adminState // PAUSE, RECONNECT (admin.go)
+	after    []func()
 
 	// stateLogs are the state changes still to log, in order; logMu
 	// lets one goroutine at a time log them (see drainStateLogs).
