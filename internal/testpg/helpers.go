@@ -3,6 +3,7 @@ package testpg
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"net"
 	"strconv"
 	"strings"
@@ -12,15 +13,35 @@ import (
 )
 
 // FreePort asks the kernel for a free TCP port on 127.0.0.1. The port is
-// released before it is used, so a rare collision is possible; the callers
-// fail loudly if it happens.
+// released before it is used, so another process may still take it; within
+// this process FreePort never hands out the same port twice, because the
+// kernel readily returns a port it just released (a proxy's listen and
+// health.listen picked one after the other collided that way).
 func FreePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
+	handedOut.Lock()
+	defer handedOut.Unlock()
+	if handedOut.ports == nil {
+		handedOut.ports = make(map[int]bool)
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
+	for range 100 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, err
+		}
+		port := ln.Addr().(*net.TCPAddr).Port
+		ln.Close()
+		if !handedOut.ports[port] {
+			handedOut.ports[port] = true
+			return port, nil
+		}
+	}
+	return 0, errors.New("testpg: no port this process has not handed out already in 100 tries")
+}
+
+// handedOut is every port FreePort has returned in this process.
+var handedOut struct {
+	sync.Mutex
+	ports map[int]bool
 }
 
 // FreeAddr is FreePort as a host:port, failing tb when there is none.
