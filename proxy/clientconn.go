@@ -425,15 +425,7 @@ func (c *clientConn) greet(deadline time.Time) error {
 		err = c.checkStartupParams(ctx, params)
 	}
 	if err != nil {
-		var pe *pgError
-		if !errors.As(err, &pe) {
-			pe = c.loginAcquireError(err)
-		}
-		// The login deadline may be what ended the wait: the answer still
-		// goes out, the client is never just closed.
-		c.conn.SetWriteDeadline(time.Now().Add(time.Second))
-		c.conn.Write(pe.appendTo(nil))
-		return err
+		return c.refuseLogin(err)
 	}
 	buf, _ := (&pgproto3.AuthenticationOk{}).Encode(nil)
 	for k, v := range params {
@@ -452,13 +444,7 @@ func (c *clientConn) greet(deadline time.Time) error {
 		// (applications open their pools eagerly): it keeps a minted key
 		// and gets its backend at its first query, as before.
 		if err := c.bindSession(); err != nil {
-			var pe *pgError
-			if !errors.As(err, &pe) {
-				pe = c.loginAcquireError(err)
-			}
-			c.conn.SetWriteDeadline(time.Now().Add(time.Second))
-			c.conn.Write(pe.appendTo(nil))
-			return err
+			return c.refuseLogin(err)
 		}
 	}
 	buf, _ = (&pgproto3.BackendKeyData{ProcessID: c.pid, SecretKey: binary.BigEndian.AppendUint32(nil, c.secret)}).Encode(buf)
@@ -654,4 +640,19 @@ func (c *clientConn) noteStatement(q []byte) {
 	c.lastMu.Lock()
 	c.lastLen = copy(c.last[:], q)
 	c.lastMu.Unlock()
+}
+
+// refuseLogin answers a login that could not get what it needed from the
+// pool (its server parameters, or a session backend) with err's
+// ErrorResponse, or the acquire error it stands for, and returns err. The
+// login deadline may be what ended the wait: the answer still goes out,
+// the client is never just closed.
+func (c *clientConn) refuseLogin(err error) error {
+	var pe *pgError
+	if !errors.As(err, &pe) {
+		pe = c.loginAcquireError(err)
+	}
+	c.conn.SetWriteDeadline(time.Now().Add(time.Second))
+	c.conn.Write(pe.appendTo(nil))
+	return err
 }
