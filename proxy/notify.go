@@ -453,33 +453,27 @@ func (c *clientConn) preListen() {
 // the channel as PostgreSQL names it (unquoted names folded to lower case).
 func parseListens(q []byte, fn func(listen bool, channel string, all bool)) {
 	l := sqlLexer{q: q}
-	first := true
 	for {
-		w, k := l.next()
-		switch k {
-		case tokEOF:
+		w, ok := l.nextStatementWord()
+		if !ok {
 			return
-		case tokSemicolon:
-			first = true
-			continue
-		case tokWord:
-			if first && (eqFold(w, "listen") || eqFold(w, "unlisten")) {
-				listen := eqFold(w, "listen")
-				start := l.i
-				n, nk := l.next()
-				switch {
-				case nk == tokWord:
-					fn(listen, truncIdent(strings.ToLower(string(n))), false)
-				case nk == tokOther && l.i > 0 && q[l.i-1] == '"':
-					if s, ok := unquoteIdent(q[start:l.i]); ok {
-						fn(listen, truncIdent(s), false)
-					}
-				case nk == tokOther && !listen && l.i > 0 && q[l.i-1] == '*':
-					fn(false, "", true)
-				}
-			}
 		}
-		first = false
+		if !eqFold(w, "listen") && !eqFold(w, "unlisten") {
+			continue
+		}
+		listen := eqFold(w, "listen")
+		start := l.i
+		n, nk := l.next()
+		switch {
+		case nk == tokWord:
+			fn(listen, truncIdent(strings.ToLower(string(n))), false)
+		case nk == tokOther && l.i > 0 && q[l.i-1] == '"':
+			if s, ok := unquoteIdent(q[start:l.i]); ok {
+				fn(listen, truncIdent(s), false)
+			}
+		case nk == tokOther && !listen && l.i > 0 && q[l.i-1] == '*':
+			fn(false, "", true)
+		}
 	}
 }
 

@@ -128,21 +128,14 @@ func changesSettings(q []byte) bool {
 		return true
 	}
 	l := sqlLexer{q: q}
-	first := true
 	for {
-		w, k := l.next()
-		switch k {
-		case tokEOF:
+		w, ok := l.nextStatementWord()
+		if !ok {
 			return false
-		case tokSemicolon:
-			first = true
-			continue
-		case tokWord:
-			if first && (eqFold(w, "set") || eqFold(w, "reset") || eqFold(w, "discard")) {
-				return true
-			}
 		}
-		first = false
+		if eqFold(w, "set") || eqFold(w, "reset") || eqFold(w, "discard") {
+			return true
+		}
 	}
 }
 

@@ -73,6 +73,29 @@ func (l *sqlLexer) next() ([]byte, tokKind) {
 	return nil, tokEOF
 }
 
+// nextStatementWord returns the next word that starts a statement (the
+// first token of q or of what follows a semicolon), skipping every other
+// token, including those the caller read itself after the previous one;
+// false at the end of q. Callers look only at how statements begin.
+func (l *sqlLexer) nextStatementWord() ([]byte, bool) {
+	first := l.i == 0
+	for {
+		w, k := l.next()
+		switch k {
+		case tokEOF:
+			return nil, false
+		case tokSemicolon:
+			first = true
+			continue
+		case tokWord:
+			if first {
+				return w, true
+			}
+		}
+		first = false
+	}
+}
+
 func (l *sqlLexer) skipBlockComment() {
 	depth := 0
 	for l.i+1 < len(l.q) {
