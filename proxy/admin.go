@@ -97,7 +97,7 @@ func (s *Server) serveAdmin(conn net.Conn, sm *startupMessage, lg *slog.Logger, 
 		buf, _ = (&pgproto3.ParameterStatus{Name: kv[0], Value: kv[1]}).Encode(buf)
 	}
 	buf, _ = (&pgproto3.BackendKeyData{ProcessID: 0, SecretKey: binary.BigEndian.AppendUint32(nil, 0)}).Encode(buf)
-	buf = appendReadyForQuery(buf, 'I')
+	buf = pgwire.AppendReadyForQuery(buf, 'I')
 	if _, err := conn.Write(buf); err != nil {
 		return
 	}
@@ -117,7 +117,7 @@ func (s *Server) serveAdmin(conn net.Conn, sm *startupMessage, lg *slog.Logger, 
 			return
 		case *pgproto3.Sync:
 			skipping = false
-			out = appendReadyForQuery(nil, 'I')
+			out = pgwire.AppendReadyForQuery(nil, 'I')
 		case *pgproto3.Flush:
 		case *pgproto3.Parse, *pgproto3.Bind, *pgproto3.Describe, *pgproto3.Execute, *pgproto3.Close:
 			if !skipping {
@@ -179,7 +179,7 @@ func (s *Server) consoleQuery(q string, lg *slog.Logger, admin *AdminConfig, ful
 	if !ran {
 		out = append(out, 'I', 0, 0, 0, 4) // EmptyQueryResponse
 	}
-	return appendReadyForQuery(out, 'I')
+	return pgwire.AppendReadyForQuery(out, 'I')
 }
 
 // consoleCommand runs one command.

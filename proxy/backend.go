@@ -3,6 +3,7 @@ package proxy
 import (
 	"strings"
 
+	"github.com/pgsidecar/pgsidecar/internal/pgwire"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
 
@@ -38,7 +39,7 @@ type backend struct {
 	sqlErrors, connErrors int64
 
 	// Server reader state.
-	in            readBuffer
+	in            pgwire.ReadBuffer
 	passRemaining int  // bytes of a message being streamed to the client
 	passSwallow   bool // ... or dropped
 	fatal         bool // the server sent a FATAL error: it is closing
@@ -59,7 +60,7 @@ func (s *Server) backendFor(conn *pool.Conn) *backend {
 		defaults: make(map[string]paramValue),
 		params:   make(map[string]paramValue),
 		prepared: newPreparedSet(s.cfg.MaxPreparedStatements),
-		in:       readBuffer{buf: make([]byte, serverReadBufSize)},
+		in:       pgwire.ReadBuffer{Buf: make([]byte, serverReadBufSize)},
 	}
 	for k, v := range conn.Server().Params() {
 		k = strings.ToLower(k)
@@ -79,7 +80,7 @@ func (s *Server) backendFor(conn *pool.Conn) *backend {
 // else is the client's SQL failing. It allocates nothing.
 func (b *backend) noteError(body []byte) {
 	b.sqlErrors++
-	if code := errorField(body, 'C'); len(code) >= 2 {
+	if code := pgwire.ErrorField(body, 'C'); len(code) >= 2 {
 		switch string(code[:2]) {
 		case "08", "58", "XX":
 			b.connErrors++

@@ -44,7 +44,7 @@ type clientConn struct {
 
 	// Owned by the client goroutine.
 	startupParams  map[string]paramValue
-	in             readBuffer
+	in             pgwire.ReadBuffer
 	passRemaining  int   // bytes of a message being streamed to the backend
 	passDrop       bool  // ... or dropped: the message was refused (too large)
 	discarding     bool  // acquire failed: drop messages until Sync / Query
@@ -294,7 +294,7 @@ func (s *Server) serveConn(conn net.Conn) {
 		want:          make(map[string]paramValue),
 		stmts:         make(map[string]*statement),
 		txStatus:      'I',
-		in:            readBuffer{buf: make([]byte, clientReadBufSize)},
+		in:            pgwire.ReadBuffer{Buf: make([]byte, clientReadBufSize)},
 	}
 	c.hub = s.hubFor(db)
 	for k, v := range sm.params {
@@ -448,7 +448,7 @@ func (c *clientConn) greet(deadline time.Time) error {
 		}
 	}
 	buf, _ = (&pgproto3.BackendKeyData{ProcessID: c.pid, SecretKey: binary.BigEndian.AppendUint32(nil, c.secret)}).Encode(buf)
-	buf = appendReadyForQuery(buf, 'I')
+	buf = pgwire.AppendReadyForQuery(buf, 'I')
 	_, err = c.conn.Write(buf)
 	return err
 }

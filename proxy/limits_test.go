@@ -12,27 +12,6 @@ import (
 	"github.com/pgsidecar/pgsidecar/internal/pgwire"
 )
 
-// A header that claims 1 GiB makes the buffer grow with the bytes that
-// arrive, never to the claimed length.
-func TestReadBufferGrowsWithData(t *testing.T) {
-	r := readBuffer{buf: make([]byte, 16)}
-	r.want = 1 << 30
-	fed := 0
-	for i := 0; i < 10; i++ {
-		r.prepare()
-		fed += copy(r.free(), bytes.Repeat([]byte{1}, len(r.free())))
-		r.end = len(r.buf)
-	}
-	if len(r.buf) > 2*fed {
-		t.Fatalf("buffer %d bytes after %d bytes arrived", len(r.buf), fed)
-	}
-	r = readBuffer{buf: make([]byte, 16), want: 1 << 30}
-	r.prepare()
-	if len(r.buf) != 16 {
-		t.Fatalf("an empty buffer grew to %d bytes for a claimed length", len(r.buf))
-	}
-}
-
 // A Bind larger than max_client_buffer is streamed in transaction mode,
 // with the client's statement renamed, and arrives intact.
 func TestLargeBindStreamedRenamed(t *testing.T) {
@@ -42,8 +21,8 @@ func TestLargeBindStreamedRenamed(t *testing.T) {
 	pumpServer(t, c, b, msgs(learned(nil, &pgproto3.NoData{}), &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
 	blob := bytes.Repeat([]byte("0123456789abcdef"), 1<<10) // 16 KiB
 	out := pumpClient(t, c, b, enc(&pgproto3.Bind{PreparedStatement: "s", Parameters: [][]byte{blob}}, &pgproto3.Execute{}, &pgproto3.Sync{}), 100)
-	if len(c.in.buf) > 4<<10 {
-		t.Fatalf("client buffer grew to %d bytes for a streamed Bind", len(c.in.buf))
+	if len(c.in.Buf) > 4<<10 {
+		t.Fatalf("client buffer grew to %d bytes for a streamed Bind", len(c.in.Buf))
 	}
 	msgs := decodeFrontendMsgs(t, out)
 	bd, ok := msgs[0].(*pgproto3.Bind)
@@ -87,10 +66,10 @@ func TestLargeParseRefusedInFlight(t *testing.T) {
 // protocol violation, as in PostgreSQL: they are never buffered.
 func TestSmallMessageLengthBound(t *testing.T) {
 	c, b := testRelay(ModeTransaction, 10)
-	msg := []byte{msgDescribe, 0, 0, 0, 0}
+	msg := []byte{pgwire.MsgDescribe, 0, 0, 0, 0}
 	binary.BigEndian.PutUint32(msg[1:], 1<<30-1)
-	c.in.prepare()
-	c.in.end += copy(c.in.free(), msg)
+	c.in.Prepare()
+	c.in.End += copy(c.in.Free(), msg)
 	_, _, err := c.build(b)
 	var pe *pgError
 	if !errors.As(err, &pe) || pe.Code != pgwire.CodeProtocolViolation {
@@ -104,25 +83,25 @@ func TestPipelineBounded(t *testing.T) {
 	c, b := testRelay(ModeTransaction, 10)
 	var in []byte
 	for i := 0; i < maxPendingRequests+500; i++ {
-		in = append(in, msgSync, 0, 0, 0, 4)
+		in = append(in, pgwire.MsgSync, 0, 0, 0, 4)
 	}
-	c.in = readBuffer{buf: make([]byte, len(in))}
-	c.in.end = copy(c.in.buf, in)
+	c.in = pgwire.ReadBuffer{Buf: make([]byte, len(in))}
+	c.in.End = copy(c.in.Buf, in)
 	out, _, err := c.build(b)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.q.len() != maxPendingRequests || len(out) != 5*maxPendingRequests || c.in.pending() != 5*500 {
-		t.Fatalf("queued %d, sent %d bytes, left %d", c.q.len(), len(out), c.in.pending())
+	if c.q.len() != maxPendingRequests || len(out) != 5*maxPendingRequests || c.in.Pending() != 5*500 {
+		t.Fatalf("queued %d, sent %d bytes, left %d", c.q.len(), len(out), c.in.Pending())
 	}
 	c.drained = make(chan struct{})
 	drained := c.drained
 	var z []byte
 	for i := 0; i < maxPendingRequests/2; i++ {
-		z = appendReadyForQuery(z, 'I')
+		z = pgwire.AppendReadyForQuery(z, 'I')
 	}
-	b.in = readBuffer{buf: make([]byte, len(z))}
-	b.in.end = copy(b.in.buf, z)
+	b.in = pgwire.ReadBuffer{Buf: make([]byte, len(z))}
+	b.in.End = copy(b.in.Buf, z)
 	if _, _, err := c.route(b); err != nil {
 		t.Fatal(err)
 	}
@@ -149,8 +128,8 @@ func TestLargeBindWhileServerSkips(t *testing.T) {
 	c.inBatch, c.serverSkipping = true, true
 	blob := bytes.Repeat([]byte("x"), 16<<10)
 	out := pumpClient(t, c, b, enc(&pgproto3.Bind{Parameters: [][]byte{blob}}, &pgproto3.Sync{}), 100)
-	if len(c.in.buf) > 4<<10 {
-		t.Fatalf("client buffer grew to %d bytes", len(c.in.buf))
+	if len(c.in.Buf) > 4<<10 {
+		t.Fatalf("client buffer grew to %d bytes", len(c.in.Buf))
 	}
 	if msgs := decodeFrontendMsgs(t, out); len(msgs) != 2 || c.q.len() != 1 {
 		t.Fatalf("sent %d messages, %d requests queued; want the Bind and the Sync, only the Sync awaited", len(msgs), c.q.len())

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/pgsidecar/pgsidecar/internal/pgwire"
 )
 
 // LISTEN / NOTIFY in transaction mode.
@@ -342,7 +343,7 @@ func (h *notifyHub) deliver(n *pgconn.Notification) {
 }
 
 func appendNotification(dst []byte, pid uint32, channel, payload string) []byte {
-	dst = appendHeader(dst, msgNotification, 4+len(channel)+1+len(payload)+1)
+	dst = pgwire.AppendHeader(dst, pgwire.MsgNotification, 4+len(channel)+1+len(payload)+1)
 	dst = binary.BigEndian.AppendUint32(dst, pid)
 	dst = append(dst, channel...)
 	dst = append(dst, 0)
@@ -414,24 +415,24 @@ func (c *clientConn) preListen() {
 	if c.hub == nil {
 		return
 	}
-	pos := c.in.start
+	pos := c.in.Start
 	if c.passRemaining > 0 {
 		return
 	}
-	for c.in.end-pos >= headerLen {
-		typ, bodyLen := parseHeader(c.in.buf[pos:])
-		if bodyLen < 0 || c.in.end-pos < headerLen+bodyLen {
+	for c.in.End-pos >= pgwire.HeaderLen {
+		typ, bodyLen := pgwire.ParseHeader(c.in.Buf[pos:])
+		if bodyLen < 0 || c.in.End-pos < pgwire.HeaderLen+bodyLen {
 			return
 		}
-		body := c.in.buf[pos+headerLen : pos+headerLen+bodyLen]
-		pos += headerLen + bodyLen
+		body := c.in.Buf[pos+pgwire.HeaderLen : pos+pgwire.HeaderLen+bodyLen]
+		pos += pgwire.HeaderLen + bodyLen
 		var q []byte
 		switch typ {
-		case msgQuery:
+		case pgwire.MsgQuery:
 			q = body
-		case msgParse:
+		case pgwire.MsgParse:
 			if _, rest, ok := parseParseMessage(body); ok {
-				q, _, _ = cstring(rest)
+				q, _, _ = pgwire.CString(rest)
 			}
 		default:
 			continue

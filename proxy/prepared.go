@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+
+	"github.com/pgsidecar/pgsidecar/internal/pgwire"
 )
 
 // statement is one Parse a client sent (named, or the unnamed statement):
@@ -56,7 +58,7 @@ func (s *statement) appendParse(dst []byte) []byte {
 	if s.hasFixed {
 		body = s.fixedBody
 	}
-	dst = appendHeader(dst, msgParse, len(s.name)+1+len(body))
+	dst = pgwire.AppendHeader(dst, pgwire.MsgParse, len(s.name)+1+len(body))
 	dst = append(dst, s.name...)
 	dst = append(dst, 0)
 	return append(dst, body...)
@@ -66,8 +68,8 @@ func (s *statement) appendParse(dst []byte) []byte {
 // (RowDescription or NoData, msg whole with its header).
 func (s *statement) learnResult(msg []byte) {
 	s.fingerprint = descriptionFingerprint(msg)
-	q, _, _ := cstring(s.parseBody)
-	s.noData = msg[0] == msgNoData || startsWithKeyword(q, "fetch") || startsWithKeyword(q, "move")
+	q, _, _ := pgwire.CString(s.parseBody)
+	s.noData = msg[0] == pgwire.MsgNoData || startsWithKeyword(q, "fetch") || startsWithKeyword(q, "move")
 }
 
 // learnParams records a ParameterDescription body (int16 n, n int32 oids):
@@ -76,7 +78,7 @@ func (s *statement) learnParams(body []byte) {
 	if len(body) < 2 || s.hasFixed {
 		return
 	}
-	q, _, ok := cstring(s.parseBody)
+	q, _, ok := pgwire.CString(s.parseBody)
 	if !ok {
 		return
 	}
@@ -162,7 +164,7 @@ func (r *statementRegistry) newStatement(parseBody []byte) *statement {
 // newUnnamedStatement builds the statement for a client's unnamed Parse.
 func newUnnamedStatement(parseBody []byte) *statement {
 	st := &statement{parseBody: append([]byte(nil), parseBody...)}
-	if q, _, ok := cstring(parseBody); ok {
+	if q, _, ok := pgwire.CString(parseBody); ok {
 		st.query = string(q)
 	}
 	return st
@@ -290,17 +292,17 @@ func (p *preparedSet) len() int { return p.order.Len() }
 
 // parseParseMessage splits a Parse body into the statement name and the rest.
 func parseParseMessage(body []byte) (name, rest []byte, ok bool) {
-	return cstring(body)
+	return pgwire.CString(body)
 }
 
 // parseBindNames returns the portal and statement names of a Bind body and
 // the offset where the rest (parameter formats onwards) begins.
 func parseBindNames(body []byte) (portal, stmt []byte, restOff int, ok bool) {
-	portal, r, ok1 := cstring(body)
+	portal, r, ok1 := pgwire.CString(body)
 	if !ok1 {
 		return nil, nil, 0, false
 	}
-	stmt, r2, ok2 := cstring(r)
+	stmt, r2, ok2 := pgwire.CString(r)
 	if !ok2 {
 		return nil, nil, 0, false
 	}
@@ -310,7 +312,7 @@ func parseBindNames(body []byte) (portal, stmt []byte, restOff int, ok bool) {
 // appendBindRenamed appends a Bind that is body with its statement renamed.
 func appendBindRenamed(dst []byte, body []byte, portal []byte, restOff int, name string) []byte {
 	rest := body[restOff:]
-	dst = appendHeader(dst, msgBind, len(portal)+1+len(name)+1+len(rest))
+	dst = pgwire.AppendHeader(dst, pgwire.MsgBind, len(portal)+1+len(name)+1+len(rest))
 	dst = append(dst, portal...)
 	dst = append(dst, 0)
 	dst = append(dst, name...)
@@ -320,7 +322,7 @@ func appendBindRenamed(dst []byte, body []byte, portal []byte, restOff int, name
 
 // appendDescribeStatement appends Describe('S', name).
 func appendDescribeStatement(dst []byte, name string) []byte {
-	dst = appendHeader(dst, msgDescribe, 1+len(name)+1)
+	dst = pgwire.AppendHeader(dst, pgwire.MsgDescribe, 1+len(name)+1)
 	dst = append(dst, 'S')
 	dst = append(dst, name...)
 	return append(dst, 0)

@@ -31,9 +31,9 @@ const limitLogInterval = 10 * time.Second
 // transaction starts, and writes the messages (rewritten where needed) to it.
 func (c *clientConn) run() error {
 	for {
-		c.in.prepare()
-		n, err := c.conn.Read(c.in.free())
-		c.in.end += n
+		c.in.Prepare()
+		n, err := c.conn.Read(c.in.Free())
+		c.in.End += n
 		if n > 0 {
 			c.reads.Add(1) // activity, for the idle timeouts
 		}
@@ -64,7 +64,7 @@ func (c *clientConn) run() error {
 		if err := c.process(); err != nil {
 			return err
 		}
-		c.in.shrink(clientReadBufSize)
+		c.in.Shrink(maxKeptBufSize, clientReadBufSize)
 	}
 }
 
@@ -97,7 +97,7 @@ func (c *clientConn) drainGate(typ byte) error {
 // request (not COPY data, which belongs to the request in flight).
 func startsRequest(typ byte) bool {
 	switch typ {
-	case msgQuery, msgParse, msgBind, msgDescribe, msgExecute, msgClose, msgSync, msgFunctionCall, msgFlush:
+	case pgwire.MsgQuery, pgwire.MsgParse, pgwire.MsgBind, pgwire.MsgDescribe, pgwire.MsgExecute, pgwire.MsgClose, pgwire.MsgSync, pgwire.MsgFunctionCall, pgwire.MsgFlush:
 		return true
 	}
 	return false
@@ -116,7 +116,7 @@ func (c *clientConn) betweenTransactions() bool {
 // process handles every complete (or streamable) message in the buffer.
 func (c *clientConn) process() error {
 	c.preListen()
-	for c.spliceReplay() || c.in.pending() > 0 {
+	for c.spliceReplay() || c.in.Pending() > 0 {
 		if c.discarding {
 			if err := c.discard(); err != nil || c.discarding {
 				return err
@@ -124,18 +124,18 @@ func (c *clientConn) process() error {
 			continue
 		}
 		if c.passRemaining == 0 {
-			if c.in.pending() < headerLen {
-				c.in.want = headerLen
+			if c.in.Pending() < pgwire.HeaderLen {
+				c.in.Want = pgwire.HeaderLen
 				return nil
 			}
-			if c.in.buf[c.in.start] == msgTerminate {
+			if c.in.Buf[c.in.Start] == pgwire.MsgTerminate {
 				return errClientTerminated
 			}
-			if typ := c.in.buf[c.in.start]; !knownFrontendType(typ) {
+			if typ := c.in.Buf[c.in.Start]; !knownFrontendType(typ) {
 				return c.unknownMessage(typ)
 			}
 			if c.srv.draining.Load() {
-				if err := c.drainGate(c.in.buf[c.in.start]); err != nil {
+				if err := c.drainGate(c.in.Buf[c.in.Start]); err != nil {
 					return err
 				}
 			}
@@ -164,7 +164,7 @@ func (c *clientConn) process() error {
 				continue
 			}
 		}
-		from, streaming := c.in.start, c.passRemaining > 0
+		from, streaming := c.in.Start, c.passRemaining > 0
 		out, wake, perr := c.build(b)
 		if perr == errBackendMoved {
 			continue
@@ -206,7 +206,7 @@ func (c *clientConn) process() error {
 		if err := c.backpressure(b); err != nil {
 			return err
 		}
-		if c.in.want > 0 {
+		if c.in.Want > 0 {
 			return nil
 		}
 	}
@@ -218,9 +218,6 @@ func (c *clientConn) process() error {
 // until the server answered half of them, so a 100,000-statement pipeline
 // costs a bounded queue instead of one entry per statement.
 const maxPendingRequests = 2048
-
-// wireFlush is a Flush message.
-var wireFlush = []byte{msgFlush, 0, 0, 0, 4}
 
 // backpressure stops reading the client while it has maxPendingRequests
 // awaiting a reply from backend b, until the server answered half of them.
@@ -239,7 +236,7 @@ func (c *clientConn) backpressure(b *backend) error {
 	c.drained = drained
 	readerDone := c.readerDone
 	c.mu.Unlock()
-	if _, err := b.conn.Server().NetConn().Write(wireFlush); err != nil {
+	if _, err := b.conn.Server().NetConn().Write(pgwire.FlushMessage); err != nil {
 		return fmt.Errorf("writing to the server: %w", err)
 	}
 	select {
@@ -284,26 +281,26 @@ func (c *clientConn) answerWithoutBackend() (bool, error) {
 		return false, nil
 	}
 	var reply []byte
-	for c.in.start < end {
-		typ, bodyLen := parseHeader(c.in.buf[c.in.start:])
-		body := c.in.buf[c.in.start+headerLen : c.in.start+headerLen+bodyLen]
-		c.in.start += headerLen + bodyLen
+	for c.in.Start < end {
+		typ, bodyLen := pgwire.ParseHeader(c.in.Buf[c.in.Start:])
+		body := c.in.Buf[c.in.Start+pgwire.HeaderLen : c.in.Start+pgwire.HeaderLen+bodyLen]
+		c.in.Start += pgwire.HeaderLen + bodyLen
 		switch typ {
-		case msgParse:
+		case pgwire.MsgParse:
 			name, _, _ := parseParseMessage(body)
 			c.mu.Lock()
 			c.stmts[string(name)] = stmts[0]
 			c.mu.Unlock()
 			stmts = stmts[1:]
-			reply = append(reply, wireParseComplete...)
-		case msgClose:
-			name, _, _ := cstring(body[1:])
+			reply = append(reply, pgwire.ParseCompleteMessage...)
+		case pgwire.MsgClose:
+			name, _, _ := pgwire.CString(body[1:])
 			c.mu.Lock()
 			delete(c.stmts, string(name))
 			c.mu.Unlock()
-			reply = append(reply, wireCloseComplete...)
-		case msgSync:
-			reply = appendReadyForQuery(reply, 'I')
+			reply = append(reply, pgwire.CloseCompleteMessage...)
+		case pgwire.MsgSync:
+			reply = pgwire.AppendReadyForQuery(reply, 'I')
 		}
 	}
 	_, err := c.conn.Write(reply)
@@ -315,21 +312,21 @@ func (c *clientConn) answerWithoutBackend() (bool, error) {
 // text under free names, Closes of statements, then a Sync. It returns where
 // the request ends and the statements of its Parses, in order.
 func (c *clientConn) localRequest() (end int, stmts []*statement, ok bool) {
-	pos := c.in.start
+	pos := c.in.Start
 	for {
-		if c.in.end-pos < headerLen {
+		if c.in.End-pos < pgwire.HeaderLen {
 			return 0, nil, false
 		}
-		typ, bodyLen := parseHeader(c.in.buf[pos:])
-		if bodyLen < 0 || c.in.end-pos < headerLen+bodyLen {
+		typ, bodyLen := pgwire.ParseHeader(c.in.Buf[pos:])
+		if bodyLen < 0 || c.in.End-pos < pgwire.HeaderLen+bodyLen {
 			return 0, nil, false
 		}
-		body := c.in.buf[pos+headerLen : pos+headerLen+bodyLen]
-		pos += headerLen + bodyLen
+		body := c.in.Buf[pos+pgwire.HeaderLen : pos+pgwire.HeaderLen+bodyLen]
+		pos += pgwire.HeaderLen + bodyLen
 		switch typ {
-		case msgSync:
+		case pgwire.MsgSync:
 			return pos, stmts, true
-		case msgParse:
+		case pgwire.MsgParse:
 			name, rest, ok := parseParseMessage(body)
 			if !ok || len(name) == 0 {
 				return 0, nil, false
@@ -343,7 +340,7 @@ func (c *clientConn) localRequest() (end int, stmts []*statement, ok bool) {
 			// Not parsed now, but for real (a server Parse, under its own
 			// name) where the client first uses it.
 			stmts = append(stmts, c.srv.stmts.newStatement(rest))
-		case msgClose:
+		case pgwire.MsgClose:
 			if len(body) < 2 || body[0] != 'S' || body[1] == 0 {
 				return 0, nil, false
 			}
@@ -416,7 +413,7 @@ func (c *clientConn) acquire() (*backend, error) {
 		next := maps.Clone(b.params)
 		sql := paramSyncSQL(c.want, next, b.defaults)
 		c.log.Debug("bringing the server connection to the client's parameters", "sql", sql)
-		b.cout = appendQuery(b.cout[:0], sql)
+		b.cout = pgwire.AppendQuery(b.cout[:0], sql)
 		c.q.push(request{kind: reqQuery, swallow: true, syncTo: next})
 	}
 	done := make(chan struct{})
@@ -476,35 +473,35 @@ func (c *clientConn) build(b *backend) (out []byte, wake bool, err error) {
 	tx := c.mode == ModeTransaction
 	if tx && len(b.prepared.toClose) > 0 && c.q.len() == 0 && !c.inBatch {
 		for _, e := range b.prepared.toClose {
-			out = appendCloseStatement(out, e.name)
+			out = pgwire.AppendCloseStatement(out, e.name)
 			c.q.push(request{kind: reqClose, swallow: true})
 		}
 		b.prepared.toClose = b.prepared.toClose[:0]
-		out = append(out, msgSync, 0, 0, 0, 4)
+		out = append(out, pgwire.MsgSync, 0, 0, 0, 4)
 		c.q.push(request{kind: reqSync, swallow: true})
 	}
-	for c.in.start < c.in.end {
-		avail := c.in.end - c.in.start
+	for c.in.Start < c.in.End {
+		avail := c.in.End - c.in.Start
 		if c.passRemaining == 0 && c.q.len() >= maxPendingRequests {
 			break // backpressure: process waits for replies first
 		}
 		if c.passRemaining > 0 {
 			n := min(c.passRemaining, avail)
 			if !c.passDrop {
-				out = append(out, c.in.buf[c.in.start:c.in.start+n]...)
+				out = append(out, c.in.Buf[c.in.Start:c.in.Start+n]...)
 			}
-			c.in.start += n
+			c.in.Start += n
 			c.passRemaining -= n
 			if c.passRemaining == 0 {
 				c.passDrop = false
 			}
 			continue
 		}
-		if avail < headerLen {
-			c.in.want = headerLen
+		if avail < pgwire.HeaderLen {
+			c.in.Want = pgwire.HeaderLen
 			break
 		}
-		typ, bodyLen := parseHeader(c.in.buf[c.in.start:])
+		typ, bodyLen := pgwire.ParseHeader(c.in.Buf[c.in.Start:])
 		if err := c.checkLength(typ, bodyLen); err != nil {
 			return out, false, err
 		}
@@ -514,12 +511,12 @@ func (c *clientConn) build(b *backend) (out []byte, wake bool, err error) {
 			// only if its state is known (see finish).
 			return out, false, c.unknownMessage(typ)
 		}
-		total := headerLen + bodyLen
-		if (typ == msgParse || typ == msgBind) && tx && total > c.srv.cfg.MaxClientBuffer && !c.serverSkipping {
+		total := pgwire.HeaderLen + bodyLen
+		if (typ == pgwire.MsgParse || typ == pgwire.MsgBind) && tx && total > c.srv.cfg.MaxClientBuffer && !c.serverSkipping {
 			// Too large to hold whole (max_client_buffer): a Bind is
 			// streamed with its statement renamed, a Parse refused.
 			done := true
-			if typ == msgBind {
+			if typ == pgwire.MsgBind {
 				out, done = c.streamBind(b, out, bodyLen)
 			} else {
 				out = c.refuseInFlight(out, total)
@@ -533,62 +530,62 @@ func (c *clientConn) build(b *backend) (out []byte, wake bool, err error) {
 			continue
 		}
 		if avail < total && c.needsWhole(typ, bodyLen) {
-			c.in.want = total
+			c.in.Want = total
 			break
 		}
-		c.in.want = 0
+		c.in.Want = 0
 		if avail < total {
 			// Stream the rest of a message nobody needs to read.
 			if !c.serverSkipping {
 				c.notePartial(typ)
 			}
-			out = append(out, c.in.buf[c.in.start:c.in.end]...)
+			out = append(out, c.in.Buf[c.in.Start:c.in.End]...)
 			c.passRemaining = total - avail
-			c.in.start = c.in.end
+			c.in.Start = c.in.End
 			continue
 		}
-		msg := c.in.buf[c.in.start : c.in.start+total]
-		c.in.start += total
-		body := msg[headerLen:]
-		if c.serverSkipping && typ != msgSync && typ != msgTerminate {
+		msg := c.in.Buf[c.in.Start : c.in.Start+total]
+		c.in.Start += total
+		body := msg[pgwire.HeaderLen:]
+		if c.serverSkipping && typ != pgwire.MsgSync && typ != pgwire.MsgTerminate {
 			// The server discards it unread: no reply, no bookkeeping.
 			out = append(out, msg...)
 			continue
 		}
 		switch typ {
-		case msgTerminate:
-			c.in.start -= total
+		case pgwire.MsgTerminate:
+			c.in.Start -= total
 			return out, c.q.lastIsSynthetic(), nil
-		case msgQuery:
+		case pgwire.MsgQuery:
 			out = c.onQuery(b, out, msg, body, tx)
-		case msgSync:
+		case pgwire.MsgSync:
 			c.inBatch = false
 			c.serverSkipping = false
 			c.q.push(request{kind: reqSync})
 			out = append(out, msg...)
-		case msgExecute:
+		case pgwire.MsgExecute:
 			c.inBatch = true
 			c.q.push(request{kind: reqExecute})
 			out = append(out, msg...)
-		case msgParse:
+		case pgwire.MsgParse:
 			c.inBatch = true
 			out = c.onParse(b, out, msg, body, tx)
-		case msgBind:
+		case pgwire.MsgBind:
 			c.inBatch = true
 			out = c.onBind(b, out, msg, body, tx)
-		case msgDescribe:
+		case pgwire.MsgDescribe:
 			c.inBatch = true
 			out = c.onDescribe(b, out, msg, body, tx)
-		case msgClose:
+		case pgwire.MsgClose:
 			c.inBatch = true
 			out = c.onClose(b, out, msg, body, tx)
-		case msgFunctionCall:
+		case pgwire.MsgFunctionCall:
 			// A fast-path call can run any function (an advisory lock, by
 			// OID): ask the server afterwards.
 			c.stateDirty = tx
 			c.q.push(request{kind: reqQuery})
 			out = append(out, msg...)
-		case msgFlush:
+		case pgwire.MsgFlush:
 			c.inBatch = true
 			out = append(out, msg...)
 		default: // CopyData, CopyDone, CopyFail (others were refused above)
@@ -597,7 +594,7 @@ func (c *clientConn) build(b *backend) (out []byte, wake bool, err error) {
 		if c.probe != nil {
 			// A probe went out in place of this message, which waits for
 			// the answer and is handled again afterwards.
-			c.in.start -= total
+			c.in.Start -= total
 			return out, false, nil
 		}
 	}
@@ -608,14 +605,14 @@ func (c *clientConn) build(b *backend) (out []byte, wake bool, err error) {
 // it is handled (it is inspected or rewritten).
 func (c *clientConn) needsWhole(typ byte, bodyLen int) bool {
 	switch typ {
-	case msgTerminate, msgSync, msgDescribe, msgClose, msgExecute:
+	case pgwire.MsgTerminate, pgwire.MsgSync, pgwire.MsgDescribe, pgwire.MsgClose, pgwire.MsgExecute:
 		return true // small, and their replies depend on their content
-	case msgQuery:
+	case pgwire.MsgQuery:
 		return bodyLen <= maxWholeQuery
-	case msgParse, msgBind:
+	case pgwire.MsgParse, pgwire.MsgBind:
 		// Transaction mode rewrites them; past max_client_buffer they are
 		// streamed or refused instead (build), never buffered.
-		return c.mode == ModeTransaction && headerLen+bodyLen <= c.srv.cfg.MaxClientBuffer
+		return c.mode == ModeTransaction && pgwire.HeaderLen+bodyLen <= c.srv.cfg.MaxClientBuffer
 	}
 	return false
 }
@@ -627,18 +624,18 @@ func (c *clientConn) needsWhole(typ byte, bodyLen int) bool {
 // an error in the extended protocol, and everything up to its Sync is
 // dropped unread (see discard), so the claimed length is never allocated.
 func (c *clientConn) refuseOversized() (bool, error) {
-	if c.mode != ModeTransaction || c.in.pending() < headerLen {
+	if c.mode != ModeTransaction || c.in.Pending() < pgwire.HeaderLen {
 		return false, nil
 	}
-	typ, bodyLen := parseHeader(c.in.buf[c.in.start:])
-	if typ != msgParse || headerLen+bodyLen <= c.srv.cfg.MaxClientBuffer {
+	typ, bodyLen := pgwire.ParseHeader(c.in.Buf[c.in.Start:])
+	if typ != pgwire.MsgParse || pgwire.HeaderLen+bodyLen <= c.srv.cfg.MaxClientBuffer {
 		return false, nil
 	}
 	if err := c.checkLength(typ, bodyLen); err != nil {
 		return false, err
 	}
 	c.discarding, c.discardErrSent = true, true
-	_, err := c.conn.Write(c.tooLarge(headerLen + bodyLen).appendTo(nil))
+	_, err := c.conn.Write(c.tooLarge(pgwire.HeaderLen + bodyLen).appendTo(nil))
 	return true, err
 }
 
@@ -662,9 +659,9 @@ func (c *clientConn) tooLarge(total int) *pgError {
 func (c *clientConn) refuseInFlight(out []byte, total int) []byte {
 	c.inBatch = true
 	out = c.poison(out, c.tooLarge(total))
-	n := min(total, c.in.end-c.in.start)
-	c.in.start += n
-	c.in.want = 0
+	n := min(total, c.in.End-c.in.Start)
+	c.in.Start += n
+	c.in.Want = 0
 	if c.passRemaining = total - n; c.passRemaining > 0 {
 		c.passDrop = true
 	}
@@ -677,17 +674,17 @@ func (c *clientConn) refuseInFlight(out []byte, total int) []byte {
 // parameters streamed. done is false when the names are not all here yet
 // (or a probe must be answered first; the Bind is then left unread).
 func (c *clientConn) streamBind(b *backend, out []byte, bodyLen int) (_ []byte, done bool) {
-	prefix := c.in.buf[c.in.start+headerLen : min(c.in.end, c.in.start+headerLen+bodyLen)]
+	prefix := c.in.Buf[c.in.Start+pgwire.HeaderLen : min(c.in.End, c.in.Start+pgwire.HeaderLen+bodyLen)]
 	portal, name, restOff, ok := parseBindNames(prefix)
 	if !ok {
-		if len(prefix) >= c.srv.cfg.MaxClientBuffer-headerLen {
+		if len(prefix) >= c.srv.cfg.MaxClientBuffer-pgwire.HeaderLen {
 			// Names longer than the buffer: no client sends that.
-			return c.refuseInFlight(out, headerLen+bodyLen), true
+			return c.refuseInFlight(out, pgwire.HeaderLen+bodyLen), true
 		}
-		c.in.want = min(headerLen+bodyLen, c.in.end-c.in.start+clientReadBufSize)
+		c.in.Want = min(pgwire.HeaderLen+bodyLen, c.in.End-c.in.Start+clientReadBufSize)
 		return out, false
 	}
-	c.in.want = 0
+	c.in.Want = 0
 	st := (*statement)(nil)
 	if len(name) > 0 {
 		st = c.clientStatement(name)
@@ -695,7 +692,7 @@ func (c *clientConn) streamBind(b *backend, out []byte, bodyLen int) (_ []byte, 
 		var mine bool
 		if out, mine = c.useUnnamed(b, out); !mine {
 			// No unnamed statement: the poison went out; drop the Bind.
-			return c.dropRest(out, headerLen+bodyLen), true
+			return c.dropRest(out, pgwire.HeaderLen+bodyLen), true
 		}
 	}
 	if st == nil {
@@ -703,7 +700,7 @@ func (c *clientConn) streamBind(b *backend, out []byte, bodyLen int) (_ []byte, 
 		// server judges it unchanged.
 		c.inBatch = true
 		c.q.push(request{kind: reqBind})
-		out = append(out, c.in.buf[c.in.start:c.in.start+headerLen+len(prefix)]...)
+		out = append(out, c.in.Buf[c.in.Start:c.in.Start+pgwire.HeaderLen+len(prefix)]...)
 	} else {
 		var sent bool
 		if out, sent = c.useStatement(b, out, st); !sent {
@@ -711,26 +708,26 @@ func (c *clientConn) streamBind(b *backend, out []byte, bodyLen int) (_ []byte, 
 				return out, false
 			}
 			// Stale statement: the poison went out instead; drop the Bind.
-			return c.dropRest(out, headerLen+bodyLen), true
+			return c.dropRest(out, pgwire.HeaderLen+bodyLen), true
 		}
 		c.inBatch = true
 		c.q.push(request{kind: reqBind, stmt: st})
-		out = appendHeader(out, msgBind, len(portal)+1+len(st.name)+1+bodyLen-restOff)
+		out = pgwire.AppendHeader(out, pgwire.MsgBind, len(portal)+1+len(st.name)+1+bodyLen-restOff)
 		out = append(out, portal...)
 		out = append(out, 0)
 		out = append(out, st.name...)
 		out = append(out, 0)
 		out = append(out, prefix[restOff:]...)
 	}
-	c.in.start += headerLen + len(prefix)
+	c.in.Start += pgwire.HeaderLen + len(prefix)
 	c.passRemaining = bodyLen - len(prefix)
 	return out, true
 }
 
 // dropRest drops a message of total bytes starting at the buffer's head.
 func (c *clientConn) dropRest(out []byte, total int) []byte {
-	n := min(total, c.in.end-c.in.start)
-	c.in.start += n
+	n := min(total, c.in.End-c.in.Start)
+	c.in.Start += n
 	if c.passRemaining = total - n; c.passRemaining > 0 {
 		c.passDrop = true
 	}
@@ -740,16 +737,16 @@ func (c *clientConn) dropRest(out []byte, total int) []byte {
 // notePartial records the bookkeeping of a message that is streamed.
 func (c *clientConn) notePartial(typ byte) {
 	switch typ {
-	case msgQuery, msgFunctionCall:
+	case pgwire.MsgQuery, pgwire.MsgFunctionCall:
 		// Too long to inspect: ask the server afterwards.
 		if c.mode == ModeTransaction {
 			c.stateDirty, c.paramsDirty = true, true
 		}
 		c.q.push(request{kind: reqQuery})
-	case msgParse:
+	case pgwire.MsgParse:
 		c.inBatch = true
 		c.q.push(request{kind: reqParse})
-	case msgBind:
+	case pgwire.MsgBind:
 		c.inBatch = true
 		c.q.push(request{kind: reqBind})
 	}
@@ -766,7 +763,7 @@ func (c *clientConn) onQuery(b *backend, out, msg, body []byte, tx bool) []byte 
 	c.hasUnnamed, b.unnamedOwner = false, nil
 	if h != hazardNone {
 		c.q.push(request{kind: reqQuery})
-		return appendQuery(out, rejectQuerySQL(c.srv.cfg.rejectError(h)))
+		return pgwire.AppendQuery(out, rejectQuerySQL(c.srv.cfg.rejectError(h)))
 	}
 	r := request{kind: reqQuery}
 	if needsClassify(q) {
@@ -789,7 +786,7 @@ func (c *clientConn) onQuery(b *backend, out, msg, body []byte, tx bool) []byte 
 				out = c.ensurePrepared(b, out, st)
 				b.prepared.remove(st.name)
 				c.q.push(r)
-				return appendQuery(out, "DEALLOCATE "+st.name)
+				return pgwire.AppendQuery(out, "DEALLOCATE "+st.name)
 			}
 		case queryDeallocateAll:
 			r.deallocAll = true
@@ -805,7 +802,7 @@ func (c *clientConn) onQuery(b *backend, out, msg, body []byte, tx bool) []byte 
 
 func (c *clientConn) onParse(b *backend, out, msg, body []byte, tx bool) []byte {
 	name, rest, ok := parseParseMessage(body)
-	query, _, _ := cstring(rest)
+	query, _, _ := pgwire.CString(rest)
 	if !tx || !ok {
 		if ok {
 			if h := c.inspect(query, tx); h != hazardNone {
@@ -901,7 +898,7 @@ func (c *clientConn) useStatement(b *backend, out []byte, st *statement) ([]byte
 	c.q.push(request{kind: reqDescribeStmt, swallow: true, probe: true, stmt: st})
 	out = appendDescribeStatement(out, st.name)
 	c.probe = make(chan struct{})
-	return append(out, msgFlush, 0, 0, 0, 4), false
+	return append(out, pgwire.MsgFlush, 0, 0, 0, 4), false
 }
 
 // poison sends a request the server rejects, so that it fails the segment
@@ -920,7 +917,7 @@ func (c *clientConn) closeUncertain(out []byte, e *preparedEntry) []byte {
 		return out
 	}
 	c.q.push(request{kind: reqClose, swallow: true})
-	return appendCloseStatement(out, e.name)
+	return pgwire.AppendCloseStatement(out, e.name)
 }
 
 // clientStatement returns the statement a client's name refers to.
@@ -976,7 +973,7 @@ func (c *clientConn) onDescribe(b *backend, out, msg, body []byte, tx bool) []by
 		return append(out, msg...)
 	}
 	if tx && len(body) > 1 {
-		if name, _, ok := cstring(body[1:]); ok && len(name) == 0 {
+		if name, _, ok := pgwire.CString(body[1:]); ok && len(name) == 0 {
 			var mine bool
 			if out, mine = c.useUnnamed(b, out); !mine {
 				return out
@@ -984,7 +981,7 @@ func (c *clientConn) onDescribe(b *backend, out, msg, body []byte, tx bool) []by
 			c.q.push(request{kind: reqDescribeStmt, stmt: c.unnamed, gen: c.unnamedGen})
 			return append(out, msg...)
 		}
-		if name, _, ok := cstring(body[1:]); ok && len(name) > 0 {
+		if name, _, ok := pgwire.CString(body[1:]); ok && len(name) > 0 {
 			if st := c.clientStatement(name); st != nil {
 				out, ok := c.useStatement(b, out, st)
 				if !ok {
@@ -1001,7 +998,7 @@ func (c *clientConn) onDescribe(b *backend, out, msg, body []byte, tx bool) []by
 
 func (c *clientConn) onClose(b *backend, out, msg, body []byte, tx bool) []byte {
 	if tx && len(body) > 1 && body[0] == 'S' {
-		if name, _, ok := cstring(body[1:]); ok && len(name) == 0 {
+		if name, _, ok := pgwire.CString(body[1:]); ok && len(name) == 0 {
 			c.hasUnnamed, b.unnamedOwner = false, nil
 		} else if ok {
 			// The statement is the client's alone: closed on this backend
@@ -1012,9 +1009,9 @@ func (c *clientConn) onClose(b *backend, out, msg, body []byte, tx bool) []byte 
 			if st != nil && b.prepared.has(st.name) {
 				b.prepared.remove(st.name)
 				c.q.push(request{kind: reqClose})
-				return appendCloseStatement(out, st.name)
+				return pgwire.AppendCloseStatement(out, st.name)
 			}
-			c.q.push(request{kind: reqSynthetic, payload: wireCloseComplete})
+			c.q.push(request{kind: reqSynthetic, payload: pgwire.CloseCompleteMessage})
 			return out
 		}
 	}
@@ -1052,7 +1049,7 @@ const smallMessageMax = 10000
 // isSmallMessage reports whether typ is bounded by smallMessageMax.
 func isSmallMessage(typ byte) bool {
 	switch typ {
-	case msgSync, msgFlush, msgDescribe, msgClose, msgExecute, msgTerminate:
+	case pgwire.MsgSync, pgwire.MsgFlush, pgwire.MsgDescribe, pgwire.MsgClose, pgwire.MsgExecute, pgwire.MsgTerminate:
 		return true
 	}
 	return false
@@ -1080,8 +1077,8 @@ func (c *clientConn) protocolViolation(msg string) error {
 // after startup (PostgreSQL's PostgresMain accepts exactly these).
 func knownFrontendType(typ byte) bool {
 	switch typ {
-	case msgQuery, msgParse, msgBind, msgDescribe, msgExecute, msgClose, msgSync, msgFlush,
-		msgTerminate, msgFunctionCall, msgCopyData, msgCopyDone, msgCopyFail:
+	case pgwire.MsgQuery, pgwire.MsgParse, pgwire.MsgBind, pgwire.MsgDescribe, pgwire.MsgExecute, pgwire.MsgClose, pgwire.MsgSync, pgwire.MsgFlush,
+		pgwire.MsgTerminate, pgwire.MsgFunctionCall, pgwire.MsgCopyData, pgwire.MsgCopyDone, pgwire.MsgCopyFail:
 		return true
 	}
 	return false
@@ -1102,8 +1099,8 @@ func (c *clientConn) unknownMessage(typ byte) error {
 func (c *clientConn) discard() error {
 	for {
 		if c.passRemaining > 0 {
-			n := min(c.passRemaining, c.in.end-c.in.start)
-			c.in.start += n
+			n := min(c.passRemaining, c.in.End-c.in.Start)
+			c.in.Start += n
 			c.passRemaining -= n
 			if c.passRemaining > 0 {
 				return nil
@@ -1113,30 +1110,30 @@ func (c *clientConn) discard() error {
 			}
 			continue
 		}
-		avail := c.in.end - c.in.start
-		if avail < headerLen {
-			c.in.want = headerLen
+		avail := c.in.End - c.in.Start
+		if avail < pgwire.HeaderLen {
+			c.in.Want = pgwire.HeaderLen
 			return nil
 		}
-		typ, bodyLen := parseHeader(c.in.buf[c.in.start:])
+		typ, bodyLen := pgwire.ParseHeader(c.in.Buf[c.in.Start:])
 		if err := c.checkLength(typ, bodyLen); err != nil {
 			return err
 		}
-		if typ == msgTerminate {
+		if typ == pgwire.MsgTerminate {
 			return errClientTerminated
 		}
 		if !knownFrontendType(typ) {
 			return c.unknownMessage(typ)
 		}
-		total := headerLen + bodyLen
+		total := pgwire.HeaderLen + bodyLen
 		if avail < total {
 			c.passRemaining = total - avail
-			c.in.start = c.in.end
-			c.discardQuery = typ == msgQuery
+			c.in.Start = c.in.End
+			c.discardQuery = typ == pgwire.MsgQuery
 			return nil
 		}
-		c.in.start += total
-		if typ == msgQuery || typ == msgSync {
+		c.in.Start += total
+		if typ == pgwire.MsgQuery || typ == pgwire.MsgSync {
 			return c.answerDiscarded()
 		}
 	}
@@ -1147,7 +1144,7 @@ func (c *clientConn) answerDiscarded() error {
 	if !c.discardErrSent {
 		reply = acquireErrorResponse(c.acquireErr, false).appendTo(nil)
 	}
-	reply = appendReadyForQuery(reply, 'I')
+	reply = pgwire.AppendReadyForQuery(reply, 'I')
 	c.discarding, c.discardQuery, c.acquireErr, c.discardErrSent = false, false, nil, false
 	_, err := c.conn.Write(reply)
 	return err

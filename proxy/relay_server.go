@@ -25,9 +25,9 @@ func (c *clientConn) serverLoop(b *backend, done chan struct{}) {
 	defer close(done)
 	nc := b.conn.Server().NetConn()
 	for {
-		b.in.prepare()
-		n, err := nc.Read(b.in.free())
-		b.in.end += n
+		b.in.Prepare()
+		n, err := nc.Read(b.in.Free())
+		b.in.End += n
 		if err != nil {
 			if !errors.Is(err, os.ErrDeadlineExceeded) {
 				// Unless the request may go to another backend (replay.go).
@@ -124,7 +124,7 @@ func (c *clientConn) serverLoop(b *backend, done chan struct{}) {
 		}
 		// A huge reply grew the buffers: in session mode the backend may
 		// stay with this client for hours, so give the memory back now.
-		b.in.shrink(serverReadBufSize)
+		b.in.Shrink(maxKeptBufSize, serverReadBufSize)
 		if cap(b.out) > maxKeptBufSize {
 			b.out = nil
 		}
@@ -161,7 +161,7 @@ func (c *clientConn) releasableLocked(b *backend) bool {
 // idleLocked reports whether the client's transaction is over and nothing
 // is in flight on b. Only the server reader calls it.
 func (c *clientConn) idleLocked(b *backend) bool {
-	return c.transactionOverLocked() && b.in.start == b.in.end && b.passRemaining == 0 && !b.fatal
+	return c.transactionOverLocked() && b.in.Start == b.in.End && b.passRemaining == 0 && !b.fatal
 }
 
 // transactionOverLocked reports whether nothing the client sent is still in
@@ -173,7 +173,7 @@ func (c *clientConn) transactionOverLocked() bool {
 // releaseBackend gives a clean backend back to its pool.
 func (c *clientConn) releaseBackend(b *backend) {
 	b.conn.Server().NetConn().SetReadDeadline(time.Time{})
-	b.in.shrink(serverReadBufSize)
+	b.in.Shrink(maxKeptBufSize, serverReadBufSize)
 	if cap(b.out) > maxKeptBufSize {
 		b.out = nil
 	}
@@ -192,7 +192,7 @@ func (c *clientConn) releaseBackend(b *backend) {
 // destroyBackend closes a backend whose state is unknown.
 func (c *clientConn) destroyBackend(b *backend, reason string) {
 	c.log.Debug("closing server connection", "reason", reason)
-	b.in.start, b.in.end, b.in.want, b.passRemaining = 0, 0, 0, 0
+	b.in.Start, b.in.End, b.in.Want, b.passRemaining = 0, 0, 0, 0
 	b.flushCounts()
 	b.conn.Destroy(reason)
 	c.srv.stats.active.Add(-1)
@@ -243,8 +243,8 @@ func (c *clientConn) serverLost(b *backend, err error) {
 // client: a slice of the read buffer when nothing was changed (the common
 // case, no copy), else b.out. It runs under c.mu.
 func (c *clientConn) route(b *backend) (out []byte, release bool, err error) {
-	rb := b.in.buf
-	pos, end := b.in.start, b.in.end
+	rb := b.in.Buf
+	pos, end := b.in.Start, b.in.End
 	chunkStart := pos
 	edited := false
 	o := b.out[:0]
@@ -279,26 +279,26 @@ func (c *clientConn) route(b *backend) (out []byte, release bool, err error) {
 			b.passRemaining -= n
 			continue
 		}
-		if end-pos < headerLen {
-			b.in.want = headerLen
+		if end-pos < pgwire.HeaderLen {
+			b.in.Want = pgwire.HeaderLen
 			break
 		}
-		typ, bodyLen := parseHeader(rb[pos:])
+		typ, bodyLen := pgwire.ParseHeader(rb[pos:])
 		if bodyLen < 0 || bodyLen > maxMsg {
-			b.in.start = pos
+			b.in.Start = pos
 			return nil, false, fmt.Errorf("%w: invalid message length %d from the server", errLostTrack, bodyLen+4)
 		}
-		total := headerLen + bodyLen
-		if end-pos < total && (typ == msgReadyForQuery || typ == msgErrorResponse || typ == msgParameterStatus ||
-			typ == msgRowDescription || typ == msgParamDescription ||
-			typ == msgDataRow && c.q.peek() != nil && c.q.peek().stateCheck) {
-			b.in.want = total
+		total := pgwire.HeaderLen + bodyLen
+		if end-pos < total && (typ == pgwire.MsgReadyForQuery || typ == pgwire.MsgErrorResponse || typ == pgwire.MsgParameterStatus ||
+			typ == pgwire.MsgRowDescription || typ == pgwire.MsgParamDescription ||
+			typ == pgwire.MsgDataRow && c.q.peek() != nil && c.q.peek().stateCheck) {
+			b.in.Want = total
 			break
 		}
-		b.in.want = 0
+		b.in.Want = 0
 		swallow, rerr := c.routeOne(b, typ, rb[pos:min(pos+total, end)])
 		if rerr != nil {
-			b.in.start = pos
+			b.in.Start = pos
 			return nil, false, rerr
 		}
 		n := min(total, end-pos)
@@ -316,7 +316,7 @@ func (c *clientConn) route(b *backend) (out []byte, release bool, err error) {
 		}
 		pos += n
 	}
-	b.in.start = pos
+	b.in.Start = pos
 	if edited {
 		b.out = o
 		out = o
@@ -331,12 +331,12 @@ func (c *clientConn) route(b *backend) (out []byte, release bool, err error) {
 func (c *clientConn) routeOne(b *backend, typ byte, msg []byte) (swallow bool, err error) {
 	head := c.q.peek()
 	switch typ {
-	case msgReadyForQuery:
+	case pgwire.MsgReadyForQuery:
 		if head == nil || (head.kind != reqQuery && head.kind != reqSync) {
 			return false, fmt.Errorf("%w: unexpected ReadyForQuery", errLostTrack)
 		}
 		r := c.q.pop()
-		c.txStatus = msg[headerLen]
+		c.txStatus = msg[pgwire.HeaderLen]
 		b.queries++
 		c.responses++
 		c.queryTimedOut = false
@@ -358,14 +358,14 @@ func (c *clientConn) routeOne(b *backend, typ byte, msg []byte) (swallow bool, e
 		}
 		return r.swallow, nil
 
-	case msgErrorResponse:
-		body := msg[headerLen:]
+	case pgwire.MsgErrorResponse:
+		body := msg[pgwire.HeaderLen:]
 		swallow := false
 		b.noteError(body)
-		if sev := errorField(body, 'V'); bytes.Equal(sev, []byte("FATAL")) || bytes.Equal(sev, []byte("PANIC")) {
+		if sev := pgwire.ErrorField(body, 'V'); bytes.Equal(sev, []byte("FATAL")) || bytes.Equal(sev, []byte("PANIC")) {
 			b.fatal = true
 		}
-		if c.queryTimedOut && string(errorField(body, 'C')) == pgwire.CodeQueryCanceled {
+		if c.queryTimedOut && string(pgwire.ErrorField(body, 'C')) == pgwire.CodeQueryCanceled {
 			// The proxy's query_timeout cancel: say so rather than the
 			// server's "canceling statement due to user request".
 			c.queryTimedOut = false
@@ -403,9 +403,9 @@ func (c *clientConn) routeOne(b *backend, typ byte, msg []byte) (swallow bool, e
 		}
 		return swallow, nil
 
-	case msgParameterStatus:
-		name, rest, ok := cstring(msg[headerLen:])
-		val, _, ok2 := cstring(rest)
+	case pgwire.MsgParameterStatus:
+		name, rest, ok := pgwire.CString(msg[pgwire.HeaderLen:])
+		val, _, ok2 := pgwire.CString(rest)
 		if ok && ok2 {
 			k := strings.ToLower(string(name))
 			if !unsettable[k] {
@@ -426,23 +426,23 @@ func (c *clientConn) routeOne(b *backend, typ byte, msg []byte) (swallow bool, e
 		}
 		return head != nil && head.swallow, nil
 
-	case msgNotification:
+	case pgwire.MsgNotification:
 		// With a shared listener, the client's notifications come from it;
 		// a backend's are for nobody (see notify.go).
 		return c.hub != nil, nil
 
-	case msgDataRow:
+	case pgwire.MsgDataRow:
 		if head != nil && head.stateCheck {
-			c.check.noteRow(msg[headerLen:])
+			c.check.noteRow(msg[pgwire.HeaderLen:])
 			return true, nil
 		}
 
-	case msgParseComplete, msgBindComplete, msgCloseComplete:
+	case pgwire.MsgParseComplete, pgwire.MsgBindComplete, pgwire.MsgCloseComplete:
 		var k reqKind
 		switch typ {
-		case msgParseComplete:
+		case pgwire.MsgParseComplete:
 			k = reqParse
-		case msgBindComplete:
+		case pgwire.MsgBindComplete:
 			k = reqBind
 		default:
 			k = reqClose
@@ -459,13 +459,13 @@ func (c *clientConn) routeOne(b *backend, typ byte, msg []byte) (swallow bool, e
 		}
 		return r.swallow, nil
 
-	case msgParamDescription:
+	case pgwire.MsgParamDescription:
 		if head != nil && head.kind == reqDescribeStmt && head.stmt != nil && !head.probe && (head.learn || !head.swallow) &&
 			(head.stmt.name != "" || head.gen == c.unnamedGen) {
-			head.stmt.learnParams(msg[headerLen:])
+			head.stmt.learnParams(msg[pgwire.HeaderLen:])
 		}
 
-	case msgRowDescription, msgNoData:
+	case pgwire.MsgRowDescription, pgwire.MsgNoData:
 		if head != nil && (head.kind == reqDescribeStmt || head.kind == reqDescribePortal) {
 			r := c.q.pop()
 			if r.kind == reqDescribeStmt && r.stmt != nil {
@@ -485,7 +485,7 @@ func (c *clientConn) routeOne(b *backend, typ byte, msg []byte) (swallow bool, e
 			return r.swallow, nil
 		}
 
-	case msgCommandComplete, msgEmptyQuery, msgPortalSuspended:
+	case pgwire.MsgCommandComplete, pgwire.MsgEmptyQuery, pgwire.MsgPortalSuspended:
 		if head != nil && head.kind == reqExecute {
 			r := c.q.pop()
 			return r.swallow, nil
@@ -606,7 +606,7 @@ func (c *clientConn) finish() {
 	b = c.be
 	c.be = nil
 	// A cancel still being sent could land on the next holder's query.
-	clean := b != nil && c.q.len() == 0 && !c.inBatch && b.in.start == b.in.end && b.passRemaining == 0 &&
+	clean := b != nil && c.q.len() == 0 && !c.inBatch && b.in.Start == b.in.End && b.passRemaining == 0 &&
 		c.passRemaining == 0 && !c.poisoned && !b.fatal && c.cancelling == 0
 	status := c.txStatus
 	inFlight := c.q.len() > 0

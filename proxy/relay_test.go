@@ -26,7 +26,7 @@ func testRelay(mode Mode, maxPrepared int) (*clientConn, *backend) {
 	c := &clientConn{
 		srv: s, mode: mode, log: s.log, txStatus: 'I',
 		want: map[string]paramValue{}, stmts: map[string]*statement{}, startupParams: map[string]paramValue{},
-		in: readBuffer{buf: make([]byte, 16)},
+		in: pgwire.ReadBuffer{Buf: make([]byte, 16)},
 	}
 	return c, attachBackend(c, maxPrepared)
 }
@@ -36,7 +36,7 @@ func attachBackend(c *clientConn, maxPrepared int) *backend {
 		defaults: map[string]paramValue{"timezone": {val: "UTC"}},
 		params:   map[string]paramValue{"timezone": {val: "UTC"}},
 		prepared: newPreparedSet(maxPrepared),
-		in:       readBuffer{buf: make([]byte, 16)},
+		in:       pgwire.ReadBuffer{Buf: make([]byte, 16)},
 	}
 	c.be = b
 	return b
@@ -47,14 +47,14 @@ func attachBackend(c *clientConn, maxPrepared int) *backend {
 func pumpClient(t testing.TB, c *clientConn, b *backend, data []byte, chunk int) []byte {
 	t.Helper()
 	var out []byte
-	for len(data) > 0 || c.in.start < c.in.end {
-		c.in.prepare()
+	for len(data) > 0 || c.in.Start < c.in.End {
+		c.in.Prepare()
 		n := len(data)
 		if chunk > 0 {
 			n = min(n, chunk)
 		}
-		n = copy(c.in.buf[c.in.end:], data[:n])
-		c.in.end += n
+		n = copy(c.in.Buf[c.in.End:], data[:n])
+		c.in.End += n
 		data = data[n:]
 		o, _, err := c.build(b)
 		if err != nil {
@@ -73,14 +73,14 @@ func pumpClient(t testing.TB, c *clientConn, b *backend, data []byte, chunk int)
 // pumpServer feeds backend bytes through route in chunks.
 func pumpServer(t testing.TB, c *clientConn, b *backend, data []byte, chunk int) (out []byte, release bool) {
 	t.Helper()
-	for len(data) > 0 || b.in.start < b.in.end {
-		b.in.prepare()
+	for len(data) > 0 || b.in.Start < b.in.End {
+		b.in.Prepare()
 		n := len(data)
 		if chunk > 0 {
 			n = min(n, chunk)
 		}
-		n = copy(b.in.buf[b.in.end:], data[:n])
-		b.in.end += n
+		n = copy(b.in.Buf[b.in.End:], data[:n])
+		b.in.End += n
 		data = data[n:]
 		o, rel, err := c.route(b)
 		if err != nil {
@@ -153,7 +153,7 @@ func decodeBackendMsgs(t testing.TB, data []byte) []byte {
 		if len(data) < 5 {
 			t.Fatalf("truncated message in %q", data)
 		}
-		typ, n := parseHeader(data)
+		typ, n := pgwire.ParseHeader(data)
 		types = append(types, typ)
 		data = data[5+n:]
 	}
@@ -219,8 +219,8 @@ func TestRouteRejectsBadLength(t *testing.T) {
 		c, b := testRelay(ModeTransaction, 10)
 		c.q.push(request{kind: reqQuery})
 		msg := []byte{'D', byte(l >> 24), byte(l >> 16), byte(l >> 8), byte(l), 0, 0}
-		copy(b.in.buf, msg)
-		b.in.end = len(msg)
+		copy(b.in.Buf, msg)
+		b.in.End = len(msg)
 		if _, _, err := c.route(b); !errors.Is(err, errLostTrack) {
 			t.Fatalf("length %d: got %v, want errLostTrack", l, err)
 		}
@@ -231,8 +231,8 @@ func TestBuildRejectsBadLength(t *testing.T) {
 	for _, l := range []uint32{0, 3, 1<<20 + 100} {
 		c, b := testRelay(ModeTransaction, 10)
 		msg := []byte{'Q', byte(l >> 24), byte(l >> 16), byte(l >> 8), byte(l), 0}
-		copy(c.in.buf, msg)
-		c.in.end = len(msg)
+		copy(c.in.Buf, msg)
+		c.in.End = len(msg)
 		_, _, err := c.build(b)
 		var pe *pgError
 		if !errors.As(err, &pe) || pe.Code != pgwire.CodeProtocolViolation || !c.poisoned {
@@ -310,7 +310,7 @@ func TestPreparedStatementsArePerParse(t *testing.T) {
 
 	// Another client, same text, same backend: a Parse of its own.
 	c2 := &clientConn{srv: c1.srv, mode: ModeTransaction, log: c1.log, txStatus: 'I', want: map[string]paramValue{},
-		stmts: map[string]*statement{}, startupParams: map[string]paramValue{}, in: readBuffer{buf: make([]byte, 16)}, be: b1}
+		stmts: map[string]*statement{}, startupParams: map[string]paramValue{}, in: pgwire.ReadBuffer{Buf: make([]byte, 16)}, be: b1}
 	out = pumpClient(t, c2, b1, enc(&pgproto3.Parse{Name: "s1", Query: "select $1"}, &pgproto3.Sync{}), 0)
 	sent = decodeFrontendMsgs(t, out)
 	if p, ok := sent[0].(*pgproto3.Parse); !ok || p.Name == proxyName || p.Query != "select $1" {
@@ -359,7 +359,7 @@ func TestUnnamedStatementIsPrivate(t *testing.T) {
 	pumpClient(t, c1, b, enc(&pgproto3.Parse{Query: "select 'c1'"}, &pgproto3.Describe{ObjectType: 'S'}, &pgproto3.Sync{}), 0)
 	pumpServer(t, c1, b, enc(&pgproto3.ParseComplete{}, &pgproto3.ParameterDescription{}, &pgproto3.NoData{}, &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
 	c2 := &clientConn{srv: c1.srv, mode: ModeTransaction, log: c1.log, txStatus: 'I', want: map[string]paramValue{},
-		stmts: map[string]*statement{}, startupParams: map[string]paramValue{}, in: readBuffer{buf: make([]byte, 16)}, be: b}
+		stmts: map[string]*statement{}, startupParams: map[string]paramValue{}, in: pgwire.ReadBuffer{Buf: make([]byte, 16)}, be: b}
 	pumpClient(t, c2, b, enc(&pgproto3.Parse{Query: "select 'c2'"}, &pgproto3.Sync{}), 0)
 	pumpServer(t, c2, b, enc(&pgproto3.ParseComplete{}, &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
 
@@ -657,8 +657,8 @@ func TestChangesSettings(t *testing.T) {
 // extended-protocol request and a many-row reply.
 func TestRelayAllocatesNothing(t *testing.T) {
 	c, b := testRelay(ModeTransaction, 10)
-	c.in.buf = make([]byte, 8<<10)
-	b.in.buf = make([]byte, 32<<10)
+	c.in.Buf = make([]byte, 8<<10)
+	b.in.Buf = make([]byte, 32<<10)
 	req := enc(&pgproto3.Parse{Query: "select $1::int"}, &pgproto3.Bind{Parameters: [][]byte{[]byte("1")}},
 		&pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{}, &pgproto3.Sync{})
 	var rows []pgproto3.Message
@@ -669,14 +669,14 @@ func TestRelayAllocatesNothing(t *testing.T) {
 	rows = append(rows, &pgproto3.CommandComplete{CommandTag: []byte("SELECT 200")}, &pgproto3.ReadyForQuery{TxStatus: 'I'})
 	resp := enc(rows...)
 	round := func() {
-		c.in.start, c.in.end = 0, copy(c.in.buf, req)
+		c.in.Start, c.in.End = 0, copy(c.in.Buf, req)
 		out, _, err := c.build(b)
 		if err != nil || len(out) != len(req) {
 			t.Fatalf("build: %v %d", err, len(out))
 		}
 		b.cout = out[:0]
 		c.writing = false
-		b.in.start, b.in.end = 0, copy(b.in.buf, resp)
+		b.in.Start, b.in.End = 0, copy(b.in.Buf, resp)
 		out, release, err := c.route(b)
 		if err != nil || !release || len(out) != len(resp) {
 			t.Fatalf("route: %v release %v %d", err, release, len(out))
@@ -705,9 +705,9 @@ func FuzzScanner(f *testing.F) {
 // feed drives both halves like pumpClient/pumpServer but tolerates errors.
 func feed(c *clientConn, b *backend, client []byte, chunk int, server []byte) {
 	for len(client) > 0 {
-		c.in.prepare()
-		n := copy(c.in.buf[c.in.end:], client[:min(chunk, len(client))])
-		c.in.end += n
+		c.in.Prepare()
+		n := copy(c.in.Buf[c.in.End:], client[:min(chunk, len(client))])
+		c.in.End += n
 		client = client[n:]
 		out, _, err := c.build(b)
 		b.cout = out[:0]
@@ -715,14 +715,14 @@ func feed(c *clientConn, b *backend, client []byte, chunk int, server []byte) {
 		if err != nil {
 			return
 		}
-		if c.passRemaining == 0 && c.in.start < c.in.end && c.in.buf[c.in.start] == msgTerminate {
+		if c.passRemaining == 0 && c.in.Start < c.in.End && c.in.Buf[c.in.Start] == pgwire.MsgTerminate {
 			return // process() ends the client here
 		}
 	}
 	for len(server) > 0 {
-		b.in.prepare()
-		n := copy(b.in.buf[b.in.end:], server[:min(chunk, len(server))])
-		b.in.end += n
+		b.in.Prepare()
+		n := copy(b.in.Buf[b.in.End:], server[:min(chunk, len(server))])
+		b.in.End += n
 		server = server[n:]
 		if _, _, err := c.route(b); err != nil {
 			return

@@ -64,7 +64,7 @@ func (c *clientConn) armReplayLocked() {
 	c.replay.armed = c.replay.tries < maxReplays
 }
 
-// recordReplay keeps the client bytes buf[from:c.in.start] that the client
+// recordReplay keeps the client bytes buf[from:c.in.Start] that the client
 // reader is about to send to b, while b may still be replayed. A request
 // that cannot be kept whole (a streamed message, a probe sent in place of
 // a message) is not replayed.
@@ -75,12 +75,12 @@ func (c *clientConn) recordReplay(b *backend, from int, streamed bool) {
 	if !c.replay.armed && !dying || c.be != b {
 		return
 	}
-	if streamed || c.passRemaining > 0 || c.probe != nil || c.checkWait != nil || from > c.in.start {
+	if streamed || c.passRemaining > 0 || c.probe != nil || c.checkWait != nil || from > c.in.Start {
 		c.replay.armed = false
 		c.replay.lost = dying
 		return
 	}
-	c.replay.buf = append(c.replay.buf, c.in.buf[from:c.in.start]...)
+	c.replay.buf = append(c.replay.buf, c.in.Buf[from:c.in.Start]...)
 }
 
 // retryableFirstReply reports whether the first reply of an armed backend,
@@ -89,22 +89,22 @@ func (c *clientConn) recordReplay(b *backend, from int, streamed bool) {
 // is shutting down or starting). complete is false while that message is
 // not all there yet.
 func retryableFirstReply(b *backend) (retry, complete bool) {
-	pending := b.in.buf[b.in.start:b.in.end]
-	if len(pending) < headerLen {
+	pending := b.in.Buf[b.in.Start:b.in.End]
+	if len(pending) < pgwire.HeaderLen {
 		return false, false
 	}
-	typ, bodyLen := parseHeader(pending)
-	if typ != msgErrorResponse {
+	typ, bodyLen := pgwire.ParseHeader(pending)
+	if typ != pgwire.MsgErrorResponse {
 		return false, true
 	}
-	if bodyLen < 0 || len(pending) < headerLen+bodyLen {
+	if bodyLen < 0 || len(pending) < pgwire.HeaderLen+bodyLen {
 		return false, false
 	}
-	body := pending[headerLen : headerLen+bodyLen]
-	if !bytes.Equal(errorField(body, 'V'), []byte("FATAL")) {
+	body := pending[pgwire.HeaderLen : pgwire.HeaderLen+bodyLen]
+	if !bytes.Equal(pgwire.ErrorField(body, 'V'), []byte("FATAL")) {
 		return false, true
 	}
-	switch string(errorField(body, 'C')) {
+	switch string(pgwire.ErrorField(body, 'C')) {
 	case pgwire.CodeAdminShutdown, pgwire.CodeCrashShutdown, pgwire.CodeCannotConnectNow:
 		return true, true
 	}
@@ -129,7 +129,7 @@ func (c *clientConn) checkFirstReplyLocked(b *backend, readErr error) (replay, d
 	if !c.replay.armed || c.be != b {
 		return false, false, false
 	}
-	if b.in.start == b.in.end {
+	if b.in.Start == b.in.End {
 		if readErr == nil {
 			return false, false, false // a wake-up, not a reply
 		}
@@ -230,15 +230,15 @@ func (c *clientConn) spliceReplay() bool {
 	}
 	c.replay.pending, c.replay.again = false, true
 	c.mu.Unlock()
-	r, rest := c.replay.buf, c.in.buf[c.in.start:c.in.end]
-	if c.in.start >= len(r) {
-		c.in.start -= len(r)
-		copy(c.in.buf[c.in.start:], r)
+	r, rest := c.replay.buf, c.in.Buf[c.in.Start:c.in.End]
+	if c.in.Start >= len(r) {
+		c.in.Start -= len(r)
+		copy(c.in.Buf[c.in.Start:], r)
 	} else {
-		nb := make([]byte, max(len(c.in.buf), len(r)+len(rest)))
+		nb := make([]byte, max(len(c.in.Buf), len(r)+len(rest)))
 		copy(nb, r)
 		copy(nb[len(r):], rest)
-		c.in.buf, c.in.start, c.in.end = nb, 0, len(r)+len(rest)
+		c.in.Buf, c.in.Start, c.in.End = nb, 0, len(r)+len(rest)
 	}
 	c.replay.buf = c.replay.buf[:0]
 	return len(r) > 0

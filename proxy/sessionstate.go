@@ -235,9 +235,9 @@ const stateCheckSQL = `SELECT '` + stateCheckRow + `', concat_ws(',',` +
 	` UNION ALL SELECT '` + stateListenRow + `', c FROM pg_catalog.pg_listening_channels() c` +
 	` UNION ALL SELECT name, pg_catalog.current_setting(name) FROM pg_catalog.pg_settings WHERE source = 'session'`
 
-var wireStateCheck = appendQuery(nil, stateCheckSQL)
+var wireStateCheck = pgwire.AppendQuery(nil, stateCheckSQL)
 
-var wireUnlistenAll = appendQuery(nil, "UNLISTEN *")
+var wireUnlistenAll = pgwire.AppendQuery(nil, "UNLISTEN *")
 
 // maxCustomNames bounds the custom option names one check asks about.
 const maxCustomNames = 64
@@ -301,7 +301,7 @@ func (c *clientConn) stateCheckQuery(b *backend) []byte {
 		sb.WriteString(quoteLiteral(k))
 	}
 	sb.WriteString("]::text[]) n")
-	return appendQuery(nil, sb.String())
+	return pgwire.AppendQuery(nil, sb.String())
 }
 
 // stateCheck collects the answer to stateCheckSQL.
@@ -421,7 +421,7 @@ func (c *clientConn) afterTransactionLocked(b *backend) []byte {
 			next[k] = v
 		}
 		r.syncTo = next
-		msg = appendQuery(nil, paramSyncSQL(c.want, next, b.defaults))
+		msg = pgwire.AppendQuery(nil, paramSyncSQL(c.want, next, b.defaults))
 	default:
 		return nil
 	}

@@ -1,0 +1,16 @@
+package proxy
+
+import "github.com/pgsidecar/pgsidecar/internal/pgwire"
+
+// poisonStatement names a statement no server has: a Bind of it fails, and
+// the server then skips to Sync and aborts the transaction exactly as for
+// the error the proxy reports in its place.
+const poisonStatement = "pgsidecar_no_such_statement"
+
+// appendPoisonBind appends a Bind that the server rejects.
+func appendPoisonBind(dst []byte) []byte {
+	dst = pgwire.AppendHeader(dst, pgwire.MsgBind, 1+len(poisonStatement)+1+2+2+2)
+	dst = append(dst, 0)
+	dst = append(dst, poisonStatement...)
+	return append(dst, 0, 0, 0, 0, 0, 0, 0)
+}
