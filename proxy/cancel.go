@@ -90,18 +90,19 @@ func (k *cancelKeys) lookup(pid, secret uint32) *clientConn {
 
 // cancelPinned sends a cancel request to the backend serving c when c
 // holds one and wantedLocked (called under c.mu) says a request is still
-// to be cancelled; it returns that backend, or nil when there was nothing
-// to cancel. While the request is sent the backend stays pinned to c
+// to be cancelled. It reports whether it sent one, and the backend's pid
+// (for the log), read while the backend was pinned: once this returns the
+// backend may belong to another client, and its fields are not c's to read. While the request is sent the backend stays pinned to c
 // (c.cancelling, as c.writing pins it for a write), so it cannot pass to
 // another client, and the client reader writes it no new request (build
 // waits on c.cancelDone), so the signal cannot land on a later query. c.mu
 // itself is not held across the dial: replies keep flowing meanwhile.
-func (c *clientConn) cancelPinned(wantedLocked func() bool) (*backend, error) {
+func (c *clientConn) cancelPinned(wantedLocked func() bool) (backendPID uint32, sent bool, err error) {
 	c.mu.Lock()
 	b := c.be
 	if b == nil || !wantedLocked() {
 		c.mu.Unlock()
-		return nil, nil
+		return 0, false, nil
 	}
 	if c.cancelling == 0 {
 		c.cancelDone = make(chan struct{})
@@ -124,7 +125,8 @@ func (c *clientConn) cancelPinned(wantedLocked func() bool) (*backend, error) {
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), serverOpTimeout)
 	defer cancel()
-	return b, b.conn.Server().CancelRequest(ctx)
+	srv := b.conn.Server()
+	return srv.PID(), true, srv.CancelRequest(ctx)
 }
 
 // cancelLogInterval is the least time between two log lines about
@@ -147,8 +149,8 @@ func (s *Server) handleCancel(pid, secret uint32) {
 		}
 		return
 	}
-	b, err := c.cancelPinned(func() bool { return c.q.len() > 0 || c.inBatch })
-	if b == nil {
+	pid, sent, err := c.cancelPinned(func() bool { return c.q.len() > 0 || c.inBatch })
+	if !sent {
 		s.log.Debug("cancel request for an idle client dropped", "client", c.addr)
 		return
 	}
@@ -157,5 +159,5 @@ func (s *Server) handleCancel(pid, secret uint32) {
 		return
 	}
 	s.stats.cancels.Add(1)
-	s.log.Debug("cancel request forwarded", "client", c.addr, "backend_pid", b.conn.Server().PID())
+	s.log.Debug("cancel request forwarded", "client", c.addr, "backend_pid", pid)
 }

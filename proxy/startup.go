@@ -48,13 +48,9 @@ type startupMessage struct {
 	cbind []byte
 }
 
-// readStartup is admit without TLS (every SSLRequest answered 'N').
-func readStartup(conn net.Conn, maxBodyLen int) (*startupMessage, error) {
-	_, sm, err := admit(conn, maxBodyLen, nil)
-	return sm, err
-}
-
-// admit reads the client's startup packets from conn until it has a
+// admit is the proxy's one admission path (serveConn calls it for every
+// accepted connection; client TLS lives here and in tls.go, nowhere else):
+// it reads the client's startup packets from conn until it has a
 // StartupMessage or a CancelRequest, negotiating TLS as t says (nil means
 // disable), and returns the connection to use from then on: conn, or TLS
 // over conn, so the rest of the session is the same either way. On an error

@@ -22,6 +22,14 @@ type startupResult struct {
 	err error
 }
 
+// readStartup is admit without TLS (every SSLRequest answered 'N'), for
+// the tests of the startup packet itself. The proxy has no such path: its
+// one admission is admit, called by serveConn.
+func readStartup(conn net.Conn, maxBodyLen int) (*startupMessage, error) {
+	_, sm, err := admit(conn, maxBodyLen, nil)
+	return sm, err
+}
+
 // startupPipe runs readStartup on one end of a net.Pipe in a goroutine
 // owned by the test and returns the client end and the result channel. The
 // cleanup closes both ends, which ends the goroutine if the test did not,

@@ -194,14 +194,14 @@ func (s *Server) sweepClient(c *clientConn, live *Config, now time.Time) {
 // sweeper saw mark, if it still runs; the backend is pinned to c meanwhile,
 // as for a client's own cancel (see cancelPinned).
 func (s *Server) cancelForTimeout(c *clientConn, mark uint64, limit time.Duration) {
-	b, err := c.cancelPinned(func() bool {
+	pid, sent, err := c.cancelPinned(func() bool {
 		if c.q.len() == 0 || c.responses != mark {
 			return false // it finished meanwhile
 		}
 		c.queryTimedOut = true
 		return true
 	})
-	if b == nil {
+	if !sent {
 		return
 	}
 	if err != nil {
@@ -212,7 +212,7 @@ func (s *Server) cancelForTimeout(c *clientConn, mark uint64, limit time.Duratio
 	stmt := string(c.last[:c.lastLen])
 	c.lastMu.Unlock()
 	c.log.Info("query ran longer than "+s.live.Load().option("QueryTimeout")+": cancelled on the server",
-		"query_timeout", limit.String(), "backend_pid", b.conn.Server().PID(), "statement", stmt)
+		"query_timeout", limit.String(), "backend_pid", pid, "statement", stmt)
 }
 
 // queryTimeoutError is what the client gets instead of the server's

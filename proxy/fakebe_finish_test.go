@@ -1,0 +1,158 @@
+package proxy
+
+import (
+	"context"
+	"testing"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// Finish, through the wire: what a backend receives when its client
+// leaves, and whether it is handed on or closed.
+
+// leave closes a pgconn client and waits until the proxy is done with it
+// (finish ran: its backend was released, reset or closed).
+func (e *fakeEnv) leave(t testing.TB, pc *pgconn.PgConn) {
+	t.Helper()
+	before := e.srv.Stats().ClientsTotal
+	pc.Close(context.Background())
+	waitFor(t, "the proxy to let the client go", func() bool { return e.srv.Stats().ClientsTotal < before })
+}
+
+// TestFakeFinishIdleTransactionMode: a transaction-mode client that leaves
+// between transactions has no backend: nothing is sent to any, and the
+// backend it used serves the next client unchanged.
+func TestFakeFinishIdleTransactionMode(t *testing.T) {
+	e := startFake(t, fakeOpts{}, beScript{
+		queryResult("SELECT 'first'", "SELECT 1", 'I', "first"),
+		queryResult("SELECT 'next'", "SELECT 1", 'I', "next"),
+	})
+	a := e.connect(t, nil)
+	mustExec(t, a, "SELECT 'first'", "first")
+	e.leave(t, a)
+	b := e.connect(t, nil)
+	mustExec(t, b, "SELECT 'next'", "next")
+	if n := e.fb.sessionCount(); n != 1 {
+		t.Fatalf("%d backend connections, want the one reused", n)
+	}
+}
+
+// TestFakeFinishIdleSessionMode: a session-mode client that leaves idle
+// has its backend cleaned with the reset query, and only that, before the
+// backend serves the next client.
+func TestFakeFinishIdleSessionMode(t *testing.T) {
+	e := startFake(t, fakeOpts{mode: ModeSession, resetQuery: "DISCARD ALL"}, beScript{
+		queryResult("SELECT 'first'", "SELECT 1", 'I', "first"),
+		queryResult("DISCARD ALL", "DISCARD ALL", 'I'),
+		queryResult("SELECT 'next'", "SELECT 1", 'I', "next"),
+		queryResult("DISCARD ALL", "DISCARD ALL", 'I'),
+	})
+	a := e.connect(t, nil)
+	mustExec(t, a, "SELECT 'first'", "first")
+	e.leave(t, a)
+	b := e.connect(t, nil)
+	mustExec(t, b, "SELECT 'next'", "next")
+	e.leave(t, b)
+	if st := e.pool.Stats(); st.Idle != 1 || st.Retired.Total() != 0 {
+		t.Fatalf("pool: %d idle, %d retired; want the one backend back, none closed", st.Idle, st.Retired.Total())
+	}
+}
+
+// TestFakeFinishMidTransaction: a transaction-mode client that leaves
+// inside a transaction gets it rolled back, and the session discarded
+// (DISCARD ALL drops whatever it may have left), before the backend goes
+// back to the pool and serves the next client.
+func TestFakeFinishMidTransaction(t *testing.T) {
+	e := startFake(t, fakeOpts{}, beScript{
+		queryResult("BEGIN", "BEGIN", 'T'),
+		queryResult("SELECT 'inside'", "SELECT 1", 'T', "inside"),
+		queryResult("ROLLBACK", "ROLLBACK", 'I'),
+		queryResult("DISCARD ALL", "DISCARD ALL", 'I'),
+		queryResult("SELECT 'next'", "SELECT 1", 'I', "next"),
+	})
+	a := e.connect(t, nil)
+	mustExec(t, a, "BEGIN")
+	mustExec(t, a, "SELECT 'inside'", "inside")
+	e.leave(t, a)
+	b := e.connect(t, nil)
+	mustExec(t, b, "SELECT 'next'", "next")
+	if n := e.fb.sessionCount(); n != 1 {
+		t.Fatalf("%d backend connections, want the rolled-back one reused", n)
+	}
+}
+
+// TestFakeFinishMidTransactionSessionMode: in session mode the same leave
+// rolls back, resets the settings (RESET ALL) and then runs the reset
+// query.
+func TestFakeFinishMidTransactionSessionMode(t *testing.T) {
+	e := startFake(t, fakeOpts{mode: ModeSession, resetQuery: "DISCARD ALL"}, beScript{
+		queryResult("BEGIN", "BEGIN", 'T'),
+		queryResult("ROLLBACK", "ROLLBACK", 'I'),
+		queryResult("RESET ALL", "RESET", 'I'),
+		queryResult("DISCARD ALL", "DISCARD ALL", 'I'),
+	})
+	a := e.connect(t, nil)
+	mustExec(t, a, "BEGIN")
+	e.leave(t, a)
+	if st := e.pool.Stats(); st.Idle != 1 || st.Retired.Total() != 0 {
+		t.Fatalf("pool: %d idle, %d retired; want the backend back", st.Idle, st.Retired.Total())
+	}
+}
+
+// TestFakeFinishRequestInFlight: a client that leaves while its query
+// still runs leaves the backend in an unknown state: the proxy cancels the
+// query (one CancelRequest with the backend's own key) and closes the
+// backend; the next client gets a new one.
+func TestFakeFinishRequestInFlight(t *testing.T) {
+	running := make(chan struct{})
+	e := startFake(t, fakeOpts{}, beScript{
+		expectQuery("SELECT pg_sleep(60)"),
+		reached(running),
+		awaitCancel(),
+	}, beScript{
+		queryResult("SELECT 'next'", "SELECT 1", 'I', "next"),
+	})
+	rc := e.dialRaw(t)
+	rc.query(t, "SELECT pg_sleep(60)")
+	<-running
+	rc.conn.Close() // no Terminate: the client just goes
+	first := e.fb.session(t, 1)
+	first.waitDone(t)
+	if got := e.fb.cancelList(); len(got) != 1 || got[0] != (fakeCancel{first.pid, first.secret}) {
+		t.Fatalf("cancel requests %v, want one with the backend's key (%d, %d)", got, first.pid, first.secret)
+	}
+	b := e.connect(t, nil)
+	mustExec(t, b, "SELECT 'next'", "next")
+	if st := e.pool.Stats(); st.Retired.Error != 1 {
+		t.Fatalf("pool retired %+v, want the abandoned backend closed as an error", st.Retired)
+	}
+}
+
+// TestFakeFinishMidCopy: a client that leaves in the middle of COPY FROM
+// STDIN (Terminate after some CopyData) leaves the backend mid-request: it
+// is cancelled and closed, never handed on.
+func TestFakeFinishMidCopy(t *testing.T) {
+	e := startFake(t, fakeOpts{}, beScript{
+		expectQuery("COPY items FROM STDIN"),
+		send(&pgproto3.CopyInResponse{OverallFormat: 0, ColumnFormatCodes: []uint16{0}}),
+		expect(&pgproto3.CopyData{Data: []byte("1\n")}),
+		awaitCancel(),
+	}, beScript{
+		queryResult("SELECT 'next'", "SELECT 1", 'I', "next"),
+	})
+	rc := e.dialRaw(t)
+	rc.query(t, "COPY items FROM STDIN")
+	if m, ok := rc.receive(t).(*pgproto3.CopyInResponse); !ok {
+		t.Fatalf("got %T, want CopyInResponse", m)
+	}
+	rc.fe.Send(&pgproto3.CopyData{Data: []byte("1\n")})
+	rc.fe.Send(&pgproto3.Terminate{})
+	rc.flush(t)
+	e.fb.session(t, 1).waitDone(t)
+	b := e.connect(t, nil)
+	mustExec(t, b, "SELECT 'next'", "next")
+	if n := e.fb.sessionCount(); n != 2 {
+		t.Fatalf("%d backend connections, want a new one after the COPY was abandoned", n)
+	}
+}

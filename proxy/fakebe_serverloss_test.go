@@ -1,0 +1,143 @@
+package proxy
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgsidecar/pgsidecar/internal/pgwire"
+)
+
+// Server loss, through the wire: a backend that dies under a client, in
+// the pool, or before it answered a client's first request.
+
+// TestFakeServerLostMidTransaction: a backend that drops its connection
+// while it runs a query inside a transaction takes the transaction with
+// it. The client is told FATAL 08006 and closed (as PostgreSQL's own
+// client would see its connection end; its transaction cannot be
+// continued anywhere), the dead backend is closed, and a new client gets a
+// new backend.
+func TestFakeServerLostMidTransaction(t *testing.T) {
+	e := startFake(t, fakeOpts{}, beScript{
+		queryResult("BEGIN", "BEGIN", 'T'),
+		expectQuery("SELECT 'lost'"),
+		drop(),
+	}, beScript{
+		queryResult("SELECT 'next'", "SELECT 1", 'I', "next"),
+	})
+	a := e.connect(t, nil)
+	mustExec(t, a, "BEGIN")
+	_, err := runSQL(t, a, "SELECT 'lost'")
+	pe := wantPgError(t, err, "FATAL", pgwire.CodeConnectionFailure)
+	if !strings.Contains(pe.Message, "lost the server connection") || pe.Hint == "" {
+		t.Fatalf("FATAL %q (hint %q), want it to say the server connection was lost, with a hint", pe.Message, pe.Hint)
+	}
+	if _, err := runSQL(t, a, "SELECT 'after'"); err == nil {
+		t.Fatal("the client's connection still works after its server was lost mid-transaction")
+	}
+	b := e.connect(t, nil)
+	mustExec(t, b, "SELECT 'next'", "next")
+	if st := e.pool.Stats(); st.Retired.Error != 1 || e.fb.sessionCount() != 2 {
+		t.Fatalf("pool retired %+v with %d backend connections; want the lost one closed and a new one", st.Retired, e.fb.sessionCount())
+	}
+}
+
+// TestFakeServerFatalRelayed: a backend that ends a transaction's query
+// with its own FATAL (pg_terminate_backend: 57P01) has that FATAL relayed
+// to the client as its one error, not the proxy's 08006 besides.
+func TestFakeServerFatalRelayed(t *testing.T) {
+	e := startFake(t, fakeOpts{}, beScript{
+		queryResult("BEGIN", "BEGIN", 'T'),
+		expectQuery("SELECT 'terminated'"),
+		send(&pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: pgwire.CodeAdminShutdown,
+			Message: "terminating connection due to administrator command"}),
+		drop(),
+	})
+	rc := e.dialRaw(t)
+	rc.query(t, "BEGIN")
+	if _, er, st := rc.readResult(t); er != nil || st != 'T' {
+		t.Fatalf("BEGIN: error %v, status %c", er, st)
+	}
+	rc.query(t, "SELECT 'terminated'")
+	m := rc.receive(t)
+	er, ok := m.(*pgproto3.ErrorResponse)
+	if !ok || er.Code != pgwire.CodeAdminShutdown || er.Severity != "FATAL" {
+		t.Fatalf("got %#v, want the server's FATAL 57P01", m)
+	}
+	if m, err := rc.fe.Receive(); err == nil {
+		t.Fatalf("after the server's FATAL the client got %T, want the connection closed", m)
+	}
+}
+
+// TestFakeServerLostIdleNotHandedOut: a backend whose server closed it
+// while it sat idle in the pool is found dead (the pool peeks at its
+// socket before handing it out) and closed; the client's query runs on a
+// new backend and never sees an error.
+func TestFakeServerLostIdleNotHandedOut(t *testing.T) {
+	dropped := make(chan struct{})
+	e := startFake(t, fakeOpts{}, beScript{
+		queryResult("SELECT 'before'", "SELECT 1", 'I', "before"),
+		drop(),
+		reached(dropped),
+	}, beScript{
+		queryResult("SELECT 'after'", "SELECT 1", 'I', "after"),
+	})
+	a := e.connect(t, nil)
+	mustExec(t, a, "SELECT 'before'", "before")
+	<-dropped
+	mustExec(t, a, "SELECT 'after'", "after")
+	if st := e.pool.Stats(); st.Retired.Validation != 1 {
+		t.Fatalf("pool retired %+v, want the dead idle backend retired by the socket peek", st.Retired)
+	}
+}
+
+// TestFakeReplayFirstRequest: a backend handed out idle that turns out to
+// be dying (it answers the first request of the transaction with FATAL
+// 57P01, or just closes) has run nothing: the request goes to another
+// backend and the client sees only that one's answer.
+func TestFakeReplayFirstRequest(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		dies beStep
+	}{
+		{"FATAL 57P01", send(&pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL",
+			Code: pgwire.CodeAdminShutdown, Message: "terminating connection due to administrator command"})},
+		{"EOF", steps()},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := startFake(t, fakeOpts{}, beScript{
+				expectQuery("SELECT 'once'"),
+				tc.dies,
+				drop(),
+			}, beScript{
+				queryResult("SELECT 'once'", "SELECT 1", 'I', "once"),
+			})
+			a := e.connect(t, nil)
+			mustExec(t, a, "SELECT 'once'", "once")
+			if st := e.pool.Stats(); st.Retired.Error != 1 || e.fb.sessionCount() != 2 {
+				t.Fatalf("pool retired %+v with %d backend connections; want the dying one closed, the request on a second", st.Retired, e.fb.sessionCount())
+			}
+		})
+	}
+}
+
+// TestFakeReplayNotAfterAnswer: once any of a backend's reply reached the
+// client the request is not replayed: a FATAL 57P01 that follows a row is
+// the client's error.
+func TestFakeReplayNotAfterAnswer(t *testing.T) {
+	e := startFake(t, fakeOpts{}, beScript{
+		expectQuery("SELECT 'partial'"),
+		send(&pgproto3.RowDescription{Fields: []pgproto3.FieldDescription{{Name: []byte("?column?"), DataTypeOID: 25, DataTypeSize: -1, TypeModifier: -1}}},
+			&pgproto3.DataRow{Values: [][]byte{[]byte("partial")}}),
+		send(&pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL",
+			Code: pgwire.CodeAdminShutdown, Message: "terminating connection due to administrator command"}),
+		drop(),
+	})
+	a := e.connect(t, nil)
+	_, err := runSQL(t, a, "SELECT 'partial'")
+	wantPgError(t, err, "FATAL", pgwire.CodeAdminShutdown)
+	if n := e.fb.sessionCount(); n != 1 {
+		t.Fatalf("%d backend connections: the request was sent again after part of its answer reached the client", n)
+	}
+}
