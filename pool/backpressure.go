@@ -18,8 +18,13 @@ import (
 // fleet-wide limit. That is not a failure to back off from or to open the
 // circuit for. The pool lowers its effective size to what it holds (open
 // and connecting) for capProbeInterval, so waiters queue FIFO for the
-// backends it has, and then lets connects try upward again; another
-// refusal caps it again. Its state does not change.
+// backends it has. Then it probes upward one backend at a time: the cap
+// becomes what it holds plus one, and each connect that succeeds raises
+// it by one more, until MaxSize ends the cap; another refusal caps it at
+// what it holds again. One probe at a time because every refused connect
+// costs the server a process and an authentication before it checks the
+// limit, and a fleet of sidecars each retrying MaxSize connects would
+// spend the server's CPU on refusals. Its state does not change.
 
 // capProbeInterval is how long a refusal caps the pool before it tries to
 // grow again.
@@ -33,7 +38,8 @@ func tooManyConnections(err error) bool {
 }
 
 // capLocked lowers the effective size to what the pool holds now, until
-// capProbeInterval from now.
+// capProbeInterval from now. A refusal while capped (a probe's) starts
+// that interval again.
 func (p *Pool) capLocked(err error, now time.Time) {
 	first := p.capUntil.IsZero()
 	p.capSize = p.open + p.opening
@@ -49,10 +55,21 @@ func (p *Pool) capLocked(err error, now time.Time) {
 	}
 }
 
-// uncapLocked lets the pool grow again once the cap's time is up.
-func (p *Pool) uncapLocked(now time.Time) {
-	if !p.capUntil.IsZero() && !now.Before(p.capUntil) {
+// probeUpLocked lets a capped pool try one backend more than it holds
+// once the cap's time is up (maintainer), or at once after a connect
+// succeeded while capped (connect); at MaxSize the cap ends.
+func (p *Pool) probeUpLocked(now time.Time, succeeded bool) {
+	if p.capUntil.IsZero() || !succeeded && now.Before(p.capUntil) {
+		return
+	}
+	held := p.open + p.opening
+	if held+1 >= p.cfg.MaxSize {
 		p.capUntil = time.Time{}
+		return
+	}
+	p.capSize = held + 1
+	if !succeeded {
+		p.capUntil = now.Add(capProbeInterval)
 	}
 }
 

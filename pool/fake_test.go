@@ -14,9 +14,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 	"go.uber.org/goleak"
 
+	"github.com/pgsidecar/pgsidecar/internal/pgwire"
 	"github.com/pgsidecar/pgsidecar/internal/testpg"
 )
 
@@ -42,6 +44,10 @@ type fakeDB struct {
 	// socketpair), so probeSocket has something to peek; the test plays
 	// the database on the other end (fakeServer.peer).
 	sockets bool
+	// limit, when > 0, refuses a connect while that many servers are
+	// open with 53300, as a role's CONNECTION LIMIT or max_connections
+	// does.
+	limit int
 	// hang makes Exec wait for its ctx to end, as on a database that
 	// stopped answering (a partition, a frozen host).
 	hang atomic.Bool
@@ -52,6 +58,12 @@ func newFakeDB() *fakeDB { return &fakeDB{nextPID: 1000} }
 func (db *fakeDB) setDown(err error) {
 	db.mu.Lock()
 	db.down = err
+	db.mu.Unlock()
+}
+
+func (db *fakeDB) setLimit(n int) {
+	db.mu.Lock()
+	db.limit = n
 	db.mu.Unlock()
 }
 
@@ -84,6 +96,10 @@ func (db *fakeDB) connect(ctx context.Context) (Server, error) {
 	defer db.mu.Unlock()
 	if db.down != nil {
 		return nil, db.down
+	}
+	if db.limit > 0 && db.open >= db.limit {
+		return nil, &pgconn.PgError{Severity: "FATAL", Code: pgwire.CodeTooManyConnections,
+			Message: fmt.Sprintf("too many connections for role %q", "u")}
 	}
 	db.nextPID++
 	s := &fakeServer{db: db, pid: db.nextPID}

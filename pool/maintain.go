@@ -115,7 +115,7 @@ func (p *Pool) maintainLocked(now time.Time) (leakCandidates []*backend) {
 	}
 
 	p.endHoldLocked(now)
-	p.uncapLocked(now)
+	p.probeUpLocked(now, false)
 
 	// Connects: the probe while connects fail, else warming to MinSize.
 	h := &p.health

@@ -77,6 +77,7 @@ func (p *Pool) connect(connect ConnectFunc, timeout time.Duration, probe bool) {
 		p.counts.connects++
 		p.open++
 		p.all[b] = struct{}{}
+		p.probeUpLocked(now, true)
 		p.putLocked(b, now)
 		p.replenishLocked()
 		p.evalStateLocked(now)

@@ -75,8 +75,9 @@ type Pool struct {
 	// recheck: the server closed every backend; connect once to see
 	// whether the database is still there (see maintainLocked).
 	recheck bool
-	// capUntil: the server refused a connect with 53300; until then the
-	// pool's size is capSize (backpressure.go).
+	// capUntil: the server refused a connect with 53300; while it is set
+	// the pool's size is capSize, raised one at a time from capUntil on
+	// (backpressure.go).
 	capUntil time.Time
 	capSize  int
 	counts   counters
