@@ -3,7 +3,9 @@ package proxy
 import (
 	"context"
 	"encoding/binary"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -122,5 +124,58 @@ func TestFakeCancelIdleClient(t *testing.T) {
 	}
 	if st := e.srv.Stats(); st.Cancels != 0 || st.CancelsUnknown != 0 {
 		t.Fatalf("proxy counted %d forwarded, %d unknown; want 0 and 0 (a known key, nothing to cancel)", st.Cancels, st.CancelsUnknown)
+	}
+}
+
+// TestFakeCancelSessionMode: a session-mode client holds its backend's own
+// key, and a cancel with it reaches that backend (once) through the proxy.
+func TestFakeCancelSessionMode(t *testing.T) {
+	running := make(chan struct{})
+	e := startFake(t, fakeOpts{mode: ModeSession}, beScript{
+		expectQuery("SELECT pg_sleep(60)"),
+		reached(running),
+		awaitCancel(),
+		send(errCanceled, &pgproto3.ReadyForQuery{TxStatus: 'I'}),
+	})
+	c := e.connect(t, nil)
+	be := e.fb.session(t, 1)
+	done := execAsync(c, "SELECT pg_sleep(60)")
+	<-running
+	ctx, cancel := context.WithTimeout(context.Background(), fakeStepTimeout)
+	defer cancel()
+	if err := c.CancelRequest(ctx); err != nil {
+		t.Fatal(err)
+	}
+	wantPgError(t, <-done, "ERROR", pgwire.CodeQueryCanceled)
+	if got := e.fb.cancelList(); len(got) != 1 || got[0] != (fakeCancel{be.pid, be.secret}) {
+		t.Fatalf("server got cancel requests %v, want one with (%d, %d)", got, be.pid, be.secret)
+	}
+}
+
+// TestFakeCancelQueryTimeout: a query running past query_timeout is
+// cancelled on its backend (one CancelRequest with the backend's key), and
+// the client is told 57014 naming the proxy's timeout, not the server's
+// "due to user request".
+func TestFakeCancelQueryTimeout(t *testing.T) {
+	e := startFake(t, fakeOpts{config: func(c *Config) { c.QueryTimeout = 100 * time.Millisecond }}, beScript{
+		expectQuery("SELECT pg_sleep(60)"),
+		awaitCancel(),
+		send(errCanceled, &pgproto3.ReadyForQuery{TxStatus: 'I'}),
+		queryResult("SELECT 'after'", "SELECT 1", 'I', "after"),
+	})
+	c := e.connect(t, nil)
+	start := time.Now()
+	_, err := runSQL(t, c, "SELECT pg_sleep(60)")
+	pe := wantPgError(t, err, "ERROR", pgwire.CodeQueryCanceled)
+	if !strings.Contains(pe.Message, "QueryTimeout") || strings.Contains(pe.Message, "user request") {
+		t.Fatalf("57014 says %q, want the proxy's query timeout named", pe.Message)
+	}
+	if took := time.Since(start); took < 100*time.Millisecond || took > 3*time.Second {
+		t.Fatalf("cancelled after %s, want soon after the 100ms query_timeout", took)
+	}
+	mustExec(t, c, "SELECT 'after'", "after")
+	be := e.fb.session(t, 1)
+	if got := e.fb.cancelList(); len(got) != 1 || got[0] != (fakeCancel{be.pid, be.secret}) {
+		t.Fatalf("server got cancel requests %v, want one with (%d, %d)", got, be.pid, be.secret)
 	}
 }

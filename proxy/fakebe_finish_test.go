@@ -156,3 +156,49 @@ func TestFakeFinishMidCopy(t *testing.T) {
 		t.Fatalf("%d backend connections, want a new one after the COPY was abandoned", n)
 	}
 }
+
+// TestFakeFinishRollbackFails: when the ROLLBACK for a client that left
+// inside a transaction fails, the backend's state is unknown: it is closed,
+// never handed on, and the next client gets a new one.
+func TestFakeFinishRollbackFails(t *testing.T) {
+	e := startFake(t, fakeOpts{}, beScript{
+		queryResult("BEGIN", "BEGIN", 'T'),
+		expectQuery("ROLLBACK"),
+		send(&pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "XX000", Message: "simulated failure"},
+			&pgproto3.ReadyForQuery{TxStatus: 'E'}),
+	}, beScript{
+		queryResult("SELECT 'next'", "SELECT 1", 'I', "next"),
+	})
+	a := e.connect(t, nil)
+	mustExec(t, a, "BEGIN")
+	e.leave(t, a)
+	e.fb.session(t, 1).waitDone(t)
+	b := e.connect(t, nil)
+	mustExec(t, b, "SELECT 'next'", "next")
+	if st := e.pool.Stats(); st.Retired.Error != 1 {
+		t.Fatalf("pool retired %+v, want the backend whose ROLLBACK failed closed", st.Retired)
+	}
+}
+
+// TestFakeFinishServerClose: Server.Close with a query in flight closes
+// the client at once and the backend too (cancelled first: its state is
+// unknown), never returning it to the pool.
+func TestFakeFinishServerClose(t *testing.T) {
+	running := make(chan struct{})
+	e := startFake(t, fakeOpts{}, beScript{
+		expectQuery("SELECT pg_sleep(60)"),
+		reached(running),
+		awaitCancel(),
+	})
+	c := e.connect(t, nil)
+	done := execAsync(c, "SELECT pg_sleep(60)")
+	<-running
+	e.srv.Close()
+	if err := <-done; err == nil {
+		t.Fatal("the query succeeded through a closed proxy")
+	}
+	e.fb.session(t, 1).waitDone(t)
+	if st := e.pool.Stats(); st.Retired.Error != 1 || st.Idle != 0 {
+		t.Fatalf("pool: retired %+v, %d idle; want the backend closed, not returned", st.Retired, st.Idle)
+	}
+}

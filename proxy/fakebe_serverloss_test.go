@@ -1,8 +1,10 @@
 package proxy
 
 import (
+	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
@@ -75,9 +77,10 @@ func TestFakeServerFatalRelayed(t *testing.T) {
 // socket before handing it out) and closed; the client's query runs on a
 // new backend and never sees an error.
 func TestFakeServerLostIdleNotHandedOut(t *testing.T) {
-	dropped := make(chan struct{})
+	released, dropped := make(chan struct{}), make(chan struct{})
 	e := startFake(t, fakeOpts{}, beScript{
 		queryResult("SELECT 'before'", "SELECT 1", 'I', "before"),
+		hold(released),
 		drop(),
 		reached(dropped),
 	}, beScript{
@@ -85,6 +88,10 @@ func TestFakeServerLostIdleNotHandedOut(t *testing.T) {
 	})
 	a := e.connect(t, nil)
 	mustExec(t, a, "SELECT 'before'", "before")
+	// The release follows the reply to the client: wait for it, so the
+	// backend dies in the pool, not still held by the client.
+	waitFor(t, "the backend's release", func() bool { return e.pool.Stats().Active == 0 })
+	close(released)
 	<-dropped
 	mustExec(t, a, "SELECT 'after'", "after")
 	if st := e.pool.Stats(); st.Retired.Validation != 1 {
@@ -139,5 +146,65 @@ func TestFakeReplayNotAfterAnswer(t *testing.T) {
 	wantPgError(t, err, "FATAL", pgwire.CodeAdminShutdown)
 	if n := e.fb.sessionCount(); n != 1 {
 		t.Fatalf("%d backend connections: the request was sent again after part of its answer reached the client", n)
+	}
+}
+
+// TestFakeServerLostSessionIdle: a session-mode client's backend that
+// closes while the client is idle takes the session with it: the client is
+// told FATAL 08006 right away, unprompted, and closed.
+func TestFakeServerLostSessionIdle(t *testing.T) {
+	answered := make(chan struct{})
+	e := startFake(t, fakeOpts{mode: ModeSession}, beScript{
+		queryResult("SELECT 1", "SELECT 1", 'I', "1"),
+		reached(answered),
+		drop(),
+	})
+	rc := e.dialRaw(t)
+	rc.query(t, "SELECT 1")
+	if rows, er, _ := rc.readResult(t); er != nil || len(rows) != 1 {
+		t.Fatalf("SELECT 1: rows %q, error %v", rows, er)
+	}
+	<-answered
+	m := rc.receive(t)
+	if er, ok := m.(*pgproto3.ErrorResponse); !ok || er.Severity != "FATAL" || er.Code != pgwire.CodeConnectionFailure {
+		t.Fatalf("got %#v, want FATAL 08006", m)
+	}
+	if m, err := rc.fe.Receive(); err == nil {
+		t.Fatalf("after the FATAL the client got %T, want the connection closed", m)
+	}
+}
+
+// TestFakeReplayNotOnWakeUp: a request whose backend is alive and still
+// running it must never be sent to a second backend. Here the client's
+// first request of a transaction, a Query, is followed in the same write by
+// a Close of a statement the backend never had (answered by the proxy
+// itself) and a Flush; the proxy wakes its server reader to deliver that
+// CloseComplete while the backend still works on the Query. The wake-up is
+// not the backend dying: the Query runs once, on the one backend, and the
+// client gets its result and the CloseComplete in order.
+func TestFakeReplayNotOnWakeUp(t *testing.T) {
+	running, finish := make(chan struct{}), make(chan struct{})
+	e := startFake(t, fakeOpts{}, beScript{
+		expectQuery("INSERT INTO items VALUES (1)"),
+		expect(&pgproto3.Flush{}),
+		reached(running),
+		hold(finish),
+		result("INSERT 0 1", 'I'),
+	})
+	rc := e.dialRaw(t)
+	rc.fe.Send(&pgproto3.Query{String: "INSERT INTO items VALUES (1)"})
+	rc.fe.Send(&pgproto3.Close{ObjectType: 'S', Name: "never_prepared"})
+	rc.fe.Send(&pgproto3.Flush{})
+	rc.flush(t)
+	<-running
+	time.Sleep(20 * time.Millisecond) // room for a wrong replay to happen
+	close(finish)
+	for _, want := range []string{"*pgproto3.CommandComplete", "*pgproto3.ReadyForQuery", "*pgproto3.CloseComplete"} {
+		if got := fmt.Sprintf("%T", rc.receive(t)); got != want {
+			t.Fatalf("client got %s, want %s", got, want)
+		}
+	}
+	if n := e.fb.sessionCount(); n != 1 {
+		t.Fatalf("%d backend connections: the INSERT was sent to another backend while the first still ran it", n)
 	}
 }

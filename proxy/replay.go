@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"bytes"
+	"errors"
+	"os"
 	"time"
 
 	"github.com/pgsidecar/pgsidecar/internal/pgwire"
@@ -128,6 +130,13 @@ func (c *clientConn) armedFor(b *backend) bool {
 func (c *clientConn) checkFirstReplyLocked(b *backend, readErr error) (replay, destroy, wait bool) {
 	if !c.replay.armed || c.be != b {
 		return false, false, false
+	}
+	if errors.Is(readErr, os.ErrDeadlineExceeded) {
+		// A wake-up (a deadline set to now: the proxy owes the client a
+		// reply of its own, or kill), not the backend dying: taking it for
+		// a death would send a request the backend may be running (a
+		// simple Query commits on its own) to a second one.
+		readErr = nil
 	}
 	if b.in.Start == b.in.End {
 		if readErr == nil {

@@ -476,6 +476,7 @@ type fakeOpts struct {
 	maxSize        int           // default 1
 	acquireTimeout time.Duration // default 2s
 	resetQuery     string
+	config         func(*Config) // anything else, set before New
 }
 
 // startFake queues scripts for the backend connections in order (the first
@@ -521,7 +522,7 @@ func startFake(t *testing.T, o fakeOpts, scripts ...beScript) *fakeEnv {
 	// The pool's first connect is under way: let it finish, so the first
 	// client does not race it for a second one.
 	waitFor(t, "the pool's first backend", func() bool { return p.Stats().Idle == 1 })
-	srv, err := New(Config{
+	cfg := Config{
 		Mode: o.mode, MaxClientConn: 50, MaxStartupConn: 50, AuthMethod: AuthTrust,
 		Databases:             map[string]*Database{"db": {Name: "db", Pool: p, Users: map[string]string{"u": ""}}},
 		ResetQuery:            o.resetQuery,
@@ -530,7 +531,11 @@ func startFake(t *testing.T, o fakeOpts, scripts ...beScript) *fakeEnv {
 		MaxMessageSize:        1 << 20,
 		MaxClientBuffer:       1 << 20,
 		Logger:                logger,
-	})
+	}
+	if o.config != nil {
+		o.config(&cfg)
+	}
+	srv, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
