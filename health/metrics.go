@@ -121,7 +121,7 @@ func newPoolCollector(pools func() []pool.Stats, draining func() bool) *poolColl
 		stateSince: desc("state_since_timestamp_seconds",
 			"Unix time at which the pool entered its current state."),
 		retired: desc("retired_total",
-			"Backend connections closed, by reason (lifetime, idle, queries, error, validation, shutdown).",
+			"Backend connections closed, by reason (lifetime, idle, queries, error, validation, shutdown, reconnect).",
 			"reason"),
 		hists: []poolHistogram{
 			{desc("acquire_wait_seconds", "Time each acquisition waited for a backend (0 when one was idle)."),

@@ -93,7 +93,7 @@ func TestHoldServesWaitersWhenTheDatabaseReturns(t *testing.T) {
 		c := first.c
 		for i, w := range ws[1:] {
 			c.Release()
-			r := <-w
+			r := receive(t, w, i+1)
 			if r.err != nil {
 				t.Fatalf("waiter %d: %v", i+1, r.err)
 			}
@@ -205,4 +205,55 @@ func TestNoHoldWithoutServingOrWhenOff(t *testing.T) {
 			t.Fatalf("hold_on_restart 0: Acquire took %v, want an error at once", d)
 		}
 	})
+}
+
+// PAUSE holds new transactions in the FIFO queue: past AcquireTimeout
+// without an error, and at RESUME they are served in the order they came.
+func TestPauseQueuesFIFO(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		db := newFakeDB()
+		cfg := testConfig(db, newLogRecorder())
+		cfg.MaxSize = 1
+		cfg.AcquireTimeout = time.Second
+		p := startPool(t, cfg)
+		<-p.Pause()
+		var ws []<-chan acquireResult
+		for range 5 {
+			ws = append(ws, acquireAsync(context.Background(), p))
+			synctest.Wait()
+		}
+		time.Sleep(5 * cfg.AcquireTimeout)
+		synctest.Wait()
+		if s := p.Stats(); s.Waiting != 5 || s.AcquireTimeouts != 0 {
+			t.Fatalf("paused: waiting %d, timeouts %d; want 5, 0", s.Waiting, s.AcquireTimeouts)
+		}
+		p.Resume()
+		for i, w := range ws {
+			r := receive(t, w, i)
+			if r.err != nil {
+				t.Fatalf("waiter %d: %v", i, r.err)
+			}
+			for j, other := range ws[i+1:] {
+				select {
+				case o := <-other:
+					t.Fatalf("waiter %d served before waiter %d (err %v)", i+1+j, i, o.err)
+				default:
+				}
+			}
+			r.c.Release()
+		}
+	})
+}
+
+// receive waits for waiter i's result; one that is not served within a
+// second (fake time) was passed over.
+func receive(t *testing.T, w <-chan acquireResult, i int) acquireResult {
+	t.Helper()
+	select {
+	case r := <-w:
+		return r
+	case <-time.After(time.Second):
+		t.Fatalf("waiter %d not served: another was served in its place", i)
+		return acquireResult{}
+	}
 }

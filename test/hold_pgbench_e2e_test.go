@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -104,6 +105,20 @@ func TestHoldPgbenchAcrossFastRestart(t *testing.T) {
 			t.Errorf("client %d was not aborted but completed no transaction after the restart (its last at %s, restart done at %s)",
 				c, last.Format(time.StampMilli), restartDone.Format(time.StampMilli))
 		}
+	}
+	// The hold was what carried them, and its log line (JSON) gives its
+	// durations as strings, as every duration in the JSON log is.
+	held := false
+	for _, l := range p.Logs.JSONLines() {
+		if strings.Contains(fmt.Sprint(l["msg"]), "holding new transactions") {
+			held = true
+			if l["hold_on_restart"] != "10s" || l["probe_every"] != "250ms" {
+				t.Errorf("hold log line: hold_on_restart %#v, probe_every %#v; want \"10s\", \"250ms\"", l["hold_on_restart"], l["probe_every"])
+			}
+		}
+	}
+	if !held {
+		t.Errorf("the proxy did not log a hold")
 	}
 	if res.processed == 0 || res.afterRestart == 0 {
 		t.Errorf("%d transactions processed, %d of them after the restart: the run proved nothing", res.processed, res.afterRestart)
