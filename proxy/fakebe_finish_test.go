@@ -3,9 +3,12 @@ package proxy
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgsidecar/pgsidecar/internal/pgwire"
 )
 
 // Finish, through the wire: what a backend receives when its client
@@ -200,5 +203,62 @@ func TestFakeFinishServerClose(t *testing.T) {
 	e.fb.session(t, 1).waitDone(t)
 	if st := e.pool.Stats(); st.Retired.Error != 1 || st.Idle != 0 {
 		t.Fatalf("pool: retired %+v, %d idle; want the backend closed, not returned", st.Retired, st.Idle)
+	}
+}
+
+// TestFakeFinishIdleInTransactionTimeout: a client idle inside a
+// transaction past idle_transaction_timeout is told FATAL 25P03 and closed;
+// its transaction is rolled back and the session discarded, and the
+// backend goes back to the pool.
+func TestFakeFinishIdleInTransactionTimeout(t *testing.T) {
+	e := startFake(t, fakeOpts{config: func(c *Config) { c.IdleTransactionTimeout = 100 * time.Millisecond }}, beScript{
+		queryResult("BEGIN", "BEGIN", 'T'),
+		queryResult("ROLLBACK", "ROLLBACK", 'I'),
+		queryResult("DISCARD ALL", "DISCARD ALL", 'I'),
+	})
+	rc := e.dialRaw(t)
+	rc.query(t, "BEGIN")
+	if _, er, st := rc.readResult(t); er != nil || st != 'T' {
+		t.Fatalf("BEGIN: %v, status %c", er, st)
+	}
+	m := rc.receive(t)
+	if er, ok := m.(*pgproto3.ErrorResponse); !ok || er.Severity != "FATAL" || er.Code != pgwire.CodeIdleInTransactionTimeout {
+		t.Fatalf("got %#v, want FATAL 25P03", m)
+	}
+	waitFor(t, "the backend back in the pool", func() bool { st := e.pool.Stats(); return st.Idle == 1 && st.Active == 0 })
+}
+
+// TestFakeFinishShutdown: Shutdown lets a client inside a transaction
+// finish it, then tells it FATAL 57P01 at the boundary; its backend is
+// released clean (it sees nothing but the client's own statements) and
+// Shutdown returns as soon as the client is gone.
+func TestFakeFinishShutdown(t *testing.T) {
+	e := startFake(t, fakeOpts{}, beScript{
+		queryResult("BEGIN", "BEGIN", 'T'),
+		queryResult("COMMIT", "COMMIT", 'I'),
+	})
+	rc := e.dialRaw(t)
+	rc.query(t, "BEGIN")
+	if _, er, st := rc.readResult(t); er != nil || st != 'T' {
+		t.Fatalf("BEGIN: %v, status %c", er, st)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), fakeStepTimeout)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- e.srv.Shutdown(ctx) }() // ends when the client has left
+	waitFor(t, "the drain", e.srv.Draining)
+	rc.query(t, "COMMIT")
+	if _, er, st := rc.readResult(t); er != nil || st != 'I' {
+		t.Fatalf("COMMIT during the drain: %v, status %c", er, st)
+	}
+	m := rc.receive(t)
+	if er, ok := m.(*pgproto3.ErrorResponse); !ok || er.Severity != "FATAL" || er.Code != pgwire.CodeAdminShutdown {
+		t.Fatalf("got %#v, want FATAL 57P01", m)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	if st := e.pool.Stats(); st.Idle != 1 || st.Retired.Total() != 0 {
+		t.Fatalf("pool: %d idle, retired %+v; want the backend released clean", st.Idle, st.Retired)
 	}
 }
