@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgsidecar/pgsidecar/internal/pgwire"
@@ -197,6 +198,35 @@ func TestFakeAcquirePipelined(t *testing.T) {
 		}
 	}
 	waitFor(t, "the backend's release", func() bool { return e.pool.Stats().Active == 0 })
+	b := e.connect(t, nil)
+	mustExec(t, b, "SELECT 'next'", "next")
+}
+
+// TestFakeAcquireStartupParamRejected: a startup parameter the server
+// refuses fails the login with the server's own SQLSTATE, as a direct
+// connection would, instead of failing every transaction later; the
+// backend that checked it goes back to the pool.
+func TestFakeAcquireStartupParamRejected(t *testing.T) {
+	e := startFake(t, fakeOpts{}, beScript{
+		expectQuery("SELECT set_config('datestyle', 'Nonsense', true)"),
+		send(&pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "22023",
+			Message: `invalid value for parameter "DateStyle": "Nonsense"`},
+			&pgproto3.ReadyForQuery{TxStatus: 'I'}),
+		queryResult("SELECT 'next'", "SELECT 1", 'I', "next"),
+	})
+	cfg, err := pgconn.ParseConfig("postgres://u@" + e.addr + "/db?sslmode=disable")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.RuntimeParams = map[string]string{"datestyle": "Nonsense"}
+	ctx, cancel := context.WithTimeout(context.Background(), fakeStepTimeout)
+	defer cancel()
+	pc, err := pgconn.ConnectConfig(ctx, cfg)
+	if err == nil {
+		pc.Close(ctx)
+		t.Fatal("login with a parameter the server refuses succeeded")
+	}
+	wantPgError(t, err, "FATAL", "22023")
 	b := e.connect(t, nil)
 	mustExec(t, b, "SELECT 'next'", "next")
 }
