@@ -2,6 +2,7 @@
 #   make run    proxy $DATABASE_URL, or a throwaway local PostgreSQL if unset
 #   make cover  every test with coverage, the e2e suite's proxy included; prints per-package figures
 #   make test   make lint (gofmt, go vet, staticcheck) + every test (with -race) against a real PostgreSQL
+#   make bench  pgsidecar vs PgBouncer vs direct, pgbench -S, one interleaved run (test/tools/bench.sh)
 
 # The Go tarball installs to /usr/local/go/bin, which a fresh shell may not
 # have on PATH.
@@ -78,7 +79,12 @@ cover:
 	@$(GO) tool covdata textfmt -i=$(COVERDIR)/unit,$(COVERDIR)/e2e -o $(COVERDIR)/cover.out
 	@echo "profile: $(COVERDIR)/cover.out (go tool cover -html=$(COVERDIR)/cover.out)"
 
+# pgsidecar against PgBouncer in one interleaved run (about 10 minutes);
+# knobs are the BENCH_* variables listed at the top of test/tools/bench.sh,
+# e.g. make bench BENCH_PROFILE=1. `deps.sh bench` installs PgBouncer (and
+# perf for BENCH_PROFILE=1) for this target only; make test never does.
 bench: build
+	@bash test/tools/deps.sh bench
 	BENCH_PROXY_BIN=$(CURDIR)/$(BIN) bash test/tools/bench.sh
 
 # Short, bounded fuzz runs of the protocol parsers (go test -fuzz takes one

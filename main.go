@@ -4,7 +4,8 @@
 //
 // Usage:
 //
-//	pgsidecar [-config PATH]                 run the proxy
+//	pgsidecar [-config PATH] [-pprof ADDR]   run the proxy (-pprof: Go's
+//	                                         /debug/pprof/ on a loopback ADDR, off by default)
 //	pgsidecar version                        print the build's version and exit
 //	pgsidecar healthcheck [-url URL] [-config PATH] [-timeout D]
 //	                                         exit 0 if the health listener answers 200, else 1
@@ -59,6 +60,7 @@ func run(ctx context.Context, args []string, environ []string, stdout io.Writer)
 	fs.SetOutput(stdout)
 	configFlag := fs.String("config", "", "path of the YAML configuration file (default ./config.yaml if it exists; also "+config.EnvConfigPath+")")
 	showVersion := fs.Bool("version", false, "print the version and exit")
+	pprofAddr := fs.String("pprof", "", "serve Go's /debug/pprof/ on this loopback address (e.g. 127.0.0.1:6060) for profiling; off when empty")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -86,6 +88,14 @@ func run(ctx context.Context, args []string, environ []string, stdout io.Writer)
 
 	// Subscribe before anything starts, so a signal during start-up is
 	// queued rather than killing the process half-built.
+	if *pprofAddr != "" {
+		p, err := startPprof(*pprofAddr)
+		if err != nil {
+			return err
+		}
+		defer p.close()
+	}
+
 	sigc := make(chan os.Signal, 4)
 	signal.Notify(sigc, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	defer signal.Stop(sigc)

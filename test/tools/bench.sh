@@ -1,28 +1,57 @@
 #!/usr/bin/env bash
-# bench.sh: pgbench directly against PostgreSQL, through pgsidecar and
-# (when it can be installed) through PgBouncer, interleaved, as a markdown
-# table of TPS and ratios to direct.
+# bench.sh: pgsidecar against PgBouncer (and PostgreSQL directly), in ONE
+# interleaved run, as the markdown the README's benchmark section is made
+# of: TPS and pgsidecar/PgBouncer ratios, CPU per transaction of each
+# pooler process, added latency at 1 client, idle memory per client, and
+# whether each target of issue 8 holds. `make bench` runs it.
 #
-# What it sets up, so the numbers can be read correctly:
+# What it sets up, all on 127.0.0.1, so the numbers can be read correctly:
 #   - its own throwaway PostgreSQL: max_connections=400, and fsync=off,
 #     synchronous_commit=off, full_page_writes=off: durability is off so the
-#     disk does not dominate and the proxies' overhead is visible;
+#     disk does not dominate and the poolers' overhead is visible;
 #   - pgbench -i -s $BENCH_SCALE (default 10);
-#   - pgsidecar (bin/pgsidecar, built here) in transaction mode with
+#   - pgsidecar ($BENCH_PROXY_BIN, else built here) in transaction mode with
 #     pool.max_size $BENCH_POOL_SIZE (default 20), SCRAM client auth;
-#   - PgBouncer 'pool_mode = transaction', default_pool_size and
-#     max_db_connections $BENCH_POOL_SIZE, SCRAM auth via a userlist file.
-# Every cell runs direct, proxy, pgbouncer, then again in that order
-# (BENCH_ROUNDS, default 2) so drift over time (caches, autovacuum,
-# checkpoints) hits every target alike; the table shows the mean.
+#   - PgBouncer when installed (`bash test/tools/deps.sh bench` installs it;
+#     `make bench` does that first): pool_mode transaction,
+#     default_pool_size and max_db_connections $BENCH_POOL_SIZE, SCRAM auth.
 #
-# Environment (defaults): BENCH_SECONDS (10) per run, BENCH_CLIENTS
-# ("1 16 64 256"), BENCH_WORKLOADS ("select tpcb"), BENCH_MODES ("simple
-# extended prepared"), BENCH_TARGETS ("direct proxy pgbouncer"),
-# BENCH_ROUNDS (2), BENCH_JOBS (2, capped at the client count), BENCH_SCALE
-# (10), BENCH_POOL_SIZE (20), BENCH_MAX_MINUTES (60: cells past it are
-# skipped and marked), BENCH_OUT (bin/bench-results.md; server logs go to bin/bench-results-logs/), BENCH_PROXY_BIN (skip
-# the build and use this binary), PG_BIN.
+# The runs: pgbench -S (select only), -M simple and -M extended at each
+# client count, plus pgsidecar's -M prepared against PgBouncer's
+# -M extended (PgBouncer 1.18 cannot carry prepared statements in
+# transaction mode). A cell is one client count and protocol; it runs each
+# pooler and direct in turn, BENCH_ROUNDS times, the order rotated every
+# round, so drift (other load, caches, autovacuum) hits all alike. CPU per
+# transaction is the pooler process's utime+stime (/proc/PID/stat) over its
+# runs divided by the transactions pgbench processed (client logins
+# included: SCRAM costs each pooler about 1 ms of CPU per login). Idle
+# memory is a FRESH process of each pooler (trust auth, so 10,000 logins
+# take seconds), measured by test/tools/rssprobe: RSS with no client, then
+# with BENCH_IDLE_CLIENTS idle clients that each ran one SELECT 1.
+#
+# Knobs (environment, defaults in brackets):
+#   BENCH_SECONDS [8]            seconds per pgbench run
+#   BENCH_ROUNDS [2]             rounds per cell (mean TPS over them)
+#   BENCH_CLIENTS ["1 16 64 256"]
+#   BENCH_MODES ["simple extended"]
+#   BENCH_PREPARED_CLIENTS ["16 64 256"]  pgsidecar -M prepared vs PgBouncer
+#                                -M extended at these counts; "" skips them
+#   BENCH_TARGETS ["pgsidecar pgbouncer direct"]
+#   BENCH_IDLE_CLIENTS [10000]   idle clients for the memory figure; 0 skips
+#                                it; capped by the open-file limit
+#   BENCH_PROFILE [0]            1: also profile a 16-client simple run:
+#                                pprof CPU top entries (pgsidecar -pprof) and
+#                                perf stat syscalls / context switches per
+#                                transaction (strace -c and /proc fallbacks)
+#   BENCH_PROFILE_SECONDS [10]   length of each profiled run
+#   BENCH_JOBS [2]               pgbench -j, capped at the client count
+#   BENCH_SCALE [10]  BENCH_POOL_SIZE [20]
+#   BENCH_MAX_MINUTES [20]       runs past this are skipped and marked
+#   BENCH_OUT [bin/bench-results.md]  the markdown; logs and the profile go
+#                                to bin/bench-results-logs/
+#   BENCH_PROXY_BIN              use this pgsidecar binary (make bench sets it)
+#   PG_BIN                       PostgreSQL's bin directory
+# Defaults: 11 cells, 27 runs a round, about 9-10 minutes in all.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -30,78 +59,115 @@ root=$(cd "$here/../.." && pwd)
 # shellcheck source=test/tools/pglib.sh
 . "$here/pglib.sh"
 
-secs=${BENCH_SECONDS:-10}
-clients_list=${BENCH_CLIENTS:-"1 16 64 256"}
-workloads=${BENCH_WORKLOADS:-"select tpcb"}
-modes=${BENCH_MODES:-"simple extended prepared"}
-targets=${BENCH_TARGETS:-"direct proxy pgbouncer"}
+secs=${BENCH_SECONDS:-8}
 rounds=${BENCH_ROUNDS:-2}
+clients_list=${BENCH_CLIENTS:-"1 16 64 256"}
+modes=${BENCH_MODES:-"simple extended"}
+prepared_clients=${BENCH_PREPARED_CLIENTS-"16 64 256"}
+targets=${BENCH_TARGETS:-"pgsidecar pgbouncer direct"}
+idle_clients=${BENCH_IDLE_CLIENTS:-10000}
+profile=${BENCH_PROFILE:-0}
+profile_secs=${BENCH_PROFILE_SECONDS:-10}
 jobs=${BENCH_JOBS:-2}
 scale=${BENCH_SCALE:-10}
 pool_size=${BENCH_POOL_SIZE:-20}
-max_minutes=${BENCH_MAX_MINUTES:-60}
+max_minutes=${BENCH_MAX_MINUTES:-20}
 out_file=${BENCH_OUT:-$root/bin/bench-results.md}
 [[ $out_file == /* ]] || out_file=$PWD/$out_file
 logs_dir=${out_file%.md}-logs
 user=bench
 pass=bench
 db=bench
+hz=$(getconf CLK_TCK)
 notes=()
 
-has_target() { [[ " $targets " == *" $1 "* ]]; }
+for v in secs rounds idle_clients profile_secs jobs scale pool_size max_minutes; do
+	[[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number, got '${!v}'"
+done
+if [ "$secs" -lt 1 ] || [ "$rounds" -lt 1 ]; then die "BENCH_SECONDS and BENCH_ROUNDS must be at least 1"; fi
+[ "$profile_secs" -ge 4 ] || die "BENCH_PROFILE_SECONDS must be at least 4"
+[ "$idle_clients" -le 50000 ] || die "BENCH_IDLE_CLIENTS is capped at 50000"
+for t in $targets; do
+	case $t in pgsidecar | pgbouncer | direct) ;; *) die "BENCH_TARGETS: unknown target '$t' (pgsidecar, pgbouncer, direct)" ;; esac
+done
+for m in $modes; do
+	case $m in simple | extended | prepared) ;; *) die "BENCH_MODES: unknown mode '$m'" ;; esac
+done
+
+in_list() { [[ " $2 " == *" $1 "* ]]; }
+has_target() { in_list "$1" "$targets"; }
 drop_target() { targets=$(echo " $targets " | sed "s/ $1 / /; s/^ *//; s/ *$//"); }
 
 ensure_pg_bindir
 pgbench_bin="$PG_BIN/pgbench"
 [ -x "$pgbench_bin" ] || pgbench_bin=$(command -v pgbench) || die "pgbench not found (Debian: postgresql-contrib or postgresql-client)"
+export PATH="$PATH:/usr/local/go/bin"
 
-# --- the proxy binary -------------------------------------------------------
-if has_target proxy; then
+# --- the binaries -----------------------------------------------------------
+if has_target pgsidecar || [ "$idle_clients" -gt 0 ]; then
 	if [ -z "${BENCH_PROXY_BIN:-}" ]; then
 		log "building bin/pgsidecar"
-		(cd "$root" && PATH="$PATH:/usr/local/go/bin" go build -o bin/pgsidecar .) || die "go build failed"
+		(cd "$root" && go build -o bin/pgsidecar .) || die "go build failed"
 		BENCH_PROXY_BIN=$root/bin/pgsidecar
 	fi
 	[ -x "$BENCH_PROXY_BIN" ] || die "$BENCH_PROXY_BIN is not an executable"
 fi
+rssprobe_bin=""
+if [ "$idle_clients" -gt 0 ]; then
+	rssprobe_bin=$root/bin/rssprobe
+	(cd "$root" && go build -o "$rssprobe_bin" ./test/tools/rssprobe) || die "go build rssprobe failed"
+fi
 
-# --- pgbouncer (optional) ---------------------------------------------------
-pgbouncer_bin=""
-if has_target pgbouncer; then
-	pgbouncer_bin=$(command -v pgbouncer || true)
-	[ -n "$pgbouncer_bin" ] || [ ! -x /usr/sbin/pgbouncer ] || pgbouncer_bin=/usr/sbin/pgbouncer
-	if [ -z "$pgbouncer_bin" ]; then
-		log "pgbouncer not installed; trying apt-get install pgbouncer"
-		if apt_install pgbouncer >/dev/null 2>&1; then
-			pgbouncer_bin=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
-		fi
-	fi
-	if [ -z "$pgbouncer_bin" ] || [ ! -x "$pgbouncer_bin" ]; then
-		notes+=("PgBouncer could not be installed: its column is left out.")
-		drop_target pgbouncer
-		pgbouncer_bin=""
-	fi
+pgbouncer_bin=$(command -v pgbouncer || true)
+[ -n "$pgbouncer_bin" ] || [ ! -x /usr/sbin/pgbouncer ] || pgbouncer_bin=/usr/sbin/pgbouncer
+if [ -z "$pgbouncer_bin" ]; then
+	notes+=("PgBouncer is not installed (\`bash test/tools/deps.sh bench\` installs it): its columns are empty.")
+	drop_target pgbouncer
+fi
+pgbouncer_version=""
+[ -z "$pgbouncer_bin" ] || pgbouncer_version=$("$pgbouncer_bin" --version | awk 'NR == 1 { print $2 }')
+
+# Open files: each idle client is a socket in rssprobe and in the pooler
+# (and PgBouncer gets 1024 from runuser unless told otherwise).
+hard_nofile=$(ulimit -Hn)
+[ "$hard_nofile" = unlimited ] && hard_nofile=1048576
+ulimit -n "$hard_nofile" 2>/dev/null || true
+if [ "$idle_clients" -gt $((hard_nofile - 500)) ]; then
+	notes+=("The open-file limit ($hard_nofile) allowed only $((hard_nofile - 500)) of BENCH_IDLE_CLIENTS=$idle_clients idle clients.")
+	idle_clients=$((hard_nofile - 500))
+	[ "$idle_clients" -gt 0 ] || idle_clients=0
 fi
 
 # --- the cluster ------------------------------------------------------------
-dir=$(mktemp -d "${TMPDIR:-/tmp}/pgbench-cmp.XXXXXX")
-proxy_pid=""
+dir=$(mktemp -d "${TMPDIR:-/tmp}/pgsidecar-bench.XXXXXX")
+chmod 755 "$dir"
+sidecar_pids=()
+bouncer_dirs=()
 cleanup() {
 	trap - EXIT INT TERM
-	if [ -n "$proxy_pid" ]; then
-		kill -TERM "$proxy_pid" 2>/dev/null || true
-		wait "$proxy_pid" 2>/dev/null || true
-	fi
-	if [ -f "$dir/pgbouncer/pgbouncer.pid" ]; then
-		kill -TERM "$(cat "$dir/pgbouncer/pgbouncer.pid")" 2>/dev/null || true
-		sleep 0.5
-	fi
+	local p d
+	for p in "${sidecar_pids[@]+"${sidecar_pids[@]}"}"; do
+		kill -TERM "$p" 2>/dev/null || true
+	done
+	for p in "${sidecar_pids[@]+"${sidecar_pids[@]}"}"; do
+		wait "$p" 2>/dev/null || true
+	done
+	for d in "${bouncer_dirs[@]+"${bouncer_dirs[@]}"}"; do
+		[ ! -f "$d/pgbouncer.pid" ] || kill -TERM "$(cat "$d/pgbouncer.pid")" 2>/dev/null || true
+	done
+	[ "${#bouncer_dirs[@]}" -eq 0 ] || sleep 0.5
 	pg_stop "$dir"
 	# Keep the servers' logs next to the table: a surprising number needs them.
 	mkdir -p "$logs_dir"
-	cp "$dir"/*.log "$dir"/pgbouncer/*.log "$logs_dir"/ 2>/dev/null || true
+	cp "$dir"/*.log "$logs_dir"/ 2>/dev/null || true
+	for d in "${bouncer_dirs[@]+"${bouncer_dirs[@]}"}"; do
+		cp "$d/pgbouncer.log" "$logs_dir/$(basename "$d").log" 2>/dev/null || true
+	done
 	rm -rf "$dir"
 }
+mkdir -p "$(dirname "$out_file")"
+rm -rf "$logs_dir"
+mkdir -p "$logs_dir"
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
@@ -115,52 +181,54 @@ log "pgbench -i -s $scale"
 "$pgbench_bin" -i -q -s "$scale" -h 127.0.0.1 -p "$PG_PORT" -U "$user" "$db" >"$dir/init.log" 2>&1 ||
 	{ cat "$dir/init.log" >&2; die "pgbench -i failed"; }
 
-declare -A port
-port[direct]=$PG_PORT
-
-if has_target proxy; then
-	proxy_port=$(free_port)
+# start_sidecar NAME AUTH MAX_CLIENTS [PROXY ARGS...]: a pgsidecar in
+# transaction mode from a clean environment (run from the temp dir, so no
+# ./config.yaml is read, and every other PGSIDECAR_* variable unset); sets
+# started_pid and started_port.
+start_sidecar() {
+	local name=$1 auth=$2 maxc=$3 health_port
+	shift 3
+	started_port=$(free_port)
 	health_port=$(free_port)
-	log "starting pgsidecar on 127.0.0.1:$proxy_port (transaction mode, pool.max_size $pool_size)"
-	# From the temp dir, so no ./config.yaml is picked up, and with every
-	# other PGSIDECAR_* variable removed: the settings are exactly these.
 	(
 		cd "$dir"
 		# shellcheck disable=SC2046
 		unset $(compgen -e | grep '^PGSIDECAR_' || true)
 		export DATABASE_URL="postgres://$user:$pass@127.0.0.1:$PG_PORT/$db" \
-			PGSIDECAR_LISTEN=127.0.0.1:$proxy_port \
+			PGSIDECAR_LISTEN=127.0.0.1:$started_port \
 			PGSIDECAR_HEALTH__LISTEN=127.0.0.1:$health_port \
 			PGSIDECAR_POOL__MODE=transaction \
 			PGSIDECAR_POOL__MAX_SIZE=$pool_size \
-			PGSIDECAR_AUTH__METHOD=scram-sha-256 \
+			PGSIDECAR_POOL__MAX_CLIENT_CONN=$maxc \
+			PGSIDECAR_AUTH__METHOD=$auth \
 			PGSIDECAR_SHUTDOWN_TIMEOUT=5s \
 			PGSIDECAR_LOG__LEVEL=warn
-		exec "$BENCH_PROXY_BIN" >"$dir/proxy.log" 2>&1
+		exec "$BENCH_PROXY_BIN" "$@" >"$dir/$name.log" 2>&1
 	) &
-	proxy_pid=$!
-	for _ in $(seq 1 150); do
-		[ "$(http_status "127.0.0.1:$health_port" /health)" = 200 ] && break
-		kill -0 "$proxy_pid" 2>/dev/null || { proxy_pid=""; break; }
-		sleep 0.2
-	done
-	if [ "$(http_status "127.0.0.1:$health_port" /health)" != 200 ]; then
-		tail -n 30 "$dir/proxy.log" >&2
-		die "pgsidecar did not report healthy on 127.0.0.1:$health_port/health within 30s"
-	fi
-	port[proxy]=$proxy_port
-fi
+	started_pid=$!
+	sidecar_pids+=("$started_pid")
+	wait_http "127.0.0.1:$health_port" /health 30 || {
+		tail -n 30 "$dir/$name.log" >&2
+		die "pgsidecar ($name) did not report healthy on 127.0.0.1:$health_port/health within 30s"
+	}
+}
 
-if has_target pgbouncer; then
-	bdir=$dir/pgbouncer
+# stop_sidecar PID: SIGTERM and wait.
+stop_sidecar() {
+	kill -TERM "$1" 2>/dev/null || true
+	wait "$1" 2>/dev/null || true
+}
+
+# start_bouncer NAME AUTH MAX_CLIENTS: a PgBouncer in transaction mode in
+# $dir/NAME; sets started_pid and started_port.
+start_bouncer() {
+	local name=$1 auth=$2 maxc=$3 bdir=$dir/$1 prepared_line
 	mkdir -p "$bdir"
-	bport=$(free_port)
-	version=$("$pgbouncer_bin" --version | awk 'NR == 1 { print $2 }')
-	prepared_line="; max_prepared_statements needs PgBouncer 1.21+, this is $version"
-	if [ "$(printf '%s\n' 1.21 "$version" | sort -V | head -n 1)" = 1.21 ]; then
+	bouncer_dirs+=("$bdir")
+	started_port=$(free_port)
+	prepared_line="; max_prepared_statements needs PgBouncer 1.21+, this is $pgbouncer_version"
+	if [ "$(printf '%s\n' 1.21 "$pgbouncer_version" | sort -V | head -n 1)" = 1.21 ]; then
 		prepared_line="max_prepared_statements = 200"
-	else
-		notes+=("PgBouncer $version predates max_prepared_statements (1.21): -M prepared through it is expected to fail in transaction mode.")
 	fi
 	printf '"%s" "%s"\n' "$user" "$pass" >"$bdir/userlist.txt"
 	cat >"$bdir/pgbouncer.ini" <<EOF
@@ -169,137 +237,397 @@ $db = host=127.0.0.1 port=$PG_PORT dbname=$db
 
 [pgbouncer]
 listen_addr = 127.0.0.1
-listen_port = $bport
+listen_port = $started_port
 unix_socket_dir = $bdir
-auth_type = scram-sha-256
+auth_type = $auth
 auth_file = $bdir/userlist.txt
 pool_mode = transaction
 default_pool_size = $pool_size
 max_db_connections = $pool_size
-max_client_conn = 2000
+max_client_conn = $maxc
 $prepared_line
 logfile = $bdir/pgbouncer.log
 pidfile = $bdir/pgbouncer.pid
 EOF
 	[ "$(id -u)" -ne 0 ] || chown -R postgres: "$bdir"
-	# PgBouncer refuses to run as root; as_pg runs it as postgres then.
-	as_pg "$pgbouncer_bin" -d -q "$bdir/pgbouncer.ini" || die "pgbouncer did not start"
-	for _ in $(seq 1 50); do port_in_use "$bport" && break; sleep 0.1; done
-	port_in_use "$bport" || die "pgbouncer is not listening on $bport"
-	log "PgBouncer $version on 127.0.0.1:$bport (transaction mode, pool $pool_size)"
-	port[pgbouncer]=$bport
+	# PgBouncer refuses to run as root; as_pg runs it as postgres then, and
+	# runuser resets the open-file limit, so it is raised again inside.
+	# shellcheck disable=SC2016 # $1 and $@ are the inner sh's
+	as_pg sh -c 'ulimit -n "$1" 2>/dev/null; shift; exec "$@"' sh "$hard_nofile" \
+		"$pgbouncer_bin" -d -q "$bdir/pgbouncer.ini" || die "pgbouncer ($name) did not start"
+	for _ in $(seq 1 50); do port_in_use "$started_port" && [ -s "$bdir/pgbouncer.pid" ] && break; sleep 0.1; done
+	port_in_use "$started_port" || die "pgbouncer ($name) is not listening on $started_port"
+	started_pid=$(cat "$bdir/pgbouncer.pid")
+}
+
+stop_bouncer() {
+	kill -TERM "$1" 2>/dev/null || true
+	for _ in $(seq 1 50); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
+}
+
+declare -A port pid_of
+port[direct]=$PG_PORT
+proxy_args=()
+pprof_port=""
+if [ "$profile" = 1 ] && has_target pgsidecar; then
+	pprof_port=$(free_port)
+	proxy_args=(-pprof "127.0.0.1:$pprof_port")
+fi
+if has_target pgsidecar; then
+	start_sidecar pgsidecar scram-sha-256 2000 "${proxy_args[@]+"${proxy_args[@]}"}"
+	port[pgsidecar]=$started_port
+	pid_of[pgsidecar]=$started_pid
+	log "pgsidecar $("$BENCH_PROXY_BIN" version | awk '{ print $2 }') on 127.0.0.1:$started_port (pid $started_pid, transaction mode, pool.max_size $pool_size)"
+fi
+if has_target pgbouncer; then
+	start_bouncer pgbouncer scram-sha-256 2000
+	port[pgbouncer]=$started_port
+	pid_of[pgbouncer]=$started_pid
+	log "PgBouncer $pgbouncer_version on 127.0.0.1:$started_port (pid $started_pid, transaction mode, pool $pool_size)"
 fi
 
-# --- the runs ---------------------------------------------------------------
-declare -A tps_sum fail_sum runs aborted no_tps tried
-cells=0
-for _ in $workloads; do for _ in $modes; do for _ in $clients_list; do cells=$((cells + 1)); done; done; done
-ntargets=$(wc -w <<<"$targets")
-log "$cells cells x $rounds rounds x $ntargets targets x ${secs}s: about $((cells * rounds * ntargets * (secs + 2) / 60 + 1)) minutes (capped at $max_minutes)"
+# cpu_ticks PID: utime + stime of the whole process, in clock ticks (the
+# fields after the command name, which may hold spaces).
+cpu_ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }
+
+# --- the cells --------------------------------------------------------------
+# A cell is "CLIENTS VARIANT..." with VARIANT = TARGET:PGBENCH_MODE.
+cells=()
+for m in $modes; do
+	for c in $clients_list; do
+		vs=()
+		for t in $targets; do vs+=("$t:$m"); done
+		if [ "$m" = extended ] && in_list "$c" "$prepared_clients" && has_target pgsidecar; then
+			vs+=(pgsidecar:prepared)
+		fi
+		cells+=("$c ${vs[*]}")
+	done
+done
+if ! in_list extended "$modes" && has_target pgsidecar; then
+	for c in $prepared_clients; do
+		vs=(pgsidecar:prepared)
+		! has_target pgbouncer || vs+=(pgbouncer:extended)
+		cells+=("$c ${vs[*]}")
+	done
+fi
+nruns=0
+for cell in "${cells[@]}"; do nruns=$((nruns + $(wc -w <<<"$cell") - 1)); done
+log "${#cells[@]} cells, $nruns runs a round x $rounds rounds x ${secs}s: about $((nruns * rounds * (secs + 1) / 60 + 1)) minutes of pgbench (capped at $max_minutes)"
 deadline=$((SECONDS + max_minutes * 60))
 load_at_start=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)
+started_at=$(date -u '+%Y-%m-%d %H:%M UTC')
 
-# run_one TARGET WORKLOAD MODE CLIENTS: one pgbench run, added to the sums.
+declare -A tps_sum runs tx_sum ticks_sum lat_sum fail_sum aborted no_tps tried
+skipped=0
+
+# pgbench_run TARGET MODE CLIENTS SECONDS: one pgbench -S; its output in $pg_out.
+pgbench_run() {
+	local -a args=(-n -S -M "$2" -c "$3" -j "$(($3 < jobs ? $3 : jobs))" -T "$4")
+	pg_out=$(timeout $(($4 + 60)) "$pgbench_bin" "${args[@]}" -h 127.0.0.1 -p "${port[$1]}" -U "$user" "$db" 2>&1) && pg_rc=0 || pg_rc=$?
+}
+field() { sed -n "s/^$1\([0-9.]*\).*/\1/p" <<<"$pg_out" | head -n 1; }
+
+# run_one CLIENTS TARGET:MODE: one measured run, added to the sums.
 run_one() {
-	local target=$1 workload=$2 mode=$3 c=$4 key="$2|$3|$4|$1" out rc tps failed
-	local -a args=(-n -M "$mode" -c "$c" -j "$((c < jobs ? c : jobs))" -T "$secs")
-	[ "$workload" = select ] && args+=(-S)
-	out=$(timeout $((secs + 60)) "$pgbench_bin" "${args[@]}" -h 127.0.0.1 -p "${port[$target]}" -U "$user" "$db" 2>&1) && rc=0 || rc=$?
-	tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out" | head -n 1)
-	failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' <<<"$out" | head -n 1)
-	[ "$rc" -eq 0 ] || aborted[$key]=$((${aborted[$key]:-0} + 1))
-	if [ "$rc" -ne 0 ] || [ -z "$tps" ]; then
-		printf '%s\n' "--- $key (exit $rc)" "$out" >>"$dir/failures.log"
+	local c=$1 target=${2%%:*} mode=${2#*:} key="$1|$2" pid t0="" t1 tps tx lat failed
+	pid=${pid_of[$target]:-}
+	[ -z "$pid" ] || t0=$(cpu_ticks "$pid")
+	pgbench_run "$target" "$mode" "$c" "$secs"
+	[ -z "$pid" ] || t1=$(cpu_ticks "$pid")
+	tps=$(field 'tps = ')
+	tx=$(field 'number of transactions actually processed: ')
+	lat=$(field 'latency average = ')
+	failed=$(field 'number of failed transactions: ')
+	[ "$pg_rc" -eq 0 ] || aborted[$key]=$((${aborted[$key]:-0} + 1))
+	if [ "$pg_rc" -ne 0 ] || [ -z "$tps" ]; then
+		printf '%s\n' "--- $key (exit $pg_rc)" "$pg_out" >>"$logs_dir/failures.log"
 	fi
 	# A run that printed no TPS (it aborted, or every connection took the
 	# whole duration) is not averaged in as zero; it is counted apart.
-	if [ -n "$tps" ]; then
+	if [ -n "$tps" ] && [ -n "$tx" ] && [ "$tx" -gt 0 ]; then
 		tps_sum[$key]=$(awk -v a="${tps_sum[$key]:-0}" -v b="$tps" 'BEGIN { print a + b }')
+		lat_sum[$key]=$(awk -v a="${lat_sum[$key]:-0}" -v b="${lat:-0}" 'BEGIN { print a + b }')
+		tx_sum[$key]=$((${tx_sum[$key]:-0} + tx))
+		[ -z "$pid" ] || ticks_sum[$key]=$((${ticks_sum[$key]:-0} + t1 - t0))
 		runs[$key]=$((${runs[$key]:-0} + 1))
 	else
 		no_tps[$key]=$((${no_tps[$key]:-0} + 1))
 	fi
 	fail_sum[$key]=$((${fail_sum[$key]:-0} + ${failed:-0}))
 	tried[$key]=1
-	log "$(printf '%-7s %-8s %-8s c=%-4s tps=%-10s failed=%s%s' "$target" "$workload" "$mode" "$c" "${tps:-n/a}" "${failed:-n/a}" "$([ "$rc" -eq 0 ] || echo " (pgbench exit $rc)")")"
+	log "$(printf '%-9s %-8s c=%-4s tps=%-9s lat=%-7s cpu=%-5s failed=%s%s' "$target" "$mode" "$c" "${tps:-n/a}" "${lat:-n/a}ms" \
+		"$([ -z "$pid" ] || [ -z "$tps" ] || awk -v t=$((t1 - t0)) -v n="$tx" -v hz="$hz" 'BEGIN { printf "%.0fus", t * 1e6 / hz / n }')" \
+		"${failed:-n/a}" "$([ "$pg_rc" -eq 0 ] || echo " (pgbench exit $pg_rc)")")"
 }
 
-mkdir -p "$(dirname "$out_file")"
-rm -rf "$logs_dir"
-skipped=0
-for workload in $workloads; do
-	for mode in $modes; do
-		for c in $clients_list; do
-			for _ in $(seq 1 "$rounds"); do
-				for target in $targets; do
-					if [ "$SECONDS" -ge "$deadline" ]; then
-						skipped=1
-						continue
-					fi
-					run_one "$target" "$workload" "$mode" "$c"
-				done
-			done
+for cell in "${cells[@]}"; do
+	read -r c rest <<<"$cell"
+	read -r -a vs <<<"$rest"
+	n=${#vs[@]}
+	for ((r = 0; r < rounds; r++)); do
+		for ((i = 0; i < n; i++)); do
+			if [ "$SECONDS" -ge "$deadline" ]; then
+				skipped=1
+				continue
+			fi
+			run_one "$c" "${vs[$(((i + r) % n))]}"
 		done
 	done
 done
 [ "$skipped" -eq 0 ] || notes+=("BENCH_MAX_MINUTES=$max_minutes was reached: cells without numbers were skipped.")
 
-# --- the table --------------------------------------------------------------
-mean() { # mean KEY: mean TPS over the runs of KEY that reported one, else "-"
-	local k=$1
-	if [ -z "${runs[$k]:-}" ]; then echo "-"; else awk -v s="${tps_sum[$k]}" -v n="${runs[$k]}" 'BEGIN { printf "%.0f", s / n }'; fi
+# --- the profile (BENCH_PROFILE=1) -----------------------------------------
+# The profiled runs are extra, after the measured ones, so profiling never
+# slows a measured run.
+profile_md=""
+if [ "$profile" = 1 ]; then
+	pprof_top=""
+	if [ -n "$pprof_port" ]; then
+		log "profile: pgsidecar CPU profile over a 16-client simple run (${profile_secs}s)"
+		# The first `go tool pprof` may build the tool: do it before the
+		# run, so the profile's window falls inside it.
+		go tool pprof -h >/dev/null 2>&1 || true
+		export PPROF_TMPDIR=$logs_dir
+		( pgbench_run pgsidecar simple 16 "$profile_secs" ) &
+		bpid=$!
+		sleep 1
+		if go tool pprof -proto -output "$logs_dir/pgsidecar-cpu.pb.gz" \
+			"http://127.0.0.1:$pprof_port/debug/pprof/profile?seconds=$((profile_secs - 2))" >"$logs_dir/pprof-fetch.log" 2>&1; then
+			pprof_top="by own time (flat):"$'\n'$(go tool pprof -top -nodecount=20 "$BENCH_PROXY_BIN" "$logs_dir/pgsidecar-cpu.pb.gz" 2>/dev/null |
+				sed -n '/flat%/,$p')
+			pprof_top+=$'\n\n'"by time including callees (cum):"$'\n'$(go tool pprof -top -cum -nodecount=20 "$BENCH_PROXY_BIN" "$logs_dir/pgsidecar-cpu.pb.gz" 2>/dev/null |
+				sed -n '/flat%/,$p')
+		else
+			notes+=("The CPU profile could not be fetched: see $logs_dir/pprof-fetch.log.")
+		fi
+		wait "$bpid" || true
+	fi
+	# Syscalls and context switches per transaction: perf stat when the
+	# kernel lets us count them, else strace -c (slows the process, but the
+	# counts per transaction stand) and the threads' ctxt counts in /proc.
+	use_perf=0
+	if command -v perf >/dev/null 2>&1 && perf stat -e raw_syscalls:sys_enter,context-switches -- true >/dev/null 2>&1; then
+		use_perf=1
+	fi
+	counts_md="| pooler | tool | transactions | syscalls / tx | context switches / tx | CPU µs / tx |"$'\n'"|---|---|---:|---:|---:|---:|"
+	for t in pgsidecar pgbouncer; do
+		has_target "$t" || continue
+		pid=${pid_of[$t]}
+		log "profile: syscalls and context switches of $t over a 16-client simple run (${profile_secs}s)"
+		ctx0=$(cat /proc/"$pid"/task/*/status 2>/dev/null | awk '/^(non)?voluntary_ctxt_switches/ { s += $2 } END { print s + 0 }')
+		t0=$(cpu_ticks "$pid")
+		if [ "$use_perf" = 1 ]; then
+			tool="perf stat"
+			perf stat -e raw_syscalls:sys_enter,context-switches -x, -o "$logs_dir/perf-$t.csv" -p "$pid" &
+		elif command -v strace >/dev/null 2>&1; then
+			tool="strace -c -f"
+			strace -c -f -q -o "$logs_dir/strace-$t.txt" -p "$pid" &
+		else
+			tool="/proc"
+			sleep 0 &
+		fi
+		tracer=$!
+		sleep 0.5
+		pgbench_run "$t" simple 16 "$profile_secs"
+		t1=$(cpu_ticks "$pid")
+		ctx1=$(cat /proc/"$pid"/task/*/status 2>/dev/null | awk '/^(non)?voluntary_ctxt_switches/ { s += $2 } END { print s + 0 }')
+		kill -INT "$tracer" 2>/dev/null || true
+		wait "$tracer" 2>/dev/null || true
+		tx=$(field 'number of transactions actually processed: ')
+		sc="-"
+		cs=$((ctx1 - ctx0))
+		case $tool in
+		"perf stat")
+			sc=$(awk -F, '$3 == "raw_syscalls:sys_enter" { print $1 }' "$logs_dir/perf-$t.csv")
+			cs=$(awk -F, '$3 == "context-switches" { print $1 }' "$logs_dir/perf-$t.csv")
+			;;
+		"strace -c -f") sc=$(awk '$NF == "total" { print $(NF - 2) }' "$logs_dir/strace-$t.txt") ;;
+		esac
+		per() { awk -v a="$1" -v n="$2" 'BEGIN { if (a == "" || a == "-" || a !~ /^[0-9.]+$/ || n + 0 == 0) print "-"; else printf "%.1f", a / n }'; }
+		counts_md+=$'\n'"| $t | $tool | ${tx:-0} | $(per "$sc" "${tx:-0}") | $(per "$cs" "${tx:-0}") | $(awk -v t=$((t1 - t0)) -v n="${tx:-0}" -v hz="$hz" 'BEGIN { if (n == 0) print "-"; else printf "%.1f", t * 1e6 / hz / n }') |"
+	done
+	profile_md="### Profile (BENCH_PROFILE=1): pgbench -S -M simple, 16 clients, ${profile_secs}s"$'\n\n'
+	if [ -n "$pprof_top" ]; then
+		profile_md+="pgsidecar CPU profile, \`go tool pprof -top\` (the profile is in $logs_dir/pgsidecar-cpu.pb.gz):"$'\n\n```\n'"$pprof_top"$'\n```\n\n'
+	fi
+	profile_md+="Per transaction, over the whole run (the tracer attached throughout):"$'\n\n'"$counts_md"$'\n'
+fi
+
+# --- idle memory ------------------------------------------------------------
+declare -A idle_rss0 idle_rssn idle_per
+idle_probe() { # idle_probe NAME PID PORT
+	local out
+	if out=$("$rssprobe_bin" -pid "$2" -url "postgres://$user:$pass@127.0.0.1:$3/$db?sslmode=disable" \
+		-n "0,$idle_clients" -settle 3s -timeout 5m 2>&1); then
+		idle_rss0[$1]=$(awk 'NR == 2 { print $2 }' <<<"$out")
+		idle_rssn[$1]=$(awk 'NR == 3 { print $2 }' <<<"$out")
+		idle_per[$1]=$(awk -v a="${idle_rss0[$1]}" -v b="${idle_rssn[$1]}" -v n="$idle_clients" 'BEGIN { printf "%.2f", (b - a) / n }')
+		log "idle: $1 RSS ${idle_rss0[$1]} kB fresh, ${idle_rssn[$1]} kB with $idle_clients idle clients: ${idle_per[$1]} kB each"
+	else
+		printf '%s\n' "--- rssprobe $1" "$out" >>"$logs_dir/failures.log"
+		notes+=("The idle-memory probe of $1 failed: $(tail -n 1 <<<"$out")")
+	fi
+}
+if [ "$idle_clients" -gt 0 ]; then
+	if has_target pgsidecar; then
+		log "idle: a fresh pgsidecar and $idle_clients idle clients"
+		start_sidecar idle-pgsidecar trust $((idle_clients + 100))
+		idle_probe pgsidecar "$started_pid" "$started_port"
+		stop_sidecar "$started_pid"
+	fi
+	if has_target pgbouncer; then
+		log "idle: a fresh PgBouncer and $idle_clients idle clients"
+		start_bouncer idle-pgbouncer trust $((idle_clients + 100))
+		idle_probe pgbouncer "$started_pid" "$started_port"
+		stop_bouncer "$started_pid"
+	fi
+fi
+
+# --- the report -------------------------------------------------------------
+# Figures per key (CLIENTS|TARGET:MODE); "-" when there is none.
+mean_tps() { if [ -z "${runs[$1]:-}" ]; then echo "-"; else awk -v s="${tps_sum[$1]}" -v n="${runs[$1]}" 'BEGIN { printf "%.0f", s / n }'; fi; }
+mean_lat_us() { if [ -z "${runs[$1]:-}" ]; then echo "-"; else awk -v s="${lat_sum[$1]}" -v n="${runs[$1]}" 'BEGIN { printf "%.0f", s / n * 1000 }'; fi; }
+cpu_us() {
+	if [ -z "${runs[$1]:-}" ] || [ -z "${ticks_sum[$1]:-}" ]; then echo "-"; else
+		awk -v t="${ticks_sum[$1]}" -v n="${tx_sum[$1]}" -v hz="$hz" 'BEGIN { printf "%.1f", t * 1e6 / hz / n }'
+	fi
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-" || b == 0) print "-"; else printf "%.2f", a / b }'; }
-failures() { # failures KEY: failed transactions over the runs, plus runs that aborted or printed no TPS
+diff_us() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-") print "-"; else printf "%+d", a - b }'; }
+failures() {
 	local k=$1 s
-	if [ -z "${tried[$k]:-}" ]; then
-		echo "-"
-		return
-	fi
+	[ -n "${tried[$k]:-}" ] || { echo "-"; return; }
 	s=${fail_sum[$k]}
-	[ -z "${aborted[$k]:-}" ] || s+=" (${aborted[$k]} run(s) aborted)"
+	[ -z "${aborted[$k]:-}" ] || s+=" (${aborted[$k]} aborted)"
 	[ -z "${no_tps[$k]:-}" ] || s+=" (${no_tps[$k]} without TPS)"
 	echo "$s"
 }
-{
-	echo "pgbench, ${secs}s per run, $rounds interleaved rounds (mean TPS), scale $scale, -j up to $jobs;"
-	echo "PostgreSQL with fsync=off, synchronous_commit=off, full_page_writes=off; pools of $pool_size in transaction mode."
-	echo "ratio = TPS / direct TPS. failed = pgbench's failed transactions over all runs; a run whose pgbench exited"
-	echo "with an error (a client aborted, e.g. \"prepared statement does not exist\") is counted as aborted; one"
-	echo "\"without TPS\" processed no transaction (e.g. its connections took all of -T) and is left out of the mean."
-	echo "Machine: $(nproc) cores, load average $load_at_start at the start: other work on it skews every column."
-	echo
-	header="| workload | mode | clients | direct TPS"
-	rule="|---|---|---:|---:"
-	for t in $targets; do
-		[ "$t" = direct ] && continue
-		header+=" | $t TPS | $t ratio"
-		rule+="|---:|---:"
+# verdict HOLDS: yes / no / "-" (nothing measured).
+le() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-") print "-"; else print (a + 0 <= b + 0) ? "yes" : "no" }'; }
+ge() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-") print "-"; else print (a + 0 >= b + 0) ? "yes" : "no" }'; }
+# all_of VERDICT...: yes if all yes, no if any no, else "-".
+all_of() {
+	local v r="-"
+	for v in "$@"; do
+		case $v in no) echo no; return ;; yes) r=yes ;; esac
 	done
-	header+=" | failed ($(echo "$targets" | tr ' ' '/')) |"
-	rule+="|---|"
-	echo "$header"
-	echo "$rule"
-	for workload in $workloads; do
-		for mode in $modes; do
-			for c in $clients_list; do
-				d=$(mean "$workload|$mode|$c|direct")
-				line="| $workload | $mode | $c | $d"
-				f=""
-				for t in $targets; do
-					f+="${f:+ / }$(failures "$workload|$mode|$c|$t")"
-					[ "$t" = direct ] && continue
-					v=$(mean "$workload|$mode|$c|$t")
-					line+=" | $v | $(ratio "$v" "$d")"
-				done
-				echo "$line | $f |"
-			done
+	echo "$r"
+}
+
+{
+	echo "pgbench -S, ${secs}s x $rounds interleaved rounds per cell (order rotated each round), -j up to $jobs, scale $scale;"
+	echo "PostgreSQL $("$PG_BIN/postgres" --version | awk '{ print $3 }') with fsync, synchronous_commit and full_page_writes off; pools of $pool_size in transaction mode;"
+	echo "pgsidecar $("$BENCH_PROXY_BIN" version 2>/dev/null | awk '{ print $2 }'), PgBouncer ${pgbouncer_version:-(not installed)}. $started_at, $(nproc) cores,"
+	echo "load average $load_at_start at the start: other work on the machine skews every figure, ratios included."
+	echo
+	echo "| protocol | clients | direct TPS | pgsidecar TPS | PgBouncer TPS | pgsidecar / PgBouncer | pgsidecar CPU µs/tx | PgBouncer CPU µs/tx | failed (pgsidecar / PgBouncer / direct) |"
+	echo "|---|---:|---:|---:|---:|---:|---:|---:|---|"
+	for m in $modes; do
+		for c in $clients_list; do
+			s="$c|pgsidecar:$m" b="$c|pgbouncer:$m" d="$c|direct:$m"
+			echo "| $m | $c | $(mean_tps "$d") | $(mean_tps "$s") | $(mean_tps "$b") | $(ratio "$(mean_tps "$s")" "$(mean_tps "$b")") | $(cpu_us "$s") | $(cpu_us "$b") | $(failures "$s") / $(failures "$b") / $(failures "$d") |"
 		done
 	done
+	for c in $prepared_clients; do
+		s="$c|pgsidecar:prepared" b="$c|pgbouncer:extended"
+		echo "| pgsidecar prepared vs PgBouncer extended | $c | - | $(mean_tps "$s") | $(mean_tps "$b") | $(ratio "$(mean_tps "$s")" "$(mean_tps "$b")") | $(cpu_us "$s") | $(cpu_us "$b") | $(failures "$s") / $(failures "$b") / - |"
+	done
+	echo
+	echo "pgsidecar / PgBouncer TPS:"
+	echo
+	header="| protocol |" rule="|---|"
+	for c in $clients_list; do header+=" $c |" rule+="---:|"; done
+	echo "$header"
+	echo "$rule"
+	for m in $modes; do
+		line="| $m |"
+		for c in $clients_list; do line+=" $(ratio "$(mean_tps "$c|pgsidecar:$m")" "$(mean_tps "$c|pgbouncer:$m")") |"; done
+		echo "$line"
+	done
+	if [ -n "$prepared_clients" ]; then
+		line="| pgsidecar prepared / PgBouncer extended |"
+		for c in $clients_list; do
+			if in_list "$c" "$prepared_clients"; then
+				line+=" $(ratio "$(mean_tps "$c|pgsidecar:prepared")" "$(mean_tps "$c|pgbouncer:extended")") |"
+			else line+=" |"; fi
+		done
+		echo "$line"
+	fi
+	echo
+	echo "Latency at 1 client (pgbench's average, µs):"
+	echo
+	echo "| protocol | direct | pgsidecar | added by pgsidecar | PgBouncer | added by PgBouncer |"
+	echo "|---|---:|---:|---:|---:|---:|"
+	for m in $modes; do
+		d=$(mean_lat_us "1|direct:$m") s=$(mean_lat_us "1|pgsidecar:$m") b=$(mean_lat_us "1|pgbouncer:$m")
+		echo "| $m | $d | $s | $(diff_us "$s" "$d") | $b | $(diff_us "$b" "$d") |"
+	done
+	if [ "$idle_clients" -gt 0 ]; then
+		echo
+		echo "Idle memory: a fresh process, RSS with no client and with $idle_clients idle clients (each ran one SELECT 1):"
+		echo
+		echo "| pooler | RSS fresh (kB) | RSS with $idle_clients idle (kB) | per idle client (kB) |"
+		echo "|---|---:|---:|---:|"
+		for t in pgsidecar pgbouncer; do
+			has_target "$t" || continue
+			echo "| $t | ${idle_rss0[$t]:--} | ${idle_rssn[$t]:--} | ${idle_per[$t]:--} |"
+		done
+	fi
+
+	# The targets of issue 8.
+	echo
+	echo "Targets (issue 8):"
+	echo
+	echo "| target | holds | measured |"
+	echo "|---|---|---|"
+	vs=() detail="" aims=() aim_detail=""
+	for m in $modes; do
+		for c in $clients_list; do
+			r=$(ratio "$(mean_tps "$c|pgsidecar:$m")" "$(mean_tps "$c|pgbouncer:$m")")
+			vs+=("$(ge "$r" 1.0)")
+			detail+="${detail:+, }$m/$c $r"
+			if [ "$c" = 64 ] || [ "$c" = 256 ]; then
+				aims+=("$(ge "$r" 1.2)")
+				aim_detail+="${aim_detail:+, }$m/$c $r"
+			fi
+		done
+	done
+	echo "| TPS pgsidecar/PgBouncer >= 1.0 in every cell | $(all_of "${vs[@]+"${vs[@]}"}") | $detail |"
+	echo "| aim: >= 1.2 at 64 and 256 clients | $(all_of "${aims[@]+"${aims[@]}"}") | ${aim_detail:--} |"
+	vs=() detail=""
+	for m in $modes; do
+		for c in 16 64; do
+			in_list "$c" "$clients_list" || continue
+			s=$(cpu_us "$c|pgsidecar:$m") b=$(cpu_us "$c|pgbouncer:$m")
+			vs+=("$(le "$s" "$b")")
+			detail+="${detail:+, }$m/$c $s vs $b µs ($(ratio "$s" "$b")x)"
+		done
+	done
+	echo "| CPU per transaction <= PgBouncer's at 16 and 64 clients | $(all_of "${vs[@]+"${vs[@]}"}") | ${detail:--} |"
+	vs=() detail=""
+	for m in $modes; do
+		a=$(diff_us "$(mean_lat_us "1|pgsidecar:$m")" "$(mean_lat_us "1|direct:$m")")
+		vs+=("$(le "$a" 50)")
+		detail+="${detail:+, }$m ${a} µs (PgBouncer $(diff_us "$(mean_lat_us "1|pgbouncer:$m")" "$(mean_lat_us "1|direct:$m")") µs)"
+	done
+	echo "| added latency at 1 client <= 50 µs | $(all_of "${vs[@]+"${vs[@]}"}") | ${detail:--} |"
+	vs=() detail=""
+	for c in $prepared_clients; do
+		r=$(ratio "$(mean_tps "$c|pgsidecar:prepared")" "$(mean_tps "$c|pgbouncer:extended")")
+		vs+=("$(ge "$r" 1.3)")
+		detail+="${detail:+, }$c clients ${r}x"
+	done
+	echo "| pgsidecar -M prepared >= 1.3x PgBouncer -M extended | $(all_of "${vs[@]+"${vs[@]}"}") | ${detail:--} |"
+	if [ "$idle_clients" -gt 0 ]; then
+		echo "| <= 4 KB per idle client at $idle_clients clients | $(le "${idle_per[pgsidecar]:--}" 4) | pgsidecar ${idle_per[pgsidecar]:--} kB, PgBouncer ${idle_per[pgbouncer]:--} kB |"
+	fi
+	if [ -n "$profile_md" ]; then
+		echo
+		printf '%s' "$profile_md"
+	fi
 	for n in "${notes[@]+"${notes[@]}"}"; do
 		echo
 		echo "Note: $n"
 	done
 } | tee "$out_file"
-log "table saved to $out_file"
-log "server logs$([ ! -f "$dir/failures.log" ] || echo " and the output of failed pgbench runs") will be in $logs_dir"
+log "table saved to $out_file; logs$([ ! -f "$logs_dir/failures.log" ] || echo " and failed runs' output") in $logs_dir"

@@ -9,7 +9,22 @@
 #   make, runuser (util-linux), git, CA certificates (Go module downloads)
 #   node + npm (node-postgres driver test), a JDK and the PostgreSQL JDBC
 #   driver (JDBC driver test)
+#
+# `deps.sh bench` (make bench only) installs, besides PostgreSQL,
+# PgBouncer, which the benchmark compares against, and with BENCH_PROFILE=1 perf (linux-perf)
+# for its syscall and context-switch counts, and not the driver tests'
+# runtimes. make test never installs PgBouncer or perf.
 set -euo pipefail
+
+bench=""
+case "${1:-}" in
+"") ;;
+bench) bench=1 ;;
+*)
+	echo "deps: unknown argument '$1' (usage: deps.sh [bench])" >&2
+	exit 2
+	;;
+esac
 
 have() { command -v "$1" >/dev/null 2>&1; }
 need=()
@@ -26,10 +41,16 @@ have make || need+=(make)
 have runuser || need+=(util-linux)
 have git || need+=(git)
 [ -e /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates)
-have node || need+=(nodejs)
-have npm || need+=(npm)
-have javac || need+=(default-jdk-headless)
-ls /usr/share/java/postgresql*.jar >/dev/null 2>&1 || need+=(libpostgresql-jdbc-java)
+if [ -n "$bench" ]; then
+	have pgbouncer || [ -x /usr/sbin/pgbouncer ] || need+=(pgbouncer)
+	[ "${BENCH_PROFILE:-0}" != 1 ] || have perf || need+=(linux-perf)
+else
+	# The driver tests' runtimes: the benchmark needs none of them.
+	have node || need+=(nodejs)
+	have npm || need+=(npm)
+	have javac || need+=(default-jdk-headless)
+	ls /usr/share/java/postgresql*.jar >/dev/null 2>&1 || need+=(libpostgresql-jdbc-java)
+fi
 
 [ "${#need[@]}" -gt 0 ] || exit 0
 
