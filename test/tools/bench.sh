@@ -518,7 +518,7 @@ all_of() {
 	echo "pgbench -S, ${secs}s x $rounds interleaved rounds per cell (order rotated each round), -j up to $jobs, scale $scale;"
 	echo "PostgreSQL $("$PG_BIN/postgres" --version | awk '{ print $3 }') with fsync, synchronous_commit and full_page_writes off; pools of $pool_size in transaction mode;"
 	echo "pgsidecar $("$BENCH_PROXY_BIN" version 2>/dev/null | awk '{ print $2 }'), PgBouncer ${pgbouncer_version:-(not installed)}. $started_at, $(nproc) cores,"
-	echo "load average $load_at_start at the start: other work on the machine skews every figure, ratios included."
+	echo "load average $load_at_start at the start, $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown) at the end: other work on the machine skews every figure, ratios included."
 	echo
 	echo "| protocol | clients | direct TPS | pgsidecar TPS | PgBouncer TPS | pgsidecar / PgBouncer | pgsidecar CPU µs/tx | PgBouncer CPU µs/tx | failed (pgsidecar / PgBouncer / direct) |"
 	echo "|---|---:|---:|---:|---:|---:|---:|---:|---|"
