@@ -30,6 +30,7 @@ import (
 
 	"github.com/pgsidecar/pgsidecar/internal/buildinfo"
 	"github.com/pgsidecar/pgsidecar/internal/config"
+	"github.com/pgsidecar/pgsidecar/internal/pprofserver"
 )
 
 func main() {
@@ -89,11 +90,11 @@ func run(ctx context.Context, args []string, environ []string, stdout io.Writer)
 	// Subscribe before anything starts, so a signal during start-up is
 	// queued rather than killing the process half-built.
 	if *pprofAddr != "" {
-		p, err := startPprof(*pprofAddr)
+		p, err := pprofserver.Start(*pprofAddr)
 		if err != nil {
 			return err
 		}
-		defer p.close()
+		defer p.Close()
 	}
 
 	sigc := make(chan os.Signal, 4)

@@ -1,4 +1,9 @@
-package main
+// Package pprofserver is pgsidecar's opt-in profiling listener
+// (pgsidecar -pprof ADDR): Go's /debug/pprof/ handlers on a mux of their
+// own, so nothing else is served there and the health listener never
+// exposes them. It exists for measuring (make bench BENCH_PROFILE=1) and
+// runs only when the flag is given.
+package pprofserver
 
 import (
 	"errors"
@@ -10,22 +15,18 @@ import (
 	"time"
 )
 
-// pprofServer is the opt-in profiling listener (-pprof ADDR): Go's
-// /debug/pprof/ handlers on a mux of their own, so nothing else is served
-// there and the health listener never exposes them. It exists for
-// measuring (make bench BENCH_PROFILE=1) and is off unless the flag is
-// given.
-type pprofServer struct {
+// Server is a running profiling listener.
+type Server struct {
 	srv  *http.Server
 	ln   net.Listener
 	done chan struct{} // closed when the Serve goroutine has returned
 }
 
-// startPprof listens on addr, which must be a loopback address: profiles
+// Start listens on addr, which must be a loopback address: profiles
 // and goroutine dumps show query text and internals, and the listener has
 // no authentication. The Serve goroutine it starts is owned by the
-// returned server and ends in close.
-func startPprof(addr string) (*pprofServer, error) {
+// returned Server and ends in Close.
+func Start(addr string) (*Server, error) {
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
 		return nil, fmt.Errorf("-pprof %q: %w", addr, err)
@@ -43,7 +44,7 @@ func startPprof(addr string) (*pprofServer, error) {
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	p := &pprofServer{
+	p := &Server{
 		// No WriteTimeout: a CPU profile or trace answers only after its
 		// ?seconds=N.
 		srv:  &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second},
@@ -62,12 +63,13 @@ func startPprof(addr string) (*pprofServer, error) {
 	return p, nil
 }
 
-// addr is where the listener is bound (the port, when addr asked for 0).
-func (p *pprofServer) addr() string { return p.ln.Addr().String() }
+// Addr is where the listener is bound (with the port chosen, when Start
+// was given port 0).
+func (p *Server) Addr() string { return p.ln.Addr().String() }
 
-// close stops the listener and any profile in progress, and waits for the
+// Close stops the listener and any profile in progress, and waits for the
 // Serve goroutine to return.
-func (p *pprofServer) close() {
+func (p *Server) Close() {
 	p.srv.Close()
 	<-p.done
 }
