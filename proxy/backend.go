@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"net"
 	"strings"
 
 	"github.com/pgsidecar/pgsidecar/internal/pgwire"
@@ -19,6 +20,7 @@ const (
 // pooled connection (pool.Conn attachment) across clients.
 type backend struct {
 	conn *pool.Conn
+	nc   net.Conn // conn's socket
 	// defaults are the reported parameters at connect; params are the
 	// values the backend has now, as far as the proxy knows.
 	defaults map[string]paramValue
@@ -57,6 +59,7 @@ func (s *Server) backendFor(conn *pool.Conn) *backend {
 	}
 	b := &backend{
 		conn:     conn,
+		nc:       conn.Server().NetConn(),
 		defaults: make(map[string]paramValue),
 		params:   make(map[string]paramValue),
 		prepared: newPreparedSet(s.cfg.MaxPreparedStatements),

@@ -118,8 +118,10 @@ func (c *clientConn) cancelPinned(wantedLocked func() bool) (backendPID uint32, 
 			close(c.cancelDone) // the client reader may write again (build)
 			c.cancelDone = nil
 		}
-		if c.be == b && c.transactionOverLocked() {
-			b.conn.Server().NetConn().SetReadDeadline(time.Now())
+		if c.be == b && c.async && c.transactionOverLocked() {
+			// A server reader waits on b: wake it to release b. (Inline,
+			// the client goroutine waits on cancelDone instead.)
+			b.nc.SetReadDeadline(time.Now())
 		}
 		c.mu.Unlock()
 	}()

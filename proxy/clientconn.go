@@ -22,9 +22,12 @@ import (
 	"github.com/pgsidecar/pgsidecar/pool"
 )
 
-// clientConn is one client connection. Its goroutine (run) reads the client
-// and writes to the backend; while it holds a backend a second goroutine
-// (serverLoop) reads the backend and writes to the client.
+// clientConn is one client connection. Its goroutine (run) reads the client,
+// writes to the backend and, for the common request/response exchange of
+// transaction mode, reads the backend's replies itself (relayInline). A
+// second goroutine (serverLoop) reads the backend only where the client may
+// send more while replies arrive (COPY FROM STDIN, pipelining, an open
+// extended-protocol batch) and in session mode; see relay_server.go.
 type clientConn struct {
 	srv     *Server
 	conn    net.Conn // the client: TLS over sock, or sock itself
@@ -70,8 +73,15 @@ type clientConn struct {
 	unnamed    *statement
 	unnamedGen uint64
 	hasUnnamed bool
-	stopReader bool // serverLoop: stop, leave the backend to run()
-	readerDone chan struct{}
+	// async: a server reader (serverLoop) reads be, until it is released
+	// or lost; readerDone is closed when that reader ends, stopReader
+	// tells it to stop and leave be to finish. inline: the client
+	// goroutine reads be itself (relayInline). severed: be's socket was
+	// closed under the client (closeWith, kill): it is destroyed, never
+	// released. copyIn: be sent CopyInResponse and waits for the client.
+	async, inline, severed, copyIn bool
+	stopReader                     bool
+	readerDone                     chan struct{}
 	// replacement is a message routeOne wants sent instead of the one it
 	// swallowed (nil when none).
 	replacement []byte
@@ -335,12 +345,12 @@ func (s *Server) serveConn(conn net.Conn) {
 	}
 	var pe *pgError
 	if errors.As(err, &pe) && !c.killed.Load() {
-		// The server reader is stopped: nothing else writes to the client.
+		// No server reader runs any more: nothing else writes to the client.
 		conn.SetWriteDeadline(time.Now().Add(time.Second))
 		conn.Write(pe.appendTo(nil))
 	}
 	switch {
-	case err == nil, errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed), errors.Is(err, errClientTerminated):
+	case err == nil, errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed), errors.Is(err, errClientTerminated), errors.Is(err, errServerLost):
 		lg.Debug("client disconnected", "duration", time.Since(start).Round(time.Millisecond))
 	case pe != nil: // already logged where it was found
 		lg.Debug("client connection closed", "err", err, "duration", time.Since(start).Round(time.Millisecond))
@@ -609,7 +619,15 @@ func (c *clientConn) poke() {
 func (c *clientConn) closeWith(pe *pgError) {
 	c.closeErr.CompareAndSwap(nil, pe)
 	c.cancel() // a reader waiting for a backend or a probe stops waiting
+	// Waiting for the client's next message: a read deadline wakes it.
 	c.conn.SetReadDeadline(time.Now())
+	// Reading the backend's reply itself (relayInline): closing the
+	// backend's socket ends that read; finish cancels the query and
+	// destroys the backend. (relayInline checks closeErr after setting
+	// inline, under c.mu, so one of the two sees the other.)
+	c.mu.Lock()
+	c.severBackendLocked(c.inline)
+	c.mu.Unlock()
 	// A server reader blocked writing to a client that does not read would
 	// keep finish waiting.
 	c.conn.SetWriteDeadline(time.Now().Add(time.Second))
@@ -621,10 +639,18 @@ func (c *clientConn) kill() {
 	c.cancel()
 	c.conn.Close()
 	c.mu.Lock()
-	if b := c.be; b != nil {
-		b.conn.Server().NetConn().SetDeadline(time.Now())
-	}
+	c.severBackendLocked(true) // whoever reads it wakes; finish destroys it
 	c.mu.Unlock()
+}
+
+// severBackendLocked closes the socket of the client's backend when cond
+// holds: the one honest way to end a read blocked on it. The backend is
+// then destroyed, never released (c.severed). Under c.mu.
+func (c *clientConn) severBackendLocked(cond bool) {
+	if b := c.be; b != nil && cond && !c.severed {
+		c.severed = true
+		b.nc.Close()
+	}
 }
 
 // LeakInfo implements pool.Owner.

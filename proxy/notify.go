@@ -368,14 +368,18 @@ func (c *clientConn) queueNotification(msg []byte) {
 	}
 	c.notes = append(c.notes, msg)
 	b := c.be
-	if b != nil && c.transactionOverLocked() {
-		// Held between transactions (pinned, or about to be released):
-		// the server reader delivers.
-		b.conn.Server().NetConn().SetReadDeadline(time.Now())
+	async := b != nil && c.async
+	if async && c.transactionOverLocked() {
+		// Held between transactions by a server reader (pinned, or about
+		// to be released): it delivers.
+		b.nc.SetReadDeadline(time.Now())
 	}
 	c.mu.Unlock()
-	if b == nil {
-		c.conn.SetReadDeadline(time.Now()) // the client reader delivers
+	if !async {
+		// The client reader delivers, between transactions (flushNotes);
+		// one in the middle of an exchange delivers after its
+		// ReadyForQuery, and sees this wake-up after that.
+		c.conn.SetReadDeadline(time.Now())
 	}
 }
 
@@ -390,11 +394,14 @@ func (c *clientConn) takeNotesLocked() [][]byte {
 	return n
 }
 
-// flushNotes writes queued notifications when the client holds no backend
-// (client reader only: nobody else writes to the client then).
+// flushNotes writes queued notifications when the client is between
+// transactions and no server reader runs (client reader only: nobody else
+// writes to the client then).
 func (c *clientConn) flushNotes() error {
 	c.mu.Lock()
-	if c.be != nil {
+	if c.be != nil && (c.async || c.q.len() > 0 || c.inBatch || c.txStatus != 'I') {
+		// A server reader writes to the client, or a transaction is
+		// open: delivered after its ReadyForQuery.
 		c.mu.Unlock()
 		return nil
 	}

@@ -170,9 +170,10 @@ func (c *clientConn) process() error {
 			continue
 		}
 		c.recordReplay(b, from, streaming)
+		inline := c.planRelay(b, len(out))
 		var werr error
 		if len(out) > 0 {
-			_, werr = b.conn.Server().NetConn().Write(out)
+			_, werr = b.nc.Write(out)
 		}
 		b.cout = out[:0]
 		if cap(out) > maxKeptBufSize {
@@ -191,6 +192,15 @@ func (c *clientConn) process() error {
 		}
 		if perr != nil {
 			return perr
+		}
+		if inline {
+			if err := c.relayInline(b); err != nil {
+				return err
+			}
+			if c.in.Want > 0 {
+				return nil
+			}
+			continue
 		}
 		if probe != nil {
 			// Hold the client's request until the server said whether the
@@ -236,7 +246,7 @@ func (c *clientConn) backpressure(b *backend) error {
 	c.drained = drained
 	readerDone := c.readerDone
 	c.mu.Unlock()
-	if _, err := b.conn.Server().NetConn().Write(pgwire.FlushMessage); err != nil {
+	if _, err := b.nc.Write(pgwire.FlushMessage); err != nil {
 		return fmt.Errorf("writing to the server: %w", err)
 	}
 	select {
@@ -365,8 +375,10 @@ func (c *clientConn) acquireForRequest() (*backend, error) {
 	return b, nil
 }
 
-// acquire gets a backend for this client, brings it to the client's session
-// parameters, and starts the server reader on it.
+// acquire gets a backend for this client and brings it to the client's
+// session parameters. In session mode it starts the server reader on it;
+// in transaction mode the client goroutine reads the replies itself until
+// a request needs a server reader (planRelayLocked).
 func (c *clientConn) acquire() (*backend, error) {
 	s := c.srv
 	s.stats.waiting.Add(1)
@@ -405,7 +417,6 @@ func (c *clientConn) acquire() (*backend, error) {
 	c.be = b
 	c.armReplayLocked()
 	b.unnamedOwner = nil
-	c.stopReader = false
 	c.txStatus = 'I'
 	if !paramsInSync(c.want, b.params, b.defaults) {
 		// The backend's values change only if the SETs succeed: they run
@@ -416,11 +427,45 @@ func (c *clientConn) acquire() (*backend, error) {
 		b.cout = pgwire.AppendQuery(b.cout[:0], sql)
 		c.q.push(request{kind: reqQuery, swallow: true, syncTo: next})
 	}
-	done := make(chan struct{})
-	c.readerDone = done
+	if c.mode == ModeSession {
+		// The session's backend is read whenever it speaks: notifications
+		// and notices reach an idle client as they would directly.
+		c.startReaderLocked(b)
+	}
 	c.mu.Unlock()
-	go c.serverLoop(b, done)
 	return b, nil
+}
+
+// planRelay decides, after build and before the write, who reads the
+// replies to what the client reader is about to send to b: itself, inline
+// (true), when the backend will answer everything outstanding without more
+// client input and no server reader runs; else a server reader, started
+// now if none runs, so that it reads while the write goes out.
+func (c *clientConn) planRelay(b *backend, outLen int) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.be != b || c.async {
+		return false
+	}
+	if c.inlineableLocked(outLen) {
+		return true
+	}
+	c.startReaderLocked(b)
+	return false
+}
+
+// inlineableLocked reports whether the client goroutine may write outLen
+// bytes and then read the replies itself: the whole client buffer was
+// handled (a client with more on the way may be pipelining: it is read
+// while a server reader answers; a Terminate waiting its turn is fine),
+// no message is half sent, every request is closed by a Sync or is a
+// Query (or a probe ends in Flush), nothing waits for a state check, and
+// the write is small enough (inlineWriteMax). Under c.mu.
+func (c *clientConn) inlineableLocked(outLen int) bool {
+	pending := c.in.Buf[c.in.Start:c.in.End]
+	return c.mode == ModeTransaction && outLen <= inlineWriteMax && c.passRemaining == 0 &&
+		(len(pending) == 0 || c.probe != nil || len(pending) == pgwire.HeaderLen && pending[0] == pgwire.MsgTerminate) &&
+		(!c.inBatch || c.probe != nil) && c.checkWait == nil && !c.copyIn
 }
 
 // unpin ends the client reader's use of b (see build). It wakes the server
@@ -431,8 +476,10 @@ func (c *clientConn) unpin(b *backend, wake bool) (probe, readerDone chan struct
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.writing = false
-	if c.be == b && (wake || c.transactionOverLocked()) {
-		b.conn.Server().NetConn().SetReadDeadline(time.Now())
+	if c.be == b && c.async && (wake || c.transactionOverLocked()) {
+		// The server reader is blocked reading b and must act now: the
+		// remaining deadline wake-up, on the asynchronous path only.
+		b.nc.SetReadDeadline(time.Now())
 	}
 	if c.checkWait != nil {
 		return c.checkWait, c.readerDone

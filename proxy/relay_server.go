@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"strings"
 	"time"
@@ -18,12 +19,43 @@ import (
 // bookkeeping no longer matches the server, so the backend is closed.
 var errLostTrack = errors.New("server reply does not match the requests sent")
 
+// The replies of a backend are read by one of two readers (see doc.go):
+//
+//   - inline (relayInline), by the client goroutine itself, right after it
+//     wrote a request the backend answers without further client input:
+//     the common request/response exchange of transaction mode. No
+//     goroutine is started and nobody has to be woken: the goroutine that
+//     wrote the request reads the reply, writes it to the client and gives
+//     the backend back.
+//   - asynchronously (serverLoop), by a goroutine of its own, where the
+//     client may send more while replies arrive: COPY FROM STDIN, a client
+//     pipelining past one read or leaving an extended-protocol batch open,
+//     a write too large to be sure the backend reads it while it answers,
+//     and session mode (a held backend's notifications and notices reach
+//     an idle client). Once started it serves the backend until it is
+//     released, lost, or finish stops it.
+//
+// Both route through relayReplies, so the bookkeeping is the same.
+
+// inlineWriteMax is the largest write after which the client goroutine
+// reads the backend's replies itself. The backend was quiet before the
+// write (nothing was outstanding); a write this small fits the socket
+// buffers even if the backend, answering the first requests of it, stops
+// reading until its replies are read. Larger writes go with the server
+// reader running, so that the proxy and the backend can never both block
+// writing to each other.
+const inlineWriteMax = 32 << 10
+
+// errServerLost means the client's backend failed under it; the client
+// was told (serverLost) and is closed.
+var errServerLost = errors.New("server connection lost")
+
 // serverLoop is the server reader: it reads backend b, routes each reply
 // (forward, swallow, or add the proxy's own), writes to the client, and
 // gives b back to the pool when the client's transaction is over.
 func (c *clientConn) serverLoop(b *backend, done chan struct{}) {
 	defer close(done)
-	nc := b.conn.Server().NetConn()
+	nc := b.nc
 	for {
 		b.in.Prepare()
 		n, err := nc.Read(b.in.Free())
@@ -41,114 +73,261 @@ func (c *clientConn) serverLoop(b *backend, done chan struct{}) {
 				nc.SetReadDeadline(time.Time{})
 			}
 		}
-		c.mu.Lock()
-		if c.stopReader || b.replayed {
-			c.mu.Unlock()
+		if stop, _ := c.relayReplies(b, err, false); stop {
 			return
 		}
-		if c.replay.armed {
-			replay, destroy, wait := c.checkFirstReplyLocked(b, err)
-			if replay || wait {
-				c.mu.Unlock()
-				if destroy {
-					c.destroyDead(b)
-				}
-				if replay {
-					return
-				}
-				continue
-			}
-		}
-		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
-			c.mu.Unlock()
-			c.serverLost(b, err)
-			return
-		}
-		out, release, rerr := c.route(b)
-		if len(out) > 0 {
-			c.replay.armed = false // the client has part of the reply: no replay now
-		}
-		c.wakeDrainedLocked()
-		var send []byte
-		if rerr == nil && c.idleLocked(b) {
-			// The transaction is over: ask the server about session state
-			// if the client's traffic may have touched it.
-			if send = c.afterTransactionLocked(b); send != nil {
-				release = false
-			}
-		}
-		if rerr == nil && len(c.notes) > 0 && c.idleLocked(b) {
-			// Between transactions: deliver the shared listener's
-			// notifications after the ReadyForQuery.
-			o := append(b.out[:0], out...)
-			for _, m := range c.takeNotesLocked() {
-				o = append(o, m...)
-			}
-			b.out, out = o, o
-		}
-		late := c.lateListens
-		c.lateListens = nil
-		c.mu.Unlock()
-		for _, ch := range late {
-			if !c.hub.listening(c, ch) {
-				c.hub.listen(c, ch)
-			}
-		}
-		if rerr != nil {
-			c.serverLost(b, rerr)
-			return
-		}
-		if send != nil {
-			if _, err := nc.Write(send); err != nil {
-				c.mu.Lock()
-				stopping := c.stopReader
-				c.mu.Unlock()
-				if !stopping { // else finish closes it: its request is in flight
-					c.serverLost(b, fmt.Errorf("writing to the server: %w", err))
-				}
-				return
-			}
-		}
-		if b.busy != b.busyReported {
-			// Session mode: the pool's leak detector times transactions,
-			// not the whole session.
-			b.busyReported = b.busy
-			b.conn.SetBusy(b.busy)
-		}
-		if len(out) > 0 {
-			if _, err := c.conn.Write(out); err != nil {
-				// The client is gone; its reader will notice and clean up.
-				c.conn.Close()
-				return
-			}
-		}
-		// A huge reply grew the buffers: in session mode the backend may
-		// stay with this client for hours, so give the memory back now.
-		b.in.Shrink(maxKeptBufSize, serverReadBufSize)
-		if cap(b.out) > maxKeptBufSize {
-			b.out = nil
-		}
-		if !release {
-			continue
-		}
-		c.mu.Lock()
-		if c.stopReader || !c.releasableLocked(b) {
-			c.mu.Unlock()
-			continue
-		}
-		c.be = nil
-		c.endCheck()
-		if len(c.notes) > 0 {
-			c.conn.SetReadDeadline(time.Now()) // the client reader delivers them now
-		}
-		c.mu.Unlock()
-		if b.tainted {
-			c.destroyBackend(b, "session state created despite "+c.srv.cfg.option("SessionState")+" = reject")
-			return
-		}
-		c.releaseBackend(b)
-		return
 	}
+}
+
+// relayInline is the client goroutine reading backend b's replies itself
+// after writing a request (see planRelayLocked): it routes them to the
+// client until nothing it sent is outstanding, gives b back when the
+// transaction is over, and returns to reading the client. It hands b to a
+// server reader instead when the backend starts waiting for client input
+// (COPY FROM STDIN).
+func (c *clientConn) relayInline(b *backend) error {
+	c.mu.Lock()
+	c.inline = true
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		c.inline = false
+		c.mu.Unlock()
+	}()
+	// closeWith and kill close b's socket while c.inline is set (a Close is
+	// the only honest way to end a blocked read); a reason set before that
+	// is seen here.
+	if err := c.leaveReason(); err != nil {
+		return err
+	}
+	var readErr error
+	for {
+		stop, err := c.relayReplies(b, readErr, true)
+		if err != nil {
+			return err
+		}
+		if stop {
+			// Released (or handed over for a replay): notifications that
+			// waited for the end of the transaction go out now.
+			return c.flushNotes()
+		}
+		c.mu.Lock()
+		if c.be != b {
+			c.mu.Unlock()
+			return nil
+		}
+		if c.copyIn {
+			// The backend waits for COPY data: the client sends it while a
+			// server reader watches the backend for its verdict.
+			c.startReaderLocked(b)
+			c.mu.Unlock()
+			return nil
+		}
+		if c.q.len() == 0 && c.cancelling > 0 && !c.inBatch && c.txStatus == 'I' {
+			// Over, but a cancel request is still being sent to b: it is
+			// released once that is done (serverOpTimeout bounds it).
+			done := c.cancelDone
+			c.mu.Unlock()
+			select {
+			case <-done:
+			case <-c.ctx.Done():
+				return c.leaveReason()
+			}
+			readErr = nil
+			continue
+		}
+		// Read on while the backend answers without more client input:
+		// requests are outstanding and the last ends in Sync (or a
+		// Query), or a probe's Describe ends in Flush.
+		more := c.q.len() > 0 && (!c.inBatch || c.probe != nil)
+		if !more && c.in.Start == c.in.End {
+			// The client goes idle holding b (a transaction is open, or
+			// it is pinned): the backend may still speak (a FATAL from
+			// pg_terminate_backend, idle_in_transaction_session_timeout),
+			// and the client must hear it as it would directly. Only a
+			// goroutine of its own can wait on b while this one waits on
+			// the client.
+			c.startReaderLocked(b)
+		}
+		c.mu.Unlock()
+		if !more {
+			return nil
+		}
+		b.in.Prepare()
+		n, rerr := b.nc.Read(b.in.Free())
+		b.in.End += n
+		if rerr != nil {
+			if err := c.leaveReason(); err != nil {
+				return err
+			}
+			if errors.Is(rerr, os.ErrDeadlineExceeded) {
+				// Nobody sets one on an inline backend; a stale one must
+				// not spin this loop.
+				b.nc.SetReadDeadline(time.Time{})
+				rerr = nil
+			}
+		}
+		readErr = rerr
+	}
+}
+
+// leaveReason is why the client must go now (closeWith, kill), or nil.
+func (c *clientConn) leaveReason() error {
+	if pe := c.closeErr.Load(); pe != nil {
+		return pe
+	}
+	if c.killed.Load() {
+		return net.ErrClosed
+	}
+	return nil
+}
+
+// startReaderLocked starts the server reader on b, which the client holds.
+// Under c.mu.
+func (c *clientConn) startReaderLocked(b *backend) {
+	done := make(chan struct{})
+	c.readerDone, c.async, c.stopReader = done, true, false
+	go c.serverLoop(b, done) // ends when b is released or lost, or finish stops it
+}
+
+// relayReplies routes what b sent (readErr: the read's error, nil when
+// nothing new was read), writes the client's bytes and any request of the
+// proxy's own, and gives b back when the transaction is over. inline says
+// the client goroutine is the reader. stop says the reader must stop: b
+// was released, lost, or abandoned for a replay; err (inline only) ends
+// the client.
+func (c *clientConn) relayReplies(b *backend, readErr error, inline bool) (stop bool, err error) {
+	nc := b.nc
+	lost := func(err error) (bool, error) {
+		c.serverLost(b, err)
+		if inline {
+			return true, errServerLost
+		}
+		return true, nil
+	}
+	c.mu.Lock()
+	if c.stopReader || b.replayed {
+		c.mu.Unlock()
+		return true, nil
+	}
+	if c.replay.armed {
+		replay, destroy, wait := c.checkFirstReplyLocked(b, readErr)
+		if replay || wait {
+			c.mu.Unlock()
+			if destroy {
+				c.destroyDead(b)
+			}
+			return replay, nil
+		}
+	}
+	if readErr != nil && !errors.Is(readErr, os.ErrDeadlineExceeded) {
+		c.mu.Unlock()
+		return lost(readErr)
+	}
+	out, release, rerr := c.route(b)
+	if len(out) > 0 {
+		c.replay.armed = false // the client has part of the reply: no replay now
+	}
+	c.wakeDrainedLocked()
+	var send []byte
+	if rerr == nil && c.idleLocked(b) {
+		// The transaction is over: ask the server about session state
+		// if the client's traffic may have touched it.
+		if send = c.afterTransactionLocked(b); send != nil {
+			release = false
+		}
+	}
+	if rerr == nil && len(c.notes) > 0 && c.idleLocked(b) {
+		// Between transactions: deliver the shared listener's
+		// notifications after the ReadyForQuery.
+		o := append(b.out[:0], out...)
+		for _, m := range c.takeNotesLocked() {
+			o = append(o, m...)
+		}
+		b.out, out = o, o
+	}
+	late := c.lateListens
+	c.lateListens = nil
+	c.mu.Unlock()
+	for _, ch := range late {
+		if !c.hub.listening(c, ch) {
+			c.hub.listen(c, ch)
+		}
+	}
+	if rerr != nil {
+		return lost(rerr)
+	}
+	if send != nil {
+		if _, err := nc.Write(send); err != nil {
+			c.mu.Lock()
+			stopping := c.stopReader
+			c.mu.Unlock()
+			if stopping { // finish closes it: its request is in flight
+				return true, nil
+			}
+			return lost(fmt.Errorf("writing to the server: %w", err))
+		}
+	}
+	if b.busy != b.busyReported {
+		// Session mode: the pool's leak detector times transactions,
+		// not the whole session.
+		b.busyReported = b.busy
+		b.conn.SetBusy(b.busy)
+	}
+	if len(out) > 0 {
+		// One write per read of the backend: PostgreSQL flushes its
+		// replies at ReadyForQuery, so a request's reply is one write.
+		if _, err := c.conn.Write(out); err != nil {
+			if inline {
+				return true, err // finish deals with b
+			}
+			// The client is gone; its reader will notice and clean up.
+			c.conn.Close()
+			return true, nil
+		}
+	}
+	// A huge reply grew the buffers: in session mode the backend may
+	// stay with this client for hours, so give the memory back now.
+	b.in.Shrink(maxKeptBufSize, serverReadBufSize)
+	if cap(b.out) > maxKeptBufSize {
+		b.out = nil
+	}
+	if !release {
+		return false, nil
+	}
+	c.mu.Lock()
+	if c.stopReader || !c.releasableLocked(b) {
+		c.mu.Unlock()
+		return false, nil
+	}
+	if c.severed {
+		// closeWith or kill closed b's socket: finish destroys it.
+		c.mu.Unlock()
+		return true, c.leaveReason()
+	}
+	c.dropBackendLocked()
+	c.endCheck()
+	if len(c.notes) > 0 && !inline {
+		// The client reader delivers them now (inline, it is the caller).
+		c.conn.SetReadDeadline(time.Now())
+	}
+	c.mu.Unlock()
+	if b.tainted {
+		c.destroyBackend(b, "session state created despite "+c.srv.cfg.option("SessionState")+" = reject")
+		return true, nil
+	}
+	c.releaseBackend(b)
+	return true, nil
+}
+
+// dropBackendLocked forgets the client's backend (released, lost or
+// abandoned by whoever does that); a server reader serving it ends.
+// Under c.mu.
+func (c *clientConn) dropBackendLocked() {
+	c.be = nil
+	c.async = false
+	c.severed = false
+	c.copyIn = false
 }
 
 // releasableLocked reports whether the client's transaction is over and
@@ -172,7 +351,7 @@ func (c *clientConn) transactionOverLocked() bool {
 
 // releaseBackend gives a clean backend back to its pool.
 func (c *clientConn) releaseBackend(b *backend) {
-	b.conn.Server().NetConn().SetReadDeadline(time.Time{})
+	b.nc.SetReadDeadline(time.Time{}) // a server reader's wake-up may be pending
 	b.in.Shrink(maxKeptBufSize, serverReadBufSize)
 	if cap(b.out) > maxKeptBufSize {
 		b.out = nil
@@ -204,7 +383,7 @@ func (c *clientConn) serverLost(b *backend, err error) {
 	c.mu.Lock()
 	mine := c.be == b
 	if mine {
-		c.be = nil
+		c.dropBackendLocked()
 		c.unpinOnLeaveLocked()
 		c.q.reset()
 		c.inBatch, c.serverSkipping = false, false
@@ -426,6 +605,12 @@ func (c *clientConn) routeOne(b *backend, typ byte, msg []byte) (swallow bool, e
 		}
 		return head != nil && head.swallow, nil
 
+	case pgwire.MsgCopyInResponse, pgwire.MsgCopyBothResponse:
+		// The backend now waits for the client's COPY data: nobody may
+		// wait on the backend alone (relayInline hands it to a server
+		// reader).
+		c.copyIn = true
+
 	case pgwire.MsgNotification:
 		// With a shared listener, the client's notifications come from it;
 		// a backend's are for nobody (see notify.go).
@@ -595,19 +780,24 @@ func (c *clientConn) finish() {
 		c.mu.Unlock()
 		return
 	}
-	c.stopReader = true
-	done := c.readerDone
-	c.mu.Unlock()
-	nc := b.conn.Server().NetConn()
-	nc.SetReadDeadline(time.Now())
-	<-done
-
-	c.mu.Lock()
+	nc := b.nc
+	if c.async {
+		// A server reader is blocked reading b: stop it without closing
+		// b, which may still be clean. A read deadline is the only way to
+		// end a blocked read short of a Close.
+		c.stopReader = true
+		done := c.readerDone
+		c.mu.Unlock()
+		nc.SetReadDeadline(time.Now())
+		<-done
+		c.mu.Lock()
+	}
 	b = c.be
-	c.be = nil
+	severed := c.severed
+	c.dropBackendLocked()
 	// A cancel still being sent could land on the next holder's query.
 	clean := b != nil && c.q.len() == 0 && !c.inBatch && b.in.Start == b.in.End && b.passRemaining == 0 &&
-		c.passRemaining == 0 && !c.poisoned && !b.fatal && c.cancelling == 0
+		c.passRemaining == 0 && !c.poisoned && !b.fatal && c.cancelling == 0 && !severed
 	status := c.txStatus
 	inFlight := c.q.len() > 0
 	pinned := c.pin != nil || c.stateDirty || c.paramsDirty
@@ -617,7 +807,9 @@ func (c *clientConn) finish() {
 	if b == nil {
 		return // the reader gave it back (or closed it) itself
 	}
-	nc.SetDeadline(time.Time{})
+	if !severed {
+		nc.SetDeadline(time.Time{})
+	}
 	if !clean || c.killed.Load() {
 		if inFlight {
 			// Closing the socket alone leaves the query running on the

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
@@ -687,6 +689,75 @@ func TestRelayAllocatesNothing(t *testing.T) {
 		t.Fatalf("relay allocates %.1f times per request/response, want 0", n)
 	}
 }
+
+// The inline relay (the client goroutine writes the request, reads the
+// backend's reply itself and writes it to the client, relayInline) also
+// allocates nothing per request: process runs whole, against scripted
+// sockets. The reply leaves a transaction open, so the backend stays held
+// (a release would need a pool), and the client's Terminate follows its
+// request, so no server reader is started for the idle transaction.
+func TestInlineRelayAllocatesNothing(t *testing.T) {
+	c, b := testRelay(ModeTransaction, 10)
+	c.in.Buf = make([]byte, 8<<10)
+	b.in.Buf = make([]byte, 32<<10)
+	req := enc(&pgproto3.Parse{Query: "select $1::int"}, &pgproto3.Bind{Parameters: [][]byte{[]byte("1")}},
+		&pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{}, &pgproto3.Sync{}, &pgproto3.Terminate{})
+	var rows []pgproto3.Message
+	rows = append(rows, &pgproto3.ParseComplete{}, &pgproto3.BindComplete{}, &pgproto3.RowDescription{})
+	for i := 0; i < 200; i++ {
+		rows = append(rows, &pgproto3.DataRow{Values: [][]byte{[]byte("12345678")}})
+	}
+	rows = append(rows, &pgproto3.CommandComplete{CommandTag: []byte("SELECT 200")}, &pgproto3.ReadyForQuery{TxStatus: 'T'})
+	resp := enc(rows...)
+	client, server := &scriptConn{}, &scriptConn{}
+	c.conn, b.nc = client, server
+	round := func() {
+		c.in.Start, c.in.End = 0, copy(c.in.Buf, req)
+		server.reply, server.pos = resp, 0
+		client.written, server.written = 0, 0
+		if err := c.process(); err != errClientTerminated {
+			t.Fatal(err)
+		}
+		if server.written != len(req)-pgwire.HeaderLen || client.written != len(resp) || server.pos != len(resp) || c.q.len() != 0 || c.be != b || c.async {
+			t.Fatalf("sent %d of %d, relayed %d of %d, read %d, queue %d, async %v", server.written, len(req),
+				client.written, len(resp), server.pos, c.q.len(), c.async)
+		}
+		if client.writes != 1 {
+			t.Fatalf("the reply took %d writes to the client, want 1", client.writes)
+		}
+		client.writes = 0
+	}
+	round() // warm the queue and buffers
+	if n := testing.AllocsPerRun(200, round); n != 0 {
+		t.Fatalf("inline relay allocates %.1f times per request/response, want 0", n)
+	}
+}
+
+// scriptConn is a socket for relay tests: reads return reply (one read
+// at most 8 KB, as a socket would split it), writes are counted.
+type scriptConn struct {
+	net.Conn
+	reply           []byte
+	pos             int
+	written, writes int
+}
+
+func (s *scriptConn) Read(p []byte) (int, error) {
+	if s.pos == len(s.reply) {
+		return 0, io.EOF // the relay read past the script
+	}
+	n := copy(p[:min(len(p), 8<<10)], s.reply[s.pos:])
+	s.pos += n
+	return n, nil
+}
+
+func (s *scriptConn) Write(p []byte) (int, error) {
+	s.written += len(p)
+	s.writes++
+	return len(p), nil
+}
+
+func (s *scriptConn) SetReadDeadline(time.Time) error { return nil }
 
 // FuzzScanner feeds arbitrary bytes, in arbitrary chunks, to both halves
 // of the relay: it may reject them but must never panic or lose its place.

@@ -178,12 +178,18 @@ func (c *clientConn) abandonLocked(b *backend) {
 		r := c.q.pop()
 		c.undoParse(b, &r)
 	}
-	c.be = nil
+	wake := c.async && !c.writing
+	c.dropBackendLocked()
 	c.inBatch, c.serverSkipping = false, false
 	c.txStatus = 'I'
 	c.endProbe()
 	c.endCheck()
-	c.conn.SetReadDeadline(time.Now())
+	if wake {
+		// A server reader found b dead while the client reader waits for
+		// client input: wake it to send the request again. (Inline, or
+		// still writing, the client reader sees it itself.)
+		c.conn.SetReadDeadline(time.Now())
+	}
 }
 
 // replayAbandon is the client reader's part after it wrote to b: when b
