@@ -101,6 +101,13 @@ func (c *clientConn) relayInline(b *backend) error {
 		return err
 	}
 	var readErr error
+	deadlineSet := false
+	clearDeadline := func() { // b is still the client's
+		if deadlineSet {
+			b.nc.SetReadDeadline(time.Time{})
+			deadlineSet = false
+		}
+	}
 	for {
 		stop, err := c.relayReplies(b, readErr, true)
 		if err != nil {
@@ -119,6 +126,7 @@ func (c *clientConn) relayInline(b *backend) error {
 		if c.copyIn {
 			// The backend waits for COPY data: the client sends it while a
 			// server reader watches the backend for its verdict.
+			clearDeadline()
 			c.startReaderLocked(b)
 			c.mu.Unlock()
 			return nil
@@ -140,6 +148,9 @@ func (c *clientConn) relayInline(b *backend) error {
 		// requests are outstanding and the last ends in Sync (or a
 		// Query), or a probe's Describe ends in Flush.
 		more := c.q.len() > 0 && (!c.inBatch || c.probe != nil)
+		if !more {
+			clearDeadline()
+		}
 		if !more && c.in.Start == c.in.End {
 			// The client goes idle holding b (a transaction is open, or
 			// it is pinned): the backend may still speak (a FATAL from
@@ -148,6 +159,14 @@ func (c *clientConn) relayInline(b *backend) error {
 			// goroutine of its own can wait on b while this one waits on
 			// the client.
 			c.startReaderLocked(b)
+		}
+		if more && !deadlineSet {
+			// While this goroutine waits on b it does not see the client:
+			// past inlineWait it hands b to a server reader and goes back
+			// to the client (which may have left, or be pipelining more).
+			// A time limit of this read, not a signal from anyone.
+			deadlineSet = true
+			b.nc.SetReadDeadline(time.Now().Add(inlineWait))
 		}
 		c.mu.Unlock()
 		if !more {
@@ -161,15 +180,25 @@ func (c *clientConn) relayInline(b *backend) error {
 				return err
 			}
 			if errors.Is(rerr, os.ErrDeadlineExceeded) {
-				// Nobody sets one on an inline backend; a stale one must
-				// not spin this loop.
 				b.nc.SetReadDeadline(time.Time{})
-				rerr = nil
+				c.mu.Lock()
+				if c.be == b && !c.async {
+					c.startReaderLocked(b)
+				}
+				c.mu.Unlock()
+				return nil
 			}
 		}
 		readErr = rerr
 	}
 }
+
+// inlineWait is how long the client goroutine waits for a backend's reply
+// itself (relayInline) before a server reader takes over: a slow statement
+// does not keep the proxy from seeing the client leave (its query is then
+// cancelled and the backend closed, see finish), and a goroutine started
+// after this long costs nothing that matters.
+const inlineWait = 100 * time.Millisecond
 
 // leaveReason is why the client must go now (closeWith, kill), or nil.
 func (c *clientConn) leaveReason() error {
