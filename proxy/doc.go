@@ -12,22 +12,31 @@
 // Config.OptionName.
 //
 // Each accepted connection is a clientConn (clientConn.go). Its fields
-// marked as guarded by c.mu are shared by its two goroutines; the rest
-// belong to the client reader. A backend (backend.go) is a pool.Conn plus
-// what the proxy tracks per server session: parameters, prepared
-// statements (prepared.go), buffers. It belongs to at most one clientConn
-// at a time, in c.be.
+// marked as guarded by c.mu are shared with a server reader and cancel
+// requests; the rest belong to the client goroutine. A backend (backend.go)
+// is a pool.Conn plus what the proxy tracks per server session:
+// parameters, prepared statements (prepared.go), buffers. It belongs to at
+// most one clientConn at a time, in c.be.
 //
 // # The goroutines of one client
 //
 //   - The client goroutine (started by Serve; serveConn) reads the startup
 //     packet and negotiates client TLS (startup.go, tls.go), authenticates
-//     (auth.go, loginbrake.go), greets, then runs the client reader
-//     (relay_client.go: run, process). It ends when the client leaves or is
-//     closed (Shutdown, Close), after finish.
-//   - The server reader (relay_server.go: serverLoop), started by acquire
-//     when the client gets a backend, routes the backend's replies to the
-//     client and gives the backend back to the pool when the transaction
+//     (auth.go, loginbrake.go), greets, then runs the relay (relay_client.go:
+//     run, process). In transaction mode it relays the common exchange
+//     alone: it writes the request to the backend, reads the replies itself
+//     (relay_server.go: relayInline, relayReplies, route), writes them to
+//     the client and releases the backend; no other goroutine takes part
+//     and nobody is woken. It ends when the client leaves or is closed
+//     (Shutdown, Close), after finish.
+//   - A server reader (relay_server.go: serverLoop) is started
+//     (startReaderLocked) only where the client may send more while replies
+//     arrive, or the backend may speak while the client goroutine waits on
+//     the client: COPY FROM STDIN, a client pipelining past one read or
+//     leaving an extended-protocol batch open, a write over inlineWriteMax,
+//     a reply slower than inlineWait, a client idle with its backend held
+//     (open transaction, pin), and session mode (acquire). It routes the
+//     replies and gives the backend back to the pool when the transaction
 //     is over (transaction mode). It ends then, or when the backend fails
 //     (serverLost), or when finish stops it (stopReader + a read deadline).
 //
@@ -39,12 +48,24 @@
 //
 // # Pins: a backend cannot move while it is in use
 //
-// In transaction mode the server reader releases the backend when
-// transactionOverLocked holds. Two pins keep that from happening while the
-// backend is still in use outside c.mu: c.writing while the client reader
-// writes to it (build ... unpin), and c.cancelling while a cancel request
-// is being sent to it (cancelPinned). Neither holds c.mu across network
-// I/O; the unpin wakes the server reader so the release happens then.
+// Whoever reads the backend releases it when transactionOverLocked holds:
+// the client goroutine inline, or the server reader. Two pins keep that
+// from happening while the backend is still in use outside c.mu: c.writing
+// while the client goroutine writes to it (build ... unpin), and
+// c.cancelling while a cancel request is being sent to it (cancelPinned).
+// Neither holds c.mu across network I/O. With a server reader running, the
+// unpin wakes it (a read deadline) so the release happens then; inline,
+// the client goroutine releases after its own write, or waits for
+// cancelDone.
+//
+// # Wake-ups
+//
+// The inline path has none. A read deadline set to now still wakes the
+// client goroutine while it waits for an idle client (drain, closeWith,
+// notifications, a replay found by a server reader), and a server reader
+// on the asynchronous path (unpin, a cancel's end, notifications, finish);
+// kill, and closeWith during an inline read, close the socket instead.
+// ARCHITECTURE.md lists each and why it remains.
 //
 // # Lock order
 //
