@@ -239,6 +239,12 @@ func (c *clientConn) relayReplies(b *backend, readErr error, inline bool) (stop 
 		c.mu.Unlock()
 		return true, nil
 	}
+	if c.severed && readErr != nil && !errors.Is(readErr, os.ErrDeadlineExceeded) {
+		// kill or closeWith closed b's socket: not the backend dying (no
+		// replay, no 08006); the client goes and finish destroys b.
+		c.mu.Unlock()
+		return true, c.leaveReason()
+	}
 	if c.replay.armed {
 		replay, destroy, wait := c.checkFirstReplyLocked(b, readErr)
 		if replay || wait {
