@@ -208,3 +208,32 @@ func TestFakeReplayNotOnWakeUp(t *testing.T) {
 		t.Fatalf("%d backend connections: the INSERT was sent to another backend while the first still ran it", n)
 	}
 }
+
+// TestFakeServerLostSessionBeforeFirstQuery: a session-mode client holds
+// the key of the backend bound to it at login. If that backend dies before
+// the client's first request, the client must not be moved to another
+// backend unseen (its pg_backend_pid() and cancel key would name the dead
+// one): it is told FATAL 08006 and closed, as a direct connection would be.
+func TestFakeServerLostSessionBeforeFirstQuery(t *testing.T) {
+	bound := make(chan struct{})
+	e := startFake(t, fakeOpts{mode: ModeSession}, beScript{
+		hold(bound),
+		drop(),
+	})
+	rc := e.dialRaw(t)
+	be := e.fb.session(t, 1)
+	if rc.pid != be.pid {
+		t.Fatalf("session-mode client has pid %d, want its backend's %d", rc.pid, be.pid)
+	}
+	close(bound)
+	m := rc.receive(t)
+	if er, ok := m.(*pgproto3.ErrorResponse); !ok || er.Severity != "FATAL" || er.Code != pgwire.CodeConnectionFailure {
+		t.Fatalf("got %#v, want FATAL 08006", m)
+	}
+	if m, err := rc.fe.Receive(); err == nil {
+		t.Fatalf("after the FATAL the client got %T, want the connection closed", m)
+	}
+	if n := e.fb.sessionCount(); n != 1 {
+		t.Fatalf("%d backend connections: the client was moved to another backend", n)
+	}
+}
