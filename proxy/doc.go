@@ -15,7 +15,7 @@
 // marked as guarded by c.mu are shared with a server reader and cancel
 // requests; the rest belong to the client goroutine. A backend (backend.go)
 // is a pool.Conn plus what the proxy tracks per server session:
-// parameters, prepared statements (prepared.go), buffers. It belongs to at
+// parameters, prepared statements (statements.go), buffers. It belongs to at
 // most one clientConn at a time, in c.be.
 //
 // # The goroutines of one client

@@ -14,3 +14,10 @@ func appendPoisonBind(dst []byte) []byte {
 	dst = append(dst, poisonStatement...)
 	return append(dst, 0, 0, 0, 0, 0, 0, 0)
 }
+
+// poison sends a request the server rejects, so that it fails the segment
+// (and the transaction) as it would for pe, which the client gets instead.
+func (c *clientConn) poison(out []byte, pe *pgError) []byte {
+	c.q.push(request{kind: reqBind, errorReplacement: pe.appendTo(nil)})
+	return appendPoisonBind(out)
+}

@@ -594,21 +594,15 @@ func (c *clientConn) routeOne(b *backend, typ byte, msg []byte) (swallow bool, e
 			return swallow, nil
 		}
 		r := c.q.pop()
-		c.undoParse(b, &r)
+		c.statementFailed(b, &r)
 		if r.errorReplacement != nil {
 			c.replacement = append(c.replacement[:0], r.errorReplacement...)
 			swallow = true
 		}
-		if r.probe {
-			c.endProbe()
-		}
 		// The server skips everything up to Sync.
 		for h := c.q.peek(); h != nil && h.kind != reqSync; h = c.q.peek() {
 			s := c.q.pop()
-			c.undoParse(b, &s)
-			if s.probe {
-				c.endProbe()
-			}
+			c.statementFailed(b, &s)
 		}
 		if c.q.len() == 0 {
 			// The client's Sync is still to come; what it sends until then
@@ -671,37 +665,20 @@ func (c *clientConn) routeOne(b *backend, typ byte, msg []byte) (swallow bool, e
 			return false, fmt.Errorf("%w: unexpected %q", errLostTrack, typ)
 		}
 		r := c.q.pop()
-		if k == reqParse && r.stmt != nil && r.stmt.name != "" {
-			c.srv.stmts.markKnown(r.stmt)
-			if r.prepared {
-				b.prepared.confirm(r.stmt.name, r.seg)
-			}
+		if k == reqParse {
+			c.parseCompleted(b, &r)
 		}
 		return r.swallow, nil
 
 	case pgwire.MsgParamDescription:
-		if head != nil && head.kind == reqDescribeStmt && head.stmt != nil && !head.probe && (head.learn || !head.swallow) &&
-			(head.stmt.name != "" || head.gen == c.unnamedGen) {
-			head.stmt.learnParams(msg[pgwire.HeaderLen:])
+		if head != nil {
+			c.paramsDescribed(head, msg)
 		}
 
 	case pgwire.MsgRowDescription, pgwire.MsgNoData:
 		if head != nil && (head.kind == reqDescribeStmt || head.kind == reqDescribePortal) {
 			r := c.q.pop()
-			if r.kind == reqDescribeStmt && r.stmt != nil {
-				fp := descriptionFingerprint(msg)
-				switch {
-				case r.probe:
-					if fp != r.stmt.fingerprint {
-						r.stmt.stale = true
-						c.log.Info("a prepared statement now describes another result than the client was told (schema change); the client gets 0A000 until it prepares it again",
-							"statement", r.stmt.name)
-					}
-					c.endProbe()
-				case (r.learn || !r.swallow) && r.stmt.fingerprint == "" && (r.stmt.name != "" || r.gen == c.unnamedGen):
-					r.stmt.learnResult(msg)
-				}
-			}
+			c.resultDescribed(b, &r, msg)
 			return r.swallow, nil
 		}
 
@@ -713,39 +690,6 @@ func (c *clientConn) routeOne(b *backend, typ byte, msg []byte) (swallow bool, e
 	}
 	// Part of the reply to the head request (rows, notices, COPY, ...).
 	return head != nil && head.swallow, nil
-}
-
-// endProbe lets the client reader go on after a probe was answered.
-func (c *clientConn) endProbe() {
-	if c.probe != nil {
-		close(c.probe)
-		c.probe = nil
-	}
-}
-
-// undoParse forgets a statement whose Parse failed or was skipped.
-func (c *clientConn) undoParse(b *backend, r *request) {
-	if r.stmt == nil {
-		return
-	}
-	if r.stmt.name == "" {
-		if r.kind == reqParse {
-			// A failed Parse of the unnamed statement leaves none.
-			if b.unnamedOwner == c && b.unnamedGen == r.gen {
-				b.unnamedOwner = nil
-			}
-			if !r.swallow && c.unnamedGen == r.gen {
-				c.hasUnnamed = false
-			}
-		}
-		return
-	}
-	if r.prepared {
-		b.prepared.undo(r.stmt.name, r.seg)
-	}
-	if r.clientName != "" && c.stmts[r.clientName] == r.stmt {
-		delete(c.stmts, r.clientName)
-	}
 }
 
 // applyCompleted updates the tracked state once a Query succeeded.
@@ -760,8 +704,7 @@ func (c *clientConn) applyCompleted(b *backend, r *request) {
 		c.applyParamChange(b, paramChange{all: true, reset: true})
 	}
 	if r.deallocAll {
-		b.prepared.clear()
-		clear(c.stmts)
+		c.statementsDeallocated(b)
 	}
 }
 

@@ -1,0 +1,758 @@
+// Statement tracking for transaction mode, in both directions: the
+// registry of server-side names, each backend's LRU set of prepared
+// statements, the client-to-server name map, the client's Parse, Bind,
+// Describe and Close (and DEALLOCATE), and the bookkeeping of their
+// replies (ParseComplete, ParameterDescription, RowDescription/NoData,
+// CloseComplete, errors). build and routeOne call in here.
+package proxy
+
+import (
+	"container/list"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+
+	"github.com/pgsidecar/pgsidecar/internal/pgwire"
+)
+
+// statement is one Parse a client sent (named, or the unnamed statement):
+// the body of its Parse message without the name (query text and parameter
+// types). Every named Parse gets a server-side name of its own, so a
+// client's statement is never another client's server copy: the server
+// really parses it (as directly, with the schema of that moment), and the
+// proxy prepares it again only under that name, for this client, on
+// backends that lack it.
+type statement struct {
+	name  string // server-side name ("" for the client's unnamed statement)
+	query string // for logs and leak reports
+	hash  string // content hash, computed when first needed (markKnown)
+	// parseBody is the Parse body after the statement name:
+	// query\0 int16 nparams [int32 oid]...
+	parseBody []byte
+	// fixedBody is parseBody with every parameter type the server chose
+	// when it parsed the client's statement (nil until described). Copies
+	// prepared later on other backends use it: a prepared statement keeps
+	// its parameter types when PostgreSQL revalidates it after DDL, and
+	// the client encodes its parameters for those types.
+	fixedBody []byte
+	hasFixed  bool
+	// fingerprint identifies the result description of the statement as
+	// the server first described it ("" while unknown). A copy prepared
+	// afresh on another backend is described again (a probe) and must
+	// match, or the client gets the 0A000 PostgreSQL gives a statement
+	// whose result type changed: stale is then set for good, as directly.
+	// noData statements are not probed: PostgreSQL checks the result type
+	// only of statements that return rows, and a FETCH's depends on the
+	// cursor of the moment.
+	fingerprint string
+	noData      bool
+	stale       bool
+}
+
+// descriptionFingerprint identifies a RowDescription or NoData message.
+func descriptionFingerprint(msg []byte) string {
+	sum := sha256.Sum256(msg)
+	return string(sum[:16])
+}
+
+// appendParse appends a Parse message that prepares s under its name, with
+// the parameter types the server gave the client's own Parse when known.
+func (s *statement) appendParse(dst []byte) []byte {
+	body := s.parseBody
+	if s.hasFixed {
+		body = s.fixedBody
+	}
+	dst = pgwire.AppendHeader(dst, pgwire.MsgParse, len(s.name)+1+len(body))
+	dst = append(dst, s.name...)
+	dst = append(dst, 0)
+	return append(dst, body...)
+}
+
+// learnResult records the result description the server gave for s
+// (RowDescription or NoData, msg whole with its header).
+func (s *statement) learnResult(msg []byte) {
+	s.fingerprint = descriptionFingerprint(msg)
+	q, _, _ := pgwire.CString(s.parseBody)
+	s.noData = msg[0] == pgwire.MsgNoData || startsWithKeyword(q, "fetch") || startsWithKeyword(q, "move")
+}
+
+// learnParams records a ParameterDescription body (int16 n, n int32 oids):
+// copies of s made later are parsed with exactly these types.
+func (s *statement) learnParams(body []byte) {
+	if len(body) < 2 || s.hasFixed {
+		return
+	}
+	q, _, ok := pgwire.CString(s.parseBody)
+	if !ok {
+		return
+	}
+	s.fixedBody = append(append(append(s.fixedBody[:0], q...), 0), body...)
+	s.hasFixed = true
+}
+
+// reset makes s (a client's unnamed statement, whose storage is reused)
+// the statement of a new Parse body.
+func (s *statement) reset(parseBody []byte) {
+	s.parseBody = append(s.parseBody[:0], parseBody...)
+	s.hasFixed, s.fingerprint, s.noData, s.stale = false, "", false, false
+}
+
+// startsWithKeyword reports whether query's first word is kw (lower case).
+func startsWithKeyword(query []byte, kw string) bool {
+	i := 0
+	for i < len(query) && (query[i] == ' ' || query[i] == '\t' || query[i] == '\n' || query[i] == '\r' || query[i] == '(') {
+		i++
+	}
+	if len(query)-i < len(kw) {
+		return false
+	}
+	for j := 0; j < len(kw); j++ {
+		if query[i+j]|0x20 != kw[j] {
+			return false
+		}
+	}
+	return len(query)-i == len(kw) || !isIdentByte(query[i+len(kw)])
+}
+
+func isIdentByte(b byte) bool {
+	return b == '_' || b >= '0' && b <= '9' || b|0x20 >= 'a' && b|0x20 <= 'z' || b >= 0x80
+}
+
+// statementRegistry names statements and remembers which texts some server
+// prepared without error.
+type statementRegistry struct {
+	seq atomic.Uint64 // server-side names are unique for the process's life
+	mu  sync.Mutex
+	// known holds the content hashes some server prepared without error,
+	// so a later Parse+Sync of the same text can be answered by the proxy
+	// (and parsed for real where the statement is first used).
+	known map[string]struct{}
+}
+
+// maxKnownStatements bounds the known set; it starts over when full.
+const maxKnownStatements = 10000
+
+func newStatementRegistry() *statementRegistry {
+	return &statementRegistry{known: make(map[string]struct{})}
+}
+
+// markKnown records that a server accepted st's text.
+func (r *statementRegistry) markKnown(st *statement) {
+	if st.hash == "" {
+		st.hash = contentHash(st.parseBody)
+	}
+	r.mu.Lock()
+	if len(r.known) >= maxKnownStatements {
+		clear(r.known)
+	}
+	r.known[st.hash] = struct{}{}
+	r.mu.Unlock()
+}
+
+func (r *statementRegistry) isKnown(parseBody []byte) bool {
+	h := contentHash(parseBody)
+	r.mu.Lock()
+	_, ok := r.known[h]
+	r.mu.Unlock()
+	return ok
+}
+
+// newStatement builds the statement for a client's named Parse body
+// (after the name), under a server-side name no other Parse has.
+func (r *statementRegistry) newStatement(parseBody []byte) *statement {
+	st := newUnnamedStatement(parseBody)
+	st.name = "pgsc_" + strconv.FormatUint(r.seq.Add(1), 10)
+	return st
+}
+
+// newUnnamedStatement builds the statement for a client's unnamed Parse.
+func newUnnamedStatement(parseBody []byte) *statement {
+	st := &statement{parseBody: append([]byte(nil), parseBody...)}
+	if q, _, ok := pgwire.CString(parseBody); ok {
+		st.query = string(q)
+	}
+	return st
+}
+
+// contentHash names a statement's content: its text and parameter types.
+func contentHash(parseBody []byte) string {
+	sum := sha256.Sum256(parseBody)
+	return hex.EncodeToString(sum[:12])
+}
+
+// preparedSet is the LRU set of proxy statements one backend has prepared.
+// It is only touched by the goroutines of the client holding the backend,
+// under that client's lock.
+type preparedSet struct {
+	max   int
+	order *list.List // front = most recently used; values are *preparedEntry
+	items map[string]*preparedEntry
+	// toClose are statements to Close on the backend before the next
+	// request (LRU evictions and statements a server invalidated).
+	toClose []*preparedEntry
+}
+
+// preparedEntry is one statement on a backend. A Parse is sent before its
+// outcome is known; pending is the Sync segment of the Parse that claims
+// the statement until its ParseComplete confirms it (then -1). A later
+// segment cannot count on it: an error in the earlier segment makes the
+// server skip that Parse.
+type preparedEntry struct {
+	name    string
+	pending int64
+	elem    *list.Element
+}
+
+func newPreparedSet(max int) *preparedSet {
+	return &preparedSet{max: max, order: list.New(), items: make(map[string]*preparedEntry)}
+}
+
+// lookup returns the backend's entry for name (marking it recently used),
+// or nil. A statement evicted but not yet closed on the backend is still
+// there: it is taken back instead of being prepared twice.
+func (p *preparedSet) lookup(name string) *preparedEntry {
+	if e, ok := p.items[name]; ok {
+		p.order.MoveToFront(e.elem)
+		return e
+	}
+	for i, e := range p.toClose {
+		if e.name == name {
+			p.toClose = append(p.toClose[:i], p.toClose[i+1:]...)
+			p.insert(e)
+			return e
+		}
+	}
+	return nil
+}
+
+// has reports whether the backend has (or is being sent) name, without
+// touching the LRU order or taking back an evicted statement as lookup does.
+func (p *preparedSet) has(name string) bool {
+	if _, ok := p.items[name]; ok {
+		return true
+	}
+	for _, e := range p.toClose {
+		if e.name == name {
+			return true
+		}
+	}
+	return false
+}
+
+// certain reports whether e can be relied on in segment seg.
+func (e *preparedEntry) certain(seg int64) bool { return e.pending < 0 || e.pending == seg }
+
+// add records that a Parse of name is sent in segment seg.
+func (p *preparedSet) add(name string, seg int64) {
+	if e := p.lookup(name); e != nil {
+		e.pending = seg
+		return
+	}
+	p.insert(&preparedEntry{name: name, pending: seg})
+}
+
+func (p *preparedSet) insert(e *preparedEntry) {
+	e.elem = p.order.PushFront(e)
+	p.items[e.name] = e
+	for p.max > 0 && p.order.Len() > p.max {
+		old := p.order.Back().Value.(*preparedEntry)
+		p.order.Remove(old.elem)
+		delete(p.items, old.name)
+		p.toClose = append(p.toClose, old)
+	}
+}
+
+// confirm records the ParseComplete of the Parse sent in segment seg.
+func (p *preparedSet) confirm(name string, seg int64) {
+	if e := p.items[name]; e != nil && e.pending == seg {
+		e.pending = -1
+	}
+}
+
+// undo forgets name if the Parse of segment seg, which failed or was
+// skipped, is what claimed it.
+func (p *preparedSet) undo(name string, seg int64) {
+	if e := p.items[name]; e != nil && e.pending == seg {
+		p.remove(name)
+	}
+}
+
+// remove forgets name (DEALLOCATE ran on the backend).
+func (p *preparedSet) remove(name string) {
+	if e, ok := p.items[name]; ok {
+		p.order.Remove(e.elem)
+		delete(p.items, name)
+	}
+}
+
+// clear forgets everything (DEALLOCATE ALL / DISCARD ALL ran on the backend).
+func (p *preparedSet) clear() {
+	p.order.Init()
+	clear(p.items)
+	p.toClose = p.toClose[:0]
+}
+
+func (p *preparedSet) len() int { return p.order.Len() }
+
+// parseParseMessage splits a Parse body into the statement name and the rest.
+func parseParseMessage(body []byte) (name, rest []byte, ok bool) {
+	return pgwire.CString(body)
+}
+
+// parseBindNames returns the portal and statement names of a Bind body and
+// the offset where the rest (parameter formats onwards) begins.
+func parseBindNames(body []byte) (portal, stmt []byte, restOff int, ok bool) {
+	portal, r, ok1 := pgwire.CString(body)
+	if !ok1 {
+		return nil, nil, 0, false
+	}
+	stmt, r2, ok2 := pgwire.CString(r)
+	if !ok2 {
+		return nil, nil, 0, false
+	}
+	return portal, stmt, len(body) - len(r2), true
+}
+
+// appendBindRenamed appends a Bind that is body with its statement renamed.
+func appendBindRenamed(dst []byte, body []byte, portal []byte, restOff int, name string) []byte {
+	rest := body[restOff:]
+	dst = pgwire.AppendHeader(dst, pgwire.MsgBind, len(portal)+1+len(name)+1+len(rest))
+	dst = append(dst, portal...)
+	dst = append(dst, 0)
+	dst = append(dst, name...)
+	dst = append(dst, 0)
+	return append(dst, rest...)
+}
+
+// appendDescribeStatement appends Describe('S', name).
+func appendDescribeStatement(dst []byte, name string) []byte {
+	dst = pgwire.AppendHeader(dst, pgwire.MsgDescribe, 1+len(name)+1)
+	dst = append(dst, 'S')
+	dst = append(dst, name...)
+	return append(dst, 0)
+}
+
+func (c *clientConn) onParse(b *backend, out, msg, body []byte, tx bool) []byte {
+	name, rest, ok := parseParseMessage(body)
+	query, _, _ := pgwire.CString(rest)
+	if !tx || !ok {
+		if ok {
+			if h := c.inspect(query, tx); h != hazardNone {
+				return c.poison(out, c.srv.cfg.rejectError(h))
+			}
+		}
+		c.q.push(request{kind: reqParse})
+		return append(out, msg...)
+	}
+	if len(name) == 0 {
+		// The unnamed statement is the client's own: remembered, so that
+		// the Bind that uses it runs it on any backend, and never runs
+		// another client's.
+		if h := c.inspect(query, tx); h != hazardNone {
+			return c.poison(out, c.srv.cfg.rejectError(h))
+		}
+		if c.unnamed == nil {
+			c.unnamed = &statement{}
+		}
+		c.unnamed.reset(rest)
+		c.unnamedGen++
+		c.hasUnnamed = true
+		b.unnamedOwner, b.unnamedGen = c, c.unnamedGen
+		c.q.push(request{kind: reqParse, stmt: c.unnamed, gen: c.unnamedGen})
+		return append(out, msg...)
+	}
+	if c.stmts[string(name)] != nil {
+		// As PostgreSQL: the name is taken until the client closes it.
+		return c.poison(out, newError(pgwire.CodeDuplicatePreparedStatement, fmt.Sprintf("prepared statement %q already exists", name),
+			"close (DEALLOCATE) the statement before preparing another one under its name"))
+	}
+	if h := c.inspect(query, tx); h != hazardNone {
+		return c.poison(out, c.srv.cfg.rejectError(h))
+	}
+	// A server Parse under a name of its own, always: the client gets the
+	// server's answer for the schema of now, never a copy someone else
+	// prepared earlier.
+	st := c.srv.stmts.newStatement(rest)
+	cname := string(name)
+	c.stmts[cname] = st
+	out, _ = c.sendParse(b, out, st, request{clientName: cname})
+	return out
+}
+
+// sendParse sends a Parse of st unless b certainly has it already, and
+// claims st on b. r describes the Parse request: the client's own, or the
+// proxy's (swallowed). It reports whether it sent one. The first Parse of
+// a statement is followed by the proxy's Describe, whose answer becomes the
+// statement's description (see statement).
+func (c *clientConn) sendParse(b *backend, out []byte, st *statement, r request) ([]byte, bool) {
+	e := b.prepared.lookup(st.name)
+	if e != nil && e.certain(c.q.seg) {
+		return out, false
+	}
+	out = c.closeUncertain(out, e)
+	b.prepared.add(st.name, c.q.seg)
+	r.kind, r.stmt, r.prepared, r.seg = reqParse, st, true, c.q.seg
+	c.q.push(r)
+	out = st.appendParse(out)
+	if st.fingerprint == "" {
+		c.q.push(request{kind: reqDescribeStmt, swallow: true, learn: true, stmt: st})
+		out = appendDescribeStatement(out, st.name)
+	}
+	return out, true
+}
+
+// ensurePrepared injects a Parse of st when backend b lacks it; its
+// ParseComplete is swallowed.
+func (c *clientConn) ensurePrepared(b *backend, out []byte, st *statement) []byte {
+	out, _ = c.sendParse(b, out, st, request{swallow: true})
+	return out
+}
+
+// useStatement prepares st on b for a Bind or Describe of the client's.
+// When the client was told st's result description and b must prepare st
+// afresh, the schema may have changed since: the proxy describes it too
+// (build then waits for the answer, see probe) so the client is never
+// handed rows of another type than it expects. ok is false when the
+// message must not go out (a probe is in flight, or st is stale and the
+// poison was sent instead).
+func (c *clientConn) useStatement(b *backend, out []byte, st *statement) ([]byte, bool) {
+	if st.stale {
+		return c.poison(out, newError(pgwire.CodeFeatureNotSupported, "cached plan must not change result type",
+			"the table changed since the statement was prepared; prepare it again")), false
+	}
+	if st.fingerprint == "" || st.noData {
+		return c.ensurePrepared(b, out, st), true
+	}
+	out, sent := c.sendParse(b, out, st, request{swallow: true})
+	if !sent {
+		return out, true
+	}
+	c.q.push(request{kind: reqDescribeStmt, swallow: true, probe: true, stmt: st})
+	out = appendDescribeStatement(out, st.name)
+	c.probe = make(chan struct{})
+	return append(out, pgwire.MsgFlush, 0, 0, 0, 4), false
+}
+
+// closeUncertain handles a statement whose Parse went out in an earlier,
+// still unanswered segment: whether it exists depends on how that segment
+// ends, so it is closed first (closing a missing statement is no error) and
+// prepared again.
+func (c *clientConn) closeUncertain(out []byte, e *preparedEntry) []byte {
+	if e == nil {
+		return out
+	}
+	c.q.push(request{kind: reqClose, swallow: true})
+	return pgwire.AppendCloseStatement(out, e.name)
+}
+
+// clientStatement returns the statement a client's name refers to.
+func (c *clientConn) clientStatement(name []byte) *statement {
+	return c.stmts[string(name)]
+}
+
+// useUnnamed makes b's unnamed statement the client's own before a Bind or
+// Describe of it: parsed again (reply swallowed) unless the proxy parsed it
+// there for this client during this hold. A client without one gets
+// PostgreSQL's 26000, never whatever b's unnamed statement is.
+func (c *clientConn) useUnnamed(b *backend, out []byte) ([]byte, bool) {
+	st := c.unnamed
+	if !c.hasUnnamed {
+		return c.poison(out, newError(pgwire.CodeInvalidSQLStatementName, "unnamed prepared statement does not exist",
+			"send a Parse for the unnamed statement before using it (a simple Query drops it)")), false
+	}
+	if b.unnamedOwner != c || b.unnamedGen != c.unnamedGen {
+		c.q.push(request{kind: reqParse, swallow: true, stmt: st, gen: c.unnamedGen})
+		out = st.appendParse(out)
+		b.unnamedOwner, b.unnamedGen = c, c.unnamedGen
+	}
+	return out, true
+}
+
+func (c *clientConn) onBind(b *backend, out, msg, body []byte, tx bool) []byte {
+	if tx {
+		portal, name, restOff, ok := parseBindNames(body)
+		if ok && len(name) == 0 {
+			var mine bool
+			if out, mine = c.useUnnamed(b, out); !mine {
+				return out
+			}
+		}
+		if ok && len(name) > 0 {
+			if st := c.clientStatement(name); st != nil {
+				out, ok := c.useStatement(b, out, st)
+				if !ok {
+					return out
+				}
+				c.q.push(request{kind: reqBind, stmt: st})
+				return appendBindRenamed(out, body, portal, restOff, st.name)
+			}
+		}
+	}
+	c.q.push(request{kind: reqBind})
+	return append(out, msg...)
+}
+
+func (c *clientConn) onDescribe(b *backend, out, msg, body []byte, tx bool) []byte {
+	if len(body) > 0 && body[0] == 'P' {
+		c.q.push(request{kind: reqDescribePortal})
+		return append(out, msg...)
+	}
+	if tx && len(body) > 1 {
+		if name, _, ok := pgwire.CString(body[1:]); ok && len(name) == 0 {
+			var mine bool
+			if out, mine = c.useUnnamed(b, out); !mine {
+				return out
+			}
+			c.q.push(request{kind: reqDescribeStmt, stmt: c.unnamed, gen: c.unnamedGen})
+			return append(out, msg...)
+		}
+		if name, _, ok := pgwire.CString(body[1:]); ok && len(name) > 0 {
+			if st := c.clientStatement(name); st != nil {
+				out, ok := c.useStatement(b, out, st)
+				if !ok {
+					return out
+				}
+				c.q.push(request{kind: reqDescribeStmt, stmt: st})
+				return appendDescribeStatement(out, st.name)
+			}
+		}
+	}
+	c.q.push(request{kind: reqDescribeStmt})
+	return append(out, msg...)
+}
+
+func (c *clientConn) onClose(b *backend, out, msg, body []byte, tx bool) []byte {
+	if tx && len(body) > 1 && body[0] == 'S' {
+		if name, _, ok := pgwire.CString(body[1:]); ok && len(name) == 0 {
+			c.hasUnnamed, b.unnamedOwner = false, nil
+		} else if ok {
+			// The statement is the client's alone: closed on this backend
+			// if it is there; copies on others are never used again and
+			// leave with their LRU.
+			st := c.stmts[string(name)]
+			delete(c.stmts, string(name))
+			if st != nil && b.prepared.has(st.name) {
+				b.prepared.remove(st.name)
+				c.q.push(request{kind: reqClose})
+				return pgwire.AppendCloseStatement(out, st.name)
+			}
+			c.q.push(request{kind: reqSynthetic, payload: pgwire.CloseCompleteMessage})
+			return out
+		}
+	}
+	c.q.push(request{kind: reqClose})
+	return append(out, msg...)
+}
+
+// answerWithoutBackend answers, without taking a backend, a request made
+// only of named Parse / Close messages and a Sync, when the client holds no
+// backend and every statement's text is known to prepare cleanly. Such a
+// request changes nothing on a server: the statements are prepared on
+// whichever backend runs them. Synchronous drivers (libpq's PQprepare in
+// pgbench -M prepared) block a whole thread of clients in it, and waiting
+// for a backend there can deadlock against that thread's own open
+// transactions when the pool is smaller than the client count.
+func (c *clientConn) answerWithoutBackend() (bool, error) {
+	if c.mode != ModeTransaction || c.passRemaining > 0 {
+		return false, nil
+	}
+	end, stmts, ok := c.localRequest()
+	if !ok {
+		return false, nil
+	}
+	var reply []byte
+	for c.in.Start < end {
+		typ, bodyLen := pgwire.ParseHeader(c.in.Buf[c.in.Start:])
+		body := c.in.Buf[c.in.Start+pgwire.HeaderLen : c.in.Start+pgwire.HeaderLen+bodyLen]
+		c.in.Start += pgwire.HeaderLen + bodyLen
+		switch typ {
+		case pgwire.MsgParse:
+			name, _, _ := parseParseMessage(body)
+			c.mu.Lock()
+			c.stmts[string(name)] = stmts[0]
+			c.mu.Unlock()
+			stmts = stmts[1:]
+			reply = append(reply, pgwire.ParseCompleteMessage...)
+		case pgwire.MsgClose:
+			name, _, _ := pgwire.CString(body[1:])
+			c.mu.Lock()
+			delete(c.stmts, string(name))
+			c.mu.Unlock()
+			reply = append(reply, pgwire.CloseCompleteMessage...)
+		case pgwire.MsgSync:
+			reply = pgwire.AppendReadyForQuery(reply, 'I')
+		}
+	}
+	_, err := c.conn.Write(reply)
+	return true, err
+}
+
+// localRequest checks whether the buffer starts with a whole request the
+// proxy can answer alone (see answerWithoutBackend): named Parses of known
+// text under free names, Closes of statements, then a Sync. It returns where
+// the request ends and the statements of its Parses, in order.
+func (c *clientConn) localRequest() (end int, stmts []*statement, ok bool) {
+	pos := c.in.Start
+	for {
+		if c.in.End-pos < pgwire.HeaderLen {
+			return 0, nil, false
+		}
+		typ, bodyLen := pgwire.ParseHeader(c.in.Buf[pos:])
+		if bodyLen < 0 || c.in.End-pos < pgwire.HeaderLen+bodyLen {
+			return 0, nil, false
+		}
+		body := c.in.Buf[pos+pgwire.HeaderLen : pos+pgwire.HeaderLen+bodyLen]
+		pos += pgwire.HeaderLen + bodyLen
+		switch typ {
+		case pgwire.MsgSync:
+			return pos, stmts, true
+		case pgwire.MsgParse:
+			name, rest, ok := parseParseMessage(body)
+			if !ok || len(name) == 0 {
+				return 0, nil, false
+			}
+			c.mu.Lock()
+			taken := c.stmts[string(name)] != nil
+			c.mu.Unlock()
+			if taken || !c.srv.stmts.isKnown(rest) {
+				return 0, nil, false
+			}
+			// Not parsed now, but for real (a server Parse, under its own
+			// name) where the client first uses it.
+			stmts = append(stmts, c.srv.stmts.newStatement(rest))
+		case pgwire.MsgClose:
+			if len(body) < 2 || body[0] != 'S' || body[1] == 0 {
+				return 0, nil, false
+			}
+		default:
+			return 0, nil, false
+		}
+	}
+}
+
+// endProbe lets the client reader go on after a probe was answered.
+func (c *clientConn) endProbe() {
+	if c.probe != nil {
+		close(c.probe)
+		c.probe = nil
+	}
+}
+
+// undoParse forgets a statement whose Parse failed or was skipped.
+func (c *clientConn) undoParse(b *backend, r *request) {
+	if r.stmt == nil {
+		return
+	}
+	if r.stmt.name == "" {
+		if r.kind == reqParse {
+			// A failed Parse of the unnamed statement leaves none.
+			if b.unnamedOwner == c && b.unnamedGen == r.gen {
+				b.unnamedOwner = nil
+			}
+			if !r.swallow && c.unnamedGen == r.gen {
+				c.hasUnnamed = false
+			}
+		}
+		return
+	}
+	if r.prepared {
+		b.prepared.undo(r.stmt.name, r.seg)
+	}
+	if r.clientName != "" && c.stmts[r.clientName] == r.stmt {
+		delete(c.stmts, r.clientName)
+	}
+}
+
+// deallocate handles the client's "DEALLOCATE name" Query r: the client's
+// name means a proxy statement, so that one is deallocated (prepared first
+// if this backend lacks it) and the client sees exactly the reply
+// PostgreSQL would give. ok is false when name is not the client's.
+func (c *clientConn) deallocate(b *backend, out []byte, r request, name string) (_ []byte, ok bool) {
+	st := c.stmts[name]
+	if st == nil {
+		return out, false
+	}
+	delete(c.stmts, name)
+	out = c.ensurePrepared(b, out, st)
+	b.prepared.remove(st.name)
+	c.q.push(r)
+	return pgwire.AppendQuery(out, "DEALLOCATE "+st.name), true
+}
+
+// closeEvicted closes on b, ahead of the client's request (nothing is in
+// flight), the statements its LRU evicted or a server invalidated, in a
+// Sync segment of their own whose replies are swallowed.
+func (c *clientConn) closeEvicted(b *backend, out []byte) []byte {
+	if len(b.prepared.toClose) == 0 {
+		return out
+	}
+	for _, e := range b.prepared.toClose {
+		out = pgwire.AppendCloseStatement(out, e.name)
+		c.q.push(request{kind: reqClose, swallow: true})
+	}
+	b.prepared.toClose = b.prepared.toClose[:0]
+	out = append(out, pgwire.MsgSync, 0, 0, 0, 4)
+	c.q.push(request{kind: reqSync, swallow: true})
+	return out
+}
+
+// parseCompleted does the bookkeeping of a ParseComplete (r popped): the
+// text is known to prepare cleanly, and b's set holds the statement for
+// sure.
+func (c *clientConn) parseCompleted(b *backend, r *request) {
+	if r.stmt == nil || r.stmt.name == "" {
+		return
+	}
+	c.srv.stmts.markKnown(r.stmt)
+	if r.prepared {
+		b.prepared.confirm(r.stmt.name, r.seg)
+	}
+}
+
+// paramsDescribed records a ParameterDescription (msg whole) answering the
+// head request: a Describe of a statement whose description the proxy
+// learns (its own right after the first Parse, or the client's).
+func (c *clientConn) paramsDescribed(head *request, msg []byte) {
+	if head.kind == reqDescribeStmt && head.stmt != nil && !head.probe && (head.learn || !head.swallow) &&
+		(head.stmt.name != "" || head.gen == c.unnamedGen) {
+		head.stmt.learnParams(msg[pgwire.HeaderLen:])
+	}
+}
+
+// resultDescribed records a RowDescription or NoData (msg whole) answering
+// Describe r (popped): the statement's description when first learned, or
+// a probe's answer, which says whether the client's statement went stale.
+func (c *clientConn) resultDescribed(b *backend, r *request, msg []byte) {
+	if r.kind != reqDescribeStmt || r.stmt == nil {
+		return
+	}
+	switch {
+	case r.probe:
+		if descriptionFingerprint(msg) != r.stmt.fingerprint {
+			r.stmt.stale = true
+			c.log.Info("a prepared statement now describes another result than the client was told (schema change); the client gets 0A000 until it prepares it again",
+				"statement", r.stmt.name)
+		}
+		c.endProbe()
+	case (r.learn || !r.swallow) && r.stmt.fingerprint == "" && (r.stmt.name != "" || r.gen == c.unnamedGen):
+		r.stmt.learnResult(msg)
+	}
+}
+
+// statementFailed undoes the bookkeeping of request r (popped), which an
+// ErrorResponse failed or the server skipped after one.
+func (c *clientConn) statementFailed(b *backend, r *request) {
+	c.undoParse(b, r)
+	if r.probe {
+		c.endProbe()
+	}
+}
+
+// statementsDeallocated records that DEALLOCATE ALL or DISCARD ALL ran on b.
+func (c *clientConn) statementsDeallocated(b *backend) {
+	b.prepared.clear()
+	clear(c.stmts)
+}
