@@ -236,6 +236,26 @@ func (w *wildcard) targetFor(name string) config.Target {
 	return t
 }
 
+// templateDatabases are PostgreSQL's own template databases. CREATE
+// DATABASE copies template1 unless told otherwise, and fails with 55006
+// ("source database is being accessed by other users") while any other
+// session is connected to its template: pooled idle backends on template1
+// would break every CREATE DATABASE on the server, the application's own
+// (run from a template1 session) included.
+var templateDatabases = map[string]bool{"template0": true, "template1": true}
+
+// poolConfig is the pool configuration of one database of the "*" entry:
+// a template's pool keeps no backend idle (none warm, each closed when its
+// client is done), so it holds sessions on the template only while clients
+// use it, as direct connections would.
+func (w *wildcard) poolConfig(t config.Target) pool.Config {
+	pc := w.a.poolConfig(t)
+	if templateDatabases[t.Conn.Database] {
+		pc.MinSize, pc.NoIdle = 0, true
+	}
+	return pc
+}
+
 // open is proxy.Wildcard.Open.
 func (w *wildcard) open(name string) (*proxy.Database, error) {
 	w.mu.Lock()
@@ -247,7 +267,7 @@ func (w *wildcard) open(name string) (*proxy.Database, error) {
 		return db, nil
 	}
 	t := w.targetFor(name)
-	pc := w.a.poolConfig(t)
+	pc := w.poolConfig(t)
 	// The pool is known only once New returns, and New starts the first
 	// connect; missing takes w.mu, which open holds until then.
 	ref := new(atomic.Pointer[pool.Pool])
@@ -344,7 +364,7 @@ func (w *wildcard) reconfigure(t config.Target) {
 	w.mu.Unlock()
 	if changed {
 		for _, db := range dbs {
-			db.Pool.Reconfigure(w.a.poolConfig(w.targetFor(db.Name)))
+			db.Pool.Reconfigure(w.poolConfig(w.targetFor(db.Name)))
 		}
 	}
 }

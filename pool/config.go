@@ -32,6 +32,12 @@ type Config struct {
 	BackoffInitial    time.Duration // above 0; first delay after a failed connect
 	BackoffMax        time.Duration // at least BackoffInitial; the doubling stops here
 	HoldOnRestart     time.Duration // 0 = off; how long Acquire waits for a database that went away (see hold.go)
+	// NoIdle closes a backend when it is free and no waiter takes it,
+	// instead of keeping it idle: for a database that must have no
+	// sessions while nobody uses it (a template: CREATE DATABASE fails
+	// with 55006 while another session is connected to its template).
+	// MinSize must be 0.
+	NoIdle bool
 	Logger            *slog.Logger  // nil = slog.Default()
 	// OptionName spells a field the way the operator sets it, for hints:
 	// "MaxSize" may become "pool.max_size". nil, or "" for a field, leaves
@@ -77,6 +83,9 @@ func (c Config) validate() error {
 	}
 	if c.MinSize > c.MaxSize {
 		errs = append(errs, fmt.Errorf("MinSize %d is larger than MaxSize %d", c.MinSize, c.MaxSize))
+	}
+	if c.NoIdle && c.MinSize > 0 {
+		errs = append(errs, fmt.Errorf("MinSize %d keeps backends idle, which NoIdle forbids", c.MinSize))
 	}
 	if c.MaxBackendErrors < 0 {
 		errs = append(errs, fmt.Errorf("MaxBackendErrors %d may not be negative", c.MaxBackendErrors))

@@ -97,6 +97,8 @@ func (p *Pool) maintainLocked(now time.Time) (leakCandidates []*backend) {
 			p.retireLocked(b, retireLifetime, fmt.Sprintf("lifetime %s reached", fmtDuration(b.lifetime(cfg))), now)
 		case p.open > cfg.MaxSize:
 			p.retireLocked(b, retireIdle, fmt.Sprintf("surplus after max_size shrank to %d", cfg.MaxSize), now)
+		case cfg.NoIdle:
+			p.retireLocked(b, retireIdle, "this database keeps no idle backends", now)
 		case cfg.MaxIdle > 0 && now.Sub(b.idleSince) >= cfg.MaxIdle && p.open > cfg.MinSize:
 			p.retireLocked(b, retireIdle, fmt.Sprintf("idle for %s (max_idle %s)", fmtDuration(now.Sub(b.idleSince)), cfg.MaxIdle), now)
 		default:

@@ -82,8 +82,8 @@ func (q *waitQueue) popFront() *waiter {
 
 // putLocked gives a free backend to the oldest waiter directly (it never
 // goes through the idle list, where a newcomer could snatch it), or
-// pushes it on the idle stack when nobody waits. After Close it closes
-// it instead.
+// pushes it on the idle stack when nobody waits (closes it then under
+// NoIdle). After Close it closes it instead.
 func (p *Pool) putLocked(b *backend, now time.Time) {
 	if p.closed {
 		p.retireLocked(b, retireShutdown, "pool closed", now)
@@ -92,12 +92,18 @@ func (p *Pool) putLocked(b *backend, now time.Time) {
 	// It was in use until now: the validate-after-idle clock starts here,
 	// also for a backend handed on directly, which was never idle at all.
 	b.idleSince = now
-	if p.admin.paused {
+	switch {
+	case p.admin.paused && !p.cfg.NoIdle:
 		p.idle = append(p.idle, b) // held back until Resume
 		return
+	case !p.admin.paused:
+		if w := p.waiters.popFront(); w != nil {
+			w.ch <- grant{b: b}
+			return
+		}
 	}
-	if w := p.waiters.popFront(); w != nil {
-		w.ch <- grant{b: b}
+	if p.cfg.NoIdle {
+		p.retireLocked(b, retireIdle, "free with nobody waiting, and this database keeps no idle backends", now)
 		return
 	}
 	b.fresh = false // it has sat idle: validation rules apply from now
