@@ -38,7 +38,7 @@ type Config struct {
 	// with 55006 while another session is connected to its template).
 	// MinSize must be 0.
 	NoIdle bool
-	Logger            *slog.Logger  // nil = slog.Default()
+	Logger *slog.Logger // nil = slog.Default()
 	// OptionName spells a field the way the operator sets it, for hints:
 	// "MaxSize" may become "pool.max_size". nil, or "" for a field, leaves
 	// the field's own name.
