@@ -32,17 +32,17 @@ type Config struct {
 	BackoffInitial    time.Duration // above 0; first delay after a failed connect
 	BackoffMax        time.Duration // at least BackoffInitial; the doubling stops here
 	HoldOnRestart     time.Duration // 0 = off; how long Acquire waits for a database that went away (see hold.go)
+	Logger            *slog.Logger  // nil = slog.Default()
+	// OptionName spells a field the way the operator sets it, for hints:
+	// "MaxSize" may become "pool.max_size". nil, or "" for a field, leaves
+	// the field's own name.
+	OptionName func(field string) string
 	// NoIdle closes a backend when it is free and no waiter takes it,
 	// instead of keeping it idle: for a database that must have no
 	// sessions while nobody uses it (a template: CREATE DATABASE fails
 	// with 55006 while another session is connected to its template).
 	// MinSize must be 0.
 	NoIdle bool
-	Logger *slog.Logger // nil = slog.Default()
-	// OptionName spells a field the way the operator sets it, for hints:
-	// "MaxSize" may become "pool.max_size". nil, or "" for a field, leaves
-	// the field's own name.
-	OptionName func(field string) string
 }
 
 // option names field in hints: the option that sets it, as OptionName
