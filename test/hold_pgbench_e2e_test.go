@@ -27,8 +27,16 @@ import (
 // queued for a backend, since the pool is smaller than the client count)
 // must see no error at all and must go on completing transactions after
 // the restart, which pgbench's per-transaction log shows per client.
+// Simple protocol, and -M prepared: after the restart every backend is
+// new, and the proxy prepares the clients' statements on them again.
 func TestHoldPgbenchAcrossFastRestart(t *testing.T) {
 	ensurePgbenchTables(t)
+	for _, protocol := range []string{"simple", "prepared"} {
+		t.Run(protocol, func(t *testing.T) { holdPgbenchAcrossFastRestart(t, protocol) })
+	}
+}
+
+func holdPgbenchAcrossFastRestart(t *testing.T, protocol string) {
 	t.Cleanup(func() {
 		if !pg.Running() {
 			if err := pg.Start(); err != nil {
@@ -49,7 +57,7 @@ func TestHoldPgbenchAcrossFastRestart(t *testing.T) {
 		WithEnv("PGSIDECAR_POOL__ACQUIRE_TIMEOUT", "30s"),
 		WithEnv("PGSIDECAR_LOG__LEVEL", "info"))
 
-	bench := startPgbench(t, p.AppURL(), "-n", "-c", strconv.Itoa(clients), "-j", "2",
+	bench := startPgbench(t, p.AppURL(), "-n", "-M", protocol, "-c", strconv.Itoa(clients), "-j", "2",
 		"-T", strconv.Itoa(seconds), "-P", "1")
 	time.Sleep(2 * time.Second)
 
@@ -74,8 +82,8 @@ func TestHoldPgbenchAcrossFastRestart(t *testing.T) {
 
 	out, logs, err := bench.wait()
 	res := parsePgbenchRun(t, out, logs, restartDone)
-	t.Logf("pgbench -c %d -T %d through max_size %d across the restart: %d transactions processed, %d failed, %d clients aborted %v; tps line: %s",
-		clients, seconds, maxSize, res.processed, res.failed, len(res.aborted), res.aborted, tps(out))
+	t.Logf("pgbench -M %s -c %d -T %d through max_size %d across the restart: %d transactions processed, %d failed, %d clients aborted %v; tps line: %s",
+		protocol, clients, seconds, maxSize, res.processed, res.failed, len(res.aborted), res.aborted, tps(out))
 	if err != nil && len(res.aborted) == 0 {
 		t.Fatalf("pgbench failed with no aborted client: %v\n%s", err, out)
 	}
