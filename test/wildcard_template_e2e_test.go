@@ -21,7 +21,8 @@ import (
 // pool lived. A template's pool keeps no idle backend: CREATE DATABASE
 // from a template1 session through the proxy works as it does directly,
 // and once the proxy's clients are done, no session of the proxy is left
-// on template1.
+// on template1. (Time is not asserted: CREATE DATABASE copies the
+// template and takes seconds on a loaded machine; the failure is 55006.)
 func TestWildcardTemplate1CreateDatabase(t *testing.T) {
 	cfgPath := filepath.Join(t.TempDir(), "pgsidecar.yaml")
 	// The default pool options (min_size 2): the case that broke.
@@ -86,7 +87,8 @@ func TestWildcardTemplate1CreateDatabase(t *testing.T) {
 		err := admin.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE datname = 'template1' AND usename = 'app'").Scan(&n)
 		return err == nil && n == 0
 	})
-	if took, err := create(admin, base+"_after"); err != nil || took > 2*time.Second {
+	// (PostgreSQL would wait 5 s for other sessions, then fail: 55006.)
+	if took, err := create(admin, base+"_after"); err != nil {
 		t.Fatalf("directly after the proxy's clients left: CREATE DATABASE: %v after %v", err, took)
 	}
 
