@@ -484,9 +484,7 @@ func (c *clientConn) bindSession() error {
 	}
 	if !c.srv.cancels.rekey(c, srv.PID(), binary.BigEndian.Uint32(ks.SecretKey())) {
 		c.log.Info("another client holds the same backend pid (another server): this one keeps a minted key", "backend_pid", srv.PID())
-		return nil
 	}
-	c.keepIdentity()
 	return nil
 }
 

@@ -66,17 +66,6 @@ func (c *clientConn) armReplayLocked() {
 	c.replay.armed = c.replay.tries < maxReplays
 }
 
-// keepIdentity disarms the replay for the backend c holds: a session-mode
-// client just handed that backend's own key (bindSession) must not be
-// moved to another backend unseen, or its pg_backend_pid() and cancel key
-// would name a dead one. If the backend dies, the client is told (08006)
-// and closed, as a direct connection would be.
-func (c *clientConn) keepIdentity() {
-	c.mu.Lock()
-	c.replay.armed = false
-	c.mu.Unlock()
-}
-
 // recordReplay keeps the client bytes buf[from:c.in.Start] that the client
 // reader is about to send to b, while b may still be replayed. A request
 // that cannot be kept whole (a streamed message, a probe sent in place of
