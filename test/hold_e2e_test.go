@@ -107,3 +107,57 @@ func TestHoldAcrossDatabaseRestart(t *testing.T) {
 		t.Errorf("without the hold %d statements failed, with it %d: the test does not see the hold", failedOff, failed)
 	}
 }
+
+// TestHoldNewLoginDuringRestart: the hold covers clients that connect
+// while the database is away too (their login waits for a backend to
+// check the server's parameters), not only those already connected: a new
+// pgx client and an idle client's next statement, both sent while the
+// database is down, succeed once it is back. With the hold off both fail
+// at once with 08006.
+func TestHoldNewLoginDuringRestart(t *testing.T) {
+	t.Cleanup(func() {
+		if !pg.Running() {
+			if err := pg.Start(); err != nil {
+				t.Errorf("restart the shared cluster: %v", err)
+			}
+		}
+	})
+	for _, hold := range []string{"10s", "0"} {
+		p := StartProxy(t, WithEnv("PGSIDECAR_POOL__HOLD_ON_RESTART", hold), WithEnv("PGSIDECAR_LOG__LEVEL", "info"))
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		idle := connect(t, p.AppURL())
+		if _, err := idle.Exec(ctx, "SELECT 1"); err != nil {
+			t.Fatal(err)
+		}
+		if err := pg.Stop(); err != nil {
+			t.Fatalf("stop the cluster: %v", err)
+		}
+		newLogin, next := make(chan error, 1), make(chan error, 1)
+		go func() { // ends within ctx
+			c, err := pgconn.Connect(ctx, p.AppURL())
+			if err == nil {
+				_, err = c.Exec(ctx, "SELECT 1").ReadAll()
+				c.Close(context.Background())
+			}
+			newLogin <- err
+		}()
+		go func() { // ends within ctx
+			_, err := idle.Exec(ctx, "SELECT 2")
+			next <- err
+		}()
+		time.Sleep(time.Second) // down for a second, with both waiting
+		if err := pg.Start(); err != nil {
+			t.Fatalf("start the cluster: %v", err)
+		}
+		errLogin, errNext := <-newLogin, <-next
+		cancel()
+		t.Logf("hold_on_restart %s: login during the restart: %v; idle client's next statement: %v", hold, errLogin, errNext)
+		if hold != "0" {
+			if errLogin != nil || errNext != nil {
+				t.Errorf("with the hold, the login (%v) and the statement (%v) sent while the database was down must succeed", errLogin, errNext)
+			}
+		} else if sqlState(errLogin) != "08006" || sqlState(errNext) != "08006" {
+			t.Errorf("without the hold, want 08006 for both: login %v, statement %v", errLogin, errNext)
+		}
+	}
+}
