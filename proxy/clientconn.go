@@ -38,7 +38,7 @@ type clientConn struct {
 	db      *Database
 	appName string
 	log     *slog.Logger
-	mode    Mode
+	policy  *modePolicy // what the pool mode decides
 
 	pid, secret uint32 // proxy-minted BackendKeyData
 
@@ -299,7 +299,7 @@ func (s *Server) serveConn(conn net.Conn) {
 		db:            db,
 		appName:       sm.params["application_name"],
 		log:           lg,
-		mode:          s.cfg.Mode,
+		policy:        s.cfg.Mode.policy(),
 		startupParams: make(map[string]paramValue),
 		want:          make(map[string]paramValue),
 		stmts:         make(map[string]*statement),
@@ -449,7 +449,7 @@ func (c *clientConn) greet(deadline time.Time) error {
 			buf, _ = (&pgproto3.ParameterStatus{Name: canonicalParamName(k), Value: w.val}).Encode(buf)
 		}
 	}
-	if c.mode == ModeSession && c.db.Pool.Free() {
+	if c.policy.backendAtLogin && c.db.Pool.Free() {
 		// With the pool exhausted, the client is not kept waiting at login
 		// (applications open their pools eagerly): it keeps a minted key
 		// and gets its backend at its first query, as before.

@@ -67,7 +67,7 @@ type hubWaiter struct {
 
 // hubFor returns db's hub, or nil when db has no listener configuration.
 func (s *Server) hubFor(db *Database) *notifyHub {
-	if db.Listen == nil || s.cfg.Mode != ModeTransaction {
+	if db.Listen == nil || !s.cfg.Mode.policy().carrySessionState {
 		return nil
 	}
 	s.mu.Lock()

@@ -319,7 +319,7 @@ func (c *clientConn) acquire() (*backend, error) {
 	conn.SetOwner(c)
 	b := s.backendFor(conn)
 	b.queries = 0
-	if c.mode == ModeSession {
+	if c.policy.readerPerHold {
 		// The pool counts a new hold as busy until told otherwise (right
 		// for transaction mode). Say so here, so the first ReadyForQuery 'I'
 		// of the session is a change the server reader reports: otherwise
@@ -341,7 +341,7 @@ func (c *clientConn) acquire() (*backend, error) {
 		b.cout = pgwire.AppendQuery(b.cout[:0], sql)
 		c.q.push(request{kind: reqQuery, swallow: true, syncTo: next})
 	}
-	if c.mode == ModeSession {
+	if c.policy.readerPerHold {
 		// The session's backend is read whenever it speaks: notifications
 		// and notices reach an idle client as they would directly.
 		c.startReaderLocked(b)
@@ -377,7 +377,7 @@ func (c *clientConn) planRelay(b *backend, outLen int) bool {
 // the write is small enough (inlineWriteMax). Under c.mu.
 func (c *clientConn) inlineableLocked(outLen int) bool {
 	pending := c.in.Buf[c.in.Start:c.in.End]
-	return c.mode == ModeTransaction && outLen <= inlineWriteMax && c.passRemaining == 0 &&
+	return c.policy.releaseAtTransactionEnd && outLen <= inlineWriteMax && c.passRemaining == 0 &&
 		(len(pending) == 0 || c.probe != nil || len(pending) == pgwire.HeaderLen && pending[0] == pgwire.MsgTerminate) &&
 		(!c.inBatch || c.probe != nil) && c.checkWait == nil && !c.copyIn
 }
@@ -431,7 +431,7 @@ func (c *clientConn) build(b *backend) (out []byte, wake bool, err error) {
 	if c.probe != nil || c.checkWait != nil {
 		return out, false, nil // the held request waits for the probe's (or check's) answer
 	}
-	tx := c.mode == ModeTransaction
+	tx := c.policy.rewriteStatements
 	if tx && c.q.len() == 0 && !c.inBatch {
 		out = c.closeEvicted(b, out)
 	}
@@ -567,7 +567,7 @@ func (c *clientConn) needsWhole(typ byte, bodyLen int) bool {
 	case pgwire.MsgParse, pgwire.MsgBind:
 		// Transaction mode rewrites them; past max_client_buffer they are
 		// streamed or refused instead (build), never buffered.
-		return c.mode == ModeTransaction && pgwire.HeaderLen+bodyLen <= c.srv.cfg.MaxClientBuffer
+		return c.policy.rewriteStatements && pgwire.HeaderLen+bodyLen <= c.srv.cfg.MaxClientBuffer
 	}
 	return false
 }
@@ -579,7 +579,7 @@ func (c *clientConn) needsWhole(typ byte, bodyLen int) bool {
 // an error in the extended protocol, and everything up to its Sync is
 // dropped unread (see discard), so the claimed length is never allocated.
 func (c *clientConn) refuseOversized() (bool, error) {
-	if c.mode != ModeTransaction || c.in.Pending() < pgwire.HeaderLen {
+	if !c.policy.rewriteStatements || c.in.Pending() < pgwire.HeaderLen {
 		return false, nil
 	}
 	typ, bodyLen := pgwire.ParseHeader(c.in.Buf[c.in.Start:])
@@ -694,7 +694,7 @@ func (c *clientConn) notePartial(typ byte) {
 	switch typ {
 	case pgwire.MsgQuery, pgwire.MsgFunctionCall:
 		// Too long to inspect: ask the server afterwards.
-		if c.mode == ModeTransaction {
+		if c.policy.carrySessionState {
 			c.stateDirty, c.paramsDirty = true, true
 		}
 		c.q.push(request{kind: reqQuery})

@@ -381,7 +381,7 @@ func (c *clientConn) idleLocked(b *backend) bool {
 // transactionOverLocked reports whether nothing the client sent is still in
 // flight and its transaction is over (transaction mode).
 func (c *clientConn) transactionOverLocked() bool {
-	return c.mode == ModeTransaction && c.q.len() == 0 && !c.inBatch && c.txStatus == 'I' && !c.writing && c.cancelling == 0
+	return c.policy.releaseAtTransactionEnd && c.q.len() == 0 && !c.inBatch && c.txStatus == 'I' && !c.writing && c.cancelling == 0
 }
 
 // releaseBackend gives a clean backend back to its pool.
@@ -567,7 +567,7 @@ func (c *clientConn) routeOne(b *backend, typ byte, msg []byte) (swallow bool, e
 		} else if r.syncTo != nil {
 			c.log.Warn("bringing a server connection to the client's session parameters failed; the client sees the error")
 		}
-		if c.mode == ModeSession {
+		if c.policy.readerPerHold {
 			b.busy = c.txStatus != 'I'
 		}
 		return r.swallow, nil
@@ -817,22 +817,20 @@ func (c *clientConn) finish() {
 		return
 	}
 	if status != 'I' || pinned {
-		// Reset the session so the proxy's view of it is exact again. In
-		// transaction mode DISCARD ALL also drops what the client may have
-		// left in the session (temp tables, LISTEN, advisory locks,
-		// cursors, SQL prepared statements), even state the proxy did not
-		// see being created.
-		q, discard := "DISCARD ALL", true
-		if c.mode == ModeSession {
-			q, discard = "RESET ALL", false
-		}
+		// Reset the session so the proxy's view of it is exact again
+		// (modePolicy.leaveReset): DISCARD ALL also drops what the client
+		// may have left in the session (temp tables, LISTEN, advisory
+		// locks, cursors, SQL prepared statements), even state the proxy
+		// did not see being created.
+		q := c.policy.leaveReset
+		discard := q == "DISCARD ALL"
 		if err := srv.Exec(ctx, q); err != nil {
 			c.destroyBackend(b, "reset after the client left failed: "+err.Error())
 			return
 		}
 		b.resetToDefaults(discard)
 	}
-	if c.mode == ModeSession {
+	if c.policy.leaveResetQuery {
 		if q := c.srv.cfg.ResetQuery; q != "" {
 			if err := srv.Exec(ctx, q); err != nil {
 				c.destroyBackend(b, "reset query failed: "+err.Error())

@@ -556,7 +556,7 @@ func (c *clientConn) onClose(b *backend, out, msg, body []byte, tx bool) []byte 
 // for a backend there can deadlock against that thread's own open
 // transactions when the pool is smaller than the client count.
 func (c *clientConn) answerWithoutBackend() (bool, error) {
-	if c.mode != ModeTransaction || c.passRemaining > 0 {
+	if !c.policy.rewriteStatements || c.passRemaining > 0 {
 		return false, nil
 	}
 	end, stmts, ok := c.localRequest()
