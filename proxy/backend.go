@@ -32,7 +32,7 @@ type backend struct {
 	// there is never taken for the next one's.
 	unnamedOwner *clientConn
 	unnamedGen   uint64
-	out          []byte // server reader's output when it must edit the stream
+	out          []byte // backend reader's output when it must edit the stream
 	cout         []byte // client reader's output to this backend
 	queries      int64  // 'Z's since acquire, for pool.max_queries
 	// ErrorResponses since acquire (every one, and those of a class that
@@ -40,7 +40,7 @@ type backend struct {
 	// per-backend counts and max_backend_errors.
 	sqlErrors, connErrors int64
 
-	// Server reader state.
+	// Backend reader state.
 	in            pgwire.ReadBuffer
 	passRemaining int  // bytes of a message being streamed to the client
 	passSwallow   bool // ... or dropped

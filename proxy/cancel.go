@@ -118,8 +118,8 @@ func (c *clientConn) cancelPinned(wantedLocked func() bool) (backendPID uint32, 
 			close(c.cancelDone) // the client reader may write again (build)
 			c.cancelDone = nil
 		}
-		if c.be == b && c.async && c.transactionOverLocked() {
-			// A server reader waits on b: wake it to release b. (Inline,
+		if c.be == b && c.reader.async && c.transactionOverLocked() {
+			// A backend reader waits on b: wake it to release b. (Inline,
 			// the client goroutine waits on cancelDone instead.)
 			b.nc.SetReadDeadline(time.Now())
 		}

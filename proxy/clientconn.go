@@ -25,7 +25,7 @@ import (
 // clientConn is one client connection. Its goroutine (run) reads the client,
 // writes to the backend and, for the common request/response exchange of
 // transaction mode, reads the backend's replies itself (relayInline). A
-// second goroutine (serverLoop) reads the backend only where the client may
+// second goroutine (backendReader) reads the backend only where the client may
 // send more while replies arrive (COPY FROM STDIN, pipelining, an open
 // extended-protocol batch) and in session mode; see relay_server.go.
 type clientConn struct {
@@ -46,17 +46,14 @@ type clientConn struct {
 	cancel context.CancelFunc
 
 	// Owned by the client goroutine.
-	startupParams  map[string]paramValue
-	in             pgwire.ReadBuffer
-	passRemaining  int   // bytes of a message being streamed to the backend
-	passDrop       bool  // ... or dropped: the message was refused (too large)
-	discarding     bool  // acquire failed: drop messages until Sync / Query
-	discardQuery   bool  // the message being dropped is a Query: answer when it ends
-	acquireErr     error // why, for the reply
-	discardErrSent bool  // the error went out already; only 'Z' is owed
-	poisoned       bool  // the client broke the protocol: its backend is closed, not reused
+	startupParams map[string]paramValue
+	in            pgwire.ReadBuffer
+	passRemaining int          // bytes of a message being streamed to the backend
+	passDrop      bool         // ... or dropped: the message was refused (too large)
+	discard       discardState // acquire failed (or a Parse was refused): drop to Sync / Query
+	poisoned      bool         // the client broke the protocol: its backend is closed, not reused
 
-	// Shared with serverLoop and cancel requests, under mu.
+	// Shared with backendReader and cancel requests, under mu.
 	mu         sync.Mutex
 	be         *backend
 	q          requestQueue
@@ -73,19 +70,11 @@ type clientConn struct {
 	unnamed    *statement
 	unnamedGen uint64
 	hasUnnamed bool
-	// async: a server reader (serverLoop) reads be, until it is released
-	// or lost; readerDone is closed when that reader ends, stopReader
-	// tells it to stop and leave be to finish. inline: the client
-	// goroutine reads be itself (relayInline). severed: be's socket was
-	// closed under the client (closeWith, kill): it is destroyed, never
-	// released. copyIn: be sent CopyInResponse and waits for the client.
-	async, inline, severed, copyIn bool
-	stopReader                     bool
-	readerDone                     chan struct{}
-	// replacement is a message routeOne wants sent instead of the one it
+	reader     readerState // who reads be (relay_server.go)
+	// replacement is a message routeOneLocked wants sent instead of the one it
 	// swallowed (nil when none).
 	replacement []byte
-	// drained is closed by the server reader once the requests awaiting a
+	// drained is closed by the backend reader once the requests awaiting a
 	// reply fall to half of maxPendingRequests (nil unless the client
 	// reader waits for that: backpressure).
 	drained chan struct{}
@@ -137,6 +126,33 @@ type clientConn struct {
 	responses     uint64
 	queryTimedOut bool
 	sweep         sweepMark
+}
+
+// readerState says who reads the client's backend, c.be. Under c.mu.
+type readerState struct {
+	// async: a backend reader (backendReader) reads be until be is released
+	// or lost; done is closed when that reader ends; stop tells it to stop
+	// and leave be to finish.
+	async bool
+	done  chan struct{}
+	stop  bool
+	// inline: the client goroutine reads be itself (relayInline).
+	inline bool
+	// severed: be's socket was closed under the client (closeWith, kill):
+	// be is destroyed, never released.
+	severed bool
+	// copyIn: be sent CopyInResponse and waits for the client's data.
+	copyIn bool
+}
+
+// discardState is the client goroutine's dropping of a request that gets
+// only an error: no backend could be had for it, or its Parse was larger
+// than max_client_buffer (refuseOversized).
+type discardState struct {
+	on      bool  // drop messages until Sync / Query
+	query   bool  // the message being dropped is a Query: answer when it ends
+	err     error // why, for the reply (an acquire error)
+	errSent bool  // the error went out already; only 'Z' is owed
 }
 
 // serverOpTimeout bounds each statement the proxy runs on a backend itself
@@ -345,12 +361,12 @@ func (s *Server) serveConn(conn net.Conn) {
 	}
 	var pe *pgError
 	if errors.As(err, &pe) && !c.killed.Load() {
-		// No server reader runs any more: nothing else writes to the client.
+		// No backend reader runs any more: nothing else writes to the client.
 		conn.SetWriteDeadline(time.Now().Add(time.Second))
 		conn.Write(pe.appendTo(nil))
 	}
 	switch {
-	case err == nil, errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed), errors.Is(err, errClientTerminated), errors.Is(err, errServerLost):
+	case err == nil, errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed), errors.Is(err, errClientTerminated), errors.Is(err, errBackendLost):
 		lg.Debug("client disconnected", "duration", time.Since(start).Round(time.Millisecond))
 	case pe != nil: // already logged where it was found
 		lg.Debug("client connection closed", "err", err, "duration", time.Since(start).Round(time.Millisecond))
@@ -626,9 +642,9 @@ func (c *clientConn) closeWith(pe *pgError) {
 	// destroys the backend. (relayInline checks closeErr after setting
 	// inline, under c.mu, so one of the two sees the other.)
 	c.mu.Lock()
-	c.severBackendLocked(c.inline)
+	c.severBackendLocked(c.reader.inline)
 	c.mu.Unlock()
-	// A server reader blocked writing to a client that does not read would
+	// A backend reader blocked writing to a client that does not read would
 	// keep finish waiting.
 	c.conn.SetWriteDeadline(time.Now().Add(time.Second))
 }
@@ -645,10 +661,10 @@ func (c *clientConn) kill() {
 
 // severBackendLocked closes the socket of the client's backend when cond
 // holds: the one honest way to end a read blocked on it. The backend is
-// then destroyed, never released (c.severed). Under c.mu.
+// then destroyed, never released (c.reader.severed). Under c.mu.
 func (c *clientConn) severBackendLocked(cond bool) {
-	if b := c.be; b != nil && cond && !c.severed {
-		c.severed = true
+	if b := c.be; b != nil && cond && !c.reader.severed {
+		c.reader.severed = true
 		b.nc.Close()
 	}
 }

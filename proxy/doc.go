@@ -12,7 +12,7 @@
 // Config.OptionName.
 //
 // Each accepted connection is a clientConn (clientConn.go). Its fields
-// marked as guarded by c.mu are shared with a server reader and cancel
+// marked as guarded by c.mu are shared with a backend reader and cancel
 // requests; the rest belong to the client goroutine. A backend (backend.go)
 // is a pool.Conn plus what the proxy tracks per server session:
 // parameters, prepared statements (statements.go), buffers. It belongs to at
@@ -25,11 +25,11 @@
 //     (auth.go, loginbrake.go), greets, then runs the relay (relay_client.go:
 //     run, process). In transaction mode it relays the common exchange
 //     alone: it writes the request to the backend, reads the replies itself
-//     (relay_server.go: relayInline, relayReplies, route), writes them to
+//     (relay_server.go: relayInline, relayReplies, routeLocked), writes them to
 //     the client and releases the backend; no other goroutine takes part
 //     and nobody is woken. It ends when the client leaves or is closed
 //     (Shutdown, Close), after finish.
-//   - A server reader (relay_server.go: serverLoop) is started
+//   - A backend reader (relay_server.go: backendReader) is started
 //     (startReaderLocked) only where the client may send more while replies
 //     arrive, or the backend may speak while the client goroutine waits on
 //     the client: COPY FROM STDIN, a client pipelining past one read or
@@ -38,7 +38,7 @@
 //     (open transaction, pin), and session mode (acquire). It routes the
 //     replies and gives the backend back to the pool when the transaction
 //     is over (transaction mode). It ends then, or when the backend fails
-//     (serverLost), or when finish stops it (stopReader + a read deadline).
+//     (backendLost), or when finish stops it (reader.stop + a read deadline).
 //
 // Besides those, the Server runs one sweeper goroutine (timeouts.go) from
 // the first Serve until Shutdown or Close, short-lived goroutines that send
@@ -49,11 +49,11 @@
 // # Pins: a backend cannot move while it is in use
 //
 // Whoever reads the backend releases it when transactionOverLocked holds:
-// the client goroutine inline, or the server reader. Two pins keep that
+// the client goroutine inline, or the backend reader. Two pins keep that
 // from happening while the backend is still in use outside c.mu: c.writing
 // while the client goroutine writes to it (build ... unpin), and
 // c.cancelling while a cancel request is being sent to it (cancelPinned).
-// Neither holds c.mu across network I/O. With a server reader running, the
+// Neither holds c.mu across network I/O. With a backend reader running, the
 // unpin wakes it (a read deadline) so the release happens then; inline,
 // the client goroutine releases after its own write, or waits for
 // cancelDone.
@@ -62,7 +62,7 @@
 //
 // The inline path has none. A read deadline set to now still wakes the
 // client goroutine while it waits for an idle client (drain, closeWith,
-// notifications, a replay found by a server reader), and a server reader
+// notifications, a replay found by a backend reader), and a backend reader
 // on the asynchronous path (unpin, a cancel's end, notifications, finish);
 // kill, and closeWith during an inline read, close the socket instead.
 // ARCHITECTURE.md lists each and why it remains.
@@ -81,9 +81,15 @@
 //
 // # Glossary
 //
-// backend: a server connection. request: what the client sent that awaits
-// a reply (requests.go), in order. hazard: a statement whose effect is bound
-// to a server session and so does not survive transaction pooling
-// (inspect.go). probe: a Describe the proxy sends before reusing a
-// statement whose result type may have changed.
+// Server: the proxy's listener and owner of its clients (server.go), never
+// a database. backend: a server connection, the only name for one; a
+// backend reader is the goroutine that reads it. probe: a Describe the
+// proxy sends before reusing a statement whose result type may have
+// changed (statements.go); the pool's
+// liveness peek at a socket is probeSocket in package pool. A function
+// whose name ends in Locked runs under c.mu and does not take it.
+//
+// request: what the client sent that awaits a reply (requests.go), in
+// order. hazard: a statement whose effect is bound to a server session and
+// so does not survive transaction pooling (inspect.go).
 package proxy

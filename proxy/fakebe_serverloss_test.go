@@ -178,7 +178,7 @@ func TestFakeServerLostSessionIdle(t *testing.T) {
 // running it must never be sent to a second backend. Here the client's
 // first request of a transaction, a Query, is followed in the same write by
 // a Close of a statement the backend never had (answered by the proxy
-// itself) and a Flush; the proxy wakes its server reader to deliver that
+// itself) and a Flush; the proxy wakes its backend reader to deliver that
 // CloseComplete while the backend still works on the Query. The wake-up is
 // not the backend dying: the Query runs once, on the one backend, and the
 // client gets its result and the CloseComplete in order.

@@ -102,7 +102,7 @@ func TestPipelineBounded(t *testing.T) {
 	}
 	b.in = pgwire.ReadBuffer{Buf: make([]byte, len(z))}
 	b.in.End = copy(b.in.Buf, z)
-	if _, _, err := c.route(b); err != nil {
+	if _, _, err := c.routeLocked(b); err != nil {
 		t.Fatal(err)
 	}
 	c.wakeDrainedLocked()

@@ -24,7 +24,7 @@ type modePolicy struct {
 	// backendAtLogin: the client takes its backend at login when one is
 	// free, and keeps its key (pg_backend_pid, cancel) - bindSession.
 	backendAtLogin bool
-	// readerPerHold: a server reader reads the backend for as long as it
+	// readerPerHold: a backend reader reads the backend for as long as it
 	// is held, so notifications and notices reach an idle client at once;
 	// the pool's leak detector is told when a transaction is open.
 	readerPerHold bool

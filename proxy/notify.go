@@ -368,9 +368,9 @@ func (c *clientConn) queueNotification(msg []byte) {
 	}
 	c.notes = append(c.notes, msg)
 	b := c.be
-	async := b != nil && c.async
+	async := b != nil && c.reader.async
 	if async && c.transactionOverLocked() {
-		// Held between transactions by a server reader (pinned, or about
+		// Held between transactions by a backend reader (pinned, or about
 		// to be released): it delivers.
 		b.nc.SetReadDeadline(time.Now())
 	}
@@ -395,12 +395,12 @@ func (c *clientConn) takeNotesLocked() [][]byte {
 }
 
 // flushNotes writes queued notifications when the client is between
-// transactions and no server reader runs (client reader only: nobody else
+// transactions and no backend reader runs (client reader only: nobody else
 // writes to the client then).
 func (c *clientConn) flushNotes() error {
 	c.mu.Lock()
-	if c.be != nil && (c.async || c.q.len() > 0 || c.inBatch || c.txStatus != 'I') {
-		// A server reader writes to the client, or a transaction is
+	if c.be != nil && (c.reader.async || c.q.len() > 0 || c.inBatch || c.txStatus != 'I') {
+		// A backend reader writes to the client, or a transaction is
 		// open: delivered after its ReadyForQuery.
 		c.mu.Unlock()
 		return nil

@@ -15,7 +15,7 @@ import (
 // errClientTerminated means the client sent Terminate.
 var errClientTerminated = errors.New("client sent Terminate")
 
-// errBackendMoved means the server reader gave the backend back between the
+// errBackendMoved means the backend reader gave the backend back between the
 // client reader's look at it and its use: the request needs a new one.
 var errBackendMoved = errors.New("backend released meanwhile")
 
@@ -117,8 +117,8 @@ func (c *clientConn) betweenTransactions() bool {
 func (c *clientConn) process() error {
 	c.preListen()
 	for c.spliceReplay() || c.in.Pending() > 0 {
-		if c.discarding {
-			if err := c.discard(); err != nil || c.discarding {
+		if c.discard.on {
+			if err := c.discardRequest(); err != nil || c.discard.on {
 				return err
 			}
 			continue
@@ -244,7 +244,7 @@ func (c *clientConn) backpressure(b *backend) error {
 	}
 	drained := make(chan struct{})
 	c.drained = drained
-	readerDone := c.readerDone
+	readerDone := c.reader.done
 	c.mu.Unlock()
 	if _, err := b.nc.Write(pgwire.FlushMessage); err != nil {
 		return fmt.Errorf("writing to the server: %w", err)
@@ -283,16 +283,16 @@ func (c *clientConn) acquireForRequest() (*backend, error) {
 		if errors.As(err, &pe) && pe.Code == pgwire.CodeAdminShutdown {
 			return nil, err // serveConn tells the client
 		}
-		c.discarding, c.acquireErr = true, err
+		c.discard.on, c.discard.err = true, err
 		return nil, nil
 	}
 	return b, nil
 }
 
 // acquire gets a backend for this client and brings it to the client's
-// session parameters. In session mode it starts the server reader on it;
+// session parameters. In session mode it starts the backend reader on it;
 // in transaction mode the client goroutine reads the replies itself until
-// a request needs a server reader (planRelayLocked).
+// a request needs a backend reader (planRelayLocked).
 func (c *clientConn) acquire() (*backend, error) {
 	s := c.srv
 	s.stats.waiting.Add(1)
@@ -322,7 +322,7 @@ func (c *clientConn) acquire() (*backend, error) {
 	if c.policy.readerPerHold {
 		// The pool counts a new hold as busy until told otherwise (right
 		// for transaction mode). Say so here, so the first ReadyForQuery 'I'
-		// of the session is a change the server reader reports: otherwise
+		// of the session is a change the backend reader reports: otherwise
 		// a session that never opens a transaction block is timed whole.
 		b.busy, b.busyReported = true, true
 	}
@@ -353,12 +353,12 @@ func (c *clientConn) acquire() (*backend, error) {
 // planRelay decides, after build and before the write, who reads the
 // replies to what the client reader is about to send to b: itself, inline
 // (true), when the backend will answer everything outstanding without more
-// client input and no server reader runs; else a server reader, started
+// client input and no backend reader runs; else a backend reader, started
 // now if none runs, so that it reads while the write goes out.
 func (c *clientConn) planRelay(b *backend, outLen int) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.be != b || c.async {
+	if c.be != b || c.reader.async {
 		return false
 	}
 	if c.inlineableLocked(outLen) {
@@ -371,7 +371,7 @@ func (c *clientConn) planRelay(b *backend, outLen int) bool {
 // inlineableLocked reports whether the client goroutine may write outLen
 // bytes and then read the replies itself: the whole client buffer was
 // handled (a client with more on the way may be pipelining: it is read
-// while a server reader answers; a Terminate waiting its turn is fine),
+// while a backend reader answers; a Terminate waiting its turn is fine),
 // no message is half sent, every request is closed by a Sync or is a
 // Query (or a probe ends in Flush), nothing waits for a state check, and
 // the write is small enough (inlineWriteMax). Under c.mu.
@@ -379,7 +379,7 @@ func (c *clientConn) inlineableLocked(outLen int) bool {
 	pending := c.in.Buf[c.in.Start:c.in.End]
 	return c.policy.releaseAtTransactionEnd && outLen <= inlineWriteMax && c.passRemaining == 0 &&
 		(len(pending) == 0 || c.probe != nil || len(pending) == pgwire.HeaderLen && pending[0] == pgwire.MsgTerminate) &&
-		(!c.inBatch || c.probe != nil) && c.checkWait == nil && !c.copyIn
+		(!c.inBatch || c.probe != nil) && c.checkWait == nil && !c.reader.copyIn
 }
 
 // unpin ends the client reader's use of b (see build). It wakes the server
@@ -390,15 +390,15 @@ func (c *clientConn) unpin(b *backend, wake bool) (probe, readerDone chan struct
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.writing = false
-	if c.be == b && c.async && (wake || c.transactionOverLocked()) {
-		// The server reader is blocked reading b and must act now: the
+	if c.be == b && c.reader.async && (wake || c.transactionOverLocked()) {
+		// The backend reader is blocked reading b and must act now: the
 		// remaining deadline wake-up, on the asynchronous path only.
 		b.nc.SetReadDeadline(time.Now())
 	}
 	if c.checkWait != nil {
-		return c.checkWait, c.readerDone
+		return c.checkWait, c.reader.done
 	}
-	return c.probe, c.readerDone
+	return c.probe, c.reader.done
 }
 
 // build turns the buffered client messages into the bytes for backend b,
@@ -406,25 +406,11 @@ func (c *clientConn) unpin(b *backend, wake bool) (probe, readerDone chan struct
 func (c *clientConn) build(b *backend) (out []byte, wake bool, err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for c.cancelling > 0 {
-		// A cancel request for the previous request is still being sent:
-		// writing now could let it cancel this one. Wait (without the
-		// lock) until it is delivered; serverOpTimeout bounds that.
-		done := c.cancelDone
-		c.mu.Unlock()
-		select {
-		case <-done:
-		case <-c.ctx.Done():
-		}
-		c.mu.Lock()
-		if c.ctx.Err() != nil {
-			break
-		}
-	}
+	c.waitCancelsLocked()
 	if c.be != b {
 		return nil, false, errBackendMoved
 	}
-	// Pinned until unpin: the server reader must not give b away while
+	// Pinned until unpin: the backend reader must not give b away while
 	// this goroutine still writes to it or uses its buffer.
 	c.writing = true
 	out = b.cout
@@ -441,15 +427,7 @@ func (c *clientConn) build(b *backend) (out []byte, wake bool, err error) {
 			break // backpressure: process waits for replies first
 		}
 		if c.passRemaining > 0 {
-			n := min(c.passRemaining, avail)
-			if !c.passDrop {
-				out = append(out, c.in.Buf[c.in.Start:c.in.Start+n]...)
-			}
-			c.in.Start += n
-			c.passRemaining -= n
-			if c.passRemaining == 0 {
-				c.passDrop = false
-			}
+			out = c.passOn(out)
 			continue
 		}
 		if avail < pgwire.HeaderLen {
@@ -501,51 +479,16 @@ func (c *clientConn) build(b *backend) (out []byte, wake bool, err error) {
 		}
 		msg := c.in.Buf[c.in.Start : c.in.Start+total]
 		c.in.Start += total
-		body := msg[pgwire.HeaderLen:]
 		if c.serverSkipping && typ != pgwire.MsgSync && typ != pgwire.MsgTerminate {
 			// The server discards it unread: no reply, no bookkeeping.
 			out = append(out, msg...)
 			continue
 		}
-		switch typ {
-		case pgwire.MsgTerminate:
+		if typ == pgwire.MsgTerminate {
 			c.in.Start -= total
 			return out, c.q.lastIsSynthetic(), nil
-		case pgwire.MsgQuery:
-			out = c.onQuery(b, out, msg, body, tx)
-		case pgwire.MsgSync:
-			c.inBatch = false
-			c.serverSkipping = false
-			c.q.push(request{kind: reqSync})
-			out = append(out, msg...)
-		case pgwire.MsgExecute:
-			c.inBatch = true
-			c.q.push(request{kind: reqExecute})
-			out = append(out, msg...)
-		case pgwire.MsgParse:
-			c.inBatch = true
-			out = c.onParse(b, out, msg, body, tx)
-		case pgwire.MsgBind:
-			c.inBatch = true
-			out = c.onBind(b, out, msg, body, tx)
-		case pgwire.MsgDescribe:
-			c.inBatch = true
-			out = c.onDescribe(b, out, msg, body, tx)
-		case pgwire.MsgClose:
-			c.inBatch = true
-			out = c.onClose(b, out, msg, body, tx)
-		case pgwire.MsgFunctionCall:
-			// A fast-path call can run any function (an advisory lock, by
-			// OID): ask the server afterwards.
-			c.stateDirty = tx
-			c.q.push(request{kind: reqQuery})
-			out = append(out, msg...)
-		case pgwire.MsgFlush:
-			c.inBatch = true
-			out = append(out, msg...)
-		default: // CopyData, CopyDone, CopyFail (others were refused above)
-			out = append(out, msg...)
 		}
+		out = c.buildMessageLocked(b, out, typ, msg, tx)
 		if c.probe != nil {
 			// A probe went out in place of this message, which waits for
 			// the answer and is handled again afterwards.
@@ -554,6 +497,82 @@ func (c *clientConn) build(b *backend) (out []byte, wake bool, err error) {
 		}
 	}
 	return out, c.q.lastIsSynthetic(), nil
+}
+
+// waitCancelsLocked waits, without the lock, while a cancel request for
+// the previous request is still being sent: writing now could let it
+// cancel this one. serverOpTimeout bounds the wait. Under c.mu.
+func (c *clientConn) waitCancelsLocked() {
+	for c.cancelling > 0 {
+		done := c.cancelDone
+		c.mu.Unlock()
+		select {
+		case <-done:
+		case <-c.ctx.Done():
+		}
+		c.mu.Lock()
+		if c.ctx.Err() != nil {
+			return
+		}
+	}
+}
+
+// passOn moves the next bytes of a message that is streamed (or dropped,
+// passDrop) from the client's buffer to out.
+func (c *clientConn) passOn(out []byte) []byte {
+	n := min(c.passRemaining, c.in.End-c.in.Start)
+	if !c.passDrop {
+		out = append(out, c.in.Buf[c.in.Start:c.in.Start+n]...)
+	}
+	c.in.Start += n
+	c.passRemaining -= n
+	if c.passRemaining == 0 {
+		c.passDrop = false
+	}
+	return out
+}
+
+// buildMessageLocked appends the client's whole message msg (of type typ,
+// not Terminate) to out as the backend must get it, and queues the
+// requests it expects replies for. Under c.mu.
+func (c *clientConn) buildMessageLocked(b *backend, out []byte, typ byte, msg []byte, tx bool) []byte {
+	body := msg[pgwire.HeaderLen:]
+	switch typ {
+	case pgwire.MsgQuery:
+		return c.onQuery(b, out, msg, body, tx)
+	case pgwire.MsgSync:
+		c.inBatch = false
+		c.serverSkipping = false
+		c.q.push(request{kind: reqSync})
+		return append(out, msg...)
+	case pgwire.MsgExecute:
+		c.inBatch = true
+		c.q.push(request{kind: reqExecute})
+		return append(out, msg...)
+	case pgwire.MsgParse:
+		c.inBatch = true
+		return c.onParse(b, out, msg, body, tx)
+	case pgwire.MsgBind:
+		c.inBatch = true
+		return c.onBind(b, out, msg, body, tx)
+	case pgwire.MsgDescribe:
+		c.inBatch = true
+		return c.onDescribe(b, out, msg, body, tx)
+	case pgwire.MsgClose:
+		c.inBatch = true
+		return c.onClose(b, out, msg, body, tx)
+	case pgwire.MsgFunctionCall:
+		// A fast-path call can run any function (an advisory lock, by
+		// OID): ask the server afterwards.
+		c.stateDirty = tx
+		c.q.push(request{kind: reqQuery})
+		return append(out, msg...)
+	case pgwire.MsgFlush:
+		c.inBatch = true
+		return append(out, msg...)
+	default: // CopyData, CopyDone, CopyFail (others were refused above)
+		return append(out, msg...)
+	}
 }
 
 // needsWhole reports whether a message must be in the buffer whole before
@@ -589,7 +608,7 @@ func (c *clientConn) refuseOversized() (bool, error) {
 	if err := c.checkLength(typ, bodyLen); err != nil {
 		return false, err
 	}
-	c.discarding, c.discardErrSent = true, true
+	c.discard.on, c.discard.errSent = true, true
 	_, err := c.conn.Write(c.tooLarge(pgwire.HeaderLen + bodyLen).appendTo(nil))
 	return true, err
 }
@@ -825,9 +844,9 @@ func (c *clientConn) unknownMessage(typ byte) error {
 	return newFatal(pgwire.CodeProtocolViolation, msg, "the client sent a message type PostgreSQL does not know; this is a driver bug or not a PostgreSQL client")
 }
 
-// discard drops client messages after a failed acquire up to the end of
+// discardRequest drops client messages after a failed acquire up to the end of
 // the request (Sync or Query), then answers it with the error and 'Z'.
-func (c *clientConn) discard() error {
+func (c *clientConn) discardRequest() error {
 	for {
 		if c.passRemaining > 0 {
 			n := min(c.passRemaining, c.in.End-c.in.Start)
@@ -836,7 +855,7 @@ func (c *clientConn) discard() error {
 			if c.passRemaining > 0 {
 				return nil
 			}
-			if c.discardQuery {
+			if c.discard.query {
 				return c.answerDiscarded()
 			}
 			continue
@@ -860,7 +879,7 @@ func (c *clientConn) discard() error {
 		if avail < total {
 			c.passRemaining = total - avail
 			c.in.Start = c.in.End
-			c.discardQuery = typ == pgwire.MsgQuery
+			c.discard.query = typ == pgwire.MsgQuery
 			return nil
 		}
 		c.in.Start += total
@@ -872,11 +891,11 @@ func (c *clientConn) discard() error {
 
 func (c *clientConn) answerDiscarded() error {
 	var reply []byte
-	if !c.discardErrSent {
-		reply = acquireErrorResponse(c.acquireErr, false).appendTo(nil)
+	if !c.discard.errSent {
+		reply = acquireErrorResponse(c.discard.err, false).appendTo(nil)
 	}
 	reply = pgwire.AppendReadyForQuery(reply, 'I')
-	c.discarding, c.discardQuery, c.acquireErr, c.discardErrSent = false, false, nil, false
+	c.discard.on, c.discard.query, c.discard.err, c.discard.errSent = false, false, nil, false
 	_, err := c.conn.Write(reply)
 	return err
 }

@@ -27,7 +27,7 @@ var errLostTrack = errors.New("server reply does not match the requests sent")
 //     goroutine is started and nobody has to be woken: the goroutine that
 //     wrote the request reads the reply, writes it to the client and gives
 //     the backend back.
-//   - asynchronously (serverLoop), by a goroutine of its own, where the
+//   - asynchronously (backendReader), by a goroutine of its own, where the
 //     client may send more while replies arrive: COPY FROM STDIN, a client
 //     pipelining past one read or leaving an extended-protocol batch open,
 //     a write too large to be sure the backend reads it while it answers,
@@ -46,14 +46,14 @@ var errLostTrack = errors.New("server reply does not match the requests sent")
 // writing to each other.
 const inlineWriteMax = 32 << 10
 
-// errServerLost means the client's backend failed under it; the client
-// was told (serverLost) and is closed.
-var errServerLost = errors.New("server connection lost")
+// errBackendLost means the client's backend failed under it; the client
+// was told (backendLost) and is closed.
+var errBackendLost = errors.New("server connection lost")
 
-// serverLoop is the server reader: it reads backend b, routes each reply
+// backendReader is the backend reader: it reads backend b, routes each reply
 // (forward, swallow, or add the proxy's own), writes to the client, and
 // gives b back to the pool when the client's transaction is over.
-func (c *clientConn) serverLoop(b *backend, done chan struct{}) {
+func (c *clientConn) backendReader(b *backend, done chan struct{}) {
 	defer close(done)
 	nc := b.nc
 	for {
@@ -64,7 +64,7 @@ func (c *clientConn) serverLoop(b *backend, done chan struct{}) {
 			if !errors.Is(err, os.ErrDeadlineExceeded) {
 				// Unless the request may go to another backend (replay.go).
 				if !c.armedFor(b) {
-					c.serverLost(b, err)
+					c.backendLost(b, err)
 					return
 				}
 			} else {
@@ -83,18 +83,18 @@ func (c *clientConn) serverLoop(b *backend, done chan struct{}) {
 // after writing a request (see planRelayLocked): it routes them to the
 // client until nothing it sent is outstanding, gives b back when the
 // transaction is over, and returns to reading the client. It hands b to a
-// server reader instead when the backend starts waiting for client input
+// backend reader instead when the backend starts waiting for client input
 // (COPY FROM STDIN).
 func (c *clientConn) relayInline(b *backend) error {
 	c.mu.Lock()
-	c.inline = true
+	c.reader.inline = true
 	c.mu.Unlock()
 	defer func() {
 		c.mu.Lock()
-		c.inline = false
+		c.reader.inline = false
 		c.mu.Unlock()
 	}()
-	// closeWith and kill close b's socket while c.inline is set (a Close is
+	// closeWith and kill close b's socket while c.reader.inline is set (a Close is
 	// the only honest way to end a blocked read); a reason set before that
 	// is seen here.
 	if err := c.leaveReason(); err != nil {
@@ -123,9 +123,9 @@ func (c *clientConn) relayInline(b *backend) error {
 			c.mu.Unlock()
 			return nil
 		}
-		if c.copyIn {
+		if c.reader.copyIn {
 			// The backend waits for COPY data: the client sends it while a
-			// server reader watches the backend for its verdict.
+			// backend reader watches the backend for its verdict.
 			clearDeadline()
 			c.startReaderLocked(b)
 			c.mu.Unlock()
@@ -162,7 +162,7 @@ func (c *clientConn) relayInline(b *backend) error {
 		}
 		if more && !deadlineSet {
 			// While this goroutine waits on b it does not see the client:
-			// past inlineWait it hands b to a server reader and goes back
+			// past inlineWait it hands b to a backend reader and goes back
 			// to the client (which may have left, or be pipelining more).
 			// A time limit of this read, not a signal from anyone.
 			deadlineSet = true
@@ -182,7 +182,7 @@ func (c *clientConn) relayInline(b *backend) error {
 			if errors.Is(rerr, os.ErrDeadlineExceeded) {
 				b.nc.SetReadDeadline(time.Time{})
 				c.mu.Lock()
-				if c.be == b && !c.async {
+				if c.be == b && !c.reader.async {
 					c.startReaderLocked(b)
 				}
 				c.mu.Unlock()
@@ -194,7 +194,7 @@ func (c *clientConn) relayInline(b *backend) error {
 }
 
 // inlineWait is how long the client goroutine waits for a backend's reply
-// itself (relayInline) before a server reader takes over: a slow statement
+// itself (relayInline) before a backend reader takes over: a slow statement
 // does not keep the proxy from seeing the client leave (its query is then
 // cancelled and the backend closed, see finish), and a goroutine started
 // after this long costs nothing that matters.
@@ -211,12 +211,12 @@ func (c *clientConn) leaveReason() error {
 	return nil
 }
 
-// startReaderLocked starts the server reader on b, which the client holds.
+// startReaderLocked starts the backend reader on b, which the client holds.
 // Under c.mu.
 func (c *clientConn) startReaderLocked(b *backend) {
 	done := make(chan struct{})
-	c.readerDone, c.async, c.stopReader = done, true, false
-	go c.serverLoop(b, done) // ends when b is released or lost, or finish stops it
+	c.reader.done, c.reader.async, c.reader.stop = done, true, false
+	go c.backendReader(b, done) // ends when b is released or lost, or finish stops it
 }
 
 // relayReplies routes what b sent (readErr: the read's error, nil when
@@ -228,18 +228,18 @@ func (c *clientConn) startReaderLocked(b *backend) {
 func (c *clientConn) relayReplies(b *backend, readErr error, inline bool) (stop bool, err error) {
 	nc := b.nc
 	lost := func(err error) (bool, error) {
-		c.serverLost(b, err)
+		c.backendLost(b, err)
 		if inline {
-			return true, errServerLost
+			return true, errBackendLost
 		}
 		return true, nil
 	}
 	c.mu.Lock()
-	if c.stopReader || b.replayed {
+	if c.reader.stop || b.replayed {
 		c.mu.Unlock()
 		return true, nil
 	}
-	if c.severed && readErr != nil && !errors.Is(readErr, os.ErrDeadlineExceeded) {
+	if c.reader.severed && readErr != nil && !errors.Is(readErr, os.ErrDeadlineExceeded) {
 		// kill or closeWith closed b's socket: not the backend dying (no
 		// replay, no 08006); the client goes and finish destroys b.
 		c.mu.Unlock()
@@ -259,7 +259,7 @@ func (c *clientConn) relayReplies(b *backend, readErr error, inline bool) (stop 
 		c.mu.Unlock()
 		return lost(readErr)
 	}
-	out, release, rerr := c.route(b)
+	out, release, rerr := c.routeLocked(b)
 	if len(out) > 0 {
 		c.replay.armed = false // the client has part of the reply: no replay now
 	}
@@ -295,7 +295,7 @@ func (c *clientConn) relayReplies(b *backend, readErr error, inline bool) (stop 
 	if send != nil {
 		if _, err := nc.Write(send); err != nil {
 			c.mu.Lock()
-			stopping := c.stopReader
+			stopping := c.reader.stop
 			c.mu.Unlock()
 			if stopping { // finish closes it: its request is in flight
 				return true, nil
@@ -331,17 +331,17 @@ func (c *clientConn) relayReplies(b *backend, readErr error, inline bool) (stop 
 		return false, nil
 	}
 	c.mu.Lock()
-	if c.stopReader || !c.releasableLocked(b) {
+	if c.reader.stop || !c.releasableLocked(b) {
 		c.mu.Unlock()
 		return false, nil
 	}
-	if c.severed {
+	if c.reader.severed {
 		// closeWith or kill closed b's socket: finish destroys it.
 		c.mu.Unlock()
 		return true, c.leaveReason()
 	}
 	c.dropBackendLocked()
-	c.endCheck()
+	c.endCheckLocked()
 	if len(c.notes) > 0 && !inline {
 		// The client reader delivers them now (inline, it is the caller).
 		c.conn.SetReadDeadline(time.Now())
@@ -356,24 +356,24 @@ func (c *clientConn) relayReplies(b *backend, readErr error, inline bool) (stop 
 }
 
 // dropBackendLocked forgets the client's backend (released, lost or
-// abandoned by whoever does that); a server reader serving it ends.
+// abandoned by whoever does that); a backend reader serving it ends.
 // Under c.mu.
 func (c *clientConn) dropBackendLocked() {
 	c.be = nil
-	c.async = false
-	c.severed = false
-	c.copyIn = false
+	c.reader.async = false
+	c.reader.severed = false
+	c.reader.copyIn = false
 }
 
 // releasableLocked reports whether the client's transaction is over and
 // nothing is in flight, so b can serve another client.
-// Only the server reader calls it: b's buffer indexes are its own.
+// Only the backend reader calls it: b's buffer indexes are its own.
 func (c *clientConn) releasableLocked(b *backend) bool {
 	return c.idleLocked(b) && c.pin == nil && !c.unlistenBackend
 }
 
 // idleLocked reports whether the client's transaction is over and nothing
-// is in flight on b. Only the server reader calls it.
+// is in flight on b. Only the backend reader calls it.
 func (c *clientConn) idleLocked(b *backend) bool {
 	return c.transactionOverLocked() && b.in.Start == b.in.End && b.passRemaining == 0 && !b.fatal
 }
@@ -386,7 +386,7 @@ func (c *clientConn) transactionOverLocked() bool {
 
 // releaseBackend gives a clean backend back to its pool.
 func (c *clientConn) releaseBackend(b *backend) {
-	b.nc.SetReadDeadline(time.Time{}) // a server reader's wake-up may be pending
+	b.nc.SetReadDeadline(time.Time{}) // a backend reader's wake-up may be pending
 	b.in.Shrink(maxKeptBufSize, serverReadBufSize)
 	if cap(b.out) > maxKeptBufSize {
 		b.out = nil
@@ -412,9 +412,9 @@ func (c *clientConn) destroyBackend(b *backend, reason string) {
 	c.srv.stats.active.Add(-1)
 }
 
-// serverLost handles a backend that failed under the client: the client's
+// backendLost handles a backend that failed under the client: the client's
 // transaction is gone, so the client is told and closed.
-func (c *clientConn) serverLost(b *backend, err error) {
+func (c *clientConn) backendLost(b *backend, err error) {
 	c.mu.Lock()
 	mine := c.be == b
 	if mine {
@@ -423,9 +423,9 @@ func (c *clientConn) serverLost(b *backend, err error) {
 		c.q.reset()
 		c.inBatch, c.serverSkipping = false, false
 		c.endProbe()
-		c.endCheck()
+		c.endCheckLocked()
 	}
-	stopping := c.stopReader
+	stopping := c.reader.stop
 	c.mu.Unlock()
 	if !mine || stopping {
 		return
@@ -453,10 +453,10 @@ func (c *clientConn) serverLost(b *backend, err error) {
 	c.conn.Close()
 }
 
-// route walks the replies in b's buffer. It returns the bytes for the
+// routeLocked walks the replies in b's buffer. It returns the bytes for the
 // client: a slice of the read buffer when nothing was changed (the common
 // case, no copy), else b.out. It runs under c.mu.
-func (c *clientConn) route(b *backend) (out []byte, release bool, err error) {
+func (c *clientConn) routeLocked(b *backend) (out []byte, release bool, err error) {
 	rb := b.in.Buf
 	pos, end := b.in.Start, b.in.End
 	chunkStart := pos
@@ -510,7 +510,7 @@ func (c *clientConn) route(b *backend) (out []byte, release bool, err error) {
 			break
 		}
 		b.in.Want = 0
-		swallow, rerr := c.routeOne(b, typ, rb[pos:min(pos+total, end)])
+		swallow, rerr := c.routeOneLocked(b, typ, rb[pos:min(pos+total, end)])
 		if rerr != nil {
 			b.in.Start = pos
 			return nil, false, rerr
@@ -540,105 +540,23 @@ func (c *clientConn) route(b *backend) (out []byte, release bool, err error) {
 	return out, c.releasableLocked(b), nil
 }
 
-// routeOne does the bookkeeping for one reply (msg holds at least its
-// header; replies routeOne reads are whole) and says whether to drop it.
-func (c *clientConn) routeOne(b *backend, typ byte, msg []byte) (swallow bool, err error) {
+// routeOneLocked does the bookkeeping for one reply (msg holds at least its
+// header; replies routeOneLocked reads are whole) and says whether to drop it.
+func (c *clientConn) routeOneLocked(b *backend, typ byte, msg []byte) (swallow bool, err error) {
 	head := c.q.peek()
 	switch typ {
 	case pgwire.MsgReadyForQuery:
-		if head == nil || (head.kind != reqQuery && head.kind != reqSync) {
-			return false, fmt.Errorf("%w: unexpected ReadyForQuery", errLostTrack)
-		}
-		r := c.q.pop()
-		c.txStatus = msg[pgwire.HeaderLen]
-		b.queries++
-		c.responses++
-		c.queryTimedOut = false
-		if r.stateCheck {
-			c.applyStateCheck(b, &c.check, r.failed)
-			c.check = stateCheck{}
-			return true, nil
-		}
-		if r.serverWrote {
-			c.endCheck()
-		}
-		if !r.failed {
-			c.applyCompleted(b, &r)
-		} else if r.syncTo != nil {
-			c.log.Warn("bringing a server connection to the client's session parameters failed; the client sees the error")
-		}
-		if c.policy.readerPerHold {
-			b.busy = c.txStatus != 'I'
-		}
-		return r.swallow, nil
-
+		return c.readyForQueryLocked(b, head, msg)
 	case pgwire.MsgErrorResponse:
-		body := msg[pgwire.HeaderLen:]
-		swallow := false
-		b.noteError(body)
-		if sev := pgwire.ErrorField(body, 'V'); bytes.Equal(sev, []byte("FATAL")) || bytes.Equal(sev, []byte("PANIC")) {
-			b.fatal = true
-		}
-		if c.queryTimedOut && string(pgwire.ErrorField(body, 'C')) == pgwire.CodeQueryCanceled {
-			// The proxy's query_timeout cancel: say so rather than the
-			// server's "canceling statement due to user request".
-			c.queryTimedOut = false
-			c.replacement = c.srv.queryTimeoutError().appendTo(c.replacement[:0])
-			swallow = true
-		}
-		if head == nil {
-			return swallow, nil
-		}
-		if head.kind == reqQuery || head.kind == reqSync {
-			head.failed = true
-			return swallow, nil
-		}
-		r := c.q.pop()
-		c.statementFailed(b, &r)
-		if r.errorReplacement != nil {
-			c.replacement = append(c.replacement[:0], r.errorReplacement...)
-			swallow = true
-		}
-		// The server skips everything up to Sync.
-		for h := c.q.peek(); h != nil && h.kind != reqSync; h = c.q.peek() {
-			s := c.q.pop()
-			c.statementFailed(b, &s)
-		}
-		if c.q.len() == 0 {
-			// The client's Sync is still to come; what it sends until then
-			// is discarded by the server.
-			c.serverSkipping = true
-		}
-		return swallow, nil
-
+		return c.errorResponseLocked(b, head, msg), nil
 	case pgwire.MsgParameterStatus:
-		name, rest, ok := pgwire.CString(msg[pgwire.HeaderLen:])
-		val, _, ok2 := pgwire.CString(rest)
-		if ok && ok2 {
-			k := strings.ToLower(string(name))
-			if !unsettable[k] {
-				v := paramValue{val: string(val)}
-				b.params[k] = v
-				if sv, ok := c.startupParams[k]; ok && head != nil && !head.swallow && head.resets(k) && sv != v {
-					// A reset goes back to the session's default, which for the
-					// client is its startup value, not the pooled backend's:
-					// tell the client its own value; the next acquire applies it.
-					c.want[k] = sv
-					c.replacement, _ = (&pgproto3.ParameterStatus{Name: string(name), Value: sv.val}).Encode(c.replacement[:0])
-					return true, nil
-				}
-				if _, wanted := c.want[k]; wanted || head == nil || !head.swallow {
-					c.want[k] = v
-				}
-			}
-		}
-		return head != nil && head.swallow, nil
+		return c.parameterStatusLocked(b, head, msg), nil
 
 	case pgwire.MsgCopyInResponse, pgwire.MsgCopyBothResponse:
 		// The backend now waits for the client's COPY data: nobody may
-		// wait on the backend alone (relayInline hands it to a server
+		// wait on the backend alone (relayInline hands it to a backend
 		// reader).
-		c.copyIn = true
+		c.reader.copyIn = true
 
 	case pgwire.MsgNotification:
 		// With a shared listener, the client's notifications come from it;
@@ -692,16 +610,119 @@ func (c *clientConn) routeOne(b *backend, typ byte, msg []byte) (swallow bool, e
 	return head != nil && head.swallow, nil
 }
 
+// readyForQueryLocked ends the request at the head of the queue (a Query
+// or Sync): the transaction status, the per-hold counts, and what the
+// request changed once it succeeded. Under c.mu.
+func (c *clientConn) readyForQueryLocked(b *backend, head *request, msg []byte) (swallow bool, err error) {
+	if head == nil || (head.kind != reqQuery && head.kind != reqSync) {
+		return false, fmt.Errorf("%w: unexpected ReadyForQuery", errLostTrack)
+	}
+	r := c.q.pop()
+	c.txStatus = msg[pgwire.HeaderLen]
+	b.queries++
+	c.responses++
+	c.queryTimedOut = false
+	if r.stateCheck {
+		c.applyStateCheckLocked(b, &c.check, r.failed)
+		c.check = stateCheck{}
+		return true, nil
+	}
+	if r.serverWrote {
+		c.endCheckLocked()
+	}
+	if !r.failed {
+		c.applyCompletedLocked(b, &r)
+	} else if r.syncTo != nil {
+		c.log.Warn("bringing a server connection to the client's session parameters failed; the client sees the error")
+	}
+	if c.policy.readerPerHold {
+		b.busy = c.txStatus != 'I'
+	}
+	return r.swallow, nil
+}
+
+// errorResponseLocked books an ErrorResponse: the backend's error counts,
+// a FATAL, the proxy's own text for a query_timeout cancel or a refused
+// request, and in the extended protocol everything the server now skips
+// up to the client's Sync. It says whether to swallow it (c.replacement
+// then holds what the client gets instead). Under c.mu.
+func (c *clientConn) errorResponseLocked(b *backend, head *request, msg []byte) (swallow bool) {
+	body := msg[pgwire.HeaderLen:]
+	b.noteError(body)
+	if sev := pgwire.ErrorField(body, 'V'); bytes.Equal(sev, []byte("FATAL")) || bytes.Equal(sev, []byte("PANIC")) {
+		b.fatal = true
+	}
+	if c.queryTimedOut && string(pgwire.ErrorField(body, 'C')) == pgwire.CodeQueryCanceled {
+		// The proxy's query_timeout cancel: say so rather than the
+		// server's "canceling statement due to user request".
+		c.queryTimedOut = false
+		c.replacement = c.srv.queryTimeoutError().appendTo(c.replacement[:0])
+		swallow = true
+	}
+	if head == nil {
+		return swallow
+	}
+	if head.kind == reqQuery || head.kind == reqSync {
+		head.failed = true
+		return swallow
+	}
+	r := c.q.pop()
+	c.statementFailed(b, &r)
+	if r.errorReplacement != nil {
+		c.replacement = append(c.replacement[:0], r.errorReplacement...)
+		swallow = true
+	}
+	// The server skips everything up to Sync.
+	for h := c.q.peek(); h != nil && h.kind != reqSync; h = c.q.peek() {
+		s := c.q.pop()
+		c.statementFailed(b, &s)
+	}
+	if c.q.len() == 0 {
+		// The client's Sync is still to come; what it sends until then
+		// is discarded by the server.
+		c.serverSkipping = true
+	}
+	return swallow
+}
+
+// parameterStatusLocked tracks a reported parameter's new value on the
+// backend and for the client, and says whether to swallow the message (a
+// reply to the proxy's own request, or replaced by the client's startup
+// value after a RESET, in c.replacement). Under c.mu.
+func (c *clientConn) parameterStatusLocked(b *backend, head *request, msg []byte) (swallow bool) {
+	name, rest, ok := pgwire.CString(msg[pgwire.HeaderLen:])
+	val, _, ok2 := pgwire.CString(rest)
+	if ok && ok2 {
+		k := strings.ToLower(string(name))
+		if !unsettable[k] {
+			v := paramValue{val: string(val)}
+			b.params[k] = v
+			if sv, ok := c.startupParams[k]; ok && head != nil && !head.swallow && head.resets(k) && sv != v {
+				// A reset goes back to the session's default, which for the
+				// client is its startup value, not the pooled backend's:
+				// tell the client its own value; the next acquire applies it.
+				c.want[k] = sv
+				c.replacement, _ = (&pgproto3.ParameterStatus{Name: string(name), Value: sv.val}).Encode(c.replacement[:0])
+				return true
+			}
+			if _, wanted := c.want[k]; wanted || head == nil || !head.swallow {
+				c.want[k] = v
+			}
+		}
+	}
+	return head != nil && head.swallow
+}
+
 // applyCompleted updates the tracked state once a Query succeeded.
-func (c *clientConn) applyCompleted(b *backend, r *request) {
+func (c *clientConn) applyCompletedLocked(b *backend, r *request) {
 	if r.syncTo != nil {
 		b.params = r.syncTo
 	}
 	for _, ch := range r.sets {
-		c.applyParamChange(b, ch)
+		c.applyParamChangeLocked(b, ch)
 	}
 	if r.resetAll {
-		c.applyParamChange(b, paramChange{all: true, reset: true})
+		c.applyParamChangeLocked(b, paramChange{all: true, reset: true})
 	}
 	if r.deallocAll {
 		c.statementsDeallocated(b)
@@ -710,7 +731,7 @@ func (c *clientConn) applyCompleted(b *backend, r *request) {
 
 // applyParamChange tracks a SET / RESET of a parameter the server does not
 // report; reported ones are tracked from ParameterStatus instead.
-func (c *clientConn) applyParamChange(b *backend, ch paramChange) {
+func (c *clientConn) applyParamChangeLocked(b *backend, ch paramChange) {
 	if ch.all {
 		for k := range c.want {
 			if _, reported := b.defaults[k]; !reported {
@@ -744,7 +765,7 @@ func (c *clientConn) applyParamChange(b *backend, ch paramChange) {
 	b.params[ch.name] = ch.value
 }
 
-// finish runs when the client leaves: it stops the server reader and gives
+// finish runs when the client leaves: it stops the backend reader and gives
 // the backend back only if its state can be verified clean (rolling back an
 // open transaction, and in session mode running the reset query).
 func (c *clientConn) finish() {
@@ -759,19 +780,19 @@ func (c *clientConn) finish() {
 		return
 	}
 	nc := b.nc
-	if c.async {
-		// A server reader is blocked reading b: stop it without closing
+	if c.reader.async {
+		// A backend reader is blocked reading b: stop it without closing
 		// b, which may still be clean. A read deadline is the only way to
 		// end a blocked read short of a Close.
-		c.stopReader = true
-		done := c.readerDone
+		c.reader.stop = true
+		done := c.reader.done
 		c.mu.Unlock()
 		nc.SetReadDeadline(time.Now())
 		<-done
 		c.mu.Lock()
 	}
 	b = c.be
-	severed := c.severed
+	severed := c.reader.severed
 	c.dropBackendLocked()
 	// A cancel still being sent could land on the next holder's query.
 	clean := b != nil && c.q.len() == 0 && !c.inBatch && b.in.Start == b.in.End && b.passRemaining == 0 &&

@@ -18,7 +18,7 @@ import (
 
 // testRelay builds a client and a backend wired as after an acquire,
 // without sockets: the tests drive build (client -> server) and route
-// (server -> client) directly, as run() and serverLoop() do.
+// (server -> client) directly, as run() and backendReader() do.
 func testRelay(mode Mode, maxPrepared int) (*clientConn, *backend) {
 	s := &Server{
 		cfg:   Config{Mode: mode, MaxMessageSize: 1 << 20, MaxClientBuffer: 4 << 20, MaxPreparedStatements: maxPrepared, SessionState: SessionStatePin},
@@ -84,7 +84,7 @@ func pumpServer(t testing.TB, c *clientConn, b *backend, data []byte, chunk int)
 		n = copy(b.in.Buf[b.in.End:], data[:n])
 		b.in.End += n
 		data = data[n:]
-		o, rel, err := c.route(b)
+		o, rel, err := c.routeLocked(b)
 		if err != nil {
 			t.Fatalf("route: %v", err)
 		}
@@ -223,7 +223,7 @@ func TestRouteRejectsBadLength(t *testing.T) {
 		msg := []byte{'D', byte(l >> 24), byte(l >> 16), byte(l >> 8), byte(l), 0, 0}
 		copy(b.in.Buf, msg)
 		b.in.End = len(msg)
-		if _, _, err := c.route(b); !errors.Is(err, errLostTrack) {
+		if _, _, err := c.routeLocked(b); !errors.Is(err, errLostTrack) {
 			t.Fatalf("length %d: got %v, want errLostTrack", l, err)
 		}
 	}
@@ -679,7 +679,7 @@ func TestRelayAllocatesNothing(t *testing.T) {
 		b.cout = out[:0]
 		c.writing = false
 		b.in.Start, b.in.End = 0, copy(b.in.Buf, resp)
-		out, release, err := c.route(b)
+		out, release, err := c.routeLocked(b)
 		if err != nil || !release || len(out) != len(resp) {
 			t.Fatalf("route: %v release %v %d", err, release, len(out))
 		}
@@ -695,7 +695,7 @@ func TestRelayAllocatesNothing(t *testing.T) {
 // allocates nothing per request: process runs whole, against scripted
 // sockets. The reply leaves a transaction open, so the backend stays held
 // (a release would need a pool), and the client's Terminate follows its
-// request, so no server reader is started for the idle transaction.
+// request, so no backend reader is started for the idle transaction.
 func TestInlineRelayAllocatesNothing(t *testing.T) {
 	c, b := testRelay(ModeTransaction, 10)
 	c.in.Buf = make([]byte, 8<<10)
@@ -718,9 +718,9 @@ func TestInlineRelayAllocatesNothing(t *testing.T) {
 		if err := c.process(); err != errClientTerminated {
 			t.Fatal(err)
 		}
-		if server.written != len(req)-pgwire.HeaderLen || client.written != len(resp) || server.pos != len(resp) || c.q.len() != 0 || c.be != b || c.async {
+		if server.written != len(req)-pgwire.HeaderLen || client.written != len(resp) || server.pos != len(resp) || c.q.len() != 0 || c.be != b || c.reader.async {
 			t.Fatalf("sent %d of %d, relayed %d of %d, read %d, queue %d, async %v", server.written, len(req),
-				client.written, len(resp), server.pos, c.q.len(), c.async)
+				client.written, len(resp), server.pos, c.q.len(), c.reader.async)
 		}
 		if client.writes != 1 {
 			t.Fatalf("the reply took %d writes to the client, want 1", client.writes)
@@ -795,7 +795,7 @@ func feed(c *clientConn, b *backend, client []byte, chunk int, server []byte) {
 		n := copy(b.in.Buf[b.in.End:], server[:min(chunk, len(server))])
 		b.in.End += n
 		server = server[n:]
-		if _, _, err := c.route(b); err != nil {
+		if _, _, err := c.routeLocked(b); err != nil {
 			return
 		}
 	}

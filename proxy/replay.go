@@ -73,7 +73,7 @@ func (c *clientConn) armReplayLocked() {
 func (c *clientConn) recordReplay(b *backend, from int, streamed bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	dying := b.replayed && c.be == b // the server reader already saw it die
+	dying := b.replayed && c.be == b // the backend reader already saw it die
 	if !c.replay.armed && !dying || c.be != b {
 		return
 	}
@@ -121,7 +121,7 @@ func (c *clientConn) armedFor(b *backend) bool {
 	return c.replay.armed && c.be == b
 }
 
-// checkFirstReplyLocked is the server reader's look at what b sent (and
+// checkFirstReplyLocked is the backend reader's look at what b sent (and
 // readErr) while the client's request may still be replayed. It returns
 // replay true when b died before answering: the caller stops reading b,
 // and destroys it when destroy is true (else the client reader, still
@@ -178,14 +178,14 @@ func (c *clientConn) abandonLocked(b *backend) {
 		r := c.q.pop()
 		c.undoParse(b, &r)
 	}
-	wake := c.async && !c.writing
+	wake := c.reader.async && !c.writing
 	c.dropBackendLocked()
 	c.inBatch, c.serverSkipping = false, false
 	c.txStatus = 'I'
 	c.endProbe()
-	c.endCheck()
+	c.endCheckLocked()
 	if wake {
-		// A server reader found b dead while the client reader waits for
+		// A backend reader found b dead while the client reader waits for
 		// client input: wake it to send the request again. (Inline, or
 		// still writing, the client reader sees it itself.)
 		c.conn.SetReadDeadline(time.Now())
@@ -193,7 +193,7 @@ func (c *clientConn) abandonLocked(b *backend) {
 }
 
 // replayAbandon is the client reader's part after it wrote to b: when b
-// died unanswered (seen by the server reader while this reader was still
+// died unanswered (seen by the backend reader while this reader was still
 // writing, or now as a write error on an armed backend), b is destroyed
 // here and true is returned: the request is handled again from the top of
 // process.

@@ -50,7 +50,7 @@ type request struct {
 	// backend, to compare the result with what the client was told.
 	probe bool
 	// stateCheck marks the proxy's session-state check (sessionstate.go);
-	// serverWrote any Query the server reader sent (the client reader waits
+	// serverWrote any Query the backend reader sent (the client reader waits
 	// for its ReadyForQuery, see afterTransactionLocked).
 	stateCheck, serverWrote bool
 	// errorReplacement, on a request sent only to make the server fail the

@@ -393,7 +393,7 @@ func (c *clientConn) noteSessionTraffic(q []byte) {
 // nothing is in flight on b: it returns the proxy's own Query to send now,
 // or nil - UNLISTEN * for a backend that still listens, the session-state
 // check when the client's traffic may have touched session state or
-// settings, or the SETs a pinned client's backend needs. The server reader
+// settings, or the SETs a pinned client's backend needs. The backend reader
 // writes it after unlocking; meanwhile checkWait holds the client reader's
 // next request back, so the wire order matches the request queue. Under
 // c.mu.
@@ -432,7 +432,7 @@ func (c *clientConn) afterTransactionLocked(b *backend) []byte {
 }
 
 // endCheck lets the client reader go on after a state check.
-func (c *clientConn) endCheck() {
+func (c *clientConn) endCheckLocked() {
 	if c.checkWait != nil {
 		close(c.checkWait)
 		c.checkWait = nil
@@ -441,23 +441,23 @@ func (c *clientConn) endCheck() {
 
 // applyStateCheck takes the server's answer: it pins or unpins the client
 // and brings the tracked settings to what the server has. Under c.mu.
-func (c *clientConn) applyStateCheck(b *backend, sc *stateCheck, failed bool) {
-	c.applyStateCheckResult(b, sc, failed)
+func (c *clientConn) applyStateCheckLocked(b *backend, sc *stateCheck, failed bool) {
+	c.applyStateCheckResultLocked(b, sc, failed)
 	if !b.tainted {
 		// A tainted backend is never used again: the client waits until
-		// the server reader has let go of it (serverLoop ends the wait).
-		c.endCheck()
+		// the backend reader has let go of it (backendReader ends the wait).
+		c.endCheckLocked()
 	}
 }
 
-func (c *clientConn) applyStateCheckResult(b *backend, sc *stateCheck, failed bool) {
+func (c *clientConn) applyStateCheckResultLocked(b *backend, sc *stateCheck, failed bool) {
 	if failed || !sc.seen {
 		// The state is unknown: keep the backend bound to this client
 		// (reject: close it once the client is done with it).
 		c.log.Warn("checking a server connection's session state failed; it stays with its client")
 		sc.hazards[hazardNone] = true
 	}
-	c.applySettings(b, sc.settings, failed || !sc.seen)
+	c.applySettingsLocked(b, sc.settings, failed || !sc.seen)
 	if c.hub != nil && len(sc.listens) > 0 {
 		// The shared listener serves the client's channels; the backend
 		// stops listening before anyone else gets it.
@@ -499,7 +499,7 @@ func (c *clientConn) applyStateCheckResult(b *backend, sc *stateCheck, failed bo
 
 // applySettings makes the tracked values of settings the server does not
 // report (reported ones follow ParameterStatus) what the server has.
-func (c *clientConn) applySettings(b *backend, settings map[string]string, unknown bool) {
+func (c *clientConn) applySettingsLocked(b *backend, settings map[string]string, unknown bool) {
 	if unknown {
 		return
 	}

@@ -3,7 +3,7 @@
 // statements, the client-to-server name map, the client's Parse, Bind,
 // Describe and Close (and DEALLOCATE), and the bookkeeping of their
 // replies (ParseComplete, ParameterDescription, RowDescription/NoData,
-// CloseComplete, errors). build and routeOne call in here.
+// CloseComplete, errors). build and routeOneLocked call in here.
 package proxy
 
 import (
