@@ -100,7 +100,10 @@ func runPipeline(ctx context.Context, t *testing.T, url string) (string, error) 
 		writeErr <- err
 	}()
 
-	fe := pgproto3.NewFrontend(nc, nc)
+	// pgconn's own Frontend: it reads through pgconn's background reader,
+	// which may still hold (or be about to read) bytes after a slow
+	// startup write; a Frontend of our own on nc would lose those.
+	fe := hj.Frontend
 	h := sha256.New()
 	rows, ready, next := 0, 0, 1
 	for ready < pipelineStatements/100 {
