@@ -39,6 +39,7 @@
 #   BENCH_TARGETS ["pgsidecar pgbouncer direct"]
 #   BENCH_IDLE_CLIENTS [10000]   idle clients for the memory figure; 0 skips
 #                                it; capped by the open-file limit
+#   BENCH_IDLE_SETTLE [3]        seconds to wait before reading RSS
 #   BENCH_PROFILE [0]            1: also profile a 16-client simple run:
 #                                pprof CPU top entries (pgsidecar -pprof) and
 #                                perf stat syscalls / context switches per
@@ -66,6 +67,7 @@ modes=${BENCH_MODES:-"simple extended"}
 prepared_clients=${BENCH_PREPARED_CLIENTS-"16 64 256"}
 targets=${BENCH_TARGETS:-"pgsidecar pgbouncer direct"}
 idle_clients=${BENCH_IDLE_CLIENTS:-10000}
+idle_settle=${BENCH_IDLE_SETTLE:-3}
 profile=${BENCH_PROFILE:-0}
 profile_secs=${BENCH_PROFILE_SECONDS:-10}
 jobs=${BENCH_JOBS:-2}
@@ -81,7 +83,7 @@ db=bench
 hz=$(getconf CLK_TCK)
 notes=()
 
-for v in secs rounds idle_clients profile_secs jobs scale pool_size max_minutes; do
+for v in secs rounds idle_clients idle_settle profile_secs jobs scale pool_size max_minutes; do
 	[[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number, got '${!v}'"
 done
 if [ "$secs" -lt 1 ] || [ "$rounds" -lt 1 ]; then die "BENCH_SECONDS and BENCH_ROUNDS must be at least 1"; fi
@@ -317,7 +319,7 @@ deadline=$((SECONDS + max_minutes * 60))
 load_at_start=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)
 started_at=$(date -u '+%Y-%m-%d %H:%M UTC')
 
-declare -A tps_sum runs tx_sum ticks_sum lat_sum fail_sum aborted no_tps tried
+declare -A tps_list tps_sum runs tx_sum ticks_sum lat_sum fail_sum aborted no_tps tried
 skipped=0
 
 # pgbench_run TARGET MODE CLIENTS SECONDS: one pgbench -S; its output in $pg_out.
@@ -344,6 +346,7 @@ run_one() {
 	fi
 	# A run that printed no TPS (it aborted, or every connection took the
 	# whole duration) is not averaged in as zero; it is counted apart.
+	tps_list[$key]+="${tps_list[$key]:+ }${tps:--}"
 	if [ -n "$tps" ] && [ -n "$tx" ] && [ "$tx" -gt 0 ]; then
 		tps_sum[$key]=$(awk -v a="${tps_sum[$key]:-0}" -v b="$tps" 'BEGIN { print a + b }')
 		lat_sum[$key]=$(awk -v a="${lat_sum[$key]:-0}" -v b="${lat:-0}" 'BEGIN { print a + b }')
@@ -458,7 +461,7 @@ declare -A idle_rss0 idle_rssn idle_per
 idle_probe() { # idle_probe NAME PID PORT
 	local out
 	if out=$("$rssprobe_bin" -pid "$2" -url "postgres://$user:$pass@127.0.0.1:$3/$db?sslmode=disable" \
-		-n "0,$idle_clients" -settle 3s -timeout 5m 2>&1); then
+		-n "0,$idle_clients" -settle "${idle_settle}s" -timeout 5m 2>&1); then
 		idle_rss0[$1]=$(awk 'NR == 2 { print $2 }' <<<"$out")
 		idle_rssn[$1]=$(awk 'NR == 3 { print $2 }' <<<"$out")
 		idle_per[$1]=$(awk -v a="${idle_rss0[$1]}" -v b="${idle_rssn[$1]}" -v n="$idle_clients" 'BEGIN { printf "%.2f", (b - a) / n }')
@@ -492,6 +495,15 @@ cpu_us() {
 		awk -v t="${ticks_sum[$1]}" -v n="${tx_sum[$1]}" -v hz="$hz" 'BEGIN { printf "%.1f", t * 1e6 / hz / n }'
 	fi
 }
+# round_ratios KEY_A KEY_B: A/B round by round ("0.81 0.86"), the spread
+# showing how noisy the cell was.
+round_ratios() {
+	awk -v a="${tps_list[$1]:-}" -v b="${tps_list[$2]:-}" 'BEGIN {
+		n = split(a, x, " "); split(b, y, " "); s = ""
+		for (i = 1; i <= n; i++) s = s (i > 1 ? " " : "") ((x[i] == "-" || y[i] == "-" || y[i] == 0) ? "-" : sprintf("%.2f", x[i] / y[i]))
+		print (s == "" ? "-" : s)
+	}'
+}
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-" || b == 0) print "-"; else printf "%.2f", a / b }'; }
 diff_us() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-") print "-"; else printf "%+d", a - b }'; }
 failures() {
@@ -520,17 +532,17 @@ all_of() {
 	echo "pgsidecar $("$BENCH_PROXY_BIN" version 2>/dev/null | awk '{ print $2 }'), PgBouncer ${pgbouncer_version:-(not installed)}. $started_at, $(nproc) cores,"
 	echo "load average $load_at_start at the start, $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown) at the end: other work on the machine skews every figure, ratios included."
 	echo
-	echo "| protocol | clients | direct TPS | pgsidecar TPS | PgBouncer TPS | pgsidecar / PgBouncer | pgsidecar CPU µs/tx | PgBouncer CPU µs/tx | failed (pgsidecar / PgBouncer / direct) |"
-	echo "|---|---:|---:|---:|---:|---:|---:|---:|---|"
+	echo "| protocol | clients | direct TPS | pgsidecar TPS | PgBouncer TPS | pgsidecar / PgBouncer | per round | pgsidecar CPU µs/tx | PgBouncer CPU µs/tx | failed (pgsidecar / PgBouncer / direct) |"
+	echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"
 	for m in $modes; do
 		for c in $clients_list; do
 			s="$c|pgsidecar:$m" b="$c|pgbouncer:$m" d="$c|direct:$m"
-			echo "| $m | $c | $(mean_tps "$d") | $(mean_tps "$s") | $(mean_tps "$b") | $(ratio "$(mean_tps "$s")" "$(mean_tps "$b")") | $(cpu_us "$s") | $(cpu_us "$b") | $(failures "$s") / $(failures "$b") / $(failures "$d") |"
+			echo "| $m | $c | $(mean_tps "$d") | $(mean_tps "$s") | $(mean_tps "$b") | $(ratio "$(mean_tps "$s")" "$(mean_tps "$b")") | $(round_ratios "$s" "$b") | $(cpu_us "$s") | $(cpu_us "$b") | $(failures "$s") / $(failures "$b") / $(failures "$d") |"
 		done
 	done
 	for c in $prepared_clients; do
 		s="$c|pgsidecar:prepared" b="$c|pgbouncer:extended"
-		echo "| pgsidecar prepared vs PgBouncer extended | $c | - | $(mean_tps "$s") | $(mean_tps "$b") | $(ratio "$(mean_tps "$s")" "$(mean_tps "$b")") | $(cpu_us "$s") | $(cpu_us "$b") | $(failures "$s") / $(failures "$b") / - |"
+		echo "| pgsidecar prepared vs PgBouncer extended | $c | - | $(mean_tps "$s") | $(mean_tps "$b") | $(ratio "$(mean_tps "$s")" "$(mean_tps "$b")") | $(round_ratios "$s" "$b") | $(cpu_us "$s") | $(cpu_us "$b") | $(failures "$s") / $(failures "$b") / - |"
 	done
 	echo
 	echo "pgsidecar / PgBouncer TPS:"
