@@ -408,10 +408,18 @@ if [ "$profile" = 1 ]; then
 	# Syscalls and context switches per transaction: perf stat when the
 	# kernel lets us count them, else strace -c (slows the process, but the
 	# counts per transaction stand) and the threads' ctxt counts in /proc.
-	use_perf=0
-	if command -v perf >/dev/null 2>&1 && perf stat -e raw_syscalls:sys_enter,context-switches -- true >/dev/null 2>&1; then
+	use_perf=0 perf_events=raw_syscalls:sys_enter,context-switches
+	if command -v perf >/dev/null 2>&1 && perf stat -e "$perf_events" -- true >/dev/null 2>&1; then
 		use_perf=1
+		# Which system calls, where the kernel has the per-call tracepoints.
+		by_call=$perf_events
+		for sc in read write recvfrom sendto readv writev epoll_pwait epoll_wait epoll_ctl futex nanosleep sched_yield \
+			getsockopt setsockopt tgkill rt_sigreturn madvise mmap; do
+			by_call+=",syscalls:sys_enter_$sc"
+		done
+		! perf stat -e "$by_call" -- true >/dev/null 2>&1 || perf_events=$by_call
 	fi
+	calls_md=""
 	counts_md="| pooler | tool | transactions | syscalls / tx | context switches / tx | CPU µs / tx |"$'\n'"|---|---|---:|---:|---:|---:|"
 	for t in pgsidecar pgbouncer; do
 		has_target "$t" || continue
@@ -421,7 +429,7 @@ if [ "$profile" = 1 ]; then
 		t0=$(cpu_ticks "$pid")
 		if [ "$use_perf" = 1 ]; then
 			tool="perf stat"
-			perf stat -e raw_syscalls:sys_enter,context-switches -x, -o "$logs_dir/perf-$t.csv" -p "$pid" &
+			perf stat -e "$perf_events" -x, -o "$logs_dir/perf-$t.csv" -p "$pid" &
 		elif command -v strace >/dev/null 2>&1; then
 			tool="strace -c -f"
 			strace -c -f -q -o "$logs_dir/strace-$t.txt" -p "$pid" &
@@ -443,6 +451,8 @@ if [ "$profile" = 1 ]; then
 		"perf stat")
 			sc=$(awk -F, '$3 == "raw_syscalls:sys_enter" { print $1 }' "$logs_dir/perf-$t.csv")
 			cs=$(awk -F, '$3 == "context-switches" { print $1 }' "$logs_dir/perf-$t.csv")
+			calls_md+="| $t | $(awk -F, -v n="${tx:-0}" '$3 ~ /^syscalls:sys_enter_/ && n > 0 && $1 / n >= 0.05 {
+				sub("syscalls:sys_enter_", "", $3); printf "%s%s %.2f", (k++ ? ", " : ""), $3, $1 / n } END { if (!k) printf "-" }' "$logs_dir/perf-$t.csv") |"$'\n'
 			;;
 		"strace -c -f") sc=$(awk '$NF == "total" { print $(NF - 2) }' "$logs_dir/strace-$t.txt") ;;
 		esac
@@ -454,6 +464,9 @@ if [ "$profile" = 1 ]; then
 		profile_md+="pgsidecar CPU profile, \`go tool pprof -top\` (the profile is in $logs_dir/pgsidecar-cpu.pb.gz):"$'\n\n```\n'"$pprof_top"$'\n```\n\n'
 	fi
 	profile_md+="Per transaction, over the whole run (the tracer attached throughout):"$'\n\n'"$counts_md"$'\n'
+	if [ -n "$calls_md" ]; then
+		profile_md+=$'\n'"System calls per transaction by call (perf stat, those at 0.05 or more):"$'\n\n'"| pooler | calls / tx |"$'\n'"|---|---|"$'\n'"$calls_md"
+	fi
 fi
 
 # --- idle memory ------------------------------------------------------------
