@@ -111,6 +111,7 @@ type clientConn struct {
 	last    [240]byte
 	lastLen int
 	killed  atomic.Bool
+	idle    idleReader // the client reader's buffer-less wait (idle.go)
 	// closeErr, once set (closeWith), is why the client must go: the drain
 	// deadline or a timeout. The client reader returns it at its next wake.
 	closeErr atomic.Pointer[pgError]
@@ -320,7 +321,6 @@ func (s *Server) serveConn(conn net.Conn) {
 		want:          make(map[string]paramValue),
 		stmts:         make(map[string]*statement),
 		txStatus:      'I',
-		in:            pgwire.ReadBuffer{Buf: make([]byte, clientReadBufSize)},
 	}
 	c.hub = s.hubFor(db)
 	for k, v := range sm.params {

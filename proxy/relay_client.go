@@ -31,8 +31,7 @@ const limitLogInterval = 10 * time.Second
 // transaction starts, and writes the messages (rewritten where needed) to it.
 func (c *clientConn) run() error {
 	for {
-		c.in.Prepare()
-		n, err := c.conn.Read(c.in.Free())
+		n, err := c.readClient() // idle.go: no buffer held while idle
 		c.in.End += n
 		if n > 0 {
 			c.reads.Add(1) // activity, for the idle timeouts

@@ -74,11 +74,12 @@ func (q *requestQueue) len() int { return q.size }
 
 func (q *requestQueue) push(r request) {
 	if q.size == len(q.buf) {
-		n := len(q.buf) * 2
-		if n == 0 {
-			n = 16
+		var nb []request
+		if len(q.buf) == 0 {
+			nb = newRequestRing() // pooled while the client is idle (idle.go)
+		} else {
+			nb = make([]request, len(q.buf)*2)
 		}
-		nb := make([]request, n)
 		for i := 0; i < q.size; i++ {
 			nb[i] = q.buf[(q.head+i)%len(q.buf)]
 		}

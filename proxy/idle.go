@@ -1,0 +1,154 @@
+package proxy
+
+import (
+	"io"
+	"os"
+	"sync"
+	"syscall"
+)
+
+// Idle clients hold no read buffer and no request ring.
+//
+// Most clients of a pooler are idle most of the time (an application
+// pool keeps its connections open), so what an idle client holds is
+// multiplied by thousands. The client reader (run) reads through
+// readClient: when its read buffer is empty it waits for the socket to
+// become readable without a buffer, and the buffer (clientReadBufSize)
+// waits in clientBufPool meanwhile; the request ring of a client that
+// holds no backend goes to requestRingPool. Both come back on the next
+// read, without allocating: a Get and a Put per wait, not per message.
+//
+// How: syscall.RawConn.Read on the client's TCP socket. Its callback tries
+// a non-blocking read into the buffer; on EAGAIN it gives the buffer back
+// and returns false, and the runtime parks the goroutine in the netpoller
+// until the socket is readable, honouring the read deadline (the relay's
+// wake-ups, SetReadDeadline(now), end the wait as they end a conn.Read)
+// and Close. So the idle wait costs the same syscalls as conn.Read.
+//
+// TLS clients keep their buffer: crypto/tls buffers decrypted records of
+// its own, so a readable socket is no sign that a TLS read would block, and
+// the TLS record layer holds its own buffers besides. Any other net.Conn
+// without a file descriptor (tests' scripted connections) reads as before.
+
+// clientBufPool holds the read buffers of clients waiting for input, each
+// a *[clientReadBufSize]byte (a pointer: Put does not allocate).
+var clientBufPool = sync.Pool{New: func() any { return new([clientReadBufSize]byte) }}
+
+// requestRingSize is the size a client's request ring starts at; rings of
+// that size go to requestRingPool while their client is idle.
+const requestRingSize = 16
+
+// requestRingPool holds empty request rings (all entries zero, so no
+// stale pointers keep memory alive), each a *[requestRingSize]request.
+var requestRingPool = sync.Pool{New: func() any { return new([requestRingSize]request) }}
+
+// newRequestRing returns an empty ring of requestRingSize entries.
+func newRequestRing() []request { return requestRingPool.Get().(*[requestRingSize]request)[:] }
+
+// idleReader is what a client reader needs to wait without a buffer: the
+// socket's RawConn and the read callback, both made once per client so a
+// wait allocates nothing; n and err are the callback's result.
+type idleReader struct {
+	raw   syscall.RawConn // nil: the client's conn reads as a plain net.Conn
+	setUp bool
+	read  func(fd uintptr) bool
+	n     int
+	err   error
+}
+
+// readClient reads the client into c.in, as c.conn.Read(c.in.Free()) after
+// c.in.Prepare() would, but parks an idle client without a read buffer.
+func (c *clientConn) readClient() (int, error) {
+	ir := &c.idle
+	if !ir.setUp {
+		c.setUpIdleReader()
+	}
+	if ir.raw == nil || c.in.Start != c.in.End {
+		c.takeReadBuffer()
+		c.in.Prepare()
+		return c.conn.Read(c.in.Free())
+	}
+	ir.n, ir.err = 0, nil
+	if err := ir.raw.Read(ir.read); err != nil {
+		c.takeReadBuffer() // a wake-up or close: the reader goes on with a buffer
+		return 0, err
+	}
+	return ir.n, ir.err
+}
+
+// setUpIdleReader finds the client's socket, when it has one and no TLS.
+func (c *clientConn) setUpIdleReader() {
+	ir := &c.idle
+	ir.setUp = true
+	if c.conn != c.sock {
+		return // TLS: see above
+	}
+	sc, ok := c.conn.(syscall.Conn)
+	if !ok {
+		return
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return
+	}
+	ir.raw = raw
+	ir.read = c.readIdle
+}
+
+// readIdle is the RawConn.Read callback: one non-blocking read into the
+// (pooled) buffer. It returns false, the buffer given back, when there is
+// nothing to read: the runtime then waits for the socket to be readable
+// and calls it again.
+func (c *clientConn) readIdle(fd uintptr) bool {
+	c.takeReadBuffer()
+	c.in.Prepare()
+	for {
+		n, err := syscall.Read(int(fd), c.in.Free())
+		switch {
+		case err == syscall.EINTR:
+			continue
+		case err == syscall.EAGAIN:
+			c.giveBackReadBuffer()
+			c.releaseRequestRing()
+			return false
+		case err != nil:
+			c.idle.err = os.NewSyscallError("read", err)
+		case n == 0:
+			c.idle.err = io.EOF
+		default:
+			c.idle.n = n
+		}
+		return true
+	}
+}
+
+// takeReadBuffer gives the client reader a buffer when it has none.
+func (c *clientConn) takeReadBuffer() {
+	if c.in.Buf == nil {
+		c.in.Buf = clientBufPool.Get().(*[clientReadBufSize]byte)[:]
+		c.in.Start, c.in.End = 0, 0
+	}
+}
+
+// giveBackReadBuffer returns the client's empty buffer to the pool. A
+// buffer a large message grew is kept (Shrink bounds it), so a client
+// streaming large messages does not reallocate at every wait.
+func (c *clientConn) giveBackReadBuffer() {
+	if c.in.Start != c.in.End || len(c.in.Buf) != clientReadBufSize {
+		return
+	}
+	clientBufPool.Put((*[clientReadBufSize]byte)(c.in.Buf))
+	c.in.Buf, c.in.Start, c.in.End = nil, 0, 0
+}
+
+// releaseRequestRing returns the request ring of a client that holds no
+// backend (nothing is in flight, no server reader looks at the queue) to
+// requestRingPool.
+func (c *clientConn) releaseRequestRing() {
+	c.mu.Lock()
+	if c.be == nil && c.q.size == 0 && len(c.q.buf) == requestRingSize {
+		requestRingPool.Put((*[requestRingSize]request)(c.q.buf))
+		c.q.buf, c.q.head = nil, 0
+	}
+	c.mu.Unlock()
+}

@@ -1,0 +1,162 @@
+package proxy
+
+import (
+	"net"
+	"runtime"
+	"testing"
+	"time"
+)
+
+// idleTestClients is how many idle clients TestIdleClientMemory holds: a
+// bounded count, enough for per-client figures well above the noise.
+const idleTestClients = 400
+
+// heapAndStack is the Go memory in use after two collections (the first
+// shrinks the stacks of parked goroutines, the second empties sync.Pools'
+// victim caches): heap spans and goroutine stacks, what RSS follows.
+func heapAndStack() (heap, stack uint64) {
+	runtime.GC()
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapInuse, m.StackInuse
+}
+
+// TestIdleClientMemory measures what an idle, logged-in client that has
+// run one query costs the proxy in heap and goroutine stack, at
+// idleTestClients clients in process (the clients' own socket ends are
+// measured separately and taken off), and fails past idleClientBudget.
+// The RSS figure at 10,000 clients comes from test/tools/rssprobe
+// against a fresh process (README, "Memory per idle client").
+func TestIdleClientMemory(t *testing.T) {
+	n := idleTestClients
+	// The clients' ends: n bare socket pairs cost two sockets each.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h0, s0 := heapAndStack()
+	var pairs []net.Conn
+	for range n {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		pairs = append(pairs, c, a)
+	}
+	h1, s1 := heapAndStack()
+	socketEnd := (float64(h1+s1) - float64(h0+s0)) / float64(2*n)
+	for _, c := range pairs {
+		c.Close()
+	}
+	ln.Close()
+	pairs = nil
+
+	script := beScript{}
+	for range n {
+		script = append(script, queryResult("SELECT 1", "SELECT 1", 'I', "1"))
+	}
+	e := startFake(t, fakeOpts{config: func(c *Config) { c.MaxClientConn, c.MaxStartupConn = n+10, n+10 }}, script)
+	// One client first: the proxy's one-time structures (server
+	// parameters, pools, the backend) are not counted per client.
+	warm := e.dialRaw(t)
+	warm.query(t, "SELECT 1")
+	warm.readResult(t)
+	h0, s0 = heapAndStack()
+	conns := make([]net.Conn, 0, n)
+	for range n - 1 {
+		rc := e.dialRaw(t)
+		rc.query(t, "SELECT 1")
+		if rows, errResp, _ := rc.readResult(t); errResp != nil || len(rows) != 1 {
+			t.Fatalf("SELECT 1: %v %v", rows, errResp)
+		}
+		conns = append(conns, rc.conn) // the client's decoder and its buffers are dropped
+	}
+	waitFor(t, "every client idle", func() bool { return e.pool.Stats().Active == 0 })
+	time.Sleep(10 * time.Millisecond) // each client reader back in its idle wait
+	h1, s1 = heapAndStack()
+	k := float64(len(conns))
+	heap := (float64(h1)-float64(h0))/k - socketEnd
+	stack := (float64(s1) - float64(s0)) / k
+	t.Logf("per idle client: %.0f B heap + %.0f B stack = %.0f B (%d clients; each client's own socket end, %.0f B, taken off)",
+		heap, stack, heap+stack, len(conns), socketEnd)
+	if heap+stack > idleClientBudget {
+		t.Errorf("an idle client costs %.0f B of heap and stack, over the budget of %d B", heap+stack, idleClientBudget)
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+}
+
+// idleClientBudget is TestIdleClientMemory's bound (bytes of heap and
+// stack per idle client). Measured 2026-11-28: about 11.6 KB, nearly all
+// of it the reader goroutine's stack (8 KB); before the buffer-less wait
+// the read buffer (8 KB) and the request ring (2.7 KB) came on top.
+const idleClientBudget = 12 << 10
+
+// TestIdleWaitAllocatesNothing: a client reader that waits for its next
+// request without a buffer (giving it back to the pool, parking, taking
+// one again) allocates nothing.
+func TestIdleWaitAllocatesNothing(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	peer, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	sock, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sock.Close()
+	c := &clientConn{conn: sock, sock: sock}
+	msg := []byte{'Q', 0, 0, 0, 5, 0}
+	send := make(chan struct{})
+	done := make(chan struct{})
+	go func() { // ends when send is closed
+		defer close(done)
+		for range send {
+			time.Sleep(time.Millisecond) // most reads find nothing and park first
+			peer.Write(msg)
+		}
+	}()
+	defer func() { close(send); <-done }()
+	// Nothing to read: the callback gives the buffer back and asks to park.
+	c.setUpIdleReader()
+	if c.idle.raw == nil {
+		t.Fatal("a plain TCP client has no buffer-less wait")
+	}
+	var parks, bufferless bool
+	c.idle.raw.Read(func(fd uintptr) bool {
+		parks = !c.readIdle(fd)
+		bufferless = c.in.Buf == nil
+		return true
+	})
+	if !parks || !bufferless {
+		t.Fatalf("with nothing to read: park %v, buffer given back %v; want both", parks, bufferless)
+	}
+	allocs := testing.AllocsPerRun(50, func() {
+		send <- struct{}{}
+		got := 0
+		for got < len(msg) {
+			n, err := c.readClient()
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.in.End += n
+			got += n
+			c.in.Start = c.in.End // handled
+		}
+	})
+	if allocs != 0 {
+		t.Fatalf("%.1f allocations per idle wait, want 0", allocs)
+	}
+}
