@@ -84,25 +84,9 @@ type clientConn struct {
 	// serverSkipping: an extended-protocol error came back before the
 	// client's Sync was sent; the server discards everything up to it.
 	serverSkipping bool
-	// Session state (transaction mode, see sessionstate.go): the client's
-	// traffic may have touched session state or settings since the last
-	// check; the check's answer so far; the pin while state exists.
-	stateDirty, paramsDirty, resyncPinned bool
-	check                                 stateCheck
-	customNames                           map[string]struct{} // dotted names seen in SETs since the last check
-	// checkWait is closed when the state check in flight is answered: the
-	// client's next request waits for it, as it may need another backend.
-	checkWait chan struct{}
-	pin       *PinnedClient
-	// LISTEN through the shared listener (notify.go): the hub (nil in
-	// session mode or without one), notifications not yet delivered, the
-	// backend still LISTENs (UNLISTEN * owed before release), channels the
-	// backend listened on that the hub may lack.
-	hub             *notifyHub
-	notes           [][]byte
-	notesDropped    int
-	unlistenBackend bool
-	lateListens     []string
+	state          sessionTrack // session state and settings (transaction mode, sessionstate.go)
+	hub            *notifyHub   // the shared listener (nil in session mode or without one)
+	listen         listenTrack  // LISTEN through the shared listener (notify.go)
 	// replay: the first request on a freshly acquired backend, kept to be
 	// sent again on another backend if that one was already dying (replay.go).
 	replay replayState
@@ -127,6 +111,30 @@ type clientConn struct {
 	responses     uint64
 	queryTimedOut bool
 	sweep         sweepMark
+}
+
+// sessionTrack is what transaction mode tracks of a client's session
+// state (sessionstate.go). Under c.mu.
+type sessionTrack struct {
+	// dirty, paramsDirty: the client's traffic may have touched session
+	// state, or settings, since the last check. resync: a pinned client's
+	// backend no longer has the settings the client expects.
+	dirty, paramsDirty, resync bool
+	check                      stateCheck          // the check's answer so far
+	customNames                map[string]struct{} // dotted names seen in SETs since the last check
+	// checkWait is closed when the state check in flight is answered: the
+	// client's next request waits for it, as it may need another backend.
+	checkWait chan struct{}
+	pin       *PinnedClient // while the client holds session state
+}
+
+// listenTrack is a client's LISTEN through the shared listener
+// (notify.go). Under c.mu.
+type listenTrack struct {
+	notes           [][]byte // notifications not yet delivered
+	dropped         int      // ... and dropped since the last delivery
+	unlistenBackend bool     // the backend still LISTENs: UNLISTEN * owed before release
+	late            []string // channels the backend listened on that the hub may lack
 }
 
 // readerState says who reads the client's backend, c.be. Under c.mu.

@@ -358,15 +358,15 @@ func quoteIdentAlways(s string) string {
 // queueNotification queues msg for c and wakes whoever delivers it.
 func (c *clientConn) queueNotification(msg []byte) {
 	c.mu.Lock()
-	if len(c.notes) >= maxPendingNotifications {
-		c.notesDropped++
-		if c.notesDropped == 1 {
-			c.log.Warn("client does not read its notifications; dropping new ones", "queued", len(c.notes))
+	if len(c.listen.notes) >= maxPendingNotifications {
+		c.listen.dropped++
+		if c.listen.dropped == 1 {
+			c.log.Warn("client does not read its notifications; dropping new ones", "queued", len(c.listen.notes))
 		}
 		c.mu.Unlock()
 		return
 	}
-	c.notes = append(c.notes, msg)
+	c.listen.notes = append(c.listen.notes, msg)
 	b := c.be
 	async := b != nil && c.reader.async
 	if async && c.transactionOverLocked() {
@@ -385,12 +385,12 @@ func (c *clientConn) queueNotification(msg []byte) {
 
 // takeNotesLocked returns the queued notifications, or nil.
 func (c *clientConn) takeNotesLocked() [][]byte {
-	if len(c.notes) == 0 {
+	if len(c.listen.notes) == 0 {
 		return nil
 	}
-	n := c.notes
-	c.notes = nil
-	c.notesDropped = 0
+	n := c.listen.notes
+	c.listen.notes = nil
+	c.listen.dropped = 0
 	return n
 }
 

@@ -50,8 +50,8 @@ func TestNotifyHubLifecycle(t *testing.T) {
 	var note []byte
 	for deadline := time.Now().Add(5 * time.Second); note == nil && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
 		c.mu.Lock()
-		if len(c.notes) > 0 {
-			note = c.notes[0]
+		if len(c.listen.notes) > 0 {
+			note = c.listen.notes[0]
 		}
 		c.mu.Unlock()
 	}

@@ -109,7 +109,7 @@ func startsRequest(typ byte) bool {
 func (c *clientConn) betweenTransactions() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.be == nil || (c.q.len() == 0 && !c.inBatch && c.txStatus == 'I' && !c.writing && c.cancelling == 0 && c.probe == nil && c.checkWait == nil)
+	return c.be == nil || (c.q.len() == 0 && !c.inBatch && c.txStatus == 'I' && !c.writing && c.cancelling == 0 && c.probe == nil && c.state.checkWait == nil)
 }
 
 // process handles every complete (or streamable) message in the buffer.
@@ -378,7 +378,7 @@ func (c *clientConn) inlineableLocked(outLen int) bool {
 	pending := c.in.Buf[c.in.Start:c.in.End]
 	return c.policy.releaseAtTransactionEnd && outLen <= inlineWriteMax && c.passRemaining == 0 &&
 		(len(pending) == 0 || c.probe != nil || len(pending) == pgwire.HeaderLen && pending[0] == pgwire.MsgTerminate) &&
-		(!c.inBatch || c.probe != nil) && c.checkWait == nil && !c.reader.copyIn
+		(!c.inBatch || c.probe != nil) && c.state.checkWait == nil && !c.reader.copyIn
 }
 
 // unpin ends the client reader's use of b (see build). It wakes the server
@@ -394,8 +394,8 @@ func (c *clientConn) unpin(b *backend, wake bool) (probe, readerDone chan struct
 		// remaining deadline wake-up, on the asynchronous path only.
 		b.nc.SetReadDeadline(time.Now())
 	}
-	if c.checkWait != nil {
-		return c.checkWait, c.reader.done
+	if c.state.checkWait != nil {
+		return c.state.checkWait, c.reader.done
 	}
 	return c.probe, c.reader.done
 }
@@ -413,7 +413,7 @@ func (c *clientConn) build(b *backend) (out []byte, wake bool, err error) {
 	// this goroutine still writes to it or uses its buffer.
 	c.writing = true
 	out = b.cout
-	if c.probe != nil || c.checkWait != nil {
+	if c.probe != nil || c.state.checkWait != nil {
 		return out, false, nil // the held request waits for the probe's (or check's) answer
 	}
 	tx := c.policy.rewriteStatements
@@ -563,7 +563,7 @@ func (c *clientConn) buildMessageLocked(b *backend, out []byte, typ byte, msg []
 	case pgwire.MsgFunctionCall:
 		// A fast-path call can run any function (an advisory lock, by
 		// OID): ask the server afterwards.
-		c.stateDirty = tx
+		c.state.dirty = tx
 		c.q.push(request{kind: reqQuery})
 		return append(out, msg...)
 	case pgwire.MsgFlush:
@@ -713,7 +713,7 @@ func (c *clientConn) notePartial(typ byte) {
 	case pgwire.MsgQuery, pgwire.MsgFunctionCall:
 		// Too long to inspect: ask the server afterwards.
 		if c.policy.carrySessionState {
-			c.stateDirty, c.paramsDirty = true, true
+			c.state.dirty, c.state.paramsDirty = true, true
 		}
 		c.q.push(request{kind: reqQuery})
 	case pgwire.MsgParse:
@@ -730,7 +730,7 @@ func (c *clientConn) onQuery(b *backend, out, msg, body []byte, tx bool) []byte 
 	if n := len(q); n > 0 && q[n-1] == 0 {
 		q = q[:n-1]
 	}
-	paramsDirty := c.paramsDirty
+	paramsDirty := c.state.paramsDirty
 	h := c.inspect(q, tx)
 	// A simple Query drops the session's unnamed statement.
 	c.hasUnnamed, b.unnamedOwner = false, nil
@@ -745,7 +745,7 @@ func (c *clientConn) onQuery(b *backend, out, msg, body []byte, tx bool) []byte 
 			if c.q.len() == 0 && c.txStatus == 'I' {
 				// One SET in its own transaction: followed exactly from the
 				// statement, no need to ask the server.
-				c.paramsDirty = paramsDirty
+				c.state.paramsDirty = paramsDirty
 			}
 		}
 		kind, name := classifyQuery(q)

@@ -272,7 +272,7 @@ func (c *clientConn) relayReplies(b *backend, readErr error, inline bool) (stop 
 			release = false
 		}
 	}
-	if rerr == nil && len(c.notes) > 0 && c.idleLocked(b) {
+	if rerr == nil && len(c.listen.notes) > 0 && c.idleLocked(b) {
 		// Between transactions: deliver the shared listener's
 		// notifications after the ReadyForQuery.
 		o := append(b.out[:0], out...)
@@ -281,8 +281,8 @@ func (c *clientConn) relayReplies(b *backend, readErr error, inline bool) (stop 
 		}
 		b.out, out = o, o
 	}
-	late := c.lateListens
-	c.lateListens = nil
+	late := c.listen.late
+	c.listen.late = nil
 	c.mu.Unlock()
 	for _, ch := range late {
 		if !c.hub.listening(c, ch) {
@@ -342,7 +342,7 @@ func (c *clientConn) relayReplies(b *backend, readErr error, inline bool) (stop 
 	}
 	c.dropBackendLocked()
 	c.endCheckLocked()
-	if len(c.notes) > 0 && !inline {
+	if len(c.listen.notes) > 0 && !inline {
 		// The client reader delivers them now (inline, it is the caller).
 		c.conn.SetReadDeadline(time.Now())
 	}
@@ -369,7 +369,7 @@ func (c *clientConn) dropBackendLocked() {
 // nothing is in flight, so b can serve another client.
 // Only the backend reader calls it: b's buffer indexes are its own.
 func (c *clientConn) releasableLocked(b *backend) bool {
-	return c.idleLocked(b) && c.pin == nil && !c.unlistenBackend
+	return c.idleLocked(b) && c.state.pin == nil && !c.listen.unlistenBackend
 }
 
 // idleLocked reports whether the client's transaction is over and nothing
@@ -565,7 +565,7 @@ func (c *clientConn) routeOneLocked(b *backend, typ byte, msg []byte) (swallow b
 
 	case pgwire.MsgDataRow:
 		if head != nil && head.stateCheck {
-			c.check.noteRow(msg[pgwire.HeaderLen:])
+			c.state.check.noteRow(msg[pgwire.HeaderLen:])
 			return true, nil
 		}
 
@@ -623,8 +623,8 @@ func (c *clientConn) readyForQueryLocked(b *backend, head *request, msg []byte) 
 	c.responses++
 	c.queryTimedOut = false
 	if r.stateCheck {
-		c.applyStateCheckLocked(b, &c.check, r.failed)
-		c.check = stateCheck{}
+		c.applyStateCheckLocked(b, &c.state.check, r.failed)
+		c.state.check = stateCheck{}
 		return true, nil
 	}
 	if r.serverWrote {
@@ -799,7 +799,7 @@ func (c *clientConn) finish() {
 		c.passRemaining == 0 && !c.poisoned && !b.fatal && c.cancelling == 0 && !severed
 	status := c.txStatus
 	inFlight := c.q.len() > 0
-	pinned := c.pin != nil || c.stateDirty || c.paramsDirty
+	pinned := c.state.pin != nil || c.state.dirty || c.state.paramsDirty
 	c.unpinOnLeaveLocked()
 	c.q.reset()
 	c.mu.Unlock()

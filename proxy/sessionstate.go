@@ -247,7 +247,7 @@ const maxCustomNames = 64
 // name. Table references (public.t) come along; asking about them costs
 // nothing. Only called for traffic that may change settings.
 func (c *clientConn) noteCustomNames(q []byte) {
-	for i := 0; i < len(q) && len(c.customNames) < maxCustomNames; i++ {
+	for i := 0; i < len(q) && len(c.state.customNames) < maxCustomNames; i++ {
 		if !isIdentStart(q[i]) || i > 0 && (isIdentChar(q[i-1]) || q[i-1] == '.') {
 			continue
 		}
@@ -263,10 +263,10 @@ func (c *clientConn) noteCustomNames(q []byte) {
 		for k < len(q) && isIdentChar(q[k]) {
 			k++
 		}
-		if c.customNames == nil {
-			c.customNames = make(map[string]struct{})
+		if c.state.customNames == nil {
+			c.state.customNames = make(map[string]struct{})
 		}
-		c.customNames[strings.ToLower(string(q[i:k]))] = struct{}{}
+		c.state.customNames[strings.ToLower(string(q[i:k]))] = struct{}{}
 		i = k
 	}
 }
@@ -274,8 +274,8 @@ func (c *clientConn) noteCustomNames(q []byte) {
 // stateCheckQuery is the check to send: stateCheckSQL, plus the custom
 // options the client or the backend may have.
 func (c *clientConn) stateCheckQuery(b *backend) []byte {
-	names := c.customNames
-	c.customNames = nil
+	names := c.state.customNames
+	c.state.customNames = nil
 	for _, m := range []map[string]paramValue{c.want, b.params} {
 		for k := range m {
 			if strings.Contains(k, ".") {
@@ -380,11 +380,11 @@ type PinnedClient struct {
 // traffic may have touched session state or settings; the server is asked
 // once the transaction is over. It runs under c.mu.
 func (c *clientConn) noteSessionTraffic(q []byte) {
-	if !c.stateDirty && touchesSessionState(q) {
-		c.stateDirty = true
+	if !c.state.dirty && touchesSessionState(q) {
+		c.state.dirty = true
 	}
 	if changesSettings(q) {
-		c.paramsDirty = true
+		c.state.paramsDirty = true
 		c.noteCustomNames(q)
 	}
 }
@@ -401,18 +401,18 @@ func (c *clientConn) afterTransactionLocked(b *backend) []byte {
 	var msg []byte
 	r := request{kind: reqQuery, swallow: true, serverWrote: true}
 	switch {
-	case c.unlistenBackend:
-		c.unlistenBackend = false
+	case c.listen.unlistenBackend:
+		c.listen.unlistenBackend = false
 		msg = wireUnlistenAll
-	case c.stateDirty || c.paramsDirty:
-		c.stateDirty, c.paramsDirty = false, false
+	case c.state.dirty || c.state.paramsDirty:
+		c.state.dirty, c.state.paramsDirty = false, false
 		r.stateCheck = true
 		msg = c.stateCheckQuery(b)
-	case c.resyncPinned:
+	case c.state.resync:
 		// A pinned client's backend no longer has the values the client
 		// expects (a RESET of a startup parameter): bring it back now, as
 		// the next acquire would.
-		c.resyncPinned = false
+		c.state.resync = false
 		if paramsInSync(c.want, b.params, b.defaults) {
 			return nil
 		}
@@ -426,16 +426,16 @@ func (c *clientConn) afterTransactionLocked(b *backend) []byte {
 		return nil
 	}
 	b.unnamedOwner = nil // a Query drops the unnamed statement
-	c.checkWait = make(chan struct{})
+	c.state.checkWait = make(chan struct{})
 	c.q.push(r)
 	return msg
 }
 
 // endCheck lets the client reader go on after a state check.
 func (c *clientConn) endCheckLocked() {
-	if c.checkWait != nil {
-		close(c.checkWait)
-		c.checkWait = nil
+	if c.state.checkWait != nil {
+		close(c.state.checkWait)
+		c.state.checkWait = nil
 	}
 }
 
@@ -462,8 +462,8 @@ func (c *clientConn) applyStateCheckResultLocked(b *backend, sc *stateCheck, fai
 		// The shared listener serves the client's channels; the backend
 		// stops listening before anyone else gets it.
 		sc.hazards[hazardListen] = false
-		c.unlistenBackend = true
-		c.lateListens = append(c.lateListens, sc.listens...)
+		c.listen.unlistenBackend = true
+		c.listen.late = append(c.listen.late, sc.listens...)
 	}
 	reasons := sc.reasons()
 	if sc.hazards[hazardNone] {
@@ -479,21 +479,21 @@ func (c *clientConn) applyStateCheckResultLocked(b *backend, sc *stateCheck, fai
 		return
 	}
 	switch {
-	case has && c.pin == nil:
-		c.pin = &PinnedClient{Client: c.addr, ApplicationName: c.appName, Database: c.db.Name, Reasons: reasons, Since: time.Now()}
+	case has && c.state.pin == nil:
+		c.state.pin = &PinnedClient{Client: c.addr, ApplicationName: c.appName, Database: c.db.Name, Reasons: reasons, Since: time.Now()}
 		c.srv.pinned.Add(1)
 		c.log.Info("client pinned to its server connection: it holds session state", "application_name", c.appName, "state", reasons)
-	case has && c.pin.Reasons != reasons:
-		c.pin = &PinnedClient{Client: c.addr, ApplicationName: c.appName, Database: c.db.Name, Reasons: reasons, Since: c.pin.Since}
+	case has && c.state.pin.Reasons != reasons:
+		c.state.pin = &PinnedClient{Client: c.addr, ApplicationName: c.appName, Database: c.db.Name, Reasons: reasons, Since: c.state.pin.Since}
 		c.log.Info("pinned client's session state changed", "application_name", c.appName, "state", reasons)
-	case !has && c.pin != nil:
+	case !has && c.state.pin != nil:
 		c.log.Info("client unpinned: its session state is gone", "application_name", c.appName,
-			"pinned_for", time.Since(c.pin.Since).Round(time.Millisecond))
-		c.pin = nil
+			"pinned_for", time.Since(c.state.pin.Since).Round(time.Millisecond))
+		c.state.pin = nil
 		c.srv.pinned.Add(-1)
 	}
-	if c.pin != nil && !paramsInSync(c.want, b.params, b.defaults) {
-		c.resyncPinned = true
+	if c.state.pin != nil && !paramsInSync(c.want, b.params, b.defaults) {
+		c.state.resync = true
 	}
 }
 
@@ -538,10 +538,10 @@ func (c *clientConn) applySettingsLocked(b *backend, settings map[string]string,
 
 // unpinLocked forgets the pin when the client leaves.
 func (c *clientConn) unpinOnLeaveLocked() {
-	if c.pin != nil {
+	if c.state.pin != nil {
 		c.log.Info("pinned client left; its server connection is cleaned", "application_name", c.appName,
-			"state", c.pin.Reasons, "pinned_for", time.Since(c.pin.Since).Round(time.Millisecond))
-		c.pin = nil
+			"state", c.state.pin.Reasons, "pinned_for", time.Since(c.state.pin.Since).Round(time.Millisecond))
+		c.state.pin = nil
 		c.srv.pinned.Add(-1)
 	}
 }
@@ -560,8 +560,8 @@ func (s *Server) PinnedClients() []PinnedClient {
 	var out []PinnedClient
 	for _, c := range cs {
 		c.mu.Lock()
-		if c.pin != nil {
-			out = append(out, *c.pin)
+		if c.state.pin != nil {
+			out = append(out, *c.state.pin)
 		}
 		c.mu.Unlock()
 	}
