@@ -194,9 +194,67 @@ func errCannotConnectNow() *pgError {
 // serveConn runs one accepted connection from startup to close. It counts
 // under max_startup_conn (Serve added it to s.starting) until it becomes a
 // client.
+//
+// Login and session are two calls, so the login's large stack frame (1.6
+// KB) has returned before the session starts: an idle client's goroutine
+// then waits about 0.7 KB deep, and the GC shrinks its stack (grown to 8
+// KB by the relay) to 4 KB, which it does only while under a quarter of a
+// stack is in use. What the login took is undone by connEnd, at the end.
 func (s *Server) serveConn(conn net.Conn) {
-	defer conn.Close() // the socket, closed last
-	defer s.forgetStarting(conn)
+	e := connEnd{s: s, sock: conn}
+	defer e.run()
+	if c, lg := s.login(conn, &e); c != nil {
+		s.session(c, lg)
+	}
+}
+
+// connEnd records what login took for a connection, so that serveConn
+// gives it back when the connection ends, however far the login got.
+type connEnd struct {
+	s          *Server
+	sock       net.Conn           // the accepted socket: closed last
+	tls        net.Conn           // the TLS session over it, if any
+	tlsCounted bool               // counted in stats.tls
+	slot       bool               // holds a max_client_conn slot
+	c          *clientConn        // the client, once made
+	cancel     context.CancelFunc // its context's
+	added      bool               // in s's clients (addClient)
+	db         *Database          // counted in db's pool gauge
+	registered bool               // its cancel key is registered
+}
+
+// run gives back what login took, in reverse order.
+func (e *connEnd) run() {
+	s := e.s
+	if e.registered {
+		s.cancels.unregister(e.c)
+	}
+	if e.db != nil {
+		e.db.Pool.AddClients(-1)
+	}
+	if e.added {
+		s.removeClient(e.c)
+	}
+	if e.cancel != nil {
+		e.cancel()
+	}
+	if e.slot {
+		s.slots.Add(-1)
+	}
+	if e.tlsCounted {
+		s.stats.tls.Add(-1)
+	}
+	if e.tls != nil {
+		e.tls.Close()
+	}
+	s.forgetStarting(e.sock)
+	e.sock.Close()
+}
+
+// login runs a connection's startup and records in e what it takes; it
+// returns the logged-in client and its logger, or nil when the connection
+// is done (refused, a cancel request, an admin console session).
+func (s *Server) login(conn net.Conn, e *connEnd) (*clientConn, *slog.Logger) {
 	s.stats.accepted.Add(1)
 	live := s.live.Load()
 	var loginDeadline time.Time // zero: no limit
@@ -211,7 +269,7 @@ func (s *Server) serveConn(conn net.Conn) {
 	if conn != sock {
 		// Closing the TLS session sends close_notify before the socket
 		// closes (the deferred sock.Close is then a no-op).
-		defer conn.Close()
+		e.tls = conn
 	}
 	if err != nil {
 		var he *tlsHandshakeError
@@ -221,22 +279,22 @@ func (s *Server) serveConn(conn net.Conn) {
 			err = errCannotConnectNow()
 		}
 		s.rejectStartup(conn, nil, err)
-		return
+		return nil, nil
 	}
 	if sm.cancel {
 		s.handleCancel(sm.pid, sm.secret)
-		return
+		return nil, nil
 	}
 	addr := conn.RemoteAddr().String()
 	lg := s.log.With("client", addr, "user", sm.user, "database", sm.database)
 	if sm.tls != "" {
 		lg = lg.With("tls", sm.tls)
 		s.stats.tls.Add(1)
-		defer s.stats.tls.Add(-1)
+		e.tlsCounted = true
 	}
 	if s.draining.Load() {
 		s.rejectStartup(conn, lg, errCannotConnectNow())
-		return
+		return nil, nil
 	}
 	// Take the slot before authenticating, in one atomic step: a check
 	// here and a count after the login admits every client of a burst.
@@ -245,9 +303,9 @@ func (s *Server) serveConn(conn net.Conn) {
 		s.rejectStartup(conn, lg, newFatal(pgwire.CodeTooManyConnections,
 			fmt.Sprintf("too many client connections: pgsidecar allows %d (%s)", live.MaxClientConn, live.option("MaxClientConn")),
 			"raise "+live.option("MaxClientConn")+", or have the application use fewer connections"))
-		return
+		return nil, nil
 	}
-	defer s.slots.Add(-1)
+	e.slot = true
 	// Authenticate before saying whether the database exists, as
 	// PostgreSQL does, so that a stranger learns nothing.
 	db := live.Databases[sm.database]
@@ -263,7 +321,7 @@ func (s *Server) serveConn(conn net.Conn) {
 	brakeKey, braked, err := s.brakeLogin(conn, lg, live, loginDeadline)
 	if err != nil {
 		s.rejectStartup(conn, lg, err)
-		return
+		return nil, nil
 	}
 	if err := authenticate(sm, conn, live.AuthMethod, password, known, live.option("Users")); err != nil {
 		switch {
@@ -284,14 +342,14 @@ func (s *Server) serveConn(conn net.Conn) {
 			}
 		}
 		s.rejectStartup(conn, lg, err)
-		return
+		return nil, nil
 	}
 	if braked {
 		s.brake.succeeded(brakeKey)
 	}
 	if adminLogin {
 		s.serveAdmin(conn, sm, lg, live.Admin, adminFull)
-		return
+		return nil, nil
 	}
 	if wild {
 		// Only now, for a client that logged in: a pool per name.
@@ -299,19 +357,19 @@ func (s *Server) serveConn(conn net.Conn) {
 			s.rejectStartup(conn, lg, newFatal(pgwire.CodeInvalidCatalogName,
 				fmt.Sprintf("database name %q is longer than %d bytes", sm.database, maxIdentifierLen),
 				"PostgreSQL would truncate it; pgsidecar serves \"*\" databases by their exact names"))
-			return
+			return nil, nil
 		}
 		var err error
 		if db, err = live.Wildcard.Open(sm.database); err != nil {
 			s.rejectStartup(conn, lg, newFatal(pgwire.CodeCannotConnectNow, err.Error(), "connect again in a moment"))
-			return
+			return nil, nil
 		}
 	}
 	if db == nil {
 		s.rejectStartup(conn, lg, newFatal(pgwire.CodeInvalidCatalogName,
 			fmt.Sprintf("database %q does not exist in pgsidecar", sm.database),
 			"pgsidecar serves: "+databaseNames(live.Databases, sm.user)+"; fix the database name in the connection string, or add it under databases in the config"))
-		return
+		return nil, nil
 	}
 
 	c := &clientConn{
@@ -340,27 +398,33 @@ func (s *Server) serveConn(conn net.Conn) {
 		c.want[k] = paramValue{val: v}
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
-	defer c.cancel()
+	e.c, e.cancel = c, c.cancel
 	if !s.addClient(c) {
 		s.rejectStartup(conn, lg, errCannotConnectNow())
-		return
+		return nil, nil
 	}
-	defer s.removeClient(c)
+	e.added = true
 	db.Pool.AddClients(1) // per-pool client gauge
-	defer db.Pool.AddClients(-1)
+	e.db = db
 	s.cancels.register(c)
-	defer s.cancels.unregister(c)
+	e.registered = true
 
 	if err := c.greet(loginDeadline); err != nil {
 		lg.Info("client startup failed", "err", err)
 		c.finish() // a session-mode backend taken for the greeting goes back
-		return
+		return nil, nil
 	}
+	return c, lg
+}
+
+// session runs a logged-in client to its end.
+func (s *Server) session(c *clientConn, lg *slog.Logger) {
+	conn := c.conn
 	conn.SetDeadline(time.Time{})
 	c.running.Store(true)
 	lg.Debug("client connected", "application_name", c.appName)
 	start := time.Now()
-	err = c.run()
+	err := c.run()
 	c.finish()
 	if pe := c.closeErr.Load(); pe != nil {
 		// Told to go (drain deadline, a timeout): whatever the reader was

@@ -84,8 +84,8 @@ func TestIdleClientMemory(t *testing.T) {
 	stack := (float64(s1) - float64(s0)) / k
 	t.Logf("per idle client: %.0f B heap + %.0f B stack = %.0f B (%d clients; each client's own socket end, %.0f B, taken off)",
 		heap, stack, heap+stack, len(conns), socketEnd)
-	if heap+stack > idleClientBudget {
-		t.Errorf("an idle client costs %.0f B of heap and stack, over the budget of %d B", heap+stack, idleClientBudget)
+	if heap+stack > float64(idleClientBudget()) {
+		t.Errorf("an idle client costs %.0f B of heap and stack, over the budget of %d B", heap+stack, idleClientBudget())
 	}
 	for _, c := range conns {
 		c.Close()
@@ -93,10 +93,19 @@ func TestIdleClientMemory(t *testing.T) {
 }
 
 // idleClientBudget is TestIdleClientMemory's bound (bytes of heap and
-// stack per idle client). Measured 2026-11-28: about 11.6 KB, nearly all
-// of it the reader goroutine's stack (8 KB); before the buffer-less wait
-// the read buffer (8 KB) and the request ring (2.7 KB) came on top.
-const idleClientBudget = 12 << 10
+// stack per idle client). Measured 2026-11-28: about 7.3 KB, a 4 KB stack
+// and 3.3 KB of heap. It was 21.6 KB before idle clients gave back their
+// read buffer (8 KB) and request ring (2.7 KB) and before the login's
+// frame left the idle stack (serveConn), which let the stack shrink from
+// 8 KB; either coming back fails this bound. Under -race the instrumented
+// frames keep the idle stack past a quarter of 8 KB, so it stays 8 KB
+// there (about 11.3 KB in all), and only the buffer and ring are bounded.
+func idleClientBudget() int {
+	if raceBuild {
+		return 12 << 10
+	}
+	return 8 << 10
+}
 
 // TestIdleWaitAllocatesNothing: a client reader that waits for its next
 // request without a buffer (giving it back to the pool, parking, taking
