@@ -1,8 +1,10 @@
 package proxy
 
 import (
+	"fmt"
 	"net"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 )
@@ -167,5 +169,43 @@ func TestIdleWaitAllocatesNothing(t *testing.T) {
 	})
 	if allocs != 0 {
 		t.Fatalf("%.1f allocations per idle wait, want 0", allocs)
+	}
+}
+
+// TestIdleClientsShareBuffersSafely: idle clients give their read buffer
+// back and take whichever one the pool has when they speak again; each
+// query still reaches the backend exactly as its client sent it, with
+// queries of several sizes (one larger than a pooled buffer) going
+// through the same buffers in turn.
+func TestIdleClientsShareBuffersSafely(t *testing.T) {
+	const clients, rounds = 8, 3
+	sql := func(i, r int) string {
+		// Sizes differ per client and round; client 0's third query is
+		// larger than clientReadBufSize, so its buffer grows once.
+		pad := strings.Repeat(string(rune('a'+i)), (i*97+r*31)%300)
+		if i == 0 && r == 2 {
+			pad = strings.Repeat("z", clientReadBufSize+100)
+		}
+		return fmt.Sprintf("SELECT '%d-%d-%s'", i, r, pad)
+	}
+	script := beScript{}
+	for r := range rounds {
+		for i := range clients {
+			script = append(script, queryResult(sql(i, r), "SELECT 1", 'I', fmt.Sprintf("%d-%d", i, r)))
+		}
+	}
+	e := startFake(t, fakeOpts{}, script)
+	var rcs []*rawClient
+	for range clients {
+		rcs = append(rcs, e.dialRaw(t))
+	}
+	for r := range rounds {
+		for i, rc := range rcs {
+			rc.query(t, sql(i, r))
+			rows, errResp, _ := rc.readResult(t)
+			if errResp != nil || len(rows) != 1 || rows[0] != fmt.Sprintf("%d-%d", i, r) {
+				t.Fatalf("client %d round %d: rows %v, error %v", i, r, rows, errResp)
+			}
+		}
 	}
 }
