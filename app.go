@@ -45,6 +45,10 @@ type app struct {
 	// wild serves the databases entry "*" (nil without one); its pools
 	// come and go while the process runs, under its own lock.
 	wild *wildcard
+	// group bounds every pool's backends together: max_total_connections
+	// and each database's max_db_connections (pool.Group). Fixed at start;
+	// its caps change on reload.
+	group *pool.Group
 
 	proxy    *proxy.Server
 	health   *health.Server
@@ -77,6 +81,7 @@ func start(cfg *config.Config, path string, environ []string, logOut io.Writer) 
 		environ: environ,
 		cfg:     cfg,
 		pools:   map[string]*pool.Pool{},
+		group:   pool.NewGroup(cfg.MaxTotalConnections),
 		errc:    make(chan error, 2),
 
 		reloadReq:   make(chan chan error),
@@ -99,6 +104,7 @@ func start(cfg *config.Config, path string, environ []string, logOut io.Writer) 
 			a.wild = newWildcard(a, t) // pools per name, on demand
 			continue
 		}
+		a.group.SetDatabaseMax(t.Name, t.MaxDBConnections)
 		p, err := pool.New(a.poolConfig(t))
 		if err != nil {
 			a.closePools()

@@ -26,6 +26,7 @@ func (a *app) reload() error {
 	}
 
 	a.level.Set(applied.Log.Level.Slog())
+	a.group.SetMaxTotal(applied.MaxTotalConnections)
 	running := make(map[string]config.Target, len(a.targets))
 	for _, t := range a.targets {
 		running[t.Name] = t
@@ -35,6 +36,7 @@ func (a *app) reload() error {
 			a.wild.reconfigure(t)
 			continue
 		}
+		a.group.SetDatabaseMax(t.Name, t.MaxDBConnections)
 		// Plan kept the running set of databases, so every target has its
 		// pool. An unchanged pool is left alone (and quiet).
 		if t.Pool != running[t.Name].Pool {

@@ -38,6 +38,8 @@ var optionNames = map[string]string{
 	"IdleTransactionTimeout": "pool.idle_transaction_timeout",
 	"ClientIdleTimeout":      "pool.client_idle_timeout",
 	"MaxBackendErrors":       "pool.max_backend_errors",
+	"MaxDBConnections":       "max_db_connections",
+	"MaxTotalConnections":    "max_total_connections",
 }
 
 // optionName is pool.Config.OptionName and proxy.Config.OptionName.
@@ -72,6 +74,10 @@ func (a *app) poolConfig(t config.Target) pool.Config {
 		HoldOnRestart:     pc.HoldOnRestart,
 		Logger:            a.log,
 		OptionName:        optionName,
+		// Every pool, of every database and role, counts against the
+		// caps; the database's own cap is set on the group by name
+		// (start, reload, and the "*" entry's open).
+		Group: a.group,
 	}
 }
 
@@ -267,6 +273,7 @@ func (w *wildcard) open(name string) (*proxy.Database, error) {
 		return db, nil
 	}
 	t := w.targetFor(name)
+	w.a.group.SetDatabaseMax(name, t.MaxDBConnections) // each name on its own, as PgBouncer's "*"
 	pc := w.poolConfig(t)
 	// The pool is known only once New returns, and New starts the first
 	// connect; missing takes w.mu, which open holds until then.
@@ -360,6 +367,7 @@ func (w *wildcard) reconfigure(t config.Target) {
 	var dbs []*proxy.Database
 	for _, db := range w.dbs {
 		dbs = append(dbs, db)
+		w.a.group.SetDatabaseMax(db.Name, t.MaxDBConnections)
 	}
 	w.mu.Unlock()
 	if changed {

@@ -105,6 +105,7 @@ func (p *Pool) take(front bool, start time.Time) (*backend, *waiter, time.Durati
 		return nil, nil, 0, p.queueFullErrorLocked()
 	}
 	w := newWaiter()
+	w.at = start
 	if front {
 		p.waiters.pushFront(w)
 	} else {
@@ -162,6 +163,7 @@ func (p *Pool) await(ctx context.Context, w *waiter, timeout <-chan time.Time, s
 			h.timeouts = append(h.timeouts, now)
 			p.evalStateLocked(now)
 		}
+		p.replenishLocked() // one demand fewer on the group
 		p.unlock()
 		return nil, err
 	}

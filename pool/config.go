@@ -33,6 +33,10 @@ type Config struct {
 	BackoffMax        time.Duration // at least BackoffInitial; the doubling stops here
 	HoldOnRestart     time.Duration // 0 = off; how long Acquire waits for a database that went away (see hold.go)
 	Logger            *slog.Logger  // nil = slog.Default()
+	// Group, when set, bounds this pool's backends together with the
+	// other pools of the group: those of its Database, and all of them
+	// (see Group). Fixed at New; nil = only MaxSize bounds the pool.
+	Group *Group
 	// OptionName spells a field the way the operator sets it, for hints:
 	// "MaxSize" may become "pool.max_size". nil, or "" for a field, leaves
 	// the field's own name.

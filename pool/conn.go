@@ -37,6 +37,9 @@ type backend struct {
 	// Guarded by p.mu.
 	idleSince time.Time
 	fresh     bool // came straight from connect to a waiter: no need to validate
+	// evict: closed to make room for another pool's waiter (group.go);
+	// its slot's release ends that eviction.
+	evict evictScope
 
 	// mu guards the hold: the holder writes it, the leak scan reads it.
 	mu           sync.Mutex
@@ -199,6 +202,10 @@ func (c *Conn) Release() {
 	b.stats.lastUsed = now
 	if reason, detail := p.releaseRetireReasonLocked(b, now); reason != retireNone {
 		p.retireLocked(b, reason, detail, now)
+	} else if scope := p.owedElsewhereLocked(); scope != evictNone {
+		// An older waiter of another pool of the group is owed this slot.
+		b.evict = scope
+		p.retireLocked(b, retireIdle, "closed for an older waiter of another pool (max_db_connections / max_total_connections)", now)
 	} else {
 		p.putLocked(b, now)
 	}
@@ -320,6 +327,7 @@ func (p *Pool) closeServer(b *backend, reason retireReason, detail string) {
 	err := b.srv.Close(ctx)
 	p.mu.Lock()
 	p.closing--
+	p.cfg.Group.release(p, b.evict)
 	p.replenishLocked()
 	p.unlock()
 	p.poke() // to warm a replacement if below MinSize

@@ -32,12 +32,20 @@ func (p *Pool) busyLocked(waiting int) string {
 // timeoutErrorLocked is the 53300 for a waiter that waited `waited`;
 // waiting counts the queue including that waiter.
 func (p *Pool) timeoutErrorLocked(waited time.Duration, waiting int, cause error) *AcquireError {
-	return &AcquireError{
+	e := &AcquireError{
 		Code:    pgwire.CodeTooManyConnections,
 		Message: fmt.Sprintf("timed out after %s waiting for a server connection (%s)", fmtDuration(waited), p.busyLocked(waiting)),
 		Hint:    "raise " + p.cfg.option("MaxSize") + " or shorten transactions",
 		Err:     cause,
 	}
+	// Below its own max_size, the pool waited for the group's cap.
+	if p.ownRoomLocked() > 0 {
+		if field, limit := p.cfg.Group.capReached(p); field != "" {
+			e.Message += fmt.Sprintf("; the cap %s %d is reached", p.cfg.option(field), limit)
+			e.Hint = "raise " + p.cfg.option(field) + " or shorten transactions (other roles or databases hold the backends)"
+		}
+	}
+	return e
 }
 
 // queueFullErrorLocked is the 53300 for an Acquire refused because

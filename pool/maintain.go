@@ -112,6 +112,19 @@ func (p *Pool) maintainLocked(now time.Time) (leakCandidates []*backend) {
 	}
 	clear(p.idle[len(keep):])
 	p.idle = keep
+	// Idle backends another pool of the group is owed (group.go), the
+	// coldest first, whatever min_size says: a role must not starve
+	// behind another's idle backends.
+	if evict := p.cfg.Group.evictions(p, len(p.idle)); len(evict) > 0 {
+		for i, scope := range evict {
+			b := p.idle[i]
+			b.evict = scope
+			p.dropLocked(b, retireIdle, "closed to make room for another pool's waiter (max_db_connections / max_total_connections)")
+		}
+		n := copy(p.idle, p.idle[len(evict):])
+		clear(p.idle[n:])
+		p.idle = p.idle[:n]
+	}
 	if p.idleCheckDueLocked(now) {
 		p.spawnIdleCheckLocked()
 	}
@@ -129,7 +142,7 @@ func (p *Pool) maintainLocked(now time.Time) (leakCandidates []*backend) {
 	case !h.connected:
 		// First contact: one attempt at a time, and at least one even
 		// with MinSize 0, so a database that is down shows at start.
-		if p.opening == 0 {
+		if p.opening == 0 && p.roomLocked() > 0 {
 			p.spawnOpenLocked(false)
 		}
 	default:

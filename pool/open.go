@@ -6,27 +6,77 @@ import (
 	"time"
 )
 
-// roomLocked is how many more backends may be opened under MaxSize.
-func (p *Pool) roomLocked() int { return p.sizeLimitLocked() - p.open - p.opening - p.closing }
+// roomLocked is how many more backends may be opened now: under MaxSize
+// and under the group's caps.
+func (p *Pool) roomLocked() int {
+	own := p.ownRoomLocked()
+	if own <= 0 || p.cfg.Group == nil {
+		return own
+	}
+	return min(own, p.cfg.Group.avail(p))
+}
+
+// ownRoomLocked is how many more backends may be opened under MaxSize
+// (or the lowered size while the server refuses more, backpressure.go).
+func (p *Pool) ownRoomLocked() int { return p.sizeLimitLocked() - p.open - p.opening - p.closing }
 
 // replenishLocked starts a connect for every waiter that no connect in
 // flight will serve, as room allows. It does nothing while connects fail:
 // then only the maintainer's single probe connects, on the backoff
 // schedule, and waiters wait for a release (DEGRADED) or have already
 // failed fast (UNHEALTHY).
+//
+// With a Group, the connects that only the group's caps hold back are
+// queued there as demands (FIFO across the group's pools); a slot freed
+// for one wakes the pool, whose maintainer replenishes again.
 func (p *Pool) replenishLocked() {
 	if p.closed || p.health.failures > 0 || p.admin.paused {
+		p.cfg.Group.want(p, nil) // not connecting: nothing to reserve
 		return
 	}
-	for need := p.waiters.len() - p.opening; need > 0 && p.roomLocked() > 0; need-- {
+	need := p.waiters.len() - p.opening
+	for ; need > 0 && p.roomLocked() > 0; need-- {
 		p.spawnOpenLocked(false)
 	}
+	if p.cfg.Group != nil {
+		p.cfg.Group.want(p, p.uncoveredLocked(min(need, max(p.ownRoomLocked(), 0))))
+	}
+}
+
+// owedElsewhereLocked says whether a backend a client releases should be
+// closed for an older waiter of another pool of the group, and for which
+// scope. With no waiter here it goes idle, where evictions find it.
+func (p *Pool) owedElsewhereLocked() evictScope {
+	if p.cfg.Group == nil || p.waiters.head == nil || p.admin.paused {
+		return evictNone
+	}
+	return p.cfg.Group.owedElsewhere(p, p.waiters.head.at)
+}
+
+// uncoveredLocked returns the arrival times of the n oldest waiters that
+// no connect in flight will serve (those after the first p.opening), for
+// the group's queue.
+func (p *Pool) uncoveredLocked(n int) []time.Time {
+	if n <= 0 {
+		return nil
+	}
+	out := make([]time.Time, 0, n)
+	skip := p.opening
+	for w := p.waiters.head; w != nil && len(out) < n; w = w.next {
+		if skip > 0 {
+			skip--
+			continue
+		}
+		out = append(out, w.at)
+	}
+	return out
 }
 
 // spawnOpenLocked starts one connect goroutine, owned by the pool (p.wg)
 // and stopped by Close through p.ctx. It counts as opening at once so
 // that MaxSize holds while it runs.
 func (p *Pool) spawnOpenLocked(probe bool) {
+	p.cfg.Group.take(p)
 	p.opening++
 	if probe {
 		p.health.probing = true
@@ -58,16 +108,21 @@ func (p *Pool) connect(connect ConnectFunc, timeout time.Duration, probe bool) {
 	case p.closed:
 		// Close canceled us, or we finished just after it: not a
 		// failure of the database.
-		if err == nil {
-			b := p.newBackendLocked(srv, now)
-			p.counts.connects++
-			p.counts.retired.Shutdown++
-			p.later(func() { p.closeServer(b, retireShutdown, "pool closed while connecting") })
+		if err != nil {
+			p.cfg.Group.release(p, evictNone)
+			break
 		}
+		b := p.newBackendLocked(srv, now)
+		p.counts.connects++
+		p.counts.retired.Shutdown++
+		p.closing++ // its slot is held until the close is done, as for any backend
+		p.later(func() { p.closeServer(b, retireShutdown, "pool closed while connecting") })
 	case err != nil && tooManyConnections(err):
+		p.cfg.Group.release(p, evictNone)
 		p.counts.connectErrors++
 		p.capLocked(err, now)
 	case err != nil:
+		p.cfg.Group.release(p, evictNone)
 		p.connectFailedLocked(err, start, now, took)
 	default:
 		b := p.newBackendLocked(srv, now)

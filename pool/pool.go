@@ -145,6 +145,7 @@ func newPool(cfg Config, opts options) (*Pool, error) {
 	p.logger.Store(cfg.Logger)
 	p.log().Info("pool created", "state", StateInitializing, "min_size", cfg.MinSize, "max_size", cfg.MaxSize)
 
+	cfg.Group.join(p)
 	p.mu.Lock()
 	p.maintainLocked(time.Now()) // the first connect starts now, not a tick later
 	p.wg.Add(1)
@@ -249,6 +250,7 @@ func (p *Pool) Reconfigure(cfg Config) {
 	if cfg.OptionName == nil {
 		cfg.OptionName = old.OptionName
 	}
+	cfg.Group = old.Group // membership is fixed at New
 	cfg = cfg.withName()
 	if err := cfg.validate(); err != nil {
 		p.unlock()
@@ -279,6 +281,7 @@ func (p *Pool) Close() {
 		p.closed = true
 		p.setStateLocked(StateShuttingDown, "pool is closing")
 		p.failWaitersLocked(p.shutdownError())
+		p.cfg.Group.leave(p) // its demands and grants go to the other pools
 		for _, b := range p.idle {
 			p.retireLocked(b, retireShutdown, "pool closed", time.Now())
 		}

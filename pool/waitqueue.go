@@ -14,6 +14,7 @@ type grant struct {
 // no longer queued knows a grant is already in ch.
 type waiter struct {
 	ch         chan grant // buffered(1)
+	at         time.Time  // its Acquire's start: its place in a Group's queue
 	queued     bool
 	prev, next *waiter
 }
@@ -108,6 +109,9 @@ func (p *Pool) putLocked(b *backend, now time.Time) {
 	}
 	b.fresh = false // it has sat idle: validation rules apply from now
 	p.idle = append(p.idle, b)
+	if g := p.cfg.Group; g != nil && g.pressure.Load() > 0 {
+		p.poke() // another pool of the group may need this backend's slot
+	}
 }
 
 // failWaitersLocked ends every wait with err.

@@ -35,6 +35,11 @@ type Config struct {
 	Databases map[string]DatabaseConfig `koanf:"databases"`
 	// Pool holds the pooling settings shared by every database.
 	Pool PoolConfig `koanf:"pool"`
+	// MaxDBConnections caps the backends of each database across its
+	// roles' pools (databases.<name>.max_db_connections overrides it);
+	// MaxTotalConnections caps them across the proxy. 0 = no cap.
+	MaxDBConnections    int `koanf:"max_db_connections"`
+	MaxTotalConnections int `koanf:"max_total_connections"`
 	// MaxMessageSize is the largest protocol message accepted, in bytes.
 	MaxMessageSize int `koanf:"max_message_size"`
 	// MaxClientBuffer bounds what the proxy holds of one client message.
@@ -77,6 +82,9 @@ type DatabaseConfig struct {
 	// Users names the auth.users logins that may connect to this database
 	// (besides the URL's own user). Unlisted logins reach only upstream.
 	Users []string `koanf:"users"`
+	// MaxDBConnections overrides the top-level max_db_connections for this
+	// database; nil = not set here (0 is a value: no cap).
+	MaxDBConnections *int `koanf:"max_db_connections"`
 	// Overrides holds the pool.* keys this database sets, as written.
 	Overrides map[string]any `koanf:"pool"`
 	// Pool is the effective pool configuration: pool.* with Overrides

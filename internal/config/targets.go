@@ -28,6 +28,9 @@ type Target struct {
 	Pool PoolConfig
 	// Users maps client login names to passwords.
 	Users map[string]string
+	// MaxDBConnections caps the database's backends across its roles'
+	// pools (for "*", each database name's); 0 = no cap.
+	MaxDBConnections int
 }
 
 // Redacted is URL without its password.
@@ -53,7 +56,7 @@ func (c *Config) Targets() ([]Target, error) {
 	var errs []string
 	byName := map[string]string{}
 
-	addTarget := func(key, name, raw string, pc PoolConfig, allLogins bool, logins []string) {
+	addTarget := func(key, name, raw string, pc PoolConfig, maxDB int, allLogins bool, logins []string) {
 		conn, err := pgconn.ParseConfig(raw)
 		if err != nil {
 			errs = append(errs, fmt.Sprintf("config: %s: %s", key, scrubSecrets(err.Error(), raw)))
@@ -72,11 +75,11 @@ func (c *Config) Targets() ([]Target, error) {
 			return
 		}
 		byName[name] = key
-		out = append(out, Target{Name: name, Key: key, URL: raw, Conn: conn, Pool: pc, Users: c.users(conn, allLogins, logins)})
+		out = append(out, Target{Name: name, Key: key, URL: raw, Conn: conn, Pool: pc, Users: c.users(conn, allLogins, logins), MaxDBConnections: maxDB})
 	}
 
 	if strings.TrimSpace(c.Upstream) != "" {
-		addTarget("upstream", "", c.Upstream, c.Pool, true, nil)
+		addTarget("upstream", "", c.Upstream, c.Pool, c.MaxDBConnections, true, nil)
 	}
 	for _, name := range slices.Sorted(maps.Keys(c.Databases)) {
 		db := c.Databases[name]
@@ -89,7 +92,11 @@ func (c *Config) Targets() ([]Target, error) {
 			errs = append(errs, fmt.Sprintf("config: %s: must be set (postgres://user:password@host:port/dbname)", key))
 			continue
 		}
-		addTarget(key, name, db.URL, db.Pool, false, db.Users)
+		maxDB := c.MaxDBConnections
+		if db.MaxDBConnections != nil {
+			maxDB = *db.MaxDBConnections
+		}
+		addTarget(key, name, db.URL, db.Pool, maxDB, false, db.Users)
 	}
 
 	for _, t := range out {

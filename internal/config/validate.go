@@ -67,6 +67,17 @@ func (c *Config) Validate() error {
 		p.add("max_client_buffer", "must be between %d and %d bytes, got %d", minClientBuffer, proxy.MaxMessageSizeLimit, c.MaxClientBuffer)
 	}
 	checkDuration(&p, "shutdown_timeout", c.ShutdownTimeout)
+	if c.MaxDBConnections < 0 {
+		p.add("max_db_connections", "must be >= 0 (0 = no cap), got %d", c.MaxDBConnections)
+	}
+	if c.MaxTotalConnections < 0 {
+		p.add("max_total_connections", "must be >= 0 (0 = no cap), got %d", c.MaxTotalConnections)
+	}
+	for _, name := range slices.Sorted(maps.Keys(c.Databases)) {
+		if n := c.Databases[name].MaxDBConnections; n != nil && *n < 0 {
+			p.add("databases."+name+".max_db_connections", "must be >= 0 (0 = no cap), got %d", *n)
+		}
+	}
 
 	seen := map[string]bool{}
 	for i, u := range c.Auth.AllUsers() {
