@@ -319,12 +319,32 @@ func (p *Pool) dropLocked(b *backend, reason retireReason, detail string) {
 	p.later(func() { p.closeServer(b, reason, detail) })
 }
 
+// closeWaiter is a Server that can close and wait for the server's end
+// (PgServer.CloseWait).
+type closeWaiter interface {
+	CloseWait(ctx context.Context) error
+}
+
+// closeWaitMax bounds CloseWait's wait for the server's end: its process
+// normally exits within a millisecond, and the closing goroutine is often
+// a client's.
+const closeWaitMax = 250 * time.Millisecond
+
 // closeServer closes the backend's connection, bounded in time, and then
 // frees its slot under MaxSize.
 func (p *Pool) closeServer(b *backend, reason retireReason, detail string) {
 	ctx, cancel := context.WithTimeout(context.Background(), p.opts.closeTimeout)
 	defer cancel()
-	err := b.srv.Close(ctx)
+	var err error
+	if cw, ok := b.srv.(closeWaiter); ok && p.cfg.Group.capped() {
+		// Under a cap the slot must be free on the server too before
+		// another pool takes it: wait for the server to go, briefly.
+		wctx, wcancel := context.WithTimeout(ctx, closeWaitMax)
+		err = cw.CloseWait(wctx)
+		wcancel()
+	} else {
+		err = b.srv.Close(ctx)
+	}
 	p.mu.Lock()
 	p.closing--
 	p.cfg.Group.release(p, b.evict)

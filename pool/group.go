@@ -165,6 +165,25 @@ func (g *Group) capReached(p *Pool) (field string, limit int) {
 	return "", 0
 }
 
+// capped reports whether any cap is set: only then does a slot's release
+// need to wait for the server (closeServer).
+func (g *Group) capped() bool {
+	if g == nil {
+		return false
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.maxTotal > 0 {
+		return true
+	}
+	for _, d := range g.dbs {
+		if d.max > 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // join adds p to the group (New).
 func (g *Group) join(p *Pool) {
 	if g == nil {

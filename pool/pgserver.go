@@ -102,33 +102,30 @@ func (s *PgServer) PID() uint32 { return s.pg.PID() }
 // shared: do not modify it.
 func (s *PgServer) Params() map[string]string { return s.params }
 
-// closeWaitMax bounds how long Close waits for the server to end the
-// connection after Terminate: the server's process normally exits within
-// a millisecond; one busy with a query reads Terminate only when done, and
-// the caller (often a client's goroutine) must not wait that long.
-const closeWaitMax = 250 * time.Millisecond
+// Close sends Terminate and closes the socket, bounded by ctx.
+func (s *PgServer) Close(ctx context.Context) error {
+	// The relay may have left a deadline on the socket; Close must still
+	// be able to write Terminate.
+	_ = s.pg.Conn().SetDeadline(time.Time{})
+	return s.pg.Close(ctx)
+}
 
 // terminateMsg is the frontend Terminate message ('X', length 4).
 var terminateMsg = []byte{'X', 0, 0, 0, 4}
 
-// Close sends Terminate, waits (up to closeWaitMax, within ctx) for the
-// server to close its end, and closes the socket. The wait is what lets a
-// pool count a backend until its server process is gone: the server
-// closes the socket after it has left pg_stat_activity and its
-// max_connections slot, so the slot a Group frees is free on the server
-// too, and max_db_connections / max_total_connections hold for server
-// processes, not only for sockets.
-func (s *PgServer) Close(ctx context.Context) error {
+// CloseWait is Close that first waits, within ctx, for the server to end
+// the connection after Terminate. The server closes its socket only after
+// its process has left pg_stat_activity and its max_connections slot, so
+// a pool under a Group cap frees the slot when the server has (see
+// closeServer). The caller bounds ctx: a server busy with a query reads
+// Terminate only when it is done, a frozen one never.
+func (s *PgServer) CloseWait(ctx context.Context) error {
 	nc := s.pg.Conn()
-	// The relay may have left a deadline on the socket; Close must still
-	// be able to write Terminate.
 	_ = nc.SetDeadline(time.Time{})
 	if _, err := nc.Write(terminateMsg); err == nil {
-		deadline := time.Now().Add(closeWaitMax)
-		if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-			deadline = d
+		if d, ok := ctx.Deadline(); ok {
+			_ = nc.SetReadDeadline(d)
 		}
-		_ = nc.SetReadDeadline(deadline)
 		var buf [256]byte
 		for {
 			if _, err := nc.Read(buf[:]); err != nil {
@@ -137,7 +134,7 @@ func (s *PgServer) Close(ctx context.Context) error {
 		}
 		_ = nc.SetDeadline(time.Time{})
 	}
-	// pgconn's Close sends Terminate again (ignored by a closed peer) and
-	// closes the socket.
+	// pgconn sends Terminate again (a closed peer ignores it) and closes
+	// the socket.
 	return s.pg.Close(ctx)
 }
