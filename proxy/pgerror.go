@@ -9,6 +9,10 @@ import (
 // and the code that owns the client connection decides to write it.
 type pgError struct {
 	Severity, Code, Message, Detail, Hint string
+	// Routine is the server function that raises the error PostgreSQL
+	// would give, where drivers recognise an error by it (see
+	// staleStatementError); "" for the proxy's own errors.
+	Routine string
 	// silent: logged, never sent. PostgreSQL answers a startup packet it
 	// cannot even frame (bad length, cut short, another protocol) by
 	// closing without a word (COMMERROR), and so does the proxy.
@@ -51,6 +55,7 @@ func (e *pgError) appendTo(dst []byte) []byte {
 		Message:             e.Message,
 		Detail:              e.Detail,
 		Hint:                e.Hint,
+		Routine:             e.Routine,
 	}
 	return pgerrAppend(dst, &msg)
 }

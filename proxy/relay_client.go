@@ -223,7 +223,7 @@ func (c *clientConn) process() error {
 }
 
 // maxPendingRequests bounds the requests of one client awaiting a reply
-// (144 bytes of bookkeeping each). A client that pipelines more is not read
+// (160 bytes of bookkeeping each). A client that pipelines more is not read
 // until the server answered half of them, so a 100,000-statement pipeline
 // costs a bounded queue instead of one entry per statement.
 const maxPendingRequests = 2048
@@ -676,7 +676,8 @@ func (c *clientConn) streamBind(b *backend, out []byte, bodyLen int) (_ []byte, 
 		out = append(out, c.in.Buf[c.in.Start:c.in.Start+pgwire.HeaderLen+len(prefix)]...)
 	} else {
 		var sent bool
-		if out, sent = c.useStatement(b, out, st); !sent {
+		var e *preparedEntry
+		if out, e, sent = c.useStatement(b, out, st); !sent {
 			if c.probe != nil {
 				return out, false
 			}
@@ -684,11 +685,12 @@ func (c *clientConn) streamBind(b *backend, out []byte, bodyLen int) (_ []byte, 
 			return c.dropRest(out, pgwire.HeaderLen+bodyLen), true
 		}
 		c.inBatch = true
-		c.q.push(request{kind: reqBind, stmt: st})
-		out = pgwire.AppendHeader(out, pgwire.MsgBind, len(portal)+1+len(st.name)+1+bodyLen-restOff)
+		c.q.push(request{kind: reqBind, stmt: st, entry: e})
+		name := serverName(st, e)
+		out = pgwire.AppendHeader(out, pgwire.MsgBind, len(portal)+1+len(name)+1+bodyLen-restOff)
 		out = append(out, portal...)
 		out = append(out, 0)
-		out = append(out, st.name...)
+		out = append(out, name...)
 		out = append(out, 0)
 		out = append(out, prefix[restOff:]...)
 	}

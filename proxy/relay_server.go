@@ -667,7 +667,7 @@ func (c *clientConn) errorResponseLocked(b *backend, head *request, msg []byte) 
 		return swallow
 	}
 	r := c.q.pop()
-	c.statementFailed(b, &r)
+	c.statementFailed(b, &r, body)
 	if r.errorReplacement != nil {
 		c.replacement = append(c.replacement[:0], r.errorReplacement...)
 		swallow = true
@@ -675,7 +675,7 @@ func (c *clientConn) errorResponseLocked(b *backend, head *request, msg []byte) 
 	// The server skips everything up to Sync.
 	for h := c.q.peek(); h != nil && h.kind != reqSync; h = c.q.peek() {
 		s := c.q.pop()
-		c.statementFailed(b, &s)
+		c.statementFailed(b, &s, nil)
 	}
 	if c.q.len() == 0 {
 		// The client's Sync is still to come; what it sends until then

@@ -897,3 +897,71 @@ func TestNeedsClassify(t *testing.T) {
 		}
 	}
 }
+
+// A second client's statement of the same shape (text, parameter types,
+// result description) as a copy the backend holds uses that copy once its
+// own Parse was answered: its own copy is closed at the next boundary and
+// its Binds name the shared one. A 0A000 from the shared copy retires it:
+// the next Bind prepares the client's own copy again (and probes it).
+// Another result description is never shared.
+func TestSharedCopyRetiredOn0A000(t *testing.T) {
+	c1, b := testRelay(ModeTransaction, 10)
+	rows := &pgproto3.RowDescription{Fields: []pgproto3.FieldDescription{{Name: []byte("c"), DataTypeOID: 23, DataTypeSize: 4, TypeModifier: -1}}}
+	pumpClient(t, c1, b, enc(&pgproto3.Parse{Name: "s", Query: "select c from t where id = $1"}, &pgproto3.Sync{}), 0)
+	pumpServer(t, c1, b, msgs(learned([]uint32{23}, rows), &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
+	shared := c1.stmts["s"].name
+
+	newClient := func() *clientConn {
+		return &clientConn{srv: c1.srv, policy: ModeTransaction.policy(), log: c1.log, txStatus: 'I', want: map[string]paramValue{},
+			stmts: map[string]*statement{}, startupParams: map[string]paramValue{}, in: pgwire.ReadBuffer{Buf: make([]byte, 16)}, be: b}
+	}
+	// Another result type (a DDL between the two Parses): not shared.
+	c3 := newClient()
+	pumpClient(t, c3, b, enc(&pgproto3.Parse{Name: "s", Query: "select c from t where id = $1"}, &pgproto3.Sync{}), 0)
+	int8Rows := &pgproto3.RowDescription{Fields: []pgproto3.FieldDescription{{Name: []byte("c"), DataTypeOID: 20, DataTypeSize: 8, TypeModifier: -1}}}
+	pumpServer(t, c3, b, msgs(learned([]uint32{23}, int8Rows), &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
+	if b.prepared.len() != 2 || len(b.prepared.toClose) != 0 {
+		t.Fatalf("a copy of another description was taken: prepared %d, to close %d", b.prepared.len(), len(b.prepared.toClose))
+	}
+
+	c2 := newClient()
+	out := pumpClient(t, c2, b, enc(&pgproto3.Parse{Name: "s", Query: "select c from t where id = $1"}, &pgproto3.Sync{}), 0)
+	own := c2.stmts["s"].name
+	if p, ok := decodeFrontendMsgs(t, out)[0].(*pgproto3.Parse); !ok || p.Name != own || own == shared {
+		t.Fatalf("client 2's Parse did not reach the server as its own: %q", out)
+	}
+	pumpServer(t, c2, b, msgs(learned([]uint32{23}, rows), &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
+	if len(b.prepared.toClose) != 1 || b.prepared.toClose[0].name != own {
+		t.Fatalf("client 2's redundant copy not closed: to close %+v", b.prepared.toClose)
+	}
+
+	bind := enc(&pgproto3.Bind{PreparedStatement: "s", Parameters: [][]byte{[]byte("1")}}, &pgproto3.Execute{}, &pgproto3.Sync{})
+	var kinds []string
+	for _, m := range decodeFrontendMsgs(t, pumpClient(t, c2, b, bind, 0)) {
+		kind := fmt.Sprintf("%T", m)[len("*pgproto3."):]
+		switch m := m.(type) {
+		case *pgproto3.Bind:
+			kind += " " + m.PreparedStatement
+		case *pgproto3.Close:
+			kind += " " + m.Name
+		}
+		kinds = append(kinds, kind)
+	}
+	if want := "Close " + own + " Sync Bind " + shared + " Execute Sync"; strings.Join(kinds, " ") != want {
+		t.Fatalf("sent %v\nwant %s", kinds, want)
+	}
+	reply, _ := pumpServer(t, c2, b, enc(&pgproto3.CloseComplete{}, &pgproto3.ReadyForQuery{TxStatus: 'I'},
+		&pgproto3.ErrorResponse{Severity: "ERROR", Code: "0A000", Message: "cached plan must not change result type"},
+		&pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
+	if string(decodeBackendMsgs(t, reply)) != "EZ" {
+		t.Fatalf("client 2 got %q, want the server's error", decodeBackendMsgs(t, reply))
+	}
+	out = pumpClient(t, c2, b, bind, 0)
+	sent := decodeFrontendMsgs(t, out)
+	if p, ok := sent[0].(*pgproto3.Parse); !ok || p.Name != own {
+		t.Fatalf("the retired copy was used again: %#v", sent)
+	}
+	if d, ok := sent[1].(*pgproto3.Describe); !ok || d.Name != own || c2.probe == nil {
+		t.Fatalf("the copy prepared again is not probed: %#v", sent)
+	}
+}

@@ -32,6 +32,10 @@ type request struct {
 	// stmt, in Sync segment seg.
 	prepared bool
 	seg      int64
+	// entry is the server copy a Bind or Describe of a client statement
+	// named (its own or a shared one, see useStatement), so an error the
+	// server gives for it can retire it.
+	entry *preparedEntry
 	// sets are the client SET/RESET statements of this Query, applied to the
 	// client's tracked parameters when it completes without error.
 	sets       []paramChange
@@ -118,7 +122,7 @@ func (q *requestQueue) pop() request {
 	return r
 }
 
-// maxKeptRequests is the largest ring an empty queue keeps (144 bytes an
+// maxKeptRequests is the largest ring an empty queue keeps (160 bytes an
 // entry); pipelines deeper than this reallocate it.
 const maxKeptRequests = 256
 

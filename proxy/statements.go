@@ -50,6 +50,12 @@ type statement struct {
 	fingerprint string
 	noData      bool
 	stale       bool
+	// shape is what a server copy must match to serve this statement on a
+	// backend where it has none of its own (see preparedSet.shared): the
+	// text with the parameter types the server gave it (fixedBody) and
+	// its result description (fingerprint). "" until both are known, and
+	// always for the unnamed statement, which is never shared.
+	shape string
 }
 
 // descriptionFingerprint identifies a RowDescription or NoData message.
@@ -77,6 +83,10 @@ func (s *statement) learnResult(msg []byte) {
 	s.fingerprint = descriptionFingerprint(msg)
 	q, _, _ := pgwire.CString(s.parseBody)
 	s.noData = msg[0] == pgwire.MsgNoData || startsWithKeyword(q, "fetch") || startsWithKeyword(q, "move")
+	if s.name != "" && s.hasFixed {
+		sum := sha256.Sum256(s.fixedBody)
+		s.shape = string(sum[:16]) + s.fingerprint
+	}
 }
 
 // learnParams records a ParameterDescription body (int16 n, n int32 oids):
@@ -97,7 +107,7 @@ func (s *statement) learnParams(body []byte) {
 // the statement of a new Parse body.
 func (s *statement) reset(parseBody []byte) {
 	s.parseBody = append(s.parseBody[:0], parseBody...)
-	s.hasFixed, s.fingerprint, s.noData, s.stale = false, "", false, false
+	s.hasFixed, s.fingerprint, s.noData, s.stale, s.shape = false, "", false, false, ""
 }
 
 // startsWithKeyword reports whether query's first word is kw (lower case).
@@ -191,8 +201,13 @@ type preparedSet struct {
 	order *list.List // front = most recently used; values are *preparedEntry
 	items map[string]*preparedEntry
 	// toClose are statements to Close on the backend before the next
-	// request (LRU evictions and statements a server invalidated).
+	// request (LRU evictions, and a client's own copy made redundant by a
+	// shared one).
 	toClose []*preparedEntry
+	// shapes indexes the copies other clients' statements may share, by
+	// statement shape (see statement.shape and shared). Only copies whose
+	// description is known to be that shape are here.
+	shapes map[string]*preparedEntry
 }
 
 // preparedEntry is one statement on a backend. A Parse is sent before its
@@ -204,10 +219,61 @@ type preparedEntry struct {
 	name    string
 	pending int64
 	elem    *list.Element
+	// shape is the statement shape this copy is known to have ("" while
+	// not verified, or retired after the server said it changed).
+	shape string
 }
 
 func newPreparedSet(max int) *preparedSet {
-	return &preparedSet{max: max, order: list.New(), items: make(map[string]*preparedEntry)}
+	return &preparedSet{max: max, order: list.New(), items: make(map[string]*preparedEntry),
+		shapes: make(map[string]*preparedEntry)}
+}
+
+// shared returns a copy of shape that a statement without a copy of its own
+// on this backend can use in segment seg (marking it recently used), or nil.
+func (p *preparedSet) shared(shape string, seg int64) *preparedEntry {
+	e := p.shapes[shape]
+	if e == nil || !e.certain(seg) {
+		return nil
+	}
+	p.order.MoveToFront(e.elem)
+	return e
+}
+
+// share records that e is a verified copy of shape. If another confirmed
+// copy of that shape is already shared, e is redundant: it is returned
+// the other copy and left to the caller.
+func (p *preparedSet) share(e *preparedEntry, shape string) (other *preparedEntry) {
+	if o := p.shapes[shape]; o != nil && o != e && o.pending < 0 {
+		return o
+	}
+	e.shape = shape
+	p.shapes[shape] = e
+	return nil
+}
+
+// unshare takes e out of the shape index (it leaves the set, or the server
+// said its description changed).
+func (p *preparedSet) unshare(e *preparedEntry) {
+	if e.shape != "" && p.shapes[e.shape] == e {
+		delete(p.shapes, e.shape)
+	}
+}
+
+// retire takes e out of the shape index for good: no other statement
+// shares it again.
+func (p *preparedSet) retire(e *preparedEntry) {
+	p.unshare(e)
+	e.shape = ""
+}
+
+// discard moves e (in the set) to toClose: a shared copy serves its
+// statement, so it is closed before the next request.
+func (p *preparedSet) discard(e *preparedEntry) {
+	p.unshare(e)
+	p.order.Remove(e.elem)
+	delete(p.items, e.name)
+	p.toClose = append(p.toClose, e)
 }
 
 // lookup returns the backend's entry for name (marking it recently used),
@@ -248,6 +314,9 @@ func (e *preparedEntry) certain(seg int64) bool { return e.pending < 0 || e.pend
 // add records that a Parse of name is sent in segment seg.
 func (p *preparedSet) add(name string, seg int64) {
 	if e := p.lookup(name); e != nil {
+		// Parsed again: its description is verified anew (shareCopy)
+		// before anyone shares it.
+		p.retire(e)
 		e.pending = seg
 		return
 	}
@@ -257,10 +326,14 @@ func (p *preparedSet) add(name string, seg int64) {
 func (p *preparedSet) insert(e *preparedEntry) {
 	e.elem = p.order.PushFront(e)
 	p.items[e.name] = e
+	if e.shape != "" && p.shapes[e.shape] == nil {
+		p.shapes[e.shape] = e // an evicted copy taken back
+	}
 	for p.max > 0 && p.order.Len() > p.max {
 		old := p.order.Back().Value.(*preparedEntry)
 		p.order.Remove(old.elem)
 		delete(p.items, old.name)
+		p.unshare(old)
 		p.toClose = append(p.toClose, old)
 	}
 }
@@ -285,6 +358,7 @@ func (p *preparedSet) remove(name string) {
 	if e, ok := p.items[name]; ok {
 		p.order.Remove(e.elem)
 		delete(p.items, name)
+		p.unshare(e)
 	}
 }
 
@@ -292,6 +366,7 @@ func (p *preparedSet) remove(name string) {
 func (p *preparedSet) clear() {
 	p.order.Init()
 	clear(p.items)
+	clear(p.shapes)
 	p.toClose = p.toClose[:0]
 }
 
@@ -411,29 +486,85 @@ func (c *clientConn) ensurePrepared(b *backend, out []byte, st *statement) []byt
 	return out
 }
 
-// useStatement prepares st on b for a Bind or Describe of the client's.
-// When the client was told st's result description and b must prepare st
-// afresh, the schema may have changed since: the proxy describes it too
-// (build then waits for the answer, see probe) so the client is never
-// handed rows of another type than it expects. ok is false when the
-// message must not go out (a probe is in flight, or st is stale and the
-// poison was sent instead).
-func (c *clientConn) useStatement(b *backend, out []byte, st *statement) ([]byte, bool) {
+// useStatement readies st on b for a Bind or Describe of the client's and
+// returns the copy that message must name: st's own copy when b has it;
+// else, once st's description is known, a copy of the same shape that b
+// holds for another client's statement (see shareCopy: same text, same
+// parameter types, same result description, nothing said it changed
+// since); else st prepared afresh under its own name. When the client was
+// told st's result description and b must prepare st afresh, the schema
+// may have changed since: the proxy describes it too (build then waits for
+// the answer, see probe) so the client is never handed rows of another
+// type than it expects. ok is false when the message must not go out (a
+// probe is in flight, or st is stale and the poison was sent instead).
+func (c *clientConn) useStatement(b *backend, out []byte, st *statement) (_ []byte, e *preparedEntry, ok bool) {
 	if st.stale {
-		return c.poison(out, newError(pgwire.CodeFeatureNotSupported, "cached plan must not change result type",
-			"the table changed since the statement was prepared; prepare it again")), false
+		return c.poison(out, staleStatementError()), nil, false
+	}
+	if st.shape != "" && b.prepared.items[st.name] == nil {
+		if e = b.prepared.shared(st.shape, c.q.seg); e != nil {
+			return out, e, true
+		}
 	}
 	if st.fingerprint == "" || st.noData {
-		return c.ensurePrepared(b, out, st), true
+		out = c.ensurePrepared(b, out, st)
+		return out, b.prepared.items[st.name], true
 	}
 	out, sent := c.sendParse(b, out, st, request{swallow: true})
 	if !sent {
-		return out, true
+		return out, b.prepared.items[st.name], true
 	}
 	c.q.push(request{kind: reqDescribeStmt, swallow: true, probe: true, stmt: st})
 	out = appendDescribeStatement(out, st.name)
 	c.probe = make(chan struct{})
-	return append(out, pgwire.MsgFlush, 0, 0, 0, 4), false
+	return append(out, pgwire.MsgFlush, 0, 0, 0, 4), nil, false
+}
+
+// staleStatementError is PostgreSQL's error for a prepared statement whose
+// result type changed, as the server raises it: pgjdbc (isWillHealViaReparse)
+// heals only an error from routine RevalidateCachedQuery, by preparing the
+// statement again and retrying, as it does directly.
+func staleStatementError() *pgError {
+	e := newError(pgwire.CodeFeatureNotSupported, "cached plan must not change result type",
+		"the table changed since the statement was prepared; prepare it again")
+	e.Routine = "RevalidateCachedQuery"
+	return e
+}
+
+// serverName is the name a message of the client's about st must carry on
+// the backend: that of copy e (from useStatement), or st's own.
+func serverName(st *statement, e *preparedEntry) string {
+	if e != nil {
+		return e.name
+	}
+	return st.name
+}
+
+// shareCopy records that b's own copy of st (confirmed by its ParseComplete)
+// has st's shape, as the server described it: other clients' statements
+// of that shape may use it on b. If b already shares a copy of that shape,
+// st's own copy is redundant: it is closed before the next request (what
+// is in flight still runs on it) and st uses the shared one from now on.
+//
+// Why sharing is safe: a client's own Parse always reaches the server and
+// the client is told the server's answer; a copy made for another client
+// is used for it only if its text, its parameter types and its result
+// description are the ones this client was told. PostgreSQL never changes
+// a prepared statement's parameter types, and it never changes its result
+// type either: after DDL it re-plans the statement (a stale plan with the
+// same types is re-planned silently) or fails it with 0A000 "cached plan
+// must not change result type", exactly as the client's own statement
+// would; such a copy is retired (statementFailed). A copy made before a
+// DDL that changed a description differs from a statement prepared after
+// it, so it is never taken for it.
+func (c *clientConn) shareCopy(b *backend, st *statement) {
+	e := b.prepared.items[st.name]
+	if e == nil || e.pending >= 0 {
+		return
+	}
+	if other := b.prepared.share(e, st.shape); other != nil {
+		b.prepared.discard(e)
+	}
 }
 
 // closeUncertain handles a statement whose Parse went out in an earlier,
@@ -482,12 +613,12 @@ func (c *clientConn) onBind(b *backend, out, msg, body []byte, tx bool) []byte {
 		}
 		if ok && len(name) > 0 {
 			if st := c.clientStatement(name); st != nil {
-				out, ok := c.useStatement(b, out, st)
+				out, e, ok := c.useStatement(b, out, st)
 				if !ok {
 					return out
 				}
-				c.q.push(request{kind: reqBind, stmt: st})
-				return appendBindRenamed(out, body, portal, restOff, st.name)
+				c.q.push(request{kind: reqBind, stmt: st, entry: e})
+				return appendBindRenamed(out, body, portal, restOff, serverName(st, e))
 			}
 		}
 	}
@@ -511,12 +642,12 @@ func (c *clientConn) onDescribe(b *backend, out, msg, body []byte, tx bool) []by
 		}
 		if name, _, ok := pgwire.CString(body[1:]); ok && len(name) > 0 {
 			if st := c.clientStatement(name); st != nil {
-				out, ok := c.useStatement(b, out, st)
+				out, e, ok := c.useStatement(b, out, st)
 				if !ok {
 					return out
 				}
-				c.q.push(request{kind: reqDescribeStmt, stmt: st})
-				return appendDescribeStatement(out, st.name)
+				c.q.push(request{kind: reqDescribeStmt, stmt: st, entry: e})
+				return appendDescribeStatement(out, serverName(st, e))
 			}
 		}
 	}
@@ -709,6 +840,12 @@ func (c *clientConn) parseCompleted(b *backend, r *request) {
 	c.srv.stmts.markKnown(r.stmt)
 	if r.prepared {
 		b.prepared.confirm(r.stmt.name, r.seg)
+		if r.swallow && r.stmt.noData && r.stmt.shape != "" {
+			// A copy the proxy made with st's parameter types of a
+			// statement that returns no rows: it has st's shape (such
+			// statements are not probed, see statement).
+			c.shareCopy(b, r.stmt)
+		}
 	}
 }
 
@@ -735,19 +872,31 @@ func (c *clientConn) resultDescribed(b *backend, r *request, msg []byte) {
 			r.stmt.stale = true
 			c.log.Info("a prepared statement now describes another result than the client was told (schema change); the client gets 0A000 until it prepares it again",
 				"statement", r.stmt.name)
+		} else {
+			c.shareCopy(b, r.stmt)
 		}
 		c.endProbe()
 	case (r.learn || !r.swallow) && r.stmt.fingerprint == "" && (r.stmt.name != "" || r.gen == c.unnamedGen):
 		r.stmt.learnResult(msg)
+		if r.stmt.shape != "" {
+			c.shareCopy(b, r.stmt)
+		}
 	}
 }
 
 // statementFailed undoes the bookkeeping of request r (popped), which an
-// ErrorResponse failed or the server skipped after one.
-func (c *clientConn) statementFailed(b *backend, r *request) {
+// ErrorResponse (body, nil when r was skipped after one) failed or the
+// server skipped. A copy the server says changed under it (0A000: its
+// result type changed; XX000: a type it uses is gone) is shared no more.
+func (c *clientConn) statementFailed(b *backend, r *request, errBody []byte) {
 	c.undoParse(b, r)
 	if r.probe {
 		c.endProbe()
+	}
+	if r.entry != nil && errBody != nil {
+		if code := pgwire.ErrorField(errBody, 'C'); string(code) == pgwire.CodeFeatureNotSupported || string(code) == pgwire.CodeInternalError {
+			b.prepared.retire(r.entry)
+		}
 	}
 }
 

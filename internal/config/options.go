@@ -100,7 +100,7 @@ var Options = []Option{
 	{Key: "pool.session_state", Default: "pin", Reload: Restart,
 		Doc: "Transaction mode: a client that creates session state (session advisory lock, temp table, WITH HOLD cursor, SQL PREPARE, SET ROLE) keeps its backend until the state is gone (`pin`), or such statements fail with 0A000 (`reject`); see \"Session state\" below."},
 	{Key: "pool.max_prepared_statements", Default: "200", Reload: Restart,
-		Doc: "Transaction mode: prepared statements kept per backend (LRU); statements are per client, so size it for clients x statements per client."},
+		Doc: "Transaction mode: prepared statements kept per backend (LRU); clients share a copy per distinct statement (text, parameter types, result description), so size it for the distinct statements all clients use, with headroom."},
 	{Key: "pool.query_timeout", Default: "0s",
 		Doc: "A query (or COPY) running longer is cancelled on the server and the client gets 57014 naming this option; its session goes on. 0 = off."},
 	{Key: "pool.idle_transaction_timeout", Default: "0s",

@@ -25,4 +25,7 @@ const (
 	CodeSyntaxError                = "42601" // syntax_error (unknown admin console command)
 	CodeInsufficientPrivilege      = "42501" // insufficient_privilege (admin.stats_users)
 	CodeConfigFileError            = "F0000" // config_file_error (console RELOAD failed)
+	// Server errors the proxy reads: a prepared statement whose type is
+	// gone ("cache lookup failed for type") is shared no more.
+	CodeInternalError = "XX000" // internal_error
 )
