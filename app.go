@@ -42,6 +42,8 @@ type app struct {
 	// statsOrder is every pool in target order, fixed at start: the health
 	// goroutine reads it while reload replaces targets.
 	statsOrder []*pool.Pool
+	// statsTargets names the databases of passthrough in target order.
+	statsTargets []string
 	// wild serves the databases entry "*" (nil without one); its pools
 	// come and go while the process runs, under its own lock.
 	wild *wildcard
@@ -49,6 +51,9 @@ type app struct {
 	// and each database's max_db_connections (pool.Group). Fixed at start;
 	// its caps change on reload.
 	group *pool.Group
+	// passthrough serves auth.passthrough (nil without it): per database
+	// name, the auth user's pool and the pools per role, fixed at start.
+	passthrough map[string]*proxy.Passthrough
 
 	proxy    *proxy.Server
 	health   *health.Server
@@ -112,6 +117,12 @@ func start(cfg *config.Config, path string, environ []string, logOut io.Writer) 
 		}
 		a.pools[t.Name] = p
 		a.statsOrder = append(a.statsOrder, p)
+		if cfg.Auth.Passthrough {
+			if err := a.openPassthrough(cfg, t); err != nil {
+				a.closePools()
+				return nil, fmt.Errorf("database %s: %w", t.Name, err)
+			}
+		}
 	}
 
 	a.proxy, err = proxy.New(a.proxyConfig(cfg, targets))
@@ -209,6 +220,11 @@ func (a *app) poolStats() []pool.Stats {
 	}
 	if a.wild != nil {
 		out = append(out, a.wild.stats()...)
+	}
+	for _, t := range a.statsTargets {
+		for _, p := range a.passthrough[t].Roles.Pools() {
+			out = append(out, p.Stats())
+		}
 	}
 	return out
 }
@@ -341,6 +357,11 @@ func (a *app) closePools() {
 	for _, p := range a.pools {
 		wg.Add(1)
 		go func() { defer wg.Done(); p.Close() }() // ends when the pool has stopped
+	}
+	for _, pt := range a.passthrough {
+		wg.Add(2)
+		go func() { defer wg.Done(); pt.Roles.Close() }()          // ends when the role pools have stopped
+		go func() { defer wg.Done(); pt.Verifiers.Pool.Close() }() // ends when the auth pool has stopped
 	}
 	wg.Wait()
 }

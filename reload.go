@@ -41,6 +41,9 @@ func (a *app) reload() error {
 		// pool. An unchanged pool is left alone (and quiet).
 		if t.Pool != running[t.Name].Pool {
 			a.pools[t.Name].Reconfigure(a.poolConfig(t))
+			if pt := a.passthrough[t.Name]; pt != nil {
+				pt.Roles.Reconfigure(a.poolConfig(t))
+			}
 		}
 	}
 	if err := a.proxy.Reload(a.proxyConfig(applied, targets)); err != nil {

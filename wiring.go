@@ -91,7 +91,8 @@ func (a *app) proxyConfig(cfg *config.Config, targets []config.Target) proxy.Con
 			wild = &proxy.Wildcard{Users: t.Users, Open: a.wild.open, Opened: a.wild.opened}
 			continue
 		}
-		dbs[t.Name] = &proxy.Database{Name: t.Name, Pool: a.pools[t.Name], Users: t.Users, Listen: t.Conn, Upstream: t.Redacted()}
+		dbs[t.Name] = &proxy.Database{Name: t.Name, Pool: a.pools[t.Name], Users: t.Users, Listen: t.Conn, Upstream: t.Redacted(),
+			Passthrough: a.passthrough[t.Name]}
 	}
 	return proxy.Config{
 		Mode:                   cfg.Pool.Mode,
@@ -392,4 +393,47 @@ func (w *wildcard) close() {
 		go func() { defer wg.Done(); db.Pool.Close() }() // ends when the pool has stopped
 	}
 	wg.Wait()
+}
+
+// authPoolSize bounds the auth user's pool per database (auth.passthrough):
+// one lookup per role per auth.cache_ttl is light, and these backends
+// count against the server's max_connections beside the roles' pools.
+const authPoolSize = 2
+
+// openPassthrough builds auth.passthrough for t: the auth user's small pool
+// that runs auth.query, and the pools per role, each made from t's pool
+// settings and logging in as the role with the keys of its latest login.
+func (a *app) openPassthrough(cfg *config.Config, t config.Target) error {
+	authConn := t.Conn.Copy()
+	if cfg.Auth.User != "" && cfg.Auth.User != t.Conn.User {
+		authConn.User, authConn.Password = cfg.Auth.User, ""
+	}
+	for _, u := range cfg.Auth.AllUsers() {
+		if u.Name == authConn.User && !proxy.IsSCRAMVerifier(u.Password) {
+			authConn.Password = u.Password
+		}
+	}
+	ac := a.poolConfig(t)
+	ac.User = authConn.User
+	ac.Name = t.Name + "/" + authConn.User + " (auth.query)"
+	ac.Connect = pool.Connector(authConn)
+	ac.MinSize, ac.MaxSize = 0, authPoolSize
+	authPool, err := pool.New(ac)
+	if err != nil {
+		return fmt.Errorf("auth pool: %w", err)
+	}
+	roles := pool.NewRoles(a.poolConfig(t), func(role string, keys func() pool.ScramKeys) pool.ConnectFunc {
+		rc := t.Conn.Copy()
+		rc.User, rc.Password = role, ""
+		return pool.PassthroughConnector(rc, keys)
+	})
+	if a.passthrough == nil {
+		a.passthrough = map[string]*proxy.Passthrough{}
+	}
+	a.passthrough[t.Name] = &proxy.Passthrough{
+		Verifiers: &proxy.Verifiers{Pool: authPool, Query: cfg.Auth.Query, TTL: cfg.Auth.CacheTTL},
+		Roles:     roles,
+	}
+	a.statsTargets = append(a.statsTargets, t.Name)
+	return nil
 }

@@ -229,6 +229,30 @@ const (
 // (RFC 5929) to the certificate it was served, so libpq's
 // channel_binding=require works; in plain text only SCRAM-SHA-256 is.
 func authSCRAM(sm *startupMessage, password string, known bool) (bool, error) {
+	// PostgreSQL clients send an empty SCRAM user name ("n=,"): the user is
+	// the startup packet's, so the lookup ignores what SCRAM says.
+	var creds scram.StoredCredentials
+	if known || password != "" {
+		// password without known: the user may not use this database; the
+		// exchange runs with its real credentials all the same and fails
+		// at the end, exactly like a wrong password.
+		var err error
+		creds, err = scramCredentials(sm.user, password)
+		if err != nil {
+			return false, err
+		}
+	} else {
+		creds = scramMockCredentials(sm.user)
+	}
+	ok, _, err := authSCRAMWith(sm, creds, known)
+	return ok, err
+}
+
+// authSCRAMWith runs the exchange against creds. On success it also
+// returns the ClientKey the client proved it knows, recovered from its
+// proof (ClientProof XOR HMAC(StoredKey, AuthMessage)), which
+// auth.passthrough logs in to the server with.
+func authSCRAMWith(sm *startupMessage, creds scram.StoredCredentials, known bool) (bool, []byte, error) {
 	b := sm.backend
 	mechanisms := []string{authScramMechanism}
 	if sm.cbind != nil {
@@ -236,22 +260,22 @@ func authSCRAM(sm *startupMessage, password string, known bool) (bool, error) {
 	}
 	err := authSend(b, &pgproto3.AuthenticationSASL{AuthMechanisms: mechanisms}, pgproto3.AuthTypeSASL)
 	if err != nil {
-		return false, err
+		return false, nil, err
 	}
 	msg, err := authReceive(b, "SASL initial response")
 	if err != nil {
-		return false, err
+		return false, nil, err
 	}
 	first, isFirst := msg.(*pgproto3.SASLInitialResponse)
 	if !isFirst {
-		return false, authUnexpected("SASL initial response", msg)
+		return false, nil, authUnexpected("SASL initial response", msg)
 	}
 	if !slices.Contains(mechanisms, first.AuthMechanism) {
 		hint := "pgsidecar offers SCRAM-SHA-256 only in plain text (channel binding needs TLS: connect with sslmode=require)"
 		if sm.cbind != nil {
 			hint = "pgsidecar offers SCRAM-SHA-256-PLUS and SCRAM-SHA-256"
 		}
-		return false, newFatal(pgwire.CodeProtocolViolation,
+		return false, nil, newFatal(pgwire.CodeProtocolViolation,
 			fmt.Sprintf("client selected an invalid SASL authentication mechanism %q", first.AuthMechanism), hint)
 	}
 	// The gs2 header's flag must agree with the mechanism, as PostgreSQL
@@ -262,26 +286,12 @@ func authSCRAM(sm *startupMessage, password string, known bool) (bool, error) {
 		if usesBinding {
 			what = "client requested channel binding with SCRAM-SHA-256; it must select SCRAM-SHA-256-PLUS for that"
 		}
-		return false, newFatal(pgwire.CodeProtocolViolation, "invalid SCRAM client-first-message: "+what, authProtocolHint)
+		return false, nil, newFatal(pgwire.CodeProtocolViolation, "invalid SCRAM client-first-message: "+what, authProtocolHint)
 	}
 
-	// PostgreSQL clients send an empty SCRAM user name ("n=,"): the user is
-	// the startup packet's, so the lookup ignores what SCRAM says.
-	var creds scram.StoredCredentials
-	if known || password != "" {
-		// password without known: the user may not use this database; the
-		// exchange runs with its real credentials all the same and fails
-		// at the end, exactly like a wrong password.
-		creds, err = scramCredentials(sm.user, password)
-		if err != nil {
-			return false, err
-		}
-	} else {
-		creds = scramMockCredentials(sm.user)
-	}
 	server, err := scram.SHA256.NewServer(func(string) (scram.StoredCredentials, error) { return creds, nil })
 	if err != nil {
-		return false, fmt.Errorf("scram server: %w", err)
+		return false, nil, fmt.Errorf("scram server: %w", err)
 	}
 	conv := server.NewConversation()
 	if sm.cbind != nil {
@@ -291,53 +301,89 @@ func authSCRAM(sm *startupMessage, password string, known bool) (bool, error) {
 			Type: scram.ChannelBindingTLSServerEndpoint, Data: sm.cbind})
 	}
 
-	serverFirst, err := conv.Step(string(first.Data))
+	// A copy: first.Data lies in the reader's buffer, which the next
+	// message overwrites, and the ClientKey's AuthMessage needs it then.
+	clientFirst := string(first.Data)
+	serverFirst, err := conv.Step(clientFirst)
 	if err != nil {
 		// The client's first message is malformed, asks for channel binding
 		// ("p=...") that was not offered or of another type than
 		// tls-server-end-point, or says "y" although -PLUS was offered.
-		return false, newFatal(pgwire.CodeProtocolViolation, "invalid SCRAM client-first-message: "+err.Error(), authProtocolHint)
+		return false, nil, newFatal(pgwire.CodeProtocolViolation, "invalid SCRAM client-first-message: "+err.Error(), authProtocolHint)
 	}
 	if conv.AuthzID() != "" {
-		return false, newFatal(pgwire.CodeFeatureNotSupported,
+		return false, nil, newFatal(pgwire.CodeFeatureNotSupported,
 			"client uses an authorization identity (SCRAM a=), which is not supported", authProtocolHint)
 	}
 	err = authSend(b, &pgproto3.AuthenticationSASLContinue{Data: []byte(serverFirst)}, pgproto3.AuthTypeSASLContinue)
 	if err != nil {
-		return false, err
+		return false, nil, err
 	}
 	msg, err = authReceive(b, "SASL response")
 	if err != nil {
-		return false, err
+		return false, nil, err
 	}
 	final, isFinal := msg.(*pgproto3.SASLResponse)
 	if !isFinal {
-		return false, authUnexpected("SASL response", msg)
+		return false, nil, authUnexpected("SASL response", msg)
 	}
 	serverFinal, err := conv.Step(string(final.Data))
 	if err != nil {
 		if serverFinal == scram.ErrInvalidProof {
-			return false, nil // wrong password, or a user that is not configured
+			return false, nil, nil // wrong password, or a user that is not configured
 		}
 		if serverFinal == scram.ErrChannelBindingsDontMatch {
 			// PostgreSQL's words and code. The client bound to another certificate
 			// than the one the proxy served: a man in the middle, or a
 			// client hashing it wrong.
-			return false, newFatal(pgwire.CodeInvalidAuthorization, "SCRAM channel binding check failed",
+			return false, nil, newFatal(pgwire.CodeInvalidAuthorization, "SCRAM channel binding check failed",
 				"the client's tls-server-end-point data does not match pgsidecar's certificate; a TLS-intercepting middlebox between client and proxy causes this")
 		}
-		return false, newFatal(pgwire.CodeProtocolViolation, "invalid SCRAM client-final-message: "+err.Error(), authProtocolHint)
+		return false, nil, newFatal(pgwire.CodeProtocolViolation, "invalid SCRAM client-final-message: "+err.Error(), authProtocolHint)
 	}
 	if !conv.Valid() || !known {
-		return false, nil
+		return false, nil, nil
 	}
+	clientKey := scramClientKey(creds.StoredKey, clientFirst, serverFirst, final.Data)
 	// The server signature proves to the client that the proxy knows its
 	// password too; AuthenticationOk follows from the caller.
 	err = authSend(b, &pgproto3.AuthenticationSASLFinal{Data: []byte(serverFinal)}, pgproto3.AuthTypeSASLFinal)
 	if err != nil {
-		return false, err
+		return false, nil, err
 	}
-	return true, nil
+	return true, clientKey, nil
+}
+
+// scramClientKey recovers the ClientKey from a valid exchange: the client's
+// proof is ClientKey XOR HMAC(StoredKey, AuthMessage), and AuthMessage is
+// client-first-message-bare, server-first-message and
+// client-final-message-without-proof joined by commas. nil if the messages
+// do not parse (the conversation accepted them, so they do).
+func scramClientKey(storedKey []byte, clientFirst, serverFirst string, clientFinal []byte) []byte {
+	// client-first-message is gs2-header ("n,," or "p=...,,", with an
+	// optional authzid between the commas) then the bare message.
+	_, rest, ok1 := strings.Cut(clientFirst, ",")
+	_, bare, ok2 := strings.Cut(rest, ",")
+	i := strings.LastIndex(string(clientFinal), ",p=")
+	if !ok1 || !ok2 || i < 0 {
+		return nil
+	}
+	proof, err := base64.StdEncoding.DecodeString(string(clientFinal[i+3:]))
+	if err != nil || len(proof) != sha256.Size {
+		return nil
+	}
+	m := hmac.New(sha256.New, storedKey)
+	m.Write([]byte(bare + "," + serverFirst + ","))
+	m.Write(clientFinal[:i])
+	sig := m.Sum(nil)
+	key := make([]byte, sha256.Size)
+	for k := range key {
+		key[k] = proof[k] ^ sig[k]
+	}
+	if h := sha256.Sum256(key); !hmac.Equal(h[:], storedKey) {
+		return nil
+	}
+	return key
 }
 
 // scramCache holds the stored credentials derived from each configured

@@ -323,7 +323,17 @@ func (s *Server) login(conn net.Conn, e *connEnd) (*clientConn, *slog.Logger) {
 		s.rejectStartup(conn, lg, err)
 		return nil, nil
 	}
-	if err := authenticate(sm, conn, live.AuthMethod, password, known, live.option("Users")); err != nil {
+	var pt *Passthrough
+	if db != nil && !adminLogin {
+		pt = db.Passthrough
+	}
+	var keys pool.ScramKeys
+	if pt != nil {
+		keys, err = s.authPassthrough(sm, conn, lg, pt, loginDeadline)
+	} else {
+		err = authenticate(sm, conn, live.AuthMethod, password, known, live.option("Users"))
+	}
+	if err != nil {
 		switch {
 		case !errors.Is(err, os.ErrDeadlineExceeded):
 		case s.draining.Load():
@@ -350,6 +360,13 @@ func (s *Server) login(conn net.Conn, e *connEnd) (*clientConn, *slog.Logger) {
 	if adminLogin {
 		s.serveAdmin(conn, sm, lg, live.Admin, adminFull)
 		return nil, nil
+	}
+	if pt != nil {
+		// Only now, for a client that logged in: its role's pool.
+		if db, err = pt.open(db, sm.user, keys, lg); err != nil {
+			s.rejectStartup(conn, lg, newFatal(pgwire.CodeCannotConnectNow, err.Error(), "connect again in a moment"))
+			return nil, nil
+		}
 	}
 	if wild {
 		// Only now, for a client that logged in: a pool per name.

@@ -101,6 +101,10 @@ type Database struct {
 	// Upstream is the server's connection string with the password
 	// redacted, for SHOW DATABASES.
 	Upstream string
+	// Passthrough, when set, makes every login to this database log in as
+	// its own PostgreSQL role, in a pool of that role (passthrough.go);
+	// Users and Pool then serve nobody but the admin console's listing.
+	Passthrough *Passthrough
 }
 
 // Config configures a Server. Every field but Logger must be set: zero

@@ -144,6 +144,13 @@ type AuthConfig struct {
 	FailedLoginDelay         time.Duration `koanf:"failed_login_delay"`
 	FailedLoginDelayMax      time.Duration `koanf:"failed_login_delay_max"`
 	FailedLoginDelayLoopback bool          `koanf:"failed_login_delay_loopback"`
+	// Passthrough makes clients log in as their own roles; Query (run as
+	// User, "" = the upstream URL's user) looks up their verifiers, cached
+	// for CacheTTL (0 = not cached).
+	Passthrough bool          `koanf:"passthrough"`
+	Query       string        `koanf:"query"`
+	User        string        `koanf:"user"`
+	CacheTTL    time.Duration `koanf:"cache_ttl"`
 }
 
 // UserConfig is one client login accepted by the proxy.

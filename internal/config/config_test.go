@@ -132,7 +132,8 @@ log:
 	want.MaxMessageSize = 65536
 	want.ShutdownTimeout = 0
 	want.Auth = AuthConfig{Method: "md5", Users: []UserConfig{{Name: "alice", Password: "wonderland"}},
-		FailedLoginDelay: 50 * time.Millisecond, FailedLoginDelayMax: time.Second, FailedLoginDelayLoopback: true}
+		FailedLoginDelay: 50 * time.Millisecond, FailedLoginDelayMax: time.Second, FailedLoginDelayLoopback: true,
+		Query: want.Auth.Query, CacheTTL: want.Auth.CacheTTL} // not in the file: defaults
 	want.Log = LogConfig{Level: "warn", Format: "json"}
 	if !reflect.DeepEqual(*cfg, want) {
 		t.Fatalf("yaml overrides:\n got %+v\nwant %+v", *cfg, want)

@@ -100,6 +100,10 @@ func (c *Config) Targets() ([]Target, error) {
 	}
 
 	for _, t := range out {
+		if c.Auth.Passthrough {
+			// Clients log in with their roles' own passwords.
+			continue
+		}
 		if len(t.Users) == 0 && t.Key == "upstream" {
 			errs = append(errs, fmt.Sprintf("config: auth.users: nobody can log in to database %q: %s has no password "+
 				"and auth.users is empty (auth.method %s needs a password per user)", t.Name, t.Key, c.Auth.Method))

@@ -129,6 +129,7 @@ func (c *Config) Validate() error {
 			c.Auth.FailedLoginDelay, c.Auth.FailedLoginDelayMax)
 	}
 
+	c.checkPassthrough(&p)
 	c.checkTLS(&p)
 
 	if len(p) > 0 {
@@ -244,4 +245,21 @@ func validHostname(h string) bool {
 		}
 	}
 	return true
+}
+
+// checkPassthrough validates the auth.* options of auth.passthrough.
+func (c *Config) checkPassthrough(p *problems) {
+	checkDuration(p, "auth.cache_ttl", c.Auth.CacheTTL)
+	if !c.Auth.Passthrough {
+		return
+	}
+	if c.Auth.Method != proxy.AuthSCRAM {
+		p.add("auth.method", "must be scram-sha-256 with auth.passthrough (the server login reuses the client's SCRAM proof), got %s", c.Auth.Method)
+	}
+	if strings.TrimSpace(c.Auth.Query) == "" {
+		p.add("auth.query", "must be set with auth.passthrough")
+	}
+	if _, ok := c.Databases[Wildcard]; ok {
+		p.add("auth.passthrough", "does not serve the %q databases entry yet: list the databases by name", Wildcard)
+	}
 }
