@@ -134,6 +134,9 @@ func TestHoldRunsOutAfterHoldOnRestart(t *testing.T) {
 		if held < cfg.HoldOnRestart || held > cfg.HoldOnRestart+holdProbeInterval {
 			t.Fatalf("waiter failed after %v, want at hold_on_restart %v", held, cfg.HoldOnRestart)
 		}
+		// The pool logs after it has failed the waiters (outside its
+		// lock): let that write finish before reading the log.
+		synctest.Wait()
 		if n := len(log.find("still away after hold_on_restart")); n != 1 {
 			t.Fatalf("%d log lines for the hold running out, want 1", n)
 		}
