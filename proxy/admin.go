@@ -399,9 +399,21 @@ func (s *Server) Pools() []pool.Stats {
 	dbs := s.databases()
 	out := make([]pool.Stats, 0, len(dbs))
 	for _, name := range slices.Sorted(maps.Keys(dbs)) {
-		out = append(out, dbs[name].Pool.Stats())
+		for _, p := range dbs[name].pools() {
+			out = append(out, p.Stats())
+		}
 	}
 	return out
+}
+
+// pools is the database's own pool and, under auth.passthrough, its roles'
+// pools, which the console and the JSON reads list beside it.
+func (db *Database) pools() []*pool.Pool {
+	ps := []*pool.Pool{db.Pool}
+	if db.Passthrough != nil {
+		ps = append(ps, db.Passthrough.Roles.Pools()...)
+	}
+	return ps
 }
 
 // Servers lists every backend of every pool.
@@ -409,7 +421,9 @@ func (s *Server) Servers() []pool.BackendInfo {
 	dbs := s.databases()
 	var out []pool.BackendInfo
 	for _, name := range slices.Sorted(maps.Keys(dbs)) {
-		out = append(out, dbs[name].Pool.Backends()...)
+		for _, p := range dbs[name].pools() {
+			out = append(out, p.Backends()...)
+		}
 	}
 	if out == nil {
 		out = []pool.BackendInfo{}

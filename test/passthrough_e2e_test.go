@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"sync"
@@ -116,6 +117,28 @@ func roleBackends(t *testing.T, admin *pgx.Conn, role string) int {
 	return n
 }
 
+// jsonPoolsHave reports whether the admin JSON read /pools (the rows of
+// SHOW POOLS) lists a pool of database db and user role.
+func jsonPoolsHave(t *testing.T, p *Proxy, db, role string) bool {
+	t.Helper()
+	resp, err := httpClient.Get("http://" + p.HealthAddr + "/pools")
+	if err != nil {
+		t.Fatalf("GET /pools: %v", err)
+	}
+	defer resp.Body.Close()
+	var pools []map[string]any
+	if err := json.NewDecoder(resp.Body).Decode(&pools); err != nil {
+		t.Fatalf("GET /pools: %v", err)
+	}
+	for _, sp := range pools {
+		if sp["database"] == db && sp["user"] == role {
+			return true
+		}
+	}
+	t.Logf("/pools: %v", pools)
+	return false
+}
+
 // statsPoolNamed returns the /stats pool called name, or nil.
 func statsPoolNamed(t *testing.T, p *Proxy, name string) map[string]any {
 	t.Helper()
@@ -163,6 +186,9 @@ func TestPassthroughRolesOwnPrivileges(t *testing.T) {
 			if err := conn.QueryRow(ctx, "SELECT current_user").Scan(&cur); err != nil || cur != c.role {
 				t.Errorf("%s via %s after the refusal: %q, %v", c.role, via.name, cur, err)
 			}
+		}
+		if !jsonPoolsHave(t, p, "app", c.role) {
+			t.Errorf("/pools (as SHOW POOLS) has no pool for database app, user %s", c.role)
 		}
 		if sp := statsPoolNamed(t, p, "app/"+c.role); sp == nil {
 			t.Errorf("/stats has no pool app/%s", c.role)
