@@ -24,15 +24,7 @@ func TestTooManyConnectionsIsBackpressure(t *testing.T) {
 		p := startPool(t, cfg)
 
 		c1, c2 := mustAcquire(t, p), mustAcquire(t, p)
-		ctx := context.Background()
-		var ws []<-chan acquireResult
-		for i := range 3 {
-			ws = append(ws, acquireAsync(ctx, p))
-			synctest.Wait()
-			if got := p.Stats().Waiting; got != i+1 {
-				t.Fatalf("waiter %d: %d waiting, want %d (a refusal must not fail it)", i, got, i+1)
-			}
-		}
+		ws := queueWaiters(t, p, 3, "a refusal must not fail it")
 		_, _, refusedAt, _ := db.stats()
 		if n := len(log.find("refused a new connection as too many")); n != 1 {
 			t.Fatalf("%d backpressure log lines, want 1", n)

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -378,4 +379,20 @@ func acquireAsync(ctx context.Context, p *Pool) <-chan acquireResult {
 
 func waiting(p *Pool, n int) func() bool {
 	return func() bool { return p.Stats().Waiting == n }
+}
+
+// queueWaiters starts n Acquires that must each queue (inside a synctest
+// bubble): after each, the pool counts one more waiter; why says what a
+// failure means.
+func queueWaiters(t *testing.T, p *Pool, n int, why string) []<-chan acquireResult {
+	t.Helper()
+	var ws []<-chan acquireResult
+	for i := range n {
+		ws = append(ws, acquireAsync(context.Background(), p))
+		synctest.Wait()
+		if got := p.Stats().Waiting; got != i+1 {
+			t.Fatalf("waiter %d: %d waiting, want %d (%s)", i, got, i+1, why)
+		}
+	}
+	return ws
 }

@@ -43,15 +43,7 @@ func TestHoldServesWaitersWhenTheDatabaseReturns(t *testing.T) {
 		p := startPool(t, holdConfig(db, log))
 		loseDatabase(t, p, db)
 
-		ctx := context.Background()
-		var ws []<-chan acquireResult
-		for i := range 3 {
-			ws = append(ws, acquireAsync(ctx, p))
-			synctest.Wait()
-			if got := p.Stats().Waiting; got != i+1 {
-				t.Fatalf("waiter %d: %d waiting, want %d (it must queue, not fail)", i, got, i+1)
-			}
-		}
+		ws := queueWaiters(t, p, 3, "it must queue, not fail")
 		if p.State() != StateUnhealthy {
 			t.Fatalf("state %s with the database away, want UNHEALTHY", p.State())
 		}
@@ -69,7 +61,7 @@ func TestHoldServesWaitersWhenTheDatabaseReturns(t *testing.T) {
 		}
 
 		// A new caller during the hold queues as well, behind the others.
-		ws = append(ws, acquireAsync(ctx, p))
+		ws = append(ws, acquireAsync(context.Background(), p))
 		synctest.Wait()
 		for i, w := range ws {
 			select {
