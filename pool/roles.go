@@ -26,9 +26,15 @@ type Roles struct {
 	// keys at each connect.
 	connect func(role string, keys func() ScramKeys) ConnectFunc
 
-	mu     sync.Mutex
-	base   Config
-	roles  map[string]*rolePool
+	// mu is held across the pools' Pause and Resume (lock order: Roles,
+	// then Pool), so that a pool Open creates meanwhile cannot miss a
+	// PAUSE or a RESUME.
+	mu    sync.Mutex
+	base  Config
+	roles map[string]*rolePool
+	// paused: the database is paused (console PAUSE); pools Open creates
+	// start paused, as the roles' pools that exist were paused.
+	paused bool
 	closed bool
 }
 
@@ -65,6 +71,12 @@ func (r *Roles) Open(role string, keys ScramKeys) (p *Pool, created bool, err er
 	if rp.pool, err = New(cfg); err != nil {
 		return nil, false, fmt.Errorf("pool for role %q: %w", role, err)
 	}
+	if r.paused {
+		// Before anyone has it: its first client waits for RESUME like
+		// the other roles' clients. The wait for holders ends at once:
+		// none can hold a backend of a pool nobody has yet.
+		rp.pool.Pause()
+	}
 	r.roles[role] = rp
 	return rp.pool, true, nil
 }
@@ -92,6 +104,39 @@ func (r *Roles) Pools() []*Pool {
 		out = append(out, r.roles[name].pool)
 	}
 	return out
+}
+
+// Pause pauses every role's pool and makes the pools opened until Resume
+// start paused. The channels are the pools' Pause channels: each closes
+// once its pool holds no backend any more.
+func (r *Roles) Pause() []<-chan struct{} {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.paused = true
+	out := make([]<-chan struct{}, 0, len(r.roles))
+	for _, rp := range r.roles {
+		out = append(out, rp.pool.Pause())
+	}
+	return out
+}
+
+// Resume resumes every role's pool (and resets its circuit breaker, see
+// Pool.Resume); pools opened later start running.
+func (r *Roles) Resume() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.paused = false
+	for _, rp := range r.roles {
+		rp.pool.Resume()
+	}
+}
+
+// Reconnect recycles every backend of every role's pool (Pool.Reconnect).
+// Pools opened later have only new backends anyway.
+func (r *Roles) Reconnect() {
+	for _, p := range r.Pools() {
+		p.Reconnect()
+	}
 }
 
 // Reconfigure applies new base settings to every open pool and to the

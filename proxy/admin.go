@@ -316,7 +316,8 @@ func (s *Server) consoleShow(what string, words []string, admin *AdminConfig) (*
 		}
 		var paused []string
 		for _, p := range s.Pools() {
-			if p.Paused {
+			// A database's role pools follow its own: name it once.
+			if p.Paused && !slices.Contains(paused, p.Database) {
 				paused = append(paused, p.Database)
 			}
 		}
@@ -450,16 +451,23 @@ func (s *Server) databasesNamed(db string) ([]*Database, error) {
 }
 
 // Pause pauses the pools of db ("" = all) and waits, until ctx ends, for
-// the transactions in flight to end. It returns how many backends are
-// still held when it stops waiting.
+// the transactions in flight to end. A database's pools are all of them:
+// under auth.passthrough its roles' pools too, and those its roles open
+// until RESUME start paused, as PgBouncer's PAUSE db holds every pool of
+// db. (The auth user's lookup pool keeps running: logins still complete,
+// their transactions wait.) It returns how many backends are still held
+// when it stops waiting.
 func (s *Server) Pause(ctx context.Context, db string) (held int, err error) {
 	dbs, err := s.databasesNamed(db)
 	if err != nil {
 		return 0, err
 	}
-	waits := make([]<-chan struct{}, len(dbs))
-	for i, d := range dbs {
-		waits[i] = d.Pool.Pause()
+	var waits []<-chan struct{}
+	for _, d := range dbs {
+		waits = append(waits, d.Pool.Pause())
+		if d.Passthrough != nil {
+			waits = append(waits, d.Passthrough.Roles.Pause()...)
+		}
 	}
 	for _, w := range waits {
 		select {
@@ -468,17 +476,22 @@ func (s *Server) Pause(ctx context.Context, db string) (held int, err error) {
 		}
 	}
 	for _, d := range dbs {
-		held += d.Pool.Stats().Active
+		for _, p := range d.pools() {
+			held += p.Stats().Active
+		}
 	}
 	return held, nil
 }
 
-// Resume resumes the pools of db ("" = all) and resets their circuit
-// breakers.
+// Resume resumes the pools of db ("" = all), its roles' pools included,
+// and resets their circuit breakers.
 func (s *Server) Resume(db string) error {
 	dbs, err := s.databasesNamed(db)
 	for _, d := range dbs {
 		d.Pool.Resume()
+		if d.Passthrough != nil {
+			d.Passthrough.Roles.Resume()
+		}
 	}
 	return err
 }
@@ -488,9 +501,19 @@ func (s *Server) Resume(db string) error {
 func (s *Server) Reconnect(db string) error {
 	dbs, err := s.databasesNamed(db)
 	for _, d := range dbs {
-		d.Pool.Reconnect()
+		d.reconnect()
 	}
 	return err
+}
+
+// reconnect recycles the backends of every pool of d: its own, and under
+// auth.passthrough its roles' and the auth user's lookup pool.
+func (d *Database) reconnect() {
+	d.Pool.Reconnect()
+	if pt := d.Passthrough; pt != nil {
+		pt.Roles.Reconnect()
+		pt.Verifiers.Pool.Reconnect()
+	}
 }
 
 // Kill disconnects every client of db ("" = all) with FATAL 57P01 (an
@@ -501,10 +524,16 @@ func (s *Server) Kill(db string) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	// By name: a passthrough client's Database is its role's, not the
+	// one the console names.
+	names := make(map[string]bool, len(dbs))
+	for _, d := range dbs {
+		names[d.Name] = true
+	}
 	n := 0
 	s.mu.Lock()
 	for c := range s.clients {
-		if slices.Contains(dbs, c.db) {
+		if names[c.db.Name] {
 			c.closeWith(newFatal(pgwire.CodeAdminShutdown,
 				"terminating connection due to administrator command: KILL from the pgsidecar admin console",
 				"reconnect; an open transaction was rolled back"))
@@ -513,7 +542,7 @@ func (s *Server) Kill(db string) (int, error) {
 	}
 	s.mu.Unlock()
 	for _, d := range dbs {
-		d.Pool.Reconnect()
+		d.reconnect()
 	}
 	return n, nil
 }
