@@ -36,7 +36,12 @@
 #   BENCH_MODES ["simple extended"]
 #   BENCH_PREPARED_CLIENTS ["16 64 256"]  pgsidecar -M prepared vs PgBouncer
 #                                -M extended at these counts; "" skips them
-#   BENCH_TARGETS ["pgsidecar pgbouncer direct"]
+#   BENCH_TARGETS ["pgsidecar pgbouncer direct"]; add relaylab-goroutine
+#                                and relaylab-epoll for the two featureless
+#                                relays of test/tools/relaylab (the floor of a
+#                                goroutine-per-client relay on Go's netpoller,
+#                                and of a one-thread epoll loop): a table of
+#                                every target's TPS and CPU per transaction
 #   BENCH_IDLE_CLIENTS [10000]   idle clients for the memory figure; 0 skips
 #                                it; capped by the open-file limit
 #   BENCH_IDLE_SETTLE [3]        seconds to wait before reading RSS
@@ -90,7 +95,9 @@ if [ "$secs" -lt 1 ] || [ "$rounds" -lt 1 ]; then die "BENCH_SECONDS and BENCH_R
 [ "$profile_secs" -ge 4 ] || die "BENCH_PROFILE_SECONDS must be at least 4"
 [ "$idle_clients" -le 50000 ] || die "BENCH_IDLE_CLIENTS is capped at 50000"
 for t in $targets; do
-	case $t in pgsidecar | pgbouncer | direct) ;; *) die "BENCH_TARGETS: unknown target '$t' (pgsidecar, pgbouncer, direct)" ;; esac
+	case $t in pgsidecar | pgbouncer | direct | relaylab-goroutine | relaylab-epoll) ;;
+	*) die "BENCH_TARGETS: unknown target '$t' (pgsidecar, pgbouncer, direct, relaylab-goroutine, relaylab-epoll)" ;;
+	esac
 done
 for m in $modes; do
 	case $m in simple | extended | prepared) ;; *) die "BENCH_MODES: unknown mode '$m'" ;; esac
@@ -113,6 +120,11 @@ if has_target pgsidecar || [ "$idle_clients" -gt 0 ]; then
 		BENCH_PROXY_BIN=$root/bin/pgsidecar
 	fi
 	[ -x "$BENCH_PROXY_BIN" ] || die "$BENCH_PROXY_BIN is not an executable"
+fi
+relaylab_bin=""
+if has_target relaylab-goroutine || has_target relaylab-epoll; then
+	relaylab_bin=$root/bin/relaylab
+	(cd "$root" && go build -o "$relaylab_bin" ./test/tools/relaylab) || die "go build relaylab failed"
 fi
 rssprobe_bin=""
 if [ "$idle_clients" -gt 0 ]; then
@@ -188,7 +200,23 @@ log "pgbench -i -s $scale"
 # ./config.yaml is read, and every other PGSIDECAR_* variable unset); sets
 # started_pid and started_port.
 start_sidecar() {
-	local name=$1 auth=$2 maxc=$3 health_port
+	local name=$1 auth=$2 maxc=$3 health_port try
+	shift 3
+	# free_port's port may be taken by someone else before pgsidecar binds
+	# it: then pgsidecar exits with "address already in use", and another
+	# pair of ports is tried.
+	for try in 1 2 3; do
+		start_sidecar_once "$name" "$auth" "$maxc" "$@" && return 0
+		grep -q 'address already in use' "$dir/$name.log" 2>/dev/null || break
+		log "pgsidecar ($name): a port was taken before it bound it; trying others ($try/3)"
+	done
+	tail -n 30 "$dir/$name.log" >&2
+	die "pgsidecar ($name) did not report healthy on 127.0.0.1:$health_port/health within 30s"
+}
+
+# start_sidecar_once: one attempt of start_sidecar, with fresh ports.
+start_sidecar_once() {
+	local name=$1 auth=$2 maxc=$3
 	shift 3
 	started_port=$(free_port)
 	health_port=$(free_port)
@@ -209,10 +237,28 @@ start_sidecar() {
 	) &
 	started_pid=$!
 	sidecar_pids+=("$started_pid")
-	wait_http "127.0.0.1:$health_port" /health 30 || {
-		tail -n 30 "$dir/$name.log" >&2
-		die "pgsidecar ($name) did not report healthy on 127.0.0.1:$health_port/health within 30s"
-	}
+	wait_http "127.0.0.1:$health_port" /health 30 && return 0
+	kill -TERM "$started_pid" 2>/dev/null || true
+	wait "$started_pid" 2>/dev/null || true
+	return 1
+}
+
+# start_relaylab NAME RELAY: test/tools/relaylab with -relay RELAY
+# (goroutine or epoll), pool $pool_size, clients trusted; sets started_pid
+# and started_port.
+start_relaylab() {
+	local name=$1 relay=$2 try
+	for try in 1 2 3; do
+		started_port=$(free_port)
+		DATABASE_URL="postgres://$user:$pass@127.0.0.1:$PG_PORT/$db" \
+			"$relaylab_bin" -relay "$relay" -pool "$pool_size" -listen "127.0.0.1:$started_port" >"$dir/$name.log" 2>&1 &
+		started_pid=$!
+		sidecar_pids+=("$started_pid")
+		for _ in $(seq 1 50); do port_in_use "$started_port" && return 0; kill -0 "$started_pid" 2>/dev/null || break; sleep 0.1; done
+		kill -TERM "$started_pid" 2>/dev/null || true
+		log "relaylab ($name) did not listen on $started_port ($try/3): $(tail -n 1 "$dir/$name.log")"
+	done
+	die "relaylab ($name) did not start"
 }
 
 # stop_sidecar PID: SIGTERM and wait.
@@ -281,6 +327,13 @@ if has_target pgsidecar; then
 	pid_of[pgsidecar]=$started_pid
 	log "pgsidecar $("$BENCH_PROXY_BIN" version | awk '{ print $2 }') on 127.0.0.1:$started_port (pid $started_pid, transaction mode, pool.max_size $pool_size)"
 fi
+for r in goroutine epoll; do
+	has_target "relaylab-$r" || continue
+	start_relaylab "relaylab-$r" "$r"
+	port[relaylab-$r]=$started_port
+	pid_of[relaylab-$r]=$started_pid
+	log "relaylab -relay $r on 127.0.0.1:$started_port (pid $started_pid, pool $pool_size)"
+done
 if has_target pgbouncer; then
 	start_bouncer pgbouncer scram-sha-256 2000
 	port[pgbouncer]=$started_port
@@ -557,6 +610,22 @@ all_of() {
 		s="$c|pgsidecar:prepared" b="$c|pgbouncer:extended"
 		echo "| pgsidecar prepared vs PgBouncer extended | $c | - | $(mean_tps "$s") | $(mean_tps "$b") | $(ratio "$(mean_tps "$s")" "$(mean_tps "$b")") | $(round_ratios "$s" "$b") | $(cpu_us "$s") | $(cpu_us "$b") | $(failures "$s") / $(failures "$b") / - |"
 	done
+	if has_target relaylab-goroutine || has_target relaylab-epoll; then
+		echo
+		echo "Every target, TPS and CPU µs per transaction (relaylab: test/tools/relaylab, relays without pgsidecar's features that trust every client):"
+		echo
+		header="| protocol | clients |" rule="|---|---:|"
+		for t in $targets; do [ "$t" = direct ] || { header+=" $t TPS | $t CPU µs/tx |"; rule+="---:|---:|"; }; done
+		echo "$header"
+		echo "$rule"
+		for m in $modes; do
+			for c in $clients_list; do
+				line="| $m | $c |"
+				for t in $targets; do [ "$t" = direct ] || line+=" $(mean_tps "$c|$t:$m") | $(cpu_us "$c|$t:$m") |"; done
+				echo "$line"
+			done
+		done
+	fi
 	echo
 	echo "pgsidecar / PgBouncer TPS:"
 	echo
