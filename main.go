@@ -9,6 +9,8 @@
 //	pgsidecar version                        print the build's version and exit
 //	pgsidecar healthcheck [-url URL] [-config PATH] [-timeout D]
 //	                                         exit 0 if the health listener answers 200, else 1
+//	pgsidecar hash-password                  read a password on stdin, print its SCRAM
+//	                                         verifier (for auth.users or a password_file)
 //
 // Configuration comes from defaults, the YAML file (./config.yaml when it
 // exists and -config is not given), PGSIDECAR_* environment variables
@@ -26,11 +28,13 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/pgsidecar/pgsidecar/internal/buildinfo"
 	"github.com/pgsidecar/pgsidecar/internal/config"
 	"github.com/pgsidecar/pgsidecar/internal/pprofserver"
+	"github.com/pgsidecar/pgsidecar/proxy"
 )
 
 func main() {
@@ -55,6 +59,12 @@ func run(ctx context.Context, args []string, environ []string, stdout io.Writer)
 			return nil
 		case "healthcheck":
 			return healthcheck(ctx, args[1:], environ, stdout)
+		case "hash-password":
+			if len(args) > 1 {
+				// Not quoted: it may be the password itself.
+				return errors.New("hash-password takes no argument: the password is read on stdin, never from the command line")
+			}
+			return hashPassword(os.Stdin, stdout)
 		}
 	}
 	fs := flag.NewFlagSet("pgsidecar", flag.ContinueOnError)
@@ -69,7 +79,7 @@ func run(ctx context.Context, args []string, environ []string, stdout io.Writer)
 		return err
 	}
 	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected argument %q (commands: version, healthcheck; see -h)", fs.Arg(0))
+		return fmt.Errorf("unexpected argument %q (commands: version, healthcheck, hash-password; see -h)", fs.Arg(0))
 	}
 	if *showVersion {
 		printVersion(stdout)
@@ -115,4 +125,34 @@ func run(ctx context.Context, args []string, environ []string, stdout io.Writer)
 func printVersion(w io.Writer) {
 	bi := buildinfo.Get()
 	fmt.Fprintf(w, "pgsidecar %s (revision %s, %s)\n", bi.Version, bi.Revision, bi.GoVersion)
+}
+
+// maxPasswordInput bounds what hash-password reads: a password, not a file.
+const maxPasswordInput = 64 << 10
+
+// hashPassword reads a password from in (the whole input less one trailing
+// newline, as a password_file is read; never from argv, which other users
+// see in ps) and prints its SCRAM verifier, to put in auth.users, an
+// auth.users_file line or a password_file instead of the password.
+func hashPassword(in io.Reader, out io.Writer) error {
+	data, err := io.ReadAll(io.LimitReader(in, maxPasswordInput+1))
+	if err != nil {
+		return fmt.Errorf("hash-password: reading stdin: %w", err)
+	}
+	if len(data) > maxPasswordInput {
+		return fmt.Errorf("hash-password: stdin holds more than %d bytes; give one password", maxPasswordInput)
+	}
+	pw := strings.TrimSuffix(strings.TrimSuffix(string(data), "\n"), "\r")
+	switch {
+	case pw == "":
+		return errors.New("hash-password: no password on stdin (e.g. `pgsidecar hash-password < password.txt`)")
+	case strings.ContainsAny(pw, "\r\n"):
+		return errors.New("hash-password: stdin holds more than one line; give one password")
+	}
+	v, err := proxy.NewSCRAMVerifier(pw)
+	if err != nil {
+		return fmt.Errorf("hash-password: %w", err)
+	}
+	_, err = fmt.Fprintln(out, v)
+	return err
 }

@@ -38,11 +38,21 @@ func (a *app) reload() error {
 		}
 		a.group.SetDatabaseMax(t.Name, t.MaxDBConnections)
 		// Plan kept the running set of databases, so every target has its
-		// pool. An unchanged pool is left alone (and quiet).
-		if t.Pool != running[t.Name].Pool {
+		// pool. An unchanged pool is left alone (and quiet). A changed
+		// password (a rotated password_file or auth.users entry; the URL
+		// itself needs a restart) is the next backends' login: existing
+		// ones keep their sessions, as on PostgreSQL after ALTER ROLE.
+		old := running[t.Name]
+		settings := t.Pool != old.Pool
+		if settings || t.Conn.Password != old.Conn.Password {
 			a.pools[t.Name].Reconfigure(a.poolConfig(t))
-			if pt := a.passthrough[t.Name]; pt != nil {
-				pt.Roles.Reconfigure(a.poolConfig(t))
+		}
+		if pt := a.passthrough[t.Name]; pt != nil {
+			if settings {
+				pt.Roles.Reconfigure(a.poolConfig(t)) // each role keeps its own login
+			}
+			if settings || authConn(applied, t).Password != authConn(a.cfg, old).Password {
+				pt.Verifiers.Pool.Reconfigure(a.authPoolConfig(applied, t))
 			}
 		}
 	}

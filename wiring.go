@@ -363,7 +363,9 @@ func (w *wildcard) stats() []pool.Stats {
 // open pool, its logins to later clients.
 func (w *wildcard) reconfigure(t config.Target) {
 	w.mu.Lock()
-	changed := t.Pool != w.target.Pool
+	// A new password (a rotated password_file) reaches the pools' next
+	// connects the same way as new settings.
+	changed := t.Pool != w.target.Pool || t.Conn.Password != w.target.Conn.Password
 	w.target = t
 	var dbs []*proxy.Database
 	for _, db := range w.dbs {
@@ -404,21 +406,7 @@ const authPoolSize = 2
 // that runs auth.query, and the pools per role, each made from t's pool
 // settings and logging in as the role with the keys of its latest login.
 func (a *app) openPassthrough(cfg *config.Config, t config.Target) error {
-	authConn := t.Conn.Copy()
-	if cfg.Auth.User != "" && cfg.Auth.User != t.Conn.User {
-		authConn.User, authConn.Password = cfg.Auth.User, ""
-	}
-	for _, u := range cfg.Auth.AllUsers() {
-		if u.Name == authConn.User && !proxy.IsSCRAMVerifier(u.Password) {
-			authConn.Password = u.Password
-		}
-	}
-	ac := a.poolConfig(t)
-	ac.User = authConn.User
-	ac.Name = t.Name + "/" + authConn.User + " (auth.query)"
-	ac.Connect = pool.Connector(authConn)
-	ac.MinSize, ac.MaxSize = 0, authPoolSize
-	authPool, err := pool.New(ac)
+	authPool, err := pool.New(a.authPoolConfig(cfg, t))
 	if err != nil {
 		return fmt.Errorf("auth pool: %w", err)
 	}
@@ -436,4 +424,32 @@ func (a *app) openPassthrough(cfg *config.Config, t config.Target) error {
 	}
 	a.statsTargets = append(a.statsTargets, t.Name)
 	return nil
+}
+
+// authConn is how the auth user of t logs in: auth.user ("" = the URL's
+// user) with its auth.users password (which may come from a
+// password_file), else, for the URL's own user, the URL's.
+func authConn(cfg *config.Config, t config.Target) *pgconn.Config {
+	c := t.Conn.Copy()
+	if cfg.Auth.User != "" && cfg.Auth.User != t.Conn.User {
+		c.User, c.Password = cfg.Auth.User, ""
+	}
+	for _, u := range cfg.Auth.AllUsers() {
+		if u.Name == c.User && !proxy.IsSCRAMVerifier(u.Password) {
+			c.Password = u.Password
+		}
+	}
+	return c
+}
+
+// authPoolConfig is the auth user's pool for t: at most authPoolSize
+// backends, none kept warm.
+func (a *app) authPoolConfig(cfg *config.Config, t config.Target) pool.Config {
+	c := authConn(cfg, t)
+	ac := a.poolConfig(t)
+	ac.User = c.User
+	ac.Name = t.Name + "/" + c.User + " (auth.query)"
+	ac.Connect = pool.Connector(c)
+	ac.MinSize, ac.MaxSize = 0, authPoolSize
+	return ac
 }

@@ -465,19 +465,9 @@ func scramCredentials(user, password string) (scram.StoredCredentials, error) {
 	if v, ok := scramCache.Load(key); ok {
 		return v.(scram.StoredCredentials), nil
 	}
-	salt := scramSalt(user)
-	// PostgreSQL SASLpreps the password and falls back to the raw bytes when
-	// that fails (the client libraries do the same), so must the proxy.
-	client, err := scram.SHA256.NewClient("", password, "")
+	creds, err := deriveSCRAM(password, scramSalt(user))
 	if err != nil {
-		client, err = scram.SHA256.NewClientUnprepped("", password, "")
-		if err != nil {
-			return scram.StoredCredentials{}, fmt.Errorf("scram credentials: %w", err)
-		}
-	}
-	creds, err := client.GetStoredCredentialsWithError(scram.KeyFactors{Salt: string(salt), Iters: authScramIterations})
-	if err != nil {
-		return scram.StoredCredentials{}, fmt.Errorf("scram credentials: %w", err)
+		return scram.StoredCredentials{}, err
 	}
 	if scramCacheLen.Load() >= authScramCacheMax {
 		scramCache.Clear()
@@ -490,6 +480,39 @@ func scramCredentials(user, password string) (scram.StoredCredentials, error) {
 		scramCacheLen.Add(1)
 	}
 	return v.(scram.StoredCredentials), nil
+}
+
+// deriveSCRAM computes the stored credentials of password with salt, as
+// PostgreSQL does: the password SASLprepped, or its raw bytes when that
+// fails (the client libraries do the same), authScramIterations rounds.
+func deriveSCRAM(password string, salt []byte) (scram.StoredCredentials, error) {
+	client, err := scram.SHA256.NewClient("", password, "")
+	if err != nil {
+		client, err = scram.SHA256.NewClientUnprepped("", password, "")
+		if err != nil {
+			return scram.StoredCredentials{}, fmt.Errorf("scram credentials: %w", err)
+		}
+	}
+	creds, err := client.GetStoredCredentialsWithError(scram.KeyFactors{Salt: string(salt), Iters: authScramIterations})
+	if err != nil {
+		return scram.StoredCredentials{}, fmt.Errorf("scram credentials: %w", err)
+	}
+	return creds, nil
+}
+
+// NewSCRAMVerifier returns a SCRAM verifier of password as PostgreSQL
+// writes it in pg_authid.rolpassword, with a random salt of PostgreSQL's
+// length and its iteration count: what `pgsidecar hash-password` prints
+// for auth.users, and what ALTER ROLE ... PASSWORD accepts as it is.
+func NewSCRAMVerifier(password string) (string, error) {
+	salt := make([]byte, authScramSaltLen)
+	_, _ = rand.Read(salt) // crypto/rand.Read never fails (Go >= 1.24)
+	creds, err := deriveSCRAM(password, salt)
+	if err != nil {
+		return "", err
+	}
+	b64 := base64.StdEncoding.EncodeToString
+	return fmt.Sprintf("%s%d:%s$%s:%s", scramVerifierPrefix, creds.Iters, b64(salt), b64(creds.StoredKey), b64(creds.ServerKey)), nil
 }
 
 // scramSalt is user's SCRAM salt: random per process (scramMockKey) and

@@ -155,8 +155,12 @@ type AuthConfig struct {
 
 // UserConfig is one client login accepted by the proxy.
 type UserConfig struct {
-	Name     string `koanf:"name"`
-	Password string `koanf:"password"`
+	Name string `koanf:"name"`
+	// Password is the cleartext password or a SCRAM verifier. With
+	// PasswordFile set, Load fills it from that file (again on every
+	// reload); the option itself then must be empty.
+	Password     string `koanf:"password"`
+	PasswordFile string `koanf:"password_file"`
 }
 
 // LogValue keeps the password out of every log line.

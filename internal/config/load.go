@@ -115,6 +115,9 @@ func read(path string, environ []string) (*Config, error) {
 		}
 		cfg.Auth.FileUsers = users
 	}
+	if err := cfg.Auth.readPasswordFiles(); err != nil {
+		return nil, err
+	}
 	if err := cfg.resolveDatabases(); err != nil {
 		return nil, err
 	}

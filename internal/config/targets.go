@@ -63,6 +63,17 @@ func (c *Config) Targets() ([]Target, error) {
 			return
 		}
 		conn.ConnectTimeout = pc.ConnectTimeout
+		if conn.Password == "" {
+			// As PgBouncer's auth_file: a URL without a password (nor one
+			// from libpq's passfile) logs in with its user's auth.users
+			// password, which may come from a password_file and follows
+			// reloads; a verifier cannot log in to a server.
+			for _, u := range c.Auth.AllUsers() {
+				if u.Name == conn.User && !proxy.IsSCRAMVerifier(u.Password) {
+					conn.Password = u.Password
+				}
+			}
+		}
 		if name == "" {
 			// PostgreSQL itself defaults the database to the user name.
 			name = conn.Database
@@ -124,15 +135,17 @@ func (c *Config) Targets() ([]Target, error) {
 // has a password, or with trust) plus the logins of auth.users and
 // auth.users_file that apply to it, which win over the URL's password for
 // the same name. For upstream (allLogins) every login applies; for a
-// databases entry only those its users option lists, so that a login meant
-// for one database cannot reach another with that database's role.
+// databases entry the URL user's own entry and those its users option
+// lists, so that a login meant for one database cannot reach another with
+// that database's role.
 func (c *Config) users(conn *pgconn.Config, allLogins bool, logins []string) map[string]string {
 	users := map[string]string{}
 	if conn.User != "" && (conn.Password != "" || c.Auth.Method == proxy.AuthTrust) {
 		users[conn.User] = conn.Password
 	}
 	for _, u := range c.Auth.AllUsers() {
-		if allLogins || slices.Contains(logins, u.Name) {
+		// The URL user's own entry is its password here too.
+		if allLogins || slices.Contains(logins, u.Name) || u.Name == conn.User {
 			users[u.Name] = u.Password
 		}
 	}

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
-	"os"
 	"reflect"
 	"strings"
 )
@@ -62,7 +61,7 @@ func parseUserList(s string) ([]UserConfig, error) {
 // (a trailing CR is dropped). Blank lines and lines starting with '#' are
 // skipped. Errors name the line, never its content.
 func readUsersFile(path string) ([]UserConfig, error) {
-	data, err := os.ReadFile(path)
+	data, err := readSecretFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("config: auth.users_file: %w", err)
 	}

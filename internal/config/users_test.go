@@ -33,7 +33,7 @@ func TestUsersFromEnvironment(t *testing.T) {
 		"PGSIDECAR_DATABASES__REPORTS__URL=postgres://rep:rep-pw@127.0.0.1:5433/reporting",
 		"PGSIDECAR_DATABASES__REPORTS__USERS=bob, carol",
 	)
-	want := []UserConfig{{"alice", "secret"}, {"bob", "pw:with:colons"}, {"carol", ""}}
+	want := []UserConfig{{Name: "alice", Password: "secret"}, {Name: "bob", Password: "pw:with:colons"}, {Name: "carol", Password: ""}}
 	if !reflect.DeepEqual(cfg.Auth.Users, want) {
 		t.Fatalf("auth.users = %#v, want %#v", cfg.Auth.Users, want)
 	}
@@ -74,7 +74,7 @@ func TestUsersFile(t *testing.T) {
 	write("# logins\n\nalice:a pw with spaces \r\n  bob:b:c\n# carol:gone\n")
 	cfg := mustLoad(t, "", "DATABASE_URL="+testURL, "PGSIDECAR_AUTH__USERS_FILE="+file,
 		"PGSIDECAR_AUTH__USERS=dave:d")
-	want := []UserConfig{{"alice", "a pw with spaces "}, {"bob", "b:c"}}
+	want := []UserConfig{{Name: "alice", Password: "a pw with spaces "}, {Name: "bob", Password: "b:c"}}
 	if !reflect.DeepEqual(cfg.Auth.FileUsers, want) {
 		t.Fatalf("file users = %#v, want %#v", cfg.Auth.FileUsers, want)
 	}
@@ -93,7 +93,7 @@ func TestUsersFile(t *testing.T) {
 	wantErr(t, "", []string{"DATABASE_URL=" + testURL, "PGSIDECAR_AUTH__USERS_FILE=" + file, "PGSIDECAR_AUTH__USERS=alice:y"},
 		`user "alice" is listed twice`)
 	wantErr(t, "", []string{"DATABASE_URL=" + testURL, "PGSIDECAR_AUTH__USERS_FILE=" + filepath.Join(dir, "none")},
-		"config: auth.users_file:", "no such file")
+		"config: auth.users_file:", "does not exist")
 }
 
 func TestDatabaseUsersChecked(t *testing.T) {

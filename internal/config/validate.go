@@ -92,14 +92,19 @@ func (c *Config) Validate() error {
 			p.add(key+".name", "user %q is listed twice (auth.users and auth.users_file together)", u.Name)
 		}
 		seen[u.Name] = true
+		pwKey := key + ".password"
+		if u.PasswordFile != "" {
+			// Load read the file into Password; say where it came from.
+			pwKey = key + ".password_file (" + u.PasswordFile + ")"
+		}
 		if u.Password == "" && c.Auth.Method != proxy.AuthTrust {
-			p.add(key+".password", "must not be empty with auth.method %s (only trust accepts users without a password)", c.Auth.Method)
+			p.add(pwKey, "must not be empty with auth.method %s (only trust accepts users without a password)", c.Auth.Method)
 		}
 		if proxy.IsSCRAMVerifier(u.Password) {
 			if c.Auth.Method != proxy.AuthSCRAM {
-				p.add(key+".password", "is a SCRAM verifier, which only auth.method scram-sha-256 can check (got %s)", c.Auth.Method)
+				p.add(pwKey, "is a SCRAM verifier, which only auth.method scram-sha-256 can check (got %s)", c.Auth.Method)
 			} else if _, err := proxy.ParseSCRAMVerifier(u.Password); err != nil {
-				p.add(key+".password", "%v", err)
+				p.add(pwKey, "%v", err)
 			}
 		}
 	}
