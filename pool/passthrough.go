@@ -5,11 +5,14 @@ import (
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/sha512"
 	"crypto/subtle"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"hash"
 	"net"
 	"strconv"
 	"strings"
@@ -26,7 +29,8 @@ import (
 // connection to pgconn (Construct), so the rest of the pool is unchanged.
 // pgconn itself cannot: it wants the password. TLS follows cfg (the
 // upstream URL's sslmode): its TLSConfig first, then its fallbacks (prefer
-// falls back to plain text), as pgconn tries them.
+// falls back to plain text), as pgconn tries them; channel binding follows
+// its channel_binding as pgconn's does (see scramClient).
 func PassthroughConnector(cfg *pgconn.Config, keys func() ScramKeys) ConnectFunc {
 	return func(ctx context.Context) (Server, error) {
 		tries := append([]*pgconn.FallbackConfig{{Host: cfg.Host, Port: cfg.Port, TLSConfig: cfg.TLSConfig}}, cfg.Fallbacks...)
@@ -36,16 +40,32 @@ func PassthroughConnector(cfg *pgconn.Config, keys func() ScramKeys) ConnectFunc
 			if err == nil {
 				return NewPgServer(pg), nil
 			}
-			var pgErr *pgconn.PgError
-			if errors.As(err, &pgErr) || ctx.Err() != nil {
-				// The server answered (a wrong key, no such database):
-				// another address or TLS setting would not change it.
-				return nil, err
-			}
 			errs = append(errs, err)
+			if ctx.Err() != nil || !worthNextTry(err) {
+				return nil, errors.Join(errs...)
+			}
 		}
 		return nil, errors.Join(errs...)
 	}
+}
+
+// worthNextTry reports whether a failed login may succeed with the next
+// address or TLS setting, by pgconn's rule (connectPreferred): anything
+// but a wrong password (28P01), an unknown database (3D000) or a missing
+// CONNECT privilege (42501), which the server would answer again. So under
+// sslmode=prefer a server whose pg_hba.conf refuses the role on TLS
+// (hostssl ... reject, 28000) is tried again in plain text, as pgconn and
+// libpq do for a password login.
+func worthNextTry(err error) bool {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) {
+		return true
+	}
+	switch pgErr.Code {
+	case "28P01", "3D000", "42501":
+		return false
+	}
+	return true
 }
 
 // passthroughConnect opens one connection to fb and logs in with keys.
@@ -61,13 +81,21 @@ func passthroughConnect(ctx context.Context, cfg *pgconn.Config, fb *pgconn.Fall
 			conn.Close()
 		}
 	}()
-	// The login is bounded by ctx (the pool's connect_timeout).
-	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
+	// The login is bounded by ctx (the pool's connect_timeout). The
+	// deadline goes on the TCP connection, which TLS wraps: conn itself is
+	// replaced below while this may run.
+	tcp := conn
+	stop := context.AfterFunc(ctx, func() { tcp.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 	if fb.TLSConfig != nil {
-		if conn, err = startTLS(conn, fb.TLSConfig); err != nil {
+		// A separate variable: on failure conn must stay the TCP
+		// connection the deferred Close closes (it was set to nil here,
+		// and sslmode=prefer against a server without ssl crashed).
+		tc, err := startTLS(conn, fb.TLSConfig)
+		if err != nil {
 			return nil, err
 		}
+		conn = tc
 	}
 	fe := pgproto3.NewFrontend(conn, conn)
 	params := map[string]string{"user": cfg.User, "database": cfg.Database}
@@ -79,7 +107,7 @@ func passthroughConnect(ctx context.Context, cfg *pgconn.Config, fb *pgconn.Fall
 		return nil, fmt.Errorf("send startup: %w", err)
 	}
 	hc := &pgconn.HijackedConn{Conn: conn, TLSConfig: fb.TLSConfig, ParameterStatuses: map[string]string{}, Config: cfg}
-	if err := passthroughLogin(fe, cfg.User, keys, hc); err != nil {
+	if err := passthroughLogin(fe, cfg, keys, conn, hc); err != nil {
 		return nil, err
 	}
 	if stop() {
@@ -116,8 +144,10 @@ func startTLS(conn net.Conn, cfg *tls.Config) (net.Conn, error) {
 }
 
 // passthroughLogin answers the server's authentication request with keys
-// and reads up to ReadyForQuery, filling hc.
-func passthroughLogin(fe *pgproto3.Frontend, user string, keys ScramKeys, hc *pgconn.HijackedConn) error {
+// and reads up to ReadyForQuery, filling hc. conn is the connection after
+// any TLS handshake: its server certificate is what channel binding binds.
+func passthroughLogin(fe *pgproto3.Frontend, cfg *pgconn.Config, keys ScramKeys, conn net.Conn, hc *pgconn.HijackedConn) error {
+	user := cfg.User
 	var sc *scramClient
 	for {
 		msg, err := fe.Receive()
@@ -126,16 +156,25 @@ func passthroughLogin(fe *pgproto3.Frontend, user string, keys ScramKeys, hc *pg
 		}
 		switch m := msg.(type) {
 		case *pgproto3.AuthenticationOk:
-		case *pgproto3.AuthenticationSASL:
-			if !containsString(m.AuthMechanisms, "SCRAM-SHA-256") {
-				return fmt.Errorf("role %q: the server offers %v, not SCRAM-SHA-256 (auth.passthrough logs in with SCRAM only)", user, m.AuthMechanisms)
+			if sc != nil && !sc.verified {
+				// The server's signature proves it knew the verifier; a
+				// server (or a man in the middle) that skips it is not
+				// the one the client's password was checked against.
+				return fmt.Errorf("role %q: the server ended SCRAM without its signature", user)
 			}
-			sc = &scramClient{keys: keys}
+			if cfg.ChannelBinding == "require" && (sc == nil || !sc.bound()) {
+				return fmt.Errorf("role %q: channel_binding=require, but the server let the login in without SCRAM-SHA-256-PLUS", user)
+			}
+		case *pgproto3.AuthenticationSASL:
+			sc, err = newScramClient(keys, m.AuthMechanisms, cfg.ChannelBinding, conn)
+			if err != nil {
+				return fmt.Errorf("role %q: %w", user, err)
+			}
 			first, err := sc.first()
 			if err != nil {
 				return err
 			}
-			fe.Send(&pgproto3.SASLInitialResponse{AuthMechanism: "SCRAM-SHA-256", Data: first})
+			fe.Send(&pgproto3.SASLInitialResponse{AuthMechanism: sc.mechanism, Data: first})
 			if err := fe.Flush(); err != nil {
 				return fmt.Errorf("send SASL initial response: %w", err)
 			}
@@ -184,13 +223,98 @@ func containsString(list []string, s string) bool {
 
 // scramClient is the client side of SCRAM-SHA-256 (RFC 5802/7677) for one
 // login, proving a known ClientKey instead of deriving it from a password.
+//
+// Channel binding: the client's own proof bound the client's TLS session
+// with the proxy (if any); toward the server this is a new exchange, with
+// its own nonces and AuthMessage, and the proof is computed here from the
+// ClientKey, so the proxy binds its own TLS session with the server
+// (tls-server-end-point, the hash of the server's certificate) exactly as
+// a client knowing the password would. It follows the upstream URL's
+// channel_binding as pgconn does: prefer (the default) uses
+// SCRAM-SHA-256-PLUS when the connection is on TLS and the server offers
+// it, require fails otherwise, disable never binds. Binding is what
+// exposes a man in the middle under sslmode=require or prefer, where the
+// certificate is not verified.
 type scramClient struct {
 	keys                   ScramKeys
+	mechanism              string // SCRAM-SHA-256 or SCRAM-SHA-256-PLUS
+	gs2Header              string // "n,,", "y,," or "p=tls-server-end-point,,"
+	cbData                 []byte // the server certificate's hash, with -PLUS
 	clientFirstBare, nonce string
 	authMessage            []byte
+	verified               bool // the server's signature checked out
 }
 
-// first is client-first-message: no channel binding, empty user (the
+// scramPlus is the channel-binding variant of SCRAM-SHA-256.
+const scramPlus = "SCRAM-SHA-256-PLUS"
+
+// newScramClient picks the mechanism among offered for channelBinding
+// (pgconn's channel_binding: prefer, require or disable) on conn.
+func newScramClient(keys ScramKeys, offered []string, channelBinding string, conn net.Conn) (*scramClient, error) {
+	if !containsString(offered, "SCRAM-SHA-256") && !containsString(offered, scramPlus) {
+		return nil, fmt.Errorf("the server offers %v, not SCRAM-SHA-256 (auth.passthrough logs in with SCRAM only)", offered)
+	}
+	serverPlus := containsString(offered, scramPlus)
+	if channelBinding == "require" && !serverPlus {
+		return nil, errors.New("channel_binding=require, but the server does not offer SCRAM-SHA-256-PLUS (is the upstream connection on TLS?)")
+	}
+	s := &scramClient{keys: keys, mechanism: "SCRAM-SHA-256", gs2Header: "n,,"}
+	tc, onTLS := conn.(*tls.Conn)
+	if onTLS && channelBinding != "disable" {
+		hash, err := tlsServerEndPoint(tc)
+		switch {
+		case err != nil && channelBinding == "require":
+			return nil, fmt.Errorf("channel_binding=require: %w", err)
+		case err != nil:
+			// No binding data (an unusual certificate): "y" tells the
+			// server the client could bind, as pgconn does.
+			s.gs2Header = "y,,"
+		case serverPlus:
+			s.mechanism, s.gs2Header, s.cbData = scramPlus, "p=tls-server-end-point,,", hash
+		default:
+			// On TLS but not offered: "y" lets a server that does offer
+			// it detect a downgrade by a man in the middle.
+			s.gs2Header = "y,,"
+		}
+	}
+	if channelBinding == "require" && s.cbData == nil {
+		return nil, errors.New("channel_binding=require, but the upstream connection is not on TLS")
+	}
+	if s.mechanism == "SCRAM-SHA-256" && !containsString(offered, "SCRAM-SHA-256") {
+		return nil, fmt.Errorf("the server offers only %v, and channel binding is disabled or impossible here", offered)
+	}
+	return s, nil
+}
+
+// bound reports whether the login was channel-bound and the server proved
+// itself.
+func (s *scramClient) bound() bool { return s.verified && s.cbData != nil }
+
+// tlsServerEndPoint is the tls-server-end-point channel binding data
+// (RFC 5929 4.1): the hash of the server's certificate, with SHA-256 for
+// MD5 and SHA-1 signatures, else the signature's hash.
+func tlsServerEndPoint(tc *tls.Conn) ([]byte, error) {
+	certs := tc.ConnectionState().PeerCertificates
+	if len(certs) == 0 {
+		return nil, errors.New("the server sent no certificate to bind to")
+	}
+	var h hash.Hash
+	switch certs[0].SignatureAlgorithm {
+	case x509.MD5WithRSA, x509.SHA1WithRSA, x509.ECDSAWithSHA1,
+		x509.SHA256WithRSA, x509.SHA256WithRSAPSS, x509.ECDSAWithSHA256:
+		h = sha256.New()
+	case x509.SHA384WithRSA, x509.SHA384WithRSAPSS, x509.ECDSAWithSHA384:
+		h = sha512.New384()
+	case x509.SHA512WithRSA, x509.SHA512WithRSAPSS, x509.ECDSAWithSHA512:
+		h = sha512.New()
+	default:
+		return nil, fmt.Errorf("tls-server-end-point is undefined for the server certificate's signature algorithm %v", certs[0].SignatureAlgorithm)
+	}
+	h.Write(certs[0].Raw)
+	return h.Sum(nil), nil
+}
+
+// first is client-first-message: the GS2 header, then an empty user (the
 // startup message names the role, as libpq does).
 func (s *scramClient) first() ([]byte, error) {
 	var raw [18]byte
@@ -199,7 +323,7 @@ func (s *scramClient) first() ([]byte, error) {
 	}
 	s.nonce = base64.RawStdEncoding.EncodeToString(raw[:])
 	s.clientFirstBare = "n=,r=" + s.nonce
-	return []byte("n,," + s.clientFirstBare), nil
+	return []byte(s.gs2Header + s.clientFirstBare), nil
 }
 
 // final is client-final-message for serverFirst: the proof is
@@ -224,7 +348,8 @@ func (s *scramClient) final(serverFirst []byte) ([]byte, error) {
 	if len(s.keys.ClientKey) != sha256.Size {
 		return nil, errors.New("no SCRAM ClientKey recovered for this role")
 	}
-	withoutProof := "c=biws,r=" + nonce
+	// c= is the GS2 header and, with -PLUS, the binding data.
+	withoutProof := "c=" + base64.StdEncoding.EncodeToString(append([]byte(s.gs2Header), s.cbData...)) + ",r=" + nonce
 	s.authMessage = []byte(s.clientFirstBare + "," + string(serverFirst) + "," + withoutProof)
 	stored := sha256.Sum256(s.keys.ClientKey)
 	sig := scramHMAC(stored[:], s.authMessage)
@@ -246,7 +371,8 @@ func (s *scramClient) verify(serverFinal []byte) bool {
 	if err != nil {
 		return false
 	}
-	return subtle.ConstantTimeCompare(got, scramHMAC(s.keys.ServerKey, s.authMessage)) == 1
+	s.verified = subtle.ConstantTimeCompare(got, scramHMAC(s.keys.ServerKey, s.authMessage)) == 1
+	return s.verified
 }
 
 func scramHMAC(key, msg []byte) []byte {

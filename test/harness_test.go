@@ -94,6 +94,12 @@ func runTests(m *testing.M) int {
 		return 1
 	}
 	code := m.Run()
+	if err := destroySharedSSLCluster(); err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: destroy the TLS cluster: %v\n", err)
+		if code == 0 {
+			code = 1
+		}
+	}
 	if err := pg.Destroy(); err != nil {
 		fmt.Fprintf(os.Stderr, "e2e: destroy cluster: %v\n", err)
 		if code == 0 {

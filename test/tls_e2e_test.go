@@ -19,7 +19,6 @@ import (
 	"net"
 	"net/url"
 	"os"
-	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -680,62 +679,10 @@ func TestTLSNodePostgres(t *testing.T) {
 func startSSLCluster(t *testing.T, s *tlsSetup) (*Cluster, string) {
 	t.Helper()
 	c := testpg.Start(t)
-	var uid, gid = -1, -1
-	if os.Geteuid() == 0 {
-		u, err := user.Lookup("postgres")
-		if err != nil {
-			t.Fatal(err)
-		}
-		uid, _ = strconv.Atoi(u.Uid)
-		gid, _ = strconv.Atoi(u.Gid)
-	}
-	files := map[string]string{}
-	for name, src := range map[string]string{"server.crt": s.cert, "server.key": s.key} {
-		b, err := os.ReadFile(src)
-		if err != nil {
-			t.Fatal(err)
-		}
-		dst := filepath.Join(c.Dir, name)
-		if err := os.WriteFile(dst, b, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		if uid >= 0 {
-			if err := os.Chown(dst, uid, gid); err != nil {
-				t.Fatal(err)
-			}
-		}
-		files[name] = dst
-	}
-	admin := connect(t, c.AdminURL())
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer cancel()
-	for _, q := range []string{
-		"ALTER SYSTEM SET ssl_cert_file = '" + files["server.crt"] + "'",
-		"ALTER SYSTEM SET ssl_key_file = '" + files["server.key"] + "'",
-		"ALTER SYSTEM SET ssl = on",
-		"SELECT pg_reload_conf()",
-	} {
-		if _, err := admin.Exec(ctx, q); err != nil {
-			t.Fatalf("%s: %v", q, err)
-		}
-	}
-	var hba string
-	if err := admin.QueryRow(ctx, "SHOW hba_file").Scan(&hba); err != nil {
+	if err := c.EnableSSL(s.cert, s.key, ""); err != nil {
 		t.Fatal(err)
 	}
-	// The reload is asynchronous: wait until a new session sees it.
-	if !testEventually(10*time.Second, func() bool {
-		conn, err := pgx.Connect(ctx, c.AdminURL())
-		if err != nil {
-			return false
-		}
-		defer conn.Close(ctx)
-		var on string
-		return conn.QueryRow(ctx, "SHOW ssl").Scan(&on) == nil && on == "on"
-	}) {
-		t.Fatalf("PostgreSQL did not turn ssl on; its log:\n%s", c.LogTail(4000))
-	}
-	return c, hba
+	return c, c.HBAFile()
 }
 
 // TestTLSComparedWithPostgreSQL puts the proxy's TLS beside PostgreSQL's

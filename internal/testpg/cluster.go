@@ -418,3 +418,87 @@ func appendFile(path, text string) error {
 	}
 	return f.Close()
 }
+
+// sslReloadTimeout bounds how long EnableSSL and SetHBA wait for the
+// postmaster to act on a reload.
+const sslReloadTimeout = 10 * time.Second
+
+// EnableSSL turns TLS on in a running cluster: it copies the server
+// certificate and key (PEM files) into the cluster directory, owned by the
+// server's user with mode 0600 as PostgreSQL demands of a key, sets
+// ssl = on, replaces pg_hba.conf with hba unless hba is empty, and reloads.
+// It returns once a new session sees ssl = on, which also means the
+// postmaster has read the new pg_hba.conf (one SIGHUP reloads both).
+func (c *Cluster) EnableSSL(certFile, keyFile, hba string) error {
+	files := map[string]string{}
+	for name, src := range map[string]string{"server.crt": certFile, "server.key": keyFile} {
+		b, err := os.ReadFile(src)
+		if err != nil {
+			return fmt.Errorf("cluster: ssl: %w", err)
+		}
+		dst := filepath.Join(c.Dir, name)
+		if err := c.writeOwned(dst, b); err != nil {
+			return err
+		}
+		files[name] = dst
+	}
+	conf := fmt.Sprintf("\n# EnableSSL\nssl = on\nssl_cert_file = '%s'\nssl_key_file = '%s'\n", files["server.crt"], files["server.key"])
+	if err := appendFile(filepath.Join(c.dataDir, "postgresql.conf"), conf); err != nil {
+		return fmt.Errorf("cluster: ssl: write postgresql.conf: %w", err)
+	}
+	if hba != "" {
+		if err := c.writeOwned(c.HBAFile(), []byte(hba)); err != nil {
+			return err
+		}
+	}
+	return c.reloadUntil(func(conn *pgconn.PgConn) bool {
+		res, err := conn.Exec(context.Background(), "SHOW ssl").ReadAll()
+		return err == nil && len(res) == 1 && len(res[0].Rows) == 1 && string(res[0].Rows[0][0]) == "on"
+	})
+}
+
+// HBAFile is the path of the cluster's pg_hba.conf.
+func (c *Cluster) HBAFile() string { return filepath.Join(c.dataDir, "pg_hba.conf") }
+
+// writeOwned writes a file only the server's user may read.
+func (c *Cluster) writeOwned(path string, b []byte) error {
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		return fmt.Errorf("cluster: write %s: %w", path, err)
+	}
+	if c.cred != nil {
+		if err := os.Chown(path, int(c.cred.Uid), int(c.cred.Gid)); err != nil {
+			return fmt.Errorf("cluster: chown %s: %w", path, err)
+		}
+	}
+	return nil
+}
+
+// reloadUntil sends SIGHUP (pg_reload_conf) and polls new admin sessions
+// until loaded reports the new configuration in force, for at most
+// sslReloadTimeout: the reload is asynchronous, and a backend takes the
+// configuration the postmaster had when it forked it.
+func (c *Cluster) reloadUntil(loaded func(*pgconn.PgConn) bool) error {
+	ctx, cancel := context.WithTimeout(context.Background(), sslReloadTimeout)
+	defer cancel()
+	conn, err := pgconn.Connect(ctx, c.AdminURL())
+	if err != nil {
+		return fmt.Errorf("cluster: reload: %w", err)
+	}
+	_, err = conn.Exec(ctx, "SELECT pg_reload_conf()").ReadAll()
+	conn.Close(context.Background())
+	if err != nil {
+		return fmt.Errorf("cluster: reload: %w", err)
+	}
+	for ctx.Err() == nil {
+		conn, err := pgconn.Connect(ctx, c.AdminURL())
+		if err == nil {
+			ok := loaded(conn)
+			conn.Close(context.Background())
+			if ok {
+				return nil
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("cluster: the reload did not take effect within %v; server log:\n%s", sslReloadTimeout, c.LogTail(4000))
+}

@@ -1,0 +1,607 @@
+package e2e
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// sslPG is a second cluster, with ssl = on, for the tests of TLS between
+// the proxy and PostgreSQL (the shared cluster pg stays plain). Only the
+// tests that need it start it (sharedSSLCluster), once; TestMain destroys
+// it (destroySharedSSLCluster).
+var sslPG struct {
+	once sync.Once
+	c    *sslCluster // nil until started, or when the start failed
+	err  error
+}
+
+// sslCluster is the TLS cluster: its certificate (for 127.0.0.1 and
+// localhost) is signed by ca, which the tests generate; otherCA signs only
+// certificates of impostors.
+//
+// pg_hba.conf: alice and bob may log in over TLS only (hostnossl reject),
+// pt_plainonly in plain text only (hostssl reject), the rest (app, the auth
+// user) either way; all with SCRAM-SHA-256. Database app has the lookup
+// function of passthroughQuery.
+type sslCluster struct {
+	*Cluster
+	dir        string // certificates and keys
+	ca         *tlsCA
+	otherCA    *tlsCA
+	otherCert  tls.Certificate // by otherCA, for 127.0.0.1: an impostor's
+	serverCert string          // the server's certificate file (by ca)
+}
+
+const sslClusterHBA = `local all all trust
+hostnossl all alice,bob 127.0.0.1/32 reject
+hostssl all pt_plainonly 127.0.0.1/32 reject
+host all all 127.0.0.1/32 scram-sha-256
+`
+
+// sharedSSLCluster starts the TLS cluster at its first use (about 2 s)
+// and returns it; a failed start fails every test that asks.
+func sharedSSLCluster(t *testing.T) *sslCluster {
+	t.Helper()
+	sslPG.once.Do(func() { sslPG.c, sslPG.err = startSharedSSLCluster(t) })
+	if sslPG.c == nil {
+		t.Fatalf("the TLS cluster did not start: %v", sslPG.err)
+	}
+	return sslPG.c
+}
+
+func startSharedSSLCluster(t *testing.T) (*sslCluster, error) {
+	dir, err := os.MkdirTemp("", "pgsc-e2e-ssl-")
+	if err != nil {
+		return nil, err
+	}
+	s := &sslCluster{dir: dir}
+	started := false
+	defer func() {
+		if !started {
+			if s.Cluster != nil {
+				_ = s.Cluster.Destroy()
+			}
+			_ = os.RemoveAll(dir)
+		}
+	}()
+	s.ca = newTLSCA(t, dir, "pg-ca")
+	s.otherCA = newTLSCA(t, dir, "impostor-ca")
+	var key string
+	s.serverCert, key, _ = s.ca.issue(t, dir, "pg-server", "postgres", true)
+	oc, ok, _ := s.otherCA.issue(t, dir, "impostor", "postgres", true)
+	if s.otherCert, err = tls.LoadX509KeyPair(oc, ok); err != nil {
+		return nil, err
+	}
+	// Not testpg.Start: the cluster outlives the first test using it.
+	if s.Cluster, err = StartCluster(nil); err != nil {
+		return nil, err
+	}
+	if err := s.EnableSSL(s.serverCert, key, sslClusterHBA); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	admin, err := pgx.Connect(ctx, s.AdminURLDB("app"))
+	if err != nil {
+		return nil, err
+	}
+	defer admin.Close(context.Background())
+	for _, q := range []string{
+		"CREATE ROLE alice LOGIN PASSWORD 'alice-pw'",
+		"CREATE ROLE bob LOGIN PASSWORD 'bob-pw'",
+		"CREATE ROLE pt_plainonly LOGIN PASSWORD 'plain-pw'",
+		`CREATE FUNCTION pgsidecar_get_auth(p_user text, OUT uname text, OUT phash text)
+		RETURNS SETOF record LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog AS
+		$$ SELECT rolname::text, rolpassword FROM pg_authid WHERE rolname = p_user AND rolcanlogin $$`,
+		"REVOKE ALL ON FUNCTION pgsidecar_get_auth(text) FROM PUBLIC",
+		"GRANT EXECUTE ON FUNCTION pgsidecar_get_auth(text) TO app",
+	} {
+		if _, err := admin.Exec(ctx, q); err != nil {
+			return nil, fmt.Errorf("%s: %w", q, err)
+		}
+	}
+	started = true
+	return s, nil
+}
+
+// destroySharedSSLCluster stops the TLS cluster if a test started it.
+func destroySharedSSLCluster() error {
+	if sslPG.c == nil {
+		return nil
+	}
+	err := sslPG.c.Destroy()
+	return errors.Join(err, os.RemoveAll(sslPG.c.dir))
+}
+
+// url is the TCP URL of user to database app at addr (the cluster's own
+// address when empty) with params as its query.
+func (s *sslCluster) url(addr, user, password string, params map[string]string) string {
+	if addr == "" {
+		addr = net.JoinHostPort(s.Host, strconv.Itoa(s.Port))
+	}
+	q := url.Values{}
+	for k, v := range params {
+		q.Set(k, v)
+	}
+	u := url.URL{Scheme: "postgres", User: url.UserPassword(user, password), Host: addr, Path: "/app", RawQuery: q.Encode()}
+	return u.String()
+}
+
+// sessionSSL returns current_user and whether the session's own backend is
+// on TLS, as the server sees it (pg_stat_ssl).
+func sessionSSL(t *testing.T, conn *pgx.Conn) (user string, ssl bool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := conn.QueryRow(ctx, "SELECT current_user, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").Scan(&user, &ssl); err != nil {
+		t.Fatalf("pg_stat_ssl: %v", err)
+	}
+	return user, ssl
+}
+
+// tcpBackendsSSL returns, per role, how many TCP backends in database app
+// the server has and how many of them are on TLS.
+func tcpBackendsSSL(t *testing.T, s *sslCluster) map[string][2]int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	admin := connect(t, s.AdminURL())
+	rows, err := admin.Query(ctx, `SELECT a.usename::text, count(*), count(*) FILTER (WHERE s.ssl)
+		FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+		WHERE a.datname = 'app' AND a.client_addr IS NOT NULL AND a.pid <> pg_backend_pid() GROUP BY 1`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := map[string][2]int{}
+	for rows.Next() {
+		var role string
+		var n, ssl int
+		if err := rows.Scan(&role, &n, &ssl); err != nil {
+			t.Fatal(err)
+		}
+		m[role] = [2]int{n, ssl}
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// tryLogin connects to u and returns current_user and whether the
+// session's backend is on TLS (pg_stat_ssl), or the error of the connect or
+// of that first query: the proxy admits a client before its role's pool
+// has a backend, so a backend's failed login shows at the first query.
+// Everything is bounded by 10 s; the connection is closed at once.
+func tryLogin(u string) (user string, ssl bool, err error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, u)
+	if err != nil {
+		return "", false, err
+	}
+	defer conn.Close(context.Background())
+	err = conn.QueryRow(ctx, "SELECT current_user, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").Scan(&user, &ssl)
+	return user, ssl, err
+}
+
+// TestPassthroughBackendTLS: with auth.passthrough, the proxy's backends
+// follow the upstream URL's sslmode as a direct pgx connection with the
+// same URL does. alice and bob, whom pg_hba.conf admits over TLS only, log
+// in through the proxy as themselves under verify-full (with
+// channel_binding=require, so the passthrough's own SCRAM toward the server
+// is SCRAM-SHA-256-PLUS), verify-ca, require and prefer; the server's
+// pg_stat_ssl shows every backend of the proxy on TLS: theirs and the auth
+// user's (app's) that ran the lookups. Under sslmode=disable both the
+// direct login and the proxy's are refused by hostnossl.
+func TestPassthroughBackendTLS(t *testing.T) {
+	s := sharedSSLCluster(t)
+	for _, m := range []struct {
+		name   string
+		params map[string]string
+	}{
+		{"verify-full", map[string]string{"sslmode": "verify-full", "sslrootcert": s.ca.Path, "channel_binding": "require"}},
+		{"verify-ca", map[string]string{"sslmode": "verify-ca", "sslrootcert": s.ca.Path}},
+		{"require", map[string]string{"sslmode": "require"}},
+		{"prefer", map[string]string{"sslmode": "prefer"}},
+	} {
+		t.Run(m.name, func(t *testing.T) {
+			p := startPassthroughProxy(t, "30s", WithEnv("DATABASE_URL", s.url("", "app", "app", m.params)))
+			for _, r := range []struct{ role, pw string }{{"alice", "alice-pw"}, {"bob", "bob-pw"}} {
+				direct := connect(t, s.url("", r.role, r.pw, m.params))
+				if user, ssl := sessionSSL(t, direct); user != r.role || !ssl {
+					t.Errorf("%s direct: current_user %q, ssl %v; want %s on TLS", r.role, user, ssl, r.role)
+				}
+				via := connect(t, p.URL(r.role, r.pw, "app"))
+				if user, ssl := sessionSSL(t, via); user != r.role || !ssl {
+					t.Errorf("%s through the proxy: current_user %q, ssl %v; want %s on TLS", r.role, user, ssl, r.role)
+				}
+			}
+			got := tcpBackendsSSL(t, s)
+			for _, role := range []string{"alice", "bob", "app"} {
+				if n := got[role]; n[0] == 0 || n[1] != n[0] {
+					t.Errorf("role %s: %d TCP backends, %d of them on TLS; want some, all on TLS (all: %v)", role, n[0], n[1], got)
+				}
+			}
+		})
+	}
+
+	t.Run("disable", func(t *testing.T) {
+		params := map[string]string{"sslmode": "disable"}
+		_, _, err := tryLogin(s.url("", "alice", "alice-pw", params))
+		if sqlState(err) != "28000" || !strings.Contains(err.Error(), "no encryption") {
+			t.Fatalf("alice direct in plain text: %v, want 28000 from hostnossl reject", err)
+		}
+		p := startPassthroughProxy(t, "30s", WithEnv("DATABASE_URL", s.url("", "app", "app", params)))
+		_, _, err = tryLogin(p.URL("alice", "alice-pw", "app"))
+		// The proxy's 08006 carries the server's refusal.
+		if sqlState(err) != "08006" || !strings.Contains(err.Error(), "no encryption") {
+			t.Fatalf("alice through the proxy with sslmode=disable: %v, want 08006 quoting hostnossl's refusal", err)
+		}
+		if !p.Logs.Contains("no encryption") {
+			t.Errorf("the proxy's log does not carry the server's refusal")
+		}
+	})
+}
+
+// pgFront stands between the proxy and the TLS cluster on a port of its
+// own, as an attacker on the network could. In frontPass it forwards the
+// bytes untouched; in frontImpostor it answers an SSLRequest and completes
+// the TLS handshake with a certificate of otherCA, then hangs up (a server
+// that is not the real one); in frontMITM it terminates TLS with that
+// certificate and opens its own TLS session to the cluster, relaying the
+// plain text in between: what sslmode=require cannot notice and channel
+// binding can. It records how each connection began.
+type pgFront struct {
+	ln     net.Listener
+	target string
+	cert   tls.Certificate
+	mode   atomic.Int32 // frontPass, ...: for the connections accepted next
+
+	mu     sync.Mutex
+	starts []string // per connection, in order: "<mode>:ssl" or "<mode>:plain"
+	conns  map[net.Conn]bool
+	closed bool
+	wg     sync.WaitGroup // the accept loop and every connection's goroutines
+}
+
+const (
+	frontPass int32 = iota
+	frontImpostor
+	frontMITM
+)
+
+var frontModeNames = map[int32]string{frontPass: "pass", frontImpostor: "impostor", frontMITM: "mitm"}
+
+// frontIOTimeout bounds a front connection's setup (SSLRequest, handshakes).
+const frontIOTimeout = 10 * time.Second
+
+// startPGFront listens on 127.0.0.1 in frontPass mode; it is closed, with
+// every connection it relays, at cleanup.
+func startPGFront(t *testing.T, target string, cert tls.Certificate) *pgFront {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &pgFront{ln: ln, target: target, cert: cert, conns: map[net.Conn]bool{}}
+	f.wg.Add(1)
+	go f.accept() // ends when close closes ln
+	t.Cleanup(f.close)
+	return f
+}
+
+func (f *pgFront) addr() string { return f.ln.Addr().String() }
+
+// since returns how the connections after the first n began.
+func (f *pgFront) since(n int) []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.starts[n:]...)
+}
+
+func (f *pgFront) count() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.starts)
+}
+
+// track registers c to be closed by close; false (and c closed) once
+// closing.
+func (f *pgFront) track(c net.Conn) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		c.Close()
+		return false
+	}
+	f.conns[c] = true
+	return true
+}
+
+func (f *pgFront) untrack(c net.Conn) {
+	c.Close()
+	f.mu.Lock()
+	delete(f.conns, c)
+	f.mu.Unlock()
+}
+
+func (f *pgFront) close() {
+	f.ln.Close()
+	f.mu.Lock()
+	f.closed = true
+	for c := range f.conns {
+		c.Close()
+	}
+	f.mu.Unlock()
+	f.wg.Wait()
+}
+
+func (f *pgFront) accept() {
+	defer f.wg.Done()
+	for {
+		c, err := f.ln.Accept()
+		if err != nil {
+			return
+		}
+		if !f.track(c) {
+			continue
+		}
+		f.wg.Add(1)
+		go f.serve(c, f.mode.Load()) // ends when c or its peer closes, at the latest at close
+	}
+}
+
+func (f *pgFront) serve(c net.Conn, mode int32) {
+	defer f.wg.Done()
+	defer f.untrack(c)
+	_ = c.SetDeadline(time.Now().Add(frontIOTimeout))
+	first := make([]byte, 8)
+	if _, err := io.ReadFull(c, first); err != nil {
+		return
+	}
+	isSSL := string(first) == string(tlsSSLRequest())
+	f.mu.Lock()
+	f.starts = append(f.starts, frontModeNames[mode]+map[bool]string{true: ":ssl", false: ":plain"}[isSSL])
+	f.mu.Unlock()
+	dial := func() net.Conn {
+		s, err := net.DialTimeout("tcp", f.target, frontIOTimeout)
+		if err != nil || !f.track(s) {
+			return nil
+		}
+		_ = s.SetDeadline(time.Now().Add(frontIOTimeout))
+		return s
+	}
+	if mode == frontPass {
+		s := dial()
+		if s == nil {
+			return
+		}
+		defer f.untrack(s)
+		if _, err := s.Write(first); err != nil {
+			return
+		}
+		f.pipe(c, s)
+		return
+	}
+	if !isSSL {
+		return // the impostor and the man in the middle speak TLS only
+	}
+	if _, err := c.Write([]byte{'S'}); err != nil {
+		return
+	}
+	tc := tls.Server(c, &tls.Config{Certificates: []tls.Certificate{f.cert}})
+	if err := tc.Handshake(); err != nil || mode == frontImpostor {
+		return
+	}
+	s := dial()
+	if s == nil {
+		return
+	}
+	defer f.untrack(s)
+	answer := make([]byte, 1)
+	if _, err := s.Write(tlsSSLRequest()); err != nil {
+		return
+	}
+	if _, err := io.ReadFull(s, answer); err != nil || answer[0] != 'S' {
+		return
+	}
+	ts := tls.Client(s, &tls.Config{InsecureSkipVerify: true}) // the attacker trusts anything
+	if err := ts.Handshake(); err != nil {
+		return
+	}
+	f.pipe(tc, ts)
+}
+
+// pipe copies both ways until either side ends, then closes both.
+func (f *pgFront) pipe(a, b net.Conn) {
+	for _, c := range []net.Conn{a, b} {
+		_ = c.SetDeadline(time.Time{})
+	}
+	done := make(chan struct{})
+	go func() { // ends when a or b closes
+		_, _ = io.Copy(a, b)
+		a.Close()
+		b.Close()
+		close(done)
+	}()
+	_, _ = io.Copy(b, a)
+	a.Close()
+	b.Close()
+	<-done
+}
+
+// addr is the cluster's TCP address.
+func (s *sslCluster) addr() string { return net.JoinHostPort(s.Host, strconv.Itoa(s.Port)) }
+
+// TestPassthroughBackendTLSWrongServer: a server with a certificate the
+// upstream URL's CA did not sign (an impostor in front of the cluster,
+// after the real one admitted bob and the auth user) makes a role's login
+// fail with the certificate error, through the proxy as directly with pgx
+// and the same URL: under verify-full and verify-ca with no plain-text
+// retry; under prefer (no verification) the impostor's hang-up is
+// retried in plain text, in the same order pgconn tries.
+func TestPassthroughBackendTLSWrongServer(t *testing.T) {
+	s := sharedSSLCluster(t)
+	for _, m := range []struct {
+		name    string
+		params  map[string]string
+		wantErr string   // in both errors
+		want    []string // how the attempts began, through the proxy and directly alike
+	}{
+		{"verify-full", map[string]string{"sslmode": "verify-full", "sslrootcert": s.ca.Path},
+			"certificate signed by unknown authority", []string{"impostor:ssl"}},
+		{"verify-ca", map[string]string{"sslmode": "verify-ca", "sslrootcert": s.ca.Path},
+			"certificate signed by unknown authority", []string{"impostor:ssl"}},
+		{"prefer", map[string]string{"sslmode": "prefer"},
+			"", []string{"impostor:ssl", "impostor:plain"}},
+	} {
+		t.Run(m.name, func(t *testing.T) {
+			// One front for the proxy, one for pgx: the proxy's pool may
+			// retry in the background meanwhile.
+			f := startPGFront(t, s.addr(), s.otherCert)
+			df := startPGFront(t, s.addr(), s.otherCert)
+			df.mode.Store(frontImpostor)
+			p := startPassthroughProxy(t, "30s", WithEnv("DATABASE_URL", s.url(f.addr(), "app", "app", m.params)))
+			// The real server behind the front: bob logs in, and the auth
+			// user's backend is opened for his lookup.
+			if user, ssl := sessionSSL(t, connect(t, p.URL("bob", "bob-pw", "app"))); user != "bob" || !ssl {
+				t.Fatalf("bob through the proxy: %q, ssl %v", user, ssl)
+			}
+			f.mode.Store(frontImpostor)
+
+			n := f.count()
+			_, _, perr := tryLogin(p.URL("alice", "alice-pw", "app"))
+			_, _, derr := tryLogin(s.url(df.addr(), "alice", "alice-pw", m.params))
+			// How the attempts began, each kind once, in order: pgx may
+			// open a connection more than once per kind, and the proxy's
+			// pool retries in the background.
+			viaProxy, direct := firstSeen(f.since(n)), firstSeen(df.since(0))
+			if perr == nil || derr == nil {
+				t.Fatalf("alice logged in with an impostor: proxy %v, direct %v", perr, derr)
+			}
+			t.Logf("proxy: %v\ndirect: %v", perr, derr)
+			if sqlState(perr) != "08006" || !strings.Contains(perr.Error(), m.wantErr) || !strings.Contains(derr.Error(), m.wantErr) {
+				t.Errorf("errors: proxy %v; direct %v; want 08006 and %q in both", perr, derr, m.wantErr)
+			}
+			if strings.Join(viaProxy, ",") != strings.Join(m.want, ",") || strings.Join(direct, ",") != strings.Join(m.want, ",") {
+				t.Errorf("attempts: proxy %v, direct pgx %v; want %v", viaProxy, direct, m.want)
+			}
+		})
+	}
+}
+
+// firstSeen is list without repeats, in order of first appearance.
+func firstSeen(list []string) []string {
+	var out []string
+	for _, v := range list {
+		if !slices.Contains(out, v) {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// TestPassthroughBackendChannelBinding: the passthrough's SCRAM toward the
+// server is an exchange of its own (its nonce, its proof from the
+// ClientKey), so it binds the proxy's TLS session with the server
+// (SCRAM-SHA-256-PLUS, tls-server-end-point) as pgx does with a password.
+// A man in the middle that terminates TLS, invisible to sslmode=require,
+// then fails the login (the server's certificate hash is not the one the
+// proxy saw), through the proxy as directly with the same URL; with
+// channel_binding=disable both get through it, which proves the failure
+// is the binding's.
+func TestPassthroughBackendChannelBinding(t *testing.T) {
+	s := sharedSSLCluster(t)
+	for _, cb := range []string{"prefer", "disable"} {
+		t.Run(cb, func(t *testing.T) {
+			params := map[string]string{"sslmode": "require", "channel_binding": cb}
+			f := startPGFront(t, s.addr(), s.otherCert)
+			p := startPassthroughProxy(t, "30s", WithEnv("DATABASE_URL", s.url(f.addr(), "app", "app", params)))
+			if user, _ := sessionSSL(t, connect(t, p.URL("bob", "bob-pw", "app"))); user != "bob" {
+				t.Fatalf("bob through the proxy: %q", user)
+			}
+			f.mode.Store(frontMITM)
+			n := f.count()
+			puser, pssl, perr := tryLogin(p.URL("alice", "alice-pw", "app"))
+			duser, dssl, derr := tryLogin(s.url(f.addr(), "alice", "alice-pw", params))
+			if got := f.since(n); len(got) < 2 || got[0] != "mitm:ssl" {
+				t.Fatalf("the logins did not go through the man in the middle: %v", got)
+			}
+			if cb == "disable" {
+				if perr != nil || derr != nil {
+					t.Fatalf("without channel binding: proxy %v, direct %v; want both through", perr, derr)
+				}
+				if puser != "alice" || duser != "alice" || !pssl || !dssl {
+					t.Errorf("without channel binding: proxy %q ssl %v, direct %q ssl %v; want alice on TLS", puser, pssl, duser, dssl)
+				}
+				return
+			}
+			const want = "SCRAM channel binding check failed"
+			if !strings.Contains(fmt.Sprint(derr), want) || !strings.Contains(fmt.Sprint(perr), want) || sqlState(perr) != "08006" {
+				t.Fatalf("through a man in the middle: proxy %v; direct %v; want %q in both (08006 from the proxy)", perr, derr, want)
+			}
+		})
+	}
+}
+
+// TestPassthroughBackendPreferFallback: sslmode=prefer falls back to plain
+// text through the proxy exactly when pgx (and psql) do with the same URL:
+// against a server without ssl, and against one whose pg_hba.conf refuses
+// the role on TLS (hostssl reject, pt_plainonly), where the TLS login's
+// 28000 is retried in plain text; under require nothing falls back.
+func TestPassthroughBackendPreferFallback(t *testing.T) {
+	s := sharedSSLCluster(t)
+	t.Run("hostssl-reject", func(t *testing.T) {
+		prefer := map[string]string{"sslmode": "prefer"}
+		p := startPassthroughProxy(t, "30s", WithEnv("DATABASE_URL", s.url("", "app", "app", prefer)))
+		for name, u := range map[string]string{
+			"direct": s.url("", "pt_plainonly", "plain-pw", prefer),
+			"proxy":  p.URL("pt_plainonly", "plain-pw", "app"),
+		} {
+			if user, ssl := sessionSSL(t, connect(t, u)); user != "pt_plainonly" || ssl {
+				t.Errorf("%s: %q, ssl %v; want pt_plainonly in plain text", name, user, ssl)
+			}
+		}
+		out, err := runPsql(t, s.url("", "pt_plainonly", "plain-pw", prefer), "-At", "-c", "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+		if err != nil || strings.TrimSpace(out) != "f" {
+			t.Errorf("psql direct with prefer: %q, %v; want a plain-text session", out, err)
+		}
+
+		require := map[string]string{"sslmode": "require"}
+		preq := startPassthroughProxy(t, "30s", WithEnv("DATABASE_URL", s.url("", "app", "app", require)))
+		_, _, derr := tryLogin(s.url("", "pt_plainonly", "plain-pw", require))
+		_, _, perr := tryLogin(preq.URL("pt_plainonly", "plain-pw", "app"))
+		const want = `user "pt_plainonly", database "app", SSL encryption`
+		if sqlState(derr) != "28000" || !strings.Contains(derr.Error(), want) || sqlState(perr) != "08006" || !strings.Contains(perr.Error(), want) {
+			t.Errorf("require: direct %v; proxy %v; want hostssl's refusal in both", derr, perr)
+		}
+	})
+
+	t.Run("server-without-ssl", func(t *testing.T) {
+		setupPassthroughRoles(t, "alice:alice-pw")
+		preferURL := func(user, pw string) string {
+			return strings.Replace(pg.URL(user, pw, "app"), "sslmode=disable", "sslmode=prefer", 1)
+		}
+		p := startPassthroughProxy(t, "30s", WithEnv("DATABASE_URL", preferURL("app", "app")))
+		for name, u := range map[string]string{"direct": preferURL("alice", "alice-pw"), "proxy": p.URL("alice", "alice-pw", "app")} {
+			if user, ssl := sessionSSL(t, connect(t, u)); user != "alice" || ssl {
+				t.Errorf("%s: %q, ssl %v; want alice in plain text", name, user, ssl)
+			}
+		}
+	})
+}
