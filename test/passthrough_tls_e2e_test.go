@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -45,6 +46,7 @@ type sslCluster struct {
 	otherCA    *tlsCA
 	otherCert  tls.Certificate // by otherCA, for 127.0.0.1: an impostor's
 	serverCert string          // the server's certificate file (by ca)
+	serverDER  []byte          // and its DER
 }
 
 const sslClusterHBA = `local all all trust
@@ -82,7 +84,7 @@ func startSharedSSLCluster(t *testing.T) (*sslCluster, error) {
 	s.ca = newTLSCA(t, dir, "pg-ca")
 	s.otherCA = newTLSCA(t, dir, "impostor-ca")
 	var key string
-	s.serverCert, key, _ = s.ca.issue(t, dir, "pg-server", "postgres", true)
+	s.serverCert, key, s.serverDER = s.ca.issue(t, dir, "pg-server", "postgres", true)
 	oc, ok, _ := s.otherCA.issue(t, dir, "impostor", "postgres", true)
 	if s.otherCert, err = tls.LoadX509KeyPair(oc, ok); err != nil {
 		return nil, err
@@ -606,4 +608,78 @@ func TestPassthroughBackendPreferFallback(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestPassthroughClientTLSChannelBinding: TLS on both sides under
+// auth.passthrough. Clients with sslmode=verify-full and
+// channel_binding=require (psql as alice, pgx as bob) log in through the
+// proxy as their own roles with SCRAM-SHA-256-PLUS, checked against the
+// verifier in the database, while the proxy's backends log in to a TLS
+// PostgreSQL with verify-full and channel_binding=require themselves; psql
+// directly to that PostgreSQL gets the same session. A SCRAM-PLUS proof
+// binding to the right and to a wrong certificate hash gets the proxy's
+// answer PostgreSQL gives, a wrong password 28P01; and a plain-text client
+// with channel_binding=require is refused by its own library (pgx, libpq)
+// exactly as when it connects straight to PostgreSQL in plain text.
+func TestPassthroughClientTLSChannelBinding(t *testing.T) {
+	s := sharedSSLCluster(t)
+	cs := newTLSSetup(t) // the proxy's own certificate, for its clients
+	upstream := s.url("", "app", "app", map[string]string{"sslmode": "verify-full", "sslrootcert": s.ca.Path, "channel_binding": "require"})
+	p := startPassthroughProxy(t, "30s", WithEnv("DATABASE_URL", upstream),
+		WithEnv("PGSIDECAR_TLS__MODE", "prefer"),
+		WithEnv("PGSIDECAR_TLS__CERT_FILE", cs.cert),
+		WithEnv("PGSIDECAR_TLS__KEY_FILE", cs.key))
+	strict := func(ca string) map[string]string {
+		return map[string]string{"sslmode": "verify-full", "sslrootcert": ca, "channel_binding": "require"}
+	}
+	const sql = "SELECT current_user || ' ' || ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+	for name, u := range map[string]string{
+		"proxy":      s.url(p.Addr, "alice", "alice-pw", strict(cs.ca.Path)),
+		"PostgreSQL": s.url("", "alice", "alice-pw", strict(s.ca.Path)),
+	} {
+		out, err := runPsql(t, u, "-At", "-c", sql)
+		if err != nil || strings.TrimSpace(out) != "alice true" {
+			t.Errorf("psql verify-full + channel_binding=require to %s as alice: %q, %v; want \"alice true\"", name, out, err)
+		}
+	}
+	if user, ssl, err := tryLogin(s.url(p.Addr, "bob", "bob-pw", strict(cs.ca.Path))); err != nil || user != "bob" || !ssl {
+		t.Errorf("pgx verify-full + channel_binding=require through the proxy as bob: %q, ssl %v, %v", user, ssl, err)
+	}
+	if _, _, err := tryLogin(s.url(p.Addr, "bob", "wrong", strict(cs.ca.Path))); sqlState(err) != "28P01" {
+		t.Errorf("bob with a wrong password and channel binding: %v, want 28P01", err)
+	}
+	if got := tcpBackendsSSL(t, s); got["alice"][0] == 0 || got["alice"] != [2]int{got["alice"][0], got["alice"][0]} || got["bob"][1] == 0 {
+		t.Errorf("the proxy's backends: %v; want alice's and bob's, all on TLS", got)
+	}
+
+	// SCRAM-PLUS by hand: the proxy's answers are PostgreSQL's, each
+	// binding to its own certificate.
+	proxySum, pgSum := sha256.Sum256(cs.certDER), sha256.Sum256(s.serverDER)
+	for _, c := range []struct {
+		name          string
+		proxyCB, pgCB []byte
+	}{{"right hash", proxySum[:], pgSum[:]}, {"wrong hash", make([]byte, 32), make([]byte, 32)}} {
+		got := tlsRawSCRAMPlusAs(t, p.Addr, "alice", "alice-pw", c.proxyCB)
+		want := tlsRawSCRAMPlusAs(t, s.addr(), "alice", "alice-pw", c.pgCB)
+		if got != want {
+			t.Errorf("SCRAM-PLUS as alice, %s: proxy %q, PostgreSQL %q", c.name, got, want)
+		}
+	}
+
+	// Plain text with channel_binding=require: the client library refuses
+	// the SCRAM-SHA-256-only offer, of the proxy as of PostgreSQL (app may
+	// log in there in plain text; alice may not).
+	plain := map[string]string{"sslmode": "disable", "channel_binding": "require"}
+	_, _, perr := tryLogin(s.url(p.Addr, "alice", "alice-pw", plain))
+	_, _, derr := tryLogin(s.url("", "app", "app", plain))
+	const pgxWant = "channel binding required but server does not support SCRAM-SHA-256-PLUS"
+	if !strings.Contains(fmt.Sprint(perr), pgxWant) || !strings.Contains(fmt.Sprint(derr), pgxWant) {
+		t.Errorf("pgx in plain text with channel_binding=require: proxy %v; PostgreSQL %v; want %q from both", perr, derr, pgxWant)
+	}
+	_, perr = runPsql(t, s.url(p.Addr, "alice", "alice-pw", plain), "-c", "SELECT 1")
+	_, derr = runPsql(t, s.url("", "app", "app", plain), "-c", "SELECT 1")
+	const libpqWant = "channel binding required, but SSL not in use"
+	if !strings.Contains(fmt.Sprint(perr), libpqWant) || !strings.Contains(fmt.Sprint(derr), libpqWant) {
+		t.Errorf("psql in plain text with channel_binding=require: proxy %v; PostgreSQL %v; want %q from both", perr, derr, libpqWant)
+	}
 }

@@ -266,9 +266,15 @@ func TestTLSSASLMechanisms(t *testing.T) {
 // "SQLSTATE message".
 func tlsRawSCRAMPlus(t *testing.T, addr string, cbData []byte) string {
 	t.Helper()
-	fe := tlsRawConn(t, addr, true)
+	return tlsRawSCRAMPlusAs(t, addr, "app", "app", cbData)
+}
+
+// tlsRawSCRAMPlusAs is tlsRawSCRAMPlus as user with password.
+func tlsRawSCRAMPlusAs(t *testing.T, addr, user, password string, cbData []byte) string {
+	t.Helper()
+	fe := tlsRawConnAs(t, addr, true, user)
 	tlsRawMechanisms(t, fe)
-	client, err := scram.SHA256.NewClient("", "app", "")
+	client, err := scram.SHA256.NewClient("", password, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -316,6 +322,12 @@ func tlsRawSCRAMPlus(t *testing.T, addr string, cbData []byte) string {
 // not, and sends the app's StartupMessage.
 func tlsRawConn(t *testing.T, addr string, useTLS bool) *pgproto3.Frontend {
 	t.Helper()
+	return tlsRawConnAs(t, addr, useTLS, "app")
+}
+
+// tlsRawConnAs is tlsRawConn with user's StartupMessage (database app).
+func tlsRawConnAs(t *testing.T, addr string, useTLS bool, user string) *pgproto3.Frontend {
+	t.Helper()
 	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -339,7 +351,7 @@ func tlsRawConn(t *testing.T, addr string, useTLS bool) *pgproto3.Frontend {
 	}
 	fe := pgproto3.NewFrontend(conn, conn)
 	fe.Send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersionNumber,
-		Parameters: map[string]string{"user": "app", "database": "app"}})
+		Parameters: map[string]string{"user": user, "database": "app"}})
 	if err := fe.Flush(); err != nil {
 		t.Fatal(err)
 	}
