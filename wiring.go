@@ -435,7 +435,7 @@ func authConn(cfg *config.Config, t config.Target) *pgconn.Config {
 		c.User, c.Password = cfg.Auth.User, ""
 	}
 	for _, u := range cfg.Auth.AllUsers() {
-		if u.Name == c.User && !proxy.IsSCRAMVerifier(u.Password) {
+		if u.Name == c.User && !proxy.IsPasswordHash(u.Password) {
 			c.Password = u.Password
 		}
 	}

@@ -71,6 +71,8 @@ func authenticate(sm *startupMessage, conn net.Conn, method AuthMethod, password
 		// verifier text itself must not match it.
 		ok = ok && !IsSCRAMVerifier(password)
 	case AuthMD5:
+		// An md5 hash is what the challenge needs; a client sending the
+		// hash (pass-the-hash) gets in, as with PostgreSQL's md5.
 		ok, err = authMD5(sm, password)
 		ok = ok && !IsSCRAMVerifier(password)
 	case AuthSCRAM:
@@ -101,11 +103,15 @@ func authFailed(user, usersOption string) *pgError {
 		fmt.Sprintf("password authentication failed for user %q", user), authFailedHint(usersOption))
 }
 
-// authPlain asks for the password in clear text and compares it.
+// authPlain asks for the password in clear text and compares it, or its
+// md5 hash with a stored one, as PostgreSQL's password method does.
 func authPlain(sm *startupMessage, password string) (bool, error) {
 	got, err := authAskPassword(sm, &pgproto3.AuthenticationCleartextPassword{}, pgproto3.AuthTypeCleartextPassword)
 	if err != nil {
 		return false, err
+	}
+	if IsMD5Hash(password) {
+		return authEqual(MD5Hash(sm.user, got), password), nil
 	}
 	return authEqual(got, password), nil
 }
@@ -124,14 +130,51 @@ func authMD5(sm *startupMessage, password string) (bool, error) {
 	return authEqual(got, md5Response(sm.user, password, salt)), nil
 }
 
-// md5Response is what a client that knows password answers to salt.
+// md5Response is what a client that knows password answers to salt. A
+// password that is an md5 hash (MD5Hash of user's password) is used as the
+// inner hash it stands for.
 func md5Response(user, password string, salt [4]byte) string {
-	inner := md5.Sum([]byte(password + user))
+	inner := MD5Hash(user, password)
+	if IsMD5Hash(password) {
+		inner = password
+	}
 	outer := md5.New()
-	outer.Write([]byte(hex.EncodeToString(inner[:])))
+	outer.Write([]byte(inner[len(md5HashPrefix):]))
 	outer.Write(salt[:])
-	return "md5" + hex.EncodeToString(outer.Sum(nil))
+	return md5HashPrefix + hex.EncodeToString(outer.Sum(nil))
 }
+
+// md5HashPrefix starts an md5 hash as PostgreSQL stores it.
+const md5HashPrefix = "md5"
+
+// MD5Hash is password's md5 hash for user as PostgreSQL stores it in
+// pg_authid.rolpassword (and PgBouncer's userlist.txt holds it):
+// "md5" + hex(md5(password + user)). It is salted with the user name, so it
+// is valid for that user only.
+func MD5Hash(user, password string) string {
+	sum := md5.Sum([]byte(password + user))
+	return md5HashPrefix + hex.EncodeToString(sum[:])
+}
+
+// IsMD5Hash reports whether a configured password is an md5 hash ("md5"
+// and 32 lower-case hex digits) rather than a cleartext password, as
+// PostgreSQL decides for CREATE ROLE ... PASSWORD.
+func IsMD5Hash(password string) bool {
+	rest, ok := strings.CutPrefix(password, md5HashPrefix)
+	if !ok || len(rest) != 2*md5.Size {
+		return false
+	}
+	for _, c := range rest {
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// IsPasswordHash reports whether a configured password is stored as a hash
+// (SCRAM verifier or md5) that cannot log in to a server.
+func IsPasswordHash(password string) bool { return IsSCRAMVerifier(password) || IsMD5Hash(password) }
 
 // authEqual compares two secrets in constant time. Hashing first makes the
 // time independent of the lengths too, which ConstantTimeCompare is not.

@@ -651,3 +651,44 @@ func TestAuthenticateSCRAMVerifier(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestAuthenticateMD5Hash: a login stored as an md5 hash (as in
+// pg_authid or a PgBouncer userlist.txt) answers the md5 challenge and the
+// plain method as its password would; the hash text is no password for
+// plain, and only "md5" + 32 lower-case hex digits is a hash.
+func TestAuthenticateMD5Hash(t *testing.T) {
+	if got, want := MD5Hash("alice", "secret"), "md54a0a68b43b6cd5cf266fa02f196e2371"; got != want {
+		t.Fatalf("MD5Hash = %q, want %q (python: 'md5'+md5(b'secretalice').hexdigest())", got, want)
+	}
+	hash := MD5Hash("alice", "s3cret pw")
+	for _, method := range []AuthMethod{AuthMD5, AuthPlain} {
+		h := authStart(t, method, map[string]string{"alice": hash})
+		conn, err := authConnect(t, h, "alice", "s3cret pw", "")
+		if err != nil {
+			t.Fatalf("%s: the hash's password: %v", method, err)
+		}
+		conn.Close(context.Background())
+		h.outcome()
+		_, err = authConnect(t, h, "alice", "other", "")
+		authWantLoginFailed(t, err, "alice")
+		h.outcome()
+		if method == AuthPlain {
+			_, err = authConnect(t, h, "alice", hash, "")
+			authWantLoginFailed(t, err, "alice")
+			h.outcome()
+		}
+	}
+	for in, want := range map[string]bool{
+		hash:                                true,
+		strings.ToUpper(hash[3:]):           false,
+		"md5" + strings.ToUpper(hash[3:]):   false,
+		hash[:34]:                           false,
+		hash + "0":                          false,
+		"md5" + strings.Repeat("g", 32):     false,
+		"SCRAM-SHA-256$4096:c2FsdA==$AA:AA": false,
+	} {
+		if IsMD5Hash(in) != want {
+			t.Errorf("IsMD5Hash(%q) = %v, want %v", in, !want, want)
+		}
+	}
+}

@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"context"
+	"crypto/md5"
+	"encoding/hex"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -321,5 +323,45 @@ func TestPasswordFileRotationSingleRole(t *testing.T) {
 	}
 	if p.Logs.Contains("app-new") || p.Logs.Contains("app-old") {
 		t.Errorf("the proxy's log shows a password")
+	}
+}
+
+// TestMD5HashLogins: a login given as the md5 hash PostgreSQL stored for a
+// role (what a PgBouncer userlist.txt holds), here from a password_file,
+// logs psql and pgx in with the role's password under auth.method md5 and
+// plain; a wrong password gets 28P01.
+func TestMD5HashLogins(t *testing.T) {
+	const role = "pgsc_md5"
+	setupPassthroughRoles(t, "md5:"+role+":md5-pw")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var hash string
+	if err := connect(t, pg.AdminURLDB("app")).QueryRow(ctx, "SELECT rolpassword FROM pg_authid WHERE rolname = $1", role).Scan(&hash); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(hash, "md5") || len(hash) != 35 {
+		t.Fatalf("%s's stored password is no md5 hash: %.5s...", role, hash)
+	}
+	// The test cluster's pg_hba asks for SCRAM, which an md5-stored role
+	// cannot answer, so the hash is checked against its definition instead
+	// of a direct login: md5 of password + role name.
+	if sum := md5.Sum([]byte("md5-pw" + role)); hash != "md5"+hex.EncodeToString(sum[:]) {
+		t.Fatalf("pg_authid's md5 hash is not md5(password + role)")
+	}
+	file := writeSecretFile(t, filepath.Join(t.TempDir(), "hash"), hash+"\n")
+	path := testpg.WriteYAML(t, "auth:\n  users:\n    - {name: "+role+", password_file: "+file+"}\n")
+	for _, method := range []string{"md5", "plain"} {
+		p := StartProxy(t, WithEnv("PGSIDECAR_CONFIG", path), WithEnv("PGSIDECAR_AUTH__METHOD", method))
+		// Single-role mode: the backend runs as the upstream URL's user.
+		out, err := runPsql(t, p.URL(role, "md5-pw", "app"), "-Atc", "SELECT current_user")
+		if err != nil || strings.TrimSpace(out) != "app" {
+			t.Errorf("%s: psql with the hash's password: %q, %v", method, out, err)
+		}
+		if u, err := currentUser(ctx, p.URL(role, "md5-pw", "app")); err != nil || u != "app" {
+			t.Errorf("%s: pgx with the hash's password: %q, %v", method, u, err)
+		}
+		if _, err := currentUser(ctx, p.URL(role, "wrong", "app")); sqlState(err) != "28P01" {
+			t.Errorf("%s: wrong password: %v, want 28P01", method, err)
+		}
 	}
 }

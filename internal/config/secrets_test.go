@@ -211,3 +211,24 @@ func TestPasswordFileReload(t *testing.T) {
 		t.Errorf("reload with an emptied file: %v, want an error", err)
 	}
 }
+
+// TestUsersMD5Hash: an auth.users password that is an md5 hash (as
+// pg_authid and PgBouncer's userlist.txt hold it) is accepted by the md5
+// and plain methods, refused at load by the others with the way out, and
+// never used as a backend password.
+func TestUsersMD5Hash(t *testing.T) {
+	testpg.IsolatePG(t)
+	const h = "md54a0a68b43b6cd5cf266fa02f196e2371" // user alice, password secret
+	for _, m := range []string{"md5", "plain"} {
+		mustLoad(t, "", "DATABASE_URL="+testURL, "PGSIDECAR_AUTH__USERS=alice:"+h, "PGSIDECAR_AUTH__METHOD="+m)
+	}
+	for _, m := range []string{"scram-sha-256", "trust"} {
+		wantErr(t, "", []string{"DATABASE_URL=" + testURL, "PGSIDECAR_AUTH__USERS=alice:" + h, "PGSIDECAR_AUTH__METHOD=" + m},
+			"config: auth.users[0].password: is an md5 hash, which only auth.method md5 or plain can check (got "+m+")",
+			"pgsidecar hash-password")
+	}
+	cfg := mustLoad(t, "", "DATABASE_URL=postgres://alice@127.0.0.1:5432/appdb", "PGSIDECAR_AUTH__USERS=alice:"+h, "PGSIDECAR_AUTH__METHOD=md5")
+	if ts, _ := cfg.Targets(); ts[0].Conn.Password != "" || ts[0].Users["alice"] != h {
+		t.Errorf("md5 entry of the URL user: backend password %q (want none), login %q", ts[0].Conn.Password, ts[0].Users["alice"])
+	}
+}

@@ -67,9 +67,9 @@ func (c *Config) Targets() ([]Target, error) {
 			// As PgBouncer's auth_file: a URL without a password (nor one
 			// from libpq's passfile) logs in with its user's auth.users
 			// password, which may come from a password_file and follows
-			// reloads; a verifier cannot log in to a server.
+			// reloads; a hash (verifier, md5) cannot log in to a server.
 			for _, u := range c.Auth.AllUsers() {
-				if u.Name == conn.User && !proxy.IsSCRAMVerifier(u.Password) {
+				if u.Name == conn.User && !proxy.IsPasswordHash(u.Password) {
 					conn.Password = u.Password
 				}
 			}

@@ -100,6 +100,10 @@ func (c *Config) Validate() error {
 		if u.Password == "" && c.Auth.Method != proxy.AuthTrust {
 			p.add(pwKey, "must not be empty with auth.method %s (only trust accepts users without a password)", c.Auth.Method)
 		}
+		if proxy.IsMD5Hash(u.Password) && c.Auth.Method != proxy.AuthMD5 && c.Auth.Method != proxy.AuthPlain {
+			p.add(pwKey, "is an md5 hash, which only auth.method md5 or plain can check (got %s); "+
+				"for scram-sha-256 give a SCRAM verifier (pgsidecar hash-password) or the password", c.Auth.Method)
+		}
 		if proxy.IsSCRAMVerifier(u.Password) {
 			if c.Auth.Method != proxy.AuthSCRAM {
 				p.add(pwKey, "is a SCRAM verifier, which only auth.method scram-sha-256 can check (got %s)", c.Auth.Method)
