@@ -56,6 +56,9 @@ func (a *app) reload() error {
 			}
 		}
 	}
+	for _, pt := range a.passthrough {
+		pt.Verifiers.Configure(applied.Auth.Query, applied.Auth.CacheTTL)
+	}
 	if err := a.proxy.Reload(a.proxyConfig(applied, targets)); err != nil {
 		// Pools are already reconfigured; the proxy keeps its old client
 		// settings. Say so rather than pretend the reload was whole.

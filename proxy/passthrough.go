@@ -61,12 +61,31 @@ func (pt *Passthrough) open(base *Database, role string, keys pool.ScramKeys, lg
 // TTL: a changed password is seen at the latest TTL later, and a flood of
 // logins costs one query per role per TTL.
 type Verifiers struct {
-	Pool  *pool.Pool
+	Pool *pool.Pool
+	// Query and TTL are the initial settings; Configure changes them
+	// (reload), under mu.
 	Query string // one parameter, the role; answers (rolname, rolpassword)
 	TTL   time.Duration
 
 	mu sync.Mutex
 	m  map[string]verifierEntry
+	// gen counts Configure's query changes: an answer of the previous
+	// query, still running when the query changed, is not cached.
+	gen uint64
+}
+
+// Configure applies reloaded auth.query and auth.cache_ttl. A new query
+// empties the cache (its answers came from the old one); a new TTL applies
+// to the entries cached already.
+func (v *Verifiers) Configure(query string, ttl time.Duration) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if query != v.Query {
+		v.Query = query
+		v.m = nil
+		v.gen++
+	}
+	v.TTL = ttl
 }
 
 type verifierEntry struct {
@@ -87,11 +106,13 @@ func (v *Verifiers) lookup(ctx context.Context, role string, lg *slog.Logger) (s
 	now := time.Now()
 	v.mu.Lock()
 	e, ok := v.m[role]
+	fresh := ok && now.Sub(e.at) < v.TTL
+	query, gen := v.Query, v.gen
 	v.mu.Unlock()
-	if ok && now.Sub(e.at) < v.TTL {
+	if fresh {
 		return e.creds, e.found, nil
 	}
-	rolpassword, exists, err := v.query(ctx, role)
+	rolpassword, exists, err := v.query(ctx, query, role)
 	if err != nil {
 		return scram.StoredCredentials{}, false, err
 	}
@@ -113,16 +134,18 @@ func (v *Verifiers) lookup(ctx context.Context, role string, lg *slog.Logger) (s
 		e.creds, e.found = creds, true
 	}
 	v.mu.Lock()
-	if v.m == nil || len(v.m) >= verifierCacheMax {
-		v.m = map[string]verifierEntry{}
+	if v.gen == gen {
+		if v.m == nil || len(v.m) >= verifierCacheMax {
+			v.m = map[string]verifierEntry{}
+		}
+		v.m[role] = e
 	}
-	v.m[role] = e
 	v.mu.Unlock()
 	return e.creds, e.found, nil
 }
 
 // query runs the auth query for role on a backend of the auth pool.
-func (v *Verifiers) query(ctx context.Context, role string) (rolpassword string, exists bool, err error) {
+func (v *Verifiers) query(ctx context.Context, query, role string) (rolpassword string, exists bool, err error) {
 	conn, err := v.Pool.Acquire(ctx)
 	if err != nil {
 		return "", false, err
@@ -137,7 +160,7 @@ func (v *Verifiers) query(ctx context.Context, role string) (rolpassword string,
 		conn.Destroy("clear deadline: " + err.Error())
 		return "", false, err
 	}
-	res := pg.ExecParams(ctx, v.Query, [][]byte{[]byte(role)}, nil, nil, nil).Read()
+	res := pg.ExecParams(ctx, query, [][]byte{[]byte(role)}, nil, nil, nil).Read()
 	var pgErr *pgconn.PgError
 	switch {
 	case errors.As(res.Err, &pgErr):
