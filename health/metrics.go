@@ -288,6 +288,7 @@ var clientSeries = map[string]struct {
 	"clients_logging_in": {name: "clients_logging_in", help: "Connections accepted and not yet logged in (startup, authentication); pool.max_startup_conn bounds them."},
 	"clients_waiting":    {name: "clients_waiting", help: "Clients waiting for a backend now."},
 	"clients_pinned":     {name: "clients_pinned", help: "Clients holding a backend between transactions because they have session state on it (transaction mode, pool.session_state pin)."},
+	"clients_parked":     {name: "clients_parked", help: "Idle clients parked without a goroutine of their own (plain TCP, transaction mode): the parker wakes them when they send."},
 	"clients_accepted":   {name: "clients_accepted_total", counter: true, help: "Client connections accepted since start (including those rejected later)."},
 	"clients_rejected":   {name: "clients_rejected_total", counter: true, help: "Clients refused at startup: max_client_conn, authentication, an unknown database or a bad startup packet."},
 	"auth_failures":      {name: "auth_failures_total", counter: true, help: "Client logins refused for a wrong password or unknown user."},

@@ -96,6 +96,7 @@ type clientConn struct {
 	lastLen int
 	killed  atomic.Bool
 	idle    idleReader // the client reader's buffer-less wait (idle.go)
+	park    parkState  // parking while idle, without a goroutine (park.go)
 	// closeErr, once set (closeWith), is why the client must go: the drain
 	// deadline or a timeout. The client reader returns it at its next wake.
 	closeErr atomic.Pointer[pgError]
@@ -191,21 +192,25 @@ func errCannotConnectNow() *pgError {
 		"connect again in a moment; another pgsidecar instance or the restarted one will serve you")
 }
 
-// serveConn runs one accepted connection from startup to close. It counts
-// under max_startup_conn (Serve added it to s.starting) until it becomes a
+// serveConn runs one accepted connection from startup to close, or until
+// the client parks (park.go: true; resume carries it on). It counts under
+// max_startup_conn (Serve added it to s.starting) until it becomes a
 // client.
 //
 // Login and session are two calls, so the login's large stack frame (1.6
 // KB) has returned before the session starts: an idle client's goroutine
 // then waits about 0.7 KB deep, and the GC shrinks its stack (grown to 8
 // KB by the relay) to 4 KB, which it does only while under a quarter of a
-// stack is in use. What the login took is undone by connEnd, at the end.
-func (s *Server) serveConn(conn net.Conn) {
+// stack is in use. What the login took is undone by connEnd, at the end
+// (parkedEnd's, when the session ends after a park).
+func (s *Server) serveConn(conn net.Conn) (parked bool) {
 	e := connEnd{s: s, sock: conn}
-	defer e.run()
-	if c, lg := s.login(conn, &e); c != nil {
-		s.session(c, lg)
+	c, _ := s.login(conn, &e)
+	if c != nil && s.session(c) {
+		return true
 	}
+	e.run()
+	return false
 }
 
 // connEnd records what login took for a connection, so that serveConn
@@ -221,6 +226,15 @@ type connEnd struct {
 	added      bool               // in s's clients (addClient)
 	db         *Database          // counted in db's pool gauge
 	registered bool               // its cancel key is registered
+}
+
+// parkedEnd is the connEnd of a client that parked, for the goroutine
+// that ends its session (resume): login returned the client, so it took
+// everything (a slot, the clients entry, the pool's gauge, the cancel
+// key), and on plain TCP, as a TLS client never parks. Kept out of
+// clientConn: 88 bytes per idle client.
+func (c *clientConn) parkedEnd() connEnd {
+	return connEnd{s: c.srv, sock: c.sock, c: c, cancel: c.cancel, slot: true, added: true, db: c.db, registered: true}
 }
 
 // run gives back what login took, in reverse order.
@@ -434,14 +448,21 @@ func (s *Server) login(conn net.Conn, e *connEnd) (*clientConn, *slog.Logger) {
 	return c, lg
 }
 
-// session runs a logged-in client to its end.
-func (s *Server) session(c *clientConn, lg *slog.Logger) {
-	conn := c.conn
-	conn.SetDeadline(time.Time{})
-	c.running.Store(true)
-	lg.Debug("client connected", "application_name", c.appName)
-	start := time.Now()
+// session runs a logged-in client to its end, or until it parks (true:
+// park.go; the goroutine then ends, and resume calls session again when
+// the client is woken).
+func (s *Server) session(c *clientConn) (parked bool) {
+	conn, lg := c.conn, c.log
+	if !c.running.Load() {
+		conn.SetDeadline(time.Time{})
+		c.running.Store(true)
+		lg.Debug("client connected", "application_name", c.appName)
+	}
 	err := c.run()
+	if err == errParked {
+		return true // c is the parker's now: not touched again here
+	}
+	start := c.since
 	c.finish()
 	if pe := c.closeErr.Load(); pe != nil {
 		// Told to go (drain deadline, a timeout): whatever the reader was
@@ -462,6 +483,7 @@ func (s *Server) session(c *clientConn, lg *slog.Logger) {
 	default:
 		lg.Info("client connection closed", "err", err, "duration", time.Since(start).Round(time.Millisecond))
 	}
+	return false
 }
 
 // maxIdentifierLen is PostgreSQL's NAMEDATALEN - 1: a longer database
@@ -712,9 +734,9 @@ func acquireErrorResponse(err error, fatal bool) *pgError {
 	return pe
 }
 
-// poke wakes the client reader so it notices a shutdown.
+// poke wakes the client reader, parked or not, so it notices a shutdown.
 func (c *clientConn) poke() {
-	c.conn.SetReadDeadline(time.Now())
+	c.wake()
 }
 
 // closeWith makes the client leave with pe (FATAL) as soon as its reader
@@ -724,8 +746,9 @@ func (c *clientConn) poke() {
 func (c *clientConn) closeWith(pe *pgError) {
 	c.closeErr.CompareAndSwap(nil, pe)
 	c.cancel() // a reader waiting for a backend or a probe stops waiting
-	// Waiting for the client's next message: a read deadline wakes it.
-	c.conn.SetReadDeadline(time.Now())
+	// Waiting for the client's next message: a read deadline wakes it (a
+	// parked client gets its goroutine back, which sees the deadline).
+	c.wake()
 	// Reading the backend's reply itself (relayInline): closing the
 	// backend's socket ends that read; finish cancels the query and
 	// destroys the backend. (relayInline checks closeErr after setting
@@ -742,6 +765,7 @@ func (c *clientConn) closeWith(pe *pgError) {
 func (c *clientConn) kill() {
 	c.killed.Store(true)
 	c.cancel()
+	c.unpark() // before the Close: a parked socket is never closed (park.go)
 	c.conn.Close()
 	c.mu.Lock()
 	c.severBackendLocked(true) // whoever reads it wakes; finish destroys it

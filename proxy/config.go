@@ -171,6 +171,11 @@ type Config struct {
 	TLS *ClientTLS
 	// Admin configures the admin console (admin.go); nil = no console.
 	Admin *AdminConfig
+
+	// parkAfter is the parker's sweep interval for this package's tests,
+	// which make it short; not an option: 0 (any other user) means
+	// idleParkAfter (park.go).
+	parkAfter time.Duration
 }
 
 // MaxMessageSizeLimit is PostgreSQL's own bound on a protocol message
@@ -202,6 +207,9 @@ type Stats struct {
 	// ClientsPinned hold a backend between transactions because they have
 	// session state on it (transaction mode, pool.session_state pin).
 	ClientsPinned int64 `json:"clients_pinned"`
+	// ClientsParked are idle clients waiting without a goroutine of their
+	// own (plain TCP, transaction mode; see "Memory per idle client").
+	ClientsParked int64 `json:"clients_parked"`
 }
 
 // option names field in hints: the configuration option that sets it, as

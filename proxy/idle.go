@@ -1,9 +1,11 @@
 package proxy
 
 import (
+	"errors"
 	"io"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 )
 
@@ -54,6 +56,10 @@ type idleReader struct {
 	read  func(fd uintptr) bool
 	n     int
 	err   error
+	// parkable: the reader waits, idle, holding no backend (set by the
+	// callback before it waits, cleared when the read returns); the
+	// parker asks such readers to park (park.go).
+	parkable atomic.Bool
 }
 
 // readClient reads the client into c.in, as c.conn.Read(c.in.Free()) after
@@ -69,7 +75,14 @@ func (c *clientConn) readClient() (int, error) {
 		return c.conn.Read(c.in.Free())
 	}
 	ir.n, ir.err = 0, nil
-	if err := ir.raw.Read(ir.read); err != nil {
+	err := ir.raw.Read(ir.read)
+	if ir.parkable.Load() {
+		ir.parkable.Store(false)
+	}
+	if err != nil {
+		if c.park.want.Swap(false) && errors.Is(err, os.ErrDeadlineExceeded) && c.tryPark() {
+			return 0, errParked // park.go: c may belong to another goroutine now
+		}
 		c.takeReadBuffer() // a wake-up or close: the reader goes on with a buffer
 		return 0, err
 	}
@@ -93,6 +106,11 @@ func (c *clientConn) setUpIdleReader() {
 	}
 	ir.raw = raw
 	ir.read = c.readIdle
+	if c.srv != nil && c.policy.releaseAtTransactionEnd {
+		// The descriptor, for the parker's epoll set (park.go). It stays
+		// valid while the client is parked: see park.go, Ownership.
+		raw.Control(func(fd uintptr) { c.park.fd, c.park.can = int(fd), true })
+	}
 }
 
 // readIdle is the RawConn.Read callback: one non-blocking read into the
@@ -109,7 +127,9 @@ func (c *clientConn) readIdle(fd uintptr) bool {
 			continue
 		case err == syscall.EAGAIN:
 			c.giveBackReadBuffer()
-			c.releaseRequestRing()
+			if c.releaseRequestRing() && c.park.can {
+				c.idle.parkable.Store(true)
+			}
 			return false
 		case err != nil:
 			c.idle.err = os.NewSyscallError("read", err)
@@ -143,12 +163,14 @@ func (c *clientConn) giveBackReadBuffer() {
 
 // releaseRequestRing returns the request ring of a client that holds no
 // backend (nothing is in flight, no server reader looks at the queue) to
-// requestRingPool.
-func (c *clientConn) releaseRequestRing() {
+// requestRingPool. It reports whether the client holds no backend.
+func (c *clientConn) releaseRequestRing() bool {
 	c.mu.Lock()
-	if c.be == nil && c.q.size == 0 && len(c.q.buf) == requestRingSize {
+	free := c.be == nil
+	if free && c.q.size == 0 && len(c.q.buf) == requestRingSize {
 		requestRingPool.Put((*[requestRingSize]request)(c.q.buf))
 		c.q.buf, c.q.head = nil, 0
 	}
 	c.mu.Unlock()
+	return free
 }

@@ -62,7 +62,10 @@ func TestIdleClientMemory(t *testing.T) {
 	for range n {
 		script = append(script, queryResult("SELECT 1", "SELECT 1", 'I', "1"))
 	}
-	e := startFake(t, fakeOpts{config: func(c *Config) { c.MaxClientConn, c.MaxStartupConn = n+10, n+10 }}, script)
+	e := startFake(t, fakeOpts{config: func(c *Config) {
+		parkFast(c)
+		c.MaxClientConn, c.MaxStartupConn = n+10, n+10
+	}}, script)
 	// One client first: the proxy's one-time structures (server
 	// parameters, pools, the backend) are not counted per client.
 	warm := e.dialRaw(t)
@@ -79,7 +82,11 @@ func TestIdleClientMemory(t *testing.T) {
 		conns = append(conns, rc.conn) // the client's decoder and its buffers are dropped
 	}
 	waitFor(t, "every client idle", func() bool { return e.pool.Stats().Active == 0 })
-	time.Sleep(10 * time.Millisecond) // each client reader back in its idle wait
+	if runtime.GOOS == "linux" {
+		e.waitParked(t, int64(n)) // park.go: no goroutine per idle client
+	} else {
+		time.Sleep(10 * time.Millisecond) // each client reader back in its idle wait
+	}
 	h1, s1 = heapAndStack()
 	k := float64(len(conns))
 	heap := (float64(h1)-float64(h0))/k - socketEnd
@@ -95,18 +102,24 @@ func TestIdleClientMemory(t *testing.T) {
 }
 
 // idleClientBudget is TestIdleClientMemory's bound (bytes of heap and
-// stack per idle client). Measured 2026-11-28: about 7.3 KB, a 4 KB stack
-// and 3.3 KB of heap. It was 21.6 KB before idle clients gave back their
-// read buffer (8 KB) and request ring (2.7 KB) and before the login's
-// frame left the idle stack (serveConn), which let the stack shrink from
-// 8 KB; either coming back fails this bound. Under -race the instrumented
-// frames keep the idle stack past a quarter of 8 KB, so it stays 8 KB
-// there (about 11.3 KB in all), and only the buffer and ring are bounded.
+// stack per idle client). Measured 2026-11-28 with idle clients parked
+// (park.go): about 3.4 KB, all heap (no goroutine, so no stack; about 0.5
+// KB of it is the test's own t.Cleanup per client), 3.1 KB under -race.
+// Before parking it was 7.3 KB (a 4 KB stack and 3.3 KB of heap; 11.3 KB
+// under -race, whose frames kept the stack at 8 KB), and 21.6 KB before
+// idle clients gave back their read buffer and request ring: a client
+// that no longer parks fails this bound. Where clients cannot park (not
+// Linux) they keep their goroutine, and the bound is the one before.
 func idleClientBudget() int {
-	if raceBuild {
+	switch {
+	case runtime.GOOS != "linux" && raceBuild:
 		return 12 << 10
+	case runtime.GOOS != "linux":
+		return 8 << 10
+	case raceBuild:
+		return 5 << 10
 	}
-	return 8 << 10
+	return 9 << 9 // 4.5 KB
 }
 
 // TestIdleWaitAllocatesNothing: a client reader that waits for its next

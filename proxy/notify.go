@@ -378,8 +378,9 @@ func (c *clientConn) queueNotification(msg []byte) {
 	if !async {
 		// The client reader delivers, between transactions (flushNotes);
 		// one in the middle of an exchange delivers after its
-		// ReadyForQuery, and sees this wake-up after that.
-		c.conn.SetReadDeadline(time.Now())
+		// ReadyForQuery, and sees this wake-up after that. A parked
+		// client is given its goroutine back.
+		c.wake()
 	}
 }
 

@@ -32,6 +32,9 @@ const limitLogInterval = 10 * time.Second
 func (c *clientConn) run() error {
 	for {
 		n, err := c.readClient() // idle.go: no buffer held while idle
+		if err == errParked {
+			return err // park.go: hands off c, another goroutine may own it now
+		}
 		c.in.End += n
 		if n > 0 {
 			c.reads.Add(1) // activity, for the idle timeouts

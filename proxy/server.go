@@ -36,7 +36,7 @@ type Server struct {
 	closed    bool
 	params    map[string]map[string]string // per database: server ParameterStatus to greet clients with
 	accepted  map[string]struct{}          // "name=value" startup parameters a server accepted
-	wg        sync.WaitGroup               // one per client goroutine
+	wg        sync.WaitGroup               // one per connection: its goroutine, or the parker while parked
 
 	draining atomic.Bool
 	junkLog  logLimiter   // malformed startup packets: anyone can send them
@@ -69,6 +69,7 @@ type Server struct {
 	brakeLog logLimiter    // addresses reaching the maximum delay
 	quit     chan struct{} // closed when Shutdown or Close begins: ends brake waits
 	sweep    sweeper       // the client timeouts' goroutine (timeouts.go)
+	park     parker        // idle clients without a goroutine (park.go)
 }
 
 // New checks cfg and returns a Server that is not yet listening.
@@ -97,6 +98,7 @@ func New(cfg Config) (*Server, error) {
 		refusedLog:  logLimiter{interval: limitLogInterval},
 		tooLargeLog: logLimiter{interval: limitLogInterval},
 	}
+	s.park.init(cfg.parkAfter)
 	s.hubs = make(map[string]*notifyHub)
 	s.hubCtx, s.hubCancel = context.WithCancel(context.Background())
 	live := cfg
@@ -171,6 +173,7 @@ func (s *Server) Serve(ln net.Listener) error {
 	s.listeners[ln] = struct{}{}
 	s.mu.Unlock()
 	s.startSweeper()
+	s.startParker()
 	defer func() {
 		s.mu.Lock()
 		delete(s.listeners, ln)
@@ -222,9 +225,10 @@ func (s *Server) Serve(ln net.Listener) error {
 		s.starting[conn] = struct{}{}
 		s.wg.Add(1)
 		s.mu.Unlock()
-		go func() { // ends when the client leaves or is closed (Shutdown, Close)
-			defer s.wg.Done()
-			s.serveConn(conn)
+		go func() { // ends when the client leaves, is closed (Shutdown, Close) or parks
+			if !s.serveConn(conn) {
+				s.wg.Done() // a parked client keeps its count (park.go)
+			}
 		}()
 	}
 }
@@ -381,6 +385,7 @@ wait:
 		s.Close()
 	}
 	s.stopSweeper()
+	s.stopParker()
 	s.stopHubs()
 	return err
 }
@@ -400,6 +405,7 @@ func (s *Server) Close() error {
 	s.mu.Unlock()
 	s.wg.Wait()
 	s.stopSweeper()
+	s.stopParker()
 	s.stopHubs()
 	return nil
 }
@@ -456,6 +462,7 @@ func (s *Server) Stats() Stats {
 		LoginsDelayed:    s.stats.loginsDelayed.Load(),
 		LoginsThrottled:  s.stats.loginsThrottled.Load(),
 		ClientsPinned:    s.pinned.Load(),
+		ClientsParked:    s.park.count.Load(),
 	}
 }
 

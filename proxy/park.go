@@ -1,0 +1,349 @@
+package proxy
+
+import (
+	"errors"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Parked clients: an idle client without a goroutine.
+//
+// An idle client's goroutine costs more than the rest of the client (a 4
+// KB stack at least, the GC never shrinks it further), so a client that
+// stays idle is parked: its goroutine ends and its socket waits in the
+// parker's epoll set (park_linux.go) until it is readable, when a fresh
+// goroutine (resume) carries the session on from clientConn, where all of
+// its state lives (statements, parameters, LISTEN channels, the cancel
+// key). PgBouncer keeps every client this way.
+//
+// Who parks: a plain-TCP client (TLS keeps its goroutine: crypto/tls
+// buffers records of its own, so a readable socket says nothing) of a
+// pool mode that releases the backend at transaction end, that holds no
+// backend (so is not pinned either), has nothing buffered, in flight or
+// queued for it (notifications), and is not being told to go. Session
+// mode never parks: its client holds a backend, and a backend reader,
+// for its whole life.
+//
+// When: the parker goroutine sweeps the clients every park interval
+// (idleParkAfter) and asks a client reader that has waited idle through
+// a whole interval to park: it sets park.want and wakes the reader with a
+// read deadline, the relay's usual wake-up. The reader then parks itself
+// (tryPark), so every change of owner happens on the owner's side: a
+// client is never parked from under its goroutine. A client that is busy
+// more often than that never parks and pays nothing for it.
+//
+// Waking: readiness on the socket (a request, the client closing) makes
+// the parker take the socket out of its set and start resume. The relay's
+// other wake-ups (drain, timeouts, LISTEN delivery, KILL, closeWith,
+// kill) go through wake: it sets the read deadline, as before, and
+// unparks the client, whose new goroutine's first read then returns at
+// once with that deadline and handles the wake-up as the old goroutine
+// would have. A parked client that the sweeper, the admin console or a
+// cancel request looks at is looked at as before: its state is in
+// clientConn, under the same locks, and unchanged while parked.
+//
+// Ordering: tryPark marks the client parked before it checks, under the
+// parker's lock, that nothing is pending; a waker records what is pending
+// before it looks whether the client is parked (all sequentially
+// consistent atomics or c.mu). So either tryPark sees the reason and does
+// not park, or the waker sees the client parked and unparks it.
+//
+// Ownership: a parked client keeps its count in Server.wg, so Shutdown
+// and Close wait for parked clients as for running ones; the goroutine
+// resume starts inherits that count and gives it back when the client
+// leaves. Its socket is closed only by its own goroutine (connEnd) or by
+// kill, which unparks it first: so the descriptor in the parker's set is
+// never closed, and never reused, while parked. The parker goroutine is
+// started by Serve and ended by Shutdown and Close once every client has
+// left (no client parks once a drain began).
+
+// idleParkAfter is how long a client reader waits idle before it parks
+// (between one and two of these): long enough that a client in a steady
+// exchange never pays a goroutine start per request, short enough that
+// applications' idle pools shrink to their parked size in about a second.
+const idleParkAfter = 500 * time.Millisecond
+
+// After a wave of parks (releaseAfterParks since the last release, then
+// a sweep interval with none), the parker has the runtime collect and
+// hand free memory back to the OS (debug.FreeOSMemory), at most once per
+// releaseEvery. A wave of logins leaves garbage, and its goroutines'
+// stacks, resident until the GC's pacing and the background scavenger
+// get to them: up to as much again as the parked clients' live memory.
+// One collection per wave, on a goroutine of its own so that no wake-up
+// waits for it.
+const (
+	releaseAfterParks = 1000
+	releaseEvery      = 30 * time.Second
+)
+
+// errParked is what run returns when the client parked: the goroutine
+// ends and must not touch the client any more (another may own it).
+var errParked = errors.New("client parked")
+
+// parker is the Server's parking goroutine and the clients it holds.
+type parker struct {
+	os      parkOS
+	mu      sync.Mutex
+	byFd    map[int]*clientConn // parked clients, by socket descriptor
+	on      bool                // the epoll set is open and the loop runs
+	stopped bool                // stopParker ran: the loop never starts again
+	done    chan struct{}       // closed when the loop has ended
+	count   atomic.Int64        // parked clients now (Stats.ClientsParked)
+	every   time.Duration       // sweep interval
+	ready   func(fd int)        // unparkFd, made once
+	list    []*clientConn       // the sweep's reused snapshot (loop only)
+	parks   int                 // parks since the last memory release (under mu)
+	// The loop's: parks at the last sweep, the last release, and the
+	// release goroutine (stopParker waits for it).
+	seenParks int
+	released  time.Time
+	freeing   sync.WaitGroup
+}
+
+// parkState is one client's part in parking.
+type parkState struct {
+	fd  int  // the socket's descriptor, when can
+	can bool // a plain-TCP client of a mode that parks (setUpIdleReader)
+	// parked: the parker holds the client and no goroutine runs it.
+	// Changed under parker.mu only.
+	parked atomic.Bool
+	want   atomic.Bool // the parker asked the client reader to park
+	off    atomic.Bool // adding the socket to the epoll set failed: never again
+	// The sweep's memory of the client (parker goroutine only): seen
+	// idle, with reads at mark, at the last sweep.
+	seen bool
+	mark uint64
+}
+
+func (p *parker) init(every time.Duration) {
+	p.byFd = make(map[int]*clientConn)
+	p.done = make(chan struct{})
+	p.every = every
+	if p.every <= 0 {
+		p.every = idleParkAfter
+	}
+	p.ready = p.unparkFd
+}
+
+// startParker opens the epoll set and starts the parking goroutine, once
+// (on the first Serve). Where it cannot (not Linux, no epoll), clients
+// keep their goroutines. The goroutine ends in stopParker.
+func (s *Server) startParker() {
+	p := &s.park
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.on || p.stopped {
+		return
+	}
+	if err := p.os.open(); err != nil {
+		p.stopped = true
+		s.log.Info("idle clients keep a goroutine each (no parking)", "err", err)
+		return
+	}
+	p.on = true
+	go s.parkLoop() // ends when stopParker closes the stop pipe
+}
+
+// stopParker ends the parking goroutine and waits for it. Called by
+// Shutdown and Close once no client is left, so none is parked.
+func (s *Server) stopParker() {
+	p := &s.park
+	p.mu.Lock()
+	running := p.on
+	p.on, p.stopped = false, true
+	p.mu.Unlock()
+	if running {
+		p.os.stop()
+		<-p.done
+		p.freeing.Wait()
+	}
+}
+
+// parkLoop is the parking goroutine: it waits on the epoll set for
+// parked clients' sockets and sweeps the clients every p.every.
+func (s *Server) parkLoop() {
+	p := &s.park
+	defer close(p.done)
+	defer p.os.close()
+	next := time.Now().Add(p.every)
+	for {
+		d := time.Until(next)
+		if d <= 0 {
+			s.sweepIdle()
+			p.releaseAfterWave()
+			next = time.Now().Add(p.every)
+			d = p.every
+		}
+		if !p.os.wait(max(d, time.Millisecond), p.ready) {
+			return
+		}
+	}
+}
+
+// sweepIdle asks each client reader that has waited idle (and parkable)
+// since the last sweep, without reading anything, to park.
+func (s *Server) sweepIdle() {
+	p := &s.park
+	s.mu.Lock()
+	list := p.list[:0]
+	for c := range s.clients {
+		list = append(list, c)
+	}
+	s.mu.Unlock()
+	for _, c := range list {
+		ps := &c.park
+		if !c.idle.parkable.Load() || ps.parked.Load() {
+			ps.seen = false
+			continue
+		}
+		r := c.reads.Load()
+		if ps.seen && ps.mark == r {
+			ps.seen = false
+			ps.want.Store(true)
+			c.conn.SetReadDeadline(time.Now())
+			continue
+		}
+		ps.seen, ps.mark = true, r
+	}
+	clear(list) // keep no client alive past its end
+	p.list = list[:0]
+}
+
+// releaseAfterWave returns memory to the OS once a wave of parks is over
+// (see releaseAfterParks). Parker goroutine only.
+func (p *parker) releaseAfterWave() {
+	p.mu.Lock()
+	n := p.parks
+	quiet := n >= releaseAfterParks && n == p.seenParks && time.Since(p.released) >= releaseEvery
+	if quiet {
+		p.parks = 0
+	}
+	p.mu.Unlock()
+	p.seenParks = n
+	if !quiet {
+		return
+	}
+	p.seenParks, p.released = 0, time.Now()
+	p.freeing.Add(1)
+	go func() { // ends when the collection and the release are done
+		defer p.freeing.Done()
+		debug.FreeOSMemory()
+	}()
+}
+
+// unparkFd is the loop's answer to readiness on fd.
+func (p *parker) unparkFd(fd int) {
+	p.mu.Lock()
+	if c := p.byFd[fd]; c != nil {
+		p.unparkLocked(c)
+	}
+	p.mu.Unlock()
+}
+
+// unparkLocked takes c out of the epoll set and gives it a goroutine
+// again. Under p.mu, with c parked.
+func (p *parker) unparkLocked(c *clientConn) {
+	p.takeLocked(c)
+	s := c.srv
+	go s.resume(c) // ends when the client leaves (or parks again); it holds the client's s.wg count
+}
+
+// takeLocked takes parked c out of the epoll set. Under p.mu.
+func (p *parker) takeLocked(c *clientConn) {
+	fd := c.park.fd
+	// The socket is open (see Ownership above); a failure here could only
+	// leave a stale registration, which the fd's close removes.
+	_ = p.os.del(fd)
+	delete(p.byFd, fd)
+	c.park.parked.Store(false)
+	p.count.Add(-1)
+}
+
+// resume carries a parked client's session on, on a goroutine of its own.
+func (s *Server) resume(c *clientConn) {
+	if s.session(c) {
+		return // parked again: the count goes with it
+	}
+	e := c.parkedEnd()
+	e.run()
+	s.wg.Done()
+}
+
+// wake makes the client reader look at the client now: its wait for
+// input ends with a read deadline in the past (a running reader), or its
+// goroutine is started again and its first read sees that deadline (a
+// parked one). What to look at must be recorded before the call.
+func (c *clientConn) wake() {
+	c.conn.SetReadDeadline(time.Now())
+	c.unpark()
+}
+
+// unpark gives a parked client its goroutine again.
+func (c *clientConn) unpark() {
+	if !c.park.parked.Load() {
+		return
+	}
+	p := &c.srv.park
+	p.mu.Lock()
+	if c.park.parked.Load() {
+		p.unparkLocked(c)
+	}
+	p.mu.Unlock()
+}
+
+// tryPark parks the client, on its reader's goroutine, when the parker
+// asked and nothing stands in the way; true means the caller must return
+// errParked at once and touch c no more.
+func (c *clientConn) tryPark() bool {
+	if !c.park.can || c.park.off.Load() {
+		return false
+	}
+	// The park request's wake-up is spent; a later wake-up sets a new one.
+	c.conn.SetReadDeadline(time.Time{})
+	p := &c.srv.park
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.on {
+		return false
+	}
+	c.park.parked.Store(true) // before the checks: see Ordering above
+	if !c.parkableNow() {
+		c.park.parked.Store(false)
+		return false
+	}
+	c.giveBackReadBuffer()
+	if err := p.os.add(c.park.fd); err != nil {
+		c.park.parked.Store(false)
+		c.park.off.Store(true)
+		c.log.Warn("cannot park the idle client: it keeps its goroutine", "err", err)
+		return false
+	}
+	p.byFd[c.park.fd] = c
+	p.count.Add(1)
+	p.parks++
+	return true
+}
+
+// parkableNow reports whether the client may park: nothing of it is in
+// flight, buffered, held or owed, and it is not being told to go. It
+// gives the request ring back to its pool when so. Under parker.mu, on
+// the client reader's goroutine.
+func (c *clientConn) parkableNow() bool {
+	if c.killed.Load() || c.closeErr.Load() != nil || c.srv.draining.Load() {
+		return false
+	}
+	if c.in.Start != c.in.End || c.passRemaining != 0 || c.discard.on || c.poisoned {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ok := c.be == nil && c.q.len() == 0 && !c.inBatch && len(c.listen.notes) == 0 && !c.replay.pending &&
+		c.state.pin == nil && c.state.checkWait == nil && c.probe == nil && c.cancelling == 0 && c.drained == nil
+	if ok && len(c.q.buf) == requestRingSize {
+		requestRingPool.Put((*[requestRingSize]request)(c.q.buf))
+		c.q.buf, c.q.head = nil, 0
+	}
+	return ok
+}

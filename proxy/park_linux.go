@@ -1,0 +1,96 @@
+//go:build linux
+
+package proxy
+
+import (
+	"os"
+	"syscall"
+	"time"
+)
+
+// The Linux parker: an epoll set of its own (see park.go for the design).
+//
+// An idle client's socket is in two epoll sets: the Go runtime's (edge
+// triggered, where it records readiness while no goroutine waits on the
+// socket) and this one, level triggered and EPOLLONESHOT: readable data,
+// a peer that closed (EPOLLRDHUP) or an error (EPOLLHUP, EPOLLERR) is
+// reported once, and stays reported if it was already there when the
+// socket was added, so no readiness can be missed between the client
+// reader's last read and the add. The woken client's goroutine reads
+// through the normal path, which tries the read before waiting.
+
+// parkEvents is what wakes a parked client.
+const parkEvents = syscall.EPOLLIN | syscall.EPOLLRDHUP | syscall.EPOLLONESHOT
+
+// parkBatch is how many readiness events one epoll_wait returns at most.
+const parkBatch = 128
+
+// parkOS is the parker's epoll set and its stop pipe.
+type parkOS struct {
+	epfd         int // -1 when parking is off
+	stopR, stopW int // closing stopW makes stopR readable: the loop ends
+	ev           syscall.EpollEvent
+	events       [parkBatch]syscall.EpollEvent // the loop's
+}
+
+// open makes the epoll set; on failure parking stays off (the goroutine
+// path serves every client).
+func (o *parkOS) open() error {
+	o.epfd, o.stopR, o.stopW = -1, -1, -1
+	epfd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
+	if err != nil {
+		return os.NewSyscallError("epoll_create1", err)
+	}
+	var p [2]int
+	if err := syscall.Pipe2(p[:], syscall.O_CLOEXEC|syscall.O_NONBLOCK); err != nil {
+		syscall.Close(epfd)
+		return os.NewSyscallError("pipe2", err)
+	}
+	ev := syscall.EpollEvent{Events: syscall.EPOLLIN, Fd: int32(p[0])}
+	if err := syscall.EpollCtl(epfd, syscall.EPOLL_CTL_ADD, p[0], &ev); err != nil {
+		syscall.Close(epfd)
+		syscall.Close(p[0])
+		syscall.Close(p[1])
+		return os.NewSyscallError("epoll_ctl", err)
+	}
+	o.epfd, o.stopR, o.stopW = epfd, p[0], p[1]
+	return nil
+}
+
+// add puts fd in the set (under parker.mu).
+func (o *parkOS) add(fd int) error {
+	o.ev = syscall.EpollEvent{Events: parkEvents, Fd: int32(fd)}
+	return syscall.EpollCtl(o.epfd, syscall.EPOLL_CTL_ADD, fd, &o.ev)
+}
+
+// del takes fd out of the set (under parker.mu).
+func (o *parkOS) del(fd int) error {
+	return syscall.EpollCtl(o.epfd, syscall.EPOLL_CTL_DEL, fd, &o.ev)
+}
+
+// stop makes the loop end (its wait returns the stop pipe readable).
+func (o *parkOS) stop() {
+	syscall.Close(o.stopW)
+}
+
+// wait waits up to d for readiness and calls ready for each socket that
+// has some; it reports false once stop was called. Parker goroutine only.
+func (o *parkOS) wait(d time.Duration, ready func(fd int)) bool {
+	n, err := syscall.EpollWait(o.epfd, o.events[:], int(d/time.Millisecond))
+	if err != nil {
+		return true // EINTR: the caller loops
+	}
+	for _, ev := range o.events[:n] {
+		if int(ev.Fd) == o.stopR {
+			return false
+		}
+		ready(int(ev.Fd))
+	}
+	return true
+}
+
+// close releases the set and the pipe once the loop has ended.
+func (o *parkOS) close() {
+	syscall.Close(o.epfd)
+	syscall.Close(o.stopR)
+}
