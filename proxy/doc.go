@@ -40,11 +40,18 @@
 //     is over (transaction mode). It ends then, or when the backend fails
 //     (backendLost), or when finish stops it (reader.stop + a read deadline).
 //
+// An idle client has no goroutine at all once parked (park.go): its
+// goroutine ends and the parker goroutine waits on its socket; readiness
+// or a wake-up starts a new one (resume), which carries the session on
+// from clientConn.
+//
 // Besides those, the Server runs one sweeper goroutine (timeouts.go) from
 // the first Serve until Shutdown or Close, short-lived goroutines that send
 // cancel requests for a query_timeout, and one shared LISTEN connection per
 // database while transaction-mode clients listen (notify.go); Shutdown and
-// Close wait for all of them. goleak checks every one in the package's tests.
+// Close wait for all of them, and from the first Serve the parker goroutine
+// (park.go), which Shutdown and Close end once every client has left.
+// goleak checks every one in the package's tests.
 //
 // # Pins: a backend cannot move while it is in use
 //
@@ -69,6 +76,7 @@
 //
 // # Lock order
 //
+// Server.mu before parker.mu before clientConn.mu (park.go).
 // Server.mu before clientConn.mu: Close takes each client's lock (kill)
 // while it holds the server's; nothing takes Server.mu under a client's
 // lock (the sweeper copies the client list and lets Server.mu go first).

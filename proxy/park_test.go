@@ -46,11 +46,21 @@ func TestParkedClientWakes(t *testing.T) {
 		}
 	}
 	e.waitParked(t, 1)
+	if e.srv.cancels.lookup(rc.pid, rc.secret) == nil || e.pool.Stats().Clients != 1 {
+		t.Fatal("a parked client's cancel key or pool gauge is gone")
+	}
 	rc.conn.Close()
+	// Everything connEnd gives back, given back once: the clients, the
+	// parked count, the cancel key, the pool's gauge, the slot.
 	waitFor(t, "the parked client to leave", func() bool {
 		st := e.srv.Stats()
-		return st.ClientsTotal == 0 && st.ClientsParked == 0 && len(e.srv.Clients()) == 0
+		return st.ClientsTotal == 0 && st.ClientsParked == 0 && len(e.srv.Clients()) == 0 &&
+			e.srv.cancels.lookup(rc.pid, rc.secret) == nil && e.pool.Stats().Clients == 0 && e.srv.slots.Load() == 0
 	})
+	time.Sleep(5 * testParkAfter) // nothing is given back twice
+	if st := e.srv.Stats(); st.ClientsTotal != 0 || st.ClientsParked != 0 || e.pool.Stats().Clients != 0 || e.srv.slots.Load() != 0 {
+		t.Fatalf("after the parked client left: %+v, pool clients %d, slots %d", st, e.pool.Stats().Clients, e.srv.slots.Load())
+	}
 }
 
 // needParking skips the test where clients cannot park (no epoll) and
