@@ -365,3 +365,49 @@ func TestMD5HashLogins(t *testing.T) {
 		}
 	}
 }
+
+// TestPasswordFileRotationWildcard: a "*" databases entry whose URL has no
+// password logs its pools in with its user's password_file; after a
+// rotation (ALTER ROLE, new file, SIGHUP) both a pool opened before it,
+// once its idle backends have closed (pool.max_idle), and a pool opened
+// after it log in with the new password, and a client connected before
+// the rotation is served throughout.
+func TestPasswordFileRotationWildcard(t *testing.T) {
+	const role = "pgsc_w"
+	setupPassthroughRoles(t, role+":w-old")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	file := writeSecretFile(t, filepath.Join(t.TempDir(), "pw"), "w-old\n")
+	path := testpg.WriteYAML(t, "databases:\n  \"*\":\n    url: "+urlWithoutPassword(role, "ignored")+"\n"+
+		"pool:\n  min_size: 0\n  max_idle: 1s\n  idle_check_interval: 200ms\n"+
+		"auth:\n  users:\n    - {name: "+role+", password_file: "+file+"}\n")
+	p := StartProxy(t, WithEnv("DATABASE_URL", ""), WithEnv("PGSIDECAR_CONFIG", path))
+
+	client := connect(t, p.URL(role, "w-old", "app"))
+	query := func(when string) {
+		t.Helper()
+		var u string
+		if err := client.QueryRow(ctx, "SELECT current_user").Scan(&u); err != nil || u != role {
+			t.Fatalf("the client connected before the rotation, %s: %q, %v", when, u, err)
+		}
+	}
+	query("before")
+
+	admin := connect(t, pg.AdminURLDB("app"))
+	if _, err := admin.Exec(ctx, "ALTER ROLE "+role+" PASSWORD 'w-new'"); err != nil {
+		t.Fatal(err)
+	}
+	writeSecretFile(t, file, "w-new\n")
+	p.Signal(syscall.SIGHUP)
+	waitFor(t, 10*time.Second, "the new password to log in after SIGHUP", func() bool {
+		_, err := currentUser(ctx, p.URL(role, "w-new", "app"))
+		return err == nil
+	})
+	// The app pool's backends of before the rotation close when idle.
+	waitFor(t, 10*time.Second, "the old backends to close (max_idle)", func() bool { return roleBackends(t, admin, role) == 0 })
+	query("after the rotation, on a new backend")
+	// A pool the "*" entry opens now uses the new password too.
+	if u, err := currentUser(ctx, p.URL(role, "w-new", "postgres")); err != nil || u != role {
+		t.Errorf("a database first asked for after the rotation: %q, %v", u, err)
+	}
+}

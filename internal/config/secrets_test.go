@@ -163,6 +163,13 @@ func TestURLPasswordFromAuthUsers(t *testing.T) {
 			t.Errorf("%s: redacted URL shows the password: %s", tg.Key, tg.Redacted())
 		}
 	}
+	// Without upstream, the URL user's entry reaches its own database
+	// (here a "*" entry) without being listed in its users.
+	cfg = mustLoad(t, testpg.WriteYAML(t, "databases:\n  \"*\":\n    url: postgres://app@127.0.0.1:5433/x\n"+
+		"auth:\n  users:\n    - {name: app, password_file: "+f+"}\n"))
+	if ts, err := cfg.Targets(); err != nil || ts[0].Conn.Password != "from-file" || ts[0].Users["app"] != "from-file" {
+		t.Errorf("\"*\" entry: %v, %+v", err, ts)
+	}
 	cfg = mustLoad(t, yaml(testURL, "{name: app, password_file: "+f+"}"))
 	if ts, _ := cfg.Targets(); ts[0].Conn.Password != "s3cr3t-pw" {
 		t.Errorf("URL with a password: backend password %q, want the URL's", ts[0].Conn.Password)

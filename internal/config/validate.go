@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
+
 	"github.com/pgsidecar/pgsidecar/proxy"
 )
 
@@ -114,6 +116,13 @@ func (c *Config) Validate() error {
 	}
 	listed := map[string]bool{}
 	for _, name := range slices.Sorted(maps.Keys(c.Databases)) {
+		// A URL user's own entry reaches its database (Targets reports a
+		// URL that does not parse).
+		if url := c.Databases[name].URL; strings.TrimSpace(url) != "" {
+			if conn, err := pgconn.ParseConfig(url); err == nil && conn.User != "" {
+				listed[conn.User] = true
+			}
+		}
 		for i, u := range c.Databases[name].Users {
 			listed[u] = true
 			if !seen[u] {
@@ -125,8 +134,8 @@ func (c *Config) Validate() error {
 	if strings.TrimSpace(c.Upstream) == "" {
 		for _, u := range c.Auth.AllUsers() {
 			if u.Name != "" && !listed[u.Name] {
-				p.add("auth.users", "login %q can reach no database: without upstream, a login reaches only "+
-					"the databases whose databases.<name>.users lists it", u.Name)
+				p.add("auth.users", "login %q can reach no database: without upstream, a login reaches only the databases whose URL "+
+					"user it is or whose databases.<name>.users lists it", u.Name)
 			}
 		}
 	}
