@@ -271,7 +271,8 @@ func TestPasswordFileStartupErrors(t *testing.T) {
 // ALTER ROLE, new file content and SIGHUP: clients log in with the new
 // password at once (the old is refused), and after RECONNECT the new
 // backends log in with it, while a client connected before the rotation
-// stays connected and is served by them.
+// stays connected and is served by them. A later reload that finds the
+// file emptied fails and keeps the running password.
 func TestPasswordFileRotationSingleRole(t *testing.T) {
 	const role = "pgsc_app"
 	setupPassthroughRoles(t, role+":app-old")
@@ -320,6 +321,16 @@ func TestPasswordFileRotationSingleRole(t *testing.T) {
 				t.Fatalf("after RECONNECT the client ran on old backend %d", pid)
 			}
 		}
+	}
+	// A reload that finds the file emptied fails, says why, and keeps the
+	// running password.
+	writeSecretFile(t, file, "")
+	p.Signal(syscall.SIGHUP)
+	waitFor(t, 10*time.Second, "the failed reload to be logged", func() bool {
+		return p.Logs.Contains(file + " is empty")
+	})
+	if _, err := currentUser(ctx, p.URL(role, "app-new", "app")); err != nil {
+		t.Errorf("login after a failed reload: %v", err)
 	}
 	if p.Logs.Contains("app-new") || p.Logs.Contains("app-old") {
 		t.Errorf("the proxy's log shows a password")
