@@ -106,7 +106,12 @@ func start(cfg *config.Config, path string, environ []string, logOut io.Writer) 
 
 	for _, t := range targets {
 		if t.Name == config.Wildcard {
-			a.wild = newWildcard(a, t) // pools per name, on demand
+			w, err := newWildcard(a, cfg, t) // pools per name, on demand
+			if err != nil {
+				a.closePools()
+				return nil, fmt.Errorf("databases entry %q: %w", t.Name, err)
+			}
+			a.wild = w
 			continue
 		}
 		a.group.SetDatabaseMax(t.Name, t.MaxDBConnections)

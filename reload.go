@@ -33,7 +33,7 @@ func (a *app) reload() error {
 	}
 	for _, t := range targets {
 		if t.Name == config.Wildcard {
-			a.wild.reconfigure(t)
+			a.wild.reconfigure(a.cfg, applied, t)
 			continue
 		}
 		a.group.SetDatabaseMax(t.Name, t.MaxDBConnections)

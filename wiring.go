@@ -88,7 +88,7 @@ func (a *app) proxyConfig(cfg *config.Config, targets []config.Target) proxy.Con
 	var wild *proxy.Wildcard
 	for _, t := range targets {
 		if t.Name == config.Wildcard {
-			wild = &proxy.Wildcard{Users: t.Users, Open: a.wild.open, Opened: a.wild.opened}
+			wild = &proxy.Wildcard{Users: t.Users, Open: a.wild.open, Opened: a.wild.opened, Verifiers: a.wild.verifiers}
 			continue
 		}
 		dbs[t.Name] = &proxy.Database{Name: t.Name, Pool: a.pools[t.Name], Users: t.Users, Listen: t.Conn, Upstream: t.Redacted(),
@@ -223,6 +223,13 @@ func (a *app) healthAdmin() *health.Admin {
 type wildcard struct {
 	a *app
 
+	// verifiers serves auth.passthrough (nil without it): the roles of
+	// every database of the entry are looked up by one auth pool, in the
+	// database the entry's URL names (roles are the cluster's, so any
+	// database answers; PgBouncer's auth_dbname), before any pool of the
+	// client's database is opened. Fixed at start.
+	verifiers *proxy.Verifiers
+
 	mu     sync.Mutex
 	target config.Target              // the "*" entry, as last configured
 	dbs    map[string]*proxy.Database // by database name
@@ -230,8 +237,16 @@ type wildcard struct {
 	wg     sync.WaitGroup // missing goroutines
 }
 
-func newWildcard(a *app, t config.Target) *wildcard {
-	return &wildcard{a: a, target: t, dbs: map[string]*proxy.Database{}}
+func newWildcard(a *app, cfg *config.Config, t config.Target) (*wildcard, error) {
+	w := &wildcard{a: a, target: t, dbs: map[string]*proxy.Database{}}
+	if cfg.Auth.Passthrough {
+		authPool, err := pool.New(a.authPoolConfig(cfg, t))
+		if err != nil {
+			return nil, fmt.Errorf("auth pool: %w", err)
+		}
+		w.verifiers = &proxy.Verifiers{Pool: authPool, Query: cfg.Auth.Query, TTL: cfg.Auth.CacheTTL}
+	}
+	return w, nil
 }
 
 // targetFor is the "*" entry made concrete for one database name.
@@ -276,31 +291,43 @@ func (w *wildcard) open(name string) (*proxy.Database, error) {
 	t := w.targetFor(name)
 	w.a.group.SetDatabaseMax(name, t.MaxDBConnections) // each name on its own, as PgBouncer's "*"
 	pc := w.poolConfig(t)
-	// The pool is known only once New returns, and New starts the first
-	// connect; missing takes w.mu, which open holds until then.
-	ref := new(atomic.Pointer[pool.Pool])
+	// The Database is known only once New returns, and New starts the
+	// first connect; missing takes w.mu, which open holds until then.
+	ref := new(atomic.Pointer[proxy.Database])
 	var fired atomic.Bool
-	connect := pc.Connect
-	pc.Connect = func(ctx context.Context) (pool.Server, error) {
-		srv, err := connect(ctx)
-		var pgErr *pgconn.PgError
-		if errors.As(err, &pgErr) && pgErr.Code == pgwire.CodeInvalidCatalogName && !fired.Swap(true) {
-			w.mu.Lock()
-			if !w.closed {
-				w.wg.Add(1)
-				// Owned by w: ends once the pool is closed; close waits.
-				go func() { defer w.wg.Done(); w.missing(name, ref) }()
+	watch := func(connect pool.ConnectFunc) pool.ConnectFunc {
+		return func(ctx context.Context) (pool.Server, error) {
+			srv, err := connect(ctx)
+			var pgErr *pgconn.PgError
+			if errors.As(err, &pgErr) && pgErr.Code == pgwire.CodeInvalidCatalogName && !fired.Swap(true) {
+				w.mu.Lock()
+				if !w.closed {
+					w.wg.Add(1)
+					// Owned by w: ends once the pools are closed; close waits.
+					go func() { defer w.wg.Done(); w.missing(name, ref) }()
+				}
+				w.mu.Unlock()
 			}
-			w.mu.Unlock()
+			return srv, err
 		}
-		return srv, err
+	}
+	if w.verifiers == nil {
+		pc.Connect = watch(pc.Connect)
 	}
 	p, err := pool.New(pc)
 	if err != nil {
 		return nil, fmt.Errorf("database %s (%s): %w", name, w.target.Key, err)
 	}
-	ref.Store(p)
 	db := &proxy.Database{Name: name, Pool: p, Users: t.Users, Listen: t.Conn, Upstream: t.Redacted()}
+	if w.verifiers != nil {
+		// Pools per (name, role), from this name's pool settings; the
+		// caps count them under name. Their connects, not the database
+		// pool's, tell that the database is missing: the client waits in
+		// its role's pool and must get that pool's 3D000, not see the
+		// pool closed under it by the database pool's first connect.
+		db.Passthrough = &proxy.Passthrough{Verifiers: w.verifiers, Roles: w.a.newRoles(w.poolConfig(t), t, watch)}
+	}
+	ref.Store(db)
 	w.dbs[name] = db
 	w.a.log.Info("pool opened for a database of the \"*\" entry", "database", name, "pool", t.PoolName())
 	return db, nil
@@ -310,12 +337,12 @@ func (w *wildcard) open(name string) (*proxy.Database, error) {
 // (3D000): a typo, or a database dropped since. A pool left behind would
 // stay UNHEALTHY, turning /health 503 for a database nobody serves. The
 // next client asking for the name opens a fresh pool (the database may
-// have been created meanwhile). ref is the pool whose connect failed: a
-// newer pool under the same name is left alone.
-func (w *wildcard) missing(name string, ref *atomic.Pointer[pool.Pool]) {
+// have been created meanwhile). ref is the Database whose connect failed:
+// a newer one under the same name is left alone.
+func (w *wildcard) missing(name string, ref *atomic.Pointer[proxy.Database]) {
 	w.mu.Lock()
 	db := w.dbs[name]
-	mine := db != nil && db.Pool == ref.Load()
+	mine := db != nil && db == ref.Load()
 	if mine {
 		delete(w.dbs, name)
 	}
@@ -323,6 +350,9 @@ func (w *wildcard) missing(name string, ref *atomic.Pointer[pool.Pool]) {
 	if mine {
 		w.a.log.Info("pool closed: the server has no such database", "database", name, "pool", db.Pool.Name())
 		db.Pool.Close()
+		if db.Passthrough != nil {
+			db.Passthrough.Roles.Close()
+		}
 	}
 }
 
@@ -337,7 +367,8 @@ func (w *wildcard) opened() []*proxy.Database {
 	return out
 }
 
-// stats snapshots the open pools, by database name.
+// stats snapshots the open pools, by database name, each database's
+// pools per role after its own.
 func (w *wildcard) stats() []pool.Stats {
 	w.mu.Lock()
 	names := slices.Sorted(func(yield func(string) bool) {
@@ -348,10 +379,17 @@ func (w *wildcard) stats() []pool.Stats {
 		}
 	})
 	pools := make([]*pool.Pool, 0, len(names))
+	var roles []*pool.Roles
 	for _, n := range names {
 		pools = append(pools, w.dbs[n].Pool)
+		if pt := w.dbs[n].Passthrough; pt != nil {
+			roles = append(roles, pt.Roles)
+		}
 	}
 	w.mu.Unlock()
+	for _, r := range roles {
+		pools = append(pools, r.Pools()...)
+	}
 	out := make([]pool.Stats, 0, len(pools))
 	for _, p := range pools {
 		out = append(out, p.Stats())
@@ -359,13 +397,16 @@ func (w *wildcard) stats() []pool.Stats {
 	return out
 }
 
-// reconfigure applies a reloaded "*" entry: its pool settings to every
+// reconfigure applies a reloaded "*" entry (of cfg, the reloaded
+// configuration; running is the one before): its pool settings to every
 // open pool, its logins to later clients.
-func (w *wildcard) reconfigure(t config.Target) {
+func (w *wildcard) reconfigure(running, cfg *config.Config, t config.Target) {
 	w.mu.Lock()
 	// A new password (a rotated password_file) reaches the pools' next
 	// connects the same way as new settings.
-	changed := t.Pool != w.target.Pool || t.Conn.Password != w.target.Conn.Password
+	settings := t.Pool != w.target.Pool
+	changed := settings || t.Conn.Password != w.target.Conn.Password
+	authChanged := settings || authConn(cfg, t).Password != authConn(running, w.target).Password
 	w.target = t
 	var dbs []*proxy.Database
 	for _, db := range w.dbs {
@@ -377,6 +418,19 @@ func (w *wildcard) reconfigure(t config.Target) {
 		for _, db := range dbs {
 			db.Pool.Reconfigure(w.poolConfig(w.targetFor(db.Name)))
 		}
+	}
+	if settings {
+		for _, db := range dbs {
+			if db.Passthrough != nil {
+				db.Passthrough.Roles.Reconfigure(w.poolConfig(w.targetFor(db.Name))) // each role keeps its own login
+			}
+		}
+	}
+	if w.verifiers != nil {
+		if authChanged {
+			w.verifiers.Pool.Reconfigure(w.a.authPoolConfig(cfg, t))
+		}
+		w.verifiers.Configure(cfg.Auth.Query, cfg.Auth.CacheTTL)
 	}
 }
 
@@ -393,6 +447,14 @@ func (w *wildcard) close() {
 	for _, db := range dbs {
 		wg.Add(1)
 		go func() { defer wg.Done(); db.Pool.Close() }() // ends when the pool has stopped
+		if db.Passthrough != nil {
+			wg.Add(1)
+			go func() { defer wg.Done(); db.Passthrough.Roles.Close() }() // ends when the role pools have stopped
+		}
+	}
+	if w.verifiers != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); w.verifiers.Pool.Close() }() // ends when the auth pool has stopped
 	}
 	wg.Wait()
 }
@@ -410,11 +472,7 @@ func (a *app) openPassthrough(cfg *config.Config, t config.Target) error {
 	if err != nil {
 		return fmt.Errorf("auth pool: %w", err)
 	}
-	roles := pool.NewRoles(a.poolConfig(t), func(role string, keys func() pool.ScramKeys) pool.ConnectFunc {
-		rc := t.Conn.Copy()
-		rc.User, rc.Password = role, ""
-		return pool.PassthroughConnector(rc, keys)
-	})
+	roles := a.newRoles(a.poolConfig(t), t, nil)
 	if a.passthrough == nil {
 		a.passthrough = map[string]*proxy.Passthrough{}
 	}
@@ -424,6 +482,21 @@ func (a *app) openPassthrough(cfg *config.Config, t config.Target) error {
 	}
 	a.statsTargets = append(a.statsTargets, t.Name)
 	return nil
+}
+
+// newRoles makes the pools per role of t's database from base, each
+// logging in to t's server as its role with the keys of its latest login;
+// wrap, when set, wraps each role's connect.
+func (a *app) newRoles(base pool.Config, t config.Target, wrap func(pool.ConnectFunc) pool.ConnectFunc) *pool.Roles {
+	return pool.NewRoles(base, func(role string, keys func() pool.ScramKeys) pool.ConnectFunc {
+		rc := t.Conn.Copy()
+		rc.User, rc.Password = role, ""
+		connect := pool.PassthroughConnector(rc, keys)
+		if wrap != nil {
+			connect = wrap(connect)
+		}
+		return connect
+	})
 }
 
 // authConn is how the auth user of t logs in: auth.user ("" = the URL's

@@ -337,13 +337,18 @@ func (s *Server) login(conn net.Conn, e *connEnd) (*clientConn, *slog.Logger) {
 		s.rejectStartup(conn, lg, err)
 		return nil, nil
 	}
-	var pt *Passthrough
-	if db != nil && !adminLogin {
-		pt = db.Passthrough
+	// auth.passthrough: the role's verifier is looked up by the
+	// database's auth pool, or for a "*" database by the entry's one.
+	var verifiers *Verifiers
+	switch {
+	case db != nil && !adminLogin && db.Passthrough != nil:
+		verifiers = db.Passthrough.Verifiers
+	case wild:
+		verifiers = live.Wildcard.Verifiers
 	}
 	var keys pool.ScramKeys
-	if pt != nil {
-		keys, err = s.authPassthrough(sm, conn, lg, pt, loginDeadline)
+	if verifiers != nil {
+		keys, err = s.authPassthrough(sm, conn, lg, verifiers, loginDeadline)
 	} else {
 		err = authenticate(sm, conn, live.AuthMethod, password, known, live.option("Users"))
 	}
@@ -375,13 +380,6 @@ func (s *Server) login(conn net.Conn, e *connEnd) (*clientConn, *slog.Logger) {
 		s.serveAdmin(conn, sm, lg, live.Admin, adminFull)
 		return nil, nil
 	}
-	if pt != nil {
-		// Only now, for a client that logged in: its role's pool.
-		if db, err = pt.open(db, sm.user, keys, lg); err != nil {
-			s.rejectStartup(conn, lg, newFatal(pgwire.CodeCannotConnectNow, err.Error(), "connect again in a moment"))
-			return nil, nil
-		}
-	}
 	if wild {
 		// Only now, for a client that logged in: a pool per name.
 		if len(sm.database) > maxIdentifierLen {
@@ -392,6 +390,20 @@ func (s *Server) login(conn net.Conn, e *connEnd) (*clientConn, *slog.Logger) {
 		}
 		var err error
 		if db, err = live.Wildcard.Open(sm.database); err != nil {
+			s.rejectStartup(conn, lg, newFatal(pgwire.CodeCannotConnectNow, err.Error(), "connect again in a moment"))
+			return nil, nil
+		}
+	}
+	if verifiers != nil && db != nil {
+		// Only now, for a client that logged in: its role's pool. (A
+		// database without pools per role would run the client as the
+		// URL's user: refused, never served.)
+		if db.Passthrough == nil {
+			err = fmt.Errorf("database %q has no pools per role (auth.passthrough)", db.Name)
+		} else {
+			db, err = db.Passthrough.open(db, sm.user, keys, lg)
+		}
+		if err != nil {
 			s.rejectStartup(conn, lg, newFatal(pgwire.CodeCannotConnectNow, err.Error(), "connect again in a moment"))
 			return nil, nil
 		}

@@ -84,6 +84,11 @@ type Wildcard struct {
 	// Opened lists the databases opened so far, for the admin console
 	// (SHOW POOLS, PAUSE, ...); nil lists none.
 	Opened func() []*Database
+	// Verifiers, set with auth.passthrough, looks up the roles' SCRAM
+	// verifiers for every database of the entry (roles are the
+	// cluster's, not a database's); the Databases Open returns then have
+	// a Passthrough with their own pools per role.
+	Verifiers *Verifiers
 }
 
 type Database struct {

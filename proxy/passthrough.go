@@ -185,7 +185,7 @@ func (v *Verifiers) query(ctx context.Context, query, role string) (rolpassword 
 // password, unknown role, role without LOGIN and a role whose password is
 // not a SCRAM verifier get the same 28P01, and no backend of the role is
 // opened.
-func (s *Server) authPassthrough(sm *startupMessage, conn net.Conn, lg *slog.Logger, pt *Passthrough, deadline time.Time) (pool.ScramKeys, error) {
+func (s *Server) authPassthrough(sm *startupMessage, conn net.Conn, lg *slog.Logger, v *Verifiers, deadline time.Time) (pool.ScramKeys, error) {
 	if sm == nil || sm.backend == nil || sm.cancel {
 		return pool.ScramKeys{}, errors.New("authenticate: no StartupMessage to authenticate")
 	}
@@ -195,7 +195,7 @@ func (s *Server) authPassthrough(sm *startupMessage, conn net.Conn, lg *slog.Log
 		ctx, cancel = context.WithDeadline(ctx, deadline)
 		defer cancel()
 	}
-	creds, found, err := pt.Verifiers.lookup(ctx, sm.user, lg)
+	creds, found, err := v.lookup(ctx, sm.user, lg)
 	if err != nil {
 		lg.Warn("auth.passthrough: looking up the role's password failed", "err", err)
 		return pool.ScramKeys{}, newFatal(pgwire.CodeConnectionFailure,

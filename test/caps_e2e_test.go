@@ -52,7 +52,8 @@ func createCapRoles(t *testing.T) {
 // pg_stat_activity from a direct connection, every few milliseconds, and
 // keeps the peak per user and in total.
 type backendSampler struct {
-	users []string
+	users   []string
+	datname string // "" = every database
 
 	mu      sync.Mutex
 	peak    map[string]int
@@ -66,7 +67,11 @@ func newBackendSampler(users ...string) *backendSampler {
 
 func (s *backendSampler) run(ctx context.Context, t *testing.T, conn *pgx.Conn, done <-chan struct{}) {
 	list := "'" + strings.Join(s.users, "','") + "'"
-	q := "SELECT usename::text, count(*)::int FROM pg_stat_activity WHERE usename IN (" + list + ") GROUP BY 1"
+	q := "SELECT usename::text, count(*)::int FROM pg_stat_activity WHERE usename IN (" + list + ")"
+	if s.datname != "" {
+		q += " AND datname = '" + s.datname + "'"
+	}
+	q += " GROUP BY 1"
 	for {
 		rows, err := conn.Query(ctx, q)
 		if err != nil {
@@ -121,9 +126,15 @@ type capsResult struct {
 // a backendSampler of users samples pg_stat_activity.
 func capsLoad(t *testing.T, p *Proxy, logins []capsLogin, clients, txs int, users ...string) *capsResult {
 	t.Helper()
+	return capsLoadSampled(t, p, logins, clients, txs, newBackendSampler(users...))
+}
+
+// capsLoadSampled is capsLoad with a sampler of the caller's.
+func capsLoadSampled(t *testing.T, p *Proxy, logins []capsLogin, clients, txs int, sampler *backendSampler) *capsResult {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	res := &capsResult{sampler: newBackendSampler(users...), perRole: make([]int64, len(logins)), atHalf: make([]int64, len(logins))}
+	res := &capsResult{sampler: sampler, perRole: make([]int64, len(logins)), atHalf: make([]int64, len(logins))}
 	done := make(chan struct{})
 	var samplerDone sync.WaitGroup
 	samplerDone.Add(1)

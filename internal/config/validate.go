@@ -277,7 +277,4 @@ func (c *Config) checkPassthrough(p *problems) {
 	if strings.TrimSpace(c.Auth.Query) == "" {
 		p.add("auth.query", "must be set with auth.passthrough")
 	}
-	if _, ok := c.Databases[Wildcard]; ok {
-		p.add("auth.passthrough", "does not serve the %q databases entry yet: list the databases by name", Wildcard)
-	}
 }
