@@ -61,6 +61,7 @@ func (a *app) poolConfig(t config.Target) pool.Config {
 		AcquireTimeout:    pc.AcquireTimeout,
 		ValidationQuery:   pc.ValidationQuery,
 		ValidateAfterIdle: pc.ValidateAfterIdle,
+		PeekAfterIdle:     pc.PeekAfterIdle,
 		MaxLifetime:       pc.MaxLifetime,
 		LifetimeJitter:    float64(pc.LifetimeJitter),
 		MaxIdle:           pc.MaxIdle,

@@ -19,6 +19,7 @@ pool:
   min_size: 0
   validation_query: "-"
   validate_after_idle: 0
+  peek_after_idle: 0
   max_lifetime: 0
   lifetime_jitter: 0
   max_idle: 0
@@ -39,7 +40,7 @@ pool:
 	if pc.ValidationQuery != "-" {
 		t.Errorf("validation_query %q reached the pool as %q", "-", pc.ValidationQuery)
 	}
-	if pc.MinSize != 0 || pc.ValidateAfterIdle != 0 || pc.MaxLifetime != 0 || pc.LifetimeJitter != 0 ||
+	if pc.MinSize != 0 || pc.ValidateAfterIdle != 0 || pc.PeekAfterIdle != 0 || pc.MaxLifetime != 0 || pc.LifetimeJitter != 0 ||
 		pc.MaxIdle != 0 || pc.MaxQueries != 0 || pc.LeakTimeout != 0 || pc.IdleCheckInterval != 0 {
 		t.Errorf("a configured 0 did not reach the pool as 0: %+v", pc)
 	}

@@ -18,12 +18,15 @@ import (
 // the oldest waiter directly. The wait ends at AcquireTimeout or when ctx
 // ends, whichever is first.
 //
-// Every backend's socket is peeked first (probeSocket), and a backend
-// idle longer than ValidateAfterIdle is validated too; one that fails is
-// closed and the caller gets another one, as many times as it takes:
-// the next idle one, else a new connect (keeping its place at the head
-// of the queue). So the caller sees an error only if the database itself
-// is unreachable, never a backend the server has closed.
+// A backend idle at least PeekAfterIdle has its socket peeked first
+// (probeSocket), and one idle longer than ValidateAfterIdle is validated
+// too; one that fails is closed and the caller gets another one, as many
+// times as it takes: the next idle one, else a new connect (keeping its
+// place at the head of the queue). So the caller sees an error only if
+// the database itself is unreachable. A backend released less than
+// PeekAfterIdle ago is handed out unchecked: if the server closed it
+// since (and the maintainer's peek has not seen it yet), the caller finds
+// out from its first read or write and must Destroy it and acquire again.
 //
 // Errors are *AcquireError: 53300 on timeout or a full queue, 08006 at
 // once while the pool is UNHEALTHY (the circuit is open), 57P01 after
@@ -180,22 +183,27 @@ func (p *Pool) await(ctx context.Context, w *waiter, timeout <-chan time.Time, s
 	return nil, err
 }
 
-// hand checks that b's socket is quiet, validates b if it has been idle
-// too long, and then gives it to the caller. ok is false, with a nil
-// error, when b failed either check (it is closed already) and the caller
-// should try again.
+// hand checks that b's socket is quiet (unless b was released less than
+// PeekAfterIdle ago), validates b if it has been idle too long, and then
+// gives it to the caller. ok is false, with a nil error, when b failed
+// either check (it is closed already) and the caller should try again.
 func (p *Pool) hand(ctx context.Context, b *backend, start time.Time) (c *Conn, ok bool, err error) {
-	// The caller owns b now, so its socket can be peeked: a backend the
-	// server closed or is closing (a pending FATAL) goes, whatever its
-	// idle time, and the caller tries the next one.
-	if err := probeSocket(b.srv.NetConn()); err != nil {
-		p.mu.Lock()
-		p.retireLocked(b, retireValidation, err.Error(), time.Now())
-		p.unlock()
-		return nil, false, nil
-	}
 	now := time.Now()
 	p.mu.Lock()
+	if p.peekDueLocked(b, now) {
+		p.unlock()
+		// The caller owns b now, so its socket can be peeked: a backend
+		// the server closed or is closing (a pending FATAL) goes, and
+		// the caller tries the next one.
+		if err := probeSocket(b.srv.NetConn()); err != nil {
+			p.mu.Lock()
+			p.retireLocked(b, retireValidation, err.Error(), time.Now())
+			p.unlock()
+			return nil, false, nil
+		}
+		now = time.Now()
+		p.mu.Lock()
+	}
 	if !p.closed {
 		cfg := &p.cfg
 		if cfg.ValidationQuery != "" && !b.fresh && (cfg.ValidateAfterIdle <= 0 || now.Sub(b.idleSince) >= cfg.ValidateAfterIdle) {
@@ -225,6 +233,19 @@ func (p *Pool) hand(ctx context.Context, b *backend, start time.Time) (c *Conn, 
 	p.waits.record(now.Sub(start))
 	p.waitHist.observe(now.Sub(start))
 	return c, true, nil
+}
+
+// peekDueLocked reports whether b's socket must be peeked before it is
+// handed out: always with PeekAfterIdle 0, else once b has been idle that
+// long. A backend released a moment ago was answering then; peeking it
+// costs a system call per transaction for the rare backend that died
+// since, which the proxy finds anyway by its first reply (EOF or a FATAL
+// before any reply byte reached the client) and replaces by sending the
+// request again on another backend (proxy/replay.go). Between the two,
+// the maintainer peeks every idle socket each tick.
+func (p *Pool) peekDueLocked(b *backend, now time.Time) bool {
+	d := p.cfg.PeekAfterIdle
+	return d <= 0 || now.Sub(b.idleSince) >= d
 }
 
 // validate runs the validation query on b, bounded by ConnectTimeout. On

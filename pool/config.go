@@ -21,6 +21,7 @@ type Config struct {
 	AcquireTimeout    time.Duration // above 0
 	ValidationQuery   string        // run on a backend idle past ValidateAfterIdle; "" = no validation
 	ValidateAfterIdle time.Duration // 0 = validate on every acquire
+	PeekAfterIdle     time.Duration // 0 = peek at the socket on every acquire; see hand
 	MaxLifetime       time.Duration // 0 = unlimited
 	LifetimeJitter    float64       // fraction of MaxLifetime taken off at random, [0, 1)
 	MaxIdle           time.Duration // 0 = unlimited (never below MinSize anyway)
@@ -110,6 +111,7 @@ func (c Config) validate() error {
 		{"BackoffInitial", c.BackoffInitial, true},
 		{"BackoffMax", c.BackoffMax, true},
 		{"ValidateAfterIdle", c.ValidateAfterIdle, false},
+		{"PeekAfterIdle", c.PeekAfterIdle, false},
 		{"MaxLifetime", c.MaxLifetime, false},
 		{"MaxIdle", c.MaxIdle, false},
 		{"LeakTimeout", c.LeakTimeout, false},

@@ -482,3 +482,64 @@ func TestProbeSocket(t *testing.T) {
 		t.Fatalf("no socket: %v", err)
 	}
 }
+
+// PeekAfterIdle: an Acquire peeks at the socket of a backend released at
+// least that long ago, and trusts one released more recently (the proxy
+// finds a dead one by its first reply and replays the request). 0 peeks
+// on every Acquire. The warmest backend is terminated (FATAL and FIN) just
+// before the Acquire, after idleFor of idle time: no bubble time passes
+// between the two, so no maintainer tick sees it first.
+func TestPeekAfterIdle(t *testing.T) {
+	for _, tc := range []struct {
+		name          string
+		peekAfterIdle time.Duration
+		idleFor       time.Duration
+		peeked        bool
+	}{
+		{"within the delay: not peeked", time.Second, 0, false},
+		{"just under the delay: not peeked", time.Second, time.Second - time.Millisecond, false},
+		{"at the delay: peeked", time.Second, time.Second, true},
+		{"past the delay: peeked", time.Second, 3 * time.Second, true},
+		{"0 peeks on every acquire", 0, 0, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				db := newFakeDB()
+				cfg := testConfig(db, newLogRecorder())
+				cfg.MaxSize = 3
+				cfg.PeekAfterIdle = tc.peekAfterIdle
+				p, servers := idlePool(t, db, cfg, 3)
+				time.Sleep(tc.idleFor)
+				synctest.Wait()    // the maintainer is done with its tick
+				dead := servers[2] // the warmest: the one LIFO picks first
+				dead.terminate(t, false)
+				c := mustAcquire(t, p)
+				got := fake(c)
+				st := p.Stats()
+				if tc.peeked {
+					defer c.Release()
+					if got != servers[1] {
+						t.Fatalf("got pid %d, want %d: the peek should have found pid %d dead", got.pid, servers[1].pid, dead.pid)
+					}
+					if st.Retired.Validation != 1 {
+						t.Fatalf("retired %+v, want 1 by validation (the peek)", st.Retired)
+					}
+					return
+				}
+				if got != dead {
+					t.Fatalf("got pid %d, want the warmest, pid %d, handed out without a peek", got.pid, dead.pid)
+				}
+				if st.Retired.Validation != 0 || dead.closed.Load() {
+					t.Fatalf("retired %+v (closed %v), want nothing: no peek within peek_after_idle", st.Retired, dead.closed.Load())
+				}
+				// The proxy finds it dead by its first reply and destroys it.
+				c.Destroy("dead before its first reply")
+				c2 := mustAcquire(t, p)
+				defer c2.Release()
+				if fake(c2) != servers[1] {
+					t.Fatalf("after the Destroy got pid %d, want %d", fake(c2).pid, servers[1].pid)
+				}
+			})
+		})
+	}
+}

@@ -68,8 +68,13 @@ func (c *clientConn) armReplayLocked() {
 
 // recordReplay keeps the client bytes buf[from:c.in.Start] that the client
 // reader is about to send to b, while b may still be replayed. A request
-// that cannot be kept whole (a streamed message, a probe sent in place of
-// a message) is not replayed.
+// that cannot be kept whole (a streamed message) is not replayed. A probe
+// (the proxy's Parse and Describe of a named statement b lacks, sent in
+// place of the client's Bind, see useStatement) is no obstacle: the Bind
+// waits unread in the client's buffer, so what was consumed is kept here
+// and the rest is still there; a FATAL in answer to the probe is the
+// backend's first reply like any other (pgbench -M prepared, pgx's
+// statement cache).
 func (c *clientConn) recordReplay(b *backend, from int, streamed bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -77,7 +82,7 @@ func (c *clientConn) recordReplay(b *backend, from int, streamed bool) {
 	if !c.replay.armed && !dying || c.be != b {
 		return
 	}
-	if streamed || c.passRemaining > 0 || c.probe != nil || c.state.checkWait != nil || from > c.in.Start {
+	if streamed || c.passRemaining > 0 || c.state.checkWait != nil || from > c.in.Start {
 		c.replay.armed = false
 		c.replay.lost = dying
 		return

@@ -103,6 +103,7 @@ type PoolConfig struct {
 	MaxWaiters          int           `koanf:"max_waiters"`
 	ValidationQuery     string        `koanf:"validation_query"`
 	ValidateAfterIdle   time.Duration `koanf:"validate_after_idle"`
+	PeekAfterIdle       time.Duration `koanf:"peek_after_idle"`
 	MaxLifetime         time.Duration `koanf:"max_lifetime"`
 	LifetimeJitter      Percent       `koanf:"lifetime_jitter"`
 	MaxIdle             time.Duration `koanf:"max_idle"`

@@ -89,6 +89,7 @@ pool:
   max_waiters: 7
   validation_query: ""
   validate_after_idle: 0
+  peek_after_idle: 250ms
   max_lifetime: 10m
   lifetime_jitter: 25%
   max_queries: 0
@@ -122,6 +123,7 @@ log:
 	want.Pool.MaxWaiters = 7
 	want.Pool.ValidationQuery = ""
 	want.Pool.ValidateAfterIdle = 0
+	want.Pool.PeekAfterIdle = 250 * time.Millisecond
 	want.Pool.MaxLifetime = 10 * time.Minute
 	want.Pool.LifetimeJitter = 0.25
 	want.Pool.MaxQueries = 0
@@ -241,6 +243,7 @@ func TestValidationRejects(t *testing.T) {
 		{"negative duration", []string{"PGSIDECAR_POOL__MAX_IDLE=-1s"}, []string{"config: pool.max_idle: must be >= 0, got -1s"}},
 		{"negative lifetime", []string{"PGSIDECAR_POOL__MAX_LIFETIME=-5m"}, []string{"config: pool.max_lifetime: must be >= 0"}},
 		{"negative validate_after_idle", []string{"PGSIDECAR_POOL__VALIDATE_AFTER_IDLE=-1ms"}, []string{"config: pool.validate_after_idle:"}},
+		{"negative peek_after_idle", []string{"PGSIDECAR_POOL__PEEK_AFTER_IDLE=-1ms"}, []string{"config: pool.peek_after_idle:"}},
 		{"negative leak_timeout", []string{"PGSIDECAR_POOL__LEAK_TIMEOUT=-1s"}, []string{"config: pool.leak_timeout:"}},
 		{"negative shutdown_timeout", []string{"PGSIDECAR_SHUTDOWN_TIMEOUT=-1s"}, []string{"config: shutdown_timeout: must be >= 0"}},
 		{"negative failed_login_delay", []string{"PGSIDECAR_AUTH__FAILED_LOGIN_DELAY=-1s"}, []string{"config: auth.failed_login_delay: must be >= 0"}},

@@ -73,6 +73,8 @@ var Options = []Option{
 		Doc: "Run on a backend idle longer than `validate_after_idle` before reuse, and by the idle check; `\"\"` disables both."},
 	{Key: "pool.validate_after_idle", Default: "1s", PerDatabase: true,
 		Doc: "Idle time after which a backend is validated; 0 = on every acquire."},
+	{Key: "pool.peek_after_idle", Default: "1s", PerDatabase: true,
+		Doc: "Idle time after which a backend's socket is peeked (one non-blocking `recvfrom`) before reuse, to catch a backend the server closed; a backend released more recently is handed out without the peek, saving a system call per transaction (the maintainer still peeks idle sockets every second). A backend that died unseen is caught by its first reply and the request is sent again on another backend, while nothing has reached the client (see \"Dead backends\"). 0 = peek on every acquire."},
 	{Key: "pool.max_lifetime", Default: "1h", PerDatabase: true,
 		Doc: "Backends are recycled (between transactions) after this long; 0 = unlimited."},
 	{Key: "pool.lifetime_jitter", Default: "10%", PerDatabase: true,

@@ -192,6 +192,7 @@ func checkPool(p *problems, prefix string, pc PoolConfig) {
 	}{
 		{"acquire_timeout", pc.AcquireTimeout, true},
 		{"validate_after_idle", pc.ValidateAfterIdle, false},
+		{"peek_after_idle", pc.PeekAfterIdle, false},
 		{"max_lifetime", pc.MaxLifetime, false},
 		{"max_idle", pc.MaxIdle, false},
 		{"leak_timeout", pc.LeakTimeout, false},
