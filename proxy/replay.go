@@ -16,7 +16,9 @@ import (
 // an idle pooled backend that has the signal but has not yet acted on it:
 // its socket is still quiet, so the pool's peek sees nothing, and its
 // first reply to the client's request is FATAL 57P01 (or nothing: EOF, a
-// reset). The database is healthy; only that backend was dying.
+// reset). The database is healthy; only that backend was dying. The same
+// holds for a backend that died outright but was released less than
+// pool.peek_after_idle ago, which the pool hands out without a peek.
 //
 // The proxy then sends the same request to another backend instead of
 // failing the client, because doing so cannot run anything twice:
