@@ -189,7 +189,7 @@ func TestIdleWaitAllocatesNothing(t *testing.T) {
 // back and take whichever one the pool has when they speak again; each
 // query still reaches the backend exactly as its client sent it, with
 // queries of several sizes (one larger than a pooled buffer) going
-// through the same buffers in turn.
+// through the same buffers in turn, each round's sent to parked clients.
 func TestIdleClientsShareBuffersSafely(t *testing.T) {
 	const clients, rounds = 8, 3
 	sql := func(i, r int) string {
@@ -207,12 +207,15 @@ func TestIdleClientsShareBuffersSafely(t *testing.T) {
 			script = append(script, queryResult(sql(i, r), "SELECT 1", 'I', fmt.Sprintf("%d-%d", i, r)))
 		}
 	}
-	e := startFake(t, fakeOpts{}, script)
+	e := startFake(t, fakeOpts{config: parkFast}, script)
 	var rcs []*rawClient
 	for range clients {
 		rcs = append(rcs, e.dialRaw(t))
 	}
 	for r := range rounds {
+		if r > 0 && runtime.GOOS == "linux" {
+			e.waitParked(t, clients) // each query below wakes a parked client
+		}
 		for i, rc := range rcs {
 			rc.query(t, sql(i, r))
 			rows, errResp, _ := rc.readResult(t)

@@ -219,3 +219,29 @@ func TestParkAllocatesNothing(t *testing.T) {
 		t.Fatalf("%.1f allocations per park and unpark, want 0", allocs)
 	}
 }
+
+// TestHalfMessageNeverParks: a client that sent part of a message is not
+// idle: it is not parked however long the rest takes, and the message is
+// answered once whole.
+func TestHalfMessageNeverParks(t *testing.T) {
+	e := startFake(t, fakeOpts{config: parkFast}, beScript{queryResult("SELECT 1", "SELECT 1", 'I', "1")})
+	needParking(t, e)
+	rc := e.dialRaw(t)
+	e.waitParked(t, 1)
+	msg := append([]byte{'Q', 0, 0, 0, 13}, "SELECT 1\x00"...)
+	if _, err := rc.conn.Write(msg[:3]); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the client woken by its first bytes", func() bool { return e.srv.Stats().ClientsParked == 0 })
+	time.Sleep(10 * testParkAfter) // several sweeps
+	if n := e.srv.Stats().ClientsParked; n != 0 {
+		t.Fatalf("a client in the middle of a message was parked (%d parked)", n)
+	}
+	if _, err := rc.conn.Write(msg[3:]); err != nil {
+		t.Fatal(err)
+	}
+	if rows, errResp, _ := rc.readResult(t); errResp != nil || len(rows) != 1 || rows[0] != "1" {
+		t.Fatalf("the message completed: rows %v, error %v", rows, errResp)
+	}
+	e.waitParked(t, 1) // idle again
+}
