@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"slices"
 	"testing"
@@ -41,6 +42,28 @@ func consolePool(ctx context.Context, t *testing.T, con *pgx.Conn, db, user stri
 	return nil
 }
 
+// jsonPoolPaused is the paused field of the /pools row of database db and
+// user role; ok=false when there is no such row.
+func jsonPoolPaused(t *testing.T, p *Proxy, db, role string) (paused, ok bool) {
+	t.Helper()
+	resp, err := httpClient.Get("http://" + p.HealthAddr + "/pools")
+	if err != nil {
+		t.Fatalf("GET /pools: %v", err)
+	}
+	defer resp.Body.Close()
+	var pools []map[string]any
+	if err := json.NewDecoder(resp.Body).Decode(&pools); err != nil {
+		t.Fatalf("GET /pools: %v", err)
+	}
+	for _, sp := range pools {
+		if sp["database"] == db && sp["user"] == role {
+			paused, _ := sp["paused"].(bool)
+			return paused, true
+		}
+	}
+	return false, false
+}
+
 // TestPassthroughPauseResumeReconnect: the console's PAUSE, RESUME,
 // RECONNECT and KILL of a passthrough database act on every role's pool,
 // as PgBouncer's do on every pool of the database. PAUSE app waits for a
@@ -52,7 +75,8 @@ func consolePool(ctx context.Context, t *testing.T, con *pgx.Conn, db, user stri
 // roles' clients with 57P01.
 func TestPassthroughPauseResumeReconnect(t *testing.T) {
 	setupPassthroughRoles(t, "alice:alice-pw", "bob:bob-pw", "pa_carol:carol-pw")
-	p := startPassthroughProxy(t, "30s", WithEnv("PGSIDECAR_POOL__ACQUIRE_TIMEOUT", "1s"))
+	p := startPassthroughProxy(t, "30s", WithEnv("PGSIDECAR_POOL__ACQUIRE_TIMEOUT", "1s"),
+		WithEnv("PGSIDECAR_ADMIN__HTTP_TOKEN", "s3cret"))
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	con := connect(t, consoleURL(p, "app", "app"))
@@ -162,6 +186,24 @@ func TestPassthroughPauseResumeReconnect(t *testing.T) {
 	for _, c := range clients {
 		if sp := consolePool(ctx, t, con, "app", c.role); sp == nil || sp["paused"] != false {
 			t.Errorf("SHOW POOLS for %s after RESUME: %v", c.role, sp)
+		}
+	}
+
+	// The HTTP admin's pause and resume act on the same pools.
+	if code, body := adminPost(t, p, "/admin/pause?db=app", "s3cret"); code != 200 {
+		t.Fatalf("POST /admin/pause?db=app: %d %s", code, body)
+	}
+	for _, c := range clients {
+		if paused, ok := jsonPoolPaused(t, p, "app", c.role); !ok || !paused {
+			t.Errorf("/pools after POST /admin/pause?db=app: %s's pool paused %v (listed %v), want true", c.role, paused, ok)
+		}
+	}
+	if code, body := adminPost(t, p, "/admin/resume?db=app", "s3cret"); code != 200 {
+		t.Fatalf("POST /admin/resume?db=app: %d %s", code, body)
+	}
+	for _, c := range clients {
+		if paused, _ := jsonPoolPaused(t, p, "app", c.role); paused {
+			t.Errorf("/pools after POST /admin/resume?db=app: %s's pool still paused", c.role)
 		}
 	}
 

@@ -20,7 +20,8 @@ import (
 // lives), so a database created at run time serves alice and bob as
 // themselves at once: current_user, current_database and the privileges
 // in that database are theirs, as on a direct connection, each in a pool
-// per (database, role) that /stats and SHOW-like /pools list. A wrong
+// per (database, role) that /stats and SHOW-like /pools list, and that
+// the HTTP admin's pause and resume of the name act on. A wrong
 // password opens no pool of the name it asked for; a database that does
 // not exist gets PostgreSQL's 3D000 and leaves no pool behind; and the
 // entry's max_db_connections (2) holds for each database name across its
@@ -67,7 +68,8 @@ func TestPassthroughWildcard(t *testing.T) {
 	if err := os.WriteFile(cfgPath, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	p := startPassthroughProxy(t, "30s", WithEnv("DATABASE_URL", ""), WithArgs("-config", cfgPath))
+	p := startPassthroughProxy(t, "30s", WithEnv("DATABASE_URL", ""), WithArgs("-config", cfgPath),
+		WithEnv("PGSIDECAR_ADMIN__HTTP_TOKEN", "s3cret"))
 
 	type who struct{ user, db string }
 	ask := func(url string) (who, error) {
@@ -109,6 +111,25 @@ func TestPassthroughWildcard(t *testing.T) {
 			}
 			conn.Close(ctx)
 		}
+	}
+
+	// PAUSE of a "*" database holds its roles' pools, and only its own.
+	if code, body := adminPost(t, p, "/admin/pause?db="+name, "s3cret"); code != 200 {
+		t.Fatalf("POST /admin/pause?db=%s: %d %s", name, code, body)
+	}
+	for _, c := range []struct {
+		db, role string
+		want     bool
+	}{{name, "alice", true}, {name, "bob", true}, {"app", "alice", false}} {
+		if paused, ok := jsonPoolPaused(t, p, c.db, c.role); !ok || paused != c.want {
+			t.Errorf("/pools after pausing %s: %s/%s paused %v (listed %v), want %v", name, c.db, c.role, paused, ok, c.want)
+		}
+	}
+	if code, body := adminPost(t, p, "/admin/resume?db="+name, "s3cret"); code != 200 {
+		t.Fatalf("POST /admin/resume?db=%s: %d %s", name, code, body)
+	}
+	if paused, _ := jsonPoolPaused(t, p, name, "bob"); paused {
+		t.Errorf("%s/bob still paused after resume", name)
 	}
 
 	// A wrong password: 28P01, and no pool for the name it asked for.
