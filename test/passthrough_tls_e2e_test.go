@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -269,7 +270,9 @@ func TestPassthroughBackendTLS(t *testing.T) {
 // that is not the real one); in frontMITM it terminates TLS with that
 // certificate and opens its own TLS session to the cluster, relaying the
 // plain text in between: what sslmode=require cannot notice and channel
-// binding can. It records how each connection began.
+// binding can; frontDowngrade does the same and also strikes
+// SCRAM-SHA-256-PLUS from the server's offer, so that a client would not
+// bind. It records how each connection began.
 type pgFront struct {
 	ln     net.Listener
 	target string
@@ -287,9 +290,10 @@ const (
 	frontPass int32 = iota
 	frontImpostor
 	frontMITM
+	frontDowngrade
 )
 
-var frontModeNames = map[int32]string{frontPass: "pass", frontImpostor: "impostor", frontMITM: "mitm"}
+var frontModeNames = map[int32]string{frontPass: "pass", frontImpostor: "impostor", frontMITM: "mitm", frontDowngrade: "downgrade"}
 
 // frontIOTimeout bounds a front connection's setup (SSLRequest, handshakes).
 const frontIOTimeout = 10 * time.Second
@@ -399,7 +403,7 @@ func (f *pgFront) serve(c net.Conn, mode int32) {
 		if _, err := s.Write(first); err != nil {
 			return
 		}
-		f.pipe(c, s)
+		f.pipe(c, s, false)
 		return
 	}
 	if !isSSL {
@@ -428,17 +432,47 @@ func (f *pgFront) serve(c net.Conn, mode int32) {
 	if err := ts.Handshake(); err != nil {
 		return
 	}
-	f.pipe(tc, ts)
+	f.pipe(tc, ts, mode == frontDowngrade)
 }
 
-// pipe copies both ways until either side ends, then closes both.
-func (f *pgFront) pipe(a, b net.Conn) {
+// strikePlus relays the server's messages from server to client up to its
+// SASL offer, which it relays without SCRAM-SHA-256-PLUS. False when
+// either side failed.
+func strikePlus(client, server net.Conn) bool {
+	for {
+		var hdr [5]byte
+		if _, err := io.ReadFull(server, hdr[:]); err != nil {
+			return false
+		}
+		body := make([]byte, binary.BigEndian.Uint32(hdr[1:])-4)
+		if _, err := io.ReadFull(server, body); err != nil {
+			return false
+		}
+		sasl := hdr[0] == 'R' && len(body) >= 4 && binary.BigEndian.Uint32(body) == 10
+		if sasl {
+			body = append(body[:4:4], "SCRAM-SHA-256\x00\x00"...)
+			binary.BigEndian.PutUint32(hdr[1:], uint32(len(body)+4))
+		}
+		if _, err := client.Write(append(hdr[:], body...)); err != nil {
+			return false
+		}
+		if sasl {
+			return true
+		}
+	}
+}
+
+// pipe copies both ways until either side ends, then closes both; with
+// downgrade, b to a goes through strikePlus first.
+func (f *pgFront) pipe(a, b net.Conn, downgrade bool) {
 	for _, c := range []net.Conn{a, b} {
 		_ = c.SetDeadline(time.Time{})
 	}
 	done := make(chan struct{})
 	go func() { // ends when a or b closes
-		_, _ = io.Copy(a, b)
+		if !downgrade || strikePlus(a, b) {
+			_, _ = io.Copy(a, b)
+		}
 		a.Close()
 		b.Close()
 		close(done)
@@ -523,41 +557,54 @@ func firstSeen(list []string) []string {
 // TestPassthroughBackendChannelBinding: the passthrough's SCRAM toward the
 // server is an exchange of its own (its nonce, its proof from the
 // ClientKey), so it binds the proxy's TLS session with the server
-// (SCRAM-SHA-256-PLUS, tls-server-end-point) as pgx does with a password.
-// A man in the middle that terminates TLS, invisible to sslmode=require,
-// then fails the login (the server's certificate hash is not the one the
-// proxy saw), through the proxy as directly with the same URL; with
-// channel_binding=disable both get through it, which proves the failure
-// is the binding's.
+// (SCRAM-SHA-256-PLUS, tls-server-end-point) as pgx does with a password,
+// per the upstream URL's channel_binding. Through a man in the middle that
+// terminates TLS (invisible to sslmode=require), every case ends as it does
+// for pgx directly with the same URL:
+//   - prefer: the login fails, the server's certificate hash is not the
+//     one the proxy bound to;
+//   - disable: both get through, which proves the failure is the binding's;
+//   - prefer, with SCRAM-SHA-256-PLUS struck from the server's offer: the
+//     client says it could bind ("y"), and the server, which can, refuses
+//     the downgrade;
+//   - require, with the same downgrade: refused before any proof is sent.
 func TestPassthroughBackendChannelBinding(t *testing.T) {
 	s := sharedSSLCluster(t)
-	for _, cb := range []string{"prefer", "disable"} {
-		t.Run(cb, func(t *testing.T) {
-			params := map[string]string{"sslmode": "require", "channel_binding": cb}
+	for _, c := range []struct {
+		name    string
+		cb      string
+		mode    int32
+		wantErr string // in both errors; "" = both log in
+	}{
+		{"prefer", "prefer", frontMITM, "SCRAM channel binding check failed"},
+		{"disable", "disable", frontMITM, ""},
+		{"prefer-downgraded", "prefer", frontDowngrade, "SCRAM channel binding negotiation error"},
+		{"require-downgraded", "require", frontDowngrade, "SCRAM-SHA-256-PLUS"},
+		{"disable-downgraded", "disable", frontDowngrade, ""},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			params := map[string]string{"sslmode": "require", "channel_binding": c.cb}
 			f := startPGFront(t, s.addr(), s.otherCert)
 			p := startPassthroughProxy(t, "30s", WithEnv("DATABASE_URL", s.url(f.addr(), "app", "app", params)))
+			// bob's login opens the auth user's backend to the real server.
 			if user, _ := sessionSSL(t, connect(t, p.URL("bob", "bob-pw", "app"))); user != "bob" {
 				t.Fatalf("bob through the proxy: %q", user)
 			}
-			f.mode.Store(frontMITM)
+			f.mode.Store(c.mode)
 			n := f.count()
 			puser, pssl, perr := tryLogin(p.URL("alice", "alice-pw", "app"))
 			duser, dssl, derr := tryLogin(s.url(f.addr(), "alice", "alice-pw", params))
-			if got := f.since(n); len(got) < 2 || got[0] != "mitm:ssl" {
+			if got := f.since(n); len(got) < 2 || got[0] != frontModeNames[c.mode]+":ssl" {
 				t.Fatalf("the logins did not go through the man in the middle: %v", got)
 			}
-			if cb == "disable" {
-				if perr != nil || derr != nil {
-					t.Fatalf("without channel binding: proxy %v, direct %v; want both through", perr, derr)
-				}
-				if puser != "alice" || duser != "alice" || !pssl || !dssl {
-					t.Errorf("without channel binding: proxy %q ssl %v, direct %q ssl %v; want alice on TLS", puser, pssl, duser, dssl)
+			if c.wantErr == "" {
+				if perr != nil || derr != nil || puser != "alice" || duser != "alice" || !pssl || !dssl {
+					t.Fatalf("proxy %q ssl %v (%v), direct %q ssl %v (%v); want both alice on TLS", puser, pssl, perr, duser, dssl, derr)
 				}
 				return
 			}
-			const want = "SCRAM channel binding check failed"
-			if !strings.Contains(fmt.Sprint(derr), want) || !strings.Contains(fmt.Sprint(perr), want) || sqlState(perr) != "08006" {
-				t.Fatalf("through a man in the middle: proxy %v; direct %v; want %q in both (08006 from the proxy)", perr, derr, want)
+			if !strings.Contains(fmt.Sprint(derr), c.wantErr) || !strings.Contains(fmt.Sprint(perr), c.wantErr) || sqlState(perr) != "08006" {
+				t.Fatalf("proxy %v; direct %v; want %q in both (08006 from the proxy)", perr, derr, c.wantErr)
 			}
 		})
 	}
