@@ -91,8 +91,16 @@ func passthroughConnect(ctx context.Context, cfg *pgconn.Config, fb *pgconn.Fall
 		// A separate variable: on failure conn must stay the TCP
 		// connection the deferred Close closes (it was set to nil here,
 		// and sslmode=prefer against a server without ssl crashed).
-		tc, err := startTLS(conn, fb.TLSConfig)
-		if err != nil {
+		var tc net.Conn
+		if cfg.SSLNegotiation == "direct" {
+			// PostgreSQL 17's direct TLS: the handshake first, no
+			// SSLRequest (pgconn's TLSConfig then has ALPN "postgresql").
+			c := tls.Client(conn, fb.TLSConfig)
+			if err := c.Handshake(); err != nil {
+				return nil, fmt.Errorf("TLS handshake: %w", err)
+			}
+			tc = c
+		} else if tc, err = startTLS(conn, fb.TLSConfig); err != nil {
 			return nil, err
 		}
 		conn = tc

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
@@ -48,6 +49,7 @@ type sslCluster struct {
 	otherCert  tls.Certificate // by otherCA, for 127.0.0.1: an impostor's
 	serverCert string          // the server's certificate file (by ca)
 	serverDER  []byte          // and its DER
+	serverPair tls.Certificate // and with its key
 }
 
 const sslClusterHBA = `local all all trust
@@ -86,6 +88,9 @@ func startSharedSSLCluster(t *testing.T) (*sslCluster, error) {
 	s.otherCA = newTLSCA(t, dir, "impostor-ca")
 	var key string
 	s.serverCert, key, s.serverDER = s.ca.issue(t, dir, "pg-server", "postgres", true)
+	if s.serverPair, err = tls.LoadX509KeyPair(s.serverCert, key); err != nil {
+		return nil, err
+	}
 	oc, ok, _ := s.otherCA.issue(t, dir, "impostor", "postgres", true)
 	if s.otherCert, err = tls.LoadX509KeyPair(oc, ok); err != nil {
 		return nil, err
@@ -272,12 +277,16 @@ func TestPassthroughBackendTLS(t *testing.T) {
 // plain text in between: what sslmode=require cannot notice and channel
 // binding can; frontDowngrade does the same and also strikes
 // SCRAM-SHA-256-PLUS from the server's offer, so that a client would not
-// bind. It records how each connection began.
+// bind. In frontDirect it plays PostgreSQL 17's direct TLS (sslnegotiation
+// =direct: TLS from the first byte, ALPN "postgresql") with the real
+// server's certificate (direct), in front of the cluster, which has only
+// the SSLRequest way. It records how each connection began.
 type pgFront struct {
 	ln     net.Listener
 	target string
 	cert   tls.Certificate
-	mode   atomic.Int32 // frontPass, ...: for the connections accepted next
+	direct tls.Certificate // frontDirect's: the real server's
+	mode   atomic.Int32    // frontPass, ...: for the connections accepted next
 
 	mu     sync.Mutex
 	starts []string // per connection, in order: "<mode>:ssl" or "<mode>:plain"
@@ -291,9 +300,10 @@ const (
 	frontImpostor
 	frontMITM
 	frontDowngrade
+	frontDirect
 )
 
-var frontModeNames = map[int32]string{frontPass: "pass", frontImpostor: "impostor", frontMITM: "mitm", frontDowngrade: "downgrade"}
+var frontModeNames = map[int32]string{frontPass: "pass", frontImpostor: "impostor", frontMITM: "mitm", frontDowngrade: "downgrade", frontDirect: "direct"}
 
 // frontIOTimeout bounds a front connection's setup (SSLRequest, handshakes).
 const frontIOTimeout = 10 * time.Second
@@ -383,8 +393,16 @@ func (f *pgFront) serve(c net.Conn, mode int32) {
 		return
 	}
 	isSSL := string(first) == string(tlsSSLRequest())
+	isTLS := first[0] == 0x16 // a TLS handshake record: direct TLS
+	kind := ":plain"
+	switch {
+	case isSSL:
+		kind = ":ssl"
+	case isTLS:
+		kind = ":tls"
+	}
 	f.mu.Lock()
-	f.starts = append(f.starts, frontModeNames[mode]+map[bool]string{true: ":ssl", false: ":plain"}[isSSL])
+	f.starts = append(f.starts, frontModeNames[mode]+kind)
 	f.mu.Unlock()
 	dial := func() net.Conn {
 		s, err := net.DialTimeout("tcp", f.target, frontIOTimeout)
@@ -406,15 +424,25 @@ func (f *pgFront) serve(c net.Conn, mode int32) {
 		f.pipe(c, s, false)
 		return
 	}
-	if !isSSL {
-		return // the impostor and the man in the middle speak TLS only
-	}
-	if _, err := c.Write([]byte{'S'}); err != nil {
-		return
-	}
-	tc := tls.Server(c, &tls.Config{Certificates: []tls.Certificate{f.cert}})
-	if err := tc.Handshake(); err != nil || mode == frontImpostor {
-		return
+	var tc *tls.Conn
+	switch {
+	case mode == frontDirect && isTLS:
+		// The bytes read belong to the ClientHello.
+		pc := &prefixedConn{Conn: c, r: io.MultiReader(bytes.NewReader(first), c)}
+		tc = tls.Server(pc, &tls.Config{Certificates: []tls.Certificate{f.direct}, NextProtos: []string{"postgresql"}})
+		if err := tc.Handshake(); err != nil || tc.ConnectionState().NegotiatedProtocol != "postgresql" {
+			return // PostgreSQL 17 refuses direct TLS without the ALPN
+		}
+	case mode != frontDirect && isSSL:
+		if _, err := c.Write([]byte{'S'}); err != nil {
+			return
+		}
+		tc = tls.Server(c, &tls.Config{Certificates: []tls.Certificate{f.cert}})
+		if err := tc.Handshake(); err != nil || mode == frontImpostor {
+			return
+		}
+	default:
+		return // they all speak TLS only
 	}
 	s := dial()
 	if s == nil {
@@ -434,6 +462,14 @@ func (f *pgFront) serve(c net.Conn, mode int32) {
 	}
 	f.pipe(tc, ts, mode == frontDowngrade)
 }
+
+// prefixedConn reads r (bytes already read from Conn, then Conn).
+type prefixedConn struct {
+	net.Conn
+	r io.Reader
+}
+
+func (c *prefixedConn) Read(b []byte) (int, error) { return c.r.Read(b) }
 
 // strikePlus relays the server's messages from server to client up to its
 // SASL offer, which it relays without SCRAM-SHA-256-PLUS. False when
@@ -728,5 +764,33 @@ func TestPassthroughClientTLSChannelBinding(t *testing.T) {
 	const libpqWant = "channel binding required, but SSL not in use"
 	if !strings.Contains(fmt.Sprint(perr), libpqWant) || !strings.Contains(fmt.Sprint(derr), libpqWant) {
 		t.Errorf("psql in plain text with channel_binding=require: proxy %v; PostgreSQL %v; want %q from both", perr, derr, libpqWant)
+	}
+}
+
+// TestPassthroughBackendDirectTLS: with sslnegotiation=direct in the
+// upstream URL the passthrough starts TLS at the first byte with ALPN
+// "postgresql", as pgx does (PostgreSQL 17's direct TLS, played by a front
+// with the server's own certificate, as the cluster is older): alice logs
+// in through the proxy and directly with pgx and the same URL
+// (verify-full, channel_binding=require), and no connection began with an
+// SSLRequest or in plain text.
+func TestPassthroughBackendDirectTLS(t *testing.T) {
+	s := sharedSSLCluster(t)
+	f := startPGFront(t, s.addr(), s.otherCert)
+	f.direct = s.serverPair
+	f.mode.Store(frontDirect)
+	params := map[string]string{"sslmode": "verify-full", "sslrootcert": s.ca.Path, "sslnegotiation": "direct", "channel_binding": "require"}
+	p := startPassthroughProxy(t, "30s", WithEnv("DATABASE_URL", s.url(f.addr(), "app", "app", params)))
+	for name, u := range map[string]string{
+		"proxy":  p.URL("alice", "alice-pw", "app"),
+		"direct": s.url(f.addr(), "alice", "alice-pw", params),
+	} {
+		if user, ssl, err := tryLogin(u); err != nil || user != "alice" || !ssl {
+			t.Errorf("%s: %q, ssl %v, %v; want alice on TLS", name, user, ssl, err)
+		}
+	}
+	// The auth user's, alice's through the proxy, and pgx's.
+	if got := firstSeen(f.since(0)); strings.Join(got, ",") != "direct:tls" || f.count() < 3 {
+		t.Errorf("connections began %v (%d of them); want direct TLS only, at least 3", got, f.count())
 	}
 }
