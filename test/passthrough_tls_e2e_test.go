@@ -38,9 +38,10 @@ var sslPG struct {
 // certificates of impostors.
 //
 // pg_hba.conf: alice and bob may log in over TLS only (hostnossl reject),
-// pt_plainonly in plain text only (hostssl reject), the rest (app, the auth
-// user) either way; all with SCRAM-SHA-256. Database app has the lookup
-// function of passthroughQuery.
+// carol over TLS with a client certificate of clientCA besides her
+// password (clientcert=verify-ca), pt_plainonly in plain text only
+// (hostssl reject), the rest (app, the auth user) either way; all with
+// SCRAM-SHA-256. Database app has the lookup function of passthroughQuery.
 type sslCluster struct {
 	*Cluster
 	dir        string // certificates and keys
@@ -50,11 +51,15 @@ type sslCluster struct {
 	serverCert string          // the server's certificate file (by ca)
 	serverDER  []byte          // and its DER
 	serverPair tls.Certificate // and with its key
+	clientCA   *tlsCA          // the server trusts the client certificates it signs
+	clientCert string          // by clientCA (CN pgsidecar-backend), for the upstream URL's sslcert
+	clientKey  string
 }
 
 const sslClusterHBA = `local all all trust
-hostnossl all alice,bob 127.0.0.1/32 reject
+hostnossl all alice,bob,carol 127.0.0.1/32 reject
 hostssl all pt_plainonly 127.0.0.1/32 reject
+hostssl all carol 127.0.0.1/32 scram-sha-256 clientcert=verify-ca
 host all all 127.0.0.1/32 scram-sha-256
 `
 
@@ -91,6 +96,8 @@ func startSharedSSLCluster(t *testing.T) (*sslCluster, error) {
 	if s.serverPair, err = tls.LoadX509KeyPair(s.serverCert, key); err != nil {
 		return nil, err
 	}
+	s.clientCA = newTLSCA(t, dir, "pg-client-ca")
+	s.clientCert, s.clientKey, _ = s.clientCA.issue(t, dir, "backend-client", "pgsidecar-backend", false)
 	oc, ok, _ := s.otherCA.issue(t, dir, "impostor", "postgres", true)
 	if s.otherCert, err = tls.LoadX509KeyPair(oc, ok); err != nil {
 		return nil, err
@@ -99,7 +106,7 @@ func startSharedSSLCluster(t *testing.T) (*sslCluster, error) {
 	if s.Cluster, err = StartCluster(nil); err != nil {
 		return nil, err
 	}
-	if err := s.EnableSSL(s.serverCert, key, sslClusterHBA); err != nil {
+	if err := s.EnableSSL(s.serverCert, key, s.clientCA.Path, sslClusterHBA); err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
@@ -112,6 +119,7 @@ func startSharedSSLCluster(t *testing.T) (*sslCluster, error) {
 	for _, q := range []string{
 		"CREATE ROLE alice LOGIN PASSWORD 'alice-pw'",
 		"CREATE ROLE bob LOGIN PASSWORD 'bob-pw'",
+		"CREATE ROLE carol LOGIN PASSWORD 'carol-pw'",
 		"CREATE ROLE pt_plainonly LOGIN PASSWORD 'plain-pw'",
 		`CREATE FUNCTION pgsidecar_get_auth(p_user text, OUT uname text, OUT phash text)
 		RETURNS SETOF record LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog AS
@@ -792,5 +800,37 @@ func TestPassthroughBackendDirectTLS(t *testing.T) {
 	// The auth user's, alice's through the proxy, and pgx's.
 	if got := firstSeen(f.since(0)); strings.Join(got, ",") != "direct:tls" || f.count() < 3 {
 		t.Errorf("connections began %v (%d of them); want direct TLS only, at least 3", got, f.count())
+	}
+}
+
+// TestPassthroughBackendClientCertificate: the upstream URL's sslcert and
+// sslkey are presented by the passthrough's logins too, as by pgx: carol,
+// whom pg_hba.conf admits only with a client certificate besides her
+// password (hostssl ... clientcert=verify-ca), logs in through the proxy
+// and directly with the same URL, and the server sees the certificate on
+// her backend (pg_stat_ssl.client_dn); without sslcert both are refused
+// by the server for want of a certificate.
+func TestPassthroughBackendClientCertificate(t *testing.T) {
+	s := sharedSSLCluster(t)
+	with := map[string]string{"sslmode": "verify-full", "sslrootcert": s.ca.Path, "sslcert": s.clientCert, "sslkey": s.clientKey}
+	without := map[string]string{"sslmode": "verify-full", "sslrootcert": s.ca.Path}
+	const dnSQL = "SELECT current_user || ' ' || coalesce(client_dn, '(none)') FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+	p := startPassthroughProxy(t, "30s", WithEnv("DATABASE_URL", s.url("", "app", "app", with)))
+	for name, u := range map[string]string{"proxy": p.URL("carol", "carol-pw", "app"), "direct": s.url("", "carol", "carol-pw", with)} {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		var got string
+		err := connect(t, u).QueryRow(ctx, dnSQL).Scan(&got)
+		cancel()
+		if err != nil || got != "carol /CN=pgsidecar-backend" {
+			t.Errorf("%s: %q, %v; want carol with the client certificate", name, got, err)
+		}
+	}
+
+	pno := startPassthroughProxy(t, "30s", WithEnv("DATABASE_URL", s.url("", "app", "app", without)))
+	_, _, perr := tryLogin(pno.URL("carol", "carol-pw", "app"))
+	_, _, derr := tryLogin(s.url("", "carol", "carol-pw", without))
+	const want = "connection requires a valid client certificate"
+	if sqlState(derr) != "28000" || !strings.Contains(derr.Error(), want) || sqlState(perr) != "08006" || !strings.Contains(perr.Error(), want) {
+		t.Errorf("without sslcert: proxy %v; direct %v; want the server's %q in both", perr, derr, want)
 	}
 }

@@ -691,7 +691,7 @@ func TestTLSNodePostgres(t *testing.T) {
 func startSSLCluster(t *testing.T, s *tlsSetup) (*Cluster, string) {
 	t.Helper()
 	c := testpg.Start(t)
-	if err := c.EnableSSL(s.cert, s.key, ""); err != nil {
+	if err := c.EnableSSL(s.cert, s.key, "", ""); err != nil {
 		t.Fatal(err)
 	}
 	return c, c.HBAFile()

@@ -419,19 +419,25 @@ func appendFile(path, text string) error {
 	return f.Close()
 }
 
-// sslReloadTimeout bounds how long EnableSSL and SetHBA wait for the
+// sslReloadTimeout bounds how long EnableSSL waits for the
 // postmaster to act on a reload.
 const sslReloadTimeout = 10 * time.Second
 
 // EnableSSL turns TLS on in a running cluster: it copies the server
 // certificate and key (PEM files) into the cluster directory, owned by the
 // server's user with mode 0600 as PostgreSQL demands of a key, sets
-// ssl = on, replaces pg_hba.conf with hba unless hba is empty, and reloads.
-// It returns once a new session sees ssl = on, which also means the
-// postmaster has read the new pg_hba.conf (one SIGHUP reloads both).
-func (c *Cluster) EnableSSL(certFile, keyFile, hba string) error {
+// ssl = on, trusts the client certificates caFile signs (ssl_ca_file, for
+// pg_hba's clientcert and cert methods) unless caFile is empty, replaces
+// pg_hba.conf with hba unless hba is empty, and reloads. It returns once a
+// new session sees ssl = on, which also means the postmaster has read the
+// new pg_hba.conf (one SIGHUP reloads both).
+func (c *Cluster) EnableSSL(certFile, keyFile, caFile, hba string) error {
 	files := map[string]string{}
-	for name, src := range map[string]string{"server.crt": certFile, "server.key": keyFile} {
+	srcs := map[string]string{"server.crt": certFile, "server.key": keyFile}
+	if caFile != "" {
+		srcs["client-ca.crt"] = caFile
+	}
+	for name, src := range srcs {
 		b, err := os.ReadFile(src)
 		if err != nil {
 			return fmt.Errorf("cluster: ssl: %w", err)
@@ -443,6 +449,9 @@ func (c *Cluster) EnableSSL(certFile, keyFile, hba string) error {
 		files[name] = dst
 	}
 	conf := fmt.Sprintf("\n# EnableSSL\nssl = on\nssl_cert_file = '%s'\nssl_key_file = '%s'\n", files["server.crt"], files["server.key"])
+	if caFile != "" {
+		conf += fmt.Sprintf("ssl_ca_file = '%s'\n", files["client-ca.crt"])
+	}
 	if err := appendFile(filepath.Join(c.dataDir, "postgresql.conf"), conf); err != nil {
 		return fmt.Errorf("cluster: ssl: write postgresql.conf: %w", err)
 	}
