@@ -89,7 +89,8 @@ func (a *app) proxyConfig(cfg *config.Config, targets []config.Target) proxy.Con
 	var wild *proxy.Wildcard
 	for _, t := range targets {
 		if t.Name == config.Wildcard {
-			wild = &proxy.Wildcard{Users: t.Users, Open: a.wild.open, Opened: a.wild.opened, Verifiers: a.wild.verifiers}
+			wild = &proxy.Wildcard{Users: t.Users, Open: a.wild.open, Opened: a.wild.opened,
+				SetPaused: a.wild.setPaused, Verifiers: a.wild.verifiers}
 			continue
 		}
 		dbs[t.Name] = &proxy.Database{Name: t.Name, Pool: a.pools[t.Name], Users: t.Users, Listen: t.Conn, Upstream: t.Redacted(),
@@ -234,6 +235,9 @@ type wildcard struct {
 	mu     sync.Mutex
 	target config.Target              // the "*" entry, as last configured
 	dbs    map[string]*proxy.Database // by database name
+	// paused: a PAUSE of every database is on; open starts its pools
+	// paused.
+	paused bool
 	closed bool
 	wg     sync.WaitGroup // missing goroutines
 }
@@ -329,6 +333,14 @@ func (w *wildcard) open(name string) (*proxy.Database, error) {
 		db.Passthrough = &proxy.Passthrough{Verifiers: w.verifiers, Roles: w.a.newRoles(w.poolConfig(t), t, watch)}
 	}
 	ref.Store(db)
+	if w.paused {
+		// Before any client has them. Nobody holds a backend yet, so
+		// the waits end at once.
+		p.Pause()
+		if db.Passthrough != nil {
+			db.Passthrough.Roles.Pause()
+		}
+	}
 	w.dbs[name] = db
 	w.a.log.Info("pool opened for a database of the \"*\" entry", "database", name, "pool", t.PoolName())
 	return db, nil
@@ -355,6 +367,13 @@ func (w *wildcard) missing(name string, ref *atomic.Pointer[proxy.Database]) {
 			db.Passthrough.Roles.Close()
 		}
 	}
+}
+
+// setPaused is proxy.Wildcard.SetPaused.
+func (w *wildcard) setPaused(paused bool) {
+	w.mu.Lock()
+	w.paused = paused
+	w.mu.Unlock()
 }
 
 // opened is proxy.Wildcard.Opened: the databases served now.

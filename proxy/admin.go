@@ -450,7 +450,8 @@ func (s *Server) databasesNamed(db string) ([]*Database, error) {
 		"pgsidecar serves: "+strings.Join(names, ", ")+"; leave the name out for all of them")
 }
 
-// Pause pauses the pools of db ("" = all) and waits, until ctx ends, for
+// Pause pauses the pools of db ("" = all, and the "*" databases opened
+// until RESUME) and waits, until ctx ends, for
 // the transactions in flight to end. A database's pools are all of them:
 // under auth.passthrough its roles' pools too, and those its roles open
 // until RESUME start paused, as PgBouncer's PAUSE db holds every pool of
@@ -458,6 +459,10 @@ func (s *Server) databasesNamed(db string) ([]*Database, error) {
 // their transactions wait.) It returns how many backends are still held
 // when it stops waiting.
 func (s *Server) Pause(ctx context.Context, db string) (held int, err error) {
+	if w := s.live.Load().Wildcard; db == "" && w != nil && w.SetPaused != nil {
+		// Before listing: a "*" database opened meanwhile starts paused.
+		w.SetPaused(true)
+	}
 	dbs, err := s.databasesNamed(db)
 	if err != nil {
 		return 0, err
@@ -486,6 +491,9 @@ func (s *Server) Pause(ctx context.Context, db string) (held int, err error) {
 // Resume resumes the pools of db ("" = all), its roles' pools included,
 // and resets their circuit breakers.
 func (s *Server) Resume(db string) error {
+	if w := s.live.Load().Wildcard; db == "" && w != nil && w.SetPaused != nil {
+		w.SetPaused(false)
+	}
 	dbs, err := s.databasesNamed(db)
 	for _, d := range dbs {
 		d.Pool.Resume()

@@ -84,6 +84,10 @@ type Wildcard struct {
 	// Opened lists the databases opened so far, for the admin console
 	// (SHOW POOLS, PAUSE, ...); nil lists none.
 	Opened func() []*Database
+	// SetPaused, when set, makes the databases Open opens from now on
+	// start paused (true) or running (false): a PAUSE of every database
+	// holds those too, as PgBouncer's global PAUSE does.
+	SetPaused func(paused bool)
 	// Verifiers, set with auth.passthrough, looks up the roles' SCRAM
 	// verifiers for every database of the entry (roles are the
 	// cluster's, not a database's); the Databases Open returns then have

@@ -21,7 +21,8 @@ import (
 // themselves at once: current_user, current_database and the privileges
 // in that database are theirs, as on a direct connection, each in a pool
 // per (database, role) that /stats and SHOW-like /pools list, and that
-// the HTTP admin's pause and resume of the name act on. A wrong
+// the HTTP admin's pause and resume of the name act on (a pause of every
+// database holds a name first opened during it too). A wrong
 // password opens no pool of the name it asked for; a database that does
 // not exist gets PostgreSQL's 3D000 and leaves no pool behind; and the
 // entry's max_db_connections (2) holds for each database name across its
@@ -130,6 +131,44 @@ func TestPassthroughWildcard(t *testing.T) {
 	}
 	if paused, _ := jsonPoolPaused(t, p, name, "bob"); paused {
 		t.Errorf("%s/bob still paused after resume", name)
+	}
+
+	// A PAUSE of every database holds a "*" database first opened during
+	// it (postgres here): bob's login and transaction wait until RESUME.
+	if code, body := adminPost(t, p, "/admin/pause", "s3cret"); code != 200 {
+		t.Fatalf("POST /admin/pause: %d %s", code, body)
+	}
+	// The login itself waits: the proxy needs a backend of the new
+	// database for its server parameters (PgBouncer's new clients of a
+	// paused database wait too).
+	done := make(chan error, 1)
+	go func() { // ends when the query returns: after the resume, or at ctx's end
+		c, err := pgx.Connect(ctx, p.URL("bob", "bob-pw", "postgres"))
+		if err == nil {
+			_, err = c.Exec(ctx, "SELECT 1")
+			c.Close(ctx)
+		}
+		done <- err
+	}()
+	waitFor(t, 5*time.Second, "bob's pool of postgres listed", func() bool { _, ok := jsonPoolPaused(t, p, "postgres", "bob"); return ok })
+	if paused, _ := jsonPoolPaused(t, p, "postgres", "bob"); !paused {
+		t.Error("postgres/bob, opened during a PAUSE of every database, is not paused")
+	}
+	select {
+	case err := <-done:
+		t.Errorf("bob's transaction in postgres ran during the PAUSE: %v", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	if code, body := adminPost(t, p, "/admin/resume", "s3cret"); code != 200 {
+		t.Fatalf("POST /admin/resume: %d %s", code, body)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("bob's transaction in postgres after RESUME: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("bob's transaction in postgres did not run after RESUME")
 	}
 
 	// A wrong password: 28P01, and no pool for the name it asked for.
