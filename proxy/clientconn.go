@@ -648,14 +648,32 @@ func (c *clientConn) checkStartupParams(ctx context.Context, server map[string]s
 	if len(calls) == 0 {
 		return nil
 	}
+	sql := "SELECT " + strings.Join(calls, ", ")
+	for tries := 1; ; tries++ {
+		retry, err := c.checkParamsOnce(ctx, sql, keys)
+		if !retry || tries >= maxReplays || ctx.Err() != nil {
+			return err
+		}
+	}
+}
+
+// checkParamsOnce runs checkStartupParams's query on one backend. retry
+// says the backend died under it (a FATAL such as 57P01 from
+// pg_terminate_backend or a shutdown, or the connection ending): the pool
+// hands out a backend released a moment ago without peeking at its socket
+// (pool.peek_after_idle), so this is the client's first request on a
+// backend that may be dead, and like a client's first request (replay.go)
+// it goes to another backend: it changes nothing (is_local settings, one
+// implicit transaction), so running it again is harmless.
+func (c *clientConn) checkParamsOnce(ctx context.Context, sql string, keys []string) (retry bool, err error) {
 	conn, err := c.db.Pool.Acquire(ctx)
 	if err != nil {
-		return err
+		return false, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	// is_local settings vanish when the statement's implicit transaction ends.
-	err = conn.Server().Exec(ctx, "SELECT "+strings.Join(calls, ", "))
+	err = conn.Server().Exec(ctx, sql)
 	var pgErr *pgconn.PgError
 	switch {
 	case err == nil:
@@ -663,16 +681,25 @@ func (c *clientConn) checkStartupParams(ctx context.Context, server map[string]s
 		for _, k := range keys {
 			c.srv.acceptParam(k)
 		}
-		return nil
-	case errors.As(err, &pgErr):
+		return false, nil
+	case errors.As(err, &pgErr) && !fatalSeverity(pgErr):
 		conn.Release()
 		c.log.Info("client startup parameter rejected by the server", "err", pgErr.Message)
-		return newFatal(pgErr.Code, pgErr.Message,
+		return false, newFatal(pgErr.Code, pgErr.Message,
 			"fix the startup parameter the client sends (its options / PGOPTIONS or driver setting)")
 	default:
 		conn.Destroy("checking startup parameters failed: " + err.Error())
-		return err
+		return ctx.Err() == nil, err
 	}
+}
+
+// fatalSeverity reports whether the server ended the session with e.
+func fatalSeverity(e *pgconn.PgError) bool {
+	sev := e.SeverityUnlocalized
+	if sev == "" {
+		sev = e.Severity
+	}
+	return sev == "FATAL" || sev == "PANIC"
 }
 
 // loginAcquireError is the FATAL for a login that could not get a backend

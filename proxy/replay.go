@@ -92,32 +92,58 @@ func (c *clientConn) recordReplay(b *backend, from int, streamed bool) {
 	c.replay.buf = append(c.replay.buf, c.in.Buf[from:c.in.Start]...)
 }
 
-// retryableFirstReply reports whether the first reply of an armed backend,
-// in b's read buffer, says the backend was ending before it did anything:
-// a FATAL 57P01 (terminated), 57P02 (crash shutdown) or 57P03 (the server
-// is shutting down or starting). complete is false while that message is
-// not all there yet.
-func retryableFirstReply(b *backend) (retry, complete bool) {
+// retryableFirstReply reports whether what an armed backend sent, in b's
+// read buffer, says it was ending before it ran anything that could have
+// committed: a FATAL 57P01 (terminated), 57P02 (crash shutdown) or 57P03
+// (the server is shutting down or starting), or the end of the connection
+// (ended: the read failed), after nothing but messages that precede any
+// execution: ParseComplete, BindComplete, ParameterDescription,
+// RowDescription, NoData. PostgreSQL keeps those in its output buffer until
+// a flush, and the FATAL's send flushes them: a backend terminated between
+// a Bind and its Execute, or while the statement runs (RowDescription goes
+// out at its start), sends them and the FATAL together. complete is false
+// while that cannot be told yet (a message not all there).
+//
+// The buffer is only scanned, never consumed, and nothing is allocated.
+func retryableFirstReply(b *backend, ended bool) (retry, complete bool) {
 	pending := b.in.Buf[b.in.Start:b.in.End]
-	if len(pending) < pgwire.HeaderLen {
-		return false, false
-	}
-	typ, bodyLen := pgwire.ParseHeader(pending)
-	if typ != pgwire.MsgErrorResponse {
+	for {
+		if len(pending) < pgwire.HeaderLen {
+			// Only harmless messages so far: the connection's end decides,
+			// else what follows them. A harmless reply that is all there
+			// is (a client's Parse and Flush) is the backend answering:
+			// waiting for more would keep it from the client.
+			return ended, ended || len(pending) == 0
+		}
+		typ, bodyLen := pgwire.ParseHeader(pending)
+		if bodyLen < 0 {
+			return false, true
+		}
+		whole := len(pending) >= pgwire.HeaderLen+bodyLen
+		switch typ {
+		case pgwire.MsgParseComplete, pgwire.MsgBindComplete, pgwire.MsgParamDescription, pgwire.MsgRowDescription, pgwire.MsgNoData:
+			if !whole {
+				return ended, ended
+			}
+			pending = pending[pgwire.HeaderLen+bodyLen:]
+			continue
+		case pgwire.MsgErrorResponse:
+		default:
+			return false, true
+		}
+		if !whole {
+			return ended, ended
+		}
+		body := pending[pgwire.HeaderLen : pgwire.HeaderLen+bodyLen]
+		if !bytes.Equal(pgwire.ErrorField(body, 'V'), []byte("FATAL")) {
+			return false, true
+		}
+		switch string(pgwire.ErrorField(body, 'C')) {
+		case pgwire.CodeAdminShutdown, pgwire.CodeCrashShutdown, pgwire.CodeCannotConnectNow:
+			return true, true
+		}
 		return false, true
 	}
-	if bodyLen < 0 || len(pending) < pgwire.HeaderLen+bodyLen {
-		return false, false
-	}
-	body := pending[pgwire.HeaderLen : pgwire.HeaderLen+bodyLen]
-	if !bytes.Equal(pgwire.ErrorField(body, 'V'), []byte("FATAL")) {
-		return false, true
-	}
-	switch string(pgwire.ErrorField(body, 'C')) {
-	case pgwire.CodeAdminShutdown, pgwire.CodeCrashShutdown, pgwire.CodeCannotConnectNow:
-		return true, true
-	}
-	return false, true
 }
 
 // armedFor reports whether b's first reply is still awaited with the
@@ -150,7 +176,7 @@ func (c *clientConn) checkFirstReplyLocked(b *backend, readErr error) (replay, d
 			return false, false, false // a wake-up, not a reply
 		}
 	} else {
-		retry, complete := retryableFirstReply(b)
+		retry, complete := retryableFirstReply(b, readErr != nil)
 		if !complete && readErr == nil {
 			return false, false, true
 		}

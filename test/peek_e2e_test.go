@@ -179,6 +179,47 @@ func TestUnpeekedTerminatedBackendHiddenSession(t *testing.T) {
 	}
 }
 
+// TestUnpeekedTerminatedBackendAtLogin: a login with a startup parameter
+// the server has not yet accepted (here a new application_name) is checked
+// on a pooled backend before the client is greeted; with the peek skipped
+// that backend can be one pg_terminate_backend ended. The check must go
+// to another backend, and the login succeed, as it does directly.
+func TestUnpeekedTerminatedBackendAtLogin(t *testing.T) {
+	const n = 3
+	p := peekOffProxy(t, n)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	admin := adminConn(t)
+	for attempt := 1; ; attempt++ {
+		pids := fillPool(ctx, t, p, n)
+		replaysBefore := poolRetired(t, p, "error")
+		terminate(ctx, t, admin.PgConn(), pids)
+		app := fmt.Sprintf("peek-login-%d", time.Now().UnixNano())
+		cfg, err := pgconn.ParseConfig(p.AppURL())
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.RuntimeParams["application_name"] = app
+		c, err := pgconn.ConnectConfig(ctx, cfg)
+		if err != nil {
+			t.Fatalf("login with application_name %q, all idle backends terminated: %v (SQLSTATE %s)", app, err, sqlState(err))
+		}
+		got, err := txOne(ctx, c, "SELECT current_setting('application_name')")
+		txClosePgconn(c)
+		if err != nil || got != app {
+			t.Fatalf("after the login: application_name %q, %v; want %q", got, err, app)
+		}
+		replays := poolRetired(t, p, "error") - replaysBefore
+		t.Logf("attempt %d: logged in after %v backends found dead", attempt, replays)
+		if replays > 0 {
+			return
+		}
+		if attempt == 3 {
+			t.Fatalf("in %d attempts no dead backend was handed out: the peek was not skipped", attempt)
+		}
+	}
+}
+
 // TestUnpeekedBackendsAcrossFastRestart: a fast restart of the database
 // ends every pooled backend at once. With the peek skipped a client's next
 // statement (sent as soon as the backends are gone, while the server is
@@ -320,5 +361,66 @@ func TestUnpeekedBackendKilledInsideTransaction(t *testing.T) {
 	}
 	if code, _ := p.Health(t); code != 200 {
 		t.Errorf("health %d, want 200", code)
+	}
+}
+
+// TestUnpeekedPgbenchUnderTerminations: pgbench -S -M prepared (named
+// statements: Bind/Execute/Sync per transaction, the proxy preparing them
+// on each new backend) through the proxy with the peek skipped, while
+// every pooled backend is ended by pg_terminate_backend again and again:
+// the pool is paused (PAUSE waits for the transactions in flight, so every
+// backend is idle in the pool), all its backends are terminated, and the
+// pool resumed, so the waiting clients are handed dead backends. Each is
+// found dead by its first reply and the transaction replayed on another
+// one: pgbench reports no failure and aborts no client. (Directly, every
+// terminated connection would abort its client.) A backend terminated
+// while it runs a statement is not part of this test: once the server has
+// answered part of a request, the client gets the FATAL, as directly.
+func TestUnpeekedPgbenchUnderTerminations(t *testing.T) {
+	ensurePgbenchTables(t)
+	p := peekOffProxy(t, 4, WithEnv("PGSIDECAR_LOG__LEVEL", "warn"))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	admin := adminConn(t)
+	con := connect(t, consoleURL(p, "app", "app"))
+	replaysBefore := poolRetired(t, p, "error")
+	bench := startPgbench(t, p.AppURL(), "-n", "-S", "-M", "prepared", "-c", "4", "-j", "2", "-T", "3")
+	killed, rounds := 0, 0
+	for !bench.exited() {
+		if err := consoleExec(ctx, con, "PAUSE app"); err != nil {
+			t.Fatalf("PAUSE: %v", err)
+		}
+		var n int
+		err := admin.QueryRow(ctx, `SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 5000))::int FROM pg_stat_activity
+			WHERE usename = 'app' AND backend_type = 'client backend' AND state = 'idle'`).Scan(&n)
+		if err != nil {
+			t.Fatalf("pg_terminate_backend: %v", err)
+		}
+		if err := consoleExec(ctx, con, "RESUME app"); err != nil {
+			t.Fatalf("RESUME: %v", err)
+		}
+		killed += n
+		rounds++
+		select {
+		case <-bench.done:
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	out, _, err := bench.wait()
+	m := processedRE.FindStringSubmatch(out)
+	replays := poolRetired(t, p, "error") - replaysBefore
+	t.Logf("%d rounds, %d backends terminated under pgbench; %v found dead under a client (replays); pgbench: %v\n%s",
+		rounds, killed, replays, err, out)
+	if err != nil || m == nil || m[1] == "0" {
+		t.Fatalf("pgbench -S -M prepared under terminations: %v\n%s", err, out)
+	}
+	if fm := failedRE.FindStringSubmatch(out); fm != nil && fm[1] != "0" {
+		t.Errorf("%s failed transactions, want 0", fm[1])
+	}
+	if abortedRE.MatchString(out) {
+		t.Errorf("pgbench aborted a client")
+	}
+	if killed == 0 || replays == 0 {
+		t.Errorf("%d terminations, %v replays: the run proved nothing", killed, replays)
 	}
 }
