@@ -57,6 +57,10 @@ func PassthroughConnector(cfg *pgconn.Config, keys func() ScramKeys) ConnectFunc
 // (hostssl ... reject, 28000) is tried again in plain text, as pgconn and
 // libpq do for a password login.
 func worthNextTry(err error) bool {
+	var certErr *sslCertModeError
+	if errors.As(err, &certErr) {
+		return false // as pgconn: sslcertmode=require fails the whole connect
+	}
 	var pgErr *pgconn.PgError
 	if !errors.As(err, &pgErr) {
 		return true
@@ -87,7 +91,12 @@ func passthroughConnect(ctx context.Context, cfg *pgconn.Config, fb *pgconn.Fall
 	tcp := conn
 	stop := context.AfterFunc(ctx, func() { tcp.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
-	if fb.TLSConfig != nil {
+	tlsCfg := fb.TLSConfig
+	var certReq *certRequest
+	if tlsCfg != nil && cfg.SSLCertMode == "require" {
+		tlsCfg, certReq = watchClientCert(tlsCfg)
+	}
+	if tlsCfg != nil {
 		// A separate variable: on failure conn must stay the TCP
 		// connection the deferred Close closes (it was set to nil here,
 		// and sslmode=prefer against a server without ssl crashed).
@@ -95,12 +104,12 @@ func passthroughConnect(ctx context.Context, cfg *pgconn.Config, fb *pgconn.Fall
 		if cfg.SSLNegotiation == "direct" {
 			// PostgreSQL 17's direct TLS: the handshake first, no
 			// SSLRequest (pgconn's TLSConfig then has ALPN "postgresql").
-			c := tls.Client(conn, fb.TLSConfig)
+			c := tls.Client(conn, tlsCfg)
 			if err := c.Handshake(); err != nil {
 				return nil, fmt.Errorf("TLS handshake: %w", err)
 			}
 			tc = c
-		} else if tc, err = startTLS(conn, fb.TLSConfig); err != nil {
+		} else if tc, err = startTLS(conn, tlsCfg); err != nil {
 			return nil, err
 		}
 		conn = tc
@@ -118,6 +127,11 @@ func passthroughConnect(ctx context.Context, cfg *pgconn.Config, fb *pgconn.Fall
 	if err := passthroughLogin(fe, cfg, keys, conn, hc); err != nil {
 		return nil, err
 	}
+	if cfg.SSLCertMode == "require" {
+		if err := certReq.check(); err != nil {
+			return nil, err
+		}
+	}
 	if stop() {
 		conn.SetDeadline(time.Time{})
 	} else {
@@ -129,6 +143,55 @@ func passthroughConnect(ctx context.Context, cfg *pgconn.Config, fb *pgconn.Fall
 	}
 	ok = true
 	return pg, nil
+}
+
+// certRequest records, for sslcertmode=require, whether the server asked
+// for a client certificate during the handshake and whether one was sent.
+type certRequest struct{ requested, sent bool }
+
+// sslCertModeError is a login that sslcertmode=require refuses.
+type sslCertModeError struct{ msg string }
+
+func (e *sslCertModeError) Error() string { return "sslcertmode=require: " + e.msg }
+
+// watchClientCert is cfg for one connection, recording in the returned
+// certRequest what happens to the client certificate, as pgconn's
+// prepareTLSConfigForConnect does for sslcertmode=require.
+func watchClientCert(cfg *tls.Config) (*tls.Config, *certRequest) {
+	req := &certRequest{}
+	c := cfg.Clone()
+	c.ClientSessionCache = nil // a resumed session skips the certificate request
+	c.GetClientCertificate = func(cri *tls.CertificateRequestInfo) (*tls.Certificate, error) {
+		req.requested = true
+		var cert *tls.Certificate
+		var err error
+		if cfg.GetClientCertificate != nil {
+			cert, err = cfg.GetClientCertificate(cri)
+		} else {
+			cert = new(tls.Certificate) // none, unless one of cfg's fits
+			for i := range cfg.Certificates {
+				if cri.SupportsCertificate(&cfg.Certificates[i]) == nil {
+					cert = &cfg.Certificates[i]
+					break
+				}
+			}
+		}
+		req.sent = err == nil && cert != nil && len(cert.Certificate) > 0
+		return cert, err
+	}
+	return c, req
+}
+
+// check is the sslcertmode=require verdict on a finished login (nil r: it
+// was not on TLS).
+func (r *certRequest) check() error {
+	if r == nil || !r.requested {
+		return &sslCertModeError{"the server did not request an SSL certificate"}
+	}
+	if !r.sent {
+		return &sslCertModeError{"the server accepted the connection without a valid SSL certificate"}
+	}
+	return nil
 }
 
 // startTLS sends an SSLRequest and wraps conn in TLS if the server agrees.

@@ -809,7 +809,9 @@ func TestPassthroughBackendDirectTLS(t *testing.T) {
 // password (hostssl ... clientcert=verify-ca), logs in through the proxy
 // and directly with the same URL, and the server sees the certificate on
 // her backend (pg_stat_ssl.client_dn); without sslcert both are refused
-// by the server for want of a certificate.
+// by the server for want of a certificate. With sslcertmode=require, a
+// man in the middle that asks for no certificate is refused by the proxy
+// as by pgx.
 func TestPassthroughBackendClientCertificate(t *testing.T) {
 	s := sharedSSLCluster(t)
 	with := map[string]string{"sslmode": "verify-full", "sslrootcert": s.ca.Path, "sslcert": s.clientCert, "sslkey": s.clientKey}
@@ -832,5 +834,23 @@ func TestPassthroughBackendClientCertificate(t *testing.T) {
 	const want = "connection requires a valid client certificate"
 	if sqlState(derr) != "28000" || !strings.Contains(derr.Error(), want) || sqlState(perr) != "08006" || !strings.Contains(perr.Error(), want) {
 		t.Errorf("without sslcert: proxy %v; direct %v; want the server's %q in both", perr, derr, want)
+	}
+
+	// sslcertmode=require, no verification of the server, no channel
+	// binding: only the certificate request can expose the man in the
+	// middle (the server, with ssl_ca_file, asks every TLS client).
+	certReq := map[string]string{"sslmode": "require", "sslcert": s.clientCert, "sslkey": s.clientKey,
+		"sslcertmode": "require", "channel_binding": "disable"}
+	f := startPGFront(t, s.addr(), s.otherCert)
+	pm := startPassthroughProxy(t, "30s", WithEnv("DATABASE_URL", s.url(f.addr(), "app", "app", certReq)))
+	if user, _, err := tryLogin(pm.URL("carol", "carol-pw", "app")); err != nil || user != "carol" {
+		t.Fatalf("carol through the proxy and the real server: %q, %v", user, err)
+	}
+	f.mode.Store(frontMITM)
+	_, _, perr = tryLogin(pm.URL("alice", "alice-pw", "app"))
+	_, _, derr = tryLogin(s.url(f.addr(), "alice", "alice-pw", certReq))
+	const wantReq = "did not request an SSL certificate"
+	if !strings.Contains(fmt.Sprint(perr), wantReq) || !strings.Contains(fmt.Sprint(derr), wantReq) || sqlState(perr) != "08006" {
+		t.Errorf("sslcertmode=require through a man in the middle: proxy %v; direct %v; want %q in both", perr, derr, wantReq)
 	}
 }
