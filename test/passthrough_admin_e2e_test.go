@@ -155,6 +155,13 @@ func TestPassthroughPauseResumeReconnect(t *testing.T) {
 			return sp != nil && sp["cl_waiting"].(int64) == 1
 		})
 	}
+	// SHOW STATE names the paused database once, not once per pool.
+	names, rows := consoleRows(ctx, t, con, "SHOW STATE")
+	for _, r := range rows {
+		if column(t, names, r, "key") == "paused" && column(t, names, r, "value") != "app" {
+			t.Errorf("SHOW STATE paused = %q, want %q", column(t, names, r, "value"), "app")
+		}
+	}
 	// Past acquire_timeout (1s): still held, without an error.
 	time.Sleep(1500 * time.Millisecond)
 	select {
