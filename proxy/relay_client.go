@@ -300,8 +300,10 @@ func (c *clientConn) acquire() (*backend, error) {
 	s.stats.waiting.Add(1)
 	c.waiting.Store(true)
 	defer c.waiting.Store(false)
-	// The pool hands out only backends whose socket is quiet: one the
-	// server closed while it sat idle never gets here.
+	// The pool peeks a backend idle longer than pool.peek_after_idle, so
+	// one the server closed while it sat idle never gets here; one released
+	// more recently is not peeked, and if it died its first reply says so
+	// and the request goes to another backend (replay.go).
 	conn, err := c.db.Pool.Acquire(c.ctx)
 	s.stats.waiting.Add(-1)
 	if err != nil {

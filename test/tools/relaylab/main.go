@@ -218,11 +218,16 @@ type ebackend struct {
 	c    *eclient
 }
 
+// keep holds the files rawFD took the descriptors from: a collected
+// *os.File's finalizer would close its descriptor under the loop.
+var keep []*os.File
+
 func rawFD(c net.Conn) int {
 	f, err := c.(*net.TCPConn).File()
 	if err != nil {
 		log.Fatal(err)
 	}
+	keep = append(keep, f)
 	c.Close()
 	fd := int(f.Fd())
 	if err := syscall.SetNonblock(fd, true); err != nil {
