@@ -5,14 +5,11 @@ import (
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
-	"crypto/sha512"
 	"crypto/subtle"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"hash"
 	"net"
 	"strconv"
 	"strings"
@@ -20,6 +17,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/pgsidecar/pgsidecar/internal/pgwire"
 )
 
 // PassthroughConnector returns a ConnectFunc that logs in to the server as
@@ -361,28 +359,18 @@ func newScramClient(keys ScramKeys, offered []string, channelBinding string, con
 // itself.
 func (s *scramClient) bound() bool { return s.verified && s.cbData != nil }
 
-// tlsServerEndPoint is the tls-server-end-point channel binding data
-// (RFC 5929 4.1): the hash of the server's certificate, with SHA-256 for
-// MD5 and SHA-1 signatures, else the signature's hash.
+// tlsServerEndPoint is the tls-server-end-point channel binding data of
+// the server's certificate (pgwire.TLSServerEndPoint), or an error saying
+// why there is none.
 func tlsServerEndPoint(tc *tls.Conn) ([]byte, error) {
 	certs := tc.ConnectionState().PeerCertificates
 	if len(certs) == 0 {
 		return nil, errors.New("the server sent no certificate to bind to")
 	}
-	var h hash.Hash
-	switch certs[0].SignatureAlgorithm {
-	case x509.MD5WithRSA, x509.SHA1WithRSA, x509.ECDSAWithSHA1,
-		x509.SHA256WithRSA, x509.SHA256WithRSAPSS, x509.ECDSAWithSHA256:
-		h = sha256.New()
-	case x509.SHA384WithRSA, x509.SHA384WithRSAPSS, x509.ECDSAWithSHA384:
-		h = sha512.New384()
-	case x509.SHA512WithRSA, x509.SHA512WithRSAPSS, x509.ECDSAWithSHA512:
-		h = sha512.New()
-	default:
-		return nil, fmt.Errorf("tls-server-end-point is undefined for the server certificate's signature algorithm %v", certs[0].SignatureAlgorithm)
+	if h := pgwire.TLSServerEndPoint(certs[0]); h != nil {
+		return h, nil
 	}
-	h.Write(certs[0].Raw)
-	return h.Sum(nil), nil
+	return nil, fmt.Errorf("tls-server-end-point is undefined for the server certificate's signature algorithm %v", certs[0].SignatureAlgorithm)
 }
 
 // first is client-first-message: the GS2 header, then an empty user (the

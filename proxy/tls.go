@@ -2,12 +2,10 @@ package proxy
 
 import (
 	"crypto/sha256"
-	"crypto/sha512"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
 	"fmt"
-	"hash"
 	"net"
 	"syscall"
 
@@ -143,7 +141,7 @@ func NewClientTLS(o ClientTLSOptions) (*ClientTLS, error) {
 	return &ClientTLS{
 		mode:        o.Mode,
 		config:      cfg,
-		endPoint:    tlsServerEndPoint(leaf),
+		endPoint:    pgwire.TLSServerEndPoint(leaf),
 		fingerprint: sha256.Sum256(leaf.Raw),
 	}, nil
 }
@@ -164,27 +162,6 @@ func (t *ClientTLS) Fingerprint() string {
 		return ""
 	}
 	return hex.EncodeToString(t.fingerprint[:])
-}
-
-// tlsServerEndPoint is RFC 5929's tls-server-end-point value for cert: its
-// DER hashed with the hash of its signature algorithm, SHA-256 for MD5 and
-// SHA-1, as PostgreSQL's be_tls_get_certificate_hash computes it. nil when
-// the algorithm has no such hash.
-func tlsServerEndPoint(cert *x509.Certificate) []byte {
-	var h hash.Hash
-	switch cert.SignatureAlgorithm {
-	case x509.MD5WithRSA, x509.SHA1WithRSA, x509.ECDSAWithSHA1, x509.DSAWithSHA1,
-		x509.SHA256WithRSA, x509.SHA256WithRSAPSS, x509.ECDSAWithSHA256:
-		h = sha256.New()
-	case x509.SHA384WithRSA, x509.SHA384WithRSAPSS, x509.ECDSAWithSHA384:
-		h = sha512.New384()
-	case x509.SHA512WithRSA, x509.SHA512WithRSAPSS, x509.ECDSAWithSHA512:
-		h = sha512.New()
-	default:
-		return nil
-	}
-	h.Write(cert.Raw)
-	return h.Sum(nil)
 }
 
 // tlsHandshakeError is a failed TLS handshake: nothing can be sent to the
