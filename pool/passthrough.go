@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -281,15 +282,6 @@ func passthroughLogin(fe *pgproto3.Frontend, cfg *pgconn.Config, keys ScramKeys,
 	}
 }
 
-func containsString(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
-}
-
 // scramClient is the client side of SCRAM-SHA-256 (RFC 5802/7677) for one
 // login, proving a known ClientKey instead of deriving it from a password.
 //
@@ -314,20 +306,17 @@ type scramClient struct {
 	verified               bool // the server's signature checked out
 }
 
-// scramPlus is the channel-binding variant of SCRAM-SHA-256.
-const scramPlus = "SCRAM-SHA-256-PLUS"
-
 // newScramClient picks the mechanism among offered for channelBinding
 // (pgconn's channel_binding: prefer, require or disable) on conn.
 func newScramClient(keys ScramKeys, offered []string, channelBinding string, conn net.Conn) (*scramClient, error) {
-	if !containsString(offered, "SCRAM-SHA-256") && !containsString(offered, scramPlus) {
+	if !slices.Contains(offered, pgwire.SCRAMSHA256) && !slices.Contains(offered, pgwire.SCRAMSHA256Plus) {
 		return nil, fmt.Errorf("the server offers %v, not SCRAM-SHA-256 (auth.passthrough logs in with SCRAM only)", offered)
 	}
-	serverPlus := containsString(offered, scramPlus)
+	serverPlus := slices.Contains(offered, pgwire.SCRAMSHA256Plus)
 	if channelBinding == "require" && !serverPlus {
 		return nil, errors.New("channel_binding=require, but the server does not offer SCRAM-SHA-256-PLUS (is the upstream connection on TLS?)")
 	}
-	s := &scramClient{keys: keys, mechanism: "SCRAM-SHA-256", gs2Header: "n,,"}
+	s := &scramClient{keys: keys, mechanism: pgwire.SCRAMSHA256, gs2Header: "n,,"}
 	tc, onTLS := conn.(*tls.Conn)
 	if onTLS && channelBinding != "disable" {
 		hash, err := tlsServerEndPoint(tc)
@@ -339,7 +328,7 @@ func newScramClient(keys ScramKeys, offered []string, channelBinding string, con
 			// server the client could bind, as pgconn does.
 			s.gs2Header = "y,,"
 		case serverPlus:
-			s.mechanism, s.gs2Header, s.cbData = scramPlus, "p=tls-server-end-point,,", hash
+			s.mechanism, s.gs2Header, s.cbData = pgwire.SCRAMSHA256Plus, "p=tls-server-end-point,,", hash
 		default:
 			// On TLS but not offered: "y" lets a server that does offer
 			// it detect a downgrade by a man in the middle.
@@ -349,7 +338,7 @@ func newScramClient(keys ScramKeys, offered []string, channelBinding string, con
 	if channelBinding == "require" && s.cbData == nil {
 		return nil, errors.New("channel_binding=require, but the upstream connection is not on TLS")
 	}
-	if s.mechanism == "SCRAM-SHA-256" && !containsString(offered, "SCRAM-SHA-256") {
+	if s.mechanism == pgwire.SCRAMSHA256 && !slices.Contains(offered, pgwire.SCRAMSHA256) {
 		return nil, fmt.Errorf("the server offers only %v, and channel binding is disabled or impossible here", offered)
 	}
 	return s, nil

@@ -253,12 +253,8 @@ func authMAC(key []byte, parts ...string) []byte {
 // SCRAM-SHA-256 parameters. 4096 iterations is PostgreSQL's default
 // (scram_iterations) and what clients expect at minimum.
 const (
-	authScramMechanism = "SCRAM-SHA-256"
-	// authScramPlusMechanism is SCRAM with channel binding
-	// (tls-server-end-point), offered to clients on TLS.
-	authScramPlusMechanism = "SCRAM-SHA-256-PLUS"
-	authScramIterations    = 4096
-	authScramSaltLen       = 16
+	authScramIterations = 4096
+	authScramSaltLen    = 16
 	// authScramCacheMax bounds the credential cache; past it the cache is
 	// emptied, which costs one PBKDF2 per user on their next login.
 	authScramCacheMax = 1024
@@ -297,9 +293,9 @@ func authSCRAM(sm *startupMessage, password string, known bool) (bool, error) {
 // auth.passthrough logs in to the server with.
 func authSCRAMWith(sm *startupMessage, creds scram.StoredCredentials, known bool) (bool, []byte, error) {
 	b := sm.backend
-	mechanisms := []string{authScramMechanism}
+	mechanisms := []string{pgwire.SCRAMSHA256}
 	if sm.cbind != nil {
-		mechanisms = []string{authScramPlusMechanism, authScramMechanism}
+		mechanisms = []string{pgwire.SCRAMSHA256Plus, pgwire.SCRAMSHA256}
 	}
 	err := authSend(b, &pgproto3.AuthenticationSASL{AuthMechanisms: mechanisms}, pgproto3.AuthTypeSASL)
 	if err != nil {
@@ -324,7 +320,7 @@ func authSCRAMWith(sm *startupMessage, creds scram.StoredCredentials, known bool
 	// The gs2 header's flag must agree with the mechanism, as PostgreSQL
 	// checks: "p=" (binding used) with -PLUS only, and -PLUS only with "p=".
 	usesBinding := len(first.Data) > 0 && first.Data[0] == 'p'
-	if plus := first.AuthMechanism == authScramPlusMechanism; plus != usesBinding {
+	if plus := first.AuthMechanism == pgwire.SCRAMSHA256Plus; plus != usesBinding {
 		what := "client selected SCRAM-SHA-256-PLUS without channel binding data"
 		if usesBinding {
 			what = "client requested channel binding with SCRAM-SHA-256; it must select SCRAM-SHA-256-PLUS for that"

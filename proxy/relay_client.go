@@ -542,6 +542,10 @@ func (c *clientConn) passOn(out []byte) []byte {
 func (c *clientConn) buildMessageLocked(b *backend, out []byte, typ byte, msg []byte, tx bool) []byte {
 	body := msg[pgwire.HeaderLen:]
 	switch typ {
+	case pgwire.MsgParse, pgwire.MsgBind, pgwire.MsgDescribe, pgwire.MsgClose, pgwire.MsgExecute, pgwire.MsgFlush:
+		c.inBatch = true // an extended-protocol batch is open until its Sync
+	}
+	switch typ {
 	case pgwire.MsgQuery:
 		return c.onQuery(b, out, msg, body, tx)
 	case pgwire.MsgSync:
@@ -550,20 +554,15 @@ func (c *clientConn) buildMessageLocked(b *backend, out []byte, typ byte, msg []
 		c.q.push(request{kind: reqSync})
 		return append(out, msg...)
 	case pgwire.MsgExecute:
-		c.inBatch = true
 		c.q.push(request{kind: reqExecute})
 		return append(out, msg...)
 	case pgwire.MsgParse:
-		c.inBatch = true
 		return c.onParse(b, out, msg, body, tx)
 	case pgwire.MsgBind:
-		c.inBatch = true
 		return c.onBind(b, out, msg, body, tx)
 	case pgwire.MsgDescribe:
-		c.inBatch = true
 		return c.onDescribe(b, out, msg, body, tx)
 	case pgwire.MsgClose:
-		c.inBatch = true
 		return c.onClose(b, out, msg, body, tx)
 	case pgwire.MsgFunctionCall:
 		// A fast-path call can run any function (an advisory lock, by
@@ -571,10 +570,7 @@ func (c *clientConn) buildMessageLocked(b *backend, out []byte, typ byte, msg []
 		c.state.dirty = tx
 		c.q.push(request{kind: reqQuery})
 		return append(out, msg...)
-	case pgwire.MsgFlush:
-		c.inBatch = true
-		return append(out, msg...)
-	default: // CopyData, CopyDone, CopyFail (others were refused above)
+	default: // Flush, CopyData, CopyDone, CopyFail (others were refused above)
 		return append(out, msg...)
 	}
 }

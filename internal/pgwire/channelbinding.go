@@ -1,9 +1,9 @@
 package pgwire
 
-// channelbinding.go: the tls-server-end-point channel binding data of
-// SCRAM-SHA-256-PLUS, which both sides of the proxy compute: toward
-// clients from the proxy's own certificate, toward the server from the
-// server's.
+// channelbinding.go: the SCRAM mechanism names, and the
+// tls-server-end-point channel binding data of SCRAM-SHA-256-PLUS, which
+// both sides of the proxy compute: toward clients from the proxy's own
+// certificate, toward the server from the server's.
 
 import (
 	"crypto/sha256"
@@ -33,3 +33,12 @@ func TLSServerEndPoint(cert *x509.Certificate) []byte {
 	h.Write(cert.Raw)
 	return h.Sum(nil)
 }
+
+// The SASL mechanisms of PostgreSQL's SCRAM authentication, as the
+// AuthenticationSASL message lists them and SASLInitialResponse names one.
+const (
+	SCRAMSHA256 = "SCRAM-SHA-256"
+	// SCRAMSHA256Plus is SCRAM with tls-server-end-point channel binding,
+	// offered on TLS only.
+	SCRAMSHA256Plus = "SCRAM-SHA-256-PLUS"
+)
