@@ -43,16 +43,7 @@ func TestFIFOOrderWith50Waiters(t *testing.T) {
 	holder.Release()
 	wg.Wait()
 	close(order)
-	want := 0
-	for got := range order {
-		if got != want {
-			t.Fatalf("waiter %d served in position %d: not FIFO", got, want)
-		}
-		want++
-	}
-	if want != n {
-		t.Fatalf("%d waiters served, want %d", want, n)
-	}
+	checkServedInOrder(t, order, n, "not FIFO")
 	s := p.Stats()
 	if s.Total != 1 || s.Idle != 1 || s.Waiting != 0 || s.Acquisitions != n+1 {
 		t.Fatalf("after the queue drained: %+v", s)

@@ -396,3 +396,20 @@ func queueWaiters(t *testing.T, p *Pool, n int, why string) []<-chan acquireResu
 	}
 	return ws
 }
+
+// checkServedInOrder checks that the n waiters numbered in arrival order
+// were served 0, 1, ... n-1, as read from the closed channel order;
+// unordered says what a mismatch means.
+func checkServedInOrder(t *testing.T, order <-chan int, n int, unordered string) {
+	t.Helper()
+	want := 0
+	for got := range order {
+		if got != want {
+			t.Fatalf("waiter %d served in position %d: %s", got, want, unordered)
+		}
+		want++
+	}
+	if want != n {
+		t.Fatalf("%d waiters served, want %d", want, n)
+	}
+}

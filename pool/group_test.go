@@ -106,16 +106,7 @@ func TestGroupFIFOAcrossPools(t *testing.T) {
 	holder.Release()
 	wg.Wait()
 	close(order)
-	want := 0
-	for got := range order {
-		if got != want {
-			t.Fatalf("waiter %d served in position %d: not FIFO across the two pools", got, want)
-		}
-		want++
-	}
-	if want != n {
-		t.Fatalf("%d waiters served, want %d", want, n)
-	}
+	checkServedInOrder(t, order, n, "not FIFO across the two pools")
 	if _, peak, _, _ := db.stats(); peak != 1 {
 		t.Fatalf("peak server connections %d, want 1 (max_db_connections)", peak)
 	}

@@ -126,21 +126,7 @@ func idleClientBudget() int {
 // request without a buffer (giving it back to the pool, parking, taking
 // one again) allocates nothing.
 func TestIdleWaitAllocatesNothing(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	peer, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer peer.Close()
-	sock, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sock.Close()
+	peer, sock := tcpPair(t)
 	c := &clientConn{conn: sock, sock: sock}
 	msg := []byte{'Q', 0, 0, 0, 5, 0}
 	send := make(chan struct{})
@@ -224,4 +210,26 @@ func TestIdleClientsShareBuffersSafely(t *testing.T) {
 			}
 		}
 	}
+}
+
+// tcpPair is a connected loopback TCP pair: peer, the client's end, and
+// sock, the proxy's; both are closed when the test ends.
+func tcpPair(t *testing.T) (peer, sock net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	peer, err = net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { peer.Close() })
+	sock, err = ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sock.Close() })
+	return peer, sock
 }

@@ -3,7 +3,6 @@ package proxy
 import (
 	"context"
 	"fmt"
-	"net"
 	"runtime"
 	"testing"
 	"time"
@@ -182,21 +181,7 @@ func (rc *rawClient) readFatal(t testing.TB) string {
 func TestParkAllocatesNothing(t *testing.T) {
 	e := startFake(t, fakeOpts{config: parkFast}, beScript{})
 	needParking(t, e)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	peer, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer peer.Close()
-	sock, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sock.Close()
+	_, sock := tcpPair(t)
 	// Not in the server's clients: the sweep never looks at it, and the
 	// peer never writes, so the parker never wakes it.
 	c := &clientConn{srv: e.srv, conn: sock, sock: sock, policy: ModeTransaction.policy(), log: e.srv.log, txStatus: 'I'}

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"encoding/json"
 	"slices"
 	"testing"
 	"time"
@@ -45,22 +44,9 @@ func consolePool(ctx context.Context, t *testing.T, con *pgx.Conn, db, user stri
 // user role; ok=false when there is no such row.
 func jsonPoolPaused(t *testing.T, p *Proxy, db, role string) (paused, ok bool) {
 	t.Helper()
-	resp, err := httpClient.Get("http://" + p.HealthAddr + "/pools")
-	if err != nil {
-		t.Fatalf("GET /pools: %v", err)
-	}
-	defer resp.Body.Close()
-	var pools []map[string]any
-	if err := json.NewDecoder(resp.Body).Decode(&pools); err != nil {
-		t.Fatalf("GET /pools: %v", err)
-	}
-	for _, sp := range pools {
-		if sp["database"] == db && sp["user"] == role {
-			paused, _ := sp["paused"].(bool)
-			return paused, true
-		}
-	}
-	return false, false
+	sp := jsonPool(t, p, db, role)
+	paused, _ = sp["paused"].(bool)
+	return paused, sp != nil
 }
 
 // TestPassthroughPauseResumeReconnect: the console's PAUSE, RESUME,

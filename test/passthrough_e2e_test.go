@@ -117,9 +117,9 @@ func roleBackends(t *testing.T, admin *pgx.Conn, role string) int {
 	return n
 }
 
-// jsonPoolsHave reports whether the admin JSON read /pools (the rows of
-// SHOW POOLS) lists a pool of database db and user role.
-func jsonPoolsHave(t *testing.T, p *Proxy, db, role string) bool {
+// jsonPool is the row of the admin JSON read /pools (the rows of SHOW
+// POOLS) for database db and user role, or nil (the rows are logged).
+func jsonPool(t *testing.T, p *Proxy, db, role string) map[string]any {
 	t.Helper()
 	resp, err := httpClient.Get("http://" + p.HealthAddr + "/pools")
 	if err != nil {
@@ -132,11 +132,18 @@ func jsonPoolsHave(t *testing.T, p *Proxy, db, role string) bool {
 	}
 	for _, sp := range pools {
 		if sp["database"] == db && sp["user"] == role {
-			return true
+			return sp
 		}
 	}
 	t.Logf("/pools: %v", pools)
-	return false
+	return nil
+}
+
+// jsonPoolsHave reports whether /pools lists a pool of database db and
+// user role.
+func jsonPoolsHave(t *testing.T, p *Proxy, db, role string) bool {
+	t.Helper()
+	return jsonPool(t, p, db, role) != nil
 }
 
 // statsPoolNamed returns the /stats pool called name, or nil.
