@@ -79,6 +79,40 @@ func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
 	}
 }
 
+// TryAcquire is Acquire for a caller that must not wait (the proxy's
+// event loop): it hands out the idle backend on top when it can be had
+// at once, and otherwise reports false without queueing, connecting,
+// closing or blocking, so the caller takes the waiting path (Acquire on
+// a goroutine), which deals with whatever stood in the way. It returns
+// false when callers already wait (they are first in line), the pool is
+// closed, paused or UNHEALTHY, no backend is idle, or the backend on top
+// is past its lifetime, due for validation (a query) or fails its socket
+// peek (which never blocks): retiring one closes it, which can wait.
+func (p *Pool) TryAcquire() (*Conn, bool) {
+	now := time.Now()
+	p.mu.Lock()
+	n := len(p.idle)
+	if n == 0 || p.closed || p.admin.paused || p.waiters.len() > 0 || (p.health.state == StateUnhealthy && !p.holdingLocked(now)) {
+		p.mu.Unlock()
+		return nil, false
+	}
+	b := p.idle[n-1]
+	cfg := &p.cfg
+	if b.expired(cfg, now) || cfg.ValidationQuery != "" && !b.fresh && (cfg.ValidateAfterIdle <= 0 || now.Sub(b.idleSince) >= cfg.ValidateAfterIdle) {
+		p.mu.Unlock()
+		return nil, false
+	}
+	if p.peekDueLocked(b, now) && probeSocket(b.srv.NetConn()) != nil {
+		// Peeked under p.mu (b is still idle, nobody else reads it): it
+		// stays for Acquire, which peeks it again and closes it.
+		p.mu.Unlock()
+		return nil, false
+	}
+	p.idle[n-1] = nil
+	p.idle = p.idle[:n-1]
+	return p.handLocked(b, now, now), true
+}
+
 // take pops an idle backend, or queues a waiter (and asks for a connect
 // if there is room). It fails fast when the pool is closed, the circuit
 // is open, or the queue is full.
@@ -223,16 +257,22 @@ func (p *Pool) hand(ctx context.Context, b *backend, start time.Time) (c *Conn, 
 		p.unlock()
 		return nil, false, err
 	}
+	return p.handLocked(b, now, start), true, nil
+}
+
+// handLocked gives b, checked, to the caller: it counts the hold and
+// starts it. It unlocks p.mu.
+func (p *Pool) handLocked(b *backend, now, start time.Time) *Conn {
 	b.fresh = false
 	p.active++
 	p.counts.peakActive = max(p.counts.peakActive, p.active)
 	p.counts.acquisitions++
-	c = &Conn{p: p, b: b}
+	c := &Conn{p: p, b: b}
 	p.unlock()
 	b.beginHold(c, now)
 	p.waits.record(now.Sub(start))
 	p.waitHist.observe(now.Sub(start))
-	return c, true, nil
+	return c
 }
 
 // peekDueLocked reports whether b's socket must be peeked before it is

@@ -310,3 +310,104 @@ func BenchmarkAcquireRelease(b *testing.B) {
 		}
 	})
 }
+
+// TestTryAcquireNeverWaits covers the event loop's acquire: it takes an
+// idle backend at once, and reports false, leaving everything as it was,
+// wherever Acquire would queue, connect, validate or close.
+func TestTryAcquireNeverWaits(t *testing.T) {
+	db := newFakeDB()
+	cfg := testConfig(db, newLogRecorder())
+	cfg.MaxSize = 1
+	p := startPool(t, cfg)
+
+	first := mustAcquire(t, p)
+	if c, ok := p.TryAcquire(); ok || c != nil {
+		t.Fatal("TryAcquire with no idle backend handed one out (it must not connect)")
+	}
+	if s := p.Stats(); s.Waiting != 0 || s.Total != 1 {
+		t.Fatalf("TryAcquire queued or connected: %+v", s)
+	}
+	first.Release()
+	c, ok := p.TryAcquire()
+	if !ok || c.Server() != first.Server() {
+		t.Fatalf("TryAcquire with an idle backend: ok %v", ok)
+	}
+	if c2, ok := p.TryAcquire(); ok || c2 != nil {
+		t.Fatal("TryAcquire handed out a held backend")
+	}
+	// A waiter is first in line for the next release: TryAcquire must not
+	// overtake it.
+	res := acquireAsync(context.Background(), p)
+	waitFor(t, "waiter queued", waiting(p, 1))
+	c.Release()
+	r := <-res
+	if r.err != nil {
+		t.Fatalf("waiter: %v", r.err)
+	}
+	waiter := r.c
+	res = acquireAsync(context.Background(), p)
+	waitFor(t, "second waiter queued", waiting(p, 1))
+	if c3, ok := p.TryAcquire(); ok || c3 != nil {
+		t.Fatal("TryAcquire overtook a queued waiter")
+	}
+	waiter.Release()
+	r = <-res
+	if r.err != nil {
+		t.Fatalf("second waiter: %v", r.err)
+	}
+	r.c.Release()
+
+	// Paused: nothing is handed out.
+	p.Pause()
+	if _, ok := p.TryAcquire(); ok {
+		t.Fatal("TryAcquire handed out a backend of a paused pool")
+	}
+	p.Resume()
+	if c, ok := p.TryAcquire(); !ok {
+		t.Fatal("TryAcquire after RESUME found nothing")
+	} else {
+		c.Release()
+	}
+	if s := p.Stats(); s.Active != 0 || s.Idle != 1 || s.Total != 1 {
+		t.Fatalf("after the checks: %+v", s)
+	}
+}
+
+// TestTryAcquireLeavesChecksToAcquire: a backend due for validation, or
+// one whose server went away (the peek finds the FATAL), is not handed
+// out and not closed by TryAcquire; Acquire then deals with it.
+func TestTryAcquireLeavesChecksToAcquire(t *testing.T) {
+	db := newFakeDB()
+	cfg := testConfig(db, newLogRecorder())
+	cfg.MaxSize = 1
+	cfg.ValidateAfterIdle = 0 // validate every acquire
+	p := startPool(t, cfg)
+	c := mustAcquire(t, p)
+	c.Release()
+	if _, ok := p.TryAcquire(); ok {
+		t.Fatal("TryAcquire handed out a backend due for validation")
+	}
+	if s := p.Stats(); s.Idle != 1 || s.Active != 0 {
+		t.Fatalf("TryAcquire changed the pool: %+v", s)
+	}
+
+	db2 := newFakeDB()
+	db2.sockets = true // the peek reads a real socket
+	cfg2 := testConfig(db2, newLogRecorder())
+	cfg2.MaxSize = 1
+	cfg2.ValidationQuery = ""
+	p2 := startPool(t, cfg2)
+	c2 := mustAcquire(t, p2)
+	srv := fake(c2)
+	c2.Release()
+	srv.terminate(t, true)
+	waitFor(t, "FATAL readable", func() bool { return probeSocket(srv.NetConn()) != nil })
+	if _, ok := p2.TryAcquire(); ok {
+		t.Fatal("TryAcquire handed out a backend with a FATAL pending")
+	}
+	c3 := mustAcquire(t, p2)
+	if fake(c3) == srv {
+		t.Fatal("Acquire handed out the terminated backend after TryAcquire declined it")
+	}
+	c3.Release()
+}
