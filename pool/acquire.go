@@ -31,7 +31,7 @@ import (
 // Errors are *AcquireError: 53300 on timeout or a full queue, 08006 at
 // once while the pool is UNHEALTHY (the circuit is open), 57P01 after
 // Close, 57014 when ctx is canceled.
-func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
+func (p *Pool) Acquire(ctx context.Context) (Conn, error) {
 	start := time.Now()
 	if ctx.Err() != nil {
 		p.mu.Lock()
@@ -40,7 +40,7 @@ func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
 			err = p.shutdownError()
 		}
 		p.unlock()
-		return nil, err
+		return Conn{}, err
 	}
 	var timer *time.Timer // AcquireTimeout, started on the first wait
 	defer func() {
@@ -52,14 +52,14 @@ func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
 	for {
 		b, w, timeout, err := p.take(front, start)
 		if err != nil {
-			return nil, err
+			return Conn{}, err
 		}
 		if b == nil {
 			if timer == nil {
 				timer = time.NewTimer(timeout - time.Since(start))
 			}
 			if b, err = p.await(ctx, w, timer.C, start); err != nil {
-				return nil, err
+				return Conn{}, err
 			}
 		}
 		c, ok, err := p.hand(ctx, b, start)
@@ -70,7 +70,7 @@ func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
 			p.mu.Lock()
 			err := p.ctxErrorLocked(ctx, time.Since(start), p.waiters.len())
 			p.unlock()
-			return nil, err
+			return Conn{}, err
 		}
 		// The backend failed its checks and was closed: try again, first
 		// in line, with no limit on the tries: each one closed a backend,
@@ -88,25 +88,25 @@ func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
 // closed, paused or UNHEALTHY, no backend is idle, or the backend on top
 // is past its lifetime, due for validation (a query) or fails its socket
 // peek (which never blocks): retiring one closes it, which can wait.
-func (p *Pool) TryAcquire() (*Conn, bool) {
+func (p *Pool) TryAcquire() (Conn, bool) {
 	now := time.Now()
 	p.mu.Lock()
 	n := len(p.idle)
 	if n == 0 || p.closed || p.admin.paused || p.waiters.len() > 0 || (p.health.state == StateUnhealthy && !p.holdingLocked(now)) {
 		p.mu.Unlock()
-		return nil, false
+		return Conn{}, false
 	}
 	b := p.idle[n-1]
 	cfg := &p.cfg
 	if b.expired(cfg, now) || cfg.ValidationQuery != "" && !b.fresh && (cfg.ValidateAfterIdle <= 0 || now.Sub(b.idleSince) >= cfg.ValidateAfterIdle) {
 		p.mu.Unlock()
-		return nil, false
+		return Conn{}, false
 	}
 	if p.peekDueLocked(b, now) && probeSocket(b.srv.NetConn()) != nil {
 		// Peeked under p.mu (b is still idle, nobody else reads it): it
 		// stays for Acquire, which peeks it again and closes it.
 		p.mu.Unlock()
-		return nil, false
+		return Conn{}, false
 	}
 	p.idle[n-1] = nil
 	p.idle = p.idle[:n-1]
@@ -221,7 +221,7 @@ func (p *Pool) await(ctx context.Context, w *waiter, timeout <-chan time.Time, s
 // PeekAfterIdle ago), validates b if it has been idle too long, and then
 // gives it to the caller. ok is false, with a nil error, when b failed
 // either check (it is closed already) and the caller should try again.
-func (p *Pool) hand(ctx context.Context, b *backend, start time.Time) (c *Conn, ok bool, err error) {
+func (p *Pool) hand(ctx context.Context, b *backend, start time.Time) (c Conn, ok bool, err error) {
 	now := time.Now()
 	p.mu.Lock()
 	if p.peekDueLocked(b, now) {
@@ -233,7 +233,7 @@ func (p *Pool) hand(ctx context.Context, b *backend, start time.Time) (c *Conn, 
 			p.mu.Lock()
 			p.retireLocked(b, retireValidation, err.Error(), time.Now())
 			p.unlock()
-			return nil, false, nil
+			return Conn{}, false, nil
 		}
 		now = time.Now()
 		p.mu.Lock()
@@ -244,7 +244,7 @@ func (p *Pool) hand(ctx context.Context, b *backend, start time.Time) (c *Conn, 
 			q, timeout := cfg.ValidationQuery, cfg.ConnectTimeout
 			p.unlock()
 			if !p.validate(ctx, b, q, timeout) {
-				return nil, false, nil
+				return Conn{}, false, nil
 			}
 			now = time.Now()
 			p.mu.Lock()
@@ -255,21 +255,21 @@ func (p *Pool) hand(ctx context.Context, b *backend, start time.Time) (c *Conn, 
 		p.retireLocked(b, retireShutdown, "pool closed", now)
 		err := p.shutdownError()
 		p.unlock()
-		return nil, false, err
+		return Conn{}, false, err
 	}
 	return p.handLocked(b, now, start), true, nil
 }
 
 // handLocked gives b, checked, to the caller: it counts the hold and
 // starts it. It unlocks p.mu.
-func (p *Pool) handLocked(b *backend, now, start time.Time) *Conn {
+func (p *Pool) handLocked(b *backend, now, start time.Time) Conn {
 	b.fresh = false
 	p.active++
 	p.counts.peakActive = max(p.counts.peakActive, p.active)
 	p.counts.acquisitions++
-	c := &Conn{p: p, b: b}
+	c := Conn{p: p, b: b, gen: b.gen.Add(1)}
 	p.unlock()
-	b.beginHold(c, now)
+	b.beginHold(c.gen, now)
 	p.waits.record(now.Sub(start))
 	p.waitHist.observe(now.Sub(start))
 	return c

@@ -321,7 +321,7 @@ func TestTryAcquireNeverWaits(t *testing.T) {
 	p := startPool(t, cfg)
 
 	first := mustAcquire(t, p)
-	if c, ok := p.TryAcquire(); ok || c != nil {
+	if c, ok := p.TryAcquire(); ok || c != (Conn{}) {
 		t.Fatal("TryAcquire with no idle backend handed one out (it must not connect)")
 	}
 	if s := p.Stats(); s.Waiting != 0 || s.Total != 1 {
@@ -332,7 +332,7 @@ func TestTryAcquireNeverWaits(t *testing.T) {
 	if !ok || c.Server() != first.Server() {
 		t.Fatalf("TryAcquire with an idle backend: ok %v", ok)
 	}
-	if c2, ok := p.TryAcquire(); ok || c2 != nil {
+	if c2, ok := p.TryAcquire(); ok || c2 != (Conn{}) {
 		t.Fatal("TryAcquire handed out a held backend")
 	}
 	// A waiter is first in line for the next release: TryAcquire must not
@@ -347,7 +347,7 @@ func TestTryAcquireNeverWaits(t *testing.T) {
 	waiter := r.c
 	res = acquireAsync(context.Background(), p)
 	waitFor(t, "second waiter queued", waiting(p, 1))
-	if c3, ok := p.TryAcquire(); ok || c3 != nil {
+	if c3, ok := p.TryAcquire(); ok || c3 != (Conn{}) {
 		t.Fatal("TryAcquire overtook a queued waiter")
 	}
 	waiter.Release()

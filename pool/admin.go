@@ -203,8 +203,12 @@ func (p *Pool) Backends() []BackendInfo {
 
 // AddErrors counts errors seen on the backend: sql is every ErrorResponse
 // the server sent, conn the connection-level and protocol errors among
-// them (towards MaxBackendErrors, checked at Release).
-func (c *Conn) AddErrors(sql, conn int64) {
+// them (towards MaxBackendErrors, checked at Release). A stale handle's
+// counts are ignored (see Conn).
+func (c Conn) AddErrors(sql, conn int64) {
+	if sql <= 0 && conn <= 0 || !c.current() {
+		return
+	}
 	if sql > 0 {
 		c.b.sqlErrors.Add(sql)
 	}

@@ -77,7 +77,7 @@ func TestTooManyConnectionsIsBackpressure(t *testing.T) {
 		if r2.err != nil {
 			t.Fatalf("last waiter: %v", r2.err)
 		}
-		more := []*Conn{r0.c, r1.c, r2.c}
+		more := []Conn{r0.c, r1.c, r2.c}
 		for range 2 {
 			more = append(more, mustAcquire(t, p))
 		}

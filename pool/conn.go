@@ -18,7 +18,7 @@ type Owner interface {
 }
 
 // backend is one open server connection for its whole life in the pool;
-// each Acquire wraps it in a fresh Conn handle.
+// each Acquire hands it out under a new hold generation (see Conn).
 type backend struct {
 	srv       Server
 	pid       uint32
@@ -41,9 +41,16 @@ type backend struct {
 	// its slot's release ends that eviction.
 	evict evictScope
 
+	// gen counts hold starts and ends: odd while held (the generation of
+	// the hold under way, which its Conn carries), even between holds.
+	// handLocked moves it to the next odd number; Release or Destroy to
+	// the next even one, by compare-and-swap from the handle's own
+	// generation, so only the current handle can end the hold, once.
+	gen atomic.Uint64
+
 	// mu guards the hold: the holder writes it, the leak scan reads it.
 	mu           sync.Mutex
-	hold         *Conn
+	hold         uint64    // the generation of the hold under way; 0 between holds
 	busyMode     bool      // SetBusy was called during this hold
 	busySince    time.Time // zero while not busy
 	leakReported time.Time // busySince of the busy period already reported
@@ -65,11 +72,11 @@ func (b *backend) expired(cfg *Config, now time.Time) bool {
 	return lt > 0 && now.Sub(b.createdAt) >= lt
 }
 
-// beginHold starts a hold by c; until SetBusy is called, the whole hold
-// counts as busy (transaction mode).
-func (b *backend) beginHold(c *Conn, now time.Time) {
+// beginHold starts the hold of generation gen; until SetBusy is called,
+// the whole hold counts as busy (transaction mode).
+func (b *backend) beginHold(gen uint64, now time.Time) {
 	b.mu.Lock()
-	b.hold, b.busyMode, b.busySince, b.leakReported, b.owner = c, false, now, time.Time{}, nil
+	b.hold, b.busyMode, b.busySince, b.leakReported, b.owner = gen, false, now, time.Time{}, nil
 	b.mu.Unlock()
 }
 
@@ -81,7 +88,7 @@ func (b *backend) endHold(now time.Time) (busy time.Duration, ok bool) {
 	if !b.busySince.IsZero() {
 		busy, ok = now.Sub(b.busySince), true
 	}
-	b.hold, b.busyMode, b.busySince, b.owner = nil, false, time.Time{}, nil
+	b.hold, b.busyMode, b.busySince, b.owner = 0, false, time.Time{}, nil
 	b.mu.Unlock()
 	return busy, ok
 }
@@ -91,7 +98,7 @@ func (b *backend) endHold(now time.Time) (busy time.Duration, ok bool) {
 func (b *backend) leakCheck(now time.Time, timeout time.Duration) (report bool, owner Owner, age time.Duration) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.hold == nil || b.busySince.IsZero() || b.leakReported.Equal(b.busySince) {
+	if b.hold == 0 || b.busySince.IsZero() || b.leakReported.Equal(b.busySince) {
 		return false, nil, 0
 	}
 	age = now.Sub(b.busySince)
@@ -102,34 +109,43 @@ func (b *backend) leakCheck(now time.Time, timeout time.Duration) (report bool, 
 	return true, b.owner, age
 }
 
-// Conn is a Server checked out of a Pool. Every Acquire returns a new
-// Conn handle for the backend it hands out, so a stale handle (double
-// Release, Release after Destroy) is recognised and ignored instead of
-// releasing the backend under its next holder. What must stay with the
+// Conn is a Server checked out of a Pool: a handle for one hold of a
+// backend, passed by value. It is the backend plus the generation of the
+// hold it was handed out for (backend.gen), so Acquire allocates nothing,
+// and a stale handle (double Release, Release after Destroy, or a copy
+// kept past Release while the backend serves its next holder) is
+// recognised and ignored instead of acting on the next hold: Release and
+// Destroy log it as a bug, SetOwner, SetBusy, AddQueries and AddErrors do
+// nothing. Server and Attachment work on any handle, as they reach the
+// backend itself. The zero Conn is no handle at all (Acquire returns it
+// with an error); calling a method on it panics. What must stay with the
 // backend across holds goes in Attachment.
 type Conn struct {
-	p    *Pool
-	b    *backend
-	done atomic.Bool // Release or Destroy was called on this handle
+	p   *Pool
+	b   *backend
+	gen uint64 // the hold this handle is for: odd, equal to b.gen while it lasts
 }
 
+// current reports whether c's hold is the one under way.
+func (c Conn) current() bool { return c.b.gen.Load() == c.gen }
+
 // Server returns the backend connection.
-func (c *Conn) Server() Server { return c.b.srv }
+func (c Conn) Server() Server { return c.b.srv }
 
 // Attachment returns the opaque value the proxy keeps with this backend
 // for its whole life (it survives Release and Acquire).
-func (c *Conn) Attachment() any { return c.b.attachment }
+func (c Conn) Attachment() any { return c.b.attachment }
 
 // SetAttachment sets the value Attachment returns, for this backend's
 // whole life. Only the current holder may call it.
-func (c *Conn) SetAttachment(v any) { c.b.attachment = v }
+func (c Conn) SetAttachment(v any) { c.b.attachment = v }
 
 // SetOwner records the client holding the Conn, for leak reports. It is
 // cleared on Release.
-func (c *Conn) SetOwner(o Owner) {
+func (c Conn) SetOwner(o Owner) {
 	b := c.b
 	b.mu.Lock()
-	if b.hold == c {
+	if b.hold == c.gen {
 		b.owner = o
 	}
 	b.mu.Unlock()
@@ -137,8 +153,8 @@ func (c *Conn) SetOwner(o Owner) {
 
 // AddQueries counts n queries run on the backend, towards MaxQueries and
 // Stats.Queries.
-func (c *Conn) AddQueries(n int64) {
-	if n <= 0 {
+func (c Conn) AddQueries(n int64) {
+	if n <= 0 || !c.current() {
 		return
 	}
 	c.b.queries.Add(n)
@@ -150,11 +166,11 @@ func (c *Conn) AddQueries(n int64) {
 // it is called, only busy periods count and each one longer than
 // LeakTimeout is reported once. A holder that never calls it (transaction
 // mode) is busy from Acquire to Release.
-func (c *Conn) SetBusy(busy bool) {
+func (c Conn) SetBusy(busy bool) {
 	b := c.b
 	now := time.Now()
 	b.mu.Lock()
-	if b.hold != c {
+	if b.hold != c.gen {
 		b.mu.Unlock()
 		return
 	}
@@ -179,15 +195,24 @@ func (c *Conn) SetBusy(busy bool) {
 	}
 }
 
+// end ends c's hold (Release, Destroy): it reports false, having logged
+// the misuse, when c's hold has ended already.
+func (c Conn) end(op string) bool {
+	if !c.b.gen.CompareAndSwap(c.gen, c.gen+1) {
+		c.p.misuse(op, c.b)
+		return false
+	}
+	return true
+}
+
 // Release gives a clean backend (its last ReadyForQuery said 'I') back.
 // It goes straight to the oldest waiter, else to the idle list, unless it
 // is due for retirement (lifetime, query count, shrink, shutdown), in
 // which case it is closed and, if callers wait, replaced. A second
 // Release or Destroy on the same handle is a bug; it is logged and
 // ignored.
-func (c *Conn) Release() {
-	if !c.done.CompareAndSwap(false, true) {
-		c.p.misuse("Release", c.b)
+func (c Conn) Release() {
+	if !c.end("Release") {
 		return
 	}
 	p, b := c.p, c.b
@@ -216,9 +241,8 @@ func (c *Conn) Release() {
 // Retired.Error, logged at debug with reason); if callers wait, a fresh
 // backend is opened for them. A second Release or Destroy on the same
 // handle is a bug; it is logged and ignored.
-func (c *Conn) Destroy(reason string) {
-	if !c.done.CompareAndSwap(false, true) {
-		c.p.misuse("Destroy", c.b)
+func (c Conn) Destroy(reason string) {
+	if !c.end("Destroy") {
 		return
 	}
 	p, b := c.p, c.b
@@ -235,10 +259,11 @@ func (c *Conn) Destroy(reason string) {
 }
 
 // misuse logs a Release or Destroy on a handle already given back, with
-// the caller's position, and otherwise does nothing.
+// the position of Release's or Destroy's caller (misuse is called from
+// Conn.end), and otherwise does nothing.
 func (p *Pool) misuse(op string, b *backend) {
 	where := "unknown"
-	if _, file, line, ok := runtime.Caller(2); ok {
+	if _, file, line, ok := runtime.Caller(3); ok {
 		where = fmt.Sprintf("%s:%d", file, line)
 	}
 	p.log().Warn("bug: "+op+" called on a connection already released or destroyed; ignored",

@@ -336,7 +336,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	testpg.Eventually(t, 5*time.Second, what, cond)
 }
 
-func mustAcquire(t *testing.T, p *Pool) *Conn {
+func mustAcquire(t *testing.T, p *Pool) Conn {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -359,12 +359,12 @@ func asAcquireError(t *testing.T, err error, code string) *AcquireError {
 	return ae
 }
 
-func fake(c *Conn) *fakeServer { return c.Server().(*fakeServer) }
+func fake(c Conn) *fakeServer { return c.Server().(*fakeServer) }
 
 // acquireAsync starts an Acquire in a goroutine; the result arrives on
 // the returned channel.
 type acquireResult struct {
-	c   *Conn
+	c   Conn
 	err error
 }
 

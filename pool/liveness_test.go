@@ -22,7 +22,7 @@ func idlePool(t *testing.T, db *fakeDB, cfg Config, n int) (*Pool, []*fakeServer
 	t.Helper()
 	db.sockets = true
 	p := startPool(t, cfg)
-	conns := make([]*Conn, n)
+	conns := make([]Conn, n)
 	for i := range conns {
 		conns[i] = mustAcquire(t, p)
 	}
@@ -410,7 +410,7 @@ func TestMaxWaitersDoesNotRefuseWhileRoomToConnect(t *testing.T) {
 
 	close(gate)
 	db.setGate(nil)
-	var got []*Conn
+	var got []Conn
 	for range 5 {
 		select {
 		case r := <-results[len(got)]:

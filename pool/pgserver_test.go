@@ -157,7 +157,7 @@ func testPoolOnPostgres(t *testing.T, cl *testpg.Cluster) {
 	killer.Release()
 	// Take both idle ones: whichever is the victim fails validation.
 	c1, c2 := mustAcquire(t, p), mustAcquire(t, p)
-	for _, c := range []*Conn{c1, c2} {
+	for _, c := range []Conn{c1, c2} {
 		if c.Server().PID() == victimPID {
 			t.Fatal("got the terminated backend")
 		}

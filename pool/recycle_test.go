@@ -83,7 +83,7 @@ func TestRecycleByIdleKeepsMinSize(t *testing.T) {
 		cfg.MaxSize = 4
 		cfg.MaxIdle = 30 * time.Millisecond
 		p := startPool(t, cfg)
-		cs := []*Conn{mustAcquire(t, p), mustAcquire(t, p), mustAcquire(t, p)}
+		cs := []Conn{mustAcquire(t, p), mustAcquire(t, p), mustAcquire(t, p)}
 		for _, c := range cs {
 			c.Release()
 		}
@@ -250,7 +250,7 @@ func TestHandoffIsNotValidated(t *testing.T) {
 		c := mustAcquire(t, p)
 		before := p.Stats().Validations
 		for i := 0; i < 3; i++ {
-			got := make(chan *Conn, 1)
+			got := make(chan Conn, 1)
 			go func() { got <- mustAcquire(t, p) }()
 			waitFor(t, "a waiter", func() bool { return p.Stats().Waiting == 1 })
 			time.Sleep(2 * cfg.ValidateAfterIdle) // held (busy) longer than the idle threshold

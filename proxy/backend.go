@@ -19,7 +19,7 @@ const (
 // backend is the proxy's state for one backend connection, kept with the
 // pooled connection (pool.Conn attachment) across clients.
 type backend struct {
-	conn *pool.Conn
+	conn pool.Conn
 	nc   net.Conn // conn's socket
 	// defaults are the reported parameters at connect; params are the
 	// values the backend has now, as far as the proxy knows.
@@ -52,7 +52,7 @@ type backend struct {
 }
 
 // backendFor returns the proxy state of conn, creating it on first use.
-func (s *Server) backendFor(conn *pool.Conn) *backend {
+func (s *Server) backendFor(conn pool.Conn) *backend {
 	if b, ok := conn.Attachment().(*backend); ok {
 		b.conn = conn
 		return b

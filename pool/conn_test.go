@@ -1,0 +1,118 @@
+package pool
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestAcquireReleaseAllocatesNothing: handing out an idle backend and
+// taking it back, the proxy's per-transaction path, allocates nothing
+// (a Conn is a value: the backend and its hold generation). The idle
+// backend was released a moment ago, as on a busy proxy, so it is neither
+// peeked nor validated.
+func TestAcquireReleaseAllocatesNothing(t *testing.T) {
+	db := newFakeDB()
+	cfg := testConfig(db, newLogRecorder())
+	cfg.PeekAfterIdle = time.Hour
+	p := startPool(t, cfg)
+	mustAcquire(t, p).Release() // the one backend is idle now
+	ctx := context.Background()
+
+	acquire := func() {
+		c, err := p.Acquire(ctx)
+		if err != nil {
+			t.Fatalf("Acquire: %v", err)
+		}
+		c.SetOwner(nil)
+		c.AddQueries(1)
+		c.AddErrors(0, 0)
+		c.Release()
+	}
+	if n := testing.AllocsPerRun(100, acquire); n != 0 {
+		t.Errorf("Acquire+Release of an idle backend: %v allocations per call, want 0", n)
+	}
+	try := func() {
+		c, ok := p.TryAcquire()
+		if !ok {
+			t.Fatal("TryAcquire: no idle backend")
+		}
+		c.Release()
+	}
+	if n := testing.AllocsPerRun(100, try); n != 0 {
+		t.Errorf("TryAcquire+Release of an idle backend: %v allocations per call, want 0", n)
+	}
+	if s := p.Stats(); s.Total != 1 || s.Idle != 1 || s.Active != 0 {
+		t.Fatalf("after the runs: %+v", s)
+	}
+}
+
+// TestStaleHandleCannotTouchTheNextHold: a copy of a Conn kept past its
+// Release refers to a hold that has ended, even though the backend it
+// names is held again: every call that acts on the hold is ignored, and
+// Release and Destroy are logged as bugs; the backend's current holder
+// is unaffected.
+func TestStaleHandleCannotTouchTheNextHold(t *testing.T) {
+	db := newFakeDB()
+	log := newLogRecorder()
+	cfg := testConfig(db, log)
+	cfg.MaxSize = 1
+	cfg.LeakTimeout = time.Hour
+	p := startPool(t, cfg)
+
+	stale := mustAcquire(t, p)
+	stale.Release()
+	cur := mustAcquire(t, p)
+	if cur.Server() != stale.Server() {
+		t.Fatal("MaxSize 1 handed out a second backend")
+	}
+	if cur == stale {
+		t.Fatal("the new hold's handle equals the old one's")
+	}
+	queries := p.Stats().Queries
+	stale.AddQueries(5)
+	stale.AddErrors(0, 3)
+	owner := testOwner{"10.0.0.1:5"}
+	cur.SetOwner(owner)
+	stale.SetOwner(nil)
+	stale.SetBusy(true)
+	stale.Release()
+	stale.Destroy("stale")
+
+	if s := p.Stats(); s.Queries != queries || s.Active != 1 || s.Retired.Error != 0 || fake(cur).closed.Load() {
+		t.Fatalf("a stale handle changed the pool: %+v", s)
+	}
+	b := cur.b
+	b.mu.Lock()
+	gotOwner, busyMode := b.owner, b.busyMode
+	b.mu.Unlock()
+	if gotOwner != owner || busyMode {
+		t.Fatalf("a stale handle changed the hold: owner %v, busyMode %v", gotOwner, busyMode)
+	}
+	if n := b.errors.Load(); n != 0 {
+		t.Fatalf("a stale handle counted %d errors on the backend", n)
+	}
+	warns := log.find("bug: ")
+	if len(warns) != 2 || !strings.Contains(warns[0].attrs["caller"], "conn_test.go") {
+		t.Fatalf("misuse warnings %+v", warns)
+	}
+
+	// The current handle still works, and after Destroy no handle does.
+	cur.AddQueries(2)
+	if got := p.Stats().Queries; got != queries+2 {
+		t.Fatalf("queries %d, want %d", got, queries+2)
+	}
+	cur.Destroy("test")
+	cur.Release()
+	if s := p.Stats(); s.Active != 0 || s.Retired.Error != 1 {
+		t.Fatalf("after Destroy and a Release on the same handle: %+v", s)
+	}
+	if warns := log.find("bug: "); len(warns) != 3 {
+		t.Fatalf("Release after Destroy not logged: %+v", warns)
+	}
+}
+
+type testOwner struct{ addr string }
+
+func (o testOwner) LeakInfo() (addr, appName, lastStatement string) { return o.addr, "", "" }
