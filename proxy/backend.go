@@ -24,7 +24,7 @@ type backend struct {
 	// defaults are the reported parameters at connect; params are the
 	// values the backend has now, as far as the proxy knows.
 	defaults map[string]paramValue
-	params   map[string]paramValue
+	params   *paramSet
 	prepared *preparedSet
 	// unnamedOwner and unnamedGen name the client unnamed Parse the proxy
 	// last sent as this backend's unnamed statement (owner nil: none, or
@@ -61,7 +61,7 @@ func (s *Server) backendFor(conn pool.Conn) *backend {
 		conn:     conn,
 		nc:       conn.Server().NetConn(),
 		defaults: make(map[string]paramValue),
-		params:   make(map[string]paramValue),
+		params:   newParamSet(),
 		prepared: newPreparedSet(s.cfg.MaxPreparedStatements),
 		in:       pgwire.ReadBuffer{Buf: make([]byte, serverReadBufSize)},
 	}
@@ -71,7 +71,7 @@ func (s *Server) backendFor(conn pool.Conn) *backend {
 			continue
 		}
 		b.defaults[k] = paramValue{val: v}
-		b.params[k] = paramValue{val: v}
+		b.params.set(k, paramValue{val: v})
 	}
 	conn.SetAttachment(b)
 	return b
@@ -101,10 +101,7 @@ func (b *backend) flushCounts() {
 // resetToDefaults records that the backend's session was reset
 // (DISCARD ALL / RESET ALL ran on it).
 func (b *backend) resetToDefaults(discard bool) {
-	clear(b.params)
-	for k, v := range b.defaults {
-		b.params[k] = v
-	}
+	b.params.resetTo(b.defaults)
 	if discard {
 		b.prepared.clear()
 	}

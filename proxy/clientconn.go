@@ -62,7 +62,7 @@ type clientConn struct {
 	cancelling int           // cancel requests being sent to the backend: it stays held
 	cancelDone chan struct{} // closed when cancelling drops back to 0
 	txStatus   byte          // from the last ReadyForQuery
-	want       map[string]paramValue
+	want       *paramSet
 	stmts      map[string]*statement // client statement name -> statement
 	// unnamed is the client's unnamed statement (transaction mode) when
 	// hasUnnamed (a Query or a failed Parse drops it). Its storage is
@@ -427,7 +427,7 @@ func (s *Server) login(conn net.Conn, e *connEnd) (*clientConn, *slog.Logger) {
 		log:           lg,
 		policy:        s.cfg.Mode.policy(),
 		startupParams: make(map[string]paramValue),
-		want:          make(map[string]paramValue),
+		want:          newParamSet(),
 		stmts:         make(map[string]*statement),
 		txStatus:      'I',
 	}
@@ -438,7 +438,7 @@ func (s *Server) login(conn net.Conn, e *connEnd) (*clientConn, *slog.Logger) {
 			continue
 		}
 		c.startupParams[k] = paramValue{val: v}
-		c.want[k] = paramValue{val: v}
+		c.want.set(k, paramValue{val: v})
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	e.c, e.cancel = c, c.cancel
@@ -578,12 +578,12 @@ func (c *clientConn) greet(deadline time.Time) error {
 	}
 	buf, _ := (&pgproto3.AuthenticationOk{}).Encode(nil)
 	for k, v := range params {
-		if w, ok := c.want[strings.ToLower(k)]; ok {
+		if w, ok := c.want.get(strings.ToLower(k)); ok {
 			v = w.val
 		}
 		buf, _ = (&pgproto3.ParameterStatus{Name: k, Value: v}).Encode(buf)
 	}
-	for k, w := range c.want {
+	for k, w := range c.want.vals {
 		if _, reported := params[canonicalParamName(k)]; !reported && isReportedParam(k) {
 			buf, _ = (&pgproto3.ParameterStatus{Name: canonicalParamName(k), Value: w.val}).Encode(buf)
 		}

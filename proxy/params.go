@@ -1,8 +1,12 @@
 package proxy
 
 import (
+	"maps"
+	"slices"
 	"sort"
+	"strconv"
 	"strings"
+	"unique"
 )
 
 // paramValue is a session parameter's value. raw values are SQL text taken
@@ -74,9 +78,124 @@ func needsReset(defaults map[string]paramValue, k string, h paramValue) bool {
 	return !ok || d != h
 }
 
+// paramSet is a session parameter map that knows when it changed: the
+// client's wanted values (clientConn.want) and a backend's current ones
+// (backend.params). Write vals only through set, del, replace and
+// resetTo, which bump ver; read it directly. paramsInSync, checked on
+// every acquire, relies on ver to skip its map walk when nothing changed
+// (TestParamSetWritesGoThroughMethods finds direct writes).
+type paramSet struct {
+	vals map[string]paramValue
+	ver  uint64 // bumped by every change of vals
+
+	// key names vals's content (exactly: equal keys, equal content) as of
+	// keyVer; valid when keyed. See contentKey.
+	key    unique.Handle[string]
+	keyVer uint64
+	keyed  bool
+
+	// inSync remembers paramsInSync's last true answer for this set as a
+	// backend's values: a client whose wanted values had content key
+	// inSyncWant found it in sync while ver was inSyncVer.
+	inSyncWant unique.Handle[string]
+	inSyncVer  uint64
+	inSyncOK   bool
+}
+
+func newParamSet() *paramSet { return &paramSet{vals: make(map[string]paramValue)} }
+
+// get returns k's value.
+func (p *paramSet) get(k string) (paramValue, bool) {
+	v, ok := p.vals[k]
+	return v, ok
+}
+
+// set makes k's value v.
+func (p *paramSet) set(k string, v paramValue) {
+	if old, ok := p.vals[k]; ok && old == v {
+		return
+	}
+	p.vals[k] = v
+	p.ver++
+}
+
+// del removes k.
+func (p *paramSet) del(k string) {
+	if _, ok := p.vals[k]; !ok {
+		return
+	}
+	delete(p.vals, k)
+	p.ver++
+}
+
+// replace makes m the set's content; the set owns m from now on.
+func (p *paramSet) replace(m map[string]paramValue) {
+	p.vals = m
+	p.ver++
+}
+
+// resetTo makes the set's content a copy of m.
+func (p *paramSet) resetTo(m map[string]paramValue) {
+	clear(p.vals)
+	maps.Copy(p.vals, m)
+	p.ver++
+}
+
+// contentKey returns a handle that equals another set's exactly when the
+// two have the same content (unique interns the canonical encoding:
+// sorted entries, each length-prefixed so no two contents encode alike).
+// It is recomputed only after a change, so clients that connected with
+// the same parameters share one key until one of them runs a SET.
+func (p *paramSet) contentKey() unique.Handle[string] {
+	if p.keyed && p.keyVer == p.ver {
+		return p.key
+	}
+	keys := make([]string, 0, len(p.vals))
+	for k := range p.vals {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	var b []byte
+	for _, k := range keys {
+		v := p.vals[k]
+		b = strconv.AppendInt(b, int64(len(k)), 10)
+		b = append(b, ':')
+		b = append(b, k...)
+		if v.raw {
+			b = append(b, 'r')
+		} else {
+			b = append(b, 'p')
+		}
+		b = strconv.AppendInt(b, int64(len(v.val)), 10)
+		b = append(b, ':')
+		b = append(b, v.val...)
+	}
+	p.key, p.keyVer, p.keyed = unique.Make(string(b)), p.ver, true
+	return p.key
+}
+
 // paramsInSync reports whether a backend already has the values the client
-// expects; it is the allocation-free check done on every acquire.
-func paramsInSync(want, have, defaults map[string]paramValue) bool {
+// expects; it is checked on every acquire and allocates nothing unless a
+// set changed since. have must be the backend's own set and defaults its
+// connect-time values, which never change: have remembers its last true
+// answer, so a client whose wanted values have the same content as the
+// last one found in sync (clients connected with the same parameters),
+// on a backend whose values did not change since, is answered without
+// walking the maps.
+func paramsInSync(want, have *paramSet, defaults map[string]paramValue) bool {
+	wk := want.contentKey()
+	if have.inSyncOK && have.inSyncVer == have.ver && have.inSyncWant == wk {
+		return true
+	}
+	if !paramMapsInSync(want.vals, have.vals, defaults) {
+		return false
+	}
+	have.inSyncWant, have.inSyncVer, have.inSyncOK = wk, have.ver, true
+	return true
+}
+
+// paramMapsInSync is paramsInSync's walk of the maps.
+func paramMapsInSync(want, have, defaults map[string]paramValue) bool {
 	for k, w := range want {
 		if h, ok := current(have, defaults, k); !ok || h != w {
 			return false
@@ -92,8 +211,10 @@ func paramsInSync(want, have, defaults map[string]paramValue) bool {
 
 // paramSyncSQL returns the statements that bring a backend whose current
 // values are have (with connect-time defaults defaults) to the values the
-// client expects (want), or "" when they already match. It updates have.
-func paramSyncSQL(want, have, defaults map[string]paramValue) string {
+// client expects (want), or "" when they already match. It updates have,
+// a copy of the backend's map that replaces it once the SETs succeeded.
+func paramSyncSQL(wantSet *paramSet, have, defaults map[string]paramValue) string {
+	want := wantSet.vals
 	var b strings.Builder
 	var setConfigs []string
 	keys := make([]string, 0, len(want))

@@ -339,7 +339,7 @@ func (c *clientConn) acquire() (*backend, error) {
 	if !paramsInSync(c.want, b.params, b.defaults) {
 		// The backend's values change only if the SETs succeed: they run
 		// as one implicit transaction, all or nothing.
-		next := maps.Clone(b.params)
+		next := maps.Clone(b.params.vals)
 		sql := paramSyncSQL(c.want, next, b.defaults)
 		c.log.Debug("bringing the server connection to the client's parameters", "sql", sql)
 		b.cout = pgwire.AppendQuery(b.cout[:0], sql)

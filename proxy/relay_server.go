@@ -696,17 +696,17 @@ func (c *clientConn) parameterStatusLocked(b *backend, head *request, msg []byte
 		k := strings.ToLower(string(name))
 		if !unsettable[k] {
 			v := paramValue{val: string(val)}
-			b.params[k] = v
+			b.params.set(k, v)
 			if sv, ok := c.startupParams[k]; ok && head != nil && !head.swallow && head.resets(k) && sv != v {
 				// A reset goes back to the session's default, which for the
 				// client is its startup value, not the pooled backend's:
 				// tell the client its own value; the next acquire applies it.
-				c.want[k] = sv
+				c.want.set(k, sv)
 				c.replacement, _ = (&pgproto3.ParameterStatus{Name: string(name), Value: sv.val}).Encode(c.replacement[:0])
 				return true
 			}
-			if _, wanted := c.want[k]; wanted || head == nil || !head.swallow {
-				c.want[k] = v
+			if _, wanted := c.want.get(k); wanted || head == nil || !head.swallow {
+				c.want.set(k, v)
 			}
 		}
 	}
@@ -716,7 +716,7 @@ func (c *clientConn) parameterStatusLocked(b *backend, head *request, msg []byte
 // applyCompleted updates the tracked state once a Query succeeded.
 func (c *clientConn) applyCompletedLocked(b *backend, r *request) {
 	if r.syncTo != nil {
-		b.params = r.syncTo
+		b.params.replace(r.syncTo)
 	}
 	for _, ch := range r.sets {
 		c.applyParamChangeLocked(b, ch)
@@ -733,18 +733,18 @@ func (c *clientConn) applyCompletedLocked(b *backend, r *request) {
 // report; reported ones are tracked from ParameterStatus instead.
 func (c *clientConn) applyParamChangeLocked(b *backend, ch paramChange) {
 	if ch.all {
-		for k := range c.want {
+		for k := range c.want.vals {
 			if _, reported := b.defaults[k]; !reported {
 				if v, ok := c.startupParams[k]; ok {
-					c.want[k] = v
+					c.want.set(k, v)
 				} else {
-					delete(c.want, k)
+					c.want.del(k)
 				}
 			}
 		}
-		for k := range b.params {
+		for k := range b.params.vals {
 			if _, reported := b.defaults[k]; !reported {
-				delete(b.params, k)
+				b.params.del(k)
 			}
 		}
 		return
@@ -754,15 +754,15 @@ func (c *clientConn) applyParamChangeLocked(b *backend, ch paramChange) {
 	}
 	if ch.reset {
 		if v, ok := c.startupParams[ch.name]; ok {
-			c.want[ch.name] = v
+			c.want.set(ch.name, v)
 		} else {
-			delete(c.want, ch.name)
+			c.want.del(ch.name)
 		}
-		delete(b.params, ch.name)
+		b.params.del(ch.name)
 		return
 	}
-	c.want[ch.name] = ch.value
-	b.params[ch.name] = ch.value
+	c.want.set(ch.name, ch.value)
+	b.params.set(ch.name, ch.value)
 }
 
 // finish runs when the client leaves: it stops the backend reader and gives

@@ -27,7 +27,7 @@ func testRelay(mode Mode, maxPrepared int) (*clientConn, *backend) {
 	}
 	c := &clientConn{
 		srv: s, policy: mode.policy(), log: s.log, txStatus: 'I',
-		want: map[string]paramValue{}, stmts: map[string]*statement{}, startupParams: map[string]paramValue{},
+		want: newParamSet(), stmts: map[string]*statement{}, startupParams: map[string]paramValue{},
 		in: pgwire.ReadBuffer{Buf: make([]byte, 16)},
 	}
 	return c, attachBackend(c, maxPrepared)
@@ -36,7 +36,7 @@ func testRelay(mode Mode, maxPrepared int) (*clientConn, *backend) {
 func attachBackend(c *clientConn, maxPrepared int) *backend {
 	b := &backend{
 		defaults: map[string]paramValue{"timezone": {val: "UTC"}},
-		params:   map[string]paramValue{"timezone": {val: "UTC"}},
+		params:   &paramSet{vals: map[string]paramValue{"timezone": {val: "UTC"}}},
 		prepared: newPreparedSet(maxPrepared),
 		in:       pgwire.ReadBuffer{Buf: make([]byte, 16)},
 	}
@@ -184,7 +184,7 @@ func TestRouteSplitsAtEveryBoundary(t *testing.T) {
 		if !release || c.q.len() != 0 || c.txStatus != 'I' {
 			t.Fatalf("chunk %d: release=%v queue=%d status=%c", chunk, release, c.q.len(), c.txStatus)
 		}
-		if c.want["timezone"].val != "Europe/Paris" || b.params["timezone"].val != "Europe/Paris" {
+		if c.want.vals["timezone"].val != "Europe/Paris" || b.params.vals["timezone"].val != "Europe/Paris" {
 			t.Fatalf("chunk %d: ParameterStatus not tracked: client %v backend %v", chunk, c.want, b.params)
 		}
 	}
@@ -311,7 +311,7 @@ func TestPreparedStatementsArePerParse(t *testing.T) {
 	}
 
 	// Another client, same text, same backend: a Parse of its own.
-	c2 := &clientConn{srv: c1.srv, policy: ModeTransaction.policy(), log: c1.log, txStatus: 'I', want: map[string]paramValue{},
+	c2 := &clientConn{srv: c1.srv, policy: ModeTransaction.policy(), log: c1.log, txStatus: 'I', want: newParamSet(),
 		stmts: map[string]*statement{}, startupParams: map[string]paramValue{}, in: pgwire.ReadBuffer{Buf: make([]byte, 16)}, be: b1}
 	out = pumpClient(t, c2, b1, enc(&pgproto3.Parse{Name: "s1", Query: "select $1"}, &pgproto3.Sync{}), 0)
 	sent = decodeFrontendMsgs(t, out)
@@ -360,7 +360,7 @@ func TestUnnamedStatementIsPrivate(t *testing.T) {
 	c1, b := testRelay(ModeTransaction, 10)
 	pumpClient(t, c1, b, enc(&pgproto3.Parse{Query: "select 'c1'"}, &pgproto3.Describe{ObjectType: 'S'}, &pgproto3.Sync{}), 0)
 	pumpServer(t, c1, b, enc(&pgproto3.ParseComplete{}, &pgproto3.ParameterDescription{}, &pgproto3.NoData{}, &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
-	c2 := &clientConn{srv: c1.srv, policy: ModeTransaction.policy(), log: c1.log, txStatus: 'I', want: map[string]paramValue{},
+	c2 := &clientConn{srv: c1.srv, policy: ModeTransaction.policy(), log: c1.log, txStatus: 'I', want: newParamSet(),
 		stmts: map[string]*statement{}, startupParams: map[string]paramValue{}, in: pgwire.ReadBuffer{Buf: make([]byte, 16)}, be: b}
 	pumpClient(t, c2, b, enc(&pgproto3.Parse{Query: "select 'c2'"}, &pgproto3.Sync{}), 0)
 	pumpServer(t, c2, b, enc(&pgproto3.ParseComplete{}, &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
@@ -504,11 +504,11 @@ func TestDeallocateAndDiscard(t *testing.T) {
 
 	pumpClient(t, c, b, enc(&pgproto3.Parse{Name: "x", Query: "select 2"}, &pgproto3.Sync{}), 0)
 	pumpServer(t, c, b, msgs(learned(nil, &pgproto3.NoData{}), &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
-	c.want["search_path"] = paramValue{val: "foo", raw: true}
-	b.params["search_path"] = paramValue{val: "foo", raw: true}
+	c.want.set("search_path", paramValue{val: "foo", raw: true})
+	b.params.set("search_path", paramValue{val: "foo", raw: true})
 	pumpClient(t, c, b, enc(&pgproto3.Query{String: "discard all;"}), 0)
 	pumpServer(t, c, b, enc(&pgproto3.CommandComplete{CommandTag: []byte("DISCARD ALL")}, &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
-	if len(c.stmts) != 0 || b.prepared.len() != 0 || c.want["search_path"].val != "" || b.params["search_path"].val != "" {
+	if len(c.stmts) != 0 || b.prepared.len() != 0 || c.want.vals["search_path"].val != "" || b.params.vals["search_path"].val != "" {
 		t.Fatalf("DISCARD ALL not applied: stmts %v prepared %d want %v params %v", c.stmts, b.prepared.len(), c.want, b.params)
 	}
 }
@@ -519,20 +519,20 @@ func TestSetTrackingAndReplay(t *testing.T) {
 	c, b := testRelay(ModeTransaction, 10)
 	pumpClient(t, c, b, enc(&pgproto3.Query{String: "SET search_path TO app, public"}), 0)
 	pumpServer(t, c, b, enc(&pgproto3.CommandComplete{CommandTag: []byte("SET")}, &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
-	if got := c.want["search_path"]; got.val != "app, public" || !got.raw {
+	if got := c.want.vals["search_path"]; got.val != "app, public" || !got.raw {
 		t.Fatalf("SET not tracked: %v", c.want)
 	}
 	pumpClient(t, c, b, enc(&pgproto3.Query{String: "SET statement_timeout = 'x'"}), 0)
 	pumpServer(t, c, b, enc(&pgproto3.ErrorResponse{Severity: "ERROR", Code: "22023", Message: "bad"}, &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
-	if _, ok := c.want["statement_timeout"]; ok {
+	if _, ok := c.want.vals["statement_timeout"]; ok {
 		t.Fatal("a failed SET was tracked")
 	}
-	fresh := &backend{defaults: map[string]paramValue{"timezone": {val: "UTC"}}, params: map[string]paramValue{"timezone": {val: "UTC"}}}
-	sql := paramSyncSQL(c.want, fresh.params, fresh.defaults)
+	fresh := &backend{defaults: map[string]paramValue{"timezone": {val: "UTC"}}, params: &paramSet{vals: map[string]paramValue{"timezone": {val: "UTC"}}}}
+	sql := paramSyncSQL(c.want, fresh.params.vals, fresh.defaults)
 	if sql != "SET search_path TO app, public;" {
 		t.Fatalf("replay SQL %q", sql)
 	}
-	if paramSyncSQL(c.want, fresh.params, fresh.defaults) != "" {
+	if paramSyncSQL(c.want, fresh.params.vals, fresh.defaults) != "" {
 		t.Fatal("second sync not empty")
 	}
 }
@@ -541,7 +541,7 @@ func TestParamSyncSQL(t *testing.T) {
 	defaults := map[string]paramValue{"timezone": {val: "UTC"}, "datestyle": {val: "ISO, MDY"}, "application_name": {val: ""}}
 	have := map[string]paramValue{"timezone": {val: "UTC"}, "datestyle": {val: "ISO, MDY"}, "application_name": {val: "other"},
 		"search_path": {val: "x", raw: true}}
-	want := map[string]paramValue{"timezone": {val: "Europe/Paris"}, "datestyle": {val: "ISO, MDY"}}
+	want := &paramSet{vals: map[string]paramValue{"timezone": {val: "Europe/Paris"}, "datestyle": {val: "ISO, MDY"}}}
 	got := paramSyncSQL(want, have, defaults)
 	wantSQL := "SELECT set_config('timezone', 'Europe/Paris', false);RESET application_name;RESET search_path;"
 	if got != wantSQL {
@@ -912,7 +912,7 @@ func TestSharedCopyRetiredOn0A000(t *testing.T) {
 	shared := c1.stmts["s"].name
 
 	newClient := func() *clientConn {
-		return &clientConn{srv: c1.srv, policy: ModeTransaction.policy(), log: c1.log, txStatus: 'I', want: map[string]paramValue{},
+		return &clientConn{srv: c1.srv, policy: ModeTransaction.policy(), log: c1.log, txStatus: 'I', want: newParamSet(),
 			stmts: map[string]*statement{}, startupParams: map[string]paramValue{}, in: pgwire.ReadBuffer{Buf: make([]byte, 16)}, be: b}
 	}
 	// Another result type (a DDL between the two Parses): not shared.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"maps"
 	"strconv"
 	"strings"
 	"time"
@@ -276,7 +277,7 @@ func (c *clientConn) noteCustomNames(q []byte) {
 func (c *clientConn) stateCheckQuery(b *backend) []byte {
 	names := c.state.customNames
 	c.state.customNames = nil
-	for _, m := range []map[string]paramValue{c.want, b.params} {
+	for _, m := range []map[string]paramValue{c.want.vals, b.params.vals} {
 		for k := range m {
 			if strings.Contains(k, ".") {
 				if names == nil {
@@ -416,10 +417,7 @@ func (c *clientConn) afterTransactionLocked(b *backend) []byte {
 		if paramsInSync(c.want, b.params, b.defaults) {
 			return nil
 		}
-		next := make(map[string]paramValue, len(b.params))
-		for k, v := range b.params {
-			next[k] = v
-		}
+		next := maps.Clone(b.params.vals)
 		r.syncTo = next
 		msg = pgwire.AppendQuery(nil, paramSyncSQL(c.want, next, b.defaults))
 	default:
@@ -509,18 +507,18 @@ func (c *clientConn) applySettingsLocked(b *backend, settings map[string]string,
 			continue
 		}
 		pv := paramValue{val: v}
-		b.params[k] = pv
-		c.want[k] = pv
+		b.params.set(k, pv)
+		c.want.set(k, pv)
 	}
-	for k := range b.params {
+	for k := range b.params.vals {
 		if _, reported := b.defaults[k]; reported {
 			continue
 		}
 		if _, ok := settings[k]; !ok {
-			delete(b.params, k)
+			b.params.del(k)
 		}
 	}
-	for k := range c.want {
+	for k := range c.want.vals {
 		if _, reported := b.defaults[k]; reported {
 			continue
 		}
@@ -529,9 +527,9 @@ func (c *clientConn) applySettingsLocked(b *backend, settings map[string]string,
 		}
 		if v, ok := c.startupParams[k]; ok {
 			// RESET goes back to the client's startup value, as directly.
-			c.want[k] = v
+			c.want.set(k, v)
 		} else {
-			delete(c.want, k)
+			c.want.del(k)
 		}
 	}
 }
