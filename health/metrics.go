@@ -289,6 +289,8 @@ var clientSeries = map[string]struct {
 	"clients_waiting":    {name: "clients_waiting", help: "Clients waiting for a backend now."},
 	"clients_pinned":     {name: "clients_pinned", help: "Clients holding a backend between transactions because they have session state on it (transaction mode, pool.session_state pin)."},
 	"clients_parked":     {name: "clients_parked", help: "Idle clients parked without a goroutine of their own (plain TCP, transaction mode): the parker wakes them when they send."},
+	"loop_requests":      {name: "loop_requests_total", counter: true, help: "Requests the event loop relayed without a goroutine (transaction mode, plain TCP)."},
+	"loop_handoffs":      {name: "loop_handoffs_total", counter: true, help: "Requests the event loop handed to the client's goroutine (no idle backend, COPY, a slow reply, a client not reading, a wake-up)."},
 	"clients_accepted":   {name: "clients_accepted_total", counter: true, help: "Client connections accepted since start (including those rejected later)."},
 	"clients_rejected":   {name: "clients_rejected_total", counter: true, help: "Clients refused at startup: max_client_conn, authentication, an unknown database or a bad startup packet."},
 	"auth_failures":      {name: "auth_failures_total", counter: true, help: "Client logins refused for a wrong password or unknown user."},

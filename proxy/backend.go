@@ -3,6 +3,7 @@ package proxy
 import (
 	"net"
 	"strings"
+	"syscall"
 
 	"github.com/pgsidecar/pgsidecar/internal/pgwire"
 	"github.com/pgsidecar/pgsidecar/pool"
@@ -49,6 +50,11 @@ type backend struct {
 	busyReported  bool // what the pool was last told
 	tainted       bool // holds session state policy reject refused: closed, not released
 	replayed      bool // died before answering its first request, which goes to another backend (replay.go); under c.mu
+
+	// raw and fd: nc's socket, for the event loop (loop.go); raw is nil
+	// when nc has none of its own (TLS: crypto/tls buffers records).
+	raw rawConn
+	fd  int
 }
 
 // backendFor returns the proxy state of conn, creating it on first use.
@@ -64,6 +70,12 @@ func (s *Server) backendFor(conn pool.Conn) *backend {
 		params:   newParamSet(),
 		prepared: newPreparedSet(s.cfg.MaxPreparedStatements),
 		in:       pgwire.ReadBuffer{Buf: make([]byte, serverReadBufSize)},
+	}
+	b.fd = -1
+	if sc, ok := b.nc.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			rc.Control(func(fd uintptr) { b.raw, b.fd = rc, int(fd) })
+		}
 	}
 	for k, v := range conn.Server().Params() {
 		k = strings.ToLower(k)

@@ -219,6 +219,12 @@ type Stats struct {
 	// ClientsParked are idle clients waiting without a goroutine of their
 	// own (plain TCP, transaction mode; see "Memory per idle client").
 	ClientsParked int64 `json:"clients_parked"`
+	// LoopRequests counts requests the event loop relayed without a
+	// goroutine (transaction mode, plain TCP); LoopHandoffs those it handed
+	// to the client's goroutine instead (a backend to wait for, COPY, a
+	// slow reply, a client not reading; see README, "The event loop").
+	LoopRequests uint64 `json:"loop_requests"`
+	LoopHandoffs uint64 `json:"loop_handoffs"`
 }
 
 // option names field in hints: the configuration option that sets it, as

@@ -45,6 +45,17 @@
 // or a wake-up starts a new one (resume), which carries the session on
 // from clientConn.
 //
+// The event loop (loop.go) is the parker's goroutine, locked to its
+// thread, doing more than waking: in transaction mode a plain-TCP client
+// parks right after each request, and when its next request arrives the
+// loop relays it itself, with the same code (process, build,
+// relayReplies) and a backend taken without waiting (pool.TryAcquire),
+// waits for the reply in its own epoll set, relays it and parks the
+// client again: no goroutine runs and nobody is woken. Whatever would
+// wait (no idle backend, a client that does not read, a slow reply, COPY,
+// a transaction left open, any wake-up) goes to a goroutine (resume,
+// loopResume), which goes on from where the loop left off.
+//
 // Besides those, the Server runs one sweeper goroutine (timeouts.go) from
 // the first Serve until Shutdown or Close, short-lived goroutines that send
 // cancel requests for a query_timeout, and one shared LISTEN connection per

@@ -60,6 +60,9 @@ type idleReader struct {
 	// callback before it waits, cleared when the read returns); the
 	// parker asks such readers to park (park.go).
 	parkable atomic.Bool
+	// hot: park at once when there is nothing to read (the loop serves
+	// the client's requests, loop.go); hotNow: the callback found so.
+	hot, hotNow bool
 }
 
 // readClient reads the client into c.in, as c.conn.Read(c.in.Free()) after
@@ -75,12 +78,25 @@ func (c *clientConn) readClient() (int, error) {
 		return c.conn.Read(c.in.Free())
 	}
 	ir.n, ir.err = 0, nil
+	ir.hot = c.hotPark()
 	err := ir.raw.Read(ir.read)
 	if ir.parkable.Load() {
 		ir.parkable.Store(false)
 	}
+	if ir.hotNow {
+		// Nothing to read, and the loop serves this client's requests:
+		// park at once (loop.go), or wait as usual where it may not.
+		ir.hotNow, ir.hot = false, false
+		if c.tryPark(true) {
+			return 0, errParked
+		}
+		err = ir.raw.Read(ir.read)
+		if ir.parkable.Load() {
+			ir.parkable.Store(false)
+		}
+	}
 	if err != nil {
-		if c.park.want.Swap(false) && errors.Is(err, os.ErrDeadlineExceeded) && c.tryPark() {
+		if c.park.want.Swap(false) && errors.Is(err, os.ErrDeadlineExceeded) && c.tryPark(false) {
 			return 0, errParked // park.go: c may belong to another goroutine now
 		}
 		c.takeReadBuffer() // a wake-up or close: the reader goes on with a buffer
@@ -128,6 +144,10 @@ func (c *clientConn) readIdle(fd uintptr) bool {
 		case err == syscall.EAGAIN:
 			c.giveBackReadBuffer()
 			if c.releaseRequestRing() && c.park.can {
+				if c.idle.hot {
+					c.idle.hotNow = true // readClient parks it now
+					return true
+				}
 				c.idle.parkable.Store(true)
 			}
 			return false

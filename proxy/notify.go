@@ -409,7 +409,7 @@ func (c *clientConn) flushNotes() error {
 	notes := c.takeNotesLocked()
 	c.mu.Unlock()
 	for _, m := range notes {
-		if _, err := c.conn.Write(m); err != nil {
+		if err := c.writeClient(m); err != nil {
 			return err
 		}
 	}

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"errors"
+	"runtime"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -100,6 +101,7 @@ type parker struct {
 	seenParks int
 	released  time.Time
 	freeing   sync.WaitGroup
+	loopFields
 }
 
 // parkState is one client's part in parking.
@@ -124,7 +126,8 @@ func (p *parker) init(every time.Duration) {
 	if p.every <= 0 {
 		p.every = idleParkAfter
 	}
-	p.ready = p.unparkFd
+	p.ready = p.onReady
+	p.initLoop(true)
 }
 
 // startParker opens the epoll set and starts the parking goroutine, once
@@ -164,17 +167,30 @@ func (s *Server) stopParker() {
 // parkLoop is the parking goroutine: it waits on the epoll set for
 // parked clients' sockets and sweeps the clients every p.every.
 func (s *Server) parkLoop() {
+	// The loop runs requests (loop.go): a thread of its own, blocked in
+	// epoll_wait, is what makes it cheaper than the netpoller's wake-ups.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	p := &s.park
 	defer close(p.done)
 	defer p.os.close()
 	next := time.Now().Add(p.every)
 	for {
-		d := time.Until(next)
+		now := time.Now()
+		p.now = now.UnixNano()
+		d := next.Sub(now)
 		if d <= 0 {
 			s.sweepIdle()
 			p.releaseAfterWave()
-			next = time.Now().Add(p.every)
+			next = now.Add(p.every)
 			d = p.every
+		}
+		if len(p.byBackend) > 0 {
+			if p.now-p.lastScan >= int64(inlineWait/2) {
+				p.lastScan = p.now
+				p.loopScan()
+			}
+			d = min(d, inlineWait/2)
 		}
 		if !p.os.wait(max(d, time.Millisecond), p.ready) {
 			return
@@ -194,7 +210,7 @@ func (s *Server) sweepIdle() {
 	s.mu.Unlock()
 	for _, c := range list {
 		ps := &c.park
-		if !c.idle.parkable.Load() || ps.parked.Load() {
+		if ps.parked.Load() || !c.idle.parkable.Load() && !c.idleAfterRelease() {
 			ps.seen = false
 			continue
 		}
@@ -209,6 +225,23 @@ func (s *Server) sweepIdle() {
 	}
 	clear(list) // keep no client alive past its end
 	p.list = list[:0]
+}
+
+// idleAfterRelease reports whether c may be idle although its reader did
+// not say so: the reader began to wait while a backend reader still held
+// the client's backend (the end of a transaction block, COPY), and that
+// reader has released it since. The sweep then treats c as any idle
+// client: if it reads nothing for a whole interval, it is asked to park,
+// and parks if parkableNow agrees.
+func (c *clientConn) idleAfterRelease() bool {
+	// Not c.park.can: the client's goroutine sets it unsynchronised; the
+	// goroutine checks it again when asked to park (tryPark).
+	if !c.policy.releaseAtTransactionEnd || !c.running.Load() || c.waiting.Load() {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.be == nil && c.q.len() == 0 && !c.inBatch
 }
 
 // releaseAfterWave returns memory to the OS once a wave of parks is over
@@ -233,13 +266,32 @@ func (p *parker) releaseAfterWave() {
 	}()
 }
 
-// unparkFd is the loop's answer to readiness on fd.
-func (p *parker) unparkFd(fd int) {
+// onReady is the loop's answer to readiness on fd: a parked client's
+// request, which the loop relays itself when it can (loop.go) and a
+// goroutine otherwise, or the reply of a backend the loop waits on.
+func (p *parker) onReady(fd int) {
+	p.now = loopClock()
 	p.mu.Lock()
-	if c := p.byFd[fd]; c != nil {
-		p.unparkLocked(c)
+	c := p.byFd[fd]
+	if c == nil {
+		p.mu.Unlock()
+		p.backendReady(fd)
+		return
 	}
+	if !c.loopOn() || c.loop.cold >= loopColdAfter {
+		p.unparkLocked(c)
+		p.mu.Unlock()
+		return
+	}
+	// The loop's now: out of byFd, its socket left in the set (disarmed,
+	// one-shot) to be re-armed when it parks again.
+	delete(p.byFd, fd)
+	c.park.parked.Store(false)
+	p.count.Add(-1)
+	c.loop.st.Store(loopBusy)
+	c.loop.woken = false
 	p.mu.Unlock()
+	c.loopRequest()
 }
 
 // unparkLocked takes c out of the epoll set and gives it a goroutine
@@ -282,13 +334,18 @@ func (c *clientConn) wake() {
 
 // unpark gives a parked client its goroutine again.
 func (c *clientConn) unpark() {
-	if !c.park.parked.Load() {
+	if !c.park.parked.Load() && c.loop.st.Load() == loopIdle {
 		return
 	}
 	p := &c.srv.park
 	p.mu.Lock()
-	if c.park.parked.Load() {
+	switch {
+	case c.park.parked.Load():
 		p.unparkLocked(c)
+	case c.loop.st.Load() == loopBusy:
+		c.loop.woken = true // the loop hands it over at its next step
+	case c.loop.st.Load() == loopWaiting:
+		p.handWaitingLocked(c.loop.bfd, c)
 	}
 	p.mu.Unlock()
 }
@@ -296,12 +353,18 @@ func (c *clientConn) unpark() {
 // tryPark parks the client, on its reader's goroutine, when the parker
 // asked and nothing stands in the way; true means the caller must return
 // errParked at once and touch c no more.
-func (c *clientConn) tryPark() bool {
+//
+// hot says the client parks right after a request, for the loop (loop.go),
+// not after idleParkAfter idle at the parker's request.
+func (c *clientConn) tryPark(hot bool) bool {
 	if !c.park.can || c.park.off.Load() {
 		return false
 	}
-	// The park request's wake-up is spent; a later wake-up sets a new one.
-	c.conn.SetReadDeadline(time.Time{})
+	if !hot {
+		// The park request's wake-up is spent; a later wake-up sets a new one.
+		c.conn.SetReadDeadline(time.Time{})
+		c.loop.cold = 0 // idle a while: the loop tries its requests again
+	}
 	p := &c.srv.park
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -322,7 +385,9 @@ func (c *clientConn) tryPark() bool {
 	}
 	p.byFd[c.park.fd] = c
 	p.count.Add(1)
-	p.parks++
+	if !hot {
+		p.parks++ // a wave of idle clients (releaseAfterWave)
+	}
 	return true
 }
 

@@ -57,10 +57,28 @@ func (o *parkOS) open() error {
 	return nil
 }
 
-// add puts fd in the set (under parker.mu).
+// add puts fd in the set (under parker.mu). A socket the loop served is
+// still there, disarmed (one-shot): it is armed again.
 func (o *parkOS) add(fd int) error {
 	o.ev = syscall.EpollEvent{Events: parkEvents, Fd: int32(fd)}
-	return syscall.EpollCtl(o.epfd, syscall.EPOLL_CTL_ADD, fd, &o.ev)
+	err := syscall.EpollCtl(o.epfd, syscall.EPOLL_CTL_ADD, fd, &o.ev)
+	if err == syscall.EEXIST {
+		err = syscall.EpollCtl(o.epfd, syscall.EPOLL_CTL_MOD, fd, &o.ev)
+	}
+	return err
+}
+
+// arm waits for readiness of fd once more: fd stays in the set between
+// the loop's uses, disarmed (one-shot), so a re-arm is one call; a socket
+// not in the set yet (or closed and its number reused) is added. Under
+// parker.mu.
+func (o *parkOS) arm(fd int) error {
+	o.ev = syscall.EpollEvent{Events: parkEvents, Fd: int32(fd)}
+	err := syscall.EpollCtl(o.epfd, syscall.EPOLL_CTL_MOD, fd, &o.ev)
+	if err == syscall.ENOENT {
+		err = syscall.EpollCtl(o.epfd, syscall.EPOLL_CTL_ADD, fd, &o.ev)
+	}
+	return err
 }
 
 // del takes fd out of the set (under parker.mu).

@@ -18,6 +18,8 @@ func (o *parkOS) add(int) error { return errors.ErrUnsupported }
 
 func (o *parkOS) del(int) error { return errors.ErrUnsupported }
 
+func (o *parkOS) arm(int) error { return errors.ErrUnsupported }
+
 func (o *parkOS) stop() {}
 
 func (o *parkOS) wait(time.Duration, func(int)) bool { return false }

@@ -192,7 +192,7 @@ func TestParkAllocatesNothing(t *testing.T) {
 	p := &e.srv.park
 	cycle := func() {
 		c.takeReadBuffer() // as a woken reader has
-		if !c.tryPark() {
+		if !c.tryPark(false) {
 			t.Fatal("an idle client did not park")
 		}
 		p.mu.Lock()

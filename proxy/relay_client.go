@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/pgsidecar/pgsidecar/internal/pgwire"
+	"github.com/pgsidecar/pgsidecar/pool"
 )
 
 // errClientTerminated means the client sent Terminate.
@@ -30,6 +31,12 @@ const limitLogInterval = 10 * time.Second
 // run is the client reader: it reads client messages, gets a backend when a
 // transaction starts, and writes the messages (rewritten where needed) to it.
 func (c *clientConn) run() error {
+	if c.loop.hand != nil {
+		// Handed over by the loop (loop.go), which left something to do.
+		if done, err := c.loopResume(); done || err != nil {
+			return err
+		}
+	}
 	for {
 		n, err := c.readClient() // idle.go: no buffer held while idle
 		if err == errParked {
@@ -195,34 +202,42 @@ func (c *clientConn) process() error {
 		if perr != nil {
 			return perr
 		}
-		if inline {
-			if err := c.relayInline(b); err != nil {
-				return err
-			}
-			if c.in.Want > 0 {
-				return nil
-			}
-			continue
+		if c.loop.running {
+			return c.loopAfterSend(b, inline, probe, readerDone) // loop.go: it never waits
 		}
-		if probe != nil {
-			// Hold the client's request until the server said whether the
-			// statement still describes the result the client expects.
-			select {
-			case <-probe:
-			case <-readerDone:
-			case <-c.ctx.Done():
-				return c.ctx.Err()
-			}
-			continue
-		}
-		if err := c.backpressure(b); err != nil {
+		if stop, err := c.afterSend(b, inline, probe, readerDone); err != nil || stop {
 			return err
-		}
-		if c.in.Want > 0 {
-			return nil
 		}
 	}
 	return nil
+}
+
+// afterSend waits for what the request just sent to b needs before the
+// client's next message is looked at: its replies (read inline), the
+// probe's answer, or backpressure. stop says process returns (err, or
+// nil: it needs more client input).
+func (c *clientConn) afterSend(b *backend, inline bool, probe, readerDone chan struct{}) (stop bool, err error) {
+	if inline {
+		if err := c.relayInline(b); err != nil {
+			return true, err
+		}
+		return c.in.Want > 0, nil
+	}
+	if probe != nil {
+		// Hold the client's request until the server said whether the
+		// statement still describes the result the client expects.
+		select {
+		case <-probe:
+		case <-readerDone:
+		case <-c.ctx.Done():
+			return true, c.ctx.Err()
+		}
+		return false, nil
+	}
+	if err := c.backpressure(b); err != nil {
+		return true, err
+	}
+	return c.in.Want > 0, nil
 }
 
 // maxPendingRequests bounds the requests of one client awaiting a reply
@@ -279,6 +294,9 @@ func (c *clientConn) heldBackend() *backend {
 // acquireForRequest acquires a backend when the client's transaction
 // starts. It returns nil (and switches to discarding) when none can be had.
 func (c *clientConn) acquireForRequest() (*backend, error) {
+	if c.loop.running {
+		return c.loopAcquire() // loop.go: it never waits
+	}
 	b, err := c.acquire()
 	if err != nil {
 		var pe *pgError
@@ -319,6 +337,13 @@ func (c *clientConn) acquire() (*backend, error) {
 		conn.Release()
 		return nil, errDraining()
 	}
+	return c.takeBackend(conn), nil
+}
+
+// takeBackend makes the acquired conn the client's backend and brings it
+// to the client's session parameters (queued ahead of the request).
+func (c *clientConn) takeBackend(conn pool.Conn) *backend {
+	s := c.srv
 	s.stats.active.Add(1)
 	conn.SetOwner(c)
 	b := s.backendFor(conn)
@@ -351,7 +376,7 @@ func (c *clientConn) acquire() (*backend, error) {
 		c.startReaderLocked(b)
 	}
 	c.mu.Unlock()
-	return b, nil
+	return b
 }
 
 // planRelay decides, after build and before the write, who reads the
@@ -609,7 +634,7 @@ func (c *clientConn) refuseOversized() (bool, error) {
 		return false, err
 	}
 	c.discard.on, c.discard.errSent = true, true
-	_, err := c.conn.Write(c.tooLarge(pgwire.HeaderLen + bodyLen).appendTo(nil))
+	err := c.writeClient(c.tooLarge(pgwire.HeaderLen + bodyLen).appendTo(nil))
 	return true, err
 }
 
@@ -898,6 +923,6 @@ func (c *clientConn) answerDiscarded() error {
 	}
 	reply = pgwire.AppendReadyForQuery(reply, 'I')
 	c.discard.on, c.discard.query, c.discard.err, c.discard.errSent = false, false, nil, false
-	_, err := c.conn.Write(reply)
+	err := c.writeClient(reply)
 	return err
 }

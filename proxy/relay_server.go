@@ -312,7 +312,7 @@ func (c *clientConn) relayReplies(b *backend, readErr error, inline bool) (stop 
 	if len(out) > 0 {
 		// One write per read of the backend: PostgreSQL flushes its
 		// replies at ReadyForQuery, so a request's reply is one write.
-		if _, err := c.conn.Write(out); err != nil {
+		if err := c.writeClient(out); err != nil {
 			if inline {
 				return true, err // finish deals with b
 			}

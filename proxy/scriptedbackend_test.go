@@ -476,6 +476,7 @@ type fakeOpts struct {
 	maxSize        int           // default 1
 	acquireTimeout time.Duration // default 2s
 	resetQuery     string
+	peekAfterIdle  time.Duration // pool.Config.PeekAfterIdle (default 0: every acquire)
 	config         func(*Config) // anything else, set before New
 }
 
@@ -513,6 +514,7 @@ func startFake(t *testing.T, o fakeOpts, scripts ...beScript) *fakeEnv {
 		ConnectTimeout: fakeStepTimeout,
 		BackoffInitial: 50 * time.Millisecond,
 		BackoffMax:     time.Second,
+		PeekAfterIdle:  o.peekAfterIdle,
 		Logger:         logger,
 	})
 	if err != nil {

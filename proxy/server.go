@@ -463,6 +463,8 @@ func (s *Server) Stats() Stats {
 		LoginsThrottled:  s.stats.loginsThrottled.Load(),
 		ClientsPinned:    s.pinned.Load(),
 		ClientsParked:    s.park.count.Load(),
+		LoopRequests:     s.park.requests.Load(),
+		LoopHandoffs:     s.park.handoffs.Load(),
 	}
 }
 

@@ -717,7 +717,7 @@ func (c *clientConn) answerWithoutBackend() (bool, error) {
 			reply = pgwire.AppendReadyForQuery(reply, 'I')
 		}
 	}
-	_, err := c.conn.Write(reply)
+	err := c.writeClient(reply)
 	return true, err
 }
 

@@ -1,0 +1,593 @@
+package proxy
+
+import (
+	"errors"
+	"io"
+	"os"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/pgsidecar/pgsidecar/internal/pgwire"
+)
+
+// The event loop: transaction mode's common exchange, run on the parker's
+// thread without a goroutine.
+//
+// A goroutine per client pays, for every request, the runtime's way of
+// waiting: each read that finds nothing parks the goroutine, the
+// netpoller wakes it on another thread, idle threads spin and sleep. That
+// is most of the proxy's CPU per transaction (README, "Where the gap is").
+// So a parked client (park.go) is not handed a goroutine when its socket
+// becomes readable: the parker's goroutine (the loop, locked to its
+// thread) reads the request, takes an idle backend without waiting
+// (pool.TryAcquire), runs the relay's own code on it (process, build,
+// relayReplies: the same bookkeeping), writes it, and waits for the
+// backend's reply in the same epoll set. When the reply is relayed and
+// the backend released, the client is parked again. One thread, one
+// epoll_wait for every ready socket, no wake-up of anyone.
+//
+// The loop never waits for anything but its epoll set. Whatever could
+// wait is handed to a goroutine (loopHandOff: resume, which carries the
+// session on from where the loop left it, see loopNext):
+//   - a request that is not whole, or not small (loopMaxRequest), or of a
+//     kind that may wait (COPY, a Terminate, LISTEN, a function call), or
+//     a client that has something else pending (loopableNow);
+//   - no idle backend at once (a waiter would queue: FIFO order is the
+//     pool's), a backend with TLS (crypto/tls buffers records);
+//   - a probe or a state check the request must wait for, backpressure;
+//   - a client that does not take its reply at once: what a non-blocking
+//     write leaves over goes to the goroutine, which writes it first;
+//   - a reply slower than inlineWait (the goroutine then watches the
+//     client too), a transaction left open, COPY, a cancel in flight;
+//   - every wake-up (drain, timeouts, KILL, notifications): wake on a
+//     client the loop waits for hands it over at once; on one the loop is
+//     running, it marks it woken and the loop hands it over at the next
+//     step.
+//
+// A client whose requests the loop keeps handing over (loopColdAfter in a
+// row) stops parking after each request and keeps its goroutine, as
+// before, until it parks after idleParkAfter idle: then the loop tries
+// again.
+//
+// Ownership: a client is owned by exactly one of its goroutine, the parker
+// (parked), or the loop thread (loopBusy, loopWaiting); the changes happen
+// under parker.mu. Sockets are read and written through their RawConn, so
+// a Close from another goroutine (kill, closeWith's sever) waits for the
+// loop's system call instead of letting it touch a reused descriptor.
+
+// The client's state in the loop (loopState.st).
+const (
+	loopIdle    int32 = iota // not the loop's: a goroutine runs it, or it is parked
+	loopBusy                 // the loop thread runs it now
+	loopWaiting              // the loop waits for its backend's reply (byBackend)
+)
+
+// loopMaxRequest is the largest request (all its messages) the loop
+// builds: a small write always fits the socket buffers, so the loop's
+// write to the backend never waits.
+const loopMaxRequest = 8 << 10
+
+// loopColdAfter is how many requests in a row the loop may hand over
+// before the client stops parking after each request (see above).
+const loopColdAfter = 3
+
+// loopBusyPool is how long a client that found no idle backend keeps its
+// goroutine after each request (see loopAcquire).
+const loopBusyPool = time.Second
+
+// errLoopWait and errLoopHandOff are what process returns on the loop
+// thread instead of waiting: wait for the backend's reply in the loop, or
+// hand the client to a goroutine (c.loop.hand says where it goes on).
+var (
+	errLoopWait    = errors.New("loop: wait for the reply")
+	errLoopHandOff = errors.New("loop: hand over to a goroutine")
+)
+
+// loopNext is where the goroutine the loop hands a client to goes on.
+type loopNext uint8
+
+const (
+	loopNextRead      loopNext = iota // read the client (run's loop)
+	loopNextProcess                   // process what is buffered first
+	loopNextAfterSend                 // the request is out: wait for its probe, or backpressure (afterSend)
+	loopNextInline                    // read the backend's replies (relayInline)
+	loopNextNotes                     // deliver queued notifications
+)
+
+// loopState is one client's part in the loop.
+type loopState struct {
+	st      atomic.Int32 // loopIdle, loopBusy, loopWaiting: changed under parker.mu
+	running bool         // the loop thread runs the client (loop thread only)
+	woken   bool         // a wake-up came while loopBusy (under parker.mu)
+	cold    uint8        // requests in a row handed over (owner only)
+	// coldUntil: no idle backend was free at the client's last request;
+	// it keeps its goroutine (which queues for one, fairly) until then
+	// (time.Now().UnixNano(), owner only).
+	coldUntil int64
+	since     int64     // loopWaiting since (parker's clock, ns)
+	bfd       int       // the backend descriptor waited on
+	hand      *loopHand // set by the loop for the goroutine it hands the client to
+}
+
+// loopHand is what the goroutine a client is handed to does first.
+type loopHand struct {
+	next              loopNext
+	err               error // end the session with this
+	b                 *backend
+	probe, readerDone chan struct{}
+	out               []byte // client bytes a non-blocking write left over: written first
+}
+
+// loopOn reports whether the loop serves this client's requests: the
+// parker runs the loop, and the client parks (plain TCP, transaction mode).
+func (c *clientConn) loopOn() bool {
+	return c.park.can && c.srv.park.loop
+}
+
+// hotPark reports whether the client should park right after a request
+// (instead of after idleParkAfter idle): the loop serves its requests.
+func (c *clientConn) hotPark() bool {
+	return c.loopOn() && c.loop.cold < loopColdAfter && (c.loop.coldUntil == 0 || time.Now().UnixNano() >= c.loop.coldUntil)
+}
+
+// loopRequest is the loop's answer to a parked client's readable socket:
+// it reads the request and relays it, or hands the client over. Loop
+// thread, c in loopBusy.
+func (c *clientConn) loopRequest() {
+	c.loop.running = true // until it gives the client up: loopPark, loopWait, loopHandOff
+	c.takeReadBuffer()
+	c.in.Prepare()
+	n, err := c.srv.park.rawRead(c.idle.raw, c.in.Free())
+	switch {
+	case err == syscall.EAGAIN:
+		c.giveBackReadBuffer()
+		c.loopPark()
+		return
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		// A wake-up's read deadline (or a park request's) is set: the
+		// goroutine's read sees it and deals with it, as run does.
+		c.giveBackReadBuffer()
+		c.loopHandOff(&loopHand{next: loopNextRead})
+		return
+	case err != nil:
+		c.loopHandOff(&loopHand{err: err})
+		return
+	case n == 0:
+		c.loopHandOff(&loopHand{err: io.EOF})
+		return
+	}
+	c.in.End += n
+	c.reads.Add(1)
+	if !c.loopableNow() {
+		c.loop.cold++
+		c.loopHandOff(&loopHand{next: loopNextProcess})
+		return
+	}
+	c.loopProcess()
+}
+
+// loopProcess runs process on the loop thread and acts on how it ended.
+func (c *clientConn) loopProcess() {
+	switch err := c.process(); err {
+	case nil:
+		c.loopPark()
+	case errLoopWait:
+		c.srv.park.requests.Add(1)
+		c.loopWait()
+	case errLoopHandOff:
+		c.loopHandOff(c.loop.hand)
+	default:
+		c.loopHandOff(&loopHand{err: err})
+	}
+}
+
+// loopableNow reports whether the client's buffer holds whole requests the
+// loop can relay without waiting: every message whole and of a kind the
+// common exchange has, the last one ending a request (Query or Sync), all
+// of it small, no LISTEN the shared listener must confirm, and nothing
+// else pending for the client.
+func (c *clientConn) loopableNow() bool {
+	if c.passRemaining != 0 || c.discard.on || c.poisoned || c.closeErr.Load() != nil || c.killed.Load() || c.srv.draining.Load() {
+		return false
+	}
+	buf := c.in.Buf[c.in.Start:c.in.End]
+	if len(buf) > loopMaxRequest {
+		return false
+	}
+	var last byte
+	for len(buf) > 0 {
+		if len(buf) < pgwire.HeaderLen {
+			return false
+		}
+		typ, bodyLen := pgwire.ParseHeader(buf)
+		if bodyLen < 0 || len(buf) < pgwire.HeaderLen+bodyLen {
+			return false
+		}
+		switch typ {
+		case pgwire.MsgQuery, pgwire.MsgParse:
+			if c.hub != nil && containsFold(buf[pgwire.HeaderLen:pgwire.HeaderLen+bodyLen], "listen") {
+				return false
+			}
+		case pgwire.MsgBind, pgwire.MsgDescribe, pgwire.MsgExecute, pgwire.MsgSync, pgwire.MsgClose:
+		default:
+			return false
+		}
+		last = typ
+		buf = buf[pgwire.HeaderLen+bodyLen:]
+	}
+	if last != pgwire.MsgQuery && last != pgwire.MsgSync {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.be == nil && c.q.len() == 0 && !c.inBatch && len(c.listen.notes) == 0 && !c.replay.pending &&
+		c.state.pin == nil && c.state.checkWait == nil && c.probe == nil && c.cancelling == 0 && c.drained == nil
+}
+
+// loopAcquire is acquireForRequest on the loop thread: a backend now, or
+// the client goes to a goroutine that waits for one.
+func (c *clientConn) loopAcquire() (*backend, error) {
+	conn, ok := c.db.Pool.TryAcquire()
+	if !ok {
+		// The pool is busy: waiting clients queue on goroutines (FIFO),
+		// and a client that would queue keeps its goroutine a while
+		// rather than move between the loop and a goroutine per request.
+		c.loop.coldUntil = time.Now().UnixNano() + int64(loopBusyPool)
+		c.loop.hand = &loopHand{next: loopNextProcess}
+		return nil, errLoopHandOff
+	}
+	if c.srv.draining.Load() {
+		conn.Release()
+		c.loop.hand = &loopHand{next: loopNextProcess}
+		return nil, errLoopHandOff
+	}
+	return c.takeBackend(conn), nil
+}
+
+// loopAfterSend is afterSend on the loop thread: the loop waits for the
+// reply of an inline request itself; anything else goes on a goroutine.
+func (c *clientConn) loopAfterSend(b *backend, inline bool, probe, readerDone chan struct{}) error {
+	if inline && probe == nil {
+		return errLoopWait
+	}
+	c.loop.hand = &loopHand{next: loopNextAfterSend, b: b, probe: probe, readerDone: readerDone}
+	if inline {
+		c.loop.hand.next = loopNextInline
+	}
+	return errLoopHandOff
+}
+
+// loopWait waits, in the loop's epoll set, for the reply of the request
+// the client just sent to its backend; or hands the client over where
+// the loop cannot (a backend without a descriptor of its own, more client
+// input buffered, bytes owed to the client, a wake-up).
+func (c *clientConn) loopWait() {
+	c.mu.Lock()
+	b := c.be
+	c.mu.Unlock()
+	if b == nil {
+		c.loopHandOff(&loopHand{next: loopNextProcess})
+		return
+	}
+	if b.raw == nil || c.in.Start != c.in.End || c.loopOwes() {
+		c.loopHandOff(&loopHand{next: loopNextInline, b: b})
+		return
+	}
+	p := &c.srv.park
+	p.mu.Lock()
+	if c.loop.woken {
+		p.mu.Unlock()
+		c.loopHandOff(&loopHand{next: loopNextInline, b: b})
+		return
+	}
+	if err := p.os.arm(b.fd); err != nil {
+		p.mu.Unlock()
+		c.loopHandOff(&loopHand{next: loopNextInline, b: b})
+		return
+	}
+	c.loop.bfd, c.loop.since = b.fd, p.now
+	c.loop.running = false
+	p.byBackend[b.fd] = c
+	c.loop.st.Store(loopWaiting)
+	p.mu.Unlock()
+}
+
+// loopReply is the loop's answer to readiness of the backend a client
+// waits on: it relays what the backend sent, as relayInline does, and
+// parks the client once its backend is released. Loop thread, c in
+// loopBusy.
+func (c *clientConn) loopReply() {
+	c.loop.running = true // until it gives the client up: loopPark, loopWait, loopHandOff
+	c.mu.Lock()
+	b := c.be
+	c.mu.Unlock()
+	if b == nil || b.fd != c.loop.bfd {
+		c.loopHandOff(&loopHand{next: loopNextProcess})
+		return
+	}
+	b.in.Prepare()
+	n, rerr := c.srv.park.rawRead(b.raw, b.in.Free())
+	switch {
+	case rerr == syscall.EAGAIN:
+		c.loopWait() // nothing yet (a stale readiness): wait on
+		return
+	case errors.Is(rerr, os.ErrDeadlineExceeded):
+		// A wake-up's deadline on b (the asynchronous path's signal):
+		// relayInline deals with it.
+		c.loopHandOff(&loopHand{next: loopNextInline, b: b})
+		return
+	case rerr == nil && n == 0:
+		rerr = io.EOF
+	case rerr == nil:
+		b.in.End += n
+	}
+	stop, err := c.relayReplies(b, rerr, true)
+	if err != nil {
+		c.loopHandOff(&loopHand{err: err})
+		return
+	}
+	if stop {
+		// Released, or handed over for a replay: the goroutine's
+		// process sends it again.
+		c.loopPark()
+		return
+	}
+	c.mu.Lock()
+	more := c.be == b && !c.reader.copyIn && c.q.len() > 0 && (!c.inBatch || c.probe != nil)
+	c.mu.Unlock()
+	if more {
+		c.loopWait()
+		return
+	}
+	// A transaction left open (or a pin, COPY, a cancel in flight): the
+	// client holds b between its requests; relayInline knows what to do.
+	c.loop.cold++
+	c.loopHandOff(&loopHand{next: loopNextInline, b: b})
+}
+
+// loopOwes reports whether a non-blocking write to the client left bytes
+// over (they go to the goroutine the client is handed to).
+func (c *clientConn) loopOwes() bool {
+	return c.loop.hand != nil && len(c.loop.hand.out) > 0
+}
+
+// loopPark parks the client again after the loop served it: its socket is
+// re-armed in the epoll set. Where it may not park (something pending: a
+// replay, notifications, a wake-up), a goroutine takes it.
+func (c *clientConn) loopPark() {
+	if c.loopOwes() {
+		c.loop.hand.next = loopNextProcess
+		c.loopHandOff(c.loop.hand)
+		return
+	}
+	c.loop.cold = 0
+	p := &c.srv.park
+	p.mu.Lock()
+	if !c.loop.woken && p.on && c.in.Start == c.in.End {
+		c.park.parked.Store(true) // before the checks: see park.go, Ordering
+		if c.parkableNow() {
+			c.giveBackReadBuffer()
+			c.loop.running = false
+			if err := p.os.arm(c.park.fd); err == nil {
+				c.loop.st.Store(loopIdle)
+				p.byFd[c.park.fd] = c
+				p.count.Add(1)
+				p.mu.Unlock()
+				return
+			}
+		}
+		c.park.parked.Store(false)
+	}
+	p.mu.Unlock()
+	c.loopHandOff(&loopHand{next: loopNextProcess})
+}
+
+// loopHandOff gives the client a goroutine (resume), which first does
+// what h says. Loop thread, c in loopBusy.
+func (c *clientConn) loopHandOff(h *loopHand) {
+	if h == nil {
+		h = &loopHand{next: loopNextProcess}
+	}
+	if c.loopOwes() && h != c.loop.hand {
+		h.out = c.loop.hand.out // the client's bytes go first, whatever comes next
+	}
+	c.loop.hand = h
+	c.loop.running = false
+	p := &c.srv.park
+	p.handoffs.Add(1)
+	p.mu.Lock()
+	c.loop.st.Store(loopIdle)
+	c.loop.woken = false
+	p.mu.Unlock()
+	go c.srv.resume(c) // ends when the client leaves or parks again; it holds the client's s.wg count
+}
+
+// loopResume is where a goroutine handed a client by the loop starts:
+// it writes what the loop owed the client, then does what the loop could
+// not. done says the caller (run) returns err; else it reads on.
+func (c *clientConn) loopResume() (done bool, err error) {
+	h := c.loop.hand
+	c.loop.hand = nil
+	if h == nil {
+		return false, nil
+	}
+	if len(h.out) > 0 {
+		if _, err := c.conn.Write(h.out); err != nil {
+			return true, err
+		}
+	}
+	if h.err != nil {
+		return true, h.err
+	}
+	switch h.next {
+	case loopNextProcess:
+		return false, c.process()
+	case loopNextAfterSend:
+		if stop, err := c.afterSend(h.b, false, h.probe, h.readerDone); err != nil || stop {
+			return err != nil, err
+		}
+		return false, c.process()
+	case loopNextInline:
+		if err := c.relayInline(h.b); err != nil {
+			return true, err
+		}
+		return false, c.process()
+	case loopNextNotes:
+		return false, c.flushNotes()
+	}
+	return false, nil
+}
+
+// writeClient writes p to the client: a blocking write on the client's
+// goroutine; on the loop thread one that never waits, leaving what the
+// socket does not take to the goroutine the client is then handed to
+// (loopOwes), which writes it before anything else.
+func (c *clientConn) writeClient(p []byte) error {
+	if !c.loop.running {
+		_, err := c.conn.Write(p)
+		return err
+	}
+	if c.loopOwes() {
+		c.loop.hand.out = append(c.loop.hand.out, p...)
+		return nil
+	}
+	n, err := c.srv.park.rawWrite(c.idle.raw, p)
+	if err != nil && err != syscall.EAGAIN {
+		return err
+	}
+	if n < len(p) {
+		if c.loop.hand == nil {
+			c.loop.hand = &loopHand{next: loopNextProcess}
+		}
+		c.loop.hand.out = append(c.loop.hand.out[:0], p[n:]...)
+	}
+	return nil
+}
+
+// loopScan hands over clients whose reply took longer than inlineWait:
+// their goroutine watches the client too (relayInline, then a backend
+// reader), so a client that leaves during a slow query is seen. Loop
+// thread.
+func (p *parker) loopScan() {
+	if len(p.byBackend) == 0 {
+		return
+	}
+	old := p.now - int64(inlineWait)
+	p.mu.Lock()
+	for fd, c := range p.byBackend {
+		if c.loop.since <= old {
+			p.handWaitingLocked(fd, c)
+		}
+	}
+	p.mu.Unlock()
+}
+
+// handWaitingLocked gives a client the loop waits for a goroutine that
+// reads its backend's reply itself (relayInline). Under p.mu.
+func (p *parker) handWaitingLocked(fd int, c *clientConn) {
+	delete(p.byBackend, fd)
+	p.handoffs.Add(1)
+	c.mu.Lock()
+	b := c.be
+	c.mu.Unlock()
+	c.loop.hand = &loopHand{next: loopNextInline, b: b}
+	c.loop.st.Store(loopIdle)
+	go c.srv.resume(c) // as loopHandOff
+}
+
+// backendReady is the loop's answer to readiness of fd, a backend a
+// client may wait on.
+func (p *parker) backendReady(fd int) bool {
+	p.mu.Lock()
+	c := p.byBackend[fd]
+	if c == nil {
+		p.mu.Unlock()
+		return false
+	}
+	delete(p.byBackend, fd)
+	c.loop.st.Store(loopBusy)
+	c.loop.woken = false
+	p.mu.Unlock()
+	c.loopReply()
+	return true
+}
+
+// rawRead reads once into buf from a socket through its RawConn, never
+// waiting (EAGAIN when there is nothing). Loop thread.
+func (p *parker) rawRead(rc rawConn, buf []byte) (int, error) {
+	p.ioBuf, p.ioN, p.ioErr = buf, 0, nil
+	if err := rc.Read(p.readFn); err != nil {
+		return 0, err
+	}
+	return p.ioN, p.ioErr
+}
+
+// rawWrite writes buf once to a socket through its RawConn, never
+// waiting: it returns how much the socket took. Loop thread.
+func (p *parker) rawWrite(rc rawConn, buf []byte) (int, error) {
+	p.ioBuf, p.ioN, p.ioErr = buf, 0, nil
+	if err := rc.Write(p.writeFn); err != nil {
+		return 0, err
+	}
+	return p.ioN, p.ioErr
+}
+
+func (p *parker) readOnce(fd uintptr) bool {
+	for {
+		n, err := syscall.Read(int(fd), p.ioBuf)
+		if err == syscall.EINTR {
+			continue
+		}
+		p.ioN, p.ioErr = max(n, 0), err
+		return true
+	}
+}
+
+func (p *parker) writeOnce(fd uintptr) bool {
+	for len(p.ioBuf) > 0 {
+		n, err := syscall.Write(int(fd), p.ioBuf)
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			p.ioErr = err
+			return true
+		}
+		p.ioN += n
+		p.ioBuf = p.ioBuf[n:]
+	}
+	return true
+}
+
+// rawConn is syscall.RawConn's Read and Write.
+type rawConn interface {
+	Read(func(fd uintptr) bool) error
+	Write(func(fd uintptr) bool) error
+}
+
+// loopClock is the parker's coarse clock for loopScan.
+func loopClock() int64 { return time.Now().UnixNano() }
+
+// loopFields is the parker's part in the loop.
+type loopFields struct {
+	loop bool // the loop serves parked clients' requests
+	// Stats.LoopRequests and LoopHandoffs: requests the loop sent to a
+	// backend itself, and those it handed to a goroutine.
+	requests, handoffs atomic.Uint64
+	byBackend          map[int]*clientConn // loopWaiting clients by backend descriptor
+	now                int64               // loopClock at the last wake-up (loop thread)
+	lastScan           int64
+	// The loop thread's raw I/O: the callbacks, made once (a method value
+	// passed on would allocate), and their arguments and results.
+	readFn, writeFn func(fd uintptr) bool
+	ioBuf           []byte
+	ioN             int
+	ioErr           error
+}
+
+func (p *parker) initLoop(on bool) {
+	p.loop = on
+	p.byBackend = make(map[int]*clientConn)
+	p.readFn, p.writeFn = p.readOnce, p.writeOnce
+}

@@ -1,0 +1,271 @@
+package proxy
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// loopEnv starts a fake backend and proxy whose clients park at once
+// after each request, so the event loop (loop.go) serves their requests.
+func loopEnv(t *testing.T, maxSize int, scripts ...beScript) *fakeEnv {
+	t.Helper()
+	e := startFake(t, fakeOpts{config: parkFast, maxSize: maxSize}, scripts...)
+	needParking(t, e)
+	return e
+}
+
+// TestLoopServesRequests: a client's requests after the first are relayed
+// by the loop (no goroutine), with the same bytes as the goroutine path:
+// simple queries, an extended-protocol batch, an error, and a transaction
+// block, which the loop hands to the client's goroutine while it stays
+// open and takes back after it.
+func TestLoopServesRequests(t *testing.T) {
+	ext := steps(
+		expectAny(&pgproto3.Parse{}), expectAny(&pgproto3.Bind{}), expectAny(&pgproto3.Describe{}),
+		expectAny(&pgproto3.Execute{}), expectAny(&pgproto3.Sync{}),
+		send(&pgproto3.ParseComplete{}, &pgproto3.BindComplete{}, &pgproto3.NoData{},
+			&pgproto3.CommandComplete{CommandTag: []byte("SELECT 0")}, &pgproto3.ReadyForQuery{TxStatus: 'I'}))
+	script := beScript{
+		queryResult("SELECT 1", "SELECT 1", 'I', "1"),
+		queryResult("SELECT 2", "SELECT 1", 'I', "2"),
+		queryResult("SELECT 3", "SELECT 1", 'I', "3"),
+		ext,
+		steps(expectQuery("SELECT 1/0"), send(&pgproto3.ErrorResponse{Severity: "ERROR", Code: "22012", Message: "division by zero"},
+			&pgproto3.ReadyForQuery{TxStatus: 'I'})),
+		queryResult("BEGIN", "BEGIN", 'T'),
+		queryResult("SELECT 4", "SELECT 1", 'T', "4"),
+		queryResult("COMMIT", "COMMIT", 'I'),
+		queryResult("SELECT 5", "SELECT 1", 'I', "5"),
+	}
+	e := loopEnv(t, 1, script)
+	rc := e.dialRaw(t)
+	q := func(sql string, want ...string) {
+		t.Helper()
+		rc.query(t, sql)
+		rows, errResp, _ := rc.readResult(t)
+		if errResp != nil || fmt.Sprint(rows) != fmt.Sprint(want) {
+			t.Fatalf("%s: rows %v error %v, want %v", sql, rows, errResp, want)
+		}
+	}
+	q("SELECT 1", "1")
+	q("SELECT 2", "2")
+	q("SELECT 3", "3")
+	rc.fe.SendParse(&pgproto3.Parse{Query: "SELECT"})
+	rc.fe.SendBind(&pgproto3.Bind{})
+	rc.fe.SendDescribe(&pgproto3.Describe{ObjectType: 'P'})
+	rc.fe.SendExecute(&pgproto3.Execute{})
+	rc.fe.SendSync(&pgproto3.Sync{})
+	rc.flush(t)
+	for _, want := range []string{"*pgproto3.ParseComplete", "*pgproto3.BindComplete", "*pgproto3.NoData", "*pgproto3.CommandComplete", "*pgproto3.ReadyForQuery"} {
+		if m := rc.receive(t); fmt.Sprintf("%T", m) != want {
+			t.Fatalf("extended batch: got %T, want %s", m, want)
+		}
+	}
+	rc.query(t, "SELECT 1/0")
+	if _, errResp, status := rc.readResult(t); errResp == nil || errResp.Code != "22012" || status != 'I' {
+		t.Fatalf("error through the loop: %v status %c", errResp, status)
+	}
+	before := e.srv.Stats()
+	q("BEGIN")
+	q("SELECT 4", "4")
+	q("COMMIT")
+	q("SELECT 5", "5")
+	st := e.srv.Stats()
+	if st.LoopRequests < 5 {
+		t.Fatalf("the loop relayed %d requests of 9, want at least 5 (all but the first and the open transaction's)", st.LoopRequests)
+	}
+	if st.LoopHandoffs <= before.LoopHandoffs {
+		t.Fatalf("the open transaction was not handed to a goroutine: handoffs %d -> %d", before.LoopHandoffs, st.LoopHandoffs)
+	}
+	e.waitParked(t, 1)
+}
+
+// TestLoopHandsOverClientThatDoesNotRead: a reply larger than the
+// client's socket takes, to a client that does not read, is handed to the
+// client's goroutine (the loop writes only what the socket takes at once);
+// meanwhile another client is served by the loop without delay; the
+// first client then gets every byte of its reply, in order.
+func TestLoopHandsOverClientThatDoesNotRead(t *testing.T) {
+	const rows, width = 2000, 4000 // 8 MB: more than loopback socket buffers hold
+	big := func(s *beSession) error {
+		s.be.Send(&pgproto3.RowDescription{Fields: []pgproto3.FieldDescription{{Name: []byte("x"), DataTypeOID: 25, DataTypeSize: -1, TypeModifier: -1}}})
+		for i := range rows {
+			v := bytes.Repeat([]byte{byte('a' + i%26)}, width)
+			s.be.Send(&pgproto3.DataRow{Values: [][]byte{v}})
+		}
+		s.be.Send(&pgproto3.CommandComplete{CommandTag: []byte(fmt.Sprintf("SELECT %d", rows))})
+		s.be.Send(&pgproto3.ReadyForQuery{TxStatus: 'I'})
+		return s.be.Flush()
+	}
+	started := make(chan struct{})
+	e := loopEnv(t, 2,
+		beScript{queryResult("SELECT 0", "SELECT 1", 'I', "0"), steps(expectQuery("SELECT big"), reached(started), big)},
+		beScript{queryResult("SELECT 1", "SELECT 1", 'I', "1"), queryResult("SELECT 2", "SELECT 1", 'I', "2"), queryResult("SELECT 3", "SELECT 1", 'I', "3")},
+	)
+	slow := e.dialRaw(t)
+	slow.query(t, "SELECT 0")
+	if rows, _, _ := slow.readResult(t); len(rows) != 1 {
+		t.Fatal("first query")
+	}
+	e.waitParked(t, 1)
+	slow.query(t, "SELECT big") // and do not read
+	<-started
+	waitFor(t, "the loop to hand the non-reading client over", func() bool { return e.srv.Stats().LoopHandoffs >= 1 })
+	fast := e.dialRaw(t)
+	for i := 1; i <= 3; i++ {
+		t0 := time.Now()
+		fast.query(t, fmt.Sprintf("SELECT %d", i))
+		if rows, errResp, _ := fast.readResult(t); errResp != nil || len(rows) != 1 || rows[0] != fmt.Sprint(i) {
+			t.Fatalf("the other client's query %d: %v %v", i, rows, errResp)
+		}
+		if d := time.Since(t0); d > time.Second {
+			t.Fatalf("the other client waited %v behind a client that does not read", d)
+		}
+	}
+	slow.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for i := range rows + 3 {
+		m, err := slow.fe.Receive()
+		if err != nil {
+			t.Fatalf("reading the big reply at message %d: %v", i, err)
+		}
+		if dr, ok := m.(*pgproto3.DataRow); ok {
+			if want := byte('a' + (i-1)%26); len(dr.Values[0]) != width || dr.Values[0][0] != want || dr.Values[0][width-1] != want {
+				t.Fatalf("row %d: %d bytes starting %q, want %d of %q", i-1, len(dr.Values[0]), dr.Values[0][:1], width, want)
+			}
+		}
+		if rfq, ok := m.(*pgproto3.ReadyForQuery); ok && (i != rows+2 || rfq.TxStatus != 'I') {
+			t.Fatalf("ReadyForQuery at message %d", i)
+		}
+	}
+}
+
+// TestLoopSlowReplyHandedOver: a reply slower than inlineWait is handed to
+// the client's goroutine (which watches the client too), and arrives.
+func TestLoopSlowReplyHandedOver(t *testing.T) {
+	release := make(chan struct{})
+	e := loopEnv(t, 1, beScript{
+		queryResult("SELECT 0", "SELECT 1", 'I', "0"),
+		steps(expectQuery("SELECT slow"), hold(release), result("SELECT 1", 'I', "slow")),
+		queryResult("SELECT 2", "SELECT 1", 'I', "2"),
+	})
+	rc := e.dialRaw(t)
+	rc.query(t, "SELECT 0")
+	rc.readResult(t)
+	e.waitParked(t, 1)
+	before := e.srv.Stats().LoopHandoffs
+	rc.query(t, "SELECT slow")
+	waitFor(t, "the slow reply handed to a goroutine", func() bool { return e.srv.Stats().LoopHandoffs > before })
+	close(release)
+	if rows, errResp, _ := rc.readResult(t); errResp != nil || len(rows) != 1 || rows[0] != "slow" {
+		t.Fatalf("slow reply: %v %v", rows, errResp)
+	}
+	rc.query(t, "SELECT 2")
+	if rows, _, _ := rc.readResult(t); len(rows) != 1 || rows[0] != "2" {
+		t.Fatalf("after the slow reply: %v", rows)
+	}
+}
+
+// TestLoopRelayAllocatesNothing: a request relayed by the loop (read,
+// acquire, build, write, wait, relay, release, park again) allocates
+// nothing. The backend answers with fixed bytes from a fixed buffer, and
+// the client reuses its buffers, so every allocation counted is the
+// proxy's.
+func TestLoopRelayAllocatesNothing(t *testing.T) {
+	query := (&pgproto3.Query{String: "SELECT 1"})
+	req, _ := query.Encode(nil)
+	var reply []byte
+	for _, m := range []pgproto3.BackendMessage{
+		&pgproto3.RowDescription{Fields: []pgproto3.FieldDescription{{Name: []byte("x"), DataTypeOID: 25, DataTypeSize: -1, TypeModifier: -1}}},
+		&pgproto3.DataRow{Values: [][]byte{[]byte("1")}},
+		&pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")},
+		&pgproto3.ReadyForQuery{TxStatus: 'I'},
+	} {
+		reply, _ = m.Encode(reply)
+	}
+	// The backend: one reply per Query, read and written raw.
+	echo := func(s *beSession) error {
+		buf := make([]byte, 4096)
+		have := 0
+		for {
+			n, err := s.conn.Read(buf[have:])
+			if err != nil {
+				if closedErr(err) || err == io.EOF {
+					return nil
+				}
+				return err
+			}
+			have += n
+			for have >= 5 && have >= 1+int(binary.BigEndian.Uint32(buf[1:5])) {
+				l := 1 + int(binary.BigEndian.Uint32(buf[1:5]))
+				if buf[0] == 'X' {
+					return nil
+				}
+				if _, err := s.conn.Write(reply); err != nil {
+					return nil
+				}
+				copy(buf, buf[l:have])
+				have -= l
+			}
+		}
+	}
+	// The pool's acquire-time peek (a system call through a new RawConn)
+	// is for backends idle a while: as in production (1s), not per request.
+	e := startFake(t, fakeOpts{config: parkFast, maxSize: 1, peekAfterIdle: time.Second}, beScript{echo})
+	needParking(t, e)
+	rc := e.dialRaw(t)
+	in := make([]byte, len(reply))
+	round := func() {
+		if _, err := rc.conn.Write(req); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(rc.conn, in); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(in, reply) {
+			t.Fatalf("reply %q, want %q", in, reply)
+		}
+	}
+	rc.conn.SetReadDeadline(time.Now().Add(fakeStepTimeout))
+	for range 20 {
+		round() // warm: the client parks after its first request, buffers and maps grow
+	}
+	before := e.srv.Stats().LoopRequests
+	if n := testing.AllocsPerRun(500, round); n != 0 {
+		t.Fatalf("a request through the loop allocates %.2f times, want 0", n)
+	}
+	if got := e.srv.Stats().LoopRequests - before; got < 500 {
+		t.Fatalf("the loop relayed %d of the 501 measured requests", got)
+	}
+}
+
+// TestParkAfterTransactionBlock: a client whose transaction block ended
+// with its backend released by the backend reader (its reader was already
+// waiting, holding the backend, when the COMMIT's reply came) still parks
+// once idle: the sweep looks at clients that hold no backend even when
+// their reader began to wait while holding one.
+func TestParkAfterTransactionBlock(t *testing.T) {
+	commit := make(chan struct{})
+	e := loopEnv(t, 1, beScript{
+		queryResult("BEGIN", "BEGIN", 'T'),
+		queryResult("SELECT 1", "SELECT 1", 'T', "1"),
+		steps(expectQuery("COMMIT"), hold(commit), result("COMMIT", 'I')),
+	})
+	rc := e.dialRaw(t)
+	for _, q := range []string{"BEGIN", "SELECT 1"} {
+		rc.query(t, q)
+		rc.readResult(t)
+	}
+	rc.query(t, "COMMIT")
+	time.Sleep(20 * time.Millisecond) // the client reader waits again, holding the backend
+	close(commit)
+	if _, errResp, status := rc.readResult(t); errResp != nil || status != 'I' {
+		t.Fatalf("COMMIT: %v %c", errResp, status)
+	}
+	e.waitParked(t, 1)
+}
