@@ -1,5 +1,7 @@
 package proxy
 
+import "bytes"
+
 import "strings"
 
 // queryKind classifies the statements the relay must act on.
@@ -84,10 +86,39 @@ func hasPrefixFold(b []byte, lowerPrefix string) bool {
 }
 
 func containsFold(b []byte, lower string) bool {
-	for i := 0; i+len(lower) <= len(b); i++ {
+	if len(lower) == 0 {
+		return true
+	}
+	end := len(b) - len(lower) + 1 // candidates start before end
+	if end <= 0 {
+		return false
+	}
+	// Candidates start with lower's first letter in either case, found with
+	// bytes.IndexByte (vectorised): most queries hold none of the words
+	// looked for, so this is most of the scan. next[k] is the next
+	// candidate position of either case at or after pos (end: none).
+	cases := [2]byte{lower[0], lower[0]}
+	if c := lower[0]; c >= 'a' && c <= 'z' {
+		cases[1] = c - ('a' - 'A')
+	}
+	next := [2]int{-1, -1}
+	for pos := 0; pos < end; {
+		for k, c := range cases {
+			if next[k] < pos {
+				next[k] = end
+				if n := bytes.IndexByte(b[pos:end], c); n >= 0 {
+					next[k] = pos + n
+				}
+			}
+		}
+		i := min(next[0], next[1])
+		if i >= end {
+			return false
+		}
 		if hasPrefixFold(b[i:], lower) {
 			return true
 		}
+		pos = i + 1
 	}
 	return false
 }
