@@ -42,6 +42,13 @@ func (p *Pool) Acquire(ctx context.Context) (Conn, error) {
 		p.unlock()
 		return Conn{}, err
 	}
+	// The common case in one critical section and on one clock read: an
+	// idle backend that needs no check. Anything else (nothing idle, a
+	// peek or validation due, an expired backend, waiters, pause, circuit)
+	// takes the long way below, which deals with it as it always did.
+	if c, ok := p.tryIdle(start, false); ok {
+		return c, nil
+	}
 	var timer *time.Timer // AcquireTimeout, started on the first wait
 	defer func() {
 		if timer != nil {
@@ -89,7 +96,12 @@ func (p *Pool) Acquire(ctx context.Context) (Conn, error) {
 // is past its lifetime, due for validation (a query) or fails its socket
 // peek (which never blocks): retiring one closes it, which can wait.
 func (p *Pool) TryAcquire() (Conn, bool) {
-	now := time.Now()
+	return p.tryIdle(time.Now(), true)
+}
+
+// tryIdle is TryAcquire at now. With peek false a backend whose socket
+// is due for a peek is left for Acquire's hand, which peeks outside p.mu.
+func (p *Pool) tryIdle(now time.Time, peek bool) (Conn, bool) {
 	p.mu.Lock()
 	n := len(p.idle)
 	if n == 0 || p.closed || p.admin.paused || p.waiters.len() > 0 || (p.health.state == StateUnhealthy && !p.holdingLocked(now)) {
@@ -102,9 +114,10 @@ func (p *Pool) TryAcquire() (Conn, bool) {
 		p.mu.Unlock()
 		return Conn{}, false
 	}
-	if p.peekDueLocked(b, now) && probeSocket(b.srv.NetConn()) != nil {
-		// Peeked under p.mu (b is still idle, nobody else reads it): it
-		// stays for Acquire, which peeks it again and closes it.
+	if p.peekDueLocked(b, now) && (!peek || probeSocket(b.srv.NetConn()) != nil) {
+		// Peeked under p.mu (b is still idle, nobody else reads it), or
+		// left unpeeked for Acquire's hand: it stays for Acquire, which
+		// peeks it outside the lock and closes it if it fails.
 		p.mu.Unlock()
 		return Conn{}, false
 	}
@@ -267,11 +280,12 @@ func (p *Pool) handLocked(b *backend, now, start time.Time) Conn {
 	p.active++
 	p.counts.peakActive = max(p.counts.peakActive, p.active)
 	p.counts.acquisitions++
+	wait := now.Sub(start)
+	p.waits.recordLocked(wait)
 	c := Conn{p: p, b: b, gen: b.gen.Add(1)}
 	p.unlock()
 	b.beginHold(c.gen, now)
-	p.waits.record(now.Sub(start))
-	p.waitHist.observe(now.Sub(start))
+	p.waitHist.observe(wait)
 	return c
 }
 

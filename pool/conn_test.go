@@ -116,3 +116,31 @@ func TestStaleHandleCannotTouchTheNextHold(t *testing.T) {
 type testOwner struct{ addr string }
 
 func (o testOwner) LeakInfo() (addr, appName, lastStatement string) { return o.addr, "", "" }
+
+// BenchmarkAcquireReleaseIdle measures the proxy's common case alone: one
+// caller, an idle backend released a moment ago (not peeked, not
+// validated), handed out and given back.
+func BenchmarkAcquireReleaseIdle(b *testing.B) {
+	db := newFakeDB()
+	cfg := testConfig(db, newLogRecorder())
+	cfg.PeekAfterIdle = time.Second
+	p, err := newPool(cfg, defaultOptions)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer p.Close()
+	ctx := context.Background()
+	c, err := p.Acquire(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	c.Release()
+	for b.Loop() {
+		c, err := p.Acquire(ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		c.AddQueries(1)
+		c.Release()
+	}
+}

@@ -241,17 +241,17 @@ func TestConcurrentCloseCallsAllWait(t *testing.T) {
 func TestStatsWaitPercentile(t *testing.T) {
 	var w waitStats
 	for i := 1; i <= 100; i++ {
-		w.record(time.Duration(i) * time.Millisecond)
+		w.recordLocked(time.Duration(i) * time.Millisecond)
 	}
-	avg, p99 := w.snapshot()
+	avg, p99 := w.copyLocked().summary()
 	if avg != 50.5 || p99 != 99 {
 		t.Fatalf("avg %v p99 %v, want 50.5 and 99", avg, p99)
 	}
 	// The window keeps only the most recent waitWindow values.
 	for range waitWindow {
-		w.record(time.Millisecond)
+		w.recordLocked(time.Millisecond)
 	}
-	if _, p99 := w.snapshot(); p99 != 1 {
+	if _, p99 := w.copyLocked().summary(); p99 != 1 {
 		t.Fatalf("p99 %v over a window of 1ms waits, want 1", p99)
 	}
 }

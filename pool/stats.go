@@ -2,7 +2,6 @@ package pool
 
 import (
 	"slices"
-	"sync"
 	"time"
 )
 
@@ -94,11 +93,12 @@ func (p *Pool) Stats() Stats {
 	if h.lastErr != nil {
 		s.LastConnectError = h.lastErr.Error()
 	}
+	waits := p.waits.copyLocked()
 	p.unlock()
 	s.Validations = p.validations.Load()
 	s.Leaks = p.leaks.Load()
 	s.Queries = p.queries.Load()
-	s.WaitAvgMs, s.WaitP99Ms = p.waits.snapshot()
+	s.WaitAvgMs, s.WaitP99Ms = waits.summary()
 	s.Clients = int(p.clients.Load())
 	s.AcquireWait = p.waitHist.snapshot()
 	s.TransactionDuration = p.txDurations.snapshot()
@@ -114,31 +114,39 @@ func (p *Pool) AddClients(delta int) { p.clients.Add(int64(delta)) }
 const waitWindow = 1024
 
 // waitStats records acquire wait times: a running sum for the average and
-// a ring of the most recent ones for the p99. Its own mutex keeps Stats'
-// sorting off the pool's lock.
+// a ring of the most recent ones for the p99. Guarded by p.mu: an acquire
+// records its wait in the critical section that hands the backend out
+// (no second lock per acquire), and Stats copies the ring under p.mu and
+// sorts the copy outside it.
 type waitStats struct {
-	mu   sync.Mutex
 	ring [waitWindow]time.Duration
 	n    uint64
 	sum  time.Duration
 }
 
-func (w *waitStats) record(d time.Duration) {
-	w.mu.Lock()
+func (w *waitStats) recordLocked(d time.Duration) {
 	w.ring[w.n%waitWindow] = d
 	w.n++
 	w.sum += d
-	w.mu.Unlock()
 }
 
-// snapshot returns the average over all waits and the p99 over the
+// waitSnapshot is a copy of waitStats, for summary.
+type waitSnapshot struct {
+	n      uint64
+	sum    time.Duration
+	recent []time.Duration
+}
+
+func (w *waitStats) copyLocked() waitSnapshot {
+	s := waitSnapshot{n: w.n, sum: w.sum, recent: make([]time.Duration, min(w.n, waitWindow))}
+	copy(s.recent, w.ring[:len(s.recent)])
+	return s
+}
+
+// summary returns the average over all waits and the p99 over the
 // window, in milliseconds.
-func (w *waitStats) snapshot() (avgMs, p99Ms float64) {
-	w.mu.Lock()
-	n, sum := w.n, w.sum
-	recent := make([]time.Duration, min(n, waitWindow))
-	copy(recent, w.ring[:len(recent)])
-	w.mu.Unlock()
+func (s waitSnapshot) summary() (avgMs, p99Ms float64) {
+	n, sum, recent := s.n, s.sum, s.recent
 	if n == 0 {
 		return 0, 0
 	}
