@@ -185,12 +185,18 @@ func (s *Server) parkLoop() {
 			next = now.Add(p.every)
 			d = p.every
 		}
-		if len(p.byBackend) > 0 {
+		if p.queued > 0 && p.now-p.lastTry >= int64(loopRetry) {
+			p.serveQueues()
+		}
+		if len(p.byBackend) > 0 || p.queued > 0 {
 			if p.now-p.lastScan >= int64(inlineWait/2) {
 				p.lastScan = p.now
 				p.loopScan()
 			}
 			d = min(d, inlineWait/2)
+			if p.queued > 0 {
+				d = min(d, loopRetry)
+			}
 		}
 		if !p.os.wait(max(d, time.Millisecond), p.ready) {
 			return
@@ -346,6 +352,8 @@ func (c *clientConn) unpark() {
 		c.loop.woken = true // the loop hands it over at its next step
 	case c.loop.st.Load() == loopWaiting:
 		p.handWaitingLocked(c.loop.bfd, c)
+	case c.loop.st.Load() == loopQueued:
+		p.handQueuedLocked(c)
 	}
 	p.mu.Unlock()
 }
