@@ -41,7 +41,9 @@
 #                                relays of test/tools/relaylab (the floor of a
 #                                goroutine-per-client relay on Go's netpoller,
 #                                and of a one-thread epoll loop): a table of
-#                                every target's TPS and CPU per transaction
+#                                every target's TPS and CPU per transaction;
+#                                pgsidecar-1cpu runs pgsidecar with
+#                                GOMAXPROCS=1, as under a one-CPU quota
 #   BENCH_IDLE_CLIENTS [10000]   idle clients for the memory figure; 0 skips
 #                                it; capped by the open-file limit
 #   BENCH_IDLE_SETTLE [3]        seconds to wait before reading RSS
@@ -95,8 +97,8 @@ if [ "$secs" -lt 1 ] || [ "$rounds" -lt 1 ]; then die "BENCH_SECONDS and BENCH_R
 [ "$profile_secs" -ge 4 ] || die "BENCH_PROFILE_SECONDS must be at least 4"
 [ "$idle_clients" -le 50000 ] || die "BENCH_IDLE_CLIENTS is capped at 50000"
 for t in $targets; do
-	case $t in pgsidecar | pgbouncer | direct | relaylab-goroutine | relaylab-epoll) ;;
-	*) die "BENCH_TARGETS: unknown target '$t' (pgsidecar, pgbouncer, direct, relaylab-goroutine, relaylab-epoll)" ;;
+	case $t in pgsidecar | pgsidecar-1cpu | pgbouncer | direct | relaylab-goroutine | relaylab-epoll) ;;
+	*) die "BENCH_TARGETS: unknown target '$t' (pgsidecar, pgsidecar-1cpu, pgbouncer, direct, relaylab-goroutine, relaylab-epoll)" ;;
 	esac
 done
 for m in $modes; do
@@ -233,6 +235,9 @@ start_sidecar_once() {
 			PGSIDECAR_AUTH__METHOD=$auth \
 			PGSIDECAR_SHUTDOWN_TIMEOUT=5s \
 			PGSIDECAR_LOG__LEVEL=warn
+		# pgsidecar-1cpu: what the Go runtime picks under a one-CPU
+		# container quota (cpu.max), the common sidecar limit.
+		[ -z "${sidecar_gomaxprocs:-}" ] || export GOMAXPROCS=$sidecar_gomaxprocs
 		exec "$BENCH_PROXY_BIN" "$@" >"$dir/$name.log" 2>&1
 	) &
 	started_pid=$!
@@ -326,6 +331,14 @@ if has_target pgsidecar; then
 	port[pgsidecar]=$started_port
 	pid_of[pgsidecar]=$started_pid
 	log "pgsidecar $("$BENCH_PROXY_BIN" version | awk '{ print $2 }') on 127.0.0.1:$started_port (pid $started_pid, transaction mode, pool.max_size $pool_size)"
+fi
+if has_target pgsidecar-1cpu; then
+	sidecar_gomaxprocs=1
+	start_sidecar pgsidecar-1cpu scram-sha-256 2000
+	sidecar_gomaxprocs=""
+	port[pgsidecar-1cpu]=$started_port
+	pid_of[pgsidecar-1cpu]=$started_pid
+	log "pgsidecar with GOMAXPROCS=1 on 127.0.0.1:$started_port (pid $started_pid)"
 fi
 for r in goroutine epoll; do
 	has_target "relaylab-$r" || continue
@@ -610,9 +623,9 @@ all_of() {
 		s="$c|pgsidecar:prepared" b="$c|pgbouncer:extended"
 		echo "| pgsidecar prepared vs PgBouncer extended | $c | - | $(mean_tps "$s") | $(mean_tps "$b") | $(ratio "$(mean_tps "$s")" "$(mean_tps "$b")") | $(round_ratios "$s" "$b") | $(cpu_us "$s") | $(cpu_us "$b") | $(failures "$s") / $(failures "$b") / - |"
 	done
-	if has_target relaylab-goroutine || has_target relaylab-epoll; then
+	if has_target relaylab-goroutine || has_target relaylab-epoll || has_target pgsidecar-1cpu; then
 		echo
-		echo "Every target, TPS and CPU µs per transaction (relaylab: test/tools/relaylab, relays without pgsidecar's features that trust every client):"
+		echo "Every target, TPS and CPU µs per transaction (pgsidecar-1cpu: GOMAXPROCS=1, as under a one-CPU quota; relaylab: test/tools/relaylab, relays without pgsidecar's features that trust every client):"
 		echo
 		header="| protocol | clients |" rule="|---|---:|"
 		for t in $targets; do [ "$t" = direct ] || { header+=" $t TPS | $t CPU µs/tx |"; rule+="---:|---:|"; }; done
