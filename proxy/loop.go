@@ -253,10 +253,17 @@ func (c *clientConn) loopAcquire() (*backend, error) {
 		conn, ok = c.db.Pool.TryAcquire()
 	}
 	if !ok {
-		// None idle now: the request waits in the loop's queue for the
-		// pool (loopEnqueue), in order, or on a goroutine past
-		// loopQueueWait. Nothing of it was consumed: process starts
-		// over when a backend is free.
+		if c.db.Pool.Free() {
+			// None idle, but room to open one (or the pool is paused):
+			// only Acquire opens backends (or waits out a PAUSE), so a
+			// goroutine does it.
+			c.loop.hand = &loopHand{next: loopNextProcess}
+			return nil, errLoopHandOff
+		}
+		// The pool is at its size and every backend busy: the request
+		// waits in the loop's queue for it (loopEnqueue), in order, or
+		// on a goroutine past loopQueueWait. Nothing of it was consumed:
+		// process starts over when a backend is free.
 		return nil, errLoopQueue
 	}
 	if c.srv.draining.Load() {
