@@ -3,6 +3,7 @@ package proxy
 import (
 	"net"
 	"strings"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/pgsidecar/pgsidecar/internal/pgwire"
@@ -55,6 +56,9 @@ type backend struct {
 	// when nc has none of its own (TLS: crypto/tls buffers records).
 	raw rawConn
 	fd  int
+	// inLoopSet: fd is in the parker's epoll set (changed under
+	// parker.mu; read without it by takeBackend).
+	inLoopSet atomic.Bool
 }
 
 // backendFor returns the proxy state of conn, creating it on first use.

@@ -110,6 +110,7 @@ type loopState struct {
 	st      atomic.Int32 // loopIdle, loopBusy, loopWaiting: changed under parker.mu
 	running bool         // the loop thread runs the client (loop thread only)
 	woken   bool         // a wake-up came while loopBusy (under parker.mu)
+	more    bool         // the socket became readable while the loop had the client, not parked (under parker.mu)
 	cold    uint8        // requests in a row handed over (owner only)
 	since   int64        // loopWaiting or loopQueued since (parker's clock, ns)
 	bfd     int          // the backend descriptor waited on
@@ -169,7 +170,9 @@ func (c *clientConn) loopRequest() {
 	}
 	c.in.End += n
 	c.reads.Add(1)
-	if !c.loopableNow() {
+	// A read that filled the buffer may have left more behind, which edge
+	// triggered readiness will not report: a goroutine reads on.
+	if c.in.End == len(c.in.Buf) || !c.loopableNow() {
 		c.loop.cold++
 		c.loopHandOff(&loopHand{next: loopNextProcess})
 		return
@@ -310,14 +313,18 @@ func (c *clientConn) loopWait() {
 		c.loopHandOff(&loopHand{next: loopNextInline, b: b})
 		return
 	}
-	if err := p.os.arm(b.fd); err != nil {
-		p.mu.Unlock()
-		c.loopHandOff(&loopHand{next: loopNextInline, b: b})
-		return
+	if !b.inLoopSet.Load() {
+		if err := p.os.add(b.fd); err != nil {
+			p.mu.Unlock()
+			c.loopHandOff(&loopHand{next: loopNextInline, b: b})
+			return
+		}
+		b.inLoopSet.Store(true)
 	}
 	c.loop.bfd, c.loop.since = b.fd, p.now
 	c.loop.running = false
 	p.byBackend[b.fd] = c
+	p.waitingN.Add(1)
 	c.loop.st.Store(loopWaiting)
 	p.mu.Unlock()
 }
@@ -335,7 +342,9 @@ func (c *clientConn) loopReply() {
 		c.loopHandOff(&loopHand{next: loopNextProcess})
 		return
 	}
+again:
 	b.in.Prepare()
+	free := len(b.in.Free())
 	n, rerr := c.srv.park.rawRead(b.raw, b.in.Free())
 	switch {
 	case rerr == syscall.EAGAIN:
@@ -361,7 +370,7 @@ func (c *clientConn) loopReply() {
 		// process sends it again.
 		p := &c.srv.park
 		c.loopPark()
-		if p.queued > 0 {
+		if p.queued.Load() > 0 {
 			p.serveQueues() // the backend just released may serve one
 		}
 		return
@@ -370,6 +379,11 @@ func (c *clientConn) loopReply() {
 	more := c.be == b && !c.reader.copyIn && c.q.len() > 0 && (!c.inBatch || c.probe != nil)
 	c.mu.Unlock()
 	if more {
+		if n == free {
+			// The read filled the buffer: more may be there, and edge
+			// triggered readiness says nothing of what was already.
+			goto again
+		}
 		c.loopWait()
 		return
 	}
@@ -401,7 +415,7 @@ func (c *clientConn) loopEnqueue() {
 		p.queues[c.db.Pool] = q
 	}
 	q.list = append(q.list, c)
-	p.queued++
+	p.queued.Add(1)
 	c.loop.st.Store(loopQueued)
 	c.srv.stats.waiting.Add(1)
 	p.mu.Unlock()
@@ -457,7 +471,7 @@ func (p *parker) serveQueues() {
 				continue
 			}
 			q.popLocked()
-			p.queued--
+			p.queued.Add(-1)
 			c.loop.st.Store(loopBusy)
 			c.srv.stats.waiting.Add(-1)
 			p.mu.Unlock()
@@ -474,11 +488,11 @@ func (p *parker) handQueuedLocked(c *clientConn) {
 	if q := p.queues[c.db.Pool]; q != nil {
 		q.removeLocked(c)
 	}
-	p.queued--
+	p.queued.Add(-1)
 	p.handoffs.Add(1)
 	c.srv.stats.waiting.Add(-1)
 	c.loop.hand = &loopHand{next: loopNextProcess}
-	c.loop.st.Store(loopIdle)
+	p.handOverLocked(c)
 	go c.srv.resume(c) // as loopHandOff
 }
 
@@ -500,18 +514,15 @@ func (c *clientConn) loopPark() {
 	c.loop.cold = 0
 	p := &c.srv.park
 	p.mu.Lock()
-	if !c.loop.woken && p.on && c.in.Start == c.in.End {
+	if !c.loop.woken && !c.loop.more && p.on && c.in.Start == c.in.End && p.byFd[c.park.fd] == c {
 		c.park.parked.Store(true) // before the checks: see park.go, Ordering
 		if c.parkableNow() {
 			c.giveBackReadBuffer()
 			c.loop.running = false
-			if err := p.os.arm(c.park.fd); err == nil {
-				c.loop.st.Store(loopIdle)
-				p.byFd[c.park.fd] = c
-				p.count.Add(1)
-				p.mu.Unlock()
-				return
-			}
+			c.loop.st.Store(loopIdle)
+			p.count.Add(1)
+			p.mu.Unlock()
+			return
 		}
 		c.park.parked.Store(false)
 	}
@@ -533,7 +544,7 @@ func (c *clientConn) loopHandOff(h *loopHand) {
 	p := &c.srv.park
 	p.handoffs.Add(1)
 	p.mu.Lock()
-	c.loop.st.Store(loopIdle)
+	p.handOverLocked(c)
 	c.loop.woken = false
 	p.mu.Unlock()
 	go c.srv.resume(c) // ends when the client leaves or parks again; it holds the client's s.wg count
@@ -606,7 +617,7 @@ func (c *clientConn) writeClient(p []byte) error {
 // reader), so a client that leaves during a slow query is seen. Loop
 // thread.
 func (p *parker) loopScan() {
-	if len(p.byBackend) == 0 && p.queued == 0 {
+	if p.waitingN.Load() == 0 && p.queued.Load() == 0 {
 		return
 	}
 	old := p.now - int64(inlineWait)
@@ -633,13 +644,39 @@ func (p *parker) loopScan() {
 // reads its backend's reply itself (relayInline). Under p.mu.
 func (p *parker) handWaitingLocked(fd int, c *clientConn) {
 	delete(p.byBackend, fd)
+	p.waitingN.Add(-1)
 	p.handoffs.Add(1)
 	c.mu.Lock()
 	b := c.be
 	c.mu.Unlock()
 	c.loop.hand = &loopHand{next: loopNextInline, b: b}
-	c.loop.st.Store(loopIdle)
+	p.handOverLocked(c)
 	go c.srv.resume(c) // as loopHandOff
+}
+
+// handOverLocked ends the loop's ownership of c before a goroutine takes
+// it: its socket leaves the set (the goroutine reads it), and so does its
+// backend's, if it holds one (the goroutine reads that too). Under p.mu.
+func (p *parker) handOverLocked(c *clientConn) {
+	p.leaveSetLocked(c)
+	c.loop.more = false
+	c.mu.Lock()
+	b := c.be
+	c.mu.Unlock()
+	if b != nil {
+		p.unwatchLocked(b)
+	}
+	c.loop.st.Store(loopIdle)
+}
+
+// unwatchLocked takes a backend's socket out of the set: a goroutine
+// reads it now, and each reply would wake the loop for nothing. Under
+// p.mu.
+func (p *parker) unwatchLocked(b *backend) {
+	if b.inLoopSet.Load() {
+		_ = p.os.del(b.fd)
+		b.inLoopSet.Store(false)
+	}
 }
 
 // backendReady is the loop's answer to readiness of fd, a backend a
@@ -652,6 +689,7 @@ func (p *parker) backendReady(fd int) bool {
 		return false
 	}
 	delete(p.byBackend, fd)
+	p.waitingN.Add(-1)
 	c.loop.st.Store(loopBusy)
 	c.loop.woken = false
 	p.mu.Unlock()
@@ -726,9 +764,10 @@ type loopFields struct {
 	lastScan           int64
 	// queues: requests waiting for an idle backend, per pool (loopEnqueue,
 	// serveQueues); queued counts them. Under mu.
-	queues  map[*pool.Pool]*loopQueue
-	queued  int
-	lastTry int64 // serveQueues' last run (loop thread)
+	queues   map[*pool.Pool]*loopQueue
+	queued   atomic.Int32 // len of every queue (written under mu)
+	waitingN atomic.Int32 // len(byBackend) (written under mu)
+	lastTry  int64        // serveQueues' last run (loop thread)
 	// queueWait is loopQueueWait (a field so tests can shorten it before
 	// the first client).
 	queueWait time.Duration

@@ -87,7 +87,7 @@ var errParked = errors.New("client parked")
 type parker struct {
 	os      parkOS
 	mu      sync.Mutex
-	byFd    map[int]*clientConn // parked clients, by socket descriptor
+	byFd    map[int]*clientConn // clients whose socket is in the set (parked, or the loop's), by descriptor
 	on      bool                // the epoll set is open and the loop runs
 	stopped bool                // stopParker ran: the loop never starts again
 	done    chan struct{}       // closed when the loop has ended
@@ -185,16 +185,17 @@ func (s *Server) parkLoop() {
 			next = now.Add(p.every)
 			d = p.every
 		}
-		if p.queued > 0 && p.now-p.lastTry >= int64(loopRetry) {
+		queued := p.queued.Load() > 0
+		if queued && p.now-p.lastTry >= int64(loopRetry) {
 			p.serveQueues()
 		}
-		if len(p.byBackend) > 0 || p.queued > 0 {
+		if queued || p.waitingN.Load() > 0 {
 			if p.now-p.lastScan >= int64(inlineWait/2) {
 				p.lastScan = p.now
 				p.loopScan()
 			}
 			d = min(d, inlineWait/2)
-			if p.queued > 0 {
+			if queued {
 				d = min(d, loopRetry)
 			}
 		}
@@ -284,14 +285,21 @@ func (p *parker) onReady(fd int) {
 		p.backendReady(fd)
 		return
 	}
+	if !c.park.parked.Load() {
+		// The loop runs the client or waits for its backend: it sent
+		// more meanwhile (or closed). Edge triggered, this is said once:
+		// the loop hands it to a goroutine instead of parking it.
+		c.loop.more = true
+		p.mu.Unlock()
+		return
+	}
 	if !c.loopOn() || c.loop.cold >= loopColdAfter {
 		p.unparkLocked(c)
 		p.mu.Unlock()
 		return
 	}
-	// The loop's now: out of byFd, its socket left in the set (disarmed,
-	// one-shot) to be re-armed when it parks again.
-	delete(p.byFd, fd)
+	// The loop's now; its socket stays in the set (and byFd) while the
+	// loop has it.
 	c.park.parked.Store(false)
 	p.count.Add(-1)
 	c.loop.st.Store(loopBusy)
@@ -310,13 +318,22 @@ func (p *parker) unparkLocked(c *clientConn) {
 
 // takeLocked takes parked c out of the epoll set. Under p.mu.
 func (p *parker) takeLocked(c *clientConn) {
+	p.leaveSetLocked(c)
+	c.park.parked.Store(false)
+	p.count.Add(-1)
+}
+
+// leaveSetLocked takes c's socket out of the epoll set, for a goroutine
+// to read it. Under p.mu.
+func (p *parker) leaveSetLocked(c *clientConn) {
 	fd := c.park.fd
+	if p.byFd[fd] != c {
+		return
+	}
 	// The socket is open (see Ownership above); a failure here could only
 	// leave a stale registration, which the fd's close removes.
 	_ = p.os.del(fd)
 	delete(p.byFd, fd)
-	c.park.parked.Store(false)
-	p.count.Add(-1)
 }
 
 // resume carries a parked client's session on, on a goroutine of its own.

@@ -12,15 +12,18 @@ import (
 //
 // An idle client's socket is in two epoll sets: the Go runtime's (edge
 // triggered, where it records readiness while no goroutine waits on the
-// socket) and this one, level triggered and EPOLLONESHOT: readable data,
-// a peer that closed (EPOLLRDHUP) or an error (EPOLLHUP, EPOLLERR) is
-// reported once, and stays reported if it was already there when the
-// socket was added, so no readiness can be missed between the client
-// reader's last read and the add. The woken client's goroutine reads
-// through the normal path, which tries the read before waiting.
+// socket) and this one, edge triggered too: readable data, a peer that
+// closed (EPOLLRDHUP) or an error (EPOLLHUP, EPOLLERR) is reported when
+// it comes, and also if it was already there when the socket was added,
+// so no readiness can be missed between the client reader's last read and
+// the add. A socket stays in the set while the parker or the event loop
+// owns its client (loop.go: no system call to re-arm it per request) and
+// leaves it when a goroutine takes the client over (del). The loop's
+// backends' sockets join it at their first use by the loop and stay
+// (watch); readiness of one the loop does not wait on is ignored.
 
 // parkEvents is what wakes a parked client.
-const parkEvents = syscall.EPOLLIN | syscall.EPOLLRDHUP | syscall.EPOLLONESHOT
+const parkEvents = syscall.EPOLLIN | syscall.EPOLLRDHUP | -syscall.EPOLLET
 
 // parkBatch is how many readiness events one epoll_wait returns at most.
 const parkBatch = 128
@@ -57,26 +60,12 @@ func (o *parkOS) open() error {
 	return nil
 }
 
-// add puts fd in the set (under parker.mu). A socket the loop served is
-// still there, disarmed (one-shot): it is armed again.
+// add puts fd in the set (under parker.mu); one already there stays.
 func (o *parkOS) add(fd int) error {
 	o.ev = syscall.EpollEvent{Events: parkEvents, Fd: int32(fd)}
 	err := syscall.EpollCtl(o.epfd, syscall.EPOLL_CTL_ADD, fd, &o.ev)
 	if err == syscall.EEXIST {
-		err = syscall.EpollCtl(o.epfd, syscall.EPOLL_CTL_MOD, fd, &o.ev)
-	}
-	return err
-}
-
-// arm waits for readiness of fd once more: fd stays in the set between
-// the loop's uses, disarmed (one-shot), so a re-arm is one call; a socket
-// not in the set yet (or closed and its number reused) is added. Under
-// parker.mu.
-func (o *parkOS) arm(fd int) error {
-	o.ev = syscall.EpollEvent{Events: parkEvents, Fd: int32(fd)}
-	err := syscall.EpollCtl(o.epfd, syscall.EPOLL_CTL_MOD, fd, &o.ev)
-	if err == syscall.ENOENT {
-		err = syscall.EpollCtl(o.epfd, syscall.EPOLL_CTL_ADD, fd, &o.ev)
+		err = nil
 	}
 	return err
 }

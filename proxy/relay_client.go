@@ -347,6 +347,14 @@ func (c *clientConn) takeBackend(conn pool.Conn) *backend {
 	s.stats.active.Add(1)
 	conn.SetOwner(c)
 	b := s.backendFor(conn)
+	if !c.loop.running && b.inLoopSet.Load() {
+		// A goroutine reads b now: out of the event loop's set, which
+		// would wake for each of its replies (loop.go).
+		p := &s.park
+		p.mu.Lock()
+		p.unwatchLocked(b)
+		p.mu.Unlock()
+	}
 	b.queries = 0
 	if c.policy.readerPerHold {
 		// The pool counts a new hold as busy until told otherwise (right
