@@ -98,26 +98,85 @@ var stateKeywords = [...]string{
 	"deallocate", "discard", "drop", "close", "role", "authorization",
 }
 
-// touchesSessionState reports whether q may create or drop session state.
-// It scans once and does not allocate.
-func touchesSessionState(q []byte) bool {
-	for i := 0; i < len(q); i++ {
-		c := q[i] | 0x20
-		switch c {
-		case 'l', 'u', 'p', 't', 'h', 'd', 'c', 'r', 'a':
-		default:
+// stateKeywordsByLetter are stateKeywords by first letter ('a' is 0).
+var stateKeywordsByLetter = func() (t [26][]string) {
+	for _, k := range stateKeywords {
+		t[k[0]-'a'] = append(t[k[0]-'a'], k)
+	}
+	return t
+}()
+
+// identCharTable is isIdentChar as a table, for sessionScan's byte loop.
+var identCharTable = func() (t [256]bool) {
+	for c := range t {
+		t[c] = isIdentChar(byte(c))
+	}
+	return t
+}()
+
+// settingsHint is what sessionScan found about settings: none (q changes
+// no setting), maybe (a word contains "set", "reset" or "discard": whether
+// one starts a statement takes the lexer, settingStatement) or sure
+// (set_config).
+type settingsHint uint8
+
+const (
+	settingsNone settingsHint = iota
+	settingsMaybe
+	settingsSure
+)
+
+// sessionScan reads q once, word by word (a word is a run of isIdentChar
+// bytes), for the two checks every query in transaction mode gets:
+// touches is touchesSessionState(q), and settings says how far it got
+// with changesSettings(q). Every keyword either looks for is made of word
+// bytes, so it lies inside one word: a set_config anywhere, and every word
+// the SQL lexer sees. Most queries contain none of them, and the lexer
+// never runs. It does not allocate.
+func sessionScan(q []byte) (touches bool, settings settingsHint) {
+	for i := 0; i < len(q); {
+		if !identCharTable[q[i]] {
+			i++
 			continue
 		}
-		if i > 0 && isIdentChar(q[i-1]) {
-			continue
-		}
-		for _, k := range stateKeywords {
-			if k[0] == c && hasPrefixFold(q[i:], k) {
-				return true
+		// A keyword at a word's start.
+		if c := q[i] | 0x20; !touches && c >= 'a' && c <= 'z' {
+			for _, k := range stateKeywordsByLetter[c-'a'] {
+				if hasPrefixFold(q[i:], k) {
+					touches = true
+					break
+				}
 			}
 		}
+		for ; i < len(q) && identCharTable[q[i]]; i++ {
+			// Only S, s, D and d turn into 's' and 'd' here.
+			switch q[i] | 0x20 {
+			case 's':
+				if hasPrefixFold(q[i:], "set") {
+					settings = max(settings, settingsMaybe)
+					if hasPrefixFold(q[i:], "set_config") {
+						settings = settingsSure
+					}
+				}
+			case 'd':
+				if hasPrefixFold(q[i:], "discard") {
+					settings = max(settings, settingsMaybe)
+				}
+			}
+		}
+		if touches && settings == settingsSure {
+			break
+		}
 	}
-	return false
+	return touches, settings
+}
+
+// touchesSessionState reports whether q may create or drop session state:
+// a stateKeywords word at the start of a word anywhere in q (strings and
+// comments included).
+func touchesSessionState(q []byte) bool {
+	touches, _ := sessionScan(q)
+	return touches
 }
 
 // changesSettings reports whether q may change a setting the relay does not
@@ -125,10 +184,25 @@ func touchesSessionState(q []byte) bool {
 // multi-statement query, set_config anywhere (even in dynamic SQL), or
 // DISCARD. Like touchesSessionState it is eager and allocation-free.
 func changesSettings(q []byte) bool {
-	if containsFold(q, "set_config") {
-		return true
-	}
+	_, settings := sessionScan(q)
+	return settings.changes(q)
+}
+
+// changes is changesSettings(q) given q's sessionScan hint h.
+func (h settingsHint) changes(q []byte) bool {
+	return h == settingsSure || h == settingsMaybe && settingStatement(q)
+}
+
+// settingStatement reports whether a statement of q starts with SET,
+// RESET or DISCARD (strings and comments do not count).
+func settingStatement(q []byte) bool {
 	l := sqlLexer{q: q}
+	if oneStatement(q) {
+		// Only the first token can be a statement's first word, so the
+		// rest need not be lexed.
+		w, k := l.next()
+		return k == tokWord && (eqFold(w, "set") || eqFold(w, "reset") || eqFold(w, "discard"))
+	}
 	for {
 		w, ok := l.nextStatementWord()
 		if !ok {
@@ -138,6 +212,25 @@ func changesSettings(q []byte) bool {
 			return true
 		}
 	}
+}
+
+// oneStatement reports whether a statement can start only at q's
+// beginning: q has no ';' but in a tail of ';' and white space (as most
+// queries end). Whether a ';' is in a string or comment does not matter:
+// after one that is, no word follows either.
+func oneStatement(q []byte) bool {
+	i := bytes.IndexByte(q, ';')
+	if i < 0 {
+		return true
+	}
+	for _, c := range q[i:] {
+		switch c {
+		case ';', ' ', '\t', '\n', '\r', '\f', '\v':
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // rejectedHazard finds, for policy reject, a statement in q that creates
@@ -381,10 +474,11 @@ type PinnedClient struct {
 // traffic may have touched session state or settings; the server is asked
 // once the transaction is over. It runs under c.mu.
 func (c *clientConn) noteSessionTraffic(q []byte) {
-	if !c.state.dirty && touchesSessionState(q) {
+	touches, settings := sessionScan(q) // one pass for both checks
+	if touches {
 		c.state.dirty = true
 	}
-	if changesSettings(q) {
+	if settings.changes(q) {
 		c.state.paramsDirty = true
 		c.noteCustomNames(q)
 	}

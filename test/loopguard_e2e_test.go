@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -1089,5 +1090,162 @@ func TestLoopGuardNotificationsToIdleListener(t *testing.T) {
 	var v int
 	if err := l.QueryRow(ctx, "SELECT 42").Scan(&v); err != nil || v != 42 {
 		t.Fatalf("the listener afterwards: %d %v", v, err)
+	}
+}
+
+// lgSlowReader reads at most 64 KB per call and pauses before each read,
+// as a client busy with what it already has.
+type lgSlowReader struct {
+	r     io.Reader
+	pause time.Duration
+}
+
+func (s *lgSlowReader) Read(p []byte) (int, error) {
+	time.Sleep(s.pause)
+	return s.r.Read(p[:min(len(p), 64<<10)])
+}
+
+// lgDigestReply reads one query's reply from fe and returns its row
+// count, a hash of every message and the transaction status.
+func lgDigestReply(fe *pgproto3.Frontend) (string, error) {
+	h := sha256.New()
+	rows := 0
+	for {
+		msg, err := fe.Receive()
+		if err != nil {
+			return "", fmt.Errorf("after %d rows: %w", rows, err)
+		}
+		b, err := msg.Encode(nil)
+		if err != nil {
+			return "", err
+		}
+		h.Write(b)
+		switch m := msg.(type) {
+		case *pgproto3.DataRow:
+			rows++
+		case *pgproto3.ReadyForQuery:
+			return fmt.Sprintf("rows=%d status=%c sha256=%x", rows, m.TxStatus, h.Sum(nil)), nil
+		}
+	}
+}
+
+// TestLoopGuardSlowReaderGetsWholeReply: a client reads a 19 MB result
+// slowly (64 KB every 5 ms, the proxy's writes to it blocking again and
+// again) and gets exactly the bytes a direct connection gets, while four
+// clients commit transactions on the pool's other backend, each within a
+// bounded wait.
+func TestLoopGuardSlowReaderGetsWholeReply(t *testing.T) {
+	const sql = "SELECT g, repeat(md5(g::text), 300) FROM generate_series(1, 2000) g"
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	p := txStartProxy(t, "transaction", 2)
+	direct := dialRaw(t, txDirectURL())
+	direct.send(t, &pgproto3.Query{String: sql})
+	_ = direct.conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+	want, err := lgDigestReply(direct.fe)
+	if err != nil {
+		t.Fatalf("directly: %v", err)
+	}
+
+	setup := txConnect(ctx, t, txDirectURL(), nil)
+	txMustExec(ctx, t, setup, "DROP TABLE IF EXISTS lg_stuck; CREATE TABLE lg_stuck (client int, n int)")
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_, _ = txSimple(ctx, setup, "DROP TABLE IF EXISTS lg_stuck")
+	})
+	conns := make([]*pgx.Conn, 4)
+	for w := range conns {
+		conns[w] = txConnectPgx(ctx, t, txProxyURL(p), []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeCacheStatement}[w%2])
+	}
+
+	slow := dialRaw(t, txProxyURL(p))
+	_ = slow.conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+	// Buffered, so that each pause is per 64 KB read, not per message.
+	fe := pgproto3.NewFrontend(bufio.NewReaderSize(&lgSlowReader{r: slow.conn, pause: 5 * time.Millisecond}, 64<<10), slow.conn)
+	slow.send(t, &pgproto3.Query{String: sql})
+	start := time.Now()
+	type result struct {
+		digest string
+		err    error
+	}
+	got := make(chan result, 1)
+	go func() { // ends when the reply is read or the read deadline passes
+		d, err := lgDigestReply(fe)
+		got <- result{d, err}
+	}()
+	// Others commit while the slow client is being served (rounds of 5
+	// transactions each, at most 100 rounds).
+	var r result
+	var slowest time.Duration
+	rounds := 0
+	for r.digest == "" && r.err == nil {
+		select {
+		case r = <-got:
+			continue
+		default:
+		}
+		if rounds == 100 {
+			r = <-got
+			break
+		}
+		slowest = max(slowest, lgCommitRounds(ctx, t, conns, rounds*5+1, rounds*5+5, 3*time.Second))
+		rounds++
+	}
+	took := time.Since(start)
+	if r.err != nil {
+		t.Fatalf("the slow reader: %v", r.err)
+	}
+	if r.digest != want {
+		t.Errorf("the slow reader got %s, directly %s", r.digest, want)
+	}
+	t.Logf("slow reader served in %v; beside it %d x %d transactions (slowest %v)",
+		took.Round(time.Millisecond), len(conns), rounds*5, slowest.Round(time.Millisecond))
+	if rounds < 2 {
+		t.Errorf("only %d rounds of transactions while the slow reader was served: the others were held up, or the test proved nothing", rounds)
+	}
+	rows, status := slow.query(t, "SELECT 'after'")
+	if fmt.Sprint(rows) != "[[after]]" || status != 'I' {
+		t.Errorf("the slow reader's next query: %v %c", rows, status)
+	}
+}
+
+// TestLoopGuardRequestThenTerminate: a request and Terminate in one write
+// (simple and extended protocol): the client gets the whole reply, as
+// directly, then the connection ends; the pool's one backend is clean.
+func TestLoopGuardRequestThenTerminate(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	p := txStartProxy(t, "transaction", 1)
+	cases := map[string][]byte{
+		"simple": lgEncode(t, &pgproto3.Query{String: "SELECT 'bye', g FROM generate_series(1, 3) g"}, &pgproto3.Terminate{}),
+		"extended": lgEncode(t,
+			&pgproto3.Parse{Query: "SELECT $1::text || '!'"},
+			&pgproto3.Bind{Parameters: [][]byte{[]byte("bye")}},
+			&pgproto3.Describe{ObjectType: 'P'},
+			&pgproto3.Execute{},
+			&pgproto3.Sync{},
+			&pgproto3.Terminate{}),
+	}
+	for name, data := range cases {
+		t.Run(name, func(t *testing.T) {
+			run := func(url string) []string {
+				r := dialRaw(t, url)
+				r.write(t, data)
+				got, err := lgReplies(r, 1, 10*time.Second)
+				if err != nil {
+					t.Fatalf("%s: after %q: %v", redact(url), got, err)
+				}
+				_ = r.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+				if m, err := r.fe.Receive(); err == nil {
+					t.Fatalf("%s: %T after the reply to a Terminate", redact(url), m)
+				} else if isTimeout(err) {
+					t.Fatalf("%s: the connection stayed open after Terminate", redact(url))
+				}
+				return got
+			}
+			lgCompare(t, name+" request and Terminate", run(txProxyURL(p)), run(txDirectURL()))
+			lgCleanBackends(ctx, t, p, 1)
+		})
 	}
 }
