@@ -27,7 +27,9 @@ import (
 // KILLed or loses its backend never stalls or corrupts the others, and the
 // shapes of traffic the loop must parse (pipelines, messages split across
 // reads, notifications to idle clients) give what a direct connection
-// gives. They pass on the goroutine relay and must keep passing.
+// gives. They passed on the goroutine relay and must keep passing. Their
+// clients send from idle (parked), so the event loop reads the requests;
+// each test checks in /stats that the loop saw some.
 
 // lgReplies reads r's messages until n ReadyForQuery have arrived, the
 // connection ends, or within passes, and returns each message as a
@@ -117,13 +119,12 @@ func lgWaitNotActive(ctx context.Context, t *testing.T, admin *pgconn.PgConn, ma
 	})
 }
 
-// lgParkAll waits until n clients are parked. A client whose last
-// exchange ended on another goroutine than its reader's (a reply slower
-// than the inline wait, an explicit transaction's COMMIT) began its idle
-// wait while its backend was still held, and does not park until it sends
-// again (today's proxy/idle.go decides parkability when the wait
-// begins): nudge makes every client send a quick query, at most twice,
-// and the test logs it.
+// lgParkAll waits until n clients are parked, so that their next request
+// is read by the event loop. On the goroutine relay a client whose idle
+// wait began while its backend was still held (after an explicit
+// transaction's COMMIT, or a reply slower than the inline wait) did not
+// park until it sent again: nudge makes every client send a quick query,
+// at most twice, and the test logs it.
 func lgParkAll(t *testing.T, p *Proxy, n int, nudge func()) {
 	t.Helper()
 	for attempt := 0; ; attempt++ {
@@ -139,6 +140,49 @@ func lgParkAll(t *testing.T, p *Proxy, n int, nudge func()) {
 		}
 		t.Logf("%d clients parked of %d after 3 s; nudging them", parkedClients(t, p), n)
 		nudge()
+	}
+}
+
+// lgRawNudge is lgParkAll's nudge for raw clients: a quick query each.
+func lgRawNudge(t *testing.T, rs ...*rawClient) func() {
+	return func() {
+		for _, r := range rs {
+			r.query(t, "SELECT 1")
+		}
+	}
+}
+
+// lgPgconnNudge is lgParkAll's nudge for pgconn clients.
+func lgPgconnNudge(ctx context.Context, t *testing.T, cs ...*pgconn.PgConn) func() {
+	return func() {
+		for _, c := range cs {
+			txMustOne(ctx, t, c, "SELECT 1")
+		}
+	}
+}
+
+// lgLoopCounts reads /stats: the requests the event loop relayed itself
+// and those it handed to a goroutine.
+func lgLoopCounts(t *testing.T, p *Proxy) (relayed, handedOff int) {
+	t.Helper()
+	clients, _ := p.Stats(t)["clients"].(map[string]any)
+	r, ok1 := num(clients, "loop_requests")
+	h, ok2 := num(clients, "loop_handoffs")
+	if !ok1 || !ok2 {
+		t.Fatalf("/stats clients has no loop_requests or loop_handoffs: %v", clients)
+	}
+	return int(r), int(h)
+}
+
+// lgLogLoop logs how much of the test's traffic the event loop relayed,
+// and fails a test none of whose requests reached it: the guard would
+// guard nothing.
+func lgLogLoop(t *testing.T, p *Proxy) {
+	t.Helper()
+	r, h := lgLoopCounts(t, p)
+	t.Logf("event loop: %d requests relayed, %d handed to goroutines", r, h)
+	if r+h == 0 {
+		t.Errorf("the event loop saw none of this test's requests: the guard no longer reaches it")
 	}
 }
 
@@ -184,9 +228,10 @@ func lgPoolActive(t *testing.T, p *Proxy) int {
 	return int(n)
 }
 
-// lgCommitRounds has each conn commit transactions from..to (an INSERT
-// into lg_stuck and a count, in one transaction), each within maxWait, at
-// once, and returns the slowest transaction's time.
+// lgCommitRounds has each conn commit transactions from..to at once (an
+// INSERT into lg_stuck and a count: every third in one explicit
+// transaction, the others as two statements of their own, which the event
+// loop relays), each within maxWait, and returns the slowest one's time.
 func lgCommitRounds(ctx context.Context, t *testing.T, conns []*pgx.Conn, from, to int, maxWait time.Duration) time.Duration {
 	t.Helper()
 	errs := newTxErrors()
@@ -201,12 +246,17 @@ func lgCommitRounds(ctx context.Context, t *testing.T, conns []*pgx.Conn, from, 
 				start := time.Now()
 				tctx, tcancel := context.WithTimeout(ctx, maxWait)
 				var count int
-				err := pgx.BeginFunc(tctx, conn, func(tx pgx.Tx) error {
-					if _, err := tx.Exec(tctx, "INSERT INTO lg_stuck VALUES ($1, $2)", w, n); err != nil {
-						return err
-					}
-					return tx.QueryRow(tctx, "SELECT count(*) FROM lg_stuck WHERE client = $1", w).Scan(&count)
-				})
+				var err error
+				if n%3 == 0 {
+					err = pgx.BeginFunc(tctx, conn, func(tx pgx.Tx) error {
+						if _, err := tx.Exec(tctx, "INSERT INTO lg_stuck VALUES ($1, $2)", w, n); err != nil {
+							return err
+						}
+						return tx.QueryRow(tctx, "SELECT count(*) FROM lg_stuck WHERE client = $1", w).Scan(&count)
+					})
+				} else if _, err = conn.Exec(tctx, "INSERT INTO lg_stuck VALUES ($1, $2)", w, n); err == nil {
+					err = conn.QueryRow(tctx, "SELECT count(*) FROM lg_stuck WHERE client = $1", w).Scan(&count)
+				}
 				tcancel()
 				took := time.Since(start)
 				mu.Lock()
@@ -252,6 +302,7 @@ func TestLoopGuardStuckReaderDoesNotStallOthers(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	p := txStartProxy(t, "transaction", poolSize)
+	t.Cleanup(func() { lgLogLoop(t, p) })
 	admin := txConnect(ctx, t, pg.AdminURL(), nil)
 	direct := txConnect(ctx, t, txDirectURL(), nil)
 	txMustExec(ctx, t, direct, "DROP TABLE IF EXISTS lg_stuck; CREATE TABLE lg_stuck (client int, n int)")
@@ -263,7 +314,25 @@ func TestLoopGuardStuckReaderDoesNotStallOthers(t *testing.T) {
 	before := memNow(t, p)
 	stopMem := memSampler(t, p)
 
+	conns := make([]*pgx.Conn, workers)
+	for w := range conns {
+		mode := pgx.QueryExecModeSimpleProtocol
+		if w%2 == 1 {
+			mode = pgx.QueryExecModeCacheStatement
+		}
+		conns[w] = txConnectPgx(ctx, t, txProxyURL(p), mode)
+	}
+	nudge := func() {
+		for _, c := range conns {
+			if _, err := c.Exec(ctx, "SELECT 1"); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
 	stuck := dialRaw(t, p.AppURL())
+	stuck.query(t, "SELECT 1")
+	// Every client sends from idle (parked): the event loop reads it.
+	lgParkAll(t, p, workers+1, nudge)
 	stuck.send(t, &pgproto3.Query{String: "SELECT repeat('x', 1000000) FROM generate_series(1, 200) /* lg-stuck */"})
 	// The stuck client holds a backend (its replies cannot be delivered),
 	// and only one.
@@ -278,29 +347,10 @@ func TestLoopGuardStuckReaderDoesNotStallOthers(t *testing.T) {
 		t.Fatalf("%d backends active with only the stuck client sending", n)
 	}
 
-	conns := make([]*pgx.Conn, workers)
-	for w := range conns {
-		mode := pgx.QueryExecModeSimpleProtocol
-		if w%2 == 1 {
-			mode = pgx.QueryExecModeCacheStatement
-		}
-		conns[w] = txConnectPgx(ctx, t, txProxyURL(p), mode)
-	}
 	var slowest time.Duration
 	// Busy clients first, then the same clients after they went idle
 	// (parked) beside the stuck one.
 	slowest = max(slowest, lgCommitRounds(ctx, t, conns, 1, txsEach, txMaxWait))
-	// A statement outside a transaction last: a client whose last request
-	// was the COMMIT of an explicit transaction does not park today (its
-	// reader began waiting while the backend was still held).
-	nudge := func() {
-		for _, c := range conns {
-			if _, err := c.Exec(ctx, "SELECT 1"); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	nudge()
 	lgParkAll(t, p, workers, nudge)
 	slowest = max(slowest, lgCommitRounds(ctx, t, conns, txsEach+1, 2*txsEach, txMaxWait))
 	t.Logf("%d clients x %d transactions beside the stuck client; slowest transaction %v", workers, 2*txsEach, slowest.Round(time.Millisecond))
@@ -347,6 +397,7 @@ func TestLoopGuardClientLeavesDuringSlowReply(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	p := txStartProxy(t, "transaction", 1)
+	t.Cleanup(func() { lgLogLoop(t, p) })
 	admin := txConnect(ctx, t, pg.AdminURL(), nil)
 	other := txConnect(ctx, t, txProxyURL(p), nil)
 
@@ -367,11 +418,22 @@ func TestLoopGuardClientLeavesDuringSlowReply(t *testing.T) {
 		{"half-close after sending", "0.3", 0, true},
 		{"half-close during a long query", "30", 300 * time.Millisecond, true},
 	}
+	// Every client sends from idle (parked): the event loop reads it.
+	leavers := make([]*rawClient, len(cases))
+	for i := range leavers {
+		leavers[i] = dialRaw(t, p.AppURL())
+		leavers[i].query(t, "SELECT 1")
+	}
+	txMustOne(ctx, t, other, "SELECT 1")
+	lgParkAll(t, p, len(cases)+1, func() {
+		lgRawNudge(t, leavers...)()
+		txMustOne(ctx, t, other, "SELECT 1")
+	})
 	for i, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			marker := fmt.Sprintf("lg-leave-%d", i)
 			sql := "SELECT 'slow', pg_sleep(" + tc.sleep + ") /* " + marker + " */"
-			r := dialRaw(t, p.AppURL())
+			r := leavers[i]
 			r.send(t, &pgproto3.Query{String: sql})
 			// Another client wants the pool's one backend meanwhile.
 			otherDone := txRunAsync(ctx, other, fmt.Sprintf("SELECT 'other-%d'", i))
@@ -491,6 +553,7 @@ func TestLoopGuardTerminateBackendDuringQuery(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	p := txStartProxy(t, "transaction", 2)
+	t.Cleanup(func() { lgLogLoop(t, p) })
 	admin := txConnect(ctx, t, pg.AdminURL(), nil)
 	other := txConnect(ctx, t, txProxyURL(p), nil)
 	if v := txMustOne(ctx, t, other, "SELECT 'other'"); v != "other" {
@@ -503,14 +566,20 @@ func TestLoopGuardTerminateBackendDuringQuery(t *testing.T) {
 		{name: "extended, in a transaction", begin: true, sql: "SELECT 'slept', pg_sleep(10) %s", extended: true},
 		{name: "simple, after a first result", sql: "SELECT 'first'; SELECT 'slept', pg_sleep(10) %s"},
 	}
+	// Every client sends from idle (parked): the event loop reads it.
+	viaProxy := make([]*pgconn.PgConn, len(cases))
+	for i := range viaProxy {
+		viaProxy[i] = txConnect(ctx, t, txProxyURL(p), nil)
+		txMustOne(ctx, t, viaProxy[i], "SELECT 1")
+	}
+	lgParkAll(t, p, len(cases)+1, lgPgconnNudge(ctx, t, append(viaProxy, other)...))
 	for i, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			type outcome struct {
 				text string
 				took time.Duration
 			}
-			run := func(url, marker string) (<-chan outcome, *pgconn.PgConn) {
-				c := txConnect(ctx, t, url, nil)
+			run := func(c *pgconn.PgConn, marker string) (<-chan outcome, *pgconn.PgConn) {
 				if tc.begin {
 					txMustExec(ctx, t, c, "BEGIN")
 				}
@@ -530,8 +599,8 @@ func TestLoopGuardTerminateBackendDuringQuery(t *testing.T) {
 				return ch, c
 			}
 			pm, dm := fmt.Sprintf("lg-term-proxy-%d", i), fmt.Sprintf("lg-term-direct-%d", i)
-			pres, pc := run(txProxyURL(p), pm)
-			dres, dc := run(txDirectURL(), dm)
+			pres, pc := run(viaProxy[i], pm)
+			dres, dc := run(txConnect(ctx, t, txDirectURL(), nil), dm)
 			var pids []string
 			waitFor(t, 10*time.Second, "both queries to run", func() bool {
 				a, b := lgActive(ctx, t, admin, pm), lgActive(ctx, t, admin, dm)
@@ -601,6 +670,11 @@ var lgPipeline = []string{
 // byte, as directly.
 func TestLoopGuardPipelinedSimpleQueries(t *testing.T) {
 	p := txStartProxy(t, "transaction", 2)
+	t.Cleanup(func() { lgLogLoop(t, p) })
+	// The client sends from idle (parked): the event loop reads it.
+	pr := dialRaw(t, txProxyURL(p))
+	pr.query(t, "SELECT 1")
+	lgParkAll(t, p, 1, lgRawNudge(t, pr))
 	// Another client keeps the pool busy so the transactions move.
 	busyCtx, stopBusy := context.WithCancel(context.Background())
 	busy := txConnect(busyCtx, t, txProxyURL(p), nil)
@@ -620,18 +694,17 @@ func TestLoopGuardPipelinedSimpleQueries(t *testing.T) {
 		}
 	}
 	batch := lgEncode(t, msgs...)
-	run := func(url string) []string {
-		r := dialRaw(t, url)
+	run := func(r *rawClient) []string {
 		r.write(t, batch)
 		time.Sleep(200 * time.Millisecond) // the replies pile up unread
 		got, err := lgReplies(r, len(msgs), 20*time.Second)
 		if err != nil {
-			t.Fatalf("%s: after %d messages: %v", redact(url), len(got), err)
+			t.Fatalf("after %d messages: %v", len(got), err)
 		}
 		return got
 	}
-	direct := run(txDirectURL())
-	proxied := run(txProxyURL(p))
+	direct := run(dialRaw(t, txDirectURL()))
+	proxied := run(pr)
 	lgCompare(t, fmt.Sprintf("%d pipelined simple queries", len(msgs)), proxied, direct)
 }
 
@@ -642,6 +715,7 @@ func TestLoopGuardPipelinedSimpleQueries(t *testing.T) {
 // directly, byte for byte, in the simple and the extended protocol.
 func TestLoopGuardSplitMessages(t *testing.T) {
 	p := txStartProxy(t, "transaction", 2)
+	t.Cleanup(func() { lgLogLoop(t, p) })
 	q1 := lgEncode(t, &pgproto3.Query{String: "SELECT 'first', 1"})
 	q2 := lgEncode(t, &pgproto3.Query{String: "SELECT 'second', g FROM generate_series(1, 3) g"})
 	ext := lgEncode(t,
@@ -668,7 +742,14 @@ func TestLoopGuardSplitMessages(t *testing.T) {
 		{"extended: before Sync, long pause", ext, len(ext) - 5, 1200 * time.Millisecond, 1},
 		{"extended: inside Parse", ext, 7, 150 * time.Millisecond, 1},
 	}
-	for _, tc := range cases {
+	// Every client sends from idle (parked): the event loop reads it.
+	splitters := make([]*rawClient, len(cases))
+	for i := range splitters {
+		splitters[i] = dialRaw(t, txProxyURL(p))
+		splitters[i].query(t, "SELECT 1")
+	}
+	lgParkAll(t, p, len(cases), lgRawNudge(t, splitters...))
+	for i, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			// The proxy and the direct connection side by side: each
 			// pause is waited once.
@@ -694,7 +775,7 @@ func TestLoopGuardSplitMessages(t *testing.T) {
 				}
 				return append(got, more...), nil
 			}
-			pr, dr := dialRaw(t, txProxyURL(p)), dialRaw(t, txDirectURL())
+			pr, dr := splitters[i], dialRaw(t, txDirectURL())
 			var direct []string
 			var derr error
 			done := make(chan struct{})
@@ -739,6 +820,7 @@ func TestLoopGuardQueryTimeoutAmongIdleClients(t *testing.T) {
 	}
 
 	p := txStartProxy(t, "transaction", 2, WithEnv("PGSIDECAR_POOL__QUERY_TIMEOUT", limit.String()))
+	t.Cleanup(func() { lgLogLoop(t, p) })
 	idlers := make([]*pgconn.PgConn, idle)
 	for i := range idlers {
 		idlers[i] = txConnect(ctx, t, txProxyURL(p), nil)
@@ -820,6 +902,7 @@ func TestLoopGuardAdminKill(t *testing.T) {
 	defer cancel()
 	// victim is a second databases entry for the same real database.
 	p := txStartProxy(t, "transaction", 2, WithEnv("PGSIDECAR_DATABASES__VICTIM__URL", txDirectURL()))
+	t.Cleanup(func() { lgLogLoop(t, p) })
 	victimURL := p.URL(txAppUser, txAppPassword, "victim")
 	admin := txConnect(ctx, t, pg.AdminURL(), nil)
 	con := connect(t, consoleURL(p, "app", "app"))
@@ -972,6 +1055,7 @@ func TestLoopGuardMixedWorkloadMatchesDirect(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
 	p := txStartProxy(t, "transaction", poolSize)
+	t.Cleanup(func() { lgLogLoop(t, p) })
 	setup := txConnect(ctx, t, txDirectURL(), nil)
 	txMustExec(ctx, t, setup, "DROP TABLE IF EXISTS lg_mix; CREATE TABLE lg_mix (via text, g int, i int, v text)")
 	t.Cleanup(func() {
@@ -1028,6 +1112,7 @@ func TestLoopGuardNotificationsToIdleListener(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	p := txStartProxy(t, "transaction", 2)
+	t.Cleanup(func() { lgLogLoop(t, p) })
 	l := txConnectPgx(ctx, t, txProxyURL(p), pgx.QueryExecModeSimpleProtocol)
 	d := txConnectPgx(ctx, t, txDirectURL(), pgx.QueryExecModeSimpleProtocol)
 	viaProxy := txConnect(ctx, t, txProxyURL(p), nil)
@@ -1139,6 +1224,7 @@ func TestLoopGuardSlowReaderGetsWholeReply(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	p := txStartProxy(t, "transaction", 2)
+	t.Cleanup(func() { lgLogLoop(t, p) })
 	direct := dialRaw(t, txDirectURL())
 	direct.send(t, &pgproto3.Query{String: sql})
 	_ = direct.conn.SetReadDeadline(time.Now().Add(30 * time.Second))
@@ -1160,6 +1246,16 @@ func TestLoopGuardSlowReaderGetsWholeReply(t *testing.T) {
 	}
 
 	slow := dialRaw(t, txProxyURL(p))
+	slow.query(t, "SELECT 1")
+	// Every client sends from idle (parked): the event loop reads it.
+	lgParkAll(t, p, len(conns)+1, func() {
+		slow.query(t, "SELECT 1")
+		for _, c := range conns {
+			if _, err := c.Exec(ctx, "SELECT 1"); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
 	_ = slow.conn.SetReadDeadline(time.Now().Add(30 * time.Second))
 	// Buffered, so that each pause is per 64 KB read, not per message.
 	fe := pgproto3.NewFrontend(bufio.NewReaderSize(&lgSlowReader{r: slow.conn, pause: 5 * time.Millisecond}, 64<<10), slow.conn)
@@ -1217,6 +1313,7 @@ func TestLoopGuardRequestThenTerminate(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	p := txStartProxy(t, "transaction", 1)
+	t.Cleanup(func() { lgLogLoop(t, p) })
 	cases := map[string][]byte{
 		"simple": lgEncode(t, &pgproto3.Query{String: "SELECT 'bye', g FROM generate_series(1, 3) g"}, &pgproto3.Terminate{}),
 		"extended": lgEncode(t,
@@ -1227,24 +1324,30 @@ func TestLoopGuardRequestThenTerminate(t *testing.T) {
 			&pgproto3.Sync{},
 			&pgproto3.Terminate{}),
 	}
+	// The clients send from idle (parked): the event loop reads them.
+	leavers := map[string]*rawClient{}
+	for name := range cases {
+		leavers[name] = dialRaw(t, txProxyURL(p))
+		leavers[name].query(t, "SELECT 1")
+	}
+	lgParkAll(t, p, len(cases), lgRawNudge(t, leavers["simple"], leavers["extended"]))
 	for name, data := range cases {
 		t.Run(name, func(t *testing.T) {
-			run := func(url string) []string {
-				r := dialRaw(t, url)
+			run := func(r *rawClient) []string {
 				r.write(t, data)
 				got, err := lgReplies(r, 1, 10*time.Second)
 				if err != nil {
-					t.Fatalf("%s: after %q: %v", redact(url), got, err)
+					t.Fatalf("after %q: %v", got, err)
 				}
 				_ = r.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
 				if m, err := r.fe.Receive(); err == nil {
-					t.Fatalf("%s: %T after the reply to a Terminate", redact(url), m)
+					t.Fatalf("%T after the reply to a Terminate", m)
 				} else if isTimeout(err) {
-					t.Fatalf("%s: the connection stayed open after Terminate", redact(url))
+					t.Fatal("the connection stayed open after Terminate")
 				}
 				return got
 			}
-			lgCompare(t, name+" request and Terminate", run(txProxyURL(p)), run(txDirectURL()))
+			lgCompare(t, name+" request and Terminate", run(leavers[name]), run(dialRaw(t, txDirectURL())))
 			lgCleanBackends(ctx, t, p, 1)
 		})
 	}
