@@ -50,8 +50,8 @@ type clientConn struct {
 	in            pgwire.ReadBuffer
 	passRemaining int          // bytes of a message being streamed to the backend
 	passDrop      bool         // ... or dropped: the message was refused (too large)
-	discard       discardState // acquire failed (or a Parse was refused): drop to Sync / Query
 	poisoned      bool         // the client broke the protocol: its backend is closed, not reused
+	discard       discardState // acquire failed (or a Parse was refused): drop to Sync / Query
 
 	// Shared with backendReader and cancel requests, under mu.
 	mu         sync.Mutex
@@ -59,9 +59,9 @@ type clientConn struct {
 	q          requestQueue
 	inBatch    bool          // extended-protocol messages sent since the last Sync
 	writing    bool          // the client reader is writing to the backend: it stays held
+	txStatus   byte          // from the last ReadyForQuery
 	cancelling int           // cancel requests being sent to the backend: it stays held
 	cancelDone chan struct{} // closed when cancelling drops back to 0
-	txStatus   byte          // from the last ReadyForQuery
 	want       *paramSet
 	stmts      map[string]*statement // client statement name -> statement
 	// unnamed is the client's unnamed statement (transaction mode) when

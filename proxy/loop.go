@@ -112,13 +112,9 @@ type loopState struct {
 	woken   bool         // a wake-up came while loopBusy (under parker.mu)
 	more    bool         // the socket became readable while the loop had the client, not parked (under parker.mu)
 	cold    uint8        // requests in a row handed over (owner only)
+	bfd     int32        // the backend descriptor waited on
 	since   int64        // loopWaiting or loopQueued since (parker's clock, ns)
-	bfd     int          // the backend descriptor waited on
 	hand    *loopHand    // set by the loop for the goroutine it hands the client to
-	// conn: the backend serveQueues took for the client's queued request
-	// (hasConn), used by loopAcquire. Loop thread only.
-	conn    pool.Conn
-	hasConn bool
 }
 
 // loopHand is what the goroutine a client is handed to does first.
@@ -183,10 +179,10 @@ func (c *clientConn) loopRequest() {
 // loopProcess runs process on the loop thread and acts on how it ended.
 func (c *clientConn) loopProcess() {
 	err := c.process()
-	if c.loop.hasConn {
+	if p := &c.srv.park; p.queuedFor == c {
 		// serveQueues took a backend the request did not use after all.
-		c.loop.conn.Release()
-		c.loop.conn, c.loop.hasConn = pool.Conn{}, false
+		p.queuedConn.Release()
+		p.queuedConn, p.queuedFor = pool.Conn{}, nil
 	}
 	switch err {
 	case nil:
@@ -249,9 +245,10 @@ func (c *clientConn) loopableNow() bool {
 // loopAcquire is acquireForRequest on the loop thread: a backend now, or
 // the client goes to a goroutine that waits for one.
 func (c *clientConn) loopAcquire() (*backend, error) {
-	conn, ok := c.loop.conn, c.loop.hasConn
+	p := &c.srv.park
+	conn, ok := p.queuedConn, p.queuedFor == c
 	if ok {
-		c.loop.conn, c.loop.hasConn = pool.Conn{}, false // serveQueues took it for this request
+		p.queuedConn, p.queuedFor = pool.Conn{}, nil // serveQueues took it for this request
 	} else {
 		conn, ok = c.db.Pool.TryAcquire()
 	}
@@ -321,7 +318,7 @@ func (c *clientConn) loopWait() {
 		}
 		b.inLoopSet.Store(true)
 	}
-	c.loop.bfd, c.loop.since = b.fd, p.now
+	c.loop.bfd, c.loop.since = int32(b.fd), p.now
 	c.loop.running = false
 	p.byBackend[b.fd] = c
 	p.waitingN.Add(1)
@@ -338,7 +335,7 @@ func (c *clientConn) loopReply() {
 	c.mu.Lock()
 	b := c.be
 	c.mu.Unlock()
-	if b == nil || b.fd != c.loop.bfd {
+	if b == nil || int32(b.fd) != c.loop.bfd {
 		c.loopHandOff(&loopHand{next: loopNextProcess})
 		return
 	}
@@ -476,7 +473,7 @@ func (p *parker) serveQueues() {
 			c.srv.stats.waiting.Add(-1)
 			p.mu.Unlock()
 			c.loop.running = true
-			c.loop.conn, c.loop.hasConn = conn, true
+			p.queuedConn, p.queuedFor = conn, c
 			c.loopProcess()
 		}
 	}
@@ -768,6 +765,10 @@ type loopFields struct {
 	queued   atomic.Int32 // len of every queue (written under mu)
 	waitingN atomic.Int32 // len(byBackend) (written under mu)
 	lastTry  int64        // serveQueues' last run (loop thread)
+	// queuedConn: the backend serveQueues took for queuedFor's request,
+	// which loopAcquire hands it (loop thread only).
+	queuedConn pool.Conn
+	queuedFor  *clientConn
 	// queueWait is loopQueueWait (a field so tests can shorten it before
 	// the first client).
 	queueWait time.Duration

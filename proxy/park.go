@@ -106,17 +106,17 @@ type parker struct {
 
 // parkState is one client's part in parking.
 type parkState struct {
-	fd  int  // the socket's descriptor, when can
-	can bool // a plain-TCP client of a mode that parks (setUpIdleReader)
+	fd int // the socket's descriptor, when can
+	// The sweep's memory of the client (parker goroutine only): seen
+	// idle, with reads at mark, at the last sweep.
+	mark uint64
+	seen bool
+	can  bool // a plain-TCP client of a mode that parks (setUpIdleReader)
 	// parked: the parker holds the client and no goroutine runs it.
 	// Changed under parker.mu only.
 	parked atomic.Bool
 	want   atomic.Bool // the parker asked the client reader to park
 	off    atomic.Bool // adding the socket to the epoll set failed: never again
-	// The sweep's memory of the client (parker goroutine only): seen
-	// idle, with reads at mark, at the last sweep.
-	seen bool
-	mark uint64
 }
 
 func (p *parker) init(every time.Duration) {
@@ -368,7 +368,7 @@ func (c *clientConn) unpark() {
 	case c.loop.st.Load() == loopBusy:
 		c.loop.woken = true // the loop hands it over at its next step
 	case c.loop.st.Load() == loopWaiting:
-		p.handWaitingLocked(c.loop.bfd, c)
+		p.handWaitingLocked(int(c.loop.bfd), c)
 	case c.loop.st.Load() == loopQueued:
 		p.handQueuedLocked(c)
 	}
