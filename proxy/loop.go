@@ -376,9 +376,11 @@ again:
 	more := c.be == b && !c.reader.copyIn && c.q.len() > 0 && (!c.inBatch || c.probe != nil)
 	c.mu.Unlock()
 	if more {
-		if n == free {
+		if n == free && !c.loopOwes() {
 			// The read filled the buffer: more may be there, and edge
-			// triggered readiness says nothing of what was already.
+			// triggered readiness says nothing of what was already. (A
+			// client that did not take the last write is handed over
+			// instead, by loopWait: reading on would buffer the reply.)
 			goto again
 		}
 		c.loopWait()
