@@ -269,6 +269,12 @@ func (c *clientConn) backpressure(b *backend) error {
 	select {
 	case <-drained:
 	case <-readerDone:
+		if c.heldBackend() == b {
+			// The reader ended and left b with this client: it could not
+			// write to the client (it closed it). Nobody drains the queue
+			// now: leave, or this loop would flush b forever.
+			return errors.New("the client stopped taking its replies")
+		}
 	case <-c.ctx.Done():
 		return c.ctx.Err()
 	}

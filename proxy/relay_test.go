@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -963,5 +964,37 @@ func TestSharedCopyRetiredOn0A000(t *testing.T) {
 	}
 	if d, ok := sent[1].(*pgproto3.Describe); !ok || d.Name != own || c2.probe == nil {
 		t.Fatalf("the copy prepared again is not probed: %#v", sent)
+	}
+}
+
+// TestBackpressureEndsWhenReaderLeavesBackend: a client reader waiting in
+// backpressure (maxPendingRequests unanswered) whose backend reader ended
+// without releasing the backend (it could not write to the client, closed
+// it and left) must leave, not flush the backend and wait again forever
+// (found by the loop guards: the client stayed, holding its backend and
+// half a CPU, until shutdown).
+func TestBackpressureEndsWhenReaderLeavesBackend(t *testing.T) {
+	c, b := testRelay(ModeTransaction, 10)
+	server := &scriptConn{}
+	b.nc = server
+	c.ctx = context.Background()
+	for range maxPendingRequests {
+		c.q.push(request{kind: reqQuery})
+	}
+	done := make(chan struct{})
+	close(done) // the backend reader has ended
+	c.reader.done = done
+	errc := make(chan error, 1)
+	go func() { errc <- c.backpressure(b) }()
+	select {
+	case err := <-errc:
+		if err == nil {
+			t.Fatal("backpressure returned nil with the backend reader gone and the backend still held: process would flush it again, forever")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("backpressure did not return")
+	}
+	if server.writes != 1 {
+		t.Fatalf("%d writes to the backend, want the one Flush", server.writes)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgproto3"
 )
 
 // TestLoopGrowsThePool: requests relayed by the event loop (proxy/loop.go)
@@ -69,4 +70,46 @@ func loopRequests(t *testing.T, p *Proxy) float64 {
 		t.Fatalf("/stats has no clients.loop_requests: %v", clients)
 	}
 	return v
+}
+
+// TestPipelinerThatLeavesIsCleanedUp: a client pipelines 20,000 queries
+// (about 40 MB of replies), reads nothing and closes. The proxy must
+// forget it and free its backend. Before the fix (found by the loop
+// guards), in about one attempt in 6-12 the backend reader failed writing
+// to the client and ended, and the client reader, waiting in backpressure
+// for replies nobody would drain any more, flushed the backend forever:
+// the client stayed listed, held its backend and half a CPU until
+// shutdown. Each attempt closes at a different moment of the write.
+func TestPipelinerThatLeavesIsCleanedUp(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	p := txStartProxy(t, "transaction", 3)
+	var msgs []pgproto3.FrontendMessage
+	for range 20000 {
+		msgs = append(msgs, &pgproto3.Query{String: "SELECT repeat('y', 2000)"})
+	}
+	batch := lgEncode(t, msgs...)
+	for attempt := range 10 {
+		stuck := dialRaw(t, p.AppURL())
+		written := make(chan error, 1)
+		go func() {
+			_ = stuck.conn.SetWriteDeadline(time.Now().Add(30 * time.Second))
+			_, err := stuck.conn.Write(batch)
+			written <- err
+		}()
+		time.Sleep(time.Duration(150+attempt*37%400) * time.Millisecond)
+		stuck.conn.Close()
+		<-written
+		deadline := time.Now().Add(5 * time.Second)
+		for clientCount(t, p.Stats(t)) != 0 || lgPoolActive(t, p) != 0 {
+			if time.Now().After(deadline) {
+				t.Fatalf("attempt %d: 5 s after the client closed, %v clients and %d active backends remain",
+					attempt, clientCount(t, p.Stats(t)), lgPoolActive(t, p))
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	// The pool still serves.
+	c := txConnect(ctx, t, txProxyURL(p), nil)
+	txMustOne(ctx, t, c, "SELECT 1")
 }
