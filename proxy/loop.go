@@ -34,8 +34,11 @@ import (
 //   - a request that is not whole, or not small (loopMaxRequest), or of a
 //     kind that may wait (COPY, a Terminate, LISTEN, a function call), or
 //     a client that has something else pending (loopableNow);
-//   - no idle backend at once (a waiter would queue: FIFO order is the
-//     pool's), a backend with TLS (crypto/tls buffers records);
+//   - no idle backend while the pool has room to open one (only Acquire
+//     opens backends); a pool at its size makes the request wait in the
+//     loop's own FIFO for that pool instead (loopEnqueue, serveQueues),
+//     up to loopQueueWait, then on a goroutine in the pool's queue;
+//   - a backend with TLS (crypto/tls buffers records);
 //   - a probe or a state check the request must wait for, backpressure;
 //   - a client that does not take its reply at once: what a non-blocking
 //     write leaves over goes to the goroutine, which writes it first;
@@ -52,8 +55,11 @@ import (
 // again.
 //
 // Ownership: a client is owned by exactly one of its goroutine, the parker
-// (parked), or the loop thread (loopBusy, loopWaiting); the changes happen
-// under parker.mu. Sockets are read and written through their RawConn, so
+// (parked), or the loop thread (loopBusy, loopWaiting, loopQueued); the
+// changes happen under parker.mu. Its socket is in the epoll set (edge
+// triggered, park_linux.go) exactly while it is not its goroutine's; a
+// backend's joins at the loop's first use and leaves when a goroutine
+// takes it. Sockets are read and written through their RawConn, so
 // a Close from another goroutine (kill, closeWith's sever) waits for the
 // loop's system call instead of letting it touch a reused descriptor.
 
@@ -501,9 +507,10 @@ func (c *clientConn) loopOwes() bool {
 	return c.loop.hand != nil && len(c.loop.hand.out) > 0
 }
 
-// loopPark parks the client again after the loop served it: its socket is
-// re-armed in the epoll set. Where it may not park (something pending: a
-// replay, notifications, a wake-up), a goroutine takes it.
+// loopPark parks the client again after the loop served it (its socket
+// never left the epoll set). Where it may not park (something pending: a
+// replay, notifications, a wake-up, more input that came meanwhile), a
+// goroutine takes it.
 func (c *clientConn) loopPark() {
 	if c.loopOwes() {
 		c.loop.hand.next = loopNextProcess
