@@ -527,6 +527,7 @@ func (c *clientConn) loopPark() {
 			c.loop.running = false
 			c.loop.st.Store(loopIdle)
 			p.count.Add(1)
+			p.parks++ // see tryPark
 			p.mu.Unlock()
 			return
 		}

@@ -410,9 +410,11 @@ func (c *clientConn) tryPark(hot bool) bool {
 	}
 	p.byFd[c.park.fd] = c
 	p.count.Add(1)
-	if !hot {
-		p.parks++ // a wave of idle clients (releaseAfterWave)
-	}
+	// Every park counts, hot ones too (loop.go): a wave of logins that
+	// each ran a query parks hot, and its garbage is what the release is
+	// for; parks under steady load keep the parker from seeing a quiet
+	// sweep, so no release runs then.
+	p.parks++
 	return true
 }
 
