@@ -98,7 +98,6 @@ const (
 	loopNextProcess                   // process what is buffered first
 	loopNextAfterSend                 // the request is out: wait for its probe, or backpressure (afterSend)
 	loopNextInline                    // read the backend's replies (relayInline)
-	loopNextNotes                     // deliver queued notifications
 )
 
 // loopState is one client's part in the loop.
@@ -455,8 +454,6 @@ func (c *clientConn) loopResume() (done bool, err error) {
 			return true, err
 		}
 		return false, c.process()
-	case loopNextNotes:
-		return false, c.flushNotes()
 	}
 	return false, nil
 }
