@@ -46,15 +46,25 @@ import (
 // really going away refuses the connects instead, which ends the loop.
 const maxReplays = 16
 
+// replayWindow is how long after its backend was acquired a request may
+// still be replayed. A backend that was dying when it was handed out
+// answers at once (its FATAL is on the wire, or comes as soon as it acts
+// on its SIGTERM); one that dies a second into the request was killed
+// while running it: pg_terminate_backend aimed at that statement (a
+// runaway query) ends it as it does directly, instead of having it
+// started again on another backend (up to maxReplays terminations).
+const replayWindow = time.Second
+
 // replayState is one client's replay bookkeeping. armed, pending and tries
 // are under c.mu; buf belongs to the client reader.
 type replayState struct {
-	armed   bool   // c.be is fresh for this request and none of its reply went to the client
-	pending bool   // the backend died unanswered: buf must be handled again
-	lost    bool   // ... but buf does not hold the whole request: the client is told
-	again   bool   // the next acquire is for a replay (tries go on)
-	tries   int    // replays in a row for the current request
-	buf     []byte // the client bytes sent to c.be since it was acquired
+	armed   bool      // c.be is fresh for this request and none of its reply went to the client
+	since   time.Time // when c.be was acquired (replayWindow)
+	pending bool      // the backend died unanswered: buf must be handled again
+	lost    bool      // ... but buf does not hold the whole request: the client is told
+	again   bool      // the next acquire is for a replay (tries go on)
+	tries   int       // replays in a row for the current request
+	buf     []byte    // the client bytes sent to c.be since it was acquired
 }
 
 // armReplayLocked starts the bookkeeping for a backend just acquired for a
@@ -66,6 +76,9 @@ func (c *clientConn) armReplayLocked() {
 	c.replay.again = false
 	c.replay.buf = c.replay.buf[:0]
 	c.replay.armed = c.replay.tries < maxReplays
+	if c.replay.armed {
+		c.replay.since = time.Now()
+	}
 }
 
 // recordReplay keeps the client bytes buf[from:c.in.Start] that the client
@@ -184,6 +197,12 @@ func (c *clientConn) checkFirstReplyLocked(b *backend, readErr error) (replay, d
 			c.replay.armed, c.replay.tries = false, 0 // the backend answered: it is alive
 			return false, false, false
 		}
+	}
+	if time.Since(c.replay.since) > replayWindow {
+		// Killed while running the request, not dying when handed out:
+		// the client hears the server's FATAL, as directly.
+		c.replay.armed, c.replay.tries = false, 0
+		return false, false, false
 	}
 	return true, c.failFreshLocked(b), false
 }

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"slices"
@@ -422,5 +423,40 @@ func TestUnpeekedPgbenchUnderTerminations(t *testing.T) {
 	}
 	if killed == 0 || replays == 0 {
 		t.Errorf("%d terminations, %v replays: the run proved nothing", killed, replays)
+	}
+}
+
+// TestTerminateRunawayStatement: pg_terminate_backend of the backend
+// running a client's first statement of a transaction, a second or more
+// into it, ends that statement with the server's FATAL 57P01, as
+// directly, once: the replay (replay.go) is for backends that were dying
+// when they were handed out, not for a statement an operator kills
+// (before replayWindow, 17 terminations were needed: one per replay).
+func TestTerminateRunawayStatement(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	p := txStartProxy(t, "transaction", 2)
+	admin := txConnect(ctx, t, pg.AdminURL(), nil)
+	for _, via := range []struct{ name, url string }{{"direct", txDirectURL()}, {"proxy", txProxyURL(p)}} {
+		c := txConnect(ctx, t, via.url, nil)
+		txMustOne(ctx, t, c, "SELECT 1")
+		marker := "runaway-" + via.name
+		res := txRunAsync(ctx, c, "SELECT pg_sleep(20) /* "+marker+" */")
+		var pids []string
+		waitFor(t, 10*time.Second, "the statement running", func() bool {
+			pids = lgActive(ctx, t, admin, marker)
+			return len(pids) == 1
+		})
+		time.Sleep(1200 * time.Millisecond) // past replayWindow
+		terminate(ctx, t, admin, pids)
+		select {
+		case r := <-res:
+			var pe *pgconn.PgError
+			if !errors.As(r.err, &pe) || pe.Code != "57P01" {
+				t.Fatalf("%s: after one pg_terminate_backend: %v, want FATAL 57P01", via.name, r.err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: the statement went on after pg_terminate_backend (pids now %v)", via.name, lgActive(ctx, t, admin, marker))
+		}
 	}
 }
