@@ -32,11 +32,13 @@ import (
 // a whole interval to park: it sets park.want and wakes the reader with a
 // read deadline, the relay's usual wake-up. The reader then parks itself
 // (tryPark), so every change of owner happens on the owner's side: a
-// client is never parked from under its goroutine. A client that is busy
-// more often than that never parks and pays nothing for it.
+// client is never parked from under its goroutine. A client whose
+// requests the event loop serves (loop.go) parks at once after each
+// request instead (hotPark, tryPark(true)).
 //
 // Waking: readiness on the socket (a request, the client closing) makes
-// the parker take the socket out of its set and start resume. The relay's
+// the parker relay the request itself (loop.go), or take the socket out
+// of its set and start resume. The relay's
 // other wake-ups (drain, timeouts, LISTEN delivery, KILL, closeWith,
 // kill) go through wake: it sets the read deadline, as before, and
 // unparks the client, whose new goroutine's first read then returns at
