@@ -125,9 +125,10 @@ type loopHand struct {
 }
 
 // loopOn reports whether the loop serves this client's requests: the
-// parker runs the loop, and the client parks (plain TCP, transaction mode).
+// client parks (plain TCP, transaction mode; the parker, which is the
+// loop, runs).
 func (c *clientConn) loopOn() bool {
-	return c.park.can && c.srv.park.loop
+	return c.park.can
 }
 
 // hotPark reports whether the client should park right after a request
@@ -228,8 +229,7 @@ func (c *clientConn) loopableNow() bool {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.be == nil && c.q.len() == 0 && !c.inBatch && len(c.listen.notes) == 0 && !c.replay.pending &&
-		c.state.pin == nil && c.state.checkWait == nil && c.probe == nil && c.cancelling == 0 && c.drained == nil
+	return c.settledLocked()
 }
 
 // loopAcquire is acquireForRequest on the loop thread: a backend now, or
@@ -617,7 +617,6 @@ func loopClock() int64 { return time.Now().UnixNano() }
 
 // loopFields is the parker's part in the loop.
 type loopFields struct {
-	loop bool // the loop serves parked clients' requests
 	// Stats.LoopRequests and LoopHandoffs: requests the loop sent to a
 	// backend itself, and those it handed to a goroutine.
 	requests, handoffs atomic.Uint64
@@ -633,8 +632,7 @@ type loopFields struct {
 	ioErr           error
 }
 
-func (p *parker) initLoop(on bool) {
-	p.loop = on
+func (p *parker) initLoop() {
 	p.byBackend = make(map[int]*clientConn)
 	p.readFn, p.writeFn = p.readOnce, p.writeOnce
 }

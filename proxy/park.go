@@ -129,7 +129,7 @@ func (p *parker) init(every time.Duration) {
 		p.every = idleParkAfter
 	}
 	p.ready = p.onReady
-	p.initLoop(true)
+	p.initLoop()
 }
 
 // startParker opens the epoll set and starts the parking goroutine, once
@@ -411,6 +411,16 @@ func (c *clientConn) tryPark(hot bool) bool {
 	return true
 }
 
+// settledLocked reports whether nothing of the client is held, in flight
+// or owed between it and a backend: no backend, no request awaiting a
+// reply or open batch, no notification to deliver, no replay, pin, state
+// check, probe, cancel or backpressure wait under way. Parking and the
+// event loop's requests (loopableNow) both need it. Under c.mu.
+func (c *clientConn) settledLocked() bool {
+	return c.be == nil && c.q.len() == 0 && !c.inBatch && len(c.listen.notes) == 0 && !c.replay.pending &&
+		c.state.pin == nil && c.state.checkWait == nil && c.probe == nil && c.cancelling == 0 && c.drained == nil
+}
+
 // parkableNow reports whether the client may park: nothing of it is in
 // flight, buffered, held or owed, and it is not being told to go. It
 // gives the request ring back to its pool when so. Under parker.mu, on
@@ -424,8 +434,7 @@ func (c *clientConn) parkableNow() bool {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	ok := c.be == nil && c.q.len() == 0 && !c.inBatch && len(c.listen.notes) == 0 && !c.replay.pending &&
-		c.state.pin == nil && c.state.checkWait == nil && c.probe == nil && c.cancelling == 0 && c.drained == nil
+	ok := c.settledLocked()
 	if ok && len(c.q.buf) == requestRingSize {
 		requestRingPool.Put((*[requestRingSize]request)(c.q.buf))
 		c.q.buf, c.q.head = nil, 0
