@@ -341,7 +341,7 @@ func testDrainDeadline(t *testing.T, mode string) {
 	if t.Failed() {
 		return
 	}
-	if !p.Logs.Contains("shutdown_timeout reached") {
+	if !p.Logs.ContainsWithin("shutdown_timeout reached", 2*time.Second) {
 		t.Error("the proxy did not log that shutdown_timeout was reached")
 	}
 }

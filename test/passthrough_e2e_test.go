@@ -240,7 +240,7 @@ func TestPassthroughRolesOwnPrivileges(t *testing.T) {
 	if n := roleBackends(t, admin, "alice"); n < 1 || n > 10 {
 		t.Errorf("alice has %d backends, want 1..pool.max_size", n)
 	}
-	if !p.Logs.Contains(`"pool opened for a role (auth.passthrough)"`) {
+	if !p.Logs.ContainsWithin(`"pool opened for a role (auth.passthrough)"`, 2*time.Second) {
 		t.Error("no log line for the role pools")
 	}
 }
@@ -286,7 +286,7 @@ func TestPassthroughRefusals(t *testing.T) {
 			t.Errorf("%s: /stats has a pool for %s: %v", c.what, c.role, sp)
 		}
 	}
-	if !p.Logs.Contains("its password is not stored as a SCRAM-SHA-256 verifier") || !p.Logs.Contains(`"role":"pa_md5"`) {
+	if !p.Logs.ContainsWithin("its password is not stored as a SCRAM-SHA-256 verifier", 2*time.Second) || !p.Logs.ContainsWithin(`"role":"pa_md5"`, 2*time.Second) {
 		t.Error("no log line telling the operator why pa_md5 cannot log in")
 	}
 	// The right password still works afterwards.

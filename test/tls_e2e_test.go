@@ -188,7 +188,7 @@ func TestTLSPsqlVerifyFullChannelBinding(t *testing.T) {
 	if !strings.Contains(out, "SSL connection (protocol: TLSv1.3") || !strings.HasSuffix(strings.TrimSpace(out), "app") {
 		t.Fatalf("psql output: %q, want an SSL connection as app", out)
 	}
-	if !p.Logs.Contains(`"tls":"TLS 1.3`) {
+	if !p.Logs.ContainsWithin(`"tls":"TLS 1.3`, 2*time.Second) {
 		t.Errorf("the proxy's log lines do not say the client is on TLS")
 	}
 
@@ -680,7 +680,7 @@ func TestTLSNodePostgres(t *testing.T) {
 	if len(rep.Failures) > 0 {
 		t.Fatalf("node-postgres over TLS: %s", strings.Join(rep.Failures, "\n"))
 	}
-	if !p.Logs.Contains(`"tls":"TLS 1.3`) {
+	if !p.Logs.ContainsWithin(`"tls":"TLS 1.3`, 2*time.Second) {
 		t.Errorf("no TLS client in the proxy's logs")
 	}
 }

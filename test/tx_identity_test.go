@@ -178,7 +178,7 @@ func TestMalformedFirstPacketSilent(t *testing.T) {
 			t.Logf("%s: %s", name, got)
 		}
 	}
-	if !p.Logs.Contains("malformed startup packet") {
+	if !p.Logs.ContainsWithin("malformed startup packet", 2*time.Second) {
 		t.Errorf("the proxy did not log the malformed packets")
 	}
 }

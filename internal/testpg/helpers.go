@@ -91,6 +91,20 @@ func (b *LogBuffer) String() string {
 // Contains reports whether the log so far contains s.
 func (b *LogBuffer) Contains(s string) bool { return strings.Contains(b.String(), s) }
 
+// ContainsWithin reports whether s appears in the log within d. A test
+// that has just seen the effect of an event uses it for the event's log
+// line, which the process may write a moment after the effect.
+func (b *LogBuffer) ContainsWithin(s string, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for !b.Contains(s) {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return true
+}
+
 // Count is how many times s occurs in the log so far.
 func (b *LogBuffer) Count(s string) int { return strings.Count(b.String(), s) }
 
