@@ -91,6 +91,12 @@ type clientConn struct {
 	// sent again on another backend if that one was already dying (replay.go).
 	replay replayState
 
+	// wmu orders writes to the client where two goroutines may write: a
+	// backend reader gives the backend back before its last write of a
+	// transaction (replyAndRelease), and whatever the client's next
+	// request makes the client goroutine or the loop write must follow it.
+	wmu sync.Mutex
+
 	lastMu  sync.Mutex
 	last    [240]byte
 	lastLen int
@@ -154,6 +160,10 @@ type readerState struct {
 	severed bool
 	// copyIn: be sent CopyInResponse and waits for the client's data.
 	copyIn bool
+	// writeDone, set by a backend reader that found the transaction over
+	// but for the client goroutine's write to be (c.writing), is closed
+	// by unpin when that write is done (awaitWriteLocked).
+	writeDone chan struct{}
 }
 
 // discardState is the client goroutine's dropping of a request that gets

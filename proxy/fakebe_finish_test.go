@@ -262,3 +262,42 @@ func TestFakeFinishShutdown(t *testing.T) {
 		t.Fatalf("pool: %d idle, retired %+v; want the backend released clean", st.Idle, st.Retired)
 	}
 }
+
+// TestFakeReleasedBeforeReadyForQuery: the backend is back in its pool,
+// and the transaction counted, before the client sees the ReadyForQuery
+// that ends it, whichever goroutine read the reply: the client's own (a
+// statement on its own), or the backend reader that waits on a backend
+// held through an open transaction (COMMIT). A client that answers at
+// once then starts a new hold instead of riding the old one, and a
+// scrape right after a COMMIT counts that transaction.
+func TestFakeReleasedBeforeReadyForQuery(t *testing.T) {
+	const rounds = 100
+	var script beScript
+	for range rounds {
+		script = append(script,
+			queryResult("SELECT 'alone'", "SELECT 1", 'I', "alone"),
+			queryResult("BEGIN", "BEGIN", 'T'),
+			queryResult("COMMIT", "COMMIT", 'I'))
+	}
+	e := startFake(t, fakeOpts{}, script)
+	pc := e.connect(t, nil)
+	before := e.pool.Stats().Acquisitions
+	for i := range rounds {
+		for _, sql := range []string{"SELECT 'alone'", "BEGIN", "COMMIT"} {
+			want := []string(nil)
+			if sql == "SELECT 'alone'" {
+				want = []string{"alone"}
+			}
+			mustExec(t, pc, sql, want...)
+			if sql == "BEGIN" {
+				continue // the transaction holds the backend
+			}
+			if st := e.pool.Stats(); st.Active != 0 || st.Idle != 1 {
+				t.Fatalf("round %d, right after %s's ReadyForQuery: %d active, %d idle; want the backend back", i, sql, st.Active, st.Idle)
+			}
+		}
+	}
+	if got := e.pool.Stats().Acquisitions - before; got != 2*rounds {
+		t.Fatalf("%d acquisitions for %d statements and %d transactions, want one each", got, rounds, rounds)
+	}
+}

@@ -434,7 +434,7 @@ func (c *clientConn) loopResume() (done bool, err error) {
 		return false, nil
 	}
 	if len(h.out) > 0 {
-		if _, err := c.conn.Write(h.out); err != nil {
+		if err := c.writeClient(h.out); err != nil {
 			return true, err
 		}
 	}
@@ -461,17 +461,27 @@ func (c *clientConn) loopResume() (done bool, err error) {
 // writeClient writes p to the client: a blocking write on the client's
 // goroutine; on the loop thread one that never waits, leaving what the
 // socket does not take to the goroutine the client is then handed to
-// (loopOwes), which writes it before anything else.
+// (loopOwes), which writes it before anything else. Both hold c.wmu, so
+// they come after a backend reader's last write of the previous
+// transaction (replyAndRelease); the loop does not wait for it, it hands
+// the client over as if the socket were full.
 func (c *clientConn) writeClient(p []byte) error {
 	if !c.loop.running {
+		c.wmu.Lock()
 		_, err := c.conn.Write(p)
+		c.wmu.Unlock()
 		return err
 	}
 	if c.loopOwes() {
 		c.loop.hand.out = append(c.loop.hand.out, p...)
 		return nil
 	}
-	n, err := c.srv.park.rawWrite(c.idle.raw, p)
+	var n int
+	var err error
+	if c.wmu.TryLock() {
+		n, err = c.srv.park.rawWrite(c.idle.raw, p)
+		c.wmu.Unlock()
+	}
 	if err != nil && err != syscall.EAGAIN {
 		return err
 	}

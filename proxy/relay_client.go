@@ -433,6 +433,10 @@ func (c *clientConn) unpin(b *backend, wake bool) (probe, readerDone chan struct
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.writing = false
+	if c.reader.writeDone != nil {
+		close(c.reader.writeDone)
+		c.reader.writeDone = nil
+	}
 	if c.be == b && c.reader.async && (wake || c.transactionOverLocked()) {
 		// The backend reader is blocked reading b and must act now: the
 		// remaining deadline wake-up, on the asynchronous path only.

@@ -260,6 +260,9 @@ func (c *clientConn) relayReplies(b *backend, readErr error, inline bool) (stop 
 		return lost(readErr)
 	}
 	out, release, rerr := c.routeLocked(b)
+	if rerr == nil && !release && !inline && c.writing && c.releasableAfterWriteLocked(b) {
+		release = c.awaitWriteLocked(b)
+	}
 	if len(out) > 0 {
 		c.replay.armed = false // the client has part of the reply: no replay now
 	}
@@ -309,16 +312,12 @@ func (c *clientConn) relayReplies(b *backend, readErr error, inline bool) (stop 
 		b.busyReported = b.busy
 		b.conn.SetBusy(b.busy)
 	}
+	if release {
+		return c.replyAndRelease(b, out, inline)
+	}
 	if len(out) > 0 {
-		// One write per read of the backend: PostgreSQL flushes its
-		// replies at ReadyForQuery, so a request's reply is one write.
-		if err := c.writeClient(out); err != nil {
-			if inline {
-				return true, err // finish deals with b
-			}
-			// The client is gone; its reader will notice and clean up.
-			c.conn.Close()
-			return true, nil
+		if stop, err := c.reply(out, inline); stop {
+			return stop, err
 		}
 	}
 	// A huge reply grew the buffers: in session mode the backend may
@@ -327,16 +326,89 @@ func (c *clientConn) relayReplies(b *backend, readErr error, inline bool) (stop 
 	if cap(b.out) > maxKeptBufSize {
 		b.out = nil
 	}
-	if !release {
-		return false, nil
+	return false, nil
+}
+
+// reply writes out, routed replies of b, to the client: one write per read
+// of the backend (PostgreSQL flushes its replies at ReadyForQuery, so a
+// request's reply is one write). stop says the caller must stop reading b:
+// the client is gone (err, inline only: finish deals with b; a backend
+// reader closes the client, whose goroutine then cleans up).
+func (c *clientConn) reply(out []byte, inline bool) (stop bool, err error) {
+	if err := c.writeClient(out); err != nil {
+		if inline {
+			return true, err
+		}
+		c.conn.Close()
+		return true, nil
 	}
+	return false, nil
+}
+
+// replyAndRelease ends a transaction whose last reply, out, routeLocked
+// found in b's buffer: b goes back to its pool before the client can see
+// that ReadyForQuery. A client that answers at once (its next BEGIN) then
+// finds its hold over and starts a new one, as through PgBouncer, instead
+// of riding the old hold (one transaction counted, timed and balanced for
+// two), and the pool's statistics count the transaction before the client
+// knows it ended. out is a slice of b's buffers, which the next holder
+// overwrites: all but its last clientReadBufSize bytes are written first,
+// while b is still held, and those are copied to a pooled buffer. A
+// backend reader holds c.wmu from before it gives b back until that write
+// is done, so nothing the client's next request makes the client goroutine
+// or the loop write can overtake it.
+func (c *clientConn) replyAndRelease(b *backend, out []byte, inline bool) (stop bool, err error) {
+	if len(out) > clientReadBufSize {
+		head := out[:len(out)-clientReadBufSize]
+		if stop, err := c.reply(head, inline); stop {
+			return stop, err
+		}
+		out = out[len(head):]
+	}
+	var tail *[clientReadBufSize]byte
+	if len(out) > 0 {
+		tail = clientBufPool.Get().(*[clientReadBufSize]byte)
+		out = tail[:copy(tail[:], out)]
+	}
+	async := !inline && !c.loop.running
+	if async {
+		c.wmu.Lock()
+	}
+	stop, err = c.releaseAtTransactionEnd(b, inline)
+	if len(out) > 0 {
+		var werr error
+		if async {
+			_, werr = c.conn.Write(out)
+			c.wmu.Unlock()
+		} else {
+			werr = c.writeClient(out)
+		}
+		clientBufPool.Put(tail)
+		if werr != nil {
+			if inline {
+				return true, werr // finish deals with b if it is still held
+			}
+			c.conn.Close() // the client is gone; its reader will notice and clean up
+			return true, nil
+		}
+	} else if async {
+		c.wmu.Unlock()
+	}
+	return stop, err
+}
+
+// releaseAtTransactionEnd gives b back to its pool (or closes it, if it
+// carries session state the configuration rejects) unless something
+// changed since routeLocked said the transaction was over: stop is false
+// when b stays with the client. err (set when kill or closeWith closed
+// b's socket) ends the client; finish destroys b.
+func (c *clientConn) releaseAtTransactionEnd(b *backend, inline bool) (stop bool, err error) {
 	c.mu.Lock()
 	if c.reader.stop || !c.releasableLocked(b) {
 		c.mu.Unlock()
 		return false, nil
 	}
 	if c.reader.severed {
-		// closeWith or kill closed b's socket: finish destroys it.
 		c.mu.Unlock()
 		return true, c.leaveReason()
 	}
@@ -353,6 +425,40 @@ func (c *clientConn) relayReplies(b *backend, readErr error, inline bool) (stop 
 	}
 	c.releaseBackend(b)
 	return true, nil
+}
+
+// releasableAfterWriteLocked reports whether b could be released but for
+// the client goroutine's write to it (c.writing): the backend answered
+// what that write carried before the writer got back to unpin. Only the
+// backend reader calls it.
+func (c *clientConn) releasableAfterWriteLocked(b *backend) bool {
+	c.writing = false
+	ok := c.releasableLocked(b)
+	c.writing = true
+	return ok
+}
+
+// awaitWriteLocked is the backend reader waiting, with the transaction's
+// last reply in hand, for the client goroutine to return from the write
+// the backend has already answered (unpin closes writeDone), so that b
+// is given back before the client sees that reply (replyAndRelease).
+// Written on, the client would send its next transaction on the old hold.
+// The write cannot be blocked on the backend: everything in it has been
+// answered. It reports whether b may be released now. Under c.mu, which
+// it releases while it waits.
+func (c *clientConn) awaitWriteLocked(b *backend) bool {
+	done := make(chan struct{})
+	c.reader.writeDone = done
+	c.mu.Unlock()
+	select {
+	case <-done:
+	case <-c.ctx.Done():
+	}
+	c.mu.Lock()
+	if c.reader.writeDone == done {
+		c.reader.writeDone = nil
+	}
+	return !c.reader.stop && c.releasableLocked(b)
 }
 
 // dropBackendLocked forgets the client's backend (released, lost or
