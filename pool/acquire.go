@@ -99,6 +99,18 @@ func (p *Pool) TryAcquire() (Conn, bool) {
 	return p.tryIdle(time.Now(), true)
 }
 
+// Busy reports whether an Acquire now would wait for another holder to
+// release a backend: none is idle and every connect in flight, or that
+// there is room to start, already has a waiter to serve; or the pool is
+// paused. A growing pool is not busy, and neither is one whose TryAcquire
+// failed on an idle backend due for validation, a failed peek or
+// retirement: Acquire deals with those at once.
+func (p *Pool) Busy() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.admin.paused || len(p.idle) == 0 && p.waiters.len() >= p.servableLocked()
+}
+
 // tryIdle is TryAcquire at now. With peek false a backend whose socket
 // is due for a peek is left for Acquire's hand, which peeks outside p.mu.
 func (p *Pool) tryIdle(now time.Time, peek bool) (Conn, bool) {
@@ -172,11 +184,17 @@ func (p *Pool) take(front bool, start time.Time) (*backend, *waiter, time.Durati
 // so a pool that can still open backends never refuses a client; while
 // connects fail nothing new is opened, so then every waiter counts.
 func (p *Pool) queuedLocked() int {
+	return max(p.waiters.len()-p.servableLocked(), 0)
+}
+
+// servableLocked is how many waiters new backends will serve: the connects
+// in flight, and those there is room to start (none while connects fail).
+func (p *Pool) servableLocked() int {
 	servable := p.opening
 	if p.health.failures == 0 {
 		servable += max(p.roomLocked(), 0)
 	}
-	return max(p.waiters.len()-servable, 0)
+	return servable
 }
 
 // await waits for w's grant, the timeout or the end of ctx. A waiter that

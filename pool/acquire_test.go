@@ -313,7 +313,8 @@ func BenchmarkAcquireRelease(b *testing.B) {
 
 // TestTryAcquireNeverWaits covers the event loop's acquire: it takes an
 // idle backend at once, and reports false, leaving everything as it was,
-// wherever Acquire would queue, connect, validate or close.
+// wherever Acquire would queue, connect, validate or close; Busy says
+// whether Acquire would wait.
 func TestTryAcquireNeverWaits(t *testing.T) {
 	db := newFakeDB()
 	cfg := testConfig(db, newLogRecorder())
@@ -327,7 +328,13 @@ func TestTryAcquireNeverWaits(t *testing.T) {
 	if s := p.Stats(); s.Waiting != 0 || s.Total != 1 {
 		t.Fatalf("TryAcquire queued or connected: %+v", s)
 	}
+	if !p.Busy() {
+		t.Fatal("Busy with no idle backend and no room to open one: false")
+	}
 	first.Release()
+	if p.Busy() {
+		t.Fatal("Busy with an idle backend and nobody waiting: true")
+	}
 	c, ok := p.TryAcquire()
 	if !ok || c.Server() != first.Server() {
 		t.Fatalf("TryAcquire with an idle backend: ok %v", ok)
@@ -350,6 +357,9 @@ func TestTryAcquireNeverWaits(t *testing.T) {
 	if c3, ok := p.TryAcquire(); ok || c3 != (Conn{}) {
 		t.Fatal("TryAcquire overtook a queued waiter")
 	}
+	if !p.Busy() {
+		t.Fatal("Busy with a waiter queued: false")
+	}
 	waiter.Release()
 	r = <-res
 	if r.err != nil {
@@ -361,6 +371,9 @@ func TestTryAcquireNeverWaits(t *testing.T) {
 	p.Pause()
 	if _, ok := p.TryAcquire(); ok {
 		t.Fatal("TryAcquire handed out a backend of a paused pool")
+	}
+	if !p.Busy() {
+		t.Fatal("Busy while paused: false")
 	}
 	p.Resume()
 	if c, ok := p.TryAcquire(); !ok {
@@ -390,6 +403,9 @@ func TestTryAcquireLeavesChecksToAcquire(t *testing.T) {
 	if s := p.Stats(); s.Idle != 1 || s.Active != 0 {
 		t.Fatalf("TryAcquire changed the pool: %+v", s)
 	}
+	if p.Busy() {
+		t.Fatal("Busy with an idle backend due for validation: true (Acquire validates it at once)")
+	}
 
 	db2 := newFakeDB()
 	db2.sockets = true // the peek reads a real socket
@@ -410,4 +426,30 @@ func TestTryAcquireLeavesChecksToAcquire(t *testing.T) {
 		t.Fatal("Acquire handed out the terminated backend after TryAcquire declined it")
 	}
 	c3.Release()
+}
+
+// TestBusyIsNotGrowing: a pool with no idle backend but room to open one
+// (or a connect in flight for the caller) is growing, not busy; it is
+// busy once every backend it may open is held or promised to a waiter.
+func TestBusyIsNotGrowing(t *testing.T) {
+	db := newFakeDB()
+	cfg := testConfig(db, newLogRecorder())
+	cfg.MinSize, cfg.MaxSize = 0, 2
+	p := startPool(t, cfg)
+	a := mustAcquire(t, p)
+	if s := p.Stats(); s.Idle != 0 || s.Total != 1 {
+		t.Fatalf("setup: %+v", s)
+	}
+	if p.Busy() {
+		t.Fatal("Busy with no idle backend but room for another: true")
+	}
+	b := mustAcquire(t, p)
+	if !p.Busy() {
+		t.Fatal("Busy with both backends held: false")
+	}
+	b.Release()
+	a.Release()
+	if p.Busy() {
+		t.Fatal("Busy with idle backends: true")
+	}
 }

@@ -237,12 +237,17 @@ func (c *clientConn) loopableNow() bool {
 func (c *clientConn) loopAcquire() (*backend, error) {
 	conn, ok := c.db.Pool.TryAcquire()
 	if !ok {
-		// None idle: a goroutine waits in the pool's queue (FIFO,
-		// acquire_timeout, PAUSE) or opens a backend (only Acquire
-		// does), and the client keeps its goroutine a while (hotPark):
-		// a pool this busy is one where a single relay thread loses to
-		// goroutines on every CPU (README, "The event loop").
-		c.loop.coldUntil = time.Now().UnixNano() + int64(loopBusyPool)
+		// A goroutine acquires: it waits in the pool's queue (FIFO,
+		// acquire_timeout, PAUSE), opens a backend, or validates the idle
+		// one on top (only Acquire does any of that). If none was idle,
+		// the client keeps its goroutine a while (hotPark): a pool this
+		// busy is one where a single relay thread loses to goroutines on
+		// every CPU (README, "The event loop"). A backend due for its
+		// validation query says nothing of the sort: after a quiet spell
+		// every client meets one, and its next request is the loop's.
+		if c.db.Pool.Busy() {
+			c.loop.coldUntil = time.Now().UnixNano() + int64(loopBusyPool)
+		}
 		c.loop.hand = &loopHand{next: loopNextProcess}
 		return nil, errLoopHandOff
 	}

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgsidecar/pgsidecar/pool"
 )
 
 // loopEnv starts a fake backend and proxy whose clients park at once
@@ -312,5 +314,52 @@ func TestLoopBusyPoolGoesToGoroutine(t *testing.T) {
 	}
 	if st := e.srv.Stats(); st.LoopRequests != st1.LoopRequests {
 		t.Fatalf("B's next request went through the loop (%d -> %d): a client that found the pool busy keeps its goroutine for loopBusyPool", st1.LoopRequests, st.LoopRequests)
+	}
+}
+
+// TestLoopValidationDueStaysHot: after a quiet spell the idle backend is
+// due for its validation query, which only a goroutine's Acquire runs, so
+// the loop hands the request over; but the pool is not busy, so the
+// client parks again right after the reply (not idleParkAfter later) and
+// its next request is the loop's. (It used to keep its goroutine for
+// loopBusyPool: the first second of every burst after a pause.)
+func TestLoopValidationDueStaysHot(t *testing.T) {
+	const validateAfter = 100 * time.Millisecond
+	e := startFake(t, fakeOpts{poolConfig: func(pc *pool.Config) {
+		pc.ValidationQuery, pc.ValidateAfterIdle = "SELECT 1", validateAfter
+	}}, beScript{
+		queryResult("SELECT 0", "SELECT 1", 'I', "0"),
+		queryResult("SELECT 1", "SELECT 1", 'I', "1"), // the pool's validation
+		queryResult("SELECT a", "SELECT 1", 'I', "a"),
+		queryResult("SELECT b", "SELECT 1", 'I', "b"),
+	})
+	needParking(t, e)
+	a := e.dialRaw(t)
+	a.query(t, "SELECT 0")
+	a.readResult(t)
+	e.waitParked(t, 1)
+	time.Sleep(validateAfter + 50*time.Millisecond)
+	st0 := e.srv.Stats()
+	a.query(t, "SELECT a")
+	if rows, errResp, _ := a.readResult(t); errResp != nil || len(rows) != 1 || rows[0] != "a" {
+		t.Fatalf("A: %v %v", rows, errResp)
+	}
+	if st := e.srv.Stats(); st.LoopHandoffs <= st0.LoopHandoffs {
+		t.Fatalf("the request meeting a backend due for validation: handoffs %d -> %d, want it handed over", st0.LoopHandoffs, st.LoopHandoffs)
+	}
+	deadline := time.Now().Add(idleParkAfter / 2)
+	for e.srv.Stats().ClientsParked != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the client did not park again within %v of its reply: it kept its goroutine as if the pool were busy", idleParkAfter/2)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	st1 := e.srv.Stats()
+	a.query(t, "SELECT b")
+	if rows, _, _ := a.readResult(t); len(rows) != 1 || rows[0] != "b" {
+		t.Fatalf("A's next request: %v", rows)
+	}
+	if st := e.srv.Stats(); st.LoopRequests != st1.LoopRequests+1 {
+		t.Fatalf("A's next request: loop requests %d -> %d, want the loop to relay it", st1.LoopRequests, st.LoopRequests)
 	}
 }

@@ -478,6 +478,7 @@ type fakeOpts struct {
 	resetQuery     string
 	peekAfterIdle  time.Duration // pool.Config.PeekAfterIdle (default 0: every acquire)
 	config         func(*Config) // anything else, set before New
+	poolConfig     func(*pool.Config)
 }
 
 // startFake queues scripts for the backend connections in order (the first
@@ -506,7 +507,7 @@ func startFake(t *testing.T, o fakeOpts, scripts ...beScript) *fakeEnv {
 		t.Fatal(err)
 	}
 	pcfg.RuntimeParams = map[string]string{} // no PG* environment leaks in
-	p, err := pool.New(pool.Config{
+	pc := pool.Config{
 		Database: "db", User: "u",
 		Connect:        pool.Connector(pcfg),
 		MaxSize:        o.maxSize,
@@ -516,7 +517,11 @@ func startFake(t *testing.T, o fakeOpts, scripts ...beScript) *fakeEnv {
 		BackoffMax:     time.Second,
 		PeekAfterIdle:  o.peekAfterIdle,
 		Logger:         logger,
-	})
+	}
+	if o.poolConfig != nil {
+		o.poolConfig(&pc)
+	}
+	p, err := pool.New(pc)
 	if err != nil {
 		t.Fatal(err)
 	}
