@@ -47,6 +47,7 @@ func (p *Pool) Acquire(ctx context.Context) (Conn, error) {
 	// peek or validation due, an expired backend, waiters, pause, circuit)
 	// takes the long way below, which deals with it as it always did.
 	if c, ok := p.tryIdle(start, false); ok {
+		c.b.reclaimed()
 		return c, nil
 	}
 	var timer *time.Timer // AcquireTimeout, started on the first wait
@@ -70,6 +71,9 @@ func (p *Pool) Acquire(ctx context.Context) (Conn, error) {
 			}
 		}
 		c, ok, err := p.hand(ctx, b, start)
+		if ok {
+			b.reclaimed()
+		}
 		if ok || err != nil {
 			return c, err
 		}
@@ -328,6 +332,7 @@ func (p *Pool) validate(ctx context.Context, b *backend, query string, timeout t
 	p.validations.Add(1)
 	vctx, cancel := context.WithTimeout(ctx, timeout)
 	start := time.Now()
+	b.reclaimed()
 	err := b.srv.Exec(vctx, query)
 	cancel()
 	if err == nil {

@@ -33,6 +33,8 @@ type backend struct {
 	// attachment belongs to the proxy; only the current holder touches
 	// it, and the hand-over through p.mu orders those touches.
 	attachment any
+	// reclaim (SetReclaim), set and read like attachment.
+	reclaim func()
 
 	// Guarded by p.mu.
 	idleSince time.Time
@@ -139,6 +141,24 @@ func (c Conn) Attachment() any { return c.b.attachment }
 // SetAttachment sets the value Attachment returns, for this backend's
 // whole life. Only the current holder may call it.
 func (c Conn) SetAttachment(v any) { c.b.attachment = v }
+
+// SetReclaim registers f, for this backend's whole life: the pool calls
+// it before anyone but TryAcquire's caller uses the backend next, on the
+// goroutine about to use it and without the pool's lock: before Acquire
+// hands it out, and before the pool runs its validation query or an idle
+// check on it. The proxy's event loop keeps the sockets it uses out of
+// the Go runtime's poller, where no goroutine could wait on them; f puts
+// one back. f must be cheap when there is nothing to do. Only the current
+// holder may call SetReclaim.
+func (c Conn) SetReclaim(f func()) { c.b.reclaim = f }
+
+// reclaimed readies b for a goroutine of the pool's or an Acquire's
+// caller (SetReclaim). The caller owns b.
+func (b *backend) reclaimed() {
+	if b.reclaim != nil {
+		b.reclaim()
+	}
+}
 
 // SetOwner records the client holding the Conn, for leak reports. It is
 // cleared on Release.

@@ -3,6 +3,7 @@ package pool
 import (
 	"context"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -142,5 +143,70 @@ func BenchmarkAcquireReleaseIdle(b *testing.B) {
 		}
 		c.AddQueries(1)
 		c.Release()
+	}
+}
+
+// TestReclaimBeforeUse: the reclaim set by a holder (SetReclaim) runs
+// before anyone but TryAcquire's caller uses the backend next: before
+// Acquire hands it out, before the validation query, and before an idle
+// check; never for TryAcquire.
+func TestReclaimBeforeUse(t *testing.T) {
+	db := newFakeDB()
+	cfg := testConfig(db, newLogRecorder())
+	cfg.MaxSize = 1
+	cfg.ValidateAfterIdle = 0 // validate at every Acquire
+	p := startPool(t, cfg)
+	c := mustAcquire(t, p)
+	srv := fake(c)
+	// execsSeen: the queries run before the reclaim (the first one since
+	// reset to -1).
+	var reclaims, execsSeen atomic.Int64
+	execsSeen.Store(-1)
+	c.SetReclaim(func() {
+		reclaims.Add(1)
+		execsSeen.CompareAndSwap(-1, srv.execs.Load())
+	})
+	c.Release()
+
+	t1, ok := p.TryAcquire()
+	if ok {
+		t1.Release()
+		t.Fatal("TryAcquire handed out a backend due for validation")
+	}
+	setValidateAfter := func(d time.Duration) {
+		p.mu.Lock()
+		p.cfg.ValidateAfterIdle = d
+		p.mu.Unlock()
+	}
+	setValidateAfter(time.Hour) // TryAcquire may take it now
+	if t1, ok = p.TryAcquire(); !ok {
+		t.Fatal("TryAcquire found nothing")
+	}
+	t1.Release()
+	if n := reclaims.Load(); n != 0 {
+		t.Fatalf("TryAcquire ran the reclaim %d times, want none", n)
+	}
+	setValidateAfter(0)
+
+	before := srv.execs.Load()
+	c = mustAcquire(t, p) // validates, then hands out
+	if srv.execs.Load() != before+1 {
+		t.Fatalf("Acquire ran %d queries, want the validation", srv.execs.Load()-before)
+	}
+	if n := reclaims.Load(); n < 1 || execsSeen.Load() != before {
+		t.Fatalf("reclaims %d, the first before %d queries; want one before the validation (%d)", n, execsSeen.Load(), before)
+	}
+	c.Release()
+
+	// An idle check reclaims before its query.
+	p.mu.Lock()
+	p.cfg.IdleCheckInterval = time.Millisecond
+	p.lastAlive = time.Time{}
+	p.mu.Unlock()
+	n0, e0 := reclaims.Load(), srv.execs.Load()
+	execsSeen.Store(-1)
+	waitFor(t, "an idle check", func() bool { return srv.execs.Load() > e0 })
+	if reclaims.Load() <= n0 || execsSeen.Load() != e0 {
+		t.Fatalf("idle check: reclaims %d -> %d, the last before %d queries; want one before the check's (%d)", n0, reclaims.Load(), execsSeen.Load(), e0)
 	}
 }

@@ -71,6 +71,7 @@ func (p *Pool) idleCheck(b *backend, query string, timeout time.Duration) {
 	p.validations.Add(1)
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(p.ctx, timeout)
+	b.reclaimed()
 	err := b.srv.Exec(ctx, query)
 	cancel()
 	now := time.Now()

@@ -59,6 +59,15 @@ type backend struct {
 	// inLoopSet: fd is in the parker's epoll set (changed under
 	// parker.mu; read without it by takeBackend).
 	inLoopSet atomic.Bool
+	// rtKey is the socket's registration in the Go runtime's poller (0:
+	// unknown, it is never taken out); rtOut: taken out when a loop
+	// client first waits on it, until a goroutine takes it over
+	// (unwatchLocked) or the pool lets anyone else use it (the reclaim
+	// set in backendFor); it stays out while idle in the pool, for the
+	// loop's next client (runtimepoll_linux.go). Changed under parker.mu,
+	// by parker.controlLocked.
+	rtKey uint64
+	rtOut atomic.Bool
 }
 
 // backendFor returns the proxy state of conn, creating it on first use.
@@ -79,6 +88,18 @@ func (s *Server) backendFor(conn pool.Conn) *backend {
 	if sc, ok := b.nc.(syscall.Conn); ok {
 		if rc, err := sc.SyscallConn(); err == nil {
 			rc.Control(func(fd uintptr) { b.raw, b.fd = rc, int(fd) })
+		}
+	}
+	if b.raw != nil {
+		if b.rtKey = s.park.rt.pollKey(b.nc); b.rtKey != 0 {
+			p := &s.park
+			conn.SetReclaim(func() {
+				if b.rtOut.Load() {
+					p.mu.Lock()
+					p.giveBackendLocked(b)
+					p.mu.Unlock()
+				}
+			})
 		}
 	}
 	for k, v := range conn.Server().Params() {

@@ -126,6 +126,7 @@ func (c *clientConn) setUpIdleReader() {
 		// The descriptor, for the parker's epoll set (park.go). It stays
 		// valid while the client is parked: see park.go, Ownership.
 		raw.Control(func(fd uintptr) { c.park.fd, c.park.can = int(fd), true })
+		c.park.rtKey = c.srv.park.rt.pollKey(c.conn)
 	}
 }
 

@@ -303,6 +303,9 @@ func (c *clientConn) loopWait() {
 		}
 		b.inLoopSet.Store(true)
 	}
+	if b.rtKey != 0 && !b.rtOut.Load() {
+		b.rtOut.Store(p.controlLocked(b.raw, p.rtTake, b.rtKey))
+	}
 	c.loop.bfd, c.loop.since = int32(b.fd), p.now
 	c.loop.running = false
 	p.byBackend[b.fd] = c
@@ -554,6 +557,21 @@ func (p *parker) unwatchLocked(b *backend) {
 		_ = p.os.del(b.fd)
 		b.inLoopSet.Store(false)
 	}
+	p.giveBackendLocked(b)
+}
+
+// giveBackendLocked puts b's socket back into the Go runtime's poller if
+// the loop took it out: a goroutine, the client's or the pool's, may wait
+// on it next. A socket the kernel refuses to take back is closed (its
+// reader sees the backend fail). Under p.mu.
+func (p *parker) giveBackendLocked(b *backend) {
+	if !b.rtOut.Load() {
+		return
+	}
+	b.rtOut.Store(false)
+	if !p.controlLocked(b.raw, p.rtGive, b.rtKey) {
+		b.nc.Close()
+	}
 }
 
 // backendReady is the loop's answer to readiness of fd, a backend a
@@ -623,6 +641,7 @@ func (p *parker) writeOnce(fd uintptr) bool {
 
 // rawConn is syscall.RawConn's Read and Write.
 type rawConn interface {
+	Control(func(fd uintptr)) error
 	Read(func(fd uintptr) bool) error
 	Write(func(fd uintptr) bool) error
 }

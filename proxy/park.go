@@ -104,6 +104,14 @@ type parker struct {
 	released  time.Time
 	freeing   sync.WaitGroup
 	loopFields
+	// rt is the Go runtime's epoll set (runtimepoll_linux.go). rtTake and
+	// rtGive run its take and give inside a socket's RawConn.Control, for
+	// rtKey, setting rtOK (controlLocked): made once, so that the loop
+	// allocates nothing; used under mu.
+	rt             runtimePoll
+	rtTake, rtGive func(fd uintptr)
+	rtKey          uint64
+	rtOK           bool
 }
 
 // parkState is one client's part in parking.
@@ -119,6 +127,11 @@ type parkState struct {
 	parked atomic.Bool
 	want   atomic.Bool // the parker asked the client reader to park
 	off    atomic.Bool // adding the socket to the epoll set failed: never again
+	// rtKey is the socket's registration in the Go runtime's poller (0:
+	// unknown, it is never taken out); rtOut: taken out while in the
+	// parker's set (runtimepoll_linux.go). rtOut under parker.mu.
+	rtKey uint64
+	rtOut bool
 }
 
 func (p *parker) init(every time.Duration) {
@@ -129,6 +142,8 @@ func (p *parker) init(every time.Duration) {
 		p.every = idleParkAfter
 	}
 	p.ready = p.onReady
+	p.rtTake = func(fd uintptr) { p.rtOK = p.rt.take(fd) }
+	p.rtGive = func(fd uintptr) { p.rtOK = p.rt.give(fd, p.rtKey) }
 	p.initLoop()
 }
 
@@ -329,6 +344,22 @@ func (p *parker) leaveSetLocked(c *clientConn) {
 	// leave a stale registration, which the fd's close removes.
 	_ = p.os.del(fd)
 	delete(p.byFd, fd)
+	if c.park.rtOut {
+		c.park.rtOut = false
+		if !p.controlLocked(c.idle.raw, p.rtGive, c.park.rtKey) {
+			c.log.Error("cannot give the client's socket back to the Go runtime's poller: closing it")
+			c.conn.Close()
+		}
+	}
+}
+
+// controlLocked runs op (rtTake or rtGive) on rc's socket for key, inside
+// rc.Control (which holds the descriptor open), and reports whether it
+// was done. Under p.mu.
+func (p *parker) controlLocked(rc rawConn, op func(fd uintptr), key uint64) bool {
+	p.rtKey, p.rtOK = key, false
+	rc.Control(op)
+	return p.rtOK
 }
 
 // resume carries a parked client's session on, on a goroutine of its own.
@@ -400,6 +431,9 @@ func (c *clientConn) tryPark(hot bool) bool {
 		c.park.off.Store(true)
 		c.log.Warn("cannot park the idle client: it keeps its goroutine", "err", err)
 		return false
+	}
+	if c.park.rtKey != 0 && !c.park.rtOut {
+		c.park.rtOut = p.controlLocked(c.idle.raw, p.rtTake, c.park.rtKey)
 	}
 	p.byFd[c.park.fd] = c
 	p.count.Add(1)

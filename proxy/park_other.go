@@ -4,6 +4,8 @@ package proxy
 
 import (
 	"errors"
+	"log/slog"
+	"net"
 	"time"
 )
 
@@ -25,3 +27,11 @@ func (o *parkOS) stop() {}
 func (o *parkOS) wait(time.Duration, func(int)) bool { return false }
 
 func (o *parkOS) close() {}
+
+// runtimePoll: the loop never runs here, so its sockets never leave the
+// runtime's poller (runtimepoll_linux.go).
+type runtimePoll struct{ log *slog.Logger }
+
+func (r *runtimePoll) pollKey(net.Conn) uint64   { return 0 }
+func (r *runtimePoll) take(uintptr) bool         { return false }
+func (r *runtimePoll) give(uintptr, uint64) bool { return false }

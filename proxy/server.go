@@ -99,6 +99,7 @@ func New(cfg Config) (*Server, error) {
 		tooLargeLog: logLimiter{interval: limitLogInterval},
 	}
 	s.park.init(cfg.parkAfter)
+	s.park.rt.log = s.log
 	s.hubs = make(map[string]*notifyHub)
 	s.hubCtx, s.hubCancel = context.WithCancel(context.Background())
 	live := cfg
