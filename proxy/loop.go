@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/pgsidecar/pgsidecar/internal/pgwire"
+	"github.com/pgsidecar/pgsidecar/pool"
 )
 
 // The event loop: transaction mode's common exchange, run on the parker's
@@ -33,10 +34,10 @@ import (
 //   - a request that is not whole, or not small (loopMaxRequest), or of a
 //     kind that may wait (COPY, a Terminate, LISTEN, a function call), or
 //     a client that has something else pending (loopableNow);
-//   - no idle backend: a goroutine waits in the pool's queue or opens one
-//     (only Acquire does), and the client keeps its goroutine for
-//     loopBusyPool: on a busy pool a single relay thread loses to
-//     goroutines spread over the CPUs (measured: README);
+//   - no idle backend while the pool has room to open one (only Acquire
+//     opens backends); a pool at its size makes the request wait in the
+//     loop's own FIFO for that pool instead (loopEnqueue, serveQueues),
+//     up to loopQueueWait, then on a goroutine in the pool's queue;
 //   - a backend with TLS (crypto/tls buffers records);
 //   - a probe or a state check the request must wait for, backpressure;
 //   - a client that does not take its reply at once: what a non-blocking
@@ -54,7 +55,7 @@ import (
 // again.
 //
 // Ownership: a client is owned by exactly one of its goroutine, the parker
-// (parked), or the loop thread (loopBusy, loopWaiting); the
+// (parked), or the loop thread (loopBusy, loopWaiting, loopQueued); the
 // changes happen under parker.mu. Its socket is in the epoll set (edge
 // triggered, park_linux.go) exactly while it is not its goroutine's; a
 // backend's joins at the loop's first use and leaves when a goroutine
@@ -67,6 +68,7 @@ const (
 	loopIdle    int32 = iota // not the loop's: a goroutine runs it, or it is parked
 	loopBusy                 // the loop thread runs it now
 	loopWaiting              // the loop waits for its backend's reply (byBackend)
+	loopQueued               // the loop waits for an idle backend for it (queues)
 )
 
 // loopMaxRequest is the largest request (all its messages) the loop
@@ -78,9 +80,16 @@ const loopMaxRequest = 8 << 10
 // before the client stops parking after each request (see above).
 const loopColdAfter = 3
 
-// loopBusyPool is how long a client that found no idle backend keeps its
-// goroutine after each request (see loopAcquire).
-const loopBusyPool = time.Second
+// loopQueueWait is how long a request waits in the loop's queue for an
+// idle backend before its client is handed to a goroutine, which waits in
+// the pool's own queue (acquire_timeout, PAUSE, the errors): a pool
+// answering within this time is one the loop keeps up with.
+const loopQueueWait = 100 * time.Millisecond
+
+// loopRetry is how often the loop tries again for queued requests when it
+// released no backend itself (one a goroutine released went to the idle
+// list without a word to the loop).
+const loopRetry = time.Millisecond
 
 // errLoopWait and errLoopHandOff are what process returns on the loop
 // thread instead of waiting: wait for the backend's reply in the loop, or
@@ -88,6 +97,7 @@ const loopBusyPool = time.Second
 var (
 	errLoopWait    = errors.New("loop: wait for the reply")
 	errLoopHandOff = errors.New("loop: hand over to a goroutine")
+	errLoopQueue   = errors.New("loop: wait for an idle backend")
 )
 
 // loopNext is where the goroutine the loop hands a client to goes on.
@@ -108,11 +118,8 @@ type loopState struct {
 	more    bool         // the socket became readable while the loop had the client, not parked (under parker.mu)
 	cold    uint8        // requests in a row handed over (owner only)
 	bfd     int32        // the backend descriptor waited on
-	since   int64        // loopWaiting since (parker's clock, ns)
-	// coldUntil: no idle backend was free at the client's last request;
-	// it keeps its goroutine until then (time.Now().UnixNano(), owner only).
-	coldUntil int64
-	hand      *loopHand // set by the loop for the goroutine it hands the client to
+	since   int64        // loopWaiting or loopQueued since (parker's clock, ns)
+	hand    *loopHand    // set by the loop for the goroutine it hands the client to
 }
 
 // loopHand is what the goroutine a client is handed to does first.
@@ -134,7 +141,7 @@ func (c *clientConn) loopOn() bool {
 // hotPark reports whether the client should park right after a request
 // (instead of after idleParkAfter idle): the loop serves its requests.
 func (c *clientConn) hotPark() bool {
-	return c.loopOn() && c.loop.cold < loopColdAfter && (c.loop.coldUntil == 0 || time.Now().UnixNano() >= c.loop.coldUntil)
+	return c.loopOn() && c.loop.cold < loopColdAfter
 }
 
 // loopRequest is the loop's answer to a parked client's readable socket:
@@ -177,7 +184,13 @@ func (c *clientConn) loopRequest() {
 
 // loopProcess runs process on the loop thread and acts on how it ended.
 func (c *clientConn) loopProcess() {
-	switch err := c.process(); err {
+	err := c.process()
+	if p := &c.srv.park; p.queuedFor == c {
+		// serveQueues took a backend the request did not use after all.
+		p.queuedConn.Release()
+		p.queuedConn, p.queuedFor = pool.Conn{}, nil
+	}
+	switch err {
 	case nil:
 		c.loopPark()
 	case errLoopWait:
@@ -185,6 +198,8 @@ func (c *clientConn) loopProcess() {
 		c.loopWait()
 	case errLoopHandOff:
 		c.loopHandOff(c.loop.hand)
+	case errLoopQueue:
+		c.loopEnqueue()
 	default:
 		c.loopHandOff(&loopHand{err: err})
 	}
@@ -235,21 +250,28 @@ func (c *clientConn) loopableNow() bool {
 // loopAcquire is acquireForRequest on the loop thread: a backend now, or
 // the client goes to a goroutine that waits for one.
 func (c *clientConn) loopAcquire() (*backend, error) {
-	conn, ok := c.db.Pool.TryAcquire()
+	p := &c.srv.park
+	conn, ok := p.queuedConn, p.queuedFor == c
+	if ok {
+		p.queuedConn, p.queuedFor = pool.Conn{}, nil // serveQueues took it for this request
+	} else {
+		conn, ok = c.db.Pool.TryAcquire()
+	}
 	if !ok {
-		// A goroutine acquires: it waits in the pool's queue (FIFO,
-		// acquire_timeout, PAUSE), opens a backend, or validates the idle
-		// one on top (only Acquire does any of that). If none was idle,
-		// the client keeps its goroutine a while (hotPark): a pool this
-		// busy is one where a single relay thread loses to goroutines on
-		// every CPU (README, "The event loop"). A backend due for its
-		// validation query says nothing of the sort: after a quiet spell
-		// every client meets one, and its next request is the loop's.
-		if c.db.Pool.Busy() {
-			c.loop.coldUntil = time.Now().UnixNano() + int64(loopBusyPool)
+		if !c.db.Pool.Busy() {
+			// The pool can grow, or its idle backend on top is due for
+			// validation, a peek or retirement: only Acquire opens,
+			// validates or closes backends, so a goroutine does it, and
+			// the client's next request is the loop's again.
+			c.loop.hand = &loopHand{next: loopNextProcess}
+			return nil, errLoopHandOff
 		}
-		c.loop.hand = &loopHand{next: loopNextProcess}
-		return nil, errLoopHandOff
+		// Saturated (every backend it may open is held or promised to a
+		// waiter) or paused: the request waits in the loop's queue
+		// (loopEnqueue), in order, or on a goroutine past loopQueueWait.
+		// Nothing of it was consumed: process starts over when a backend
+		// is free.
+		return nil, errLoopQueue
 	}
 	if c.srv.draining.Load() {
 		conn.Release()
@@ -353,7 +375,11 @@ again:
 	if stop {
 		// Released, or handed over for a replay: the goroutine's
 		// process sends it again.
+		p := &c.srv.park
 		c.loopPark()
+		if p.queued.Load() > 0 {
+			p.serveQueues() // the backend just released may serve one
+		}
 		return
 	}
 	c.mu.Lock()
@@ -374,6 +400,109 @@ again:
 	// client holds b between its requests; relayInline knows what to do.
 	c.loop.cold++
 	c.loopHandOff(&loopHand{next: loopNextInline, b: b})
+}
+
+// loopEnqueue puts the client at the end of the loop's queue for its pool
+// (FIFO; serveQueues takes it from the front). Loop thread, c in loopBusy.
+func (c *clientConn) loopEnqueue() {
+	if c.loopOwes() {
+		c.loopHandOff(c.loop.hand)
+		return
+	}
+	p := &c.srv.park
+	p.mu.Lock()
+	if c.loop.woken || !p.on {
+		p.mu.Unlock()
+		c.loopHandOff(&loopHand{next: loopNextProcess})
+		return
+	}
+	c.loop.running = false
+	c.loop.since = p.now
+	q := p.queues[c.db.Pool]
+	if q == nil {
+		q = &loopQueue{}
+		p.queues[c.db.Pool] = q
+	}
+	q.list = append(q.list, c)
+	p.queued.Add(1)
+	c.loop.st.Store(loopQueued)
+	c.srv.stats.waiting.Add(1)
+	p.mu.Unlock()
+}
+
+// loopQueue is the loop's FIFO of requests waiting for an idle backend
+// of one pool.
+type loopQueue struct {
+	list []*clientConn
+}
+
+// popLocked takes the oldest client out of q. Under p.mu.
+func (q *loopQueue) popLocked() {
+	copy(q.list, q.list[1:])
+	q.list[len(q.list)-1] = nil
+	q.list = q.list[:len(q.list)-1]
+}
+
+// removeLocked takes c out of q (a wake-up hands it over). Under p.mu.
+func (q *loopQueue) removeLocked(c *clientConn) {
+	for i, x := range q.list {
+		if x == c {
+			copy(q.list[i:], q.list[i+1:])
+			q.list[len(q.list)-1] = nil
+			q.list = q.list[:len(q.list)-1]
+			return
+		}
+	}
+}
+
+// serveQueues gives idle backends to queued requests, oldest first per
+// pool, for as long as TryAcquire finds one. Loop thread.
+func (p *parker) serveQueues() {
+	p.lastTry = p.now
+	for pl, q := range p.queues {
+		for {
+			p.mu.Lock()
+			if len(q.list) == 0 {
+				p.mu.Unlock()
+				break
+			}
+			c := q.list[0]
+			p.mu.Unlock()
+			conn, ok := pl.TryAcquire() // not under p.mu: the pool's lock is never taken inside it
+			if !ok {
+				break
+			}
+			p.mu.Lock()
+			if len(q.list) == 0 || q.list[0] != c {
+				// Handed over meanwhile (a wake-up): the next one.
+				p.mu.Unlock()
+				conn.Release()
+				continue
+			}
+			q.popLocked()
+			p.queued.Add(-1)
+			c.loop.st.Store(loopBusy)
+			c.srv.stats.waiting.Add(-1)
+			p.mu.Unlock()
+			c.loop.running = true
+			p.queuedConn, p.queuedFor = conn, c
+			c.loopProcess()
+		}
+	}
+}
+
+// handQueuedLocked gives a queued client to a goroutine, which waits for
+// a backend in the pool's own queue. Under p.mu.
+func (p *parker) handQueuedLocked(c *clientConn) {
+	if q := p.queues[c.db.Pool]; q != nil {
+		q.removeLocked(c)
+	}
+	p.queued.Add(-1)
+	p.handoffs.Add(1)
+	c.srv.stats.waiting.Add(-1)
+	c.loop.hand = &loopHand{next: loopNextProcess}
+	p.handOverLocked(c)
+	go c.srv.resume(c) // as loopHandOff
 }
 
 // loopOwes reports whether a non-blocking write to the client left bytes
@@ -507,7 +636,7 @@ func (c *clientConn) writeClient(p []byte) error {
 // reader), so a client that leaves during a slow query is seen. Loop
 // thread.
 func (p *parker) loopScan() {
-	if p.waitingN.Load() == 0 {
+	if p.waitingN.Load() == 0 && p.queued.Load() == 0 {
 		return
 	}
 	old := p.now - int64(inlineWait)
@@ -515,6 +644,16 @@ func (p *parker) loopScan() {
 	for fd, c := range p.byBackend {
 		if c.loop.since <= old {
 			p.handWaitingLocked(fd, c)
+		}
+	}
+	// Queued requests past loopQueueWait wait on goroutines, in the pool.
+	oldQ := p.now - int64(p.queueWait)
+	for pl, q := range p.queues {
+		for len(q.list) > 0 && q.list[0].loop.since <= oldQ {
+			p.handQueuedLocked(q.list[0])
+		}
+		if len(q.list) == 0 {
+			delete(p.queues, pl)
 		}
 	}
 	p.mu.Unlock()
@@ -657,7 +796,19 @@ type loopFields struct {
 	byBackend          map[int]*clientConn // loopWaiting clients by backend descriptor
 	now                int64               // loopClock at the last wake-up (loop thread)
 	lastScan           int64
-	waitingN           atomic.Int32 // len(byBackend) (written under mu)
+	// queues: requests waiting for an idle backend, per pool (loopEnqueue,
+	// serveQueues); queued counts them. Under mu.
+	queues   map[*pool.Pool]*loopQueue
+	queued   atomic.Int32 // len of every queue (written under mu)
+	waitingN atomic.Int32 // len(byBackend) (written under mu)
+	lastTry  int64        // serveQueues' last run (loop thread)
+	// queuedConn: the backend serveQueues took for queuedFor's request,
+	// which loopAcquire hands it (loop thread only).
+	queuedConn pool.Conn
+	queuedFor  *clientConn
+	// queueWait is loopQueueWait (a field so tests can shorten it before
+	// the first client).
+	queueWait time.Duration
 	// The loop thread's raw I/O: the callbacks, made once (a method value
 	// passed on would allocate), and their arguments and results.
 	readFn, writeFn func(fd uintptr) bool
@@ -668,5 +819,7 @@ type loopFields struct {
 
 func (p *parker) initLoop() {
 	p.byBackend = make(map[int]*clientConn)
+	p.queues = make(map[*pool.Pool]*loopQueue)
+	p.queueWait = loopQueueWait
 	p.readFn, p.writeFn = p.readOnce, p.writeOnce
 }

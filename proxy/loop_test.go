@@ -272,48 +272,60 @@ func TestParkAfterTransactionBlock(t *testing.T) {
 	e.waitParked(t, 1)
 }
 
-// TestLoopBusyPoolGoesToGoroutine: a request that finds no idle backend is
-// handed to the client's goroutine, which waits in the pool's queue and is
-// answered once the backend is released; the client then keeps its
-// goroutine for loopBusyPool (its next request is not the loop's).
-func TestLoopBusyPoolGoesToGoroutine(t *testing.T) {
-	release := make(chan struct{})
-	e := startFake(t, fakeOpts{config: parkFast, maxSize: 1, peekAfterIdle: time.Second}, beScript{
-		queryResult("SELECT 0", "SELECT 1", 'I', "0"),
-		queryResult("SELECT 0", "SELECT 1", 'I', "0"),
-		steps(expectQuery("SELECT slow"), hold(release), result("SELECT 1", 'I', "slow")),
-		queryResult("SELECT b", "SELECT 1", 'I', "b"),
-		queryResult("SELECT b2", "SELECT 1", 'I', "b2"),
-	})
-	needParking(t, e)
-	a, b := e.dialRaw(t), e.dialRaw(t)
-	for _, rc := range []*rawClient{a, b} {
-		rc.query(t, "SELECT 0")
-		rc.readResult(t)
-	}
-	e.waitParked(t, 2)
-	a.query(t, "SELECT slow")
-	waitFor(t, "A's request to hold the backend", func() bool { return e.pool.Stats().Active == 1 })
-	st0 := e.srv.Stats()
-	b.query(t, "SELECT b")
-	waitFor(t, "B waiting for the backend in the pool", func() bool { return e.pool.Stats().Waiting == 1 })
-	if st := e.srv.Stats(); st.LoopHandoffs <= st0.LoopHandoffs || st.LoopRequests != st0.LoopRequests {
-		t.Fatalf("B's request: loop requests %d -> %d, handoffs %d -> %d; want it handed over", st0.LoopRequests, st.LoopRequests, st0.LoopHandoffs, st.LoopHandoffs)
-	}
-	close(release)
-	if rows, errResp, _ := a.readResult(t); errResp != nil || len(rows) != 1 || rows[0] != "slow" {
-		t.Fatalf("A: %v %v", rows, errResp)
-	}
-	if rows, errResp, _ := b.readResult(t); errResp != nil || len(rows) != 1 || rows[0] != "b" {
-		t.Fatalf("B: %v %v", rows, errResp)
-	}
-	st1 := e.srv.Stats()
-	b.query(t, "SELECT b2")
-	if rows, _, _ := b.readResult(t); len(rows) != 1 || rows[0] != "b2" {
-		t.Fatalf("B's next request: %v", rows)
-	}
-	if st := e.srv.Stats(); st.LoopRequests != st1.LoopRequests {
-		t.Fatalf("B's next request went through the loop (%d -> %d): a client that found the pool busy keeps its goroutine for loopBusyPool", st1.LoopRequests, st.LoopRequests)
+// TestLoopQueuesForBusyPool: a request that finds no idle backend waits in
+// the loop's own queue (counted as waiting) and is relayed by the loop
+// once the backend is released; one that waits longer than the queue's
+// limit goes to a goroutine, which waits in the pool, and is answered
+// all the same.
+func TestLoopQueuesForBusyPool(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		wait     time.Duration
+		viaLoop  bool
+		holdLong bool
+	}{
+		{"served by the loop", time.Minute, true, false},
+		{"handed over past the queue's limit", 20 * time.Millisecond, false, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			release := make(chan struct{})
+			e := startFake(t, fakeOpts{config: parkFast, maxSize: 1, peekAfterIdle: time.Second}, beScript{
+				queryResult("SELECT 0", "SELECT 1", 'I', "0"),
+				queryResult("SELECT 0", "SELECT 1", 'I', "0"),
+				steps(expectQuery("SELECT slow"), hold(release), result("SELECT 1", 'I', "slow")),
+				queryResult("SELECT b", "SELECT 1", 'I', "b"),
+			})
+			needParking(t, e)
+			e.srv.park.queueWait = tc.wait
+			a, b := e.dialRaw(t), e.dialRaw(t)
+			for _, rc := range []*rawClient{a, b} {
+				rc.query(t, "SELECT 0")
+				rc.readResult(t)
+			}
+			e.waitParked(t, 2)
+			a.query(t, "SELECT slow")
+			waitFor(t, "A's request to hold the backend", func() bool { return e.pool.Stats().Active == 1 })
+			st0 := e.srv.Stats()
+			b.query(t, "SELECT b")
+			waitFor(t, "B waiting for a backend", func() bool { return e.srv.Stats().ClientsWaiting == 1 })
+			if tc.holdLong {
+				waitFor(t, "B handed to a goroutine", func() bool { return e.srv.Stats().LoopHandoffs > st0.LoopHandoffs+1 })
+			}
+			close(release)
+			if rows, errResp, _ := a.readResult(t); errResp != nil || len(rows) != 1 || rows[0] != "slow" {
+				t.Fatalf("A: %v %v", rows, errResp)
+			}
+			if rows, errResp, _ := b.readResult(t); errResp != nil || len(rows) != 1 || rows[0] != "b" {
+				t.Fatalf("B: %v %v", rows, errResp)
+			}
+			st := e.srv.Stats()
+			if got := st.LoopRequests > st0.LoopRequests; got != tc.viaLoop {
+				t.Fatalf("B relayed by the loop: %v, want %v (loop requests %d -> %d)", got, tc.viaLoop, st0.LoopRequests, st.LoopRequests)
+			}
+			if st.ClientsWaiting != 0 {
+				t.Fatalf("still %d waiting", st.ClientsWaiting)
+			}
+		})
 	}
 }
 

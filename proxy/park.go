@@ -202,12 +202,19 @@ func (s *Server) parkLoop() {
 			next = now.Add(p.every)
 			d = p.every
 		}
-		if p.waitingN.Load() > 0 {
+		queued := p.queued.Load() > 0
+		if queued && p.now-p.lastTry >= int64(loopRetry) {
+			p.serveQueues()
+		}
+		if queued || p.waitingN.Load() > 0 {
 			if p.now-p.lastScan >= int64(inlineWait/2) {
 				p.lastScan = p.now
 				p.loopScan()
 			}
 			d = min(d, inlineWait/2)
+			if queued {
+				d = min(d, loopRetry)
+			}
 		}
 		if !p.os.wait(max(d, time.Millisecond), p.ready) {
 			return
@@ -395,6 +402,8 @@ func (c *clientConn) unpark() {
 		c.loop.woken = true // the loop hands it over at its next step
 	case c.loop.st.Load() == loopWaiting:
 		p.handWaitingLocked(int(c.loop.bfd), c)
+	case c.loop.st.Load() == loopQueued:
+		p.handQueuedLocked(c)
 	}
 	p.mu.Unlock()
 }
