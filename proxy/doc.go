@@ -51,10 +51,14 @@
 // loop relays it itself, with the same code (process, build,
 // relayReplies) and a backend taken without waiting (pool.TryAcquire),
 // waits for the reply in its own epoll set, relays it and parks the
-// client again: no goroutine runs and nobody is woken. Whatever would
-// wait (no idle backend, a client that does not read, a slow reply, COPY,
-// a transaction left open, any wake-up) goes to a goroutine (resume,
-// loopResume), which goes on from where the loop left off.
+// client again: no goroutine runs and nobody is woken. A request for a
+// saturated pool waits in the loop's own queue (serveQueues) for up to
+// loopQueueWait. Whatever else would wait (a pool to grow or a backend to
+// validate, a client that does not read, a slow reply, COPY, a
+// transaction left open, any wake-up) goes to a goroutine (resume,
+// loopResume), which goes on from where the loop left off. The sockets
+// the loop owns are out of the Go runtime's epoll set meanwhile
+// (runtimepoll_linux.go), so their events wake no runtime thread either.
 //
 // Besides those, the Server runs one sweeper goroutine (timeouts.go) from
 // the first Serve until Shutdown or Close, short-lived goroutines that send
