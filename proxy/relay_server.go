@@ -336,13 +336,21 @@ func (c *clientConn) relayReplies(b *backend, readErr error, inline bool) (stop 
 // reader closes the client, whose goroutine then cleans up).
 func (c *clientConn) reply(out []byte, inline bool) (stop bool, err error) {
 	if err := c.writeClient(out); err != nil {
-		if inline {
-			return true, err
-		}
-		c.conn.Close()
-		return true, nil
+		return c.clientGone(err, inline)
 	}
 	return false, nil
+}
+
+// clientGone is a reader's answer to a failed write to the client: inline,
+// the client goroutine returns err and finish deals with b (if still
+// held); a backend reader closes the client, whose goroutine notices and
+// cleans up.
+func (c *clientConn) clientGone(err error, inline bool) (stop bool, _ error) {
+	if inline {
+		return true, err
+	}
+	c.conn.Close()
+	return true, nil
 }
 
 // replyAndRelease ends a transaction whose last reply, out, routeLocked
@@ -375,24 +383,20 @@ func (c *clientConn) replyAndRelease(b *backend, out []byte, inline bool) (stop 
 		c.wmu.Lock()
 	}
 	stop, err = c.releaseAtTransactionEnd(b, inline)
+	var werr error
 	if len(out) > 0 {
-		var werr error
 		if async {
-			_, werr = c.conn.Write(out)
-			c.wmu.Unlock()
+			_, werr = c.conn.Write(out) // under c.wmu already
 		} else {
 			werr = c.writeClient(out)
 		}
 		clientBufPool.Put(tail)
-		if werr != nil {
-			if inline {
-				return true, werr // finish deals with b if it is still held
-			}
-			c.conn.Close() // the client is gone; its reader will notice and clean up
-			return true, nil
-		}
-	} else if async {
+	}
+	if async {
 		c.wmu.Unlock()
+	}
+	if werr != nil {
+		return c.clientGone(werr, inline)
 	}
 	return stop, err
 }
