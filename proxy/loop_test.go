@@ -333,8 +333,9 @@ func TestLoopQueuesForBusyPool(t *testing.T) {
 // due for its validation query, which only a goroutine's Acquire runs, so
 // the loop hands the request over; but the pool is not busy, so the
 // client parks again right after the reply (not idleParkAfter later) and
-// its next request is the loop's. (It used to keep its goroutine for
-// loopBusyPool: the first second of every burst after a pause.)
+// its next request is the loop's. (Before bd73268 such a client kept its
+// goroutine for a second, as if the pool were saturated: the first second
+// of every burst after a quiet spell.)
 func TestLoopValidationDueStaysHot(t *testing.T) {
 	const validateAfter = 100 * time.Millisecond
 	e := startFake(t, fakeOpts{poolConfig: func(pc *pool.Config) {
