@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"os"
+	"runtime"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -85,6 +86,21 @@ const loopColdAfter = 3
 // the pool's own queue (acquire_timeout, PAUSE, the errors): a pool
 // answering within this time is one the loop keeps up with.
 const loopQueueWait = 100 * time.Millisecond
+
+// loopYieldEvery is how often the loop goroutine gives the Go scheduler
+// a turn (yieldIfDue). The runtime's sysmon treats a goroutine that has
+// run for forcePreemptNS (10 ms) without passing through the scheduler as
+// one to preempt: the loop never does on its own, as it only makes system
+// calls. So every 10 ms sysmon took the loop's P away in the middle of a
+// system call, and each such take reset sysmon to polling every 20 µs for
+// the next millisecond (0.1 of its wake-ups per transaction at 256
+// clients, each a context switch on a saturated machine, 0.28-0.34
+// involuntary switches of the loop thread per transaction). A yield
+// costs two thread hand-overs (the thread is locked to the goroutine),
+// some 20 µs of CPU every loopYieldEvery: well under 1%. Half of
+// forcePreemptNS, so that sysmon, whose samples can be up to 10 ms apart,
+// always sees a new scheduling tick.
+const loopYieldEvery = 5 * time.Millisecond
 
 // loopRetry is how often the loop tries again for queued requests when it
 // released no backend itself (one a goroutine released went to the idle
@@ -802,6 +818,10 @@ type loopFields struct {
 	queued   atomic.Int32 // len of every queue (written under mu)
 	waitingN atomic.Int32 // len(byBackend) (written under mu)
 	lastTry  int64        // serveQueues' last run (loop thread)
+	// lastYield: yieldIfDue's last runtime.Gosched (loop thread); yields
+	// counts them (tests).
+	lastYield int64
+	yields    atomic.Uint64
 	// queuedConn: the backend serveQueues took for queuedFor's request,
 	// which loopAcquire hands it (loop thread only).
 	queuedConn pool.Conn
@@ -822,4 +842,17 @@ func (p *parker) initLoop() {
 	p.queues = make(map[*pool.Pool]*loopQueue)
 	p.queueWait = loopQueueWait
 	p.readFn, p.writeFn = p.readOnce, p.writeOnce
+}
+
+// yieldIfDue lets the loop goroutine through the Go scheduler once every
+// loopYieldEvery (see there). Loop thread, between events: the loop owns
+// nothing another goroutine waits for across the yield, and a wake-up
+// that comes meanwhile finds the client where it left it.
+func (p *parker) yieldIfDue() {
+	if p.now-p.lastYield < int64(loopYieldEvery) {
+		return
+	}
+	p.lastYield = p.now
+	p.yields.Add(1)
+	runtime.Gosched()
 }

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"io"
 	"testing"
@@ -374,5 +375,64 @@ func TestLoopValidationDueStaysHot(t *testing.T) {
 	}
 	if st := e.srv.Stats(); st.LoopRequests != st1.LoopRequests+1 {
 		t.Fatalf("A's next request: loop requests %d -> %d, want the loop to relay it", st1.LoopRequests, st.LoopRequests)
+	}
+}
+
+// TestLoopYieldsWhileBusy: a loop relaying requests back to back passes
+// through the Go scheduler at least every loopYieldEvery, so sysmon never
+// finds it running past forcePreemptNS (see loopYieldEvery). Bounded: at
+// most 5000 requests, and it stops once six intervals have passed.
+func TestLoopYieldsWhileBusy(t *testing.T) {
+	e := loopEnv(t, 1, beScript{answerUntil("SELECT 1", "SELECT 2")})
+	rc := e.dialRaw(t)
+	q := func(sql string) {
+		t.Helper()
+		rc.query(t, sql)
+		if rows, errResp, _ := rc.readResult(t); errResp != nil || len(rows) != 1 {
+			t.Fatalf("%s: %v %v", sql, rows, errResp)
+		}
+	}
+	q("SELECT 1") // the first on the client's goroutine
+	e.waitParked(t, 1)
+	st0, y0 := e.srv.Stats(), e.srv.park.yields.Load()
+	start := time.Now()
+	n := 0
+	for ; n < 5000 && time.Since(start) < 6*loopYieldEvery; n++ {
+		q("SELECT 1")
+	}
+	elapsed := time.Since(start)
+	relayed := e.srv.Stats().LoopRequests - st0.LoopRequests
+	yields := e.srv.park.yields.Load() - y0
+	q("SELECT 2")
+	if elapsed < 3*loopYieldEvery {
+		t.Fatalf("%d requests took only %v: too fast to see the loop yield", n, elapsed)
+	}
+	if relayed < uint64(n)/2 {
+		t.Fatalf("the loop relayed %d of %d requests: the test did not keep it busy", relayed, n)
+	}
+	// One yield per interval elapsed, give or take the first and the last.
+	if want := uint64(elapsed/loopYieldEvery) - 1; yields < want {
+		t.Fatalf("%d yields in %v of %d requests, want at least %d", yields, elapsed, n, want)
+	}
+}
+
+// answerUntil answers each simple Query of sql with one row, until the
+// Query last, which it answers too and ends the step with.
+func answerUntil(sql, last string) beStep {
+	return func(s *beSession) error {
+		for {
+			msg, err := s.receive()
+			if err != nil {
+				return err
+			}
+			q, ok := msg.(*pgproto3.Query)
+			if !ok || q.String != sql && q.String != last {
+				j, _ := json.Marshal(msg)
+				return fmt.Errorf("expected %q or %q, got %s", sql, last, j)
+			}
+			if err := result("SELECT 1", 'I', "1")(s); err != nil || q.String == last {
+				return err
+			}
+		}
 	}
 }

@@ -216,6 +216,7 @@ func (s *Server) parkLoop() {
 				d = min(d, loopRetry)
 			}
 		}
+		p.yieldIfDue() // between batches: no request is half read or half written
 		if !p.os.wait(max(d, time.Millisecond), p.ready) {
 			return
 		}
