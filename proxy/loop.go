@@ -611,6 +611,23 @@ func (c *clientConn) loopResume() (done bool, err error) {
 	return false, nil
 }
 
+// writeBackend writes a request to b: through b's net.Conn (its
+// deadlines, TLS), or on the loop thread, for a backend with a socket of
+// its own, straight to the socket (loopSend). The loop only builds
+// requests of up to loopMaxRequest, which an idle backend's socket always
+// takes at once; if it did not, the rest is not written and the error
+// (EAGAIN) ends the backend like any failed write: the net.Conn's write
+// would have waited on the runtime's poller, which the loop's backend
+// sockets are out of.
+func (c *clientConn) writeBackend(b *backend, out []byte) error {
+	if c.loop.running && b.raw != nil {
+		_, err := c.srv.park.rawWrite(b.raw, out)
+		return err
+	}
+	_, err := b.nc.Write(out)
+	return err
+}
+
 // writeClient writes p to the client: a blocking write on the client's
 // goroutine; on the loop thread one that never waits, leaving what the
 // socket does not take to the goroutine the client is then handed to
@@ -769,7 +786,7 @@ func (p *parker) rawWrite(rc rawConn, buf []byte) (int, error) {
 
 func (p *parker) readOnce(fd uintptr) bool {
 	for {
-		n, err := syscall.Read(int(fd), p.ioBuf)
+		n, err := loopRecv(fd, p.ioBuf)
 		if err == syscall.EINTR {
 			continue
 		}
@@ -780,7 +797,7 @@ func (p *parker) readOnce(fd uintptr) bool {
 
 func (p *parker) writeOnce(fd uintptr) bool {
 	for len(p.ioBuf) > 0 {
-		n, err := syscall.Write(int(fd), p.ioBuf)
+		n, err := loopSend(fd, p.ioBuf)
 		if err == syscall.EINTR {
 			continue
 		}
@@ -810,7 +827,8 @@ type loopFields struct {
 	// backend itself, and those it handed to a goroutine.
 	requests, handoffs atomic.Uint64
 	byBackend          map[int]*clientConn // loopWaiting clients by backend descriptor
-	now                int64               // loopClock at the last wake-up (loop thread)
+	now                int64               // loopClock at the last wake-up: the first event of a batch (loop thread)
+	clockStale         bool                // p.now predates the epoll_wait under way (loop thread)
 	lastScan           int64
 	// queues: requests waiting for an idle backend, per pool (loopEnqueue,
 	// serveQueues); queued counts them. Under mu.

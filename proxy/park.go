@@ -216,7 +216,8 @@ func (s *Server) parkLoop() {
 				d = min(d, loopRetry)
 			}
 		}
-		p.yieldIfDue() // between batches: no request is half read or half written
+		p.yieldIfDue()      // between batches: no request is half read or half written
+		p.clockStale = true // onReady reads the clock once for the batch
 		if !p.os.wait(max(d, time.Millisecond), p.ready) {
 			return
 		}
@@ -295,7 +296,9 @@ func (p *parker) releaseAfterWave() {
 // request, which the loop relays itself when it can (loop.go) and a
 // goroutine otherwise, or the reply of a backend the loop waits on.
 func (p *parker) onReady(fd int) {
-	p.now = loopClock()
+	if p.clockStale {
+		p.now, p.clockStale = loopClock(), false
+	}
 	p.mu.Lock()
 	c := p.byFd[fd]
 	if c == nil {

@@ -182,7 +182,7 @@ func (c *clientConn) process() error {
 		inline := c.planRelay(b, len(out))
 		var werr error
 		if len(out) > 0 {
-			_, werr = b.nc.Write(out)
+			werr = c.writeBackend(b, out)
 		}
 		b.cout = out[:0]
 		if cap(out) > maxKeptBufSize {

@@ -1,0 +1,40 @@
+package proxy
+
+import (
+	"syscall"
+	"unsafe"
+)
+
+// The loop thread's socket I/O on Linux: recvfrom(2) and sendto(2)
+// without an address, which go straight to the socket layer, where
+// read(2) and write(2) first pass through the file layer (position lock
+// lookup, file permission and fsnotify hooks) on every call. The loop
+// makes two of each per transaction. Both may be interrupted (EINTR):
+// the callers retry.
+
+// loopRecv is recv(fd, b, 0).
+func loopRecv(fd uintptr, b []byte) (int, error) {
+	var p unsafe.Pointer
+	if len(b) > 0 {
+		p = unsafe.Pointer(&b[0])
+	}
+	n, _, e := syscall.Syscall6(syscall.SYS_RECVFROM, fd, uintptr(p), uintptr(len(b)), 0, 0, 0)
+	if e != 0 {
+		return -1, e
+	}
+	return int(n), nil
+}
+
+// loopSend is send(fd, b, MSG_NOSIGNAL): a peer that closed is EPIPE, as
+// for the runtime's own writes, never a signal.
+func loopSend(fd uintptr, b []byte) (int, error) {
+	var p unsafe.Pointer
+	if len(b) > 0 {
+		p = unsafe.Pointer(&b[0])
+	}
+	n, _, e := syscall.Syscall6(syscall.SYS_SENDTO, fd, uintptr(p), uintptr(len(b)), syscall.MSG_NOSIGNAL, 0, 0)
+	if e != 0 {
+		return -1, e
+	}
+	return int(n), nil
+}

@@ -1,0 +1,11 @@
+//go:build !linux
+
+package proxy
+
+import "syscall"
+
+// loopRecv and loopSend: read(2) and write(2) where the loop's Linux
+// calls (loopio_linux.go) do not exist. The loop does not run there
+// (park_other.go), but the code that calls them is shared.
+func loopRecv(fd uintptr, b []byte) (int, error) { return syscall.Read(int(fd), b) }
+func loopSend(fd uintptr, b []byte) (int, error) { return syscall.Write(int(fd), b) }
