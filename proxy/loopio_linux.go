@@ -11,6 +11,11 @@ import (
 // lookup, file permission and fsnotify hooks) on every call. The loop
 // makes two of each per transaction. Both may be interrupted (EINTR):
 // the callers retry.
+//
+// Both are raw system calls (RawSyscall6: no entersyscall/exitsyscall,
+// about 1% of the loop's CPU): the sockets are non-blocking, so the call
+// never waits, and the loop is the only goroutine of its thread, so the
+// runtime has nothing to hand the P to for those microseconds.
 
 // loopRecv is recv(fd, b, 0).
 func loopRecv(fd uintptr, b []byte) (int, error) {
@@ -18,7 +23,7 @@ func loopRecv(fd uintptr, b []byte) (int, error) {
 	if len(b) > 0 {
 		p = unsafe.Pointer(&b[0])
 	}
-	n, _, e := syscall.Syscall6(syscall.SYS_RECVFROM, fd, uintptr(p), uintptr(len(b)), 0, 0, 0)
+	n, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(p), uintptr(len(b)), 0, 0, 0)
 	if e != 0 {
 		return -1, e
 	}
@@ -32,7 +37,7 @@ func loopSend(fd uintptr, b []byte) (int, error) {
 	if len(b) > 0 {
 		p = unsafe.Pointer(&b[0])
 	}
-	n, _, e := syscall.Syscall6(syscall.SYS_SENDTO, fd, uintptr(p), uintptr(len(b)), syscall.MSG_NOSIGNAL, 0, 0)
+	n, _, e := syscall.RawSyscall6(syscall.SYS_SENDTO, fd, uintptr(p), uintptr(len(b)), syscall.MSG_NOSIGNAL, 0, 0)
 	if e != 0 {
 		return -1, e
 	}
