@@ -14,8 +14,8 @@ import (
 //
 // Both are raw system calls (RawSyscall6: no entersyscall/exitsyscall,
 // about 1% of the loop's CPU): the sockets are non-blocking, so the call
-// never waits, and the loop is the only goroutine of its thread, so the
-// runtime has nothing to hand the P to for those microseconds.
+// never waits, and the few microseconds it takes are not worth telling
+// the scheduler its P could go to another thread meanwhile.
 
 // loopRecv is recv(fd, b, 0).
 func loopRecv(fd uintptr, b []byte) (int, error) {
