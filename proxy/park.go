@@ -221,6 +221,10 @@ func (s *Server) parkLoop() {
 		if !p.os.wait(max(d, time.Millisecond), p.ready) {
 			return
 		}
+		if p.serveAfterBatch {
+			p.serveAfterBatch = false
+			p.serveQueues()
+		}
 	}
 }
 
