@@ -53,7 +53,8 @@
 // waits for the reply in its own epoll set, relays it and parks the
 // client again: no goroutine runs and nobody is woken. A request for a
 // saturated pool waits in the loop's own queue (serveQueues) for up to
-// loopQueueWait. Whatever else would wait (a pool to grow or a backend to
+// loopQueueWait, in order; backends the loop releases are given to it
+// once the epoll batch is done. Whatever else would wait (a pool to grow or a backend to
 // validate, a client that does not read, a slow reply, COPY, a
 // transaction left open, any wake-up) goes to a goroutine (resume,
 // loopResume), which goes on from where the loop left off. The sockets
