@@ -436,3 +436,49 @@ func answerUntil(sql, last string) beStep {
 		}
 	}
 }
+
+// TestLoopQueueIsFIFO: a request that arrives while another waits in the
+// loop's queue waits behind it, even when a backend is free at that
+// moment (here one a goroutine released, which the loop learns of only at
+// its next retry): the backend sees B's request before C's. Before the
+// rule, C's request took the free backend ahead of B's.
+func TestLoopQueueIsFIFO(t *testing.T) {
+	e := loopEnv(t, 1, beScript{
+		queryResult("SELECT a0", "SELECT 1", 'I', "a0"),
+		queryResult("SELECT b0", "SELECT 1", 'I', "b0"),
+		queryResult("SELECT c0", "SELECT 1", 'I', "c0"),
+		queryResult("BEGIN", "BEGIN", 'T'),
+		queryResult("COMMIT", "COMMIT", 'I'),
+		queryResult("SELECT b", "SELECT 1", 'I', "b"),
+		queryResult("SELECT c", "SELECT 1", 'I', "c"),
+	})
+	e.srv.park.queueWait = time.Minute
+	a, b, c := e.dialRaw(t), e.dialRaw(t), e.dialRaw(t)
+	for _, x := range []struct {
+		rc  *rawClient
+		sql string
+	}{{a, "SELECT a0"}, {b, "SELECT b0"}, {c, "SELECT c0"}} {
+		x.rc.query(t, x.sql)
+		x.rc.readResult(t)
+	}
+	e.waitParked(t, 3)
+	a.query(t, "BEGIN") // A holds the only backend, on its goroutine
+	if _, errResp, status := a.readResult(t); errResp != nil || status != 'T' {
+		t.Fatalf("BEGIN: %v %c", errResp, status)
+	}
+	b.query(t, "SELECT b")
+	waitFor(t, "B waiting in the loop's queue", func() bool { return e.srv.Stats().ClientsWaiting == 1 })
+	a.query(t, "COMMIT") // released to the pool by A's goroutine
+	if _, errResp, status := a.readResult(t); errResp != nil || status != 'I' {
+		t.Fatalf("COMMIT: %v %c", errResp, status)
+	}
+	c.query(t, "SELECT c") // at once: the loop's retry may not have run
+	for _, x := range []struct {
+		rc   *rawClient
+		want string
+	}{{b, "b"}, {c, "c"}} {
+		if rows, errResp, _ := x.rc.readResult(t); errResp != nil || len(rows) != 1 || rows[0] != x.want {
+			t.Fatalf("%s: %v %v", x.want, rows, errResp)
+		}
+	}
+}
