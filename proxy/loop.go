@@ -467,22 +467,24 @@ type loopQueue struct {
 }
 
 // popLocked takes the oldest client out of q. Under p.mu.
-func (q *loopQueue) popLocked() {
-	copy(q.list, q.list[1:])
-	q.list[len(q.list)-1] = nil
-	q.list = q.list[:len(q.list)-1]
-}
+func (q *loopQueue) popLocked() { q.removeAtLocked(0) }
 
 // removeLocked takes c out of q (a wake-up hands it over). Under p.mu.
 func (q *loopQueue) removeLocked(c *clientConn) {
 	for i, x := range q.list {
 		if x == c {
-			copy(q.list[i:], q.list[i+1:])
-			q.list[len(q.list)-1] = nil
-			q.list = q.list[:len(q.list)-1]
+			q.removeAtLocked(i)
 			return
 		}
 	}
+}
+
+// removeAtLocked takes the i-th client out of q, keeping the order and
+// the backing array (no client stays reachable from it). Under p.mu.
+func (q *loopQueue) removeAtLocked(i int) {
+	copy(q.list[i:], q.list[i+1:])
+	q.list[len(q.list)-1] = nil
+	q.list = q.list[:len(q.list)-1]
 }
 
 // queueLen is how many requests wait in the loop's queue for pl. Loop
