@@ -36,11 +36,12 @@
 #   BENCH_MODES ["simple extended"]
 #   BENCH_PREPARED_CLIENTS ["16 64 256"]  pgsidecar -M prepared vs PgBouncer
 #                                -M extended at these counts; "" skips them
-#   BENCH_TARGETS ["pgsidecar pgbouncer direct"]; add relaylab-goroutine
-#                                and relaylab-epoll for the two featureless
-#                                relays of test/tools/relaylab (the floor of a
-#                                goroutine-per-client relay on Go's netpoller,
-#                                and of a one-thread epoll loop): a table of
+#   BENCH_TARGETS ["pgsidecar pgbouncer direct"]; add relaylab-goroutine,
+#                                relaylab-epoll and relaylab-raw for the
+#                                featureless relays of test/tools/relaylab (the
+#                                floor of a goroutine-per-client relay on Go's
+#                                netpoller, of a one-thread epoll loop, and of
+#                                that loop with PgBouncer's system calls): a table of
 #                                every target's TPS and CPU per transaction;
 #                                pgsidecar-1cpu runs pgsidecar with
 #                                GOMAXPROCS=1, as under a one-CPU quota
@@ -97,8 +98,8 @@ if [ "$secs" -lt 1 ] || [ "$rounds" -lt 1 ]; then die "BENCH_SECONDS and BENCH_R
 [ "$profile_secs" -ge 4 ] || die "BENCH_PROFILE_SECONDS must be at least 4"
 [ "$idle_clients" -le 50000 ] || die "BENCH_IDLE_CLIENTS is capped at 50000"
 for t in $targets; do
-	case $t in pgsidecar | pgsidecar-1cpu | pgbouncer | direct | relaylab-goroutine | relaylab-epoll) ;;
-	*) die "BENCH_TARGETS: unknown target '$t' (pgsidecar, pgsidecar-1cpu, pgbouncer, direct, relaylab-goroutine, relaylab-epoll)" ;;
+	case $t in pgsidecar | pgsidecar-1cpu | pgbouncer | direct | relaylab-goroutine | relaylab-epoll | relaylab-raw) ;;
+	*) die "BENCH_TARGETS: unknown target '$t' (pgsidecar, pgsidecar-1cpu, pgbouncer, direct, relaylab-goroutine, relaylab-epoll, relaylab-raw)" ;;
 	esac
 done
 for m in $modes; do
@@ -124,7 +125,7 @@ if has_target pgsidecar || [ "$idle_clients" -gt 0 ]; then
 	[ -x "$BENCH_PROXY_BIN" ] || die "$BENCH_PROXY_BIN is not an executable"
 fi
 relaylab_bin=""
-if has_target relaylab-goroutine || has_target relaylab-epoll; then
+if has_target relaylab-goroutine || has_target relaylab-epoll || has_target relaylab-raw; then
 	relaylab_bin=$root/bin/relaylab
 	(cd "$root" && go build -o "$relaylab_bin" ./test/tools/relaylab) || die "go build relaylab failed"
 fi
@@ -274,7 +275,7 @@ start_sidecar_once() {
 }
 
 # start_relaylab NAME RELAY: test/tools/relaylab with -relay RELAY
-# (goroutine or epoll), pool $pool_size, clients trusted; sets started_pid
+# (goroutine, epoll or raw), pool $pool_size, clients trusted; sets started_pid
 # and started_port.
 start_relaylab() {
 	local name=$1 relay=$2 try
@@ -366,7 +367,7 @@ if has_target pgsidecar-1cpu; then
 	pid_of[pgsidecar-1cpu]=$started_pid
 	log "pgsidecar with GOMAXPROCS=1 on 127.0.0.1:$started_port (pid $started_pid)"
 fi
-for r in goroutine epoll; do
+for r in goroutine epoll raw; do
 	has_target "relaylab-$r" || continue
 	start_relaylab "relaylab-$r" "$r"
 	port[relaylab-$r]=$started_port
@@ -649,7 +650,7 @@ all_of() {
 		s="$c|pgsidecar:prepared" b="$c|pgbouncer:extended"
 		echo "| pgsidecar prepared vs PgBouncer extended | $c | - | $(mean_tps "$s") | $(mean_tps "$b") | $(ratio "$(mean_tps "$s")" "$(mean_tps "$b")") | $(round_ratios "$s" "$b") | $(cpu_us "$s") | $(cpu_us "$b") | $(failures "$s") / $(failures "$b") / - |"
 	done
-	if has_target relaylab-goroutine || has_target relaylab-epoll || has_target pgsidecar-1cpu; then
+	if has_target relaylab-goroutine || has_target relaylab-epoll || has_target relaylab-raw || has_target pgsidecar-1cpu; then
 		echo
 		echo "Every target, TPS and CPU µs per transaction (pgsidecar-1cpu: GOMAXPROCS=1, as under a one-CPU quota; relaylab: test/tools/relaylab, relays without pgsidecar's features that trust every client):"
 		echo

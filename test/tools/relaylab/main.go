@@ -1,4 +1,4 @@
-// Command relaylab is a measuring stick, not a pooler: two minimal
+// Command relaylab is a measuring stick, not a pooler: three minimal
 // transaction-mode relays with none of pgsidecar's features, to tell what
 // the Go runtime's way of waiting costs from what pgsidecar's own code
 // costs. Both trust every client (no authentication), relay only the simple
@@ -10,6 +10,11 @@
 //     cheapest shape pgsidecar's relay could have.
 //   - -relay epoll: one OS thread, its own level-triggered epoll set over
 //     raw non-blocking sockets, no goroutine per client: PgBouncer's shape.
+//   - -relay raw: the epoll relay making PgBouncer's system calls
+//     (recvfrom and sendto, not read and write) without the runtime's
+//     entersyscall around them, and an epoll_wait that polls before it
+//     blocks: the cheapest a Go relay's system calls get, and so the floor
+//     of what pgsidecar's loop (proxy/loop.go) could cost.
 //
 // bench.sh's BENCH_TARGETS runs it beside pgsidecar and PgBouncer; the
 // README's benchmark section quotes it. Loopback only.
@@ -26,12 +31,13 @@ import (
 	"os"
 	"runtime"
 	"syscall"
+	"unsafe"
 
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
 func main() {
-	relay := flag.String("relay", "goroutine", "goroutine or epoll")
+	relay := flag.String("relay", "goroutine", "goroutine, epoll or raw")
 	listen := flag.String("listen", "127.0.0.1:6499", "client address (loopback)")
 	upstream := flag.String("upstream", os.Getenv("DATABASE_URL"), "backend URL")
 	size := flag.Int("pool", 20, "backends")
@@ -52,6 +58,9 @@ func main() {
 	case "goroutine":
 		serveGoroutines(*listen, backends)
 	case "epoll":
+		serveEpoll(*listen, backends)
+	case "raw":
+		rawIO = true
 		serveEpoll(*listen, backends)
 	default:
 		log.Fatalf("unknown -relay %q", *relay)
@@ -236,9 +245,46 @@ func rawFD(c net.Conn) int {
 	return fd
 }
 
+// rawIO: -relay raw, the epoll relay with PgBouncer's system calls
+// (recvfrom, sendto) made without the runtime's entersyscall (the sockets
+// never block), and an epoll_wait that polls before it blocks.
+var rawIO bool
+
+func sysRead(fd int, b []byte) (int, error) {
+	if !rawIO {
+		return syscall.Read(fd, b)
+	}
+	n, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), 0, 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
+}
+
+func sysWrite(fd int, b []byte) (int, error) {
+	if !rawIO {
+		return syscall.Write(fd, b)
+	}
+	n, _, e := syscall.RawSyscall6(syscall.SYS_SENDTO, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), syscall.MSG_NOSIGNAL, 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
+}
+
+func sysWait(ep int, events []syscall.EpollEvent) (int, error) {
+	if rawIO {
+		n, _, e := syscall.RawSyscall6(syscall.SYS_EPOLL_WAIT, uintptr(ep), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
+		if e == 0 && n > 0 {
+			return int(n), nil
+		}
+	}
+	return syscall.EpollWait(ep, events, -1)
+}
+
 func writeAll(fd int, b []byte) error {
 	for len(b) > 0 {
-		n, err := syscall.Write(fd, b)
+		n, err := sysWrite(fd, b)
 		if err == syscall.EAGAIN {
 			continue // a measuring stick: small writes, spin
 		}
@@ -325,7 +371,7 @@ func serveEpoll(addr string, conns []net.Conn) {
 		c.in = append(c.in[:0], c.in[n:]...)
 	}
 	for {
-		n, err := syscall.EpollWait(ep, events, -1)
+		n, err := sysWait(ep, events)
 		if err == syscall.EINTR {
 			continue
 		}
@@ -348,7 +394,7 @@ func serveEpoll(addr string, conns []net.Conn) {
 			}
 			switch x := byFD[fd].(type) {
 			case *eclient:
-				m, err := syscall.Read(fd, buf)
+				m, err := sysRead(fd, buf)
 				if err == syscall.EAGAIN {
 					continue
 				}
@@ -375,7 +421,7 @@ func serveEpoll(addr string, conns []net.Conn) {
 				}
 				dispatch(x)
 			case *ebackend:
-				m, err := syscall.Read(fd, buf)
+				m, err := sysRead(fd, buf)
 				if err == syscall.EAGAIN {
 					continue
 				}
