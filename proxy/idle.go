@@ -19,6 +19,8 @@ import (
 // waits in clientBufPool meanwhile; the request ring of a client that
 // holds no backend goes to requestRingPool. Both come back on the next
 // read, without allocating: a Get and a Put per wait, not per message.
+// (On the loop thread, the loop's own free lists stand in for the
+// sync.Pools: loopcache.go.)
 //
 // How: syscall.RawConn.Read on the client's TCP socket. Its callback tries
 // a non-blocking read into the buffer; on EAGAIN it gives the buffer back
@@ -163,10 +165,15 @@ func (c *clientConn) readIdle(fd uintptr) bool {
 	}
 }
 
-// takeReadBuffer gives the client reader a buffer when it has none.
+// takeReadBuffer gives the client reader a buffer when it has none (on
+// the loop thread, from the loop's own cache).
 func (c *clientConn) takeReadBuffer() {
 	if c.in.Buf == nil {
-		c.in.Buf = clientBufPool.Get().(*[clientReadBufSize]byte)[:]
+		if c.loop.running {
+			c.in.Buf = c.srv.park.cache.buf()
+		} else {
+			c.in.Buf = clientBufPool.Get().(*[clientReadBufSize]byte)[:]
+		}
 		c.in.Start, c.in.End = 0, 0
 	}
 }
@@ -178,7 +185,11 @@ func (c *clientConn) giveBackReadBuffer() {
 	if c.in.Start != c.in.End || len(c.in.Buf) != clientReadBufSize {
 		return
 	}
-	clientBufPool.Put((*[clientReadBufSize]byte)(c.in.Buf))
+	if c.loop.running {
+		c.srv.park.cache.putBuf(c.in.Buf)
+	} else {
+		clientBufPool.Put((*[clientReadBufSize]byte)(c.in.Buf))
+	}
 	c.in.Buf, c.in.Start, c.in.End = nil, 0, 0
 }
 

@@ -99,9 +99,11 @@ const loopQueueWait = 100 * time.Millisecond
 // the next millisecond. Measured at 256 clients: sysmon woke 0.09-0.10
 // times per transaction, 0.03 with the yield, and the loop thread was
 // switched out 0.28-0.34 times per transaction, 0.22 with it; pgsidecar's
-// CPU per transaction fell by 2-2.5 µs. A yield is not free: the thread is
-// locked to the goroutine, so it takes two thread hand-overs, 2-3% of the
-// loop's CPU at 16 clients in perf. Half of forcePreemptNS, so that
+// CPU per transaction fell by 2-2.5 µs. A yield is not free: Gosched wakes
+// an idle P's thread (wakep), 1.5% of pgsidecar's CPU at 16 clients in
+// perf. A locked goroutine's Gosched cost 3.5%, two thread hand-overs more
+// (its P goes to another thread, which hands it back), so yieldIfDue
+// unlocks the thread around it. Half of forcePreemptNS, so that
 // sysmon, whose samples can be up to 10 ms apart, always sees a new
 // scheduling tick.
 const loopYieldEvery = 5 * time.Millisecond
@@ -171,6 +173,16 @@ func (c *clientConn) loopRequest() {
 	c.loop.running = true // until it gives the client up: loopPark, loopWait, loopHandOff
 	c.takeReadBuffer()
 	c.in.Prepare()
+	if c.q.buf == nil {
+		// The ring from the loop's cache, before a push takes one from
+		// the sync.Pool (a parked client holds no backend: no backend
+		// reader looks at c.q).
+		c.mu.Lock()
+		if c.q.buf == nil && c.q.size == 0 {
+			c.q.buf, c.q.head = c.srv.park.cache.ring(), 0
+		}
+		c.mu.Unlock()
+	}
 	n, err := c.srv.park.rawRead(c.idle.raw, c.in.Free())
 	switch {
 	case err == syscall.EAGAIN:
@@ -358,7 +370,7 @@ func (c *clientConn) loopWait() {
 	}
 	c.loop.bfd, c.loop.since = int32(b.fd), p.now
 	c.loop.running = false
-	p.byBackend[b.fd] = c
+	p.byBackend.set(b.fd, c)
 	p.waitingN.Add(1)
 	c.loop.st.Store(loopWaiting)
 	p.mu.Unlock()
@@ -567,7 +579,7 @@ func (c *clientConn) loopPark() {
 	c.loop.cold = 0
 	p := &c.srv.park
 	p.mu.Lock()
-	if !c.loop.woken && !c.loop.more && p.on && c.in.Start == c.in.End && p.byFd[c.park.fd] == c {
+	if !c.loop.woken && !c.loop.more && p.on && c.in.Start == c.in.End && p.byFd.get(c.park.fd) == c {
 		c.park.parked.Store(true) // before the checks: see park.go, Ordering
 		if c.parkableNow() {
 			c.giveBackReadBuffer()
@@ -701,8 +713,8 @@ func (p *parker) loopScan() {
 	}
 	old := p.now - int64(inlineWait)
 	p.mu.Lock()
-	for fd, c := range p.byBackend {
-		if c.loop.since <= old {
+	for fd, c := range p.byBackend.slot {
+		if c != nil && c.loop.since <= old {
 			p.handWaitingLocked(fd, c)
 		}
 	}
@@ -722,7 +734,7 @@ func (p *parker) loopScan() {
 // handWaitingLocked gives a client the loop waits for a goroutine that
 // reads its backend's reply itself (relayInline). Under p.mu.
 func (p *parker) handWaitingLocked(fd int, c *clientConn) {
-	delete(p.byBackend, fd)
+	p.byBackend.del(fd)
 	p.waitingN.Add(-1)
 	p.handoffs.Add(1)
 	c.mu.Lock()
@@ -777,12 +789,12 @@ func (p *parker) giveBackendLocked(b *backend) {
 // client may wait on.
 func (p *parker) backendReady(fd int) bool {
 	p.mu.Lock()
-	c := p.byBackend[fd]
+	c := p.byBackend.get(fd)
 	if c == nil {
 		p.mu.Unlock()
 		return false
 	}
-	delete(p.byBackend, fd)
+	p.byBackend.del(fd)
 	p.waitingN.Add(-1)
 	c.loop.st.Store(loopBusy)
 	c.loop.woken = false
@@ -853,9 +865,9 @@ type loopFields struct {
 	// Stats.LoopRequests and LoopHandoffs: requests the loop sent to a
 	// backend itself, and those it handed to a goroutine.
 	requests, handoffs atomic.Uint64
-	byBackend          map[int]*clientConn // loopWaiting clients by backend descriptor
-	now                int64               // loopClock at the last wake-up: the first event of a batch (loop thread)
-	clockStale         bool                // p.now predates the epoll_wait under way (loop thread)
+	byBackend          fdTable // loopWaiting clients by backend descriptor (under mu)
+	now                int64   // loopClock at the last wake-up: the first event of a batch (loop thread)
+	clockStale         bool    // p.now predates the epoll_wait under way (loop thread)
 	lastScan           int64
 	// queues: requests waiting for an idle backend, per pool (loopEnqueue,
 	// serveQueues); queued counts them. Under mu.
@@ -881,6 +893,11 @@ type loopFields struct {
 	// which loopAcquire hands it (loop thread only).
 	queuedConn pool.Conn
 	queuedFor  *clientConn
+	// cache: the loop thread's free lists (loopcache.go); tail: the
+	// copy of a reply's last bytes replyAndRelease makes on the loop
+	// thread.
+	cache loopCache
+	tail  [clientReadBufSize]byte
 	// queueWait is loopQueueWait (a field so tests can shorten it before
 	// the first client).
 	queueWait time.Duration
@@ -893,7 +910,6 @@ type loopFields struct {
 }
 
 func (p *parker) initLoop() {
-	p.byBackend = make(map[int]*clientConn)
 	p.queues = make(map[*pool.Pool]*loopQueue)
 	p.queueWait = loopQueueWait
 	p.readFn, p.writeFn = p.readOnce, p.writeOnce
@@ -909,5 +925,11 @@ func (p *parker) yieldIfDue() {
 	}
 	p.lastYield = p.now
 	p.yields.Add(1)
+	// Unlocked for the yield: a locked goroutine's Gosched hands the P to
+	// another thread, which hands it back (startlockedm), two futex
+	// wake-ups more; an unlocked one is rescheduled on whichever thread
+	// runs the scheduler, usually this one, and locks to it again.
+	runtime.UnlockOSThread()
 	runtime.Gosched()
+	runtime.LockOSThread()
 }

@@ -89,15 +89,15 @@ var errParked = errors.New("client parked")
 type parker struct {
 	os      parkOS
 	mu      sync.Mutex
-	byFd    map[int]*clientConn // clients whose socket is in the set (parked, or the loop's), by descriptor
-	on      bool                // the epoll set is open and the loop runs
-	stopped bool                // stopParker ran: the loop never starts again
-	done    chan struct{}       // closed when the loop has ended
-	count   atomic.Int64        // parked clients now (Stats.ClientsParked)
-	every   time.Duration       // sweep interval
-	ready   func(fd int)        // unparkFd, made once
-	list    []*clientConn       // the sweep's reused snapshot (loop only)
-	parks   int                 // parks since the last memory release (under mu)
+	byFd    fdTable       // clients whose socket is in the set (parked, or the loop's), by descriptor
+	on      bool          // the epoll set is open and the loop runs
+	stopped bool          // stopParker ran: the loop never starts again
+	done    chan struct{} // closed when the loop has ended
+	count   atomic.Int64  // parked clients now (Stats.ClientsParked)
+	every   time.Duration // sweep interval
+	ready   func(fd int)  // unparkFd, made once
+	list    []*clientConn // the sweep's reused snapshot (loop only)
+	parks   int           // parks since the last memory release (under mu)
 	// The loop's: parks at the last sweep, the last release, and the
 	// release goroutine (stopParker waits for it).
 	seenParks int
@@ -135,7 +135,6 @@ type parkState struct {
 }
 
 func (p *parker) init(every time.Duration) {
-	p.byFd = make(map[int]*clientConn)
 	p.done = make(chan struct{})
 	p.every = every
 	if p.every <= 0 {
@@ -289,6 +288,7 @@ func (p *parker) releaseAfterWave() {
 		return
 	}
 	p.seenParks, p.released = 0, time.Now()
+	p.cache = loopCache{} // the loop's free lists go too (loopcache.go)
 	p.freeing.Add(1)
 	go func() { // ends when the collection and the release are done
 		defer p.freeing.Done()
@@ -304,7 +304,7 @@ func (p *parker) onReady(fd int) {
 		p.now, p.clockStale = loopClock(), false
 	}
 	p.mu.Lock()
-	c := p.byFd[fd]
+	c := p.byFd.get(fd)
 	if c == nil {
 		p.mu.Unlock()
 		p.backendReady(fd)
@@ -352,13 +352,13 @@ func (p *parker) takeLocked(c *clientConn) {
 // to read it. Under p.mu.
 func (p *parker) leaveSetLocked(c *clientConn) {
 	fd := c.park.fd
-	if p.byFd[fd] != c {
+	if p.byFd.get(fd) != c {
 		return
 	}
 	// The socket is open (see Ownership above); a failure here could only
 	// leave a stale registration, which the fd's close removes.
 	_ = p.os.del(fd)
-	delete(p.byFd, fd)
+	p.byFd.del(fd)
 	if c.park.rtOut {
 		c.park.rtOut = false
 		if !p.controlLocked(c.idle.raw, p.rtGive, c.park.rtKey) {
@@ -452,7 +452,7 @@ func (c *clientConn) tryPark(hot bool) bool {
 	if c.park.rtKey != 0 && !c.park.rtOut {
 		c.park.rtOut = p.controlLocked(c.idle.raw, p.rtTake, c.park.rtKey)
 	}
-	p.byFd[c.park.fd] = c
+	p.byFd.set(c.park.fd, c)
 	p.count.Add(1)
 	// Every park counts, hot ones too (loop.go): a wave of logins that
 	// each ran a query parks hot, and its garbage is what the release is
@@ -487,7 +487,11 @@ func (c *clientConn) parkableNow() bool {
 	defer c.mu.Unlock()
 	ok := c.settledLocked()
 	if ok && len(c.q.buf) == requestRingSize {
-		requestRingPool.Put((*[requestRingSize]request)(c.q.buf))
+		if c.loop.running {
+			c.srv.park.cache.putRing(c.q.buf)
+		} else {
+			requestRingPool.Put((*[requestRingSize]request)(c.q.buf))
+		}
 		c.q.buf, c.q.head = nil, 0
 	}
 	return ok

@@ -375,7 +375,13 @@ func (c *clientConn) replyAndRelease(b *backend, out []byte, inline bool) (stop 
 	}
 	var tail *[clientReadBufSize]byte
 	if len(out) > 0 {
-		tail = clientBufPool.Get().(*[clientReadBufSize]byte)
+		if c.loop.running {
+			// The loop thread's own (writeClient copies what it does
+			// not write at once).
+			tail = &c.srv.park.tail
+		} else {
+			tail = clientBufPool.Get().(*[clientReadBufSize]byte)
+		}
 		out = tail[:copy(tail[:], out)]
 	}
 	async := !inline && !c.loop.running
@@ -390,7 +396,9 @@ func (c *clientConn) replyAndRelease(b *backend, out []byte, inline bool) (stop 
 		} else {
 			werr = c.writeClient(out)
 		}
-		clientBufPool.Put(tail)
+		if tail != &c.srv.park.tail {
+			clientBufPool.Put(tail)
+		}
 	}
 	if async {
 		c.wmu.Unlock()

@@ -1,0 +1,46 @@
+package proxy
+
+import "testing"
+
+func TestLoopCacheKeepsAtMostItsMax(t *testing.T) {
+	var lc loopCache
+	bufs := make([][]byte, 0, loopCacheMax+5)
+	rings := make([][]request, 0, loopCacheMax+5)
+	for range loopCacheMax + 5 {
+		b, r := lc.buf(), lc.ring()
+		if len(b) != clientReadBufSize || len(r) != requestRingSize {
+			t.Fatalf("sizes %d and %d", len(b), len(r))
+		}
+		bufs, rings = append(bufs, b), append(rings, r)
+	}
+	for i := range bufs {
+		lc.putBuf(bufs[i])
+		lc.putRing(rings[i])
+	}
+	if len(lc.bufs) != loopCacheMax || len(lc.rings) != loopCacheMax {
+		t.Fatalf("keeps %d buffers and %d rings, want %d each", len(lc.bufs), len(lc.rings), loopCacheMax)
+	}
+	// Last in, first out: the buffer given back last comes out first.
+	if b := lc.buf(); &b[0] != &bufs[loopCacheMax-1][0] {
+		t.Fatal("buf is not the one given back last")
+	}
+	if r := lc.ring(); &r[0] != &rings[loopCacheMax-1][0] {
+		t.Fatal("ring is not the one given back last")
+	}
+	if lc.bufs[len(lc.bufs):cap(lc.bufs)][0] != nil || lc.rings[len(lc.rings):cap(lc.rings)][0] != nil {
+		t.Fatal("a taken slot still points at its buffer")
+	}
+}
+
+func TestLoopCacheDoesNotAllocate(t *testing.T) {
+	var lc loopCache
+	lc.putBuf(lc.buf())
+	lc.putRing(lc.ring())
+	if n := testing.AllocsPerRun(100, func() {
+		b, r := lc.buf(), lc.ring()
+		lc.putBuf(b)
+		lc.putRing(r)
+	}); n != 0 {
+		t.Fatalf("%v allocations per take and give", n)
+	}
+}
