@@ -100,10 +100,15 @@ type clientConn struct {
 	lastMu  sync.Mutex
 	last    [240]byte
 	lastLen int
-	killed  atomic.Bool
-	idle    idleReader // the client reader's buffer-less wait (idle.go)
-	park    parkState  // parking while idle, without a goroutine (park.go)
-	loop    loopState  // requests relayed by the parker's loop (loop.go)
+	// scanOK: scanTouches and scanChanges are noteSessionTraffic's
+	// findings for last[:lastLen], a whole statement. A client sends the
+	// same statements again and again: inspect compares the text instead
+	// of scanning it again. Owner only (the writer of last).
+	scanOK, scanTouches, scanChanges bool
+	killed                           atomic.Bool
+	idle                             idleReader // the client reader's buffer-less wait (idle.go)
+	park                             parkState  // parking while idle, without a goroutine (park.go)
+	loop                             loopState  // requests relayed by the parker's loop (loop.go)
 	// closeErr, once set (closeWith), is why the client must go: the drain
 	// deadline or a timeout. The client reader returns it at its next wake.
 	closeErr atomic.Pointer[pgError]
@@ -845,6 +850,7 @@ func (c *clientConn) noteStatement(q []byte) {
 	c.lastMu.Lock()
 	c.lastLen = copy(c.last[:], q)
 	c.lastMu.Unlock()
+	c.scanOK = false
 }
 
 // refuseLogin answers a login that could not get what it needed from the

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -124,7 +125,11 @@ func (c *clientConn) betweenTransactions() bool {
 
 // process handles every complete (or streamable) message in the buffer.
 func (c *clientConn) process() error {
-	c.preListen()
+	if !c.loop.running {
+		// On the loop thread loopableNow has just made sure that no
+		// message buffered holds the word LISTEN: nothing to do.
+		c.preListen()
+	}
 	for c.spliceReplay() || c.in.Pending() > 0 {
 		if c.discard.on {
 			if err := c.discardRequest(); err != nil || c.discard.on {
@@ -819,7 +824,11 @@ func (c *clientConn) onQuery(b *backend, out, msg, body []byte, tx bool) []byte 
 // policy reject it returns the kind of session state q would create, and
 // the caller refuses q.
 func (c *clientConn) inspect(q []byte, tx bool) hazard {
-	c.noteStatement(q)
+	// The owner writes c.last: it reads it without c.lastMu.
+	again := c.lastLen == len(q) && bytes.Equal(c.last[:c.lastLen], q)
+	if !again {
+		c.noteStatement(q)
+	}
 	if !tx {
 		return hazardNone
 	}
@@ -831,7 +840,7 @@ func (c *clientConn) inspect(q []byte, tx bool) hazard {
 			return h
 		}
 	}
-	c.noteSessionTraffic(q)
+	c.noteSessionTraffic(q, again)
 	return hazardNone
 }
 

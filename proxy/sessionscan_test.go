@@ -123,3 +123,40 @@ func BenchmarkSessionScans(b *testing.B) {
 		})
 	}
 }
+
+// TestInspectRemembersScans: inspect scans a statement once and answers
+// its repeats from what it found, and never carries one statement's
+// findings over to another, a statement whose start c.last keeps
+// included.
+func TestInspectRemembersScans(t *testing.T) {
+	c, _ := testRelay(ModeTransaction, 0)
+	check := func(q string, dirty, paramsDirty bool) {
+		t.Helper()
+		c.state.dirty, c.state.paramsDirty = false, false
+		if h := c.inspect([]byte(q), true); h != hazardNone {
+			t.Fatalf("%.40q: hazard %v", q, h)
+		}
+		if c.state.dirty != dirty || c.state.paramsDirty != paramsDirty {
+			t.Fatalf("%.40q: dirty %v, paramsDirty %v; want %v, %v", q, c.state.dirty, c.state.paramsDirty, dirty, paramsDirty)
+		}
+	}
+	check("SELECT 1", false, false)
+	check("SELECT 1", false, false)
+	if !c.scanOK {
+		t.Fatal("a repeated statement's findings are not kept")
+	}
+	check("CREATE TEMP TABLE t (a int)", true, false)
+	check("CREATE TEMP TABLE t (a int)", true, false) // from the memory
+	check("SET search_path = x", false, true)
+	check("SET search_path = x", false, true)
+	check("SELECT 1", false, false)
+
+	// Longer than c.last: its first len(c.last) bytes are a statement of
+	// their own, which must be scanned for itself.
+	prefix := "SELECT " + strings.Repeat("a", len(c.last)-len("SELECT "))
+	check(prefix+"; LISTEN x", true, false)
+	check(prefix, false, false)
+	check(prefix, false, false)
+	check(prefix+"; SET x.y = 1", false, true)
+	check(prefix, false, false)
+}

@@ -472,13 +472,21 @@ type PinnedClient struct {
 
 // noteSessionTraffic records, in transaction mode, that the client's
 // traffic may have touched session state or settings; the server is asked
-// once the transaction is over. It runs under c.mu.
-func (c *clientConn) noteSessionTraffic(q []byte) {
-	touches, settings := sessionScan(q) // one pass for both checks
-	if touches {
+// once the transaction is over. again says q is the statement noteStatement
+// kept last (c.last), whose findings c.scanOK says are known. It runs under
+// c.mu.
+func (c *clientConn) noteSessionTraffic(q []byte, again bool) {
+	if !again || !c.scanOK {
+		touches, settings := sessionScan(q) // one pass for both checks
+		c.scanTouches, c.scanChanges = touches, settings.changes(q)
+		// Only of a statement c.last holds whole: a longer one's first
+		// bytes could be another statement's whole text.
+		c.scanOK = c.lastLen == len(q)
+	}
+	if c.scanTouches {
 		c.state.dirty = true
 	}
-	if settings.changes(q) {
+	if c.scanChanges {
 		c.state.paramsDirty = true
 		c.noteCustomNames(q)
 	}
