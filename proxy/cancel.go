@@ -121,7 +121,7 @@ func (c *clientConn) cancelPinned(wantedLocked func() bool) (backendPID uint32, 
 		if c.be == b && c.reader.async && c.transactionOverLocked() {
 			// A backend reader waits on b: wake it to release b. (Inline,
 			// the client goroutine waits on cancelDone instead.)
-			b.nc.SetReadDeadline(time.Now())
+			b.setReadDeadline(time.Now())
 		}
 		c.mu.Unlock()
 	}()

@@ -301,3 +301,39 @@ func TestFakeReleasedBeforeReadyForQuery(t *testing.T) {
 		t.Fatalf("%d acquisitions for %d statements and %d transactions, want one each", got, rounds, rounds)
 	}
 }
+
+// TestReleaseClearsWakeDeadline: a wake-up deadline set on a backend's
+// socket (setReadDeadline) that no reader took is cleared when the backend
+// goes back to its pool, so its next holder's first read does not fail at
+// once. releaseBackend clears deadlines only where one may be set: this
+// fails if a deadline is set without telling it.
+func TestReleaseClearsWakeDeadline(t *testing.T) {
+	e := startFake(t, fakeOpts{}, beScript{})
+	conn, err := e.pool.Acquire(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := e.srv.backendFor(conn)
+	b.setReadDeadline(time.Now()) // a wake-up nobody read
+	c := &clientConn{srv: e.srv}
+	c.releaseBackend(b)
+	if b.deadline.Load() {
+		t.Fatal("released with its deadline noted as set")
+	}
+	again, ok := e.pool.TryAcquire()
+	if !ok || e.srv.backendFor(again) != b {
+		t.Fatal("the backend did not come back from the pool")
+	}
+	defer again.Release()
+	const wait = 200 * time.Millisecond
+	go func() {
+		time.Sleep(wait)
+		b.nc.SetReadDeadline(time.Now()) // end the read below; the fake backend sends nothing
+	}()
+	start := time.Now()
+	_, err = b.nc.Read(make([]byte, 1))
+	if d := time.Since(start); d < wait/2 {
+		t.Fatalf("the next holder's read returned after %v (%v): the wake-up deadline survived the release", d, err)
+	}
+	b.nc.SetReadDeadline(time.Time{})
+}

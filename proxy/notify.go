@@ -372,7 +372,7 @@ func (c *clientConn) queueNotification(msg []byte) {
 	if async && c.transactionOverLocked() {
 		// Held between transactions by a backend reader (pinned, or about
 		// to be released): it delivers.
-		b.nc.SetReadDeadline(time.Now())
+		b.setReadDeadline(time.Now())
 	}
 	c.mu.Unlock()
 	if !async {

@@ -445,7 +445,7 @@ func (c *clientConn) unpin(b *backend, wake bool) (probe, readerDone chan struct
 	if c.be == b && c.reader.async && (wake || c.transactionOverLocked()) {
 		// The backend reader is blocked reading b and must act now: the
 		// remaining deadline wake-up, on the asynchronous path only.
-		b.nc.SetReadDeadline(time.Now())
+		b.setReadDeadline(time.Now())
 	}
 	if c.state.checkWait != nil {
 		return c.state.checkWait, c.reader.done

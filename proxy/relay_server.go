@@ -166,7 +166,7 @@ func (c *clientConn) relayInline(b *backend) error {
 			// to the client (which may have left, or be pipelining more).
 			// A time limit of this read, not a signal from anyone.
 			deadlineSet = true
-			b.nc.SetReadDeadline(time.Now().Add(inlineWait))
+			b.setReadDeadline(time.Now().Add(inlineWait))
 		}
 		c.mu.Unlock()
 		if !more {
@@ -504,7 +504,9 @@ func (c *clientConn) transactionOverLocked() bool {
 
 // releaseBackend gives a clean backend back to its pool.
 func (c *clientConn) releaseBackend(b *backend) {
-	b.nc.SetReadDeadline(time.Time{}) // a backend reader's wake-up may be pending
+	if b.deadline.Swap(false) {
+		b.nc.SetReadDeadline(time.Time{}) // a backend reader's wake-up may be pending
+	}
 	b.in.Shrink(maxKeptBufSize, serverReadBufSize)
 	if cap(b.out) > maxKeptBufSize {
 		b.out = nil
@@ -905,7 +907,7 @@ func (c *clientConn) finish() {
 		c.reader.stop = true
 		done := c.reader.done
 		c.mu.Unlock()
-		nc.SetReadDeadline(time.Now())
+		b.setReadDeadline(time.Now())
 		<-done
 		c.mu.Lock()
 	}
