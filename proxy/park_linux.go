@@ -23,7 +23,12 @@ import (
 // (watch); readiness of one the loop does not wait on is ignored.
 
 // parkEvents is what wakes a parked client.
-const parkEvents = syscall.EPOLLIN | syscall.EPOLLRDHUP | -syscall.EPOLLET
+const parkEvents = syscall.EPOLLIN | syscall.EPOLLRDHUP | epollET
+
+// epollET is EPOLLET, edge triggered, as the uint32 the kernel reads:
+// package syscall's constant is -0x80000000 on amd64 and 0x80000000 on
+// arm64, so neither it nor its negation converts on both.
+const epollET = 1 << 31
 
 // parkBatch is how many readiness events one epoll_wait returns at most.
 const parkBatch = 128
