@@ -105,10 +105,11 @@ type clientConn struct {
 	// same statements again and again: inspect compares the text instead
 	// of scanning it again. Owner only (the writer of last).
 	scanOK, scanTouches, scanChanges bool
-	killed                           atomic.Bool
-	idle                             idleReader // the client reader's buffer-less wait (idle.go)
-	park                             parkState  // parking while idle, without a goroutine (park.go)
-	loop                             loopState  // requests relayed by the parker's loop (loop.go)
+
+	killed atomic.Bool
+	idle   idleReader // the client reader's buffer-less wait (idle.go)
+	park   parkState  // parking while idle, without a goroutine (park.go)
+	loop   loopState  // requests relayed by the parker's loop (loop.go)
 	// closeErr, once set (closeWith), is why the client must go: the drain
 	// deadline or a timeout. The client reader returns it at its next wake.
 	closeErr atomic.Pointer[pgError]

@@ -9,26 +9,25 @@ package proxy
 // pinning the P, besides a third pair for the reply's tail
 // (replyAndRelease). The loop thread is one thread: it keeps short stacks
 // of its own instead, and a tail buffer (loopFields.tail). What a stack
-// has no room for goes to the sync.Pool as before, and a quiet parker
-// drops both stacks before it gives memory back (releaseAfterWave), so an
-// idle proxy keeps none of it.
+// has no room for goes to the sync.Pool as before, and the parker drops
+// both stacks when it gives a wave's memory back (releaseAfterWave).
 
-// loopCacheMax is how many buffers, and rings, the loop keeps: its clients
-// hold at most one each per backend they wait on, so a pool's worth or two
-// covers a busy loop; at 8 KB a buffer it is 256 KB at most.
+// loopCacheMax is how many buffers, and rings, the loop keeps. A client
+// the loop serves holds one of each from its request until it parks: while
+// its backend answers (at most a pool's worth at once) or while it waits
+// in the loop's queue. 32 covers a pool of 20 answering; what a queue
+// gives back beyond that goes to the sync.Pools. At 8 KB a buffer, the
+// buffers are 256 KB at most.
 const loopCacheMax = 32
 
 type loopCache struct {
-	bufs  []*[clientReadBufSize]byte
-	rings []*[requestRingSize]request
+	bufs  freeList[[clientReadBufSize]byte]
+	rings freeList[[requestRingSize]request]
 }
 
 // buf returns a read buffer. Loop thread.
 func (lc *loopCache) buf() []byte {
-	if n := len(lc.bufs); n > 0 {
-		b := lc.bufs[n-1]
-		lc.bufs[n-1] = nil
-		lc.bufs = lc.bufs[:n-1]
+	if b := lc.bufs.pop(); b != nil {
 		return b[:]
 	}
 	return clientBufPool.Get().(*[clientReadBufSize]byte)[:]
@@ -36,23 +35,14 @@ func (lc *loopCache) buf() []byte {
 
 // putBuf takes back a read buffer of clientReadBufSize. Loop thread.
 func (lc *loopCache) putBuf(b []byte) {
-	p := (*[clientReadBufSize]byte)(b)
-	if len(lc.bufs) < loopCacheMax {
-		if lc.bufs == nil {
-			lc.bufs = make([]*[clientReadBufSize]byte, 0, loopCacheMax)
-		}
-		lc.bufs = append(lc.bufs, p)
-		return
+	if p := (*[clientReadBufSize]byte)(b); !lc.bufs.push(p) {
+		clientBufPool.Put(p)
 	}
-	clientBufPool.Put(p)
 }
 
 // ring returns an empty request ring. Loop thread.
 func (lc *loopCache) ring() []request {
-	if n := len(lc.rings); n > 0 {
-		r := lc.rings[n-1]
-		lc.rings[n-1] = nil
-		lc.rings = lc.rings[:n-1]
+	if r := lc.rings.pop(); r != nil {
 		return r[:]
 	}
 	return newRequestRing()
@@ -61,13 +51,36 @@ func (lc *loopCache) ring() []request {
 // putRing takes back an empty ring of requestRingSize entries (all zero,
 // as requestRingPool's). Loop thread.
 func (lc *loopCache) putRing(r []request) {
-	p := (*[requestRingSize]request)(r)
-	if len(lc.rings) < loopCacheMax {
-		if lc.rings == nil {
-			lc.rings = make([]*[requestRingSize]request, 0, loopCacheMax)
-		}
-		lc.rings = append(lc.rings, p)
-		return
+	if p := (*[requestRingSize]request)(r); !lc.rings.push(p) {
+		requestRingPool.Put(p)
 	}
-	requestRingPool.Put(p)
+}
+
+// freeList is a stack of at most loopCacheMax free objects.
+type freeList[T any] struct {
+	s []*T
+}
+
+// pop returns the object pushed last, or nil.
+func (f *freeList[T]) pop() *T {
+	n := len(f.s)
+	if n == 0 {
+		return nil
+	}
+	p := f.s[n-1]
+	f.s[n-1] = nil // no stale pointer beyond the length
+	f.s = f.s[:n-1]
+	return p
+}
+
+// push keeps p, unless the list is full: it reports whether it did.
+func (f *freeList[T]) push(p *T) bool {
+	if len(f.s) == loopCacheMax {
+		return false
+	}
+	if f.s == nil {
+		f.s = make([]*T, 0, loopCacheMax)
+	}
+	f.s = append(f.s, p)
+	return true
 }

@@ -17,8 +17,8 @@ func TestLoopCacheKeepsAtMostItsMax(t *testing.T) {
 		lc.putBuf(bufs[i])
 		lc.putRing(rings[i])
 	}
-	if len(lc.bufs) != loopCacheMax || len(lc.rings) != loopCacheMax {
-		t.Fatalf("keeps %d buffers and %d rings, want %d each", len(lc.bufs), len(lc.rings), loopCacheMax)
+	if len(lc.bufs.s) != loopCacheMax || len(lc.rings.s) != loopCacheMax {
+		t.Fatalf("keeps %d buffers and %d rings, want %d each", len(lc.bufs.s), len(lc.rings.s), loopCacheMax)
 	}
 	// Last in, first out: the buffer given back last comes out first.
 	if b := lc.buf(); &b[0] != &bufs[loopCacheMax-1][0] {
@@ -27,7 +27,7 @@ func TestLoopCacheKeepsAtMostItsMax(t *testing.T) {
 	if r := lc.ring(); &r[0] != &rings[loopCacheMax-1][0] {
 		t.Fatal("ring is not the one given back last")
 	}
-	if lc.bufs[len(lc.bufs):cap(lc.bufs)][0] != nil || lc.rings[len(lc.rings):cap(lc.rings)][0] != nil {
+	if lc.bufs.s[len(lc.bufs.s):cap(lc.bufs.s)][0] != nil || lc.rings.s[len(lc.rings.s):cap(lc.rings.s)][0] != nil {
 		t.Fatal("a taken slot still points at its buffer")
 	}
 }

@@ -1,7 +1,7 @@
 // Command relaylab is a measuring stick, not a pooler: three minimal
 // transaction-mode relays with none of pgsidecar's features, to tell what
 // the Go runtime's way of waiting costs from what pgsidecar's own code
-// costs. Both trust every client (no authentication), relay only the simple
+// costs. All three trust every client (no authentication), relay only the simple
 // and extended query protocols as pgbench -S sends them, and hand a client
 // a backend from a fixed set for each exchange that ends in ReadyForQuery.
 //
@@ -274,7 +274,8 @@ func sysWrite(fd int, b []byte) (int, error) {
 
 func sysWait(ep int, events []syscall.EpollEvent) (int, error) {
 	if rawIO {
-		n, _, e := syscall.RawSyscall6(syscall.SYS_EPOLL_WAIT, uintptr(ep), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
+		// epoll_pwait with no signal mask is epoll_wait (which arm64 lacks).
+		n, _, e := syscall.RawSyscall6(syscall.SYS_EPOLL_PWAIT, uintptr(ep), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
 		if e == 0 && n > 0 {
 			return int(n), nil
 		}
