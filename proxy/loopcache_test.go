@@ -44,3 +44,24 @@ func TestLoopCacheDoesNotAllocate(t *testing.T) {
 		t.Fatalf("%v allocations per take and give", n)
 	}
 }
+
+// TestQuietParkerDropsLoopCache: when the parker gives a wave's memory
+// back (releaseAfterWave: enough parks, then a quiet sweep), the loop's
+// free lists go too; before that, a sweep that is not quiet keeps them.
+func TestQuietParkerDropsLoopCache(t *testing.T) {
+	var p parker
+	p.cache.putBuf(p.cache.buf())
+	p.cache.putRing(p.cache.ring())
+
+	p.parks = releaseAfterParks // parks since the last sweep: not quiet
+	p.releaseAfterWave()
+	if len(p.cache.bufs.s) != 1 || len(p.cache.rings.s) != 1 {
+		t.Fatal("a sweep that was not quiet dropped the loop's free lists")
+	}
+
+	p.releaseAfterWave() // no park since: quiet (released is long ago)
+	p.freeing.Wait()
+	if len(p.cache.bufs.s) != 0 || len(p.cache.rings.s) != 0 {
+		t.Fatalf("a quiet sweep kept %d buffers and %d rings", len(p.cache.bufs.s), len(p.cache.rings.s))
+	}
+}
