@@ -169,11 +169,7 @@ func (c *clientConn) readIdle(fd uintptr) bool {
 // the loop thread, from the loop's own cache).
 func (c *clientConn) takeReadBuffer() {
 	if c.in.Buf == nil {
-		if c.loop.running {
-			c.in.Buf = c.srv.park.cache.buf()
-		} else {
-			c.in.Buf = clientBufPool.Get().(*[clientReadBufSize]byte)[:]
-		}
+		c.in.Buf = c.newReadBuffer()
 		c.in.Start, c.in.End = 0, 0
 	}
 }
@@ -185,11 +181,7 @@ func (c *clientConn) giveBackReadBuffer() {
 	if c.in.Start != c.in.End || len(c.in.Buf) != clientReadBufSize {
 		return
 	}
-	if c.loop.running {
-		c.srv.park.cache.putBuf(c.in.Buf)
-	} else {
-		clientBufPool.Put((*[clientReadBufSize]byte)(c.in.Buf))
-	}
+	c.freeReadBuffer(c.in.Buf)
 	c.in.Buf, c.in.Start, c.in.End = nil, 0, 0
 }
 
@@ -200,7 +192,7 @@ func (c *clientConn) releaseRequestRing() bool {
 	c.mu.Lock()
 	free := c.be == nil
 	if free && c.q.size == 0 && len(c.q.buf) == requestRingSize {
-		requestRingPool.Put((*[requestRingSize]request)(c.q.buf))
+		c.freeRequestRing(c.q.buf)
 		c.q.buf, c.q.head = nil, 0
 	}
 	c.mu.Unlock()

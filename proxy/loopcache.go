@@ -12,6 +12,32 @@ package proxy
 // has no room for goes to the sync.Pool as before, and the parker drops
 // both stacks when it gives a wave's memory back (releaseAfterWave).
 
+// newReadBuffer, freeReadBuffer and freeRequestRing are where c's read
+// buffers and request rings come from and go to: the loop's cache on the
+// loop thread, the sync.Pools elsewhere.
+func (c *clientConn) newReadBuffer() []byte {
+	if c.loop.running {
+		return c.srv.park.cache.buf()
+	}
+	return clientBufPool.Get().(*[clientReadBufSize]byte)[:]
+}
+
+func (c *clientConn) freeReadBuffer(b []byte) {
+	if c.loop.running {
+		c.srv.park.cache.putBuf(b)
+		return
+	}
+	clientBufPool.Put((*[clientReadBufSize]byte)(b))
+}
+
+func (c *clientConn) freeRequestRing(r []request) {
+	if c.loop.running {
+		c.srv.park.cache.putRing(r)
+		return
+	}
+	requestRingPool.Put((*[requestRingSize]request)(r))
+}
+
 // loopCacheMax is how many buffers, and rings, the loop keeps. A client
 // the loop serves holds one of each from its request until it parks: while
 // its backend answers (at most a pool's worth at once) or while it waits

@@ -487,11 +487,7 @@ func (c *clientConn) parkableNow() bool {
 	defer c.mu.Unlock()
 	ok := c.settledLocked()
 	if ok && len(c.q.buf) == requestRingSize {
-		if c.loop.running {
-			c.srv.park.cache.putRing(c.q.buf)
-		} else {
-			requestRingPool.Put((*[requestRingSize]request)(c.q.buf))
-		}
+		c.freeRequestRing(c.q.buf)
 		c.q.buf, c.q.head = nil, 0
 	}
 	return ok
