@@ -97,18 +97,27 @@ done
 if [ "$secs" -lt 1 ] || [ "$rounds" -lt 1 ]; then die "BENCH_SECONDS and BENCH_ROUNDS must be at least 1"; fi
 [ "$profile_secs" -ge 4 ] || die "BENCH_PROFILE_SECONDS must be at least 4"
 [ "$idle_clients" -le 50000 ] || die "BENCH_IDLE_CLIENTS is capped at 50000"
+in_list() { [[ " $2 " == *" $1 "* ]]; }
+has_target() { in_list "$1" "$targets"; }
+drop_target() { targets=$(echo " $targets " | sed "s/ $1 / /; s/^ *//; s/ *$//"); }
+
+# relaylab_relays: test/tools/relaylab's -relay values; each is the target
+# relaylab-<relay>. has_relaylab: one of them is a target.
+relaylab_relays="goroutine epoll raw"
+has_relaylab() {
+	local r
+	for r in $relaylab_relays; do has_target "relaylab-$r" && return 0; done
+	return 1
+}
+
+known_targets="pgsidecar pgsidecar-1cpu pgbouncer direct"
+for r in $relaylab_relays; do known_targets+=" relaylab-$r"; done
 for t in $targets; do
-	case $t in pgsidecar | pgsidecar-1cpu | pgbouncer | direct | relaylab-goroutine | relaylab-epoll | relaylab-raw) ;;
-	*) die "BENCH_TARGETS: unknown target '$t' (pgsidecar, pgsidecar-1cpu, pgbouncer, direct, relaylab-goroutine, relaylab-epoll, relaylab-raw)" ;;
-	esac
+	in_list "$t" "$known_targets" || die "BENCH_TARGETS: unknown target '$t' (${known_targets// /, })"
 done
 for m in $modes; do
 	case $m in simple | extended | prepared) ;; *) die "BENCH_MODES: unknown mode '$m'" ;; esac
 done
-
-in_list() { [[ " $2 " == *" $1 "* ]]; }
-has_target() { in_list "$1" "$targets"; }
-drop_target() { targets=$(echo " $targets " | sed "s/ $1 / /; s/^ *//; s/ *$//"); }
 
 ensure_pg_bindir
 pgbench_bin="$PG_BIN/pgbench"
@@ -125,7 +134,7 @@ if has_target pgsidecar || [ "$idle_clients" -gt 0 ]; then
 	[ -x "$BENCH_PROXY_BIN" ] || die "$BENCH_PROXY_BIN is not an executable"
 fi
 relaylab_bin=""
-if has_target relaylab-goroutine || has_target relaylab-epoll || has_target relaylab-raw; then
+if has_relaylab; then
 	relaylab_bin=$root/bin/relaylab
 	(cd "$root" && go build -o "$relaylab_bin" ./test/tools/relaylab) || die "go build relaylab failed"
 fi
@@ -367,7 +376,7 @@ if has_target pgsidecar-1cpu; then
 	pid_of[pgsidecar-1cpu]=$started_pid
 	log "pgsidecar with GOMAXPROCS=1 on 127.0.0.1:$started_port (pid $started_pid)"
 fi
-for r in goroutine epoll raw; do
+for r in $relaylab_relays; do
 	has_target "relaylab-$r" || continue
 	start_relaylab "relaylab-$r" "$r"
 	port[relaylab-$r]=$started_port
@@ -650,7 +659,7 @@ all_of() {
 		s="$c|pgsidecar:prepared" b="$c|pgbouncer:extended"
 		echo "| pgsidecar prepared vs PgBouncer extended | $c | - | $(mean_tps "$s") | $(mean_tps "$b") | $(ratio "$(mean_tps "$s")" "$(mean_tps "$b")") | $(round_ratios "$s" "$b") | $(cpu_us "$s") | $(cpu_us "$b") | $(failures "$s") / $(failures "$b") / - |"
 	done
-	if has_target relaylab-goroutine || has_target relaylab-epoll || has_target relaylab-raw || has_target pgsidecar-1cpu; then
+	if has_relaylab || has_target pgsidecar-1cpu; then
 		echo
 		echo "Every target, TPS and CPU µs per transaction (pgsidecar-1cpu: GOMAXPROCS=1, as under a one-CPU quota; relaylab: test/tools/relaylab, relays without pgsidecar's features that trust every client):"
 		echo
