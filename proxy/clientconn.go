@@ -483,7 +483,11 @@ func (s *Server) login(conn net.Conn, e *connEnd) (*clientConn, *slog.Logger) {
 func (s *Server) session(c *clientConn) (parked bool) {
 	conn, lg := c.conn, c.log
 	if !c.running.Load() {
-		conn.SetDeadline(time.Time{})
+		// The login deadline ends here, as does a wake-up's deadline set
+		// during login; its flag goes with it, or the loop would read
+		// this client through RawConn.Read for good.
+		c.clearReadSignal()
+		conn.SetWriteDeadline(time.Time{})
 		c.running.Store(true)
 		lg.Debug("client connected", "application_name", c.appName)
 	}

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 )
 
 // Idle clients hold no read buffer and no request ring.
@@ -65,6 +66,36 @@ type idleReader struct {
 	// hot: park at once when there is nothing to read (the loop serves
 	// the client's requests, loop.go); hotNow: the callback found so.
 	hot, hotNow bool
+	// signalled: a read deadline may be set on the socket (signalRead).
+	// The event loop reads a client's socket through RawConn.Control,
+	// which skips the runtime's deadline check, unless this is set
+	// (loop.go, rawRead). signalMu makes the flag and the deadline change
+	// together, so the flag is never false while a deadline is set; the
+	// flag is read without it. A leaf lock.
+	signalled atomic.Bool
+	signalMu  sync.Mutex
+}
+
+// signalRead wakes the client reader with a read deadline in the past:
+// its wait for input ends (a running reader), or its next read returns at
+// once (a parked one, or one the loop runs). Every read deadline set on
+// a logged-in client goes through here.
+func (c *clientConn) signalRead() {
+	ir := &c.idle
+	ir.signalMu.Lock()
+	ir.signalled.Store(true) // with the deadline: see idleReader
+	c.conn.SetReadDeadline(time.Now())
+	ir.signalMu.Unlock()
+}
+
+// clearReadSignal clears a read deadline signalRead set, once its reader
+// has seen it. Owner only.
+func (c *clientConn) clearReadSignal() {
+	ir := &c.idle
+	ir.signalMu.Lock()
+	c.conn.SetReadDeadline(time.Time{})
+	ir.signalled.Store(false)
+	ir.signalMu.Unlock()
 }
 
 // readClient reads the client into c.in, as c.conn.Read(c.in.Free()) after

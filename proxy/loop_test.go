@@ -482,3 +482,93 @@ func TestLoopQueueIsFIFO(t *testing.T) {
 		}
 	}
 }
+
+// TestLoopSeesReadSignal: a wake-up's read deadline that lands on a
+// client the loop serves without going through unpark (the sweeper's
+// park request just after the client parked) is seen by the loop, which
+// reads the client through RawConn.Control unless the client is
+// signalled: it hands the client to its goroutine, which deals with the
+// wake-up and clears it; the client's requests are then the loop's
+// again. Fails when the loop's read ignores the signal.
+func TestLoopSeesReadSignal(t *testing.T) {
+	e := loopEnv(t, 1, beScript{
+		queryResult("SELECT 1", "SELECT 1", 'I', "1"),
+		queryResult("SELECT 2", "SELECT 1", 'I', "2"),
+		queryResult("SELECT 3", "SELECT 1", 'I', "3"),
+	})
+	rc := e.dialRaw(t)
+	q := func(sql string, want ...string) {
+		t.Helper()
+		rc.query(t, sql)
+		rows, errResp, _ := rc.readResult(t)
+		if errResp != nil || fmt.Sprint(rows) != fmt.Sprint(want) {
+			t.Fatalf("%s: rows %v error %v, want %v", sql, rows, errResp, want)
+		}
+	}
+	q("SELECT 1", "1")
+	e.waitParked(t, 1)
+	e.srv.mu.Lock()
+	var c *clientConn
+	for cc := range e.srv.clients {
+		c = cc
+	}
+	e.srv.mu.Unlock()
+	before := e.srv.Stats()
+	c.signalRead()
+	q("SELECT 2", "2")
+	mid := e.srv.Stats()
+	if mid.LoopHandoffs != before.LoopHandoffs+1 {
+		t.Fatalf("the loop read a signalled client as any other: handoffs %d -> %d, want one more", before.LoopHandoffs, mid.LoopHandoffs)
+	}
+	e.waitParked(t, 1)
+	if c.idle.signalled.Load() {
+		t.Fatal("the wake-up was not cleared by the goroutine that saw it")
+	}
+	q("SELECT 3", "3")
+	if st := e.srv.Stats(); st.LoopRequests != mid.LoopRequests+1 || st.LoopHandoffs != mid.LoopHandoffs {
+		t.Fatalf("the next request was not the loop's: requests %d -> %d, handoffs %d -> %d", mid.LoopRequests, st.LoopRequests, mid.LoopHandoffs, st.LoopHandoffs)
+	}
+}
+
+// TestLoopSeesBackendSignal: a read deadline set on the backend the loop
+// waits on (the asynchronous path's wake-up: a cancel request's end, a
+// notification) is seen by the loop, which reads a backend through
+// RawConn.Control unless one may be set: it hands the client to its
+// goroutine (relayInline deals with the wake-up), and the reply arrives.
+// Fails when the loop's read ignores the deadline flag.
+func TestLoopSeesBackendSignal(t *testing.T) {
+	release := make(chan struct{})
+	e := loopEnv(t, 1, beScript{
+		queryResult("SELECT 0", "SELECT 1", 'I', "0"),
+		steps(expectQuery("SELECT held"), hold(release), result("SELECT 1", 'I', "held")),
+		queryResult("SELECT 2", "SELECT 1", 'I', "2"),
+	})
+	rc := e.dialRaw(t)
+	rc.query(t, "SELECT 0")
+	rc.readResult(t)
+	e.waitParked(t, 1)
+	e.srv.mu.Lock()
+	var c *clientConn
+	for cc := range e.srv.clients {
+		c = cc
+	}
+	e.srv.mu.Unlock()
+	before := e.srv.Stats().LoopHandoffs
+	rc.query(t, "SELECT held")
+	waitFor(t, "the loop waiting on the backend", func() bool { return c.loop.st.Load() == loopWaiting })
+	c.mu.Lock()
+	b := c.be
+	c.mu.Unlock()
+	b.setReadDeadline(time.Now())
+	close(release)
+	if rows, errResp, _ := rc.readResult(t); errResp != nil || len(rows) != 1 || rows[0] != "held" {
+		t.Fatalf("reply after the wake-up: %v %v", rows, errResp)
+	}
+	if got := e.srv.Stats().LoopHandoffs; got != before+1 {
+		t.Fatalf("the loop read a signalled backend as any other: handoffs %d -> %d, want one more", before, got)
+	}
+	rc.query(t, "SELECT 2")
+	if rows, _, _ := rc.readResult(t); len(rows) != 1 || rows[0] != "2" {
+		t.Fatalf("after the wake-up: %v", rows)
+	}
+}

@@ -247,7 +247,7 @@ func (s *Server) sweepIdle() {
 		if ps.seen && ps.mark == r {
 			ps.seen = false
 			ps.want.Store(true)
-			c.conn.SetReadDeadline(time.Now())
+			c.signalRead()
 			continue
 		}
 		ps.seen, ps.mark = true, r
@@ -392,7 +392,7 @@ func (s *Server) resume(c *clientConn) {
 // goroutine is started again and its first read sees that deadline (a
 // parked one). What to look at must be recorded before the call.
 func (c *clientConn) wake() {
-	c.conn.SetReadDeadline(time.Now())
+	c.signalRead()
 	c.unpark()
 }
 
@@ -428,7 +428,7 @@ func (c *clientConn) tryPark(hot bool) bool {
 	}
 	if !hot {
 		// The park request's wake-up is spent; a later wake-up sets a new one.
-		c.conn.SetReadDeadline(time.Time{})
+		c.clearReadSignal()
 		c.loop.cold = 0 // idle a while: the loop tries its requests again
 	}
 	p := &c.srv.park

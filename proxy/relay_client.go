@@ -58,7 +58,7 @@ func (c *clientConn) run() error {
 			if c.srv.draining.Load() && c.passRemaining == 0 && c.betweenTransactions() {
 				return errDraining()
 			}
-			c.conn.SetReadDeadline(time.Time{})
+			c.clearReadSignal()
 			if pe := c.closeErr.Load(); pe != nil {
 				return pe // set between the look above and the reset
 			}
