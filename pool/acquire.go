@@ -103,6 +103,14 @@ func (p *Pool) TryAcquire() (Conn, bool) {
 	return p.tryIdle(time.Now(), true)
 }
 
+// TryAcquireAt is TryAcquire at now, a clock reading the caller took
+// itself, before the call and at most milliseconds ago (the proxy's event
+// loop reads the clock once per batch of events): it decides the idle
+// backend's lifetime and validation, and starts the hold.
+func (p *Pool) TryAcquireAt(now time.Time) (Conn, bool) {
+	return p.tryIdle(now, true)
+}
+
 // Busy reports whether an Acquire now would wait for another holder to
 // release a backend: none is idle and every connect in flight, or that
 // there is room to start, already has a waiter to serve; or the pool is

@@ -232,11 +232,24 @@ func (c Conn) end(op string) bool {
 // Release or Destroy on the same handle is a bug; it is logged and
 // ignored.
 func (c Conn) Release() {
-	if !c.end("Release") {
-		return
+	if c.end("Release") {
+		c.release(time.Now())
 	}
+}
+
+// ReleaseAt is Release at now, a clock reading the caller took itself,
+// before the call and no earlier than the hold began (TryAcquireAt
+// takes the same clock): it ends the hold and stamps the backend's last
+// use and idle time.
+func (c Conn) ReleaseAt(now time.Time) {
+	if c.end("Release") { // in Release and ReleaseAt themselves: misuse names their caller
+		c.release(now)
+	}
+}
+
+// release is Release's work, once c.end has ended the hold.
+func (c Conn) release(now time.Time) {
 	p, b := c.p, c.b
-	now := time.Now()
 	if busy, ok := b.endHold(now); ok {
 		p.txDurations.observe(busy)
 		b.txs.Add(1)

@@ -44,6 +44,17 @@ func TestAcquireReleaseAllocatesNothing(t *testing.T) {
 	if n := testing.AllocsPerRun(100, try); n != 0 {
 		t.Errorf("TryAcquire+Release of an idle backend: %v allocations per call, want 0", n)
 	}
+	now := time.Now()
+	tryAt := func() {
+		c, ok := p.TryAcquireAt(now)
+		if !ok {
+			t.Fatal("TryAcquireAt: no idle backend")
+		}
+		c.ReleaseAt(now)
+	}
+	if n := testing.AllocsPerRun(100, tryAt); n != 0 {
+		t.Errorf("TryAcquireAt+ReleaseAt of an idle backend: %v allocations per call, want 0", n)
+	}
 	if s := p.Stats(); s.Total != 1 || s.Idle != 1 || s.Active != 0 {
 		t.Fatalf("after the runs: %+v", s)
 	}
@@ -208,5 +219,39 @@ func TestReclaimBeforeUse(t *testing.T) {
 	waitFor(t, "an idle check", func() bool { return srv.execs.Load() > e0 })
 	if reclaims.Load() <= n0 || execsSeen.Load() != e0 {
 		t.Fatalf("idle check: reclaims %d -> %d, the last before %d queries; want one before the check's (%d)", n0, reclaims.Load(), execsSeen.Load(), e0)
+	}
+}
+
+// TestReleaseAtTakesTheCallersClock: a hold taken with TryAcquireAt and
+// given back with ReleaseAt is stamped with the caller's clock, not the
+// pool's: the backend's last use, and the hold's length in the
+// transaction histogram. ReleaseAt on a stale handle is logged with its
+// caller's position, as Release is.
+func TestReleaseAtTakesTheCallersClock(t *testing.T) {
+	db := newFakeDB()
+	log := newLogRecorder()
+	cfg := testConfig(db, log)
+	cfg.MaxSize = 1
+	cfg.PeekAfterIdle = time.Hour
+	p := startPool(t, cfg)
+	mustAcquire(t, p).Release() // the one backend is idle now
+	t0 := time.Now()
+	c, ok := p.TryAcquireAt(t0)
+	if !ok {
+		t.Fatal("TryAcquireAt: no idle backend")
+	}
+	before := p.Stats().TransactionDuration
+	end := t0.Add(time.Hour)
+	c.ReleaseAt(end)
+	if bs := p.Backends(); len(bs) != 1 || !bs[0].LastUsed.Equal(end) {
+		t.Fatalf("last use %v, want the caller's clock %v", bs, end)
+	}
+	after := p.Stats().TransactionDuration
+	if after.Count() != before.Count()+1 || after.Sum-before.Sum != time.Hour {
+		t.Fatalf("hold recorded as %v over %d holds, want one of 1h", after.Sum-before.Sum, after.Count()-before.Count())
+	}
+	c.ReleaseAt(end)
+	if warns := log.find("bug: "); len(warns) != 1 || !strings.Contains(warns[0].attrs["caller"], "conn_test.go") {
+		t.Fatalf("misuse warnings %+v", warns)
 	}
 }

@@ -295,7 +295,7 @@ func (c *clientConn) loopAcquire() (*backend, error) {
 		// Acquire opens backends, after loopQueueWait.
 		return nil, errLoopQueue
 	} else {
-		conn, ok = c.db.Pool.TryAcquire()
+		conn, ok = c.db.Pool.TryAcquireAt(p.clock)
 	}
 	if !ok {
 		if !c.db.Pool.Busy() {
@@ -523,7 +523,7 @@ func (p *parker) serveQueues() {
 			}
 			c := q.list[0]
 			p.mu.Unlock()
-			conn, ok := pl.TryAcquire() // not under p.mu: the pool's lock is never taken inside it
+			conn, ok := pl.TryAcquireAt(p.clock) // not under p.mu: the pool's lock is never taken inside it
 			if !ok {
 				break
 			}
@@ -886,8 +886,13 @@ type rawConn interface {
 	Read(func(fd uintptr) bool) error
 }
 
-// loopClock is the parker's coarse clock for loopScan.
-func loopClock() int64 { return time.Now().UnixNano() }
+// readClock reads the loop's clock: once per batch of events, which
+// spares each request the two clock reads of each time.Now the pool
+// would otherwise make to stamp a hold's start and end (TryAcquireAt,
+// ReleaseAt). Loop thread.
+func (p *parker) readClock(now time.Time) {
+	p.clock, p.now = now, now.UnixNano()
+}
 
 // loopFields is the parker's part in the loop.
 type loopFields struct {
@@ -895,9 +900,13 @@ type loopFields struct {
 	// backend itself, and those it handed to a goroutine.
 	requests, handoffs atomic.Uint64
 	byBackend          fdTable // loopWaiting clients by backend descriptor (under mu)
-	now                int64   // loopClock at the last wake-up: the first event of a batch (loop thread)
-	clockStale         bool    // p.now predates the epoll_wait under way (loop thread)
-	lastScan           int64
+	// clock: the time at the loop's last wake-up, at the first event of
+	// a batch (readClock), at most a batch old; now is its UnixNano.
+	// Loop thread.
+	clock      time.Time
+	now        int64
+	clockStale bool // clock predates the epoll_wait under way (loop thread)
+	lastScan   int64
 	// queues: requests waiting for an idle backend, per pool (loopEnqueue,
 	// serveQueues); queued counts them. Under mu.
 	queues   map[*pool.Pool]*loopQueue

@@ -193,7 +193,7 @@ func (s *Server) parkLoop() {
 	next := time.Now().Add(p.every)
 	for {
 		now := time.Now()
-		p.now = now.UnixNano()
+		p.readClock(now)
 		d := next.Sub(now)
 		if d <= 0 {
 			s.sweepIdle()
@@ -301,7 +301,8 @@ func (p *parker) releaseAfterWave() {
 // goroutine otherwise, or the reply of a backend the loop waits on.
 func (p *parker) onReady(fd int) {
 	if p.clockStale {
-		p.now, p.clockStale = loopClock(), false
+		p.readClock(time.Now())
+		p.clockStale = false
 	}
 	p.mu.Lock()
 	c := p.byFd.get(fd)

@@ -519,7 +519,11 @@ func (c *clientConn) releaseBackend(b *backend) {
 		b.busy, b.busyReported = false, false
 		b.conn.SetBusy(false)
 	}
-	b.conn.Release()
+	if c.loop.running {
+		b.conn.ReleaseAt(c.srv.park.clock) // the loop's clock (readClock)
+	} else {
+		b.conn.Release()
+	}
 	c.srv.stats.active.Add(-1)
 }
 
