@@ -381,7 +381,10 @@ func TestLoopValidationDueStaysHot(t *testing.T) {
 // TestLoopYieldsWhileBusy: a loop relaying requests back to back passes
 // through the Go scheduler at least every loopYieldEvery, so sysmon never
 // finds it running past forcePreemptNS (see loopYieldEvery). Bounded: at
-// most 5000 requests, and it stops once six intervals have passed.
+// most 5000 requests, and it stops once six intervals have passed. A
+// loop thread the machine does not run for a while misses that interval's
+// yield (seen under go test -race ./... on 2 cores), so the measurement
+// gets three tries; a loop that does not yield every interval fails all.
 func TestLoopYieldsWhileBusy(t *testing.T) {
 	e := loopEnv(t, 1, beScript{answerUntil("SELECT 1", "SELECT 2")})
 	rc := e.dialRaw(t)
@@ -394,25 +397,34 @@ func TestLoopYieldsWhileBusy(t *testing.T) {
 	}
 	q("SELECT 1") // the first on the client's goroutine
 	e.waitParked(t, 1)
-	st0, y0 := e.srv.Stats(), e.srv.park.yields.Load()
-	start := time.Now()
-	n := 0
-	for ; n < 5000 && time.Since(start) < 6*loopYieldEvery; n++ {
-		q("SELECT 1")
+	var miss string
+	for try := 0; try < 3; try++ {
+		st0, y0 := e.srv.Stats(), e.srv.park.yields.Load()
+		start := time.Now()
+		n := 0
+		for ; n < 5000 && time.Since(start) < 6*loopYieldEvery; n++ {
+			q("SELECT 1")
+		}
+		elapsed := time.Since(start)
+		relayed := e.srv.Stats().LoopRequests - st0.LoopRequests
+		yields := e.srv.park.yields.Load() - y0
+		if elapsed < 3*loopYieldEvery {
+			t.Fatalf("%d requests took only %v: too fast to see the loop yield", n, elapsed)
+		}
+		if relayed < uint64(n)/2 {
+			t.Fatalf("the loop relayed %d of %d requests: the test did not keep it busy", relayed, n)
+		}
+		// One yield per interval elapsed, give or take the first and the last.
+		want := uint64(elapsed/loopYieldEvery) - 1
+		if yields >= want {
+			miss = ""
+			break
+		}
+		miss = fmt.Sprintf("%d yields in %v of %d requests, want at least %d", yields, elapsed, n, want)
 	}
-	elapsed := time.Since(start)
-	relayed := e.srv.Stats().LoopRequests - st0.LoopRequests
-	yields := e.srv.park.yields.Load() - y0
 	q("SELECT 2")
-	if elapsed < 3*loopYieldEvery {
-		t.Fatalf("%d requests took only %v: too fast to see the loop yield", n, elapsed)
-	}
-	if relayed < uint64(n)/2 {
-		t.Fatalf("the loop relayed %d of %d requests: the test did not keep it busy", relayed, n)
-	}
-	// One yield per interval elapsed, give or take the first and the last.
-	if want := uint64(elapsed/loopYieldEvery) - 1; yields < want {
-		t.Fatalf("%d yields in %v of %d requests, want at least %d", yields, elapsed, n, want)
+	if miss != "" {
+		t.Fatal(miss + " (in each of three tries)")
 	}
 }
 
