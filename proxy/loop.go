@@ -99,11 +99,18 @@ const loopQueueWait = 100 * time.Millisecond
 // the next millisecond. Measured at 256 clients: sysmon woke 0.09-0.10
 // times per transaction, 0.03 with the yield, and the loop thread was
 // switched out 0.28-0.34 times per transaction, 0.22 with it; pgsidecar's
-// CPU per transaction fell by 2-2.5 µs. A yield is not free: Gosched wakes
-// an idle P's thread (wakep), 1.5% of pgsidecar's CPU at 16 clients in
-// perf. A locked goroutine's Gosched cost 3.5%, two thread hand-overs more
-// (its P goes to another thread, which hands it back), so yieldIfDue
-// unlocks the thread around it. Half of forcePreemptNS, so that
+// CPU per transaction fell by 2-2.5 µs. A yield is not free: a locked
+// goroutine's Gosched hands its P to another thread, which hands it back
+// (startlockedm), two futex wake-ups. Unlocking the thread around the
+// Gosched spares them (perf put the runtime's scheduling at 1.8% of
+// pgsidecar's CPU instead of 3.5%, 16 clients), but costs more than it
+// saves: the goroutine then moves between threads, and at 1 client the
+// kernel moved the loop's thread to the other CPU at 0.5-1.8 of its
+// wake-ups per transaction (perf stat cpu-migrations; PgBouncer 0.00):
+// 32-48 µs of CPU per transaction against 27-30 locked, which moved 0.02
+// times (lab, 9 rounds interleaved; at 16 and 64 clients, where the loop
+// seldom sleeps, locked was no worse: 11.4-14.3 against 12.3-14.5). So
+// the loop stays locked to its thread. Half of forcePreemptNS, so that
 // sysmon, whose samples can be up to 10 ms apart, always sees a new
 // scheduling tick.
 const loopYieldEvery = 5 * time.Millisecond
@@ -964,11 +971,6 @@ func (p *parker) yieldIfDue() {
 	}
 	p.lastYield = p.now
 	p.yields.Add(1)
-	// Unlocked for the yield: a locked goroutine's Gosched hands the P to
-	// another thread, which hands it back (startlockedm), two futex
-	// wake-ups more; an unlocked one is rescheduled on whichever thread
-	// runs the scheduler, usually this one, and locks to it again.
-	runtime.UnlockOSThread()
+	// Locked: see loopYieldEvery for why the thread is not let go.
 	runtime.Gosched()
-	runtime.LockOSThread()
 }
