@@ -893,6 +893,15 @@ type rawConn interface {
 	Read(func(fd uintptr) bool) error
 }
 
+// now is the time for c's bookkeeping: on the loop thread the loop's
+// clock (readClock), at most a batch of events old, elsewhere time.Now().
+func (c *clientConn) now() time.Time {
+	if c.loop.running {
+		return c.srv.park.clock
+	}
+	return time.Now()
+}
+
 // readClock reads the loop's clock: once per batch of events, which
 // spares each request the two clock reads of each time.Now the pool
 // would otherwise make to stamp a hold's start and end (TryAcquireAt,

@@ -519,11 +519,7 @@ func (c *clientConn) releaseBackend(b *backend) {
 		b.busy, b.busyReported = false, false
 		b.conn.SetBusy(false)
 	}
-	if c.loop.running {
-		b.conn.ReleaseAt(c.srv.park.clock) // the loop's clock (readClock)
-	} else {
-		b.conn.Release()
-	}
+	b.conn.ReleaseAt(c.now())
 	c.srv.stats.active.Add(-1)
 }
 

@@ -77,11 +77,7 @@ func (c *clientConn) armReplayLocked() {
 	c.replay.buf = c.replay.buf[:0]
 	c.replay.armed = c.replay.tries < maxReplays
 	if c.replay.armed {
-		if c.loop.running {
-			c.replay.since = c.srv.park.clock // the loop's clock (readClock): at most a batch old
-		} else {
-			c.replay.since = time.Now()
-		}
+		c.replay.since = c.now()
 	}
 }
 
