@@ -107,9 +107,9 @@ const loopQueueWait = 100 * time.Millisecond
 // saves: the goroutine then moves between threads, and at 1 client the
 // kernel moved the loop's thread to the other CPU at 0.5-1.8 of its
 // wake-ups per transaction (perf stat cpu-migrations; PgBouncer 0.00):
-// 32-48 µs of CPU per transaction against 27-30 locked, which moved 0.02
-// times (lab, 9 rounds interleaved; at 16 and 64 clients, where the loop
-// seldom sleeps, locked was no worse: 11.4-14.3 against 12.3-14.5). So
+// 32-46 µs of CPU per transaction against 27-31 locked, which moved 0.02
+// times (lab, 11 rounds interleaved; at 16 and 64 clients, where the loop
+// seldom sleeps, locked was no worse: 11.4-14.3 against 11.7-14.5). So
 // the loop stays locked to its thread. Half of forcePreemptNS, so that
 // sysmon, whose samples can be up to 10 ms apart, always sees a new
 // scheduling tick.
