@@ -48,14 +48,7 @@ func TestLoopServesRequests(t *testing.T) {
 	}
 	e := loopEnv(t, 1, script)
 	rc := e.dialRaw(t)
-	q := func(sql string, want ...string) {
-		t.Helper()
-		rc.query(t, sql)
-		rows, errResp, _ := rc.readResult(t)
-		if errResp != nil || fmt.Sprint(rows) != fmt.Sprint(want) {
-			t.Fatalf("%s: rows %v error %v, want %v", sql, rows, errResp, want)
-		}
-	}
+	q := func(sql string, want ...string) { t.Helper(); rc.mustQuery(t, sql, want...) }
 	q("SELECT 1", "1")
 	q("SELECT 2", "2")
 	q("SELECT 3", "3")
@@ -509,22 +502,10 @@ func TestLoopSeesReadSignal(t *testing.T) {
 		queryResult("SELECT 3", "SELECT 1", 'I', "3"),
 	})
 	rc := e.dialRaw(t)
-	q := func(sql string, want ...string) {
-		t.Helper()
-		rc.query(t, sql)
-		rows, errResp, _ := rc.readResult(t)
-		if errResp != nil || fmt.Sprint(rows) != fmt.Sprint(want) {
-			t.Fatalf("%s: rows %v error %v, want %v", sql, rows, errResp, want)
-		}
-	}
+	q := func(sql string, want ...string) { t.Helper(); rc.mustQuery(t, sql, want...) }
 	q("SELECT 1", "1")
 	e.waitParked(t, 1)
-	e.srv.mu.Lock()
-	var c *clientConn
-	for cc := range e.srv.clients {
-		c = cc
-	}
-	e.srv.mu.Unlock()
+	c := e.onlyClient(t)
 	before := e.srv.Stats()
 	c.signalRead()
 	q("SELECT 2", "2")
@@ -556,15 +537,9 @@ func TestLoopSeesBackendSignal(t *testing.T) {
 		queryResult("SELECT 2", "SELECT 1", 'I', "2"),
 	})
 	rc := e.dialRaw(t)
-	rc.query(t, "SELECT 0")
-	rc.readResult(t)
+	rc.mustQuery(t, "SELECT 0", "0")
 	e.waitParked(t, 1)
-	e.srv.mu.Lock()
-	var c *clientConn
-	for cc := range e.srv.clients {
-		c = cc
-	}
-	e.srv.mu.Unlock()
+	c := e.onlyClient(t)
 	before := e.srv.Stats().LoopHandoffs
 	rc.query(t, "SELECT held")
 	waitFor(t, "the loop waiting on the backend", func() bool { return c.loop.st.Load() == loopWaiting })
@@ -583,4 +558,18 @@ func TestLoopSeesBackendSignal(t *testing.T) {
 	if rows, _, _ := rc.readResult(t); len(rows) != 1 || rows[0] != "2" {
 		t.Fatalf("after the wake-up: %v", rows)
 	}
+}
+
+// onlyClient returns the server's one logged-in client.
+func (e *fakeEnv) onlyClient(t testing.TB) *clientConn {
+	t.Helper()
+	e.srv.mu.Lock()
+	defer e.srv.mu.Unlock()
+	if len(e.srv.clients) != 1 {
+		t.Fatalf("%d clients, want 1", len(e.srv.clients))
+	}
+	for c := range e.srv.clients {
+		return c
+	}
+	return nil
 }

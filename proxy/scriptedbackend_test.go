@@ -694,6 +694,17 @@ func (rc *rawClient) query(t testing.TB, sql string) {
 	rc.flush(t)
 }
 
+// mustQuery sends a simple Query and fails the test unless its reply has
+// exactly the rows want (first column) and no error.
+func (rc *rawClient) mustQuery(t testing.TB, sql string, want ...string) {
+	t.Helper()
+	rc.query(t, sql)
+	rows, errResp, _ := rc.readResult(t)
+	if errResp != nil || fmt.Sprint(rows) != fmt.Sprint(want) {
+		t.Fatalf("%s: rows %v error %v, want %v", sql, rows, errResp, want)
+	}
+}
+
 // readResult reads one Query's reply up to ReadyForQuery: the rows' first
 // column, the error if any, and the transaction status.
 func (rc *rawClient) readResult(t testing.TB) (rows []string, errResp *pgproto3.ErrorResponse, status byte) {
