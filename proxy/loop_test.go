@@ -144,16 +144,7 @@ func TestLoopHandsOverClientThatDoesNotRead(t *testing.T) {
 // TestLoopSlowReplyHandedOver: a reply slower than inlineWait is handed to
 // the client's goroutine (which watches the client too), and arrives.
 func TestLoopSlowReplyHandedOver(t *testing.T) {
-	release := make(chan struct{})
-	e := loopEnv(t, 1, beScript{
-		queryResult("SELECT 0", "SELECT 1", 'I', "0"),
-		steps(expectQuery("SELECT slow"), hold(release), result("SELECT 1", 'I', "slow")),
-		queryResult("SELECT 2", "SELECT 1", 'I', "2"),
-	})
-	rc := e.dialRaw(t)
-	rc.query(t, "SELECT 0")
-	rc.readResult(t)
-	e.waitParked(t, 1)
+	e, rc, release := heldReplyEnv(t, "slow")
 	before := e.srv.Stats().LoopHandoffs
 	rc.query(t, "SELECT slow")
 	waitFor(t, "the slow reply handed to a goroutine", func() bool { return e.srv.Stats().LoopHandoffs > before })
@@ -165,6 +156,24 @@ func TestLoopSlowReplyHandedOver(t *testing.T) {
 	if rows, _, _ := rc.readResult(t); len(rows) != 1 || rows[0] != "2" {
 		t.Fatalf("after the slow reply: %v", rows)
 	}
+}
+
+// heldReplyEnv starts a loop client whose first query, SELECT 0, has been
+// answered and which has parked. Its backend answers the next one,
+// SELECT <row>, with the row row once release is closed, and then
+// SELECT 2 with the row 2.
+func heldReplyEnv(t *testing.T, row string) (*fakeEnv, *rawClient, chan struct{}) {
+	t.Helper()
+	release := make(chan struct{})
+	e := loopEnv(t, 1, beScript{
+		queryResult("SELECT 0", "SELECT 1", 'I', "0"),
+		steps(expectQuery("SELECT "+row), hold(release), result("SELECT 1", 'I', row)),
+		queryResult("SELECT 2", "SELECT 1", 'I', "2"),
+	})
+	rc := e.dialRaw(t)
+	rc.mustQuery(t, "SELECT 0", "0")
+	e.waitParked(t, 1)
+	return e, rc, release
 }
 
 // TestLoopRelayAllocatesNothing: a request relayed by the loop (read,
@@ -530,15 +539,7 @@ func TestLoopSeesReadSignal(t *testing.T) {
 // goroutine (relayInline deals with the wake-up), and the reply arrives.
 // Fails when the loop's read ignores the deadline flag.
 func TestLoopSeesBackendSignal(t *testing.T) {
-	release := make(chan struct{})
-	e := loopEnv(t, 1, beScript{
-		queryResult("SELECT 0", "SELECT 1", 'I', "0"),
-		steps(expectQuery("SELECT held"), hold(release), result("SELECT 1", 'I', "held")),
-		queryResult("SELECT 2", "SELECT 1", 'I', "2"),
-	})
-	rc := e.dialRaw(t)
-	rc.mustQuery(t, "SELECT 0", "0")
-	e.waitParked(t, 1)
+	e, rc, release := heldReplyEnv(t, "held")
 	c := e.onlyClient(t)
 	before := e.srv.Stats().LoopHandoffs
 	rc.query(t, "SELECT held")
