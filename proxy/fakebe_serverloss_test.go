@@ -237,3 +237,48 @@ func TestFakeReplaySessionLogin(t *testing.T) {
 		t.Fatalf("%d backend connections, want the query on a second one", n)
 	}
 }
+
+// TestFakeServerLostAsClientLeaves: a backend that fails while the client
+// is leaving (finish has begun stopping the backend reader: a client that
+// hangs up on the server's FATAL races the server's EOF) is still closed
+// and counted out of the pool, not left held forever. The race is forced:
+// the test marks the reader as being stopped, as finish does first, and
+// only then lets the server drop the connection.
+func TestFakeServerLostAsClientLeaves(t *testing.T) {
+	release := make(chan struct{})
+	e := startFake(t, fakeOpts{}, beScript{
+		queryResult("BEGIN", "BEGIN", 'T'),
+		hold(release),
+		drop(),
+	})
+	rc := e.dialRaw(t)
+	rc.query(t, "BEGIN")
+	if _, er, st := rc.readResult(t); er != nil || st != 'T' {
+		t.Fatalf("BEGIN: error %v, status %c", er, st)
+	}
+	c := e.onlyClient(t)
+	waitFor(t, "a backend reader on the idle transaction", func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return c.reader.async
+	})
+	c.mu.Lock()
+	c.reader.stop = true // finish's first step; its read deadline has not come yet
+	c.mu.Unlock()
+	close(release)
+	waitFor(t, "the failed backend closed", func() bool {
+		st := e.pool.Stats()
+		return st.Retired.Error == 1 && st.Active == 0 && st.Total == 0
+	})
+	c.mu.Lock()
+	held := c.be
+	c.mu.Unlock()
+	if held != nil {
+		t.Fatal("the client still holds the failed backend")
+	}
+	rc.conn.Close()
+	waitFor(t, "the proxy to let the client go", func() bool { return e.srv.Stats().ClientsTotal == 0 })
+	if st := e.pool.Stats(); st.Active != 0 || st.Retired.Total() != 1 {
+		t.Fatalf("pool after the client left: %d active, %d retired; want the one failed backend closed, nothing held", st.Active, st.Retired.Total())
+	}
+}

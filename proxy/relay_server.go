@@ -533,7 +533,11 @@ func (c *clientConn) destroyBackend(b *backend, reason string) {
 }
 
 // backendLost handles a backend that failed under the client: the client's
-// transaction is gone, so the client is told and closed.
+// transaction is gone, so b is closed and the client is told and closed.
+// Whoever finds c.be == b here owns b from then on and closes it: even when
+// finish is stopping this reader (the client left as the backend died, a
+// FATAL the client hung up on), because finish, seeing c.be dropped, takes
+// it that the reader dealt with b.
 func (c *clientConn) backendLost(b *backend, err error) {
 	c.mu.Lock()
 	mine := c.be == b
@@ -547,12 +551,12 @@ func (c *clientConn) backendLost(b *backend, err error) {
 	}
 	stopping := c.reader.stop
 	c.mu.Unlock()
-	if !mine || stopping {
+	if !mine {
 		return
 	}
 	c.destroyBackend(b, "server connection failed: "+err.Error())
-	if c.killed.Load() {
-		return
+	if stopping || c.killed.Load() {
+		return // the client is leaving: nobody to tell
 	}
 	if b.fatal {
 		// The server's own FATAL (57P01 from pg_terminate_backend, a
