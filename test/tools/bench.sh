@@ -2,8 +2,9 @@
 # bench.sh: pgsidecar against PgBouncer (and PostgreSQL directly), in ONE
 # interleaved run, as the markdown the README's benchmark section is made
 # of: TPS and pgsidecar/PgBouncer ratios, CPU per transaction of each
-# pooler process, added latency at 1 client, idle memory per client, and
-# whether each target of issue 8 holds. `make bench` runs it.
+# pooler process, of PostgreSQL and of the whole machine, added latency at
+# 1 client, idle memory per client, and whether each target of issue 8
+# holds. `make bench` runs it.
 #
 # What it sets up, all on 127.0.0.1, so the numbers can be read correctly:
 #   - its own throwaway PostgreSQL: max_connections=400, and fsync=off,
@@ -24,7 +25,9 @@
 # round, so drift (other load, caches, autovacuum) hits all alike. CPU per
 # transaction is the pooler process's utime+stime (/proc/PID/stat) over its
 # runs divided by the transactions pgbench processed (client logins
-# included: SCRAM costs each pooler about 1 ms of CPU per login). Idle
+# included: SCRAM costs each pooler about 1 ms of CPU per login);
+# PostgreSQL's (pg_ticks) and the machine's (/proc/stat) are taken over
+# the same runs. Idle
 # memory is a FRESH process of each pooler (trust auth, so 10,000 logins
 # take seconds), measured by test/tools/rssprobe: RSS with no client, then
 # with BENCH_IDLE_CLIENTS idle clients that each ran one SELECT 1.
@@ -394,6 +397,24 @@ fi
 # fields after the command name, which may hold spaces).
 cpu_ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }
 
+# pg_ticks: PostgreSQL's CPU, every process of it, in clock ticks: the
+# postmaster's own and reaped children's time (cutime, cstime) plus its
+# live children's utime + stime. A backend that exits moves from the
+# second sum to the first when the postmaster reaps it, so a backend a
+# pooler recycles mid-run is still counted.
+pg_ticks() {
+	local pm
+	pm=$(head -n 1 "$dir/data/postmaster.pid")
+	{
+		sed 's/^.*) //' "/proc/$pm/stat" | awk '{ print $12 + $13 + $14 + $15 }'
+		for k in $(pgrep -P "$pm"); do sed 's/^.*) //' "/proc/$k/stat" 2>/dev/null | awk '{ print $12 + $13 }'; done
+	} | awk '{ s += $1 } END { print s + 0 }'
+}
+
+# machine_ticks: the busy time of every CPU (/proc/stat: user, nice,
+# system, irq, softirq, steal), in clock ticks.
+machine_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
+
 # --- the cells --------------------------------------------------------------
 # A cell is "CLIENTS VARIANT..." with VARIANT = TARGET:PGBENCH_MODE.
 cells=()
@@ -421,7 +442,7 @@ deadline=$((SECONDS + max_minutes * 60))
 load_at_start=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)
 started_at=$(date -u '+%Y-%m-%d %H:%M UTC')
 
-declare -A tps_list tps_sum runs tx_sum ticks_sum lat_sum fail_sum aborted no_tps tried
+declare -A tps_list tps_sum runs tx_sum ticks_sum pg_ticks_sum machine_ticks_sum lat_sum fail_sum aborted no_tps tried
 skipped=0
 
 # pgbench_run TARGET MODE CLIENTS SECONDS: one pgbench -S; its output in $pg_out.
@@ -433,11 +454,15 @@ field() { sed -n "s/^$1\([0-9.]*\).*/\1/p" <<<"$pg_out" | head -n 1; }
 
 # run_one CLIENTS TARGET:MODE: one measured run, added to the sums.
 run_one() {
-	local c=$1 target=${2%%:*} mode=${2#*:} key="$1|$2" pid t0="" t1 tps tx lat failed
+	local c=$1 target=${2%%:*} mode=${2#*:} key="$1|$2" pid t0="" t1 g0 g1 m0 m1 tps tx lat failed
 	pid=${pid_of[$target]:-}
+	g0=$(pg_ticks)
+	m0=$(machine_ticks)
 	[ -z "$pid" ] || t0=$(cpu_ticks "$pid")
 	pgbench_run "$target" "$mode" "$c" "$secs"
 	[ -z "$pid" ] || t1=$(cpu_ticks "$pid")
+	m1=$(machine_ticks)
+	g1=$(pg_ticks)
 	tps=$(field 'tps = ')
 	tx=$(field 'number of transactions actually processed: ')
 	lat=$(field 'latency average = ')
@@ -454,14 +479,18 @@ run_one() {
 		lat_sum[$key]=$(awk -v a="${lat_sum[$key]:-0}" -v b="${lat:-0}" 'BEGIN { print a + b }')
 		tx_sum[$key]=$((${tx_sum[$key]:-0} + tx))
 		[ -z "$pid" ] || ticks_sum[$key]=$((${ticks_sum[$key]:-0} + t1 - t0))
+		pg_ticks_sum[$key]=$((${pg_ticks_sum[$key]:-0} + g1 - g0))
+		machine_ticks_sum[$key]=$((${machine_ticks_sum[$key]:-0} + m1 - m0))
 		runs[$key]=$((${runs[$key]:-0} + 1))
 	else
 		no_tps[$key]=$((${no_tps[$key]:-0} + 1))
 	fi
 	fail_sum[$key]=$((${fail_sum[$key]:-0} + ${failed:-0}))
 	tried[$key]=1
-	log "$(printf '%-9s %-8s c=%-4s tps=%-9s lat=%-7s cpu=%-5s failed=%s%s' "$target" "$mode" "$c" "${tps:-n/a}" "${lat:-n/a}ms" \
+	log "$(printf '%-9s %-8s c=%-4s tps=%-9s lat=%-7s cpu=%-5s pg=%-5s machine=%-5s failed=%s%s' "$target" "$mode" "$c" "${tps:-n/a}" "${lat:-n/a}ms" \
 		"$([ -z "$pid" ] || [ -z "$tps" ] || awk -v t=$((t1 - t0)) -v n="$tx" -v hz="$hz" 'BEGIN { printf "%.0fus", t * 1e6 / hz / n }')" \
+		"$([ -z "$tps" ] || awk -v t=$((g1 - g0)) -v n="$tx" -v hz="$hz" 'BEGIN { printf "%.0fus", t * 1e6 / hz / n }')" \
+		"$([ -z "$tps" ] || awk -v t=$((m1 - m0)) -v n="$tx" -v hz="$hz" 'BEGIN { printf "%.0fus", t * 1e6 / hz / n }')" \
 		"${failed:-n/a}" "$([ "$pg_rc" -eq 0 ] || echo " (pgbench exit $pg_rc)")")"
 }
 
@@ -610,6 +639,13 @@ cpu_us() {
 		awk -v t="${ticks_sum[$1]}" -v n="${tx_sum[$1]}" -v hz="$hz" 'BEGIN { printf "%.1f", t * 1e6 / hz / n }'
 	fi
 }
+# per_tx_us TICKS KEY: TICKS (a sum over KEY's measured runs) in µs per
+# transaction.
+per_tx_us() {
+	if [ -z "${runs[$2]:-}" ] || [ -z "$1" ]; then echo "-"; else
+		awk -v t="$1" -v n="${tx_sum[$2]}" -v hz="$hz" 'BEGIN { printf "%.1f", t * 1e6 / hz / n }'
+	fi
+}
 # round_ratios KEY_A KEY_B: A/B round by round ("0.81 0.86"), the spread
 # showing how noisy the cell was.
 round_ratios() {
@@ -675,6 +711,25 @@ all_of() {
 			done
 		done
 	fi
+	echo
+	echo "Where the machine's CPU went, µs per transaction: the pooler process, PostgreSQL (every process of it), the rest (pgbench, and kernel work charged to none of them) and the machine's total busy time (/proc/stat), at each client count above 1. These runs saturate the machine, so TPS follows the total, and a pooler's own CPU is not all it costs: PostgreSQL's and pgbench's shares differ behind each pooler too. (At 1 client the machine is mostly idle, and /proc/stat's tick-sampled busy time falls below the processes' own figures: not shown.)"
+	echo
+	echo "| protocol | clients | target | TPS | pooler | PostgreSQL | rest | machine |"
+	echo "|---|---:|---|---:|---:|---:|---:|---:|"
+	for m in $modes; do
+		for c in $clients_list; do
+			[ "$c" -gt 1 ] || continue
+			for t in $targets; do
+				k="$c|$t:$m"
+				[ -n "${runs[$k]:-}" ] || continue
+				total=$(per_tx_us "${machine_ticks_sum[$k]}" "$k")
+				pooler=$(cpu_us "$k")
+				pgus=$(per_tx_us "${pg_ticks_sum[$k]}" "$k")
+				rest=$(awk -v a="$total" -v b="$pooler" -v g="$pgus" 'BEGIN { if (b == "-") b = 0; printf "%.1f", a - b - g }')
+				echo "| $m | $c | $t | $(mean_tps "$k") | $pooler | $pgus | $rest | $total |"
+			done
+		done
+	done
 	echo
 	echo "pgsidecar / PgBouncer TPS:"
 	echo

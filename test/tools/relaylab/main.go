@@ -16,6 +16,10 @@
 //     blocks: the cheapest a Go relay's system calls get, and so the floor
 //     of what pgsidecar's loop (proxy/loop.go) could cost.
 //
+// -spin N adds N steps of arithmetic per exchange to the epoll and raw
+// relays: a pooler's own work, without its memory traffic, to measure what
+// each microsecond of it costs in TPS (a lab knob; bench.sh never sets it).
+//
 // bench.sh's BENCH_TARGETS runs it beside pgsidecar and PgBouncer; the
 // README's benchmark section quotes it. Loopback only.
 package main
@@ -41,6 +45,7 @@ func main() {
 	listen := flag.String("listen", "127.0.0.1:6499", "client address (loopback)")
 	upstream := flag.String("upstream", os.Getenv("DATABASE_URL"), "backend URL")
 	size := flag.Int("pool", 20, "backends")
+	flag.IntVar(&spin, "spin", 0, "epoll and raw: steps of pure arithmetic per exchange, as work a pooler's own code adds (about 1.5 ns each here)")
 	flag.Parse()
 	backends := make([]net.Conn, *size)
 	for i := range backends {
@@ -363,6 +368,7 @@ func serveEpoll(addr string, conns []net.Conn) {
 			queue = append(queue, c)
 			return
 		}
+		burn()
 		b := free[len(free)-1]
 		free = free[:len(free)-1]
 		b.c, b.wait, c.be = c, ex, b
@@ -452,6 +458,23 @@ func serveEpoll(addr string, conns []net.Conn) {
 			}
 		}
 	}
+}
+
+// spin (-spin) and burn: work added per exchange, touching no memory, to
+// measure what a microsecond of a pooler's own CPU costs in TPS on a
+// saturated machine (README, "What a microsecond of the pooler's CPU
+// costs"): the chain of multiplications cannot be vectorised or elided.
+var spin int
+
+// burnSink keeps burn's result alive.
+var burnSink uint64
+
+func burn() {
+	x := burnSink
+	for range spin {
+		x = x*6364136223846793005 + 1442695040888963407
+	}
+	burnSink = x
 }
 
 func init() { log.SetPrefix(fmt.Sprintf("relaylab[%d] ", os.Getpid())) }
