@@ -403,11 +403,16 @@ cpu_ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }
 # second sum to the first when the postmaster reaps it, so a backend a
 # pooler recycles mid-run is still counted.
 pg_ticks() {
-	local pm
+	local pm k
 	pm=$(head -n 1 "$dir/data/postmaster.pid")
 	{
 		sed 's/^.*) //' "/proc/$pm/stat" | awk '{ print $12 + $13 + $14 + $15 }'
-		for k in $(pgrep -P "$pm"); do sed 's/^.*) //' "/proc/$k/stat" 2>/dev/null | awk '{ print $12 + $13 }'; done
+		# A child may exit between pgrep and the read (a recycled
+		# backend, an autovacuum worker): its time is then the
+		# postmaster's cutime, read above or at the next call.
+		for k in $(pgrep -P "$pm" || true); do
+			sed 's/^.*) //' "/proc/$k/stat" 2>/dev/null | awk '{ print $12 + $13 }' || true
+		done
 	} | awk '{ s += $1 } END { print s + 0 }'
 }
 
