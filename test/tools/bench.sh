@@ -639,18 +639,15 @@ fi
 # Figures per key (CLIENTS|TARGET:MODE); "-" when there is none.
 mean_tps() { if [ -z "${runs[$1]:-}" ]; then echo "-"; else awk -v s="${tps_sum[$1]}" -v n="${runs[$1]}" 'BEGIN { printf "%.0f", s / n }'; fi; }
 mean_lat_us() { if [ -z "${runs[$1]:-}" ]; then echo "-"; else awk -v s="${lat_sum[$1]}" -v n="${runs[$1]}" 'BEGIN { printf "%.0f", s / n * 1000 }'; fi; }
-cpu_us() {
-	if [ -z "${runs[$1]:-}" ] || [ -z "${ticks_sum[$1]:-}" ]; then echo "-"; else
-		awk -v t="${ticks_sum[$1]}" -v n="${tx_sum[$1]}" -v hz="$hz" 'BEGIN { printf "%.1f", t * 1e6 / hz / n }'
-	fi
-}
 # per_tx_us TICKS KEY: TICKS (a sum over KEY's measured runs) in µs per
-# transaction.
+# transaction; "-" when KEY has no measured run or TICKS is empty.
 per_tx_us() {
 	if [ -z "${runs[$2]:-}" ] || [ -z "$1" ]; then echo "-"; else
 		awk -v t="$1" -v n="${tx_sum[$2]}" -v hz="$hz" 'BEGIN { printf "%.1f", t * 1e6 / hz / n }'
 	fi
 }
+# cpu_us KEY: the pooler process's CPU per transaction.
+cpu_us() { per_tx_us "${ticks_sum[$1]:-}" "$1"; }
 # round_ratios KEY_A KEY_B: A/B round by round ("0.81 0.86"), the spread
 # showing how noisy the cell was.
 round_ratios() {
