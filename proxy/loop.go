@@ -19,7 +19,8 @@ import (
 // A goroutine per client pays, for every request, the runtime's way of
 // waiting: each read that finds nothing parks the goroutine, the
 // netpoller wakes it on another thread, idle threads spin and sleep. That
-// is most of the proxy's CPU per transaction (README, "Where the gap is").
+// is most of the proxy's CPU per transaction (BENCHMARKS.md, the c406254
+// run: "Where the gap is").
 // So a parked client (park.go) is not handed a goroutine when its socket
 // becomes readable: the parker's goroutine (the loop, locked to its
 // thread) reads the request, takes an idle backend without waiting
