@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"encoding/binary"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -1351,4 +1352,99 @@ func TestLoopGuardRequestThenTerminate(t *testing.T) {
 			lgCleanBackends(ctx, t, p, 1)
 		})
 	}
+}
+
+// TestLoopGuardHostileInput: clients the event loop serves (each ran
+// queries and is parked between requests, so the loop reads what comes
+// next) send what no driver sends: a length below the 4 its own field
+// takes, a length past any limit, an unknown message type, and a Query
+// that claims 1 GiB, of which the client sends 1 MB before it vanishes.
+// PostgreSQL, sent the same on a direct connection, ends the session
+// (for the lengths without a word to the client: it logs them); through
+// the proxy each of the first three gets FATAL 08P01 with a hint, as
+// PostgreSQL's own answer to an unknown type, and is closed. The lie
+// costs memory in proportion to the bytes received, not to the claim;
+// the backend the partial Query went to is closed rather than handed on,
+// and the pool's one backend then serves a clean transaction.
+func TestLoopGuardHostileInput(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	p := txStartProxy(t, "transaction", 1)
+	served := func() *rawClient {
+		r := dialRaw(t, txProxyURL(p))
+		r.query(t, "SELECT 1") // after this one it parks: the loop reads the next
+		r.query(t, "SELECT 2")
+		return r
+	}
+	// ended reads what r gets until its connection ends: the error
+	// messages on the way, and whether it ended within the deadline.
+	ended := func(r *rawClient) (errs []*pgproto3.ErrorResponse, closed bool) {
+		_ = r.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		for {
+			msg, err := r.fe.Receive()
+			if err != nil {
+				var ne net.Error
+				return errs, !(errors.As(err, &ne) && ne.Timeout())
+			}
+			if e, ok := msg.(*pgproto3.ErrorResponse); ok {
+				errs = append(errs, e)
+			}
+		}
+	}
+	for _, tc := range []struct {
+		name string
+		msg  []byte
+	}{
+		{"length below 4", []byte{'Q', 0, 0, 0, 2, 'x'}},
+		{"length past every limit", []byte{'Q', 0x7f, 0xff, 0xff, 0xff, 'S', 'E', 'L'}},
+		{"unknown message type", []byte{'z', 0, 0, 0, 4}},
+	} {
+		direct := dialRaw(t, txDirectURL())
+		direct.write(t, tc.msg)
+		derrs, dclosed := ended(direct)
+		if !dclosed {
+			t.Fatalf("%s: PostgreSQL kept the session open", tc.name)
+		}
+		for _, e := range derrs {
+			if e.Code != "08P01" || e.Severity != "FATAL" {
+				t.Fatalf("%s: PostgreSQL answered %s %s %q; the test expects FATAL 08P01 or nothing", tc.name, e.Severity, e.Code, e.Message)
+			}
+		}
+		r := served()
+		r.write(t, tc.msg)
+		errs, closed := ended(r)
+		if len(errs) != 1 || errs[0].Code != "08P01" || errs[0].Severity != "FATAL" || errs[0].Hint == "" || !closed {
+			t.Fatalf("%s: through the proxy got %v (closed %v), want one FATAL 08P01 with a hint, then the close", tc.name, errs, closed)
+		}
+		t.Logf("%s: PostgreSQL sent %d error(s) and closed; the proxy: %s %q (hint: %s)", tc.name, len(derrs), errs[0].Code, errs[0].Message, errs[0].Hint)
+	}
+
+	before := memNow(t, p)
+	stop := memSampler(t, p)
+	r := served()
+	pidBefore, _ := r.query(t, "SELECT pg_backend_pid()") // the pool's one backend
+	hdr := []byte{'Q', 0, 0, 0, 0}
+	binary.BigEndian.PutUint32(hdr[1:], 1<<30-1)
+	r.write(t, hdr)
+	r.write(t, make([]byte, 1<<20))
+	r.vanish(t)
+	// The proxy notices the client leaving while it streams the Query,
+	// and ends its backend, whose state is unknown, before the next
+	// client gets one.
+	other := dialRaw(t, txProxyURL(p))
+	pidAfter, status := other.query(t, "SELECT pg_backend_pid()")
+	if status != 'I' || len(pidAfter) != 1 || len(pidBefore) != 1 || pidAfter[0][0] == pidBefore[0][0] {
+		t.Fatalf("backend before the lie %v, after %v (%c): want a new one, the old one closed", pidBefore, pidAfter, status)
+	}
+	peak := stop()
+	t.Logf("proxy before: %v; peak with a 1 GiB claim and 1 MB sent: %v", before, peak)
+	if peak.rss-before.rss > 64<<20 || peak.data-before.data > 64<<20 {
+		t.Fatalf("proxy memory grew by %d MB resident, %d MB reserved for a 1 MB message claiming 1 GiB, want < 64 MB",
+			(peak.rss-before.rss)>>20, (peak.data-before.data)>>20)
+	}
+	lgCleanBackends(ctx, t, p, 1)
+	if code, _ := p.Health(t); code != 200 {
+		t.Fatalf("/health %d after the hostile clients", code)
+	}
+	lgLogLoop(t, p)
 }
