@@ -2,9 +2,9 @@ package e2e
 
 import (
 	"bufio"
-	"encoding/binary"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
