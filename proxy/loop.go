@@ -291,8 +291,9 @@ func (c *clientConn) loopableNow() bool {
 // the client goes to a goroutine that waits for one.
 func (c *clientConn) loopAcquire() (*backend, error) {
 	p := &c.srv.park
-	conn, ok := p.queuedConn, p.queuedFor == c
-	if ok {
+	conn, fromQueue := p.queuedConn, p.queuedFor == c
+	ok := fromQueue
+	if fromQueue {
 		p.queuedConn, p.queuedFor = pool.Conn{}, nil // serveQueues took it for this request
 	} else if p.queued.Load() > 0 && p.queueLen(c.db.Pool) > 0 {
 		// Requests wait in the loop's queue for this pool: a backend
@@ -326,7 +327,21 @@ func (c *clientConn) loopAcquire() (*backend, error) {
 		c.loop.hand = &loopHand{next: loopNextProcess}
 		return nil, errLoopHandOff
 	}
+	if fromQueue && c.loopSocketEvent() && c.leftWhileWaiting() {
+		conn.Release() // untouched (clientgone.go)
+		return nil, errClientGone
+	}
 	return c.takeBackend(conn), nil
+}
+
+// loopSocketEvent reports whether the client's socket became readable
+// while the loop held the client (loop.more: more input, or the client
+// closing). Loop thread.
+func (c *clientConn) loopSocketEvent() bool {
+	p := &c.srv.park
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return c.loop.more
 }
 
 // loopAfterSend is afterSend on the loop thread: the loop waits for the

@@ -311,8 +311,8 @@ func (c *clientConn) acquireForRequest() (*backend, error) {
 	b, err := c.acquire()
 	if err != nil {
 		var pe *pgError
-		if errors.As(err, &pe) && pe.Code == pgwire.CodeAdminShutdown {
-			return nil, err // serveConn tells the client
+		if errors.As(err, &pe) && pe.Code == pgwire.CodeAdminShutdown || errors.Is(err, errClientGone) {
+			return nil, err // serveConn tells the client, if it is there
 		}
 		c.discard.on, c.discard.err = true, err
 		return nil, nil
@@ -333,6 +333,7 @@ func (c *clientConn) acquire() (*backend, error) {
 	// one the server closed while it sat idle never gets here; one released
 	// more recently is not peeked, and if it died its first reply says so
 	// and the request goes to another backend (replay.go).
+	start := time.Now()
 	conn, err := c.db.Pool.Acquire(c.ctx)
 	s.stats.waiting.Add(-1)
 	if err != nil {
@@ -347,6 +348,10 @@ func (c *clientConn) acquire() (*backend, error) {
 		// not start. The backend is untouched, so it goes straight back.
 		conn.Release()
 		return nil, errDraining()
+	}
+	if time.Since(start) >= goneCheckAfter && c.leftWhileWaiting() {
+		conn.Release() // untouched (clientgone.go)
+		return nil, errClientGone
 	}
 	return c.takeBackend(conn), nil
 }

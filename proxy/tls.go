@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net"
-	"syscall"
 
 	"github.com/pgsidecar/pgsidecar/internal/pgwire"
 )
@@ -242,28 +241,11 @@ func errUnencryptedAfterSSL() *pgError {
 }
 
 // socketHasData reports whether bytes are waiting on conn's socket, without
-// reading or blocking. A connection that is no socket (net.Pipe in tests)
-// reports false: the proxy reads startup packets unbuffered, so no bytes of
-// its own are ever held.
+// reading or blocking (peekSocket). A connection that is no socket
+// (net.Pipe in tests) reports false: the proxy reads startup packets
+// unbuffered, so no bytes of its own are ever held.
 func socketHasData(conn net.Conn) bool {
-	sc, ok := conn.(syscall.Conn)
-	if !ok {
-		return false
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return false
-	}
-	var buf [1]byte
-	var n int
-	var perr error
-	if err := rc.Read(func(fd uintptr) bool {
-		n, _, perr = syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		return true // never wait
-	}); err != nil {
-		return false
-	}
-	return perr == nil && n > 0
+	return peekSocket(conn) == socketData
 }
 
 // prefixConn replays bytes already read from a connection before reading
