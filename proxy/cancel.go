@@ -153,6 +153,11 @@ func (s *Server) handleCancel(pid, secret uint32) {
 	}
 	pid, sent, err := c.cancelPinned(func() bool { return c.q.len() > 0 || c.inBatch })
 	if !sent {
+		if c.cancelWaiting() {
+			s.stats.cancels.Add(1)
+			s.log.Debug("cancel request for a client waiting for a server connection: its request is dropped", "client", c.addr)
+			return
+		}
 		s.log.Debug("cancel request for an idle client dropped", "client", c.addr)
 		return
 	}

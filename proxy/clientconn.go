@@ -121,6 +121,7 @@ type clientConn struct {
 	// query_timeout. sweep belongs to the sweeper goroutine.
 	running       atomic.Bool
 	waiting       atomic.Bool // in acquire: no timeout of the sweeper's applies (acquire_timeout does)
+	wait          waitState   // a cancel request for the waiting request (waitcancel.go; under mu)
 	reads         atomic.Uint64
 	responses     uint64
 	queryTimedOut bool
@@ -782,6 +783,10 @@ func acquireErrorResponse(err error, fatal bool) *pgError {
 		pe = newError(srvErr.Code, srvErr.Message, "check the database name in the connection string")
 	case errors.As(err, &ae):
 		pe = newError(ae.Code, ae.Message, ae.Hint)
+	case errors.As(err, &pe):
+		// The proxy's own (a cancelled wait): as it is.
+		cp := *pe
+		pe = &cp
 	case errors.Is(err, context.Canceled):
 		pe = newError(pgwire.CodeAdminShutdown, "pgsidecar is shutting down", "connect again in a moment")
 	default:

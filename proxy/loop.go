@@ -331,6 +331,10 @@ func (c *clientConn) loopAcquire() (*backend, error) {
 		conn.Release() // untouched (clientgone.go)
 		return nil, errClientGone
 	}
+	if fromQueue && c.takeWaitCanceled() {
+		conn.Release() // untouched (waitcancel.go)
+		return nil, errWaitCanceled
+	}
 	return c.takeBackend(conn), nil
 }
 

@@ -305,10 +305,16 @@ func (c *clientConn) heldBackend() *backend {
 // acquireForRequest acquires a backend when the client's transaction
 // starts. It returns nil (and switches to discarding) when none can be had.
 func (c *clientConn) acquireForRequest() (*backend, error) {
+	var b *backend
+	var err error
 	if c.loop.running {
-		return c.loopAcquire() // loop.go: it never waits
+		b, err = c.loopAcquire() // loop.go: it never waits
+		if err != errWaitCanceled {
+			return b, err // a backend, or what the loop does instead (loopProcess)
+		}
+	} else {
+		b, err = c.acquire()
 	}
-	b, err := c.acquire()
 	if err != nil {
 		var pe *pgError
 		if errors.As(err, &pe) && pe.Code == pgwire.CodeAdminShutdown || errors.Is(err, errClientGone) {
@@ -333,9 +339,20 @@ func (c *clientConn) acquire() (*backend, error) {
 	// one the server closed while it sat idle never gets here; one released
 	// more recently is not peeked, and if it died its first reply says so
 	// and the request goes to another backend (replay.go).
+	ctx, canceled := c.beginWait()
+	if canceled {
+		s.stats.waiting.Add(-1)
+		return nil, errWaitCanceled // in the loop's queue (waitcancel.go)
+	}
 	start := time.Now()
-	conn, err := c.db.Pool.Acquire(c.ctx)
+	conn, err := c.db.Pool.Acquire(ctx)
 	s.stats.waiting.Add(-1)
+	if c.endWait() {
+		if err == nil {
+			conn.Release() // untouched
+		}
+		return nil, errWaitCanceled
+	}
 	if err != nil {
 		if c.killed.Load() || errors.Is(err, context.Canceled) {
 			return nil, errDraining()
@@ -382,6 +399,7 @@ func (c *clientConn) takeBackend(conn pool.Conn) *backend {
 
 	c.mu.Lock()
 	c.be = b
+	c.wait.canceled = false // a cancel from now on goes to b (cancelPinned)
 	c.armReplayLocked()
 	b.unnamedOwner = nil
 	c.txStatus = 'I'

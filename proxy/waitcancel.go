@@ -1,0 +1,100 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+
+	"github.com/pgsidecar/pgsidecar/internal/pgwire"
+)
+
+// A cancel request for a client whose request waits for a backend: the
+// request is answered with 57014 and dropped, never sent.
+//
+// Directly, a cancel request can only find its query running (or done):
+// PostgreSQL reads the query at once. Through a pool the query may wait
+// for a backend first (a saturated or paused pool), and a cancel that came
+// then found no backend to forward to and was dropped: the statement ran
+// once a backend freed up, after the user had pressed ^C (PgBouncer 1.18
+// does the same). A statement the user cancelled must not run later. So
+// the cancel ends the wait: the client gets ERROR 57014, as PostgreSQL
+// reports a cancelled statement, then ReadyForQuery, and its session goes
+// on. A goroutine waiting in the pool is woken at once (its wait's
+// context is cancelled); a request in the event loop's own queue is
+// handed to a goroutine at once, which answers it.
+
+// errWaitCanceledCause ends the context of a wait a cancel request ended.
+var errWaitCanceledCause = errors.New("cancel request for a waiting client")
+
+// errWaitCanceled is what the client of a cancelled wait gets (never
+// modified: acquireErrorResponse copies it).
+var errWaitCanceled = newError(pgwire.CodeQueryCanceled, "canceling statement due to user request",
+	"the statement waited for a server connection (the pool was busy) and was not sent")
+
+// cancelWaiting marks the client's waiting request as cancelled and wakes
+// its wait, and reports whether a request was waiting. handleCancel calls
+// it when the client holds no backend.
+func (c *clientConn) cancelWaiting() bool {
+	c.mu.Lock()
+	if c.be != nil {
+		c.mu.Unlock()
+		return false
+	}
+	switch {
+	case c.wait.cancel != nil:
+		c.wait.canceled = true
+		c.wait.cancel(errWaitCanceledCause)
+		c.mu.Unlock()
+		return true
+	case c.loop.st.Load() == loopQueued:
+		c.wait.canceled = true
+		c.mu.Unlock()
+		// Out of the loop's queue to a goroutine, whose acquire answers
+		// at once (or loopAcquire, if the loop serves it first). After
+		// c.mu: parker.mu comes first.
+		c.unpark()
+		return true
+	}
+	c.mu.Unlock()
+	return false
+}
+
+// beginWait starts a goroutine's wait in the pool: the context the wait
+// runs under, which a cancel request ends, or canceled when the cancel
+// came already (while the request waited in the event loop's queue).
+func (c *clientConn) beginWait() (ctx context.Context, canceled bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.wait.canceled {
+		c.wait.canceled = false
+		return nil, true
+	}
+	ctx, c.wait.cancel = context.WithCancelCause(c.ctx)
+	return ctx, false
+}
+
+// endWait ends the wait beginWait started and reports whether a cancel
+// request ended it.
+func (c *clientConn) endWait() (canceled bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.wait.cancel(nil)
+	c.wait.cancel = nil
+	canceled, c.wait.canceled = c.wait.canceled, false
+	return canceled
+}
+
+// takeWaitCanceled reports, once, whether a cancel request came for the
+// request the event loop's queue just served. Loop thread.
+func (c *clientConn) takeWaitCanceled() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	canceled := c.wait.canceled
+	c.wait.canceled = false
+	return canceled
+}
+
+// waitState is a request's wait for a backend (see above). Under c.mu.
+type waitState struct {
+	cancel   context.CancelCauseFunc // set while a goroutine waits in the pool
+	canceled bool                    // a cancel request came for the waiting request
+}
