@@ -332,6 +332,10 @@ func (c *clientConn) acquireForRequest() (*backend, error) {
 // a request needs a backend reader (planRelayLocked).
 func (c *clientConn) acquire() (*backend, error) {
 	s := c.srv
+	ctx, canceled := c.beginWait()
+	if canceled {
+		return nil, errWaitCanceled // in the loop's queue (waitcancel.go)
+	}
 	s.stats.waiting.Add(1)
 	c.waiting.Store(true)
 	defer c.waiting.Store(false)
@@ -339,11 +343,6 @@ func (c *clientConn) acquire() (*backend, error) {
 	// one the server closed while it sat idle never gets here; one released
 	// more recently is not peeked, and if it died its first reply says so
 	// and the request goes to another backend (replay.go).
-	ctx, canceled := c.beginWait()
-	if canceled {
-		s.stats.waiting.Add(-1)
-		return nil, errWaitCanceled // in the loop's queue (waitcancel.go)
-	}
 	start := time.Now()
 	conn, err := c.db.Pool.Acquire(ctx)
 	s.stats.waiting.Add(-1)

@@ -64,8 +64,7 @@ func (c *clientConn) cancelWaiting() bool {
 func (c *clientConn) beginWait() (ctx context.Context, canceled bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.wait.canceled {
-		c.wait.canceled = false
+	if c.takeWaitCanceledLocked() {
 		return nil, true
 	}
 	ctx, c.wait.cancel = context.WithCancelCause(c.ctx)
@@ -79,8 +78,7 @@ func (c *clientConn) endWait() (canceled bool) {
 	defer c.mu.Unlock()
 	c.wait.cancel(nil)
 	c.wait.cancel = nil
-	canceled, c.wait.canceled = c.wait.canceled, false
-	return canceled
+	return c.takeWaitCanceledLocked()
 }
 
 // takeWaitCanceled reports, once, whether a cancel request came for the
@@ -88,6 +86,12 @@ func (c *clientConn) endWait() (canceled bool) {
 func (c *clientConn) takeWaitCanceled() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	return c.takeWaitCanceledLocked()
+}
+
+// takeWaitCanceledLocked reports whether a cancel request came for the
+// waiting request, and forgets it. Under c.mu.
+func (c *clientConn) takeWaitCanceledLocked() bool {
 	canceled := c.wait.canceled
 	c.wait.canceled = false
 	return canceled
