@@ -52,9 +52,7 @@ func waitingClientLeaves(t *testing.T, hold time.Duration) {
 		r.send(t, &pgproto3.Query{String: fmt.Sprintf("INSERT INTO gone_waiters VALUES (%d)", i)})
 	}
 	waitFor(t, 10*time.Second, "11 clients waiting for the backend", func() bool {
-		clients, _ := p.Stats(t)["clients"].(map[string]any)
-		n, _ := num(clients, "clients_waiting")
-		return n == 11
+		return clientsStat(t, p, "clients_waiting") == 11
 	})
 	for _, r := range waiters[:10] {
 		r.vanish(t)
@@ -72,10 +70,7 @@ func waitingClientLeaves(t *testing.T, hold time.Duration) {
 		t.Fatalf("rows inserted: %q; want only the client that stayed (10), none of the 10 that left while waiting", got)
 	}
 	waitFor(t, 10*time.Second, "no client waiting, two left", func() bool {
-		clients, _ := p.Stats(t)["clients"].(map[string]any)
-		w, _ := num(clients, "clients_waiting")
-		n, _ := num(clients, "clients_total")
-		return w == 0 && n == 2
+		return clientsStat(t, p, "clients_waiting") == 0 && clientsStat(t, p, "clients_total") == 2
 	})
 	lgCleanBackends(ctx, t, p, 1)
 	lgLogLoop(t, p)

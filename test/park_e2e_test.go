@@ -27,10 +27,17 @@ const parkWait = 10 * time.Second
 // parkedClients reads clients_parked from /stats.
 func parkedClients(t *testing.T, p *Proxy) int {
 	t.Helper()
+	return clientsStat(t, p, "clients_parked")
+}
+
+// clientsStat reads one count of /stats' clients section; the test fails
+// if it is missing.
+func clientsStat(t *testing.T, p *Proxy, key string) int {
+	t.Helper()
 	clients, _ := p.Stats(t)["clients"].(map[string]any)
-	n, ok := num(clients, "clients_parked")
+	n, ok := num(clients, key)
 	if !ok {
-		t.Fatalf("/stats has no clients.clients_parked: %v", clients)
+		t.Fatalf("/stats has no clients.%s: %v", key, clients)
 	}
 	return int(n)
 }

@@ -53,9 +53,7 @@ func TestCancelWhileWaiting(t *testing.T) {
 			holder.query(t, "BEGIN")
 			r.send(t, &pgproto3.Query{String: fmt.Sprintf("INSERT INTO wait_cancel VALUES (%d)", int(tc.after.Milliseconds()))})
 			waitFor(t, 10*time.Second, "the INSERT waiting for the backend", func() bool {
-				clients, _ := p.Stats(t)["clients"].(map[string]any)
-				n, _ := num(clients, "clients_waiting")
-				return n == 1
+				return clientsStat(t, p, "clients_waiting") == 1
 			})
 			time.Sleep(tc.after)
 			start := time.Now()
@@ -79,9 +77,7 @@ func TestCancelWhileWaiting(t *testing.T) {
 				t.Fatalf("the cancelled INSERT ran: %v rows", rows)
 			}
 			waitFor(t, 10*time.Second, "no client waiting", func() bool {
-				clients, _ := p.Stats(t)["clients"].(map[string]any)
-				n, _ := num(clients, "clients_waiting")
-				return n == 0
+				return clientsStat(t, p, "clients_waiting") == 0
 			})
 			lgCleanBackends(ctx, t, p, 1)
 			lgLogLoop(t, p)
