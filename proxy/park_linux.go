@@ -101,6 +101,10 @@ func (o *parkOS) wait(d time.Duration, ready func(fd int)) bool {
 	return true
 }
 
+// threadID is the calling thread's kernel id (gettid): the loop's, once
+// it has locked its thread.
+func (o *parkOS) threadID() int32 { return int32(syscall.Gettid()) }
+
 // close releases the set and the pipe once the loop has ended.
 func (o *parkOS) close() {
 	syscall.Close(o.epfd)

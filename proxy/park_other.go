@@ -28,6 +28,8 @@ func (o *parkOS) wait(time.Duration, func(int)) bool { return false }
 
 func (o *parkOS) close() {}
 
+func (o *parkOS) threadID() int32 { return 0 }
+
 // runtimePoll: the loop never runs here, so its sockets never leave the
 // runtime's poller (runtimepoll_linux.go).
 type runtimePoll struct{ log *slog.Logger }

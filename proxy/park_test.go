@@ -64,7 +64,7 @@ func TestParkedClientWakes(t *testing.T) {
 
 // needParking skips the test where clients cannot park (no epoll) and
 // waits for e's parker to run (Serve starts it).
-func needParking(t *testing.T, e *fakeEnv) {
+func needParking(t testing.TB, e *fakeEnv) {
 	t.Helper()
 	if runtime.GOOS != "linux" {
 		t.Skip("idle clients park on Linux only (epoll)")

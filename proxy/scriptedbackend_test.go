@@ -485,7 +485,7 @@ type fakeOpts struct {
 // is the pool's connect at start, which stays idle and serves the first
 // client: a pool reuses its most recent backend), then starts the pool and
 // the proxy. Everything is closed at cleanup.
-func startFake(t *testing.T, o fakeOpts, scripts ...beScript) *fakeEnv {
+func startFake(t testing.TB, o fakeOpts, scripts ...beScript) *fakeEnv {
 	t.Helper()
 	if o.mode == "" {
 		o.mode = ModeTransaction
