@@ -18,7 +18,10 @@
 //
 // -spin N adds N steps of arithmetic per exchange to the epoll and raw
 // relays: a pooler's own work, without its memory traffic, to measure what
-// each microsecond of it costs in TPS (a lab knob; bench.sh never sets it).
+// each microsecond of it costs in TPS. -touch N writes N cache lines per
+// exchange instead, walking a region of -touch-region bytes: memory
+// traffic, fresh from memory or from a working set the caches keep. Both
+// are lab knobs; bench.sh never sets them.
 //
 // bench.sh's BENCH_TARGETS runs it beside pgsidecar and PgBouncer; the
 // README's benchmark section quotes it. Loopback only.
@@ -46,6 +49,8 @@ func main() {
 	upstream := flag.String("upstream", os.Getenv("DATABASE_URL"), "backend URL")
 	size := flag.Int("pool", 20, "backends")
 	flag.IntVar(&spin, "spin", 0, "epoll and raw: steps of pure arithmetic per exchange, as work a pooler's own code adds (about 1 ns each on the 2-core lab machine)")
+	flag.IntVar(&touch, "touch", 0, "epoll and raw: cache lines of memory written per exchange, as the memory a pooler's own code touches (walking -touch-region)")
+	flag.IntVar(&touchRegionSize, "touch-region", 256<<20, "the region -touch walks, in bytes: far larger than the caches (the default), every line is fresh; a few tens of KB, a working set reused every few exchanges, as a pooler's per-client structures")
 	flag.Parse()
 	backends := make([]net.Conn, *size)
 	for i := range backends {
@@ -475,6 +480,27 @@ func burn() {
 		x = x*6364136223846793005 + 1442695040888963407
 	}
 	burnSink = x
+	if touch > 0 {
+		if touchRegion == nil {
+			touchRegion = make([]byte, touchRegionSize)
+		}
+		for range touch {
+			touchRegion[touchAt]++
+			touchAt = (touchAt + 64) % touchRegionSize
+		}
+	}
 }
+
+// touch (-touch) is the other half of burn: memory instead of arithmetic,
+// to tell whether what a pooler's code costs the rest of the machine (the
+// PostgreSQL and pgbench processes sharing its cores) follows its
+// instructions or the cache lines it touches. Each exchange writes the
+// next touch lines of a region of touchRegionSize (-touch-region) bytes,
+// round and round.
+var (
+	touch, touchRegionSize int
+	touchRegion            []byte
+	touchAt                int
+)
 
 func init() { log.SetPrefix(fmt.Sprintf("relaylab[%d] ", os.Getpid())) }
