@@ -628,32 +628,38 @@ func BenchmarkLoopExchange(b *testing.B) {
 				}
 				return nil
 			}
-			for _, rc := range conns {
-				if err := run(rc, 20); err != nil { // the client parks after its first request
-					b.Fatal(err)
+			// Every client at once, so that the pool has opened its
+			// backends (only a goroutine's Acquire opens one) and every
+			// client has parked before the clock starts.
+			all := func(rounds func(i int) int) {
+				errs := make(chan error, clients)
+				for i, rc := range conns {
+					go func() { errs <- run(rc, rounds(i)) }() // ends after its rounds, or at its first error
+				}
+				for range conns {
+					if err := <-errs; err != nil {
+						b.Fatal(err)
+					}
 				}
 			}
+			all(func(int) int { return 20 })
 			tid := e.srv.park.tid.Load()
 			before := e.srv.Stats().LoopRequests
 			loop0, cpu0 := threadCPU(b, tid), processCPU(b)
 			b.ResetTimer()
-			errs := make(chan error, clients)
-			for i, rc := range conns {
-				rounds := b.N / clients
+			all(func(i int) int {
 				if i < b.N%clients {
-					rounds++
+					return b.N/clients + 1
 				}
-				go func() { errs <- run(rc, rounds) }() // ends after its rounds, or at its first error
-			}
-			for range conns {
-				if err := <-errs; err != nil {
-					b.Fatal(err)
-				}
-			}
+				return b.N / clients
+			})
 			b.StopTimer()
 			b.ReportMetric(float64(threadCPU(b, tid)-loop0)/float64(b.N), "loop-ns/op")
 			b.ReportMetric(float64(processCPU(b)-cpu0)/float64(b.N), "cpu-ns/op")
-			if got := e.srv.Stats().LoopRequests - before; got < uint64(b.N)*9/10 {
+			// Requests the loop hands to a goroutine cost the proxy
+			// elsewhere: loop-ns/op is the proxy's cost only while
+			// nearly every request is the loop's.
+			if got := e.srv.Stats().LoopRequests - before; got < uint64(b.N)*99/100 {
 				b.Fatalf("the loop relayed %d of %d requests", got, b.N)
 			}
 		})

@@ -52,6 +52,9 @@ func main() {
 	flag.IntVar(&touch, "touch", 0, "epoll and raw: cache lines of memory written per exchange, as the memory a pooler's own code touches (walking -touch-region)")
 	flag.IntVar(&touchRegionSize, "touch-region", 256<<20, "the region -touch walks, in bytes: far larger than the caches (the default), every line is fresh; a few tens of KB, a working set reused every few exchanges, as a pooler's per-client structures")
 	flag.Parse()
+	if touch > 0 && touchRegionSize < 64 {
+		log.Fatalf("-touch-region %d: at least one cache line (64 bytes)", touchRegionSize)
+	}
 	backends := make([]net.Conn, *size)
 	for i := range backends {
 		pc, err := pgconn.Connect(context.Background(), *upstream)
