@@ -54,7 +54,9 @@
 #   BENCH_PROFILE [0]            1: also profile a 16-client simple run:
 #                                pprof CPU top entries (pgsidecar -pprof) and
 #                                perf stat syscalls / context switches per
-#                                transaction (strace -c and /proc fallbacks)
+#                                transaction (strace -c and /proc fallbacks);
+#                                and the event loop alone (go test -bench
+#                                LoopExchange/clients=16 ./proxy, 3 runs)
 #   BENCH_PROFILE_SECONDS [10]   length of each profiled run
 #   BENCH_JOBS [2]               pgbench -j, capped at the client count
 #   BENCH_SCALE [10]  BENCH_POOL_SIZE [20]
@@ -595,6 +597,18 @@ if [ "$profile" = 1 ]; then
 		per() { awk -v a="$1" -v n="$2" 'BEGIN { if (a == "" || a == "-" || a !~ /^[0-9.]+$/ || n + 0 == 0) print "-"; else printf "%.1f", a / n }'; }
 		counts_md+=$'\n'"| $t | $tool | ${tx:-0} | $(per "$sc" "${tx:-0}") | $(per "$cs" "${tx:-0}") | $(awk -v t=$((t1 - t0)) -v n="${tx:-0}" -v hz="$hz" 'BEGIN { if (n == 0) print "-"; else printf "%.1f", t * 1e6 / hz / n }') |"
 	done
+	# The loop alone, with no PostgreSQL or pgbench on the cores: the
+	# relay's own cost per exchange, steadier than anything above from one
+	# run to the next (proxy/loop_test.go, BenchmarkLoopExchange).
+	log "profile: the event loop alone (go test -bench LoopExchange/clients=16, 3 runs)"
+	loop_md=""
+	if (cd "$root" && go test -run '^$' -bench 'LoopExchange/clients=16$' -benchtime 100000x -count 3 ./proxy) >"$logs_dir/loop-bench.txt" 2>&1; then
+		loop_md=$(awk '/^BenchmarkLoopExchange/ {
+			for (i = 1; i <= NF; i++) { if ($i == "ns/op") ns = $(i - 1); if ($i == "loop-ns/op") loop = $(i - 1) }
+			printf "| %d | %.2f | %.2f |\n", ++n, loop / 1000, ns / 1000 }' "$logs_dir/loop-bench.txt")
+	else
+		notes+=("The loop benchmark failed: see $logs_dir/loop-bench.txt.")
+	fi
 	profile_md="### Profile (BENCH_PROFILE=1): pgbench -S -M simple, 16 clients, ${profile_secs}s"$'\n\n'
 	if [ -n "$pprof_top" ]; then
 		profile_md+="pgsidecar CPU profile, \`go tool pprof -top\` (the profile is in $logs_dir/pgsidecar-cpu.pb.gz):"$'\n\n```\n'"$pprof_top"$'\n```\n\n'
@@ -602,6 +616,9 @@ if [ "$profile" = 1 ]; then
 	profile_md+="Per transaction, over the whole run (the tracer attached throughout):"$'\n\n'"$counts_md"$'\n'
 	if [ -n "$calls_md" ]; then
 		profile_md+=$'\n'"System calls per transaction by call (perf stat, those at 0.05 or more):"$'\n\n'"| pooler | calls / tx |"$'\n'"|---|---|"$'\n'"$calls_md"
+	fi
+	if [ -n "$loop_md" ]; then
+		profile_md+=$'\n'"The event loop alone, \`BenchmarkLoopExchange/clients=16\` (16 clients, in-process fake backends, 100,000 exchanges a run): the loop thread's CPU per exchange, and the time per exchange:"$'\n\n'"| run | loop thread µs / exchange | µs / exchange |"$'\n'"|---:|---:|---:|"$'\n'"$loop_md"$'\n'
 	fi
 fi
 
