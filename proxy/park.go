@@ -94,7 +94,7 @@ type parker struct {
 	stopped bool          // stopParker ran: the loop never starts again
 	done    chan struct{} // closed when the loop has ended
 	count   atomic.Int64  // parked clients now (Stats.ClientsParked)
-	tid     atomic.Int32  // the loop's thread (Linux: its kernel id, for perf -t and BenchmarkLoopExchange; 0 before it runs)
+	tid     atomic.Int32  // the loop's thread (Linux: its kernel id, logged at debug for perf -t; BenchmarkLoopExchange reads its CPU; 0 before it runs)
 	every   time.Duration // sweep interval
 	ready   func(fd int)  // unparkFd, made once
 	list    []*clientConn // the sweep's reused snapshot (loop only)
@@ -190,6 +190,7 @@ func (s *Server) parkLoop() {
 	defer runtime.UnlockOSThread()
 	p := &s.park
 	p.tid.Store(p.os.threadID())
+	s.log.Debug("event loop running", "thread", p.tid.Load()) // for perf -t, top -H
 	defer close(p.done)
 	defer p.os.close()
 	next := time.Now().Add(p.every)
