@@ -366,8 +366,8 @@ func (s *Server) Clients() []ClientInfo {
 			state = "active"
 		}
 		c.mu.Unlock()
-		out = append(out, ClientInfo{PID: c.pid, Database: c.db.Name, User: c.user, Addr: c.addr,
-			ApplicationName: c.appName, State: state, Connected: c.since})
+		out = append(out, ClientInfo{PID: c.identity.pid, Database: c.db.Name, User: c.identity.user, Addr: c.identity.addr,
+			ApplicationName: c.identity.appName, State: state, Connected: c.identity.since})
 	}
 	s.mu.Unlock()
 	slices.SortFunc(out, func(a, b ClientInfo) int { return a.Connected.Compare(b.Connected) })

@@ -40,7 +40,7 @@ func (k *cancelKeys) register(c *clientConn) {
 		if _, taken := k.clients[pid]; taken {
 			continue
 		}
-		c.pid, c.secret = pid, binary.BigEndian.Uint32(b[4:])
+		c.identity.pid, c.identity.secret = pid, binary.BigEndian.Uint32(b[4:])
 		k.clients[pid] = c
 		return
 	}
@@ -56,18 +56,18 @@ func (k *cancelKeys) rekey(c *clientConn, pid, secret uint32) bool {
 	if other, taken := k.clients[pid]; taken && other != c {
 		return false
 	}
-	if k.clients[c.pid] == c {
-		delete(k.clients, c.pid)
+	if k.clients[c.identity.pid] == c {
+		delete(k.clients, c.identity.pid)
 	}
-	c.pid, c.secret = pid, secret
+	c.identity.pid, c.identity.secret = pid, secret
 	k.clients[pid] = c
 	return true
 }
 
 func (k *cancelKeys) unregister(c *clientConn) {
 	k.mu.Lock()
-	if k.clients[c.pid] == c {
-		delete(k.clients, c.pid)
+	if k.clients[c.identity.pid] == c {
+		delete(k.clients, c.identity.pid)
 	}
 	k.mu.Unlock()
 }
@@ -80,7 +80,7 @@ func (k *cancelKeys) lookup(pid, secret uint32) *clientConn {
 		return nil
 	}
 	var want, got [4]byte
-	binary.BigEndian.PutUint32(want[:], c.secret)
+	binary.BigEndian.PutUint32(want[:], c.identity.secret)
 	binary.BigEndian.PutUint32(got[:], secret)
 	if subtle.ConstantTimeCompare(want[:], got[:]) != 1 {
 		return nil
@@ -88,14 +88,40 @@ func (k *cancelKeys) lookup(pid, secret uint32) *clientConn {
 	return c
 }
 
+// cancelTrack is the cancel requests being sent for a client to its
+// backend (under clientConn.mu): while n > 0 the backend stays held, and
+// a request the client sends meanwhile waits (waitCancelsLocked), so the
+// cancel cannot reach it.
+type cancelTrack struct {
+	n    int
+	done chan struct{} // closed when n drops back to 0
+}
+
+// addLocked counts one more cancel request being sent. Under clientConn.mu.
+func (t *cancelTrack) addLocked() {
+	if t.n == 0 {
+		t.done = make(chan struct{})
+	}
+	t.n++
+}
+
+// endLocked counts one off; the last one closes done. Under clientConn.mu.
+func (t *cancelTrack) endLocked() {
+	t.n--
+	if t.n == 0 {
+		close(t.done)
+		t.done = nil
+	}
+}
+
 // cancelPinned sends a cancel request to the backend serving c when c
 // holds one and wantedLocked (called under c.mu) says a request is still
 // to be cancelled. It reports whether it sent one, and the backend's pid
 // (for the log), read while the backend was pinned: once this returns the
 // backend may belong to another client, and its fields are not c's to read. While the request is sent the backend stays pinned to c
-// (c.cancelling, as c.writing pins it for a write), so it cannot pass to
+// (c.cancels.n, as c.writing pins it for a write), so it cannot pass to
 // another client, and the client reader writes it no new request (build
-// waits on c.cancelDone), so the signal cannot land on a later query. c.mu
+// waits on c.cancels.done), so the signal cannot land on a later query. c.mu
 // itself is not held across the dial: replies keep flowing meanwhile.
 func (c *clientConn) cancelPinned(wantedLocked func() bool) (backendPID uint32, sent bool, err error) {
 	c.mu.Lock()
@@ -104,23 +130,16 @@ func (c *clientConn) cancelPinned(wantedLocked func() bool) (backendPID uint32, 
 		c.mu.Unlock()
 		return 0, false, nil
 	}
-	if c.cancelling == 0 {
-		c.cancelDone = make(chan struct{})
-	}
-	c.cancelling++
+	c.cancels.addLocked()
 	c.mu.Unlock()
 	defer func() {
 		// Unpin; if the transaction ended meanwhile, wake the server
 		// reader so it releases the backend now.
 		c.mu.Lock()
-		c.cancelling--
-		if c.cancelling == 0 {
-			close(c.cancelDone) // the client reader may write again (build)
-			c.cancelDone = nil
-		}
+		c.cancels.endLocked() // the last one lets the client reader write again (build)
 		if c.be == b && c.reader.async && c.transactionOverLocked() {
 			// A backend reader waits on b: wake it to release b. (Inline,
-			// the client goroutine waits on cancelDone instead.)
+			// the client goroutine waits on c.cancels.done instead.)
 			b.setReadDeadline(time.Now())
 		}
 		c.mu.Unlock()
@@ -155,16 +174,16 @@ func (s *Server) handleCancel(pid, secret uint32) {
 	if !sent {
 		if c.cancelWaiting() {
 			s.stats.cancels.Add(1)
-			s.log.Debug("cancel request for a client waiting for a server connection: its request is dropped", "client", c.addr)
+			s.log.Debug("cancel request for a client waiting for a server connection: its request is dropped", "client", c.identity.addr)
 			return
 		}
-		s.log.Debug("cancel request for an idle client dropped", "client", c.addr)
+		s.log.Debug("cancel request for an idle client dropped", "client", c.identity.addr)
 		return
 	}
 	if err != nil {
-		s.log.Warn("forwarding a cancel request failed", "client", c.addr, "err", err)
+		s.log.Warn("forwarding a cancel request failed", "client", c.identity.addr, "err", err)
 		return
 	}
 	s.stats.cancels.Add(1)
-	s.log.Debug("cancel request forwarded", "client", c.addr, "backend_pid", pid)
+	s.log.Debug("cancel request forwarded", "client", c.identity.addr, "backend_pid", pid)
 }

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -29,18 +30,13 @@ import (
 // send more while replies arrive (COPY FROM STDIN, pipelining, an open
 // extended-protocol batch) and in session mode; see relay_server.go.
 type clientConn struct {
-	srv     *Server
-	conn    net.Conn // the client: TLS over sock, or sock itself
-	sock    net.Conn // the accepted socket
-	addr    string
-	user    string
-	since   time.Time // logged in
-	db      *Database
-	appName string
-	log     *slog.Logger
-	policy  *modePolicy // what the pool mode decides
-
-	pid, secret uint32 // proxy-minted BackendKeyData
+	srv      *Server
+	conn     net.Conn // the client: TLS over sock, or sock itself
+	sock     net.Conn // the accepted socket
+	identity clientIdentity
+	db       *Database
+	log      *slog.Logger
+	policy   *modePolicy // what the pool mode decides
 
 	ctx    context.Context // cancelled by kill
 	cancel context.CancelFunc
@@ -54,23 +50,16 @@ type clientConn struct {
 	discard       discardState // acquire failed (or a Parse was refused): drop to Sync / Query
 
 	// Shared with backendReader and cancel requests, under mu.
-	mu         sync.Mutex
-	be         *backend
-	q          requestQueue
-	inBatch    bool          // extended-protocol messages sent since the last Sync
-	writing    bool          // the client reader is writing to the backend: it stays held
-	txStatus   byte          // from the last ReadyForQuery
-	cancelling int           // cancel requests being sent to the backend: it stays held
-	cancelDone chan struct{} // closed when cancelling drops back to 0
-	want       *paramSet
-	stmts      map[string]*statement // client statement name -> statement
-	// unnamed is the client's unnamed statement (transaction mode) when
-	// hasUnnamed (a Query or a failed Parse drops it). Its storage is
-	// reused for each unnamed Parse, which unnamedGen numbers.
-	unnamed    *statement
-	unnamedGen uint64
-	hasUnnamed bool
-	reader     readerState // who reads be (relay_server.go)
+	mu       sync.Mutex
+	be       *backend
+	q        requestQueue
+	inBatch  bool             // extended-protocol messages sent since the last Sync
+	writing  bool             // the client reader is writing to the backend: it stays held
+	txStatus byte             // from the last ReadyForQuery
+	cancels  cancelTrack      // cancel requests being sent to the backend: it stays held (cancel.go)
+	want     *paramSet        // the session parameters the client set (params.go)
+	stmts    clientStatements // the client's statements (statements.go)
+	reader   readerState      // who reads be (relay_server.go)
 	// replacement is a message routeOneLocked wants sent instead of the one it
 	// swallowed (nil when none).
 	replacement []byte
@@ -78,9 +67,6 @@ type clientConn struct {
 	// reply fall to half of maxPendingRequests (nil unless the client
 	// reader waits for that: backpressure).
 	drained chan struct{}
-	// probe is closed when the proxy's Describe of a statement it prepared
-	// on this backend has been answered (nil when none is in flight).
-	probe chan struct{}
 	// serverSkipping: an extended-protocol error came back before the
 	// client's Sync was sent; the server discards everything up to it.
 	serverSkipping bool
@@ -97,14 +83,7 @@ type clientConn struct {
 	// request makes the client goroutine or the loop write must follow it.
 	wmu sync.Mutex
 
-	lastMu  sync.Mutex
-	last    [240]byte
-	lastLen int
-	// scanOK: scanTouches and scanChanges are noteSessionTraffic's
-	// findings for last[:lastLen], a whole statement. A client sends the
-	// same statements again and again: inspect compares the text instead
-	// of scanning it again. Owner only (the writer of last).
-	scanOK, scanTouches, scanChanges bool
+	last lastStatement // the statement the client sent last (inspect)
 
 	killed atomic.Bool
 	idle   idleReader // the client reader's buffer-less wait (idle.go)
@@ -114,18 +93,37 @@ type clientConn struct {
 	// deadline or a timeout. The client reader returns it at its next wake.
 	closeErr atomic.Pointer[pgError]
 
-	// For the client timeouts (timeouts.go): running is set once the
-	// client has logged in; waiting while it waits for a backend; reads counts the client reader's reads;
-	// responses (under mu) counts ReadyForQuery replies; queryTimedOut
-	// (under mu) says the request in flight was cancelled by
-	// query_timeout. sweep belongs to the sweeper goroutine.
-	running       atomic.Bool
-	waiting       atomic.Bool // in acquire: no timeout of the sweeper's applies (acquire_timeout does)
-	wait          waitState   // a cancel request for the waiting request (waitcancel.go; under mu)
-	reads         atomic.Uint64
-	responses     uint64
-	queryTimedOut bool
-	sweep         sweepMark
+	timeouts timeoutState // what the client timeouts watch (timeouts.go)
+	wait     waitState    // a cancel request for the waiting request (waitcancel.go; under mu)
+}
+
+// clientIdentity is who the client is, as the admin console, the logs and
+// cancel requests see it: set at login.
+type clientIdentity struct {
+	addr    string
+	user    string
+	since   time.Time // logged in
+	appName string    // application_name of the startup packet
+	// pid and secret are the BackendKeyData the client cancels with
+	// (cancelKeys: proxy-minted, or in session mode its backend's).
+	pid, secret uint32
+}
+
+// lastStatement is the start of the last statement the client sent, for
+// leak reports and the query_timeout log, and what the session scan found
+// in it.
+type lastStatement struct {
+	// mu guards n and text against readers on other goroutines (the
+	// query_timeout log, the pool's leak report); the owner, the only
+	// writer, reads them without it.
+	mu sync.Mutex
+	n  int32 // bytes of text in use (an int32, so the struct packs in 256 bytes)
+	// scanOK: touches and changes are noteSessionTraffic's findings for
+	// text[:n], a whole statement. A client sends the same statements
+	// again and again: inspect compares the text instead of scanning it
+	// again. Owner only.
+	scanOK, touches, changes bool
+	text                     [240]byte
 }
 
 // sessionTrack is what transaction mode tracks of a client's session
@@ -434,19 +432,21 @@ func (s *Server) login(conn net.Conn, e *connEnd) (*clientConn, *slog.Logger) {
 	}
 
 	c := &clientConn{
-		srv:           s,
-		conn:          conn,
-		sock:          sock,
-		addr:          addr,
-		user:          sm.user,
-		since:         time.Now(),
+		srv:  s,
+		conn: conn,
+		sock: sock,
+		identity: clientIdentity{
+			addr:    addr,
+			user:    sm.user,
+			since:   time.Now(),
+			appName: sm.params["application_name"],
+		},
 		db:            db,
-		appName:       sm.params["application_name"],
 		log:           lg,
 		policy:        s.cfg.Mode.policy(),
 		startupParams: make(map[string]paramValue),
 		want:          newParamSet(),
-		stmts:         make(map[string]*statement),
+		stmts:         clientStatements{byName: make(map[string]*statement)},
 		txStatus:      'I',
 	}
 	c.hub = s.hubFor(db)
@@ -483,20 +483,20 @@ func (s *Server) login(conn net.Conn, e *connEnd) (*clientConn, *slog.Logger) {
 // the client is woken).
 func (s *Server) session(c *clientConn) (parked bool) {
 	conn, lg := c.conn, c.log
-	if !c.running.Load() {
+	if !c.timeouts.running.Load() {
 		// The login deadline ends here, as does a wake-up's deadline set
 		// during login; its flag goes with it, or the loop would read
 		// this client through RawConn.Read for good.
 		c.clearReadSignal()
 		conn.SetWriteDeadline(time.Time{})
-		c.running.Store(true)
-		lg.Debug("client connected", "application_name", c.appName)
+		c.timeouts.running.Store(true)
+		lg.Debug("client connected", "application_name", c.identity.appName)
 	}
 	err := c.run()
 	if err == errParked {
 		return true // c is the parker's now: not touched again here
 	}
-	start := c.since
+	start := c.identity.since
 	c.finish()
 	if pe := c.closeErr.Load(); pe != nil {
 		// Told to go (drain deadline, a timeout): whatever the reader was
@@ -618,7 +618,7 @@ func (c *clientConn) greet(deadline time.Time) error {
 			return c.refuseLogin(err)
 		}
 	}
-	buf, _ = (&pgproto3.BackendKeyData{ProcessID: c.pid, SecretKey: binary.BigEndian.AppendUint32(nil, c.secret)}).Encode(buf)
+	buf, _ = (&pgproto3.BackendKeyData{ProcessID: c.identity.pid, SecretKey: binary.BigEndian.AppendUint32(nil, c.identity.secret)}).Encode(buf)
 	buf = pgwire.AppendReadyForQuery(buf, 'I')
 	_, err = c.conn.Write(buf)
 	return err
@@ -849,18 +849,30 @@ func (c *clientConn) severBackendLocked(cond bool) {
 
 // LeakInfo implements pool.Owner.
 func (c *clientConn) LeakInfo() (addr, appName, lastStatement string) {
-	c.lastMu.Lock()
-	defer c.lastMu.Unlock()
-	return c.addr, c.appName, string(c.last[:c.lastLen])
+	return c.identity.addr, c.identity.appName, c.last.load()
 }
 
-// noteStatement remembers the start of the statement being run, for leak
-// reports; it copies into a fixed array so it does not allocate.
-func (c *clientConn) noteStatement(q []byte) {
-	c.lastMu.Lock()
-	c.lastLen = copy(c.last[:], q)
-	c.lastMu.Unlock()
-	c.scanOK = false
+// note remembers the start of q, the statement being run; it copies into
+// a fixed array so it does not allocate. Owner only.
+func (l *lastStatement) note(q []byte) {
+	l.mu.Lock()
+	l.n = int32(copy(l.text[:], q))
+	l.mu.Unlock()
+	l.scanOK = false
+}
+
+// holds reports whether q is the statement note kept, whole. Owner only:
+// the only writer reads without mu.
+func (l *lastStatement) holds(q []byte) bool {
+	return int(l.n) == len(q) && bytes.Equal(l.text[:l.n], q)
+}
+
+// load is the kept start of the last statement, for logs and leak
+// reports; any goroutine.
+func (l *lastStatement) load() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return string(l.text[:l.n])
 }
 
 // refuseLogin answers a login that could not get what it needed from the

@@ -75,11 +75,11 @@
 // the client goroutine inline, or the backend reader. Two pins keep that
 // from happening while the backend is still in use outside c.mu: c.writing
 // while the client goroutine writes to it (build ... unpin), and
-// c.cancelling while a cancel request is being sent to it (cancelPinned).
+// c.cancels.n while a cancel request is being sent to it (cancelPinned).
 // Neither holds c.mu across network I/O. With a backend reader running, the
 // unpin wakes it (a read deadline) so the release happens then; inline,
 // the client goroutine releases after its own write, or waits for
-// cancelDone.
+// c.cancels.done.
 //
 // # Wake-ups
 //
@@ -100,7 +100,7 @@
 // notification is queued for a client.
 // No lock is held across a call into the pool or a network read or write. The
 // remaining mutexes (cancelKeys, statementRegistry, loginBrake, logLimiter,
-// clientConn.lastMu, the spare descriptor) are leaves: nothing is locked
+// clientConn.last.mu, the spare descriptor) are leaves: nothing is locked
 // under them.
 //
 // # Glossary

@@ -26,7 +26,7 @@ func TestLargeBindStreamedRenamed(t *testing.T) {
 	}
 	msgs := decodeFrontendMsgs(t, out)
 	bd, ok := msgs[0].(*pgproto3.Bind)
-	if !ok || bd.PreparedStatement != c.stmts["s"].name || !bytes.Equal(bd.Parameters[0], blob) {
+	if !ok || bd.PreparedStatement != c.stmts.byName["s"].name || !bytes.Equal(bd.Parameters[0], blob) {
 		t.Fatalf("streamed Bind arrived as %#v", msgs[0])
 	}
 	if len(msgs) != 3 || c.q.len() != 3 {
@@ -57,8 +57,8 @@ func TestLargeParseRefusedInFlight(t *testing.T) {
 	if er, ok := m.(*pgproto3.ErrorResponse); !ok || er.Code != pgwire.CodeProgramLimitExceeded || !strings.Contains(er.Hint, "max_client_buffer") {
 		t.Fatalf("client got %#v, want 54000 naming max_client_buffer", m)
 	}
-	if !release || c.stmts["s"] != nil {
-		t.Fatalf("release %v, statement %v", release, c.stmts["s"])
+	if !release || c.stmts.byName["s"] != nil {
+		t.Fatalf("release %v, statement %v", release, c.stmts.byName["s"])
 	}
 }
 

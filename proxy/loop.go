@@ -211,7 +211,7 @@ func (c *clientConn) loopRequest() {
 		return
 	}
 	c.in.End += n
-	c.reads.Add(1)
+	c.timeouts.reads.Add(1)
 	// A read that filled the buffer may have left more behind, which edge
 	// triggered readiness will not report: a goroutine reads on.
 	if c.in.End == len(c.in.Buf) || !c.loopableNow() {
@@ -452,7 +452,7 @@ again:
 		return
 	}
 	c.mu.Lock()
-	more := c.be == b && !c.reader.copyIn && c.q.len() > 0 && (!c.inBatch || c.probe != nil)
+	more := c.be == b && !c.reader.copyIn && c.q.len() > 0 && (!c.inBatch || c.stmts.probe != nil)
 	c.mu.Unlock()
 	if more {
 		if n == free && !c.loopOwes() {

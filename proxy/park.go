@@ -246,7 +246,7 @@ func (s *Server) sweepIdle() {
 			ps.seen = false
 			continue
 		}
-		r := c.reads.Load()
+		r := c.timeouts.reads.Load()
 		if ps.seen && ps.mark == r {
 			ps.seen = false
 			ps.want.Store(true)
@@ -268,7 +268,7 @@ func (s *Server) sweepIdle() {
 func (c *clientConn) idleAfterRelease() bool {
 	// Not c.park.can: the client's goroutine sets it unsynchronised; the
 	// goroutine checks it again when asked to park (tryPark).
-	if !c.policy.releaseAtTransactionEnd || !c.running.Load() || c.waiting.Load() {
+	if !c.policy.releaseAtTransactionEnd || !c.timeouts.running.Load() || c.timeouts.waiting.Load() {
 		return false
 	}
 	c.mu.Lock()
@@ -473,7 +473,7 @@ func (c *clientConn) tryPark(hot bool) bool {
 // event loop's requests (loopableNow) both need it. Under c.mu.
 func (c *clientConn) settledLocked() bool {
 	return c.be == nil && c.q.len() == 0 && !c.inBatch && len(c.listen.notes) == 0 && !c.replay.pending &&
-		c.state.pin == nil && c.state.checkWait == nil && c.probe == nil && c.cancelling == 0 && c.drained == nil
+		c.state.pin == nil && c.state.checkWait == nil && c.stmts.probe == nil && c.cancels.n == 0 && c.drained == nil
 }
 
 // parkableNow reports whether the client may park: nothing of it is in

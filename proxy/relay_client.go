@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -45,7 +44,7 @@ func (c *clientConn) run() error {
 		}
 		c.in.End += n
 		if n > 0 {
-			c.reads.Add(1) // activity, for the idle timeouts
+			c.timeouts.reads.Add(1) // activity, for the idle timeouts
 		}
 		if err != nil {
 			if !errors.Is(err, os.ErrDeadlineExceeded) || c.killed.Load() {
@@ -86,7 +85,7 @@ func (c *clientConn) run() error {
 func (c *clientConn) drainGate(typ byte) error {
 	for {
 		c.mu.Lock()
-		between := c.be == nil || (c.q.len() == 0 && !c.inBatch && c.txStatus == 'I' && !c.writing && c.probe == nil)
+		between := c.be == nil || (c.q.len() == 0 && !c.inBatch && c.txStatus == 'I' && !c.writing && c.stmts.probe == nil)
 		pipelined := !between && startsRequest(typ) && c.q.len() > 0 && !c.inBatch && c.txStatus == 'I'
 		c.mu.Unlock()
 		switch {
@@ -120,7 +119,7 @@ func startsRequest(typ byte) bool {
 func (c *clientConn) betweenTransactions() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.be == nil || (c.q.len() == 0 && !c.inBatch && c.txStatus == 'I' && !c.writing && c.cancelling == 0 && c.probe == nil && c.state.checkWait == nil)
+	return c.be == nil || (c.q.len() == 0 && !c.inBatch && c.txStatus == 'I' && !c.writing && c.cancels.n == 0 && c.stmts.probe == nil && c.state.checkWait == nil)
 }
 
 // process handles every complete (or streamable) message in the buffer.
@@ -260,7 +259,7 @@ const maxPendingRequests = 2048
 // waits on it.
 func (c *clientConn) backpressure(b *backend) error {
 	c.mu.Lock()
-	if c.be != b || c.q.len() < maxPendingRequests || c.passRemaining > 0 || c.probe != nil {
+	if c.be != b || c.q.len() < maxPendingRequests || c.passRemaining > 0 || c.stmts.probe != nil {
 		c.mu.Unlock()
 		return nil
 	}
@@ -337,8 +336,8 @@ func (c *clientConn) acquire() (*backend, error) {
 		return nil, errWaitCanceled // in the loop's queue (waitcancel.go)
 	}
 	s.stats.waiting.Add(1)
-	c.waiting.Store(true)
-	defer c.waiting.Store(false)
+	c.timeouts.waiting.Store(true)
+	defer c.timeouts.waiting.Store(false)
 	// The pool peeks a backend idle longer than pool.peek_after_idle, so
 	// one the server closed while it sat idle never gets here; one released
 	// more recently is not peeked, and if it died its first reply says so
@@ -448,8 +447,8 @@ func (c *clientConn) planRelay(b *backend, outLen int) bool {
 func (c *clientConn) inlineableLocked(outLen int) bool {
 	pending := c.in.Buf[c.in.Start:c.in.End]
 	return c.policy.releaseAtTransactionEnd && outLen <= inlineWriteMax && c.passRemaining == 0 &&
-		(len(pending) == 0 || c.probe != nil || len(pending) == pgwire.HeaderLen && pending[0] == pgwire.MsgTerminate) &&
-		(!c.inBatch || c.probe != nil) && c.state.checkWait == nil && !c.reader.copyIn
+		(len(pending) == 0 || c.stmts.probe != nil || len(pending) == pgwire.HeaderLen && pending[0] == pgwire.MsgTerminate) &&
+		(!c.inBatch || c.stmts.probe != nil) && c.state.checkWait == nil && !c.reader.copyIn
 }
 
 // unpin ends the client reader's use of b (see build). It wakes the server
@@ -472,7 +471,7 @@ func (c *clientConn) unpin(b *backend, wake bool) (probe, readerDone chan struct
 	if c.state.checkWait != nil {
 		return c.state.checkWait, c.reader.done
 	}
-	return c.probe, c.reader.done
+	return c.stmts.probe, c.reader.done
 }
 
 // build turns the buffered client messages into the bytes for backend b,
@@ -488,7 +487,7 @@ func (c *clientConn) build(b *backend) (out []byte, wake bool, err error) {
 	// this goroutine still writes to it or uses its buffer.
 	c.writing = true
 	out = b.cout
-	if c.probe != nil || c.state.checkWait != nil {
+	if c.stmts.probe != nil || c.state.checkWait != nil {
 		return out, false, nil // the held request waits for the probe's (or check's) answer
 	}
 	tx := c.policy.rewriteStatements
@@ -528,7 +527,7 @@ func (c *clientConn) build(b *backend) (out []byte, wake bool, err error) {
 			} else {
 				out = c.refuseInFlight(out, total)
 			}
-			if c.probe != nil {
+			if c.stmts.probe != nil {
 				return out, false, nil // the Bind waits for the probe, unread
 			}
 			if !done {
@@ -563,7 +562,7 @@ func (c *clientConn) build(b *backend) (out []byte, wake bool, err error) {
 			return out, c.q.lastIsSynthetic(), nil
 		}
 		out = c.buildMessageLocked(b, out, typ, msg, tx)
-		if c.probe != nil {
+		if c.stmts.probe != nil {
 			// A probe went out in place of this message, which waits for
 			// the answer and is handled again afterwards.
 			c.in.Start -= total
@@ -577,8 +576,8 @@ func (c *clientConn) build(b *backend) (out []byte, wake bool, err error) {
 // the previous request is still being sent: writing now could let it
 // cancel this one. serverOpTimeout bounds the wait. Under c.mu.
 func (c *clientConn) waitCancelsLocked() {
-	for c.cancelling > 0 {
-		done := c.cancelDone
+	for c.cancels.n > 0 {
+		done := c.cancels.done
 		c.mu.Unlock()
 		select {
 		case <-done:
@@ -731,7 +730,7 @@ func (c *clientConn) streamBind(b *backend, out []byte, bodyLen int) (_ []byte, 
 	c.in.Want = 0
 	st := (*statement)(nil)
 	if len(name) > 0 {
-		st = c.clientStatement(name)
+		st = c.stmts.named(name)
 	} else {
 		var mine bool
 		if out, mine = c.useUnnamed(b, out); !mine {
@@ -749,7 +748,7 @@ func (c *clientConn) streamBind(b *backend, out []byte, bodyLen int) (_ []byte, 
 		var sent bool
 		var e *preparedEntry
 		if out, e, sent = c.useStatement(b, out, st); !sent {
-			if c.probe != nil {
+			if c.stmts.probe != nil {
 				return out, false
 			}
 			// Stale statement: the poison went out instead; drop the Bind.
@@ -806,7 +805,7 @@ func (c *clientConn) onQuery(b *backend, out, msg, body []byte, tx bool) []byte 
 	paramsDirty := c.state.paramsDirty
 	h := c.inspect(q, tx)
 	// A simple Query drops the session's unnamed statement.
-	c.hasUnnamed, b.unnamedOwner = false, nil
+	c.stmts.hasUnnamed, b.unnamedOwner = false, nil
 	if h != hazardNone {
 		c.q.push(request{kind: reqQuery})
 		return pgwire.AppendQuery(out, rejectQuerySQL(c.srv.cfg.rejectError(h)))
@@ -846,10 +845,9 @@ func (c *clientConn) onQuery(b *backend, out, msg, body []byte, tx bool) []byte 
 // policy reject it returns the kind of session state q would create, and
 // the caller refuses q.
 func (c *clientConn) inspect(q []byte, tx bool) hazard {
-	// The owner writes c.last: it reads it without c.lastMu.
-	again := c.lastLen == len(q) && bytes.Equal(c.last[:c.lastLen], q)
+	again := c.last.holds(q)
 	if !again {
-		c.noteStatement(q)
+		c.last.note(q)
 	}
 	if !tx {
 		return hazardNone
@@ -858,7 +856,7 @@ func (c *clientConn) inspect(q []byte, tx bool) hazard {
 		if h := rejectedHazard(q, c.hub != nil); h != hazardNone {
 			t := hazardText[h]
 			c.log.Info("refused a statement that creates session state ("+c.srv.cfg.option("SessionState")+" = reject)",
-				"application_name", c.appName, "state", t.name)
+				"application_name", c.identity.appName, "state", t.name)
 			return h
 		}
 	}

@@ -131,10 +131,10 @@ func (c *clientConn) relayInline(b *backend) error {
 			c.mu.Unlock()
 			return nil
 		}
-		if c.q.len() == 0 && c.cancelling > 0 && !c.inBatch && c.txStatus == 'I' {
+		if c.q.len() == 0 && c.cancels.n > 0 && !c.inBatch && c.txStatus == 'I' {
 			// Over, but a cancel request is still being sent to b: it is
 			// released once that is done (serverOpTimeout bounds it).
-			done := c.cancelDone
+			done := c.cancels.done
 			c.mu.Unlock()
 			select {
 			case <-done:
@@ -147,7 +147,7 @@ func (c *clientConn) relayInline(b *backend) error {
 		// Read on while the backend answers without more client input:
 		// requests are outstanding and the last ends in Sync (or a
 		// Query), or a probe's Describe ends in Flush.
-		more := c.q.len() > 0 && (!c.inBatch || c.probe != nil)
+		more := c.q.len() > 0 && (!c.inBatch || c.stmts.probe != nil)
 		if !more {
 			clearDeadline()
 		}
@@ -499,7 +499,7 @@ func (c *clientConn) idleLocked(b *backend) bool {
 // transactionOverLocked reports whether nothing the client sent is still in
 // flight and its transaction is over (transaction mode).
 func (c *clientConn) transactionOverLocked() bool {
-	return c.policy.releaseAtTransactionEnd && c.q.len() == 0 && !c.inBatch && c.txStatus == 'I' && !c.writing && c.cancelling == 0
+	return c.policy.releaseAtTransactionEnd && c.q.len() == 0 && !c.inBatch && c.txStatus == 'I' && !c.writing && c.cancels.n == 0
 }
 
 // releaseBackend gives a clean backend back to its pool.
@@ -546,7 +546,7 @@ func (c *clientConn) backendLost(b *backend, err error) {
 		c.unpinOnLeaveLocked()
 		c.q.reset()
 		c.inBatch, c.serverSkipping = false, false
-		c.endProbe()
+		c.stmts.endProbe()
 		c.endCheckLocked()
 	}
 	stopping := c.reader.stop
@@ -744,8 +744,8 @@ func (c *clientConn) readyForQueryLocked(b *backend, head *request, msg []byte) 
 	r := c.q.pop()
 	c.txStatus = msg[pgwire.HeaderLen]
 	b.queries++
-	c.responses++
-	c.queryTimedOut = false
+	c.timeouts.responses++
+	c.timeouts.queryTimedOut = false
 	if r.stateCheck {
 		c.applyStateCheckLocked(b, &c.state.check, r.failed)
 		c.state.check = stateCheck{}
@@ -776,10 +776,10 @@ func (c *clientConn) errorResponseLocked(b *backend, head *request, msg []byte) 
 	if sev := pgwire.ErrorField(body, 'V'); bytes.Equal(sev, []byte("FATAL")) || bytes.Equal(sev, []byte("PANIC")) {
 		b.fatal = true
 	}
-	if c.queryTimedOut && string(pgwire.ErrorField(body, 'C')) == pgwire.CodeQueryCanceled {
+	if c.timeouts.queryTimedOut && string(pgwire.ErrorField(body, 'C')) == pgwire.CodeQueryCanceled {
 		// The proxy's query_timeout cancel: say so rather than the
 		// server's "canceling statement due to user request".
-		c.queryTimedOut = false
+		c.timeouts.queryTimedOut = false
 		c.replacement = c.srv.queryTimeoutError().appendTo(c.replacement[:0])
 		swallow = true
 	}
@@ -920,7 +920,7 @@ func (c *clientConn) finish() {
 	c.dropBackendLocked()
 	// A cancel still being sent could land on the next holder's query.
 	clean := b != nil && c.q.len() == 0 && !c.inBatch && b.in.Start == b.in.End && b.passRemaining == 0 &&
-		c.passRemaining == 0 && !c.poisoned && !b.fatal && c.cancelling == 0 && !severed
+		c.passRemaining == 0 && !c.poisoned && !b.fatal && c.cancels.n == 0 && !severed
 	status := c.txStatus
 	inFlight := c.q.len() > 0
 	pinned := c.state.pin != nil || c.state.dirty || c.state.paramsDirty

@@ -28,7 +28,7 @@ func testRelay(mode Mode, maxPrepared int) (*clientConn, *backend) {
 	}
 	c := &clientConn{
 		srv: s, policy: mode.policy(), log: s.log, txStatus: 'I',
-		want: newParamSet(), stmts: map[string]*statement{}, startupParams: map[string]paramValue{},
+		want: newParamSet(), stmts: clientStatements{byName: map[string]*statement{}}, startupParams: map[string]paramValue{},
 		in: pgwire.ReadBuffer{Buf: make([]byte, 16)},
 	}
 	return c, attachBackend(c, maxPrepared)
@@ -66,7 +66,7 @@ func pumpClient(t testing.TB, c *clientConn, b *backend, data []byte, chunk int)
 		out = append(out, o...)
 		b.cout = o[:0]
 		c.writing = false
-		if c.probe != nil || (n == 0 && len(data) == 0) {
+		if c.stmts.probe != nil || (n == 0 && len(data) == 0) {
 			break // process() waits for a probe's answer
 		}
 	}
@@ -313,7 +313,7 @@ func TestPreparedStatementsArePerParse(t *testing.T) {
 
 	// Another client, same text, same backend: a Parse of its own.
 	c2 := &clientConn{srv: c1.srv, policy: ModeTransaction.policy(), log: c1.log, txStatus: 'I', want: newParamSet(),
-		stmts: map[string]*statement{}, startupParams: map[string]paramValue{}, in: pgwire.ReadBuffer{Buf: make([]byte, 16)}, be: b1}
+		stmts: clientStatements{byName: map[string]*statement{}}, startupParams: map[string]paramValue{}, in: pgwire.ReadBuffer{Buf: make([]byte, 16)}, be: b1}
 	out = pumpClient(t, c2, b1, enc(&pgproto3.Parse{Name: "s1", Query: "select $1"}, &pgproto3.Sync{}), 0)
 	sent = decodeFrontendMsgs(t, out)
 	if p, ok := sent[0].(*pgproto3.Parse); !ok || p.Name == proxyName || p.Query != "select $1" {
@@ -348,8 +348,8 @@ func TestPreparedStatementsArePerParse(t *testing.T) {
 		t.Fatalf("Close of the client's statement not sent: %q", out)
 	}
 	reply, _ = pumpServer(t, c1, b2, enc(&pgproto3.CloseComplete{}, &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
-	if string(decodeBackendMsgs(t, reply)) != "3Z" || c1.stmts["s1"] != nil || b2.prepared.has(proxyName) {
-		t.Fatalf("Close: reply %q, client map %v", decodeBackendMsgs(t, reply), c1.stmts)
+	if string(decodeBackendMsgs(t, reply)) != "3Z" || c1.stmts.byName["s1"] != nil || b2.prepared.has(proxyName) {
+		t.Fatalf("Close: reply %q, client map %v", decodeBackendMsgs(t, reply), c1.stmts.byName)
 	}
 }
 
@@ -362,7 +362,7 @@ func TestUnnamedStatementIsPrivate(t *testing.T) {
 	pumpClient(t, c1, b, enc(&pgproto3.Parse{Query: "select 'c1'"}, &pgproto3.Describe{ObjectType: 'S'}, &pgproto3.Sync{}), 0)
 	pumpServer(t, c1, b, enc(&pgproto3.ParseComplete{}, &pgproto3.ParameterDescription{}, &pgproto3.NoData{}, &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
 	c2 := &clientConn{srv: c1.srv, policy: ModeTransaction.policy(), log: c1.log, txStatus: 'I', want: newParamSet(),
-		stmts: map[string]*statement{}, startupParams: map[string]paramValue{}, in: pgwire.ReadBuffer{Buf: make([]byte, 16)}, be: b}
+		stmts: clientStatements{byName: map[string]*statement{}}, startupParams: map[string]paramValue{}, in: pgwire.ReadBuffer{Buf: make([]byte, 16)}, be: b}
 	pumpClient(t, c2, b, enc(&pgproto3.Parse{Query: "select 'c2'"}, &pgproto3.Sync{}), 0)
 	pumpServer(t, c2, b, enc(&pgproto3.ParseComplete{}, &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
 
@@ -419,8 +419,8 @@ func TestPipelineErrorSkipsToSync(t *testing.T) {
 	if string(decodeBackendMsgs(t, reply)) != "EZTDCZ" || !release || c.q.len() != 0 {
 		t.Fatalf("reply %q release %v queue %d", decodeBackendMsgs(t, reply), release, c.q.len())
 	}
-	if c.stmts["bad"] != nil || b.prepared.len() != 0 {
-		t.Fatalf("failed Parse still tracked: client %v backend %d", c.stmts, b.prepared.len())
+	if c.stmts.byName["bad"] != nil || b.prepared.len() != 0 {
+		t.Fatalf("failed Parse still tracked: client %v backend %d", c.stmts.byName, b.prepared.len())
 	}
 }
 
@@ -429,7 +429,7 @@ func TestPipelineErrorSkipsToSync(t *testing.T) {
 // it: it is closed and prepared again there.
 func TestPipelineLaterSegmentReprepares(t *testing.T) {
 	c, b := testRelay(ModeTransaction, 10)
-	c.stmts["s"] = c.srv.stmts.newStatement(enc(&pgproto3.Parse{Query: "select $1::int"})[6:])
+	c.stmts.byName["s"] = c.srv.stmts.newStatement(enc(&pgproto3.Parse{Query: "select $1::int"})[6:])
 	out := pumpClient(t, c, b, enc(
 		&pgproto3.Parse{Query: "select 1/0"}, &pgproto3.Bind{}, &pgproto3.Execute{},
 		&pgproto3.Bind{PreparedStatement: "s"}, &pgproto3.Execute{}, &pgproto3.Sync{},
@@ -453,7 +453,7 @@ func TestPipelineLaterSegmentReprepares(t *testing.T) {
 	if got := string(decodeBackendMsgs(t, reply)); got != "12EZ2CZ" || !release {
 		t.Fatalf("reply %q release %v", got, release)
 	}
-	if e := b.prepared.lookup(c.stmts["s"].name); e == nil || e.pending != -1 {
+	if e := b.prepared.lookup(c.stmts.byName["s"].name); e == nil || e.pending != -1 {
 		t.Fatalf("statement not confirmed on the backend: %+v", e)
 	}
 }
@@ -493,12 +493,12 @@ func TestDeallocateAndDiscard(t *testing.T) {
 	c, b := testRelay(ModeTransaction, 10)
 	pumpClient(t, c, b, enc(&pgproto3.Parse{Name: "MyStmt", Query: "select 1"}, &pgproto3.Sync{}), 0)
 	pumpServer(t, c, b, msgs(learned(nil, &pgproto3.NoData{}), &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
-	name := c.stmts["MyStmt"].name
+	name := c.stmts.byName["MyStmt"].name
 	out := pumpClient(t, c, b, enc(&pgproto3.Query{String: `DEALLOCATE "MyStmt"`}), 0)
 	if q, ok := decodeFrontendMsgs(t, out)[0].(*pgproto3.Query); !ok || q.String != "DEALLOCATE "+name {
 		t.Fatalf("DEALLOCATE not rewritten: %q", out)
 	}
-	if c.stmts["MyStmt"] != nil || b.prepared.has(name) {
+	if c.stmts.byName["MyStmt"] != nil || b.prepared.has(name) {
 		t.Fatal("DEALLOCATE left the statement tracked")
 	}
 	pumpServer(t, c, b, enc(&pgproto3.CommandComplete{CommandTag: []byte("DEALLOCATE")}, &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
@@ -509,8 +509,8 @@ func TestDeallocateAndDiscard(t *testing.T) {
 	b.params.set("search_path", paramValue{val: "foo", raw: true})
 	pumpClient(t, c, b, enc(&pgproto3.Query{String: "discard all;"}), 0)
 	pumpServer(t, c, b, enc(&pgproto3.CommandComplete{CommandTag: []byte("DISCARD ALL")}, &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
-	if len(c.stmts) != 0 || b.prepared.len() != 0 || c.want.vals["search_path"].val != "" || b.params.vals["search_path"].val != "" {
-		t.Fatalf("DISCARD ALL not applied: stmts %v prepared %d want %v params %v", c.stmts, b.prepared.len(), c.want, b.params)
+	if len(c.stmts.byName) != 0 || b.prepared.len() != 0 || c.want.vals["search_path"].val != "" || b.params.vals["search_path"].val != "" {
+		t.Fatalf("DISCARD ALL not applied: stmts %v prepared %d want %v params %v", c.stmts.byName, b.prepared.len(), c.want, b.params)
 	}
 }
 
@@ -813,8 +813,8 @@ func TestErrorBeforeClientSync(t *testing.T) {
 		t.Fatalf("reply %q skipping %v", decodeBackendMsgs(t, reply), c.serverSkipping)
 	}
 	out := pumpClient(t, c, b, enc(&pgproto3.Parse{Name: "n", Query: "select 1"}, &pgproto3.Execute{}, &pgproto3.Sync{}), 0)
-	if len(decodeFrontendMsgs(t, out)) != 3 || c.stmts["n"] != nil || c.q.len() != 1 {
-		t.Fatalf("messages the server skips were tracked: stmts %v queue %d", c.stmts, c.q.len())
+	if len(decodeFrontendMsgs(t, out)) != 3 || c.stmts.byName["n"] != nil || c.q.len() != 1 {
+		t.Fatalf("messages the server skips were tracked: stmts %v queue %d", c.stmts.byName, c.q.len())
 	}
 	reply, release := pumpServer(t, c, b, enc(&pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
 	if string(decodeBackendMsgs(t, reply)) != "Z" || !release || c.serverSkipping {
@@ -828,7 +828,7 @@ func TestParseOfTakenNameFails(t *testing.T) {
 	c, b := testRelay(ModeTransaction, 10)
 	pumpClient(t, c, b, enc(&pgproto3.Parse{Name: "s", Query: "select 1"}, &pgproto3.Sync{}), 0)
 	pumpServer(t, c, b, msgs(learned(nil, &pgproto3.NoData{}), &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
-	first := c.stmts["s"]
+	first := c.stmts.byName["s"]
 	out := pumpClient(t, c, b, enc(&pgproto3.Parse{Name: "s", Query: "select 2"}, &pgproto3.Sync{}), 0)
 	if bd, ok := decodeFrontendMsgs(t, out)[0].(*pgproto3.Bind); !ok || bd.PreparedStatement != poisonStatement {
 		t.Fatalf("no poison Bind sent: %q", out)
@@ -841,7 +841,7 @@ func TestParseOfTakenNameFails(t *testing.T) {
 	if err != nil || !ok || er.Code != pgwire.CodeDuplicatePreparedStatement || !strings.Contains(er.Message, `"s" already exists`) {
 		t.Fatalf("client got %#v (%v), want 42P05", m, err)
 	}
-	if c.stmts["s"] != first {
+	if c.stmts.byName["s"] != first {
 		t.Fatal("the failed Parse replaced the client's statement")
 	}
 }
@@ -857,7 +857,7 @@ func TestProbeCatchesChangedResultType(t *testing.T) {
 	}
 	pumpClient(t, c, b, enc(&pgproto3.Parse{Name: "s", Query: "select c from t"}, &pgproto3.Describe{ObjectType: 'S', Name: "s"}, &pgproto3.Sync{}), 0)
 	pumpServer(t, c, b, msgs(learned(nil, rowDesc(20)), &pgproto3.ParameterDescription{}, rowDesc(20), &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
-	if c.stmts["s"].fingerprint == "" {
+	if c.stmts.byName["s"].fingerprint == "" {
 		t.Fatal("the description the client got was not recorded")
 	}
 
@@ -867,12 +867,12 @@ func TestProbeCatchesChangedResultType(t *testing.T) {
 	for _, m := range decodeFrontendMsgs(t, out) {
 		kinds = append(kinds, fmt.Sprintf("%T", m)[len("*pgproto3."):])
 	}
-	if strings.Join(kinds, " ") != "Parse Describe Flush" || c.probe == nil {
+	if strings.Join(kinds, " ") != "Parse Describe Flush" || c.stmts.probe == nil {
 		t.Fatalf("sent %v, want the probe only (the Bind held)", kinds)
 	}
 	reply, _ := pumpServer(t, c, b2, enc(&pgproto3.ParseComplete{}, &pgproto3.ParameterDescription{}, rowDesc(701)), 0)
-	if len(reply) != 0 || c.probe != nil || !c.stmts["s"].stale {
-		t.Fatalf("probe: reply %q, stale %v", reply, c.stmts["s"].stale)
+	if len(reply) != 0 || c.stmts.probe != nil || !c.stmts.byName["s"].stale {
+		t.Fatalf("probe: reply %q, stale %v", reply, c.stmts.byName["s"].stale)
 	}
 	c.writing = false
 	out = pumpClient(t, c, b2, nil, 0) // the held messages go out now
@@ -910,11 +910,11 @@ func TestSharedCopyRetiredOn0A000(t *testing.T) {
 	rows := &pgproto3.RowDescription{Fields: []pgproto3.FieldDescription{{Name: []byte("c"), DataTypeOID: 23, DataTypeSize: 4, TypeModifier: -1}}}
 	pumpClient(t, c1, b, enc(&pgproto3.Parse{Name: "s", Query: "select c from t where id = $1"}, &pgproto3.Sync{}), 0)
 	pumpServer(t, c1, b, msgs(learned([]uint32{23}, rows), &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
-	shared := c1.stmts["s"].name
+	shared := c1.stmts.byName["s"].name
 
 	newClient := func() *clientConn {
 		return &clientConn{srv: c1.srv, policy: ModeTransaction.policy(), log: c1.log, txStatus: 'I', want: newParamSet(),
-			stmts: map[string]*statement{}, startupParams: map[string]paramValue{}, in: pgwire.ReadBuffer{Buf: make([]byte, 16)}, be: b}
+			stmts: clientStatements{byName: map[string]*statement{}}, startupParams: map[string]paramValue{}, in: pgwire.ReadBuffer{Buf: make([]byte, 16)}, be: b}
 	}
 	// Another result type (a DDL between the two Parses): not shared.
 	c3 := newClient()
@@ -927,7 +927,7 @@ func TestSharedCopyRetiredOn0A000(t *testing.T) {
 
 	c2 := newClient()
 	out := pumpClient(t, c2, b, enc(&pgproto3.Parse{Name: "s", Query: "select c from t where id = $1"}, &pgproto3.Sync{}), 0)
-	own := c2.stmts["s"].name
+	own := c2.stmts.byName["s"].name
 	if p, ok := decodeFrontendMsgs(t, out)[0].(*pgproto3.Parse); !ok || p.Name != own || own == shared {
 		t.Fatalf("client 2's Parse did not reach the server as its own: %q", out)
 	}
@@ -962,7 +962,7 @@ func TestSharedCopyRetiredOn0A000(t *testing.T) {
 	if p, ok := sent[0].(*pgproto3.Parse); !ok || p.Name != own {
 		t.Fatalf("the retired copy was used again: %#v", sent)
 	}
-	if d, ok := sent[1].(*pgproto3.Describe); !ok || d.Name != own || c2.probe == nil {
+	if d, ok := sent[1].(*pgproto3.Describe); !ok || d.Name != own || c2.stmts.probe == nil {
 		t.Fatalf("the copy prepared again is not probed: %#v", sent)
 	}
 }

@@ -234,7 +234,7 @@ func (c *clientConn) abandonLocked(b *backend) {
 	c.dropBackendLocked()
 	c.inBatch, c.serverSkipping = false, false
 	c.txStatus = 'I'
-	c.endProbe()
+	c.stmts.endProbe()
 	c.endCheckLocked()
 	if wake {
 		// A backend reader found b dead while the client reader waits for

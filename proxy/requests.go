@@ -45,7 +45,7 @@ type request struct {
 	// syncTo is the backend's parameter set once the proxy's own SETs succeed.
 	syncTo map[string]paramValue
 	// gen is the client's unnamed Parse a request about the unnamed
-	// statement belongs to (see clientConn.unnamedGen).
+	// statement belongs to (see clientStatements.unnamedGen).
 	gen uint64
 	// learn marks the proxy's Describe right after a statement's first
 	// Parse: its answer is recorded as the statement's description.

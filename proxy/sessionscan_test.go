@@ -126,7 +126,7 @@ func BenchmarkSessionScans(b *testing.B) {
 
 // TestInspectRemembersScans: inspect scans a statement once and answers
 // its repeats from what it found, and never carries one statement's
-// findings over to another, a statement whose start c.last keeps
+// findings over to another, a statement whose start c.last.text keeps
 // included.
 func TestInspectRemembersScans(t *testing.T) {
 	c, _ := testRelay(ModeTransaction, 0)
@@ -142,7 +142,7 @@ func TestInspectRemembersScans(t *testing.T) {
 	}
 	check("SELECT 1", false, false)
 	check("SELECT 1", false, false)
-	if !c.scanOK {
+	if !c.last.scanOK {
 		t.Fatal("a repeated statement's findings are not kept")
 	}
 	check("CREATE TEMP TABLE t (a int)", true, false)
@@ -151,9 +151,9 @@ func TestInspectRemembersScans(t *testing.T) {
 	check("SET search_path = x", false, true)
 	check("SELECT 1", false, false)
 
-	// Longer than c.last: its first len(c.last) bytes are a statement of
+	// Longer than c.last.text: its first len(c.last.text) bytes are a statement of
 	// their own, which must be scanned for itself.
-	prefix := "SELECT " + strings.Repeat("a", len(c.last)-len("SELECT "))
+	prefix := "SELECT " + strings.Repeat("a", len(c.last.text)-len("SELECT "))
 	check(prefix+"; LISTEN x", true, false)
 	check(prefix, false, false)
 	check(prefix, false, false)

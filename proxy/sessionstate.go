@@ -472,21 +472,21 @@ type PinnedClient struct {
 
 // noteSessionTraffic records, in transaction mode, that the client's
 // traffic may have touched session state or settings; the server is asked
-// once the transaction is over. again says q is the statement noteStatement
-// kept last (c.last), whose findings c.scanOK says are known. It runs under
-// c.mu.
+// once the transaction is over. again says q is the statement c.last
+// kept (lastStatement.holds), whose findings c.last.scanOK says are known.
+// It runs under c.mu.
 func (c *clientConn) noteSessionTraffic(q []byte, again bool) {
-	if !again || !c.scanOK {
+	if !again || !c.last.scanOK {
 		touches, settings := sessionScan(q) // one pass for both checks
-		c.scanTouches, c.scanChanges = touches, settings.changes(q)
-		// Only of a statement c.last holds whole: a longer one's first
+		c.last.touches, c.last.changes = touches, settings.changes(q)
+		// Only of a statement c.last.text holds whole: a longer one's first
 		// bytes could be another statement's whole text.
-		c.scanOK = c.lastLen == len(q)
+		c.last.scanOK = int(c.last.n) == len(q)
 	}
-	if c.scanTouches {
+	if c.last.touches {
 		c.state.dirty = true
 	}
-	if c.scanChanges {
+	if c.last.changes {
 		c.state.paramsDirty = true
 		c.noteCustomNames(q)
 	}
@@ -575,19 +575,19 @@ func (c *clientConn) applyStateCheckResultLocked(b *backend, sc *stateCheck, fai
 		// SQL): the backend is not handed on.
 		b.tainted = true
 		c.log.Warn("session state created despite "+c.srv.cfg.option("SessionState")+" = reject; the server connection will be closed",
-			"application_name", c.appName, "state", reasons)
+			"application_name", c.identity.appName, "state", reasons)
 		return
 	}
 	switch {
 	case has && c.state.pin == nil:
-		c.state.pin = &PinnedClient{Client: c.addr, ApplicationName: c.appName, Database: c.db.Name, Reasons: reasons, Since: time.Now()}
+		c.state.pin = &PinnedClient{Client: c.identity.addr, ApplicationName: c.identity.appName, Database: c.db.Name, Reasons: reasons, Since: time.Now()}
 		c.srv.pinned.Add(1)
-		c.log.Info("client pinned to its server connection: it holds session state", "application_name", c.appName, "state", reasons)
+		c.log.Info("client pinned to its server connection: it holds session state", "application_name", c.identity.appName, "state", reasons)
 	case has && c.state.pin.Reasons != reasons:
-		c.state.pin = &PinnedClient{Client: c.addr, ApplicationName: c.appName, Database: c.db.Name, Reasons: reasons, Since: c.state.pin.Since}
-		c.log.Info("pinned client's session state changed", "application_name", c.appName, "state", reasons)
+		c.state.pin = &PinnedClient{Client: c.identity.addr, ApplicationName: c.identity.appName, Database: c.db.Name, Reasons: reasons, Since: c.state.pin.Since}
+		c.log.Info("pinned client's session state changed", "application_name", c.identity.appName, "state", reasons)
 	case !has && c.state.pin != nil:
-		c.log.Info("client unpinned: its session state is gone", "application_name", c.appName,
+		c.log.Info("client unpinned: its session state is gone", "application_name", c.identity.appName,
 			"pinned_for", time.Since(c.state.pin.Since).Round(time.Millisecond))
 		c.state.pin = nil
 		c.srv.pinned.Add(-1)
@@ -639,7 +639,7 @@ func (c *clientConn) applySettingsLocked(b *backend, settings map[string]string,
 // unpinLocked forgets the pin when the client leaves.
 func (c *clientConn) unpinOnLeaveLocked() {
 	if c.state.pin != nil {
-		c.log.Info("pinned client left; its server connection is cleaned", "application_name", c.appName,
+		c.log.Info("pinned client left; its server connection is cleaned", "application_name", c.identity.appName,
 			"state", c.state.pin.Reasons, "pinned_for", time.Since(c.state.pin.Since).Round(time.Millisecond))
 		c.state.pin = nil
 		c.srv.pinned.Add(-1)

@@ -18,6 +18,47 @@ import (
 	"github.com/pgsidecar/pgsidecar/internal/pgwire"
 )
 
+// clientStatements is the client's side of statement tracking
+// (transaction mode), under clientConn.mu.
+type clientStatements struct {
+	byName map[string]*statement // client statement name -> statement
+	// unnamed is the client's unnamed statement when hasUnnamed (a Query
+	// or a failed Parse drops it). Its storage is reused for each unnamed
+	// Parse, which unnamedGen numbers.
+	unnamed    *statement
+	unnamedGen uint64
+	hasUnnamed bool
+	// probe is closed when the proxy's Describe of a statement it prepared
+	// on this backend has been answered (nil when none is in flight).
+	probe chan struct{}
+}
+
+// named returns the statement a client's name refers to.
+func (s *clientStatements) named(name []byte) *statement {
+	return s.byName[string(name)]
+}
+
+// parseUnnamed makes rest (a Parse body without its name) the client's
+// unnamed statement, in the storage of the one it replaces, and returns
+// it with its generation.
+func (s *clientStatements) parseUnnamed(rest []byte) (*statement, uint64) {
+	if s.unnamed == nil {
+		s.unnamed = &statement{}
+	}
+	s.unnamed.reset(rest)
+	s.unnamedGen++
+	s.hasUnnamed = true
+	return s.unnamed, s.unnamedGen
+}
+
+// endProbe lets the client reader go on after a probe was answered.
+func (s *clientStatements) endProbe() {
+	if s.probe != nil {
+		close(s.probe)
+		s.probe = nil
+	}
+}
+
 // statement is one Parse a client sent (named, or the unnamed statement):
 // the body of its Parse message without the name (query text and parameter
 // types). Every named Parse gets a server-side name of its own, so a
@@ -429,17 +470,12 @@ func (c *clientConn) onParse(b *backend, out, msg, body []byte, tx bool) []byte 
 		if h := c.inspect(query, tx); h != hazardNone {
 			return c.poison(out, c.srv.cfg.rejectError(h))
 		}
-		if c.unnamed == nil {
-			c.unnamed = &statement{}
-		}
-		c.unnamed.reset(rest)
-		c.unnamedGen++
-		c.hasUnnamed = true
-		b.unnamedOwner, b.unnamedGen = c, c.unnamedGen
-		c.q.push(request{kind: reqParse, stmt: c.unnamed, gen: c.unnamedGen})
+		st, gen := c.stmts.parseUnnamed(rest)
+		b.unnamedOwner, b.unnamedGen = c, gen
+		c.q.push(request{kind: reqParse, stmt: st, gen: gen})
 		return append(out, msg...)
 	}
-	if c.stmts[string(name)] != nil {
+	if c.stmts.byName[string(name)] != nil {
 		// As PostgreSQL: the name is taken until the client closes it.
 		return c.poison(out, newError(pgwire.CodeDuplicatePreparedStatement, fmt.Sprintf("prepared statement %q already exists", name),
 			"close (DEALLOCATE) the statement before preparing another one under its name"))
@@ -452,7 +488,7 @@ func (c *clientConn) onParse(b *backend, out, msg, body []byte, tx bool) []byte 
 	// prepared earlier.
 	st := c.srv.stmts.newStatement(rest)
 	cname := string(name)
-	c.stmts[cname] = st
+	c.stmts.byName[cname] = st
 	out, _ = c.sendParse(b, out, st, request{clientName: cname})
 	return out
 }
@@ -516,7 +552,7 @@ func (c *clientConn) useStatement(b *backend, out []byte, st *statement) (_ []by
 	}
 	c.q.push(request{kind: reqDescribeStmt, swallow: true, probe: true, stmt: st})
 	out = appendDescribeStatement(out, st.name)
-	c.probe = make(chan struct{})
+	c.stmts.probe = make(chan struct{})
 	return append(out, pgwire.MsgFlush, 0, 0, 0, 4), nil, false
 }
 
@@ -579,25 +615,20 @@ func (c *clientConn) closeUncertain(out []byte, e *preparedEntry) []byte {
 	return pgwire.AppendCloseStatement(out, e.name)
 }
 
-// clientStatement returns the statement a client's name refers to.
-func (c *clientConn) clientStatement(name []byte) *statement {
-	return c.stmts[string(name)]
-}
-
 // useUnnamed makes b's unnamed statement the client's own before a Bind or
 // Describe of it: parsed again (reply swallowed) unless the proxy parsed it
 // there for this client during this hold. A client without one gets
 // PostgreSQL's 26000, never whatever b's unnamed statement is.
 func (c *clientConn) useUnnamed(b *backend, out []byte) ([]byte, bool) {
-	st := c.unnamed
-	if !c.hasUnnamed {
+	st := c.stmts.unnamed
+	if !c.stmts.hasUnnamed {
 		return c.poison(out, newError(pgwire.CodeInvalidSQLStatementName, "unnamed prepared statement does not exist",
 			"send a Parse for the unnamed statement before using it (a simple Query drops it)")), false
 	}
-	if b.unnamedOwner != c || b.unnamedGen != c.unnamedGen {
-		c.q.push(request{kind: reqParse, swallow: true, stmt: st, gen: c.unnamedGen})
+	if b.unnamedOwner != c || b.unnamedGen != c.stmts.unnamedGen {
+		c.q.push(request{kind: reqParse, swallow: true, stmt: st, gen: c.stmts.unnamedGen})
 		out = st.appendParse(out)
-		b.unnamedOwner, b.unnamedGen = c, c.unnamedGen
+		b.unnamedOwner, b.unnamedGen = c, c.stmts.unnamedGen
 	}
 	return out, true
 }
@@ -612,7 +643,7 @@ func (c *clientConn) onBind(b *backend, out, msg, body []byte, tx bool) []byte {
 			}
 		}
 		if ok && len(name) > 0 {
-			if st := c.clientStatement(name); st != nil {
+			if st := c.stmts.named(name); st != nil {
 				out, e, ok := c.useStatement(b, out, st)
 				if !ok {
 					return out
@@ -637,11 +668,11 @@ func (c *clientConn) onDescribe(b *backend, out, msg, body []byte, tx bool) []by
 			if out, mine = c.useUnnamed(b, out); !mine {
 				return out
 			}
-			c.q.push(request{kind: reqDescribeStmt, stmt: c.unnamed, gen: c.unnamedGen})
+			c.q.push(request{kind: reqDescribeStmt, stmt: c.stmts.unnamed, gen: c.stmts.unnamedGen})
 			return append(out, msg...)
 		}
 		if name, _, ok := pgwire.CString(body[1:]); ok && len(name) > 0 {
-			if st := c.clientStatement(name); st != nil {
+			if st := c.stmts.named(name); st != nil {
 				out, e, ok := c.useStatement(b, out, st)
 				if !ok {
 					return out
@@ -658,13 +689,13 @@ func (c *clientConn) onDescribe(b *backend, out, msg, body []byte, tx bool) []by
 func (c *clientConn) onClose(b *backend, out, msg, body []byte, tx bool) []byte {
 	if tx && len(body) > 1 && body[0] == 'S' {
 		if name, _, ok := pgwire.CString(body[1:]); ok && len(name) == 0 {
-			c.hasUnnamed, b.unnamedOwner = false, nil
+			c.stmts.hasUnnamed, b.unnamedOwner = false, nil
 		} else if ok {
 			// The statement is the client's alone: closed on this backend
 			// if it is there; copies on others are never used again and
 			// leave with their LRU.
-			st := c.stmts[string(name)]
-			delete(c.stmts, string(name))
+			st := c.stmts.byName[string(name)]
+			delete(c.stmts.byName, string(name))
 			if st != nil && b.prepared.has(st.name) {
 				b.prepared.remove(st.name)
 				c.q.push(request{kind: reqClose})
@@ -703,14 +734,14 @@ func (c *clientConn) answerWithoutBackend() (bool, error) {
 		case pgwire.MsgParse:
 			name, _, _ := parseParseMessage(body)
 			c.mu.Lock()
-			c.stmts[string(name)] = stmts[0]
+			c.stmts.byName[string(name)] = stmts[0]
 			c.mu.Unlock()
 			stmts = stmts[1:]
 			reply = append(reply, pgwire.ParseCompleteMessage...)
 		case pgwire.MsgClose:
 			name, _, _ := pgwire.CString(body[1:])
 			c.mu.Lock()
-			delete(c.stmts, string(name))
+			delete(c.stmts.byName, string(name))
 			c.mu.Unlock()
 			reply = append(reply, pgwire.CloseCompleteMessage...)
 		case pgwire.MsgSync:
@@ -746,7 +777,7 @@ func (c *clientConn) localRequest() (end int, stmts []*statement, ok bool) {
 				return 0, nil, false
 			}
 			c.mu.Lock()
-			taken := c.stmts[string(name)] != nil
+			taken := c.stmts.byName[string(name)] != nil
 			c.mu.Unlock()
 			if taken || !c.srv.stmts.isKnown(rest) {
 				return 0, nil, false
@@ -764,14 +795,6 @@ func (c *clientConn) localRequest() (end int, stmts []*statement, ok bool) {
 	}
 }
 
-// endProbe lets the client reader go on after a probe was answered.
-func (c *clientConn) endProbe() {
-	if c.probe != nil {
-		close(c.probe)
-		c.probe = nil
-	}
-}
-
 // undoParse forgets a statement whose Parse failed or was skipped.
 func (c *clientConn) undoParse(b *backend, r *request) {
 	if r.stmt == nil {
@@ -783,8 +806,8 @@ func (c *clientConn) undoParse(b *backend, r *request) {
 			if b.unnamedOwner == c && b.unnamedGen == r.gen {
 				b.unnamedOwner = nil
 			}
-			if !r.swallow && c.unnamedGen == r.gen {
-				c.hasUnnamed = false
+			if !r.swallow && c.stmts.unnamedGen == r.gen {
+				c.stmts.hasUnnamed = false
 			}
 		}
 		return
@@ -792,8 +815,8 @@ func (c *clientConn) undoParse(b *backend, r *request) {
 	if r.prepared {
 		b.prepared.undo(r.stmt.name, r.seg)
 	}
-	if r.clientName != "" && c.stmts[r.clientName] == r.stmt {
-		delete(c.stmts, r.clientName)
+	if r.clientName != "" && c.stmts.byName[r.clientName] == r.stmt {
+		delete(c.stmts.byName, r.clientName)
 	}
 }
 
@@ -802,11 +825,11 @@ func (c *clientConn) undoParse(b *backend, r *request) {
 // if this backend lacks it) and the client sees exactly the reply
 // PostgreSQL would give. ok is false when name is not the client's.
 func (c *clientConn) deallocate(b *backend, out []byte, r request, name string) (_ []byte, ok bool) {
-	st := c.stmts[name]
+	st := c.stmts.byName[name]
 	if st == nil {
 		return out, false
 	}
-	delete(c.stmts, name)
+	delete(c.stmts.byName, name)
 	out = c.ensurePrepared(b, out, st)
 	b.prepared.remove(st.name)
 	c.q.push(r)
@@ -854,7 +877,7 @@ func (c *clientConn) parseCompleted(b *backend, r *request) {
 // learns (its own right after the first Parse, or the client's).
 func (c *clientConn) paramsDescribed(head *request, msg []byte) {
 	if head.kind == reqDescribeStmt && head.stmt != nil && !head.probe && (head.learn || !head.swallow) &&
-		(head.stmt.name != "" || head.gen == c.unnamedGen) {
+		(head.stmt.name != "" || head.gen == c.stmts.unnamedGen) {
 		head.stmt.learnParams(msg[pgwire.HeaderLen:])
 	}
 }
@@ -875,8 +898,8 @@ func (c *clientConn) resultDescribed(b *backend, r *request, msg []byte) {
 		} else {
 			c.shareCopy(b, r.stmt)
 		}
-		c.endProbe()
-	case (r.learn || !r.swallow) && r.stmt.fingerprint == "" && (r.stmt.name != "" || r.gen == c.unnamedGen):
+		c.stmts.endProbe()
+	case (r.learn || !r.swallow) && r.stmt.fingerprint == "" && (r.stmt.name != "" || r.gen == c.stmts.unnamedGen):
 		r.stmt.learnResult(msg)
 		if r.stmt.shape != "" {
 			c.shareCopy(b, r.stmt)
@@ -891,7 +914,7 @@ func (c *clientConn) resultDescribed(b *backend, r *request, msg []byte) {
 func (c *clientConn) statementFailed(b *backend, r *request, errBody []byte) {
 	c.undoParse(b, r)
 	if r.probe {
-		c.endProbe()
+		c.stmts.endProbe()
 	}
 	if r.entry != nil && errBody != nil {
 		if code := pgwire.ErrorField(errBody, 'C'); string(code) == pgwire.CodeFeatureNotSupported || string(code) == pgwire.CodeInternalError {
@@ -903,5 +926,5 @@ func (c *clientConn) statementFailed(b *backend, r *request, errBody []byte) {
 // statementsDeallocated records that DEALLOCATE ALL or DISCARD ALL ran on b.
 func (c *clientConn) statementsDeallocated(b *backend) {
 	b.prepared.clear()
-	clear(c.stmts)
+	clear(c.stmts.byName)
 }

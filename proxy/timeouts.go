@@ -3,6 +3,7 @@ package proxy
 import (
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pgsidecar/pgsidecar/internal/pgwire"
@@ -32,6 +33,18 @@ const (
 	stateIdleInTx                    // inside a transaction, nothing in flight
 	stateWaiting                     // waiting for a backend (pool.acquire_timeout applies)
 )
+
+// timeoutState is what the client timeouts watch on a client.
+type timeoutState struct {
+	running atomic.Bool // set once the client has logged in
+	waiting atomic.Bool // in acquire: no timeout of the sweeper's applies (acquire_timeout does)
+	// reads counts the client reader's reads (and the loop's): progress
+	// the sweeper, and the parker's idle sweep, compare between looks.
+	reads         atomic.Uint64
+	responses     uint64 // ReadyForQuery replies relayed (under clientConn.mu)
+	queryTimedOut bool   // the request in flight was cancelled by query_timeout (under clientConn.mu)
+	sweep         sweepMark
+}
 
 // sweepMark is the sweeper's memory of one client; only the sweeper
 // goroutine touches it.
@@ -130,13 +143,13 @@ func (s *Server) sweepOnce(live *Config, now time.Time) {
 // sweepClient applies the timeout of the state c has been in, without
 // progress, for too long.
 func (s *Server) sweepClient(c *clientConn, live *Config, now time.Time) {
-	if !c.running.Load() || c.closeErr.Load() != nil {
+	if !c.timeouts.running.Load() || c.closeErr.Load() != nil {
 		return // still logging in, or already told to go
 	}
 	c.mu.Lock()
-	st, mark := stateIdle, c.responses
+	st, mark := stateIdle, c.timeouts.responses
 	switch {
-	case c.waiting.Load():
+	case c.timeouts.waiting.Load():
 		st = stateWaiting
 	case c.q.len() > 0:
 		st = stateBusy
@@ -147,9 +160,9 @@ func (s *Server) sweepClient(c *clientConn, live *Config, now time.Time) {
 	if st != stateBusy {
 		// Idle ends with anything the client sends; a request in flight
 		// only with its answer (a client pipelining more does not reset it).
-		mark += c.reads.Load()
+		mark += c.timeouts.reads.Load()
 	}
-	sw := &c.sweep
+	sw := &c.timeouts.sweep
 	if st != sw.state || mark != sw.mark || sw.since.IsZero() {
 		*sw = sweepMark{state: st, mark: mark, since: now}
 		return
@@ -195,10 +208,10 @@ func (s *Server) sweepClient(c *clientConn, live *Config, now time.Time) {
 // as for a client's own cancel (see cancelPinned).
 func (s *Server) cancelForTimeout(c *clientConn, mark uint64, limit time.Duration) {
 	pid, sent, err := c.cancelPinned(func() bool {
-		if c.q.len() == 0 || c.responses != mark {
+		if c.q.len() == 0 || c.timeouts.responses != mark {
 			return false // it finished meanwhile
 		}
-		c.queryTimedOut = true
+		c.timeouts.queryTimedOut = true
 		return true
 	})
 	if !sent {
@@ -208,9 +221,7 @@ func (s *Server) cancelForTimeout(c *clientConn, mark uint64, limit time.Duratio
 		c.log.Warn(s.live.Load().option("QueryTimeout")+": cancelling the query on the server failed", "err", err)
 		return
 	}
-	c.lastMu.Lock()
-	stmt := string(c.last[:c.lastLen])
-	c.lastMu.Unlock()
+	stmt := c.last.load()
 	c.log.Info("query ran longer than "+s.live.Load().option("QueryTimeout")+": cancelled on the server",
 		"query_timeout", limit.String(), "backend_pid", pid, "statement", stmt)
 }
