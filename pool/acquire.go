@@ -19,7 +19,7 @@ import (
 // ends, whichever is first.
 //
 // A backend idle at least PeekAfterIdle has its socket peeked first
-// (probeSocket), and one idle longer than ValidateAfterIdle is validated
+// (peekSocket), and one idle longer than ValidateAfterIdle is validated
 // too; one that fails is closed and the caller gets another one, as many
 // times as it takes: the next idle one, else a new connect (keeping its
 // place at the head of the queue). So the caller sees an error only if
@@ -138,7 +138,7 @@ func (p *Pool) tryIdle(now time.Time, peek bool) (Conn, bool) {
 		p.mu.Unlock()
 		return Conn{}, false
 	}
-	if p.peekDueLocked(b, now) && (!peek || probeSocket(b.srv.NetConn()) != nil) {
+	if p.peekDueLocked(b, now) && (!peek || peekSocket(b.srv.NetConn()) != nil) {
 		// Peeked under p.mu (b is still idle, nobody else reads it), or
 		// left unpeeked for Acquire's hand: it stays for Acquire, which
 		// peeks it outside the lock and closes it if it fails.
@@ -272,7 +272,7 @@ func (p *Pool) hand(ctx context.Context, b *backend, start time.Time) (c Conn, o
 		// The caller owns b now, so its socket can be peeked: a backend
 		// the server closed or is closing (a pending FATAL) goes, and
 		// the caller tries the next one.
-		if err := probeSocket(b.srv.NetConn()); err != nil {
+		if err := peekSocket(b.srv.NetConn()); err != nil {
 			p.mu.Lock()
 			p.retireLocked(b, retireValidation, err.Error(), time.Now())
 			p.unlock()

@@ -417,7 +417,7 @@ func TestTryAcquireLeavesChecksToAcquire(t *testing.T) {
 	srv := fake(c2)
 	c2.Release()
 	srv.terminate(t, true)
-	waitFor(t, "FATAL readable", func() bool { return probeSocket(srv.NetConn()) != nil })
+	waitFor(t, "FATAL readable", func() bool { return peekSocket(srv.NetConn()) != nil })
 	if _, ok := p2.TryAcquire(); ok {
 		t.Fatal("TryAcquire handed out a backend with a FATAL pending")
 	}

@@ -17,18 +17,18 @@ import (
 // full, typically because other replicas' sidecars hold the rest of a
 // fleet-wide limit. That is not a failure to back off from or to open the
 // circuit for. The pool lowers its effective size to what it holds (open
-// and connecting) for capProbeInterval, so waiters queue FIFO for the
-// backends it has. Then it probes upward one backend at a time: the cap
+// and connecting) for capRetryInterval, so waiters queue FIFO for the
+// backends it has. Then it steps back up one backend at a time: the cap
 // becomes what it holds plus one, and each connect that succeeds raises
 // it by one more, until MaxSize ends the cap; another refusal caps it at
-// what it holds again. One probe at a time because every refused connect
+// what it holds again. One connect at a time because every refused one
 // costs the server a process and an authentication before it checks the
 // limit, and a fleet of sidecars each retrying MaxSize connects would
 // spend the server's CPU on refusals. Its state does not change.
 
-// capProbeInterval is how long a refusal caps the pool before it tries to
+// capRetryInterval is how long a refusal caps the pool before it tries to
 // grow again.
-const capProbeInterval = 500 * time.Millisecond
+const capRetryInterval = 500 * time.Millisecond
 
 // tooManyConnections reports whether a connect failed because the server
 // is full (53300).
@@ -38,27 +38,27 @@ func tooManyConnections(err error) bool {
 }
 
 // capLocked lowers the effective size to what the pool holds now, until
-// capProbeInterval from now. A refusal while capped (a probe's) starts
+// capRetryInterval from now. A refusal while capped (a step's) starts
 // that interval again.
 func (p *Pool) capLocked(err error, now time.Time) {
 	first := p.capUntil.IsZero()
 	p.capSize = p.open + p.opening
-	p.capUntil = now.Add(capProbeInterval)
+	p.capUntil = now.Add(capRetryInterval)
 	p.health.connected = true // the server answered: it is there
 	p.evalStateLocked(now)
 	if first {
 		size := p.capSize
 		p.later(func() {
 			p.log().Info("the server refused a new connection as too many (53300); the pool holds at its current size and retries later",
-				"effective_size", size, "retry_in", capProbeInterval, "err", err)
+				"effective_size", size, "retry_in", capRetryInterval, "err", err)
 		})
 	}
 }
 
-// probeUpLocked lets a capped pool try one backend more than it holds
+// stepUpLocked lets a capped pool try one backend more than it holds
 // once the cap's time is up (maintainer), or at once after a connect
 // succeeded while capped (connect); at MaxSize the cap ends.
-func (p *Pool) probeUpLocked(now time.Time, succeeded bool) {
+func (p *Pool) stepUpLocked(now time.Time, succeeded bool) {
 	if p.capUntil.IsZero() || !succeeded && now.Before(p.capUntil) {
 		return
 	}
@@ -69,7 +69,7 @@ func (p *Pool) probeUpLocked(now time.Time, succeeded bool) {
 	}
 	p.capSize = held + 1
 	if !succeeded {
-		p.capUntil = now.Add(capProbeInterval)
+		p.capUntil = now.Add(capRetryInterval)
 	}
 }
 

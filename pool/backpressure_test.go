@@ -10,8 +10,8 @@ import (
 // The server refusing new backends with 53300 (a role's CONNECTION LIMIT
 // reached by other sidecars) is backpressure: the pool keeps serving with
 // what it holds, its waiters queue FIFO past the refusals without an
-// error, it stays HEALTHY, it probes upward one connect at a time every
-// capProbeInterval, and it grows back to MaxSize once the server has room.
+// error, it stays HEALTHY, it steps back up one connect at a time every
+// capRetryInterval, and it grows back to MaxSize once the server has room.
 func TestTooManyConnectionsIsBackpressure(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		db := newFakeDB()
@@ -31,20 +31,20 @@ func TestTooManyConnectionsIsBackpressure(t *testing.T) {
 		}
 
 		// Capped at 2: no connect until the cap's time is up, then one
-		// probe at a time, every capProbeInterval.
-		time.Sleep(capProbeInterval - time.Millisecond)
+		// connect at a time, every capRetryInterval.
+		time.Sleep(capRetryInterval - time.Millisecond)
 		synctest.Wait()
 		if _, _, n, _ := db.stats(); n != refusedAt {
-			t.Fatalf("%d connects within %v of the refusals, want none", n-refusedAt, capProbeInterval)
+			t.Fatalf("%d connects within %v of the refusals, want none", n-refusedAt, capRetryInterval)
 		}
-		time.Sleep(4 * capProbeInterval)
+		time.Sleep(4 * capRetryInterval)
 		synctest.Wait()
 		_, peak, n, peakConns := db.stats()
-		if probes := n - refusedAt; probes < 3 || probes > 5 {
-			t.Fatalf("%d connects in %v capped, want one per %v", probes, 4*capProbeInterval, capProbeInterval)
+		if steps := n - refusedAt; steps < 3 || steps > 5 {
+			t.Fatalf("%d connects in %v capped, want one per %v", steps, 4*capRetryInterval, capRetryInterval)
 		}
 		if peakConns > 3 || peak > 2 {
-			t.Fatalf("peak %d connects at once, %d open; want the probes one at a time and 2 open", peakConns, peak)
+			t.Fatalf("peak %d connects at once, %d open; want the steps one at a time and 2 open", peakConns, peak)
 		}
 		if s := p.Stats(); s.State != StateHealthy || s.Waiting != 3 || s.AcquireRejected != 0 || s.AcquireTimeouts != 0 {
 			t.Fatalf("capped: state %s, waiting %d, rejected %d, timeouts %d; want HEALTHY, 3, 0, 0",
@@ -70,7 +70,7 @@ func TestTooManyConnectionsIsBackpressure(t *testing.T) {
 			t.Fatal(r1.err)
 		}
 
-		// The server has room again: the next probe succeeds, and the pool
+		// The server has room again: the next step succeeds, and the pool
 		// grows back one connect at a time as far as it is asked to.
 		db.setLimit(0)
 		r2 := <-ws[2]
@@ -97,7 +97,7 @@ func TestTooManyConnectionsIsBackpressure(t *testing.T) {
 // A pool that holds nothing when the server is full (another replica has
 // the whole limit) waits for room as well: its first connects are refused,
 // its callers queue without an error (no circuit, no backoff), and the
-// first probe after the limit frees serves them.
+// first step after the limit frees serves them.
 func TestTooManyConnectionsWithNothingHeld(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		db := newFakeDB()

@@ -63,7 +63,7 @@ func (p *Pool) queueFullErrorLocked() *AcquireError {
 func (p *Pool) circuitErrorLocked(now time.Time) *AcquireError {
 	h := &p.health
 	hint := "check that the database is up and reachable; pgsidecar is retrying now"
-	if d := h.retryAt.Sub(now); d > 0 && !h.probing {
+	if d := h.retryAt.Sub(now); d > 0 && !h.retrying {
 		hint = fmt.Sprintf("check that the database is up and reachable; pgsidecar retries in %s", fmtDuration(d))
 	}
 	return &AcquireError{

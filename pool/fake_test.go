@@ -42,7 +42,7 @@ type fakeDB struct {
 	servers   []*fakeServer
 	failExec  func(*fakeServer) error // validation hook
 	// sockets gives every new server a real socket (one end of a Unix
-	// socketpair), so probeSocket has something to peek; the test plays
+	// socketpair), so peekSocket has something to peek; the test plays
 	// the database on the other end (fakeServer.peer).
 	sockets bool
 	// limit, when > 0, refuses a connect while that many servers are

@@ -14,15 +14,15 @@ import (
 // set, a pool that was serving and loses the database holds instead: for
 // up to HoldOnRestart from the moment the circuit would open, Acquire
 // queues (FIFO, bounded by AcquireTimeout as always) rather than failing,
-// and the reconnect probe runs every holdProbeInterval instead of on the
+// and the reconnect attempt runs every holdRetryInterval instead of on the
 // 1-16 s backoff, so the first waiter is served within that interval of
 // the database accepting connections again. When the hold runs out with
 // the database still away, the circuit opens as before: waiters and new
 // callers get 08006. A pool that never connected does not hold (a wrong
 // URL must fail fast, not after a hold).
 
-// holdProbeInterval is the reconnect schedule during a hold.
-const holdProbeInterval = 250 * time.Millisecond
+// holdRetryInterval is the reconnect schedule during a hold.
+const holdRetryInterval = 250 * time.Millisecond
 
 // startHoldLocked starts a hold when the pool goes UNHEALTHY from a state
 // in which it served (HEALTHY, DEGRADED, RECOVERING), if holds are on. It
@@ -39,11 +39,11 @@ func (p *Pool) startHoldLocked(from State, now time.Time) bool {
 			return false
 		}
 		h.holdUntil = now.Add(p.cfg.HoldOnRestart)
-		h.retryAt = minTime(h.retryAt, now.Add(holdProbeInterval))
+		h.retryAt = minTime(h.retryAt, now.Add(holdRetryInterval))
 		hold := p.cfg.HoldOnRestart
 		p.later(func() {
 			p.log().Warn("the database went away; holding new transactions until it is back",
-				"hold_on_restart", hold, "probe_every", holdProbeInterval)
+				"hold_on_restart", hold, "retry_every", holdRetryInterval)
 		})
 	}
 	return now.Before(h.holdUntil)

@@ -10,7 +10,7 @@ import (
 )
 
 // holdConfig is a pool with hold_on_restart 10 s and the real 1-16 s
-// backoff, so that the hold's 250 ms probes stand apart from it.
+// backoff, so that the hold's 250 ms reconnect attempts stand apart from it.
 func holdConfig(db *fakeDB, log *logRecorder) Config {
 	cfg := testConfig(db, log)
 	cfg.MaxSize = 1
@@ -33,8 +33,8 @@ func loseDatabase(t *testing.T, p *Pool, db *fakeDB) {
 
 // A pool that served and loses the database holds: Acquire waits past
 // the first failed connect (no 08006), the waiters keep their FIFO order,
-// the reconnect probe runs every 250 ms instead of at 1, 2, 4 s, and the
-// first waiter is served within one probe interval of the database's
+// the reconnect attempt runs every 250 ms instead of at 1, 2, 4 s, and the
+// first waiter is served within one retry interval of the database's
 // return. The state still says UNHEALTHY while it is away.
 func TestHoldServesWaitersWhenTheDatabaseReturns(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
@@ -55,9 +55,9 @@ func TestHoldServesWaitersWhenTheDatabaseReturns(t *testing.T) {
 		time.Sleep(2 * time.Second)
 		synctest.Wait()
 		_, _, after, _ := db.stats()
-		// 8 probes at 250 ms in 2 s; the 1, 2 s backoff would make 1 or 2.
-		if probes := after - before; probes < 7 || probes > 9 {
-			t.Fatalf("%d connect attempts in 2 s of hold, want about 8 (every %v)", probes, holdProbeInterval)
+		// 8 attempts at 250 ms in 2 s; the 1, 2 s backoff would make 1 or 2.
+		if attempts := after - before; attempts < 7 || attempts > 9 {
+			t.Fatalf("%d connect attempts in 2 s of hold, want about 8 (every %v)", attempts, holdRetryInterval)
 		}
 
 		// A new caller during the hold queues as well, behind the others.
@@ -77,8 +77,8 @@ func TestHoldServesWaitersWhenTheDatabaseReturns(t *testing.T) {
 		if first.err != nil {
 			t.Fatalf("first waiter after the database came back: %v", first.err)
 		}
-		if waited := time.Since(back); waited > holdProbeInterval {
-			t.Fatalf("first waiter served %v after the database came back, want within %v", waited, holdProbeInterval)
+		if waited := time.Since(back); waited > holdRetryInterval {
+			t.Fatalf("first waiter served %v after the database came back, want within %v", waited, holdRetryInterval)
 		}
 		// FIFO: with max_size 1 the others follow one release at a time,
 		// in the order they came.
@@ -108,7 +108,7 @@ func TestHoldServesWaitersWhenTheDatabaseReturns(t *testing.T) {
 }
 
 // The hold lasts HoldOnRestart, not longer: with the database still away
-// then, the waiters get 08006, new callers fail fast, and the probe goes
+// then, the waiters get 08006, new callers fail fast, and the reconnect attempt goes
 // back to the backoff schedule.
 func TestHoldRunsOutAfterHoldOnRestart(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
@@ -123,7 +123,7 @@ func TestHoldRunsOutAfterHoldOnRestart(t *testing.T) {
 		r := <-w
 		held := time.Since(start)
 		asAcquireError(t, r.err, pgwire.CodeConnectionFailure)
-		if held < cfg.HoldOnRestart || held > cfg.HoldOnRestart+holdProbeInterval {
+		if held < cfg.HoldOnRestart || held > cfg.HoldOnRestart+holdRetryInterval {
 			t.Fatalf("waiter failed after %v, want at hold_on_restart %v", held, cfg.HoldOnRestart)
 		}
 		// The pool logs after it has failed the waiters (outside its
@@ -146,7 +146,7 @@ func TestHoldRunsOutAfterHoldOnRestart(t *testing.T) {
 			t.Fatalf("%d connect attempts in 2 s after the hold, want the backoff's 1 or 2", after-before)
 		}
 
-		// The database back: the pool recovers at the next probe (at most
+		// The database back: the pool recovers at the next reconnect attempt (at most
 		// BackoffMax later), and a later loss holds again (a new hold, a
 		// new HoldOnRestart).
 		db.setDown(nil)

@@ -62,7 +62,7 @@ func (p *Pool) spawnIdleCheckLocked() {
 //     came back): the database is presumed unreachable. That counts as a
 //     failed connect, and every idle backend is closed, because their
 //     state is unknown and they share b's path to the database: with no
-//     backend held the pool goes UNHEALTHY at once. The reconnect probe
+//     backend held the pool goes UNHEALTHY at once. The reconnect attempt
 //     starts at once too, so a false alarm (say a firewall that silently
 //     dropped idle connections from a healthy database) ends as soon as a
 //     connect succeeds.
@@ -94,7 +94,7 @@ func (p *Pool) idleCheck(b *backend, query string, timeout time.Duration) {
 	default:
 		err = fmt.Errorf("idle check %q on backend pid %d got no answer: %w", query, b.pid, err)
 		failures, retryIn := p.noteFailureLocked(err, start, now)
-		p.health.retryAt = now // probe at once: see above
+		p.health.retryAt = now // retry at once: see above
 		p.dropLocked(b, retireValidation, err.Error())
 		for _, o := range p.idle {
 			p.dropLocked(o, retireValidation, "database presumed unreachable: "+err.Error())

@@ -433,22 +433,22 @@ func TestMaxWaitersDoesNotRefuseWhileRoomToConnect(t *testing.T) {
 	}
 }
 
-// probeSocket judges the socket, not the net.Conn's own state: a read
+// peekSocket judges the socket, not the net.Conn's own state: a read
 // deadline left in the past is no sign of a dead backend, while a closed
 // net.Conn, EOF or pending bytes are.
-func TestProbeSocket(t *testing.T) {
+func TestPeekSocket(t *testing.T) {
 	a, b, err := socketPair()
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	if err := probeSocket(a); err != nil {
+	if err := peekSocket(a); err != nil {
 		t.Fatalf("quiet socket: %v", err)
 	}
 	if err := a.SetReadDeadline(time.Now().Add(-time.Second)); err != nil {
 		t.Fatal(err)
 	}
-	if err := probeSocket(a); err != nil {
+	if err := peekSocket(a); err != nil {
 		t.Fatalf("quiet socket with a read deadline in the past: %v", err)
 	}
 	if _, err := b.Write(fatalTerminated()); err != nil {
@@ -457,7 +457,7 @@ func TestProbeSocket(t *testing.T) {
 	if err := a.SetReadDeadline(time.Time{}); err != nil {
 		t.Fatal(err)
 	}
-	if err := probeSocket(a); err == nil || !strings.Contains(err.Error(), "ErrorResponse") {
+	if err := peekSocket(a); err == nil || !strings.Contains(err.Error(), "ErrorResponse") {
 		t.Fatalf("pending FATAL: %v", err)
 	}
 	// The FATAL is still there for whoever reads next: peeking consumed nothing.
@@ -470,15 +470,15 @@ func TestProbeSocket(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.Close()
-	if err := probeSocket(c); err == nil || !strings.Contains(err.Error(), "EOF") {
+	if err := peekSocket(c); err == nil || !strings.Contains(err.Error(), "EOF") {
 		t.Fatalf("peer closed: %v", err)
 	}
 	c.Close()
-	if err := probeSocket(c); err == nil || !strings.Contains(err.Error(), "socket closed") {
+	if err := peekSocket(c); err == nil || !strings.Contains(err.Error(), "socket closed") {
 		t.Fatalf("own conn closed: %v", err)
 	}
 	a.Close()
-	if err := probeSocket(nil); err != nil {
+	if err := peekSocket(nil); err != nil {
 		t.Fatalf("no socket: %v", err)
 	}
 }

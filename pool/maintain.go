@@ -14,7 +14,7 @@ const (
 )
 
 // maintainer is the pool's background goroutine: it keeps MinSize warm,
-// runs the reconnect probe, retires idle backends past their lifetime or
+// runs the reconnect attempts, retires idle backends past their lifetime or
 // idle limit, reports leaks and lets time-based states end. It is
 // started by New and stopped by Close (p.ctx, p.wg).
 func (p *Pool) maintainer() {
@@ -48,7 +48,7 @@ func (p *Pool) maintainer() {
 
 // nextTickLocked is the delay to the next maintainer run: a quarter of
 // the shortest duration it enforces, bounded by minTick and maxTick, and
-// no later than the next reconnect probe is due.
+// no later than the next reconnect attempt is due.
 func (p *Pool) nextTickLocked(now time.Time) time.Duration {
 	cfg := &p.cfg
 	d := maxTick
@@ -62,7 +62,7 @@ func (p *Pool) nextTickLocked(now time.Time) time.Duration {
 			d = min(d, v/4)
 		}
 	}
-	if h := &p.health; h.failures > 0 && !h.probing {
+	if h := &p.health; h.failures > 0 && !h.retrying {
 		d = min(d, h.retryAt.Sub(now))
 	}
 	if !p.capUntil.IsZero() {
@@ -85,7 +85,7 @@ func (p *Pool) maintainLocked(now time.Time) (leakCandidates []*backend) {
 
 	// Idle backends, coldest (bottom of the stack) first. Their sockets
 	// are peeked here, under the lock, because only while a backend is in
-	// the idle list does nobody else read it (see probeSocket); a peek is
+	// the idle list does nobody else read it (see peekSocket); a peek is
 	// one non-blocking syscall. So a backend the server closed (shutdown,
 	// pg_terminate_backend, idle_session_timeout) or a firewall reset
 	// leaves the list within a tick, without waiting for a client.
@@ -102,7 +102,7 @@ func (p *Pool) maintainLocked(now time.Time) (leakCandidates []*backend) {
 		case cfg.MaxIdle > 0 && now.Sub(b.idleSince) >= cfg.MaxIdle && p.open > cfg.MinSize:
 			p.retireLocked(b, retireIdle, fmt.Sprintf("idle for %s (max_idle %s)", fmtDuration(now.Sub(b.idleSince)), cfg.MaxIdle), now)
 		default:
-			if err := probeSocket(b.srv.NetConn()); err != nil {
+			if err := peekSocket(b.srv.NetConn()); err != nil {
 				dead++
 				p.retireLocked(b, retireValidation, err.Error(), now)
 				continue
@@ -130,13 +130,13 @@ func (p *Pool) maintainLocked(now time.Time) (leakCandidates []*backend) {
 	}
 
 	p.endHoldLocked(now)
-	p.probeUpLocked(now, false)
+	p.stepUpLocked(now, false)
 
-	// Connects: the probe while connects fail, else warming to MinSize.
+	// Connects: the reconnect attempt while connects fail, else warming to MinSize.
 	h := &p.health
 	switch {
 	case h.failures > 0:
-		if !h.probing && !now.Before(h.retryAt) && p.roomLocked() > 0 {
+		if !h.retrying && !now.Before(h.retryAt) && p.roomLocked() > 0 {
 			p.spawnOpenLocked(true)
 		}
 	case !h.connected:

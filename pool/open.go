@@ -22,7 +22,7 @@ func (p *Pool) ownRoomLocked() int { return p.sizeLimitLocked() - p.open - p.ope
 
 // replenishLocked starts a connect for every waiter that no connect in
 // flight will serve, as room allows. It does nothing while connects fail:
-// then only the maintainer's single probe connects, on the backoff
+// then only the maintainer's single reconnect attempt connects, on the backoff
 // schedule, and waiters wait for a release (DEGRADED) or have already
 // failed fast (UNHEALTHY).
 //
@@ -75,19 +75,19 @@ func (p *Pool) uncoveredLocked(n int) []time.Time {
 // spawnOpenLocked starts one connect goroutine, owned by the pool (p.wg)
 // and stopped by Close through p.ctx. It counts as opening at once so
 // that MaxSize holds while it runs.
-func (p *Pool) spawnOpenLocked(probe bool) {
+func (p *Pool) spawnOpenLocked(retry bool) {
 	p.cfg.Group.take(p)
 	p.opening++
-	if probe {
-		p.health.probing = true
+	if retry {
+		p.health.retrying = true
 	}
 	p.wg.Add(1)
-	go p.connect(p.cfg.Connect, p.cfg.ConnectTimeout, probe)
+	go p.connect(p.cfg.Connect, p.cfg.ConnectTimeout, retry)
 }
 
 // connect opens one backend and hands it to the oldest waiter (or the
 // idle list), or records the failure for the backoff and the circuit.
-func (p *Pool) connect(connect ConnectFunc, timeout time.Duration, probe bool) {
+func (p *Pool) connect(connect ConnectFunc, timeout time.Duration, retry bool) {
 	defer p.wg.Done()
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(p.ctx, timeout)
@@ -101,8 +101,8 @@ func (p *Pool) connect(connect ConnectFunc, timeout time.Duration, probe bool) {
 
 	p.mu.Lock()
 	p.opening--
-	if probe {
-		p.health.probing = false
+	if retry {
+		p.health.retrying = false
 	}
 	switch {
 	case p.closed:
@@ -132,15 +132,15 @@ func (p *Pool) connect(connect ConnectFunc, timeout time.Duration, probe bool) {
 		p.counts.connects++
 		p.open++
 		p.all[b] = struct{}{}
-		p.probeUpLocked(now, true)
+		p.stepUpLocked(now, true)
 		p.putLocked(b, now)
 		p.replenishLocked()
 		p.evalStateLocked(now)
-		p.later(func() { p.log().Debug("backend opened", "pid", b.pid, "took", took, "probe", probe) })
+		p.later(func() { p.log().Debug("backend opened", "pid", b.pid, "took", took, "retry", retry) })
 	}
 	p.unlock()
 	// The maintainer warms the rest after a success and schedules the
-	// probe after a failure.
+	// reconnect attempt after a failure.
 	p.poke()
 }
 
@@ -158,7 +158,7 @@ func (p *Pool) noteFailureLocked(err error, start, now time.Time) (failures int,
 		h.lastFailAt = now
 		h.retryAt = now.Add(p.cfg.nextRetry(h.failures))
 		if p.holdingLocked(now) {
-			h.retryAt = now.Add(holdProbeInterval)
+			h.retryAt = now.Add(holdRetryInterval)
 		}
 	}
 	return h.failures, h.retryAt.Sub(now)

@@ -16,7 +16,7 @@ import (
 //     open+opening+closing backends never exceed MaxSize.
 //   - Connect failures back off 1, 2, 4, 8, 16s (backoffDelay, with up
 //     to 20% jitter). While connects fail, only the maintainer's single
-//     probe connects. The circuit opens (UNHEALTHY, Acquire fails fast
+//     reconnect attempt connects. The circuit opens (UNHEALTHY, Acquire fails fast
 //     with 08006) as soon as a connect fails while no backend is open:
 //     one failure is enough, because with nothing open there is nothing
 //     to wait for. With backends still open a failure only makes the pool

@@ -22,7 +22,7 @@ import (
 //	HEALTHY|DEGRADED -> UNHEALTHY
 //	                            a connect failed and no backend is open: the
 //	                            circuit is open, Acquire fails fast (08006)
-//	UNHEALTHY -> RECOVERING     the probe connected; warming back to MinSize
+//	UNHEALTHY -> RECOVERING     the reconnect attempt connected; warming back to MinSize
 //	RECOVERING -> HEALTHY       MinSize backends are open again
 //	any -> SHUTTING_DOWN -> TERMINATED   Close
 type State int32
@@ -74,7 +74,7 @@ type health struct {
 	lastErr    error     // the upstream's last connect error
 	lastFailAt time.Time // when failures last grew
 	retryAt    time.Time // no connect before this while failures > 0
-	probing    bool      // the single reconnect probe is in flight
+	retrying   bool      // the single reconnect attempt is in flight
 
 	timeouts []time.Time // acquire timeouts within the degrade window
 

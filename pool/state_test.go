@@ -104,11 +104,11 @@ func TestDatabaseDownAtStartThenUp(t *testing.T) {
 			t.Fatal("fail-fast Acquire not counted as rejected")
 		}
 
-		// The probe keeps trying, one at a time, on the backoff schedule.
+		// The reconnect attempt keeps trying, one at a time, on the backoff schedule.
 		time.Sleep(200 * time.Millisecond)
 		_, _, attempts, peakConns := db.stats()
 		if peakConns != 1 {
-			t.Fatalf("%d connects in flight at once while down, want 1 probe", peakConns)
+			t.Fatalf("%d connects in flight at once while down, want 1 reconnect attempt", peakConns)
 		}
 		// 200ms at >= 16ms (20ms minus jitter) per retry, then >= 32ms.
 		if attempts < 3 || attempts > 15 {
@@ -132,7 +132,7 @@ func TestDatabaseDownAtStartThenUp(t *testing.T) {
 	})
 }
 
-func TestMinSizeZeroStillProbesAtStart(t *testing.T) {
+func TestMinSizeZeroStillConnectsAtStart(t *testing.T) {
 	db := newFakeDB()
 	db.setDown(errRefused)
 	cfg := testConfig(db, newLogRecorder())

@@ -109,9 +109,12 @@
 // a database. backend: a server connection, the only name for one; a
 // backend reader is the goroutine that reads it. probe: a Describe the
 // proxy sends before reusing a statement whose result type may have
-// changed (statements.go); the pool's
-// liveness peek at a socket is probeSocket in package pool. A function
-// whose name ends in Locked runs under c.mu and does not take it.
+// changed (statements.go), and nothing else in this module; a liveness
+// look at a socket is a peek (peekSocket here for clients, and in package
+// pool for idle backends), the pool's connect while the database is away
+// a reconnect attempt, and Kubernetes' probes are its own (/livez,
+// /readyz). A function whose name ends in Locked runs under c.mu and does
+// not take it.
 //
 // request: what the client sent that awaits a reply (requests.go), in
 // order. hazard: a statement whose effect is bound to a server session and

@@ -28,7 +28,7 @@ func heapAndStack() (heap, stack uint64) {
 // run one query costs the proxy in heap and goroutine stack, at
 // idleTestClients clients in process (the clients' own socket ends are
 // measured separately and taken off), and fails past idleClientBudget.
-// The RSS figure at 10,000 clients comes from test/tools/rssprobe
+// The RSS figure at 10,000 clients comes from test/tools/rssmeter
 // against a fresh process (README, "Memory per idle client").
 func TestIdleClientMemory(t *testing.T) {
 	n := idleTestClients

@@ -575,7 +575,7 @@ func TestAdminHTTP(t *testing.T) {
 		t.Errorf("/pools after pause: %v", pools[0])
 	}
 
-	// The down database's circuit is open; its next probe is 30 s away.
+	// The down database's circuit is open; its next reconnect attempt is 30 s away.
 	connectErrors := func() float64 {
 		for _, pl := range statsPools(p.Stats(t)) {
 			if pl["database"] == "down" {

@@ -318,7 +318,7 @@ func TestMaxStartupConn(t *testing.T) {
 		return loggingIn, accepted
 	}
 	loggingIn := func() float64 { n, _ := counts(); return n }
-	// StartProxy's own probe connection (a dial and a close) must be gone
+	// StartProxy's own readiness check (a dial and a close) must be gone
 	// first: accepted, which may come after StartProxy returned (it was in
 	// the listen backlog, and would be the sixth), and seen to leave.
 	deadline := time.Now().Add(5 * time.Second)

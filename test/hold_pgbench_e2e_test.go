@@ -91,8 +91,8 @@ func holdPgbenchAcrossFastRestart(t *testing.T, protocol string) {
 	for _, l := range p.Logs.JSONLines() {
 		if strings.Contains(fmt.Sprint(l["msg"]), "holding new transactions") {
 			held = true
-			if l["hold_on_restart"] != "10s" || l["probe_every"] != "250ms" {
-				t.Errorf("hold log line: hold_on_restart %#v, probe_every %#v; want \"10s\", \"250ms\"", l["hold_on_restart"], l["probe_every"])
+			if l["hold_on_restart"] != "10s" || l["retry_every"] != "250ms" {
+				t.Errorf("hold log line: hold_on_restart %#v, retry_every %#v; want \"10s\", \"250ms\"", l["hold_on_restart"], l["retry_every"])
 			}
 		}
 	}

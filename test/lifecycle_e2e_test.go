@@ -320,38 +320,38 @@ func TestDatabaseRestart(t *testing.T) {
 		t.Fatalf("stop cluster: %v", err)
 	}
 	stoppedAt := time.Now()
-	// Probe like an application would while the database is down: each
-	// probe is a new client running one query. They must fail, and fast
+	// Try like an application would while the database is down: each
+	// try is a new client running one query. They must fail, and fast
 	// once the pool knows the upstream is down (not after acquire_timeout).
-	var probeErrs []string
+	var tryErrs []string
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		start := time.Now()
-		err := probe(ctx, p.AppURL())
+		err := oneQuery(ctx, p.AppURL())
 		took := time.Since(start)
 		if err == nil {
 			t.Fatalf("a query through the proxy succeeded while the database was stopped")
 		}
-		if len(probeErrs) < 3 {
-			probeErrs = append(probeErrs, fmt.Sprintf("%v after %v", err, took.Round(time.Millisecond)))
+		if len(tryErrs) < 3 {
+			tryErrs = append(tryErrs, fmt.Sprintf("%v after %v", err, took.Round(time.Millisecond)))
 		}
 		code, body, herr := p.FetchHealth()
 		if herr == nil && code == 503 && anyPoolState(body, "UNHEALTHY") {
 			if took > 6*time.Second {
 				t.Errorf("a query while UNHEALTHY took %v to fail; want fast failure", took)
 			}
-			t.Logf("UNHEALTHY %v after the stop; probe errors: %s", time.Since(stoppedAt).Round(time.Millisecond), strings.Join(probeErrs, "; "))
+			t.Logf("UNHEALTHY %v after the stop; errors of the tries: %s", time.Since(stoppedAt).Round(time.Millisecond), strings.Join(tryErrs, "; "))
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("/health did not report 503 UNHEALTHY within 30s of the stop; last: %d %v %v; probes: %s",
-				code, body, herr, strings.Join(probeErrs, "; "))
+			t.Fatalf("/health did not report 503 UNHEALTHY within 30s of the stop; last: %d %v %v; tries: %s",
+				code, body, herr, strings.Join(tryErrs, "; "))
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
 	// Fail fast while the circuit is open.
 	start := time.Now()
-	err := probe(ctx, p.AppURL())
+	err := oneQuery(ctx, p.AppURL())
 	if err == nil {
 		t.Fatal("query succeeded while the database was stopped")
 	}
@@ -366,7 +366,7 @@ func TestDatabaseRestart(t *testing.T) {
 	startedAt := time.Now()
 	waitHealth(t, p, 30*time.Second, 200, "HEALTHY")
 	t.Logf("HEALTHY %v after the start", time.Since(startedAt).Round(time.Millisecond))
-	if err := probe(ctx, p.AppURL()); err != nil {
+	if err := oneQuery(ctx, p.AppURL()); err != nil {
 		t.Fatalf("new client after the restart: %v", err)
 	}
 	var n int
@@ -375,8 +375,8 @@ func TestDatabaseRestart(t *testing.T) {
 	}
 }
 
-// probe connects a new client to url and runs one query, bounded by 10s.
-func probe(ctx context.Context, url string) error {
+// oneQuery connects a new client to url and runs one query, bounded by 10s.
+func oneQuery(ctx context.Context, url string) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	c, err := pgconn.Connect(ctx, url)
@@ -488,7 +488,7 @@ func TestSIGTERMDrain(t *testing.T) {
 		code, _, err := p.FetchHealth()
 		return err == nil && code == 503
 	})
-	if err := probe(ctx, p.AppURL()); err == nil {
+	if err := oneQuery(ctx, p.AppURL()); err == nil {
 		t.Fatal("a new client could connect and query after SIGTERM")
 	} else {
 		t.Logf("new client after SIGTERM: %v", err)

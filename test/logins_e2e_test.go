@@ -147,7 +147,7 @@ func TestLoginsPerDatabase(t *testing.T) {
 		t.Errorf("alice on a database that does not exist: %+v", e)
 	}
 
-	// Before any proof is checked, a prober is shown the same SCRAM salt for
+	// Before any proof is checked, a client fishing for names is shown the same SCRAM salt for
 	// a login whatever the database: allowed, not allowed, or not served.
 	salt := scramSaltShown(t, p.Addr, "alice", "app")
 	for _, db := range []string{"admin", "nosuch"} {

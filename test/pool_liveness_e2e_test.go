@@ -260,12 +260,12 @@ func TestMaxWaitersWithRoomToConnect(t *testing.T) {
 	// The pool is full: one client may wait for a release, the next may not.
 	waiter := make(chan error, 1)
 	go func() { // ends when its query does (ctx bounds it)
-		waiter <- probe(ctx, url)
+		waiter <- oneQuery(ctx, url)
 	}()
 	waitFor(t, 5*time.Second, "one client waiting", func() bool {
 		return poolNum(t, p, "waiting") == 1
 	})
-	err := probe(ctx, url)
+	err := oneQuery(ctx, url)
 	if code := sqlState(err); code != "53300" || !strings.Contains(err.Error(), "max_waiters 1") {
 		t.Errorf("second client waiting for a release: %v (SQLSTATE %s), want 53300 naming max_waiters", err, code)
 	}

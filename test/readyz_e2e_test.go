@@ -31,7 +31,7 @@ func TestReadyzFollowsStoppedDatabaseWithoutTraffic(t *testing.T) {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	if err := probe(ctx, p.AppURL()); err != nil {
+	if err := oneQuery(ctx, p.AppURL()); err != nil {
 		t.Fatalf("before the stop: %v", err)
 	}
 	waitProbe(t, p, "/readyz", 200, 15*time.Second)
@@ -52,7 +52,7 @@ func TestReadyzFollowsStoppedDatabaseWithoutTraffic(t *testing.T) {
 	}
 	took := waitProbe(t, p, "/readyz", 200, 15*time.Second)
 	t.Logf("/readyz 200 again %v after the database started", took.Round(time.Millisecond))
-	if err := probe(ctx, p.AppURL()); err != nil {
+	if err := oneQuery(ctx, p.AppURL()); err != nil {
 		t.Fatalf("client after the restart: %v", err)
 	}
 }
@@ -72,7 +72,7 @@ func TestReadyzFindsFrozenDatabaseWithoutTraffic(t *testing.T) {
 		WithEnv("PGSIDECAR_POOL__RECONNECT_BACKOFF_MAX", "1s"))
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	if err := probe(ctx, p.AppURL()); err != nil {
+	if err := oneQuery(ctx, p.AppURL()); err != nil {
 		t.Fatalf("before the freeze: %v", err)
 	}
 	waitProbe(t, p, "/readyz", 200, 15*time.Second)
@@ -92,7 +92,7 @@ func TestReadyzFindsFrozenDatabaseWithoutTraffic(t *testing.T) {
 	thaw()
 	took = waitProbe(t, p, "/readyz", 200, 15*time.Second)
 	t.Logf("/readyz 200 again %v after the database thawed", took.Round(time.Millisecond))
-	if err := probe(ctx, p.AppURL()); err != nil {
+	if err := oneQuery(ctx, p.AppURL()); err != nil {
 		t.Fatalf("client after the thaw: %v", err)
 	}
 }

@@ -113,11 +113,11 @@ func TestTxStatementSharingAcrossBackends(t *testing.T) {
 	const same = "SELECT c + 1 FROM tx_share_x WHERE id = $1"
 	const ddl = "SELECT c FROM tx_share_x WHERE id = $1"
 
-	probe := txConnect(ctx, t, url, nil)
-	x := txMustOne(ctx, t, probe, "BEGIN; SELECT pg_backend_pid()::text")
+	observer := txConnect(ctx, t, url, nil)
+	x := txMustOne(ctx, t, observer, "BEGIN; SELECT pg_backend_pid()::text")
 	y, release := txSteer(ctx, t, url, "none") // holds the other backend
 	release()
-	txMustExec(ctx, t, probe, "COMMIT")
+	txMustExec(ctx, t, observer, "COMMIT")
 	if x == y {
 		t.Fatalf("want two backends, got %s twice", x)
 	}

@@ -29,7 +29,7 @@
 # PostgreSQL's (pg_ticks) and the machine's (/proc/stat) are taken over
 # the same runs. Idle
 # memory is a FRESH process of each pooler (trust auth, so 10,000 logins
-# take seconds), measured by test/tools/rssprobe: RSS with no client, then
+# take seconds), measured by test/tools/rssmeter: RSS with no client, then
 # with BENCH_IDLE_CLIENTS idle clients that each ran one SELECT 1.
 #
 # Knobs (environment, defaults in brackets):
@@ -143,10 +143,10 @@ if has_relaylab; then
 	relaylab_bin=$root/bin/relaylab
 	(cd "$root" && go build -o "$relaylab_bin" ./test/tools/relaylab) || die "go build relaylab failed"
 fi
-rssprobe_bin=""
+rssmeter_bin=""
 if [ "$idle_clients" -gt 0 ]; then
-	rssprobe_bin=$root/bin/rssprobe
-	(cd "$root" && go build -o "$rssprobe_bin" ./test/tools/rssprobe) || die "go build rssprobe failed"
+	rssmeter_bin=$root/bin/rssmeter
+	(cd "$root" && go build -o "$rssmeter_bin" ./test/tools/rssmeter) || die "go build rssmeter failed"
 fi
 
 pgbouncer_bin=$(command -v pgbouncer || true)
@@ -158,7 +158,7 @@ fi
 pgbouncer_version=""
 [ -z "$pgbouncer_bin" ] || pgbouncer_version=$("$pgbouncer_bin" --version | awk 'NR == 1 { print $2 }')
 
-# Open files: each idle client is a socket in rssprobe and in the pooler
+# Open files: each idle client is a socket in rssmeter and in the pooler
 # (and PgBouncer gets 1024 from runuser unless told otherwise).
 hard_nofile=$(ulimit -Hn)
 [ "$hard_nofile" = unlimited ] && hard_nofile=1048576
@@ -626,14 +626,14 @@ fi
 declare -A idle_rss0 idle_rssn idle_per
 idle_probe() { # idle_probe NAME PID PORT
 	local out
-	if out=$("$rssprobe_bin" -pid "$2" -url "postgres://$user:$pass@127.0.0.1:$3/$db?sslmode=disable" \
+	if out=$("$rssmeter_bin" -pid "$2" -url "postgres://$user:$pass@127.0.0.1:$3/$db?sslmode=disable" \
 		-n "0,$idle_clients" -settle "${idle_settle}s" -timeout 5m 2>&1); then
 		idle_rss0[$1]=$(awk 'NR == 2 { print $2 }' <<<"$out")
 		idle_rssn[$1]=$(awk 'NR == 3 { print $2 }' <<<"$out")
 		idle_per[$1]=$(awk -v a="${idle_rss0[$1]}" -v b="${idle_rssn[$1]}" -v n="$idle_clients" 'BEGIN { printf "%.2f", (b - a) / n }')
 		log "idle: $1 RSS ${idle_rss0[$1]} kB fresh, ${idle_rssn[$1]} kB with $idle_clients idle clients: ${idle_per[$1]} kB each"
 	else
-		printf '%s\n' "--- rssprobe $1" "$out" >>"$logs_dir/failures.log"
+		printf '%s\n' "--- rssmeter $1" "$out" >>"$logs_dir/failures.log"
 		notes+=("The idle-memory probe of $1 failed: $(tail -n 1 <<<"$out")")
 	fi
 }

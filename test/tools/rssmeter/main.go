@@ -1,8 +1,8 @@
-// Command rssprobe measures a running pgsidecar's resident memory idle and
+// Command rssmeter measures a running pgsidecar's resident memory idle and
 // with N idle clients, for sizing container memory requests (the numbers
 // in deploy/kubernetes/ come from it):
 //
-//	rssprobe -pid PID -url postgres://app:app@127.0.0.1:6432/app -n 0,100,1000
+//	rssmeter -pid PID -url postgres://app:app@127.0.0.1:6432/app -n 0,100,1000
 //
 // For each N (cumulative) it opens clients up to N, each running one
 // SELECT 1 and then staying idle, waits for the process to settle, and
@@ -89,6 +89,6 @@ func mem(pid int) (rss, hwm int) {
 }
 
 func fail(format string, args ...any) {
-	fmt.Fprintf(os.Stderr, "rssprobe: "+format+"\n", args...)
+	fmt.Fprintf(os.Stderr, "rssmeter: "+format+"\n", args...)
 	os.Exit(1)
 }

@@ -7,11 +7,11 @@ import (
 	"syscall"
 )
 
-// errNotIdle is what probeSocket reports when an idle backend's socket is
+// errNotIdle is what peekSocket reports when an idle backend's socket is
 // not quiet: it has something to say or was closed.
 var errNotIdle = errors.New("idle backend is not quiet")
 
-// probeSocket peeks at an idle backend's socket without blocking and
+// peekSocket peeks at an idle backend's socket without blocking and
 // without consuming anything. An idle backend has nothing to say: pending
 // bytes (the FATAL ErrorResponse of pg_terminate_backend, of
 // idle_session_timeout or of a shutdown) or EOF mean its state is no
@@ -25,7 +25,7 @@ var errNotIdle = errors.New("idle backend is not quiet")
 //
 // The caller must own the backend: peeking a socket another goroutine is
 // reading would wait for that read to finish.
-func probeSocket(nc net.Conn) error {
+func peekSocket(nc net.Conn) error {
 	tlsWrapped := false
 	if u, ok := nc.(interface{ NetConn() net.Conn }); ok {
 		nc, tlsWrapped = u.NetConn(), true
