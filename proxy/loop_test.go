@@ -179,23 +179,44 @@ func heldReplyEnv(t *testing.T, row string) (*fakeEnv, *rawClient, chan struct{}
 }
 
 // echoLoopEnv starts a proxy whose loop serves clients, on a pool of
-// backends (n) that answer each Query with the same fixed reply, read and
-// written raw, so that what an exchange costs and allocates beyond the
-// two sockets is the proxy's. It returns the environment, the request to
-// send (SELECT 1) and the reply to expect.
-func echoLoopEnv(t testing.TB, n int) (e *fakeEnv, req, reply []byte) {
+// backends (n) that answer each message with a fixed reply of its type,
+// read and written raw, so that what an exchange costs and allocates
+// beyond the two sockets is the proxy's. It returns the environment, the
+// request to send and the reply to expect: with extended false a Query
+// (SELECT 1); with extended true what pgbench -M extended sends, the
+// unnamed statement's Parse, Bind, Describe of the portal, Execute and
+// Sync.
+func echoLoopEnv(t testing.TB, n int, extended bool) (e *fakeEnv, req, reply []byte) {
 	t.Helper()
-	req, _ = (&pgproto3.Query{String: "SELECT 1"}).Encode(nil)
-	for _, m := range []pgproto3.BackendMessage{
-		&pgproto3.RowDescription{Fields: []pgproto3.FieldDescription{{Name: []byte("x"), DataTypeOID: 25, DataTypeSize: -1, TypeModifier: -1}}},
-		&pgproto3.DataRow{Values: [][]byte{[]byte("1")}},
-		&pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")},
-		&pgproto3.ReadyForQuery{TxStatus: 'I'},
-	} {
-		reply, _ = m.Encode(reply)
+	rowDesc, _ := (&pgproto3.RowDescription{Fields: []pgproto3.FieldDescription{{Name: []byte("x"), DataTypeOID: 25, DataTypeSize: -1, TypeModifier: -1}}}).Encode(nil)
+	row, _ := (&pgproto3.DataRow{Values: [][]byte{[]byte("1")}}).Encode(nil)
+	row, _ = (&pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")}).Encode(row)
+	ready, _ := (&pgproto3.ReadyForQuery{TxStatus: 'I'}).Encode(nil)
+	parsed, _ := (&pgproto3.ParseComplete{}).Encode(nil)
+	bound, _ := (&pgproto3.BindComplete{}).Encode(nil)
+	// A backend's fixed answer to each message type.
+	var answer [256][]byte
+	answer['Q'] = append(append(append([]byte{}, rowDesc...), row...), ready...)
+	answer['P'], answer['B'], answer['D'], answer['E'], answer['S'] = parsed, bound, rowDesc, row, ready
+	if extended {
+		for _, m := range []pgproto3.FrontendMessage{
+			&pgproto3.Parse{Query: "SELECT $1::int", ParameterOIDs: []uint32{23}},
+			&pgproto3.Bind{Parameters: [][]byte{[]byte("1")}},
+			&pgproto3.Describe{ObjectType: 'P'},
+			&pgproto3.Execute{},
+			&pgproto3.Sync{},
+		} {
+			req, _ = m.Encode(req)
+		}
+		for _, typ := range []byte("PBDES") {
+			reply = append(reply, answer[typ]...)
+		}
+	} else {
+		req, _ = (&pgproto3.Query{String: "SELECT 1"}).Encode(nil)
+		reply = answer['Q']
 	}
 	echo := func(s *beSession) error {
-		buf := make([]byte, 4096)
+		buf, out := make([]byte, 4096), make([]byte, 0, 4096)
 		have := 0
 		// No step deadline: a backend of a long benchmark may stay idle
 		// longer than a step (the pool reuses its most recent backends).
@@ -210,16 +231,22 @@ func echoLoopEnv(t testing.TB, n int) (e *fakeEnv, req, reply []byte) {
 				return err
 			}
 			have += n
+			// One write for the answers to every whole message read, as
+			// PostgreSQL flushes its output when it waits for input.
+			out = out[:0]
 			for have >= 5 && have >= 1+int(binary.BigEndian.Uint32(buf[1:5])) {
 				l := 1 + int(binary.BigEndian.Uint32(buf[1:5]))
 				if buf[0] == 'X' {
 					return nil
 				}
-				if _, err := s.conn.Write(reply); err != nil {
-					return nil
-				}
+				out = append(out, answer[buf[0]]...)
 				copy(buf, buf[l:have])
 				have -= l
+			}
+			if len(out) > 0 {
+				if _, err := s.conn.Write(out); err != nil {
+					return nil
+				}
 			}
 		}
 	}
@@ -236,11 +263,20 @@ func echoLoopEnv(t testing.TB, n int) (e *fakeEnv, req, reply []byte) {
 
 // TestLoopRelayAllocatesNothing: a request relayed by the loop (read,
 // acquire, build, write, wait, relay, release, park again) allocates
-// nothing. The backend answers with fixed bytes from a fixed buffer, and
-// the client reuses its buffers, so every allocation counted is the
-// proxy's.
+// nothing, as a simple Query and as an extended-protocol request of the
+// unnamed statement (its Parse reuses the client's statement storage).
+// The backend answers with fixed bytes from fixed buffers, and the client
+// reuses its buffers, so every allocation counted is the proxy's.
 func TestLoopRelayAllocatesNothing(t *testing.T) {
-	e, req, reply := echoLoopEnv(t, 1)
+	for _, extended := range []bool{false, true} {
+		t.Run(map[bool]string{false: "simple", true: "extended"}[extended], func(t *testing.T) {
+			loopRelayAllocatesNothing(t, extended)
+		})
+	}
+}
+
+func loopRelayAllocatesNothing(t *testing.T, extended bool) {
+	e, req, reply := echoLoopEnv(t, 1, extended)
 	rc := e.dialRaw(t)
 	in := make([]byte, len(reply))
 	round := func() {
@@ -594,7 +630,8 @@ func (e *fakeEnv) onlyClient(t testing.TB) *clientConn {
 }
 
 // BenchmarkLoopExchange: requests and replies relayed by the event loop
-// (TestLoopRelayAllocatesNothing's exchange), each client sending its next
+// (TestLoopRelayAllocatesNothing's exchanges: a Query, and under extended/
+// the five messages of pgbench -M extended), each client sending its next
 // request when its reply is in, on a pool as large as the clients. ns/op
 // is the time per exchange. loop-ns/op is what the loop's thread spent on
 // the CPU per exchange (its schedstat: user and system time), the proxy's
@@ -606,9 +643,14 @@ func (e *fakeEnv) onlyClient(t testing.TB) *clientConn {
 // benchstat on an otherwise idle machine; the lab and make bench measure
 // the proxy against PgBouncer.
 func BenchmarkLoopExchange(b *testing.B) {
-	for _, clients := range []int{1, 16} {
-		b.Run(fmt.Sprintf("clients=%d", clients), func(b *testing.B) {
-			e, req, reply := echoLoopEnv(b, clients)
+	for _, bc := range []struct {
+		name     string
+		clients  int
+		extended bool
+	}{{"clients=1", 1, false}, {"clients=16", 16, false}, {"extended/clients=16", 16, true}} {
+		clients := bc.clients
+		b.Run(bc.name, func(b *testing.B) {
+			e, req, reply := echoLoopEnv(b, clients, bc.extended)
 			conns := make([]*rawClient, clients)
 			for i := range conns {
 				conns[i] = e.dialRaw(b)
