@@ -366,7 +366,9 @@ func (s *Server) Clients() []ClientInfo {
 			state = "active"
 		}
 		c.mu.Unlock()
-		out = append(out, ClientInfo{PID: c.identity.pid, Database: c.db.Name, User: c.identity.user, Addr: c.identity.addr,
+		// The pid under the cancel keys' lock: a client is listed from
+		// before its login mints its key (or takes its backend's).
+		out = append(out, ClientInfo{PID: s.cancels.pidOf(c), Database: c.db.Name, User: c.identity.user, Addr: c.identity.addr,
 			ApplicationName: c.identity.appName, State: state, Connected: c.identity.since})
 	}
 	s.mu.Unlock()

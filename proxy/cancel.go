@@ -64,6 +64,14 @@ func (k *cancelKeys) rekey(c *clientConn, pid, secret uint32) bool {
 	return true
 }
 
+// pidOf is the pid c was given, for readers other than c's own login
+// (SHOW CLIENTS), which may run while register or rekey writes it.
+func (k *cancelKeys) pidOf(c *clientConn) uint32 {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return c.identity.pid
+}
+
 func (k *cancelKeys) unregister(c *clientConn) {
 	k.mu.Lock()
 	if k.clients[c.identity.pid] == c {

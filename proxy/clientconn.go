@@ -105,7 +105,9 @@ type clientIdentity struct {
 	since   time.Time // logged in
 	appName string    // application_name of the startup packet
 	// pid and secret are the BackendKeyData the client cancels with
-	// (cancelKeys: proxy-minted, or in session mode its backend's).
+	// (cancelKeys: proxy-minted, or in session mode its backend's),
+	// written under cancelKeys.mu after the client is listed: any other
+	// goroutine reads them there too (lookup, pidOf).
 	pid, secret uint32
 }
 
