@@ -360,8 +360,14 @@ func TestLoopQueuesForBusyPool(t *testing.T) {
 				rc.readResult(t)
 			}
 			e.waitParked(t, 2)
+			before := e.srv.Stats().LoopRequests
 			a.query(t, "SELECT slow")
-			waitFor(t, "A's request to hold the backend", func() bool { return e.pool.Stats().Active == 1 })
+			// The loop takes the backend (Active) before it writes A's
+			// request and counts it (LoopRequests): st0 must see both, or
+			// A's count lands in B's window.
+			waitFor(t, "A's request to hold the backend", func() bool {
+				return e.pool.Stats().Active == 1 && e.srv.Stats().LoopRequests > before
+			})
 			st0 := e.srv.Stats()
 			b.query(t, "SELECT b")
 			waitFor(t, "B waiting for a backend", func() bool { return e.srv.Stats().ClientsWaiting == 1 })
