@@ -64,7 +64,7 @@ func (c *clientConn) cancelWaiting() bool {
 func (c *clientConn) beginWait() (ctx context.Context, canceled bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.takeWaitCanceledLocked() {
+	if c.wait.takeCanceledLocked() {
 		return nil, true
 	}
 	ctx, c.wait.cancel = context.WithCancelCause(c.ctx)
@@ -78,7 +78,7 @@ func (c *clientConn) endWait() (canceled bool) {
 	defer c.mu.Unlock()
 	c.wait.cancel(nil)
 	c.wait.cancel = nil
-	return c.takeWaitCanceledLocked()
+	return c.wait.takeCanceledLocked()
 }
 
 // takeWaitCanceled reports, once, whether a cancel request came for the
@@ -86,14 +86,14 @@ func (c *clientConn) endWait() (canceled bool) {
 func (c *clientConn) takeWaitCanceled() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.takeWaitCanceledLocked()
+	return c.wait.takeCanceledLocked()
 }
 
-// takeWaitCanceledLocked reports whether a cancel request came for the
-// waiting request, and forgets it. Under c.mu.
-func (c *clientConn) takeWaitCanceledLocked() bool {
-	canceled := c.wait.canceled
-	c.wait.canceled = false
+// takeCanceledLocked reports whether a cancel request came for the
+// waiting request, and forgets it. Under clientConn.mu.
+func (w *waitState) takeCanceledLocked() bool {
+	canceled := w.canceled
+	w.canceled = false
 	return canceled
 }
 
