@@ -30,10 +30,10 @@ type backend struct {
 	params   *paramSet
 	prepared *preparedSet
 	// unnamedOwner and unnamedGen name the client unnamed Parse the proxy
-	// last sent as this backend's unnamed statement (owner nil: none, or
-	// not known). Cleared at every acquire: what a previous client left
+	// last sent as this backend's unnamed statement: the statements of the
+	// client that sent it (nil: none, or not known). Cleared at every acquire: what a previous client left
 	// there is never taken for the next one's.
-	unnamedOwner *clientConn
+	unnamedOwner *clientStatements
 	unnamedGen   uint64
 	out          []byte // backend reader's output when it must edit the stream
 	cout         []byte // client reader's output to this backend

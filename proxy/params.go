@@ -1,3 +1,7 @@
+// Parameter tracking, in both directions: the values a client expects
+// (its startup packet, its SETs and RESETs, the server's ParameterStatus)
+// against what its backend has, and the SQL that brings a backend to them
+// at acquire (paramSyncSQL).
 package proxy
 
 import (
@@ -7,6 +11,10 @@ import (
 	"strconv"
 	"strings"
 	"unique"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgsidecar/pgsidecar/internal/pgwire"
 )
 
 // paramValue is a session parameter's value. raw values are SQL text taken
@@ -329,4 +337,71 @@ func nextWord(s string) (word, rest string) {
 		return s, ""
 	}
 	return s[:i], s[i:]
+}
+
+// trackParameterStatus tracks a reported parameter's new value (the
+// ParameterStatus msg, whole) on backend b and in want, the values the
+// client expects, and says whether to swallow the message: a reply to the
+// proxy's own request (head.swallow), or replaced, in repl, by the
+// client's startup value after a RESET. It returns repl, reused.
+func trackParameterStatus(want *paramSet, startup map[string]paramValue, b *backend, head *request, msg, repl []byte) (swallow bool, _ []byte) {
+	name, rest, ok := pgwire.CString(msg[pgwire.HeaderLen:])
+	val, _, ok2 := pgwire.CString(rest)
+	if ok && ok2 {
+		k := strings.ToLower(string(name))
+		if !unsettable[k] {
+			v := paramValue{val: string(val)}
+			b.params.set(k, v)
+			if sv, ok := startup[k]; ok && head != nil && !head.swallow && head.resets(k) && sv != v {
+				// A reset goes back to the session's default, which for the
+				// client is its startup value, not the pooled backend's:
+				// tell the client its own value; the next acquire applies it.
+				want.set(k, sv)
+				repl, _ = (&pgproto3.ParameterStatus{Name: string(name), Value: sv.val}).Encode(repl[:0])
+				return true, repl
+			}
+			if _, wanted := want.get(k); wanted || head == nil || !head.swallow {
+				want.set(k, v)
+			}
+		}
+	}
+	return head != nil && head.swallow, repl
+}
+
+// trackParamChange tracks a SET / RESET (ch) of a parameter the server does
+// not report, on backend b and in want, the values the client expects;
+// reported ones are tracked from ParameterStatus instead. A RESET goes
+// back to the client's startup value, as directly.
+func trackParamChange(want *paramSet, startup map[string]paramValue, b *backend, ch paramChange) {
+	if ch.all {
+		for k := range want.vals {
+			if _, reported := b.defaults[k]; !reported {
+				if v, ok := startup[k]; ok {
+					want.set(k, v)
+				} else {
+					want.del(k)
+				}
+			}
+		}
+		for k := range b.params.vals {
+			if _, reported := b.defaults[k]; !reported {
+				b.params.del(k)
+			}
+		}
+		return
+	}
+	if _, reported := b.defaults[ch.name]; reported || unsettable[ch.name] {
+		return
+	}
+	if ch.reset {
+		if v, ok := startup[ch.name]; ok {
+			want.set(ch.name, v)
+		} else {
+			want.del(ch.name)
+		}
+		b.params.del(ch.name)
+		return
+	}
+	want.set(ch.name, ch.value)
+	b.params.set(ch.name, ch.value)
 }

@@ -17,7 +17,7 @@ func appendPoisonBind(dst []byte) []byte {
 
 // poison sends a request the server rejects, so that it fails the segment
 // (and the transaction) as it would for pe, which the client gets instead.
-func (c *clientConn) poison(out []byte, pe *pgError) []byte {
-	c.q.push(request{kind: reqBind, errorReplacement: pe.appendTo(nil)})
+func (q *requestQueue) poison(out []byte, pe *pgError) []byte {
+	q.push(request{kind: reqBind, errorReplacement: pe.appendTo(nil)})
 	return appendPoisonBind(out)
 }

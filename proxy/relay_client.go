@@ -492,7 +492,7 @@ func (c *clientConn) build(b *backend) (out []byte, wake bool, err error) {
 	}
 	tx := c.policy.rewriteStatements
 	if tx && c.q.len() == 0 && !c.inBatch {
-		out = c.closeEvicted(b, out)
+		out = b.prepared.closeEvicted(&c.q, out)
 	}
 	for c.in.Start < c.in.End {
 		avail := c.in.End - c.in.Start
@@ -628,11 +628,27 @@ func (c *clientConn) buildMessageLocked(b *backend, out []byte, typ byte, msg []
 	case pgwire.MsgParse:
 		return c.onParse(b, out, msg, body, tx)
 	case pgwire.MsgBind:
-		return c.onBind(b, out, msg, body, tx)
+		if tx {
+			return c.stmts.bind(&c.q, b, out, msg, body)
+		}
+		c.q.push(request{kind: reqBind})
+		return append(out, msg...)
 	case pgwire.MsgDescribe:
-		return c.onDescribe(b, out, msg, body, tx)
+		if tx {
+			return c.stmts.describe(&c.q, b, out, msg, body)
+		}
+		if len(body) > 0 && body[0] == 'P' {
+			c.q.push(request{kind: reqDescribePortal})
+		} else {
+			c.q.push(request{kind: reqDescribeStmt})
+		}
+		return append(out, msg...)
 	case pgwire.MsgClose:
-		return c.onClose(b, out, msg, body, tx)
+		if tx {
+			return c.stmts.close(&c.q, b, out, msg, body)
+		}
+		c.q.push(request{kind: reqClose})
+		return append(out, msg...)
 	case pgwire.MsgFunctionCall:
 		// A fast-path call can run any function (an advisory lock, by
 		// OID): ask the server afterwards.
@@ -642,6 +658,29 @@ func (c *clientConn) buildMessageLocked(b *backend, out []byte, typ byte, msg []
 	default: // Flush, CopyData, CopyDone, CopyFail (others were refused above)
 		return append(out, msg...)
 	}
+}
+
+// onParse refuses a Parse whose name the client already uses, or whose text
+// creates session state under policy reject (inspect); statement tracking
+// (clientStatements.parse) handles the rest in transaction mode.
+func (c *clientConn) onParse(b *backend, out, msg, body []byte, tx bool) []byte {
+	name, rest, ok := parseParseMessage(body)
+	if tx && ok && len(name) > 0 && c.stmts.byName[string(name)] != nil {
+		// As PostgreSQL: the name is taken until the client closes it.
+		return c.q.poison(out, newError(pgwire.CodeDuplicatePreparedStatement, fmt.Sprintf("prepared statement %q already exists", name),
+			"close (DEALLOCATE) the statement before preparing another one under its name"))
+	}
+	if ok {
+		query, _, _ := pgwire.CString(rest)
+		if h := c.inspect(query, tx); h != hazardNone {
+			return c.q.poison(out, c.srv.cfg.rejectError(h))
+		}
+	}
+	if !tx || !ok {
+		c.q.push(request{kind: reqParse})
+		return append(out, msg...)
+	}
+	return c.stmts.parse(&c.q, c.srv.stmts, b, out, msg, name, rest)
 }
 
 // needsWhole reports whether a message must be in the buffer whole before
@@ -701,7 +740,7 @@ func (c *clientConn) tooLarge(total int) *pgError {
 // server skips to the client's Sync; the message itself is dropped unread.
 func (c *clientConn) refuseInFlight(out []byte, total int) []byte {
 	c.inBatch = true
-	out = c.poison(out, c.tooLarge(total))
+	out = c.q.poison(out, c.tooLarge(total))
 	n := min(total, c.in.End-c.in.Start)
 	c.in.Start += n
 	c.in.Want = 0
@@ -713,8 +752,8 @@ func (c *clientConn) refuseInFlight(out []byte, total int) []byte {
 
 // streamBind sends a Bind larger than max_client_buffer (transaction mode)
 // without holding it whole: only its portal and statement names, at its
-// start, must be here; the statement is renamed as in onBind and the
-// parameters streamed. done is false when the names are not all here yet
+// start, must be here; the statement is renamed as in
+// clientStatements.bind and the parameters streamed. done is false when the names are not all here yet
 // (or a probe must be answered first; the Bind is then left unread).
 func (c *clientConn) streamBind(b *backend, out []byte, bodyLen int) (_ []byte, done bool) {
 	prefix := c.in.Buf[c.in.Start+pgwire.HeaderLen : min(c.in.End, c.in.Start+pgwire.HeaderLen+bodyLen)]
@@ -733,7 +772,7 @@ func (c *clientConn) streamBind(b *backend, out []byte, bodyLen int) (_ []byte, 
 		st = c.stmts.named(name)
 	} else {
 		var mine bool
-		if out, mine = c.useUnnamed(b, out); !mine {
+		if out, mine = c.stmts.useUnnamed(&c.q, b, out); !mine {
 			// No unnamed statement: the poison went out; drop the Bind.
 			return c.dropRest(out, pgwire.HeaderLen+bodyLen), true
 		}
@@ -747,7 +786,7 @@ func (c *clientConn) streamBind(b *backend, out []byte, bodyLen int) (_ []byte, 
 	} else {
 		var sent bool
 		var e *preparedEntry
-		if out, e, sent = c.useStatement(b, out, st); !sent {
+		if out, e, sent = c.stmts.useStatement(&c.q, b, out, st); !sent {
 			if c.stmts.probe != nil {
 				return out, false
 			}
@@ -805,7 +844,7 @@ func (c *clientConn) onQuery(b *backend, out, msg, body []byte, tx bool) []byte 
 	paramsDirty := c.state.paramsDirty
 	h := c.inspect(q, tx)
 	// A simple Query drops the session's unnamed statement.
-	c.stmts.hasUnnamed, b.unnamedOwner = false, nil
+	c.stmts.dropUnnamed(b)
 	if h != hazardNone {
 		c.q.push(request{kind: reqQuery})
 		return pgwire.AppendQuery(out, rejectQuerySQL(c.srv.cfg.rejectError(h)))
@@ -824,7 +863,7 @@ func (c *clientConn) onQuery(b *backend, out, msg, body []byte, tx bool) []byte 
 		switch kind {
 		case queryDeallocate:
 			if tx {
-				if o, ok := c.deallocate(b, out, r, name); ok {
+				if o, ok := c.stmts.deallocate(&c.q, b, out, r, name); ok {
 					return o
 				}
 			}

@@ -10,8 +10,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgproto3"
-
 	"github.com/pgsidecar/pgsidecar/internal/pgwire"
 )
 
@@ -674,7 +672,8 @@ func (c *clientConn) routeOneLocked(b *backend, typ byte, msg []byte) (swallow b
 	case pgwire.MsgErrorResponse:
 		return c.errorResponseLocked(b, head, msg), nil
 	case pgwire.MsgParameterStatus:
-		return c.parameterStatusLocked(b, head, msg), nil
+		swallow, c.replacement = trackParameterStatus(c.want, c.startupParams, b, head, msg, c.replacement)
+		return swallow, nil
 
 	case pgwire.MsgCopyInResponse, pgwire.MsgCopyBothResponse:
 		// The backend now waits for the client's COPY data: nobody may
@@ -708,19 +707,22 @@ func (c *clientConn) routeOneLocked(b *backend, typ byte, msg []byte) (swallow b
 		}
 		r := c.q.pop()
 		if k == reqParse {
-			c.parseCompleted(b, &r)
+			parseCompleted(c.srv.stmts, b, &r)
 		}
 		return r.swallow, nil
 
 	case pgwire.MsgParamDescription:
 		if head != nil {
-			c.paramsDescribed(head, msg)
+			c.stmts.paramsDescribed(head, msg)
 		}
 
 	case pgwire.MsgRowDescription, pgwire.MsgNoData:
 		if head != nil && (head.kind == reqDescribeStmt || head.kind == reqDescribePortal) {
 			r := c.q.pop()
-			c.resultDescribed(b, &r, msg)
+			if c.stmts.resultDescribed(b, &r, msg) {
+				c.log.Info("a prepared statement now describes another result than the client was told (schema change); the client gets 0A000 until it prepares it again",
+					"statement", r.stmt.name)
+			}
 			return r.swallow, nil
 		}
 
@@ -791,7 +793,7 @@ func (c *clientConn) errorResponseLocked(b *backend, head *request, msg []byte) 
 		return swallow
 	}
 	r := c.q.pop()
-	c.statementFailed(b, &r, body)
+	c.stmts.failed(b, &r, body)
 	if r.errorReplacement != nil {
 		c.replacement = append(c.replacement[:0], r.errorReplacement...)
 		swallow = true
@@ -799,7 +801,7 @@ func (c *clientConn) errorResponseLocked(b *backend, head *request, msg []byte) 
 	// The server skips everything up to Sync.
 	for h := c.q.peek(); h != nil && h.kind != reqSync; h = c.q.peek() {
 		s := c.q.pop()
-		c.statementFailed(b, &s, nil)
+		c.stmts.failed(b, &s, nil)
 	}
 	if c.q.len() == 0 {
 		// The client's Sync is still to come; what it sends until then
@@ -809,84 +811,20 @@ func (c *clientConn) errorResponseLocked(b *backend, head *request, msg []byte) 
 	return swallow
 }
 
-// parameterStatusLocked tracks a reported parameter's new value on the
-// backend and for the client, and says whether to swallow the message (a
-// reply to the proxy's own request, or replaced by the client's startup
-// value after a RESET, in c.replacement). Under c.mu.
-func (c *clientConn) parameterStatusLocked(b *backend, head *request, msg []byte) (swallow bool) {
-	name, rest, ok := pgwire.CString(msg[pgwire.HeaderLen:])
-	val, _, ok2 := pgwire.CString(rest)
-	if ok && ok2 {
-		k := strings.ToLower(string(name))
-		if !unsettable[k] {
-			v := paramValue{val: string(val)}
-			b.params.set(k, v)
-			if sv, ok := c.startupParams[k]; ok && head != nil && !head.swallow && head.resets(k) && sv != v {
-				// A reset goes back to the session's default, which for the
-				// client is its startup value, not the pooled backend's:
-				// tell the client its own value; the next acquire applies it.
-				c.want.set(k, sv)
-				c.replacement, _ = (&pgproto3.ParameterStatus{Name: string(name), Value: sv.val}).Encode(c.replacement[:0])
-				return true
-			}
-			if _, wanted := c.want.get(k); wanted || head == nil || !head.swallow {
-				c.want.set(k, v)
-			}
-		}
-	}
-	return head != nil && head.swallow
-}
-
 // applyCompleted updates the tracked state once a Query succeeded.
 func (c *clientConn) applyCompletedLocked(b *backend, r *request) {
 	if r.syncTo != nil {
 		b.params.replace(r.syncTo)
 	}
 	for _, ch := range r.sets {
-		c.applyParamChangeLocked(b, ch)
+		trackParamChange(c.want, c.startupParams, b, ch)
 	}
 	if r.resetAll {
-		c.applyParamChangeLocked(b, paramChange{all: true, reset: true})
+		trackParamChange(c.want, c.startupParams, b, paramChange{all: true, reset: true})
 	}
 	if r.deallocAll {
-		c.statementsDeallocated(b)
+		c.stmts.deallocated(b)
 	}
-}
-
-// applyParamChange tracks a SET / RESET of a parameter the server does not
-// report; reported ones are tracked from ParameterStatus instead.
-func (c *clientConn) applyParamChangeLocked(b *backend, ch paramChange) {
-	if ch.all {
-		for k := range c.want.vals {
-			if _, reported := b.defaults[k]; !reported {
-				if v, ok := c.startupParams[k]; ok {
-					c.want.set(k, v)
-				} else {
-					c.want.del(k)
-				}
-			}
-		}
-		for k := range b.params.vals {
-			if _, reported := b.defaults[k]; !reported {
-				b.params.del(k)
-			}
-		}
-		return
-	}
-	if _, reported := b.defaults[ch.name]; reported || unsettable[ch.name] {
-		return
-	}
-	if ch.reset {
-		if v, ok := c.startupParams[ch.name]; ok {
-			c.want.set(ch.name, v)
-		} else {
-			c.want.del(ch.name)
-		}
-		b.params.del(ch.name)
-		return
-	}
-	c.want.set(ch.name, ch.value)
-	b.params.set(ch.name, ch.value)
 }
 
 // finish runs when the client leaves: it stops the backend reader and gives

@@ -3,14 +3,15 @@
 // statements, the client-to-server name map, the client's Parse, Bind,
 // Describe and Close (and DEALLOCATE), and the bookkeeping of their
 // replies (ParseComplete, ParameterDescription, RowDescription/NoData,
-// CloseComplete, errors). build and routeOneLocked call in here.
+// CloseComplete, errors). The relay (buildMessageLocked, routeOneLocked)
+// calls in here; the methods take the request queue and the backend they
+// work on, so each one's signature says what it touches.
 package proxy
 
 import (
 	"container/list"
 	"crypto/sha256"
 	"encoding/hex"
-	"fmt"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -19,7 +20,8 @@ import (
 )
 
 // clientStatements is the client's side of statement tracking
-// (transaction mode), under clientConn.mu.
+// (transaction mode), under clientConn.mu. A backend's unnamedOwner points
+// at it: its address names the client.
 type clientStatements struct {
 	byName map[string]*statement // client statement name -> statement
 	// unnamed is the client's unnamed statement when hasUnnamed (a Query
@@ -451,45 +453,24 @@ func appendDescribeStatement(dst []byte, name string) []byte {
 	return append(dst, 0)
 }
 
-func (c *clientConn) onParse(b *backend, out, msg, body []byte, tx bool) []byte {
-	name, rest, ok := parseParseMessage(body)
-	query, _, _ := pgwire.CString(rest)
-	if !tx || !ok {
-		if ok {
-			if h := c.inspect(query, tx); h != hazardNone {
-				return c.poison(out, c.srv.cfg.rejectError(h))
-			}
-		}
-		c.q.push(request{kind: reqParse})
-		return append(out, msg...)
-	}
+// parse handles a client's Parse in transaction mode (name and rest from
+// parseParseMessage; the caller checked the name is free and the text
+// allowed): the unnamed statement is remembered as the client's own, so
+// that the Bind that uses it runs it on any backend and never runs another
+// client's; a named one gets a server Parse under a name of its own, so
+// the client gets the server's answer for the schema of now, never a copy
+// someone else prepared earlier.
+func (s *clientStatements) parse(q *requestQueue, reg *statementRegistry, b *backend, out, msg, name, rest []byte) []byte {
 	if len(name) == 0 {
-		// The unnamed statement is the client's own: remembered, so that
-		// the Bind that uses it runs it on any backend, and never runs
-		// another client's.
-		if h := c.inspect(query, tx); h != hazardNone {
-			return c.poison(out, c.srv.cfg.rejectError(h))
-		}
-		st, gen := c.stmts.parseUnnamed(rest)
-		b.unnamedOwner, b.unnamedGen = c, gen
-		c.q.push(request{kind: reqParse, stmt: st, gen: gen})
+		st, gen := s.parseUnnamed(rest)
+		b.unnamedOwner, b.unnamedGen = s, gen
+		q.push(request{kind: reqParse, stmt: st, gen: gen})
 		return append(out, msg...)
 	}
-	if c.stmts.byName[string(name)] != nil {
-		// As PostgreSQL: the name is taken until the client closes it.
-		return c.poison(out, newError(pgwire.CodeDuplicatePreparedStatement, fmt.Sprintf("prepared statement %q already exists", name),
-			"close (DEALLOCATE) the statement before preparing another one under its name"))
-	}
-	if h := c.inspect(query, tx); h != hazardNone {
-		return c.poison(out, c.srv.cfg.rejectError(h))
-	}
-	// A server Parse under a name of its own, always: the client gets the
-	// server's answer for the schema of now, never a copy someone else
-	// prepared earlier.
-	st := c.srv.stmts.newStatement(rest)
+	st := reg.newStatement(rest)
 	cname := string(name)
-	c.stmts.byName[cname] = st
-	out, _ = c.sendParse(b, out, st, request{clientName: cname})
+	s.byName[cname] = st
+	out, _ = s.sendParse(q, b, out, st, request{clientName: cname})
 	return out
 }
 
@@ -498,18 +479,18 @@ func (c *clientConn) onParse(b *backend, out, msg, body []byte, tx bool) []byte 
 // proxy's (swallowed). It reports whether it sent one. The first Parse of
 // a statement is followed by the proxy's Describe, whose answer becomes the
 // statement's description (see statement).
-func (c *clientConn) sendParse(b *backend, out []byte, st *statement, r request) ([]byte, bool) {
+func (s *clientStatements) sendParse(q *requestQueue, b *backend, out []byte, st *statement, r request) ([]byte, bool) {
 	e := b.prepared.lookup(st.name)
-	if e != nil && e.certain(c.q.seg) {
+	if e != nil && e.certain(q.seg) {
 		return out, false
 	}
-	out = c.closeUncertain(out, e)
-	b.prepared.add(st.name, c.q.seg)
-	r.kind, r.stmt, r.prepared, r.seg = reqParse, st, true, c.q.seg
-	c.q.push(r)
+	out = closeUncertain(q, out, e)
+	b.prepared.add(st.name, q.seg)
+	r.kind, r.stmt, r.prepared, r.seg = reqParse, st, true, q.seg
+	q.push(r)
 	out = st.appendParse(out)
 	if st.fingerprint == "" {
-		c.q.push(request{kind: reqDescribeStmt, swallow: true, learn: true, stmt: st})
+		q.push(request{kind: reqDescribeStmt, swallow: true, learn: true, stmt: st})
 		out = appendDescribeStatement(out, st.name)
 	}
 	return out, true
@@ -517,42 +498,43 @@ func (c *clientConn) sendParse(b *backend, out []byte, st *statement, r request)
 
 // ensurePrepared injects a Parse of st when backend b lacks it; its
 // ParseComplete is swallowed.
-func (c *clientConn) ensurePrepared(b *backend, out []byte, st *statement) []byte {
-	out, _ = c.sendParse(b, out, st, request{swallow: true})
+func (s *clientStatements) ensurePrepared(q *requestQueue, b *backend, out []byte, st *statement) []byte {
+	out, _ = s.sendParse(q, b, out, st, request{swallow: true})
 	return out
 }
 
 // useStatement readies st on b for a Bind or Describe of the client's and
 // returns the copy that message must name: st's own copy when b has it;
 // else, once st's description is known, a copy of the same shape that b
-// holds for another client's statement (see shareCopy: same text, same
-// parameter types, same result description, nothing said it changed
-// since); else st prepared afresh under its own name. When the client was
-// told st's result description and b must prepare st afresh, the schema
-// may have changed since: the proxy describes it too (build then waits for
-// the answer, see probe) so the client is never handed rows of another
-// type than it expects. ok is false when the message must not go out (a
-// probe is in flight, or st is stale and the poison was sent instead).
-func (c *clientConn) useStatement(b *backend, out []byte, st *statement) (_ []byte, e *preparedEntry, ok bool) {
+// holds for another client's statement (see preparedSet.shareCopy: same
+// text, same parameter types, same result description, nothing said it
+// changed since); else st prepared afresh under its own name. When the
+// client was told st's result description and b must prepare st afresh,
+// the schema may have changed since: the proxy describes it too (build
+// then waits for the answer, see probe) so the client is never handed rows
+// of another type than it expects. ok is false when the message must not
+// go out (a probe is in flight, or st is stale and the poison was sent
+// instead).
+func (s *clientStatements) useStatement(q *requestQueue, b *backend, out []byte, st *statement) (_ []byte, e *preparedEntry, ok bool) {
 	if st.stale {
-		return c.poison(out, staleStatementError()), nil, false
+		return q.poison(out, staleStatementError()), nil, false
 	}
 	if st.shape != "" && b.prepared.items[st.name] == nil {
-		if e = b.prepared.shared(st.shape, c.q.seg); e != nil {
+		if e = b.prepared.shared(st.shape, q.seg); e != nil {
 			return out, e, true
 		}
 	}
 	if st.fingerprint == "" || st.noData {
-		out = c.ensurePrepared(b, out, st)
+		out = s.ensurePrepared(q, b, out, st)
 		return out, b.prepared.items[st.name], true
 	}
-	out, sent := c.sendParse(b, out, st, request{swallow: true})
+	out, sent := s.sendParse(q, b, out, st, request{swallow: true})
 	if !sent {
 		return out, b.prepared.items[st.name], true
 	}
-	c.q.push(request{kind: reqDescribeStmt, swallow: true, probe: true, stmt: st})
+	q.push(request{kind: reqDescribeStmt, swallow: true, probe: true, stmt: st})
 	out = appendDescribeStatement(out, st.name)
-	c.stmts.probe = make(chan struct{})
+	s.probe = make(chan struct{})
 	return append(out, pgwire.MsgFlush, 0, 0, 0, 4), nil, false
 }
 
@@ -576,11 +558,12 @@ func serverName(st *statement, e *preparedEntry) string {
 	return st.name
 }
 
-// shareCopy records that b's own copy of st (confirmed by its ParseComplete)
-// has st's shape, as the server described it: other clients' statements
-// of that shape may use it on b. If b already shares a copy of that shape,
-// st's own copy is redundant: it is closed before the next request (what
-// is in flight still runs on it) and st uses the shared one from now on.
+// shareCopy records that the set's own copy of st (confirmed by its
+// ParseComplete) has st's shape, as the server described it: other
+// clients' statements of that shape may use it on this backend. If the set
+// already shares a copy of that shape, st's own copy is redundant: it is
+// closed before the next request (what is in flight still runs on it) and
+// st uses the shared one from now on.
 //
 // Why sharing is safe: a client's own Parse always reaches the server and
 // the client is told the server's answer; a copy made for another client
@@ -590,16 +573,16 @@ func serverName(st *statement, e *preparedEntry) string {
 // type either: after DDL it re-plans the statement (a stale plan with the
 // same types is re-planned silently) or fails it with 0A000 "cached plan
 // must not change result type", exactly as the client's own statement
-// would; such a copy is retired (statementFailed). A copy made before a
-// DDL that changed a description differs from a statement prepared after
-// it, so it is never taken for it.
-func (c *clientConn) shareCopy(b *backend, st *statement) {
-	e := b.prepared.items[st.name]
+// would; such a copy is retired (clientStatements.failed). A copy made
+// before a DDL that changed a description differs from a statement
+// prepared after it, so it is never taken for it.
+func (p *preparedSet) shareCopy(st *statement) {
+	e := p.items[st.name]
 	if e == nil || e.pending >= 0 {
 		return
 	}
-	if other := b.prepared.share(e, st.shape); other != nil {
-		b.prepared.discard(e)
+	if other := p.share(e, st.shape); other != nil {
+		p.discard(e)
 	}
 }
 
@@ -607,11 +590,11 @@ func (c *clientConn) shareCopy(b *backend, st *statement) {
 // still unanswered segment: whether it exists depends on how that segment
 // ends, so it is closed first (closing a missing statement is no error) and
 // prepared again.
-func (c *clientConn) closeUncertain(out []byte, e *preparedEntry) []byte {
+func closeUncertain(q *requestQueue, out []byte, e *preparedEntry) []byte {
 	if e == nil {
 		return out
 	}
-	c.q.push(request{kind: reqClose, swallow: true})
+	q.push(request{kind: reqClose, swallow: true})
 	return pgwire.AppendCloseStatement(out, e.name)
 }
 
@@ -619,93 +602,102 @@ func (c *clientConn) closeUncertain(out []byte, e *preparedEntry) []byte {
 // Describe of it: parsed again (reply swallowed) unless the proxy parsed it
 // there for this client during this hold. A client without one gets
 // PostgreSQL's 26000, never whatever b's unnamed statement is.
-func (c *clientConn) useUnnamed(b *backend, out []byte) ([]byte, bool) {
-	st := c.stmts.unnamed
-	if !c.stmts.hasUnnamed {
-		return c.poison(out, newError(pgwire.CodeInvalidSQLStatementName, "unnamed prepared statement does not exist",
+func (s *clientStatements) useUnnamed(q *requestQueue, b *backend, out []byte) ([]byte, bool) {
+	st := s.unnamed
+	if !s.hasUnnamed {
+		return q.poison(out, newError(pgwire.CodeInvalidSQLStatementName, "unnamed prepared statement does not exist",
 			"send a Parse for the unnamed statement before using it (a simple Query drops it)")), false
 	}
-	if b.unnamedOwner != c || b.unnamedGen != c.stmts.unnamedGen {
-		c.q.push(request{kind: reqParse, swallow: true, stmt: st, gen: c.stmts.unnamedGen})
+	if b.unnamedOwner != s || b.unnamedGen != s.unnamedGen {
+		q.push(request{kind: reqParse, swallow: true, stmt: st, gen: s.unnamedGen})
 		out = st.appendParse(out)
-		b.unnamedOwner, b.unnamedGen = c, c.stmts.unnamedGen
+		b.unnamedOwner, b.unnamedGen = s, s.unnamedGen
 	}
 	return out, true
 }
 
-func (c *clientConn) onBind(b *backend, out, msg, body []byte, tx bool) []byte {
-	if tx {
-		portal, name, restOff, ok := parseBindNames(body)
-		if ok && len(name) == 0 {
-			var mine bool
-			if out, mine = c.useUnnamed(b, out); !mine {
-				return out
-			}
-		}
-		if ok && len(name) > 0 {
-			if st := c.stmts.named(name); st != nil {
-				out, e, ok := c.useStatement(b, out, st)
-				if !ok {
-					return out
-				}
-				c.q.push(request{kind: reqBind, stmt: st, entry: e})
-				return appendBindRenamed(out, body, portal, restOff, serverName(st, e))
-			}
+// dropUnnamed forgets the client's unnamed statement (a simple Query, or a
+// Close of it, drops it), on b too.
+func (s *clientStatements) dropUnnamed(b *backend) {
+	s.hasUnnamed, b.unnamedOwner = false, nil
+}
+
+// bind handles a client's Bind (msg, body its body) in transaction mode:
+// the statement it names is readied on b and the Bind renamed to the copy
+// b has.
+func (s *clientStatements) bind(q *requestQueue, b *backend, out, msg, body []byte) []byte {
+	portal, name, restOff, ok := parseBindNames(body)
+	if ok && len(name) == 0 {
+		var mine bool
+		if out, mine = s.useUnnamed(q, b, out); !mine {
+			return out
 		}
 	}
-	c.q.push(request{kind: reqBind})
+	if ok && len(name) > 0 {
+		if st := s.named(name); st != nil {
+			out, e, ok := s.useStatement(q, b, out, st)
+			if !ok {
+				return out
+			}
+			q.push(request{kind: reqBind, stmt: st, entry: e})
+			return appendBindRenamed(out, body, portal, restOff, serverName(st, e))
+		}
+	}
+	q.push(request{kind: reqBind})
 	return append(out, msg...)
 }
 
-func (c *clientConn) onDescribe(b *backend, out, msg, body []byte, tx bool) []byte {
+// describe handles a client's Describe in transaction mode, as bind does a
+// Bind.
+func (s *clientStatements) describe(q *requestQueue, b *backend, out, msg, body []byte) []byte {
 	if len(body) > 0 && body[0] == 'P' {
-		c.q.push(request{kind: reqDescribePortal})
+		q.push(request{kind: reqDescribePortal})
 		return append(out, msg...)
 	}
-	if tx && len(body) > 1 {
+	if len(body) > 1 {
 		if name, _, ok := pgwire.CString(body[1:]); ok && len(name) == 0 {
 			var mine bool
-			if out, mine = c.useUnnamed(b, out); !mine {
+			if out, mine = s.useUnnamed(q, b, out); !mine {
 				return out
 			}
-			c.q.push(request{kind: reqDescribeStmt, stmt: c.stmts.unnamed, gen: c.stmts.unnamedGen})
+			q.push(request{kind: reqDescribeStmt, stmt: s.unnamed, gen: s.unnamedGen})
 			return append(out, msg...)
 		}
 		if name, _, ok := pgwire.CString(body[1:]); ok && len(name) > 0 {
-			if st := c.stmts.named(name); st != nil {
-				out, e, ok := c.useStatement(b, out, st)
+			if st := s.named(name); st != nil {
+				out, e, ok := s.useStatement(q, b, out, st)
 				if !ok {
 					return out
 				}
-				c.q.push(request{kind: reqDescribeStmt, stmt: st, entry: e})
+				q.push(request{kind: reqDescribeStmt, stmt: st, entry: e})
 				return appendDescribeStatement(out, serverName(st, e))
 			}
 		}
 	}
-	c.q.push(request{kind: reqDescribeStmt})
+	q.push(request{kind: reqDescribeStmt})
 	return append(out, msg...)
 }
 
-func (c *clientConn) onClose(b *backend, out, msg, body []byte, tx bool) []byte {
-	if tx && len(body) > 1 && body[0] == 'S' {
+// close handles a client's Close in transaction mode. A named statement is
+// the client's alone: closed on b if b has it; copies on other backends
+// are never used again and leave with their LRU.
+func (s *clientStatements) close(q *requestQueue, b *backend, out, msg, body []byte) []byte {
+	if len(body) > 1 && body[0] == 'S' {
 		if name, _, ok := pgwire.CString(body[1:]); ok && len(name) == 0 {
-			c.stmts.hasUnnamed, b.unnamedOwner = false, nil
+			s.dropUnnamed(b)
 		} else if ok {
-			// The statement is the client's alone: closed on this backend
-			// if it is there; copies on others are never used again and
-			// leave with their LRU.
-			st := c.stmts.byName[string(name)]
-			delete(c.stmts.byName, string(name))
+			st := s.byName[string(name)]
+			delete(s.byName, string(name))
 			if st != nil && b.prepared.has(st.name) {
 				b.prepared.remove(st.name)
-				c.q.push(request{kind: reqClose})
+				q.push(request{kind: reqClose})
 				return pgwire.AppendCloseStatement(out, st.name)
 			}
-			c.q.push(request{kind: reqSynthetic, payload: pgwire.CloseCompleteMessage})
+			q.push(request{kind: reqSynthetic, payload: pgwire.CloseCompleteMessage})
 			return out
 		}
 	}
-	c.q.push(request{kind: reqClose})
+	q.push(request{kind: reqClose})
 	return append(out, msg...)
 }
 
@@ -796,18 +788,18 @@ func (c *clientConn) localRequest() (end int, stmts []*statement, ok bool) {
 }
 
 // undoParse forgets a statement whose Parse failed or was skipped.
-func (c *clientConn) undoParse(b *backend, r *request) {
+func (s *clientStatements) undoParse(b *backend, r *request) {
 	if r.stmt == nil {
 		return
 	}
 	if r.stmt.name == "" {
 		if r.kind == reqParse {
 			// A failed Parse of the unnamed statement leaves none.
-			if b.unnamedOwner == c && b.unnamedGen == r.gen {
+			if b.unnamedOwner == s && b.unnamedGen == r.gen {
 				b.unnamedOwner = nil
 			}
-			if !r.swallow && c.stmts.unnamedGen == r.gen {
-				c.stmts.hasUnnamed = false
+			if !r.swallow && s.unnamedGen == r.gen {
+				s.hasUnnamed = false
 			}
 		}
 		return
@@ -815,8 +807,8 @@ func (c *clientConn) undoParse(b *backend, r *request) {
 	if r.prepared {
 		b.prepared.undo(r.stmt.name, r.seg)
 	}
-	if r.clientName != "" && c.stmts.byName[r.clientName] == r.stmt {
-		delete(c.stmts.byName, r.clientName)
+	if r.clientName != "" && s.byName[r.clientName] == r.stmt {
+		delete(s.byName, r.clientName)
 	}
 }
 
@@ -824,50 +816,50 @@ func (c *clientConn) undoParse(b *backend, r *request) {
 // name means a proxy statement, so that one is deallocated (prepared first
 // if this backend lacks it) and the client sees exactly the reply
 // PostgreSQL would give. ok is false when name is not the client's.
-func (c *clientConn) deallocate(b *backend, out []byte, r request, name string) (_ []byte, ok bool) {
-	st := c.stmts.byName[name]
+func (s *clientStatements) deallocate(q *requestQueue, b *backend, out []byte, r request, name string) (_ []byte, ok bool) {
+	st := s.byName[name]
 	if st == nil {
 		return out, false
 	}
-	delete(c.stmts.byName, name)
-	out = c.ensurePrepared(b, out, st)
+	delete(s.byName, name)
+	out = s.ensurePrepared(q, b, out, st)
 	b.prepared.remove(st.name)
-	c.q.push(r)
+	q.push(r)
 	return pgwire.AppendQuery(out, "DEALLOCATE "+st.name), true
 }
 
-// closeEvicted closes on b, ahead of the client's request (nothing is in
-// flight), the statements its LRU evicted or a server invalidated, in a
-// Sync segment of their own whose replies are swallowed.
-func (c *clientConn) closeEvicted(b *backend, out []byte) []byte {
-	if len(b.prepared.toClose) == 0 {
+// closeEvicted closes on the backend, ahead of the client's request
+// (nothing is in flight), the statements the LRU evicted or a server
+// invalidated, in a Sync segment of their own whose replies are swallowed.
+func (p *preparedSet) closeEvicted(q *requestQueue, out []byte) []byte {
+	if len(p.toClose) == 0 {
 		return out
 	}
-	for _, e := range b.prepared.toClose {
+	for _, e := range p.toClose {
 		out = pgwire.AppendCloseStatement(out, e.name)
-		c.q.push(request{kind: reqClose, swallow: true})
+		q.push(request{kind: reqClose, swallow: true})
 	}
-	b.prepared.toClose = b.prepared.toClose[:0]
+	p.toClose = p.toClose[:0]
 	out = append(out, pgwire.MsgSync, 0, 0, 0, 4)
-	c.q.push(request{kind: reqSync, swallow: true})
+	q.push(request{kind: reqSync, swallow: true})
 	return out
 }
 
 // parseCompleted does the bookkeeping of a ParseComplete (r popped): the
 // text is known to prepare cleanly, and b's set holds the statement for
 // sure.
-func (c *clientConn) parseCompleted(b *backend, r *request) {
+func parseCompleted(reg *statementRegistry, b *backend, r *request) {
 	if r.stmt == nil || r.stmt.name == "" {
 		return
 	}
-	c.srv.stmts.markKnown(r.stmt)
+	reg.markKnown(r.stmt)
 	if r.prepared {
 		b.prepared.confirm(r.stmt.name, r.seg)
 		if r.swallow && r.stmt.noData && r.stmt.shape != "" {
 			// A copy the proxy made with st's parameter types of a
 			// statement that returns no rows: it has st's shape (such
 			// statements are not probed, see statement).
-			c.shareCopy(b, r.stmt)
+			b.prepared.shareCopy(r.stmt)
 		}
 	}
 }
@@ -875,46 +867,46 @@ func (c *clientConn) parseCompleted(b *backend, r *request) {
 // paramsDescribed records a ParameterDescription (msg whole) answering the
 // head request: a Describe of a statement whose description the proxy
 // learns (its own right after the first Parse, or the client's).
-func (c *clientConn) paramsDescribed(head *request, msg []byte) {
+func (s *clientStatements) paramsDescribed(head *request, msg []byte) {
 	if head.kind == reqDescribeStmt && head.stmt != nil && !head.probe && (head.learn || !head.swallow) &&
-		(head.stmt.name != "" || head.gen == c.stmts.unnamedGen) {
+		(head.stmt.name != "" || head.gen == s.unnamedGen) {
 		head.stmt.learnParams(msg[pgwire.HeaderLen:])
 	}
 }
 
 // resultDescribed records a RowDescription or NoData (msg whole) answering
 // Describe r (popped): the statement's description when first learned, or
-// a probe's answer, which says whether the client's statement went stale.
-func (c *clientConn) resultDescribed(b *backend, r *request, msg []byte) {
+// a probe's answer, which says whether the client's statement went stale
+// (then stale is true, once: the caller logs it).
+func (s *clientStatements) resultDescribed(b *backend, r *request, msg []byte) (stale bool) {
 	if r.kind != reqDescribeStmt || r.stmt == nil {
-		return
+		return false
 	}
 	switch {
 	case r.probe:
 		if descriptionFingerprint(msg) != r.stmt.fingerprint {
-			r.stmt.stale = true
-			c.log.Info("a prepared statement now describes another result than the client was told (schema change); the client gets 0A000 until it prepares it again",
-				"statement", r.stmt.name)
+			r.stmt.stale, stale = true, true
 		} else {
-			c.shareCopy(b, r.stmt)
+			b.prepared.shareCopy(r.stmt)
 		}
-		c.stmts.endProbe()
-	case (r.learn || !r.swallow) && r.stmt.fingerprint == "" && (r.stmt.name != "" || r.gen == c.stmts.unnamedGen):
+		s.endProbe()
+	case (r.learn || !r.swallow) && r.stmt.fingerprint == "" && (r.stmt.name != "" || r.gen == s.unnamedGen):
 		r.stmt.learnResult(msg)
 		if r.stmt.shape != "" {
-			c.shareCopy(b, r.stmt)
+			b.prepared.shareCopy(r.stmt)
 		}
 	}
+	return stale
 }
 
-// statementFailed undoes the bookkeeping of request r (popped), which an
+// failed undoes the bookkeeping of request r (popped), which an
 // ErrorResponse (body, nil when r was skipped after one) failed or the
 // server skipped. A copy the server says changed under it (0A000: its
 // result type changed; XX000: a type it uses is gone) is shared no more.
-func (c *clientConn) statementFailed(b *backend, r *request, errBody []byte) {
-	c.undoParse(b, r)
+func (s *clientStatements) failed(b *backend, r *request, errBody []byte) {
+	s.undoParse(b, r)
 	if r.probe {
-		c.stmts.endProbe()
+		s.endProbe()
 	}
 	if r.entry != nil && errBody != nil {
 		if code := pgwire.ErrorField(errBody, 'C'); string(code) == pgwire.CodeFeatureNotSupported || string(code) == pgwire.CodeInternalError {
@@ -923,8 +915,8 @@ func (c *clientConn) statementFailed(b *backend, r *request, errBody []byte) {
 	}
 }
 
-// statementsDeallocated records that DEALLOCATE ALL or DISCARD ALL ran on b.
-func (c *clientConn) statementsDeallocated(b *backend) {
+// deallocated records that DEALLOCATE ALL or DISCARD ALL ran on b.
+func (s *clientStatements) deallocated(b *backend) {
 	b.prepared.clear()
-	clear(c.stmts.byName)
+	clear(s.byName)
 }
