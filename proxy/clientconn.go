@@ -489,7 +489,7 @@ func (s *Server) session(c *clientConn) (parked bool) {
 		// The login deadline ends here, as does a wake-up's deadline set
 		// during login; its flag goes with it, or the loop would read
 		// this client through RawConn.Read for good.
-		c.clearReadSignal()
+		c.idle.clearReadSignal(c.conn)
 		conn.SetWriteDeadline(time.Time{})
 		c.timeouts.running.Store(true)
 		lg.Debug("client connected", "application_name", c.identity.appName)
@@ -832,7 +832,7 @@ func (c *clientConn) closeWith(pe *pgError) {
 func (c *clientConn) kill() {
 	c.killed.Store(true)
 	c.cancel()
-	c.unpark() // before the Close: a parked socket is never closed (park.go)
+	c.srv.park.unpark(c) // before the Close: a parked socket is never closed (park.go)
 	c.conn.Close()
 	c.mu.Lock()
 	c.severBackendLocked(true) // whoever reads it wakes; finish destroys it

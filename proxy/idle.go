@@ -3,6 +3,7 @@ package proxy
 import (
 	"errors"
 	"io"
+	"net"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -50,6 +51,26 @@ var requestRingPool = sync.Pool{New: func() any { return new([requestRingSize]re
 // newRequestRing returns an empty ring of requestRingSize entries.
 func newRequestRing() []request { return requestRingPool.Get().(*[requestRingSize]request)[:] }
 
+// takeRingLocked gives an empty queue without a ring one from lc (nil:
+// requestRingPool), before its first push would take one from
+// requestRingPool. Under c.mu.
+func (q *requestQueue) takeRingLocked(lc *loopCache) {
+	if q.buf == nil && q.size == 0 {
+		q.buf, q.head = lc.ring(), 0
+	}
+}
+
+// releaseRingLocked gives an empty queue's ring back to lc (nil:
+// requestRingPool) when it is of requestRingSize; a ring a pipeline grew
+// stays with the client (pop lets one past maxKeptRequests go). Under
+// c.mu, with no backend reader looking at the queue.
+func (q *requestQueue) releaseRingLocked(lc *loopCache) {
+	if q.size == 0 && len(q.buf) == requestRingSize {
+		lc.putRing(q.buf)
+		q.buf, q.head = nil, 0
+	}
+}
+
 // idleReader is what a client reader needs to wait without a buffer: the
 // socket's RawConn and the read callback, both made once per client so a
 // wait allocates nothing; n and err are the callback's result.
@@ -76,24 +97,22 @@ type idleReader struct {
 	signalMu  sync.Mutex
 }
 
-// signalRead wakes the client reader with a read deadline in the past:
-// its wait for input ends (a running reader), or its next read returns at
-// once (a parked one, or one the loop runs). Every read deadline set on
-// a logged-in client goes through here.
-func (c *clientConn) signalRead() {
-	ir := &c.idle
+// signalRead wakes the reader of conn, the client's connection, with a
+// read deadline in the past: its wait for input ends (a running reader),
+// or its next read returns at once (a parked one, or one the loop runs).
+// Every read deadline set on a logged-in client goes through here.
+func (ir *idleReader) signalRead(conn net.Conn) {
 	ir.signalMu.Lock()
 	ir.signalled.Store(true) // with the deadline: see idleReader
-	c.conn.SetReadDeadline(time.Now())
+	conn.SetReadDeadline(time.Now())
 	ir.signalMu.Unlock()
 }
 
-// clearReadSignal clears a read deadline signalRead set, once its reader
-// has seen it. Owner only.
-func (c *clientConn) clearReadSignal() {
-	ir := &c.idle
+// clearReadSignal clears a read deadline signalRead set on conn, once its
+// reader has seen it. The client's owner only.
+func (ir *idleReader) clearReadSignal(conn net.Conn) {
 	ir.signalMu.Lock()
-	c.conn.SetReadDeadline(time.Time{})
+	conn.SetReadDeadline(time.Time{})
 	ir.signalled.Store(false)
 	ir.signalMu.Unlock()
 }
@@ -106,12 +125,12 @@ func (c *clientConn) readClient() (int, error) {
 		c.setUpIdleReader()
 	}
 	if ir.raw == nil || c.in.Start != c.in.End {
-		c.takeReadBuffer()
+		c.bufCache().lendReadBuffer(&c.in)
 		c.in.Prepare()
 		return c.conn.Read(c.in.Free())
 	}
 	ir.n, ir.err = 0, nil
-	ir.hot = c.hotPark()
+	ir.hot = c.loop.hotPark(c.park.loopOn())
 	err := ir.raw.Read(ir.read)
 	if ir.parkable.Load() {
 		ir.parkable.Store(false)
@@ -132,7 +151,7 @@ func (c *clientConn) readClient() (int, error) {
 		if c.park.want.Swap(false) && errors.Is(err, os.ErrDeadlineExceeded) && c.tryPark(false) {
 			return 0, errParked // park.go: c may belong to another goroutine now
 		}
-		c.takeReadBuffer() // a wake-up or close: the reader goes on with a buffer
+		c.bufCache().lendReadBuffer(&c.in) // a wake-up or close: the reader goes on with a buffer
 		return 0, err
 	}
 	return ir.n, ir.err
@@ -168,7 +187,7 @@ func (c *clientConn) setUpIdleReader() {
 // nothing to read: the runtime then waits for the socket to be readable
 // and calls it again.
 func (c *clientConn) readIdle(fd uintptr) bool {
-	c.takeReadBuffer()
+	c.bufCache().lendReadBuffer(&c.in)
 	c.in.Prepare()
 	for {
 		n, err := syscall.Read(int(fd), c.in.Free())
@@ -176,7 +195,7 @@ func (c *clientConn) readIdle(fd uintptr) bool {
 		case err == syscall.EINTR:
 			continue
 		case err == syscall.EAGAIN:
-			c.giveBackReadBuffer()
+			c.bufCache().reclaimReadBuffer(&c.in)
 			if c.releaseRequestRing() && c.park.can {
 				if c.idle.hot {
 					c.idle.hotNow = true // readClient parks it now
@@ -196,35 +215,14 @@ func (c *clientConn) readIdle(fd uintptr) bool {
 	}
 }
 
-// takeReadBuffer gives the client reader a buffer when it has none (on
-// the loop thread, from the loop's own cache).
-func (c *clientConn) takeReadBuffer() {
-	if c.in.Buf == nil {
-		c.in.Buf = c.newReadBuffer()
-		c.in.Start, c.in.End = 0, 0
-	}
-}
-
-// giveBackReadBuffer returns the client's empty buffer to the pool. A
-// buffer a large message grew is kept (Shrink bounds it), so a client
-// streaming large messages does not reallocate at every wait.
-func (c *clientConn) giveBackReadBuffer() {
-	if c.in.Start != c.in.End || len(c.in.Buf) != clientReadBufSize {
-		return
-	}
-	c.freeReadBuffer(c.in.Buf)
-	c.in.Buf, c.in.Start, c.in.End = nil, 0, 0
-}
-
-// releaseRequestRing returns the request ring of a client that holds no
-// backend (nothing is in flight, no server reader looks at the queue) to
-// requestRingPool. It reports whether the client holds no backend.
+// releaseRequestRing gives the request ring of a client that holds no
+// backend (nothing is in flight, no backend reader looks at the queue)
+// back to its pool. It reports whether the client holds no backend.
 func (c *clientConn) releaseRequestRing() bool {
 	c.mu.Lock()
 	free := c.be == nil
-	if free && c.q.size == 0 && len(c.q.buf) == requestRingSize {
-		c.freeRequestRing(c.q.buf)
-		c.q.buf, c.q.head = nil, 0
+	if free {
+		c.q.releaseRingLocked(c.bufCache())
 	}
 	c.mu.Unlock()
 	return free

@@ -164,53 +164,53 @@ type loopHand struct {
 	out               []byte // client bytes a non-blocking write left over: written first
 }
 
-// loopOn reports whether the loop serves this client's requests: the
+// loopOn reports whether the loop serves the client's requests: the
 // client parks (plain TCP, transaction mode; the parker, which is the
 // loop, runs).
-func (c *clientConn) loopOn() bool {
-	return c.park.can
+func (ps *parkState) loopOn() bool {
+	return ps.can
 }
 
 // hotPark reports whether the client should park right after a request
-// (instead of after idleParkAfter idle): the loop serves its requests.
-func (c *clientConn) hotPark() bool {
-	return c.loopOn() && c.loop.cold < loopColdAfter
+// (instead of after idleParkAfter idle): the loop serves its requests
+// (loopOn, parkState's) and has not handed loopColdAfter of them over in
+// a row.
+func (ls *loopState) hotPark(loopOn bool) bool {
+	return loopOn && ls.cold < loopColdAfter
 }
 
 // loopRequest is the loop's answer to a parked client's readable socket:
 // it reads the request and relays it, or hands the client over. Loop
 // thread, c in loopBusy.
-func (c *clientConn) loopRequest() {
-	c.loop.running = true // until it gives the client up: loopPark, loopWait, loopHandOff
-	c.takeReadBuffer()
+func (p *parker) loopRequest(c *clientConn) {
+	c.loop.running = true // until it gives the client up: loopPark, loopWait, loopEnqueue, loopHandOff
+	p.cache.lendReadBuffer(&c.in)
 	c.in.Prepare()
 	if c.q.buf == nil {
 		// The ring from the loop's cache, before a push takes one from
 		// the sync.Pool (a parked client holds no backend: no backend
 		// reader looks at c.q).
 		c.mu.Lock()
-		if c.q.buf == nil && c.q.size == 0 {
-			c.q.buf, c.q.head = c.srv.park.cache.ring(), 0
-		}
+		c.q.takeRingLocked(&p.cache)
 		c.mu.Unlock()
 	}
-	n, err := c.srv.park.rawRead(c.idle.raw, c.idle.signalled.Load(), c.in.Free())
+	n, err := p.rawRead(c.idle.raw, c.idle.signalled.Load(), c.in.Free())
 	switch {
 	case err == syscall.EAGAIN:
-		c.giveBackReadBuffer()
-		c.loopPark()
+		p.cache.reclaimReadBuffer(&c.in)
+		p.loopPark(c)
 		return
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		// A wake-up's read deadline (or a park request's) is set: the
 		// goroutine's read sees it and deals with it, as run does.
-		c.giveBackReadBuffer()
-		c.loopHandOff(&loopHand{next: loopNextRead})
+		p.cache.reclaimReadBuffer(&c.in)
+		p.loopHandOff(c, &loopHand{next: loopNextRead})
 		return
 	case err != nil:
-		c.loopHandOff(&loopHand{err: err})
+		p.loopHandOff(c, &loopHand{err: err})
 		return
 	case n == 0:
-		c.loopHandOff(&loopHand{err: io.EOF})
+		p.loopHandOff(c, &loopHand{err: io.EOF})
 		return
 	}
 	c.in.End += n
@@ -219,32 +219,32 @@ func (c *clientConn) loopRequest() {
 	// triggered readiness will not report: a goroutine reads on.
 	if c.in.End == len(c.in.Buf) || !c.loopableNow() {
 		c.loop.cold++
-		c.loopHandOff(&loopHand{next: loopNextProcess})
+		p.loopHandOff(c, &loopHand{next: loopNextProcess})
 		return
 	}
-	c.loopProcess()
+	p.loopProcess(c)
 }
 
 // loopProcess runs process on the loop thread and acts on how it ended.
-func (c *clientConn) loopProcess() {
+func (p *parker) loopProcess(c *clientConn) {
 	err := c.process()
-	if p := &c.srv.park; p.queuedFor == c {
+	if p.queuedFor == c {
 		// serveQueues took a backend the request did not use after all.
 		p.queuedConn.Release()
 		p.queuedConn, p.queuedFor = pool.Conn{}, nil
 	}
 	switch err {
 	case nil:
-		c.loopPark()
+		p.loopPark(c)
 	case errLoopWait:
-		c.srv.park.requests.Add(1)
-		c.loopWait()
+		p.requests.Add(1)
+		p.loopWait(c)
 	case errLoopHandOff:
-		c.loopHandOff(c.loop.hand)
+		p.loopHandOff(c, c.loop.hand)
 	case errLoopQueue:
-		c.loopEnqueue()
+		p.loopEnqueue(c)
 	default:
-		c.loopHandOff(&loopHand{err: err})
+		p.loopHandOff(c, &loopHand{err: err})
 	}
 }
 
@@ -292,8 +292,7 @@ func (c *clientConn) loopableNow() bool {
 
 // loopAcquire is acquireForRequest on the loop thread: a backend now, or
 // the client goes to a goroutine that waits for one.
-func (c *clientConn) loopAcquire() (*backend, error) {
-	p := &c.srv.park
+func (p *parker) loopAcquire(c *clientConn) (*backend, error) {
 	conn, fromQueue := p.queuedConn, p.queuedFor == c
 	ok := fromQueue
 	if fromQueue {
@@ -330,7 +329,7 @@ func (c *clientConn) loopAcquire() (*backend, error) {
 		c.loop.hand = &loopHand{next: loopNextProcess}
 		return nil, errLoopHandOff
 	}
-	if fromQueue && c.loopSocketEvent() && c.leftWhileWaiting() {
+	if fromQueue && p.loopSocketEvent(c) && c.leftWhileWaiting() {
 		conn.Release() // untouched (clientgone.go)
 		return nil, errClientGone
 	}
@@ -344,22 +343,22 @@ func (c *clientConn) loopAcquire() (*backend, error) {
 // loopSocketEvent reports whether the client's socket became readable
 // while the loop held the client (loop.more: more input, or the client
 // closing). Loop thread.
-func (c *clientConn) loopSocketEvent() bool {
-	p := &c.srv.park
+func (p *parker) loopSocketEvent(c *clientConn) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return c.loop.more
 }
 
-// loopAfterSend is afterSend on the loop thread: the loop waits for the
-// reply of an inline request itself; anything else goes on a goroutine.
-func (c *clientConn) loopAfterSend(b *backend, inline bool, probe, readerDone chan struct{}) error {
+// afterSend is clientConn.afterSend on the loop thread: the loop waits for
+// the reply of an inline request itself (errLoopWait); anything else goes
+// on a goroutine (errLoopHandOff), which starts where ls.hand says.
+func (ls *loopState) afterSend(b *backend, inline bool, probe, readerDone chan struct{}) error {
 	if inline && probe == nil {
 		return errLoopWait
 	}
-	c.loop.hand = &loopHand{next: loopNextAfterSend, b: b, probe: probe, readerDone: readerDone}
+	ls.hand = &loopHand{next: loopNextAfterSend, b: b, probe: probe, readerDone: readerDone}
 	if inline {
-		c.loop.hand.next = loopNextInline
+		ls.hand.next = loopNextInline
 	}
 	return errLoopHandOff
 }
@@ -368,29 +367,28 @@ func (c *clientConn) loopAfterSend(b *backend, inline bool, probe, readerDone ch
 // the client just sent to its backend; or hands the client over where
 // the loop cannot (a backend without a descriptor of its own, more client
 // input buffered, bytes owed to the client, a wake-up).
-func (c *clientConn) loopWait() {
+func (p *parker) loopWait(c *clientConn) {
 	c.mu.Lock()
 	b := c.be
 	c.mu.Unlock()
 	if b == nil {
-		c.loopHandOff(&loopHand{next: loopNextProcess})
+		p.loopHandOff(c, &loopHand{next: loopNextProcess})
 		return
 	}
-	if b.raw == nil || c.in.Start != c.in.End || c.loopOwes() {
-		c.loopHandOff(&loopHand{next: loopNextInline, b: b})
+	if b.raw == nil || c.in.Start != c.in.End || c.loop.owes() {
+		p.loopHandOff(c, &loopHand{next: loopNextInline, b: b})
 		return
 	}
-	p := &c.srv.park
 	p.mu.Lock()
 	if c.loop.woken {
 		p.mu.Unlock()
-		c.loopHandOff(&loopHand{next: loopNextInline, b: b})
+		p.loopHandOff(c, &loopHand{next: loopNextInline, b: b})
 		return
 	}
 	if !b.inLoopSet.Load() {
 		if err := p.os.add(b.fd); err != nil {
 			p.mu.Unlock()
-			c.loopHandOff(&loopHand{next: loopNextInline, b: b})
+			p.loopHandOff(c, &loopHand{next: loopNextInline, b: b})
 			return
 		}
 		b.inLoopSet.Store(true)
@@ -410,27 +408,27 @@ func (c *clientConn) loopWait() {
 // waits on: it relays what the backend sent, as relayInline does, and
 // parks the client once its backend is released. Loop thread, c in
 // loopBusy.
-func (c *clientConn) loopReply() {
+func (p *parker) loopReply(c *clientConn) {
 	c.loop.running = true // until it gives the client up: loopPark, loopWait, loopHandOff
 	c.mu.Lock()
 	b := c.be
 	c.mu.Unlock()
 	if b == nil || int32(b.fd) != c.loop.bfd {
-		c.loopHandOff(&loopHand{next: loopNextProcess})
+		p.loopHandOff(c, &loopHand{next: loopNextProcess})
 		return
 	}
 again:
 	b.in.Prepare()
 	free := len(b.in.Free())
-	n, rerr := c.srv.park.rawRead(b.raw, b.deadline.Load(), b.in.Free())
+	n, rerr := p.rawRead(b.raw, b.deadline.Load(), b.in.Free())
 	switch {
 	case rerr == syscall.EAGAIN:
-		c.loopWait() // nothing yet (a stale readiness): wait on
+		p.loopWait(c) // nothing yet (a stale readiness): wait on
 		return
 	case errors.Is(rerr, os.ErrDeadlineExceeded):
 		// A wake-up's deadline on b (the asynchronous path's signal):
 		// relayInline deals with it.
-		c.loopHandOff(&loopHand{next: loopNextInline, b: b})
+		p.loopHandOff(c, &loopHand{next: loopNextInline, b: b})
 		return
 	case rerr == nil && n == 0:
 		rerr = io.EOF
@@ -439,14 +437,13 @@ again:
 	}
 	stop, err := c.relayReplies(b, rerr, true)
 	if err != nil {
-		c.loopHandOff(&loopHand{err: err})
+		p.loopHandOff(c, &loopHand{err: err})
 		return
 	}
 	if stop {
 		// Released, or handed over for a replay: the goroutine's
 		// process sends it again.
-		p := &c.srv.park
-		c.loopPark()
+		p.loopPark(c)
 		if p.queued.Load() > 0 {
 			// The backend just released serves the oldest queued
 			// request once the batch is done (serveAfterBatch).
@@ -458,34 +455,33 @@ again:
 	more := c.be == b && !c.reader.copyIn && c.q.len() > 0 && (!c.inBatch || c.stmts.probe != nil)
 	c.mu.Unlock()
 	if more {
-		if n == free && !c.loopOwes() {
+		if n == free && !c.loop.owes() {
 			// The read filled the buffer: more may be there, and edge
 			// triggered readiness says nothing of what was already. (A
 			// client that did not take the last write is handed over
 			// instead, by loopWait: reading on would buffer the reply.)
 			goto again
 		}
-		c.loopWait()
+		p.loopWait(c)
 		return
 	}
 	// A transaction left open (or a pin, COPY, a cancel in flight): the
 	// client holds b between its requests; relayInline knows what to do.
 	c.loop.cold++
-	c.loopHandOff(&loopHand{next: loopNextInline, b: b})
+	p.loopHandOff(c, &loopHand{next: loopNextInline, b: b})
 }
 
 // loopEnqueue puts the client at the end of the loop's queue for its pool
 // (FIFO; serveQueues takes it from the front). Loop thread, c in loopBusy.
-func (c *clientConn) loopEnqueue() {
-	if c.loopOwes() {
-		c.loopHandOff(c.loop.hand)
+func (p *parker) loopEnqueue(c *clientConn) {
+	if c.loop.owes() {
+		p.loopHandOff(c, c.loop.hand)
 		return
 	}
-	p := &c.srv.park
 	p.mu.Lock()
 	if c.loop.woken || !p.on {
 		p.mu.Unlock()
-		c.loopHandOff(&loopHand{next: loopNextProcess})
+		p.loopHandOff(c, &loopHand{next: loopNextProcess})
 		return
 	}
 	c.loop.running = false
@@ -571,7 +567,7 @@ func (p *parker) serveQueues() {
 			p.mu.Unlock()
 			c.loop.running = true
 			p.queuedConn, p.queuedFor = conn, c
-			c.loopProcess()
+			p.loopProcess(c)
 		}
 	}
 }
@@ -590,29 +586,28 @@ func (p *parker) handQueuedLocked(c *clientConn) {
 	go c.srv.resume(c) // as loopHandOff
 }
 
-// loopOwes reports whether a non-blocking write to the client left bytes
-// over (they go to the goroutine the client is handed to).
-func (c *clientConn) loopOwes() bool {
-	return c.loop.hand != nil && len(c.loop.hand.out) > 0
+// owes reports whether a non-blocking write to the client left bytes
+// over (they go to the goroutine the client is handed to, in hand.out).
+func (ls *loopState) owes() bool {
+	return ls.hand != nil && len(ls.hand.out) > 0
 }
 
 // loopPark parks the client again after the loop served it (its socket
 // never left the epoll set). Where it may not park (something pending: a
 // replay, notifications, a wake-up, more input that came meanwhile), a
 // goroutine takes it.
-func (c *clientConn) loopPark() {
-	if c.loopOwes() {
+func (p *parker) loopPark(c *clientConn) {
+	if c.loop.owes() {
 		c.loop.hand.next = loopNextProcess
-		c.loopHandOff(c.loop.hand)
+		p.loopHandOff(c, c.loop.hand)
 		return
 	}
 	c.loop.cold = 0
-	p := &c.srv.park
 	p.mu.Lock()
 	if !c.loop.woken && !c.loop.more && p.on && c.in.Start == c.in.End && p.byFd.get(c.park.fd) == c {
 		c.park.parked.Store(true) // before the checks: see park.go, Ordering
 		if c.parkableNow() {
-			c.giveBackReadBuffer()
+			p.cache.reclaimReadBuffer(&c.in)
 			c.loop.running = false
 			c.loop.st.Store(loopIdle)
 			p.count.Add(1)
@@ -623,21 +618,20 @@ func (c *clientConn) loopPark() {
 		c.park.parked.Store(false)
 	}
 	p.mu.Unlock()
-	c.loopHandOff(&loopHand{next: loopNextProcess})
+	p.loopHandOff(c, &loopHand{next: loopNextProcess})
 }
 
 // loopHandOff gives the client a goroutine (resume), which first does
 // what h says. Loop thread, c in loopBusy.
-func (c *clientConn) loopHandOff(h *loopHand) {
+func (p *parker) loopHandOff(c *clientConn, h *loopHand) {
 	if h == nil {
 		h = &loopHand{next: loopNextProcess}
 	}
-	if c.loopOwes() && h != c.loop.hand {
+	if c.loop.owes() && h != c.loop.hand {
 		h.out = c.loop.hand.out // the client's bytes go first, whatever comes next
 	}
 	c.loop.hand = h
 	c.loop.running = false
-	p := &c.srv.park
 	p.handoffs.Add(1)
 	p.mu.Lock()
 	p.handOverLocked(c)
@@ -700,7 +694,7 @@ func (c *clientConn) writeBackend(b *backend, out []byte) error {
 // writeClient writes p to the client: a blocking write on the client's
 // goroutine; on the loop thread one that never waits, leaving what the
 // socket does not take to the goroutine the client is then handed to
-// (loopOwes), which writes it before anything else. Both hold c.wmu, so
+// (loopState.owes), which writes it before anything else. Both hold c.wmu, so
 // they come after a backend reader's last write of the previous
 // transaction (replyAndRelease); the loop does not wait for it, it hands
 // the client over as if the socket were full.
@@ -711,7 +705,7 @@ func (c *clientConn) writeClient(p []byte) error {
 		c.wmu.Unlock()
 		return err
 	}
-	if c.loopOwes() {
+	if c.loop.owes() {
 		c.loop.hand.out = append(c.loop.hand.out, p...)
 		return nil
 	}
@@ -829,7 +823,7 @@ func (p *parker) backendReady(fd int) bool {
 	c.loop.st.Store(loopBusy)
 	c.loop.woken = false
 	p.mu.Unlock()
-	c.loopReply()
+	p.loopReply(c)
 	return true
 }
 

@@ -574,7 +574,7 @@ func TestLoopSeesReadSignal(t *testing.T) {
 	e.waitParked(t, 1)
 	c := e.onlyClient(t)
 	before := e.srv.Stats()
-	c.signalRead()
+	c.idle.signalRead(c.conn)
 	q("SELECT 2", "2")
 	mid := e.srv.Stats()
 	if mid.LoopHandoffs != before.LoopHandoffs+1 {

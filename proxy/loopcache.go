@@ -1,7 +1,10 @@
 package proxy
 
+import "github.com/pgsidecar/pgsidecar/internal/pgwire"
+
 // loopCache: the loop thread's own free lists of client read buffers and
-// request rings.
+// request rings, and the lending of a client's read buffer from them, or
+// from the sync.Pools off the loop thread.
 //
 // An idle client holds neither (idle.go): a client the loop serves takes
 // both for each request and gives both back when it parks again. Through
@@ -12,30 +15,14 @@ package proxy
 // has no room for goes to the sync.Pool as before, and the parker drops
 // both stacks when it gives a wave's memory back (releaseAfterWave).
 
-// newReadBuffer, freeReadBuffer and freeRequestRing are where c's read
-// buffers and request rings come from and go to: the loop's cache on the
-// loop thread, the sync.Pools elsewhere.
-func (c *clientConn) newReadBuffer() []byte {
+// bufCache is where c's read buffer and request ring come from and go
+// to: the loop's cache while the loop thread runs c, nil (the sync.Pools)
+// elsewhere. Only the loop thread may use its cache.
+func (c *clientConn) bufCache() *loopCache {
 	if c.loop.running {
-		return c.srv.park.cache.buf()
+		return &c.srv.park.cache
 	}
-	return clientBufPool.Get().(*[clientReadBufSize]byte)[:]
-}
-
-func (c *clientConn) freeReadBuffer(b []byte) {
-	if c.loop.running {
-		c.srv.park.cache.putBuf(b)
-		return
-	}
-	clientBufPool.Put((*[clientReadBufSize]byte)(b))
-}
-
-func (c *clientConn) freeRequestRing(r []request) {
-	if c.loop.running {
-		c.srv.park.cache.putRing(r)
-		return
-	}
-	requestRingPool.Put((*[requestRingSize]request)(r))
+	return nil
 }
 
 // loopCacheMax is how many buffers, and rings, the loop keeps. A client
@@ -46,40 +33,70 @@ func (c *clientConn) freeRequestRing(r []request) {
 // buffers are 256 KB at most.
 const loopCacheMax = 32
 
+// loopCache is the loop thread's free lists, used on that thread only. A
+// nil *loopCache is none: its methods then use the sync.Pools, as every
+// goroutine but the loop's does (bufCache).
 type loopCache struct {
 	bufs  freeList[[clientReadBufSize]byte]
 	rings freeList[[requestRingSize]request]
 }
 
-// buf returns a read buffer. Loop thread.
+// buf returns a read buffer of clientReadBufSize.
 func (lc *loopCache) buf() []byte {
-	if b := lc.bufs.pop(); b != nil {
-		return b[:]
+	if lc != nil {
+		if b := lc.bufs.pop(); b != nil {
+			return b[:]
+		}
 	}
 	return clientBufPool.Get().(*[clientReadBufSize]byte)[:]
 }
 
-// putBuf takes back a read buffer of clientReadBufSize. Loop thread.
+// putBuf takes back a read buffer of clientReadBufSize.
 func (lc *loopCache) putBuf(b []byte) {
-	if p := (*[clientReadBufSize]byte)(b); !lc.bufs.push(p) {
+	p := (*[clientReadBufSize]byte)(b)
+	if lc == nil || !lc.bufs.push(p) {
 		clientBufPool.Put(p)
 	}
 }
 
-// ring returns an empty request ring. Loop thread.
+// ring returns an empty request ring of requestRingSize entries.
 func (lc *loopCache) ring() []request {
-	if r := lc.rings.pop(); r != nil {
-		return r[:]
+	if lc != nil {
+		if r := lc.rings.pop(); r != nil {
+			return r[:]
+		}
 	}
 	return newRequestRing()
 }
 
 // putRing takes back an empty ring of requestRingSize entries (all zero,
-// as requestRingPool's). Loop thread.
+// as requestRingPool's).
 func (lc *loopCache) putRing(r []request) {
-	if p := (*[requestRingSize]request)(r); !lc.rings.push(p) {
+	p := (*[requestRingSize]request)(r)
+	if lc == nil || !lc.rings.push(p) {
 		requestRingPool.Put(p)
 	}
+}
+
+// lendReadBuffer gives in a read buffer when it has none: a client reader
+// is about to read into it.
+func (lc *loopCache) lendReadBuffer(in *pgwire.ReadBuffer) {
+	if in.Buf == nil {
+		in.Buf = lc.buf()
+		in.Start, in.End = 0, 0
+	}
+}
+
+// reclaimReadBuffer takes in's buffer back when nothing is left in it: its
+// reader waits for input. A buffer a large message grew is kept (Shrink
+// bounds it), so a client streaming large messages does not reallocate at
+// every wait.
+func (lc *loopCache) reclaimReadBuffer(in *pgwire.ReadBuffer) {
+	if in.Start != in.End || len(in.Buf) != clientReadBufSize {
+		return
+	}
+	lc.putBuf(in.Buf)
+	in.Buf, in.Start, in.End = nil, 0, 0
 }
 
 // freeList is a stack of at most loopCacheMax free objects.

@@ -85,7 +85,10 @@ const (
 // ends and must not touch the client any more (another may own it).
 var errParked = errors.New("client parked")
 
-// parker is the Server's parking goroutine and the clients it holds.
+// parker is the Server's parking goroutine and the clients it holds. The
+// goroutine is also the event loop (loop.go): the loop's steps on a client
+// are the parker's methods that take the client (loopRequest, loopReply,
+// loopPark, loopHandOff, ...).
 type parker struct {
 	os      parkOS
 	mu      sync.Mutex
@@ -250,7 +253,7 @@ func (s *Server) sweepIdle() {
 		if ps.seen && ps.mark == r {
 			ps.seen = false
 			ps.want.Store(true)
-			c.signalRead()
+			c.idle.signalRead(c.conn)
 			continue
 		}
 		ps.seen, ps.mark = true, r
@@ -322,7 +325,7 @@ func (p *parker) onReady(fd int) {
 		p.mu.Unlock()
 		return
 	}
-	if !c.loopOn() || c.loop.cold >= loopColdAfter {
+	if !c.park.loopOn() || c.loop.cold >= loopColdAfter {
 		p.unparkLocked(c)
 		p.mu.Unlock()
 		return
@@ -334,7 +337,7 @@ func (p *parker) onReady(fd int) {
 	c.loop.st.Store(loopBusy)
 	c.loop.woken = false
 	p.mu.Unlock()
-	c.loopRequest()
+	p.loopRequest(c)
 }
 
 // unparkLocked takes c out of the epoll set and gives it a goroutine
@@ -396,16 +399,18 @@ func (s *Server) resume(c *clientConn) {
 // goroutine is started again and its first read sees that deadline (a
 // parked one). What to look at must be recorded before the call.
 func (c *clientConn) wake() {
-	c.signalRead()
-	c.unpark()
+	c.idle.signalRead(c.conn)
+	c.srv.park.unpark(c)
 }
 
-// unpark gives a parked client its goroutine again.
-func (c *clientConn) unpark() {
+// unpark gives c its goroutine again if it has none: a parked client's
+// starts at once, as does that of a client the loop waits for (it reads
+// the backend's reply) or has queued (it waits in the pool's queue); a
+// client the loop runs now is handed over at the loop's next step.
+func (p *parker) unpark(c *clientConn) {
 	if !c.park.parked.Load() && c.loop.st.Load() == loopIdle {
 		return
 	}
-	p := &c.srv.park
 	p.mu.Lock()
 	switch {
 	case c.park.parked.Load():
@@ -432,7 +437,7 @@ func (c *clientConn) tryPark(hot bool) bool {
 	}
 	if !hot {
 		// The park request's wake-up is spent; a later wake-up sets a new one.
-		c.clearReadSignal()
+		c.idle.clearReadSignal(c.conn)
 		c.loop.cold = 0 // idle a while: the loop tries its requests again
 	}
 	p := &c.srv.park
@@ -446,7 +451,7 @@ func (c *clientConn) tryPark(hot bool) bool {
 		c.park.parked.Store(false)
 		return false
 	}
-	c.giveBackReadBuffer()
+	c.bufCache().reclaimReadBuffer(&c.in)
 	if err := p.os.add(c.park.fd); err != nil {
 		c.park.parked.Store(false)
 		c.park.off.Store(true)
@@ -490,9 +495,8 @@ func (c *clientConn) parkableNow() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	ok := c.settledLocked()
-	if ok && len(c.q.buf) == requestRingSize {
-		c.freeRequestRing(c.q.buf)
-		c.q.buf, c.q.head = nil, 0
+	if ok {
+		c.q.releaseRingLocked(c.bufCache())
 	}
 	return ok
 }

@@ -57,7 +57,7 @@ func (c *clientConn) run() error {
 			if c.srv.draining.Load() && c.passRemaining == 0 && c.betweenTransactions() {
 				return errDraining()
 			}
-			c.clearReadSignal()
+			c.idle.clearReadSignal(c.conn)
 			if pe := c.closeErr.Load(); pe != nil {
 				return pe // set between the look above and the reset
 			}
@@ -207,7 +207,7 @@ func (c *clientConn) process() error {
 			return perr
 		}
 		if c.loop.running {
-			return c.loopAfterSend(b, inline, probe, readerDone) // loop.go: it never waits
+			return c.loop.afterSend(b, inline, probe, readerDone) // loop.go: it never waits
 		}
 		if stop, err := c.afterSend(b, inline, probe, readerDone); err != nil || stop {
 			return err
@@ -307,7 +307,7 @@ func (c *clientConn) acquireForRequest() (*backend, error) {
 	var b *backend
 	var err error
 	if c.loop.running {
-		b, err = c.loopAcquire() // loop.go: it never waits
+		b, err = c.srv.park.loopAcquire(c) // loop.go: it never waits
 		if err != errWaitCanceled {
 			return b, err // a backend, or what the loop does instead (loopProcess)
 		}

@@ -426,7 +426,7 @@ func (c *clientConn) releaseAtTransactionEnd(b *backend, inline bool) (stop bool
 	c.endCheckLocked()
 	if len(c.listen.notes) > 0 && !inline {
 		// The client reader delivers them now (inline, it is the caller).
-		c.signalRead()
+		c.idle.signalRead(c.conn)
 	}
 	c.mu.Unlock()
 	if b.tainted {

@@ -240,7 +240,7 @@ func (c *clientConn) abandonLocked(b *backend) {
 		// A backend reader found b dead while the client reader waits for
 		// client input: wake it to send the request again. (Inline, or
 		// still writing, the client reader sees it itself.)
-		c.signalRead()
+		c.idle.signalRead(c.conn)
 	}
 }
 

@@ -51,7 +51,7 @@ func (c *clientConn) cancelWaiting() bool {
 		// Out of the loop's queue to a goroutine, whose acquire answers
 		// at once (or loopAcquire, if the loop serves it first). After
 		// c.mu: parker.mu comes first.
-		c.unpark()
+		c.srv.park.unpark(c)
 		return true
 	}
 	c.mu.Unlock()
