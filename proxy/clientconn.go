@@ -120,7 +120,7 @@ type lastStatement struct {
 	// writer, reads them without it.
 	mu sync.Mutex
 	n  int32 // bytes of text in use (an int32, so the struct packs in 256 bytes)
-	// scanOK: touches and changes are noteSessionTraffic's findings for
+	// scanOK: touches and changes are scan's findings (sessionstate.go) for
 	// text[:n], a whole statement. A client sends the same statements
 	// again and again: inspect compares the text instead of scanning it
 	// again. Owner only.
@@ -129,7 +129,7 @@ type lastStatement struct {
 }
 
 // sessionTrack is what transaction mode tracks of a client's session
-// state (sessionstate.go). Under c.mu.
+// state (sessionstate.go). Under c.mu, as are all its methods.
 type sessionTrack struct {
 	// dirty, paramsDirty: the client's traffic may have touched session
 	// state, or settings, since the last check. resync: a pinned client's
@@ -144,7 +144,7 @@ type sessionTrack struct {
 }
 
 // listenTrack is a client's LISTEN through the shared listener
-// (notify.go). Under c.mu.
+// (notify.go). Under c.mu, as are all its methods.
 type listenTrack struct {
 	notes           [][]byte // notifications not yet delivered
 	dropped         int      // ... and dropped since the last delivery

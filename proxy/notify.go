@@ -358,15 +358,13 @@ func quoteIdentAlways(s string) string {
 // queueNotification queues msg for c and wakes whoever delivers it.
 func (c *clientConn) queueNotification(msg []byte) {
 	c.mu.Lock()
-	if len(c.listen.notes) >= maxPendingNotifications {
-		c.listen.dropped++
-		if c.listen.dropped == 1 {
+	if queued, first := c.listen.queue(msg); !queued {
+		if first {
 			c.log.Warn("client does not read its notifications; dropping new ones", "queued", len(c.listen.notes))
 		}
 		c.mu.Unlock()
 		return
 	}
-	c.listen.notes = append(c.listen.notes, msg)
 	b := c.be
 	async := b != nil && c.reader.async
 	if async && c.transactionOverLocked() {
@@ -384,14 +382,27 @@ func (c *clientConn) queueNotification(msg []byte) {
 	}
 }
 
-// takeNotesLocked returns the queued notifications, or nil.
-func (c *clientConn) takeNotesLocked() [][]byte {
-	if len(c.listen.notes) == 0 {
+// queue queues msg, unless maxPendingNotifications wait already (a
+// client that does not read): then msg is dropped, queued is false, and
+// first says it is the first dropped since the last delivery, which the
+// caller logs.
+func (l *listenTrack) queue(msg []byte) (queued, first bool) {
+	if len(l.notes) >= maxPendingNotifications {
+		l.dropped++
+		return false, l.dropped == 1
+	}
+	l.notes = append(l.notes, msg)
+	return true, false
+}
+
+// takeNotes returns the queued notifications, or nil.
+func (l *listenTrack) takeNotes() [][]byte {
+	if len(l.notes) == 0 {
 		return nil
 	}
-	n := c.listen.notes
-	c.listen.notes = nil
-	c.listen.dropped = 0
+	n := l.notes
+	l.notes = nil
+	l.dropped = 0
 	return n
 }
 
@@ -406,7 +417,7 @@ func (c *clientConn) flushNotes() error {
 		c.mu.Unlock()
 		return nil
 	}
-	notes := c.takeNotesLocked()
+	notes := c.listen.takeNotes()
 	c.mu.Unlock()
 	for _, m := range notes {
 		if err := c.writeClient(m); err != nil {
@@ -417,23 +428,17 @@ func (c *clientConn) flushNotes() error {
 }
 
 // preListen reads the LISTEN / UNLISTEN statements in the whole Query and
-// Parse messages buffered and applies them to the hub before they are
-// sent, so the shared listener listens before the client's LISTEN returns.
-func (c *clientConn) preListen() {
-	if c.hub == nil {
-		return
-	}
-	pos := c.in.Start
-	if c.passRemaining > 0 {
-		return
-	}
-	for c.in.End-pos >= pgwire.HeaderLen {
-		typ, bodyLen := pgwire.ParseHeader(c.in.Buf[pos:])
-		if bodyLen < 0 || c.in.End-pos < pgwire.HeaderLen+bodyLen {
+// Parse messages of buffered, client c's unread bytes (which start at a
+// message), and applies them for c before they are sent, so the shared
+// listener listens before the client's LISTEN returns.
+func (h *notifyHub) preListen(c *clientConn, buffered []byte) {
+	for len(buffered) >= pgwire.HeaderLen {
+		typ, bodyLen := pgwire.ParseHeader(buffered)
+		if bodyLen < 0 || len(buffered) < pgwire.HeaderLen+bodyLen {
 			return
 		}
-		body := c.in.Buf[pos+pgwire.HeaderLen : pos+pgwire.HeaderLen+bodyLen]
-		pos += pgwire.HeaderLen + bodyLen
+		body := buffered[pgwire.HeaderLen : pgwire.HeaderLen+bodyLen]
+		buffered = buffered[pgwire.HeaderLen+bodyLen:]
 		var q []byte
 		switch typ {
 		case pgwire.MsgQuery:
@@ -450,9 +455,9 @@ func (c *clientConn) preListen() {
 		}
 		parseListens(q, func(listen bool, channel string, all bool) {
 			if listen {
-				c.hub.listen(c, channel)
+				h.listen(c, channel)
 			} else {
-				c.hub.unlisten(c, channel, all)
+				h.unlisten(c, channel, all)
 			}
 		})
 	}

@@ -124,10 +124,11 @@ func (c *clientConn) betweenTransactions() bool {
 
 // process handles every complete (or streamable) message in the buffer.
 func (c *clientConn) process() error {
-	if !c.loop.running {
+	if !c.loop.running && c.hub != nil && c.passRemaining == 0 {
 		// On the loop thread loopableNow has just made sure that no
-		// message buffered holds the word LISTEN: nothing to do.
-		c.preListen()
+		// message buffered holds the word LISTEN: nothing to do. While a
+		// message is streamed, the buffer holds its middle, not messages.
+		c.hub.preListen(c, c.in.Buf[c.in.Start:c.in.End])
 	}
 	for c.spliceReplay() || c.in.Pending() > 0 {
 		if c.discard.on {
@@ -398,7 +399,7 @@ func (c *clientConn) takeBackend(conn pool.Conn) *backend {
 	c.mu.Lock()
 	c.be = b
 	c.wait.canceled = false // a cancel from now on goes to b (cancelPinned)
-	c.armReplayLocked()
+	c.replay.armLocked(c.now())
 	b.unnamedOwner = nil
 	c.txStatus = 'I'
 	if !paramsInSync(c.want, b.params, b.defaults) {
@@ -899,7 +900,8 @@ func (c *clientConn) inspect(q []byte, tx bool) hazard {
 			return h
 		}
 	}
-	c.noteSessionTraffic(q, again)
+	touches, changes := c.last.scan(q, again)
+	c.state.noteTraffic(q, touches, changes)
 	return hazardNone
 }
 

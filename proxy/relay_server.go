@@ -243,14 +243,17 @@ func (c *clientConn) relayReplies(b *backend, readErr error, inline bool) (stop 
 		c.mu.Unlock()
 		return true, c.leaveReason()
 	}
-	if c.replay.armed {
-		replay, destroy, wait := c.checkFirstReplyLocked(b, readErr)
-		if replay || wait {
+	if c.replay.armed && c.be == b {
+		dead, wait := c.replay.firstReplyLocked(b, readErr)
+		if dead || wait {
+			// A dead b is destroyed here, or by the client reader when it
+			// is still writing to b (failFreshLocked).
+			destroy := dead && c.failFreshLocked(b)
 			c.mu.Unlock()
 			if destroy {
 				c.destroyDead(b)
 			}
-			return replay, nil
+			return dead, nil
 		}
 	}
 	if readErr != nil && !errors.Is(readErr, os.ErrDeadlineExceeded) {
@@ -269,7 +272,7 @@ func (c *clientConn) relayReplies(b *backend, readErr error, inline bool) (stop 
 	if rerr == nil && c.idleLocked(b) {
 		// The transaction is over: ask the server about session state
 		// if the client's traffic may have touched it.
-		if send = c.afterTransactionLocked(b); send != nil {
+		if send = c.state.afterTransaction(&c.listen, c.want, b, &c.q); send != nil {
 			release = false
 		}
 	}
@@ -277,7 +280,7 @@ func (c *clientConn) relayReplies(b *backend, readErr error, inline bool) (stop 
 		// Between transactions: deliver the shared listener's
 		// notifications after the ReadyForQuery.
 		o := append(b.out[:0], out...)
-		for _, m := range c.takeNotesLocked() {
+		for _, m := range c.listen.takeNotes() {
 			o = append(o, m...)
 		}
 		b.out, out = o, o
@@ -423,7 +426,7 @@ func (c *clientConn) releaseAtTransactionEnd(b *backend, inline bool) (stop bool
 		return true, c.leaveReason()
 	}
 	c.dropBackendLocked()
-	c.endCheckLocked()
+	c.state.endCheck()
 	if len(c.listen.notes) > 0 && !inline {
 		// The client reader delivers them now (inline, it is the caller).
 		c.idle.signalRead(c.conn)
@@ -545,7 +548,7 @@ func (c *clientConn) backendLost(b *backend, err error) {
 		c.q.reset()
 		c.inBatch, c.serverSkipping = false, false
 		c.stmts.endProbe()
-		c.endCheckLocked()
+		c.state.endCheck()
 	}
 	stopping := c.reader.stop
 	c.mu.Unlock()
@@ -754,7 +757,7 @@ func (c *clientConn) readyForQueryLocked(b *backend, head *request, msg []byte) 
 		return true, nil
 	}
 	if r.serverWrote {
-		c.endCheckLocked()
+		c.state.endCheck()
 	}
 	if !r.failed {
 		c.applyCompletedLocked(b, &r)

@@ -67,17 +67,17 @@ type replayState struct {
 	buf     []byte    // the client bytes sent to c.be since it was acquired
 }
 
-// armReplayLocked starts the bookkeeping for a backend just acquired for a
+// armLocked starts the bookkeeping for a backend acquired at now for a
 // client between transactions. Under c.mu, by the client reader.
-func (c *clientConn) armReplayLocked() {
-	if !c.replay.again {
-		c.replay.tries = 0
+func (r *replayState) armLocked(now time.Time) {
+	if !r.again {
+		r.tries = 0
 	}
-	c.replay.again = false
-	c.replay.buf = c.replay.buf[:0]
-	c.replay.armed = c.replay.tries < maxReplays
-	if c.replay.armed {
-		c.replay.since = c.now()
+	r.again = false
+	r.buf = r.buf[:0]
+	r.armed = r.tries < maxReplays
+	if r.armed {
+		r.since = now
 	}
 }
 
@@ -167,16 +167,15 @@ func (c *clientConn) armedFor(b *backend) bool {
 	return c.replay.armed && c.be == b
 }
 
-// checkFirstReplyLocked is the backend reader's look at what b sent (and
-// readErr) while the client's request may still be replayed. It returns
-// replay true when b died before answering: the caller stops reading b,
-// and destroys it when destroy is true (else the client reader, still
-// writing to b, does). wait true means the first message is not whole
-// yet: read on before routing anything.
-func (c *clientConn) checkFirstReplyLocked(b *backend, readErr error) (replay, destroy, wait bool) {
-	if !c.replay.armed || c.be != b {
-		return false, false, false
-	}
+// firstReplyLocked is the backend reader's look at what b sent (and
+// readErr) while the client's request may still be replayed: the caller
+// found the replay armed and b the client's backend. dead true means b
+// died before answering: the caller marks it dead (failFreshLocked) and
+// stops reading it. wait true means the first message is not whole yet:
+// read on before routing anything. With both false, a mere wake-up leaves
+// the replay armed; a backend that answered, or died too late
+// (replayWindow), disarms it. Under c.mu.
+func (r *replayState) firstReplyLocked(b *backend, readErr error) (dead, wait bool) {
 	if errors.Is(readErr, os.ErrDeadlineExceeded) {
 		// A wake-up (a deadline set to now: the proxy owes the client a
 		// reply of its own, or kill), not the backend dying: taking it for
@@ -186,25 +185,25 @@ func (c *clientConn) checkFirstReplyLocked(b *backend, readErr error) (replay, d
 	}
 	if b.in.Start == b.in.End {
 		if readErr == nil {
-			return false, false, false // a wake-up, not a reply
+			return false, false // a wake-up, not a reply
 		}
 	} else {
 		retry, complete := retryableFirstReply(b, readErr != nil)
 		if !complete && readErr == nil {
-			return false, false, true
+			return false, true
 		}
 		if !retry {
-			c.replay.armed, c.replay.tries = false, 0 // the backend answered: it is alive
-			return false, false, false
+			r.armed, r.tries = false, 0 // the backend answered: it is alive
+			return false, false
 		}
 	}
-	if time.Since(c.replay.since) > replayWindow {
+	if time.Since(r.since) > replayWindow {
 		// Killed while running the request, not dying when handed out:
 		// the client hears the server's FATAL, as directly.
-		c.replay.armed, c.replay.tries = false, 0
-		return false, false, false
+		r.armed, r.tries = false, 0
+		return false, false
 	}
-	return true, c.failFreshLocked(b), false
+	return true, false
 }
 
 // failFreshLocked marks b dead before its first reply and the client's
@@ -235,7 +234,7 @@ func (c *clientConn) abandonLocked(b *backend) {
 	c.inBatch, c.serverSkipping = false, false
 	c.txStatus = 'I'
 	c.stmts.endProbe()
-	c.endCheckLocked()
+	c.state.endCheck()
 	if wake {
 		// A backend reader found b dead while the client reader waits for
 		// client input: wake it to send the request again. (Inline, or
@@ -288,7 +287,8 @@ func (c *clientConn) destroyDead(b *backend) {
 }
 
 // spliceReplay puts a pending replay back in front of the client's unread
-// bytes, once the dead backend is let go of. Client reader only.
+// bytes, once the dead backend is let go of, and reports whether there
+// were any. Client reader only.
 func (c *clientConn) spliceReplay() bool {
 	c.mu.Lock()
 	if !c.replay.pending || c.be != nil {
@@ -297,16 +297,23 @@ func (c *clientConn) spliceReplay() bool {
 	}
 	c.replay.pending, c.replay.again = false, true
 	c.mu.Unlock()
-	r, rest := c.replay.buf, c.in.Buf[c.in.Start:c.in.End]
-	if c.in.Start >= len(r) {
-		c.in.Start -= len(r)
-		copy(c.in.Buf[c.in.Start:], r)
+	return c.replay.spliceInto(&c.in)
+}
+
+// spliceInto moves the kept request, buf, in front of in's unread bytes
+// and reports whether it held any. Client reader only (buf and in are
+// its own).
+func (r *replayState) spliceInto(in *pgwire.ReadBuffer) bool {
+	kept, rest := r.buf, in.Buf[in.Start:in.End]
+	if in.Start >= len(kept) {
+		in.Start -= len(kept)
+		copy(in.Buf[in.Start:], kept)
 	} else {
-		nb := make([]byte, max(len(c.in.Buf), len(r)+len(rest)))
-		copy(nb, r)
-		copy(nb[len(r):], rest)
-		c.in.Buf, c.in.Start, c.in.End = nb, 0, len(r)+len(rest)
+		nb := make([]byte, max(len(in.Buf), len(kept)+len(rest)))
+		copy(nb, kept)
+		copy(nb[len(kept):], rest)
+		in.Buf, in.Start, in.End = nb, 0, len(kept)+len(rest)
 	}
-	c.replay.buf = c.replay.buf[:0]
-	return len(r) > 0
+	r.buf = r.buf[:0]
+	return len(kept) > 0
 }

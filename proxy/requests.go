@@ -55,7 +55,7 @@ type request struct {
 	probe bool
 	// stateCheck marks the proxy's session-state check (sessionstate.go);
 	// serverWrote any Query the backend reader sent (the client reader waits
-	// for its ReadyForQuery, see afterTransactionLocked).
+	// for its ReadyForQuery, see sessionTrack.afterTransaction).
 	stateCheck, serverWrote bool
 	// errorReplacement, on a request sent only to make the server fail the
 	// segment, is the ErrorResponse the client gets instead of the server's.

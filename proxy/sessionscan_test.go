@@ -102,7 +102,7 @@ var sessionScanQueries = map[string][]byte{
 		`AND "orders"."placed_at" > $2 ORDER BY "orders"."placed_at" DESC LIMIT 50`),
 }
 
-// BenchmarkSessionScans compares noteSessionTraffic's scans of a query,
+// BenchmarkSessionScans compares lastStatement.scan's scans of a query,
 // as they were (a byte scan, then set_config and the lexer) and as they
 // are (sessionScan, and the lexer only when a word contains SET, RESET or
 // DISCARD).

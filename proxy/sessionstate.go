@@ -340,8 +340,8 @@ const maxCustomNames = 64
 // options are not listed by pg_settings, so the check asks for each by
 // name. Table references (public.t) come along; asking about them costs
 // nothing. Only called for traffic that may change settings.
-func (c *clientConn) noteCustomNames(q []byte) {
-	for i := 0; i < len(q) && len(c.state.customNames) < maxCustomNames; i++ {
+func (s *sessionTrack) noteCustomNames(q []byte) {
+	for i := 0; i < len(q) && len(s.customNames) < maxCustomNames; i++ {
 		if !isIdentStart(q[i]) || i > 0 && (isIdentChar(q[i-1]) || q[i-1] == '.') {
 			continue
 		}
@@ -357,20 +357,21 @@ func (c *clientConn) noteCustomNames(q []byte) {
 		for k < len(q) && isIdentChar(q[k]) {
 			k++
 		}
-		if c.state.customNames == nil {
-			c.state.customNames = make(map[string]struct{})
+		if s.customNames == nil {
+			s.customNames = make(map[string]struct{})
 		}
-		c.state.customNames[strings.ToLower(string(q[i:k]))] = struct{}{}
+		s.customNames[strings.ToLower(string(q[i:k]))] = struct{}{}
 		i = k
 	}
 }
 
-// stateCheckQuery is the check to send: stateCheckSQL, plus the custom
-// options the client or the backend may have.
-func (c *clientConn) stateCheckQuery(b *backend) []byte {
-	names := c.state.customNames
-	c.state.customNames = nil
-	for _, m := range []map[string]paramValue{c.want.vals, b.params.vals} {
+// checkQuery is the check to send: stateCheckSQL, plus the custom
+// options the client (want: what it set) or the backend (have) may have.
+// It forgets the names noteCustomNames kept: they are asked about now.
+func (s *sessionTrack) checkQuery(want, have *paramSet) []byte {
+	names := s.customNames
+	s.customNames = nil
+	for _, m := range []map[string]paramValue{want.vals, have.vals} {
 		for k := range m {
 			if strings.Contains(k, ".") {
 				if names == nil {
@@ -470,94 +471,97 @@ type PinnedClient struct {
 	Since           time.Time `json:"since"`
 }
 
-// noteSessionTraffic records, in transaction mode, that the client's
-// traffic may have touched session state or settings; the server is asked
-// once the transaction is over. again says q is the statement c.last
-// kept (lastStatement.holds), whose findings c.last.scanOK says are known.
-// It runs under c.mu.
-func (c *clientConn) noteSessionTraffic(q []byte, again bool) {
-	if !again || !c.last.scanOK {
-		touches, settings := sessionScan(q) // one pass for both checks
-		c.last.touches, c.last.changes = touches, settings.changes(q)
-		// Only of a statement c.last.text holds whole: a longer one's first
+// scan returns sessionScan's findings for q, the statement the client
+// sends now: touches (touchesSessionState) and changes
+// (changesSettings). again says q is the statement l kept (holds): its
+// findings are reused when scanOK says they are known. Owner only.
+func (l *lastStatement) scan(q []byte, again bool) (touches, changes bool) {
+	if !again || !l.scanOK {
+		found, settings := sessionScan(q) // one pass for both checks
+		l.touches, l.changes = found, settings.changes(q)
+		// Only of a statement l.text holds whole: a longer one's first
 		// bytes could be another statement's whole text.
-		c.last.scanOK = int(c.last.n) == len(q)
+		l.scanOK = int(l.n) == len(q)
 	}
-	if c.last.touches {
-		c.state.dirty = true
+	return l.touches, l.changes
+}
+
+// noteTraffic records, in transaction mode, that the client's statement q
+// may have touched session state (touches) or settings (changes), as
+// lastStatement.scan found; the server is asked once the transaction is
+// over.
+func (s *sessionTrack) noteTraffic(q []byte, touches, changes bool) {
+	if touches {
+		s.dirty = true
 	}
-	if c.last.changes {
-		c.state.paramsDirty = true
-		c.noteCustomNames(q)
+	if changes {
+		s.paramsDirty = true
+		s.noteCustomNames(q)
 	}
 }
 
-// afterTransactionLocked runs when the client's transaction is over and
-// nothing is in flight on b: it returns the proxy's own Query to send now,
-// or nil - UNLISTEN * for a backend that still listens, the session-state
-// check when the client's traffic may have touched session state or
-// settings, or the SETs a pinned client's backend needs. The backend reader
-// writes it after unlocking; meanwhile checkWait holds the client reader's
-// next request back, so the wire order matches the request queue. Under
-// c.mu.
-func (c *clientConn) afterTransactionLocked(b *backend) []byte {
+// afterTransaction runs when the client's transaction is over and nothing
+// is in flight on b. It returns the proxy's own Query to send now, or nil:
+// UNLISTEN * for a backend that still listens (l.unlistenBackend), the
+// session-state check when the client's traffic may have touched session
+// state or settings, or the SETs that bring a pinned client's backend to
+// want, the parameters the client set. Its request goes on q. The backend
+// reader writes the Query after unlocking; meanwhile checkWait holds the
+// client reader's next request back, so the wire order matches q.
+func (s *sessionTrack) afterTransaction(l *listenTrack, want *paramSet, b *backend, q *requestQueue) []byte {
 	var msg []byte
 	r := request{kind: reqQuery, swallow: true, serverWrote: true}
 	switch {
-	case c.listen.unlistenBackend:
-		c.listen.unlistenBackend = false
+	case l.unlistenBackend:
+		l.unlistenBackend = false
 		msg = wireUnlistenAll
-	case c.state.dirty || c.state.paramsDirty:
-		c.state.dirty, c.state.paramsDirty = false, false
+	case s.dirty || s.paramsDirty:
+		s.dirty, s.paramsDirty = false, false
 		r.stateCheck = true
-		msg = c.stateCheckQuery(b)
-	case c.state.resync:
+		msg = s.checkQuery(want, b.params)
+	case s.resync:
 		// A pinned client's backend no longer has the values the client
 		// expects (a RESET of a startup parameter): bring it back now, as
 		// the next acquire would.
-		c.state.resync = false
-		if paramsInSync(c.want, b.params, b.defaults) {
+		s.resync = false
+		if paramsInSync(want, b.params, b.defaults) {
 			return nil
 		}
 		next := maps.Clone(b.params.vals)
 		r.syncTo = next
-		msg = pgwire.AppendQuery(nil, paramSyncSQL(c.want, next, b.defaults))
+		msg = pgwire.AppendQuery(nil, paramSyncSQL(want, next, b.defaults))
 	default:
 		return nil
 	}
 	b.unnamedOwner = nil // a Query drops the unnamed statement
-	c.state.checkWait = make(chan struct{})
-	c.q.push(r)
+	s.checkWait = make(chan struct{})
+	q.push(r)
 	return msg
 }
 
 // endCheck lets the client reader go on after a state check.
-func (c *clientConn) endCheckLocked() {
-	if c.state.checkWait != nil {
-		close(c.state.checkWait)
-		c.state.checkWait = nil
+func (s *sessionTrack) endCheck() {
+	if s.checkWait != nil {
+		close(s.checkWait)
+		s.checkWait = nil
 	}
 }
 
-// applyStateCheck takes the server's answer: it pins or unpins the client
-// and brings the tracked settings to what the server has. Under c.mu.
+// applyStateCheckLocked takes the server's answer sc about b: it pins or
+// unpins the client, brings the tracked settings to what the server has,
+// and lets the client reader go on (endCheck) unless b is tainted. It
+// stays on the client: it logs as the client and counts pins on the
+// server. Under c.mu.
 func (c *clientConn) applyStateCheckLocked(b *backend, sc *stateCheck, failed bool) {
-	c.applyStateCheckResultLocked(b, sc, failed)
-	if !b.tainted {
-		// A tainted backend is never used again: the client waits until
-		// the backend reader has let go of it (backendReader ends the wait).
-		c.endCheckLocked()
-	}
-}
-
-func (c *clientConn) applyStateCheckResultLocked(b *backend, sc *stateCheck, failed bool) {
-	if failed || !sc.seen {
+	unknown := failed || !sc.seen
+	if unknown {
 		// The state is unknown: keep the backend bound to this client
 		// (reject: close it once the client is done with it).
 		c.log.Warn("checking a server connection's session state failed; it stays with its client")
 		sc.hazards[hazardNone] = true
+	} else {
+		applySettingsLocked(b, c.want, c.startupParams, sc.settings)
 	}
-	c.applySettingsLocked(b, sc.settings, failed || !sc.seen)
 	if c.hub != nil && len(sc.listens) > 0 {
 		// The shared listener serves the client's channels; the backend
 		// stops listening before anyone else gets it.
@@ -572,7 +576,10 @@ func (c *clientConn) applyStateCheckResultLocked(b *backend, sc *stateCheck, fai
 	has := reasons != ""
 	if has && c.srv.cfg.SessionState == SessionStateReject {
 		// Something got past the statement filter (a function, dynamic
-		// SQL): the backend is not handed on.
+		// SQL): the backend is not handed on. A tainted backend is never
+		// used again, so the check is not ended here: the client waits
+		// until the backend reader has let go of it (backendReader ends
+		// the wait).
 		b.tainted = true
 		c.log.Warn("session state created despite "+c.srv.cfg.option("SessionState")+" = reject; the server connection will be closed",
 			"application_name", c.identity.appName, "state", reasons)
@@ -595,14 +602,19 @@ func (c *clientConn) applyStateCheckResultLocked(b *backend, sc *stateCheck, fai
 	if c.state.pin != nil && !paramsInSync(c.want, b.params, b.defaults) {
 		c.state.resync = true
 	}
+	if !b.tainted {
+		// (Tainted earlier: the backend reader ends the wait, as above.)
+		c.state.endCheck()
+	}
 }
 
-// applySettings makes the tracked values of settings the server does not
-// report (reported ones follow ParameterStatus) what the server has.
-func (c *clientConn) applySettingsLocked(b *backend, settings map[string]string, unknown bool) {
-	if unknown {
-		return
-	}
+// applySettingsLocked makes the tracked values of settings the server does
+// not report (reported ones follow ParameterStatus) what the server has:
+// settings, the session's settings the state check read on b. Both b's
+// values and want, the client's, become settings; a setting that is gone
+// goes back to the client's startup value, or is dropped. Under c.mu (want
+// is the client's).
+func applySettingsLocked(b *backend, want *paramSet, startup map[string]paramValue, settings map[string]string) {
 	for k, v := range settings {
 		k = strings.ToLower(k)
 		if _, reported := b.defaults[k]; reported || unsettable[k] {
@@ -610,7 +622,7 @@ func (c *clientConn) applySettingsLocked(b *backend, settings map[string]string,
 		}
 		pv := paramValue{val: v}
 		b.params.set(k, pv)
-		c.want.set(k, pv)
+		want.set(k, pv)
 	}
 	for k := range b.params.vals {
 		if _, reported := b.defaults[k]; reported {
@@ -620,23 +632,24 @@ func (c *clientConn) applySettingsLocked(b *backend, settings map[string]string,
 			b.params.del(k)
 		}
 	}
-	for k := range c.want.vals {
+	for k := range want.vals {
 		if _, reported := b.defaults[k]; reported {
 			continue
 		}
 		if _, ok := settings[k]; ok {
 			continue
 		}
-		if v, ok := c.startupParams[k]; ok {
+		if v, ok := startup[k]; ok {
 			// RESET goes back to the client's startup value, as directly.
-			c.want.set(k, v)
+			want.set(k, v)
 		} else {
-			c.want.del(k)
+			want.del(k)
 		}
 	}
 }
 
-// unpinLocked forgets the pin when the client leaves.
+// unpinOnLeaveLocked forgets the pin when the client leaves; it logs as
+// the client and counts on the server, so it stays on the client.
 func (c *clientConn) unpinOnLeaveLocked() {
 	if c.state.pin != nil {
 		c.log.Info("pinned client left; its server connection is cleaned", "application_name", c.identity.appName,

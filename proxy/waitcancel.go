@@ -58,17 +58,12 @@ func (c *clientConn) cancelWaiting() bool {
 	return false
 }
 
-// beginWait starts a goroutine's wait in the pool: the context the wait
-// runs under, which a cancel request ends, or canceled when the cancel
-// came already (while the request waited in the event loop's queue).
+// beginWait starts a goroutine's wait in the pool (waitState.beginLocked,
+// under the client's context).
 func (c *clientConn) beginWait() (ctx context.Context, canceled bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.wait.takeCanceledLocked() {
-		return nil, true
-	}
-	ctx, c.wait.cancel = context.WithCancelCause(c.ctx)
-	return ctx, false
+	return c.wait.beginLocked(c.ctx)
 }
 
 // endWait ends the wait beginWait started and reports whether a cancel
@@ -76,9 +71,7 @@ func (c *clientConn) beginWait() (ctx context.Context, canceled bool) {
 func (c *clientConn) endWait() (canceled bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.wait.cancel(nil)
-	c.wait.cancel = nil
-	return c.wait.takeCanceledLocked()
+	return c.wait.endLocked()
 }
 
 // takeWaitCanceled reports, once, whether a cancel request came for the
@@ -87,6 +80,26 @@ func (c *clientConn) takeWaitCanceled() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.wait.takeCanceledLocked()
+}
+
+// beginLocked starts a goroutine's wait in the pool: it returns the
+// context the wait runs under, made from parent, which a cancel request
+// ends, or canceled when the cancel came already (while the request
+// waited in the event loop's queue). Under clientConn.mu.
+func (w *waitState) beginLocked(parent context.Context) (ctx context.Context, canceled bool) {
+	if w.takeCanceledLocked() {
+		return nil, true
+	}
+	ctx, w.cancel = context.WithCancelCause(parent)
+	return ctx, false
+}
+
+// endLocked ends the wait beginLocked started and reports whether a
+// cancel request ended it. Under clientConn.mu.
+func (w *waitState) endLocked() (canceled bool) {
+	w.cancel(nil)
+	w.cancel = nil
+	return w.takeCanceledLocked()
 }
 
 // takeCanceledLocked reports whether a cancel request came for the
