@@ -371,7 +371,8 @@ func trackParameterStatus(want *paramSet, startup map[string]paramValue, b *back
 // trackParamChange tracks a SET / RESET (ch) of a parameter the server does
 // not report, on backend b and in want, the values the client expects;
 // reported ones are tracked from ParameterStatus instead. A RESET goes
-// back to the client's startup value, as directly.
+// back to the client's startup value, as directly. Under c.mu (want is
+// the client's).
 func trackParamChange(want *paramSet, startup map[string]paramValue, b *backend, ch paramChange) {
 	if ch.all {
 		for k := range want.vals {
@@ -404,4 +405,44 @@ func trackParamChange(want *paramSet, startup map[string]paramValue, b *backend,
 	}
 	want.set(ch.name, ch.value)
 	b.params.set(ch.name, ch.value)
+}
+
+// trackCheckedSettings makes the tracked values of settings the server
+// does not report (reported ones follow ParameterStatus) what the server
+// has: settings, the session's settings the state check (sessionstate.go)
+// read on b. Both b's values and want, the client's, become settings; a
+// setting that is gone goes back to the client's startup value, or is
+// dropped. Under c.mu, as trackParamChange (want is the client's).
+func trackCheckedSettings(want *paramSet, startup map[string]paramValue, b *backend, settings map[string]string) {
+	for k, v := range settings {
+		k = strings.ToLower(k)
+		if _, reported := b.defaults[k]; reported || unsettable[k] {
+			continue
+		}
+		pv := paramValue{val: v}
+		b.params.set(k, pv)
+		want.set(k, pv)
+	}
+	for k := range b.params.vals {
+		if _, reported := b.defaults[k]; reported {
+			continue
+		}
+		if _, ok := settings[k]; !ok {
+			b.params.del(k)
+		}
+	}
+	for k := range want.vals {
+		if _, reported := b.defaults[k]; reported {
+			continue
+		}
+		if _, ok := settings[k]; ok {
+			continue
+		}
+		if v, ok := startup[k]; ok {
+			// RESET goes back to the client's startup value, as directly.
+			want.set(k, v)
+		} else {
+			want.del(k)
+		}
+	}
 }

@@ -202,11 +202,11 @@ func TestParamWritersInvalidateInSync(t *testing.T) {
 	query(c2, b2, "SET search_path TO x", set, rfq('T'))
 	check("SET in a transaction", bothApart)
 	query(c2, b2, "ROLLBACK", &pgproto3.CommandComplete{CommandTag: []byte("ROLLBACK")}, rfq('I'))
-	applySettingsLocked(b2, c2.want, c2.startupParams, map[string]string{})
+	trackCheckedSettings(c2.want, c2.startupParams, b2, map[string]string{})
 	check("rolled back", c1b1Apart)
-	applySettingsLocked(b2, c2.want, c2.startupParams, map[string]string{"search_path": "y"})
+	trackCheckedSettings(c2.want, c2.startupParams, b2, map[string]string{"search_path": "y"})
 	check("state check found a setting", bothApart)
-	applySettingsLocked(b2, c2.want, c2.startupParams, map[string]string{})
+	trackCheckedSettings(c2.want, c2.startupParams, b2, map[string]string{})
 	check("state check found it gone", c1b1Apart)
 }
 

@@ -560,7 +560,7 @@ func (c *clientConn) applyStateCheckLocked(b *backend, sc *stateCheck, failed bo
 		c.log.Warn("checking a server connection's session state failed; it stays with its client")
 		sc.hazards[hazardNone] = true
 	} else {
-		applySettingsLocked(b, c.want, c.startupParams, sc.settings)
+		trackCheckedSettings(c.want, c.startupParams, b, sc.settings)
 	}
 	if c.hub != nil && len(sc.listens) > 0 {
 		// The shared listener serves the client's channels; the backend
@@ -605,46 +605,6 @@ func (c *clientConn) applyStateCheckLocked(b *backend, sc *stateCheck, failed bo
 	if !b.tainted {
 		// (Tainted earlier: the backend reader ends the wait, as above.)
 		c.state.endCheck()
-	}
-}
-
-// applySettingsLocked makes the tracked values of settings the server does
-// not report (reported ones follow ParameterStatus) what the server has:
-// settings, the session's settings the state check read on b. Both b's
-// values and want, the client's, become settings; a setting that is gone
-// goes back to the client's startup value, or is dropped. Under c.mu (want
-// is the client's).
-func applySettingsLocked(b *backend, want *paramSet, startup map[string]paramValue, settings map[string]string) {
-	for k, v := range settings {
-		k = strings.ToLower(k)
-		if _, reported := b.defaults[k]; reported || unsettable[k] {
-			continue
-		}
-		pv := paramValue{val: v}
-		b.params.set(k, pv)
-		want.set(k, pv)
-	}
-	for k := range b.params.vals {
-		if _, reported := b.defaults[k]; reported {
-			continue
-		}
-		if _, ok := settings[k]; !ok {
-			b.params.del(k)
-		}
-	}
-	for k := range want.vals {
-		if _, reported := b.defaults[k]; reported {
-			continue
-		}
-		if _, ok := settings[k]; ok {
-			continue
-		}
-		if v, ok := startup[k]; ok {
-			// RESET goes back to the client's startup value, as directly.
-			want.set(k, v)
-		} else {
-			want.del(k)
-		}
 	}
 }
 
