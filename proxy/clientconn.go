@@ -45,7 +45,7 @@ type clientConn struct {
 	startupParams map[string]paramValue
 	in            pgwire.ReadBuffer
 	passRemaining int          // bytes of a message being streamed to the backend
-	passDrop      bool         // ... or dropped: the message was refused (too large)
+	passDrop      bool         // ... or dropped (dropRest): the message was refused, an error went out in its place
 	poisoned      bool         // the client broke the protocol: its backend is closed, not reused
 	discard       discardState // acquire failed (or a Parse was refused): drop to Sync / Query
 
