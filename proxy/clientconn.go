@@ -45,7 +45,7 @@ type clientConn struct {
 	startupParams map[string]paramValue
 	in            pgwire.ReadBuffer
 	passRemaining int          // bytes of a message being streamed to the backend
-	passDrop      bool         // ... or dropped: the message was refused (too large)
+	passDrop      bool         // ... or dropped (dropRest): the message was refused, an error went out in its place
 	poisoned      bool         // the client broke the protocol: its backend is closed, not reused
 	discard       discardState // acquire failed (or a Parse was refused): drop to Sync / Query
 
@@ -595,10 +595,10 @@ func (c *clientConn) greet(deadline time.Time) error {
 	}
 	params, err := c.srv.serverParams(ctx, c.db)
 	if err == nil {
-		err = c.checkStartupParams(ctx, params)
+		err = c.srv.checkStartupParams(ctx, c.db, c.log, c.startupParams, params)
 	}
 	if err != nil {
-		return c.refuseLogin(err)
+		return c.srv.refuseLogin(c.conn, err)
 	}
 	buf, _ := (&pgproto3.AuthenticationOk{}).Encode(nil)
 	for k, v := range params {
@@ -617,7 +617,7 @@ func (c *clientConn) greet(deadline time.Time) error {
 		// (applications open their pools eagerly): it keeps a minted key
 		// and gets its backend at its first query, as before.
 		if err := c.bindSession(); err != nil {
-			return c.refuseLogin(err)
+			return c.srv.refuseLogin(c.conn, err)
 		}
 	}
 	buf, _ = (&pgproto3.BackendKeyData{ProcessID: c.identity.pid, SecretKey: binary.BigEndian.AppendUint32(nil, c.identity.secret)}).Encode(buf)
@@ -651,19 +651,22 @@ func (c *clientConn) bindSession() error {
 	return nil
 }
 
-// checkStartupParams refuses a client whose startup parameters the server
-// rejects, as PostgreSQL refuses the connection, instead of failing every
-// transaction later when they are replayed. Each (name, value) the server
-// accepted once is remembered, so this costs a round trip only the first time.
-func (c *clientConn) checkStartupParams(ctx context.Context, server map[string]string) error {
+// checkStartupParams refuses a client whose startup parameters (startup)
+// db's server rejects, as PostgreSQL refuses the connection, instead of
+// failing every transaction later when they are replayed; server is its
+// ParameterStatus set (serverParams), whose values need no check, and lg
+// the client's logger. Each (name, value) the server accepted once is
+// remembered (paramAccepted), so this costs a round trip only the first
+// time.
+func (s *Server) checkStartupParams(ctx context.Context, db *Database, lg *slog.Logger, startup map[string]paramValue, server map[string]string) error {
 	var calls []string
 	var keys []string
-	for k, v := range c.startupParams {
+	for k, v := range startup {
 		if def, ok := server[canonicalParamName(k)]; ok && def == v.val {
 			continue
 		}
 		key := k + "=" + v.val
-		if c.srv.paramAccepted(key) {
+		if s.paramAccepted(key) {
 			continue
 		}
 		calls = append(calls, "set_config("+quoteLiteral(k)+", "+quoteLiteral(v.val)+", true)")
@@ -674,23 +677,24 @@ func (c *clientConn) checkStartupParams(ctx context.Context, server map[string]s
 	}
 	sql := "SELECT " + strings.Join(calls, ", ")
 	for tries := 1; ; tries++ {
-		retry, err := c.checkParamsOnce(ctx, sql, keys)
+		retry, err := s.checkParamsOnce(ctx, db, lg, sql, keys)
 		if !retry || tries >= maxReplays || ctx.Err() != nil {
 			return err
 		}
 	}
 }
 
-// checkParamsOnce runs checkStartupParams's query on one backend. retry
-// says the backend died under it (a FATAL such as 57P01 from
+// checkParamsOnce runs checkStartupParams's query on one backend of db,
+// and remembers keys as accepted when it succeeds. retry says the backend
+// died under it (a FATAL such as 57P01 from
 // pg_terminate_backend or a shutdown, or the connection ending): the pool
 // hands out a backend released a moment ago without peeking at its socket
 // (pool.peek_after_idle), so this is the client's first request on a
 // backend that may be dead, and like a client's first request (replay.go)
 // it goes to another backend: it changes nothing (is_local settings, one
 // implicit transaction), so running it again is harmless.
-func (c *clientConn) checkParamsOnce(ctx context.Context, sql string, keys []string) (retry bool, err error) {
-	conn, err := c.db.Pool.Acquire(ctx)
+func (s *Server) checkParamsOnce(ctx context.Context, db *Database, lg *slog.Logger, sql string, keys []string) (retry bool, err error) {
+	conn, err := db.Pool.Acquire(ctx)
 	if err != nil {
 		return false, err
 	}
@@ -703,12 +707,12 @@ func (c *clientConn) checkParamsOnce(ctx context.Context, sql string, keys []str
 	case err == nil:
 		conn.Release()
 		for _, k := range keys {
-			c.srv.acceptParam(k)
+			s.acceptParam(k)
 		}
 		return false, nil
 	case errors.As(err, &pgErr) && !fatalSeverity(pgErr):
 		conn.Release()
-		c.log.Info("client startup parameter rejected by the server", "err", pgErr.Message)
+		lg.Info("client startup parameter rejected by the server", "err", pgErr.Message)
 		return false, newFatal(pgErr.Code, pgErr.Message,
 			"fix the startup parameter the client sends (its options / PGOPTIONS or driver setting)")
 	default:
@@ -728,11 +732,12 @@ func fatalSeverity(e *pgconn.PgError) bool {
 
 // loginAcquireError is the FATAL for a login that could not get a backend
 // (to learn the server's parameters or check the client's): the pool's
-// own 53300 / 08006, with the login timeout named when it ended the wait.
-func (c *clientConn) loginAcquireError(err error) *pgError {
+// own 53300 / 08006, with the login timeout named (as the live config
+// has it now) when it ended the wait.
+func (s *Server) loginAcquireError(err error) *pgError {
 	pe := acquireErrorResponse(err, true)
 	if errors.Is(err, context.DeadlineExceeded) {
-		live := c.srv.live.Load()
+		live := s.live.Load()
 		opt := live.option("ClientLoginTimeout")
 		pe.Message = "login timed out waiting for a server connection: " + pe.Message
 		pe.Hint = fmt.Sprintf("%s (%s) ran out before a server connection was free; raise %s or %s, or shorten transactions",
@@ -879,15 +884,15 @@ func (l *lastStatement) load() string {
 
 // refuseLogin answers a login that could not get what it needed from the
 // pool (its server parameters, or a session backend) with err's
-// ErrorResponse, or the acquire error it stands for, and returns err. The
-// login deadline may be what ended the wait: the answer still goes out,
-// the client is never just closed.
-func (c *clientConn) refuseLogin(err error) error {
+// ErrorResponse, or the acquire error it stands for, written to the
+// client's conn, and returns err. The login deadline may be what ended the
+// wait: the answer still goes out, the client is never just closed.
+func (s *Server) refuseLogin(conn net.Conn, err error) error {
 	var pe *pgError
 	if !errors.As(err, &pe) {
-		pe = c.loginAcquireError(err)
+		pe = s.loginAcquireError(err)
 	}
-	c.conn.SetWriteDeadline(time.Now().Add(time.Second))
-	c.conn.Write(pe.appendTo(nil))
+	conn.SetWriteDeadline(time.Now().Add(time.Second))
+	conn.Write(pe.appendTo(nil))
 	return err
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"net"
 	"os"
@@ -146,7 +147,7 @@ func (c *clientConn) process() error {
 				return errClientTerminated
 			}
 			if typ := c.in.Buf[c.in.Start]; !knownFrontendType(typ) {
-				return c.unknownMessage(typ)
+				return unknownMessage(c.log, typ)
 			}
 			if c.srv.draining.Load() {
 				if err := c.drainGate(c.in.Buf[c.in.Start]); err != nil {
@@ -501,7 +502,9 @@ func (c *clientConn) build(b *backend) (out []byte, wake bool, err error) {
 			break // backpressure: process waits for replies first
 		}
 		if c.passRemaining > 0 {
-			out = c.passOn(out)
+			if out, c.passRemaining = passOn(&c.in, out, c.passRemaining, c.passDrop); c.passRemaining == 0 {
+				c.passDrop = false
+			}
 			continue
 		}
 		if avail < pgwire.HeaderLen {
@@ -509,14 +512,14 @@ func (c *clientConn) build(b *backend) (out []byte, wake bool, err error) {
 			break
 		}
 		typ, bodyLen := pgwire.ParseHeader(c.in.Buf[c.in.Start:])
-		if err := c.checkLength(typ, bodyLen); err != nil {
-			return out, false, err
+		if pe := checkLength(typ, bodyLen, c.srv.cfg.MaxMessageSize); pe != nil {
+			return out, false, c.protocolViolation(pe)
 		}
 		if !knownFrontendType(typ) {
 			// Not forwarded: the server would end the session over it.
 			// What went out before it is written; the backend is kept
 			// only if its state is known (see finish).
-			return out, false, c.unknownMessage(typ)
+			return out, false, unknownMessage(c.log, typ)
 		}
 		total := pgwire.HeaderLen + bodyLen
 		if (typ == pgwire.MsgParse || typ == pgwire.MsgBind) && tx && total > c.srv.cfg.MaxClientBuffer && !c.serverSkipping {
@@ -524,9 +527,9 @@ func (c *clientConn) build(b *backend) (out []byte, wake bool, err error) {
 			// streamed with its statement renamed, a Parse refused.
 			done := true
 			if typ == pgwire.MsgBind {
-				out, done = c.streamBind(b, out, bodyLen)
+				out, done = c.streamBindLocked(b, out, bodyLen)
 			} else {
-				out = c.refuseInFlight(out, total)
+				out = c.refuseInFlightLocked(out, total)
 			}
 			if c.stmts.probe != nil {
 				return out, false, nil // the Bind waits for the probe, unread
@@ -536,7 +539,7 @@ func (c *clientConn) build(b *backend) (out []byte, wake bool, err error) {
 			}
 			continue
 		}
-		if avail < total && c.needsWhole(typ, bodyLen) {
+		if avail < total && c.policy.needsWhole(typ, bodyLen, c.srv.cfg.MaxClientBuffer) {
 			c.in.Want = total
 			break
 		}
@@ -544,7 +547,7 @@ func (c *clientConn) build(b *backend) (out []byte, wake bool, err error) {
 		if avail < total {
 			// Stream the rest of a message nobody needs to read.
 			if !c.serverSkipping {
-				c.notePartial(typ)
+				c.notePartialLocked(typ)
 			}
 			out = append(out, c.in.Buf[c.in.Start:c.in.End]...)
 			c.passRemaining = total - avail
@@ -591,19 +594,17 @@ func (c *clientConn) waitCancelsLocked() {
 	}
 }
 
-// passOn moves the next bytes of a message that is streamed (or dropped,
-// passDrop) from the client's buffer to out.
-func (c *clientConn) passOn(out []byte) []byte {
-	n := min(c.passRemaining, c.in.End-c.in.Start)
-	if !c.passDrop {
-		out = append(out, c.in.Buf[c.in.Start:c.in.Start+n]...)
+// passOn moves, of the remaining bytes of a message being streamed, those
+// at in's head to out, or drops them (drop: the message was refused, or
+// its request is being discarded). It returns out and how many bytes of
+// the message are still to come (the client's passRemaining).
+func passOn(in *pgwire.ReadBuffer, out []byte, remaining int, drop bool) ([]byte, int) {
+	n := min(remaining, in.End-in.Start)
+	if !drop {
+		out = append(out, in.Buf[in.Start:in.Start+n]...)
 	}
-	c.in.Start += n
-	c.passRemaining -= n
-	if c.passRemaining == 0 {
-		c.passDrop = false
-	}
-	return out
+	in.Start += n
+	return out, remaining - n
 }
 
 // buildMessageLocked appends the client's whole message msg (of type typ,
@@ -684,9 +685,10 @@ func (c *clientConn) onParse(b *backend, out, msg, body []byte, tx bool) []byte 
 	return c.stmts.parse(&c.q, c.srv.stmts, b, out, msg, name, rest)
 }
 
-// needsWhole reports whether a message must be in the buffer whole before
-// it is handled (it is inspected or rewritten).
-func (c *clientConn) needsWhole(typ byte, bodyLen int) bool {
+// needsWhole reports whether, under policy p, a client message must be in
+// the buffer whole before it is handled (it is inspected or rewritten).
+// maxClientBuffer is max_client_buffer.
+func (p *modePolicy) needsWhole(typ byte, bodyLen, maxClientBuffer int) bool {
 	switch typ {
 	case pgwire.MsgTerminate, pgwire.MsgSync, pgwire.MsgDescribe, pgwire.MsgClose, pgwire.MsgExecute:
 		return true // small, and their replies depend on their content
@@ -695,7 +697,7 @@ func (c *clientConn) needsWhole(typ byte, bodyLen int) bool {
 	case pgwire.MsgParse, pgwire.MsgBind:
 		// Transaction mode rewrites them; past max_client_buffer they are
 		// streamed or refused instead (build), never buffered.
-		return c.policy.rewriteStatements && pgwire.HeaderLen+bodyLen <= c.srv.cfg.MaxClientBuffer
+		return p.rewriteStatements && pgwire.HeaderLen+bodyLen <= maxClientBuffer
 	}
 	return false
 }
@@ -714,20 +716,21 @@ func (c *clientConn) refuseOversized() (bool, error) {
 	if typ != pgwire.MsgParse || pgwire.HeaderLen+bodyLen <= c.srv.cfg.MaxClientBuffer {
 		return false, nil
 	}
-	if err := c.checkLength(typ, bodyLen); err != nil {
-		return false, err
+	if pe := checkLength(typ, bodyLen, c.srv.cfg.MaxMessageSize); pe != nil {
+		return false, c.protocolViolation(pe)
 	}
 	c.discard.on, c.discard.errSent = true, true
-	err := c.writeClient(c.tooLarge(pgwire.HeaderLen + bodyLen).appendTo(nil))
+	err := c.writeClient(c.srv.tooLarge(c.log, pgwire.HeaderLen+bodyLen).appendTo(nil))
 	return true, err
 }
 
-// tooLarge is the error for a message larger than max_client_buffer, and
-// logs it (rate limited: a client can repeat it).
-func (c *clientConn) tooLarge(total int) *pgError {
-	limit := c.srv.cfg.MaxClientBuffer
-	if ok, held := c.srv.tooLargeLog.allow(time.Now()); ok {
-		c.log.Warn("client message larger than max_client_buffer refused", "bytes", total,
+// tooLarge is the error for a client message of total bytes, larger than
+// max_client_buffer, and logs it to the client's logger lg (rate limited
+// across clients: a client can repeat it).
+func (s *Server) tooLarge(lg *slog.Logger, total int) *pgError {
+	limit := s.cfg.MaxClientBuffer
+	if ok, held := s.tooLargeLog.allow(time.Now()); ok {
+		lg.Warn("client message larger than max_client_buffer refused", "bytes", total,
 			"max_client_buffer", limit, "refused_unlogged", held)
 	}
 	return newError(pgwire.CodeProgramLimitExceeded,
@@ -735,34 +738,32 @@ func (c *clientConn) tooLarge(total int) *pgError {
 		"in transaction mode a Parse is read whole; raise max_client_buffer, or send so large a statement as a simple Query (which is streamed)")
 }
 
-// refuseInFlight refuses a Parse larger than max_client_buffer while the
-// client holds a backend: a request the server rejects goes out in its
+// refuseInFlightLocked refuses a Parse larger than max_client_buffer while
+// the client holds a backend: a request the server rejects goes out in its
 // place, so the client gets 54000 in the order of its replies and the
 // server skips to the client's Sync; the message itself is dropped unread.
-func (c *clientConn) refuseInFlight(out []byte, total int) []byte {
+// Under c.mu (build).
+func (c *clientConn) refuseInFlightLocked(out []byte, total int) []byte {
 	c.inBatch = true
-	out = c.q.poison(out, c.tooLarge(total))
-	n := min(total, c.in.End-c.in.Start)
-	c.in.Start += n
+	out = c.q.poison(out, c.srv.tooLarge(c.log, total))
 	c.in.Want = 0
-	if c.passRemaining = total - n; c.passRemaining > 0 {
-		c.passDrop = true
-	}
+	c.dropRest(total)
 	return out
 }
 
-// streamBind sends a Bind larger than max_client_buffer (transaction mode)
-// without holding it whole: only its portal and statement names, at its
-// start, must be here; the statement is renamed as in
-// clientStatements.bind and the parameters streamed. done is false when the names are not all here yet
-// (or a probe must be answered first; the Bind is then left unread).
-func (c *clientConn) streamBind(b *backend, out []byte, bodyLen int) (_ []byte, done bool) {
+// streamBindLocked sends a Bind larger than max_client_buffer (transaction
+// mode) without holding it whole: only its portal and statement names, at
+// its start, must be here; the statement is renamed as in
+// clientStatements.bind and the parameters streamed. done is false when
+// the names are not all here yet (or a probe must be answered first; the
+// Bind is then left unread). Under c.mu (build).
+func (c *clientConn) streamBindLocked(b *backend, out []byte, bodyLen int) (_ []byte, done bool) {
 	prefix := c.in.Buf[c.in.Start+pgwire.HeaderLen : min(c.in.End, c.in.Start+pgwire.HeaderLen+bodyLen)]
 	portal, name, restOff, ok := parseBindNames(prefix)
 	if !ok {
 		if len(prefix) >= c.srv.cfg.MaxClientBuffer-pgwire.HeaderLen {
 			// Names longer than the buffer: no client sends that.
-			return c.refuseInFlight(out, pgwire.HeaderLen+bodyLen), true
+			return c.refuseInFlightLocked(out, pgwire.HeaderLen+bodyLen), true
 		}
 		c.in.Want = min(pgwire.HeaderLen+bodyLen, c.in.End-c.in.Start+clientReadBufSize)
 		return out, false
@@ -775,7 +776,8 @@ func (c *clientConn) streamBind(b *backend, out []byte, bodyLen int) (_ []byte, 
 		var mine bool
 		if out, mine = c.stmts.useUnnamed(&c.q, b, out); !mine {
 			// No unnamed statement: the poison went out; drop the Bind.
-			return c.dropRest(out, pgwire.HeaderLen+bodyLen), true
+			c.dropRest(pgwire.HeaderLen + bodyLen)
+			return out, true
 		}
 	}
 	if st == nil {
@@ -792,7 +794,8 @@ func (c *clientConn) streamBind(b *backend, out []byte, bodyLen int) (_ []byte, 
 				return out, false
 			}
 			// Stale statement: the poison went out instead; drop the Bind.
-			return c.dropRest(out, pgwire.HeaderLen+bodyLen), true
+			c.dropRest(pgwire.HeaderLen + bodyLen)
+			return out, true
 		}
 		c.inBatch = true
 		c.q.push(request{kind: reqBind, stmt: st, entry: e})
@@ -809,18 +812,19 @@ func (c *clientConn) streamBind(b *backend, out []byte, bodyLen int) (_ []byte, 
 	return out, true
 }
 
-// dropRest drops a message of total bytes starting at the buffer's head.
-func (c *clientConn) dropRest(out []byte, total int) []byte {
-	n := min(total, c.in.End-c.in.Start)
-	c.in.Start += n
-	if c.passRemaining = total - n; c.passRemaining > 0 {
+// dropRest drops a message of total bytes starting at the buffer's head:
+// what is here now, and the rest as it arrives (passDrop, which build
+// hands to passOn). It sets the client reader's stream state
+// (passRemaining, passDrop), which is why it is c's.
+func (c *clientConn) dropRest(total int) {
+	if _, c.passRemaining = passOn(&c.in, nil, total, true); c.passRemaining > 0 {
 		c.passDrop = true
 	}
-	return out
 }
 
-// notePartial records the bookkeeping of a message that is streamed.
-func (c *clientConn) notePartial(typ byte) {
+// notePartialLocked records the bookkeeping of a message that is streamed.
+// Under c.mu (build).
+func (c *clientConn) notePartialLocked(typ byte) {
 	switch typ {
 	case pgwire.MsgQuery, pgwire.MsgFunctionCall:
 		// Too long to inspect: ask the server afterwards.
@@ -920,20 +924,23 @@ func isSmallMessage(typ byte) bool {
 	return false
 }
 
-// checkLength rejects a message length below 4 or above max_message_size
-// (smallMessageMax for the small message types, as PostgreSQL does).
-func (c *clientConn) checkLength(typ byte, bodyLen int) error {
-	if bodyLen < 0 || bodyLen > c.srv.cfg.MaxMessageSize || isSmallMessage(typ) && bodyLen+4 > smallMessageMax {
-		return c.protocolViolation(fmt.Sprintf("invalid message length %d for message type %q", bodyLen+4, typ))
+// checkLength returns the protocol violation (FATAL 08P01) for a client
+// message length below 4 or above maxMessageSize (max_message_size;
+// smallMessageMax for the small message types, as PostgreSQL does), or
+// nil. The caller hands it to protocolViolation.
+func checkLength(typ byte, bodyLen, maxMessageSize int) *pgError {
+	if bodyLen < 0 || bodyLen > maxMessageSize || isSmallMessage(typ) && bodyLen+4 > smallMessageMax {
+		return newFatal(pgwire.CodeProtocolViolation, fmt.Sprintf("invalid message length %d for message type %q", bodyLen+4, typ),
+			"the client sent a malformed message; this is a driver bug or not a PostgreSQL client")
 	}
 	return nil
 }
 
-// protocolViolation tells the client its input is malformed; the caller
-// then closes it (and the backend, whose state is unknown).
-func (c *clientConn) protocolViolation(msg string) error {
-	pe := newFatal(pgwire.CodeProtocolViolation, msg, "the client sent a malformed message; this is a driver bug or not a PostgreSQL client")
-	c.log.Warn("protocol violation from client", "err", msg)
+// protocolViolation logs pe, the client's malformed input (checkLength),
+// and marks the client poisoned: the caller returns pe, the client is told
+// and closed, and its backend, whose state is unknown, is closed too.
+func (c *clientConn) protocolViolation(pe *pgError) error {
+	c.log.Warn("protocol violation from client", "err", pe.Message)
 	c.poisoned = true
 	return pe
 }
@@ -951,27 +958,27 @@ func knownFrontendType(typ byte) bool {
 
 // unknownMessage answers a message type no PostgreSQL server accepts the
 // way the server does (FATAL 08P01, then close), without forwarding it: the
-// client's backend is not lost over it. Logged once per client, which it
-// ends.
-func (c *clientConn) unknownMessage(typ byte) error {
+// client's backend is not lost over it. Logged to the client's logger lg,
+// once per client, which it ends.
+func unknownMessage(lg *slog.Logger, typ byte) error {
 	msg := fmt.Sprintf("invalid frontend message type %d", typ)
-	c.log.Warn("protocol violation from client", "err", msg)
+	lg.Warn("protocol violation from client", "err", msg)
 	return newFatal(pgwire.CodeProtocolViolation, msg, "the client sent a message type PostgreSQL does not know; this is a driver bug or not a PostgreSQL client")
 }
 
-// discardRequest drops client messages after a failed acquire up to the end of
-// the request (Sync or Query), then answers it with the error and 'Z'.
+// discardRequest drops client messages after a failed acquire (or a Parse
+// refused by refuseOversized) up to the end of the request (Sync or
+// Query), then answers it with the error and 'Z' (discardState.answer).
+// It stays on c: it reads the client's buffer, checks its input as build
+// does (poisoning the client, protocolViolation) and writes to it.
 func (c *clientConn) discardRequest() error {
 	for {
 		if c.passRemaining > 0 {
-			n := min(c.passRemaining, c.in.End-c.in.Start)
-			c.in.Start += n
-			c.passRemaining -= n
-			if c.passRemaining > 0 {
+			if _, c.passRemaining = passOn(&c.in, nil, c.passRemaining, true); c.passRemaining > 0 {
 				return nil
 			}
 			if c.discard.query {
-				return c.answerDiscarded()
+				return c.writeClient(c.discard.answer())
 			}
 			continue
 		}
@@ -981,14 +988,14 @@ func (c *clientConn) discardRequest() error {
 			return nil
 		}
 		typ, bodyLen := pgwire.ParseHeader(c.in.Buf[c.in.Start:])
-		if err := c.checkLength(typ, bodyLen); err != nil {
-			return err
+		if pe := checkLength(typ, bodyLen, c.srv.cfg.MaxMessageSize); pe != nil {
+			return c.protocolViolation(pe)
 		}
 		if typ == pgwire.MsgTerminate {
 			return errClientTerminated
 		}
 		if !knownFrontendType(typ) {
-			return c.unknownMessage(typ)
+			return unknownMessage(c.log, typ)
 		}
 		total := pgwire.HeaderLen + bodyLen
 		if avail < total {
@@ -999,18 +1006,20 @@ func (c *clientConn) discardRequest() error {
 		}
 		c.in.Start += total
 		if typ == pgwire.MsgQuery || typ == pgwire.MsgSync {
-			return c.answerDiscarded()
+			return c.writeClient(c.discard.answer())
 		}
 	}
 }
 
-func (c *clientConn) answerDiscarded() error {
+// answer ends the discarding and returns the client's answer to the
+// request dropped: the error, unless it went out already (errSent), and
+// ReadyForQuery 'I'.
+func (d *discardState) answer() []byte {
 	var reply []byte
-	if !c.discard.errSent {
-		reply = acquireErrorResponse(c.discard.err, false).appendTo(nil)
+	if !d.errSent {
+		reply = acquireErrorResponse(d.err, false).appendTo(nil)
 	}
 	reply = pgwire.AppendReadyForQuery(reply, 'I')
-	c.discard.on, c.discard.query, c.discard.err, c.discard.errSent = false, false, nil, false
-	err := c.writeClient(reply)
-	return err
+	*d = discardState{}
+	return reply
 }
