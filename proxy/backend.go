@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"net"
 	"strings"
 	"sync/atomic"
@@ -132,8 +133,12 @@ func (s *Server) backendFor(conn pool.Conn) *backend {
 // noteError counts one ErrorResponse from the server (body without the
 // header). Classes 08 (connection exception), 58 (system error: I/O) and
 // XX (internal error) say something about the backend itself; anything
-// else is the client's SQL failing. It allocates nothing.
+// else is the client's SQL failing. A FATAL or PANIC says the server is
+// closing b (b.fatal). It allocates nothing.
 func (b *backend) noteError(body []byte) {
+	if sev := pgwire.ErrorField(body, 'V'); bytes.Equal(sev, []byte("FATAL")) || bytes.Equal(sev, []byte("PANIC")) {
+		b.fatal = true
+	}
 	b.sqlErrors++
 	if code := pgwire.ErrorField(body, 'C'); len(code) >= 2 {
 		switch string(code[:2]) {

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -598,10 +597,9 @@ func (c *clientConn) routeLocked(b *backend) (out []byte, release bool, err erro
 	maxMsg := c.srv.cfg.MaxMessageSize
 	for {
 		if b.passRemaining == 0 {
-			for h := c.q.peek(); h != nil && h.kind == reqSynthetic; h = c.q.peek() {
+			if h := c.q.peek(); h != nil && h.kind == reqSynthetic {
 				edit()
-				o = append(o, h.payload...)
-				c.q.pop()
+				o = c.q.popSynthetic(o)
 			}
 		}
 		if pos == end {
@@ -628,9 +626,7 @@ func (c *clientConn) routeLocked(b *backend) (out []byte, release bool, err erro
 			return nil, false, fmt.Errorf("%w: invalid message length %d from the server", errLostTrack, bodyLen+4)
 		}
 		total := pgwire.HeaderLen + bodyLen
-		if end-pos < total && (typ == pgwire.MsgReadyForQuery || typ == pgwire.MsgErrorResponse || typ == pgwire.MsgParameterStatus ||
-			typ == pgwire.MsgRowDescription || typ == pgwire.MsgParamDescription ||
-			typ == pgwire.MsgDataRow && c.q.peek() != nil && c.q.peek().stateCheck) {
+		if end-pos < total && routedWhole(typ, c.q.peek()) {
 			b.in.Want = total
 			break
 		}
@@ -665,15 +661,30 @@ func (c *clientConn) routeLocked(b *backend) (out []byte, release bool, err erro
 	return out, c.releasableLocked(b), nil
 }
 
+// routedWhole reports whether routeOneLocked reads the body of a reply of
+// type typ (head: the request at the head of the queue), so it must be
+// whole before it is routed; any other reply is routed once its header
+// is in and the rest of it streamed as it comes (b.passRemaining).
+func routedWhole(typ byte, head *request) bool {
+	switch typ {
+	case pgwire.MsgReadyForQuery, pgwire.MsgErrorResponse, pgwire.MsgParameterStatus,
+		pgwire.MsgRowDescription, pgwire.MsgParamDescription:
+		return true
+	case pgwire.MsgDataRow:
+		return head != nil && head.stateCheck // a state check's answer
+	}
+	return false
+}
+
 // routeOneLocked does the bookkeeping for one reply (msg holds at least its
 // header; replies routeOneLocked reads are whole) and says whether to drop it.
 func (c *clientConn) routeOneLocked(b *backend, typ byte, msg []byte) (swallow bool, err error) {
 	head := c.q.peek()
 	switch typ {
 	case pgwire.MsgReadyForQuery:
-		return c.readyForQueryLocked(b, head, msg)
+		return c.readyForQueryLocked(b, msg)
 	case pgwire.MsgErrorResponse:
-		return c.errorResponseLocked(b, head, msg), nil
+		return c.errorResponseLocked(b, msg), nil
 	case pgwire.MsgParameterStatus:
 		swallow, c.replacement = trackParameterStatus(c.want, c.startupParams, b, head, msg, c.replacement)
 		return swallow, nil
@@ -696,20 +707,11 @@ func (c *clientConn) routeOneLocked(b *backend, typ byte, msg []byte) (swallow b
 		}
 
 	case pgwire.MsgParseComplete, pgwire.MsgBindComplete, pgwire.MsgCloseComplete:
-		var k reqKind
-		switch typ {
-		case pgwire.MsgParseComplete:
-			k = reqParse
-		case pgwire.MsgBindComplete:
-			k = reqBind
-		default:
-			k = reqClose
+		r, err := c.q.popCompleted(typ)
+		if err != nil {
+			return false, err
 		}
-		if head == nil || head.kind != k {
-			return false, fmt.Errorf("%w: unexpected %q", errLostTrack, typ)
-		}
-		r := c.q.pop()
-		if k == reqParse {
+		if r.kind == reqParse {
 			parseCompleted(c.srv.stmts, b, &r)
 		}
 		return r.swallow, nil
@@ -740,13 +742,13 @@ func (c *clientConn) routeOneLocked(b *backend, typ byte, msg []byte) (swallow b
 }
 
 // readyForQueryLocked ends the request at the head of the queue (a Query
-// or Sync): the transaction status, the per-hold counts, and what the
-// request changed once it succeeded. Under c.mu.
-func (c *clientConn) readyForQueryLocked(b *backend, head *request, msg []byte) (swallow bool, err error) {
-	if head == nil || (head.kind != reqQuery && head.kind != reqSync) {
-		return false, fmt.Errorf("%w: unexpected ReadyForQuery", errLostTrack)
+// or Sync, popReady): the transaction status, the per-hold counts, and
+// what the request changed once it succeeded. Under c.mu.
+func (c *clientConn) readyForQueryLocked(b *backend, msg []byte) (swallow bool, err error) {
+	r, err := c.q.popReady()
+	if err != nil {
+		return false, err
 	}
-	r := c.q.pop()
 	c.txStatus = msg[pgwire.HeaderLen]
 	b.queries++
 	c.timeouts.responses++
@@ -760,7 +762,7 @@ func (c *clientConn) readyForQueryLocked(b *backend, head *request, msg []byte) 
 		c.state.endCheck()
 	}
 	if !r.failed {
-		c.applyCompletedLocked(b, &r)
+		r.applySucceeded(b, c.want, c.startupParams, &c.stmts)
 	} else if r.syncTo != nil {
 		c.log.Warn("bringing a server connection to the client's session parameters failed; the client sees the error")
 	}
@@ -770,17 +772,15 @@ func (c *clientConn) readyForQueryLocked(b *backend, head *request, msg []byte) 
 	return r.swallow, nil
 }
 
-// errorResponseLocked books an ErrorResponse: the backend's error counts,
-// a FATAL, the proxy's own text for a query_timeout cancel or a refused
-// request, and in the extended protocol everything the server now skips
-// up to the client's Sync. It says whether to swallow it (c.replacement
-// then holds what the client gets instead). Under c.mu.
-func (c *clientConn) errorResponseLocked(b *backend, head *request, msg []byte) (swallow bool) {
+// errorResponseLocked books an ErrorResponse: the backend's error counts
+// and a FATAL (noteError), the proxy's own text for a query_timeout cancel
+// or a refused request, and the requests it fails (requestQueue.fail: in
+// the extended protocol, everything the server now skips up to the
+// client's Sync). It says whether to swallow it (c.replacement then holds
+// what the client gets instead). Under c.mu.
+func (c *clientConn) errorResponseLocked(b *backend, msg []byte) (swallow bool) {
 	body := msg[pgwire.HeaderLen:]
 	b.noteError(body)
-	if sev := pgwire.ErrorField(body, 'V'); bytes.Equal(sev, []byte("FATAL")) || bytes.Equal(sev, []byte("PANIC")) {
-		b.fatal = true
-	}
 	if c.timeouts.queryTimedOut && string(pgwire.ErrorField(body, 'C')) == pgwire.CodeQueryCanceled {
 		// The proxy's query_timeout cancel: say so rather than the
 		// server's "canceling statement due to user request".
@@ -788,46 +788,15 @@ func (c *clientConn) errorResponseLocked(b *backend, head *request, msg []byte) 
 		c.replacement = c.srv.queryTimeoutError().appendTo(c.replacement[:0])
 		swallow = true
 	}
-	if head == nil {
-		return swallow
-	}
-	if head.kind == reqQuery || head.kind == reqSync {
-		head.failed = true
-		return swallow
-	}
-	r := c.q.pop()
-	c.stmts.failed(b, &r, body)
-	if r.errorReplacement != nil {
-		c.replacement = append(c.replacement[:0], r.errorReplacement...)
+	replacement, toSync := c.q.fail(&c.stmts, b, body)
+	if replacement != nil {
+		c.replacement = append(c.replacement[:0], replacement...)
 		swallow = true
 	}
-	// The server skips everything up to Sync.
-	for h := c.q.peek(); h != nil && h.kind != reqSync; h = c.q.peek() {
-		s := c.q.pop()
-		c.stmts.failed(b, &s, nil)
-	}
-	if c.q.len() == 0 {
-		// The client's Sync is still to come; what it sends until then
-		// is discarded by the server.
+	if toSync {
 		c.serverSkipping = true
 	}
 	return swallow
-}
-
-// applyCompleted updates the tracked state once a Query succeeded.
-func (c *clientConn) applyCompletedLocked(b *backend, r *request) {
-	if r.syncTo != nil {
-		b.params.replace(r.syncTo)
-	}
-	for _, ch := range r.sets {
-		trackParamChange(c.want, c.startupParams, b, ch)
-	}
-	if r.resetAll {
-		trackParamChange(c.want, c.startupParams, b, paramChange{all: true, reset: true})
-	}
-	if r.deallocAll {
-		c.stmts.deallocated(b)
-	}
 }
 
 // finish runs when the client leaves: it stops the backend reader and gives
