@@ -130,6 +130,13 @@ func (s *Server) backendFor(conn pool.Conn) *backend {
 	return b
 }
 
+// settled reports whether nothing b sent is still on its way to the
+// client (no reply unread or half streamed) and b is not closing (a FATAL
+// came): as far as b goes, it could serve another client.
+func (b *backend) settled() bool {
+	return b.in.Start == b.in.End && b.passRemaining == 0 && !b.fatal
+}
+
 // noteError counts one ErrorResponse from the server (body without the
 // header). Classes 08 (connection exception), 58 (system error: I/O) and
 // XX (internal error) say something about the backend itself; anything

@@ -435,7 +435,7 @@ func (c *clientConn) releaseAtTransactionEnd(b *backend, inline bool) (stop bool
 		c.destroyBackend(b, "session state created despite "+c.srv.cfg.option("SessionState")+" = reject")
 		return true, nil
 	}
-	c.releaseBackend(b)
+	c.srv.releaseBackend(b, c.now())
 	return true, nil
 }
 
@@ -493,7 +493,7 @@ func (c *clientConn) releasableLocked(b *backend) bool {
 // idleLocked reports whether the client's transaction is over and nothing
 // is in flight on b. Only the backend reader calls it.
 func (c *clientConn) idleLocked(b *backend) bool {
-	return c.transactionOverLocked() && b.in.Start == b.in.End && b.passRemaining == 0 && !b.fatal
+	return c.transactionOverLocked() && b.settled()
 }
 
 // transactionOverLocked reports whether nothing the client sent is still in
@@ -502,8 +502,9 @@ func (c *clientConn) transactionOverLocked() bool {
 	return c.policy.releaseAtTransactionEnd && c.q.len() == 0 && !c.inBatch && c.txStatus == 'I' && !c.writing && c.cancels.n == 0
 }
 
-// releaseBackend gives a clean backend back to its pool.
-func (c *clientConn) releaseBackend(b *backend) {
+// releaseBackend gives a clean backend back to its pool at time at (the
+// client's clock, clientConn.now), no longer counted active.
+func (s *Server) releaseBackend(b *backend, at time.Time) {
 	if b.deadline.Swap(false) {
 		b.nc.SetReadDeadline(time.Time{}) // a backend reader's wake-up may be pending
 	}
@@ -519,8 +520,8 @@ func (c *clientConn) releaseBackend(b *backend) {
 		b.busy, b.busyReported = false, false
 		b.conn.SetBusy(false)
 	}
-	b.conn.ReleaseAt(c.now())
-	c.srv.stats.active.Add(-1)
+	b.conn.ReleaseAt(at)
+	s.stats.active.Add(-1)
 }
 
 // destroyBackend closes a backend whose state is unknown.
@@ -829,8 +830,8 @@ func (c *clientConn) finish() {
 	severed := c.reader.severed
 	c.dropBackendLocked()
 	// A cancel still being sent could land on the next holder's query.
-	clean := b != nil && c.q.len() == 0 && !c.inBatch && b.in.Start == b.in.End && b.passRemaining == 0 &&
-		c.passRemaining == 0 && !c.poisoned && !b.fatal && c.cancels.n == 0 && !severed
+	clean := b != nil && b.settled() && c.q.len() == 0 && !c.inBatch &&
+		c.passRemaining == 0 && !c.poisoned && c.cancels.n == 0 && !severed
 	status := c.txStatus
 	inFlight := c.q.len() > 0
 	pinned := c.state.pin != nil || c.state.dirty || c.state.paramsDirty
@@ -897,5 +898,5 @@ func (c *clientConn) finish() {
 			}
 		}
 	}
-	c.releaseBackend(b)
+	c.srv.releaseBackend(b, c.now())
 }
