@@ -859,18 +859,37 @@ func (c *clientConn) finish() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), serverOpTimeout)
 	defer cancel()
+	rolledBack, failure := b.resetAfterClient(ctx, c.policy, &c.srv.cfg, status, pinned)
+	if rolledBack {
+		c.log.Debug("rolled back the transaction of a client that left inside it")
+	}
+	if failure != "" {
+		c.destroyBackend(b, failure)
+		return
+	}
+	c.srv.releaseBackend(b, c.now())
+}
+
+// resetAfterClient brings b, which a client left with transaction status
+// status (pinned: it held session state, or its traffic since the last
+// state check may have touched session state or settings), back to a
+// state the proxy knows, so it can go back to the pool: an open
+// transaction is rolled back (rolledBack), the session reset
+// (policy.leaveReset) and the configured reset query run where the mode
+// asks for them. failure, when not empty, is why b must be closed instead:
+// a statement failed, or b holds session state SessionState = reject
+// refused (b.tainted).
+func (b *backend) resetAfterClient(ctx context.Context, policy *modePolicy, cfg *Config, status byte, pinned bool) (rolledBack bool, failure string) {
 	srv := b.conn.Server()
 	if status != 'I' {
 		// Idle in a transaction: roll it back.
 		if err := srv.Exec(ctx, "ROLLBACK"); err != nil {
-			c.destroyBackend(b, "rollback after the client left failed: "+err.Error())
-			return
+			return false, "rollback after the client left failed: " + err.Error()
 		}
-		c.log.Debug("rolled back the transaction of a client that left inside it")
+		rolledBack = true
 	}
 	if b.tainted {
-		c.destroyBackend(b, "session state created despite "+c.srv.cfg.option("SessionState")+" = reject")
-		return
+		return rolledBack, "session state created despite " + cfg.option("SessionState") + " = reject"
 	}
 	if status != 'I' || pinned {
 		// Reset the session so the proxy's view of it is exact again
@@ -878,19 +897,17 @@ func (c *clientConn) finish() {
 		// may have left in the session (temp tables, LISTEN, advisory
 		// locks, cursors, SQL prepared statements), even state the proxy
 		// did not see being created.
-		q := c.policy.leaveReset
+		q := policy.leaveReset
 		discard := q == "DISCARD ALL"
 		if err := srv.Exec(ctx, q); err != nil {
-			c.destroyBackend(b, "reset after the client left failed: "+err.Error())
-			return
+			return rolledBack, "reset after the client left failed: " + err.Error()
 		}
 		b.resetToDefaults(discard)
 	}
-	if c.policy.leaveResetQuery {
-		if q := c.srv.cfg.ResetQuery; q != "" {
+	if policy.leaveResetQuery {
+		if q := cfg.ResetQuery; q != "" {
 			if err := srv.Exec(ctx, q); err != nil {
-				c.destroyBackend(b, "reset query failed: "+err.Error())
-				return
+				return rolledBack, "reset query failed: " + err.Error()
 			}
 			up := strings.ToUpper(q)
 			if strings.Contains(up, "DISCARD ALL") || strings.Contains(up, "RESET ALL") {
@@ -898,5 +915,5 @@ func (c *clientConn) finish() {
 			}
 		}
 	}
-	c.srv.releaseBackend(b, c.now())
+	return rolledBack, ""
 }
