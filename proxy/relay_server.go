@@ -260,7 +260,7 @@ func (c *clientConn) relayReplies(b *backend, readErr error, inline bool) (stop 
 		return lost(readErr)
 	}
 	out, release, rerr := c.routeLocked(b)
-	if rerr == nil && !release && !inline && c.writing && c.releasableAfterWriteLocked(b) {
+	if rerr == nil && !release && !inline && c.writing {
 		release = c.awaitWriteLocked(b)
 	}
 	if len(out) > 0 {
@@ -439,26 +439,24 @@ func (c *clientConn) releaseAtTransactionEnd(b *backend, inline bool) (stop bool
 	return true, nil
 }
 
-// releasableAfterWriteLocked reports whether b could be released but for
-// the client goroutine's write to it (c.writing): the backend answered
-// what that write carried before the writer got back to unpin. Only the
-// backend reader calls it.
-func (c *clientConn) releasableAfterWriteLocked(b *backend) bool {
+// awaitWriteLocked is the backend reader finding b not releasable while
+// the client goroutine writes to it (c.writing). If b could be released
+// but for that write (the backend answered what it carried before the
+// writer got back to unpin), the reader, with the transaction's last
+// reply in hand, waits for the client goroutine to return from the write
+// (unpin closes writeDone), so that b is given back before the client
+// sees that reply (replyAndRelease). Written on, the client would send
+// its next transaction on the old hold. The write cannot be blocked on
+// the backend: everything in it has been answered. It reports whether b
+// may be released now. Under c.mu, which it releases while it waits; only
+// the backend reader calls it.
+func (c *clientConn) awaitWriteLocked(b *backend) bool {
 	c.writing = false
 	ok := c.releasableLocked(b)
 	c.writing = true
-	return ok
-}
-
-// awaitWriteLocked is the backend reader waiting, with the transaction's
-// last reply in hand, for the client goroutine to return from the write
-// the backend has already answered (unpin closes writeDone), so that b
-// is given back before the client sees that reply (replyAndRelease).
-// Written on, the client would send its next transaction on the old hold.
-// The write cannot be blocked on the backend: everything in it has been
-// answered. It reports whether b may be released now. Under c.mu, which
-// it releases while it waits.
-func (c *clientConn) awaitWriteLocked(b *backend) bool {
+	if !ok {
+		return false
+	}
 	done := make(chan struct{})
 	c.reader.writeDone = done
 	c.mu.Unlock()
