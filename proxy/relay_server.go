@@ -576,9 +576,11 @@ func (c *clientConn) backendLost(b *backend, err error) {
 	c.conn.Close()
 }
 
-// routeLocked walks the replies in b's buffer. It returns the bytes for the
-// client: a slice of the read buffer when nothing was changed (the common
-// case, no copy), else b.out. It runs under c.mu.
+// routeLocked walks the replies in b's buffer (routeOneLocked books each).
+// It returns the bytes for the client: a slice of the read buffer when
+// nothing was changed (the common case, no copy), else b.out; release
+// says the transaction is over and b can go back (releasableLocked). It
+// runs under c.mu.
 func (c *clientConn) routeLocked(b *backend) (out []byte, release bool, err error) {
 	rb := b.in.Buf
 	pos, end := b.in.Start, b.in.End
