@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"net"
 	"strings"
 	"sync/atomic"
@@ -129,11 +130,22 @@ func (s *Server) backendFor(conn pool.Conn) *backend {
 	return b
 }
 
+// settled reports whether nothing b sent is still on its way to the
+// client (no reply unread or half streamed) and b is not closing (a FATAL
+// came): as far as b goes, it could serve another client.
+func (b *backend) settled() bool {
+	return b.in.Start == b.in.End && b.passRemaining == 0 && !b.fatal
+}
+
 // noteError counts one ErrorResponse from the server (body without the
 // header). Classes 08 (connection exception), 58 (system error: I/O) and
 // XX (internal error) say something about the backend itself; anything
-// else is the client's SQL failing. It allocates nothing.
+// else is the client's SQL failing. A FATAL or PANIC says the server is
+// closing b (b.fatal). It allocates nothing.
 func (b *backend) noteError(body []byte) {
+	if sev := pgwire.ErrorField(body, 'V'); bytes.Equal(sev, []byte("FATAL")) || bytes.Equal(sev, []byte("PANIC")) {
+		b.fatal = true
+	}
 	b.sqlErrors++
 	if code := pgwire.ErrorField(body, 'C'); len(code) >= 2 {
 		switch string(code[:2]) {

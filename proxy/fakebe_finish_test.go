@@ -315,8 +315,7 @@ func TestReleaseClearsWakeDeadline(t *testing.T) {
 	}
 	b := e.srv.backendFor(conn)
 	b.setReadDeadline(time.Now()) // a wake-up nobody read
-	c := &clientConn{srv: e.srv}
-	c.releaseBackend(b)
+	e.srv.releaseBackend(b, time.Now())
 	if b.deadline.Load() {
 		t.Fatal("released with its deadline noted as set")
 	}

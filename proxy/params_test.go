@@ -193,7 +193,7 @@ func TestParamWritersInvalidateInSync(t *testing.T) {
 	if sql := paramSyncSQL(c1.want, next, b1.defaults); sql == "" {
 		t.Fatal("no sync SQL for a backend out of sync")
 	}
-	c1.applyCompletedLocked(b1, &request{kind: reqQuery, syncTo: next})
+	(&request{kind: reqQuery, syncTo: next}).applySucceeded(b1, c1.want, c1.startupParams, &c1.stmts)
 	check("sync at acquire", c1b1Apart)
 
 	// c2 runs a SET in a transaction and rolls it back: the proxy follows

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -261,7 +260,7 @@ func (c *clientConn) relayReplies(b *backend, readErr error, inline bool) (stop 
 		return lost(readErr)
 	}
 	out, release, rerr := c.routeLocked(b)
-	if rerr == nil && !release && !inline && c.writing && c.releasableAfterWriteLocked(b) {
+	if rerr == nil && !release && !inline && c.writing {
 		release = c.awaitWriteLocked(b)
 	}
 	if len(out) > 0 {
@@ -436,30 +435,28 @@ func (c *clientConn) releaseAtTransactionEnd(b *backend, inline bool) (stop bool
 		c.destroyBackend(b, "session state created despite "+c.srv.cfg.option("SessionState")+" = reject")
 		return true, nil
 	}
-	c.releaseBackend(b)
+	c.srv.releaseBackend(b, c.now())
 	return true, nil
 }
 
-// releasableAfterWriteLocked reports whether b could be released but for
-// the client goroutine's write to it (c.writing): the backend answered
-// what that write carried before the writer got back to unpin. Only the
-// backend reader calls it.
-func (c *clientConn) releasableAfterWriteLocked(b *backend) bool {
+// awaitWriteLocked is the backend reader finding b not releasable while
+// the client goroutine writes to it (c.writing). If b could be released
+// but for that write (the backend answered what it carried before the
+// writer got back to unpin), the reader, with the transaction's last
+// reply in hand, waits for the client goroutine to return from the write
+// (unpin closes writeDone), so that b is given back before the client
+// sees that reply (replyAndRelease). Written on, the client would send
+// its next transaction on the old hold. The write cannot be blocked on
+// the backend: everything in it has been answered. It reports whether b
+// may be released now. Under c.mu, which it releases while it waits; only
+// the backend reader calls it.
+func (c *clientConn) awaitWriteLocked(b *backend) bool {
 	c.writing = false
 	ok := c.releasableLocked(b)
 	c.writing = true
-	return ok
-}
-
-// awaitWriteLocked is the backend reader waiting, with the transaction's
-// last reply in hand, for the client goroutine to return from the write
-// the backend has already answered (unpin closes writeDone), so that b
-// is given back before the client sees that reply (replyAndRelease).
-// Written on, the client would send its next transaction on the old hold.
-// The write cannot be blocked on the backend: everything in it has been
-// answered. It reports whether b may be released now. Under c.mu, which
-// it releases while it waits.
-func (c *clientConn) awaitWriteLocked(b *backend) bool {
+	if !ok {
+		return false
+	}
 	done := make(chan struct{})
 	c.reader.writeDone = done
 	c.mu.Unlock()
@@ -494,7 +491,7 @@ func (c *clientConn) releasableLocked(b *backend) bool {
 // idleLocked reports whether the client's transaction is over and nothing
 // is in flight on b. Only the backend reader calls it.
 func (c *clientConn) idleLocked(b *backend) bool {
-	return c.transactionOverLocked() && b.in.Start == b.in.End && b.passRemaining == 0 && !b.fatal
+	return c.transactionOverLocked() && b.settled()
 }
 
 // transactionOverLocked reports whether nothing the client sent is still in
@@ -503,8 +500,9 @@ func (c *clientConn) transactionOverLocked() bool {
 	return c.policy.releaseAtTransactionEnd && c.q.len() == 0 && !c.inBatch && c.txStatus == 'I' && !c.writing && c.cancels.n == 0
 }
 
-// releaseBackend gives a clean backend back to its pool.
-func (c *clientConn) releaseBackend(b *backend) {
+// releaseBackend gives a clean backend back to its pool at time at (the
+// client's clock, clientConn.now), no longer counted active.
+func (s *Server) releaseBackend(b *backend, at time.Time) {
 	if b.deadline.Swap(false) {
 		b.nc.SetReadDeadline(time.Time{}) // a backend reader's wake-up may be pending
 	}
@@ -520,8 +518,8 @@ func (c *clientConn) releaseBackend(b *backend) {
 		b.busy, b.busyReported = false, false
 		b.conn.SetBusy(false)
 	}
-	b.conn.ReleaseAt(c.now())
-	c.srv.stats.active.Add(-1)
+	b.conn.ReleaseAt(at)
+	s.stats.active.Add(-1)
 }
 
 // destroyBackend closes a backend whose state is unknown.
@@ -578,9 +576,11 @@ func (c *clientConn) backendLost(b *backend, err error) {
 	c.conn.Close()
 }
 
-// routeLocked walks the replies in b's buffer. It returns the bytes for the
-// client: a slice of the read buffer when nothing was changed (the common
-// case, no copy), else b.out. It runs under c.mu.
+// routeLocked walks the replies in b's buffer (routeOneLocked books each).
+// It returns the bytes for the client: a slice of the read buffer when
+// nothing was changed (the common case, no copy), else b.out; release
+// says the transaction is over and b can go back (releasableLocked). It
+// runs under c.mu.
 func (c *clientConn) routeLocked(b *backend) (out []byte, release bool, err error) {
 	rb := b.in.Buf
 	pos, end := b.in.Start, b.in.End
@@ -598,10 +598,9 @@ func (c *clientConn) routeLocked(b *backend) (out []byte, release bool, err erro
 	maxMsg := c.srv.cfg.MaxMessageSize
 	for {
 		if b.passRemaining == 0 {
-			for h := c.q.peek(); h != nil && h.kind == reqSynthetic; h = c.q.peek() {
+			if h := c.q.peek(); h != nil && h.kind == reqSynthetic {
 				edit()
-				o = append(o, h.payload...)
-				c.q.pop()
+				o = c.q.popSynthetic(o)
 			}
 		}
 		if pos == end {
@@ -628,9 +627,7 @@ func (c *clientConn) routeLocked(b *backend) (out []byte, release bool, err erro
 			return nil, false, fmt.Errorf("%w: invalid message length %d from the server", errLostTrack, bodyLen+4)
 		}
 		total := pgwire.HeaderLen + bodyLen
-		if end-pos < total && (typ == pgwire.MsgReadyForQuery || typ == pgwire.MsgErrorResponse || typ == pgwire.MsgParameterStatus ||
-			typ == pgwire.MsgRowDescription || typ == pgwire.MsgParamDescription ||
-			typ == pgwire.MsgDataRow && c.q.peek() != nil && c.q.peek().stateCheck) {
+		if end-pos < total && routedWhole(typ, c.q.peek()) {
 			b.in.Want = total
 			break
 		}
@@ -665,15 +662,30 @@ func (c *clientConn) routeLocked(b *backend) (out []byte, release bool, err erro
 	return out, c.releasableLocked(b), nil
 }
 
+// routedWhole reports whether routeOneLocked reads the body of a reply of
+// type typ (head: the request at the head of the queue), so it must be
+// whole before it is routed; any other reply is routed once its header
+// is in and the rest of it streamed as it comes (b.passRemaining).
+func routedWhole(typ byte, head *request) bool {
+	switch typ {
+	case pgwire.MsgReadyForQuery, pgwire.MsgErrorResponse, pgwire.MsgParameterStatus,
+		pgwire.MsgRowDescription, pgwire.MsgParamDescription:
+		return true
+	case pgwire.MsgDataRow:
+		return head != nil && head.stateCheck // a state check's answer
+	}
+	return false
+}
+
 // routeOneLocked does the bookkeeping for one reply (msg holds at least its
 // header; replies routeOneLocked reads are whole) and says whether to drop it.
 func (c *clientConn) routeOneLocked(b *backend, typ byte, msg []byte) (swallow bool, err error) {
 	head := c.q.peek()
 	switch typ {
 	case pgwire.MsgReadyForQuery:
-		return c.readyForQueryLocked(b, head, msg)
+		return c.readyForQueryLocked(b, msg)
 	case pgwire.MsgErrorResponse:
-		return c.errorResponseLocked(b, head, msg), nil
+		return c.errorResponseLocked(b, msg), nil
 	case pgwire.MsgParameterStatus:
 		swallow, c.replacement = trackParameterStatus(c.want, c.startupParams, b, head, msg, c.replacement)
 		return swallow, nil
@@ -696,20 +708,11 @@ func (c *clientConn) routeOneLocked(b *backend, typ byte, msg []byte) (swallow b
 		}
 
 	case pgwire.MsgParseComplete, pgwire.MsgBindComplete, pgwire.MsgCloseComplete:
-		var k reqKind
-		switch typ {
-		case pgwire.MsgParseComplete:
-			k = reqParse
-		case pgwire.MsgBindComplete:
-			k = reqBind
-		default:
-			k = reqClose
+		r, err := c.q.popCompleted(typ)
+		if err != nil {
+			return false, err
 		}
-		if head == nil || head.kind != k {
-			return false, fmt.Errorf("%w: unexpected %q", errLostTrack, typ)
-		}
-		r := c.q.pop()
-		if k == reqParse {
+		if r.kind == reqParse {
 			parseCompleted(c.srv.stmts, b, &r)
 		}
 		return r.swallow, nil
@@ -740,13 +743,13 @@ func (c *clientConn) routeOneLocked(b *backend, typ byte, msg []byte) (swallow b
 }
 
 // readyForQueryLocked ends the request at the head of the queue (a Query
-// or Sync): the transaction status, the per-hold counts, and what the
-// request changed once it succeeded. Under c.mu.
-func (c *clientConn) readyForQueryLocked(b *backend, head *request, msg []byte) (swallow bool, err error) {
-	if head == nil || (head.kind != reqQuery && head.kind != reqSync) {
-		return false, fmt.Errorf("%w: unexpected ReadyForQuery", errLostTrack)
+// or Sync, popReady): the transaction status, the per-hold counts, and
+// what the request changed once it succeeded. Under c.mu.
+func (c *clientConn) readyForQueryLocked(b *backend, msg []byte) (swallow bool, err error) {
+	r, err := c.q.popReady()
+	if err != nil {
+		return false, err
 	}
-	r := c.q.pop()
 	c.txStatus = msg[pgwire.HeaderLen]
 	b.queries++
 	c.timeouts.responses++
@@ -760,7 +763,7 @@ func (c *clientConn) readyForQueryLocked(b *backend, head *request, msg []byte) 
 		c.state.endCheck()
 	}
 	if !r.failed {
-		c.applyCompletedLocked(b, &r)
+		r.applySucceeded(b, c.want, c.startupParams, &c.stmts)
 	} else if r.syncTo != nil {
 		c.log.Warn("bringing a server connection to the client's session parameters failed; the client sees the error")
 	}
@@ -770,17 +773,15 @@ func (c *clientConn) readyForQueryLocked(b *backend, head *request, msg []byte) 
 	return r.swallow, nil
 }
 
-// errorResponseLocked books an ErrorResponse: the backend's error counts,
-// a FATAL, the proxy's own text for a query_timeout cancel or a refused
-// request, and in the extended protocol everything the server now skips
-// up to the client's Sync. It says whether to swallow it (c.replacement
-// then holds what the client gets instead). Under c.mu.
-func (c *clientConn) errorResponseLocked(b *backend, head *request, msg []byte) (swallow bool) {
+// errorResponseLocked books an ErrorResponse: the backend's error counts
+// and a FATAL (noteError), the proxy's own text for a query_timeout cancel
+// or a refused request, and the requests it fails (requestQueue.fail: in
+// the extended protocol, everything the server now skips up to the
+// client's Sync). It says whether to swallow it (c.replacement then holds
+// what the client gets instead). Under c.mu.
+func (c *clientConn) errorResponseLocked(b *backend, msg []byte) (swallow bool) {
 	body := msg[pgwire.HeaderLen:]
 	b.noteError(body)
-	if sev := pgwire.ErrorField(body, 'V'); bytes.Equal(sev, []byte("FATAL")) || bytes.Equal(sev, []byte("PANIC")) {
-		b.fatal = true
-	}
 	if c.timeouts.queryTimedOut && string(pgwire.ErrorField(body, 'C')) == pgwire.CodeQueryCanceled {
 		// The proxy's query_timeout cancel: say so rather than the
 		// server's "canceling statement due to user request".
@@ -788,46 +789,15 @@ func (c *clientConn) errorResponseLocked(b *backend, head *request, msg []byte) 
 		c.replacement = c.srv.queryTimeoutError().appendTo(c.replacement[:0])
 		swallow = true
 	}
-	if head == nil {
-		return swallow
-	}
-	if head.kind == reqQuery || head.kind == reqSync {
-		head.failed = true
-		return swallow
-	}
-	r := c.q.pop()
-	c.stmts.failed(b, &r, body)
-	if r.errorReplacement != nil {
-		c.replacement = append(c.replacement[:0], r.errorReplacement...)
+	replacement, toSync := c.q.fail(&c.stmts, b, body)
+	if replacement != nil {
+		c.replacement = append(c.replacement[:0], replacement...)
 		swallow = true
 	}
-	// The server skips everything up to Sync.
-	for h := c.q.peek(); h != nil && h.kind != reqSync; h = c.q.peek() {
-		s := c.q.pop()
-		c.stmts.failed(b, &s, nil)
-	}
-	if c.q.len() == 0 {
-		// The client's Sync is still to come; what it sends until then
-		// is discarded by the server.
+	if toSync {
 		c.serverSkipping = true
 	}
 	return swallow
-}
-
-// applyCompleted updates the tracked state once a Query succeeded.
-func (c *clientConn) applyCompletedLocked(b *backend, r *request) {
-	if r.syncTo != nil {
-		b.params.replace(r.syncTo)
-	}
-	for _, ch := range r.sets {
-		trackParamChange(c.want, c.startupParams, b, ch)
-	}
-	if r.resetAll {
-		trackParamChange(c.want, c.startupParams, b, paramChange{all: true, reset: true})
-	}
-	if r.deallocAll {
-		c.stmts.deallocated(b)
-	}
 }
 
 // finish runs when the client leaves: it stops the backend reader and gives
@@ -860,8 +830,8 @@ func (c *clientConn) finish() {
 	severed := c.reader.severed
 	c.dropBackendLocked()
 	// A cancel still being sent could land on the next holder's query.
-	clean := b != nil && c.q.len() == 0 && !c.inBatch && b.in.Start == b.in.End && b.passRemaining == 0 &&
-		c.passRemaining == 0 && !c.poisoned && !b.fatal && c.cancels.n == 0 && !severed
+	clean := b != nil && b.settled() && c.q.len() == 0 && !c.inBatch &&
+		c.passRemaining == 0 && !c.poisoned && c.cancels.n == 0 && !severed
 	status := c.txStatus
 	inFlight := c.q.len() > 0
 	pinned := c.state.pin != nil || c.state.dirty || c.state.paramsDirty
@@ -889,18 +859,37 @@ func (c *clientConn) finish() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), serverOpTimeout)
 	defer cancel()
+	rolledBack, failure := b.resetAfterClient(ctx, c.policy, &c.srv.cfg, status, pinned)
+	if rolledBack {
+		c.log.Debug("rolled back the transaction of a client that left inside it")
+	}
+	if failure != "" {
+		c.destroyBackend(b, failure)
+		return
+	}
+	c.srv.releaseBackend(b, c.now())
+}
+
+// resetAfterClient brings b, which a client left with transaction status
+// status (pinned: it held session state, or its traffic since the last
+// state check may have touched session state or settings), back to a
+// state the proxy knows, so it can go back to the pool: an open
+// transaction is rolled back (rolledBack), the session reset
+// (policy.leaveReset) and the configured reset query run where the mode
+// asks for them. failure, when not empty, is why b must be closed instead:
+// a statement failed, or b holds session state SessionState = reject
+// refused (b.tainted).
+func (b *backend) resetAfterClient(ctx context.Context, policy *modePolicy, cfg *Config, status byte, pinned bool) (rolledBack bool, failure string) {
 	srv := b.conn.Server()
 	if status != 'I' {
 		// Idle in a transaction: roll it back.
 		if err := srv.Exec(ctx, "ROLLBACK"); err != nil {
-			c.destroyBackend(b, "rollback after the client left failed: "+err.Error())
-			return
+			return false, "rollback after the client left failed: " + err.Error()
 		}
-		c.log.Debug("rolled back the transaction of a client that left inside it")
+		rolledBack = true
 	}
 	if b.tainted {
-		c.destroyBackend(b, "session state created despite "+c.srv.cfg.option("SessionState")+" = reject")
-		return
+		return rolledBack, "session state created despite " + cfg.option("SessionState") + " = reject"
 	}
 	if status != 'I' || pinned {
 		// Reset the session so the proxy's view of it is exact again
@@ -908,19 +897,17 @@ func (c *clientConn) finish() {
 		// may have left in the session (temp tables, LISTEN, advisory
 		// locks, cursors, SQL prepared statements), even state the proxy
 		// did not see being created.
-		q := c.policy.leaveReset
+		q := policy.leaveReset
 		discard := q == "DISCARD ALL"
 		if err := srv.Exec(ctx, q); err != nil {
-			c.destroyBackend(b, "reset after the client left failed: "+err.Error())
-			return
+			return rolledBack, "reset after the client left failed: " + err.Error()
 		}
 		b.resetToDefaults(discard)
 	}
-	if c.policy.leaveResetQuery {
-		if q := c.srv.cfg.ResetQuery; q != "" {
+	if policy.leaveResetQuery {
+		if q := cfg.ResetQuery; q != "" {
 			if err := srv.Exec(ctx, q); err != nil {
-				c.destroyBackend(b, "reset query failed: "+err.Error())
-				return
+				return rolledBack, "reset query failed: " + err.Error()
 			}
 			up := strings.ToUpper(q)
 			if strings.Contains(up, "DISCARD ALL") || strings.Contains(up, "RESET ALL") {
@@ -928,5 +915,5 @@ func (c *clientConn) finish() {
 			}
 		}
 	}
-	c.releaseBackend(b)
+	return rolledBack, ""
 }

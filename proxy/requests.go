@@ -1,5 +1,11 @@
 package proxy
 
+import (
+	"fmt"
+
+	"github.com/pgsidecar/pgsidecar/internal/pgwire"
+)
+
 // reqKind is what one request sent to a backend (or answered by the proxy)
 // expects back; it decides which backend message completes it.
 type reqKind uint8
@@ -153,4 +159,95 @@ func (r *request) resets(k string) bool {
 		}
 	}
 	return false
+}
+
+// What the queue itself does with the server's replies (routeOneLocked
+// calls these under clientConn.mu, as the queue is): which request a reply
+// ends, and what an error ends with it. What the reply changes elsewhere
+// (the transaction status, the session's tracked state, the bytes the
+// client gets) is the caller's.
+
+// popSynthetic appends the replies of the proxy's own that reached the
+// head of the queue (reqSynthetic: everything sent before them is
+// answered) to dst and pops them.
+func (q *requestQueue) popSynthetic(dst []byte) []byte {
+	for h := q.peek(); h != nil && h.kind == reqSynthetic; h = q.peek() {
+		dst = append(dst, h.payload...)
+		q.pop()
+	}
+	return dst
+}
+
+// popReady pops the Query or Sync at the head, which a ReadyForQuery
+// ends. Any other head means the proxy lost track of the server
+// (errLostTrack).
+func (q *requestQueue) popReady() (request, error) {
+	if h := q.peek(); h == nil || (h.kind != reqQuery && h.kind != reqSync) {
+		return request{}, fmt.Errorf("%w: unexpected ReadyForQuery", errLostTrack)
+	}
+	return q.pop(), nil
+}
+
+// popCompleted pops the Parse, Bind or Close at the head that typ, a
+// ParseComplete, BindComplete or CloseComplete, answers. Any other head
+// means the proxy lost track of the server (errLostTrack).
+func (q *requestQueue) popCompleted(typ byte) (request, error) {
+	k := reqClose
+	switch typ {
+	case pgwire.MsgParseComplete:
+		k = reqParse
+	case pgwire.MsgBindComplete:
+		k = reqBind
+	}
+	if h := q.peek(); h == nil || h.kind != k {
+		return request{}, fmt.Errorf("%w: unexpected %q", errLostTrack, typ)
+	}
+	return q.pop(), nil
+}
+
+// fail books an ErrorResponse (errBody, without its header) against the
+// head request. A Query or Sync is only marked failed: its ReadyForQuery
+// still comes. Any other request is popped, and with it everything up to
+// the client's Sync, which the server skips after an error; stmts undoes
+// their statement bookkeeping. replacement is the failed request's
+// errorReplacement, the error the client gets instead of the server's (nil
+// when none); toSync says that Sync is not sent yet, so the server
+// discards what the client sends until it.
+func (q *requestQueue) fail(stmts *clientStatements, b *backend, errBody []byte) (replacement []byte, toSync bool) {
+	head := q.peek()
+	if head == nil {
+		return nil, false
+	}
+	if head.kind == reqQuery || head.kind == reqSync {
+		head.failed = true
+		return nil, false
+	}
+	r := q.pop()
+	stmts.failed(b, &r, errBody)
+	for h := q.peek(); h != nil && h.kind != reqSync; h = q.peek() {
+		s := q.pop()
+		stmts.failed(b, &s, nil)
+	}
+	return r.errorReplacement, q.len() == 0
+}
+
+// applySucceeded updates the tracked state once Query r completed without
+// an error: b's parameters after the proxy's own SETs, the client's SET
+// and RESET statements of parameters the server does not report, on b and
+// in want (trackParamChange; startup holds the startup packet's values,
+// which RESET goes back to), and the statements a DEALLOCATE ALL or
+// DISCARD ALL dropped on b.
+func (r *request) applySucceeded(b *backend, want *paramSet, startup map[string]paramValue, stmts *clientStatements) {
+	if r.syncTo != nil {
+		b.params.replace(r.syncTo)
+	}
+	for _, ch := range r.sets {
+		trackParamChange(want, startup, b, ch)
+	}
+	if r.resetAll {
+		trackParamChange(want, startup, b, paramChange{all: true, reset: true})
+	}
+	if r.deallocAll {
+		stmts.deallocated(b)
+	}
 }
