@@ -18,6 +18,35 @@
 // parameters, prepared statements (statements.go), buffers. It belongs to at
 // most one clientConn at a time, in c.be.
 //
+// # A client's state, by feature
+//
+// clientConn holds the session: the sockets, the held backend (c.be), the
+// lock and the relay's orchestration (relay_client.go, relay_server.go:
+// reading the client, acquiring, writing, reading replies, releasing,
+// finish). Each feature's state is a type of its own, a field of
+// clientConn; what concerns that state alone is the type's methods (or
+// plain functions), which take what else they touch as parameters (the
+// request queue, the backend) instead of the client, so a signature says
+// what a feature reaches:
+//
+//   - requestQueue (requests.go): what awaits a reply, and which request a
+//     reply ends (popReady, popCompleted, fail);
+//   - clientStatements (statements.go): the client's statements and the
+//     rewriting of Parse/Bind/Describe/Close; a backend's own side is its
+//     preparedSet;
+//   - parameters (params.go): trackParameterStatus, trackParamChange and
+//     trackCheckedSettings, over the client's wanted set and the backend;
+//   - sessionTrack and listenTrack (sessionstate.go, notify.go): the
+//     session-state check and LISTEN through the shared listener;
+//   - replayState, waitState, discardState, timeoutState, lastStatement,
+//     idleReader, parkState and loopState: the replay of a first request,
+//     the cancel of a waiting request, the dropping of a refused request,
+//     timeouts, the last statement, the idle wait, parking and the loop.
+//
+// What stays a clientConn method takes c.mu across several of these,
+// writes to the client, logs as the client or moves the backend; the
+// event loop's steps on a client are the parker's methods (loop.go).
+//
 // # The goroutines of one client
 //
 //   - The client goroutine (started by Serve; serveConn) reads the startup
