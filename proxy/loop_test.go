@@ -704,8 +704,12 @@ func BenchmarkLoopExchange(b *testing.B) {
 			b.ReportMetric(float64(processCPU(b)-cpu0)/float64(b.N), "cpu-ns/op")
 			// Requests the loop hands to a goroutine cost the proxy
 			// elsewhere: loop-ns/op is the proxy's cost only while
-			// nearly every request is the loop's.
-			if got := e.srv.Stats().LoopRequests - before; got < uint64(b.N)*99/100 {
+			// nearly every request is the loop's. Under CPU load a reply
+			// now and then takes longer than inlineWait and its client
+			// is handed over, so as many hand-offs as clients are allowed
+			// on top of 1%: without them a calibration run (b.N 85)
+			// failed the benchmark on a loaded machine over 4 hand-offs.
+			if got := e.srv.Stats().LoopRequests - before; got+uint64(clients) < uint64(b.N)*99/100 {
 				b.Fatalf("the loop relayed %d of %d requests", got, b.N)
 			}
 		})
