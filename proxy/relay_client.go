@@ -636,12 +636,12 @@ func (c *clientConn) buildMessageLocked(b *backend, out []byte, typ byte, msg []
 		c.q.push(request{kind: reqBind})
 		return append(out, msg...)
 	case pgwire.MsgDescribe:
-		if tx {
-			return c.stmts.describe(&c.q, b, out, msg, body)
-		}
-		if len(body) > 0 && body[0] == 'P' {
+		switch {
+		case len(body) > 0 && body[0] == 'P':
 			c.q.push(request{kind: reqDescribePortal})
-		} else {
+		case tx:
+			return c.stmts.describe(&c.q, b, out, msg, body)
+		default:
 			c.q.push(request{kind: reqDescribeStmt})
 		}
 		return append(out, msg...)

@@ -647,13 +647,9 @@ func (s *clientStatements) bind(q *requestQueue, b *backend, out, msg, body []by
 	return append(out, msg...)
 }
 
-// describe handles a client's Describe in transaction mode, as bind does a
-// Bind.
+// describe handles a client's Describe of a statement (not a portal) in
+// transaction mode, as bind does a Bind.
 func (s *clientStatements) describe(q *requestQueue, b *backend, out, msg, body []byte) []byte {
-	if len(body) > 0 && body[0] == 'P' {
-		q.push(request{kind: reqDescribePortal})
-		return append(out, msg...)
-	}
 	if len(body) > 1 {
 		if name, _, ok := pgwire.CString(body[1:]); ok && len(name) == 0 {
 			var mine bool
