@@ -31,7 +31,14 @@ type PgServer struct {
 func NewPgServer(pg *pgconn.PgConn) *PgServer {
 	params := make(map[string]string, len(reportedParams))
 	for _, k := range reportedParams {
-		if v := pg.ParameterStatus(k); v != "" {
+		// pgconn answers "" for a parameter the server did not report
+		// (in_hot_standby before PostgreSQL 14, scram_iterations before
+		// 16). application_name is the one reported parameter whose
+		// value is empty by default, and every supported server reports
+		// it: without it here, the proxy took application_name for a
+		// parameter it must follow from SET statements, and showed a
+		// client's SET application_name = 'x' as 'x' quoted.
+		if v := pg.ParameterStatus(k); v != "" || k == "application_name" {
 			params[k] = v
 		}
 	}

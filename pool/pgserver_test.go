@@ -88,8 +88,14 @@ func testPgServer(t *testing.T, cl *testpg.Cluster) {
 			t.Fatalf("param %s missing: %v", k, params)
 		}
 	}
+	// application_name is reported, empty by default: kept, so the proxy
+	// follows it from ParameterStatus; a parameter this server does not
+	// report (pgconn's "") is not.
+	if v, ok := params["application_name"]; !ok || v != "" {
+		t.Fatalf("application_name = %q (present %v), want present and empty", v, ok)
+	}
 	for k, v := range params {
-		if v == "" {
+		if v == "" && k != "application_name" {
 			t.Fatalf("empty param %s kept", k)
 		}
 	}

@@ -365,11 +365,12 @@ func (s *Server) Clients() []ClientInfo {
 		if c.be != nil {
 			state = "active"
 		}
+		app := currentAppName(c.want, c.identity.appName)
 		c.mu.Unlock()
 		// The pid under the cancel keys' lock: a client is listed from
 		// before its login mints its key (or takes its backend's).
 		out = append(out, ClientInfo{PID: s.cancels.pidOf(c), Database: c.db.Name, User: c.identity.user, Addr: c.identity.addr,
-			ApplicationName: c.identity.appName, State: state, Connected: c.identity.since})
+			ApplicationName: app, State: state, Connected: c.identity.since})
 	}
 	s.mu.Unlock()
 	slices.SortFunc(out, func(a, b ClientInfo) int { return a.Connected.Compare(b.Connected) })

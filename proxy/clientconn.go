@@ -103,7 +103,7 @@ type clientIdentity struct {
 	addr    string
 	user    string
 	since   time.Time // logged in
-	appName string    // application_name of the startup packet
+	appName string    // application_name of the startup packet (the logs'; the console shows currentAppName)
 	// pid and secret are the BackendKeyData the client cancels with
 	// (cancelKeys: proxy-minted, or in session mode its backend's),
 	// written under cancelKeys.mu after the client is listed: any other

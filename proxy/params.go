@@ -339,6 +339,18 @@ func nextWord(s string) (word, rest string) {
 	return s[:i], s[i:]
 }
 
+// currentAppName is the client's application_name now, as
+// pg_stat_activity shows it directly: want tracks the reported parameter
+// from the startup packet on (a SET, a RESET, a SET LOCAL that ended), so
+// startup, the startup packet's value, only answers when want has none.
+// Under c.mu (want is the client's).
+func currentAppName(want *paramSet, startup string) string {
+	if v, ok := want.get("application_name"); ok {
+		return v.val
+	}
+	return startup
+}
+
 // trackParameterStatus tracks a reported parameter's new value (the
 // ParameterStatus msg, whole) on backend b and in want, the values the
 // client expects, and says whether to swallow the message: a reply to the

@@ -679,3 +679,96 @@ func TestAdminConsoleWildcard(t *testing.T) {
 		t.Errorf("after RECONNECT postgres a statement ran on the old backend %d", pid)
 	}
 }
+
+// TestAdminClientsApplicationName: SHOW CLIENTS and /clients show a
+// client's application_name as it is now, as pg_stat_activity does for a
+// direct connection: the startup value, then what the client SETs, a SET
+// LOCAL until its transaction ends, and the startup value again after a
+// RESET. The same steps run on a direct connection in the same test, in
+// both pool modes.
+func TestAdminClientsApplicationName(t *testing.T) {
+	steps := []string{
+		"",
+		"SET application_name = 'app_set'",
+		"BEGIN; SET LOCAL application_name = 'app_local'",
+		"COMMIT",
+		"RESET application_name",
+		"SET application_name TO DEFAULT",
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+
+	// What PostgreSQL shows after each step, straight.
+	direct := connect(t, txDirectURL()+"&application_name=app_start")
+	var directPID int64
+	if err := direct.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&directPID); err != nil {
+		t.Fatal(err)
+	}
+	watcher := adminConn(t)
+	var want []string
+	for _, step := range steps {
+		if step != "" {
+			if _, err := direct.Exec(ctx, step, pgx.QueryExecModeSimpleProtocol); err != nil {
+				t.Fatalf("direct %q: %v", step, err)
+			}
+		}
+		var name string
+		if err := watcher.QueryRow(ctx, "SELECT application_name FROM pg_stat_activity WHERE pid = $1", directPID).Scan(&name); err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, name)
+	}
+	if !slices.Equal(want, []string{"app_start", "app_set", "app_local", "app_set", "app_start", "app_start"}) {
+		t.Fatalf("direct: pg_stat_activity showed %v; the test's expectation of PostgreSQL is wrong", want)
+	}
+
+	for _, mode := range []string{"transaction", "session"} {
+		t.Run(mode, func(t *testing.T) {
+			p := StartProxy(t, WithEnv("PGSIDECAR_POOL__MODE", mode))
+			con := connect(t, consoleURL(p, "app", "app"))
+			app := connect(t, p.AppURL()+"&application_name=app_start")
+			for i, step := range steps {
+				if step != "" {
+					if _, err := app.Exec(ctx, step, pgx.QueryExecModeSimpleProtocol); err != nil {
+						t.Fatalf("%q: %v", step, err)
+					}
+				}
+				names, rows := consoleRows(ctx, t, con, "SHOW CLIENTS")
+				if len(rows) != 1 {
+					t.Fatalf("after %q: SHOW CLIENTS want the one client, got %v", step, rows)
+				}
+				if got := column(t, names, rows[0], "application_name"); got != want[i] {
+					t.Errorf("after %q: SHOW CLIENTS application_name %q, directly %q", step, got, want[i])
+				}
+				if got := clientsAppNames(t, p); !slices.Equal(got, []string{want[i]}) {
+					t.Errorf("after %q: /clients application_name %v, directly %q", step, got, want[i])
+				}
+			}
+		})
+	}
+}
+
+// clientsAppNames is the application_name of every client GET /clients
+// lists.
+func clientsAppNames(t *testing.T, p *Proxy) []string {
+	t.Helper()
+	resp, err := httpClient.Get("http://" + p.HealthAddr + "/clients")
+	if err != nil {
+		t.Fatalf("GET /clients: %v", err)
+	}
+	defer resp.Body.Close()
+	var clients []struct {
+		ApplicationName string `json:"application_name"`
+	}
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /clients: %d", resp.StatusCode)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&clients); err != nil {
+		t.Fatalf("GET /clients: %v", err)
+	}
+	var names []string
+	for _, c := range clients {
+		names = append(names, c.ApplicationName)
+	}
+	return names
+}

@@ -297,3 +297,49 @@ func TestTxSetFollowsClient(t *testing.T) {
 	// concurrent phase.
 	t.Logf("concurrent phase: %d of %d clients ran on more than one backend", moved, clients)
 }
+
+// TestTxParamSyncOnce: a backend is brought to a client's parameters once,
+// not before every transaction, whatever the client before it did to
+// application_name (a value PostgreSQL reports, empty by default). One
+// backend (pool max_size 1); client a sets application_name, at startup
+// and with SET, then RESETs it; client b, which sends none, then runs
+// several transactions: the proxy logs its parameter sync at debug level,
+// and b's transactions may take at most one.
+func TestTxParamSyncOnce(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	const syncLog = "bringing the server connection to the client's parameters"
+	for _, steps := range [][]string{
+		{"SELECT 1"},
+		{"SET application_name = 'a_set'"},
+		{"SET application_name = 'a_set'", "RESET application_name"},
+		{"RESET application_name"},
+	} {
+		t.Run(strings.Join(steps, "; "), func(t *testing.T) {
+			p := txStartProxy(t, "transaction", 1)
+			a := txNewTwin(ctx, t, p, "a", map[string]string{"application_name": "a_start"})
+			for _, sql := range steps {
+				a.do(ctx, t, sql)
+			}
+			a.check(ctx, t)
+			b := txNewTwin(ctx, t, p, "b", nil)
+			before := strings.Count(p.Logs.String(), syncLog)
+			for range 5 {
+				b.do(ctx, t, "SELECT 1")
+			}
+			b.check(ctx, t)
+			for range 5 {
+				a.do(ctx, t, "SELECT 1")
+				b.do(ctx, t, "SELECT 1")
+			}
+			a.check(ctx, t)
+			b.check(ctx, t)
+			// b's first transaction syncs the backend from a's
+			// parameters to b's, and each switch between a and b
+			// after that syncs once: 1 + 10 + the checks' switches.
+			if got := strings.Count(p.Logs.String(), syncLog) - before; got > 13 {
+				t.Errorf("%d parameter syncs for 10 switches between clients and 2 checks; want at most 13 (a sync before every transaction?)", got)
+			}
+		})
+	}
+}
