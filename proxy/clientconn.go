@@ -202,15 +202,15 @@ func (s *Server) errShutdownNow() *pgError {
 // max_startup_conn (Serve added it to s.starting) until it becomes a
 // client.
 //
-// Login and session are two calls, so the login's large stack frame (1.6
-// KB) has returned before the session starts: an idle client's goroutine
-// then waits about 0.7 KB deep, and the GC shrinks its stack (grown to 8
-// KB by the relay) to 4 KB, which it does only while under a quarter of a
-// stack is in use. What the login took is undone by connEnd, at the end
-// (parkedEnd's, when the session ends after a park).
+// Login and session are two calls, so the login's stack frames (login's
+// and its steps') have returned before the session starts: an idle
+// client's goroutine then waits about 0.7 KB deep, and the GC shrinks its
+// stack (grown to 8 KB by the relay) to 4 KB, which it does only while
+// under a quarter of a stack is in use. What the login took is undone by
+// connEnd, at the end (parkedEnd's, when the session ends after a park).
 func (s *Server) serveConn(conn net.Conn) (parked bool) {
 	e := connEnd{s: s, sock: conn}
-	c, _ := s.login(conn, &e)
+	c := s.login(conn, &e)
 	if c != nil && s.session(c) {
 		return true
 	}

@@ -1,8 +1,27 @@
 // login: from an accepted connection to a client in session. Server.login
-// runs a connection's startup; greet and bindSession finish it, and the
-// rest of this file serves only the login: its refusals (rejectStartup,
-// refuseLogin), the user lookup, and the server's parameters the client is
-// greeted with, checked against its startup parameters.
+// runs a connection's startup as a sequence of steps, in this order, each
+// a Server method or a function of this file unless named otherwise:
+//
+//   - admitLogin: the startup packet and client TLS (admit: startup.go,
+//     tls.go); a cancel request ends the connection there (cancel.go);
+//   - takeSlot: the refusals before authentication (a drain,
+//     max_client_conn), then the client's max_client_conn slot;
+//   - loginTargetOf and authenticateLogin: what the client asks for, and
+//     the proof of its password under the failed-login brake (auth.go,
+//     passthrough.go, loginbrake.go); an admin console session goes on
+//     in admin.go;
+//   - loginDatabase: the database the client gets, opened now for a "*"
+//     name or a role's pool;
+//   - newClient and enlist: the clientConn, listed among the server's
+//     clients and reachable by its cancel key;
+//   - greet: the server's parameters, checked against the client's
+//     (loginParams), in session mode its backend (bindSession, the
+//     client's own method), then AuthenticationOk through ReadyForQuery.
+//
+// What a step takes is recorded in the connection's connEnd
+// (clientconn.go), which gives it back when the connection ends, however
+// far the login got. A step that refuses the client has told it why
+// (rejectStartup, refuseLogin).
 
 package proxy
 
@@ -27,23 +46,73 @@ import (
 )
 
 // login runs a connection's startup and records in e what it takes; it
-// returns the logged-in client and its logger, or nil when the connection
-// is done (refused, a cancel request, an admin console session).
-func (s *Server) login(conn net.Conn, e *connEnd) (*clientConn, *slog.Logger) {
+// returns the logged-in client, or nil when the connection is done
+// (refused, a cancel request, an admin console session).
+func (s *Server) login(sock net.Conn, e *connEnd) *clientConn {
 	s.stats.accepted.Add(1)
 	live := s.live.Load()
-	var loginDeadline time.Time // zero: no limit
+	var deadline time.Time // zero: no limit
 	if live.ClientLoginTimeout > 0 {
-		loginDeadline = time.Now().Add(live.ClientLoginTimeout)
+		deadline = time.Now().Add(live.ClientLoginTimeout)
 	}
-	conn.SetDeadline(loginDeadline)
+	sock.SetDeadline(deadline)
 	// sock is the accepted socket (max_startup_conn counts it); conn
 	// becomes TLS over it when the client negotiates TLS.
-	sock := conn
-	conn, sm, err := admit(sock, startupMaxPacketLen, live.TLS)
+	conn, sm := s.admitLogin(sock, live.TLS, e)
+	if sm == nil {
+		return nil
+	}
+	if sm.cancel {
+		s.handleCancel(sm.pid, sm.secret)
+		return nil
+	}
+	addr := conn.RemoteAddr().String()
+	lg := s.log.With("client", addr, "user", sm.user, "database", sm.database)
+	if sm.tls != "" {
+		lg = lg.With("tls", sm.tls)
+		s.stats.tls.Add(1)
+		e.tlsCounted = true
+	}
+	if !s.takeSlot(conn, lg, live, e) {
+		return nil
+	}
+	// Authenticate before saying whether the database exists, as
+	// PostgreSQL does, so that a stranger learns nothing.
+	t := loginTargetOf(live, sm)
+	keys, ok := s.authenticateLogin(conn, sm, lg, live, deadline, &t)
+	if !ok {
+		return nil
+	}
+	if t.admin {
+		s.serveAdmin(conn, sm, lg, live.Admin, t.adminFull)
+		return nil
+	}
+	db := s.loginDatabase(conn, sm, lg, live, &t, keys)
+	if db == nil {
+		return nil
+	}
+	c := s.newClient(conn, sock, addr, sm, db, lg)
+	if !s.enlist(c, e) {
+		return nil
+	}
+	if err := s.greet(c, deadline); err != nil {
+		lg.Info("client startup failed", "err", err)
+		c.finish() // a session-mode backend taken for the greeting goes back
+		return nil
+	}
+	return c
+}
+
+// admitLogin reads the startup packets from sock, negotiating TLS as t
+// says (admit), and records a TLS session in e. It returns the connection
+// to use from then on (sock, or TLS over it) and the startup message, or
+// a nil message when the connection is refused (the client told why where
+// that can be done).
+func (s *Server) admitLogin(sock net.Conn, t *ClientTLS, e *connEnd) (net.Conn, *startupMessage) {
+	conn, sm, err := admit(sock, startupMaxPacketLen, t)
 	if conn != sock {
 		// Closing the TLS session sends close_notify before the socket
-		// closes (the deferred sock.Close is then a no-op).
+		// closes (connEnd's sock.Close after it is then a no-op).
 		e.tls = conn
 	}
 	if err != nil {
@@ -54,22 +123,18 @@ func (s *Server) login(conn net.Conn, e *connEnd) (*clientConn, *slog.Logger) {
 			err = errCannotConnectNow()
 		}
 		s.rejectStartup(conn, nil, err)
-		return nil, nil
+		return conn, nil
 	}
-	if sm.cancel {
-		s.handleCancel(sm.pid, sm.secret)
-		return nil, nil
-	}
-	addr := conn.RemoteAddr().String()
-	lg := s.log.With("client", addr, "user", sm.user, "database", sm.database)
-	if sm.tls != "" {
-		lg = lg.With("tls", sm.tls)
-		s.stats.tls.Add(1)
-		e.tlsCounted = true
-	}
+	return conn, sm
+}
+
+// takeSlot refuses a client while the proxy drains or when max_client_conn
+// clients hold a slot already; otherwise it takes the client's slot and
+// records it in e.
+func (s *Server) takeSlot(conn net.Conn, lg *slog.Logger, live *Config, e *connEnd) bool {
 	if s.draining.Load() {
 		s.rejectStartup(conn, lg, errCannotConnectNow())
-		return nil, nil
+		return false
 	}
 	// Take the slot before authenticating, in one atomic step: a check
 	// here and a count after the login admits every client of a burst.
@@ -78,40 +143,64 @@ func (s *Server) login(conn net.Conn, e *connEnd) (*clientConn, *slog.Logger) {
 		s.rejectStartup(conn, lg, newFatal(pgwire.CodeTooManyConnections,
 			fmt.Sprintf("too many client connections: pgsidecar allows %d (%s)", live.MaxClientConn, live.option("MaxClientConn")),
 			"raise "+live.option("MaxClientConn")+", or have the application use fewer connections"))
-		return nil, nil
+		return false
 	}
 	e.slot = true
-	// Authenticate before saying whether the database exists, as
-	// PostgreSQL does, so that a stranger learns nothing.
-	db := live.Databases[sm.database]
-	adminLogin, adminFull := live.Admin != nil && sm.database == live.Admin.Database, false
-	wild := db == nil && live.Wildcard != nil && !adminLogin
-	password, known := lookupUser(live.Databases, db, sm.user)
+	return true
+}
+
+// loginTarget is what a startup message asks for, as the live config has
+// it, and what the client must prove to get it.
+type loginTarget struct {
+	db        *Database  // the configured database the client names; nil for a "*" name or an unknown one
+	admin     bool       // the admin console
+	adminFull bool       // ... with full access, not SHOW only
+	wild      bool       // a "*" database: its pool opens after authentication
+	password  string     // to check the client's proof against
+	known     bool       // the user may log in here (else the exchange runs and fails)
+	verifiers *Verifiers // auth.passthrough: where the role's verifier is looked up (password is not used)
+}
+
+// loginTargetOf looks up in live the database (or the admin console) sm
+// asks for and its user's password or, under auth.passthrough, the
+// verifiers to check it with.
+func loginTargetOf(live *Config, sm *startupMessage) loginTarget {
+	t := loginTarget{db: live.Databases[sm.database]}
+	t.admin = live.Admin != nil && sm.database == live.Admin.Database
+	t.wild = t.db == nil && live.Wildcard != nil && !t.admin
+	t.password, t.known = lookupUser(live.Databases, t.db, sm.user)
 	switch {
-	case adminLogin:
-		password, known, adminFull = live.Admin.lookup(sm.user)
-	case wild:
-		password, known = live.Wildcard.Users[sm.user]
-	}
-	brakeKey, braked, err := s.brakeLogin(conn, lg, live, loginDeadline)
-	if err != nil {
-		s.rejectStartup(conn, lg, err)
-		return nil, nil
+	case t.admin:
+		t.password, t.known, t.adminFull = live.Admin.lookup(sm.user)
+	case t.wild:
+		t.password, t.known = live.Wildcard.Users[sm.user]
 	}
 	// auth.passthrough: the role's verifier is looked up by the
 	// database's auth pool, or for a "*" database by the entry's one.
-	var verifiers *Verifiers
 	switch {
-	case db != nil && !adminLogin && db.Passthrough != nil:
-		verifiers = db.Passthrough.Verifiers
-	case wild:
-		verifiers = live.Wildcard.Verifiers
+	case t.db != nil && !t.admin && t.db.Passthrough != nil:
+		t.verifiers = t.db.Passthrough.Verifiers
+	case t.wild:
+		t.verifiers = live.Wildcard.Verifiers
 	}
-	var keys pool.ScramKeys
-	if verifiers != nil {
-		keys, err = s.authPassthrough(sm, conn, lg, verifiers, loginDeadline)
+	return t
+}
+
+// authenticateLogin lets the attempt through the failed-login brake, runs
+// the authentication exchange t calls for (t's password, or under
+// auth.passthrough the role's verifier) and records its outcome with the
+// brake. keys are what a passthrough client proved it knows, for its
+// role's pool. false: refused, the client told why.
+func (s *Server) authenticateLogin(conn net.Conn, sm *startupMessage, lg *slog.Logger, live *Config, deadline time.Time, t *loginTarget) (keys pool.ScramKeys, ok bool) {
+	brakeKey, braked, err := s.brakeLogin(conn, lg, live, deadline)
+	if err != nil {
+		s.rejectStartup(conn, lg, err)
+		return keys, false
+	}
+	if t.verifiers != nil {
+		keys, err = s.authPassthrough(sm, conn, lg, t.verifiers, deadline)
 	} else {
-		err = authenticate(sm, conn, live.AuthMethod, password, known, live.option("Users"))
+		err = authenticate(sm, conn, live.AuthMethod, t.password, t.known, live.option("Users"))
 	}
 	if err != nil {
 		switch {
@@ -132,33 +221,38 @@ func (s *Server) login(conn net.Conn, e *connEnd) (*clientConn, *slog.Logger) {
 			}
 		}
 		s.rejectStartup(conn, lg, err)
-		return nil, nil
+		return keys, false
 	}
 	if braked {
 		s.brake.succeeded(brakeKey)
 	}
-	if adminLogin {
-		s.serveAdmin(conn, sm, lg, live.Admin, adminFull)
-		return nil, nil
-	}
-	if wild {
+	return keys, true
+}
+
+// loginDatabase is the database an authenticated client gets: t.db, or
+// for a "*" name its pool, opened now, and under auth.passthrough its
+// role's pool, logged in to with keys. nil: refused, the client told why.
+func (s *Server) loginDatabase(conn net.Conn, sm *startupMessage, lg *slog.Logger, live *Config, t *loginTarget, keys pool.ScramKeys) *Database {
+	db := t.db
+	if t.wild {
 		// Only now, for a client that logged in: a pool per name.
 		if len(sm.database) > maxIdentifierLen {
 			s.rejectStartup(conn, lg, newFatal(pgwire.CodeInvalidCatalogName,
 				fmt.Sprintf("database name %q is longer than %d bytes", sm.database, maxIdentifierLen),
 				"PostgreSQL would truncate it; pgsidecar serves \"*\" databases by their exact names"))
-			return nil, nil
+			return nil
 		}
 		var err error
 		if db, err = live.Wildcard.Open(sm.database); err != nil {
 			s.rejectStartup(conn, lg, newFatal(pgwire.CodeCannotConnectNow, err.Error(), "connect again in a moment"))
-			return nil, nil
+			return nil
 		}
 	}
-	if verifiers != nil && db != nil {
+	if t.verifiers != nil && db != nil {
 		// Only now, for a client that logged in: its role's pool. (A
 		// database without pools per role would run the client as the
 		// URL's user: refused, never served.)
+		var err error
 		if db.Passthrough == nil {
 			err = fmt.Errorf("database %q has no pools per role (auth.passthrough)", db.Name)
 		} else {
@@ -166,16 +260,22 @@ func (s *Server) login(conn net.Conn, e *connEnd) (*clientConn, *slog.Logger) {
 		}
 		if err != nil {
 			s.rejectStartup(conn, lg, newFatal(pgwire.CodeCannotConnectNow, err.Error(), "connect again in a moment"))
-			return nil, nil
+			return nil
 		}
 	}
 	if db == nil {
 		s.rejectStartup(conn, lg, newFatal(pgwire.CodeInvalidCatalogName,
 			fmt.Sprintf("database %q does not exist in pgsidecar", sm.database),
 			"pgsidecar serves: "+databaseNames(live.Databases, sm.user)+"; fix the database name in the connection string, or add it under databases in the config"))
-		return nil, nil
+		return nil
 	}
+	return db
+}
 
+// newClient makes the clientConn of a client logged in to db over conn
+// (TLS over sock, or sock itself): its identity, its startup parameters,
+// which are also the values it wants, and its context.
+func (s *Server) newClient(conn, sock net.Conn, addr string, sm *startupMessage, db *Database, lg *slog.Logger) *clientConn {
 	c := &clientConn{
 		srv:  s,
 		conn: conn,
@@ -204,60 +304,47 @@ func (s *Server) login(conn net.Conn, e *connEnd) (*clientConn, *slog.Logger) {
 		c.want.set(k, paramValue{val: v})
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
+	return c
+}
+
+// enlist makes c one of s's clients, counted in its pool's client gauge
+// and reachable by its cancel key, and records each in e. false: the
+// server closed meanwhile; c was refused.
+func (s *Server) enlist(c *clientConn, e *connEnd) bool {
 	e.c, e.cancel = c, c.cancel
 	if !s.addClient(c) {
-		s.rejectStartup(conn, lg, errCannotConnectNow())
-		return nil, nil
+		s.rejectStartup(c.conn, c.log, errCannotConnectNow())
+		return false
 	}
 	e.added = true
-	db.Pool.AddClients(1) // per-pool client gauge
-	e.db = db
+	c.db.Pool.AddClients(1) // per-pool client gauge
+	e.db = c.db
 	s.cancels.register(c)
 	e.registered = true
-
-	if err := c.greet(loginDeadline); err != nil {
-		lg.Info("client startup failed", "err", err)
-		c.finish() // a session-mode backend taken for the greeting goes back
-		return nil, nil
-	}
-	return c, lg
+	return true
 }
 
 // greet finishes the startup: AuthenticationOk, the server's parameters
 // (with the client's own values where it chose them), BackendKeyData (the
 // backend's own in session mode, else proxy-minted), and ReadyForQuery.
-func (c *clientConn) greet(deadline time.Time) error {
-	ctx := c.ctx
-	if !deadline.IsZero() {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithDeadline(c.ctx, deadline)
-		defer cancel()
-	}
-	params, err := c.srv.serverParams(ctx, c.db)
-	if err == nil {
-		err = c.srv.checkStartupParams(ctx, c.db, c.log, c.startupParams, params)
-	}
+// What keeps it from finishing (no backend to learn the server's
+// parameters from, a startup parameter the server rejects, no session
+// backend) is answered (refuseLogin).
+func (s *Server) greet(c *clientConn, deadline time.Time) error {
+	params, err := s.loginParams(c.ctx, deadline, c.db, c.log, c.startupParams)
 	if err != nil {
-		return c.srv.refuseLogin(c.conn, err)
+		return s.refuseLogin(c.conn, err)
 	}
+	// Built before bindSession: the backend reader it starts in session
+	// mode may change c.want (trackParameterStatus, under c.mu).
 	buf, _ := (&pgproto3.AuthenticationOk{}).Encode(nil)
-	for k, v := range params {
-		if w, ok := c.want.get(strings.ToLower(k)); ok {
-			v = w.val
-		}
-		buf, _ = (&pgproto3.ParameterStatus{Name: k, Value: v}).Encode(buf)
-	}
-	for k, w := range c.want.vals {
-		if _, reported := params[canonicalParamName(k)]; !reported && isReportedParam(k) {
-			buf, _ = (&pgproto3.ParameterStatus{Name: canonicalParamName(k), Value: w.val}).Encode(buf)
-		}
-	}
+	buf = appendParamStatus(buf, params, c.want)
 	if c.policy.backendAtLogin && c.db.Pool.Free() {
 		// With the pool exhausted, the client is not kept waiting at login
 		// (applications open their pools eagerly): it keeps a minted key
 		// and gets its backend at its first query, as before.
 		if err := c.bindSession(); err != nil {
-			return c.srv.refuseLogin(c.conn, err)
+			return s.refuseLogin(c.conn, err)
 		}
 	}
 	buf, _ = (&pgproto3.BackendKeyData{ProcessID: c.identity.pid, SecretKey: binary.BigEndian.AppendUint32(nil, c.identity.secret)}).Encode(buf)
@@ -266,10 +353,52 @@ func (c *clientConn) greet(deadline time.Time) error {
 	return err
 }
 
+// loginParams is the ParameterStatus set of db's server that a client is
+// greeted with (serverParams), once its startup parameters passed
+// checkStartupParams; ctx is the client's, bounded here by the login
+// deadline, and lg its logger.
+func (s *Server) loginParams(ctx context.Context, deadline time.Time, db *Database, lg *slog.Logger, startup map[string]paramValue) (map[string]string, error) {
+	if !deadline.IsZero() {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, deadline)
+		defer cancel()
+	}
+	params, err := s.serverParams(ctx, db)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.checkStartupParams(ctx, db, lg, startup, params); err != nil {
+		return nil, err
+	}
+	return params, nil
+}
+
+// appendParamStatus appends to buf a ParameterStatus for each of the
+// server's parameters, with the client's own value where it chose one
+// (want), and for each parameter PostgreSQL reports that the client chose
+// and the server did not report.
+func appendParamStatus(buf []byte, server map[string]string, want *paramSet) []byte {
+	for k, v := range server {
+		if w, ok := want.get(strings.ToLower(k)); ok {
+			v = w.val
+		}
+		buf, _ = (&pgproto3.ParameterStatus{Name: k, Value: v}).Encode(buf)
+	}
+	for k, w := range want.vals {
+		if _, reported := server[canonicalParamName(k)]; !reported && isReportedParam(k) {
+			buf, _ = (&pgproto3.ParameterStatus{Name: canonicalParamName(k), Value: w.val}).Encode(buf)
+		}
+	}
+	return buf
+}
+
 // bindSession takes the session-mode client's one backend now and makes
 // its key the client's: pg_backend_pid(), a notification's sender pid and
 // pg_terminate_backend then mean what the client thinks, and a cancel with
-// that key (sent to the proxy, as drivers do) reaches the backend.
+// that key (sent to the proxy, as drivers do) reaches the backend. A step
+// of greet, it stays the client's method: it acquires as the client's
+// first query would (acquire: the wait, the backend, its reader) and logs
+// as the client.
 func (c *clientConn) bindSession() error {
 	// Waiting for a backend is bounded by the pool's acquire timeout, not
 	// by the startup timeout.
