@@ -11,12 +11,13 @@
 // configuration file: the option names its hints show come from
 // Config.OptionName.
 //
-// Each accepted connection is a clientConn (clientConn.go). Its fields
-// marked as guarded by c.mu are shared with a backend reader and cancel
-// requests; the rest belong to the client goroutine. A backend (backend.go)
-// is a pool.Conn plus what the proxy tracks per server session:
-// parameters, prepared statements (statements.go), buffers. It belongs to at
-// most one clientConn at a time, in c.be.
+// Each accepted connection is logged in by the Server (login.go), and is
+// then a clientConn (clientconn.go). Its fields marked as guarded by c.mu
+// are shared with a backend reader and cancel requests; the rest belong to
+// the client goroutine. A backend (backend.go) is a pool.Conn plus what the
+// proxy tracks per server session: parameters, prepared statements
+// (statements.go), buffers. It belongs to at most one clientConn at a time,
+// in c.be.
 //
 // # A client's state, by feature
 //
@@ -45,19 +46,21 @@
 //
 // What stays a clientConn method takes c.mu across several of these,
 // writes to the client, logs as the client or moves the backend; the
-// event loop's steps on a client are the parker's methods (loop.go).
+// event loop's steps on a client are the parker's methods (loop.go), and
+// the login's steps are the Server's (login.go), but for bindSession,
+// which acquires a backend as the client does.
 //
 // # The goroutines of one client
 //
-//   - The client goroutine (started by Serve; serveConn) reads the startup
-//     packet and negotiates client TLS (startup.go, tls.go), authenticates
-//     (auth.go, loginbrake.go), greets, then runs the relay (relay_client.go:
-//     run, process). In transaction mode it relays the common exchange
-//     alone: it writes the request to the backend, reads the replies itself
-//     (relay_server.go: relayInline, relayReplies, routeLocked), writes them to
-//     the client and releases the backend; no other goroutine takes part
-//     and nobody is woken. It ends when the client leaves or is closed
-//     (Shutdown, Close), after finish.
+//   - The client goroutine (started by Serve; serveConn) logs the client in
+//     (login.go): it reads the startup packet and negotiates client TLS
+//     (startup.go, tls.go), authenticates (auth.go, loginbrake.go), greets;
+//     then it runs the relay (relay_client.go: run, process). In transaction
+//     mode it relays the common exchange alone: it writes the request to the
+//     backend, reads the replies itself (relay_server.go: relayInline,
+//     relayReplies, routeLocked), writes them to the client and releases the
+//     backend; no other goroutine takes part and nobody is woken. It ends
+//     when the client leaves or is closed (Shutdown, Close), after finish.
 //   - A backend reader (relay_server.go: backendReader) is started
 //     (startReaderLocked) only where the client may send more while replies
 //     arrive, or the backend may speak while the client goroutine waits on
