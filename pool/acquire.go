@@ -359,12 +359,15 @@ func (p *Pool) validate(ctx context.Context, b *backend, query string, timeout t
 	return false
 }
 
-// Free reports whether an Acquire now would likely not wait: a backend is
-// idle, or there is room to open one, and nobody is queued. It is a hint
-// (another caller may take the backend first), for callers that would
-// rather do without a backend than wait for one.
+// Free reports whether an Acquire now would likely not wait for another
+// caller's release: nobody is queued, and a backend is idle, or there is
+// room to open one, or a connect is in flight (with nobody queued, no
+// waiter is owed it: a warm-up to MinSize, or a waiter that gave up), in
+// which case the Acquire waits only for a connect, as when it opens one.
+// It is a hint (another caller may take the backend first), for callers
+// that would rather do without a backend than wait for one.
 func (p *Pool) Free() bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.waiters.len() == 0 && (len(p.idle) > 0 || p.roomLocked() > 0)
+	return p.waiters.len() == 0 && (len(p.idle) > 0 || p.roomLocked() > 0 || p.opening > 0)
 }

@@ -453,3 +453,54 @@ func TestBusyIsNotGrowing(t *testing.T) {
 		t.Fatal("Busy with idle backends: true")
 	}
 }
+
+// TestFreeCountsConnectsInFlight: Free says an Acquire would not wait for
+// another caller's release. A connect in flight that no waiter is owed
+// (a waiter gave up, or the pool warms up to MinSize) ends in an idle
+// backend, so an Acquire then waits only for that connect, as it would
+// for one it opens itself: Free. A session-mode client logging in while
+// the pool warmed up was otherwise refused its own backend's key.
+func TestFreeCountsConnectsInFlight(t *testing.T) {
+	db := newFakeDB()
+	cfg := testConfig(db, newLogRecorder())
+	cfg.MaxSize = 2
+	p := startPool(t, cfg)
+
+	first := mustAcquire(t, p)
+	gate := make(chan struct{})
+	db.setGate(gate)
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	if _, err := p.Acquire(ctx); err == nil {
+		t.Fatal("Acquire with its connect held back succeeded")
+	}
+	cancel()
+	// The connect the waiter started goes on without it.
+	p.mu.Lock()
+	waiters, opening := p.waiters.len(), p.opening
+	p.mu.Unlock()
+	if waiters != 0 || opening != 1 {
+		t.Fatalf("want no waiter and one connect in flight: %d waiters, %d connects", waiters, opening)
+	}
+	if !p.Free() {
+		t.Fatal("Free with a connect in flight that nobody waits for and no room: false")
+	}
+	// A waiter is owed that connect: the next Acquire would wait.
+	res := acquireAsync(context.Background(), p)
+	waitFor(t, "waiter queued", waiting(p, 1))
+	if p.Free() {
+		t.Fatal("Free with a waiter queued: true")
+	}
+	close(gate)
+	r := <-res
+	if r.err != nil {
+		t.Fatalf("waiter: %v", r.err)
+	}
+	if p.Free() {
+		t.Fatal("Free with both backends held: true")
+	}
+	r.c.Release()
+	if !p.Free() {
+		t.Fatal("Free with an idle backend: false")
+	}
+	first.Release()
+}

@@ -57,7 +57,7 @@ const consoleCommands = "the console understands: SHOW POOLS | CLIENTS | SERVERS
 // RESUME.
 const pauseWait = 30 * time.Second
 
-// lookupAdmin finds a console login: full access or SHOW only. An
+// lookup finds a console login: full access or SHOW only. An
 // unknown user gets known=false and is refused like a wrong password.
 func (a *AdminConfig) lookup(user string) (password string, known, full bool) {
 	if p, ok := a.Users[user]; ok {

@@ -2,6 +2,7 @@
 // (its startup packet, its SETs and RESETs, the server's ParameterStatus)
 // against what its backend has, and the SQL that brings a backend to them
 // at acquire (paramSyncSQL).
+
 package proxy
 
 import (

@@ -6,6 +6,7 @@
 // CloseComplete, errors). The relay (buildMessageLocked, routeOneLocked)
 // calls in here; the methods take the request queue and the backend they
 // work on, so each one's signature says what it touches.
+
 package proxy
 
 import (

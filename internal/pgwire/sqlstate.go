@@ -1,6 +1,6 @@
-// Package pgwire holds the facts of the PostgreSQL wire protocol that more
-// than one package needs. Today that is the SQLSTATE codes the proxy and
-// the pool report to clients, each defined once.
+// SQLSTATE codes: every one the proxy and the pool report to clients,
+// each defined once.
+
 package pgwire
 
 // SQLSTATE codes (PostgreSQL's errcodes.txt names in the comments) of the
