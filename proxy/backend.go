@@ -137,6 +137,25 @@ func (b *backend) settled() bool {
 	return b.in.Start == b.in.End && b.passRemaining == 0 && !b.fatal
 }
 
+// reportBusy tells the pool whether a transaction is open on b, when that
+// changed since it was last told. Session mode: the pool's leak detector
+// times transactions, not the whole session.
+func (b *backend) reportBusy() {
+	if b.busy != b.busyReported {
+		b.busyReported = b.busy
+		b.conn.SetBusy(b.busy)
+	}
+}
+
+// shrinkReplyBuffers gives back what a huge reply grew b's read buffer and
+// b.out to (the reader's own; b.cout is the client goroutine's).
+func (b *backend) shrinkReplyBuffers() {
+	b.in.Shrink(maxKeptBufSize, serverReadBufSize)
+	if cap(b.out) > maxKeptBufSize {
+		b.out = nil
+	}
+}
+
 // noteError counts one ErrorResponse from the server (body without the
 // header). Classes 08 (connection exception), 58 (system error: I/O) and
 // XX (internal error) say something about the backend itself; anything

@@ -143,6 +143,17 @@ func (h *notifyHub) listening(c *clientConn, channel string) bool {
 	return ok
 }
 
+// listenLate makes sure the hub listens for c on each channel of late,
+// those c's backend was found listening on (listenTrack.late): the
+// client expects their notifications. c.mu is not held.
+func (h *notifyHub) listenLate(c *clientConn, late []string) {
+	for _, ch := range late {
+		if !h.listening(c, ch) {
+			h.listen(c, ch)
+		}
+	}
+}
+
 // kickLocked makes the listener apply the changes, starting it if needed.
 func (h *notifyHub) kickLocked() {
 	if h.running {
@@ -404,6 +415,14 @@ func (l *listenTrack) takeNotes() [][]byte {
 	l.notes = nil
 	l.dropped = 0
 	return n
+}
+
+// takeLate returns the channels the backend listened on that the hub may
+// lack (notifyHub.listenLate deals with them once c.mu is let go), or nil.
+func (l *listenTrack) takeLate() []string {
+	late := l.late
+	l.late = nil
+	return late
 }
 
 // flushNotes writes queued notifications when the client is between

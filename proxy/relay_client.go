@@ -139,15 +139,8 @@ func (c *clientConn) process() error {
 			continue
 		}
 		if c.passRemaining == 0 {
-			if c.in.Pending() < pgwire.HeaderLen {
-				c.in.Want = pgwire.HeaderLen
-				return nil
-			}
-			if c.in.Buf[c.in.Start] == pgwire.MsgTerminate {
-				return errClientTerminated
-			}
-			if typ := c.in.Buf[c.in.Start]; !knownFrontendType(typ) {
-				return unknownMessage(c.log, typ)
+			if more, err := checkHead(&c.in, c.log); more || err != nil {
+				return err
 			}
 			if c.srv.draining.Load() {
 				if err := c.drainGate(c.in.Buf[c.in.Start]); err != nil {
@@ -155,67 +148,101 @@ func (c *clientConn) process() error {
 				}
 			}
 		}
-		b := c.heldBackend()
-		if b == nil && c.passRemaining == 0 {
-			if refused, err := c.refuseOversized(); err != nil || refused {
-				if err != nil {
-					return err
-				}
-				continue
-			}
+		b, err := c.backendForRequest()
+		if err != nil {
+			return err
 		}
 		if b == nil {
-			answered, err := c.answerWithoutBackend()
-			if err != nil {
-				return err
-			}
-			if answered {
-				continue
-			}
-			if b, err = c.acquireForRequest(); err != nil {
-				return err
-			}
-			if b == nil { // acquire failed: now discarding
-				continue
-			}
+			continue // refused or answered, or now discarding
 		}
-		from, streaming := c.in.Start, c.passRemaining > 0
-		out, wake, perr := c.build(b)
-		if perr == errBackendMoved {
-			continue
-		}
-		c.recordReplay(b, from, streaming)
-		inline := c.planRelay(b, len(out))
-		var werr error
-		if len(out) > 0 {
-			werr = c.writeBackend(b, out)
-		}
-		b.cout = out[:0]
-		if cap(out) > maxKeptBufSize {
-			b.cout = nil // a huge message passed: let the memory go
-		}
-		probe, readerDone := c.unpin(b, wake)
-		if replayed, err := c.replayAbandon(b, werr); replayed || err != nil {
-			if err != nil {
-				return err
-			}
-			continue // the request goes to another backend
-		}
-		if werr != nil {
-			c.log.Warn("server connection failed while sending", "err", werr)
-			return fmt.Errorf("writing to the server: %w", werr)
-		}
-		if perr != nil {
-			return perr
-		}
-		if c.loop.running {
-			return c.loop.afterSend(b, inline, probe, readerDone) // loop.go: it never waits
-		}
-		if stop, err := c.afterSend(b, inline, probe, readerDone); err != nil || stop {
+		if stop, err := c.forward(b); stop || err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// checkHead looks at the client message at the head of in, the client's
+// buffer, before anything is done for it: more says its header is not all
+// here (in.Want asks for it); err is the client's Terminate
+// (errClientTerminated) or a type no PostgreSQL server accepts
+// (unknownMessage, logged to lg).
+func checkHead(in *pgwire.ReadBuffer, lg *slog.Logger) (more bool, err error) {
+	if in.Pending() < pgwire.HeaderLen {
+		in.Want = pgwire.HeaderLen
+		return true, nil
+	}
+	if in.Buf[in.Start] == pgwire.MsgTerminate {
+		return false, errClientTerminated
+	}
+	if typ := in.Buf[in.Start]; !knownFrontendType(typ) {
+		return false, unknownMessage(lg, typ)
+	}
+	return false, nil
+}
+
+// backendForRequest is the backend the client's next message goes to: the
+// one it holds, else, unless the message is refused before any backend is
+// taken for it (refuseOversized) or answered without one
+// (answerWithoutBackend), one acquired for it (acquireForRequest). nil
+// without an error: there is nothing to send now (refused or answered, or
+// the acquire failed and the request is being discarded).
+func (c *clientConn) backendForRequest() (*backend, error) {
+	if b := c.heldBackend(); b != nil {
+		return b, nil
+	}
+	if c.passRemaining == 0 {
+		if refused, err := c.refuseOversized(); err != nil || refused {
+			return nil, err
+		}
+	}
+	if answered, err := c.answerWithoutBackend(); err != nil || answered {
+		return nil, err
+	}
+	return c.acquireForRequest()
+}
+
+// forward sends b what the client's buffer holds for it and waits for
+// what that needs: build turns the messages into the bytes for b,
+// recordReplay keeps them while b may still be replayed, planRelay says
+// who reads the replies, the write goes out, unpin ends the client
+// reader's use of b, and afterSend (the loop's, on the loop thread) waits
+// for the replies, a probe's answer or backpressure. With stop or err set,
+// process returns err; otherwise it goes on with the buffer: the next
+// message, or the same request again when b went back to the pool before
+// build pinned it (errBackendMoved) or died unanswered (replayAbandon: the
+// request goes to another backend).
+func (c *clientConn) forward(b *backend) (stop bool, err error) {
+	from, streaming := c.in.Start, c.passRemaining > 0
+	out, wake, perr := c.build(b)
+	if perr == errBackendMoved {
+		return false, nil
+	}
+	c.recordReplay(b, from, streaming)
+	inline := c.planRelay(b, len(out))
+	var werr error
+	if len(out) > 0 {
+		werr = c.writeBackend(b, out)
+	}
+	b.cout = out[:0]
+	if cap(out) > maxKeptBufSize {
+		b.cout = nil // a huge message passed: let the memory go
+	}
+	probe, readerDone := c.unpin(b, wake)
+	if replayed, err := c.replayAbandon(b, werr); replayed || err != nil {
+		return false, err // nil: the request goes to another backend
+	}
+	if werr != nil {
+		c.log.Warn("server connection failed while sending", "err", werr)
+		return true, fmt.Errorf("writing to the server: %w", werr)
+	}
+	if perr != nil {
+		return true, perr
+	}
+	if c.loop.running {
+		return true, c.loop.afterSend(b, inline, probe, readerDone) // loop.go: it never waits
+	}
+	return c.afterSend(b, inline, probe, readerDone)
 }
 
 // afterSend waits for what the request just sent to b needs before the
@@ -497,7 +524,6 @@ func (c *clientConn) build(b *backend) (out []byte, wake bool, err error) {
 		out = b.prepared.closeEvicted(&c.q, out)
 	}
 	for c.in.Start < c.in.End {
-		avail := c.in.End - c.in.Start
 		if c.passRemaining == 0 && c.q.len() >= maxPendingRequests {
 			break // backpressure: process waits for replies first
 		}
@@ -507,73 +533,100 @@ func (c *clientConn) build(b *backend) (out []byte, wake bool, err error) {
 			}
 			continue
 		}
-		if avail < pgwire.HeaderLen {
-			c.in.Want = pgwire.HeaderLen
+		var step buildStep
+		out, step, err = c.buildNextLocked(b, out, tx)
+		if step == buildHeld {
+			return out, false, err
+		}
+		if step == buildDone {
 			break
-		}
-		typ, bodyLen := pgwire.ParseHeader(c.in.Buf[c.in.Start:])
-		if pe := checkLength(typ, bodyLen, c.srv.cfg.MaxMessageSize); pe != nil {
-			return out, false, c.protocolViolation(pe)
-		}
-		if !knownFrontendType(typ) {
-			// Not forwarded: the server would end the session over it.
-			// What went out before it is written; the backend is kept
-			// only if its state is known (see finish).
-			return out, false, unknownMessage(c.log, typ)
-		}
-		total := pgwire.HeaderLen + bodyLen
-		if (typ == pgwire.MsgParse || typ == pgwire.MsgBind) && tx && total > c.srv.cfg.MaxClientBuffer && !c.serverSkipping {
-			// Too large to hold whole (max_client_buffer): a Bind is
-			// streamed with its statement renamed, a Parse refused.
-			done := true
-			if typ == pgwire.MsgBind {
-				out, done = c.streamBindLocked(b, out, bodyLen)
-			} else {
-				out = c.refuseInFlightLocked(out, total)
-			}
-			if c.stmts.probe != nil {
-				return out, false, nil // the Bind waits for the probe, unread
-			}
-			if !done {
-				break // the Bind's names are not all here yet
-			}
-			continue
-		}
-		if avail < total && c.policy.needsWhole(typ, bodyLen, c.srv.cfg.MaxClientBuffer) {
-			c.in.Want = total
-			break
-		}
-		c.in.Want = 0
-		if avail < total {
-			// Stream the rest of a message nobody needs to read.
-			if !c.serverSkipping {
-				c.notePartialLocked(typ)
-			}
-			out = append(out, c.in.Buf[c.in.Start:c.in.End]...)
-			c.passRemaining = total - avail
-			c.in.Start = c.in.End
-			continue
-		}
-		msg := c.in.Buf[c.in.Start : c.in.Start+total]
-		c.in.Start += total
-		if c.serverSkipping && typ != pgwire.MsgSync && typ != pgwire.MsgTerminate {
-			// The server discards it unread: no reply, no bookkeeping.
-			out = append(out, msg...)
-			continue
-		}
-		if typ == pgwire.MsgTerminate {
-			c.in.Start -= total
-			return out, c.q.lastIsSynthetic(), nil
-		}
-		out = c.buildMessageLocked(b, out, typ, msg, tx)
-		if c.stmts.probe != nil {
-			// A probe went out in place of this message, which waits for
-			// the answer and is handled again afterwards.
-			c.in.Start -= total
-			return out, false, nil
 		}
 	}
 	return out, c.q.lastIsSynthetic(), nil
+}
+
+// buildStep is what build does once buildNextLocked handled a message.
+type buildStep uint8
+
+const (
+	buildMore buildStep = iota // on to the next message
+	buildDone                  // stop (more client input is needed, or a Terminate waits its turn); wake as the queue says
+	buildHeld                  // stop, with err or with a message waiting for a probe's answer; no wake
+)
+
+// buildNextLocked handles the client message at the head of the buffer,
+// none of which has gone out yet (c.passRemaining is 0), appending to out
+// what b must get for it (tx: transaction mode rewrites statements): it
+// checks the header, streams or refuses a Parse or Bind too large to hold
+// whole, waits for a message it must read whole, streams the rest of one
+// it need not read, and builds a whole one (buildMessageLocked). err is
+// the client's malformed or unknown message. Under c.mu (build).
+func (c *clientConn) buildNextLocked(b *backend, out []byte, tx bool) (_ []byte, step buildStep, err error) {
+	avail := c.in.End - c.in.Start
+	if avail < pgwire.HeaderLen {
+		c.in.Want = pgwire.HeaderLen
+		return out, buildDone, nil
+	}
+	typ, bodyLen := pgwire.ParseHeader(c.in.Buf[c.in.Start:])
+	if pe := checkLength(typ, bodyLen, c.srv.cfg.MaxMessageSize); pe != nil {
+		return out, buildHeld, c.protocolViolation(pe)
+	}
+	if !knownFrontendType(typ) {
+		// Not forwarded: the server would end the session over it.
+		// What went out before it is written; the backend is kept
+		// only if its state is known (see finish).
+		return out, buildHeld, unknownMessage(c.log, typ)
+	}
+	total := pgwire.HeaderLen + bodyLen
+	if c.policy.tooLargeToHold(typ, total, c.srv.cfg.MaxClientBuffer) && !c.serverSkipping {
+		// Too large to hold whole (max_client_buffer): a Bind is
+		// streamed with its statement renamed, a Parse refused.
+		done := true
+		if typ == pgwire.MsgBind {
+			out, done = c.streamBindLocked(b, out, bodyLen)
+		} else {
+			out = c.refuseInFlightLocked(out, total)
+		}
+		if c.stmts.probe != nil {
+			return out, buildHeld, nil // the Bind waits for the probe, unread
+		}
+		if !done {
+			return out, buildDone, nil // the Bind's names are not all here yet
+		}
+		return out, buildMore, nil
+	}
+	if avail < total && c.policy.needsWhole(typ, bodyLen, c.srv.cfg.MaxClientBuffer) {
+		c.in.Want = total
+		return out, buildDone, nil
+	}
+	c.in.Want = 0
+	if avail < total {
+		// Stream the rest of a message nobody needs to read.
+		if !c.serverSkipping {
+			c.notePartialLocked(typ)
+		}
+		out = append(out, c.in.Buf[c.in.Start:c.in.End]...)
+		c.passRemaining = total - avail
+		c.in.Start = c.in.End
+		return out, buildMore, nil
+	}
+	if typ == pgwire.MsgTerminate {
+		return out, buildDone, nil // left in the buffer: process ends the session with it (checkHead)
+	}
+	msg := c.in.Buf[c.in.Start : c.in.Start+total]
+	c.in.Start += total
+	if c.serverSkipping && typ != pgwire.MsgSync {
+		// The server discards it unread: no reply, no bookkeeping.
+		return append(out, msg...), buildMore, nil
+	}
+	out = c.buildMessageLocked(b, out, typ, msg, tx)
+	if c.stmts.probe != nil {
+		// A probe went out in place of this message, which waits for
+		// the answer and is handled again afterwards.
+		c.in.Start -= total
+		return out, buildHeld, nil
+	}
+	return out, buildMore, nil
 }
 
 // waitCancelsLocked waits, without the lock, while a cancel request for
@@ -700,6 +753,15 @@ func (p *modePolicy) needsWhole(typ byte, bodyLen, maxClientBuffer int) bool {
 		return p.rewriteStatements && pgwire.HeaderLen+bodyLen <= maxClientBuffer
 	}
 	return false
+}
+
+// tooLargeToHold reports whether, under policy p, a client message of
+// type typ and total bytes is a Parse or Bind that transaction mode
+// rewrites, and so would hold whole, but that is larger than
+// maxClientBuffer (max_client_buffer): build streams it (a Bind) or
+// refuses it (a Parse) instead.
+func (p *modePolicy) tooLargeToHold(typ byte, total, maxClientBuffer int) bool {
+	return (typ == pgwire.MsgParse || typ == pgwire.MsgBind) && p.rewriteStatements && total > maxClientBuffer
 }
 
 // refuseOversized refuses, before any backend is taken for it, a message

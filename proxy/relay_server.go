@@ -98,13 +98,7 @@ func (c *clientConn) relayInline(b *backend) error {
 		return err
 	}
 	var readErr error
-	deadlineSet := false
-	clearDeadline := func() { // b is still the client's
-		if deadlineSet {
-			b.nc.SetReadDeadline(time.Time{})
-			deadlineSet = false
-		}
-	}
+	var dl inlineDeadline
 	for {
 		stop, err := c.relayReplies(b, readErr, true)
 		if err != nil {
@@ -116,58 +110,19 @@ func (c *clientConn) relayInline(b *backend) error {
 			return c.flushNotes()
 		}
 		c.mu.Lock()
-		if c.be != b {
-			c.mu.Unlock()
+		next, cancelsDone := c.inlineNextLocked(b, &dl)
+		c.mu.Unlock()
+		switch next {
+		case inlineReturn:
 			return nil
-		}
-		if c.reader.copyIn {
-			// The backend waits for COPY data: the client sends it while a
-			// backend reader watches the backend for its verdict.
-			clearDeadline()
-			c.startReaderLocked(b)
-			c.mu.Unlock()
-			return nil
-		}
-		if c.q.len() == 0 && c.cancels.n > 0 && !c.inBatch && c.txStatus == 'I' {
-			// Over, but a cancel request is still being sent to b: it is
-			// released once that is done (serverOpTimeout bounds it).
-			done := c.cancels.done
-			c.mu.Unlock()
+		case inlineAwaitCancels:
 			select {
-			case <-done:
+			case <-cancelsDone:
 			case <-c.ctx.Done():
 				return c.leaveReason()
 			}
 			readErr = nil
 			continue
-		}
-		// Read on while the backend answers without more client input:
-		// requests are outstanding and the last ends in Sync (or a
-		// Query), or a probe's Describe ends in Flush.
-		more := c.q.len() > 0 && (!c.inBatch || c.stmts.probe != nil)
-		if !more {
-			clearDeadline()
-		}
-		if !more && c.in.Start == c.in.End {
-			// The client goes idle holding b (a transaction is open, or
-			// it is pinned): the backend may still speak (a FATAL from
-			// pg_terminate_backend, idle_in_transaction_session_timeout),
-			// and the client must hear it as it would directly. Only a
-			// goroutine of its own can wait on b while this one waits on
-			// the client.
-			c.startReaderLocked(b)
-		}
-		if more && !deadlineSet {
-			// While this goroutine waits on b it does not see the client:
-			// past inlineWait it hands b to a backend reader and goes back
-			// to the client (which may have left, or be pipelining more).
-			// A time limit of this read, not a signal from anyone.
-			deadlineSet = true
-			b.setReadDeadline(time.Now().Add(inlineWait))
-		}
-		c.mu.Unlock()
-		if !more {
-			return nil
 		}
 		b.in.Prepare()
 		n, rerr := b.nc.Read(b.in.Free())
@@ -187,6 +142,84 @@ func (c *clientConn) relayInline(b *backend) error {
 			}
 		}
 		readErr = rerr
+	}
+}
+
+// inlineNext is what relayInline does once relayReplies routed what b
+// sent and b is still held.
+type inlineNext uint8
+
+const (
+	inlineRead         inlineNext = iota // read b on: it answers without more client input
+	inlineReturn                         // back to the client: b is not its any more, a backend reader has it now, or it waits for client input
+	inlineAwaitCancels                   // wait for the cancel requests being sent to b, then look again
+)
+
+// inlineNextLocked decides relayInline's next step on b (see inlineNext),
+// and hands b to a backend reader where only one can wait on it: the
+// backend waits for COPY data, or the client goes idle holding b. dl is
+// relayInline's read deadline on b, set before it reads on and cleared
+// before it leaves b. cancelsDone is closed when the cancel requests being
+// sent to b are done (inlineAwaitCancels). Under c.mu.
+func (c *clientConn) inlineNextLocked(b *backend, dl *inlineDeadline) (next inlineNext, cancelsDone chan struct{}) {
+	if c.be != b {
+		return inlineReturn, nil
+	}
+	if c.reader.copyIn {
+		// The backend waits for COPY data: the client sends it while a
+		// backend reader watches the backend for its verdict.
+		dl.clear(b)
+		c.startReaderLocked(b)
+		return inlineReturn, nil
+	}
+	if c.q.len() == 0 && c.cancels.n > 0 && !c.inBatch && c.txStatus == 'I' {
+		// Over, but a cancel request is still being sent to b: it is
+		// released once that is done (serverOpTimeout bounds it).
+		return inlineAwaitCancels, c.cancels.done
+	}
+	// Read on while the backend answers without more client input:
+	// requests are outstanding and the last ends in Sync (or a
+	// Query), or a probe's Describe ends in Flush.
+	if more := c.q.len() > 0 && (!c.inBatch || c.stmts.probe != nil); !more {
+		dl.clear(b)
+		if c.in.Start == c.in.End {
+			// The client goes idle holding b (a transaction is open, or
+			// it is pinned): the backend may still speak (a FATAL from
+			// pg_terminate_backend, idle_in_transaction_session_timeout),
+			// and the client must hear it as it would directly. Only a
+			// goroutine of its own can wait on b while this one waits on
+			// the client.
+			c.startReaderLocked(b)
+		}
+		return inlineReturn, nil
+	}
+	// While this goroutine waits on b it does not see the client: past
+	// inlineWait it hands b to a backend reader and goes back to the
+	// client (which may have left, or be pipelining more). A time limit
+	// of this read, not a signal from anyone.
+	dl.set(b)
+	return inlineRead, nil
+}
+
+// inlineDeadline is relayInline's read deadline on b (inlineWait), and
+// whether it is set.
+type inlineDeadline struct {
+	on bool
+}
+
+// set sets the deadline inlineWait from now, unless it is set already.
+func (d *inlineDeadline) set(b *backend) {
+	if !d.on {
+		d.on = true
+		b.setReadDeadline(time.Now().Add(inlineWait))
+	}
+}
+
+// clear clears the deadline if it is set. b is still the client's.
+func (d *inlineDeadline) clear(b *backend) {
+	if d.on {
+		b.nc.SetReadDeadline(time.Time{})
+		d.on = false
 	}
 }
 
@@ -224,23 +257,78 @@ func (c *clientConn) startReaderLocked(b *backend) {
 // the client.
 func (c *clientConn) relayReplies(b *backend, readErr error, inline bool) (stop bool, err error) {
 	nc := b.nc
-	lost := func(err error) (bool, error) {
-		c.backendLost(b, err)
-		if inline {
-			return true, errBackendLost
-		}
-		return true, nil
-	}
 	c.mu.Lock()
+	if route, stop, err := c.beforeRouteLocked(b, readErr, inline); !route {
+		return stop, err // c.mu was let go
+	}
+	out, release, rerr := c.routeLocked(b)
+	if rerr == nil && !release && !inline && c.writing {
+		release = c.awaitWriteLocked(b)
+	}
+	if len(out) > 0 {
+		c.replay.armed = false // the client has part of the reply: no replay now
+	}
+	c.wakeDrainedLocked()
+	var send []byte
+	if rerr == nil {
+		if out, send = c.afterTransactionLocked(b, out); send != nil {
+			release = false
+		}
+	}
+	late := c.listen.takeLate()
+	c.mu.Unlock()
+	if len(late) > 0 {
+		c.hub.listenLate(c, late)
+	}
+	if rerr != nil {
+		c.backendLost(b, rerr)
+		return lostReply(inline)
+	}
+	if send != nil {
+		if _, err := nc.Write(send); err != nil {
+			c.mu.Lock()
+			stopping := c.reader.stop
+			c.mu.Unlock()
+			if stopping { // finish closes it: its request is in flight
+				return true, nil
+			}
+			c.backendLost(b, fmt.Errorf("writing to the server: %w", err))
+			return lostReply(inline)
+		}
+	}
+	b.reportBusy()
+	if release {
+		return c.replyAndRelease(b, out, inline)
+	}
+	if len(out) > 0 {
+		if stop, err := c.reply(out, inline); stop {
+			return stop, err
+		}
+	}
+	// A huge reply grew the buffers: in session mode the backend may
+	// stay with this client for hours, so give the memory back now.
+	b.shrinkReplyBuffers()
+	return false, nil
+}
+
+// beforeRouteLocked is relayReplies' look at a read of b (readErr: its
+// error) before anything in it is routed. It runs under c.mu; route says
+// relayReplies goes on, c.mu still held. Otherwise it has let c.mu go and
+// stop and err are relayReplies' answer: the reader was told to stop, or
+// b was abandoned for a replay; kill or closeWith closed b's socket; the
+// first reply of a request kept for a replay says b died before
+// answering, or is not whole yet (read on); or the read failed and b is
+// lost (backendLost).
+func (c *clientConn) beforeRouteLocked(b *backend, readErr error, inline bool) (route, stop bool, err error) {
 	if c.reader.stop || b.replayed {
 		c.mu.Unlock()
-		return true, nil
+		return false, true, nil
 	}
 	if c.reader.severed && readErr != nil && !errors.Is(readErr, os.ErrDeadlineExceeded) {
 		// kill or closeWith closed b's socket: not the backend dying (no
 		// replay, no 08006); the client goes and finish destroys b.
 		c.mu.Unlock()
-		return true, c.leaveReason()
+		return false, true, c.leaveReason()
 	}
 	if c.replay.armed && c.be == b {
 		dead, wait := c.replay.firstReplyLocked(b, readErr)
@@ -252,30 +340,42 @@ func (c *clientConn) relayReplies(b *backend, readErr error, inline bool) (stop 
 			if destroy {
 				c.destroyDead(b)
 			}
-			return dead, nil
+			return false, dead, nil
 		}
 	}
 	if readErr != nil && !errors.Is(readErr, os.ErrDeadlineExceeded) {
 		c.mu.Unlock()
-		return lost(readErr)
+		c.backendLost(b, readErr)
+		stop, err = lostReply(inline)
+		return false, stop, err
 	}
-	out, release, rerr := c.routeLocked(b)
-	if rerr == nil && !release && !inline && c.writing {
-		release = c.awaitWriteLocked(b)
+	return true, false, nil
+}
+
+// lostReply is a reader's answer once backendLost dealt with b: stop;
+// inline, the client goroutine ends with errBackendLost, while a backend
+// reader just stops.
+func lostReply(inline bool) (stop bool, err error) {
+	if inline {
+		return true, errBackendLost
 	}
-	if len(out) > 0 {
-		c.replay.armed = false // the client has part of the reply: no replay now
-	}
-	c.wakeDrainedLocked()
-	var send []byte
-	if rerr == nil && c.idleLocked(b) {
+	return true, nil
+}
+
+// afterTransactionLocked is relayReplies' work between transactions, once
+// routeLocked routed b's replies without error: when the transaction is
+// over and nothing is in flight on b (idleLocked), send is the proxy's
+// own Query to write to b now, if any (sessionTrack.afterTransaction),
+// and b stays held until it is answered; and, with b still idle, the
+// shared listener's queued notifications are appended to out, the bytes
+// for the client (then in b.out). Under c.mu.
+func (c *clientConn) afterTransactionLocked(b *backend, out []byte) (_, send []byte) {
+	if c.idleLocked(b) {
 		// The transaction is over: ask the server about session state
 		// if the client's traffic may have touched it.
-		if send = c.state.afterTransaction(&c.listen, c.want, b, &c.q); send != nil {
-			release = false
-		}
+		send = c.state.afterTransaction(&c.listen, c.want, b, &c.q)
 	}
-	if rerr == nil && len(c.listen.notes) > 0 && c.idleLocked(b) {
+	if len(c.listen.notes) > 0 && c.idleLocked(b) {
 		// Between transactions: deliver the shared listener's
 		// notifications after the ReadyForQuery.
 		o := append(b.out[:0], out...)
@@ -284,49 +384,7 @@ func (c *clientConn) relayReplies(b *backend, readErr error, inline bool) (stop 
 		}
 		b.out, out = o, o
 	}
-	late := c.listen.late
-	c.listen.late = nil
-	c.mu.Unlock()
-	for _, ch := range late {
-		if !c.hub.listening(c, ch) {
-			c.hub.listen(c, ch)
-		}
-	}
-	if rerr != nil {
-		return lost(rerr)
-	}
-	if send != nil {
-		if _, err := nc.Write(send); err != nil {
-			c.mu.Lock()
-			stopping := c.reader.stop
-			c.mu.Unlock()
-			if stopping { // finish closes it: its request is in flight
-				return true, nil
-			}
-			return lost(fmt.Errorf("writing to the server: %w", err))
-		}
-	}
-	if b.busy != b.busyReported {
-		// Session mode: the pool's leak detector times transactions,
-		// not the whole session.
-		b.busyReported = b.busy
-		b.conn.SetBusy(b.busy)
-	}
-	if release {
-		return c.replyAndRelease(b, out, inline)
-	}
-	if len(out) > 0 {
-		if stop, err := c.reply(out, inline); stop {
-			return stop, err
-		}
-	}
-	// A huge reply grew the buffers: in session mode the backend may
-	// stay with this client for hours, so give the memory back now.
-	b.in.Shrink(maxKeptBufSize, serverReadBufSize)
-	if cap(b.out) > maxKeptBufSize {
-		b.out = nil
-	}
-	return false, nil
+	return out, send
 }
 
 // reply writes out, routed replies of b, to the client: one write per read
