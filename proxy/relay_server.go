@@ -564,10 +564,7 @@ func (s *Server) releaseBackend(b *backend, at time.Time) {
 	if b.deadline.Swap(false) {
 		b.nc.SetReadDeadline(time.Time{}) // a backend reader's wake-up may be pending
 	}
-	b.in.Shrink(maxKeptBufSize, serverReadBufSize)
-	if cap(b.out) > maxKeptBufSize {
-		b.out = nil
-	}
+	b.shrinkReplyBuffers()
 	if cap(b.cout) > maxKeptBufSize {
 		b.cout = nil
 	}
