@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"maps"
 	"strings"
 	"sync"
 	"testing"
@@ -341,5 +342,42 @@ func TestTxParamSyncOnce(t *testing.T) {
 				t.Errorf("%d parameter syncs for 10 switches between clients and 2 checks; want at most 13 (a sync before every transaction?)", got)
 			}
 		})
+	}
+}
+
+// TestTxStartupParameterStatus: the ParameterStatus messages a client
+// gets at login, every name and value (drivers read them: pgx and JDBC
+// the encoding and standard_conforming_strings, many the server version),
+// are those PostgreSQL sends a direct connection with the same startup
+// parameters, application_name included when it is empty.
+func TestTxStartupParameterStatus(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	statuses := func(url string, params map[string]string) map[string]string {
+		t.Helper()
+		conn := txConnectConfig(ctx, t, url, func(cfg *pgconn.Config) {
+			for k, v := range params {
+				cfg.RuntimeParams[k] = v
+			}
+		})
+		hc, err := conn.Hijack()
+		if err != nil {
+			t.Fatal(err)
+		}
+		hc.Conn.Close()
+		return hc.ParameterStatuses
+	}
+	for _, mode := range []string{"transaction", "session"} {
+		p := txStartProxy(t, mode, 2)
+		for _, params := range []map[string]string{
+			nil,
+			{"application_name": "startup_app"},
+			{"TimeZone": "America/New_York", "DateStyle": "SQL, DMY", "IntervalStyle": "iso_8601", "client_encoding": "LATIN1"},
+		} {
+			got, want := statuses(txProxyURL(p), params), statuses(txDirectURL(), params)
+			if !maps.Equal(got, want) {
+				t.Errorf("%s mode, startup %v: ParameterStatus through the proxy %v, directly %v", mode, params, got, want)
+			}
+		}
 	}
 }
