@@ -1,3 +1,7 @@
+// The running process (app): the pools, the proxy and the health listener
+// started, signals waited on, the drain, and the start-up check of the
+// open-file limit.
+
 package main
 
 import (

@@ -1,3 +1,6 @@
+// `pgsidecar healthcheck`: GET /health and succeed only on 200, for the
+// distroless image's HEALTHCHECK.
+
 package main
 
 import (

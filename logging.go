@@ -1,3 +1,6 @@
+// The process logger: JSON or text by log.format, passwords redacted,
+// durations written as text in JSON.
+
 package main
 
 import (

@@ -1,3 +1,6 @@
+// SIGHUP: the configuration re-read and what can change applied live
+// (reload).
+
 package main
 
 import "github.com/pgsidecar/pgsidecar/internal/config"

@@ -1,3 +1,7 @@
+// Wiring the configuration into the components: pool.Config and proxy.Config
+// from the options, the console's and HTTP admin's way to the app (control,
+// healthAdmin), the "*" entry's pools (wildcard), and auth.passthrough's pools.
+
 package main
 
 import (

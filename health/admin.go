@@ -1,3 +1,7 @@
+// The operator's HTTP endpoints: the JSON reads (/pools, /clients, /servers)
+// and the writes under /admin/ that need the bearer token (reload, pause,
+// resume, reconnect).
+
 package health
 
 import (

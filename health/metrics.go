@@ -1,3 +1,7 @@
+// /metrics: the Prometheus series, per pool (gauges, counters, state,
+// histograms), for the proxy's client counters and for the build, read from
+// snapshots at scrape time.
+
 package health
 
 import (

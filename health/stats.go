@@ -1,3 +1,6 @@
+// /stats, every pool's snapshot and the client counters with totals over the
+// pools (Totals); and writeJSON, which every endpoint answers with.
+
 package health
 
 import (

@@ -1,3 +1,6 @@
+// Liveness, readiness and health: /livez, /readyz and /health, and how the
+// pools' states fold into one status.
+
 package health
 
 import (

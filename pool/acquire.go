@@ -1,3 +1,7 @@
+// Acquire and its non-waiting forms (TryAcquire, Busy, Free): the idle fast
+// path, the wait in line, and the socket peek and validation query a backend
+// passes before it is handed out.
+
 package pool
 
 import (

@@ -1,3 +1,7 @@
+// The operator's side of a pool: PAUSE, RESUME and RECONNECT, each backend's
+// record for SHOW SERVERS (Backends), and the error counts max_backend_errors
+// retires a backend on.
+
 package pool
 
 import (

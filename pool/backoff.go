@@ -1,3 +1,6 @@
+// Reconnect backoff and backend lifetimes: the doubling, capped delay after
+// failed connects and each backend's MaxLifetime, both with random jitter.
+
 package pool
 
 import (

@@ -1,3 +1,5 @@
+// Backpressure from the server's connection limits (53300).
+
 package pool
 
 import (

@@ -1,3 +1,6 @@
+// Config, one pool's settings: the fields, how hints name them (option), and
+// their validation.
+
 package pool
 
 import (

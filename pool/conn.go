@@ -1,3 +1,7 @@
+// A backend's life in the pool: backend, the holder's handle on one hold of it
+// (Conn: Release, Destroy, SetBusy, leak bookkeeping), and its retirement and
+// close (retireLocked, closeServer).
+
 package pool
 
 import (

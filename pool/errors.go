@@ -1,3 +1,6 @@
+// Acquire's errors: AcquireError, and the SQLSTATE, message and hint of each
+// way an Acquire fails.
+
 package pool
 
 import (

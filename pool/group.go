@@ -1,3 +1,7 @@
+// Group: caps on backends across pools (max_total_connections,
+// max_db_connections), their slots granted to waiters in arrival order, and
+// idle backends evicted for them.
+
 package pool
 
 import (

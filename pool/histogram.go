@@ -1,3 +1,6 @@
+// Duration histograms (acquire wait, transaction duration) over fixed
+// buckets, counted with atomics only, and their snapshots (Histogram).
+
 package pool
 
 import (

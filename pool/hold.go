@@ -1,3 +1,5 @@
+// Holding new transactions while the database restarts (HoldOnRestart).
+
 package pool
 
 import (

@@ -1,3 +1,5 @@
+// The idle check (IdleCheckInterval): a dead database seen without traffic.
+
 package pool
 
 import (

@@ -1,3 +1,7 @@
+// The maintainer, the pool's background goroutine: its tick, one round of
+// upkeep (idle backends retired and peeked, group evictions, the idle check,
+// reconnects, warming to MinSize), and leak reports.
+
 package pool
 
 import (

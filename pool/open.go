@@ -1,3 +1,7 @@
+// Opening backends: the room under MaxSize and the group's caps, connects
+// for waiters (replenishLocked), one connect's outcome, and the failures
+// behind the backoff and the circuit.
+
 package pool
 
 import (

@@ -1,3 +1,7 @@
+// auth.passthrough's login to the server: connecting as a role without its
+// password, with the SCRAM keys recovered from the client's proof
+// (PassthroughConnector, scramClient), over TLS as sslmode and sslcertmode ask.
+
 package pool
 
 import (

@@ -1,3 +1,7 @@
+// The socket peek: a look at an idle backend's socket, without blocking or
+// consuming, that tells whether the server closed it or sent something
+// (peekSocket).
+
 package pool
 
 import (

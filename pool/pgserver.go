@@ -1,3 +1,6 @@
+// PgServer, the Server a pool holds over a pgconn connection, and Connector,
+// which opens and syncs one.
+
 package pool
 
 import (

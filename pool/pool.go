@@ -1,3 +1,6 @@
+// The Pool itself: its fields and lock discipline (later, unlock, the state
+// logs), New, Reconfigure and Close.
+
 package pool
 
 import (

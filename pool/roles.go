@@ -1,3 +1,7 @@
+// Roles: one database's pools per role for auth.passthrough, each opened at
+// the role's first login and connecting with the SCRAM keys of its latest
+// (ScramKeys).
+
 package pool
 
 import (

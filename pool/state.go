@@ -1,3 +1,6 @@
+// The pool's health state machine: the states, the transitions and their
+// reasons (evalStateLocked), and the circuit that opens at UNHEALTHY.
+
 package pool
 
 import (

@@ -1,3 +1,6 @@
+// Stats, a pool's point-in-time snapshot (sizes, counters, retirements,
+// histograms), and the acquire wait record behind its average and p99.
+
 package pool
 
 import (

@@ -1,3 +1,7 @@
+// The wait queue: Acquire's FIFO of waiters, a free backend's hand-off to the
+// oldest waiter, else to the idle stack (putLocked), and every wait ended
+// with an error (failWaitersLocked).
+
 package pool
 
 import "time"

@@ -1,3 +1,7 @@
+// The admin console's logins: admin.users and admin.stats_users resolved to
+// their passwords (AdminLogins), and admin.database checked against the
+// served databases.
+
 package config
 
 import (

@@ -1,3 +1,7 @@
+// Config and its types: the sections' structs (tls.*'s is in tls.go), the
+// values that decode from text (Percent, LogLevel, LogFormat), and the
+// environment's prefix.
+
 package config
 
 import (

@@ -1,3 +1,6 @@
+// Decoding into Config: strict durations, and decode errors and unknown keys
+// reported one "config: key: problem" line each.
+
 package config
 
 import (

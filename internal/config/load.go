@@ -1,3 +1,7 @@
+// Loading the configuration: which file (Path), the sources merged in order
+// of precedence (defaults, file, PGSIDECAR_* environment, DATABASE_URL), and
+// each database's pool overrides resolved.
+
 package config
 
 import (

@@ -1,3 +1,7 @@
+// The option table (Options): each option's key, default, reload behaviour
+// and documentation line; and what derives from it: Defaults, and the field
+// an option's key names (field).
+
 package config
 
 import (

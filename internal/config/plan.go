@@ -1,3 +1,7 @@
+// What a reload changes (Plan): the options that differ, which of them apply
+// live and which need a restart, and the configuration the process runs
+// after it.
+
 package config
 
 import (

@@ -1,3 +1,6 @@
+// Keeping passwords out of output: connection strings redacted for logs and
+// errors (RedactURL), and passwords scrubbed from libraries' error text.
+
 package config
 
 import (

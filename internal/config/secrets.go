@@ -1,3 +1,7 @@
+// Reading files of secrets (password_file, auth.users_file): only regular
+// files, with safe permissions, of at most 1 MiB; and the auth.users
+// entries' password_file read into their passwords.
+
 package config
 
 import (

@@ -1,3 +1,6 @@
+// The sidecar trap: an upstream that is pgsidecar's own listen address is
+// refused (CheckSelfLoop).
+
 package config
 
 import (

@@ -1,3 +1,5 @@
+// SHOW CONFIG: every option with its running value, secrets redacted (Show).
+
 package config
 
 import (

@@ -1,3 +1,6 @@
+// Targets, the databases the proxy serves: resolved from upstream and
+// databases, each with its connection settings, pool settings and logins.
+
 package config
 
 import (

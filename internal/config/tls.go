@@ -1,3 +1,6 @@
+// The tls.* options (TLS between clients and the proxy): their type, their
+// validation, and the certificate, key and CA files loaded.
+
 package config
 
 import (

@@ -1,3 +1,6 @@
+// The login lists' text forms: auth.users and databases.<name>.users as the
+// environment spells them, and auth.users_file's lines.
+
 package config
 
 import (

@@ -1,3 +1,6 @@
+// Validate: every option's value checked, all problems reported at once,
+// each line naming its option.
+
 package config
 
 import (

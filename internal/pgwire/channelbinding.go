@@ -1,3 +1,5 @@
+// SCRAM's mechanism names and tls-server-end-point channel binding.
+
 package pgwire
 
 // channelbinding.go: the SCRAM mechanism names, and the

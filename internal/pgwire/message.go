@@ -1,3 +1,5 @@
+// Message framing and encoders.
+
 package pgwire
 
 // Message framing: type bytes, headers and the encoders for the messages

@@ -1,3 +1,6 @@
+// ReadBuffer: the bytes read from one side and not handled yet, and how its
+// buffer grows and shrinks with the messages.
+
 package pgwire
 
 // ReadBuffer holds bytes read from one side and not handled yet:

@@ -1,3 +1,7 @@
+// Cluster, a throwaway PostgreSQL cluster for tests (create, start, stop,
+// URLs, server log, TLS); also PostgreSQL's programs found (FindClient) and
+// an environment without PG* variables (CleanEnv).
+
 package testpg
 
 import (

@@ -1,3 +1,6 @@
+// Small test helpers: free ports (FreePort, FreeAddr), polling (Eventually)
+// and log capture (LogBuffer).
+
 package testpg
 
 import (
