@@ -1,3 +1,8 @@
+// The admin console: a virtual database answering SHOW, PAUSE, RESUME,
+// RECONNECT, KILL, ... as PgBouncer's "pgbouncer" database does, and the
+// Server's exported operations behind it (Clients, Pools, Servers, Pause,
+// Resume, Reconnect, Kill).
+
 package proxy
 
 import (

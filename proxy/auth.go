@@ -1,3 +1,8 @@
+// Client authentication: the password exchanges a client logs in with
+// (cleartext, md5, SCRAM-SHA-256 and -PLUS, run to the end for unknown
+// users too), and the stored password formats a login may be configured
+// with (md5 hashes, SCRAM verifiers).
+
 package proxy
 
 import (

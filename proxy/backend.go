@@ -1,3 +1,7 @@
+// backend: the proxy's state per server connection, kept with the pooled
+// connection across clients (buffers, tracked parameters and statements,
+// per-hold counts, its socket as the event loop reads it).
+
 package proxy
 
 import (

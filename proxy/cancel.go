@@ -1,3 +1,7 @@
+// Cancel requests: the keys clients cancel with (cancelKeys), and the
+// forwarding of a client's cancel to the backend running its request,
+// which stays pinned to the client meanwhile (cancelPinned, handleCancel).
+
 package proxy
 
 import (

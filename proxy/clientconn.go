@@ -1,3 +1,8 @@
+// clientConn: a client connection's state (clientConn and the small state
+// types it holds), and its life: serveConn's login then session, what
+// connEnd gives back at the end, and the ways a client is made to leave
+// (closeWith, kill).
+
 package proxy
 
 import (

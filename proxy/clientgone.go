@@ -1,3 +1,7 @@
+// A client that left while its request waited for a backend: a
+// non-blocking peek at a socket (peekSocket, which socketHasData uses
+// too), and leftWhileWaiting.
+
 package proxy
 
 import (

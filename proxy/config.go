@@ -1,3 +1,6 @@
+// What a Server is configured with (Config, Database, Wildcard, Mode,
+// AuthMethod) and the counters it reports (Stats).
+
 package proxy
 
 import (

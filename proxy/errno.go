@@ -1,3 +1,6 @@
+// The errno values of descriptor exhaustion (EMFILE, ENFILE) that Serve
+// refuses a client for instead of stopping.
+
 package proxy
 
 import "syscall"

@@ -1,3 +1,5 @@
+// fdTable: the parker's clients by socket descriptor.
+
 package proxy
 
 // fdTable: the parker's clients by socket descriptor, a slice indexed by

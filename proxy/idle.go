@@ -1,3 +1,7 @@
+// The client reader's wait for input without a read buffer or request
+// ring (readClient, the pools they wait in), and its read-deadline
+// wake-ups (signalRead).
+
 package proxy
 
 import (

@@ -1,3 +1,8 @@
+// Recognising DEALLOCATE, DISCARD ALL and RESET ALL (classifyQuery, and
+// needsClassify, the cheap filter before it and parseSetStatement), and,
+// a second concern, the ASCII case-insensitive byte matching the relay's
+// text checks share (skipSpace, hasPrefixFold, containsFold).
+
 package proxy
 
 import "bytes"

@@ -1,3 +1,7 @@
+// The failed-login brake: each failed login from a source address makes
+// that address's next attempt wait longer (loginBrake), and the login's
+// use of it (brakeLogin, brakeFailed).
+
 package proxy
 
 import (

@@ -1,3 +1,6 @@
+// logLimiter: one log line per interval for a repeating event, with a
+// count of those held back.
+
 package proxy
 
 import (

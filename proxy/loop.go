@@ -1,3 +1,7 @@
+// loop: the event loop, the parker's thread relaying transaction mode's
+// small requests itself and handing whatever could wait to a goroutine,
+// with its queue per saturated pool and its reads and writes.
+
 package proxy
 
 import (

@@ -1,3 +1,6 @@
+// loopCache: the loop thread's free lists of read buffers and request
+// rings.
+
 package proxy
 
 import "github.com/pgsidecar/pgsidecar/internal/pgwire"

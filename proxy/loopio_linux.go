@@ -1,3 +1,6 @@
+// The event loop's socket reads and writes on Linux: raw recv(2) and
+// send(2).
+
 package proxy
 
 import (

@@ -1,5 +1,8 @@
 //go:build !linux
 
+// The event loop's socket reads and writes where it is not Linux: plain
+// read(2) and write(2).
+
 package proxy
 
 import "syscall"

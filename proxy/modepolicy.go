@@ -1,3 +1,5 @@
+// modePolicy: what each pool mode decides, one row per Mode.
+
 package proxy
 
 // modePolicy is what a pool mode decides, in one place: every question the

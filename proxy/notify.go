@@ -1,3 +1,7 @@
+// LISTEN / NOTIFY in transaction mode: one shared listener connection per
+// database (notifyHub), the client's LISTEN and UNLISTEN read on their way
+// (preListen), and the queueing and delivery of notifications.
+
 package proxy
 
 import (

@@ -1,3 +1,7 @@
+// Parking: the parker goroutine, and an idle client's goroutine given up
+// (tryPark) and given back (resume, wake, unpark), with the release of
+// memory after a wave of parks.
+
 package proxy
 
 import (

@@ -1,5 +1,7 @@
 //go:build linux
 
+// parkOS on Linux: the parker's epoll set and its stop pipe.
+
 package proxy
 
 import (

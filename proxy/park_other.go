@@ -1,5 +1,8 @@
 //go:build !linux
 
+// Parking's stand-ins without epoll: parking stays off, and the loop's
+// sockets never leave the runtime's poller.
+
 package proxy
 
 import (

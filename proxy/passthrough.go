@@ -1,3 +1,7 @@
+// auth.passthrough: clients log in as their own PostgreSQL roles, checked
+// against the role's SCRAM verifier as looked up in the database
+// (Verifiers), each role in a pool of its own (Passthrough).
+
 package proxy
 
 import (

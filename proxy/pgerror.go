@@ -1,3 +1,6 @@
+// pgError: the proxy's own errors and notices to clients, and their
+// ErrorResponse and NoticeResponse encoding.
+
 package proxy
 
 import (

@@ -1,3 +1,7 @@
+// Poisoning a segment: a Bind the server rejects, sent so that it fails
+// the segment (and the transaction) where the proxy reports an error of
+// its own.
+
 package proxy
 
 import "github.com/pgsidecar/pgsidecar/internal/pgwire"

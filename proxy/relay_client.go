@@ -1,3 +1,8 @@
+// relay_client.go: the requests' side of the relay: the client reader
+// (run, process) reads the client's messages, gets a backend when a
+// transaction starts, rewrites and writes them to it (build), and refuses
+// what it must (size limits, policy reject, discardRequest).
+
 package proxy
 
 import (

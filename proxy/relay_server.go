@@ -1,3 +1,8 @@
+// relay_server.go: the replies' side of the relay: reading a backend
+// (relayInline, or a backendReader), routing its replies to the client,
+// and letting the backend go (release at transaction end, destroy,
+// backendLost, and finish when the client leaves).
+
 package proxy
 
 import (

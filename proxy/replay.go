@@ -1,3 +1,6 @@
+// Replay: the first request of a transaction is sent again on another
+// backend when its own died before answering.
+
 package proxy
 
 import (

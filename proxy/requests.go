@@ -1,3 +1,7 @@
+// The request queue: what the client sent that awaits a reply, in order
+// (requestQueue), which request each reply ends, and what a completed
+// Query changes (applySucceeded).
+
 package proxy
 
 import (

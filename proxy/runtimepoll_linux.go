@@ -1,5 +1,8 @@
 //go:build linux
 
+// runtimePoll: taking the event loop's sockets out of the Go runtime's
+// epoll set, and putting them back.
+
 package proxy
 
 import (

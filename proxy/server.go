@@ -1,3 +1,7 @@
+// Server: the proxy's listener and owner of its clients: New and its
+// checks, Serve (accepting, and refusing at accept), BeginDrain, Shutdown,
+// Close, Reload, Stats, and the client set.
+
 package proxy
 
 import (

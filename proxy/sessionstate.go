@@ -1,3 +1,7 @@
+// Session state in transaction mode: the policy (pin or reject), the scan
+// of the client's SQL, the state check run on the backend, and pinning
+// (PinnedClients).
+
 package proxy
 
 import (

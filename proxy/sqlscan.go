@@ -1,3 +1,5 @@
+// sqlLexer: the SQL lexer the session-state and LISTEN scans run on.
+
 package proxy
 
 // A small SQL lexer, enough to find where statements start and which words

@@ -1,3 +1,7 @@
+// Admission: reading a connection's startup packets, negotiating TLS on
+// the way (admit), and decoding its StartupMessage (parameters, options)
+// or CancelRequest.
+
 package proxy
 
 import (

@@ -1,3 +1,6 @@
+// Client timeouts: the Server's sweeper goroutine, and the cancel or close
+// it applies to a client that overstays.
+
 package proxy
 
 import (

@@ -1,3 +1,7 @@
+// Client TLS: the modes, the loaded setup (NewClientTLS), the handshake
+// (startTLS), the checks at login (tlsCheckLogin) and admit's TLS helpers
+// (errUnencryptedAfterSSL, prefixConn).
+
 package proxy
 
 import (

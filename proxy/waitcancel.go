@@ -1,3 +1,5 @@
+// Cancelling a request that still waits for a backend (waitState).
+
 package proxy
 
 import (
