@@ -72,7 +72,6 @@ func parseName[T ~string](s string, names []T) (T, error) {
 	return "", fmt.Errorf("must be one of %s, got %q", strings.Join(list, ", "), v)
 }
 
-// Database is one database clients may name in their StartupMessage.
 // Wildcard serves any database name on one server, like PgBouncer's "*"
 // entry: the client's own database name is used upstream, with a pool per
 // name opened when a client first asks for it.
@@ -98,6 +97,7 @@ type Wildcard struct {
 	Verifiers *Verifiers
 }
 
+// Database is one database clients may name in their StartupMessage.
 type Database struct {
 	// Name is what clients put in "database".
 	Name string

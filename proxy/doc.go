@@ -150,5 +150,5 @@
 //
 // request: what the client sent that awaits a reply (requests.go), in
 // order. hazard: a statement whose effect is bound to a server session and
-// so does not survive transaction pooling (inspect.go).
+// so does not survive transaction pooling (sessionstate.go).
 package proxy

@@ -13,7 +13,7 @@ type modePolicy struct {
 	// backend is the client's until it leaves.
 	releaseAtTransactionEnd bool
 	// rewriteStatements: prepared statements are the client's, named and
-	// re-prepared per backend by the proxy (prepared.go), so Parse and Bind
+	// re-prepared per backend by the proxy (statements.go), so Parse and Bind
 	// are read whole, and Parse/Close/Sync alone may be answered without a
 	// backend (answerWithoutBackend).
 	rewriteStatements bool
