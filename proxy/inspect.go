@@ -1,11 +1,7 @@
 // Recognising DEALLOCATE, DISCARD ALL and RESET ALL (classifyQuery, and
-// needsClassify, the cheap filter before it and parseSetStatement), and,
-// a second concern, the ASCII case-insensitive byte matching the relay's
-// text checks share (skipSpace, hasPrefixFold, containsFold).
+// needsClassify, the cheap filter before it and parseSetStatement).
 
 package proxy
-
-import "bytes"
 
 import "strings"
 
@@ -64,66 +60,4 @@ func needsClassify(q []byte) bool {
 	q = q[skipSpace(q):]
 	return hasPrefixFold(q, "set ") || hasPrefixFold(q, "reset ") || hasPrefixFold(q, "deallocate ") ||
 		hasPrefixFold(q, "discard ")
-}
-
-func skipSpace(q []byte) int {
-	i := 0
-	for i < len(q) && (q[i] == ' ' || q[i] == '\t' || q[i] == '\n' || q[i] == '\r') {
-		i++
-	}
-	return i
-}
-
-func hasPrefixFold(b []byte, lowerPrefix string) bool {
-	if len(b) < len(lowerPrefix) {
-		return false
-	}
-	for i := 0; i < len(lowerPrefix); i++ {
-		c := b[i]
-		if c >= 'A' && c <= 'Z' {
-			c += 'a' - 'A'
-		}
-		if c != lowerPrefix[i] {
-			return false
-		}
-	}
-	return true
-}
-
-func containsFold(b []byte, lower string) bool {
-	if len(lower) == 0 {
-		return true
-	}
-	end := len(b) - len(lower) + 1 // candidates start before end
-	if end <= 0 {
-		return false
-	}
-	// Candidates start with lower's first letter in either case, found with
-	// bytes.IndexByte (vectorised): most queries hold none of the words
-	// looked for, so this is most of the scan. next[k] is the next
-	// candidate position of either case at or after pos (end: none).
-	cases := [2]byte{lower[0], lower[0]}
-	if c := lower[0]; c >= 'a' && c <= 'z' {
-		cases[1] = c - ('a' - 'A')
-	}
-	next := [2]int{-1, -1}
-	for pos := 0; pos < end; {
-		for k, c := range cases {
-			if next[k] < pos {
-				next[k] = end
-				if n := bytes.IndexByte(b[pos:end], c); n >= 0 {
-					next[k] = pos + n
-				}
-			}
-		}
-		i := min(next[0], next[1])
-		if i >= end {
-			return false
-		}
-		if hasPrefixFold(b[i:], lower) {
-			return true
-		}
-		pos = i + 1
-	}
-	return false
 }

@@ -177,8 +177,3 @@ func (l *sqlLexer) skipDollar() bool {
 	l.i = len(q)
 	return true
 }
-
-// eqFold reports whether word equals lower (ASCII case-insensitive).
-func eqFold(word []byte, lower string) bool {
-	return len(word) == len(lower) && hasPrefixFold(word, lower)
-}
