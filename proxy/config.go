@@ -1,5 +1,5 @@
 // What a Server is configured with (Config, Database, Wildcard, Mode,
-// AuthMethod) and the counters it reports (Stats).
+// AuthMethod).
 
 package proxy
 
@@ -193,42 +193,6 @@ type Config struct {
 // MaxMessageSizeLimit is PostgreSQL's own bound on a protocol message
 // (MaxAllocSize - 1): nothing larger can come from a correct peer.
 const MaxMessageSizeLimit = 1<<30 - 1
-
-// Stats counts the server's clients.
-type Stats struct {
-	ClientsTotal int64 `json:"clients_total"` // connected now
-	// ClientsTLS counts the clients past their StartupMessage on TLS now.
-	ClientsTLS int64 `json:"clients_tls"`
-	// ClientsLoggingIn counts connections accepted and not yet logged in
-	// (MaxStartupConn bounds it).
-	ClientsLoggingIn int64  `json:"clients_logging_in"`
-	ClientsActive    int64  `json:"clients_active"`   // holding a backend now
-	ClientsWaiting   int64  `json:"clients_waiting"`  // waiting for a backend now
-	ClientsAccepted  uint64 `json:"clients_accepted"` // since start
-	ClientsRejected  uint64 `json:"clients_rejected"` // refused (limit, auth, bad startup)
-	AuthFailures     uint64 `json:"auth_failures"`
-	Cancels          uint64 `json:"cancels"` // cancel requests forwarded
-	// LoginsDelayed counts login attempts held back by the failed-login
-	// delay; LoginsThrottled those refused because the wait would outlast
-	// the login timeout.
-	LoginsDelayed   uint64 `json:"logins_delayed"`
-	LoginsThrottled uint64 `json:"logins_throttled"`
-	// CancelsUnknown counts cancel requests whose key matched no client
-	// (dropped; logged at most once per 10 s).
-	CancelsUnknown uint64 `json:"cancels_unknown"`
-	// ClientsPinned hold a backend between transactions because they have
-	// session state on it (transaction mode, pool.session_state pin).
-	ClientsPinned int64 `json:"clients_pinned"`
-	// ClientsParked are idle clients waiting without a goroutine of their
-	// own (plain TCP, transaction mode; see "Memory per idle client").
-	ClientsParked int64 `json:"clients_parked"`
-	// LoopRequests counts requests the event loop relayed without a
-	// goroutine (transaction mode, plain TCP); LoopHandoffs those it handed
-	// to the client's goroutine instead (a backend to wait for, COPY, a
-	// slow reply, a client not reading; see README, "The event loop").
-	LoopRequests uint64 `json:"loop_requests"`
-	LoopHandoffs uint64 `json:"loop_handoffs"`
-}
 
 // option names field in hints: the configuration option that sets it, as
 // OptionName spells it, else the field's own name.
