@@ -618,8 +618,11 @@ func fatalSeverity(e *pgconn.PgError) bool {
 	return sev == "FATAL" || sev == "PANIC"
 }
 
-// isReportedParam lists parameters PostgreSQL reports even when the server
-// we asked did not (application_name is empty on our own backends).
+// isReportedParam lists parameters PostgreSQL reports at startup, which a
+// client that chose one in its startup packet is told even when the
+// server the proxy asked did not report it (appendParamStatus): a pooler
+// in between, say. PostgreSQL itself reports them all, application_name
+// included (pool.NewPgServer keeps its empty default).
 func isReportedParam(k string) bool {
 	switch k {
 	case "application_name", "client_encoding", "datestyle", "intervalstyle", "timezone",

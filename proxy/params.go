@@ -341,15 +341,13 @@ func nextWord(s string) (word, rest string) {
 }
 
 // currentAppName is the client's application_name now, as
-// pg_stat_activity shows it directly: want tracks the reported parameter
-// from the startup packet on (a SET, a RESET, a SET LOCAL that ended), so
-// startup, the startup packet's value, only answers when want has none.
-// Under c.mu (want is the client's).
-func currentAppName(want *paramSet, startup string) string {
-	if v, ok := want.get("application_name"); ok {
-		return v.val
-	}
-	return startup
+// pg_stat_activity shows it directly: want holds it from the startup
+// packet on and follows every SET, RESET and SET LOCAL that ended; a
+// client that never set it has none ("", as directly). Under c.mu (want
+// is the client's).
+func currentAppName(want *paramSet) string {
+	v, _ := want.get("application_name")
+	return v.val
 }
 
 // trackParameterStatus tracks a reported parameter's new value (the

@@ -591,11 +591,11 @@ func (c *clientConn) applyStateCheckLocked(b *backend, sc *stateCheck, failed bo
 	}
 	switch {
 	case has && c.state.pin == nil:
-		c.state.pin = &PinnedClient{Client: c.identity.addr, ApplicationName: currentAppName(c.want, c.identity.appName), Database: c.db.Name, Reasons: reasons, Since: time.Now()}
+		c.state.pin = &PinnedClient{Client: c.identity.addr, ApplicationName: currentAppName(c.want), Database: c.db.Name, Reasons: reasons, Since: time.Now()}
 		c.srv.pinned.Add(1)
 		c.log.Info("client pinned to its server connection: it holds session state", "application_name", c.identity.appName, "state", reasons)
 	case has && c.state.pin.Reasons != reasons:
-		c.state.pin = &PinnedClient{Client: c.identity.addr, ApplicationName: currentAppName(c.want, c.identity.appName), Database: c.db.Name, Reasons: reasons, Since: c.state.pin.Since}
+		c.state.pin = &PinnedClient{Client: c.identity.addr, ApplicationName: currentAppName(c.want), Database: c.db.Name, Reasons: reasons, Since: c.state.pin.Since}
 		c.log.Info("pinned client's session state changed", "application_name", c.identity.appName, "state", reasons)
 	case !has && c.state.pin != nil:
 		c.log.Info("client unpinned: its session state is gone", "application_name", c.identity.appName,
