@@ -518,19 +518,7 @@ func TestAdminHTTP(t *testing.T) {
 	}
 	pid := proxyPID(ctx, t, app)
 
-	get := func(path string, v any) {
-		resp, err := httpClient.Get("http://" + p.HealthAddr + path)
-		if err != nil {
-			t.Fatalf("GET %s: %v", path, err)
-		}
-		defer resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			t.Fatalf("GET %s: %d", path, resp.StatusCode)
-		}
-		if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
-			t.Fatalf("GET %s: %v", path, err)
-		}
-	}
+	get := func(path string, v any) { getJSONInto(t, p, path, v) }
 	var servers []map[string]any
 	get("/servers", &servers)
 	found := false
@@ -752,23 +740,30 @@ func TestAdminClientsApplicationName(t *testing.T) {
 // lists.
 func clientsAppNames(t *testing.T, p *Proxy) []string {
 	t.Helper()
-	resp, err := httpClient.Get("http://" + p.HealthAddr + "/clients")
-	if err != nil {
-		t.Fatalf("GET /clients: %v", err)
-	}
-	defer resp.Body.Close()
 	var clients []struct {
 		ApplicationName string `json:"application_name"`
 	}
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("GET /clients: %d", resp.StatusCode)
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&clients); err != nil {
-		t.Fatalf("GET /clients: %v", err)
-	}
+	getJSONInto(t, p, "/clients", &clients)
 	var names []string
 	for _, c := range clients {
 		names = append(names, c.ApplicationName)
 	}
 	return names
+}
+
+// getJSONInto decodes GET path of p's health listener into v; anything
+// but a 200 with JSON fails t.
+func getJSONInto(t *testing.T, p *Proxy, path string, v any) {
+	t.Helper()
+	resp, err := httpClient.Get("http://" + p.HealthAddr + path)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %d", path, resp.StatusCode)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
 }
