@@ -60,12 +60,20 @@
 #   BENCH_PROFILE_SECONDS [10]   length of each profiled run
 #   BENCH_JOBS [2]               pgbench -j, capped at the client count
 #   BENCH_SCALE [10]  BENCH_POOL_SIZE [20]
+#   BENCH_LATENCY_ROUNDS [8]     rounds of the 1-client latency series
+#                                (direct, pgsidecar, PgBouncer in turn, per
+#                                protocol; added latency = the median over
+#                                rounds of each round's difference with
+#                                direct); 0 skips it and the target falls
+#                                back to the cells' means
+#   BENCH_LATENCY_SECONDS [2]    seconds per run of that series
 #   BENCH_MAX_MINUTES [20]       runs past this are skipped and marked
 #   BENCH_OUT [bin/bench-results.md]  the markdown; logs and the profile go
 #                                to bin/bench-results-logs/
 #   BENCH_PROXY_BIN              use this pgsidecar binary (make bench sets it)
 #   PG_BIN                       PostgreSQL's bin directory
-# Defaults: 11 cells, 27 runs a round, about 9-10 minutes in all.
+# Defaults: 11 cells, 27 runs a round, and the latency series: about
+# 11-12 minutes in all.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -87,6 +95,8 @@ jobs=${BENCH_JOBS:-2}
 scale=${BENCH_SCALE:-10}
 pool_size=${BENCH_POOL_SIZE:-20}
 max_minutes=${BENCH_MAX_MINUTES:-20}
+lat_rounds=${BENCH_LATENCY_ROUNDS:-8}
+lat_secs=${BENCH_LATENCY_SECONDS:-2}
 out_file=${BENCH_OUT:-$root/bin/bench-results.md}
 [[ $out_file == /* ]] || out_file=$PWD/$out_file
 logs_dir=${out_file%.md}-logs
@@ -96,11 +106,12 @@ db=bench
 hz=$(getconf CLK_TCK)
 notes=()
 
-for v in secs rounds idle_clients idle_settle profile_secs jobs scale pool_size max_minutes; do
+for v in secs rounds idle_clients idle_settle profile_secs jobs scale pool_size max_minutes lat_rounds lat_secs; do
 	[[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number, got '${!v}'"
 done
 if [ "$secs" -lt 1 ] || [ "$rounds" -lt 1 ]; then die "BENCH_SECONDS and BENCH_ROUNDS must be at least 1"; fi
 [ "$profile_secs" -ge 4 ] || die "BENCH_PROFILE_SECONDS must be at least 4"
+[ "$lat_secs" -ge 1 ] || die "BENCH_LATENCY_SECONDS must be at least 1"
 [ "$idle_clients" -le 50000 ] || die "BENCH_IDLE_CLIENTS is capped at 50000"
 in_list() { [[ " $2 " == *" $1 "* ]]; }
 has_target() { in_list "$1" "$targets"; }
@@ -517,6 +528,44 @@ for cell in "${cells[@]}"; do
 done
 [ "$skipped" -eq 0 ] || notes+=("BENCH_MAX_MINUTES=$max_minutes was reached: cells without numbers were skipped.")
 
+# --- the latency series -----------------------------------------------------
+# Added latency at 1 client is a difference of two small numbers taken
+# seconds apart on shared cores: a mean over the cells' two rounds moved by
+# 200 µs between runs of the same build. So it has a series of its own:
+# BENCH_LATENCY_ROUNDS short rounds of direct, pgsidecar and PgBouncer at 1
+# client, the order rotated each round, and each pooler's added latency
+# taken within its round (its latency minus direct's in the same round),
+# then the median over rounds, which one noisy round cannot move.
+declare -A lat_round added_round
+if [ "$lat_rounds" -gt 0 ] && has_target direct; then
+	lat_targets=()
+	for t in direct pgsidecar pgbouncer; do has_target "$t" && lat_targets+=("$t"); done
+	log "latency series: ${#lat_targets[@]} targets x $lat_rounds rounds x ${lat_secs}s at 1 client, per protocol"
+	for m in $modes; do
+		for ((r = 0; r < lat_rounds; r++)); do
+			declare -A this_round=()
+			for ((i = 0; i < ${#lat_targets[@]}; i++)); do
+				t=${lat_targets[$(((i + r) % ${#lat_targets[@]}))]}
+				[ "$SECONDS" -lt "$deadline" ] || { skipped=1; continue; }
+				pgbench_run "$t" "$m" 1 "$lat_secs"
+				lat=$(field 'latency average = ')
+				[ "$pg_rc" -eq 0 ] && [ -n "$lat" ] || continue
+				this_round[$t]=$(awk -v l="$lat" 'BEGIN { printf "%.1f", l * 1000 }')
+				lat_round[$t:$m]+="${lat_round[$t:$m]:+ }${this_round[$t]}"
+			done
+			[ -n "${this_round[direct]:-}" ] || continue
+			for t in pgsidecar pgbouncer; do
+				[ -n "${this_round[$t]:-}" ] || continue
+				added_round[$t:$m]+="${added_round[$t:$m]:+ }$(awk -v a="${this_round[$t]}" -v d="${this_round[direct]}" 'BEGIN { printf "%.1f", a - d }')"
+			done
+			unset this_round
+		done
+		for t in pgsidecar pgbouncer; do
+			[ -z "${added_round[$t:$m]:-}" ] || log "latency series: $t $m added µs by round: ${added_round[$t:$m]}"
+		done
+	done
+fi
+
 # --- the profile (BENCH_PROFILE=1) -----------------------------------------
 # The profiled runs are extra, after the measured ones, so profiling never
 # slows a measured run.
@@ -675,6 +724,17 @@ round_ratios() {
 	}'
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-" || b == 0) print "-"; else printf "%.2f", a / b }'; }
+# median LIST: the median of a space-separated list of numbers ("-" when
+# empty); spread LIST: its lowest and highest ("12 to 80").
+median() { tr ' ' '\n' <<<"${1:-}" | grep . | sort -g | awk '{ v[NR] = $1 } END { if (!NR) print "-"; else printf "%+.0f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+spread() { tr ' ' '\n' <<<"${1:-}" | grep . | sort -g | awk '{ v[NR] = $1 } END { if (!NR) print "-"; else printf "%+.0f to %+.0f", v[1], v[NR] }'; }
+# added_us POOLER MODE: the pooler's added latency at 1 client: the
+# latency series' median when it ran, else the cells' mean difference.
+added_us() {
+	if [ -n "${added_round[$1:$2]:-}" ]; then median "${added_round[$1:$2]}"; else
+		diff_us "$(mean_lat_us "1|$1:$2")" "$(mean_lat_us "1|direct:$2")"
+	fi
+}
 diff_us() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-") print "-"; else printf "%+d", a - b }'; }
 failures() {
 	local k=$1 s
@@ -779,6 +839,16 @@ all_of() {
 		d=$(mean_lat_us "1|direct:$m") s=$(mean_lat_us "1|pgsidecar:$m") b=$(mean_lat_us "1|pgbouncer:$m")
 		echo "| $m | $d | $s | $(diff_us "$s" "$d") | $b | $(diff_us "$b" "$d") |"
 	done
+	if [ "${#added_round[@]}" -gt 0 ]; then
+		echo
+		echo "Added latency at 1 client, the latency series: $lat_rounds rounds of ${lat_secs}s, direct, pgsidecar and PgBouncer in turn; each pooler's latency minus direct's in the same round, µs:"
+		echo
+		echo "| protocol | direct, median | pgsidecar: median | range | PgBouncer: median | range |"
+		echo "|---|---:|---:|---|---:|---|"
+		for m in $modes; do
+			echo "| $m | $(median "${lat_round[direct:$m]:-}" | tr -d +) | $(median "${added_round[pgsidecar:$m]:-}") | $(spread "${added_round[pgsidecar:$m]:-}") | $(median "${added_round[pgbouncer:$m]:-}") | $(spread "${added_round[pgbouncer:$m]:-}") |"
+		done
+	fi
 	if [ "$idle_clients" -gt 0 ]; then
 		echo
 		echo "Idle memory: a fresh process, RSS with no client and with $idle_clients idle clients (each ran one SELECT 1):"
@@ -823,11 +893,12 @@ all_of() {
 	echo "| CPU per transaction <= PgBouncer's at 16 and 64 clients | $(all_of "${vs[@]+"${vs[@]}"}") | ${detail:--} |"
 	vs=() detail=""
 	for m in $modes; do
-		a=$(diff_us "$(mean_lat_us "1|pgsidecar:$m")" "$(mean_lat_us "1|direct:$m")")
+		a=$(added_us pgsidecar "$m")
 		vs+=("$(le "$a" 50)")
-		detail+="${detail:+, }$m ${a} µs (PgBouncer $(diff_us "$(mean_lat_us "1|pgbouncer:$m")" "$(mean_lat_us "1|direct:$m")") µs)"
+		detail+="${detail:+, }$m ${a} µs (PgBouncer $(added_us pgbouncer "$m") µs)"
 	done
-	echo "| added latency at 1 client <= 50 µs | $(all_of "${vs[@]+"${vs[@]}"}") | ${detail:--} |"
+	src=""; [ "${#added_round[@]}" -eq 0 ] || src=" (the latency series' medians)"
+	echo "| added latency at 1 client <= 50 µs | $(all_of "${vs[@]+"${vs[@]}"}") | ${detail:--}$src |"
 	vs=() detail=""
 	for c in $prepared_clients; do
 		r=$(ratio "$(mean_tps "$c|pgsidecar:prepared")" "$(mean_tps "$c|pgbouncer:extended")")
