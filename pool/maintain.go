@@ -81,62 +81,88 @@ func (p *Pool) nextTickLocked(now time.Time) time.Duration {
 	return max(d, minTick)
 }
 
-// maintainLocked does one round of upkeep and returns the backends to
-// check for leaks (outside the lock, since Owner.LeakInfo is the proxy's
-// code).
+// maintainLocked does one round of upkeep, in this order, and returns the
+// backends to check for leaks (outside the lock, since Owner.LeakInfo is
+// the proxy's code).
 func (p *Pool) maintainLocked(now time.Time) (leakCandidates []*backend) {
-	cfg := &p.cfg
-
-	// Idle backends, coldest (bottom of the stack) first. Their sockets
-	// are peeked here, under the lock, because only while a backend is in
-	// the idle list does nobody else read it (see peekSocket); a peek is
-	// one non-blocking syscall. So a backend the server closed (shutdown,
-	// pg_terminate_backend, idle_session_timeout) or a firewall reset
-	// leaves the list within a tick, without waiting for a client.
-	keep := p.idle[:0]
-	dead := 0
-	for _, b := range p.idle {
-		switch {
-		case b.expired(cfg, now):
-			p.retireLocked(b, retireLifetime, fmt.Sprintf("lifetime %s reached", fmtDuration(b.lifetime(cfg))), now)
-		case p.open > cfg.MaxSize:
-			p.retireLocked(b, retireIdle, fmt.Sprintf("surplus after max_size shrank to %d", cfg.MaxSize), now)
-		case cfg.NoIdle:
-			p.retireLocked(b, retireIdle, "this database keeps no idle backends", now)
-		case cfg.MaxIdle > 0 && now.Sub(b.idleSince) >= cfg.MaxIdle && p.open > cfg.MinSize:
-			p.retireLocked(b, retireIdle, fmt.Sprintf("idle for %s (max_idle %s)", fmtDuration(now.Sub(b.idleSince)), cfg.MaxIdle), now)
-		default:
-			if err := peekSocket(b.srv.NetConn()); err != nil {
-				dead++
-				p.retireLocked(b, retireValidation, err.Error(), now)
-				continue
-			}
-			keep = append(keep, b)
-		}
-	}
-	clear(p.idle[len(keep):])
-	p.idle = keep
-	// Idle backends another pool of the group is owed (group.go), the
-	// coldest first, whatever min_size says: a role must not starve
-	// behind another's idle backends.
-	if evict := p.cfg.Group.evictions(p, len(p.idle)); len(evict) > 0 {
-		for i, scope := range evict {
-			b := p.idle[i]
-			b.evict = scope
-			p.dropLocked(b, retireIdle, "closed to make room for another pool's waiter (max_db_connections / max_total_connections)")
-		}
-		n := copy(p.idle, p.idle[len(evict):])
-		clear(p.idle[n:])
-		p.idle = p.idle[:n]
-	}
+	dead := p.sweepIdleLocked(now)
+	p.evictForGroupLocked()
 	if p.idleCheckDueLocked(now) {
 		p.spawnIdleCheckLocked()
 	}
-
 	p.endHoldLocked(now)
 	p.stepUpLocked(now, false)
+	p.connectLocked(now, dead)
+	p.evalStateLocked(now)
+	return p.leakCandidatesLocked()
+}
 
-	// Connects: the reconnect attempt while connects fail, else warming to MinSize.
+// sweepIdleLocked retires the idle backends that must go and peeks the
+// others, coldest (bottom of the stack) first; it returns how many peeks
+// found a backend dead. Their sockets are peeked here, under the lock,
+// because only while a backend is in the idle list does nobody else read
+// it (see peekSocket); a peek is one non-blocking syscall. So a backend
+// the server closed (shutdown, pg_terminate_backend,
+// idle_session_timeout) or a firewall reset leaves the list within a
+// tick, without waiting for a client.
+func (p *Pool) sweepIdleLocked(now time.Time) (dead int) {
+	keep := p.idle[:0]
+	for _, b := range p.idle {
+		if reason, why := p.idleRetirementLocked(b, now); why != "" {
+			p.retireLocked(b, reason, why, now)
+			continue
+		}
+		if err := peekSocket(b.srv.NetConn()); err != nil {
+			dead++
+			p.retireLocked(b, retireValidation, err.Error(), now)
+			continue
+		}
+		keep = append(keep, b)
+	}
+	clear(p.idle[len(keep):])
+	p.idle = keep
+	return dead
+}
+
+// idleRetirementLocked says whether idle backend b must be retired now,
+// and why (the log's words); why is "" when it stays.
+func (p *Pool) idleRetirementLocked(b *backend, now time.Time) (retireReason, string) {
+	cfg := &p.cfg
+	switch {
+	case b.expired(cfg, now):
+		return retireLifetime, fmt.Sprintf("lifetime %s reached", fmtDuration(b.lifetime(cfg)))
+	case p.open > cfg.MaxSize:
+		return retireIdle, fmt.Sprintf("surplus after max_size shrank to %d", cfg.MaxSize)
+	case cfg.NoIdle:
+		return retireIdle, "this database keeps no idle backends"
+	case cfg.MaxIdle > 0 && now.Sub(b.idleSince) >= cfg.MaxIdle && p.open > cfg.MinSize:
+		return retireIdle, fmt.Sprintf("idle for %s (max_idle %s)", fmtDuration(now.Sub(b.idleSince)), cfg.MaxIdle)
+	}
+	return retireNone, ""
+}
+
+// evictForGroupLocked closes the idle backends another pool of the group
+// is owed (group.go), the coldest first, whatever min_size says: a role
+// must not starve behind another's idle backends.
+func (p *Pool) evictForGroupLocked() {
+	evict := p.cfg.Group.evictions(p, len(p.idle))
+	if len(evict) == 0 {
+		return
+	}
+	for i, scope := range evict {
+		b := p.idle[i]
+		b.evict = scope
+		p.dropLocked(b, retireIdle, "closed to make room for another pool's waiter (max_db_connections / max_total_connections)")
+	}
+	n := copy(p.idle, p.idle[len(evict):])
+	clear(p.idle[n:])
+	p.idle = p.idle[:n]
+}
+
+// connectLocked starts this round's connects: the reconnect attempt while
+// connects fail, else warming to MinSize. dead is how many idle backends
+// this round's sweep found closed by the server.
+func (p *Pool) connectLocked(now time.Time, dead int) {
 	h := &p.health
 	switch {
 	case h.failures > 0:
@@ -150,33 +176,44 @@ func (p *Pool) maintainLocked(now time.Time) (leakCandidates []*backend) {
 			p.spawnOpenLocked(false)
 		}
 	default:
-		for want := min(cfg.MinSize, cfg.MaxSize) - p.open - p.opening; want > 0 && p.roomLocked() > 0; want-- {
+		p.warmLocked(dead)
+	}
+}
+
+// warmLocked, while connects succeed, opens backends up to MinSize, checks
+// that the database is still there when the server closed every backend,
+// and replenishes what waiters are owed. dead is as for connectLocked.
+func (p *Pool) warmLocked(dead int) {
+	for want := min(p.cfg.MinSize, p.cfg.MaxSize) - p.open - p.opening; want > 0 && p.roomLocked() > 0; want-- {
+		p.spawnOpenLocked(false)
+	}
+	if dead > 0 && p.open == 0 {
+		// The server closed every backend (with MinSize 0 nothing
+		// else would connect): one connect tells whether the
+		// database is still there, so the state stays true. It
+		// waits for room: the closes may still hold their slots.
+		p.recheck = true
+	}
+	if p.recheck && p.opening == 0 && p.roomLocked() > 0 {
+		p.recheck = false
+		if p.open == 0 {
 			p.spawnOpenLocked(false)
 		}
-		if dead > 0 && p.open == 0 {
-			// The server closed every backend (with MinSize 0 nothing
-			// else would connect): one connect tells whether the
-			// database is still there, so the state stays true. It
-			// waits for room: the closes may still hold their slots.
-			p.recheck = true
-		}
-		if p.recheck && p.opening == 0 && p.roomLocked() > 0 {
-			p.recheck = false
-			if p.open == 0 {
-				p.spawnOpenLocked(false)
-			}
-		}
-		p.replenishLocked()
 	}
-	p.evalStateLocked(now)
+	p.replenishLocked()
+}
 
-	if cfg.LeakTimeout > 0 && p.active > 0 {
-		leakCandidates = make([]*backend, 0, p.active)
-		for b := range p.all {
-			leakCandidates = append(leakCandidates, b)
-		}
+// leakCandidatesLocked lists the backends reportLeaks must look at: all of
+// them while any is held and leak_timeout is set, else none.
+func (p *Pool) leakCandidatesLocked() []*backend {
+	if p.cfg.LeakTimeout <= 0 || p.active == 0 {
+		return nil
 	}
-	return leakCandidates
+	held := make([]*backend, 0, p.active)
+	for b := range p.all {
+		held = append(held, b)
+	}
+	return held
 }
 
 // reportLeaks logs, once per busy period, every backend held (or busy,

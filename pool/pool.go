@@ -76,7 +76,7 @@ type Pool struct {
 	lastAlive time.Time
 	checking  bool
 	// recheck: the server closed every backend; connect once to see
-	// whether the database is still there (see maintainLocked).
+	// whether the database is still there (see warmLocked).
 	recheck bool
 	// capUntil: the server refused a connect with 53300; while it is set
 	// the pool's size is capSize, raised one at a time from capUntil on
