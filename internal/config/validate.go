@@ -44,16 +44,44 @@ func (p problems) err() error {
 // naming the option. Secrets never appear in the messages.
 func (c *Config) Validate() error {
 	var p problems
+	c.checkListens(&p)
+	c.checkLimits(&p)
+	seen := c.checkUsers(&p)
+	c.checkReach(&p, seen)
+	c.checkLoginDelay(&p)
+	c.checkPassthrough(&p)
+	c.checkTLS(&p)
 
-	checkListen(&p, "listen", c.Listen)
-	checkListen(&p, "health.listen", c.Health.Listen)
+	if len(p) > 0 {
+		// Databases are checked only once the simple options are right:
+		// their users depend on auth.* being valid.
+		return p.err()
+	}
+	targets, err := c.Targets()
+	if err != nil {
+		return err
+	}
+	if _, _, err := c.AdminLogins(targets); err != nil {
+		return err
+	}
+	return nil
+}
+
+// checkListens validates the two listen addresses.
+func (c *Config) checkListens(p *problems) {
+	checkListen(p, "listen", c.Listen)
+	checkListen(p, "health.listen", c.Health.Listen)
 	if c.Listen == c.Health.Listen && !strings.HasSuffix(c.Listen, ":0") {
 		p.add("health.listen", "must differ from listen (%s)", c.Listen)
 	}
+}
 
-	checkPool(&p, "pool", c.Pool)
+// checkLimits validates the pools (and each database's overrides), the
+// client and message limits and the connection caps.
+func (c *Config) checkLimits(p *problems) {
+	checkPool(p, "pool", c.Pool)
 	for _, name := range slices.Sorted(maps.Keys(c.Databases)) {
-		checkPool(&p, "databases."+name+".pool", c.Databases[name].Pool)
+		checkPool(p, "databases."+name+".pool", c.Databases[name].Pool)
 	}
 	if c.Pool.MaxClientConn < 1 {
 		p.add("pool.max_client_conn", "must be >= 1, got %d", c.Pool.MaxClientConn)
@@ -71,7 +99,7 @@ func (c *Config) Validate() error {
 	if c.MaxClientBuffer < minClientBuffer || c.MaxClientBuffer > proxy.MaxMessageSizeLimit {
 		p.add("max_client_buffer", "must be between %d and %d bytes, got %d", minClientBuffer, proxy.MaxMessageSizeLimit, c.MaxClientBuffer)
 	}
-	checkDuration(&p, "shutdown_timeout", c.ShutdownTimeout)
+	checkDuration(p, "shutdown_timeout", c.ShutdownTimeout)
 	if c.MaxDBConnections < 0 {
 		p.add("max_db_connections", "must be >= 0 (0 = no cap), got %d", c.MaxDBConnections)
 	}
@@ -83,8 +111,12 @@ func (c *Config) Validate() error {
 			p.add("databases."+name+".max_db_connections", "must be >= 0 (0 = no cap), got %d", *n)
 		}
 	}
+}
 
-	seen := map[string]bool{}
+// checkUsers validates each login of auth.users and auth.users_file (a
+// name, once; a password auth.method can check) and returns the names.
+func (c *Config) checkUsers(p *problems) (seen map[string]bool) {
+	seen = map[string]bool{}
 	for i, u := range c.Auth.AllUsers() {
 		key := fmt.Sprintf("auth.users[%d]", i)
 		if i >= len(c.Auth.Users) {
@@ -102,21 +134,34 @@ func (c *Config) Validate() error {
 			// Load read the file into Password; say where it came from.
 			pwKey = key + ".password_file (" + u.PasswordFile + ")"
 		}
-		if u.Password == "" && c.Auth.Method != proxy.AuthTrust {
-			p.add(pwKey, "must not be empty with auth.method %s (only trust accepts users without a password)", c.Auth.Method)
-		}
-		if proxy.IsMD5Hash(u.Password) && c.Auth.Method != proxy.AuthMD5 && c.Auth.Method != proxy.AuthPlain {
-			p.add(pwKey, "is an md5 hash, which only auth.method md5 or plain can check (got %s); "+
-				"for scram-sha-256 give a SCRAM verifier (pgsidecar hash-password) or the password", c.Auth.Method)
-		}
-		if proxy.IsSCRAMVerifier(u.Password) {
-			if c.Auth.Method != proxy.AuthSCRAM {
-				p.add(pwKey, "is a SCRAM verifier, which only auth.method scram-sha-256 can check (got %s)", c.Auth.Method)
-			} else if _, err := proxy.ParseSCRAMVerifier(u.Password); err != nil {
-				p.add(pwKey, "%v", err)
-			}
+		c.checkPassword(p, pwKey, u.Password)
+	}
+	return seen
+}
+
+// checkPassword validates one login's password (or verifier) against
+// auth.method: key names it in the messages, which never quote it.
+func (c *Config) checkPassword(p *problems, key, password string) {
+	if password == "" && c.Auth.Method != proxy.AuthTrust {
+		p.add(key, "must not be empty with auth.method %s (only trust accepts users without a password)", c.Auth.Method)
+	}
+	if proxy.IsMD5Hash(password) && c.Auth.Method != proxy.AuthMD5 && c.Auth.Method != proxy.AuthPlain {
+		p.add(key, "is an md5 hash, which only auth.method md5 or plain can check (got %s); "+
+			"for scram-sha-256 give a SCRAM verifier (pgsidecar hash-password) or the password", c.Auth.Method)
+	}
+	if proxy.IsSCRAMVerifier(password) {
+		if c.Auth.Method != proxy.AuthSCRAM {
+			p.add(key, "is a SCRAM verifier, which only auth.method scram-sha-256 can check (got %s)", c.Auth.Method)
+		} else if _, err := proxy.ParseSCRAMVerifier(password); err != nil {
+			p.add(key, "%v", err)
 		}
 	}
+}
+
+// checkReach validates which logins reach which database: every name in
+// databases.<name>.users must be a login (seen), and without upstream
+// every login must reach some database.
+func (c *Config) checkReach(p *problems, seen map[string]bool) {
 	listed := map[string]bool{}
 	for _, name := range slices.Sorted(maps.Keys(c.Databases)) {
 		// A URL user's own entry reaches its database (Targets reports a
@@ -134,38 +179,25 @@ func (c *Config) Validate() error {
 			}
 		}
 	}
-	if strings.TrimSpace(c.Upstream) == "" {
-		for _, u := range c.Auth.AllUsers() {
-			if u.Name != "" && !listed[u.Name] {
-				p.add("auth.users", "login %q can reach no database: without upstream, a login reaches only the databases whose URL "+
-					"user it is or whose databases.<name>.users lists it", u.Name)
-			}
+	if strings.TrimSpace(c.Upstream) != "" {
+		return
+	}
+	for _, u := range c.Auth.AllUsers() {
+		if u.Name != "" && !listed[u.Name] {
+			p.add("auth.users", "login %q can reach no database: without upstream, a login reaches only the databases whose URL "+
+				"user it is or whose databases.<name>.users lists it", u.Name)
 		}
 	}
+}
 
-	checkDuration(&p, "auth.failed_login_delay", c.Auth.FailedLoginDelay)
-	checkDuration(&p, "auth.failed_login_delay_max", c.Auth.FailedLoginDelayMax)
+// checkLoginDelay validates the failed-login brake's two delays.
+func (c *Config) checkLoginDelay(p *problems) {
+	checkDuration(p, "auth.failed_login_delay", c.Auth.FailedLoginDelay)
+	checkDuration(p, "auth.failed_login_delay_max", c.Auth.FailedLoginDelayMax)
 	if c.Auth.FailedLoginDelay > 0 && c.Auth.FailedLoginDelayMax < c.Auth.FailedLoginDelay {
 		p.add("auth.failed_login_delay_max", "must be >= auth.failed_login_delay (%s), got %s",
 			c.Auth.FailedLoginDelay, c.Auth.FailedLoginDelayMax)
 	}
-
-	c.checkPassthrough(&p)
-	c.checkTLS(&p)
-
-	if len(p) > 0 {
-		// Databases are checked only once the simple options are right:
-		// their users depend on auth.* being valid.
-		return p.err()
-	}
-	targets, err := c.Targets()
-	if err != nil {
-		return err
-	}
-	if _, _, err := c.AdminLogins(targets); err != nil {
-		return err
-	}
-	return nil
 }
 
 // checkPool validates the pool.* options a database may override.
