@@ -1,6 +1,6 @@
-// The socket peek: a look at an idle backend's socket, without blocking or
-// consuming, that tells whether the server closed it or sent something
-// (peekSocket).
+// What a peek at an idle backend's socket means to the pool (peekSocket):
+// internal/sockpeek looks, without blocking or consuming; this file judges
+// whether the server closed the backend or sent something.
 
 package pool
 
@@ -8,7 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"syscall"
+
+	"github.com/pgsidecar/pgsidecar/internal/sockpeek"
 )
 
 // errNotIdle is what peekSocket reports when an idle backend's socket is
@@ -30,45 +31,26 @@ var errNotIdle = errors.New("idle backend is not quiet")
 // The caller must own the backend: peeking a socket another goroutine is
 // reading would wait for that read to finish.
 func peekSocket(nc net.Conn) error {
-	tlsWrapped := false
-	if u, ok := nc.(interface{ NetConn() net.Conn }); ok {
-		nc, tlsWrapped = u.NetConn(), true
-	}
-	sc, ok := nc.(syscall.Conn)
-	if !ok {
-		return nil
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return nil
-	}
-	// Five bytes are a message header: enough to name what is pending.
-	var buf [5]byte
-	var n int
-	var perr error
-	err = rc.Read(func(fd uintptr) bool {
-		n, _, perr = syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		return true // never wait
-	})
-	switch {
-	case errors.Is(err, net.ErrClosed):
+	r := sockpeek.Conn(nc)
+	switch r.State {
+	case sockpeek.ClosedHere:
 		// The net.Conn itself is closed: certainly not usable.
-		return fmt.Errorf("%w: socket closed: %v", errNotIdle, err)
-	case err != nil:
-		// Not peeked (a read deadline left on the socket, say): that says
-		// nothing about the backend; the validation query covers it.
-		return nil
-	case perr == syscall.EAGAIN || perr == syscall.EWOULDBLOCK || perr == syscall.EINTR:
-		return nil
-	case perr != nil:
-		return fmt.Errorf("%w: socket error: %v", errNotIdle, perr)
-	case n == 0:
+		return fmt.Errorf("%w: socket closed: %v", errNotIdle, r.Err)
+	case sockpeek.Failed:
+		return fmt.Errorf("%w: socket error: %v", errNotIdle, r.Err)
+	case sockpeek.EOF:
 		return fmt.Errorf("%w: closed by the server (EOF)", errNotIdle)
-	case tlsWrapped:
-		return nil
-	case buf[0] == 'E':
-		return fmt.Errorf("%w: the server sent an ErrorResponse (a FATAL: terminated, idle_session_timeout or shutdown)", errNotIdle)
-	default:
-		return fmt.Errorf("%w: the server sent an unexpected %q message", errNotIdle, buf[0])
+	case sockpeek.Data:
+		switch {
+		case r.TLS:
+			return nil
+		case r.First == 'E':
+			return fmt.Errorf("%w: the server sent an ErrorResponse (a FATAL: terminated, idle_session_timeout or shutdown)", errNotIdle)
+		}
+		return fmt.Errorf("%w: the server sent an unexpected %q message", errNotIdle, r.First)
 	}
+	// Quiet, or not peeked (no socket, as with test fakes; a read deadline
+	// left on the socket): that says nothing against the backend; the
+	// validation query covers it.
+	return nil
 }

@@ -11,6 +11,8 @@ import (
 	"net"
 	"syscall"
 	"time"
+
+	"github.com/pgsidecar/pgsidecar/internal/sockpeek"
 )
 
 // A client that leaves while its request waits for a backend: the
@@ -41,7 +43,8 @@ const goneCheckAfter = time.Millisecond
 // disconnect (io.EOF), not an error of the proxy's.
 var errClientGone = fmt.Errorf("the client left while its request waited for a server connection: %w", io.EOF)
 
-// socketState is what a non-blocking peek at a socket found.
+// socketState is what a non-blocking peek at a socket found, as the proxy
+// judges it.
 type socketState uint8
 
 const (
@@ -53,41 +56,26 @@ const (
 
 // peekSocket looks at conn's socket without reading or blocking. A TLS
 // connection is looked at underneath, at the TCP level.
-func peekSocket(conn net.Conn) socketState {
-	if u, ok := conn.(interface{ NetConn() net.Conn }); ok {
-		conn = u.NetConn()
-	}
-	sc, ok := conn.(syscall.Conn)
-	if !ok {
-		return socketUnknown
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return socketUnknown
-	}
-	return peekRaw(rc)
-}
+func peekSocket(conn net.Conn) socketState { return judgePeek(sockpeek.Conn(conn)) }
 
 // peekRaw is peekSocket on a socket's RawConn.
-func peekRaw(rc syscall.RawConn) socketState {
-	var buf [1]byte
-	var n int
-	var perr error
-	if err := rc.Read(func(fd uintptr) bool {
-		n, _, perr = syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		return true // never wait
-	}); err != nil {
-		return socketUnknown
-	}
-	switch {
-	case perr == nil && n > 0:
-		return socketData
-	case perr == nil:
-		return socketClosed // end of stream
-	case errors.Is(perr, syscall.ECONNRESET), errors.Is(perr, syscall.EPIPE), errors.Is(perr, syscall.ETIMEDOUT):
-		return socketClosed
-	case perr == syscall.EAGAIN || perr == syscall.EWOULDBLOCK:
+func peekRaw(rc syscall.RawConn) socketState { return judgePeek(sockpeek.Raw(rc)) }
+
+// judgePeek is what a peek says of a client: a reset, a broken pipe or a
+// timeout is as gone as an end of stream; another socket error, or a
+// net.Conn closed here, says nothing either way.
+func judgePeek(r sockpeek.Result) socketState {
+	switch r.State {
+	case sockpeek.Empty:
 		return socketEmpty
+	case sockpeek.Data:
+		return socketData
+	case sockpeek.EOF:
+		return socketClosed
+	case sockpeek.Failed:
+		if errors.Is(r.Err, syscall.ECONNRESET) || errors.Is(r.Err, syscall.EPIPE) || errors.Is(r.Err, syscall.ETIMEDOUT) {
+			return socketClosed
+		}
 	}
 	return socketUnknown
 }
@@ -98,7 +86,7 @@ func peekRaw(rc syscall.RawConn) socketState {
 func (c *clientConn) leftWhileWaiting() bool {
 	var st socketState
 	if c.idle.raw != nil {
-		st = peekRaw(c.idle.raw) // the client's own: no allocation
+		st = peekRaw(c.idle.raw) // the client's own: no RawConn to make
 	} else {
 		st = peekSocket(c.sock)
 	}

@@ -142,10 +142,10 @@
 // backend reader is the goroutine that reads it. probe: a Describe the
 // proxy sends before reusing a statement whose result type may have
 // changed (statements.go), and nothing else in this module; a liveness
-// look at a socket is a peek (peekSocket here for clients, and in package
-// pool for idle backends), the pool's connect while the database is away
-// a reconnect attempt, and Kubernetes' probes are its own (/livez,
-// /readyz). A function whose name ends in Locked runs under c.mu and does
+// look at a socket is a peek (internal/sockpeek; peekSocket here for
+// clients, and in package pool for idle backends), the pool's connect
+// while the database is away a reconnect attempt, and Kubernetes' probes
+// are its own (/livez, /readyz). A function whose name ends in Locked runs under c.mu and does
 // not take it.
 //
 // request: what the client sent that awaits a reply (requests.go), in
