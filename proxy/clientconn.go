@@ -42,10 +42,7 @@ type clientConn struct {
 	// Owned by the client goroutine.
 	startupParams map[string]paramValue
 	in            pgwire.ReadBuffer
-	passRemaining int          // bytes of a message being streamed to the backend
-	passDrop      bool         // ... or dropped (dropRest): the message was refused, an error went out in its place
-	poisoned      bool         // the client broke the protocol: its backend is closed, not reused
-	discard       discardState // acquire failed (or a Parse was refused): drop to Sync / Query
+	stream        clientStream // where the client is in its stream beyond one whole message (clientstream.go)
 
 	// Shared with backendReader and cancel requests, under mu.
 	mu       sync.Mutex
@@ -169,16 +166,6 @@ type readerState struct {
 	// but for the client goroutine's write to be (c.writing), is closed
 	// by unpin when that write is done (awaitWriteLocked).
 	writeDone chan struct{}
-}
-
-// discardState is the client goroutine's dropping of a request that gets
-// only an error: no backend could be had for it, or its Parse was larger
-// than max_client_buffer (refuseOversized).
-type discardState struct {
-	on      bool  // drop messages until Sync / Query
-	query   bool  // the message being dropped is a Query: answer when it ends
-	err     error // why, for the reply (an acquire error)
-	errSent bool  // the error went out already; only 'Z' is owed
 }
 
 // serverOpTimeout bounds each statement the proxy runs on a backend itself

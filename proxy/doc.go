@@ -39,10 +39,15 @@
 //     trackCheckedSettings, over the client's wanted set and the backend;
 //   - sessionTrack and listenTrack (sessionstate.go, notify.go): the
 //     session-state check and LISTEN through the shared listener;
-//   - replayState, waitState, discardState, timeoutState, lastStatement,
-//     idleReader, parkState and loopState: the replay of a first request,
-//     the cancel of a waiting request, the dropping of a refused request,
-//     timeouts, the last statement, the idle wait, parking and the loop.
+//   - clientStream (clientstream.go): where the client goroutine is in the
+//     client's bytes beyond one whole message: a message streamed to the
+//     backend or dropped as it arrives (passOn, dropRest), a refused
+//     request discarded up to its end (discardState), a client that broke
+//     the protocol (protocolViolation); settled says none of these holds;
+//   - replayState, waitState, timeoutState, lastStatement, idleReader,
+//     parkState and loopState: the replay of a first request, the cancel
+//     of a waiting request, timeouts, the last statement, the idle wait,
+//     parking and the loop.
 //
 // What stays a clientConn method takes c.mu across several of these,
 // writes to the client, logs as the client or moves the backend; the

@@ -493,7 +493,7 @@ func (c *clientConn) parkableNow() bool {
 	if c.killed.Load() || c.closeErr.Load() != nil || c.srv.draining.Load() {
 		return false
 	}
-	if c.in.Start != c.in.End || c.passRemaining != 0 || c.discard.on || c.poisoned {
+	if c.in.Start != c.in.End || !c.stream.settled() {
 		return false
 	}
 	c.mu.Lock()

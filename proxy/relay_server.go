@@ -891,7 +891,7 @@ func (c *clientConn) finish() {
 	c.dropBackendLocked()
 	// A cancel still being sent could land on the next holder's query.
 	clean := b != nil && b.settled() && c.q.len() == 0 && !c.inBatch &&
-		c.passRemaining == 0 && !c.poisoned && c.cancels.n == 0 && !severed
+		c.stream.passRemaining == 0 && !c.stream.poisoned && c.cancels.n == 0 && !severed
 	status := c.txStatus
 	inFlight := c.q.len() > 0
 	pinned := c.state.pin != nil || c.state.dirty || c.state.paramsDirty

@@ -238,8 +238,8 @@ func TestBuildRejectsBadLength(t *testing.T) {
 		c.in.End = len(msg)
 		_, _, err := c.build(b)
 		var pe *pgError
-		if !errors.As(err, &pe) || pe.Code != pgwire.CodeProtocolViolation || !c.poisoned {
-			t.Fatalf("length %d: got %v (poisoned %v), want a 08P01 protocol violation", l, err, c.poisoned)
+		if !errors.As(err, &pe) || pe.Code != pgwire.CodeProtocolViolation || !c.stream.poisoned {
+			t.Fatalf("length %d: got %v (poisoned %v), want a 08P01 protocol violation", l, err, c.stream.poisoned)
 		}
 	}
 }
@@ -787,7 +787,7 @@ func feed(c *clientConn, b *backend, client []byte, chunk int, server []byte) {
 		if err != nil {
 			return
 		}
-		if c.passRemaining == 0 && c.in.Start < c.in.End && c.in.Buf[c.in.Start] == pgwire.MsgTerminate {
+		if c.stream.passRemaining == 0 && c.in.Start < c.in.End && c.in.Buf[c.in.Start] == pgwire.MsgTerminate {
 			return // process() ends the client here
 		}
 	}
