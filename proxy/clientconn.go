@@ -40,9 +40,8 @@ type clientConn struct {
 	cancel context.CancelFunc
 
 	// Owned by the client goroutine.
-	startupParams map[string]paramValue
-	in            pgwire.ReadBuffer
-	stream        clientStream // where the client is in its stream beyond one whole message (clientstream.go)
+	in     pgwire.ReadBuffer
+	stream clientStream // where the client is in its stream beyond one whole message (clientstream.go)
 
 	// Shared with backendReader and cancel requests, under mu.
 	mu       sync.Mutex
@@ -52,7 +51,7 @@ type clientConn struct {
 	writing  bool             // the client reader is writing to the backend: it stays held
 	txStatus byte             // from the last ReadyForQuery
 	cancels  cancelTrack      // cancel requests being sent to the backend: it stays held (cancel.go)
-	want     *paramSet        // the session parameters the client set (params.go)
+	params   clientParams     // the session parameters the client expects, and its startup packet's (params.go)
 	stmts    clientStatements // the client's statements (statements.go)
 	reader   readerState      // who reads be (relay_server.go)
 	// replacement is a message routeOneLocked wants sent instead of the one it

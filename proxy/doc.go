@@ -35,8 +35,9 @@
 //   - clientStatements (statements.go): the client's statements and the
 //     rewriting of Parse/Bind/Describe/Close; a backend's own side is its
 //     preparedSet;
-//   - parameters (params.go): trackParameterStatus, trackParamChange and
-//     trackCheckedSettings, over the client's wanted set and the backend;
+//   - clientParams (params.go): the values the client expects and its
+//     startup packet's; trackParameterStatus, trackParamChange and
+//     trackCheckedSettings track a change on the backend and in them;
 //   - sessionTrack and listenTrack (sessionstate.go, notify.go): the
 //     session-state check and LISTEN through the shared listener;
 //   - clientStream (clientstream.go): where the client goroutine is in the

@@ -416,11 +416,11 @@ func (c *clientConn) takeBackend(conn pool.Conn) *backend {
 	c.replay.armLocked(c.now())
 	b.unnamedOwner = nil
 	c.txStatus = 'I'
-	if !paramsInSync(c.want, b.params, b.defaults) {
+	if !paramsInSync(c.params.want, b.params, b.defaults) {
 		// The backend's values change only if the SETs succeed: they run
 		// as one implicit transaction, all or nothing.
 		next := maps.Clone(b.params.vals)
-		sql := paramSyncSQL(c.want, next, b.defaults)
+		sql := paramSyncSQL(c.params.want, next, b.defaults)
 		c.log.Debug("bringing the server connection to the client's parameters", "sql", sql)
 		b.cout = pgwire.AppendQuery(b.cout[:0], sql)
 		c.q.push(request{kind: reqQuery, swallow: true, syncTo: next})

@@ -378,7 +378,7 @@ func (c *clientConn) afterTransactionLocked(b *backend, out []byte) (_, send []b
 	if c.idleLocked(b) {
 		// The transaction is over: ask the server about session state
 		// if the client's traffic may have touched it.
-		send = c.state.afterTransaction(&c.listen, c.want, b, &c.q)
+		send = c.state.afterTransaction(&c.listen, c.params.want, b, &c.q)
 	}
 	if len(c.listen.notes) > 0 && c.idleLocked(b) {
 		// Between transactions: deliver the shared listener's
@@ -747,7 +747,7 @@ func (c *clientConn) routeOneLocked(b *backend, typ byte, msg []byte) (swallow b
 	case pgwire.MsgErrorResponse:
 		return c.errorResponseLocked(b, msg), nil
 	case pgwire.MsgParameterStatus:
-		swallow, c.replacement = trackParameterStatus(c.want, c.startupParams, b, head, msg, c.replacement)
+		swallow, c.replacement = c.params.trackParameterStatus(b, head, msg, c.replacement)
 		return swallow, nil
 
 	case pgwire.MsgCopyInResponse, pgwire.MsgCopyBothResponse:
@@ -823,7 +823,7 @@ func (c *clientConn) readyForQueryLocked(b *backend, msg []byte) (swallow bool, 
 		c.state.endCheck()
 	}
 	if !r.failed {
-		r.applySucceeded(b, c.want, c.startupParams, &c.stmts)
+		r.applySucceeded(b, &c.params, &c.stmts)
 	} else if r.syncTo != nil {
 		c.log.Warn("bringing a server connection to the client's session parameters failed; the client sees the error")
 	}
