@@ -79,16 +79,33 @@ type clientConn struct {
 
 	last lastStatement // the statement the client sent last (inspect)
 
-	killed atomic.Bool
-	idle   idleReader // the client reader's buffer-less wait (idle.go)
-	park   parkState  // parking while idle, without a goroutine (park.go)
-	loop   loopState  // requests relayed by the parker's loop (loop.go)
-	// closeErr, once set (closeWith), is why the client must go: the drain
-	// deadline or a timeout. The client reader returns it at its next wake.
-	closeErr atomic.Pointer[pgError]
+	leave leaveState // why the client must go now (closeWith, kill)
+	idle  idleReader // the client reader's buffer-less wait (idle.go)
+	park  parkState  // parking while idle, without a goroutine (park.go)
+	loop  loopState  // requests relayed by the parker's loop (loop.go)
 
 	timeouts timeoutState // what the client timeouts watch (timeouts.go)
 	wait     waitState    // a cancel request for the waiting request (waitcancel.go; under mu)
+}
+
+// leaveState is why a client must go now: set by any goroutine (closeWith,
+// kill), read by whoever runs the client, which then leaves (reason).
+type leaveState struct {
+	// err, once set (closeWith), is why the client must go: the drain
+	// deadline or a timeout. The client reader returns it at its next wake.
+	err    atomic.Pointer[pgError]
+	killed atomic.Bool // kill: the client is closed, and nothing more is told to it
+}
+
+// reason is why the client must go now (closeWith, kill), or nil.
+func (l *leaveState) reason() error {
+	if pe := l.err.Load(); pe != nil {
+		return pe
+	}
+	if l.killed.Load() {
+		return net.ErrClosed
+	}
+	return nil
 }
 
 // clientIdentity is who the client is, as the admin console, the logs and
@@ -281,13 +298,13 @@ func (s *Server) session(c *clientConn) (parked bool) {
 	}
 	start := c.identity.since
 	c.finish()
-	if pe := c.closeErr.Load(); pe != nil {
+	if pe := c.leave.err.Load(); pe != nil {
 		// Told to go (drain deadline, a timeout): whatever the reader was
 		// doing when it was woken, the client learns why.
 		err = pe
 	}
 	var pe *pgError
-	if errors.As(err, &pe) && !c.killed.Load() {
+	if errors.As(err, &pe) && !c.leave.killed.Load() {
 		// No backend reader runs any more: nothing else writes to the client.
 		conn.SetWriteDeadline(time.Now().Add(time.Second))
 		conn.Write(pe.appendTo(nil))
@@ -341,14 +358,14 @@ func (c *clientConn) poke() {
 // returns its backend (or closes it when a request is still in flight), and
 // serveConn sends pe. The first reason given wins.
 func (c *clientConn) closeWith(pe *pgError) {
-	c.closeErr.CompareAndSwap(nil, pe)
+	c.leave.err.CompareAndSwap(nil, pe)
 	c.cancel() // a reader waiting for a backend or a probe stops waiting
 	// Waiting for the client's next message: a read deadline wakes it (a
 	// parked client gets its goroutine back, which sees the deadline).
 	c.wake()
 	// Reading the backend's reply itself (relayInline): closing the
 	// backend's socket ends that read; finish cancels the query and
-	// destroys the backend. (relayInline checks closeErr after setting
+	// destroys the backend. (relayInline checks leave.err after setting
 	// inline, under c.mu, so one of the two sees the other.)
 	c.mu.Lock()
 	c.severBackendLocked(c.reader.inline)
@@ -360,7 +377,7 @@ func (c *clientConn) closeWith(pe *pgError) {
 
 // kill ends the client at once (Server.Close or a drain that ran out of time).
 func (c *clientConn) kill() {
-	c.killed.Store(true)
+	c.leave.killed.Store(true)
 	c.cancel()
 	c.srv.park.unpark(c) // before the Close: a parked socket is never closed (park.go)
 	c.conn.Close()

@@ -45,10 +45,11 @@
 //     backend or dropped as it arrives (passOn, dropRest), a refused
 //     request discarded up to its end (discardState), a client that broke
 //     the protocol (protocolViolation); settled says none of these holds;
-//   - replayState, waitState, timeoutState, lastStatement, idleReader,
-//     parkState and loopState: the replay of a first request, the cancel
-//     of a waiting request, timeouts, the last statement, the idle wait,
-//     parking and the loop.
+//   - replayState, waitState, timeoutState, lastStatement, leaveState,
+//     idleReader, parkState and loopState: the replay of a first request,
+//     the cancel of a waiting request, timeouts, the last statement, why
+//     the client must go (leaveState.reason), the idle wait, parking and
+//     the loop.
 //
 // What stays a clientConn method takes c.mu across several of these,
 // writes to the client, logs as the client or moves the backend; the

@@ -490,7 +490,7 @@ func (c *clientConn) settledLocked() bool {
 // gives the request ring back to its pool when so. Under parker.mu, on
 // the client reader's goroutine.
 func (c *clientConn) parkableNow() bool {
-	if c.killed.Load() || c.closeErr.Load() != nil || c.srv.draining.Load() {
+	if c.leave.reason() != nil || c.srv.draining.Load() {
 		return false
 	}
 	if c.in.Start != c.in.End || !c.stream.settled() {

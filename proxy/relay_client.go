@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
-	"net"
 	"os"
 	"time"
 
@@ -53,18 +52,18 @@ func (c *clientConn) run() error {
 			c.timeouts.reads.Add(1) // activity, for the idle timeouts
 		}
 		if err != nil {
-			if !errors.Is(err, os.ErrDeadlineExceeded) || c.killed.Load() {
+			if !errors.Is(err, os.ErrDeadlineExceeded) || c.leave.killed.Load() {
 				return err
 			}
 			// A wake-up: the drain or a timeout wants this client looked at.
-			if pe := c.closeErr.Load(); pe != nil {
+			if pe := c.leave.err.Load(); pe != nil {
 				return pe
 			}
 			if c.srv.draining.Load() && c.stream.passRemaining == 0 && c.betweenTransactions() {
 				return errDraining()
 			}
 			c.idle.clearReadSignal(c.conn)
-			if pe := c.closeErr.Load(); pe != nil {
+			if pe := c.leave.err.Load(); pe != nil {
 				return pe // set between the look above and the reset
 			}
 			// Or notifications to deliver (after the reset, so a later one
@@ -99,10 +98,9 @@ func (c *clientConn) drainGate(typ byte) error {
 			return errDraining()
 		case !pipelined:
 			return nil // inside a transaction, or part of a request under way
-		case c.closeErr.Load() != nil:
-			return c.closeErr.Load()
-		case c.killed.Load():
-			return net.ErrClosed
+		}
+		if err := c.leave.reason(); err != nil {
+			return err // told to go meanwhile (closeWith, kill)
 		}
 		time.Sleep(drainPoll / 10) // only while draining, a few times per request
 	}
@@ -367,7 +365,7 @@ func (c *clientConn) acquire() (*backend, error) {
 		return nil, errWaitCanceled
 	}
 	if err != nil {
-		if c.killed.Load() || errors.Is(err, context.Canceled) {
+		if c.leave.killed.Load() || errors.Is(err, context.Canceled) {
 			return nil, errDraining()
 		}
 		c.log.Warn("no server connection for client", "err", err)

@@ -9,7 +9,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"strings"
 	"time"
@@ -99,7 +98,7 @@ func (c *clientConn) relayInline(b *backend) error {
 	// closeWith and kill close b's socket while c.reader.inline is set (a Close is
 	// the only honest way to end a blocked read); a reason set before that
 	// is seen here.
-	if err := c.leaveReason(); err != nil {
+	if err := c.leave.reason(); err != nil {
 		return err
 	}
 	var readErr error
@@ -124,7 +123,7 @@ func (c *clientConn) relayInline(b *backend) error {
 			select {
 			case <-cancelsDone:
 			case <-c.ctx.Done():
-				return c.leaveReason()
+				return c.leave.reason()
 			}
 			readErr = nil
 			continue
@@ -133,7 +132,7 @@ func (c *clientConn) relayInline(b *backend) error {
 		n, rerr := b.nc.Read(b.in.Free())
 		b.in.End += n
 		if rerr != nil {
-			if err := c.leaveReason(); err != nil {
+			if err := c.leave.reason(); err != nil {
 				return err
 			}
 			if errors.Is(rerr, os.ErrDeadlineExceeded) {
@@ -235,17 +234,6 @@ func (d *inlineDeadline) clear(b *backend) {
 // after this long costs nothing that matters.
 const inlineWait = 100 * time.Millisecond
 
-// leaveReason is why the client must go now (closeWith, kill), or nil.
-func (c *clientConn) leaveReason() error {
-	if pe := c.closeErr.Load(); pe != nil {
-		return pe
-	}
-	if c.killed.Load() {
-		return net.ErrClosed
-	}
-	return nil
-}
-
 // startReaderLocked starts the backend reader on b, which the client holds.
 // Under c.mu.
 func (c *clientConn) startReaderLocked(b *backend) {
@@ -333,7 +321,7 @@ func (c *clientConn) beforeRouteLocked(b *backend, readErr error, inline bool) (
 		// kill or closeWith closed b's socket: not the backend dying (no
 		// replay, no 08006); the client goes and finish destroys b.
 		c.mu.Unlock()
-		return false, true, c.leaveReason()
+		return false, true, c.leave.reason()
 	}
 	if c.replay.armed && c.be == b {
 		dead, wait := c.replay.firstReplyLocked(b, readErr)
@@ -485,7 +473,7 @@ func (c *clientConn) releaseAtTransactionEnd(b *backend, inline bool) (stop bool
 	}
 	if c.reader.severed {
 		c.mu.Unlock()
-		return true, c.leaveReason()
+		return true, c.leave.reason()
 	}
 	c.dropBackendLocked()
 	c.state.endCheck()
@@ -614,7 +602,7 @@ func (c *clientConn) backendLost(b *backend, err error) {
 		return
 	}
 	c.destroyBackend(b, "server connection failed: "+err.Error())
-	if stopping || c.killed.Load() {
+	if stopping || c.leave.killed.Load() {
 		return // the client is leaving: nobody to tell
 	}
 	if b.fatal {
@@ -904,7 +892,7 @@ func (c *clientConn) finish() {
 	if !severed {
 		nc.SetDeadline(time.Time{})
 	}
-	if !clean || c.killed.Load() {
+	if !clean || c.leave.killed.Load() {
 		if inFlight {
 			// Closing the socket alone leaves the query running on the
 			// server until it next writes; cancel it so the backend ends now.
