@@ -53,14 +53,7 @@ type clientConn struct {
 	cancels  cancelTrack      // cancel requests being sent to the backend: it stays held (cancel.go)
 	params   clientParams     // the session parameters the client expects, and its startup packet's (params.go)
 	stmts    clientStatements // the client's statements (statements.go)
-	reader   readerState      // who reads be (relay_server.go)
-	// replacement is a message routeOneLocked wants sent instead of the one it
-	// swallowed (nil when none).
-	replacement []byte
-	// drained is closed by the backend reader once the requests awaiting a
-	// reply fall to half of maxPendingRequests (nil unless the client
-	// reader waits for that: backpressure).
-	drained chan struct{}
+	reader   readerState      // who reads be, and its hand-overs with the client reader (relay_server.go)
 	// serverSkipping: an extended-protocol error came back before the
 	// client's Sync was sent; the server discards everything up to it.
 	serverSkipping bool
@@ -163,13 +156,17 @@ type listenTrack struct {
 	late            []string // channels the backend listened on that the hub may lack
 }
 
-// readerState says who reads the client's backend, c.be. Under c.mu.
+// readerState says who reads the client's backend, c.be, and holds what
+// its reader, whichever it is, shares with the client reader: the
+// hand-overs between the two (writeDone, drained) and the reply routing
+// put in place of one it swallowed (replacement). Under c.mu.
 type readerState struct {
 	// async: a backend reader (backendReader) reads be until be is released
 	// or lost; done is closed when that reader ends; stop tells it to stop
-	// and leave be to finish.
-	async bool
+	// and leave be to finish. (done first: the flags after it pack into
+	// one word.)
 	done  chan struct{}
+	async bool
 	stop  bool
 	// inline: the client goroutine reads be itself (relayInline).
 	inline bool
@@ -182,6 +179,13 @@ type readerState struct {
 	// but for the client goroutine's write to be (c.writing), is closed
 	// by unpin when that write is done (awaitWriteLocked).
 	writeDone chan struct{}
+	// drained is closed by be's reader once the requests awaiting a reply
+	// fall to half of maxPendingRequests (wakeDrainedLocked; nil unless
+	// the client reader waits for that: backpressure).
+	drained chan struct{}
+	// replacement is a message routeOneLocked wants sent instead of the
+	// one it swallowed (nil when none).
+	replacement []byte
 }
 
 // serverOpTimeout bounds each statement the proxy runs on a backend itself

@@ -482,7 +482,7 @@ func (c *clientConn) tryPark(hot bool) bool {
 // event loop's requests (loopableNow) both need it. Under c.mu.
 func (c *clientConn) settledLocked() bool {
 	return c.be == nil && c.q.len() == 0 && !c.inBatch && len(c.listen.notes) == 0 && !c.replay.pending &&
-		c.state.pin == nil && c.state.checkWait == nil && c.stmts.probe == nil && c.cancels.n == 0 && c.drained == nil
+		c.state.pin == nil && c.state.checkWait == nil && c.stmts.probe == nil && c.cancels.n == 0 && c.reader.drained == nil
 }
 
 // parkableNow reports whether the client may park: nothing of it is in

@@ -277,7 +277,7 @@ func (c *clientConn) backpressure(b *backend) error {
 		return nil
 	}
 	drained := make(chan struct{})
-	c.drained = drained
+	c.reader.drained = drained
 	readerDone := c.reader.done
 	c.mu.Unlock()
 	if _, err := b.nc.Write(pgwire.FlushMessage); err != nil {
@@ -299,11 +299,12 @@ func (c *clientConn) backpressure(b *backend) error {
 }
 
 // wakeDrainedLocked ends the client reader's backpressure wait once half
-// the pending requests are answered. Runs under c.mu.
-func (c *clientConn) wakeDrainedLocked() {
-	if c.drained != nil && c.q.len() <= maxPendingRequests/2 {
-		close(c.drained)
-		c.drained = nil
+// the pending requests are answered: pending is how many await a reply
+// now. Runs under c.mu.
+func (r *readerState) wakeDrainedLocked(pending int) {
+	if r.drained != nil && pending <= maxPendingRequests/2 {
+		close(r.drained)
+		r.drained = nil
 	}
 }
 

@@ -261,7 +261,7 @@ func (c *clientConn) relayReplies(b *backend, readErr error, inline bool) (stop 
 	if len(out) > 0 {
 		c.replay.armed = false // the client has part of the reply: no replay now
 	}
-	c.wakeDrainedLocked()
+	c.reader.wakeDrainedLocked(c.q.len())
 	var send []byte
 	if rerr == nil {
 		if out, send = c.afterTransactionLocked(b, out); send != nil {
@@ -688,9 +688,9 @@ func (c *clientConn) routeLocked(b *backend) (out []byte, release bool, err erro
 		n := min(total, end-pos)
 		if swallow {
 			edit()
-			if c.replacement != nil {
-				o = append(o, c.replacement...)
-				c.replacement = nil
+			if c.reader.replacement != nil {
+				o = append(o, c.reader.replacement...)
+				c.reader.replacement = nil
 			}
 		} else if edited {
 			o = append(o, rb[pos:pos+n]...)
@@ -735,7 +735,7 @@ func (c *clientConn) routeOneLocked(b *backend, typ byte, msg []byte) (swallow b
 	case pgwire.MsgErrorResponse:
 		return c.errorResponseLocked(b, msg), nil
 	case pgwire.MsgParameterStatus:
-		swallow, c.replacement = c.params.trackParameterStatus(b, head, msg, c.replacement)
+		swallow, c.reader.replacement = c.params.trackParameterStatus(b, head, msg, c.reader.replacement)
 		return swallow, nil
 
 	case pgwire.MsgCopyInResponse, pgwire.MsgCopyBothResponse:
@@ -825,7 +825,7 @@ func (c *clientConn) readyForQueryLocked(b *backend, msg []byte) (swallow bool, 
 // and a FATAL (noteError), the proxy's own text for a query_timeout cancel
 // or a refused request, and the requests it fails (requestQueue.fail: in
 // the extended protocol, everything the server now skips up to the
-// client's Sync). It says whether to swallow it (c.replacement then holds
+// client's Sync). It says whether to swallow it (c.reader.replacement then holds
 // what the client gets instead). Under c.mu.
 func (c *clientConn) errorResponseLocked(b *backend, msg []byte) (swallow bool) {
 	body := msg[pgwire.HeaderLen:]
@@ -834,12 +834,12 @@ func (c *clientConn) errorResponseLocked(b *backend, msg []byte) (swallow bool) 
 		// The proxy's query_timeout cancel: say so rather than the
 		// server's "canceling statement due to user request".
 		c.timeouts.queryTimedOut = false
-		c.replacement = c.srv.queryTimeoutError().appendTo(c.replacement[:0])
+		c.reader.replacement = c.srv.queryTimeoutError().appendTo(c.reader.replacement[:0])
 		swallow = true
 	}
 	replacement, toSync := c.q.fail(&c.stmts, b, body)
 	if replacement != nil {
-		c.replacement = append(c.replacement[:0], replacement...)
+		c.reader.replacement = append(c.reader.replacement[:0], replacement...)
 		swallow = true
 	}
 	if toSync {
