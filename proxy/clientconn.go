@@ -352,11 +352,6 @@ func acquireErrorResponse(err error, fatal bool) *pgError {
 	return pe
 }
 
-// poke wakes the client reader, parked or not, so it notices a shutdown.
-func (c *clientConn) poke() {
-	c.wake()
-}
-
 // closeWith makes the client leave with pe (FATAL) as soon as its reader
 // wakes, which this forces: the reader returns pe, finish rolls back and
 // returns its backend (or closes it when a request is still in flight), and
