@@ -493,7 +493,7 @@ func (c *clientConn) unpin(b *backend, wake bool) (probe, readerDone chan struct
 func (c *clientConn) build(b *backend) (out []byte, wake bool, err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.waitCancelsLocked()
+	c.cancels.awaitLocked(c.ctx, &c.mu) // a cancel for the previous request must not hit this one
 	if c.be != b {
 		return nil, false, errBackendMoved
 	}
@@ -610,24 +610,6 @@ func (c *clientConn) buildNextLocked(b *backend, out []byte, tx bool) (_ []byte,
 		return out, buildHeld, nil
 	}
 	return out, buildMore, nil
-}
-
-// waitCancelsLocked waits, without the lock, while a cancel request for
-// the previous request is still being sent: writing now could let it
-// cancel this one. serverOpTimeout bounds the wait. Under c.mu.
-func (c *clientConn) waitCancelsLocked() {
-	for c.cancels.n > 0 {
-		done := c.cancels.done
-		c.mu.Unlock()
-		select {
-		case <-done:
-		case <-c.ctx.Done():
-		}
-		c.mu.Lock()
-		if c.ctx.Err() != nil {
-			return
-		}
-	}
 }
 
 // buildMessageLocked appends the client's whole message msg (of type typ,
