@@ -40,6 +40,12 @@
 //     trackCheckedSettings track a change on the backend and in them;
 //   - sessionTrack and listenTrack (sessionstate.go, notify.go): the
 //     session-state check and LISTEN through the shared listener;
+//   - readerState (relay_server.go): who reads c.be, and its hand-overs
+//     with the client reader (writeDone; drained, wakeDrainedLocked, for
+//     backpressure; replacement, the reply routing sends in place of one
+//     it swallowed);
+//   - cancelTrack (cancel.go): the cancel requests being sent to c.be,
+//     which pin it; a request written meanwhile waits (awaitLocked);
 //   - clientStream (clientstream.go): where the client goroutine is in the
 //     client's bytes beyond one whole message: a message streamed to the
 //     backend or dropped as it arrives (passOn, dropRest), a refused
