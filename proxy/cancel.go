@@ -102,7 +102,7 @@ func (k *cancelKeys) lookup(pid, secret uint32) *clientConn {
 
 // cancelTrack is the cancel requests being sent for a client to its
 // backend (under clientConn.mu): while n > 0 the backend stays held, and
-// a request the client sends meanwhile waits (waitCancelsLocked), so the
+// a request the client sends meanwhile waits (awaitLocked), so the
 // cancel cannot reach it.
 type cancelTrack struct {
 	n    int
@@ -115,6 +115,26 @@ func (t *cancelTrack) addLocked() {
 		t.done = make(chan struct{})
 	}
 	t.n++
+}
+
+// awaitLocked waits, with mu (the client's c.mu, held on entry and on
+// return) let go meanwhile, until no cancel request is being sent, or ctx
+// (the client's) ends: build calls it before writing a request, which a
+// cancel for the previous one could otherwise cancel. serverOpTimeout
+// bounds each cancel request, so the wait.
+func (t *cancelTrack) awaitLocked(ctx context.Context, mu *sync.Mutex) {
+	for t.n > 0 {
+		done := t.done
+		mu.Unlock()
+		select {
+		case <-done:
+		case <-ctx.Done():
+		}
+		mu.Lock()
+		if ctx.Err() != nil {
+			return
+		}
+	}
 }
 
 // endLocked counts one off; the last one closes done. Under clientConn.mu.

@@ -40,12 +40,8 @@ type clientConn struct {
 	cancel context.CancelFunc
 
 	// Owned by the client goroutine.
-	startupParams map[string]paramValue
-	in            pgwire.ReadBuffer
-	passRemaining int          // bytes of a message being streamed to the backend
-	passDrop      bool         // ... or dropped (dropRest): the message was refused, an error went out in its place
-	poisoned      bool         // the client broke the protocol: its backend is closed, not reused
-	discard       discardState // acquire failed (or a Parse was refused): drop to Sync / Query
+	in     pgwire.ReadBuffer
+	stream clientStream // where the client is in its stream beyond one whole message (clientstream.go)
 
 	// Shared with backendReader and cancel requests, under mu.
 	mu       sync.Mutex
@@ -55,16 +51,9 @@ type clientConn struct {
 	writing  bool             // the client reader is writing to the backend: it stays held
 	txStatus byte             // from the last ReadyForQuery
 	cancels  cancelTrack      // cancel requests being sent to the backend: it stays held (cancel.go)
-	want     *paramSet        // the session parameters the client set (params.go)
+	params   clientParams     // the session parameters the client expects, and its startup packet's (params.go)
 	stmts    clientStatements // the client's statements (statements.go)
-	reader   readerState      // who reads be (relay_server.go)
-	// replacement is a message routeOneLocked wants sent instead of the one it
-	// swallowed (nil when none).
-	replacement []byte
-	// drained is closed by the backend reader once the requests awaiting a
-	// reply fall to half of maxPendingRequests (nil unless the client
-	// reader waits for that: backpressure).
-	drained chan struct{}
+	reader   readerState      // who reads be, and its hand-overs with the client reader (relay_server.go)
 	// serverSkipping: an extended-protocol error came back before the
 	// client's Sync was sent; the server discards everything up to it.
 	serverSkipping bool
@@ -83,16 +72,33 @@ type clientConn struct {
 
 	last lastStatement // the statement the client sent last (inspect)
 
-	killed atomic.Bool
-	idle   idleReader // the client reader's buffer-less wait (idle.go)
-	park   parkState  // parking while idle, without a goroutine (park.go)
-	loop   loopState  // requests relayed by the parker's loop (loop.go)
-	// closeErr, once set (closeWith), is why the client must go: the drain
-	// deadline or a timeout. The client reader returns it at its next wake.
-	closeErr atomic.Pointer[pgError]
+	leave leaveState // why the client must go now (closeWith, kill)
+	idle  idleReader // the client reader's buffer-less wait (idle.go)
+	park  parkState  // parking while idle, without a goroutine (park.go)
+	loop  loopState  // requests relayed by the parker's loop (loop.go)
 
 	timeouts timeoutState // what the client timeouts watch (timeouts.go)
 	wait     waitState    // a cancel request for the waiting request (waitcancel.go; under mu)
+}
+
+// leaveState is why a client must go now: set by any goroutine (closeWith,
+// kill), read by whoever runs the client, which then leaves (reason).
+type leaveState struct {
+	// err, once set (closeWith), is why the client must go: the drain
+	// deadline or a timeout. The client reader returns it at its next wake.
+	err    atomic.Pointer[pgError]
+	killed atomic.Bool // kill: the client is closed, and nothing more is told to it
+}
+
+// reason is why the client must go now (closeWith, kill), or nil.
+func (l *leaveState) reason() error {
+	if pe := l.err.Load(); pe != nil {
+		return pe
+	}
+	if l.killed.Load() {
+		return net.ErrClosed
+	}
+	return nil
 }
 
 // clientIdentity is who the client is, as the admin console, the logs and
@@ -150,13 +156,17 @@ type listenTrack struct {
 	late            []string // channels the backend listened on that the hub may lack
 }
 
-// readerState says who reads the client's backend, c.be. Under c.mu.
+// readerState says who reads the client's backend, c.be, and holds what
+// its reader, whichever it is, shares with the client reader: the
+// hand-overs between the two (writeDone, drained) and the reply routing
+// put in place of one it swallowed (replacement). Under c.mu.
 type readerState struct {
 	// async: a backend reader (backendReader) reads be until be is released
 	// or lost; done is closed when that reader ends; stop tells it to stop
-	// and leave be to finish.
-	async bool
+	// and leave be to finish. (done first: the flags after it pack into
+	// one word.)
 	done  chan struct{}
+	async bool
 	stop  bool
 	// inline: the client goroutine reads be itself (relayInline).
 	inline bool
@@ -169,16 +179,13 @@ type readerState struct {
 	// but for the client goroutine's write to be (c.writing), is closed
 	// by unpin when that write is done (awaitWriteLocked).
 	writeDone chan struct{}
-}
-
-// discardState is the client goroutine's dropping of a request that gets
-// only an error: no backend could be had for it, or its Parse was larger
-// than max_client_buffer (refuseOversized).
-type discardState struct {
-	on      bool  // drop messages until Sync / Query
-	query   bool  // the message being dropped is a Query: answer when it ends
-	err     error // why, for the reply (an acquire error)
-	errSent bool  // the error went out already; only 'Z' is owed
+	// drained is closed by be's reader once the requests awaiting a reply
+	// fall to half of maxPendingRequests (wakeDrainedLocked; nil unless
+	// the client reader waits for that: backpressure).
+	drained chan struct{}
+	// replacement is a message routeOneLocked wants sent instead of the
+	// one it swallowed (nil when none).
+	replacement []byte
 }
 
 // serverOpTimeout bounds each statement the proxy runs on a backend itself
@@ -295,13 +302,13 @@ func (s *Server) session(c *clientConn) (parked bool) {
 	}
 	start := c.identity.since
 	c.finish()
-	if pe := c.closeErr.Load(); pe != nil {
+	if pe := c.leave.err.Load(); pe != nil {
 		// Told to go (drain deadline, a timeout): whatever the reader was
 		// doing when it was woken, the client learns why.
 		err = pe
 	}
 	var pe *pgError
-	if errors.As(err, &pe) && !c.killed.Load() {
+	if errors.As(err, &pe) && !c.leave.killed.Load() {
 		// No backend reader runs any more: nothing else writes to the client.
 		conn.SetWriteDeadline(time.Now().Add(time.Second))
 		conn.Write(pe.appendTo(nil))
@@ -345,24 +352,19 @@ func acquireErrorResponse(err error, fatal bool) *pgError {
 	return pe
 }
 
-// poke wakes the client reader, parked or not, so it notices a shutdown.
-func (c *clientConn) poke() {
-	c.wake()
-}
-
 // closeWith makes the client leave with pe (FATAL) as soon as its reader
 // wakes, which this forces: the reader returns pe, finish rolls back and
 // returns its backend (or closes it when a request is still in flight), and
 // serveConn sends pe. The first reason given wins.
 func (c *clientConn) closeWith(pe *pgError) {
-	c.closeErr.CompareAndSwap(nil, pe)
+	c.leave.err.CompareAndSwap(nil, pe)
 	c.cancel() // a reader waiting for a backend or a probe stops waiting
 	// Waiting for the client's next message: a read deadline wakes it (a
 	// parked client gets its goroutine back, which sees the deadline).
 	c.wake()
 	// Reading the backend's reply itself (relayInline): closing the
 	// backend's socket ends that read; finish cancels the query and
-	// destroys the backend. (relayInline checks closeErr after setting
+	// destroys the backend. (relayInline checks leave.err after setting
 	// inline, under c.mu, so one of the two sees the other.)
 	c.mu.Lock()
 	c.severBackendLocked(c.reader.inline)
@@ -374,7 +376,7 @@ func (c *clientConn) closeWith(pe *pgError) {
 
 // kill ends the client at once (Server.Close or a drain that ran out of time).
 func (c *clientConn) kill() {
-	c.killed.Store(true)
+	c.leave.killed.Store(true)
 	c.cancel()
 	c.srv.park.unpark(c) // before the Close: a parked socket is never closed (park.go)
 	c.conn.Close()

@@ -35,14 +35,27 @@
 //   - clientStatements (statements.go): the client's statements and the
 //     rewriting of Parse/Bind/Describe/Close; a backend's own side is its
 //     preparedSet;
-//   - parameters (params.go): trackParameterStatus, trackParamChange and
-//     trackCheckedSettings, over the client's wanted set and the backend;
+//   - clientParams (params.go): the values the client expects and its
+//     startup packet's; trackParameterStatus, trackParamChange and
+//     trackCheckedSettings track a change on the backend and in them;
 //   - sessionTrack and listenTrack (sessionstate.go, notify.go): the
 //     session-state check and LISTEN through the shared listener;
-//   - replayState, waitState, discardState, timeoutState, lastStatement,
+//   - readerState (relay_server.go): who reads c.be, and its hand-overs
+//     with the client reader (writeDone; drained, wakeDrainedLocked, for
+//     backpressure; replacement, the reply routing sends in place of one
+//     it swallowed);
+//   - cancelTrack (cancel.go): the cancel requests being sent to c.be,
+//     which pin it; a request written meanwhile waits (awaitLocked);
+//   - clientStream (clientstream.go): where the client goroutine is in the
+//     client's bytes beyond one whole message: a message streamed to the
+//     backend or dropped as it arrives (passOn, dropRest), a refused
+//     request discarded up to its end (discardState), a client that broke
+//     the protocol (protocolViolation); settled says none of these holds;
+//   - replayState, waitState, timeoutState, lastStatement, leaveState,
 //     idleReader, parkState and loopState: the replay of a first request,
-//     the cancel of a waiting request, the dropping of a refused request,
-//     timeouts, the last statement, the idle wait, parking and the loop.
+//     the cancel of a waiting request, timeouts, the last statement, why
+//     the client must go (leaveState.reason), the idle wait, parking and
+//     the loop.
 //
 // What stays a clientConn method takes c.mu across several of these,
 // writes to the client, logs as the client or moves the backend; the

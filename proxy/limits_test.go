@@ -94,8 +94,8 @@ func TestPipelineBounded(t *testing.T) {
 	if c.q.len() != maxPendingRequests || len(out) != 5*maxPendingRequests || c.in.Pending() != 5*500 {
 		t.Fatalf("queued %d, sent %d bytes, left %d", c.q.len(), len(out), c.in.Pending())
 	}
-	c.drained = make(chan struct{})
-	drained := c.drained
+	c.reader.drained = make(chan struct{})
+	drained := c.reader.drained
 	var z []byte
 	for i := 0; i < maxPendingRequests/2; i++ {
 		z = pgwire.AppendReadyForQuery(z, 'I')
@@ -105,7 +105,7 @@ func TestPipelineBounded(t *testing.T) {
 	if _, _, err := c.routeLocked(b); err != nil {
 		t.Fatal(err)
 	}
-	c.wakeDrainedLocked()
+	c.reader.wakeDrainedLocked(c.q.len())
 	select {
 	case <-drained:
 	default:

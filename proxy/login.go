@@ -286,13 +286,12 @@ func (s *Server) newClient(conn, sock net.Conn, addr string, sm *startupMessage,
 			since:   time.Now(),
 			appName: sm.params["application_name"],
 		},
-		db:            db,
-		log:           lg,
-		policy:        s.cfg.Mode.policy(),
-		startupParams: make(map[string]paramValue),
-		want:          newParamSet(),
-		stmts:         clientStatements{byName: make(map[string]*statement)},
-		txStatus:      'I',
+		db:       db,
+		log:      lg,
+		policy:   s.cfg.Mode.policy(),
+		params:   clientParams{want: newParamSet(), startup: make(map[string]paramValue)},
+		stmts:    clientStatements{byName: make(map[string]*statement)},
+		txStatus: 'I',
 	}
 	c.hub = s.hubFor(db)
 	for k, v := range sm.params {
@@ -300,8 +299,8 @@ func (s *Server) newClient(conn, sock net.Conn, addr string, sm *startupMessage,
 		if notSessionParams[k] || unsettable[k] {
 			continue
 		}
-		c.startupParams[k] = paramValue{val: v}
-		c.want.set(k, paramValue{val: v})
+		c.params.startup[k] = paramValue{val: v}
+		c.params.want.set(k, paramValue{val: v})
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	return c
@@ -331,14 +330,14 @@ func (s *Server) enlist(c *clientConn, e *connEnd) bool {
 // parameters from, a startup parameter the server rejects, no session
 // backend) is answered (refuseLogin).
 func (s *Server) greet(c *clientConn, deadline time.Time) error {
-	params, err := s.loginParams(c.ctx, deadline, c.db, c.log, c.startupParams)
+	params, err := s.loginParams(c.ctx, deadline, c.db, c.log, c.params.startup)
 	if err != nil {
 		return s.refuseLogin(c.conn, err)
 	}
 	// Built before bindSession: the backend reader it starts in session
-	// mode may change c.want (trackParameterStatus, under c.mu).
+	// mode may change c.params.want (trackParameterStatus, under c.mu).
 	buf, _ := (&pgproto3.AuthenticationOk{}).Encode(nil)
-	buf = appendParamStatus(buf, params, c.want)
+	buf = appendParamStatus(buf, params, c.params.want)
 	if c.policy.backendAtLogin && c.db.Pool.Free() {
 		// With the pool exhausted, the client is not kept waiting at login
 		// (applications open their pools eagerly): it keeps a minted key

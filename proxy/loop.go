@@ -258,7 +258,7 @@ func (p *parker) loopProcess(c *clientConn) {
 // of it small, no LISTEN the shared listener must confirm, and nothing
 // else pending for the client.
 func (c *clientConn) loopableNow() bool {
-	if c.passRemaining != 0 || c.discard.on || c.poisoned || c.closeErr.Load() != nil || c.killed.Load() || c.srv.draining.Load() {
+	if !c.stream.settled() || c.leave.reason() != nil || c.srv.draining.Load() {
 		return false
 	}
 	buf := c.in.Buf[c.in.Start:c.in.End]

@@ -39,7 +39,7 @@ func (s *Server) Clients() []ClientInfo {
 		if c.be != nil {
 			state = "active"
 		}
-		app := currentAppName(c.want)
+		app := currentAppName(c.params.want)
 		c.mu.Unlock()
 		// The pid under the cancel keys' lock: a client is listed from
 		// before its login mints its key (or takes its backend's).

@@ -88,7 +88,7 @@ func needsReset(defaults map[string]paramValue, k string, h paramValue) bool {
 }
 
 // paramSet is a session parameter map that knows when it changed: the
-// client's wanted values (clientConn.want) and a backend's current ones
+// client's wanted values (clientParams.want) and a backend's current ones
 // (backend.params). Write vals only through set, del, replace and
 // resetTo, which bump ver; read it directly. paramsInSync, checked on
 // every acquire, relies on ver to skip its map walk when nothing changed
@@ -340,6 +340,17 @@ func nextWord(s string) (word, rest string) {
 	return s[:i], s[i:]
 }
 
+// clientParams is a client's side of the session parameters: want, the
+// values it expects (the startup packet's, then every SET, RESET and
+// ParameterStatus it saw), and startup, the startup packet's own, which a
+// RESET goes back to, as directly. want is under c.mu; startup is written
+// at login only. Its methods track a change on the client's backend and
+// in want together.
+type clientParams struct {
+	want    *paramSet
+	startup map[string]paramValue
+}
+
 // currentAppName is the client's application_name now, as
 // pg_stat_activity shows it directly: want holds it from the startup
 // packet on and follows every SET, RESET and SET LOCAL that ended; a
@@ -355,7 +366,7 @@ func currentAppName(want *paramSet) string {
 // client expects, and says whether to swallow the message: a reply to the
 // proxy's own request (head.swallow), or replaced, in repl, by the
 // client's startup value after a RESET. It returns repl, reused.
-func trackParameterStatus(want *paramSet, startup map[string]paramValue, b *backend, head *request, msg, repl []byte) (swallow bool, _ []byte) {
+func (p *clientParams) trackParameterStatus(b *backend, head *request, msg, repl []byte) (swallow bool, _ []byte) {
 	name, rest, ok := pgwire.CString(msg[pgwire.HeaderLen:])
 	val, _, ok2 := pgwire.CString(rest)
 	if ok && ok2 {
@@ -363,16 +374,16 @@ func trackParameterStatus(want *paramSet, startup map[string]paramValue, b *back
 		if !unsettable[k] {
 			v := paramValue{val: string(val)}
 			b.params.set(k, v)
-			if sv, ok := startup[k]; ok && head != nil && !head.swallow && head.resets(k) && sv != v {
+			if sv, ok := p.startup[k]; ok && head != nil && !head.swallow && head.resets(k) && sv != v {
 				// A reset goes back to the session's default, which for the
 				// client is its startup value, not the pooled backend's:
 				// tell the client its own value; the next acquire applies it.
-				want.set(k, sv)
+				p.want.set(k, sv)
 				repl, _ = (&pgproto3.ParameterStatus{Name: string(name), Value: sv.val}).Encode(repl[:0])
 				return true, repl
 			}
-			if _, wanted := want.get(k); wanted || head == nil || !head.swallow {
-				want.set(k, v)
+			if _, wanted := p.want.get(k); wanted || head == nil || !head.swallow {
+				p.want.set(k, v)
 			}
 		}
 	}
@@ -384,14 +395,14 @@ func trackParameterStatus(want *paramSet, startup map[string]paramValue, b *back
 // reported ones are tracked from ParameterStatus instead. A RESET goes
 // back to the client's startup value, as directly. Under c.mu (want is
 // the client's).
-func trackParamChange(want *paramSet, startup map[string]paramValue, b *backend, ch paramChange) {
+func (p *clientParams) trackParamChange(b *backend, ch paramChange) {
 	if ch.all {
-		for k := range want.vals {
+		for k := range p.want.vals {
 			if _, reported := b.defaults[k]; !reported {
-				if v, ok := startup[k]; ok {
-					want.set(k, v)
+				if v, ok := p.startup[k]; ok {
+					p.want.set(k, v)
 				} else {
-					want.del(k)
+					p.want.del(k)
 				}
 			}
 		}
@@ -406,15 +417,15 @@ func trackParamChange(want *paramSet, startup map[string]paramValue, b *backend,
 		return
 	}
 	if ch.reset {
-		if v, ok := startup[ch.name]; ok {
-			want.set(ch.name, v)
+		if v, ok := p.startup[ch.name]; ok {
+			p.want.set(ch.name, v)
 		} else {
-			want.del(ch.name)
+			p.want.del(ch.name)
 		}
 		b.params.del(ch.name)
 		return
 	}
-	want.set(ch.name, ch.value)
+	p.want.set(ch.name, ch.value)
 	b.params.set(ch.name, ch.value)
 }
 
@@ -424,7 +435,7 @@ func trackParamChange(want *paramSet, startup map[string]paramValue, b *backend,
 // read on b. Both b's values and want, the client's, become settings; a
 // setting that is gone goes back to the client's startup value, or is
 // dropped. Under c.mu, as trackParamChange (want is the client's).
-func trackCheckedSettings(want *paramSet, startup map[string]paramValue, b *backend, settings map[string]string) {
+func (p *clientParams) trackCheckedSettings(b *backend, settings map[string]string) {
 	for k, v := range settings {
 		k = strings.ToLower(k)
 		if _, reported := b.defaults[k]; reported || unsettable[k] {
@@ -432,7 +443,7 @@ func trackCheckedSettings(want *paramSet, startup map[string]paramValue, b *back
 		}
 		pv := paramValue{val: v}
 		b.params.set(k, pv)
-		want.set(k, pv)
+		p.want.set(k, pv)
 	}
 	for k := range b.params.vals {
 		if _, reported := b.defaults[k]; reported {
@@ -442,18 +453,18 @@ func trackCheckedSettings(want *paramSet, startup map[string]paramValue, b *back
 			b.params.del(k)
 		}
 	}
-	for k := range want.vals {
+	for k := range p.want.vals {
 		if _, reported := b.defaults[k]; reported {
 			continue
 		}
 		if _, ok := settings[k]; ok {
 			continue
 		}
-		if v, ok := startup[k]; ok {
+		if v, ok := p.startup[k]; ok {
 			// RESET goes back to the client's startup value, as directly.
-			want.set(k, v)
+			p.want.set(k, v)
 		} else {
-			want.del(k)
+			p.want.del(k)
 		}
 	}
 }

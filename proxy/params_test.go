@@ -144,11 +144,11 @@ func TestParamWritersInvalidateInSync(t *testing.T) {
 		t.Helper()
 		for cn, c := range cs {
 			for bn, b := range bs {
-				got := paramsInSync(c.want, b.params, b.defaults)
-				walk := paramMapsInSync(c.want.vals, b.params.vals, b.defaults)
+				got := paramsInSync(c.params.want, b.params, b.defaults)
+				walk := paramMapsInSync(c.params.want.vals, b.params.vals, b.defaults)
 				if want := slices.Contains(inSync, cn+bn); got != walk || got != want {
 					t.Fatalf("%s: %s on %s: paramsInSync %v, map walk %v, want %v (want %v have %v)",
-						step, cn, bn, got, walk, want, c.want.vals, b.params.vals)
+						step, cn, bn, got, walk, want, c.params.want.vals, b.params.vals)
 				}
 			}
 		}
@@ -190,10 +190,10 @@ func TestParamWritersInvalidateInSync(t *testing.T) {
 
 	// At acquire, the proxy's SETs bring b1 to c1's values.
 	next := maps.Clone(b1.params.vals)
-	if sql := paramSyncSQL(c1.want, next, b1.defaults); sql == "" {
+	if sql := paramSyncSQL(c1.params.want, next, b1.defaults); sql == "" {
 		t.Fatal("no sync SQL for a backend out of sync")
 	}
-	(&request{kind: reqQuery, syncTo: next}).applySucceeded(b1, c1.want, c1.startupParams, &c1.stmts)
+	(&request{kind: reqQuery, syncTo: next}).applySucceeded(b1, &c1.params, &c1.stmts)
 	check("sync at acquire", c1b1Apart)
 
 	// c2 runs a SET in a transaction and rolls it back: the proxy follows
@@ -202,11 +202,11 @@ func TestParamWritersInvalidateInSync(t *testing.T) {
 	query(c2, b2, "SET search_path TO x", set, rfq('T'))
 	check("SET in a transaction", bothApart)
 	query(c2, b2, "ROLLBACK", &pgproto3.CommandComplete{CommandTag: []byte("ROLLBACK")}, rfq('I'))
-	trackCheckedSettings(c2.want, c2.startupParams, b2, map[string]string{})
+	c2.params.trackCheckedSettings(b2, map[string]string{})
 	check("rolled back", c1b1Apart)
-	trackCheckedSettings(c2.want, c2.startupParams, b2, map[string]string{"search_path": "y"})
+	c2.params.trackCheckedSettings(b2, map[string]string{"search_path": "y"})
 	check("state check found a setting", bothApart)
-	trackCheckedSettings(c2.want, c2.startupParams, b2, map[string]string{})
+	c2.params.trackCheckedSettings(b2, map[string]string{})
 	check("state check found it gone", c1b1Apart)
 }
 

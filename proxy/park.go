@@ -482,7 +482,7 @@ func (c *clientConn) tryPark(hot bool) bool {
 // event loop's requests (loopableNow) both need it. Under c.mu.
 func (c *clientConn) settledLocked() bool {
 	return c.be == nil && c.q.len() == 0 && !c.inBatch && len(c.listen.notes) == 0 && !c.replay.pending &&
-		c.state.pin == nil && c.state.checkWait == nil && c.stmts.probe == nil && c.cancels.n == 0 && c.drained == nil
+		c.state.pin == nil && c.state.checkWait == nil && c.stmts.probe == nil && c.cancels.n == 0 && c.reader.drained == nil
 }
 
 // parkableNow reports whether the client may park: nothing of it is in
@@ -490,10 +490,10 @@ func (c *clientConn) settledLocked() bool {
 // gives the request ring back to its pool when so. Under parker.mu, on
 // the client reader's goroutine.
 func (c *clientConn) parkableNow() bool {
-	if c.killed.Load() || c.closeErr.Load() != nil || c.srv.draining.Load() {
+	if c.leave.reason() != nil || c.srv.draining.Load() {
 		return false
 	}
-	if c.in.Start != c.in.End || c.passRemaining != 0 || c.discard.on || c.poisoned {
+	if c.in.Start != c.in.End || !c.stream.settled() {
 		return false
 	}
 	c.mu.Lock()

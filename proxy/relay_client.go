@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
-	"net"
 	"os"
 	"time"
 
@@ -53,18 +52,18 @@ func (c *clientConn) run() error {
 			c.timeouts.reads.Add(1) // activity, for the idle timeouts
 		}
 		if err != nil {
-			if !errors.Is(err, os.ErrDeadlineExceeded) || c.killed.Load() {
+			if !errors.Is(err, os.ErrDeadlineExceeded) || c.leave.killed.Load() {
 				return err
 			}
 			// A wake-up: the drain or a timeout wants this client looked at.
-			if pe := c.closeErr.Load(); pe != nil {
+			if pe := c.leave.err.Load(); pe != nil {
 				return pe
 			}
-			if c.srv.draining.Load() && c.passRemaining == 0 && c.betweenTransactions() {
+			if c.srv.draining.Load() && c.stream.passRemaining == 0 && c.betweenTransactions() {
 				return errDraining()
 			}
 			c.idle.clearReadSignal(c.conn)
-			if pe := c.closeErr.Load(); pe != nil {
+			if pe := c.leave.err.Load(); pe != nil {
 				return pe // set between the look above and the reset
 			}
 			// Or notifications to deliver (after the reset, so a later one
@@ -99,10 +98,9 @@ func (c *clientConn) drainGate(typ byte) error {
 			return errDraining()
 		case !pipelined:
 			return nil // inside a transaction, or part of a request under way
-		case c.closeErr.Load() != nil:
-			return c.closeErr.Load()
-		case c.killed.Load():
-			return net.ErrClosed
+		}
+		if err := c.leave.reason(); err != nil {
+			return err // told to go meanwhile (closeWith, kill)
 		}
 		time.Sleep(drainPoll / 10) // only while draining, a few times per request
 	}
@@ -130,20 +128,20 @@ func (c *clientConn) betweenTransactions() bool {
 
 // process handles every complete (or streamable) message in the buffer.
 func (c *clientConn) process() error {
-	if !c.loop.running && c.hub != nil && c.passRemaining == 0 {
+	if !c.loop.running && c.hub != nil && c.stream.passRemaining == 0 {
 		// On the loop thread loopableNow has just made sure that no
 		// message buffered holds the word LISTEN: nothing to do. While a
 		// message is streamed, the buffer holds its middle, not messages.
 		c.hub.preListen(c, c.in.Buf[c.in.Start:c.in.End])
 	}
 	for c.spliceReplay() || c.in.Pending() > 0 {
-		if c.discard.on {
-			if err := c.discardRequest(); err != nil || c.discard.on {
+		if c.stream.discard.on {
+			if err := c.discardRequest(); err != nil || c.stream.discard.on {
 				return err
 			}
 			continue
 		}
-		if c.passRemaining == 0 {
+		if c.stream.passRemaining == 0 {
 			if more, err := checkHead(&c.in, c.log); more || err != nil {
 				return err
 			}
@@ -167,25 +165,6 @@ func (c *clientConn) process() error {
 	return nil
 }
 
-// checkHead looks at the client message at the head of in, the client's
-// buffer, before anything is done for it: more says its header is not all
-// here (in.Want asks for it); err is the client's Terminate
-// (errClientTerminated) or a type no PostgreSQL server accepts
-// (unknownMessage, logged to lg).
-func checkHead(in *pgwire.ReadBuffer, lg *slog.Logger) (more bool, err error) {
-	if in.Pending() < pgwire.HeaderLen {
-		in.Want = pgwire.HeaderLen
-		return true, nil
-	}
-	if in.Buf[in.Start] == pgwire.MsgTerminate {
-		return false, errClientTerminated
-	}
-	if typ := in.Buf[in.Start]; !knownFrontendType(typ) {
-		return false, unknownMessage(lg, typ)
-	}
-	return false, nil
-}
-
 // backendForRequest is the backend the client's next message goes to: the
 // one it holds, else, unless the message is refused before any backend is
 // taken for it (refuseOversized) or answered without one
@@ -196,7 +175,7 @@ func (c *clientConn) backendForRequest() (*backend, error) {
 	if b := c.heldBackend(); b != nil {
 		return b, nil
 	}
-	if c.passRemaining == 0 {
+	if c.stream.passRemaining == 0 {
 		if refused, err := c.refuseOversized(); err != nil || refused {
 			return nil, err
 		}
@@ -218,7 +197,7 @@ func (c *clientConn) backendForRequest() (*backend, error) {
 // build pinned it (errBackendMoved) or died unanswered (replayAbandon: the
 // request goes to another backend).
 func (c *clientConn) forward(b *backend) (stop bool, err error) {
-	from, streaming := c.in.Start, c.passRemaining > 0
+	from, streaming := c.in.Start, c.stream.passRemaining > 0
 	out, wake, perr := c.build(b)
 	if perr == errBackendMoved {
 		return false, nil
@@ -293,12 +272,12 @@ const maxPendingRequests = 2048
 // waits on it.
 func (c *clientConn) backpressure(b *backend) error {
 	c.mu.Lock()
-	if c.be != b || c.q.len() < maxPendingRequests || c.passRemaining > 0 || c.stmts.probe != nil {
+	if c.be != b || c.q.len() < maxPendingRequests || c.stream.passRemaining > 0 || c.stmts.probe != nil {
 		c.mu.Unlock()
 		return nil
 	}
 	drained := make(chan struct{})
-	c.drained = drained
+	c.reader.drained = drained
 	readerDone := c.reader.done
 	c.mu.Unlock()
 	if _, err := b.nc.Write(pgwire.FlushMessage); err != nil {
@@ -320,11 +299,12 @@ func (c *clientConn) backpressure(b *backend) error {
 }
 
 // wakeDrainedLocked ends the client reader's backpressure wait once half
-// the pending requests are answered. Runs under c.mu.
-func (c *clientConn) wakeDrainedLocked() {
-	if c.drained != nil && c.q.len() <= maxPendingRequests/2 {
-		close(c.drained)
-		c.drained = nil
+// the pending requests are answered: pending is how many await a reply
+// now. Runs under c.mu.
+func (r *readerState) wakeDrainedLocked(pending int) {
+	if r.drained != nil && pending <= maxPendingRequests/2 {
+		close(r.drained)
+		r.drained = nil
 	}
 }
 
@@ -353,7 +333,7 @@ func (c *clientConn) acquireForRequest() (*backend, error) {
 		if errors.As(err, &pe) && pe.Code == pgwire.CodeAdminShutdown || errors.Is(err, errClientGone) {
 			return nil, err // serveConn tells the client, if it is there
 		}
-		c.discard.on, c.discard.err = true, err
+		c.stream.discard.on, c.stream.discard.err = true, err
 		return nil, nil
 	}
 	return b, nil
@@ -386,7 +366,7 @@ func (c *clientConn) acquire() (*backend, error) {
 		return nil, errWaitCanceled
 	}
 	if err != nil {
-		if c.killed.Load() || errors.Is(err, context.Canceled) {
+		if c.leave.killed.Load() || errors.Is(err, context.Canceled) {
 			return nil, errDraining()
 		}
 		c.log.Warn("no server connection for client", "err", err)
@@ -435,11 +415,11 @@ func (c *clientConn) takeBackend(conn pool.Conn) *backend {
 	c.replay.armLocked(c.now())
 	b.unnamedOwner = nil
 	c.txStatus = 'I'
-	if !paramsInSync(c.want, b.params, b.defaults) {
+	if !paramsInSync(c.params.want, b.params, b.defaults) {
 		// The backend's values change only if the SETs succeed: they run
 		// as one implicit transaction, all or nothing.
 		next := maps.Clone(b.params.vals)
-		sql := paramSyncSQL(c.want, next, b.defaults)
+		sql := paramSyncSQL(c.params.want, next, b.defaults)
 		c.log.Debug("bringing the server connection to the client's parameters", "sql", sql)
 		b.cout = pgwire.AppendQuery(b.cout[:0], sql)
 		c.q.push(request{kind: reqQuery, swallow: true, syncTo: next})
@@ -480,7 +460,7 @@ func (c *clientConn) planRelay(b *backend, outLen int) bool {
 // the write is small enough (inlineWriteMax). Under c.mu.
 func (c *clientConn) inlineableLocked(outLen int) bool {
 	pending := c.in.Buf[c.in.Start:c.in.End]
-	return c.policy.releaseAtTransactionEnd && outLen <= inlineWriteMax && c.passRemaining == 0 &&
+	return c.policy.releaseAtTransactionEnd && outLen <= inlineWriteMax && c.stream.passRemaining == 0 &&
 		(len(pending) == 0 || c.stmts.probe != nil || len(pending) == pgwire.HeaderLen && pending[0] == pgwire.MsgTerminate) &&
 		(!c.inBatch || c.stmts.probe != nil) && c.state.checkWait == nil && !c.reader.copyIn
 }
@@ -513,7 +493,7 @@ func (c *clientConn) unpin(b *backend, wake bool) (probe, readerDone chan struct
 func (c *clientConn) build(b *backend) (out []byte, wake bool, err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.waitCancelsLocked()
+	c.cancels.awaitLocked(c.ctx, &c.mu) // a cancel for the previous request must not hit this one
 	if c.be != b {
 		return nil, false, errBackendMoved
 	}
@@ -529,13 +509,11 @@ func (c *clientConn) build(b *backend) (out []byte, wake bool, err error) {
 		out = b.prepared.closeEvicted(&c.q, out)
 	}
 	for c.in.Start < c.in.End {
-		if c.passRemaining == 0 && c.q.len() >= maxPendingRequests {
+		if c.stream.passRemaining == 0 && c.q.len() >= maxPendingRequests {
 			break // backpressure: process waits for replies first
 		}
-		if c.passRemaining > 0 {
-			if out, c.passRemaining = passOn(&c.in, out, c.passRemaining, c.passDrop); c.passRemaining == 0 {
-				c.passDrop = false
-			}
+		if c.stream.passRemaining > 0 {
+			out = c.stream.passOn(&c.in, out)
 			continue
 		}
 		var step buildStep
@@ -560,7 +538,7 @@ const (
 )
 
 // buildNextLocked handles the client message at the head of the buffer,
-// none of which has gone out yet (c.passRemaining is 0), appending to out
+// none of which has gone out yet (c.stream.passRemaining is 0), appending to out
 // what b must get for it (tx: transaction mode rewrites statements): it
 // checks the header, streams or refuses a Parse or Bind too large to hold
 // whole, waits for a message it must read whole, streams the rest of one
@@ -574,7 +552,7 @@ func (c *clientConn) buildNextLocked(b *backend, out []byte, tx bool) (_ []byte,
 	}
 	typ, bodyLen := pgwire.ParseHeader(c.in.Buf[c.in.Start:])
 	if pe := checkLength(typ, bodyLen, c.srv.cfg.MaxMessageSize); pe != nil {
-		return out, buildHeld, c.protocolViolation(pe)
+		return out, buildHeld, c.stream.protocolViolation(c.log, pe)
 	}
 	if !knownFrontendType(typ) {
 		// Not forwarded: the server would end the session over it.
@@ -611,7 +589,7 @@ func (c *clientConn) buildNextLocked(b *backend, out []byte, tx bool) (_ []byte,
 			c.notePartialLocked(typ)
 		}
 		out = append(out, c.in.Buf[c.in.Start:c.in.End]...)
-		c.passRemaining = total - avail
+		c.stream.passRemaining = total - avail
 		c.in.Start = c.in.End
 		return out, buildMore, nil
 	}
@@ -632,37 +610,6 @@ func (c *clientConn) buildNextLocked(b *backend, out []byte, tx bool) (_ []byte,
 		return out, buildHeld, nil
 	}
 	return out, buildMore, nil
-}
-
-// waitCancelsLocked waits, without the lock, while a cancel request for
-// the previous request is still being sent: writing now could let it
-// cancel this one. serverOpTimeout bounds the wait. Under c.mu.
-func (c *clientConn) waitCancelsLocked() {
-	for c.cancels.n > 0 {
-		done := c.cancels.done
-		c.mu.Unlock()
-		select {
-		case <-done:
-		case <-c.ctx.Done():
-		}
-		c.mu.Lock()
-		if c.ctx.Err() != nil {
-			return
-		}
-	}
-}
-
-// passOn moves, of the remaining bytes of a message being streamed, those
-// at in's head to out, or drops them (drop: the message was refused, or
-// its request is being discarded). It returns out and how many bytes of
-// the message are still to come (the client's passRemaining).
-func passOn(in *pgwire.ReadBuffer, out []byte, remaining int, drop bool) ([]byte, int) {
-	n := min(remaining, in.End-in.Start)
-	if !drop {
-		out = append(out, in.Buf[in.Start:in.Start+n]...)
-	}
-	in.Start += n
-	return out, remaining - n
 }
 
 // buildMessageLocked appends the client's whole message msg (of type typ,
@@ -784,9 +731,9 @@ func (c *clientConn) refuseOversized() (bool, error) {
 		return false, nil
 	}
 	if pe := checkLength(typ, bodyLen, c.srv.cfg.MaxMessageSize); pe != nil {
-		return false, c.protocolViolation(pe)
+		return false, c.stream.protocolViolation(c.log, pe)
 	}
-	c.discard.on, c.discard.errSent = true, true
+	c.stream.discard.on, c.stream.discard.errSent = true, true
 	err := c.writeClient(c.srv.tooLarge(c.log, pgwire.HeaderLen+bodyLen).appendTo(nil))
 	return true, err
 }
@@ -814,7 +761,7 @@ func (c *clientConn) refuseInFlightLocked(out []byte, total int) []byte {
 	c.inBatch = true
 	out = c.q.poison(out, c.srv.tooLarge(c.log, total))
 	c.in.Want = 0
-	c.dropRest(total)
+	c.stream.dropRest(&c.in, total)
 	return out
 }
 
@@ -843,7 +790,7 @@ func (c *clientConn) streamBindLocked(b *backend, out []byte, bodyLen int) (_ []
 		var mine bool
 		if out, mine = c.stmts.useUnnamed(&c.q, b, out); !mine {
 			// No unnamed statement: the poison went out; drop the Bind.
-			c.dropRest(pgwire.HeaderLen + bodyLen)
+			c.stream.dropRest(&c.in, pgwire.HeaderLen+bodyLen)
 			return out, true
 		}
 	}
@@ -861,7 +808,7 @@ func (c *clientConn) streamBindLocked(b *backend, out []byte, bodyLen int) (_ []
 				return out, false
 			}
 			// Stale statement: the poison went out instead; drop the Bind.
-			c.dropRest(pgwire.HeaderLen + bodyLen)
+			c.stream.dropRest(&c.in, pgwire.HeaderLen+bodyLen)
 			return out, true
 		}
 		c.inBatch = true
@@ -875,18 +822,8 @@ func (c *clientConn) streamBindLocked(b *backend, out []byte, bodyLen int) (_ []
 		out = append(out, prefix[restOff:]...)
 	}
 	c.in.Start += pgwire.HeaderLen + len(prefix)
-	c.passRemaining = bodyLen - len(prefix)
+	c.stream.passRemaining = bodyLen - len(prefix)
 	return out, true
-}
-
-// dropRest drops a message of total bytes starting at the buffer's head:
-// what is here now, and the rest as it arrives (passDrop, which build
-// hands to passOn). It sets the client reader's stream state
-// (passRemaining, passDrop), which is why it is c's.
-func (c *clientConn) dropRest(total int) {
-	if _, c.passRemaining = passOn(&c.in, nil, total, true); c.passRemaining > 0 {
-		c.passDrop = true
-	}
 }
 
 // notePartialLocked records the bookkeeping of a message that is streamed.
@@ -976,63 +913,6 @@ func (c *clientConn) inspect(q []byte, tx bool) hazard {
 	return hazardNone
 }
 
-// smallMessageMax is PostgreSQL's PQ_SMALL_MESSAGE_LIMIT: the longest
-// Sync, Flush, Describe, Close, Execute or Terminate it accepts. These are
-// read whole, so without this bound a client could make the proxy buffer
-// up to max_message_size for one of them.
-const smallMessageMax = 10000
-
-// isSmallMessage reports whether typ is bounded by smallMessageMax.
-func isSmallMessage(typ byte) bool {
-	switch typ {
-	case pgwire.MsgSync, pgwire.MsgFlush, pgwire.MsgDescribe, pgwire.MsgClose, pgwire.MsgExecute, pgwire.MsgTerminate:
-		return true
-	}
-	return false
-}
-
-// checkLength returns the protocol violation (FATAL 08P01) for a client
-// message length below 4 or above maxMessageSize (max_message_size;
-// smallMessageMax for the small message types, as PostgreSQL does), or
-// nil. The caller hands it to protocolViolation.
-func checkLength(typ byte, bodyLen, maxMessageSize int) *pgError {
-	if bodyLen < 0 || bodyLen > maxMessageSize || isSmallMessage(typ) && bodyLen+4 > smallMessageMax {
-		return newFatal(pgwire.CodeProtocolViolation, fmt.Sprintf("invalid message length %d for message type %q", bodyLen+4, typ),
-			"the client sent a malformed message; this is a driver bug or not a PostgreSQL client")
-	}
-	return nil
-}
-
-// protocolViolation logs pe, the client's malformed input (checkLength),
-// and marks the client poisoned: the caller returns pe, the client is told
-// and closed, and its backend, whose state is unknown, is closed too.
-func (c *clientConn) protocolViolation(pe *pgError) error {
-	c.log.Warn("protocol violation from client", "err", pe.Message)
-	c.poisoned = true
-	return pe
-}
-
-// knownFrontendType reports whether typ is a message a client may send
-// after startup (PostgreSQL's PostgresMain accepts exactly these).
-func knownFrontendType(typ byte) bool {
-	switch typ {
-	case pgwire.MsgQuery, pgwire.MsgParse, pgwire.MsgBind, pgwire.MsgDescribe, pgwire.MsgExecute, pgwire.MsgClose, pgwire.MsgSync, pgwire.MsgFlush,
-		pgwire.MsgTerminate, pgwire.MsgFunctionCall, pgwire.MsgCopyData, pgwire.MsgCopyDone, pgwire.MsgCopyFail:
-		return true
-	}
-	return false
-}
-
-// unknownMessage answers a message type no PostgreSQL server accepts the
-// way the server does (FATAL 08P01, then close), without forwarding it: the
-// client's backend is not lost over it. Logged to the client's logger lg,
-// once per client, which it ends.
-func unknownMessage(lg *slog.Logger, typ byte) error {
-	msg := fmt.Sprintf("invalid frontend message type %d", typ)
-	lg.Warn("protocol violation from client", "err", msg)
-	return newFatal(pgwire.CodeProtocolViolation, msg, "the client sent a message type PostgreSQL does not know; this is a driver bug or not a PostgreSQL client")
-}
-
 // discardRequest drops client messages after a failed acquire (or a Parse
 // refused by refuseOversized) up to the end of the request (Sync or
 // Query), then answers it with the error and 'Z' (discardState.answer).
@@ -1040,12 +920,12 @@ func unknownMessage(lg *slog.Logger, typ byte) error {
 // does (poisoning the client, protocolViolation) and writes to it.
 func (c *clientConn) discardRequest() error {
 	for {
-		if c.passRemaining > 0 {
-			if _, c.passRemaining = passOn(&c.in, nil, c.passRemaining, true); c.passRemaining > 0 {
+		if c.stream.passRemaining > 0 {
+			if _, c.stream.passRemaining = passOn(&c.in, nil, c.stream.passRemaining, true); c.stream.passRemaining > 0 {
 				return nil
 			}
-			if c.discard.query {
-				return c.writeClient(c.discard.answer())
+			if c.stream.discard.query {
+				return c.writeClient(c.stream.discard.answer())
 			}
 			continue
 		}
@@ -1056,7 +936,7 @@ func (c *clientConn) discardRequest() error {
 		}
 		typ, bodyLen := pgwire.ParseHeader(c.in.Buf[c.in.Start:])
 		if pe := checkLength(typ, bodyLen, c.srv.cfg.MaxMessageSize); pe != nil {
-			return c.protocolViolation(pe)
+			return c.stream.protocolViolation(c.log, pe)
 		}
 		if typ == pgwire.MsgTerminate {
 			return errClientTerminated
@@ -1066,27 +946,14 @@ func (c *clientConn) discardRequest() error {
 		}
 		total := pgwire.HeaderLen + bodyLen
 		if avail < total {
-			c.passRemaining = total - avail
+			c.stream.passRemaining = total - avail
 			c.in.Start = c.in.End
-			c.discard.query = typ == pgwire.MsgQuery
+			c.stream.discard.query = typ == pgwire.MsgQuery
 			return nil
 		}
 		c.in.Start += total
 		if typ == pgwire.MsgQuery || typ == pgwire.MsgSync {
-			return c.writeClient(c.discard.answer())
+			return c.writeClient(c.stream.discard.answer())
 		}
 	}
-}
-
-// answer ends the discarding and returns the client's answer to the
-// request dropped: the error, unless it went out already (errSent), and
-// ReadyForQuery 'I'.
-func (d *discardState) answer() []byte {
-	var reply []byte
-	if !d.errSent {
-		reply = acquireErrorResponse(d.err, false).appendTo(nil)
-	}
-	reply = pgwire.AppendReadyForQuery(reply, 'I')
-	*d = discardState{}
-	return reply
 }

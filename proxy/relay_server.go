@@ -9,7 +9,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"strings"
 	"time"
@@ -99,7 +98,7 @@ func (c *clientConn) relayInline(b *backend) error {
 	// closeWith and kill close b's socket while c.reader.inline is set (a Close is
 	// the only honest way to end a blocked read); a reason set before that
 	// is seen here.
-	if err := c.leaveReason(); err != nil {
+	if err := c.leave.reason(); err != nil {
 		return err
 	}
 	var readErr error
@@ -124,7 +123,7 @@ func (c *clientConn) relayInline(b *backend) error {
 			select {
 			case <-cancelsDone:
 			case <-c.ctx.Done():
-				return c.leaveReason()
+				return c.leave.reason()
 			}
 			readErr = nil
 			continue
@@ -133,7 +132,7 @@ func (c *clientConn) relayInline(b *backend) error {
 		n, rerr := b.nc.Read(b.in.Free())
 		b.in.End += n
 		if rerr != nil {
-			if err := c.leaveReason(); err != nil {
+			if err := c.leave.reason(); err != nil {
 				return err
 			}
 			if errors.Is(rerr, os.ErrDeadlineExceeded) {
@@ -235,17 +234,6 @@ func (d *inlineDeadline) clear(b *backend) {
 // after this long costs nothing that matters.
 const inlineWait = 100 * time.Millisecond
 
-// leaveReason is why the client must go now (closeWith, kill), or nil.
-func (c *clientConn) leaveReason() error {
-	if pe := c.closeErr.Load(); pe != nil {
-		return pe
-	}
-	if c.killed.Load() {
-		return net.ErrClosed
-	}
-	return nil
-}
-
 // startReaderLocked starts the backend reader on b, which the client holds.
 // Under c.mu.
 func (c *clientConn) startReaderLocked(b *backend) {
@@ -273,7 +261,7 @@ func (c *clientConn) relayReplies(b *backend, readErr error, inline bool) (stop 
 	if len(out) > 0 {
 		c.replay.armed = false // the client has part of the reply: no replay now
 	}
-	c.wakeDrainedLocked()
+	c.reader.wakeDrainedLocked(c.q.len())
 	var send []byte
 	if rerr == nil {
 		if out, send = c.afterTransactionLocked(b, out); send != nil {
@@ -333,7 +321,7 @@ func (c *clientConn) beforeRouteLocked(b *backend, readErr error, inline bool) (
 		// kill or closeWith closed b's socket: not the backend dying (no
 		// replay, no 08006); the client goes and finish destroys b.
 		c.mu.Unlock()
-		return false, true, c.leaveReason()
+		return false, true, c.leave.reason()
 	}
 	if c.replay.armed && c.be == b {
 		dead, wait := c.replay.firstReplyLocked(b, readErr)
@@ -378,7 +366,7 @@ func (c *clientConn) afterTransactionLocked(b *backend, out []byte) (_, send []b
 	if c.idleLocked(b) {
 		// The transaction is over: ask the server about session state
 		// if the client's traffic may have touched it.
-		send = c.state.afterTransaction(&c.listen, c.want, b, &c.q)
+		send = c.state.afterTransaction(&c.listen, c.params.want, b, &c.q)
 	}
 	if len(c.listen.notes) > 0 && c.idleLocked(b) {
 		// Between transactions: deliver the shared listener's
@@ -485,7 +473,7 @@ func (c *clientConn) releaseAtTransactionEnd(b *backend, inline bool) (stop bool
 	}
 	if c.reader.severed {
 		c.mu.Unlock()
-		return true, c.leaveReason()
+		return true, c.leave.reason()
 	}
 	c.dropBackendLocked()
 	c.state.endCheck()
@@ -614,7 +602,7 @@ func (c *clientConn) backendLost(b *backend, err error) {
 		return
 	}
 	c.destroyBackend(b, "server connection failed: "+err.Error())
-	if stopping || c.killed.Load() {
+	if stopping || c.leave.killed.Load() {
 		return // the client is leaving: nobody to tell
 	}
 	if b.fatal {
@@ -700,9 +688,9 @@ func (c *clientConn) routeLocked(b *backend) (out []byte, release bool, err erro
 		n := min(total, end-pos)
 		if swallow {
 			edit()
-			if c.replacement != nil {
-				o = append(o, c.replacement...)
-				c.replacement = nil
+			if c.reader.replacement != nil {
+				o = append(o, c.reader.replacement...)
+				c.reader.replacement = nil
 			}
 		} else if edited {
 			o = append(o, rb[pos:pos+n]...)
@@ -747,7 +735,7 @@ func (c *clientConn) routeOneLocked(b *backend, typ byte, msg []byte) (swallow b
 	case pgwire.MsgErrorResponse:
 		return c.errorResponseLocked(b, msg), nil
 	case pgwire.MsgParameterStatus:
-		swallow, c.replacement = trackParameterStatus(c.want, c.startupParams, b, head, msg, c.replacement)
+		swallow, c.reader.replacement = c.params.trackParameterStatus(b, head, msg, c.reader.replacement)
 		return swallow, nil
 
 	case pgwire.MsgCopyInResponse, pgwire.MsgCopyBothResponse:
@@ -823,7 +811,7 @@ func (c *clientConn) readyForQueryLocked(b *backend, msg []byte) (swallow bool, 
 		c.state.endCheck()
 	}
 	if !r.failed {
-		r.applySucceeded(b, c.want, c.startupParams, &c.stmts)
+		r.applySucceeded(b, &c.params, &c.stmts)
 	} else if r.syncTo != nil {
 		c.log.Warn("bringing a server connection to the client's session parameters failed; the client sees the error")
 	}
@@ -837,7 +825,7 @@ func (c *clientConn) readyForQueryLocked(b *backend, msg []byte) (swallow bool, 
 // and a FATAL (noteError), the proxy's own text for a query_timeout cancel
 // or a refused request, and the requests it fails (requestQueue.fail: in
 // the extended protocol, everything the server now skips up to the
-// client's Sync). It says whether to swallow it (c.replacement then holds
+// client's Sync). It says whether to swallow it (c.reader.replacement then holds
 // what the client gets instead). Under c.mu.
 func (c *clientConn) errorResponseLocked(b *backend, msg []byte) (swallow bool) {
 	body := msg[pgwire.HeaderLen:]
@@ -846,12 +834,12 @@ func (c *clientConn) errorResponseLocked(b *backend, msg []byte) (swallow bool) 
 		// The proxy's query_timeout cancel: say so rather than the
 		// server's "canceling statement due to user request".
 		c.timeouts.queryTimedOut = false
-		c.replacement = c.srv.queryTimeoutError().appendTo(c.replacement[:0])
+		c.reader.replacement = c.srv.queryTimeoutError().appendTo(c.reader.replacement[:0])
 		swallow = true
 	}
 	replacement, toSync := c.q.fail(&c.stmts, b, body)
 	if replacement != nil {
-		c.replacement = append(c.replacement[:0], replacement...)
+		c.reader.replacement = append(c.reader.replacement[:0], replacement...)
 		swallow = true
 	}
 	if toSync {
@@ -891,7 +879,7 @@ func (c *clientConn) finish() {
 	c.dropBackendLocked()
 	// A cancel still being sent could land on the next holder's query.
 	clean := b != nil && b.settled() && c.q.len() == 0 && !c.inBatch &&
-		c.passRemaining == 0 && !c.poisoned && c.cancels.n == 0 && !severed
+		c.stream.passRemaining == 0 && !c.stream.poisoned && c.cancels.n == 0 && !severed
 	status := c.txStatus
 	inFlight := c.q.len() > 0
 	pinned := c.state.pin != nil || c.state.dirty || c.state.paramsDirty
@@ -904,7 +892,7 @@ func (c *clientConn) finish() {
 	if !severed {
 		nc.SetDeadline(time.Time{})
 	}
-	if !clean || c.killed.Load() {
+	if !clean || c.leave.killed.Load() {
 		if inFlight {
 			// Closing the socket alone leaves the query running on the
 			// server until it next writes; cancel it so the backend ends now.

@@ -28,7 +28,7 @@ func testRelay(mode Mode, maxPrepared int) (*clientConn, *backend) {
 	}
 	c := &clientConn{
 		srv: s, policy: mode.policy(), log: s.log, txStatus: 'I',
-		want: newParamSet(), stmts: clientStatements{byName: map[string]*statement{}}, startupParams: map[string]paramValue{},
+		params: clientParams{want: newParamSet(), startup: map[string]paramValue{}}, stmts: clientStatements{byName: map[string]*statement{}},
 		in: pgwire.ReadBuffer{Buf: make([]byte, 16)},
 	}
 	return c, attachBackend(c, maxPrepared)
@@ -185,8 +185,8 @@ func TestRouteSplitsAtEveryBoundary(t *testing.T) {
 		if !release || c.q.len() != 0 || c.txStatus != 'I' {
 			t.Fatalf("chunk %d: release=%v queue=%d status=%c", chunk, release, c.q.len(), c.txStatus)
 		}
-		if c.want.vals["timezone"].val != "Europe/Paris" || b.params.vals["timezone"].val != "Europe/Paris" {
-			t.Fatalf("chunk %d: ParameterStatus not tracked: client %v backend %v", chunk, c.want, b.params)
+		if c.params.want.vals["timezone"].val != "Europe/Paris" || b.params.vals["timezone"].val != "Europe/Paris" {
+			t.Fatalf("chunk %d: ParameterStatus not tracked: client %v backend %v", chunk, c.params.want, b.params)
 		}
 	}
 }
@@ -238,8 +238,8 @@ func TestBuildRejectsBadLength(t *testing.T) {
 		c.in.End = len(msg)
 		_, _, err := c.build(b)
 		var pe *pgError
-		if !errors.As(err, &pe) || pe.Code != pgwire.CodeProtocolViolation || !c.poisoned {
-			t.Fatalf("length %d: got %v (poisoned %v), want a 08P01 protocol violation", l, err, c.poisoned)
+		if !errors.As(err, &pe) || pe.Code != pgwire.CodeProtocolViolation || !c.stream.poisoned {
+			t.Fatalf("length %d: got %v (poisoned %v), want a 08P01 protocol violation", l, err, c.stream.poisoned)
 		}
 	}
 }
@@ -312,8 +312,8 @@ func TestPreparedStatementsArePerParse(t *testing.T) {
 	}
 
 	// Another client, same text, same backend: a Parse of its own.
-	c2 := &clientConn{srv: c1.srv, policy: ModeTransaction.policy(), log: c1.log, txStatus: 'I', want: newParamSet(),
-		stmts: clientStatements{byName: map[string]*statement{}}, startupParams: map[string]paramValue{}, in: pgwire.ReadBuffer{Buf: make([]byte, 16)}, be: b1}
+	c2 := &clientConn{srv: c1.srv, policy: ModeTransaction.policy(), log: c1.log, txStatus: 'I', params: clientParams{want: newParamSet(), startup: map[string]paramValue{}},
+		stmts: clientStatements{byName: map[string]*statement{}}, in: pgwire.ReadBuffer{Buf: make([]byte, 16)}, be: b1}
 	out = pumpClient(t, c2, b1, enc(&pgproto3.Parse{Name: "s1", Query: "select $1"}, &pgproto3.Sync{}), 0)
 	sent = decodeFrontendMsgs(t, out)
 	if p, ok := sent[0].(*pgproto3.Parse); !ok || p.Name == proxyName || p.Query != "select $1" {
@@ -361,8 +361,8 @@ func TestUnnamedStatementIsPrivate(t *testing.T) {
 	c1, b := testRelay(ModeTransaction, 10)
 	pumpClient(t, c1, b, enc(&pgproto3.Parse{Query: "select 'c1'"}, &pgproto3.Describe{ObjectType: 'S'}, &pgproto3.Sync{}), 0)
 	pumpServer(t, c1, b, enc(&pgproto3.ParseComplete{}, &pgproto3.ParameterDescription{}, &pgproto3.NoData{}, &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
-	c2 := &clientConn{srv: c1.srv, policy: ModeTransaction.policy(), log: c1.log, txStatus: 'I', want: newParamSet(),
-		stmts: clientStatements{byName: map[string]*statement{}}, startupParams: map[string]paramValue{}, in: pgwire.ReadBuffer{Buf: make([]byte, 16)}, be: b}
+	c2 := &clientConn{srv: c1.srv, policy: ModeTransaction.policy(), log: c1.log, txStatus: 'I', params: clientParams{want: newParamSet(), startup: map[string]paramValue{}},
+		stmts: clientStatements{byName: map[string]*statement{}}, in: pgwire.ReadBuffer{Buf: make([]byte, 16)}, be: b}
 	pumpClient(t, c2, b, enc(&pgproto3.Parse{Query: "select 'c2'"}, &pgproto3.Sync{}), 0)
 	pumpServer(t, c2, b, enc(&pgproto3.ParseComplete{}, &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
 
@@ -505,12 +505,12 @@ func TestDeallocateAndDiscard(t *testing.T) {
 
 	pumpClient(t, c, b, enc(&pgproto3.Parse{Name: "x", Query: "select 2"}, &pgproto3.Sync{}), 0)
 	pumpServer(t, c, b, msgs(learned(nil, &pgproto3.NoData{}), &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
-	c.want.set("search_path", paramValue{val: "foo", raw: true})
+	c.params.want.set("search_path", paramValue{val: "foo", raw: true})
 	b.params.set("search_path", paramValue{val: "foo", raw: true})
 	pumpClient(t, c, b, enc(&pgproto3.Query{String: "discard all;"}), 0)
 	pumpServer(t, c, b, enc(&pgproto3.CommandComplete{CommandTag: []byte("DISCARD ALL")}, &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
-	if len(c.stmts.byName) != 0 || b.prepared.len() != 0 || c.want.vals["search_path"].val != "" || b.params.vals["search_path"].val != "" {
-		t.Fatalf("DISCARD ALL not applied: stmts %v prepared %d want %v params %v", c.stmts.byName, b.prepared.len(), c.want, b.params)
+	if len(c.stmts.byName) != 0 || b.prepared.len() != 0 || c.params.want.vals["search_path"].val != "" || b.params.vals["search_path"].val != "" {
+		t.Fatalf("DISCARD ALL not applied: stmts %v prepared %d want %v params %v", c.stmts.byName, b.prepared.len(), c.params.want, b.params)
 	}
 }
 
@@ -520,20 +520,20 @@ func TestSetTrackingAndReplay(t *testing.T) {
 	c, b := testRelay(ModeTransaction, 10)
 	pumpClient(t, c, b, enc(&pgproto3.Query{String: "SET search_path TO app, public"}), 0)
 	pumpServer(t, c, b, enc(&pgproto3.CommandComplete{CommandTag: []byte("SET")}, &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
-	if got := c.want.vals["search_path"]; got.val != "app, public" || !got.raw {
-		t.Fatalf("SET not tracked: %v", c.want)
+	if got := c.params.want.vals["search_path"]; got.val != "app, public" || !got.raw {
+		t.Fatalf("SET not tracked: %v", c.params.want)
 	}
 	pumpClient(t, c, b, enc(&pgproto3.Query{String: "SET statement_timeout = 'x'"}), 0)
 	pumpServer(t, c, b, enc(&pgproto3.ErrorResponse{Severity: "ERROR", Code: "22023", Message: "bad"}, &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
-	if _, ok := c.want.vals["statement_timeout"]; ok {
+	if _, ok := c.params.want.vals["statement_timeout"]; ok {
 		t.Fatal("a failed SET was tracked")
 	}
 	fresh := &backend{defaults: map[string]paramValue{"timezone": {val: "UTC"}}, params: &paramSet{vals: map[string]paramValue{"timezone": {val: "UTC"}}}}
-	sql := paramSyncSQL(c.want, fresh.params.vals, fresh.defaults)
+	sql := paramSyncSQL(c.params.want, fresh.params.vals, fresh.defaults)
 	if sql != "SET search_path TO app, public;" {
 		t.Fatalf("replay SQL %q", sql)
 	}
-	if paramSyncSQL(c.want, fresh.params.vals, fresh.defaults) != "" {
+	if paramSyncSQL(c.params.want, fresh.params.vals, fresh.defaults) != "" {
 		t.Fatal("second sync not empty")
 	}
 }
@@ -787,7 +787,7 @@ func feed(c *clientConn, b *backend, client []byte, chunk int, server []byte) {
 		if err != nil {
 			return
 		}
-		if c.passRemaining == 0 && c.in.Start < c.in.End && c.in.Buf[c.in.Start] == pgwire.MsgTerminate {
+		if c.stream.passRemaining == 0 && c.in.Start < c.in.End && c.in.Buf[c.in.Start] == pgwire.MsgTerminate {
 			return // process() ends the client here
 		}
 	}
@@ -913,8 +913,8 @@ func TestSharedCopyRetiredOn0A000(t *testing.T) {
 	shared := c1.stmts.byName["s"].name
 
 	newClient := func() *clientConn {
-		return &clientConn{srv: c1.srv, policy: ModeTransaction.policy(), log: c1.log, txStatus: 'I', want: newParamSet(),
-			stmts: clientStatements{byName: map[string]*statement{}}, startupParams: map[string]paramValue{}, in: pgwire.ReadBuffer{Buf: make([]byte, 16)}, be: b}
+		return &clientConn{srv: c1.srv, policy: ModeTransaction.policy(), log: c1.log, txStatus: 'I', params: clientParams{want: newParamSet(), startup: map[string]paramValue{}},
+			stmts: clientStatements{byName: map[string]*statement{}}, in: pgwire.ReadBuffer{Buf: make([]byte, 16)}, be: b}
 	}
 	// Another result type (a DDL between the two Parses): not shared.
 	c3 := newClient()

@@ -100,7 +100,7 @@ func (c *clientConn) recordReplay(b *backend, from int, streamed bool) {
 	if !c.replay.armed && !dying || c.be != b {
 		return
 	}
-	if streamed || c.passRemaining > 0 || c.state.checkWait != nil || from > c.in.Start {
+	if streamed || c.stream.passRemaining > 0 || c.state.checkWait != nil || from > c.in.Start {
 		c.replay.armed = false
 		c.replay.lost = dying
 		return

@@ -238,18 +238,18 @@ func (q *requestQueue) fail(stmts *clientStatements, b *backend, errBody []byte)
 // applySucceeded updates the tracked state once Query r completed without
 // an error: b's parameters after the proxy's own SETs, the client's SET
 // and RESET statements of parameters the server does not report, on b and
-// in want (trackParamChange; startup holds the startup packet's values,
-// which RESET goes back to), and the statements a DEALLOCATE ALL or
+// in the client's params (clientParams.trackParamChange: a RESET goes
+// back to the startup packet's value), and the statements a DEALLOCATE ALL or
 // DISCARD ALL dropped on b.
-func (r *request) applySucceeded(b *backend, want *paramSet, startup map[string]paramValue, stmts *clientStatements) {
+func (r *request) applySucceeded(b *backend, params *clientParams, stmts *clientStatements) {
 	if r.syncTo != nil {
 		b.params.replace(r.syncTo)
 	}
 	for _, ch := range r.sets {
-		trackParamChange(want, startup, b, ch)
+		params.trackParamChange(b, ch)
 	}
 	if r.resetAll {
-		trackParamChange(want, startup, b, paramChange{all: true, reset: true})
+		params.trackParamChange(b, paramChange{all: true, reset: true})
 	}
 	if r.deallocAll {
 		stmts.deallocated(b)

@@ -352,12 +352,12 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	var err error
 wait:
 	for {
-		// Wake every client reader; those between transactions leave with
-		// 57P01, those inside one carry on.
+		// Wake every client reader, parked or not; those between
+		// transactions leave with 57P01, those inside one carry on.
 		s.mu.Lock()
 		n := len(s.clients)
 		for c := range s.clients {
-			c.poke()
+			c.wake()
 		}
 		s.mu.Unlock()
 		if n == 0 {

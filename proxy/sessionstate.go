@@ -564,7 +564,7 @@ func (c *clientConn) applyStateCheckLocked(b *backend, sc *stateCheck, failed bo
 		c.log.Warn("checking a server connection's session state failed; it stays with its client")
 		sc.hazards[hazardNone] = true
 	} else {
-		trackCheckedSettings(c.want, c.startupParams, b, sc.settings)
+		c.params.trackCheckedSettings(b, sc.settings)
 	}
 	if c.hub != nil && len(sc.listens) > 0 {
 		// The shared listener serves the client's channels; the backend
@@ -591,11 +591,11 @@ func (c *clientConn) applyStateCheckLocked(b *backend, sc *stateCheck, failed bo
 	}
 	switch {
 	case has && c.state.pin == nil:
-		c.state.pin = &PinnedClient{Client: c.identity.addr, ApplicationName: currentAppName(c.want), Database: c.db.Name, Reasons: reasons, Since: time.Now()}
+		c.state.pin = &PinnedClient{Client: c.identity.addr, ApplicationName: currentAppName(c.params.want), Database: c.db.Name, Reasons: reasons, Since: time.Now()}
 		c.srv.pinned.Add(1)
 		c.log.Info("client pinned to its server connection: it holds session state", "application_name", c.identity.appName, "state", reasons)
 	case has && c.state.pin.Reasons != reasons:
-		c.state.pin = &PinnedClient{Client: c.identity.addr, ApplicationName: currentAppName(c.want), Database: c.db.Name, Reasons: reasons, Since: c.state.pin.Since}
+		c.state.pin = &PinnedClient{Client: c.identity.addr, ApplicationName: currentAppName(c.params.want), Database: c.db.Name, Reasons: reasons, Since: c.state.pin.Since}
 		c.log.Info("pinned client's session state changed", "application_name", c.identity.appName, "state", reasons)
 	case !has && c.state.pin != nil:
 		c.log.Info("client unpinned: its session state is gone", "application_name", c.identity.appName,
@@ -603,7 +603,7 @@ func (c *clientConn) applyStateCheckLocked(b *backend, sc *stateCheck, failed bo
 		c.state.pin = nil
 		c.srv.pinned.Add(-1)
 	}
-	if c.state.pin != nil && !paramsInSync(c.want, b.params, b.defaults) {
+	if c.state.pin != nil && !paramsInSync(c.params.want, b.params, b.defaults) {
 		c.state.resync = true
 	}
 	if !b.tainted {

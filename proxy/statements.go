@@ -707,7 +707,7 @@ func (s *clientStatements) close(q *requestQueue, b *backend, out, msg, body []b
 // for a backend there can deadlock against that thread's own open
 // transactions when the pool is smaller than the client count.
 func (c *clientConn) answerWithoutBackend() (bool, error) {
-	if !c.policy.rewriteStatements || c.passRemaining > 0 {
+	if !c.policy.rewriteStatements || c.stream.passRemaining > 0 {
 		return false, nil
 	}
 	end, stmts, ok := c.localRequest()

@@ -146,7 +146,7 @@ func (s *Server) sweepOnce(live *Config, now time.Time) {
 // sweepClient applies the timeout of the state c has been in, without
 // progress, for too long.
 func (s *Server) sweepClient(c *clientConn, live *Config, now time.Time) {
-	if !c.timeouts.running.Load() || c.closeErr.Load() != nil {
+	if !c.timeouts.running.Load() || c.leave.err.Load() != nil {
 		return // still logging in, or already told to go
 	}
 	c.mu.Lock()

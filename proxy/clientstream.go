@@ -1,0 +1,168 @@
+// clientstream.go: the framing of the client's bytes (clientStream): the
+// checks on each client message's header (checkHead, checkLength, known
+// types), a message streamed to the backend or dropped part by part, a
+// refused request discarded up to its end, and a client that broke the
+// protocol.
+
+package proxy
+
+import (
+	"fmt"
+	"log/slog"
+
+	"github.com/pgsidecar/pgsidecar/internal/pgwire"
+)
+
+// clientStream is where the client goroutine is in the client's byte
+// stream (c.in) beyond one whole message: a message being streamed to the
+// backend or dropped as it arrives, a request being discarded, a client
+// that broke the protocol. Owned by the client goroutine, or the event
+// loop while it runs the client; the methods take the read buffer they
+// work on, which the loop lends and reclaims (loopcache.go), as a
+// parameter.
+type clientStream struct {
+	passRemaining int          // bytes of a message being streamed to the backend
+	passDrop      bool         // ... or dropped (dropRest): the message was refused, an error went out in its place
+	poisoned      bool         // the client broke the protocol: its backend is closed, not reused
+	discard       discardState // acquire failed (or a Parse was refused): drop to Sync / Query
+}
+
+// settled reports whether the next byte of the client's stream starts a
+// message: nothing is left of one being streamed or dropped, no request is
+// being discarded, and the client did not break the protocol. Only then
+// may the event loop run the client, or the client park.
+func (s *clientStream) settled() bool {
+	return s.passRemaining == 0 && !s.discard.on && !s.poisoned
+}
+
+// passOn moves the bytes of the message being streamed that are at in's
+// head to out, or drops them (passDrop), and returns out. The stream is
+// over once passRemaining is 0.
+func (s *clientStream) passOn(in *pgwire.ReadBuffer, out []byte) []byte {
+	if out, s.passRemaining = passOn(in, out, s.passRemaining, s.passDrop); s.passRemaining == 0 {
+		s.passDrop = false
+	}
+	return out
+}
+
+// dropRest drops a message of total bytes starting at in's head: what is
+// here now, and the rest as it arrives (passDrop, which build hands to
+// passOn).
+func (s *clientStream) dropRest(in *pgwire.ReadBuffer, total int) {
+	if _, s.passRemaining = passOn(in, nil, total, true); s.passRemaining > 0 {
+		s.passDrop = true
+	}
+}
+
+// protocolViolation logs pe, the client's malformed input (checkLength),
+// to the client's logger lg, and marks the client poisoned: the caller
+// returns pe, the client is told and closed, and its backend, whose state
+// is unknown, is closed too.
+func (s *clientStream) protocolViolation(lg *slog.Logger, pe *pgError) error {
+	lg.Warn("protocol violation from client", "err", pe.Message)
+	s.poisoned = true
+	return pe
+}
+
+// checkHead looks at the client message at the head of in, the client's
+// buffer, before anything is done for it: more says its header is not all
+// here (in.Want asks for it); err is the client's Terminate
+// (errClientTerminated) or a type no PostgreSQL server accepts
+// (unknownMessage, logged to lg).
+func checkHead(in *pgwire.ReadBuffer, lg *slog.Logger) (more bool, err error) {
+	if in.Pending() < pgwire.HeaderLen {
+		in.Want = pgwire.HeaderLen
+		return true, nil
+	}
+	if in.Buf[in.Start] == pgwire.MsgTerminate {
+		return false, errClientTerminated
+	}
+	if typ := in.Buf[in.Start]; !knownFrontendType(typ) {
+		return false, unknownMessage(lg, typ)
+	}
+	return false, nil
+}
+
+// passOn moves, of the remaining bytes of a message being streamed, those
+// at in's head to out, or drops them (drop: the message was refused, or
+// its request is being discarded). It returns out and how many bytes of
+// the message are still to come (the client's passRemaining).
+func passOn(in *pgwire.ReadBuffer, out []byte, remaining int, drop bool) ([]byte, int) {
+	n := min(remaining, in.End-in.Start)
+	if !drop {
+		out = append(out, in.Buf[in.Start:in.Start+n]...)
+	}
+	in.Start += n
+	return out, remaining - n
+}
+
+// smallMessageMax is PostgreSQL's PQ_SMALL_MESSAGE_LIMIT: the longest
+// Sync, Flush, Describe, Close, Execute or Terminate it accepts. These are
+// read whole, so without this bound a client could make the proxy buffer
+// up to max_message_size for one of them.
+const smallMessageMax = 10000
+
+// isSmallMessage reports whether typ is bounded by smallMessageMax.
+func isSmallMessage(typ byte) bool {
+	switch typ {
+	case pgwire.MsgSync, pgwire.MsgFlush, pgwire.MsgDescribe, pgwire.MsgClose, pgwire.MsgExecute, pgwire.MsgTerminate:
+		return true
+	}
+	return false
+}
+
+// checkLength returns the protocol violation (FATAL 08P01) for a client
+// message length below 4 or above maxMessageSize (max_message_size;
+// smallMessageMax for the small message types, as PostgreSQL does), or
+// nil. The caller hands it to protocolViolation.
+func checkLength(typ byte, bodyLen, maxMessageSize int) *pgError {
+	if bodyLen < 0 || bodyLen > maxMessageSize || isSmallMessage(typ) && bodyLen+4 > smallMessageMax {
+		return newFatal(pgwire.CodeProtocolViolation, fmt.Sprintf("invalid message length %d for message type %q", bodyLen+4, typ),
+			"the client sent a malformed message; this is a driver bug or not a PostgreSQL client")
+	}
+	return nil
+}
+
+// knownFrontendType reports whether typ is a message a client may send
+// after startup (PostgreSQL's PostgresMain accepts exactly these).
+func knownFrontendType(typ byte) bool {
+	switch typ {
+	case pgwire.MsgQuery, pgwire.MsgParse, pgwire.MsgBind, pgwire.MsgDescribe, pgwire.MsgExecute, pgwire.MsgClose, pgwire.MsgSync, pgwire.MsgFlush,
+		pgwire.MsgTerminate, pgwire.MsgFunctionCall, pgwire.MsgCopyData, pgwire.MsgCopyDone, pgwire.MsgCopyFail:
+		return true
+	}
+	return false
+}
+
+// unknownMessage answers a message type no PostgreSQL server accepts the
+// way the server does (FATAL 08P01, then close), without forwarding it: the
+// client's backend is not lost over it. Logged to the client's logger lg,
+// once per client, which it ends.
+func unknownMessage(lg *slog.Logger, typ byte) error {
+	msg := fmt.Sprintf("invalid frontend message type %d", typ)
+	lg.Warn("protocol violation from client", "err", msg)
+	return newFatal(pgwire.CodeProtocolViolation, msg, "the client sent a message type PostgreSQL does not know; this is a driver bug or not a PostgreSQL client")
+}
+
+// discardState is the client goroutine's dropping of a request that gets
+// only an error: no backend could be had for it, or its Parse was larger
+// than max_client_buffer (refuseOversized).
+type discardState struct {
+	on      bool  // drop messages until Sync / Query
+	query   bool  // the message being dropped is a Query: answer when it ends
+	err     error // why, for the reply (an acquire error)
+	errSent bool  // the error went out already; only 'Z' is owed
+}
+
+// answer ends the discarding and returns the client's answer to the
+// request dropped: the error, unless it went out already (errSent), and
+// ReadyForQuery 'I'.
+func (d *discardState) answer() []byte {
+	var reply []byte
+	if !d.errSent {
+		reply = acquireErrorResponse(d.err, false).appendTo(nil)
+	}
+	reply = pgwire.AppendReadyForQuery(reply, 'I')
+	*d = discardState{}
+	return reply
+}
