@@ -119,8 +119,8 @@ const loopQueueWait = 100 * time.Millisecond
 // sysmon, whose samples can be up to 10 ms apart, always sees a new
 // scheduling tick. Each yield stops the loop for the two handoffs (170-220
 // µs under load on a slow host); yielding every 9 ms, never, only when
-// the loop has nothing ready, or unlocked measured no better (README, the
-// lab at 52594b6).
+// the loop has nothing ready, or unlocked measured no better
+// (BENCHMARKS.md, the lab at 52594b6).
 const loopYieldEvery = 5 * time.Millisecond
 
 // loopRetry is how often the loop tries again for queued requests when it

@@ -470,7 +470,7 @@ func serveEpoll(addr string, conns []net.Conn) {
 
 // spin (-spin) and burn: work added per exchange, touching no memory, to
 // measure what a microsecond of a pooler's own CPU costs in TPS on a
-// saturated machine (README, "What a microsecond of the pooler's CPU
+// saturated machine (BENCHMARKS.md, "What a microsecond of the pooler's CPU
 // costs"): the chain of multiplications cannot be vectorised or elided.
 var spin int
 
