@@ -69,7 +69,7 @@ func worthNextTry(err error) bool {
 		return true
 	}
 	switch pgErr.Code {
-	case "28P01", "3D000", "42501":
+	case pgwire.CodeInvalidPassword, pgwire.CodeInvalidCatalogName, pgwire.CodeInsufficientPrivilege:
 		return false
 	}
 	return true

@@ -413,7 +413,7 @@ func (r *consoleResult) row(vals ...any) {
 
 func (r *consoleResult) appendTo(dst []byte) []byte {
 	if r.notice != "" {
-		dst = appendNotice(dst, "00000", r.notice, "")
+		dst = appendNotice(dst, pgwire.CodeSuccessfulCompletion, r.notice, "")
 	}
 	tag := r.tag
 	if r.cols != nil {

@@ -6,6 +6,7 @@ package pgwire
 // SQLSTATE codes (PostgreSQL's errcodes.txt names in the comments) of the
 // errors pgsidecar itself reports.
 const (
+	CodeSuccessfulCompletion       = "00000" // successful_completion (the console's notices)
 	CodeFeatureNotSupported        = "0A000" // feature_not_supported
 	CodeConnectionFailure          = "08006" // connection_failure
 	CodeProtocolViolation          = "08P01" // protocol_violation
