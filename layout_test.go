@@ -4,6 +4,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -55,5 +56,39 @@ func TestImportRules(t *testing.T) {
 	}
 	if _, err := os.Stat("ARCHITECTURE.md"); err != nil {
 		t.Errorf("ARCHITECTURE.md: %v", err)
+	}
+}
+
+// sqlstateLiteral matches a string literal shaped as a SQLSTATE of one of
+// PostgreSQL's classes (errcodes.txt), such as "57P01".
+var sqlstateLiteral = regexp.MustCompile(`"(0[0-9ABFLPZ]|2[0-9BDF]|3[489BDF]|4[024]|5[3-8]|72|F0|HV|P0|XX)[0-9A-Z]{3}"`)
+
+// TestSQLStatesHaveOneHome keeps every SQLSTATE the code names in
+// internal/pgwire/sqlstate.go: elsewhere, non-test code uses its constants.
+func TestSQLStatesHaveOneHome(t *testing.T) {
+	home := filepath.Join("internal", "pgwire", "sqlstate.go")
+	err := filepath.WalkDir(".", func(path string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() && (d.Name() == ".git" || d.Name() == "node_modules" || d.Name() == "testdata") {
+			return filepath.SkipDir
+		}
+		if d.IsDir() || !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") || path == home {
+			return nil
+		}
+		src, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		for i, line := range strings.Split(string(src), "\n") {
+			if m := sqlstateLiteral.FindString(line); m != "" && !strings.HasPrefix(strings.TrimSpace(line), "//") {
+				t.Errorf("%s:%d: SQLSTATE %s as a literal; use (or add) its constant in %s", path, i+1, m, home)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
