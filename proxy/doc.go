@@ -143,10 +143,16 @@
 // lock (the sweeper copies the client list and lets Server.mu go first).
 // A notifyHub's lock comes before Server.mu, and is never held while a
 // notification is queued for a client.
-// No lock is held across a call into the pool or a network read or write. The
-// remaining mutexes (cancelKeys, statementRegistry, loginBrake, logLimiter,
-// clientConn.last.mu, the spare descriptor) are leaves: nothing is locked
-// under them.
+// clientConn.wmu, which orders the writes to a client, before
+// clientConn.mu: a backend reader holds it from before it releases the
+// backend until its write of the transaction's last reply
+// (replyAndRelease). The spare descriptor's lock (Server.spareMu) before
+// Server.mu (isClosed). No lock is held across a call into the pool or a
+// network read or write but those two: c.wmu across the client write it
+// orders (and a backend reader's release before it), spareMu across
+// refuseOutOfFDs' accept and refusal (bounded by deadlines). The remaining
+// mutexes (idleReader.signalMu, cancelKeys, statementRegistry, loginBrake,
+// logLimiter, clientConn.last.mu) are leaves: nothing is locked under them.
 //
 // # Glossary
 //
