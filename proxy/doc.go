@@ -40,10 +40,10 @@
 //     trackCheckedSettings track a change on the backend and in them;
 //   - sessionTrack and listenTrack (sessionstate.go, notify.go): the
 //     session-state check and LISTEN through the shared listener;
-//   - readerState (relay_server.go): who reads c.be, and its hand-overs
-//     with the client reader (writeDone; drained, wakeDrainedLocked, for
-//     backpressure; replacement, the reply routing sends in place of one
-//     it swallowed);
+//   - readerState (clientconn.go; relay_server.go's readers): who reads
+//     c.be, and its hand-overs with the client reader (writeDone; drained,
+//     wakeDrainedLocked, for backpressure; replacement, the reply routing
+//     sends in place of one it swallowed);
 //   - cancelTrack (cancel.go): the cancel requests being sent to c.be,
 //     which pin it; a request written meanwhile waits (awaitLocked);
 //   - clientStream (clientstream.go): where the client goroutine is in the
@@ -94,7 +94,7 @@
 // thread, doing more than waking: in transaction mode a plain-TCP client
 // parks right after each request, and when its next request arrives the
 // loop relays it itself, with the same code (process, build,
-// relayReplies) and a backend taken without waiting (pool.TryAcquire),
+// relayReplies) and a backend taken without waiting (pool.TryAcquireAt),
 // waits for the reply in its own epoll set, relays it and parks the
 // client again: no goroutine runs and nobody is woken. A request for a
 // saturated pool waits in the loop's own queue (serveQueues) for up to
