@@ -40,10 +40,10 @@
 //     trackCheckedSettings track a change on the backend and in them;
 //   - sessionTrack and listenTrack (sessionstate.go, notify.go): the
 //     session-state check and LISTEN through the shared listener;
-//   - readerState (relay_server.go): who reads c.be, and its hand-overs
-//     with the client reader (writeDone; drained, wakeDrainedLocked, for
-//     backpressure; replacement, the reply routing sends in place of one
-//     it swallowed);
+//   - readerState (clientconn.go; relay_server.go's readers): who reads
+//     c.be, and its hand-overs with the client reader (writeDone; drained,
+//     wakeDrainedLocked, for backpressure; replacement, the reply routing
+//     sends in place of one it swallowed);
 //   - cancelTrack (cancel.go): the cancel requests being sent to c.be,
 //     which pin it; a request written meanwhile waits (awaitLocked);
 //   - clientStream (clientstream.go): where the client goroutine is in the
@@ -94,7 +94,7 @@
 // thread, doing more than waking: in transaction mode a plain-TCP client
 // parks right after each request, and when its next request arrives the
 // loop relays it itself, with the same code (process, build,
-// relayReplies) and a backend taken without waiting (pool.TryAcquire),
+// relayReplies) and a backend taken without waiting (pool.TryAcquireAt),
 // waits for the reply in its own epoll set, relays it and parks the
 // client again: no goroutine runs and nobody is woken. A request for a
 // saturated pool waits in the loop's own queue (serveQueues) for up to
@@ -143,10 +143,16 @@
 // lock (the sweeper copies the client list and lets Server.mu go first).
 // A notifyHub's lock comes before Server.mu, and is never held while a
 // notification is queued for a client.
-// No lock is held across a call into the pool or a network read or write. The
-// remaining mutexes (cancelKeys, statementRegistry, loginBrake, logLimiter,
-// clientConn.last.mu, the spare descriptor) are leaves: nothing is locked
-// under them.
+// clientConn.wmu, which orders the writes to a client, before
+// clientConn.mu: a backend reader holds it from before it releases the
+// backend until its write of the transaction's last reply
+// (replyAndRelease). The spare descriptor's lock (Server.spareMu) before
+// Server.mu (isClosed). No lock is held across a call into the pool or a
+// network read or write but those two: c.wmu across the client write it
+// orders (and a backend reader's release before it), spareMu across
+// refuseOutOfFDs' accept and refusal (bounded by deadlines). The remaining
+// mutexes (idleReader.signalMu, cancelKeys, statementRegistry, loginBrake,
+// logLimiter, clientConn.last.mu) are leaves: nothing is locked under them.
 //
 // # Glossary
 //
