@@ -28,11 +28,11 @@ import (
 // So a parked client (park.go) is not handed a goroutine when its socket
 // becomes readable: the parker's goroutine (the loop, locked to its
 // thread) reads the request, takes an idle backend without waiting
-// (pool.TryAcquire), runs the relay's own code on it (process, build,
-// relayReplies: the same bookkeeping), writes it, and waits for the
-// backend's reply in the same epoll set. When the reply is relayed and
-// the backend released, the client is parked again. One thread, one
-// epoll_wait for every ready socket, no wake-up of anyone.
+// (pool.TryAcquireAt, on the loop's clock), runs the relay's own code on
+// it (process, build, relayReplies: the same bookkeeping), writes it, and
+// waits for the backend's reply in the same epoll set. When the reply is
+// relayed and the backend released, the client is parked again. One
+// thread, one epoll_wait for every ready socket, no wake-up of anyone.
 //
 // The loop never waits for anything but its epoll set. Whatever could
 // wait is handed to a goroutine (loopHandOff: resume, which carries the

@@ -342,7 +342,7 @@ func (c *clientConn) acquireForRequest() (*backend, error) {
 // acquire gets a backend for this client and brings it to the client's
 // session parameters. In session mode it starts the backend reader on it;
 // in transaction mode the client goroutine reads the replies itself until
-// a request needs a backend reader (planRelayLocked).
+// a request needs a backend reader (planRelay).
 func (c *clientConn) acquire() (*backend, error) {
 	s := c.srv
 	ctx, canceled := c.beginWait()

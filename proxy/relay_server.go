@@ -81,7 +81,7 @@ func (c *clientConn) backendReader(b *backend, done chan struct{}) {
 }
 
 // relayInline is the client goroutine reading backend b's replies itself
-// after writing a request (see planRelayLocked): it routes them to the
+// after writing a request (see planRelay): it routes them to the
 // client until nothing it sent is outstanding, gives b back when the
 // transaction is over, and returns to reading the client. It hands b to a
 // backend reader instead when the backend starts waiting for client input
@@ -533,14 +533,15 @@ func (c *clientConn) dropBackendLocked() {
 }
 
 // releasableLocked reports whether the client's transaction is over and
-// nothing is in flight, so b can serve another client.
-// Only the backend reader calls it: b's buffer indexes are its own.
+// nothing is in flight, so b can serve another client. Only b's reader
+// calls it (the backend reader, or relayReplies on the client goroutine
+// or the loop, whichever reads b): b's buffer indexes are its own.
 func (c *clientConn) releasableLocked(b *backend) bool {
 	return c.idleLocked(b) && c.state.pin == nil && !c.listen.unlistenBackend
 }
 
 // idleLocked reports whether the client's transaction is over and nothing
-// is in flight on b. Only the backend reader calls it.
+// is in flight on b. Only b's reader calls it (see releasableLocked).
 func (c *clientConn) idleLocked(b *backend) bool {
 	return c.transactionOverLocked() && b.settled()
 }

@@ -37,9 +37,11 @@ import (
 // (EPOLL_CTL_DEL), and put back exactly as the runtime registered it
 // before a goroutine may wait on it: a client when a goroutine takes it
 // over (parker.leaveSetLocked), a backend when a goroutine takes it over
-// (unwatchLocked) or when it goes back to the pool (releaseBackend), whose
-// validation and idle checks read it through pgconn. The runtime's close
-// takes a socket out of its set whether or not it is there.
+// (unwatchLocked) or, while it waits idle in the pool still out of the
+// set for the loop's next client, before the pool itself uses it (the
+// reclaim hook, pool.Conn.SetReclaim: an Acquire, the validation query,
+// an idle check read it through pgconn). The runtime's close takes a
+// socket out of its set whether or not it is there.
 //
 // Go has no API for this. runtimePoll finds the runtime's epoll descriptor
 // among the process's (/proc/self/fd) and computes what the runtime
