@@ -464,7 +464,7 @@ type Stats struct {
 	ClientsAccepted  uint64 `json:"clients_accepted"` // since start
 	ClientsRejected  uint64 `json:"clients_rejected"` // refused (limit, auth, bad startup)
 	AuthFailures     uint64 `json:"auth_failures"`
-	Cancels          uint64 `json:"cancels"` // cancel requests forwarded
+	Cancels          uint64 `json:"cancels"` // cancel requests forwarded, or that ended a wait (handleCancel)
 	// LoginsDelayed counts login attempts held back by the failed-login
 	// delay; LoginsThrottled those refused because the wait would outlast
 	// the login timeout.
