@@ -298,7 +298,7 @@ var clientSeries = map[string]struct {
 	"clients_accepted":   {name: "clients_accepted_total", counter: true, help: "Client connections accepted since start (including those rejected later)."},
 	"clients_rejected":   {name: "clients_rejected_total", counter: true, help: "Clients refused at startup: max_client_conn, authentication, an unknown database or a bad startup packet."},
 	"auth_failures":      {name: "auth_failures_total", counter: true, help: "Client logins refused for a wrong password or unknown user."},
-	"cancels":            {name: "cancel_requests_total", counter: true, help: "Cancel requests forwarded to a server."},
+	"cancels":            {name: "cancel_requests_total", counter: true, help: "Cancel requests served: forwarded to the client's server, or ending the client's wait for one."},
 	"cancels_unknown":    {name: "cancel_requests_unknown_total", counter: true, help: "Cancel requests whose key matched no connected client; dropped, and logged at most once per interval."},
 	"logins_delayed":     {name: "logins_delayed_total", counter: true, help: "Login attempts that waited under auth.failed_login_delay after failed logins from their address."},
 	"logins_throttled":   {name: "logins_throttled_total", counter: true, help: "Login attempts refused because their failed-login delay would outlast the login timeout."},
