@@ -84,15 +84,20 @@ func (k *cancelKeys) unregister(c *clientConn) {
 	k.mu.Unlock()
 }
 
+// lookup is the client whose key is (pid, secret), or nil. The secret is
+// read under k.mu: rekey rewrites it while a session-mode client logs in,
+// when a cancel request may already carry the key its backend announced.
 func (k *cancelKeys) lookup(pid, secret uint32) *clientConn {
 	k.mu.Lock()
 	c := k.clients[pid]
+	var want, got [4]byte
+	if c != nil {
+		binary.BigEndian.PutUint32(want[:], c.identity.secret)
+	}
 	k.mu.Unlock()
 	if c == nil {
 		return nil
 	}
-	var want, got [4]byte
-	binary.BigEndian.PutUint32(want[:], c.identity.secret)
 	binary.BigEndian.PutUint32(got[:], secret)
 	if subtle.ConstantTimeCompare(want[:], got[:]) != 1 {
 		return nil
