@@ -85,7 +85,8 @@ type clientConn struct {
 // kill), read by whoever runs the client, which then leaves (reason).
 type leaveState struct {
 	// err, once set (closeWith), is why the client must go: the drain
-	// deadline or a timeout. The client reader returns it at its next wake.
+	// deadline, a timeout or the admin console's KILL. The client reader
+	// returns it at its next wake.
 	err    atomic.Pointer[pgError]
 	killed atomic.Bool // kill: the client is closed, and nothing more is told to it
 }
@@ -303,7 +304,7 @@ func (s *Server) session(c *clientConn) (parked bool) {
 	start := c.identity.since
 	c.finish()
 	if pe := c.leave.err.Load(); pe != nil {
-		// Told to go (drain deadline, a timeout): whatever the reader was
+		// Told to go (drain deadline, a timeout, KILL): whatever the reader was
 		// doing when it was woken, the client learns why.
 		err = pe
 	}
@@ -355,7 +356,7 @@ func acquireErrorResponse(err error, fatal bool) *pgError {
 // closeWith makes the client leave with pe (FATAL) as soon as its reader
 // wakes, which this forces: the reader returns pe, finish rolls back and
 // returns its backend (or closes it when a request is still in flight), and
-// serveConn sends pe. The first reason given wins.
+// session sends pe. The first reason given wins.
 func (c *clientConn) closeWith(pe *pgError) {
 	c.leave.err.CompareAndSwap(nil, pe)
 	c.cancel() // a reader waiting for a backend or a probe stops waiting

@@ -149,7 +149,7 @@ const (
 
 // loopState is one client's part in the loop.
 type loopState struct {
-	st      atomic.Int32 // loopIdle, loopBusy, loopWaiting: changed under parker.mu
+	st      atomic.Int32 // loopIdle, loopBusy, loopWaiting, loopQueued: changed under parker.mu
 	running bool         // the loop thread runs the client (loop thread only)
 	woken   bool         // a wake-up came while loopBusy (under parker.mu)
 	more    bool         // the socket became readable while the loop had the client, not parked (under parker.mu)

@@ -69,7 +69,9 @@ type hubWaiter struct {
 	ch  chan struct{}
 }
 
-// hubFor returns db's hub, or nil when db has no listener configuration.
+// hubFor returns db's hub, or nil when db has no listener configuration
+// or the mode does not carry session state (session mode: LISTEN stays
+// on the client's own backend).
 func (s *Server) hubFor(db *Database) *notifyHub {
 	if db.Listen == nil || !s.cfg.Mode.policy().carrySessionState {
 		return nil

@@ -388,7 +388,9 @@ func (p *parker) controlLocked(rc rawConn, op func(fd uintptr), key uint64) bool
 	return p.rtOK
 }
 
-// resume carries a parked client's session on, on a goroutine of its own.
+// resume carries a client's session on, on a goroutine of its own: a
+// parked client (unparkLocked) or one the loop hands over (loopHandOff,
+// handWaitingLocked, handQueuedLocked).
 func (s *Server) resume(c *clientConn) {
 	if s.session(c) {
 		return // parked again: the count goes with it
@@ -488,7 +490,7 @@ func (c *clientConn) settledLocked() bool {
 // parkableNow reports whether the client may park: nothing of it is in
 // flight, buffered, held or owed, and it is not being told to go. It
 // gives the request ring back to its pool when so. Under parker.mu, on
-// the client reader's goroutine.
+// the client reader's goroutine (tryPark) or the loop thread (loopPark).
 func (c *clientConn) parkableNow() bool {
 	if c.leave.reason() != nil || c.srv.draining.Load() {
 		return false

@@ -468,7 +468,9 @@ func (c *clientConn) inlineableLocked(outLen int) bool {
 // unpin ends the client reader's use of b (see build). It wakes the server
 // reader when the proxy owes the client replies of its own, or when the
 // request left the backend with nothing in flight, so it is released.
-// It returns the probe to wait for, if build started one.
+// It returns what the request waits for, if anything: the state check in
+// flight (checkWait), else the probe build started (nil if none); and the
+// done channel of the backend reader, if one runs.
 func (c *clientConn) unpin(b *backend, wake bool) (probe, readerDone chan struct{}) {
 	c.mu.Lock()
 	defer c.mu.Unlock()

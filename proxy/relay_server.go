@@ -245,7 +245,8 @@ func (c *clientConn) startReaderLocked(b *backend) {
 // relayReplies routes what b sent (readErr: the read's error, nil when
 // nothing new was read), writes the client's bytes and any request of the
 // proxy's own, and gives b back when the transaction is over. inline says
-// the client goroutine is the reader. stop says the reader must stop: b
+// the client's own side reads b: its goroutine (relayInline) or the loop
+// thread (loopReply), not a backend reader. stop says the reader must stop: b
 // was released, lost, or abandoned for a replay; err (inline only) ends
 // the client.
 func (c *clientConn) relayReplies(b *backend, readErr error, inline bool) (stop bool, err error) {

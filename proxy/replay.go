@@ -170,7 +170,8 @@ func (c *clientConn) armedFor(b *backend) bool {
 	return c.replay.armed && c.be == b
 }
 
-// firstReplyLocked is the backend reader's look at what b sent (and
+// firstReplyLocked is b's reader's look (beforeRouteLocked: a backend
+// reader, the client goroutine inline, or the loop) at what b sent (and
 // readErr) while the client's request may still be replayed: the caller
 // found the replay armed and b the client's backend. dead true means b
 // died before answering: the caller marks it dead (failFreshLocked) and
@@ -181,7 +182,9 @@ func (c *clientConn) armedFor(b *backend) bool {
 func (r *replayState) firstReplyLocked(b *backend, readErr error) (dead, wait bool) {
 	if errors.Is(readErr, os.ErrDeadlineExceeded) {
 		// A wake-up (a deadline set to now: the proxy owes the client a
-		// reply of its own, or kill), not the backend dying: taking it for
+		// reply of its own, the transaction ended, a cancel finished, or
+		// notifications wait; kill closes the socket instead), not the
+		// backend dying: taking it for
 		// a death would send a request the backend may be running (a
 		// simple Query commits on its own) to a second one.
 		readErr = nil

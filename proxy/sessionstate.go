@@ -321,7 +321,8 @@ const stateCheckRow = "pgsidecar.state"
 const stateListenRow = "pgsidecar.listen"
 
 // stateCheckSQL reads, on the backend, every kind of session state in one
-// row (counts in hazard order) followed by the settings the session set.
+// row (counts in hazard order) followed by a row per channel the backend
+// listens on (stateListenRow) and the settings the session set.
 const stateCheckSQL = `SELECT '` + stateCheckRow + `', concat_ws(',',` +
 	` (SELECT count(*) FROM pg_catalog.pg_listening_channels()),` +
 	` (SELECT count(*) FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid()),` +
@@ -411,7 +412,7 @@ type stateCheck struct {
 	settings map[string]string
 }
 
-// noteStateRow records one DataRow of the check.
+// noteRow records one DataRow of the check.
 func (sc *stateCheck) noteRow(body []byte) {
 	if len(body) < 2 || binary.BigEndian.Uint16(body) != 2 {
 		return
@@ -509,8 +510,9 @@ func (s *sessionTrack) noteTraffic(q []byte, touches, changes bool) {
 // UNLISTEN * for a backend that still listens (l.unlistenBackend), the
 // session-state check when the client's traffic may have touched session
 // state or settings, or the SETs that bring a pinned client's backend to
-// want, the parameters the client set. Its request goes on q. The backend
-// reader writes the Query after unlocking; meanwhile checkWait holds the
+// want, the parameters the client set. Its request goes on q. b's reader
+// (relayReplies: a backend reader, the client goroutine inline, or the
+// loop) writes the Query after unlocking; meanwhile checkWait holds the
 // client reader's next request back, so the wire order matches q.
 func (s *sessionTrack) afterTransaction(l *listenTrack, want *paramSet, b *backend, q *requestQueue) []byte {
 	var msg []byte
@@ -582,8 +584,8 @@ func (c *clientConn) applyStateCheckLocked(b *backend, sc *stateCheck, failed bo
 		// Something got past the statement filter (a function, dynamic
 		// SQL): the backend is not handed on. A tainted backend is never
 		// used again, so the check is not ended here: the client waits
-		// until the backend reader has let go of it (backendReader ends
-		// the wait).
+		// until b's reader has let go of it (releaseAtTransactionEnd, or
+		// backendLost, ends the wait).
 		b.tainted = true
 		c.log.Warn("session state created despite "+c.srv.cfg.option("SessionState")+" = reject; the server connection will be closed",
 			"application_name", c.identity.appName, "state", reasons)
@@ -607,7 +609,7 @@ func (c *clientConn) applyStateCheckLocked(b *backend, sc *stateCheck, failed bo
 		c.state.resync = true
 	}
 	if !b.tainted {
-		// (Tainted earlier: the backend reader ends the wait, as above.)
+		// (Tainted earlier: b's reader ends the wait when it lets go of b, as above.)
 		c.state.endCheck()
 	}
 }

@@ -239,7 +239,9 @@ func contentHash(parseBody []byte) string {
 
 // preparedSet is the LRU set of proxy statements one backend has prepared.
 // It is only touched by the goroutines of the client holding the backend,
-// under that client's lock.
+// under that client's lock; and by finish's reset of a backend the
+// leaving client has already dropped (resetToDefaults), which nobody else
+// holds.
 type preparedSet struct {
 	max   int
 	order *list.List // front = most recently used; values are *preparedEntry
@@ -397,7 +399,8 @@ func (p *preparedSet) undo(name string, seg int64) {
 	}
 }
 
-// remove forgets name (DEALLOCATE ran on the backend).
+// remove forgets name: a DEALLOCATE or Close of it goes to the backend
+// (deallocate, close), or the Parse that claimed it failed (undo).
 func (p *preparedSet) remove(name string) {
 	if e, ok := p.items[name]; ok {
 		p.order.Remove(e.elem)
@@ -826,8 +829,9 @@ func (s *clientStatements) deallocate(q *requestQueue, b *backend, out []byte, r
 }
 
 // closeEvicted closes on the backend, ahead of the client's request
-// (nothing is in flight), the statements the LRU evicted or a server
-// invalidated, in a Sync segment of their own whose replies are swallowed.
+// (nothing is in flight), the statements in toClose (the LRU evicted them,
+// or a shared copy made a client's own copy redundant: discard), in a
+// Sync segment of their own whose replies are swallowed.
 func (p *preparedSet) closeEvicted(q *requestQueue, out []byte) []byte {
 	if len(p.toClose) == 0 {
 		return out
