@@ -149,7 +149,8 @@ func (p *Pool) evalStateLocked(now time.Time) {
 
 // setStateLocked moves to s and logs the transition once, after unlock
 // and in order.
-// Entering UNHEALTHY opens the circuit: every waiter fails fast.
+// Entering UNHEALTHY opens the circuit: every waiter fails fast, unless
+// a hold starts (startHoldLocked), which keeps the waiters.
 func (p *Pool) setStateLocked(s State, reason string) {
 	h := &p.health
 	from := h.state
