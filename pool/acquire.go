@@ -100,7 +100,7 @@ func (p *Pool) Acquire(ctx context.Context) (Conn, error) {
 // closing or blocking, so the caller takes the waiting path (Acquire on
 // a goroutine), which deals with whatever stood in the way. It returns
 // false when callers already wait (they are first in line), the pool is
-// closed, paused or UNHEALTHY, no backend is idle, or the backend on top
+// closed, paused or UNHEALTHY with no hold on, no backend is idle, or the backend on top
 // is past its lifetime, due for validation (a query) or fails its socket
 // peek (which never blocks): retiring one closes it, which can wait.
 func (p *Pool) TryAcquire() (Conn, bool) {

@@ -38,8 +38,9 @@ type Pool struct {
 	opts options
 
 	// ctx is canceled by Close; it stops the maintainer and aborts
-	// connects in flight. wg counts the maintainer and every connect
-	// goroutine so that Close returns only when all of them are gone.
+	// connects and idle checks in flight. wg counts the maintainer, every
+	// connect and idle-check goroutine and Pause's watchers, so that Close
+	// returns only when all of them are gone.
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
