@@ -33,7 +33,8 @@ import (
 // out from its first read or write and must Destroy it and acquire again.
 //
 // Errors are *AcquireError: 53300 on timeout or a full queue, 08006 at
-// once while the pool is UNHEALTHY (the circuit is open), 57P01 after
+// once while the pool is UNHEALTHY with no hold on (the circuit is open;
+// a hold queues instead, hold.go), 57P01 after
 // Close, 57014 when ctx is canceled.
 func (p *Pool) Acquire(ctx context.Context) (Conn, error) {
 	start := time.Now()
