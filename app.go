@@ -32,8 +32,9 @@ const stopGrace = 10 * time.Second
 // listener, and the configuration they run with. Only the goroutine that
 // called start touches its fields after start returns (wait, reload,
 // drain), so they need no lock; the exceptions, read by the health and
-// serve goroutines, are statsOrder and proxy (both fixed at start) and the
-// atomic stopping.
+// serve goroutines, are statsOrder, statsTargets, passthrough, wild and
+// proxy (all fixed at start; the pools behind wild and the roles are read
+// under their own locks) and the atomics stopping, shown and httpToken.
 type app struct {
 	log     *slog.Logger
 	level   *slog.LevelVar
@@ -220,8 +221,9 @@ func (a *app) serve(name string, ln net.Listener, serve func(net.Listener) error
 }
 
 // poolStats snapshots every pool for the health listener. It runs on the
-// health listener's goroutines, so it reads only statsOrder, which never
-// changes after start, and the "*" pools under their lock.
+// health listener's goroutines, so it reads only what never changes after
+// start (statsOrder, statsTargets, passthrough, wild), the "*" pools under
+// their lock and the role pools under Roles' lock.
 func (a *app) poolStats() []pool.Stats {
 	out := make([]pool.Stats, 0, len(a.statsOrder))
 	for _, p := range a.statsOrder {

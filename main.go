@@ -97,8 +97,6 @@ func run(ctx context.Context, args []string, environ []string, stdout io.Writer)
 		return err
 	}
 
-	// Subscribe before anything starts, so a signal during start-up is
-	// queued rather than killing the process half-built.
 	if *pprofAddr != "" {
 		p, err := pprofserver.Start(*pprofAddr)
 		if err != nil {
@@ -107,6 +105,8 @@ func run(ctx context.Context, args []string, environ []string, stdout io.Writer)
 		defer p.Close()
 	}
 
+	// Subscribe before start builds the pools and listeners, so a signal
+	// during start-up is queued rather than killing the process half-built.
 	sigc := make(chan os.Signal, 4)
 	signal.Notify(sigc, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	defer signal.Stop(sigc)

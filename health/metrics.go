@@ -279,8 +279,9 @@ func boolFloat(b bool) float64 {
 // clientSeries says how each of the proxy's client fields (by its JSON
 // name in Clients()) is exported: the one place that types them. health
 // never imports proxy, so the proxy's Stats arrive as JSON; a field missing
-// here is not exported (a main-package test fails for any proxy field
-// without an entry, so one cannot be forgotten).
+// here is not exported (an end-to-end test, test/operator_e2e_test.go,
+// fails for any proxy.Stats field without an entry, so one cannot be
+// forgotten).
 var clientSeries = map[string]struct {
 	name    string
 	counter bool

@@ -33,7 +33,8 @@ import (
 // out from its first read or write and must Destroy it and acquire again.
 //
 // Errors are *AcquireError: 53300 on timeout or a full queue, 08006 at
-// once while the pool is UNHEALTHY (the circuit is open), 57P01 after
+// once while the pool is UNHEALTHY with no hold on (the circuit is open;
+// a hold queues instead, hold.go), 57P01 after
 // Close, 57014 when ctx is canceled.
 func (p *Pool) Acquire(ctx context.Context) (Conn, error) {
 	start := time.Now()
@@ -100,7 +101,7 @@ func (p *Pool) Acquire(ctx context.Context) (Conn, error) {
 // closing or blocking, so the caller takes the waiting path (Acquire on
 // a goroutine), which deals with whatever stood in the way. It returns
 // false when callers already wait (they are first in line), the pool is
-// closed, paused or UNHEALTHY, no backend is idle, or the backend on top
+// closed, paused or UNHEALTHY with no hold on, no backend is idle, or the backend on top
 // is past its lifetime, due for validation (a query) or fails its socket
 // peek (which never blocks): retiring one closes it, which can wait.
 func (p *Pool) TryAcquire() (Conn, bool) {

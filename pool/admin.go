@@ -29,7 +29,7 @@ type adminState struct {
 // backendStats is a backend's own record for BackendInfo; the atomics are
 // in backend, the rest under p.mu.
 type backendStats struct {
-	lastUsed     time.Time     // last Release or Destroy, or the connect
+	lastUsed     time.Time     // last Release, or the connect
 	validatedAt  time.Time     // last validation query that passed
 	validateTook time.Duration // how long it took
 	generation   uint64        // adminState.generation when opened

@@ -19,7 +19,7 @@ type Config struct {
 	Database, User    string        // the pool key, reported in Stats
 	Connect           ConnectFunc   // required
 	MinSize           int           // kept warm; 0 = none kept warm
-	MaxSize           int           // at least 1 and MinSize; hard cap on open + opening backends
+	MaxSize           int           // at least 1 and MinSize; hard cap on open + opening + closing backends
 	MaxWaiters        int           // 0 = unbounded
 	AcquireTimeout    time.Duration // above 0
 	ValidationQuery   string        // run on a backend idle past ValidateAfterIdle; "" = no validation

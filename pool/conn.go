@@ -230,8 +230,10 @@ func (c Conn) end(op string) bool {
 
 // Release gives a clean backend (its last ReadyForQuery said 'I') back.
 // It goes straight to the oldest waiter, else to the idle list, unless it
-// is due for retirement (lifetime, query count, shrink, shutdown), in
-// which case it is closed and, if callers wait, replaced. A second
+// is due for retirement (lifetime, query count, shrink, shutdown,
+// RECONNECT, max_backend_errors) or owed to an older waiter of another
+// pool of its group, in which case it is closed and, if callers wait,
+// replaced. A second
 // Release or Destroy on the same handle is a bug; it is logged and
 // ignored.
 func (c Conn) Release() {

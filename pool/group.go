@@ -139,7 +139,7 @@ func (g *Group) dbLocked(name string) *groupDB {
 // any pool's MaxSize, and small enough to add grants to.
 const noCap = 1 << 30
 
-// free is how many more slots database d may take now under both caps.
+// freeLocked is how many more slots database d may take now under both caps.
 func (g *Group) freeLocked(d *groupDB) int {
 	free := noCap
 	if g.maxTotal > 0 {

@@ -108,7 +108,8 @@ func (s *PgServer) CancelRequest(ctx context.Context) error { return s.pg.Cancel
 func (s *PgServer) PID() uint32 { return s.pg.PID() }
 
 // Params returns the ParameterStatus values reported at connect for the
-// keys a client expects in its startup (empty ones skipped). The map is
+// keys a client expects in its startup (empty ones skipped, except
+// application_name: see NewPgServer). The map is
 // shared: do not modify it.
 func (s *PgServer) Params() map[string]string { return s.params }
 

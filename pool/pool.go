@@ -22,7 +22,8 @@ import (
 //     reconnect attempt connects. The circuit opens (UNHEALTHY, Acquire fails fast
 //     with 08006) as soon as a connect fails while no backend is open:
 //     one failure is enough, because with nothing open there is nothing
-//     to wait for. With backends still open a failure only makes the pool
+//     to wait for; only a hold (HoldOnRestart, hold.go) keeps Acquire
+//     queueing for a while first. With backends still open a failure only makes the pool
 //     DEGRADED, and waiters wait for those backends.
 //   - DEGRADED also means: an Acquire timed out in the last 10s.
 //   - Recycling happens only for idle backends or at Release, never
@@ -38,8 +39,9 @@ type Pool struct {
 	opts options
 
 	// ctx is canceled by Close; it stops the maintainer and aborts
-	// connects in flight. wg counts the maintainer and every connect
-	// goroutine so that Close returns only when all of them are gone.
+	// connects and idle checks in flight. wg counts the maintainer, every
+	// connect and idle-check goroutine and Pause's watchers, so that Close
+	// returns only when all of them are gone.
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup

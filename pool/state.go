@@ -24,7 +24,8 @@ import (
 //	                            out for 10s
 //	HEALTHY|DEGRADED -> UNHEALTHY
 //	                            a connect failed and no backend is open: the
-//	                            circuit is open, Acquire fails fast (08006)
+//	                            circuit is open, Acquire fails fast (08006),
+//	                            after the hold if one starts (hold.go)
 //	UNHEALTHY -> RECOVERING     the reconnect attempt connected; warming back to MinSize
 //	RECOVERING -> HEALTHY       MinSize backends are open again
 //	any -> SHUTTING_DOWN -> TERMINATED   Close
@@ -149,7 +150,8 @@ func (p *Pool) evalStateLocked(now time.Time) {
 
 // setStateLocked moves to s and logs the transition once, after unlock
 // and in order.
-// Entering UNHEALTHY opens the circuit: every waiter fails fast.
+// Entering UNHEALTHY opens the circuit: every waiter fails fast, unless
+// a hold starts (startHoldLocked), which keeps the waiters.
 func (p *Pool) setStateLocked(s State, reason string) {
 	h := &p.health
 	from := h.state

@@ -51,9 +51,9 @@ type Stats struct {
 // Retired counts closed backends by reason.
 type Retired struct {
 	Lifetime   uint64 `json:"lifetime"`
-	Idle       uint64 `json:"idle"`       // idle past MaxIdle, or surplus after MaxSize shrank
+	Idle       uint64 `json:"idle"`       // idle past MaxIdle, surplus after MaxSize shrank, NoIdle, or closed for another pool of the group
 	Queries    uint64 `json:"queries"`    // reached MaxQueries
-	Error      uint64 `json:"error"`      // Destroy: broken or unknown state
+	Error      uint64 `json:"error"`      // Destroy (broken or unknown state), MaxBackendErrors reached, or a validation cut short by the caller's ctx
 	Validation uint64 `json:"validation"` // failed the validation query, the idle check or the socket peek (closed by the server)
 	Shutdown   uint64 `json:"shutdown"`
 	Reconnect  uint64 `json:"reconnect"` // recycled by RECONNECT

@@ -31,7 +31,7 @@ const Unknown = "unknown"
 // Info is what the running binary knows about its build.
 type Info struct {
 	Version   string // e.g. v1.2.0, v1.2.0-3-gabc1234-dirty, or abc1234def56
-	Revision  string // full commit hash, with "-dirty" for a modified tree
+	Revision  string // full commit hash; the toolchain's adds "-dirty" for a modified tree (the Makefile's stamp, git rev-parse HEAD, does not)
 	GoVersion string // e.g. go1.26.8
 }
 

@@ -20,7 +20,7 @@ import (
 const envPrefix = "PGSIDECAR_"
 
 // EnvConfigPath names the config file when -config is not given. It is
-// read by run, never treated as a config key.
+// read by Path, never treated as a config key (envKey skips it).
 const EnvConfigPath = envPrefix + "CONFIG"
 
 // Config is pgsidecar's whole configuration. Every leaf field is an entry
@@ -64,9 +64,10 @@ type Config struct {
 type AdminConfig struct {
 	// Database is the virtual database of the admin console.
 	Database string `koanf:"database"`
-	// Users may use every console command; empty means the upstream URL's
-	// user. StatsUsers may use only SHOW. Both are logins of upstream's
-	// URL or auth.users, with those passwords.
+	// Users may use every console command; empty means the first served
+	// database's URL user (upstream's when there is one, see AdminLogins).
+	// StatsUsers may use only SHOW. Both are logins of a served database
+	// (its URL's user or auth.users), with those passwords.
 	Users      []string `koanf:"users"`
 	StatsUsers []string `koanf:"stats_users"`
 	// HTTPToken enables the HTTP admin writes (POST /admin/...), sent as
@@ -150,7 +151,7 @@ type AuthConfig struct {
 	FailedLoginDelayMax      time.Duration `koanf:"failed_login_delay_max"`
 	FailedLoginDelayLoopback bool          `koanf:"failed_login_delay_loopback"`
 	// Passthrough makes clients log in as their own roles; Query (run as
-	// User, "" = the upstream URL's user) looks up their verifiers, cached
+	// User, "" = each database's own URL user) looks up their verifiers, cached
 	// for CacheTTL (0 = not cached).
 	Passthrough bool          `koanf:"passthrough"`
 	Query       string        `koanf:"query"`

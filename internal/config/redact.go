@@ -22,7 +22,7 @@ var (
 	kvPlain  = regexp.MustCompile(`(password\s*=\s*)([^\s']\S*)`)
 )
 
-// redactURL returns a connection string fit for logs and errors: the
+// RedactURL returns a connection string fit for logs and errors: the
 // password, in the userinfo or as a password= parameter, is replaced.
 func RedactURL(raw string) string {
 	if strings.Contains(raw, "://") {

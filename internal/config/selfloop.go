@@ -103,7 +103,9 @@ func listenerAccepts(host string) func(net.IP) bool {
 }
 
 // hostIPs are the addresses host names, as far as they can be known
-// without asking DNS (see checkSelfLoop).
+// without asking DNS about other hosts: a literal IP, localhost, and this
+// machine's own hostname, which is looked up (bounded by
+// hostnameLookupTimeout). See CheckSelfLoop.
 func hostIPs(host string) []net.IP {
 	if ip := net.ParseIP(host); ip != nil {
 		return []net.IP{ip}

@@ -40,8 +40,9 @@ func listHook(from, to reflect.Type, data any) (any, error) {
 }
 
 // parseUserList parses "name:password,name2:password2". Each entry is split
-// at its first colon; spaces around an entry are dropped. A password that
-// holds a comma, or starts or ends with a space, needs auth.users_file.
+// at its first colon; spaces around an entry are dropped, so a password
+// that holds a comma or ends with a space needs auth.users_file (one that
+// starts with a space keeps it: nothing after the colon is trimmed).
 // Errors never quote an entry: it holds a password.
 func parseUserList(s string) ([]UserConfig, error) {
 	out := []UserConfig{}

@@ -200,7 +200,9 @@ func (c *Config) checkLoginDelay(p *problems) {
 	}
 }
 
-// checkPool validates the pool.* options a database may override.
+// checkPool validates one pool section: the options a database may
+// override, and the four client timeouts (query_timeout ...
+// client_login_timeout), which apply to the whole proxy.
 func checkPool(p *problems, prefix string, pc PoolConfig) {
 	if pc.MinSize < 0 {
 		p.add(prefix+".min_size", "must be >= 0, got %d", pc.MinSize)
