@@ -404,14 +404,25 @@ type clientsView struct {
 const fdOverhead = 64
 
 // fdsNeeded is how many descriptors the configured limits can make the
-// proxy hold at once: every client the connection limits admit, every
-// backend of every pool, and fdOverhead.
+// proxy hold at once: every client the connection limits admit, the
+// backends, and fdOverhead. The backends are each configured target's
+// max_size, capped by max_total_connections when it is set. Pools opened on
+// demand (auth.passthrough's pool per role and its auth pools, a `*`
+// entry's pools per database name) are not known at start: with
+// max_total_connections set they count as that cap, which bounds them too;
+// without it each such target counts as one pool, and the check may stay
+// quiet where the proxy can still run out.
 func fdsNeeded(cfg *config.Config, targets []config.Target) uint64 {
-	n := uint64(cfg.Pool.MaxClientConn) + uint64(cfg.Pool.MaxStartupConn) + fdOverhead
+	var backends uint64
+	onDemand := cfg.Auth.Passthrough
 	for _, t := range targets {
-		n += uint64(t.Pool.MaxSize)
+		backends += uint64(t.Pool.MaxSize)
+		onDemand = onDemand || t.Name == config.Wildcard
 	}
-	return n
+	if c := uint64(cfg.MaxTotalConnections); c > 0 && (onDemand || backends > c) {
+		backends = c
+	}
+	return uint64(cfg.Pool.MaxClientConn) + uint64(cfg.Pool.MaxStartupConn) + backends + fdOverhead
 }
 
 // openFileLimit returns the soft RLIMIT_NOFILE (which Go raises to the
@@ -429,7 +440,7 @@ func openFileLimit() (uint64, bool) {
 // before pool.max_client_conn is reached (see proxy's refuseOutOfFDs).
 func checkFDLimit(log *slog.Logger, limit, need uint64) {
 	if limit < need {
-		log.Warn("the open-file limit is below what pool.max_client_conn + pool.max_startup_conn + the pools' max_size can use: "+
+		log.Warn("the open-file limit is below what pool.max_client_conn + pool.max_startup_conn + the backends (the pools' max_size, or max_total_connections) can use: "+
 			"past it new clients are refused with 53300; raise it (ulimit -n, LimitNOFILE=) or lower those limits",
 			"open_file_limit", limit, "needed", need)
 	}

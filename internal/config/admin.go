@@ -36,7 +36,7 @@ func (c *Config) AdminLogins(targets []Target) (full, stats map[string]string, e
 		for i, n := range names {
 			p, ok := password(n)
 			if !ok {
-				errs = append(errs, fmt.Sprintf("config: %s[%d]: %q is not a login of any served database (the upstream URL's user or auth.users)", key, i, n))
+				errs = append(errs, fmt.Sprintf("config: %s[%d]: %q is not a login of any served database (a database URL's user, or a login of auth.users or auth.users_file that reaches one)", key, i, n))
 				continue
 			}
 			out[n] = p
