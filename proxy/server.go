@@ -64,7 +64,7 @@ type Server struct {
 		accepted, rejected, authFailures, cancels atomic.Uint64
 		cancelsUnknown                            atomic.Uint64
 		loginsDelayed, loginsThrottled            atomic.Uint64
-		tls                                       atomic.Int64 // logged-in clients on TLS
+		tls                                       atomic.Int64 // clients on TLS, from their StartupMessage on (login)
 	}
 
 	cancelLog logLimiter // unmatched cancel requests

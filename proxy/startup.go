@@ -52,8 +52,8 @@ type startupMessage struct {
 	cbind []byte
 }
 
-// admit is the proxy's one admission path (serveConn calls it for every
-// accepted connection; client TLS lives here and in tls.go, nowhere else):
+// admit is the proxy's one admission path (login calls it, through
+// admitLogin, for every accepted connection; client TLS lives here and in tls.go, nowhere else):
 // it reads the client's startup packets from conn until it has a
 // StartupMessage or a CancelRequest, negotiating TLS as t says (nil means
 // disable), and returns the connection to use from then on: conn, or TLS

@@ -132,7 +132,7 @@ func NewClientTLS(o ClientTLSOptions) (*ClientTLS, error) {
 		CipherSuites: o.CipherSuites,
 		// A client that sends ALPN must name postgresql (Go refuses any
 		// other list with a no_application_protocol alert, as PostgreSQL
-		// 17 does); direct TLS additionally requires it (admitTLS).
+		// 17 does); direct TLS additionally requires it (startTLS).
 		NextProtos: []string{alpnPostgreSQL},
 	}
 	if o.Mode.VerifiesClient() {
