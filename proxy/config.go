@@ -104,7 +104,7 @@ type Database struct {
 	// Pool serves this database's backends.
 	Pool *pool.Pool
 	// Users maps the user names clients may log in as to their passwords
-	// (the upstream URL's user plus auth.users).
+	// (this database's URL user plus the auth.users it admits).
 	Users map[string]string
 	// Listen connects the shared LISTEN connection that serves this
 	// database's listeners in transaction mode (notify.go); nil makes
@@ -165,9 +165,9 @@ type Config struct {
 	// ClientIdleTimeout closes a client idle outside a transaction (57P05);
 	// 0 = off. Live.
 	ClientIdleTimeout time.Duration
-	// OptionName spells a field of Config (or "Users", "ShutdownTimeout")
-	// the way the operator sets it, for hints and log lines: "Mode" may
-	// become "pool.mode". The proxy knows no configuration file; nil, or
+	// OptionName spells a field of Config (or "Users", "ShutdownTimeout",
+	// pool.Config's "MaxSize") the way the operator sets it, for hints and
+	// log lines: "Mode" may become "pool.mode". The proxy knows no configuration file; nil, or
 	// "" for a field, leaves the field's own name.
 	OptionName func(field string) string
 	// FailedLoginDelay: after a failed login, the next attempt from the
@@ -190,8 +190,9 @@ type Config struct {
 	parkAfter time.Duration
 }
 
-// MaxMessageSizeLimit is PostgreSQL's own bound on a protocol message
-// (MaxAllocSize - 1): nothing larger can come from a correct peer.
+// MaxMessageSizeLimit is PostgreSQL's MaxAllocSize (1 GB - 1), above its
+// own bound on a protocol message (MaxAllocSize - 1, length word
+// included): nothing larger can come from a correct peer.
 const MaxMessageSizeLimit = 1<<30 - 1
 
 // option names field in hints: the configuration option that sets it, as
