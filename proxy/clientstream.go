@@ -112,8 +112,9 @@ func isSmallMessage(typ byte) bool {
 }
 
 // checkLength returns the protocol violation (FATAL 08P01) for a client
-// message length below 4 or above maxMessageSize (max_message_size;
-// smallMessageMax for the small message types, as PostgreSQL does), or
+// message length below 4, a body (bodyLen, the length less its own 4
+// bytes) above maxMessageSize (max_message_size), or a length above
+// smallMessageMax for the small message types, as PostgreSQL does; or
 // nil. The caller hands it to protocolViolation.
 func checkLength(typ byte, bodyLen, maxMessageSize int) *pgError {
 	if bodyLen < 0 || bodyLen > maxMessageSize || isSmallMessage(typ) && bodyLen+4 > smallMessageMax {

@@ -118,8 +118,8 @@ func (l *sqlLexer) skipBlockComment() {
 	l.i = len(l.q)
 }
 
-// skipString skips a '...' literal (” is a quote; with backslashes, as in
-// E'...', \ escapes the next byte).
+// skipString skips a '...' literal (two quotes in a row are one quote;
+// with backslashes, as in E'...', \ escapes the next byte).
 func (l *sqlLexer) skipString(backslashes bool) {
 	l.i++ // opening quote
 	for l.i < len(l.q) {

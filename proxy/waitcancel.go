@@ -33,8 +33,9 @@ var errWaitCanceled = newError(pgwire.CodeQueryCanceled, "canceling statement du
 	"the statement waited for a server connection (the pool was busy) and was not sent")
 
 // cancelWaiting marks the client's waiting request as cancelled and wakes
-// its wait, and reports whether a request was waiting. handleCancel calls
-// it when the client holds no backend.
+// its wait, and reports whether a request was waiting (never while the
+// client holds a backend). handleCancel calls it when it forwarded no
+// cancel to a backend.
 func (c *clientConn) cancelWaiting() bool {
 	c.mu.Lock()
 	if c.be != nil {
