@@ -1,6 +1,6 @@
 // ASCII case-insensitive matching of SQL text, without allocating: what
-// the relay's text checks share (needsClassify, the session-state and
-// LISTEN scans, the SQL lexer).
+// the relay's text checks share (needsClassify and classifyQuery, the
+// session-state and LISTEN scans, the event loop's LISTEN check).
 
 package proxy
 

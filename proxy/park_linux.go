@@ -21,8 +21,9 @@ import (
 // the add. A socket stays in the set while the parker or the event loop
 // owns its client (loop.go: no system call to re-arm it per request) and
 // leaves it when a goroutine takes the client over (del). The loop's
-// backends' sockets join it at their first use by the loop and stay
-// (watch); readiness of one the loop does not wait on is ignored.
+// backends' sockets join it at their first use by the loop (loopWait) and
+// stay until a goroutine reads the backend (unwatchLocked); readiness of
+// one the loop does not wait on is ignored.
 
 // parkEvents is what wakes a parked client.
 const parkEvents = syscall.EPOLLIN | syscall.EPOLLRDHUP | epollET
