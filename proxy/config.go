@@ -126,8 +126,8 @@ type Config struct {
 	Mode          Mode // required
 	MaxClientConn int  // at least 1
 	// MaxStartupConn bounds the connections not yet logged in (startup
-	// packet, authentication, greeting); more are refused at accept. At
-	// least 1.
+	// packet, authentication; a client leaves the count when it is listed,
+	// before its greeting); more are refused at accept. At least 1.
 	MaxStartupConn int
 	AuthMethod     AuthMethod           // required
 	Databases      map[string]*Database // keyed by Database.Name; required unless Wildcard is set
