@@ -84,6 +84,11 @@ func (s *Server) login(sock net.Conn, e *connEnd) *clientConn {
 		return nil
 	}
 	if t.admin {
+		// Logged in: a console session leaves max_startup_conn's count,
+		// as a client does once enlisted, or a few monitoring sessions
+		// held open would get applications refused with 53300. Close
+		// ends it through s.admins instead.
+		s.forgetStarting(sock)
 		s.serveAdmin(conn, sm, lg, live.Admin, t.adminFull)
 		return nil
 	}

@@ -767,3 +767,40 @@ func getJSONInto(t *testing.T, p *Proxy, path string, v any) {
 		t.Fatalf("GET %s: %v", path, err)
 	}
 }
+
+// TestAdminConsoleLeavesStartupCount: a console session that has logged in
+// is no longer "logging in": it leaves clients_logging_in and frees its
+// pool.max_startup_conn slot, as a client's login does, so a few
+// monitoring sessions held open cannot get applications refused with 53300.
+func TestAdminConsoleLeavesStartupCount(t *testing.T) {
+	p := StartProxy(t, WithEnv("PGSIDECAR_POOL__MAX_STARTUP_CONN", "2"))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	loggingIn := func() float64 {
+		clients, _ := p.Stats(t)["clients"].(map[string]any)
+		n, _ := num(clients, "clients_logging_in")
+		return n
+	}
+	consoles := []*pgx.Conn{connect(t, consoleURL(p, "app", "app")), connect(t, consoleURL(p, "app", "app"))}
+	for _, c := range consoles {
+		consoleRows(ctx, t, c, "SHOW STATE")
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for loggingIn() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("two console sessions logged in: clients_logging_in %v, want 0", loggingIn())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// Both max_startup_conn slots are free: two clients log in at once.
+	for i := 0; i < 2; i++ {
+		c, err := pgx.Connect(ctx, p.URL("app", "app", "app"))
+		if err != nil {
+			t.Fatalf("client %d with two console sessions open: %v", i, err)
+		}
+		defer c.Close(ctx)
+		if _, err := c.Exec(ctx, "SELECT 1"); err != nil {
+			t.Fatalf("client %d: %v", i, err)
+		}
+	}
+}
