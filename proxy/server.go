@@ -111,17 +111,21 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
-// check rejects a Config New cannot run with, naming every bad field.
-// Logger alone has a default.
+// check rejects a Config New cannot run with, naming every bad field, and
+// stores Mode, SessionState and AuthMethod as their Parse functions spell
+// them: the relay compares them with the constants, so a library caller's
+// "MD5" must become AuthMD5 here, as a configuration file's does in
+// UnmarshalText. Logger alone has a default.
 func (cfg *Config) check() error {
 	var errs []error
-	if _, err := ParseMode(string(cfg.Mode)); err != nil {
+	var err error
+	if cfg.Mode, err = ParseMode(string(cfg.Mode)); err != nil {
 		errs = append(errs, fmt.Errorf("proxy: Mode: %w", err))
 	}
-	if _, err := ParseSessionStatePolicy(string(cfg.SessionState)); err != nil {
+	if cfg.SessionState, err = ParseSessionStatePolicy(string(cfg.SessionState)); err != nil {
 		errs = append(errs, fmt.Errorf("proxy: SessionState: %w", err))
 	}
-	if _, err := ParseAuthMethod(string(cfg.AuthMethod)); err != nil {
+	if cfg.AuthMethod, err = ParseAuthMethod(string(cfg.AuthMethod)); err != nil {
 		errs = append(errs, fmt.Errorf("proxy: AuthMethod: %w", err))
 	}
 	if cfg.MaxClientConn < 1 {
