@@ -19,8 +19,10 @@
 #
 # The runs: pgbench -S (select only), -M simple and -M extended at each
 # client count, plus pgsidecar's -M prepared against PgBouncer's
-# -M extended (PgBouncer 1.18 cannot carry prepared statements in
-# transaction mode). A cell is one client count and protocol; it runs each
+# -M extended (PgBouncer before 1.21 cannot carry prepared statements in
+# transaction mode; from 1.21 its max_prepared_statements is set to 200,
+# but it still runs -M extended only), added to the -M extended cell of
+# that client count. A cell is one client count and protocol; it runs each
 # pooler and direct in turn, BENCH_ROUNDS times, the order rotated every
 # round, so drift (other load, caches, autovacuum) hits all alike. CPU per
 # transaction is the pooler process's utime+stime (/proc/PID/stat) over its
@@ -72,7 +74,8 @@
 #                                to bin/bench-results-logs/
 #   BENCH_PROXY_BIN              use this pgsidecar binary (make bench sets it)
 #   PG_BIN                       PostgreSQL's bin directory
-# Defaults: 11 cells, 27 runs a round, and the latency series: about
+# Defaults: 8 cells (the 3 prepared runs join the extended ones), 27 runs
+# a round, and the latency series: about
 # 11-12 minutes in all.
 set -euo pipefail
 
