@@ -68,7 +68,10 @@ cat <<EOF
 EOF
 
 # Not exec: the EXIT trap must outlive the proxy to remove the cluster.
-# On Ctrl-C the terminal signals the proxy too, which drains and exits.
+# On Ctrl-C the terminal sends SIGINT to the proxy too (it starts draining),
+# and the INT trap below then sends it SIGTERM: a second signal, so the
+# proxy closes every client at once rather than letting open transactions
+# finish. A SIGTERM to this script alone reaches the proxy once: it drains.
 "$@" &
 child=$!
 trap 'kill -TERM "$child" 2>/dev/null; wait "$child" || true; exit 130' INT

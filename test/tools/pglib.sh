@@ -2,7 +2,8 @@
 # Shared helpers for the operator scripts (devpg.sh, bench.sh): find or
 # install the PostgreSQL server binaries, run a throwaway cluster in a temp
 # dir, pick free loopback ports, poll an HTTP endpoint without curl.
-# Source it; it defines functions and sets nothing else.
+# Source it; it defines functions and sets nothing else but _apt_updated
+# (apt_install's once-per-script flag, empty).
 
 # log prints to stderr so that a script's stdout stays for its results.
 log() { printf '%s %s\n' "[$(date +%H:%M:%S)]" "$*" >&2; }
