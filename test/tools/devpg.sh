@@ -68,11 +68,13 @@ cat <<EOF
 EOF
 
 # Not exec: the EXIT trap must outlive the proxy to remove the cluster.
-# On Ctrl-C the terminal sends SIGINT to the proxy too (it starts draining),
-# and the INT trap below then sends it SIGTERM: a second signal, so the
-# proxy closes every client at once rather than letting open transactions
-# finish. A SIGTERM to this script alone reaches the proxy once: it drains.
-"$@" &
+# The proxy runs in a session of its own (setsid), out of the terminal's
+# process group: Ctrl-C reaches this script alone, and the INT trap below
+# passes one SIGTERM on, so the proxy drains (open transactions finish
+# within shutdown_timeout). In the terminal's group it would get the
+# SIGINT too, and the trap's SIGTERM would be a second signal, which
+# closes every client at once.
+setsid "$@" &
 child=$!
 trap 'kill -TERM "$child" 2>/dev/null; wait "$child" || true; exit 130' INT
 trap 'kill -TERM "$child" 2>/dev/null; wait "$child" || true; exit 143' TERM
