@@ -33,8 +33,11 @@ ENV PGSIDECAR_LISTEN=0.0.0.0:6432 \
     PGSIDECAR_HEALTH__LISTEN=0.0.0.0:9930
 # 6432: PostgreSQL clients; 9930: /health, /stats, /metrics.
 EXPOSE 6432 9930
-# The distroless "nonroot" user (uid 65532); the proxy needs no privileges.
-USER nonroot:nonroot
+# The distroless "nonroot" user; the proxy needs no privileges. By number,
+# not name: with runAsNonRoot (deploy/kubernetes/) the kubelet refuses to
+# start an image whose user it cannot check is not root, and it checks only
+# a numeric one ("image has non-numeric user").
+USER 65532:65532
 # distroless has no shell, curl or wget: the binary checks itself. It GETs
 # /health on health.listen (from the same environment), 200 = healthy.
 # Kubernetes ignores HEALTHCHECK: see deploy/kubernetes/ for its probes.
