@@ -727,10 +727,13 @@ round_ratios() {
 	}'
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-" || b == 0) print "-"; else printf "%.2f", a / b }'; }
-# median LIST: the median of a space-separated list of numbers ("-" when
-# empty); spread LIST: its lowest and highest ("12 to 80").
-median() { tr ' ' '\n' <<<"${1:-}" | grep . | sort -g | awk '{ v[NR] = $1 } END { if (!NR) print "-"; else printf "%+.0f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-spread() { tr ' ' '\n' <<<"${1:-}" | grep . | sort -g | awk '{ v[NR] = $1 } END { if (!NR) print "-"; else printf "%+.0f to %+.0f", v[1], v[NR] }'; }
+# sorted LIST: a space-separated list of numbers, one a line, in order.
+# median LIST [FORMAT]: its median printed with FORMAT (default %+.0f, a
+# signed difference); spread LIST: its lowest and highest ("+12 to +80").
+# Both print "-" for an empty list.
+sorted() { tr ' ' '\n' <<<"${1:-}" | grep . | sort -g; }
+median() { sorted "${1:-}" | awk -v f="${2:-%+.0f}" '{ v[NR] = $1 } END { if (!NR) print "-"; else printf f, NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+spread() { sorted "${1:-}" | awk '{ v[NR] = $1 } END { if (!NR) print "-"; else printf "%+.0f to %+.0f", v[1], v[NR] }'; }
 # added_us POOLER MODE: the pooler's added latency at 1 client: the
 # latency series' median when it ran, else the cells' mean difference.
 added_us() {
@@ -849,7 +852,7 @@ all_of() {
 		echo "| protocol | direct, median | pgsidecar: median | range | PgBouncer: median | range |"
 		echo "|---|---:|---:|---|---:|---|"
 		for m in $modes; do
-			echo "| $m | $(median "${lat_round[direct:$m]:-}" | tr -d +) | $(median "${added_round[pgsidecar:$m]:-}") | $(spread "${added_round[pgsidecar:$m]:-}") | $(median "${added_round[pgbouncer:$m]:-}") | $(spread "${added_round[pgbouncer:$m]:-}") |"
+			echo "| $m | $(median "${lat_round[direct:$m]:-}" %.0f) | $(median "${added_round[pgsidecar:$m]:-}") | $(spread "${added_round[pgsidecar:$m]:-}") | $(median "${added_round[pgbouncer:$m]:-}") | $(spread "${added_round[pgbouncer:$m]:-}") |"
 		done
 	fi
 	if [ "$idle_clients" -gt 0 ]; then
