@@ -3,6 +3,9 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -99,5 +102,120 @@ func TestDrainEndsEveryWait(t *testing.T) {
 				t.Errorf("waiting requests that ran after SIGTERM: %d %v; want 0", n, err)
 			}
 		})
+	}
+}
+
+// alPoolStat reads one number of p's only pool in /stats.
+func alPoolStat(t *testing.T, p *Proxy, key string) int {
+	t.Helper()
+	pools := statsPools(p.Stats(t))
+	if len(pools) != 1 {
+		t.Fatalf("/stats pools: %v", pools)
+	}
+	n, ok := num(pools[0], key)
+	if !ok {
+		t.Fatalf("/stats pool has no %s: %v", key, pools[0])
+	}
+	return int(n)
+}
+
+// TestReloadResizesUnderWaiters: SIGHUP changes pool.max_size while
+// requests wait for the saturated pool. Grown, the waiting requests are
+// served by the new backends at once, without waiting for the transaction
+// that holds the only old one; shrunk while every backend is held, the
+// surplus backends close as their transactions end, the pool settles at
+// the new size with every later request served, and the backends left
+// are clean. acquire_timeout lowered by the same reload applies to
+// requests that wait after it: 53300 with the new value in the message.
+func TestReloadResizesUnderWaiters(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	path := filepath.Join(t.TempDir(), "pgsidecar.yaml")
+	write := func(maxSize int, acquireTimeout string) {
+		t.Helper()
+		yaml := fmt.Sprintf("pool:\n  mode: transaction\n  min_size: 1\n  max_size: %d\n  acquire_timeout: %s\n", maxSize, acquireTimeout)
+		if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(1, "20s")
+	p := StartProxy(t, WithArgs("-config", path))
+	reloads := 0
+	reload := func() {
+		t.Helper()
+		reloads++
+		p.Signal(syscall.SIGHUP)
+		waitFor(t, 5*time.Second, "the reload", func() bool {
+			return strings.Count(p.Logs.String(), "configuration reloaded") >= reloads
+		})
+	}
+
+	const waiters = 6
+	holder := dialRaw(t, txProxyURL(p))
+	rs := alWaiters(t, p, waiters)
+	if _, status := holder.query(t, "BEGIN; SELECT 1"); status != 'T' {
+		t.Fatalf("holder: status %q", status)
+	}
+	for i, r := range rs {
+		r.send(t, &pgproto3.Query{String: fmt.Sprintf("SELECT %d", i)})
+	}
+	waitFor(t, 10*time.Second, "every request waiting", func() bool {
+		return clientsStat(t, p, "clients_waiting") == waiters
+	})
+	time.Sleep(300 * time.Millisecond) // past the event loop's queue: in the pool's
+
+	write(4, "20s")
+	reload()
+	for i, r := range rs {
+		vals, status := readyRows(t, r)
+		if len(vals) != 1 || vals[0] != fmt.Sprint(i) || status != 'I' {
+			t.Fatalf("waiter %d after the pool grew: %v %q", i, vals, status)
+		}
+	}
+	// Every backend held by an open transaction, then the pool shrinks.
+	for _, r := range rs[:3] {
+		if _, status := r.query(t, "BEGIN; SELECT 1"); status != 'T' {
+			t.Fatalf("BEGIN: %q", status)
+		}
+	}
+	waitFor(t, 10*time.Second, "four backends held", func() bool { return alPoolStat(t, p, "active") == 4 })
+	write(1, "1s")
+	reload()
+	late := rs[3]
+	late.send(t, &pgproto3.Query{String: "SELECT 'late'"})
+	start := time.Now()
+	if e, ok := receiveUntilAny(t, late).(*pgproto3.ErrorResponse); !ok || e.Code != "53300" || !strings.Contains(e.Message, "1s") {
+		t.Fatalf("a request waiting past the reloaded acquire_timeout 1s got %#v; want 53300", e)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("the reloaded acquire_timeout of 1s fired after %v", took)
+	}
+	receiveUntil[*pgproto3.ReadyForQuery](t, late)
+	holder.query(t, "COMMIT")
+	for _, r := range rs[:3] {
+		r.query(t, "COMMIT")
+	}
+	waitFor(t, 10*time.Second, "the pool back at max_size 1", func() bool {
+		return alPoolStat(t, p, "total") <= 1 && alPoolStat(t, p, "active") == 0
+	})
+	for i, r := range rs {
+		if vals, status := r.query(t, fmt.Sprintf("SELECT %d, txid_current_if_assigned() IS NULL", i)); len(vals) != 1 || vals[0][0] != fmt.Sprint(i) || vals[0][1] != "t" || status != 'I' {
+			t.Fatalf("client %d after the shrink: %v %q", i, vals, status)
+		}
+	}
+	if n := alPoolStat(t, p, "total"); n > 1 {
+		t.Errorf("%d backends open after max_size shrank to 1", n)
+	}
+	lgCleanBackends(ctx, t, p, 1)
+}
+
+// receiveUntilAny reads until an ErrorResponse or a ReadyForQuery.
+func receiveUntilAny(t *testing.T, r *rawClient) pgproto3.BackendMessage {
+	t.Helper()
+	for {
+		switch m := r.receive(t).(type) {
+		case *pgproto3.ErrorResponse, *pgproto3.ReadyForQuery:
+			return m
+		}
 	}
 }
