@@ -219,3 +219,60 @@ func receiveUntilAny(t *testing.T, r *rawClient) pgproto3.BackendMessage {
 		}
 	}
 }
+
+// TestKillEndsEveryWait: admin KILL while the pool's one backend is held
+// by an open transaction and requests wait for it, some in the event
+// loop's own queue and some, past its 100 ms, in the pool's queue, and
+// one client is parked idle: every client gets FATAL 57P01 with KILL's
+// message, none of the waiting requests runs, the open transaction is
+// rolled back, and the pool then serves a new client on a clean backend
+// with nothing left waiting or held.
+func TestKillEndsEveryWait(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	table := "e2e_al_killwait"
+	if _, err := runPsql(t, txDirectURL(), "-c", "DROP TABLE IF EXISTS "+table+"; CREATE TABLE "+table+"(i int)"); err != nil {
+		t.Fatalf("setup: %v", err)
+	}
+	p := txStartProxy(t, "transaction", 1, WithEnv("PGSIDECAR_POOL__ACQUIRE_TIMEOUT", "20s"))
+	con := connect(t, consoleURL(p, "app", "app"))
+	holder := dialRaw(t, txProxyURL(p))
+	idle := dialRaw(t, txProxyURL(p))
+	idle.query(t, "SELECT 1")
+	rs := alWaiters(t, p, 6)
+	if _, status := holder.query(t, "BEGIN; INSERT INTO "+table+" VALUES (-1)"); status != 'T' {
+		t.Fatalf("holder: status %q", status)
+	}
+	for i, r := range rs[:3] {
+		r.send(t, &pgproto3.Query{String: fmt.Sprintf("INSERT INTO %s VALUES (%d)", table, i)})
+	}
+	waitFor(t, 10*time.Second, "three requests waiting", func() bool { return clientsStat(t, p, "clients_waiting") == 3 })
+	time.Sleep(300 * time.Millisecond) // those three wait in the pool's queue now
+	for i, r := range rs[3:] {
+		r.send(t, &pgproto3.Query{String: fmt.Sprintf("INSERT INTO %s VALUES (%d)", table, 3+i)})
+	}
+	waitFor(t, 10*time.Second, "six requests waiting", func() bool { return clientsStat(t, p, "clients_waiting") == 6 })
+	start := time.Now()
+	if err := consoleExec(ctx, con, "KILL app"); err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range append([]*rawClient{holder, idle}, rs...) {
+		e := receiveFatal(t, r, "57P01", 10*time.Second)
+		if !strings.Contains(e.Message, "KILL") {
+			t.Errorf("client %d: FATAL 57P01 %q; want KILL's message", i, e.Message)
+		}
+	}
+	if took := time.Since(start); took > 3*time.Second {
+		t.Errorf("KILL took %v to reach every client", took)
+	}
+	waitFor(t, 10*time.Second, "no client left, none waiting, no backend held", func() bool {
+		return clientsStat(t, p, "clients_total") == 0 && clientsStat(t, p, "clients_waiting") == 0 && alPoolStat(t, p, "active") == 0
+	})
+	admin := connect(t, pg.AdminURLDB(txAppDB))
+	var n int
+	if err := admin.QueryRow(ctx, "SELECT count(*) FROM "+table).Scan(&n); err != nil || n != 0 {
+		t.Errorf("rows after KILL: %d %v; want 0 (the open transaction rolled back, no waiting request run)", n, err)
+	}
+	lgCleanBackends(ctx, t, p, 1)
+	lgLogLoop(t, p)
+}
