@@ -3,6 +3,8 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 )
 
@@ -275,4 +279,125 @@ func TestKillEndsEveryWait(t *testing.T) {
 	}
 	lgCleanBackends(ctx, t, p, 1)
 	lgLogLoop(t, p)
+}
+
+// alFlood is one hostile connection of TestSlowlorisLogins and what it
+// does before it stalls.
+type alFlood struct {
+	kind string
+	conn net.Conn
+}
+
+// alStartup is a StartupMessage for app/app, encoded.
+func alStartup(t *testing.T) []byte {
+	t.Helper()
+	b, err := (&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersionNumber,
+		Parameters: map[string]string{"user": txAppUser, "database": txAppDB}}).Encode(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestSlowlorisLogins: connections that stall their login (send nothing,
+// half a startup packet, an SSLRequest and nothing after it, or a whole
+// startup packet and no answer to the SCRAM challenge) below
+// pool.max_startup_conn, in three rounds: a real client still logs in and
+// runs a query meanwhile; each stalled connection is closed at
+// pool.client_login_timeout (those stalled in authentication told FATAL
+// 08006 as PostgreSQL's authentication_timeout does), never held; and
+// after each round no connection counts as logging in and every
+// max_client_conn slot is free again: max_client_conn real clients log in
+// at once.
+func TestSlowlorisLogins(t *testing.T) {
+	const (
+		maxClients   = 6
+		loginTimeout = time.Second
+	)
+	p := StartProxy(t,
+		WithEnv("PGSIDECAR_POOL__MAX_STARTUP_CONN", "8"),
+		WithEnv("PGSIDECAR_POOL__MAX_CLIENT_CONN", fmt.Sprint(maxClients)),
+		WithEnv("PGSIDECAR_POOL__CLIENT_LOGIN_TIMEOUT", loginTimeout.String()),
+		WithEnv("PGSIDECAR_LOG__LEVEL", "info"))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	loggingIn := func() int { return clientsStat(t, p, "clients_logging_in") }
+	waitFor(t, 5*time.Second, "no connection logging in", func() bool { return loggingIn() == 0 })
+	startup := alStartup(t)
+
+	for round := range 3 {
+		var floods []alFlood
+		dial := func(kind string, first []byte) net.Conn {
+			c, err := net.DialTimeout("tcp", p.Addr, 5*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { c.Close() })
+			if len(first) > 0 {
+				if _, err := c.Write(first); err != nil {
+					t.Fatal(err)
+				}
+			}
+			floods = append(floods, alFlood{kind, c})
+			return c
+		}
+		dial("silent", nil)
+		dial("silent", nil)
+		dial("half startup", startup[:len(startup)/2])
+		dial("half startup", startup[:5])
+		ssl := dial("SSLRequest, then nothing", []byte{0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f})
+		one := make([]byte, 1)
+		_ = ssl.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadFull(ssl, one); err != nil || one[0] != 'N' {
+			t.Fatalf("SSLRequest: %q %v; want N (tls.mode disable)", one, err)
+		}
+		for range 2 {
+			c := dial("no answer to the SCRAM challenge", startup)
+			fe := pgproto3.NewFrontend(c, c)
+			_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			msg, err := fe.Receive()
+			if _, ok := msg.(*pgproto3.AuthenticationSASL); !ok {
+				t.Fatalf("after the startup packet: %#v %v; want AuthenticationSASL", msg, err)
+			}
+		}
+		start := time.Now()
+		waitFor(t, 5*time.Second, "the stalled connections counted", func() bool { return loggingIn() == len(floods) })
+		// A real client logs in past them and works.
+		real := connect(t, p.AppURL())
+		if _, err := real.Exec(ctx, "SELECT 1"); err != nil {
+			t.Fatalf("round %d: a real client under the limits: %v", round, err)
+		}
+		for _, f := range floods {
+			_ = f.conn.SetReadDeadline(time.Now().Add(loginTimeout + 4*time.Second))
+			b, err := io.ReadAll(f.conn)
+			took := time.Since(start)
+			if err != nil {
+				t.Fatalf("round %d, %s: still open %v after its login began: %v", round, f.kind, took.Round(time.Millisecond), err)
+			}
+			if took < loginTimeout-100*time.Millisecond {
+				t.Errorf("round %d, %s: closed after %v, before client_login_timeout %v", round, f.kind, took, loginTimeout)
+			}
+			if strings.HasPrefix(f.kind, "no answer") && !strings.Contains(string(b), "C08006") {
+				t.Errorf("round %d, %s: got %q; want FATAL 08006", round, f.kind, b)
+			}
+		}
+		waitFor(t, 5*time.Second, "no connection logging in after the round", func() bool { return loggingIn() == 0 })
+		// Every slot is free again: max_client_conn clients at once,
+		// the real one included.
+		full := []*pgx.Conn{real}
+		for i := 1; i < maxClients; i++ {
+			c := connect(t, p.AppURL())
+			if _, err := c.Exec(ctx, "SELECT 1"); err != nil {
+				t.Fatalf("round %d: client %d of max_client_conn %d: %v", round, i+1, maxClients, err)
+			}
+			full = append(full, c)
+		}
+		if _, err := pgconn.Connect(ctx, p.AppURL()); sqlState(err) != "53300" {
+			t.Fatalf("round %d: a client past max_client_conn: %v; want 53300", round, err)
+		}
+		for _, c := range full {
+			c.Close(ctx)
+		}
+		waitFor(t, 5*time.Second, "the round's clients gone", func() bool { return clientsStat(t, p, "clients_total") == 0 })
+	}
 }
