@@ -401,3 +401,44 @@ func TestSlowlorisLogins(t *testing.T) {
 		waitFor(t, 5*time.Second, "the round's clients gone", func() bool { return clientsStat(t, p, "clients_total") == 0 })
 	}
 }
+
+// TestIdleTimeoutSparesQueuedRequests: pool.client_idle_timeout closes a
+// client idle outside a transaction, never one whose request waits for a
+// backend (README, "Client timeouts": a client waiting for a backend is
+// under acquire_timeout, not these). The timeout here (60 ms) is shorter
+// than the event loop's own queue (100 ms), so a request waiting there is
+// seen by the sweeper for longer than the timeout: it must get its answer
+// when the holder of the pool's one backend commits, and 57P05 only after
+// that, once idle.
+func TestIdleTimeoutSparesQueuedRequests(t *testing.T) {
+	const idleTimeout = 60 * time.Millisecond
+	p := txStartProxy(t, "transaction", 1,
+		WithEnv("PGSIDECAR_POOL__CLIENT_IDLE_TIMEOUT", idleTimeout.String()),
+		WithEnv("PGSIDECAR_POOL__ACQUIRE_TIMEOUT", "20s"))
+	holder := dialRaw(t, txProxyURL(p))
+	if _, status := holder.query(t, "BEGIN"); status != 'T' { // idle in a transaction: not client_idle_timeout's
+		t.Fatalf("holder: %q", status)
+	}
+	const waiters = 3
+	rs := make([]*rawClient, waiters)
+	for i := range rs {
+		// Each request right after the login (whose empty query, pgconn's
+		// SyncConn, is answered without a backend and parks the client,
+		// so the event loop reads the request): the client is never idle
+		// as long as the timeout before it waits.
+		rs[i] = dialRaw(t, txProxyURL(p))
+		rs[i].send(t, &pgproto3.Query{String: fmt.Sprintf("SELECT 'waited %d'", i)})
+	}
+	time.Sleep(400 * time.Millisecond) // the requests wait in the loop's queue, then in the pool's
+	holder.query(t, "COMMIT")
+	for i, r := range rs {
+		switch m := receiveUntilAny(t, r).(type) {
+		case *pgproto3.ErrorResponse:
+			t.Errorf("waiter %d: %s %s %q while its request waited for a backend; want its answer", i, m.Severity, m.Code, m.Message)
+			continue
+		}
+		receiveFatal(t, r, "57P05", 5*time.Second) // idle after its answer: closed
+	}
+	receiveFatal(t, holder, "57P05", 5*time.Second)
+	lgLogLoop(t, p)
+}
