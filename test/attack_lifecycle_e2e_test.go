@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -440,5 +441,72 @@ func TestIdleTimeoutSparesQueuedRequests(t *testing.T) {
 		receiveFatal(t, r, "57P05", 5*time.Second) // idle after its answer: closed
 	}
 	receiveFatal(t, holder, "57P05", 5*time.Second)
+	lgLogLoop(t, p)
+}
+
+// TestQueryTimeoutCancelsOnlyItsQuery: pool.query_timeout cancels, by a
+// cancel request to the server, a slow query of clients the event loop
+// serves, while other clients' fast queries run on the same two backends
+// right before and after: every slow query gets 57014 naming the option,
+// and no fast query is ever hit by a cancel meant for another (a cancel
+// request sent late, once the backend went to the next client, would
+// cancel that client's query instead).
+func TestQueryTimeoutCancelsOnlyItsQuery(t *testing.T) {
+	const (
+		clients = 8
+		rounds  = 12
+	)
+	p := txStartProxy(t, "transaction", 2,
+		WithEnv("PGSIDECAR_POOL__QUERY_TIMEOUT", "100ms"),
+		WithEnv("PGSIDECAR_LOG__LEVEL", "info"))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	conns := make([]*pgconn.PgConn, clients)
+	for i := range conns {
+		conns[i] = txConnect(ctx, t, txProxyURL(p), nil)
+	}
+	var (
+		mu             sync.Mutex
+		slowOK, fastOK int
+		problems       []string
+		wg             sync.WaitGroup
+	)
+	deadline := time.Now().Add(30 * time.Second)
+	for i, c := range conns {
+		wg.Add(1)
+		go func() { // ends after rounds rounds, or at deadline
+			defer wg.Done()
+			for r := 0; r < rounds && time.Now().Before(deadline); r++ {
+				slow := (i+r)%2 == 0
+				sql := fmt.Sprintf("SELECT %d", r)
+				if slow {
+					sql = "SELECT pg_sleep(0.4)"
+				}
+				_, err := c.Exec(ctx, sql).ReadAll()
+				mu.Lock()
+				switch {
+				case slow && sqlState(err) == "57014" && strings.Contains(err.Error(), "query_timeout"):
+					slowOK++
+				case !slow && err == nil:
+					fastOK++
+				default:
+					problems = append(problems, fmt.Sprintf("client %d round %d (slow %v): %v", i, r, slow, err))
+				}
+				mu.Unlock()
+				if c.IsClosed() {
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	t.Logf("%d slow queries cancelled by query_timeout, %d fast ones answered", slowOK, fastOK)
+	for _, pr := range problems {
+		t.Error(pr)
+	}
+	if slowOK+fastOK != clients*rounds {
+		t.Errorf("%d of %d queries ended as they should", slowOK+fastOK, clients*rounds)
+	}
+	lgCleanBackends(ctx, t, p, 2)
 	lgLogLoop(t, p)
 }
