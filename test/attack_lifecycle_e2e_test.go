@@ -510,3 +510,134 @@ func TestQueryTimeoutCancelsOnlyItsQuery(t *testing.T) {
 	lgCleanBackends(ctx, t, p, 2)
 	lgLogLoop(t, p)
 }
+
+// TestDrainSaturatedWithCopy: SIGTERM while 20 clients run one-statement
+// transactions through a pool of two backends (one of them held by a
+// client in the middle of COPY FROM STDIN, so the rest wait for the other
+// in the event loop's queue and the pool's), and one client is parked
+// idle. The idle client and every busy client get 57P01 at a transaction
+// boundary, every acknowledged row is there and no other; the COPY goes
+// on after the signal, ends with its rows committed, then 57P01; the
+// proxy exits 0. With a second SIGTERM while the COPY is still open
+// instead, the proxy closes everything at once and exits 0, and the
+// unfinished COPY leaves nothing behind: no row, no backend on the server.
+func TestDrainSaturatedWithCopy(t *testing.T) {
+	for _, second := range []bool{false, true} {
+		name := "copy finishes"
+		if second {
+			name = "second SIGTERM"
+		}
+		t.Run(name, func(t *testing.T) { testDrainSaturatedWithCopy(t, second) })
+	}
+}
+
+func testDrainSaturatedWithCopy(t *testing.T, second bool) {
+	const loopers = 20
+	table := "e2e_al_drainsat"
+	if _, err := runPsql(t, txDirectURL(), "-c", "DROP TABLE IF EXISTS "+table+"; CREATE TABLE "+table+"(client int, n int)"); err != nil {
+		t.Fatalf("setup: %v", err)
+	}
+	p := txStartProxy(t, "transaction", 2,
+		WithEnv("PGSIDECAR_SHUTDOWN_TIMEOUT", "15s"),
+		WithEnv("PGSIDECAR_POOL__ACQUIRE_TIMEOUT", "20s"),
+		WithEnv("PGSIDECAR_LOG__LEVEL", "info"))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	admin := connect(t, pg.AdminURLDB(txAppDB))
+
+	idle := dialRaw(t, txProxyURL(p))
+	idle.query(t, "SELECT 1")
+	cp := dialRaw(t, txProxyURL(p))
+	cp.send(t, &pgproto3.Query{String: "COPY " + table + "(client, n) FROM STDIN"})
+	receiveUntil[*pgproto3.CopyInResponse](t, cp)
+	cp.send(t, &pgproto3.CopyData{Data: []byte("-1\t1\n")})
+
+	conns := make([]*pgx.Conn, loopers)
+	for i := range conns {
+		conns[i] = connect(t, p.AppURL())
+	}
+	var (
+		mu      sync.Mutex
+		total   int
+		acked   = make([]int, loopers)
+		ends    = make([]error, loopers)
+		wg      sync.WaitGroup
+		started = time.Now()
+	)
+	for i, c := range conns {
+		wg.Add(1)
+		go func() { // ends at the first error, or after 5000 statements or 20 s
+			defer wg.Done()
+			for n := 0; n < 5000 && time.Since(started) < 20*time.Second; n++ {
+				if _, err := c.Exec(ctx, "INSERT INTO "+table+" VALUES ($1, $2)", i, n); err != nil {
+					ends[i] = err
+					return
+				}
+				mu.Lock()
+				acked[i]++
+				total++
+				mu.Unlock()
+			}
+		}()
+	}
+	defer wg.Wait()
+	waitFor(t, 10*time.Second, "the clients busy", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return total >= 100
+	})
+	waiting := clientsStat(t, p, "clients_waiting")
+	p.Signal(syscall.SIGTERM)
+	signalled := time.Now()
+	receiveFatal(t, idle, "57P01", 5*time.Second)
+	wg.Wait()
+	for i, err := range ends {
+		if sqlState(err) != "57P01" {
+			t.Errorf("busy client %d (%d acknowledged) ended with %v; want 57P01", i, acked[i], err)
+		}
+	}
+	t.Logf("%d statements acknowledged, %d clients waiting at SIGTERM; busy clients told 57P01 within %v",
+		total, waiting, time.Since(signalled).Round(time.Millisecond))
+	if took := time.Since(signalled); took > 5*time.Second {
+		t.Errorf("the busy clients were told 57P01 %v after SIGTERM", took)
+	}
+
+	copyRows := 0
+	if second {
+		p.Signal(syscall.SIGTERM)
+		_ = cp.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		for {
+			if _, err := cp.fe.Receive(); err != nil {
+				break // closed at once (or told why first)
+			}
+		}
+	} else {
+		cp.send(t, &pgproto3.CopyData{Data: []byte("-1\t2\n")}, &pgproto3.CopyDone{})
+		if cc := receiveUntil[*pgproto3.CommandComplete](t, cp); string(cc.CommandTag) != "COPY 2" {
+			t.Errorf("COPY after SIGTERM: %q", cc.CommandTag)
+		}
+		if z := receiveUntil[*pgproto3.ReadyForQuery](t, cp); z.TxStatus != 'I' {
+			t.Errorf("after the COPY: status %q", z.TxStatus)
+		}
+		receiveFatal(t, cp, "57P01", 5*time.Second)
+		copyRows = 2
+	}
+	if code, err := p.Wait(10 * time.Second); err != nil || code != 0 {
+		t.Fatalf("proxy exit: %d %v", code, err)
+	}
+	t.Logf("proxy exited 0 %v after the first SIGTERM", time.Since(signalled).Round(time.Millisecond))
+	var n int
+	if err := admin.QueryRow(ctx, "SELECT count(*) FROM "+table+" WHERE client = -1").Scan(&n); err != nil || n != copyRows {
+		t.Errorf("COPY rows: %d %v; want %d", n, err, copyRows)
+	}
+	for i := range loopers {
+		if err := admin.QueryRow(ctx, "SELECT count(*) FROM "+table+" WHERE client = $1", i).Scan(&n); err != nil || n != acked[i] {
+			t.Errorf("busy client %d: %d rows, %d acknowledged (%v)", i, n, acked[i], err)
+		}
+	}
+	waitFor(t, 10*time.Second, "no backend of the proxy left on the server", func() bool {
+		var left int
+		err := admin.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND usename = $2 AND pid <> pg_backend_pid()", txAppDB, txAppUser).Scan(&left)
+		return err == nil && left == 0
+	})
+}
