@@ -641,3 +641,72 @@ func testDrainSaturatedWithCopy(t *testing.T, second bool) {
 		return err == nil && left == 0
 	})
 }
+
+// TestDrainWithStalledLogins: SIGTERM while connections stall their login
+// (silent, half a startup packet, no answer to the SCRAM challenge; the
+// login timeout far away) and an admin console session and a client
+// inside a transaction are open: the stalled logins do not hold the drain
+// up, and are not left hanging: once the transaction ends, those in
+// authentication are told FATAL 57P03 and every one is closed; the proxy
+// exits 0 right after the transaction, not at client_login_timeout or
+// shutdown_timeout.
+func TestDrainWithStalledLogins(t *testing.T) {
+	p := StartProxy(t,
+		WithEnv("PGSIDECAR_POOL__CLIENT_LOGIN_TIMEOUT", "30s"),
+		WithEnv("PGSIDECAR_SHUTDOWN_TIMEOUT", "20s"),
+		WithEnv("PGSIDECAR_LOG__LEVEL", "info"))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	startup := alStartup(t)
+	var stalled []alFlood
+	for _, f := range []struct {
+		kind  string
+		first []byte
+	}{{"silent", nil}, {"half startup", startup[:7]}, {"no answer to SCRAM", startup}, {"no answer to SCRAM", startup}} {
+		c, err := net.DialTimeout("tcp", p.Addr, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		if len(f.first) > 0 {
+			if _, err := c.Write(f.first); err != nil {
+				t.Fatal(err)
+			}
+		}
+		stalled = append(stalled, alFlood{f.kind, c})
+	}
+	con := connect(t, consoleURL(p, "app", "app"))
+	if _, err := con.Exec(ctx, "SHOW VERSION"); err != nil {
+		t.Fatal(err)
+	}
+	tx := dialRaw(t, p.AppURL())
+	if _, status := tx.query(t, "BEGIN; SELECT 1"); status != 'T' {
+		t.Fatalf("BEGIN: %q", status)
+	}
+	waitFor(t, 5*time.Second, "the stalled logins counted", func() bool { return clientsStat(t, p, "clients_logging_in") == len(stalled) })
+
+	p.Signal(syscall.SIGTERM)
+	time.Sleep(500 * time.Millisecond)
+	if _, status := tx.query(t, "COMMIT"); status != 'I' {
+		t.Fatalf("COMMIT: %q", status)
+	}
+	committed := time.Now()
+	receiveFatal(t, tx, "57P01", 5*time.Second)
+	for _, f := range stalled {
+		_ = f.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		b, err := io.ReadAll(f.conn)
+		if err != nil {
+			t.Errorf("%s: not closed by the drain: %v", f.kind, err)
+			continue
+		}
+		if strings.HasPrefix(f.kind, "no answer") && !strings.Contains(string(b), "C57P03") {
+			t.Errorf("%s: got %q before the close; want FATAL 57P03", f.kind, b)
+		}
+	}
+	if code, err := p.Wait(10 * time.Second); err != nil || code != 0 {
+		t.Fatalf("proxy exit: %d %v", code, err)
+	}
+	if took := time.Since(committed); took > 5*time.Second {
+		t.Errorf("the proxy exited %v after the last transaction ended", took)
+	}
+}
