@@ -710,3 +710,75 @@ func TestDrainWithStalledLogins(t *testing.T) {
 		t.Errorf("the proxy exited %v after the last transaction ended", took)
 	}
 }
+
+// TestCancelStormHitsOnlyItsClient: three clients cancel their own
+// short queries at random moments (while the request waits in the event
+// loop's queue or the pool's, runs, or has just been answered) while
+// three others run quick queries on the same two backends: a cancelled
+// client gets its answer or 57014, and never a wrong result; a bystander
+// is never cancelled (a cancel forwarded to a backend its client no
+// longer holds would cancel another client's query); the backends are
+// clean after.
+func TestCancelStormHitsOnlyItsClient(t *testing.T) {
+	const rounds = 60
+	p := txStartProxy(t, "transaction", 2, WithEnv("PGSIDECAR_LOG__LEVEL", "info"))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var (
+		mu                  sync.Mutex
+		cancelled, answered int
+		problems            []string
+		wg                  sync.WaitGroup
+	)
+	deadline := time.Now().Add(20 * time.Second)
+	for i := range 6 {
+		c := txConnect(ctx, t, txProxyURL(p), nil)
+		canceller := i < 3
+		wg.Add(1)
+		go func() { // ends after rounds queries, or at deadline
+			defer wg.Done()
+			for r := 0; r < rounds && time.Now().Before(deadline); r++ {
+				want := fmt.Sprintf("%d-%d", i, r)
+				sql := fmt.Sprintf("SELECT '%s'", want)
+				if canceller {
+					sql = fmt.Sprintf("SELECT '%s' FROM pg_sleep(0.02)", want)
+				}
+				done := make(chan struct{})
+				if canceller {
+					go func() { // ends after its one cancel request
+						defer close(done)
+						time.Sleep(time.Duration((i*7+r*13)%40) * time.Millisecond)
+						_ = c.CancelRequest(ctx)
+					}()
+				} else {
+					close(done)
+				}
+				res, err := c.Exec(ctx, sql).ReadAll()
+				<-done
+				mu.Lock()
+				switch {
+				case err == nil && len(res) == 1 && len(res[0].Rows) == 1 && string(res[0].Rows[0][0]) == want:
+					answered++
+				case canceller && sqlState(err) == "57014":
+					cancelled++
+				default:
+					problems = append(problems, fmt.Sprintf("client %d (canceller %v) round %d: %v %v", i, canceller, r, res, err))
+				}
+				mu.Unlock()
+				if c.IsClosed() {
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	t.Logf("%d answered, %d cancelled", answered, cancelled)
+	for _, pr := range problems {
+		t.Error(pr)
+	}
+	if cancelled == 0 {
+		t.Error("no query was cancelled: the storm cancelled nothing")
+	}
+	lgCleanBackends(ctx, t, p, 2)
+	lgLogLoop(t, p)
+}
