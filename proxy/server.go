@@ -357,11 +357,15 @@ func (s *Server) Shutdown(ctx context.Context) error {
 wait:
 	for {
 		// Wake every client reader, parked or not; those between
-		// transactions leave with 57P01, those inside one carry on.
+		// transactions leave with 57P01, those inside one carry on. A
+		// request waiting in a pool's queue is between transactions too:
+		// its wait ends now (a paused pool would hold it until the
+		// deadline, a busy one until a backend frees up).
 		s.mu.Lock()
 		n := len(s.clients)
 		for c := range s.clients {
 			c.wake()
+			c.endWaitForDrain()
 		}
 		s.mu.Unlock()
 		if n == 0 {

@@ -152,7 +152,10 @@ func (s *Server) sweepClient(c *clientConn, live *Config, now time.Time) {
 	c.mu.Lock()
 	st, mark := stateIdle, c.timeouts.responses
 	switch {
-	case c.timeouts.waiting.Load():
+	case c.timeouts.waiting.Load() || c.loop.st.Load() == loopQueued:
+		// Waiting for a backend, on a goroutine in the pool's queue or in
+		// the event loop's own queue (whose request is not in c.q yet:
+		// process starts over when a backend is free).
 		st = stateWaiting
 	case c.q.len() > 0:
 		st = stateBusy

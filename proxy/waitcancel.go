@@ -61,6 +61,22 @@ func (c *clientConn) cancelWaiting() bool {
 	return false
 }
 
+// endWaitForDrain ends the client's wait in the pool, if a goroutine of
+// its waits there: the drain began, so no transaction may start, and
+// acquire answers the request with 57P01 (context.Canceled) instead of
+// waiting for a backend it would only give back. wake does the same for
+// a request in the event loop's queue, which a goroutine then answers.
+func (c *clientConn) endWaitForDrain() {
+	c.mu.Lock()
+	if c.wait.cancel != nil && !c.wait.canceled {
+		c.wait.cancel(errDrainingCause)
+	}
+	c.mu.Unlock()
+}
+
+// errDrainingCause ends the context of a wait the drain ended.
+var errDrainingCause = errors.New("draining")
+
 // beginWait starts a goroutine's wait in the pool (waitState.beginLocked,
 // under the client's context).
 func (c *clientConn) beginWait() (ctx context.Context, canceled bool) {
