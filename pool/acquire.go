@@ -181,7 +181,7 @@ func (p *Pool) take(front bool, start time.Time) (*backend, *waiter, time.Durati
 	}
 	if !front && p.cfg.MaxWaiters > 0 && p.queuedLocked() >= p.cfg.MaxWaiters {
 		p.counts.rejected++
-		return nil, nil, 0, p.queueFullErrorLocked()
+		return nil, nil, 0, p.queueFullErrorLocked(p.waiters.len())
 	}
 	w := newWaiter()
 	w.at = start
@@ -193,6 +193,23 @@ func (p *Pool) take(front bool, start time.Time) (*backend, *waiter, time.Durati
 	p.counts.peakWaiting = max(p.counts.peakWaiting, p.waiters.len())
 	p.replenishLocked()
 	return nil, w, p.cfg.AcquireTimeout, nil
+}
+
+// RefuseWaiter is Acquire's max_waiters check for a caller about to wait
+// for this pool outside it: others callers already wait for it there (the
+// proxy's event-loop queue, whose requests wait before any of them calls
+// Acquire) and count as the pool's own waiters do. It returns the 53300
+// Acquire would refuse the caller with, counted as a refusal, or nil when
+// the caller may wait. Callers that wait in the pool are not counted in
+// others: Acquire counts them.
+func (p *Pool) RefuseWaiter(others int) *AcquireError {
+	p.mu.Lock()
+	defer p.unlock()
+	if p.cfg.MaxWaiters == 0 || p.queuedLocked()+others < p.cfg.MaxWaiters {
+		return nil
+	}
+	p.counts.rejected++
+	return p.queueFullErrorLocked(p.waiters.len() + others)
 }
 
 // queuedLocked is how many waiters wait for a backend to be released:

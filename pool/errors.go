@@ -52,12 +52,13 @@ func (p *Pool) timeoutErrorLocked(waited time.Duration, waiting int, cause error
 }
 
 // queueFullErrorLocked is the 53300 for an Acquire refused because
-// MaxWaiters callers already wait.
-func (p *Pool) queueFullErrorLocked() *AcquireError {
+// MaxWaiters callers already wait (waiting: all of them, RefuseWaiter's
+// included).
+func (p *Pool) queueFullErrorLocked(waiting int) *AcquireError {
 	return &AcquireError{
 		Code: pgwire.CodeTooManyConnections,
 		Message: fmt.Sprintf("too many clients waiting for a server connection (%s; max_waiters %d)",
-			p.busyLocked(p.waiters.len()), p.cfg.MaxWaiters),
+			p.busyLocked(waiting), p.cfg.MaxWaiters),
 		Hint: "raise " + p.cfg.option("MaxWaiters") + " or " + p.cfg.option("MaxSize") + ", or shorten transactions",
 	}
 }

@@ -308,7 +308,7 @@ func (p *parker) loopAcquire(c *clientConn) (*backend, error) {
 		// PgBouncer's. This one waits behind them. Were the pool to have
 		// room to grow meanwhile, they all go to goroutines, whose
 		// Acquire opens backends, after loopQueueWait.
-		return nil, errLoopQueue
+		return nil, p.enqueueOrRefuse(c)
 	} else {
 		conn, ok = c.db.Pool.TryAcquireAt(p.clock)
 	}
@@ -326,7 +326,7 @@ func (p *parker) loopAcquire(c *clientConn) (*backend, error) {
 		// (loopEnqueue), in order, or on a goroutine past loopQueueWait.
 		// Nothing of it was consumed: process starts over when a backend
 		// is free.
-		return nil, errLoopQueue
+		return nil, p.enqueueOrRefuse(c)
 	}
 	if c.srv.draining.Load() {
 		conn.Release()
@@ -342,6 +342,19 @@ func (p *parker) loopAcquire(c *clientConn) (*backend, error) {
 		return nil, errWaitCanceled
 	}
 	return c.takeBackend(conn), nil
+}
+
+// enqueueOrRefuse is loopAcquire's answer for a request that must wait:
+// errLoopQueue (it joins the loop's queue), or the pool's 53300 when
+// pool.max_waiters requests already wait for the pool, in the loop's
+// queue and the pool's own together, so the request is refused at once,
+// as Acquire refuses it, instead of after loopQueueWait in the loop's
+// queue. Loop thread.
+func (p *parker) enqueueOrRefuse(c *clientConn) error {
+	if qe := c.db.Pool.RefuseWaiter(p.queueLen(c.db.Pool)); qe != nil {
+		return qe
+	}
+	return errLoopQueue
 }
 
 // loopSocketEvent reports whether the client's socket became readable

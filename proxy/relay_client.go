@@ -322,7 +322,7 @@ func (c *clientConn) acquireForRequest() (*backend, error) {
 	var err error
 	if c.loop.running {
 		b, err = c.srv.park.loopAcquire(c) // loop.go: it never waits
-		if err != errWaitCanceled {
+		if _, refused := err.(*pool.AcquireError); err != errWaitCanceled && !refused {
 			return b, err // a backend, or what the loop does instead (loopProcess)
 		}
 	} else {

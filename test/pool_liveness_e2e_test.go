@@ -390,3 +390,63 @@ func terminateNoWait(ctx context.Context, t *testing.T, admin *pgconn.PgConn, pi
 		t.Fatalf("pg_terminate_backend signalled %s of %d backends", got, len(pids))
 	}
 }
+
+// pool.max_waiters holds for requests the event loop queues, too: they
+// wait in the loop's own queue for up to 100 ms before a goroutine takes
+// them to the pool's queue, and counted only there, a request past the
+// limit waited in the loop's queue first and was refused 100 ms late (or
+// served, had a backend come free meanwhile). It is refused at once: the
+// loop never hands it to a goroutine. Before the fix, both the allowed
+// waiter and the refused one were handed over (2 hand-offs); now only the
+// allowed one may be, when it has waited 100 ms.
+func TestMaxWaitersRefusesAtTheLoop(t *testing.T) {
+	p := StartProxy(t,
+		WithEnv("PGSIDECAR_POOL__MAX_SIZE", "1"),
+		WithEnv("PGSIDECAR_POOL__MIN_SIZE", "0"),
+		WithEnv("PGSIDECAR_POOL__MAX_WAITERS", "1"),
+		WithEnv("PGSIDECAR_POOL__ACQUIRE_TIMEOUT", "10s"))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var holder, allowed, refused *pgconn.PgConn
+	for _, c := range []**pgconn.PgConn{&holder, &allowed, &refused} {
+		conn, err := pgconn.Connect(ctx, p.AppURL())
+		if err != nil {
+			t.Fatalf("connect: %v", err)
+		}
+		defer conn.Close(context.Background())
+		if _, err := conn.Exec(ctx, "SELECT 1").ReadAll(); err != nil { // then it parks
+			t.Fatalf("first query: %v", err)
+		}
+		*c = conn
+	}
+	if _, err := holder.Exec(ctx, "BEGIN; SELECT 1").ReadAll(); err != nil {
+		t.Fatalf("holder: %v", err)
+	}
+	_, before := lgLoopCounts(t, p)
+	waited := make(chan error, 1)
+	go func() { // ends when its query does (ctx bounds it)
+		_, err := allowed.Exec(ctx, "SELECT 2").ReadAll()
+		waited <- err
+	}()
+	waitFor(t, 5*time.Second, "one request waiting", func() bool {
+		clients, _ := p.Stats(t)["clients"].(map[string]any)
+		w, _ := num(clients, "clients_waiting")
+		return w == 1
+	})
+	_, err := refused.Exec(ctx, "SELECT 3").ReadAll()
+	if code := sqlState(err); code != "53300" || !strings.Contains(err.Error(), "max_waiters 1") {
+		t.Errorf("a second request waiting: %v (SQLSTATE %s), want 53300 naming max_waiters", err, code)
+	}
+	if _, after := lgLoopCounts(t, p); after-before > 1 {
+		t.Errorf("%d requests handed from the loop to a goroutine while one waited and one was refused; want at most the waiting one: the refused one waited in the loop's queue first", after-before)
+	}
+	if _, err := holder.Exec(ctx, "COMMIT").ReadAll(); err != nil {
+		t.Fatalf("holder's COMMIT: %v", err)
+	}
+	if err := <-waited; err != nil {
+		t.Errorf("the request allowed to wait: %v", err)
+	}
+	if res, err := refused.Exec(ctx, "SELECT 4").ReadAll(); err != nil || string(res[0].Rows[0][0]) != "4" {
+		t.Errorf("the refused client's next statement: %v %v, want 4: its session goes on", res, err)
+	}
+}
