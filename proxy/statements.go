@@ -399,6 +399,15 @@ func (p *preparedSet) undo(name string, seg int64) {
 	}
 }
 
+// uncertain records that the backend may or may not have name (a Close
+// of it, sent in segment seg, was skipped): it is closed and parsed again
+// before a later segment uses it (certain, closeUncertain).
+func (p *preparedSet) uncertain(name string, seg int64) {
+	if !p.has(name) {
+		p.insert(&preparedEntry{name: name, pending: seg})
+	}
+}
+
 // remove forgets name: a DEALLOCATE or Close of it goes to the backend
 // (deallocate, close), or the Parse that claimed it failed (undo).
 func (p *preparedSet) remove(name string) {
@@ -681,24 +690,68 @@ func (s *clientStatements) describe(q *requestQueue, b *backend, out, msg, body 
 // close handles a client's Close in transaction mode. A named statement is
 // the client's alone: closed on b if b has it; copies on other backends
 // are never used again and leave with their LRU.
+//
+// The statement is forgotten now, before the server's answer: the
+// messages after the Close in the same request see it closed, as on the
+// server. An error earlier in the Sync segment makes the server skip the
+// Close; the request then takes the statement back (undoClose).
 func (s *clientStatements) close(q *requestQueue, b *backend, out, msg, body []byte) []byte {
 	if len(body) > 1 && body[0] == 'S' {
 		if name, _, ok := pgwire.CString(body[1:]); ok && len(name) == 0 {
+			r := request{kind: reqClose, closes: s.hasUnnamed, gen: s.unnamedGen}
 			s.dropUnnamed(b)
+			q.push(r)
+			return append(out, msg...)
 		} else if ok {
 			st := s.byName[string(name)]
 			delete(s.byName, string(name))
+			r := request{kind: reqSynthetic, payload: pgwire.CloseCompleteMessage,
+				closes: st != nil, stmt: st, clientName: string(name), seg: q.seg}
 			if st != nil && b.prepared.has(st.name) {
 				b.prepared.remove(st.name)
-				q.push(request{kind: reqClose})
+				r.kind, r.payload, r.prepared = reqClose, nil, true
+				q.push(r)
 				return pgwire.AppendCloseStatement(out, st.name)
 			}
-			q.push(request{kind: reqSynthetic, payload: pgwire.CloseCompleteMessage})
+			q.push(r)
 			return out
 		}
 	}
 	q.push(request{kind: reqClose})
 	return append(out, msg...)
+}
+
+// undoClose takes back the statement a Close r dropped (request.closes)
+// when the server failed or skipped r: the server still has it. The client's name means it again. The backend's copy, which r
+// was to close, may or may not exist (the Parse that made it may be what
+// failed): it is recorded as uncertain, so the next request that needs it
+// closes it and parses it again (closeUncertain). An unnamed statement is
+// taken back unless a later Parse replaced it; the backend then no longer
+// counts as having it, so its next use parses it again (useUnnamed).
+func (s *clientStatements) undoClose(b *backend, r *request) {
+	if !r.closes {
+		return
+	}
+	if r.clientName == "" {
+		if s.unnamedGen == r.gen {
+			s.hasUnnamed = true
+		}
+		return
+	}
+	s.byName[r.clientName] = r.stmt
+	if r.prepared {
+		b.prepared.uncertain(r.stmt.name, r.seg)
+	}
+}
+
+// undo undoes the bookkeeping of request r, which failed, was skipped
+// after an error, or was abandoned with its backend.
+func (s *clientStatements) undo(b *backend, r *request) {
+	if r.closes {
+		s.undoClose(b, r)
+		return
+	}
+	s.undoParse(b, r)
 }
 
 // answerWithoutBackend answers, without taking a backend, a request made
@@ -905,7 +958,7 @@ func (s *clientStatements) resultDescribed(b *backend, r *request, msg []byte) (
 // server skipped. A copy the server says changed under it (0A000: its
 // result type changed; XX000: a type it uses is gone) is shared no more.
 func (s *clientStatements) failed(b *backend, r *request, errBody []byte) {
-	s.undoParse(b, r)
+	s.undo(b, r)
 	if r.probe {
 		s.endProbe()
 	}
