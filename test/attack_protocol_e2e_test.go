@@ -467,3 +467,57 @@ func TestAttackProtocolDiffErrorMidBatch(t *testing.T) {
 		}},
 	)
 }
+
+// TestAttackProtocolDiffDeallocate: DEALLOCATE and DISCARD ALL in the
+// simple and the extended protocol, spelled as clients spell them, in
+// and out of transactions, failing and succeeding.
+func TestAttackProtocolDiffDeallocate(t *testing.T) {
+	apCheck(t,
+		apScript{name: "DEALLOCATE name", steps: []apStep{
+			apMsgs(apParse("s1", "SELECT 's1'::text"), apParse("S1", "SELECT 'S1'::text"), apSync),
+			apMsgs(apQuery(`DEALLOCATE "S1"`)),
+			apMsgs(apBind("", "S1"), apExec("", 0), apBind("", "s1"), apExec("", 0), apSync),
+			apMsgs(apQuery("deallocate prepare S1")),
+			apMsgs(apBind("", "s1"), apExec("", 0), apSync),
+			apMsgs(apParse("s1", "SELECT 's1 again'::text"), apSync),
+			apMsgs(apQuery("DEALLOCATE s1;")),
+			apMsgs(apParse("s1", "SELECT 's1 third'::text"), apSync),
+			apMsgs(apQuery("DEALLOCATE nosuch")),
+		}},
+		apScript{name: "DEALLOCATE of a statement whose table is gone", setup: "DROP TABLE IF EXISTS ap_dealloc; CREATE TABLE ap_dealloc (a int)", steps: []apStep{
+			apMsgs(apParse("s3", "SELECT a FROM ap_dealloc"), apSync),
+			apMsgs(apParse("s4", "SELECT a FROM ap_dealloc"), apSync),
+			{admin: "DROP TABLE ap_dealloc", msgs: []pgproto3.FrontendMessage{apQuery("DEALLOCATE s3")}},
+			apMsgs(apQuery("DEALLOCATE s4")),
+			apMsgs(apParse("s3", "SELECT 's3 again'::text"), apBind("", "s3"), apExec("", 0), apSync),
+		}},
+		apScript{name: "DEALLOCATE that fails deallocates nothing", steps: []apStep{
+			apMsgs(apParse("s1", "SELECT 's1'::text"), apSync),
+			apMsgs(apQuery("BEGIN")),
+			apMsgs(apQuery("SELECT 1/0")),
+			apMsgs(apQuery("DEALLOCATE s1")),
+			apMsgs(apQuery("ROLLBACK")),
+			apMsgs(apBind("", "s1"), apExec("", 0), apSync),
+			apMsgs(apQuery("BEGIN")),
+			apMsgs(apQuery("DEALLOCATE s1")),
+			apMsgs(apQuery("ROLLBACK")),
+			apMsgs(apBind("", "s1"), apExec("", 0), apSync),
+		}},
+		apScript{name: "DEALLOCATE ALL and DISCARD ALL", steps: []apStep{
+			apMsgs(apParse("s1", "SELECT 's1'::text"), apParse("s2", "SELECT 's2'::text"), apSync),
+			apMsgs(apQuery("DEALLOCATE ALL")),
+			apMsgs(apBind("", "s1"), apExec("", 0), apSync),
+			apMsgs(apParse("s1", "SELECT 's1 new'::text"), apBind("", "s1"), apExec("", 0), apSync),
+			apMsgs(apQuery("SET work_mem = '5MB'")),
+			apMsgs(apQuery("BEGIN")),
+			apMsgs(apQuery("DISCARD ALL")),
+			apMsgs(apQuery("ROLLBACK")),
+			apMsgs(apBind("", "s1"), apExec("", 0), apSync),
+			apMsgs(apQuery("SHOW work_mem")),
+			apMsgs(apQuery("DISCARD ALL")),
+			apMsgs(apBind("", "s1"), apExec("", 0), apSync),
+			apMsgs(apQuery("SHOW work_mem")),
+			apMsgs(apParse("s1", "SELECT 's1 after discard'::text"), apBind("", "s1"), apExec("", 0), apSync),
+		}},
+	)
+}
