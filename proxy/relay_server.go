@@ -814,6 +814,8 @@ func (c *clientConn) readyForQueryLocked(b *backend, msg []byte) (swallow bool, 
 	}
 	if !r.failed {
 		r.applySucceeded(b, &c.params, &c.stmts)
+	} else if r.closes {
+		c.stmts.undoClose(b, &r) // a DEALLOCATE that failed deallocated nothing
 	} else if r.syncTo != nil {
 		c.log.Warn("bringing a server connection to the client's session parameters failed; the client sees the error")
 	}
@@ -837,6 +839,9 @@ func (c *clientConn) errorResponseLocked(b *backend, msg []byte) (swallow bool) 
 		// server's "canceling statement due to user request".
 		c.timeouts.queryTimedOut = false
 		c.reader.replacement = c.srv.queryTimeoutError().appendTo(c.reader.replacement[:0])
+		swallow = true
+	}
+	if h := c.q.peek(); h != nil && h.quiet {
 		swallow = true
 	}
 	replacement, toSync := c.q.fail(&c.stmts, b, body)

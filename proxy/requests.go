@@ -32,7 +32,16 @@ const (
 // are swallowed; synthetic ones carry the reply the proxy makes itself.
 type request struct {
 	kind    reqKind
-	swallow bool   // drop the replies (errors still reach the client)
+	swallow bool // drop the replies (errors still reach the client, unless quiet)
+	quiet   bool // drop its error too (the proxy's own request, whose failure the client's next request reports)
+	// closes marks a client's Close of a statement, or its DEALLOCATE of
+	// one: the proxy forgets the statement when it sends the request, and
+	// takes it back (clientStatements.undoClose) if the server fails or
+	// skips it, as the server then still has it. The statement is stmt
+	// under clientName, whose copy on the backend the request closes when
+	// prepared (seg is then the request's Sync segment); with clientName
+	// "" it is the unnamed statement of generation gen.
+	closes  bool
 	payload []byte // synthetic reply bytes (shared, never modified)
 	// stmt and clientName tie a Parse to the statement it prepares, so an
 	// error (or a skip after one) can undo the bookkeeping.
@@ -42,14 +51,6 @@ type request struct {
 	// stmt, in Sync segment seg.
 	prepared bool
 	seg      int64
-	// closes marks a client's Close of a statement: the proxy forgets the
-	// statement when it sends the request, and takes it back
-	// (clientStatements.undoClose) if the server fails or skips it, as
-	// the server then still has it. The statement is stmt under
-	// clientName, whose copy on the backend the request closes when
-	// prepared (seg is then the request's Sync segment); with clientName
-	// "" it is the unnamed statement of generation gen.
-	closes bool
 	// entry is the server copy a Bind or Describe of a client statement
 	// named (its own or a shared one, see useStatement), so an error the
 	// server gives for it can retire it.

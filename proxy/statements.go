@@ -721,7 +721,8 @@ func (s *clientStatements) close(q *requestQueue, b *backend, out, msg, body []b
 	return append(out, msg...)
 }
 
-// undoClose takes back the statement a Close r dropped (request.closes)
+// undoClose takes back the statement a Close or DEALLOCATE r dropped
+// (request.closes)
 // when the server failed or skipped r: the server still has it. The client's name means it again. The backend's copy, which r
 // was to close, may or may not exist (the Parse that made it may be what
 // failed): it is recorded as uncertain, so the next request that needs it
@@ -866,17 +867,40 @@ func (s *clientStatements) undoParse(b *backend, r *request) {
 }
 
 // deallocate handles the client's "DEALLOCATE name" Query r: the client's
-// name means a proxy statement, so that one is deallocated (prepared first
-// if this backend lacks it) and the client sees exactly the reply
-// PostgreSQL would give. ok is false when name is not the client's.
+// name means a proxy statement, so that one is deallocated and the client
+// sees exactly the reply PostgreSQL would give. ok is false when name is
+// not the client's.
+//
+// A backend that lacks the statement's copy (or cannot tell whether it
+// has it) gets a statement of that name first, so that the DEALLOCATE
+// finds one: with an empty text, not the client's, which may no longer
+// parse where the client's statement, prepared before, still exists
+// directly (a table dropped since); and in a Sync segment of its own whose
+// replies and error are dropped (request.quiet). An error there (25P02 in
+// an aborted transaction) must not reach the client, and must not be
+// followed by the Query without a Sync: the server would skip everything
+// up to a Sync, the Query too, and the client would wait for its reply
+// for ever. In an aborted transaction the DEALLOCATE then fails as it does
+// directly, and a DEALLOCATE that fails deallocated nothing (r.closes).
 func (s *clientStatements) deallocate(q *requestQueue, b *backend, out []byte, r request, name string) (_ []byte, ok bool) {
 	st := s.byName[name]
 	if st == nil {
 		return out, false
 	}
 	delete(s.byName, name)
-	out = s.ensurePrepared(q, b, out, st)
+	if e := b.prepared.lookup(st.name); e == nil || !e.certain(q.seg) {
+		if e != nil {
+			q.push(request{kind: reqClose, swallow: true, quiet: true})
+			out = pgwire.AppendCloseStatement(out, st.name)
+		}
+		q.push(request{kind: reqParse, swallow: true, quiet: true})
+		out = pgwire.AppendHeader(out, pgwire.MsgParse, len(st.name)+1+1+2)
+		out = append(append(out, st.name...), 0, 0, 0, 0) // name, empty text, no parameter types
+		q.push(request{kind: reqSync, swallow: true})
+		out = append(out, pgwire.MsgSync, 0, 0, 0, 4)
+	}
 	b.prepared.remove(st.name)
+	r.closes, r.stmt, r.clientName, r.prepared, r.seg = true, st, name, true, q.seg
 	q.push(r)
 	return pgwire.AppendQuery(out, "DEALLOCATE "+st.name), true
 }
