@@ -521,3 +521,128 @@ func TestAttackProtocolDiffDeallocate(t *testing.T) {
 		}},
 	)
 }
+
+// TestAttackProtocolDiffProbes: settings carried across backends, simple
+// Queries of several statements (failing in the middle, with and without
+// BEGIN/COMMIT inside), empty queries, parameter formats and counts (65535
+// parameters, binary ones), and a statement whose result type changes
+// under it, each compared with PostgreSQL on both relay paths with a
+// second client on the same backends. They found nothing wrong; they
+// guard the event loop and the goroutine relay against each other and
+// against PostgreSQL where the tx_* tests check one path and pgx's view.
+func TestAttackProtocolDiffProbes(t *testing.T) {
+	many := make([]string, 0, 65535)
+	var sb strings.Builder
+	sb.WriteString("SELECT $1::int")
+	for i := 1; i <= 65535; i++ {
+		many = append(many, strconv.Itoa(i))
+		if i > 1 {
+			fmt.Fprintf(&sb, " + $%d::int", i)
+		}
+	}
+	manyBind := apBind("", "many", many...)
+	bin := &pgproto3.Bind{PreparedStatement: "bin", ParameterFormatCodes: []int16{1, 0},
+		Parameters: [][]byte{{0, 0, 0, 7}, []byte("8")}, ResultFormatCodes: []int16{1}}
+	apCheck(t,
+		apScript{name: "settings across backends", steps: []apStep{
+			apMsgs(apQuery("SET work_mem = '7MB'")),
+			apMsgs(apQuery("SHOW work_mem")),
+			apMsgs(apQuery("BEGIN; SET LOCAL work_mem = '9MB'; SHOW work_mem")),
+			apMsgs(apQuery("SHOW work_mem; COMMIT")),
+			apMsgs(apQuery("SHOW work_mem")),
+			apMsgs(apQuery("BEGIN; SET work_mem = '11MB'; ROLLBACK")),
+			apMsgs(apQuery("SHOW work_mem")),
+			apMsgs(apParse("", "SET work_mem = '12MB'"), apBind("", ""), apExec("", 0), apSync),
+			apMsgs(apQuery("SHOW work_mem")),
+			apMsgs(apQuery("SET application_name = 'ap main'; SET statement_timeout = '17s'")),
+			apMsgs(apQuery("SHOW application_name; SHOW statement_timeout")),
+			apMsgs(apQuery("RESET work_mem")),
+			apMsgs(apQuery("SHOW work_mem")),
+			apMsgs(apQuery("RESET ALL")),
+			apMsgs(apQuery("SHOW application_name; SHOW statement_timeout; SHOW work_mem")),
+			apMsgs(apQuery("SELECT set_config('work_mem', '13MB', false)")),
+			apMsgs(apQuery("SHOW work_mem")),
+		}},
+		apScript{name: "several statements in one Query, empty queries", steps: []apStep{
+			apMsgs(apQuery("SELECT 1; SELECT 1/0; SELECT 3")),
+			apMsgs(apQuery("BEGIN; SELECT 1; SELECT 1/0; COMMIT")),
+			apMsgs(apQuery("SELECT 'in failed tx'")),
+			apMsgs(apQuery("ROLLBACK")),
+			apMsgs(apQuery("SELECT 1; BEGIN; SELECT 2")),
+			apMsgs(apQuery("SELECT 3; COMMIT; SELECT 1/0")),
+			apMsgs(apQuery("COMMIT; BEGIN; SELECT 4")),
+			apMsgs(apQuery("ROLLBACK")),
+			apMsgs(apQuery("")),
+			apMsgs(apQuery(";")),
+			apMsgs(apQuery(" -- nothing but a comment")),
+			apMsgs(apQuery("SELECT 5;;")),
+			apMsgs(apParse("", ""), apBind("", ""), apDescribe('P', ""), apExec("", 0), apSync),
+			apMsgs(apParse("e", ""), apBind("", "e"), apExec("", 0), apSync),
+			apMsgs(apSync, apSync, apFlush, apSync),
+		}},
+		apScript{name: "parameter formats and counts", steps: []apStep{
+			apMsgs(apParse("bin", "SELECT $1::int4 + $2::int4", 23, 23), apSync),
+			apMsgs(bin, apExec("", 0), apSync),
+			apMsgs(apParse("many", sb.String()), apSync),
+			apMsgs(manyBind, apExec("", 0), apSync),
+			apMsgs(apBind("", "many", "1", "2"), apExec("", 0), apSync),
+			apMsgs(&pgproto3.Bind{PreparedStatement: "bin", ParameterFormatCodes: []int16{1}, Parameters: [][]byte{{0, 7}, {0, 0, 0, 1}}}, apExec("", 0), apSync),
+			apMsgs(&pgproto3.Bind{PreparedStatement: "bin", ParameterFormatCodes: []int16{0, 0, 0}, Parameters: [][]byte{[]byte("1"), []byte("2")}}, apExec("", 0), apSync),
+			apMsgs(apParse("", "SELECT $65536::int"), apSync),
+		}},
+		apScript{name: "result type changes under a prepared statement", setup: "DROP TABLE IF EXISTS ap_alter; CREATE TABLE ap_alter (a int); INSERT INTO ap_alter VALUES (1)", steps: []apStep{
+			apMsgs(apParse("s1", "SELECT * FROM ap_alter"), apDescribe('S', "s1"), apSync),
+			apMsgs(apBind("", "s1"), apExec("", 0), apSync),
+			apMsgs(apBind("", "s1"), apExec("", 0), apSync),
+			{admin: "ALTER TABLE ap_alter ADD COLUMN b text DEFAULT 'x'", msgs: []pgproto3.FrontendMessage{apBind("", "s1"), apExec("", 0), apSync}},
+			apMsgs(apBind("", "s1"), apExec("", 0), apSync),
+			apMsgs(apBind("", "s1"), apExec("", 0), apSync),
+			apMsgs(apClose('S', "s1"), apParse("s1", "SELECT * FROM ap_alter"), apBind("", "s1"), apExec("", 0), apSync),
+			{admin: "ALTER TABLE ap_alter ALTER COLUMN a TYPE bigint", msgs: []pgproto3.FrontendMessage{apBind("", "s1"), apExec("", 0), apSync}},
+			apMsgs(apBind("", "s1"), apExec("", 0), apSync),
+			apMsgs(apBind("", "s1"), apExec("", 0), apSync),
+		}},
+	)
+}
+
+// TestAttackProtocolDiffDeallocateAll: DEALLOCATE ALL and DISCARD ALL sent
+// through the extended protocol (pgjdbc runs every statement so) or in a
+// Query of several statements drop every statement of the session, as a
+// single DEALLOCATE ALL Query does: the client's names are free again,
+// and no backend keeps claiming statements the server no longer has.
+func TestAttackProtocolDiffDeallocateAll(t *testing.T) {
+	apCheck(t,
+		apScript{name: "DEALLOCATE ALL and DISCARD ALL, extended and in several statements", steps: []apStep{
+			apMsgs(apParse("s1", "SELECT 's1'::text"), apSync),
+			apMsgs(apParse("", "DEALLOCATE ALL"), apBind("", ""), apExec("", 0), apSync),
+			apMsgs(apBind("", "s1"), apExec("", 0), apSync),
+			apMsgs(apParse("s1", "SELECT 's1 b'::text"), apSync),
+			apMsgs(apQuery("SELECT 1; DEALLOCATE ALL")),
+			apMsgs(apBind("", "s1"), apExec("", 0), apSync),
+			apMsgs(apParse("s1", "SELECT 's1 c'::text"), apSync),
+			apMsgs(apQuery("SET work_mem = '6MB'")),
+			apMsgs(apParse("", "DISCARD ALL"), apBind("", ""), apExec("", 0), apSync),
+			apMsgs(apBind("", "s1"), apExec("", 0), apSync),
+			apMsgs(apQuery("SHOW work_mem")),
+			apMsgs(apQuery("DEALLOCATE s1")),
+			apMsgs(apBind("", "s1"), apExec("", 0), apSync),
+		}},
+	)
+}
+
+// TestAttackProtocolDiffHostileSubtypes: a Describe or Close with a subtype
+// PostgreSQL does not know gets its 08P01, and the fast-path function
+// call works, on both relay paths.
+func TestAttackProtocolDiffHostileSubtypes(t *testing.T) {
+	apCheck(t,
+		apScript{name: "hostile subtypes and the fast path", steps: []apStep{
+			apMsgs(apRaw{'D', 0, 0, 0, 6, 'X', 0}, apSync),
+			apMsgs(apRaw{'C', 0, 0, 0, 6, 'X', 0}, apSync),
+			apMsgs(apParse("s1", "SELECT 1"), apSync),
+			apMsgs(apRaw{'C', 0, 0, 0, 7, 'X', 's', '1'}, apSync),
+			apMsgs(apBind("", "s1"), apExec("", 0), apSync),
+			apMsgs(&pgproto3.FunctionCall{Function: 177, ArgFormatCodes: []uint16{0}, Arguments: [][]byte{[]byte("40"), []byte("2")}, ResultFormatCode: 0}),
+			apMsgs(apBind("", "s1"), apExec("", 0), apSync),
+		}},
+	)
+}
