@@ -878,10 +878,8 @@ func (c *clientConn) onQuery(b *backend, out, msg, body []byte, tx bool) []byte 
 					return o
 				}
 			}
-		case queryDeallocateAll:
-			r.deallocAll = true
 		case queryDiscardAll:
-			r.deallocAll, r.resetAll = true, true
+			r.resetAll = true
 		case queryResetAll:
 			r.resetAll = true
 		}

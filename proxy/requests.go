@@ -57,10 +57,9 @@ type request struct {
 	entry *preparedEntry
 	// sets are the client SET/RESET statements of this Query, applied to the
 	// client's tracked parameters when it completes without error.
-	sets       []paramChange
-	deallocAll bool // DEALLOCATE ALL or DISCARD ALL: the backend drops its statements
-	resetAll   bool // RESET ALL or DISCARD ALL: parameters go back to the session defaults
-	failed     bool // an ErrorResponse arrived within this Query
+	sets     []paramChange
+	resetAll bool // RESET ALL or DISCARD ALL: parameters go back to the session defaults
+	failed   bool // an ErrorResponse arrived within this Query
 	// syncTo is the backend's parameter set once the proxy's own SETs succeed.
 	syncTo map[string]paramValue
 	// gen is the client's unnamed Parse a request about the unnamed
@@ -248,9 +247,10 @@ func (q *requestQueue) fail(stmts *clientStatements, b *backend, errBody []byte)
 // an error: b's parameters after the proxy's own SETs, the client's SET
 // and RESET statements of parameters the server does not report, on b and
 // in the client's params (clientParams.trackParamChange: a RESET goes
-// back to the startup packet's value), and the statements a DEALLOCATE ALL or
-// DISCARD ALL dropped on b.
-func (r *request) applySucceeded(b *backend, params *clientParams, stmts *clientStatements) {
+// back to the startup packet's value). (The statements a DEALLOCATE ALL or
+// DISCARD ALL dropped are followed from the server's CommandComplete:
+// clientStatements.dropped.)
+func (r *request) applySucceeded(b *backend, params *clientParams) {
 	if r.syncTo != nil {
 		b.params.replace(r.syncTo)
 	}
@@ -259,8 +259,5 @@ func (r *request) applySucceeded(b *backend, params *clientParams, stmts *client
 	}
 	if r.resetAll {
 		params.trackParamChange(b, paramChange{all: true, reset: true})
-	}
-	if r.deallocAll {
-		stmts.deallocated(b)
 	}
 }

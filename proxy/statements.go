@@ -31,6 +31,10 @@ type clientStatements struct {
 	unnamed    *statement
 	unnamedGen uint64
 	hasUnnamed bool
+	// dropped is set when the server reported a DEALLOCATE ALL or DISCARD
+	// ALL (droppedStatements) since the last ReadyForQuery, which then
+	// clears the client's statements and the backend's set (deallocated).
+	dropped bool
 	// probe is closed when the proxy's Describe of a statement it prepared
 	// on this backend has been answered (nil when none is in flight).
 	probe chan struct{}
@@ -991,6 +995,21 @@ func (s *clientStatements) failed(b *backend, r *request, errBody []byte) {
 			b.prepared.retire(r.entry)
 		}
 	}
+}
+
+// droppedStatements reports whether a CommandComplete's tag (body, NUL
+// ended) says that the server dropped every prepared statement of the
+// session: DEALLOCATE ALL or DISCARD ALL, however the client sent it (a
+// simple Query of that one statement or of several, the extended
+// protocol), as pgjdbc tells it too. The proxy does not read it from the
+// client's SQL: a Query of several statements, and any Parse, would escape
+// it, and the backend's set would then name statements the server no
+// longer has, failing every client whose copy it holds with 26000.
+func droppedStatements(tag []byte) bool {
+	if n := len(tag); n > 0 && tag[n-1] == 0 {
+		tag = tag[:n-1]
+	}
+	return string(tag) == "DEALLOCATE ALL" || string(tag) == "DISCARD ALL"
 }
 
 // deallocated records that DEALLOCATE ALL or DISCARD ALL ran on b.
