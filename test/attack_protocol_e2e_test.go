@@ -311,8 +311,8 @@ func apCompare(t *testing.T, what string, got, want [][]string) bool {
 	return diffs == 0
 }
 
-// apProxies is a proxy in transaction mode on a pool of two that accepts
-// plain and TLS clients, and how to dial it each way.
+// apStartProxy starts a proxy in transaction mode on a pool of two that
+// accepts plain and TLS clients, and returns how to dial it each way.
 func apStartProxy(t *testing.T) (p *Proxy, plain, overTLS func() *rawClient) {
 	t.Helper()
 	s := newTLSSetup(t)
