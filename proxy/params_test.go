@@ -193,7 +193,7 @@ func TestParamWritersInvalidateInSync(t *testing.T) {
 	if sql := paramSyncSQL(c1.params.want, next, b1.defaults); sql == "" {
 		t.Fatal("no sync SQL for a backend out of sync")
 	}
-	(&request{kind: reqQuery, syncTo: next}).applySucceeded(b1, &c1.params, &c1.stmts)
+	(&request{kind: reqQuery, syncTo: next}).applySucceeded(b1, &c1.params)
 	check("sync at acquire", c1b1Apart)
 
 	// c2 runs a SET in a transaction and rolls it back: the proxy follows

@@ -646,9 +646,11 @@ func (c *clientConn) buildMessageLocked(b *backend, out []byte, typ byte, msg []
 		switch {
 		case len(body) > 0 && body[0] == 'P':
 			c.q.push(request{kind: reqDescribePortal})
-		case tx:
+		case tx && len(body) > 0 && body[0] == 'S':
 			return c.stmts.describe(&c.q, b, out, msg, body)
 		default:
+			// Session mode, or a subtype PostgreSQL does not know: it
+			// answers that with its 08P01 (an error that fails the request).
 			c.q.push(request{kind: reqDescribeStmt})
 		}
 		return append(out, msg...)
@@ -878,10 +880,8 @@ func (c *clientConn) onQuery(b *backend, out, msg, body []byte, tx bool) []byte 
 					return o
 				}
 			}
-		case queryDeallocateAll:
-			r.deallocAll = true
 		case queryDiscardAll:
-			r.deallocAll, r.resetAll = true, true
+			r.resetAll = true
 		case queryResetAll:
 			r.resetAll = true
 		}

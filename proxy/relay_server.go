@@ -719,7 +719,7 @@ func (c *clientConn) routeLocked(b *backend) (out []byte, release bool, err erro
 func routedWhole(typ byte, head *request) bool {
 	switch typ {
 	case pgwire.MsgReadyForQuery, pgwire.MsgErrorResponse, pgwire.MsgParameterStatus,
-		pgwire.MsgRowDescription, pgwire.MsgParamDescription:
+		pgwire.MsgRowDescription, pgwire.MsgParamDescription, pgwire.MsgCommandComplete:
 		return true
 	case pgwire.MsgDataRow:
 		return head != nil && head.stateCheck // a state check's answer
@@ -783,6 +783,9 @@ func (c *clientConn) routeOneLocked(b *backend, typ byte, msg []byte) (swallow b
 		}
 
 	case pgwire.MsgCommandComplete, pgwire.MsgEmptyQuery, pgwire.MsgPortalSuspended:
+		if typ == pgwire.MsgCommandComplete && c.policy.rewriteStatements && droppedStatements(msg[pgwire.HeaderLen:]) {
+			c.stmts.dropped = true
+		}
 		if head != nil && head.kind == reqExecute {
 			r := c.q.pop()
 			return r.swallow, nil
@@ -801,6 +804,10 @@ func (c *clientConn) readyForQueryLocked(b *backend, msg []byte) (swallow bool, 
 		return false, err
 	}
 	c.txStatus = msg[pgwire.HeaderLen]
+	if c.stmts.dropped {
+		c.stmts.dropped = false
+		c.stmts.deallocated(b)
+	}
 	b.queries++
 	c.timeouts.responses++
 	c.timeouts.queryTimedOut = false
@@ -813,7 +820,9 @@ func (c *clientConn) readyForQueryLocked(b *backend, msg []byte) (swallow bool, 
 		c.state.endCheck()
 	}
 	if !r.failed {
-		r.applySucceeded(b, &c.params, &c.stmts)
+		r.applySucceeded(b, &c.params)
+	} else if r.closes {
+		c.stmts.undoClose(b, &r) // a DEALLOCATE that failed deallocated nothing
 	} else if r.syncTo != nil {
 		c.log.Warn("bringing a server connection to the client's session parameters failed; the client sees the error")
 	}
@@ -837,6 +846,9 @@ func (c *clientConn) errorResponseLocked(b *backend, msg []byte) (swallow bool) 
 		// server's "canceling statement due to user request".
 		c.timeouts.queryTimedOut = false
 		c.reader.replacement = c.srv.queryTimeoutError().appendTo(c.reader.replacement[:0])
+		swallow = true
+	}
+	if h := c.q.peek(); h != nil && h.quiet {
 		swallow = true
 	}
 	replacement, toSync := c.q.fail(&c.stmts, b, body)

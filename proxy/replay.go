@@ -233,7 +233,7 @@ func (c *clientConn) failFreshLocked(b *backend) bool {
 func (c *clientConn) abandonLocked(b *backend) {
 	for c.q.len() > 0 {
 		r := c.q.pop()
-		c.stmts.undoParse(b, &r)
+		c.stmts.undo(b, &r)
 	}
 	wake := c.reader.async && !c.writing
 	c.dropBackendLocked()

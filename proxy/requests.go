@@ -32,7 +32,16 @@ const (
 // are swallowed; synthetic ones carry the reply the proxy makes itself.
 type request struct {
 	kind    reqKind
-	swallow bool   // drop the replies (errors still reach the client)
+	swallow bool // drop the replies (errors still reach the client, unless quiet)
+	quiet   bool // drop its error too (the proxy's own request, whose failure the client's next request reports)
+	// closes marks a client's Close of a statement, or its DEALLOCATE of
+	// one: the proxy forgets the statement when it sends the request, and
+	// takes it back (clientStatements.undoClose) if the server fails or
+	// skips it, as the server then still has it. The statement is stmt
+	// under clientName, whose copy on the backend the request closes when
+	// prepared (seg is then the request's Sync segment); with clientName
+	// "" it is the unnamed statement of generation gen.
+	closes  bool
 	payload []byte // synthetic reply bytes (shared, never modified)
 	// stmt and clientName tie a Parse to the statement it prepares, so an
 	// error (or a skip after one) can undo the bookkeeping.
@@ -48,10 +57,9 @@ type request struct {
 	entry *preparedEntry
 	// sets are the client SET/RESET statements of this Query, applied to the
 	// client's tracked parameters when it completes without error.
-	sets       []paramChange
-	deallocAll bool // DEALLOCATE ALL or DISCARD ALL: the backend drops its statements
-	resetAll   bool // RESET ALL or DISCARD ALL: parameters go back to the session defaults
-	failed     bool // an ErrorResponse arrived within this Query
+	sets     []paramChange
+	resetAll bool // RESET ALL or DISCARD ALL: parameters go back to the session defaults
+	failed   bool // an ErrorResponse arrived within this Query
 	// syncTo is the backend's parameter set once the proxy's own SETs succeed.
 	syncTo map[string]paramValue
 	// gen is the client's unnamed Parse a request about the unnamed
@@ -239,9 +247,10 @@ func (q *requestQueue) fail(stmts *clientStatements, b *backend, errBody []byte)
 // an error: b's parameters after the proxy's own SETs, the client's SET
 // and RESET statements of parameters the server does not report, on b and
 // in the client's params (clientParams.trackParamChange: a RESET goes
-// back to the startup packet's value), and the statements a DEALLOCATE ALL or
-// DISCARD ALL dropped on b.
-func (r *request) applySucceeded(b *backend, params *clientParams, stmts *clientStatements) {
+// back to the startup packet's value). (The statements a DEALLOCATE ALL or
+// DISCARD ALL dropped are followed from the server's CommandComplete:
+// clientStatements.dropped.)
+func (r *request) applySucceeded(b *backend, params *clientParams) {
 	if r.syncTo != nil {
 		b.params.replace(r.syncTo)
 	}
@@ -250,8 +259,5 @@ func (r *request) applySucceeded(b *backend, params *clientParams, stmts *client
 	}
 	if r.resetAll {
 		params.trackParamChange(b, paramChange{all: true, reset: true})
-	}
-	if r.deallocAll {
-		stmts.deallocated(b)
 	}
 }

@@ -31,6 +31,10 @@ type clientStatements struct {
 	unnamed    *statement
 	unnamedGen uint64
 	hasUnnamed bool
+	// dropped is set when the server reported a DEALLOCATE ALL or DISCARD
+	// ALL (droppedStatements) since the last ReadyForQuery, which then
+	// clears the client's statements and the backend's set (deallocated).
+	dropped bool
 	// probe is closed when the proxy's Describe of a statement it prepared
 	// on this backend has been answered (nil when none is in flight).
 	probe chan struct{}
@@ -399,6 +403,15 @@ func (p *preparedSet) undo(name string, seg int64) {
 	}
 }
 
+// uncertain records that the backend may or may not have name (a Close
+// of it, sent in segment seg, was skipped): it is closed and parsed again
+// before a later segment uses it (certain, closeUncertain).
+func (p *preparedSet) uncertain(name string, seg int64) {
+	if !p.has(name) {
+		p.insert(&preparedEntry{name: name, pending: seg})
+	}
+}
+
 // remove forgets name: a DEALLOCATE or Close of it goes to the backend
 // (deallocate, close), or the Parse that claimed it failed (undo).
 func (p *preparedSet) remove(name string) {
@@ -681,24 +694,69 @@ func (s *clientStatements) describe(q *requestQueue, b *backend, out, msg, body 
 // close handles a client's Close in transaction mode. A named statement is
 // the client's alone: closed on b if b has it; copies on other backends
 // are never used again and leave with their LRU.
+//
+// The statement is forgotten now, before the server's answer: the
+// messages after the Close in the same request see it closed, as on the
+// server. An error earlier in the Sync segment makes the server skip the
+// Close; the request then takes the statement back (undoClose).
 func (s *clientStatements) close(q *requestQueue, b *backend, out, msg, body []byte) []byte {
 	if len(body) > 1 && body[0] == 'S' {
 		if name, _, ok := pgwire.CString(body[1:]); ok && len(name) == 0 {
+			r := request{kind: reqClose, closes: s.hasUnnamed, gen: s.unnamedGen}
 			s.dropUnnamed(b)
+			q.push(r)
+			return append(out, msg...)
 		} else if ok {
 			st := s.byName[string(name)]
 			delete(s.byName, string(name))
+			r := request{kind: reqSynthetic, payload: pgwire.CloseCompleteMessage,
+				closes: st != nil, stmt: st, clientName: string(name), seg: q.seg}
 			if st != nil && b.prepared.has(st.name) {
 				b.prepared.remove(st.name)
-				q.push(request{kind: reqClose})
+				r.kind, r.payload, r.prepared = reqClose, nil, true
+				q.push(r)
 				return pgwire.AppendCloseStatement(out, st.name)
 			}
-			q.push(request{kind: reqSynthetic, payload: pgwire.CloseCompleteMessage})
+			q.push(r)
 			return out
 		}
 	}
 	q.push(request{kind: reqClose})
 	return append(out, msg...)
+}
+
+// undoClose takes back the statement a Close or DEALLOCATE r dropped
+// (request.closes)
+// when the server failed or skipped r: the server still has it. The client's name means it again. The backend's copy, which r
+// was to close, may or may not exist (the Parse that made it may be what
+// failed): it is recorded as uncertain, so the next request that needs it
+// closes it and parses it again (closeUncertain). An unnamed statement is
+// taken back unless a later Parse replaced it; the backend then no longer
+// counts as having it, so its next use parses it again (useUnnamed).
+func (s *clientStatements) undoClose(b *backend, r *request) {
+	if !r.closes {
+		return
+	}
+	if r.clientName == "" {
+		if s.unnamedGen == r.gen {
+			s.hasUnnamed = true
+		}
+		return
+	}
+	s.byName[r.clientName] = r.stmt
+	if r.prepared {
+		b.prepared.uncertain(r.stmt.name, r.seg)
+	}
+}
+
+// undo undoes the bookkeeping of request r, which failed, was skipped
+// after an error, or was abandoned with its backend.
+func (s *clientStatements) undo(b *backend, r *request) {
+	if r.closes {
+		s.undoClose(b, r)
+		return
+	}
+	s.undoParse(b, r)
 }
 
 // answerWithoutBackend answers, without taking a backend, a request made
@@ -813,17 +871,40 @@ func (s *clientStatements) undoParse(b *backend, r *request) {
 }
 
 // deallocate handles the client's "DEALLOCATE name" Query r: the client's
-// name means a proxy statement, so that one is deallocated (prepared first
-// if this backend lacks it) and the client sees exactly the reply
-// PostgreSQL would give. ok is false when name is not the client's.
+// name means a proxy statement, so that one is deallocated and the client
+// sees exactly the reply PostgreSQL would give. ok is false when name is
+// not the client's.
+//
+// A backend that lacks the statement's copy (or cannot tell whether it
+// has it) gets a statement of that name first, so that the DEALLOCATE
+// finds one: with an empty text, not the client's, which may no longer
+// parse where the client's statement, prepared before, still exists
+// directly (a table dropped since); and in a Sync segment of its own whose
+// replies and error are dropped (request.quiet). An error there (25P02 in
+// an aborted transaction) must not reach the client, and must not be
+// followed by the Query without a Sync: the server would skip everything
+// up to a Sync, the Query too, and the client would wait for its reply
+// for ever. In an aborted transaction the DEALLOCATE then fails as it does
+// directly, and a DEALLOCATE that fails deallocated nothing (r.closes).
 func (s *clientStatements) deallocate(q *requestQueue, b *backend, out []byte, r request, name string) (_ []byte, ok bool) {
 	st := s.byName[name]
 	if st == nil {
 		return out, false
 	}
 	delete(s.byName, name)
-	out = s.ensurePrepared(q, b, out, st)
+	if e := b.prepared.lookup(st.name); e == nil || !e.certain(q.seg) {
+		if e != nil {
+			q.push(request{kind: reqClose, swallow: true, quiet: true})
+			out = pgwire.AppendCloseStatement(out, st.name)
+		}
+		q.push(request{kind: reqParse, swallow: true, quiet: true})
+		out = pgwire.AppendHeader(out, pgwire.MsgParse, len(st.name)+1+1+2)
+		out = append(append(out, st.name...), 0, 0, 0, 0) // name, empty text, no parameter types
+		q.push(request{kind: reqSync, swallow: true})
+		out = append(out, pgwire.MsgSync, 0, 0, 0, 4)
+	}
 	b.prepared.remove(st.name)
+	r.closes, r.stmt, r.clientName, r.prepared, r.seg = true, st, name, true, q.seg
 	q.push(r)
 	return pgwire.AppendQuery(out, "DEALLOCATE "+st.name), true
 }
@@ -905,7 +986,7 @@ func (s *clientStatements) resultDescribed(b *backend, r *request, msg []byte) (
 // server skipped. A copy the server says changed under it (0A000: its
 // result type changed; XX000: a type it uses is gone) is shared no more.
 func (s *clientStatements) failed(b *backend, r *request, errBody []byte) {
-	s.undoParse(b, r)
+	s.undo(b, r)
 	if r.probe {
 		s.endProbe()
 	}
@@ -914,6 +995,21 @@ func (s *clientStatements) failed(b *backend, r *request, errBody []byte) {
 			b.prepared.retire(r.entry)
 		}
 	}
+}
+
+// droppedStatements reports whether a CommandComplete's tag (body, NUL
+// ended) says that the server dropped every prepared statement of the
+// session: DEALLOCATE ALL or DISCARD ALL, however the client sent it (a
+// simple Query of that one statement or of several, the extended
+// protocol), as pgjdbc tells it too. The proxy does not read it from the
+// client's SQL: a Query of several statements, and any Parse, would escape
+// it, and the backend's set would then name statements the server no
+// longer has, failing every client whose copy it holds with 26000.
+func droppedStatements(tag []byte) bool {
+	if n := len(tag); n > 0 && tag[n-1] == 0 {
+		tag = tag[:n-1]
+	}
+	return string(tag) == "DEALLOCATE ALL" || string(tag) == "DISCARD ALL"
 }
 
 // deallocated records that DEALLOCATE ALL or DISCARD ALL ran on b.
