@@ -850,6 +850,13 @@ func (c *clientConn) errorResponseLocked(b *backend, msg []byte) (swallow bool) 
 	}
 	if h := c.q.peek(); h != nil && h.quiet {
 		swallow = true
+	} else if !swallow && h != nil && h.stmt != nil {
+		// The server named its copy of the statement (pgsc_N): the
+		// client hears its own name, as directly.
+		if renamed, ok := c.stmts.appendErrorClientNamed(c.reader.replacement[:0], h, body); ok {
+			c.reader.replacement = renamed
+			swallow = true
+		}
 	}
 	replacement, toSync := c.q.fail(&c.stmts, b, body)
 	if replacement != nil {

@@ -10,13 +10,16 @@
 package proxy
 
 import (
+	"bytes"
 	"container/list"
 	"crypto/sha256"
 	"encoding/hex"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 
+	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/pgsidecar/pgsidecar/internal/pgwire"
 )
 
@@ -995,6 +998,41 @@ func (s *clientStatements) failed(b *backend, r *request, errBody []byte) {
 			b.prepared.retire(r.entry)
 		}
 	}
+}
+
+// appendErrorClientNamed appends to dst the server's ErrorResponse (body)
+// to the client's request r about a named statement, with the server's
+// name of the statement's copy in its message replaced by the client's
+// own, and reports whether it did: PostgreSQL quotes the statement's name
+// in the errors of a Bind or Describe that names it ("bind message
+// supplies 1 parameters, but prepared statement \"pgsc_3\" requires 2"),
+// and the client never used pgsc_3. An error on this path only, so the
+// lookup of the client's name walks its statements, and it allocates.
+func (s *clientStatements) appendErrorClientNamed(dst []byte, r *request, body []byte) ([]byte, bool) {
+	server := serverName(r.stmt, r.entry)
+	if server == "" {
+		return dst, false // the unnamed statement: the same name directly
+	}
+	quoted := `"` + server + `"`
+	if !bytes.Contains(pgwire.ErrorField(body, 'M'), []byte(quoted)) {
+		return dst, false
+	}
+	client, found := "", false
+	for name, st := range s.byName {
+		if st == r.stmt {
+			client, found = name, true
+			break
+		}
+	}
+	if !found {
+		return dst, false
+	}
+	var e pgproto3.ErrorResponse
+	if e.Decode(body) != nil {
+		return dst, false
+	}
+	e.Message = strings.Replace(e.Message, quoted, `"`+client+`"`, 1)
+	return pgerrAppend(dst, &e), true
 }
 
 // droppedStatements reports whether a CommandComplete's tag (body, NUL
