@@ -1,7 +1,9 @@
 package e2e
 
 import (
+	"fmt"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -85,4 +87,110 @@ func TestAttackLoopRequestThenHalfClose(t *testing.T) {
 		alClientsGone(t, p, 5*time.Second)
 	}
 	lgCleanBackends(t.Context(), t, p, 2)
+}
+
+// alRead reads r's messages until ready ReadyForQuery have come, the
+// connection ends, or within passes, and sums them up as their types,
+// each ErrorResponse with its severity and SQLSTATE, and "<end>" if the
+// connection ended: what a direct connection and the proxy must agree on
+// where the bytes may differ (backend pids, messages).
+func alRead(r *rawClient, ready int, within time.Duration) string {
+	_ = r.conn.SetReadDeadline(time.Now().Add(within))
+	defer r.conn.SetReadDeadline(time.Time{})
+	var b strings.Builder
+	for ready > 0 {
+		msg, err := r.fe.Receive()
+		if err != nil {
+			if !isTimeout(err) {
+				b.WriteString("<end>")
+			}
+			break
+		}
+		enc, _ := msg.Encode(nil)
+		b.WriteByte(enc[0])
+		switch m := msg.(type) {
+		case *pgproto3.ErrorResponse:
+			fmt.Fprintf(&b, "(%s %s)", m.Severity, m.Code)
+		case *pgproto3.ReadyForQuery:
+			fmt.Fprintf(&b, "(%c)", m.TxStatus)
+			ready--
+		}
+		b.WriteByte(' ')
+	}
+	return strings.TrimSpace(b.String())
+}
+
+// TestAttackLoopTrailingBytes: a parked client's quick request followed,
+// in the same write, by what does not belong there: COPY messages out of
+// place, a startup packet, bytes that are no message, a header whose
+// length lies, and such COPY messages alone. PostgreSQL answers the
+// request, then ends the session over the bad message (FATAL 08P01, or
+// without a word for a bad length, where the proxy says why: FATAL 08P01,
+// as TestLoopGuardHostileInput). The client gets what a direct connection gets (the
+// same message types and SQLSTATEs), the proxy stays up, and the pool's
+// backends are clean afterwards with none left held.
+func TestAttackLoopTrailingBytes(t *testing.T) {
+	p := txStartProxy(t, "transaction", 2)
+	t.Cleanup(func() { lgLogLoop(t, p) })
+	q := lgEncode(t, &pgproto3.Query{String: "SELECT 'trail', g FROM generate_series(1, 2) g"})
+	after := lgEncode(t, &pgproto3.Query{String: "SELECT 'after'"})
+	ext := lgEncode(t, &pgproto3.Parse{Query: "SELECT $1::int + 1"}, &pgproto3.Bind{Parameters: [][]byte{[]byte("41")}},
+		&pgproto3.Execute{}, &pgproto3.Sync{})
+	cat := func(bs ...[]byte) []byte {
+		var out []byte
+		for _, b := range bs {
+			out = append(out, b...)
+		}
+		return out
+	}
+	copyData := []byte{'d', 0, 0, 0, 7, 'a', 'b', 'c'}
+	copyDone := []byte{'c', 0, 0, 0, 4}
+	copyFail := lgEncode(t, &pgproto3.CopyFail{Message: "nope"})
+	sslRequest := []byte{0, 0, 0, 8, 4, 210, 22, 47}
+	startup := lgEncode(t, &pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersionNumber, Parameters: map[string]string{"user": "app"}})
+	// ready: the ReadyForQuery after which the connection stays open (the
+	// end, for those that end it, comes before).
+	cases := []struct {
+		name  string
+		data  []byte
+		ready int
+		told  bool // PostgreSQL ends the session without a word; the proxy says why (FATAL 08P01)
+	}{
+		{"query then CopyData", cat(q, copyData, after), 2, false},
+		{"query then CopyDone", cat(q, copyDone, after), 2, false},
+		{"query then CopyFail", cat(q, copyFail, after), 2, false},
+		{"extended then CopyData", cat(ext, copyData, after), 2, false},
+		{"CopyData alone", cat(copyData, after), 1, false},
+		{"CopyDone alone", cat(copyDone, after), 1, false},
+		{"CopyFail alone", cat(copyFail, after), 1, false},
+		{"query then SSLRequest", cat(q, sslRequest), 9, false},
+		{"query then a startup packet", cat(q, startup), 9, false},
+		{"query then garbage", cat(q, []byte("GET / HTTP/1.1\r\n\r\n")), 9, false},
+		{"extended then garbage", cat(ext, []byte{0xff, 0xfe, 0xfd, 0xfc, 0xfb}), 9, false},
+		{"query then a negative length", cat(q, []byte{'Q', 0xff, 0xff, 0xff, 0xf0, 'x'}), 9, true},
+		{"query then a length below 4", cat(q, []byte{'Q', 0, 0, 0, 2, 'x'}), 9, true},
+		{"query then a 1 MB Sync", cat(q, []byte{'S', 0, 0x10, 0, 0}), 9, true},
+	}
+	rs := alServed(t, p, len(cases))
+	for i, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			run := func(r *rawClient) string {
+				r.write(t, tc.data)
+				return alRead(r, tc.ready, 3*time.Second)
+			}
+			direct := run(dialRaw(t, txDirectURL()))
+			if tc.told && strings.HasSuffix(direct, " <end>") && !strings.Contains(direct, "FATAL") {
+				direct = strings.TrimSuffix(direct, " <end>") + " E(FATAL 08P01) <end>"
+			}
+			proxied := run(rs[i])
+			if proxied != direct {
+				t.Errorf("through the proxy: %s\nwant (directly):   %s", proxied, direct)
+			}
+		})
+	}
+	waitFor(t, 5*time.Second, "no backend held", func() bool { return lgPoolActive(t, p) == 0 })
+	lgCleanBackends(t.Context(), t, p, 2)
+	if code, _ := p.Health(t); code != 200 {
+		t.Fatalf("/health %d", code)
+	}
 }
