@@ -167,6 +167,7 @@ func TestAttackLoopTrailingBytes(t *testing.T) {
 		{"query then a startup packet", cat(q, startup), 9, false},
 		{"query then garbage", cat(q, []byte("GET / HTTP/1.1\r\n\r\n")), 9, false},
 		{"extended then garbage", cat(ext, []byte{0xff, 0xfe, 0xfd, 0xfc, 0xfb}), 9, false},
+		{"query then two bytes of garbage", cat(q, []byte{0xff, 0xfe}), 9, false},
 		{"query then a negative length", cat(q, []byte{'Q', 0xff, 0xff, 0xff, 0xf0, 'x'}), 9, true},
 		{"query then a length below 4", cat(q, []byte{'Q', 0, 0, 0, 2, 'x'}), 9, true},
 		{"query then a 1 MB Sync", cat(q, []byte{'S', 0, 0x10, 0, 0}), 9, true},
