@@ -195,3 +195,126 @@ func TestAttackLoopTrailingBytes(t *testing.T) {
 		t.Fatalf("/health %d", code)
 	}
 }
+
+// alQueryOf is a simple Query message of exactly total bytes.
+func alQueryOf(t *testing.T, total int) []byte {
+	t.Helper()
+	const head = "SELECT length('"
+	const tail = "') AS n"
+	pad := total - 1 - 4 - len(head) - len(tail) - 1
+	q := lgEncode(t, &pgproto3.Query{String: head + strings.Repeat("x", pad) + tail})
+	if len(q) != total {
+		t.Fatalf("query of %d bytes, want %d", len(q), total)
+	}
+	return q
+}
+
+// TestAttackLoopSplitAtTheLimit: requests at the edges of what the loop
+// reads itself: its read buffer and largest request are 8 KB
+// (loopMaxRequest), so a request of 8191, 8192 and 8193 bytes, two that
+// fill the buffer together, a request cut exactly at 8 KB with a pause,
+// the next request's header cut there, and requests sent one byte per
+// write. Each is answered as directly, byte for byte, and the
+// connection goes on.
+func TestAttackLoopSplitAtTheLimit(t *testing.T) {
+	p := txStartProxy(t, "transaction", 2)
+	t.Cleanup(func() { lgLogLoop(t, p) })
+	const limit = 8 << 10
+	ext := lgEncode(t,
+		&pgproto3.Parse{Query: "SELECT $1::int * 3, 'bytewise'"},
+		&pgproto3.Bind{Parameters: [][]byte{[]byte("14")}},
+		&pgproto3.Describe{ObjectType: 'P'},
+		&pgproto3.Execute{},
+		&pgproto3.Sync{})
+	extOf := func(pad int) []byte {
+		return lgEncode(t,
+			&pgproto3.Parse{Query: "SELECT length($1::text) AS n, '" + strings.Repeat("y", pad) + "' <> ''"},
+			&pgproto3.Bind{Parameters: [][]byte{[]byte("abc")}},
+			&pgproto3.Execute{},
+			&pgproto3.Sync{})
+	}
+	bigExt := extOf(limit - len(extOf(0)))
+	if len(bigExt) != limit {
+		t.Fatalf("extended request of %d bytes, want %d", len(bigExt), limit)
+	}
+	half := alQueryOf(t, limit/2)
+	q9000 := alQueryOf(t, 9000)
+	small := lgEncode(t, &pgproto3.Query{String: "SELECT 'next'"})
+	type split struct {
+		name  string
+		data  []byte
+		cuts  []int // write boundaries
+		pause time.Duration
+		ready int
+	}
+	every := func(n int) []int {
+		cuts := make([]int, n-1)
+		for i := range cuts {
+			cuts[i] = i + 1
+		}
+		return cuts
+	}
+	cat := func(a, b []byte) []byte { return append(append([]byte{}, a...), b...) }
+	cases := []split{
+		{"8191 bytes", alQueryOf(t, limit-1), nil, 0, 1},
+		{"8192 bytes", alQueryOf(t, limit), nil, 0, 1},
+		{"8193 bytes", alQueryOf(t, limit+1), nil, 0, 1},
+		{"extended, 8192 bytes", bigExt, nil, 0, 1},
+		{"two queries of 4096", cat(half, half), nil, 0, 2},
+		{"8192 bytes then more in the same write", cat(alQueryOf(t, limit), small), nil, 0, 2},
+		{"9000 bytes cut at 8192", q9000, []int{limit}, 150 * time.Millisecond, 1},
+		{"next header cut at 8192", cat(alQueryOf(t, limit-2), small), []int{limit}, 150 * time.Millisecond, 2},
+		{"next type byte at 8192", cat(alQueryOf(t, limit-1), small), []int{limit}, 150 * time.Millisecond, 2},
+		{"extended, one byte per write", ext, every(len(ext)), 2 * time.Millisecond, 1},
+		{"simple, one byte per write", small, every(len(small)), 2 * time.Millisecond, 1},
+		{"two requests, one byte per write", cat(small, ext), every(len(small) + len(ext)), time.Millisecond, 2},
+	}
+	rs := alServed(t, p, len(cases))
+	for i, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			run := func(r *rawClient) ([]string, error) {
+				_ = r.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+				from := 0
+				for _, cut := range append(tc.cuts, len(tc.data)) {
+					if _, err := r.conn.Write(tc.data[from:cut]); err != nil {
+						return nil, err
+					}
+					from = cut
+					if cut < len(tc.data) {
+						time.Sleep(tc.pause)
+					}
+				}
+				got, err := lgReplies(r, tc.ready, 10*time.Second)
+				if err != nil {
+					return got, fmt.Errorf("after %d messages %q: %w", len(got), got, err)
+				}
+				if _, err := r.conn.Write(small); err != nil {
+					return got, err
+				}
+				more, err := lgReplies(r, 1, 10*time.Second)
+				if err != nil {
+					return got, fmt.Errorf("the query after: %w", err)
+				}
+				return append(got, more...), nil
+			}
+			var direct []string
+			var derr error
+			done := make(chan struct{})
+			go func() { // ends when run does (bounded by its deadlines)
+				defer close(done)
+				direct, derr = run(dialRaw(t, txDirectURL()))
+			}()
+			proxied, perr := run(rs[i])
+			<-done
+			if derr != nil {
+				t.Fatalf("directly: %v", derr)
+			}
+			if perr != nil {
+				t.Fatalf("through the proxy: %v", perr)
+			}
+			lgCompare(t, tc.name, proxied, direct)
+		})
+	}
+	waitFor(t, 5*time.Second, "no backend held", func() bool { return lgPoolActive(t, p) == 0 })
+	lgCleanBackends(t.Context(), t, p, 2)
+}
