@@ -1,7 +1,9 @@
 package e2e
 
 import (
+	"crypto/sha256"
 	"fmt"
+	"io"
 	"net"
 	"strings"
 	"testing"
@@ -317,4 +319,113 @@ func TestAttackLoopSplitAtTheLimit(t *testing.T) {
 	}
 	waitFor(t, 5*time.Second, "no backend held", func() bool { return lgPoolActive(t, p) == 0 })
 	lgCleanBackends(t.Context(), t, p, 2)
+}
+
+// alEndReply reads r until the connection ends or within passes: the
+// replies as lgReplies gives them, and whether it ended.
+func alEndReply(r *rawClient, within time.Duration) ([]string, bool) {
+	got, err := lgReplies(r, 1<<30, within)
+	return got, err != nil && !isTimeout(err)
+}
+
+// TestAttackLoopClientGoesMidReply: a parked client whose request the
+// loop relays leaves before its reply (a 30 ms query, shorter than the
+// loop's inline wait), in the middle of a 3 MB reply, and after it: by a
+// close (FIN), a reset (RST), or a half-close, after which it reads on.
+// A half-closing client gets the whole reply and then the end, as
+// directly; after every case no client is listed, no backend held, the
+// query no longer runs, and the pool's one backend serves a clean
+// transaction (a backend handed on with the rest of a reply in it would
+// answer wrongly).
+func TestAttackLoopClientGoesMidReply(t *testing.T) {
+	p := txStartProxy(t, "transaction", 1)
+	t.Cleanup(func() { lgLogLoop(t, p) })
+	admin := txConnect(t.Context(), t, txDirectURL(), nil)
+	quick := "SELECT 'al-quick', pg_sleep(0.03)"
+	big := "SELECT 'al-big', repeat('x', 1000) FROM generate_series(1, 3000)"
+	const partial = 64 << 10
+	type how int
+	const (
+		fin how = iota
+		rst
+		half
+	)
+	cases := []struct {
+		name  string
+		sql   string
+		read  int // bytes read before leaving; -1: the whole reply
+		leave how
+	}{
+		{"FIN before the reply", quick, 0, fin},
+		{"RST before the reply", quick, 0, rst},
+		{"half-close before the reply", quick, 0, half},
+		{"FIN during the reply", big, partial, fin},
+		{"RST during the reply", big, partial, rst},
+		{"half-close during the reply", big, partial, half},
+		{"FIN after the reply", big, -1, fin},
+		{"RST after the reply", big, -1, rst},
+		{"half-close after the reply", big, -1, half},
+	}
+	leave := func(r *rawClient, h how) {
+		switch h {
+		case fin:
+			_ = r.conn.Close()
+		case rst:
+			r.vanish(t)
+		case half:
+			_ = r.conn.(*net.TCPConn).CloseWrite()
+		}
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			r := alServed(t, p, 1)[0]
+			run := func(r *rawClient) (whole []string, ended bool) {
+				r.write(t, lgEncode(t, &pgproto3.Query{String: tc.sql}))
+				switch {
+				case tc.read < 0:
+					got, err := lgReplies(r, 1, 10*time.Second)
+					if err != nil {
+						t.Fatalf("reply: %v", err)
+					}
+					whole = got
+				case tc.read > 0:
+					_ = r.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+					if _, err := io.ReadFull(r.conn, make([]byte, tc.read)); err != nil {
+						t.Fatalf("first %d bytes: %v", tc.read, err)
+					}
+				}
+				leave(r, tc.leave)
+				if tc.leave != half {
+					return nil, true
+				}
+				if tc.read > 0 {
+					// The rest of the reply, then the end: bytes, as the
+					// start of the stream is gone.
+					_ = r.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+					rest, err := io.ReadAll(r.conn)
+					sum := sha256.Sum256(rest)
+					return []string{fmt.Sprintf("%d bytes sha256 %x", len(rest), sum[:8])}, err == nil
+				}
+				more, ended := alEndReply(r, 10*time.Second)
+				return append(whole, more...), ended
+			}
+			proxied, pended := run(r)
+			if tc.leave == half {
+				direct, dended := run(dialRaw(t, txDirectURL()))
+				if !dended {
+					t.Fatal("PostgreSQL kept the half-closed session open")
+				}
+				if !pended {
+					t.Fatalf("the proxy kept the half-closed session open after %d messages", len(proxied))
+				}
+				lgCompare(t, tc.name, proxied, direct)
+			}
+			alClientsGone(t, p, 10*time.Second)
+			lgWaitNotActive(t.Context(), t, admin, "al-", 10*time.Second)
+			lgCleanBackends(t.Context(), t, p, 1)
+		})
+	}
+	if code, _ := p.Health(t); code != 200 {
+		t.Fatalf("/health %d", code)
+	}
 }
