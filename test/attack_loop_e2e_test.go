@@ -1,14 +1,18 @@
 package e2e
 
 import (
+	"context"
 	"crypto/sha256"
 	"fmt"
 	"io"
 	"net"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 )
 
@@ -425,6 +429,119 @@ func TestAttackLoopClientGoesMidReply(t *testing.T) {
 			lgCleanBackends(t.Context(), t, p, 1)
 		})
 	}
+	if code, _ := p.Health(t); code != 200 {
+		t.Fatalf("/health %d", code)
+	}
+}
+
+// TestAttackLoopManyRequestThenClose: 1000 parked clients each send one
+// request at once and leave right behind it, a third each by a reset, a
+// close and a half-close, on a pool of 4: most requests wait in the
+// loop's own queue when their client goes. A half-closing client gets the
+// whole reply and the end, or, if it left while its request waited for a
+// backend, the end alone (clientgone.go: a FIN cannot be told from a
+// close); never part of a reply, never a connection left open. Then no
+// client is listed or waiting, no backend is held, and the pool's four
+// backends serve clean transactions.
+func TestAttackLoopManyRequestThenClose(t *testing.T) {
+	const n, dialers = 1000, 16
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	p := txStartProxy(t, "transaction", 4,
+		WithEnv("PGSIDECAR_AUTH__METHOD", "trust"),
+		WithEnv("PGSIDECAR_POOL__MAX_CLIENT_CONN", strconv.Itoa(n+10)),
+		WithEnv("PGSIDECAR_LOG__LEVEL", "info"))
+	t.Cleanup(func() { lgLogLoop(t, p) })
+	rs := make([]*rawClient, n)
+	var wg sync.WaitGroup
+	errs := newTxErrors()
+	next := make(chan int)
+	for range dialers {
+		wg.Add(1)
+		go func() { // ends when next is closed
+			defer wg.Done()
+			for i := range next {
+				pc, err := pgconn.Connect(ctx, txProxyURL(p))
+				if err == nil {
+					err = pc.SyncConn(ctx)
+				}
+				if err != nil {
+					errs.add("client %d: %v", i, err)
+					continue
+				}
+				conn := pc.Conn()
+				rs[i] = &rawClient{pc: pc, conn: conn, fe: pgproto3.NewFrontend(conn, conn)}
+			}
+		}()
+	}
+	for i := range n {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	t.Cleanup(func() {
+		for _, r := range rs {
+			if r != nil {
+				_ = r.conn.Close()
+			}
+		}
+	})
+	errs.report(t, "logins")
+	errs = newTxErrors()
+	waitParked(t, p, n)
+	before := memNow(t, p)
+
+	start := make(chan struct{})
+	var mu sync.Mutex
+	answered, dropped := 0, 0
+	for i, r := range rs {
+		wg.Add(1)
+		go func() { // ends when its client has left (a half-closer: read to the end, bounded)
+			defer wg.Done()
+			req := lgEncode(t, &pgproto3.Query{String: fmt.Sprintf("SELECT 'al-mass', %d, pg_sleep(0.002)", i)})
+			<-start
+			_ = r.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+			if _, err := r.conn.Write(req); err != nil {
+				errs.add("client %d: write: %v", i, err)
+				return
+			}
+			switch i % 3 {
+			case 0:
+				_ = r.conn.(*net.TCPConn).SetLinger(0)
+				_ = r.conn.Close()
+			case 1:
+				_ = r.conn.Close()
+			case 2:
+				_ = r.conn.(*net.TCPConn).CloseWrite()
+				got, ended := alEndReply(r, 30*time.Second)
+				mu.Lock()
+				defer mu.Unlock()
+				switch {
+				case !ended:
+					errs.add("client %d half-closed: the connection stayed open after %d messages", i, len(got))
+				case len(got) == 0:
+					dropped++
+				case len(got) == 4 && got[3] == lgMsgString([]byte{'Z', 0, 0, 0, 5, 'I'}) && strings.Contains(got[1], fmt.Sprintf("\\x00\\x00\\x00\\x%02x%d", len(strconv.Itoa(i)), i)):
+					answered++
+				default:
+					errs.add("client %d half-closed: got %q", i, got)
+				}
+			}
+		}()
+	}
+	close(start)
+	wg.Wait()
+	errs.report(t, "clients leaving right behind their request")
+	t.Logf("half-closing clients: %d answered, %d dropped while waiting", answered, dropped)
+	waitFor(t, 30*time.Second, "no client listed, waiting, or holding a backend", func() bool {
+		return clientsStat(t, p, "clients_total") == 0 && clientsStat(t, p, "clients_waiting") == 0 &&
+			parkedClients(t, p) == 0 && lgPoolActive(t, p) == 0
+	})
+	admin := txConnect(ctx, t, txDirectURL(), nil)
+	lgWaitNotActive(ctx, t, admin, "al-mass", 10*time.Second)
+	lgCleanBackends(ctx, t, p, 4)
+	after := memNow(t, p)
+	t.Logf("proxy memory with %d parked clients: %v; after they left: %v", n, before, after)
 	if code, _ := p.Health(t); code != 200 {
 		t.Fatalf("/health %d", code)
 	}
