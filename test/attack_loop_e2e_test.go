@@ -546,3 +546,82 @@ func TestAttackLoopManyRequestThenClose(t *testing.T) {
 		t.Fatalf("/health %d", code)
 	}
 }
+
+// TestAttackLoopSynclessBatches: a parked client's extended-protocol
+// batch without a Sync (the loop hands it over: it is no whole request):
+// ended by a Flush, then a Sync after a pause; left open with nothing to
+// flush it; a lone Flush; and a batch ended by a Flush whose client then
+// leaves. The answers are as directly (message types and SQLSTATEs), on
+// a pool of one backend, which after each case is held by no one and
+// serves a clean transaction.
+func TestAttackLoopSynclessBatches(t *testing.T) {
+	p := txStartProxy(t, "transaction", 1)
+	t.Cleanup(func() { lgLogLoop(t, p) })
+	pbe := lgEncode(t, &pgproto3.Parse{Query: "SELECT $1::int + 1"}, &pgproto3.Bind{Parameters: [][]byte{[]byte("1")}},
+		&pgproto3.Execute{})
+	flush := lgEncode(t, &pgproto3.Flush{})
+	sync := lgEncode(t, &pgproto3.Sync{})
+	bad := lgEncode(t, &pgproto3.Parse{Query: "SELECT nosuchcolumn"}, &pgproto3.Bind{}, &pgproto3.Execute{})
+	query := lgEncode(t, &pgproto3.Query{String: "SELECT 'q'"})
+	type step struct {
+		data  []byte
+		ready int           // ReadyForQuery to read; 0: read for wait, whatever comes
+		wait  time.Duration // with ready 0
+	}
+	cases := []struct {
+		name  string
+		steps []step
+		leave bool
+	}{
+		{"flushed, then Sync", []step{{append(pbe, flush...), 0, 300 * time.Millisecond}, {sync, 1, 0}}, false},
+		{"unflushed, then Sync", []step{{pbe, 0, 300 * time.Millisecond}, {sync, 1, 0}}, false},
+		{"lone Flush, then a query", []step{{flush, 0, 300 * time.Millisecond}, {query, 1, 0}}, false},
+		{"failing, flushed, then Sync", []step{{append(bad, flush...), 0, 300 * time.Millisecond}, {sync, 1, 0}}, false},
+		{"flushed, then the client leaves", []step{{append(pbe, flush...), 0, 300 * time.Millisecond}}, true},
+		{"failing, flushed, then the client leaves", []step{{append(bad, flush...), 0, 300 * time.Millisecond}}, true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			run := func(r *rawClient) string {
+				var out []string
+				for _, s := range tc.steps {
+					r.write(t, s.data)
+					if s.ready > 0 {
+						out = append(out, alRead(r, s.ready, 10*time.Second))
+						continue
+					}
+					_ = r.conn.SetReadDeadline(time.Now().Add(s.wait))
+					var got []string
+					for {
+						msg, err := r.fe.Receive()
+						if err != nil {
+							break
+						}
+						enc, _ := msg.Encode(nil)
+						if e, ok := msg.(*pgproto3.ErrorResponse); ok {
+							got = append(got, fmt.Sprintf("E(%s %s)", e.Severity, e.Code))
+						} else {
+							got = append(got, string(enc[:1]))
+						}
+					}
+					out = append(out, strings.Join(got, " "))
+				}
+				if tc.leave {
+					_ = r.conn.Close()
+				}
+				return strings.Join(out, " | ")
+			}
+			direct := run(dialRaw(t, txDirectURL()))
+			proxied := run(alServed(t, p, 1)[0])
+			if proxied != direct {
+				t.Errorf("through the proxy: %s\nwant (directly):   %s", proxied, direct)
+			}
+			if tc.leave {
+				alClientsGone(t, p, 10*time.Second)
+			} else {
+				waitFor(t, 5*time.Second, "no backend held", func() bool { return lgPoolActive(t, p) == 0 })
+			}
+			lgCleanBackends(t.Context(), t, p, 1)
+		})
+	}
+}
