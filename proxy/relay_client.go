@@ -631,8 +631,12 @@ func (c *clientConn) buildNextLocked(b *backend, out []byte, tx bool) (_ []byte,
 func (c *clientConn) buildMessageLocked(b *backend, out []byte, typ byte, msg []byte, tx bool) []byte {
 	body := msg[pgwire.HeaderLen:]
 	switch typ {
-	case pgwire.MsgParse, pgwire.MsgBind, pgwire.MsgDescribe, pgwire.MsgClose, pgwire.MsgExecute, pgwire.MsgFlush:
-		c.inBatch = true // an extended-protocol batch is open until its Sync
+	case pgwire.MsgParse, pgwire.MsgBind, pgwire.MsgDescribe, pgwire.MsgClose, pgwire.MsgExecute:
+		// An extended-protocol batch is open until its Sync. Not a
+		// Flush: it only makes the server send what it holds, and opens
+		// nothing there; a lone one would hold the backend until a Sync
+		// that may never come.
+		c.inBatch = true
 	}
 	switch typ {
 	case pgwire.MsgQuery:
