@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"net"
@@ -623,5 +624,77 @@ func TestAttackLoopSynclessBatches(t *testing.T) {
 			}
 			lgCleanBackends(t.Context(), t, p, 1)
 		})
+	}
+}
+
+// TestAttackLoopLyingLengthsCostWhatArrives: parked clients each send a
+// header claiming close to 1 GiB (a Query, a Bind, a FunctionCall, a
+// CopyData, a Describe, a Parse), then 256 KB of it, then go silent for a
+// while and leave, by a close (FIN) or a reset. The proxy's memory grows
+// with the bytes received, not the claims (8 claims of 1 GiB: less than
+// 64 MB more resident, 256 MB more reserved), and afterwards no client is
+// listed, no backend held, and the pool's backends are clean (a backend
+// left reading the rest of a message is closed, not reused). What each
+// client is told is TestLoopGuardHostileInput's and
+// TestHugeHeaderBoundedMemory's; this one adds the other message kinds,
+// a FIN and a silence before leaving, and eight at once.
+func TestAttackLoopLyingLengthsCostWhatArrives(t *testing.T) {
+	p := txStartProxy(t, "transaction", 8)
+	t.Cleanup(func() { lgLogLoop(t, p) })
+	const claim = 1<<30 - 64
+	header := func(typ byte, body []byte) []byte {
+		h := []byte{typ, 0, 0, 0, 0}
+		binary.BigEndian.PutUint32(h[1:], claim+4)
+		return append(h, body...)
+	}
+	cases := []struct {
+		name string
+		data []byte
+		fin  bool
+	}{
+		{"Query, FIN", header('Q', []byte("SELECT '")), true},
+		{"Query, RST", header('Q', []byte("SELECT '")), false},
+		{"Bind, FIN", header('B', []byte("\x00\x00\x00\x00\x00\x01\x3f\xff\xff\x00")), true},
+		{"FunctionCall, RST", header('F', []byte{0, 0, 0, 42}), false},
+		{"CopyData, FIN", header('d', nil), true},
+		{"Describe, FIN", header('D', []byte("S")), true},
+		{"Parse, RST", header('P', []byte("\x00SELECT '")), false},
+		{"Query after a query, FIN", append(lgEncode(t, &pgproto3.Query{String: "SELECT 1"}), header('Q', []byte("SELECT '"))...), true},
+	}
+	rs := alServed(t, p, len(cases))
+	before := memNow(t, p)
+	stop := memSampler(t, p)
+	filler := make([]byte, 256<<10)
+	for i := range filler {
+		filler[i] = 'x'
+	}
+	var wg sync.WaitGroup
+	for i, tc := range cases {
+		wg.Add(1)
+		go func() { // ends after its client left (bounded by the deadlines)
+			defer wg.Done()
+			r := rs[i]
+			_ = r.conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+			if _, err := r.conn.Write(tc.data); err == nil {
+				_, _ = r.conn.Write(filler) // may fail: the proxy may have refused the claim
+			}
+			time.Sleep(1500 * time.Millisecond) // silent: past the park interval
+			if tc.fin {
+				_ = r.conn.Close()
+			} else {
+				r.vanish(t)
+			}
+		}()
+	}
+	wg.Wait()
+	alClientsGone(t, p, 15*time.Second)
+	peak := stop()
+	t.Logf("proxy before: %v; peak with %d claims of 1 GiB and 256 KB sent each: %v", before, len(cases), peak)
+	if peak.rss-before.rss > 64<<20 || peak.data-before.data > 256<<20 {
+		t.Errorf("proxy memory grew by %d MB resident, %d MB reserved", (peak.rss-before.rss)>>20, (peak.data-before.data)>>20)
+	}
+	lgCleanBackends(t.Context(), t, p, 8)
+	if code, _ := p.Health(t); code != 200 {
+		t.Fatalf("/health %d", code)
 	}
 }
