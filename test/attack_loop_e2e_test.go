@@ -698,3 +698,70 @@ func TestAttackLoopLyingLengthsCostWhatArrives(t *testing.T) {
 		t.Fatalf("/health %d", code)
 	}
 }
+
+// TestAttackLoopMalformedBodies: parked clients send whole messages of
+// the kinds the loop relays itself (their headers are right) whose
+// bodies are wrong: strings without their NUL, a Describe or Close of
+// an unknown kind or with no body, Bind and Execute cut short, a Sync with
+// a body, a Bind of a statement never prepared. The proxy parses these
+// bodies itself (statement names): it must not fail on them, and each
+// client gets what a direct connection gets (message types, severities
+// and SQLSTATEs), on a pool of one backend that is clean after each.
+func TestAttackLoopMalformedBodies(t *testing.T) {
+	p := txStartProxy(t, "transaction", 1)
+	t.Cleanup(func() { lgLogLoop(t, p) })
+	msg := func(typ byte, body string) []byte {
+		return append(binary.BigEndian.AppendUint32([]byte{typ}, uint32(len(body)+4)), body...)
+	}
+	sync := msg('S', "")
+	cat := func(bs ...[]byte) []byte {
+		var out []byte
+		for _, b := range bs {
+			out = append(out, b...)
+		}
+		return out
+	}
+	parse := msg('P', "\x00SELECT 1\x00\x00\x00")
+	bind := msg('B', "\x00\x00\x00\x00\x00\x00\x00\x00")
+	exec := msg('E', "\x00\x00\x00\x00\x00")
+	cases := []struct {
+		name string
+		data []byte
+	}{
+		{"Query without NUL", msg('Q', "SELECT 1")},
+		{"empty Query body", msg('Q', "")},
+		{"Parse without NUL", cat(msg('P', "s1\x00SELECT 1"), sync)},
+		{"Parse, name without NUL", cat(msg('P', "s1"), sync)},
+		{"Close S without NUL", cat(msg('C', "Sfoo"), sync)},
+		{"Close of kind X", cat(msg('C', "Xfoo\x00"), sync)},
+		{"Close with no body", cat(msg('C', ""), sync)},
+		{"Describe S without NUL", cat(msg('D', "Sfoo"), sync)},
+		{"Describe of kind X", cat(msg('D', "Xfoo\x00"), sync)},
+		{"Describe with no body", cat(msg('D', ""), sync)},
+		{"Bind cut short", cat(parse, msg('B', "\x00\x00\x00"), sync)},
+		{"Bind, names without NUL", cat(parse, msg('B', "p"), sync)},
+		{"Bind of an unprepared statement", cat(msg('B', "\x00nosuch\x00\x00\x00\x00\x00\x00\x00"), exec, sync)},
+		{"Execute cut short", cat(parse, bind, msg('E', "\x00\x00"), sync)},
+		{"Sync with a body", msg('S', "xyz")},
+		{"good batch, then Sync with a body", cat(parse, bind, exec, msg('S', "x"))},
+	}
+	rs := alServed(t, p, len(cases))
+	for i, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			run := func(r *rawClient) string {
+				r.write(t, tc.data)
+				return alRead(r, 1, 3*time.Second)
+			}
+			direct := run(dialRaw(t, txDirectURL()))
+			proxied := run(rs[i])
+			if proxied != direct {
+				t.Errorf("through the proxy: %s\nwant (directly):   %s", proxied, direct)
+			}
+			if code, _ := p.Health(t); code != 200 {
+				t.Fatalf("/health %d", code)
+			}
+			waitFor(t, 5*time.Second, "no backend held", func() bool { return lgPoolActive(t, p) == 0 })
+			lgCleanBackends(t.Context(), t, p, 1)
+		})
+	}
+}
