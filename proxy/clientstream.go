@@ -67,9 +67,17 @@ func (s *clientStream) protocolViolation(lg *slog.Logger, pe *pgError) error {
 // checkHead looks at the client message at the head of in, the client's
 // buffer, before anything is done for it: more says its header is not all
 // here (in.Want asks for it); err is the client's Terminate
-// (errClientTerminated) or a type no PostgreSQL server accepts
-// (unknownMessage, logged to lg).
-func checkHead(in *pgwire.ReadBuffer, lg *slog.Logger) (more bool, err error) {
+// (errClientTerminated), a type no PostgreSQL server accepts
+// (unknownMessage, logged to lg; judged on the type byte alone, as
+// PostgreSQL does), or a length checkLength refuses (s.protocolViolation,
+// which poisons the client). Whatever the client sent before it has been
+// answered by now where it could be (build stops in front of such a
+// message, badHead), as PostgreSQL answers each message before it reads
+// the next.
+func checkHead(in *pgwire.ReadBuffer, s *clientStream, maxMessageSize int, lg *slog.Logger) (more bool, err error) {
+	if in.Pending() > 0 && !knownFrontendType(in.Buf[in.Start]) {
+		return false, unknownMessage(lg, in.Buf[in.Start])
+	}
 	if in.Pending() < pgwire.HeaderLen {
 		in.Want = pgwire.HeaderLen
 		return true, nil
@@ -77,10 +85,28 @@ func checkHead(in *pgwire.ReadBuffer, lg *slog.Logger) (more bool, err error) {
 	if in.Buf[in.Start] == pgwire.MsgTerminate {
 		return false, errClientTerminated
 	}
-	if typ := in.Buf[in.Start]; !knownFrontendType(typ) {
-		return false, unknownMessage(lg, typ)
+	typ, bodyLen := pgwire.ParseHeader(in.Buf[in.Start:])
+	if pe := checkLength(typ, bodyLen, maxMessageSize); pe != nil {
+		return false, s.protocolViolation(lg, pe)
 	}
 	return false, nil
+}
+
+// badHead reports whether buf, a client's pending bytes, starts with a
+// message checkHead refuses (an unknown type, a length checkLength
+// refuses), which ends the session: nothing after it is ever read.
+func badHead(buf []byte, maxMessageSize int) bool {
+	if len(buf) == 0 {
+		return false
+	}
+	if !knownFrontendType(buf[0]) {
+		return true
+	}
+	if len(buf) < pgwire.HeaderLen || buf[0] == pgwire.MsgTerminate {
+		return false
+	}
+	typ, bodyLen := pgwire.ParseHeader(buf)
+	return checkLength(typ, bodyLen, maxMessageSize) != nil
 }
 
 // passOn moves, of the remaining bytes of a message being streamed, those

@@ -152,7 +152,7 @@ type loopState struct {
 	st      atomic.Int32 // loopIdle, loopBusy, loopWaiting, loopQueued: changed under parker.mu
 	running bool         // the loop thread runs the client (loop thread only)
 	woken   bool         // a wake-up came while loopBusy (under parker.mu)
-	more    bool         // the socket became readable while the loop had the client, not parked (under parker.mu)
+	more    bool         // the socket became readable while the loop had the client, not parked, or its end came with the request (onReady); under parker.mu
 	cold    uint8        // requests in a row handed over (owner only)
 	bfd     int32        // the backend descriptor waited on
 	since   int64        // loopWaiting or loopQueued since (parker's clock, ns)

@@ -96,16 +96,16 @@ var errParked = errors.New("client parked")
 type parker struct {
 	os      parkOS
 	mu      sync.Mutex
-	byFd    fdTable       // clients whose socket is in the set (parked, or the loop's), by descriptor
-	on      bool          // the epoll set is open and the loop runs
-	stopped bool          // stopParker ran: the loop never starts again
-	done    chan struct{} // closed when the loop has ended
-	count   atomic.Int64  // parked clients now (Stats.ClientsParked)
-	tid     atomic.Int32  // the loop's thread (Linux: its kernel id, logged at debug for perf -t; BenchmarkLoopExchange reads its CPU; 0 before it runs)
-	every   time.Duration // sweep interval
-	ready   func(fd int)  // unparkFd, made once
-	list    []*clientConn // the sweep's reused snapshot (loop only)
-	parks   int           // parks since the last memory release (under mu)
+	byFd    fdTable                  // clients whose socket is in the set (parked, or the loop's), by descriptor
+	on      bool                     // the epoll set is open and the loop runs
+	stopped bool                     // stopParker ran: the loop never starts again
+	done    chan struct{}            // closed when the loop has ended
+	count   atomic.Int64             // parked clients now (Stats.ClientsParked)
+	tid     atomic.Int32             // the loop's thread (Linux: its kernel id, logged at debug for perf -t; BenchmarkLoopExchange reads its CPU; 0 before it runs)
+	every   time.Duration            // sweep interval
+	ready   func(fd int, ended bool) // onReady, made once
+	list    []*clientConn            // the sweep's reused snapshot (loop only)
+	parks   int                      // parks since the last memory release (under mu)
 	// The loop's: parks at the last sweep, the last release, and the
 	// release goroutine (stopParker waits for it).
 	seenParks int
@@ -309,7 +309,8 @@ func (p *parker) releaseAfterWave() {
 // onReady is the loop's answer to readiness on fd: a parked client's
 // request, which the loop relays itself when it can (loop.go) and a
 // goroutine otherwise, or the reply of a backend the loop waits on.
-func (p *parker) onReady(fd int) {
+// ended says the event also reported the end of the stream (parkOS.wait).
+func (p *parker) onReady(fd int, ended bool) {
 	if p.clockStale {
 		p.readClock(time.Now())
 		p.clockStale = false
@@ -340,6 +341,11 @@ func (p *parker) onReady(fd int) {
 	p.count.Add(-1)
 	c.loop.st.Store(loopBusy)
 	c.loop.woken = false
+	// A FIN (or an error) reported with the request: the loop's one read
+	// takes the request but not the end, and the set, edge triggered,
+	// will not report it again. Served, the client goes to a goroutine,
+	// whose read finds the end, instead of parking on a closed stream.
+	c.loop.more = ended
 	p.mu.Unlock()
 	p.loopRequest(c)
 }

@@ -88,9 +88,16 @@ func (o *parkOS) stop() {
 	syscall.Close(o.stopW)
 }
 
+// parkEnded is what an event says when the peer has closed (at least its
+// side: a FIN) or the socket failed.
+const parkEnded = syscall.EPOLLRDHUP | syscall.EPOLLHUP | syscall.EPOLLERR
+
 // wait waits up to d for readiness and calls ready for each socket that
-// has some; it reports false once stop was called. Parker goroutine only.
-func (o *parkOS) wait(d time.Duration, ready func(fd int)) bool {
+// has some, with ended set when the event also says the stream has ended
+// (parkEnded): edge triggered, that is said once, possibly together with
+// the last data, which one read takes without reaching the end. It
+// reports false once stop was called. Parker goroutine only.
+func (o *parkOS) wait(d time.Duration, ready func(fd int, ended bool)) bool {
 	n, err := syscall.EpollWait(o.epfd, o.events[:], int(d/time.Millisecond))
 	if err != nil {
 		return true // EINTR: the caller loops
@@ -99,7 +106,7 @@ func (o *parkOS) wait(d time.Duration, ready func(fd int)) bool {
 		if int(ev.Fd) == o.stopR {
 			return false
 		}
-		ready(int(ev.Fd))
+		ready(int(ev.Fd), ev.Events&parkEnded != 0)
 	}
 	return true
 }

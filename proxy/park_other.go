@@ -27,7 +27,7 @@ func (o *parkOS) arm(int) error { return errors.ErrUnsupported }
 
 func (o *parkOS) stop() {}
 
-func (o *parkOS) wait(time.Duration, func(int)) bool { return false }
+func (o *parkOS) wait(time.Duration, func(int, bool)) bool { return false }
 
 func (o *parkOS) close() {}
 

@@ -142,7 +142,7 @@ func (c *clientConn) process() error {
 			continue
 		}
 		if c.stream.passRemaining == 0 {
-			if more, err := checkHead(&c.in, c.log); more || err != nil {
+			if more, err := checkHead(&c.in, &c.stream, c.srv.cfg.MaxMessageSize, c.log); more || err != nil {
 				return err
 			}
 			if c.srv.draining.Load() {
@@ -454,14 +454,16 @@ func (c *clientConn) planRelay(b *backend, outLen int) bool {
 // inlineableLocked reports whether the client goroutine may write outLen
 // bytes and then read the replies itself: the whole client buffer was
 // handled (a client with more on the way may be pipelining: it is read
-// while a backend reader answers; a Terminate waiting its turn is fine),
+// while a backend reader answers; a Terminate, or a message that ends the
+// session (badHead), waiting its turn is fine: nothing after it is read),
 // no message is half sent, every request is closed by a Sync or is a
 // Query (or a probe ends in Flush), nothing waits for a state check, and
 // the write is small enough (inlineWriteMax). Under c.mu.
 func (c *clientConn) inlineableLocked(outLen int) bool {
 	pending := c.in.Buf[c.in.Start:c.in.End]
 	return c.policy.releaseAtTransactionEnd && outLen <= inlineWriteMax && c.stream.passRemaining == 0 &&
-		(len(pending) == 0 || c.stmts.probe != nil || len(pending) == pgwire.HeaderLen && pending[0] == pgwire.MsgTerminate) &&
+		(len(pending) == 0 || c.stmts.probe != nil || len(pending) == pgwire.HeaderLen && pending[0] == pgwire.MsgTerminate ||
+			badHead(pending, c.srv.cfg.MaxMessageSize)) &&
 		(!c.inBatch || c.stmts.probe != nil) && c.state.checkWait == nil && !c.reader.copyIn
 }
 
@@ -547,6 +549,15 @@ const (
 // it need not read, and builds a whole one (buildMessageLocked). err is
 // the client's malformed or unknown message. Under c.mu (build).
 func (c *clientConn) buildNextLocked(b *backend, out []byte, tx bool) (_ []byte, step buildStep, err error) {
+	if c.q.len() > 0 && badHead(c.in.Buf[c.in.Start:c.in.End], c.srv.cfg.MaxMessageSize) {
+		// A message that ends the session (checkHead refuses it) behind
+		// requests: PostgreSQL answers those first, then ends the
+		// session over it. Left where it is: what went before goes out,
+		// its replies are relayed (inline: see inlineableLocked), and
+		// process's checkHead then ends the session.
+		c.in.Want = 0
+		return out, buildDone, nil
+	}
 	avail := c.in.End - c.in.Start
 	if avail < pgwire.HeaderLen {
 		c.in.Want = pgwire.HeaderLen
@@ -620,8 +631,12 @@ func (c *clientConn) buildNextLocked(b *backend, out []byte, tx bool) (_ []byte,
 func (c *clientConn) buildMessageLocked(b *backend, out []byte, typ byte, msg []byte, tx bool) []byte {
 	body := msg[pgwire.HeaderLen:]
 	switch typ {
-	case pgwire.MsgParse, pgwire.MsgBind, pgwire.MsgDescribe, pgwire.MsgClose, pgwire.MsgExecute, pgwire.MsgFlush:
-		c.inBatch = true // an extended-protocol batch is open until its Sync
+	case pgwire.MsgParse, pgwire.MsgBind, pgwire.MsgDescribe, pgwire.MsgClose, pgwire.MsgExecute:
+		// An extended-protocol batch is open until its Sync. Not a
+		// Flush: it only makes the server send what it holds, and opens
+		// nothing there; a lone one would hold the backend until a Sync
+		// that may never come.
+		c.inBatch = true
 	}
 	switch typ {
 	case pgwire.MsgQuery:

@@ -476,6 +476,10 @@ func (c *clientConn) releaseAtTransactionEnd(b *backend, inline bool) (stop bool
 		c.mu.Unlock()
 		return true, c.leave.reason()
 	}
+	// The release's time, read while c still holds b: once b is dropped
+	// the client may park, and the loop run it on its thread, which sets
+	// c.loop.running and the clock c.now reads.
+	now := c.now()
 	c.dropBackendLocked()
 	c.state.endCheck()
 	if len(c.listen.notes) > 0 && !inline {
@@ -487,7 +491,7 @@ func (c *clientConn) releaseAtTransactionEnd(b *backend, inline bool) (stop bool
 		c.destroyBackend(b, "session state created despite "+c.srv.cfg.option("SessionState")+" = reject")
 		return true, nil
 	}
-	c.srv.releaseBackend(b, c.now())
+	c.srv.releaseBackend(b, now)
 	return true, nil
 }
 

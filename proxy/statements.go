@@ -821,8 +821,14 @@ func (c *clientConn) localRequest() (end int, stmts []*statement, ok bool) {
 		}
 		body := c.in.Buf[pos+pgwire.HeaderLen : pos+pgwire.HeaderLen+bodyLen]
 		pos += pgwire.HeaderLen + bodyLen
+		// Only well-formed messages: PostgreSQL refuses a Sync with a
+		// body or a Close whose name does not end the body (08P01), so
+		// those go to the server, which says so.
 		switch typ {
 		case pgwire.MsgSync:
+			if bodyLen != 0 {
+				return 0, nil, false
+			}
 			return pos, stmts, true
 		case pgwire.MsgParse:
 			name, rest, ok := parseParseMessage(body)
@@ -839,7 +845,10 @@ func (c *clientConn) localRequest() (end int, stmts []*statement, ok bool) {
 			// name) where the client first uses it.
 			stmts = append(stmts, c.srv.stmts.newStatement(rest))
 		case pgwire.MsgClose:
-			if len(body) < 2 || body[0] != 'S' || body[1] == 0 {
+			if len(body) < 2 || body[0] != 'S' {
+				return 0, nil, false
+			}
+			if name, rest, ok := pgwire.CString(body[1:]); !ok || len(name) == 0 || len(rest) > 0 {
 				return 0, nil, false
 			}
 		default:
