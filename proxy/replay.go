@@ -34,6 +34,16 @@ import (
 //     one for a simple Query or an extended-protocol batch before its Sync,
 //     the client's own after BEGIN), and a dying backend rolls it back: the
 //     FATAL comes before any CommandComplete or ReadyForQuery.
+//   - except a statement that PostgreSQL runs outside any transaction
+//     block, which may commit before it sends a byte: a DO block or a
+//     procedure (CALL) with COMMIT, CREATE INDEX CONCURRENTLY, VACUUM and
+//     the like (commitsBeforeAnswer). Killed after such a commit, the
+//     backend's first reply is the same FATAL a dying idle one sends, so
+//     the request is not kept for a replay at all (noReplayForLocked).
+//     A multi-statement Query cannot do that: its statements run in one
+//     implicit block, where they may not commit on their own, and an
+//     explicit COMMIT in it leaves its CommandComplete in the output
+//     buffer ahead of any later FATAL.
 // So the replay is allowed only while not one byte of the backend's reply
 // reached the client (the FATAL must be the very first message, or the
 // connection must end before any), only for a backend acquired for this
@@ -106,6 +116,63 @@ func (c *clientConn) recordReplay(b *backend, from int, streamed bool) {
 		return
 	}
 	c.replay.buf = append(c.replay.buf, c.in.Buf[from:c.in.Start]...)
+}
+
+// noReplayForLocked disarms the replay when q, the text of a statement
+// the client sends on the backend acquired for it (a Query's, a Parse's,
+// or a named statement's at its Bind), may commit before it answers
+// (commitsBeforeAnswer). Under c.mu (build).
+func (r *replayState) noReplayForLocked(q []byte) {
+	if r.armed && commitsBeforeAnswer(q) {
+		r.armed = false
+	}
+}
+
+// commitsBeforeAnswer reports whether q, one Query's or Parse's text, may
+// commit work of its own before the backend sends any reply to it: one
+// statement starting with DO or CALL (transaction control in a procedure
+// or DO block), VACUUM, CLUSTER or REINDEX (a transaction per table), COMMIT
+// or ROLLBACK (PREPARED), or a CREATE, DROP, ALTER or REFRESH naming
+// CONCURRENTLY, DATABASE, TABLESPACE, SYSTEM or SUBSCRIPTION: the
+// statements PostgreSQL refuses inside a transaction block because they
+// commit as they go. Eager: any such word outside strings and comments
+// counts for the latter. A Query of several statements cannot (see
+// above). Most statements start with another word, and only that word is
+// read. It allocates nothing.
+func commitsBeforeAnswer(q []byte) bool {
+	l := sqlLexer{q: q}
+	w, k := l.next()
+	if k != tokWord {
+		return false
+	}
+	commits := false
+	for _, s := range [...]string{"do", "call", "vacuum", "cluster", "reindex", "commit", "rollback"} {
+		commits = commits || eqFold(w, s)
+	}
+	named := !commits && (eqFold(w, "create") || eqFold(w, "drop") || eqFold(w, "alter") || eqFold(w, "refresh"))
+	if !commits && !named {
+		return false
+	}
+	// The lexer, not oneStatement: a DO block's body holds semicolons.
+	ended := false
+	for {
+		w, k := l.next()
+		switch k {
+		case tokEOF:
+			return commits
+		case tokSemicolon:
+			ended = true
+			continue
+		}
+		if ended {
+			return false // a second statement: one implicit block
+		}
+		if named && k == tokWord {
+			for _, s := range [...]string{"concurrently", "database", "tablespace", "system", "subscription"} {
+				commits = commits || eqFold(w, s)
+			}
+		}
+	}
 }
 
 // retryableFirstReply reports whether what an armed backend sent, in b's
