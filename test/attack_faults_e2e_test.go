@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -140,4 +143,81 @@ func TestTerminateAfterCommitInsideRequest(t *testing.T) {
 	if got, err := txOne(ctx, fresh, "SELECT count(*) FROM af_commit WHERE via LIKE '%-proxy'"); err != nil || got != "3" {
 		t.Errorf("a new client after the faults: %q rows, %v; want 3", got, err)
 	}
+}
+
+// afStop sends SIGSTOP to the backend pid and makes sure the test's end
+// sends SIGCONT, so that no stopped process is left in the shared cluster.
+// cont sends SIGCONT now.
+func afStop(t *testing.T, pid string) (cont func()) {
+	t.Helper()
+	n, err := strconv.Atoi(pid)
+	if err != nil {
+		t.Fatalf("pid %q: %v", pid, err)
+	}
+	if err := syscall.Kill(n, syscall.SIGSTOP); err != nil {
+		t.Fatalf("SIGSTOP %d: %v", n, err)
+	}
+	var once sync.Once
+	cont = func() { once.Do(func() { syscall.Kill(n, syscall.SIGCONT) }) }
+	t.Cleanup(cont)
+	return cont
+}
+
+// TestStoppedBackendQueryTimeout: the backend running a client's
+// statement is stopped (SIGSTOP: alive, its socket open, silent, as a
+// database host cut off by the network). pool.query_timeout (1s) sends a
+// cancel request, which a stopped process never acts on; the client must
+// not wait for the backend past that: it gets an error from the proxy
+// (08006 naming query_timeout, with a hint) within serverOpTimeout (5s)
+// of the cancel, its backend is closed, never handed on (new clients run
+// on other backends at once), and /stats comes back to no backend active.
+// Directly, with statement_timeout, the client would wait for the stopped
+// process as long as it stays stopped: the proxy's own timeout is the one
+// that can bound it, as PgBouncer's query_timeout does (it closes the
+// server connection).
+func TestStoppedBackendQueryTimeout(t *testing.T) {
+	const limit = time.Second
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	p := txStartProxy(t, "transaction", 2, WithEnv("PGSIDECAR_POOL__QUERY_TIMEOUT", limit.String()))
+	admin := txConnect(ctx, t, pg.AdminURLDB(txAppDB), nil)
+	c := txConnect(ctx, t, txProxyURL(p), nil)
+	txMustOne(ctx, t, c, "SELECT 1")
+	res := txRunAsync(ctx, c, "SELECT pg_sleep(20) /* af-stopped */")
+	pid := afActivePID(ctx, t, admin, "af-stopped")
+	stopped := time.Now()
+	cont := afStop(t, pid)
+	var r txQueryResult
+	select {
+	case r = <-res:
+	case <-time.After(limit + 8*time.Second):
+		cont()
+		r = <-res
+		t.Fatalf("the client still waited %v after its backend stopped, query_timeout %v; after SIGCONT: %v (SQLSTATE %s)",
+			time.Since(stopped).Round(time.Millisecond), limit, r.err, sqlState(r.err))
+	}
+	t.Logf("stopped backend: the client got %v (SQLSTATE %s) %v after the stop", r.err, sqlState(r.err), time.Since(stopped).Round(time.Millisecond))
+	var pe *pgconn.PgError
+	if !errors.As(r.err, &pe) || pe.Code != "08006" || !strings.Contains(pe.Message, "query_timeout") || pe.Hint == "" {
+		t.Errorf("%v, want 08006 naming query_timeout, with a hint", r.err)
+	}
+	// The stopped backend is never handed on: with it still stopped, new
+	// clients are served at once, by other backends.
+	for i := range 3 {
+		qctx, qcancel := context.WithTimeout(ctx, 5*time.Second)
+		n, err := pgconn.Connect(qctx, txProxyURL(p))
+		if err != nil {
+			qcancel()
+			t.Fatalf("client %d: connect: %v", i, err)
+		}
+		got, err := txOne(qctx, n, "SELECT pg_backend_pid()")
+		n.Close(context.Background())
+		qcancel()
+		if err != nil || got == pid {
+			t.Errorf("client %d after the stop: pid %s (stopped: %s), %v", i, got, pid, err)
+		}
+	}
+	cont()
+	waitFor(t, 10*time.Second, "no backend active in /stats", func() bool { return poolNum(t, p, "active") == 0 })
+	waitFor(t, 10*time.Second, "the stopped backend gone once continued", func() bool { return !processAlive(pid) })
 }
