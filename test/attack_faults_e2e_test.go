@@ -217,6 +217,9 @@ func TestStoppedBackendQueryTimeout(t *testing.T) {
 			t.Errorf("client %d after the stop: pid %s (stopped: %s), %v", i, got, pid, err)
 		}
 	}
+	if n := strings.Count(p.Logs.String(), "did not answer the pool.query_timeout cancel"); n != 1 {
+		t.Errorf("the unanswered cancel was logged %d times, want once", n)
+	}
 	cont()
 	waitFor(t, 10*time.Second, "no backend active in /stats", func() bool { return poolNum(t, p, "active") == 0 })
 	waitFor(t, 10*time.Second, "the stopped backend gone once continued", func() bool { return !processAlive(pid) })
