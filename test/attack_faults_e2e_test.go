@@ -479,8 +479,9 @@ func afPIDOf(ctx context.Context, t *testing.T, admin *pgconn.PgConn, marker str
 // (never one twice: nothing is replayed once the client has part of the
 // reply; never one completed with the bytes of an error message: the
 // backend may die in the middle of a row the proxy has partly relayed)
-// and then one error, 57P01 relayed or 08006 from the proxy, or the
-// connection's end where PostgreSQL itself sends nothing; never a hang; the COPY FROM rows
+// and then one error, 57P01 relayed or 08006 from the proxy, or, only
+// where PostgreSQL itself sends none and the proxy is in the middle of a
+// message to the client, the connection's end; never a hang; the COPY FROM rows
 // are not committed; and the pool afterwards serves a new client on
 // another backend with nothing active in /stats.
 func TestTerminateMidExchange(t *testing.T) {
@@ -569,6 +570,9 @@ func TestTerminateMidExchange(t *testing.T) {
 				// connection's end, as directly.
 				if o.code != "57P01" && o.code != "08006" && (o.code != "" || !o.eof || directCode != "") {
 					t.Errorf("%s: error %q, end %v, want 57P01 relayed or 08006 from the proxy (directly: %q)", tag, o.code, o.eof, directCode)
+				}
+				if o.code == "" && o.partial == 0 {
+					t.Errorf("%s: the connection ended between messages without an error: the proxy could have sent 08006", tag)
 				}
 				if o.ready {
 					t.Errorf("%s: a ReadyForQuery after the error: the session went on as if its backend had not died", tag)
