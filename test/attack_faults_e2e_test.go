@@ -591,3 +591,61 @@ func TestTerminateMidExchange(t *testing.T) {
 		t.Errorf("af_copy_in holds %s rows after the COPYs were killed, want 0", got)
 	}
 }
+
+// TestStoppedBackendMidRow: the backends streaming a large result to
+// three clients that read it are stopped (SIGSTOP) mid-stream, so the last
+// bytes the proxy relayed end inside a row (unless the stop came within a
+// row's first 5 bytes or between rows: three clients make that unlikely
+// for all); pool.query_timeout (1s) then closes each client (its cancel
+// goes unanswered, TestStoppedBackendQueryTimeout), as the admin console's
+// KILL and the drain deadline close a client. Each client must get whole
+// rows, in order, and then the 08006 or, in the middle of a row, the
+// connection's end: never the error's bytes as the rest of a row.
+func TestStoppedBackendMidRow(t *testing.T) {
+	const clients = 3
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	p := txStartProxy(t, "transaction", clients, WithEnv("PGSIDECAR_POOL__QUERY_TIMEOUT", "1s"))
+	admin := txConnect(ctx, t, pg.AdminURLDB(txAppDB), nil)
+	type result struct {
+		o   afOutcome
+		err error
+	}
+	results := make(chan result, clients)
+	var conts []func()
+	for i := range clients {
+		r := dialRaw(t, txProxyURL(p))
+		r.query(t, "SELECT 1")
+		marker := fmt.Sprintf("af-stopped-mid-row-%d", i)
+		r.send(t, &pgproto3.Query{String: "SELECT i, repeat('y', 10) FROM generate_series(1, 5000000) i /* " + marker + " */"})
+		chunk := make([]byte, 64<<10)
+		_ = r.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		n, err := r.conn.Read(chunk)
+		if err != nil {
+			t.Fatalf("read: %v", err)
+		}
+		conts = append(conts, afStop(t, afActivePID(ctx, t, admin, marker)))
+		go func() { // ends within afReadOutcome's 10 s
+			o, err := afReadOutcome(r, chunk[:n])
+			results <- result{o, err}
+		}()
+	}
+	for range clients {
+		res := <-results
+		o := res.o
+		t.Logf("%d rows, error %q, end %v, %d bytes of a message cut off", o.rows, o.code, o.eof, o.partial)
+		if res.err != nil {
+			t.Error(res.err)
+		}
+		if o.bad != "" {
+			t.Errorf("%s", o.bad)
+		}
+		if o.code != "08006" && o.partial == 0 {
+			t.Errorf("error %q at a message boundary, want 08006", o.code)
+		}
+	}
+	for _, cont := range conts {
+		cont()
+	}
+	waitFor(t, 10*time.Second, "no backend active in /stats", func() bool { return poolNum(t, p, "active") == 0 })
+}
