@@ -892,6 +892,8 @@ func (c *clientConn) finish() {
 	}
 	b = c.be
 	severed := c.reader.severed
+	// No reader runs on b now: its pass-through state is safe to read.
+	c.leave.midReply = b != nil && b.passRemaining > 0 && !b.passSwallow
 	c.dropBackendLocked()
 	// A cancel still being sent could land on the next holder's query.
 	clean := b != nil && b.settled() && c.q.len() == 0 && !c.inBatch &&

@@ -386,11 +386,11 @@ type afOutcome struct {
 }
 
 // afReadOutcome reads r's socket raw, from seen (bytes read before), until
-// the connection ends or 10 s pass, and parses what came: DataRows must
+// the connection ends or 15 s pass, and parses what came: DataRows must
 // be (1, afPad), (2, afPad), ..., CopyData lines the same in text form,
 // and no message but an ErrorResponse may hold an error's fields.
 func afReadOutcome(r *rawClient, seen []byte) (o afOutcome, err error) {
-	end := time.Now().Add(10 * time.Second)
+	end := time.Now().Add(15 * time.Second)
 	_ = r.conn.SetReadDeadline(end)
 	buf := append([]byte(nil), seen...)
 	chunk := make([]byte, 64<<10)
@@ -399,7 +399,7 @@ func afReadOutcome(r *rawClient, seen []byte) (o afOutcome, err error) {
 		buf = append(buf, chunk[:n]...)
 		if rerr != nil {
 			if time.Now().After(end) {
-				err = fmt.Errorf("no end 10 s after the kill: %w", rerr)
+				err = fmt.Errorf("no end 15 s after the fault: %w", rerr)
 			}
 			o.eof = true
 			break
@@ -625,7 +625,7 @@ func TestStoppedBackendMidRow(t *testing.T) {
 			t.Fatalf("read: %v", err)
 		}
 		conts = append(conts, afStop(t, afActivePID(ctx, t, admin, marker)))
-		go func() { // ends within afReadOutcome's 10 s
+		go func() { // ends within afReadOutcome's 15 s
 			o, err := afReadOutcome(r, chunk[:n])
 			results <- result{o, err}
 		}()
