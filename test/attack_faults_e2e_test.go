@@ -649,3 +649,45 @@ func TestStoppedBackendMidRow(t *testing.T) {
 	}
 	waitFor(t, 10*time.Second, "no backend active in /stats", func() bool { return poolNum(t, p, "active") == 0 })
 }
+
+// TestTerminateWithCancelInFlight: a client cancels its running statement
+// (pgconn's CancelRequest, which the proxy forwards while the backend is
+// pinned to the client) and the backend is terminated at the same moment.
+// Passed when written; it guards the cancel pin against a backend that
+// dies under it: the client gets 57014 or 57P01/08006 within the bound,
+// the dead backend is not handed on, and /stats comes back to idle.
+func TestTerminateWithCancelInFlight(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	p := txStartProxy(t, "transaction", 2)
+	admin := txConnect(ctx, t, pg.AdminURLDB(txAppDB), nil)
+	for i := range 5 {
+		c := txConnect(ctx, t, txProxyURL(p), nil)
+		txMustOne(ctx, t, c, "SELECT 1")
+		marker := fmt.Sprintf("af-cancel-kill-%d", i)
+		res := txRunAsync(ctx, c, "SELECT pg_sleep(20) /* "+marker+" */")
+		pid := afActivePID(ctx, t, admin, marker)
+		done := make(chan error, 1)
+		go func() { done <- c.CancelRequest(ctx) }() // ends when the proxy has the request
+		terminateNoWait(ctx, t, admin, []string{pid})
+		var r txQueryResult
+		select {
+		case r = <-res:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("round %d: no answer 10 s after the cancel and the termination", i)
+		}
+		if err := <-done; err != nil {
+			t.Logf("round %d: cancel request: %v", i, err)
+		}
+		switch code := sqlState(r.err); code {
+		case "57014", "57P01", "08006":
+		default:
+			t.Errorf("round %d: %v, want 57014, 57P01 or 08006", i, r.err)
+		}
+		fresh := txConnect(ctx, t, txProxyURL(p), nil)
+		if got, err := txOne(ctx, fresh, "SELECT pg_backend_pid()"); err != nil || got == pid {
+			t.Errorf("round %d: a new client: pid %s (killed %s), %v", i, got, pid, err)
+		}
+	}
+	waitFor(t, 10*time.Second, "no backend active in /stats", func() bool { return poolNum(t, p, "active") == 0 })
+}
