@@ -76,8 +76,12 @@ type replayState struct {
 	pending bool      // the backend died unanswered: buf must be handled again
 	lost    bool      // ... but buf does not hold the whole request: the client is told
 	again   bool      // the next acquire is for a replay (tries go on)
-	tries   int       // replays in a row for the current request
-	buf     []byte    // the client bytes sent to c.be since it was acquired
+	// canceled: a cancel request came for the request while it was being
+	// sent to the backend that died or waited for its replay; the request
+	// is answered with 57014 instead of being sent again (spliceReplay).
+	canceled bool
+	tries    int    // replays in a row for the current request
+	buf      []byte // the client bytes sent to c.be since it was acquired
 }
 
 // armLocked starts the bookkeeping for a backend acquired at now for a
@@ -287,6 +291,11 @@ func (c *clientConn) failFreshLocked(b *backend) bool {
 	b.replayed = true
 	c.replay.armed, c.replay.pending = false, true
 	c.replay.tries++
+	if c.cancels.n > 0 {
+		// A cancel request for this request is being sent to b, which
+		// will never act on it: the request must not run elsewhere.
+		c.replay.canceled = true
+	}
 	if c.writing {
 		return false
 	}
@@ -368,10 +377,23 @@ func (c *clientConn) spliceReplay() bool {
 		c.mu.Unlock()
 		return false
 	}
-	c.replay.pending, c.replay.again = false, true
+	canceled := c.replay.canceled
+	c.replay.pending, c.replay.again, c.replay.canceled = false, !canceled, false
 	c.mu.Unlock()
-	return c.replay.spliceInto(&c.in)
+	kept := c.replay.spliceInto(&c.in)
+	if canceled && kept {
+		// The client cancelled it: dropped up to its end and answered
+		// with 57014, as a cancelled wait for a backend is (discard).
+		c.stream.discard.on, c.stream.discard.err = true, errReplayCanceled
+	}
+	return kept
 }
+
+// errReplayCanceled is what a client gets for a request it cancelled while
+// the request was to be sent again (never modified: acquireErrorResponse
+// copies it).
+var errReplayCanceled = newError(pgwire.CodeQueryCanceled, "canceling statement due to user request",
+	"the server connection ended before the statement ran, and the cancelled statement was not sent again")
 
 // spliceInto moves the kept request, buf, in front of in's unread bytes
 // and reports whether it held any. Client reader only (buf and in are
