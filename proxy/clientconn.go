@@ -89,6 +89,12 @@ type leaveState struct {
 	// returns it at its next wake.
 	err    atomic.Pointer[pgError]
 	killed atomic.Bool // kill: the client is closed, and nothing more is told to it
+	// midReply: finish let go of a backend with part of one of its
+	// messages relayed to the client and the rest never to come (a
+	// DataRow passed on in pieces): an error written now would be read
+	// as that rest, so the client is closed without one. Client
+	// goroutine only.
+	midReply bool
 }
 
 // reason is why the client must go now (closeWith, kill), or nil.
@@ -309,7 +315,7 @@ func (s *Server) session(c *clientConn) (parked bool) {
 		err = pe
 	}
 	var pe *pgError
-	if errors.As(err, &pe) && !c.leave.killed.Load() {
+	if errors.As(err, &pe) && !c.leave.killed.Load() && !c.leave.midReply {
 		// No backend reader runs any more: nothing else writes to the client.
 		conn.SetWriteDeadline(time.Now().Add(time.Second))
 		conn.Write(pe.appendTo(nil))

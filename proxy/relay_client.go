@@ -653,6 +653,16 @@ func (c *clientConn) buildMessageLocked(b *backend, out []byte, typ byte, msg []
 		return c.onParse(b, out, msg, body, tx)
 	case pgwire.MsgBind:
 		if tx {
+			if c.replay.armed {
+				// A statement prepared in an earlier transaction: its
+				// text was not seen on this backend.
+				if _, name, _, ok := parseBindNames(body); ok && len(name) > 0 {
+					if st := c.stmts.named(name); st != nil {
+						q, _, _ := pgwire.CString(st.parseBody)
+						c.replay.noReplayForLocked(q)
+					}
+				}
+			}
 			return c.stmts.bind(&c.q, b, out, msg, body)
 		}
 		c.q.push(request{kind: reqBind})
@@ -698,6 +708,7 @@ func (c *clientConn) onParse(b *backend, out, msg, body []byte, tx bool) []byte 
 	}
 	if ok {
 		query, _, _ := pgwire.CString(rest)
+		c.replay.noReplayForLocked(query)
 		if h := c.inspect(query, tx); h != hazardNone {
 			return c.q.poison(out, c.srv.cfg.rejectError(h))
 		}
@@ -870,6 +881,7 @@ func (c *clientConn) onQuery(b *backend, out, msg, body []byte, tx bool) []byte 
 		q = q[:n-1]
 	}
 	paramsDirty := c.state.paramsDirty
+	c.replay.noReplayForLocked(q)
 	h := c.inspect(q, tx)
 	// A simple Query drops the session's unnamed statement.
 	c.stmts.dropUnnamed(b)

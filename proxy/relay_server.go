@@ -594,6 +594,12 @@ func (c *clientConn) destroyBackend(b *backend, reason string) {
 func (c *clientConn) backendLost(b *backend, err error) {
 	c.mu.Lock()
 	mine := c.be == b
+	// Part of a message of b's was relayed to the client as it came (a
+	// DataRow or CopyData passed on in pieces) and the rest will never
+	// come: an ErrorResponse now would be read as that rest, a row
+	// completed with the error's bytes. Only b's reader calls this, so
+	// passRemaining is its own to read.
+	midMessage := mine && b.passRemaining > 0 && !b.passSwallow
 	if mine {
 		c.dropBackendLocked()
 		c.unpinOnLeaveLocked()
@@ -610,6 +616,14 @@ func (c *clientConn) backendLost(b *backend, err error) {
 	c.destroyBackend(b, "server connection failed: "+err.Error())
 	if stopping || c.leave.killed.Load() {
 		return // the client is leaving: nobody to tell
+	}
+	if midMessage {
+		// The client is closed in the middle of that message, as
+		// PostgreSQL ends a connection it was killed writing to: it sees
+		// the connection end, never a wrong row.
+		c.log.Warn("server connection lost under a client in the middle of a message to it: client closed without an error message, which it would read as the rest of that message", "err", err)
+		c.conn.Close()
+		return
 	}
 	if b.fatal {
 		// The server's own FATAL (57P01 from pg_terminate_backend, a
@@ -901,6 +915,8 @@ func (c *clientConn) finish() {
 	}
 	b = c.be
 	severed := c.reader.severed
+	// No reader runs on b now: its pass-through state is safe to read.
+	c.leave.midReply = b != nil && b.passRemaining > 0 && !b.passSwallow
 	c.dropBackendLocked()
 	// A cancel still being sent could land on the next holder's query.
 	clean := b != nil && b.settled() && c.q.len() == 0 && !c.inBatch &&

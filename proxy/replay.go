@@ -34,6 +34,16 @@ import (
 //     one for a simple Query or an extended-protocol batch before its Sync,
 //     the client's own after BEGIN), and a dying backend rolls it back: the
 //     FATAL comes before any CommandComplete or ReadyForQuery.
+//   - except a statement that PostgreSQL runs outside any transaction
+//     block, which may commit before it sends a byte: a DO block or a
+//     procedure (CALL) with COMMIT, CREATE INDEX CONCURRENTLY, VACUUM and
+//     the like (commitsBeforeAnswer). Killed after such a commit, the
+//     backend's first reply is the same FATAL a dying idle one sends, so
+//     the request is not kept for a replay at all (noReplayForLocked).
+//     A multi-statement Query cannot do that: its statements run in one
+//     implicit block, where they may not commit on their own, and an
+//     explicit COMMIT in it leaves its CommandComplete in the output
+//     buffer ahead of any later FATAL.
 // So the replay is allowed only while not one byte of the backend's reply
 // reached the client (the FATAL must be the very first message, or the
 // connection must end before any), only for a backend acquired for this
@@ -66,8 +76,12 @@ type replayState struct {
 	pending bool      // the backend died unanswered: buf must be handled again
 	lost    bool      // ... but buf does not hold the whole request: the client is told
 	again   bool      // the next acquire is for a replay (tries go on)
-	tries   int       // replays in a row for the current request
-	buf     []byte    // the client bytes sent to c.be since it was acquired
+	// canceled: a cancel request came for the request while it was being
+	// sent to the backend that died or waited for its replay; the request
+	// is answered with 57014 instead of being sent again (spliceReplay).
+	canceled bool
+	tries    int    // replays in a row for the current request
+	buf      []byte // the client bytes sent to c.be since it was acquired
 }
 
 // armLocked starts the bookkeeping for a backend acquired at now for a
@@ -106,6 +120,63 @@ func (c *clientConn) recordReplay(b *backend, from int, streamed bool) {
 		return
 	}
 	c.replay.buf = append(c.replay.buf, c.in.Buf[from:c.in.Start]...)
+}
+
+// noReplayForLocked disarms the replay when q, the text of a statement
+// the client sends on the backend acquired for it (a Query's, a Parse's,
+// or a named statement's at its Bind), may commit before it answers
+// (commitsBeforeAnswer). Under c.mu (build).
+func (r *replayState) noReplayForLocked(q []byte) {
+	if r.armed && commitsBeforeAnswer(q) {
+		r.armed = false
+	}
+}
+
+// commitsBeforeAnswer reports whether q, one Query's or Parse's text, may
+// commit work of its own before the backend sends any reply to it: one
+// statement starting with DO or CALL (transaction control in a procedure
+// or DO block), VACUUM, CLUSTER or REINDEX (a transaction per table), COMMIT
+// or ROLLBACK (PREPARED), or a CREATE, DROP, ALTER or REFRESH naming
+// CONCURRENTLY, DATABASE, TABLESPACE, SYSTEM or SUBSCRIPTION: the
+// statements PostgreSQL refuses inside a transaction block because they
+// commit as they go. Eager: any such word outside strings and comments
+// counts for the latter. A Query of several statements cannot (see
+// above). Most statements start with another word, and only that word is
+// read. It allocates nothing.
+func commitsBeforeAnswer(q []byte) bool {
+	l := sqlLexer{q: q}
+	w, k := l.next()
+	if k != tokWord {
+		return false
+	}
+	commits := false
+	for _, s := range [...]string{"do", "call", "vacuum", "cluster", "reindex", "commit", "rollback"} {
+		commits = commits || eqFold(w, s)
+	}
+	named := !commits && (eqFold(w, "create") || eqFold(w, "drop") || eqFold(w, "alter") || eqFold(w, "refresh"))
+	if !commits && !named {
+		return false
+	}
+	// The lexer, not oneStatement: a DO block's body holds semicolons.
+	ended := false
+	for {
+		w, k := l.next()
+		switch k {
+		case tokEOF:
+			return commits
+		case tokSemicolon:
+			ended = true
+			continue
+		}
+		if ended {
+			return false // a second statement: one implicit block
+		}
+		if named && k == tokWord {
+			for _, s := range [...]string{"concurrently", "database", "tablespace", "system", "subscription"} {
+				commits = commits || eqFold(w, s)
+			}
+		}
+	}
 }
 
 // retryableFirstReply reports whether what an armed backend sent, in b's
@@ -220,6 +291,11 @@ func (c *clientConn) failFreshLocked(b *backend) bool {
 	b.replayed = true
 	c.replay.armed, c.replay.pending = false, true
 	c.replay.tries++
+	if c.cancels.n > 0 {
+		// A cancel request for this request is being sent to b, which
+		// will never act on it: the request must not run elsewhere.
+		c.replay.canceled = true
+	}
 	if c.writing {
 		return false
 	}
@@ -301,10 +377,23 @@ func (c *clientConn) spliceReplay() bool {
 		c.mu.Unlock()
 		return false
 	}
-	c.replay.pending, c.replay.again = false, true
+	canceled := c.replay.canceled
+	c.replay.pending, c.replay.again, c.replay.canceled = false, !canceled, false
 	c.mu.Unlock()
-	return c.replay.spliceInto(&c.in)
+	kept := c.replay.spliceInto(&c.in)
+	if canceled && kept {
+		// The client cancelled it: dropped up to its end and answered
+		// with 57014, as a cancelled wait for a backend is (discard).
+		c.stream.discard.on, c.stream.discard.err = true, errReplayCanceled
+	}
+	return kept
 }
+
+// errReplayCanceled is what a client gets for a request it cancelled while
+// the request was to be sent again (never modified: acquireErrorResponse
+// copies it).
+var errReplayCanceled = newError(pgwire.CodeQueryCanceled, "canceling statement due to user request",
+	"the server connection ended before the statement ran, and the cancelled statement was not sent again")
 
 // spliceInto moves the kept request, buf, in front of in's unread bytes
 // and reports whether it held any. Client reader only (buf and in are

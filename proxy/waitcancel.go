@@ -33,7 +33,8 @@ var errWaitCanceled = newError(pgwire.CodeQueryCanceled, "canceling statement du
 	"the statement waited for a server connection (the pool was busy) and was not sent")
 
 // cancelWaiting marks the client's waiting request as cancelled and wakes
-// its wait, and reports whether a request was waiting (never while the
+// its wait, or marks a request waiting for its replay (replay.go) as
+// cancelled, and reports whether a request was waiting (never while the
 // client holds a backend). handleCancel calls it when it forwarded no
 // cancel to a backend.
 func (c *clientConn) cancelWaiting() bool {
@@ -43,6 +44,12 @@ func (c *clientConn) cancelWaiting() bool {
 		return false
 	}
 	switch {
+	case c.replay.pending:
+		// Its backend died before answering and the request waits to be
+		// sent again: it is answered with 57014 instead (spliceReplay).
+		c.replay.canceled = true
+		c.mu.Unlock()
+		return true
 	case c.wait.cancel != nil:
 		c.wait.canceled = true
 		c.wait.cancel(errWaitCanceledCause)
