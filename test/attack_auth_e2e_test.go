@@ -1,0 +1,348 @@
+package e2e
+
+// Hostile clients against startup, authentication, client TLS and the
+// admin console: raw bytes over net.Conn, compared with what PostgreSQL
+// itself answers the same bytes wherever PostgreSQL has an answer, and
+// after each attack the proxy still counts its slots right and a normal
+// login still works.
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/xdg-go/scram"
+)
+
+// aaStep is one write of a raw exchange. single: the answer expected is
+// one byte ('S' or 'N', to an SSLRequest or GSSENCRequest), not a message.
+type aaStep struct {
+	out    []byte
+	single bool
+}
+
+// aaPacket frames a startup packet: its length, then code, then body.
+func aaPacket(code uint32, body ...byte) []byte {
+	b := binary.BigEndian.AppendUint32(nil, uint32(8+len(body)))
+	b = binary.BigEndian.AppendUint32(b, code)
+	return append(b, body...)
+}
+
+// aaParams is a startup packet body of name/value pairs and the terminator.
+func aaParams(kv ...string) []byte {
+	var b []byte
+	for _, s := range kv {
+		b = append(append(b, s...), 0)
+	}
+	return append(b, 0)
+}
+
+// aaStartup is a StartupMessage of protocol major.minor with kv.
+func aaStartup(major, minor uint16, kv ...string) []byte {
+	return aaPacket(uint32(major)<<16|uint32(minor), aaParams(kv...)...)
+}
+
+const (
+	aaCodeSSL    = 80877103
+	aaCodeGSSEnc = 80877104
+	aaCodeCancel = 80877102
+)
+
+// aaExchange runs steps against addr and describes, one word per answer,
+// what came back: "S" / "N" for single bytes, "E:<SQLSTATE>" for an
+// ErrorResponse, "R<n>" for an authentication request, "v" for
+// NegotiateProtocolVersion, and last "closed" or "open" (nothing more within
+// a short wait). It returns the error messages too.
+func aaExchange(t *testing.T, addr string, steps ...aaStep) (shape string, msgs []string) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var words []string
+	for i, st := range steps {
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Write(st.out); err != nil {
+			words = append(words, "write-failed")
+			return strings.Join(words, " "), msgs
+		}
+		if !st.single {
+			continue
+		}
+		var b [1]byte
+		if _, err := io.ReadFull(c, b[:]); err != nil {
+			words = append(words, "closed")
+			return strings.Join(words, " "), msgs
+		}
+		if b[0] != 'S' && b[0] != 'N' {
+			// A message instead (an ErrorResponse): read it below.
+			return aaReadRest(c, io.MultiReader(bytes.NewReader(b[:]), c), words, msgs)
+		}
+		words = append(words, string(b[:]))
+		if i == len(steps)-1 {
+			break
+		}
+	}
+	return aaReadRest(c, c, words, msgs)
+}
+
+// aaReadRest reads messages until the connection closes, or nothing comes
+// for 500ms, or an authentication request (the login goes on: "open").
+func aaReadRest(c net.Conn, r io.Reader, words, msgs []string) (string, []string) {
+	var hdr [5]byte
+	for {
+		c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+		if _, err := io.ReadFull(r, hdr[:]); err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				words = append(words, "open")
+			} else {
+				words = append(words, "closed")
+			}
+			return strings.Join(words, " "), msgs
+		}
+		n := int(binary.BigEndian.Uint32(hdr[1:])) - 4
+		if n < 0 || n > 1<<20 {
+			words = append(words, fmt.Sprintf("bad-length(%c,%d)", hdr[0], n))
+			return strings.Join(words, " "), msgs
+		}
+		body := make([]byte, n)
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadFull(r, body); err != nil {
+			words = append(words, "truncated")
+			return strings.Join(words, " "), msgs
+		}
+		switch hdr[0] {
+		case 'E':
+			var e pgproto3.ErrorResponse
+			_ = e.Decode(body)
+			words = append(words, "E:"+e.Code)
+			msgs = append(msgs, e.Code+" "+e.Message)
+		case 'R':
+			words = append(words, "R"+strconv.Itoa(int(binary.BigEndian.Uint32(body))))
+		case 'v':
+			words = append(words, "v")
+		default:
+			words = append(words, string(hdr[:1]))
+		}
+	}
+}
+
+// aaDirect is the shared cluster's TCP address.
+func aaDirect() string { return net.JoinHostPort(pg.Host, strconv.Itoa(pg.Port)) }
+
+// aaMsg frames a frontend message of type typ.
+func aaMsg(typ byte, body []byte) []byte {
+	b := append([]byte{typ}, 0, 0, 0, 0)
+	binary.BigEndian.PutUint32(b[1:], uint32(4+len(body)))
+	return append(b, body...)
+}
+
+// aaSASLInitial is a SASLInitialResponse for mech with data.
+func aaSASLInitial(mech, data string) []byte {
+	body := append([]byte(mech), 0)
+	body = binary.BigEndian.AppendUint32(body, uint32(len(data)))
+	return aaMsg('p', append(body, data...))
+}
+
+// aaSCRAM drives a SCRAM login as user (database app) on addr, password
+// being what the client proves. initial makes the first message from the
+// client-first-message a real client would send (nil: send it as it is);
+// final makes the second from the real client-final-message and the
+// server-first-message (nil: as it is). It returns the shape of what came
+// back (aaReadRest's words, "R11" for the server-first-message) and the
+// error messages.
+func aaSCRAM(t *testing.T, addr, user, password string, initial func(first string) []byte, final func(final, serverFirst string) []byte) (string, []string) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Write(aaStartup(3, 0, "user", user, "database", "app")); err != nil {
+		t.Fatal(err)
+	}
+	fe := pgproto3.NewFrontend(c, c)
+	msg, err := fe.Receive()
+	if _, ok := msg.(*pgproto3.AuthenticationSASL); err != nil || !ok {
+		t.Fatalf("%s: want AuthenticationSASL, got %#v, %v", addr, msg, err)
+	}
+	client, err := scram.SHA256.NewClient("", password, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	conv := client.NewConversation()
+	first, _ := conv.Step("")
+	out := aaSASLInitial("SCRAM-SHA-256", first)
+	if initial != nil {
+		out = initial(first)
+	}
+	if _, err := c.Write(out); err != nil {
+		return "write-failed", nil
+	}
+	msg, err = fe.Receive()
+	cont, ok := msg.(*pgproto3.AuthenticationSASLContinue)
+	if err != nil || !ok {
+		var words, msgs []string
+		if e, ok := msg.(*pgproto3.ErrorResponse); ok {
+			words, msgs = append(words, "E:"+e.Code), append(msgs, e.Code+" "+e.Message)
+		} else if err != nil {
+			words = append(words, "closed")
+			return strings.Join(words, " "), msgs
+		}
+		return aaReadRest(c, c, words, msgs)
+	}
+	serverFirst := string(cont.Data)
+	if initial != nil {
+		// The client-first-message was not the conversation's own.
+		return "R11 stop", nil
+	}
+	fin, err := conv.Step(serverFirst)
+	if err != nil {
+		t.Fatalf("client-final: %v", err)
+	}
+	out = aaMsg('p', []byte(fin))
+	if final != nil {
+		out = final(fin, serverFirst)
+	}
+	if _, err := c.Write(out); err != nil {
+		return "R11 write-failed", nil
+	}
+	return aaReadRest(c, c, []string{"R11"}, nil)
+}
+
+// aaConsole logs in to p's admin console as app and returns the raw
+// connection, ready for a query.
+func aaConsole(t *testing.T, p *Proxy) net.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	pc, err := pgconn.Connect(ctx, p.URL("app", "app", "pgsidecar"))
+	if err != nil {
+		t.Fatalf("console login: %v", err)
+	}
+	hc, err := pc.Hijack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { hc.Conn.Close() })
+	return hc.Conn
+}
+
+// aaLoginRaw logs in to url with pgconn and returns the raw connection
+// (pgconn.Hijack), ready for a message; closed at cleanup.
+func aaLoginRaw(t *testing.T, url string) net.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	pc, err := pgconn.Connect(ctx, url)
+	if err != nil {
+		t.Fatalf("login %s: %v", redact(url), err)
+	}
+	hc, err := pc.Hijack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { hc.Conn.Close() })
+	return hc.Conn
+}
+
+// aaFatalThenClose reads what c answers to out: it must be one FATAL
+// ErrorResponse and then the end of the connection. It returns
+// "SQLSTATE message", or fails.
+func aaFatalThenClose(t *testing.T, c net.Conn, what string, out []byte) string {
+	t.Helper()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Write(out); err != nil {
+		t.Fatalf("%s: write: %v", what, err)
+	}
+	fe := pgproto3.NewFrontend(c, c)
+	msg, err := fe.Receive()
+	if err != nil {
+		t.Fatalf("%s: no answer, the connection just ended: %v", what, err)
+	}
+	e, ok := msg.(*pgproto3.ErrorResponse)
+	if !ok || e.Severity != "FATAL" {
+		t.Fatalf("%s: got %#v, want a FATAL ErrorResponse", what, msg)
+	}
+	if msg, err := fe.Receive(); err == nil {
+		t.Fatalf("%s: after the FATAL: %#v, want the connection closed", what, msg)
+	} else if !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("%s: after the FATAL: %v, want the connection closed", what, err)
+	}
+	return e.Code + " " + e.Message
+}
+
+// TestAttackAuthConsoleUndecodableMessage: a message the admin console
+// cannot decode (longer than the 10000 bytes a console message may be, of
+// a type the protocol does not have, a Query without its terminating NUL)
+// ends the session with FATAL 08P01 that says why, as PostgreSQL ends a
+// session with "invalid frontend message type" (compared with a direct
+// connection), and is logged; the session never just vanishes. The slot
+// of each session is given back: max_client_conn logins work after.
+func TestAttackAuthConsoleUndecodableMessage(t *testing.T) {
+	const maxClients = 2
+	p := StartProxy(t, WithEnv("PGSIDECAR_POOL__MAX_CLIENT_CONN", strconv.Itoa(maxClients)))
+	console := p.URL("app", "app", "pgsidecar")
+
+	unknownType := aaMsg('z', nil)
+	direct := aaFatalThenClose(t, aaLoginRaw(t, pg.URL("app", "app", "app")), "PostgreSQL: unknown type", unknownType)
+	got := aaFatalThenClose(t, aaLoginRaw(t, console), "console: unknown type", unknownType)
+	if got[:5] != direct[:5] || !strings.Contains(got, "z") {
+		t.Errorf("console, message type 'z': %q; PostgreSQL answers %q", got, direct)
+	}
+	for _, tc := range []struct {
+		name string
+		out  []byte
+	}{
+		{"a Query of 20000 bytes", aaMsg('Q', append([]byte("SHOW POOLS"+strings.Repeat(" ", 20000)), 0))},
+		{"a Query without its NUL", aaMsg('Q', []byte("SHOW POOLS"))},
+	} {
+		if got := aaFatalThenClose(t, aaLoginRaw(t, console), "console: "+tc.name, tc.out); !strings.HasPrefix(got, "08P01 ") {
+			t.Errorf("console, %s: %q, want 08P01", tc.name, got)
+		}
+	}
+	if !p.Logs.ContainsWithin("admin console: invalid message", 2*time.Second) {
+		t.Errorf("the refused console messages are not logged")
+	}
+	aaLoginsStillWork(t, p, maxClients)
+}
+
+// aaLoginsStillWork checks that the proxy counts no connection as logging
+// in any more and that n clients (max_client_conn) log in and query at once.
+func aaLoginsStillWork(t *testing.T, p *Proxy, n int) {
+	t.Helper()
+	waitFor(t, 10*time.Second, "clients_logging_in back to 0", func() bool { return clientsStat(t, p, "clients_logging_in") == 0 })
+	waitFor(t, 10*time.Second, "clients_total back to 0", func() bool { return clientsStat(t, p, "clients_total") == 0 })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var conns []*pgconn.PgConn
+	defer func() {
+		for _, c := range conns {
+			c.Close(ctx)
+		}
+	}()
+	for i := 0; i < n; i++ {
+		c, err := pgconn.Connect(ctx, p.AppURL())
+		if err != nil {
+			t.Fatalf("login %d of %d after the attack: %v", i+1, n, err)
+		}
+		conns = append(conns, c)
+		if _, err := c.Exec(ctx, "SELECT 1").ReadAll(); err != nil {
+			t.Fatalf("query %d of %d after the attack: %v", i+1, n, err)
+		}
+	}
+}
