@@ -346,3 +346,27 @@ func aaLoginsStillWork(t *testing.T, p *Proxy, n int) {
 		}
 	}
 }
+
+// TestAttackAuthSCRAMUnboundChannelBindingAttribute: a client that chose
+// SCRAM-SHA-256 without channel binding ("n,," in its first message) must
+// send c=biws in its final one. Anything else is a malformed message, not
+// a failed channel binding check (there is no binding, and in plain text
+// no certificate): PostgreSQL answers 08P01 "unexpected SCRAM
+// channel-binding attribute in client-final-message", and so must the
+// proxy, not 28000 with a hint about TLS-intercepting middleboxes.
+// Compared with a direct connection; the login works after.
+func TestAttackAuthSCRAMUnboundChannelBindingAttribute(t *testing.T) {
+	p := StartProxy(t)
+	for _, c := range []string{"eSws" /* "y,," */, "Zm9vLCw=" /* "foo,," */, "cD10bHMtc2VydmVyLWVuZC1wb2ludCwsAAAA" /* "p=tls-server-end-point,,\0\0\0" */} {
+		final := func(f, _ string) []byte { return aaMsg('p', []byte("c="+c+f[strings.Index(f, ",r="):])) }
+		wantShape, want := aaSCRAM(t, aaDirect(), "app", "app", nil, final)
+		gotShape, got := aaSCRAM(t, p.Addr, "app", "app", nil, final)
+		if wantShape != "R11 E:08P01 closed" {
+			t.Fatalf("PostgreSQL answers c=%s with %s %q: the test's premise does not hold", c, wantShape, want)
+		}
+		if gotShape != wantShape || len(got) != 1 || got[0] != want[0] {
+			t.Errorf("c=%s after n,,: proxy %s %q, PostgreSQL %s %q", c, gotShape, got, wantShape, want)
+		}
+	}
+	aaLoginsStillWork(t, p, 1)
+}
