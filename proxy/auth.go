@@ -383,6 +383,14 @@ func authSCRAMWith(sm *startupMessage, creds scram.StoredCredentials, known bool
 		if serverFinal == scram.ErrInvalidProof {
 			return false, nil, nil // wrong password, or a user that is not configured
 		}
+		if serverFinal == scram.ErrChannelBindingsDontMatch && !usesBinding {
+			// No binding was chosen ("n" or "y"), so c= must be that
+			// header: another value is a malformed message, not a
+			// binding to the wrong certificate (PostgreSQL's words and
+			// code).
+			return false, nil, newFatal(pgwire.CodeProtocolViolation,
+				"unexpected SCRAM channel-binding attribute in client-final-message", authProtocolHint)
+		}
 		if serverFinal == scram.ErrChannelBindingsDontMatch {
 			// PostgreSQL's words and code. The client bound to another certificate
 			// than the one the proxy served: a man in the middle, or a
