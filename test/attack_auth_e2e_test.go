@@ -370,3 +370,32 @@ func TestAttackAuthSCRAMUnboundChannelBindingAttribute(t *testing.T) {
 	}
 	aaLoginsStillWork(t, p, 1)
 }
+
+// TestAttackAuthUnsupportedProtocolCode: a startup packet of a protocol
+// the server does not speak (4.0; 1234.5677, a code beside the special
+// request codes; an SSLRequest again after the 'N', which PostgreSQL reads
+// as protocol 1234.5679 once negotiation is over) is refused with FATAL
+// 0A000 (feature not supported), the code PostgreSQL uses for
+// "unsupported frontend protocol", and the connection closed. Compared
+// with a direct connection (tls.mode disable on both sides). Protocol 2.0
+// is left out: PostgreSQL answers it in the version-2 format.
+func TestAttackAuthUnsupportedProtocolCode(t *testing.T) {
+	p := StartProxy(t)
+	for _, tc := range []struct {
+		name  string
+		steps []aaStep
+	}{
+		{"protocol 4.0", []aaStep{{out: aaStartup(4, 0, "user", "app", "database", "app")}}},
+		{"protocol 1234.5677", []aaStep{{out: aaPacket(1234<<16 | 5677)}}},
+		{"a second SSLRequest", []aaStep{{out: aaPacket(aaCodeSSL), single: true}, {out: aaPacket(aaCodeSSL), single: true}}},
+	} {
+		wantShape, want := aaExchange(t, aaDirect(), tc.steps...)
+		if !strings.HasSuffix(wantShape, "E:0A000 closed") {
+			t.Fatalf("%s: PostgreSQL answers %s %q: the test's premise does not hold", tc.name, wantShape, want)
+		}
+		if gotShape, got := aaExchange(t, p.Addr, tc.steps...); gotShape != wantShape {
+			t.Errorf("%s: proxy %s %q, PostgreSQL %s %q", tc.name, gotShape, got, wantShape, want)
+		}
+	}
+	aaLoginsStillWork(t, p, 1)
+}
