@@ -399,3 +399,38 @@ func TestAttackAuthUnsupportedProtocolCode(t *testing.T) {
 	}
 	aaLoginsStillWork(t, p, 1)
 }
+
+// TestAttackAuthBadStartupFloodLogIsRateLimited: anyone can send the port
+// a startup packet the proxy refuses with an answer (a protocol it does
+// not speak, no user name, a malformed CancelRequest, an options switch it
+// refuses) as often as they like, like the junk it closes in silence. Each
+// such client still gets its ErrorResponse, but the log says so at most
+// once per 10 s with the number it left out, as for junk: a flood must not
+// flood the log. Bounded: 3 x 40 connections.
+func TestAttackAuthBadStartupFloodLogIsRateLimited(t *testing.T) {
+	p := StartProxy(t)
+	const n = 40
+	kinds := []struct {
+		name string
+		out  []byte
+		code string
+	}{
+		{"protocol 4.0", aaStartup(4, 0, "user", "app"), "0A000"},
+		{"no user", aaStartup(3, 0, "database", "app"), "28000"},
+		{"CancelRequest of 12 bytes", aaPacket(aaCodeCancel, 0, 0, 0, 1), "08P01"},
+	}
+	before := p.Logs.Count(`"msg":"client rejected"`)
+	for _, k := range kinds {
+		for i := 0; i < n; i++ {
+			shape, msgs := aaExchange(t, p.Addr, aaStep{out: k.out})
+			if shape != "E:"+k.code+" closed" {
+				t.Fatalf("%s, attempt %d: %s %q, want E:%s closed", k.name, i+1, shape, msgs, k.code)
+			}
+		}
+	}
+	// One line per interval; the run may straddle an interval's end.
+	if got := p.Logs.Count(`"msg":"client rejected"`) - before; got > 2*len(kinds) {
+		t.Errorf("%d bad startup packets were logged in %d lines, want them rate limited", n*len(kinds), got)
+	}
+	aaLoginsStillWork(t, p, 1)
+}
