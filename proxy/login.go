@@ -425,11 +425,17 @@ func (c *clientConn) bindSession() error {
 }
 
 // rejectStartup tells a client why it cannot go on, and logs it once.
+// lg nil means admit refused the connection before it logged in as
+// anyone (a protocol the proxy does not speak, no user, a malformed
+// packet): anyone can send that as often as they like, so like junk it is
+// logged at most once per junkLog interval, while each client still gets
+// its answer.
 func (s *Server) rejectStartup(conn net.Conn, lg *slog.Logger, err error) {
 	if errors.Is(err, io.EOF) {
 		return // a TCP health check: connect and close
 	}
 	s.stats.rejected.Add(1)
+	unnamed := lg == nil
 	if lg == nil {
 		lg = s.log.With("client", conn.RemoteAddr().String())
 	}
@@ -456,7 +462,12 @@ func (s *Server) rejectStartup(conn net.Conn, lg *slog.Logger, err error) {
 		}
 		return
 	}
-	lg.Info("client rejected", "code", pe.Code, "reason", pe.Message)
+	if !unnamed {
+		lg.Info("client rejected", "code", pe.Code, "reason", pe.Message)
+	} else if ok, held := s.junkLog.allow(time.Now()); ok {
+		lg.Info("client rejected", "code", pe.Code, "reason", pe.Message,
+			"dropped_unlogged", held, "log_interval", s.junkLog.interval)
+	}
 	conn.SetWriteDeadline(time.Now().Add(time.Second))
 	conn.Write(pe.appendTo(nil))
 }
