@@ -434,3 +434,59 @@ func TestAttackAuthBadStartupFloodLogIsRateLimited(t *testing.T) {
 	}
 	aaLoginsStillWork(t, p, 1)
 }
+
+// TestAttackAuthThrottledLoginsLogIsRateLimited: an address that keeps
+// trying after failed logins is refused at once with 28000 (the
+// failed-login brake) while its wait would outlast the login timeout. That
+// refusal is exactly what a password-guessing flood gets, as fast as it
+// can connect: each attempt is told and counted (logins_throttled), but
+// the log says so at most once per 10 s with the number left out, like
+// the warning about an address reaching the maximum delay. Then the
+// address logs in with the right password. Bounded: 50 attempts.
+func TestAttackAuthThrottledLoginsLogIsRateLimited(t *testing.T) {
+	p := StartProxy(t,
+		WithEnv("PGSIDECAR_AUTH__FAILED_LOGIN_DELAY_LOOPBACK", "true"),
+		WithEnv("PGSIDECAR_AUTH__FAILED_LOGIN_DELAY", "500ms"),
+		WithEnv("PGSIDECAR_AUTH__FAILED_LOGIN_DELAY_MAX", "8s"),
+		WithEnv("PGSIDECAR_POOL__CLIENT_LOGIN_TIMEOUT", "3s"))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for i := 0; i < 3; i++ {
+		_, err := pgconn.Connect(ctx, p.URL("app", "wrong", "app"))
+		if got := sqlState(err); got != "28P01" {
+			t.Fatalf("wrong password %d: %v, want 28P01", i+1, err)
+		}
+	}
+	const n = 50
+	refused := 0
+	for i := 0; i < n; i++ {
+		shape, msgs := aaExchange(t, p.Addr, aaStep{out: aaStartup(3, 0, "user", "app", "database", "app")})
+		if shape == "E:28000 closed" && strings.Contains(msgs[0], "too many failed logins") {
+			refused++
+		}
+	}
+	if refused < n/2 {
+		t.Fatalf("only %d of %d attempts after 3 failures were refused by the brake: the test's premise does not hold", refused, n)
+	}
+	if got := p.Logs.Count("too many failed logins"); got > 2 {
+		t.Errorf("%d refused attempts were logged in %d lines, want them rate limited", refused, got)
+	}
+	stats, _ := p.Stats(t)["clients"].(map[string]any)
+	if got, _ := num(stats, "logins_throttled"); int(got) < refused {
+		t.Errorf("logins_throttled %v, want at least the %d refusals", got, refused)
+	}
+	// The brake lets the address in once its wait fits the login timeout.
+	var err error
+	if !testEventually(20*time.Second, func() bool {
+		var c *pgconn.PgConn
+		if c, err = pgconn.Connect(ctx, p.AppURL()); err == nil {
+			c.Close(ctx)
+			return true
+		}
+		time.Sleep(500 * time.Millisecond)
+		return false
+	}) {
+		t.Fatalf("the right password is still refused: %v", err)
+	}
+	aaLoginsStillWork(t, p, 1)
+}
