@@ -490,3 +490,44 @@ func TestAttackAuthThrottledLoginsLogIsRateLimited(t *testing.T) {
 	}
 	aaLoginsStillWork(t, p, 1)
 }
+
+// TestAttackAuthPassthroughNonUTF8RoleName: under auth.passthrough a user
+// name that is not valid UTF-8 is no role the auth query can find (the
+// server refuses such bytes as a parameter: 22021), and must be refused
+// like any unknown role: the same SCRAM exchange and 28P01, as PostgreSQL
+// answers directly (compared). Answering 08006 "could not look up the
+// password" instead tells the client something else went on, and warns
+// the operator of an unreachable database at every such attempt. The
+// role still logs in after.
+func TestAttackAuthPassthroughNonUTF8RoleName(t *testing.T) {
+	setupPassthroughRoles(t, "alice:alice-pw")
+	p := startPassthroughProxy(t, "30s")
+	for _, user := range []string{"\xff\xfe", "al\xe9ice"} {
+		wantShape, want := aaSCRAM(t, aaDirect(), user, "alice-pw", nil, nil)
+		if wantShape != "R11 E:28P01 closed" {
+			t.Fatalf("user %q directly: %s %q: the test's premise does not hold", user, wantShape, want)
+		}
+		if gotShape, got := aaSCRAMOrRefusal(t, p.Addr, user, "alice-pw"); gotShape != wantShape {
+			t.Errorf("user %q: proxy %s %q, PostgreSQL %s %q", user, gotShape, got, wantShape, want)
+		}
+	}
+	if p.Logs.ContainsWithin("looking up the role's password failed", time.Second) {
+		t.Errorf("a user name that is not UTF-8 was logged as a failed lookup")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if role, err := loginUser(ctx, p.URL("alice", "alice-pw", "app")); err != nil || role != "alice" {
+		t.Errorf("alice after the attempts: %q, %v", role, err)
+	}
+}
+
+// aaSCRAMOrRefusal is aaSCRAM, or the shape of an ErrorResponse sent in
+// place of the AuthenticationSASL request.
+func aaSCRAMOrRefusal(t *testing.T, addr, user, password string) (string, []string) {
+	t.Helper()
+	shape, msgs := aaExchange(t, addr, aaStep{out: aaStartup(3, 0, "user", user, "database", "app")})
+	if !strings.HasPrefix(shape, "R10") {
+		return shape, msgs
+	}
+	return aaSCRAM(t, addr, user, password, nil, nil)
+}
