@@ -111,6 +111,17 @@ func (s *Server) serveAdmin(conn net.Conn, sm *startupMessage, lg *slog.Logger, 
 	for {
 		msg, err := sm.backend.Receive()
 		if err != nil {
+			if !isConnError(err) {
+				// pgproto3 could not decode the message (too long for
+				// the backend's 10000-byte limit, an unknown type, a
+				// malformed body): say so, as PostgreSQL does, rather
+				// than vanish.
+				lg.Info("admin console: invalid message; session closed", "err", err)
+				conn.SetWriteDeadline(time.Now().Add(time.Second))
+				conn.Write(newFatal(pgwire.CodeProtocolViolation,
+					"invalid message on the admin console: "+err.Error(),
+					"the console answers simple queries of at most 10000 bytes").appendTo(nil))
+			}
 			return
 		}
 		var out []byte

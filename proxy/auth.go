@@ -228,14 +228,21 @@ func authReceive(b *pgproto3.Backend, want string) (pgproto3.FrontendMessage, er
 		}
 		return msg, nil
 	}
-	var netErr net.Error
-	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.ErrClosedPipe) ||
-		errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &netErr) {
+	if isConnError(err) {
 		// psql does this on purpose: it hangs up when asked for a password it
 		// does not have, prompts the user, and connects again.
 		return nil, fmt.Errorf("read %s: %w", want, err)
 	}
 	return nil, newFatal(pgwire.CodeProtocolViolation, fmt.Sprintf("invalid %s: %v", want, err), authProtocolHint)
+}
+
+// isConnError reports whether an error of pgproto3.Backend.Receive is the
+// connection's (the client left, a deadline passed), where nobody can be
+// told anything, rather than a message it could not decode.
+func isConnError(err error) bool {
+	var netErr net.Error
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.ErrClosedPipe) ||
+		errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &netErr)
 }
 
 // authUnexpected reports a message of the wrong type during authentication.
@@ -375,6 +382,14 @@ func authSCRAMWith(sm *startupMessage, creds scram.StoredCredentials, known bool
 	if err != nil {
 		if serverFinal == scram.ErrInvalidProof {
 			return false, nil, nil // wrong password, or a user that is not configured
+		}
+		if serverFinal == scram.ErrChannelBindingsDontMatch && !usesBinding {
+			// No binding was chosen ("n" or "y"), so c= must be that
+			// header: another value is a malformed message, not a
+			// binding to the wrong certificate (PostgreSQL's words and
+			// code).
+			return false, nil, newFatal(pgwire.CodeProtocolViolation,
+				"unexpected SCRAM channel-binding attribute in client-final-message", authProtocolHint)
 		}
 		if serverFinal == scram.ErrChannelBindingsDontMatch {
 			// PostgreSQL's words and code. The client bound to another certificate

@@ -127,7 +127,9 @@ func (s *Server) admitLogin(sock net.Conn, t *ClientTLS, e *connEnd) (net.Conn, 
 			// handshake: no plain-text answer can be sent there.)
 			err = errCannotConnectNow()
 		}
-		s.rejectStartup(conn, nil, err)
+		// Before the client logged in as anyone: it may be anyone, as
+		// often as they like, as for junk.
+		s.rejectRepeatable(conn, nil, &s.junkLog, err)
 		return conn, nil
 	}
 	return conn, sm
@@ -199,7 +201,8 @@ func loginTargetOf(live *Config, sm *startupMessage) loginTarget {
 func (s *Server) authenticateLogin(conn net.Conn, sm *startupMessage, lg *slog.Logger, live *Config, deadline time.Time, t *loginTarget) (keys pool.ScramKeys, ok bool) {
 	brakeKey, braked, err := s.brakeLogin(conn, lg, live, deadline)
 	if err != nil {
-		s.rejectStartup(conn, lg, err)
+		// A guessing flood is refused here as fast as it connects.
+		s.rejectRepeatable(conn, lg, &s.throttleLog, err)
 		return keys, false
 	}
 	if t.verifiers != nil {
@@ -426,6 +429,15 @@ func (c *clientConn) bindSession() error {
 
 // rejectStartup tells a client why it cannot go on, and logs it once.
 func (s *Server) rejectStartup(conn net.Conn, lg *slog.Logger, err error) {
+	s.rejectRepeatable(conn, lg, nil, err)
+}
+
+// rejectRepeatable is rejectStartup for a refusal that anyone can cause
+// as often as they like (admit's refusals of a startup packet, the
+// failed-login brake's of a guessing flood): each client still gets its
+// answer, but the log line goes through lim, one per interval with the
+// number left out. A nil lim logs every refusal.
+func (s *Server) rejectRepeatable(conn net.Conn, lg *slog.Logger, lim *logLimiter, err error) {
 	if errors.Is(err, io.EOF) {
 		return // a TCP health check: connect and close
 	}
@@ -456,7 +468,12 @@ func (s *Server) rejectStartup(conn net.Conn, lg *slog.Logger, err error) {
 		}
 		return
 	}
-	lg.Info("client rejected", "code", pe.Code, "reason", pe.Message)
+	if lim == nil {
+		lg.Info("client rejected", "code", pe.Code, "reason", pe.Message)
+	} else if ok, held := lim.allow(time.Now()); ok {
+		lg.Info("client rejected", "code", pe.Code, "reason", pe.Message,
+			"dropped_unlogged", held, "log_interval", lim.interval)
+	}
 	conn.SetWriteDeadline(time.Now().Add(time.Second))
 	conn.Write(pe.appendTo(nil))
 }

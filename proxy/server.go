@@ -69,11 +69,14 @@ type Server struct {
 
 	cancelLog logLimiter // unmatched cancel requests
 
-	brake    *loginBrake   // failed logins per source address
-	brakeLog logLimiter    // addresses reaching the maximum delay
-	quit     chan struct{} // closed when Shutdown or Close begins: ends brake waits
-	sweep    sweeper       // the client timeouts' goroutine (timeouts.go)
-	park     parker        // idle clients without a goroutine (park.go)
+	brake    *loginBrake // failed logins per source address
+	brakeLog logLimiter  // addresses reaching the maximum delay
+	// throttleLog: logins the brake refused (a guessing flood gets one
+	// per connection).
+	throttleLog logLimiter
+	quit        chan struct{} // closed when Shutdown or Close begins: ends brake waits
+	sweep       sweeper       // the client timeouts' goroutine (timeouts.go)
+	park        parker        // idle clients without a goroutine (park.go)
 }
 
 // New checks cfg and returns a Server that is not yet listening.
@@ -95,6 +98,7 @@ func New(cfg Config) (*Server, error) {
 		cancelLog:   logLimiter{interval: cancelLogInterval},
 		brake:       newLoginBrake(),
 		brakeLog:    logLimiter{interval: cancelLogInterval},
+		throttleLog: logLimiter{interval: cancelLogInterval},
 		quit:        make(chan struct{}),
 		sweep:       newSweeper(),
 		junkLog:     logLimiter{interval: cancelLogInterval},

@@ -138,7 +138,10 @@ func admit(conn net.Conn, maxBodyLen int, t *ClientTLS) (net.Conn, *startupMessa
 				if tc != nil {
 					why, hint = "the connection is already encrypted", "the client must send its StartupMessage over TLS"
 				}
-				return cur, nil, newFatal(pgwire.CodeProtocolViolation, fmt.Sprintf("duplicate %s: %s", name, why), hint)
+				// 0A000: PostgreSQL reads a request code once negotiation
+				// is over as a protocol version (1234.5679) it does not
+				// support.
+				return cur, nil, newFatal(pgwire.CodeFeatureNotSupported, fmt.Sprintf("duplicate %s: %s", name, why), hint)
 			}
 			*seen = true
 			if code == startupCodeSSL && t.Mode().Offers() && tc == nil {
@@ -279,7 +282,9 @@ func startupParseMessage(conn net.Conn, body []byte, limit int) (*startupMessage
 	version := binary.BigEndian.Uint32(body)
 	major, minor := version>>16, version&0xFFFF
 	if major != 3 {
-		return nil, newFatal(pgwire.CodeProtocolViolation,
+		// 0A000, as PostgreSQL: the packet is well formed, of a protocol
+		// not supported.
+		return nil, newFatal(pgwire.CodeFeatureNotSupported,
 			fmt.Sprintf("unsupported frontend protocol %d.%d: pgsidecar supports 3.0 (and negotiates later 3.x down to 3.0)",
 				major, minor),
 			"use a client library that speaks protocol 3 (PostgreSQL 7.4 and later); "+

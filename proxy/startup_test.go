@@ -227,7 +227,7 @@ func TestReadStartupRepeatedNegotiation(t *testing.T) {
 			<-w
 			w = startupWrite(c, startupEncode(t, tc.msg))
 			r := startupWait(t, res)
-			startupWantPgError(t, r.err, pgwire.CodeProtocolViolation, "duplicate "+tc.name)
+			startupWantPgError(t, r.err, pgwire.CodeFeatureNotSupported, "duplicate "+tc.name)
 			if err := <-w; err != nil {
 				t.Fatal(err)
 			}
@@ -295,8 +295,8 @@ func TestReadStartupMalformed(t *testing.T) {
 		{"direct tls", pgwire.CodeProtocolViolation, "TLS handshake", []byte{0x16, 0x03, 0x01, 0x02, 0x00, 0x01}},
 		{"truncated header", pgwire.CodeProtocolViolation, "incomplete startup packet", []byte{0, 0}},
 		{"truncated body", pgwire.CodeProtocolViolation, "incomplete startup packet", []byte{0, 0, 0, 40, 0, 3, 0, 0}},
-		{"protocol 2", pgwire.CodeProtocolViolation, "unsupported frontend protocol 2.0", startup(2<<16, "user", "u", "")},
-		{"protocol 4", pgwire.CodeProtocolViolation, "unsupported frontend protocol 4.0", startup(4<<16, "user", "u", "")},
+		{"protocol 2", pgwire.CodeFeatureNotSupported, "unsupported frontend protocol 2.0", startup(2<<16, "user", "u", "")},
+		{"protocol 4", pgwire.CodeFeatureNotSupported, "unsupported frontend protocol 4.0", startup(4<<16, "user", "u", "")},
 		{"no user", pgwire.CodeInvalidAuthorization, "no PostgreSQL user name", startup(3<<16, "database", "d", "")},
 		{"empty user", pgwire.CodeInvalidAuthorization, "no PostgreSQL user name", startup(3<<16, "user", "", "")},
 		{"no parameters", pgwire.CodeInvalidAuthorization, "no PostgreSQL user name", startup(3<<16, "")},
