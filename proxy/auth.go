@@ -378,6 +378,9 @@ func authSCRAMWith(sm *startupMessage, creds scram.StoredCredentials, known bool
 	if !isFinal {
 		return false, nil, authUnexpected("SASL response", msg)
 	}
+	if !wellFormedProof(final.Data) {
+		return false, nil, newFatal(pgwire.CodeProtocolViolation, "invalid SCRAM client-final-message: malformed proof", authProtocolHint)
+	}
 	serverFinal, err := conv.Step(string(final.Data))
 	if err != nil {
 		if serverFinal == scram.ErrInvalidProof {
@@ -411,6 +414,22 @@ func authSCRAMWith(sm *startupMessage, creds scram.StoredCredentials, known bool
 		return false, nil, err
 	}
 	return true, clientKey, nil
+}
+
+// wellFormedProof reports whether a client-final-message's proof (its
+// last attribute, p=) is a SHA-256 digest in base64, as PostgreSQL checks
+// it ("Malformed proof in client-final-message"). The SCRAM library
+// reports another length with an error of its own internals ("xorBytes
+// arguments must have equal length") and bad base64 with its decoder's,
+// neither of them words for the client. A message without a proof is
+// left to the library, which names what is missing.
+func wellFormedProof(final []byte) bool {
+	i := strings.LastIndex(string(final), ",p=")
+	if i < 0 {
+		return true
+	}
+	proof, err := base64.StdEncoding.DecodeString(string(final[i+3:]))
+	return err == nil && len(proof) == sha256.Size
 }
 
 // scramClientKey recovers the ClientKey from a valid exchange: the client's

@@ -531,3 +531,26 @@ func aaSCRAMOrRefusal(t *testing.T, addr, user, password string) (string, []stri
 	}
 	return aaSCRAM(t, addr, user, password, nil, nil)
 }
+
+// TestAttackAuthSCRAMMalformedProof: a client-final-message whose proof
+// is not a SHA-256 digest (too short, too long, not base64) is a
+// malformed message: PostgreSQL answers 08P01 "malformed SCRAM message"
+// ("Malformed proof in client-final-message."). The proxy answers 08P01
+// too, and its message says what was wrong, not the SCRAM library's
+// internal error ("xorBytes arguments must have equal length"), which
+// the client was given before. The login works after.
+func TestAttackAuthSCRAMMalformedProof(t *testing.T) {
+	p := StartProxy(t)
+	for _, proof := range []string{"AAAA", strings.Repeat("A", 64), "!!!!"} {
+		final := func(f, _ string) []byte { return aaMsg('p', []byte(f[:strings.LastIndex(f, ",p=")+3]+proof)) }
+		wantShape, _ := aaSCRAM(t, aaDirect(), "app", "app", nil, final)
+		gotShape, got := aaSCRAM(t, p.Addr, "app", "app", nil, final)
+		if wantShape != "R11 E:08P01 closed" {
+			t.Fatalf("PostgreSQL answers proof %q with %s: the test's premise does not hold", proof, wantShape)
+		}
+		if gotShape != wantShape || len(got) != 1 || got[0] != "08P01 invalid SCRAM client-final-message: malformed proof" {
+			t.Errorf("proof %q: proxy %s %q, want %s and a message naming the malformed proof", proof, gotShape, got, wantShape)
+		}
+	}
+	aaLoginsStillWork(t, p, 1)
+}
