@@ -215,7 +215,10 @@ func (s *Server) authPassthrough(sm *startupMessage, conn net.Conn, lg *slog.Log
 	}
 	creds, found, err := v.lookup(ctx, sm.user, lg)
 	if err != nil {
-		lg.Warn("auth.passthrough: looking up the role's password failed", "err", err)
+		if ok, held := s.lookupLog.allow(time.Now()); ok {
+			lg.Warn("auth.passthrough: looking up the role's password failed", "err", err,
+				"dropped_unlogged", held, "log_interval", s.lookupLog.interval)
+		}
 		return pool.ScramKeys{}, newFatal(pgwire.CodeConnectionFailure,
 			fmt.Sprintf("pgsidecar could not look up the password of role %q", sm.user),
 			"the database is unreachable, or auth.user cannot run auth.query; the proxy's log says which")

@@ -74,9 +74,12 @@ type Server struct {
 	// throttleLog: logins the brake refused (a guessing flood gets one
 	// per connection).
 	throttleLog logLimiter
-	quit        chan struct{} // closed when Shutdown or Close begins: ends brake waits
-	sweep       sweeper       // the client timeouts' goroutine (timeouts.go)
-	park        parker        // idle clients without a goroutine (park.go)
+	// lookupLog: auth.passthrough's failed password lookups (while the
+	// database is down, every login fails one).
+	lookupLog logLimiter
+	quit      chan struct{} // closed when Shutdown or Close begins: ends brake waits
+	sweep     sweeper       // the client timeouts' goroutine (timeouts.go)
+	park      parker        // idle clients without a goroutine (park.go)
 }
 
 // New checks cfg and returns a Server that is not yet listening.
@@ -99,6 +102,7 @@ func New(cfg Config) (*Server, error) {
 		brake:       newLoginBrake(),
 		brakeLog:    logLimiter{interval: cancelLogInterval},
 		throttleLog: logLimiter{interval: cancelLogInterval},
+		lookupLog:   logLimiter{interval: limitLogInterval},
 		quit:        make(chan struct{}),
 		sweep:       newSweeper(),
 		junkLog:     logLimiter{interval: cancelLogInterval},

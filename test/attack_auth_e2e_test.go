@@ -554,3 +554,31 @@ func TestAttackAuthSCRAMMalformedProof(t *testing.T) {
 	}
 	aaLoginsStillWork(t, p, 1)
 }
+
+// TestAttackAuthPassthroughLookupFailureLogIsRateLimited: under
+// auth.passthrough, a password lookup that fails (the auth query cannot
+// run: the database is down, or here the query names no table) fails
+// every login, and any client can make as many as it likes: each still
+// gets its 08006, but the proxy's warning about it is written at most
+// once per 10 s, with the number left out, not once per login.
+func TestAttackAuthPassthroughLookupFailureLogIsRateLimited(t *testing.T) {
+	setupPassthroughRoles(t, "alice:alice-pw")
+	p := startPassthroughProxy(t, "30s",
+		WithEnv("PGSIDECAR_AUTH__QUERY", "SELECT usename, passwd FROM no_such_table WHERE usename = $1"))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	const logins = 12
+	for i := range logins {
+		c, err := pgconn.Connect(ctx, p.URL("alice", "alice-pw", "app"))
+		if err == nil {
+			c.Close(ctx)
+			t.Fatalf("login %d succeeded with an auth query that cannot run", i+1)
+		}
+		if code := sqlState(err); code != "08006" {
+			t.Fatalf("login %d: %v (SQLSTATE %s), want 08006", i+1, err, code)
+		}
+	}
+	if got := p.Logs.Count("looking up the role's password failed"); got < 1 || got > 2 {
+		t.Errorf("%d failed logins logged the failed lookup %d times, want once (at most twice, should the 10 s interval end during the test)", logins, got)
+	}
+}
