@@ -107,8 +107,8 @@ func directAddr(t *testing.T, url string) string {
 // client of its backend could have left: its identity, LISTENs, advisory
 // locks, temp relations, SQL prepared statements, cursors, changed
 // settings, a custom option's value (PostgreSQL keeps a custom option
-// defined once set, reading '' where a fresh session reads NULL: both
-// count as "none" here).
+// defined once set, reading the empty string where a fresh session reads
+// NULL: both count as "none" here).
 const asSessionView = `SELECT concat_ws(' ',
   'user=' || current_user, 'session_user=' || session_user,
   'listen=' || (SELECT count(*) FROM pg_listening_channels()),
