@@ -12,6 +12,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -262,5 +263,86 @@ func TestAttackSessionLeaveLeaksNothing(t *testing.T) {
 			}
 			txClosePgconn(next)
 		})
+	}
+}
+
+// TestAttackNotifyFloodNonReader: in transaction mode a LISTENing client
+// that stops reading its socket while 100000 notifications of 2000 bytes
+// (200 MB) arrive on its channel costs the proxy a bounded amount of
+// memory (the README: at most 10000 undelivered notifications are queued
+// per client, more are dropped and logged), the proxy keeps serving
+// others, and the drop is logged once. When the client reads again it gets
+// notifications in the order sent, then can run a query.
+func TestAttackNotifyFloodNonReader(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	p := txStartProxy(t, "transaction", 2)
+	slow := dialRaw(t, txProxyURL(p))
+	slow.query(t, `LISTEN "flood chan"`)
+	other := txConnect(ctx, t, txProxyURL(p), nil)
+	txMustOne(ctx, t, other, "SELECT 1")
+	base, err := readMem(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := memSampler(t, p)
+	notifier := txConnect(ctx, t, txDirectURL(), nil)
+	const batches, perBatch, size = 100, 1000, 2000
+	start := time.Now()
+	deadline := time.Now().Add(90 * time.Second)
+	for i := 0; i < batches && time.Now().Before(deadline); i++ {
+		txMustExec(ctx, t, notifier, fmt.Sprintf(
+			`SELECT pg_notify('flood chan', lpad((%d * %d + g)::text, %d, '0')) FROM generate_series(1, %d) g`,
+			i, perBatch, size, perBatch))
+		if i%20 == 0 {
+			txMustOne(ctx, t, other, "SELECT 1") // the proxy serves others meanwhile
+		}
+	}
+	t.Logf("notified in %v", time.Since(start))
+	// Let the shared listener read the last of them (the drop's log line
+	// says it is there; a proxy that never drops is judged by its memory).
+	for end := time.Now().Add(20 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		if p.Logs.Contains("client does not read its notifications") {
+			break
+		}
+	}
+	time.Sleep(time.Second)
+	peak := stop()
+	t.Logf("memory before %v, peak %v", base, peak)
+	if grew := peak.rss - base.rss; grew > 100<<20 {
+		t.Errorf("RSS grew by %d MB for a client that does not read 200 MB of notifications; want it bounded by the 10000 queued (20 MB of payload, and as much being written)", grew>>20)
+	}
+	if n := p.Logs.Count("client does not read its notifications"); n != 1 {
+		t.Errorf("the drop was logged %d times, want once", n)
+	}
+	txMustOne(ctx, t, other, "SELECT 1")
+
+	// The client reads again: notifications in order, then its query.
+	_ = slow.conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+	slow.send(t, &pgproto3.Query{String: "SELECT 'after the flood'"})
+	last, got := -1, 0
+	for {
+		msg := slow.receive(t)
+		if n, ok := msg.(*pgproto3.NotificationResponse); ok {
+			v := 0
+			fmt.Sscan(strings.TrimLeft(n.Payload, "0"), &v)
+			if v <= last {
+				t.Fatalf("notification %d after %d: out of order", v, last)
+			}
+			last = v
+			got++
+			continue
+		}
+		if _, ok := msg.(*pgproto3.ReadyForQuery); ok {
+			break
+		}
+		if e, ok := msg.(*pgproto3.ErrorResponse); ok {
+			t.Fatalf("after the flood: %s %s", e.Code, e.Message)
+		}
+	}
+	t.Logf("read at %v", time.Since(start))
+	t.Logf("the slow client got %d notifications, the last %d", got, last)
+	if got == 0 || got > batches*perBatch {
+		t.Errorf("the slow client got %d notifications", got)
 	}
 }
