@@ -346,3 +346,64 @@ func TestAttackNotifyFloodNonReader(t *testing.T) {
 		t.Errorf("the slow client got %d notifications", got)
 	}
 }
+
+// asCopyCount is a step reading the table the COPY scripts fill.
+var asCopyCount = apStep{msgs: []pgproto3.FrontendMessage{apQuery("SELECT count(*), coalesce(sum(x), 0) FROM as_copy")}}
+
+func asCopyData(s string) *pgproto3.CopyData { return &pgproto3.CopyData{Data: []byte(s)} }
+
+// TestAttackSessionCopyDiff: COPY FROM STDIN misused by the client,
+// compared with PostgreSQL through the differential harness (a plain and a
+// TLS client, another client interleaving, clean backends afterwards): a
+// Query in the middle of the copy data, CopyFail (alone, and inside a
+// transaction), copy messages outside any COPY (PostgreSQL ignores them),
+// a Sync pipelined behind an extended-protocol COPY's Execute (PostgreSQL
+// ignores Sync during copy-in), a COPY followed by another statement in
+// one Query, and COPY TO STDOUT with a Query pipelined behind it.
+func TestAttackSessionCopyDiff(t *testing.T) {
+	const setup = "DROP TABLE IF EXISTS as_copy; CREATE TABLE as_copy (x int)"
+	apCheck(t,
+		apScript{name: "Query in the middle of COPY FROM STDIN", setup: setup, steps: []apStep{
+			{msgs: []pgproto3.FrontendMessage{apQuery("COPY as_copy FROM STDIN"), asCopyData("1\n2\n"),
+				apQuery("SELECT 'mid copy'"), asCopyData("3\n"), &pgproto3.CopyDone{},
+				apQuery("SELECT 'after'")}, ready: 2},
+			asCopyCount,
+		}},
+		apScript{name: "CopyFail", setup: setup, steps: []apStep{
+			{msgs: []pgproto3.FrontendMessage{apQuery("COPY as_copy FROM STDIN"), asCopyData("1\n2\n"),
+				&pgproto3.CopyFail{Message: "the client gave up"}}},
+			asCopyCount,
+		}},
+		apScript{name: "CopyFail inside a transaction", setup: setup, steps: []apStep{
+			{msgs: []pgproto3.FrontendMessage{apQuery("BEGIN; INSERT INTO as_copy VALUES (100)")}},
+			{msgs: []pgproto3.FrontendMessage{apQuery("COPY as_copy FROM STDIN"), asCopyData("1\n"),
+				&pgproto3.CopyFail{Message: "the client gave up"}}},
+			{msgs: []pgproto3.FrontendMessage{apQuery("SELECT 1")}},
+			{msgs: []pgproto3.FrontendMessage{apQuery("ROLLBACK")}},
+			asCopyCount,
+		}},
+		apScript{name: "copy messages outside a COPY", setup: setup, steps: []apStep{
+			{msgs: []pgproto3.FrontendMessage{asCopyData("7\n"), &pgproto3.CopyDone{}, &pgproto3.CopyFail{Message: "x"},
+				apQuery("SELECT 'after stray copy messages'")}},
+			asCopyCount,
+		}},
+		apScript{name: "extended COPY with Sync pipelined behind Execute", setup: setup, steps: []apStep{
+			{msgs: []pgproto3.FrontendMessage{apParse("", "COPY as_copy FROM STDIN"), apBind("", ""), apExec("", 0), apSync, apFlush,
+				asCopyData("5\n6\n"), apSync, &pgproto3.CopyDone{}, apSync}, ready: 1},
+			asCopyCount,
+			{msgs: []pgproto3.FrontendMessage{apParse("", "SELECT 'extended after the COPY'"), apBind("", ""), apExec("", 0), apSync}},
+			{msgs: []pgproto3.FrontendMessage{apParse("", "COPY as_copy FROM STDIN"), apBind("", ""), apExec("", 0), apFlush,
+				asCopyData("8\n"), &pgproto3.CopyFail{Message: "extended gave up"}, apSync}},
+			asCopyCount,
+		}},
+		apScript{name: "COPY and a statement in one Query", setup: setup, steps: []apStep{
+			{msgs: []pgproto3.FrontendMessage{apQuery("COPY as_copy FROM STDIN; SELECT 'after copy'"), asCopyData("9\n"),
+				&pgproto3.CopyDone{}}},
+			asCopyCount,
+		}},
+		apScript{name: "COPY TO STDOUT with a Query behind it", setup: setup + "; INSERT INTO as_copy SELECT generate_series(1, 5)", steps: []apStep{
+			{msgs: []pgproto3.FrontendMessage{apQuery("COPY as_copy TO STDOUT"), apQuery("SELECT 'behind'")}},
+			asCopyCount,
+		}},
+	)
+}
