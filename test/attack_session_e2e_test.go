@@ -355,7 +355,9 @@ func asCopyData(s string) *pgproto3.CopyData { return &pgproto3.CopyData{Data: [
 // TestAttackSessionCopyDiff: COPY FROM STDIN misused by the client,
 // compared with PostgreSQL through the differential harness (a plain and a
 // TLS client, another client interleaving, clean backends afterwards): a
-// Query in the middle of the copy data, CopyFail (alone, and inside a
+// Query in the middle of the copy data (PostgreSQL answers ERROR 08P01,
+// then FATAL "protocol synchronization was lost" and closes: so must the
+// proxy), CopyFail (alone, and inside a
 // transaction), copy messages outside any COPY (PostgreSQL ignores them),
 // a Sync pipelined behind an extended-protocol COPY's Execute (PostgreSQL
 // ignores Sync during copy-in), a COPY followed by another statement in
