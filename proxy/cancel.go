@@ -14,9 +14,9 @@ import (
 )
 
 // cancelKeys maps the process ids handed to clients in BackendKeyData to
-// those clients: in transaction mode proxy-minted keys (a backend's own key
-// never leaves the proxy, so a client can only cancel its own work), in
-// session mode the key of the client's one backend.
+// those clients: in transaction mode proxy-minted keys, in session mode the
+// pid of the client's one backend with a minted secret. A backend's own
+// secret never leaves the proxy, so a client can only cancel its own work.
 type cancelKeys struct {
 	mu      sync.Mutex
 	clients map[uint32]*clientConn
@@ -50,11 +50,14 @@ func (k *cancelKeys) register(c *clientConn) {
 	}
 }
 
-// rekey gives c the key of its backend (session mode), so that a cancel
-// with that key reaches it through the proxy. It keeps the minted key and
-// reports false when another client already has that pid (two databases'
-// servers can hand out the same one).
-func (k *cancelKeys) rekey(c *clientConn, pid, secret uint32) bool {
+// rekey gives c the pid of its backend (session mode), keeping c's own
+// minted secret: a session-mode backend serves one client after another,
+// and its own secret, handed to each, would let a client that left cancel
+// the queries of the next one (PostgreSQL gives every session a new key).
+// A cancel with c's key is forwarded with the backend's (cancelPinned).
+// It keeps the minted pid and reports false when another client already
+// has that pid (two databases' servers can hand out the same one).
+func (k *cancelKeys) rekey(c *clientConn, pid uint32) bool {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if other, taken := k.clients[pid]; taken && other != c {
@@ -63,7 +66,7 @@ func (k *cancelKeys) rekey(c *clientConn, pid, secret uint32) bool {
 	if k.clients[c.identity.pid] == c {
 		delete(k.clients, c.identity.pid)
 	}
-	c.identity.pid, c.identity.secret = pid, secret
+	c.identity.pid = pid
 	k.clients[pid] = c
 	return true
 }
@@ -84,9 +87,10 @@ func (k *cancelKeys) unregister(c *clientConn) {
 	k.mu.Unlock()
 }
 
-// lookup is the client whose key is (pid, secret), or nil. The secret is
-// read under k.mu: rekey rewrites it while a session-mode client logs in,
-// when a cancel request may already carry the key its backend announced.
+// lookup is the client whose key is (pid, secret), or nil. The map and the
+// secret are read under k.mu, as register and rekey write them (rekey
+// while a session-mode client logs in, when a cancel request may already
+// be under way).
 func (k *cancelKeys) lookup(pid, secret uint32) *clientConn {
 	k.mu.Lock()
 	c := k.clients[pid]

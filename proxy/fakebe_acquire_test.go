@@ -134,16 +134,17 @@ func TestFakeAcquireTimeout(t *testing.T) {
 }
 
 // TestFakeAcquireSessionModeKey: in session mode the client gets its
-// backend at login and the backend's own cancel key, so pg_backend_pid()
-// and a cancel mean what the client thinks.
+// backend at login and the backend's pid, so pg_backend_pid() and a cancel
+// mean what the client thinks; the secret is the client's own, never the
+// backend's, which would outlive the client's session.
 func TestFakeAcquireSessionModeKey(t *testing.T) {
 	e := startFake(t, fakeOpts{mode: ModeSession}, beScript{
 		queryResult("SELECT 1", "SELECT 1", 'I', "1"),
 	})
 	c := e.connect(t, nil)
 	be := e.fb.session(t, 1)
-	if c.PID() != be.pid || len(c.SecretKey()) != 4 || binary.BigEndian.Uint32(c.SecretKey()) != be.secret {
-		t.Fatalf("session-mode client has key (%d, %x), want the backend's (%d, %08x)", c.PID(), c.SecretKey(), be.pid, be.secret)
+	if c.PID() != be.pid || len(c.SecretKey()) != 4 || binary.BigEndian.Uint32(c.SecretKey()) == be.secret {
+		t.Fatalf("session-mode client has key (%d, %x), want the backend's pid %d with a secret other than its %08x", c.PID(), c.SecretKey(), be.pid, be.secret)
 	}
 	if st := e.pool.Stats(); st.Active != 1 {
 		t.Fatalf("pool: %d active after a session-mode login, want 1 (bound at login)", st.Active)

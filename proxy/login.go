@@ -400,12 +400,13 @@ func appendParamStatus(buf []byte, server map[string]string, want *paramSet) []b
 }
 
 // bindSession takes the session-mode client's one backend now and makes
-// its key the client's: pg_backend_pid(), a notification's sender pid and
+// its pid the client's: pg_backend_pid(), a notification's sender pid and
 // pg_terminate_backend then mean what the client thinks, and a cancel with
-// that key (sent to the proxy, as drivers do) reaches the backend. A step
-// of greet, it stays the client's method: it acquires as the client's
-// first query would (acquire: the wait, the backend, its reader) and logs
-// as the client.
+// the client's key (sent to the proxy, as drivers do) reaches the backend.
+// The secret stays the client's own (rekey): the backend's would outlive
+// the client's session. A step of greet, it stays the client's method: it
+// acquires as the client's first query would (acquire: the wait, the
+// backend, its reader) and logs as the client.
 func (c *clientConn) bindSession() error {
 	// Waiting for a backend is bounded by the pool's acquire timeout, not
 	// by the startup timeout.
@@ -414,15 +415,9 @@ func (c *clientConn) bindSession() error {
 	if err != nil {
 		return err
 	}
-	srv := b.conn.Server()
-	ks, ok := srv.(interface{ SecretKey() []byte })
-	if !ok || len(ks.SecretKey()) != 4 {
-		// Only protocol 3.0's 4-byte keys fit the client's BackendKeyData.
-		c.log.Debug("server key not handed on: the client keeps a minted key", "backend_pid", srv.PID())
-		return nil
-	}
-	if !c.srv.cancels.rekey(c, srv.PID(), binary.BigEndian.Uint32(ks.SecretKey())) {
-		c.log.Info("another client holds the same backend pid (another server): this one keeps a minted key", "backend_pid", srv.PID())
+	pid := b.conn.Server().PID()
+	if !c.srv.cancels.rekey(c, pid) {
+		c.log.Info("another client holds the same backend pid (another server): this one keeps a minted key", "backend_pid", pid)
 	}
 	return nil
 }

@@ -24,7 +24,7 @@ type modePolicy struct {
 	// carries the session as it is.
 	carrySessionState bool
 	// backendAtLogin: the client takes its backend at login when one is
-	// free, and keeps its key (pg_backend_pid, cancel) - bindSession.
+	// free, and takes its pid (pg_backend_pid, cancel) - bindSession.
 	backendAtLogin bool
 	// readerPerHold: a backend reader reads the backend for as long as it
 	// is held, so notifications and notices reach an idle client at once;

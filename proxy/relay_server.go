@@ -763,6 +763,7 @@ func (c *clientConn) routeOneLocked(b *backend, typ byte, msg []byte) (swallow b
 		// wait on the backend alone (relayInline hands it to a backend
 		// reader).
 		c.reader.copyIn = true
+		c.q.copyInStarted()
 
 	case pgwire.MsgNotification:
 		// With a shared listener, the client's notifications come from it;
@@ -859,6 +860,7 @@ func (c *clientConn) readyForQueryLocked(b *backend, msg []byte) (swallow bool, 
 func (c *clientConn) errorResponseLocked(b *backend, msg []byte) (swallow bool) {
 	body := msg[pgwire.HeaderLen:]
 	b.noteError(body)
+	c.q.copyIn = false // an error ends copy-in mode
 	if c.timeouts.queryTimedOut && string(pgwire.ErrorField(body, 'C')) == pgwire.CodeQueryCanceled {
 		// The proxy's query_timeout cancel: say so rather than the
 		// server's "canceling statement due to user request".

@@ -78,6 +78,11 @@ type request struct {
 	// errorReplacement, on a request sent only to make the server fail the
 	// segment, is the ErrorResponse the client gets instead of the server's.
 	errorReplacement []byte
+	// copyEpoch is the number of CopyDone and CopyFail the client had
+	// sent before this request (requestQueue.copyEnds): a request of the
+	// same epoch as a COPY FROM STDIN's reached the server in its copy-in
+	// mode (copyInStarted).
+	copyEpoch uint32
 }
 
 // requestQueue is a FIFO ring of requests; it reuses its storage so the
@@ -90,6 +95,12 @@ type requestQueue struct {
 	// seg counts every reqQuery and reqSync ever pushed: the number of the
 	// current Sync segment, within which an error skips everything.
 	seg int64
+	// copyEnds counts the CopyDone and CopyFail messages the client sent;
+	// copyIn says the server is in copy-in mode (it sent CopyInResponse)
+	// and the client has not ended it yet, so a Sync it sends now is
+	// ignored by the server and expects no ReadyForQuery.
+	copyEnds uint32
+	copyIn   bool
 }
 
 func (q *requestQueue) len() int { return q.size }
@@ -107,6 +118,7 @@ func (q *requestQueue) push(r request) {
 		}
 		q.buf, q.head = nb, 0
 	}
+	r.copyEpoch = q.copyEnds
 	q.buf[(q.head+q.size)%len(q.buf)] = r
 	q.size++
 	if r.kind == reqQuery || r.kind == reqSync {
@@ -157,6 +169,38 @@ func (q *requestQueue) reset() {
 	for q.size > 0 {
 		q.pop()
 	}
+	q.copyIn = false
+}
+
+// copyInStarted runs when the server answers the head request (a Query or
+// an Execute of COPY FROM STDIN) with CopyInResponse. PostgreSQL ignores
+// Sync (and Flush) in copy-in mode, so a client may pipeline a Sync behind
+// the Execute before the copy data: the Syncs queued right behind the head
+// that the client sent before its CopyDone or CopyFail get no
+// ReadyForQuery, and are dropped here. (The first other message sent
+// meanwhile ends the copy with an error, and is not ignored: the scan
+// stops there.) Syncs the client sends from now until it ends the copy
+// are not queued at all (q.copyIn).
+func (q *requestQueue) copyInStarted() {
+	h := q.peek()
+	if h == nil {
+		return
+	}
+	epoch := h.copyEpoch
+	for q.size > 1 {
+		i := (q.head + 1) % len(q.buf)
+		if e := q.buf[i]; e.kind != reqSync || e.copyEpoch != epoch {
+			break
+		}
+		// Remove the entry after the head: the entries behind it move up.
+		for k := 1; k < q.size-1; k++ {
+			q.buf[(q.head+k)%len(q.buf)] = q.buf[(q.head+k+1)%len(q.buf)]
+		}
+		q.buf[(q.head+q.size-1)%len(q.buf)] = request{}
+		q.size--
+		q.syncs--
+	}
+	q.copyIn = epoch == q.copyEnds
 }
 
 // resets reports whether this Query resets parameter k (RESET k, SET k TO

@@ -184,7 +184,7 @@ func TestMalformedFirstPacketSilent(t *testing.T) {
 }
 
 // TestSessionModeBackendKey: in session mode the client gets its backend's
-// own PID and key: pg_backend_pid() equals the key's pid, the pid is a real
+// own PID: pg_backend_pid() equals the key's pid, the pid is a real
 // backend, a cancel (sent to the proxy, as drivers do) cancels the query,
 // and pg_terminate_backend of its own pid ends it with PostgreSQL's one
 // FATAL, as directly. Pool of 2: a third client gets the backend the
@@ -206,7 +206,7 @@ func TestSessionModeBackendKey(t *testing.T) {
 		}
 	}
 
-	// Cancel through the proxy with the backend's key.
+	// Cancel through the proxy with the client's key (the backend's pid).
 	res := make(chan error, 1)
 	go func() { // ends when the query does (cancelled, or after 20 s)
 		_, err := c1.Exec(ctx, "SELECT pg_sleep(20)").ReadAll()
