@@ -224,24 +224,6 @@ func aaSCRAM(t *testing.T, addr, user, password string, initial func(first strin
 	return aaReadRest(c, c, []string{"R11"}, nil)
 }
 
-// aaConsole logs in to p's admin console as app and returns the raw
-// connection, ready for a query.
-func aaConsole(t *testing.T, p *Proxy) net.Conn {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	pc, err := pgconn.Connect(ctx, p.URL("app", "app", "pgsidecar"))
-	if err != nil {
-		t.Fatalf("console login: %v", err)
-	}
-	hc, err := pc.Hijack()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { hc.Conn.Close() })
-	return hc.Conn
-}
-
 // aaLoginRaw logs in to url with pgconn and returns the raw connection
 // (pgconn.Hijack), ready for a message; closed at cleanup.
 func aaLoginRaw(t *testing.T, url string) net.Conn {

@@ -25,13 +25,6 @@ import (
 // error or a replay that cannot run anything twice, other clients
 // untouched, the dead backend never handed on.
 
-// afCount returns the number of rows of table, read on a direct
-// connection.
-func afCount(ctx context.Context, t *testing.T, admin *pgconn.PgConn, table string) string {
-	t.Helper()
-	return txMustOne(ctx, t, admin, "SELECT count(*) FROM "+table)
-}
-
 // afActivePID waits until one session runs a query containing marker and
 // returns its pid.
 func afActivePID(ctx context.Context, t *testing.T, admin *pgconn.PgConn, marker string) string {
