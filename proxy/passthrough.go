@@ -148,13 +148,6 @@ func (v *Verifiers) lookup(ctx context.Context, role string, lg *slog.Logger) (s
 	return e.creds, e.found, nil
 }
 
-// SQLSTATEs of a parameter that is not text in the connection's encoding
-// (invalid byte sequence), or has no equivalent in the server's.
-const (
-	sqlstateCharacterNotInRepertoire = "22021"
-	sqlstateUntranslatableCharacter  = "22P05"
-)
-
 // query runs the auth query for role on a backend of the auth pool.
 func (v *Verifiers) query(ctx context.Context, query, role string) (rolpassword string, exists bool, err error) {
 	conn, err := v.Pool.Acquire(ctx)
@@ -174,7 +167,7 @@ func (v *Verifiers) query(ctx context.Context, query, role string) (rolpassword 
 	res := pg.ExecParams(ctx, query, [][]byte{[]byte(role)}, nil, nil, nil).Read()
 	var pgErr *pgconn.PgError
 	switch {
-	case errors.As(res.Err, &pgErr) && (pgErr.Code == sqlstateCharacterNotInRepertoire || pgErr.Code == sqlstateUntranslatableCharacter):
+	case errors.As(res.Err, &pgErr) && (pgErr.Code == pgwire.CodeCharacterNotInRepertoire || pgErr.Code == pgwire.CodeUntranslatableCharacter):
 		// The name is not text in the connection's encoding (a client
 		// sent bytes that are not UTF-8, say): no role has it, so it is
 		// an unknown role (28P01 after the exchange), not a lookup that

@@ -29,4 +29,9 @@ const (
 	// Server errors the proxy reads: a prepared statement whose type is
 	// gone ("cache lookup failed for type") is shared no more.
 	CodeInternalError = "XX000" // internal_error
+	// A parameter that is not text in the connection's encoding (an
+	// invalid byte sequence), or has no equivalent in the server's: the
+	// passthrough auth query's role name, which then names no role.
+	CodeCharacterNotInRepertoire = "22021" // character_not_in_repertoire
+	CodeUntranslatableCharacter  = "22P05" // untranslatable_character
 )
