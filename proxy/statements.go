@@ -729,13 +729,18 @@ func (s *clientStatements) close(q *requestQueue, b *backend, out, msg, body []b
 }
 
 // undoClose takes back the statement a Close or DEALLOCATE r dropped
-// (request.closes)
-// when the server failed or skipped r: the server still has it. The client's name means it again. The backend's copy, which r
-// was to close, may or may not exist (the Parse that made it may be what
-// failed): it is recorded as uncertain, so the next request that needs it
-// closes it and parses it again (closeUncertain). An unnamed statement is
-// taken back unless a later Parse replaced it; the backend then no longer
-// counts as having it, so its next use parses it again (useUnnamed).
+// (request.closes) when the server failed or skipped r: the server still
+// has it. The client's name means it again, unless a later Parse of that
+// name, already sent (pipelined behind r, before r's error came back),
+// took it: the client is told that Parse succeeded, so its Binds must run
+// that statement, not the one it replaced. (Directly that Parse fails
+// with 42P05; the proxy cannot know it should when it sends it.) The
+// backend's copy, which r was to close, may or may not exist (the Parse
+// that made it may be what failed): it is recorded as uncertain, so the
+// next request that needs it closes it and parses it again
+// (closeUncertain). An unnamed statement is taken back unless a later
+// Parse replaced it; the backend then no longer counts as having it, so
+// its next use parses it again (useUnnamed).
 func (s *clientStatements) undoClose(b *backend, r *request) {
 	if !r.closes {
 		return
@@ -746,7 +751,9 @@ func (s *clientStatements) undoClose(b *backend, r *request) {
 		}
 		return
 	}
-	s.byName[r.clientName] = r.stmt
+	if _, taken := s.byName[r.clientName]; !taken {
+		s.byName[r.clientName] = r.stmt
+	}
 	if r.prepared {
 		b.prepared.uncertain(r.stmt.name, r.seg)
 	}

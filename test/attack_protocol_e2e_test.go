@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -645,4 +646,42 @@ func TestAttackProtocolDiffHostileSubtypes(t *testing.T) {
 			apMsgs(apBind("", "s1"), apExec("", 0), apSync),
 		}},
 	)
+}
+
+// TestAttackProtocolSkippedCloseThenReprepare: a Close of s1 the server
+// skips (an error earlier in its batch) and, pipelined behind it in the
+// same write, a new Parse of s1. Directly the Parse fails (42P05: s1 still
+// exists) and s1 keeps its old text. Through the proxy the Parse was
+// built before the error came back, so it is prepared under a new server
+// name and answered ParseComplete; the skipped Close's undo then gave s1
+// its old statement back, and the client's next Bind of s1 ran the
+// statement it had replaced: a silent wrong result. Whatever the Parse was
+// answered, what a Bind of s1 runs must be what the client was told s1 is:
+// "2" after a ParseComplete, "1" after a 42P05 (as directly).
+func TestAttackProtocolSkippedCloseThenReprepare(t *testing.T) {
+	_, plain, overTLS := apStartProxy(t)
+	direct := func() *rawClient { return dialRaw(t, txDirectURL()) }
+	for _, path := range []struct {
+		name string
+		dial func() *rawClient
+	}{{"direct", direct}, {"event loop", plain}, {"TLS", overTLS}} {
+		c := path.dial()
+		c.send(t, apParse("s1", "SELECT 1"), apSync)
+		if got := apRead(c, 1, 0, 0); len(got) != 2 || got[0] != "ParseComplete" {
+			t.Fatalf("%s: Parse s1: %q", path.name, got)
+		}
+		c.send(t, apParse("", "SELEC 1"), apClose('S', "s1"), apSync, apParse("s1", "SELECT 2"), apSync)
+		replies := apRead(c, 2, 0, 0)
+		reparsed := slices.Contains(replies, "ParseComplete")
+		c.send(t, apBind("", "s1"), apExec("", 0), apSync)
+		ran := apRead(c, 1, 0, 0)
+		want := `DataRow "1"`
+		if reparsed {
+			want = `DataRow "2"`
+		}
+		if !slices.Contains(ran, want) {
+			t.Errorf("%s: the batch got %q (re-prepared: %v), then Bind s1 ran %q; want %s", path.name, replies, reparsed, ran, want)
+		}
+		c.conn.Close()
+	}
 }
