@@ -573,6 +573,11 @@ func (c *clientConn) buildNextLocked(b *backend, out []byte, tx bool) (_ []byte,
 		// only if its state is known (see finish).
 		return out, buildHeld, unknownMessage(c.log, typ)
 	}
+	// The copy-in bookkeeping sees every message once it is known, in
+	// whichever way it goes on below. (Again for one that waits for its
+	// bytes or a probe and comes back here: what it does is the same the
+	// second time, as the copy ends it counts are never held back.)
+	ignoredSync := c.q.noteClientMessage(typ)
 	total := pgwire.HeaderLen + bodyLen
 	if c.policy.tooLargeToHold(typ, total, c.srv.cfg.MaxClientBuffer) && !c.serverSkipping {
 		// Too large to hold whole (max_client_buffer): a Bind is
@@ -601,9 +606,6 @@ func (c *clientConn) buildNextLocked(b *backend, out []byte, tx bool) (_ []byte,
 		if !c.serverSkipping {
 			c.notePartialLocked(typ)
 		}
-		if typ != pgwire.MsgCopyData {
-			c.q.copyIn = false // as in buildMessageLocked
-		}
 		out = append(out, c.in.Buf[c.in.Start:c.in.End]...)
 		c.stream.passRemaining = total - avail
 		c.in.Start = c.in.End
@@ -614,12 +616,10 @@ func (c *clientConn) buildNextLocked(b *backend, out []byte, tx bool) (_ []byte,
 	}
 	msg := c.in.Buf[c.in.Start : c.in.Start+total]
 	c.in.Start += total
-	if c.serverSkipping && typ != pgwire.MsgSync {
-		// The server discards it unread: no reply, no bookkeeping (but
-		// the count of copy ends, which dates requests: copyInStarted).
-		if typ == pgwire.MsgCopyDone || typ == pgwire.MsgCopyFail {
-			c.q.copyEnds++
-		}
+	if ignoredSync || c.serverSkipping && typ != pgwire.MsgSync {
+		// The server discards it unread (skipping to a Sync after an
+		// error), or ignores it (a Sync in copy-in mode): no reply, no
+		// bookkeeping, and an open batch stays open.
 		return append(out, msg...), buildMore, nil
 	}
 	out = c.buildMessageLocked(b, out, typ, msg, tx)
@@ -637,20 +637,6 @@ func (c *clientConn) buildNextLocked(b *backend, out []byte, tx bool) (_ []byte,
 // requests it expects replies for. Under c.mu.
 func (c *clientConn) buildMessageLocked(b *backend, out []byte, typ byte, msg []byte, tx bool) []byte {
 	body := msg[pgwire.HeaderLen:]
-	switch typ {
-	case pgwire.MsgCopyData, pgwire.MsgFlush:
-	case pgwire.MsgSync:
-		if c.q.copyIn {
-			// The server, in copy-in mode, ignores it: no ReadyForQuery,
-			// and the batch stays open (requestQueue.copyInStarted).
-			return append(out, msg...)
-		}
-	case pgwire.MsgCopyDone, pgwire.MsgCopyFail:
-		c.q.copyEnds++
-		c.q.copyIn = false
-	default:
-		c.q.copyIn = false // any other message ends copy-in mode (with an error)
-	}
 	switch typ {
 	case pgwire.MsgParse, pgwire.MsgBind, pgwire.MsgDescribe, pgwire.MsgClose, pgwire.MsgExecute:
 		// An extended-protocol batch is open until its Sync. Not a

@@ -172,6 +172,26 @@ func (q *requestQueue) reset() {
 	q.copyIn = false
 }
 
+// noteClientMessage keeps the copy-in bookkeeping for a client message of
+// type typ on its way to the server: it counts the copy's ends (CopyDone,
+// CopyFail), and any message but CopyData, Flush and Sync ends copy-in
+// mode (the server fails the copy over it). ignoredSync says typ is a
+// Sync the server, in copy-in mode, ignores: no ReadyForQuery comes for
+// it. Under c.mu, by the client reader.
+func (q *requestQueue) noteClientMessage(typ byte) (ignoredSync bool) {
+	switch typ {
+	case pgwire.MsgCopyData, pgwire.MsgFlush:
+	case pgwire.MsgSync:
+		return q.copyIn
+	case pgwire.MsgCopyDone, pgwire.MsgCopyFail:
+		q.copyEnds++
+		q.copyIn = false
+	default:
+		q.copyIn = false
+	}
+	return false
+}
+
 // copyInStarted runs when the server answers the head request (a Query or
 // an Execute of COPY FROM STDIN) with CopyInResponse. PostgreSQL ignores
 // Sync (and Flush) in copy-in mode, so a client may pipeline a Sync behind

@@ -12,6 +12,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -408,4 +409,44 @@ func TestAttackSessionCopyDiff(t *testing.T) {
 			asCopyCount,
 		}},
 	)
+}
+
+// TestAttackSessionCopyFailSplit: an extended COPY FROM STDIN whose Sync
+// the client pipelined behind the Execute (PostgreSQL ignores Sync during
+// copy-in), ended by a CopyFail that reaches the proxy in two reads: the
+// proxy streams such a message on as it comes, and counted the copy's end
+// only for one it read whole, so it dropped the final Sync too as one the
+// server would ignore, and the ReadyForQuery of that Sync then failed the
+// relay ("server reply does not match the requests sent") and the client's
+// connection. Compared with a direct connection; the session goes on.
+func TestAttackSessionCopyFailSplit(t *testing.T) {
+	p := StartProxy(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	admin := txConnect(ctx, t, txDirectURL(), nil)
+	defer txClosePgconn(admin)
+	txMustExec(ctx, t, admin, "DROP TABLE IF EXISTS as_copysplit; CREATE TABLE as_copysplit (x int)")
+	var msgs []byte
+	for _, m := range []pgproto3.FrontendMessage{apParse("", "COPY as_copysplit FROM STDIN"), apBind("", ""), apExec("", 0), apSync,
+		asCopyData("1\n"), &pgproto3.CopyFail{Message: "the client gave up on this copy"}, apSync} {
+		var err error
+		if msgs, err = m.Encode(msgs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cut := len(msgs) - 5 - 12 // inside the CopyFail's message text
+	run := func(url string) []string {
+		c := dialRaw(t, url)
+		defer c.conn.Close()
+		c.write(t, msgs[:cut])
+		time.Sleep(100 * time.Millisecond) // the proxy reads the first part alone
+		c.write(t, msgs[cut:])
+		out := apRead(c, 1, 0, 0)
+		c.send(t, apQuery("SELECT 'after the copy'"))
+		return append(out, apRead(c, 1, 0, 0)...)
+	}
+	want := run(txDirectURL())
+	if got := run(txProxyURL(p)); !slices.Equal(got, want) {
+		t.Errorf("through the proxy:\n  %q\ndirectly:\n  %q", got, want)
+	}
 }
