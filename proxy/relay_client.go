@@ -660,17 +660,14 @@ func (c *clientConn) buildMessageLocked(b *backend, out []byte, typ byte, msg []
 		return c.onParse(b, out, msg, body, tx)
 	case pgwire.MsgBind:
 		if tx {
-			if c.replay.armed {
-				// A statement prepared in an earlier transaction: its
-				// text was not seen on this backend.
-				if _, name, _, ok := parseBindNames(body); ok && len(name) > 0 {
-					if st := c.stmts.named(name); st != nil {
-						q, _, _ := pgwire.CString(st.parseBody)
-						c.replay.noReplayForLocked(q)
-					}
-				}
+			out, bound := c.stmts.bind(&c.q, b, out, msg, body)
+			if bound != nil && bound.commits {
+				// A statement prepared in an earlier transaction (named,
+				// or the unnamed one) runs: its text was not seen on this
+				// backend, and it may commit before it answers.
+				c.replay.armed = false
 			}
-			return c.stmts.bind(&c.q, b, out, msg, body)
+			return out
 		}
 		c.q.push(request{kind: reqBind})
 		return append(out, msg...)

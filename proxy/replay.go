@@ -123,9 +123,10 @@ func (c *clientConn) recordReplay(b *backend, from int, streamed bool) {
 }
 
 // noReplayForLocked disarms the replay when q, the text of a statement
-// the client sends on the backend acquired for it (a Query's, a Parse's,
-// or a named statement's at its Bind), may commit before it answers
-// (commitsBeforeAnswer). Under c.mu (build).
+// the client sends on the backend acquired for it (a Query's or a
+// Parse's), may commit before it answers (commitsBeforeAnswer). A Bind
+// of a statement prepared earlier reads the statement's own answer
+// (statement.commits). Under c.mu (build).
 func (r *replayState) noReplayForLocked(q []byte) {
 	if r.armed && commitsBeforeAnswer(q) {
 		r.armed = false

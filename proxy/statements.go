@@ -101,6 +101,10 @@ type statement struct {
 	fingerprint string
 	noData      bool
 	stale       bool
+	// commits: the statement may commit before it answers
+	// (commitsBeforeAnswer), so a request that runs it is never replayed
+	// (replay.go); read at each Bind of it.
+	commits bool
 	// shape is what a server copy must match to serve this statement on a
 	// backend where it has none of its own (see preparedSet.shared): the
 	// text with the parameter types the server gave it (fixedBody) and
@@ -159,6 +163,8 @@ func (s *statement) learnParams(body []byte) {
 func (s *statement) reset(parseBody []byte) {
 	s.parseBody = append(s.parseBody[:0], parseBody...)
 	s.hasFixed, s.fingerprint, s.noData, s.stale, s.shape = false, "", false, false, ""
+	q, _, _ := pgwire.CString(parseBody)
+	s.commits = commitsBeforeAnswer(q)
 }
 
 // startsWithKeyword reports whether query's first word is kw (lower case).
@@ -234,6 +240,7 @@ func newUnnamedStatement(parseBody []byte) *statement {
 	st := &statement{parseBody: append([]byte(nil), parseBody...)}
 	if q, _, ok := pgwire.CString(parseBody); ok {
 		st.query = string(q)
+		st.commits = commitsBeforeAnswer(q)
 	}
 	return st
 }
@@ -645,26 +652,30 @@ func (s *clientStatements) dropUnnamed(b *backend) {
 // bind handles a client's Bind (msg, body its body) in transaction mode:
 // the statement it names is readied on b and the Bind renamed to the copy
 // b has.
-func (s *clientStatements) bind(q *requestQueue, b *backend, out, msg, body []byte) []byte {
+//
+// bound is the client's statement the Bind runs (nil when it names none
+// the client has, or waits for a probe), for the caller's replay check.
+func (s *clientStatements) bind(q *requestQueue, b *backend, out, msg, body []byte) (_ []byte, bound *statement) {
 	portal, name, restOff, ok := parseBindNames(body)
 	if ok && len(name) == 0 {
 		var mine bool
 		if out, mine = s.useUnnamed(q, b, out); !mine {
-			return out
+			return out, nil
 		}
+		bound = s.unnamed
 	}
 	if ok && len(name) > 0 {
 		if st := s.named(name); st != nil {
 			out, e, ok := s.useStatement(q, b, out, st)
 			if !ok {
-				return out
+				return out, nil
 			}
 			q.push(request{kind: reqBind, stmt: st, entry: e})
-			return appendBindRenamed(out, body, portal, restOff, serverName(st, e))
+			return appendBindRenamed(out, body, portal, restOff, serverName(st, e)), st
 		}
 	}
 	q.push(request{kind: reqBind})
-	return append(out, msg...)
+	return append(out, msg...), bound
 }
 
 // describe handles a client's Describe of a statement (not a portal) in

@@ -71,11 +71,13 @@ func TestTerminateAfterCommitInsideRequest(t *testing.T) {
 		done      func(tag string) string // "1" once the request's own commit happened
 		blocker   bool                    // keep a transaction open on af_cic meanwhile (CREATE INDEX CONCURRENTLY waits for it)
 		prepared  bool                    // sql is prepared as a named statement in a transaction before, then run by Bind/Execute/Sync with tag
+		unnamed   bool                    // ... as the unnamed statement (pgx's describe_exec mode)
 	}{
-		{"do", `DO $$ BEGIN INSERT INTO af_commit(via) VALUES ('%[1]s'); COMMIT; PERFORM pg_sleep(3); END $$ /* %[2]s */`, rows, false, false},
-		{"call", `CALL af_commit_proc('%[1]s') /* %[2]s */`, rows, false, false},
-		{"cic", `CREATE INDEX CONCURRENTLY af_cic_%[3]s ON af_cic(i) /* %[2]s */`, indexes, true, false},
-		{"prepared", `CALL af_commit_proc($1) /* %[2]s */`, rows, false, true},
+		{"do", `DO $$ BEGIN INSERT INTO af_commit(via) VALUES ('%[1]s'); COMMIT; PERFORM pg_sleep(3); END $$ /* %[2]s */`, rows, false, false, false},
+		{"call", `CALL af_commit_proc('%[1]s') /* %[2]s */`, rows, false, false, false},
+		{"cic", `CREATE INDEX CONCURRENTLY af_cic_%[3]s ON af_cic(i) /* %[2]s */`, indexes, true, false, false},
+		{"prepared", `CALL af_commit_proc($1) /* %[2]s */`, rows, false, true, false},
+		{"unnamed", `CALL af_commit_proc($1) /* %[2]s */`, rows, false, true, true},
 	}
 	for _, tc := range cases {
 		for _, via := range []struct{ name, url string }{{"direct", txDirectURL()}, {"proxy", txProxyURL(p)}} {
@@ -92,14 +94,18 @@ func TestTerminateAfterCommitInsideRequest(t *testing.T) {
 			var res <-chan txQueryResult
 			start := time.Now()
 			if tc.prepared {
-				if _, err := c.Prepare(ctx, "af_prepared", sql, nil); err != nil {
+				name := "af_prepared"
+				if tc.unnamed {
+					name = ""
+				}
+				if _, err := c.Prepare(ctx, name, sql, nil); err != nil {
 					t.Fatalf("%s: prepare: %v", tag, err)
 				}
 				ch := make(chan txQueryResult, 1)
 				res = ch
 				start = time.Now()
 				go func() {
-					r := c.ExecPrepared(ctx, "af_prepared", [][]byte{[]byte(tag)}, nil, nil).Read()
+					r := c.ExecPrepared(ctx, name, [][]byte{[]byte(tag)}, nil, nil).Read()
 					ch <- txQueryResult{err: r.Err}
 				}()
 			} else {
@@ -136,8 +142,8 @@ func TestTerminateAfterCommitInsideRequest(t *testing.T) {
 	// The pool still serves: a new client runs a transaction on a live
 	// backend and sees each proxy request's row once.
 	fresh := txConnect(ctx, t, txProxyURL(p), nil)
-	if got, err := txOne(ctx, fresh, "SELECT count(*) FROM af_commit WHERE via LIKE '%-proxy'"); err != nil || got != "3" {
-		t.Errorf("a new client after the faults: %q rows, %v; want 3", got, err)
+	if got, err := txOne(ctx, fresh, "SELECT count(*) FROM af_commit WHERE via LIKE '%-proxy'"); err != nil || got != "4" {
+		t.Errorf("a new client after the faults: %q rows, %v; want 4 (do, call, prepared, unnamed)", got, err)
 	}
 }
 
