@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -222,5 +223,48 @@ func TestReloadSIGHUPBurstThenSIGTERM(t *testing.T) {
 		if !strings.Contains(e, "57P01") {
 			t.Errorf("workload error other than the drain's 57P01: %s", e)
 		}
+	}
+}
+
+// TestReloadNegativeMaxBackendErrors: a SIGHUP whose file holds a value
+// the pools refuse (pool.max_backend_errors -1, next to a valid
+// pool.max_size and pool.max_client_conn change) while a workload runs.
+// A reload is all or nothing: the reload fails naming the option, SHOW
+// CONFIG keeps the running values, and /stats' pool agrees with it. (The
+// option check let -1 through, the pool refused its whole new
+// configuration, and the rest was applied: SHOW CONFIG said max_size 5,
+// the pool kept 3, and the log said "configuration reloaded".) A start
+// with the value fails naming the option, as any invalid value does.
+func TestReloadNegativeMaxBackendErrors(t *testing.T) {
+	good := "pool:\n  max_size: 3\n  max_client_conn: 100\n"
+	path := rlConfig(t, good)
+	p := StartProxy(t, WithArgs("-config", path))
+	load := rlStartLoad(t, p.AppURL(), 4, 5000)
+	rlRewrite(t, path, "pool:\n  max_size: 5\n  max_client_conn: 50\n  max_backend_errors: -1\n")
+	rlReload(t, p)
+	if errs := load.end(); len(errs) > 0 {
+		t.Errorf("the workload saw %d errors: %q", len(errs), errs)
+	}
+	if got := rlLogLines(p, "reload failed; keeping the running configuration", "pool.max_backend_errors"); len(got) != 1 {
+		t.Errorf("want one failed reload naming pool.max_backend_errors; reload lines: %q", rlLogLines(p, "reload"))
+	}
+	show := rlShow(t, p)
+	if show["pool.max_size"] != "3" || show["pool.max_client_conn"] != "100" || show["pool.max_backend_errors"] != "0" {
+		t.Errorf("SHOW CONFIG: pool.max_size %q, pool.max_client_conn %q, pool.max_backend_errors %q; want the running 3, 100, 0",
+			show["pool.max_size"], show["pool.max_client_conn"], show["pool.max_backend_errors"])
+	}
+	for _, pl := range statsPools(p.Stats(t)) {
+		if n, _ := num(pl, "max_size"); n != 3 {
+			t.Errorf("/stats pool %v: max_size %v, want 3 (SHOW CONFIG says %s)", pl["name"], n, show["pool.max_size"])
+		}
+	}
+
+	// At start the value is refused naming the option.
+	bad := rlConfig(t, "pool:\n  max_backend_errors: -1\n")
+	cmd := exec.Command(proxyBin, "-config", bad)
+	cmd.Env = append(cleanEnv(), "DATABASE_URL="+pg.URL("app", "app", "app"))
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "pool.max_backend_errors") {
+		t.Errorf("start with pool.max_backend_errors -1: %v, output %q; want a failure naming the option", err, out)
 	}
 }
