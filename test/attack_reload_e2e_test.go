@@ -268,3 +268,58 @@ func TestReloadNegativeMaxBackendErrors(t *testing.T) {
 		t.Errorf("start with pool.max_backend_errors -1: %v, output %q; want a failure naming the option", err, out)
 	}
 }
+
+// TestReloadTLSPairMidRotation: a certificate rotation caught half way,
+// with a TLS workload going: the new certificate written while the key is
+// still the old one (a mismatched pair), then the key file missing, each
+// followed by a SIGHUP. Each reload fails naming tls.cert_file, and the
+// running pair keeps serving new TLS logins; once the new key is in place
+// the next SIGHUP serves the new certificate. The workload sees no error.
+// TestTLSCertificateRotation covers a whole rotation and a key that does
+// not parse; this guards the two half states a rotation passes through.
+func TestReloadTLSPairMidRotation(t *testing.T) {
+	s := newTLSSetup(t)
+	p := startTLSProxy(t, s, "require")
+	url := tlsURL(p, map[string]string{"sslmode": "require"})
+	load := rlStartLoad(t, url, 3, 5000)
+	waitFor(t, 10*time.Second, "the TLS workload to run", func() bool { return load.ok.Load() > 50 })
+
+	cert2, key2, der2 := s.ca.issue(t, t.TempDir(), "server2", "pgsidecar", true)
+	copyFile := func(from, to string) {
+		b, err := os.ReadFile(from)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rlRewrite(t, to, string(b))
+	}
+	servesOld := func(what string) {
+		t.Helper()
+		c := connect(t, url)
+		tlsPeerIs(t, c, s.certDER)
+		c.Close(context.Background())
+		if n := len(rlLogLines(p, "reload failed; keeping the running configuration", "tls.cert_file")); n == 0 {
+			t.Errorf("%s: the reload did not fail naming tls.cert_file; reload lines %q", what, rlLogLines(p, "reload"))
+		}
+	}
+
+	copyFile(cert2, s.cert) // the key is still the old one
+	rlReload(t, p)
+	servesOld("a mismatched pair")
+	if err := os.Remove(s.key); err != nil {
+		t.Fatal(err)
+	}
+	rlReload(t, p)
+	servesOld("a missing key")
+	if n := len(rlLogLines(p, "configuration reloaded")); n != 0 {
+		t.Errorf("%d reloads applied a broken pair", n)
+	}
+
+	copyFile(key2, s.key)
+	rlReload(t, p)
+	c := connect(t, url)
+	tlsPeerIs(t, c, der2)
+	c.Close(context.Background())
+	if errs := load.end(); len(errs) > 0 {
+		t.Errorf("the TLS workload saw %d errors: %q", len(errs), errs)
+	}
+}
