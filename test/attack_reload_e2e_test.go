@@ -323,3 +323,62 @@ func TestReloadTLSPairMidRotation(t *testing.T) {
 		t.Errorf("the TLS workload saw %d errors: %q", len(errs), errs)
 	}
 }
+
+// TestReloadMaxClientConnBelowCount: pool.max_client_conn lowered by
+// SIGHUP below the clients connected, with their workload going. A guard
+// (no e2e test reloaded this limit): the connected clients carry on with
+// no error, a new login gets 53300 naming the option, SHOW CONFIG says
+// the new limit, and once the clients have left a new one logs in; the
+// pool's backends and PostgreSQL's pg_stat_activity agree (none leaked).
+func TestReloadMaxClientConnBelowCount(t *testing.T) {
+	path := rlConfig(t, "pool:\n  max_size: 3\n  min_size: 0\n  max_client_conn: 50\n")
+	p := StartProxy(t, WithArgs("-config", path))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	load := rlStartLoad(t, p.AppURL(), 6, 1_000_000)
+	waitFor(t, 10*time.Second, "the six clients to run", func() bool {
+		n, _ := num(p.Stats(t)["clients"].(map[string]any), "clients_total")
+		return n == 6 && load.ok.Load() > 100
+	})
+	rlRewrite(t, path, "pool:\n  max_size: 3\n  min_size: 0\n  max_client_conn: 3\n")
+	rlReload(t, p)
+	if got := rlLogLines(p, "configuration reloaded", `"changed":["pool.max_client_conn"]`); len(got) != 1 {
+		t.Errorf("reload lines %q", rlLogLines(p, "reload"))
+	}
+	before := load.ok.Load()
+	_, err := pgx.Connect(ctx, p.AppURL())
+	if sqlState(err) != "53300" || !strings.Contains(err.Error(), "pool.max_client_conn") {
+		t.Errorf("a new login over the lowered limit: %v; want 53300 naming pool.max_client_conn", err)
+	}
+	waitFor(t, 10*time.Second, "the clients over the limit to go on", func() bool { return load.ok.Load() > before+100 })
+	if errs := load.end(); len(errs) > 0 {
+		t.Errorf("the connected clients saw %d errors: %q", len(errs), errs)
+	}
+	waitFor(t, 10*time.Second, "the clients to leave", func() bool {
+		n, _ := num(p.Stats(t)["clients"].(map[string]any), "clients_total")
+		return n == 0
+	})
+	if got := rlShow(t, p)["pool.max_client_conn"]; got != "3" {
+		t.Errorf("SHOW CONFIG pool.max_client_conn %q, want 3", got)
+	}
+	c := connect(t, p.AppURL())
+	var n int
+	if err := c.QueryRow(ctx, "SELECT 1").Scan(&n); err != nil {
+		t.Fatalf("a login once the clients left: %v", err)
+	}
+	c.Close(ctx)
+
+	admin := adminConn(t)
+	waitFor(t, 10*time.Second, "the pool and pg_stat_activity to agree", func() bool {
+		var direct int
+		if err := admin.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE datname = 'app' AND usename = 'app' AND pid <> pg_backend_pid()").Scan(&direct); err != nil {
+			t.Fatal(err)
+		}
+		var pooled float64
+		for _, pl := range statsPools(p.Stats(t)) {
+			v, _ := num(pl, "total")
+			pooled += v
+		}
+		return direct == int(pooled) && pooled <= 3
+	})
+}
