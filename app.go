@@ -241,28 +241,33 @@ func (a *app) poolStats() []pool.Stats {
 }
 
 // wait serves until ctx ends, a listener fails, or a signal arrives:
-// SIGHUP reloads, SIGTERM and SIGINT drain.
-func (a *app) wait(ctx context.Context, sigc <-chan os.Signal) error {
+// SIGHUP reloads, SIGTERM and SIGINT drain. hupc carries SIGHUPs apart
+// from sigc (main subscribes them to a channel of their own): a burst of
+// SIGHUPs must not fill sigc, or signal.Notify drops a SIGTERM sent
+// meanwhile and the drain never begins. A SIGHUP on sigc reloads too.
+func (a *app) wait(ctx context.Context, sigc, hupc <-chan os.Signal) error {
 	for {
 		select {
 		case <-ctx.Done():
-			return a.drain(sigc, "context cancelled")
+			return a.drain(sigc, hupc, "context cancelled")
 		case err := <-a.errc:
 			a.log.Error("a listener stopped on its own; shutting down", "err", err)
-			if derr := a.drain(sigc, "listener failure"); derr != nil {
+			if derr := a.drain(sigc, hupc, "listener failure"); derr != nil {
 				return errors.Join(err, derr)
 			}
 			return err
+		case <-hupc:
+			a.reload()
 		case sig := <-sigc:
 			if sig == syscall.SIGHUP {
 				a.reload()
 				continue
 			}
-			return a.drain(sigc, sig.String())
+			return a.drain(sigc, hupc, sig.String())
 		case done := <-a.reloadReq:
 			done <- a.reload()
 		case <-a.shutdownReq:
-			return a.drain(sigc, "SHUTDOWN from the admin console")
+			return a.drain(sigc, hupc, "SHUTDOWN from the admin console")
 		}
 	}
 }
@@ -274,7 +279,7 @@ func (a *app) wait(ctx context.Context, sigc <-chan os.Signal) error {
 // close. A second
 // SIGTERM or SIGINT closes every client at once. It returns an error only
 // when a component did not stop at all.
-func (a *app) drain(sigc <-chan os.Signal, reason string) error {
+func (a *app) drain(sigc, hupc <-chan os.Signal, reason string) error {
 	a.stopping.Store(true)
 	// Draining from here on (before the log line, whose time marks it):
 	// no transaction starts, /health answers 503.
@@ -296,6 +301,8 @@ wait:
 		select {
 		case shutdownErr = <-done:
 			break wait
+		case <-hupc:
+			a.log.Warn("reload ignored: draining")
 		case sig := <-sigc:
 			if sig == syscall.SIGHUP {
 				a.log.Warn("reload ignored: draining")

@@ -78,7 +78,7 @@ func serve(ctx context.Context, cfg *config.Config, path string, environ []strin
 	if err != nil {
 		return err
 	}
-	return a.wait(ctx, sigc)
+	return a.wait(ctx, sigc, nil)
 }
 
 // startApp runs serve in a goroutine the test owns; the returned channel
@@ -455,7 +455,7 @@ func TestReloadAppliesLiveOptions(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() {
-		if err := a.drain(nil, "test over"); err != nil {
+		if err := a.drain(nil, nil, "test over"); err != nil {
 			t.Errorf("drain: %v", err)
 		}
 	}()

@@ -107,9 +107,16 @@ func run(ctx context.Context, args []string, environ []string, stdout io.Writer)
 
 	// Subscribe before start builds the pools and listeners, so a signal
 	// during start-up is queued rather than killing the process half-built.
+	// signal.Notify drops a signal whose channel is full, so SIGHUP has a
+	// channel of its own: SIGHUPs sent faster than reloads run fold into
+	// the one pending (the next reload reads the latest files anyway) and
+	// can never crowd out a SIGTERM (TestReloadSIGHUPBurstThenSIGTERM).
 	sigc := make(chan os.Signal, 4)
-	signal.Notify(sigc, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	signal.Notify(sigc, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(sigc)
+	hupc := make(chan os.Signal, 1)
+	signal.Notify(hupc, syscall.SIGHUP)
+	defer signal.Stop(hupc)
 
 	a, err := start(cfg, path, environ, stdout)
 	if err != nil {
@@ -118,7 +125,7 @@ func run(ctx context.Context, args []string, environ []string, stdout io.Writer)
 	// Whatever logs through the default logger (a library, or a component
 	// built without one) gets the configured format and level too.
 	slog.SetDefault(a.log)
-	return a.wait(ctx, sigc)
+	return a.wait(ctx, sigc, hupc)
 }
 
 // printVersion prints "pgsidecar VERSION (revision REV, GOVERSION)".

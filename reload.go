@@ -3,16 +3,28 @@
 
 package main
 
-import "github.com/pgsidecar/pgsidecar/internal/config"
+import (
+	"fmt"
+
+	"github.com/pgsidecar/pgsidecar/internal/config"
+)
 
 // reload re-reads the configuration from the same sources (SIGHUP). An
-// invalid configuration is logged and the running one kept. Otherwise
+// invalid configuration is logged and the running one kept, as is a file
+// left with no settings when the running configuration has some from it. Otherwise
 // the log level, every pool's sizes and timeouts, and the proxy's client
 // limit and logins change live; the rest is reported as needing a restart.
 func (a *app) reload() error {
 	a.log.Info("reloading configuration", "config", displayPath(a.path))
 	next, err := config.Load(a.path, a.environ)
 	if err != nil {
+		a.log.Error("reload failed; keeping the running configuration", "err", err.Error())
+		return err
+	}
+	if next.FileEmpty && !a.cfg.FileEmpty {
+		err := fmt.Errorf("config: %s holds no settings (empty, or comments only), but the running configuration "+
+			"has settings from it: a file caught mid-rewrite would reset every one of them to its default; "+
+			"write the file whole (to run on defaults and the environment alone, restart with it empty)", displayPath(a.path))
 		a.log.Error("reload failed; keeping the running configuration", "err", err.Error())
 		return err
 	}

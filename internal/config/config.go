@@ -58,6 +58,13 @@ type Config struct {
 	Log LogConfig `koanf:"log"`
 	// Admin configures the admin console and the HTTP admin endpoints.
 	Admin AdminConfig `koanf:"admin"`
+
+	// FileEmpty says that the configuration file was read and holds no
+	// setting (empty, or comments only); Load sets it. A reload refuses
+	// such a file when the running configuration came from settings in
+	// it: a file caught between a truncate and its write would otherwise
+	// reset every option it set to its default.
+	FileEmpty bool `koanf:"-"`
 }
 
 // AdminConfig holds the admin.* options.

@@ -238,6 +238,7 @@ func TestValidationRejects(t *testing.T) {
 		{"max_client_conn", []string{"PGSIDECAR_POOL__MAX_CLIENT_CONN=0"}, []string{"config: pool.max_client_conn: must be >= 1"}},
 		{"max_waiters", []string{"PGSIDECAR_POOL__MAX_WAITERS=-2"}, []string{"config: pool.max_waiters: must be >= 0"}},
 		{"max_queries", []string{"PGSIDECAR_POOL__MAX_QUERIES=-2"}, []string{"config: pool.max_queries: must be >= 0"}},
+		{"max_backend_errors", []string{"PGSIDECAR_POOL__MAX_BACKEND_ERRORS=-1"}, []string{"config: pool.max_backend_errors: must be >= 0"}},
 		{"max_prepared_statements", []string{"PGSIDECAR_POOL__MAX_PREPARED_STATEMENTS=0"},
 			[]string{"config: pool.max_prepared_statements: must be >= 1"}},
 		{"negative duration", []string{"PGSIDECAR_POOL__MAX_IDLE=-1s"}, []string{"config: pool.max_idle: must be >= 0, got -1s"}},

@@ -112,6 +112,7 @@ func read(path string, environ []string) (*Config, error) {
 	if err := unknownKeys(meta.Unused, path, fileKeys, envKeys); err != nil {
 		return nil, err
 	}
+	cfg.FileEmpty = fileKeys != nil && len(fileKeys.Keys()) == 0
 	if cfg.Auth.UsersFile != "" {
 		users, err := readUsersFile(cfg.Auth.UsersFile)
 		if err != nil {

@@ -218,6 +218,11 @@ func checkPool(p *problems, prefix string, pc PoolConfig) {
 	if pc.MaxQueries < 0 {
 		p.add(prefix+".max_queries", "must be >= 0 (0 = unlimited), got %d", pc.MaxQueries)
 	}
+	// The pool refuses a negative count too, but only once the options
+	// are applied: on a reload the rest would already be live.
+	if pc.MaxBackendErrors < 0 {
+		p.add(prefix+".max_backend_errors", "must be >= 0 (0 = off), got %d", pc.MaxBackendErrors)
+	}
 	// 100% would let a backend's lifetime be cut to nothing.
 	if pc.LifetimeJitter < 0 || pc.LifetimeJitter >= 1 {
 		p.add(prefix+".lifetime_jitter", "must be from 0%% to below 100%% (write \"10%%\" or 0.1), got %s", pc.LifetimeJitter)
