@@ -925,6 +925,10 @@ func (c *clientConn) finish() {
 		c.stream.passRemaining == 0 && !c.stream.poisoned && c.cancels.n == 0 && !severed
 	status := c.txStatus
 	inFlight := c.q.len() > 0
+	// A query_timeout cancel of the request in flight went out already
+	// (and, when the sweeper closed the client over it, went unanswered):
+	// another would only hold the client's FATAL up for serverOpTimeout.
+	timeoutCancelled := c.timeouts.queryTimedOut
 	pinned := c.state.pin != nil || c.state.dirty || c.state.paramsDirty
 	c.unpinOnLeaveLocked()
 	c.q.reset()
@@ -936,7 +940,7 @@ func (c *clientConn) finish() {
 		nc.SetDeadline(time.Time{})
 	}
 	if !clean || c.leave.killed.Load() {
-		if inFlight {
+		if inFlight && !timeoutCancelled {
 			// Closing the socket alone leaves the query running on the
 			// server until it next writes; cancel it so the backend ends now.
 			ctx, cancel := context.WithTimeout(context.Background(), serverOpTimeout)

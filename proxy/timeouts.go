@@ -56,9 +56,6 @@ type sweepMark struct {
 	mark  uint64    // progress counter seen in that state
 	since time.Time // when the sweeper first saw state with mark
 	acted bool      // the timeout of this state was applied
-	// closed: after a query_timeout cancel the server did not act on,
-	// the client was closed (sweepClient).
-	closed bool
 }
 
 // sweeper is the Server's timeout goroutine and what it owns.
@@ -154,6 +151,7 @@ func (s *Server) sweepClient(c *clientConn, live *Config, now time.Time) {
 	}
 	c.mu.Lock()
 	st, mark := stateIdle, c.timeouts.responses
+	timedOut := c.timeouts.queryTimedOut // its cancel is unanswered so far
 	switch {
 	case c.timeouts.waiting.Load() || c.loop.st.Load() == loopQueued:
 		// Waiting for a backend, on a goroutine in the pool's queue or in
@@ -178,16 +176,17 @@ func (s *Server) sweepClient(c *clientConn, live *Config, now time.Time) {
 	}
 	elapsed := now.Sub(sw.since)
 	if sw.acted {
-		if st == stateBusy && !sw.closed && live.QueryTimeout > 0 && elapsed >= live.QueryTimeout+serverOpTimeout && c.cancelUnanswered() {
-			// The query_timeout cancel went out at least serverOpTimeout
-			// ago and the server has not answered it (its 57014, or the
+		if st == stateBusy && timedOut && live.QueryTimeout > 0 && elapsed >= live.QueryTimeout+serverOpTimeout {
+			// The query_timeout cancel began at least serverOpTimeout ago
+			// and the server has not answered it (its 57014, or the
 			// request's end, clears queryTimedOut): it does not act on it
 			// (a stopped or cut-off host; the cancel request could not
 			// reach it). Only closing the backend ends the client's wait;
 			// finish destroys it (a request is in flight), so it is never
-			// handed on. A client still streaming COPY data after the
-			// 57014 is not closed: the server did answer.
-			sw.closed = true
+			// handed on, and sends no second cancel. A client still
+			// streaming COPY data after the 57014 is not closed: the
+			// server did answer. (closeWith sets leave.err: the next
+			// sweep returns at its first line.)
 			opt := live.option("QueryTimeout")
 			c.log.Warn("the server did not answer the "+opt+" cancel: client closed, its server connection closed",
 				"query_timeout", live.QueryTimeout.String(), "waited", serverOpTimeout.String(), "statement", c.last.load())
@@ -228,14 +227,6 @@ func (s *Server) sweepClient(c *clientConn, live *Config, now time.Time) {
 				"reconnect; raise "+opt+" if clients legitimately stay idle longer"))
 		}
 	}
-}
-
-// cancelUnanswered reports whether the query_timeout cancel of the
-// request in flight has had no answer from the server yet. It takes c.mu.
-func (c *clientConn) cancelUnanswered() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.timeouts.queryTimedOut && c.q.len() > 0
 }
 
 // cancelForTimeout cancels the request c has had in flight since the
