@@ -1,12 +1,20 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
+	"golang.org/x/sys/unix"
 )
 
 // TestAttackHTTPMetricsPassthroughUpstreamUser: under auth.passthrough a
@@ -64,5 +72,110 @@ func TestAttackHTTPMetricsPassthroughUpstreamUser(t *testing.T) {
 		if k != 1 {
 			t.Errorf("/stats lists %d pools named %q: %v", k, n, names)
 		}
+	}
+}
+
+// holdHealthConns opens n connections to the health listener, sends on
+// each a keep-alive GET /livez and reads the answers, leaving the
+// connections open (idle, as a scraper's or a prober's keep-alive
+// connection is). codes counts the answers by status, 0 for none within
+// 5 s (the connection left in the listen backlog).
+func holdHealthConns(t *testing.T, p *Proxy, n int) (conns []net.Conn, codes map[int]int) {
+	t.Helper()
+	readers := make([]*bufio.Reader, 0, n)
+	for range n {
+		c, err := net.DialTimeout("tcp", p.HealthAddr, 2*time.Second)
+		if err != nil {
+			t.Fatalf("dial health: %v", err)
+		}
+		conns = append(conns, c)
+		readers = append(readers, bufio.NewReader(c))
+		_, _ = fmt.Fprintf(c, "GET /livez HTTP/1.1\r\nHost: probe\r\n\r\n")
+	}
+	codes = map[int]int{}
+	deadline := time.Now().Add(5 * time.Second)
+	for i, c := range conns {
+		_ = c.SetReadDeadline(deadline)
+		resp, err := http.ReadResponse(readers[i], nil)
+		if err != nil {
+			codes[0]++
+			continue
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		_ = resp.Body.Close()
+		codes[resp.StatusCode]++
+	}
+	return conns, codes
+}
+
+// TestAttackHTTPConnectionFloodSparesClients: the health listener (on
+// 0.0.0.0 in Kubernetes, where the client listener is loopback only) holds
+// a bounded number of connections. The proxy's descriptor budget
+// (fdsNeeded) counts health requests in a fixed overhead; connections past
+// it get a 503 at once instead of eating the descriptors promised to
+// clients and backends, so a client still logs in while the health port is
+// flooded with keep-alive connections, and /livez answers again once the
+// flood is gone.
+func TestAttackHTTPConnectionFloodSparesClients(t *testing.T) {
+	p := StartProxy(t, WithEnv("PGSIDECAR_LOG__LEVEL", "info"))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c0 := connect(t, p.AppURL()) // warms the pool: its backend stays idle
+	if _, err := c0.Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+	pid := p.Cmd.Process.Pid
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var old unix.Rlimit
+	if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, nil, &old); err != nil {
+		t.Fatalf("prlimit: %v", err)
+	}
+	// 40 descriptors to spare: more than the health listener may hold,
+	// fewer than the flood below.
+	lim := &unix.Rlimit{Cur: uint64(len(fds) + 40), Max: old.Max}
+	if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, lim, nil); err != nil {
+		t.Fatalf("prlimit: %v", err)
+	}
+	defer func() { _ = unix.Prlimit(pid, unix.RLIMIT_NOFILE, &old, nil) }()
+
+	const flood = 80
+	held, codes := holdHealthConns(t, p, flood)
+	defer func() {
+		for _, c := range held {
+			_ = c.Close()
+		}
+	}()
+	t.Logf("health answers to %d held connections: %v", flood, codes)
+	if codes[0] != 0 {
+		t.Errorf("%d health connections got no answer (left in the backlog)", codes[0])
+	}
+	if codes[http.StatusServiceUnavailable] == 0 {
+		t.Errorf("no health connection was refused: %v", codes)
+	}
+
+	cctx, ccancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer ccancel()
+	pc, err := pgconn.Connect(cctx, p.AppURL())
+	if err != nil {
+		t.Fatalf("a client during the health flood: %v", err)
+	}
+	if _, err := pc.Exec(cctx, "SELECT 1").ReadAll(); err != nil {
+		t.Errorf("a query during the health flood: %v", err)
+	}
+	_ = pc.Close(cctx)
+
+	for _, c := range held {
+		_ = c.Close()
+	}
+	held = nil
+	waitFor(t, 5*time.Second, "/livez 200 after the flood", func() bool {
+		code, _, err := p.getJSON("/livez")
+		return err == nil && code == http.StatusOK
+	})
+	if n := strings.Count(p.Logs.String(), "health listener: too many connections"); n != 1 {
+		t.Errorf("%d log lines for the refused health connections, want 1 (rate limited)", n)
 	}
 }
