@@ -109,10 +109,11 @@ func (s *Server) routes() http.Handler {
 }
 
 // Serve answers requests on ln until Shutdown or Close, after which it
-// returns ErrServerClosed. It closes ln when it returns.
+// returns ErrServerClosed. It closes ln when it returns. It holds at most
+// MaxConns connections open; it answers others 503 at once.
 func (s *Server) Serve(ln net.Listener) error {
 	s.log.Debug("health listener started", "addr", ln.Addr().String())
-	err := s.srv.Serve(ln)
+	err := s.srv.Serve(newLimitListener(ln, s.log))
 	if err != nil && err != ErrServerClosed {
 		return fmt.Errorf("health: serve on %s: %w", ln.Addr(), err)
 	}
