@@ -179,3 +179,79 @@ func TestAttackHTTPConnectionFloodSparesClients(t *testing.T) {
 		t.Errorf("%d log lines for the refused health connections, want 1 (rate limited)", n)
 	}
 }
+
+// rawHTTP sends req (raw bytes) on a fresh connection to the health
+// listener, half-closes, and returns everything the server answered
+// within 5 s.
+func rawHTTP(t *testing.T, p *Proxy, req string) string {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", p.HealthAddr, 2*time.Second)
+	if err != nil {
+		t.Fatalf("dial health: %v", err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(c, req); err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	_ = c.(*net.TCPConn).CloseWrite()
+	b, _ := io.ReadAll(c)
+	return string(b)
+}
+
+// TestAttackHTTPAdminAuth: an admin write is done only for exactly one
+// Authorization header carrying the token, its scheme matched without
+// regard to case (RFC 9110 11.1: "bearer" is "Bearer"); every other
+// request is 401 with WWW-Authenticate, leaves the pools as they were,
+// and the refusals (anyone who reaches the listener can repeat them) are
+// logged once, not per request.
+func TestAttackHTTPAdminAuth(t *testing.T) {
+	p := StartProxy(t, WithEnv("PGSIDECAR_ADMIN__HTTP_TOKEN", "s3cret"), WithEnv("PGSIDECAR_LOG__LEVEL", "info"))
+	paused := func() bool {
+		var pools []map[string]any
+		getJSONInto(t, p, "/pools", &pools)
+		return len(pools) == 1 && pools[0]["paused"] == true
+	}
+	post := func(auth ...string) string {
+		req := "POST /admin/pause HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n"
+		for _, a := range auth {
+			req += "Authorization: " + a + "\r\n"
+		}
+		return rawHTTP(t, p, req+"\r\n")
+	}
+	for _, auth := range [][]string{
+		nil,
+		{""},
+		{"Bearer"},
+		{"Bearer "},
+		{"Bearer s3cre"},
+		{"Bearer s3cret2"},
+		{"Bearer S3CRET"},
+		{"Basic czNjcmV0"},
+		{"s3cret"},
+		{"Bearer s3cret", "Bearer wrong"},
+		{"Bearer wrong", "Bearer s3cret"},
+	} {
+		out := post(auth...)
+		if !strings.HasPrefix(out, "HTTP/1.1 401 ") || !strings.Contains(out, `Www-Authenticate: Bearer realm="pgsidecar"`) {
+			t.Errorf("Authorization %q: %q, want 401 with WWW-Authenticate", auth, out)
+		}
+		if paused() {
+			t.Fatalf("Authorization %q paused the pool", auth)
+		}
+	}
+	if n := strings.Count(p.Logs.String(), "admin write refused over HTTP"); n != 1 {
+		t.Errorf("%d log lines for the refused admin writes, want 1 (rate limited)", n)
+	}
+	for _, auth := range []string{"Bearer s3cret", "bearer s3cret", "BEARER s3cret"} {
+		if out := post(auth); !strings.HasPrefix(out, "HTTP/1.1 200 ") {
+			t.Errorf("Authorization %q: %q, want 200", auth, out)
+		}
+		if !paused() {
+			t.Errorf("Authorization %q did not pause the pool", auth)
+		}
+		if code, body := adminPost(t, p, "/admin/resume", "s3cret"); code != http.StatusOK {
+			t.Fatalf("resume: %d %s", code, body)
+		}
+	}
+}
