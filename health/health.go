@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/pgsidecar/pgsidecar/pool"
@@ -62,6 +63,12 @@ type Server struct {
 	log     *slog.Logger
 	handler http.Handler
 	srv     *http.Server
+
+	// Admin writes refused for their credentials, logged at most once
+	// per 10 s (logRefusedWrite).
+	refusedMu       sync.Mutex
+	refusedNext     time.Time
+	refusedUnlogged uint64
 }
 
 // New returns a Server that is not yet listening.
