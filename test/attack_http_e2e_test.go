@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -253,5 +255,89 @@ func TestAttackHTTPAdminAuth(t *testing.T) {
 		if code, body := adminPost(t, p, "/admin/resume", "s3cret"); code != http.StatusOK {
 			t.Fatalf("resume: %d %s", code, body)
 		}
+	}
+}
+
+// TestAttackHTTPAdminWritesRaceReload: concurrent HTTP pauses, resumes,
+// reconnects and reloads of every database and of one, with SIGHUPs in
+// between, while clients run transactions: every write is answered (200,
+// or 500 only for a reload the app was too busy for), the clients'
+// transactions all complete, and after a last RESUME no pool is left
+// paused by a PAUSE that lost its race with a RESUME. A guard (nothing was
+// found wrong): the other admin tests send their writes one at a time.
+func TestAttackHTTPAdminWritesRaceReload(t *testing.T) {
+	p := StartProxy(t, WithEnv("PGSIDECAR_ADMIN__HTTP_TOKEN", "s3cret"), WithEnv("PGSIDECAR_LOG__LEVEL", "info"))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	stop := make(chan struct{})
+	var clients, writers sync.WaitGroup
+	for i := range 3 {
+		clients.Add(1)
+		go func() { // ends at stop, or after 2000 transactions (each bounded by ctx)
+			defer clients.Done()
+			c, err := pgconn.Connect(ctx, p.AppURL())
+			if err != nil {
+				t.Errorf("client %d: %v", i, err)
+				return
+			}
+			defer c.Close(context.Background())
+			for n := 0; n < 2000; n++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if _, err := c.Exec(ctx, "BEGIN; SELECT 1; COMMIT").ReadAll(); err != nil {
+					t.Errorf("client %d transaction %d: %v", i, n, err)
+					return
+				}
+			}
+		}()
+	}
+	paths := []string{"/admin/pause", "/admin/resume", "/admin/reconnect", "/admin/reload",
+		"/admin/pause?db=app", "/admin/resume?db=app", "/admin/reconnect?db=app"}
+	for w := range 4 {
+		writers.Add(1)
+		go func() { // ends after its 25 writes, each bounded by httpClient's timeout
+			defer writers.Done()
+			for n := range 25 {
+				path := paths[(w*7+n*3)%len(paths)]
+				req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+p.HealthAddr+path, nil)
+				req.Header.Set("Authorization", "Bearer s3cret")
+				resp, err := httpClient.Do(req)
+				if err != nil {
+					t.Errorf("POST %s: %v", path, err)
+					return
+				}
+				b, _ := io.ReadAll(resp.Body)
+				_ = resp.Body.Close()
+				if resp.StatusCode != http.StatusOK && (resp.StatusCode != http.StatusInternalServerError || !strings.Contains(string(b), "busy")) {
+					t.Errorf("POST %s: %d %s", path, resp.StatusCode, b)
+				}
+				if n%5 == 0 {
+					p.Signal(syscall.SIGHUP)
+				}
+			}
+		}()
+	}
+	writers.Wait()
+	if code, body := adminPost(t, p, "/admin/resume", "s3cret"); code != http.StatusOK {
+		t.Fatalf("final resume: %d %s", code, body)
+	}
+	close(stop)
+	clients.Wait()
+	var pools []map[string]any
+	getJSONInto(t, p, "/pools", &pools)
+	for _, pl := range pools {
+		if pl["paused"] != false {
+			t.Errorf("pool still paused after the last RESUME: %v", pl)
+		}
+	}
+	c := connect(t, p.AppURL())
+	if _, err := c.Exec(ctx, "SELECT 1"); err != nil {
+		t.Errorf("a transaction after the race: %v", err)
+	}
+	if p.Exited() {
+		t.Fatal("the proxy exited")
 	}
 }
