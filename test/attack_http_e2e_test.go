@@ -341,3 +341,53 @@ func TestAttackHTTPAdminWritesRaceReload(t *testing.T) {
 		t.Fatal("the proxy exited")
 	}
 }
+
+// TestAttackHTTPDrainWithHeldHealthConns: during a SIGTERM drain with
+// health connections held open (keep-alive ones idle, slow ones that never
+// finish their header), /readyz is 503, /livez 200, and once the last
+// client has left the process exits 0: the held health connections do not
+// keep it alive. A guard: the drain tests poll the probes with fresh
+// connections only. (The slow connections do delay the exit, by up to
+// their 5 s header timeout, as health.Shutdown waits for them: not
+// asserted here, as that would be a timed assertion.)
+func TestAttackHTTPDrainWithHeldHealthConns(t *testing.T) {
+	p := StartProxy(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c := connect(t, p.AppURL())
+	if _, err := c.Exec(ctx, "BEGIN"); err != nil {
+		t.Fatal(err)
+	}
+	held, codes := holdHealthConns(t, p, 5)
+	defer func() {
+		for _, hc := range held {
+			_ = hc.Close()
+		}
+	}()
+	if codes[http.StatusOK] != 5 {
+		t.Fatalf("keep-alive /livez: %v", codes)
+	}
+	for range 5 {
+		sc, err := net.DialTimeout("tcp", p.HealthAddr, 2*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, sc)
+		_, _ = io.WriteString(sc, "GET /livez HTTP/1.1\r\nHost: sl")
+	}
+	p.Signal(syscall.SIGTERM)
+	waitFor(t, 5*time.Second, "/readyz 503 draining", func() bool {
+		code, body, err := p.getJSON("/readyz")
+		return err == nil && code == http.StatusServiceUnavailable && body["status"] == "draining"
+	})
+	if code, _, err := p.getJSON("/livez"); err != nil || code != http.StatusOK {
+		t.Errorf("/livez during the drain: %d %v", code, err)
+	}
+	if _, err := c.Exec(ctx, "COMMIT"); err != nil {
+		t.Fatalf("COMMIT during the drain: %v", err)
+	}
+	code, err := p.Wait(15 * time.Second)
+	if err != nil || code != 0 {
+		t.Fatalf("after the last client left: exit %d, %v", code, err)
+	}
+}
