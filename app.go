@@ -406,8 +406,9 @@ type clientsView struct {
 }
 
 // fdOverhead covers the descriptors that are neither clients nor backends:
-// the listeners, health requests, the proxy's spare descriptor, the Go
-// runtime's own.
+// the listeners, the health listener's connections (health.MaxConns, 32,
+// and a few being refused), the proxy's spare descriptor, the Go runtime's
+// own.
 const fdOverhead = 64
 
 // fdsNeeded is how many descriptors the configured limits can make the

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"net/http"
 	"strings"
+	"time"
 )
 
 // Admin serves the operator's JSON reads (/pools, /clients, /servers) and
@@ -47,7 +48,8 @@ func (s *Server) adminRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /servers", read(a.Servers))
 	for _, action := range []string{"reload", "pause", "resume", "reconnect"} {
 		mux.HandleFunc("POST /admin/"+action, func(w http.ResponseWriter, r *http.Request) {
-			if !authorized(a.Token(), r.Header.Get("Authorization")) {
+			if !authorized(a.Token(), r.Header.Values("Authorization")) {
+				s.logRefusedWrite(action, r.RemoteAddr)
 				w.Header().Set("WWW-Authenticate", `Bearer realm="pgsidecar"`)
 				s.writeJSON(w, r, http.StatusUnauthorized, map[string]string{
 					"error": "unauthorized: send Authorization: Bearer <admin.http_token> (writes are refused while admin.http_token is empty)"})
@@ -67,14 +69,38 @@ func (s *Server) adminRoutes(mux *http.ServeMux) {
 	}
 }
 
-// authorized compares the bearer token in header with token in constant
-// time (hashes first, so not even the length leaks). An empty token
-// refuses everyone.
-func authorized(token, header string) bool {
-	got, ok := strings.CutPrefix(header, "Bearer ")
-	if token == "" || !ok {
+// authorized compares the bearer token in the request's only Authorization
+// header with token in constant time (hashes first, so not even the length
+// leaks). The scheme is matched without regard to case (RFC 9110 11.1). An
+// empty token refuses everyone, and so do several Authorization headers:
+// which of them would count is anybody's guess.
+func authorized(token string, headers []string) bool {
+	if token == "" || len(headers) != 1 {
+		return false
+	}
+	scheme, got, ok := strings.Cut(headers[0], " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
 		return false
 	}
 	a, b := sha256.Sum256([]byte(token)), sha256.Sum256([]byte(strings.TrimSpace(got)))
 	return subtle.ConstantTimeCompare(a[:], b[:]) == 1
+}
+
+// logRefusedWrite logs a write refused for its credentials at most once per
+// 10 s, with the number not logged since: anyone who reaches the listener
+// can send them, but an operator must see that someone tries.
+func (s *Server) logRefusedWrite(action, remote string) {
+	now := time.Now()
+	s.refusedMu.Lock()
+	if now.Before(s.refusedNext) {
+		s.refusedUnlogged++
+		s.refusedMu.Unlock()
+		return
+	}
+	s.refusedNext = now.Add(10 * time.Second)
+	unlogged := s.refusedUnlogged
+	s.refusedUnlogged = 0
+	s.refusedMu.Unlock()
+	s.log.Warn("admin write refused over HTTP: no or wrong bearer token (admin.http_token)",
+		"action", action, "remote", remote, "refused_unlogged", unlogged)
 }

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/pgsidecar/pgsidecar/pool"
@@ -62,6 +63,12 @@ type Server struct {
 	log     *slog.Logger
 	handler http.Handler
 	srv     *http.Server
+
+	// Admin writes refused for their credentials, logged at most once
+	// per 10 s (logRefusedWrite).
+	refusedMu       sync.Mutex
+	refusedNext     time.Time
+	refusedUnlogged uint64
 }
 
 // New returns a Server that is not yet listening.
@@ -109,10 +116,11 @@ func (s *Server) routes() http.Handler {
 }
 
 // Serve answers requests on ln until Shutdown or Close, after which it
-// returns ErrServerClosed. It closes ln when it returns.
+// returns ErrServerClosed. It closes ln when it returns. It holds at most
+// MaxConns connections open; it answers others 503 at once.
 func (s *Server) Serve(ln net.Listener) error {
 	s.log.Debug("health listener started", "addr", ln.Addr().String())
-	err := s.srv.Serve(ln)
+	err := s.srv.Serve(newLimitListener(ln, s.log))
 	if err != nil && err != ErrServerClosed {
 		return fmt.Errorf("health: serve on %s: %w", ln.Addr(), err)
 	}

@@ -90,6 +90,13 @@ func (r *Roles) roleConfig(role string) Config {
 	cfg := r.base
 	cfg.User = role
 	cfg.Name = cfg.Database + "/" + role
+	// The database's own pool (base) is named database/user as well: the
+	// pool of the role that is that user needs a name of its own, or
+	// /stats would list two pools one cannot tell apart and /metrics two
+	// series with one label set (every scrape drops one and logs it).
+	if cfg.Name == r.base.Name {
+		cfg.Name += " (passthrough)"
+	}
 	return cfg
 }
 
