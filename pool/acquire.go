@@ -196,7 +196,7 @@ func (p *Pool) take(front bool, start time.Time) (*backend, *waiter, time.Durati
 }
 
 // RefuseWaiter is Acquire's max_waiters check for a caller about to wait
-// for this pool outside it: others callers already wait for it there (the
+// for this pool outside it: `others` callers already wait for it there (the
 // proxy's event-loop queue, whose requests wait before any of them calls
 // Acquire) and count as the pool's own waiters do. It returns the 53300
 // Acquire would refuse the caller with, counted as a refusal, or nil when

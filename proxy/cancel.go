@@ -87,10 +87,10 @@ func (k *cancelKeys) unregister(c *clientConn) {
 	k.mu.Unlock()
 }
 
-// lookup is the client whose key is (pid, secret), or nil. The map and the
-// secret are read under k.mu, as register and rekey write them (rekey
-// while a session-mode client logs in, when a cancel request may already
-// be under way).
+// lookup is the client whose key is (pid, secret), or nil. Read under
+// k.mu: register writes the secret before the client enters the map, and
+// the map (and the pid) change under it (rekey, while a session-mode
+// client logs in, when a cancel request may already be under way).
 func (k *cancelKeys) lookup(pid, secret uint32) *clientConn {
 	k.mu.Lock()
 	c := k.clients[pid]

@@ -299,16 +299,20 @@ func (c *clientConn) loopableNow() bool {
 func (p *parker) loopAcquire(c *clientConn) (*backend, error) {
 	conn, fromQueue := p.queuedConn, p.queuedFor == c
 	ok := fromQueue
+	queued := 0 // requests in the loop's queue for c's pool
+	if !fromQueue && p.queued.Load() > 0 {
+		queued = p.queueLen(c.db.Pool)
+	}
 	if fromQueue {
 		p.queuedConn, p.queuedFor = pool.Conn{}, nil // serveQueues took it for this request
-	} else if p.queued.Load() > 0 && p.queueLen(c.db.Pool) > 0 {
+	} else if queued > 0 {
 		// Requests wait in the loop's queue for this pool: a backend
 		// free now (one released in this batch, served at its end) is
 		// theirs, oldest first, as in the pool's own queue and
 		// PgBouncer's. This one waits behind them. Were the pool to have
 		// room to grow meanwhile, they all go to goroutines, whose
 		// Acquire opens backends, after loopQueueWait.
-		return nil, p.enqueueOrRefuse(c)
+		return nil, p.enqueueOrRefuse(c, queued)
 	} else {
 		conn, ok = c.db.Pool.TryAcquireAt(p.clock)
 	}
@@ -326,7 +330,7 @@ func (p *parker) loopAcquire(c *clientConn) (*backend, error) {
 		// (loopEnqueue), in order, or on a goroutine past loopQueueWait.
 		// Nothing of it was consumed: process starts over when a backend
 		// is free.
-		return nil, p.enqueueOrRefuse(c)
+		return nil, p.enqueueOrRefuse(c, queued)
 	}
 	if c.srv.draining.Load() {
 		conn.Release()
@@ -349,9 +353,10 @@ func (p *parker) loopAcquire(c *clientConn) (*backend, error) {
 // pool.max_waiters requests already wait for the pool, in the loop's
 // queue and the pool's own together, so the request is refused at once,
 // as Acquire refuses it, instead of after loopQueueWait in the loop's
-// queue. Loop thread.
-func (p *parker) enqueueOrRefuse(c *clientConn) error {
-	if qe := c.db.Pool.RefuseWaiter(p.queueLen(c.db.Pool)); qe != nil {
+// queue. queued is how many wait in the loop's queue for c's pool now.
+// Loop thread.
+func (p *parker) enqueueOrRefuse(c *clientConn, queued int) error {
+	if qe := c.db.Pool.RefuseWaiter(queued); qe != nil {
 		return qe
 	}
 	return errLoopQueue

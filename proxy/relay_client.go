@@ -322,8 +322,12 @@ func (c *clientConn) acquireForRequest() (*backend, error) {
 	var err error
 	if c.loop.running {
 		b, err = c.srv.park.loopAcquire(c) // loop.go: it never waits
-		if _, refused := err.(*pool.AcquireError); err != errWaitCanceled && !refused {
+		_, refused := err.(*pool.AcquireError)
+		if err != errWaitCanceled && !refused {
 			return b, err // a backend, or what the loop does instead (loopProcess)
+		}
+		if refused {
+			c.log.Warn("no server connection for client", "err", err) // as acquire logs it
 		}
 	} else {
 		b, err = c.acquire()

@@ -599,7 +599,7 @@ func (c *clientConn) backendLost(b *backend, err error) {
 	// come: an ErrorResponse now would be read as that rest, a row
 	// completed with the error's bytes. Only b's reader calls this, so
 	// passRemaining is its own to read.
-	midMessage := mine && b.passRemaining > 0 && !b.passSwallow
+	midMessage := mine && b.midMessage()
 	if mine {
 		c.dropBackendLocked()
 		c.unpinOnLeaveLocked()
@@ -642,6 +642,15 @@ func (c *clientConn) backendLost(b *backend, err error) {
 	c.conn.SetWriteDeadline(time.Now().Add(time.Second))
 	c.conn.Write(pe.appendTo(nil))
 	c.conn.Close()
+}
+
+// midMessage reports whether part of one of b's messages was relayed to
+// the client as it came (a DataRow or CopyData passed on in pieces) and
+// the rest is still to come: the client must not be written anything else
+// now, which it would read as that rest. b's reader only, or with no
+// reader running.
+func (b *backend) midMessage() bool {
+	return b.passRemaining > 0 && !b.passSwallow
 }
 
 // routeLocked walks the replies in b's buffer (routeOneLocked books each).
@@ -918,7 +927,7 @@ func (c *clientConn) finish() {
 	b = c.be
 	severed := c.reader.severed
 	// No reader runs on b now: its pass-through state is safe to read.
-	c.leave.midReply = b != nil && b.passRemaining > 0 && !b.passSwallow
+	c.leave.midReply = b != nil && b.midMessage()
 	c.dropBackendLocked()
 	// A cancel still being sent could land on the next holder's query.
 	clean := b != nil && b.settled() && c.q.len() == 0 && !c.inBatch &&
