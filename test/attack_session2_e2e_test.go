@@ -1,0 +1,75 @@
+package e2e
+
+// Attacks on what the first session attack (attack_session_e2e_test.go)
+// did not reach: channel names through the shared listener, clients that
+// go silent mid-COPY or stop reading, pinned clients whose backend dies.
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// TestAttackSession2ListenChannelSpelling: in transaction mode the proxy
+// reads a client's LISTEN to add the channel to the shared listener, so it
+// must name the channel exactly as PostgreSQL does: quoted names as
+// written ("Mixed Case", a doubled quote), unquoted names with only ASCII
+// letters folded (PostgreSQL leaves other letters alone in a multibyte
+// encoding: LISTEN Émile listens on "Émile"), and names longer than 63
+// bytes cut to 63 bytes at a character boundary (PostgreSQL's
+// truncate_identifier, with a NOTICE). Each spelling is compared with a
+// direct listener; a bystander on another channel must keep getting its
+// notifications, and the shared listener must not fail. Before the fix
+// "Émile" was folded to "émile" (its notifications never came), and a
+// 64-byte name whose 63rd byte is inside "é" was cut in the middle of the
+// character: the shared listener's LISTEN failed (22021 invalid byte
+// sequence) and it reconnected in a tight loop, so no client of the
+// database got any notification any more.
+func TestAttackSession2ListenChannelSpelling(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	p := txStartProxy(t, "transaction", 2)
+	mb := strings.Repeat("e", 62) + "é" // 64 bytes, "é" across the 63rd
+	spellings := []string{`"Mixed Case"`, `"a""b"`, strings.Repeat("c", 63), strings.Repeat("D", 64),
+		"Émile", `"` + mb + `"`, mb, "ÀB" + strings.Repeat("x", 62)}
+	notifier := connect(t, txDirectURL())
+	direct := connect(t, txDirectURL())
+	proxied := connect(t, txProxyURL(p))
+	bystander := connect(t, txProxyURL(p))
+	if _, err := bystander.Exec(ctx, "LISTEN bystander"); err != nil {
+		t.Fatal(err)
+	}
+	wait := func(conn *pgx.Conn) string {
+		wctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		defer cancel()
+		n, err := conn.WaitForNotification(wctx)
+		if err != nil {
+			return "none"
+		}
+		return n.Channel + ": " + n.Payload
+	}
+	for i, sp := range spellings {
+		for _, l := range []*pgx.Conn{direct, proxied} {
+			if _, err := l.Exec(ctx, "UNLISTEN *; LISTEN "+sp); err != nil {
+				t.Fatalf("LISTEN %s: %v", sp, err)
+			}
+		}
+		if _, err := notifier.Exec(ctx, fmt.Sprintf("NOTIFY %s, 'p%d'; NOTIFY bystander, 'b%d'", sp, i, i)); err != nil {
+			t.Fatalf("NOTIFY %s: %v", sp, err)
+		}
+		want, got := wait(direct), wait(proxied)
+		if want == "none" || got != want {
+			t.Errorf("LISTEN %s: the proxy's client got %q, a direct one %q", sp, got, want)
+		}
+		if b := wait(bystander); b != fmt.Sprintf("bystander: b%d", i) {
+			t.Errorf("after another client's LISTEN %s, a bystander listening on another channel got %q", sp, b)
+		}
+	}
+	if n := p.Logs.Count("the shared LISTEN connection failed"); n > 0 {
+		t.Errorf("the shared listener failed %d times", n)
+	}
+}
