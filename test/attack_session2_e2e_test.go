@@ -73,3 +73,44 @@ func TestAttackSession2ListenChannelSpelling(t *testing.T) {
 		t.Errorf("the shared listener failed %d times", n)
 	}
 }
+
+// TestAttackSession2ListenInvalidUTF8: a client's LISTEN of a name that is
+// not valid UTF-8 fails for that client with 22021, as directly; it must
+// not reach the shared listener, whose connection it would break for the
+// whole database. Before the fix the proxy added the channel to the shared
+// listener before the statement ran: the listener's LISTEN failed with
+// 22021, it reconnected at once, over and over (a thousand times in
+// seconds), and a bystander on another channel got nothing.
+func TestAttackSession2ListenInvalidUTF8(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	p := txStartProxy(t, "transaction", 2)
+	direct := connect(t, txDirectURL())
+	bystander := connect(t, txProxyURL(p))
+	if _, err := bystander.Exec(ctx, "LISTEN bystander"); err != nil {
+		t.Fatal(err)
+	}
+	hostile := connect(t, txProxyURL(p))
+	for _, sp := range []string{"\"\xff\"", "\"bad \xc3\"", "x\xe9"} {
+		_, want := direct.Exec(ctx, "LISTEN "+sp)
+		_, got := hostile.Exec(ctx, "LISTEN "+sp)
+		if sqlState(want) != "22021" || sqlState(got) != sqlState(want) {
+			t.Errorf("LISTEN %q: %v through the proxy, %v directly", sp, got, want)
+		}
+	}
+	for i := range 3 {
+		if _, err := direct.Exec(ctx, fmt.Sprintf("NOTIFY bystander, 'b%d'", i)); err != nil {
+			t.Fatal(err)
+		}
+		wctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		n, err := bystander.WaitForNotification(wctx)
+		cancel()
+		if err != nil || n.Payload != fmt.Sprintf("b%d", i) {
+			t.Fatalf("a bystander after another client's LISTEN of invalid UTF-8: %v %v (the shared listener failed %d times)",
+				n, err, p.Logs.Count("the shared LISTEN connection failed"))
+		}
+	}
+	if n := p.Logs.Count("the shared LISTEN connection failed"); n > 0 {
+		t.Errorf("the shared listener failed %d times", n)
+	}
+}
