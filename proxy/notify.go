@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/pgsidecar/pgsidecar/internal/pgwire"
@@ -505,7 +506,7 @@ func parseListens(q []byte, fn func(listen bool, channel string, all bool)) {
 		n, nk := l.next()
 		switch {
 		case nk == tokWord:
-			fn(listen, truncIdent(strings.ToLower(string(n))), false)
+			fn(listen, truncIdent(foldIdent(n)), false)
 		case nk == tokOther && l.i > 0 && q[l.i-1] == '"':
 			if s, ok := unquoteIdent(q[start:l.i]); ok {
 				fn(listen, truncIdent(s), false)
@@ -525,10 +526,33 @@ func unquoteIdent(b []byte) (string, bool) {
 	return strings.ReplaceAll(s[1:len(s)-1], `""`, `"`), true
 }
 
-// truncIdent cuts an identifier to NAMEDATALEN-1 bytes, as the server does.
-func truncIdent(s string) string {
-	if len(s) > 63 {
-		return s[:63]
+// foldIdent folds an unquoted identifier as PostgreSQL's
+// downcase_identifier does in a multibyte server encoding: ASCII letters
+// only ("Émile" stays "Émile"; strings.ToLower would make it "émile", a
+// channel nobody notifies).
+func foldIdent(b []byte) string {
+	out := []byte(string(b))
+	for i, ch := range out {
+		if 'A' <= ch && ch <= 'Z' {
+			out[i] = ch + 'a' - 'A'
+		}
 	}
-	return s
+	return string(out)
+}
+
+// truncIdent cuts an identifier to NAMEDATALEN-1 bytes at a character
+// boundary, as the server's truncate_identifier does (pg_mbcliplen). The
+// text is taken as UTF-8, the shared listener's client_encoding (and most
+// drivers'): cutting in the middle of a character would leave a name that
+// is not the server's, and invalid UTF-8 that makes the shared listener's
+// LISTEN fail for every channel.
+func truncIdent(s string) string {
+	if len(s) <= 63 {
+		return s
+	}
+	n := 63
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
 }
