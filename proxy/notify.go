@@ -263,6 +263,20 @@ func (h *notifyHub) run(ctx context.Context) {
 				h.log.Warn("the shared LISTEN connection failed; reconnecting and listening again", "err", err)
 				conn.Close(context.Background())
 				conn = nil
+				// A LISTEN the server refuses (a hot standby's "cannot
+				// execute LISTEN during recovery") fails again at once:
+				// wait as after a failed connect, rather than reconnect in
+				// a tight loop, thousands of times a second. LISTENs
+				// waiting now are not kept waiting meanwhile.
+				h.mu.Lock()
+				h.releaseWaitersLocked(h.gen)
+				h.mu.Unlock()
+				t := time.NewTimer(hubRetry)
+				select {
+				case <-t.C:
+				case <-ctx.Done():
+				}
+				t.Stop()
 				continue
 			}
 			for _, ch := range want {
@@ -504,11 +518,18 @@ func parseListens(q []byte, fn func(listen bool, channel string, all bool)) {
 		listen := eqFold(w, "listen")
 		start := l.i
 		n, nk := l.next()
+		// A name that is not valid UTF-8 is skipped: the server refuses
+		// the statement itself (22021) when the client speaks UTF-8, and
+		// in another client_encoding the bytes are not the name the
+		// server converts them to. On the shared listener's connection
+		// (UTF-8) its LISTEN would fail, and with it every channel's.
 		switch {
 		case nk == tokWord:
-			fn(listen, truncIdent(foldIdent(n)), false)
+			if ch := truncIdent(foldIdent(n)); utf8.ValidString(ch) {
+				fn(listen, ch, false)
+			}
 		case nk == tokOther && l.i > 0 && q[l.i-1] == '"':
-			if s, ok := unquoteIdent(q[start:l.i]); ok {
+			if s, ok := unquoteIdent(q[start:l.i]); ok && utf8.ValidString(s) {
 				fn(listen, truncIdent(s), false)
 			}
 		case nk == tokOther && !listen && l.i > 0 && q[l.i-1] == '*':
