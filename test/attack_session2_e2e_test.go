@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgproto3"
 )
 
 // TestAttackSession2ListenChannelSpelling: in transaction mode the proxy
@@ -112,5 +113,85 @@ func TestAttackSession2ListenInvalidUTF8(t *testing.T) {
 	}
 	if n := p.Logs.Count("the shared LISTEN connection failed"); n > 0 {
 		t.Errorf("the shared listener failed %d times", n)
+	}
+}
+
+// TestAttackSession2StalledClientQueryTimeout: a client that stalls with a
+// request in flight - silent in the middle of COPY FROM STDIN after some
+// data, or not reading a large result - holds its backend; directly
+// PostgreSQL waits for it forever (statement_timeout does not end it:
+// the server acts on a cancel only once the client sends data or reads).
+// The proxy's pool.query_timeout is what ends it (idle_transaction_timeout
+// and client_idle_timeout do not apply to a request in flight): the
+// cancel cannot work, so the client is closed and its backend, in an
+// unknown state, closed. The diagnosis must name the client, not the
+// server: before the fix the client got FATAL 08006 "the database server
+// is not responding (stopped, overloaded or cut off by the network)" and
+// the log warned "the server did not answer the pool.query_timeout
+// cancel", sending an operator after a healthy database. In both modes,
+// on a pool of one, the next client is served.
+func TestAttackSession2StalledClientQueryTimeout(t *testing.T) {
+	const limit = time.Second
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	d := txConnect(ctx, t, txDirectURL(), nil)
+	txMustExec(ctx, t, d, "DROP TABLE IF EXISTS s2_copy; CREATE TABLE s2_copy (x int)")
+	t.Cleanup(func() { txSimple(context.Background(), d, "DROP TABLE IF EXISTS s2_copy") })
+
+	// Directly, with statement_timeout: nothing within 3 s.
+	r := dialRaw(t, txDirectURL())
+	r.query(t, "SET statement_timeout = '500ms'")
+	r.send(t, &pgproto3.Query{String: "COPY s2_copy FROM STDIN"})
+	receiveUntil[*pgproto3.CopyInResponse](t, r)
+	r.send(t, &pgproto3.CopyData{Data: []byte("1\n2\n")})
+	_ = r.conn.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if msg, err := r.fe.Receive(); err == nil {
+		t.Logf("direct: %T %+v during a silent COPY (PostgreSQL 15 sends nothing)", msg, msg)
+	}
+
+	stalls := []struct {
+		name, want string
+		stall      func(t *testing.T, r *rawClient)
+	}{
+		{"silent mid COPY FROM STDIN", "sent no COPY data", func(t *testing.T, r *rawClient) {
+			r.send(t, &pgproto3.Query{String: "COPY s2_copy FROM STDIN"})
+			receiveUntil[*pgproto3.CopyInResponse](t, r)
+			r.send(t, &pgproto3.CopyData{Data: []byte("1\n2\n")})
+		}},
+		{"not reading a large result", "did not read", func(t *testing.T, r *rawClient) {
+			r.send(t, &pgproto3.Query{String: "SELECT i, repeat('x', 1000) FROM generate_series(1, 200000) i"})
+		}},
+	}
+	for _, mode := range []string{"transaction", "session"} {
+		for _, st := range stalls {
+			t.Run(mode+"/"+st.name, func(t *testing.T) {
+				p := txStartProxy(t, mode, 1, WithEnv("PGSIDECAR_POOL__QUERY_TIMEOUT", limit.String()),
+					WithEnv("PGSIDECAR_POOL__IDLE_TRANSACTION_TIMEOUT", "500ms"), WithEnv("PGSIDECAR_POOL__CLIENT_IDLE_TIMEOUT", "500ms"),
+					WithEnv("PGSIDECAR_POOL__ACQUIRE_TIMEOUT", "20s"))
+				r := dialRaw(t, txProxyURL(p))
+				st.stall(t, r)
+				next := txConnect(ctx, t, txProxyURL(p), nil)
+				if _, err := txOne(ctx, next, "SELECT 1"); err != nil {
+					t.Fatalf("the next client on the pool of one: %v", err)
+				}
+				// Not reading: the cancel may still work (the server had not
+				// yet blocked writing): then the client gets its 57014 and
+				// nobody is closed, which is right too.
+				cancelWorked := st.name == "not reading a large result" &&
+					!p.Logs.ContainsWithin("closed", 8*time.Second)
+				if !cancelWorked && !p.Logs.ContainsWithin(st.want, 5*time.Second) {
+					t.Errorf("the log does not say the client %s:\n%s", st.want, p.Logs.String())
+				}
+				if p.Logs.Contains("did not answer") || p.Logs.Contains("not responding") {
+					t.Errorf("the log blames the server for the client's stall:\n%s", p.Logs.String())
+				}
+				if st.name == "silent mid COPY FROM STDIN" {
+					e := receiveFatal(t, r, "57014", 5*time.Second)
+					if !strings.Contains(e.Message, "query_timeout") || !strings.Contains(e.Message, st.want) || e.Hint == "" {
+						t.Errorf("the silent client got %q (hint %q)", e.Message, e.Hint)
+					}
+				}
+			})
+		}
 	}
 }
