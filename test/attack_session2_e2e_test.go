@@ -7,6 +7,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -237,5 +238,41 @@ func TestAttackSession2NotifyPayloadLimit(t *testing.T) {
 		if _, err := sender.Exec(ctx, "ROLLBACK"); err != nil || sender.PgConn().TxStatus() != 'I' {
 			t.Errorf("ROLLBACK: %v", err)
 		}
+	}
+}
+
+// TestAttackSession2ListenChurn: a client that LISTENs and UNLISTENs over
+// and over (an application that listens per request while it waits for a
+// job) costs the server nothing more than directly, where LISTEN and
+// UNLISTEN are cheap statements of the client's own session. Before the
+// fix the shared listener connection was closed as soon as no client
+// listened and opened again at the next LISTEN: every LISTEN / UNLISTEN *
+// pair of one client made a new server connection (a process fork and an
+// authentication; 200 pairs, 200 connections), and each LISTEN waited for
+// that connection. The server's own count of sessions
+// (pg_stat_database.sessions) is the witness.
+func TestAttackSession2ListenChurn(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	p := txStartProxy(t, "transaction", 2)
+	admin := txConnect(ctx, t, pg.AdminURL(), nil)
+	sessions := func() int {
+		txMustExec(ctx, t, admin, "SELECT pg_stat_clear_snapshot()")
+		n, _ := strconv.Atoi(txMustOne(ctx, t, admin, "SELECT sessions FROM pg_stat_database WHERE datname = 'app'"))
+		return n
+	}
+	c := txConnect(ctx, t, txProxyURL(p), nil)
+	txMustOne(ctx, t, c, "SELECT 1") // the pool's backends are open
+	before := sessions()
+	const cycles = 100
+	start := time.Now()
+	i := 0
+	for ; i < cycles && time.Since(start) < 30*time.Second; i++ {
+		txMustExec(ctx, t, c, "LISTEN churn")
+		txMustExec(ctx, t, c, "UNLISTEN *")
+	}
+	// The pool of 2 may open its second backend, and the listener one.
+	if opened := sessions() - before; opened > 3 {
+		t.Errorf("%d LISTEN / UNLISTEN * pairs of one client opened %d server connections", i, opened)
 	}
 }
