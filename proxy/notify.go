@@ -7,6 +7,7 @@ package proxy
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"log/slog"
 	"strings"
 	"sync"
@@ -45,6 +46,10 @@ const maxPendingNotifications = 10000
 
 // hubWait bounds how long a client's LISTEN waits for the shared listener.
 const hubWait = 10 * time.Second
+
+// hubLinger is how long the listener connection stays open once no
+// client listens, for the next LISTEN (a variable for the tests).
+var hubLinger = 30 * time.Second
 
 // hubRetry is the wait between attempts to (re)connect the listener.
 const hubRetry = time.Second
@@ -204,8 +209,8 @@ func (h *notifyHub) releaseWaitersLocked(done uint64) {
 	h.waiters = kept
 }
 
-// run is the listener goroutine. It ends when no client listens any more
-// (closing its connection) or when the server closes (ctx).
+// run is the listener goroutine. It ends when no client has listened for
+// hubLinger (closing its connection) or when the server closes (ctx).
 func (h *notifyHub) run(ctx context.Context) {
 	var conn *pgconn.PgConn
 	listened := map[string]bool{}
@@ -216,8 +221,19 @@ func (h *notifyHub) run(ctx context.Context) {
 			cancel()
 		}
 	}()
+	// lingered: a whole hubLinger passed with no client listening.
+	lingered := false
 	for {
 		if conn == nil {
+			h.mu.Lock()
+			if len(h.byChannel) == 0 {
+				// Nobody listens (any more): no reason to connect.
+				h.running = false
+				h.releaseWaitersLocked(h.gen)
+				h.mu.Unlock()
+				return
+			}
+			h.mu.Unlock()
 			var err error
 			conn, err = h.connect(ctx)
 			if err != nil {
@@ -230,7 +246,8 @@ func (h *notifyHub) run(ctx context.Context) {
 			listened = map[string]bool{}
 		}
 		h.mu.Lock()
-		if len(h.byChannel) == 0 || ctx.Err() != nil {
+		idle := len(h.byChannel) == 0
+		if (idle && lingered) || ctx.Err() != nil {
 			h.running = false
 			h.releaseWaitersLocked(h.gen)
 			h.mu.Unlock()
@@ -288,7 +305,17 @@ func (h *notifyHub) run(ctx context.Context) {
 		}
 		h.mu.Lock()
 		h.releaseWaitersLocked(gen)
-		wctx, cancel := context.WithCancel(ctx)
+		// With no client listening the connection stays up to hubLinger
+		// (its channels UNLISTENed above), then closes: a client that
+		// LISTENs and UNLISTENs again and again must not cost the server
+		// a new connection each time.
+		var wctx context.Context
+		var cancel context.CancelFunc
+		if idle {
+			wctx, cancel = context.WithTimeout(ctx, hubLinger)
+		} else {
+			wctx, cancel = context.WithCancel(ctx)
+		}
 		h.cancel = cancel
 		if h.gen != gen {
 			cancel()
@@ -296,6 +323,7 @@ func (h *notifyHub) run(ctx context.Context) {
 		h.mu.Unlock()
 		err := conn.WaitForNotification(wctx)
 		woken := wctx.Err() != nil
+		lingered = idle && errors.Is(wctx.Err(), context.DeadlineExceeded)
 		h.mu.Lock()
 		h.cancel = nil
 		h.mu.Unlock()
