@@ -276,3 +276,54 @@ func TestAttackSession2ListenChurn(t *testing.T) {
 		t.Errorf("%d LISTEN / UNLISTEN * pairs of one client opened %d server connections", i, opened)
 	}
 }
+
+// TestAttackSession2PinnedBackendTerminated: a transaction-mode client
+// pinned by session state (a session advisory lock, a temp table) whose
+// backend is terminated gets the server's FATAL 57P01 and the close, as a
+// direct client does at its next statement, and is not left pinned to
+// nothing: /stats clients_pinned goes back to 0. The log must not say the
+// dead backend is cleaned (before the fix: "pinned client left; its server
+// connection is cleaned", for a connection that was gone). A pinned client
+// cut by idle_transaction_timeout (25P03) or client_idle_timeout (57P05)
+// leaves its lock released and the pin count at 0 (guards).
+func TestAttackSession2PinnedBackendTerminated(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	p := txStartProxy(t, "transaction", 2, WithEnv("PGSIDECAR_POOL__IDLE_TRANSACTION_TIMEOUT", "1s"),
+		WithEnv("PGSIDECAR_POOL__CLIENT_IDLE_TIMEOUT", "2s"))
+	admin := txConnect(ctx, t, pg.AdminURL(), nil)
+	pinned := func() int { n, _ := txPinned(t, p); return n }
+	for _, state := range []string{"SELECT pg_advisory_lock(4242)", "CREATE TEMP TABLE s2_pin (x int)"} {
+		for _, url := range []string{txDirectURL(), txProxyURL(p)} {
+			c := txConnect(ctx, t, url, nil)
+			pid := txMustOne(ctx, t, c, state+"; SELECT pg_backend_pid()")
+			if url != txDirectURL() {
+				waitFor(t, 5*time.Second, "the client pinned", func() bool { return pinned() == 1 })
+			}
+			txMustExec(ctx, t, admin, "SELECT pg_terminate_backend("+pid+", 5000)")
+			_, err := txOne(ctx, c, "SELECT 1")
+			if sqlState(err) != "57P01" || !c.IsClosed() {
+				t.Errorf("%s, backend terminated: %v (closed %v), want FATAL 57P01 and the close", state, err, c.IsClosed())
+			}
+		}
+		waitFor(t, 5*time.Second, "clients_pinned back to 0", func() bool { return pinned() == 0 })
+	}
+	if p.Logs.Contains("connection is cleaned") {
+		t.Errorf("the log says a terminated backend is cleaned:\n%s", p.Logs.String())
+	}
+
+	// Pinned, then cut by each client timeout: the lock is released.
+	for _, tc := range []struct{ after, code string }{{"BEGIN", "25P03"}, {"SELECT 1", "57P05"}} {
+		c := txConnect(ctx, t, txProxyURL(p), nil)
+		txMustExec(ctx, t, c, "SELECT pg_advisory_lock(4243); "+tc.after)
+		time.Sleep(3 * time.Second)
+		if _, err := txOne(ctx, c, "SELECT 1"); sqlState(err) != tc.code {
+			t.Errorf("pinned, idle after %s: %v, want %s", tc.after, err, tc.code)
+		}
+		waitFor(t, 5*time.Second, "clients_pinned back to 0", func() bool { return pinned() == 0 })
+		other := txConnect(ctx, t, txProxyURL(p), nil)
+		if v := txMustOne(ctx, t, other, "SELECT pg_try_advisory_lock(4243)::text || pg_advisory_unlock(4243)::text"); v != "truetrue" {
+			t.Errorf("lock 4243 after the pinned client was cut (%s): %s", tc.code, v)
+		}
+	}
+}
