@@ -4,8 +4,11 @@
 package proxy
 
 import (
+	"net"
 	"syscall"
 	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // The loop thread's socket I/O on Linux: recvfrom(2) and sendto(2)
@@ -45,4 +48,26 @@ func loopSend(fd uintptr, b []byte) (int, error) {
 		return -1, e
 	}
 	return int(n), nil
+}
+
+// unsentBytes is how many bytes written to the socket of conn the peer
+// has not yet acknowledged (SIOCOUTQ), or -1 when that cannot be known.
+// Bytes stay there while the peer does not read: its receive window is
+// full. conn must be the socket itself, not a TLS layer over it.
+func unsentBytes(conn net.Conn) int {
+	sc, ok := conn.(syscall.Conn)
+	if !ok {
+		return -1
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return -1
+	}
+	n := -1
+	_ = rc.Control(func(fd uintptr) {
+		if v, err := unix.IoctlGetInt(int(fd), unix.SIOCOUTQ); err == nil {
+			n = v
+		}
+	})
+	return n
 }

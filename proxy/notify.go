@@ -7,10 +7,12 @@ package proxy
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"log/slog"
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/pgsidecar/pgsidecar/internal/pgwire"
@@ -44,6 +46,10 @@ const maxPendingNotifications = 10000
 
 // hubWait bounds how long a client's LISTEN waits for the shared listener.
 const hubWait = 10 * time.Second
+
+// hubLinger is how long the listener connection stays open once no
+// client listens, for the next LISTEN (a variable for the tests).
+var hubLinger = 30 * time.Second
 
 // hubRetry is the wait between attempts to (re)connect the listener.
 const hubRetry = time.Second
@@ -203,8 +209,8 @@ func (h *notifyHub) releaseWaitersLocked(done uint64) {
 	h.waiters = kept
 }
 
-// run is the listener goroutine. It ends when no client listens any more
-// (closing its connection) or when the server closes (ctx).
+// run is the listener goroutine. It ends when no client has listened for
+// hubLinger (closing its connection) or when the server closes (ctx).
 func (h *notifyHub) run(ctx context.Context) {
 	var conn *pgconn.PgConn
 	listened := map[string]bool{}
@@ -215,8 +221,19 @@ func (h *notifyHub) run(ctx context.Context) {
 			cancel()
 		}
 	}()
+	// lingered: a whole hubLinger passed with no client listening.
+	lingered := false
 	for {
 		if conn == nil {
+			h.mu.Lock()
+			if len(h.byChannel) == 0 {
+				// Nobody listens (any more): no reason to connect.
+				h.running = false
+				h.releaseWaitersLocked(h.gen)
+				h.mu.Unlock()
+				return
+			}
+			h.mu.Unlock()
 			var err error
 			conn, err = h.connect(ctx)
 			if err != nil {
@@ -229,7 +246,8 @@ func (h *notifyHub) run(ctx context.Context) {
 			listened = map[string]bool{}
 		}
 		h.mu.Lock()
-		if len(h.byChannel) == 0 || ctx.Err() != nil {
+		idle := len(h.byChannel) == 0
+		if (idle && lingered) || ctx.Err() != nil {
 			h.running = false
 			h.releaseWaitersLocked(h.gen)
 			h.mu.Unlock()
@@ -262,6 +280,20 @@ func (h *notifyHub) run(ctx context.Context) {
 				h.log.Warn("the shared LISTEN connection failed; reconnecting and listening again", "err", err)
 				conn.Close(context.Background())
 				conn = nil
+				// A LISTEN the server refuses (a hot standby's "cannot
+				// execute LISTEN during recovery") fails again at once:
+				// wait as after a failed connect, rather than reconnect in
+				// a tight loop, thousands of times a second. LISTENs
+				// waiting now are not kept waiting meanwhile.
+				h.mu.Lock()
+				h.releaseWaitersLocked(h.gen)
+				h.mu.Unlock()
+				t := time.NewTimer(hubRetry)
+				select {
+				case <-t.C:
+				case <-ctx.Done():
+				}
+				t.Stop()
 				continue
 			}
 			for _, ch := range want {
@@ -273,7 +305,17 @@ func (h *notifyHub) run(ctx context.Context) {
 		}
 		h.mu.Lock()
 		h.releaseWaitersLocked(gen)
-		wctx, cancel := context.WithCancel(ctx)
+		// With no client listening the connection stays up to hubLinger
+		// (its channels UNLISTENed above), then closes: a client that
+		// LISTENs and UNLISTENs again and again must not cost the server
+		// a new connection each time.
+		var wctx context.Context
+		var cancel context.CancelFunc
+		if idle {
+			wctx, cancel = context.WithTimeout(ctx, hubLinger)
+		} else {
+			wctx, cancel = context.WithCancel(ctx)
+		}
 		h.cancel = cancel
 		if h.gen != gen {
 			cancel()
@@ -281,6 +323,7 @@ func (h *notifyHub) run(ctx context.Context) {
 		h.mu.Unlock()
 		err := conn.WaitForNotification(wctx)
 		woken := wctx.Err() != nil
+		lingered = idle && errors.Is(wctx.Err(), context.DeadlineExceeded)
 		h.mu.Lock()
 		h.cancel = nil
 		h.mu.Unlock()
@@ -503,11 +546,18 @@ func parseListens(q []byte, fn func(listen bool, channel string, all bool)) {
 		listen := eqFold(w, "listen")
 		start := l.i
 		n, nk := l.next()
+		// A name that is not valid UTF-8 is skipped: the server refuses
+		// the statement itself (22021) when the client speaks UTF-8, and
+		// in another client_encoding the bytes are not the name the
+		// server converts them to. On the shared listener's connection
+		// (UTF-8) its LISTEN would fail, and with it every channel's.
 		switch {
 		case nk == tokWord:
-			fn(listen, truncIdent(strings.ToLower(string(n))), false)
+			if ch := truncIdent(foldIdent(n)); utf8.ValidString(ch) {
+				fn(listen, ch, false)
+			}
 		case nk == tokOther && l.i > 0 && q[l.i-1] == '"':
-			if s, ok := unquoteIdent(q[start:l.i]); ok {
+			if s, ok := unquoteIdent(q[start:l.i]); ok && utf8.ValidString(s) {
 				fn(listen, truncIdent(s), false)
 			}
 		case nk == tokOther && !listen && l.i > 0 && q[l.i-1] == '*':
@@ -525,10 +575,33 @@ func unquoteIdent(b []byte) (string, bool) {
 	return strings.ReplaceAll(s[1:len(s)-1], `""`, `"`), true
 }
 
-// truncIdent cuts an identifier to NAMEDATALEN-1 bytes, as the server does.
-func truncIdent(s string) string {
-	if len(s) > 63 {
-		return s[:63]
+// foldIdent folds an unquoted identifier as PostgreSQL's
+// downcase_identifier does in a multibyte server encoding: ASCII letters
+// only ("Émile" stays "Émile"; strings.ToLower would make it "émile", a
+// channel nobody notifies).
+func foldIdent(b []byte) string {
+	out := []byte(string(b))
+	for i, ch := range out {
+		if 'A' <= ch && ch <= 'Z' {
+			out[i] = ch + 'a' - 'A'
+		}
 	}
-	return s
+	return string(out)
+}
+
+// truncIdent cuts an identifier to NAMEDATALEN-1 bytes at a character
+// boundary, as the server's truncate_identifier does (pg_mbcliplen). The
+// text is taken as UTF-8, the shared listener's client_encoding (and most
+// drivers'): cutting in the middle of a character would leave a name that
+// is not the server's, and invalid UTF-8 that makes the shared listener's
+// LISTEN fail for every channel.
+func truncIdent(s string) string {
+	if len(s) <= 63 {
+		return s
+	}
+	n := 63
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
 }

@@ -14,10 +14,13 @@ import (
 
 // TestNotifyHubLifecycle: the shared listener's goroutine starts with the
 // first LISTEN, delivers a NOTIFY (channel, payload, the sender's real PID)
-// to the listening client, ends by itself when nobody listens, and ends
+// to the listening client, ends by itself when nobody has listened for
+// hubLinger (shortened here), and ends
 // with stopHubs otherwise; TestMain's goleak check proves neither is left.
 func TestNotifyHubLifecycle(t *testing.T) {
 	cl := testpg.Start(t)
+	defer func(d time.Duration) { hubLinger = d }(hubLinger)
+	hubLinger = 200 * time.Millisecond
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	cfg, err := pgconn.ParseConfig(cl.AdminURL())

@@ -602,7 +602,7 @@ func (c *clientConn) backendLost(b *backend, err error) {
 	midMessage := mine && b.midMessage()
 	if mine {
 		c.dropBackendLocked()
-		c.unpinOnLeaveLocked()
+		c.unpinOnLeaveLocked("its server connection was lost")
 		c.q.reset()
 		c.inBatch, c.serverSkipping = false, false
 		c.stmts.endProbe()
@@ -908,7 +908,7 @@ func (c *clientConn) finish() {
 	c.mu.Lock()
 	b := c.be
 	if b == nil {
-		c.unpinOnLeaveLocked()
+		c.unpinOnLeaveLocked("it holds no server connection")
 		c.mu.Unlock()
 		return
 	}
@@ -939,7 +939,14 @@ func (c *clientConn) finish() {
 	// another would only hold the client's FATAL up for serverOpTimeout.
 	timeoutCancelled := c.timeouts.queryTimedOut
 	pinned := c.state.pin != nil || c.state.dirty || c.state.paramsDirty
-	c.unpinOnLeaveLocked()
+	switch {
+	case b == nil:
+		c.unpinOnLeaveLocked("its server connection was lost")
+	case !clean || c.leave.killed.Load():
+		c.unpinOnLeaveLocked("its server connection is closed (in the middle of a request, or its state unknown)")
+	default:
+		c.unpinOnLeaveLocked("its server connection is cleaned (or closed if that fails)")
+	}
 	c.q.reset()
 	c.mu.Unlock()
 	if b == nil {

@@ -615,10 +615,12 @@ func (c *clientConn) applyStateCheckLocked(b *backend, sc *stateCheck, failed bo
 }
 
 // unpinOnLeaveLocked forgets the pin when the client leaves; it logs as
-// the client and counts on the server, so it stays on the client.
-func (c *clientConn) unpinOnLeaveLocked() {
+// the client and counts on the server, so it stays on the client. fate
+// says what becomes of the server connection (the log line's end): only
+// the caller knows whether it is cleaned, closed or already lost.
+func (c *clientConn) unpinOnLeaveLocked(fate string) {
 	if c.state.pin != nil {
-		c.log.Info("pinned client left; its server connection is cleaned", "application_name", c.identity.appName,
+		c.log.Info("pinned client left; "+fate, "application_name", c.identity.appName,
 			"state", c.state.pin.Reasons, "pinned_for", time.Since(c.state.pin.Since).Round(time.Millisecond))
 		c.state.pin = nil
 		c.srv.pinned.Add(-1)

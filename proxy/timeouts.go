@@ -56,6 +56,9 @@ type sweepMark struct {
 	mark  uint64    // progress counter seen in that state
 	since time.Time // when the sweeper first saw state with mark
 	acted bool      // the timeout of this state was applied
+	// reads is the client's read count when the query_timeout cancel
+	// went out (clientStall).
+	reads uint64
 }
 
 // sweeper is the Server's timeout goroutine and what it owns.
@@ -188,6 +191,20 @@ func (s *Server) sweepClient(c *clientConn, live *Config, now time.Time) {
 			// server did answer. (closeWith sets leave.err: the next
 			// sweep returns at its first line.)
 			opt := live.option("QueryTimeout")
+			if stall := c.clientStall(sw.reads); stall != "" {
+				// The server waits for the client, and acts on a cancel
+				// only once the client sends or reads: the client, not
+				// the server, is to be named. The backend is closed all
+				// the same (finish: a request in flight), its state
+				// unknown.
+				c.log.Info("the client "+stall+" after the "+opt+" cancel: client closed, its server connection closed",
+					"query_timeout", live.QueryTimeout.String(), "waited", serverOpTimeout.String(), "statement", c.last.load())
+				c.closeWith(newFatal(pgwire.CodeQueryCanceled,
+					fmt.Sprintf("pgsidecar closed the connection: the statement ran past %s (%s) and the client %s for %s after the cancel, so the server could not act on it",
+						opt, live.QueryTimeout, stall, serverOpTimeout),
+					"the server acts on a cancel only when the client sends its COPY data or reads its results; keep doing so, or raise "+opt))
+				return
+			}
 			c.log.Warn("the server did not answer the "+opt+" cancel: client closed, its server connection closed",
 				"query_timeout", live.QueryTimeout.String(), "waited", serverOpTimeout.String(), "statement", c.last.load())
 			c.closeWith(newFatal(pgwire.CodeConnectionFailure,
@@ -201,6 +218,7 @@ func (s *Server) sweepClient(c *clientConn, live *Config, now time.Time) {
 	case stateBusy:
 		if limit := live.QueryTimeout; limit > 0 && elapsed >= limit {
 			sw.acted = true
+			sw.reads = c.timeouts.reads.Load()
 			s.sweep.cancels.Add(1)
 			go func() { // ends when the cancel request is answered (bounded by serverOpTimeout)
 				defer s.sweep.cancels.Done()
@@ -227,6 +245,31 @@ func (s *Server) sweepClient(c *clientConn, live *Config, now time.Time) {
 				"reconnect; raise "+opt+" if clients legitimately stay idle longer"))
 		}
 	}
+}
+
+// clientStall says how the client, not the server, keeps its request in
+// flight, or "" when nothing shows it. PostgreSQL acts on a cancel only
+// at its next read or write to the client, so a cancel cannot end a
+// request whose server waits for the client:
+//   - in COPY FROM STDIN, the client has sent nothing since the cancel
+//     (reads is its read count then) and the server has taken all the
+//     proxy sent it (nothing unacknowledged towards the server: a stopped
+//     server behind a streaming client is the server's stall);
+//   - the client does not read: bytes wait, unacknowledged, in its
+//     socket.
+//
+// It takes c.mu.
+func (c *clientConn) clientStall(reads uint64) string {
+	c.mu.Lock()
+	copyIn, b := c.reader.copyIn, c.be
+	c.mu.Unlock()
+	if copyIn && b != nil && c.timeouts.reads.Load() == reads && unsentBytes(b.nc) == 0 {
+		return "sent no COPY data"
+	}
+	if unsentBytes(c.sock) > 0 {
+		return "did not read its results"
+	}
+	return ""
 }
 
 // cancelForTimeout cancels the request c has had in flight since the
