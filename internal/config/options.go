@@ -108,7 +108,7 @@ var Options = []Option{
 	{Key: "pool.max_prepared_statements", Default: "200", Reload: Restart,
 		Doc: "Transaction mode: prepared statements kept per backend (LRU); clients share a copy per distinct statement (text, parameter types, result description), so size it for the distinct statements all clients use, with headroom."},
 	{Key: "pool.query_timeout", Default: "0s",
-		Doc: "A query (or COPY) running longer is cancelled on the server and the client gets 57014 naming this option; its session goes on. A server that does not act on the cancel within 5s (stopped, cut off) has its connection closed, and the client gets FATAL 08006. 0 = off."},
+		Doc: "A query (or COPY) running longer is cancelled on the server and the client gets 57014 naming this option; its session goes on. A server that does not act on the cancel within 5s has its connection closed, and the client gets FATAL 08006 if the server is stopped or cut off, or 57014 naming its own stall if it is the client the server waits for (silent in COPY, not reading its results). 0 = off."},
 	{Key: "pool.idle_transaction_timeout", Default: "0s",
 		Doc: "A client idle inside a transaction longer gets FATAL 25P03; its transaction is rolled back and its backend goes back to the pool. 0 = off."},
 	{Key: "pool.client_idle_timeout", Default: "0s",
