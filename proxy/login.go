@@ -128,8 +128,9 @@ func (s *Server) admitLogin(sock net.Conn, t *ClientTLS, e *connEnd) (net.Conn, 
 			err = errCannotConnectNow()
 		}
 		// Before the client logged in as anyone: it may be anyone, as
-		// often as they like, as for junk.
-		s.rejectRepeatable(conn, nil, &s.junkLog, err)
+		// often as they like. A limiter of their own, not junk's: a
+		// refusal must not hide the next failed TLS handshake, or junk.
+		s.rejectRepeatable(conn, nil, &s.startupRefusedLog, err)
 		return conn, nil
 	}
 	return conn, sm

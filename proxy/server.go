@@ -43,8 +43,12 @@ type Server struct {
 	wg        sync.WaitGroup               // one per connection: its goroutine, or the parker while parked
 
 	draining atomic.Bool
-	junkLog  logLimiter   // malformed startup packets: anyone can send them
-	pinned   atomic.Int64 // clients pinned to a backend by session state
+	junkLog  logLimiter // malformed startup packets and failed TLS handshakes: anyone can send them
+	// startupRefusedLog: startup packets refused with an answer (a
+	// protocol version other than 3, no user, a client certificate
+	// required): anyone can send them too.
+	startupRefusedLog logLimiter
+	pinned            atomic.Int64 // clients pinned to a backend by session state
 	// Shared LISTEN connections (notify.go), per database name; their
 	// goroutines end with hubCtx (stopHubs) or when nobody listens.
 	hubs      map[string]*notifyHub
@@ -88,27 +92,28 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{
-		cfg:         cfg,
-		log:         cfg.Logger,
-		cancels:     newCancelKeys(),
-		stmts:       newStatementRegistry(),
-		listeners:   make(map[net.Listener]struct{}),
-		clients:     make(map[*clientConn]struct{}),
-		starting:    make(map[net.Conn]struct{}),
-		admins:      make(map[net.Conn]struct{}),
-		params:      make(map[string]map[string]string),
-		accepted:    make(map[string]struct{}),
-		cancelLog:   logLimiter{interval: cancelLogInterval},
-		brake:       newLoginBrake(),
-		brakeLog:    logLimiter{interval: cancelLogInterval},
-		throttleLog: logLimiter{interval: cancelLogInterval},
-		lookupLog:   logLimiter{interval: limitLogInterval},
-		quit:        make(chan struct{}),
-		sweep:       newSweeper(),
-		junkLog:     logLimiter{interval: cancelLogInterval},
-		fdLog:       logLimiter{interval: limitLogInterval},
-		refusedLog:  logLimiter{interval: limitLogInterval},
-		tooLargeLog: logLimiter{interval: limitLogInterval},
+		cfg:               cfg,
+		log:               cfg.Logger,
+		cancels:           newCancelKeys(),
+		stmts:             newStatementRegistry(),
+		listeners:         make(map[net.Listener]struct{}),
+		clients:           make(map[*clientConn]struct{}),
+		starting:          make(map[net.Conn]struct{}),
+		admins:            make(map[net.Conn]struct{}),
+		params:            make(map[string]map[string]string),
+		accepted:          make(map[string]struct{}),
+		cancelLog:         logLimiter{interval: cancelLogInterval},
+		brake:             newLoginBrake(),
+		brakeLog:          logLimiter{interval: cancelLogInterval},
+		throttleLog:       logLimiter{interval: cancelLogInterval},
+		lookupLog:         logLimiter{interval: limitLogInterval},
+		quit:              make(chan struct{}),
+		sweep:             newSweeper(),
+		junkLog:           logLimiter{interval: cancelLogInterval},
+		startupRefusedLog: logLimiter{interval: cancelLogInterval},
+		fdLog:             logLimiter{interval: limitLogInterval},
+		refusedLog:        logLimiter{interval: limitLogInterval},
+		tooLargeLog:       logLimiter{interval: limitLogInterval},
 	}
 	s.park.init(cfg.parkAfter)
 	s.park.rt.log = s.log
