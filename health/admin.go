@@ -90,17 +90,8 @@ func authorized(token string, headers []string) bool {
 // 10 s, with the number not logged since: anyone who reaches the listener
 // can send them, but an operator must see that someone tries.
 func (s *Server) logRefusedWrite(action, remote string) {
-	now := time.Now()
-	s.refusedMu.Lock()
-	if now.Before(s.refusedNext) {
-		s.refusedUnlogged++
-		s.refusedMu.Unlock()
-		return
+	if ok, unlogged := s.refusedLog.allow(time.Now()); ok {
+		s.log.Warn("admin write refused over HTTP: no or wrong bearer token (admin.http_token)",
+			"action", action, "remote", remote, "refused_unlogged", unlogged)
 	}
-	s.refusedNext = now.Add(10 * time.Second)
-	unlogged := s.refusedUnlogged
-	s.refusedUnlogged = 0
-	s.refusedMu.Unlock()
-	s.log.Warn("admin write refused over HTTP: no or wrong bearer token (admin.http_token)",
-		"action", action, "remote", remote, "refused_unlogged", unlogged)
 }

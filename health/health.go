@@ -13,7 +13,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"sync"
 	"time"
 
 	"github.com/pgsidecar/pgsidecar/pool"
@@ -66,9 +65,7 @@ type Server struct {
 
 	// Admin writes refused for their credentials, logged at most once
 	// per 10 s (logRefusedWrite).
-	refusedMu       sync.Mutex
-	refusedNext     time.Time
-	refusedUnlogged uint64
+	refusedLog logLimiter
 }
 
 // New returns a Server that is not yet listening.

@@ -51,9 +51,7 @@ type limitListener struct {
 	slots    chan struct{} // one per open connection
 	refusing chan struct{} // one per connection being refused
 
-	mu         sync.Mutex
-	nextLog    time.Time // no refusal logged before this
-	suppressed uint64    // refusals not logged since the last line
+	refusedLog logLimiter
 }
 
 func newLimitListener(ln net.Listener, log *slog.Logger) *limitListener {
@@ -102,19 +100,10 @@ func (l *limitListener) refuse(c net.Conn) {
 // logRefusal logs a refusal at most once per 10 s, with the number not
 // logged since: anyone who can reach the listener can repeat them.
 func (l *limitListener) logRefusal() {
-	now := time.Now()
-	l.mu.Lock()
-	if now.Before(l.nextLog) {
-		l.suppressed++
-		l.mu.Unlock()
-		return
+	if ok, unlogged := l.refusedLog.allow(time.Now()); ok {
+		l.log.Warn("health listener: too many connections; refusing with 503",
+			"max_conns", MaxConns, "refused_unlogged", unlogged)
 	}
-	l.nextLog = now.Add(10 * time.Second)
-	suppressed := l.suppressed
-	l.suppressed = 0
-	l.mu.Unlock()
-	l.log.Warn("health listener: too many connections; refusing with 503",
-		"max_conns", MaxConns, "refused_unlogged", suppressed)
 }
 
 // limitConn gives its slot back when closed (once, however often Close is
