@@ -163,38 +163,44 @@ func TestAttackSession2StalledClientQueryTimeout(t *testing.T) {
 			r.send(t, &pgproto3.Query{String: "SELECT i, repeat('x', 1000) FROM generate_series(1, 200000) i"})
 		}},
 	}
-	for _, mode := range []string{"transaction", "session"} {
-		for _, st := range stalls {
-			t.Run(mode+"/"+st.name, func(t *testing.T) {
-				p := txStartProxy(t, mode, 1, WithEnv("PGSIDECAR_POOL__QUERY_TIMEOUT", limit.String()),
-					WithEnv("PGSIDECAR_POOL__IDLE_TRANSACTION_TIMEOUT", "500ms"), WithEnv("PGSIDECAR_POOL__CLIENT_IDLE_TIMEOUT", "500ms"),
-					WithEnv("PGSIDECAR_POOL__ACQUIRE_TIMEOUT", "20s"))
-				r := dialRaw(t, txProxyURL(p))
-				st.stall(t, r)
-				next := txConnect(ctx, t, txProxyURL(p), nil)
-				if _, err := txOne(ctx, next, "SELECT 1"); err != nil {
-					t.Fatalf("the next client on the pool of one: %v", err)
-				}
-				// Not reading: the cancel may still work (the server had not
-				// yet blocked writing): then the client gets its 57014 and
-				// nobody is closed, which is right too.
-				cancelWorked := st.name == "not reading a large result" &&
-					!p.Logs.ContainsWithin("closed", 8*time.Second)
-				if !cancelWorked && !p.Logs.ContainsWithin(st.want, 5*time.Second) {
-					t.Errorf("the log does not say the client %s:\n%s", st.want, p.Logs.String())
-				}
-				if p.Logs.Contains("did not answer") || p.Logs.Contains("not responding") {
-					t.Errorf("the log blames the server for the client's stall:\n%s", p.Logs.String())
-				}
-				if st.name == "silent mid COPY FROM STDIN" {
-					e := receiveFatal(t, r, "57014", 5*time.Second)
-					if !strings.Contains(e.Message, "query_timeout") || !strings.Contains(e.Message, st.want) || e.Hint == "" {
-						t.Errorf("the silent client got %q (hint %q)", e.Message, e.Hint)
+	// The four cases wait out query_timeout and serverOpTimeout (about 7 s
+	// each) side by side; the group returns when all have ended, before
+	// this function's ctx is cancelled.
+	t.Run("stalls", func(t *testing.T) {
+		for _, mode := range []string{"transaction", "session"} {
+			for _, st := range stalls {
+				t.Run(mode+"/"+st.name, func(t *testing.T) {
+					t.Parallel() // each has its own proxy; the four waits overlap
+					p := txStartProxy(t, mode, 1, WithEnv("PGSIDECAR_POOL__QUERY_TIMEOUT", limit.String()),
+						WithEnv("PGSIDECAR_POOL__IDLE_TRANSACTION_TIMEOUT", "500ms"), WithEnv("PGSIDECAR_POOL__CLIENT_IDLE_TIMEOUT", "500ms"),
+						WithEnv("PGSIDECAR_POOL__ACQUIRE_TIMEOUT", "20s"))
+					r := dialRaw(t, txProxyURL(p))
+					st.stall(t, r)
+					next := txConnect(ctx, t, txProxyURL(p), nil)
+					if _, err := txOne(ctx, next, "SELECT 1"); err != nil {
+						t.Fatalf("the next client on the pool of one: %v", err)
 					}
-				}
-			})
+					// Not reading: the cancel may still work (the server had not
+					// yet blocked writing): then the client gets its 57014 and
+					// nobody is closed, which is right too.
+					cancelWorked := st.name == "not reading a large result" &&
+						!p.Logs.ContainsWithin("closed", 8*time.Second)
+					if !cancelWorked && !p.Logs.ContainsWithin(st.want, 5*time.Second) {
+						t.Errorf("the log does not say the client %s:\n%s", st.want, p.Logs.String())
+					}
+					if p.Logs.Contains("did not answer") || p.Logs.Contains("not responding") {
+						t.Errorf("the log blames the server for the client's stall:\n%s", p.Logs.String())
+					}
+					if st.name == "silent mid COPY FROM STDIN" {
+						e := receiveFatal(t, r, "57014", 5*time.Second)
+						if !strings.Contains(e.Message, "query_timeout") || !strings.Contains(e.Message, st.want) || e.Hint == "" {
+							t.Errorf("the silent client got %q (hint %q)", e.Message, e.Hint)
+						}
+					}
+				})
+			}
 		}
-	}
+	})
 }
 
 // TestAttackSession2NotifyPayloadLimit: a NOTIFY through the proxy with a
