@@ -80,8 +80,14 @@ type replayState struct {
 	// sent to the backend that died or waited for its replay; the request
 	// is answered with 57014 instead of being sent again (spliceReplay).
 	canceled bool
-	tries    int    // replays in a row for the current request
-	buf      []byte // the client bytes sent to c.be since it was acquired
+	// cancelSent: a cancel request went to c.be since it was acquired. A
+	// backend that dies unanswered after it may have got the signal while
+	// it was being terminated, when the cancel's sender had already let
+	// go (c.cancels.n is 0 again): the request must not run elsewhere
+	// either (failFreshLocked).
+	cancelSent bool
+	tries      int    // replays in a row for the current request
+	buf        []byte // the client bytes sent to c.be since it was acquired
 }
 
 // armLocked starts the bookkeeping for a backend acquired at now for a
@@ -90,7 +96,7 @@ func (r *replayState) armLocked(now time.Time) {
 	if !r.again {
 		r.tries = 0
 	}
-	r.again = false
+	r.again, r.cancelSent = false, false
 	r.buf = r.buf[:0]
 	r.armed = r.tries < maxReplays
 	if r.armed {
@@ -292,9 +298,10 @@ func (c *clientConn) failFreshLocked(b *backend) bool {
 	b.replayed = true
 	c.replay.armed, c.replay.pending = false, true
 	c.replay.tries++
-	if c.cancels.n > 0 {
-		// A cancel request for this request is being sent to b, which
-		// will never act on it: the request must not run elsewhere.
+	if c.cancels.n > 0 || c.replay.cancelSent {
+		// A cancel request for this request is being sent, or was sent,
+		// to b, which will never act on it: the request must not run
+		// elsewhere.
 		c.replay.canceled = true
 	}
 	if c.writing {
