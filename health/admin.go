@@ -87,11 +87,12 @@ func authorized(token string, headers []string) bool {
 }
 
 // logRefusedWrite logs a write refused for its credentials at most once per
-// 10 s, with the number not logged since: anyone who reaches the listener
-// can send them, but an operator must see that someone tries.
+// lograte.Interval, with the number not logged since: anyone who reaches
+// the listener can send them, but an operator must see that someone tries.
 func (s *Server) logRefusedWrite(action, remote string) {
-	if ok, unlogged := s.refusedLog.allow(time.Now()); ok {
+	if ok, unlogged := s.refusedLog.Allow(time.Now()); ok {
 		s.log.Warn("admin write refused over HTTP: no or wrong bearer token (admin.http_token)",
-			"action", action, "remote", remote, "refused_unlogged", unlogged)
+			"action", action, "remote", remote, "unlogged", unlogged,
+			"log_interval", s.refusedLog.Interval)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/pgsidecar/pgsidecar/internal/lograte"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
 
@@ -64,8 +65,8 @@ type Server struct {
 	srv     *http.Server
 
 	// Admin writes refused for their credentials, logged at most once
-	// per 10 s (logRefusedWrite).
-	refusedLog logLimiter
+	// per lograte.Interval (logRefusedWrite).
+	refusedLog lograte.Limiter
 }
 
 // New returns a Server that is not yet listening.
@@ -82,7 +83,8 @@ func New(cfg Config) *Server {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger.With("component", "health")}
+	s := &Server{cfg: cfg, log: cfg.Logger.With("component", "health"),
+		refusedLog: lograte.Limiter{Interval: lograte.Interval}}
 	s.handler = s.routes()
 	s.srv = &http.Server{
 		Handler:           s.handler,

@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/pgsidecar/pgsidecar/internal/lograte"
 )
 
 // MaxConns bounds the connections the health listener holds open at once.
@@ -51,12 +53,13 @@ type limitListener struct {
 	slots    chan struct{} // one per open connection
 	refusing chan struct{} // one per connection being refused
 
-	refusedLog logLimiter
+	refusedLog lograte.Limiter
 }
 
 func newLimitListener(ln net.Listener, log *slog.Logger) *limitListener {
 	return &limitListener{Listener: ln, log: log,
-		slots: make(chan struct{}, MaxConns), refusing: make(chan struct{}, maxRefusing)}
+		slots: make(chan struct{}, MaxConns), refusing: make(chan struct{}, maxRefusing),
+		refusedLog: lograte.Limiter{Interval: lograte.Interval}}
 }
 
 // Accept returns the next connection that gets a slot; it refuses the
@@ -97,12 +100,13 @@ func (l *limitListener) refuse(c net.Conn) {
 	_, _ = http.ReadRequest(bufio.NewReader(io.LimitReader(c, maxHeaderBytes)))
 }
 
-// logRefusal logs a refusal at most once per 10 s, with the number not
-// logged since: anyone who can reach the listener can repeat them.
+// logRefusal logs a refusal at most once per lograte.Interval, with the
+// number not logged since: anyone who can reach the listener can repeat
+// them.
 func (l *limitListener) logRefusal() {
-	if ok, unlogged := l.refusedLog.allow(time.Now()); ok {
+	if ok, unlogged := l.refusedLog.Allow(time.Now()); ok {
 		l.log.Warn("health listener: too many connections; refusing with 503",
-			"max_conns", MaxConns, "refused_unlogged", unlogged)
+			"max_conns", MaxConns, "unlogged", unlogged, "log_interval", l.refusedLog.Interval)
 	}
 }
 

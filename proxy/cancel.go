@@ -192,11 +192,6 @@ func (c *clientConn) cancelPinned(wantedLocked func() bool) (backendPID uint32, 
 	return srv.PID(), true, srv.CancelRequest(ctx)
 }
 
-// cancelLogInterval is the least time between two log lines about
-// unmatched cancel requests (and malformed startup packets: both are
-// events outsiders can repeat at will).
-const cancelLogInterval = 10 * time.Second
-
 // handleCancel forwards a client's cancel to the backend running that
 // client's query, if it runs one now (see cancelPinned).
 func (s *Server) handleCancel(pid, secret uint32) {
@@ -204,11 +199,11 @@ func (s *Server) handleCancel(pid, secret uint32) {
 	if c == nil {
 		// Stale keys are normal (the client left before its cancel came),
 		// but a flood must not flood the log: counted always, logged at
-		// most once per cancelLogInterval.
+		// most once per lograte.Interval.
 		s.stats.cancelsUnknown.Add(1)
-		if ok, held := s.cancelLog.allow(time.Now()); ok {
+		if ok, held := s.cancelLog.Allow(time.Now()); ok {
 			s.log.Info("cancel request with an unknown key dropped", "pid", pid,
-				"dropped_unlogged", held, "log_interval", s.cancelLog.interval)
+				"unlogged", held, "log_interval", s.cancelLog.Interval)
 		}
 		return
 	}

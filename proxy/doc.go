@@ -152,7 +152,7 @@
 // orders (and a backend reader's release before it), spareMu across
 // refuseOutOfFDs' accept and refusal (bounded by deadlines). The remaining
 // mutexes (idleReader.signalMu, cancelKeys, statementRegistry, loginBrake,
-// logLimiter, clientConn.last.mu) are leaves: nothing is locked under them.
+// lograte.Limiter, clientConn.last.mu) are leaves: nothing is locked under them.
 //
 // # Glossary
 //

@@ -41,6 +41,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/pgsidecar/pgsidecar/internal/lograte"
 	"github.com/pgsidecar/pgsidecar/internal/pgwire"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
@@ -433,7 +434,7 @@ func (s *Server) rejectStartup(conn net.Conn, lg *slog.Logger, err error) {
 // failed-login brake's of a guessing flood): each client still gets its
 // answer, but the log line goes through lim, one per interval with the
 // number left out. A nil lim logs every refusal.
-func (s *Server) rejectRepeatable(conn net.Conn, lg *slog.Logger, lim *logLimiter, err error) {
+func (s *Server) rejectRepeatable(conn net.Conn, lg *slog.Logger, lim *lograte.Limiter, err error) {
 	if errors.Is(err, io.EOF) {
 		return // a TCP health check: connect and close
 	}
@@ -446,9 +447,9 @@ func (s *Server) rejectRepeatable(conn net.Conn, lg *slog.Logger, lim *logLimite
 	if errors.As(err, &he) {
 		// A wrong client certificate, an old TLS version, a port scanner:
 		// worth seeing, but anyone can cause it as often as they like.
-		if ok, held := s.junkLog.allow(time.Now()); ok {
-			lg.Info("client closed: TLS handshake failed", "err", he.err.Error(), "dropped_unlogged", held,
-				"log_interval", s.junkLog.interval)
+		if ok, held := s.junkLog.Allow(time.Now()); ok {
+			lg.Info("client closed: TLS handshake failed", "err", he.err.Error(), "unlogged", held,
+				"log_interval", s.junkLog.Interval)
 		}
 		return
 	}
@@ -458,17 +459,17 @@ func (s *Server) rejectRepeatable(conn net.Conn, lg *slog.Logger, lim *logLimite
 	}
 	if pe.silent {
 		// Anyone can send junk to the port, as often as they like.
-		if ok, held := s.junkLog.allow(time.Now()); ok {
+		if ok, held := s.junkLog.Allow(time.Now()); ok {
 			lg.Info("client closed without a reply: malformed startup packet", "code", pe.Code, "reason", pe.Message,
-				"dropped_unlogged", held, "log_interval", s.junkLog.interval)
+				"unlogged", held, "log_interval", s.junkLog.Interval)
 		}
 		return
 	}
 	if lim == nil {
 		lg.Info("client rejected", "code", pe.Code, "reason", pe.Message)
-	} else if ok, held := lim.allow(time.Now()); ok {
+	} else if ok, held := lim.Allow(time.Now()); ok {
 		lg.Info("client rejected", "code", pe.Code, "reason", pe.Message,
-			"dropped_unlogged", held, "log_interval", lim.interval)
+			"unlogged", held, "log_interval", lim.Interval)
 	}
 	conn.SetWriteDeadline(time.Now().Add(time.Second))
 	conn.Write(pe.appendTo(nil))

@@ -222,8 +222,8 @@ func (s *Server) brakeFailed(key netip.Addr, lg *slog.Logger, live *Config) {
 	if d < live.FailedLoginDelayMax {
 		return
 	}
-	if ok, held := s.brakeLog.allow(time.Now()); ok {
+	if ok, held := s.brakeLog.Allow(time.Now()); ok {
 		lg.Warn("repeated failed logins from one address: its logins are delayed by "+live.option("FailedLoginDelayMax"),
-			"address", key.String(), "delay", d, "similar_unlogged", held)
+			"address", key.String(), "delay", d, "unlogged", held, "log_interval", s.brakeLog.Interval)
 	}
 }

@@ -208,9 +208,9 @@ func (s *Server) authPassthrough(sm *startupMessage, conn net.Conn, lg *slog.Log
 	}
 	creds, found, err := v.lookup(ctx, sm.user, lg)
 	if err != nil {
-		if ok, held := s.lookupLog.allow(time.Now()); ok {
+		if ok, held := s.lookupLog.Allow(time.Now()); ok {
 			lg.Warn("auth.passthrough: looking up the role's password failed", "err", err,
-				"dropped_unlogged", held, "log_interval", s.lookupLog.interval)
+				"unlogged", held, "log_interval", s.lookupLog.Interval)
 		}
 		return pool.ScramKeys{}, newFatal(pgwire.CodeConnectionFailure,
 			fmt.Sprintf("pgsidecar could not look up the password of role %q", sm.user),

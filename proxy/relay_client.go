@@ -29,10 +29,6 @@ var errBackendMoved = errors.New("backend released meanwhile")
 // longer ones are streamed and not inspected.
 const maxWholeQuery = 64 << 10
 
-// limitLogInterval is the least time between two log lines about messages
-// refused for a limit (a client can repeat them).
-const limitLogInterval = 10 * time.Second
-
 // run is the client reader: it reads client messages, gets a backend when a
 // transaction starts, and writes the messages (rewritten where needed) to it.
 func (c *clientConn) run() error {
@@ -781,9 +777,9 @@ func (c *clientConn) refuseOversized() (bool, error) {
 // across clients: a client can repeat it).
 func (s *Server) tooLarge(lg *slog.Logger, total int) *pgError {
 	limit := s.cfg.MaxClientBuffer
-	if ok, held := s.tooLargeLog.allow(time.Now()); ok {
+	if ok, held := s.tooLargeLog.Allow(time.Now()); ok {
 		lg.Warn("client message larger than max_client_buffer refused", "bytes", total,
-			"max_client_buffer", limit, "refused_unlogged", held)
+			"max_client_buffer", limit, "unlogged", held, "log_interval", s.tooLargeLog.Interval)
 	}
 	return newError(pgwire.CodeProgramLimitExceeded,
 		fmt.Sprintf("message of %d bytes is larger than the %d bytes pgsidecar buffers per client", total, limit),

@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/pgsidecar/pgsidecar/internal/lograte"
 	"github.com/pgsidecar/pgsidecar/internal/pgwire"
 )
 
@@ -43,11 +44,11 @@ type Server struct {
 	wg        sync.WaitGroup               // one per connection: its goroutine, or the parker while parked
 
 	draining atomic.Bool
-	junkLog  logLimiter // malformed startup packets and failed TLS handshakes: anyone can send them
+	junkLog  lograte.Limiter // malformed startup packets and failed TLS handshakes: anyone can send them
 	// startupRefusedLog: startup packets refused with an answer (a
 	// protocol version other than 3, no user, a client certificate
 	// required): anyone can send them too.
-	startupRefusedLog logLimiter
+	startupRefusedLog lograte.Limiter
 	pinned            atomic.Int64 // clients pinned to a backend by session state
 	// Shared LISTEN connections (notify.go), per database name; their
 	// goroutines end with hubCtx (stopHubs) or when nobody listens.
@@ -58,9 +59,9 @@ type Server struct {
 	// slots counts the clients holding a max_client_conn slot: every one
 	// from its startup packet on, reserved before authentication.
 	slots       atomic.Int64
-	fdLog       logLimiter // accepts refused for lack of descriptors
-	refusedLog  logLimiter // connections refused at accept (max_startup_conn)
-	tooLargeLog logLimiter // messages refused for max_client_buffer
+	fdLog       lograte.Limiter // accepts refused for lack of descriptors
+	refusedLog  lograte.Limiter // connections refused at accept (max_startup_conn)
+	tooLargeLog lograte.Limiter // messages refused for max_client_buffer
 	spareMu     sync.Mutex
 	spare       *os.File // a descriptor kept to be freed when Accept runs out
 	stats       struct {
@@ -71,16 +72,16 @@ type Server struct {
 		tls                                       atomic.Int64 // clients on TLS, from their StartupMessage on (login)
 	}
 
-	cancelLog logLimiter // unmatched cancel requests
+	cancelLog lograte.Limiter // unmatched cancel requests
 
-	brake    *loginBrake // failed logins per source address
-	brakeLog logLimiter  // addresses reaching the maximum delay
+	brake    *loginBrake     // failed logins per source address
+	brakeLog lograte.Limiter // addresses reaching the maximum delay
 	// throttleLog: logins the brake refused (a guessing flood gets one
 	// per connection).
-	throttleLog logLimiter
+	throttleLog lograte.Limiter
 	// lookupLog: auth.passthrough's failed password lookups (while the
 	// database is down, every login fails one).
-	lookupLog logLimiter
+	lookupLog lograte.Limiter
 	quit      chan struct{} // closed when Shutdown or Close begins: ends brake waits
 	sweep     sweeper       // the client timeouts' goroutine (timeouts.go)
 	park      parker        // idle clients without a goroutine (park.go)
@@ -102,18 +103,18 @@ func New(cfg Config) (*Server, error) {
 		admins:            make(map[net.Conn]struct{}),
 		params:            make(map[string]map[string]string),
 		accepted:          make(map[string]struct{}),
-		cancelLog:         logLimiter{interval: cancelLogInterval},
+		cancelLog:         lograte.Limiter{Interval: lograte.Interval},
 		brake:             newLoginBrake(),
-		brakeLog:          logLimiter{interval: cancelLogInterval},
-		throttleLog:       logLimiter{interval: cancelLogInterval},
-		lookupLog:         logLimiter{interval: limitLogInterval},
+		brakeLog:          lograte.Limiter{Interval: lograte.Interval},
+		throttleLog:       lograte.Limiter{Interval: lograte.Interval},
+		lookupLog:         lograte.Limiter{Interval: lograte.Interval},
 		quit:              make(chan struct{}),
 		sweep:             newSweeper(),
-		junkLog:           logLimiter{interval: cancelLogInterval},
-		startupRefusedLog: logLimiter{interval: cancelLogInterval},
-		fdLog:             logLimiter{interval: limitLogInterval},
-		refusedLog:        logLimiter{interval: limitLogInterval},
-		tooLargeLog:       logLimiter{interval: limitLogInterval},
+		junkLog:           lograte.Limiter{Interval: lograte.Interval},
+		startupRefusedLog: lograte.Limiter{Interval: lograte.Interval},
+		fdLog:             lograte.Limiter{Interval: lograte.Interval},
+		refusedLog:        lograte.Limiter{Interval: lograte.Interval},
+		tooLargeLog:       lograte.Limiter{Interval: lograte.Interval},
 	}
 	s.park.init(cfg.parkAfter)
 	s.park.rt.log = s.log
@@ -220,8 +221,9 @@ func (s *Server) Serve(ln net.Listener) error {
 				// Out of file descriptors even for the spare, or a
 				// transient error: back off briefly instead of spinning.
 				backoff = min(max(2*backoff, 5*time.Millisecond), acceptBackoffMax)
-				if ok, held := s.fdLog.allow(time.Now()); ok {
-					s.log.Warn("accept failed; retrying", "err", err, "retry_in", backoff, "failures_unlogged", held)
+				if ok, held := s.fdLog.Allow(time.Now()); ok {
+					s.log.Warn("accept failed; retrying", "err", err, "retry_in", backoff, "unlogged", held,
+						"log_interval", s.fdLog.Interval)
 				}
 				time.Sleep(backoff)
 				continue
@@ -266,9 +268,9 @@ func (s *Server) refuseAtAccept(conn net.Conn) {
 	s.stats.rejected.Add(1)
 	live := s.live.Load()
 	limit, opt := live.MaxStartupConn, live.option("MaxStartupConn")
-	if ok, held := s.refusedLog.allow(time.Now()); ok {
+	if ok, held := s.refusedLog.Allow(time.Now()); ok {
 		s.log.Warn("connection refused: too many clients logging in at once", "client", conn.RemoteAddr().String(),
-			"max_startup_conn", limit, "refused_unlogged", held)
+			"max_startup_conn", limit, "unlogged", held, "log_interval", s.refusedLog.Interval)
 	}
 	// A fresh socket's send buffer is empty: the write does not block.
 	conn.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
@@ -295,8 +297,8 @@ func (s *Server) reserveSpare() {
 // proxy is out of descriptors and served as soon as some are free. It
 // reports whether it could.
 func (s *Server) refuseOutOfFDs(ln net.Listener, acceptErr error) bool {
-	if ok, held := s.fdLog.allow(time.Now()); ok {
-		s.log.Error("out of file descriptors: refusing new clients", "err", acceptErr, "refused_unlogged", held,
+	if ok, held := s.fdLog.Allow(time.Now()); ok {
+		s.log.Error("out of file descriptors: refusing new clients", "err", acceptErr, "unlogged", held, "log_interval", s.fdLog.Interval,
 			"hint", "raise the open-file limit (ulimit -n, LimitNOFILE=) above "+s.cfg.option("MaxClientConn")+" + "+
 				s.cfg.option("MaxStartupConn")+" + the pools' "+s.cfg.option("MaxSize"))
 	}
@@ -492,7 +494,7 @@ type Stats struct {
 	LoginsDelayed   uint64 `json:"logins_delayed"`
 	LoginsThrottled uint64 `json:"logins_throttled"`
 	// CancelsUnknown counts cancel requests whose key matched no client
-	// (dropped; logged at most once per 10 s).
+	// (dropped; logged at most once per lograte.Interval).
 	CancelsUnknown uint64 `json:"cancels_unknown"`
 	// ClientsPinned hold a backend between transactions because they have
 	// session state on it (transaction mode, pool.session_state pin).
