@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"slices"
@@ -239,7 +240,7 @@ func TestAdminConsoleShow(t *testing.T) {
 	// Errors.
 	var pgErr *pgconn.PgError
 	err = consoleExec(ctx, con, "SELECT 1")
-	if sqlState(err) != "42601" || !errorsAs(err, &pgErr) || !strings.Contains(pgErr.Hint, "SHOW POOLS") {
+	if sqlState(err) != "42601" || !errors.As(err, &pgErr) || !strings.Contains(pgErr.Hint, "SHOW POOLS") {
 		t.Errorf("unknown command: want 42601 with the command list, got %v", err)
 	}
 	var v string
@@ -267,15 +268,6 @@ func TestAdminConsoleShow(t *testing.T) {
 	if _, err := tx.Exec(ctx, "COMMIT"); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// errorsAs is errors.As for *pgconn.PgError.
-func errorsAs(err error, target **pgconn.PgError) bool {
-	pe, ok := err.(*pgconn.PgError)
-	if ok {
-		*target = pe
-	}
-	return ok
 }
 
 // TestAdminConsoleLoginLists: a login on neither admin list cannot enter

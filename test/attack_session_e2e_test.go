@@ -88,7 +88,7 @@ func TestAttackSessionStaleCancelKey(t *testing.T) {
 		if err := b.CancelRequest(ctx); err != nil {
 			t.Fatal(err)
 		}
-		if err := <-res; txCode(err) != "57014" {
+		if err := <-res; sqlState(err) != "57014" {
 			t.Errorf("%s: the client's own cancel: %v, want 57014", target.name, err)
 		}
 		txClosePgconn(b)

@@ -278,7 +278,7 @@ func txPgxBatchWithError(ctx context.Context, conn *pgx.Conn, g, i int) error {
 	}
 	var q int32
 	err := br.QueryRow().Scan(&q)
-	if code := txCode(err); code != "22012" {
+	if code := sqlState(err); code != "22012" {
 		_ = br.Close()
 		return fmt.Errorf("batch: second: want division_by_zero (22012), got value %d err %v", q, err)
 	}
@@ -287,7 +287,7 @@ func txPgxBatchWithError(ctx context.Context, conn *pgx.Conn, g, i int) error {
 		_ = br.Close()
 		return fmt.Errorf("batch: third ran after an error in the same pipeline and returned %q", third)
 	}
-	if err := br.Close(); txCode(err) != "22012" {
+	if err := br.Close(); sqlState(err) != "22012" {
 		return fmt.Errorf("batch: close: want the batch's division_by_zero, got %v", err)
 	}
 	var after int32
@@ -364,7 +364,7 @@ func txPgxPipelineWithError(ctx context.Context, conn *pgx.Conn, g, i int) error
 	}
 
 	expectError := func(what string) error {
-		if _, err := pipe.GetResults(); txCode(err) != "22012" {
+		if _, err := pipe.GetResults(); sqlState(err) != "22012" {
 			return fmt.Errorf("pipeline: %s: want division_by_zero (22012), got %v", what, err)
 		}
 		return nil

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -181,7 +182,7 @@ func TestPassthroughWildcard(t *testing.T) {
 	_, directErr := ask(pg.URL("alice", "alice-pw", missing))
 	_, proxyErr := ask(p.URL("alice", "alice-pw", missing))
 	var de, pe *pgconn.PgError
-	if !asPgErr(directErr, &de) || !asPgErr(proxyErr, &pe) || pe.Code != "3D000" || pe.Code != de.Code {
+	if !errors.As(directErr, &de) || !errors.As(proxyErr, &pe) || pe.Code != "3D000" || pe.Code != de.Code {
 		t.Errorf("missing database: direct %v, proxy %v", directErr, proxyErr)
 	}
 	waitFor(t, 5*time.Second, "no pool of the missing or refused database", func() bool {

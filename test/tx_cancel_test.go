@@ -96,7 +96,7 @@ func TestTxCancelRunningQuery(t *testing.T) {
 	}
 	select {
 	case r := <-aRes:
-		if code := txCode(r.err); code != "57014" {
+		if code := sqlState(r.err); code != "57014" {
 			t.Errorf("cancelled query: want query_canceled (57014), got %v after %v", r.err, r.elapsed)
 		}
 		if took := r.done.Sub(sent); took > time.Second {
@@ -155,7 +155,7 @@ func TestTxCancelWrongKey(t *testing.T) {
 	txSendRawCancel(t, p.Addr, a.PID(), secret)
 	select {
 	case r := <-aRes:
-		if txCode(r.err) != "57014" {
+		if sqlState(r.err) != "57014" {
 			t.Errorf("raw cancel with the right key: want 57014, got %v", r.err)
 		}
 	case <-time.After(5 * time.Second):

@@ -139,7 +139,7 @@ func txRunDDLScenario(t *testing.T, d txDDLDriver, url, table string) ([][][]str
 			for i, err := range errs {
 				res := ""
 				if err != nil {
-					if res = txCode(err); res == "" {
+					if res = sqlState(err); res == "" {
 						res = "error: " + err.Error()
 					}
 					messages[txDDLKey(ph, i, r)] = err.Error()

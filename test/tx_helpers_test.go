@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -168,15 +167,6 @@ func txMustExec(ctx context.Context, t testing.TB, conn *pgconn.PgConn, sql stri
 	if _, err := conn.Exec(ctx, sql).ReadAll(); err != nil {
 		t.Fatalf("%s: %v", sql, err)
 	}
-}
-
-// txCode returns the SQLSTATE of err, or "" if err is not a server error.
-func txCode(err error) string {
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
-		return pgErr.Code
-	}
-	return ""
 }
 
 // txErrors collects failures from many goroutines and reports the first

@@ -220,7 +220,7 @@ func TestSessionModeBackendKey(t *testing.T) {
 	if err := c1.CancelRequest(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := <-res; txCode(err) != "57014" {
+	if err := <-res; sqlState(err) != "57014" {
 		t.Fatalf("cancelled query: %v, want 57014", err)
 	}
 	t.Logf("cancel took %v", time.Since(start).Round(time.Millisecond))

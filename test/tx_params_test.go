@@ -47,7 +47,7 @@ type txTwin struct {
 func txResult(ctx context.Context, conn *pgconn.PgConn, sql string) string {
 	rows, err := txSimple(ctx, conn, sql)
 	if err != nil {
-		if code := txCode(err); code != "" {
+		if code := sqlState(err); code != "" {
 			return "ERROR " + code
 		}
 		return "ERROR " + err.Error()

@@ -67,7 +67,7 @@ func TestTxPipelineErrorBeforeFirstUse(t *testing.T) {
 	}
 	defer pipe.Close()
 
-	if _, err := pipe.GetResults(); txCode(err) != "22012" {
+	if _, err := pipe.GetResults(); sqlState(err) != "22012" {
 		t.Fatalf("segment 1: want division_by_zero (22012), got %v", err)
 	}
 	if res, err := pipe.GetResults(); err != nil {
@@ -146,13 +146,13 @@ func TestTxDeallocateKeepsClientState(t *testing.T) {
 		switch s.kind {
 		case "prepare":
 			if _, err := c.Prepare(ctx, s.name, s.sql, nil); err != nil {
-				return "ERROR " + txCode(err)
+				return "ERROR " + sqlState(err)
 			}
 			return "ok"
 		case "exec":
 			r := c.ExecPrepared(ctx, s.name, nil, nil, nil).Read()
 			if r.Err != nil {
-				return "ERROR " + txCode(r.Err)
+				return "ERROR " + sqlState(r.Err)
 			}
 			var vals []string
 			for _, row := range r.Rows {
@@ -161,7 +161,7 @@ func TestTxDeallocateKeepsClientState(t *testing.T) {
 			return strings.Join(vals, ",")
 		case "close":
 			if err := c.Deallocate(ctx, s.name); err != nil {
-				return "ERROR " + txCode(err)
+				return "ERROR " + sqlState(err)
 			}
 			return "ok"
 		default:
@@ -241,7 +241,7 @@ func TestTxEvictionAfterPipelineError(t *testing.T) {
 		if err := pipe.Flush(); err != nil {
 			t.Fatalf("flush: %v", err)
 		}
-		if _, err := pipe.GetResults(); txCode(err) != "22012" {
+		if _, err := pipe.GetResults(); sqlState(err) != "22012" {
 			t.Fatalf("failing query before %s: want 22012, got %v", name, err)
 		}
 		if res, err := pipe.GetResults(); err != nil {

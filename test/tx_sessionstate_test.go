@@ -253,7 +253,7 @@ func TestTxSessionStateReject(t *testing.T) {
 	txMustExec(ctx, t, a, "BEGIN")
 	_, err := txRun(ctx, a, "PREPARE tx_rej_p AS SELECT 1")
 	checkReject(t, "PREPARE in a transaction", err)
-	if _, err := txRun(ctx, a, "SELECT 1"); txCode(err) != "25P02" {
+	if _, err := txRun(ctx, a, "SELECT 1"); sqlState(err) != "25P02" {
 		t.Errorf("after a refused statement in a transaction: %v, want 25P02", err)
 	}
 	txMustExec(ctx, t, a, "ROLLBACK")

@@ -51,7 +51,7 @@ func TestTxStatementSharingOneBackend(t *testing.T) {
 		// Each Parse still reaches the server: a Parse of a missing table
 		// fails at Parse.
 		if _, err := cs[0].Prepare(ctx, "bad", "SELECT v FROM tx_share_missing WHERE id = $1", nil); err != nil {
-			steps = append(steps, "prepare of a missing table: ERROR "+txCode(err))
+			steps = append(steps, "prepare of a missing table: ERROR "+sqlState(err))
 		} else {
 			steps = append(steps, "prepare of a missing table: ok")
 		}

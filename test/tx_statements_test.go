@@ -27,7 +27,7 @@ func txTypeNames(ctx context.Context, admin *pgconn.PgConn, oids []uint32) strin
 	for i, o := range oids {
 		v, err := txOne(ctx, admin, fmt.Sprintf("SELECT coalesce(format_type(%d, NULL), '?')", o))
 		if err != nil {
-			v = "lookup: " + txCode(err)
+			v = "lookup: " + sqlState(err)
 		}
 		names[i] = v
 	}
@@ -39,7 +39,7 @@ func txTypeNames(ctx context.Context, admin *pgconn.PgConn, oids []uint32) strin
 func txDescribe(ctx context.Context, c, admin *pgconn.PgConn, name, sql string) string {
 	sd, err := c.Prepare(ctx, name, sql, nil)
 	if err != nil {
-		return "prepare ERROR " + txCode(err)
+		return "prepare ERROR " + sqlState(err)
 	}
 	fields := make([]uint32, len(sd.Fields))
 	for i, f := range sd.Fields {
@@ -57,7 +57,7 @@ func txExecText(ctx context.Context, c, admin *pgconn.PgConn, name string, param
 	}
 	r := c.ExecPrepared(ctx, name, ps, nil, nil).Read()
 	if r.Err != nil {
-		return "ERROR " + txCode(r.Err)
+		return "ERROR " + sqlState(r.Err)
 	}
 	var vals []string
 	for _, row := range r.Rows {
@@ -119,12 +119,12 @@ func TestTxStatementsAfterDDL(t *testing.T) {
 			r := n.ExecPrepared(ctx, "s", [][]byte{sc.binary}, []int16{1}, nil).Read()
 			res := fmt.Sprintf("%d rows", len(r.Rows))
 			if r.Err != nil {
-				res = "ERROR " + txCode(r.Err)
+				res = "ERROR " + sqlState(r.Err)
 			}
 			add("new client executes with a binary parameter", res)
 		}
 		if err := a.Deallocate(ctx, "s"); err != nil {
-			add("A deallocates", "ERROR "+txCode(err))
+			add("A deallocates", "ERROR "+sqlState(err))
 		}
 		add("A prepares again", txDescribe(ctx, a, admin, "s", sc.sql))
 		add("A executes", txExecText(ctx, a, admin, "s", sc.param))
@@ -176,7 +176,7 @@ func TestTxUnnamedStatementIsPrivate(t *testing.T) {
 		for _, c := range []*pgconn.PgConn{c1, c2} {
 			r := c.ExecPrepared(ctx, "", [][]byte{[]byte("40")}, nil, nil).Read()
 			if r.Err != nil {
-				out = append(out, "ERROR "+txCode(r.Err))
+				out = append(out, "ERROR "+sqlState(r.Err))
 			} else {
 				out = append(out, string(r.Rows[0][0]))
 			}
@@ -185,7 +185,7 @@ func TestTxUnnamedStatementIsPrivate(t *testing.T) {
 		txMustExec(ctx, t, c1, "SELECT 1")
 		r := c1.ExecPrepared(ctx, "", [][]byte{[]byte("40")}, nil, nil).Read()
 		if r.Err != nil {
-			out = append(out, "after a Query: ERROR "+txCode(r.Err))
+			out = append(out, "after a Query: ERROR "+sqlState(r.Err))
 		} else {
 			out = append(out, "after a Query: "+string(r.Rows[0][0]))
 		}
@@ -198,7 +198,7 @@ func TestTxUnnamedStatementIsPrivate(t *testing.T) {
 		}
 		r = c2.ExecPrepared(ctx, "", [][]byte{[]byte("1")}, nil, nil).Read()
 		if r.Err != nil {
-			out = append(out, "pinned: ERROR "+txCode(r.Err))
+			out = append(out, "pinned: ERROR "+sqlState(r.Err))
 		} else {
 			out = append(out, "pinned: "+string(r.Rows[0][0]))
 		}
@@ -207,7 +207,7 @@ func TestTxUnnamedStatementIsPrivate(t *testing.T) {
 		c3 := txConnect(ctx, t, url, nil)
 		r = c3.ExecPrepared(ctx, "", nil, nil, nil).Read()
 		if r.Err != nil {
-			out = append(out, "never parsed: ERROR "+txCode(r.Err))
+			out = append(out, "never parsed: ERROR "+sqlState(r.Err))
 		} else {
 			out = append(out, fmt.Sprintf("never parsed: %q", r.Rows))
 		}
@@ -264,7 +264,7 @@ func TestTxPreparedFetchAcrossBackends(t *testing.T) {
 		exec := func(what string) {
 			r := c.ExecPrepared(ctx, "f", nil, nil, nil).Read()
 			if r.Err != nil {
-				out = append(out, what+": ERROR "+txCode(r.Err))
+				out = append(out, what+": ERROR "+sqlState(r.Err))
 				return
 			}
 			var vals []string
@@ -333,7 +333,7 @@ func TestTxReprepareAfterDDL(t *testing.T) {
 			onEach(func() {
 				r := c.ExecPrepared(ctx, name, [][]byte{int4}, []int16{1}, nil).Read()
 				if r.Err != nil {
-					out = append(out, name+": ERROR "+txCode(r.Err))
+					out = append(out, name+": ERROR "+sqlState(r.Err))
 				} else {
 					out = append(out, fmt.Sprintf("%s: %q", name, r.Rows))
 				}

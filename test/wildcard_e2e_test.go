@@ -94,7 +94,7 @@ func TestWildcardDatabase(t *testing.T) {
 	_, directErr := currentDB(pg.URL("app", "app", missing))
 	_, proxyErr := currentDB(p.URL("app", "app", missing))
 	var de, pe *pgconn.PgError
-	if !asPgErr(directErr, &de) || !asPgErr(proxyErr, &pe) || pe.Code != "3D000" || pe.Code != de.Code || pe.Message != de.Message {
+	if !errors.As(directErr, &de) || !errors.As(proxyErr, &pe) || pe.Code != "3D000" || pe.Code != de.Code || pe.Message != de.Message {
 		t.Fatalf("missing database: direct %v, proxy %v", directErr, proxyErr)
 	}
 	waitFor(t, 5*time.Second, "the missing database's pool gone and /health 200", func() bool {
@@ -125,11 +125,4 @@ func TestWildcardDatabase(t *testing.T) {
 	if got, err := currentDB(p.URL("app", "app", name)); err != nil || got != name {
 		t.Fatalf("re-created database: %q, %v", got, err)
 	}
-}
-
-func asPgErr(err error, target **pgconn.PgError) bool {
-	if err == nil {
-		return false
-	}
-	return errors.As(err, target)
 }
