@@ -140,9 +140,6 @@ func aaReadRest(c net.Conn, r io.Reader, words, msgs []string) (string, []string
 	}
 }
 
-// aaDirect is the shared cluster's TCP address.
-func aaDirect() string { return net.JoinHostPort(pg.Host, strconv.Itoa(pg.Port)) }
-
 // aaMsg frames a frontend message of type typ.
 func aaMsg(typ byte, body []byte) []byte {
 	b := append([]byte{typ}, 0, 0, 0, 0)
@@ -341,7 +338,7 @@ func TestAttackAuthSCRAMUnboundChannelBindingAttribute(t *testing.T) {
 	p := StartProxy(t)
 	for _, c := range []string{"eSws" /* "y,," */, "Zm9vLCw=" /* "foo,," */, "cD10bHMtc2VydmVyLWVuZC1wb2ludCwsAAAA" /* "p=tls-server-end-point,,\0\0\0" */} {
 		final := func(f, _ string) []byte { return aaMsg('p', []byte("c="+c+f[strings.Index(f, ",r="):])) }
-		wantShape, want := aaSCRAM(t, aaDirect(), "app", "app", nil, final)
+		wantShape, want := aaSCRAM(t, pg.Addr(), "app", "app", nil, final)
 		gotShape, got := aaSCRAM(t, p.Addr, "app", "app", nil, final)
 		if wantShape != "R11 E:08P01 closed" {
 			t.Fatalf("PostgreSQL answers c=%s with %s %q: the test's premise does not hold", c, wantShape, want)
@@ -371,7 +368,7 @@ func TestAttackAuthUnsupportedProtocolCode(t *testing.T) {
 		{"protocol 1234.5677", []aaStep{{out: aaPacket(1234<<16 | 5677)}}},
 		{"a second SSLRequest", []aaStep{{out: aaPacket(aaCodeSSL), single: true}, {out: aaPacket(aaCodeSSL), single: true}}},
 	} {
-		wantShape, want := aaExchange(t, aaDirect(), tc.steps...)
+		wantShape, want := aaExchange(t, pg.Addr(), tc.steps...)
 		if !strings.HasSuffix(wantShape, "E:0A000 closed") {
 			t.Fatalf("%s: PostgreSQL answers %s %q: the test's premise does not hold", tc.name, wantShape, want)
 		}
@@ -485,7 +482,7 @@ func TestAttackAuthPassthroughNonUTF8RoleName(t *testing.T) {
 	setupPassthroughRoles(t, "alice:alice-pw")
 	p := startPassthroughProxy(t, "30s")
 	for _, user := range []string{"\xff\xfe", "al\xe9ice"} {
-		wantShape, want := aaSCRAM(t, aaDirect(), user, "alice-pw", nil, nil)
+		wantShape, want := aaSCRAM(t, pg.Addr(), user, "alice-pw", nil, nil)
 		if wantShape != "R11 E:28P01 closed" {
 			t.Fatalf("user %q directly: %s %q: the test's premise does not hold", user, wantShape, want)
 		}
@@ -525,7 +522,7 @@ func TestAttackAuthSCRAMMalformedProof(t *testing.T) {
 	p := StartProxy(t)
 	for _, proof := range []string{"AAAA", strings.Repeat("A", 64), "!!!!"} {
 		final := func(f, _ string) []byte { return aaMsg('p', []byte(f[:strings.LastIndex(f, ",p=")+3]+proof)) }
-		wantShape, _ := aaSCRAM(t, aaDirect(), "app", "app", nil, final)
+		wantShape, _ := aaSCRAM(t, pg.Addr(), "app", "app", nil, final)
 		gotShape, got := aaSCRAM(t, p.Addr, "app", "app", nil, final)
 		if wantShape != "R11 E:08P01 closed" {
 			t.Fatalf("PostgreSQL answers proof %q with %s: the test's premise does not hold", proof, wantShape)

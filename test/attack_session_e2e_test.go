@@ -9,9 +9,7 @@ package e2e
 
 import (
 	"context"
-	"encoding/binary"
 	"fmt"
-	"net"
 	"slices"
 	"strings"
 	"sync"
@@ -21,28 +19,6 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 )
-
-// asSendCancel sends a CancelRequest with (pid, secret) to addr, as a
-// driver does, and waits for the server to close the connection.
-func asSendCancel(t *testing.T, addr string, pid uint32, secret []byte) {
-	t.Helper()
-	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		t.Fatalf("dial %s for a cancel: %v", addr, err)
-	}
-	defer conn.Close()
-	buf := make([]byte, 12, 12+len(secret))
-	binary.BigEndian.PutUint32(buf[0:], uint32(12+len(secret)))
-	binary.BigEndian.PutUint32(buf[4:], 80877102)
-	binary.BigEndian.PutUint32(buf[8:], pid)
-	buf = append(buf, secret...)
-	if _, err := conn.Write(buf); err != nil {
-		t.Fatalf("write cancel: %v", err)
-	}
-	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
-	var one [1]byte
-	_, _ = conn.Read(one[:]) // the server closes it
-}
 
 // TestAttackSessionStaleCancelKey: the cancel key a session-mode client was
 // given must die with its session, as PostgreSQL's does. Directly, a new
@@ -56,7 +32,7 @@ func TestAttackSessionStaleCancelKey(t *testing.T) {
 	p := txStartProxy(t, "session", 1)
 	direct := pg.URL(txAppUser, txAppPassword, txAppDB)
 	for _, target := range []struct{ name, url, addr string }{
-		{"direct", direct, directAddr(t, direct)},
+		{"direct", direct, pg.Addr()},
 		{"proxy", txProxyURL(p), p.Addr},
 	} {
 		a := txConnect(ctx, t, target.url, nil)
@@ -75,7 +51,7 @@ func TestAttackSessionStaleCancelKey(t *testing.T) {
 			res <- err
 		}()
 		time.Sleep(300 * time.Millisecond)
-		asSendCancel(t, target.addr, aPID, aKey)
+		sendRawCancel(t, target.addr, aPID, aKey)
 		if err := <-res; err != nil {
 			t.Errorf("%s: a cancel with the key of a client that left cancelled the next client's query: %v", target.name, err)
 		}
@@ -93,16 +69,6 @@ func TestAttackSessionStaleCancelKey(t *testing.T) {
 		}
 		txClosePgconn(b)
 	}
-}
-
-// directAddr is the host:port of url.
-func directAddr(t *testing.T, url string) string {
-	t.Helper()
-	cfg, err := pgconn.ParseConfig(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return net.JoinHostPort(cfg.Host, fmt.Sprint(cfg.Port))
 }
 
 // asSessionView is what a client sees of the session state a former

@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -505,6 +506,30 @@ func sqlState(err error) string {
 		return pgErr.Code
 	}
 	return ""
+}
+
+// sendRawCancel sends a CancelRequest with pid and secret to addr, as a
+// driver does; secret is as long as the BackendKeyData gave it.
+func sendRawCancel(t *testing.T, addr string, pid uint32, secret []byte) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatalf("dial %s for a cancel: %v", addr, err)
+	}
+	defer c.Close()
+	pkt := make([]byte, 12, 12+len(secret))
+	binary.BigEndian.PutUint32(pkt[0:], uint32(12+len(secret)))
+	binary.BigEndian.PutUint32(pkt[4:], 80877102) // the CancelRequest code
+	binary.BigEndian.PutUint32(pkt[8:], pid)
+	pkt = append(pkt, secret...)
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write(pkt); err != nil {
+		t.Fatalf("write cancel: %v", err)
+	}
+	// The server closes the connection without an answer; wait for that
+	// so the request has been handled before the test moves on.
+	var b [1]byte
+	_, _ = c.Read(b[:])
 }
 
 // waitFor polls cond until it holds or timeout passes, then fails the

@@ -118,7 +118,7 @@ func TestUnmatchedCancelFloodIsRateLimited(t *testing.T) {
 	sent := 0
 	deadline := time.Now().Add(3 * time.Second)
 	for ; sent < max && time.Now().Before(deadline); sent++ {
-		txSendRawCancel(t, p.Addr, uint32(sent+1), []byte{1, 2, 3, 4})
+		sendRawCancel(t, p.Addr, uint32(sent+1), []byte{1, 2, 3, 4})
 	}
 	if sent < 100 {
 		t.Fatalf("only %d cancel requests sent in 3s; the flood proves nothing", sent)

@@ -13,7 +13,6 @@ import (
 	"net/url"
 	"os"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -148,7 +147,7 @@ func destroySharedSSLCluster() error {
 // address when empty) with params as its query.
 func (s *sslCluster) url(addr, user, password string, params map[string]string) string {
 	if addr == "" {
-		addr = net.JoinHostPort(s.Host, strconv.Itoa(s.Port))
+		addr = s.Addr()
 	}
 	q := url.Values{}
 	for k, v := range params {
@@ -528,7 +527,6 @@ func (f *pgFront) pipe(a, b net.Conn, downgrade bool) {
 }
 
 // addr is the cluster's TCP address.
-func (s *sslCluster) addr() string { return net.JoinHostPort(s.Host, strconv.Itoa(s.Port)) }
 
 // TestPassthroughBackendTLSWrongServer: a server with a certificate the
 // upstream URL's CA did not sign (an impostor in front of the cluster,
@@ -555,8 +553,8 @@ func TestPassthroughBackendTLSWrongServer(t *testing.T) {
 		t.Run(m.name, func(t *testing.T) {
 			// One front for the proxy, one for pgx: the proxy's pool may
 			// retry in the background meanwhile.
-			f := startPGFront(t, s.addr(), s.otherCert)
-			df := startPGFront(t, s.addr(), s.otherCert)
+			f := startPGFront(t, s.Addr(), s.otherCert)
+			df := startPGFront(t, s.Addr(), s.otherCert)
 			df.mode.Store(frontImpostor)
 			p := startPassthroughProxy(t, "30s", WithEnv("DATABASE_URL", s.url(f.addr(), "app", "app", m.params)))
 			// The real server behind the front: bob logs in, and the auth
@@ -628,7 +626,7 @@ func TestPassthroughBackendChannelBinding(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			params := map[string]string{"sslmode": "require", "channel_binding": c.cb}
-			f := startPGFront(t, s.addr(), s.otherCert)
+			f := startPGFront(t, s.Addr(), s.otherCert)
 			p := startPassthroughProxy(t, "30s", WithEnv("DATABASE_URL", s.url(f.addr(), "app", "app", params)))
 			// bob's login opens the auth user's backend to the real server.
 			if user, _ := sessionSSL(t, connect(t, p.URL("bob", "bob-pw", "app"))); user != "bob" {
@@ -751,7 +749,7 @@ func TestPassthroughClientTLSChannelBinding(t *testing.T) {
 		proxyCB, pgCB []byte
 	}{{"right hash", proxySum[:], pgSum[:]}, {"wrong hash", make([]byte, 32), make([]byte, 32)}} {
 		got := tlsRawSCRAMPlusAs(t, p.Addr, "alice", "alice-pw", c.proxyCB)
-		want := tlsRawSCRAMPlusAs(t, s.addr(), "alice", "alice-pw", c.pgCB)
+		want := tlsRawSCRAMPlusAs(t, s.Addr(), "alice", "alice-pw", c.pgCB)
 		if got != want {
 			t.Errorf("SCRAM-PLUS as alice, %s: proxy %q, PostgreSQL %q", c.name, got, want)
 		}
@@ -784,7 +782,7 @@ func TestPassthroughClientTLSChannelBinding(t *testing.T) {
 // SSLRequest or in plain text.
 func TestPassthroughBackendDirectTLS(t *testing.T) {
 	s := sharedSSLCluster(t)
-	f := startPGFront(t, s.addr(), s.otherCert)
+	f := startPGFront(t, s.Addr(), s.otherCert)
 	f.direct = s.serverPair
 	f.mode.Store(frontDirect)
 	params := map[string]string{"sslmode": "verify-full", "sslrootcert": s.ca.Path, "sslnegotiation": "direct", "channel_binding": "require"}
@@ -841,7 +839,7 @@ func TestPassthroughBackendClientCertificate(t *testing.T) {
 	// middle (the server, with ssl_ca_file, asks every TLS client).
 	certReq := map[string]string{"sslmode": "require", "sslcert": s.clientCert, "sslkey": s.clientKey,
 		"sslcertmode": "require", "channel_binding": "disable"}
-	f := startPGFront(t, s.addr(), s.otherCert)
+	f := startPGFront(t, s.Addr(), s.otherCert)
 	pm := startPassthroughProxy(t, "30s", WithEnv("DATABASE_URL", s.url(f.addr(), "app", "app", certReq)))
 	if user, _, err := tryLogin(pm.URL("carol", "carol-pw", "app")); err != nil || user != "carol" {
 		t.Fatalf("carol through the proxy and the real server: %q, %v", user, err)

@@ -709,7 +709,7 @@ func TestTLSComparedWithPostgreSQL(t *testing.T) {
 	c, hba := startSSLCluster(t, s)
 	p := startTLSProxy(t, s, "prefer")
 	sum := sha256.Sum256(s.certDER)
-	direct := net.JoinHostPort(c.Host, strconv.Itoa(c.Port))
+	direct := c.Addr()
 
 	for _, useTLS := range []bool{false, true} {
 		want := strings.Join(tlsRawMechanisms(t, tlsRawConn(t, direct, useTLS)), ",")

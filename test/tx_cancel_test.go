@@ -2,9 +2,7 @@ package e2e
 
 import (
 	"context"
-	"encoding/binary"
 	"fmt"
-	"net"
 	"testing"
 	"time"
 
@@ -51,29 +49,6 @@ func txWaitActive(ctx context.Context, t *testing.T, marker string, n int) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-// txSendRawCancel sends a CancelRequest packet with pid and secret to addr.
-func txSendRawCancel(t *testing.T, addr string, pid uint32, secret []byte) {
-	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		t.Fatalf("dial %s: %v", addr, err)
-	}
-	defer c.Close()
-	pkt := make([]byte, 12, 12+len(secret))
-	binary.BigEndian.PutUint32(pkt[0:], uint32(12+len(secret)))
-	binary.BigEndian.PutUint32(pkt[4:], 80877102) // the CancelRequest code
-	binary.BigEndian.PutUint32(pkt[8:], pid)
-	pkt = append(pkt, secret...)
-	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := c.Write(pkt); err != nil {
-		t.Fatalf("write cancel: %v", err)
-	}
-	// The server closes the connection without an answer; wait for that
-	// so the request has been handled before the test moves on.
-	var b [1]byte
-	_, _ = c.Read(b[:])
 }
 
 // TestTxCancelRunningQuery: a client's pg_sleep(30) is cancelled through
@@ -138,8 +113,8 @@ func TestTxCancelWrongKey(t *testing.T) {
 
 	aRes := txRunAsync(ctx, a, "SELECT pg_sleep(1.5) /* tx-cancel-wrong */")
 	txWaitActive(ctx, t, "tx-cancel-wrong", 1)
-	txSendRawCancel(t, p.Addr, a.PID(), wrong)
-	txSendRawCancel(t, p.Addr, a.PID()^0x7fff, secret)
+	sendRawCancel(t, p.Addr, a.PID(), wrong)
+	sendRawCancel(t, p.Addr, a.PID()^0x7fff, secret)
 	r := <-aRes
 	if r.err != nil {
 		t.Errorf("a cancel with a wrong key cancelled the query: %v", r.err)
@@ -152,7 +127,7 @@ func TestTxCancelWrongKey(t *testing.T) {
 	// packets above were well-formed and really were refused for the key.
 	aRes = txRunAsync(ctx, a, "SELECT pg_sleep(30) /* tx-cancel-right */")
 	txWaitActive(ctx, t, "tx-cancel-right", 1)
-	txSendRawCancel(t, p.Addr, a.PID(), secret)
+	sendRawCancel(t, p.Addr, a.PID(), secret)
 	select {
 	case r := <-aRes:
 		if sqlState(r.err) != "57014" {

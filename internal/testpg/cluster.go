@@ -304,12 +304,16 @@ func (c *Cluster) Destroy() error {
 	return err
 }
 
+// Addr is the cluster's TCP address, host:port, for a test that speaks
+// the protocol itself.
+func (c *Cluster) Addr() string { return net.JoinHostPort(c.Host, strconv.Itoa(c.Port)) }
+
 // URL is a TCP connection URL (SCRAM over 127.0.0.1) for user to db.
 func (c *Cluster) URL(user, password, db string) string {
 	u := url.URL{
 		Scheme:   "postgres",
 		User:     url.UserPassword(user, password),
-		Host:     net.JoinHostPort(c.Host, strconv.Itoa(c.Port)),
+		Host:     c.Addr(),
 		Path:     "/" + db,
 		RawQuery: "sslmode=disable",
 	}
