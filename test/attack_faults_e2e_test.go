@@ -25,18 +25,6 @@ import (
 // error or a replay that cannot run anything twice, other clients
 // untouched, the dead backend never handed on.
 
-// afActivePID waits until one session runs a query containing marker and
-// returns its pid.
-func afActivePID(ctx context.Context, t *testing.T, admin *pgconn.PgConn, marker string) string {
-	t.Helper()
-	var pids []string
-	waitFor(t, 10*time.Second, "the statement marked "+marker+" running", func() bool {
-		pids = lgActive(ctx, t, admin, marker)
-		return len(pids) == 1
-	})
-	return pids[0]
-}
-
 // TestTerminateAfterCommitInsideRequest: a request that commits work of
 // its own before it answers (a DO block or a procedure with COMMIT, CREATE
 // INDEX CONCURRENTLY, run as the first statement of a transaction) and
@@ -111,7 +99,7 @@ func TestTerminateAfterCommitInsideRequest(t *testing.T) {
 			} else {
 				res = txRunAsync(ctx, c, sql)
 			}
-			pid := afActivePID(ctx, t, admin, marker)
+			pid := waitActive(ctx, t, admin, marker, 1, 10*time.Second)[0]
 			waitFor(t, 10*time.Second, tag+": the request's own commit", func() bool { return tc.done(tag) == "1" })
 			terminate(ctx, t, admin, []string{pid})
 			killedAt := time.Since(start)
@@ -186,7 +174,7 @@ func TestStoppedBackendQueryTimeout(t *testing.T) {
 	c := txConnect(ctx, t, txProxyURL(p), nil)
 	txMustOne(ctx, t, c, "SELECT 1")
 	res := txRunAsync(ctx, c, "SELECT pg_sleep(20) /* af-stopped */")
-	pid := afActivePID(ctx, t, admin, "af-stopped")
+	pid := waitActive(ctx, t, admin, "af-stopped", 1, 10*time.Second)[0]
 	stopped := time.Now()
 	cont := afStop(t, pid)
 	var r txQueryResult
@@ -623,7 +611,7 @@ func TestStoppedBackendMidRow(t *testing.T) {
 		if err != nil {
 			t.Fatalf("read: %v", err)
 		}
-		conts = append(conts, afStop(t, afActivePID(ctx, t, admin, marker)))
+		conts = append(conts, afStop(t, waitActive(ctx, t, admin, marker, 1, 10*time.Second)[0]))
 		go func() { // ends within afReadOutcome's 15 s
 			o, err := afReadOutcome(r, chunk[:n])
 			results <- result{o, err}
@@ -668,7 +656,7 @@ func TestTerminateWithCancelInFlight(t *testing.T) {
 		txMustOne(ctx, t, c, "SELECT 1")
 		marker := fmt.Sprintf("af-cancel-kill-%d", i)
 		res := txRunAsync(ctx, c, "SELECT pg_sleep(20) /* "+marker+" */")
-		pid := afActivePID(ctx, t, admin, marker)
+		pid := waitActive(ctx, t, admin, marker, 1, 10*time.Second)[0]
 		done := make(chan error, 1)
 		go func() { done <- c.CancelRequest(ctx) }() // ends when the proxy has the request
 		terminateNoWait(ctx, t, admin, []string{pid})

@@ -426,7 +426,7 @@ func TestAttackLoopClientGoesMidReply(t *testing.T) {
 				lgCompare(t, tc.name, proxied, direct)
 			}
 			alClientsGone(t, p, 10*time.Second)
-			lgWaitNotActive(t.Context(), t, admin, "al-", 10*time.Second)
+			waitActive(t.Context(), t, admin, "al-", 0, 10*time.Second)
 			lgCleanBackends(t.Context(), t, p, 1)
 		})
 	}
@@ -539,7 +539,7 @@ func TestAttackLoopManyRequestThenClose(t *testing.T) {
 			parkedClients(t, p) == 0 && lgPoolActive(t, p) == 0
 	})
 	admin := txConnect(ctx, t, txDirectURL(), nil)
-	lgWaitNotActive(ctx, t, admin, "al-mass", 10*time.Second)
+	waitActive(ctx, t, admin, "al-mass", 0, 10*time.Second)
 	lgCleanBackends(ctx, t, p, 4)
 	after := memNow(t, p)
 	t.Logf("proxy memory with %d parked clients: %v; after they left: %v", n, before, after)

@@ -532,6 +532,30 @@ func sendRawCancel(t *testing.T, addr string, pid uint32, secret []byte) {
 	_, _ = c.Read(b[:])
 }
 
+// activePIDs returns the pids of the sessions running a query that
+// contains marker (state active), other than admin's own.
+func activePIDs(ctx context.Context, t *testing.T, admin *pgconn.PgConn, marker string) []string {
+	t.Helper()
+	rows, err := txSimple(ctx, admin, fmt.Sprintf(
+		"SELECT pid FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%%%s%%' AND pid <> pg_backend_pid() ORDER BY pid", marker))
+	if err != nil {
+		t.Fatalf("pg_stat_activity: %v", err)
+	}
+	return rows
+}
+
+// waitActive waits up to within until exactly n sessions run a query
+// that contains marker (activePIDs), and returns their pids.
+func waitActive(ctx context.Context, t *testing.T, admin *pgconn.PgConn, marker string, n int, within time.Duration) []string {
+	t.Helper()
+	var pids []string
+	waitFor(t, within, fmt.Sprintf("%d sessions running the query marked %s", n, marker), func() bool {
+		pids = activePIDs(ctx, t, admin, marker)
+		return len(pids) == n
+	})
+	return pids
+}
+
 // waitFor polls cond until it holds or timeout passes, then fails the
 // test with msg.
 var waitFor = testpg.Eventually

@@ -100,26 +100,6 @@ func lgEncode(t *testing.T, msgs ...pgproto3.FrontendMessage) []byte {
 	return buf
 }
 
-// lgActive returns the pids of the sessions running a query that contains
-// marker (state active), other than admin's own.
-func lgActive(ctx context.Context, t *testing.T, admin *pgconn.PgConn, marker string) []string {
-	t.Helper()
-	rows, err := txSimple(ctx, admin, fmt.Sprintf(
-		"SELECT pid FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%%%s%%' AND pid <> pg_backend_pid() ORDER BY pid", marker))
-	if err != nil {
-		t.Fatalf("pg_stat_activity: %v", err)
-	}
-	return rows
-}
-
-// lgWaitNotActive waits until no session runs a query containing marker.
-func lgWaitNotActive(ctx context.Context, t *testing.T, admin *pgconn.PgConn, marker string, within time.Duration) {
-	t.Helper()
-	waitFor(t, within, "no session left running the query marked "+marker, func() bool {
-		return len(lgActive(ctx, t, admin, marker)) == 0
-	})
-}
-
 // lgParkAll waits until n clients are parked, so that their next request
 // is read by the event loop. On the goroutine relay a client whose idle
 // wait began while its backend was still held (after an explicit
@@ -373,7 +353,7 @@ func TestLoopGuardStuckReaderDoesNotStallOthers(t *testing.T) {
 	if err := stuck.conn.Close(); err != nil {
 		t.Fatal(err)
 	}
-	lgWaitNotActive(ctx, t, admin, "lg-stuck", 10*time.Second)
+	waitActive(ctx, t, admin, "lg-stuck", 0, 10*time.Second)
 	lgCleanBackends(ctx, t, p, poolSize)
 	assertPoolsWithin(t, p.Stats(t), poolSize)
 }
@@ -473,7 +453,7 @@ func TestLoopGuardClientLeavesDuringSlowReply(t *testing.T) {
 				t.Fatal("the other client was not served within 15 s of the first one leaving")
 			}
 			// A 30 s query must be cancelled, not left running.
-			lgWaitNotActive(ctx, t, admin, marker, 5*time.Second)
+			waitActive(ctx, t, admin, marker, 0, 5*time.Second)
 			lgCleanBackends(ctx, t, p, 1)
 			if v := txMustOne(ctx, t, other, fmt.Sprintf("SELECT 'after-%d'", i)); v != fmt.Sprintf("after-%d", i) {
 				t.Fatalf("the other client afterwards: %q", v)
@@ -604,7 +584,7 @@ func TestLoopGuardTerminateBackendDuringQuery(t *testing.T) {
 			dres, dc := run(txConnect(ctx, t, txDirectURL(), nil), dm)
 			var pids []string
 			waitFor(t, 10*time.Second, "both queries to run", func() bool {
-				a, b := lgActive(ctx, t, admin, pm), lgActive(ctx, t, admin, dm)
+				a, b := activePIDs(ctx, t, admin, pm), activePIDs(ctx, t, admin, dm)
 				pids = append(a, b...)
 				return len(a) == 1 && len(b) == 1
 			})
@@ -635,7 +615,7 @@ func TestLoopGuardTerminateBackendDuringQuery(t *testing.T) {
 			default:
 				t.Errorf("through the proxy the client got %q; directly %q", got[0].text, got[1].text)
 			}
-			lgWaitNotActive(ctx, t, admin, pm, 5*time.Second)
+			waitActive(ctx, t, admin, pm, 0, 5*time.Second)
 			if v := txMustOne(ctx, t, other, "SELECT 'other-after'"); v != "other-after" {
 				t.Fatalf("the other client: %q", v)
 			}
@@ -948,7 +928,7 @@ func TestLoopGuardAdminKill(t *testing.T) {
 
 	const marker = "lg-kill-running"
 	runRes := txRunAsync(ctx, running, "SELECT pg_sleep(10) /* "+marker+" */")
-	waitFor(t, 10*time.Second, "the victim's query to run", func() bool { return len(lgActive(ctx, t, admin, marker)) == 1 })
+	waitActive(ctx, t, admin, marker, 1, 10*time.Second)
 	killedAt := time.Now()
 	if err := consoleExec(ctx, con, "KILL victim"); err != nil {
 		t.Fatalf("KILL victim: %v", err)
@@ -972,7 +952,7 @@ func TestLoopGuardAdminKill(t *testing.T) {
 	if _, err := idlePgx.Exec(ctx, "SELECT 1"); sqlState(err) != "57P01" {
 		t.Errorf("the parked pgx client's next query: %v; want 57P01", err)
 	}
-	lgWaitNotActive(ctx, t, admin, marker, 5*time.Second)
+	waitActive(ctx, t, admin, marker, 0, 5*time.Second)
 
 	stopBusy()
 	if err := <-busyErr; err != nil {

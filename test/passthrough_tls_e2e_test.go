@@ -269,7 +269,7 @@ func TestPassthroughBackendTLS(t *testing.T) {
 		}
 		// Logged by the pool's connect, which may finish writing after
 		// the client has its answer.
-		if !testEventually(5*time.Second, func() bool { return p.Logs.Contains("no encryption") }) {
+		if !p.Logs.ContainsWithin("no encryption", 5*time.Second) {
 			t.Errorf("the proxy's log does not carry the server's refusal")
 		}
 	})

@@ -442,11 +442,7 @@ func TestTerminateRunawayStatement(t *testing.T) {
 		txMustOne(ctx, t, c, "SELECT 1")
 		marker := "runaway-" + via.name
 		res := txRunAsync(ctx, c, "SELECT pg_sleep(20) /* "+marker+" */")
-		var pids []string
-		waitFor(t, 10*time.Second, "the statement running", func() bool {
-			pids = lgActive(ctx, t, admin, marker)
-			return len(pids) == 1
-		})
+		pids := waitActive(ctx, t, admin, marker, 1, 10*time.Second)
 		time.Sleep(1200 * time.Millisecond) // past replayWindow
 		terminate(ctx, t, admin, pids)
 		select {
@@ -456,7 +452,7 @@ func TestTerminateRunawayStatement(t *testing.T) {
 				t.Fatalf("%s: after one pg_terminate_backend: %v, want FATAL 57P01", via.name, r.err)
 			}
 		case <-time.After(10 * time.Second):
-			t.Fatalf("%s: the statement went on after pg_terminate_backend (pids now %v)", via.name, lgActive(ctx, t, admin, marker))
+			t.Fatalf("%s: the statement went on after pg_terminate_backend (pids now %v)", via.name, activePIDs(ctx, t, admin, marker))
 		}
 	}
 }

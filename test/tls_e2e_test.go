@@ -416,7 +416,7 @@ func TestTLSClientCertificates(t *testing.T) {
 	if err == nil {
 		t.Fatal("psql with a certificate of an untrusted CA logged in")
 	}
-	if !testEventually(5*time.Second, func() bool { return p.Logs.Contains("TLS handshake failed") }) {
+	if !p.Logs.ContainsWithin("TLS handshake failed", 5*time.Second) {
 		t.Errorf("the proxy did not log the failed handshake of the untrusted certificate")
 	}
 

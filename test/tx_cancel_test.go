@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"fmt"
 	"testing"
 	"time"
 
@@ -32,25 +31,6 @@ func txRunAsync(ctx context.Context, conn *pgconn.PgConn, sql string) <-chan txQ
 	return ch
 }
 
-// txWaitActive waits until the cluster shows n sessions running a query
-// that contains marker.
-func txWaitActive(ctx context.Context, t *testing.T, marker string, n int) {
-	t.Helper()
-	admin := txConnect(ctx, t, pg.AdminURL(), nil)
-	sql := fmt.Sprintf("SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%%%s%%' AND pid <> pg_backend_pid()", marker)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		got := txMustOne(ctx, t, admin, sql)
-		if got == fmt.Sprint(n) {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %s sessions active after 10s, want %d", marker, got, n)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // TestTxCancelRunningQuery: a client's pg_sleep(30) is cancelled through
 // the proxy within 1s (57014) while another client's pg_sleep(2) on the
 // other backend runs to its end.
@@ -58,12 +38,13 @@ func TestTxCancelRunningQuery(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	p := txStartProxy(t, "transaction", 2)
+	admin := txConnect(ctx, t, pg.AdminURL(), nil) // watches pg_stat_activity
 	a := txConnect(ctx, t, txProxyURL(p), nil)
 	b := txConnect(ctx, t, txProxyURL(p), nil)
 
 	aRes := txRunAsync(ctx, a, "SELECT pg_sleep(30) /* tx-cancel-a */")
 	bRes := txRunAsync(ctx, b, "SELECT pg_sleep(2) /* tx-cancel-b */")
-	txWaitActive(ctx, t, "tx-cancel-", 2)
+	waitActive(ctx, t, admin, "tx-cancel-", 2, 10*time.Second)
 
 	sent := time.Now()
 	if err := a.CancelRequest(ctx); err != nil {
@@ -101,6 +82,7 @@ func TestTxCancelWrongKey(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	p := txStartProxy(t, "transaction", 2)
+	admin := txConnect(ctx, t, pg.AdminURL(), nil) // watches pg_stat_activity
 	a := txConnect(ctx, t, txProxyURL(p), nil)
 	secret := a.SecretKey()
 	if len(secret) == 0 {
@@ -112,7 +94,7 @@ func TestTxCancelWrongKey(t *testing.T) {
 	}
 
 	aRes := txRunAsync(ctx, a, "SELECT pg_sleep(1.5) /* tx-cancel-wrong */")
-	txWaitActive(ctx, t, "tx-cancel-wrong", 1)
+	waitActive(ctx, t, admin, "tx-cancel-wrong", 1, 10*time.Second)
 	sendRawCancel(t, p.Addr, a.PID(), wrong)
 	sendRawCancel(t, p.Addr, a.PID()^0x7fff, secret)
 	r := <-aRes
@@ -126,7 +108,7 @@ func TestTxCancelWrongKey(t *testing.T) {
 	// The same raw packet with the right key does cancel: the wrong-key
 	// packets above were well-formed and really were refused for the key.
 	aRes = txRunAsync(ctx, a, "SELECT pg_sleep(30) /* tx-cancel-right */")
-	txWaitActive(ctx, t, "tx-cancel-right", 1)
+	waitActive(ctx, t, admin, "tx-cancel-right", 1, 10*time.Second)
 	sendRawCancel(t, p.Addr, a.PID(), secret)
 	select {
 	case r := <-aRes:
@@ -146,12 +128,13 @@ func TestTxCancelIdleClient(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	p := txStartProxy(t, "transaction", 1)
+	admin := txConnect(ctx, t, pg.AdminURL(), nil) // watches pg_stat_activity
 	a := txConnect(ctx, t, txProxyURL(p), nil)
 	c := txConnect(ctx, t, txProxyURL(p), nil)
 
 	aPid := txMustOne(ctx, t, a, "SELECT pg_backend_pid()")
 	cRes := txRunAsync(ctx, c, "SELECT pg_backend_pid(), pg_sleep(1.5) /* tx-cancel-idle-other */")
-	txWaitActive(ctx, t, "tx-cancel-idle-other", 1)
+	waitActive(ctx, t, admin, "tx-cancel-idle-other", 1, 10*time.Second)
 	if err := a.CancelRequest(ctx); err != nil {
 		t.Fatalf("cancel request: %v", err)
 	}
