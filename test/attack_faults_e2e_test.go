@@ -211,7 +211,7 @@ func TestStoppedBackendQueryTimeout(t *testing.T) {
 		t.Errorf("the unanswered cancel was logged %d times, want once", n)
 	}
 	cont()
-	waitFor(t, 10*time.Second, "no backend active in /stats", func() bool { return poolNum(t, p, "active") == 0 })
+	waitFor(t, 10*time.Second, "no backend active in /stats", func() bool { return poolStat(t, p, "active") == 0 })
 	waitFor(t, 10*time.Second, "the stopped backend gone once continued", func() bool { return !processAlive(pid) })
 }
 
@@ -346,7 +346,7 @@ func afSettingsChaos(t *testing.T, mode string) {
 	if kills == 0 || total.ok == 0 {
 		t.Fatalf("%d terminations, %d rounds answered: the probe proved nothing", kills, total.ok)
 	}
-	waitFor(t, 10*time.Second, "no backend active in /stats", func() bool { return poolNum(t, p, "active") == 0 })
+	waitFor(t, 10*time.Second, "no backend active in /stats", func() bool { return poolStat(t, p, "active") == 0 })
 	fresh := txConnect(ctx, t, txProxyURL(p), nil)
 	for range 4 {
 		if got := txMustOne(ctx, t, fresh, "SELECT current_setting('search_path') || '|' || current_setting('application_name')"); got != defaults+"|" {
@@ -566,7 +566,7 @@ func TestTerminateMidExchange(t *testing.T) {
 				}
 				// The pool: nothing active, and a new client is served by
 				// another backend.
-				waitFor(t, 10*time.Second, tag+": no backend active in /stats", func() bool { return poolNum(t, p, "active") == 0 })
+				waitFor(t, 10*time.Second, tag+": no backend active in /stats", func() bool { return poolStat(t, p, "active") == 0 })
 				fresh := txConnect(ctx, t, txProxyURL(p), nil)
 				if got, err := txOne(ctx, fresh, "SELECT pg_backend_pid()"); err != nil || got == pid {
 					t.Errorf("%s: a new client: pid %s (killed: %s), %v", tag, got, pid, err)
@@ -634,7 +634,7 @@ func TestStoppedBackendMidRow(t *testing.T) {
 	for _, cont := range conts {
 		cont()
 	}
-	waitFor(t, 10*time.Second, "no backend active in /stats", func() bool { return poolNum(t, p, "active") == 0 })
+	waitFor(t, 10*time.Second, "no backend active in /stats", func() bool { return poolStat(t, p, "active") == 0 })
 }
 
 // TestTerminateWithCancelInFlight: a client cancels its running statement
@@ -689,5 +689,5 @@ func TestTerminateWithCancelInFlight(t *testing.T) {
 			t.Errorf("round %d: a new client: pid %s (killed %s), %v", i, got, pid, err)
 		}
 	}
-	waitFor(t, 10*time.Second, "no backend active in /stats", func() bool { return poolNum(t, p, "active") == 0 })
+	waitFor(t, 10*time.Second, "no backend active in /stats", func() bool { return poolStat(t, p, "active") == 0 })
 }

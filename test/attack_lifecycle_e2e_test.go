@@ -110,20 +110,6 @@ func TestDrainEndsEveryWait(t *testing.T) {
 	}
 }
 
-// alPoolStat reads one number of p's only pool in /stats.
-func alPoolStat(t *testing.T, p *Proxy, key string) int {
-	t.Helper()
-	pools := statsPools(p.Stats(t))
-	if len(pools) != 1 {
-		t.Fatalf("/stats pools: %v", pools)
-	}
-	n, ok := num(pools[0], key)
-	if !ok {
-		t.Fatalf("/stats pool has no %s: %v", key, pools[0])
-	}
-	return int(n)
-}
-
 // TestReloadResizesUnderWaiters: SIGHUP changes pool.max_size while
 // requests wait for the saturated pool. Grown, the waiting requests are
 // served by the new backends at once, without waiting for the transaction
@@ -183,7 +169,7 @@ func TestReloadResizesUnderWaiters(t *testing.T) {
 			t.Fatalf("BEGIN: %q", status)
 		}
 	}
-	waitFor(t, 10*time.Second, "four backends held", func() bool { return alPoolStat(t, p, "active") == 4 })
+	waitFor(t, 10*time.Second, "four backends held", func() bool { return poolStat(t, p, "active") == 4 })
 	write(1, "1s")
 	reload()
 	late := rs[3]
@@ -201,14 +187,14 @@ func TestReloadResizesUnderWaiters(t *testing.T) {
 		r.query(t, "COMMIT")
 	}
 	waitFor(t, 10*time.Second, "the pool back at max_size 1", func() bool {
-		return alPoolStat(t, p, "total") <= 1 && alPoolStat(t, p, "active") == 0
+		return poolStat(t, p, "total") <= 1 && poolStat(t, p, "active") == 0
 	})
 	for i, r := range rs {
 		if vals, status := r.query(t, fmt.Sprintf("SELECT %d, txid_current_if_assigned() IS NULL", i)); len(vals) != 1 || vals[0][0] != fmt.Sprint(i) || vals[0][1] != "t" || status != 'I' {
 			t.Fatalf("client %d after the shrink: %v %q", i, vals, status)
 		}
 	}
-	if n := alPoolStat(t, p, "total"); n > 1 {
+	if n := poolStat(t, p, "total"); n > 1 {
 		t.Errorf("%d backends open after max_size shrank to 1", n)
 	}
 	lgCleanBackends(ctx, t, p, 1)
@@ -271,7 +257,7 @@ func TestKillEndsEveryWait(t *testing.T) {
 		t.Errorf("KILL took %v to reach every client", took)
 	}
 	waitFor(t, 10*time.Second, "no client left, none waiting, no backend held", func() bool {
-		return clientsStat(t, p, "clients_total") == 0 && clientsStat(t, p, "clients_waiting") == 0 && alPoolStat(t, p, "active") == 0
+		return clientsStat(t, p, "clients_total") == 0 && clientsStat(t, p, "clients_waiting") == 0 && poolStat(t, p, "active") == 0
 	})
 	admin := connect(t, pg.AdminURLDB(txAppDB))
 	var n int
@@ -292,12 +278,8 @@ type alFlood struct {
 // alStartup is a StartupMessage for app/app, encoded.
 func alStartup(t *testing.T) []byte {
 	t.Helper()
-	b, err := (&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersionNumber,
-		Parameters: map[string]string{"user": txAppUser, "database": txAppDB}}).Encode(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
+	return encodeMsgs(t, &pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersionNumber,
+		Parameters: map[string]string{"user": txAppUser, "database": txAppDB}})
 }
 
 // TestSlowlorisLogins: connections that stall their login (send nothing,

@@ -23,16 +23,11 @@ import (
 // Every client sends from parked (it ran a query and idled), so the loop
 // reads what it sends next.
 
-// alServed is a raw client through p that ran a query and is parked (with
-// the want other clients parked beside it), so that the event loop reads
-// what it sends next.
+// alServed is n raw clients through p (alWaiters), each waited for until
+// it is parked, so that the event loop reads what it sends next.
 func alServed(t *testing.T, p *Proxy, n int) []*rawClient {
 	t.Helper()
-	rs := make([]*rawClient, n)
-	for i := range rs {
-		rs[i] = dialRaw(t, txProxyURL(p))
-		rs[i].query(t, "SELECT 1")
-	}
+	rs := alWaiters(t, p, n)
 	lgParkAll(t, p, n, lgRawNudge(t, rs...))
 	return rs
 }
@@ -41,7 +36,7 @@ func alServed(t *testing.T, p *Proxy, n int) []*rawClient {
 func alClientsGone(t *testing.T, p *Proxy, within time.Duration) {
 	t.Helper()
 	waitFor(t, within, "no client left and no backend held", func() bool {
-		return clientsStat(t, p, "clients_total") == 0 && lgPoolActive(t, p) == 0
+		return clientsStat(t, p, "clients_total") == 0 && poolStat(t, p, "active") == 0
 	})
 }
 
@@ -71,7 +66,7 @@ func TestAttackLoopRequestThenHalfClose(t *testing.T) {
 	p := txStartProxy(t, "transaction", 2)
 	t.Cleanup(func() { lgLogLoop(t, p) })
 	const rounds = 20
-	req := lgEncode(t, &pgproto3.Query{String: "SELECT 'half', 1"})
+	req := encodeMsgs(t, &pgproto3.Query{String: "SELECT 'half', 1"})
 	run := func(r *rawClient) ([]string, bool) {
 		r.write(t, req)
 		if err := r.conn.(*net.TCPConn).CloseWrite(); err != nil {
@@ -139,9 +134,9 @@ func alRead(r *rawClient, ready int, within time.Duration) string {
 func TestAttackLoopTrailingBytes(t *testing.T) {
 	p := txStartProxy(t, "transaction", 2)
 	t.Cleanup(func() { lgLogLoop(t, p) })
-	q := lgEncode(t, &pgproto3.Query{String: "SELECT 'trail', g FROM generate_series(1, 2) g"})
-	after := lgEncode(t, &pgproto3.Query{String: "SELECT 'after'"})
-	ext := lgEncode(t, &pgproto3.Parse{Query: "SELECT $1::int + 1"}, &pgproto3.Bind{Parameters: [][]byte{[]byte("41")}},
+	q := encodeMsgs(t, &pgproto3.Query{String: "SELECT 'trail', g FROM generate_series(1, 2) g"})
+	after := encodeMsgs(t, &pgproto3.Query{String: "SELECT 'after'"})
+	ext := encodeMsgs(t, &pgproto3.Parse{Query: "SELECT $1::int + 1"}, &pgproto3.Bind{Parameters: [][]byte{[]byte("41")}},
 		&pgproto3.Execute{}, &pgproto3.Sync{})
 	cat := func(bs ...[]byte) []byte {
 		var out []byte
@@ -152,9 +147,9 @@ func TestAttackLoopTrailingBytes(t *testing.T) {
 	}
 	copyData := []byte{'d', 0, 0, 0, 7, 'a', 'b', 'c'}
 	copyDone := []byte{'c', 0, 0, 0, 4}
-	copyFail := lgEncode(t, &pgproto3.CopyFail{Message: "nope"})
+	copyFail := encodeMsgs(t, &pgproto3.CopyFail{Message: "nope"})
 	sslRequest := []byte{0, 0, 0, 8, 4, 210, 22, 47}
-	startup := lgEncode(t, &pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersionNumber, Parameters: map[string]string{"user": "app"}})
+	startup := encodeMsgs(t, &pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersionNumber, Parameters: map[string]string{"user": "app"}})
 	// ready: the ReadyForQuery after which the connection stays open (the
 	// end, for those that end it, comes before).
 	cases := []struct {
@@ -196,7 +191,7 @@ func TestAttackLoopTrailingBytes(t *testing.T) {
 			}
 		})
 	}
-	waitFor(t, 5*time.Second, "no backend held", func() bool { return lgPoolActive(t, p) == 0 })
+	waitFor(t, 5*time.Second, "no backend held", func() bool { return poolStat(t, p, "active") == 0 })
 	lgCleanBackends(t.Context(), t, p, 2)
 	if code, _ := p.Health(t); code != 200 {
 		t.Fatalf("/health %d", code)
@@ -209,7 +204,7 @@ func alQueryOf(t *testing.T, total int) []byte {
 	const head = "SELECT length('"
 	const tail = "') AS n"
 	pad := total - 1 - 4 - len(head) - len(tail) - 1
-	q := lgEncode(t, &pgproto3.Query{String: head + strings.Repeat("x", pad) + tail})
+	q := encodeMsgs(t, &pgproto3.Query{String: head + strings.Repeat("x", pad) + tail})
 	if len(q) != total {
 		t.Fatalf("query of %d bytes, want %d", len(q), total)
 	}
@@ -227,14 +222,14 @@ func TestAttackLoopSplitAtTheLimit(t *testing.T) {
 	p := txStartProxy(t, "transaction", 2)
 	t.Cleanup(func() { lgLogLoop(t, p) })
 	const limit = 8 << 10
-	ext := lgEncode(t,
+	ext := encodeMsgs(t,
 		&pgproto3.Parse{Query: "SELECT $1::int * 3, 'bytewise'"},
 		&pgproto3.Bind{Parameters: [][]byte{[]byte("14")}},
 		&pgproto3.Describe{ObjectType: 'P'},
 		&pgproto3.Execute{},
 		&pgproto3.Sync{})
 	extOf := func(pad int) []byte {
-		return lgEncode(t,
+		return encodeMsgs(t,
 			&pgproto3.Parse{Query: "SELECT length($1::text) AS n, '" + strings.Repeat("y", pad) + "' <> ''"},
 			&pgproto3.Bind{Parameters: [][]byte{[]byte("abc")}},
 			&pgproto3.Execute{},
@@ -246,7 +241,7 @@ func TestAttackLoopSplitAtTheLimit(t *testing.T) {
 	}
 	half := alQueryOf(t, limit/2)
 	q9000 := alQueryOf(t, 9000)
-	small := lgEncode(t, &pgproto3.Query{String: "SELECT 'next'"})
+	small := encodeMsgs(t, &pgproto3.Query{String: "SELECT 'next'"})
 	type split struct {
 		name  string
 		data  []byte
@@ -322,15 +317,8 @@ func TestAttackLoopSplitAtTheLimit(t *testing.T) {
 			lgCompare(t, tc.name, proxied, direct)
 		})
 	}
-	waitFor(t, 5*time.Second, "no backend held", func() bool { return lgPoolActive(t, p) == 0 })
+	waitFor(t, 5*time.Second, "no backend held", func() bool { return poolStat(t, p, "active") == 0 })
 	lgCleanBackends(t.Context(), t, p, 2)
-}
-
-// alEndReply reads r until the connection ends or within passes: the
-// replies as lgReplies gives them, and whether it ended.
-func alEndReply(r *rawClient, within time.Duration) ([]string, bool) {
-	got, err := lgReplies(r, 1<<30, within)
-	return got, err != nil && !isTimeout(err)
 }
 
 // TestAttackLoopClientGoesMidReply: a parked client whose request the
@@ -385,7 +373,7 @@ func TestAttackLoopClientGoesMidReply(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			r := alServed(t, p, 1)[0]
 			run := func(r *rawClient) (whole []string, ended bool) {
-				r.write(t, lgEncode(t, &pgproto3.Query{String: tc.sql}))
+				r.write(t, encodeMsgs(t, &pgproto3.Query{String: tc.sql}))
 				switch {
 				case tc.read < 0:
 					got, err := lgReplies(r, 1, 10*time.Second)
@@ -411,7 +399,7 @@ func TestAttackLoopClientGoesMidReply(t *testing.T) {
 					sum := sha256.Sum256(rest)
 					return []string{fmt.Sprintf("%d bytes sha256 %x", len(rest), sum[:8])}, err == nil
 				}
-				more, ended := alEndReply(r, 10*time.Second)
+				more, ended := alReadToEnd(r, 10*time.Second)
 				return append(whole, more...), ended
 			}
 			proxied, pended := run(r)
@@ -499,7 +487,7 @@ func TestAttackLoopManyRequestThenClose(t *testing.T) {
 		wg.Add(1)
 		go func() { // ends when its client has left (a half-closer: read to the end, bounded)
 			defer wg.Done()
-			req := lgEncode(t, &pgproto3.Query{String: fmt.Sprintf("SELECT 'al-mass', %d, pg_sleep(0.002)", i)})
+			req := encodeMsgs(t, &pgproto3.Query{String: fmt.Sprintf("SELECT 'al-mass', %d, pg_sleep(0.002)", i)})
 			<-start
 			_ = r.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
 			if _, err := r.conn.Write(req); err != nil {
@@ -514,7 +502,7 @@ func TestAttackLoopManyRequestThenClose(t *testing.T) {
 				_ = r.conn.Close()
 			case 2:
 				_ = r.conn.(*net.TCPConn).CloseWrite()
-				got, ended := alEndReply(r, 30*time.Second)
+				got, ended := alReadToEnd(r, 30*time.Second)
 				mu.Lock()
 				defer mu.Unlock()
 				switch {
@@ -536,7 +524,7 @@ func TestAttackLoopManyRequestThenClose(t *testing.T) {
 	t.Logf("half-closing clients: %d answered, %d dropped while waiting", answered, dropped)
 	waitFor(t, 30*time.Second, "no client listed, waiting, or holding a backend", func() bool {
 		return clientsStat(t, p, "clients_total") == 0 && clientsStat(t, p, "clients_waiting") == 0 &&
-			parkedClients(t, p) == 0 && lgPoolActive(t, p) == 0
+			parkedClients(t, p) == 0 && poolStat(t, p, "active") == 0
 	})
 	admin := txConnect(ctx, t, txDirectURL(), nil)
 	waitActive(ctx, t, admin, "al-mass", 0, 10*time.Second)
@@ -558,12 +546,12 @@ func TestAttackLoopManyRequestThenClose(t *testing.T) {
 func TestAttackLoopSynclessBatches(t *testing.T) {
 	p := txStartProxy(t, "transaction", 1)
 	t.Cleanup(func() { lgLogLoop(t, p) })
-	pbe := lgEncode(t, &pgproto3.Parse{Query: "SELECT $1::int + 1"}, &pgproto3.Bind{Parameters: [][]byte{[]byte("1")}},
+	pbe := encodeMsgs(t, &pgproto3.Parse{Query: "SELECT $1::int + 1"}, &pgproto3.Bind{Parameters: [][]byte{[]byte("1")}},
 		&pgproto3.Execute{})
-	flush := lgEncode(t, &pgproto3.Flush{})
-	sync := lgEncode(t, &pgproto3.Sync{})
-	bad := lgEncode(t, &pgproto3.Parse{Query: "SELECT nosuchcolumn"}, &pgproto3.Bind{}, &pgproto3.Execute{})
-	query := lgEncode(t, &pgproto3.Query{String: "SELECT 'q'"})
+	flush := encodeMsgs(t, &pgproto3.Flush{})
+	sync := encodeMsgs(t, &pgproto3.Sync{})
+	bad := encodeMsgs(t, &pgproto3.Parse{Query: "SELECT nosuchcolumn"}, &pgproto3.Bind{}, &pgproto3.Execute{})
+	query := encodeMsgs(t, &pgproto3.Query{String: "SELECT 'q'"})
 	type step struct {
 		data  []byte
 		ready int           // ReadyForQuery to read; 0: read for wait, whatever comes
@@ -620,7 +608,7 @@ func TestAttackLoopSynclessBatches(t *testing.T) {
 			if tc.leave {
 				alClientsGone(t, p, 10*time.Second)
 			} else {
-				waitFor(t, 5*time.Second, "no backend held", func() bool { return lgPoolActive(t, p) == 0 })
+				waitFor(t, 5*time.Second, "no backend held", func() bool { return poolStat(t, p, "active") == 0 })
 			}
 			lgCleanBackends(t.Context(), t, p, 1)
 		})
@@ -659,7 +647,7 @@ func TestAttackLoopLyingLengthsCostWhatArrives(t *testing.T) {
 		{"CopyData, FIN", header('d', nil), true},
 		{"Describe, FIN", header('D', []byte("S")), true},
 		{"Parse, RST", header('P', []byte("\x00SELECT '")), false},
-		{"Query after a query, FIN", append(lgEncode(t, &pgproto3.Query{String: "SELECT 1"}), header('Q', []byte("SELECT '"))...), true},
+		{"Query after a query, FIN", append(encodeMsgs(t, &pgproto3.Query{String: "SELECT 1"}), header('Q', []byte("SELECT '"))...), true},
 	}
 	rs := alServed(t, p, len(cases))
 	before := memNow(t, p)
@@ -760,7 +748,7 @@ func TestAttackLoopMalformedBodies(t *testing.T) {
 			if code, _ := p.Health(t); code != 200 {
 				t.Fatalf("/health %d", code)
 			}
-			waitFor(t, 5*time.Second, "no backend held", func() bool { return lgPoolActive(t, p) == 0 })
+			waitFor(t, 5*time.Second, "no backend held", func() bool { return poolStat(t, p, "active") == 0 })
 			lgCleanBackends(t.Context(), t, p, 1)
 		})
 	}

@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"net"
 	"slices"
 	"strconv"
 	"strings"
@@ -157,8 +156,7 @@ func apRead(r *rawClient, ready, tail int, quiet time.Duration) (out []string) {
 		_ = r.conn.SetReadDeadline(time.Now().Add(d))
 		m, err := r.fe.Receive()
 		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
+			if isTimeout(err) {
 				return "<no reply>", false
 			}
 			return "<connection closed>", false

@@ -572,6 +572,33 @@ func statsPools(body map[string]any) []map[string]any {
 	return out
 }
 
+// poolStat reads one number of p's only pool in /stats; the test fails if
+// /stats has another number of pools or the pool lacks key.
+func poolStat(t *testing.T, p *Proxy, key string) int {
+	t.Helper()
+	pools := statsPools(p.Stats(t))
+	if len(pools) != 1 {
+		t.Fatalf("/stats pools: %v", pools)
+	}
+	n, ok := num(pools[0], key)
+	if !ok {
+		t.Fatalf("/stats pool has no %s: %v", key, pools[0])
+	}
+	return int(n)
+}
+
+// clientsStat reads one count of /stats' clients section; the test fails
+// if it is missing.
+func clientsStat(t *testing.T, p *Proxy, key string) int {
+	t.Helper()
+	clients, _ := p.Stats(t)["clients"].(map[string]any)
+	n, ok := num(clients, key)
+	if !ok {
+		t.Fatalf("/stats has no clients.%s: %v", key, clients)
+	}
+	return int(n)
+}
+
 // num reads a JSON number field as a float64 (false when absent or not a
 // number).
 func num(m map[string]any, key string) (float64, bool) {

@@ -47,8 +47,9 @@ func dialRaw(t *testing.T, url string) *rawClient {
 	return r
 }
 
-// send encodes and writes msgs in one write.
-func (r *rawClient) send(t *testing.T, msgs ...pgproto3.FrontendMessage) {
+// encodeMsgs encodes msgs back to back, for a test that writes them
+// itself (split, interleaved with other bytes, or all at once).
+func encodeMsgs(t *testing.T, msgs ...pgproto3.FrontendMessage) []byte {
 	t.Helper()
 	var buf []byte
 	for _, m := range msgs {
@@ -57,7 +58,13 @@ func (r *rawClient) send(t *testing.T, msgs ...pgproto3.FrontendMessage) {
 			t.Fatalf("encode %T: %v", m, err)
 		}
 	}
-	r.write(t, buf)
+	return buf
+}
+
+// send encodes and writes msgs in one write.
+func (r *rawClient) send(t *testing.T, msgs ...pgproto3.FrontendMessage) {
+	t.Helper()
+	r.write(t, encodeMsgs(t, msgs...))
 }
 
 func (r *rawClient) write(t *testing.T, b []byte) {

@@ -33,7 +33,7 @@ func TestLoopGrowsThePool(t *testing.T) {
 		}
 	}
 	time.Sleep(100 * time.Millisecond)
-	before := loopRequests(t, p)
+	before := clientsStat(t, p, "loop_requests")
 	start := time.Now()
 	var wg sync.WaitGroup
 	for _, c := range conns {
@@ -48,7 +48,7 @@ func TestLoopGrowsThePool(t *testing.T) {
 	if took > 1500*time.Millisecond {
 		t.Fatalf("8 concurrent 300 ms queries took %v: the pool did not grow past its idle backends", took)
 	}
-	if got := loopRequests(t, p) - before; got == 0 {
+	if got := clientsStat(t, p, "loop_requests") - before; got == 0 {
 		t.Fatalf("no request went through the event loop (loop_requests unchanged at %v)", before)
 	}
 	direct := adminConn(t)
@@ -59,17 +59,6 @@ func TestLoopGrowsThePool(t *testing.T) {
 	if backends < n {
 		t.Fatalf("%d backends open for %d concurrent queries, want %d", backends, n, n)
 	}
-}
-
-// loopRequests is /stats' count of requests the event loop relayed.
-func loopRequests(t *testing.T, p *Proxy) float64 {
-	t.Helper()
-	clients, _ := p.Stats(t)["clients"].(map[string]any)
-	v, ok := clients["loop_requests"].(float64)
-	if !ok {
-		t.Fatalf("/stats has no clients.loop_requests: %v", clients)
-	}
-	return v
 }
 
 // TestPipelinerThatLeavesIsCleanedUp: a client pipelines 20,000 queries
@@ -88,7 +77,7 @@ func TestPipelinerThatLeavesIsCleanedUp(t *testing.T) {
 	for range 20000 {
 		msgs = append(msgs, &pgproto3.Query{String: "SELECT repeat('y', 2000)"})
 	}
-	batch := lgEncode(t, msgs...)
+	batch := encodeMsgs(t, msgs...)
 	for attempt := range 10 {
 		stuck := dialRaw(t, p.AppURL())
 		written := make(chan error, 1)
@@ -101,10 +90,10 @@ func TestPipelinerThatLeavesIsCleanedUp(t *testing.T) {
 		stuck.conn.Close()
 		<-written
 		deadline := time.Now().Add(5 * time.Second)
-		for clientCount(t, p.Stats(t)) != 0 || lgPoolActive(t, p) != 0 {
+		for clientCount(t, p.Stats(t)) != 0 || poolStat(t, p, "active") != 0 {
 			if time.Now().After(deadline) {
 				t.Fatalf("attempt %d: 5 s after the client closed, %v clients and %d active backends remain",
-					attempt, clientCount(t, p.Stats(t)), lgPoolActive(t, p))
+					attempt, clientCount(t, p.Stats(t)), poolStat(t, p, "active"))
 			}
 			time.Sleep(20 * time.Millisecond)
 		}

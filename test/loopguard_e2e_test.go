@@ -87,19 +87,6 @@ func lgCompare(t *testing.T, what string, proxied, direct []string) {
 	}
 }
 
-// lgEncode encodes msgs back to back.
-func lgEncode(t *testing.T, msgs ...pgproto3.FrontendMessage) []byte {
-	t.Helper()
-	var buf []byte
-	for _, m := range msgs {
-		var err error
-		if buf, err = m.Encode(buf); err != nil {
-			t.Fatalf("encode %T: %v", m, err)
-		}
-	}
-	return buf
-}
-
 // lgParkAll waits until n clients are parked, so that their next request
 // is read by the event loop. On the goroutine relay a client whose idle
 // wait began while its backend was still held (after an explicit
@@ -196,17 +183,6 @@ func lgCleanBackends(ctx context.Context, t *testing.T, p *Proxy, n int) {
 	for _, c := range conns {
 		txMustExec(ctx, t, c, "COMMIT")
 	}
-}
-
-// lgPoolActive is the number of backends p's one pool has handed out.
-func lgPoolActive(t *testing.T, p *Proxy) int {
-	t.Helper()
-	pools := statsPools(p.Stats(t))
-	if len(pools) != 1 {
-		t.Fatalf("/stats pools: %v", pools)
-	}
-	n, _ := num(pools[0], "active")
-	return int(n)
 }
 
 // lgCommitRounds has each conn commit transactions from..to at once (an
@@ -321,10 +297,10 @@ func TestLoopGuardStuckReaderDoesNotStallOthers(t *testing.T) {
 	waitFor(t, 10*time.Second, "the stuck client to hold one backend", func() bool {
 		rows, err := txSimple(ctx, admin, "SELECT pid FROM pg_stat_activity WHERE query LIKE '%lg-stuck%' AND pid <> pg_backend_pid()")
 		stuckPID = rows
-		return err == nil && len(rows) == 1 && lgPoolActive(t, p) == 1
+		return err == nil && len(rows) == 1 && poolStat(t, p, "active") == 1
 	})
 	time.Sleep(300 * time.Millisecond)
-	if n := lgPoolActive(t, p); n != 1 {
+	if n := poolStat(t, p, "active"); n != 1 {
 		t.Fatalf("%d backends active with only the stuck client sending", n)
 	}
 
@@ -340,9 +316,9 @@ func TestLoopGuardStuckReaderDoesNotStallOthers(t *testing.T) {
 	}
 	// Still stuck: the others really ran on the remaining backends.
 	still, err := txSimple(ctx, admin, "SELECT pid FROM pg_stat_activity WHERE query LIKE '%lg-stuck%' AND pid <> pg_backend_pid()")
-	if err != nil || fmt.Sprint(still) != fmt.Sprint(stuckPID) || lgPoolActive(t, p) != 1 {
+	if err != nil || fmt.Sprint(still) != fmt.Sprint(stuckPID) || poolStat(t, p, "active") != 1 {
 		t.Fatalf("the stuck client's backend (pid %v) is no longer held (%v %v, %d active): the test proved nothing",
-			stuckPID, still, err, lgPoolActive(t, p))
+			stuckPID, still, err, poolStat(t, p, "active"))
 	}
 	peak := stopMem()
 	t.Logf("proxy memory before %v, peak %v", before, peak)
@@ -674,7 +650,7 @@ func TestLoopGuardPipelinedSimpleQueries(t *testing.T) {
 			msgs = append(msgs, &pgproto3.Query{String: q})
 		}
 	}
-	batch := lgEncode(t, msgs...)
+	batch := encodeMsgs(t, msgs...)
 	run := func(r *rawClient) []string {
 		r.write(t, batch)
 		time.Sleep(200 * time.Millisecond) // the replies pile up unread
@@ -697,9 +673,9 @@ func TestLoopGuardPipelinedSimpleQueries(t *testing.T) {
 func TestLoopGuardSplitMessages(t *testing.T) {
 	p := txStartProxy(t, "transaction", 2)
 	t.Cleanup(func() { lgLogLoop(t, p) })
-	q1 := lgEncode(t, &pgproto3.Query{String: "SELECT 'first', 1"})
-	q2 := lgEncode(t, &pgproto3.Query{String: "SELECT 'second', g FROM generate_series(1, 3) g"})
-	ext := lgEncode(t,
+	q1 := encodeMsgs(t, &pgproto3.Query{String: "SELECT 'first', 1"})
+	q2 := encodeMsgs(t, &pgproto3.Query{String: "SELECT 'second', g FROM generate_series(1, 3) g"})
+	ext := encodeMsgs(t,
 		&pgproto3.Parse{Query: "SELECT $1::int * 2, 'extended'"},
 		&pgproto3.Bind{Parameters: [][]byte{[]byte("21")}},
 		&pgproto3.Describe{ObjectType: 'P'},
@@ -747,7 +723,7 @@ func TestLoopGuardSplitMessages(t *testing.T) {
 					return got, fmt.Errorf("after %d messages %q: %w", len(got), got, err)
 				}
 				// The connection goes on.
-				if _, err := r.conn.Write(lgEncode(t, &pgproto3.Query{String: "SELECT 'after'"})); err != nil {
+				if _, err := r.conn.Write(encodeMsgs(t, &pgproto3.Query{String: "SELECT 'after'"})); err != nil {
 					return got, err
 				}
 				more, err := lgReplies(r, 1, 10*time.Second)
@@ -1296,8 +1272,8 @@ func TestLoopGuardRequestThenTerminate(t *testing.T) {
 	p := txStartProxy(t, "transaction", 1)
 	t.Cleanup(func() { lgLogLoop(t, p) })
 	cases := map[string][]byte{
-		"simple": lgEncode(t, &pgproto3.Query{String: "SELECT 'bye', g FROM generate_series(1, 3) g"}, &pgproto3.Terminate{}),
-		"extended": lgEncode(t,
+		"simple": encodeMsgs(t, &pgproto3.Query{String: "SELECT 'bye', g FROM generate_series(1, 3) g"}, &pgproto3.Terminate{}),
+		"extended": encodeMsgs(t,
 			&pgproto3.Parse{Query: "SELECT $1::text || '!'"},
 			&pgproto3.Bind{Parameters: [][]byte{[]byte("bye")}},
 			&pgproto3.Describe{ObjectType: 'P'},

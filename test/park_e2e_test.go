@@ -30,18 +30,6 @@ func parkedClients(t *testing.T, p *Proxy) int {
 	return clientsStat(t, p, "clients_parked")
 }
 
-// clientsStat reads one count of /stats' clients section; the test fails
-// if it is missing.
-func clientsStat(t *testing.T, p *Proxy, key string) int {
-	t.Helper()
-	clients, _ := p.Stats(t)["clients"].(map[string]any)
-	n, ok := num(clients, key)
-	if !ok {
-		t.Fatalf("/stats has no clients.%s: %v", key, clients)
-	}
-	return int(n)
-}
-
 // waitParked waits until n clients are parked.
 func waitParked(t *testing.T, p *Proxy, n int) {
 	t.Helper()

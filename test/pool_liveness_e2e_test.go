@@ -141,7 +141,7 @@ func fillPool(ctx context.Context, t *testing.T, p *Proxy, n int) []string {
 	// In session mode the proxy resets a backend after its client left
 	// before it is idle again.
 	waitFor(t, 5*time.Second, fmt.Sprintf("%d idle backends", n), func() bool {
-		return poolNum(t, p, "idle") == n
+		return poolStat(t, p, "idle") == n
 	})
 	return pids
 }
@@ -182,17 +182,6 @@ func liveQuery(ctx context.Context, url string, dead []string) error {
 		return fmt.Errorf("served by backend %s, which was terminated", pid)
 	}
 	return nil
-}
-
-// poolNum reads a numeric field of the first pool in /stats.
-func poolNum(t *testing.T, p *Proxy, key string) int {
-	t.Helper()
-	pools := statsPools(p.Stats(t))
-	if len(pools) == 0 {
-		t.Fatal("/stats has no pools")
-	}
-	v, _ := num(pools[0], key)
-	return int(v)
 }
 
 // poolRetired reads the first pool's retired count for reason from /stats.
@@ -255,7 +244,7 @@ func TestMaxWaitersWithRoomToConnect(t *testing.T) {
 	}
 	close(start)
 	waitFor(t, 5*time.Second, fmt.Sprintf("%d active backends", size), func() bool {
-		return poolNum(t, p, "active") == size
+		return poolStat(t, p, "active") == size
 	})
 	// The pool is full: one client may wait for a release, the next may not.
 	waiter := make(chan error, 1)
@@ -263,7 +252,7 @@ func TestMaxWaitersWithRoomToConnect(t *testing.T) {
 		waiter <- oneQuery(ctx, url)
 	}()
 	waitFor(t, 5*time.Second, "one client waiting", func() bool {
-		return poolNum(t, p, "waiting") == 1
+		return poolStat(t, p, "waiting") == 1
 	})
 	err := oneQuery(ctx, url)
 	if code := sqlState(err); code != "53300" || !strings.Contains(err.Error(), "max_waiters 1") {

@@ -615,12 +615,8 @@ func tlsSSLRequestAnswer(t *testing.T, addr string, withStartup bool) string {
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	out := tlsSSLRequest()
 	if withStartup {
-		startup, err := (&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersionNumber,
-			Parameters: map[string]string{"user": "app", "database": "app"}}).Encode(nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, startup...)
+		out = append(out, encodeMsgs(t, &pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersionNumber,
+			Parameters: map[string]string{"user": "app", "database": "app"}})...)
 	}
 	if _, err := c.Write(out); err != nil {
 		t.Fatal(err)
