@@ -207,7 +207,7 @@ func TestStoppedBackendQueryTimeout(t *testing.T) {
 			t.Errorf("client %d after the stop: pid %s (stopped: %s), %v", i, got, pid, err)
 		}
 	}
-	if n := strings.Count(p.Logs.String(), "did not answer the pool.query_timeout cancel"); n != 1 {
+	if n := p.Logs.Count("did not answer the pool.query_timeout cancel"); n != 1 {
 		t.Errorf("the unanswered cancel was logged %d times, want once", n)
 	}
 	cont()

@@ -137,7 +137,7 @@ func TestReloadResizesUnderWaiters(t *testing.T) {
 		reloads++
 		p.Signal(syscall.SIGHUP)
 		waitFor(t, 5*time.Second, "the reload", func() bool {
-			return strings.Count(p.Logs.String(), "configuration reloaded") >= reloads
+			return p.Logs.Count("configuration reloaded") >= reloads
 		})
 	}
 

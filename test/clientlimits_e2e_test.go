@@ -436,7 +436,7 @@ func TestAcceptOutOfFDs(t *testing.T) {
 	if d := time.Since(start); d > 5*time.Second {
 		t.Fatalf("refusing 10 clients took %v", d)
 	}
-	if lines := strings.Count(p.Logs.String(), "out of file descriptors: refusing new clients"); lines != 1 {
+	if lines := p.Logs.Count("out of file descriptors: refusing new clients"); lines != 1 {
 		t.Fatalf("%d log lines for the refusals, want 1 (rate limited)", lines)
 	}
 	for _, c := range held {

@@ -324,7 +324,7 @@ func TestTxParamSyncOnce(t *testing.T) {
 			}
 			a.check(ctx, t)
 			b := txNewTwin(ctx, t, p, "b", nil)
-			before := strings.Count(p.Logs.String(), syncLog)
+			before := p.Logs.Count(syncLog)
 			for range 5 {
 				b.do(ctx, t, "SELECT 1")
 			}
@@ -338,7 +338,7 @@ func TestTxParamSyncOnce(t *testing.T) {
 			// b's first transaction syncs the backend from a's
 			// parameters to b's, and each switch between a and b
 			// after that syncs once: 1 + 10 + the checks' switches.
-			if got := strings.Count(p.Logs.String(), syncLog) - before; got > 13 {
+			if got := p.Logs.Count(syncLog) - before; got > 13 {
 				t.Errorf("%d parameter syncs for 10 switches between clients and 2 checks; want at most 13 (a sync before every transaction?)", got)
 			}
 		})

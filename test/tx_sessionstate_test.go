@@ -275,7 +275,7 @@ func TestTxSessionStateReject(t *testing.T) {
 	if got := txMustOne(ctx, t, a, "SELECT pg_backend_pid()"); got == pid {
 		t.Errorf("backend %s with state kept in the pool", pid)
 	}
-	if !strings.Contains(p.Logs.String(), "despite pool.session_state = reject") {
+	if !p.Logs.Contains("despite pool.session_state = reject") {
 		t.Errorf("no log line about the closed backend")
 	}
 }
