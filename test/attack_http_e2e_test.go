@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"strings"
 	"sync"
 	"syscall"
@@ -16,7 +15,6 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
-	"golang.org/x/sys/unix"
 )
 
 // TestAttackHTTPMetricsPassthroughUpstreamUser: under auth.passthrough a
@@ -126,22 +124,10 @@ func TestAttackHTTPConnectionFloodSparesClients(t *testing.T) {
 	if _, err := c0.Exec(ctx, "SELECT 1"); err != nil {
 		t.Fatal(err)
 	}
-	pid := p.Cmd.Process.Pid
-	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var old unix.Rlimit
-	if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, nil, &old); err != nil {
-		t.Fatalf("prlimit: %v", err)
-	}
 	// 40 descriptors to spare: more than the health listener may hold,
 	// fewer than the flood below.
-	lim := &unix.Rlimit{Cur: uint64(len(fds) + 40), Max: old.Max}
-	if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, lim, nil); err != nil {
-		t.Fatalf("prlimit: %v", err)
-	}
-	defer func() { _ = unix.Prlimit(pid, unix.RLIMIT_NOFILE, &old, nil) }()
+	restore := limitFDs(t, p, 40)
+	defer func() { _ = restore() }()
 
 	const flood = 80
 	held, codes := holdHealthConns(t, p, flood)

@@ -17,7 +17,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
-	"golang.org/x/sys/unix"
 )
 
 // procStatus returns one size field (VmRSS, VmData) of the proxy process's
@@ -381,20 +380,7 @@ func TestAcceptOutOfFDs(t *testing.T) {
 	if err := c0.QueryRow(ctx, "SELECT 1").Scan(&one); err != nil {
 		t.Fatal(err)
 	}
-	pid := p.Cmd.Process.Pid
-	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var old unix.Rlimit
-	if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, nil, &old); err != nil {
-		t.Fatalf("prlimit: %v", err)
-	}
-	// Only the soft limit: an unprivileged test can lower it and raise it back.
-	lim := &unix.Rlimit{Cur: uint64(len(fds) + 5), Max: old.Max}
-	if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, lim, nil); err != nil {
-		t.Fatalf("prlimit: %v", err)
-	}
+	restore := limitFDs(t, p, 5)
 	var held []net.Conn
 	defer func() {
 		for _, c := range held {
@@ -455,7 +441,7 @@ func TestAcceptOutOfFDs(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, &old, nil); err != nil {
+	if err := restore(); err != nil {
 		t.Fatalf("prlimit restore: %v", err)
 	}
 }

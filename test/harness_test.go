@@ -26,6 +26,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"go.uber.org/goleak"
+	"golang.org/x/sys/unix"
 
 	"github.com/pgsidecar/pgsidecar/internal/testpg"
 )
@@ -363,6 +364,27 @@ func (p *Proxy) getJSON(path string) (int, map[string]any, error) {
 		return resp.StatusCode, nil, fmt.Errorf("decode %s (status %d): %w: %.500s", path, resp.StatusCode, err, b)
 	}
 	return resp.StatusCode, m, nil
+}
+
+// limitFDs lowers the proxy's open-file limit to the descriptors it has
+// open now plus spare, and returns what sets the old limit again. Only the
+// soft limit: an unprivileged test can lower it and raise it back.
+func limitFDs(t *testing.T, p *Proxy, spare int) (restore func() error) {
+	t.Helper()
+	pid := p.Cmd.Process.Pid
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var old unix.Rlimit
+	if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, nil, &old); err != nil {
+		t.Fatalf("prlimit: %v", err)
+	}
+	lim := &unix.Rlimit{Cur: uint64(len(fds) + spare), Max: old.Max}
+	if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, lim, nil); err != nil {
+		t.Fatalf("prlimit: %v", err)
+	}
+	return func() error { return unix.Prlimit(pid, unix.RLIMIT_NOFILE, &old, nil) }
 }
 
 // Signal sends sig to the proxy process (ignored once it has exited).
