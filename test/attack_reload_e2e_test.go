@@ -4,7 +4,6 @@ import (
 	"context"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -13,25 +12,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/pgsidecar/pgsidecar/internal/testpg"
 )
-
-// rlConfig writes yaml to a fresh 0600 config file and returns its path.
-func rlConfig(t *testing.T, yaml string) string {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), "pgsidecar.yaml")
-	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
-
-// rlRewrite replaces the file at path with data, as a rotation does.
-func rlRewrite(t *testing.T, path, data string) {
-	t.Helper()
-	if err := os.WriteFile(path, []byte(data), 0o600); err != nil {
-		t.Fatal(err)
-	}
-}
 
 // rlLoad is a bounded pgx workload through the proxy: clients
 // connections, each running at most n short queries until end is called
@@ -145,14 +127,14 @@ func rlReload(t *testing.T, p *Proxy) {
 // configuration.
 func TestReloadEmptyConfigFile(t *testing.T) {
 	good := "pool:\n  max_size: 3\nauth:\n  users:\n    - {name: app, password: app}\n    - {name: bob, password: bobpw}\nadmin:\n  http_token: tok\n"
-	path := rlConfig(t, good)
+	path := testpg.WriteYAML(t, good)
 	p := StartProxy(t, WithArgs("-config", path))
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	load := rlStartLoad(t, p.AppURL(), 4, 5000)
 
 	for _, bad := range []string{"", "\n", "# being rewritten\n"} {
-		rlRewrite(t, path, bad)
+		writeSecretFile(t, path, bad)
 		rlReload(t, p)
 		if got := rlLogLines(p, "reload failed; keeping the running configuration", path, "holds no settings"); len(got) == 0 {
 			t.Errorf("file %q: the reload did not fail naming the file; reload lines: %q", bad, rlLogLines(p, "reload"))
@@ -177,7 +159,7 @@ func TestReloadEmptyConfigFile(t *testing.T) {
 	}
 
 	// The file back: the reload applies it (nothing changed).
-	rlRewrite(t, path, strings.Replace(good, "max_size: 3", "max_size: 5", 1))
+	writeSecretFile(t, path, strings.Replace(good, "max_size: 3", "max_size: 5", 1))
 	rlReload(t, p)
 	if got := rlLogLines(p, "configuration reloaded", `"changed":["pool.max_size"]`); len(got) != 1 {
 		t.Errorf("the restored file: reload lines %q", rlLogLines(p, "reload"))
@@ -185,7 +167,7 @@ func TestReloadEmptyConfigFile(t *testing.T) {
 
 	// Configured by the environment alone: the empty file is the
 	// configuration, and a SIGHUP (a password_file rotated) reloads.
-	empty := rlConfig(t, "")
+	empty := testpg.WriteYAML(t, "")
 	q := StartProxy(t, WithArgs("-config", empty), WithEnv("PGSIDECAR_POOL__MAX_SIZE", "3"))
 	rlReload(t, q)
 	if got := rlLogLines(q, "configuration reloaded"); len(got) != 1 {
@@ -201,7 +183,7 @@ func TestReloadEmptyConfigFile(t *testing.T) {
 // 0 well within shutdown_timeout. The workload sees no error but the
 // drain's 57P01.
 func TestReloadSIGHUPBurstThenSIGTERM(t *testing.T) {
-	path := rlConfig(t, "pool:\n  max_size: 4\n")
+	path := testpg.WriteYAML(t, "pool:\n  max_size: 4\n")
 	p := StartProxy(t, WithArgs("-config", path))
 	load := rlStartLoad(t, p.AppURL(), 4, 1_000_000)
 	waitFor(t, 10*time.Second, "the workload to run", func() bool { return load.ok.Load() > 100 })
@@ -237,10 +219,10 @@ func TestReloadSIGHUPBurstThenSIGTERM(t *testing.T) {
 // with the value fails naming the option, as any invalid value does.
 func TestReloadNegativeMaxBackendErrors(t *testing.T) {
 	good := "pool:\n  max_size: 3\n  max_client_conn: 100\n"
-	path := rlConfig(t, good)
+	path := testpg.WriteYAML(t, good)
 	p := StartProxy(t, WithArgs("-config", path))
 	load := rlStartLoad(t, p.AppURL(), 4, 5000)
-	rlRewrite(t, path, "pool:\n  max_size: 5\n  max_client_conn: 50\n  max_backend_errors: -1\n")
+	writeSecretFile(t, path, "pool:\n  max_size: 5\n  max_client_conn: 50\n  max_backend_errors: -1\n")
 	rlReload(t, p)
 	if errs := load.end(); len(errs) > 0 {
 		t.Errorf("the workload saw %d errors: %q", len(errs), errs)
@@ -260,7 +242,7 @@ func TestReloadNegativeMaxBackendErrors(t *testing.T) {
 	}
 
 	// At start the value is refused naming the option.
-	bad := rlConfig(t, "pool:\n  max_backend_errors: -1\n")
+	bad := testpg.WriteYAML(t, "pool:\n  max_backend_errors: -1\n")
 	cmd := exec.Command(proxyBin, "-config", bad)
 	cmd.Env = append(cleanEnv(), "DATABASE_URL="+pg.URL("app", "app", "app"))
 	out, err := cmd.CombinedOutput()
@@ -290,7 +272,7 @@ func TestReloadTLSPairMidRotation(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		rlRewrite(t, to, string(b))
+		writeSecretFile(t, to, string(b))
 	}
 	servesOld := func(what string) {
 		t.Helper()
@@ -331,7 +313,7 @@ func TestReloadTLSPairMidRotation(t *testing.T) {
 // the new limit, and once the clients have left a new one logs in; the
 // pool's backends and PostgreSQL's pg_stat_activity agree (none leaked).
 func TestReloadMaxClientConnBelowCount(t *testing.T) {
-	path := rlConfig(t, "pool:\n  max_size: 3\n  min_size: 0\n  max_client_conn: 50\n")
+	path := testpg.WriteYAML(t, "pool:\n  max_size: 3\n  min_size: 0\n  max_client_conn: 50\n")
 	p := StartProxy(t, WithArgs("-config", path))
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -340,7 +322,7 @@ func TestReloadMaxClientConnBelowCount(t *testing.T) {
 		n, _ := num(p.Stats(t)["clients"].(map[string]any), "clients_total")
 		return n == 6 && load.ok.Load() > 100
 	})
-	rlRewrite(t, path, "pool:\n  max_size: 3\n  min_size: 0\n  max_client_conn: 3\n")
+	writeSecretFile(t, path, "pool:\n  max_size: 3\n  min_size: 0\n  max_client_conn: 3\n")
 	rlReload(t, p)
 	if got := rlLogLines(p, "configuration reloaded", `"changed":["pool.max_client_conn"]`); len(got) != 1 {
 		t.Errorf("reload lines %q", rlLogLines(p, "reload"))

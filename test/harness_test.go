@@ -530,6 +530,17 @@ func sqlState(err error) string {
 	return ""
 }
 
+// writeSecretFile writes body to path with mode 0600 (what a password_file
+// must be, and a configuration file that may hold a password should be),
+// replacing the file as a rotation does, and returns path.
+func writeSecretFile(t *testing.T, path, body string) string {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
 // sendRawCancel sends a CancelRequest with pid and secret to addr, as a
 // driver does; secret is as long as the BackendKeyData gave it.
 func sendRawCancel(t *testing.T, addr string, pid uint32, secret []byte) {

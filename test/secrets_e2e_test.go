@@ -26,16 +26,6 @@ func urlWithoutPassword(user, db string) string {
 	return strings.Replace(pg.URL(user, "x", db), user+":x@", user+"@", 1)
 }
 
-// writeSecretFile writes a secret file of mode 0600 (what a password_file
-// must be) and returns its path.
-func writeSecretFile(t *testing.T, path, body string) string {
-	t.Helper()
-	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
-
 // hashPasswordCmd runs `pgsidecar hash-password` with password on stdin
 // and returns the verifier it prints.
 func hashPasswordCmd(t *testing.T, password string) string {
