@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 )
 
 // TestAttackHTTPMetricsPassthroughUpstreamUser: under auth.passthrough a
@@ -35,13 +34,7 @@ func TestAttackHTTPMetricsPassthroughUpstreamUser(t *testing.T) {
 		}
 	}
 	text, fams := scrapeMetrics(t, p)
-	problems, err := promlint.New(strings.NewReader(text)).Lint()
-	if err != nil {
-		t.Fatalf("promlint: %v", err)
-	}
-	for _, pr := range problems {
-		t.Errorf("promlint: %s: %s", pr.Metric, pr.Text)
-	}
+	lintMetrics(t, text)
 	if p.Logs.Contains("was collected before with the same name and label values") {
 		t.Errorf("/metrics logged duplicate series")
 	}

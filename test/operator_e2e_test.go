@@ -25,6 +25,19 @@ import (
 	"github.com/pgsidecar/pgsidecar/proxy"
 )
 
+// lintMetrics runs promlint over a /metrics text: each problem it names
+// fails the test.
+func lintMetrics(t *testing.T, text string) {
+	t.Helper()
+	problems, err := promlint.New(strings.NewReader(text)).Lint()
+	if err != nil {
+		t.Fatalf("promlint: %v", err)
+	}
+	for _, pr := range problems {
+		t.Errorf("promlint: %s: %s", pr.Metric, pr.Text)
+	}
+}
+
 // scrapeMetrics fetches the proxy's /metrics: the raw text and the parsed
 // families (a malformed exposition fails the test).
 func scrapeMetrics(t *testing.T, p *Proxy) (string, map[string]*dto.MetricFamily) {
@@ -92,13 +105,7 @@ func TestMetricsFollowPrometheusConventions(t *testing.T) {
 	}
 
 	text, fams := scrapeMetrics(t, p)
-	problems, err := promlint.New(strings.NewReader(text)).Lint()
-	if err != nil {
-		t.Fatalf("promlint: %v", err)
-	}
-	for _, pr := range problems {
-		t.Errorf("promlint: %s: %s", pr.Metric, pr.Text)
-	}
+	lintMetrics(t, text)
 
 	for _, gone := range []string{"pgsidecar_clients_total", "pgsidecar_pool_wait_avg_seconds", "pgsidecar_pool_wait_p99_seconds"} {
 		if fams[gone] != nil {
