@@ -5,8 +5,9 @@
 // flood costs one line per interval instead of one per event while an
 // operator still sees that it happens. An exact total belongs in a metric.
 //
-// The lines it lets through use the key "unlogged" for that count (and
-// "log_interval" for Limiter.Interval where the line gives it).
+// Callers log that count under the key "unlogged" and the Limiter's
+// Interval under "log_interval", on every line, so that one grep finds
+// them all.
 package lograte
 
 import (
@@ -41,6 +42,6 @@ func (l *Limiter) Allow(now time.Time) (ok bool, unlogged uint64) {
 }
 
 // Interval is the Interval of every Limiter pgsidecar sets up: a flood
-// costs at most six lines a minute per Limiter, and the line that tells
-// an operator a flood goes on comes at most 10 s after the previous one.
+// costs at most six lines a minute per Limiter, and while it goes on an
+// operator sees a line with its count every 10 s.
 const Interval = 10 * time.Second
