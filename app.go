@@ -167,6 +167,14 @@ func start(cfg *config.Config, path string, environ []string, logOut io.Writer) 
 			"listen", a.ln.Addr().String())
 	}
 
+	if cfg.Auth.UsersFile != "" && len(cfg.Auth.FileUsers) == 0 {
+		// PgBouncer starts with an empty auth_file too; a secret mounted
+		// before it is filled is one reason. Say so: its logins get 28P01
+		// until the file has them and a SIGHUP reads it.
+		a.log.Warn("auth.users_file "+cfg.Auth.UsersFile+" holds no login (empty, or comments only): "+
+			"no client can log in with it until it has lines and a SIGHUP reads it",
+			"auth.users_file", cfg.Auth.UsersFile)
+	}
 	if limit, ok := openFileLimit(); ok {
 		checkFDLimit(a.log, limit, fdsNeeded(cfg, targets))
 	}
