@@ -2,10 +2,16 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // TestReloadEmptyUsersFile: auth.users_file truncated to nothing (a
@@ -71,4 +77,112 @@ func TestReloadEmptyUsersFile(t *testing.T) {
 	if _, err := loginUser(ctx, q.URL("carol", "carolpw", "app")); err != nil {
 		t.Errorf("carol's login after the empty file was filled: %v", err)
 	}
+}
+
+// TestAdminConsoleReserve: with pool.max_client_conn taken by application
+// clients, an operator still gets the admin console (a reserve of 3
+// console sessions beyond max_client_conn) and sees the clients, while
+// another application client gets 53300. The reserve is bounded: of a
+// flood of 20 console logins at once, only the 2 slots left in it log in;
+// the rest get 53300 naming the reserve, logged once, not per refusal.
+// A console session closed frees its reserve slot for the next.
+func TestAdminConsoleReserve(t *testing.T) {
+	const maxClients, reserve = 3, 3
+	p := StartProxy(t, WithEnv("PGSIDECAR_POOL__MAX_CLIENT_CONN", "3"))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for range maxClients {
+		c := connect(t, p.AppURL())
+		defer c.Close(ctx)
+	}
+	refused := func(url string) *pgconn.PgError {
+		t.Helper()
+		c, err := pgconn.Connect(ctx, url)
+		if err == nil {
+			c.Close(ctx)
+			return nil
+		}
+		var pe *pgconn.PgError
+		if !errors.As(err, &pe) {
+			t.Fatalf("connect %s: %v, want an ErrorResponse", redact(url), err)
+		}
+		return pe
+	}
+	if pe := refused(p.AppURL()); pe == nil || pe.Code != "53300" {
+		t.Fatalf("an application client with max_client_conn full: %v, want 53300", pe)
+	}
+
+	con, err := pgx.Connect(ctx, consoleURL(p, "app", "app"))
+	if err != nil {
+		t.Fatalf("the console with max_client_conn full: %v; want a session on the admin reserve", err)
+	}
+	defer con.Close(ctx)
+	_, rows := consoleRows(ctx, t, con, "SHOW CLIENTS")
+	if len(rows) < maxClients {
+		t.Errorf("SHOW CLIENTS on the reserve: %d rows, want the %d application clients", len(rows), maxClients)
+	}
+	if pe := refused(p.AppURL()); pe == nil || pe.Code != "53300" {
+		t.Errorf("an application client beside the console on the reserve: %v, want 53300", pe)
+	}
+
+	// A flood of console logins: only what is left of the reserve.
+	var (
+		mu    sync.Mutex
+		held  []*pgx.Conn
+		codes = map[string]int{}
+		wg    sync.WaitGroup
+		last  *pgconn.PgError
+	)
+	for range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := pgx.Connect(ctx, consoleURL(p, "app", "app"))
+			mu.Lock()
+			defer mu.Unlock()
+			var pe *pgconn.PgError
+			switch {
+			case err == nil:
+				held = append(held, c)
+			case errors.As(err, &pe):
+				codes[pe.Code]++
+				last = pe
+			default:
+				codes[err.Error()]++
+			}
+		}()
+	}
+	wg.Wait()
+	defer func() {
+		for _, c := range held {
+			c.Close(ctx)
+		}
+	}()
+	if len(held) != reserve-1 || codes["53300"] != 20-(reserve-1) {
+		t.Errorf("20 console logins at once beside one on the reserve: %d logged in, refusals %v; want %d and %d x 53300",
+			len(held), codes, reserve-1, 20-(reserve-1))
+	}
+	if last != nil && (!strings.Contains(last.Message, "console") || !strings.Contains(last.Hint, "pool.max_client_conn")) {
+		t.Errorf("the refusal past the reserve: %q (hint %q); want it to name the console's reserve and pool.max_client_conn", last.Message, last.Hint)
+	}
+	if n := len(rlLogLines(p, "client rejected", "console")); n < 1 || n > 2 {
+		t.Errorf("%d log lines for the %d refusals past the reserve; want one (rate-limited)", n, codes["53300"])
+	}
+
+	// A console session closed frees its slot.
+	if len(held) == 0 {
+		t.FailNow()
+	}
+	held[0].Close(ctx)
+	held = held[1:]
+	waitFor(t, 10*time.Second, "a console login after one closed", func() bool {
+		c, err := pgx.Connect(ctx, consoleURL(p, "app", "app"))
+		if err != nil {
+			return false
+		}
+		mu.Lock()
+		held = append(held, c)
+		mu.Unlock()
+		return true
+	})
 }
