@@ -57,13 +57,17 @@ type Server struct {
 	hubWG     sync.WaitGroup
 	// slots counts the clients holding a max_client_conn slot: every one
 	// from its startup packet on, reserved before authentication.
-	slots       atomic.Int64
-	fdLog       logLimiter // accepts refused for lack of descriptors
-	refusedLog  logLimiter // connections refused at accept (max_startup_conn)
-	tooLargeLog logLimiter // messages refused for max_client_buffer
-	spareMu     sync.Mutex
-	spare       *os.File // a descriptor kept to be freed when Accept runs out
-	stats       struct {
+	slots atomic.Int64
+	// reserveSlots counts the console logins beyond max_client_conn
+	// (AdminReserve); reserveLog the refusals past it.
+	reserveSlots atomic.Int64
+	reserveLog   logLimiter
+	fdLog        logLimiter // accepts refused for lack of descriptors
+	refusedLog   logLimiter // connections refused at accept (max_startup_conn)
+	tooLargeLog  logLimiter // messages refused for max_client_buffer
+	spareMu      sync.Mutex
+	spare        *os.File // a descriptor kept to be freed when Accept runs out
+	stats        struct {
 		total, active, waiting                    atomic.Int64
 		accepted, rejected, authFailures, cancels atomic.Uint64
 		cancelsUnknown                            atomic.Uint64
@@ -113,6 +117,7 @@ func New(cfg Config) (*Server, error) {
 		startupRefusedLog: logLimiter{interval: cancelLogInterval},
 		fdLog:             logLimiter{interval: limitLogInterval},
 		refusedLog:        logLimiter{interval: limitLogInterval},
+		reserveLog:        logLimiter{interval: limitLogInterval},
 		tooLargeLog:       logLimiter{interval: limitLogInterval},
 	}
 	s.park.init(cfg.parkAfter)

@@ -66,7 +66,7 @@ var Options = []Option{
 	{Key: "pool.max_size", Default: "10", PerDatabase: true,
 		Doc: "Most backends per database."},
 	{Key: "pool.max_client_conn", Default: "10000",
-		Doc: "Most client connections at once, counted from the startup packet (before authentication); the next gets 53300."},
+		Doc: "Most client connections at once, counted from the startup packet (before authentication); the next gets 53300. Admin console logins (`admin.database`) count too, but when it is full 3 more console sessions are let in beyond it (a fixed reserve, as PostgreSQL's `superuser_reserved_connections`), so an operator can see why; past the reserve a console login gets 53300 as well (see \"Limits\")."},
 	{Key: "pool.max_startup_conn", Default: "1000",
 		Doc: "Most connections still logging in (startup, authentication) at once; the next is refused with 53300 at accept, before anything is read. Bounds a connect flood."},
 	{Key: "pool.acquire_timeout", Default: "30s", PerDatabase: true,
