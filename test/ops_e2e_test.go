@@ -186,3 +186,115 @@ func TestAdminConsoleReserve(t *testing.T) {
 		return true
 	})
 }
+
+// TestReloadLoweredCapsCloseIdle: a SIGHUP that lowers
+// max_total_connections or pool.max_size closes the idle backends above
+// the new limit at once (pg_stat_activity, read directly, shows them gone
+// within 2 s of the reload, where they would linger until max_idle or
+// max_lifetime), and a backend held by a transaction when the limit fell
+// is closed at its release instead of going back idle.
+func TestReloadLoweredCapsCloseIdle(t *testing.T) {
+	const base = "pool:\n  min_size: 0\n  max_size: 8\n  max_idle: 10m\n"
+	path := rlConfig(t, base)
+	p := StartProxy(t, WithArgs("-config", path))
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	admin := adminConn(t)
+	backends := func() int {
+		t.Helper()
+		var n int
+		if err := admin.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE datname = 'app' AND usename = 'app' AND backend_type = 'client backend' AND pid <> pg_backend_pid()").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	clients := make([]*pgx.Conn, 6)
+	for i := range clients {
+		clients[i] = connect(t, p.AppURL())
+		defer clients[i].Close(ctx)
+	}
+	// open has every client hold a backend in a transaction, and returns
+	// them.
+	open := func() []pgx.Tx {
+		t.Helper()
+		txs := make([]pgx.Tx, len(clients))
+		for i, c := range clients {
+			tx, err := c.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := tx.Exec(ctx, "SELECT 1"); err != nil {
+				t.Fatal(err)
+			}
+			txs[i] = tx
+		}
+		return txs
+	}
+	commit := func(txs []pgx.Tx) {
+		t.Helper()
+		for _, tx := range txs {
+			if err := tx.Commit(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	lowered := func(what string, want int) {
+		t.Helper()
+		deadline := time.Now().Add(2 * time.Second)
+		for backends() > want && time.Now().Before(deadline) {
+			time.Sleep(50 * time.Millisecond)
+		}
+		if n := backends(); n > want {
+			t.Errorf("%s: %d backends in pg_stat_activity 2 s after the reload, want at most %d", what, n, want)
+		}
+	}
+	works := func(what string) {
+		t.Helper()
+		for _, c := range clients {
+			var one int
+			if err := c.QueryRow(ctx, "SELECT 1").Scan(&one); err != nil {
+				t.Fatalf("%s: a client's query: %v", what, err)
+			}
+		}
+	}
+
+	// max_total_connections 0 -> 2 with 6 idle backends.
+	commit(open())
+	if n := backends(); n != 6 {
+		t.Fatalf("6 transactions at once left %d backends, want 6", n)
+	}
+	rlRewrite(t, path, base+"max_total_connections: 2\n")
+	rlReload(t, p)
+	lowered("max_total_connections 2 with 6 idle", 2)
+	works("max_total_connections 2")
+
+	// Back to no cap, 6 backends, 2 of them held in a transaction when
+	// the cap falls to 1: the 4 idle ones go at once, the held ones at
+	// their release, but one.
+	rlRewrite(t, path, base)
+	rlReload(t, p)
+	commit(open())
+	if n := backends(); n != 6 {
+		t.Fatalf("6 transactions at once after the cap was lifted left %d backends, want 6", n)
+	}
+	txs := open()
+	commit(txs[2:])
+	rlRewrite(t, path, base+"max_total_connections: 1\n")
+	rlReload(t, p)
+	lowered("max_total_connections 1 with 2 held and 4 idle", 2)
+	commit(txs[:2])
+	lowered("max_total_connections 1 once the 2 held were released", 1)
+	works("max_total_connections 1")
+
+	// pool.max_size 8 -> 2 with 6 idle backends.
+	rlRewrite(t, path, base)
+	rlReload(t, p)
+	commit(open())
+	if n := backends(); n != 6 {
+		t.Fatalf("6 transactions at once before max_size fell left %d backends, want 6", n)
+	}
+	rlRewrite(t, path, strings.Replace(base, "max_size: 8", "max_size: 2", 1))
+	rlReload(t, p)
+	lowered("pool.max_size 2 with 6 idle", 2)
+	works("pool.max_size 2")
+}
