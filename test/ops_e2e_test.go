@@ -3,10 +3,13 @@ package e2e
 import (
 	"context"
 	"errors"
+	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -297,4 +300,52 @@ func TestReloadLoweredCapsCloseIdle(t *testing.T) {
 	rlReload(t, p)
 	lowered("pool.max_size 2 with 6 idle", 2)
 	works("pool.max_size 2")
+}
+
+// TestHealthStalledConnsDoNotDelayExit: health connections held open at
+// SIGTERM (one that sent half a request header and stalls, one that sent
+// nothing, one idle keep-alive) do not hold the exit up: with no client
+// connected the process exits 0 in well under the 5 s of the header
+// timeout (asserted: under 2 s).
+func TestHealthStalledConnsDoNotDelayExit(t *testing.T) {
+	p := StartProxy(t)
+	var held []net.Conn
+	defer func() {
+		for _, c := range held {
+			_ = c.Close()
+		}
+	}()
+	dial := func() net.Conn {
+		t.Helper()
+		c, err := net.DialTimeout("tcp", p.HealthAddr, 2*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, c)
+		return c
+	}
+	ka := dial()
+	if _, err := io.WriteString(ka, "GET /livez HTTP/1.1\r\nHost: ka\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	ka.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 512)
+	if n, err := ka.Read(buf); err != nil || !strings.HasPrefix(string(buf[:n]), "HTTP/1.1 200") {
+		t.Fatalf("keep-alive /livez: %q %v", buf[:n], err)
+	}
+	_, _ = io.WriteString(dial(), "GET /livez HTTP/1.1\r\nHost: sl")
+	dial()                             // sends nothing
+	time.Sleep(200 * time.Millisecond) // the server has read what was sent
+
+	start := time.Now()
+	p.Signal(syscall.SIGTERM)
+	code, err := p.Wait(15 * time.Second)
+	took := time.Since(start)
+	if err != nil || code != 0 {
+		t.Fatalf("after SIGTERM: exit %d, %v", code, err)
+	}
+	if took >= 2*time.Second {
+		t.Errorf("the process took %s to exit after SIGTERM with stalled health connections open; want under 2 s", took.Round(time.Millisecond))
+	}
+	t.Logf("exit %s after SIGTERM", took.Round(time.Millisecond))
 }
