@@ -90,8 +90,8 @@ func (s *Server) login(sock net.Conn, e *connEnd) *clientConn {
 		// ends it through s.admins instead.
 		s.forgetStarting(sock)
 		if e.reserve {
-			lg.Info("console session on the admin reserve: pool.max_client_conn is full",
-				"max_client_conn", live.MaxClientConn, "reserve", AdminReserve)
+			lg.Info("console session on the admin reserve: "+live.option("MaxClientConn")+" is full",
+				"limit", live.MaxClientConn, "reserve", AdminReserve)
 		}
 		s.serveAdmin(conn, sm, lg, live.Admin, t.adminFull)
 		return nil
