@@ -167,6 +167,14 @@ func start(cfg *config.Config, path string, environ []string, logOut io.Writer) 
 			"listen", a.ln.Addr().String())
 	}
 
+	if cfg.Auth.UsersFile != "" && len(cfg.Auth.FileUsers) == 0 {
+		// PgBouncer starts with an empty auth_file too; a secret mounted
+		// before it is filled is one reason. Say so: its logins get 28P01
+		// until the file has them and a SIGHUP reads it.
+		a.log.Warn("auth.users_file "+cfg.Auth.UsersFile+" holds no login (empty, or comments only): "+
+			"no client can log in with it until it has lines and a SIGHUP reads it",
+			"auth.users_file", cfg.Auth.UsersFile)
+	}
 	if limit, ok := openFileLimit(); ok {
 		checkFDLimit(a.log, limit, fdsNeeded(cfg, targets))
 	}
@@ -412,8 +420,9 @@ type clientsView struct {
 const fdOverhead = 64
 
 // fdsNeeded is how many descriptors the configured limits can make the
-// proxy hold at once: every client the connection limits admit, the
-// backends, and fdOverhead. The backends are each configured target's
+// proxy hold at once: every client the connection limits admit (with the
+// admin console's reserve beyond max_client_conn), the backends, and
+// fdOverhead. The backends are each configured target's
 // max_size, capped by max_total_connections when it is set. Pools opened on
 // demand (auth.passthrough's pool per role and its auth pools, a `*`
 // entry's pools per database name) are not known at start: with
@@ -430,7 +439,7 @@ func fdsNeeded(cfg *config.Config, targets []config.Target) uint64 {
 	if c := uint64(cfg.MaxTotalConnections); c > 0 && (onDemand || backends > c) {
 		backends = c
 	}
-	return uint64(cfg.Pool.MaxClientConn) + uint64(cfg.Pool.MaxStartupConn) + backends + fdOverhead
+	return uint64(cfg.Pool.MaxClientConn) + proxy.AdminReserve + uint64(cfg.Pool.MaxStartupConn) + backends + fdOverhead
 }
 
 // openFileLimit returns the soft RLIMIT_NOFILE (which Go raises to the
@@ -448,7 +457,7 @@ func openFileLimit() (uint64, bool) {
 // before pool.max_client_conn is reached (see proxy's refuseOutOfFDs).
 func checkFDLimit(log *slog.Logger, limit, need uint64) {
 	if limit < need {
-		log.Warn("the open-file limit is below what pool.max_client_conn + pool.max_startup_conn + the backends (the pools' max_size, or max_total_connections) can use: "+
+		log.Warn(fmt.Sprintf("the open-file limit is below what pool.max_client_conn + the admin console reserve (%d) + pool.max_startup_conn + the backends (the pools' max_size, or max_total_connections) can use: ", proxy.AdminReserve)+
 			"past it new clients are refused with 53300; raise it (ulimit -n, LimitNOFILE=) or lower those limits",
 			"open_file_limit", limit, "needed", need)
 	}

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/pgsidecar/pgsidecar/internal/config"
+	"github.com/pgsidecar/pgsidecar/proxy"
 )
 
 // The start-up check counts every client the limits admit and every
@@ -15,10 +16,10 @@ func TestFDLimitCheck(t *testing.T) {
 	cfg := config.Defaults()
 	targets := []config.Target{{Pool: config.PoolConfig{MaxSize: 10}}, {Pool: config.PoolConfig{MaxSize: 5}}}
 	need := fdsNeeded(&cfg, targets)
-	if want := uint64(cfg.Pool.MaxClientConn+cfg.Pool.MaxStartupConn+15) + fdOverhead; need != want {
+	if want := uint64(cfg.Pool.MaxClientConn+cfg.Pool.MaxStartupConn+15) + proxy.AdminReserve + fdOverhead; need != want {
 		t.Fatalf("fdsNeeded = %d, want %d", need, want)
 	}
-	clients := uint64(cfg.Pool.MaxClientConn+cfg.Pool.MaxStartupConn) + fdOverhead
+	clients := uint64(cfg.Pool.MaxClientConn+cfg.Pool.MaxStartupConn) + proxy.AdminReserve + fdOverhead
 	// max_total_connections caps the backends below the pools' sum ...
 	cfg.MaxTotalConnections = 12
 	if got := fdsNeeded(&cfg, targets); got != clients+12 {

@@ -11,9 +11,11 @@ import (
 
 // reload re-reads the configuration from the same sources (SIGHUP). An
 // invalid configuration is logged and the running one kept, as is a file
-// left with no settings when the running configuration has some from it. Otherwise
-// the log level, every pool's sizes and timeouts, and the proxy's client
-// limit and logins change live; the rest is reported as needing a restart.
+// left with no settings when the running configuration has some from it,
+// and an auth.users_file left with no login when the running one has
+// logins from it. Otherwise the log level, every pool's sizes and
+// timeouts, and the proxy's client limit and logins change live; the rest
+// is reported as needing a restart.
 func (a *app) reload() error {
 	a.log.Info("reloading configuration", "config", displayPath(a.path))
 	next, err := config.Load(a.path, a.environ)
@@ -25,6 +27,14 @@ func (a *app) reload() error {
 		err := fmt.Errorf("config: %s holds no settings (empty, or comments only), but the running configuration "+
 			"has settings from it: a file caught mid-rewrite would reset every one of them to its default; "+
 			"write the file whole (to run on defaults and the environment alone, restart with it empty)", displayPath(a.path))
+		a.log.Error("reload failed; keeping the running configuration", "err", err.Error())
+		return err
+	}
+	if next.Auth.UsersFile != "" && len(next.Auth.FileUsers) == 0 && len(a.cfg.Auth.FileUsers) > 0 {
+		err := fmt.Errorf("config: auth.users_file %s holds no login (empty, or comments only), but the running "+
+			"configuration has %d logins from it: a file caught mid-rewrite would refuse every one of them; "+
+			"write the file whole (to drop all of its logins, unset auth.users_file, or restart with the file empty)",
+			next.Auth.UsersFile, len(a.cfg.Auth.FileUsers))
 		a.log.Error("reload failed; keeping the running configuration", "err", err.Error())
 		return err
 	}

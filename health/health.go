@@ -63,6 +63,7 @@ type Server struct {
 	log     *slog.Logger
 	handler http.Handler
 	srv     *http.Server
+	conns   connTracker // for Shutdown
 
 	// Admin writes refused for their credentials, logged at most once
 	// per lograte.Interval (logRefusedWrite).
@@ -87,7 +88,9 @@ func New(cfg Config) *Server {
 		refusedLog: lograte.Limiter{Interval: lograte.Interval}}
 	s.handler = s.routes()
 	s.srv = &http.Server{
-		Handler:           s.handler,
+		Handler:           s.conns.wrap(s.handler),
+		ConnState:         s.conns.connState,
+		ConnContext:       s.conns.connContext,
 		ReadHeaderTimeout: readHeaderTimeout,
 		ReadTimeout:       readTimeout,
 		WriteTimeout:      writeTimeout,
@@ -126,13 +129,28 @@ func (s *Server) Serve(ln net.Listener) error {
 	return err
 }
 
-// Shutdown stops accepting, lets in-flight requests finish until ctx ends,
-// and closes idle keep-alive connections.
+// Shutdown stops accepting, lets the requests whose handler runs finish
+// until ctx ends, and closes every other connection at once: idle
+// keep-alive ones, and those that sent nothing or part of a request header
+// (connTracker), which net/http would wait for up to its header timeout.
 func (s *Server) Shutdown(ctx context.Context) error {
-	if err := s.srv.Shutdown(ctx); err != nil {
-		return fmt.Errorf("health: shutdown: %w", err)
+	done := make(chan error, 1)
+	go func() { done <- s.srv.Shutdown(ctx) }() // ends when the handlers have, or ctx
+	t := time.NewTicker(shutdownPoll)
+	defer t.Stop()
+	for {
+		// Again until done: a connection can send its first byte while
+		// net/http is closing the idle ones.
+		s.conns.closeUnserved()
+		select {
+		case err := <-done:
+			if err != nil {
+				return fmt.Errorf("health: shutdown: %w", err)
+			}
+			return nil
+		case <-t.C:
+		}
 	}
-	return nil
 }
 
 // Close closes the listener and every connection at once.

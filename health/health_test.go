@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"reflect"
 	"sort"
 	"strings"
@@ -498,5 +499,73 @@ func TestLivezAndReadyz(t *testing.T) {
 				t.Fatalf("/health while draining=%v: %s", tc.drain, rec.Body)
 			}
 		})
+	}
+}
+
+// TestShutdownClosesStalledConns: Shutdown closes at once a connection
+// stalled mid request header and one that sent nothing (net/http would
+// wait for them up to its 5 s header timeout), while a request whose
+// handler runs still gets its whole answer.
+func TestShutdownClosesStalledConns(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	entered, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	s := New(Config{Pools: func() []pool.Stats {
+		once.Do(func() { close(entered); <-release })
+		return nil
+	}})
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ln) }()
+
+	got := make(chan int, 1)
+	go func() {
+		client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{}}
+		resp, err := client.Get("http://" + ln.Addr().String() + "/stats")
+		if err != nil {
+			got <- 0
+			return
+		}
+		resp.Body.Close()
+		got <- resp.StatusCode
+	}()
+	<-entered
+	var stalled []net.Conn
+	for _, send := range []string{"GET /health HTTP/1.1\r\nHost: x", ""} {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := c.Write([]byte(send)); err != nil {
+			t.Fatal(err)
+		}
+		stalled = append(stalled, c)
+	}
+	time.Sleep(100 * time.Millisecond) // the server has read what was sent
+
+	shut := make(chan error, 1)
+	start := time.Now()
+	go func() { shut <- s.Shutdown(context.Background()) }()
+	for i, c := range stalled {
+		c.SetReadDeadline(time.Now().Add(3 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Errorf("stalled connection %d: read %v, want it closed by Shutdown", i, err)
+		}
+	}
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("the stalled connections were closed %s after Shutdown began", took)
+	}
+	close(release)
+	if code := <-got; code != http.StatusOK {
+		t.Errorf("the request in flight at Shutdown: status %d, want 200", code)
+	}
+	if err := <-shut; err != nil {
+		t.Errorf("Shutdown: %v", err)
+	}
+	if err := <-done; !errors.Is(err, ErrServerClosed) {
+		t.Errorf("Serve = %v, want ErrServerClosed", err)
 	}
 }

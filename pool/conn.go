@@ -265,6 +265,10 @@ func (c Conn) release(now time.Time) {
 	b.stats.lastUsed = now
 	if reason, detail := p.releaseRetireReasonLocked(b, now); reason != retireNone {
 		p.retireLocked(b, reason, detail, now)
+	} else if p.cfg.Group.trim(p, 1) == 1 {
+		// A cap was lowered below the backends open (SIGHUP).
+		b.evict = evictSurplus
+		p.retireLocked(b, retireIdle, "surplus after max_db_connections / max_total_connections was lowered", now)
 	} else if scope := p.owedElsewhereLocked(); scope != evictNone {
 		// An older waiter of another pool of the group is owed this slot.
 		b.evict = scope

@@ -40,11 +40,19 @@ import (
 // backends. Evictions in flight are counted, so one demand closes one
 // backend.
 //
+// A cap lowered below the backends counted against it (SIGHUP) leaves a
+// surplus: the pools in its scope close their idle backends beyond it at
+// once (their maintainers are woken), the coldest first and whatever
+// min_size says, and a backend released while the surplus lasts is closed
+// instead of going back idle (trim). Closes in flight are counted, so one
+// backend too many closes one.
+//
 // Locking: a pool calls into its group with its own mutex held (pool,
 // then group); the group never takes a pool's mutex, it only wakes pools
 // (poke, a non-blocking send). The group has no goroutine of its own.
 type Group struct {
 	pressure atomic.Int64 // len(queue), readable without mu (Release's hot path)
+	surplus  atomic.Bool  // more backends counted than a cap allows (a cap was lowered); readable without mu
 
 	mu       sync.Mutex
 	maxTotal int // 0 = no cap
@@ -56,6 +64,8 @@ type Group struct {
 	// evictingTotal counts idle backends being closed for demands that
 	// only the total cap blocks.
 	evictingTotal int
+	// trimming counts backends being closed for a surplus (trim).
+	trimming int
 }
 
 // demand is one waiter of p that waits for a slot; at is its arrival.
@@ -69,6 +79,7 @@ type groupDB struct {
 	max      int // 0 = no cap
 	used     int
 	evicting int // idle backends being closed for this database's demands
+	trimming int // backends of this database being closed for a surplus
 	pools    map[*Pool]struct{}
 }
 
@@ -107,13 +118,20 @@ func (g *Group) Stats() GroupStats {
 	return s
 }
 
-// SetMaxTotal sets the cap across the group (0 = none). Lowering it below
-// what is open closes nothing at once: backends beyond it are not
-// replaced when they close.
+// SetMaxTotal sets the cap across the group (0 = none). Lowered below
+// the backends counted, it wakes every pool to close its idle backends
+// beyond it at once; held ones close at their release (trim).
 func (g *Group) SetMaxTotal(n int) {
 	g.mu.Lock()
 	g.maxTotal = max(n, 0)
 	g.dispatchLocked()
+	if g.noteSurplusLocked() && g.maxTotal > 0 && g.used-g.trimming > g.maxTotal {
+		for _, d := range g.dbs {
+			for p := range d.pools {
+				p.poke()
+			}
+		}
+	}
 	g.mu.Unlock()
 }
 
@@ -121,9 +139,55 @@ func (g *Group) SetMaxTotal(n int) {
 // SetMaxTotal does for the group.
 func (g *Group) SetDatabaseMax(database string, n int) {
 	g.mu.Lock()
-	g.dbLocked(database).max = max(n, 0)
+	d := g.dbLocked(database)
+	d.max = max(n, 0)
 	g.dispatchLocked()
+	if g.noteSurplusLocked() && d.max > 0 && d.used-d.trimming > d.max {
+		for p := range d.pools {
+			p.poke()
+		}
+	}
 	g.mu.Unlock()
+}
+
+// noteSurplusLocked records whether any cap has more backends counted
+// against it than it allows, and returns it.
+func (g *Group) noteSurplusLocked() bool {
+	over := g.maxTotal > 0 && g.used > g.maxTotal
+	for _, d := range g.dbs {
+		over = over || d.max > 0 && d.used > d.max
+	}
+	g.surplus.Store(over)
+	return over
+}
+
+// trimNeedLocked is how many more of mine's backends must close for the
+// caps that count them to hold, closes in flight for a surplus aside.
+func (g *Group) trimNeedLocked(mine *groupDB) int {
+	need := 0
+	if g.maxTotal > 0 {
+		need = g.used - g.trimming - g.maxTotal
+	}
+	if mine.max > 0 {
+		need = max(need, mine.used-mine.trimming-mine.max)
+	}
+	return max(need, 0)
+}
+
+// trim says how many of p's idle backends (at most idle) to close now for
+// a surplus, counting them as closes in flight; the caller closes them
+// and marks each evictSurplus. With p.mu held.
+func (g *Group) trim(p *Pool, idle int) int {
+	if g == nil || idle == 0 || !g.surplus.Load() {
+		return 0
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	mine := g.dbLocked(p.cfg.Database)
+	n := min(g.trimNeedLocked(mine), idle)
+	g.trimming += n
+	mine.trimming += n
+	return n
 }
 
 func (g *Group) dbLocked(name string) *groupDB {
@@ -250,6 +314,7 @@ const (
 	evictNone     evictScope = iota
 	evictDatabase            // for a demand of the same database (its cap)
 	evictTotal               // for a demand anywhere (the total cap)
+	evictSurplus             // for a cap lowered below the backends counted (trim)
 )
 
 // release gives back the slot of one of p's backends (a connect that
@@ -269,8 +334,14 @@ func (g *Group) release(p *Pool, scope evictScope) {
 		d.evicting = max(d.evicting-1, 0)
 	case evictTotal:
 		g.evictingTotal = max(g.evictingTotal-1, 0)
+	case evictSurplus:
+		g.trimming = max(g.trimming-1, 0)
+		d.trimming = max(d.trimming-1, 0)
 	}
 	g.dispatchLocked()
+	if g.surplus.Load() {
+		g.noteSurplusLocked()
+	}
 }
 
 // want sets the slots p waits for: one per waiter whose connect only the

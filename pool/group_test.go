@@ -312,3 +312,34 @@ func TestGroupTimeoutNamesTheCap(t *testing.T) {
 		t.Fatalf("timeout error %q, hint %q: want the cap named", ae.Message, ae.Hint)
 	}
 }
+
+// TestGroupLoweredCapTrimsSurplus: max_db_connections lowered to 1 below
+// the backends two roles hold (3 idle, 2 held) closes the idle ones at
+// once and one held one at its release, and the database's count ends at
+// the new cap; another database's pool is left alone.
+func TestGroupLoweredCapTrimsSurplus(t *testing.T) {
+	g := NewGroup(0)
+	db := newFakeDB()
+	a := groupPool(t, g, db, "db", "a", nil)
+	b := groupPool(t, g, db, "db", "b", nil)
+	other := groupPool(t, g, db, "db2", "c", nil)
+	var held []Conn
+	for _, p := range []*Pool{a, b, a, a, b, other, other} {
+		held = append(held, mustAcquire(t, p))
+	}
+	for _, c := range held[2:] {
+		c.Release()
+	}
+	g.SetDatabaseMax("db", 1)
+	waitFor(t, "the idle surplus closed", func() bool { return g.Stats().Databases["db"].Total == 2 })
+	held[0].Release()
+	waitFor(t, "a held backend closed at its release", func() bool { return g.Stats().Databases["db"].Total == 1 })
+	held[1].Release()
+	time.Sleep(50 * time.Millisecond)
+	if n := a.Stats().Total + b.Stats().Total; n != 1 {
+		t.Errorf("db's pools hold %d backends, want 1 (the cap)", n)
+	}
+	if n := other.Stats().Total; n != 2 {
+		t.Errorf("db2's pool holds %d backends, want its 2 untouched", n)
+	}
+}

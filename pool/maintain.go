@@ -143,8 +143,10 @@ func (p *Pool) idleRetirementLocked(b *backend, now time.Time) (retireReason, st
 
 // evictForGroupLocked closes the idle backends another pool of the group
 // is owed (group.go), the coldest first, whatever min_size says: a role
-// must not starve behind another's idle backends.
+// must not starve behind another's idle backends. Then those beyond a cap
+// lowered below the backends counted (trimSurplusLocked).
 func (p *Pool) evictForGroupLocked() {
+	defer p.trimSurplusLocked()
 	evict := p.cfg.Group.evictions(p, len(p.idle))
 	if len(evict) == 0 {
 		return
@@ -157,6 +159,23 @@ func (p *Pool) evictForGroupLocked() {
 	n := copy(p.idle, p.idle[len(evict):])
 	clear(p.idle[n:])
 	p.idle = p.idle[:n]
+}
+
+// trimSurplusLocked closes the idle backends beyond a max_db_connections
+// or max_total_connections that a reload lowered below the backends open,
+// the coldest first, whatever min_size says.
+func (p *Pool) trimSurplusLocked() {
+	n := p.cfg.Group.trim(p, len(p.idle))
+	if n == 0 {
+		return
+	}
+	for _, b := range p.idle[:n] {
+		b.evict = evictSurplus
+		p.dropLocked(b, retireIdle, "surplus after max_db_connections / max_total_connections was lowered")
+	}
+	k := copy(p.idle, p.idle[n:])
+	clear(p.idle[k:])
+	p.idle = p.idle[:k]
 }
 
 // connectLocked starts this round's connects: the reconnect attempt while

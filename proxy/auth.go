@@ -329,9 +329,33 @@ func authSCRAMWith(sm *startupMessage, creds scram.StoredCredentials, known bool
 		return false, nil, newFatal(pgwire.CodeProtocolViolation,
 			fmt.Sprintf("client selected an invalid SASL authentication mechanism %q", first.AuthMechanism), hint)
 	}
+	null, err := saslInitialData(sm.head, first.AuthMechanism, first.Data)
+	if err != nil {
+		return false, nil, err
+	}
+	// A copy: first.Data lies in the reader's buffer, which the next
+	// message overwrites, and the ClientKey's AuthMessage needs it then.
+	clientFirst := string(first.Data)
+	if null {
+		// No initial response: as PostgreSQL does, an empty challenge,
+		// answered by the client-first-message in a SASLResponse.
+		err := authSend(b, &pgproto3.AuthenticationSASLContinue{}, pgproto3.AuthTypeSASLContinue)
+		if err != nil {
+			return false, nil, err
+		}
+		msg, err := authReceive(b, "SASL response")
+		if err != nil {
+			return false, nil, err
+		}
+		resp, ok := msg.(*pgproto3.SASLResponse)
+		if !ok {
+			return false, nil, authUnexpected("SASL response", msg)
+		}
+		clientFirst = string(resp.Data)
+	}
 	// The gs2 header's flag must agree with the mechanism, as PostgreSQL
 	// checks: "p=" (binding used) with -PLUS only, and -PLUS only with "p=".
-	usesBinding := len(first.Data) > 0 && first.Data[0] == 'p'
+	usesBinding := len(clientFirst) > 0 && clientFirst[0] == 'p'
 	if plus := first.AuthMechanism == pgwire.SCRAMSHA256Plus; plus != usesBinding {
 		what := "client selected SCRAM-SHA-256-PLUS without channel binding data"
 		if usesBinding {
@@ -352,11 +376,15 @@ func authSCRAMWith(sm *startupMessage, creds scram.StoredCredentials, known bool
 			Type: scram.ChannelBindingTLSServerEndpoint, Data: sm.cbind})
 	}
 
-	// A copy: first.Data lies in the reader's buffer, which the next
-	// message overwrites, and the ClientKey's AuthMessage needs it then.
-	clientFirst := string(first.Data)
+	if bare, ok := scramClientFirstBare(clientFirst); ok && strings.HasPrefix(bare, "m") {
+		// PostgreSQL's words and code: a mandatory extension the server
+		// does not know.
+		return false, nil, newFatal(pgwire.CodeFeatureNotSupported,
+			"client requires an unsupported SCRAM extension (m= in its client-first-message)", authProtocolHint)
+	}
 	serverFirst, err := conv.Step(clientFirst)
 	if err != nil {
+		err = scramParseError(err, "n= and r=")
 		// The client's first message is malformed, asks for channel binding
 		// ("p=...") that was not offered or of another type than
 		// tls-server-end-point, or says "y" although -PLUS was offered.
@@ -401,7 +429,7 @@ func authSCRAMWith(sm *startupMessage, creds scram.StoredCredentials, known bool
 			return false, nil, newFatal(pgwire.CodeInvalidAuthorization, "SCRAM channel binding check failed",
 				"the client's tls-server-end-point data does not match pgsidecar's certificate; a TLS-intercepting middlebox between client and proxy causes this")
 		}
-		return false, nil, newFatal(pgwire.CodeProtocolViolation, "invalid SCRAM client-final-message: "+err.Error(), authProtocolHint)
+		return false, nil, newFatal(pgwire.CodeProtocolViolation, "invalid SCRAM client-final-message: "+scramParseError(err, "c=, r= and p=").Error(), authProtocolHint)
 	}
 	if !conv.Valid() || !known {
 		return false, nil, nil
@@ -414,6 +442,27 @@ func authSCRAMWith(sm *startupMessage, creds scram.StoredCredentials, known bool
 		return false, nil, err
 	}
 	return true, clientKey, nil
+}
+
+// scramClientFirstBare returns what follows the gs2 header (the flag and
+// the optional authzid, each ending in a comma) of a client-first-message.
+func scramClientFirstBare(clientFirst string) (string, bool) {
+	_, rest, ok := strings.Cut(clientFirst, ",")
+	if !ok {
+		return "", false
+	}
+	_, bare, ok := strings.Cut(rest, ",")
+	return bare, ok
+}
+
+// scramParseError words the SCRAM library's complaint about too few
+// attributes, which it says of the "first server message" whichever
+// message it parsed; want names the attributes the message needs.
+func scramParseError(err error, want string) error {
+	if strings.Contains(err.Error(), "not enough fields") {
+		return fmt.Errorf("malformed, it needs the attributes %s", want)
+	}
+	return err
 }
 
 // wellFormedProof reports whether a client-final-message's proof (its

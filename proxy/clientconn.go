@@ -245,6 +245,7 @@ type connEnd struct {
 	tls        net.Conn           // the TLS session over it, if any
 	tlsCounted bool               // counted in stats.tls
 	slot       bool               // holds a max_client_conn slot
+	reserve    bool               // holds a slot of the console's reserve (AdminReserve)
 	c          *clientConn        // the client, once made
 	cancel     context.CancelFunc // its context's
 	added      bool               // in s's clients (addClient)
@@ -278,6 +279,9 @@ func (e *connEnd) run() {
 	}
 	if e.slot {
 		s.slots.Add(-1)
+	}
+	if e.reserve {
+		s.reserveSlots.Add(-1)
 	}
 	if e.tlsCounted {
 		s.stats.tls.Add(-1)

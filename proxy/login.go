@@ -74,7 +74,7 @@ func (s *Server) login(sock net.Conn, e *connEnd) *clientConn {
 		s.stats.tls.Add(1)
 		e.tlsCounted = true
 	}
-	if !s.takeSlot(conn, lg, live, e) {
+	if !s.takeSlot(conn, sm, lg, live, e) {
 		return nil
 	}
 	// Authenticate before saying whether the database exists, as
@@ -90,6 +90,10 @@ func (s *Server) login(sock net.Conn, e *connEnd) *clientConn {
 		// held open would get applications refused with 53300. Close
 		// ends it through s.admins instead.
 		s.forgetStarting(sock)
+		if e.reserve {
+			lg.Info("console session on the admin reserve: "+live.option("MaxClientConn")+" is full",
+				"limit", live.MaxClientConn, "reserve", AdminReserve)
+		}
 		s.serveAdmin(conn, sm, lg, live.Admin, t.adminFull)
 		return nil
 	}
@@ -137,25 +141,52 @@ func (s *Server) admitLogin(sock net.Conn, t *ClientTLS, e *connEnd) (net.Conn, 
 	return conn, sm
 }
 
+// AdminReserve is how many admin console sessions may connect beyond
+// max_client_conn. The console counts against max_client_conn, as in
+// PgBouncer, and the moment clients fill it is the moment an operator
+// needs SHOW CLIENTS to see why; a few sessions beyond it, as
+// PostgreSQL's superuser_reserved_connections (3 by default) keeps for
+// superusers, let the operator in. Fixed and small: it bounds the
+// descriptors a flood of console logins can take (the reserve is taken
+// before authentication, which only admin.users and admin.stats_users
+// pass), and the root counts it in the open-file check.
+const AdminReserve = 3
+
 // takeSlot refuses a client while the proxy drains or when max_client_conn
-// clients hold a slot already; otherwise it takes the client's slot and
-// records it in e.
-func (s *Server) takeSlot(conn net.Conn, lg *slog.Logger, live *Config, e *connEnd) bool {
+// clients hold a slot already (a console login then takes one of the
+// AdminReserve slots while there is one); otherwise it takes the client's
+// slot and records it in e.
+func (s *Server) takeSlot(conn net.Conn, sm *startupMessage, lg *slog.Logger, live *Config, e *connEnd) bool {
 	if s.draining.Load() {
 		s.rejectStartup(conn, lg, errCannotConnectNow())
 		return false
 	}
 	// Take the slot before authenticating, in one atomic step: a check
 	// here and a count after the login admits every client of a burst.
-	if n := s.slots.Add(1); n > int64(live.MaxClientConn) {
-		s.slots.Add(-1)
+	if n := s.slots.Add(1); n <= int64(live.MaxClientConn) {
+		e.slot = true
+		return true
+	}
+	s.slots.Add(-1)
+	if live.Admin == nil || sm.database != live.Admin.Database {
 		s.rejectStartup(conn, lg, newFatal(pgwire.CodeTooManyConnections,
 			fmt.Sprintf("too many client connections: pgsidecar allows %d (%s)", live.MaxClientConn, live.option("MaxClientConn")),
 			"raise "+live.option("MaxClientConn")+", or have the application use fewer connections"))
 		return false
 	}
-	e.slot = true
-	return true
+	// Authentication decides who keeps a reserve slot: only console
+	// logins pass it. Anyone can try as often as they like, so the
+	// refusals past the reserve are logged at most once per interval.
+	if n := s.reserveSlots.Add(1); n <= AdminReserve {
+		e.reserve = true
+		return true
+	}
+	s.reserveSlots.Add(-1)
+	s.rejectRepeatable(conn, lg, &s.reserveLog, newFatal(pgwire.CodeTooManyConnections,
+		fmt.Sprintf("too many client connections: pgsidecar allows %d (%s) and %d more admin console sessions, all taken",
+			live.MaxClientConn, live.option("MaxClientConn"), AdminReserve),
+		"close an idle admin console session, or raise "+live.option("MaxClientConn")))
+	return false
 }
 
 // loginTarget is what a startup message asks for, as the live config has

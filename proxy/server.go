@@ -58,13 +58,17 @@ type Server struct {
 	hubWG     sync.WaitGroup
 	// slots counts the clients holding a max_client_conn slot: every one
 	// from its startup packet on, reserved before authentication.
-	slots       atomic.Int64
-	fdLog       lograte.Limiter // accepts refused for lack of descriptors
-	refusedLog  lograte.Limiter // connections refused at accept (max_startup_conn)
-	tooLargeLog lograte.Limiter // messages refused for max_client_buffer
-	spareMu     sync.Mutex
-	spare       *os.File // a descriptor kept to be freed when Accept runs out
-	stats       struct {
+	slots atomic.Int64
+	// reserveSlots counts the console logins beyond max_client_conn
+	// (AdminReserve); reserveLog the refusals past it.
+	reserveSlots atomic.Int64
+	reserveLog   lograte.Limiter
+	fdLog        lograte.Limiter // accepts refused for lack of descriptors
+	refusedLog   lograte.Limiter // connections refused at accept (max_startup_conn)
+	tooLargeLog  lograte.Limiter // messages refused for max_client_buffer
+	spareMu      sync.Mutex
+	spare        *os.File // a descriptor kept to be freed when Accept runs out
+	stats        struct {
 		total, active, waiting                    atomic.Int64
 		accepted, rejected, authFailures, cancels atomic.Uint64
 		cancelsUnknown                            atomic.Uint64
@@ -114,6 +118,7 @@ func New(cfg Config) (*Server, error) {
 		startupRefusedLog: lograte.Limiter{Interval: lograte.Interval},
 		fdLog:             lograte.Limiter{Interval: lograte.Interval},
 		refusedLog:        lograte.Limiter{Interval: lograte.Interval},
+		reserveLog:        lograte.Limiter{Interval: lograte.Interval},
 		tooLargeLog:       lograte.Limiter{Interval: lograte.Interval},
 	}
 	s.park.init(cfg.parkAfter)

@@ -43,6 +43,10 @@ type startupMessage struct {
 	user, database string            // database defaults to user
 	params         map[string]string // every other startup parameter, "options" expanded
 	backend        *pgproto3.Backend // reads the client from here on (authentication)
+	// head holds the first bytes backend read after the startup packet:
+	// SCRAM's SASLInitialResponse, whose data length pgproto3 does not
+	// keep (-1 is a null initial response).
+	head *headTap
 	// tls describes the client's TLS session ("TLS 1.3 TLS_AES_128_GCM_SHA256"),
 	// "" in plain text.
 	tls string
@@ -352,7 +356,8 @@ func startupParseMessage(conn net.Conn, body []byte, limit int) (*startupMessage
 		}
 	}
 
-	sm.backend = pgproto3.NewBackend(conn, conn)
+	sm.head = &headTap{r: conn}
+	sm.backend = pgproto3.NewBackend(sm.head, conn)
 	sm.backend.SetMaxBodyLen(limit) // pgproto3's default is unlimited
 	return sm, nil
 }

@@ -326,9 +326,8 @@ func TestAttackHTTPAdminWritesRaceReload(t *testing.T) {
 // finish their header), /readyz is 503, /livez 200, and once the last
 // client has left the process exits 0: the held health connections do not
 // keep it alive. A guard: the drain tests poll the probes with fresh
-// connections only. (The slow connections do delay the exit, by up to
-// their 5 s header timeout, as health.Shutdown waits for them: not
-// asserted here, as that would be a timed assertion.)
+// connections only. (That the slow connections do not delay the exit is
+// TestHealthStalledConnsDoNotDelayExit's.)
 func TestAttackHTTPDrainWithHeldHealthConns(t *testing.T) {
 	p := StartProxy(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
