@@ -685,3 +685,43 @@ func TestAttackProtocolSkippedCloseThenReprepare(t *testing.T) {
 		c.conn.Close()
 	}
 }
+
+// TestAttackProtocolDiffDeallocateAllPipelined: DEALLOCATE ALL or DISCARD
+// ALL drops the statements prepared before it in the stream, never those
+// a client prepares behind it in the same write, before its reply came
+// back: directly a Parse pipelined behind a DEALLOCATE ALL makes a
+// statement the next Bind runs. A Close behind it that the server skips
+// (an error earlier in its batch) must not bring a dropped statement back
+// either. (The names parsed behind it are free before it: the proxy
+// refuses a Parse of a name in use with 42P05 when it sends it, before it
+// knows whether the DEALLOCATE ALL ahead succeeds.)
+func TestAttackProtocolDiffDeallocateAllPipelined(t *testing.T) {
+	apCheck(t,
+		apScript{name: "Parse pipelined behind DEALLOCATE ALL and DISCARD ALL", steps: []apStep{
+			apMsgs(apParse("s1", "SELECT 's1'::text"), apSync),
+			apMsgs(apQuery("DEALLOCATE ALL"), apParse("s2", "SELECT 's2'::text"), apSync),
+			apMsgs(apBind("", "s2"), apExec("", 0), apSync),
+			apMsgs(apBind("", "s1"), apExec("", 0), apSync),
+			apMsgs(apParse("", "DEALLOCATE ALL"), apBind("", ""), apExec("", 0),
+				apParse("s3", "SELECT 's3'::text"), apBind("", "s3"), apExec("", 0), apSync),
+			apMsgs(apBind("", "s3"), apExec("", 0), apSync),
+			apMsgs(apBind("", "s2"), apExec("", 0), apSync),
+			apMsgs(apQuery("DISCARD ALL"), apParse("s4", "SELECT 's4'::text"), apSync),
+			apMsgs(apBind("", "s4"), apExec("", 0), apSync),
+			apMsgs(apBind("", "s3"), apExec("", 0), apSync),
+			apMsgs(apQuery("SELECT 1; DEALLOCATE ALL"), apParse("s5", "SELECT 's5'::text"), apBind("", "s5"), apExec("", 0), apSync,
+				apParse("s6", "SELECT 's6'::text"), apSync),
+			apMsgs(apBind("", "s5"), apExec("", 0), apSync),
+			apMsgs(apBind("", "s6"), apExec("", 0), apSync),
+			apMsgs(apBind("", "s4"), apExec("", 0), apSync),
+			// A skipped Close of a statement the DEALLOCATE ALL dropped.
+			apMsgs(apQuery("DEALLOCATE ALL"), apParse("", "SELEC 1"), apClose('S', "s5"), apSync),
+			apMsgs(apBind("", "s5"), apExec("", 0), apSync),
+			apMsgs(apBind("", "s6"), apExec("", 0), apSync),
+			// Parsed, closed and parsed again behind it.
+			apMsgs(apQuery("DEALLOCATE ALL"), apParse("s7", "SELECT 's7 a'::text"), apClose('S', "s7"),
+				apParse("s7", "SELECT 's7 b'::text"), apSync),
+			apMsgs(apBind("", "s7"), apExec("", 0), apSync),
+		}},
+	)
+}
