@@ -812,7 +812,9 @@ func (c *clientConn) routeOneLocked(b *backend, typ byte, msg []byte) (swallow b
 
 	case pgwire.MsgCommandComplete, pgwire.MsgEmptyQuery, pgwire.MsgPortalSuspended:
 		if typ == pgwire.MsgCommandComplete && c.policy.rewriteStatements && droppedStatements(msg[pgwire.HeaderLen:]) {
-			c.stmts.dropped = true
+			// Now, while the head is the request that dropped them: what
+			// is queued behind it was prepared after (deallocated).
+			c.stmts.deallocated(b, &c.q)
 		}
 		if head != nil && head.kind == reqExecute {
 			r := c.q.pop()
@@ -832,10 +834,6 @@ func (c *clientConn) readyForQueryLocked(b *backend, msg []byte) (swallow bool, 
 		return false, err
 	}
 	c.txStatus = msg[pgwire.HeaderLen]
-	if c.stmts.dropped {
-		c.stmts.dropped = false
-		c.stmts.deallocated(b)
-	}
 	b.queries++
 	c.timeouts.responses++
 	c.timeouts.queryTimedOut = false

@@ -34,10 +34,6 @@ type clientStatements struct {
 	unnamed    *statement
 	unnamedGen uint64
 	hasUnnamed bool
-	// dropped is set when the server reported a DEALLOCATE ALL or DISCARD
-	// ALL (droppedStatements) since the last ReadyForQuery, which then
-	// clears the client's statements and the backend's set (deallocated).
-	dropped bool
 	// probe is closed when the proxy's Describe of a statement it prepared
 	// on this backend has been answered (nil when none is in flight).
 	probe chan struct{}
@@ -432,12 +428,32 @@ func (p *preparedSet) remove(name string) {
 	}
 }
 
-// clear forgets everything (DEALLOCATE ALL / DISCARD ALL ran on the backend).
+// clear forgets everything: DISCARD ALL ran on the backend with nothing in
+// flight (resetToDefaults, after its client left).
 func (p *preparedSet) clear() {
 	p.order.Init()
 	clear(p.items)
 	clear(p.shapes)
 	p.toClose = p.toClose[:0]
+}
+
+// dropAllBut forgets every statement (DEALLOCATE ALL or DISCARD ALL ran
+// on the backend) but those a Parse sent after it claims (q.parsesLater):
+// the server prepares them after it dropped the others.
+func (p *preparedSet) dropAllBut(q *requestQueue) {
+	for name, e := range p.items {
+		if e.pending < 0 || !q.parsesLater(name, e.pending) {
+			p.remove(name)
+		}
+	}
+	kept := p.toClose[:0]
+	for _, e := range p.toClose {
+		if e.pending >= 0 && q.parsesLater(e.name, e.pending) {
+			kept = append(kept, e) // evicted by a later Parse: still to be closed
+		}
+	}
+	clear(p.toClose[len(kept):])
+	p.toClose = kept
 }
 
 func (p *preparedSet) len() int { return p.order.Len() }
@@ -1077,8 +1093,24 @@ func droppedStatements(tag []byte) bool {
 	return string(tag) == "DEALLOCATE ALL" || string(tag) == "DISCARD ALL"
 }
 
-// deallocated records that DEALLOCATE ALL or DISCARD ALL ran on b.
-func (s *clientStatements) deallocated(b *backend) {
-	b.prepared.clear()
-	clear(s.byName)
+// deallocated records that DEALLOCATE ALL or DISCARD ALL, the request at
+// the head of q, ran on b: the server dropped every statement prepared
+// before it in the stream. The requests behind the head went out after it
+// (pipelined before its reply came back): the statements their Parses
+// prepare are made after the drop, so the client's names for them and b's
+// copies stay. A Close or DEALLOCATE behind it of a statement it dropped
+// takes nothing back if the server fails or skips it (request.closes):
+// the statement is gone either way.
+func (s *clientStatements) deallocated(b *backend, q *requestQueue) {
+	for name, st := range s.byName {
+		if !q.parsesLaterAs(name, st) {
+			delete(s.byName, name)
+		}
+	}
+	b.prepared.dropAllBut(q)
+	for i := 1; i < q.len(); i++ {
+		if r := q.at(i); r.closes && r.clientName != "" && !q.parsesLaterAs(r.clientName, r.stmt) {
+			r.closes = false
+		}
+	}
 }
