@@ -725,3 +725,45 @@ func TestAttackProtocolDiffDeallocateAllPipelined(t *testing.T) {
 		}},
 	)
 }
+
+// TestAttackProtocolDiffSkippedUnnamedParse: a Parse of the unnamed
+// statement that the server skips (an error earlier in its batch) changes
+// nothing: directly the unnamed statement is still the one parsed before
+// it, and the next Bind or Describe of it runs or describes that one. A
+// Parse that fails leaves none; one that succeeds before a later error in
+// its batch stays. A simple Query the server skips does not drop it
+// either. (Not here: a Bind of the unnamed statement pipelined
+// in a later batch of the same write as the skipped Parse; the proxy
+// builds it before it knows the Parse is skipped.)
+func TestAttackProtocolDiffSkippedUnnamedParse(t *testing.T) {
+	apCheck(t,
+		apScript{name: "a skipped Parse of the unnamed statement", steps: []apStep{
+			apMsgs(apParse("", "SELECT 'first'::text, $1::int", 23), apSync),
+			apMsgs(apBind("", "nope"), apExec("", 0), apParse("", "SELECT 'second'::text"), apSync),
+			apMsgs(apBind("", "", "1"), apExec("", 0), apSync),
+			apMsgs(apDescribe('S', ""), apSync),
+			apMsgs(apBind("", "", "2"), apExec("", 0), apSync),
+			// Several skipped behind one that ran.
+			apMsgs(apParse("", "SELECT 'x'::text"), apSync, apParse("", "SELECT 'y'::text"), apBind("", "nope"),
+				apParse("", "SELECT 'z'::text"), apParse("", "SELECT 'w'::text"), apSync),
+			apMsgs(apBind("", ""), apExec("", 0), apSync),
+			// The error is the unnamed statement's own Execute.
+			apMsgs(apParse("", "SELECT 1/0"), apBind("", ""), apExec("", 0), apParse("", "SELECT 'skipped'::text"), apSync),
+			apMsgs(apBind("", ""), apExec("", 0), apSync),
+			// A Parse that fails leaves none.
+			apMsgs(apParse("", "SELECT 'kept'::text"), apSync),
+			apMsgs(apParse("", "SELEC 1"), apParse("", "SELECT 'skipped'::text"), apSync),
+			apMsgs(apBind("", ""), apExec("", 0), apSync),
+			// Skipped, then parsed in the next batch of the same write.
+			apMsgs(apBind("", "nope"), apParse("", "SELECT 'skipped'::text"), apSync, apParse("", "SELECT 'next'::text"), apSync),
+			apMsgs(apBind("", ""), apExec("", 0), apSync),
+			// A simple Query drops the unnamed statement, one the server
+			// skips does not.
+			apMsgs(apParse("", "SELECT 'before the Query'::text"), apSync),
+			{ready: 1, msgs: []pgproto3.FrontendMessage{apBind("", "nope"), apQuery("SELECT 'skipped'"), apSync}},
+			apMsgs(apBind("", ""), apExec("", 0), apSync),
+			apMsgs(apBind("", "nope"), apParse("", "SELECT 'skipped'::text"), apSync, apQuery("SELECT 'ran'")),
+			apMsgs(apBind("", ""), apExec("", 0), apSync),
+		}},
+	)
+}
