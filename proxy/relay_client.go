@@ -891,13 +891,14 @@ func (c *clientConn) onQuery(b *backend, out, msg, body []byte, tx bool) []byte 
 	paramsDirty := c.state.paramsDirty
 	c.replay.noReplayForLocked(q)
 	h := c.inspect(q, tx)
-	// A simple Query drops the session's unnamed statement.
-	c.stmts.dropUnnamed(b)
+	// A simple Query drops the session's unnamed statement (the refusal
+	// that goes in its place too).
+	gen := c.stmts.dropUnnamed(b)
 	if h != hazardNone {
-		c.q.push(request{kind: reqQuery})
+		c.q.push(request{kind: reqQuery, gen: gen})
 		return pgwire.AppendQuery(out, rejectQuerySQL(c.srv.cfg.rejectError(h)))
 	}
-	r := request{kind: reqQuery}
+	r := request{kind: reqQuery, gen: gen}
 	if needsClassify(q) {
 		if ch, ok := parseSetStatement(q); ok {
 			r.sets = []paramChange{ch}

@@ -793,6 +793,7 @@ func (c *clientConn) routeOneLocked(b *backend, typ byte, msg []byte) (swallow b
 		if r.kind == reqParse {
 			parseCompleted(c.srv.stmts, b, &r)
 		}
+		c.stmts.answered(&r)
 		return r.swallow, nil
 
 	case pgwire.MsgParamDescription:
@@ -834,6 +835,7 @@ func (c *clientConn) readyForQueryLocked(b *backend, msg []byte) (swallow bool, 
 		return false, err
 	}
 	c.txStatus = msg[pgwire.HeaderLen]
+	c.stmts.answered(&r)
 	b.queries++
 	c.timeouts.responses++
 	c.timeouts.queryTimedOut = false

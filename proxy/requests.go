@@ -62,8 +62,9 @@ type request struct {
 	failed   bool // an ErrorResponse arrived within this Query
 	// syncTo is the backend's parameter set once the proxy's own SETs succeed.
 	syncTo map[string]paramValue
-	// gen is the client's unnamed Parse a request about the unnamed
-	// statement belongs to (see clientStatements.unnamedGen).
+	// gen is the client's unnamed-statement event a request about the
+	// unnamed statement belongs to, or that it is: its Parse or Close, or
+	// a simple Query, which drops it (see clientStatements.unnamedGen).
 	gen uint64
 	// learn marks the proxy's Describe right after a statement's first
 	// Parse: its answer is recorded as the statement's description.

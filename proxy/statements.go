@@ -28,12 +28,27 @@ import (
 // at it: its address names the client.
 type clientStatements struct {
 	byName map[string]*statement // client statement name -> statement
-	// unnamed is the client's unnamed statement when hasUnnamed (a Query
-	// or a failed Parse drops it). Its storage is reused for each unnamed
-	// Parse, which unnamedGen numbers.
+	// The unnamed statement. PostgreSQL replaces it at an unnamed Parse,
+	// and drops it at one that fails, at a simple Query and at a Close of
+	// it; a message the server skips (after an error, up to the Sync)
+	// changes nothing. Each such message the client sends is an event,
+	// numbered from lastGen. unnamed is the client's unnamed statement
+	// when hasUnnamed, as the events sent leave it if the server acts on
+	// them all, and unnamedGen the event that made it so; settled (nil:
+	// none) and settledGen are what the events the server answered left.
+	// When the server skips the newest event, the events answered are all
+	// there is: the client's unnamed statement is the settled one again
+	// (unsent).
 	unnamed    *statement
 	unnamedGen uint64
 	hasUnnamed bool
+	lastGen    uint64
+	settled    *statement
+	settledGen uint64
+	// spare is a statement no request refers to any more (the settled one
+	// before the last), whose storage the next unnamed Parse takes: two
+	// statements serve a client's unnamed Parses in turn.
+	spare *statement
 	// probe is closed when the proxy's Describe of a statement it prepared
 	// on this backend has been answered (nil when none is in flight).
 	probe chan struct{}
@@ -45,16 +60,73 @@ func (s *clientStatements) named(name []byte) *statement {
 }
 
 // parseUnnamed makes rest (a Parse body without its name) the client's
-// unnamed statement, in the storage of the one it replaces, and returns
-// it with its generation.
+// unnamed statement, in the spare storage when there is one, and returns
+// it with its event's generation. The one it replaces is kept: the
+// settled statement, or one whose Parse is in flight and may become it.
 func (s *clientStatements) parseUnnamed(rest []byte) (*statement, uint64) {
-	if s.unnamed == nil {
-		s.unnamed = &statement{}
+	st := s.spare
+	s.spare = nil
+	if st == nil || st == s.settled || st == s.unnamed {
+		st = &statement{}
 	}
-	s.unnamed.reset(rest)
-	s.unnamedGen++
-	s.hasUnnamed = true
-	return s.unnamed, s.unnamedGen
+	st.reset(rest)
+	s.lastGen++
+	s.unnamed, s.unnamedGen, s.hasUnnamed = st, s.lastGen, true
+	return st, s.lastGen
+}
+
+// settle records that the server acted on the unnamed-statement event gen
+// (unnamedEvent), which left st as the unnamed statement (nil: none).
+func (s *clientStatements) settle(st *statement, gen uint64) {
+	if old := s.settled; old != nil && old != st && old != s.unnamed {
+		// Every request that named old went out before event gen, and
+		// was answered before it.
+		s.spare = old
+	}
+	s.settled, s.settledGen = st, gen
+}
+
+// unsent records that the server did not act on the unnamed-statement
+// event r (it skipped it after an error, or r was abandoned with its
+// backend): unless a later event was sent, the client's unnamed statement
+// is what the events answered left (settled).
+func (s *clientStatements) unsent(r *request) {
+	if s.unnamedGen != r.gen {
+		return // a later event decides
+	}
+	if s.settled != nil {
+		s.unnamed, s.unnamedGen, s.hasUnnamed = s.settled, s.settledGen, true
+	} else {
+		s.hasUnnamed = false
+	}
+}
+
+// unnamedEvent reports whether r is the client's message that replaces or
+// drops the unnamed statement: its Parse (not the proxy's own, which
+// parses the client's statement again on another backend), its Close, a
+// simple Query (request.gen is the event's).
+func unnamedEvent(r *request) bool {
+	switch r.kind {
+	case reqParse:
+		return r.stmt != nil && r.stmt.name == "" && !r.swallow
+	case reqClose, reqQuery:
+		return r.gen != 0
+	}
+	return false
+}
+
+// answered records the server's answer to r (not an error): an unnamed
+// Parse's ParseComplete, an unnamed Close's CloseComplete, a simple
+// Query's ReadyForQuery (failed or not: PostgreSQL drops the unnamed
+// statement before it runs the query).
+func (s *clientStatements) answered(r *request) {
+	switch {
+	case r.kind == reqParse && r.stmt != nil && r.stmt.name == "":
+		// The proxy's own Parse too: the client's statement is on b now.
+		s.settle(r.stmt, r.gen)
+	case unnamedEvent(r):
+		s.settle(nil, r.gen)
+	}
 }
 
 // endProbe lets the client reader go on after a probe was answered.
@@ -660,9 +732,11 @@ func (s *clientStatements) useUnnamed(q *requestQueue, b *backend, out []byte) (
 }
 
 // dropUnnamed forgets the client's unnamed statement (a simple Query, or a
-// Close of it, drops it), on b too.
-func (s *clientStatements) dropUnnamed(b *backend) {
-	s.hasUnnamed, b.unnamedOwner = false, nil
+// Close of it, drops it), on b too, and returns the event's generation.
+func (s *clientStatements) dropUnnamed(b *backend) uint64 {
+	s.lastGen++
+	s.unnamedGen, s.hasUnnamed, b.unnamedOwner = s.lastGen, false, nil
+	return s.lastGen
 }
 
 // bind handles a client's Bind (msg, body its body) in transaction mode:
@@ -732,8 +806,8 @@ func (s *clientStatements) describe(q *requestQueue, b *backend, out, msg, body 
 func (s *clientStatements) close(q *requestQueue, b *backend, out, msg, body []byte) []byte {
 	if len(body) > 1 && body[0] == 'S' {
 		if name, _, ok := pgwire.CString(body[1:]); ok && len(name) == 0 {
-			r := request{kind: reqClose, closes: s.hasUnnamed, gen: s.unnamedGen}
-			s.dropUnnamed(b)
+			r := request{kind: reqClose, closes: s.hasUnnamed}
+			r.gen = s.dropUnnamed(b)
 			q.push(r)
 			return append(out, msg...)
 		} else if ok {
@@ -765,17 +839,10 @@ func (s *clientStatements) close(q *requestQueue, b *backend, out, msg, body []b
 // backend's copy, which r was to close, may or may not exist (the Parse
 // that made it may be what failed): it is recorded as uncertain, so the
 // next request that needs it closes it and parses it again
-// (closeUncertain). An unnamed statement is taken back unless a later
-// Parse replaced it; the backend then no longer counts as having it, so
-// its next use parses it again (useUnnamed).
+// (closeUncertain). (A Close of the unnamed statement is an event the
+// caller undoes: unsent.)
 func (s *clientStatements) undoClose(b *backend, r *request) {
-	if !r.closes {
-		return
-	}
-	if r.clientName == "" {
-		if s.unnamedGen == r.gen {
-			s.hasUnnamed = true
-		}
+	if !r.closes || r.clientName == "" {
 		return
 	}
 	if _, taken := s.byName[r.clientName]; !taken {
@@ -787,8 +854,12 @@ func (s *clientStatements) undoClose(b *backend, r *request) {
 }
 
 // undo undoes the bookkeeping of request r, which failed, was skipped
-// after an error, or was abandoned with its backend.
+// after an error, or was abandoned with its backend. (A failed Parse of
+// the unnamed statement was answered first: failed.)
 func (s *clientStatements) undo(b *backend, r *request) {
+	if unnamedEvent(r) {
+		s.unsent(r)
+	}
 	if r.closes {
 		s.undoClose(b, r)
 		return
@@ -897,14 +968,11 @@ func (s *clientStatements) undoParse(b *backend, r *request) {
 		return
 	}
 	if r.stmt.name == "" {
-		if r.kind == reqParse {
-			// A failed Parse of the unnamed statement leaves none.
-			if b.unnamedOwner == s && b.unnamedGen == r.gen {
-				b.unnamedOwner = nil
-			}
-			if !r.swallow && s.unnamedGen == r.gen {
-				s.hasUnnamed = false
-			}
+		if r.kind == reqParse && b.unnamedOwner == s && b.unnamedGen == r.gen {
+			// b's unnamed statement is not this one: none after a
+			// failed Parse, the one before after a skipped Parse, which
+			// may be another client's.
+			b.unnamedOwner = nil
 		}
 		return
 	}
@@ -1032,6 +1100,11 @@ func (s *clientStatements) resultDescribed(b *backend, r *request, msg []byte) (
 // server skipped. A copy the server says changed under it (0A000: its
 // result type changed; XX000: a type it uses is gone) is shared no more.
 func (s *clientStatements) failed(b *backend, r *request, errBody []byte) {
+	if errBody != nil && r.kind == reqParse && unnamedEvent(r) {
+		// The client's Parse of the unnamed statement failed: the server
+		// dropped the statement before, and there is none.
+		s.settle(nil, r.gen)
+	}
 	s.undo(b, r)
 	if r.probe {
 		s.endProbe()
