@@ -767,3 +767,48 @@ func TestAttackProtocolDiffSkippedUnnamedParse(t *testing.T) {
 		}},
 	)
 }
+
+// TestAttackProtocolSkippedUnnamedParseNotAnotherClients: a Parse of the
+// unnamed statement that the server skips (an error earlier in its batch)
+// and, pipelined behind it in the same write, a Bind of the unnamed
+// statement in the next batch. The proxy builds the Bind before it knows
+// the Parse is skipped; on a pool of one backend, whose unnamed statement
+// another client parsed in between, the Bind must never run that
+// client's statement. Directly it runs the statement parsed before the
+// skipped one; through the proxy it may run the skipped one's text (the
+// proxy parses the client's statement again in the Bind's batch), never
+// the other client's.
+func TestAttackProtocolSkippedUnnamedParseNotAnotherClients(t *testing.T) {
+	s := newTLSSetup(t)
+	p := startTLSProxy(t, s, "allow",
+		WithEnv("PGSIDECAR_POOL__MODE", "transaction"),
+		WithEnv("PGSIDECAR_POOL__MAX_SIZE", "1"),
+		WithEnv("PGSIDECAR_POOL__MIN_SIZE", "1"))
+	for _, path := range []struct {
+		name string
+		dial func() *rawClient
+	}{
+		{"direct", func() *rawClient { return dialRaw(t, txDirectURL()) }},
+		{"event loop", func() *rawClient { return dialRaw(t, txProxyURL(p)) }},
+		{"TLS", func() *rawClient { return dialRaw(t, tlsURL(p, map[string]string{"sslmode": "require"})) }},
+	} {
+		main, other := path.dial(), path.dial()
+		main.send(t, apParse("", "SELECT 'main A'::text"), apSync)
+		apRead(main, 1, 0, 0)
+		other.send(t, apParse("", "SELECT 'other client'::text"), apBind("", ""), apExec("", 0), apSync)
+		apRead(other, 1, 0, 0)
+		main.send(t, apBind("", "nope"), apParse("", "SELECT 'main B'::text"), apSync, apBind("", ""), apExec("", 0), apSync)
+		got := apRead(main, 2, 0, 0)
+		ran := ""
+		for _, m := range got {
+			if strings.HasPrefix(m, "DataRow") {
+				ran = m
+			}
+		}
+		if ran != `DataRow "main A"` && (path.name == "direct" || ran != `DataRow "main B"`) {
+			t.Errorf("%s: the Bind behind the skipped Parse ran %q (%q); want main A (directly) or main B, never another client's statement", path.name, ran, got)
+		}
+		main.conn.Close()
+		other.conn.Close()
+	}
+}
