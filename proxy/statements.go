@@ -115,16 +115,19 @@ func unnamedEvent(r *request) bool {
 	return false
 }
 
-// answered records the server's answer to r (not an error): an unnamed
-// Parse's ParseComplete, an unnamed Close's CloseComplete, a simple
-// Query's ReadyForQuery (failed or not: PostgreSQL drops the unnamed
-// statement before it runs the query).
+// answered records the server's answer to r (not an error) when r is an
+// unnamed-statement event: an unnamed Parse's ParseComplete, an unnamed
+// Close's CloseComplete, a simple Query's ReadyForQuery (failed or not:
+// PostgreSQL drops the unnamed statement before it runs the query). The
+// proxy's own Parse of the client's statement changes nothing the client
+// did: its answer settles nothing (the client's Parse of that statement,
+// answered before it or still in flight, does).
 func (s *clientStatements) answered(r *request) {
 	switch {
-	case r.kind == reqParse && r.stmt != nil && r.stmt.name == "":
-		// The proxy's own Parse too: the client's statement is on b now.
+	case !unnamedEvent(r):
+	case r.kind == reqParse:
 		s.settle(r.stmt, r.gen)
-	case unnamedEvent(r):
+	default:
 		s.settle(nil, r.gen)
 	}
 }
@@ -578,7 +581,7 @@ func appendDescribeStatement(dst []byte, name string) []byte {
 func (s *clientStatements) parse(q *requestQueue, reg *statementRegistry, b *backend, out, msg, name, rest []byte) []byte {
 	if len(name) == 0 {
 		st, gen := s.parseUnnamed(rest)
-		b.unnamedOwner, b.unnamedGen = s, gen
+		b.unnamedOwner, b.unnamedGen, b.unnamedSeg = s, gen, q.seg
 		q.push(request{kind: reqParse, stmt: st, gen: gen})
 		return append(out, msg...)
 	}
@@ -715,18 +718,23 @@ func closeUncertain(q *requestQueue, out []byte, e *preparedEntry) []byte {
 
 // useUnnamed makes b's unnamed statement the client's own before a Bind or
 // Describe of it: parsed again (reply swallowed) unless the proxy parsed it
-// there for this client during this hold. A client without one gets
-// PostgreSQL's 26000, never whatever b's unnamed statement is.
+// there for this client during this hold, in this Sync segment or in an
+// earlier one the server has answered it for. A client without one gets
+// PostgreSQL's 26000, never whatever b's unnamed statement is. (A Parse
+// still unanswered in an earlier segment may be skipped, an error before
+// it in its segment: b's unnamed statement would then be the one before,
+// maybe another client's. Directly the statement before it would run;
+// the proxy, which cannot know yet, runs the client's latest.)
 func (s *clientStatements) useUnnamed(q *requestQueue, b *backend, out []byte) ([]byte, bool) {
 	st := s.unnamed
 	if !s.hasUnnamed {
 		return q.poison(out, newError(pgwire.CodeInvalidSQLStatementName, "unnamed prepared statement does not exist",
 			"send a Parse for the unnamed statement before using it (a simple Query drops it)")), false
 	}
-	if b.unnamedOwner != s || b.unnamedGen != s.unnamedGen {
+	if b.unnamedOwner != s || b.unnamedGen != s.unnamedGen || b.unnamedSeg != q.seg && s.settledGen != s.unnamedGen {
 		q.push(request{kind: reqParse, swallow: true, stmt: st, gen: s.unnamedGen})
 		out = st.appendParse(out)
-		b.unnamedOwner, b.unnamedGen = s, s.unnamedGen
+		b.unnamedOwner, b.unnamedGen, b.unnamedSeg = s, s.unnamedGen, q.seg
 	}
 	return out, true
 }
