@@ -103,8 +103,8 @@ func (s *clientStatements) unsent(r *request) {
 
 // unnamedEvent reports whether r is the client's message that replaces or
 // drops the unnamed statement: its Parse (not the proxy's own, which
-// parses the client's statement again on another backend), its Close, a
-// simple Query (request.gen is the event's).
+// parses the client's statement again where the backend may lack it:
+// useUnnamed), its Close, a simple Query (request.gen is the event's).
 func unnamedEvent(r *request) bool {
 	switch r.kind {
 	case reqParse:
