@@ -62,8 +62,9 @@ func (p *Pool) Acquire(ctx context.Context) (Conn, error) {
 		}
 	}()
 	front := false
+	others := p.waitingElsewhere() // read once: only the first take may refuse
 	for {
-		b, w, timeout, err := p.take(front, start)
+		b, w, timeout, err := p.take(front, start, others)
 		if err != nil {
 			return Conn{}, err
 		}
@@ -157,8 +158,9 @@ func (p *Pool) tryIdle(now time.Time, peek bool) (Conn, bool) {
 
 // take pops an idle backend, or queues a waiter (and asks for a connect
 // if there is room). It fails fast when the pool is closed, the circuit
-// is open, or the queue is full.
-func (p *Pool) take(front bool, start time.Time) (*backend, *waiter, time.Duration, error) {
+// is open, or the queue is full: MaxWaiters callers wait already, in the
+// pool's queue and, others of them, outside it (waitingElsewhere).
+func (p *Pool) take(front bool, start time.Time, others int) (*backend, *waiter, time.Duration, error) {
 	now := time.Now()
 	p.mu.Lock()
 	defer p.unlock()
@@ -179,9 +181,9 @@ func (p *Pool) take(front bool, start time.Time) (*backend, *waiter, time.Durati
 		}
 		return b, nil, 0, nil
 	}
-	if !front && p.cfg.MaxWaiters > 0 && p.queuedLocked() >= p.cfg.MaxWaiters {
+	if !front && p.cfg.MaxWaiters > 0 && p.queuedLocked()+others >= p.cfg.MaxWaiters {
 		p.counts.rejected++
-		return nil, nil, 0, p.queueFullErrorLocked(p.waiters.len())
+		return nil, nil, 0, p.queueFullErrorLocked(p.waiters.len() + others)
 	}
 	w := newWaiter()
 	w.at = start
@@ -201,7 +203,8 @@ func (p *Pool) take(front bool, start time.Time) (*backend, *waiter, time.Durati
 // Acquire) and count as the pool's own waiters do. It returns the 53300
 // Acquire would refuse the caller with, counted as a refusal, or nil when
 // the caller may wait. Callers that wait in the pool are not counted in
-// others: Acquire counts them.
+// others: Acquire counts them. (Acquire counts those outside through
+// CountWaitingElsewhere.)
 func (p *Pool) RefuseWaiter(others int) *AcquireError {
 	p.mu.Lock()
 	defer p.unlock()
@@ -210,6 +213,26 @@ func (p *Pool) RefuseWaiter(others int) *AcquireError {
 	}
 	p.counts.rejected++
 	return p.queueFullErrorLocked(p.waiters.len() + others)
+}
+
+// CountWaitingElsewhere tells the pool how many callers wait for it
+// outside it: n reports them, the proxy's event-loop queue for this pool,
+// whose requests wait there before any of them calls Acquire. Acquire
+// counts them against MaxWaiters with its own waiters, as RefuseWaiter
+// counts its others, so the limit holds whichever queue a new waiter
+// joins. n reads that queue itself: the pool keeps no count of its own,
+// which a path that forgot to decrement it could leave refusing for ever.
+// n is called without the pool's lock, and must not call into the pool.
+// One n per pool: a later call replaces it.
+func (p *Pool) CountWaitingElsewhere(n func() int) { p.elsewhere.Store(&n) }
+
+// waitingElsewhere is CountWaitingElsewhere's count now (0 if none set).
+// Without p.mu.
+func (p *Pool) waitingElsewhere() int {
+	if n := p.elsewhere.Load(); n != nil {
+		return (*n)()
+	}
+	return 0
 }
 
 // queuedLocked is how many waiters wait for a backend to be released:

@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -199,6 +200,40 @@ func TestMaxWaitersRejectsAtOnce(t *testing.T) {
 	if s := p.Stats(); s.AcquireRejected != 1 {
 		t.Fatalf("rejected %d, want 1", s.AcquireRejected)
 	}
+	cancel()
+	<-w1
+	<-w2
+	c.Release()
+}
+
+// TestMaxWaitersCountsWaitingElsewhere: callers that wait for the pool
+// outside it (CountWaitingElsewhere: the proxy's event-loop queue) count
+// against MaxWaiters in Acquire as they do in RefuseWaiter. The count is
+// asked at each Acquire, not kept: once they are gone, nothing of them
+// refuses anyone.
+func TestMaxWaitersCountsWaitingElsewhere(t *testing.T) {
+	db := newFakeDB()
+	cfg := testConfig(db, newLogRecorder())
+	cfg.MaxSize = 1
+	cfg.MaxWaiters = 2
+	p := startPool(t, cfg)
+	c := mustAcquire(t, p)
+	var elsewhere atomic.Int32
+	elsewhere.Store(1)
+	p.CountWaitingElsewhere(func() int { return int(elsewhere.Load()) })
+
+	ctx, cancel := context.WithCancel(context.Background())
+	w1 := acquireAsync(ctx, p)
+	waitFor(t, "one waiter", waiting(p, 1))
+	start := time.Now()
+	_, err := p.Acquire(context.Background())
+	ae := asAcquireError(t, err, pgwire.CodeTooManyConnections)
+	if time.Since(start) > time.Second || !strings.Contains(ae.Message, "max_waiters 2") || !strings.Contains(ae.Message, "2 waiting") {
+		t.Fatalf("one waiting here and one elsewhere: refused after %s with %q", time.Since(start), ae.Message)
+	}
+	elsewhere.Store(0) // the one elsewhere got its backend, or left
+	w2 := acquireAsync(ctx, p)
+	waitFor(t, "two waiters", waiting(p, 2))
 	cancel()
 	<-w1
 	<-w2

@@ -60,6 +60,9 @@ type Pool struct {
 	waitHist    durationHistogram // acquire wait, for Stats.AcquireWait
 	txDurations durationHistogram // busy periods, for Stats.TransactionDuration
 	clients     atomic.Int64      // see AddClients
+	// elsewhere, when set, says how many callers wait for this pool
+	// outside it (CountWaitingElsewhere).
+	elsewhere atomic.Pointer[func() int]
 
 	mu      sync.Mutex
 	cfg     Config

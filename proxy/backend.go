@@ -37,9 +37,11 @@ type backend struct {
 	// unnamedOwner and unnamedGen name the client unnamed Parse the proxy
 	// last sent as this backend's unnamed statement: the statements of the
 	// client that sent it (nil: none, or not known). Cleared at every acquire: what a previous client left
-	// there is never taken for the next one's.
+	// there is never taken for the next one's. unnamedSeg is the Sync
+	// segment that Parse went out in (see clientStatements.useUnnamed).
 	unnamedOwner *clientStatements
 	unnamedGen   uint64
+	unnamedSeg   int64
 	out          []byte // backend reader's output when it must edit the stream
 	cout         []byte // client reader's output to this backend
 	queries      int64  // 'Z's since acquire, for pool.max_queries

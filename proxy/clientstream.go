@@ -1,8 +1,8 @@
 // clientstream.go: the framing of the client's bytes (clientStream): the
-// checks on each client message's header (checkHead, checkLength, known
-// types), a message streamed to the backend or dropped part by part, a
-// refused request discarded up to its end, and a client that broke the
-// protocol.
+// rules for each client message's header, judged in one place (judgeHead:
+// checkLength, known types) and acted on (checkHead), a message streamed
+// to the backend or dropped part by part, a refused request discarded up
+// to its end, and a client that broke the protocol.
 
 package proxy
 
@@ -64,6 +64,43 @@ func (s *clientStream) protocolViolation(lg *slog.Logger, pe *pgError) error {
 	return pe
 }
 
+// msgHead is what the header of the client message at the head of a
+// buffer says, judged once by judgeHead: the one place where the rules
+// for a client message's header are (knownFrontendType, checkLength).
+// Those who act on it (checkHead, buildNextLocked, discardRequest) only
+// choose, in their order, what to do with a bad one.
+type msgHead struct {
+	present bool     // a first byte is here
+	known   bool     // its type is one PostgreSQL accepts after startup
+	whole   bool     // the header is all here: typ and bodyLen are read
+	typ     byte     // with present
+	bodyLen int      // with whole
+	lenErr  *pgError // with whole: the length checkLength refuses, else nil
+}
+
+// judgeHead judges the header at the start of buf, a client's pending
+// bytes, against maxMessageSize (max_message_size).
+func judgeHead(buf []byte, maxMessageSize int) (h msgHead) {
+	if len(buf) == 0 {
+		return h
+	}
+	h.present, h.typ, h.known = true, buf[0], knownFrontendType(buf[0])
+	if len(buf) < pgwire.HeaderLen {
+		return h
+	}
+	h.whole = true
+	_, h.bodyLen = pgwire.ParseHeader(buf)
+	h.lenErr = checkLength(h.typ, h.bodyLen, maxMessageSize)
+	return h
+}
+
+// endsSession reports whether checkHead refuses the message for good (an
+// unknown type; a length checkLength refuses, but on a Terminate, which
+// ends the session its own way): nothing after it is ever read.
+func (h msgHead) endsSession() bool {
+	return h.present && (!h.known || h.whole && h.typ != pgwire.MsgTerminate && h.lenErr != nil)
+}
+
 // checkHead looks at the client message at the head of in, the client's
 // buffer, before anything is done for it: more says its header is not all
 // here (in.Want asks for it); err is the client's Terminate
@@ -72,41 +109,22 @@ func (s *clientStream) protocolViolation(lg *slog.Logger, pe *pgError) error {
 // PostgreSQL does), or a length checkLength refuses (s.protocolViolation,
 // which poisons the client). Whatever the client sent before it has been
 // answered by now where it could be (build stops in front of such a
-// message, badHead), as PostgreSQL answers each message before it reads
-// the next.
+// message, msgHead.endsSession), as PostgreSQL answers each message before
+// it reads the next.
 func checkHead(in *pgwire.ReadBuffer, s *clientStream, maxMessageSize int, lg *slog.Logger) (more bool, err error) {
-	if in.Pending() > 0 && !knownFrontendType(in.Buf[in.Start]) {
-		return false, unknownMessage(lg, in.Buf[in.Start])
-	}
-	if in.Pending() < pgwire.HeaderLen {
+	h := judgeHead(in.Buf[in.Start:in.End], maxMessageSize)
+	switch {
+	case h.present && !h.known:
+		return false, unknownMessage(lg, h.typ)
+	case !h.whole:
 		in.Want = pgwire.HeaderLen
 		return true, nil
-	}
-	if in.Buf[in.Start] == pgwire.MsgTerminate {
+	case h.typ == pgwire.MsgTerminate:
 		return false, errClientTerminated
-	}
-	typ, bodyLen := pgwire.ParseHeader(in.Buf[in.Start:])
-	if pe := checkLength(typ, bodyLen, maxMessageSize); pe != nil {
-		return false, s.protocolViolation(lg, pe)
+	case h.lenErr != nil:
+		return false, s.protocolViolation(lg, h.lenErr)
 	}
 	return false, nil
-}
-
-// badHead reports whether buf, a client's pending bytes, starts with a
-// message checkHead refuses (an unknown type, a length checkLength
-// refuses), which ends the session: nothing after it is ever read.
-func badHead(buf []byte, maxMessageSize int) bool {
-	if len(buf) == 0 {
-		return false
-	}
-	if !knownFrontendType(buf[0]) {
-		return true
-	}
-	if len(buf) < pgwire.HeaderLen || buf[0] == pgwire.MsgTerminate {
-		return false
-	}
-	typ, bodyLen := pgwire.ParseHeader(buf)
-	return checkLength(typ, bodyLen, maxMessageSize) != nil
 }
 
 // passOn moves, of the remaining bytes of a message being streamed, those

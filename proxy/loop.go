@@ -511,7 +511,12 @@ func (p *parker) loopEnqueue(c *clientConn) {
 	q := p.queues[c.db.Pool]
 	if q == nil {
 		q = &loopQueue{}
-		p.queues[c.db.Pool] = q
+		pl := c.db.Pool
+		p.queues[pl] = q
+		// A goroutine's Acquire counts this queue against max_waiters,
+		// as the loop counts the pool's (enqueueOrRefuse): it asks the
+		// queue itself, so no count can drift from it.
+		pl.CountWaitingElsewhere(func() int { return p.queueLen(pl) })
 	}
 	q.list = append(q.list, c)
 	p.queued.Add(1)
@@ -547,8 +552,9 @@ func (q *loopQueue) removeAtLocked(i int) {
 	q.list = q.list[:len(q.list)-1]
 }
 
-// queueLen is how many requests wait in the loop's queue for pl. Loop
-// thread.
+// queueLen is how many requests wait in the loop's queue for pl. The loop
+// thread, and pl's Acquire on any goroutine (CountWaitingElsewhere): it
+// takes p.mu, which no caller into the pool holds.
 func (p *parker) queueLen(pl *pool.Pool) int {
 	p.mu.Lock()
 	defer p.mu.Unlock()

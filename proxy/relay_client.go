@@ -455,7 +455,8 @@ func (c *clientConn) planRelay(b *backend, outLen int) bool {
 // bytes and then read the replies itself: the whole client buffer was
 // handled (a client with more on the way may be pipelining: it is read
 // while a backend reader answers; a Terminate, or a message that ends the
-// session (badHead), waiting its turn is fine: nothing after it is read),
+// session (pendingEndsSession), waiting its turn is fine: nothing after
+// it is read),
 // no message is half sent, every request is closed by a Sync or is a
 // Query (or a probe ends in Flush), nothing waits for a state check, and
 // the write is small enough (inlineWriteMax). Under c.mu.
@@ -463,8 +464,14 @@ func (c *clientConn) inlineableLocked(outLen int) bool {
 	pending := c.in.Buf[c.in.Start:c.in.End]
 	return c.policy.releaseAtTransactionEnd && outLen <= inlineWriteMax && c.stream.passRemaining == 0 &&
 		(len(pending) == 0 || c.stmts.probe != nil || len(pending) == pgwire.HeaderLen && pending[0] == pgwire.MsgTerminate ||
-			badHead(pending, c.srv.cfg.MaxMessageSize)) &&
+			c.pendingEndsSession()) &&
 		(!c.inBatch || c.stmts.probe != nil) && c.state.checkWait == nil && !c.reader.copyIn
+}
+
+// pendingEndsSession reports whether the client's buffer starts with a
+// message that ends the session (msgHead.endsSession).
+func (c *clientConn) pendingEndsSession() bool {
+	return judgeHead(c.in.Buf[c.in.Start:c.in.End], c.srv.cfg.MaxMessageSize).endsSession()
 }
 
 // unpin ends the client reader's use of b (see build). It wakes the server
@@ -549,7 +556,8 @@ const (
 // it need not read, and builds a whole one (buildMessageLocked). err is
 // the client's malformed or unknown message. Under c.mu (build).
 func (c *clientConn) buildNextLocked(b *backend, out []byte, tx bool) (_ []byte, step buildStep, err error) {
-	if c.q.len() > 0 && badHead(c.in.Buf[c.in.Start:c.in.End], c.srv.cfg.MaxMessageSize) {
+	h := judgeHead(c.in.Buf[c.in.Start:c.in.End], c.srv.cfg.MaxMessageSize)
+	if c.q.len() > 0 && h.endsSession() {
 		// A message that ends the session (checkHead refuses it) behind
 		// requests: PostgreSQL answers those first, then ends the
 		// session over it. Left where it is: what went before goes out,
@@ -558,16 +566,16 @@ func (c *clientConn) buildNextLocked(b *backend, out []byte, tx bool) (_ []byte,
 		c.in.Want = 0
 		return out, buildDone, nil
 	}
-	avail := c.in.End - c.in.Start
-	if avail < pgwire.HeaderLen {
+	if !h.whole {
 		c.in.Want = pgwire.HeaderLen
 		return out, buildDone, nil
 	}
-	typ, bodyLen := pgwire.ParseHeader(c.in.Buf[c.in.Start:])
-	if pe := checkLength(typ, bodyLen, c.srv.cfg.MaxMessageSize); pe != nil {
-		return out, buildHeld, c.stream.protocolViolation(c.log, pe)
+	avail := c.in.End - c.in.Start
+	typ, bodyLen := h.typ, h.bodyLen
+	if h.lenErr != nil {
+		return out, buildHeld, c.stream.protocolViolation(c.log, h.lenErr)
 	}
-	if !knownFrontendType(typ) {
+	if !h.known {
 		// Not forwarded: the server would end the session over it.
 		// What went out before it is written; the backend is kept
 		// only if its state is known (see finish).
@@ -887,13 +895,14 @@ func (c *clientConn) onQuery(b *backend, out, msg, body []byte, tx bool) []byte 
 	paramsDirty := c.state.paramsDirty
 	c.replay.noReplayForLocked(q)
 	h := c.inspect(q, tx)
-	// A simple Query drops the session's unnamed statement.
-	c.stmts.dropUnnamed(b)
+	// A simple Query drops the session's unnamed statement (the refusal
+	// that goes in its place too).
+	gen := c.stmts.dropUnnamed(b)
 	if h != hazardNone {
-		c.q.push(request{kind: reqQuery})
+		c.q.push(request{kind: reqQuery, gen: gen})
 		return pgwire.AppendQuery(out, rejectQuerySQL(c.srv.cfg.rejectError(h)))
 	}
-	r := request{kind: reqQuery}
+	r := request{kind: reqQuery, gen: gen}
 	if needsClassify(q) {
 		if ch, ok := parseSetStatement(q); ok {
 			r.sets = []paramChange{ch}
@@ -962,21 +971,21 @@ func (c *clientConn) discardRequest() error {
 			}
 			continue
 		}
-		avail := c.in.End - c.in.Start
-		if avail < pgwire.HeaderLen {
+		h := judgeHead(c.in.Buf[c.in.Start:c.in.End], c.srv.cfg.MaxMessageSize)
+		if !h.whole {
 			c.in.Want = pgwire.HeaderLen
 			return nil
 		}
-		typ, bodyLen := pgwire.ParseHeader(c.in.Buf[c.in.Start:])
-		if pe := checkLength(typ, bodyLen, c.srv.cfg.MaxMessageSize); pe != nil {
-			return c.stream.protocolViolation(c.log, pe)
+		if h.lenErr != nil {
+			return c.stream.protocolViolation(c.log, h.lenErr)
 		}
-		if typ == pgwire.MsgTerminate {
+		if h.typ == pgwire.MsgTerminate {
 			return errClientTerminated
 		}
-		if !knownFrontendType(typ) {
-			return unknownMessage(c.log, typ)
+		if !h.known {
+			return unknownMessage(c.log, h.typ)
 		}
+		avail, typ, bodyLen := c.in.End-c.in.Start, h.typ, h.bodyLen
 		total := pgwire.HeaderLen + bodyLen
 		if avail < total {
 			c.stream.passRemaining = total - avail

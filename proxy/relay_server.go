@@ -793,6 +793,7 @@ func (c *clientConn) routeOneLocked(b *backend, typ byte, msg []byte) (swallow b
 		if r.kind == reqParse {
 			parseCompleted(c.srv.stmts, b, &r)
 		}
+		c.stmts.answered(&r)
 		return r.swallow, nil
 
 	case pgwire.MsgParamDescription:
@@ -812,7 +813,9 @@ func (c *clientConn) routeOneLocked(b *backend, typ byte, msg []byte) (swallow b
 
 	case pgwire.MsgCommandComplete, pgwire.MsgEmptyQuery, pgwire.MsgPortalSuspended:
 		if typ == pgwire.MsgCommandComplete && c.policy.rewriteStatements && droppedStatements(msg[pgwire.HeaderLen:]) {
-			c.stmts.dropped = true
+			// Now, while the head is the request that dropped them: what
+			// is queued behind it was prepared after (deallocated).
+			c.stmts.deallocated(b, &c.q)
 		}
 		if head != nil && head.kind == reqExecute {
 			r := c.q.pop()
@@ -832,10 +835,7 @@ func (c *clientConn) readyForQueryLocked(b *backend, msg []byte) (swallow bool, 
 		return false, err
 	}
 	c.txStatus = msg[pgwire.HeaderLen]
-	if c.stmts.dropped {
-		c.stmts.dropped = false
-		c.stmts.deallocated(b)
-	}
+	c.stmts.answered(&r)
 	b.queries++
 	c.timeouts.responses++
 	c.timeouts.queryTimedOut = false

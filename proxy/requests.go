@@ -62,8 +62,9 @@ type request struct {
 	failed   bool // an ErrorResponse arrived within this Query
 	// syncTo is the backend's parameter set once the proxy's own SETs succeed.
 	syncTo map[string]paramValue
-	// gen is the client's unnamed Parse a request about the unnamed
-	// statement belongs to (see clientStatements.unnamedGen).
+	// gen is the client's unnamed-statement event a request about the
+	// unnamed statement belongs to, or that it is: its Parse or Close, or
+	// a simple Query, which drops it (see clientStatements.unnamedGen).
 	gen uint64
 	// learn marks the proxy's Describe right after a statement's first
 	// Parse: its answer is recorded as the statement's description.
@@ -155,6 +156,34 @@ func (q *requestQueue) pop() request {
 // maxKeptRequests is the largest ring an empty queue keeps (160 bytes an
 // entry); pipelines deeper than this reallocate it.
 const maxKeptRequests = 256
+
+// at returns the i-th request from the head (0 is the head), i < q.len().
+// The pointer is valid until the next push or pop.
+func (q *requestQueue) at(i int) *request {
+	return &q.buf[(q.head+i)%len(q.buf)]
+}
+
+// parsesLater reports whether a Parse behind the head, sent in Sync
+// segment seg, claims the backend's copy name (request.prepared).
+func (q *requestQueue) parsesLater(name string, seg int64) bool {
+	for i := 1; i < q.size; i++ {
+		if r := q.at(i); r.kind == reqParse && r.prepared && r.seg == seg && r.stmt != nil && r.stmt.name == name {
+			return true
+		}
+	}
+	return false
+}
+
+// parsesLaterAs reports whether a client's Parse behind the head prepares
+// st under the client's name.
+func (q *requestQueue) parsesLaterAs(name string, st *statement) bool {
+	for i := 1; i < q.size; i++ {
+		if r := q.at(i); r.kind == reqParse && r.stmt == st && r.clientName == name {
+			return true
+		}
+	}
+	return false
+}
 
 // lastIsSynthetic reports whether the newest entry is answered by the proxy,
 // i.e. nothing the backend will send comes after it to carry it out.
@@ -313,7 +342,7 @@ func (q *requestQueue) fail(stmts *clientStatements, b *backend, errBody []byte)
 // in the client's params (clientParams.trackParamChange: a RESET goes
 // back to the startup packet's value). (The statements a DEALLOCATE ALL or
 // DISCARD ALL dropped are followed from the server's CommandComplete:
-// clientStatements.dropped.)
+// clientStatements.deallocated.)
 func (r *request) applySucceeded(b *backend, params *clientParams) {
 	if r.syncTo != nil {
 		b.params.replace(r.syncTo)

@@ -28,16 +28,27 @@ import (
 // at it: its address names the client.
 type clientStatements struct {
 	byName map[string]*statement // client statement name -> statement
-	// unnamed is the client's unnamed statement when hasUnnamed (a Query
-	// or a failed Parse drops it). Its storage is reused for each unnamed
-	// Parse, which unnamedGen numbers.
+	// The unnamed statement. PostgreSQL replaces it at an unnamed Parse,
+	// and drops it at one that fails, at a simple Query and at a Close of
+	// it; a message the server skips (after an error, up to the Sync)
+	// changes nothing. Each such message the client sends is an event,
+	// numbered from lastGen. unnamed is the client's unnamed statement
+	// when hasUnnamed, as the events sent leave it if the server acts on
+	// them all, and unnamedGen the event that made it so; settled (nil:
+	// none) and settledGen are what the events the server answered left.
+	// When the server skips the newest event, the events answered are all
+	// there is: the client's unnamed statement is the settled one again
+	// (unsent).
 	unnamed    *statement
 	unnamedGen uint64
 	hasUnnamed bool
-	// dropped is set when the server reported a DEALLOCATE ALL or DISCARD
-	// ALL (droppedStatements) since the last ReadyForQuery, which then
-	// clears the client's statements and the backend's set (deallocated).
-	dropped bool
+	lastGen    uint64
+	settled    *statement
+	settledGen uint64
+	// spare is a statement no request refers to any more (the settled one
+	// before the last), whose storage the next unnamed Parse takes: two
+	// statements serve a client's unnamed Parses in turn.
+	spare *statement
 	// probe is closed when the proxy's Describe of a statement it prepared
 	// on this backend has been answered (nil when none is in flight).
 	probe chan struct{}
@@ -49,16 +60,76 @@ func (s *clientStatements) named(name []byte) *statement {
 }
 
 // parseUnnamed makes rest (a Parse body without its name) the client's
-// unnamed statement, in the storage of the one it replaces, and returns
-// it with its generation.
+// unnamed statement, in the spare storage when there is one, and returns
+// it with its event's generation. The one it replaces is kept: the
+// settled statement, or one whose Parse is in flight and may become it.
 func (s *clientStatements) parseUnnamed(rest []byte) (*statement, uint64) {
-	if s.unnamed == nil {
-		s.unnamed = &statement{}
+	st := s.spare
+	s.spare = nil
+	if st == nil || st == s.settled || st == s.unnamed {
+		st = &statement{}
 	}
-	s.unnamed.reset(rest)
-	s.unnamedGen++
-	s.hasUnnamed = true
-	return s.unnamed, s.unnamedGen
+	st.reset(rest)
+	s.lastGen++
+	s.unnamed, s.unnamedGen, s.hasUnnamed = st, s.lastGen, true
+	return st, s.lastGen
+}
+
+// settle records that the server acted on the unnamed-statement event gen
+// (unnamedEvent), which left st as the unnamed statement (nil: none).
+func (s *clientStatements) settle(st *statement, gen uint64) {
+	if old := s.settled; old != nil && old != st && old != s.unnamed {
+		// Every request that named old went out before event gen, and
+		// was answered before it.
+		s.spare = old
+	}
+	s.settled, s.settledGen = st, gen
+}
+
+// unsent records that the server did not act on the unnamed-statement
+// event r (it skipped it after an error, or r was abandoned with its
+// backend): unless a later event was sent, the client's unnamed statement
+// is what the events answered left (settled).
+func (s *clientStatements) unsent(r *request) {
+	if s.unnamedGen != r.gen {
+		return // a later event decides
+	}
+	if s.settled != nil {
+		s.unnamed, s.unnamedGen, s.hasUnnamed = s.settled, s.settledGen, true
+	} else {
+		s.hasUnnamed = false
+	}
+}
+
+// unnamedEvent reports whether r is the client's message that replaces or
+// drops the unnamed statement: its Parse (not the proxy's own, which
+// parses the client's statement again where the backend may lack it:
+// useUnnamed), its Close, a simple Query (request.gen is the event's).
+func unnamedEvent(r *request) bool {
+	switch r.kind {
+	case reqParse:
+		return r.stmt != nil && r.stmt.name == "" && !r.swallow
+	case reqClose, reqQuery:
+		return r.gen != 0
+	}
+	return false
+}
+
+// answered records the server's answer to r (not an error) when r is an
+// unnamed-statement event: an unnamed Parse's ParseComplete, an unnamed
+// Close's CloseComplete, a simple Query's ReadyForQuery (failed or not:
+// PostgreSQL drops the unnamed statement before it runs the query). The
+// proxy's own Parse of the client's statement changes nothing the client
+// did: its answer settles nothing (the client's Parse of that statement,
+// answered before it or still in flight, does).
+func (s *clientStatements) answered(r *request) {
+	switch {
+	case !unnamedEvent(r):
+	case r.kind == reqParse:
+		s.settle(r.stmt, r.gen)
+	default:
+		s.settle(nil, r.gen)
+	}
 }
 
 // endProbe lets the client reader go on after a probe was answered.
@@ -432,12 +503,32 @@ func (p *preparedSet) remove(name string) {
 	}
 }
 
-// clear forgets everything (DEALLOCATE ALL / DISCARD ALL ran on the backend).
+// clear forgets everything: DISCARD ALL ran on the backend with nothing in
+// flight (resetToDefaults, after its client left).
 func (p *preparedSet) clear() {
 	p.order.Init()
 	clear(p.items)
 	clear(p.shapes)
 	p.toClose = p.toClose[:0]
+}
+
+// dropAllBut forgets every statement (DEALLOCATE ALL or DISCARD ALL ran
+// on the backend) but those a Parse sent after it claims (q.parsesLater):
+// the server prepares them after it dropped the others.
+func (p *preparedSet) dropAllBut(q *requestQueue) {
+	for name, e := range p.items {
+		if e.pending < 0 || !q.parsesLater(name, e.pending) {
+			p.remove(name)
+		}
+	}
+	kept := p.toClose[:0]
+	for _, e := range p.toClose {
+		if e.pending >= 0 && q.parsesLater(e.name, e.pending) {
+			kept = append(kept, e) // evicted by a later Parse: still to be closed
+		}
+	}
+	clear(p.toClose[len(kept):])
+	p.toClose = kept
 }
 
 func (p *preparedSet) len() int { return p.order.Len() }
@@ -490,7 +581,7 @@ func appendDescribeStatement(dst []byte, name string) []byte {
 func (s *clientStatements) parse(q *requestQueue, reg *statementRegistry, b *backend, out, msg, name, rest []byte) []byte {
 	if len(name) == 0 {
 		st, gen := s.parseUnnamed(rest)
-		b.unnamedOwner, b.unnamedGen = s, gen
+		b.unnamedOwner, b.unnamedGen, b.unnamedSeg = s, gen, q.seg
 		q.push(request{kind: reqParse, stmt: st, gen: gen})
 		return append(out, msg...)
 	}
@@ -627,26 +718,33 @@ func closeUncertain(q *requestQueue, out []byte, e *preparedEntry) []byte {
 
 // useUnnamed makes b's unnamed statement the client's own before a Bind or
 // Describe of it: parsed again (reply swallowed) unless the proxy parsed it
-// there for this client during this hold. A client without one gets
-// PostgreSQL's 26000, never whatever b's unnamed statement is.
+// there for this client during this hold, in this Sync segment or in an
+// earlier one the server has answered it for. A client without one gets
+// PostgreSQL's 26000, never whatever b's unnamed statement is. (A Parse
+// still unanswered in an earlier segment may be skipped, an error before
+// it in its segment: b's unnamed statement would then be the one before,
+// maybe another client's. Directly the statement before it would run;
+// the proxy, which cannot know yet, runs the client's latest.)
 func (s *clientStatements) useUnnamed(q *requestQueue, b *backend, out []byte) ([]byte, bool) {
 	st := s.unnamed
 	if !s.hasUnnamed {
 		return q.poison(out, newError(pgwire.CodeInvalidSQLStatementName, "unnamed prepared statement does not exist",
 			"send a Parse for the unnamed statement before using it (a simple Query drops it)")), false
 	}
-	if b.unnamedOwner != s || b.unnamedGen != s.unnamedGen {
+	if b.unnamedOwner != s || b.unnamedGen != s.unnamedGen || b.unnamedSeg != q.seg && s.settledGen != s.unnamedGen {
 		q.push(request{kind: reqParse, swallow: true, stmt: st, gen: s.unnamedGen})
 		out = st.appendParse(out)
-		b.unnamedOwner, b.unnamedGen = s, s.unnamedGen
+		b.unnamedOwner, b.unnamedGen, b.unnamedSeg = s, s.unnamedGen, q.seg
 	}
 	return out, true
 }
 
 // dropUnnamed forgets the client's unnamed statement (a simple Query, or a
-// Close of it, drops it), on b too.
-func (s *clientStatements) dropUnnamed(b *backend) {
-	s.hasUnnamed, b.unnamedOwner = false, nil
+// Close of it, drops it), on b too, and returns the event's generation.
+func (s *clientStatements) dropUnnamed(b *backend) uint64 {
+	s.lastGen++
+	s.unnamedGen, s.hasUnnamed, b.unnamedOwner = s.lastGen, false, nil
+	return s.lastGen
 }
 
 // bind handles a client's Bind (msg, body its body) in transaction mode:
@@ -716,8 +814,8 @@ func (s *clientStatements) describe(q *requestQueue, b *backend, out, msg, body 
 func (s *clientStatements) close(q *requestQueue, b *backend, out, msg, body []byte) []byte {
 	if len(body) > 1 && body[0] == 'S' {
 		if name, _, ok := pgwire.CString(body[1:]); ok && len(name) == 0 {
-			r := request{kind: reqClose, closes: s.hasUnnamed, gen: s.unnamedGen}
-			s.dropUnnamed(b)
+			r := request{kind: reqClose, closes: s.hasUnnamed}
+			r.gen = s.dropUnnamed(b)
 			q.push(r)
 			return append(out, msg...)
 		} else if ok {
@@ -749,17 +847,10 @@ func (s *clientStatements) close(q *requestQueue, b *backend, out, msg, body []b
 // backend's copy, which r was to close, may or may not exist (the Parse
 // that made it may be what failed): it is recorded as uncertain, so the
 // next request that needs it closes it and parses it again
-// (closeUncertain). An unnamed statement is taken back unless a later
-// Parse replaced it; the backend then no longer counts as having it, so
-// its next use parses it again (useUnnamed).
+// (closeUncertain). (A Close of the unnamed statement is an event the
+// caller undoes: unsent.)
 func (s *clientStatements) undoClose(b *backend, r *request) {
-	if !r.closes {
-		return
-	}
-	if r.clientName == "" {
-		if s.unnamedGen == r.gen {
-			s.hasUnnamed = true
-		}
+	if !r.closes || r.clientName == "" {
 		return
 	}
 	if _, taken := s.byName[r.clientName]; !taken {
@@ -771,8 +862,12 @@ func (s *clientStatements) undoClose(b *backend, r *request) {
 }
 
 // undo undoes the bookkeeping of request r, which failed, was skipped
-// after an error, or was abandoned with its backend.
+// after an error, or was abandoned with its backend. (A failed Parse of
+// the unnamed statement was answered first: failed.)
 func (s *clientStatements) undo(b *backend, r *request) {
+	if unnamedEvent(r) {
+		s.unsent(r)
+	}
 	if r.closes {
 		s.undoClose(b, r)
 		return
@@ -881,14 +976,11 @@ func (s *clientStatements) undoParse(b *backend, r *request) {
 		return
 	}
 	if r.stmt.name == "" {
-		if r.kind == reqParse {
-			// A failed Parse of the unnamed statement leaves none.
-			if b.unnamedOwner == s && b.unnamedGen == r.gen {
-				b.unnamedOwner = nil
-			}
-			if !r.swallow && s.unnamedGen == r.gen {
-				s.hasUnnamed = false
-			}
+		if r.kind == reqParse && b.unnamedOwner == s && b.unnamedGen == r.gen {
+			// b's unnamed statement is not this one: none after a
+			// failed Parse, the one before after a skipped Parse, which
+			// may be another client's.
+			b.unnamedOwner = nil
 		}
 		return
 	}
@@ -1016,6 +1108,11 @@ func (s *clientStatements) resultDescribed(b *backend, r *request, msg []byte) (
 // server skipped. A copy the server says changed under it (0A000: its
 // result type changed; XX000: a type it uses is gone) is shared no more.
 func (s *clientStatements) failed(b *backend, r *request, errBody []byte) {
+	if errBody != nil && r.kind == reqParse && unnamedEvent(r) {
+		// The client's Parse of the unnamed statement failed: the server
+		// dropped the statement before, and there is none.
+		s.settle(nil, r.gen)
+	}
 	s.undo(b, r)
 	if r.probe {
 		s.endProbe()
@@ -1077,8 +1174,24 @@ func droppedStatements(tag []byte) bool {
 	return string(tag) == "DEALLOCATE ALL" || string(tag) == "DISCARD ALL"
 }
 
-// deallocated records that DEALLOCATE ALL or DISCARD ALL ran on b.
-func (s *clientStatements) deallocated(b *backend) {
-	b.prepared.clear()
-	clear(s.byName)
+// deallocated records that DEALLOCATE ALL or DISCARD ALL, the request at
+// the head of q, ran on b: the server dropped every statement prepared
+// before it in the stream. The requests behind the head went out after it
+// (pipelined before its reply came back): the statements their Parses
+// prepare are made after the drop, so the client's names for them and b's
+// copies stay. A Close or DEALLOCATE behind it of a statement it dropped
+// takes nothing back if the server fails or skips it (request.closes):
+// the statement is gone either way.
+func (s *clientStatements) deallocated(b *backend, q *requestQueue) {
+	for name, st := range s.byName {
+		if !q.parsesLaterAs(name, st) {
+			delete(s.byName, name)
+		}
+	}
+	b.prepared.dropAllBut(q)
+	for i := 1; i < q.len(); i++ {
+		if r := q.at(i); r.closes && r.clientName != "" && !q.parsesLaterAs(r.clientName, r.stmt) {
+			r.closes = false
+		}
+	}
 }

@@ -683,3 +683,130 @@ func TestAttackProtocolSkippedCloseThenReprepare(t *testing.T) {
 		c.conn.Close()
 	}
 }
+
+// TestAttackProtocolDiffDeallocateAllPipelined: DEALLOCATE ALL or DISCARD
+// ALL drops the statements prepared before it in the stream, never those
+// a client prepares behind it in the same write, before its reply came
+// back: directly a Parse pipelined behind a DEALLOCATE ALL makes a
+// statement the next Bind runs. A Close behind it that the server skips
+// (an error earlier in its batch) must not bring a dropped statement back
+// either. (The names parsed behind it are free before it: the proxy
+// refuses a Parse of a name in use with 42P05 when it sends it, before it
+// knows whether the DEALLOCATE ALL ahead succeeds.)
+func TestAttackProtocolDiffDeallocateAllPipelined(t *testing.T) {
+	apCheck(t,
+		apScript{name: "Parse pipelined behind DEALLOCATE ALL and DISCARD ALL", steps: []apStep{
+			apMsgs(apParse("s1", "SELECT 's1'::text"), apSync),
+			apMsgs(apQuery("DEALLOCATE ALL"), apParse("s2", "SELECT 's2'::text"), apSync),
+			apMsgs(apBind("", "s2"), apExec("", 0), apSync),
+			apMsgs(apBind("", "s1"), apExec("", 0), apSync),
+			apMsgs(apParse("", "DEALLOCATE ALL"), apBind("", ""), apExec("", 0),
+				apParse("s3", "SELECT 's3'::text"), apBind("", "s3"), apExec("", 0), apSync),
+			apMsgs(apBind("", "s3"), apExec("", 0), apSync),
+			apMsgs(apBind("", "s2"), apExec("", 0), apSync),
+			apMsgs(apQuery("DISCARD ALL"), apParse("s4", "SELECT 's4'::text"), apSync),
+			apMsgs(apBind("", "s4"), apExec("", 0), apSync),
+			apMsgs(apBind("", "s3"), apExec("", 0), apSync),
+			apMsgs(apQuery("SELECT 1; DEALLOCATE ALL"), apParse("s5", "SELECT 's5'::text"), apBind("", "s5"), apExec("", 0), apSync,
+				apParse("s6", "SELECT 's6'::text"), apSync),
+			apMsgs(apBind("", "s5"), apExec("", 0), apSync),
+			apMsgs(apBind("", "s6"), apExec("", 0), apSync),
+			apMsgs(apBind("", "s4"), apExec("", 0), apSync),
+			// A skipped Close of a statement the DEALLOCATE ALL dropped.
+			apMsgs(apQuery("DEALLOCATE ALL"), apParse("", "SELEC 1"), apClose('S', "s5"), apSync),
+			apMsgs(apBind("", "s5"), apExec("", 0), apSync),
+			apMsgs(apBind("", "s6"), apExec("", 0), apSync),
+			// Parsed, closed and parsed again behind it.
+			apMsgs(apQuery("DEALLOCATE ALL"), apParse("s7", "SELECT 's7 a'::text"), apClose('S', "s7"),
+				apParse("s7", "SELECT 's7 b'::text"), apSync),
+			apMsgs(apBind("", "s7"), apExec("", 0), apSync),
+		}},
+	)
+}
+
+// TestAttackProtocolDiffSkippedUnnamedParse: a Parse of the unnamed
+// statement that the server skips (an error earlier in its batch) changes
+// nothing: directly the unnamed statement is still the one parsed before
+// it, and the next Bind or Describe of it runs or describes that one. A
+// Parse that fails leaves none; one that succeeds before a later error in
+// its batch stays. A simple Query the server skips does not drop it
+// either. (Not here: a Bind of the unnamed statement pipelined
+// in a later batch of the same write as the skipped Parse; the proxy
+// builds it before it knows the Parse is skipped.)
+func TestAttackProtocolDiffSkippedUnnamedParse(t *testing.T) {
+	apCheck(t,
+		apScript{name: "a skipped Parse of the unnamed statement", steps: []apStep{
+			apMsgs(apParse("", "SELECT 'first'::text, $1::int", 23), apSync),
+			apMsgs(apBind("", "nope"), apExec("", 0), apParse("", "SELECT 'second'::text"), apSync),
+			apMsgs(apBind("", "", "1"), apExec("", 0), apSync),
+			apMsgs(apDescribe('S', ""), apSync),
+			apMsgs(apBind("", "", "2"), apExec("", 0), apSync),
+			// Several skipped behind one that ran.
+			apMsgs(apParse("", "SELECT 'x'::text"), apSync, apParse("", "SELECT 'y'::text"), apBind("", "nope"),
+				apParse("", "SELECT 'z'::text"), apParse("", "SELECT 'w'::text"), apSync),
+			apMsgs(apBind("", ""), apExec("", 0), apSync),
+			// The error is the unnamed statement's own Execute.
+			apMsgs(apParse("", "SELECT 1/0"), apBind("", ""), apExec("", 0), apParse("", "SELECT 'skipped'::text"), apSync),
+			apMsgs(apBind("", ""), apExec("", 0), apSync),
+			// A Parse that fails leaves none.
+			apMsgs(apParse("", "SELECT 'kept'::text"), apSync),
+			apMsgs(apParse("", "SELEC 1"), apParse("", "SELECT 'skipped'::text"), apSync),
+			apMsgs(apBind("", ""), apExec("", 0), apSync),
+			// Skipped, then parsed in the next batch of the same write.
+			apMsgs(apBind("", "nope"), apParse("", "SELECT 'skipped'::text"), apSync, apParse("", "SELECT 'next'::text"), apSync),
+			apMsgs(apBind("", ""), apExec("", 0), apSync),
+			// A simple Query drops the unnamed statement, one the server
+			// skips does not.
+			apMsgs(apParse("", "SELECT 'before the Query'::text"), apSync),
+			{ready: 1, msgs: []pgproto3.FrontendMessage{apBind("", "nope"), apQuery("SELECT 'skipped'"), apSync}},
+			apMsgs(apBind("", ""), apExec("", 0), apSync),
+			apMsgs(apBind("", "nope"), apParse("", "SELECT 'skipped'::text"), apSync, apQuery("SELECT 'ran'")),
+			apMsgs(apBind("", ""), apExec("", 0), apSync),
+		}},
+	)
+}
+
+// TestAttackProtocolSkippedUnnamedParseNotAnotherClients: a Parse of the
+// unnamed statement that the server skips (an error earlier in its batch)
+// and, pipelined behind it in the same write, a Bind of the unnamed
+// statement in the next batch. The proxy builds the Bind before it knows
+// the Parse is skipped; on a pool of one backend, whose unnamed statement
+// another client parsed in between, the Bind must never run that
+// client's statement. Directly it runs the statement parsed before the
+// skipped one; through the proxy it may run the skipped one's text (the
+// proxy parses the client's statement again in the Bind's batch), never
+// the other client's.
+func TestAttackProtocolSkippedUnnamedParseNotAnotherClients(t *testing.T) {
+	s := newTLSSetup(t)
+	p := startTLSProxy(t, s, "allow",
+		WithEnv("PGSIDECAR_POOL__MODE", "transaction"),
+		WithEnv("PGSIDECAR_POOL__MAX_SIZE", "1"),
+		WithEnv("PGSIDECAR_POOL__MIN_SIZE", "1"))
+	for _, path := range []struct {
+		name string
+		dial func() *rawClient
+	}{
+		{"direct", func() *rawClient { return dialRaw(t, txDirectURL()) }},
+		{"event loop", func() *rawClient { return dialRaw(t, txProxyURL(p)) }},
+		{"TLS", func() *rawClient { return dialRaw(t, tlsURL(p, map[string]string{"sslmode": "require"})) }},
+	} {
+		main, other := path.dial(), path.dial()
+		main.send(t, apParse("", "SELECT 'main A'::text"), apSync)
+		apRead(main, 1, 0, 0)
+		other.send(t, apParse("", "SELECT 'other client'::text"), apBind("", ""), apExec("", 0), apSync)
+		apRead(other, 1, 0, 0)
+		main.send(t, apBind("", "nope"), apParse("", "SELECT 'main B'::text"), apSync, apBind("", ""), apExec("", 0), apSync)
+		got := apRead(main, 2, 0, 0)
+		ran := ""
+		for _, m := range got {
+			if strings.HasPrefix(m, "DataRow") {
+				ran = m
+			}
+		}
+		if ran != `DataRow "main A"` && (path.name == "direct" || ran != `DataRow "main B"`) {
+			t.Errorf("%s: the Bind behind the skipped Parse ran %q (%q); want main A (directly) or main B, never another client's statement", path.name, ran, got)
+		}
+		main.conn.Close()
+		other.conn.Close()
+	}
+}

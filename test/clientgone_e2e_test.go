@@ -3,6 +3,8 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -71,6 +73,76 @@ func waitingClientLeaves(t *testing.T, hold time.Duration) {
 	}
 	waitFor(t, 10*time.Second, "no client waiting, two left", func() bool {
 		return clientsStat(t, p, "clients_waiting") == 0 && clientsStat(t, p, "clients_total") == 2
+	})
+	lgCleanBackends(ctx, t, p, 1)
+	lgLogLoop(t, p)
+}
+
+// TestWaitingClientHalfCloses: a client that sends an INSERT and at once
+// half-closes its socket (shutdown(SHUT_WR): it will send nothing more,
+// and reads on) while its request waits for the pool's one backend, held
+// by an open transaction. Directly PostgreSQL runs a request followed by
+// the end of the stream: the row is there and the client gets the reply,
+// then the end. Through the proxy too, whether the request waited in the
+// event loop's queue (the holder commits at once) or on a goroutine in
+// the pool's queue (after 300 ms, past the loop's 100 ms). A FIN cannot
+// be told from a close; only a reset says the client is gone
+// (TestWaitingClientLeaves).
+func TestWaitingClientHalfCloses(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	p := txStartProxy(t, "transaction", 1)
+	admin := txConnect(ctx, t, txDirectURL(), nil)
+	txMustExec(ctx, t, admin, "DROP TABLE IF EXISTS halfclose_waiters; CREATE TABLE halfclose_waiters(i int)")
+	rows := func() string {
+		res, err := admin.Exec(ctx, "SELECT coalesce(string_agg(i::text, ',' ORDER BY i), '') FROM halfclose_waiters").ReadAll()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(res[0].Rows[0][0])
+	}
+	insertThenHalfClose := func(r *rawClient, i int) {
+		r.send(t, &pgproto3.Query{String: fmt.Sprintf("INSERT INTO halfclose_waiters VALUES (%d)", i)})
+		if err := r.conn.(*net.TCPConn).CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	direct := dialRaw(t, txDirectURL())
+	insertThenHalfClose(direct, 0)
+	want, ended := alEndReply(direct, 10*time.Second)
+	if !ended {
+		t.Fatal("PostgreSQL kept the half-closed session open")
+	}
+	if got := rows(); got != "0" {
+		t.Fatalf("directly, rows: %q, want 0", got)
+	}
+
+	holder := dialRaw(t, txProxyURL(p))
+	holder.query(t, "SELECT 1")
+	for i, hold := range []time.Duration{30 * time.Millisecond, 300 * time.Millisecond} {
+		r := dialRaw(t, txProxyURL(p))
+		r.query(t, "SELECT 1") // parked after it: the event loop reads the INSERT
+		r.query(t, "SELECT 1")
+		holder.query(t, "BEGIN")
+		insertThenHalfClose(r, i+1)
+		waitFor(t, 10*time.Second, "the client waiting for the backend", func() bool {
+			return clientsStat(t, p, "clients_waiting") == 1
+		})
+		time.Sleep(hold)
+		holder.query(t, "COMMIT")
+		got, ended := alEndReply(r, 10*time.Second)
+		if !ended {
+			t.Fatalf("held %v: the proxy kept the half-closed client's connection open after %q", hold, got)
+		}
+		lgCompare(t, fmt.Sprintf("held %v", hold), got, want)
+		if got, want := rows(), fmt.Sprintf("0,%d", i+1); !strings.HasPrefix(got, want) {
+			t.Errorf("held %v: rows %q, want %s: the INSERT of the client that half-closed while it waited did not run", hold, got, want)
+		}
+		txMustExec(ctx, t, admin, "DELETE FROM halfclose_waiters WHERE i > 0")
+	}
+	waitFor(t, 10*time.Second, "no client waiting, the holder left", func() bool {
+		return clientsStat(t, p, "clients_waiting") == 0 && clientsStat(t, p, "clients_total") == 1
 	})
 	lgCleanBackends(ctx, t, p, 1)
 	lgLogLoop(t, p)

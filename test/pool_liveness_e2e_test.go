@@ -439,3 +439,54 @@ func TestMaxWaitersRefusesAtTheLoop(t *testing.T) {
 		t.Errorf("the refused client's next statement: %v %v, want 4: its session goes on", res, err)
 	}
 }
+
+// TestMaxWaitersCountsTheLoopQueueForGoroutines: pool.max_waiters bounds
+// the requests waiting for a pool in the event loop's queue and in the
+// pool's own together, whoever the new waiter is. A plain-TCP client's
+// request waits in the loop's queue (its first 100 ms); a TLS client,
+// served by its own goroutine, then asks the pool itself (Acquire): with
+// max_waiters 1 it must be refused at once with 53300, as a second loop
+// request is (TestMaxWaitersRefusesAtTheLoop), and the loop's request,
+// which came first, served once the backend is released. Counted only in
+// the pool's queue, the TLS request waited instead, and the loop's
+// request, handed to a goroutine after its 100 ms, found it there and was
+// refused.
+func TestMaxWaitersCountsTheLoopQueueForGoroutines(t *testing.T) {
+	s := newTLSSetup(t)
+	p := startTLSProxy(t, s, "allow",
+		WithEnv("PGSIDECAR_POOL__MODE", "transaction"),
+		WithEnv("PGSIDECAR_POOL__MAX_SIZE", "1"),
+		WithEnv("PGSIDECAR_POOL__MIN_SIZE", "1"),
+		WithEnv("PGSIDECAR_POOL__MAX_WAITERS", "1"),
+		WithEnv("PGSIDECAR_POOL__ACQUIRE_TIMEOUT", "10s"))
+	holder := dialRaw(t, txProxyURL(p))
+	inLoop := dialRaw(t, txProxyURL(p))
+	overTLS := dialRaw(t, tlsURL(p, map[string]string{"sslmode": "require"}))
+	for _, r := range []*rawClient{holder, inLoop, overTLS} {
+		r.query(t, "SELECT 1") // the plain ones park after it: the loop reads their next request
+	}
+	holder.query(t, "BEGIN")
+	inLoop.send(t, apQuery("SELECT 'waits in the loop'"))
+	waitFor(t, 5*time.Second, "one request waiting", func() bool {
+		return clientsStat(t, p, "clients_waiting") == 1
+	})
+	overTLS.send(t, apQuery("SELECT 'over TLS'"))
+	got := apRead(overTLS, 1, 0, 0) // within 10 s
+	if len(got) > 2 {
+		got = got[len(got)-2:]
+	}
+	refused := len(got) == 2 && strings.Contains(got[0], "53300") && strings.Contains(got[0], "max_waiters 1")
+	if !refused {
+		t.Errorf("the TLS client's request while one waited in the loop's queue: %q, want 53300 naming max_waiters 1 at once", got)
+	}
+	holder.query(t, "COMMIT")
+	if got, err := lgReplies(inLoop, 1, 10*time.Second); err != nil || !strings.Contains(strings.Join(got, " "), "waits in the loop") {
+		t.Errorf("the request allowed to wait: %q %v", got, err)
+	}
+	if !refused {
+		_, _ = lgReplies(overTLS, 1, 10*time.Second) // served late: read its reply before the next
+	}
+	if rows, _ := overTLS.query(t, "SELECT 'after'"); len(rows) != 1 || rows[0][0] != "after" {
+		t.Errorf("the TLS client's next statement: %q: its session goes on", rows)
+	}
+}
