@@ -110,7 +110,7 @@ func TestWaitingClientHalfCloses(t *testing.T) {
 
 	direct := dialRaw(t, txDirectURL())
 	insertThenHalfClose(direct, 0)
-	want, ended := alEndReply(direct, 10*time.Second)
+	want, ended := alReadToEnd(direct, 10*time.Second)
 	if !ended {
 		t.Fatal("PostgreSQL kept the half-closed session open")
 	}
@@ -131,7 +131,7 @@ func TestWaitingClientHalfCloses(t *testing.T) {
 		})
 		time.Sleep(hold)
 		holder.query(t, "COMMIT")
-		got, ended := alEndReply(r, 10*time.Second)
+		got, ended := alReadToEnd(r, 10*time.Second)
 		if !ended {
 			t.Fatalf("held %v: the proxy kept the half-closed client's connection open after %q", hold, got)
 		}
