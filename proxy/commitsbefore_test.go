@@ -1,6 +1,10 @@
 package proxy
 
-import "testing"
+import (
+	"math/rand/v2"
+	"strings"
+	"testing"
+)
 
 // TestCommitsBeforeAnswer: the statements whose request is never kept
 // for a replay (replay.go), because they may commit before they answer.
@@ -30,4 +34,81 @@ func TestCommitsBeforeAnswer(t *testing.T) {
 	if n := testing.AllocsPerRun(100, func() { commitsBeforeAnswer([]byte("CREATE INDEX CONCURRENTLY i ON t(a)")) }); n != 0 {
 		t.Errorf("%v allocations, want 0", n)
 	}
+}
+
+// commitsBeforeAnswerLexed is commitsBeforeAnswer as it was, without its
+// first-letter shortcut: the oracle TestCommitsBeforeAnswerShortcut checks
+// it against.
+func commitsBeforeAnswerLexed(q []byte) bool {
+	l := sqlLexer{q: q}
+	w, k := l.next()
+	if k != tokWord {
+		return false
+	}
+	commits := false
+	for _, s := range [...]string{"do", "call", "vacuum", "cluster", "reindex", "commit", "rollback"} {
+		commits = commits || eqFold(w, s)
+	}
+	named := !commits && (eqFold(w, "create") || eqFold(w, "drop") || eqFold(w, "alter") || eqFold(w, "refresh"))
+	if !commits && !named {
+		return false
+	}
+	// The lexer, not oneStatement: a DO block's body holds semicolons.
+	ended := false
+	for {
+		w, k := l.next()
+		switch k {
+		case tokEOF:
+			return commits
+		case tokSemicolon:
+			ended = true
+			continue
+		}
+		if ended {
+			return false // a second statement: one implicit block
+		}
+		if named && k == tokWord {
+			for _, s := range [...]string{"concurrently", "database", "tablespace", "system", "subscription"} {
+				commits = commits || eqFold(w, s)
+			}
+		}
+	}
+}
+
+// TestCommitsBeforeAnswerShortcut: on queries made of random tokens (the
+// session scan's, plus the words commitsBeforeAnswer looks for and
+// strings' prefixes), the first-letter shortcut answers as lexing the
+// first word does.
+func TestCommitsBeforeAnswerShortcut(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 7))
+	tokens := append([]string{"do", "CALL", "vacuum", "Cluster", "reindex", "commit", "ROLLBACK", "create", "drop",
+		"alter", "refresh", "concurrently", "database", "b'", "X'", "n'", "U&'", "U&\"", "select", "insert", "a", "V"},
+		sessionScanTokens...)
+	var sb strings.Builder
+	for range 50000 {
+		sb.Reset()
+		for n := 1 + r.IntN(6); n > 0; n-- {
+			sb.WriteString(tokens[r.IntN(len(tokens))])
+		}
+		q := []byte(sb.String())
+		if got, want := commitsBeforeAnswer(q), commitsBeforeAnswerLexed(q); got != want {
+			t.Fatalf("commitsBeforeAnswer(%q) = %v, lexing the first word says %v", q, got, want)
+		}
+	}
+}
+
+// BenchmarkCommitsBeforeAnswer: the check on pgbench's SELECT, lexing its
+// first word (lexed) and as it is (the first-letter shortcut).
+func BenchmarkCommitsBeforeAnswer(b *testing.B) {
+	q := sessionScanQueries["pgbench-select"]
+	b.Run("lexed", func(b *testing.B) {
+		for b.Loop() {
+			commitsBeforeAnswerLexed(q)
+		}
+	})
+	b.Run("now", func(b *testing.B) {
+		for b.Loop() {
+			commitsBeforeAnswer(q)
+		}
+	})
 }
