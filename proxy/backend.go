@@ -9,10 +9,10 @@ import (
 	"net"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/pgsidecar/pgsidecar/internal/pgwire"
+	"github.com/pgsidecar/pgsidecar/internal/sockpeek"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
 
@@ -107,10 +107,8 @@ func (s *Server) backendFor(conn pool.Conn) *backend {
 		in:       pgwire.ReadBuffer{Buf: make([]byte, serverReadBufSize)},
 	}
 	b.fd = -1
-	if sc, ok := b.nc.(syscall.Conn); ok {
-		if rc, err := sc.SyscallConn(); err == nil {
-			rc.Control(func(fd uintptr) { b.raw, b.fd = rc, int(fd) })
-		}
+	if rc, err := sockpeek.RawConn(b.nc); err == nil {
+		rc.Control(func(fd uintptr) { b.raw, b.fd = rc, int(fd) })
 	}
 	if b.raw != nil {
 		if b.rtKey = s.park.rt.pollKey(b.nc); b.rtKey != 0 {

@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/pgsidecar/pgsidecar/internal/sockpeek"
 )
 
 // Idle clients hold no read buffer and no request ring.
@@ -168,11 +170,7 @@ func (c *clientConn) setUpIdleReader() {
 	if c.conn != c.sock {
 		return // TLS: see above
 	}
-	sc, ok := c.conn.(syscall.Conn)
-	if !ok {
-		return
-	}
-	raw, err := sc.SyscallConn()
+	raw, err := sockpeek.RawConn(c.conn)
 	if err != nil {
 		return
 	}

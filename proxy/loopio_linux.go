@@ -9,6 +9,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/pgsidecar/pgsidecar/internal/sockpeek"
 )
 
 // The loop thread's socket I/O on Linux: recvfrom(2) and sendto(2)
@@ -55,11 +57,7 @@ func loopSend(fd uintptr, b []byte) (int, error) {
 // Bytes stay there while the peer does not read: its receive window is
 // full. conn must be the socket itself, not a TLS layer over it.
 func unsentBytes(conn net.Conn) int {
-	sc, ok := conn.(syscall.Conn)
-	if !ok {
-		return -1
-	}
-	rc, err := sc.SyscallConn()
+	rc, err := sockpeek.RawConn(conn)
 	if err != nil {
 		return -1
 	}

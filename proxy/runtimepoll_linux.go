@@ -17,6 +17,8 @@ import (
 	"sync"
 	"syscall"
 	"unsafe"
+
+	"github.com/pgsidecar/pgsidecar/internal/sockpeek"
 )
 
 // The event loop's sockets, out of the Go runtime's epoll set.
@@ -96,11 +98,7 @@ func (r *runtimePoll) pollKey(conn net.Conn) uint64 {
 // check finds the runtime's epoll set and how it packs a socket's value,
 // from conn's registration as the kernel reports it.
 func (r *runtimePoll) check(conn net.Conn, desc, seq uintptr) {
-	sc, ok := conn.(syscall.Conn)
-	if !ok {
-		return
-	}
-	rc, err := sc.SyscallConn()
+	rc, err := sockpeek.RawConn(conn)
 	if err != nil {
 		return
 	}

@@ -2,7 +2,9 @@
 // blocking: one recvfrom with MSG_PEEK|MSG_DONTWAIT. The pool peeks at idle
 // backends before it hands them out, and the proxy at clients that waited
 // for a backend and at the bytes behind an SSLRequest; each judges what it
-// finds its own way, from the one Result this package reports.
+// finds its own way, from the one Result this package reports. RawConn,
+// the socket's handle under a net.Conn that Conn peeks through, is also how
+// the proxy reaches its sockets' descriptors.
 package sockpeek
 
 import (
@@ -47,17 +49,30 @@ func Conn(conn net.Conn) Result {
 	if u, ok := conn.(interface{ NetConn() net.Conn }); ok {
 		conn, tlsWrapped = u.NetConn(), true
 	}
-	sc, ok := conn.(syscall.Conn)
-	if !ok {
-		return Result{}
-	}
-	rc, err := sc.SyscallConn()
+	rc, err := RawConn(conn)
 	if err != nil {
 		return Result{}
 	}
 	r := Raw(rc)
 	r.TLS = tlsWrapped
 	return r
+}
+
+// errNoSocket: conn has no socket of its own to reach (a TLS layer, a
+// net.Pipe).
+var errNoSocket = errors.New("sockpeek: the connection has no socket handle (not a syscall.Conn)")
+
+// RawConn is conn's socket handle: conn itself must be the socket (a
+// net.TCPConn, say), not a TLS layer over it. The error says there is
+// none: conn is not a syscall.Conn, or its SyscallConn refused (a nil
+// *net.TCPConn). A closed conn still has one; what is done through it then
+// fails with net.ErrClosed.
+func RawConn(conn net.Conn) (syscall.RawConn, error) {
+	sc, ok := conn.(syscall.Conn)
+	if !ok {
+		return nil, errNoSocket
+	}
+	return sc.SyscallConn()
 }
 
 // Raw is Conn on a socket's RawConn, for a caller that keeps one: Conn
