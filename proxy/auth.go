@@ -193,13 +193,9 @@ func authAskPassword(sm *startupMessage, request pgproto3.BackendMessage, authTy
 	if err := authSend(sm.backend, request, authType); err != nil {
 		return "", err
 	}
-	msg, err := authReceive(sm.backend, "password message")
+	pw, err := authExpect[*pgproto3.PasswordMessage](sm.backend, "password message")
 	if err != nil {
 		return "", err
-	}
-	pw, ok := msg.(*pgproto3.PasswordMessage)
-	if !ok {
-		return "", authUnexpected("password message", msg)
 	}
 	return pw.Password, nil
 }
@@ -215,6 +211,22 @@ func authSend(b *pgproto3.Backend, request pgproto3.BackendMessage, authType uin
 		return fmt.Errorf("send authentication request: %w", err)
 	}
 	return nil
+}
+
+// authExpect reads the client's next message, which must be a T (want
+// names it in errors): anything else is a protocol violation
+// (authUnexpected). Errors are authReceive's.
+func authExpect[T pgproto3.FrontendMessage](b *pgproto3.Backend, want string) (T, error) {
+	var none T
+	msg, err := authReceive(b, want)
+	if err != nil {
+		return none, err
+	}
+	m, ok := msg.(T)
+	if !ok {
+		return none, authUnexpected(want, msg)
+	}
+	return m, nil
 }
 
 // authReceive reads the client's next message. Connection failures come
@@ -313,13 +325,9 @@ func authSCRAMWith(sm *startupMessage, creds scram.StoredCredentials, known bool
 	if err != nil {
 		return false, nil, err
 	}
-	msg, err := authReceive(b, "SASL initial response")
+	first, err := authExpect[*pgproto3.SASLInitialResponse](b, "SASL initial response")
 	if err != nil {
 		return false, nil, err
-	}
-	first, isFirst := msg.(*pgproto3.SASLInitialResponse)
-	if !isFirst {
-		return false, nil, authUnexpected("SASL initial response", msg)
 	}
 	if !slices.Contains(mechanisms, first.AuthMechanism) {
 		hint := "pgsidecar offers SCRAM-SHA-256 only in plain text (channel binding needs TLS: connect with sslmode=require)"
@@ -398,13 +406,9 @@ func authSCRAMWith(sm *startupMessage, creds scram.StoredCredentials, known bool
 	if err != nil {
 		return false, nil, err
 	}
-	msg, err = authReceive(b, "SASL response")
+	final, err := authExpect[*pgproto3.SASLResponse](b, "SASL response")
 	if err != nil {
 		return false, nil, err
-	}
-	final, isFinal := msg.(*pgproto3.SASLResponse)
-	if !isFinal {
-		return false, nil, authUnexpected("SASL response", msg)
 	}
 	if !wellFormedProof(final.Data) {
 		return false, nil, newFatal(pgwire.CodeProtocolViolation, "invalid SCRAM client-final-message: malformed proof", authProtocolHint)
