@@ -369,12 +369,8 @@ func TestAttackLoopClientGoesMidReply(t *testing.T) {
 	// stalls (alStalled): once in about 200 runs under load the whole
 	// 3 MB reply did not come within 10 s, and the logs alone could not
 	// tell where it stopped.
-	port, err := freePort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	pprofAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	p := txStartProxy(t, "transaction", 1, WithArgs("-pprof", pprofAddr))
+	p := txStartProxy(t, "transaction", 1, WithPprof())
+	pprofAddr := p.PprofAddr
 	t.Cleanup(func() { lgLogLoop(t, p) })
 	admin := txConnect(t.Context(), t, txDirectURL(), nil)
 	quick := "SELECT 'al-quick', pg_sleep(0.03)"
