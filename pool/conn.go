@@ -203,6 +203,12 @@ func (c Conn) SetBusy(busy bool) {
 	wasBusy := !b.busySince.IsZero()
 	switch {
 	case !busy:
+		// Only a busy period the holder opened (SetBusy(true)) was a
+		// transaction. The hold's own, from Acquire to the first call, is
+		// not one: a session-mode holder ends it at once (its client is
+		// between transactions), and counting it would add an empty
+		// transaction per hold.
+		wasBusy = wasBusy && wasMode
 		if wasBusy {
 			ended = now.Sub(b.busySince)
 		}

@@ -125,9 +125,10 @@ func (s *Server) serveAdmin(conn net.Conn, sm *startupMessage, lg *slog.Logger, 
 			return
 		}
 		var out []byte
+		var after func()
 		switch m := msg.(type) {
 		case *pgproto3.Query:
-			out = s.consoleQuery(m.String, lg, admin, full)
+			out, after = s.consoleQuery(m.String, lg, admin, full)
 		case *pgproto3.Terminate:
 			return
 		case *pgproto3.Sync:
@@ -148,7 +149,11 @@ func (s *Server) serveAdmin(conn net.Conn, sm *startupMessage, lg *slog.Logger, 
 			return
 		}
 		if len(out) > 0 {
-			if _, err := conn.Write(out); err != nil {
+			_, err := conn.Write(out)
+			if after != nil {
+				after() // once the reply is written, whether it could be or not
+			}
+			if err != nil {
 				return
 			}
 		}
@@ -171,8 +176,10 @@ func (s *Server) consoleServerVersion() string {
 // consoleQuery runs every ';'-separated command of one Query and returns
 // the whole reply, ReadyForQuery included. The first error ends the
 // Query, as in PostgreSQL.
-func (s *Server) consoleQuery(q string, lg *slog.Logger, admin *AdminConfig, full bool) []byte {
-	var out []byte
+//
+// after, when not nil, is what the session must do once the reply is
+// written (SHUTDOWN's drain: see consoleResult.after).
+func (s *Server) consoleQuery(q string, lg *slog.Logger, admin *AdminConfig, full bool) (out []byte, after func()) {
 	ran := false
 	for stmt := range strings.SplitSeq(q, ";") {
 		words := strings.Fields(stmt)
@@ -190,11 +197,14 @@ func (s *Server) consoleQuery(q string, lg *slog.Logger, admin *AdminConfig, ful
 			break
 		}
 		out = res.appendTo(out)
+		if res.after != nil {
+			after = res.after
+		}
 	}
 	if !ran {
 		out = append(out, 'I', 0, 0, 0, 4) // EmptyQueryResponse
 	}
-	return pgwire.AppendReadyForQuery(out, 'I')
+	return pgwire.AppendReadyForQuery(out, 'I'), after
 }
 
 // consoleCommand runs one command.
@@ -257,8 +267,7 @@ func (s *Server) consoleCommand(words []string, lg *slog.Logger, admin *AdminCon
 		if admin.Control == nil {
 			return nil, newError(pgwire.CodeFeatureNotSupported, "SHUTDOWN is not available in this process", "")
 		}
-		admin.Control.Shutdown()
-		return &consoleResult{tag: "SHUTDOWN"}, nil
+		return &consoleResult{tag: "SHUTDOWN", after: admin.Control.Shutdown}, nil
 	}
 }
 
@@ -387,6 +396,13 @@ type consoleResult struct {
 	rows   [][][]byte
 	notice string
 	tag    string
+	// after runs once the session has written the reply. SHUTDOWN's
+	// drain ends every console session (closeAdminsLocked: FATAL 57P01,
+	// close) at once when no client is left: begun before the reply was
+	// written, it raced the session, and the client that asked for the
+	// SHUTDOWN got the FATAL instead of its answer (psql -c SHUTDOWN
+	// exited 2: TestAdminReloadShutdown).
+	after func()
 }
 
 // row appends one row; each value is rendered in PostgreSQL's text format

@@ -403,10 +403,15 @@ func (c *clientConn) takeBackend(conn pool.Conn) *backend {
 	b.queries = 0
 	if c.policy.readerPerHold {
 		// The pool counts a new hold as busy until told otherwise (right
-		// for transaction mode). Say so here, so the first ReadyForQuery 'I'
-		// of the session is a change the backend reader reports: otherwise
-		// a session that never opens a transaction block is timed whole.
-		b.busy, b.busyReported = true, true
+		// for transaction mode). A session's hold starts between
+		// transactions (the backend comes idle from the pool, to a client
+		// at login or between transactions), so tell the pool now: left
+		// busy until the first ReadyForQuery 'I', a client idle after its
+		// login for longer than pool.leak_timeout was reported as a
+		// leaked transaction, and a session that never opens a
+		// transaction block was timed whole.
+		b.busy, b.busyReported = false, false
+		conn.SetBusy(false)
 	}
 
 	c.mu.Lock()

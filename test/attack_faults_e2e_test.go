@@ -6,6 +6,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -153,10 +155,42 @@ func afStop(t *testing.T, pid string) (cont func()) {
 	return cont
 }
 
+// afStartStoppableProxy starts a transaction-mode proxy of maxSize
+// backends whose pool.query_timeout is off until arm sets it to limit (a
+// config file and SIGHUP: the option is live). A test stops its backends
+// first and only then arms the timeout: the sweeper counts a request's time
+// from the first sweep that sees the timeout on, so the cancel can only go
+// to a backend already stopped. With the timeout on from the start, finding
+// the backend's pid and stopping it raced the limit: on a loaded machine it
+// took longer than 1 s, the server answered the cancel with its 57014
+// before the stop, and the client never met a stopped backend.
+func afStartStoppableProxy(t *testing.T, maxSize int) (p *Proxy, arm func(limit time.Duration)) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "pgsidecar.yaml")
+	write := func(limit time.Duration) {
+		t.Helper()
+		if err := os.WriteFile(path, []byte("pool:\n  query_timeout: "+limit.String()+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(0)
+	p = txStartProxy(t, "transaction", maxSize, WithArgs("-config", path))
+	arm = func(limit time.Duration) {
+		t.Helper()
+		write(limit)
+		rlReload(t, p)
+		if lines := rlLogLines(p, `"msg":"reload failed; keeping the running configuration"`); len(lines) > 0 {
+			t.Fatalf("arming query_timeout %v: %s", limit, lines[0])
+		}
+	}
+	return p, arm
+}
+
 // TestStoppedBackendQueryTimeout: the backend running a client's
 // statement is stopped (SIGSTOP: alive, its socket open, silent, as a
-// database host cut off by the network). pool.query_timeout (1s) sends a
-// cancel request, which a stopped process never acts on; the client must
+// database host cut off by the network). pool.query_timeout (1s, armed
+// once the backend is stopped: afStartStoppableProxy) sends a cancel
+// request, which a stopped process never acts on; the client must
 // not wait for the backend past that: it gets an error from the proxy
 // (08006 naming query_timeout, with a hint) within serverOpTimeout (5s)
 // of the cancel, its backend is closed, never handed on (new clients run
@@ -169,18 +203,22 @@ func TestStoppedBackendQueryTimeout(t *testing.T) {
 	const limit = time.Second
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	p := txStartProxy(t, "transaction", 2, WithEnv("PGSIDECAR_POOL__QUERY_TIMEOUT", limit.String()))
+	p, arm := afStartStoppableProxy(t, 2)
 	admin := txConnect(ctx, t, pg.AdminURLDB(txAppDB), nil)
 	c := txConnect(ctx, t, txProxyURL(p), nil)
 	txMustOne(ctx, t, c, "SELECT 1")
 	res := txRunAsync(ctx, c, "SELECT pg_sleep(20) /* af-stopped */")
 	pid := waitActive(ctx, t, admin, "af-stopped", 1, 10*time.Second)[0]
-	stopped := time.Now()
 	cont := afStop(t, pid)
+	arm(limit)
+	stopped := time.Now()
+	// The bound: the sweeper's first look after the reload (up to its
+	// idle interval, 1s, while no timeout was on), the limit, the
+	// serverOpTimeout (5s) the cancel is given, and room for a slow host.
 	var r txQueryResult
 	select {
 	case r = <-res:
-	case <-time.After(limit + 8*time.Second):
+	case <-time.After(limit + 9*time.Second):
 		cont()
 		r = <-res
 		t.Fatalf("the client still waited %v after its backend stopped, query_timeout %v; after SIGCONT: %v (SQLSTATE %s)",
@@ -583,8 +621,9 @@ func TestTerminateMidExchange(t *testing.T) {
 // three clients that read it are stopped (SIGSTOP) mid-stream, so the last
 // bytes the proxy relayed end inside a row (unless the stop came within a
 // row's first 5 bytes or between rows: three clients make that unlikely
-// for all); pool.query_timeout (1s) then closes each client (its cancel
-// goes unanswered, TestStoppedBackendQueryTimeout), as the admin console's
+// for all); pool.query_timeout (1s, armed once all three are stopped: see
+// afStartStoppableProxy) then closes each client (its cancel goes
+// unanswered, TestStoppedBackendQueryTimeout), as the admin console's
 // KILL and the drain deadline close a client. Each client must get whole
 // rows, in order, and then the 08006 or, in the middle of a row, the
 // connection's end: never the error's bytes as the rest of a row.
@@ -592,7 +631,7 @@ func TestStoppedBackendMidRow(t *testing.T) {
 	const clients = 3
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	p := txStartProxy(t, "transaction", clients, WithEnv("PGSIDECAR_POOL__QUERY_TIMEOUT", "1s"))
+	p, arm := afStartStoppableProxy(t, clients)
 	admin := txConnect(ctx, t, pg.AdminURLDB(txAppDB), nil)
 	type result struct {
 		o   afOutcome
@@ -604,7 +643,10 @@ func TestStoppedBackendMidRow(t *testing.T) {
 		r := dialRaw(t, txProxyURL(p))
 		r.query(t, "SELECT 1")
 		marker := fmt.Sprintf("af-stopped-mid-row-%d", i)
-		r.send(t, &pgproto3.Query{String: "SELECT i, repeat('y', 10) FROM generate_series(1, 5000000) i /* " + marker + " */"})
+		// generate_series in the select list streams its rows from the
+		// first (in FROM it would fill a tuplestore of all 5 million rows
+		// before the first is sent: seconds on a loaded machine).
+		r.send(t, &pgproto3.Query{String: "SELECT generate_series(1, 5000000) AS i, repeat('y', 10) /* " + marker + " */"})
 		chunk := make([]byte, 64<<10)
 		_ = r.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
 		n, err := r.conn.Read(chunk)
@@ -617,6 +659,7 @@ func TestStoppedBackendMidRow(t *testing.T) {
 			results <- result{o, err}
 		}()
 	}
+	arm(time.Second)
 	for range clients {
 		res := <-results
 		o := res.o

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"strconv"
 	"strings"
 	"sync"
@@ -321,6 +322,27 @@ func TestAttackLoopSplitAtTheLimit(t *testing.T) {
 	lgCleanBackends(t.Context(), t, p, 2)
 }
 
+// alStalled logs, for a reply that stopped coming, how far it got (got:
+// the messages read), the proxy's client and pool figures, and its
+// goroutines from the profiling listener at pprofAddr: where the proxy
+// waits, which its logs do not say.
+func alStalled(t *testing.T, p *Proxy, pprofAddr string, got []string) {
+	t.Helper()
+	t.Logf("the reply stalled after %d messages, the last %q", len(got), got[max(0, len(got)-2):])
+	if st, err := p.FetchStats(); err == nil {
+		t.Logf("/stats clients %v, pools %v", st["clients"], st["pools"])
+	}
+	c := &http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get("http://" + pprofAddr + "/debug/pprof/goroutine?debug=2")
+	if err != nil {
+		t.Logf("the proxy's goroutines: %v", err)
+		return
+	}
+	defer resp.Body.Close()
+	dump, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	t.Logf("the proxy's goroutines:\n%s", dump)
+}
+
 // TestAttackLoopClientGoesMidReply: a parked client whose request the
 // loop relays leaves before its reply (a 30 ms query, shorter than the
 // loop's inline wait), in the middle of a 3 MB reply, and after it: by a
@@ -331,7 +353,12 @@ func TestAttackLoopSplitAtTheLimit(t *testing.T) {
 // transaction (a backend handed on with the rest of a reply in it would
 // answer wrongly).
 func TestAttackLoopClientGoesMidReply(t *testing.T) {
-	p := txStartProxy(t, "transaction", 1)
+	// The profiling listener serves the proxy's goroutines when a reply
+	// stalls (alStalled): once in about 200 runs under load the whole
+	// 3 MB reply did not come within 10 s, and the logs alone could not
+	// tell where it stopped.
+	p := txStartProxy(t, "transaction", 1, WithPprof())
+	pprofAddr := p.PprofAddr
 	t.Cleanup(func() { lgLogLoop(t, p) })
 	admin := txConnect(t.Context(), t, txDirectURL(), nil)
 	quick := "SELECT 'al-quick', pg_sleep(0.03)"
@@ -378,12 +405,14 @@ func TestAttackLoopClientGoesMidReply(t *testing.T) {
 				case tc.read < 0:
 					got, err := lgReplies(r, 1, 10*time.Second)
 					if err != nil {
+						alStalled(t, p, pprofAddr, got)
 						t.Fatalf("reply: %v", err)
 					}
 					whole = got
 				case tc.read > 0:
 					_ = r.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
-					if _, err := io.ReadFull(r.conn, make([]byte, tc.read)); err != nil {
+					if n, err := io.ReadFull(r.conn, make([]byte, tc.read)); err != nil {
+						alStalled(t, p, pprofAddr, []string{fmt.Sprintf("%d bytes", n)})
 						t.Fatalf("first %d bytes: %v", tc.read, err)
 					}
 				}

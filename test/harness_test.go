@@ -152,6 +152,9 @@ type Proxy struct {
 	Cmd *exec.Cmd
 	// Logs collects the process's stdout and stderr.
 	Logs *syncBuffer
+	// PprofAddr is the profiling listener (-pprof), host:port, when the
+	// proxy was started WithPprof; else "".
+	PprofAddr string
 
 	done     chan struct{} // closed when Cmd has been waited for
 	waitErr  error         // Cmd.Wait's result, valid after done is closed
@@ -162,8 +165,9 @@ type Proxy struct {
 type ProxyOption func(*proxyOptions)
 
 type proxyOptions struct {
-	env  map[string]string
-	args []string
+	env   map[string]string
+	args  []string
+	pprof bool
 }
 
 // WithEnv sets an environment variable for the proxy, overriding the
@@ -178,30 +182,63 @@ func WithArgs(args ...string) ProxyOption {
 	return func(o *proxyOptions) { o.args = append(o.args, args...) }
 }
 
+// WithPprof runs the proxy's profiling listener (-pprof) on a fresh
+// loopback port, Proxy.PprofAddr: a test that fails on a stall can fetch
+// the proxy's goroutines. The harness picks the port, so that a start
+// that loses it to another socket is retried as for the other two.
+func WithPprof() ProxyOption {
+	return func(o *proxyOptions) { o.pprof = true }
+}
+
+// startAttempts bounds StartProxy's tries when a port it picked was taken
+// before the proxy could listen on it.
+const startAttempts = 3
+
 // StartProxy runs the built proxy against the shared cluster, as app/app on
 // database app, with fresh ports, debug JSON logs, and opts applied. It
 // returns once both listeners accept TCP connections. Cleanup sends SIGTERM
 // and waits (SIGKILL after 10s); when the test failed, the proxy's logs are
 // written to the test log.
+//
+// A port the harness picked is free when picked, but closed again until
+// the proxy listens on it: any socket of the machine can take it
+// meanwhile (an outgoing connection's ephemeral port; TestPgbench failed
+// once on "health.listen: cannot listen on 127.0.0.1:43371: bind: address
+// already in use"). Such a start is retried on fresh ports, up to
+// startAttempts; ports the test chose itself are not.
 func StartProxy(t *testing.T, opts ...ProxyOption) *Proxy {
 	t.Helper()
 	if proxyBuildErr != nil {
 		t.Fatalf("the proxy binary did not build: %v", proxyBuildErr)
 	}
-	listenPort, err := freePort()
-	if err != nil {
-		t.Fatalf("free port: %v", err)
+	for attempt := 1; ; attempt++ {
+		p, portTaken := startProxyOnce(t, attempt < startAttempts, opts)
+		if !portTaken {
+			return p
+		}
+		t.Logf("proxy start %d: a port the harness picked was taken before the proxy listened on it; again on fresh ports", attempt)
 	}
-	healthPort, err := freePort()
-	if err != nil {
-		t.Fatalf("free port: %v", err)
+}
+
+// startProxyOnce is one try of StartProxy. When mayRetry is set and the
+// proxy exited at start because a port the harness picked was taken, it
+// returns portTaken instead of failing t.
+func startProxyOnce(t *testing.T, mayRetry bool, opts []ProxyOption) (_ *Proxy, portTaken bool) {
+	t.Helper()
+	port := func() string {
+		n, err := freePort()
+		if err != nil {
+			t.Fatalf("free port: %v", err)
+		}
+		return net.JoinHostPort("127.0.0.1", strconv.Itoa(n))
 	}
 	p := &Proxy{
-		Addr:       net.JoinHostPort("127.0.0.1", strconv.Itoa(listenPort)),
-		HealthAddr: net.JoinHostPort("127.0.0.1", strconv.Itoa(healthPort)),
+		Addr:       port(),
+		HealthAddr: port(),
 		Logs:       &syncBuffer{},
 		done:       make(chan struct{}),
 	}
+	picked := [2]string{p.Addr, p.HealthAddr}
 	o := proxyOptions{env: map[string]string{
 		"DATABASE_URL":               pg.URL("app", "app", "app"),
 		"PGSIDECAR_LISTEN":           p.Addr,
@@ -214,6 +251,12 @@ func StartProxy(t *testing.T, opts ...ProxyOption) *Proxy {
 		opt(&o)
 	}
 	p.Addr, p.HealthAddr = o.env["PGSIDECAR_LISTEN"], o.env["PGSIDECAR_HEALTH__LISTEN"]
+	// Only ports the harness picked may be picked again.
+	mayRetry = mayRetry && [2]string{p.Addr, p.HealthAddr} == picked
+	if o.pprof {
+		p.PprofAddr = port()
+		o.args = append(o.args[:len(o.args):len(o.args)], "-pprof", p.PprofAddr)
+	}
 
 	cmd := exec.Command(proxyBin, o.args...)
 	// The working directory is a fresh temp dir so that no config.yaml of
@@ -267,6 +310,9 @@ func StartProxy(t *testing.T, opts ...ProxyOption) *Proxy {
 	for _, addr := range []string{p.Addr, p.HealthAddr} {
 		for {
 			if p.Exited() {
+				if mayRetry && p.Logs.Contains("address already in use") {
+					return nil, true
+				}
 				t.Fatalf("proxy exited during start (code %d): %v", p.exitCode, p.waitErr)
 			}
 			c, err := net.DialTimeout("tcp", addr, 500*time.Millisecond)
@@ -280,7 +326,7 @@ func StartProxy(t *testing.T, opts ...ProxyOption) *Proxy {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
-	return p
+	return p, false
 }
 
 // dumpLogs writes the proxy's output to the test log, the tail if huge.

@@ -25,10 +25,10 @@ func leakLines(p *Proxy, addr string) int {
 
 // TestLeakTimerTimesTransactions: in session mode a client keeps its
 // backend between transactions, which is not a leak. A client idle longer
-// than pool.leak_timeout outside a transaction (after a query, and after a
-// committed transaction) must not be reported; one idle that long inside a
-// transaction is reported once. Transaction mode reports the same
-// idle-in-transaction client, as before.
+// than pool.leak_timeout outside a transaction (after its login, after a
+// query, and after a committed transaction) must not be reported; one idle
+// that long inside a transaction is reported once. Transaction mode
+// reports the same idle-in-transaction client, as before.
 func TestLeakTimerTimesTransactions(t *testing.T) {
 	const leak = 300 * time.Millisecond
 	for _, mode := range []string{"session", "transaction"} {
@@ -51,9 +51,13 @@ func TestLeakTimerTimesTransactions(t *testing.T) {
 					t.Fatalf("%s: %v", sql, err)
 				}
 			}
-			// Idle after one query (the first ReadyForQuery of the session
-			// says 'I'), and idle after a committed transaction.
-			afterQuery, afterCommit, inTx := dial(), dial(), dial()
+			// Idle after its login (in session mode it holds its backend
+			// from there: the proxy reported it once it had idled
+			// leak_timeout, when logging in the others took that long on
+			// a loaded machine), idle after one query (the first
+			// ReadyForQuery of the session says 'I'), and idle after a
+			// committed transaction.
+			afterLogin, afterQuery, afterCommit, inTx := dial(), dial(), dial(), dial()
 			exec(afterQuery, "SELECT 1")
 			exec(afterCommit, "BEGIN; SELECT 1; COMMIT")
 			exec(inTx, "BEGIN")
@@ -67,7 +71,7 @@ func TestLeakTimerTimesTransactions(t *testing.T) {
 			})
 			// ... and the others, idle as long and longer by now, never.
 			time.Sleep(3 * leak)
-			for name, c := range map[string]*pgconn.PgConn{"after a query": afterQuery, "after COMMIT": afterCommit} {
+			for name, c := range map[string]*pgconn.PgConn{"after its login": afterLogin, "after a query": afterQuery, "after COMMIT": afterCommit} {
 				if n := leakLines(p, c.Conn().LocalAddr().String()); n != 0 {
 					t.Errorf("%s mode: client idle %s was reported as a leak %d times", mode, name, n)
 				}
@@ -75,7 +79,8 @@ func TestLeakTimerTimesTransactions(t *testing.T) {
 			if n := leakLines(p, inTxAddr); n != 1 {
 				t.Errorf("%s mode: idle-in-transaction client reported %d times, want once", mode, n)
 			}
-			// Both idle sessions still work.
+			// The idle sessions still work.
+			exec(afterLogin, "SELECT 2")
 			exec(afterQuery, "SELECT 2")
 			exec(afterCommit, "SELECT 2")
 			exec(inTx, "COMMIT")
