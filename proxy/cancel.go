@@ -207,7 +207,10 @@ func (s *Server) handleCancel(pid, secret uint32) {
 		}
 		return
 	}
-	pid, sent, err := c.cancelPinned(func() bool { return c.q.len() > 0 || c.inBatch })
+	// A request being sent again is not on c.be yet: what c.q may hold is
+	// the parameter sync queued ahead of it (cancelWaiting keeps the
+	// cancel for it instead).
+	pid, sent, err := c.cancelPinned(func() bool { return (c.q.len() > 0 || c.inBatch) && !c.replay.resending })
 	if !sent {
 		if c.cancelWaiting() {
 			s.stats.cancels.Add(1)
@@ -223,4 +226,41 @@ func (s *Server) handleCancel(pid, secret uint32) {
 	}
 	s.stats.cancels.Add(1)
 	s.log.Debug("cancel request forwarded", "client", c.identity.addr, "backend_pid", pid)
+	s.recancelReplayed(c)
+}
+
+// recancelAfter are the pauses before each cancel request sent again for
+// a replayed request (recancelReplayed): about 1.5 s in all, longer than
+// a loaded host takes to schedule a backend that has a request waiting.
+var recancelAfter = [...]time.Duration{20 * time.Millisecond, 80 * time.Millisecond, 200 * time.Millisecond, 400 * time.Millisecond, 800 * time.Millisecond}
+
+// recancelReplayed sends the cancel again while the client's request is a
+// replay (replay.go) the new backend has not answered yet. PostgreSQL
+// ignores a cancel that reaches a backend still waiting to read its next
+// command, and a replayed request was written to its backend moments
+// before: on a loaded host the backend may not have read it when the
+// signal comes, and the statement the user cancelled then runs in full
+// (TestTerminateWithCancelInFlight). Sent again, the cancel finds it
+// running; the first reply (57014, or the statement's own end) stops the
+// repeats, and each is sent with the backend pinned (cancelPinned), so
+// none reaches another client's request. It runs on the cancel request's
+// connection goroutine and ends with the server's quit.
+func (s *Server) recancelReplayed(c *clientConn) {
+	replayedUnanswered := func() bool {
+		return (c.q.len() > 0 || c.inBatch) && c.replay.tries > 0 && c.replay.armed && !c.replay.resending
+	}
+	for _, d := range recancelAfter {
+		t := time.NewTimer(d)
+		select {
+		case <-t.C:
+		case <-s.quit:
+			t.Stop()
+			return
+		}
+		pid, sent, err := c.cancelPinned(replayedUnanswered)
+		if !sent || err != nil {
+			return
+		}
+		s.log.Debug("cancel request sent again: the request is a replay its backend has not answered", "client", c.identity.addr, "backend_pid", pid)
+	}
 }

@@ -154,6 +154,9 @@ func (c *clientConn) process() error {
 		if b == nil {
 			continue // refused or answered, or now discarding
 		}
+		if c.replayCanceled(b) {
+			continue // now discarding
+		}
 		if stop, err := c.forward(b); stop || err != nil {
 			return err
 		}
@@ -334,6 +337,9 @@ func (c *clientConn) acquireForRequest() (*backend, error) {
 			return nil, err // serveConn tells the client, if it is there
 		}
 		c.stream.discard.on, c.stream.discard.err = true, err
+		c.mu.Lock()
+		c.replay.resending, c.replay.canceled = false, false // answered with err
+		c.mu.Unlock()
 		return nil, nil
 	}
 	return b, nil

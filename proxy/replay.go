@@ -79,7 +79,17 @@ type replayState struct {
 	// canceled: a cancel request came for the request while it was being
 	// sent to the backend that died or waited for its replay; the request
 	// is answered with 57014 instead of being sent again (spliceReplay).
+	// While resending, it says the same of a cancel that came after the
+	// splice, before the request was written again (replayCanceled).
 	canceled bool
+	// resending: the request was put back in front of the client's bytes
+	// (spliceReplay) and is on its way to a new backend: acquired, or
+	// about to be, but not written yet (recordReplay ends it). A cancel
+	// request then has no backend to go to and no wait to end; it is
+	// kept in canceled (cancelWaiting) instead of being dropped as for
+	// an idle client, which let the statement run in full on the new
+	// backend.
+	resending bool
 	// cancelSent: a cancel request went to c.be since it was acquired. A
 	// backend that dies unanswered after it may have got the signal while
 	// it was being terminated, when the cancel's sender had already let
@@ -116,6 +126,7 @@ func (r *replayState) armLocked(now time.Time) {
 func (c *clientConn) recordReplay(b *backend, from int, streamed bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.replay.resending = false       // written: a cancel now goes to b (cancelPinned)
 	dying := b.replayed && c.be == b // the backend reader already saw it die
 	if !c.replay.armed && !dying || c.be != b {
 		return
@@ -399,14 +410,50 @@ func (c *clientConn) spliceReplay() bool {
 	}
 	canceled := c.replay.canceled
 	c.replay.pending, c.replay.again, c.replay.canceled = false, !canceled, false
-	c.mu.Unlock()
 	kept := c.replay.spliceInto(&c.in)
+	c.replay.resending = kept && !canceled
+	c.mu.Unlock()
 	if canceled && kept {
 		// The client cancelled it: dropped up to its end and answered
 		// with 57014, as a cancelled wait for a backend is (discard).
 		c.stream.discard.on, c.stream.discard.err = true, errReplayCanceled
 	}
 	return kept
+}
+
+// replayCanceled handles a cancel request that came while the request was
+// being sent again (replay.resending) before it was written to b, the
+// backend just acquired for it: b goes back to its pool untouched (the
+// parameter sync takeBackend queued on it is dropped unsent) and the
+// request is discarded and answered with 57014, as spliceReplay answers
+// one cancelled before its splice. It reports whether it did. In session
+// mode the backend is the session's and stays; the request runs. Client
+// reader only.
+func (c *clientConn) replayCanceled(b *backend) bool {
+	c.mu.Lock()
+	if !c.replay.resending || c.be != b {
+		c.mu.Unlock()
+		return false
+	}
+	canceled := c.replay.canceled
+	c.replay.canceled = false
+	if !canceled || !c.policy.releaseAtTransactionEnd || c.writing || c.cancels.n > 0 || c.reader.async {
+		c.mu.Unlock()
+		return false
+	}
+	c.replay.resending = false
+	for c.q.len() > 0 {
+		r := c.q.pop()
+		c.stmts.undo(b, &r)
+	}
+	b.cout = b.cout[:0]
+	c.dropBackendLocked()
+	c.txStatus = 'I'
+	now := c.now()
+	c.mu.Unlock()
+	c.srv.releaseBackend(b, now)
+	c.stream.discard.on, c.stream.discard.err = true, errReplayCanceled
+	return true
 }
 
 // errReplayCanceled is what a client gets for a request it cancelled while

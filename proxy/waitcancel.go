@@ -39,9 +39,15 @@ var errWaitCanceled = newError(pgwire.CodeQueryCanceled, "canceling statement du
 // cancel to a backend.
 func (c *clientConn) cancelWaiting() bool {
 	c.mu.Lock()
+	// A request being sent again is not idle, wherever it is on its way
+	// (replayCanceled answers it); a wait it is in ends too.
+	resending := c.replay.resending
+	if resending {
+		c.replay.canceled = true
+	}
 	if c.be != nil {
 		c.mu.Unlock()
-		return false
+		return resending
 	}
 	switch {
 	case c.replay.pending:
@@ -65,7 +71,7 @@ func (c *clientConn) cancelWaiting() bool {
 		return true
 	}
 	c.mu.Unlock()
-	return false
+	return resending
 }
 
 // endWaitForDrain ends the client's wait in the pool, if a goroutine of
