@@ -55,10 +55,15 @@ type backend struct {
 	passRemaining int  // bytes of a message being streamed to the client
 	passSwallow   bool // ... or dropped
 	fatal         bool // the server sent a FATAL error: it is closing
-	busy          bool // session mode: a transaction is open (leak detection)
-	busyReported  bool // what the pool was last told
-	tainted       bool // holds session state policy reject refused: closed, not released
-	replayed      bool // died before answering its first request, which goes to another backend (replay.go); under c.mu
+	// diedBetween: that FATAL came while the client's transaction was
+	// over (transaction mode), b held only for a moment longer (a cancel
+	// request being sent pins it): swallowed, and the client goes on
+	// without b (backendLost), as it would had b been released first.
+	diedBetween  bool
+	busy         bool // session mode: a transaction is open (leak detection)
+	busyReported bool // what the pool was last told
+	tainted      bool // holds session state policy reject refused: closed, not released
+	replayed     bool // died before answering its first request, which goes to another backend (replay.go); under c.mu
 
 	// raw and fd: nc's socket, for the event loop (loop.go); raw is nil
 	// when nc has none of its own (TLS: crypto/tls buffers records).

@@ -282,3 +282,28 @@ func TestFakeServerLostAsClientLeaves(t *testing.T) {
 		t.Fatalf("pool after the client left: %d active, %d retired; want the one failed backend closed, nothing held", st.Active, st.Retired.Total())
 	}
 }
+
+// TestFakeServerFatalBetweenTransactions: a backend whose own FATAL
+// (pg_terminate_backend, a shutdown) comes right behind the ReadyForQuery
+// that ended the client's transaction, in the same read, took no
+// transaction of the client's with it: in transaction mode the client
+// never sees it, the dead backend is closed, and the client's next query
+// runs on a new backend. (The backend is still the client's for that
+// read, as it is while a cancel request is being sent to it.)
+func TestFakeServerFatalBetweenTransactions(t *testing.T) {
+	e := startFake(t, fakeOpts{}, beScript{
+		expectQuery("SELECT 'done'"),
+		send(&pgproto3.CommandComplete{CommandTag: []byte("DO")}, &pgproto3.ReadyForQuery{TxStatus: 'I'},
+			&pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: pgwire.CodeAdminShutdown,
+				Message: "terminating connection due to administrator command"}),
+		drop(),
+	}, beScript{
+		queryResult("SELECT 'next'", "SELECT 1", 'I', "next"),
+	})
+	a := e.connect(t, nil)
+	mustExec(t, a, "SELECT 'done'")
+	mustExec(t, a, "SELECT 'next'", "next")
+	if st := e.pool.Stats(); st.Retired.Error != 1 || e.fb.sessionCount() != 2 {
+		t.Fatalf("pool retired %+v with %d backend connections; want the terminated one closed and a new one", st.Retired, e.fb.sessionCount())
+	}
+}

@@ -256,6 +256,19 @@ func (c *clientConn) relayReplies(b *backend, readErr error, inline bool) (stop 
 		return stop, err // c.mu was let go
 	}
 	out, release, rerr := c.routeLocked(b)
+	// diedBetween: b's FATAL came between the client's transactions
+	// (errorResponseLocked). b is let go of now, before the client reader
+	// can write it another request, and closed once the replies before
+	// the FATAL are the client's: the client goes on as if b had been
+	// released. Not while the client reader is still in a write to b: it
+	// must find b its own when it comes back; then b's end is seen as a
+	// loss (backendLost).
+	ended := rerr == nil && b.diedBetween && c.be == b && !c.writing
+	if ended {
+		c.dropBackendLocked()
+		c.stmts.endProbe()
+		c.state.endCheck()
+	}
 	if rerr == nil && !release && !inline && c.writing {
 		release = c.awaitWriteLocked(b)
 	}
@@ -289,6 +302,17 @@ func (c *clientConn) relayReplies(b *backend, readErr error, inline bool) (stop 
 			c.backendLost(b, fmt.Errorf("writing to the server: %w", err))
 			return lostReply(inline)
 		}
+	}
+	if ended {
+		if len(out) > 0 {
+			stop, err = c.reply(out, inline)
+		}
+		c.destroyBackend(b, "ended by the server between the client's transactions")
+		c.log.Info("server connection ended by the server between the client's transactions: closed; the client goes on")
+		if stop {
+			return stop, err
+		}
+		return true, nil // as released
 	}
 	b.reportBusy()
 	if release {
@@ -625,10 +649,13 @@ func (c *clientConn) backendLost(b *backend, err error) {
 		c.conn.Close()
 		return
 	}
-	if b.fatal {
+	if b.fatal && !b.diedBetween {
 		// The server's own FATAL (57P01 from pg_terminate_backend, a
 		// shutdown) was relayed: that is the client's one error, as
-		// directly. Nothing more is said; the client is closed.
+		// directly. Nothing more is said; the client is closed. (One
+		// swallowed between transactions, diedBetween, was not: b was
+		// still in a write of the client reader's then, see
+		// relayReplies, and the client is told below.)
 		c.log.Info("server connection ended by the server with a FATAL relayed to the client", "err", err)
 		c.conn.Close()
 		return
@@ -869,6 +896,12 @@ func (c *clientConn) readyForQueryLocked(b *backend, msg []byte) (swallow bool, 
 func (c *clientConn) errorResponseLocked(b *backend, msg []byte) (swallow bool) {
 	body := msg[pgwire.HeaderLen:]
 	b.noteError(body)
+	if b.fatal && c.betweenTransactionsLocked() {
+		// pg_terminate_backend or a shutdown reached b after the
+		// client's transaction ended: not the client's error.
+		b.diedBetween = true
+		return true
+	}
 	c.q.copyIn = false // an error ends copy-in mode
 	if c.timeouts.queryTimedOut && string(pgwire.ErrorField(body, 'C')) == pgwire.CodeQueryCanceled {
 		// The proxy's query_timeout cancel: say so rather than the
@@ -896,6 +929,18 @@ func (c *clientConn) errorResponseLocked(b *backend, msg []byte) (swallow bool) 
 		c.serverSkipping = true
 	}
 	return swallow
+}
+
+// betweenTransactionsLocked reports whether, in transaction mode, nothing
+// the client sent is unanswered, its transaction is over and no session
+// state ties it to its backend: a backend lost now costs the client
+// nothing (errorResponseLocked). Unlike transactionOverLocked it holds
+// while a cancel request is being sent (c.cancels.n) and while the client
+// reader has yet to come back from a write the backend has answered
+// (c.writing; a request being written is in c.q). Under c.mu.
+func (c *clientConn) betweenTransactionsLocked() bool {
+	return c.policy.releaseAtTransactionEnd && c.q.len() == 0 && !c.inBatch && c.txStatus == 'I' &&
+		c.state.pin == nil && !c.listen.unlistenBackend
 }
 
 // finish runs when the client leaves: it stops the backend reader and gives
