@@ -937,10 +937,12 @@ func (c *clientConn) errorResponseLocked(b *backend, msg []byte) (swallow bool) 
 // nothing (errorResponseLocked). Unlike transactionOverLocked it holds
 // while a cancel request is being sent (c.cancels.n) and while the client
 // reader has yet to come back from a write the backend has answered
-// (c.writing; a request being written is in c.q). Under c.mu.
+// (c.writing; a request being written is in c.q). Not while the
+// session tracking owes the backend a look (sessionTrack.owesCheck): the
+// client's SET would be lost with it. Under c.mu.
 func (c *clientConn) betweenTransactionsLocked() bool {
 	return c.policy.releaseAtTransactionEnd && c.q.len() == 0 && !c.inBatch && c.txStatus == 'I' &&
-		c.state.pin == nil && !c.listen.unlistenBackend
+		c.state.pin == nil && !c.listen.unlistenBackend && !c.state.owesCheck()
 }
 
 // finish runs when the client leaves: it stops the backend reader and gives

@@ -514,6 +514,14 @@ func (s *sessionTrack) noteTraffic(q []byte, touches, changes bool) {
 // (relayReplies: a backend reader, the client goroutine inline, or the
 // loop) writes the Query after unlocking; meanwhile checkWait holds the
 // client reader's next request back, so the wire order matches q.
+// owesCheck reports whether afterTransaction has work to do on the
+// backend once the transaction is over: without it the proxy would not
+// learn what the client's traffic did to its session (a SET's value), so
+// that backend may not be let go of quietly (betweenTransactionsLocked).
+func (s *sessionTrack) owesCheck() bool {
+	return s.dirty || s.paramsDirty || s.resync
+}
+
 func (s *sessionTrack) afterTransaction(l *listenTrack, want *paramSet, b *backend, q *requestQueue) []byte {
 	var msg []byte
 	r := request{kind: reqQuery, swallow: true, serverWrote: true}
