@@ -36,45 +36,6 @@ func TestCommitsBeforeAnswer(t *testing.T) {
 	}
 }
 
-// commitsBeforeAnswerLexed is commitsBeforeAnswer as it was, without its
-// first-letter shortcut: the oracle TestCommitsBeforeAnswerShortcut checks
-// it against.
-func commitsBeforeAnswerLexed(q []byte) bool {
-	l := sqlLexer{q: q}
-	w, k := l.next()
-	if k != tokWord {
-		return false
-	}
-	commits := false
-	for _, s := range [...]string{"do", "call", "vacuum", "cluster", "reindex", "commit", "rollback"} {
-		commits = commits || eqFold(w, s)
-	}
-	named := !commits && (eqFold(w, "create") || eqFold(w, "drop") || eqFold(w, "alter") || eqFold(w, "refresh"))
-	if !commits && !named {
-		return false
-	}
-	// The lexer, not oneStatement: a DO block's body holds semicolons.
-	ended := false
-	for {
-		w, k := l.next()
-		switch k {
-		case tokEOF:
-			return commits
-		case tokSemicolon:
-			ended = true
-			continue
-		}
-		if ended {
-			return false // a second statement: one implicit block
-		}
-		if named && k == tokWord {
-			for _, s := range [...]string{"concurrently", "database", "tablespace", "system", "subscription"} {
-				commits = commits || eqFold(w, s)
-			}
-		}
-	}
-}
-
 // TestCommitsBeforeAnswerShortcut: on queries made of random tokens (the
 // session scan's, plus the words commitsBeforeAnswer looks for and
 // strings' prefixes), the first-letter shortcut answers as lexing the

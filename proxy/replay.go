@@ -174,6 +174,14 @@ func commitsBeforeAnswer(q []byte) bool {
 			return false
 		}
 	}
+	return commitsBeforeAnswerLexed(q)
+}
+
+// commitsBeforeAnswerLexed is commitsBeforeAnswer without its first-letter
+// shortcut: the lexer reads the first word, and the rest of the statement
+// when that word may name one of the words that follow. The shortcut's
+// test checks the two agree.
+func commitsBeforeAnswerLexed(q []byte) bool {
 	l := sqlLexer{q: q}
 	w, k := l.next()
 	if k != tokWord {
