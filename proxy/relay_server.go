@@ -578,7 +578,15 @@ func (c *clientConn) idleLocked(b *backend) bool {
 // transactionOverLocked reports whether nothing the client sent is still in
 // flight and its transaction is over (transaction mode).
 func (c *clientConn) transactionOverLocked() bool {
-	return c.policy.releaseAtTransactionEnd && c.q.len() == 0 && !c.inBatch && c.txStatus == 'I' && !c.writing && c.cancels.n == 0
+	return c.answeredLocked() && !c.writing && c.cancels.n == 0
+}
+
+// answeredLocked reports whether, in transaction mode, everything the
+// client sent has been answered and its transaction is over: what
+// transactionOverLocked and betweenTransactionsLocked both start from.
+// Under c.mu.
+func (c *clientConn) answeredLocked() bool {
+	return c.policy.releaseAtTransactionEnd && c.q.len() == 0 && !c.inBatch && c.txStatus == 'I'
 }
 
 // releaseBackend gives a clean backend back to its pool at time at (the
@@ -941,8 +949,7 @@ func (c *clientConn) errorResponseLocked(b *backend, msg []byte) (swallow bool) 
 // session tracking owes the backend a look (sessionTrack.owesCheck): the
 // client's SET would be lost with it. Under c.mu.
 func (c *clientConn) betweenTransactionsLocked() bool {
-	return c.policy.releaseAtTransactionEnd && c.q.len() == 0 && !c.inBatch && c.txStatus == 'I' &&
-		c.state.pin == nil && !c.listen.unlistenBackend && !c.state.owesCheck()
+	return c.answeredLocked() && c.state.pin == nil && !c.listen.unlistenBackend && !c.state.owesCheck()
 }
 
 // finish runs when the client leaves: it stops the backend reader and gives
