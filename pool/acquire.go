@@ -1,4 +1,4 @@
-// Acquire and its non-waiting forms (TryAcquire, Busy, Free): the idle fast
+// Acquire and its non-waiting forms (TryAcquire, AcquireIfFree, Busy): the idle fast
 // path, the wait in line, and the socket peek and validation query a backend
 // passes before it is handed out.
 
@@ -6,6 +6,7 @@ package pool
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -37,6 +38,32 @@ import (
 // a hold queues instead, hold.go), 57P01 after
 // Close, 57014 when ctx is canceled.
 func (p *Pool) Acquire(ctx context.Context) (Conn, error) {
+	return p.acquire(ctx, false)
+}
+
+// ErrWouldWait is AcquireIfFree's answer when a backend would come only
+// from another holder's release.
+var ErrWouldWait = errors.New("pool: no backend without waiting for a release")
+
+// AcquireIfFree is Acquire for a caller that would rather do without a
+// backend than wait for another holder to release one: a session-mode
+// client at login. (Applications open their connection pools eagerly,
+// pgbench all its clients before the first transaction: a login that
+// waited for a release could wait for clients that themselves wait for
+// the application's other logins.) It decides under the pool's lock, as
+// it queues, so two callers never both count on the last backend: it
+// takes an idle backend, or joins the queue only when a connect in
+// flight that no earlier waiter is owed, or one there is room to start,
+// will serve it, and then waits for that connect as Acquire would (if
+// the connect fails, it waits on as Acquire does). Otherwise, and while
+// the pool is paused, it returns ErrWouldWait at once, queueing nothing.
+// Its other errors are Acquire's.
+func (p *Pool) AcquireIfFree(ctx context.Context) (Conn, error) {
+	return p.acquire(ctx, true)
+}
+
+// acquire is Acquire, or AcquireIfFree with ifFree.
+func (p *Pool) acquire(ctx context.Context, ifFree bool) (Conn, error) {
 	start := time.Now()
 	if ctx.Err() != nil {
 		p.mu.Lock()
@@ -64,7 +91,7 @@ func (p *Pool) Acquire(ctx context.Context) (Conn, error) {
 	front := false
 	others := p.waitingElsewhere() // read once: only the first take may refuse
 	for {
-		b, w, timeout, err := p.take(front, start, others)
+		b, w, timeout, err := p.take(front, ifFree, start, others)
 		if err != nil {
 			return Conn{}, err
 		}
@@ -159,8 +186,10 @@ func (p *Pool) tryIdle(now time.Time, peek bool) (Conn, bool) {
 // take pops an idle backend, or queues a waiter (and asks for a connect
 // if there is room). It fails fast when the pool is closed, the circuit
 // is open, or the queue is full: MaxWaiters callers wait already, in the
-// pool's queue and, others of them, outside it (waitingElsewhere).
-func (p *Pool) take(front bool, start time.Time, others int) (*backend, *waiter, time.Duration, error) {
+// pool's queue and, others of them, outside it (waitingElsewhere). With
+// ifFree it queues only a waiter that a connect will serve
+// (AcquireIfFree), and returns ErrWouldWait instead.
+func (p *Pool) take(front, ifFree bool, start time.Time, others int) (*backend, *waiter, time.Duration, error) {
 	now := time.Now()
 	p.mu.Lock()
 	defer p.unlock()
@@ -180,6 +209,12 @@ func (p *Pool) take(front bool, start time.Time, others int) (*backend, *waiter,
 			continue
 		}
 		return b, nil, 0, nil
+	}
+	if ifFree && (p.admin.paused || p.waiters.len()+others >= p.servableLocked()) {
+		// Every connect in flight or with room to start is owed to a
+		// waiter already (those outside the pool count too): this one
+		// would wait for a release.
+		return nil, nil, 0, ErrWouldWait
 	}
 	if !front && p.cfg.MaxWaiters > 0 && p.queuedLocked()+others >= p.cfg.MaxWaiters {
 		p.counts.rejected++
@@ -402,17 +437,4 @@ func (p *Pool) validate(ctx context.Context, b *backend, query string, timeout t
 	p.retireLocked(b, reason, fmt.Sprintf("validation query %q failed: %v", query, err), time.Now())
 	p.unlock()
 	return false
-}
-
-// Free reports whether an Acquire now would likely not wait for another
-// caller's release: nobody is queued, and a backend is idle, or there is
-// room to open one, or a connect is in flight (with nobody queued, no
-// waiter is owed it: a warm-up to MinSize, or a waiter that gave up), in
-// which case the Acquire waits only for a connect, as when it opens one.
-// It is a hint (another caller may take the backend first), for callers
-// that would rather do without a backend than wait for one.
-func (p *Pool) Free() bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.waiters.len() == 0 && (len(p.idle) > 0 || p.roomLocked() > 0 || p.opening > 0)
 }

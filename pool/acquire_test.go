@@ -489,13 +489,18 @@ func TestBusyIsNotGrowing(t *testing.T) {
 	}
 }
 
-// TestFreeCountsConnectsInFlight: Free says an Acquire would not wait for
-// another caller's release. A connect in flight that no waiter is owed
-// (a waiter gave up, or the pool warms up to MinSize) ends in an idle
-// backend, so an Acquire then waits only for that connect, as it would
-// for one it opens itself: Free. A session-mode client logging in while
-// the pool warmed up was otherwise refused its own backend's key.
-func TestFreeCountsConnectsInFlight(t *testing.T) {
+// TestAcquireIfFreeNeverWaitsForARelease: AcquireIfFree takes a backend
+// only when it need not wait for another holder's release, and decides
+// as it queues. A connect in flight that no waiter is owed (a waiter gave
+// up, or the pool warms up to MinSize) ends in an idle backend, so it
+// waits for that connect, as for one it opens itself; a second caller is
+// not served by that connect and gets ErrWouldWait at once. Before, the
+// proxy asked Free and then called Acquire: two session-mode logins could
+// both see the last backend free, and the second then waited for a
+// release, which never came while the application's other clients waited
+// for that login (pgbench -c 50 on a pool of 5: "could not create
+// connection for client 3" after the 2-minute acquire timeout).
+func TestAcquireIfFreeNeverWaitsForARelease(t *testing.T) {
 	db := newFakeDB()
 	cfg := testConfig(db, newLogRecorder())
 	cfg.MaxSize = 2
@@ -516,26 +521,49 @@ func TestFreeCountsConnectsInFlight(t *testing.T) {
 	if waiters != 0 || opening != 1 {
 		t.Fatalf("want no waiter and one connect in flight: %d waiters, %d connects", waiters, opening)
 	}
-	if !p.Free() {
-		t.Fatal("Free with a connect in flight that nobody waits for and no room: false")
+	// That connect will serve one caller: it queues for it.
+	res := make(chan acquireResult, 1)
+	go func() {
+		c, err := p.AcquireIfFree(context.Background())
+		res <- acquireResult{c, err}
+	}()
+	waitFor(t, "AcquireIfFree queued for the connect in flight", waiting(p, 1))
+	// A second caller would wait for a release: refused at once, queueing
+	// nothing.
+	if _, err := p.AcquireIfFree(context.Background()); !errors.Is(err, ErrWouldWait) {
+		t.Fatalf("AcquireIfFree with the one connect in flight owed to a waiter: %v, want ErrWouldWait", err)
 	}
-	// A waiter is owed that connect: the next Acquire would wait.
-	res := acquireAsync(context.Background(), p)
-	waitFor(t, "waiter queued", waiting(p, 1))
-	if p.Free() {
-		t.Fatal("Free with a waiter queued: true")
+	if got := p.Stats().Waiting; got != 1 {
+		t.Fatalf("AcquireIfFree refused left %d waiting, want 1", got)
 	}
 	close(gate)
 	r := <-res
 	if r.err != nil {
-		t.Fatalf("waiter: %v", r.err)
+		t.Fatalf("AcquireIfFree served by the connect in flight: %v", r.err)
 	}
-	if p.Free() {
-		t.Fatal("Free with both backends held: true")
+	if _, err := p.AcquireIfFree(context.Background()); !errors.Is(err, ErrWouldWait) {
+		t.Fatalf("AcquireIfFree with both backends held: %v, want ErrWouldWait", err)
 	}
 	r.c.Release()
-	if !p.Free() {
-		t.Fatal("Free with an idle backend: false")
+	c, err := p.AcquireIfFree(context.Background())
+	if err != nil {
+		t.Fatalf("AcquireIfFree with an idle backend: %v", err)
 	}
+	c.Release()
+	p.Pause() // first is still held: not waited for
+	if _, err := p.AcquireIfFree(context.Background()); !errors.Is(err, ErrWouldWait) {
+		t.Fatalf("AcquireIfFree while paused with a backend idle: %v, want ErrWouldWait", err)
+	}
+	p.Resume()
 	first.Release()
+	// With room to open a backend and nobody queued, it opens one.
+	held := []Conn{mustAcquire(t, p)}
+	c, err = p.AcquireIfFree(context.Background())
+	if err != nil {
+		t.Fatalf("AcquireIfFree with room to connect: %v", err)
+	}
+	held = append(held, c)
+	for _, c := range held {
+		c.Release()
+	}
 }

@@ -379,11 +379,8 @@ func (s *Server) greet(c *clientConn, deadline time.Time) error {
 	// mode may change c.params.want (trackParameterStatus, under c.mu).
 	buf, _ := (&pgproto3.AuthenticationOk{}).Encode(nil)
 	buf = appendParamStatus(buf, params, c.params.want)
-	if c.policy.backendAtLogin && c.db.Pool.Free() {
-		// With the pool exhausted, the client is not kept waiting at login
-		// (applications open their pools eagerly): it keeps a minted key
-		// and gets its backend at its first query, as before.
-		if err := c.bindSession(); err != nil {
+	if c.policy.backendAtLogin {
+		if err := c.bindSession(); err != nil && err != pool.ErrWouldWait {
 			return s.refuseLogin(c.conn, err)
 		}
 	}
@@ -441,10 +438,17 @@ func appendParamStatus(buf []byte, server map[string]string, want *paramSet) []b
 // acquires as the client's first query would (acquire: the wait, the
 // backend, its reader) and logs as the client.
 func (c *clientConn) bindSession() error {
-	// Waiting for a backend is bounded by the pool's acquire timeout, not
+	// Waiting for a connect is bounded by the pool's acquire timeout, not
 	// by the startup timeout.
 	c.conn.SetDeadline(time.Time{})
-	b, err := c.acquire()
+	// Only a backend no other client must release first: with the pool
+	// exhausted the client is not kept waiting at login (applications
+	// open their pools eagerly, pgbench all its clients before the first
+	// transaction, and the clients holding the backends may be waiting
+	// for this very login). It keeps a minted key and gets its backend at
+	// its first query. The pool decides as it queues, so two logins never
+	// both count on the last backend (pool.AcquireIfFree).
+	b, err := c.acquire(true)
 	if err != nil {
 		return err
 	}

@@ -329,7 +329,7 @@ func (c *clientConn) acquireForRequest() (*backend, error) {
 			c.log.Warn("no server connection for client", "err", err) // as acquire logs it
 		}
 	} else {
-		b, err = c.acquire()
+		b, err = c.acquire(false)
 	}
 	if err != nil {
 		var pe *pgError
@@ -348,8 +348,10 @@ func (c *clientConn) acquireForRequest() (*backend, error) {
 // acquire gets a backend for this client and brings it to the client's
 // session parameters. In session mode it starts the backend reader on it;
 // in transaction mode the client goroutine reads the replies itself until
-// a request needs a backend reader (planRelay).
-func (c *clientConn) acquire() (*backend, error) {
+// a request needs a backend reader (planRelay). With ifFree it takes a
+// backend only if none must be released for it, and returns
+// pool.ErrWouldWait otherwise (pool.AcquireIfFree; bindSession).
+func (c *clientConn) acquire(ifFree bool) (*backend, error) {
 	s := c.srv
 	ctx, canceled := c.beginWait()
 	if canceled {
@@ -363,7 +365,13 @@ func (c *clientConn) acquire() (*backend, error) {
 	// more recently is not peeked, and if it died its first reply says so
 	// and the request goes to another backend (replay.go).
 	start := time.Now()
-	conn, err := c.db.Pool.Acquire(ctx)
+	var conn pool.Conn
+	var err error
+	if ifFree {
+		conn, err = c.db.Pool.AcquireIfFree(ctx)
+	} else {
+		conn, err = c.db.Pool.Acquire(ctx)
+	}
 	s.stats.waiting.Add(-1)
 	if c.endWait() {
 		if err == nil {
@@ -374,6 +382,9 @@ func (c *clientConn) acquire() (*backend, error) {
 	if err != nil {
 		if c.leave.killed.Load() || errors.Is(err, context.Canceled) {
 			return nil, errDraining()
+		}
+		if err == pool.ErrWouldWait {
+			return nil, err // the caller does without (bindSession)
 		}
 		c.log.Warn("no server connection for client", "err", err)
 		return nil, err

@@ -1,11 +1,15 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // TestPgbench runs pgbench's TPC-B-like script with 50 clients on a pool of
@@ -174,5 +178,134 @@ func waitClientsGone(t testing.TB, p *Proxy, timeout time.Duration) {
 			t.Fatalf("clients or busy backends remain %v after every client left: %v", timeout, last)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestSessionLoginsNeverWaitForARelease: in session mode a client takes its
+// backend at login when one is free, and otherwise logs in without one and
+// gets it at its first query. Applications open their pools eagerly and
+// pgbench connects all its clients before the first transaction, so a
+// login must never wait for another client to release a backend: those
+// clients may be waiting for this login. Many logins at once on a pool of
+// 3 (each round's clients stay connected until every login of the round is
+// done) must all log in at once, then all run a query. Before, a login
+// asked the pool whether a backend was free and then acquired one: two
+// logins could both see the last one free, and the second waited for a
+// release until the pool's acquire timeout (TestPgbench/session failed so:
+// "could not create connection for client 3" after 2 minutes, once in
+// dozens of runs; the rounds below did not catch that narrow race in 3 runs
+// of the old code, pool's TestAcquireIfFreeNeverWaitsForARelease checks the
+// decision itself). The same held for a paused pool with backends idle,
+// deterministically: the login waited for RESUME. Now it logs in, and its
+// first query waits for RESUME, as with PgBouncer.
+func TestSessionLoginsNeverWaitForARelease(t *testing.T) {
+	const size, clients, rounds = 3, 12, 15
+	p := StartProxy(t,
+		WithEnv("PGSIDECAR_POOL__MODE", "session"),
+		WithEnv("PGSIDECAR_POOL__MAX_SIZE", fmt.Sprint(size)),
+		WithEnv("PGSIDECAR_POOL__ACQUIRE_TIMEOUT", "120s"),
+		WithEnv("PGSIDECAR_LOG__LEVEL", "info"))
+	bound := 0
+	for round := 1; round <= rounds; round++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		conns := make([]*pgconn.PgConn, clients)
+		errs := make([]error, clients)
+		took := make([]time.Duration, clients)
+		var wg sync.WaitGroup
+		for i := range clients {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				lctx, lcancel := context.WithTimeout(ctx, 5*time.Second)
+				defer lcancel()
+				start := time.Now()
+				conns[i], errs[i] = pgconn.Connect(lctx, p.AppURL())
+				took[i] = time.Since(start)
+			}()
+		}
+		wg.Wait()
+		failed := 0
+		for i, err := range errs {
+			if err != nil {
+				failed++
+				t.Errorf("round %d: login %d failed after %v with the round's other clients connected: %v (SQLSTATE %s)",
+					round, i, took[i].Round(time.Millisecond), err, sqlState(err))
+			}
+		}
+		// Every client runs a query; those without a backend get one as the
+		// others leave.
+		pids := make([]string, clients)
+		for i, c := range conns {
+			if c == nil {
+				continue
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer txClosePgconn(c)
+				if c.PID() <= 1<<22 {
+					// Linux pids are at most 2^22, and the proxy mints
+					// keys above that: this is the backend's pid
+					// (bindSession).
+					pids[i] = fmt.Sprint(c.PID())
+				}
+				got, err := txOne(ctx, c, "SELECT pg_backend_pid()")
+				if err != nil {
+					t.Errorf("round %d: client %d's query: %v", round, i, err)
+					return
+				}
+				if pids[i] != "" && pids[i] != got {
+					t.Errorf("round %d: client %d bound at login to pid %s, its query ran on %s", round, i, pids[i], got)
+				}
+			}()
+		}
+		wg.Wait()
+		cancel()
+		for _, pid := range pids {
+			if pid != "" {
+				bound++
+			}
+		}
+		if failed > 0 || t.Failed() {
+			t.FailNow()
+		}
+		waitClientsGone(t, p, 5*time.Second)
+	}
+	t.Logf("%d rounds of %d logins on a pool of %d: %d clients bound at login", rounds, clients, size, bound)
+	if bound < rounds {
+		t.Fatalf("only %d of %d clients took a backend at login: the binding at login was not exercised", bound, rounds*clients)
+	}
+
+	// Paused, with the backends idle: the login goes through at once, its
+	// query waits for RESUME.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	con := connect(t, consoleURL(p, "app", "app"))
+	if err := consoleExec(ctx, con, "PAUSE app"); err != nil {
+		t.Fatalf("PAUSE: %v", err)
+	}
+	lctx, lcancel := context.WithTimeout(ctx, 3*time.Second)
+	c, err := pgconn.Connect(lctx, p.AppURL())
+	lcancel()
+	if err != nil {
+		_ = consoleExec(ctx, con, "RESUME app")
+		t.Fatalf("login to a paused pool with backends idle: %v (SQLSTATE %s); it must not wait for RESUME", err, sqlState(err))
+	}
+	defer txClosePgconn(c)
+	answered := make(chan error, 1)
+	go func() { // ends when the query is answered (after RESUME) or ctx ends
+		_, err := txOne(ctx, c, "SELECT 1")
+		answered <- err
+	}()
+	select {
+	case err := <-answered:
+		t.Fatalf("a query answered while the pool was paused: %v", err)
+	case <-time.After(500 * time.Millisecond):
+	}
+	if err := consoleExec(ctx, con, "RESUME app"); err != nil {
+		t.Fatalf("RESUME: %v", err)
+	}
+	if err := <-answered; err != nil {
+		t.Fatalf("the query after RESUME: %v", err)
 	}
 }
