@@ -371,7 +371,7 @@ func (s *Server) enlist(c *clientConn, e *connEnd) bool {
 // parameters from, a startup parameter the server rejects, no session
 // backend) is answered (refuseLogin).
 func (s *Server) greet(c *clientConn, deadline time.Time) error {
-	params, err := s.loginParams(c.ctx, deadline, c.db, c.log, c.params.startup)
+	params, err := s.loginParams(c.ctx, deadline, c.db, c.log, c.params.startup, c.policy.backendAtLogin)
 	if err != nil {
 		return s.refuseLogin(c.conn, err)
 	}
@@ -393,8 +393,8 @@ func (s *Server) greet(c *clientConn, deadline time.Time) error {
 // loginParams is the ParameterStatus set of db's server that a client is
 // greeted with (serverParams), once its startup parameters passed
 // checkStartupParams; ctx is the client's, bounded here by the login
-// deadline, and lg its logger.
-func (s *Server) loginParams(ctx context.Context, deadline time.Time, db *Database, lg *slog.Logger, startup map[string]paramValue) (map[string]string, error) {
+// deadline, lg its logger; ifFree: see checkStartupParams.
+func (s *Server) loginParams(ctx context.Context, deadline time.Time, db *Database, lg *slog.Logger, startup map[string]paramValue, ifFree bool) (map[string]string, error) {
 	if !deadline.IsZero() {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithDeadline(ctx, deadline)
@@ -404,7 +404,7 @@ func (s *Server) loginParams(ctx context.Context, deadline time.Time, db *Databa
 	if err != nil {
 		return nil, err
 	}
-	if err := s.checkStartupParams(ctx, db, lg, startup, params); err != nil {
+	if err := s.checkStartupParams(ctx, db, lg, startup, params, ifFree); err != nil {
 		return nil, err
 	}
 	return params, nil
@@ -598,8 +598,13 @@ func (s *Server) serverParams(ctx context.Context, db *Database) (map[string]str
 // ParameterStatus set (serverParams), whose values need no check, and lg
 // the client's logger. Each (name, value) the server accepted once is
 // remembered (paramAccepted), so this costs a round trip only the first
-// time.
-func (s *Server) checkStartupParams(ctx context.Context, db *Database, lg *slog.Logger, startup map[string]paramValue, server map[string]string) error {
+// time. With ifFree (session mode) the check runs only on a backend no
+// other client must release first (pool.AcquireIfFree): a session holds
+// its backend for as long as it likes, and the client it waits for may
+// be waiting for this login (an application opening its pool). Without
+// one the check is skipped: the parameter is set when the client gets its
+// backend, and the server's refusal, if any, answers its first query.
+func (s *Server) checkStartupParams(ctx context.Context, db *Database, lg *slog.Logger, startup map[string]paramValue, server map[string]string, ifFree bool) error {
 	var calls []string
 	var keys []string
 	for k, v := range startup {
@@ -618,7 +623,7 @@ func (s *Server) checkStartupParams(ctx context.Context, db *Database, lg *slog.
 	}
 	sql := "SELECT " + strings.Join(calls, ", ")
 	for tries := 1; ; tries++ {
-		retry, err := s.checkParamsOnce(ctx, db, lg, sql, keys)
+		retry, err := s.checkParamsOnce(ctx, db, lg, sql, keys, ifFree)
 		if !retry || tries >= maxReplays || ctx.Err() != nil {
 			return err
 		}
@@ -634,8 +639,17 @@ func (s *Server) checkStartupParams(ctx context.Context, db *Database, lg *slog.
 // backend that may be dead, and like a client's first request (replay.go)
 // it goes to another backend: it changes nothing (is_local settings, one
 // implicit transaction), so running it again is harmless.
-func (s *Server) checkParamsOnce(ctx context.Context, db *Database, lg *slog.Logger, sql string, keys []string) (retry bool, err error) {
-	conn, err := db.Pool.Acquire(ctx)
+func (s *Server) checkParamsOnce(ctx context.Context, db *Database, lg *slog.Logger, sql string, keys []string, ifFree bool) (retry bool, err error) {
+	var conn pool.Conn
+	if ifFree {
+		conn, err = db.Pool.AcquireIfFree(ctx)
+	} else {
+		conn, err = db.Pool.Acquire(ctx)
+	}
+	if err == pool.ErrWouldWait {
+		lg.Debug("startup parameters not checked at login: no backend free; they are set with the client's backend")
+		return false, nil
+	}
 	if err != nil {
 		return false, err
 	}

@@ -309,3 +309,79 @@ func TestSessionLoginsNeverWaitForARelease(t *testing.T) {
 		t.Fatalf("the query after RESUME: %v", err)
 	}
 }
+
+// TestSessionLoginWithNewParameterNeverWaits: a session-mode login whose
+// startup parameter the proxy has not seen the server accept yet is
+// checked on a backend (checkStartupParams) only when one is free; with
+// every backend held by an idle session, the login goes through at once
+// and the parameter is set when the client gets its backend. Before, the
+// check waited for a release: a login with a new application_name waited
+// for another session to end.
+func TestSessionLoginWithNewParameterNeverWaits(t *testing.T) {
+	p := StartProxy(t,
+		WithEnv("PGSIDECAR_POOL__MODE", "session"),
+		WithEnv("PGSIDECAR_POOL__MAX_SIZE", "1"),
+		WithEnv("PGSIDECAR_POOL__MIN_SIZE", "0"),
+		WithEnv("PGSIDECAR_POOL__ACQUIRE_TIMEOUT", "60s"))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	holder, err := pgconn.Connect(ctx, p.AppURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := txOne(ctx, holder, "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ name, param, value, want string }{
+		{"accepted", "application_name", "never-seen-" + fmt.Sprint(time.Now().UnixNano()), ""},
+		{"rejected", "statement_timeout", "not-a-duration", "22023"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, err := pgconn.ParseConfig(p.AppURL())
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg.RuntimeParams[tc.param] = tc.value
+			lctx, lcancel := context.WithTimeout(ctx, 3*time.Second)
+			c, err := pgconn.ConnectConfig(lctx, cfg)
+			lcancel()
+			if err != nil {
+				if tc.want != "" && sqlState(err) == tc.want {
+					return // refused at login: as directly
+				}
+				t.Fatalf("login with %s=%q while the one backend is held: %v (SQLSTATE %s)", tc.param, tc.value, err, sqlState(err))
+			}
+			defer txClosePgconn(c)
+			answered := make(chan struct {
+				got string
+				err error
+			}, 1)
+			go func() { // ends when the query is answered (after holder leaves) or ctx ends
+				got, err := txOne(ctx, c, "SELECT current_setting('"+tc.param+"')")
+				answered <- struct {
+					got string
+					err error
+				}{got, err}
+			}()
+			time.Sleep(200 * time.Millisecond)
+			txClosePgconn(holder)
+			r := <-answered
+			switch {
+			case tc.want == "" && (r.err != nil || r.got != tc.value):
+				t.Fatalf("%s after the backend came free: %q, %v; want %q", tc.param, r.got, r.err, tc.value)
+			case tc.want != "" && sqlState(r.err) != tc.want:
+				t.Fatalf("first query with %s=%q: %q, %v; want SQLSTATE %s", tc.param, tc.value, r.got, r.err, tc.want)
+			}
+			t.Logf("first query: %q, %v", r.got, r.err)
+			txClosePgconn(c) // its backend goes to the next holder
+			holder, err = pgconn.Connect(ctx, p.AppURL())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := txOne(ctx, holder, "SELECT 1"); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+	txClosePgconn(holder)
+}

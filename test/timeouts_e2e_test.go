@@ -269,7 +269,11 @@ func TestClientIdleTimeout(t *testing.T) {
 // a startup parameter the proxy has not seen, while a pool of one is held)
 // gets FATAL 53300 with a hint naming pool.client_login_timeout when that
 // runs out, well before acquire_timeout, instead of a silent close; once
-// the backend is free the same login works.
+// the backend is free the same login works. In session mode the login
+// does not wait for the held backend at all (a session may hold it for
+// ever, and its client may wait for this login): it goes through at once
+// unchecked, and its parameter is set when the backend comes free
+// (TestSessionLoginWithNewParameterNeverWaits).
 func TestClientLoginTimeout(t *testing.T) {
 	const limit = time.Second
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -292,6 +296,19 @@ func TestClientLoginTimeout(t *testing.T) {
 			start := time.Now()
 			c, err := pgconn.ConnectConfig(ctx, cfg)
 			took := time.Since(start)
+			if mode == "session" {
+				if err != nil {
+					// A login that waited would get client_login_timeout's 53300.
+					t.Fatalf("session-mode login with the only backend held: %v after %v; want it at once, unchecked", err, took)
+				}
+				txClosePgconn(holder) // its backend goes to c
+				res, err := c.Exec(ctx, "SHOW statement_timeout").ReadAll()
+				if err != nil || string(res[0].Rows[0][0]) != "4321ms" {
+					t.Fatalf("the session-mode login's parameter once it has a backend: %v %v", res, err)
+				}
+				txClosePgconn(c)
+				return
+			}
 			if err == nil {
 				c.Close(ctx)
 				t.Fatal("the login succeeded while the only backend was held")
@@ -305,9 +322,6 @@ func TestClientLoginTimeout(t *testing.T) {
 
 			if _, err := holder.Exec(ctx, "COMMIT").ReadAll(); err != nil {
 				t.Fatal(err)
-			}
-			if mode == "session" {
-				txClosePgconn(holder) // a session-mode client holds its backend until it leaves
 			}
 			late := txConnect(ctx, t, txProxyURL(p), params)
 			res, err := late.Exec(ctx, "SHOW statement_timeout").ReadAll()
