@@ -205,7 +205,7 @@ func (c *clientConn) forward(b *backend) (stop bool, err error) {
 	inline := c.planRelay(b, len(out))
 	var werr error
 	if len(out) > 0 {
-		werr = c.writeBackend(b, out)
+		werr = c.loop.writeBackend(&c.srv.park, b, out)
 	}
 	b.cout = out[:0]
 	if cap(out) > maxKeptBufSize {
@@ -351,7 +351,7 @@ func (c *clientConn) acquireForRequest() (*backend, error) {
 // a request needs a backend reader (planRelay).
 func (c *clientConn) acquire() (*backend, error) {
 	s := c.srv
-	ctx, canceled := c.beginWait()
+	ctx, canceled := c.wait.begin(&c.mu, c.ctx)
 	if canceled {
 		return nil, errWaitCanceled // in the loop's queue (waitcancel.go)
 	}
@@ -365,7 +365,7 @@ func (c *clientConn) acquire() (*backend, error) {
 	start := time.Now()
 	conn, err := c.db.Pool.Acquire(ctx)
 	s.stats.waiting.Add(-1)
-	if c.endWait() {
+	if c.wait.end(&c.mu) {
 		if err == nil {
 			conn.Release() // untouched
 		}
@@ -423,7 +423,7 @@ func (c *clientConn) takeBackend(conn pool.Conn) *backend {
 	c.mu.Lock()
 	c.be = b
 	c.wait.canceled = false // a cancel from now on goes to b (cancelPinned)
-	c.replay.armLocked(c.now())
+	c.replay.armLocked(c.loop.now(&c.srv.park))
 	b.unnamedOwner = nil
 	c.txStatus = 'I'
 	if !paramsInSync(c.params.want, b.params, b.defaults) {

@@ -502,8 +502,8 @@ func (c *clientConn) releaseAtTransactionEnd(b *backend, inline bool) (stop bool
 	}
 	// The release's time, read while c still holds b: once b is dropped
 	// the client may park, and the loop run it on its thread, which sets
-	// c.loop.running and the clock c.now reads.
-	now := c.now()
+	// c.loop.running and the clock c.loop.now reads.
+	now := c.loop.now(&c.srv.park)
 	c.dropBackendLocked()
 	c.state.endCheck()
 	if len(c.listen.notes) > 0 && !inline {
@@ -1032,7 +1032,7 @@ func (c *clientConn) finish() {
 		c.destroyBackend(b, failure)
 		return
 	}
-	c.srv.releaseBackend(b, c.now())
+	c.srv.releaseBackend(b, c.loop.now(&c.srv.park))
 }
 
 // resetAfterClient brings b, which a client left with transaction status

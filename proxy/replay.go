@@ -457,7 +457,7 @@ func (c *clientConn) replayCanceled(b *backend) bool {
 	b.cout = b.cout[:0]
 	c.dropBackendLocked()
 	c.txStatus = 'I'
-	now := c.now()
+	now := c.loop.now(&c.srv.park)
 	c.mu.Unlock()
 	c.srv.releaseBackend(b, now)
 	c.stream.discard.on, c.stream.discard.err = true, errReplayCanceled
