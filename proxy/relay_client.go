@@ -187,7 +187,7 @@ func (c *clientConn) backendForRequest() (*backend, error) {
 
 // forward sends b what the client's buffer holds for it and waits for
 // what that needs: build turns the messages into the bytes for b,
-// recordReplay keeps them while b may still be replayed, planRelay says
+// replay.recordLocked keeps them while b may still be replayed, planRelay says
 // who reads the replies, the write goes out, unpin ends the client
 // reader's use of b, and afterSend (the loop's, on the loop thread) waits
 // for the replies, a probe's answer or backpressure. With stop or err set,
@@ -201,7 +201,15 @@ func (c *clientConn) forward(b *backend) (stop bool, err error) {
 	if perr == errBackendMoved {
 		return false, nil
 	}
-	c.recordReplay(b, from, streaming)
+	// Kept while b may still be replayed (replay.go).
+	c.mu.Lock()
+	whole := !streaming && c.stream.passRemaining == 0 && c.state.checkWait == nil && from <= c.in.Start
+	var req []byte
+	if whole {
+		req = c.in.Buf[from:c.in.Start]
+	}
+	c.replay.recordLocked(b, c.be == b, req, whole)
+	c.mu.Unlock()
 	inline := c.planRelay(b, len(out))
 	var werr error
 	if len(out) > 0 {

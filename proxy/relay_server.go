@@ -64,7 +64,10 @@ func (c *clientConn) backendReader(b *backend, done chan struct{}) {
 		if err != nil {
 			if !errors.Is(err, os.ErrDeadlineExceeded) {
 				// Unless the request may go to another backend (replay.go).
-				if !c.armedFor(b) {
+				c.mu.Lock()
+				armed := c.replay.armed && c.be == b
+				c.mu.Unlock()
+				if !armed {
 					c.backendLost(b, err)
 					return
 				}
@@ -352,8 +355,12 @@ func (c *clientConn) beforeRouteLocked(b *backend, readErr error, inline bool) (
 		dead, wait := c.replay.firstReplyLocked(b, readErr)
 		if dead || wait {
 			// A dead b is destroyed here, or by the client reader when it
-			// is still writing to b (failFreshLocked).
-			destroy := dead && c.failFreshLocked(b)
+			// is still writing to b (abandonLocked, replayAbandon).
+			destroy := false
+			if dead {
+				c.replay.failLocked(b, c.cancels.n > 0)
+				destroy = c.abandonLocked(b)
+			}
 			c.mu.Unlock()
 			if destroy {
 				c.destroyDead(b)
