@@ -187,8 +187,8 @@ func (c *clientConn) backendForRequest() (*backend, error) {
 
 // forward sends b what the client's buffer holds for it and waits for
 // what that needs: build turns the messages into the bytes for b,
-// replay.recordLocked keeps them while b may still be replayed, planRelay says
-// who reads the replies, the write goes out, unpin ends the client
+// replay.recordLocked keeps them while b may still be replayed, planRelay
+// says who reads the replies, the write goes out, unpin ends the client
 // reader's use of b, and afterSend (the loop's, on the loop thread) waits
 // for the replies, a probe's answer or backpressure. With stop or err set,
 // process returns err; otherwise it goes on with the buffer: the next
