@@ -172,7 +172,7 @@ func (c *clientConn) cancelPinned(wantedLocked func() bool) (backendPID uint32, 
 		return 0, false, nil
 	}
 	c.cancels.addLocked()
-	c.replay.cancelSent = true // see failFreshLocked
+	c.replay.cancelSent = true // see replayState.failLocked
 	c.mu.Unlock()
 	defer func() {
 		// Unpin; if the transaction ended meanwhile, wake the server

@@ -51,11 +51,21 @@
 //     backend or dropped as it arrives (passOn, dropRest), a refused
 //     request discarded up to its end (discardState), a client that broke
 //     the protocol (protocolViolation); settled says none of these holds;
-//   - replayState, waitState, timeoutState, lastStatement, leaveState,
-//     idleReader, parkState and loopState: the replay of a first request,
-//     the cancel of a waiting request, timeouts, the last statement, why
-//     the client must go (leaveState.reason), the idle wait, parking and
-//     the loop.
+//   - replayState (replay.go): the replay of a first request: what went
+//     to a fresh backend (recordLocked), its first reply
+//     (firstReplyLocked), its death before answering (failLocked), the
+//     request put back in front of the client's bytes (spliceInto);
+//   - waitState (waitcancel.go): a request's wait for a backend, which a
+//     cancel request or the drain ends (begin, end, takeCanceled and
+//     endForDrain take c.mu, passed in);
+//   - idleReader and parkState (idle.go, park.go): the wait for input
+//     without a buffer (open finds the socket) and parking (setUp keeps
+//     the descriptor for the parker);
+//   - loopState (loop.go): the client's part in the event loop; whether
+//     the loop thread runs the client says which clock it reads (now) and
+//     how a request goes to the backend (writeBackend);
+//   - timeoutState, lastStatement, leaveState: timeouts, the last
+//     statement, why the client must go (leaveState.reason).
 //
 // What stays a clientConn method takes c.mu across several of these,
 // writes to the client, logs as the client or moves the backend; the

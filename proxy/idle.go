@@ -127,8 +127,11 @@ func (ir *idleReader) clearReadSignal(conn net.Conn) {
 // c.in.Prepare() would, but parks an idle client without a read buffer.
 func (c *clientConn) readClient() (int, error) {
 	ir := &c.idle
-	if !ir.setUp {
-		c.setUpIdleReader()
+	if !ir.setUp && ir.open(c.conn, c.sock) {
+		ir.read = c.readIdle // made once, so that a wait allocates nothing
+		if c.srv != nil && c.policy.releaseAtTransactionEnd {
+			c.park.setUp(ir.raw, &c.srv.park.rt, c.conn) // a mode that parks (park.go)
+		}
 	}
 	if ir.raw == nil || c.in.Start != c.in.End {
 		c.bufCache().lendReadBuffer(&c.in)
@@ -163,25 +166,20 @@ func (c *clientConn) readClient() (int, error) {
 	return ir.n, ir.err
 }
 
-// setUpIdleReader finds the client's socket, when it has one and no TLS.
-func (c *clientConn) setUpIdleReader() {
-	ir := &c.idle
+// open finds the socket under conn, the client's connection, when it has
+// one and no TLS (conn is sock, the accepted socket), and reports whether
+// it did; the caller then sets read. Once per client: setUp says it ran.
+func (ir *idleReader) open(conn, sock net.Conn) bool {
 	ir.setUp = true
-	if c.conn != c.sock {
-		return // TLS: see above
+	if conn != sock {
+		return false // TLS: see above
 	}
-	raw, err := sockpeek.RawConn(c.conn)
+	raw, err := sockpeek.RawConn(conn)
 	if err != nil {
-		return
+		return false
 	}
 	ir.raw = raw
-	ir.read = c.readIdle
-	if c.srv != nil && c.policy.releaseAtTransactionEnd {
-		// The descriptor, for the parker's epoll set (park.go). It stays
-		// valid while the client is parked: see park.go, Ownership.
-		raw.Control(func(fd uintptr) { c.park.fd, c.park.can = int(fd), true })
-		c.park.rtKey = c.srv.park.rt.pollKey(c.conn)
-	}
+	return true
 }
 
 // readIdle is the RawConn.Read callback: one non-blocking read into the

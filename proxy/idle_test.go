@@ -140,7 +140,9 @@ func TestIdleWaitAllocatesNothing(t *testing.T) {
 	}()
 	defer func() { close(send); <-done }()
 	// Nothing to read: the callback gives the buffer back and asks to park.
-	c.setUpIdleReader()
+	if c.idle.open(c.conn, c.sock) {
+		c.idle.read = c.readIdle // as readClient sets it up
+	}
 	if c.idle.raw == nil {
 		t.Fatal("a plain TCP client has no buffer-less wait")
 	}

@@ -341,7 +341,7 @@ func (p *parker) loopAcquire(c *clientConn) (*backend, error) {
 		conn.Release() // untouched (clientgone.go)
 		return nil, errClientGone
 	}
-	if fromQueue && c.takeWaitCanceled() {
+	if fromQueue && c.wait.takeCanceled(&c.mu) {
 		conn.Release() // untouched (waitcancel.go)
 		return nil, errWaitCanceled
 	}
@@ -710,9 +710,12 @@ func (c *clientConn) loopResume() (done bool, err error) {
 // (EAGAIN) ends the backend like any failed write: the net.Conn's write
 // would have waited on the runtime's poller, which the loop's backend
 // sockets are out of.
-func (c *clientConn) writeBackend(b *backend, out []byte) error {
-	if c.loop.running && b.raw != nil {
-		_, err := c.srv.park.rawWrite(b.raw, out)
+//
+// ls says whether the loop thread runs the client (running); p is the
+// parker, whose raw I/O the loop's write goes through.
+func (ls *loopState) writeBackend(p *parker, b *backend, out []byte) error {
+	if ls.running && b.raw != nil {
+		_, err := p.rawWrite(b.raw, out)
 		return err
 	}
 	_, err := b.nc.Write(out)
@@ -938,11 +941,12 @@ type rawConn interface {
 	Read(func(fd uintptr) bool) error
 }
 
-// now is the time for c's bookkeeping: on the loop thread the loop's
-// clock (readClock), at most a batch of events old, elsewhere time.Now().
-func (c *clientConn) now() time.Time {
-	if c.loop.running {
-		return c.srv.park.clock
+// now is the time for the client's bookkeeping: on the loop thread
+// (running) the loop's clock, p's (readClock), at most a batch of events
+// old, elsewhere time.Now().
+func (ls *loopState) now(p *parker) time.Time {
+	if ls.running {
+		return p.clock
 	}
 	return time.Now()
 }

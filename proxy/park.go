@@ -6,10 +6,12 @@ package proxy
 
 import (
 	"errors"
+	"net"
 	"runtime"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -129,7 +131,7 @@ type parkState struct {
 	// idle, with reads at mark, at the last sweep.
 	mark uint64
 	seen bool
-	can  bool // a plain-TCP client of a mode that parks (setUpIdleReader)
+	can  bool // a plain-TCP client of a mode that parks (setUp)
 	// parked: the parker holds the client and no goroutine runs it.
 	// Changed under parker.mu only.
 	parked atomic.Bool
@@ -140,6 +142,16 @@ type parkState struct {
 	// parker's set (runtimepoll_linux.go). rtOut under parker.mu.
 	rtKey uint64
 	rtOut bool
+}
+
+// setUp makes the client parkable: raw is its socket (idleReader.open
+// found it), conn its connection, rt the runtime's poller, which
+// registered it. The descriptor is for the parker's epoll set; it stays
+// valid while the client is parked (see Ownership above). Client
+// goroutine, once, in a mode that parks.
+func (ps *parkState) setUp(raw syscall.RawConn, rt *runtimePoll, conn net.Conn) {
+	raw.Control(func(fd uintptr) { ps.fd, ps.can = int(fd), true })
+	ps.rtKey = rt.pollKey(conn)
 }
 
 func (p *parker) init(every time.Duration) {

@@ -185,7 +185,10 @@ func TestParkAllocatesNothing(t *testing.T) {
 	// Not in the server's clients: the sweep never looks at it, and the
 	// peer never writes, so the parker never wakes it.
 	c := &clientConn{srv: e.srv, conn: sock, sock: sock, policy: ModeTransaction.policy(), log: e.srv.log, txStatus: 'I'}
-	c.setUpIdleReader()
+	if c.idle.open(c.conn, c.sock) { // as readClient sets it up
+		c.idle.read = c.readIdle
+		c.park.setUp(c.idle.raw, &e.srv.park.rt, c.conn)
+	}
 	if !c.park.can {
 		t.Fatal("a plain TCP client in transaction mode cannot park")
 	}

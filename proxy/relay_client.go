@@ -187,8 +187,8 @@ func (c *clientConn) backendForRequest() (*backend, error) {
 
 // forward sends b what the client's buffer holds for it and waits for
 // what that needs: build turns the messages into the bytes for b,
-// recordReplay keeps them while b may still be replayed, planRelay says
-// who reads the replies, the write goes out, unpin ends the client
+// replay.recordLocked keeps them while b may still be replayed, planRelay
+// says who reads the replies, the write goes out, unpin ends the client
 // reader's use of b, and afterSend (the loop's, on the loop thread) waits
 // for the replies, a probe's answer or backpressure. With stop or err set,
 // process returns err; otherwise it goes on with the buffer: the next
@@ -201,11 +201,19 @@ func (c *clientConn) forward(b *backend) (stop bool, err error) {
 	if perr == errBackendMoved {
 		return false, nil
 	}
-	c.recordReplay(b, from, streaming)
+	// Kept while b may still be replayed (replay.go).
+	c.mu.Lock()
+	whole := !streaming && c.stream.passRemaining == 0 && c.state.checkWait == nil && from <= c.in.Start
+	var req []byte
+	if whole {
+		req = c.in.Buf[from:c.in.Start]
+	}
+	c.replay.recordLocked(b, c.be == b, req, whole)
+	c.mu.Unlock()
 	inline := c.planRelay(b, len(out))
 	var werr error
 	if len(out) > 0 {
-		werr = c.writeBackend(b, out)
+		werr = c.loop.writeBackend(&c.srv.park, b, out)
 	}
 	b.cout = out[:0]
 	if cap(out) > maxKeptBufSize {
@@ -353,7 +361,7 @@ func (c *clientConn) acquireForRequest() (*backend, error) {
 // pool.ErrWouldWait otherwise (pool.AcquireIfFree; bindSession).
 func (c *clientConn) acquire(ifFree bool) (*backend, error) {
 	s := c.srv
-	ctx, canceled := c.beginWait()
+	ctx, canceled := c.wait.begin(&c.mu, c.ctx)
 	if canceled {
 		return nil, errWaitCanceled // in the loop's queue (waitcancel.go)
 	}
@@ -373,7 +381,7 @@ func (c *clientConn) acquire(ifFree bool) (*backend, error) {
 		conn, err = c.db.Pool.Acquire(ctx)
 	}
 	s.stats.waiting.Add(-1)
-	if c.endWait() {
+	if c.wait.end(&c.mu) {
 		if err == nil {
 			conn.Release() // untouched
 		}
@@ -434,7 +442,7 @@ func (c *clientConn) takeBackend(conn pool.Conn) *backend {
 	c.mu.Lock()
 	c.be = b
 	c.wait.canceled = false // a cancel from now on goes to b (cancelPinned)
-	c.replay.armLocked(c.now())
+	c.replay.armLocked(c.loop.now(&c.srv.park))
 	b.unnamedOwner = nil
 	c.txStatus = 'I'
 	if !paramsInSync(c.params.want, b.params, b.defaults) {

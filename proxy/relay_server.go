@@ -64,7 +64,10 @@ func (c *clientConn) backendReader(b *backend, done chan struct{}) {
 		if err != nil {
 			if !errors.Is(err, os.ErrDeadlineExceeded) {
 				// Unless the request may go to another backend (replay.go).
-				if !c.armedFor(b) {
+				c.mu.Lock()
+				armed := c.replay.armed && c.be == b
+				c.mu.Unlock()
+				if !armed {
 					c.backendLost(b, err)
 					return
 				}
@@ -352,8 +355,12 @@ func (c *clientConn) beforeRouteLocked(b *backend, readErr error, inline bool) (
 		dead, wait := c.replay.firstReplyLocked(b, readErr)
 		if dead || wait {
 			// A dead b is destroyed here, or by the client reader when it
-			// is still writing to b (failFreshLocked).
-			destroy := dead && c.failFreshLocked(b)
+			// is still writing to b (abandonLocked, replayAbandon).
+			destroy := false
+			if dead {
+				c.replay.failLocked(b, c.cancels.n > 0)
+				destroy = c.abandonLocked(b)
+			}
 			c.mu.Unlock()
 			if destroy {
 				c.destroyDead(b)
@@ -502,8 +509,8 @@ func (c *clientConn) releaseAtTransactionEnd(b *backend, inline bool) (stop bool
 	}
 	// The release's time, read while c still holds b: once b is dropped
 	// the client may park, and the loop run it on its thread, which sets
-	// c.loop.running and the clock c.now reads.
-	now := c.now()
+	// c.loop.running and the clock c.loop.now reads.
+	now := c.loop.now(&c.srv.park)
 	c.dropBackendLocked()
 	c.state.endCheck()
 	if len(c.listen.notes) > 0 && !inline {
@@ -1032,7 +1039,7 @@ func (c *clientConn) finish() {
 		c.destroyBackend(b, failure)
 		return
 	}
-	c.srv.releaseBackend(b, c.now())
+	c.srv.releaseBackend(b, c.loop.now(&c.srv.park))
 }
 
 // resetAfterClient brings b, which a client left with transaction status

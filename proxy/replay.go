@@ -84,7 +84,7 @@ type replayState struct {
 	canceled bool
 	// resending: the request was put back in front of the client's bytes
 	// (spliceReplay) and is on its way to a new backend: acquired, or
-	// about to be, but not written yet (recordReplay ends it). A cancel
+	// about to be, but not written yet (recordLocked ends it). A cancel
 	// request then has no backend to go to and no wait to end; it is
 	// kept in canceled (cancelWaiting) instead of being dropped as for
 	// an idle client, which let the statement run in full on the new
@@ -94,7 +94,7 @@ type replayState struct {
 	// backend that dies unanswered after it may have got the signal while
 	// it was being terminated, when the cancel's sender had already let
 	// go (c.cancels.n is 0 again): the request must not run elsewhere
-	// either (failFreshLocked).
+	// either (failLocked).
 	cancelSent bool
 	tries      int    // replays in a row for the current request
 	buf        []byte // the client bytes sent to c.be since it was acquired
@@ -114,29 +114,29 @@ func (r *replayState) armLocked(now time.Time) {
 	}
 }
 
-// recordReplay keeps the client bytes buf[from:c.in.Start] that the client
-// reader is about to send to b, while b may still be replayed. A request
-// that cannot be kept whole (a streamed message) is not replayed. A probe
-// (the proxy's Parse and Describe of a named statement b lacks, sent in
-// place of the client's Bind, see useStatement) is no obstacle: the Bind
-// waits unread in the client's buffer, so what was consumed is kept here
-// and the rest is still there; a FATAL in answer to the probe is the
-// backend's first reply like any other (pgbench -M prepared, pgx's
-// statement cache).
-func (c *clientConn) recordReplay(b *backend, from int, streamed bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.replay.resending = false       // written: a cancel now goes to b (cancelPinned)
-	dying := b.replayed && c.be == b // the backend reader already saw it die
-	if !c.replay.armed && !dying || c.be != b {
+// recordLocked keeps req, the client bytes the client reader is about to
+// send to b, while b may still be replayed; mine says b is the client's
+// backend (c.be). A request that cannot be kept whole (whole false: a
+// streamed message, or one sent while a state check is in flight) is not
+// replayed. A probe (the proxy's Parse and Describe of a named statement
+// b lacks, sent in place of the client's Bind, see useStatement) is no
+// obstacle: the Bind waits unread in the client's buffer, so what was
+// consumed is kept here and the rest is still there; a FATAL in answer to
+// the probe is the backend's first reply like any other (pgbench -M
+// prepared, pgx's statement cache). Under c.mu, by the client reader
+// (forward).
+func (r *replayState) recordLocked(b *backend, mine bool, req []byte, whole bool) {
+	r.resending = false         // written: a cancel now goes to b (cancelPinned)
+	dying := b.replayed && mine // the backend reader already saw it die
+	if !r.armed && !dying || !mine {
 		return
 	}
-	if streamed || c.stream.passRemaining > 0 || c.state.checkWait != nil || from > c.in.Start {
-		c.replay.armed = false
-		c.replay.lost = dying
+	if !whole {
+		r.armed = false
+		r.lost = dying
 		return
 	}
-	c.replay.buf = append(c.replay.buf, c.in.Buf[from:c.in.Start]...)
+	r.buf = append(r.buf, req...)
 }
 
 // noReplayForLocked disarms the replay when q, the text of a statement
@@ -271,19 +271,11 @@ func retryableFirstReply(b *backend, ended bool) (retry, complete bool) {
 	}
 }
 
-// armedFor reports whether b's first reply is still awaited with the
-// request kept for a replay.
-func (c *clientConn) armedFor(b *backend) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.replay.armed && c.be == b
-}
-
 // firstReplyLocked is b's reader's look (beforeRouteLocked: a backend
 // reader, the client goroutine inline, or the loop) at what b sent (and
 // readErr) while the client's request may still be replayed: the caller
 // found the replay armed and b the client's backend. dead true means b
-// died before answering: the caller marks it dead (failFreshLocked) and
+// died before answering: the caller marks it dead (failLocked) and
 // stops reading it. wait true means the first message is not whole yet:
 // read on before routing anything. With both false, a mere wake-up leaves
 // the replay armed; a backend that answered, or died too late
@@ -321,31 +313,32 @@ func (r *replayState) firstReplyLocked(b *backend, readErr error) (dead, wait bo
 	return true, false
 }
 
-// failFreshLocked marks b dead before its first reply and the client's
-// request as pending a replay. It abandons b at once unless the client
-// reader is still writing to it (then the client reader does, see
-// replayAbandon), and reports whether it did.
-func (c *clientConn) failFreshLocked(b *backend) bool {
+// failLocked marks b dead before its first reply and the client's
+// request as pending a replay; cancelling says a cancel request for the
+// request is being sent to b (c.cancels.n). The caller then abandons b
+// (abandonLocked). Under c.mu.
+func (r *replayState) failLocked(b *backend, cancelling bool) {
 	b.replayed = true
-	c.replay.armed, c.replay.pending = false, true
-	c.replay.tries++
-	if c.cancels.n > 0 || c.replay.cancelSent {
+	r.armed, r.pending = false, true
+	r.tries++
+	if cancelling || r.cancelSent {
 		// A cancel request for this request is being sent, or was sent,
 		// to b, which will never act on it: the request must not run
 		// elsewhere.
-		c.replay.canceled = true
+		r.canceled = true
 	}
+}
+
+// abandonLocked lets go of b, which died unanswered (replay.failLocked):
+// nothing the client sent since the acquire counts (its statements are
+// forgotten, as for a failed Parse) and the client reader is woken to
+// send the request again. It does so at once unless the client reader is
+// still writing to b (then the client reader does, see replayAbandon),
+// and reports whether it did. Under c.mu.
+func (c *clientConn) abandonLocked(b *backend) bool {
 	if c.writing {
 		return false
 	}
-	c.abandonLocked(b)
-	return true
-}
-
-// abandonLocked lets go of b, which died unanswered: nothing the client
-// sent since the acquire counts (its statements are forgotten, as for a
-// failed Parse) and the client reader is woken to send the request again.
-func (c *clientConn) abandonLocked(b *backend) {
 	for c.q.len() > 0 {
 		r := c.q.pop()
 		c.stmts.undo(b, &r)
@@ -362,6 +355,7 @@ func (c *clientConn) abandonLocked(b *backend) {
 		// still writing, the client reader sees it itself.)
 		c.idle.signalRead(c.conn)
 	}
+	return true
 }
 
 // replayAbandon is the client reader's part after it wrote to b: when b
@@ -372,7 +366,8 @@ func (c *clientConn) abandonLocked(b *backend) {
 func (c *clientConn) replayAbandon(b *backend, werr error) (bool, error) {
 	c.mu.Lock()
 	if werr != nil && c.replay.armed && c.be == b && !b.replayed {
-		c.failFreshLocked(b) // not writing any more: abandons b now
+		c.replay.failLocked(b, c.cancels.n > 0)
+		c.abandonLocked(b) // not writing any more: abandons b now
 		c.mu.Unlock()
 		c.destroyDead(b)
 		return true, nil
@@ -457,7 +452,7 @@ func (c *clientConn) replayCanceled(b *backend) bool {
 	b.cout = b.cout[:0]
 	c.dropBackendLocked()
 	c.txStatus = 'I'
-	now := c.now()
+	now := c.loop.now(&c.srv.park)
 	c.mu.Unlock()
 	c.srv.releaseBackend(b, now)
 	c.stream.discard.on, c.stream.discard.err = true, errReplayCanceled

@@ -385,7 +385,7 @@ wait:
 		n := len(s.clients)
 		for c := range s.clients {
 			c.wake()
-			c.endWaitForDrain()
+			c.wait.endForDrain(&c.mu)
 		}
 		s.mu.Unlock()
 		if n == 0 {

@@ -5,6 +5,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"sync"
 
 	"github.com/pgsidecar/pgsidecar/internal/pgwire"
 )
@@ -74,44 +75,46 @@ func (c *clientConn) cancelWaiting() bool {
 	return resending
 }
 
-// endWaitForDrain ends the client's wait in the pool, if a goroutine of
-// its waits there: the drain began, so no transaction may start, and
-// acquire answers the request with 57P01 (context.Canceled) instead of
-// waiting for a backend it would only give back. wake does the same for
-// a request in the event loop's queue, which a goroutine then answers.
-func (c *clientConn) endWaitForDrain() {
-	c.mu.Lock()
-	if c.wait.cancel != nil && !c.wait.canceled {
-		c.wait.cancel(errDrainingCause)
+// endForDrain ends the client's wait in the pool, if a goroutine of its
+// waits there: the drain began, so no transaction may start, and acquire
+// answers the request with 57P01 (context.Canceled) instead of waiting
+// for a backend it would only give back. wake does the same for a
+// request in the event loop's queue, which a goroutine then answers. mu
+// is the client's c.mu, which it takes.
+func (w *waitState) endForDrain(mu *sync.Mutex) {
+	mu.Lock()
+	if w.cancel != nil && !w.canceled {
+		w.cancel(errDrainingCause)
 	}
-	c.mu.Unlock()
+	mu.Unlock()
 }
 
 // errDrainingCause ends the context of a wait the drain ended.
 var errDrainingCause = errors.New("draining")
 
-// beginWait starts a goroutine's wait in the pool (waitState.beginLocked,
-// under the client's context).
-func (c *clientConn) beginWait() (ctx context.Context, canceled bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.wait.beginLocked(c.ctx)
+// begin starts a goroutine's wait in the pool (beginLocked, under mu, the
+// client's c.mu, which it takes), under parent, the client's context.
+func (w *waitState) begin(mu *sync.Mutex, parent context.Context) (ctx context.Context, canceled bool) {
+	mu.Lock()
+	defer mu.Unlock()
+	return w.beginLocked(parent)
 }
 
-// endWait ends the wait beginWait started and reports whether a cancel
-// request ended it.
-func (c *clientConn) endWait() (canceled bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.wait.endLocked()
+// end ends the wait begin started and reports whether a cancel request
+// ended it (endLocked, under mu, the client's c.mu, which it takes).
+func (w *waitState) end(mu *sync.Mutex) (canceled bool) {
+	mu.Lock()
+	defer mu.Unlock()
+	return w.endLocked()
 }
 
-// takeWaitCanceled reports, once, whether a cancel request came for the
-// request the event loop's queue just served. Loop thread.
-func (c *clientConn) takeWaitCanceled() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.wait.takeCanceledLocked()
+// takeCanceled reports, once, whether a cancel request came for the
+// request the event loop's queue just served (takeCanceledLocked, under
+// mu, the client's c.mu, which it takes). Loop thread.
+func (w *waitState) takeCanceled(mu *sync.Mutex) bool {
+	mu.Lock()
+	defer mu.Unlock()
+	return w.takeCanceledLocked()
 }
 
 // beginLocked starts a goroutine's wait in the pool: it returns the
@@ -142,7 +145,8 @@ func (w *waitState) takeCanceledLocked() bool {
 	return canceled
 }
 
-// waitState is a request's wait for a backend (see above). Under c.mu.
+// waitState is a request's wait for a backend (see above). Under c.mu:
+// its ...Locked methods run under it, the others take it (passed in).
 type waitState struct {
 	cancel   context.CancelCauseFunc // set while a goroutine waits in the pool
 	canceled bool                    // a cancel request came for the waiting request
