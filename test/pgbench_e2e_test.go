@@ -314,7 +314,9 @@ func TestSessionLoginsNeverWaitForARelease(t *testing.T) {
 // startup parameter the proxy has not seen the server accept yet is
 // checked on a backend (checkStartupParams) only when one is free; with
 // every backend held by an idle session, the login goes through at once
-// and the parameter is set when the client gets its backend. Before, the
+// and the parameter is set when the client gets its backend; a value the
+// server rejects answers the client's first query with the server's error,
+// and the session goes on with the server's default. Before, the
 // check waited for a release: a login with a new application_name waited
 // for another session to end.
 func TestSessionLoginWithNewParameterNeverWaits(t *testing.T) {
@@ -373,6 +375,13 @@ func TestSessionLoginWithNewParameterNeverWaits(t *testing.T) {
 				t.Fatalf("first query with %s=%q: %q, %v; want SQLSTATE %s", tc.param, tc.value, r.got, r.err, tc.want)
 			}
 			t.Logf("first query: %q, %v", r.got, r.err)
+			// The session goes on: with the value, or after the refusal
+			// with the server's default (directly the login was refused).
+			again, err := txOne(ctx, c, "SELECT current_setting('"+tc.param+"')")
+			if err != nil || tc.want == "" && again != tc.value {
+				t.Fatalf("second query: %q, %v", again, err)
+			}
+			t.Logf("second query: %q", again)
 			txClosePgconn(c) // its backend goes to the next holder
 			holder, err = pgconn.Connect(ctx, p.AppURL())
 			if err != nil {
