@@ -44,22 +44,18 @@ type clientConn struct {
 	stream clientStream // where the client is in its stream beyond one whole message (clientstream.go)
 
 	// Shared with backendReader and cancel requests, under mu.
-	mu       sync.Mutex
-	be       *backend
-	q        requestQueue
-	inBatch  bool             // extended-protocol messages sent since the last Sync
-	writing  bool             // the client reader is writing to the backend: it stays held
-	txStatus byte             // from the last ReadyForQuery
-	cancels  cancelTrack      // cancel requests being sent to the backend: it stays held (cancel.go)
-	params   clientParams     // the session parameters the client expects, and its startup packet's (params.go)
-	stmts    clientStatements // the client's statements (statements.go)
-	reader   readerState      // who reads be, and its hand-overs with the client reader (relay_server.go)
-	// serverSkipping: an extended-protocol error came back before the
-	// client's Sync was sent; the server discards everything up to it.
-	serverSkipping bool
-	state          sessionTrack // session state and settings (transaction mode, sessionstate.go)
-	hub            *notifyHub   // the shared listener (nil in session mode or without one)
-	listen         listenTrack  // LISTEN through the shared listener (notify.go)
+	mu sync.Mutex
+	be *backend
+	// exchange: where the exchange with be stands (exchange.go): the
+	// request queue (q), txStatus, inBatch, serverSkipping, and the pins
+	// writing and cancels. Embedded: c.q, c.txStatus, ... are its fields.
+	exchange
+	params clientParams     // the session parameters the client expects, and its startup packet's (params.go)
+	stmts  clientStatements // the client's statements (statements.go)
+	reader readerState      // who reads be, and its hand-overs with the client reader (relay_server.go)
+	state  sessionTrack     // session state and settings (transaction mode, sessionstate.go)
+	hub    *notifyHub       // the shared listener (nil in session mode or without one)
+	listen listenTrack      // LISTEN through the shared listener (notify.go)
 	// replay: the first request on a freshly acquired backend, kept to be
 	// sent again on another backend if that one was already dying (replay.go).
 	replay replayState

@@ -30,8 +30,14 @@
 // request queue, the backend) instead of the client, so a signature says
 // what a feature reaches:
 //
-//   - requestQueue (requests.go): what awaits a reply, and which request a
-//     reply ends (popReady, popCompleted, fail);
+//   - exchange (exchange.go), embedded in clientConn: where the exchange
+//     with c.be stands: the requestQueue (requests.go: what awaits a
+//     reply, and which request a reply ends: popReady, popCompleted,
+//     fail), the transaction status, an open batch, a server skipping to
+//     Sync, and the pins (writing, cancels); whether the transaction is
+//     over (transactionOverLocked), b can go back (releasableLocked), or
+//     the client is between transactions (betweenTransactionsLocked,
+//     atBoundaryLocked);
 //   - clientStatements (statements.go): the client's statements and the
 //     rewriting of Parse/Bind/Describe/Close; a backend's own side is its
 //     preparedSet;

@@ -427,7 +427,7 @@ func (c *clientConn) queueNotification(msg []byte) {
 	}
 	b := c.be
 	async := b != nil && c.reader.async
-	if async && c.transactionOverLocked() {
+	if async && c.exchange.transactionOverLocked(c.policy) {
 		// Held between transactions by a backend reader (pinned, or about
 		// to be released): it delivers.
 		b.setReadDeadline(time.Now())

@@ -388,12 +388,12 @@ func lostReply(inline bool) (stop bool, err error) {
 // shared listener's queued notifications are appended to out, the bytes
 // for the client (then in b.out). Under c.mu.
 func (c *clientConn) afterTransactionLocked(b *backend, out []byte) (_, send []byte) {
-	if c.idleLocked(b) {
+	if c.exchange.idleLocked(c.policy, b) {
 		// The transaction is over: ask the server about session state
 		// if the client's traffic may have touched it.
 		send = c.state.afterTransaction(&c.listen, c.params.want, b, &c.q)
 	}
-	if len(c.listen.notes) > 0 && c.idleLocked(b) {
+	if len(c.listen.notes) > 0 && c.exchange.idleLocked(c.policy, b) {
 		// Between transactions: deliver the shared listener's
 		// notifications after the ReadyForQuery.
 		o := append(b.out[:0], out...)
@@ -492,7 +492,7 @@ func (c *clientConn) replyAndRelease(b *backend, out []byte, inline bool) (stop 
 // b's socket) ends the client; finish destroys b.
 func (c *clientConn) releaseAtTransactionEnd(b *backend, inline bool) (stop bool, err error) {
 	c.mu.Lock()
-	if c.reader.stop || !c.releasableLocked(b) {
+	if c.reader.stop || !c.exchange.releasableLocked(c.policy, b, &c.state, &c.listen) {
 		c.mu.Unlock()
 		return false, nil
 	}
@@ -532,7 +532,7 @@ func (c *clientConn) releaseAtTransactionEnd(b *backend, inline bool) (stop bool
 // the backend reader calls it.
 func (c *clientConn) awaitWriteLocked(b *backend) bool {
 	c.writing = false
-	ok := c.releasableLocked(b)
+	ok := c.exchange.releasableLocked(c.policy, b, &c.state, &c.listen)
 	c.writing = true
 	if !ok {
 		return false
@@ -548,7 +548,7 @@ func (c *clientConn) awaitWriteLocked(b *backend) bool {
 	if c.reader.writeDone == done {
 		c.reader.writeDone = nil
 	}
-	return !c.reader.stop && c.releasableLocked(b)
+	return !c.reader.stop && c.exchange.releasableLocked(c.policy, b, &c.state, &c.listen)
 }
 
 // dropBackendLocked forgets the client's backend (released, lost or
@@ -559,34 +559,6 @@ func (c *clientConn) dropBackendLocked() {
 	c.reader.async = false
 	c.reader.severed = false
 	c.reader.copyIn = false
-}
-
-// releasableLocked reports whether the client's transaction is over and
-// nothing is in flight, so b can serve another client. Only b's reader
-// calls it (the backend reader, or relayReplies on the client goroutine
-// or the loop, whichever reads b): b's buffer indexes are its own.
-func (c *clientConn) releasableLocked(b *backend) bool {
-	return c.idleLocked(b) && c.state.pin == nil && !c.listen.unlistenBackend
-}
-
-// idleLocked reports whether the client's transaction is over and nothing
-// is in flight on b. Only b's reader calls it (see releasableLocked).
-func (c *clientConn) idleLocked(b *backend) bool {
-	return c.transactionOverLocked() && b.settled()
-}
-
-// transactionOverLocked reports whether nothing the client sent is still in
-// flight and its transaction is over (transaction mode).
-func (c *clientConn) transactionOverLocked() bool {
-	return c.answeredLocked() && !c.writing && c.cancels.n == 0
-}
-
-// answeredLocked reports whether, in transaction mode, everything the
-// client sent has been answered and its transaction is over: what
-// transactionOverLocked and betweenTransactionsLocked both start from.
-// Under c.mu.
-func (c *clientConn) answeredLocked() bool {
-	return c.policy.releaseAtTransactionEnd && c.q.len() == 0 && !c.inBatch && c.txStatus == 'I'
 }
 
 // releaseBackend gives a clean backend back to its pool at time at (the
@@ -771,7 +743,7 @@ func (c *clientConn) routeLocked(b *backend) (out []byte, release bool, err erro
 	} else {
 		out = rb[chunkStart:pos]
 	}
-	return out, c.releasableLocked(b), nil
+	return out, c.exchange.releasableLocked(c.policy, b, &c.state, &c.listen), nil
 }
 
 // routedWhole reports whether routeOneLocked reads the body of a reply of
@@ -904,7 +876,7 @@ func (c *clientConn) readyForQueryLocked(b *backend, msg []byte) (swallow bool, 
 func (c *clientConn) errorResponseLocked(b *backend, msg []byte) (swallow bool) {
 	body := msg[pgwire.HeaderLen:]
 	b.noteError(body)
-	if b.fatal && c.betweenTransactionsLocked() {
+	if b.fatal && c.exchange.betweenTransactionsLocked(c.policy, &c.state, &c.listen) {
 		// pg_terminate_backend or a shutdown reached b after the
 		// client's transaction ended: not the client's error.
 		b.diedBetween = true
@@ -937,19 +909,6 @@ func (c *clientConn) errorResponseLocked(b *backend, msg []byte) (swallow bool) 
 		c.serverSkipping = true
 	}
 	return swallow
-}
-
-// betweenTransactionsLocked reports whether, in transaction mode, nothing
-// the client sent is unanswered, its transaction is over and no session
-// state ties it to its backend: a backend lost now costs the client
-// nothing (errorResponseLocked). Unlike transactionOverLocked it holds
-// while a cancel request is being sent (c.cancels.n) and while the client
-// reader has yet to come back from a write the backend has answered
-// (c.writing; a request being written is in c.q). Not while the
-// session tracking owes the backend a look (sessionTrack.owesCheck): the
-// client's SET would be lost with it. Under c.mu.
-func (c *clientConn) betweenTransactionsLocked() bool {
-	return c.answeredLocked() && c.state.pin == nil && !c.listen.unlistenBackend && !c.state.owesCheck()
 }
 
 // finish runs when the client leaves: it stops the backend reader and gives
