@@ -47,8 +47,9 @@ type clientConn struct {
 	mu sync.Mutex
 	be *backend
 	// exchange: where the exchange with be stands (exchange.go): the
-	// request queue (q), txStatus, inBatch, serverSkipping, and the pins
-	// writing and cancels. Embedded: c.q, c.txStatus, ... are its fields.
+	// request queue (q), txStatus, inBatch, serverSkipping, the pins
+	// writing and cancels, and the reply routing's replacement. Embedded:
+	// c.q, c.txStatus, ... are its fields.
 	exchange
 	params clientParams     // the session parameters the client expects, and its startup packet's (params.go)
 	stmts  clientStatements // the client's statements (statements.go)
@@ -161,8 +162,7 @@ type listenTrack struct {
 
 // readerState says who reads the client's backend, c.be, and holds what
 // its reader, whichever it is, shares with the client reader: the
-// hand-overs between the two (writeDone, drained) and the reply routing
-// put in place of one it swallowed (replacement). Under c.mu.
+// hand-overs between the two (writeDone, drained). Under c.mu.
 type readerState struct {
 	// async: a backend reader (backendReader) reads be until be is released
 	// or lost; done is closed when that reader ends; stop tells it to stop
@@ -186,9 +186,6 @@ type readerState struct {
 	// fall to half of maxPendingRequests (wakeDrainedLocked; nil unless
 	// the client reader waits for that: backpressure).
 	drained chan struct{}
-	// replacement is a message routeOneLocked wants sent instead of the
-	// one it swallowed (nil when none).
-	replacement []byte
 }
 
 // serverOpTimeout bounds each statement the proxy runs on a backend itself

@@ -1,8 +1,9 @@
 // exchange: where a client's exchange with its backend stands (what awaits
 // a reply, the transaction status, an open extended-protocol batch, a
-// server skipping to Sync, and the pins that keep the backend in use), and
-// what the relay asks of it: whether the transaction is over, whether the
-// backend can go back, whether the client is between transactions.
+// server skipping to Sync, and the pins that keep the backend in use),
+// what the relay asks of it (whether the transaction is over, whether the
+// backend can go back, whether the client is between transactions), and
+// what an ErrorResponse does to it.
 
 package proxy
 
@@ -20,6 +21,10 @@ type exchange struct {
 	// serverSkipping: an extended-protocol error came back before the
 	// client's Sync was sent; the server discards everything up to it.
 	serverSkipping bool
+	// replacement is a message the reply routing (routeOneLocked,
+	// errorResponseLocked) wants sent instead of the one it swallowed
+	// (nil when none); routeLocked sends it and clears it.
+	replacement []byte
 }
 
 // answeredLocked reports whether, in transaction mode (p), everything the
@@ -58,8 +63,9 @@ func (x *exchange) releasableLocked(p *modePolicy, b *backend, s *sessionTrack, 
 // betweenTransactionsLocked reports whether, in transaction mode (p),
 // nothing the client sent is unanswered, its transaction is over and no
 // session state (s, l) ties it to its backend: a backend lost now costs
-// the client nothing (errorResponseLocked). Unlike transactionOverLocked
-// it holds while a cancel request is being sent (cancels.n) and while the
+// the client nothing (routeOneLocked, on a FATAL). Unlike
+// transactionOverLocked it holds while a cancel request is being sent
+// (cancels.n) and while the
 // client reader has yet to come back from a write the backend has
 // answered (writing; a request being written is in q). Not while the
 // session tracking owes the backend a look (sessionTrack.owesCheck): the
@@ -76,4 +82,40 @@ func (x *exchange) betweenTransactionsLocked(p *modePolicy, s *sessionTrack, l *
 // run). Under c.mu.
 func (x *exchange) atBoundaryLocked(held bool, stmts *clientStatements, s *sessionTrack) bool {
 	return !held || (x.q.len() == 0 && !x.inBatch && x.txStatus == 'I' && !x.writing && x.cancels.n == 0 && stmts.probe == nil && s.checkWait == nil)
+}
+
+// errorResponseLocked books an ErrorResponse (body: its fields) that
+// routeOneLocked found to be the client's: it ends copy-in mode, fails
+// the requests it fails (requestQueue.fail with stmts, the client's
+// statements: in the extended protocol, everything the server now skips
+// up to the client's Sync, which sets serverSkipping), and says whether
+// to swallow it, replacement then holding what the client gets instead:
+// timedOut, the proxy's own error for its query_timeout cancel, when not
+// nil; the error with the client's name for the statement; a refused
+// request's error. Under c.mu.
+func (x *exchange) errorResponseLocked(b *backend, body []byte, stmts *clientStatements, timedOut *pgError) (swallow bool) {
+	x.q.copyIn = false // an error ends copy-in mode
+	if timedOut != nil {
+		x.replacement = timedOut.appendTo(x.replacement[:0])
+		swallow = true
+	}
+	if h := x.q.peek(); h != nil && h.quiet {
+		swallow = true
+	} else if !swallow && h != nil && h.stmt != nil {
+		// The server named its copy of the statement (pgsc_N): the
+		// client hears its own name, as directly.
+		if renamed, ok := stmts.appendErrorClientNamed(x.replacement[:0], h, body); ok {
+			x.replacement = renamed
+			swallow = true
+		}
+	}
+	replacement, toSync := x.q.fail(stmts, b, body)
+	if replacement != nil {
+		x.replacement = append(x.replacement[:0], replacement...)
+		swallow = true
+	}
+	if toSync {
+		x.serverSkipping = true
+	}
+	return swallow
 }

@@ -466,6 +466,19 @@ func (l *listenTrack) takeNotes() [][]byte {
 	return n
 }
 
+// appendNotes appends the queued notifications to out, b's routed
+// replies for the client, and returns the lot, now in b.out. Between
+// transactions only (relayReplies), so that they go after the
+// ReadyForQuery.
+func (l *listenTrack) appendNotes(b *backend, out []byte) []byte {
+	o := append(b.out[:0], out...)
+	for _, m := range l.takeNotes() {
+		o = append(o, m...)
+	}
+	b.out = o
+	return o
+}
+
 // takeLate returns the channels the backend listened on that the hub may
 // lack (notifyHub.listenLate deals with them once c.mu is let go), or nil.
 func (l *listenTrack) takeLate() []string {
