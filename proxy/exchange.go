@@ -9,7 +9,8 @@ package proxy
 
 // exchange is where the client's exchange with its backend (c.be) stands.
 // clientConn embeds it, so its fields read as the client's (c.q,
-// c.txStatus, ...). Shared with backendReader and cancel requests: under
+// c.txStatus, ...); its methods are called as c.exchange's, which says
+// whose they are. Shared with backendReader and cancel requests: under
 // c.mu, as are all its methods.
 type exchange struct {
 	q       requestQueue // what awaits a reply, in order (requests.go)
@@ -65,11 +66,11 @@ func (x *exchange) releasableLocked(p *modePolicy, b *backend, s *sessionTrack, 
 // session state (s, l) ties it to its backend: a backend lost now costs
 // the client nothing (routeOneLocked, on a FATAL). Unlike
 // transactionOverLocked it holds while a cancel request is being sent
-// (cancels.n) and while the
-// client reader has yet to come back from a write the backend has
-// answered (writing; a request being written is in q). Not while the
-// session tracking owes the backend a look (sessionTrack.owesCheck): the
-// client's SET would be lost with it. Under c.mu.
+// (cancels.n) and while the client reader has yet to come back from a
+// write the backend has answered (writing; a request being written is in
+// q). Not while the session tracking owes the backend a look
+// (sessionTrack.owesCheck): the client's SET would be lost with it. Under
+// c.mu.
 func (x *exchange) betweenTransactionsLocked(p *modePolicy, s *sessionTrack, l *listenTrack) bool {
 	return x.answeredLocked(p) && s.pin == nil && !l.unlistenBackend && !s.owesCheck()
 }
