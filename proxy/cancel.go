@@ -179,7 +179,7 @@ func (c *clientConn) cancelPinned(wantedLocked func() bool) (backendPID uint32, 
 		// reader so it releases the backend now.
 		c.mu.Lock()
 		c.cancels.endLocked() // the last one lets the client reader write again (build)
-		if c.be == b && c.reader.async && c.transactionOverLocked() {
+		if c.be == b && c.reader.async && c.exchange.transactionOverLocked(c.policy) {
 			// A backend reader waits on b: wake it to release b. (Inline,
 			// the client goroutine waits on c.cancels.done instead.)
 			b.setReadDeadline(time.Now())

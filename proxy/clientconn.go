@@ -44,22 +44,19 @@ type clientConn struct {
 	stream clientStream // where the client is in its stream beyond one whole message (clientstream.go)
 
 	// Shared with backendReader and cancel requests, under mu.
-	mu       sync.Mutex
-	be       *backend
-	q        requestQueue
-	inBatch  bool             // extended-protocol messages sent since the last Sync
-	writing  bool             // the client reader is writing to the backend: it stays held
-	txStatus byte             // from the last ReadyForQuery
-	cancels  cancelTrack      // cancel requests being sent to the backend: it stays held (cancel.go)
-	params   clientParams     // the session parameters the client expects, and its startup packet's (params.go)
-	stmts    clientStatements // the client's statements (statements.go)
-	reader   readerState      // who reads be, and its hand-overs with the client reader (relay_server.go)
-	// serverSkipping: an extended-protocol error came back before the
-	// client's Sync was sent; the server discards everything up to it.
-	serverSkipping bool
-	state          sessionTrack // session state and settings (transaction mode, sessionstate.go)
-	hub            *notifyHub   // the shared listener (nil in session mode or without one)
-	listen         listenTrack  // LISTEN through the shared listener (notify.go)
+	mu sync.Mutex
+	be *backend
+	// exchange: where the exchange with be stands (exchange.go): the
+	// request queue (q), txStatus, inBatch, serverSkipping, the pins
+	// writing and cancels, and the reply routing's replacement. Embedded:
+	// c.q, c.txStatus, ... are its fields.
+	exchange
+	params clientParams     // the session parameters the client expects, and its startup packet's (params.go)
+	stmts  clientStatements // the client's statements (statements.go)
+	reader readerState      // who reads be, and its hand-overs with the client reader (relay_server.go)
+	state  sessionTrack     // session state and settings (transaction mode, sessionstate.go)
+	hub    *notifyHub       // the shared listener (nil in session mode or without one)
+	listen listenTrack      // LISTEN through the shared listener (notify.go)
 	// replay: the first request on a freshly acquired backend, kept to be
 	// sent again on another backend if that one was already dying (replay.go).
 	replay replayState
@@ -165,8 +162,7 @@ type listenTrack struct {
 
 // readerState says who reads the client's backend, c.be, and holds what
 // its reader, whichever it is, shares with the client reader: the
-// hand-overs between the two (writeDone, drained) and the reply routing
-// put in place of one it swallowed (replacement). Under c.mu.
+// hand-overs between the two (writeDone, drained). Under c.mu.
 type readerState struct {
 	// async: a backend reader (backendReader) reads be until be is released
 	// or lost; done is closed when that reader ends; stop tells it to stop
@@ -190,9 +186,6 @@ type readerState struct {
 	// fall to half of maxPendingRequests (wakeDrainedLocked; nil unless
 	// the client reader waits for that: backpressure).
 	drained chan struct{}
-	// replacement is a message routeOneLocked wants sent instead of the
-	// one it swallowed (nil when none).
-	replacement []byte
 }
 
 // serverOpTimeout bounds each statement the proxy runs on a backend itself

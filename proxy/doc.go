@@ -30,8 +30,16 @@
 // request queue, the backend) instead of the client, so a signature says
 // what a feature reaches:
 //
-//   - requestQueue (requests.go): what awaits a reply, and which request a
-//     reply ends (popReady, popCompleted, fail);
+//   - exchange (exchange.go), embedded in clientConn: where the exchange
+//     with c.be stands: the requestQueue (requests.go: what awaits a
+//     reply, and which request a reply ends: popReady, popCompleted,
+//     fail), the transaction status, an open batch, a server skipping to
+//     Sync, the pins (writing, cancels) and replacement, what the reply
+//     routing sends in place of one it swallowed; whether the transaction
+//     is over (transactionOverLocked), b can go back (releasableLocked),
+//     or the client is between transactions (betweenTransactionsLocked,
+//     atBoundaryLocked); what the client's ErrorResponse does to it
+//     (errorResponseLocked);
 //   - clientStatements (statements.go): the client's statements and the
 //     rewriting of Parse/Bind/Describe/Close; a backend's own side is its
 //     preparedSet;
@@ -42,9 +50,8 @@
 //     session-state check and LISTEN through the shared listener;
 //   - readerState (clientconn.go; relay_server.go's readers): who reads
 //     c.be, and its hand-overs with the client reader (writeDone; drained,
-//     wakeDrainedLocked, for backpressure; replacement, the reply routing
-//     sends in place of one it swallowed);
-//   - cancelTrack (cancel.go): the cancel requests being sent to c.be,
+//     wakeDrainedLocked, for backpressure);
+//   - cancelTrack (cancel.go; in exchange): the cancel requests being sent to c.be,
 //     which pin it; a request written meanwhile waits (awaitLocked);
 //   - clientStream (clientstream.go): where the client goroutine is in the
 //     client's bytes beyond one whole message: a message streamed to the

@@ -332,7 +332,7 @@ func (s *Server) newClient(conn, sock net.Conn, addr string, sm *startupMessage,
 		policy:   s.cfg.Mode.policy(),
 		params:   clientParams{want: newParamSet(), startup: make(map[string]paramValue)},
 		stmts:    clientStatements{byName: make(map[string]*statement)},
-		txStatus: 'I',
+		exchange: exchange{txStatus: 'I'},
 	}
 	c.hub = s.hubFor(db)
 	for k, v := range sm.params {

@@ -427,7 +427,7 @@ func (c *clientConn) queueNotification(msg []byte) {
 	}
 	b := c.be
 	async := b != nil && c.reader.async
-	if async && c.transactionOverLocked() {
+	if async && c.exchange.transactionOverLocked(c.policy) {
 		// Held between transactions by a backend reader (pinned, or about
 		// to be released): it delivers.
 		b.setReadDeadline(time.Now())
@@ -464,6 +464,19 @@ func (l *listenTrack) takeNotes() [][]byte {
 	l.notes = nil
 	l.dropped = 0
 	return n
+}
+
+// appendNotes appends the queued notifications to out, b's routed
+// replies for the client, and returns the lot, now in b.out. Between
+// transactions only (relayReplies), so that they go after the
+// ReadyForQuery.
+func (l *listenTrack) appendNotes(b *backend, out []byte) []byte {
+	o := append(b.out[:0], out...)
+	for _, m := range l.takeNotes() {
+		o = append(o, m...)
+	}
+	b.out = o
+	return o
 }
 
 // takeLate returns the channels the backend listened on that the hub may

@@ -184,7 +184,7 @@ func TestParkAllocatesNothing(t *testing.T) {
 	_, sock := tcpPair(t)
 	// Not in the server's clients: the sweep never looks at it, and the
 	// peer never writes, so the parker never wakes it.
-	c := &clientConn{srv: e.srv, conn: sock, sock: sock, policy: ModeTransaction.policy(), log: e.srv.log, txStatus: 'I'}
+	c := &clientConn{srv: e.srv, conn: sock, sock: sock, policy: ModeTransaction.policy(), log: e.srv.log, exchange: exchange{txStatus: 'I'}}
 	if c.idle.open(c.conn, c.sock) { // as readClient sets it up
 		c.idle.read = c.readIdle
 		c.park.setUp(c.idle.raw, &e.srv.park.rt, c.conn)

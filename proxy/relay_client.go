@@ -55,8 +55,13 @@ func (c *clientConn) run() error {
 			if pe := c.leave.err.Load(); pe != nil {
 				return pe
 			}
-			if c.srv.draining.Load() && c.stream.passRemaining == 0 && c.betweenTransactions() {
-				return errDraining()
+			if c.srv.draining.Load() && c.stream.passRemaining == 0 {
+				c.mu.Lock()
+				between := c.exchange.atBoundaryLocked(c.be != nil, &c.stmts, &c.state)
+				c.mu.Unlock()
+				if between {
+					return errDraining()
+				}
 			}
 			c.idle.clearReadSignal(c.conn)
 			if pe := c.leave.err.Load(); pe != nil {
@@ -110,16 +115,6 @@ func startsRequest(typ byte) bool {
 		return true
 	}
 	return false
-}
-
-// betweenTransactions reports whether the client is at a transaction
-// boundary: it holds no backend, or nothing it sent is in flight and its
-// last ReadyForQuery said 'I'. What it sends next would start a new
-// transaction.
-func (c *clientConn) betweenTransactions() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.be == nil || (c.q.len() == 0 && !c.inBatch && c.txStatus == 'I' && !c.writing && c.cancels.n == 0 && c.stmts.probe == nil && c.state.checkWait == nil)
 }
 
 // process handles every complete (or streamable) message in the buffer.
@@ -518,7 +513,7 @@ func (c *clientConn) unpin(b *backend, wake bool) (probe, readerDone chan struct
 		close(c.reader.writeDone)
 		c.reader.writeDone = nil
 	}
-	if c.be == b && c.reader.async && (wake || c.transactionOverLocked()) {
+	if c.be == b && c.reader.async && (wake || c.exchange.transactionOverLocked(c.policy)) {
 		// The backend reader is blocked reading b and must act now: the
 		// remaining deadline wake-up, on the asynchronous path only.
 		b.setReadDeadline(time.Now())

@@ -260,7 +260,7 @@ func (c *clientConn) relayReplies(b *backend, readErr error, inline bool) (stop 
 	}
 	out, release, rerr := c.routeLocked(b)
 	// diedBetween: b's FATAL came between the client's transactions
-	// (errorResponseLocked). b is let go of now, before the client reader
+	// (routeOneLocked). b is let go of now, before the client reader
 	// can write it another request, and closed once the replies before
 	// the FATAL are the client's: the client goes on as if b had been
 	// released. Not while the client reader is still in a write to b: it
@@ -280,9 +280,17 @@ func (c *clientConn) relayReplies(b *backend, readErr error, inline bool) (stop 
 	}
 	c.reader.wakeDrainedLocked(c.q.len())
 	var send []byte
-	if rerr == nil {
-		if out, send = c.afterTransactionLocked(b, out); send != nil {
+	if rerr == nil && c.exchange.idleLocked(c.policy, b) {
+		// The transaction is over and nothing is in flight on b: ask the
+		// server about session state if the client's traffic may have
+		// touched it (send, the proxy's own Query to write to b now; b
+		// stays held until it is answered); with none, b is still idle
+		// and the shared listener's queued notifications go after the
+		// ReadyForQuery.
+		if send = c.state.afterTransaction(&c.listen, c.params.want, b, &c.q); send != nil {
 			release = false
+		} else if len(c.listen.notes) > 0 {
+			out = c.listen.appendNotes(b, out)
 		}
 	}
 	late := c.listen.takeLate()
@@ -387,31 +395,6 @@ func lostReply(inline bool) (stop bool, err error) {
 	return true, nil
 }
 
-// afterTransactionLocked is relayReplies' work between transactions, once
-// routeLocked routed b's replies without error: when the transaction is
-// over and nothing is in flight on b (idleLocked), send is the proxy's
-// own Query to write to b now, if any (sessionTrack.afterTransaction),
-// and b stays held until it is answered; and, with b still idle, the
-// shared listener's queued notifications are appended to out, the bytes
-// for the client (then in b.out). Under c.mu.
-func (c *clientConn) afterTransactionLocked(b *backend, out []byte) (_, send []byte) {
-	if c.idleLocked(b) {
-		// The transaction is over: ask the server about session state
-		// if the client's traffic may have touched it.
-		send = c.state.afterTransaction(&c.listen, c.params.want, b, &c.q)
-	}
-	if len(c.listen.notes) > 0 && c.idleLocked(b) {
-		// Between transactions: deliver the shared listener's
-		// notifications after the ReadyForQuery.
-		o := append(b.out[:0], out...)
-		for _, m := range c.listen.takeNotes() {
-			o = append(o, m...)
-		}
-		b.out, out = o, o
-	}
-	return out, send
-}
-
 // reply writes out, routed replies of b, to the client: one write per read
 // of the backend (PostgreSQL flushes its replies at ReadyForQuery, so a
 // request's reply is one write). stop says the caller must stop reading b:
@@ -499,7 +482,7 @@ func (c *clientConn) replyAndRelease(b *backend, out []byte, inline bool) (stop 
 // b's socket) ends the client; finish destroys b.
 func (c *clientConn) releaseAtTransactionEnd(b *backend, inline bool) (stop bool, err error) {
 	c.mu.Lock()
-	if c.reader.stop || !c.releasableLocked(b) {
+	if c.reader.stop || !c.exchange.releasableLocked(c.policy, b, &c.state, &c.listen) {
 		c.mu.Unlock()
 		return false, nil
 	}
@@ -539,7 +522,7 @@ func (c *clientConn) releaseAtTransactionEnd(b *backend, inline bool) (stop bool
 // the backend reader calls it.
 func (c *clientConn) awaitWriteLocked(b *backend) bool {
 	c.writing = false
-	ok := c.releasableLocked(b)
+	ok := c.exchange.releasableLocked(c.policy, b, &c.state, &c.listen)
 	c.writing = true
 	if !ok {
 		return false
@@ -555,7 +538,7 @@ func (c *clientConn) awaitWriteLocked(b *backend) bool {
 	if c.reader.writeDone == done {
 		c.reader.writeDone = nil
 	}
-	return !c.reader.stop && c.releasableLocked(b)
+	return !c.reader.stop && c.exchange.releasableLocked(c.policy, b, &c.state, &c.listen)
 }
 
 // dropBackendLocked forgets the client's backend (released, lost or
@@ -566,34 +549,6 @@ func (c *clientConn) dropBackendLocked() {
 	c.reader.async = false
 	c.reader.severed = false
 	c.reader.copyIn = false
-}
-
-// releasableLocked reports whether the client's transaction is over and
-// nothing is in flight, so b can serve another client. Only b's reader
-// calls it (the backend reader, or relayReplies on the client goroutine
-// or the loop, whichever reads b): b's buffer indexes are its own.
-func (c *clientConn) releasableLocked(b *backend) bool {
-	return c.idleLocked(b) && c.state.pin == nil && !c.listen.unlistenBackend
-}
-
-// idleLocked reports whether the client's transaction is over and nothing
-// is in flight on b. Only b's reader calls it (see releasableLocked).
-func (c *clientConn) idleLocked(b *backend) bool {
-	return c.transactionOverLocked() && b.settled()
-}
-
-// transactionOverLocked reports whether nothing the client sent is still in
-// flight and its transaction is over (transaction mode).
-func (c *clientConn) transactionOverLocked() bool {
-	return c.answeredLocked() && !c.writing && c.cancels.n == 0
-}
-
-// answeredLocked reports whether, in transaction mode, everything the
-// client sent has been answered and its transaction is over: what
-// transactionOverLocked and betweenTransactionsLocked both start from.
-// Under c.mu.
-func (c *clientConn) answeredLocked() bool {
-	return c.policy.releaseAtTransactionEnd && c.q.len() == 0 && !c.inBatch && c.txStatus == 'I'
 }
 
 // releaseBackend gives a clean backend back to its pool at time at (the
@@ -641,7 +596,7 @@ func (c *clientConn) backendLost(b *backend, err error) {
 	midMessage := mine && b.midMessage()
 	if mine {
 		c.dropBackendLocked()
-		c.unpinOnLeaveLocked("its server connection was lost")
+		c.state.unpinOnLeaveLocked(c.log, c.identity.appName, &c.srv.pinned, "its server connection was lost")
 		c.q.reset()
 		c.inBatch, c.serverSkipping = false, false
 		c.stmts.endProbe()
@@ -759,9 +714,9 @@ func (c *clientConn) routeLocked(b *backend) (out []byte, release bool, err erro
 		n := min(total, end-pos)
 		if swallow {
 			edit()
-			if c.reader.replacement != nil {
-				o = append(o, c.reader.replacement...)
-				c.reader.replacement = nil
+			if c.replacement != nil {
+				o = append(o, c.replacement...)
+				c.replacement = nil
 			}
 		} else if edited {
 			o = append(o, rb[pos:pos+n]...)
@@ -778,7 +733,7 @@ func (c *clientConn) routeLocked(b *backend) (out []byte, release bool, err erro
 	} else {
 		out = rb[chunkStart:pos]
 	}
-	return out, c.releasableLocked(b), nil
+	return out, c.exchange.releasableLocked(c.policy, b, &c.state, &c.listen), nil
 }
 
 // routedWhole reports whether routeOneLocked reads the body of a reply of
@@ -804,9 +759,26 @@ func (c *clientConn) routeOneLocked(b *backend, typ byte, msg []byte) (swallow b
 	case pgwire.MsgReadyForQuery:
 		return c.readyForQueryLocked(b, msg)
 	case pgwire.MsgErrorResponse:
-		return c.errorResponseLocked(b, msg), nil
+		// The backend's error counts and a FATAL (noteError), then what
+		// the error does to the exchange (exchange.errorResponseLocked).
+		body := msg[pgwire.HeaderLen:]
+		b.noteError(body)
+		if b.fatal && c.exchange.betweenTransactionsLocked(c.policy, &c.state, &c.listen) {
+			// pg_terminate_backend or a shutdown reached b after the
+			// client's transaction ended: not the client's error.
+			b.diedBetween = true
+			return true, nil
+		}
+		var timedOut *pgError
+		if c.timeouts.queryTimedOut && string(pgwire.ErrorField(body, 'C')) == pgwire.CodeQueryCanceled {
+			// The proxy's query_timeout cancel: say so rather than the
+			// server's "canceling statement due to user request".
+			c.timeouts.queryTimedOut = false
+			timedOut = c.srv.queryTimeoutError()
+		}
+		return c.exchange.errorResponseLocked(b, body, &c.stmts, timedOut), nil
 	case pgwire.MsgParameterStatus:
-		swallow, c.reader.replacement = c.params.trackParameterStatus(b, head, msg, c.reader.replacement)
+		swallow, c.replacement = c.params.trackParameterStatus(b, head, msg, c.replacement)
 		return swallow, nil
 
 	case pgwire.MsgCopyInResponse, pgwire.MsgCopyBothResponse:
@@ -902,63 +874,6 @@ func (c *clientConn) readyForQueryLocked(b *backend, msg []byte) (swallow bool, 
 	return r.swallow, nil
 }
 
-// errorResponseLocked books an ErrorResponse: the backend's error counts
-// and a FATAL (noteError), the proxy's own text for a query_timeout cancel
-// or a refused request, and the requests it fails (requestQueue.fail: in
-// the extended protocol, everything the server now skips up to the
-// client's Sync). It says whether to swallow it (c.reader.replacement then holds
-// what the client gets instead). Under c.mu.
-func (c *clientConn) errorResponseLocked(b *backend, msg []byte) (swallow bool) {
-	body := msg[pgwire.HeaderLen:]
-	b.noteError(body)
-	if b.fatal && c.betweenTransactionsLocked() {
-		// pg_terminate_backend or a shutdown reached b after the
-		// client's transaction ended: not the client's error.
-		b.diedBetween = true
-		return true
-	}
-	c.q.copyIn = false // an error ends copy-in mode
-	if c.timeouts.queryTimedOut && string(pgwire.ErrorField(body, 'C')) == pgwire.CodeQueryCanceled {
-		// The proxy's query_timeout cancel: say so rather than the
-		// server's "canceling statement due to user request".
-		c.timeouts.queryTimedOut = false
-		c.reader.replacement = c.srv.queryTimeoutError().appendTo(c.reader.replacement[:0])
-		swallow = true
-	}
-	if h := c.q.peek(); h != nil && h.quiet {
-		swallow = true
-	} else if !swallow && h != nil && h.stmt != nil {
-		// The server named its copy of the statement (pgsc_N): the
-		// client hears its own name, as directly.
-		if renamed, ok := c.stmts.appendErrorClientNamed(c.reader.replacement[:0], h, body); ok {
-			c.reader.replacement = renamed
-			swallow = true
-		}
-	}
-	replacement, toSync := c.q.fail(&c.stmts, b, body)
-	if replacement != nil {
-		c.reader.replacement = append(c.reader.replacement[:0], replacement...)
-		swallow = true
-	}
-	if toSync {
-		c.serverSkipping = true
-	}
-	return swallow
-}
-
-// betweenTransactionsLocked reports whether, in transaction mode, nothing
-// the client sent is unanswered, its transaction is over and no session
-// state ties it to its backend: a backend lost now costs the client
-// nothing (errorResponseLocked). Unlike transactionOverLocked it holds
-// while a cancel request is being sent (c.cancels.n) and while the client
-// reader has yet to come back from a write the backend has answered
-// (c.writing; a request being written is in c.q). Not while the
-// session tracking owes the backend a look (sessionTrack.owesCheck): the
-// client's SET would be lost with it. Under c.mu.
-func (c *clientConn) betweenTransactionsLocked() bool {
-	return c.answeredLocked() && c.state.pin == nil && !c.listen.unlistenBackend && !c.state.owesCheck()
-}
-
 // finish runs when the client leaves: it stops the backend reader and gives
 // the backend back only if its state can be verified clean (rolling back an
 // open transaction, and in session mode running the reset query).
@@ -969,7 +884,7 @@ func (c *clientConn) finish() {
 	c.mu.Lock()
 	b := c.be
 	if b == nil {
-		c.unpinOnLeaveLocked("it holds no server connection")
+		c.state.unpinOnLeaveLocked(c.log, c.identity.appName, &c.srv.pinned, "it holds no server connection")
 		c.mu.Unlock()
 		return
 	}
@@ -1002,11 +917,11 @@ func (c *clientConn) finish() {
 	pinned := c.state.pin != nil || c.state.dirty || c.state.paramsDirty
 	switch {
 	case b == nil:
-		c.unpinOnLeaveLocked("its server connection was lost")
+		c.state.unpinOnLeaveLocked(c.log, c.identity.appName, &c.srv.pinned, "its server connection was lost")
 	case !clean || c.leave.killed.Load():
-		c.unpinOnLeaveLocked("its server connection is closed (in the middle of a request, or its state unknown)")
+		c.state.unpinOnLeaveLocked(c.log, c.identity.appName, &c.srv.pinned, "its server connection is closed (in the middle of a request, or its state unknown)")
 	default:
-		c.unpinOnLeaveLocked("its server connection is cleaned (or closed if that fails)")
+		c.state.unpinOnLeaveLocked(c.log, c.identity.appName, &c.srv.pinned, "its server connection is cleaned (or closed if that fails)")
 	}
 	c.q.reset()
 	c.mu.Unlock()

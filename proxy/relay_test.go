@@ -27,7 +27,7 @@ func testRelay(mode Mode, maxPrepared int) (*clientConn, *backend) {
 		log:   slog.New(slog.NewTextHandler(io.Discard, nil)),
 	}
 	c := &clientConn{
-		srv: s, policy: mode.policy(), log: s.log, txStatus: 'I',
+		srv: s, policy: mode.policy(), log: s.log, exchange: exchange{txStatus: 'I'},
 		params: clientParams{want: newParamSet(), startup: map[string]paramValue{}}, stmts: clientStatements{byName: map[string]*statement{}},
 		in: pgwire.ReadBuffer{Buf: make([]byte, 16)},
 	}
@@ -312,7 +312,7 @@ func TestPreparedStatementsArePerParse(t *testing.T) {
 	}
 
 	// Another client, same text, same backend: a Parse of its own.
-	c2 := &clientConn{srv: c1.srv, policy: ModeTransaction.policy(), log: c1.log, txStatus: 'I', params: clientParams{want: newParamSet(), startup: map[string]paramValue{}},
+	c2 := &clientConn{srv: c1.srv, policy: ModeTransaction.policy(), log: c1.log, exchange: exchange{txStatus: 'I'}, params: clientParams{want: newParamSet(), startup: map[string]paramValue{}},
 		stmts: clientStatements{byName: map[string]*statement{}}, in: pgwire.ReadBuffer{Buf: make([]byte, 16)}, be: b1}
 	out = pumpClient(t, c2, b1, enc(&pgproto3.Parse{Name: "s1", Query: "select $1"}, &pgproto3.Sync{}), 0)
 	sent = decodeFrontendMsgs(t, out)
@@ -361,7 +361,7 @@ func TestUnnamedStatementIsPrivate(t *testing.T) {
 	c1, b := testRelay(ModeTransaction, 10)
 	pumpClient(t, c1, b, enc(&pgproto3.Parse{Query: "select 'c1'"}, &pgproto3.Describe{ObjectType: 'S'}, &pgproto3.Sync{}), 0)
 	pumpServer(t, c1, b, enc(&pgproto3.ParseComplete{}, &pgproto3.ParameterDescription{}, &pgproto3.NoData{}, &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
-	c2 := &clientConn{srv: c1.srv, policy: ModeTransaction.policy(), log: c1.log, txStatus: 'I', params: clientParams{want: newParamSet(), startup: map[string]paramValue{}},
+	c2 := &clientConn{srv: c1.srv, policy: ModeTransaction.policy(), log: c1.log, exchange: exchange{txStatus: 'I'}, params: clientParams{want: newParamSet(), startup: map[string]paramValue{}},
 		stmts: clientStatements{byName: map[string]*statement{}}, in: pgwire.ReadBuffer{Buf: make([]byte, 16)}, be: b}
 	pumpClient(t, c2, b, enc(&pgproto3.Parse{Query: "select 'c2'"}, &pgproto3.Sync{}), 0)
 	pumpServer(t, c2, b, enc(&pgproto3.ParseComplete{}, &pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
@@ -913,7 +913,7 @@ func TestSharedCopyRetiredOn0A000(t *testing.T) {
 	shared := c1.stmts.byName["s"].name
 
 	newClient := func() *clientConn {
-		return &clientConn{srv: c1.srv, policy: ModeTransaction.policy(), log: c1.log, txStatus: 'I', params: clientParams{want: newParamSet(), startup: map[string]paramValue{}},
+		return &clientConn{srv: c1.srv, policy: ModeTransaction.policy(), log: c1.log, exchange: exchange{txStatus: 'I'}, params: clientParams{want: newParamSet(), startup: map[string]paramValue{}},
 			stmts: clientStatements{byName: map[string]*statement{}}, in: pgwire.ReadBuffer{Buf: make([]byte, 16)}, be: b}
 	}
 	// Another result type (a DDL between the two Parses): not shared.

@@ -8,9 +8,11 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"log/slog"
 	"maps"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/pgsidecar/pgsidecar/internal/pgwire"
@@ -622,16 +624,17 @@ func (c *clientConn) applyStateCheckLocked(b *backend, sc *stateCheck, failed bo
 	}
 }
 
-// unpinOnLeaveLocked forgets the pin when the client leaves; it logs as
-// the client and counts on the server, so it stays on the client. fate
-// says what becomes of the server connection (the log line's end): only
-// the caller knows whether it is cleaned, closed or already lost.
-func (c *clientConn) unpinOnLeaveLocked(fate string) {
-	if c.state.pin != nil {
-		c.log.Info("pinned client left; "+fate, "application_name", c.identity.appName,
-			"state", c.state.pin.Reasons, "pinned_for", time.Since(c.state.pin.Since).Round(time.Millisecond))
-		c.state.pin = nil
-		c.srv.pinned.Add(-1)
+// unpinOnLeaveLocked forgets the pin when the client leaves, logging it
+// to lg, the client's log (appName: its startup application_name), and
+// taking it off pinned, the server's count. fate says what becomes of the
+// server connection (the log line's end): only the caller knows whether
+// it is cleaned, closed or already lost. Under c.mu.
+func (s *sessionTrack) unpinOnLeaveLocked(lg *slog.Logger, appName string, pinned *atomic.Int64, fate string) {
+	if s.pin != nil {
+		lg.Info("pinned client left; "+fate, "application_name", appName,
+			"state", s.pin.Reasons, "pinned_for", time.Since(s.pin.Since).Round(time.Millisecond))
+		s.pin = nil
+		pinned.Add(-1)
 	}
 }
 
