@@ -384,7 +384,7 @@ func (c *clientConn) acquire() (*backend, error) {
 		conn.Release()
 		return nil, errDraining()
 	}
-	if time.Since(start) >= goneCheckAfter && c.leftWhileWaiting() {
+	if time.Since(start) >= goneCheckAfter && c.idle.leftWhileWaiting(c.sock, c.log) {
 		conn.Release() // untouched (clientgone.go)
 		return nil, errClientGone
 	}
