@@ -1,7 +1,8 @@
 // relay_client.go: the requests' side of the relay: the client reader
 // (run, process) reads the client's messages, gets a backend when a
 // transaction starts, rewrites and writes them to it (build), and refuses
-// what it must (size limits, policy reject, discardRequest).
+// what it must (size limits, policy reject; the refused request is
+// discarded by clientStream.discardRequest, clientstream.go).
 
 package proxy
 
@@ -132,7 +133,11 @@ func (c *clientConn) process() error {
 	}
 	for c.spliceReplay() || c.in.Pending() > 0 {
 		if c.stream.discard.on {
-			if err := c.discardRequest(); err != nil || c.stream.discard.on {
+			reply, err := c.stream.discardRequest(&c.in, c.srv.cfg.MaxMessageSize, c.log)
+			if reply != nil {
+				err = c.writeClient(reply)
+			}
+			if err != nil || c.stream.discard.on {
 				return err
 			}
 			continue
@@ -166,21 +171,26 @@ func (c *clientConn) process() error {
 
 // backendForRequest is the backend the client's next message goes to: the
 // one it holds, else, unless the message is refused before any backend is
-// taken for it (refuseOversized) or answered without one
-// (answerWithoutBackend), one acquired for it (acquireForRequest). nil
-// without an error: there is nothing to send now (refused or answered, or
-// the acquire failed and the request is being discarded).
+// taken for it (clientStream.refuseOversized) or answered without one
+// (clientStatements.answerLocally; both in transaction mode), one
+// acquired for it (acquireForRequest). nil without an error: there is
+// nothing to send now (refused or answered, or the acquire failed and the
+// request is being discarded).
 func (c *clientConn) backendForRequest() (*backend, error) {
 	if b := c.heldBackend(); b != nil {
 		return b, nil
 	}
-	if c.stream.passRemaining == 0 {
-		if refused, err := c.refuseOversized(); err != nil || refused {
+	if c.policy.rewriteStatements && c.stream.passRemaining == 0 {
+		total, err := c.stream.refuseOversized(&c.in, c.srv.cfg.MaxClientBuffer, c.srv.cfg.MaxMessageSize, c.log)
+		if err != nil {
 			return nil, err
 		}
-	}
-	if answered, err := c.answerWithoutBackend(); err != nil || answered {
-		return nil, err
+		if total > 0 {
+			return nil, c.writeClient(c.srv.tooLarge(c.log, total).appendTo(nil))
+		}
+		if reply, ok := c.stmts.answerLocally(&c.mu, c.srv.stmts, &c.in); ok {
+			return nil, c.writeClient(reply)
+		}
 	}
 	return c.acquireForRequest()
 }
@@ -466,7 +476,7 @@ func (c *clientConn) planRelay(b *backend, outLen int) bool {
 // bytes and then read the replies itself: the whole client buffer was
 // handled (a client with more on the way may be pipelining: it is read
 // while a backend reader answers; a Terminate, or a message that ends the
-// session (pendingEndsSession), waiting its turn is fine: nothing after
+// session (msgHead.endsSession), waiting its turn is fine: nothing after
 // it is read),
 // no message is half sent, every request is closed by a Sync or is a
 // Query (or a probe ends in Flush), nothing waits for a state check, and
@@ -475,14 +485,8 @@ func (c *clientConn) inlineableLocked(outLen int) bool {
 	pending := c.in.Buf[c.in.Start:c.in.End]
 	return c.policy.releaseAtTransactionEnd && outLen <= inlineWriteMax && c.stream.passRemaining == 0 &&
 		(len(pending) == 0 || c.stmts.probe != nil || len(pending) == pgwire.HeaderLen && pending[0] == pgwire.MsgTerminate ||
-			c.pendingEndsSession()) &&
+			judgeHead(pending, c.srv.cfg.MaxMessageSize).endsSession()) &&
 		(!c.inBatch || c.stmts.probe != nil) && c.state.checkWait == nil && !c.reader.copyIn
-}
-
-// pendingEndsSession reports whether the client's buffer starts with a
-// message that ends the session (msgHead.endsSession).
-func (c *clientConn) pendingEndsSession() bool {
-	return judgeHead(c.in.Buf[c.in.Start:c.in.End], c.srv.cfg.MaxMessageSize).endsSession()
 }
 
 // unpin ends the client reader's use of b (see build). It wakes the server
@@ -769,28 +773,6 @@ func (p *modePolicy) tooLargeToHold(typ byte, total, maxClientBuffer int) bool {
 	return (typ == pgwire.MsgParse || typ == pgwire.MsgBind) && p.rewriteStatements && total > maxClientBuffer
 }
 
-// refuseOversized refuses, before any backend is taken for it, a message
-// at the head of the buffer that transaction mode would have to hold whole
-// (a Parse, whose text names the statement) but that is larger than
-// max_client_buffer. The client gets 54000 at once, as PostgreSQL reports
-// an error in the extended protocol, and everything up to its Sync is
-// dropped unread (see discard), so the claimed length is never allocated.
-func (c *clientConn) refuseOversized() (bool, error) {
-	if !c.policy.rewriteStatements || c.in.Pending() < pgwire.HeaderLen {
-		return false, nil
-	}
-	typ, bodyLen := pgwire.ParseHeader(c.in.Buf[c.in.Start:])
-	if typ != pgwire.MsgParse || pgwire.HeaderLen+bodyLen <= c.srv.cfg.MaxClientBuffer {
-		return false, nil
-	}
-	if pe := checkLength(typ, bodyLen, c.srv.cfg.MaxMessageSize); pe != nil {
-		return false, c.stream.protocolViolation(c.log, pe)
-	}
-	c.stream.discard.on, c.stream.discard.errSent = true, true
-	err := c.writeClient(c.srv.tooLarge(c.log, pgwire.HeaderLen+bodyLen).appendTo(nil))
-	return true, err
-}
-
 // tooLarge is the error for a client message of total bytes, larger than
 // max_client_buffer, and logs it to the client's logger lg (rate limited
 // across clients: a client can repeat it).
@@ -964,49 +946,4 @@ func (c *clientConn) inspect(q []byte, tx bool) hazard {
 	touches, changes := c.last.scan(q, again)
 	c.state.noteTraffic(q, touches, changes)
 	return hazardNone
-}
-
-// discardRequest drops client messages after a failed acquire (or a Parse
-// refused by refuseOversized) up to the end of the request (Sync or
-// Query), then answers it with the error and 'Z' (discardState.answer).
-// It stays on c: it reads the client's buffer, checks its input as build
-// does (poisoning the client, protocolViolation) and writes to it.
-func (c *clientConn) discardRequest() error {
-	for {
-		if c.stream.passRemaining > 0 {
-			if _, c.stream.passRemaining = passOn(&c.in, nil, c.stream.passRemaining, true); c.stream.passRemaining > 0 {
-				return nil
-			}
-			if c.stream.discard.query {
-				return c.writeClient(c.stream.discard.answer())
-			}
-			continue
-		}
-		h := judgeHead(c.in.Buf[c.in.Start:c.in.End], c.srv.cfg.MaxMessageSize)
-		if !h.whole {
-			c.in.Want = pgwire.HeaderLen
-			return nil
-		}
-		if h.lenErr != nil {
-			return c.stream.protocolViolation(c.log, h.lenErr)
-		}
-		if h.typ == pgwire.MsgTerminate {
-			return errClientTerminated
-		}
-		if !h.known {
-			return unknownMessage(c.log, h.typ)
-		}
-		avail, typ, bodyLen := c.in.End-c.in.Start, h.typ, h.bodyLen
-		total := pgwire.HeaderLen + bodyLen
-		if avail < total {
-			c.stream.passRemaining = total - avail
-			c.in.Start = c.in.End
-			c.stream.discard.query = typ == pgwire.MsgQuery
-			return nil
-		}
-		c.in.Start += total
-		if typ == pgwire.MsgQuery || typ == pgwire.MsgSync {
-			return c.writeClient(c.stream.discard.answer())
-		}
-	}
 }
