@@ -724,7 +724,7 @@ func (c *clientConn) buildMessageLocked(b *backend, out []byte, typ byte, msg []
 }
 
 // onParse refuses a Parse whose name the client already uses, or whose text
-// creates session state under policy reject (inspect); statement tracking
+// creates session state under policy reject (sessionTrack.inspect); statement tracking
 // (clientStatements.parse) handles the rest in transaction mode.
 func (c *clientConn) onParse(b *backend, out, msg, body []byte, tx bool) []byte {
 	name, rest, ok := parseParseMessage(body)
@@ -736,8 +736,8 @@ func (c *clientConn) onParse(b *backend, out, msg, body []byte, tx bool) []byte 
 	if ok {
 		query, _, _ := pgwire.CString(rest)
 		c.replay.noReplayForLocked(query)
-		if h := c.inspect(query, tx); h != hazardNone {
-			return c.q.poison(out, c.srv.cfg.rejectError(h))
+		if h := c.state.inspect(&c.last, query, tx, c.srv.cfg.SessionState == SessionStateReject, c.hub != nil); h != hazardNone {
+			return c.q.poison(out, c.srv.cfg.refuseState(c.log, c.identity.appName, h))
 		}
 	}
 	if !tx || !ok {
@@ -887,13 +887,17 @@ func (c *clientConn) onQuery(b *backend, out, msg, body []byte, tx bool) []byte 
 	}
 	paramsDirty := c.state.paramsDirty
 	c.replay.noReplayForLocked(q)
-	h := c.inspect(q, tx)
+	h := c.state.inspect(&c.last, q, tx, c.srv.cfg.SessionState == SessionStateReject, c.hub != nil)
+	var refused *pgError
+	if h != hazardNone {
+		refused = c.srv.cfg.refuseState(c.log, c.identity.appName, h)
+	}
 	// A simple Query drops the session's unnamed statement (the refusal
 	// that goes in its place too).
 	gen := c.stmts.dropUnnamed(b)
-	if h != hazardNone {
+	if refused != nil {
 		c.q.push(request{kind: reqQuery, gen: gen})
-		return pgwire.AppendQuery(out, rejectQuerySQL(c.srv.cfg.rejectError(h)))
+		return pgwire.AppendQuery(out, rejectQuerySQL(refused))
 	}
 	r := request{kind: reqQuery, gen: gen}
 	if needsClassify(q) {
@@ -921,29 +925,4 @@ func (c *clientConn) onQuery(b *backend, out, msg, body []byte, tx bool) []byte 
 	}
 	c.q.push(r)
 	return append(out, msg...)
-}
-
-// inspect remembers a statement for leak reports and, in transaction mode,
-// notes traffic that may touch session state (sessionstate.go). Under
-// policy reject it returns the kind of session state q would create, and
-// the caller refuses q.
-func (c *clientConn) inspect(q []byte, tx bool) hazard {
-	again := c.last.holds(q)
-	if !again {
-		c.last.note(q)
-	}
-	if !tx {
-		return hazardNone
-	}
-	if c.srv.cfg.SessionState == SessionStateReject {
-		if h := rejectedHazard(q, c.hub != nil); h != hazardNone {
-			t := hazardText[h]
-			c.log.Info("refused a statement that creates session state ("+c.srv.cfg.option("SessionState")+" = reject)",
-				"application_name", c.identity.appName, "state", t.name)
-			return h
-		}
-	}
-	touches, changes := c.last.scan(q, again)
-	c.state.noteTraffic(q, touches, changes)
-	return hazardNone
 }
