@@ -55,6 +55,14 @@ func (s *clientStream) dropRest(in *pgwire.ReadBuffer, total int) {
 	}
 }
 
+// streamRest goes on with a message of total bytes at in's head whose
+// first sent bytes went out: they leave in, and the rest is streamed to
+// the backend as it arrives (passOn).
+func (s *clientStream) streamRest(in *pgwire.ReadBuffer, sent, total int) {
+	in.Start += sent
+	s.passRemaining = total - sent
+}
+
 // protocolViolation logs pe, the client's malformed input (checkLength),
 // to the client's logger lg, and marks the client poisoned: the caller
 // returns pe, the client is told and closed, and its backend, whose state

@@ -604,18 +604,40 @@ func (c *clientConn) buildNextLocked(b *backend, out []byte, tx bool) (_ []byte,
 	total := pgwire.HeaderLen + bodyLen
 	if c.policy.tooLargeToHold(typ, total, c.srv.cfg.MaxClientBuffer) && !c.serverSkipping {
 		// Too large to hold whole (max_client_buffer): a Bind is
-		// streamed with its statement renamed, a Parse refused.
-		done := true
+		// streamed with its statement renamed (clientStatements.streamBind:
+		// only its names, at its start, must be here), a Parse refused.
+		head := c.in.Buf[c.in.Start:min(c.in.End, c.in.Start+total)]
+		how := bindIncomplete
 		if typ == pgwire.MsgBind {
-			out, done = c.streamBindLocked(b, out, bodyLen)
-		} else {
-			out = c.refuseInFlightLocked(out, total)
+			out, how = c.stmts.streamBind(&c.q, b, out, head)
+		}
+		switch {
+		case how == bindIncomplete && typ == pgwire.MsgBind && len(head) < c.srv.cfg.MaxClientBuffer:
+			c.in.Want = min(total, c.in.End-c.in.Start+clientReadBufSize)
+			return out, buildDone, nil // the Bind's names are not all here yet
+		case how == bindIncomplete:
+			// A Parse, or a Bind whose names are longer than the buffer
+			// (no client sends that), refused while the client holds a
+			// backend: a request the server rejects goes out in its
+			// place, so the client gets 54000 in the order of its
+			// replies and the server skips to the client's Sync; the
+			// message itself is dropped unread.
+			c.inBatch = true
+			out = c.q.poison(out, c.srv.tooLarge(c.log, total))
+			c.in.Want = 0
+			c.stream.dropRest(&c.in, total)
+		case how == bindHeld:
+			c.in.Want = 0
+		case how == bindDropped: // the poison went out in its place
+			c.in.Want = 0
+			c.stream.dropRest(&c.in, total)
+		default: // bindSent: the rest of its parameters is streamed
+			c.inBatch = true
+			c.in.Want = 0
+			c.stream.streamRest(&c.in, len(head), total)
 		}
 		if c.stmts.probe != nil {
 			return out, buildHeld, nil // the Bind waits for the probe, unread
-		}
-		if !done {
-			return out, buildDone, nil // the Bind's names are not all here yet
 		}
 		return out, buildMore, nil
 	}
@@ -627,11 +649,16 @@ func (c *clientConn) buildNextLocked(b *backend, out []byte, tx bool) (_ []byte,
 	if avail < total {
 		// Stream the rest of a message nobody needs to read.
 		if !c.serverSkipping {
-			c.notePartialLocked(typ)
+			opens, uninspected := c.q.pushStreamed(typ)
+			if opens {
+				c.inBatch = true
+			}
+			if uninspected && c.policy.carrySessionState {
+				c.state.noteUninspected()
+			}
 		}
 		out = append(out, c.in.Buf[c.in.Start:c.in.End]...)
-		c.stream.passRemaining = total - avail
-		c.in.Start = c.in.End
+		c.stream.streamRest(&c.in, avail, total)
 		return out, buildMore, nil
 	}
 	if typ == pgwire.MsgTerminate {
@@ -785,99 +812,6 @@ func (s *Server) tooLarge(lg *slog.Logger, total int) *pgError {
 	return newError(pgwire.CodeProgramLimitExceeded,
 		fmt.Sprintf("message of %d bytes is larger than the %d bytes pgsidecar buffers per client", total, limit),
 		"in transaction mode a Parse is read whole; raise max_client_buffer, or send so large a statement as a simple Query (which is streamed)")
-}
-
-// refuseInFlightLocked refuses a Parse larger than max_client_buffer while
-// the client holds a backend: a request the server rejects goes out in its
-// place, so the client gets 54000 in the order of its replies and the
-// server skips to the client's Sync; the message itself is dropped unread.
-// Under c.mu (build).
-func (c *clientConn) refuseInFlightLocked(out []byte, total int) []byte {
-	c.inBatch = true
-	out = c.q.poison(out, c.srv.tooLarge(c.log, total))
-	c.in.Want = 0
-	c.stream.dropRest(&c.in, total)
-	return out
-}
-
-// streamBindLocked sends a Bind larger than max_client_buffer (transaction
-// mode) without holding it whole: only its portal and statement names, at
-// its start, must be here; the statement is renamed as in
-// clientStatements.bind and the parameters streamed. done is false when
-// the names are not all here yet (or a probe must be answered first; the
-// Bind is then left unread). Under c.mu (build).
-func (c *clientConn) streamBindLocked(b *backend, out []byte, bodyLen int) (_ []byte, done bool) {
-	prefix := c.in.Buf[c.in.Start+pgwire.HeaderLen : min(c.in.End, c.in.Start+pgwire.HeaderLen+bodyLen)]
-	portal, name, restOff, ok := parseBindNames(prefix)
-	if !ok {
-		if len(prefix) >= c.srv.cfg.MaxClientBuffer-pgwire.HeaderLen {
-			// Names longer than the buffer: no client sends that.
-			return c.refuseInFlightLocked(out, pgwire.HeaderLen+bodyLen), true
-		}
-		c.in.Want = min(pgwire.HeaderLen+bodyLen, c.in.End-c.in.Start+clientReadBufSize)
-		return out, false
-	}
-	c.in.Want = 0
-	st := (*statement)(nil)
-	if len(name) > 0 {
-		st = c.stmts.named(name)
-	} else {
-		var mine bool
-		if out, mine = c.stmts.useUnnamed(&c.q, b, out); !mine {
-			// No unnamed statement: the poison went out; drop the Bind.
-			c.stream.dropRest(&c.in, pgwire.HeaderLen+bodyLen)
-			return out, true
-		}
-	}
-	if st == nil {
-		// Unnamed (made the client's above) or unknown to the proxy: the
-		// server judges it unchanged.
-		c.inBatch = true
-		c.q.push(request{kind: reqBind})
-		out = append(out, c.in.Buf[c.in.Start:c.in.Start+pgwire.HeaderLen+len(prefix)]...)
-	} else {
-		var sent bool
-		var e *preparedEntry
-		if out, e, sent = c.stmts.useStatement(&c.q, b, out, st); !sent {
-			if c.stmts.probe != nil {
-				return out, false
-			}
-			// Stale statement: the poison went out instead; drop the Bind.
-			c.stream.dropRest(&c.in, pgwire.HeaderLen+bodyLen)
-			return out, true
-		}
-		c.inBatch = true
-		c.q.push(request{kind: reqBind, stmt: st, entry: e})
-		name := serverName(st, e)
-		out = pgwire.AppendHeader(out, pgwire.MsgBind, len(portal)+1+len(name)+1+bodyLen-restOff)
-		out = append(out, portal...)
-		out = append(out, 0)
-		out = append(out, name...)
-		out = append(out, 0)
-		out = append(out, prefix[restOff:]...)
-	}
-	c.in.Start += pgwire.HeaderLen + len(prefix)
-	c.stream.passRemaining = bodyLen - len(prefix)
-	return out, true
-}
-
-// notePartialLocked records the bookkeeping of a message that is streamed.
-// Under c.mu (build).
-func (c *clientConn) notePartialLocked(typ byte) {
-	switch typ {
-	case pgwire.MsgQuery, pgwire.MsgFunctionCall:
-		// Too long to inspect: ask the server afterwards.
-		if c.policy.carrySessionState {
-			c.state.dirty, c.state.paramsDirty = true, true
-		}
-		c.q.push(request{kind: reqQuery})
-	case pgwire.MsgParse:
-		c.inBatch = true
-		c.q.push(request{kind: reqParse})
-	case pgwire.MsgBind:
-		c.inBatch = true
-		c.q.push(request{kind: reqBind})
-	}
 }
 
 func (c *clientConn) onQuery(b *backend, out, msg, body []byte, tx bool) []byte {

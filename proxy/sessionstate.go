@@ -526,6 +526,13 @@ func (s *sessionTrack) inspect(last *lastStatement, q []byte, tx, reject, allowL
 	return hazardNone
 }
 
+// noteUninspected records that the client sent a statement too long to
+// inspect (streamed to the backend): it may have touched session state
+// or settings, and the server is asked once the transaction is over.
+func (s *sessionTrack) noteUninspected() {
+	s.dirty, s.paramsDirty = true, true
+}
+
 // noteTraffic records, in transaction mode, that the client's statement q
 // may have touched session state (touches) or settings (changes), as
 // lastStatement.scan found; the server is asked once the transaction is

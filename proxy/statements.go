@@ -776,6 +776,60 @@ func (s *clientStatements) bind(q *requestQueue, b *backend, out, msg, body []by
 	return append(out, msg...), bound
 }
 
+// bindStart is what streamBind made of the start of a Bind.
+type bindStart uint8
+
+const (
+	bindIncomplete bindStart = iota // its names are not all here yet: nothing was done
+	bindHeld                        // a probe must be answered first: the Bind is left unread
+	bindDropped                     // the poison went out in its place: the Bind is to be dropped
+	bindSent                        // its start went out, renamed: the rest of it follows unchanged
+)
+
+// streamBind handles, in transaction mode, the start of a Bind too large
+// to hold whole (max_client_buffer), as bind does a whole one: head is
+// its header and as much of its body as is here, which must hold its
+// portal and statement names. The statement is readied on b and the
+// Bind's start, renamed to the copy b has, appended to out; a Bind of the
+// unnamed statement (made the client's on b) or of one unknown to the
+// proxy goes out unchanged, for the server to judge.
+func (s *clientStatements) streamBind(q *requestQueue, b *backend, out, head []byte) (_ []byte, how bindStart) {
+	_, bodyLen := pgwire.ParseHeader(head)
+	prefix := head[pgwire.HeaderLen:]
+	portal, name, restOff, ok := parseBindNames(prefix)
+	if !ok {
+		return out, bindIncomplete
+	}
+	st := (*statement)(nil)
+	if len(name) > 0 {
+		st = s.named(name)
+	} else {
+		var mine bool
+		if out, mine = s.useUnnamed(q, b, out); !mine {
+			return out, bindDropped // no unnamed statement: the poison went out
+		}
+	}
+	if st == nil {
+		q.push(request{kind: reqBind})
+		return append(out, head...), bindSent
+	}
+	out, e, sent := s.useStatement(q, b, out, st)
+	if !sent {
+		if s.probe != nil {
+			return out, bindHeld
+		}
+		return out, bindDropped // stale statement: the poison went out instead
+	}
+	q.push(request{kind: reqBind, stmt: st, entry: e})
+	sname := serverName(st, e)
+	out = pgwire.AppendHeader(out, pgwire.MsgBind, len(portal)+1+len(sname)+1+bodyLen-restOff)
+	out = append(out, portal...)
+	out = append(out, 0)
+	out = append(out, sname...)
+	out = append(out, 0)
+	return append(out, prefix[restOff:]...), bindSent
+}
+
 // describe handles a client's Describe of a statement (not a portal) in
 // transaction mode, as bind does a Bind.
 func (s *clientStatements) describe(q *requestQueue, b *backend, out, msg, body []byte) []byte {
