@@ -459,34 +459,39 @@ func (c *clientConn) takeBackend(conn pool.Conn) *backend {
 // (true), when the backend will answer everything outstanding without more
 // client input and no backend reader runs; else a backend reader, started
 // now if none runs, so that it reads while the write goes out.
+//
+// Inline takes transaction mode (the backend goes back at the
+// transaction's end), the whole client buffer handled (a client with more
+// on the way may be pipelining: it is read while a backend reader
+// answers; a Terminate, or a message that ends the session
+// (msgHead.endsSession), waiting its turn is fine: nothing after it is
+// read, onlyEndLeft), no message half sent, every request closed by a
+// Sync or a Query (or a probe ending in Flush), nothing waiting for a
+// state check, no COPY FROM STDIN, and a write small enough
+// (inlineWriteMax).
 func (c *clientConn) planRelay(b *backend, outLen int) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.be != b || c.reader.async {
 		return false
 	}
-	if c.inlineableLocked(outLen) {
+	probe := c.stmts.probe != nil
+	if c.policy.releaseAtTransactionEnd && outLen <= inlineWriteMax && c.stream.passRemaining == 0 &&
+		(probe || onlyEndLeft(c.in.Buf[c.in.Start:c.in.End], c.srv.cfg.MaxMessageSize)) &&
+		(!c.inBatch || probe) && c.state.checkWait == nil && !c.reader.copyIn {
 		return true
 	}
 	c.startReaderLocked(b)
 	return false
 }
 
-// inlineableLocked reports whether the client goroutine may write outLen
-// bytes and then read the replies itself: the whole client buffer was
-// handled (a client with more on the way may be pipelining: it is read
-// while a backend reader answers; a Terminate, or a message that ends the
-// session (msgHead.endsSession), waiting its turn is fine: nothing after
-// it is read),
-// no message is half sent, every request is closed by a Sync or is a
-// Query (or a probe ends in Flush), nothing waits for a state check, and
-// the write is small enough (inlineWriteMax). Under c.mu.
-func (c *clientConn) inlineableLocked(outLen int) bool {
-	pending := c.in.Buf[c.in.Start:c.in.End]
-	return c.policy.releaseAtTransactionEnd && outLen <= inlineWriteMax && c.stream.passRemaining == 0 &&
-		(len(pending) == 0 || c.stmts.probe != nil || len(pending) == pgwire.HeaderLen && pending[0] == pgwire.MsgTerminate ||
-			judgeHead(pending, c.srv.cfg.MaxMessageSize).endsSession()) &&
-		(!c.inBatch || c.stmts.probe != nil) && c.state.checkWait == nil && !c.reader.copyIn
+// onlyEndLeft reports whether pending, the client's bytes build left in
+// its buffer, holds nothing to answer before the session ends: nothing at
+// all, a Terminate, or a message that ends the session
+// (msgHead.endsSession, judged against maxMessageSize).
+func onlyEndLeft(pending []byte, maxMessageSize int) bool {
+	return len(pending) == 0 || len(pending) == pgwire.HeaderLen && pending[0] == pgwire.MsgTerminate ||
+		judgeHead(pending, maxMessageSize).endsSession()
 }
 
 // unpin ends the client reader's use of b (see build). It wakes the server
@@ -576,7 +581,7 @@ func (c *clientConn) buildNextLocked(b *backend, out []byte, tx bool) (_ []byte,
 		// A message that ends the session (checkHead refuses it) behind
 		// requests: PostgreSQL answers those first, then ends the
 		// session over it. Left where it is: what went before goes out,
-		// its replies are relayed (inline: see inlineableLocked), and
+		// its replies are relayed (inline: see planRelay), and
 		// process's checkHead then ends the session.
 		c.in.Want = 0
 		return out, buildDone, nil
