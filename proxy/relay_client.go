@@ -819,6 +819,11 @@ func (s *Server) tooLarge(lg *slog.Logger, total int) *pgError {
 		"in transaction mode a Parse is read whole; raise max_client_buffer, or send so large a statement as a simple Query (which is streamed)")
 }
 
+// onQuery handles a simple Query (msg; body its body) for b: the text is
+// inspected (sessionTrack.inspect) and refused under policy reject, the
+// client's unnamed statement dropped, and a single SET, a DEALLOCATE
+// (statement tracking) or a DISCARD ALL / RESET ALL (parameter tracking)
+// noted on its request. Under c.mu (build).
 func (c *clientConn) onQuery(b *backend, out, msg, body []byte, tx bool) []byte {
 	q := body
 	if n := len(q); n > 0 && q[n-1] == 0 {
