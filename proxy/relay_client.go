@@ -475,9 +475,9 @@ func (c *clientConn) planRelay(b *backend, outLen int) bool {
 	if c.be != b || c.reader.async {
 		return false
 	}
-	probe := c.stmts.probe != nil
+	pending, probe := c.in.Buf[c.in.Start:c.in.End], c.stmts.probe != nil
 	if c.policy.releaseAtTransactionEnd && outLen <= inlineWriteMax && c.stream.passRemaining == 0 &&
-		(probe || onlyEndLeft(c.in.Buf[c.in.Start:c.in.End], c.srv.cfg.MaxMessageSize)) &&
+		(len(pending) == 0 || probe || onlyEndLeft(pending, c.srv.cfg.MaxMessageSize)) &&
 		(!c.inBatch || probe) && c.state.checkWait == nil && !c.reader.copyIn {
 		return true
 	}
@@ -486,11 +486,10 @@ func (c *clientConn) planRelay(b *backend, outLen int) bool {
 }
 
 // onlyEndLeft reports whether pending, the client's bytes build left in
-// its buffer, holds nothing to answer before the session ends: nothing at
-// all, a Terminate, or a message that ends the session
-// (msgHead.endsSession, judged against maxMessageSize).
+// its buffer, is only the session's end: a Terminate, or a message that
+// ends the session (msgHead.endsSession, judged against maxMessageSize).
 func onlyEndLeft(pending []byte, maxMessageSize int) bool {
-	return len(pending) == 0 || len(pending) == pgwire.HeaderLen && pending[0] == pgwire.MsgTerminate ||
+	return len(pending) == pgwire.HeaderLen && pending[0] == pgwire.MsgTerminate ||
 		judgeHead(pending, maxMessageSize).endsSession()
 }
 
@@ -616,11 +615,13 @@ func (c *clientConn) buildNextLocked(b *backend, out []byte, tx bool) (_ []byte,
 		if typ == pgwire.MsgBind {
 			out, how = c.stmts.streamBind(&c.q, b, out, head)
 		}
-		switch {
-		case how == bindIncomplete && typ == pgwire.MsgBind && len(head) < c.srv.cfg.MaxClientBuffer:
+		if how == bindIncomplete && typ == pgwire.MsgBind && len(head) < c.srv.cfg.MaxClientBuffer {
 			c.in.Want = min(total, c.in.End-c.in.Start+clientReadBufSize)
 			return out, buildDone, nil // the Bind's names are not all here yet
-		case how == bindIncomplete:
+		}
+		c.in.Want = 0
+		switch how {
+		case bindIncomplete:
 			// A Parse, or a Bind whose names are longer than the buffer
 			// (no client sends that), refused while the client holds a
 			// backend: a request the server rejects goes out in its
@@ -629,16 +630,11 @@ func (c *clientConn) buildNextLocked(b *backend, out []byte, tx bool) (_ []byte,
 			// message itself is dropped unread.
 			c.inBatch = true
 			out = c.q.poison(out, c.srv.tooLarge(c.log, total))
-			c.in.Want = 0
 			c.stream.dropRest(&c.in, total)
-		case how == bindHeld:
-			c.in.Want = 0
-		case how == bindDropped: // the poison went out in its place
-			c.in.Want = 0
+		case bindDropped: // the poison went out in its place
 			c.stream.dropRest(&c.in, total)
-		default: // bindSent: the rest of its parameters is streamed
+		case bindSent: // the rest of its parameters is streamed
 			c.inBatch = true
-			c.in.Want = 0
 			c.stream.streamRest(&c.in, len(head), total)
 		}
 		if c.stmts.probe != nil {
