@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"syscall"
 	"time"
@@ -91,19 +92,21 @@ func judgePeek(r sockpeek.Result) socketState {
 	return socketUnknown
 }
 
-// leftWhileWaiting reports whether the client reset its connection (an
-// end of stream is no reason: see above). It peeks at the socket once. Only the client's
-// reader (its goroutine, or the loop while it owns the client) calls it.
-func (c *clientConn) leftWhileWaiting() bool {
+// leftWhileWaiting reports whether the client, whose socket is sock (r.raw
+// its RawConn, if set), reset its connection (an end of stream is no
+// reason: see above), and logs it to the client's logger lg. It peeks at
+// the socket once. Only the client's reader (its goroutine, or the loop
+// while it owns the client) calls it.
+func (r *idleReader) leftWhileWaiting(sock net.Conn, lg *slog.Logger) bool {
 	var st socketState
-	if c.idle.raw != nil {
-		st = peekRaw(c.idle.raw) // the client's own: no RawConn to make
+	if r.raw != nil {
+		st = peekRaw(r.raw) // the client's own: no RawConn to make
 	} else {
-		st = peekSocket(c.sock)
+		st = peekSocket(sock)
 	}
 	if st != socketReset {
 		return false
 	}
-	c.log.Debug("client reset its connection while its request waited for a server connection: the request is dropped, not sent")
+	lg.Debug("client reset its connection while its request waited for a server connection: the request is dropped, not sent")
 	return true
 }

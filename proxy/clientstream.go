@@ -2,7 +2,8 @@
 // rules for each client message's header, judged in one place (judgeHead:
 // checkLength, known types) and acted on (checkHead), a message streamed
 // to the backend or dropped part by part, a refused request discarded up
-// to its end, and a client that broke the protocol.
+// to its end (refuseOversized, discardRequest), and a client that broke
+// the protocol.
 
 package proxy
 
@@ -52,6 +53,14 @@ func (s *clientStream) dropRest(in *pgwire.ReadBuffer, total int) {
 	if _, s.passRemaining = passOn(in, nil, total, true); s.passRemaining > 0 {
 		s.passDrop = true
 	}
+}
+
+// streamRest goes on with a message of total bytes at in's head whose
+// first sent bytes went out: they leave in, and the rest is streamed to
+// the backend as it arrives (passOn).
+func (s *clientStream) streamRest(in *pgwire.ReadBuffer, sent, total int) {
+	in.Start += sent
+	s.passRemaining = total - sent
 }
 
 // protocolViolation logs pe, the client's malformed input (checkLength),
@@ -210,4 +219,77 @@ func (d *discardState) answer() []byte {
 	reply = pgwire.AppendReadyForQuery(reply, 'I')
 	*d = discardState{}
 	return reply
+}
+
+// refuseOversized refuses, before any backend is taken for it, a message
+// at the head of in, the client's buffer, that transaction mode would
+// have to hold whole (a Parse, whose text names the statement) but that
+// is larger than maxClientBuffer (max_client_buffer). It returns the
+// message's total bytes, or 0 when it is not refused: the caller
+// (backendForRequest, in transaction mode) writes the client 54000
+// (Server.tooLarge) at once, as PostgreSQL reports an error in the
+// extended protocol, and everything up to its Sync is dropped unread
+// (discardRequest), so the claimed length is never allocated. A length
+// checkLength refuses (against maxMessageSize) is a protocol violation
+// (logged to lg) instead.
+func (s *clientStream) refuseOversized(in *pgwire.ReadBuffer, maxClientBuffer, maxMessageSize int, lg *slog.Logger) (total int, err error) {
+	if in.Pending() < pgwire.HeaderLen {
+		return 0, nil
+	}
+	typ, bodyLen := pgwire.ParseHeader(in.Buf[in.Start:])
+	if typ != pgwire.MsgParse || pgwire.HeaderLen+bodyLen <= maxClientBuffer {
+		return 0, nil
+	}
+	if pe := checkLength(typ, bodyLen, maxMessageSize); pe != nil {
+		return 0, s.protocolViolation(lg, pe)
+	}
+	s.discard.on, s.discard.errSent = true, true
+	return pgwire.HeaderLen + bodyLen, nil
+}
+
+// discardRequest drops the client's messages at in's head after a failed
+// acquire (or a Parse refused by refuseOversized) up to the end of the
+// request (Sync or Query), and then returns the client's answer to it,
+// the error and 'Z' (discardState.answer), which the caller (process)
+// writes. It checks the messages' headers as build does (against
+// maxMessageSize: protocolViolation, logged to lg; unknownMessage;
+// Terminate). reply is nil while the request's end is still to come.
+func (s *clientStream) discardRequest(in *pgwire.ReadBuffer, maxMessageSize int, lg *slog.Logger) (reply []byte, err error) {
+	for {
+		if s.passRemaining > 0 {
+			if _, s.passRemaining = passOn(in, nil, s.passRemaining, true); s.passRemaining > 0 {
+				return nil, nil
+			}
+			if s.discard.query {
+				return s.discard.answer(), nil
+			}
+			continue
+		}
+		h := judgeHead(in.Buf[in.Start:in.End], maxMessageSize)
+		if !h.whole {
+			in.Want = pgwire.HeaderLen
+			return nil, nil
+		}
+		if h.lenErr != nil {
+			return nil, s.protocolViolation(lg, h.lenErr)
+		}
+		if h.typ == pgwire.MsgTerminate {
+			return nil, errClientTerminated
+		}
+		if !h.known {
+			return nil, unknownMessage(lg, h.typ)
+		}
+		avail, typ, bodyLen := in.End-in.Start, h.typ, h.bodyLen
+		total := pgwire.HeaderLen + bodyLen
+		if avail < total {
+			s.passRemaining = total - avail
+			in.Start = in.End
+			s.discard.query = typ == pgwire.MsgQuery
+			return nil, nil
+		}
+		in.Start += total
+		if typ == pgwire.MsgQuery || typ == pgwire.MsgSync {
+			return s.discard.answer(), nil
+		}
+	}
 }

@@ -41,13 +41,15 @@
 //     atBoundaryLocked); what the client's ErrorResponse does to it
 //     (errorResponseLocked);
 //   - clientStatements (statements.go): the client's statements and the
-//     rewriting of Parse/Bind/Describe/Close; a backend's own side is its
-//     preparedSet;
+//     rewriting of Parse/Bind/Describe/Close (a Bind too large to hold
+//     whole too, streamBind), and the requests the proxy answers without
+//     a backend (answerLocally); a backend's own side is its preparedSet;
 //   - clientParams (params.go): the values the client expects and its
 //     startup packet's; trackParameterStatus, trackParamChange and
 //     trackCheckedSettings track a change on the backend and in them;
 //   - sessionTrack and listenTrack (sessionstate.go, notify.go): the
-//     session-state check and LISTEN through the shared listener;
+//     inspection of the client's statements (inspect), the session-state
+//     check, and LISTEN through the shared listener;
 //   - readerState (clientconn.go; relay_server.go's readers): who reads
 //     c.be, and its hand-overs with the client reader (writeDone; drained,
 //     wakeDrainedLocked, for backpressure);
@@ -55,9 +57,11 @@
 //     which pin it; a request written meanwhile waits (awaitLocked);
 //   - clientStream (clientstream.go): where the client goroutine is in the
 //     client's bytes beyond one whole message: a message streamed to the
-//     backend or dropped as it arrives (passOn, dropRest), a refused
-//     request discarded up to its end (discardState), a client that broke
-//     the protocol (protocolViolation); settled says none of these holds;
+//     backend or dropped as it arrives (passOn, dropRest, streamRest), a
+//     Parse too large refused before a backend is taken (refuseOversized),
+//     a refused request discarded up to its end (discardState,
+//     discardRequest), a client that broke the protocol
+//     (protocolViolation); settled says none of these holds;
 //   - replayState (replay.go): the replay of a first request: what went
 //     to a fresh backend (recordLocked), its first reply
 //     (firstReplyLocked), its death before answering (failLocked), the
@@ -66,19 +70,23 @@
 //     cancel request or the drain ends (begin, end, takeCanceled and
 //     endForDrain take c.mu, passed in);
 //   - idleReader and parkState (idle.go, park.go): the wait for input
-//     without a buffer (open finds the socket) and parking (setUp keeps
-//     the descriptor for the parker);
-//   - loopState (loop.go): the client's part in the event loop; whether
-//     the loop thread runs the client says which clock it reads (now) and
-//     how a request goes to the backend (writeBackend);
-//   - timeoutState, lastStatement, leaveState: timeouts, the last
-//     statement, why the client must go (leaveState.reason).
+//     without a buffer (open finds the socket, leftWhileWaiting peeks at
+//     it) and parking (setUp keeps the descriptor for the parker);
+//   - loopState (loop.go, loopcache.go): the client's part in the event
+//     loop; whether the loop thread runs the client says which clock it
+//     reads (now), how a request goes to the backend (writeBackend) and
+//     which buffer cache it borrows from (bufCache);
+//   - timeoutState, lastStatement, leaveState: timeouts (clientStall),
+//     the last statement, why the client must go (leaveState.reason).
 //
 // What stays a clientConn method takes c.mu across several of these,
-// writes to the client, logs as the client or moves the backend; the
-// event loop's steps on a client are the parker's methods (loop.go), and
-// the login's steps are the Server's (login.go), but for bindSession,
-// which acquires a backend as the client does.
+// writes to the client, logs as the client or moves the backend: build
+// and its steps (buildNextLocked, buildMessageLocked, onParse, onQuery),
+// for one, hand each client message to the types above under c.mu and
+// queue a request per reply it expects. The event loop's steps on a
+// client are the parker's methods (loop.go), and the login's steps are
+// the Server's (login.go), but for bindSession, which acquires a backend
+// as the client does.
 //
 // # The goroutines of one client
 //

@@ -134,7 +134,7 @@ func (c *clientConn) readClient() (int, error) {
 		}
 	}
 	if ir.raw == nil || c.in.Start != c.in.End {
-		c.bufCache().lendReadBuffer(&c.in)
+		c.loop.bufCache(c.srv).lendReadBuffer(&c.in)
 		c.in.Prepare()
 		return c.conn.Read(c.in.Free())
 	}
@@ -160,7 +160,7 @@ func (c *clientConn) readClient() (int, error) {
 		if c.park.want.Swap(false) && errors.Is(err, os.ErrDeadlineExceeded) && c.tryPark(false) {
 			return 0, errParked // park.go: c may belong to another goroutine now
 		}
-		c.bufCache().lendReadBuffer(&c.in) // a wake-up or close: the reader goes on with a buffer
+		c.loop.bufCache(c.srv).lendReadBuffer(&c.in) // a wake-up or close: the reader goes on with a buffer
 		return 0, err
 	}
 	return ir.n, ir.err
@@ -187,7 +187,7 @@ func (ir *idleReader) open(conn, sock net.Conn) bool {
 // nothing to read: the runtime then waits for the socket to be readable
 // and calls it again.
 func (c *clientConn) readIdle(fd uintptr) bool {
-	c.bufCache().lendReadBuffer(&c.in)
+	c.loop.bufCache(c.srv).lendReadBuffer(&c.in)
 	c.in.Prepare()
 	for {
 		n, err := syscall.Read(int(fd), c.in.Free())
@@ -195,7 +195,7 @@ func (c *clientConn) readIdle(fd uintptr) bool {
 		case err == syscall.EINTR:
 			continue
 		case err == syscall.EAGAIN:
-			c.bufCache().reclaimReadBuffer(&c.in)
+			c.loop.bufCache(c.srv).reclaimReadBuffer(&c.in)
 			if c.releaseRequestRing() && c.park.can {
 				if c.idle.hot {
 					c.idle.hotNow = true // readClient parks it now
@@ -222,7 +222,7 @@ func (c *clientConn) releaseRequestRing() bool {
 	c.mu.Lock()
 	free := c.be == nil
 	if free {
-		c.q.releaseRingLocked(c.bufCache())
+		c.q.releaseRingLocked(c.loop.bufCache(c.srv))
 	}
 	c.mu.Unlock()
 	return free

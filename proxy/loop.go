@@ -337,7 +337,7 @@ func (p *parker) loopAcquire(c *clientConn) (*backend, error) {
 		c.loop.hand = &loopHand{next: loopNextProcess}
 		return nil, errLoopHandOff
 	}
-	if fromQueue && p.loopSocketEvent(c) && c.leftWhileWaiting() {
+	if fromQueue && p.loopSocketEvent(c) && c.idle.leftWhileWaiting(c.sock, c.log) {
 		conn.Release() // untouched (clientgone.go)
 		return nil, errClientGone
 	}

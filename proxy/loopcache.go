@@ -18,12 +18,13 @@ import "github.com/pgsidecar/pgsidecar/internal/pgwire"
 // has no room for goes to the sync.Pool as before, and the parker drops
 // both stacks when it gives a wave's memory back (releaseAfterWave).
 
-// bufCache is where c's read buffer and request ring come from and go
-// to: the loop's cache while the loop thread runs c, nil (the sync.Pools)
-// elsewhere. Only the loop thread may use its cache.
-func (c *clientConn) bufCache() *loopCache {
-	if c.loop.running {
-		return &c.srv.park.cache
+// bufCache is where a client's read buffer and request ring come from and
+// go to: the cache of s's loop while the loop thread runs the client
+// (l.running), nil (the sync.Pools) elsewhere. Only the loop thread may
+// use its cache.
+func (l *loopState) bufCache(s *Server) *loopCache {
+	if l.running {
+		return &s.park.cache
 	}
 	return nil
 }

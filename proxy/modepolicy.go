@@ -15,7 +15,7 @@ type modePolicy struct {
 	// rewriteStatements: prepared statements are the client's, named and
 	// re-prepared per backend by the proxy (statements.go), so Parse and Bind
 	// are read whole, and Parse/Close/Sync alone may be answered without a
-	// backend (answerWithoutBackend).
+	// backend (clientStatements.answerLocally).
 	rewriteStatements bool
 	// carrySessionState: session state and settings do not survive the
 	// backend's release, so the relay tracks them and pins the client to

@@ -486,7 +486,7 @@ func (c *clientConn) tryPark(hot bool) bool {
 		c.park.parked.Store(false)
 		return false
 	}
-	c.bufCache().reclaimReadBuffer(&c.in)
+	c.loop.bufCache(c.srv).reclaimReadBuffer(&c.in)
 	if err := p.os.add(c.park.fd); err != nil {
 		c.park.parked.Store(false)
 		c.park.off.Store(true)
@@ -531,7 +531,7 @@ func (c *clientConn) parkableNow() bool {
 	defer c.mu.Unlock()
 	ok := c.settledLocked()
 	if ok {
-		c.q.releaseRingLocked(c.bufCache())
+		c.q.releaseRingLocked(c.loop.bufCache(c.srv))
 	}
 	return ok
 }

@@ -194,7 +194,7 @@ func TestParkAllocatesNothing(t *testing.T) {
 	}
 	p := &e.srv.park
 	cycle := func() {
-		c.bufCache().lendReadBuffer(&c.in) // as a woken reader has
+		c.loop.bufCache(c.srv).lendReadBuffer(&c.in) // as a woken reader has
 		if !c.tryPark(false) {
 			t.Fatal("an idle client did not park")
 		}

@@ -1,7 +1,8 @@
 // relay_client.go: the requests' side of the relay: the client reader
 // (run, process) reads the client's messages, gets a backend when a
 // transaction starts, rewrites and writes them to it (build), and refuses
-// what it must (size limits, policy reject, discardRequest).
+// what it must (size limits, policy reject; the refused request is
+// discarded by clientStream.discardRequest, clientstream.go).
 
 package proxy
 
@@ -127,7 +128,11 @@ func (c *clientConn) process() error {
 	}
 	for c.spliceReplay() || c.in.Pending() > 0 {
 		if c.stream.discard.on {
-			if err := c.discardRequest(); err != nil || c.stream.discard.on {
+			reply, err := c.stream.discardRequest(&c.in, c.srv.cfg.MaxMessageSize, c.log)
+			if reply != nil {
+				err = c.writeClient(reply)
+			}
+			if err != nil || c.stream.discard.on {
 				return err
 			}
 			continue
@@ -161,21 +166,26 @@ func (c *clientConn) process() error {
 
 // backendForRequest is the backend the client's next message goes to: the
 // one it holds, else, unless the message is refused before any backend is
-// taken for it (refuseOversized) or answered without one
-// (answerWithoutBackend), one acquired for it (acquireForRequest). nil
-// without an error: there is nothing to send now (refused or answered, or
-// the acquire failed and the request is being discarded).
+// taken for it (clientStream.refuseOversized) or answered without one
+// (clientStatements.answerLocally; both in transaction mode), one
+// acquired for it (acquireForRequest). nil without an error: there is
+// nothing to send now (refused or answered, or the acquire failed and the
+// request is being discarded).
 func (c *clientConn) backendForRequest() (*backend, error) {
 	if b := c.heldBackend(); b != nil {
 		return b, nil
 	}
-	if c.stream.passRemaining == 0 {
-		if refused, err := c.refuseOversized(); err != nil || refused {
+	if c.policy.rewriteStatements && c.stream.passRemaining == 0 {
+		total, err := c.stream.refuseOversized(&c.in, c.srv.cfg.MaxClientBuffer, c.srv.cfg.MaxMessageSize, c.log)
+		if err != nil {
 			return nil, err
 		}
-	}
-	if answered, err := c.answerWithoutBackend(); err != nil || answered {
-		return nil, err
+		if total > 0 {
+			return nil, c.writeClient(c.srv.tooLarge(c.log, total).appendTo(nil))
+		}
+		if reply, ok := c.stmts.answerLocally(&c.mu, c.srv.stmts, &c.in); ok {
+			return nil, c.writeClient(reply)
+		}
 	}
 	return c.acquireForRequest()
 }
@@ -398,7 +408,7 @@ func (c *clientConn) acquire(ifFree bool) (*backend, error) {
 		conn.Release()
 		return nil, errDraining()
 	}
-	if time.Since(start) >= goneCheckAfter && c.leftWhileWaiting() {
+	if time.Since(start) >= goneCheckAfter && c.idle.leftWhileWaiting(c.sock, c.log) {
 		conn.Release() // untouched (clientgone.go)
 		return nil, errClientGone
 	}
@@ -463,40 +473,38 @@ func (c *clientConn) takeBackend(conn pool.Conn) *backend {
 // (true), when the backend will answer everything outstanding without more
 // client input and no backend reader runs; else a backend reader, started
 // now if none runs, so that it reads while the write goes out.
+//
+// Inline takes transaction mode (the backend goes back at the
+// transaction's end), the whole client buffer handled (a client with more
+// on the way may be pipelining: it is read while a backend reader
+// answers; a Terminate, or a message that ends the session
+// (msgHead.endsSession), waiting its turn is fine: nothing after it is
+// read, onlyEndLeft), no message half sent, every request closed by a
+// Sync or a Query (or a probe ending in Flush), nothing waiting for a
+// state check, no COPY FROM STDIN, and a write small enough
+// (inlineWriteMax).
 func (c *clientConn) planRelay(b *backend, outLen int) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.be != b || c.reader.async {
 		return false
 	}
-	if c.inlineableLocked(outLen) {
+	pending, probe := c.in.Buf[c.in.Start:c.in.End], c.stmts.probe != nil
+	if c.policy.releaseAtTransactionEnd && outLen <= inlineWriteMax && c.stream.passRemaining == 0 &&
+		(len(pending) == 0 || probe || onlyEndLeft(pending, c.srv.cfg.MaxMessageSize)) &&
+		(!c.inBatch || probe) && c.state.checkWait == nil && !c.reader.copyIn {
 		return true
 	}
 	c.startReaderLocked(b)
 	return false
 }
 
-// inlineableLocked reports whether the client goroutine may write outLen
-// bytes and then read the replies itself: the whole client buffer was
-// handled (a client with more on the way may be pipelining: it is read
-// while a backend reader answers; a Terminate, or a message that ends the
-// session (pendingEndsSession), waiting its turn is fine: nothing after
-// it is read),
-// no message is half sent, every request is closed by a Sync or is a
-// Query (or a probe ends in Flush), nothing waits for a state check, and
-// the write is small enough (inlineWriteMax). Under c.mu.
-func (c *clientConn) inlineableLocked(outLen int) bool {
-	pending := c.in.Buf[c.in.Start:c.in.End]
-	return c.policy.releaseAtTransactionEnd && outLen <= inlineWriteMax && c.stream.passRemaining == 0 &&
-		(len(pending) == 0 || c.stmts.probe != nil || len(pending) == pgwire.HeaderLen && pending[0] == pgwire.MsgTerminate ||
-			c.pendingEndsSession()) &&
-		(!c.inBatch || c.stmts.probe != nil) && c.state.checkWait == nil && !c.reader.copyIn
-}
-
-// pendingEndsSession reports whether the client's buffer starts with a
-// message that ends the session (msgHead.endsSession).
-func (c *clientConn) pendingEndsSession() bool {
-	return judgeHead(c.in.Buf[c.in.Start:c.in.End], c.srv.cfg.MaxMessageSize).endsSession()
+// onlyEndLeft reports whether pending, the client's bytes build left in
+// its buffer, is only the session's end: a Terminate, or a message that
+// ends the session (msgHead.endsSession, judged against maxMessageSize).
+func onlyEndLeft(pending []byte, maxMessageSize int) bool {
+	return len(pending) == pgwire.HeaderLen && pending[0] == pgwire.MsgTerminate ||
+		judgeHead(pending, maxMessageSize).endsSession()
 }
 
 // unpin ends the client reader's use of b (see build). It wakes the server
@@ -586,7 +594,7 @@ func (c *clientConn) buildNextLocked(b *backend, out []byte, tx bool) (_ []byte,
 		// A message that ends the session (checkHead refuses it) behind
 		// requests: PostgreSQL answers those first, then ends the
 		// session over it. Left where it is: what went before goes out,
-		// its replies are relayed (inline: see inlineableLocked), and
+		// its replies are relayed (inline: see planRelay), and
 		// process's checkHead then ends the session.
 		c.in.Want = 0
 		return out, buildDone, nil
@@ -614,18 +622,37 @@ func (c *clientConn) buildNextLocked(b *backend, out []byte, tx bool) (_ []byte,
 	total := pgwire.HeaderLen + bodyLen
 	if c.policy.tooLargeToHold(typ, total, c.srv.cfg.MaxClientBuffer) && !c.serverSkipping {
 		// Too large to hold whole (max_client_buffer): a Bind is
-		// streamed with its statement renamed, a Parse refused.
-		done := true
+		// streamed with its statement renamed (clientStatements.streamBind:
+		// only its names, at its start, must be here), a Parse refused.
+		head := c.in.Buf[c.in.Start:min(c.in.End, c.in.Start+total)]
+		how := bindIncomplete
 		if typ == pgwire.MsgBind {
-			out, done = c.streamBindLocked(b, out, bodyLen)
-		} else {
-			out = c.refuseInFlightLocked(out, total)
+			out, how = c.stmts.streamBind(&c.q, b, out, head)
+		}
+		if how == bindIncomplete && typ == pgwire.MsgBind && len(head) < c.srv.cfg.MaxClientBuffer {
+			c.in.Want = min(total, c.in.End-c.in.Start+clientReadBufSize)
+			return out, buildDone, nil // the Bind's names are not all here yet
+		}
+		c.in.Want = 0
+		switch how {
+		case bindIncomplete:
+			// A Parse, or a Bind whose names are longer than the buffer
+			// (no client sends that), refused while the client holds a
+			// backend: a request the server rejects goes out in its
+			// place, so the client gets 54000 in the order of its
+			// replies and the server skips to the client's Sync; the
+			// message itself is dropped unread.
+			c.inBatch = true
+			out = c.q.poison(out, c.srv.tooLarge(c.log, total))
+			c.stream.dropRest(&c.in, total)
+		case bindDropped: // the poison went out in its place
+			c.stream.dropRest(&c.in, total)
+		case bindSent: // the rest of its parameters is streamed
+			c.inBatch = true
+			c.stream.streamRest(&c.in, len(head), total)
 		}
 		if c.stmts.probe != nil {
 			return out, buildHeld, nil // the Bind waits for the probe, unread
-		}
-		if !done {
-			return out, buildDone, nil // the Bind's names are not all here yet
 		}
 		return out, buildMore, nil
 	}
@@ -637,11 +664,16 @@ func (c *clientConn) buildNextLocked(b *backend, out []byte, tx bool) (_ []byte,
 	if avail < total {
 		// Stream the rest of a message nobody needs to read.
 		if !c.serverSkipping {
-			c.notePartialLocked(typ)
+			opens, uninspected := c.q.pushStreamed(typ)
+			if opens {
+				c.inBatch = true
+			}
+			if uninspected && c.policy.carrySessionState {
+				c.state.noteUninspected()
+			}
 		}
 		out = append(out, c.in.Buf[c.in.Start:c.in.End]...)
-		c.stream.passRemaining = total - avail
-		c.in.Start = c.in.End
+		c.stream.streamRest(&c.in, avail, total)
 		return out, buildMore, nil
 	}
 	if typ == pgwire.MsgTerminate {
@@ -734,7 +766,7 @@ func (c *clientConn) buildMessageLocked(b *backend, out []byte, typ byte, msg []
 }
 
 // onParse refuses a Parse whose name the client already uses, or whose text
-// creates session state under policy reject (inspect); statement tracking
+// creates session state under policy reject (sessionTrack.inspect); statement tracking
 // (clientStatements.parse) handles the rest in transaction mode.
 func (c *clientConn) onParse(b *backend, out, msg, body []byte, tx bool) []byte {
 	name, rest, ok := parseParseMessage(body)
@@ -746,8 +778,8 @@ func (c *clientConn) onParse(b *backend, out, msg, body []byte, tx bool) []byte 
 	if ok {
 		query, _, _ := pgwire.CString(rest)
 		c.replay.noReplayForLocked(query)
-		if h := c.inspect(query, tx); h != hazardNone {
-			return c.q.poison(out, c.srv.cfg.rejectError(h))
+		if h := c.state.inspect(&c.last, query, tx, c.srv.cfg.SessionState == SessionStateReject, c.hub != nil); h != hazardNone {
+			return c.q.poison(out, c.srv.cfg.refuseState(c.log, c.identity.appName, h))
 		}
 	}
 	if !tx || !ok {
@@ -783,28 +815,6 @@ func (p *modePolicy) tooLargeToHold(typ byte, total, maxClientBuffer int) bool {
 	return (typ == pgwire.MsgParse || typ == pgwire.MsgBind) && p.rewriteStatements && total > maxClientBuffer
 }
 
-// refuseOversized refuses, before any backend is taken for it, a message
-// at the head of the buffer that transaction mode would have to hold whole
-// (a Parse, whose text names the statement) but that is larger than
-// max_client_buffer. The client gets 54000 at once, as PostgreSQL reports
-// an error in the extended protocol, and everything up to its Sync is
-// dropped unread (see discard), so the claimed length is never allocated.
-func (c *clientConn) refuseOversized() (bool, error) {
-	if !c.policy.rewriteStatements || c.in.Pending() < pgwire.HeaderLen {
-		return false, nil
-	}
-	typ, bodyLen := pgwire.ParseHeader(c.in.Buf[c.in.Start:])
-	if typ != pgwire.MsgParse || pgwire.HeaderLen+bodyLen <= c.srv.cfg.MaxClientBuffer {
-		return false, nil
-	}
-	if pe := checkLength(typ, bodyLen, c.srv.cfg.MaxMessageSize); pe != nil {
-		return false, c.stream.protocolViolation(c.log, pe)
-	}
-	c.stream.discard.on, c.stream.discard.errSent = true, true
-	err := c.writeClient(c.srv.tooLarge(c.log, pgwire.HeaderLen+bodyLen).appendTo(nil))
-	return true, err
-}
-
 // tooLarge is the error for a client message of total bytes, larger than
 // max_client_buffer, and logs it to the client's logger lg (rate limited
 // across clients: a client can repeat it).
@@ -819,99 +829,11 @@ func (s *Server) tooLarge(lg *slog.Logger, total int) *pgError {
 		"in transaction mode a Parse is read whole; raise max_client_buffer, or send so large a statement as a simple Query (which is streamed)")
 }
 
-// refuseInFlightLocked refuses a Parse larger than max_client_buffer while
-// the client holds a backend: a request the server rejects goes out in its
-// place, so the client gets 54000 in the order of its replies and the
-// server skips to the client's Sync; the message itself is dropped unread.
-// Under c.mu (build).
-func (c *clientConn) refuseInFlightLocked(out []byte, total int) []byte {
-	c.inBatch = true
-	out = c.q.poison(out, c.srv.tooLarge(c.log, total))
-	c.in.Want = 0
-	c.stream.dropRest(&c.in, total)
-	return out
-}
-
-// streamBindLocked sends a Bind larger than max_client_buffer (transaction
-// mode) without holding it whole: only its portal and statement names, at
-// its start, must be here; the statement is renamed as in
-// clientStatements.bind and the parameters streamed. done is false when
-// the names are not all here yet (or a probe must be answered first; the
-// Bind is then left unread). Under c.mu (build).
-func (c *clientConn) streamBindLocked(b *backend, out []byte, bodyLen int) (_ []byte, done bool) {
-	prefix := c.in.Buf[c.in.Start+pgwire.HeaderLen : min(c.in.End, c.in.Start+pgwire.HeaderLen+bodyLen)]
-	portal, name, restOff, ok := parseBindNames(prefix)
-	if !ok {
-		if len(prefix) >= c.srv.cfg.MaxClientBuffer-pgwire.HeaderLen {
-			// Names longer than the buffer: no client sends that.
-			return c.refuseInFlightLocked(out, pgwire.HeaderLen+bodyLen), true
-		}
-		c.in.Want = min(pgwire.HeaderLen+bodyLen, c.in.End-c.in.Start+clientReadBufSize)
-		return out, false
-	}
-	c.in.Want = 0
-	st := (*statement)(nil)
-	if len(name) > 0 {
-		st = c.stmts.named(name)
-	} else {
-		var mine bool
-		if out, mine = c.stmts.useUnnamed(&c.q, b, out); !mine {
-			// No unnamed statement: the poison went out; drop the Bind.
-			c.stream.dropRest(&c.in, pgwire.HeaderLen+bodyLen)
-			return out, true
-		}
-	}
-	if st == nil {
-		// Unnamed (made the client's above) or unknown to the proxy: the
-		// server judges it unchanged.
-		c.inBatch = true
-		c.q.push(request{kind: reqBind})
-		out = append(out, c.in.Buf[c.in.Start:c.in.Start+pgwire.HeaderLen+len(prefix)]...)
-	} else {
-		var sent bool
-		var e *preparedEntry
-		if out, e, sent = c.stmts.useStatement(&c.q, b, out, st); !sent {
-			if c.stmts.probe != nil {
-				return out, false
-			}
-			// Stale statement: the poison went out instead; drop the Bind.
-			c.stream.dropRest(&c.in, pgwire.HeaderLen+bodyLen)
-			return out, true
-		}
-		c.inBatch = true
-		c.q.push(request{kind: reqBind, stmt: st, entry: e})
-		name := serverName(st, e)
-		out = pgwire.AppendHeader(out, pgwire.MsgBind, len(portal)+1+len(name)+1+bodyLen-restOff)
-		out = append(out, portal...)
-		out = append(out, 0)
-		out = append(out, name...)
-		out = append(out, 0)
-		out = append(out, prefix[restOff:]...)
-	}
-	c.in.Start += pgwire.HeaderLen + len(prefix)
-	c.stream.passRemaining = bodyLen - len(prefix)
-	return out, true
-}
-
-// notePartialLocked records the bookkeeping of a message that is streamed.
-// Under c.mu (build).
-func (c *clientConn) notePartialLocked(typ byte) {
-	switch typ {
-	case pgwire.MsgQuery, pgwire.MsgFunctionCall:
-		// Too long to inspect: ask the server afterwards.
-		if c.policy.carrySessionState {
-			c.state.dirty, c.state.paramsDirty = true, true
-		}
-		c.q.push(request{kind: reqQuery})
-	case pgwire.MsgParse:
-		c.inBatch = true
-		c.q.push(request{kind: reqParse})
-	case pgwire.MsgBind:
-		c.inBatch = true
-		c.q.push(request{kind: reqBind})
-	}
-}
-
+// onQuery handles a simple Query (msg; body its body) for b: the text is
+// inspected (sessionTrack.inspect) and refused under policy reject, the
+// client's unnamed statement dropped, and a single SET, a DEALLOCATE
+// (statement tracking) or a DISCARD ALL / RESET ALL (parameter tracking)
+// noted on its request. Under c.mu (build).
 func (c *clientConn) onQuery(b *backend, out, msg, body []byte, tx bool) []byte {
 	q := body
 	if n := len(q); n > 0 && q[n-1] == 0 {
@@ -919,13 +841,17 @@ func (c *clientConn) onQuery(b *backend, out, msg, body []byte, tx bool) []byte 
 	}
 	paramsDirty := c.state.paramsDirty
 	c.replay.noReplayForLocked(q)
-	h := c.inspect(q, tx)
+	h := c.state.inspect(&c.last, q, tx, c.srv.cfg.SessionState == SessionStateReject, c.hub != nil)
+	var refused *pgError
+	if h != hazardNone {
+		refused = c.srv.cfg.refuseState(c.log, c.identity.appName, h)
+	}
 	// A simple Query drops the session's unnamed statement (the refusal
 	// that goes in its place too).
 	gen := c.stmts.dropUnnamed(b)
-	if h != hazardNone {
+	if refused != nil {
 		c.q.push(request{kind: reqQuery, gen: gen})
-		return pgwire.AppendQuery(out, rejectQuerySQL(c.srv.cfg.rejectError(h)))
+		return pgwire.AppendQuery(out, rejectQuerySQL(refused))
 	}
 	r := request{kind: reqQuery, gen: gen}
 	if needsClassify(q) {
@@ -953,74 +879,4 @@ func (c *clientConn) onQuery(b *backend, out, msg, body []byte, tx bool) []byte 
 	}
 	c.q.push(r)
 	return append(out, msg...)
-}
-
-// inspect remembers a statement for leak reports and, in transaction mode,
-// notes traffic that may touch session state (sessionstate.go). Under
-// policy reject it returns the kind of session state q would create, and
-// the caller refuses q.
-func (c *clientConn) inspect(q []byte, tx bool) hazard {
-	again := c.last.holds(q)
-	if !again {
-		c.last.note(q)
-	}
-	if !tx {
-		return hazardNone
-	}
-	if c.srv.cfg.SessionState == SessionStateReject {
-		if h := rejectedHazard(q, c.hub != nil); h != hazardNone {
-			t := hazardText[h]
-			c.log.Info("refused a statement that creates session state ("+c.srv.cfg.option("SessionState")+" = reject)",
-				"application_name", c.identity.appName, "state", t.name)
-			return h
-		}
-	}
-	touches, changes := c.last.scan(q, again)
-	c.state.noteTraffic(q, touches, changes)
-	return hazardNone
-}
-
-// discardRequest drops client messages after a failed acquire (or a Parse
-// refused by refuseOversized) up to the end of the request (Sync or
-// Query), then answers it with the error and 'Z' (discardState.answer).
-// It stays on c: it reads the client's buffer, checks its input as build
-// does (poisoning the client, protocolViolation) and writes to it.
-func (c *clientConn) discardRequest() error {
-	for {
-		if c.stream.passRemaining > 0 {
-			if _, c.stream.passRemaining = passOn(&c.in, nil, c.stream.passRemaining, true); c.stream.passRemaining > 0 {
-				return nil
-			}
-			if c.stream.discard.query {
-				return c.writeClient(c.stream.discard.answer())
-			}
-			continue
-		}
-		h := judgeHead(c.in.Buf[c.in.Start:c.in.End], c.srv.cfg.MaxMessageSize)
-		if !h.whole {
-			c.in.Want = pgwire.HeaderLen
-			return nil
-		}
-		if h.lenErr != nil {
-			return c.stream.protocolViolation(c.log, h.lenErr)
-		}
-		if h.typ == pgwire.MsgTerminate {
-			return errClientTerminated
-		}
-		if !h.known {
-			return unknownMessage(c.log, h.typ)
-		}
-		avail, typ, bodyLen := c.in.End-c.in.Start, h.typ, h.bodyLen
-		total := pgwire.HeaderLen + bodyLen
-		if avail < total {
-			c.stream.passRemaining = total - avail
-			c.in.Start = c.in.End
-			c.stream.discard.query = typ == pgwire.MsgQuery
-			return nil
-		}
-		c.in.Start += total
-		if typ == pgwire.MsgQuery || typ == pgwire.MsgSync {
-			return c.writeClient(c.stream.discard.answer())
-		}
-	}
 }

@@ -221,6 +221,27 @@ func (q *requestQueue) noteClientMessage(typ byte) (ignoredSync bool) {
 	return false
 }
 
+// pushStreamed queues the request of a client message of type typ that
+// is streamed to the server, not read whole: a Query or a FunctionCall
+// (uninspected: its text is not looked at, so the server is asked about
+// session state afterwards), a Parse or a Bind (opensBatch: an
+// extended-protocol batch is open until its Sync). Other types expect no
+// reply of their own. Under c.mu, by the client reader (build).
+func (q *requestQueue) pushStreamed(typ byte) (opensBatch, uninspected bool) {
+	switch typ {
+	case pgwire.MsgQuery, pgwire.MsgFunctionCall:
+		q.push(request{kind: reqQuery})
+		return false, true
+	case pgwire.MsgParse:
+		q.push(request{kind: reqParse})
+		return true, false
+	case pgwire.MsgBind:
+		q.push(request{kind: reqBind})
+		return true, false
+	}
+	return false, false
+}
+
 // copyInStarted runs when the server answers the head request (a Query or
 // an Execute of COPY FROM STDIN) with CopyInResponse. PostgreSQL ignores
 // Sync (and Flush) in copy-in mode, so a client may pipeline a Sync behind

@@ -124,7 +124,7 @@ func BenchmarkSessionScans(b *testing.B) {
 	}
 }
 
-// TestInspectRemembersScans: inspect scans a statement once and answers
+// TestInspectRemembersScans: sessionTrack.inspect scans a statement once and answers
 // its repeats from what it found, and never carries one statement's
 // findings over to another, a statement whose start c.last.text keeps
 // included.
@@ -133,7 +133,7 @@ func TestInspectRemembersScans(t *testing.T) {
 	check := func(q string, dirty, paramsDirty bool) {
 		t.Helper()
 		c.state.dirty, c.state.paramsDirty = false, false
-		if h := c.inspect([]byte(q), true); h != hazardNone {
+		if h := c.state.inspect(&c.last, []byte(q), true, c.srv.cfg.SessionState == SessionStateReject, c.hub != nil); h != hazardNone {
 			t.Fatalf("%.40q: hazard %v", q, h)
 		}
 		if c.state.dirty != dirty || c.state.paramsDirty != paramsDirty {

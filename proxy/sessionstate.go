@@ -309,6 +309,16 @@ func rejectQuerySQL(pe *pgError) string {
 		", MESSAGE = " + quoteLiteral(pe.Message) + ", HINT = " + quoteLiteral(pe.Hint) + "; END$pgsidecar$"
 }
 
+// refuseState logs, to the client's logger lg (appName: its
+// application_name), that policy reject refused its statement, which
+// creates session state h (sessionTrack.inspect), and returns what the
+// client is told (rejectError).
+func (cfg *Config) refuseState(lg *slog.Logger, appName string, h hazard) *pgError {
+	lg.Info("refused a statement that creates session state ("+cfg.option("SessionState")+" = reject)",
+		"application_name", appName, "state", hazardText[h].name)
+	return cfg.rejectError(h)
+}
+
 func (cfg *Config) rejectError(h hazard) *pgError {
 	t := hazardText[h]
 	opt, mode := cfg.option("SessionState"), cfg.option("Mode")
@@ -491,6 +501,37 @@ func (l *lastStatement) scan(q []byte, again bool) (touches, changes bool) {
 		l.scanOK = int(l.n) == len(q)
 	}
 	return l.touches, l.changes
+}
+
+// inspect remembers the client's statement q in last, for leak reports
+// and the query_timeout log, and in transaction mode (tx) notes traffic
+// that may touch session state (last.scan, noteTraffic). Under policy
+// reject (reject; allowListen: the shared listener serves LISTEN) it
+// returns instead the kind of session state q would create, and the
+// caller refuses q (Config.refuseState). Under c.mu (build).
+func (s *sessionTrack) inspect(last *lastStatement, q []byte, tx, reject, allowListen bool) hazard {
+	again := last.holds(q)
+	if !again {
+		last.note(q)
+	}
+	if !tx {
+		return hazardNone
+	}
+	if reject {
+		if h := rejectedHazard(q, allowListen); h != hazardNone {
+			return h
+		}
+	}
+	touches, changes := last.scan(q, again)
+	s.noteTraffic(q, touches, changes)
+	return hazardNone
+}
+
+// noteUninspected records that the client sent a statement too long to
+// inspect (streamed to the backend): it may have touched session state
+// or settings, and the server is asked once the transaction is over.
+func (s *sessionTrack) noteUninspected() {
+	s.dirty, s.paramsDirty = true, true
 }
 
 // noteTraffic records, in transaction mode, that the client's statement q

@@ -776,6 +776,60 @@ func (s *clientStatements) bind(q *requestQueue, b *backend, out, msg, body []by
 	return append(out, msg...), bound
 }
 
+// bindStart is what streamBind made of the start of a Bind.
+type bindStart uint8
+
+const (
+	bindIncomplete bindStart = iota // its names are not all here yet: nothing was done
+	bindHeld                        // a probe must be answered first: the Bind is left unread
+	bindDropped                     // the poison went out in its place: the Bind is to be dropped
+	bindSent                        // its start went out, renamed: the rest of it follows unchanged
+)
+
+// streamBind handles, in transaction mode, the start of a Bind too large
+// to hold whole (max_client_buffer), as bind does a whole one: head is
+// its header and as much of its body as is here, which must hold its
+// portal and statement names. The statement is readied on b and the
+// Bind's start, renamed to the copy b has, appended to out; a Bind of the
+// unnamed statement (made the client's on b) or of one unknown to the
+// proxy goes out unchanged, for the server to judge.
+func (s *clientStatements) streamBind(q *requestQueue, b *backend, out, head []byte) (_ []byte, how bindStart) {
+	_, bodyLen := pgwire.ParseHeader(head)
+	prefix := head[pgwire.HeaderLen:]
+	portal, name, restOff, ok := parseBindNames(prefix)
+	if !ok {
+		return out, bindIncomplete
+	}
+	st := (*statement)(nil)
+	if len(name) > 0 {
+		st = s.named(name)
+	} else {
+		var mine bool
+		if out, mine = s.useUnnamed(q, b, out); !mine {
+			return out, bindDropped // no unnamed statement: the poison went out
+		}
+	}
+	if st == nil {
+		q.push(request{kind: reqBind})
+		return append(out, head...), bindSent
+	}
+	out, e, sent := s.useStatement(q, b, out, st)
+	if !sent {
+		if s.probe != nil {
+			return out, bindHeld
+		}
+		return out, bindDropped // stale statement: the poison went out instead
+	}
+	q.push(request{kind: reqBind, stmt: st, entry: e})
+	sname := serverName(st, e)
+	out = pgwire.AppendHeader(out, pgwire.MsgBind, len(portal)+1+len(sname)+1+bodyLen-restOff)
+	out = append(out, portal...)
+	out = append(out, 0)
+	out = append(out, sname...)
+	out = append(out, 0)
+	return append(out, prefix[restOff:]...), bindSent
+}
+
 // describe handles a client's Describe of a statement (not a portal) in
 // transaction mode, as bind does a Bind.
 func (s *clientStatements) describe(q *requestQueue, b *backend, out, msg, body []byte) []byte {
@@ -875,64 +929,64 @@ func (s *clientStatements) undo(b *backend, r *request) {
 	s.undoParse(b, r)
 }
 
-// answerWithoutBackend answers, without taking a backend, a request made
-// only of named Parse / Close messages and a Sync, when the client holds no
-// backend and every statement's text is known to prepare cleanly. Such a
-// request changes nothing on a server: the statements are prepared on
-// whichever backend runs them. Synchronous drivers (libpq's PQprepare in
-// pgbench -M prepared) block a whole thread of clients in it, and waiting
-// for a backend there can deadlock against that thread's own open
-// transactions when the pool is smaller than the client count.
-func (c *clientConn) answerWithoutBackend() (bool, error) {
-	if !c.policy.rewriteStatements || c.stream.passRemaining > 0 {
-		return false, nil
-	}
-	end, stmts, ok := c.localRequest()
+// answerLocally answers, without a backend, a request at the head of in
+// made only of named Parse / Close messages and a Sync, when every
+// statement's text is known to prepare cleanly (reg). Such a request
+// changes nothing on a server: the statements are prepared on whichever
+// backend runs them. Synchronous drivers (libpq's PQprepare in pgbench -M
+// prepared) block a whole thread of clients in it, and waiting for a
+// backend there can deadlock against that thread's own open transactions
+// when the pool is smaller than the client count. With ok, the request is
+// taken from in and reply is the client's answer, which the caller
+// writes; else in is untouched and the request needs a backend. The
+// caller (backendForRequest, in transaction mode) holds no backend, and
+// mu, clientConn.mu, is taken around each look at or change of s.
+func (s *clientStatements) answerLocally(mu *sync.Mutex, reg *statementRegistry, in *pgwire.ReadBuffer) (reply []byte, ok bool) {
+	end, stmts, ok := s.localRequest(mu, reg, in)
 	if !ok {
-		return false, nil
+		return nil, false
 	}
-	var reply []byte
-	for c.in.Start < end {
-		typ, bodyLen := pgwire.ParseHeader(c.in.Buf[c.in.Start:])
-		body := c.in.Buf[c.in.Start+pgwire.HeaderLen : c.in.Start+pgwire.HeaderLen+bodyLen]
-		c.in.Start += pgwire.HeaderLen + bodyLen
+	for in.Start < end {
+		typ, bodyLen := pgwire.ParseHeader(in.Buf[in.Start:])
+		body := in.Buf[in.Start+pgwire.HeaderLen : in.Start+pgwire.HeaderLen+bodyLen]
+		in.Start += pgwire.HeaderLen + bodyLen
 		switch typ {
 		case pgwire.MsgParse:
 			name, _, _ := parseParseMessage(body)
-			c.mu.Lock()
-			c.stmts.byName[string(name)] = stmts[0]
-			c.mu.Unlock()
+			mu.Lock()
+			s.byName[string(name)] = stmts[0]
+			mu.Unlock()
 			stmts = stmts[1:]
 			reply = append(reply, pgwire.ParseCompleteMessage...)
 		case pgwire.MsgClose:
 			name, _, _ := pgwire.CString(body[1:])
-			c.mu.Lock()
-			delete(c.stmts.byName, string(name))
-			c.mu.Unlock()
+			mu.Lock()
+			delete(s.byName, string(name))
+			mu.Unlock()
 			reply = append(reply, pgwire.CloseCompleteMessage...)
 		case pgwire.MsgSync:
 			reply = pgwire.AppendReadyForQuery(reply, 'I')
 		}
 	}
-	err := c.writeClient(reply)
-	return true, err
+	return reply, true
 }
 
-// localRequest checks whether the buffer starts with a whole request the
-// proxy can answer alone (see answerWithoutBackend): named Parses of known
-// text under free names, Closes of statements, then a Sync. It returns where
-// the request ends and the statements of its Parses, in order.
-func (c *clientConn) localRequest() (end int, stmts []*statement, ok bool) {
-	pos := c.in.Start
+// localRequest checks whether in starts with a whole request the proxy
+// can answer alone (see answerLocally): named Parses of text reg knows,
+// under names free in s, Closes of statements, then a Sync. It returns
+// where the request ends and the statements of its Parses, in order. mu
+// is clientConn.mu, taken around each look at s.
+func (s *clientStatements) localRequest(mu *sync.Mutex, reg *statementRegistry, in *pgwire.ReadBuffer) (end int, stmts []*statement, ok bool) {
+	pos := in.Start
 	for {
-		if c.in.End-pos < pgwire.HeaderLen {
+		if in.End-pos < pgwire.HeaderLen {
 			return 0, nil, false
 		}
-		typ, bodyLen := pgwire.ParseHeader(c.in.Buf[pos:])
-		if bodyLen < 0 || c.in.End-pos < pgwire.HeaderLen+bodyLen {
+		typ, bodyLen := pgwire.ParseHeader(in.Buf[pos:])
+		if bodyLen < 0 || in.End-pos < pgwire.HeaderLen+bodyLen {
 			return 0, nil, false
 		}
-		body := c.in.Buf[pos+pgwire.HeaderLen : pos+pgwire.HeaderLen+bodyLen]
+		body := in.Buf[pos+pgwire.HeaderLen : pos+pgwire.HeaderLen+bodyLen]
 		pos += pgwire.HeaderLen + bodyLen
 		// Only well-formed messages: PostgreSQL refuses a Sync with a
 		// body or a Close whose name does not end the body (08P01), so
@@ -948,15 +1002,15 @@ func (c *clientConn) localRequest() (end int, stmts []*statement, ok bool) {
 			if !ok || len(name) == 0 {
 				return 0, nil, false
 			}
-			c.mu.Lock()
-			taken := c.stmts.byName[string(name)] != nil
-			c.mu.Unlock()
-			if taken || !c.srv.stmts.isKnown(rest) {
+			mu.Lock()
+			taken := s.byName[string(name)] != nil
+			mu.Unlock()
+			if taken || !reg.isKnown(rest) {
 				return 0, nil, false
 			}
 			// Not parsed now, but for real (a server Parse, under its own
 			// name) where the client first uses it.
-			stmts = append(stmts, c.srv.stmts.newStatement(rest))
+			stmts = append(stmts, reg.newStatement(rest))
 		case pgwire.MsgClose:
 			if len(body) < 2 || body[0] != 'S' {
 				return 0, nil, false

@@ -5,6 +5,7 @@ package proxy
 
 import (
 	"fmt"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -191,7 +192,10 @@ func (s *Server) sweepClient(c *clientConn, live *Config, now time.Time) {
 			// server did answer. (closeWith sets leave.err: the next
 			// sweep returns at its first line.)
 			opt := live.option("QueryTimeout")
-			if stall := c.clientStall(sw.reads); stall != "" {
+			c.mu.Lock()
+			copyIn, b := c.reader.copyIn, c.be
+			c.mu.Unlock()
+			if stall := c.timeouts.clientStall(copyIn, b, c.sock); stall != "" {
 				// The server waits for the client, and acts on a cancel
 				// only once the client sends or reads: the client, not
 				// the server, is to be named. The backend is closed all
@@ -251,22 +255,20 @@ func (s *Server) sweepClient(c *clientConn, live *Config, now time.Time) {
 // flight, or "" when nothing shows it. PostgreSQL acts on a cancel only
 // at its next read or write to the client, so a cancel cannot end a
 // request whose server waits for the client:
-//   - in COPY FROM STDIN, the client has sent nothing since the cancel
-//     (reads is its read count then) and the server has taken all the
+//   - in COPY FROM STDIN (copyIn: the client's backend b sent
+//     CopyInResponse), the client has sent nothing since the cancel (its
+//     read count is still t.sweep.reads) and the server has taken all the
 //     proxy sent it (nothing unacknowledged towards the server: a stopped
 //     server behind a streaming client is the server's stall);
 //   - the client does not read: bytes wait, unacknowledged, in its
-//     socket.
+//     socket, sock.
 //
-// It takes c.mu.
-func (c *clientConn) clientStall(reads uint64) string {
-	c.mu.Lock()
-	copyIn, b := c.reader.copyIn, c.be
-	c.mu.Unlock()
-	if copyIn && b != nil && c.timeouts.reads.Load() == reads && unsentBytes(b.nc) == 0 {
+// The caller reads copyIn and b under clientConn.mu.
+func (t *timeoutState) clientStall(copyIn bool, b *backend, sock net.Conn) string {
+	if copyIn && b != nil && t.reads.Load() == t.sweep.reads && unsentBytes(b.nc) == 0 {
 		return "sent no COPY data"
 	}
-	if unsentBytes(c.sock) > 0 {
+	if unsentBytes(sock) > 0 {
 		return "did not read its results"
 	}
 	return ""
