@@ -160,9 +160,9 @@ func (t *cancelTrack) endLocked() {
 // to be cancelled. It reports whether it sent one, and the backend's pid
 // (for the log), read while the backend was pinned: once this returns the
 // backend may belong to another client, and its fields are not c's to read. While the request is sent the backend stays pinned to c
-// (c.cancels.n, as c.writing pins it for a write), so it cannot pass to
+// (c.exchange.cancels.n, as c.exchange.writing pins it for a write), so it cannot pass to
 // another client, and the client reader writes it no new request (build
-// waits on c.cancels.done), so the signal cannot land on a later query. c.mu
+// waits on c.exchange.cancels.done), so the signal cannot land on a later query. c.mu
 // itself is not held across the dial: replies keep flowing meanwhile.
 func (c *clientConn) cancelPinned(wantedLocked func() bool) (backendPID uint32, sent bool, err error) {
 	c.mu.Lock()
@@ -171,17 +171,17 @@ func (c *clientConn) cancelPinned(wantedLocked func() bool) (backendPID uint32, 
 		c.mu.Unlock()
 		return 0, false, nil
 	}
-	c.cancels.addLocked()
+	c.exchange.cancels.addLocked()
 	c.replay.cancelSent = true // see replayState.failLocked
 	c.mu.Unlock()
 	defer func() {
 		// Unpin; if the transaction ended meanwhile, wake the server
 		// reader so it releases the backend now.
 		c.mu.Lock()
-		c.cancels.endLocked() // the last one lets the client reader write again (build)
+		c.exchange.cancels.endLocked() // the last one lets the client reader write again (build)
 		if c.be == b && c.reader.async && c.exchange.transactionOverLocked(c.policy) {
 			// A backend reader waits on b: wake it to release b. (Inline,
-			// the client goroutine waits on c.cancels.done instead.)
+			// the client goroutine waits on c.exchange.cancels.done instead.)
 			b.setReadDeadline(time.Now())
 		}
 		c.mu.Unlock()
@@ -207,10 +207,10 @@ func (s *Server) handleCancel(pid, secret uint32) {
 		}
 		return
 	}
-	// A request being sent again is not on c.be yet: what c.q may hold is
+	// A request being sent again is not on c.be yet: what c.exchange.q may hold is
 	// the parameter sync queued ahead of it (cancelWaiting keeps the
 	// cancel for it instead).
-	pid, sent, err := c.cancelPinned(func() bool { return (c.q.len() > 0 || c.inBatch) && !c.replay.resending })
+	pid, sent, err := c.cancelPinned(func() bool { return (c.exchange.q.len() > 0 || c.exchange.inBatch) && !c.replay.resending })
 	if !sent {
 		if c.cancelWaiting() {
 			s.stats.cancels.Add(1)
@@ -247,7 +247,7 @@ var recancelAfter = [...]time.Duration{20 * time.Millisecond, 80 * time.Millisec
 // connection goroutine and ends with the server's quit.
 func (s *Server) recancelReplayed(c *clientConn) {
 	replayedUnanswered := func() bool {
-		return (c.q.len() > 0 || c.inBatch) && c.replay.tries > 0 && c.replay.armed && !c.replay.resending
+		return (c.exchange.q.len() > 0 || c.exchange.inBatch) && c.replay.tries > 0 && c.replay.armed && !c.replay.resending
 	}
 	for _, d := range recancelAfter {
 		t := time.NewTimer(d)

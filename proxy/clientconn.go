@@ -48,15 +48,14 @@ type clientConn struct {
 	be *backend
 	// exchange: where the exchange with be stands (exchange.go): the
 	// request queue (q), txStatus, inBatch, serverSkipping, the pins
-	// writing and cancels, and the reply routing's replacement. Embedded:
-	// c.q, c.txStatus, ... are its fields.
-	exchange
-	params clientParams     // the session parameters the client expects, and its startup packet's (params.go)
-	stmts  clientStatements // the client's statements (statements.go)
-	reader readerState      // who reads be, and its hand-overs with the client reader (relay_server.go)
-	state  sessionTrack     // session state and settings (transaction mode, sessionstate.go)
-	hub    *notifyHub       // the shared listener (nil in session mode or without one)
-	listen listenTrack      // LISTEN through the shared listener (notify.go)
+	// writing and cancels, and the reply routing's replacement.
+	exchange exchange
+	params   clientParams     // the session parameters the client expects, and its startup packet's (params.go)
+	stmts    clientStatements // the client's statements (statements.go)
+	reader   readerState      // who reads be, and its hand-overs with the client reader (relay_server.go)
+	state    sessionTrack     // session state and settings (transaction mode, sessionstate.go)
+	hub      *notifyHub       // the shared listener (nil in session mode or without one)
+	listen   listenTrack      // LISTEN through the shared listener (notify.go)
 	// replay: the first request on a freshly acquired backend, kept to be
 	// sent again on another backend if that one was already dying (replay.go).
 	replay replayState
@@ -179,7 +178,7 @@ type readerState struct {
 	// copyIn: be sent CopyInResponse and waits for the client's data.
 	copyIn bool
 	// writeDone, set by a backend reader that found the transaction over
-	// but for the client goroutine's write to be (c.writing), is closed
+	// but for the client goroutine's write to be (c.exchange.writing), is closed
 	// by unpin when that write is done (awaitWriteLocked).
 	writeDone chan struct{}
 	// drained is closed by be's reader once the requests awaiting a reply

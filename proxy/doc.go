@@ -30,7 +30,7 @@
 // request queue, the backend) instead of the client, so a signature says
 // what a feature reaches:
 //
-//   - exchange (exchange.go), embedded in clientConn: where the exchange
+//   - exchange (exchange.go; c.exchange): where the exchange
 //     with c.be stands: the requestQueue (requests.go: what awaits a
 //     reply, and which request a reply ends: popReady, popCompleted,
 //     fail), the transaction status, an open batch, a server skipping to
@@ -143,13 +143,13 @@
 //
 // Whoever reads the backend releases it when transactionOverLocked holds:
 // the client goroutine inline, or the backend reader. Two pins keep that
-// from happening while the backend is still in use outside c.mu: c.writing
+// from happening while the backend is still in use outside c.mu: c.exchange.writing
 // while the client goroutine writes to it (build ... unpin), and
-// c.cancels.n while a cancel request is being sent to it (cancelPinned).
+// c.exchange.cancels.n while a cancel request is being sent to it (cancelPinned).
 // Neither holds c.mu across network I/O. With a backend reader running, the
 // unpin wakes it (a read deadline) so the release happens then; inline,
 // the client goroutine releases after its own write, or waits for
-// c.cancels.done.
+// c.exchange.cancels.done.
 //
 // # Wake-ups
 //

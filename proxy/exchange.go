@@ -7,11 +7,9 @@
 
 package proxy
 
-// exchange is where the client's exchange with its backend (c.be) stands.
-// clientConn embeds it, so its fields read as the client's (c.q,
-// c.txStatus, ...); its methods are called as c.exchange's, which says
-// whose they are. Shared with backendReader and cancel requests: under
-// c.mu, as are all its methods.
+// exchange is where the client's exchange with its backend (c.be) stands
+// (c.exchange). Shared with backendReader and cancel requests: under c.mu,
+// as are all its methods.
 type exchange struct {
 	q       requestQueue // what awaits a reply, in order (requests.go)
 	cancels cancelTrack  // cancel requests being sent to the backend: it stays held (cancel.go)

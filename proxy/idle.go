@@ -222,7 +222,7 @@ func (c *clientConn) releaseRequestRing() bool {
 	c.mu.Lock()
 	free := c.be == nil
 	if free {
-		c.q.releaseRingLocked(c.loop.bufCache(c.srv))
+		c.exchange.q.releaseRingLocked(c.loop.bufCache(c.srv))
 	}
 	c.mu.Unlock()
 	return free

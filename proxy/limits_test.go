@@ -29,8 +29,8 @@ func TestLargeBindStreamedRenamed(t *testing.T) {
 	if !ok || bd.PreparedStatement != c.stmts.byName["s"].name || !bytes.Equal(bd.Parameters[0], blob) {
 		t.Fatalf("streamed Bind arrived as %#v", msgs[0])
 	}
-	if len(msgs) != 3 || c.q.len() != 3 {
-		t.Fatalf("sent %d messages, %d requests queued", len(msgs), c.q.len())
+	if len(msgs) != 3 || c.exchange.q.len() != 3 {
+		t.Fatalf("sent %d messages, %d requests queued", len(msgs), c.exchange.q.len())
 	}
 }
 
@@ -91,8 +91,8 @@ func TestPipelineBounded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.q.len() != maxPendingRequests || len(out) != 5*maxPendingRequests || c.in.Pending() != 5*500 {
-		t.Fatalf("queued %d, sent %d bytes, left %d", c.q.len(), len(out), c.in.Pending())
+	if c.exchange.q.len() != maxPendingRequests || len(out) != 5*maxPendingRequests || c.in.Pending() != 5*500 {
+		t.Fatalf("queued %d, sent %d bytes, left %d", c.exchange.q.len(), len(out), c.in.Pending())
 	}
 	c.reader.drained = make(chan struct{})
 	drained := c.reader.drained
@@ -105,17 +105,17 @@ func TestPipelineBounded(t *testing.T) {
 	if _, _, err := c.routeLocked(b); err != nil {
 		t.Fatal(err)
 	}
-	c.reader.wakeDrainedLocked(c.q.len())
+	c.reader.wakeDrainedLocked(c.exchange.q.len())
 	select {
 	case <-drained:
 	default:
 		t.Fatal("half the replies came and the client reader was not woken")
 	}
-	for c.q.len() > 0 {
-		c.q.pop()
+	for c.exchange.q.len() > 0 {
+		c.exchange.q.pop()
 	}
-	if len(c.q.buf) > maxKeptRequests {
-		t.Fatalf("an emptied queue keeps %d entries after a pipeline", len(c.q.buf))
+	if len(c.exchange.q.buf) > maxKeptRequests {
+		t.Fatalf("an emptied queue keeps %d entries after a pipeline", len(c.exchange.q.buf))
 	}
 }
 
@@ -125,13 +125,13 @@ func TestPipelineBounded(t *testing.T) {
 func TestLargeBindWhileServerSkips(t *testing.T) {
 	c, b := testRelay(ModeTransaction, 10)
 	c.srv.cfg.MaxClientBuffer = 1 << 10
-	c.inBatch, c.serverSkipping = true, true
+	c.exchange.inBatch, c.exchange.serverSkipping = true, true
 	blob := bytes.Repeat([]byte("x"), 16<<10)
 	out := pumpClient(t, c, b, enc(&pgproto3.Bind{Parameters: [][]byte{blob}}, &pgproto3.Sync{}), 100)
 	if len(c.in.Buf) > 4<<10 {
 		t.Fatalf("client buffer grew to %d bytes", len(c.in.Buf))
 	}
-	if msgs := decodeFrontendMsgs(t, out); len(msgs) != 2 || c.q.len() != 1 {
-		t.Fatalf("sent %d messages, %d requests queued; want the Bind and the Sync, only the Sync awaited", len(msgs), c.q.len())
+	if msgs := decodeFrontendMsgs(t, out); len(msgs) != 2 || c.exchange.q.len() != 1 {
+		t.Fatalf("sent %d messages, %d requests queued; want the Bind and the Sync, only the Sync awaited", len(msgs), c.exchange.q.len())
 	}
 }

@@ -190,12 +190,12 @@ func (p *parker) loopRequest(c *clientConn) {
 	c.loop.running = true // until it gives the client up: loopPark, loopWait, loopEnqueue, loopHandOff
 	p.cache.lendReadBuffer(&c.in)
 	c.in.Prepare()
-	if c.q.buf == nil {
+	if c.exchange.q.buf == nil {
 		// The ring from the loop's cache, before a push takes one from
 		// the sync.Pool (a parked client holds no backend: no backend
-		// reader looks at c.q).
+		// reader looks at c.exchange.q).
 		c.mu.Lock()
-		c.q.takeRingLocked(&p.cache)
+		c.exchange.q.takeRingLocked(&p.cache)
 		c.mu.Unlock()
 	}
 	n, err := p.rawRead(c.idle.raw, c.idle.signalled.Load(), c.in.Free())
@@ -474,7 +474,7 @@ again:
 		return
 	}
 	c.mu.Lock()
-	more := c.be == b && !c.reader.copyIn && c.q.len() > 0 && (!c.inBatch || c.stmts.probe != nil)
+	more := c.be == b && !c.reader.copyIn && c.exchange.q.len() > 0 && (!c.exchange.inBatch || c.stmts.probe != nil)
 	c.mu.Unlock()
 	if more {
 		if n == free && !c.loop.owes() {

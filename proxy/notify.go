@@ -492,7 +492,7 @@ func (l *listenTrack) takeLate() []string {
 // writes to the client then).
 func (c *clientConn) flushNotes() error {
 	c.mu.Lock()
-	if c.be != nil && (c.reader.async || c.q.len() > 0 || c.inBatch || c.txStatus != 'I') {
+	if c.be != nil && (c.reader.async || c.exchange.q.len() > 0 || c.exchange.inBatch || c.exchange.txStatus != 'I') {
 		// A backend reader writes to the client, or a transaction is
 		// open: delivered after its ReadyForQuery.
 		c.mu.Unlock()

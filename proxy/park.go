@@ -303,7 +303,7 @@ func (c *clientConn) idleAfterRelease() bool {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.be == nil && c.q.len() == 0 && !c.inBatch
+	return c.be == nil && c.exchange.q.len() == 0 && !c.exchange.inBatch
 }
 
 // releaseAfterWave returns memory to the OS once a wave of parks is over
@@ -512,8 +512,8 @@ func (c *clientConn) tryPark(hot bool) bool {
 // check, probe, cancel or backpressure wait under way. Parking and the
 // event loop's requests (loopableNow) both need it. Under c.mu.
 func (c *clientConn) settledLocked() bool {
-	return c.be == nil && c.q.len() == 0 && !c.inBatch && len(c.listen.notes) == 0 && !c.replay.pending &&
-		c.state.pin == nil && c.state.checkWait == nil && c.stmts.probe == nil && c.cancels.n == 0 && c.reader.drained == nil
+	return c.be == nil && c.exchange.q.len() == 0 && !c.exchange.inBatch && len(c.listen.notes) == 0 && !c.replay.pending &&
+		c.state.pin == nil && c.state.checkWait == nil && c.stmts.probe == nil && c.exchange.cancels.n == 0 && c.reader.drained == nil
 }
 
 // parkableNow reports whether the client may park: nothing of it is in
@@ -531,7 +531,7 @@ func (c *clientConn) parkableNow() bool {
 	defer c.mu.Unlock()
 	ok := c.settledLocked()
 	if ok {
-		c.q.releaseRingLocked(c.loop.bufCache(c.srv))
+		c.exchange.q.releaseRingLocked(c.loop.bufCache(c.srv))
 	}
 	return ok
 }

@@ -92,8 +92,8 @@ func (c *clientConn) run() error {
 func (c *clientConn) drainGate(typ byte) error {
 	for {
 		c.mu.Lock()
-		between := c.be == nil || (c.q.len() == 0 && !c.inBatch && c.txStatus == 'I' && !c.writing && c.stmts.probe == nil)
-		pipelined := !between && startsRequest(typ) && c.q.len() > 0 && !c.inBatch && c.txStatus == 'I'
+		between := c.be == nil || (c.exchange.q.len() == 0 && !c.exchange.inBatch && c.exchange.txStatus == 'I' && !c.exchange.writing && c.stmts.probe == nil)
+		pipelined := !between && startsRequest(typ) && c.exchange.q.len() > 0 && !c.exchange.inBatch && c.exchange.txStatus == 'I'
 		c.mu.Unlock()
 		switch {
 		case between:
@@ -284,7 +284,7 @@ const maxPendingRequests = 2048
 // waits on it.
 func (c *clientConn) backpressure(b *backend) error {
 	c.mu.Lock()
-	if c.be != b || c.q.len() < maxPendingRequests || c.stream.passRemaining > 0 || c.stmts.probe != nil {
+	if c.be != b || c.exchange.q.len() < maxPendingRequests || c.stream.passRemaining > 0 || c.stmts.probe != nil {
 		c.mu.Unlock()
 		return nil
 	}
@@ -449,7 +449,7 @@ func (c *clientConn) takeBackend(conn pool.Conn) *backend {
 	c.wait.canceled = false // a cancel from now on goes to b (cancelPinned)
 	c.replay.armLocked(c.loop.now(&c.srv.park))
 	b.unnamedOwner = nil
-	c.txStatus = 'I'
+	c.exchange.txStatus = 'I'
 	if !paramsInSync(c.params.want, b.params, b.defaults) {
 		// The backend's values change only if the SETs succeed: they run
 		// as one implicit transaction, all or nothing.
@@ -457,7 +457,7 @@ func (c *clientConn) takeBackend(conn pool.Conn) *backend {
 		sql := paramSyncSQL(c.params.want, next, b.defaults)
 		c.log.Debug("bringing the server connection to the client's parameters", "sql", sql)
 		b.cout = pgwire.AppendQuery(b.cout[:0], sql)
-		c.q.push(request{kind: reqQuery, swallow: true, syncTo: next})
+		c.exchange.q.push(request{kind: reqQuery, swallow: true, syncTo: next})
 	}
 	if c.policy.readerPerHold {
 		// The session's backend is read whenever it speaks: notifications
@@ -492,7 +492,7 @@ func (c *clientConn) planRelay(b *backend, outLen int) bool {
 	pending, probe := c.in.Buf[c.in.Start:c.in.End], c.stmts.probe != nil
 	if c.policy.releaseAtTransactionEnd && outLen <= inlineWriteMax && c.stream.passRemaining == 0 &&
 		(len(pending) == 0 || probe || onlyEndLeft(pending, c.srv.cfg.MaxMessageSize)) &&
-		(!c.inBatch || probe) && c.state.checkWait == nil && !c.reader.copyIn {
+		(!c.exchange.inBatch || probe) && c.state.checkWait == nil && !c.reader.copyIn {
 		return true
 	}
 	c.startReaderLocked(b)
@@ -516,7 +516,7 @@ func onlyEndLeft(pending []byte, maxMessageSize int) bool {
 func (c *clientConn) unpin(b *backend, wake bool) (probe, readerDone chan struct{}) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.writing = false
+	c.exchange.writing = false
 	if c.reader.writeDone != nil {
 		close(c.reader.writeDone)
 		c.reader.writeDone = nil
@@ -537,23 +537,23 @@ func (c *clientConn) unpin(b *backend, wake bool) (probe, readerDone chan struct
 func (c *clientConn) build(b *backend) (out []byte, wake bool, err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.cancels.awaitLocked(c.ctx, &c.mu) // a cancel for the previous request must not hit this one
+	c.exchange.cancels.awaitLocked(c.ctx, &c.mu) // a cancel for the previous request must not hit this one
 	if c.be != b {
 		return nil, false, errBackendMoved
 	}
 	// Pinned until unpin: the backend reader must not give b away while
 	// this goroutine still writes to it or uses its buffer.
-	c.writing = true
+	c.exchange.writing = true
 	out = b.cout
 	if c.stmts.probe != nil || c.state.checkWait != nil {
 		return out, false, nil // the held request waits for the probe's (or check's) answer
 	}
 	tx := c.policy.rewriteStatements
-	if tx && c.q.len() == 0 && !c.inBatch {
-		out = b.prepared.closeEvicted(&c.q, out)
+	if tx && c.exchange.q.len() == 0 && !c.exchange.inBatch {
+		out = b.prepared.closeEvicted(&c.exchange.q, out)
 	}
 	for c.in.Start < c.in.End {
-		if c.stream.passRemaining == 0 && c.q.len() >= maxPendingRequests {
+		if c.stream.passRemaining == 0 && c.exchange.q.len() >= maxPendingRequests {
 			break // backpressure: process waits for replies first
 		}
 		if c.stream.passRemaining > 0 {
@@ -569,7 +569,7 @@ func (c *clientConn) build(b *backend) (out []byte, wake bool, err error) {
 			break
 		}
 	}
-	return out, c.q.lastIsSynthetic(), nil
+	return out, c.exchange.q.lastIsSynthetic(), nil
 }
 
 // buildStep is what build does once buildNextLocked handled a message.
@@ -590,7 +590,7 @@ const (
 // the client's malformed or unknown message. Under c.mu (build).
 func (c *clientConn) buildNextLocked(b *backend, out []byte, tx bool) (_ []byte, step buildStep, err error) {
 	h := judgeHead(c.in.Buf[c.in.Start:c.in.End], c.srv.cfg.MaxMessageSize)
-	if c.q.len() > 0 && h.endsSession() {
+	if c.exchange.q.len() > 0 && h.endsSession() {
 		// A message that ends the session (checkHead refuses it) behind
 		// requests: PostgreSQL answers those first, then ends the
 		// session over it. Left where it is: what went before goes out,
@@ -618,16 +618,16 @@ func (c *clientConn) buildNextLocked(b *backend, out []byte, tx bool) (_ []byte,
 	// whichever way it goes on below. (Again for one that waits for its
 	// bytes or a probe and comes back here: what it does is the same the
 	// second time, as the copy ends it counts are never held back.)
-	ignoredSync := c.q.noteClientMessage(typ)
+	ignoredSync := c.exchange.q.noteClientMessage(typ)
 	total := pgwire.HeaderLen + bodyLen
-	if c.policy.tooLargeToHold(typ, total, c.srv.cfg.MaxClientBuffer) && !c.serverSkipping {
+	if c.policy.tooLargeToHold(typ, total, c.srv.cfg.MaxClientBuffer) && !c.exchange.serverSkipping {
 		// Too large to hold whole (max_client_buffer): a Bind is
 		// streamed with its statement renamed (clientStatements.streamBind:
 		// only its names, at its start, must be here), a Parse refused.
 		head := c.in.Buf[c.in.Start:min(c.in.End, c.in.Start+total)]
 		how := bindIncomplete
 		if typ == pgwire.MsgBind {
-			out, how = c.stmts.streamBind(&c.q, b, out, head)
+			out, how = c.stmts.streamBind(&c.exchange.q, b, out, head)
 		}
 		if how == bindIncomplete && typ == pgwire.MsgBind && len(head) < c.srv.cfg.MaxClientBuffer {
 			c.in.Want = min(total, c.in.End-c.in.Start+clientReadBufSize)
@@ -642,13 +642,13 @@ func (c *clientConn) buildNextLocked(b *backend, out []byte, tx bool) (_ []byte,
 			// place, so the client gets 54000 in the order of its
 			// replies and the server skips to the client's Sync; the
 			// message itself is dropped unread.
-			c.inBatch = true
-			out = c.q.poison(out, c.srv.tooLarge(c.log, total))
+			c.exchange.inBatch = true
+			out = c.exchange.q.poison(out, c.srv.tooLarge(c.log, total))
 			c.stream.dropRest(&c.in, total)
 		case bindDropped: // the poison went out in its place
 			c.stream.dropRest(&c.in, total)
 		case bindSent: // the rest of its parameters is streamed
-			c.inBatch = true
+			c.exchange.inBatch = true
 			c.stream.streamRest(&c.in, len(head), total)
 		}
 		if c.stmts.probe != nil {
@@ -663,10 +663,10 @@ func (c *clientConn) buildNextLocked(b *backend, out []byte, tx bool) (_ []byte,
 	c.in.Want = 0
 	if avail < total {
 		// Stream the rest of a message nobody needs to read.
-		if !c.serverSkipping {
-			opens, uninspected := c.q.pushStreamed(typ)
+		if !c.exchange.serverSkipping {
+			opens, uninspected := c.exchange.q.pushStreamed(typ)
 			if opens {
-				c.inBatch = true
+				c.exchange.inBatch = true
 			}
 			if uninspected && c.policy.carrySessionState {
 				c.state.noteUninspected()
@@ -681,7 +681,7 @@ func (c *clientConn) buildNextLocked(b *backend, out []byte, tx bool) (_ []byte,
 	}
 	msg := c.in.Buf[c.in.Start : c.in.Start+total]
 	c.in.Start += total
-	if ignoredSync || c.serverSkipping && typ != pgwire.MsgSync {
+	if ignoredSync || c.exchange.serverSkipping && typ != pgwire.MsgSync {
 		// The server discards it unread (skipping to a Sync after an
 		// error), or ignores it (a Sync in copy-in mode): no reply, no
 		// bookkeeping, and an open batch stays open.
@@ -708,24 +708,24 @@ func (c *clientConn) buildMessageLocked(b *backend, out []byte, typ byte, msg []
 		// Flush: it only makes the server send what it holds, and opens
 		// nothing there; a lone one would hold the backend until a Sync
 		// that may never come.
-		c.inBatch = true
+		c.exchange.inBatch = true
 	}
 	switch typ {
 	case pgwire.MsgQuery:
 		return c.onQuery(b, out, msg, body, tx)
 	case pgwire.MsgSync:
-		c.inBatch = false
-		c.serverSkipping = false
-		c.q.push(request{kind: reqSync})
+		c.exchange.inBatch = false
+		c.exchange.serverSkipping = false
+		c.exchange.q.push(request{kind: reqSync})
 		return append(out, msg...)
 	case pgwire.MsgExecute:
-		c.q.push(request{kind: reqExecute})
+		c.exchange.q.push(request{kind: reqExecute})
 		return append(out, msg...)
 	case pgwire.MsgParse:
 		return c.onParse(b, out, msg, body, tx)
 	case pgwire.MsgBind:
 		if tx {
-			out, bound := c.stmts.bind(&c.q, b, out, msg, body)
+			out, bound := c.stmts.bind(&c.exchange.q, b, out, msg, body)
 			if bound != nil && bound.commits {
 				// A statement prepared in an earlier transaction (named,
 				// or the unnamed one) runs: its text was not seen on this
@@ -734,31 +734,31 @@ func (c *clientConn) buildMessageLocked(b *backend, out []byte, typ byte, msg []
 			}
 			return out
 		}
-		c.q.push(request{kind: reqBind})
+		c.exchange.q.push(request{kind: reqBind})
 		return append(out, msg...)
 	case pgwire.MsgDescribe:
 		switch {
 		case len(body) > 0 && body[0] == 'P':
-			c.q.push(request{kind: reqDescribePortal})
+			c.exchange.q.push(request{kind: reqDescribePortal})
 		case tx && len(body) > 0 && body[0] == 'S':
-			return c.stmts.describe(&c.q, b, out, msg, body)
+			return c.stmts.describe(&c.exchange.q, b, out, msg, body)
 		default:
 			// Session mode, or a subtype PostgreSQL does not know: it
 			// answers that with its 08P01 (an error that fails the request).
-			c.q.push(request{kind: reqDescribeStmt})
+			c.exchange.q.push(request{kind: reqDescribeStmt})
 		}
 		return append(out, msg...)
 	case pgwire.MsgClose:
 		if tx {
-			return c.stmts.close(&c.q, b, out, msg, body)
+			return c.stmts.close(&c.exchange.q, b, out, msg, body)
 		}
-		c.q.push(request{kind: reqClose})
+		c.exchange.q.push(request{kind: reqClose})
 		return append(out, msg...)
 	case pgwire.MsgFunctionCall:
 		// A fast-path call can run any function (an advisory lock, by
 		// OID): ask the server afterwards.
 		c.state.dirty = tx
-		c.q.push(request{kind: reqQuery})
+		c.exchange.q.push(request{kind: reqQuery})
 		return append(out, msg...)
 	default: // Flush, CopyData, CopyDone, CopyFail (others were refused above)
 		return append(out, msg...)
@@ -772,21 +772,21 @@ func (c *clientConn) onParse(b *backend, out, msg, body []byte, tx bool) []byte 
 	name, rest, ok := parseParseMessage(body)
 	if tx && ok && len(name) > 0 && c.stmts.byName[string(name)] != nil {
 		// As PostgreSQL: the name is taken until the client closes it.
-		return c.q.poison(out, newError(pgwire.CodeDuplicatePreparedStatement, fmt.Sprintf("prepared statement %q already exists", name),
+		return c.exchange.q.poison(out, newError(pgwire.CodeDuplicatePreparedStatement, fmt.Sprintf("prepared statement %q already exists", name),
 			"close (DEALLOCATE) the statement before preparing another one under its name"))
 	}
 	if ok {
 		query, _, _ := pgwire.CString(rest)
 		c.replay.noReplayForLocked(query)
 		if h := c.state.inspect(&c.last, query, tx, c.srv.cfg.SessionState == SessionStateReject, c.hub != nil); h != hazardNone {
-			return c.q.poison(out, c.srv.cfg.refuseState(c.log, c.identity.appName, h))
+			return c.exchange.q.poison(out, c.srv.cfg.refuseState(c.log, c.identity.appName, h))
 		}
 	}
 	if !tx || !ok {
-		c.q.push(request{kind: reqParse})
+		c.exchange.q.push(request{kind: reqParse})
 		return append(out, msg...)
 	}
-	return c.stmts.parse(&c.q, c.srv.stmts, b, out, msg, name, rest)
+	return c.stmts.parse(&c.exchange.q, c.srv.stmts, b, out, msg, name, rest)
 }
 
 // needsWhole reports whether, under policy p, a client message must be in
@@ -850,14 +850,14 @@ func (c *clientConn) onQuery(b *backend, out, msg, body []byte, tx bool) []byte 
 	// that goes in its place too).
 	gen := c.stmts.dropUnnamed(b)
 	if refused != nil {
-		c.q.push(request{kind: reqQuery, gen: gen})
+		c.exchange.q.push(request{kind: reqQuery, gen: gen})
 		return pgwire.AppendQuery(out, rejectQuerySQL(refused))
 	}
 	r := request{kind: reqQuery, gen: gen}
 	if needsClassify(q) {
 		if ch, ok := parseSetStatement(q); ok {
 			r.sets = []paramChange{ch}
-			if c.q.len() == 0 && c.txStatus == 'I' {
+			if c.exchange.q.len() == 0 && c.exchange.txStatus == 'I' {
 				// One SET in its own transaction: followed exactly from the
 				// statement, no need to ask the server.
 				c.state.paramsDirty = paramsDirty
@@ -867,7 +867,7 @@ func (c *clientConn) onQuery(b *backend, out, msg, body []byte, tx bool) []byte 
 		switch kind {
 		case queryDeallocate:
 			if tx {
-				if o, ok := c.stmts.deallocate(&c.q, b, out, r, name); ok {
+				if o, ok := c.stmts.deallocate(&c.exchange.q, b, out, r, name); ok {
 					return o
 				}
 			}
@@ -877,6 +877,6 @@ func (c *clientConn) onQuery(b *backend, out, msg, body []byte, tx bool) []byte 
 			r.resetAll = true
 		}
 	}
-	c.q.push(r)
+	c.exchange.q.push(r)
 	return append(out, msg...)
 }

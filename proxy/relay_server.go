@@ -179,15 +179,15 @@ func (c *clientConn) inlineNextLocked(b *backend, dl *inlineDeadline) (next inli
 		c.startReaderLocked(b)
 		return inlineReturn, nil
 	}
-	if c.q.len() == 0 && c.cancels.n > 0 && !c.inBatch && c.txStatus == 'I' {
+	if c.exchange.q.len() == 0 && c.exchange.cancels.n > 0 && !c.exchange.inBatch && c.exchange.txStatus == 'I' {
 		// Over, but a cancel request is still being sent to b: it is
 		// released once that is done (serverOpTimeout bounds it).
-		return inlineAwaitCancels, c.cancels.done
+		return inlineAwaitCancels, c.exchange.cancels.done
 	}
 	// Read on while the backend answers without more client input:
 	// requests are outstanding and the last ends in Sync (or a
 	// Query), or a probe's Describe ends in Flush.
-	if more := c.q.len() > 0 && (!c.inBatch || c.stmts.probe != nil); !more {
+	if more := c.exchange.q.len() > 0 && (!c.exchange.inBatch || c.stmts.probe != nil); !more {
 		dl.clear(b)
 		if c.in.Start == c.in.End {
 			// The client goes idle holding b (a transaction is open, or
@@ -266,19 +266,19 @@ func (c *clientConn) relayReplies(b *backend, readErr error, inline bool) (stop 
 	// released. Not while the client reader is still in a write to b: it
 	// must find b its own when it comes back; then b's end is seen as a
 	// loss (backendLost).
-	ended := rerr == nil && b.diedBetween && c.be == b && !c.writing
+	ended := rerr == nil && b.diedBetween && c.be == b && !c.exchange.writing
 	if ended {
 		c.dropBackendLocked()
 		c.stmts.endProbe()
 		c.state.endCheck()
 	}
-	if rerr == nil && !release && !inline && c.writing {
+	if rerr == nil && !release && !inline && c.exchange.writing {
 		release = c.awaitWriteLocked(b)
 	}
 	if len(out) > 0 {
 		c.replay.armed = false // the client has part of the reply: no replay now
 	}
-	c.reader.wakeDrainedLocked(c.q.len())
+	c.reader.wakeDrainedLocked(c.exchange.q.len())
 	var send []byte
 	if rerr == nil && c.exchange.idleLocked(c.policy, b) {
 		// The transaction is over and nothing is in flight on b: ask the
@@ -287,7 +287,7 @@ func (c *clientConn) relayReplies(b *backend, readErr error, inline bool) (stop 
 		// stays held until it is answered); with none, b is still idle
 		// and the shared listener's queued notifications go after the
 		// ReadyForQuery.
-		if send = c.state.afterTransaction(&c.listen, c.params.want, b, &c.q); send != nil {
+		if send = c.state.afterTransaction(&c.listen, c.params.want, b, &c.exchange.q); send != nil {
 			release = false
 		} else if len(c.listen.notes) > 0 {
 			out = c.listen.appendNotes(b, out)
@@ -366,7 +366,7 @@ func (c *clientConn) beforeRouteLocked(b *backend, readErr error, inline bool) (
 			// is still writing to b (abandonLocked, replayAbandon).
 			destroy := false
 			if dead {
-				c.replay.failLocked(b, c.cancels.n > 0)
+				c.replay.failLocked(b, c.exchange.cancels.n > 0)
 				destroy = c.abandonLocked(b)
 			}
 			c.mu.Unlock()
@@ -510,7 +510,7 @@ func (c *clientConn) releaseAtTransactionEnd(b *backend, inline bool) (stop bool
 }
 
 // awaitWriteLocked is the backend reader finding b not releasable while
-// the client goroutine writes to it (c.writing). If b could be released
+// the client goroutine writes to it (c.exchange.writing). If b could be released
 // but for that write (the backend answered what it carried before the
 // writer got back to unpin), the reader, with the transaction's last
 // reply in hand, waits for the client goroutine to return from the write
@@ -521,9 +521,9 @@ func (c *clientConn) releaseAtTransactionEnd(b *backend, inline bool) (stop bool
 // may be released now. Under c.mu, which it releases while it waits; only
 // the backend reader calls it.
 func (c *clientConn) awaitWriteLocked(b *backend) bool {
-	c.writing = false
+	c.exchange.writing = false
 	ok := c.exchange.releasableLocked(c.policy, b, &c.state, &c.listen)
-	c.writing = true
+	c.exchange.writing = true
 	if !ok {
 		return false
 	}
@@ -597,8 +597,8 @@ func (c *clientConn) backendLost(b *backend, err error) {
 	if mine {
 		c.dropBackendLocked()
 		c.state.unpinOnLeaveLocked(c.log, c.identity.appName, &c.srv.pinned, "its server connection was lost")
-		c.q.reset()
-		c.inBatch, c.serverSkipping = false, false
+		c.exchange.q.reset()
+		c.exchange.inBatch, c.exchange.serverSkipping = false, false
 		c.stmts.endProbe()
 		c.state.endCheck()
 	}
@@ -672,9 +672,9 @@ func (c *clientConn) routeLocked(b *backend) (out []byte, release bool, err erro
 	maxMsg := c.srv.cfg.MaxMessageSize
 	for {
 		if b.passRemaining == 0 {
-			if h := c.q.peek(); h != nil && h.kind == reqSynthetic {
+			if h := c.exchange.q.peek(); h != nil && h.kind == reqSynthetic {
 				edit()
-				o = c.q.popSynthetic(o)
+				o = c.exchange.q.popSynthetic(o)
 			}
 		}
 		if pos == end {
@@ -701,7 +701,7 @@ func (c *clientConn) routeLocked(b *backend) (out []byte, release bool, err erro
 			return nil, false, fmt.Errorf("%w: invalid message length %d from the server", errLostTrack, bodyLen+4)
 		}
 		total := pgwire.HeaderLen + bodyLen
-		if end-pos < total && routedWhole(typ, c.q.peek()) {
+		if end-pos < total && routedWhole(typ, c.exchange.q.peek()) {
 			b.in.Want = total
 			break
 		}
@@ -714,9 +714,9 @@ func (c *clientConn) routeLocked(b *backend) (out []byte, release bool, err erro
 		n := min(total, end-pos)
 		if swallow {
 			edit()
-			if c.replacement != nil {
-				o = append(o, c.replacement...)
-				c.replacement = nil
+			if c.exchange.replacement != nil {
+				o = append(o, c.exchange.replacement...)
+				c.exchange.replacement = nil
 			}
 		} else if edited {
 			o = append(o, rb[pos:pos+n]...)
@@ -754,7 +754,7 @@ func routedWhole(typ byte, head *request) bool {
 // routeOneLocked does the bookkeeping for one reply (msg holds at least its
 // header; replies routeOneLocked reads are whole) and says whether to drop it.
 func (c *clientConn) routeOneLocked(b *backend, typ byte, msg []byte) (swallow bool, err error) {
-	head := c.q.peek()
+	head := c.exchange.q.peek()
 	switch typ {
 	case pgwire.MsgReadyForQuery:
 		return c.readyForQueryLocked(b, msg)
@@ -778,7 +778,7 @@ func (c *clientConn) routeOneLocked(b *backend, typ byte, msg []byte) (swallow b
 		}
 		return c.exchange.errorResponseLocked(b, body, &c.stmts, timedOut), nil
 	case pgwire.MsgParameterStatus:
-		swallow, c.replacement = c.params.trackParameterStatus(b, head, msg, c.replacement)
+		swallow, c.exchange.replacement = c.params.trackParameterStatus(b, head, msg, c.exchange.replacement)
 		return swallow, nil
 
 	case pgwire.MsgCopyInResponse, pgwire.MsgCopyBothResponse:
@@ -786,7 +786,7 @@ func (c *clientConn) routeOneLocked(b *backend, typ byte, msg []byte) (swallow b
 		// wait on the backend alone (relayInline hands it to a backend
 		// reader).
 		c.reader.copyIn = true
-		c.q.copyInStarted()
+		c.exchange.q.copyInStarted()
 
 	case pgwire.MsgNotification:
 		// With a shared listener, the client's notifications come from it;
@@ -800,7 +800,7 @@ func (c *clientConn) routeOneLocked(b *backend, typ byte, msg []byte) (swallow b
 		}
 
 	case pgwire.MsgParseComplete, pgwire.MsgBindComplete, pgwire.MsgCloseComplete:
-		r, err := c.q.popCompleted(typ)
+		r, err := c.exchange.q.popCompleted(typ)
 		if err != nil {
 			return false, err
 		}
@@ -817,7 +817,7 @@ func (c *clientConn) routeOneLocked(b *backend, typ byte, msg []byte) (swallow b
 
 	case pgwire.MsgRowDescription, pgwire.MsgNoData:
 		if head != nil && (head.kind == reqDescribeStmt || head.kind == reqDescribePortal) {
-			r := c.q.pop()
+			r := c.exchange.q.pop()
 			if c.stmts.resultDescribed(b, &r, msg) {
 				c.log.Info("a prepared statement now describes another result than the client was told (schema change); the client gets 0A000 until it prepares it again",
 					"statement", r.stmt.name)
@@ -829,10 +829,10 @@ func (c *clientConn) routeOneLocked(b *backend, typ byte, msg []byte) (swallow b
 		if typ == pgwire.MsgCommandComplete && c.policy.rewriteStatements && droppedStatements(msg[pgwire.HeaderLen:]) {
 			// Now, while the head is the request that dropped them: what
 			// is queued behind it was prepared after (deallocated).
-			c.stmts.deallocated(b, &c.q)
+			c.stmts.deallocated(b, &c.exchange.q)
 		}
 		if head != nil && head.kind == reqExecute {
-			r := c.q.pop()
+			r := c.exchange.q.pop()
 			return r.swallow, nil
 		}
 	}
@@ -844,11 +844,11 @@ func (c *clientConn) routeOneLocked(b *backend, typ byte, msg []byte) (swallow b
 // or Sync, popReady): the transaction status, the per-hold counts, and
 // what the request changed once it succeeded. Under c.mu.
 func (c *clientConn) readyForQueryLocked(b *backend, msg []byte) (swallow bool, err error) {
-	r, err := c.q.popReady()
+	r, err := c.exchange.q.popReady()
 	if err != nil {
 		return false, err
 	}
-	c.txStatus = msg[pgwire.HeaderLen]
+	c.exchange.txStatus = msg[pgwire.HeaderLen]
 	c.stmts.answered(&r)
 	b.queries++
 	c.timeouts.responses++
@@ -869,7 +869,7 @@ func (c *clientConn) readyForQueryLocked(b *backend, msg []byte) (swallow bool, 
 		c.log.Warn("bringing a server connection to the client's session parameters failed; the client sees the error")
 	}
 	if c.policy.readerPerHold {
-		b.busy = c.txStatus != 'I'
+		b.busy = c.exchange.txStatus != 'I'
 	}
 	return r.swallow, nil
 }
@@ -906,10 +906,10 @@ func (c *clientConn) finish() {
 	c.leave.midReply = b != nil && b.midMessage()
 	c.dropBackendLocked()
 	// A cancel still being sent could land on the next holder's query.
-	clean := b != nil && b.settled() && c.q.len() == 0 && !c.inBatch &&
-		c.stream.passRemaining == 0 && !c.stream.poisoned && c.cancels.n == 0 && !severed
-	status := c.txStatus
-	inFlight := c.q.len() > 0
+	clean := b != nil && b.settled() && c.exchange.q.len() == 0 && !c.exchange.inBatch &&
+		c.stream.passRemaining == 0 && !c.stream.poisoned && c.exchange.cancels.n == 0 && !severed
+	status := c.exchange.txStatus
+	inFlight := c.exchange.q.len() > 0
 	// A query_timeout cancel of the request in flight went out already
 	// (and, when the sweeper closed the client over it, went unanswered):
 	// another would only hold the client's FATAL up for serverOpTimeout.
@@ -923,7 +923,7 @@ func (c *clientConn) finish() {
 	default:
 		c.state.unpinOnLeaveLocked(c.log, c.identity.appName, &c.srv.pinned, "its server connection is cleaned (or closed if that fails)")
 	}
-	c.q.reset()
+	c.exchange.q.reset()
 	c.mu.Unlock()
 	if b == nil {
 		return // the reader gave it back (or closed it) itself

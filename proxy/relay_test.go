@@ -65,7 +65,7 @@ func pumpClient(t testing.TB, c *clientConn, b *backend, data []byte, chunk int)
 		}
 		out = append(out, o...)
 		b.cout = o[:0]
-		c.writing = false
+		c.exchange.writing = false
 		if c.stmts.probe != nil || (n == 0 && len(data) == 0) {
 			break // process() waits for a probe's answer
 		}
@@ -177,13 +177,13 @@ func TestRouteSplitsAtEveryBoundary(t *testing.T) {
 	)
 	for chunk := 1; chunk <= len(resp); chunk++ {
 		c, b := testRelay(ModeTransaction, 10)
-		c.q.push(request{kind: reqQuery})
+		c.exchange.q.push(request{kind: reqQuery})
 		out, release := pumpServer(t, c, b, resp, chunk)
 		if !bytes.Equal(out, resp) {
 			t.Fatalf("chunk %d: output differs:\n got %q\nwant %q", chunk, out, resp)
 		}
-		if !release || c.q.len() != 0 || c.txStatus != 'I' {
-			t.Fatalf("chunk %d: release=%v queue=%d status=%c", chunk, release, c.q.len(), c.txStatus)
+		if !release || c.exchange.q.len() != 0 || c.exchange.txStatus != 'I' {
+			t.Fatalf("chunk %d: release=%v queue=%d status=%c", chunk, release, c.exchange.q.len(), c.exchange.txStatus)
 		}
 		if c.params.want.vals["timezone"].val != "Europe/Paris" || b.params.vals["timezone"].val != "Europe/Paris" {
 			t.Fatalf("chunk %d: ParameterStatus not tracked: client %v backend %v", chunk, c.params.want, b.params)
@@ -195,7 +195,7 @@ func TestRouteSplitsAtEveryBoundary(t *testing.T) {
 func TestRouteKeepsBackendInTransaction(t *testing.T) {
 	for _, st := range []byte{'T', 'E'} {
 		c, b := testRelay(ModeTransaction, 10)
-		c.q.push(request{kind: reqQuery})
+		c.exchange.q.push(request{kind: reqQuery})
 		_, release := pumpServer(t, c, b, enc(&pgproto3.CommandComplete{CommandTag: []byte("BEGIN")}, &pgproto3.ReadyForQuery{TxStatus: st}), 0)
 		if release {
 			t.Fatalf("status %c: backend released inside a transaction", st)
@@ -206,8 +206,8 @@ func TestRouteKeepsBackendInTransaction(t *testing.T) {
 // Pipelined requests release only after the last 'Z'.
 func TestRoutePipelineReleasesAfterLastReady(t *testing.T) {
 	c, b := testRelay(ModeTransaction, 10)
-	c.q.push(request{kind: reqQuery})
-	c.q.push(request{kind: reqQuery})
+	c.exchange.q.push(request{kind: reqQuery})
+	c.exchange.q.push(request{kind: reqQuery})
 	one := enc(&pgproto3.EmptyQueryResponse{}, &pgproto3.ReadyForQuery{TxStatus: 'I'})
 	if _, release := pumpServer(t, c, b, one, 0); release {
 		t.Fatal("released with a second query outstanding")
@@ -220,7 +220,7 @@ func TestRoutePipelineReleasesAfterLastReady(t *testing.T) {
 func TestRouteRejectsBadLength(t *testing.T) {
 	for _, l := range []uint32{0, 3, 1 << 30} {
 		c, b := testRelay(ModeTransaction, 10)
-		c.q.push(request{kind: reqQuery})
+		c.exchange.q.push(request{kind: reqQuery})
 		msg := []byte{'D', byte(l >> 24), byte(l >> 16), byte(l >> 8), byte(l), 0, 0}
 		copy(b.in.Buf, msg)
 		b.in.End = len(msg)
@@ -262,8 +262,8 @@ func TestBuildSplitsAtEveryBoundary(t *testing.T) {
 			if !bytes.Equal(out, req) {
 				t.Fatalf("%s chunk %d: forwarded bytes differ", mode, chunk)
 			}
-			if c.q.len() != 6 || c.q.syncs != 2 || c.inBatch {
-				t.Fatalf("%s chunk %d: queue=%d syncs=%d inBatch=%v", mode, chunk, c.q.len(), c.q.syncs, c.inBatch)
+			if c.exchange.q.len() != 6 || c.exchange.q.syncs != 2 || c.exchange.inBatch {
+				t.Fatalf("%s chunk %d: queue=%d syncs=%d inBatch=%v", mode, chunk, c.exchange.q.len(), c.exchange.q.syncs, c.exchange.inBatch)
 			}
 		}
 	}
@@ -416,8 +416,8 @@ func TestPipelineErrorSkipsToSync(t *testing.T) {
 		&pgproto3.RowDescription{}, &pgproto3.DataRow{}, &pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")},
 		&pgproto3.ReadyForQuery{TxStatus: 'I'},
 	), 0)
-	if string(decodeBackendMsgs(t, reply)) != "EZTDCZ" || !release || c.q.len() != 0 {
-		t.Fatalf("reply %q release %v queue %d", decodeBackendMsgs(t, reply), release, c.q.len())
+	if string(decodeBackendMsgs(t, reply)) != "EZTDCZ" || !release || c.exchange.q.len() != 0 {
+		t.Fatalf("reply %q release %v queue %d", decodeBackendMsgs(t, reply), release, c.exchange.q.len())
 	}
 	if c.stmts.byName["bad"] != nil || b.prepared.len() != 0 {
 		t.Fatalf("failed Parse still tracked: client %v backend %d", c.stmts.byName, b.prepared.len())
@@ -678,7 +678,7 @@ func TestRelayAllocatesNothing(t *testing.T) {
 			t.Fatalf("build: %v %d", err, len(out))
 		}
 		b.cout = out[:0]
-		c.writing = false
+		c.exchange.writing = false
 		b.in.Start, b.in.End = 0, copy(b.in.Buf, resp)
 		out, release, err := c.routeLocked(b)
 		if err != nil || !release || len(out) != len(resp) {
@@ -719,9 +719,9 @@ func TestInlineRelayAllocatesNothing(t *testing.T) {
 		if err := c.process(); err != errClientTerminated {
 			t.Fatal(err)
 		}
-		if server.written != len(req)-pgwire.HeaderLen || client.written != len(resp) || server.pos != len(resp) || c.q.len() != 0 || c.be != b || c.reader.async {
+		if server.written != len(req)-pgwire.HeaderLen || client.written != len(resp) || server.pos != len(resp) || c.exchange.q.len() != 0 || c.be != b || c.reader.async {
 			t.Fatalf("sent %d of %d, relayed %d of %d, read %d, queue %d, async %v", server.written, len(req),
-				client.written, len(resp), server.pos, c.q.len(), c.reader.async)
+				client.written, len(resp), server.pos, c.exchange.q.len(), c.reader.async)
 		}
 		if client.writes != 1 {
 			t.Fatalf("the reply took %d writes to the client, want 1", client.writes)
@@ -783,7 +783,7 @@ func feed(c *clientConn, b *backend, client []byte, chunk int, server []byte) {
 		client = client[n:]
 		out, _, err := c.build(b)
 		b.cout = out[:0]
-		c.writing = false
+		c.exchange.writing = false
 		if err != nil {
 			return
 		}
@@ -809,15 +809,15 @@ func TestErrorBeforeClientSync(t *testing.T) {
 	c, b := testRelay(ModeTransaction, 10)
 	pumpClient(t, c, b, enc(&pgproto3.Parse{Query: "selec"}, &pgproto3.Bind{}), 0)
 	reply, _ := pumpServer(t, c, b, enc(&pgproto3.ErrorResponse{Severity: "ERROR", Code: "42601", Message: "syntax"}), 0)
-	if string(decodeBackendMsgs(t, reply)) != "E" || !c.serverSkipping {
-		t.Fatalf("reply %q skipping %v", decodeBackendMsgs(t, reply), c.serverSkipping)
+	if string(decodeBackendMsgs(t, reply)) != "E" || !c.exchange.serverSkipping {
+		t.Fatalf("reply %q skipping %v", decodeBackendMsgs(t, reply), c.exchange.serverSkipping)
 	}
 	out := pumpClient(t, c, b, enc(&pgproto3.Parse{Name: "n", Query: "select 1"}, &pgproto3.Execute{}, &pgproto3.Sync{}), 0)
-	if len(decodeFrontendMsgs(t, out)) != 3 || c.stmts.byName["n"] != nil || c.q.len() != 1 {
-		t.Fatalf("messages the server skips were tracked: stmts %v queue %d", c.stmts.byName, c.q.len())
+	if len(decodeFrontendMsgs(t, out)) != 3 || c.stmts.byName["n"] != nil || c.exchange.q.len() != 1 {
+		t.Fatalf("messages the server skips were tracked: stmts %v queue %d", c.stmts.byName, c.exchange.q.len())
 	}
 	reply, release := pumpServer(t, c, b, enc(&pgproto3.ReadyForQuery{TxStatus: 'I'}), 0)
-	if string(decodeBackendMsgs(t, reply)) != "Z" || !release || c.serverSkipping {
+	if string(decodeBackendMsgs(t, reply)) != "Z" || !release || c.exchange.serverSkipping {
 		t.Fatalf("reply %q release %v", decodeBackendMsgs(t, reply), release)
 	}
 }
@@ -874,7 +874,7 @@ func TestProbeCatchesChangedResultType(t *testing.T) {
 	if len(reply) != 0 || c.stmts.probe != nil || !c.stmts.byName["s"].stale {
 		t.Fatalf("probe: reply %q, stale %v", reply, c.stmts.byName["s"].stale)
 	}
-	c.writing = false
+	c.exchange.writing = false
 	out = pumpClient(t, c, b2, nil, 0) // the held messages go out now
 	msgs := decodeFrontendMsgs(t, out)
 	if bd, ok := msgs[0].(*pgproto3.Bind); !ok || bd.PreparedStatement != poisonStatement {
@@ -979,7 +979,7 @@ func TestBackpressureEndsWhenReaderLeavesBackend(t *testing.T) {
 	b.nc = server
 	c.ctx = context.Background()
 	for range maxPendingRequests {
-		c.q.push(request{kind: reqQuery})
+		c.exchange.q.push(request{kind: reqQuery})
 	}
 	done := make(chan struct{})
 	close(done) // the backend reader has ended

@@ -93,7 +93,7 @@ type replayState struct {
 	// cancelSent: a cancel request went to c.be since it was acquired. A
 	// backend that dies unanswered after it may have got the signal while
 	// it was being terminated, when the cancel's sender had already let
-	// go (c.cancels.n is 0 again): the request must not run elsewhere
+	// go (c.exchange.cancels.n is 0 again): the request must not run elsewhere
 	// either (failLocked).
 	cancelSent bool
 	tries      int    // replays in a row for the current request
@@ -315,7 +315,7 @@ func (r *replayState) firstReplyLocked(b *backend, readErr error) (dead, wait bo
 
 // failLocked marks b dead before its first reply and the client's
 // request as pending a replay; cancelling says a cancel request for the
-// request is being sent to b (c.cancels.n). The caller then abandons b
+// request is being sent to b (c.exchange.cancels.n). The caller then abandons b
 // (abandonLocked). Under c.mu.
 func (r *replayState) failLocked(b *backend, cancelling bool) {
 	b.replayed = true
@@ -336,17 +336,17 @@ func (r *replayState) failLocked(b *backend, cancelling bool) {
 // still writing to b (then the client reader does, see replayAbandon),
 // and reports whether it did. Under c.mu.
 func (c *clientConn) abandonLocked(b *backend) bool {
-	if c.writing {
+	if c.exchange.writing {
 		return false
 	}
-	for c.q.len() > 0 {
-		r := c.q.pop()
+	for c.exchange.q.len() > 0 {
+		r := c.exchange.q.pop()
 		c.stmts.undo(b, &r)
 	}
-	wake := c.reader.async && !c.writing
+	wake := c.reader.async && !c.exchange.writing
 	c.dropBackendLocked()
-	c.inBatch, c.serverSkipping = false, false
-	c.txStatus = 'I'
+	c.exchange.inBatch, c.exchange.serverSkipping = false, false
+	c.exchange.txStatus = 'I'
 	c.stmts.endProbe()
 	c.state.endCheck()
 	if wake {
@@ -366,7 +366,7 @@ func (c *clientConn) abandonLocked(b *backend) bool {
 func (c *clientConn) replayAbandon(b *backend, werr error) (bool, error) {
 	c.mu.Lock()
 	if werr != nil && c.replay.armed && c.be == b && !b.replayed {
-		c.replay.failLocked(b, c.cancels.n > 0)
+		c.replay.failLocked(b, c.exchange.cancels.n > 0)
 		c.abandonLocked(b) // not writing any more: abandons b now
 		c.mu.Unlock()
 		c.destroyDead(b)
@@ -440,18 +440,18 @@ func (c *clientConn) replayCanceled(b *backend) bool {
 	}
 	canceled := c.replay.canceled
 	c.replay.canceled = false
-	if !canceled || !c.policy.releaseAtTransactionEnd || c.writing || c.cancels.n > 0 || c.reader.async {
+	if !canceled || !c.policy.releaseAtTransactionEnd || c.exchange.writing || c.exchange.cancels.n > 0 || c.reader.async {
 		c.mu.Unlock()
 		return false
 	}
 	c.replay.resending = false
-	for c.q.len() > 0 {
-		r := c.q.pop()
+	for c.exchange.q.len() > 0 {
+		r := c.exchange.q.pop()
 		c.stmts.undo(b, &r)
 	}
 	b.cout = b.cout[:0]
 	c.dropBackendLocked()
-	c.txStatus = 'I'
+	c.exchange.txStatus = 'I'
 	now := c.loop.now(&c.srv.park)
 	c.mu.Unlock()
 	c.srv.releaseBackend(b, now)

@@ -159,12 +159,12 @@ func (s *Server) sweepClient(c *clientConn, live *Config, now time.Time) {
 	switch {
 	case c.timeouts.waiting.Load() || c.loop.st.Load() == loopQueued:
 		// Waiting for a backend, on a goroutine in the pool's queue or in
-		// the event loop's own queue (whose request is not in c.q yet:
+		// the event loop's own queue (whose request is not in c.exchange.q yet:
 		// process starts over when a backend is free).
 		st = stateWaiting
-	case c.q.len() > 0:
+	case c.exchange.q.len() > 0:
 		st = stateBusy
-	case c.be != nil && c.txStatus != 'I':
+	case c.be != nil && c.exchange.txStatus != 'I':
 		st = stateIdleInTx
 	}
 	c.mu.Unlock()
@@ -279,7 +279,7 @@ func (t *timeoutState) clientStall(copyIn bool, b *backend, sock net.Conn) strin
 // as for a client's own cancel (see cancelPinned).
 func (s *Server) cancelForTimeout(c *clientConn, mark uint64, limit time.Duration) {
 	pid, sent, err := c.cancelPinned(func() bool {
-		if c.q.len() == 0 || c.timeouts.responses != mark {
+		if c.exchange.q.len() == 0 || c.timeouts.responses != mark {
 			return false // it finished meanwhile
 		}
 		c.timeouts.queryTimedOut = true
