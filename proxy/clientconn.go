@@ -185,6 +185,11 @@ type readerState struct {
 	// fall to half of maxPendingRequests (wakeDrainedLocked; nil unless
 	// the client reader waits for that: backpressure).
 	drained chan struct{}
+	// drainAll: drained waits until nothing is pending at all, for the
+	// client message build left at the head of the buffer until
+	// everything ahead of it is answered
+	// (clientStatements.judgedByAnswersAhead).
+	drainAll bool
 }
 
 // serverOpTimeout bounds each statement the proxy runs on a backend itself

@@ -282,9 +282,16 @@ const maxPendingRequests = 2048
 // so the replies keep coming and the client, which reads them while its
 // writes are blocked, is never left waiting on the proxy while the proxy
 // waits on it.
+//
+// With reader.drainAll (a message build left for later, see
+// clientStatements.judgedByAnswersAhead) it waits until nothing is
+// pending at all.
 func (c *clientConn) backpressure(b *backend) error {
 	c.mu.Lock()
-	if c.be != b || c.exchange.q.len() < maxPendingRequests || c.stream.passRemaining > 0 || c.stmts.probe != nil {
+	if c.reader.drainAll && c.exchange.q.len() == 0 {
+		c.reader.drainAll = false
+	}
+	if c.be != b || c.exchange.q.len() < maxPendingRequests && !c.reader.drainAll || c.stream.passRemaining > 0 || c.stmts.probe != nil {
 		c.mu.Unlock()
 		return nil
 	}
@@ -311,10 +318,13 @@ func (c *clientConn) backpressure(b *backend) error {
 }
 
 // wakeDrainedLocked ends the client reader's backpressure wait once half
-// the pending requests are answered: pending is how many await a reply
-// now. Runs under c.mu.
+// the pending requests are answered, or all of them with drainAll:
+// pending is how many await a reply now. Runs under c.mu.
 func (r *readerState) wakeDrainedLocked(pending int) {
-	if r.drained != nil && pending <= maxPendingRequests/2 {
+	if r.drained != nil && (pending <= maxPendingRequests/2 && !r.drainAll || pending == 0) {
+		if pending == 0 {
+			r.drainAll = false
+		}
 		close(r.drained)
 		r.drained = nil
 	}
@@ -678,6 +688,13 @@ func (c *clientConn) buildNextLocked(b *backend, out []byte, tx bool) (_ []byte,
 	}
 	if typ == pgwire.MsgTerminate {
 		return out, buildDone, nil // left in the buffer: process ends the session with it (checkHead)
+	}
+	if tx && c.exchange.q.len() > 0 && c.stmts.judgedByAnswersAhead(typ, c.in.Buf[c.in.Start+pgwire.HeaderLen:c.in.Start+total]) {
+		// Left in the buffer until everything ahead is answered
+		// (backpressure waits for that): a DEALLOCATE ALL ahead may drop
+		// the statement it names.
+		c.reader.drainAll = true
+		return out, buildDone, nil
 	}
 	msg := c.in.Buf[c.in.Start : c.in.Start+total]
 	c.in.Start += total

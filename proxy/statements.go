@@ -1046,6 +1046,37 @@ func (s *clientStatements) undoParse(b *backend, r *request) {
 	}
 }
 
+// judgedByAnswersAhead reports whether the client message of type typ
+// (body its body) must wait, in transaction mode, until every request
+// ahead of it is answered: a Parse of a name the client uses, and a
+// DEALLOCATE of one. Directly, a DEALLOCATE ALL or DISCARD ALL pipelined
+// ahead of them drops the statement first, so the Parse succeeds and the
+// DEALLOCATE fails with 26000 naming the client's statement. The proxy
+// learns of that drop only from the reply (droppedStatements): sent at
+// once, the Parse was refused with 42P05, and the DEALLOCATE went out
+// for the proxy's copy (named pgsc_N in its error, or deallocating a
+// stand-in and succeeding). No driver sends either in the common
+// exchange, so the wait costs the common path nothing but this look.
+// Under c.mu.
+func (s *clientStatements) judgedByAnswersAhead(typ byte, body []byte) bool {
+	switch typ {
+	case pgwire.MsgParse:
+		name, _, ok := parseParseMessage(body)
+		return ok && len(name) > 0 && s.byName[string(name)] != nil
+	case pgwire.MsgQuery:
+		q := body
+		if n := len(q); n > 0 && q[n-1] == 0 {
+			q = q[:n-1]
+		}
+		if !needsClassify(q) || !hasPrefixFold(q[skipSpace(q):], "deallocate ") {
+			return false
+		}
+		kind, name := classifyQuery(q)
+		return kind == queryDeallocate && s.byName[name] != nil
+	}
+	return false
+}
+
 // deallocate handles the client's "DEALLOCATE name" Query r: the client's
 // name means a proxy statement, so that one is deallocated and the client
 // sees exactly the reply PostgreSQL would give. ok is false when name is

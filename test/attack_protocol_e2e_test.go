@@ -690,9 +690,9 @@ func TestAttackProtocolSkippedCloseThenReprepare(t *testing.T) {
 // back: directly a Parse pipelined behind a DEALLOCATE ALL makes a
 // statement the next Bind runs. A Close behind it that the server skips
 // (an error earlier in its batch) must not bring a dropped statement back
-// either. (The names parsed behind it are free before it: the proxy
-// refuses a Parse of a name in use with 42P05 when it sends it, before it
-// knows whether the DEALLOCATE ALL ahead succeeds.)
+// either. A Parse behind it of a name it frees succeeds, and a DEALLOCATE
+// behind it of a statement it dropped fails naming the client's statement:
+// the proxy holds either until everything ahead is answered.
 func TestAttackProtocolDiffDeallocateAllPipelined(t *testing.T) {
 	apCheck(t,
 		apScript{name: "Parse pipelined behind DEALLOCATE ALL and DISCARD ALL", steps: []apStep{
@@ -720,6 +720,21 @@ func TestAttackProtocolDiffDeallocateAllPipelined(t *testing.T) {
 			apMsgs(apQuery("DEALLOCATE ALL"), apParse("s7", "SELECT 's7 a'::text"), apClose('S', "s7"),
 				apParse("s7", "SELECT 's7 b'::text"), apSync),
 			apMsgs(apBind("", "s7"), apExec("", 0), apSync),
+			// A DEALLOCATE behind it of a statement it dropped: the error
+			// names the client's statement, not the proxy's copy.
+			apMsgs(apQuery("DEALLOCATE ALL"), apQuery("DEALLOCATE s7")),
+			apMsgs(apBind("", "s7"), apExec("", 0), apSync),
+			// A Parse behind it of a name it frees, simple and extended.
+			apMsgs(apParse("s8", "SELECT 's8 a'::text"), apSync),
+			apMsgs(apQuery("DEALLOCATE ALL"), apParse("s8", "SELECT 's8 b'::text"), apBind("", "s8"), apExec("", 0), apSync),
+			apMsgs(apBind("", "s8"), apExec("", 0), apSync),
+			apMsgs(apParse("", "DEALLOCATE ALL"), apBind("", ""), apExec("", 0),
+				apParse("s8", "SELECT 's8 c'::text"), apBind("", "s8"), apExec("", 0), apSync),
+			apMsgs(apBind("", "s8"), apExec("", 0), apSync),
+			// Without a DEALLOCATE ALL ahead the name stays taken: 42P05,
+			// after what went before it is answered.
+			apMsgs(apBind("", "s8"), apExec("", 0), apParse("s8", "SELECT 's8 d'::text"), apSync),
+			apMsgs(apBind("", "s8"), apExec("", 0), apSync),
 		}},
 	)
 }
