@@ -188,7 +188,8 @@ type readerState struct {
 	// drainAll: drained waits until nothing is pending at all, for the
 	// client message build left at the head of the buffer until
 	// everything ahead of it is answered
-	// (clientStatements.judgedByAnswersAhead).
+	// (clientStatements.judgedByAnswersAhead). Set by build for the
+	// client reader's next backpressure wait, cleared when it ends.
 	drainAll bool
 }
 

@@ -288,17 +288,25 @@ const maxPendingRequests = 2048
 // pending at all.
 func (c *clientConn) backpressure(b *backend) error {
 	c.mu.Lock()
-	if c.reader.drainAll && c.exchange.q.len() == 0 {
-		c.reader.drainAll = false
-	}
-	if c.be != b || c.exchange.q.len() < maxPendingRequests && !c.reader.drainAll || c.stream.passRemaining > 0 || c.stmts.probe != nil {
+	// drainAll is set by build for this wait only: kept while waiting
+	// (wakeDrainedLocked reads it), cleared whichever way the wait ends.
+	all := c.reader.drainAll
+	c.reader.drainAll = false
+	if c.be != b || c.exchange.q.len() < maxPendingRequests && (!all || c.exchange.q.len() == 0) || c.stream.passRemaining > 0 || c.stmts.probe != nil {
 		c.mu.Unlock()
 		return nil
 	}
 	drained := make(chan struct{})
-	c.reader.drained = drained
+	c.reader.drained, c.reader.drainAll = drained, all
 	readerDone := c.reader.done
 	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		if c.reader.drained == drained {
+			c.reader.drained, c.reader.drainAll = nil, false
+		}
+		c.mu.Unlock()
+	}()
 	if _, err := b.nc.Write(pgwire.FlushMessage); err != nil {
 		return fmt.Errorf("writing to the server: %w", err)
 	}
@@ -322,11 +330,8 @@ func (c *clientConn) backpressure(b *backend) error {
 // pending is how many await a reply now. Runs under c.mu.
 func (r *readerState) wakeDrainedLocked(pending int) {
 	if r.drained != nil && (pending <= maxPendingRequests/2 && !r.drainAll || pending == 0) {
-		if pending == 0 {
-			r.drainAll = false
-		}
 		close(r.drained)
-		r.drained = nil
+		r.drained, r.drainAll = nil, false
 	}
 }
 
