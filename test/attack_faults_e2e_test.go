@@ -554,6 +554,20 @@ func TestTerminateMidExchange(t *testing.T) {
 			r.send(t, &pgproto3.Query{String: "COPY (SELECT * FROM af_copy_out ORDER BY i) TO STDOUT /* " + m + " */"})
 			stall(r)
 		}, nil},
+		{"statement held behind the request", func(r *rawClient, m string) {
+			// A Parse of a name in use, pipelined behind a running query:
+			// the proxy holds it until the query is answered (a DEALLOCATE
+			// ALL ahead could free the name), and the backend dies first.
+			r.send(t, &pgproto3.Parse{Name: "af_held", Query: "SELECT 1"}, &pgproto3.Sync{})
+			receiveUntil[*pgproto3.ReadyForQuery](t, r)
+			r.send(t, &pgproto3.Query{String: "SELECT pg_sleep(30) /* " + m + " */"},
+				&pgproto3.Parse{Name: "af_held", Query: "SELECT 2"}, &pgproto3.Sync{})
+			// Past replayWindow: a backend killed sooner after its
+			// acquire is taken for one that was dying when handed out,
+			// and the query would run again on another
+			// (TestTerminateRunawayStatement).
+			time.Sleep(1500 * time.Millisecond)
+		}, nil},
 		{"parse bind flush", func(r *rawClient, m string) {
 			r.send(t, &pgproto3.Parse{Query: "SELECT 1 /* " + m + " */"}, &pgproto3.Bind{}, &pgproto3.Flush{})
 			receiveUntil[*pgproto3.BindComplete](t, r)
