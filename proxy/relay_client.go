@@ -694,10 +694,11 @@ func (c *clientConn) buildNextLocked(b *backend, out []byte, tx bool) (_ []byte,
 	if typ == pgwire.MsgTerminate {
 		return out, buildDone, nil // left in the buffer: process ends the session with it (checkHead)
 	}
-	if tx && c.exchange.q.len() > 0 && c.stmts.judgedByAnswersAhead(typ, c.in.Buf[c.in.Start+pgwire.HeaderLen:c.in.Start+total]) {
+	if tx && c.exchange.q.len() > 0 && c.stmts.judgedByAnswersAhead(typ, c.in.Buf[c.in.Start+pgwire.HeaderLen:c.in.Start+total], b, &c.exchange.q) {
 		// Left in the buffer until everything ahead is answered
 		// (backpressure waits for that): a DEALLOCATE ALL ahead may drop
-		// the statement it names.
+		// the statement it names, an error ahead make the server skip
+		// the unnamed Parse it would use.
 		c.reader.drainAll = true
 		return out, buildDone, nil
 	}

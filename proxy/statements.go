@@ -723,8 +723,9 @@ func closeUncertain(q *requestQueue, out []byte, e *preparedEntry) []byte {
 // PostgreSQL's 26000, never whatever b's unnamed statement is. (A Parse
 // still unanswered in an earlier segment may be skipped, an error before
 // it in its segment: b's unnamed statement would then be the one before,
-// maybe another client's. Directly the statement before it would run;
-// the proxy, which cannot know yet, runs the client's latest.)
+// maybe another client's. So a Bind or Describe behind such a Parse waits
+// until it is answered (judgedByAnswersAhead), and the statement is then
+// settled: the newest, or the one before it if the server skipped it.)
 func (s *clientStatements) useUnnamed(q *requestQueue, b *backend, out []byte) ([]byte, bool) {
 	st := s.unnamed
 	if !s.hasUnnamed {
@@ -1055,11 +1056,26 @@ func (s *clientStatements) undoParse(b *backend, r *request) {
 // learns of that drop only from the reply (droppedStatements): sent at
 // once, the Parse was refused with 42P05, and the DEALLOCATE went out
 // for the proxy's copy (named pgsc_N in its error, or deallocating a
-// stand-in and succeeding). No driver sends either in the common
-// exchange, so the wait costs the common path nothing but this look.
-// Under c.mu.
-func (s *clientStatements) judgedByAnswersAhead(typ byte, body []byte) bool {
+// stand-in and succeeding). And a Bind or Describe of the unnamed
+// statement whose newest Parse went out in an earlier Sync segment, still
+// unanswered (q: the client's requests, b: its backend): the server may
+// skip that Parse (an error before it in its segment), and directly the
+// statement before it runs; sent at once, the proxy parsed its newest
+// again (useUnnamed). No driver sends these in the common exchange (a
+// Bind of the unnamed statement follows its Parse in the same segment),
+// so the wait costs the common path nothing but this look. Under c.mu.
+func (s *clientStatements) judgedByAnswersAhead(typ byte, body []byte, b *backend, q *requestQueue) bool {
 	switch typ {
+	case pgwire.MsgBind, pgwire.MsgDescribe:
+		if !s.hasUnnamed || s.settledGen == s.unnamedGen ||
+			b.unnamedOwner == s && b.unnamedGen == s.unnamedGen && b.unnamedSeg == q.seg {
+			return false // settled, or parsed in this segment
+		}
+		if typ == pgwire.MsgDescribe {
+			return len(body) >= 2 && body[0] == 'S' && body[1] == 0
+		}
+		_, stmt, _, ok := parseBindNames(body)
+		return ok && len(stmt) == 0
 	case pgwire.MsgParse:
 		name, _, ok := parseParseMessage(body)
 		return ok && len(name) > 0 && s.byName[string(name)] != nil

@@ -745,9 +745,9 @@ func TestAttackProtocolDiffDeallocateAllPipelined(t *testing.T) {
 // it, and the next Bind or Describe of it runs or describes that one. A
 // Parse that fails leaves none; one that succeeds before a later error in
 // its batch stays. A simple Query the server skips does not drop it
-// either. (Not here: a Bind of the unnamed statement pipelined
-// in a later batch of the same write as the skipped Parse; the proxy
-// builds it before it knows the Parse is skipped.)
+// either. A Bind or Describe of the unnamed statement pipelined in a
+// later batch of the same write as the skipped Parse uses the one before it
+// too: the proxy holds it until the Parse's batch is answered.
 func TestAttackProtocolDiffSkippedUnnamedParse(t *testing.T) {
 	apCheck(t,
 		apScript{name: "a skipped Parse of the unnamed statement", steps: []apStep{
@@ -777,6 +777,12 @@ func TestAttackProtocolDiffSkippedUnnamedParse(t *testing.T) {
 			apMsgs(apBind("", ""), apExec("", 0), apSync),
 			apMsgs(apBind("", "nope"), apParse("", "SELECT 'skipped'::text"), apSync, apQuery("SELECT 'ran'")),
 			apMsgs(apBind("", ""), apExec("", 0), apSync),
+			// Skipped, and used in the next batch of the same write.
+			apMsgs(apParse("", "SELECT 'the one before'::text"), apSync),
+			apMsgs(apBind("", "nope"), apParse("", "SELECT 'skipped'::text"), apSync, apBind("", ""), apExec("", 0), apSync),
+			apMsgs(apBind("", "nope"), apParse("", "SELECT 'skipped'::text"), apSync, apDescribe('S', ""), apSync),
+			// Parsed in one batch and used in the next: it runs.
+			apMsgs(apParse("", "SELECT 'parsed, then used'::text"), apSync, apBind("", ""), apExec("", 0), apSync),
 		}},
 	)
 }
