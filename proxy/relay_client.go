@@ -788,12 +788,24 @@ func (c *clientConn) buildMessageLocked(b *backend, out []byte, typ byte, msg []
 	}
 }
 
+// errInFailedTransaction is PostgreSQL's refusal of a message in an
+// aborted transaction (never modified: poison copies it).
+var errInFailedTransaction = newError(pgwire.CodeInFailedSQLTransaction,
+	"current transaction is aborted, commands ignored until end of transaction block", "")
+
 // onParse refuses a Parse whose name the client already uses, or whose text
 // creates session state under policy reject (sessionTrack.inspect); statement tracking
 // (clientStatements.parse) handles the rest in transaction mode.
 func (c *clientConn) onParse(b *backend, out, msg, body []byte, tx bool) []byte {
 	name, rest, ok := parseParseMessage(body)
 	if tx && ok && len(name) > 0 && c.stmts.byName[string(name)] != nil {
+		if c.exchange.txStatus == 'E' {
+			// As PostgreSQL, an aborted transaction refuses the Parse
+			// before its name is looked at. Nothing is in flight (build
+			// held the Parse until all was answered:
+			// judgedByAnswersAhead), so txStatus is the transaction's.
+			return c.exchange.q.poison(out, errInFailedTransaction)
+		}
 		// As PostgreSQL: the name is taken until the client closes it.
 		return c.exchange.q.poison(out, newError(pgwire.CodeDuplicatePreparedStatement, fmt.Sprintf("prepared statement %q already exists", name),
 			"close (DEALLOCATE) the statement before preparing another one under its name"))

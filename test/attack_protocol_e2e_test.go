@@ -735,6 +735,14 @@ func TestAttackProtocolDiffDeallocateAllPipelined(t *testing.T) {
 			// after what went before it is answered.
 			apMsgs(apBind("", "s8"), apExec("", 0), apParse("s8", "SELECT 's8 d'::text"), apSync),
 			apMsgs(apBind("", "s8"), apExec("", 0), apSync),
+			// In an aborted transaction the Parse is refused for that
+			// first (25P02), alone and behind the statement that failed.
+			apMsgs(apQuery("BEGIN")),
+			apMsgs(apQuery("SELECT 1/0")),
+			apMsgs(apParse("s8", "SELECT 's8 e'::text"), apSync),
+			apMsgs(apQuery("ROLLBACK")),
+			apMsgs(apQuery("BEGIN"), apQuery("SELECT 1/0"), apParse("s8", "SELECT 's8 f'::text"), apSync, apQuery("ROLLBACK")),
+			apMsgs(apBind("", "s8"), apExec("", 0), apSync),
 		}},
 	)
 }

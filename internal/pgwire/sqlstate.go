@@ -22,6 +22,7 @@ const (
 	CodeCrashShutdown              = "57P02" // crash_shutdown
 	CodeCannotConnectNow           = "57P03" // cannot_connect_now
 	CodeIdleInTransactionTimeout   = "25P03" // idle_in_transaction_session_timeout
+	CodeInFailedSQLTransaction     = "25P02" // in_failed_sql_transaction (a Parse of a name in use, in an aborted transaction)
 	CodeIdleSessionTimeout         = "57P05" // idle_session_timeout
 	CodeSyntaxError                = "42601" // syntax_error (unknown admin console command)
 	CodeInsufficientPrivilege      = "42501" // insufficient_privilege (admin.stats_users)
