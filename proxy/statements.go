@@ -895,10 +895,11 @@ func (s *clientStatements) close(q *requestQueue, b *backend, out, msg, body []b
 // undoClose takes back the statement a Close or DEALLOCATE r dropped
 // (request.closes) when the server failed or skipped r: the server still
 // has it. The client's name means it again, unless a later Parse of that
-// name, already sent (pipelined behind r, before r's error came back),
-// took it: the client is told that Parse succeeded, so its Binds must run
-// that statement, not the one it replaced. (Directly that Parse fails
-// with 42P05; the proxy cannot know it should when it sends it.) The
+// name, already sent, took it: the client is told that Parse succeeded,
+// so its Binds must run that statement, not the one it replaced. (A
+// client's Parse of the name waits until r is answered,
+// judgedByAnswersAhead, and then fails with 42P05 as directly; only the
+// proxy's own Parses go out meanwhile.) The
 // backend's copy, which r was to close, may or may not exist (the Parse
 // that made it may be what failed): it is recorded as uncertain, so the
 // next request that needs it closes it and parses it again
@@ -1049,8 +1050,10 @@ func (s *clientStatements) undoParse(b *backend, r *request) {
 
 // judgedByAnswersAhead reports whether the client message of type typ
 // (body its body) must wait, in transaction mode, until every request
-// ahead of it is answered: a Parse of a name the client uses, and a
-// DEALLOCATE of one. Directly, a DEALLOCATE ALL or DISCARD ALL pipelined
+// ahead of it is answered: a Parse of a name the client uses or closes in
+// a request still unanswered (the server may skip the Close: directly the
+// Parse then fails with 42P05, and its Binds run the statement before it),
+// and a DEALLOCATE of one. Directly, a DEALLOCATE ALL or DISCARD ALL pipelined
 // ahead of them drops the statement first, so the Parse succeeds and the
 // DEALLOCATE fails with 26000 naming the client's statement. The proxy
 // learns of that drop only from the reply (droppedStatements): sent at
@@ -1078,7 +1081,20 @@ func (s *clientStatements) judgedByAnswersAhead(typ byte, body []byte, b *backen
 		return ok && len(stmt) == 0
 	case pgwire.MsgParse:
 		name, _, ok := parseParseMessage(body)
-		return ok && len(name) > 0 && s.byName[string(name)] != nil
+		if !ok || len(name) == 0 {
+			return false
+		}
+		if s.byName[string(name)] != nil {
+			return true
+		}
+		// A Close or DEALLOCATE of the name still unanswered: if the
+		// server skips or fails it, the name is still taken.
+		for i := range q.len() {
+			if r := q.at(i); r.closes && r.clientName == string(name) {
+				return true
+			}
+		}
+		return false
 	case pgwire.MsgQuery:
 		q := body
 		if n := len(q); n > 0 && q[n-1] == 0 {

@@ -743,6 +743,11 @@ func TestAttackProtocolDiffDeallocateAllPipelined(t *testing.T) {
 			apMsgs(apQuery("ROLLBACK")),
 			apMsgs(apQuery("BEGIN"), apQuery("SELECT 1/0"), apParse("s8", "SELECT 's8 f'::text"), apSync, apQuery("ROLLBACK")),
 			apMsgs(apBind("", "s8"), apExec("", 0), apSync),
+			// A Close the server skips, then a Parse of its name in the
+			// next batch of the same write: the name is still taken.
+			apMsgs(apParse("s9", "SELECT 's9 a'::text"), apSync),
+			apMsgs(apBind("", "nope"), apClose('S', "s9"), apSync, apParse("s9", "SELECT 's9 b'::text"), apSync),
+			apMsgs(apBind("", "s9"), apExec("", 0), apSync),
 		}},
 	)
 }
