@@ -4,6 +4,7 @@
 package proxy
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -117,6 +118,15 @@ type Database struct {
 	// its own PostgreSQL role, in a pool of that role (passthrough.go);
 	// Users and Pool then serve nobody but the admin console's listing.
 	Passthrough *Passthrough
+}
+
+// acquire is d.Pool.Acquire, or with ifFree d.Pool.AcquireIfFree (a
+// backend only if none must be released for it, else pool.ErrWouldWait).
+func (d *Database) acquire(ctx context.Context, ifFree bool) (pool.Conn, error) {
+	if ifFree {
+		return d.Pool.AcquireIfFree(ctx)
+	}
+	return d.Pool.Acquire(ctx)
 }
 
 // Config configures a Server. Every field but Logger must be set: zero

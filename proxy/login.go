@@ -640,12 +640,7 @@ func (s *Server) checkStartupParams(ctx context.Context, db *Database, lg *slog.
 // it goes to another backend: it changes nothing (is_local settings, one
 // implicit transaction), so running it again is harmless.
 func (s *Server) checkParamsOnce(ctx context.Context, db *Database, lg *slog.Logger, sql string, keys []string, ifFree bool) (retry bool, err error) {
-	var conn pool.Conn
-	if ifFree {
-		conn, err = db.Pool.AcquireIfFree(ctx)
-	} else {
-		conn, err = db.Pool.Acquire(ctx)
-	}
+	conn, err := db.acquire(ctx, ifFree)
 	if err == pool.ErrWouldWait {
 		lg.Debug("startup parameters not checked at login: no backend free; they are set with the client's backend")
 		return false, nil

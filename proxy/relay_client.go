@@ -393,13 +393,7 @@ func (c *clientConn) acquire(ifFree bool) (*backend, error) {
 	// more recently is not peeked, and if it died its first reply says so
 	// and the request goes to another backend (replay.go).
 	start := time.Now()
-	var conn pool.Conn
-	var err error
-	if ifFree {
-		conn, err = c.db.Pool.AcquireIfFree(ctx)
-	} else {
-		conn, err = c.db.Pool.Acquire(ctx)
-	}
+	conn, err := c.db.acquire(ctx, ifFree)
 	s.stats.waiting.Add(-1)
 	if c.wait.end(&c.mu) {
 		if err == nil {
