@@ -42,8 +42,12 @@
 //     (errorResponseLocked);
 //   - clientStatements (statements.go): the client's statements and the
 //     rewriting of Parse/Bind/Describe/Close (a Bind too large to hold
-//     whole too, streamBind), and the requests the proxy answers without
-//     a backend (answerLocally); a backend's own side is its preparedSet;
+//     whole too, streamBind), the requests the proxy answers without a
+//     backend (answerLocally), and the messages that wait until
+//     everything ahead is answered (judgedByAnswersAhead: a Parse of a
+//     name in use or being closed, a DEALLOCATE of one, a Bind of an
+//     unnamed statement parsed in an earlier segment); a backend's own
+//     side is its preparedSet;
 //   - clientParams (params.go): the values the client expects and its
 //     startup packet's; trackParameterStatus, trackParamChange and
 //     trackCheckedSettings track a change on the backend and in them;
@@ -52,7 +56,8 @@
 //     check, and LISTEN through the shared listener;
 //   - readerState (clientconn.go; relay_server.go's readers): who reads
 //     c.be, and its hand-overs with the client reader (writeDone; drained,
-//     wakeDrainedLocked, for backpressure);
+//     wakeDrainedLocked, for backpressure, and drainAll for a message
+//     held until everything ahead is answered);
 //   - cancelTrack (cancel.go; in exchange): the cancel requests being sent to c.be,
 //     which pin it; a request written meanwhile waits (awaitLocked);
 //   - clientStream (clientstream.go): where the client goroutine is in the
