@@ -365,6 +365,15 @@ func (w *wildcard) missing(name string, ref *atomic.Pointer[proxy.Database]) {
 	}
 	w.mu.Unlock()
 	if mine {
+		// The pool fails its waiters with the connect's 3D000 when it
+		// records the failure, under its lock, after the connect returns
+		// (the state leaves INITIALIZING then). Closed before that, they
+		// got "pool is shutting down" (57P01) instead: TestWildcardDatabase
+		// under load. The wait is bounded; it ends as soon as the
+		// connect goroutine takes the lock.
+		for until := time.Now().Add(time.Second); db.Pool.State() == pool.StateInitializing && time.Now().Before(until); {
+			time.Sleep(5 * time.Millisecond)
+		}
 		w.a.log.Info("pool closed: the server has no such database", "database", name, "pool", db.Pool.Name())
 		db.Pool.Close()
 		if db.Passthrough != nil {
