@@ -261,12 +261,22 @@ func TestReloadLoweredCapsCloseIdle(t *testing.T) {
 			}
 		}
 	}
+	// fill runs 6 transactions at once, which must leave 6 backends; with
+	// config it first reloads the configuration (when: the log's words).
+	fill := func(config, when string) {
+		t.Helper()
+		if config != "" {
+			writeSecretFile(t, path, config)
+			rlReload(t, p)
+		}
+		commit(open())
+		if n := backends(); n != 6 {
+			t.Fatalf("6 transactions at once%s left %d backends, want 6", when, n)
+		}
+	}
 
 	// max_total_connections 0 -> 2 with 6 idle backends.
-	commit(open())
-	if n := backends(); n != 6 {
-		t.Fatalf("6 transactions at once left %d backends, want 6", n)
-	}
+	fill("", "")
 	writeSecretFile(t, path, base+"max_total_connections: 2\n")
 	rlReload(t, p)
 	lowered("max_total_connections 2 with 6 idle", 2)
@@ -275,12 +285,7 @@ func TestReloadLoweredCapsCloseIdle(t *testing.T) {
 	// Back to no cap, 6 backends, 2 of them held in a transaction when
 	// the cap falls to 1: the 4 idle ones go at once, the held ones at
 	// their release, but one.
-	writeSecretFile(t, path, base)
-	rlReload(t, p)
-	commit(open())
-	if n := backends(); n != 6 {
-		t.Fatalf("6 transactions at once after the cap was lifted left %d backends, want 6", n)
-	}
+	fill(base, " after the cap was lifted")
 	txs := open()
 	commit(txs[2:])
 	writeSecretFile(t, path, base+"max_total_connections: 1\n")
@@ -291,12 +296,7 @@ func TestReloadLoweredCapsCloseIdle(t *testing.T) {
 	works("max_total_connections 1")
 
 	// pool.max_size 8 -> 2 with 6 idle backends.
-	writeSecretFile(t, path, base)
-	rlReload(t, p)
-	commit(open())
-	if n := backends(); n != 6 {
-		t.Fatalf("6 transactions at once before max_size fell left %d backends, want 6", n)
-	}
+	fill(base, " before max_size fell")
 	writeSecretFile(t, path, strings.Replace(base, "max_size: 8", "max_size: 2", 1))
 	rlReload(t, p)
 	lowered("pool.max_size 2 with 6 idle", 2)
