@@ -198,6 +198,11 @@ type Config struct {
 	// which make it short; not an option: 0 (any other user) means
 	// idleParkAfter (park.go).
 	parkAfter time.Duration
+	// beforeLoopHandOff, for this package's tests, runs on the loop
+	// thread as it starts handing a client to a goroutine (loopHandOff),
+	// before it lets go of the client: a test makes the loop slow there.
+	// nil (any other user): nothing runs.
+	beforeLoopHandOff func()
 }
 
 // MaxMessageSizeLimit is PostgreSQL's MaxAllocSize (1 GB - 1), above its

@@ -652,6 +652,9 @@ func (p *parker) loopPark(c *clientConn) {
 // loopHandOff gives the client a goroutine (resume), which first does
 // what h says. Loop thread, c in loopBusy.
 func (p *parker) loopHandOff(c *clientConn, h *loopHand) {
+	if hook := c.srv.cfg.beforeLoopHandOff; hook != nil {
+		hook()
+	}
 	if h == nil {
 		h = &loopHand{next: loopNextProcess}
 	}
@@ -722,6 +725,16 @@ func (ls *loopState) writeBackend(p *parker, b *backend, out []byte) error {
 	return err
 }
 
+// writeClientBlocking writes p to the client through its net.Conn,
+// under c.wmu: the client's goroutine's write, and the only one a backend
+// reader makes (it never reads c.loop.running, the loop thread's).
+func (c *clientConn) writeClientBlocking(p []byte) error {
+	c.wmu.Lock()
+	_, err := c.conn.Write(p)
+	c.wmu.Unlock()
+	return err
+}
+
 // writeClient writes p to the client: a blocking write on the client's
 // goroutine; on the loop thread one that never waits, leaving what the
 // socket does not take to the goroutine the client is then handed to
@@ -731,10 +744,7 @@ func (ls *loopState) writeBackend(p *parker, b *backend, out []byte) error {
 // the client over as if the socket were full.
 func (c *clientConn) writeClient(p []byte) error {
 	if !c.loop.running {
-		c.wmu.Lock()
-		_, err := c.conn.Write(p)
-		c.wmu.Unlock()
-		return err
+		return c.writeClientBlocking(p)
 	}
 	if c.loop.owes() {
 		c.loop.hand.out = append(c.loop.hand.out, p...)

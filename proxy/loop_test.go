@@ -189,6 +189,13 @@ func heldReplyEnv(t *testing.T, row string) (*fakeEnv, *rawClient, chan struct{}
 // Sync.
 func echoLoopEnv(t testing.TB, n int, extended bool) (e *fakeEnv, req, reply []byte) {
 	t.Helper()
+	return echoLoopEnvWith(t, n, extended, parkFast)
+}
+
+// echoLoopEnvWith is echoLoopEnv with config (which must park fast, as
+// parkFast does) applied to the proxy's Config.
+func echoLoopEnvWith(t testing.TB, n int, extended bool, config func(*Config)) (e *fakeEnv, req, reply []byte) {
+	t.Helper()
 	rowDesc, _ := (&pgproto3.RowDescription{Fields: []pgproto3.FieldDescription{{Name: []byte("x"), DataTypeOID: 25, DataTypeSize: -1, TypeModifier: -1}}}).Encode(nil)
 	row, _ := (&pgproto3.DataRow{Values: [][]byte{[]byte("1")}}).Encode(nil)
 	row, _ = (&pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")}).Encode(row)
@@ -216,9 +223,12 @@ func echoLoopEnv(t testing.TB, n int, extended bool) (e *fakeEnv, req, reply []b
 		req, _ = (&pgproto3.Query{String: "SELECT 1"}).Encode(nil)
 		reply = answer['Q']
 	}
+	// The proxy's poison Bind (poison.go) fails as PostgreSQL fails it.
+	poisonBind := append([]byte{0}, poisonStatement...)
+	noStatement, _ := (&pgproto3.ErrorResponse{Severity: "ERROR", Code: "26000", Message: "prepared statement does not exist"}).Encode(nil)
 	echo := func(s *beSession) error {
 		buf, out := make([]byte, 4096), make([]byte, 0, 4096)
-		have := 0
+		have, skipping := 0, false
 		// No step deadline: a backend of a long benchmark may stay idle
 		// longer than a step (the pool reuses its most recent backends).
 		// The pool's Close at cleanup ends the step (EOF).
@@ -237,10 +247,19 @@ func echoLoopEnv(t testing.TB, n int, extended bool) (e *fakeEnv, req, reply []b
 			out = out[:0]
 			for have >= 5 && have >= 1+int(binary.BigEndian.Uint32(buf[1:5])) {
 				l := 1 + int(binary.BigEndian.Uint32(buf[1:5]))
-				if buf[0] == 'X' {
+				switch {
+				case buf[0] == 'X':
 					return nil
+				case skipping && buf[0] != 'S':
+				case buf[0] == 'B' && bytes.HasPrefix(buf[5:l], poisonBind):
+					// As PostgreSQL: the statement does not exist, and
+					// the rest up to the Sync is skipped.
+					out = append(out, noStatement...)
+					skipping = true
+				default:
+					skipping = false
+					out = append(out, answer[buf[0]]...)
 				}
-				out = append(out, answer[buf[0]]...)
 				copy(buf, buf[l:have])
 				have -= l
 			}
@@ -257,7 +276,7 @@ func echoLoopEnv(t testing.TB, n int, extended bool) (e *fakeEnv, req, reply []b
 	for i := range scripts {
 		scripts[i] = beScript{echo}
 	}
-	e = startFake(t, fakeOpts{config: parkFast, maxSize: n, peekAfterIdle: time.Second}, scripts...)
+	e = startFake(t, fakeOpts{config: config, maxSize: n, peekAfterIdle: time.Second}, scripts...)
 	needParking(t, e)
 	return e, req, reply
 }
@@ -737,4 +756,75 @@ func processCPU(t testing.TB) time.Duration {
 		t.Fatal(err)
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// TestLoopHeldMessageBackendReader: a parked client writes a Query and,
+// behind it, a Parse of a statement name it already uses, and a Sync. The
+// loop relays the Query and holds the Parse until the Query is answered
+// (clientStatements.judgedByAnswersAhead), so, with client bytes left
+// unsent, a backend reader reads the Query's reply while the loop hands
+// the client over. That reader may run while the loop still runs the
+// client: it must never use the loop thread's state (its clock, its
+// non-blocking writes, its spare buffer), which the loop goes on using
+// for other clients. It once did: in CI the loop's write of another
+// client's request panicked (the parker's I/O buffer changed under it).
+// Here the loop lingers as it hands the client over, as a loaded
+// machine's may, and the race detector sees the reader touch the loop's
+// state; a second client served by the loop meanwhile uses it too.
+func TestLoopHeldMessageBackendReader(t *testing.T) {
+	const rounds = 30
+	slowHandOff := func(c *Config) {
+		parkFast(c)
+		c.beforeLoopHandOff = func() { time.Sleep(2 * time.Millisecond) }
+	}
+	e, req, _ := echoLoopEnvWith(t, 2, false, slowHandOff) // SELECT 1, answered with the row 1
+	a, b := e.dialRaw(t), e.dialRaw(t)
+	a.fe.Send(&pgproto3.Parse{Name: "s1", Query: "SELECT 1"})
+	a.fe.Send(&pgproto3.Sync{})
+	a.flush(t)
+	for _, want := range []string{"*pgproto3.ParseComplete", "*pgproto3.ReadyForQuery"} {
+		if m := a.receive(t); fmt.Sprintf("%T", m) != want {
+			t.Fatalf("preparing s1: got %T, want %s", m, want)
+		}
+	}
+	b.mustQuery(t, "SELECT 1", "1")
+	e.waitParked(t, 2)
+	pipeline := slices.Concat(req, encodeFrontend(t, &pgproto3.Parse{Name: "s1", Query: "SELECT 1"}, &pgproto3.Sync{}))
+	before := e.srv.Stats()
+	for i := range rounds {
+		if _, err := a.conn.Write(pipeline); err != nil {
+			t.Fatal(err)
+		}
+		b.query(t, "SELECT 1")
+		if rows, errResp, st := a.readResult(t); errResp != nil || fmt.Sprint(rows) != "[1]" || st != 'I' {
+			t.Fatalf("round %d, the Query: rows %v error %v status %c", i, rows, errResp, st)
+		}
+		if _, errResp, st := a.readResult(t); errResp == nil || errResp.Code != "42P05" || st != 'I' {
+			t.Fatalf("round %d, the Parse of a name in use: error %v status %c, want 42P05", i, errResp, st)
+		}
+		if rows, errResp, _ := b.readResult(t); errResp != nil || fmt.Sprint(rows) != "[1]" {
+			t.Fatalf("round %d, the other client: rows %v error %v", i, rows, errResp)
+		}
+		e.waitParked(t, 2)
+	}
+	st := e.srv.Stats()
+	// Each round's pipeline is handed over (a reader reads its Query's
+	// reply); the other client's requests are mostly the loop's own.
+	if st.LoopHandoffs-before.LoopHandoffs < rounds || st.LoopRequests-before.LoopRequests < rounds/2 {
+		t.Fatalf("the loop handed %d requests over and relayed %d itself, want at least %d and %d: the test missed the path",
+			st.LoopHandoffs-before.LoopHandoffs, st.LoopRequests-before.LoopRequests, rounds, rounds/2)
+	}
+}
+
+// encodeFrontend encodes msgs back to back.
+func encodeFrontend(t testing.TB, msgs ...pgproto3.FrontendMessage) []byte {
+	t.Helper()
+	var buf []byte
+	for _, m := range msgs {
+		var err error
+		if buf, err = m.Encode(buf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return buf
 }

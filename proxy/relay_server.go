@@ -401,7 +401,15 @@ func lostReply(inline bool) (stop bool, err error) {
 // the client is gone (err, inline only: finish deals with b; a backend
 // reader closes the client, whose goroutine then cleans up).
 func (c *clientConn) reply(out []byte, inline bool) (stop bool, err error) {
-	if err := c.writeClient(out); err != nil {
+	write := c.writeClient
+	if !inline {
+		// A backend reader: never the loop's non-blocking write, whose
+		// parker state belongs to the loop thread (c.loop.running is
+		// the loop thread's to read, and may be true while the loop
+		// still runs the client that started this reader).
+		write = c.writeClientBlocking
+	}
+	if err := write(out); err != nil {
 		return c.clientGone(err, inline)
 	}
 	return false, nil
@@ -439,9 +447,13 @@ func (c *clientConn) replyAndRelease(b *backend, out []byte, inline bool) (stop 
 		}
 		out = out[len(head):]
 	}
+	// On the loop thread (inline and c.loop.running, which only the
+	// client's own side may read: a backend reader may run while the
+	// loop still runs the client that started it, see reply).
+	onLoop := inline && c.loop.running
 	var tail *[clientReadBufSize]byte
 	if len(out) > 0 {
-		if c.loop.running {
+		if onLoop {
 			// The loop thread's own (writeClient copies what it does
 			// not write at once).
 			tail = &c.srv.park.tail
@@ -450,7 +462,7 @@ func (c *clientConn) replyAndRelease(b *backend, out []byte, inline bool) (stop 
 		}
 		out = tail[:copy(tail[:], out)]
 	}
-	async := !inline && !c.loop.running
+	async := !inline
 	if async {
 		c.wmu.Lock()
 	}
@@ -492,8 +504,12 @@ func (c *clientConn) releaseAtTransactionEnd(b *backend, inline bool) (stop bool
 	}
 	// The release's time, read while c still holds b: once b is dropped
 	// the client may park, and the loop run it on its thread, which sets
-	// c.loop.running and the clock c.loop.now reads.
-	now := c.loop.now(&c.srv.park)
+	// c.loop.running and the clock c.loop.now reads. A backend reader
+	// (not inline) reads neither: they are the loop thread's.
+	now := time.Now()
+	if inline {
+		now = c.loop.now(&c.srv.park)
+	}
 	c.dropBackendLocked()
 	c.state.endCheck()
 	if len(c.listen.notes) > 0 && !inline {
