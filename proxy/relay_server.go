@@ -364,14 +364,14 @@ func (c *clientConn) beforeRouteLocked(b *backend, readErr error, inline bool) (
 		if dead || wait {
 			// A dead b is destroyed here, or by the client reader when it
 			// is still writing to b (abandonLocked, replayAbandon).
-			destroy := false
+			destroy, tries := false, 0
 			if dead {
 				c.replay.failLocked(b, c.exchange.cancels.n > 0)
-				destroy = c.abandonLocked(b)
+				destroy, tries = c.abandonLocked(b), c.replay.tries
 			}
 			c.mu.Unlock()
 			if destroy {
-				c.destroyDead(b)
+				c.destroyDead(b, tries)
 			}
 			return false, dead, nil
 		}

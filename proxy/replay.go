@@ -368,8 +368,9 @@ func (c *clientConn) replayAbandon(b *backend, werr error) (bool, error) {
 	if werr != nil && c.replay.armed && c.be == b && !b.replayed {
 		c.replay.failLocked(b, c.exchange.cancels.n > 0)
 		c.abandonLocked(b) // not writing any more: abandons b now
+		tries := c.replay.tries
 		c.mu.Unlock()
-		c.destroyDead(b)
+		c.destroyDead(b, tries)
 		return true, nil
 	}
 	if !b.replayed {
@@ -380,13 +381,13 @@ func (c *clientConn) replayAbandon(b *backend, werr error) (bool, error) {
 	if mine {
 		c.abandonLocked(b)
 	}
-	lost := c.replay.lost
+	lost, tries := c.replay.lost, c.replay.tries
 	if lost {
 		c.replay.pending, c.replay.lost = false, false
 	}
 	c.mu.Unlock()
 	if mine {
-		c.destroyDead(b)
+		c.destroyDead(b, tries)
 	}
 	if lost {
 		return true, newFatal(pgwire.CodeConnectionFailure, "pgsidecar lost the server connection: it ended before answering",
@@ -395,10 +396,13 @@ func (c *clientConn) replayAbandon(b *backend, werr error) (bool, error) {
 	return true, nil
 }
 
-// destroyDead closes a backend that died before answering.
-func (c *clientConn) destroyDead(b *backend) {
+// destroyDead closes a backend that died before answering. tries is
+// c.replay.tries as the caller read it under c.mu: read here, unlocked, it
+// would race with the replacement backend's reader, which may already
+// fail it in turn (failLocked).
+func (c *clientConn) destroyDead(b *backend, tries int) {
 	c.log.Info("server connection ended before answering the first request of a transaction; sending the request to another one",
-		"backend_pid", b.conn.Server().PID(), "replay", c.replay.tries)
+		"backend_pid", b.conn.Server().PID(), "replay", tries)
 	c.destroyBackend(b, "ended before answering its first request (replayed on another backend)")
 }
 

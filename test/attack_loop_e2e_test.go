@@ -707,7 +707,7 @@ func TestAttackLoopLyingLengthsCostWhatArrives(t *testing.T) {
 	alClientsGone(t, p, 15*time.Second)
 	peak := stop()
 	t.Logf("proxy before: %v; peak with %d claims of 1 GiB and 256 KB sent each: %v", before, len(cases), peak)
-	if peak.rss-before.rss > 64<<20 || peak.data-before.data > 256<<20 {
+	if peak.rss-before.rss > memLimit(64<<20) || peak.data-before.data > memLimit(256<<20) {
 		t.Errorf("proxy memory grew by %d MB resident, %d MB reserved", (peak.rss-before.rss)>>20, (peak.data-before.data)>>20)
 	}
 	lgCleanBackends(t.Context(), t, p, 8)

@@ -322,7 +322,7 @@ func TestLoopGuardStuckReaderDoesNotStallOthers(t *testing.T) {
 	}
 	peak := stopMem()
 	t.Logf("proxy memory before %v, peak %v", before, peak)
-	if peak.rss-before.rss > 64<<20 {
+	if peak.rss-before.rss > memLimit(64<<20) {
 		t.Errorf("proxy RSS grew by %d MB while a client did not read its replies, want < 64 MB", (peak.rss-before.rss)>>20)
 	}
 
@@ -1398,7 +1398,7 @@ func TestLoopGuardHostileInput(t *testing.T) {
 	}
 	peak := stop()
 	t.Logf("proxy before: %v; peak with a 1 GiB claim and 1 MB sent: %v", before, peak)
-	if peak.rss-before.rss > 64<<20 || peak.data-before.data > 64<<20 {
+	if peak.rss-before.rss > memLimit(64<<20) || peak.data-before.data > memLimit(64<<20) {
 		t.Fatalf("proxy memory grew by %d MB resident, %d MB reserved for a 1 MB message claiming 1 GiB, want < 64 MB",
 			(peak.rss-before.rss)>>20, (peak.data-before.data)>>20)
 	}
