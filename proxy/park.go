@@ -64,7 +64,9 @@ import (
 // resume starts inherits that count and gives it back when the client
 // leaves. Its socket is closed only by its own goroutine (connEnd) or by
 // kill, which unparks it first: so the descriptor in the parker's set is
-// never closed, and never reused, while parked. The parker goroutine is
+// never closed, and never reused, while parked. Any other goroutine that
+// ends a client (a backend reader) shuts its socket down instead
+// (endConnection), which epoll reports. The parker goroutine is
 // started by Serve and ended by Shutdown and Close once every client has
 // left (no client parks once a drain began).
 
@@ -401,7 +403,10 @@ func (p *parker) leaveSetLocked(c *clientConn) {
 	p.byFd.del(fd)
 	if c.park.rtOut {
 		c.park.rtOut = false
-		if !p.controlLocked(c.idle.raw, p.rtGive, c.park.rtKey) {
+		if !p.controlLocked(c.idle.raw, p.rtGive, c.park.rtKey) && !c.leave.killed.Load() {
+			// (kill closes the socket of a client the loop still runs,
+			// which the loop lets go of at its next step: there is then
+			// nothing to give back, and nothing wrong.)
 			c.log.Error("cannot give the client's socket back to the Go runtime's poller: closing it")
 			c.conn.Close()
 		}

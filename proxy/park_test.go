@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"runtime"
+	"syscall"
 	"testing"
 	"time"
 
@@ -232,4 +233,30 @@ func TestHalfMessageNeverParks(t *testing.T) {
 		t.Fatalf("the message completed: rows %v, error %v", rows, errResp)
 	}
 	e.waitParked(t, 1) // idle again
+}
+
+// TestParkedClientEndedByBackendReader: a backend reader whose write to
+// the client fails ends the client's connection (clientGone) without
+// owning its socket: the client may have parked meanwhile (its backend
+// was released just before that write, replyAndRelease). The client must
+// still leave. A close there freed the parked socket's descriptor under
+// the parker: epoll forgot it, nothing reported the end, and the client
+// stayed parked, holding its max_client_conn slot, until the proxy
+// stopped (which then logged that it could not give the socket back).
+func TestParkedClientEndedByBackendReader(t *testing.T) {
+	e, _, _ := echoLoopEnv(t, 1, false)
+	rc := e.dialRaw(t)
+	rc.mustQuery(t, "SELECT 1", "1")
+	e.waitParked(t, 1)
+	c := e.onlyClient(t)
+	// What the backend reader does when its write to the client fails.
+	c.clientGone(syscall.ECONNRESET, false)
+	waitFor(t, "the client to leave", func() bool {
+		st := e.srv.Stats()
+		return st.ClientsParked == 0 && st.ClientsTotal == 0
+	})
+	rc.conn.SetReadDeadline(time.Now().Add(fakeStepTimeout))
+	if _, err := rc.conn.Read(make([]byte, 1)); err == nil {
+		t.Fatal("the client's connection is still open")
+	}
 }
