@@ -425,34 +425,31 @@ func (c *clientConn) clientGone(err error, inline bool) (stop bool, _ error) {
 	if inline {
 		return true, err
 	}
-	c.endConnection()
+	endConnection(c.sock, c.conn)
 	return true, nil
 }
 
-// endConnection ends the client's connection for a goroutine that does
-// not own its socket (a backend reader): shutdown(2) both ways, never
-// close. The descriptor stays open until the client's owner closes it
-// (connEnd). The client may have parked, or the loop may run it, once
-// its backend was released (replyAndRelease writes after that): its
-// socket is then in the parker's epoll set, which a close would silently
-// take it out of, leaving a parked client nothing reports the end of
-// (it stayed, holding its max_client_conn slot, until the proxy
-// stopped), and whose descriptor number the next accept or dial may
-// reuse under the parker. After the shutdown the owner's next read sees
-// the end: the client's goroutine directly, the loop through epoll (the
-// shutdown reports EPOLLRDHUP).
-func (c *clientConn) endConnection() {
-	sc, ok := c.sock.(syscall.Conn)
+// endConnection ends a client's connection, sock (conn is the session
+// over it: the same, or TLS), for a goroutine that does not own the
+// socket (a backend reader): shutdown(2) both ways, never close. The
+// descriptor stays open until the client's owner closes it (connEnd).
+// The client may have parked, or the loop may run it, once its backend
+// was released (replyAndRelease writes after that): its socket is then in
+// the parker's epoll set, which a close would silently take it out of,
+// leaving a parked client nothing reports the end of (it stayed, holding
+// its max_client_conn slot, until the proxy stopped), and whose
+// descriptor number the next accept or dial may reuse under the parker.
+// After the shutdown the owner's next read sees the end: the client's
+// goroutine directly, the loop through epoll (the shutdown reports
+// EPOLLRDHUP). Best effort: a socket already closed is already ended.
+func endConnection(sock, conn net.Conn) {
+	sc, ok := sock.(syscall.Conn)
 	if !ok {
-		c.conn.Close() // not a socket (tests' pipes): nothing parks it
+		conn.Close() // not a socket (tests' pipes): nothing parks it
 		return
 	}
-	raw, err := sc.SyscallConn()
-	if err == nil {
-		err = raw.Control(func(fd uintptr) { err = syscall.Shutdown(int(fd), syscall.SHUT_RDWR) })
-	}
-	if err != nil && !errors.Is(err, net.ErrClosed) {
-		c.log.Debug("ending the client's connection", "err", err)
+	if raw, err := sc.SyscallConn(); err == nil {
+		raw.Control(func(fd uintptr) { syscall.Shutdown(int(fd), syscall.SHUT_RDWR) })
 	}
 }
 
@@ -661,7 +658,7 @@ func (c *clientConn) backendLost(b *backend, err error) {
 		// PostgreSQL ends a connection it was killed writing to: it sees
 		// the connection end, never a wrong row.
 		c.log.Warn("server connection lost under a client in the middle of a message to it: client closed without an error message, which it would read as the rest of that message", "err", err)
-		c.endConnection()
+		endConnection(c.sock, c.conn)
 		return
 	}
 	if b.fatal && !b.diedBetween {
@@ -672,7 +669,7 @@ func (c *clientConn) backendLost(b *backend, err error) {
 		// still in a write of the client reader's then, see
 		// relayReplies, and the client is told below.)
 		c.log.Info("server connection ended by the server with a FATAL relayed to the client", "err", err)
-		c.endConnection()
+		endConnection(c.sock, c.conn)
 		return
 	}
 	c.log.Warn("server connection lost under a client", "err", err)
@@ -683,7 +680,7 @@ func (c *clientConn) backendLost(b *backend, err error) {
 	}
 	c.conn.SetWriteDeadline(time.Now().Add(time.Second))
 	c.conn.Write(pe.appendTo(nil))
-	c.endConnection()
+	endConnection(c.sock, c.conn)
 }
 
 // midMessage reports whether part of one of b's messages was relayed to
