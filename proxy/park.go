@@ -66,7 +66,7 @@ import (
 // kill, which unparks it first: so the descriptor in the parker's set is
 // never closed, and never reused, while parked. Any other goroutine that
 // ends a client (a backend reader) shuts its socket down instead
-// (endConnection), which epoll reports. The parker goroutine is
+// (hangUp), which epoll reports. The parker goroutine is
 // started by Serve and ended by Shutdown and Close once every client has
 // left (no client parks once a drain began).
 

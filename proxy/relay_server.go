@@ -9,7 +9,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"strings"
 	"syscall"
@@ -419,33 +418,37 @@ func (c *clientConn) reply(out []byte, inline bool) (stop bool, err error) {
 
 // clientGone is a reader's answer to a failed write to the client: inline,
 // the client goroutine returns err and finish deals with b (if still
-// held); a backend reader ends the client's connection (endConnection),
+// held); a backend reader hangs up on the client (hangUp),
 // and whoever runs the client notices and cleans up.
 func (c *clientConn) clientGone(err error, inline bool) (stop bool, _ error) {
 	if inline {
 		return true, err
 	}
-	endConnection(c.sock, c.conn)
+	c.hangUp()
 	return true, nil
 }
 
-// endConnection ends a client's connection, sock (conn is the session
-// over it: the same, or TLS), for a goroutine that does not own the
-// socket (a backend reader): shutdown(2) both ways, never close. The
-// descriptor stays open until the client's owner closes it (connEnd).
-// The client may have parked, or the loop may run it, once its backend
-// was released (replyAndRelease writes after that): its socket is then in
-// the parker's epoll set, which a close would silently take it out of,
-// leaving a parked client nothing reports the end of (it stayed, holding
-// its max_client_conn slot, until the proxy stopped), and whose
-// descriptor number the next accept or dial may reuse under the parker.
-// After the shutdown the owner's next read sees the end: the client's
-// goroutine directly, the loop through epoll (the shutdown reports
-// EPOLLRDHUP). Best effort: a socket already closed is already ended.
-func endConnection(sock, conn net.Conn) {
-	sc, ok := sock.(syscall.Conn)
+// hangUp ends the client's connection for a goroutine that does not own
+// its socket (a backend reader that could not write to the client, or
+// lost its backend): the client is gone, nothing more is told to it
+// (leave.killed), whatever it waits for stops (cancel: a request of its
+// waiting for a backend is dropped, not run), and its socket is shut down
+// both ways, never closed. The descriptor stays open until the client's
+// owner closes it (connEnd): the client may have parked, or the loop may
+// run it, once its backend was released (replyAndRelease writes after
+// that), and its socket is then in the parker's epoll set, which a close
+// would silently take it out of, leaving a parked client nothing reports
+// the end of (it stayed, holding its max_client_conn slot, until the
+// proxy stopped), and whose descriptor number the next accept or dial may
+// reuse under the parker. After the shutdown the owner's next read sees
+// the end: the client's goroutine directly, the loop through epoll (the
+// shutdown reports EPOLLRDHUP).
+func (c *clientConn) hangUp() {
+	c.leave.killed.Store(true)
+	c.cancel()
+	sc, ok := c.sock.(syscall.Conn)
 	if !ok {
-		conn.Close() // not a socket (tests' pipes): nothing parks it
+		c.conn.Close() // not a socket (tests' pipes): nothing parks it
 		return
 	}
 	if raw, err := sc.SyscallConn(); err == nil {
@@ -658,7 +661,7 @@ func (c *clientConn) backendLost(b *backend, err error) {
 		// PostgreSQL ends a connection it was killed writing to: it sees
 		// the connection end, never a wrong row.
 		c.log.Warn("server connection lost under a client in the middle of a message to it: client closed without an error message, which it would read as the rest of that message", "err", err)
-		endConnection(c.sock, c.conn)
+		c.hangUp()
 		return
 	}
 	if b.fatal && !b.diedBetween {
@@ -669,7 +672,7 @@ func (c *clientConn) backendLost(b *backend, err error) {
 		// still in a write of the client reader's then, see
 		// relayReplies, and the client is told below.)
 		c.log.Info("server connection ended by the server with a FATAL relayed to the client", "err", err)
-		endConnection(c.sock, c.conn)
+		c.hangUp()
 		return
 	}
 	c.log.Warn("server connection lost under a client", "err", err)
@@ -680,7 +683,7 @@ func (c *clientConn) backendLost(b *backend, err error) {
 	}
 	c.conn.SetWriteDeadline(time.Now().Add(time.Second))
 	c.conn.Write(pe.appendTo(nil))
-	endConnection(c.sock, c.conn)
+	c.hangUp()
 }
 
 // midMessage reports whether part of one of b's messages was relayed to
