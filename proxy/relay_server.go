@@ -402,15 +402,16 @@ func lostReply(inline bool) (stop bool, err error) {
 // the client is gone (err, inline only: finish deals with b; a backend
 // reader closes the client, whose goroutine then cleans up).
 func (c *clientConn) reply(out []byte, inline bool) (stop bool, err error) {
-	write := c.writeClient
-	if !inline {
-		// A backend reader: never the loop's non-blocking write, whose
-		// parker state belongs to the loop thread (c.loop.running is
-		// the loop thread's to read, and may be true while the loop
-		// still runs the client that started this reader).
-		write = c.writeClientBlocking
+	// A backend reader (not inline) never makes the loop's non-blocking
+	// write, whose parker state belongs to the loop thread (c.loop.running
+	// is the loop thread's to read, and may be true while the loop still
+	// runs the client that started this reader).
+	if inline {
+		err = c.writeClient(out)
+	} else {
+		err = c.writeClientBlocking(out)
 	}
-	if err := write(out); err != nil {
+	if err != nil {
 		return c.clientGone(err, inline)
 	}
 	return false, nil
@@ -418,8 +419,8 @@ func (c *clientConn) reply(out []byte, inline bool) (stop bool, err error) {
 
 // clientGone is a reader's answer to a failed write to the client: inline,
 // the client goroutine returns err and finish deals with b (if still
-// held); a backend reader hangs up on the client (hangUp),
-// and whoever runs the client notices and cleans up.
+// held); a backend reader hangs up on the client (hangUp), and whoever
+// runs the client notices and cleans up.
 func (c *clientConn) clientGone(err error, inline bool) (stop bool, _ error) {
 	if inline {
 		return true, err
@@ -625,7 +626,8 @@ func (c *clientConn) destroyBackend(b *backend, reason string) {
 }
 
 // backendLost handles a backend that failed under the client: the client's
-// transaction is gone, so b is closed and the client is told and closed.
+// transaction is gone, so b is closed and the client is told and hung up
+// on (hangUp).
 // Whoever finds c.be == b here owns b from then on and closes it: even when
 // finish is stopping this reader (the client left as the backend died, a
 // FATAL the client hung up on), because finish, seeing c.be dropped, takes
