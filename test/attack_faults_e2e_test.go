@@ -329,6 +329,12 @@ func afSettingsChaos(t *testing.T, mode string) {
 							errs.add("client %d round %d: connect: %v", k, i, err)
 						}
 						c = nil
+						// A pool whose connect was just terminated refuses
+						// logins until its retry (as PgBouncer's
+						// server_login_retry): without a pause, a slow proxy
+						// (race-built) spent every round in its first
+						// second and the probe proved nothing.
+						time.Sleep(50 * time.Millisecond)
 						continue
 					}
 					tl.reconnects++
