@@ -777,7 +777,7 @@ func TestLoopHeldMessageBackendReader(t *testing.T) {
 		parkFast(c)
 		c.beforeLoopHandOff = func() { time.Sleep(2 * time.Millisecond) }
 	}
-	e, req, _ := echoLoopEnvWith(t, 2, false, slowHandOff) // SELECT 1, answered with the row 1
+	e, _, _ := echoLoopEnvWith(t, 2, false, slowHandOff) // a Query answered with the row 1
 	a, b := e.dialRaw(t), e.dialRaw(t)
 	a.fe.Send(&pgproto3.Parse{Name: "s1", Query: "SELECT 1"})
 	a.fe.Send(&pgproto3.Sync{})
@@ -789,12 +789,13 @@ func TestLoopHeldMessageBackendReader(t *testing.T) {
 	}
 	b.mustQuery(t, "SELECT 1", "1")
 	e.waitParked(t, 2)
-	pipeline := slices.Concat(req, encodeFrontend(t, &pgproto3.Parse{Name: "s1", Query: "SELECT 1"}, &pgproto3.Sync{}))
 	before := e.srv.Stats()
 	for i := range rounds {
-		if _, err := a.conn.Write(pipeline); err != nil {
-			t.Fatal(err)
-		}
+		// One write (Flush): the Query, the Parse and the Sync arrive together.
+		a.fe.Send(&pgproto3.Query{String: "SELECT 1"})
+		a.fe.Send(&pgproto3.Parse{Name: "s1", Query: "SELECT 1"})
+		a.fe.Send(&pgproto3.Sync{})
+		a.flush(t)
 		b.query(t, "SELECT 1")
 		if rows, errResp, st := a.readResult(t); errResp != nil || fmt.Sprint(rows) != "[1]" || st != 'I' {
 			t.Fatalf("round %d, the Query: rows %v error %v status %c", i, rows, errResp, st)
@@ -814,17 +815,4 @@ func TestLoopHeldMessageBackendReader(t *testing.T) {
 		t.Fatalf("the loop handed %d requests over and relayed %d itself, want at least %d and %d: the test missed the path",
 			st.LoopHandoffs-before.LoopHandoffs, st.LoopRequests-before.LoopRequests, rounds, rounds/2)
 	}
-}
-
-// encodeFrontend encodes msgs back to back.
-func encodeFrontend(t testing.TB, msgs ...pgproto3.FrontendMessage) []byte {
-	t.Helper()
-	var buf []byte
-	for _, m := range msgs {
-		var err error
-		if buf, err = m.Encode(buf); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return buf
 }

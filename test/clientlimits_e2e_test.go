@@ -46,12 +46,12 @@ func (m memPeak) String() string {
 
 // memLimit is n, a bound on how much the proxy's memory may grow in a
 // test, for the proxy under test: n for a normal build, raceMemFactor
-// times n for one built with -race (PGSIDECAR_E2E_RACE), whose race
+// times n for one built with -race (raceProxy), whose race
 // detector keeps shadow memory several times the program's own (Go's
 // documentation says 5-10x). A race-built run looks for races, not for a
 // memory bound that holds it to a normal build's numbers.
 func memLimit(n int64) int64 {
-	if os.Getenv("PGSIDECAR_E2E_RACE") != "" {
+	if raceProxy() {
 		return n * raceMemFactor
 	}
 	return n

@@ -117,6 +117,10 @@ func runTests(m *testing.M) int {
 	return code
 }
 
+// raceProxy reports whether the proxy under test is built with -race:
+// PGSIDECAR_E2E_RACE set (README, "make test").
+func raceProxy() bool { return os.Getenv("PGSIDECAR_E2E_RACE") != "" }
+
 // buildProxy builds the module's main package (the repository root, "..")
 // into out with `make build`, so that the binary under test carries the
 // Makefile's version stamp as a release build does.
@@ -128,7 +132,7 @@ func buildProxy(out string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, makeBin, "--no-print-directory", "-C", "..", "build", "BIN="+out)
-	if os.Getenv("PGSIDECAR_E2E_RACE") != "" {
+	if raceProxy() {
 		// Opt-in: a race-enabled proxy finds data races under real load,
 		// at the price of a slower run.
 		cmd.Args = append(cmd.Args, "GOBUILDFLAGS=-race")
